@@ -1,0 +1,186 @@
+#include "libs/common/file_util.h"
+
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace imagesearch {
+namespace {
+
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+  int Release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_;
+};
+
+std::string DirName(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+std::string HexOf(const unsigned char* bytes, size_t n) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out(2 * n, '0');
+  for (size_t i = 0; i < n; ++i) {
+    out[2 * i] = kHex[bytes[i] >> 4];
+    out[2 * i + 1] = kHex[bytes[i] & 15];
+  }
+  return out;
+}
+
+// Streams a file through `consume` in 1 MiB chunks.
+template <typename Consume>
+absl::Status StreamFile(const std::string& path, Consume consume) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) return ErrnoStatus(errno, absl::StrCat("open ", path));
+  std::vector<char> buf(1 << 20);
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, absl::StrCat("read ", path));
+    }
+    if (n == 0) return absl::OkStatus();
+    consume(buf.data(), static_cast<size_t>(n));
+  }
+}
+
+}  // namespace
+
+absl::Status ErrnoStatus(int err, absl::string_view what) {
+  std::string msg = absl::StrCat(what, ": ", std::strerror(err));
+  switch (err) {
+    case ENOENT:
+      return absl::NotFoundError(msg);
+    case EACCES:
+    case EPERM:
+      return absl::PermissionDeniedError(msg);
+    case ENOSPC:
+      return absl::ResourceExhaustedError(msg);
+    default:
+      return absl::InternalError(msg);
+  }
+}
+
+absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
+  std::string out;
+  absl::Status s = StreamFile(path, [&](const char* p, size_t n) { out.append(p, n); });
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::Status WriteFileDurably(const std::string& path, absl::string_view contents) {
+  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (fd.get() < 0) return ErrnoStatus(errno, absl::StrCat("create ", path));
+  const char* p = contents.data();
+  size_t left = contents.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd.get(), p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, absl::StrCat("write ", path));
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  if (::fsync(fd.get()) != 0) return ErrnoStatus(errno, absl::StrCat("fsync ", path));
+  if (::close(fd.Release()) != 0) return ErrnoStatus(errno, absl::StrCat("close ", path));
+  return absl::OkStatus();
+}
+
+absl::Status SyncPath(const std::string& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) return ErrnoStatus(errno, absl::StrCat("open ", path));
+  if (::fsync(fd.get()) != 0) return ErrnoStatus(errno, absl::StrCat("fsync ", path));
+  return absl::OkStatus();
+}
+
+absl::Status ReplaceFileAtomically(const std::string& path, absl::string_view contents) {
+  static std::atomic<uint64_t> counter{0};
+  std::string tmp = absl::StrFormat("%s.tmp.%d.%d", path, ::getpid(), counter.fetch_add(1));
+  absl::Status s = WriteFileDurably(tmp, contents);
+  if (s.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
+    s = ErrnoStatus(errno, absl::StrCat("rename ", tmp, " -> ", path));
+  }
+  if (!s.ok()) {
+    ::unlink(tmp.c_str());
+    return s;
+  }
+  return SyncPath(DirName(path));
+}
+
+absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) return ErrnoStatus(errno, absl::StrCat("open ", path));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("stat ", path));
+  size_t size = static_cast<size_t>(st.st_size);
+  if (size == 0) return std::unique_ptr<MappedFile>(new MappedFile(path, nullptr, 0));
+  void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
+  if (p == MAP_FAILED) return ErrnoStatus(errno, absl::StrCat("mmap ", path));
+  return std::unique_ptr<MappedFile>(new MappedFile(path, static_cast<const char*>(p), size));
+}
+
+MappedFile::~MappedFile() {
+  if (data_ != nullptr) ::munmap(const_cast<char*>(data_), size_);
+}
+
+void MappedFile::AdviseWillNeed() const {
+  if (data_ != nullptr) ::madvise(const_cast<char*>(data_), size_, MADV_WILLNEED);
+}
+
+std::string Xxh3Hex(absl::string_view data) {
+  return absl::StrFormat("%016x", XXH3_64bits(data.data(), data.size()));
+}
+
+absl::StatusOr<std::string> Xxh3HexOfFile(const std::string& path) {
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_64bits_reset(state);
+  absl::Status s = StreamFile(path, [&](const char* p, size_t n) { XXH3_64bits_update(state, p, n); });
+  uint64_t h = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  if (!s.ok()) return s;
+  return absl::StrFormat("%016x", h);
+}
+
+absl::StatusOr<std::string> Sha256HexOfFile(const std::string& path) {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  absl::Status s = StreamFile(path, [&](const char* p, size_t n) { EVP_DigestUpdate(ctx, p, n); });
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx, md, &len);
+  EVP_MD_CTX_free(ctx);
+  if (!s.ok()) return s;
+  return HexOf(md, len);
+}
+
+}  // namespace imagesearch

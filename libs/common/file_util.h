@@ -1,0 +1,70 @@
+// Small POSIX file helpers used by the snapshot writer and reader: whole-file
+// reads, durable (fsync'd) atomic replacement, read-only memory maps, and
+// content checksums. All functions are thread-safe; a MappedFile is immutable
+// once opened and may be read from any number of threads.
+#ifndef IMAGESEARCH_LIBS_COMMON_FILE_UTIL_H_
+#define IMAGESEARCH_LIBS_COMMON_FILE_UTIL_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace imagesearch {
+
+// Reads a whole file. NOT_FOUND if it does not exist.
+absl::StatusOr<std::string> ReadFileToString(const std::string& path);
+
+// Writes `contents` to `path` and fsyncs the file (not its directory).
+absl::Status WriteFileDurably(const std::string& path, absl::string_view contents);
+
+// Replaces `path` atomically: writes a temp file beside it, fsyncs it, renames
+// it over `path`, then fsyncs the directory. A crash leaves either the old or
+// the new contents, never a mix.
+absl::Status ReplaceFileAtomically(const std::string& path, absl::string_view contents);
+
+// fsyncs a file or directory by path.
+absl::Status SyncPath(const std::string& path);
+
+// A read-only, shared memory map of a whole file.
+class MappedFile {
+ public:
+  // Maps `path`. An empty file maps to size() == 0 and data() == nullptr.
+  static absl::StatusOr<std::unique_ptr<MappedFile>> Open(const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const char* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+  // Hint that pages will be needed soon (MADV_WILLNEED), without blocking.
+  void AdviseWillNeed() const;
+
+ private:
+  MappedFile(std::string path, const char* data, size_t size)
+      : path_(std::move(path)), data_(data), size_(size) {}
+  std::string path_;
+  const char* data_;
+  size_t size_;
+};
+
+// XXH3-64 of `data`, as 16 lowercase hex digits. Fast (memory bandwidth), used
+// for snapshot file integrity; not a cryptographic hash.
+std::string Xxh3Hex(absl::string_view data);
+// XXH3-64 of a file's contents, streamed.
+absl::StatusOr<std::string> Xxh3HexOfFile(const std::string& path);
+// SHA-256 of a file's contents, as 64 lowercase hex digits (model identity).
+absl::StatusOr<std::string> Sha256HexOfFile(const std::string& path);
+
+// Errno as an absl::Status with `what` prepended, e.g. "open /x: No such file".
+absl::Status ErrnoStatus(int err, absl::string_view what);
+
+}  // namespace imagesearch
+
+#endif  // IMAGESEARCH_LIBS_COMMON_FILE_UTIL_H_

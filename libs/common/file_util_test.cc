@@ -1,0 +1,56 @@
+#include "libs/common/file_util.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <string>
+
+namespace imagesearch {
+namespace {
+
+std::string MakeTempDir() {
+  char tmpl[] = "/tmp/imagesearch_common_test.XXXXXX";
+  REQUIRE(::mkdtemp(tmpl) != nullptr);
+  return tmpl;
+}
+
+TEST_CASE("ReplaceFileAtomically replaces contents and leaves no temp file") {
+  std::string dir = MakeTempDir();
+  std::string path = dir + "/CURRENT";
+  REQUIRE(ReplaceFileAtomically(path, "v1\n").ok());
+  REQUIRE(ReplaceFileAtomically(path, "v2\n").ok());
+  auto contents = ReadFileToString(path);
+  REQUIRE(contents.ok());
+  CHECK(*contents == "v2\n");
+  // Only CURRENT remains in the directory.
+  CHECK(::access((path + ".tmp").c_str(), F_OK) != 0);
+}
+
+TEST_CASE("ReadFileToString on a missing file is NOT_FOUND with the path") {
+  auto r = ReadFileToString("/nonexistent/imagesearch/file");
+  REQUIRE_FALSE(r.ok());
+  CHECK(absl::IsNotFound(r.status()));
+  CHECK(r.status().message().find("/nonexistent/imagesearch/file") != std::string::npos);
+}
+
+TEST_CASE("MappedFile maps contents; checksums match known values") {
+  std::string dir = MakeTempDir();
+  std::string path = dir + "/f";
+  REQUIRE(WriteFileDurably(path, "abc").ok());
+  auto m = MappedFile::Open(path);
+  REQUIRE(m.ok());
+  REQUIRE((*m)->size() == 3);
+  CHECK(std::string((*m)->data(), 3) == "abc");
+  // SHA-256("abc") from FIPS 180-2.
+  auto sha = Sha256HexOfFile(path);
+  REQUIRE(sha.ok());
+  CHECK(*sha == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  auto xx = Xxh3HexOfFile(path);
+  REQUIRE(xx.ok());
+  CHECK(*xx == Xxh3Hex("abc"));
+  CHECK(Xxh3Hex("abc") != Xxh3Hex("abd"));
+}
+
+}  // namespace
+}  // namespace imagesearch

@@ -1,0 +1,222 @@
+// The only file that includes hnswlib. Every hnswlib exception stops here and
+// becomes an absl::Status.
+#include <hnswlib/hnswlib.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "libs/common/file_util.h"
+#include "libs/common/status_macros.h"
+#include "libs/index/graph_format.h"
+#include "libs/index/hnsw_builder.h"
+#include "libs/index/metric.h"
+
+namespace imagesearch::index {
+namespace {
+
+std::unique_ptr<hnswlib::SpaceInterface<float>> MakeSpace(Metric metric, size_t dim) {
+  if (metric == Metric::kL2) return std::make_unique<hnswlib::L2Space>(dim);
+  return std::make_unique<hnswlib::InnerProductSpace>(dim);
+}
+
+int ResolveThreads(int threads) {
+  if (threads > 0) return threads;
+  unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : static_cast<int>(hw);
+}
+
+class HnswlibIndexImpl final : public HnswlibIndex {
+ public:
+  HnswlibIndexImpl(std::unique_ptr<hnswlib::SpaceInterface<float>> space,
+                   std::unique_ptr<hnswlib::HierarchicalNSW<float>> index)
+      : space_(std::move(space)), index_(std::move(index)) {}
+
+  std::vector<std::pair<float, uint64_t>> Search(const float* query, size_t k) const override {
+    auto heap = index_->searchKnn(query, k);
+    std::vector<std::pair<float, uint64_t>> out(heap.size());
+    for (size_t i = heap.size(); i-- > 0;) {
+      out[i] = {heap.top().first, static_cast<uint64_t>(heap.top().second)};
+      heap.pop();
+    }
+    return out;
+  }
+  void SetEf(size_t ef) override { index_->setEf(ef); }
+
+ private:
+  std::unique_ptr<hnswlib::SpaceInterface<float>> space_;
+  std::unique_ptr<hnswlib::HierarchicalNSW<float>> index_;
+};
+
+}  // namespace
+
+absl::string_view MetricName(Metric metric) {
+  switch (metric) {
+    case Metric::kCosine:
+      return "cosine";
+    case Metric::kInnerProduct:
+      return "ip";
+    case Metric::kL2:
+      return "l2";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<Metric> ParseMetric(absl::string_view name) {
+  if (name == "cosine") return Metric::kCosine;
+  if (name == "ip") return Metric::kInnerProduct;
+  if (name == "l2") return Metric::kL2;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown metric '", name, "'; expected cosine, ip or l2"));
+}
+
+DistanceFn GetDistanceFn(Metric metric, size_t dim) {
+  // The space constructor selects the SIMD kernel (and sets hnswlib's global
+  // kernel pointers) exactly as a HierarchicalNSW built over it would.
+  auto space = MakeSpace(metric, dim);
+  return space->get_dist_func();
+}
+
+bool NormalizeInPlace(float* v, size_t dim) {
+  double sum = 0;
+  for (size_t i = 0; i < dim; ++i) sum += static_cast<double>(v[i]) * v[i];
+  if (!(sum > 0) || !std::isfinite(sum)) return false;
+  const float inv = static_cast<float>(1.0 / std::sqrt(sum));
+  for (size_t i = 0; i < dim; ++i) v[i] *= inv;
+  return true;
+}
+
+absl::Status BuildHnswGraph(const float* vectors, size_t count, size_t dim, Metric metric,
+                            const HnswParams& params, const std::string& graph_path,
+                            const std::string& offsets_path) {
+  if (dim == 0) return absl::InvalidArgumentError("dimension must be positive");
+  if (params.m < 2 || params.m > 1000) {
+    return absl::InvalidArgumentError(absl::StrCat("HNSW M must be in [2, 1000], got ", params.m));
+  }
+  if (params.ef_construction < 1) {
+    return absl::InvalidArgumentError("ef_construction must be positive");
+  }
+  for (size_t r = 0; r < count; ++r) {
+    const float* v = vectors + r * dim;
+    for (size_t i = 0; i < dim; ++i) {
+      if (!std::isfinite(v[i])) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("row ", r, " has a non-finite value at component ", i));
+      }
+    }
+  }
+  try {
+    auto space = MakeSpace(metric, dim);
+    hnswlib::HierarchicalNSW<float> index(space.get(), count == 0 ? 1 : count, params.m,
+                                          params.ef_construction, params.seed);
+    std::atomic<bool> bad_row{false};
+    std::atomic<size_t> bad_row_index{0};
+    auto insert = [&](size_t row, std::vector<float>& scratch) {
+      const float* v = vectors + row * dim;
+      if (metric == Metric::kCosine) {
+        std::memcpy(scratch.data(), v, dim * sizeof(float));
+        if (!NormalizeInPlace(scratch.data(), dim)) {
+          bad_row_index = row;
+          bad_row = true;
+          return;
+        }
+        v = scratch.data();
+      }
+      index.addPoint(v, row);
+    };
+    if (count > 0) {
+      std::vector<float> scratch(dim);
+      insert(0, scratch);
+      std::atomic<size_t> next{1};
+      std::exception_ptr error;
+      std::mutex error_mu;
+      std::vector<std::thread> workers;
+      const int threads = ResolveThreads(params.threads);
+      for (int t = 0; t < threads; ++t) {
+        workers.emplace_back([&] {
+          std::vector<float> local(dim);
+          try {
+            for (size_t row = next++; row < count && !bad_row; row = next++) insert(row, local);
+          } catch (...) {
+            std::lock_guard<std::mutex> lock(error_mu);
+            error = std::current_exception();
+            next = count;
+          }
+        });
+      }
+      for (auto& w : workers) w.join();
+      if (error) std::rethrow_exception(error);
+    }
+    if (bad_row) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "row ", bad_row_index.load(), " is a zero vector and cannot be normalised for cosine"));
+    }
+    index.saveIndex(graph_path);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("hnswlib build failed: ", e.what()));
+  }
+  RETURN_IF_ERROR(SyncPath(graph_path));
+  return WriteGraphOffsets(graph_path, dim, offsets_path);
+}
+
+absl::Status WriteGraphOffsets(const std::string& graph_path, size_t dim,
+                               const std::string& offsets_path) {
+  ASSIGN_OR_RETURN(auto file, MappedFile::Open(graph_path));
+  ASSIGN_OR_RETURN(HnswHeader h, ParseHnswHeader(file->data(), file->size(), dim));
+  // Layout: u64 upper-list offset per internal id, then u32 internal id per
+  // row (label). Labels must be exactly the dense rows 0..count-1.
+  std::string out;
+  out.resize(h.count * (sizeof(uint64_t) + sizeof(uint32_t)));
+  char* internal_of_row = &out[h.count * sizeof(uint64_t)];
+  std::vector<bool> seen(h.count, false);
+  const char* level0 = file->data() + kHnswHeaderSize;
+  for (uint64_t i = 0; i < h.count; ++i) {
+    uint64_t label;
+    std::memcpy(&label, level0 + i * h.size_data_per_element + h.label_offset, sizeof(label));
+    if (label >= h.count || seen[label]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "graph element ", i, " has label ", label, "; labels must be the rows 0..", h.count - 1));
+    }
+    seen[label] = true;
+    const uint32_t id = static_cast<uint32_t>(i);
+    std::memcpy(internal_of_row + label * sizeof(uint32_t), &id, sizeof(id));
+  }
+  uint64_t pos = h.upper_begin();
+  const uint64_t per_level = h.size_links_per_element();
+  for (uint64_t i = 0; i < h.count; ++i) {
+    if (pos + 4 > file->size()) {
+      return absl::DataLossError(absl::StrCat("graph file truncated in the link list of element ", i));
+    }
+    uint32_t bytes;
+    std::memcpy(&bytes, file->data() + pos, 4);
+    if (bytes % per_level != 0 || bytes / per_level > static_cast<uint64_t>(h.max_level)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("graph element ", i, " has a malformed upper link list size ", bytes));
+    }
+    std::memcpy(&out[i * sizeof(uint64_t)], &pos, sizeof(uint64_t));
+    pos += 4 + bytes;
+  }
+  if (pos != file->size()) {
+    return absl::InvalidArgumentError(absl::StrCat("graph file has ", file->size() - pos,
+                                                   " unexpected trailing bytes"));
+  }
+  return WriteFileDurably(offsets_path, out);
+}
+
+absl::StatusOr<std::unique_ptr<HnswlibIndex>> HnswlibIndex::Load(const std::string& graph_path,
+                                                                 size_t dim, Metric metric) {
+  try {
+    auto space = MakeSpace(metric, dim);
+    auto index = std::make_unique<hnswlib::HierarchicalNSW<float>>(space.get(), graph_path);
+    return std::unique_ptr<HnswlibIndex>(
+        new HnswlibIndexImpl(std::move(space), std::move(index)));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("hnswlib loadIndex ", graph_path, ": ", e.what()));
+  }
+}
+
+}  // namespace imagesearch::index

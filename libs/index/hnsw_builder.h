@@ -1,0 +1,59 @@
+// Builds HNSW graphs with hnswlib and writes them in hnswlib's own saveIndex
+// format (see graph_format.md), plus the `graph.offsets` sidecar that lets the
+// mmap searcher find upper-level link lists without scanning the file.
+//
+// This is the index adapter: hnsw_adapter.cc is the only file that includes
+// hnswlib, and it turns hnswlib's exceptions into absl::Status.
+#ifndef IMAGESEARCH_LIBS_INDEX_HNSW_BUILDER_H_
+#define IMAGESEARCH_LIBS_INDEX_HNSW_BUILDER_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "libs/index/metric.h"
+
+namespace imagesearch::index {
+
+struct HnswParams {
+  int m = 16;                 // Max links per node on upper levels (2*m on level 0).
+  int ef_construction = 200;  // Build-time search breadth.
+  uint64_t seed = 100;        // Level generator seed.
+  int threads = 0;            // Insert threads; 0 = all cores.
+};
+
+// Writes the HNSW graph of `count` row-major float vectors of `dim` to
+// `graph_path` (hnswlib format) and its offsets sidecar to `offsets_path`.
+// Row i gets label i. For kCosine the vectors are normalised first; a zero or
+// non-finite vector is INVALID_ARGUMENT naming its row.
+absl::Status BuildHnswGraph(const float* vectors, size_t count, size_t dim, Metric metric,
+                            const HnswParams& params, const std::string& graph_path,
+                            const std::string& offsets_path);
+
+// Writes the offsets sidecar for an existing hnswlib graph file: for each
+// internal id, the u64 byte offset of its upper-level link block size field;
+// then for each row (label), its u32 internal id. Fails if the file is not a
+// well-formed hnswlib graph of `dim` whose labels are the rows 0..count-1.
+absl::Status WriteGraphOffsets(const std::string& graph_path, size_t dim,
+                               const std::string& offsets_path);
+
+// hnswlib itself, loaded with loadIndex (heap copy). Used as the reference in
+// tests and benchmarks; the service never uses it.
+class HnswlibIndex {
+ public:
+  static absl::StatusOr<std::unique_ptr<HnswlibIndex>> Load(const std::string& graph_path,
+                                                            size_t dim, Metric metric);
+  virtual ~HnswlibIndex() = default;
+  // hnswlib's searchKnn with global ef: returns (distance, label) nearest first.
+  virtual std::vector<std::pair<float, uint64_t>> Search(const float* query, size_t k) const = 0;
+  virtual void SetEf(size_t ef) = 0;
+};
+
+}  // namespace imagesearch::index
+
+#endif  // IMAGESEARCH_LIBS_INDEX_HNSW_BUILDER_H_

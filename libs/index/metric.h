@@ -1,0 +1,35 @@
+// Distance metrics shared by the index builder, the searcher and the snapshot
+// manifest. The string names are stored on disk (MANIFEST.json): never change
+// them.
+#ifndef IMAGESEARCH_LIBS_INDEX_METRIC_H_
+#define IMAGESEARCH_LIBS_INDEX_METRIC_H_
+
+#include "absl/strings/string_view.h"
+
+#include "absl/status/statusor.h"
+
+namespace imagesearch::index {
+
+enum class Metric {
+  kCosine,        // "cosine": vectors L2-normalised, distance = 1 - dot.
+  kInnerProduct,  // "ip": distance = 1 - dot, vectors used as given.
+  kL2,            // "l2": distance = squared euclidean.
+};
+
+absl::string_view MetricName(Metric metric);
+absl::StatusOr<Metric> ParseMetric(absl::string_view name);
+
+// Distance kernel with hnswlib's signature: (a, b, &dim) -> distance.
+using DistanceFn = float (*)(const void*, const void*, const void*);
+
+// Returns hnswlib's (SIMD) kernel for `metric` at `dim`, chosen exactly as
+// hnswlib's spaces choose it, so our searcher computes bit-identical distances.
+DistanceFn GetDistanceFn(Metric metric, size_t dim);
+
+// Scales `v` to unit L2 norm in place. Returns false if the norm is zero or
+// not finite (the vector is left unchanged).
+bool NormalizeInPlace(float* v, size_t dim);
+
+}  // namespace imagesearch::index
+
+#endif  // IMAGESEARCH_LIBS_INDEX_METRIC_H_

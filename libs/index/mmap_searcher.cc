@@ -1,0 +1,174 @@
+#include "libs/index/mmap_searcher.h"
+
+#include <cstring>
+#include <queue>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "libs/common/status_macros.h"
+
+namespace imagesearch::index {
+namespace {
+
+// Same ordering as hnswlib's CompareByFirst: only the distance counts, so the
+// heaps pop ties in the same order as hnswlib's.
+struct CompareByFirst {
+  bool operator()(const std::pair<float, uint32_t>& a,
+                  const std::pair<float, uint32_t>& b) const {
+    return a.first < b.first;
+  }
+};
+using Heap = std::priority_queue<std::pair<float, uint32_t>,
+                                 std::vector<std::pair<float, uint32_t>>, CompareByFirst>;
+
+// Per-thread visited marks, reused across queries and snapshots: a query bumps
+// the tag instead of clearing the array.
+struct VisitedList {
+  std::vector<uint16_t> marks;
+  uint16_t tag = 0;
+
+  uint16_t Begin(size_t n) {
+    if (marks.size() < n) marks.assign(n, 0), tag = 0;
+    if (++tag == 0) {
+      std::fill(marks.begin(), marks.end(), 0);
+      tag = 1;
+    }
+    return tag;
+  }
+};
+
+thread_local VisitedList tls_visited;
+
+inline uint16_t ListCount(const uint32_t* list) {
+  uint16_t n;
+  std::memcpy(&n, list, sizeof(n));
+  return n;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<MmapHnswSearcher>> MmapHnswSearcher::Open(
+    const std::string& graph_path, const std::string& offsets_path, size_t dim, Metric metric,
+    uint64_t expected_count) {
+  std::unique_ptr<MmapHnswSearcher> s(new MmapHnswSearcher());
+  ASSIGN_OR_RETURN(s->graph_, MappedFile::Open(graph_path));
+  ASSIGN_OR_RETURN(s->header_, ParseHnswHeader(s->graph_->data(), s->graph_->size(), dim));
+  if (s->header_.count != expected_count) {
+    return absl::InvalidArgumentError(absl::StrCat("graph holds ", s->header_.count,
+                                                   " elements but the manifest says ",
+                                                   expected_count));
+  }
+  ASSIGN_OR_RETURN(s->offsets_, MappedFile::Open(offsets_path));
+  const uint64_t want = s->header_.count * (sizeof(uint64_t) + sizeof(uint32_t));
+  if (s->offsets_->size() != want) {
+    return absl::DataLossError(absl::StrCat("graph offsets file is ", s->offsets_->size(),
+                                            " bytes, expected ", want));
+  }
+  s->internal_of_row_ = s->offsets_->data() + s->header_.count * sizeof(uint64_t);
+  s->level0_ = s->graph_->data() + kHnswHeaderSize;
+  s->dim_ = dim;
+  s->dim_param_ = dim;
+  s->metric_ = metric;
+  s->dist_ = GetDistanceFn(metric, dim);
+  return s;
+}
+
+const float* MmapHnswSearcher::Vector(uint32_t row) const {
+  // Parallel inserts give internal ids in arrival order; the sidecar maps back.
+  uint32_t id;
+  std::memcpy(&id, internal_of_row_ + static_cast<size_t>(row) * sizeof(uint32_t), sizeof(id));
+  if (id >= header_.count) id = 0;  // Corrupt sidecar; never read out of bounds.
+  return reinterpret_cast<const float*>(Element(id) + header_.offset_data);
+}
+
+const uint32_t* MmapHnswSearcher::UpperLinks(uint32_t id, int level) const {
+  uint64_t off;
+  std::memcpy(&off, offsets_->data() + static_cast<size_t>(id) * sizeof(uint64_t), sizeof(off));
+  const uint64_t per_level = header_.size_links_per_element();
+  if (off < header_.upper_begin() || off + 4 > graph_->size()) return nullptr;
+  uint32_t bytes;
+  std::memcpy(&bytes, graph_->data() + off, 4);
+  if (static_cast<uint64_t>(level) * per_level > bytes) return nullptr;
+  if (off + 4 + bytes > graph_->size()) return nullptr;
+  return reinterpret_cast<const uint32_t*>(graph_->data() + off + 4 + (level - 1) * per_level);
+}
+
+std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, size_t ef) const {
+  std::vector<Neighbor> result;
+  const uint32_t count = static_cast<uint32_t>(header_.count);
+  if (count == 0 || k == 0) return result;
+  if (ef < k) ef = k;
+  const void* param = &dim_param_;
+
+  // Greedy descent through the upper levels (hnswlib searchKnn).
+  uint32_t cur = header_.enterpoint;
+  float cur_dist = dist_(query, Element(cur) + header_.offset_data, param);
+  for (int level = header_.max_level; level > 0; --level) {
+    bool changed = true;
+    while (changed) {
+      changed = false;
+      const uint32_t* list = UpperLinks(cur, level);
+      if (list == nullptr) break;
+      const uint16_t size = ListCount(list);
+      if (size > header_.max_m) break;  // Corrupt list: stop descending here.
+      const uint32_t* links = list + 1;
+      for (uint16_t i = 0; i < size; ++i) {
+        const uint32_t cand = links[i];
+        if (cand >= count) continue;
+        const float d = dist_(query, Element(cand) + header_.offset_data, param);
+        if (d < cur_dist) {
+          cur_dist = d;
+          cur = cand;
+          changed = true;
+        }
+      }
+    }
+  }
+
+  // Best-first search of level 0 (hnswlib searchBaseLayerST, no deletions).
+  VisitedList& visited = tls_visited;
+  const uint16_t tag = visited.Begin(count);
+  uint16_t* marks = visited.marks.data();
+  Heap top;
+  Heap candidates;
+  float lower_bound = cur_dist;
+  top.emplace(cur_dist, cur);
+  candidates.emplace(-cur_dist, cur);
+  marks[cur] = tag;
+  while (!candidates.empty()) {
+    const auto current = candidates.top();
+    if (-current.first > lower_bound) break;
+    candidates.pop();
+    const uint32_t* list = reinterpret_cast<const uint32_t*>(Element(current.second));
+    uint16_t size = ListCount(list);
+    if (size > header_.max_m0) size = 0;  // Corrupt list: treat as a dead end.
+    const uint32_t* links = list + 1;
+    for (uint16_t j = 0; j < size; ++j) {
+      const uint32_t cand = links[j];
+      if (cand >= count) continue;
+      if (j + 1 < size && links[j + 1] < count) {
+        __builtin_prefetch(Element(links[j + 1]) + header_.offset_data);
+      }
+      if (marks[cand] == tag) continue;
+      marks[cand] = tag;
+      const float d = dist_(query, Element(cand) + header_.offset_data, param);
+      if (top.size() < ef || lower_bound > d) {
+        candidates.emplace(-d, cand);
+        top.emplace(d, cand);
+        if (top.size() > ef) top.pop();
+        if (!top.empty()) lower_bound = top.top().first;
+      }
+    }
+  }
+  while (top.size() > k) top.pop();
+  result.resize(top.size());
+  for (size_t i = top.size(); i-- > 0;) {
+    uint64_t label;
+    std::memcpy(&label, Element(top.top().second) + header_.label_offset, sizeof(label));
+    result[i] = Neighbor{top.top().first, static_cast<uint32_t>(label)};
+    top.pop();
+  }
+  return result;
+}
+
+}  // namespace imagesearch::index

@@ -1,0 +1,78 @@
+// A read-only HNSW searcher over a memory-mapped hnswlib graph file.
+//
+// Why: hnswlib's loadIndex copies the whole graph into the heap (seconds per
+// GB, one private copy per replica). This searcher maps graph.hnsw and its
+// graph.offsets sidecar read-only, so opening is O(1) in the index size,
+// replicas on one host share the page cache, and a version swap is an mmap.
+//
+// It runs hnswlib's own searchKnn algorithm with hnswlib's distance kernels,
+// so on the same file and ef it returns the same top-k as hnswlib (tested).
+// Unlike hnswlib, ef is a per-query argument.
+//
+// Thread-safety: immutable after Open; any number of threads may call Search
+// concurrently without locks (scratch space is thread-local).
+#ifndef IMAGESEARCH_LIBS_INDEX_MMAP_SEARCHER_H_
+#define IMAGESEARCH_LIBS_INDEX_MMAP_SEARCHER_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "libs/common/file_util.h"
+#include "libs/index/graph_format.h"
+#include "libs/index/metric.h"
+
+namespace imagesearch::index {
+
+struct Neighbor {
+  float distance;
+  uint32_t row;  // The hnswlib label, which is our dense row number.
+};
+
+class MmapHnswSearcher {
+ public:
+  // Maps and validates `graph_path` (hnswlib format, float vectors of `dim`)
+  // and `offsets_path`. `expected_count` must match the graph's element count.
+  static absl::StatusOr<std::unique_ptr<MmapHnswSearcher>> Open(const std::string& graph_path,
+                                                                const std::string& offsets_path,
+                                                                size_t dim, Metric metric,
+                                                                uint64_t expected_count);
+
+  // Returns up to k nearest rows, nearest first. `query` has dim() floats and
+  // is already prepared (unit norm for cosine). ef < k is raised to k.
+  std::vector<Neighbor> Search(const float* query, size_t k, size_t ef) const;
+
+  // The stored (prepared) vector of `row`. REQUIRES: row < size().
+  const float* Vector(uint32_t row) const;
+
+  size_t size() const { return header_.count; }
+  size_t dim() const { return dim_; }
+  Metric metric() const { return metric_; }
+  const HnswHeader& header() const { return header_; }
+
+ private:
+  MmapHnswSearcher() = default;
+  const char* Element(uint32_t internal_id) const {
+    return level0_ + static_cast<size_t>(internal_id) * header_.size_data_per_element;
+  }
+  // Upper-level link list of `id` at `level` >= 1, or nullptr if the element
+  // has no such level or the sidecar is inconsistent.
+  const uint32_t* UpperLinks(uint32_t id, int level) const;
+
+  std::unique_ptr<MappedFile> graph_;
+  std::unique_ptr<MappedFile> offsets_;
+  HnswHeader header_{};
+  const char* level0_ = nullptr;
+  const char* internal_of_row_ = nullptr;
+  size_t dim_ = 0;
+  size_t dim_param_ = 0;  // hnswlib kernels read the dimension through a pointer.
+  Metric metric_ = Metric::kCosine;
+  DistanceFn dist_ = nullptr;
+};
+
+}  // namespace imagesearch::index
+
+#endif  // IMAGESEARCH_LIBS_INDEX_MMAP_SEARCHER_H_

@@ -1,0 +1,213 @@
+#include "libs/index/mmap_searcher.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "libs/common/file_util.h"
+#include "libs/index/hnsw_builder.h"
+#include "libs/index/test_vectors.h"
+
+namespace imagesearch::index {
+namespace {
+
+std::string MakeTempDir() {
+  char tmpl[] = "/tmp/imagesearch_index_test.XXXXXX";
+  REQUIRE(::mkdtemp(tmpl) != nullptr);
+  return tmpl;
+}
+
+struct Built {
+  std::string graph, offsets;
+  std::vector<float> data;
+};
+
+Built Build(size_t n, size_t dim, Metric metric, int ef_construction) {
+  Built b;
+  std::string dir = MakeTempDir();
+  b.graph = dir + "/graph.hnsw";
+  b.offsets = dir + "/graph.offsets";
+  b.data = ClusteredVectors(n, dim, 64, 42);
+  HnswParams params;
+  params.m = 16;
+  params.ef_construction = ef_construction;
+  absl::Status s = BuildHnswGraph(b.data.data(), n, dim, metric, params, b.graph, b.offsets);
+  INFO(s.ToString());
+  REQUIRE(s.ok());
+  return b;
+}
+
+std::vector<float> Prepared(const float* v, size_t dim, Metric metric) {
+  std::vector<float> q(v, v + dim);
+  if (metric == Metric::kCosine) REQUIRE(NormalizeInPlace(q.data(), dim));
+  return q;
+}
+
+// Checks that our searcher and hnswlib's searchKnn agree exactly (labels and
+// distances, in order) on `queries` at several ef values.
+void ExpectSameAsHnswlib(const Built& b, size_t dim, Metric metric, size_t n,
+                         const std::vector<float>& queries, size_t nq) {
+  auto ours = MmapHnswSearcher::Open(b.graph, b.offsets, dim, metric, n);
+  REQUIRE(ours.ok());
+  auto ref = HnswlibIndex::Load(b.graph, dim, metric);
+  REQUIRE(ref.ok());
+  size_t compared = 0;
+  for (size_t ef : {10, 50, 200}) {
+    (*ref)->SetEf(ef);
+    for (size_t i = 0; i < nq; ++i) {
+      auto q = Prepared(&queries[i * dim], dim, metric);
+      auto want = (*ref)->Search(q.data(), 10);
+      auto got = (*ours)->Search(q.data(), 10, ef);
+      REQUIRE(got.size() == want.size());
+      for (size_t j = 0; j < got.size(); ++j) {
+        INFO("ef " << ef << " query " << i << " rank " << j);
+        REQUIRE(got[j].row == want[j].second);
+        REQUIRE(got[j].distance == want[j].first);
+      }
+      ++compared;
+    }
+  }
+  CHECK(compared == 3 * nq);
+}
+
+TEST_CASE("Same top-k as hnswlib searchKnn: 20k x 512 cosine, 300 queries") {
+  const size_t n = 20000, dim = 512;
+  Built b = Build(n, dim, Metric::kCosine, 64);
+  auto queries = ClusteredVectors(300, dim, 64, 7);  // Different seed: unseen queries.
+  ExpectSameAsHnswlib(b, dim, Metric::kCosine, n, queries, 300);
+}
+
+TEST_CASE("Same top-k as hnswlib for l2 and ip, dims not a multiple of 16") {
+  for (Metric metric : {Metric::kL2, Metric::kInnerProduct}) {
+    for (size_t dim : {37, 100}) {
+      const size_t n = 3000;
+      Built b = Build(n, dim, metric, 100);
+      auto queries = ClusteredVectors(100, dim, 64, 9);
+      ExpectSameAsHnswlib(b, dim, metric, n, queries, 100);
+    }
+  }
+}
+
+TEST_CASE("Recall against brute force is high, and rises with ef") {
+  const size_t n = 5000, dim = 64;
+  Built b = Build(n, dim, Metric::kL2, 100);
+  auto s = MmapHnswSearcher::Open(b.graph, b.offsets, dim, Metric::kL2, n);
+  REQUIRE(s.ok());
+  auto queries = ClusteredVectors(200, dim, 64, 11);
+  auto dist_fn = GetDistanceFn(Metric::kL2, dim);
+  auto recall_at = [&](size_t ef) {
+    size_t hits = 0;
+    for (size_t i = 0; i < 200; ++i) {
+      const float* q = &queries[i * dim];
+      std::vector<std::pair<float, uint32_t>> all;
+      for (uint32_t r = 0; r < n; ++r) all.push_back({dist_fn(q, &b.data[r * dim], &dim), r});
+      std::partial_sort(all.begin(), all.begin() + 10, all.end());
+      auto got = (*s)->Search(q, 10, ef);
+      for (auto& g : got)
+        for (size_t j = 0; j < 10; ++j) hits += (g.row == all[j].second);
+    }
+    return hits / 2000.0;
+  };
+  double low = recall_at(10), high = recall_at(200);
+  CHECK(high >= 0.98);
+  CHECK(high >= low);
+}
+
+TEST_CASE("Vector(row) returns the stored vector of that row after parallel inserts") {
+  const size_t n = 2000, dim = 32;
+  Built b = Build(n, dim, Metric::kL2, 50);
+  auto s = MmapHnswSearcher::Open(b.graph, b.offsets, dim, Metric::kL2, n);
+  REQUIRE(s.ok());
+  for (uint32_t r : {0u, 1u, 999u, 1999u}) {
+    const float* v = (*s)->Vector(r);
+    for (size_t d = 0; d < dim; ++d) REQUIRE(v[d] == b.data[r * dim + d]);
+    auto top = (*s)->Search(v, 1, 50);
+    REQUIRE(top.size() == 1);
+    CHECK(top[0].row == r);
+    CHECK(top[0].distance == 0.0f);
+  }
+}
+
+TEST_CASE("Concurrent searches give the same answers as serial ones") {
+  const size_t n = 4000, dim = 48;
+  Built b = Build(n, dim, Metric::kL2, 50);
+  auto s = MmapHnswSearcher::Open(b.graph, b.offsets, dim, Metric::kL2, n);
+  REQUIRE(s.ok());
+  auto queries = ClusteredVectors(200, dim, 64, 3);
+  std::vector<std::vector<Neighbor>> serial(200);
+  for (size_t i = 0; i < 200; ++i) serial[i] = (*s)->Search(&queries[i * dim], 10, 40);
+  std::atomic<int> mismatches{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int rep = 0; rep < 5; ++rep)
+        for (size_t i = t; i < 200; i += 2) {
+          auto got = (*s)->Search(&queries[i * dim], 10, 40);
+          for (size_t j = 0; j < got.size(); ++j)
+            if (got[j].row != serial[i][j].row) ++mismatches;
+        }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(mismatches == 0);
+}
+
+TEST_CASE("Truncated or inconsistent graph files are refused with a reason") {
+  const size_t n = 500, dim = 16;
+  Built b = Build(n, dim, Metric::kL2, 20);
+  auto bytes = ReadFileToString(b.graph);
+  REQUIRE(bytes.ok());
+
+  SECTION("truncated graph") {
+    REQUIRE(WriteFileDurably(b.graph, bytes->substr(0, bytes->size() / 2)).ok());
+    auto s = MmapHnswSearcher::Open(b.graph, b.offsets, dim, Metric::kL2, n);
+    REQUIRE_FALSE(s.ok());
+    CHECK(s.status().message().find("truncated") != std::string::npos);
+  }
+  SECTION("header only") {
+    REQUIRE(WriteFileDurably(b.graph, bytes->substr(0, 50)).ok());
+    auto s = MmapHnswSearcher::Open(b.graph, b.offsets, dim, Metric::kL2, n);
+    REQUIRE_FALSE(s.ok());
+    CHECK(s.status().message().find("96-byte") != std::string::npos);
+  }
+  SECTION("wrong dimension") {
+    auto s = MmapHnswSearcher::Open(b.graph, b.offsets, dim + 1, Metric::kL2, n);
+    REQUIRE_FALSE(s.ok());
+    CHECK(s.status().message().find("wrong dim") != std::string::npos);
+  }
+  SECTION("count disagrees with manifest") {
+    auto s = MmapHnswSearcher::Open(b.graph, b.offsets, dim, Metric::kL2, n + 1);
+    REQUIRE_FALSE(s.ok());
+    CHECK(s.status().message().find("manifest") != std::string::npos);
+  }
+  SECTION("truncated offsets sidecar") {
+    auto off = ReadFileToString(b.offsets);
+    REQUIRE(WriteFileDurably(b.offsets, off->substr(0, 100)).ok());
+    auto s = MmapHnswSearcher::Open(b.graph, b.offsets, dim, Metric::kL2, n);
+    REQUIRE_FALSE(s.ok());
+    CHECK(s.status().message().find("offsets") != std::string::npos);
+  }
+  SECTION("garbage link ids never read out of bounds") {
+    std::string corrupt = *bytes;
+    // Overwrite every level-0 link with a huge id; search must stay in bounds.
+    auto h = ParseHnswHeader(corrupt.data(), corrupt.size(), dim);
+    REQUIRE(h.ok());
+    for (size_t i = 0; i < n; ++i) {
+      char* links = &corrupt[kHnswHeaderSize + i * h->size_data_per_element];
+      for (size_t j = 1; j <= h->max_m0; ++j) std::memset(links + 4 * j, 0x7f, 4);
+    }
+    REQUIRE(WriteFileDurably(b.graph, corrupt).ok());
+    auto s = MmapHnswSearcher::Open(b.graph, b.offsets, dim, Metric::kL2, n);
+    REQUIRE(s.ok());
+    auto got = (*s)->Search(&b.data[0], 10, 50);
+    CHECK(got.size() <= 10);
+  }
+}
+
+}  // namespace
+}  // namespace imagesearch::index
