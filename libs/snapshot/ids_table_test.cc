@@ -1,0 +1,79 @@
+#include "libs/snapshot/ids_table.h"
+
+#include <stdlib.h>
+
+#include <catch2/catch.hpp>
+#include <string>
+#include <vector>
+
+#include "libs/common/file_util.h"
+
+namespace imagesearch::snapshot {
+namespace {
+
+std::string TempFile() {
+  char tmpl[] = "/tmp/imagesearch_ids_test.XXXXXX";
+  REQUIRE(::mkdtemp(tmpl) != nullptr);
+  return std::string(tmpl) + "/ids.bin";
+}
+
+TEST_CASE("Ids table round-trips rows and finds ids by binary search") {
+  std::vector<IdRecord> recs;
+  for (int i = 0; i < 1000; ++i) {
+    recs.push_back({"img-" + std::to_string((i * 7919) % 1000), "file:///data/" + std::to_string(i),
+                    i % 2 ? "{\"class\":" + std::to_string(i % 10) + "}" : ""});
+  }
+  auto bytes = EncodeIdsTable(recs);
+  REQUIRE(bytes.ok());
+  std::string path = TempFile();
+  REQUIRE(WriteFileDurably(path, *bytes).ok());
+  auto t = IdsTable::Open(path, 1000);
+  REQUIRE(t.ok());
+  for (uint32_t r = 0; r < 1000; ++r) {
+    auto v = (*t)->Get(r);
+    REQUIRE(v.ok());
+    CHECK(v->id == recs[r].id);
+    CHECK(v->uri == recs[r].uri);
+    CHECK(v->attributes_json == recs[r].attributes_json);
+    auto found = (*t)->Find(recs[r].id);
+    REQUIRE(found.has_value());
+    CHECK(*found == r);
+  }
+  CHECK_FALSE((*t)->Find("img-1000").has_value());
+  CHECK_FALSE((*t)->Find("").has_value());
+  CHECK_FALSE((*t)->Get(1000).ok());
+}
+
+TEST_CASE("Ids table rejects duplicate and empty ids, naming the rows") {
+  auto dup = EncodeIdsTable({{"a", "", ""}, {"b", "", ""}, {"a", "", ""}});
+  REQUIRE_FALSE(dup.ok());
+  CHECK(dup.status().message() == "duplicate id 'a' at rows 0 and 2");
+  auto empty = EncodeIdsTable({{"a", "", ""}, {"", "", ""}});
+  REQUIRE_FALSE(empty.ok());
+  CHECK(empty.status().message() == "row 1 has an empty id");
+}
+
+TEST_CASE("Truncated, wrong-count or bad-magic ids tables are refused") {
+  auto bytes = EncodeIdsTable({{"a", "u", ""}, {"b", "v", ""}});
+  REQUIRE(bytes.ok());
+  std::string path = TempFile();
+  REQUIRE(WriteFileDurably(path, bytes->substr(0, bytes->size() - 1)).ok());
+  auto t = IdsTable::Open(path, 2);
+  REQUIRE_FALSE(t.ok());
+  CHECK(t.status().message().find("truncated") != std::string::npos);
+
+  REQUIRE(WriteFileDurably(path, *bytes).ok());
+  auto wrong = IdsTable::Open(path, 3);
+  REQUIRE_FALSE(wrong.ok());
+  CHECK(wrong.status().message().find("manifest says 3") != std::string::npos);
+
+  std::string bad = *bytes;
+  bad[0] = 'X';
+  REQUIRE(WriteFileDurably(path, bad).ok());
+  auto magic = IdsTable::Open(path, 2);
+  REQUIRE_FALSE(magic.ok());
+  CHECK(magic.status().message().find("magic") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace imagesearch::snapshot

@@ -1,0 +1,122 @@
+#include "libs/snapshot/manifest.h"
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+
+namespace imagesearch::snapshot {
+
+using nlohmann::json;
+
+std::string ManifestToJson(const Manifest& m) {
+  json files = json::object();
+  for (const auto& [name, entry] : m.files) {
+    files[name] = {{"size", entry.size}, {"xxh3", entry.xxh3}};
+  }
+  json model = nullptr;
+  if (!m.model.name.empty()) {
+    model = {{"name", m.model.name},
+             {"version", m.model.version},
+             {"sha256", m.model.sha256},
+             {"file", m.model.file},
+             {"image_size", m.model.image_size},
+             {"has_text", m.model.has_text},
+             {"preprocessing", json::parse(m.model.preprocessing_json, nullptr, false)}};
+  }
+  json j = {{"format", m.format},
+            {"version", m.version},
+            {"base_version", m.base_version},
+            {"created_at", m.created_at},
+            {"model", model},
+            {"dim", m.dim},
+            {"metric", std::string(index::MetricName(m.metric))},
+            {"count", m.count},
+            {"hnsw", {{"M", m.hnsw_m}, {"ef_construction", m.hnsw_ef_construction},
+                      {"default_ef", m.default_ef}}},
+            {"files", files}};
+  return j.dump(2) + "\n";
+}
+
+absl::StatusOr<Manifest> ParseManifest(absl::string_view text) {
+  json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError("MANIFEST.json is not a JSON object (truncated or corrupt?)");
+  }
+  auto bad = [](auto... parts) {
+    return absl::InvalidArgumentError(absl::StrCat("MANIFEST.json: ", parts...));
+  };
+  auto get_uint = [&](const json& obj, const char* key, uint64_t* out) -> absl::Status {
+    auto it = obj.find(key);
+    if (it == obj.end() || !it->is_number_unsigned()) {
+      return bad("field '", key, "' is missing or not a non-negative integer");
+    }
+    *out = it->get<uint64_t>();
+    return absl::OkStatus();
+  };
+  auto get_string = [&](const json& obj, const char* key, std::string* out) -> absl::Status {
+    auto it = obj.find(key);
+    if (it == obj.end() || !it->is_string()) return bad("field '", key, "' is missing or not a string");
+    *out = it->get<std::string>();
+    return absl::OkStatus();
+  };
+  Manifest m;
+  uint64_t u = 0;
+  absl::Status s;
+  if (!(s = get_uint(j, "format", &u)).ok()) return s;
+  if (u != kFormatVersion) {
+    return bad("format ", u, " is not supported (this build reads format ", kFormatVersion, ")");
+  }
+  if (!(s = get_uint(j, "version", &m.version)).ok()) return s;
+  if (!(s = get_uint(j, "base_version", &m.base_version)).ok()) return s;
+  if (!(s = get_string(j, "created_at", &m.created_at)).ok()) return s;
+  if (!(s = get_uint(j, "dim", &u)).ok()) return s;
+  if (u == 0 || u > 65536) return bad("dim ", u, " is out of range");
+  m.dim = static_cast<int>(u);
+  std::string metric;
+  if (!(s = get_string(j, "metric", &metric)).ok()) return s;
+  auto parsed_metric = index::ParseMetric(metric);
+  if (!parsed_metric.ok()) return bad(parsed_metric.status().message());
+  m.metric = *parsed_metric;
+  if (!(s = get_uint(j, "count", &m.count)).ok()) return s;
+  auto hnsw = j.find("hnsw");
+  if (hnsw == j.end() || !hnsw->is_object()) return bad("field 'hnsw' is missing");
+  if (!(s = get_uint(*hnsw, "M", &u)).ok()) return s;
+  m.hnsw_m = static_cast<int>(u);
+  if (!(s = get_uint(*hnsw, "ef_construction", &u)).ok()) return s;
+  m.hnsw_ef_construction = static_cast<int>(u);
+  if (!(s = get_uint(*hnsw, "default_ef", &u)).ok()) return s;
+  m.default_ef = static_cast<int>(u);
+
+  auto model = j.find("model");
+  if (model == j.end()) return bad("field 'model' is missing (null for vector-only snapshots)");
+  if (model->is_object()) {
+    if (!(s = get_string(*model, "name", &m.model.name)).ok()) return s;
+    if (!(s = get_string(*model, "version", &m.model.version)).ok()) return s;
+    if (!(s = get_string(*model, "sha256", &m.model.sha256)).ok()) return s;
+    if (!(s = get_string(*model, "file", &m.model.file)).ok()) return s;
+    if (!(s = get_uint(*model, "image_size", &u)).ok()) return s;
+    m.model.image_size = static_cast<int>(u);
+    auto has_text = model->find("has_text");
+    m.model.has_text = has_text != model->end() && has_text->is_boolean() && has_text->get<bool>();
+    auto pre = model->find("preprocessing");
+    m.model.preprocessing_json = pre != model->end() ? pre->dump() : "{}";
+  } else if (!model->is_null()) {
+    return bad("field 'model' must be an object or null");
+  }
+
+  auto files = j.find("files");
+  if (files == j.end() || !files->is_object()) return bad("field 'files' is missing");
+  for (const auto& [name, entry] : files->items()) {
+    if (name.empty() || name.find('/') != std::string::npos || name[0] == '.') {
+      return bad("file name '", name, "' is not a plain file name");
+    }
+    FileEntry fe;
+    if (!entry.is_object()) return bad("files['", name, "'] is not an object");
+    if (!(s = get_uint(entry, "size", &fe.size)).ok()) return s;
+    if (!(s = get_string(entry, "xxh3", &fe.xxh3)).ok()) return s;
+    m.files[name] = fe;
+  }
+  return m;
+}
+
+}  // namespace imagesearch::snapshot

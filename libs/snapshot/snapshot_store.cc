@@ -1,0 +1,234 @@
+#include "libs/snapshot/snapshot_store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "libs/common/file_util.h"
+#include "libs/common/status_macros.h"
+
+namespace imagesearch::snapshot {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Holds an exclusive flock on root/.lock for its lifetime.
+class RootLock {
+ public:
+  static absl::StatusOr<std::unique_ptr<RootLock>> Acquire(const std::string& root) {
+    std::string path = root + "/.lock";
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return ErrnoStatus(errno, absl::StrCat("open ", path));
+    if (::flock(fd, LOCK_EX) != 0) {
+      int err = errno;
+      ::close(fd);
+      return ErrnoStatus(err, absl::StrCat("flock ", path));
+    }
+    return std::unique_ptr<RootLock>(new RootLock(fd));
+  }
+  ~RootLock() { ::close(fd_); }
+
+ private:
+  explicit RootLock(int fd) : fd_(fd) {}
+  int fd_;
+};
+
+absl::Status EnsureDir(const std::string& path) {
+  std::error_code ec;
+  fs::create_directories(path, ec);
+  if (ec) return absl::InternalError(absl::StrCat("mkdir ", path, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+absl::Status CopyFileDurably(const std::string& from, const std::string& to) {
+  std::error_code ec;
+  fs::copy_file(from, to, fs::copy_options::overwrite_existing, ec);
+  if (ec) return absl::InternalError(absl::StrCat("copy ", from, " -> ", to, ": ", ec.message()));
+  return SyncPath(to);
+}
+
+// Removes leftovers of crashed publishes. REQUIRES: the root lock is held, so
+// no live writer owns them.
+void RemoveStaleTempDirs(const std::string& root) {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(".tmp-", 0) == 0) fs::remove_all(entry.path(), ec);
+  }
+}
+
+}  // namespace
+
+std::string VersionDirName(uint64_t version) { return absl::StrCat("v", version); }
+
+std::string VersionDir(const std::string& root, uint64_t version) {
+  return absl::StrCat(root, "/", VersionDirName(version));
+}
+
+absl::StatusOr<uint64_t> ParseVersionName(absl::string_view name) {
+  uint64_t v = 0;
+  if (!absl::ConsumePrefix(&name, "v") || name.empty() ||
+      !std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+      !absl::SimpleAtoi(name, &v) || v == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", name, "' is not a version name like v1, v2, ..."));
+  }
+  return v;
+}
+
+absl::StatusOr<uint64_t> ReadCurrentVersion(const std::string& root) {
+  auto text = ReadFileToString(root + "/CURRENT");
+  if (!text.ok()) {
+    if (absl::IsNotFound(text.status())) {
+      return absl::NotFoundError(absl::StrCat("no snapshot published under ", root,
+                                              " yet (", root, "/CURRENT does not exist)"));
+    }
+    return text.status();
+  }
+  auto v = ParseVersionName(absl::StripAsciiWhitespace(*text));
+  if (!v.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(root, "/CURRENT is corrupt: ", v.status().message()));
+  }
+  return v;
+}
+
+absl::StatusOr<std::vector<uint64_t>> ListVersions(const std::string& root) {
+  std::vector<uint64_t> out;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    auto v = ParseVersionName(entry.path().filename().string());
+    if (v.ok() && entry.is_directory()) out.push_back(*v);
+  }
+  if (ec) return absl::NotFoundError(absl::StrCat("cannot list ", root, ": ", ec.message()));
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const SnapshotInput& input,
+                                         const PublishOptions& options) {
+  auto hook = [&](absl::string_view step) {
+    if (options.fault_hook) options.fault_hook(step);
+  };
+  if (input.dim <= 0) return absl::InvalidArgumentError("dim must be positive");
+  if (input.ids.size() != input.count) {
+    return absl::InvalidArgumentError(absl::StrCat("got ", input.count, " vectors but ",
+                                                   input.ids.size(), " ids"));
+  }
+  if (input.count == 0) return absl::InvalidArgumentError("refusing to publish an empty snapshot");
+  RETURN_IF_ERROR(EnsureDir(root));
+  ASSIGN_OR_RETURN(auto lock, RootLock::Acquire(root));
+  RemoveStaleTempDirs(root);
+  ASSIGN_OR_RETURN(std::vector<uint64_t> versions, ListVersions(root));
+  const uint64_t version = versions.empty() ? 1 : versions.back() + 1;
+  const std::string tmp = absl::StrCat(root, "/.tmp-", VersionDirName(version), "-", ::getpid());
+  RETURN_IF_ERROR(EnsureDir(tmp));
+
+  Manifest m;
+  m.version = version;
+  m.base_version = input.base_version;
+  m.created_at = absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone());
+  m.dim = input.dim;
+  m.metric = input.metric;
+  m.count = input.count;
+  m.hnsw_m = input.hnsw.m;
+  m.hnsw_ef_construction = input.hnsw.ef_construction;
+  m.default_ef = input.default_ef;
+
+  auto status = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(std::string ids, EncodeIdsTable(input.ids));
+    RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + kIdsFile, ids));
+    RETURN_IF_ERROR(index::BuildHnswGraph(input.vectors, input.count, input.dim, input.metric,
+                                          input.hnsw, tmp + "/" + kGraphFile,
+                                          tmp + "/" + kOffsetsFile));
+    if (!input.model_path.empty()) {
+      m.model = input.model;
+      m.model.file = kModelFile;
+      ASSIGN_OR_RETURN(m.model.sha256, Sha256HexOfFile(input.model_path));
+      RETURN_IF_ERROR(CopyFileDurably(input.model_path, tmp + "/" + kModelFile));
+    }
+    for (const auto& [name, contents] : input.extra_files) {
+      if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' ||
+          name == kManifestFile) {
+        return absl::InvalidArgumentError(absl::StrCat("bad extra file name '", name, "'"));
+      }
+      RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + name, contents));
+    }
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(tmp, ec)) {
+      const std::string name = entry.path().filename().string();
+      FileEntry fe;
+      fe.size = entry.file_size();
+      ASSIGN_OR_RETURN(fe.xxh3, Xxh3HexOfFile(entry.path().string()));
+      m.files[name] = fe;
+    }
+    if (ec) return absl::InternalError(absl::StrCat("list ", tmp, ": ", ec.message()));
+    hook("built");
+    RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + kManifestFile, ManifestToJson(m)));
+    RETURN_IF_ERROR(SyncPath(tmp));
+    hook("synced");
+    const std::string final_dir = VersionDir(root, version);
+    if (::rename(tmp.c_str(), final_dir.c_str()) != 0) {
+      return ErrnoStatus(errno, absl::StrCat("rename ", tmp, " -> ", final_dir));
+    }
+    RETURN_IF_ERROR(SyncPath(root));
+    hook("renamed");
+    return ReplaceFileAtomically(root + "/CURRENT", VersionDirName(version) + "\n");
+  }();
+  if (!status.ok()) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    return status;
+  }
+  return version;
+}
+
+absl::Status SetCurrentVersion(const std::string& root, uint64_t version) {
+  ASSIGN_OR_RETURN(auto lock, RootLock::Acquire(root));
+  const std::string dir = VersionDir(root, version);
+  auto manifest_text = ReadFileToString(dir + "/" + kManifestFile);
+  if (!manifest_text.ok()) {
+    return absl::NotFoundError(absl::StrCat("version ", VersionDirName(version),
+                                            " does not exist under ", root));
+  }
+  auto manifest = ParseManifest(*manifest_text);
+  if (!manifest.ok()) return manifest.status();
+  return ReplaceFileAtomically(root + "/CURRENT", VersionDirName(version) + "\n");
+}
+
+absl::StatusOr<std::vector<uint64_t>> GarbageCollect(const std::string& root, size_t keep) {
+  ASSIGN_OR_RETURN(auto lock, RootLock::Acquire(root));
+  RemoveStaleTempDirs(root);
+  ASSIGN_OR_RETURN(std::vector<uint64_t> versions, ListVersions(root));
+  auto current = ReadCurrentVersion(root);
+  std::vector<uint64_t> removed;
+  const size_t n = versions.size();
+  for (size_t i = 0; i + keep < n; ++i) {
+    const uint64_t v = versions[i];
+    if (current.ok() && *current == v) continue;  // Never remove the live version.
+    std::error_code ec;
+    fs::remove_all(VersionDir(root, v), ec);
+    if (ec) {
+      return absl::InternalError(
+          absl::StrCat("remove ", VersionDir(root, v), ": ", ec.message()));
+    }
+    removed.push_back(v);
+  }
+  if (!removed.empty()) RETURN_IF_ERROR(SyncPath(root));
+  return removed;
+}
+
+}  // namespace imagesearch::snapshot

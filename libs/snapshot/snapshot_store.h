@@ -1,0 +1,85 @@
+// A snapshot root on disk: versioned, immutable snapshot directories plus a
+// CURRENT file naming the live one.
+//
+//   root/CURRENT          "v<N>\n", replaced atomically (temp, fsync, rename)
+//   root/v<N>/            MANIFEST.json, graph.hnsw, graph.offsets, ids.bin,
+//                         [model.pt], [rejects.jsonl], ...
+//   root/.tmp-v<N>-<pid>  a version being written (removed if stale)
+//   root/.lock            flock'd by writers (publish, set-current, gc)
+//
+// Publishing writes the new version into a temp dir, fsyncs every file and
+// the dir, renames it to v<N>, fsyncs the root, and only then replaces
+// CURRENT. A crash at any step leaves the previous version live.
+//
+// Functions are safe to call from several processes at once: writers
+// serialise on root/.lock; readers never need it.
+#ifndef IMAGESEARCH_LIBS_SNAPSHOT_SNAPSHOT_STORE_H_
+#define IMAGESEARCH_LIBS_SNAPSHOT_SNAPSHOT_STORE_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "libs/index/hnsw_builder.h"
+#include "libs/index/metric.h"
+#include "libs/snapshot/ids_table.h"
+#include "libs/snapshot/manifest.h"
+
+namespace imagesearch::snapshot {
+
+inline constexpr char kManifestFile[] = "MANIFEST.json";
+inline constexpr char kGraphFile[] = "graph.hnsw";
+inline constexpr char kOffsetsFile[] = "graph.offsets";
+inline constexpr char kIdsFile[] = "ids.bin";
+inline constexpr char kModelFile[] = "model.pt";
+
+struct SnapshotInput {
+  const float* vectors = nullptr;  // count x dim, row-major. Row i <-> ids[i].
+  size_t count = 0;
+  int dim = 0;
+  index::Metric metric = index::Metric::kCosine;
+  std::vector<IdRecord> ids;
+  index::HnswParams hnsw;
+  int default_ef = 64;
+  // Optional: the model that made the vectors; copied in as model.pt.
+  std::string model_path;
+  ModelIdentity model;  // name/version/...; sha256 and file are filled in.
+  uint64_t base_version = 0;
+  // Extra files to store verbatim (e.g. "rejects.jsonl"), listed in the manifest.
+  std::map<std::string, std::string> extra_files;
+};
+
+struct PublishOptions {
+  // Test hook: called with the name of each step ("built", "synced",
+  // "renamed") before it is taken; a crash test makes it _exit().
+  std::function<void(absl::string_view step)> fault_hook;
+};
+
+// Builds and publishes a new version (max existing + 1) and makes it CURRENT.
+// Returns the new version number.
+absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const SnapshotInput& input,
+                                         const PublishOptions& options = {});
+
+std::string VersionDirName(uint64_t version);  // "v<N>"
+std::string VersionDir(const std::string& root, uint64_t version);
+// Parses "v<N>" (N >= 1); INVALID_ARGUMENT otherwise.
+absl::StatusOr<uint64_t> ParseVersionName(absl::string_view name);
+
+// The version CURRENT names. NOT_FOUND if nothing was published yet.
+absl::StatusOr<uint64_t> ReadCurrentVersion(const std::string& root);
+// Published versions (complete v<N> dirs), ascending.
+absl::StatusOr<std::vector<uint64_t>> ListVersions(const std::string& root);
+// Points CURRENT at an existing version (rollback / roll forward). The
+// version's manifest must parse.
+absl::Status SetCurrentVersion(const std::string& root, uint64_t version);
+// Removes all but the newest `keep` versions, never the CURRENT one, plus
+// stale temp dirs. Returns the removed versions.
+absl::StatusOr<std::vector<uint64_t>> GarbageCollect(const std::string& root, size_t keep);
+
+}  // namespace imagesearch::snapshot
+
+#endif  // IMAGESEARCH_LIBS_SNAPSHOT_SNAPSHOT_STORE_H_

@@ -1,0 +1,196 @@
+#include "libs/snapshot/snapshot.h"
+
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "libs/common/file_util.h"
+#include "libs/index/test_vectors.h"
+#include "libs/snapshot/snapshot_store.h"
+
+namespace imagesearch::snapshot {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string TempRoot() {
+  char tmpl[] = "/tmp/imagesearch_snapshot_test.XXXXXX";
+  REQUIRE(::mkdtemp(tmpl) != nullptr);
+  return std::string(tmpl) + "/root";
+}
+
+struct Corpus {
+  std::vector<float> vectors;
+  SnapshotInput input;
+};
+
+Corpus MakeCorpus(size_t n, int dim, const std::string& prefix) {
+  Corpus c;
+  c.vectors = index::ClusteredVectors(n, dim, 16, 5);
+  c.input.vectors = c.vectors.data();
+  c.input.count = n;
+  c.input.dim = dim;
+  c.input.metric = index::Metric::kCosine;
+  c.input.hnsw.m = 8;
+  c.input.hnsw.ef_construction = 40;
+  for (size_t i = 0; i < n; ++i) {
+    c.input.ids.push_back({prefix + std::to_string(i), "uri://" + std::to_string(i), ""});
+  }
+  c.input.extra_files["rejects.jsonl"] = "";
+  return c;
+}
+
+TEST_CASE("Publish makes versions 1, 2 and moves CURRENT; the snapshot opens and searches") {
+  std::string root = TempRoot();
+  Corpus a = MakeCorpus(500, 24, "a");
+  auto v1 = PublishSnapshot(root, a.input);
+  REQUIRE(v1.ok());
+  CHECK(*v1 == 1);
+  CHECK(*ReadCurrentVersion(root) == 1);
+  Corpus b = MakeCorpus(300, 24, "b");
+  auto v2 = PublishSnapshot(root, b.input);
+  REQUIRE(v2.ok());
+  CHECK(*v2 == 2);
+  CHECK(*ReadCurrentVersion(root) == 2);
+  CHECK(*ListVersions(root) == std::vector<uint64_t>{1, 2});
+
+  auto snap = Snapshot::Open(root, 2, VerifyMode::kChecksums);
+  REQUIRE(snap.ok());
+  CHECK((*snap)->manifest().count == 300);
+  CHECK((*snap)->manifest().dim == 24);
+  CHECK((*snap)->manifest().files.count("rejects.jsonl") == 1);
+  // Query with row 17's stored vector: row 17 comes back first, as id "b17".
+  const float* q = (*snap)->searcher().Vector(17);
+  auto hits = (*snap)->searcher().Search(q, 5, 50);
+  REQUIRE(!hits.empty());
+  CHECK(hits[0].row == 17);
+  CHECK((*snap)->ids().Get(hits[0].row)->id == "b17");
+  CHECK((*snap)->ids().Find("b299").value() == 299);
+}
+
+TEST_CASE("Rollback with SetCurrentVersion, and gc never removes the live version") {
+  std::string root = TempRoot();
+  Corpus c = MakeCorpus(200, 16, "x");
+  for (int i = 0; i < 4; ++i) REQUIRE(PublishSnapshot(root, c.input).ok());
+  REQUIRE(SetCurrentVersion(root, 1).ok());
+  CHECK(*ReadCurrentVersion(root) == 1);
+  CHECK_FALSE(SetCurrentVersion(root, 9).ok());
+  auto removed = GarbageCollect(root, 1);
+  REQUIRE(removed.ok());
+  CHECK(*removed == std::vector<uint64_t>{2, 3});
+  CHECK(*ListVersions(root) == std::vector<uint64_t>{1, 4});
+  CHECK(*ReadCurrentVersion(root) == 1);
+  CHECK(Snapshot::Open(root, 1, VerifyMode::kChecksums).ok());
+}
+
+// A child process publishes and dies at `step`; the parent checks that the
+// previous version is still CURRENT and intact, and that the next publish
+// cleans up and succeeds.
+void CrashAt(const std::string& step) {
+  std::string root = TempRoot();
+  Corpus c = MakeCorpus(300, 16, "c");
+  REQUIRE(PublishSnapshot(root, c.input).ok());
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    PublishOptions opts;
+    opts.fault_hook = [&](absl::string_view s) {
+      if (s == step) ::_exit(42);
+    };
+    (void)PublishSnapshot(root, c.input, opts);
+    ::_exit(0);
+  }
+  int wstatus = 0;
+  REQUIRE(::waitpid(pid, &wstatus, 0) == pid);
+  REQUIRE(WIFEXITED(wstatus));
+  REQUIRE(WEXITSTATUS(wstatus) == 42);
+  CHECK(*ReadCurrentVersion(root) == 1);
+  CHECK(Snapshot::Open(root, 1, VerifyMode::kChecksums).ok());
+  auto next = PublishSnapshot(root, c.input);
+  REQUIRE(next.ok());
+  CHECK(*ReadCurrentVersion(root) == *next);
+  for (const auto& e : fs::directory_iterator(root)) {
+    CHECK(e.path().filename().string().rfind(".tmp-", 0) != 0);
+  }
+}
+
+TEST_CASE("A crash at any publish step leaves the previous version live") {
+  SECTION("after building files") { CrashAt("built"); }
+  SECTION("after fsync, before rename") { CrashAt("synced"); }
+  SECTION("after rename, before CURRENT") { CrashAt("renamed"); }
+}
+
+TEST_CASE("Damaged snapshot files are refused with a clear reason") {
+  std::string root = TempRoot();
+  Corpus c = MakeCorpus(400, 16, "d");
+  REQUIRE(PublishSnapshot(root, c.input).ok());
+  const std::string dir = VersionDir(root, 1);
+  auto expect_refused = [&](VerifyMode mode, const std::string& needle) {
+    auto s = Snapshot::Open(root, 1, mode);
+    REQUIRE_FALSE(s.ok());
+    INFO(s.status().message());
+    CHECK(s.status().message().find(needle) != std::string::npos);
+  };
+  auto truncate = [&](const std::string& name, size_t keep) {
+    auto bytes = ReadFileToString(dir + "/" + name);
+    REQUIRE(bytes.ok());
+    REQUIRE(WriteFileDurably(dir + "/" + name, bytes->substr(0, keep)).ok());
+  };
+  SECTION("truncated graph") {
+    truncate(kGraphFile, 1000);
+    expect_refused(VerifyMode::kSizes, "graph.hnsw is 1000 bytes but the manifest says");
+  }
+  SECTION("truncated ids table") {
+    truncate(kIdsFile, 10);
+    expect_refused(VerifyMode::kSizes, "ids.bin is 10 bytes");
+  }
+  SECTION("truncated manifest") {
+    truncate(kManifestFile, 40);
+    expect_refused(VerifyMode::kSizes, "MANIFEST.json is not a JSON object");
+  }
+  SECTION("flipped byte in the graph, same size") {
+    auto bytes = ReadFileToString(dir + "/" + kGraphFile);
+    std::string b = *bytes;
+    b[b.size() / 2] ^= 0x5a;
+    REQUIRE(WriteFileDurably(dir + "/" + kGraphFile, b).ok());
+    expect_refused(VerifyMode::kChecksums, "graph.hnsw checksum");
+  }
+  SECTION("missing offsets file") {
+    fs::remove(dir + "/" + kOffsetsFile);
+    expect_refused(VerifyMode::kSizes, "graph.offsets is listed in the manifest but missing");
+  }
+  SECTION("manifest with a wrong dim") {
+    auto text = ReadFileToString(dir + "/" + kManifestFile);
+    std::string t = *text;
+    auto pos = t.find("\"dim\": 16");
+    REQUIRE(pos != std::string::npos);
+    t.replace(pos, 9, "\"dim\": 32");
+    REQUIRE(WriteFileDurably(dir + "/" + kManifestFile, t).ok());
+    expect_refused(VerifyMode::kSizes, "wrong dim");
+  }
+}
+
+TEST_CASE("Bad publish inputs are refused and nothing is published") {
+  std::string root = TempRoot();
+  Corpus c = MakeCorpus(10, 8, "e");
+  c.input.ids[3].id = "e2";
+  auto r = PublishSnapshot(root, c.input);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().message().find("duplicate id 'e2'") != std::string::npos);
+  CHECK(absl::IsNotFound(ReadCurrentVersion(root).status()));
+  c.input.ids[3].id = "e3";
+  std::vector<float> zeros(8 * 10, 0.0f);
+  c.input.vectors = zeros.data();
+  auto z = PublishSnapshot(root, c.input);
+  REQUIRE_FALSE(z.ok());
+  CHECK(z.status().message().find("zero vector") != std::string::npos);
+  CHECK(ListVersions(root)->empty());
+}
+
+}  // namespace
+}  // namespace imagesearch::snapshot
