@@ -1,0 +1,84 @@
+#include "libs/serving/query_engine.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "libs/index/metric.h"
+
+namespace imagesearch::serving {
+
+absl::StatusOr<std::vector<float>> PrepareQueryVector(const snapshot::Snapshot& snap,
+                                                      const float* values, size_t size) {
+  const size_t dim = static_cast<size_t>(snap.manifest().dim);
+  if (size == 0) return absl::InvalidArgumentError("query vector is empty");
+  if (size != dim) {
+    return absl::InvalidArgumentError(absl::StrCat("query vector has ", size,
+                                                   " values but snapshot v", snap.version(),
+                                                   " has dimension ", dim));
+  }
+  for (size_t i = 0; i < size; ++i) {
+    if (std::isnan(values[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("query vector[", i, "] is NaN"));
+    }
+    if (std::isinf(values[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("query vector[", i, "] is infinite"));
+    }
+  }
+  std::vector<float> q(values, values + size);
+  if (snap.manifest().metric == index::Metric::kCosine && !index::NormalizeInPlace(q.data(), dim)) {
+    return absl::InvalidArgumentError(
+        "query vector has zero (or overflowing) norm; cosine search needs a non-zero vector");
+  }
+  return q;
+}
+
+absl::StatusOr<std::pair<std::vector<float>, uint32_t>> VectorOfId(const snapshot::Snapshot& snap,
+                                                                    absl::string_view id) {
+  if (id.empty()) return absl::InvalidArgumentError("query id is empty");
+  auto row = snap.ids().Find(id);
+  if (!row.has_value()) {
+    return absl::NotFoundError(
+        absl::StrCat("id '", id, "' is not in snapshot v", snap.version()));
+  }
+  const float* v = snap.searcher().Vector(*row);
+  return std::make_pair(std::vector<float>(v, v + snap.manifest().dim), *row);
+}
+
+absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
+                                                const std::vector<float>& query,
+                                                const SearchParams& params) {
+  const uint32_t k = params.top_k == 0 ? kDefaultTopK : params.top_k;
+  if (k > kMaxTopK) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_k ", k, " is out of range: the maximum is ", kMaxTopK));
+  }
+  if (params.ef > kMaxEf) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ef ", params.ef, " is out of range: the maximum is ", kMaxEf));
+  }
+  const size_t ef = params.ef == 0 ? static_cast<size_t>(snap.manifest().default_ef) : params.ef;
+  const size_t want = k + (params.exclude_row.has_value() ? 1 : 0);
+  auto neighbors = snap.searcher().Search(query.data(), want, std::max(ef, want));
+  std::vector<Hit> hits;
+  hits.reserve(k);
+  const bool similarity_is_one_minus = snap.manifest().metric != index::Metric::kL2;
+  for (const auto& n : neighbors) {
+    if (params.exclude_row.has_value() && n.row == *params.exclude_row) continue;
+    if (hits.size() == k) break;
+    auto view = snap.ids().Get(n.row);
+    if (!view.ok()) {
+      return absl::DataLossError(absl::StrCat("snapshot v", snap.version(),
+                                              " is inconsistent: ", view.status().message()));
+    }
+    Hit h;
+    h.id = std::string(view->id);
+    h.uri = std::string(view->uri);
+    h.attributes_json = std::string(view->attributes_json);
+    h.distance = n.distance;
+    h.score = similarity_is_one_minus ? 1.0f - n.distance : -n.distance;
+    hits.push_back(std::move(h));
+  }
+  return hits;
+}
+
+}  // namespace imagesearch::serving

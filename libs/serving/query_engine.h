@@ -1,0 +1,53 @@
+// Request validation and vector search against one snapshot, independent of
+// gRPC. Pure functions over immutable snapshots; thread-safe.
+#ifndef IMAGESEARCH_LIBS_SERVING_QUERY_ENGINE_H_
+#define IMAGESEARCH_LIBS_SERVING_QUERY_ENGINE_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "libs/snapshot/snapshot.h"
+
+namespace imagesearch::serving {
+
+inline constexpr uint32_t kDefaultTopK = 10;
+inline constexpr uint32_t kMaxTopK = 1000;
+inline constexpr uint32_t kMaxEf = 10000;
+
+struct SearchParams {
+  uint32_t top_k = 0;  // 0: kDefaultTopK.
+  uint32_t ef = 0;     // 0: the snapshot's default_ef.
+  // Row to leave out of the results ("more like this" on an indexed item).
+  std::optional<uint32_t> exclude_row;
+};
+
+struct Hit {
+  std::string id;
+  std::string uri;
+  std::string attributes_json;
+  float distance = 0;
+  float score = 0;
+};
+
+// Checks a client vector against the snapshot (dimension, finiteness, and a
+// non-zero norm for cosine) and returns it prepared for search (normalised
+// for cosine). INVALID_ARGUMENT says exactly what is wrong.
+absl::StatusOr<std::vector<float>> PrepareQueryVector(const snapshot::Snapshot& snap,
+                                                      const float* values, size_t size);
+
+// The stored vector of `id` and its row. NOT_FOUND names the id and version.
+absl::StatusOr<std::pair<std::vector<float>, uint32_t>> VectorOfId(const snapshot::Snapshot& snap,
+                                                                    absl::string_view id);
+
+// Validates params (top_k, ef ranges) and searches. `query` is prepared.
+absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
+                                                const std::vector<float>& query,
+                                                const SearchParams& params);
+
+}  // namespace imagesearch::serving
+
+#endif  // IMAGESEARCH_LIBS_SERVING_QUERY_ENGINE_H_

@@ -1,0 +1,98 @@
+#include "libs/serving/snapshot_manager.h"
+
+#include "absl/strings/str_cat.h"
+#include "libs/common/log.h"
+#include "libs/snapshot/snapshot_store.h"
+
+namespace imagesearch::serving {
+
+SnapshotManager::SnapshotManager(SnapshotManagerOptions options) : options_(std::move(options)) {}
+
+SnapshotManager::~SnapshotManager() {
+  {
+    std::lock_guard<std::mutex> lock(stop_mu_);
+    stop_ = true;
+  }
+  stop_cv_.notify_all();
+  if (watcher_.joinable()) watcher_.join();
+}
+
+std::shared_ptr<const ServingState> SnapshotManager::Current() const {
+  return std::atomic_load(&state_);
+}
+
+absl::StatusOr<std::shared_ptr<const ServingState>> SnapshotManager::Load(uint64_t version) {
+  auto snap = snapshot::Snapshot::Open(options_.root, version, options_.verify);
+  if (!snap.ok()) return snap.status();
+  auto state = std::make_shared<ServingState>();
+  state->snapshot = *snap;
+  if (!(*snap)->manifest().model.name.empty() && options_.embedder_factory) {
+    auto embedder = options_.embedder_factory(**snap);
+    if (!embedder.ok()) {
+      // The model is part of the snapshot: a snapshot whose model cannot load
+      // is refused as a whole, so the previous one keeps serving.
+      return absl::Status(embedder.status().code(),
+                          absl::StrCat("model of snapshot v", version, ": ",
+                                       embedder.status().message()));
+    }
+    if ((*embedder)->dim() != (*snap)->manifest().dim) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("model of snapshot v", version, " produces ", (*embedder)->dim(),
+                       "-d vectors but the index is ", (*snap)->manifest().dim, "-d"));
+    }
+    state->embedder = *embedder;
+  } else if (!(*snap)->manifest().model.name.empty()) {
+    state->embedder_error = "this server was built without a model runtime";
+  }
+  return std::shared_ptr<const ServingState>(std::move(state));
+}
+
+absl::StatusOr<uint64_t> SnapshotManager::PollOnce() {
+  std::lock_guard<std::mutex> lock(load_mu_);
+  auto live = Current();
+  auto current = snapshot::ReadCurrentVersion(options_.root);
+  if (!current.ok()) {
+    if (live) return live->snapshot->version();
+    return current.status();
+  }
+  if (live && live->snapshot->version() == *current) return *current;
+  if (*current == refused_version_) {
+    if (live) return live->snapshot->version();
+    return absl::UnavailableError(absl::StrCat("snapshot v", *current, " was refused"));
+  }
+  const absl::Time start = absl::Now();
+  auto loaded = Load(*current);
+  if (!loaded.ok()) {
+    refused_version_ = *current;
+    refusals_++;
+    LogError("refusing snapshot v", *current, ": ", loaded.status().ToString(),
+             live ? absl::StrCat("; still serving v", live->snapshot->version())
+                  : std::string("; nothing is served yet"));
+    if (live) return live->snapshot->version();
+    return loaded.status();
+  }
+  std::atomic_store(&state_, *loaded);
+  swaps_++;
+  LogInfo("serving snapshot v", *current, " (", (*loaded)->snapshot->manifest().count,
+          " vectors, dim ", (*loaded)->snapshot->manifest().dim, ", loaded in ",
+          absl::FormatDuration(absl::Now() - start), ")",
+          live ? absl::StrCat(", replacing v", live->snapshot->version()) : std::string());
+  if (options_.on_swap) options_.on_swap(**loaded);
+  return *current;
+}
+
+void SnapshotManager::StartWatching() {
+  watcher_ = std::thread([this] {
+    std::unique_lock<std::mutex> lock(stop_mu_);
+    while (!stop_) {
+      lock.unlock();
+      auto v = PollOnce();
+      (void)v;  // Errors are logged by PollOnce; the watcher just keeps polling.
+      lock.lock();
+      stop_cv_.wait_for(lock, absl::ToChronoMilliseconds(options_.poll_interval),
+                        [this] { return stop_; });
+    }
+  });
+}
+
+}  // namespace imagesearch::serving

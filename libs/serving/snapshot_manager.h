@@ -1,0 +1,89 @@
+// Keeps the live snapshot (and its model) for the query service: watches
+// root/CURRENT, loads and validates a new version completely (and warms its
+// model) BEFORE swapping it in, and keeps the old version serving when a new
+// one is bad. In-flight requests hold a shared_ptr to the state they started
+// with, so a swap never pulls a version out from under them.
+//
+// Thread-safe: Current() is lock-free-for-readers (atomic shared_ptr load);
+// loads happen on the watcher thread or in PollOnce().
+#ifndef IMAGESEARCH_LIBS_SERVING_SNAPSHOT_MANAGER_H_
+#define IMAGESEARCH_LIBS_SERVING_SNAPSHOT_MANAGER_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "libs/serving/embedder.h"
+#include "libs/snapshot/snapshot.h"
+
+namespace imagesearch::serving {
+
+// What a request sees: one snapshot and, when it carries a model and a model
+// runtime is configured, the embedder for it.
+struct ServingState {
+  std::shared_ptr<const snapshot::Snapshot> snapshot;
+  std::shared_ptr<Embedder> embedder;  // Null for vector-only snapshots.
+  std::string embedder_error;          // Why embedder is null, if it should exist.
+};
+
+// Makes the embedder for a snapshot's model (load + warm-up + dim check).
+using EmbedderFactory =
+    std::function<absl::StatusOr<std::shared_ptr<Embedder>>(const snapshot::Snapshot&)>;
+
+struct SnapshotManagerOptions {
+  std::string root;
+  snapshot::VerifyMode verify = snapshot::VerifyMode::kChecksums;
+  absl::Duration poll_interval = absl::Milliseconds(500);
+  EmbedderFactory embedder_factory;  // May be empty: image/text queries unavailable.
+  // Called after every successful swap (e.g. to flip health to SERVING).
+  std::function<void(const ServingState&)> on_swap;
+};
+
+class SnapshotManager {
+ public:
+  explicit SnapshotManager(SnapshotManagerOptions options);
+  ~SnapshotManager();  // Stops the watcher.
+  SnapshotManager(const SnapshotManager&) = delete;
+  SnapshotManager& operator=(const SnapshotManager&) = delete;
+
+  // The live state, or null before the first successful load.
+  std::shared_ptr<const ServingState> Current() const;
+
+  // Reads CURRENT and, if it names a version not yet live (and not already
+  // refused), loads it and swaps it in. Returns the live version afterwards,
+  // or the load error. Safe to call concurrently with the watcher.
+  absl::StatusOr<uint64_t> PollOnce();
+
+  // Starts a background thread calling PollOnce every poll_interval.
+  void StartWatching();
+
+  // Counters for metrics and tests.
+  uint64_t swaps() const { return swaps_.load(); }
+  uint64_t refusals() const { return refusals_.load(); }
+
+ private:
+  absl::StatusOr<std::shared_ptr<const ServingState>> Load(uint64_t version);
+
+  const SnapshotManagerOptions options_;
+  std::shared_ptr<const ServingState> state_;  // Accessed with std::atomic_load/store.
+  std::mutex load_mu_;                         // Serialises PollOnce.
+  uint64_t refused_version_ = 0;               // Guarded by load_mu_.
+  std::atomic<uint64_t> swaps_{0};
+  std::atomic<uint64_t> refusals_{0};
+
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
+  bool stop_ = false;
+  std::thread watcher_;
+};
+
+}  // namespace imagesearch::serving
+
+#endif  // IMAGESEARCH_LIBS_SERVING_SNAPSHOT_MANAGER_H_
