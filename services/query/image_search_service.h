@@ -1,0 +1,51 @@
+// The imagesearch.v1.ImageSearch gRPC service (callback API). A thin layer:
+// it validates requests, picks the live snapshot, and runs searches on a
+// bounded work pool so that overload becomes RESOURCE_EXHAUSTED and requests
+// whose deadline has passed are dropped before any work is done.
+//
+// Thread-safe; owns nothing but counters. The manager and pool outlive it.
+#ifndef IMAGESEARCH_SERVICES_QUERY_IMAGE_SEARCH_SERVICE_H_
+#define IMAGESEARCH_SERVICES_QUERY_IMAGE_SEARCH_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include "imagesearch/v1/imagesearch.grpc.pb.h"
+#include "libs/serving/snapshot_manager.h"
+#include "libs/serving/work_pool.h"
+
+namespace imagesearch {
+
+struct ServiceCounters {
+  std::atomic<uint64_t> requests{0};
+  std::atomic<uint64_t> errors{0};
+  std::atomic<uint64_t> overloaded{0};
+  std::atomic<uint64_t> deadline_dropped{0};
+};
+
+class ImageSearchService final : public v1::ImageSearch::CallbackService {
+ public:
+  ImageSearchService(serving::SnapshotManager* manager, serving::WorkPool* pool)
+      : manager_(manager), pool_(pool) {}
+
+  grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* context,
+                                   const v1::SearchRequest* request,
+                                   v1::SearchResponse* response) override;
+  grpc::ServerUnaryReactor* Embed(grpc::CallbackServerContext* context,
+                                  const v1::EmbedRequest* request,
+                                  v1::EmbedResponse* response) override;
+  grpc::ServerUnaryReactor* GetInfo(grpc::CallbackServerContext* context,
+                                    const v1::GetInfoRequest* request,
+                                    v1::GetInfoResponse* response) override;
+
+  const ServiceCounters& counters() const { return counters_; }
+
+ private:
+  serving::SnapshotManager* const manager_;
+  serving::WorkPool* const pool_;
+  ServiceCounters counters_;
+};
+
+}  // namespace imagesearch
+
+#endif  // IMAGESEARCH_SERVICES_QUERY_IMAGE_SEARCH_SERVICE_H_

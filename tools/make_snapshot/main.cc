@@ -1,0 +1,208 @@
+// imagesearch-snapshot: builds snapshots from raw vectors and administers a
+// snapshot root.
+//
+//   imagesearch-snapshot build --root=R --vectors=emb.npy [--ids=ids.txt|ids.jsonl]
+//       [--metric=cosine|ip|l2] [--m=16] [--ef_construction=200] [--default_ef=64]
+//   imagesearch-snapshot list|current --root=R
+//   imagesearch-snapshot set-current --root=R --version=v3     (rollback)
+//   imagesearch-snapshot gc --root=R --keep=2
+//   imagesearch-snapshot verify --root=R [--version=v3]
+//   imagesearch-snapshot synth --out=vectors.npy --count=N --dim=D [--seed=1]
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "libs/common/file_util.h"
+#include "libs/index/test_vectors.h"
+#include "libs/snapshot/snapshot.h"
+#include "libs/snapshot/snapshot_store.h"
+#include "tools/make_snapshot/vector_io.h"
+#include <nlohmann/json.hpp>
+
+ABSL_FLAG(std::string, root, "", "Snapshot root directory.");
+ABSL_FLAG(std::string, vectors, "", "build: .npy (float32/64, N x D) or .fvecs file.");
+ABSL_FLAG(std::string, ids, "",
+          "build: ids, one per line (.txt) or JSON objects {id, uri, attributes} (.jsonl). "
+          "Default: row numbers.");
+ABSL_FLAG(std::string, metric, "cosine", "build: cosine, ip or l2.");
+ABSL_FLAG(int, m, 16, "build: HNSW M.");
+ABSL_FLAG(int, ef_construction, 200, "build: HNSW ef_construction.");
+ABSL_FLAG(int, default_ef, 64, "build: ef used when a query leaves it unset.");
+ABSL_FLAG(int, threads, 0, "build: insert threads; 0 = all cores.");
+ABSL_FLAG(std::string, version, "", "set-current/verify: a version like v3.");
+ABSL_FLAG(int, keep, 2, "gc: newest versions to keep (CURRENT is always kept).");
+ABSL_FLAG(std::string, out, "", "synth: output .npy path.");
+ABSL_FLAG(int, count, 10000, "synth: number of vectors.");
+ABSL_FLAG(int, dim, 128, "synth: dimension.");
+ABSL_FLAG(int, seed, 1, "synth: random seed.");
+
+namespace imagesearch {
+namespace {
+
+int Fail(const absl::Status& s) {
+  std::cerr << "error: " << s << "\n";
+  return 1;
+}
+
+absl::StatusOr<std::vector<snapshot::IdRecord>> ReadIds(const std::string& path, size_t count) {
+  std::vector<snapshot::IdRecord> ids;
+  if (path.empty()) {
+    for (size_t i = 0; i < count; ++i) ids.push_back({std::to_string(i), "", ""});
+    return ids;
+  }
+  auto text = ReadFileToString(path);
+  if (!text.ok()) return text.status();
+  const bool jsonl = absl::EndsWith(path, ".jsonl");
+  size_t line_no = 0;
+  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+    ++line_no;
+    line = absl::StripTrailingAsciiWhitespace(line);
+    if (line.empty()) continue;
+    if (!jsonl) {
+      ids.push_back({std::string(line), "", ""});
+      continue;
+    }
+    auto j = nlohmann::json::parse(line.begin(), line.end(), nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("id") || !j["id"].is_string()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ":", line_no, ": expected a JSON object with a string \"id\""));
+    }
+    snapshot::IdRecord r{j["id"].get<std::string>(), "", ""};
+    if (j.contains("uri") && j["uri"].is_string()) r.uri = j["uri"].get<std::string>();
+    if (j.contains("attributes")) r.attributes_json = j["attributes"].dump();
+    ids.push_back(std::move(r));
+  }
+  if (ids.size() != count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " has ", ids.size(), " ids but the vector file has ", count, " rows"));
+  }
+  return ids;
+}
+
+int Build(const std::string& root) {
+  auto set = ReadVectorFile(absl::GetFlag(FLAGS_vectors));
+  if (!set.ok()) return Fail(set.status());
+  auto ids = ReadIds(absl::GetFlag(FLAGS_ids), set->count);
+  if (!ids.ok()) return Fail(ids.status());
+  auto metric = index::ParseMetric(absl::GetFlag(FLAGS_metric));
+  if (!metric.ok()) return Fail(metric.status());
+  snapshot::SnapshotInput in;
+  in.vectors = set->data.data();
+  in.count = set->count;
+  in.dim = static_cast<int>(set->dim);
+  in.metric = *metric;
+  in.ids = std::move(*ids);
+  in.hnsw.m = absl::GetFlag(FLAGS_m);
+  in.hnsw.ef_construction = absl::GetFlag(FLAGS_ef_construction);
+  in.hnsw.threads = absl::GetFlag(FLAGS_threads);
+  in.default_ef = absl::GetFlag(FLAGS_default_ef);
+  auto v = snapshot::PublishSnapshot(root, in);
+  if (!v.ok()) return Fail(v.status());
+  std::cout << "published v" << *v << " (" << set->count << " vectors, dim " << set->dim << ", "
+            << index::MetricName(*metric) << ") to " << snapshot::VersionDir(root, *v) << "\n";
+  return 0;
+}
+
+int List(const std::string& root) {
+  auto versions = snapshot::ListVersions(root);
+  if (!versions.ok()) return Fail(versions.status());
+  auto current = snapshot::ReadCurrentVersion(root);
+  for (uint64_t v : *versions) {
+    auto text = ReadFileToString(snapshot::VersionDir(root, v) + "/MANIFEST.json");
+    auto m = text.ok() ? snapshot::ParseManifest(*text) : absl::StatusOr<snapshot::Manifest>(text.status());
+    std::cout << (current.ok() && *current == v ? "* " : "  ") << "v" << v;
+    if (m.ok()) {
+      std::cout << "  " << m->count << " vectors  dim " << m->dim << "  "
+                << index::MetricName(m->metric) << "  " << m->created_at << "  model "
+                << (m->model.name.empty() ? "-" : m->model.name);
+    } else {
+      std::cout << "  (unreadable: " << m.status().message() << ")";
+    }
+    std::cout << "\n";
+  }
+  return 0;
+}
+
+int Run(const std::vector<char*>& args) {
+  if (args.size() < 2) {
+    std::cerr << "usage: imagesearch-snapshot build|list|current|set-current|gc|verify|synth "
+                 "[flags]; see --help\n";
+    return 2;
+  }
+  const std::string cmd = args[1];
+  const std::string root = absl::GetFlag(FLAGS_root);
+  if (cmd == "synth") {
+    VectorSet set;
+    set.count = static_cast<size_t>(absl::GetFlag(FLAGS_count));
+    set.dim = static_cast<size_t>(absl::GetFlag(FLAGS_dim));
+    set.data = index::ClusteredVectors(set.count, set.dim, 100,
+                                       static_cast<uint32_t>(absl::GetFlag(FLAGS_seed)));
+    absl::Status s = WriteFileDurably(absl::GetFlag(FLAGS_out), EncodeNpy(set));
+    if (!s.ok()) return Fail(s);
+    std::cout << "wrote " << set.count << " x " << set.dim << " to " << absl::GetFlag(FLAGS_out) << "\n";
+    return 0;
+  }
+  if (root.empty()) {
+    std::cerr << "--root is required\n";
+    return 2;
+  }
+  if (cmd == "build") return Build(root);
+  if (cmd == "list") return List(root);
+  if (cmd == "current") {
+    auto v = snapshot::ReadCurrentVersion(root);
+    if (!v.ok()) return Fail(v.status());
+    std::cout << "v" << *v << "\n";
+    return 0;
+  }
+  if (cmd == "set-current" || cmd == "verify") {
+    uint64_t version = 0;
+    if (!absl::GetFlag(FLAGS_version).empty()) {
+      auto v = snapshot::ParseVersionName(absl::GetFlag(FLAGS_version));
+      if (!v.ok()) return Fail(v.status());
+      version = *v;
+    } else if (cmd == "verify") {
+      auto v = snapshot::ReadCurrentVersion(root);
+      if (!v.ok()) return Fail(v.status());
+      version = *v;
+    } else {
+      std::cerr << "--version is required\n";
+      return 2;
+    }
+    if (cmd == "set-current") {
+      absl::Status s = snapshot::SetCurrentVersion(root, version);
+      if (!s.ok()) return Fail(s);
+      std::cout << "CURRENT -> v" << version << "\n";
+      return 0;
+    }
+    auto snap = snapshot::Snapshot::Open(root, version, snapshot::VerifyMode::kChecksums);
+    if (!snap.ok()) return Fail(snap.status());
+    std::cout << "v" << version << " OK: " << (*snap)->manifest().files.size()
+              << " files match the manifest\n";
+    return 0;
+  }
+  if (cmd == "gc") {
+    auto removed = snapshot::GarbageCollect(root, static_cast<size_t>(absl::GetFlag(FLAGS_keep)));
+    if (!removed.ok()) return Fail(removed.status());
+    std::cout << "removed " << removed->size() << " version(s)";
+    for (uint64_t v : *removed) std::cout << " v" << v;
+    std::cout << "\n";
+    return 0;
+  }
+  std::cerr << "unknown command '" << cmd << "'\n";
+  return 2;
+}
+
+}  // namespace
+}  // namespace imagesearch
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Build and manage imagesearch snapshots; see tools/make_snapshot.");
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  return imagesearch::Run(args);
+}
