@@ -1,0 +1,81 @@
+#include "libs/model/model_bundle.h"
+
+#include "absl/strings/str_cat.h"
+#include "libs/common/status_macros.h"
+
+namespace imagesearch::model {
+
+absl::StatusOr<std::shared_ptr<const ModelBundle>> ModelBundle::Load(
+    const std::string& model_path, const ModelBundleOptions& options) {
+  RETURN_IF_ERROR(image::InitImageLibrary());
+  std::shared_ptr<ModelBundle> b(new ModelBundle());
+  ASSIGN_OR_RETURN(b->encoder_, encoder::Encoder::Load(model_path, options.encoder));
+  const encoder::ModelInfo& info = b->encoder_->info();
+  b->preprocess_.image_size = info.image_size;
+  ASSIGN_OR_RETURN(b->preprocess_.resize, image::ParseResizeMode(info.resize));
+  ASSIGN_OR_RETURN(b->preprocess_.crop, image::ParseCropMode(info.crop));
+  ASSIGN_OR_RETURN(b->preprocess_.interpolation, image::ParseInterpolation(info.interpolation));
+  b->preprocess_.max_pixels = options.max_pixels;
+  b->preprocess_.max_bytes = options.max_image_bytes;
+  if (absl::Status s = image::ValidatePreprocessOptions(b->preprocess_); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("model ", info.name, ": ", s.message()));
+  }
+  if (info.text.has_value()) {
+    if (info.text->tokenizer != "clip_bpe") {
+      return absl::InvalidArgumentError(absl::StrCat("model ", info.name, ": tokenizer '",
+                                                     info.text->tokenizer,
+                                                     "' is not supported (clip_bpe is)"));
+    }
+    text::ClipTokenizerOptions t;
+    t.context_length = info.text->context_length;
+    t.sot_token = info.text->sot_token;
+    t.eot_token = info.text->eot_token;
+    auto tok = text::ClipTokenizer::Create(info.text->vocab, t);
+    if (!tok.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model ", info.name, " tokenizer vocabulary: ", tok.status().message()));
+    }
+    b->tokenizer_.emplace(std::move(*tok));
+  }
+  return std::shared_ptr<const ModelBundle>(std::move(b));
+}
+
+absl::StatusOr<image::RgbImage> ModelBundle::PreprocessImage(absl::string_view encoded) const {
+  return image::DecodeAndPreprocess(std::string_view(encoded.data(), encoded.size()), preprocess_);
+}
+
+absl::StatusOr<image::RgbImage> ModelBundle::PreprocessFile(const std::string& path) const {
+  return image::DecodeAndPreprocessFile(path, preprocess_);
+}
+
+absl::StatusOr<std::vector<int64_t>> ModelBundle::Tokenize(absl::string_view text) const {
+  if (!tokenizer_.has_value()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", info().name, " is image-only and has no text encoder"));
+  }
+  return tokenizer_->Encode(std::string_view(text.data(), text.size()));
+}
+
+absl::StatusOr<std::vector<float>> ModelBundle::EncodeImages(
+    const std::vector<const image::RgbImage*>& images) const {
+  std::vector<const uint8_t*> pixels;
+  pixels.reserve(images.size());
+  for (const image::RgbImage* img : images) {
+    if (img->width != preprocess_.image_size || img->height != preprocess_.image_size) {
+      return absl::InvalidArgumentError(absl::StrCat("image is ", img->width, "x", img->height,
+                                                     ", the model needs ",
+                                                     preprocess_.image_size, " square"));
+    }
+    pixels.push_back(img->pixels.data());
+  }
+  return encoder_->EncodeImages(pixels);
+}
+
+absl::StatusOr<std::vector<float>> ModelBundle::EncodeTokens(
+    const std::vector<const std::vector<int64_t>*>& tokens) const {
+  std::vector<int64_t> flat;
+  for (const auto* t : tokens) flat.insert(flat.end(), t->begin(), t->end());
+  return encoder_->EncodeTokens(flat, static_cast<int>(tokens.size()));
+}
+
+}  // namespace imagesearch::model

@@ -1,0 +1,429 @@
+#include "services/indexer/indexer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <thread>
+#include <unordered_set>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "libs/common/file_util.h"
+#include "libs/common/log.h"
+#include "libs/common/status_macros.h"
+#include "libs/model/model_bundle.h"
+#include "libs/snapshot/snapshot.h"
+#include "libs/snapshot/snapshot_store.h"
+#include "services/indexer/bounded_queue.h"
+#include <nlohmann/json.hpp>
+
+namespace imagesearch::indexer {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+struct Work {
+  std::string id;
+  std::string path;
+  std::string attributes_json;
+};
+
+struct Decoded {
+  Work work;
+  absl::StatusOr<image::RgbImage> image;
+};
+
+struct Reject {
+  std::string id, path, reason;
+};
+
+bool IsImageExtension(const fs::path& p) {
+  std::string ext = absl::AsciiStrToLower(p.extension().string());
+  static const char* kExts[] = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif",
+                                ".tiff", ".bmp", ".avif", ".heic", ".jxl"};
+  for (const char* e : kExts) {
+    if (ext == e) return true;
+  }
+  return false;
+}
+
+// Shared progress counters, read by the reporter thread.
+struct Progress {
+  std::atomic<uint64_t> listed{0};
+  std::atomic<uint64_t> done{0};
+  std::atomic<uint64_t> rejected{0};
+  std::atomic<bool> listing_done{false};
+};
+
+class Reporter {
+ public:
+  Reporter(const std::string& mode, const Progress* p) : p_(p) {
+    bool tty = ::isatty(STDERR_FILENO) != 0;
+    bar_ = mode == "bar" || (mode == "auto" && tty);
+    enabled_ = mode != "none";
+    if (enabled_) thread_ = std::thread([this] { Loop(); });
+  }
+  ~Reporter() { Stop(); }
+  void Stop() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    if (bar_) std::fprintf(stderr, "%s\n", Line().c_str());
+  }
+
+ private:
+  std::string Line() const {
+    const double secs = std::chrono::duration<double>(Clock::now() - start_).count();
+    const uint64_t done = p_->done, listed = p_->listed;
+    const double rate = secs > 0 ? done / secs : 0;
+    std::string total = p_->listing_done ? std::to_string(listed) : absl::StrCat(listed, "+");
+    std::string eta = "?";
+    if (p_->listing_done && rate > 0) {
+      eta = absl::StrFormat("%.0fs", (listed - done) / rate);
+    }
+    if (!bar_) {
+      return absl::StrFormat("indexer: %d/%s images, %d rejected, %.1f img/s, eta %s", done, total,
+                             p_->rejected.load(), rate, eta);
+    }
+    const int width = 30;
+    const double frac = p_->listing_done && listed > 0 ? static_cast<double>(done) / listed : 0;
+    const int fill = static_cast<int>(frac * width);
+    return absl::StrFormat("\r[%s%s] %d/%s  %.1f img/s  eta %s  rejected %d   ",
+                           std::string(fill, '#'), std::string(width - fill, '.'), done, total,
+                           rate, eta, p_->rejected.load());
+  }
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    const auto period = bar_ ? std::chrono::milliseconds(250) : std::chrono::milliseconds(5000);
+    while (!cv_.wait_for(lock, period, [this] { return stop_; })) {
+      const std::string line = Line();
+      std::fprintf(stderr, bar_ ? "%s" : "%s\n", line.c_str());
+      std::fflush(stderr);
+    }
+  }
+
+  const Progress* p_;
+  const Clock::time_point start_ = Clock::now();
+  bool bar_ = false, enabled_ = false, stop_ = false;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::thread thread_;
+};
+
+// Parses one JSON manifest line into `w`; relative paths resolve against `dir`.
+absl::Status ParseManifestLine(absl::string_view line, const fs::path& dir, Work* w) {
+  auto j = nlohmann::json::parse(line.begin(), line.end(), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("not a JSON object");
+  auto path = j.find("path");
+  if (path == j.end() || !path->is_string() || path->get<std::string>().empty()) {
+    return absl::InvalidArgumentError("missing string field \"path\"");
+  }
+  fs::path p = path->get<std::string>();
+  w->path = p.is_absolute() ? p.string() : (dir / p).string();
+  auto id = j.find("id");
+  if (id != j.end() && !id->is_string()) return absl::InvalidArgumentError("\"id\" must be a string");
+  w->id = id != j.end() ? id->get<std::string>() : path->get<std::string>();
+  auto attrs = j.find("attributes");
+  if (attrs != j.end() && !attrs->is_null()) {
+    if (!attrs->is_object()) return absl::InvalidArgumentError("\"attributes\" must be an object");
+    w->attributes_json = attrs->dump();
+  }
+  return absl::OkStatus();
+}
+
+// Streams the input into `out`; returns an error for unusable input (bad
+// manifest line, missing directory). Closes nothing; the caller does.
+absl::Status ListInput(const IndexerOptions& o, BoundedQueue<Work>* out, Progress* progress) {
+  auto push = [&](Work w) {
+    progress->listed++;
+    out->Push(std::move(w));
+  };
+  if (o.input == "-") {
+    std::istream& in = o.stdin_stream != nullptr ? *o.stdin_stream : std::cin;
+    std::string line;
+    size_t n = 0;
+    while (std::getline(in, line)) {
+      ++n;
+      absl::string_view l = absl::StripAsciiWhitespace(line);
+      if (l.empty()) continue;
+      Work w;
+      if (l.front() == '{') {
+        absl::Status s = ParseManifestLine(l, fs::current_path(), &w);
+        if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("stdin line ", n, ": ", s.message()));
+      } else {
+        w.path = std::string(l);
+        w.id = w.path;
+      }
+      push(std::move(w));
+    }
+    return absl::OkStatus();
+  }
+  std::error_code ec;
+  if (fs::is_directory(o.input, ec)) {
+    std::vector<fs::path> files;
+    for (auto it = fs::recursive_directory_iterator(
+             o.input, fs::directory_options::skip_permission_denied, ec);
+         it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (ec) break;
+      const std::string name = it->path().filename().string();
+      if (!name.empty() && name[0] == '.') {
+        if (it->is_directory()) it.disable_recursion_pending();
+        continue;
+      }
+      if (it->is_regular_file() && IsImageExtension(it->path())) files.push_back(it->path());
+    }
+    if (ec) return absl::InternalError(absl::StrCat("walking ", o.input, ": ", ec.message()));
+    std::sort(files.begin(), files.end());  // Stable row order, reproducible snapshots.
+    for (const auto& f : files) {
+      Work w;
+      w.path = f.string();
+      w.id = fs::relative(f, o.input).generic_string();
+      push(std::move(w));
+    }
+    return absl::OkStatus();
+  }
+  if (absl::EndsWith(o.input, ".jsonl")) {
+    std::ifstream in(o.input);
+    if (!in) return absl::NotFoundError(absl::StrCat("cannot open manifest ", o.input));
+    const fs::path dir = fs::path(o.input).parent_path();
+    std::string line;
+    size_t n = 0;
+    while (std::getline(in, line)) {
+      ++n;
+      absl::string_view l = absl::StripAsciiWhitespace(line);
+      if (l.empty()) continue;
+      Work w;
+      absl::Status s = ParseManifestLine(l, dir, &w);
+      if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(o.input, ":", n, ": ", s.message()));
+      push(std::move(w));
+    }
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--input '", o.input, "' is neither a directory, a .jsonl manifest, nor '-' (stdin)"));
+}
+
+std::string PreprocessingJson(const encoder::ModelInfo& info) {
+  nlohmann::json j = {{"resize", info.resize},       {"crop", info.crop},
+                      {"interpolation", info.interpolation}, {"image_size", info.image_size},
+                      {"mean", info.mean},           {"std", info.std}};
+  return j.dump();
+}
+
+}  // namespace
+
+absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
+  const auto start = Clock::now();
+  if (o.root.empty()) return absl::InvalidArgumentError("--root is required");
+  if (o.model_path.empty()) return absl::InvalidArgumentError("--model is required");
+  if (o.batch_size < 1) return absl::InvalidArgumentError("--batch must be at least 1");
+  model::ModelBundleOptions mo;
+  mo.encoder.intra_op_threads = o.encoder_threads;
+  mo.max_pixels = o.max_pixels;
+  ASSIGN_OR_RETURN(auto bundle, model::ModelBundle::Load(o.model_path, mo));
+  const encoder::ModelInfo& info = bundle->info();
+  const size_t dim = static_cast<size_t>(info.embed_dim);
+  ASSIGN_OR_RETURN(index::Metric metric, index::ParseMetric(info.metric));
+  ASSIGN_OR_RETURN(std::string model_sha, Sha256HexOfFile(o.model_path));
+
+  // The base snapshot, for incremental builds: same model, or refuse.
+  std::shared_ptr<const snapshot::Snapshot> base;
+  if (o.base_version != 0) {
+    ASSIGN_OR_RETURN(base, snapshot::Snapshot::Open(o.root, o.base_version,
+                                                    snapshot::VerifyMode::kChecksums));
+    if (base->manifest().model.sha256 != model_sha) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "base v", o.base_version, " was built with model '", base->manifest().model.name,
+          "' (sha256 ", base->manifest().model.sha256.substr(0, 12), "...), not ", o.model_path,
+          " (sha256 ", model_sha.substr(0, 12),
+          "...); its vectors are in another embedding space. Build from scratch instead."));
+    }
+  } else if (!o.remove_ids.empty()) {
+    return absl::InvalidArgumentError("--remove_ids needs --base");
+  }
+
+  int decode_threads = o.decode_threads;
+  if (decode_threads <= 0) decode_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+
+  Progress progress;
+  BoundedQueue<Work> work(static_cast<size_t>(o.batch_size) * 4);
+  BoundedQueue<Decoded> decoded(static_cast<size_t>(o.batch_size) * 2);
+  absl::Status list_status;
+  Reporter reporter(o.progress, &progress);
+
+  std::thread lister([&] {
+    list_status = ListInput(o, &work, &progress);
+    progress.listing_done = true;
+    work.Close();
+  });
+  std::vector<std::thread> decoders;
+  std::atomic<int> decoders_left{decode_threads};
+  for (int t = 0; t < decode_threads; ++t) {
+    decoders.emplace_back([&] {
+      while (auto w = work.Pop()) {
+        Decoded d{std::move(*w), absl::InternalError("unset")};
+        d.image = bundle->PreprocessFile(d.work.path);
+        decoded.Push(std::move(d));
+      }
+      if (--decoders_left == 0) decoded.Close();
+    });
+  }
+
+  // Encoder stage (this thread): batches decoded images, encodes, collects rows.
+  std::vector<float> vectors;
+  std::vector<snapshot::IdRecord> ids;
+  std::vector<Reject> rejects;
+  std::unordered_set<std::string> seen;
+  absl::Status encode_status;
+  double encode_seconds = 0;
+  std::vector<Decoded> batch;
+  auto flush = [&] {
+    if (batch.empty() || !encode_status.ok()) {
+      batch.clear();
+      return;
+    }
+    std::vector<const image::RgbImage*> ptrs;
+    for (const auto& d : batch) ptrs.push_back(&*d.image);
+    const auto t0 = Clock::now();
+    auto out = bundle->EncodeImages(ptrs);
+    encode_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+    if (!out.ok()) {
+      encode_status = out.status();
+    } else {
+      vectors.insert(vectors.end(), out->begin(), out->end());
+      for (auto& d : batch) {
+        ids.push_back({std::move(d.work.id), std::move(d.work.path), std::move(d.work.attributes_json)});
+      }
+    }
+    progress.done += batch.size();
+    batch.clear();
+  };
+  while (auto d = decoded.Pop()) {
+    if (!d->image.ok()) {
+      rejects.push_back({d->work.id, d->work.path, std::string(d->image.status().message())});
+      progress.rejected++;
+      progress.done++;
+      continue;
+    }
+    if (d->work.id.empty() || !seen.insert(d->work.id).second) {
+      rejects.push_back({d->work.id, d->work.path,
+                         d->work.id.empty() ? "empty id" : "duplicate id in the input"});
+      progress.rejected++;
+      progress.done++;
+      continue;
+    }
+    batch.push_back(std::move(*d));
+    if (batch.size() >= static_cast<size_t>(o.batch_size)) flush();
+  }
+  flush();
+  lister.join();
+  for (auto& t : decoders) t.join();
+  reporter.Stop();
+  RETURN_IF_ERROR(list_status);
+  RETURN_IF_ERROR(encode_status);
+
+  IndexReport report;
+  report.listed = progress.listed;
+  report.indexed = ids.size();
+  report.rejected = rejects.size();
+  report.encode_seconds = encode_seconds;
+
+  std::string rejects_jsonl;
+  for (const auto& r : rejects) {
+    rejects_jsonl += nlohmann::json{{"id", r.id}, {"path", r.path}, {"reason", r.reason}}.dump();
+    rejects_jsonl += "\n";
+  }
+  if (report.listed > 0 &&
+      static_cast<double>(report.rejected) / static_cast<double>(report.listed) > o.max_reject_ratio) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%d of %d images (%.1f%%) were rejected, more than --max_reject_ratio=%g; nothing was "
+        "published. First: %s: %s",
+        report.rejected, report.listed, 100.0 * report.rejected / report.listed,
+        o.max_reject_ratio, rejects[0].path, rejects[0].reason));
+  }
+
+  // Merge with the base: keep base rows not removed and not re-supplied.
+  if (base) {
+    std::unordered_set<std::string> remove(o.remove_ids.begin(), o.remove_ids.end());
+    for (const auto& id : o.remove_ids) {
+      if (!base->ids().Find(id).has_value()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--remove_ids: id '", id, "' is not in base v", o.base_version));
+      }
+    }
+    std::vector<float> merged;
+    std::vector<snapshot::IdRecord> merged_ids;
+    for (uint64_t r = 0; r < base->manifest().count; ++r) {
+      ASSIGN_OR_RETURN(snapshot::IdView v, base->ids().Get(r));
+      const std::string id(v.id);
+      if (remove.count(id)) {
+        report.removed++;
+        continue;
+      }
+      if (seen.count(id)) continue;  // Replaced by a newly encoded image.
+      const float* vec = base->searcher().Vector(static_cast<uint32_t>(r));
+      merged.insert(merged.end(), vec, vec + dim);
+      merged_ids.push_back({id, std::string(v.uri), std::string(v.attributes_json)});
+      report.kept_from_base++;
+    }
+    merged.insert(merged.end(), vectors.begin(), vectors.end());
+    for (auto& r : ids) merged_ids.push_back(std::move(r));
+    vectors = std::move(merged);
+    ids = std::move(merged_ids);
+  }
+  report.total = ids.size();
+  if (report.indexed == 0 && !base) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "no image was indexed (", report.listed, " listed, ", report.rejected,
+        " rejected); nothing was published",
+        rejects.empty() ? std::string() : absl::StrCat(". First: ", rejects[0].path, ": ", rejects[0].reason)));
+  }
+  if (report.total == 0) {
+    return absl::FailedPreconditionError("the new snapshot would be empty; nothing was published");
+  }
+
+  snapshot::SnapshotInput in;
+  in.vectors = vectors.data();
+  in.count = ids.size();
+  in.dim = static_cast<int>(dim);
+  in.metric = metric;
+  in.ids = std::move(ids);
+  in.hnsw = o.hnsw;
+  in.default_ef = o.default_ef;
+  in.model_path = o.model_path;
+  in.model.name = info.name;
+  in.model.version = info.version;
+  in.model.image_size = info.image_size;
+  in.model.has_text = info.text.has_value();
+  in.model.preprocessing_json = PreprocessingJson(info);
+  in.base_version = o.base_version;
+  in.extra_files["rejects.jsonl"] = rejects_jsonl;
+  if (o.dry_run) {
+    std::string tmp = absl::StrCat("/tmp/imagesearch_dry_run.", ::getpid());
+    std::error_code ec;
+    fs::create_directories(tmp, ec);
+    RETURN_IF_ERROR(index::BuildHnswGraph(in.vectors, in.count, dim, metric, in.hnsw,
+                                          tmp + "/graph.hnsw", tmp + "/graph.offsets"));
+    fs::remove_all(tmp, ec);
+  } else {
+    ASSIGN_OR_RETURN(report.version, snapshot::PublishSnapshot(o.root, in));
+  }
+  report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return report;
+}
+
+}  // namespace imagesearch::indexer

@@ -1,0 +1,67 @@
+// The batch indexer: streams images through the model into a new snapshot
+// version.
+//
+//   list -> decode+preprocess (thread pool) -> batch -> encode -> HNSW build
+//        -> write snapshot -> publish (atomic)
+//
+// Stages are joined by bounded queues, so image memory stays bounded whatever
+// the corpus size and decoding overlaps encoding. What does grow with the
+// corpus is the vector matrix itself (count x dim floats), which the graph
+// has to hold anyway.
+//
+// Bad images are skipped and recorded with their reason in rejects.jsonl
+// inside the snapshot; the run fails (and publishes nothing) when nothing was
+// indexed or the reject share passes max_reject_ratio.
+#ifndef IMAGESEARCH_SERVICES_INDEXER_INDEXER_H_
+#define IMAGESEARCH_SERVICES_INDEXER_INDEXER_H_
+
+#include <cstdint>
+#include <functional>
+#include <istream>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "libs/index/hnsw_builder.h"
+
+namespace imagesearch::indexer {
+
+struct IndexerOptions {
+  // Exactly one input: a directory (walked recursively, image extensions
+  // only), a .jsonl manifest ({"id", "path", "attributes"}; relative paths
+  // are relative to the manifest), or "-" for stdin (paths or JSON lines).
+  std::string input;
+  std::istream* stdin_stream = nullptr;  // For input "-"; defaults to std::cin.
+  std::string root;                      // Snapshot root to publish into.
+  std::string model_path;                // model.pt (our TorchScript contract).
+  uint64_t base_version = 0;             // Incremental: start from this version.
+  std::vector<std::string> remove_ids;   // Incremental: ids to drop from the base.
+  int decode_threads = 0;                // 0 = cores.
+  int encoder_threads = 0;               // LibTorch intra-op threads; 0 = default.
+  int batch_size = 32;
+  double max_reject_ratio = 0.05;
+  index::HnswParams hnsw;
+  int default_ef = 64;
+  int64_t max_pixels = 64'000'000;
+  // Progress: "auto" (bar on a terminal, lines otherwise), "bar", "lines", "none".
+  std::string progress = "auto";
+  bool dry_run = false;  // Encode and build, but do not publish (benchmarks).
+};
+
+struct IndexReport {
+  uint64_t version = 0;  // 0 for a dry run.
+  uint64_t listed = 0;
+  uint64_t indexed = 0;  // Newly encoded.
+  uint64_t rejected = 0;
+  uint64_t kept_from_base = 0;
+  uint64_t removed = 0;
+  uint64_t total = 0;  // Vectors in the new snapshot.
+  double seconds = 0;
+  double encode_seconds = 0;  // Time the encoder thread spent in forward passes.
+};
+
+absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& options);
+
+}  // namespace imagesearch::indexer
+
+#endif  // IMAGESEARCH_SERVICES_INDEXER_INDEXER_H_

@@ -1,0 +1,94 @@
+// imagesearch-indexer: the batch job that turns images into a published
+// snapshot version.
+//
+//   imagesearch-indexer --input=/data/images --root=/snapshots --model=model.pt
+//   imagesearch-indexer --input=manifest.jsonl --root=/snapshots --model=model.pt
+//   find /data -name '*.jpg' | imagesearch-indexer --input=- --root=... --model=...
+//   imagesearch-indexer --input=new/ --base=v3 --remove_ids=gone.txt --root=... --model=...
+//
+// Exit status: 0 published, 1 failed (nothing published), 2 usage error.
+#include <iostream>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "libs/common/file_util.h"
+#include "libs/snapshot/snapshot_store.h"
+#include "services/indexer/indexer.h"
+
+ABSL_FLAG(std::string, input, "", "Directory, .jsonl manifest, or - for stdin.");
+ABSL_FLAG(std::string, root, "", "Snapshot root to publish into.");
+ABSL_FLAG(std::string, model, "", "TorchScript model.pt (see libs/encoder/MODEL_CONTRACT.md).");
+ABSL_FLAG(std::string, base, "", "Incremental build on top of this version (e.g. v3).");
+ABSL_FLAG(std::string, remove_ids, "", "With --base: file of ids (one per line) to drop.");
+ABSL_FLAG(int, decode_threads, 0, "Image decode threads; 0 = cores.");
+ABSL_FLAG(int, encoder_threads, 0, "LibTorch intra-op threads; 0 = LibTorch default.");
+ABSL_FLAG(int, batch, 32, "Encoder batch size.");
+ABSL_FLAG(double, max_reject_ratio, 0.05,
+          "Fail (publish nothing) if more than this share of images is rejected.");
+ABSL_FLAG(int, m, 16, "HNSW M.");
+ABSL_FLAG(int, ef_construction, 200, "HNSW ef_construction.");
+ABSL_FLAG(int, default_ef, 64, "ef for queries that do not set one.");
+ABSL_FLAG(int64_t, max_pixels, 64000000, "Refuse images with more pixels (decompression bombs).");
+ABSL_FLAG(std::string, progress, "auto", "auto, bar, lines or none.");
+ABSL_FLAG(bool, dry_run, false, "Encode and build the graph but publish nothing.");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("imagesearch batch indexer; see services/indexer/indexer.h");
+  absl::ParseCommandLine(argc, argv);
+  using imagesearch::indexer::IndexerOptions;
+  IndexerOptions o;
+  o.input = absl::GetFlag(FLAGS_input);
+  o.root = absl::GetFlag(FLAGS_root);
+  o.model_path = absl::GetFlag(FLAGS_model);
+  if (o.input.empty() || o.root.empty() || o.model_path.empty()) {
+    std::cerr << "usage: imagesearch-indexer --input=DIR|FILE.jsonl|- --root=DIR --model=model.pt\n";
+    return 2;
+  }
+  if (!absl::GetFlag(FLAGS_base).empty()) {
+    auto v = imagesearch::snapshot::ParseVersionName(absl::GetFlag(FLAGS_base));
+    if (!v.ok()) {
+      std::cerr << "--base: " << v.status().message() << "\n";
+      return 2;
+    }
+    o.base_version = *v;
+  }
+  if (!absl::GetFlag(FLAGS_remove_ids).empty()) {
+    auto text = imagesearch::ReadFileToString(absl::GetFlag(FLAGS_remove_ids));
+    if (!text.ok()) {
+      std::cerr << "--remove_ids: " << text.status().message() << "\n";
+      return 2;
+    }
+    for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+      line = absl::StripAsciiWhitespace(line);
+      if (!line.empty()) o.remove_ids.emplace_back(line);
+    }
+  }
+  o.decode_threads = absl::GetFlag(FLAGS_decode_threads);
+  o.encoder_threads = absl::GetFlag(FLAGS_encoder_threads);
+  o.batch_size = absl::GetFlag(FLAGS_batch);
+  o.max_reject_ratio = absl::GetFlag(FLAGS_max_reject_ratio);
+  o.hnsw.m = absl::GetFlag(FLAGS_m);
+  o.hnsw.ef_construction = absl::GetFlag(FLAGS_ef_construction);
+  o.default_ef = absl::GetFlag(FLAGS_default_ef);
+  o.max_pixels = absl::GetFlag(FLAGS_max_pixels);
+  o.progress = absl::GetFlag(FLAGS_progress);
+  o.dry_run = absl::GetFlag(FLAGS_dry_run);
+  auto report = imagesearch::indexer::RunIndexer(o);
+  if (!report.ok()) {
+    std::cerr << "indexer failed: " << report.status() << "\n";
+    return 1;
+  }
+  const auto& r = *report;
+  std::cout << absl::StrFormat(
+      "%s: %d listed, %d indexed, %d rejected, %d kept from base, %d removed -> %d vectors in "
+      "%.1fs (%.1f img/s; encoder busy %.1fs)\n",
+      r.version ? absl::StrFormat("published v%d", r.version) : std::string("dry run"), r.listed,
+      r.indexed, r.rejected, r.kept_from_base, r.removed, r.total, r.seconds,
+      r.seconds > 0 ? r.indexed / r.seconds : 0.0, r.encode_seconds);
+  return 0;
+}
