@@ -1,0 +1,303 @@
+// The LibTorch adapter: the only file that includes torch and catches its
+// exceptions (c10::Error, std::exception), turning them into absl::Status.
+#include "libs/encoder/encoder.h"
+
+#include <ATen/Parallel.h>
+#include <caffe2/serialize/inline_container.h>
+#include <torch/script.h>
+
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "libs/common/status_macros.h"
+
+namespace imagesearch::encoder {
+namespace {
+
+constexpr char kModelJson[] = "model.json";
+constexpr char kDefaultVocabFile[] = "bpe_vocab.txt";
+constexpr size_t kMaxErrorChars = 4000;
+
+// LibTorch messages can carry a TorchScript traceback; keep them, bounded.
+std::string TorchMessage(const c10::Error& e) {
+  std::string msg(absl::StripTrailingAsciiWhitespace(e.what_without_backtrace()));
+  if (msg.size() > kMaxErrorChars) msg = msg.substr(0, kMaxErrorChars) + "...";
+  return msg;
+}
+
+// Runs `fn` (which returns absl::Status), converting exceptions into a Status
+// with `code` and `context` in front of the exception's message.
+template <typename Fn>
+absl::Status Guarded(absl::StatusCode code, absl::string_view context, Fn&& fn) {
+  try {
+    return fn();
+  } catch (const c10::Error& e) {
+    return absl::Status(code, absl::StrCat(context, ": ", TorchMessage(e)));
+  } catch (const std::exception& e) {
+    return absl::Status(code, absl::StrCat(context, ": ", e.what()));
+  }
+}
+
+std::string ShapeString(const torch::Tensor& t) {
+  return absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]");
+}
+
+// Reads an extra file ("extra/<name>") of a TorchScript archive.
+absl::StatusOr<std::string> ReadExtraFile(const std::string& path, const std::string& name) {
+  std::string contents;
+  absl::Status status =
+      Guarded(absl::StatusCode::kInvalidArgument,
+              absl::StrCat("cannot read extra file '", name, "' of '", path, "'"), [&] {
+                caffe2::serialize::PyTorchStreamReader reader(path);
+                const std::string record = "extra/" + name;
+                if (!reader.hasRecord(record)) {
+                  return absl::InvalidArgumentError(
+                      absl::StrCat("model '", path, "' has no extra file '", name,
+                                   "' (model.json names it as text.vocab_file)"));
+                }
+                auto [data, size] = reader.getRecord(record);
+                contents.assign(static_cast<const char*>(data.get()), size);
+                return absl::OkStatus();
+              });
+  if (!status.ok()) return status;
+  return contents;
+}
+
+}  // namespace
+
+struct Encoder::Impl {
+  torch::jit::Module module;
+  // Normalisation as x * scale - shift, [1, 3, 1, 1] each:
+  // (p / 255 - mean) / std = p * (1 / (255 std)) - mean / std.
+  torch::Tensor scale;
+  torch::Tensor shift;
+
+  // Runs `method` on `input` and checks and post-processes its output:
+  // [batch, embed_dim] float32, finite, L2-normalised for cosine.
+  absl::StatusOr<std::vector<float>> Run(const ModelInfo& info, const char* method,
+                                         const torch::Tensor& input, int64_t batch) const {
+    std::vector<float> result;
+    absl::Status status = Guarded(
+        absl::StatusCode::kInternal, absl::StrCat("model ", info.name, ": ", method, " failed"),
+        [&] {
+          c10::InferenceMode guard;
+          torch::Tensor out = module.get_method(method)({input}).toTensor();
+          if (out.dim() != 2 || out.size(0) != batch || out.size(1) != info.embed_dim) {
+            return absl::InternalError(
+                absl::StrCat("model ", info.name, ": ", method, " returned shape ",
+                             ShapeString(out), ", expected [", batch, ", ", info.embed_dim,
+                             "] (model.json embed_dim ", info.embed_dim, ")"));
+          }
+          out = out.to(torch::kFloat32).contiguous();
+          if (!torch::isfinite(out).all().item<bool>()) {
+            return absl::InternalError(absl::StrCat("model ", info.name, ": ", method,
+                                                    " produced a non-finite value (NaN or inf)"));
+          }
+          if (info.metric == "cosine") {
+            out = out / out.norm(2, /*dim=*/{1}, /*keepdim=*/true).clamp_min(1e-12);
+          }
+          const float* data = out.data_ptr<float>();
+          result.assign(data, data + out.numel());
+          return absl::OkStatus();
+        });
+    if (!status.ok()) return status;
+    return result;
+  }
+};
+
+Encoder::Encoder(ModelInfo info, std::unique_ptr<Impl> impl)
+    : info_(std::move(info)), impl_(std::move(impl)) {}
+
+Encoder::~Encoder() = default;
+
+absl::StatusOr<std::unique_ptr<Encoder>> Encoder::Load(const std::string& model_path,
+                                                       const EncoderOptions& options) {
+  std::error_code ec;
+  const auto file_status = std::filesystem::status(model_path, ec);
+  if (!std::filesystem::exists(file_status)) {
+    return absl::NotFoundError(absl::StrCat("model file '", model_path, "' does not exist"));
+  }
+  if (!std::filesystem::is_regular_file(file_status)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model path '", model_path, "' is not a regular file"));
+  }
+  if (options.intra_op_threads > 0) at::set_num_threads(options.intra_op_threads);
+
+  auto impl = std::make_unique<Impl>();
+  std::unordered_map<std::string, std::string> extra_files = {{kModelJson, ""},
+                                                              {kDefaultVocabFile, ""}};
+  RETURN_IF_ERROR(Guarded(absl::StatusCode::kInvalidArgument,
+                          absl::StrCat("cannot load '", model_path, "' as a TorchScript archive"),
+                          [&] {
+                            impl->module = torch::jit::load(model_path, torch::kCPU, extra_files);
+                            impl->module.eval();
+                            return absl::OkStatus();
+                          }));
+  const std::string& json = extra_files[kModelJson];
+  if (json.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model '", model_path,
+                     "' has no model.json extra file (see libs/encoder/MODEL_CONTRACT.md)"));
+  }
+  absl::StatusOr<ModelInfo> parsed = ParseModelJson(json);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model '", model_path, "': ", parsed.status().message()));
+  }
+  ModelInfo info = *std::move(parsed);
+
+  auto missing_method = [&](const char* method, absl::string_view why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model '", model_path, "' has no method ", method, why));
+  };
+  if (!impl->module.find_method("encode_image")) {
+    return missing_method("encode_image", " (required by the model contract)");
+  }
+  if (info.text) {
+    if (!impl->module.find_method("encode_text")) {
+      return missing_method("encode_text", ", but model.json has a \"text\" block");
+    }
+    if (info.text->vocab_file == kDefaultVocabFile) {
+      info.text->vocab = std::move(extra_files[kDefaultVocabFile]);
+    } else {
+      ASSIGN_OR_RETURN(info.text->vocab, ReadExtraFile(model_path, info.text->vocab_file));
+    }
+    if (info.text->vocab.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model '", model_path, "' has no (or an empty) extra file '",
+                       info.text->vocab_file, "' named by text.vocab_file"));
+    }
+  }
+
+  RETURN_IF_ERROR(Guarded(absl::StatusCode::kInternal, "cannot set up normalisation", [&] {
+    const auto& mean = info.mean;
+    const auto& std = info.std;
+    const std::vector<float> scale = {1.0f / (255.0f * std[0]), 1.0f / (255.0f * std[1]),
+                                      1.0f / (255.0f * std[2])};
+    const std::vector<float> shift = {mean[0] / std[0], mean[1] / std[1], mean[2] / std[2]};
+    impl->scale = torch::tensor(scale).reshape({1, 3, 1, 1});
+    impl->shift = torch::tensor(shift).reshape({1, 3, 1, 1});
+    return absl::OkStatus();
+  }));
+
+  std::unique_ptr<Encoder> encoder(new Encoder(std::move(info), std::move(impl)));
+  const ModelInfo& loaded = encoder->info();
+
+  // Warm up, and check the output shapes against model.json.
+  const int batch = std::max(1, options.warmup_batch);
+  const size_t image_bytes = static_cast<size_t>(loaded.image_size) * loaded.image_size * 3;
+  std::vector<std::vector<uint8_t>> images(batch, std::vector<uint8_t>(image_bytes));
+  std::vector<const uint8_t*> image_ptrs;
+  for (int b = 0; b < batch; ++b) {
+    for (size_t i = 0; i < image_bytes; ++i)
+      images[b][i] = static_cast<uint8_t>((i * 7 + b * 64) & 0xff);
+    image_ptrs.push_back(images[b].data());
+  }
+  auto warm_up_error = [&](const absl::Status& s) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model '", model_path, "' failed its warm-up: ", s.message()));
+  };
+  if (absl::StatusOr<std::vector<float>> out = encoder->EncodeImages(image_ptrs); !out.ok()) {
+    return warm_up_error(out.status());
+  }
+  if (loaded.text) {
+    const int length = loaded.text->context_length;
+    std::vector<int64_t> tokens(static_cast<size_t>(batch) * length, 0);
+    for (int b = 0; b < batch; ++b) {
+      tokens[static_cast<size_t>(b) * length] = loaded.text->sot_token;
+      tokens[static_cast<size_t>(b) * length + 1] = loaded.text->eot_token;
+    }
+    if (absl::StatusOr<std::vector<float>> out = encoder->EncodeTokens(tokens, batch); !out.ok()) {
+      return warm_up_error(out.status());
+    }
+  }
+  return encoder;
+}
+
+absl::StatusOr<std::vector<float>> Encoder::EncodeImages(
+    absl::Span<const uint8_t* const> images) const {
+  if (images.empty()) return std::vector<float>();
+  for (size_t i = 0; i < images.size(); ++i) {
+    if (images[i] == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("image ", i, " is a null pointer"));
+    }
+  }
+  const int64_t batch = static_cast<int64_t>(images.size());
+  const int64_t size = info_.image_size;
+  const size_t image_bytes = static_cast<size_t>(size * size * 3);
+  torch::Tensor input;
+  RETURN_IF_ERROR(Guarded(absl::StatusCode::kInternal, "cannot prepare the image batch", [&] {
+    c10::InferenceMode guard;
+    torch::Tensor pixels = torch::empty({batch, size, size, 3}, torch::kUInt8);
+    uint8_t* dst = pixels.data_ptr<uint8_t>();
+    for (const uint8_t* image : images) {
+      std::memcpy(dst, image, image_bytes);
+      dst += image_bytes;
+    }
+    // HWC uint8 -> NCHW float, normalised.
+    input = (pixels.permute({0, 3, 1, 2}).to(torch::kFloat32) * impl_->scale - impl_->shift)
+                .contiguous();
+    return absl::OkStatus();
+  }));
+  return impl_->Run(info_, "encode_image", input, batch);
+}
+
+absl::StatusOr<std::vector<float>> Encoder::EncodeTokens(absl::Span<const int64_t> token_ids,
+                                                         int batch) const {
+  if (!info_.text) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", info_.name, " has no text encoder"));
+  }
+  const TextConfig& text = *info_.text;
+  if (batch < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("batch must be >= 0, got ", batch));
+  }
+  const size_t expected = static_cast<size_t>(batch) * text.context_length;
+  if (token_ids.size() != expected) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("token_ids has ", token_ids.size(), " ids, expected batch ", batch,
+                     " x context_length ", text.context_length, " = ", expected));
+  }
+  if (batch == 0) return std::vector<float>();
+  for (size_t i = 0; i < token_ids.size(); ++i) {
+    const int64_t id = token_ids[i];
+    if (id < 0 || (text.vocab_size > 0 && id >= text.vocab_size)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id ", id, " at position ", i % text.context_length, " of sequence ",
+                       i / text.context_length, " is outside [0, ",
+                       text.vocab_size > 0 ? absl::StrCat(text.vocab_size) : "inf", ")"));
+    }
+  }
+  torch::Tensor input;
+  RETURN_IF_ERROR(Guarded(absl::StatusCode::kInternal, "cannot prepare the token batch", [&] {
+    c10::InferenceMode guard;
+    input = torch::from_blob(const_cast<int64_t*>(token_ids.data()),
+                             {batch, static_cast<int64_t>(text.context_length)}, torch::kInt64)
+                .clone();
+    return absl::OkStatus();
+  }));
+  return impl_->Run(info_, "encode_text", input, batch);
+}
+
+absl::Status SetInterOpThreads(int n) {
+  if (n < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("inter-op threads must be >= 1, got ", n));
+  }
+  return Guarded(absl::StatusCode::kFailedPrecondition, "cannot set LibTorch inter-op threads",
+                 [&] {
+                   at::set_num_interop_threads(n);
+                   return absl::OkStatus();
+                 });
+}
+
+}  // namespace imagesearch::encoder
