@@ -1,0 +1,509 @@
+#include "libs/image/image.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <optional>
+#include <tuple>
+#include <utility>
+#include <vips/vips8>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "libs/common/status_macros.h"
+
+namespace imagesearch::image {
+namespace {
+
+using vips::VImage;
+
+// Debian's Abseil is built with its own string_view, distinct from std's.
+absl::string_view AsAbsl(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+constexpr int kMaxImageSize = 4096;
+// Messages from libvips are capped so that a hostile file cannot make us
+// return (and log) an unbounded error string.
+constexpr size_t kMaxVipsMessage = 400;
+
+// How a loader can shrink while decoding.
+enum class LoadShrink { kNone, kJpegShrink, kWebpScale };
+
+struct LoaderInfo {
+  const char* type_name;  // as vips_foreign_find_load_buffer() names it
+  const char* format;     // for messages
+  LoadShrink shrink;
+};
+
+// The formats we decode. Anything else libvips might recognise (SVG, PDF,
+// FITS, ImageMagick's many formats, ...) is refused: a smaller attack surface,
+// and a server has no business rasterising documents.
+constexpr LoaderInfo kLoaders[] = {
+    {"VipsForeignLoadJpegBuffer", "jpeg", LoadShrink::kJpegShrink},
+    {"VipsForeignLoadPngBuffer", "png", LoadShrink::kNone},
+    {"VipsForeignLoadWebpBuffer", "webp", LoadShrink::kWebpScale},
+    {"VipsForeignLoadNsgifBuffer", "gif", LoadShrink::kNone},
+    {"VipsForeignLoadTiffBuffer", "tiff", LoadShrink::kNone},
+    {"VipsForeignLoadHeifBuffer", "heif", LoadShrink::kNone},
+};
+constexpr const char* kSupportedFormats = "jpeg, png, webp, gif, tiff, heif/avif";
+
+const LoaderInfo* FindLoader(std::string_view type_name) {
+  for (const LoaderInfo& loader : kLoaders) {
+    if (type_name == loader.type_name) return &loader;
+  }
+  return nullptr;
+}
+
+// "VipsForeignLoadSvgBuffer" -> "svg".
+std::string FormatFromLoader(std::string_view type_name) {
+  constexpr std::string_view kPrefix = "VipsForeignLoad";
+  constexpr std::string_view kSuffix = "Buffer";
+  if (type_name.substr(0, kPrefix.size()) == kPrefix) type_name.remove_prefix(kPrefix.size());
+  if (type_name.size() > kSuffix.size() &&
+      type_name.substr(type_name.size() - kSuffix.size()) == kSuffix) {
+    type_name.remove_suffix(kSuffix.size());
+  }
+  std::string format(type_name);
+  for (char& c : format) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return format;
+}
+
+// Takes (and clears) libvips' process-wide error buffer. `thrown` is what a
+// vips::VError captured when it was thrown; it is preferred because another
+// thread may clear the shared buffer between the throw and this call. The
+// buffer is shared by all threads, so under concurrent failures a message can
+// occasionally carry another call's text too; clearing it on every failure
+// keeps it from growing.
+std::string TakeVipsError(const char* thrown) {
+  char* buffered = vips_error_buffer_copy();  // copies and clears, atomically
+  std::string raw = (thrown != nullptr && *thrown != '\0') ? thrown
+                    : buffered != nullptr                  ? buffered
+                                                           : "";
+  g_free(buffered);
+  std::vector<std::string> lines;
+  for (absl::string_view piece : absl::StrSplit(raw, '\n', absl::SkipWhitespace())) {
+    std::string line(piece);
+    if (std::find(lines.begin(), lines.end(), line) == lines.end())
+      lines.push_back(std::move(line));
+  }
+  std::string message = lines.empty() ? "unknown libvips error" : absl::StrJoin(lines, "; ");
+  if (message.size() > kMaxVipsMessage) {
+    // The newest messages, at the end, are the ones about this failure.
+    message = "..." + message.substr(message.size() - kMaxVipsMessage);
+  }
+  return message;
+}
+
+// The first bytes of unrecognised input, in hex, to help whoever reads the
+// error tell an HTML error page from a truncated upload.
+std::string HexPrefix(std::string_view data) {
+  std::string out;
+  const size_t n = std::min<size_t>(data.size(), 8);
+  for (size_t i = 0; i < n; ++i) {
+    absl::StrAppendFormat(&out, "%s%02x", i == 0 ? "" : " ", static_cast<unsigned char>(data[i]));
+  }
+  return out;
+}
+
+// The largest alpha value for an interpretation, as libvips defines it.
+double MaxAlpha(VipsInterpretation interpretation) {
+  switch (interpretation) {
+    case VIPS_INTERPRETATION_GREY16:
+    case VIPS_INTERPRETATION_RGB16:
+      return 65535.0;
+    case VIPS_INTERPRETATION_scRGB:
+      return 1.0;
+    default:
+      return 255.0;
+  }
+}
+
+VipsKernel KernelFor(Interpolation interpolation) {
+  switch (interpolation) {
+    case Interpolation::kBilinear:
+      return VIPS_KERNEL_LINEAR;
+    case Interpolation::kNearest:
+      return VIPS_KERNEL_NEAREST;
+    case Interpolation::kBicubic:
+      break;
+  }
+  return VIPS_KERNEL_CUBIC;
+}
+
+// Opens the image lazily: libvips reads only the header here; pixels are
+// decoded when first needed. `shrink` > 1 asks the decoder to shrink by that
+// integer factor while decoding (only for loaders that can).
+VImage Load(const LoaderInfo& loader, std::string_view data, int shrink) {
+  VipsBlob* blob = vips_blob_new(nullptr, data.data(), data.size());
+  vips::VOption* options = VImage::option()
+                               ->set("buffer", blob)
+                               ->set("access", VIPS_ACCESS_SEQUENTIAL)
+                               ->set("fail_on", VIPS_FAIL_ON_ERROR);
+  vips_area_unref(VIPS_AREA(blob));
+  if (shrink > 1) {
+    if (loader.shrink == LoadShrink::kJpegShrink) {
+      options->set("shrink", shrink);
+    } else if (loader.shrink == LoadShrink::kWebpScale) {
+      options->set("scale", 1.0 / shrink);
+    }
+  }
+  VImage out;
+  options->set("out", &out);
+  VImage::call(loader.type_name, options);
+  return out;
+}
+
+// The integer shrink-on-load factor for a total reduction of `reduction`
+// (>= 1 means downscaling). Like vips_thumbnail, it leaves at least a 2x
+// reduction for the resampling kernel, so the result stays antialiased.
+int ChooseLoadShrink(double reduction) {
+  if (reduction >= 16.0) return 8;
+  if (reduction >= 8.0) return 4;
+  if (reduction >= 4.0) return 2;
+  return 1;
+}
+
+// Makes a just-resized `image` exactly side x side: crops the centre if a
+// dimension came out long, pads by edge replication if one came out short.
+VImage FitToSquare(const VImage& image, int side) {
+  VImage out = image;
+  const int w = out.width();
+  const int h = out.height();
+  if (w > side || h > side) {
+    const int cw = std::min(w, side);
+    const int ch = std::min(h, side);
+    out = out.extract_area((w - cw) / 2, (h - ch) / 2, cw, ch);
+  }
+  if (out.width() < side || out.height() < side) {
+    out = out.embed(0, 0, side, side, VImage::option()->set("extend", VIPS_EXTEND_COPY));
+  }
+  return out;
+}
+
+// The canvas size a WebP file declares, read straight from its first chunk,
+// or nullopt if the header is not one we can read. libvips' WebP loader
+// allocates the whole (possibly scaled) frame while reading the header, so
+// the size has to be known, and checked, before libvips sees the file.
+std::optional<std::pair<int64_t, int64_t>> WebpCanvasSize(std::string_view data) {
+  if (data.size() < 30 || data.substr(0, 4) != "RIFF" || data.substr(8, 4) != "WEBP") {
+    return std::nullopt;
+  }
+  auto byte = [&data](size_t i) { return static_cast<uint32_t>(static_cast<uint8_t>(data[i])); };
+  const std::string_view chunk = data.substr(12, 4);
+  if (chunk == "VP8X") {  // extended: 24-bit (width - 1) and (height - 1)
+    return std::make_pair(int64_t{1} + (byte(24) | byte(25) << 8 | byte(26) << 16),
+                          int64_t{1} + (byte(27) | byte(28) << 8 | byte(29) << 16));
+  }
+  if (chunk == "VP8 ") {  // lossy: frame tag, start code 9d 01 2a, 14-bit sizes
+    if (byte(23) != 0x9d || byte(24) != 0x01 || byte(25) != 0x2a) return std::nullopt;
+    return std::make_pair(int64_t{(byte(26) | byte(27) << 8) & 0x3fff},
+                          int64_t{(byte(28) | byte(29) << 8) & 0x3fff});
+  }
+  if (chunk == "VP8L") {  // lossless: signature 2f, then 14-bit (width - 1), (height - 1)
+    if (byte(20) != 0x2f) return std::nullopt;
+    const uint32_t bits = byte(21) | byte(22) << 8 | byte(23) << 16 | byte(24) << 24;
+    return std::make_pair(int64_t{1} + (bits & 0x3fff), int64_t{1} + ((bits >> 14) & 0x3fff));
+  }
+  return std::nullopt;
+}
+
+absl::Status CheckPixelCount(const LoaderInfo& loader, int64_t width, int64_t height,
+                             int64_t max_pixels) {
+  if (width * height > max_pixels) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s image is %dx%d = %d pixels, over the limit of %d pixels", loader.format,
+                        width, height, width * height, max_pixels));
+  }
+  return absl::OkStatus();
+}
+
+// Everything after the format is known. Throws vips::VError on any libvips
+// failure, including corrupt pixel data found while decoding.
+absl::StatusOr<RgbImage> DecodeAndPreprocessWith(const LoaderInfo& loader, std::string_view data,
+                                                 const PreprocessOptions& options) {
+  const int side = options.image_size;
+  // Check the size the header declares before any pixel is decoded.
+  int64_t width = 0;
+  int64_t height = 0;
+  std::optional<VImage> header;
+  const std::optional<std::pair<int64_t, int64_t>> webp_size =
+      loader.shrink == LoadShrink::kWebpScale ? WebpCanvasSize(data) : std::nullopt;
+  if (webp_size.has_value()) {
+    std::tie(width, height) = *webp_size;
+  } else {
+    header = Load(loader, data, 1);  // reads the header only
+    width = header->width();
+    height = header->height();
+  }
+  RETURN_IF_ERROR(CheckPixelCount(loader, width, height, options.max_pixels));
+
+  // Shrink-on-load. Both resize modes must keep the shorter side >= side.
+  const double reduction = static_cast<double>(std::min(width, height)) / side;
+  const int shrink = loader.shrink == LoadShrink::kNone ? 1 : ChooseLoadShrink(reduction);
+  VImage image = (header.has_value() && shrink == 1) ? *header : Load(loader, data, shrink);
+
+  // Alpha goes onto white, before any resampling.
+  if (image.has_alpha()) {
+    const VipsInterpretation interpretation = image.interpretation();
+    const double max_alpha = MaxAlpha(interpretation);
+    const double white = interpretation == VIPS_INTERPRETATION_CMYK ? 0.0 : max_alpha;
+    image = image.flatten(VImage::option()
+                              ->set("background", std::vector<double>(image.bands() - 1, white))
+                              ->set("max_alpha", max_alpha));
+  }
+  // Grey, 16-bit, CMYK, ... -> 8-bit sRGB.
+  if (image.interpretation() != VIPS_INTERPRETATION_sRGB || image.format() != VIPS_FORMAT_UCHAR ||
+      image.bands() != 3) {
+    image = image.colourspace(VIPS_INTERPRETATION_sRGB);
+    if (image.bands() > 3) image = image.extract_band(0, VImage::option()->set("n", 3));
+    if (image.bands() == 1) image = VImage::bandjoin({image, image, image});
+    if (image.format() != VIPS_FORMAT_UCHAR) image = image.cast(VIPS_FORMAT_UCHAR);
+  }
+
+  // Crop and resize in the stored orientation, then materialise the small
+  // result and rotate it upright. A centred square crop commutes with the
+  // rotations and flips, and so does squashing to a square. Cropping first
+  // (shortest_edge + center crop == centre square, then resize) means a very
+  // long, thin image never becomes a huge intermediate.
+  if (options.resize == ResizeMode::kShortestEdge && image.width() != image.height()) {
+    const int short_side = std::min(image.width(), image.height());
+    // An odd leftover leaves its extra pixel after the crop in the upright
+    // image; where the orientation runs a stored axis backwards, that pixel
+    // goes before the crop in stored coordinates.
+    const int orientation = vips_image_get_orientation(image.get_image());
+    const bool x_reversed =
+        orientation == 2 || orientation == 3 || orientation == 7 || orientation == 8;
+    const bool y_reversed =
+        orientation == 3 || orientation == 4 || orientation == 6 || orientation == 7;
+    const int left_over = image.width() - short_side;
+    const int top_over = image.height() - short_side;
+    image =
+        image.extract_area(x_reversed ? (left_over + 1) / 2 : left_over / 2,
+                           y_reversed ? (top_over + 1) / 2 : top_over / 2, short_side, short_side);
+  }
+  if (image.width() != side || image.height() != side) {
+    image = image.resize(static_cast<double>(side) / image.width(),
+                         VImage::option()
+                             ->set("vscale", static_cast<double>(side) / image.height())
+                             ->set("kernel", KernelFor(options.interpolation)));
+    image = FitToSquare(image, side);  // resize may round a side to side +- 1
+  }
+  image = image.copy_memory();  // decodes; corrupt data throws here
+  image = image.autorot();
+
+  if (image.width() != side || image.height() != side || image.bands() != 3 ||
+      image.format() != VIPS_FORMAT_UCHAR) {
+    return absl::InternalError(absl::StrFormat(
+        "preprocessing produced %dx%d with %d bands of format %d, not %dx%d RGB", image.width(),
+        image.height(), image.bands(), static_cast<int>(image.format()), side, side));
+  }
+  RgbImage out;
+  out.width = side;
+  out.height = side;
+  size_t size = 0;
+  void* pixels = image.write_to_memory(&size);
+  const uint8_t* begin = static_cast<const uint8_t*>(pixels);
+  out.pixels.assign(begin, begin + size);
+  g_free(pixels);
+  return out;
+}
+
+absl::Status ErrnoStatus(int error, const std::string& what) {
+  const std::string message = absl::StrCat(what, ": ", std::strerror(error));
+  switch (error) {
+    case ENOENT:
+    case ENOTDIR:
+      return absl::NotFoundError(message);
+    case EACCES:
+    case EPERM:
+      return absl::PermissionDeniedError(message);
+    default:
+      return absl::UnknownError(message);
+  }
+}
+
+}  // namespace
+
+absl::Status InitImageLibrary() {
+  static const absl::Status* const status = [] {
+    if (VIPS_INIT("imagesearch") != 0) {
+      return new absl::Status(
+          absl::InternalError(absl::StrCat("cannot start libvips: ", TakeVipsError(nullptr))));
+    }
+    // No operation cache: pipelines are never reused, and a cache keyed on
+    // buffer addresses must not outlive the caller's buffers.
+    vips_cache_set_max(0);
+    vips_cache_set_max_mem(0);
+    vips_cache_set_max_files(0);
+    vips_block_untrusted_set(TRUE);
+    // libvips logs decoder chatter about individual images ("read gave 7
+    // warnings", "error in tile 0 x 96") to stderr; whatever matters comes
+    // back in our Status instead. IMAGESEARCH_VIPS_WARNINGS=1 keeps the logs.
+    if (std::getenv("IMAGESEARCH_VIPS_WARNINGS") == nullptr) {
+      g_log_set_handler(
+          "VIPS", G_LOG_LEVEL_WARNING, [](const gchar*, GLogLevelFlags, const gchar*, gpointer) {},
+          nullptr);
+    }
+    if (std::getenv("VIPS_CONCURRENCY") == nullptr) vips_concurrency_set(1);
+    return new absl::Status();
+  }();
+  return *status;
+}
+
+absl::Status ValidatePreprocessOptions(const PreprocessOptions& options) {
+  if (options.image_size < 1 || options.image_size > kMaxImageSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("image_size must be in [1, ", kMaxImageSize, "], got ", options.image_size));
+  }
+  if (options.crop == CropMode::kNone && options.resize != ResizeMode::kSquash) {
+    return absl::InvalidArgumentError(
+        "crop \"none\" needs resize \"squash\"; \"shortest_edge\" gives a non-square image");
+  }
+  if (options.max_pixels < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_pixels must be positive, got ", options.max_pixels));
+  }
+  if (options.max_bytes < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_bytes must be positive, got ", options.max_bytes));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RgbImage> DecodeAndPreprocess(std::string_view encoded,
+                                             const PreprocessOptions& options) {
+  RETURN_IF_ERROR(InitImageLibrary());
+  RETURN_IF_ERROR(ValidatePreprocessOptions(options));
+  if (encoded.empty()) return absl::InvalidArgumentError("image is empty (0 bytes)");
+  if (static_cast<int64_t>(encoded.size()) > options.max_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "image is ", encoded.size(), " bytes, over the limit of ", options.max_bytes, " bytes"));
+  }
+  const char* type_name = vips_foreign_find_load_buffer(encoded.data(), encoded.size());
+  if (type_name == nullptr) {
+    TakeVipsError(nullptr);
+    return absl::InvalidArgumentError(absl::StrCat("unrecognised image format (", encoded.size(),
+                                                   " bytes starting ", HexPrefix(encoded),
+                                                   "); supported: ", kSupportedFormats));
+  }
+  const LoaderInfo* loader = FindLoader(type_name);
+  if (loader == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("unsupported image format (",
+                                                   FormatFromLoader(type_name),
+                                                   "); supported: ", kSupportedFormats));
+  }
+  try {
+    return DecodeAndPreprocessWith(*loader, encoded, options);
+  } catch (const vips::VError& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot decode ", loader->format,
+                     " image (corrupt or truncated): ", TakeVipsError(e.what())));
+  } catch (const std::bad_alloc&) {
+    TakeVipsError(nullptr);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("out of memory decoding ", loader->format, " image"));
+  }
+}
+
+absl::StatusOr<RgbImage> DecodeAndPreprocessFile(const std::string& path,
+                                                 const PreprocessOptions& options) {
+  absl::StatusOr<std::string> data = ReadImageFile(path, options.max_bytes);
+  if (!data.ok()) return data.status();
+  absl::StatusOr<RgbImage> image = DecodeAndPreprocess(*data, options);
+  if (!image.ok()) {
+    return absl::Status(image.status().code(), absl::StrCat(path, ": ", image.status().message()));
+  }
+  return image;
+}
+
+absl::StatusOr<std::string> ReadImageFile(const std::string& path, int64_t max_bytes) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot open ", path));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return ErrnoStatus(errno, absl::StrCat("cannot stat ", path));
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+  }
+  if (st.st_size > max_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": file is ", st.st_size, " bytes, over the limit of ", max_bytes, " bytes"));
+  }
+  std::string data(static_cast<size_t>(st.st_size), '\0');
+  size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::read(fd, data.data() + done, data.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, absl::StrCat("cannot read ", path));
+    }
+    if (n == 0) break;  // the file shrank while we read it
+    done += static_cast<size_t>(n);
+  }
+  data.resize(done);
+  return data;
+}
+
+absl::StatusOr<ResizeMode> ParseResizeMode(std::string_view name) {
+  if (name == "shortest_edge") return ResizeMode::kShortestEdge;
+  if (name == "squash") return ResizeMode::kSquash;
+  return absl::InvalidArgumentError(absl::StrCat("unknown resize mode \"", AsAbsl(name),
+                                                 "\"; expected \"shortest_edge\" or \"squash\""));
+}
+
+absl::StatusOr<CropMode> ParseCropMode(std::string_view name) {
+  if (name == "center") return CropMode::kCenter;
+  if (name == "none") return CropMode::kNone;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown crop mode \"", AsAbsl(name), "\"; expected \"center\" or \"none\""));
+}
+
+absl::StatusOr<Interpolation> ParseInterpolation(std::string_view name) {
+  if (name == "bicubic") return Interpolation::kBicubic;
+  if (name == "bilinear") return Interpolation::kBilinear;
+  if (name == "nearest") return Interpolation::kNearest;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown interpolation \"", AsAbsl(name),
+                   "\"; expected \"bicubic\", \"bilinear\" or \"nearest\""));
+}
+
+std::string_view ResizeModeName(ResizeMode mode) {
+  return mode == ResizeMode::kSquash ? "squash" : "shortest_edge";
+}
+
+std::string_view CropModeName(CropMode mode) { return mode == CropMode::kNone ? "none" : "center"; }
+
+std::string_view InterpolationName(Interpolation interpolation) {
+  switch (interpolation) {
+    case Interpolation::kBilinear:
+      return "bilinear";
+    case Interpolation::kNearest:
+      return "nearest";
+    case Interpolation::kBicubic:
+      break;
+  }
+  return "bicubic";
+}
+
+ImageLibraryStats GetImageLibraryStats() {
+  ImageLibraryStats stats;
+  stats.tracked_bytes = static_cast<int64_t>(vips_tracked_get_mem());
+  stats.tracked_allocations = vips_tracked_get_allocs();
+  stats.peak_tracked_bytes = static_cast<int64_t>(vips_tracked_get_mem_highwater());
+  return stats;
+}
+
+}  // namespace imagesearch::image
