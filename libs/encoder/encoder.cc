@@ -6,6 +6,8 @@
 #include <caffe2/serialize/inline_container.h>
 #include <torch/script.h>
 
+#include <malloc.h>
+
 #include <cstring>
 #include <exception>
 #include <filesystem>
@@ -120,6 +122,22 @@ Encoder::Encoder(ModelInfo info, std::unique_ptr<Impl> impl)
 
 Encoder::~Encoder() = default;
 
+// A forward pass allocates activation tensors of tens of MB. glibc serves
+// allocations above its mmap threshold (at most 32 MiB by default) with
+// fresh mmaps and returns freed heap tops to the kernel, so every batch paid
+// for page faults and zeroing again: measured on the default model at batch
+// 32, more than half the encoder's CPU time went to the kernel (7 img/s vs
+// 17 img/s with these settings). Keeping that memory in the process is the
+// fix; it is process-wide, and bounded by the largest batch's working set.
+static void KeepActivationMemory() {
+  static const bool done = [] {
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    return true;
+  }();
+  (void)done;
+}
+
 absl::StatusOr<std::unique_ptr<Encoder>> Encoder::Load(const std::string& model_path,
                                                        const EncoderOptions& options) {
   std::error_code ec;
@@ -132,6 +150,7 @@ absl::StatusOr<std::unique_ptr<Encoder>> Encoder::Load(const std::string& model_
         absl::StrCat("model path '", model_path, "' is not a regular file"));
   }
   if (options.intra_op_threads > 0) at::set_num_threads(options.intra_op_threads);
+  KeepActivationMemory();
 
   auto impl = std::make_unique<Impl>();
   std::unordered_map<std::string, std::string> extra_files = {{kModelJson, ""},
