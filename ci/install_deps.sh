@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything imagesearch needs on Debian 12, from Debian's archive.
+# Idempotent. Run as root (or with sudo).
+set -euo pipefail
+SUDO=""; [[ "$(id -u)" == 0 ]] || SUDO="sudo"
+PACKAGES=(
+  # Toolchain
+  build-essential cmake pkg-config ccache git
+  # Serving stack
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  libssl-dev libxxhash-dev nlohmann-json3-dev
+  # Index, images, model
+  libhnswlib-dev libvips-dev libtorch-dev libicu-dev zlib1g-dev
+  # Tests and tools
+  catch2 nginx python3-grpcio python3-protobuf python3-numpy
+  python3-torch python3-torchvision python3-pil python3-regex python3-ftfy
+  nodejs npm
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# npm may come from a non-Debian nodejs build that already ships it.
+if command -v npm >/dev/null 2>&1; then
+  missing=("${missing[@]/#npm/}"); missing=("${missing[@]/#nodejs/}")
+fi
+read -r -a missing <<<"${missing[*]}"
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
