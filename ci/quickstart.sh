@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The README's set-up command: installs everything, builds, makes the default
+# model, indexes real images with it, starts the query service, and queries it
+# by image, by id and by vector with buf curl (a grpcurl-style client).
+#   ci/quickstart.sh            # runs the demo, then stops the service
+#   SERVE=1 ci/quickstart.sh    # leaves the service running on :50051
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ci/install_deps.sh
+ci/build.sh
+BUILD="$PWD/build"
+DEMO="${DEMO_DIR:-$PWD/build/demo}"
+mkdir -p "$DEMO"
+source tests/e2e/lib.sh
+BUF="$(ensure_buf "$BUILD")"
+
+echo "== corpus: 1000 Fashion-MNIST images (Debian package dataset-fashion-mnist)"
+tools/corpus/fashion_mnist.sh "$DEMO/corpus" 100
+echo "== indexer: images -> default model -> HNSW -> snapshot"
+"$BUILD/services/indexer/imagesearch-indexer" --input="$DEMO/corpus/manifest.jsonl" \
+  --root="$DEMO/snapshots" --model="$BUILD/models/default/model.pt"
+"$BUILD/tools/make_snapshot/imagesearch-snapshot" list --root="$DEMO/snapshots"
+
+echo "== query service on 127.0.0.1:50051"
+"$BUILD/services/query/imagesearch-query" --snapshot_root="$DEMO/snapshots" \
+  --host=127.0.0.1 --port=50051 >"$DEMO/query.stdout" 2>"$DEMO/query.log" &
+QUERY_PID=$!
+trap '[[ "${SERVE:-0}" == 1 ]] || kill $QUERY_PID 2>/dev/null || true' EXIT
+URL=http://127.0.0.1:50051
+call() { "$BUF" curl --protocol grpc --http2-prior-knowledge "$@"; }
+wait_until bash -c "'$BUF' curl --protocol grpc --http2-prior-knowledge -d '{\"service\":\"imagesearch.v1.ImageSearch\"}' $URL/grpc.health.v1.Health/Check | grep -q SERVING" \
+  || { cat "$DEMO/query.log"; exit 1; }
+echo "-- services (reflection):"; call --list-services "$URL"
+echo "-- GetInfo:"; call "$URL/imagesearch.v1.ImageSearch/GetInfo"
+IMG="$(head -1 "$DEMO/corpus/manifest.jsonl" | sed 's/.*"path": "\([^"]*\)".*/\1/')"
+echo "-- Search by image bytes ($IMG):"
+call -d "{\"image\":\"$(base64 -w0 "$DEMO/corpus/$IMG")\",\"top_k\":5}" "$URL/imagesearch.v1.ImageSearch/Search"
+echo "-- Search by id (more like this):"
+call -d '{"id":"fmnist-test-00001","top_k":5}' "$URL/imagesearch.v1.ImageSearch/Search"
+if [[ "${SERVE:-0}" == 1 ]]; then
+  echo "query service left running (pid $QUERY_PID) on $URL; snapshots in $DEMO/snapshots"
+fi
