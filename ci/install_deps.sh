@@ -13,18 +13,15 @@ PACKAGES=(
   libhnswlib-dev libvips-dev libtorch-dev libicu-dev zlib1g-dev
   # Tests and tools
   catch2 nginx python3-grpcio python3-protobuf python3-numpy
-  python3-torch python3-torchvision python3-pil python3-regex python3-ftfy
-  nodejs npm
+  python3-torch python3-torchvision python3-pil python3-regex
 )
+# Node.js and npm (the default model's weights and buf come from the npm
+# registry); keep an existing Node.js install, e.g. NodeSource's.
+command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-# npm may come from a non-Debian nodejs build that already ships it.
-if command -v npm >/dev/null 2>&1; then
-  missing=("${missing[@]/#npm/}"); missing=("${missing[@]/#nodejs/}")
-fi
-read -r -a missing <<<"${missing[*]}"
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   $SUDO apt-get update -qq

@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""End to end for model-backed queries, with the real binaries and models:
+
+ A. Tiny random CLIP (both towers, made by the exporter): the indexer builds a
+    snapshot from real test images (recording the bad ones in rejects.jsonl);
+    the service answers text queries, and its text embedding (C++ tokenizer +
+    LibTorch) equals Python's (reference tokenizer + the same TorchScript).
+ B. The default image-only model: image queries find the image itself and its
+    stereo twin; a text query gets FAILED_PRECONDITION; corrupt images and a
+    decompression bomb get INVALID_ARGUMENT; the process survives it all.
+
+Usage: model_queries_test.py BUILD_DIR SOURCE_DIR TINY_CLIP_MODEL DEFAULT_MODEL
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import grpc_stubs  # noqa: E402
+
+BUILD, SRC, TINY, DEFAULT = sys.argv[1:5]
+IMAGES = os.path.join(SRC, "tests", "data", "images")
+INDEXER = os.path.join(BUILD, "services", "indexer", "imagesearch-indexer")
+QUERY = os.path.join(BUILD, "services", "query", "imagesearch-query")
+pb, pb_grpc = grpc_stubs.load(os.path.join(SRC, "proto"))
+import grpc  # noqa: E402
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def index(model, root):
+    out = subprocess.run([INDEXER, f"--input={IMAGES}", f"--root={root}", f"--model={model}",
+                          "--max_reject_ratio=0.5", "--progress=none", "--ef_construction=64"],
+                         capture_output=True, text=True)
+    check(out.returncode == 0, f"indexer failed: {out.stderr}")
+    return out.stdout
+
+
+class Server:
+    def __init__(self, root, log):
+        self.proc = subprocess.Popen([QUERY, f"--snapshot_root={root}", "--host=127.0.0.1",
+                                      "--port=0", "--max_delay_us=5000"],
+                                     stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
+        port = int(self.proc.stdout.readline().split()[-1])
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = pb_grpc.ImageSearchStub(self.channel)
+        for _ in range(600):
+            try:
+                self.info = self.stub.GetInfo(pb.GetInfoRequest())
+                return
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                time.sleep(0.1)
+        raise AssertionError("service never loaded its snapshot")
+
+    def error(self, req):
+        try:
+            self.stub.Search(req)
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+        raise AssertionError(f"expected an error for {req}")
+
+    def stop(self):
+        self.proc.terminate()
+        check(self.proc.wait(timeout=15) == 0, "service did not exit cleanly on SIGTERM")
+
+
+def read(name):
+    with open(os.path.join(IMAGES, name), "rb") as f:
+        return f.read()
+
+
+def part_a(work):
+    import torch
+    sys.path.insert(0, os.path.join(SRC, "libs", "text", "reference"))
+    from simple_tokenizer_ref import ClipTokenizerRef
+    root = os.path.join(work, "clip_root")
+    print(index(TINY, root).strip())
+    rejects = [json.loads(line) for line in open(os.path.join(root, "v1", "rejects.jsonl"))]
+    rejected = {r["id"]: r["reason"] for r in rejects}
+    check("truncated.jpg" in rejected, f"truncated.jpg not rejected: {rejected}")
+    check("bomb_50000x50000.png" in rejected and "pixels" in rejected["bomb_50000x50000.png"],
+          f"bomb not rejected with a pixel-count reason: {rejected}")
+    s = Server(root, os.path.join(work, "clip.log"))
+    try:
+        check(s.info.model.has_text and s.info.model.loaded, s.info)
+        texts = ["a photo of a cat", "Rocket launch at night!", "two motorcycles"]
+        resp = s.stub.Embed(pb.EmbedRequest(inputs=[pb.EmbedInput(text=t) for t in texts]))
+        check(len(resp.embeddings) == 3 and resp.snapshot_version == 1, resp)
+        tok = ClipTokenizerRef(os.path.join(SRC, "tests", "data", "clip",
+                                            "bpe_simple_vocab_16e6.txt.gz"), use_ftfy=False)
+        model = torch.jit.load(TINY)
+        ids = torch.tensor([tok.tokenize(t)[0] for t in texts], dtype=torch.int64)
+        with torch.inference_mode():
+            ref = torch.nn.functional.normalize(model.encode_text(ids), dim=-1)
+        got = torch.tensor([list(e.values) for e in resp.embeddings])
+        cos = (got * ref).sum(-1)
+        print(f"text embeddings, service vs Python: min cosine {cos.min().item():.6f}")
+        check(cos.min().item() > 0.9999, f"text embeddings disagree: {cos}")
+        hits = s.stub.Search(pb.SearchRequest(text="a cat", top_k=5))
+        check(len(hits.hits) == 5 and hits.snapshot_version == 1, hits)
+        # An image query embeds exactly as the indexer did: it finds itself at distance ~0.
+        hit = s.stub.Search(pb.SearchRequest(image=read("coffee.png"), top_k=1)).hits[0]
+        check(hit.id == "coffee.png" and hit.distance < 1e-4, hit)
+    finally:
+        s.stop()
+
+
+def part_b(work):
+    root = os.path.join(work, "default_root")
+    print(index(DEFAULT, root).strip())
+    s = Server(root, os.path.join(work, "default.log"))
+    try:
+        check(s.info.dim == 1792 and not s.info.model.has_text, s.info)
+        r = s.stub.Search(pb.SearchRequest(image=read("motorcycle_left.png"), top_k=3))
+        ids = [h.id for h in r.hits]
+        print(f"motorcycle_left query -> {ids}")
+        check(ids[0] == "motorcycle_left.png" and ids[1] == "motorcycle_right.png", ids)
+        # Formats: the WebP and JPEG copies of chelsea find chelsea.png's neighbourhood.
+        r = s.stub.Search(pb.SearchRequest(image=read("chelsea.webp"), top_k=1))
+        check(r.hits[0].id == "chelsea.webp", r)
+        code, msg = s.error(pb.SearchRequest(text="a cat"))
+        check(code == grpc.StatusCode.FAILED_PRECONDITION and "no text encoder" in msg, msg)
+        code, msg = s.error(pb.SearchRequest(image=read("truncated.jpg")))
+        check(code == grpc.StatusCode.INVALID_ARGUMENT, (code, msg))
+        code, msg = s.error(pb.SearchRequest(image=read("bomb_50000x50000.png")))
+        check(code == grpc.StatusCode.INVALID_ARGUMENT and "50000x50000" in msg, msg)
+        code, msg = s.error(pb.SearchRequest(image=b"GIF89a garbage"))
+        check(code == grpc.StatusCode.INVALID_ARGUMENT, (code, msg))
+        # Concurrent image queries (batched together) agree with single ones.
+        from concurrent.futures import ThreadPoolExecutor
+        names = ["rocket.jpg", "coffee.png", "camera.png", "astronaut.png"] * 4
+        single = {n: s.stub.Search(pb.SearchRequest(image=read(n), top_k=3)) for n in set(names)}
+        with ThreadPoolExecutor(8) as ex:
+            many = list(ex.map(lambda n: s.stub.Search(pb.SearchRequest(image=read(n), top_k=3)),
+                               names))
+        for n, r in zip(names, many):
+            check([h.id for h in r.hits] == [h.id for h in single[n].hits], (n, r, single[n]))
+            check(r.hits[0].id == n, (n, r))
+    finally:
+        s.stop()
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="imagesearch_models_")
+    try:
+        part_a(work)
+        part_b(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("model queries e2e: 1 passed, 0 failed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
