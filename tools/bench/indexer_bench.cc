@@ -1,0 +1,92 @@
+// Indexer throughput against what the encoder alone can do, in one run:
+//   (a) encoder alone: images decoded beforehand (untimed), then only the
+//       forward passes, in batches of --batch;
+//   (b) the whole indexer (list -> decode -> batch -> encode -> HNSW build),
+//       end to end including model load, publish skipped (dry run).
+// Prints images/s for both and the ratio (b)/(a).
+//
+//   indexer_bench --model=build/models/default/model.pt --input=corpus/manifest.jsonl
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "libs/model/model_bundle.h"
+#include "services/indexer/indexer.h"
+#include <nlohmann/json.hpp>
+
+ABSL_FLAG(std::string, model, "", "model.pt");
+ABSL_FLAG(std::string, input, "", "A .jsonl manifest ({\"path\": ...}) of images.");
+ABSL_FLAG(int, batch, 32, "Batch size for both.");
+ABSL_FLAG(int, repeats, 1, "Encoder-alone passes over the images (median).");
+
+namespace imagesearch {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int Run() {
+  const std::string input = absl::GetFlag(FLAGS_input);
+  const int batch = absl::GetFlag(FLAGS_batch);
+  auto bundle = model::ModelBundle::Load(absl::GetFlag(FLAGS_model), {});
+  if (!bundle.ok()) {
+    std::cerr << bundle.status() << "\n";
+    return 1;
+  }
+  std::vector<image::RgbImage> images;
+  std::ifstream in(input);
+  const std::string dir = input.substr(0, input.find_last_of('/') + 1);
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    auto j = nlohmann::json::parse(line);
+    std::string path = j["path"].get<std::string>();
+    if (path[0] != '/') path = dir + path;
+    auto img = (*bundle)->PreprocessFile(path);
+    if (img.ok()) images.push_back(std::move(*img));
+  }
+  std::printf("%zu images, batch %d\n", images.size(), batch);
+
+  std::vector<double> rates;
+  for (int rep = 0; rep < absl::GetFlag(FLAGS_repeats); ++rep) {
+    const auto t0 = Clock::now();
+    for (size_t i = 0; i < images.size(); i += batch) {
+      std::vector<const image::RgbImage*> ptrs;
+      for (size_t j = i; j < std::min(images.size(), i + batch); ++j) ptrs.push_back(&images[j]);
+      auto out = (*bundle)->EncodeImages(ptrs);
+      if (!out.ok()) return 1;
+    }
+    rates.push_back(images.size() / std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  std::sort(rates.begin(), rates.end());
+  const double encoder_rate = rates[rates.size() / 2];
+  bundle->reset();
+
+  indexer::IndexerOptions o;
+  o.input = input;
+  o.root = "/tmp/imagesearch_indexer_bench_unused";
+  o.model_path = absl::GetFlag(FLAGS_model);
+  o.batch_size = batch;
+  o.progress = "none";
+  o.dry_run = true;
+  auto report = indexer::RunIndexer(o);
+  if (!report.ok()) {
+    std::cerr << report.status() << "\n";
+    return 1;
+  }
+  const double indexer_rate = report->indexed / report->seconds;
+  std::printf("  encoder alone (pre-decoded, forward passes only) %7.2f img/s\n", encoder_rate);
+  std::printf("  indexer end to end (decode+encode+HNSW, dry run) %7.2f img/s  (%llu images, %.1fs)\n",
+              indexer_rate, static_cast<unsigned long long>(report->indexed), report->seconds);
+  std::printf("ratio indexer / encoder alone: %.3f\n", indexer_rate / encoder_rate);
+  return 0;
+}
+
+}  // namespace
+}  // namespace imagesearch
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return imagesearch::Run();
+}

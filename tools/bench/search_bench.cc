@@ -1,0 +1,235 @@
+// Search throughput, measured side by side in one run on one machine:
+//   (a) hnswlib in-process: HierarchicalNSW::searchKnn (loadIndex'd heap copy)
+//   (b) our mmap searcher in-process
+//   (c) the imagesearch-query service over gRPC on loopback (real binary,
+//       real client), all at the same ef, chosen as the smallest ef on the
+//       sweep where hnswlib reaches recall@10 >= 0.95.
+// Prints QPS, recall and the ratios (c)/(a) and (b)/(a).
+//
+//   search_bench --query_binary=build/services/query/imagesearch-query
+//       [--n=100000 --dim=512 --queries=2000 --threads=2 --clients=4 --seconds=5]
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "imagesearch/v1/imagesearch.grpc.pb.h"
+#include "libs/index/hnsw_builder.h"
+#include "libs/index/metric.h"
+#include "libs/index/test_vectors.h"
+#include "libs/snapshot/snapshot.h"
+#include "libs/snapshot/snapshot_store.h"
+#include "tests/integration/server_process.h"
+
+ABSL_FLAG(std::string, query_binary, "", "Path of imagesearch-query.");
+ABSL_FLAG(int, n, 100000, "Indexed vectors.");
+ABSL_FLAG(int, dim, 512, "Dimension (CLIP ViT-B is 512).");
+ABSL_FLAG(int, queries, 2000, "Distinct query vectors.");
+ABSL_FLAG(int, threads, 2, "Search threads: in-process workers and server --threads.");
+ABSL_FLAG(int, clients, 4, "Concurrent gRPC client threads.");
+ABSL_FLAG(double, seconds, 5, "Measuring time per contender.");
+ABSL_FLAG(double, target_recall, 0.95, "Recall@10 the ef must reach.");
+ABSL_FLAG(std::string, workdir, "/tmp/imagesearch_search_bench", "Where the snapshot goes.");
+
+namespace imagesearch {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr size_t kK = 10;
+
+// Runs `one(query_index)` from `threads` threads for `seconds`; returns QPS.
+template <typename Fn>
+double Measure(int threads, double seconds, size_t nq, Fn one) {
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> done{0};
+  std::vector<std::thread> ts;
+  const auto start = Clock::now();
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&, t] {
+      uint64_t local = 0;
+      for (size_t i = t; !stop; i += threads, ++local) one(i % nq);
+      done += local;
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  stop = true;
+  for (auto& th : ts) th.join();
+  return done / std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+int Run() {
+  const size_t n = absl::GetFlag(FLAGS_n), dim = absl::GetFlag(FLAGS_dim);
+  const size_t nq = absl::GetFlag(FLAGS_queries);
+  const int threads = absl::GetFlag(FLAGS_threads);
+  const double secs = absl::GetFlag(FLAGS_seconds);
+  const std::string root = absl::GetFlag(FLAGS_workdir) + "/root";
+  std::filesystem::remove_all(absl::GetFlag(FLAGS_workdir));
+
+  std::printf("data: %zu x %zu clustered vectors (cosine), %zu held-out queries\n", n, dim, nq);
+  // One draw, so data and queries share cluster centres; the tail is held out.
+  std::vector<float> all = index::ClusteredVectors(n + nq, dim, 1000, 1, 0.6f);
+  std::vector<float> data(all.begin(), all.begin() + n * dim);
+  std::vector<float> queries(all.begin() + n * dim, all.end());
+  all.clear();
+  all.shrink_to_fit();
+  for (size_t i = 0; i < nq; ++i) index::NormalizeInPlace(&queries[i * dim], dim);
+
+  snapshot::SnapshotInput in;
+  in.vectors = data.data();
+  in.count = n;
+  in.dim = static_cast<int>(dim);
+  in.metric = index::Metric::kCosine;
+  in.hnsw.m = 16;
+  in.hnsw.ef_construction = 100;
+  for (size_t i = 0; i < n; ++i) in.ids.push_back({std::to_string(i), "", ""});
+  const auto b0 = Clock::now();
+  auto v = snapshot::PublishSnapshot(root, in);
+  if (!v.ok()) {
+    std::cerr << v.status() << "\n";
+    return 1;
+  }
+  std::printf("built snapshot in %.1fs\n", std::chrono::duration<double>(Clock::now() - b0).count());
+  auto snap = snapshot::Snapshot::Open(root, *v, snapshot::VerifyMode::kSizes);
+  const std::string graph = snapshot::VersionDir(root, *v) + "/graph.hnsw";
+  auto ref = index::HnswlibIndex::Load(graph, dim, index::Metric::kCosine);
+  if (!snap.ok() || !ref.ok()) return 1;
+
+  // Exact ground truth (brute force with the same kernel).
+  auto dist = index::GetDistanceFn(index::Metric::kCosine, dim);
+  std::vector<float> normed = data;
+  for (size_t i = 0; i < n; ++i) index::NormalizeInPlace(&normed[i * dim], dim);
+  std::vector<std::vector<uint32_t>> truth(nq);
+  {
+    std::vector<std::thread> ts;
+    for (int t = 0; t < threads; ++t) {
+      ts.emplace_back([&, t] {
+        std::vector<std::pair<float, uint32_t>> all(n);
+        for (size_t q = t; q < nq; q += threads) {
+          for (uint32_t r = 0; r < n; ++r) all[r] = {dist(&queries[q * dim], &normed[r * dim], &dim), r};
+          std::partial_sort(all.begin(), all.begin() + kK, all.end());
+          for (size_t j = 0; j < kK; ++j) truth[q].push_back(all[j].second);
+        }
+      });
+    }
+    for (auto& th : ts) th.join();
+  }
+  auto recall_of = [&](auto search) {
+    size_t hits = 0;
+    for (size_t q = 0; q < nq; ++q) {
+      std::vector<uint32_t> got = search(q);
+      for (uint32_t g : got) hits += std::count(truth[q].begin(), truth[q].end(), g);
+    }
+    return static_cast<double>(hits) / (nq * kK);
+  };
+
+  size_t ef = 0;
+  double ref_recall = 0;
+  for (size_t e : {10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512}) {
+    (*ref)->SetEf(e);
+    ref_recall = recall_of([&](size_t q) {
+      std::vector<uint32_t> out;
+      for (auto& p : (*ref)->Search(&queries[q * dim], kK)) out.push_back(static_cast<uint32_t>(p.second));
+      return out;
+    });
+    std::printf("  hnswlib ef=%zu recall@10=%.4f\n", e, ref_recall);
+    if (ref_recall >= absl::GetFlag(FLAGS_target_recall)) {
+      ef = e;
+      break;
+    }
+  }
+  if (ef == 0) {
+    std::printf("target recall not reached\n");
+    return 1;
+  }
+  const double ours_recall = recall_of([&](size_t q) {
+    std::vector<uint32_t> out;
+    for (auto& nb : (*snap)->searcher().Search(&queries[q * dim], kK, ef)) out.push_back(nb.row);
+    return out;
+  });
+
+  const double qps_hnswlib = Measure(threads, secs, nq, [&](size_t q) {
+    auto r = (*ref)->Search(&queries[q * dim], kK);
+    (void)r;
+  });
+  const double qps_mmap = Measure(threads, secs, nq, [&](size_t q) {
+    auto r = (*snap)->searcher().Search(&queries[q * dim], kK, ef);
+    (void)r;
+  });
+
+  testing::ServerProcess server(
+      absl::GetFlag(FLAGS_query_binary),
+      {"--snapshot_root=" + root, "--threads=" + std::to_string(threads), "--verify=sizes"},
+      absl::GetFlag(FLAGS_workdir) + "/query.log");
+  if (server.port() == 0) {
+    std::cerr << "query service did not start\n";
+    return 1;
+  }
+  grpc::ChannelArguments args;
+  args.SetInt("grpc.use_local_subchannel_pool", 1);
+  std::vector<std::unique_ptr<v1::ImageSearch::Stub>> stubs;
+  const int clients = absl::GetFlag(FLAGS_clients);
+  for (int c = 0; c < clients; ++c) {
+    args.SetInt("imagesearch.client", c);  // One connection per client thread.
+    stubs.push_back(v1::ImageSearch::NewStub(
+        grpc::CreateCustomChannel(server.address(), grpc::InsecureChannelCredentials(), args)));
+  }
+  std::vector<v1::SearchRequest> reqs(nq);
+  for (size_t q = 0; q < nq; ++q) {
+    reqs[q].mutable_vector()->mutable_values()->Add(&queries[q * dim], &queries[q * dim] + dim);
+    reqs[q].set_top_k(kK);
+    reqs[q].set_ef(static_cast<uint32_t>(ef));
+  }
+  auto call = [&](int c, size_t q, v1::SearchResponse* resp) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    return stubs[c]->Search(&ctx, reqs[q], resp);
+  };
+  // Wait until serving, then check the service's recall too.
+  for (int i = 0; i < 600; ++i) {
+    v1::SearchResponse r;
+    if (call(0, 0, &r).ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::atomic<uint64_t> failures{0};
+  const double service_recall = recall_of([&](size_t q) {
+    v1::SearchResponse r;
+    std::vector<uint32_t> out;
+    if (!call(0, q, &r).ok()) failures++;
+    for (auto& h : r.hits()) out.push_back(static_cast<uint32_t>(std::stoul(h.id())));
+    return out;
+  });
+  std::atomic<int> next_client{0};
+  thread_local int my_client = -1;
+  const double qps_service = Measure(clients, secs, nq, [&](size_t q) {
+    if (my_client < 0) my_client = next_client++ % clients;
+    v1::SearchResponse r;
+    if (!call(my_client, q, &r).ok()) failures++;
+  });
+
+  std::printf("\nef=%zu (smallest on the sweep with hnswlib recall@10 >= %.2f), k=10, %d threads\n",
+              ef, absl::GetFlag(FLAGS_target_recall), threads);
+  std::printf("  %-34s %9.0f QPS  recall@10 %.4f\n", "hnswlib searchKnn, in-process", qps_hnswlib, ref_recall);
+  std::printf("  %-34s %9.0f QPS  recall@10 %.4f\n", "mmap searcher, in-process", qps_mmap, ours_recall);
+  std::printf("  %-34s %9.0f QPS  recall@10 %.4f  (%d clients, %llu failed)\n",
+              "imagesearch-query over gRPC", qps_service, service_recall, clients,
+              static_cast<unsigned long long>(failures.load()));
+  std::printf("ratio service / in-process hnswlib: %.3f\n", qps_service / qps_hnswlib);
+  std::printf("ratio mmap searcher / hnswlib:      %.3f\n", qps_mmap / qps_hnswlib);
+  return failures == 0 ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace imagesearch
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return imagesearch::Run();
+}
