@@ -89,19 +89,37 @@ grpc::ServerUnaryReactor* ImageSearchService::Search(grpc::CallbackServerContext
   params.ef = request->ef();
 
   // Runs the vector search for `query` on the pool and finishes the call.
+  // Runs the vector search for `query` and finishes the call. Vector and id
+  // queries search inline on the gRPC callback thread (a sub-millisecond CPU
+  // task; a hand-off would cost as much as the search). Image and text
+  // queries arrive from the embedder's batcher thread and are handed to the
+  // pool so the batcher goes straight back to batching.
   auto run_search = [this, context, response, state, finish](std::vector<float> query,
-                                                             serving::SearchParams p) {
-    bool queued = pool_->TrySubmit([this, context, response, state, finish,
-                                    query = std::move(query), p]() {
+                                                             serving::SearchParams p,
+                                                             bool inline_search) {
+    auto search = [this, context, response, state, finish, p](const std::vector<float>& q) {
       if (DeadlinePassed(context) || context->IsCancelled()) {
         counters_.deadline_dropped++;
         finish(absl::DeadlineExceededError("deadline passed before the search started"));
         return;
       }
-      auto hits = serving::SearchSnapshot(*state->snapshot, query, p);
+      auto hits = serving::SearchSnapshot(*state->snapshot, q, p);
       if (hits.ok()) FillHits(*hits, state->snapshot->version(), response);
       finish(hits.status());
-    });
+    };
+    if (inline_search) {
+      if (inflight_.fetch_add(1) >= max_inflight_) {
+        inflight_--;
+        counters_.overloaded++;
+        finish(absl::ResourceExhaustedError(absl::StrCat(
+            "server overloaded: ", max_inflight_, " searches already in flight")));
+        return;
+      }
+      search(query);
+      inflight_--;
+      return;
+    }
+    bool queued = pool_->TrySubmit([search, query = std::move(query)]() { search(query); });
     if (!queued) {
       counters_.overloaded++;
       finish(absl::ResourceExhaustedError(
@@ -122,7 +140,7 @@ grpc::ServerUnaryReactor* ImageSearchService::Search(grpc::CallbackServerContext
         finish(q.status());
         break;
       }
-      run_search(std::move(*q), params);
+      run_search(std::move(*q), params, /*inline_search=*/true);
       break;
     }
     case v1::SearchRequest::kId: {
@@ -132,7 +150,7 @@ grpc::ServerUnaryReactor* ImageSearchService::Search(grpc::CallbackServerContext
         break;
       }
       if (!request->include_self()) params.exclude_row = q->second;
-      run_search(std::move(q->first), params);
+      run_search(std::move(q->first), params, /*inline_search=*/true);
       break;
     }
     case v1::SearchRequest::kImage:
@@ -160,12 +178,89 @@ grpc::ServerUnaryReactor* ImageSearchService::Search(grpc::CallbackServerContext
           finish(q.status());
           return;
         }
-        run_search(std::move(*q), params);
+        run_search(std::move(*q), params, /*inline_search=*/false);
       });
       break;
     }
   }
   return reactor;
+}
+
+grpc::ServerUnaryReactor* ImageSearchService::SearchBatch(grpc::CallbackServerContext* context,
+                                                          const v1::SearchBatchRequest* request,
+                                                          v1::SearchBatchResponse* response) {
+  counters_.requests++;
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto finish = [this, reactor](const absl::Status& s) {
+    if (!s.ok()) counters_.errors++;
+    reactor->Finish(ToGrpc(s));
+    return reactor;
+  };
+  auto state = manager_->Current();
+  if (!state) return finish(absl::UnavailableError("no snapshot is loaded yet"));
+  const int n = request->requests_size();
+  if (n == 0) return finish(absl::InvalidArgumentError("requests is empty"));
+  if (n > 256) {
+    return finish(absl::InvalidArgumentError(
+        absl::StrCat("requests has ", n, " queries; the maximum is 256 per call")));
+  }
+  if (DeadlinePassed(context)) {
+    counters_.deadline_dropped++;
+    return finish(absl::DeadlineExceededError("deadline passed before the search started"));
+  }
+  if (inflight_.fetch_add(1) >= max_inflight_) {
+    inflight_--;
+    counters_.overloaded++;
+    return finish(absl::ResourceExhaustedError(
+        absl::StrCat("server overloaded: ", max_inflight_, " searches already in flight")));
+  }
+  absl::Status status;
+  const snapshot::Snapshot& snap = *state->snapshot;
+  for (int i = 0; i < n && status.ok(); ++i) {
+    const v1::SearchRequest& req = request->requests(i);
+    serving::SearchParams params;
+    params.top_k = req.top_k();
+    params.ef = req.ef();
+    absl::StatusOr<std::vector<float>> query;
+    switch (req.query_case()) {
+      case v1::SearchRequest::kVector:
+        query = serving::PrepareQueryVector(snap, req.vector().values().data(),
+                                            static_cast<size_t>(req.vector().values_size()));
+        break;
+      case v1::SearchRequest::kId: {
+        auto v = serving::VectorOfId(snap, req.id());
+        if (v.ok()) {
+          if (!req.include_self()) params.exclude_row = v->second;
+          query = std::move(v->first);
+        } else {
+          query = v.status();
+        }
+        break;
+      }
+      case v1::SearchRequest::kImage:
+      case v1::SearchRequest::kText:
+        query = absl::InvalidArgumentError(
+            "SearchBatch takes vector and id queries; send image and text queries to Search "
+            "(or embed them with Embed first)");
+        break;
+      case v1::SearchRequest::QUERY_NOT_SET:
+        query = absl::InvalidArgumentError("query is empty: set one of vector or id");
+        break;
+    }
+    absl::StatusOr<std::vector<serving::Hit>> hits =
+        query.ok() ? serving::SearchSnapshot(snap, *query, params)
+                   : absl::StatusOr<std::vector<serving::Hit>>(query.status());
+    if (!hits.ok()) {
+      status = absl::Status(hits.status().code(),
+                            absl::StrCat("requests[", i, "]: ", hits.status().message()));
+      break;
+    }
+    FillHits(*hits, snap.version(), response->add_responses());
+  }
+  inflight_--;
+  if (status.ok()) response->set_snapshot_version(snap.version());
+  else response->Clear();
+  return finish(status);
 }
 
 grpc::ServerUnaryReactor* ImageSearchService::Embed(grpc::CallbackServerContext* context,

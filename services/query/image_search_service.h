@@ -1,7 +1,7 @@
 // The imagesearch.v1.ImageSearch gRPC service (callback API). A thin layer:
-// it validates requests, picks the live snapshot, and runs searches on a
-// bounded work pool so that overload becomes RESOURCE_EXHAUSTED and requests
-// whose deadline has passed are dropped before any work is done.
+// it validates requests, picks the live snapshot, and searches with bounded
+// concurrency, so that overload becomes RESOURCE_EXHAUSTED and requests whose
+// deadline has passed are dropped before any work is done.
 //
 // Thread-safe; owns nothing but counters. The manager and pool outlive it.
 #ifndef IMAGESEARCH_SERVICES_QUERY_IMAGE_SEARCH_SERVICE_H_
@@ -25,12 +25,18 @@ struct ServiceCounters {
 
 class ImageSearchService final : public v1::ImageSearch::CallbackService {
  public:
-  ImageSearchService(serving::SnapshotManager* manager, serving::WorkPool* pool)
-      : manager_(manager), pool_(pool) {}
+  // `max_inflight`: vector/id searches running at once beyond which requests
+  // get RESOURCE_EXHAUSTED.
+  ImageSearchService(serving::SnapshotManager* manager, serving::WorkPool* pool,
+                     int max_inflight)
+      : manager_(manager), pool_(pool), max_inflight_(max_inflight) {}
 
   grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* context,
                                    const v1::SearchRequest* request,
                                    v1::SearchResponse* response) override;
+  grpc::ServerUnaryReactor* SearchBatch(grpc::CallbackServerContext* context,
+                                        const v1::SearchBatchRequest* request,
+                                        v1::SearchBatchResponse* response) override;
   grpc::ServerUnaryReactor* Embed(grpc::CallbackServerContext* context,
                                   const v1::EmbedRequest* request,
                                   v1::EmbedResponse* response) override;
@@ -43,6 +49,8 @@ class ImageSearchService final : public v1::ImageSearch::CallbackService {
  private:
   serving::SnapshotManager* const manager_;
   serving::WorkPool* const pool_;
+  const int max_inflight_;
+  std::atomic<int> inflight_{0};
   ServiceCounters counters_;
 };
 

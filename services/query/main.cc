@@ -32,8 +32,10 @@
 ABSL_FLAG(std::string, snapshot_root, "", "Snapshot root directory (holds CURRENT and v<N>/).");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free port (printed on stdout).");
-ABSL_FLAG(int, threads, 0, "Search worker threads; 0 = number of cores.");
-ABSL_FLAG(int, max_queue, 1024, "Queued searches beyond which requests get RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, threads, 0, "Threads searching for image/text queries; 0 = number of cores.");
+ABSL_FLAG(int, max_queue, 1024,
+          "Searches in flight (vector/id) or queued (after embedding) beyond which requests get "
+          "RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, max_message_mb, 16, "Maximum gRPC message size in MiB (image queries).");
 ABSL_FLAG(int, poll_ms, 500, "How often to check CURRENT for a new version, in milliseconds.");
 ABSL_FLAG(std::string, verify, "checksums",
@@ -97,7 +99,7 @@ int Run() {
     }
   };
   serving::SnapshotManager manager(mopts);
-  ImageSearchService service(&manager, &pool);
+  ImageSearchService service(&manager, &pool, absl::GetFlag(FLAGS_max_queue));
 
   grpc::ServerBuilder builder;
   int bound_port = 0;

@@ -200,6 +200,44 @@ TEST_CASE("Bad requests get precise errors and never crash the server") {
         grpc::StatusCode::DEADLINE_EXCEEDED);
 }
 
+TEST_CASE("SearchBatch answers many queries in order, and names the bad one") {
+  Fixture f;
+  Publish(f.root, 600, "a", 1);
+  f.Start();
+  REQUIRE(f.WaitFor([&] { return f.Health() == grpc::health::v1::HealthCheckResponse::SERVING; }));
+  v1::SearchBatchRequest batch;
+  for (uint32_t i = 0; i < 20; ++i) *batch.add_requests() = VectorQuery(50 + i, 3);
+  batch.add_requests()->set_id("a7");
+  v1::SearchBatchResponse resp;
+  {
+    grpc::ClientContext ctx;
+    REQUIRE(f.stub->SearchBatch(&ctx, batch, &resp).ok());
+  }
+  REQUIRE(resp.responses_size() == 21);
+  CHECK(resp.snapshot_version() == 1);
+  for (int i = 0; i < 20; ++i) {
+    v1::SearchResponse single;
+    REQUIRE(f.Search(batch.requests(i), &single).ok());
+    REQUIRE(resp.responses(i).hits_size() == 3);
+    for (int j = 0; j < 3; ++j) CHECK(resp.responses(i).hits(j).id() == single.hits(j).id());
+  }
+  CHECK(resp.responses(20).hits(0).id() != "a7");  // More like this leaves the item out.
+  batch.mutable_requests(5)->mutable_vector()->add_values(1.0f);
+  {
+    grpc::ClientContext ctx;
+    grpc::Status s = f.stub->SearchBatch(&ctx, batch, &resp);
+    CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    CHECK(s.error_message() == "requests[5]: query vector has 33 values but snapshot v1 has dimension 32");
+  }
+  batch.mutable_requests(5)->set_text("a cat");
+  {
+    grpc::ClientContext ctx;
+    grpc::Status s = f.stub->SearchBatch(&ctx, batch, &resp);
+    CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    CHECK(s.error_message().find("requests[5]: SearchBatch takes vector and id queries") == 0);
+  }
+}
+
 TEST_CASE("Publishing under concurrent load: zero failed calls, responses move to the new version") {
   Fixture f;
   Publish(f.root, 3000, "old", 1);

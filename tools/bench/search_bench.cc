@@ -36,6 +36,8 @@ ABSL_FLAG(int, queries, 2000, "Distinct query vectors.");
 ABSL_FLAG(int, threads, 2, "Search threads: in-process workers and server --threads.");
 ABSL_FLAG(int, clients, 4, "Concurrent gRPC client threads.");
 ABSL_FLAG(double, seconds, 5, "Measuring time per contender.");
+ABSL_FLAG(int, batch, 16, "Queries per SearchBatch call for the batched measurement.");
+ABSL_FLAG(double, spread, 1.0, "Within-cluster spread of the synthetic data (higher = harder).");
 ABSL_FLAG(double, target_recall, 0.95, "Recall@10 the ef must reach.");
 ABSL_FLAG(std::string, workdir, "/tmp/imagesearch_search_bench", "Where the snapshot goes.");
 
@@ -75,7 +77,8 @@ int Run() {
 
   std::printf("data: %zu x %zu clustered vectors (cosine), %zu held-out queries\n", n, dim, nq);
   // One draw, so data and queries share cluster centres; the tail is held out.
-  std::vector<float> all = index::ClusteredVectors(n + nq, dim, 1000, 1, 0.6f);
+  std::vector<float> all = index::ClusteredVectors(n + nq, dim, 1000, 1,
+                                                   static_cast<float>(absl::GetFlag(FLAGS_spread)));
   std::vector<float> data(all.begin(), all.begin() + n * dim);
   std::vector<float> queries(all.begin() + n * dim, all.end());
   all.clear();
@@ -214,6 +217,28 @@ int Run() {
     if (!call(my_client, q, &r).ok()) failures++;
   });
 
+  // Batched: SearchBatch calls of --batch queries; QPS counts queries.
+  const int batch = absl::GetFlag(FLAGS_batch);
+  std::vector<v1::SearchBatchRequest> batches;
+  for (size_t q = 0; q + batch <= nq; q += batch) {
+    v1::SearchBatchRequest b;
+    for (int j = 0; j < batch; ++j) *b.add_requests() = reqs[q + j];
+    batches.push_back(std::move(b));
+  }
+  std::atomic<int> next_batch_client{0};
+  thread_local int my_batch_client = -1;
+  const double calls_per_s = Measure(clients, secs, batches.size(), [&](size_t b) {
+    if (my_batch_client < 0) my_batch_client = next_batch_client++ % clients;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::SearchBatchResponse r;
+    if (!stubs[my_batch_client]->SearchBatch(&ctx, batches[b], &r).ok() ||
+        r.responses_size() != batch) {
+      failures++;
+    }
+  });
+  const double qps_batched = calls_per_s * batch;
+
   std::printf("\nef=%zu (smallest on the sweep with hnswlib recall@10 >= %.2f), k=10, %d threads\n",
               ef, absl::GetFlag(FLAGS_target_recall), threads);
   std::printf("  %-34s %9.0f QPS  recall@10 %.4f\n", "hnswlib searchKnn, in-process", qps_hnswlib, ref_recall);
@@ -221,7 +246,9 @@ int Run() {
   std::printf("  %-34s %9.0f QPS  recall@10 %.4f  (%d clients, %llu failed)\n",
               "imagesearch-query over gRPC", qps_service, service_recall, clients,
               static_cast<unsigned long long>(failures.load()));
-  std::printf("ratio service / in-process hnswlib: %.3f\n", qps_service / qps_hnswlib);
+  std::printf("  %-34s %9.0f QPS  (SearchBatch of %d)\n", "imagesearch-query, batched", qps_batched, batch);
+  std::printf("ratio service (unary Search) / in-process hnswlib: %.3f\n", qps_service / qps_hnswlib);
+  std::printf("ratio service (SearchBatch %d) / in-process hnswlib: %.3f\n", batch, qps_batched / qps_hnswlib);
   std::printf("ratio mmap searcher / hnswlib:      %.3f\n", qps_mmap / qps_hnswlib);
   return failures == 0 ? 0 : 1;
 }
