@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -90,9 +91,106 @@ bool NormalizeInPlace(float* v, size_t dim) {
   return true;
 }
 
-absl::Status BuildHnswGraph(const float* vectors, size_t count, size_t dim, Metric metric,
-                            const HnswParams& params, const std::string& graph_path,
-                            const std::string& offsets_path) {
+namespace {
+
+class HnswStreamBuilderImpl final : public HnswStreamBuilder {
+ public:
+  HnswStreamBuilderImpl(size_t dim, Metric metric, const HnswParams& params,
+                        size_t initial_capacity)
+      : dim_(dim), metric_(metric), params_(params), space_(MakeSpace(metric, dim)) {
+    index_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(
+        space_.get(), std::max<size_t>(initial_capacity, 1), params.m, params.ef_construction,
+        params.seed);
+  }
+
+  absl::Status Add(const float* vectors, size_t count, uint64_t first_label) override {
+    for (size_t r = 0; r < count; ++r) {
+      const float* v = vectors + r * dim_;
+      for (size_t i = 0; i < dim_; ++i) {
+        if (!std::isfinite(v[i])) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "row ", first_label + r, " has a non-finite value at component ", i));
+        }
+      }
+    }
+    try {
+      if (size_ + count > index_->max_elements_) {
+        index_->resizeIndex(std::max(size_ + count, 2 * index_->max_elements_));
+      }
+      std::atomic<bool> bad_row{false};
+      std::atomic<uint64_t> bad_label{0};
+      auto insert = [&](size_t r, std::vector<float>& scratch) {
+        const float* v = vectors + r * dim_;
+        if (metric_ == Metric::kCosine) {
+          std::memcpy(scratch.data(), v, dim_ * sizeof(float));
+          if (!NormalizeInPlace(scratch.data(), dim_)) {
+            bad_label = first_label + r;
+            bad_row = true;
+            return;
+          }
+          v = scratch.data();
+        }
+        index_->addPoint(v, first_label + r);
+      };
+      size_t begin = 0;
+      std::vector<float> scratch(dim_);
+      if (size_ == 0 && count > 0) insert(begin++, scratch);  // hnswlib wants a first point alone.
+      std::atomic<size_t> next{begin};
+      std::exception_ptr error;
+      std::mutex error_mu;
+      const int threads = std::min<int>(ResolveThreads(params_.threads),
+                                        static_cast<int>(std::max<size_t>(count - begin, 1)));
+      auto work = [&] {
+        std::vector<float> local(dim_);
+        try {
+          for (size_t r = next++; r < count && !bad_row; r = next++) insert(r, local);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(error_mu);
+          error = std::current_exception();
+          next = count;
+        }
+      };
+      std::vector<std::thread> workers;
+      for (int t = 1; t < threads; ++t) workers.emplace_back(work);
+      work();
+      for (auto& w : workers) w.join();
+      if (error) std::rethrow_exception(error);
+      if (bad_row) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "row ", bad_label.load(), " is a zero vector and cannot be normalised for cosine"));
+      }
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("hnswlib insert failed: ", e.what()));
+    }
+    size_ += count;
+    return absl::OkStatus();
+  }
+
+  size_t size() const override { return size_; }
+
+  absl::Status Save(const std::string& graph_path, const std::string& offsets_path) override {
+    try {
+      index_->saveIndex(graph_path);
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("hnswlib saveIndex failed: ", e.what()));
+    }
+    RETURN_IF_ERROR(SyncPath(graph_path));
+    return WriteGraphOffsets(graph_path, dim_, offsets_path);
+  }
+
+ private:
+  const size_t dim_;
+  const Metric metric_;
+  const HnswParams params_;
+  std::unique_ptr<hnswlib::SpaceInterface<float>> space_;
+  std::unique_ptr<hnswlib::HierarchicalNSW<float>> index_;
+  size_t size_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HnswStreamBuilder>> HnswStreamBuilder::Create(
+    size_t dim, Metric metric, const HnswParams& params, size_t initial_capacity) {
   if (dim == 0) return absl::InvalidArgumentError("dimension must be positive");
   if (params.m < 2 || params.m > 1000) {
     return absl::InvalidArgumentError(absl::StrCat("HNSW M must be in [2, 1000], got ", params.m));
@@ -100,67 +198,20 @@ absl::Status BuildHnswGraph(const float* vectors, size_t count, size_t dim, Metr
   if (params.ef_construction < 1) {
     return absl::InvalidArgumentError("ef_construction must be positive");
   }
-  for (size_t r = 0; r < count; ++r) {
-    const float* v = vectors + r * dim;
-    for (size_t i = 0; i < dim; ++i) {
-      if (!std::isfinite(v[i])) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("row ", r, " has a non-finite value at component ", i));
-      }
-    }
-  }
   try {
-    auto space = MakeSpace(metric, dim);
-    hnswlib::HierarchicalNSW<float> index(space.get(), count == 0 ? 1 : count, params.m,
-                                          params.ef_construction, params.seed);
-    std::atomic<bool> bad_row{false};
-    std::atomic<size_t> bad_row_index{0};
-    auto insert = [&](size_t row, std::vector<float>& scratch) {
-      const float* v = vectors + row * dim;
-      if (metric == Metric::kCosine) {
-        std::memcpy(scratch.data(), v, dim * sizeof(float));
-        if (!NormalizeInPlace(scratch.data(), dim)) {
-          bad_row_index = row;
-          bad_row = true;
-          return;
-        }
-        v = scratch.data();
-      }
-      index.addPoint(v, row);
-    };
-    if (count > 0) {
-      std::vector<float> scratch(dim);
-      insert(0, scratch);
-      std::atomic<size_t> next{1};
-      std::exception_ptr error;
-      std::mutex error_mu;
-      std::vector<std::thread> workers;
-      const int threads = ResolveThreads(params.threads);
-      for (int t = 0; t < threads; ++t) {
-        workers.emplace_back([&] {
-          std::vector<float> local(dim);
-          try {
-            for (size_t row = next++; row < count && !bad_row; row = next++) insert(row, local);
-          } catch (...) {
-            std::lock_guard<std::mutex> lock(error_mu);
-            error = std::current_exception();
-            next = count;
-          }
-        });
-      }
-      for (auto& w : workers) w.join();
-      if (error) std::rethrow_exception(error);
-    }
-    if (bad_row) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "row ", bad_row_index.load(), " is a zero vector and cannot be normalised for cosine"));
-    }
-    index.saveIndex(graph_path);
+    return std::unique_ptr<HnswStreamBuilder>(
+        new HnswStreamBuilderImpl(dim, metric, params, initial_capacity));
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("hnswlib build failed: ", e.what()));
+    return absl::ResourceExhaustedError(absl::StrCat("hnswlib: ", e.what()));
   }
-  RETURN_IF_ERROR(SyncPath(graph_path));
-  return WriteGraphOffsets(graph_path, dim, offsets_path);
+}
+
+absl::Status BuildHnswGraph(const float* vectors, size_t count, size_t dim, Metric metric,
+                            const HnswParams& params, const std::string& graph_path,
+                            const std::string& offsets_path) {
+  ASSIGN_OR_RETURN(auto builder, HnswStreamBuilder::Create(dim, metric, params, count));
+  RETURN_IF_ERROR(builder->Add(vectors, count, 0));
+  return builder->Save(graph_path, offsets_path);
 }
 
 absl::Status WriteGraphOffsets(const std::string& graph_path, size_t dim,

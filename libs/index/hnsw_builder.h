@@ -35,6 +35,25 @@ absl::Status BuildHnswGraph(const float* vectors, size_t count, size_t dim, Metr
                             const HnswParams& params, const std::string& graph_path,
                             const std::string& offsets_path);
 
+// Builds a graph incrementally, as vectors stream in (the indexer inserts
+// each encoded batch while the next one is being encoded). Add() may be
+// called from one thread at a time; it inserts a batch with params.threads
+// threads. Labels must end up exactly 0..count-1, in any order.
+class HnswStreamBuilder {
+ public:
+  static absl::StatusOr<std::unique_ptr<HnswStreamBuilder>> Create(size_t dim, Metric metric,
+                                                                   const HnswParams& params,
+                                                                   size_t initial_capacity);
+  virtual ~HnswStreamBuilder() = default;
+  // Inserts `count` row-major vectors with labels first_label, first_label+1,
+  // ... Normalises for kCosine; a zero or non-finite vector is
+  // INVALID_ARGUMENT naming its label. Grows the capacity as needed.
+  virtual absl::Status Add(const float* vectors, size_t count, uint64_t first_label) = 0;
+  virtual size_t size() const = 0;
+  // Writes graph.hnsw and graph.offsets (see BuildHnswGraph).
+  virtual absl::Status Save(const std::string& graph_path, const std::string& offsets_path) = 0;
+};
+
 // Writes the offsets sidecar for an existing hnswlib graph file: for each
 // internal id, the u64 byte offset of its upper-level link block size field;
 // then for each row (label), its u32 internal id. Fails if the file is not a

@@ -151,9 +151,13 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
   auto status = [&]() -> absl::Status {
     ASSIGN_OR_RETURN(std::string ids, EncodeIdsTable(input.ids));
     RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + kIdsFile, ids));
-    RETURN_IF_ERROR(index::BuildHnswGraph(input.vectors, input.count, input.dim, input.metric,
-                                          input.hnsw, tmp + "/" + kGraphFile,
-                                          tmp + "/" + kOffsetsFile));
+    if (input.write_graph) {
+      RETURN_IF_ERROR(input.write_graph(tmp + "/" + kGraphFile, tmp + "/" + kOffsetsFile));
+    } else {
+      RETURN_IF_ERROR(index::BuildHnswGraph(input.vectors, input.count, input.dim, input.metric,
+                                            input.hnsw, tmp + "/" + kGraphFile,
+                                            tmp + "/" + kOffsetsFile));
+    }
     if (!input.model_path.empty()) {
       m.model = input.model;
       m.model.file = kModelFile;

@@ -39,6 +39,11 @@ inline constexpr char kModelFile[] = "model.pt";
 
 struct SnapshotInput {
   const float* vectors = nullptr;  // count x dim, row-major. Row i <-> ids[i].
+  // If set, writes graph.hnsw and graph.offsets (for `count` rows of `dim`)
+  // instead of building them from `vectors`, which may then be null: used by
+  // the indexer, which builds the graph while images stream through.
+  std::function<absl::Status(const std::string& graph_path, const std::string& offsets_path)>
+      write_graph;
   size_t count = 0;
   int dim = 0;
   index::Metric metric = index::Metric::kCosine;

@@ -283,8 +283,23 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
     });
   }
 
+  // HNSW insert stage: a thread inserts each encoded batch into the graph
+  // while the encoder works on the next one.
+  ASSIGN_OR_RETURN(auto builder, index::HnswStreamBuilder::Create(dim, metric, o.hnsw, 4096));
+  struct Encoded {
+    std::vector<float> vectors;
+    uint64_t first_row;
+  };
+  BoundedQueue<Encoded> encoded(4);
+  absl::Status insert_status;
+  std::thread inserter([&] {
+    while (auto e = encoded.Pop()) {
+      if (!insert_status.ok()) continue;  // Drain so the encoder never blocks.
+      insert_status = builder->Add(e->vectors.data(), e->vectors.size() / dim, e->first_row);
+    }
+  });
+
   // Encoder stage (this thread): batches decoded images, encodes, collects rows.
-  std::vector<float> vectors;
   std::vector<snapshot::IdRecord> ids;
   std::vector<Reject> rejects;
   std::unordered_set<std::string> seen;
@@ -304,7 +319,7 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
     if (!out.ok()) {
       encode_status = out.status();
     } else {
-      vectors.insert(vectors.end(), out->begin(), out->end());
+      encoded.Push(Encoded{std::move(*out), ids.size()});
       for (auto& d : batch) {
         ids.push_back({std::move(d.work.id), std::move(d.work.path), std::move(d.work.attributes_json)});
       }
@@ -330,11 +345,14 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
     if (batch.size() >= static_cast<size_t>(o.batch_size)) flush();
   }
   flush();
+  encoded.Close();
+  inserter.join();
   lister.join();
   for (auto& t : decoders) t.join();
   reporter.Stop();
   RETURN_IF_ERROR(list_status);
   RETURN_IF_ERROR(encode_status);
+  RETURN_IF_ERROR(insert_status);
 
   IndexReport report;
   report.listed = progress.listed;
@@ -356,7 +374,8 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
         o.max_reject_ratio, rejects[0].path, rejects[0].reason));
   }
 
-  // Merge with the base: keep base rows not removed and not re-supplied.
+  // Merge with the base: base rows that were neither removed nor re-supplied
+  // follow the new rows; their stored vectors go in as they are (no re-encode).
   if (base) {
     std::unordered_set<std::string> remove(o.remove_ids.begin(), o.remove_ids.end());
     for (const auto& id : o.remove_ids) {
@@ -365,8 +384,15 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
             absl::StrCat("--remove_ids: id '", id, "' is not in base v", o.base_version));
       }
     }
-    std::vector<float> merged;
-    std::vector<snapshot::IdRecord> merged_ids;
+    std::vector<float> chunk;
+    uint64_t chunk_first = ids.size();
+    auto flush_chunk = [&]() -> absl::Status {
+      if (chunk.empty()) return absl::OkStatus();
+      absl::Status s = builder->Add(chunk.data(), chunk.size() / dim, chunk_first);
+      chunk_first += chunk.size() / dim;
+      chunk.clear();
+      return s;
+    };
     for (uint64_t r = 0; r < base->manifest().count; ++r) {
       ASSIGN_OR_RETURN(snapshot::IdView v, base->ids().Get(r));
       const std::string id(v.id);
@@ -376,14 +402,12 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
       }
       if (seen.count(id)) continue;  // Replaced by a newly encoded image.
       const float* vec = base->searcher().Vector(static_cast<uint32_t>(r));
-      merged.insert(merged.end(), vec, vec + dim);
-      merged_ids.push_back({id, std::string(v.uri), std::string(v.attributes_json)});
+      chunk.insert(chunk.end(), vec, vec + dim);
+      ids.push_back({id, std::string(v.uri), std::string(v.attributes_json)});
       report.kept_from_base++;
+      if (chunk.size() >= 1024 * dim) RETURN_IF_ERROR(flush_chunk());
     }
-    merged.insert(merged.end(), vectors.begin(), vectors.end());
-    for (auto& r : ids) merged_ids.push_back(std::move(r));
-    vectors = std::move(merged);
-    ids = std::move(merged_ids);
+    RETURN_IF_ERROR(flush_chunk());
   }
   report.total = ids.size();
   if (report.indexed == 0 && !base) {
@@ -396,14 +420,20 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
     return absl::FailedPreconditionError("the new snapshot would be empty; nothing was published");
   }
 
+  if (builder->size() != ids.size()) {
+    return absl::InternalError(absl::StrCat("graph holds ", builder->size(), " vectors but ",
+                                            ids.size(), " rows were collected"));
+  }
   snapshot::SnapshotInput in;
-  in.vectors = vectors.data();
   in.count = ids.size();
   in.dim = static_cast<int>(dim);
   in.metric = metric;
   in.ids = std::move(ids);
   in.hnsw = o.hnsw;
   in.default_ef = o.default_ef;
+  in.write_graph = [&builder](const std::string& graph, const std::string& offsets) {
+    return builder->Save(graph, offsets);
+  };
   in.model_path = o.model_path;
   in.model.name = info.name;
   in.model.version = info.version;
@@ -412,14 +442,7 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
   in.model.preprocessing_json = PreprocessingJson(info);
   in.base_version = o.base_version;
   in.extra_files["rejects.jsonl"] = rejects_jsonl;
-  if (o.dry_run) {
-    std::string tmp = absl::StrCat("/tmp/imagesearch_dry_run.", ::getpid());
-    std::error_code ec;
-    fs::create_directories(tmp, ec);
-    RETURN_IF_ERROR(index::BuildHnswGraph(in.vectors, in.count, dim, metric, in.hnsw,
-                                          tmp + "/graph.hnsw", tmp + "/graph.offsets"));
-    fs::remove_all(tmp, ec);
-  } else {
+  if (!o.dry_run) {
     ASSIGN_OR_RETURN(report.version, snapshot::PublishSnapshot(o.root, in));
   }
   report.seconds = std::chrono::duration<double>(Clock::now() - start).count();

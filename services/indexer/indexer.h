@@ -1,13 +1,14 @@
 // The batch indexer: streams images through the model into a new snapshot
 // version.
 //
-//   list -> decode+preprocess (thread pool) -> batch -> encode -> HNSW build
+//   list -> decode+preprocess (thread pool) -> batch -> encode -> HNSW insert
 //        -> write snapshot -> publish (atomic)
 //
-// Stages are joined by bounded queues, so image memory stays bounded whatever
-// the corpus size and decoding overlaps encoding. What does grow with the
-// corpus is the vector matrix itself (count x dim floats), which the graph
-// has to hold anyway.
+// Stages are threads joined by bounded queues, so image memory stays bounded
+// whatever the corpus size, decoding overlaps encoding, and each encoded
+// batch is inserted into the graph while the next one is encoded. What grows
+// with the corpus is the graph itself (count x dim floats plus links), plus
+// the id list and the set of seen ids.
 //
 // Bad images are skipped and recorded with their reason in rejects.jsonl
 // inside the snapshot; the run fails (and publishes nothing) when nothing was

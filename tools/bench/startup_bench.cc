@@ -44,6 +44,7 @@ double TimeToFirstAnswer(const std::string& root, const std::string& verify, int
   testing::ServerProcess server(absl::GetFlag(FLAGS_query_binary),
                                 {"--snapshot_root=" + root, "--verify=" + verify},
                                 absl::GetFlag(FLAGS_workdir) + "/query.log");
+  const double port_known = Seconds(start);
   auto stub = v1::ImageSearch::NewStub(
       grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials()));
   v1::SearchRequest req;
@@ -56,6 +57,7 @@ double TimeToFirstAnswer(const std::string& root, const std::string& verify, int
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   const double t = Seconds(start);
+  if (getenv("STARTUP_BENCH_DEBUG")) std::printf("    port known at %.3fs, answer at %.3fs\n", port_known, t);
   server.Terminate();
   return t;
 }
