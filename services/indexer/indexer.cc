@@ -145,6 +145,28 @@ absl::Status ParseManifestLine(absl::string_view line, const fs::path& dir, Work
   return absl::OkStatus();
 }
 
+// Reads one entry per non-empty line of `in`: a JSON manifest object, or,
+// when `plain_paths`, a bare path (its own id). `where(n)` names line n in
+// errors.
+template <typename Where, typename Push>
+absl::Status ListLines(std::istream& in, const fs::path& dir, bool plain_paths, Where where,
+                       Push push) {
+  std::string line;
+  for (size_t n = 1; std::getline(in, line); ++n) {
+    absl::string_view l = absl::StripAsciiWhitespace(line);
+    if (l.empty()) continue;
+    Work w;
+    if (plain_paths && l.front() != '{') {
+      w.path = std::string(l);
+      w.id = w.path;
+    } else if (absl::Status s = ParseManifestLine(l, dir, &w); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(where(n), ": ", s.message()));
+    }
+    push(std::move(w));
+  }
+  return absl::OkStatus();
+}
+
 // Streams the input into `out`; returns an error for unusable input (bad
 // manifest line, missing directory). Closes nothing; the caller does.
 absl::Status ListInput(const IndexerOptions& o, BoundedQueue<Work>* out, Progress* progress) {
@@ -154,23 +176,9 @@ absl::Status ListInput(const IndexerOptions& o, BoundedQueue<Work>* out, Progres
   };
   if (o.input == "-") {
     std::istream& in = o.stdin_stream != nullptr ? *o.stdin_stream : std::cin;
-    std::string line;
-    size_t n = 0;
-    while (std::getline(in, line)) {
-      ++n;
-      absl::string_view l = absl::StripAsciiWhitespace(line);
-      if (l.empty()) continue;
-      Work w;
-      if (l.front() == '{') {
-        absl::Status s = ParseManifestLine(l, fs::current_path(), &w);
-        if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("stdin line ", n, ": ", s.message()));
-      } else {
-        w.path = std::string(l);
-        w.id = w.path;
-      }
-      push(std::move(w));
-    }
-    return absl::OkStatus();
+    return ListLines(
+        in, fs::current_path(), /*plain_paths=*/true,
+        [](size_t n) { return absl::StrCat("stdin line ", n); }, push);
   }
   std::error_code ec;
   if (fs::is_directory(o.input, ec)) {
@@ -199,19 +207,9 @@ absl::Status ListInput(const IndexerOptions& o, BoundedQueue<Work>* out, Progres
   if (absl::EndsWith(o.input, ".jsonl")) {
     std::ifstream in(o.input);
     if (!in) return absl::NotFoundError(absl::StrCat("cannot open manifest ", o.input));
-    const fs::path dir = fs::path(o.input).parent_path();
-    std::string line;
-    size_t n = 0;
-    while (std::getline(in, line)) {
-      ++n;
-      absl::string_view l = absl::StripAsciiWhitespace(line);
-      if (l.empty()) continue;
-      Work w;
-      absl::Status s = ParseManifestLine(l, dir, &w);
-      if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(o.input, ":", n, ": ", s.message()));
-      push(std::move(w));
-    }
-    return absl::OkStatus();
+    return ListLines(
+        in, fs::path(o.input).parent_path(), /*plain_paths=*/false,
+        [&o](size_t n) { return absl::StrCat(o.input, ":", n); }, push);
   }
   return absl::InvalidArgumentError(absl::StrCat(
       "--input '", o.input, "' is neither a directory, a .jsonl manifest, nor '-' (stdin)"));

@@ -70,6 +70,14 @@ void FillHits(const std::vector<serving::Hit>& hits, uint64_t version, v1::Searc
 
 }  // namespace
 
+absl::Status ImageSearchService::Admit() {
+  if (inflight_.fetch_add(1) < max_inflight_) return absl::OkStatus();
+  inflight_--;
+  counters_.overloaded++;
+  return absl::ResourceExhaustedError(
+      absl::StrCat("server overloaded: ", max_inflight_, " searches already in flight"));
+}
+
 grpc::ServerUnaryReactor* ImageSearchService::Search(grpc::CallbackServerContext* context,
                                                      const v1::SearchRequest* request,
                                                      v1::SearchResponse* response) {
@@ -108,11 +116,8 @@ grpc::ServerUnaryReactor* ImageSearchService::Search(grpc::CallbackServerContext
       finish(hits.status());
     };
     if (inline_search) {
-      if (inflight_.fetch_add(1) >= max_inflight_) {
-        inflight_--;
-        counters_.overloaded++;
-        finish(absl::ResourceExhaustedError(absl::StrCat(
-            "server overloaded: ", max_inflight_, " searches already in flight")));
+      if (absl::Status admitted = Admit(); !admitted.ok()) {
+        finish(admitted);
         return;
       }
       search(query);
@@ -208,12 +213,7 @@ grpc::ServerUnaryReactor* ImageSearchService::SearchBatch(grpc::CallbackServerCo
     counters_.deadline_dropped++;
     return finish(absl::DeadlineExceededError("deadline passed before the search started"));
   }
-  if (inflight_.fetch_add(1) >= max_inflight_) {
-    inflight_--;
-    counters_.overloaded++;
-    return finish(absl::ResourceExhaustedError(
-        absl::StrCat("server overloaded: ", max_inflight_, " searches already in flight")));
-  }
+  if (absl::Status admitted = Admit(); !admitted.ok()) return finish(admitted);
   absl::Status status;
   const snapshot::Snapshot& snap = *state->snapshot;
   for (int i = 0; i < n && status.ok(); ++i) {

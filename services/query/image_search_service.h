@@ -47,6 +47,10 @@ class ImageSearchService final : public v1::ImageSearch::CallbackService {
   const ServiceCounters& counters() const { return counters_; }
 
  private:
+  // Counts one more search in flight, or RESOURCE_EXHAUSTED if max_inflight
+  // are already running. The caller decrements inflight_ when done.
+  absl::Status Admit();
+
   serving::SnapshotManager* const manager_;
   serving::WorkPool* const pool_;
   const int max_inflight_;
