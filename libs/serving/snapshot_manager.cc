@@ -28,6 +28,12 @@ absl::StatusOr<std::shared_ptr<const ServingState>> SnapshotManager::Load(uint64
   state->snapshot = *snap;
   if (!(*snap)->manifest().model.name.empty() && options_.embedder_factory) {
     auto embedder = options_.embedder_factory(**snap);
+    if (absl::IsUnimplemented(embedder.status())) {
+      // No model runtime in this process: serve vector and id queries, and
+      // tell image/text queries why they cannot be answered.
+      state->embedder_error = std::string(embedder.status().message());
+      return std::shared_ptr<const ServingState>(std::move(state));
+    }
     if (!embedder.ok()) {
       // The model is part of the snapshot: a snapshot whose model cannot load
       // is refused as a whole, so the previous one keeps serving.

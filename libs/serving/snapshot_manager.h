@@ -34,6 +34,8 @@ struct ServingState {
 };
 
 // Makes the embedder for a snapshot's model (load + warm-up + dim check).
+// UNIMPLEMENTED means "no model runtime here": the snapshot is still served,
+// without image/text queries. Any other error refuses the snapshot.
 using EmbedderFactory =
     std::function<absl::StatusOr<std::shared_ptr<Embedder>>(const snapshot::Snapshot&)>;
 

@@ -11,17 +11,10 @@
 #include "libs/model/model_bundle.h"
 #include "libs/serving/dynamic_batcher.h"
 #include "libs/serving/embedder.h"
+#include "libs/serving/model_plugin.h"
 #include "libs/serving/snapshot_manager.h"
 
 namespace imagesearch::serving {
-
-struct TorchEmbedderOptions {
-  int max_batch = 16;
-  absl::Duration max_delay = absl::Milliseconds(2);
-  size_t max_queue = 256;
-  int intra_op_threads = 0;
-  int64_t max_pixels = 64'000'000;
-};
 
 class TorchEmbedder final : public Embedder {
  public:

@@ -25,9 +25,7 @@
 #include "libs/serving/snapshot_manager.h"
 #include "libs/serving/work_pool.h"
 #include "services/query/image_search_service.h"
-#ifdef IMAGESEARCH_HAVE_TORCH
-#include "libs/serving/torch_embedder.h"
-#endif
+#include "libs/serving/model_plugin.h"
 
 ABSL_FLAG(std::string, snapshot_root, "", "Snapshot root directory (holds CURRENT and v<N>/).");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
@@ -43,6 +41,9 @@ ABSL_FLAG(std::string, verify, "checksums",
 ABSL_FLAG(int, max_batch, 16, "Dynamic batcher: largest batch of image/text queries.");
 ABSL_FLAG(int, max_delay_us, 2000, "Dynamic batcher: longest wait to fill a batch.");
 ABSL_FLAG(int, encoder_threads, 0, "LibTorch intra-op threads for the encoder; 0 = default.");
+ABSL_FLAG(std::string, model_plugin, "",
+          "The model runtime module (LibTorch), loaded when a snapshot carries a model. "
+          "Default: libimagesearch_torch_plugin.so next to this binary.");
 
 namespace imagesearch {
 namespace {
@@ -85,13 +86,13 @@ int Run() {
   mopts.root = root;
   mopts.verify = verify == "sizes" ? snapshot::VerifyMode::kSizes : snapshot::VerifyMode::kChecksums;
   mopts.poll_interval = absl::Milliseconds(absl::GetFlag(FLAGS_poll_ms));
-#ifdef IMAGESEARCH_HAVE_TORCH
   serving::TorchEmbedderOptions eopts;
   eopts.max_batch = absl::GetFlag(FLAGS_max_batch);
   eopts.max_delay = absl::Microseconds(absl::GetFlag(FLAGS_max_delay_us));
   eopts.intra_op_threads = absl::GetFlag(FLAGS_encoder_threads);
-  mopts.embedder_factory = serving::MakeTorchEmbedderFactory(eopts);
-#endif
+  std::string plugin = absl::GetFlag(FLAGS_model_plugin);
+  if (plugin.empty()) plugin = serving::DefaultTorchPluginPath();
+  mopts.embedder_factory = serving::LazyPluginEmbedderFactory(plugin, eopts);
   mopts.on_swap = [&](const serving::ServingState&) {
     std::lock_guard<std::mutex> lock(server_mu);
     if (server_ptr != nullptr) {

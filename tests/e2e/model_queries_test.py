@@ -45,9 +45,9 @@ def index(model, root):
 
 
 class Server:
-    def __init__(self, root, log):
+    def __init__(self, root, log, extra=()):
         self.proc = subprocess.Popen([QUERY, f"--snapshot_root={root}", "--host=127.0.0.1",
-                                      "--port=0", "--max_delay_us=5000"],
+                                      "--port=0", "--max_delay_us=5000", *extra],
                                      stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
         port = int(self.proc.stdout.readline().split()[-1])
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -146,6 +146,17 @@ def part_b(work):
         for n, r in zip(names, many):
             check([h.id for h in r.hits] == [h.id for h in single[n].hits], (n, r, single[n]))
             check(r.hits[0].id == n, (n, r))
+    finally:
+        s.stop()
+    # Without its model runtime plugin the service still serves the snapshot's
+    # vector and id queries, and says why image queries cannot be answered.
+    s = Server(root, os.path.join(work, "noplugin.log"), ["--model_plugin=/nonexistent/plugin.so"])
+    try:
+        check(not s.info.model.loaded, s.info)
+        r = s.stub.Search(pb.SearchRequest(id="rocket.jpg", top_k=2))
+        check(len(r.hits) == 2 and r.snapshot_version == 1, r)
+        code, msg = s.error(pb.SearchRequest(image=read("rocket.jpg")))
+        check(code == grpc.StatusCode.UNIMPLEMENTED and "/nonexistent/plugin.so" in msg, msg)
     finally:
         s.stop()
 
