@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The README's set-up command: installs everything, builds, makes the default
 # model, indexes real images with it, starts the query service, and queries it
-# by image, by id and by vector with buf curl (a grpcurl-style client).
+# by image bytes and by id with buf curl (a grpcurl-style client).
 #   ci/quickstart.sh            # runs the demo, then stops the service
 #   SERVE=1 ci/quickstart.sh    # leaves the service running on :50051
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci/install_deps.sh
 ci/build.sh
-BUILD="$PWD/build"
-DEMO="${DEMO_DIR:-$PWD/build/demo}"
+BUILD="$(cd "${BUILD_DIR:-build}" && pwd)"
+DEMO="${DEMO_DIR:-$BUILD/demo}"
 mkdir -p "$DEMO"
 source tests/e2e/lib.sh
 BUF="$(ensure_buf "$BUILD")"
@@ -28,7 +28,7 @@ QUERY_PID=$!
 trap '[[ "${SERVE:-0}" == 1 ]] || kill $QUERY_PID 2>/dev/null || true' EXIT
 URL=http://127.0.0.1:50051
 call() { "$BUF" curl --protocol grpc --http2-prior-knowledge "$@"; }
-wait_until bash -c "'$BUF' curl --protocol grpc --http2-prior-knowledge -d '{\"service\":\"imagesearch.v1.ImageSearch\"}' $URL/grpc.health.v1.Health/Check | grep -q SERVING" \
+wait_until bash -c "'$BUF' curl --protocol grpc --http2-prior-knowledge -d '{\"service\":\"imagesearch.v1.ImageSearch\"}' $URL/grpc.health.v1.Health/Check | grep -q '\"status\": \"SERVING\"'" \
   || { cat "$DEMO/query.log"; exit 1; }
 echo "-- services (reflection):"; call --list-services "$URL"
 echo "-- GetInfo:"; call "$URL/imagesearch.v1.ImageSearch/GetInfo"
