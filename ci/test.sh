@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci/install_deps.sh
+# HOME may be unset in CI; fall back to the invoking user's home.
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
 ci/build.sh
 ctest --test-dir build --output-on-failure -j2 --timeout 900

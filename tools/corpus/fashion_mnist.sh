@@ -6,13 +6,16 @@
 # Output: OUT_DIR/images/<class>/<n>.png, OUT_DIR/manifest.jsonl
 set -euo pipefail
 OUT="$1"; PER_CLASS="${2:-200}"; SPLIT="${3:-test}"
-CACHE="${IMAGESEARCH_CACHE:-$HOME/.cache/imagesearch}"
+CACHE="${IMAGESEARCH_CACHE:-${HOME:-/root}/.cache/imagesearch}"
 mkdir -p "$CACHE" "$OUT"
 DATA="$CACHE/fashion-mnist/usr/share/datasets/fashion-mnist"
 if [[ ! -d "$DATA" ]]; then
   tmp="$(mktemp -d)"
-  (cd "$tmp" && apt-get download dataset-fashion-mnist >/dev/null 2>&1) || {
-    echo "apt-get download dataset-fashion-mnist failed (run 'apt-get update' first?)" >&2; exit 1; }
+  # apt-get download needs package lists; fetch them once if it fails.
+  (cd "$tmp" && apt-get download dataset-fashion-mnist >/dev/null 2>&1) ||
+    { apt-get update -qq >/dev/null 2>&1 || true
+      (cd "$tmp" && apt-get download dataset-fashion-mnist >/dev/null); } || {
+    echo "apt-get download dataset-fashion-mnist failed" >&2; exit 1; }
   dpkg-deb -x "$tmp"/dataset-fashion-mnist_*.deb "$CACHE/fashion-mnist"
   rm -rf "$tmp"
 fi

@@ -11,7 +11,7 @@ readonly kVersion="4.4.0"
 readonly kTarball="${kPackage}-${kVersion}.tgz"
 readonly kSha512="92b0b57e07932d7b59c20769289d239bb86abf481349141044bf8584e6b1689f568fddade3604eddcb0eda87708130206607f646f9303eda7447c01aedd73e30"
 
-cache="${IMAGESEARCH_CACHE:-${HOME}/.cache/imagesearch}"
+cache="${IMAGESEARCH_CACHE:-${HOME:-/root}/.cache/imagesearch}"
 npm="${NPM:-npm}"
 
 sha_ok() { [[ -f "$1" ]] && echo "${kSha512}  $1" | sha512sum --check --status -; }
