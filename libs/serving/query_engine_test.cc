@@ -4,14 +4,14 @@
 #include <cmath>
 #include <limits>
 
-#include "libs/serving/test_util.h"
+#include "libs/snapshot/test_snapshots.h"
 
 namespace imagesearch::serving {
 namespace {
 
 std::shared_ptr<const snapshot::Snapshot> Open(index::Metric metric) {
-  std::string root = TempRoot("engine");
-  auto v = PublishVectors(root, 300, 8, metric, "item");
+  std::string root = snapshot::TempSnapshotRoot("engine");
+  auto v = snapshot::PublishSynthetic(root, 300, 8, metric, "item");
   REQUIRE(v.ok());
   auto s = snapshot::Snapshot::Open(root, *v, snapshot::VerifyMode::kChecksums);
   REQUIRE(s.ok());

@@ -4,7 +4,7 @@
 #include <filesystem>
 
 #include "libs/common/file_util.h"
-#include "libs/serving/test_util.h"
+#include "libs/snapshot/test_snapshots.h"
 
 namespace imagesearch::serving {
 namespace {
@@ -17,18 +17,18 @@ SnapshotManagerOptions Options(const std::string& root) {
 }
 
 TEST_CASE("Nothing is served until a snapshot exists; then new versions swap in") {
-  std::string root = TempRoot("manager");
+  std::string root = snapshot::TempSnapshotRoot("manager");
   int swaps_seen = 0;
   auto opts = Options(root);
   opts.on_swap = [&](const ServingState&) { ++swaps_seen; };
   SnapshotManager m(opts);
   CHECK_FALSE(m.PollOnce().ok());
   CHECK(m.Current() == nullptr);
-  REQUIRE(PublishVectors(root, 200, 8, index::Metric::kL2, "a").ok());
+  REQUIRE(snapshot::PublishSynthetic(root, 200, 8, index::Metric::kL2, "a").ok());
   REQUIRE(*m.PollOnce() == 1);
   auto held = m.Current();  // An "in-flight request" holding v1.
   REQUIRE(held->snapshot->version() == 1);
-  REQUIRE(PublishVectors(root, 100, 8, index::Metric::kL2, "b").ok());
+  REQUIRE(snapshot::PublishSynthetic(root, 100, 8, index::Metric::kL2, "b").ok());
   REQUIRE(*m.PollOnce() == 2);
   CHECK(m.Current()->snapshot->version() == 2);
   CHECK(swaps_seen == 2);
@@ -38,11 +38,11 @@ TEST_CASE("Nothing is served until a snapshot exists; then new versions swap in"
 }
 
 TEST_CASE("A corrupt new version is refused and the old one keeps serving") {
-  std::string root = TempRoot("manager_bad");
+  std::string root = snapshot::TempSnapshotRoot("manager_bad");
   SnapshotManager m(Options(root));
-  REQUIRE(PublishVectors(root, 200, 8, index::Metric::kL2, "a").ok());
+  REQUIRE(snapshot::PublishSynthetic(root, 200, 8, index::Metric::kL2, "a").ok());
   REQUIRE(*m.PollOnce() == 1);
-  REQUIRE(PublishVectors(root, 200, 8, index::Metric::kL2, "b").ok());
+  REQUIRE(snapshot::PublishSynthetic(root, 200, 8, index::Metric::kL2, "b").ok());
   // Damage v2 after publish (bit rot on the volume), before the server sees it.
   const std::string graph = snapshot::VersionDir(root, 2) + "/graph.hnsw";
   auto bytes = ReadFileToString(graph);
@@ -54,17 +54,17 @@ TEST_CASE("A corrupt new version is refused and the old one keeps serving") {
   CHECK(m.refusals() == 1);
   CHECK(*m.PollOnce() == 1);  // Not retried while CURRENT still names v2.
   CHECK(m.refusals() == 1);
-  REQUIRE(PublishVectors(root, 200, 8, index::Metric::kL2, "c").ok());
+  REQUIRE(snapshot::PublishSynthetic(root, 200, 8, index::Metric::kL2, "c").ok());
   CHECK(*m.PollOnce() == 3);
   CHECK(m.Current()->snapshot->ids().Get(0)->id == "c0");
 }
 
 TEST_CASE("The watcher thread picks up new versions by itself") {
-  std::string root = TempRoot("manager_watch");
-  REQUIRE(PublishVectors(root, 100, 8, index::Metric::kL2, "a").ok());
+  std::string root = snapshot::TempSnapshotRoot("manager_watch");
+  REQUIRE(snapshot::PublishSynthetic(root, 100, 8, index::Metric::kL2, "a").ok());
   SnapshotManager m(Options(root));
   m.StartWatching();
-  REQUIRE(PublishVectors(root, 100, 8, index::Metric::kL2, "b").ok());
+  REQUIRE(snapshot::PublishSynthetic(root, 100, 8, index::Metric::kL2, "b").ok());
   for (int i = 0; i < 500 && (!m.Current() || m.Current()->snapshot->version() != 2); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }

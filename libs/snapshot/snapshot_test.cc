@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "libs/common/file_util.h"
-#include "libs/index/test_vectors.h"
 #include "libs/snapshot/snapshot_store.h"
+#include "libs/snapshot/test_snapshots.h"
 
 namespace imagesearch::snapshot {
 namespace {
@@ -19,40 +19,25 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string TempRoot() {
-  char tmpl[] = "/tmp/imagesearch_snapshot_test.XXXXXX";
-  REQUIRE(::mkdtemp(tmpl) != nullptr);
-  return std::string(tmpl) + "/root";
+  std::string root = TempSnapshotRoot("snapshot_test");
+  REQUIRE(!root.empty());
+  return root;
 }
 
-struct Corpus {
-  std::vector<float> vectors;
-  SnapshotInput input;
-};
-
-Corpus MakeCorpus(size_t n, int dim, const std::string& prefix) {
-  Corpus c;
-  c.vectors = index::ClusteredVectors(n, dim, 16, 5);
-  c.input.vectors = c.vectors.data();
-  c.input.count = n;
-  c.input.dim = dim;
-  c.input.metric = index::Metric::kCosine;
-  c.input.hnsw.m = 8;
-  c.input.hnsw.ef_construction = 40;
-  for (size_t i = 0; i < n; ++i) {
-    c.input.ids.push_back({prefix + std::to_string(i), "uri://" + std::to_string(i), ""});
-  }
+SyntheticCorpus MakeCorpus(size_t n, int dim, const std::string& prefix) {
+  SyntheticCorpus c = MakeSyntheticCorpus(n, dim, index::Metric::kCosine, prefix);
   c.input.extra_files["rejects.jsonl"] = "";
   return c;
 }
 
 TEST_CASE("Publish makes versions 1, 2 and moves CURRENT; the snapshot opens and searches") {
   std::string root = TempRoot();
-  Corpus a = MakeCorpus(500, 24, "a");
+  SyntheticCorpus a = MakeCorpus(500, 24, "a");
   auto v1 = PublishSnapshot(root, a.input);
   REQUIRE(v1.ok());
   CHECK(*v1 == 1);
   CHECK(*ReadCurrentVersion(root) == 1);
-  Corpus b = MakeCorpus(300, 24, "b");
+  SyntheticCorpus b = MakeCorpus(300, 24, "b");
   auto v2 = PublishSnapshot(root, b.input);
   REQUIRE(v2.ok());
   CHECK(*v2 == 2);
@@ -75,7 +60,7 @@ TEST_CASE("Publish makes versions 1, 2 and moves CURRENT; the snapshot opens and
 
 TEST_CASE("Rollback with SetCurrentVersion, and gc never removes the live version") {
   std::string root = TempRoot();
-  Corpus c = MakeCorpus(200, 16, "x");
+  SyntheticCorpus c = MakeCorpus(200, 16, "x");
   for (int i = 0; i < 4; ++i) REQUIRE(PublishSnapshot(root, c.input).ok());
   REQUIRE(SetCurrentVersion(root, 1).ok());
   CHECK(*ReadCurrentVersion(root) == 1);
@@ -93,7 +78,7 @@ TEST_CASE("Rollback with SetCurrentVersion, and gc never removes the live versio
 // cleans up and succeeds.
 void CrashAt(const std::string& step) {
   std::string root = TempRoot();
-  Corpus c = MakeCorpus(300, 16, "c");
+  SyntheticCorpus c = MakeCorpus(300, 16, "c");
   REQUIRE(PublishSnapshot(root, c.input).ok());
   pid_t pid = ::fork();
   REQUIRE(pid >= 0);
@@ -127,7 +112,7 @@ TEST_CASE("A crash at any publish step leaves the previous version live") {
 
 TEST_CASE("Damaged snapshot files are refused with a clear reason") {
   std::string root = TempRoot();
-  Corpus c = MakeCorpus(400, 16, "d");
+  SyntheticCorpus c = MakeCorpus(400, 16, "d");
   REQUIRE(PublishSnapshot(root, c.input).ok());
   const std::string dir = VersionDir(root, 1);
   auto expect_refused = [&](VerifyMode mode, const std::string& needle) {
@@ -177,7 +162,7 @@ TEST_CASE("Damaged snapshot files are refused with a clear reason") {
 
 TEST_CASE("Bad publish inputs are refused and nothing is published") {
   std::string root = TempRoot();
-  Corpus c = MakeCorpus(10, 8, "e");
+  SyntheticCorpus c = MakeCorpus(10, 8, "e");
   c.input.ids[3].id = "e2";
   auto r = PublishSnapshot(root, c.input);
   REQUIRE_FALSE(r.ok());

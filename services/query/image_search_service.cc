@@ -44,8 +44,8 @@ absl::Status EmbedderAvailable(const ServingState& state, bool text) {
         "built by the indexer (vector and id queries work)"));
   }
   if (!state.embedder) {
-    return absl::UnimplementedError(absl::StrCat("cannot embed with model ", model.name, ": ",
-                                                 state.embedder_error));
+    return absl::UnimplementedError(
+        absl::StrCat("cannot embed with model ", model.name, ": ", state.embedder_error));
   }
   if (text && !state.embedder->has_text()) {
     return absl::FailedPreconditionError(
@@ -73,7 +73,6 @@ void FillHits(const std::vector<serving::Hit>& hits, uint64_t version, v1::Searc
 absl::Status ImageSearchService::Admit() {
   if (inflight_.fetch_add(1) < max_inflight_) return absl::OkStatus();
   inflight_--;
-  counters_.overloaded++;
   return absl::ResourceExhaustedError(
       absl::StrCat("server overloaded: ", max_inflight_, " searches already in flight"));
 }
@@ -81,12 +80,8 @@ absl::Status ImageSearchService::Admit() {
 grpc::ServerUnaryReactor* ImageSearchService::Search(grpc::CallbackServerContext* context,
                                                      const v1::SearchRequest* request,
                                                      v1::SearchResponse* response) {
-  counters_.requests++;
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auto finish = [this, reactor](const absl::Status& s) {
-    if (!s.ok()) counters_.errors++;
-    reactor->Finish(ToGrpc(s));
-  };
+  auto finish = [reactor](const absl::Status& s) { reactor->Finish(ToGrpc(s)); };
   std::shared_ptr<const ServingState> state = manager_->Current();
   if (!state) {
     finish(absl::UnavailableError("no snapshot is loaded yet"));
@@ -102,12 +97,10 @@ grpc::ServerUnaryReactor* ImageSearchService::Search(grpc::CallbackServerContext
   // task; a hand-off would cost as much as the search). Image and text
   // queries arrive from the embedder's batcher thread and are handed to the
   // pool so the batcher goes straight back to batching.
-  auto run_search = [this, context, response, state, finish](std::vector<float> query,
-                                                             serving::SearchParams p,
-                                                             bool inline_search) {
-    auto search = [this, context, response, state, finish, p](const std::vector<float>& q) {
+  auto run_search = [this, context, response, state, finish](
+                        std::vector<float> query, serving::SearchParams p, bool inline_search) {
+    auto search = [context, response, state, finish, p](const std::vector<float>& q) {
       if (DeadlinePassed(context) || context->IsCancelled()) {
-        counters_.deadline_dropped++;
         finish(absl::DeadlineExceededError("deadline passed before the search started"));
         return;
       }
@@ -126,7 +119,6 @@ grpc::ServerUnaryReactor* ImageSearchService::Search(grpc::CallbackServerContext
     }
     bool queued = pool_->TrySubmit([search, query = std::move(query)]() { search(query); });
     if (!queued) {
-      counters_.overloaded++;
       finish(absl::ResourceExhaustedError(
           absl::StrCat("server overloaded: ", pool_->queued(), " searches already queued")));
     }
@@ -134,8 +126,7 @@ grpc::ServerUnaryReactor* ImageSearchService::Search(grpc::CallbackServerContext
 
   switch (request->query_case()) {
     case v1::SearchRequest::QUERY_NOT_SET:
-      finish(absl::InvalidArgumentError(
-          "query is empty: set one of vector, id, image or text"));
+      finish(absl::InvalidArgumentError("query is empty: set one of vector, id, image or text"));
       break;
     case v1::SearchRequest::kVector: {
       const auto& values = request->vector().values();
@@ -172,8 +163,8 @@ grpc::ServerUnaryReactor* ImageSearchService::Search(grpc::CallbackServerContext
         finish(absl::InvalidArgumentError(text ? "query text is empty" : "query image is empty"));
         break;
       }
-      state->embedder->Embed(std::move(item), [state, params, run_search, finish](
-                                                  absl::StatusOr<std::vector<float>> v) {
+      state->embedder->Embed(std::move(item), [state, params, run_search,
+                                               finish](absl::StatusOr<std::vector<float>> v) {
         if (!v.ok()) {
           finish(v.status());
           return;
@@ -194,10 +185,8 @@ grpc::ServerUnaryReactor* ImageSearchService::Search(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* ImageSearchService::SearchBatch(grpc::CallbackServerContext* context,
                                                           const v1::SearchBatchRequest* request,
                                                           v1::SearchBatchResponse* response) {
-  counters_.requests++;
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auto finish = [this, reactor](const absl::Status& s) {
-    if (!s.ok()) counters_.errors++;
+  auto finish = [reactor](const absl::Status& s) {
     reactor->Finish(ToGrpc(s));
     return reactor;
   };
@@ -210,7 +199,6 @@ grpc::ServerUnaryReactor* ImageSearchService::SearchBatch(grpc::CallbackServerCo
         absl::StrCat("requests has ", n, " queries; the maximum is 256 per call")));
   }
   if (DeadlinePassed(context)) {
-    counters_.deadline_dropped++;
     return finish(absl::DeadlineExceededError("deadline passed before the search started"));
   }
   if (absl::Status admitted = Admit(); !admitted.ok()) return finish(admitted);
@@ -258,19 +246,19 @@ grpc::ServerUnaryReactor* ImageSearchService::SearchBatch(grpc::CallbackServerCo
     FillHits(*hits, snap.version(), response->add_responses());
   }
   inflight_--;
-  if (status.ok()) response->set_snapshot_version(snap.version());
-  else response->Clear();
+  if (status.ok())
+    response->set_snapshot_version(snap.version());
+  else
+    response->Clear();
   return finish(status);
 }
 
 grpc::ServerUnaryReactor* ImageSearchService::Embed(grpc::CallbackServerContext* context,
                                                     const v1::EmbedRequest* request,
                                                     v1::EmbedResponse* response) {
-  counters_.requests++;
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto state = manager_->Current();
   auto fail = [&](const absl::Status& s) {
-    counters_.errors++;
     reactor->Finish(ToGrpc(s));
     return reactor;
   };
@@ -307,7 +295,7 @@ grpc::ServerUnaryReactor* ImageSearchService::Embed(grpc::CallbackServerContext*
     const bool text = in.input_case() == v1::EmbedInput::kText;
     item.kind = text ? serving::EmbedItem::Kind::kText : serving::EmbedItem::Kind::kImage;
     item.data = text ? in.text() : in.image();
-    state->embedder->Embed(std::move(item), [this, gather, i, state, response,
+    state->embedder->Embed(std::move(item), [gather, i, state, response,
                                              reactor](absl::StatusOr<std::vector<float>> v) {
       std::unique_lock<std::mutex> lock(gather->mu);
       if (v.ok()) {
@@ -319,7 +307,6 @@ grpc::ServerUnaryReactor* ImageSearchService::Embed(grpc::CallbackServerContext*
       if (--gather->remaining > 0) return;
       lock.unlock();
       if (!gather->first_error.ok()) {
-        counters_.errors++;
         reactor->Finish(ToGrpc(gather->first_error));
         return;
       }
@@ -338,11 +325,9 @@ grpc::ServerUnaryReactor* ImageSearchService::Embed(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* ImageSearchService::GetInfo(grpc::CallbackServerContext* context,
                                                       const v1::GetInfoRequest* /*request*/,
                                                       v1::GetInfoResponse* response) {
-  counters_.requests++;
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto state = manager_->Current();
   if (!state) {
-    counters_.errors++;
     reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "no snapshot is loaded yet"));
     return reactor;
   }

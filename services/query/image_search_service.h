@@ -3,7 +3,8 @@
 // concurrency, so that overload becomes RESOURCE_EXHAUSTED and requests whose
 // deadline has passed are dropped before any work is done.
 //
-// Thread-safe; owns nothing but counters. The manager and pool outlive it.
+// Thread-safe; owns no state but the in-flight count. The manager and pool
+// outlive it.
 #ifndef IMAGESEARCH_SERVICES_QUERY_IMAGE_SEARCH_SERVICE_H_
 #define IMAGESEARCH_SERVICES_QUERY_IMAGE_SEARCH_SERVICE_H_
 
@@ -15,13 +16,6 @@
 #include "libs/serving/work_pool.h"
 
 namespace imagesearch {
-
-struct ServiceCounters {
-  std::atomic<uint64_t> requests{0};
-  std::atomic<uint64_t> errors{0};
-  std::atomic<uint64_t> overloaded{0};
-  std::atomic<uint64_t> deadline_dropped{0};
-};
 
 class ImageSearchService final : public v1::ImageSearch::CallbackService {
  public:
@@ -44,8 +38,6 @@ class ImageSearchService final : public v1::ImageSearch::CallbackService {
                                     const v1::GetInfoRequest* request,
                                     v1::GetInfoResponse* response) override;
 
-  const ServiceCounters& counters() const { return counters_; }
-
  private:
   // Counts one more search in flight, or RESOURCE_EXHAUSTED if max_inflight
   // are already running. The caller decrements inflight_ when done.
@@ -55,7 +47,6 @@ class ImageSearchService final : public v1::ImageSearch::CallbackService {
   serving::WorkPool* const pool_;
   const int max_inflight_;
   std::atomic<int> inflight_{0};
-  ServiceCounters counters_;
 };
 
 }  // namespace imagesearch

@@ -14,6 +14,7 @@
 #include "libs/common/file_util.h"
 #include "libs/index/test_vectors.h"
 #include "libs/snapshot/snapshot_store.h"
+#include "libs/snapshot/test_snapshots.h"
 #include "tests/integration/server_process.h"
 
 namespace imagesearch {
@@ -28,20 +29,13 @@ std::string TempDir() {
   return tmpl;
 }
 
-// Publishes n clustered vectors with ids "<prefix><row>".
+// Publishes n clustered vectors with ids "<prefix><row>" and URIs "mem://<row>".
 uint64_t Publish(const std::string& root, size_t n, const std::string& prefix, uint32_t seed) {
-  std::vector<float> v = index::ClusteredVectors(n, kDim, 16, seed);
-  snapshot::SnapshotInput in;
-  in.vectors = v.data();
-  in.count = n;
-  in.dim = kDim;
-  in.metric = index::Metric::kCosine;
-  in.hnsw.m = 12;
-  in.hnsw.ef_construction = 60;
-  for (size_t i = 0; i < n; ++i) {
-    in.ids.push_back({prefix + std::to_string(i), "mem://" + std::to_string(i), ""});
-  }
-  auto r = snapshot::PublishSnapshot(root, in);
+  snapshot::SyntheticCorpus c =
+      snapshot::MakeSyntheticCorpus(n, kDim, index::Metric::kCosine, prefix, seed);
+  c.input.hnsw.m = 12;
+  c.input.hnsw.ef_construction = 60;
+  auto r = snapshot::PublishSnapshot(root, c.input);
   REQUIRE(r.ok());
   return *r;
 }

@@ -27,6 +27,7 @@
 #include "libs/index/test_vectors.h"
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
+#include "libs/snapshot/test_snapshots.h"
 #include "tests/integration/server_process.h"
 
 ABSL_FLAG(std::string, query_binary, "", "Path of imagesearch-query.");
@@ -77,22 +78,17 @@ int Run() {
 
   std::printf("data: %zu x %zu clustered vectors (cosine), %zu held-out queries\n", n, dim, nq);
   // One draw, so data and queries share cluster centres; the tail is held out.
-  std::vector<float> all = index::ClusteredVectors(n + nq, dim, 1000, 1,
-                                                   static_cast<float>(absl::GetFlag(FLAGS_spread)));
-  std::vector<float> data(all.begin(), all.begin() + n * dim);
-  std::vector<float> queries(all.begin() + n * dim, all.end());
-  all.clear();
-  all.shrink_to_fit();
+  snapshot::SyntheticCorpus corpus = snapshot::MakeSyntheticCorpus(
+      n + nq, static_cast<int>(dim), index::Metric::kCosine, /*id_prefix=*/"", 1, 1000,
+      static_cast<float>(absl::GetFlag(FLAGS_spread)));
+  std::vector<float> queries(corpus.vectors.begin() + n * dim, corpus.vectors.end());
   for (size_t i = 0; i < nq; ++i) index::NormalizeInPlace(&queries[i * dim], dim);
-
-  snapshot::SnapshotInput in;
-  in.vectors = data.data();
+  snapshot::SnapshotInput& in = corpus.input;
   in.count = n;
-  in.dim = static_cast<int>(dim);
-  in.metric = index::Metric::kCosine;
+  in.ids.resize(n);
   in.hnsw.m = 16;
   in.hnsw.ef_construction = 100;
-  for (size_t i = 0; i < n; ++i) in.ids.push_back({std::to_string(i), "", ""});
+  const float* data = corpus.vectors.data();
   const auto b0 = Clock::now();
   auto v = snapshot::PublishSnapshot(root, in);
   if (!v.ok()) {
@@ -107,7 +103,7 @@ int Run() {
 
   // Exact ground truth (brute force with the same kernel).
   auto dist = index::GetDistanceFn(index::Metric::kCosine, dim);
-  std::vector<float> normed = data;
+  std::vector<float> normed(data, data + n * dim);
   for (size_t i = 0; i < n; ++i) index::NormalizeInPlace(&normed[i * dim], dim);
   std::vector<std::vector<uint32_t>> truth(nq);
   {

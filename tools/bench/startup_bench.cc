@@ -19,7 +19,9 @@
 #include "imagesearch/v1/imagesearch.grpc.pb.h"
 #include "libs/index/hnsw_builder.h"
 #include "libs/index/test_vectors.h"
+#include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
+#include "libs/snapshot/test_snapshots.h"
 #include "tests/integration/server_process.h"
 
 ABSL_FLAG(std::string, query_binary, "", "Path of imagesearch-query.");
@@ -57,9 +59,33 @@ double TimeToFirstAnswer(const std::string& root, const std::string& verify, int
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   const double t = Seconds(start);
-  if (getenv("STARTUP_BENCH_DEBUG")) std::printf("    port known at %.3fs, answer at %.3fs\n", port_known, t);
+  std::printf("  %s, --verify=%s: port open after %.3fs, first answer after %.3fs\n",
+              root.c_str(), verify.c_str(), port_known, t);
   server.Terminate();
   return t;
+}
+
+// Reuses the snapshot CURRENT names under `root` if it has n vectors of
+// `dim`; otherwise builds one (M 16, ef_construction 40) and returns its version.
+absl::StatusOr<uint64_t> EnsureSnapshot(const std::string& root, size_t n, size_t dim) {
+  auto current = snapshot::ReadCurrentVersion(root);
+  if (current.ok()) {
+    auto snap = snapshot::Snapshot::Open(root, *current, snapshot::VerifyMode::kSizes);
+    if (snap.ok() && (*snap)->manifest().count == n &&
+        static_cast<size_t>((*snap)->manifest().dim) == dim) {
+      std::printf("reusing %zu x %zu snapshot in %s\n", n, dim, root.c_str());
+      return current;
+    }
+  }
+  std::filesystem::remove_all(root);
+  std::printf("building a %zu x %zu snapshot in %s...\n", n, dim, root.c_str());
+  snapshot::SyntheticCorpus c = snapshot::MakeSyntheticCorpus(
+      n, static_cast<int>(dim), index::Metric::kCosine, "id-", 1, 1000, 0.6f);
+  c.input.hnsw.m = 16;
+  const auto b0 = Clock::now();
+  auto v = snapshot::PublishSnapshot(root, c.input);
+  if (v.ok()) std::printf("built in %.0fs\n", Seconds(b0));
+  return v;
 }
 
 double Median(std::vector<double> v) {
@@ -70,50 +96,15 @@ double Median(std::vector<double> v) {
 int Run() {
   const size_t n = absl::GetFlag(FLAGS_n), dim = absl::GetFlag(FLAGS_dim);
   const std::string root = absl::GetFlag(FLAGS_workdir) + "/root";
-  auto current = snapshot::ReadCurrentVersion(root);
-  bool reuse = false;
-  if (current.ok()) {
-    auto text = std::filesystem::exists(snapshot::VersionDir(root, *current) + "/MANIFEST.json");
-    reuse = text;
-  }
-  if (reuse) {
-    std::printf("reusing the snapshot in %s\n", root.c_str());
-  } else {
-    std::filesystem::remove_all(root);
-    std::printf("building a %zu x %zu snapshot (M=16, ef_construction=40)...\n", n, dim);
-    std::vector<float> data = index::ClusteredVectors(n, dim, 1000, 1, 0.6f);
-    snapshot::SnapshotInput in;
-    in.vectors = data.data();
-    in.count = n;
-    in.dim = static_cast<int>(dim);
-    in.metric = index::Metric::kCosine;
-    in.hnsw.m = 16;
-    in.hnsw.ef_construction = 40;
-    for (size_t i = 0; i < n; ++i) in.ids.push_back({"id-" + std::to_string(i), "", ""});
-    const auto b0 = Clock::now();
-    auto v = snapshot::PublishSnapshot(root, in);
-    if (!v.ok()) {
-      std::cerr << v.status() << "\n";
-      return 1;
-    }
-    current = *v;
-    std::printf("built in %.0fs\n", Seconds(b0));
+  auto current = EnsureSnapshot(root, n, dim);
+  if (!current.ok()) {
+    std::cerr << current.status() << "\n";
+    return 1;
   }
   // A 1000-vector snapshot of the same dimension, to show what start-up costs
   // without the index: the difference is what the index size adds.
   const std::string small_root = absl::GetFlag(FLAGS_workdir) + "/small_root";
-  if (!snapshot::ReadCurrentVersion(small_root).ok()) {
-    std::vector<float> data = index::ClusteredVectors(1000, dim, 10, 3);
-    snapshot::SnapshotInput in;
-    in.vectors = data.data();
-    in.count = 1000;
-    in.dim = static_cast<int>(dim);
-    in.metric = index::Metric::kCosine;
-    in.hnsw.m = 16;
-    in.hnsw.ef_construction = 40;
-    for (size_t i = 0; i < 1000; ++i) in.ids.push_back({"id-" + std::to_string(i), "", ""});
-    if (!snapshot::PublishSnapshot(small_root, in).ok()) return 1;
-  }
+  if (!EnsureSnapshot(small_root, 1000, dim).ok()) return 1;
   const std::string graph = snapshot::VersionDir(root, *current) + "/graph.hnsw";
   std::printf("graph.hnsw: %.0f MB\n", std::filesystem::file_size(graph) / 1e6);
 

@@ -1,0 +1,67 @@
+// Test and benchmark helper: snapshot inputs made of deterministic clustered
+// vectors (libs/index/test_vectors.h), with ids "<prefix><row>" and URIs
+// "mem://<row>". Header-only; not for production code.
+#ifndef IMAGESEARCH_LIBS_SNAPSHOT_TEST_SNAPSHOTS_H_
+#define IMAGESEARCH_LIBS_SNAPSHOT_TEST_SNAPSHOTS_H_
+
+#include <stdlib.h>
+
+#include <string>
+#include <vector>
+
+#include "libs/index/test_vectors.h"
+#include "libs/snapshot/snapshot_store.h"
+
+namespace imagesearch::snapshot {
+
+// Owns the vectors that `input` points into: move it, never copy it.
+struct SyntheticCorpus {
+  SyntheticCorpus() = default;
+  SyntheticCorpus(SyntheticCorpus&&) = default;
+  SyntheticCorpus& operator=(SyntheticCorpus&&) = default;
+  SyntheticCorpus(const SyntheticCorpus&) = delete;
+  SyntheticCorpus& operator=(const SyntheticCorpus&) = delete;
+
+  std::vector<float> vectors;
+  SnapshotInput input;
+};
+
+// HNSW defaults are small (M 8, ef_construction 40) so tests build fast;
+// callers may change input.hnsw before publishing.
+inline SyntheticCorpus MakeSyntheticCorpus(size_t n, int dim, index::Metric metric,
+                                           const std::string& id_prefix, uint32_t seed = 5,
+                                           size_t clusters = 16, float spread = 0.35f) {
+  SyntheticCorpus c;
+  c.vectors = index::ClusteredVectors(n, static_cast<size_t>(dim), clusters, seed, spread);
+  c.input.vectors = c.vectors.data();
+  c.input.count = n;
+  c.input.dim = dim;
+  c.input.metric = metric;
+  c.input.hnsw.m = 8;
+  c.input.hnsw.ef_construction = 40;
+  c.input.ids.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    c.input.ids.push_back({id_prefix + std::to_string(i), "mem://" + std::to_string(i), ""});
+  }
+  return c;
+}
+
+inline absl::StatusOr<uint64_t> PublishSynthetic(const std::string& root, size_t n, int dim,
+                                                 index::Metric metric,
+                                                 const std::string& id_prefix,
+                                                 uint32_t seed = 5) {
+  SyntheticCorpus c = MakeSyntheticCorpus(n, dim, metric, id_prefix, seed);
+  return PublishSnapshot(root, c.input);
+}
+
+// A fresh directory under /tmp; returns "<dir>/root" (not yet created), or ""
+// if the directory cannot be made.
+inline std::string TempSnapshotRoot(const std::string& tag) {
+  std::string tmpl = "/tmp/imagesearch_" + tag + ".XXXXXX";
+  if (::mkdtemp(tmpl.data()) == nullptr) return "";
+  return tmpl + "/root";
+}
+
+}  // namespace imagesearch::snapshot
+
+#endif  // IMAGESEARCH_LIBS_SNAPSHOT_TEST_SNAPSHOTS_H_
