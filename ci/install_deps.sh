@@ -11,6 +11,11 @@ PACKAGES=(
   libssl-dev libxxhash-dev nlohmann-json3-dev
   # Index, images, model
   libhnswlib-dev libvips-dev libtorch-dev libicu-dev zlib1g-dev
+  # HTTP front end and metrics
+  libcpp-httplib-dev prometheus-cpp-dev
+  # OpenBLAS as the system BLAS (libblas.so.3): LibTorch's BLAS calls must never
+  # fall back to netlib's reference implementation.
+  libopenblas0-pthread
   # Tests and tools
   catch2 nginx python3-grpcio python3-protobuf python3-numpy
   python3-torch python3-torchvision python3-pil python3-regex
@@ -27,3 +32,9 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+# Make OpenBLAS the system BLAS/LAPACK even if an admin pinned netlib's.
+for lib in libblas.so.3 liblapack.so.3; do
+  alt="/usr/lib/x86_64-linux-gnu/openblas-pthread/$lib"
+  [[ -e $alt ]] && $SUDO update-alternatives --set "$lib-x86_64-linux-gnu" "$alt" >/dev/null
+done
+exit 0

@@ -1,17 +1,29 @@
 // Minimal structured logging to stderr (Debian's Abseil has no absl/log).
-// Thread-safe: each line is written with one write(2).
+// Two formats, chosen once per process (binaries take --log_format):
+//   text: "<UTC time> <I|W|E> <message>"
+//   json: {"time":"<UTC time>","level":"info|warning|error","msg":"<message>"}
+// one line per record either way.
+//
+// Thread-safe: each line is written with one write(2). libimagesearch_common
+// is a shared library, so the format is one setting per process, plugins
+// included.
 #ifndef IMAGESEARCH_LIBS_COMMON_LOG_H_
 #define IMAGESEARCH_LIBS_COMMON_LOG_H_
 
-#include "absl/strings/string_view.h"
-
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 namespace imagesearch {
 
 enum class LogLevel { kInfo, kWarning, kError };
+enum class LogFormat { kText, kJson };
 
-// Writes "<UTC time> <I|W|E> <message>\n" to stderr.
+// "text" or "json"; INVALID_ARGUMENT otherwise.
+absl::StatusOr<LogFormat> ParseLogFormat(absl::string_view name);
+// Default: kText.
+void SetLogFormat(LogFormat format);
+
 void LogLine(LogLevel level, absl::string_view message);
 
 template <typename... Args>

@@ -62,9 +62,8 @@ struct ModelInfo {
 absl::StatusOr<ModelInfo> ParseModelJson(std::string_view json);
 
 struct EncoderOptions {
-  // LibTorch intra-op threads (at::set_num_threads). This is process-wide in
-  // LibTorch, so the last Load() with a non-zero value wins.
-  // Default: 0, leave LibTorch's default (one per core).
+  // LibTorch intra-op threads (at::set_num_threads), set explicitly on every
+  // thread that runs this encoder. Default: 0, one per core.
   int intra_op_threads = 0;
   // Batch size of the warm-up run that Load() does (and whose output shape it
   // checks against embed_dim). Values < 1 are treated as 1. Default: 2.

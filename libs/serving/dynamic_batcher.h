@@ -4,11 +4,15 @@
 // function call for the whole group. Callers get their own result through a
 // callback, called on the worker thread.
 //
+// Each item carries its call's CallContext: an item whose deadline has passed
+// or whose client cancelled while it waited is answered with that status when
+// its batch forms, and never reaches the batch function.
+//
 // Thread-safe. The destructor finishes queued work before it returns.
 #ifndef IMAGESEARCH_LIBS_SERVING_DYNAMIC_BATCHER_H_
 #define IMAGESEARCH_LIBS_SERVING_DYNAMIC_BATCHER_H_
 
-#include <atomic>
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -21,13 +25,21 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "libs/serving/call_context.h"
 
 namespace imagesearch::serving {
 
 struct BatcherOptions {
-  int max_batch = 16;
+  int max_batch = 4;
   absl::Duration max_delay = absl::Milliseconds(2);
   size_t max_queue = 256;  // Beyond this Submit fails with RESOURCE_EXHAUSTED.
+};
+
+// What one batch cost; given to the observer after the batch function ran.
+struct BatchStats {
+  size_t size = 0;                          // Items that reached the batch function.
+  std::vector<absl::Duration> queue_times;  // Per item: Submit to batch start.
+  absl::Duration run_time;                  // The batch function call.
 };
 
 template <typename In, typename Out>
@@ -37,9 +49,13 @@ class DynamicBatcher {
   // Gets a batch of inputs; returns either one result per input, or an error
   // for the whole batch.
   using BatchFn = std::function<absl::StatusOr<std::vector<Out>>(std::vector<In>&)>;
+  using Observer = std::function<void(const BatchStats&)>;
 
-  DynamicBatcher(BatcherOptions options, BatchFn fn)
-      : options_(options), fn_(std::move(fn)), worker_([this] { Loop(); }) {}
+  DynamicBatcher(BatcherOptions options, BatchFn fn, Observer observer = nullptr)
+      : options_(options),
+        fn_(std::move(fn)),
+        observer_(std::move(observer)),
+        worker_([this] { Loop(); }) {}
 
   ~DynamicBatcher() {
     {
@@ -53,11 +69,12 @@ class DynamicBatcher {
   DynamicBatcher(const DynamicBatcher&) = delete;
   DynamicBatcher& operator=(const DynamicBatcher&) = delete;
 
-  void Submit(In input, Callback done) {
+  void Submit(In input, CallContext context, Callback done) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!stop_ && queue_.size() < options_.max_queue) {
-        queue_.push_back(Item{std::move(input), std::move(done), Clock::now()});
+        queue_.push_back(
+            Item{std::move(input), std::move(context), std::move(done), Clock::now()});
         cv_.notify_all();
         return;
       }
@@ -66,14 +83,11 @@ class DynamicBatcher {
         absl::StrCat("embedding queue is full (", options_.max_queue, " waiting)")));
   }
 
-  uint64_t batches() const { return batches_.load(); }
-  uint64_t items() const { return items_.load(); }
-  int max_batch_seen() const { return max_batch_seen_.load(); }
-
  private:
   using Clock = std::chrono::steady_clock;
   struct Item {
     In input;
+    CallContext context;
     Callback done;
     Clock::time_point arrived;
   };
@@ -96,37 +110,52 @@ class DynamicBatcher {
           queue_.pop_front();
         }
       }
-      std::vector<In> inputs;
-      inputs.reserve(batch.size());
-      for (auto& item : batch) inputs.push_back(std::move(item.input));
-      auto results = fn_(inputs);
-      batches_++;
-      items_ += batch.size();
-      int seen = max_batch_seen_.load();
-      while (static_cast<int>(batch.size()) > seen &&
-             !max_batch_seen_.compare_exchange_weak(seen, static_cast<int>(batch.size()))) {
+      RunBatch(batch);
+    }
+  }
+
+  void RunBatch(std::vector<Item>& batch) {
+    const auto start = Clock::now();
+    std::vector<Item> live;
+    live.reserve(batch.size());
+    for (auto& item : batch) {
+      if (absl::Status s = item.context.Check("encoding"); !s.ok()) {
+        item.done(s);  // Expired while queued: no model time spent on it.
+      } else {
+        live.push_back(std::move(item));
       }
-      for (size_t i = 0; i < batch.size(); ++i) {
-        if (!results.ok()) {
-          batch[i].done(results.status());
-        } else if (results->size() != batch.size()) {
-          batch[i].done(absl::InternalError("batch function returned the wrong number of results"));
-        } else {
-          batch[i].done(std::move((*results)[i]));
-        }
+    }
+    if (live.empty()) return;
+    std::vector<In> inputs;
+    inputs.reserve(live.size());
+    for (auto& item : live) inputs.push_back(std::move(item.input));
+    const auto run_start = Clock::now();
+    auto results = fn_(inputs);
+    if (observer_) {
+      BatchStats stats;
+      stats.size = live.size();
+      stats.run_time = absl::FromChrono(Clock::now() - run_start);
+      for (const auto& item : live) stats.queue_times.push_back(absl::FromChrono(start - item.arrived));
+      observer_(stats);
+    }
+    for (size_t i = 0; i < live.size(); ++i) {
+      if (!results.ok()) {
+        live[i].done(results.status());
+      } else if (results->size() != live.size()) {
+        live[i].done(absl::InternalError("batch function returned the wrong number of results"));
+      } else {
+        live[i].done(std::move((*results)[i]));
       }
     }
   }
 
   const BatcherOptions options_;
   const BatchFn fn_;
+  const Observer observer_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Item> queue_;
   bool stop_ = false;
-  std::atomic<uint64_t> batches_{0};
-  std::atomic<uint64_t> items_{0};
-  std::atomic<int> max_batch_seen_{0};
   std::thread worker_;  // Last: starts after everything above exists.
 };
 

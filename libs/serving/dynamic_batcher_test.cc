@@ -11,26 +11,34 @@ TEST_CASE("Concurrent submissions share batches and each caller gets its own res
   BatcherOptions o;
   o.max_batch = 8;
   o.max_delay = absl::Milliseconds(50);
-  std::vector<size_t> sizes;
-  DynamicBatcher<int, int> b(o, [&](std::vector<int>& in) -> absl::StatusOr<std::vector<int>> {
-    sizes.push_back(in.size());
-    std::vector<int> out;
-    for (int x : in) out.push_back(x * x);
-    return out;
-  });
+  std::vector<BatchStats> stats;  // Written on the worker thread only.
+  DynamicBatcher<int, int> b(
+      o,
+      [&](std::vector<int>& in) -> absl::StatusOr<std::vector<int>> {
+        std::vector<int> out;
+        for (int x : in) out.push_back(x * x);
+        return out;
+      },
+      [&](const BatchStats& s) { stats.push_back(s); });
   std::vector<std::promise<int>> promises(32);
   std::vector<std::thread> threads;
   for (int i = 0; i < 32; ++i) {
     threads.emplace_back([&, i] {
-      b.Submit(i, [&, i](absl::StatusOr<int> r) { promises[i].set_value(r.ok() ? *r : -1); });
+      b.Submit(i, {}, [&, i](absl::StatusOr<int> r) { promises[i].set_value(r.ok() ? *r : -1); });
     });
   }
   for (auto& t : threads) t.join();
   for (int i = 0; i < 32; ++i) CHECK(promises[i].get_future().get() == i * i);
-  CHECK(b.items() == 32);
-  CHECK(b.batches() < 32);  // Some items shared a forward pass.
-  CHECK(b.max_batch_seen() <= 8);
-  CHECK(b.max_batch_seen() > 1);
+  size_t items = 0, largest = 0;
+  for (const auto& s : stats) {
+    items += s.size;
+    largest = std::max(largest, s.size);
+    CHECK(s.queue_times.size() == s.size);
+  }
+  CHECK(items == 32);
+  CHECK(stats.size() < 32);  // Some items shared a forward pass.
+  CHECK(largest <= 8);
+  CHECK(largest > 1);
 }
 
 TEST_CASE("A lone item is not held longer than max_delay, and batch errors reach every caller") {
@@ -43,11 +51,11 @@ TEST_CASE("A lone item is not held longer than max_delay, and batch errors reach
   });
   std::promise<absl::Status> p;
   auto start = std::chrono::steady_clock::now();
-  b.Submit(1, [&](absl::StatusOr<int> r) { p.set_value(r.status()); });
+  b.Submit(1, {}, [&](absl::StatusOr<int> r) { p.set_value(r.status()); });
   CHECK(p.get_future().get().ok());
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(2));
   std::promise<absl::Status> q;
-  b.Submit(-1, [&](absl::StatusOr<int> r) { q.set_value(r.status()); });
+  b.Submit(-1, {}, [&](absl::StatusOr<int> r) { q.set_value(r.status()); });
   CHECK(q.get_future().get().message() == "model failed");
 }
 
@@ -67,11 +75,48 @@ TEST_CASE("A full queue refuses with RESOURCE_EXHAUSTED") {
     if (absl::IsResourceExhausted(r.status())) exhausted++;
     if (r.ok()) ok++;
   };
-  b.Submit(0, cb);  // Taken by the worker (blocked on the gate) ...
+  b.Submit(0, {}, cb);  // Taken by the worker (blocked on the gate) ...
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  for (int i = 0; i < 5; ++i) b.Submit(i, cb);  // ... 2 queue, 3 refused.
+  for (int i = 0; i < 5; ++i) b.Submit(i, {}, cb);  // ... 2 queue, 3 refused.
   CHECK(exhausted == 3);
   release.set_value();
+}
+
+TEST_CASE("Items whose deadline passed or whose client cancelled never reach the model") {
+  BatcherOptions o;
+  o.max_batch = 8;
+  o.max_delay = absl::Milliseconds(1);
+  std::promise<void> release;
+  auto gate = release.get_future().share();
+  std::atomic<int> encoded{0};
+  DynamicBatcher<int, int> b(o, [&](std::vector<int>& in) -> absl::StatusOr<std::vector<int>> {
+    gate.wait();
+    encoded += static_cast<int>(in.size());
+    return std::vector<int>(in.size(), 1);
+  });
+  std::promise<absl::Status> first, late, gone, fine;
+  b.Submit(0, {}, [&](absl::StatusOr<int> r) { first.set_value(r.status()); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // The worker holds item 0.
+  CallContext soon;
+  soon.deadline = absl::Now() + absl::Milliseconds(30);
+  b.Submit(1, soon, [&](absl::StatusOr<int> r) { late.set_value(r.status()); });
+  std::atomic<bool> cancelled{false};
+  CallContext cancellable;
+  cancellable.cancelled = [&] { return cancelled.load(); };
+  b.Submit(2, cancellable, [&](absl::StatusOr<int> r) { gone.set_value(r.status()); });
+  b.Submit(3, {}, [&](absl::StatusOr<int> r) { fine.set_value(r.status()); });
+  cancelled = true;
+  std::this_thread::sleep_for(std::chrono::milliseconds(60));  // Past item 1's deadline.
+  release.set_value();
+  CHECK(first.get_future().get().ok());
+  absl::Status l = late.get_future().get();
+  CHECK(absl::IsDeadlineExceeded(l));
+  CHECK(l.message() == "deadline passed before encoding");
+  absl::Status g = gone.get_future().get();
+  CHECK(absl::IsCancelled(g));
+  CHECK(g.message() == "client cancelled the call before encoding");
+  CHECK(fine.get_future().get().ok());
+  CHECK(encoded == 2);  // Items 0 and 3 only.
 }
 
 }  // namespace

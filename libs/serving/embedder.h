@@ -1,19 +1,19 @@
 // The serving core's view of a model: turns image bytes or texts into query
-// vectors, asynchronously (implementations batch concurrent requests).
-// Implementations are thread-safe. The LibTorch-backed one lives in
-// libs/serving/torch_embedder.h so that this header pulls in no LibTorch.
+// vectors, asynchronously. The real one is BatchingEmbedder
+// (batching_embedder.h); tests may provide their own.
+//
+// Implementations are thread-safe.
 #ifndef IMAGESEARCH_LIBS_SERVING_EMBEDDER_H_
 #define IMAGESEARCH_LIBS_SERVING_EMBEDDER_H_
 
 #include <functional>
-#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "libs/serving/call_context.h"
 
 namespace imagesearch::serving {
-
 
 struct EmbedItem {
   enum class Kind { kImage, kText };
@@ -23,13 +23,17 @@ struct EmbedItem {
 
 class Embedder {
  public:
-  using Callback = std::function<void(absl::StatusOr<std::vector<float>>)>;
+  using Vectors = std::vector<std::vector<float>>;
+  using Callback = std::function<void(absl::StatusOr<Vectors>)>;
   virtual ~Embedder() = default;
-  // Embeds one item and calls `done` exactly once, possibly on another thread,
-  // with a dim()-float vector (unit norm for cosine models) or an error:
-  // INVALID_ARGUMENT for an undecodable image, FAILED_PRECONDITION for text on
-  // an image-only model, RESOURCE_EXHAUSTED when the queue is full.
-  virtual void Embed(EmbedItem item, Callback done) = 0;
+  // Embeds `items` and calls `done` exactly once, possibly on another thread,
+  // with one dim()-float vector per item (unit norm for cosine models), or
+  // with the first error: INVALID_ARGUMENT for an undecodable image,
+  // FAILED_PRECONDITION for text on an image-only model, RESOURCE_EXHAUSTED
+  // when too many items are already waiting, DEADLINE_EXCEEDED / CANCELLED
+  // when `context` expires first. With several items, an item's error message
+  // starts with "inputs[i]: ".
+  virtual void Embed(std::vector<EmbedItem> items, const CallContext& context, Callback done) = 0;
   virtual int dim() const = 0;
   virtual bool has_text() const = 0;
 };

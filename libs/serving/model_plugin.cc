@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <mutex>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "libs/common/log.h"
@@ -20,36 +21,44 @@ std::string DefaultTorchPluginPath() {
   return dir + "/libimagesearch_torch_plugin.so";
 }
 
-EmbedderFactory LazyPluginEmbedderFactory(std::string plugin_path, TorchEmbedderOptions options) {
+EmbedderFactory PluginEmbedderFactory(ModelPluginOptions options) {
   struct State {
     std::once_flag once;
-    std::unique_ptr<EmbedderFactory> factory;
+    LoadModelRuntimeFn load = nullptr;
     std::string error;
   };
   auto state = std::make_shared<State>();
-  return [state, plugin_path = std::move(plugin_path),
-          options](const snapshot::Snapshot& snap) -> absl::StatusOr<std::shared_ptr<Embedder>> {
+  return [state, options = std::move(options)](
+             const snapshot::Snapshot& snap) -> absl::StatusOr<std::shared_ptr<Embedder>> {
     std::call_once(state->once, [&] {
-      // The handle is never closed: the factory and embedders live in it.
-      void* handle = ::dlopen(plugin_path.c_str(), RTLD_NOW | RTLD_LOCAL);
+      // The handle is never closed: runtimes live in it.
+      void* handle = ::dlopen(options.plugin_path.c_str(), RTLD_NOW | RTLD_LOCAL);
       if (handle == nullptr) {
         const char* why = ::dlerror();
-        state->error = absl::StrCat("cannot load the model runtime ", plugin_path, ": ",
+        state->error = absl::StrCat("cannot load the model runtime ", options.plugin_path, ": ",
                                     why != nullptr ? why : "unknown error");
         LogError(state->error);
         return;
       }
-      auto make = reinterpret_cast<NewTorchEmbedderFactoryFn>(::dlsym(handle, kTorchPluginSymbol));
-      if (make == nullptr) {
-        state->error = absl::StrCat(plugin_path, " has no symbol ", kTorchPluginSymbol);
+      state->load = reinterpret_cast<LoadModelRuntimeFn>(::dlsym(handle, kModelRuntimeSymbol));
+      if (state->load == nullptr) {
+        state->error = absl::StrCat(options.plugin_path, " has no symbol ", kModelRuntimeSymbol);
         LogError(state->error);
         return;
       }
-      state->factory.reset(make(options));
-      LogInfo("loaded the model runtime ", plugin_path);
+      LogInfo("loaded the model runtime ", options.plugin_path);
     });
-    if (!state->factory) return absl::UnimplementedError(state->error);
-    return (*state->factory)(snap);
+    if (state->load == nullptr) return absl::UnimplementedError(state->error);
+    absl::StatusOr<std::unique_ptr<ModelRuntime>> runtime;
+    state->load(snap.model_path(), options.runtime, &runtime);
+    if (!runtime.ok()) return runtime.status();
+    if ((*runtime)->name() != snap.manifest().model.name) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("model.pt is '", (*runtime)->name(), "' but the manifest says '",
+                       snap.manifest().model.name, "'"));
+    }
+    return std::shared_ptr<Embedder>(
+        std::make_shared<BatchingEmbedder>(*std::move(runtime), options.embedder));
   };
 }
 

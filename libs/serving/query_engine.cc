@@ -44,18 +44,23 @@ absl::StatusOr<std::pair<std::vector<float>, uint32_t>> VectorOfId(const snapsho
   return std::make_pair(std::vector<float>(v, v + snap.manifest().dim), *row);
 }
 
-absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
-                                                const std::vector<float>& query,
-                                                const SearchParams& params) {
-  const uint32_t k = params.top_k == 0 ? kDefaultTopK : params.top_k;
-  if (k > kMaxTopK) {
+absl::Status ValidateSearchParams(const SearchParams& params) {
+  if (params.top_k > kMaxTopK) {
     return absl::InvalidArgumentError(
-        absl::StrCat("top_k ", k, " is out of range: the maximum is ", kMaxTopK));
+        absl::StrCat("top_k ", params.top_k, " is out of range: the maximum is ", kMaxTopK));
   }
   if (params.ef > kMaxEf) {
     return absl::InvalidArgumentError(
         absl::StrCat("ef ", params.ef, " is out of range: the maximum is ", kMaxEf));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
+                                                const std::vector<float>& query,
+                                                const SearchParams& params) {
+  if (absl::Status s = ValidateSearchParams(params); !s.ok()) return s;
+  const uint32_t k = params.top_k == 0 ? kDefaultTopK : params.top_k;
   const size_t ef = params.ef == 0 ? static_cast<size_t>(snap.manifest().default_ef) : params.ef;
   const size_t want = k + (params.exclude_row.has_value() ? 1 : 0);
   auto neighbors = snap.searcher().Search(query.data(), want, std::max(ef, want));

@@ -43,6 +43,9 @@ absl::StatusOr<std::vector<float>> PrepareQueryVector(const snapshot::Snapshot& 
 absl::StatusOr<std::pair<std::vector<float>, uint32_t>> VectorOfId(const snapshot::Snapshot& snap,
                                                                     absl::string_view id);
 
+// INVALID_ARGUMENT if top_k or ef is out of range.
+absl::Status ValidateSearchParams(const SearchParams& params);
+
 // Validates params (top_k, ef ranges) and searches. `query` is prepared.
 absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
                                                 const std::vector<float>& query,

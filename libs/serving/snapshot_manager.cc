@@ -1,12 +1,25 @@
 #include "libs/serving/snapshot_manager.h"
 
+#include <sys/stat.h>
+
 #include "absl/strings/str_cat.h"
 #include "libs/common/log.h"
 #include "libs/snapshot/snapshot_store.h"
 
 namespace imagesearch::serving {
 
-SnapshotManager::SnapshotManager(SnapshotManagerOptions options) : options_(std::move(options)) {}
+namespace {
+
+bool IsSingleVersionDir(const std::string& dir) {
+  struct stat st;
+  return ::stat((dir + "/" + snapshot::kManifestFile).c_str(), &st) == 0 &&
+         ::stat((dir + "/" + snapshot::kCurrentFile).c_str(), &st) != 0;
+}
+
+}  // namespace
+
+SnapshotManager::SnapshotManager(SnapshotManagerOptions options)
+    : options_(std::move(options)), single_version_(IsSingleVersionDir(options_.root)) {}
 
 SnapshotManager::~SnapshotManager() {
   {
@@ -21,9 +34,13 @@ std::shared_ptr<const ServingState> SnapshotManager::Current() const {
   return std::atomic_load(&state_);
 }
 
-absl::StatusOr<std::shared_ptr<const ServingState>> SnapshotManager::Load(uint64_t version) {
-  auto snap = snapshot::Snapshot::Open(options_.root, version, options_.verify);
+absl::StatusOr<std::shared_ptr<const ServingState>> SnapshotManager::Load(
+    std::optional<uint64_t> wanted) {
+  auto snap = wanted.has_value()
+                  ? snapshot::Snapshot::Open(options_.root, *wanted, options_.verify)
+                  : snapshot::Snapshot::OpenDir(options_.root, options_.verify);
   if (!snap.ok()) return snap.status();
+  const uint64_t version = (*snap)->version();
   auto state = std::make_shared<ServingState>();
   state->snapshot = *snap;
   if (!(*snap)->manifest().model.name.empty() && options_.embedder_factory) {
@@ -56,6 +73,26 @@ absl::StatusOr<std::shared_ptr<const ServingState>> SnapshotManager::Load(uint64
 absl::StatusOr<uint64_t> SnapshotManager::PollOnce() {
   std::lock_guard<std::mutex> lock(load_mu_);
   auto live = Current();
+  if (single_version_) {
+    if (live) return live->snapshot->version();
+    if (single_version_refused_) {
+      return absl::UnavailableError(absl::StrCat("snapshot ", options_.root, " was refused"));
+    }
+    const absl::Time start = absl::Now();
+    auto loaded = Load(std::nullopt);
+    if (options_.on_load) options_.on_load(loaded.ok(), absl::Now() - start);
+    if (!loaded.ok()) {
+      single_version_refused_ = true;
+      LogError("refusing snapshot ", options_.root, ": ", loaded.status().ToString());
+      return loaded.status();
+    }
+    std::atomic_store(&state_, *loaded);
+    LogInfo("serving snapshot ", options_.root, " (v", (*loaded)->snapshot->version(), ", ",
+            (*loaded)->snapshot->manifest().count, " vectors, loaded in ",
+            absl::FormatDuration(absl::Now() - start), ")");
+    if (options_.on_swap) options_.on_swap(**loaded);
+    return (*loaded)->snapshot->version();
+  }
   auto current = snapshot::ReadCurrentVersion(options_.root);
   if (!current.ok()) {
     if (live) return live->snapshot->version();
@@ -68,9 +105,9 @@ absl::StatusOr<uint64_t> SnapshotManager::PollOnce() {
   }
   const absl::Time start = absl::Now();
   auto loaded = Load(*current);
+  if (options_.on_load) options_.on_load(loaded.ok(), absl::Now() - start);
   if (!loaded.ok()) {
     refused_version_ = *current;
-    refusals_++;
     LogError("refusing snapshot v", *current, ": ", loaded.status().ToString(),
              live ? absl::StrCat("; still serving v", live->snapshot->version())
                   : std::string("; nothing is served yet"));
@@ -78,7 +115,6 @@ absl::StatusOr<uint64_t> SnapshotManager::PollOnce() {
     return loaded.status();
   }
   std::atomic_store(&state_, *loaded);
-  swaps_++;
   LogInfo("serving snapshot v", *current, " (", (*loaded)->snapshot->manifest().count,
           " vectors, dim ", (*loaded)->snapshot->manifest().dim, ", loaded in ",
           absl::FormatDuration(absl::Now() - start), ")",

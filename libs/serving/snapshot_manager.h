@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -40,12 +41,17 @@ using EmbedderFactory =
     std::function<absl::StatusOr<std::shared_ptr<Embedder>>(const snapshot::Snapshot&)>;
 
 struct SnapshotManagerOptions {
+  // A snapshot root (holds CURRENT and v<N>/), watched for new versions; or
+  // one version directory (holds MANIFEST.json, no CURRENT), served as is.
   std::string root;
   snapshot::VerifyMode verify = snapshot::VerifyMode::kChecksums;
   absl::Duration poll_interval = absl::Milliseconds(500);
   EmbedderFactory embedder_factory;  // May be empty: image/text queries unavailable.
   // Called after every successful swap (e.g. to flip health to SERVING).
   std::function<void(const ServingState&)> on_swap;
+  // Called after every load attempt: whether it was swapped in, and how long
+  // opening, verifying and warming it took.
+  std::function<void(bool ok, absl::Duration took)> on_load;
 };
 
 class SnapshotManager {
@@ -66,19 +72,19 @@ class SnapshotManager {
   // Starts a background thread calling PollOnce every poll_interval.
   void StartWatching();
 
-  // Counters for metrics and tests.
-  uint64_t swaps() const { return swaps_.load(); }
-  uint64_t refusals() const { return refusals_.load(); }
+  // Whether `root` is one version directory rather than a root.
+  bool single_version() const { return single_version_; }
 
  private:
-  absl::StatusOr<std::shared_ptr<const ServingState>> Load(uint64_t version);
+  // Loads root/v<version>, or the single version directory.
+  absl::StatusOr<std::shared_ptr<const ServingState>> Load(std::optional<uint64_t> version);
 
   const SnapshotManagerOptions options_;
   std::shared_ptr<const ServingState> state_;  // Accessed with std::atomic_load/store.
   std::mutex load_mu_;                         // Serialises PollOnce.
+  const bool single_version_;
   uint64_t refused_version_ = 0;               // Guarded by load_mu_.
-  std::atomic<uint64_t> swaps_{0};
-  std::atomic<uint64_t> refusals_{0};
+  bool single_version_refused_ = false;        // Guarded by load_mu_.
 
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;

@@ -39,7 +39,10 @@ TEST_CASE("Nothing is served until a snapshot exists; then new versions swap in"
 
 TEST_CASE("A corrupt new version is refused and the old one keeps serving") {
   std::string root = snapshot::TempSnapshotRoot("manager_bad");
-  SnapshotManager m(Options(root));
+  int loaded = 0, refused = 0;
+  auto opts = Options(root);
+  opts.on_load = [&](bool ok, absl::Duration) { ++(ok ? loaded : refused); };
+  SnapshotManager m(opts);
   REQUIRE(snapshot::PublishSynthetic(root, 200, 8, index::Metric::kL2, "a").ok());
   REQUIRE(*m.PollOnce() == 1);
   REQUIRE(snapshot::PublishSynthetic(root, 200, 8, index::Metric::kL2, "b").ok());
@@ -51,9 +54,10 @@ TEST_CASE("A corrupt new version is refused and the old one keeps serving") {
   REQUIRE(WriteFileDurably(graph, b).ok());
   CHECK(*m.PollOnce() == 1);
   CHECK(m.Current()->snapshot->version() == 1);
-  CHECK(m.refusals() == 1);
+  CHECK(refused == 1);
   CHECK(*m.PollOnce() == 1);  // Not retried while CURRENT still names v2.
-  CHECK(m.refusals() == 1);
+  CHECK(refused == 1);
+  CHECK(loaded == 1);
   REQUIRE(snapshot::PublishSynthetic(root, 200, 8, index::Metric::kL2, "c").ok());
   CHECK(*m.PollOnce() == 3);
   CHECK(m.Current()->snapshot->ids().Get(0)->id == "c0");
@@ -70,6 +74,22 @@ TEST_CASE("The watcher thread picks up new versions by itself") {
   }
   REQUIRE(m.Current() != nullptr);
   CHECK(m.Current()->snapshot->version() == 2);
+}
+
+TEST_CASE("A version directory without CURRENT is served as is (SageMaker's model dir)") {
+  std::string root = snapshot::TempSnapshotRoot("manager_single");
+  REQUIRE(snapshot::PublishSynthetic(root, 100, 8, index::Metric::kL2, "a").ok());
+  REQUIRE(snapshot::PublishSynthetic(root, 100, 8, index::Metric::kL2, "b").ok());
+  // Copy v2 somewhere that is not a snapshot root, under another name.
+  const std::string dir = root + "-model";
+  std::filesystem::copy(snapshot::VersionDir(root, 2), dir);
+  SnapshotManager m(Options(dir));
+  CHECK(m.single_version());
+  REQUIRE(*m.PollOnce() == 2);
+  CHECK(m.Current()->snapshot->ids().Get(0)->id == "b0");
+  CHECK(*m.PollOnce() == 2);
+  SnapshotManager as_root(Options(root));
+  CHECK_FALSE(as_root.single_version());
 }
 
 }  // namespace

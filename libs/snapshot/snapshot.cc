@@ -12,8 +12,13 @@ namespace imagesearch::snapshot {
 absl::StatusOr<std::shared_ptr<const Snapshot>> Snapshot::Open(const std::string& root,
                                                                uint64_t version,
                                                                VerifyMode mode) {
+  return OpenDir(VersionDir(root, version), mode, version);
+}
+
+absl::StatusOr<std::shared_ptr<const Snapshot>> Snapshot::OpenDir(
+    const std::string& dir, VerifyMode mode, std::optional<uint64_t> version) {
   std::shared_ptr<Snapshot> s(new Snapshot());
-  s->dir_ = VersionDir(root, version);
+  s->dir_ = dir;
   auto text = ReadFileToString(s->dir_ + "/" + kManifestFile);
   if (!text.ok()) {
     return absl::NotFoundError(absl::StrCat("snapshot ", s->dir_, ": ", text.status().message()));
@@ -28,9 +33,9 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> Snapshot::Open(const std::string
   auto fail = [&](absl::Status st) {
     return absl::Status(st.code(), absl::StrCat("snapshot ", s->dir_, ": ", st.message()));
   };
-  if (m.version != version) {
+  if (version.has_value() && m.version != *version) {
     return fail(absl::InvalidArgumentError(
-        absl::StrCat("manifest says version ", m.version, ", directory is ", version)));
+        absl::StrCat("manifest says version ", m.version, ", directory is ", *version)));
   }
   for (const char* required : {kGraphFile, kOffsetsFile, kIdsFile}) {
     if (!m.files.count(required)) {

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -29,6 +30,10 @@ class Snapshot {
   // names the file and what differs.
   static absl::StatusOr<std::shared_ptr<const Snapshot>> Open(const std::string& root,
                                                               uint64_t version, VerifyMode mode);
+  // Opens one version directory wherever it is (e.g. a SageMaker model
+  // directory). With `version`, the manifest must name that version.
+  static absl::StatusOr<std::shared_ptr<const Snapshot>> OpenDir(
+      const std::string& dir, VerifyMode mode, std::optional<uint64_t> version = std::nullopt);
 
   const Manifest& manifest() const { return manifest_; }
   uint64_t version() const { return manifest_.version; }

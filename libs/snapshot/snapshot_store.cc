@@ -90,7 +90,7 @@ absl::StatusOr<uint64_t> ParseVersionName(absl::string_view name) {
 }
 
 absl::StatusOr<uint64_t> ReadCurrentVersion(const std::string& root) {
-  auto text = ReadFileToString(root + "/CURRENT");
+  auto text = ReadFileToString(root + "/" + kCurrentFile);
   if (!text.ok()) {
     if (absl::IsNotFound(text.status())) {
       return absl::NotFoundError(absl::StrCat("no snapshot published under ", root,
@@ -190,7 +190,7 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
     }
     RETURN_IF_ERROR(SyncPath(root));
     hook("renamed");
-    return ReplaceFileAtomically(root + "/CURRENT", VersionDirName(version) + "\n");
+    return ReplaceFileAtomically(root + "/" + kCurrentFile, VersionDirName(version) + "\n");
   }();
   if (!status.ok()) {
     std::error_code ec;
@@ -210,7 +210,7 @@ absl::Status SetCurrentVersion(const std::string& root, uint64_t version) {
   }
   auto manifest = ParseManifest(*manifest_text);
   if (!manifest.ok()) return manifest.status();
-  return ReplaceFileAtomically(root + "/CURRENT", VersionDirName(version) + "\n");
+  return ReplaceFileAtomically(root + "/" + kCurrentFile, VersionDirName(version) + "\n");
 }
 
 absl::StatusOr<std::vector<uint64_t>> GarbageCollect(const std::string& root, size_t keep) {

@@ -32,6 +32,7 @@
 namespace imagesearch::snapshot {
 
 inline constexpr char kManifestFile[] = "MANIFEST.json";
+inline constexpr char kCurrentFile[] = "CURRENT";
 inline constexpr char kGraphFile[] = "graph.hnsw";
 inline constexpr char kOffsetsFile[] = "graph.offsets";
 inline constexpr char kIdsFile[] = "ids.bin";

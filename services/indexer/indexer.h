@@ -38,7 +38,7 @@ struct IndexerOptions {
   uint64_t base_version = 0;             // Incremental: start from this version.
   std::vector<std::string> remove_ids;   // Incremental: ids to drop from the base.
   int decode_threads = 0;                // 0 = cores.
-  int encoder_threads = 0;               // LibTorch intra-op threads; 0 = default.
+  int encoder_threads = 0;               // LibTorch intra-op threads; 0 = one per core.
   int batch_size = 32;
   double max_reject_ratio = 0.05;
   index::HnswParams hnsw;

@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "libs/common/binary_main.h"
 #include "libs/common/file_util.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "services/indexer/indexer.h"
@@ -26,7 +27,7 @@ ABSL_FLAG(std::string, model, "", "TorchScript model.pt (see libs/encoder/MODEL_
 ABSL_FLAG(std::string, base, "", "Incremental build on top of this version (e.g. v3).");
 ABSL_FLAG(std::string, remove_ids, "", "With --base: file of ids (one per line) to drop.");
 ABSL_FLAG(int, decode_threads, 0, "Image decode threads; 0 = cores.");
-ABSL_FLAG(int, encoder_threads, 0, "LibTorch intra-op threads; 0 = LibTorch default.");
+ABSL_FLAG(int, encoder_threads, 0, "LibTorch intra-op threads; 0 = one per core.");
 ABSL_FLAG(int, batch, 32, "Encoder batch size.");
 ABSL_FLAG(double, max_reject_ratio, 0.05,
           "Fail (publish nothing) if more than this share of images is rejected.");
@@ -36,10 +37,14 @@ ABSL_FLAG(int, default_ef, 64, "ef for queries that do not set one.");
 ABSL_FLAG(int64_t, max_pixels, 64000000, "Refuse images with more pixels (decompression bombs).");
 ABSL_FLAG(std::string, progress, "auto", "auto, bar, lines or none.");
 ABSL_FLAG(bool, dry_run, false, "Encode and build the graph but publish nothing.");
+ABSL_FLAG(std::string, log_format, "text", "Log lines on stderr: text, or json (one object per line).");
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("imagesearch batch indexer; see services/indexer/indexer.h");
-  absl::ParseCommandLine(argc, argv);
+  imagesearch::InitBinary(
+      "imagesearch batch indexer: images -> encoder -> HNSW graph -> a published snapshot.\n"
+      "  imagesearch-indexer --input=DIR|FILE.jsonl|- --root=DIR --model=model.pt\n"
+      "See services/indexer/indexer.h.",
+      argc, argv, FLAGS_log_format);
   using imagesearch::indexer::IndexerOptions;
   IndexerOptions o;
   o.input = absl::GetFlag(FLAGS_input);

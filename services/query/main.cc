@@ -1,59 +1,101 @@
-// imagesearch-query: the stateless gRPC query service.
+// imagesearch-query: the stateless query service, gRPC and (optionally) HTTP.
 //
-//   imagesearch-query --snapshot_root=/snapshots --port=50051
+//   imagesearch-query --snapshot_root=/snapshots --port=50051 [--http_port=8080]
+//   imagesearch-query serve      # SageMaker: /opt/ml/model, HTTP on 8080
 //
 // Serves imagesearch.v1.ImageSearch, grpc.health.v1 (NOT_SERVING until a
-// snapshot and its model are loaded and warmed) and server reflection. It
-// watches <root>/CURRENT and swaps in new versions after loading them.
+// snapshot and its model are loaded and warmed) and server reflection; with
+// --http_port, also /ping, /invocations and /metrics. It watches
+// <root>/CURRENT and swaps in new versions after loading them. On SIGTERM it
+// stops taking new work and drains the calls in flight.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.pb.h"
+#include "libs/common/binary_main.h"
 #include "libs/common/log.h"
-#include "libs/serving/snapshot_manager.h"
-#include "libs/serving/work_pool.h"
-#include "services/query/image_search_service.h"
+#include "libs/serving/metrics.h"
 #include "libs/serving/model_plugin.h"
+#include "libs/serving/query_core.h"
+#include "libs/serving/snapshot_manager.h"
+#include "services/query/http_frontend.h"
+#include "services/query/image_search_service.h"
 
-ABSL_FLAG(std::string, snapshot_root, "", "Snapshot root directory (holds CURRENT and v<N>/).");
-ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
+ABSL_FLAG(std::string, snapshot_root, "",
+          "Snapshot root directory (holds CURRENT and v<N>/), or one version directory. "
+          "`serve` defaults it to /opt/ml/model.");
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on (gRPC and HTTP).");
 ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free port (printed on stdout).");
-ABSL_FLAG(int, threads, 0, "Threads searching for image/text queries; 0 = number of cores.");
-ABSL_FLAG(int, max_queue, 1024,
-          "Searches in flight (vector/id) or queued (after embedding) beyond which requests get "
-          "RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int, max_message_mb, 16, "Maximum gRPC message size in MiB (image queries).");
+ABSL_FLAG(int, http_port, 0,
+          "HTTP port for /ping, /invocations and /metrics; 0 = no HTTP. `serve` defaults it to "
+          "$SAGEMAKER_BIND_TO_PORT or 8080.");
+ABSL_FLAG(int, http_threads, 16, "HTTP connections served at once.");
+ABSL_FLAG(int, max_body_mb, 6, "Largest HTTP request body in MiB; larger ones get 413.");
+ABSL_FLAG(int, http_timeout_ms, 60000,
+          "Deadline of an HTTP request unless its timeout_ms parameter says otherwise.");
+ABSL_FLAG(int, max_message_mb, 16, "Largest gRPC message in MiB (image queries).");
+ABSL_FLAG(int, max_inflight_requests, 256,
+          "Requests (Search, SearchBatch, Embed) worked on at once, over gRPC and HTTP "
+          "together; beyond it requests get RESOURCE_EXHAUSTED (HTTP 429) at once.");
+ABSL_FLAG(int, max_queued_embeds, 256,
+          "Image/text items admitted but not yet encoded; beyond it image/text requests get "
+          "RESOURCE_EXHAUSTED (HTTP 429) at once.");
+ABSL_FLAG(int, decode_threads, 0, "Threads decoding images and tokenizing texts; 0 = cores.");
 ABSL_FLAG(int, poll_ms, 500, "How often to check CURRENT for a new version, in milliseconds.");
 ABSL_FLAG(std::string, verify, "checksums",
           "Snapshot verification at load: 'checksums' (every byte, XXH3) or 'sizes' (O(1)).");
-ABSL_FLAG(int, max_batch, 16, "Dynamic batcher: largest batch of image/text queries.");
-ABSL_FLAG(int, max_delay_us, 2000, "Dynamic batcher: longest wait to fill a batch.");
-ABSL_FLAG(int, encoder_threads, 0, "LibTorch intra-op threads for the encoder; 0 = default.");
+ABSL_FLAG(int, max_batch, 4,
+          "Dynamic batcher: largest batch of image/text queries per forward pass.");
+ABSL_FLAG(int, max_delay_us, 2000,
+          "Dynamic batcher: longest wait for more queries after the first of a batch.");
+ABSL_FLAG(int, encoder_threads, 0, "LibTorch intra-op threads of the encoder; 0 = cores.");
 ABSL_FLAG(std::string, model_plugin, "",
           "The model runtime module (LibTorch), loaded when a snapshot carries a model. "
           "Default: libimagesearch_torch_plugin.so next to this binary.");
+ABSL_FLAG(int, shutdown_grace_ms, 20000,
+          "On SIGTERM/SIGINT: how long calls in flight may take to finish.");
+ABSL_FLAG(std::string, log_format, "text",
+          "Log lines on stderr: text, or json (one object per line).");
 
 namespace imagesearch {
 namespace {
 
 constexpr char kServiceName[] = "imagesearch.v1.ImageSearch";
+constexpr char kVersion[] = "0.1.0";
+
+// `serve`: the SageMaker inference-container contract.
+void ApplySageMakerDefaults() {
+  if (absl::GetFlag(FLAGS_snapshot_root).empty()) {
+    absl::SetFlag(&FLAGS_snapshot_root, "/opt/ml/model");
+  }
+  if (absl::GetFlag(FLAGS_http_port) == 0) {
+    int port = 8080;
+    const char* env = std::getenv("SAGEMAKER_BIND_TO_PORT");
+    if (env != nullptr && !absl::SimpleAtoi(env, &port)) {
+      LogWarning("SAGEMAKER_BIND_TO_PORT='", env, "' is not a port; using 8080");
+      port = 8080;
+    }
+    absl::SetFlag(&FLAGS_http_port, port);
+  }
+}
 
 int Run() {
   const std::string root = absl::GetFlag(FLAGS_snapshot_root);
   if (root.empty()) {
-    std::cerr << "--snapshot_root is required\n";
+    std::cerr << "--snapshot_root is required (or run `imagesearch-query serve`)\n";
     return 2;
   }
   const std::string verify = absl::GetFlag(FLAGS_verify);
@@ -76,9 +118,7 @@ int Run() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
-  int threads = absl::GetFlag(FLAGS_threads);
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  serving::WorkPool pool(threads, static_cast<size_t>(absl::GetFlag(FLAGS_max_queue)));
+  serving::Metrics metrics(kVersion);
 
   grpc::Server* server_ptr = nullptr;
   std::mutex server_mu;
@@ -86,21 +126,34 @@ int Run() {
   mopts.root = root;
   mopts.verify = verify == "sizes" ? snapshot::VerifyMode::kSizes : snapshot::VerifyMode::kChecksums;
   mopts.poll_interval = absl::Milliseconds(absl::GetFlag(FLAGS_poll_ms));
-  serving::TorchEmbedderOptions eopts;
-  eopts.max_batch = absl::GetFlag(FLAGS_max_batch);
-  eopts.max_delay = absl::Microseconds(absl::GetFlag(FLAGS_max_delay_us));
-  eopts.intra_op_threads = absl::GetFlag(FLAGS_encoder_threads);
-  std::string plugin = absl::GetFlag(FLAGS_model_plugin);
-  if (plugin.empty()) plugin = serving::DefaultTorchPluginPath();
-  mopts.embedder_factory = serving::LazyPluginEmbedderFactory(plugin, eopts);
-  mopts.on_swap = [&](const serving::ServingState&) {
+  serving::ModelPluginOptions popts;
+  popts.plugin_path = absl::GetFlag(FLAGS_model_plugin);
+  if (popts.plugin_path.empty()) popts.plugin_path = serving::DefaultTorchPluginPath();
+  popts.runtime.intra_op_threads = absl::GetFlag(FLAGS_encoder_threads);
+  popts.embedder.max_batch = absl::GetFlag(FLAGS_max_batch);
+  popts.embedder.max_delay = absl::Microseconds(absl::GetFlag(FLAGS_max_delay_us));
+  popts.embedder.max_queued_items = static_cast<size_t>(absl::GetFlag(FLAGS_max_queued_embeds));
+  popts.embedder.decode_threads = absl::GetFlag(FLAGS_decode_threads);
+  popts.embedder.metrics = &metrics;
+  mopts.embedder_factory = serving::PluginEmbedderFactory(popts);
+  mopts.on_load = [&metrics](bool ok, absl::Duration took) {
+    metrics.RecordSnapshotLoad(ok, took);
+  };
+  mopts.on_swap = [&](const serving::ServingState& state) {
+    const auto& m = state.snapshot->manifest();
+    metrics.SetLiveSnapshot(m.version, m.count, m.model.name);
     std::lock_guard<std::mutex> lock(server_mu);
     if (server_ptr != nullptr) {
       server_ptr->GetHealthCheckService()->SetServingStatus(true);
     }
   };
   serving::SnapshotManager manager(mopts);
-  ImageSearchService service(&manager, &pool, absl::GetFlag(FLAGS_max_queue));
+
+  serving::QueryCoreOptions copts;
+  copts.max_inflight_requests = absl::GetFlag(FLAGS_max_inflight_requests);
+  copts.max_image_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_message_mb)) << 20;
+  serving::QueryCore core(&manager, &metrics, copts);
+  ImageSearchService service(&core);
 
   grpc::ServerBuilder builder;
   int bound_port = 0;
@@ -123,28 +176,44 @@ int Run() {
     health->SetServingStatus(kServiceName, false);
   }
   std::cout << "listening on port " << bound_port << std::endl;
+
+  std::unique_ptr<HttpFrontend> http;
+  if (const int http_port = absl::GetFlag(FLAGS_http_port); http_port != 0) {
+    HttpFrontendOptions hopts;
+    hopts.host = absl::GetFlag(FLAGS_host);
+    hopts.port = http_port;
+    hopts.threads = absl::GetFlag(FLAGS_http_threads);
+    hopts.max_body_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_body_mb)) << 20;
+    hopts.timeout = absl::Milliseconds(absl::GetFlag(FLAGS_http_timeout_ms));
+    http = std::make_unique<HttpFrontend>(&core, &metrics, hopts);
+    if (absl::Status s = http->Start(); !s.ok()) {
+      LogError(s.message());
+      return 1;
+    }
+    std::cout << "http listening on port " << http_port << std::endl;
+  }
   LogInfo("imagesearch-query listening on ", absl::GetFlag(FLAGS_host), ":", bound_port,
-          ", snapshot root ", root, ", ", threads, " search threads");
+          http ? absl::StrCat(" (gRPC) and :", absl::GetFlag(FLAGS_http_port), " (HTTP)") : "",
+          ", snapshot ", root);
 
   auto first = manager.PollOnce();
   if (!first.ok()) LogWarning("not serving yet: ", first.status().ToString());
-  {
-    std::lock_guard<std::mutex> lock(server_mu);
-    if (manager.Current()) {
-      server->GetHealthCheckService()->SetServingStatus(true);
-    }
-  }
   manager.StartWatching();
 
   std::thread signal_thread([&] {
     int sig = 0;
     sigwait(&signals, &sig);
-    LogInfo("signal ", sig, ": draining and shutting down");
+    const absl::Duration grace = absl::Milliseconds(absl::GetFlag(FLAGS_shutdown_grace_ms));
+    LogInfo("signal ", sig, ": not taking new work; draining calls in flight (grace ",
+            absl::FormatDuration(grace), ")");
+    core.StartDraining();  // New calls: UNAVAILABLE; /ping: 503.
     {
       std::lock_guard<std::mutex> lock(server_mu);
-      server->GetHealthCheckService()->Shutdown();
+      server->GetHealthCheckService()->Shutdown();  // Health: NOT_SERVING.
     }
-    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    if (!core.WaitIdle(grace)) LogWarning("grace period over with calls still in flight");
+    if (http) http->Stop();
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   });
   server->Wait();
   signal_thread.join();
@@ -160,8 +229,16 @@ int Run() {
 }  // namespace imagesearch
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("imagesearch gRPC query service. Example:\n"
-                               "  imagesearch-query --snapshot_root=/snapshots --port=50051");
-  absl::ParseCommandLine(argc, argv);
+  std::vector<char*> args = imagesearch::InitBinary(
+      "imagesearch query service (gRPC, and HTTP with --http_port).\n"
+      "  imagesearch-query --snapshot_root=/snapshots [--port=50051] [--http_port=8080]\n"
+      "  imagesearch-query serve    SageMaker: snapshot from /opt/ml/model, HTTP on 8080",
+      argc, argv, FLAGS_log_format);
+  if (args.size() == 2 && std::strcmp(args[1], "serve") == 0) {
+    imagesearch::ApplySageMakerDefaults();
+  } else if (args.size() > 1) {
+    std::cerr << "unknown argument '" << args[1] << "'; the only command is `serve`\n";
+    return 2;
+  }
   return imagesearch::Run();
 }

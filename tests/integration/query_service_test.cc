@@ -59,7 +59,7 @@ struct Fixture {
   void Start() {
     server = std::make_unique<testing::ServerProcess>(
         IMAGESEARCH_QUERY_BINARY,
-        std::vector<std::string>{"--snapshot_root=" + root, "--poll_ms=50", "--threads=2"}, log);
+        std::vector<std::string>{"--snapshot_root=" + root, "--poll_ms=50"}, log);
     REQUIRE(server->port() > 0);
     channel = grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials());
     REQUIRE(channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10)));

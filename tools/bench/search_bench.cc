@@ -34,7 +34,7 @@ ABSL_FLAG(std::string, query_binary, "", "Path of imagesearch-query.");
 ABSL_FLAG(int, n, 100000, "Indexed vectors.");
 ABSL_FLAG(int, dim, 512, "Dimension (CLIP ViT-B is 512).");
 ABSL_FLAG(int, queries, 2000, "Distinct query vectors.");
-ABSL_FLAG(int, threads, 2, "Search threads: in-process workers and server --threads.");
+ABSL_FLAG(int, threads, 2, "In-process search threads (the service searches on its gRPC threads).");
 ABSL_FLAG(int, clients, 4, "Concurrent gRPC client threads.");
 ABSL_FLAG(double, seconds, 5, "Measuring time per contender.");
 ABSL_FLAG(int, batch, 16, "Queries per SearchBatch call for the batched measurement.");
@@ -165,7 +165,7 @@ int Run() {
 
   testing::ServerProcess server(
       absl::GetFlag(FLAGS_query_binary),
-      {"--snapshot_root=" + root, "--threads=" + std::to_string(threads), "--verify=sizes"},
+      {"--snapshot_root=" + root, "--verify=sizes"},
       absl::GetFlag(FLAGS_workdir) + "/query.log");
   if (server.port() == 0) {
     std::cerr << "query service did not start\n";

@@ -1,0 +1,50 @@
+// What every imagesearch binary does first: set its usage text, make --help
+// list the binary's own flags (Abseil's default filter only matches flags
+// defined in a file named after the program, so ours printed "No flags
+// matched"), parse the command line, and set the log format.
+//
+// Header-only: binaries link absl::flags_parse and absl::flags_usage.
+#ifndef IMAGESEARCH_LIBS_COMMON_BINARY_MAIN_H_
+#define IMAGESEARCH_LIBS_COMMON_BINARY_MAIN_H_
+
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/string_view.h"
+#include "libs/common/log.h"
+
+namespace imagesearch {
+
+// Parses flags (exits on --help or a bad flag) and applies the binary's
+// --log_format flag ("text" or "json"; exits with status 2 otherwise). Returns the positional
+// arguments, argv[0] first.
+inline std::vector<char*> InitBinary(absl::string_view usage, int argc, char** argv,
+                                     const absl::Flag<std::string>& log_format) {
+  absl::SetProgramUsageMessage(usage);
+  absl::FlagsUsageConfig config;
+  auto ours = [](absl::string_view file) {
+    return absl::StrContains(file, "services/") || absl::StrContains(file, "tools/");
+  };
+  config.contains_help_flags = ours;
+  config.contains_helpshort_flags = ours;
+  absl::SetFlagsUsageConfig(config);
+  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  auto format = ParseLogFormat(absl::GetFlag(log_format));
+  if (!format.ok()) {
+    std::cerr << "--log_format: " << format.status().message() << "\n";
+    std::exit(2);
+  }
+  SetLogFormat(*format);
+  return positional;
+}
+
+}  // namespace imagesearch
+
+#endif  // IMAGESEARCH_LIBS_COMMON_BINARY_MAIN_H_

@@ -1,0 +1,86 @@
+// The query service's Prometheus metrics, in one registry (prometheus-cpp).
+// Names follow Prometheus conventions: base units, `_total` for counters.
+//
+//   imagesearch_requests_total{front,method,code}        counter
+//   imagesearch_request_duration_seconds{front,method}   histogram
+//   imagesearch_inflight_requests                         gauge
+//   imagesearch_embed_batch_size{kind}                    histogram
+//   imagesearch_embed_queue_seconds{kind}                 histogram
+//   imagesearch_encoder_seconds{kind}                     histogram
+//   imagesearch_snapshot_version, imagesearch_snapshot_vectors   gauges
+//   imagesearch_snapshot_loads_total{result="ok|refused"} counter
+//   imagesearch_snapshot_load_seconds                     histogram
+//   imagesearch_build_info{version,model}                 gauge, always 1
+//
+// `code` is the canonical status name (OK, INVALID_ARGUMENT, ...) for every
+// front end, so one dashboard covers gRPC and HTTP alike.
+//
+// One instance per process, owned by main() and passed to whoever records.
+// Thread-safe.
+#ifndef IMAGESEARCH_LIBS_SERVING_METRICS_H_
+#define IMAGESEARCH_LIBS_SERVING_METRICS_H_
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "libs/serving/dynamic_batcher.h"
+
+namespace prometheus {
+class Registry;
+class Gauge;
+class Counter;
+class Histogram;
+template <typename T>
+class Family;
+}  // namespace prometheus
+
+namespace imagesearch::serving {
+
+class Metrics {
+ public:
+  explicit Metrics(std::string build_version);
+  ~Metrics();
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  // The Prometheus text exposition format (version 0.0.4).
+  std::string Serialize() const;
+
+  void RecordRequest(absl::string_view front, absl::string_view method, absl::StatusCode code,
+                     absl::Duration duration);
+  void AddInflight(int delta);
+  // kind: "image" or "text".
+  void RecordBatch(absl::string_view kind, const BatchStats& stats);
+  void RecordSnapshotLoad(bool ok, absl::Duration duration);
+  // After a swap: the live version, its size and its model ("" if none).
+  void SetLiveSnapshot(uint64_t version, uint64_t vectors, absl::string_view model);
+
+ private:
+  prometheus::Histogram& RequestHistogram(absl::string_view front, absl::string_view method);
+
+  const std::string build_version_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Family<prometheus::Histogram>* request_seconds_;
+  prometheus::Gauge* inflight_;
+  prometheus::Family<prometheus::Histogram>* batch_size_;
+  prometheus::Family<prometheus::Histogram>* queue_seconds_;
+  prometheus::Family<prometheus::Histogram>* encoder_seconds_;
+  prometheus::Gauge* snapshot_version_;
+  prometheus::Gauge* snapshot_vectors_;
+  prometheus::Counter* loads_ok_;
+  prometheus::Counter* loads_refused_;
+  prometheus::Histogram* load_seconds_;
+  prometheus::Family<prometheus::Gauge>* build_info_;
+  std::mutex build_info_mu_;
+  prometheus::Gauge* build_info_gauge_ = nullptr;  // Guarded by build_info_mu_.
+};
+
+}  // namespace imagesearch::serving
+
+#endif  // IMAGESEARCH_LIBS_SERVING_METRICS_H_

@@ -1,0 +1,46 @@
+#include "libs/serving/metrics.h"
+
+#include <catch2/catch.hpp>
+
+namespace imagesearch::serving {
+namespace {
+
+bool Has(const std::string& text, const std::string& line) {
+  return text.find(line) != std::string::npos;
+}
+
+TEST_CASE("Metrics are exported in Prometheus text format with the documented names") {
+  Metrics m("1.2.3");
+  m.RecordRequest("grpc", "Search", absl::StatusCode::kOk, absl::Milliseconds(3));
+  m.RecordRequest("grpc", "Search", absl::StatusCode::kOk, absl::Milliseconds(3));
+  m.RecordRequest("http", "Search", absl::StatusCode::kNotFound, absl::Milliseconds(1));
+  m.AddInflight(2);
+  m.AddInflight(-1);
+  BatchStats b;
+  b.size = 3;
+  b.queue_times = {absl::Milliseconds(1), absl::Milliseconds(2), absl::Milliseconds(3)};
+  b.run_time = absl::Milliseconds(40);
+  m.RecordBatch("image", b);
+  m.RecordSnapshotLoad(true, absl::Milliseconds(20));
+  m.RecordSnapshotLoad(false, absl::Milliseconds(5));
+  m.SetLiveSnapshot(7, 1000, "mobilenet");
+  const std::string t = m.Serialize();
+  CHECK(Has(t, "imagesearch_requests_total{code=\"OK\",front=\"grpc\",method=\"Search\"} 2"));
+  CHECK(Has(t, "imagesearch_requests_total{code=\"NOT_FOUND\",front=\"http\",method=\"Search\"} 1"));
+  CHECK(Has(t, "imagesearch_request_duration_seconds_count{front=\"grpc\",method=\"Search\"} 2"));
+  CHECK(Has(t, "imagesearch_inflight_requests 1"));
+  CHECK(Has(t, "imagesearch_embed_batch_size_sum{kind=\"image\"} 3"));
+  CHECK(Has(t, "imagesearch_embed_queue_seconds_count{kind=\"image\"} 3"));
+  CHECK(Has(t, "imagesearch_encoder_seconds_count{kind=\"image\"} 1"));
+  CHECK(Has(t, "imagesearch_snapshot_loads_total{result=\"ok\"} 1"));
+  CHECK(Has(t, "imagesearch_snapshot_loads_total{result=\"refused\"} 1"));
+  CHECK(Has(t, "imagesearch_snapshot_load_seconds_count 1"));
+  CHECK(Has(t, "imagesearch_snapshot_version 7"));
+  CHECK(Has(t, "imagesearch_snapshot_vectors 1000"));
+  CHECK(Has(t, "imagesearch_build_info{model=\"mobilenet\",version=\"1.2.3\"} 1"));
+  // The build_info series of the previous model is gone.
+  CHECK_FALSE(Has(t, "imagesearch_build_info{model=\"\""));
+}
+
+}  // namespace
+}  // namespace imagesearch::serving

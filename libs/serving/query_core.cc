@@ -1,0 +1,276 @@
+#include "libs/serving/query_core.h"
+
+#include <chrono>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace imagesearch::serving {
+namespace {
+
+// Why `state` cannot embed `text` or image queries, or OK.
+absl::Status EmbedderAvailable(const ServingState& state, bool text) {
+  const auto& model = state.snapshot->manifest().model;
+  if (model.name.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "snapshot v", state.snapshot->version(),
+        " was built from raw vectors and has no model; image and text queries need a snapshot "
+        "built by the indexer (vector and id queries work)"));
+  }
+  if (!state.embedder) {
+    return absl::UnimplementedError(
+        absl::StrCat("cannot embed with model ", model.name, ": ", state.embedder_error));
+  }
+  if (text && !state.embedder->has_text()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", model.name, " of snapshot v", state.snapshot->version(),
+                     " is image-only and has no text encoder; text queries need a CLIP model"));
+  }
+  return absl::OkStatus();
+}
+
+// Checks an image or text payload before anything decodes it.
+absl::Status CheckPayload(const Query& q, const QueryCoreOptions& o, absl::string_view what) {
+  const bool text = q.kind == Query::Kind::kText;
+  if (q.data.empty()) return absl::InvalidArgumentError(absl::StrCat(what, " is empty"));
+  const size_t limit = text ? o.max_text_bytes : o.max_image_bytes;
+  if (q.data.size() > limit) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " is ", q.data.size(),
+                                                   " bytes; the limit is ", limit));
+  }
+  return absl::OkStatus();
+}
+
+EmbedItem ToEmbedItem(const Query& q) {
+  EmbedItem item;
+  item.kind = q.kind == Query::Kind::kText ? EmbedItem::Kind::kText : EmbedItem::Kind::kImage;
+  item.data = std::string(q.data);
+  return item;
+}
+
+// The prepared query vector and params of a vector or id query.
+absl::StatusOr<std::pair<std::vector<float>, SearchParams>> VectorQuery(
+    const snapshot::Snapshot& snap, const Query& q) {
+  SearchParams params = q.params;
+  if (q.kind == Query::Kind::kVector) {
+    auto v = PrepareQueryVector(snap, q.vector.data(), q.vector.size());
+    if (!v.ok()) return v.status();
+    return std::make_pair(*std::move(v), params);
+  }
+  auto v = VectorOfId(snap, q.id);
+  if (!v.ok()) return v.status();
+  if (!q.include_self) params.exclude_row = v->second;
+  return std::make_pair(std::move(v->first), params);
+}
+
+absl::StatusOr<SearchResult> RunSearch(const snapshot::Snapshot& snap,
+                                       const std::vector<float>& vector,
+                                       const SearchParams& params) {
+  auto hits = SearchSnapshot(snap, vector, params);
+  if (!hits.ok()) return hits.status();
+  return SearchResult{*std::move(hits), snap.version()};
+}
+
+}  // namespace
+
+QueryCore::QueryCore(SnapshotManager* manager, Metrics* metrics, QueryCoreOptions options)
+    : manager_(manager), metrics_(metrics), options_(options) {}
+
+template <typename T>
+QueryCore::Done<T> QueryCore::Track(absl::string_view method, const CallContext& context,
+                                    Done<T> done) {
+  inflight_++;
+  if (metrics_ != nullptr) metrics_->AddInflight(1);
+  return [this, method, front = context.front, start = absl::Now(),
+          done = std::move(done)](absl::StatusOr<T> result) {
+    const absl::StatusCode code = result.status().code();
+    done(std::move(result));
+    if (metrics_ != nullptr) {
+      metrics_->RecordRequest(front, method, code, absl::Now() - start);
+      metrics_->AddInflight(-1);
+    }
+    inflight_--;
+  };
+}
+
+absl::Status QueryCore::Admit() const {
+  if (draining_) return absl::UnavailableError("server is shutting down");
+  // inflight_ already counts the caller.
+  if (inflight_.load() > options_.max_inflight_requests) {
+    return absl::ResourceExhaustedError(absl::StrCat("server overloaded: ",
+                                                     options_.max_inflight_requests,
+                                                     " requests already in flight"));
+  }
+  return absl::OkStatus();
+}
+
+void QueryCore::Search(const Query& query, const CallContext& context, Done<SearchResult> done) {
+  done = Track("Search", context, std::move(done));
+  if (absl::Status s = Admit(); !s.ok()) return done(s);
+  std::shared_ptr<const ServingState> state = manager_->Current();
+  if (!state) return done(absl::UnavailableError("no snapshot is loaded yet"));
+  if (absl::Status s = ValidateSearchParams(query.params); !s.ok()) return done(s);
+  const snapshot::Snapshot& snap = *state->snapshot;
+  switch (query.kind) {
+    case Query::Kind::kNone:
+      return done(absl::InvalidArgumentError("query is empty: set one of vector, id, image or text"));
+    case Query::Kind::kVector:
+    case Query::Kind::kId: {
+      auto q = VectorQuery(snap, query);
+      if (!q.ok()) return done(q.status());
+      if (absl::Status s = context.Check("the search started"); !s.ok()) return done(s);
+      return done(RunSearch(snap, q->first, q->second));
+    }
+    case Query::Kind::kImage:
+    case Query::Kind::kText: {
+      const bool text = query.kind == Query::Kind::kText;
+      if (absl::Status s = CheckPayload(query, options_, text ? "query text" : "query image");
+          !s.ok()) {
+        return done(s);
+      }
+      if (absl::Status s = EmbedderAvailable(*state, text); !s.ok()) return done(s);
+      if (absl::Status s = context.Check("decoding"); !s.ok()) return done(s);
+      std::vector<EmbedItem> items;
+      items.push_back(ToEmbedItem(query));
+      state->embedder->Embed(
+          std::move(items), context,
+          [state, context, params = query.params,
+           done = std::move(done)](absl::StatusOr<Embedder::Vectors> v) {
+            if (!v.ok()) return done(v.status());
+            const snapshot::Snapshot& snap = *state->snapshot;
+            auto q = PrepareQueryVector(snap, (*v)[0].data(), (*v)[0].size());
+            if (!q.ok()) return done(q.status());
+            if (absl::Status s = context.Check("the search started"); !s.ok()) return done(s);
+            done(RunSearch(snap, *q, params));
+          });
+      return;
+    }
+  }
+}
+
+void QueryCore::SearchBatch(absl::Span<const Query> queries, const CallContext& context,
+                            Done<std::vector<SearchResult>> done) {
+  done = Track("SearchBatch", context, std::move(done));
+  if (absl::Status s = Admit(); !s.ok()) return done(s);
+  std::shared_ptr<const ServingState> state = manager_->Current();
+  if (!state) return done(absl::UnavailableError("no snapshot is loaded yet"));
+  const size_t n = queries.size();
+  if (n == 0) return done(absl::InvalidArgumentError("requests is empty"));
+  if (n > static_cast<size_t>(options_.max_batch_queries)) {
+    return done(absl::InvalidArgumentError(absl::StrCat(
+        "requests has ", n, " queries; the maximum is ", options_.max_batch_queries, " per call")));
+  }
+  const snapshot::Snapshot& snap = *state->snapshot;
+  // Validate everything before searching anything.
+  std::vector<std::pair<std::vector<float>, SearchParams>> prepared;
+  prepared.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    const Query& q = queries[i];
+    absl::Status status = ValidateSearchParams(q.params);
+    if (status.ok()) {
+      switch (q.kind) {
+        case Query::Kind::kVector:
+        case Query::Kind::kId: {
+          auto v = VectorQuery(snap, q);
+          if (v.ok()) {
+            prepared.push_back(*std::move(v));
+          } else {
+            status = v.status();
+          }
+          break;
+        }
+        case Query::Kind::kImage:
+        case Query::Kind::kText:
+          status = absl::InvalidArgumentError(
+              "SearchBatch takes vector and id queries; send image and text queries to Search "
+              "(or embed them with Embed first)");
+          break;
+        case Query::Kind::kNone:
+          status = absl::InvalidArgumentError("query is empty: set one of vector or id");
+          break;
+      }
+    }
+    if (!status.ok()) {
+      return done(absl::Status(status.code(),
+                               absl::StrCat("requests[", i, "]: ", status.message())));
+    }
+  }
+  if (absl::Status s = context.Check("the search started"); !s.ok()) return done(s);
+  std::vector<SearchResult> results;
+  results.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    auto r = RunSearch(snap, prepared[i].first, prepared[i].second);
+    if (!r.ok()) {
+      return done(absl::Status(r.status().code(),
+                               absl::StrCat("requests[", i, "]: ", r.status().message())));
+    }
+    results.push_back(*std::move(r));
+  }
+  done(std::move(results));
+}
+
+void QueryCore::Embed(absl::Span<const Query> items, const CallContext& context,
+                      Done<EmbedResult> done) {
+  done = Track("Embed", context, std::move(done));
+  if (absl::Status s = Admit(); !s.ok()) return done(s);
+  std::shared_ptr<const ServingState> state = manager_->Current();
+  if (!state) return done(absl::UnavailableError("no snapshot is loaded yet"));
+  const size_t n = items.size();
+  if (n == 0) return done(absl::InvalidArgumentError("inputs is empty"));
+  if (n > static_cast<size_t>(options_.max_embed_inputs)) {
+    return done(absl::InvalidArgumentError(absl::StrCat(
+        "inputs has ", n, " items; the maximum is ", options_.max_embed_inputs, " per request")));
+  }
+  bool any_text = false;
+  for (size_t i = 0; i < n; ++i) {
+    const Query& q = items[i];
+    if (q.kind != Query::Kind::kImage && q.kind != Query::Kind::kText) {
+      return done(absl::InvalidArgumentError(absl::StrCat("inputs[", i, "] is empty")));
+    }
+    if (absl::Status s = CheckPayload(q, options_, absl::StrCat("inputs[", i, "]")); !s.ok()) {
+      return done(s);
+    }
+    any_text |= q.kind == Query::Kind::kText;
+  }
+  if (absl::Status s = EmbedderAvailable(*state, any_text); !s.ok()) return done(s);
+  if (absl::Status s = context.Check("decoding"); !s.ok()) return done(s);
+  std::vector<EmbedItem> embed_items;
+  embed_items.reserve(n);
+  for (const Query& q : items) embed_items.push_back(ToEmbedItem(q));
+  state->embedder->Embed(std::move(embed_items), context,
+                         [state, done = std::move(done)](absl::StatusOr<Embedder::Vectors> v) {
+                           if (!v.ok()) return done(v.status());
+                           done(EmbedResult{*std::move(v), state->snapshot->version(),
+                                            state->snapshot->manifest().model.name});
+                         });
+}
+
+absl::StatusOr<std::shared_ptr<const ServingState>> QueryCore::Info(const CallContext& context) {
+  absl::StatusOr<std::shared_ptr<const ServingState>> result;
+  auto done = Track<std::shared_ptr<const ServingState>>(
+      "GetInfo", context,
+      [&result](absl::StatusOr<std::shared_ptr<const ServingState>> r) { result = std::move(r); });
+  auto state = manager_->Current();
+  if (!state) {
+    done(absl::UnavailableError("no snapshot is loaded yet"));
+  } else {
+    done(std::move(state));
+  }
+  return result;
+}
+
+bool QueryCore::Serving() const { return !draining_ && manager_->Current() != nullptr; }
+
+void QueryCore::StartDraining() { draining_ = true; }
+
+bool QueryCore::WaitIdle(absl::Duration timeout) const {
+  const absl::Time until = absl::Now() + timeout;
+  while (inflight_.load() > 0) {
+    if (absl::Now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+}  // namespace imagesearch::serving

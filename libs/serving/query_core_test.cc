@@ -1,0 +1,136 @@
+#include "libs/serving/query_core.h"
+
+#include <catch2/catch.hpp>
+
+#include "libs/snapshot/test_snapshots.h"
+
+namespace imagesearch::serving {
+namespace {
+
+struct Fixture {
+  explicit Fixture(QueryCoreOptions o = {}) : metrics("test") {
+    root = snapshot::TempSnapshotRoot("core");
+    REQUIRE(snapshot::PublishSynthetic(root, 300, 8, index::Metric::kL2, "item").ok());
+    SnapshotManagerOptions mo;
+    mo.root = root;
+    manager = std::make_unique<SnapshotManager>(mo);
+    REQUIRE(manager->PollOnce().ok());
+    core = std::make_unique<QueryCore>(manager.get(), &metrics, o);
+  }
+  absl::StatusOr<SearchResult> Search(const Query& q, const CallContext& c = {}) {
+    absl::StatusOr<SearchResult> out = absl::UnknownError("not called");
+    core->Search(q, c, [&](absl::StatusOr<SearchResult> r) { out = std::move(r); });
+    return out;  // Vector, id and refused queries answer on this thread.
+  }
+  std::string root;
+  Metrics metrics;
+  std::unique_ptr<SnapshotManager> manager;
+  std::unique_ptr<QueryCore> core;
+};
+
+Query VectorQuery(const std::vector<float>& v, uint32_t top_k = 5) {
+  Query q;
+  q.kind = Query::Kind::kVector;
+  q.vector = v;
+  q.params.top_k = top_k;
+  return q;
+}
+
+TEST_CASE("Vector and id queries give the snapshot's neighbours and the version") {
+  Fixture f;
+  const auto& snap = *f.manager->Current()->snapshot;
+  const float* v7 = snap.searcher().Vector(7);
+  std::vector<float> v(v7, v7 + 8);
+  auto r = f.Search(VectorQuery(v));
+  REQUIRE(r.ok());
+  CHECK(r->snapshot_version == 1);
+  REQUIRE(r->hits.size() == 5);
+  CHECK(r->hits[0].id == "item7");
+  Query by_id;
+  by_id.kind = Query::Kind::kId;
+  by_id.id = "item7";
+  auto more = f.Search(by_id);
+  REQUIRE(more.ok());
+  CHECK(more->hits.size() == kDefaultTopK);
+  for (const auto& h : more->hits) CHECK(h.id != "item7");  // include_self is off.
+  const std::string m = f.metrics.Serialize();
+  CHECK(m.find("imagesearch_requests_total{code=\"OK\",front=\"grpc\",method=\"Search\"} 2") !=
+        std::string::npos);
+}
+
+TEST_CASE("Everything checkable is checked before any work, with precise errors") {
+  Fixture f;
+  std::vector<float> v(8, 1.0f);
+  CHECK(f.Search(Query{}).status().message() ==
+        "query is empty: set one of vector, id, image or text");
+  CHECK(f.Search(VectorQuery(v, 1001)).status().message() ==
+        "top_k 1001 is out of range: the maximum is 1000");
+  std::vector<float> short_v(3, 1.0f);
+  CHECK(f.Search(VectorQuery(short_v)).status().message() ==
+        "query vector has 3 values but snapshot v1 has dimension 8");
+  Query unknown;
+  unknown.kind = Query::Kind::kId;
+  unknown.id = "nope";
+  CHECK(absl::IsNotFound(f.Search(unknown).status()));
+  Query image;
+  image.kind = Query::Kind::kImage;
+  CHECK(f.Search(image).status().message() == "query image is empty");
+  std::string big(17 << 20, 'x');
+  image.data = big;
+  CHECK(f.Search(image).status().message() == "query image is 17825792 bytes; the limit is 16777216");
+  image.data = "png bytes";
+  CHECK(absl::IsFailedPrecondition(f.Search(image).status()));  // Vector-only snapshot.
+  image.params.ef = 20000;
+  CHECK(f.Search(image).status().message() == "ef 20000 is out of range: the maximum is 10000");
+}
+
+TEST_CASE("Expired and cancelled calls are not searched") {
+  Fixture f;
+  std::vector<float> v(8, 1.0f);
+  CallContext late;
+  late.deadline = absl::Now() - absl::Milliseconds(1);
+  auto r = f.Search(VectorQuery(v), late);
+  CHECK(absl::IsDeadlineExceeded(r.status()));
+  CHECK(r.status().message() == "deadline passed before the search started");
+  CallContext gone;
+  gone.cancelled = [] { return true; };
+  CHECK(absl::IsCancelled(f.Search(VectorQuery(v), gone).status()));
+}
+
+TEST_CASE("Overload and draining refuse at once") {
+  QueryCoreOptions o;
+  o.max_inflight_requests = 0;
+  Fixture busy(o);
+  std::vector<float> v(8, 1.0f);
+  auto r = busy.Search(VectorQuery(v));
+  CHECK(absl::IsResourceExhausted(r.status()));
+  CHECK(r.status().message() == "server overloaded: 0 requests already in flight");
+
+  Fixture f;
+  CHECK(f.core->Serving());
+  f.core->StartDraining();
+  CHECK_FALSE(f.core->Serving());
+  CHECK(f.Search(VectorQuery(v)).status().message() == "server is shutting down");
+  CHECK(f.core->WaitIdle(absl::Seconds(1)));
+}
+
+TEST_CASE("SearchBatch validates every query first and names the failing one") {
+  Fixture f;
+  std::vector<float> v(8, 1.0f), bad(2, 1.0f);
+  std::vector<Query> qs = {VectorQuery(v), VectorQuery(bad)};
+  absl::Status status;
+  f.core->SearchBatch(qs, {}, [&](absl::StatusOr<std::vector<SearchResult>> r) {
+    status = r.status();
+  });
+  CHECK(status.message() == "requests[1]: query vector has 2 values but snapshot v1 has dimension 8");
+  qs.pop_back();
+  size_t answers = 0;
+  f.core->SearchBatch(qs, {}, [&](absl::StatusOr<std::vector<SearchResult>> r) {
+    REQUIRE(r.ok());
+    answers = r->size();
+  });
+  CHECK(answers == 1);
+}
+
+}  // namespace
+}  // namespace imagesearch::serving

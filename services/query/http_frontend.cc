@@ -1,0 +1,306 @@
+#include "services/query/http_frontend.h"
+
+#include <httplib.h>
+
+#include <cmath>
+#include <future>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "libs/common/log.h"
+#include "nlohmann/json.hpp"
+
+namespace imagesearch {
+namespace {
+
+using json = nlohmann::json;
+using serving::Query;
+
+constexpr char kJson[] = "application/json";
+
+void SendError(httplib::Response& res, const absl::Status& s, int http_status = 0) {
+  res.status = http_status != 0 ? http_status : HttpStatusOf(s.code());
+  json body = {{"error",
+                {{"code", absl::StatusCodeToString(s.code())}, {"message", std::string(s.message())}}}};
+  res.set_content(body.dump(), kJson);
+}
+
+// "image/png; q=1" -> "image/png".
+std::string MediaType(const httplib::Request& req) {
+  std::string type = req.get_header_value("Content-Type");
+  type = type.substr(0, type.find(';'));
+  return absl::AsciiStrToLower(absl::StripAsciiWhitespace(type));
+}
+
+absl::StatusOr<uint32_t> ParseUint32(absl::string_view name, absl::string_view text) {
+  uint32_t v = 0;
+  if (!absl::SimpleAtoi(text, &v)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " must be a non-negative integer, got '", text, "'"));
+  }
+  return v;
+}
+
+// Query parameters: top_k, ef, include_self and timeout_ms.
+absl::Status ApplyParams(const httplib::Request& req, Query* q, absl::Duration* timeout) {
+  for (const auto& [key, value] : req.params) {
+    if (key == "top_k" || key == "ef" || key == "timeout_ms") {
+      auto v = ParseUint32(key, value);
+      if (!v.ok()) return v.status();
+      if (key == "top_k") q->params.top_k = *v;
+      if (key == "ef") q->params.ef = *v;
+      if (key == "timeout_ms") *timeout = absl::Milliseconds(*v);
+    } else if (key == "include_self") {
+      if (value != "true" && value != "false") {
+        return absl::InvalidArgumentError(
+            absl::StrCat("include_self must be true or false, got '", value, "'"));
+      }
+      q->include_self = value == "true";
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown query parameter '", key, "'; known: top_k, ef, include_self, timeout_ms"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint32_t> JsonUint32(const json& j, const char* name) {
+  if (!j.is_number_unsigned() || j.get<uint64_t>() > std::numeric_limits<uint32_t>::max()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " must be a non-negative 32-bit integer, got ", j.dump()));
+  }
+  return static_cast<uint32_t>(j.get<uint64_t>());
+}
+
+// Parses a JSON body into `q`; the views in `q` point into `vector` and
+// `bytes`, which the caller keeps alive.
+absl::Status QueryFromJson(const std::string& body, Query* q, std::vector<float>* vector,
+                           std::string* bytes) {
+  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InvalidArgumentError("request body is not valid JSON");
+  if (!j.is_object()) return absl::InvalidArgumentError("request body must be a JSON object");
+  int kinds = 0;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& key = it.key();
+    const json& v = it.value();
+    if (key == "text" || key == "id" || key == "image_b64") {
+      ++kinds;
+      if (!v.is_string()) return absl::InvalidArgumentError(absl::StrCat(key, " must be a string"));
+      *bytes = v.get<std::string>();
+      if (key == "image_b64") {
+        std::string decoded;
+        if (!absl::Base64Unescape(*bytes, &decoded)) {
+          return absl::InvalidArgumentError("image_b64 is not valid base64");
+        }
+        *bytes = std::move(decoded);
+      }
+      q->kind = key == "text" ? Query::Kind::kText
+                : key == "id" ? Query::Kind::kId
+                              : Query::Kind::kImage;
+      if (q->kind == Query::Kind::kId) {
+        q->id = *bytes;
+      } else {
+        q->data = *bytes;
+      }
+    } else if (key == "vector") {
+      ++kinds;
+      if (!v.is_array()) return absl::InvalidArgumentError("vector must be an array of numbers");
+      vector->reserve(v.size());
+      for (size_t i = 0; i < v.size(); ++i) {
+        if (!v[i].is_number()) {
+          return absl::InvalidArgumentError(absl::StrCat("vector[", i, "] is not a number"));
+        }
+        vector->push_back(v[i].get<float>());
+      }
+      q->kind = Query::Kind::kVector;
+      q->vector = *vector;
+    } else if (key == "top_k" || key == "ef") {
+      auto n = JsonUint32(v, key.c_str());
+      if (!n.ok()) return n.status();
+      (key == "top_k" ? q->params.top_k : q->params.ef) = *n;
+    } else if (key == "include_self") {
+      if (!v.is_boolean()) return absl::InvalidArgumentError("include_self must be true or false");
+      q->include_self = v.get<bool>();
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown field '", key.substr(0, 64),
+                       "'; known: text, vector, id, image_b64, top_k, ef, include_self"));
+    }
+  }
+  if (kinds > 1) {
+    return absl::InvalidArgumentError("set only one of text, vector, id or image_b64");
+  }
+  return absl::OkStatus();
+}
+
+json HitsJson(const serving::SearchResult& r) {
+  json hits = json::array();
+  for (const auto& h : r.hits) {
+    json attributes = h.attributes_json.empty()
+                          ? json::object()
+                          : json::parse(h.attributes_json, nullptr, /*allow_exceptions=*/false);
+    if (attributes.is_discarded()) attributes = nullptr;
+    hits.push_back({{"id", h.id},
+                    {"score", h.score},
+                    {"distance", h.distance},
+                    {"uri", h.uri},
+                    {"attributes", std::move(attributes)}});
+  }
+  return {{"hits", std::move(hits)}, {"snapshot_version", r.snapshot_version}};
+}
+
+bool IsImageType(const std::string& type) {
+  return type == "image/jpeg" || type == "image/png" || type == "image/webp" ||
+         type == "application/x-image";
+}
+
+}  // namespace
+
+int HttpStatusOf(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kOk:
+      return 200;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+      return 400;
+    case absl::StatusCode::kNotFound:
+      return 404;
+    case absl::StatusCode::kFailedPrecondition:
+      return 412;
+    case absl::StatusCode::kResourceExhausted:
+      return 429;
+    case absl::StatusCode::kCancelled:
+      return 499;  // Client closed request (nginx's convention).
+    case absl::StatusCode::kUnimplemented:
+      return 501;
+    case absl::StatusCode::kUnavailable:
+      return 503;
+    case absl::StatusCode::kDeadlineExceeded:
+      return 504;
+    default:
+      return 500;
+  }
+}
+
+HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
+                           HttpFrontendOptions options)
+    : core_(core), metrics_(metrics), options_(std::move(options)),
+      server_(std::make_unique<httplib::Server>()) {
+  const int threads = std::max(1, options_.threads);
+  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // Backstop for bodies without Content-Length (chunked); the pre-routing
+  // check below answers before any body byte is read.
+  server_->set_payload_max_length(options_.max_body_bytes);
+
+  // Refusals that never reach the core are still counted as requests.
+  auto refuse = [this](httplib::Response& res, const absl::Status& s, int http_status = 0) {
+    SendError(res, s, http_status);
+    metrics_->RecordRequest("http", "Search", s.code(), absl::ZeroDuration());
+  };
+
+  server_->set_pre_routing_handler([this, refuse](const httplib::Request& req,
+                                                  httplib::Response& res) {
+    if (req.method == "POST" && req.has_header("Content-Length")) {
+      uint64_t length = 0;
+      if (absl::SimpleAtoi(req.get_header_value("Content-Length"), &length) &&
+          length > options_.max_body_bytes) {
+        refuse(res,
+               absl::ResourceExhaustedError(absl::StrCat("request body is ", length,
+                                                         " bytes; the limit is ",
+                                                         options_.max_body_bytes)),
+               413);
+        res.set_header("Connection", "close");  // The unread body stays behind.
+        return httplib::Server::HandlerResponse::Handled;
+      }
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+
+  server_->set_error_handler(httplib::Server::HandlerWithResponse(
+      [](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    if (res.status == 404) {
+      SendError(res, absl::NotFoundError(absl::StrCat("no route ", req.method, " ", req.path,
+                                                      "; routes: GET /ping, POST /invocations, "
+                                                      "GET /metrics")));
+    } else if (res.status == 413) {
+      SendError(res, absl::ResourceExhaustedError("request body is over the limit"), 413);
+    } else {
+      SendError(res, absl::InvalidArgumentError(absl::StrCat("HTTP error ", res.status)),
+                res.status);
+    }
+    return httplib::Server::HandlerResponse::Handled;
+  }));
+
+  server_->Get("/ping", [this](const httplib::Request&, httplib::Response& res) {
+    res.status = core_->Serving() ? 200 : 503;
+  });
+
+  server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(metrics_->Serialize(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+
+  server_->Get("/invocations", [](const httplib::Request&, httplib::Response& res) {
+    SendError(res, absl::UnimplementedError("use POST /invocations"), 405);
+  });
+
+  server_->Post("/invocations", [this, refuse](const httplib::Request& req,
+                                               httplib::Response& res) {
+    Query q;
+    absl::Duration timeout = options_.timeout;
+    std::vector<float> vector;
+    std::string bytes;
+    if (absl::Status s = ApplyParams(req, &q, &timeout); !s.ok()) return refuse(res, s);
+    const std::string type = MediaType(req);
+    if (IsImageType(type)) {
+      q.kind = Query::Kind::kImage;
+      q.data = req.body;
+    } else if (type == kJson) {
+      if (absl::Status s = QueryFromJson(req.body, &q, &vector, &bytes); !s.ok()) {
+        return refuse(res, s);
+      }
+    } else {
+      return refuse(res,
+                    absl::InvalidArgumentError(absl::StrCat(
+                        "Content-Type '", type.substr(0, 64),
+                        "' is not supported; send image/jpeg, image/png, image/webp or "
+                        "application/json")),
+                    415);
+    }
+    serving::CallContext context;
+    context.front = "http";
+    context.deadline = absl::Now() + timeout;
+    std::promise<absl::StatusOr<serving::SearchResult>> answer;
+    core_->Search(q, context, [&answer](absl::StatusOr<serving::SearchResult> r) {
+      answer.set_value(std::move(r));
+    });
+    absl::StatusOr<serving::SearchResult> r = answer.get_future().get();
+    if (!r.ok()) return SendError(res, r.status());
+    res.set_content(HitsJson(*r).dump(), kJson);
+  });
+}
+
+HttpFrontend::~HttpFrontend() { Stop(); }
+
+absl::Status HttpFrontend::Start() {
+  if (!server_->bind_to_port(options_.host, options_.port)) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen for HTTP on ", options_.host, ":", options_.port));
+  }
+  thread_ = std::thread([this] { server_->listen_after_bind(); });
+  return absl::OkStatus();
+}
+
+void HttpFrontend::Stop() {
+  if (!thread_.joinable()) return;
+  server_->stop();
+  thread_.join();
+}
+
+}  // namespace imagesearch
