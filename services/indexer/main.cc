@@ -18,6 +18,7 @@
 #include "absl/strings/strip.h"
 #include "libs/common/binary_main.h"
 #include "libs/common/file_util.h"
+#include "libs/common/log.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "services/indexer/indexer.h"
 
@@ -85,7 +86,7 @@ int main(int argc, char** argv) {
   o.dry_run = absl::GetFlag(FLAGS_dry_run);
   auto report = imagesearch::indexer::RunIndexer(o);
   if (!report.ok()) {
-    std::cerr << "indexer failed: " << report.status() << "\n";
+    imagesearch::LogError("indexer failed: ", report.status().ToString());
     return 1;
   }
   const auto& r = *report;

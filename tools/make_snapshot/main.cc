@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "libs/common/binary_main.h"
 #include "libs/common/file_util.h"
 #include "libs/index/test_vectors.h"
 #include "libs/snapshot/snapshot.h"
@@ -41,6 +42,7 @@ ABSL_FLAG(std::string, out, "", "synth: output .npy path.");
 ABSL_FLAG(int, count, 10000, "synth: number of vectors.");
 ABSL_FLAG(int, dim, 128, "synth: dimension.");
 ABSL_FLAG(int, seed, 1, "synth: random seed.");
+ABSL_FLAG(std::string, log_format, "text", "Log lines on stderr: text, or json (one object per line).");
 
 namespace imagesearch {
 namespace {
@@ -202,7 +204,10 @@ int Run(const std::vector<char*>& args) {
 }  // namespace imagesearch
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Build and manage imagesearch snapshots; see tools/make_snapshot.");
-  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  std::vector<char*> args = imagesearch::InitBinary(
+      "Build and manage imagesearch snapshots.\n"
+      "  imagesearch-snapshot build|list|current|set-current|gc|verify|synth --root=DIR ...\n"
+      "See tools/make_snapshot/main.cc.",
+      argc, argv, FLAGS_log_format);
   return imagesearch::Run(args);
 }
