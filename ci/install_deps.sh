@@ -5,7 +5,7 @@ set -euo pipefail
 SUDO=""; [[ "$(id -u)" == 0 ]] || SUDO="sudo"
 PACKAGES=(
   # Toolchain
-  build-essential cmake pkg-config ccache git
+  build-essential cmake pkg-config ccache git curl
   # Serving stack
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libssl-dev libxxhash-dev nlohmann-json3-dev

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The README's set-up command: installs everything, builds, makes the default
 # model, indexes real images with it, starts the query service, and queries it
-# by image bytes and by id with buf curl (a grpcurl-style client).
+# by image bytes and by id with buf curl (a grpcurl-style client), then over
+# HTTP with curl (/ping, /invocations, /metrics).
 #   ci/quickstart.sh            # runs the demo, then stops the service
-#   SERVE=1 ci/quickstart.sh    # leaves the service running on :50051
+#   SERVE=1 ci/quickstart.sh    # leaves the service running on :50051 (gRPC), :8080 (HTTP)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci/install_deps.sh
@@ -21,9 +22,9 @@ echo "== indexer: images -> default model -> HNSW -> snapshot"
   --root="$DEMO/snapshots" --model="$BUILD/models/default/model.pt"
 "$BUILD/tools/make_snapshot/imagesearch-snapshot" list --root="$DEMO/snapshots"
 
-echo "== query service on 127.0.0.1:50051"
+echo "== query service on 127.0.0.1:50051 (gRPC) and :8080 (HTTP)"
 "$BUILD/services/query/imagesearch-query" --snapshot_root="$DEMO/snapshots" \
-  --host=127.0.0.1 --port=50051 >"$DEMO/query.stdout" 2>"$DEMO/query.log" &
+  --host=127.0.0.1 --port=50051 --http_port=8080 >"$DEMO/query.stdout" 2>"$DEMO/query.log" &
 QUERY_PID=$!
 trap '[[ "${SERVE:-0}" == 1 ]] || kill $QUERY_PID 2>/dev/null || true' EXIT
 URL=http://127.0.0.1:50051
@@ -37,6 +38,14 @@ echo "-- Search by image bytes ($IMG):"
 call -d "{\"image\":\"$(base64 -w0 "$DEMO/corpus/$IMG")\",\"top_k\":5}" "$URL/imagesearch.v1.ImageSearch/Search"
 echo "-- Search by id (more like this):"
 call -d '{"id":"fmnist-test-00001","top_k":5}' "$URL/imagesearch.v1.ImageSearch/Search"
+HTTP=http://127.0.0.1:8080
+echo "-- HTTP GET /ping: $(curl -s -o /dev/null -w '%{http_code}' $HTTP/ping)"
+echo "-- HTTP POST /invocations, image bytes ($IMG):"
+curl -s -H 'Content-Type: image/png' --data-binary @"$DEMO/corpus/$IMG" "$HTTP/invocations?top_k=3"; echo
+echo "-- HTTP POST /invocations, JSON by id:"
+curl -s -H 'Content-Type: application/json' -d '{"id":"fmnist-test-00001","top_k":3}' "$HTTP/invocations"; echo
+echo "-- HTTP GET /metrics (requests so far):"
+curl -s "$HTTP/metrics" | grep '^imagesearch_requests_total'
 if [[ "${SERVE:-0}" == 1 ]]; then
-  echo "query service left running (pid $QUERY_PID) on $URL; snapshots in $DEMO/snapshots"
+  echo "query service left running (pid $QUERY_PID): gRPC $URL, HTTP $HTTP; snapshots in $DEMO/snapshots"
 fi

@@ -84,13 +84,14 @@ QueryCore::Done<T> QueryCore::Track(absl::string_view method, const CallContext&
   if (metrics_ != nullptr) metrics_->AddInflight(1);
   return [this, method, front = context.front, start = absl::Now(),
           done = std::move(done)](absl::StatusOr<T> result) {
-    const absl::StatusCode code = result.status().code();
-    done(std::move(result));
+    // Counted before the answer goes out, so a scrape that follows an
+    // answer always sees it.
     if (metrics_ != nullptr) {
-      metrics_->RecordRequest(front, method, code, absl::Now() - start);
+      metrics_->RecordRequest(front, method, result.status().code(), absl::Now() - start);
       metrics_->AddInflight(-1);
     }
     inflight_--;
+    done(std::move(result));
   };
 }
 

@@ -40,9 +40,4 @@ bool WorkPool::TrySubmit(std::function<void()> task) {
   return true;
 }
 
-size_t WorkPool::queued() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return queue_.size();
-}
-
 }  // namespace imagesearch::serving

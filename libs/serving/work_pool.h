@@ -24,11 +24,10 @@ class WorkPool {
 
   // Queues `task`; false (and `task` is dropped) if max_queue tasks wait.
   bool TrySubmit(std::function<void()> task);
-  size_t queued() const;
 
  private:
   const size_t max_queue_;
-  mutable std::mutex mu_;
+  std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> queue_;
   bool stop_ = false;

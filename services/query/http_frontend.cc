@@ -194,43 +194,47 @@ HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
       server_(std::make_unique<httplib::Server>()) {
   const int threads = std::max(1, options_.threads);
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  // Backstop for bodies without Content-Length (chunked); the pre-routing
-  // check below answers before any body byte is read.
-  server_->set_payload_max_length(options_.max_body_bytes);
-
   // Refusals that never reach the core are still counted as requests.
   auto refuse = [this](httplib::Response& res, const absl::Status& s, int http_status = 0) {
     SendError(res, s, http_status);
     metrics_->RecordRequest("http", "Search", s.code(), absl::ZeroDuration());
   };
 
-  server_->set_pre_routing_handler([this, refuse](const httplib::Request& req,
-                                                  httplib::Response& res) {
-    if (req.method == "POST" && req.has_header("Content-Length")) {
-      uint64_t length = 0;
-      if (absl::SimpleAtoi(req.get_header_value("Content-Length"), &length) &&
-          length > options_.max_body_bytes) {
-        refuse(res,
-               absl::ResourceExhaustedError(absl::StrCat("request body is ", length,
-                                                         " bytes; the limit is ",
-                                                         options_.max_body_bytes)),
-               413);
-        res.set_header("Connection", "close");  // The unread body stays behind.
-        return httplib::Server::HandlerResponse::Handled;
-      }
-    }
-    return httplib::Server::HandlerResponse::Unhandled;
-  });
+  // Bodies over the limit. A client that sends "Expect: 100-continue" (curl
+  // does for large bodies) gets the 413 before it sends a byte of the body.
+  // Otherwise httplib checks Content-Length before reading the body and
+  // then discards the body in small pieces, never holding it, and answers
+  // 413 on a connection that stays usable. (Answering before the body has
+  // been read would leave the body in the stream: httplib 0.11 keeps the
+  // connection open and would parse it as further requests.)
+  server_->set_payload_max_length(options_.max_body_bytes);
+  auto too_large = [this](const httplib::Request& req) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("request body is ", req.get_header_value("Content-Length").substr(0, 20),
+                     " bytes; the limit is ", options_.max_body_bytes));
+  };
+  server_->set_expect_100_continue_handler(
+      [this, refuse, too_large](const httplib::Request& req, httplib::Response& res) {
+        uint64_t length = 0;
+        if (absl::SimpleAtoi(req.get_header_value("Content-Length"), &length) &&
+            length > options_.max_body_bytes) {
+          refuse(res, too_large(req), 413);
+          // This early answer skips httplib's usual content headers.
+          res.set_header("Content-Length", std::to_string(res.body.size()));
+          return 413;
+        }
+        return 100;
+      });
 
   server_->set_error_handler(httplib::Server::HandlerWithResponse(
-      [](const httplib::Request& req, httplib::Response& res) {
+      [this, refuse, too_large](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
     if (res.status == 404) {
       SendError(res, absl::NotFoundError(absl::StrCat("no route ", req.method, " ", req.path,
                                                       "; routes: GET /ping, POST /invocations, "
                                                       "GET /metrics")));
     } else if (res.status == 413) {
-      SendError(res, absl::ResourceExhaustedError("request body is over the limit"), 413);
+      refuse(res, too_large(req), 413);
     } else {
       SendError(res, absl::InvalidArgumentError(absl::StrCat("HTTP error ", res.status)),
                 res.status);

@@ -1,0 +1,400 @@
+#!/usr/bin/env python3
+"""End to end for the HTTP front end (/ping, /invocations) of the real query
+binary over a snapshot of tests/data/images indexed with the default model:
+readiness vs gRPC health, every query kind, parity with gRPC (hits, scores and
+error text), every error status, concurrency, SIGTERM while busy, and the
+SageMaker `serve` mode.
+
+Usage: http_frontend_test.py BUILD_DIR SOURCE_DIR DEFAULT_MODEL
+"""
+import base64
+import http.client
+import importlib.util
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import grpc_stubs  # noqa: E402
+
+BUILD, SRC, DEFAULT = sys.argv[1:4]
+IMAGES = os.path.join(SRC, "tests", "data", "images")
+INDEXER = os.path.join(BUILD, "services", "indexer", "imagesearch-indexer")
+QUERY = os.path.join(BUILD, "services", "query", "imagesearch-query")
+pb, pb_grpc = grpc_stubs.load(os.path.join(SRC, "proto"))
+import grpc  # noqa: E402
+
+# Images whose nearest neighbour in the corpus is themselves.
+DISTINCT = ["astronaut.png", "camera.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+            "motorcycle_right.png", "logo.png", "chelsea.png"]
+SERVERS = []
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def health_pb2():
+    gen = tempfile.mkdtemp(prefix="imagesearch_health_")
+    subprocess.run(["protoc", f"--proto_path={os.path.join(SRC, 'proto')}", f"--python_out={gen}",
+                    "grpc/health/v1/health.proto"], check=True)
+    spec = importlib.util.spec_from_file_location(
+        "health_pb2", os.path.join(gen, "grpc", "health", "v1", "health_pb2.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+H = health_pb2()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read(name):
+    with open(os.path.join(IMAGES, name), "rb") as f:
+        return f.read()
+
+
+def index(root):
+    out = subprocess.run([INDEXER, f"--input={IMAGES}", f"--root={root}", f"--model={DEFAULT}",
+                          "--max_reject_ratio=0.5", "--progress=none", "--ef_construction=64"],
+                         capture_output=True, text=True)
+    check(out.returncode == 0, f"indexer failed: {out.stderr}")
+    print(out.stdout.strip())
+
+
+class Server:
+    """The query binary; `args` go after the binary path."""
+
+    def __init__(self, args, log, env=None):
+        self.proc = subprocess.Popen([QUERY, *args], stdout=subprocess.PIPE, text=True,
+                                     stderr=open(log, "w"), env=env)
+        SERVERS.append(self.proc)
+        lines = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(x) for x in self.proc.stdout], daemon=True).start()
+        ports = []
+        for want in ("listening on port", "http listening on port"):
+            line = lines.get(timeout=60)
+            check(line.startswith(want), f"expected '{want} N' on stdout, got {line!r}")
+            ports.append(int(line.split()[-1]))
+        self.port, self.http = ports
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = pb_grpc.ImageSearchStub(self.channel)
+        self.check_health = self.channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=H.HealthCheckRequest.SerializeToString,
+            response_deserializer=H.HealthCheckResponse.FromString)
+
+    def health(self):
+        return self.check_health(H.HealthCheckRequest(service=""), timeout=10).status
+
+    def wait_ping(self, limit_s=60):
+        until = time.time() + limit_s
+        while time.time() < until:
+            if request(self.http, "GET", "/ping")[0] == 200:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"/ping never answered 200 within {limit_s} s")
+
+    def stop(self, limit_s=30):
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout=limit_s)
+        check(rc == 0, f"service exited with {rc} on SIGTERM")
+
+
+def request(port, method, path, body=None, headers=None, timeout=60):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def post_raw(port, body, ctype, params=""):
+    return request(port, "POST", "/invocations" + params, body, {"Content-Type": ctype})
+
+
+def post_json(port, obj, raw=None):
+    return post_raw(port, raw if raw is not None else json.dumps(obj), "application/json")
+
+
+def post_image(port, name, params="?top_k=3"):
+    return post_raw(port, read(name), "image/jpeg" if name.endswith(".jpg") else "image/png", params)
+
+
+def flags(root, *extra):
+    return [f"--snapshot_root={root}", "--host=127.0.0.1", "--port=0",
+            f"--http_port={free_port()}", *extra]
+
+
+def hits_of(status, data, what):
+    check(status == 200, f"{what}: HTTP {status} {data[:300]!r}")
+    r = json.loads(data)
+    check(isinstance(r.get("snapshot_version"), int), f"{what}: {r}")
+    for h in r["hits"]:
+        check(set(h) == {"id", "score", "distance", "uri", "attributes"}, f"{what}: {h}")
+        check(isinstance(h["attributes"], dict), f"{what}: attributes not an object: {h}")
+    return r
+
+
+def expect_error(got, status, code, substring, what):
+    st, data = got
+    check(st == status, f"{what}: expected HTTP {status}, got {st} {data[:300]!r}")
+    err = json.loads(data)["error"]
+    check(err["code"] == code and substring in err["message"],
+          f"{what}: expected {code} with '{substring}', got {err}")
+    return err["message"]
+
+
+def grpc_error(stub, req):
+    try:
+        stub.Search(req)
+    except grpc.RpcError as e:
+        return e.code(), e.details()
+    raise AssertionError(f"expected a gRPC error for {req}")
+
+
+def section1(work, root):
+    os.makedirs(os.path.join(work, "empty"))
+    e = Server(flags(os.path.join(work, "empty")), os.path.join(work, "empty.log"))
+    check(request(e.http, "GET", "/ping")[0] == 503, "/ping before a snapshot is not 503")
+    st, data = post_json(e.http, {"id": "x"})
+    check(st == 503 and json.loads(data) == {"error": {"code": "UNAVAILABLE",
+                                                       "message": "no snapshot is loaded yet"}},
+          f"no snapshot: {st} {data!r}")
+    check(e.health() == H.HealthCheckResponse.NOT_SERVING, "health is not NOT_SERVING")
+    e.stop()
+    s = Server(flags(root), os.path.join(work, "main.log"))
+    s.wait_ping()
+    check(s.health() == H.HealthCheckResponse.SERVING, "/ping 200 but health not SERVING")
+    print("1. readiness: /ping 503 + NOT_SERVING without a snapshot, 200 + SERVING with one")
+    return s
+
+
+def section2_3_4(s):
+    for name in ("coffee.png", "rocket.jpg"):
+        r = hits_of(*post_image(s.http, name), name)
+        check(len(r["hits"]) == 3 and r["hits"][0]["id"] == name, f"{name}: {r}")
+    print("2. image/png and image/jpeg bodies find the image itself")
+    r = hits_of(*post_json(s.http, {"id": "coffee.png", "top_k": 5}), "id query")
+    check(len(r["hits"]) == 5 and "coffee.png" not in [h["id"] for h in r["hits"]], r)
+    b64 = base64.b64encode(read("camera.png")).decode()
+    r = hits_of(*post_json(s.http, {"image_b64": b64}), "image_b64 query")
+    check(r["hits"][0]["id"] == "camera.png", r)
+    emb = s.stub.Embed(pb.EmbedRequest(inputs=[pb.EmbedInput(image=read("astronaut.png"))]))
+    r = hits_of(*post_json(s.http, {"vector": list(emb.embeddings[0].values)}), "vector query")
+    check(r["hits"][0]["id"] == "astronaut.png", r)
+    expect_error(post_json(s.http, {"text": "a cat"}), 412, "FAILED_PRECONDITION",
+                 "no text encoder", "text query")
+    print("3. JSON id, image_b64 and vector queries answer; text gets 412")
+    pairs = [(post_json(s.http, {"id": "rocket.jpg", "top_k": 5}),
+              pb.SearchRequest(id="rocket.jpg", top_k=5)),
+             (post_image(s.http, "coffee.png", "?top_k=5"),
+              pb.SearchRequest(image=read("coffee.png"), top_k=5))]
+    for (st, data), req in pairs:
+        h = hits_of(st, data, "parity")["hits"]
+        g = s.stub.Search(req).hits
+        check([x["id"] for x in h] == [x.id for x in g], f"hit ids differ: {h} vs {g}")
+        check(all(abs(a["score"] - b.score) < 1e-6 for a, b in zip(h, g)), f"scores: {h} vs {g}")
+    check(s.stub.GetInfo(pb.GetInfoRequest()).max_top_k < 5000, "max_top_k >= 5000")
+    for body, req, status, code in [
+            ({"id": "no-such-id"}, pb.SearchRequest(id="no-such-id"), 404, grpc.StatusCode.NOT_FOUND),
+            ({"id": "rocket.jpg", "top_k": 5000}, pb.SearchRequest(id="rocket.jpg", top_k=5000),
+             400, grpc.StatusCode.INVALID_ARGUMENT)]:
+        st, data = post_json(s.http, body)
+        gcode, gmsg = grpc_error(s.stub, req)
+        msg = json.loads(data)["error"]["message"]
+        check(st == status and gcode == code and msg == gmsg,
+              f"{body}: HTTP {st} {msg!r} vs gRPC {gcode} {gmsg!r}")
+    print("4. HTTP and gRPC agree on hits, scores and error messages")
+
+
+def post_huge(port, send_body):
+    """POST announcing a 50 MiB image/png body. Without send_body the client asks
+    "Expect: 100-continue", as curl does, and must get 413 before sending a byte;
+    with it, the body goes out in 1 MiB chunks, the answer must be 413, and the
+    same connection must then serve a /ping (the body did not leak into it)."""
+    c, start = http.client.HTTPConnection("127.0.0.1", port, timeout=30), time.time()
+    try:
+        c.putrequest("POST", "/invocations")
+        c.putheader("Content-Type", "image/png")
+        c.putheader("Content-Length", str(50 << 20))
+        if not send_body:
+            c.putheader("Expect", "100-continue")
+        c.endheaders()
+        if not send_body:
+            r = c.getresponse()
+            got = (r.status, r.read())
+            check(time.time() - start < 5, f"413 took {time.time() - start:.1f} s")
+            return got
+        for _ in range(50):
+            c.send(b"\0" * (1 << 20))
+        r = c.getresponse()
+        expect_error((r.status, r.read()), 413, "RESOURCE_EXHAUSTED", "limit", "50 MB body")
+        c.request("GET", "/ping")
+        r = c.getresponse()
+        r.read()
+        check(r.status == 200, f"/ping on the same connection after a 413: {r.status}")
+        return "sent all, read 413, connection still usable"
+    finally:
+        c.close()
+
+
+def section5(s, work, root):
+    p, big = s.http, 50 << 20
+    cases = [  # (what, status+body, HTTP status, code, message substring)
+        ("bad JSON", post_json(p, None, raw="{not json"), 400, "INVALID_ARGUMENT", "not valid JSON"),
+        ("unknown field", post_json(p, {"id": "rocket.jpg", "bogus": 1}), 400, "INVALID_ARGUMENT",
+         "unknown field 'bogus'"),
+        ("top_k", post_json(p, {"id": "rocket.jpg", "top_k": 5000}), 400, "INVALID_ARGUMENT",
+         "top_k 5000 is out of range"),
+        ("undecodable image", post_raw(p, b"this is not a png", "image/png"), 400,
+         "INVALID_ARGUMENT", "unrecognised image format"),
+        ("unknown id", post_json(p, {"id": "no-such-id"}), 404, "NOT_FOUND", "no-such-id"),
+        ("unknown route", request(p, "GET", "/nope"), 404, "NOT_FOUND", "no route GET /nope"),
+        ("text", post_json(p, {"text": "a cat"}), 412, "FAILED_PRECONDITION", "text"),
+        ("413 header-only", post_huge(p, False), 413, "RESOURCE_EXHAUSTED",
+         f"request body is {big} bytes"),
+        ("415", post_raw(p, b"hello", "text/plain"), 415, "INVALID_ARGUMENT",
+         "'text/plain' is not supported"),
+        ("504", post_image(p, "astronaut.png", "?timeout_ms=1"), 504, "DEADLINE_EXCEEDED",
+         "deadline passed"),
+    ]
+    for what, got, status, code, substring in cases:
+        expect_error(got, status, code, substring, what)
+    how = post_huge(p, True)
+    check(request(p, "GET", "/ping")[0] == 200, f"/ping after a 50 MB body ({how}) is not 200")
+    o = Server(flags(root, "--max_inflight_requests=0"), os.path.join(work, "overload.log"))
+    o.wait_ping()
+    expect_error(post_json(o.http, {"id": "rocket.jpg"}), 429, "RESOURCE_EXHAUSTED",
+                 "server overloaded", "429")
+    o.stop()
+    print(f"5. errors: 400 404 412 413 ({how}) 415 429 503 504 as specified")
+
+
+def run_threads(n, worker, join_s):
+    """Starts worker(0..n-1); returns a function that joins them and says if any hung."""
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+
+    def join():
+        for t in threads:
+            t.join(timeout=join_s)
+        return any(t.is_alive() for t in threads)
+    return join
+
+
+def section6(s):
+    errors = []
+
+    def worker(i):
+        try:
+            for j in range(4):
+                name = DISTINCT[(i + j) % len(DISTINCT)]
+                r = hits_of(*post_image(s.http, name), name)
+                check(r["hits"][0]["id"] == name, f"{name}: first hit {r['hits'][0]['id']}")
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"thread {i}: {e}")
+
+    hung = run_threads(16, worker, 300)()
+    check(not errors and not hung, f"concurrency: hung={hung} {errors[:3]}")
+    print("6. 16 threads x 4 image queries: all 200, each finds itself")
+
+
+def section7(s):
+    """Refused/reset connections happen when the port closes (the accept backlog)."""
+    counts, bad, lock, stop_at = {"200": 0, "503": 0, "refused": 0, "reset": 0}, [], \
+        threading.Lock(), time.time() + 60
+    shutting_down = {"error": {"code": "UNAVAILABLE", "message": "server is shutting down"}}
+
+    def worker(i):
+        for j in range(2000):
+            if time.time() > stop_at:
+                return
+            try:
+                st, data = post_image(s.http, DISTINCT[(i + j) % len(DISTINCT)])
+                out = "200" if st == 200 else "503" if (
+                    st == 503 and json.loads(data) == shutting_down) else None
+            except ConnectionRefusedError:
+                out = "refused"
+            except (ConnectionResetError, http.client.RemoteDisconnected, BrokenPipeError):
+                out = "reset"
+            with lock:
+                counts[out] = counts.get(out, 0) + 1
+                if out is None:
+                    bad.append((st, data[:200]))
+            if out == "refused":
+                return
+
+    join = run_threads(8, worker, 90)
+    time.sleep(1)
+    s.proc.send_signal(signal.SIGTERM)
+    start = time.time()
+    try:
+        rc = s.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("service did not exit within 30 s of SIGTERM")
+    took, hung = time.time() - start, join()
+    check(rc == 0, f"service exited with {rc} after SIGTERM while busy")
+    check(not bad and not hung, f"answers other than 200/503 during shutdown: {bad[:3]}")
+    check(counts["200"] > 0, f"no 200 at all: {counts}")
+    print(f"7. SIGTERM while busy: exit 0 in {took:.1f} s; {counts}")
+
+
+def section8(work, root):
+    model = os.path.join(work, "sm", "model")
+    shutil.copytree(os.path.join(root, "v1"), model)
+    env = dict(os.environ, SAGEMAKER_BIND_TO_PORT=str(free_port()))
+    sm = Server(["serve", f"--snapshot_root={model}", "--port=0"], os.path.join(work, "sm.log"), env)
+    check(sm.http == int(env["SAGEMAKER_BIND_TO_PORT"]), f"serve bound HTTP to {sm.http}")
+    sm.wait_ping()
+    start = time.time()
+    check(request(sm.http, "GET", "/ping", timeout=2)[0] == 200, "/ping not 200 once serving")
+    check(time.time() - start < 2, "/ping took over 2 s")
+    check(sm.health() == H.HealthCheckResponse.SERVING, "serve: /ping 200 but health not SERVING")
+    r = hits_of(*post_image(sm.http, "rocket.jpg"), "serve image query")
+    check(r["hits"][0]["id"] == "rocket.jpg", r)
+    sm.stop()
+    print("8. `serve` (SageMaker): /ping, /invocations, SIGTERM -> exit 0")
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="imagesearch_http_")
+    try:
+        root = os.path.join(work, "root")
+        index(root)
+        s = section1(work, root)
+        section2_3_4(s)
+        section5(s, work, root)
+        section6(s)
+        section7(s)
+        section8(work, root)
+    finally:
+        for p in SERVERS:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    print("http frontend e2e: 1 passed, 0 failed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

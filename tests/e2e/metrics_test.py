@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""End to end for the query service's Prometheus metrics (GET /metrics) with
+the real binary over a snapshot of tests/data/images indexed with the default
+model: known traffic over HTTP and gRPC moves the counters by exactly that
+much, and the snapshot gauges describe the live snapshot.
+
+Usage: metrics_test.py BUILD_DIR SOURCE_DIR DEFAULT_MODEL
+"""
+import http.client
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import grpc_stubs  # noqa: E402
+
+BUILD, SRC, DEFAULT = sys.argv[1:4]
+IMAGES = os.path.join(SRC, "tests", "data", "images")
+INDEXER = os.path.join(BUILD, "services", "indexer", "imagesearch-indexer")
+QUERY = os.path.join(BUILD, "services", "query", "imagesearch-query")
+pb, pb_grpc = grpc_stubs.load(os.path.join(SRC, "proto"))
+import grpc  # noqa: E402
+
+LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?$')
+LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?')
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def read(name):
+    with open(os.path.join(IMAGES, name), "rb") as f:
+        return f.read()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(port, method, path, body=None, headers=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, r.getheader("Content-Type") or "", r.read()
+    finally:
+        c.close()
+
+
+def parse(text):
+    """Prometheus text format -> {(name, frozenset of (label, value)): float}."""
+    series = {}
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        m = LINE.match(line)
+        check(m is not None, f"unparsable metrics line: {line!r}")
+        name, labels, value = m.groups()
+        pairs = []
+        rest = labels or ""
+        while rest.strip():
+            lm = LABEL.match(rest)
+            check(lm is not None, f"unparsable labels in {line!r}")
+            pairs.append((lm.group(1), lm.group(2)))
+            rest = rest[lm.end():]
+        series[(name, frozenset(pairs))] = float(value)
+    return series
+
+
+def get(series, name, **labels):
+    return series.get((name, frozenset(labels.items())), 0.0)
+
+
+def scrape(port):
+    status, ctype, body = request(port, "GET", "/metrics")
+    check(status == 200, f"/metrics answered {status}")
+    check(ctype.startswith("text/plain"), f"/metrics Content-Type is {ctype!r}")
+    return parse(body.decode())
+
+
+REQ = "imagesearch_requests_total"
+EXPECTED_DELTAS = [
+    ((REQ, {"code": "OK", "front": "http", "method": "Search"}), 3),
+    ((REQ, {"code": "NOT_FOUND", "front": "http", "method": "Search"}), 1),
+    ((REQ, {"code": "OK", "front": "grpc", "method": "Search"}), 2),
+    ((REQ, {"code": "INVALID_ARGUMENT", "front": "grpc", "method": "Search"}), 1),
+    ((REQ, {"code": "OK", "front": "grpc", "method": "Embed"}), 1),
+    (("imagesearch_request_duration_seconds_count", {"front": "http", "method": "Search"}), 4),
+    (("imagesearch_embed_queue_seconds_count", {"kind": "image"}), 5),
+    (("imagesearch_embed_batch_size_sum", {"kind": "image"}), 5),
+]
+
+
+def deltas(before, after):
+    return [(name, labels, get(after, name, **labels) - get(before, name, **labels), want)
+            for (name, labels), want in EXPECTED_DELTAS]
+
+
+def send_traffic(port, stub):
+    for name in ("coffee.png", "camera.png", "astronaut.png"):
+        st, _, data = request(port, "POST", "/invocations?top_k=3", read(name),
+                              {"Content-Type": "image/png"})
+        check(st == 200 and json.loads(data)["hits"][0]["id"] == name, f"{name}: {st} {data[:200]}")
+    st, _, data = request(port, "POST", "/invocations", json.dumps({"id": "no-such-id"}),
+                          {"Content-Type": "application/json"})
+    check(st == 404, f"unknown id over HTTP: {st} {data[:200]}")
+    for i in ("rocket.jpg", "coffee.png"):
+        check(len(stub.Search(pb.SearchRequest(id=i, top_k=3)).hits) == 3, f"gRPC Search id={i}")
+    try:
+        stub.Search(pb.SearchRequest(id="rocket.jpg", top_k=5000))
+        raise AssertionError("top_k=5000 did not fail")
+    except grpc.RpcError as e:
+        check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"top_k=5000: {e.code()}")
+    emb = stub.Embed(pb.EmbedRequest(inputs=[pb.EmbedInput(image=read("rocket.jpg")),
+                                             pb.EmbedInput(image=read("logo.png"))]))
+    check(len(emb.embeddings) == 2, f"Embed answered {len(emb.embeddings)} vectors")
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="imagesearch_metrics_")
+    proc = None
+    try:
+        root = os.path.join(work, "root")
+        out = subprocess.run([INDEXER, f"--input={IMAGES}", f"--root={root}", f"--model={DEFAULT}",
+                              "--max_reject_ratio=0.5", "--progress=none", "--ef_construction=64"],
+                             capture_output=True, text=True)
+        check(out.returncode == 0, f"indexer failed: {out.stderr}")
+        print(out.stdout.strip())
+        proc = subprocess.Popen([QUERY, f"--snapshot_root={root}", "--host=127.0.0.1", "--port=0",
+                                 f"--http_port={free_port()}"], stdout=subprocess.PIPE, text=True,
+                                stderr=open(os.path.join(work, "query.log"), "w"))
+        lines = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+        grpc_port = int(lines.get(timeout=60).split()[-1])
+        http_line = lines.get(timeout=60)
+        check(http_line.startswith("http listening on port"), f"stdout: {http_line!r}")
+        port = int(http_line.split()[-1])
+        until = time.time() + 60
+        while request(port, "GET", "/ping")[0] != 200:
+            check(time.time() < until, "/ping never answered 200")
+            time.sleep(0.1)
+        stub = pb_grpc.ImageSearchStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
+        info = stub.GetInfo(pb.GetInfoRequest())
+
+        before = scrape(port)
+        send_traffic(port, stub)
+        # A request is counted just after its answer is sent: allow a moment.
+        until = time.time() + 5
+        while True:
+            after = scrape(port)
+            d = deltas(before, after)
+            if all(got == want for _, _, got, want in d) or time.time() > until:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        after = scrape(port)  # Nothing more may arrive late.
+        for name, labels, got, want in deltas(before, after):
+            check(got == want, f"{name}{labels}: delta {got}, expected {want}")
+        print("deltas: " + ", ".join(f"{n}{l}+{int(g)}" for n, l, g, _ in deltas(before, after)))
+
+        check(get(after, "imagesearch_inflight_requests") == 0,
+              f"inflight = {get(after, 'imagesearch_inflight_requests')}")
+        check(get(after, "imagesearch_snapshot_version") == 1, "snapshot_version != 1")
+        check(get(after, "imagesearch_snapshot_vectors") == info.vector_count,
+              f"snapshot_vectors {get(after, 'imagesearch_snapshot_vectors')} != "
+              f"{info.vector_count}")
+        check(get(after, "imagesearch_snapshot_loads_total", result="ok") == 1,
+              f"snapshot loads ok = {get(after, 'imagesearch_snapshot_loads_total', result='ok')}")
+        build = {labels: v for (n, labels), v in after.items() if n == "imagesearch_build_info"}
+        check(len(build) == 1, f"build_info series: {build}")
+        labels, value = next(iter(build.items()))
+        check(dict(labels).get("model") == info.model.name and info.model.name and value == 1,
+              f"build_info {dict(labels)} = {value}, model {info.model.name!r}")
+        print(f"gauges: inflight 0, snapshot v1 with {info.vector_count} vectors, 1 load, "
+              f"build_info model={info.model.name}")
+        proc.send_signal(signal.SIGTERM)
+        check(proc.wait(timeout=30) == 0, "service did not exit 0 on SIGTERM")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    print("metrics e2e: 1 passed, 0 failed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
