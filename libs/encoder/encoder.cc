@@ -329,6 +329,26 @@ absl::StatusOr<std::vector<float>> Encoder::EncodeTokens(absl::Span<const int64_
   return impl_->Run(info_, "encode_text", input, batch);
 }
 
+void Encoder::ParallelFor(int64_t n, const std::function<void(int64_t)>& fn) const {
+  if (n <= 0) return;
+  UseIntraOpThreads(impl_->intra_op_threads);
+  std::vector<char> done(static_cast<size_t>(n), 0);
+  try {
+    at::parallel_for(0, n, /*grain_size=*/1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        fn(i);
+        done[static_cast<size_t>(i)] = 1;
+      }
+    });
+  } catch (const std::exception&) {
+    // LibTorch could not schedule the work (fn itself does not throw):
+    // finish what is left on this thread.
+    for (int64_t i = 0; i < n; ++i) {
+      if (!done[static_cast<size_t>(i)]) fn(i);
+    }
+  }
+}
+
 absl::Status SetInterOpThreads(int n) {
   if (n < 1) {
     return absl::InvalidArgumentError(absl::StrCat("inter-op threads must be >= 1, got ", n));

@@ -13,6 +13,7 @@
 #define IMAGESEARCH_LIBS_ENCODER_ENCODER_H_
 
 #include <array>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -102,6 +103,12 @@ class Encoder {
   // an id outside [0, vocab_size).
   absl::StatusOr<std::vector<float>> EncodeTokens(absl::Span<const int64_t> token_ids,
                                                   int batch) const;
+
+  // Runs fn(i) for every i in [0, n) on the threads that run the model
+  // (LibTorch's intra-op pool), and returns when all are done. Work done
+  // this way right before a forward pass (decoding its images, say) does
+  // not compete with the pass for cores. `fn` must not throw.
+  void ParallelFor(int64_t n, const std::function<void(int64_t)>& fn) const;
 
  private:
   struct Impl;  // holds the torch::jit::Module

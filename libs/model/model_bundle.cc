@@ -78,4 +78,69 @@ absl::StatusOr<std::vector<float>> ModelBundle::EncodeTokens(
   return encoder_->EncodeTokens(flat, static_cast<int>(tokens.size()));
 }
 
+namespace {
+
+// Runs `encode` on the inputs that prepared and spreads its rows (or its
+// error) back over `out`, where the inputs that failed already hold theirs.
+template <typename Prepared, typename EncodeFn>
+void EncodePrepared(const std::vector<absl::StatusOr<Prepared>>& prepared, int dim,
+                    EncodeFn encode, ModelBundle::Embeddings* out) {
+  std::vector<const Prepared*> ok;
+  std::vector<size_t> index;
+  for (size_t i = 0; i < prepared.size(); ++i) {
+    if (prepared[i].ok()) {
+      ok.push_back(&*prepared[i]);
+      index.push_back(i);
+    }
+  }
+  if (ok.empty()) return;
+  absl::StatusOr<std::vector<float>> flat = encode(ok);
+  for (size_t j = 0; j < index.size(); ++j) {
+    if (!flat.ok()) {
+      (*out)[index[j]] = flat.status();
+    } else {
+      auto row = flat->begin() + static_cast<std::ptrdiff_t>(j * static_cast<size_t>(dim));
+      (*out)[index[j]] = std::vector<float>(row, row + dim);
+    }
+  }
+}
+
+}  // namespace
+
+ModelBundle::Embeddings ModelBundle::EmbedImages(
+    const std::vector<absl::string_view>& encoded) const {
+  std::vector<absl::StatusOr<image::RgbImage>> images(encoded.size(),
+                                                      absl::UnknownError("not decoded"));
+  encoder_->ParallelFor(static_cast<int64_t>(encoded.size()), [&](int64_t i) {
+    auto img = PreprocessImage(encoded[static_cast<size_t>(i)]);
+    images[static_cast<size_t>(i)] =
+        img.ok() ? std::move(img)
+                 : absl::InvalidArgumentError(absl::StrCat("image: ", img.status().message()));
+  });
+  Embeddings out(encoded.size(), absl::UnknownError("not encoded"));
+  for (size_t i = 0; i < images.size(); ++i) {
+    if (!images[i].ok()) out[i] = images[i].status();
+  }
+  EncodePrepared(images, dim(),
+                 [this](const std::vector<const image::RgbImage*>& b) { return EncodeImages(b); },
+                 &out);
+  return out;
+}
+
+ModelBundle::Embeddings ModelBundle::EmbedTexts(const std::vector<absl::string_view>& texts) const {
+  std::vector<absl::StatusOr<std::vector<int64_t>>> tokens;
+  tokens.reserve(texts.size());
+  for (absl::string_view t : texts) tokens.push_back(Tokenize(t));  // Microseconds each.
+  Embeddings out(texts.size(), absl::UnknownError("not encoded"));
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (!tokens[i].ok()) out[i] = tokens[i].status();
+  }
+  EncodePrepared(tokens, dim(),
+                 [this](const std::vector<const std::vector<int64_t>*>& b) {
+                   return EncodeTokens(b);
+                 },
+                 &out);
+  return out;
+}
+
 }  // namespace imagesearch::model

@@ -46,6 +46,15 @@ class ModelBundle {
   absl::StatusOr<std::vector<float>> EncodeTokens(
       const std::vector<const std::vector<int64_t>*>& tokens) const;
 
+  // One embedding (or the reason there is none) per input, for a batch of
+  // encoded images or of texts: decodes/tokenizes them on the model's own
+  // threads (Encoder::ParallelFor), then runs one forward pass over those
+  // that decoded. An undecodable image fails alone, with INVALID_ARGUMENT
+  // "image: ..."; an error of the forward pass fails every input.
+  using Embeddings = std::vector<absl::StatusOr<std::vector<float>>>;
+  Embeddings EmbedImages(const std::vector<absl::string_view>& encoded) const;
+  Embeddings EmbedTexts(const std::vector<absl::string_view>& texts) const;
+
  private:
   ModelBundle() = default;
   std::unique_ptr<encoder::Encoder> encoder_;

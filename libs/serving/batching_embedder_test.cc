@@ -8,32 +8,29 @@ namespace imagesearch::serving {
 namespace {
 
 // A model runtime without a model: an "image" is its bytes, the embedding is
-// {first byte, length}. Prepare blocks while `hold` is set, and counts calls.
+// {first byte, length}; "bad" does not decode. Embed blocks while `hold` is
+// set, and counts the inputs it embedded.
 class FakeRuntime final : public ModelRuntime {
  public:
   const std::string& name() const override { return name_; }
   int dim() const override { return 2; }
   bool has_text() const override { return false; }
-  absl::StatusOr<PreparedInput> Prepare(EmbedItem::Kind, absl::string_view data) const override {
-    prepared++;
+  Embeddings Embed(EmbedItem::Kind, const std::vector<absl::string_view>& inputs) const override {
+    calls++;
     while (hold) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    if (data == "bad") return absl::InvalidArgumentError("image: not an image");
-    PreparedInput in;
-    in.image.pixels.assign(data.begin(), data.end());
-    return in;
-  }
-  absl::StatusOr<std::vector<float>> Encode(
-      EmbedItem::Kind, const std::vector<const PreparedInput*>& batch) const override {
-    encoded += static_cast<int>(batch.size());
-    std::vector<float> out;
-    for (const auto* in : batch) {
-      out.push_back(static_cast<float>(in->image.pixels[0]));
-      out.push_back(static_cast<float>(in->image.pixels.size()));
+    Embeddings out;
+    for (absl::string_view in : inputs) {
+      if (in == "bad") {
+        out.push_back(absl::InvalidArgumentError("image: not an image"));
+      } else {
+        embedded++;
+        out.push_back(std::vector<float>{static_cast<float>(in[0]), static_cast<float>(in.size())});
+      }
     }
     return out;
   }
-  mutable std::atomic<int> prepared{0};
-  mutable std::atomic<int> encoded{0};
+  mutable std::atomic<int> calls{0};
+  mutable std::atomic<int> embedded{0};
   std::atomic<bool> hold{false};
 
  private:
@@ -57,7 +54,6 @@ struct Fixture {
     o.max_batch = 4;
     o.max_delay = absl::Milliseconds(1);
     o.max_queued_items = max_queued;
-    o.decode_threads = 2;
     embedder = std::make_unique<BatchingEmbedder>(std::move(r), o);
   }
   FakeRuntime* runtime;
@@ -91,35 +87,35 @@ TEST_CASE("An expired call is neither decoded nor encoded") {
   auto v = EmbedSync(*f.embedder, {Image("a")}, expired);
   CHECK(absl::IsDeadlineExceeded(v.status()));
   CHECK(v.status().message() == "deadline passed before decoding");
-  CHECK(f.runtime->prepared == 0);
-  CHECK(f.runtime->encoded == 0);
+  CHECK(f.runtime->calls == 0);
 }
 
-TEST_CASE("A call that expires during decoding never reaches the model") {
+TEST_CASE("A call that expires while queued never reaches the model") {
   Fixture f;
   f.runtime->hold = true;
+  std::promise<absl::Status> first, second;
+  f.embedder->Embed({Image("a")}, {},
+                    [&](absl::StatusOr<Embedder::Vectors> v) { first.set_value(v.status()); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // The model holds "a".
   CallContext soon;
-  soon.deadline = absl::Now() + absl::Milliseconds(50);
-  std::promise<absl::Status> p;
-  f.embedder->Embed({Image("a")}, soon, [&](absl::StatusOr<Embedder::Vectors> v) {
-    p.set_value(v.status());
-  });
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  soon.deadline = absl::Now() + absl::Milliseconds(30);
+  f.embedder->Embed({Image("b")}, soon,
+                    [&](absl::StatusOr<Embedder::Vectors> v) { second.set_value(v.status()); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(80));
   f.runtime->hold = false;
-  absl::Status s = p.get_future().get();
+  CHECK(first.get_future().get().ok());
+  absl::Status s = second.get_future().get();
   CHECK(absl::IsDeadlineExceeded(s));
-  CHECK(s.message() == "deadline passed before encoding");
-  CHECK(f.runtime->prepared == 1);
-  CHECK(f.runtime->encoded == 0);
+  CHECK(s.message() == "deadline passed before the model ran");
+  CHECK(f.runtime->embedded == 1);  // "a" only.
 }
 
 TEST_CASE("Admission is all-or-nothing and refuses at once past max_queued_items") {
   Fixture f(/*max_queued=*/3);
-  f.runtime->hold = true;  // Keep two items in the decode pool.
+  f.runtime->hold = true;  // Keep the first call's items in the model.
   std::promise<absl::Status> first;
-  f.embedder->Embed({Image("a"), Image("b")}, {}, [&](absl::StatusOr<Embedder::Vectors> v) {
-    first.set_value(v.status());
-  });
+  f.embedder->Embed({Image("a"), Image("b")}, {},
+                    [&](absl::StatusOr<Embedder::Vectors> v) { first.set_value(v.status()); });
   auto refused = EmbedSync(*f.embedder, {Image("c"), Image("d")});  // 2 + 2 > 3.
   CHECK(absl::IsResourceExhausted(refused.status()));
   CHECK(refused.status().message() ==

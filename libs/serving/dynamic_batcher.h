@@ -18,6 +18,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -33,6 +34,12 @@ struct BatcherOptions {
   int max_batch = 4;
   absl::Duration max_delay = absl::Milliseconds(2);
   size_t max_queue = 256;  // Beyond this Submit fails with RESOURCE_EXHAUSTED.
+  // Worker threads, each forming and running its own batches from the one
+  // queue (Triton's instance count): with 2, one batch runs while the next
+  // forms and runs. The batch function must then be thread-safe.
+  int workers = 1;
+  // Names what an item expired before, in DEADLINE_EXCEEDED / CANCELLED.
+  std::string stage = "encoding";
 };
 
 // What one batch cost; given to the observer after the batch function ran.
@@ -52,10 +59,10 @@ class DynamicBatcher {
   using Observer = std::function<void(const BatchStats&)>;
 
   DynamicBatcher(BatcherOptions options, BatchFn fn, Observer observer = nullptr)
-      : options_(options),
-        fn_(std::move(fn)),
-        observer_(std::move(observer)),
-        worker_([this] { Loop(); }) {}
+      : options_(options), fn_(std::move(fn)), observer_(std::move(observer)) {
+    for (int i = 0; i < std::max(1, options_.workers); ++i)
+      workers_.emplace_back([this] { Loop(); });
+  }
 
   ~DynamicBatcher() {
     {
@@ -63,7 +70,7 @@ class DynamicBatcher {
       stop_ = true;
     }
     cv_.notify_all();
-    worker_.join();
+    for (auto& w : workers_) w.join();
   }
 
   DynamicBatcher(const DynamicBatcher&) = delete;
@@ -73,8 +80,7 @@ class DynamicBatcher {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!stop_ && queue_.size() < options_.max_queue) {
-        queue_.push_back(
-            Item{std::move(input), std::move(context), std::move(done), Clock::now()});
+        queue_.push_back(Item{std::move(input), std::move(context), std::move(done), Clock::now()});
         cv_.notify_all();
         return;
       }
@@ -119,7 +125,7 @@ class DynamicBatcher {
     std::vector<Item> live;
     live.reserve(batch.size());
     for (auto& item : batch) {
-      if (absl::Status s = item.context.Check("encoding"); !s.ok()) {
+      if (absl::Status s = item.context.Check(options_.stage); !s.ok()) {
         item.done(s);  // Expired while queued: no model time spent on it.
       } else {
         live.push_back(std::move(item));
@@ -135,7 +141,8 @@ class DynamicBatcher {
       BatchStats stats;
       stats.size = live.size();
       stats.run_time = absl::FromChrono(Clock::now() - run_start);
-      for (const auto& item : live) stats.queue_times.push_back(absl::FromChrono(start - item.arrived));
+      for (const auto& item : live)
+        stats.queue_times.push_back(absl::FromChrono(start - item.arrived));
       observer_(stats);
     }
     for (size_t i = 0; i < live.size(); ++i) {
@@ -156,7 +163,7 @@ class DynamicBatcher {
   std::condition_variable cv_;
   std::deque<Item> queue_;
   bool stop_ = false;
-  std::thread worker_;  // Last: starts after everything above exists.
+  std::vector<std::thread> workers_;  // Last: start after everything above exists.
 };
 
 }  // namespace imagesearch::serving

@@ -119,5 +119,30 @@ TEST_CASE("Items whose deadline passed or whose client cancelled never reach the
   CHECK(encoded == 2);  // Items 0 and 3 only.
 }
 
+TEST_CASE("With two workers, two batches run at once") {
+  BatcherOptions o;
+  o.max_batch = 1;
+  o.max_delay = absl::ZeroDuration();
+  o.workers = 2;
+  std::atomic<int> running{0}, most{0};
+  DynamicBatcher<int, int> b(o, [&](std::vector<int>& in) -> absl::StatusOr<std::vector<int>> {
+    const int now = ++running;
+    int seen = most.load();
+    while (now > seen && !most.compare_exchange_weak(seen, now)) {
+    }
+    // Hold the batch until the other worker has one too (bounded wait).
+    for (int i = 0; i < 200 && most < 2; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    --running;
+    return std::vector<int>(in.size(), 1);
+  });
+  std::promise<void> a, c;
+  b.Submit(1, {}, [&](absl::StatusOr<int>) { a.set_value(); });
+  b.Submit(2, {}, [&](absl::StatusOr<int>) { c.set_value(); });
+  a.get_future().wait();
+  c.get_future().wait();
+  CHECK(most == 2);
+}
+
 }  // namespace
 }  // namespace imagesearch::serving

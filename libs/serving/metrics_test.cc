@@ -26,7 +26,8 @@ TEST_CASE("Metrics are exported in Prometheus text format with the documented na
   m.SetLiveSnapshot(7, 1000, "mobilenet");
   const std::string t = m.Serialize();
   CHECK(Has(t, "imagesearch_requests_total{code=\"OK\",front=\"grpc\",method=\"Search\"} 2"));
-  CHECK(Has(t, "imagesearch_requests_total{code=\"NOT_FOUND\",front=\"http\",method=\"Search\"} 1"));
+  CHECK(
+      Has(t, "imagesearch_requests_total{code=\"NOT_FOUND\",front=\"http\",method=\"Search\"} 1"));
   CHECK(Has(t, "imagesearch_request_duration_seconds_count{front=\"grpc\",method=\"Search\"} 2"));
   CHECK(Has(t, "imagesearch_inflight_requests 1"));
   CHECK(Has(t, "imagesearch_embed_batch_size_sum{kind=\"image\"} 3"));

@@ -63,9 +63,9 @@ EmbedderFactory PluginEmbedderFactory(ModelPluginOptions options) {
     state->load(snap.model_path(), options.runtime, &runtime);
     if (!runtime.ok()) return runtime.status();
     if ((*runtime)->name() != snap.manifest().model.name) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("model.pt is '", (*runtime)->name(), "' but the manifest says '",
-                       snap.manifest().model.name, "'"));
+      return absl::FailedPreconditionError(absl::StrCat("model.pt is '", (*runtime)->name(),
+                                                        "' but the manifest says '",
+                                                        snap.manifest().model.name, "'"));
     }
     return std::shared_ptr<Embedder>(
         std::make_shared<BatchingEmbedder>(*std::move(runtime), options.embedder));

@@ -23,7 +23,6 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "libs/image/image.h"  // RgbImage only: a plain struct.
 #include "libs/serving/embedder.h"
 
 namespace imagesearch::serving {
@@ -35,28 +34,21 @@ struct ModelRuntimeOptions {
   int64_t max_pixels = 64'000'000;  // Decompression-bomb guard.
 };
 
-// An input made ready for the model: a decoded, resized and cropped image,
-// or token ids.
-struct PreparedInput {
-  image::RgbImage image;
-  std::vector<int64_t> tokens;
-};
-
 // One loaded and warmed model. Thread-safe.
 class ModelRuntime {
  public:
+  using Embeddings = std::vector<absl::StatusOr<std::vector<float>>>;
   virtual ~ModelRuntime() = default;
   virtual const std::string& name() const = 0;
   virtual int dim() const = 0;
   virtual bool has_text() const = 0;
-  // Decodes and preprocesses an image, or tokenizes a text. CPU-bound; runs
-  // on the service's decode pool. INVALID_ARGUMENT for an undecodable image,
-  // FAILED_PRECONDITION for text on an image-only model.
-  virtual absl::StatusOr<PreparedInput> Prepare(EmbedItem::Kind kind,
-                                                absl::string_view data) const = 0;
-  // Runs the model on a batch of inputs of one kind: batch x dim floats.
-  virtual absl::StatusOr<std::vector<float>> Encode(
-      EmbedItem::Kind kind, const std::vector<const PreparedInput*>& batch) const = 0;
+  // Embeds a batch of inputs of one kind (encoded images, or texts): one
+  // result per input. Images are decoded on the model's own threads, right
+  // before the forward pass, so decoding never competes with a pass for
+  // cores. An undecodable image fails alone (INVALID_ARGUMENT "image: ...");
+  // text on an image-only model is FAILED_PRECONDITION.
+  virtual Embeddings Embed(EmbedItem::Kind kind,
+                           const std::vector<absl::string_view>& inputs) const = 0;
 };
 
 // The module's one exported symbol. Loads the model at `path`, warms it up

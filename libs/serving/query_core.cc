@@ -36,8 +36,8 @@ absl::Status CheckPayload(const Query& q, const QueryCoreOptions& o, absl::strin
   if (q.data.empty()) return absl::InvalidArgumentError(absl::StrCat(what, " is empty"));
   const size_t limit = text ? o.max_text_bytes : o.max_image_bytes;
   if (q.data.size() > limit) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " is ", q.data.size(),
-                                                   " bytes; the limit is ", limit));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " is ", q.data.size(), " bytes; the limit is ", limit));
   }
   return absl::OkStatus();
 }
@@ -99,9 +99,8 @@ absl::Status QueryCore::Admit() const {
   if (draining_) return absl::UnavailableError("server is shutting down");
   // inflight_ already counts the caller.
   if (inflight_.load() > options_.max_inflight_requests) {
-    return absl::ResourceExhaustedError(absl::StrCat("server overloaded: ",
-                                                     options_.max_inflight_requests,
-                                                     " requests already in flight"));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "server overloaded: ", options_.max_inflight_requests, " requests already in flight"));
   }
   return absl::OkStatus();
 }
@@ -115,7 +114,8 @@ void QueryCore::Search(const Query& query, const CallContext& context, Done<Sear
   const snapshot::Snapshot& snap = *state->snapshot;
   switch (query.kind) {
     case Query::Kind::kNone:
-      return done(absl::InvalidArgumentError("query is empty: set one of vector, id, image or text"));
+      return done(
+          absl::InvalidArgumentError("query is empty: set one of vector, id, image or text"));
     case Query::Kind::kVector:
     case Query::Kind::kId: {
       auto q = VectorQuery(snap, query);
@@ -134,17 +134,17 @@ void QueryCore::Search(const Query& query, const CallContext& context, Done<Sear
       if (absl::Status s = context.Check("decoding"); !s.ok()) return done(s);
       std::vector<EmbedItem> items;
       items.push_back(ToEmbedItem(query));
-      state->embedder->Embed(
-          std::move(items), context,
-          [state, context, params = query.params,
-           done = std::move(done)](absl::StatusOr<Embedder::Vectors> v) {
-            if (!v.ok()) return done(v.status());
-            const snapshot::Snapshot& snap = *state->snapshot;
-            auto q = PrepareQueryVector(snap, (*v)[0].data(), (*v)[0].size());
-            if (!q.ok()) return done(q.status());
-            if (absl::Status s = context.Check("the search started"); !s.ok()) return done(s);
-            done(RunSearch(snap, *q, params));
-          });
+      state->embedder->Embed(std::move(items), context,
+                             [state, context, params = query.params,
+                              done = std::move(done)](absl::StatusOr<Embedder::Vectors> v) {
+                               if (!v.ok()) return done(v.status());
+                               const snapshot::Snapshot& snap = *state->snapshot;
+                               auto q = PrepareQueryVector(snap, (*v)[0].data(), (*v)[0].size());
+                               if (!q.ok()) return done(q.status());
+                               if (absl::Status s = context.Check("the search started"); !s.ok())
+                                 return done(s);
+                               done(RunSearch(snap, *q, params));
+                             });
       return;
     }
   }
@@ -193,8 +193,8 @@ void QueryCore::SearchBatch(absl::Span<const Query> queries, const CallContext& 
       }
     }
     if (!status.ok()) {
-      return done(absl::Status(status.code(),
-                               absl::StrCat("requests[", i, "]: ", status.message())));
+      return done(
+          absl::Status(status.code(), absl::StrCat("requests[", i, "]: ", status.message())));
     }
   }
   if (absl::Status s = context.Check("the search started"); !s.ok()) return done(s);

@@ -77,7 +77,8 @@ TEST_CASE("Everything checkable is checked before any work, with precise errors"
   CHECK(f.Search(image).status().message() == "query image is empty");
   std::string big(17 << 20, 'x');
   image.data = big;
-  CHECK(f.Search(image).status().message() == "query image is 17825792 bytes; the limit is 16777216");
+  CHECK(f.Search(image).status().message() ==
+        "query image is 17825792 bytes; the limit is 16777216");
   image.data = "png bytes";
   CHECK(absl::IsFailedPrecondition(f.Search(image).status()));  // Vector-only snapshot.
   image.params.ef = 20000;
@@ -119,10 +120,10 @@ TEST_CASE("SearchBatch validates every query first and names the failing one") {
   std::vector<float> v(8, 1.0f), bad(2, 1.0f);
   std::vector<Query> qs = {VectorQuery(v), VectorQuery(bad)};
   absl::Status status;
-  f.core->SearchBatch(qs, {}, [&](absl::StatusOr<std::vector<SearchResult>> r) {
-    status = r.status();
-  });
-  CHECK(status.message() == "requests[1]: query vector has 2 values but snapshot v1 has dimension 8");
+  f.core->SearchBatch(qs, {},
+                      [&](absl::StatusOr<std::vector<SearchResult>> r) { status = r.status(); });
+  CHECK(status.message() ==
+        "requests[1]: query vector has 2 values but snapshot v1 has dimension 8");
   qs.pop_back();
   size_t answers = 0;
   f.core->SearchBatch(qs, {}, [&](absl::StatusOr<std::vector<SearchResult>> r) {

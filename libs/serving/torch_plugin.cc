@@ -4,7 +4,6 @@
 #include <string>
 #include <utility>
 
-#include "absl/strings/str_cat.h"
 #include "libs/model/model_bundle.h"
 #include "libs/serving/model_runtime.h"
 
@@ -20,35 +19,10 @@ class TorchModelRuntime final : public ModelRuntime {
   int dim() const override { return bundle_->dim(); }
   bool has_text() const override { return bundle_->has_text(); }
 
-  absl::StatusOr<PreparedInput> Prepare(EmbedItem::Kind kind,
-                                        absl::string_view data) const override {
-    PreparedInput in;
-    if (kind == EmbedItem::Kind::kText) {
-      auto tokens = bundle_->Tokenize(data);
-      if (!tokens.ok()) return tokens.status();
-      in.tokens = std::move(*tokens);
-      return in;
-    }
-    auto img = bundle_->PreprocessImage(data);
-    if (!img.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("image: ", img.status().message()));
-    }
-    in.image = std::move(*img);
-    return in;
-  }
-
-  absl::StatusOr<std::vector<float>> Encode(
-      EmbedItem::Kind kind, const std::vector<const PreparedInput*>& batch) const override {
-    if (kind == EmbedItem::Kind::kText) {
-      std::vector<const std::vector<int64_t>*> tokens;
-      tokens.reserve(batch.size());
-      for (const PreparedInput* in : batch) tokens.push_back(&in->tokens);
-      return bundle_->EncodeTokens(tokens);
-    }
-    std::vector<const image::RgbImage*> images;
-    images.reserve(batch.size());
-    for (const PreparedInput* in : batch) images.push_back(&in->image);
-    return bundle_->EncodeImages(images);
+  Embeddings Embed(EmbedItem::Kind kind,
+                   const std::vector<absl::string_view>& inputs) const override {
+    return kind == EmbedItem::Kind::kText ? bundle_->EmbedTexts(inputs)
+                                          : bundle_->EmbedImages(inputs);
   }
 
  private:

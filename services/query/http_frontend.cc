@@ -26,8 +26,9 @@ constexpr char kJson[] = "application/json";
 
 void SendError(httplib::Response& res, const absl::Status& s, int http_status = 0) {
   res.status = http_status != 0 ? http_status : HttpStatusOf(s.code());
-  json body = {{"error",
-                {{"code", absl::StatusCodeToString(s.code())}, {"message", std::string(s.message())}}}};
+  json body = {
+      {"error",
+       {{"code", absl::StatusCodeToString(s.code())}, {"message", std::string(s.message())}}}};
   res.set_content(body.dump(), kJson);
 }
 
@@ -190,7 +191,9 @@ int HttpStatusOf(absl::StatusCode code) {
 
 HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
                            HttpFrontendOptions options)
-    : core_(core), metrics_(metrics), options_(std::move(options)),
+    : core_(core),
+      metrics_(metrics),
+      options_(std::move(options)),
       server_(std::make_unique<httplib::Server>()) {
   const int threads = std::max(1, options_.threads);
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
@@ -228,19 +231,19 @@ HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
 
   server_->set_error_handler(httplib::Server::HandlerWithResponse(
       [this, refuse, too_large](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    if (res.status == 404) {
-      SendError(res, absl::NotFoundError(absl::StrCat("no route ", req.method, " ", req.path,
-                                                      "; routes: GET /ping, POST /invocations, "
-                                                      "GET /metrics")));
-    } else if (res.status == 413) {
-      refuse(res, too_large(req), 413);
-    } else {
-      SendError(res, absl::InvalidArgumentError(absl::StrCat("HTTP error ", res.status)),
-                res.status);
-    }
-    return httplib::Server::HandlerResponse::Handled;
-  }));
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        if (res.status == 404) {
+          SendError(res, absl::NotFoundError(absl::StrCat("no route ", req.method, " ", req.path,
+                                                          "; routes: GET /ping, POST /invocations, "
+                                                          "GET /metrics")));
+        } else if (res.status == 413) {
+          refuse(res, too_large(req), 413);
+        } else {
+          SendError(res, absl::InvalidArgumentError(absl::StrCat("HTTP error ", res.status)),
+                    res.status);
+        }
+        return httplib::Server::HandlerResponse::Handled;
+      }));
 
   server_->Get("/ping", [this](const httplib::Request&, httplib::Response& res) {
     res.status = core_->Serving() ? 200 : 503;
@@ -254,40 +257,40 @@ HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
     SendError(res, absl::UnimplementedError("use POST /invocations"), 405);
   });
 
-  server_->Post("/invocations", [this, refuse](const httplib::Request& req,
-                                               httplib::Response& res) {
-    Query q;
-    absl::Duration timeout = options_.timeout;
-    std::vector<float> vector;
-    std::string bytes;
-    if (absl::Status s = ApplyParams(req, &q, &timeout); !s.ok()) return refuse(res, s);
-    const std::string type = MediaType(req);
-    if (IsImageType(type)) {
-      q.kind = Query::Kind::kImage;
-      q.data = req.body;
-    } else if (type == kJson) {
-      if (absl::Status s = QueryFromJson(req.body, &q, &vector, &bytes); !s.ok()) {
-        return refuse(res, s);
-      }
-    } else {
-      return refuse(res,
-                    absl::InvalidArgumentError(absl::StrCat(
-                        "Content-Type '", type.substr(0, 64),
-                        "' is not supported; send image/jpeg, image/png, image/webp or "
-                        "application/json")),
-                    415);
-    }
-    serving::CallContext context;
-    context.front = "http";
-    context.deadline = absl::Now() + timeout;
-    std::promise<absl::StatusOr<serving::SearchResult>> answer;
-    core_->Search(q, context, [&answer](absl::StatusOr<serving::SearchResult> r) {
-      answer.set_value(std::move(r));
-    });
-    absl::StatusOr<serving::SearchResult> r = answer.get_future().get();
-    if (!r.ok()) return SendError(res, r.status());
-    res.set_content(HitsJson(*r).dump(), kJson);
-  });
+  server_->Post(
+      "/invocations", [this, refuse](const httplib::Request& req, httplib::Response& res) {
+        Query q;
+        absl::Duration timeout = options_.timeout;
+        std::vector<float> vector;
+        std::string bytes;
+        if (absl::Status s = ApplyParams(req, &q, &timeout); !s.ok()) return refuse(res, s);
+        const std::string type = MediaType(req);
+        if (IsImageType(type)) {
+          q.kind = Query::Kind::kImage;
+          q.data = req.body;
+        } else if (type == kJson) {
+          if (absl::Status s = QueryFromJson(req.body, &q, &vector, &bytes); !s.ok()) {
+            return refuse(res, s);
+          }
+        } else {
+          return refuse(res,
+                        absl::InvalidArgumentError(absl::StrCat(
+                            "Content-Type '", type.substr(0, 64),
+                            "' is not supported; send image/jpeg, image/png, image/webp or "
+                            "application/json")),
+                        415);
+        }
+        serving::CallContext context;
+        context.front = "http";
+        context.deadline = absl::Now() + timeout;
+        std::promise<absl::StatusOr<serving::SearchResult>> answer;
+        core_->Search(q, context, [&answer](absl::StatusOr<serving::SearchResult> r) {
+          answer.set_value(std::move(r));
+        });
+        absl::StatusOr<serving::SearchResult> r = answer.get_future().get();
+        if (!r.ok()) return SendError(res, r.status());
+        res.set_content(HitsJson(*r).dump(), kJson);
+      });
 }
 
 HttpFrontend::~HttpFrontend() { Stop(); }

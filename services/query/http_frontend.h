@@ -38,8 +38,8 @@ namespace imagesearch {
 struct HttpFrontendOptions {
   std::string host = "0.0.0.0";
   int port = 8080;
-  int threads = 16;                     // Connections served at once.
-  size_t max_body_bytes = 6 << 20;      // Larger bodies get 413.
+  int threads = 16;                            // Connections served at once.
+  size_t max_body_bytes = 6 << 20;             // Larger bodies get 413.
   absl::Duration timeout = absl::Seconds(60);  // Deadline of each request.
 };
 

@@ -101,7 +101,8 @@ grpc::ServerUnaryReactor* ImageSearchService::SearchBatch(grpc::CallbackServerCo
                      [reactor, response](absl::StatusOr<std::vector<serving::SearchResult>> r) {
                        if (r.ok()) {
                          for (const auto& one : *r) FillHits(one, response->add_responses());
-                         if (!r->empty()) response->set_snapshot_version(r->front().snapshot_version);
+                         if (!r->empty())
+                           response->set_snapshot_version(r->front().snapshot_version);
                        }
                        reactor->Finish(ToGrpc(r.status()));
                      });

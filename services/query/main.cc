@@ -53,7 +53,6 @@ ABSL_FLAG(int, max_inflight_requests, 256,
 ABSL_FLAG(int, max_queued_embeds, 256,
           "Image/text items admitted but not yet encoded; beyond it image/text requests get "
           "RESOURCE_EXHAUSTED (HTTP 429) at once.");
-ABSL_FLAG(int, decode_threads, 0, "Threads decoding images and tokenizing texts; 0 = cores.");
 ABSL_FLAG(int, poll_ms, 500, "How often to check CURRENT for a new version, in milliseconds.");
 ABSL_FLAG(std::string, verify, "checksums",
           "Snapshot verification at load: 'checksums' (every byte, XXH3) or 'sizes' (O(1)).");
@@ -61,7 +60,10 @@ ABSL_FLAG(int, max_batch, 4,
           "Dynamic batcher: largest batch of image/text queries per forward pass.");
 ABSL_FLAG(int, max_delay_us, 2000,
           "Dynamic batcher: longest wait for more queries after the first of a batch.");
-ABSL_FLAG(int, encoder_threads, 0, "LibTorch intra-op threads of the encoder; 0 = cores.");
+ABSL_FLAG(int, model_instances, 1,
+          "Batches the model runs at once (each on its own thread), as Triton's instance count.");
+ABSL_FLAG(int, encoder_threads, 0,
+          "LibTorch intra-op threads per model instance; 0 = cores / model_instances.");
 ABSL_FLAG(std::string, model_plugin, "",
           "The model runtime module (LibTorch), loaded when a snapshot carries a model. "
           "Default: libimagesearch_torch_plugin.so next to this binary.");
@@ -124,16 +126,22 @@ int Run() {
   std::mutex server_mu;
   serving::SnapshotManagerOptions mopts;
   mopts.root = root;
-  mopts.verify = verify == "sizes" ? snapshot::VerifyMode::kSizes : snapshot::VerifyMode::kChecksums;
+  mopts.verify =
+      verify == "sizes" ? snapshot::VerifyMode::kSizes : snapshot::VerifyMode::kChecksums;
   mopts.poll_interval = absl::Milliseconds(absl::GetFlag(FLAGS_poll_ms));
   serving::ModelPluginOptions popts;
   popts.plugin_path = absl::GetFlag(FLAGS_model_plugin);
   if (popts.plugin_path.empty()) popts.plugin_path = serving::DefaultTorchPluginPath();
+  const int instances = std::max(1, absl::GetFlag(FLAGS_model_instances));
   popts.runtime.intra_op_threads = absl::GetFlag(FLAGS_encoder_threads);
+  if (popts.runtime.intra_op_threads <= 0) {
+    popts.runtime.intra_op_threads =
+        std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / instances);
+  }
+  popts.embedder.model_instances = instances;
   popts.embedder.max_batch = absl::GetFlag(FLAGS_max_batch);
   popts.embedder.max_delay = absl::Microseconds(absl::GetFlag(FLAGS_max_delay_us));
   popts.embedder.max_queued_items = static_cast<size_t>(absl::GetFlag(FLAGS_max_queued_embeds));
-  popts.embedder.decode_threads = absl::GetFlag(FLAGS_decode_threads);
   popts.embedder.metrics = &metrics;
   mopts.embedder_factory = serving::PluginEmbedderFactory(popts);
   mopts.on_load = [&metrics](bool ok, absl::Duration took) {
