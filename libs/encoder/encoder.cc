@@ -245,6 +245,13 @@ absl::StatusOr<std::unique_ptr<Encoder>> Encoder::Load(const std::string& model_
     return absl::InvalidArgumentError(
         absl::StrCat("model '", model_path, "' failed its warm-up: ", s.message()));
   };
+  // Warm up on one thread. The loading thread is not the one that will run
+  // the model; a 2-thread pass here would leave it an OpenMP worker pool for
+  // the life of the process, and once OpenMP manages more threads than there
+  // are cores it stops spinning between parallel regions, for every team:
+  // the model's forward pass then ran ~25% slower (tools/bench/README.md).
+  const int threads = encoder->impl_->intra_op_threads;
+  encoder->impl_->intra_op_threads = 1;
   if (absl::StatusOr<std::vector<float>> out = encoder->EncodeImages(image_ptrs); !out.ok()) {
     return warm_up_error(out.status());
   }
@@ -259,6 +266,7 @@ absl::StatusOr<std::unique_ptr<Encoder>> Encoder::Load(const std::string& model_
       return warm_up_error(out.status());
     }
   }
+  encoder->impl_->intra_op_threads = threads;
   return encoder;
 }
 

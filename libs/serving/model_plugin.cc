@@ -1,7 +1,6 @@
 #include "libs/serving/model_plugin.h"
 
 #include <dlfcn.h>
-#include <stdlib.h>
 #include <unistd.h>
 
 #include <memory>
@@ -32,15 +31,6 @@ EmbedderFactory PluginEmbedderFactory(ModelPluginOptions options) {
   return [state, options = std::move(options)](
              const snapshot::Snapshot& snap) -> absl::StatusOr<std::shared_ptr<Embedder>> {
     std::call_once(state->once, [&] {
-      // LibTorch's OpenMP threads busy-wait between parallel regions by
-      // default (OMP_WAIT_POLICY=active). In this process they share the
-      // cores with image decoding, gRPC/HTTP threads and the batcher, so the
-      // spinning steals exactly the CPU those need: on the 2-core machine,
-      // image queries through the service went from ~0.35x to ~0.85x of the
-      // encoder's in-process throughput with a passive wait
-      // (tools/bench/README.md). libgomp reads the variable once, when the
-      // plugin pulls it in, so set it now unless the operator already has.
-      ::setenv("OMP_WAIT_POLICY", "PASSIVE", /*overwrite=*/0);
       // The handle is never closed: runtimes live in it.
       void* handle = ::dlopen(options.plugin_path.c_str(), RTLD_NOW | RTLD_LOCAL);
       if (handle == nullptr) {
