@@ -73,54 +73,44 @@ absl::StatusOr<std::shared_ptr<const ServingState>> SnapshotManager::Load(
 absl::StatusOr<uint64_t> SnapshotManager::PollOnce() {
   std::lock_guard<std::mutex> lock(load_mu_);
   auto live = Current();
+  // The version to load: CURRENT's, or (nullopt) the single version directory.
+  std::optional<uint64_t> wanted;
   if (single_version_) {
-    if (live) return live->snapshot->version();
-    if (single_version_refused_) {
-      return absl::UnavailableError(absl::StrCat("snapshot ", options_.root, " was refused"));
+    if (live) return live->snapshot->version();  // It never changes.
+  } else {
+    auto current = snapshot::ReadCurrentVersion(options_.root);
+    if (!current.ok()) {
+      if (live) return live->snapshot->version();
+      return current.status();
     }
-    const absl::Time start = absl::Now();
-    auto loaded = Load(std::nullopt);
-    if (options_.on_load) options_.on_load(loaded.ok(), absl::Now() - start);
-    if (!loaded.ok()) {
-      single_version_refused_ = true;
-      LogError("refusing snapshot ", options_.root, ": ", loaded.status().ToString());
-      return loaded.status();
-    }
-    std::atomic_store(&state_, *loaded);
-    LogInfo("serving snapshot ", options_.root, " (v", (*loaded)->snapshot->version(), ", ",
-            (*loaded)->snapshot->manifest().count, " vectors, loaded in ",
-            absl::FormatDuration(absl::Now() - start), ")");
-    if (options_.on_swap) options_.on_swap(**loaded);
-    return (*loaded)->snapshot->version();
+    if (live && live->snapshot->version() == *current) return *current;
+    wanted = *current;
   }
-  auto current = snapshot::ReadCurrentVersion(options_.root);
-  if (!current.ok()) {
+  const std::string name = wanted.has_value() ? absl::StrCat("v", *wanted) : options_.root;
+  const uint64_t key = wanted.value_or(0);  // Versions start at 1.
+  if (refused_ == key) {
     if (live) return live->snapshot->version();
-    return current.status();
-  }
-  if (live && live->snapshot->version() == *current) return *current;
-  if (*current == refused_version_) {
-    if (live) return live->snapshot->version();
-    return absl::UnavailableError(absl::StrCat("snapshot v", *current, " was refused"));
+    return absl::UnavailableError(absl::StrCat("snapshot ", name, " was refused"));
   }
   const absl::Time start = absl::Now();
-  auto loaded = Load(*current);
+  auto loaded = Load(wanted);
   if (options_.on_load) options_.on_load(loaded.ok(), absl::Now() - start);
   if (!loaded.ok()) {
-    refused_version_ = *current;
-    LogError("refusing snapshot v", *current, ": ", loaded.status().ToString(),
+    refused_ = key;
+    LogError("refusing snapshot ", name, ": ", loaded.status().ToString(),
              live ? absl::StrCat("; still serving v", live->snapshot->version())
                   : std::string("; nothing is served yet"));
     if (live) return live->snapshot->version();
     return loaded.status();
   }
+  const snapshot::Snapshot& snap = *(*loaded)->snapshot;
   std::atomic_store(&state_, *loaded);
-  LogInfo("serving snapshot v", *current, " (", (*loaded)->snapshot->manifest().count,
-          " vectors, dim ", (*loaded)->snapshot->manifest().dim, ", loaded in ",
+  LogInfo("serving snapshot ", name, wanted.has_value() ? "" : absl::StrCat(" (v", snap.version(), ")"),
+          " (", snap.manifest().count, " vectors, dim ", snap.manifest().dim, ", loaded in ",
           absl::FormatDuration(absl::Now() - start), ")",
           live ? absl::StrCat(", replacing v", live->snapshot->version()) : std::string());
   if (options_.on_swap) options_.on_swap(**loaded);
-  return *current;
+  return snap.version();
 }
 
 void SnapshotManager::StartWatching() {

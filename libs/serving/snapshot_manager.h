@@ -83,8 +83,9 @@ class SnapshotManager {
   std::shared_ptr<const ServingState> state_;  // Accessed with std::atomic_load/store.
   std::mutex load_mu_;                         // Serialises PollOnce.
   const bool single_version_;
-  uint64_t refused_version_ = 0;               // Guarded by load_mu_.
-  bool single_version_refused_ = false;        // Guarded by load_mu_.
+  // The last version refused (0: the single version directory); not
+  // retried while CURRENT still names it. Guarded by load_mu_.
+  std::optional<uint64_t> refused_;
 
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;

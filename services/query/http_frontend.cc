@@ -212,9 +212,12 @@ HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
   // connection open and would parse it as further requests.)
   server_->set_payload_max_length(options_.max_body_bytes);
   auto too_large = [this](const httplib::Request& req) {
+    const std::string length = req.get_header_value("Content-Length").substr(0, 20);
     return absl::ResourceExhaustedError(
-        absl::StrCat("request body is ", req.get_header_value("Content-Length").substr(0, 20),
-                     " bytes; the limit is ", options_.max_body_bytes));
+        length.empty()
+            ? absl::StrCat("request body exceeds the limit of ", options_.max_body_bytes, " bytes")
+            : absl::StrCat("request body is ", length, " bytes; the limit is ",
+                           options_.max_body_bytes));
   };
   server_->set_expect_100_continue_handler(
       [this, refuse, too_large](const httplib::Request& req, httplib::Response& res) {
