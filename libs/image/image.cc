@@ -229,8 +229,29 @@ absl::Status CheckPixelCount(const LoaderInfo& loader, int64_t width, int64_t he
 
 // Everything after the format is known. Throws vips::VError on any libvips
 // failure, including corrupt pixel data found while decoding.
+// Encodes `image` (8-bit sRGB, in memory) as the thumbnail `options` asks for.
+std::string MakeThumbnail(VImage image, const ThumbnailOptions& options) {
+  const int long_side = std::max(image.width(), image.height());
+  if (long_side > options.max_side) {
+    image = image.resize(static_cast<double>(options.max_side) / long_side,
+                         VImage::option()->set("kernel", VIPS_KERNEL_LANCZOS3));
+  }
+  if (vips_image_get_orientation(image.get_image()) > 1) image = image.autorot();
+  void* buffer = nullptr;
+  size_t length = 0;
+  if (vips_jpegsave_buffer(image.get_image(), &buffer, &length, "Q", options.quality, "strip",
+                           TRUE, "optimize_coding", TRUE, nullptr) != 0) {
+    throw vips::VError();
+  }
+  std::string out(static_cast<const char*>(buffer), length);
+  g_free(buffer);
+  return out;
+}
+
 absl::StatusOr<RgbImage> DecodeAndPreprocessWith(const LoaderInfo& loader, std::string_view data,
-                                                 const PreprocessOptions& options) {
+                                                 const PreprocessOptions& options,
+                                                 const ThumbnailOptions* thumbnail,
+                                                 std::string* thumbnail_out) {
   const int side = options.image_size;
   // Check the size the header declares before any pixel is decoded.
   int64_t width = 0;
@@ -268,6 +289,12 @@ absl::StatusOr<RgbImage> DecodeAndPreprocessWith(const LoaderInfo& loader, std::
     if (image.bands() > 3) image = image.extract_band(0, VImage::option()->set("n", 3));
     if (image.bands() == 1) image = VImage::bandjoin({image, image, image});
     if (image.format() != VIPS_FORMAT_UCHAR) image = image.cast(VIPS_FORMAT_UCHAR);
+  }
+  if (thumbnail != nullptr) {
+    // Decode once into memory (corrupt data throws here); the thumbnail and
+    // the model input are both made from these pixels.
+    image = image.copy_memory();
+    *thumbnail_out = MakeThumbnail(image, *thumbnail);
   }
 
   // Crop and resize in the stored orientation, then materialise the small
@@ -380,9 +407,20 @@ absl::Status ValidatePreprocessOptions(const PreprocessOptions& options) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<RgbImage> DecodeAndPreprocess(std::string_view encoded,
-                                             const PreprocessOptions& options) {
+absl::StatusOr<DecodedImage> DecodeWithThumbnail(std::string_view encoded,
+                                                 const PreprocessOptions& options,
+                                                 const ThumbnailOptions* thumbnail) {
   RETURN_IF_ERROR(InitImageLibrary());
+  if (thumbnail != nullptr) {
+    if (thumbnail->max_side < 8 || thumbnail->max_side > 1024) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("thumbnail size must be in [8, 1024], got ", thumbnail->max_side));
+    }
+    if (thumbnail->quality < 1 || thumbnail->quality > 100) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("thumbnail quality must be in [1, 100], got ", thumbnail->quality));
+    }
+  }
   RETURN_IF_ERROR(ValidatePreprocessOptions(options));
   if (encoded.empty()) return absl::InvalidArgumentError("image is empty (0 bytes)");
   if (static_cast<int64_t>(encoded.size()) > options.max_bytes) {
@@ -403,7 +441,10 @@ absl::StatusOr<RgbImage> DecodeAndPreprocess(std::string_view encoded,
                                                    "); supported: ", kSupportedFormats));
   }
   try {
-    return DecodeAndPreprocessWith(*loader, encoded, options);
+    DecodedImage out;
+    ASSIGN_OR_RETURN(out.model_input, DecodeAndPreprocessWith(*loader, encoded, options, thumbnail,
+                                                              &out.thumbnail_jpeg));
+    return out;
   } catch (const vips::VError& e) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot decode ", loader->format,
@@ -415,15 +456,28 @@ absl::StatusOr<RgbImage> DecodeAndPreprocess(std::string_view encoded,
   }
 }
 
-absl::StatusOr<RgbImage> DecodeAndPreprocessFile(const std::string& path,
-                                                 const PreprocessOptions& options) {
+absl::StatusOr<RgbImage> DecodeAndPreprocess(std::string_view encoded,
+                                             const PreprocessOptions& options) {
+  ASSIGN_OR_RETURN(DecodedImage decoded, DecodeWithThumbnail(encoded, options, nullptr));
+  return std::move(decoded.model_input);
+}
+
+absl::StatusOr<DecodedImage> DecodeFileWithThumbnail(const std::string& path,
+                                                     const PreprocessOptions& options,
+                                                     const ThumbnailOptions* thumbnail) {
   absl::StatusOr<std::string> data = ReadImageFile(path, options.max_bytes);
   if (!data.ok()) return data.status();
-  absl::StatusOr<RgbImage> image = DecodeAndPreprocess(*data, options);
+  absl::StatusOr<DecodedImage> image = DecodeWithThumbnail(*data, options, thumbnail);
   if (!image.ok()) {
     return absl::Status(image.status().code(), absl::StrCat(path, ": ", image.status().message()));
   }
   return image;
+}
+
+absl::StatusOr<RgbImage> DecodeAndPreprocessFile(const std::string& path,
+                                                 const PreprocessOptions& options) {
+  ASSIGN_OR_RETURN(DecodedImage decoded, DecodeFileWithThumbnail(path, options, nullptr));
+  return std::move(decoded.model_input);
 }
 
 absl::StatusOr<std::string> ReadImageFile(const std::string& path, int64_t max_bytes) {

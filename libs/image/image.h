@@ -97,6 +97,31 @@ absl::StatusOr<RgbImage> DecodeAndPreprocess(std::string_view encoded,
 absl::StatusOr<RgbImage> DecodeAndPreprocessFile(const std::string& path,
                                                  const PreprocessOptions& options);
 
+// A small preview of the whole image (not the model's crop), for people to
+// look at: upright, RGB on white, at most max_side pixels on its long side
+// (never enlarged), encoded as baseline JPEG without metadata.
+struct ThumbnailOptions {
+  int max_side = 128;  // REQUIRES: 8 <= max_side <= 1024.
+  int quality = 80;    // JPEG quality, 1..100.
+};
+
+struct DecodedImage {
+  RgbImage model_input;       // Exactly what DecodeAndPreprocess returns.
+  std::string thumbnail_jpeg;  // Empty unless a thumbnail was asked for.
+};
+
+// DecodeAndPreprocess, plus (when `thumbnail` is set) a thumbnail made from
+// the same decode: the pixels are decoded once, held after colour
+// conversion, and both outputs are made from them. Same errors as
+// DecodeAndPreprocess, plus INVALID_ARGUMENT for bad thumbnail options.
+absl::StatusOr<DecodedImage> DecodeWithThumbnail(std::string_view encoded,
+                                                 const PreprocessOptions& options,
+                                                 const ThumbnailOptions* thumbnail);
+// ReadImageFile, then DecodeWithThumbnail. Error messages start with the path.
+absl::StatusOr<DecodedImage> DecodeFileWithThumbnail(const std::string& path,
+                                                     const PreprocessOptions& options,
+                                                     const ThumbnailOptions* thumbnail);
+
 // Reads a whole regular file, refusing (INVALID_ARGUMENT) one larger than
 // `max_bytes` before reading it. NOT_FOUND if it does not exist,
 // PERMISSION_DENIED if it cannot be opened for that reason, INVALID_ARGUMENT

@@ -10,6 +10,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace imagesearch::image {
@@ -560,6 +561,97 @@ TEST_CASE("model.json spellings round-trip", "[image]") {
   CHECK(absl::IsInvalidArgument(ParseInterpolation("lanczos").status()));
   CHECK(std::string(ParseInterpolation("").status().message()).find("bicubic") !=
         std::string::npos);
+}
+
+// Width and height from a baseline/progressive JPEG's SOF marker, or {0, 0}.
+std::pair<int, int> JpegSize(const std::string& jpeg) {
+  auto byte = [&jpeg](size_t i) { return static_cast<int>(static_cast<uint8_t>(jpeg[i])); };
+  if (jpeg.size() < 4 || byte(0) != 0xFF || byte(1) != 0xD8) return {0, 0};
+  size_t i = 2;
+  while (i + 9 < jpeg.size()) {
+    if (byte(i) != 0xFF) return {0, 0};
+    const int marker = byte(i + 1);
+    const size_t length = static_cast<size_t>(byte(i + 2) << 8 | byte(i + 3));
+    if (marker == 0xC0 || marker == 0xC1 || marker == 0xC2) {
+      return {byte(i + 7) << 8 | byte(i + 8), byte(i + 5) << 8 | byte(i + 6)};
+    }
+    i += 2 + length;
+  }
+  return {0, 0};
+}
+
+DecodedImage DecodeWithThumb(const std::string& name, const ThumbnailOptions& thumb,
+                             const PreprocessOptions& options = PreprocessOptions()) {
+  absl::StatusOr<DecodedImage> d = DecodeFileWithThumbnail(ImagePath(name), options, &thumb);
+  INFO(name << ": " << d.status().ToString());
+  REQUIRE(d.ok());
+  return *std::move(d);
+}
+
+TEST_CASE("thumbnails: the whole image, upright, never enlarged, as JPEG", "[image][thumbnail]") {
+  const ThumbnailOptions thumb;  // 128 px
+  struct Case {
+    const char* name;
+    int width, height;
+  };
+  for (const Case& c : {Case{"chelsea.jpg", 128, 85}, Case{"chelsea_exif6.jpg", 128, 85},
+                        Case{"chelsea_small.png", 128, 85}, Case{"camera.png", 128, 128},
+                        Case{"chelsea_row_strip.png", 128, 1},
+                        Case{"no_time_for_that_tiny.gif", 14, 25},
+                        Case{"logo_alpha_small.png", 0, 0}}) {
+    const DecodedImage d = DecodeWithThumb(c.name, thumb);
+    INFO(c.name);
+    REQUIRE(!d.thumbnail_jpeg.empty());
+    const auto [w, h] = JpegSize(d.thumbnail_jpeg);
+    if (c.width != 0) {
+      CHECK(w == c.width);
+      CHECK(h == c.height);
+    }
+    CHECK(std::max(w, h) <= 128);
+    CHECK(d.thumbnail_jpeg.size() < 16 * 1024);
+    // The model input is exactly what DecodeAndPreprocess gives.
+    const RgbImage plain = Decode(c.name, PreprocessOptions());
+    CHECK(d.model_input.pixels == plain.pixels);
+  }
+  // Upright: the EXIF-rotated file's thumbnail looks like the upright one's.
+  const PreprocessOptions look = Squash(64);
+  auto as_pixels = [&look](const std::string& jpeg) {
+    absl::StatusOr<RgbImage> img = DecodeAndPreprocess(jpeg, look);
+    REQUIRE(img.ok());
+    return *std::move(img);
+  };
+  const RgbImage upright = as_pixels(DecodeWithThumb("chelsea.jpg", thumb).thumbnail_jpeg);
+  const RgbImage rotated = as_pixels(DecodeWithThumb("chelsea_exif6.jpg", thumb).thumbnail_jpeg);
+  CHECK(MeanAbsDiff(upright, rotated) < 4.0);
+  CHECK(MeanAbsDiff(upright, as_pixels(DecodeWithThumb("coffee.png", thumb).thumbnail_jpeg)) > 20.0);
+  // Transparent areas are white, as in the model input.
+  const RgbImage logo = as_pixels(DecodeWithThumb("logo_alpha_small.png", thumb).thumbnail_jpeg);
+  CHECK(CellMean(logo, 16, 0, 0)[0] > 240);
+  // A smaller size gives a smaller thumbnail.
+  ThumbnailOptions small;
+  small.max_side = 32;
+  CHECK(JpegSize(DecodeWithThumb("chelsea.jpg", small).thumbnail_jpeg) == std::make_pair(32, 21));
+}
+
+TEST_CASE("thumbnails: bad input and options fail like the plain decode", "[image][thumbnail]") {
+  const ThumbnailOptions thumb;
+  absl::StatusOr<DecodedImage> d = DecodeFileWithThumbnail(ImagePath("truncated.jpg"),
+                                                          PreprocessOptions(), &thumb);
+  absl::StatusOr<RgbImage> plain = DecodeAndPreprocessFile(ImagePath("truncated.jpg"),
+                                                           PreprocessOptions());
+  REQUIRE(!d.ok());
+  CHECK(d.status() == plain.status());
+  for (int side : {0, 7, 1025}) {
+    ThumbnailOptions bad;
+    bad.max_side = side;
+    absl::StatusOr<DecodedImage> r = DecodeWithThumbnail(ReadImage("chelsea.jpg"),
+                                                         PreprocessOptions(), &bad);
+    CHECK(absl::IsInvalidArgument(r.status()));
+  }
+  ThumbnailOptions bad_quality;
+  bad_quality.quality = 0;
+  CHECK(absl::IsInvalidArgument(
+      DecodeWithThumbnail(ReadImage("chelsea.jpg"), PreprocessOptions(), &bad_quality).status()));
 }
 
 TEST_CASE("many threads decoding at once give identical results", "[image][threads]") {

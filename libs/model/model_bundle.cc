@@ -48,6 +48,11 @@ absl::StatusOr<image::RgbImage> ModelBundle::PreprocessFile(const std::string& p
   return image::DecodeAndPreprocessFile(path, preprocess_);
 }
 
+absl::StatusOr<image::DecodedImage> ModelBundle::PreprocessFileWithThumbnail(
+    const std::string& path, const image::ThumbnailOptions* thumbnail) const {
+  return image::DecodeFileWithThumbnail(path, preprocess_, thumbnail);
+}
+
 absl::StatusOr<std::vector<int64_t>> ModelBundle::Tokenize(absl::string_view text) const {
   if (!tokenizer_.has_value()) {
     return absl::FailedPreconditionError(

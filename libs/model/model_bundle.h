@@ -37,6 +37,10 @@ class ModelBundle {
 
   absl::StatusOr<image::RgbImage> PreprocessImage(absl::string_view encoded) const;
   absl::StatusOr<image::RgbImage> PreprocessFile(const std::string& path) const;
+  // PreprocessFile plus a thumbnail from the same decode (`thumbnail` null:
+  // none), for the indexer.
+  absl::StatusOr<image::DecodedImage> PreprocessFileWithThumbnail(
+      const std::string& path, const image::ThumbnailOptions* thumbnail) const;
   // FAILED_PRECONDITION for an image-only model.
   absl::StatusOr<std::vector<int64_t>> Tokenize(absl::string_view text) const;
 

@@ -6,25 +6,18 @@
 
 #include "absl/strings/str_cat.h"
 #include "libs/common/status_macros.h"
+#include "libs/snapshot/byte_io.h"
 
 namespace imagesearch::snapshot {
 namespace {
+
+using internal::LoadLE;
+using internal::PutLE;
 
 constexpr char kMagic[8] = {'I', 'S', 'I', 'D', 'S', '\0', '\0', '\1'};
 constexpr size_t kHeaderSize = 32;
 constexpr size_t kEntrySize = 24;
 constexpr size_t kMaxIdBytes = 4096;
-
-template <typename T>
-void Put(std::string* out, size_t pos, T value) {
-  std::memcpy(&(*out)[pos], &value, sizeof(T));
-}
-template <typename T>
-T LoadLE(const char* p) {
-  T v;
-  std::memcpy(&v, p, sizeof(T));
-  return v;
-}
 
 }  // namespace
 
@@ -54,23 +47,23 @@ absl::StatusOr<std::string> EncodeIdsTable(const std::vector<IdRecord>& records)
   const size_t blob_begin = kHeaderSize + n * kEntrySize + n * 4;
   std::string out(blob_begin + blob, '\0');
   std::memcpy(&out[0], kMagic, 8);
-  Put<uint32_t>(&out, 8, 1);
-  Put<uint64_t>(&out, 16, n);
-  Put<uint64_t>(&out, 24, blob);
+  PutLE<uint32_t>(&out, 8, 1);
+  PutLE<uint64_t>(&out, 16, n);
+  PutLE<uint64_t>(&out, 24, blob);
   uint64_t off = 0;
   for (size_t i = 0; i < n; ++i) {
     const auto& r = records[i];
     const size_t e = kHeaderSize + i * kEntrySize;
-    Put<uint64_t>(&out, e, off);
-    Put<uint32_t>(&out, e + 8, static_cast<uint32_t>(r.id.size()));
-    Put<uint32_t>(&out, e + 12, static_cast<uint32_t>(r.uri.size()));
-    Put<uint32_t>(&out, e + 16, static_cast<uint32_t>(r.attributes_json.size()));
+    PutLE<uint64_t>(&out, e, off);
+    PutLE<uint32_t>(&out, e + 8, static_cast<uint32_t>(r.id.size()));
+    PutLE<uint32_t>(&out, e + 12, static_cast<uint32_t>(r.uri.size()));
+    PutLE<uint32_t>(&out, e + 16, static_cast<uint32_t>(r.attributes_json.size()));
     for (const std::string* s : {&r.id, &r.uri, &r.attributes_json}) {
       std::memcpy(&out[blob_begin + off], s->data(), s->size());
       off += s->size();
     }
   }
-  for (size_t i = 0; i < n; ++i) Put<uint32_t>(&out, kHeaderSize + n * kEntrySize + i * 4, sorted[i]);
+  for (size_t i = 0; i < n; ++i) PutLE<uint32_t>(&out, kHeaderSize + n * kEntrySize + i * 4, sorted[i]);
   return out;
 }
 

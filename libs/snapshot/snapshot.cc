@@ -77,6 +77,11 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> Snapshot::OpenDir(
   auto ids = IdsTable::Open(s->dir_ + "/" + kIdsFile, m.count);
   if (!ids.ok()) return fail(ids.status());
   s->ids_ = std::move(*ids);
+  if (m.files.count(kThumbsFile)) {
+    auto thumbs = ThumbsTable::Open(s->dir_ + "/" + kThumbsFile, m.count);
+    if (!thumbs.ok()) return fail(thumbs.status());
+    s->thumbs_ = std::move(*thumbs);
+  }
   return std::shared_ptr<const Snapshot>(std::move(s));
 }
 

@@ -1,6 +1,7 @@
 // One opened, validated, read-only snapshot version: its manifest, the
-// memory-mapped HNSW searcher and id table. Opening costs O(1) in the index
-// size with VerifyMode::kSizes, O(bytes) with kChecksums.
+// memory-mapped HNSW searcher, the id table and the optional thumbnail table.
+// Opening costs O(1) in the index size with VerifyMode::kSizes, O(bytes) with
+// kChecksums.
 //
 // Immutable after Open; safe for concurrent use. Holders keep it alive with a
 // shared_ptr, so in-flight requests finish on the version they started with.
@@ -16,6 +17,7 @@
 #include "libs/index/mmap_searcher.h"
 #include "libs/snapshot/ids_table.h"
 #include "libs/snapshot/manifest.h"
+#include "libs/snapshot/thumbs_table.h"
 
 namespace imagesearch::snapshot {
 
@@ -40,6 +42,9 @@ class Snapshot {
   const std::string& dir() const { return dir_; }
   const index::MmapHnswSearcher& searcher() const { return *searcher_; }
   const IdsTable& ids() const { return *ids_; }
+  // The row thumbnails, or null if this version has none (thumbs.bin is
+  // optional: the indexer's --thumbnails=false, or a vector-only snapshot).
+  const ThumbsTable* thumbs() const { return thumbs_.get(); }
   // Path of model.pt in this version, or empty for vector-only snapshots.
   std::string model_path() const;
 
@@ -49,6 +54,7 @@ class Snapshot {
   std::string dir_;
   std::unique_ptr<index::MmapHnswSearcher> searcher_;
   std::unique_ptr<IdsTable> ids_;
+  std::unique_ptr<ThumbsTable> thumbs_;
 };
 
 }  // namespace imagesearch::snapshot

@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 #include "libs/common/file_util.h"
 #include "libs/common/status_macros.h"
+#include "libs/snapshot/thumbs_table.h"
 
 namespace imagesearch::snapshot {
 namespace {
@@ -129,6 +130,10 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
                                                    input.ids.size(), " ids"));
   }
   if (input.count == 0) return absl::InvalidArgumentError("refusing to publish an empty snapshot");
+  if (!input.thumbnails.empty() && input.thumbnails.size() != input.count) {
+    return absl::InvalidArgumentError(absl::StrCat("got ", input.count, " vectors but ",
+                                                   input.thumbnails.size(), " thumbnails"));
+  }
   RETURN_IF_ERROR(EnsureDir(root));
   ASSIGN_OR_RETURN(auto lock, RootLock::Acquire(root));
   RemoveStaleTempDirs(root);
@@ -151,6 +156,10 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
   auto status = [&]() -> absl::Status {
     ASSIGN_OR_RETURN(std::string ids, EncodeIdsTable(input.ids));
     RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + kIdsFile, ids));
+    if (!input.thumbnails.empty()) {
+      RETURN_IF_ERROR(
+          WriteFileDurably(tmp + "/" + kThumbsFile, EncodeThumbsTable(input.thumbnails)));
+    }
     if (input.write_graph) {
       RETURN_IF_ERROR(input.write_graph(tmp + "/" + kGraphFile, tmp + "/" + kOffsetsFile));
     } else {
@@ -166,7 +175,7 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
     }
     for (const auto& [name, contents] : input.extra_files) {
       if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' ||
-          name == kManifestFile) {
+          name == kManifestFile || name == kThumbsFile) {
         return absl::InvalidArgumentError(absl::StrCat("bad extra file name '", name, "'"));
       }
       RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + name, contents));

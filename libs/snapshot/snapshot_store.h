@@ -3,7 +3,7 @@
 //
 //   root/CURRENT          "v<N>\n", replaced atomically (temp, fsync, rename)
 //   root/v<N>/            MANIFEST.json, graph.hnsw, graph.offsets, ids.bin,
-//                         [model.pt], [rejects.jsonl], ...
+//                         [model.pt], [thumbs.bin], [rejects.jsonl], ...
 //   root/.tmp-v<N>-<pid>  a version being written (removed if stale)
 //   root/.lock            flock'd by writers (publish, set-current, gc)
 //
@@ -57,6 +57,9 @@ struct SnapshotInput {
   uint64_t base_version = 0;
   // Extra files to store verbatim (e.g. "rejects.jsonl"), listed in the manifest.
   std::map<std::string, std::string> extra_files;
+  // Optional: one encoded thumbnail per row (empty = none for that row),
+  // stored as thumbs.bin. Leave the whole vector empty for no thumbs.bin.
+  std::vector<std::string> thumbnails;
 };
 
 struct PublishOptions {

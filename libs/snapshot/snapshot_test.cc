@@ -160,6 +160,50 @@ TEST_CASE("Damaged snapshot files are refused with a clear reason") {
   }
 }
 
+TEST_CASE("Thumbnails are optional, listed in the manifest, and checked like every file") {
+  std::string root = TempRoot();
+  SyntheticCorpus plain = MakeCorpus(30, 8, "p");
+  REQUIRE(PublishSnapshot(root, plain.input).ok());
+  auto v1 = Snapshot::Open(root, 1, VerifyMode::kChecksums);
+  REQUIRE(v1.ok());
+  CHECK((*v1)->thumbs() == nullptr);
+  CHECK((*v1)->manifest().files.count(kThumbsFile) == 0);
+
+  SyntheticCorpus c = MakeCorpus(30, 8, "t");
+  for (int i = 0; i < 30; ++i) c.input.thumbnails.push_back(i == 7 ? "" : "jpeg-" + std::to_string(i));
+  REQUIRE(PublishSnapshot(root, c.input).ok());
+  auto v2 = Snapshot::Open(root, 2, VerifyMode::kChecksums);
+  REQUIRE(v2.ok());
+  REQUIRE((*v2)->thumbs() != nullptr);
+  CHECK((*v2)->manifest().files.count(kThumbsFile) == 1);
+  CHECK(*(*v2)->thumbs()->Get(12) == "jpeg-12");
+  CHECK((*v2)->thumbs()->Get(7)->empty());
+
+  // A flipped byte is caught by the checksum; a truncated file by its size.
+  const std::string path = VersionDir(root, 2) + "/" + kThumbsFile;
+  std::string bytes = *ReadFileToString(path);
+  std::string flipped = bytes;
+  flipped[flipped.size() - 3] ^= 0x20;
+  REQUIRE(WriteFileDurably(path, flipped).ok());
+  auto s = Snapshot::Open(root, 2, VerifyMode::kChecksums);
+  REQUIRE_FALSE(s.ok());
+  CHECK(s.status().message().find("thumbs.bin checksum") != std::string::npos);
+  REQUIRE(WriteFileDurably(path, bytes.substr(0, 40)).ok());
+  s = Snapshot::Open(root, 2, VerifyMode::kSizes);
+  REQUIRE_FALSE(s.ok());
+  CHECK(s.status().message().find("thumbs.bin is 40 bytes") != std::string::npos);
+
+  // One thumbnail per row, or none at all.
+  SyntheticCorpus bad = MakeCorpus(30, 8, "b");
+  bad.input.thumbnails = {"x"};
+  auto r = PublishSnapshot(root, bad.input);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().message().find("30 vectors but 1 thumbnails") != std::string::npos);
+  bad.input.thumbnails.clear();
+  bad.input.extra_files[kThumbsFile] = "not a table";
+  CHECK(absl::IsInvalidArgument(PublishSnapshot(root, bad.input).status()));
+}
+
 TEST_CASE("Bad publish inputs are refused and nothing is published") {
   std::string root = TempRoot();
   SyntheticCorpus c = MakeCorpus(10, 8, "e");

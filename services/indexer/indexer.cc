@@ -40,7 +40,7 @@ struct Work {
 
 struct Decoded {
   Work work;
-  absl::StatusOr<image::RgbImage> image;
+  absl::StatusOr<image::DecodedImage> image;
 };
 
 struct Reject {
@@ -274,7 +274,8 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
     decoders.emplace_back([&] {
       while (auto w = work.Pop()) {
         Decoded d{std::move(*w), absl::InternalError("unset")};
-        d.image = bundle->PreprocessFile(d.work.path);
+        d.image = bundle->PreprocessFileWithThumbnail(d.work.path,
+                                                      o.thumbnails ? &o.thumbnail : nullptr);
         decoded.Push(std::move(d));
       }
       if (--decoders_left == 0) decoded.Close();
@@ -299,6 +300,7 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
 
   // Encoder stage (this thread): batches decoded images, encodes, collects rows.
   std::vector<snapshot::IdRecord> ids;
+  std::vector<std::string> thumbs;  // Row-aligned with ids when o.thumbnails.
   std::vector<Reject> rejects;
   std::unordered_set<std::string> seen;
   absl::Status encode_status;
@@ -310,7 +312,7 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
       return;
     }
     std::vector<const image::RgbImage*> ptrs;
-    for (const auto& d : batch) ptrs.push_back(&*d.image);
+    for (const auto& d : batch) ptrs.push_back(&d.image->model_input);
     const auto t0 = Clock::now();
     auto out = bundle->EncodeImages(ptrs);
     encode_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
@@ -320,6 +322,7 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
       encoded.Push(Encoded{std::move(*out), ids.size()});
       for (auto& d : batch) {
         ids.push_back({std::move(d.work.id), std::move(d.work.path), std::move(d.work.attributes_json)});
+        if (o.thumbnails) thumbs.push_back(std::move(d.image->thumbnail_jpeg));
       }
     }
     progress.done += batch.size();
@@ -402,6 +405,14 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
       const float* vec = base->searcher().Vector(static_cast<uint32_t>(r));
       chunk.insert(chunk.end(), vec, vec + dim);
       ids.push_back({id, std::string(v.uri), std::string(v.attributes_json)});
+      if (o.thumbnails) {
+        // Carried over as stored; a base without thumbnails leaves the row without one.
+        absl::string_view thumb;
+        if (base->thumbs() != nullptr) {
+          ASSIGN_OR_RETURN(thumb, base->thumbs()->Get(r));
+        }
+        thumbs.emplace_back(thumb);
+      }
       report.kept_from_base++;
       if (chunk.size() >= 1024 * dim) RETURN_IF_ERROR(flush_chunk());
     }
@@ -440,6 +451,12 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
   in.model.preprocessing_json = PreprocessingJson(info);
   in.base_version = o.base_version;
   in.extra_files["rejects.jsonl"] = rejects_jsonl;
+  if (o.thumbnails) {
+    if (thumbs.size() != in.count) {
+      return absl::InternalError(absl::StrCat(thumbs.size(), " thumbnails for ", in.count, " rows"));
+    }
+    in.thumbnails = std::move(thumbs);
+  }
   if (!o.dry_run) {
     ASSIGN_OR_RETURN(report.version, snapshot::PublishSnapshot(o.root, in));
   }

@@ -10,6 +10,10 @@
 // with the corpus is the graph itself (count x dim floats plus links), plus
 // the id list and the set of seen ids.
 //
+// With thumbnails on (the default), each image's thumbnail is made from the
+// same decode and stored in thumbs.bin; incremental builds copy the base's
+// thumbnails of the rows they keep, without decoding anything again.
+//
 // Bad images are skipped and recorded with their reason in rejects.jsonl
 // inside the snapshot; the run fails (and publishes nothing) when nothing was
 // indexed or the reject share passes max_reject_ratio.
@@ -23,6 +27,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "libs/image/image.h"
 #include "libs/index/hnsw_builder.h"
 
 namespace imagesearch::indexer {
@@ -44,6 +49,10 @@ struct IndexerOptions {
   index::HnswParams hnsw;
   int default_ef = 64;
   int64_t max_pixels = 64'000'000;
+  // Store a thumbnail of each image in the snapshot (thumbs.bin), for the
+  // web page; made from the same decode as the model input.
+  bool thumbnails = true;
+  image::ThumbnailOptions thumbnail;
   // Progress: "auto" (bar on a terminal, lines otherwise), "bar", "lines", "none".
   std::string progress = "auto";
   bool dry_run = false;  // Encode and build, but do not publish (benchmarks).

@@ -72,6 +72,15 @@ TEST_CASE("Indexes a real image directory, skipping bad images into rejects.json
   REQUIRE(hits.size() == 2);
   CHECK(hits[0].row == *left);
   CHECK((*snap)->ids().Get(hits[1].row)->id == "motorcycle_right.png");
+  // Every row has a JPEG thumbnail, listed in the manifest.
+  CHECK(m.files.count("thumbs.bin") == 1);
+  REQUIRE((*snap)->thumbs() != nullptr);
+  for (uint64_t row = 0; row < m.count; ++row) {
+    auto thumb = (*snap)->thumbs()->Get(row);
+    REQUIRE(thumb.ok());
+    REQUIRE(thumb->size() > 100);
+    CHECK(thumb->substr(0, 3) == "\xFF\xD8\xFF");
+  }
 }
 
 TEST_CASE("Too many rejects, or nothing indexed, fails and publishes nothing") {
@@ -119,14 +128,34 @@ TEST_CASE("Incremental build keeps base vectors without re-encoding, replaces an
   const float* a = (*s1)->searcher().Vector(*(*s1)->ids().Find("sub/rocket.jpg"));
   const float* b = (*s2)->searcher().Vector(*(*s2)->ids().Find("sub/rocket.jpg"));
   CHECK(std::equal(a, a + 1792, b));
+  // Its thumbnail too, although rocket.jpg is not in v2's input; the new rows have theirs.
+  REQUIRE((*s2)->thumbs() != nullptr);
+  auto thumb1 = (*s1)->thumbs()->Get(*(*s1)->ids().Find("sub/rocket.jpg"));
+  auto thumb2 = (*s2)->thumbs()->Get(*(*s2)->ids().Find("sub/rocket.jpg"));
+  REQUIRE(thumb1.ok());
+  REQUIRE(thumb2.ok());
+  CHECK(thumb1->size() > 100);
+  CHECK(*thumb1 == *thumb2);
+  CHECK((*s2)->thumbs()->Get(*(*s2)->ids().Find("sub/astronaut.png"))->size() > 100);
+
+  // --thumbnails=false: no thumbs.bin at all.
+  IndexerOptions off = Options(CopyImages({"logo.png"}), root);
+  off.base_version = 2;
+  off.thumbnails = false;
+  auto v3 = RunIndexer(off);
+  REQUIRE(v3.ok());
+  auto s3 = snapshot::Snapshot::Open(root, 3, snapshot::VerifyMode::kSizes);
+  REQUIRE(s3.ok());
+  CHECK((*s3)->thumbs() == nullptr);
+  CHECK((*s3)->manifest().files.count("thumbs.bin") == 0);
 
   IndexerOptions bad = Options(CopyImages({"rocket.jpg"}), root);
-  bad.base_version = 2;
+  bad.base_version = 3;
   bad.remove_ids = {"no/such.png"};
   auto r = RunIndexer(bad);
   REQUIRE_FALSE(r.ok());
-  CHECK(r.status().message() == "--remove_ids: id 'no/such.png' is not in base v2");
-  CHECK(*snapshot::ReadCurrentVersion(root) == 2);
+  CHECK(r.status().message() == "--remove_ids: id 'no/such.png' is not in base v3");
+  CHECK(*snapshot::ReadCurrentVersion(root) == 3);
 }
 
 TEST_CASE("Stdin and manifest inputs; a bad manifest line is a precise error") {

@@ -39,6 +39,9 @@ ABSL_FLAG(int, ef_construction, 200, "HNSW ef_construction.");
 ABSL_FLAG(int, default_ef, 64, "ef for queries that do not set one.");
 ABSL_FLAG(int64_t, max_pixels, 64000000, "Refuse images with more pixels (decompression bombs).");
 ABSL_FLAG(std::string, progress, "auto", "auto, bar, lines or none.");
+ABSL_FLAG(bool, thumbnails, true,
+          "Store a JPEG thumbnail of each image in the snapshot (thumbs.bin) for the web page.");
+ABSL_FLAG(int, thumbnail_size, 128, "Thumbnail long side in pixels (8-1024); never enlarged.");
 ABSL_FLAG(bool, dry_run, false, "Encode and build the graph but publish nothing.");
 ABSL_FLAG(std::string, log_format, "text", "Log lines on stderr: text, or json (one object per line).");
 
@@ -85,6 +88,8 @@ int main(int argc, char** argv) {
   o.default_ef = absl::GetFlag(FLAGS_default_ef);
   o.max_pixels = absl::GetFlag(FLAGS_max_pixels);
   o.progress = absl::GetFlag(FLAGS_progress);
+  o.thumbnails = absl::GetFlag(FLAGS_thumbnails);
+  o.thumbnail.max_side = absl::GetFlag(FLAGS_thumbnail_size);
   o.dry_run = absl::GetFlag(FLAGS_dry_run);
   auto report = imagesearch::indexer::RunIndexer(o);
   if (!report.ok()) {

@@ -1,0 +1,106 @@
+#include "libs/snapshot/thumbs_table.h"
+
+#include <stdlib.h>
+
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "libs/common/file_util.h"
+
+namespace imagesearch::snapshot {
+namespace {
+
+std::string TempFile() {
+  char tmpl[] = "/tmp/imagesearch_thumbs_test.XXXXXX";
+  REQUIRE(::mkdtemp(tmpl) != nullptr);
+  return std::string(tmpl) + "/thumbs.bin";
+}
+
+std::string Write(const std::string& bytes) {
+  const std::string path = TempFile();
+  REQUIRE(WriteFileDurably(path, bytes).ok());
+  return path;
+}
+
+std::vector<std::string> Rows(int n) {
+  std::vector<std::string> rows;
+  for (int i = 0; i < n; ++i) {
+    // Every third row has none; the others differ in size and content.
+    rows.push_back(i % 3 == 1 ? "" : std::string(static_cast<size_t>(1 + i % 17), 'a' + i % 26));
+  }
+  return rows;
+}
+
+TEST_CASE("thumbs table round-trips rows, empty ones included", "[thumbs]") {
+  const std::vector<std::string> rows = Rows(500);
+  auto t = ThumbsTable::Open(Write(EncodeThumbsTable(rows)), rows.size());
+  REQUIRE(t.ok());
+  CHECK((*t)->size() == 500);
+  CHECK(std::string((*t)->media_type()) == "image/jpeg");
+  for (size_t r = 0; r < rows.size(); ++r) {
+    auto v = (*t)->Get(r);
+    REQUIRE(v.ok());
+    CHECK(*v == rows[r]);
+  }
+  CHECK(absl::IsOutOfRange((*t)->Get(500).status()));
+  // An empty table is valid too.
+  auto empty = ThumbsTable::Open(Write(EncodeThumbsTable({})), 0);
+  REQUIRE(empty.ok());
+  CHECK((*empty)->size() == 0);
+}
+
+TEST_CASE("thumbs table refuses damaged files with a precise error", "[thumbs]") {
+  const std::string good = EncodeThumbsTable(Rows(50));
+  auto open = [](const std::string& bytes, uint64_t count) {
+    return ThumbsTable::Open(Write(bytes), count).status();
+  };
+  CHECK(open(good, 50).ok());
+  // Wrong row count for the manifest.
+  absl::Status s = open(good, 51);
+  CHECK(absl::IsInvalidArgument(s));
+  CHECK(std::string(s.message()).find("holds 50 rows but the manifest says 51") != std::string::npos);
+  // Truncated anywhere.
+  for (size_t cut : {size_t{0}, size_t{10}, size_t{31}, size_t{32}, good.size() / 2, good.size() - 1}) {
+    absl::Status t = open(good.substr(0, cut), 50);
+    INFO("cut at " << cut << ": " << t.ToString());
+    CHECK(absl::IsDataLoss(t));
+  }
+  // Trailing bytes.
+  CHECK(absl::IsDataLoss(open(good + "x", 50)));
+  // Bad magic, format and media type.
+  std::string bad = good;
+  bad[0] = 'X';
+  CHECK(std::string(open(bad, 50).message()).find("bad magic") != std::string::npos);
+  bad = good;
+  bad[8] = 2;
+  CHECK(std::string(open(bad, 50).message()).find("format 2 is not supported") != std::string::npos);
+  bad = good;
+  bad[12] = 7;
+  CHECK(std::string(open(bad, 50).message()).find("media type 7") != std::string::npos);
+  // A count so large that (count + 1) * 8 would wrap around.
+  bad = good;
+  const uint64_t huge = ~uint64_t{0} / 4;
+  std::memcpy(&bad[16], &huge, 8);
+  CHECK(!open(bad, huge).ok());
+}
+
+TEST_CASE("a damaged offset fails only its own rows", "[thumbs]") {
+  const std::vector<std::string> rows = Rows(20);
+  std::string bytes = EncodeThumbsTable(rows);
+  const uint64_t past_end = uint64_t{1} << 40;
+  std::memcpy(&bytes[32 + 5 * 8], &past_end, 8);  // offsets[5]: end of row 4, start of row 5
+  auto t = ThumbsTable::Open(Write(bytes), rows.size());
+  REQUIRE(t.ok());
+  CHECK(absl::IsDataLoss((*t)->Get(4).status()));
+  CHECK(absl::IsDataLoss((*t)->Get(5).status()));
+  for (uint64_t r : {0, 3, 6, 19}) {
+    auto v = (*t)->Get(r);
+    REQUIRE(v.ok());
+    CHECK(*v == rows[r]);
+  }
+}
+
+}  // namespace
+}  // namespace imagesearch::snapshot
