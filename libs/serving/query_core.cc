@@ -261,6 +261,37 @@ absl::StatusOr<std::shared_ptr<const ServingState>> QueryCore::Info(const CallCo
   return result;
 }
 
+absl::StatusOr<ThumbnailResult> QueryCore::Thumbnail(absl::string_view id,
+                                                     const CallContext& context) {
+  absl::StatusOr<ThumbnailResult> result;
+  auto done = Track<ThumbnailResult>(
+      "Thumbnail", context, [&result](absl::StatusOr<ThumbnailResult> r) { result = std::move(r); });
+  if (absl::Status s = Admit(); !s.ok()) {
+    done(s);
+    return result;
+  }
+  done([&]() -> absl::StatusOr<ThumbnailResult> {
+    std::shared_ptr<const ServingState> state = manager_->Current();
+    if (!state) return absl::UnavailableError("no snapshot is loaded yet");
+    const snapshot::Snapshot& snap = *state->snapshot;
+    if (snap.thumbs() == nullptr) {
+      return absl::NotFoundError(absl::StrCat("snapshot v", snap.version(),
+                                              " has no thumbnails (indexed with "
+                                              "--thumbnails=false, or built from raw vectors)"));
+    }
+    auto row = RowOfId(snap, id);
+    if (!row.ok()) return row.status();
+    auto bytes = snap.thumbs()->Get(*row);
+    if (!bytes.ok()) return bytes.status();
+    if (bytes->empty()) {
+      return absl::NotFoundError(absl::StrCat("id '", id.substr(0, 64),
+                                              "' has no thumbnail in snapshot v", snap.version()));
+    }
+    return ThumbnailResult{*bytes, snap.thumbs()->media_type(), snap.version(), std::move(state)};
+  }());
+  return result;
+}
+
 bool QueryCore::Serving() const { return !draining_ && manager_->Current() != nullptr; }
 
 void QueryCore::StartDraining() { draining_ = true; }

@@ -63,6 +63,15 @@ struct SearchResult {
   uint64_t snapshot_version = 0;
 };
 
+// A row's stored thumbnail. `bytes` points into the snapshot's mapping,
+// which `state` keeps alive.
+struct ThumbnailResult {
+  absl::string_view bytes;
+  std::string media_type;
+  uint64_t snapshot_version = 0;
+  std::shared_ptr<const ServingState> state;
+};
+
 struct EmbedResult {
   std::vector<std::vector<float>> vectors;
   uint64_t snapshot_version = 0;
@@ -87,6 +96,10 @@ class QueryCore {
   void Embed(absl::Span<const Query> items, const CallContext& context, Done<EmbedResult> done);
   // The live state, for GetInfo-style answers.
   absl::StatusOr<std::shared_ptr<const ServingState>> Info(const CallContext& context);
+  // The thumbnail the indexer stored for `id` in the live snapshot; nothing
+  // else can be read this way. NOT_FOUND if the snapshot has no thumbnails,
+  // the id is unknown, or its row has none.
+  absl::StatusOr<ThumbnailResult> Thumbnail(absl::string_view id, const CallContext& context);
 
   // True while a snapshot is loaded and the core is not draining. gRPC
   // health and HTTP /ping both follow it.

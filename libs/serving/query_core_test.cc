@@ -58,6 +58,38 @@ TEST_CASE("Vector and id queries give the snapshot's neighbours and the version"
         std::string::npos);
 }
 
+TEST_CASE("Thumbnails come from the live snapshot by id, and only from there") {
+  Fixture f;  // v1: no thumbnails.
+  auto none = f.core->Thumbnail("item3", {});
+  CHECK(absl::IsNotFound(none.status()));
+  CHECK(none.status().message() ==
+        "snapshot v1 has no thumbnails (indexed with --thumbnails=false, or built from raw "
+        "vectors)");
+  snapshot::SyntheticCorpus c =
+      snapshot::MakeSyntheticCorpus(40, 8, index::Metric::kL2, "item");
+  for (int i = 0; i < 40; ++i) c.input.thumbnails.push_back(i == 5 ? "" : "jpeg" + std::to_string(i));
+  REQUIRE(snapshot::PublishSnapshot(f.root, c.input).ok());
+  REQUIRE(f.manager->PollOnce().ok());
+  auto t = f.core->Thumbnail("item3", {});
+  REQUIRE(t.ok());
+  CHECK(t->bytes == "jpeg3");
+  CHECK(t->media_type == "image/jpeg");
+  CHECK(t->snapshot_version == 2);
+  CHECK(t->state != nullptr);
+  CHECK(f.core->Thumbnail("item5", {}).status().message() ==
+        "id 'item5' has no thumbnail in snapshot v2");
+  CHECK(f.core->Thumbnail("../../etc/passwd", {}).status().message() ==
+        "id '../../etc/passwd' is not in snapshot v2");
+  // Error text quotes a bounded prefix of the id.
+  const std::string long_id(10000, 'z');
+  const absl::Status s = f.core->Thumbnail(long_id, {}).status();
+  CHECK(s.message() == "id '" + std::string(64, 'z') + "...' (10000 bytes) is not in snapshot v2");
+  CHECK(absl::IsInvalidArgument(f.core->Thumbnail("", {}).status()));
+  const std::string m = f.metrics.Serialize();
+  CHECK(m.find("imagesearch_requests_total{code=\"OK\",front=\"grpc\",method=\"Thumbnail\"} 1") !=
+        std::string::npos);
+}
+
 TEST_CASE("Everything checkable is checked before any work, with precise errors") {
   Fixture f;
   std::vector<float> v(8, 1.0f);

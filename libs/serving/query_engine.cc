@@ -32,14 +32,24 @@ absl::StatusOr<std::vector<float>> PrepareQueryVector(const snapshot::Snapshot& 
   return q;
 }
 
-absl::StatusOr<std::pair<std::vector<float>, uint32_t>> VectorOfId(const snapshot::Snapshot& snap,
-                                                                    absl::string_view id) {
+absl::StatusOr<uint32_t> RowOfId(const snapshot::Snapshot& snap, absl::string_view id) {
   if (id.empty()) return absl::InvalidArgumentError("query id is empty");
   auto row = snap.ids().Find(id);
   if (!row.has_value()) {
-    return absl::NotFoundError(
-        absl::StrCat("id '", id, "' is not in snapshot v", snap.version()));
+    // Quote a bounded prefix: error text travels in gRPC trailers and HTTP bodies.
+    constexpr size_t kQuote = 64;
+    return absl::NotFoundError(absl::StrCat("id '", id.substr(0, kQuote),
+                                            id.size() > kQuote ? "...' (" : "'",
+                                            id.size() > kQuote ? absl::StrCat(id.size(), " bytes)") : "",
+                                            " is not in snapshot v", snap.version()));
   }
+  return *row;
+}
+
+absl::StatusOr<std::pair<std::vector<float>, uint32_t>> VectorOfId(const snapshot::Snapshot& snap,
+                                                                    absl::string_view id) {
+  auto row = RowOfId(snap, id);
+  if (!row.ok()) return row.status();
   const float* v = snap.searcher().Vector(*row);
   return std::make_pair(std::vector<float>(v, v + snap.manifest().dim), *row);
 }

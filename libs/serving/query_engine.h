@@ -39,7 +39,11 @@ struct Hit {
 absl::StatusOr<std::vector<float>> PrepareQueryVector(const snapshot::Snapshot& snap,
                                                       const float* values, size_t size);
 
-// The stored vector of `id` and its row. NOT_FOUND names the id and version.
+// The row of `id`. INVALID_ARGUMENT for an empty id; NOT_FOUND names the id
+// (its first 64 bytes) and the version.
+absl::StatusOr<uint32_t> RowOfId(const snapshot::Snapshot& snap, absl::string_view id);
+
+// The stored vector of `id` and its row. Errors as RowOfId.
 absl::StatusOr<std::pair<std::vector<float>, uint32_t>> VectorOfId(const snapshot::Snapshot& snap,
                                                                     absl::string_view id);
 

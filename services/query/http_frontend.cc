@@ -13,8 +13,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "libs/common/file_util.h"
 #include "libs/common/log.h"
 #include "nlohmann/json.hpp"
+#include "services/query/web_page.h"
 
 namespace imagesearch {
 namespace {
@@ -156,6 +158,37 @@ json HitsJson(const serving::SearchResult& r) {
   return {{"hits", std::move(hits)}, {"snapshot_version", r.snapshot_version}};
 }
 
+// The same fields, under the same names, as gRPC GetInfo.
+json InfoJson(const serving::ServingState& state) {
+  const auto& m = state.snapshot->manifest();
+  return {{"snapshot_version", m.version},
+          {"model",
+           {{"name", m.model.name},
+            {"version", m.model.version},
+            {"sha256", m.model.sha256},
+            {"embed_dim", m.dim},
+            {"image_size", m.model.image_size},
+            {"has_text", m.model.has_text},
+            {"loaded", state.embedder != nullptr}}},
+          {"dim", m.dim},
+          {"metric", std::string(index::MetricName(m.metric))},
+          {"vector_count", m.count},
+          {"hnsw",
+           {{"m", m.hnsw_m}, {"ef_construction", m.hnsw_ef_construction},
+            {"default_ef", m.default_ef}}},
+          {"created_at", m.created_at},
+          {"base_version", m.base_version},
+          {"max_top_k", serving::kMaxTopK},
+          {"has_thumbnails", state.snapshot->thumbs() != nullptr}};
+}
+
+serving::CallContext HttpContext(absl::Duration timeout) {
+  serving::CallContext context;
+  context.front = "http";
+  context.deadline = absl::Now() + timeout;
+  return context;
+}
+
 bool IsImageType(const std::string& type) {
   return type == "image/jpeg" || type == "image/png" || type == "image/webp" ||
          type == "application/x-image";
@@ -237,7 +270,8 @@ HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
         if (res.status == 404) {
           SendError(res, absl::NotFoundError(absl::StrCat("no route ", req.method, " ", req.path,
-                                                          "; routes: GET /ping, POST /invocations, "
+                                                          "; routes: GET /, GET /ping, GET /info, "
+                                                          "POST /invocations, GET /thumbs/{id}, "
                                                           "GET /metrics")));
         } else if (res.status == 413) {
           refuse(res, too_large(req), 413);
@@ -254,6 +288,41 @@ HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
 
   server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(metrics_->Serialize(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+
+  // The search page. Its policy keeps it to this origin: no external fetches.
+  server_->Get("/", [](const httplib::Request&, httplib::Response& res) {
+    const absl::string_view page = WebPageHtml();
+    res.set_content(page.data(), page.size(), "text/html; charset=utf-8");
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Content-Type-Options", "nosniff");
+    res.set_header("Content-Security-Policy",
+                   "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                   "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; "
+                   "form-action 'none'; frame-ancestors 'none'");
+  });
+
+  server_->Get("/info", [this](const httplib::Request&, httplib::Response& res) {
+    auto state = core_->Info(HttpContext(options_.timeout));
+    if (!state.ok()) return SendError(res, state.status());
+    res.set_content(InfoJson(**state).dump(), kJson);
+  });
+
+  // Thumbnails come only from the live snapshot's thumbs.bin, looked up by
+  // id: nothing in the request names a file.
+  server_->Get(R"(/thumbs/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
+    auto thumb = core_->Thumbnail(req.matches[1].str(), HttpContext(options_.timeout));
+    if (!thumb.ok()) return SendError(res, thumb.status());
+    // Content-addressed: the same picture keeps its ETag across versions.
+    const std::string etag = absl::StrCat("\"", Xxh3Hex(thumb->bytes), "\"");
+    res.set_header("ETag", etag);
+    res.set_header("Cache-Control", "public, max-age=300");
+    res.set_header("X-Content-Type-Options", "nosniff");
+    if (req.get_header_value("If-None-Match") == etag) {
+      res.status = 304;
+      return;
+    }
+    res.set_content(thumb->bytes.data(), thumb->bytes.size(), thumb->media_type.c_str());
   });
 
   server_->Get("/invocations", [](const httplib::Request&, httplib::Response& res) {
@@ -283,9 +352,7 @@ HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
                             "application/json")),
                         415);
         }
-        serving::CallContext context;
-        context.front = "http";
-        context.deadline = absl::Now() + timeout;
+        const serving::CallContext context = HttpContext(timeout);
         std::promise<absl::StatusOr<serving::SearchResult>> answer;
         core_->Search(q, context, [&answer](absl::StatusOr<serving::SearchResult> r) {
           answer.set_value(std::move(r));

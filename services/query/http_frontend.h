@@ -9,6 +9,10 @@
 //                      {"hits":[{"id","score","distance","uri","attributes"}],
 //                       "snapshot_version"}
 //   GET  /metrics      Prometheus text format
+//   GET  /             the search page (web/index.html, compiled in)
+//   GET  /info         what gRPC GetInfo answers, as JSON (same field names)
+//   GET  /thumbs/{id}  the thumbnail the indexer stored for that id (JPEG,
+//                      ETag + Cache-Control; 404 if the snapshot has none)
 //
 // This is the SageMaker inference-container contract (/ping, /invocations
 // on port 8080). Every error is {"error":{"code","message"}} with the core's

@@ -155,6 +155,7 @@ grpc::ServerUnaryReactor* ImageSearchService::GetInfo(grpc::CallbackServerContex
   response->set_created_at(m.created_at);
   response->set_base_version(m.base_version);
   response->set_max_top_k(serving::kMaxTopK);
+  response->set_has_thumbnails((*state)->snapshot->thumbs() != nullptr);
   auto* hnsw = response->mutable_hnsw();
   hnsw->set_m(static_cast<uint32_t>(m.hnsw_m));
   hnsw->set_ef_construction(static_cast<uint32_t>(m.hnsw_ef_construction));

@@ -3,7 +3,7 @@
 binary over a snapshot of tests/data/images indexed with the default model:
 readiness vs gRPC health, every query kind, parity with gRPC (hits, scores and
 error text), every error status, concurrency, SIGTERM while busy, and the
-SageMaker `serve` mode.
+SageMaker `serve` mode; and the web routes (GET /, /info, /thumbs/{id}).
 
 Usage: http_frontend_test.py BUILD_DIR SOURCE_DIR DEFAULT_MODEL
 """
@@ -375,6 +375,81 @@ def section8(work, root):
     print("8. `serve` (SageMaker): /ping, /invocations, SIGTERM -> exit 0")
 
 
+def jpeg_size(data):
+    """(width, height) from a JPEG's SOF marker."""
+    check(data[:2] == b"\xff\xd8", f"not a JPEG: {data[:8]!r}")
+    i = 2
+    while i + 9 < len(data):
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2):
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        i += 2 + length
+    raise AssertionError("no SOF marker")
+
+
+def get_full(port, path, headers=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        c.request("GET", path, headers=headers or {})
+        r = c.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        c.close()
+
+
+def section9(s, work):
+    st, headers, page = get_full(s.http, "/")
+    check(st == 200 and headers["Content-Type"].startswith("text/html"), f"GET /: {st} {headers}")
+    check(b"<html" in page and b"/invocations" in page and b"/thumbs/" in page, "GET /: not the page")
+    check("connect-src 'self'" in headers.get("Content-Security-Policy", ""), f"CSP: {headers}")
+    for external in (b'src="http', b"src='http", b'href="http', b"url(http", b"@import"):
+        check(external not in page, f"the page fetches something external: {external!r}")
+    info = json.loads(get_full(s.http, "/info")[2])
+    g = s.stub.GetInfo(pb.GetInfoRequest())
+    check(info["snapshot_version"] == g.snapshot_version and info["vector_count"] == g.vector_count
+          and info["dim"] == g.dim and info["model"]["name"] == g.model.name
+          and info["model"]["has_text"] == g.model.has_text and info["max_top_k"] == g.max_top_k
+          and info["hnsw"]["default_ef"] == g.hnsw.default_ef, f"/info {info} vs GetInfo {g}")
+    check(info["has_thumbnails"] is True and g.has_thumbnails, f"no thumbnails: {info}")
+
+    st, headers, thumb = get_full(s.http, "/thumbs/rocket.jpg")
+    check(st == 200 and headers["Content-Type"] == "image/jpeg", f"thumb: {st} {headers}")
+    check(jpeg_size(thumb) == (128, 85), f"rocket.jpg (640x427) thumbnail is {jpeg_size(thumb)}")
+    check("max-age" in headers.get("Cache-Control", "") and headers.get("ETag"), f"cache: {headers}")
+    st, _, body = get_full(s.http, "/thumbs/rocket.jpg", {"If-None-Match": headers["ETag"]})
+    check(st == 304 and body == b"", f"If-None-Match: {st} {body[:50]!r}")
+    check(jpeg_size(get_full(s.http, "/thumbs/camera.png")[2]) == (128, 128), "camera thumbnail")
+    # Only ids of the snapshot name a thumbnail; a path in the request reads nothing.
+    for path in ("/thumbs/nope.png", "/thumbs/..%2F..%2F..%2Fetc%2Fpasswd",
+                 "/thumbs/%2Fetc%2Fpasswd", "/thumbs/../../etc/passwd"):
+        st, _, body = get_full(s.http, path)
+        check(st == 404 and json.loads(body)["error"]["code"] == "NOT_FOUND", f"{path}: {st} {body!r}")
+        check(b"root:" not in body, f"{path} leaked a file")
+    long_id = "x" * 5000
+    st, _, body = get_full(s.http, "/thumbs/" + long_id)
+    msg = json.loads(body)["error"]["message"]
+    check(st == 404 and len(msg) < 200 and "(5000 bytes)" in msg, f"long id: {st} {msg[:300]}")
+
+    # A snapshot indexed with --thumbnails=false: 404 that says why.
+    images = os.path.join(work, "few")
+    os.makedirs(images)
+    for name in ("rocket.jpg", "coffee.png", "camera.png"):
+        shutil.copy(os.path.join(IMAGES, name), images)
+    bare = os.path.join(work, "bare")
+    out = subprocess.run([INDEXER, f"--input={images}", f"--root={bare}", f"--model={DEFAULT}",
+                          "--progress=none", "--thumbnails=false"], capture_output=True, text=True)
+    check(out.returncode == 0, f"indexer --thumbnails=false: {out.stderr}")
+    b = Server(flags(bare), os.path.join(work, "bare.log"))
+    b.wait_ping()
+    check(json.loads(get_full(b.http, "/info")[2])["has_thumbnails"] is False, "bare /info")
+    check(not b.stub.GetInfo(pb.GetInfoRequest()).has_thumbnails, "bare GetInfo")
+    expect_error(get_full(b.http, "/thumbs/rocket.jpg")[::2], 404, "NOT_FOUND",
+                 "has no thumbnails", "thumbs of a snapshot without them")
+    b.stop()
+    print("9. web: GET / (page, CSP), /info == GetInfo, /thumbs/{id} (JPEG, ETag/304, 404s, "
+          "no paths), --thumbnails=false")
+
+
 def main():
     work = tempfile.mkdtemp(prefix="imagesearch_http_")
     try:
@@ -384,6 +459,7 @@ def main():
         section2_3_4(s)
         section5(s, work, root)
         section6(s)
+        section9(s, work)
         section7(s)
         section8(work, root)
     finally:
