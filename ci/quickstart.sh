@@ -2,7 +2,7 @@
 # The README's set-up command: installs everything, builds, makes the default
 # model, indexes real images with it, starts the query service, and queries it
 # by image bytes and by id with buf curl (a grpcurl-style client), then over
-# HTTP with curl (/ping, /invocations, /metrics).
+# HTTP with curl (/ping, /invocations, the web page, /thumbs, /metrics).
 #   ci/quickstart.sh            # runs the demo, then stops the service
 #   SERVE=1 ci/quickstart.sh    # leaves the service running on :50051 (gRPC), :8080 (HTTP)
 set -euo pipefail
@@ -44,8 +44,11 @@ echo "-- HTTP POST /invocations, image bytes ($IMG):"
 curl -s -H 'Content-Type: image/png' --data-binary @"$DEMO/corpus/$IMG" "$HTTP/invocations?top_k=3"; echo
 echo "-- HTTP POST /invocations, JSON by id:"
 curl -s -H 'Content-Type: application/json' -d '{"id":"fmnist-test-00001","top_k":3}' "$HTTP/invocations"; echo
+echo "-- HTTP GET / (the web search page): $(curl -s -o /dev/null -w '%{http_code} %{content_type}' $HTTP/)"
+echo "-- HTTP GET /thumbs/fmnist-test-00001: $(curl -s -o /dev/null -w '%{http_code} %{content_type}, %{size_download} bytes' $HTTP/thumbs/fmnist-test-00001)"
 echo "-- HTTP GET /metrics (requests so far):"
 curl -s "$HTTP/metrics" | grep '^imagesearch_requests_total'
 if [[ "${SERVE:-0}" == 1 ]]; then
   echo "query service left running (pid $QUERY_PID): gRPC $URL, HTTP $HTTP; snapshots in $DEMO/snapshots"
+  echo "web search page: $HTTP/  (open it in a browser: drop a picture, or click a result)"
 fi

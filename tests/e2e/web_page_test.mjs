@@ -1,0 +1,223 @@
+// Drives the query service's web page (GET /) in Debian's Chromium.
+//   node web_page_test.mjs BASE_URL IMAGE EXPECTED_ID SCREENSHOT [WORK_DIR]
+// BASE_URL: the service's HTTP root; IMAGE: a corpus image; EXPECTED_ID: its
+// id in the snapshot; SCREENSHOT: where the full-page screenshot goes.
+// puppeteer-core comes from $WEB_NPM_DIR (the folder it was installed in);
+// Chromium from $CHROMIUM (default /usr/bin/chromium). Exits non-zero on
+// the first failed check.
+import { createRequire } from 'node:module';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+const [base, imagePath, expectedId, screenshot, workArg] = process.argv.slice(2);
+if (!base || !imagePath || !expectedId || !screenshot) {
+  console.error('usage: web_page_test.mjs BASE_URL IMAGE EXPECTED_ID SCREENSHOT [WORK_DIR]');
+  process.exit(2);
+}
+// ESM ignores NODE_PATH: resolve puppeteer-core from its install folder.
+const npmDir = process.env.WEB_NPM_DIR || process.cwd();
+const puppeteer = createRequire(path.join(path.resolve(npmDir), 'package.json'))('puppeteer-core');
+
+const WAIT_MS = 30000;
+const work = workArg || fs.mkdtempSync(path.join(os.tmpdir(), 'web-page-test-'));
+const passed = [];
+let browser;
+
+class CheckError extends Error {}
+function check(cond, what) {
+  if (!cond) throw new CheckError(what);
+}
+function ok(what) {
+  passed.push(what);
+  console.log(`ok   ${what}`);
+}
+// Bounded wait for a condition in the page; on timeout, says what was seen.
+async function waitPage(page, what, fn, arg, describe) {
+  try {
+    await page.waitForFunction(fn, { timeout: WAIT_MS, polling: 100 }, arg);
+  } catch (e) {
+    const seen = describe ? await describe().catch((x) => `(cannot describe: ${x.message})`) : '';
+    throw new CheckError(`${what}: not met within ${WAIT_MS / 1000} s${seen ? `; page shows ${seen}` : ''} (${e.message.split('\n')[0]})`);
+  }
+}
+async function api(pathAndQuery, init) {
+  const res = await fetch(new URL(pathAndQuery, base), { ...init, signal: AbortSignal.timeout(WAIT_MS) });
+  const text = await res.text();
+  let body;
+  try { body = JSON.parse(text); } catch { body = text; }
+  return { status: res.status, body };
+}
+const ids = (hits) => hits.map((h) => h.id);
+
+// Console errors and page errors, by test phase; only the error phase may
+// have "Failed to load resource" for its 4xx answer.
+const consoleErrors = [];
+let phase = 'load';
+
+async function main() {
+  const info = await api('/info');
+  check(info.status === 200 && info.body && info.body.model,
+    `GET /info answers 200 with a model (got ${info.status} ${JSON.stringify(info.body).slice(0, 300)})`);
+  const { snapshot_version: version, model } = info.body;
+
+  browser = await puppeteer.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--no-sandbox', '--headless=new'],
+    protocolTimeout: 60000,
+    timeout: WAIT_MS,
+  });
+  const page = await browser.newPage();
+  page.setDefaultTimeout(WAIT_MS);
+  await page.setViewport({ width: 1200, height: 900 });
+  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push({ phase, text: m.text() }); });
+  page.on('pageerror', (e) => consoleErrors.push({ phase, text: `pageerror: ${e.message}`, fatal: true }));
+  const statusAndError = () => page.evaluate(() =>
+    JSON.stringify({ status: document.querySelector('#status')?.textContent,
+      error: document.querySelector('#error')?.hidden ? '(hidden)' : document.querySelector('#error')?.textContent,
+      first: [...document.querySelectorAll('#results [data-id]')].slice(0, 5).map((e) => e.dataset.id) }));
+
+  // 1. The page loads and describes the snapshot from /info.
+  const res = await page.goto(base + '/', { waitUntil: 'load', timeout: WAIT_MS });
+  check(res && res.status() === 200, `GET / answers 200 (got ${res && res.status()})`);
+  check(/^text\/html/.test(res.headers()['content-type'] || ''),
+    `GET / is text/html (got ${res.headers()['content-type']})`);
+  const want = { v: `v${version}`, name: model.name };
+  await waitPage(page, `#info and #status show snapshot ${want.v} and model ${want.name}`, (w) => {
+    const i = document.querySelector('#info')?.textContent || '', s = document.querySelector('#status')?.textContent || '';
+    return i.includes(w.v) && i.includes(w.name) && s.includes(w.v) && s.includes(w.name);
+  }, want, statusAndError);
+  ok(`page shows snapshot ${want.v} and model ${want.name}`);
+
+  const textState = await page.evaluate(() => ({
+    disabled: document.querySelector('#text').disabled,
+    note: document.querySelector('#text-note')?.textContent || '',
+    visible: !!document.querySelector('#text-note')?.offsetParent,
+  }));
+  const textOn = !!(model.has_text && model.loaded);
+  check(textState.disabled === !textOn, `#text is ${textOn ? 'enabled' : 'disabled'} (has_text=${model.has_text}, loaded=${model.loaded})`);
+  if (!textOn) {
+    check(textState.visible && /unavailable/i.test(textState.note) && textState.note.includes(model.name),
+      `a visible note says why text search is unavailable (got '${textState.note}')`);
+  }
+  ok(`text search ${textOn ? 'enabled' : `disabled with note '${textState.note}'`}`);
+
+  const unlabelled = await page.evaluate(() => [...document.querySelectorAll('input, select, textarea')]
+    .filter((n) => n.type !== 'hidden' && (!n.labels || n.labels.length === 0)).map((n) => n.id || n.name || n.outerHTML));
+  check(unlabelled.length === 0, `every input has a <label> (unlabelled: ${unlabelled.join(', ')})`);
+  const live = await page.$eval('#status', (n) => n.getAttribute('aria-live'));
+  check(live === 'polite', `#status is aria-live=polite (got ${live})`);
+  const role = await page.$eval('#error', (n) => n.getAttribute('role'));
+  check(role === 'alert', `#error has role=alert (got ${role})`);
+  ok('inputs labelled; #status aria-live=polite; #error role=alert');
+
+  // 2. Upload a corpus image: it is its own nearest neighbour.
+  phase = 'image';
+  const params = await page.evaluate(() => ({
+    top_k: Number(document.querySelector('#topk').value), ef: Number(document.querySelector('#ef').value || 0) }));
+  check(Number.isInteger(params.top_k) && params.top_k >= 2, `#topk holds a usable default (got ${params.top_k})`);
+  const bytes = fs.readFileSync(imagePath);
+  const type = imagePath.endsWith('.png') ? 'image/png' : 'image/jpeg';
+  const direct = await api(`/invocations?top_k=${params.top_k}&ef=${params.ef}`,
+    { method: 'POST', headers: { 'Content-Type': type }, body: bytes });
+  check(direct.status === 200 && Array.isArray(direct.body.hits) && direct.body.hits.length >= 2,
+    `direct image query answers hits (got ${direct.status} ${JSON.stringify(direct.body).slice(0, 300)})`);
+  const [chooser] = await Promise.all([page.waitForFileChooser({ timeout: WAIT_MS }), page.click('#file')]);
+  await chooser.accept([imagePath]);
+  await waitPage(page, `first result is ${expectedId}`,
+    (id) => document.querySelector('#results [data-id]')?.dataset.id === id, expectedId, statusAndError);
+  await waitPage(page, `the first result's thumbnail loads`, () => {
+    const img = document.querySelector('#results [data-id] img');
+    return !!img && img.complete && img.naturalWidth > 0;
+  }, undefined, () => page.evaluate(() => document.querySelector('#results [data-id]')?.outerHTML.slice(0, 400)));
+  const shown = await page.$$eval('#results [data-id]', (ns) => ns.map((n) => ({
+    id: n.dataset.id, text: n.textContent, alt: n.querySelector('img')?.alt, tag: n.tagName })));
+  check(JSON.stringify(shown.map((s) => s.id)) === JSON.stringify(ids(direct.body.hits)),
+    `the page shows the hits of the same query sent directly, in order (page ${shown.map((s) => s.id)}; api ${ids(direct.body.hits)})`);
+  const hit0 = direct.body.hits[0];
+  check(shown[0].text.includes(hit0.score.toFixed(3)), `first result shows score ${hit0.score.toFixed(3)} (text '${shown[0].text}')`);
+  for (const [k, v] of Object.entries(hit0.attributes || {})) {
+    check(shown[0].text.includes(k) && shown[0].text.includes(String(v)), `first result shows attribute ${k}: ${v} (text '${shown[0].text}')`);
+  }
+  check(shown[0].alt === `thumbnail of ${hit0.id}`, `thumbnail alt text names the id (got '${shown[0].alt}')`);
+  check(['BUTTON', 'A'].includes(shown[0].tag), `results are buttons or links (got ${shown[0].tag})`);
+  const status = await page.$eval('#status', (n) => n.textContent);
+  check(/\d+(\.\d+)?\s*ms/.test(status) && status.includes(`v${direct.body.snapshot_version}`) && status.includes(model.name),
+    `#status shows latency, snapshot version and model (got '${status}')`);
+  ok(`image upload: first of ${shown.length} results is ${expectedId} with its thumbnail; status '${status}'`);
+
+  fs.mkdirSync(path.dirname(path.resolve(screenshot)), { recursive: true });
+  await page.screenshot({ path: screenshot, fullPage: true });
+  check(fs.statSync(screenshot).size > 1000, `screenshot written to ${screenshot}`);
+  ok(`screenshot ${screenshot}`);
+
+  // 3. Click the 2nd result: "more like this" by id.
+  phase = 'more-like-this';
+  const before = shown.map((s) => s.id);
+  const clicked = before[1];
+  const mlt = await api('/invocations', { method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ id: clicked, top_k: params.top_k, ef: params.ef }) });
+  check(mlt.status === 200 && Array.isArray(mlt.body.hits) && mlt.body.hits.length > 0,
+    `direct id query answers hits (got ${mlt.status} ${JSON.stringify(mlt.body).slice(0, 300)})`);
+  const wantIds = ids(mlt.body.hits);
+  check(JSON.stringify(wantIds) !== JSON.stringify(before), 'the id query answers differently from the image query');
+  await page.click(`#results [data-id="${clicked}"]`);
+  await waitPage(page, `results become the neighbours of ${clicked}`,
+    (w) => JSON.stringify([...document.querySelectorAll('#results [data-id]')].map((n) => n.dataset.id)) === w,
+    JSON.stringify(wantIds), statusAndError);
+  ok(`click on ${clicked}: page shows its ${wantIds.length} neighbours as POST {"id"} answers`);
+
+  // ... and by keyboard: Tab focus + Enter on another result.
+  const next = wantIds.find((id) => id !== clicked);
+  const mlt2 = await api('/invocations', { method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ id: next, top_k: params.top_k, ef: params.ef }) });
+  check(mlt2.status === 200, `direct id query for ${next} answers 200 (got ${mlt2.status})`);
+  await page.focus(`#results [data-id="${next}"]`);
+  await page.keyboard.press('Enter');
+  await waitPage(page, `Enter on ${next} shows its neighbours`,
+    (w) => JSON.stringify([...document.querySelectorAll('#results [data-id]')].map((n) => n.dataset.id)) === w,
+    JSON.stringify(ids(mlt2.body.hits)), statusAndError);
+  ok(`keyboard Enter on ${next}: page shows its neighbours`);
+
+  // 4. An undecodable file: the page shows the API's own error words.
+  phase = 'error';
+  const broken = path.join(work, 'broken.png');
+  // A PNG signature and the start of an IHDR chunk, then junk: truncated.
+  fs.writeFileSync(broken, Buffer.concat([Buffer.from('89504e470d0a1a0a0000000d49484452', 'hex'),
+    Buffer.from('this is not the rest of a PNG image')]));
+  const bad = await api(`/invocations?top_k=${params.top_k}&ef=${params.ef}`,
+    { method: 'POST', headers: { 'Content-Type': 'image/png' }, body: fs.readFileSync(broken) });
+  check(bad.status >= 400 && bad.status < 500 && bad.body && bad.body.error && bad.body.error.message,
+    `direct query with broken.png answers a 4xx JSON error (got ${bad.status} ${JSON.stringify(bad.body).slice(0, 300)})`);
+  const { code, message } = bad.body.error;
+  const [chooser2] = await Promise.all([page.waitForFileChooser({ timeout: WAIT_MS }), page.click('#file')]);
+  await chooser2.accept([broken]);
+  await waitPage(page, `#error shows '${code}: ${message}'`, (w) => {
+    const e = document.querySelector('#error');
+    return !!e && !e.hidden && e.offsetParent !== null && e.getBoundingClientRect().height > 0 &&
+      e.textContent.includes(w.message) && e.textContent.includes(w.code);
+  }, { code, message }, statusAndError);
+  ok(`broken.png: #error shows "${code}: ${message}"`);
+
+  // 5. Console: nothing but the error step's 4xx.
+  phase = 'done';
+  const unexpected = consoleErrors.filter((c) => c.fatal || c.phase !== 'error' ||
+    !/Failed to load resource: the server responded with a status of 4\d\d/.test(c.text));
+  check(unexpected.length === 0, `no console or page errors (got ${JSON.stringify(unexpected)})`);
+  ok(`console clean (${consoleErrors.length} expected 4xx message(s) in the error step)`);
+}
+
+const timer = setTimeout(() => { console.error('FAIL: web page test took over 240 s'); process.exit(1); }, 240000);
+try {
+  await main();
+  console.log(`PASS web page: ${passed.length} checks`);
+  process.exitCode = 0;
+} catch (e) {
+  console.error(`FAIL: ${e instanceof CheckError ? e.message : e.stack || e}`);
+  if (consoleErrors.length) console.error(`console errors: ${JSON.stringify(consoleErrors)}`);
+  process.exitCode = 1;
+} finally {
+  clearTimeout(timer);
+  if (browser) await browser.close().catch(() => {});
+  if (!workArg) fs.rmSync(work, { recursive: true, force: true });
+}
