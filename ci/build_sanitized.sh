@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR="${BUILD_DIR:-build-asan}"
 TARGETS=(imagesearch_common_test imagesearch_index_test imagesearch_snapshot_test
-         imagesearch_serving_test imagesearch_vector_io_test imagesearch_image_test
+         imagesearch_serving_test imagesearch_image_test
          imagesearch_text_test imagesearch_batcher_test)
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Debug -DIMAGESEARCH_SANITIZE=ON \
   -DIMAGESEARCH_WITH_TORCH=OFF -DIMAGESEARCH_DEFAULT_MODEL=OFF >/dev/null

@@ -170,7 +170,12 @@ absl::Status ListLines(std::istream& in, const fs::path& dir, bool plain_paths, 
 // Streams the input into `out`; returns an error for unusable input (bad
 // manifest line, missing directory). Closes nothing; the caller does.
 absl::Status ListInput(const IndexerOptions& o, BoundedQueue<Work>* out, Progress* progress) {
+  uint64_t position = 0;
   auto push = [&](Work w) {
+    // This worker's share of the input, by list position (all of it for 0/1).
+    if (position++ % static_cast<uint64_t>(o.shard.count) != static_cast<uint64_t>(o.shard.index)) {
+      return;
+    }
     progress->listed++;
     out->Push(std::move(w));
   };
@@ -215,18 +220,28 @@ absl::Status ListInput(const IndexerOptions& o, BoundedQueue<Work>* out, Progres
       "--input '", o.input, "' is neither a directory, a .jsonl manifest, nor '-' (stdin)"));
 }
 
-std::string PreprocessingJson(const encoder::ModelInfo& info) {
+// What the manifest (or a shard) records about the model; sha256 and file
+// are the caller's.
+snapshot::ModelIdentity IdentityOf(const encoder::ModelInfo& info) {
+  snapshot::ModelIdentity id;
+  id.name = info.name;
+  id.version = info.version;
+  id.image_size = info.image_size;
+  id.has_text = info.text.has_value();
   nlohmann::json j = {{"resize", info.resize},       {"crop", info.crop},
                       {"interpolation", info.interpolation}, {"image_size", info.image_size},
                       {"mean", info.mean},           {"std", info.std}};
-  return j.dump();
+  id.preprocessing_json = j.dump();
+  return id;
 }
 
 }  // namespace
 
 absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
   const auto start = Clock::now();
-  if (o.root.empty()) return absl::InvalidArgumentError("--root is required");
+  if (o.root.empty() && o.embeddings_out.empty()) {
+    return absl::InvalidArgumentError("--root (or --embeddings_out) is required");
+  }
   if (o.model_path.empty()) return absl::InvalidArgumentError("--model is required");
   if (o.batch_size < 1) return absl::InvalidArgumentError("--batch must be at least 1");
   model::ModelBundleOptions mo;
@@ -252,6 +267,14 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
     }
   } else if (!o.remove_ids.empty()) {
     return absl::InvalidArgumentError("--remove_ids needs --base");
+  }
+  const bool to_shard = !o.embeddings_out.empty();
+  if (to_shard && o.base_version != 0) {
+    return absl::InvalidArgumentError(
+        "--embeddings_out writes one shard of a new build; it cannot be combined with --base");
+  }
+  if (o.shard.count < 1 || o.shard.index < 0 || o.shard.index >= o.shard.count) {
+    return absl::InvalidArgumentError("--shard must be i/n with 0 <= i < n");
   }
 
   int decode_threads = o.decode_threads;
@@ -291,10 +314,15 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
   };
   BoundedQueue<Encoded> encoded(4);
   absl::Status insert_status;
+  std::vector<float> shard_vectors;  // With embeddings_out: the rows, instead of a graph.
   std::thread inserter([&] {
     while (auto e = encoded.Pop()) {
       if (!insert_status.ok()) continue;  // Drain so the encoder never blocks.
-      insert_status = builder->Add(e->vectors.data(), e->vectors.size() / dim, e->first_row);
+      if (to_shard) {
+        shard_vectors.insert(shard_vectors.end(), e->vectors.begin(), e->vectors.end());
+      } else {
+        insert_status = builder->Add(e->vectors.data(), e->vectors.size() / dim, e->first_row);
+      }
     }
   });
 
@@ -419,11 +447,34 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
     RETURN_IF_ERROR(flush_chunk());
   }
   report.total = ids.size();
-  if (report.indexed == 0 && !base) {
+  if (o.thumbnails && thumbs.size() != ids.size()) {
+    return absl::InternalError(absl::StrCat(thumbs.size(), " thumbnails for ", ids.size(), " rows"));
+  }
+  if (to_shard && report.listed == 0) {
+    // More workers than items: this worker's share is empty, which is fine.
+  } else if (report.indexed == 0 && !base) {
     return absl::FailedPreconditionError(absl::StrCat(
         "no image was indexed (", report.listed, " listed, ", report.rejected,
         " rejected); nothing was published",
         rejects.empty() ? std::string() : absl::StrCat(". First: ", rejects[0].path, ": ", rejects[0].reason)));
+  }
+  if (to_shard) {
+    snapshot::EmbeddingShard shard;
+    shard.spec = o.shard;
+    shard.model = IdentityOf(info);
+    shard.model.sha256 = model_sha;
+    shard.dim = static_cast<int>(dim);
+    shard.metric = metric;
+    shard.listed = report.listed;
+    shard.vectors = std::move(shard_vectors);
+    shard.ids = std::move(ids);
+    if (o.thumbnails) shard.thumbs = std::move(thumbs);
+    shard.rejects_jsonl = std::move(rejects_jsonl);
+    if (!o.dry_run) {
+      ASSIGN_OR_RETURN(report.shard_dir, snapshot::WriteEmbeddingShard(o.embeddings_out, shard));
+    }
+    report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    return report;
   }
   if (report.total == 0) {
     return absl::FailedPreconditionError("the new snapshot would be empty; nothing was published");
@@ -444,19 +495,10 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
     return builder->Save(graph, offsets);
   };
   in.model_path = o.model_path;
-  in.model.name = info.name;
-  in.model.version = info.version;
-  in.model.image_size = info.image_size;
-  in.model.has_text = info.text.has_value();
-  in.model.preprocessing_json = PreprocessingJson(info);
+  in.model = IdentityOf(info);
   in.base_version = o.base_version;
   in.extra_files["rejects.jsonl"] = rejects_jsonl;
-  if (o.thumbnails) {
-    if (thumbs.size() != in.count) {
-      return absl::InternalError(absl::StrCat(thumbs.size(), " thumbnails for ", in.count, " rows"));
-    }
-    in.thumbnails = std::move(thumbs);
-  }
+  if (o.thumbnails) in.thumbnails = std::move(thumbs);
   if (!o.dry_run) {
     ASSIGN_OR_RETURN(report.version, snapshot::PublishSnapshot(o.root, in));
   }

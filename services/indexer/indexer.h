@@ -29,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "libs/image/image.h"
 #include "libs/index/hnsw_builder.h"
+#include "libs/snapshot/embedding_shard.h"
 
 namespace imagesearch::indexer {
 
@@ -56,10 +57,18 @@ struct IndexerOptions {
   // Progress: "auto" (bar on a terminal, lines otherwise), "bar", "lines", "none".
   std::string progress = "auto";
   bool dry_run = false;  // Encode and build, but do not publish (benchmarks).
+  // Distributed indexing: take only list positions p with p % shard.count ==
+  // shard.index, and with embeddings_out set, write the vectors, ids and
+  // thumbnails to embeddings_out/shard-<i>-of-<n>/ instead of building a
+  // graph and publishing (see libs/snapshot/embedding_shard.h; the final
+  // step is `imagesearch-snapshot build --shards=DIR`).
+  snapshot::ShardSpec shard;
+  std::string embeddings_out;
 };
 
 struct IndexReport {
-  uint64_t version = 0;  // 0 for a dry run.
+  uint64_t version = 0;  // 0 for a dry run or an embeddings shard.
+  std::string shard_dir; // With embeddings_out: the shard directory written.
   uint64_t listed = 0;
   uint64_t indexed = 0;  // Newly encoded.
   uint64_t rejected = 0;

@@ -43,6 +43,12 @@ ABSL_FLAG(bool, thumbnails, true,
           "Store a JPEG thumbnail of each image in the snapshot (thumbs.bin) for the web page.");
 ABSL_FLAG(int, thumbnail_size, 128, "Thumbnail long side in pixels (8-1024); never enlarged.");
 ABSL_FLAG(bool, dry_run, false, "Encode and build the graph but publish nothing.");
+ABSL_FLAG(std::string, shard, "0/1",
+          "Distributed indexing: i/n takes every n-th input item starting at item i (0-based); "
+          "a Kubernetes Indexed Job passes $(JOB_COMPLETION_INDEX)/n.");
+ABSL_FLAG(std::string, embeddings_out, "",
+          "Write this worker's vectors, ids and thumbnails to DIR/shard-<i>-of-<n>/ instead of "
+          "publishing a snapshot; then `imagesearch-snapshot build --shards=DIR` publishes one.");
 ABSL_FLAG(std::string, log_format, "text", "Log lines on stderr: text, or json (one object per line).");
 
 int main(int argc, char** argv) {
@@ -56,7 +62,8 @@ int main(int argc, char** argv) {
   o.input = absl::GetFlag(FLAGS_input);
   o.root = absl::GetFlag(FLAGS_root);
   o.model_path = absl::GetFlag(FLAGS_model);
-  if (o.input.empty() || o.root.empty() || o.model_path.empty()) {
+  if (o.input.empty() || (o.root.empty() && absl::GetFlag(FLAGS_embeddings_out).empty()) ||
+      o.model_path.empty()) {
     std::cerr << "usage: imagesearch-indexer --input=DIR|FILE.jsonl|- --root=DIR --model=model.pt\n";
     return 2;
   }
@@ -91,6 +98,18 @@ int main(int argc, char** argv) {
   o.thumbnails = absl::GetFlag(FLAGS_thumbnails);
   o.thumbnail.max_side = absl::GetFlag(FLAGS_thumbnail_size);
   o.dry_run = absl::GetFlag(FLAGS_dry_run);
+  auto shard = imagesearch::snapshot::ParseShardSpec(absl::GetFlag(FLAGS_shard));
+  if (!shard.ok()) {
+    std::cerr << "--shard: " << shard.status().message() << "\n";
+    return 2;
+  }
+  o.shard = *shard;
+  o.embeddings_out = absl::GetFlag(FLAGS_embeddings_out);
+  if (o.embeddings_out.empty() && o.shard.count != 1) {
+    std::cerr << "--shard needs --embeddings_out (each worker writes a shard; imagesearch-snapshot "
+                 "build --shards publishes them as one snapshot)\n";
+    return 2;
+  }
   auto report = imagesearch::indexer::RunIndexer(o);
   if (!report.ok()) {
     imagesearch::LogError("indexer failed: ", report.status().ToString());
@@ -100,7 +119,10 @@ int main(int argc, char** argv) {
   std::cout << absl::StrFormat(
       "%s: %d listed, %d indexed, %d rejected, %d kept from base, %d removed -> %d vectors in "
       "%.1fs (%.1f img/s; encoder busy %.1fs)\n",
-      r.version ? absl::StrFormat("published v%d", r.version) : std::string("dry run"), r.listed,
+      r.version              ? absl::StrFormat("published v%d", r.version)
+      : !r.shard_dir.empty() ? absl::StrCat("wrote shard ", r.shard_dir)
+                             : std::string("dry run"),
+      r.listed,
       r.indexed, r.rejected, r.kept_from_base, r.removed, r.total, r.seconds,
       r.seconds > 0 ? r.indexed / r.seconds : 0.0, r.encode_seconds);
   return 0;

@@ -3,6 +3,8 @@
 //
 //   imagesearch-snapshot build --root=R --vectors=emb.npy [--ids=ids.txt|ids.jsonl]
 //       [--metric=cosine|ip|l2] [--m=16] [--ef_construction=200] [--default_ef=64]
+//   imagesearch-snapshot build --root=R --shards=DIR --model=model.pt [--m=...]
+//       (the shards that `imagesearch-indexer --shard=i/n --embeddings_out=DIR` wrote)
 //   imagesearch-snapshot list|current --root=R
 //   imagesearch-snapshot set-current --root=R --version=v3     (rollback)
 //   imagesearch-snapshot gc --root=R --keep=2
@@ -21,9 +23,10 @@
 #include "libs/common/binary_main.h"
 #include "libs/common/file_util.h"
 #include "libs/index/test_vectors.h"
+#include "libs/snapshot/embedding_shard.h"
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
-#include "tools/make_snapshot/vector_io.h"
+#include "libs/snapshot/vector_io.h"
 #include <nlohmann/json.hpp>
 
 ABSL_FLAG(std::string, root, "", "Snapshot root directory.");
@@ -31,7 +34,11 @@ ABSL_FLAG(std::string, vectors, "", "build: .npy (float32/64, N x D) or .fvecs f
 ABSL_FLAG(std::string, ids, "",
           "build: ids, one per line (.txt) or JSON objects {id, uri, attributes} (.jsonl). "
           "Default: row numbers.");
-ABSL_FLAG(std::string, metric, "cosine", "build: cosine, ip or l2.");
+ABSL_FLAG(std::string, metric, "cosine", "build: cosine, ip or l2 (--shards: the shards' own).");
+ABSL_FLAG(std::string, shards, "",
+          "build: a directory of shard-<i>-of-<n>/ embedding shards (imagesearch-indexer "
+          "--embeddings_out); all n must be there, made with --model.");
+ABSL_FLAG(std::string, model, "", "build --shards: the model.pt that made the shards.");
 ABSL_FLAG(int, m, 16, "build: HNSW M.");
 ABSL_FLAG(int, ef_construction, 200, "build: HNSW ef_construction.");
 ABSL_FLAG(int, default_ef, 64, "build: ef used when a query leaves it unset.");
@@ -87,7 +94,59 @@ absl::StatusOr<std::vector<snapshot::IdRecord>> ReadIds(const std::string& path,
   return ids;
 }
 
+// build --shards: n workers' embedding shards -> one snapshot, with the
+// model, rows in shard order.
+int BuildFromShards(const std::string& root) {
+  const std::string model = absl::GetFlag(FLAGS_model);
+  if (model.empty()) {
+    std::cerr << "build --shards needs --model (the model.pt the shards were made with)\n";
+    return 2;
+  }
+  auto shards = snapshot::ReadEmbeddingShards(absl::GetFlag(FLAGS_shards));
+  if (!shards.ok()) return Fail(shards.status());
+  const snapshot::EmbeddingShard& first = shards->front();
+  auto sha = Sha256HexOfFile(model);
+  if (!sha.ok()) return Fail(sha.status());
+  if (*sha != first.model.sha256) {
+    return Fail(absl::FailedPreconditionError(absl::StrCat(
+        "the shards were made with model ", first.model.name, " (sha256 ",
+        first.model.sha256.substr(0, 12), "...), not ", model, " (sha256 ", sha->substr(0, 12),
+        "...)")));
+  }
+  std::vector<float> vectors;
+  snapshot::SnapshotInput in;
+  bool any_thumbs = false;
+  std::string rejects;
+  for (const auto& s : *shards) any_thumbs |= !s.thumbs.empty();
+  for (auto& s : *shards) {
+    vectors.insert(vectors.end(), s.vectors.begin(), s.vectors.end());
+    for (size_t r = 0; r < s.ids.size(); ++r) {
+      in.ids.push_back(std::move(s.ids[r]));
+      if (any_thumbs) in.thumbnails.push_back(s.thumbs.empty() ? "" : std::move(s.thumbs[r]));
+    }
+    rejects += s.rejects_jsonl;
+  }
+  in.vectors = vectors.data();
+  in.count = in.ids.size();
+  in.dim = first.dim;
+  in.metric = first.metric;
+  in.hnsw.m = absl::GetFlag(FLAGS_m);
+  in.hnsw.ef_construction = absl::GetFlag(FLAGS_ef_construction);
+  in.hnsw.threads = absl::GetFlag(FLAGS_threads);
+  in.default_ef = absl::GetFlag(FLAGS_default_ef);
+  in.model_path = model;
+  in.model = first.model;
+  in.extra_files["rejects.jsonl"] = rejects;
+  auto v = snapshot::PublishSnapshot(root, in);
+  if (!v.ok()) return Fail(v.status());
+  std::cout << "published v" << *v << " (" << in.count << " vectors from " << shards->size()
+            << " shards, dim " << in.dim << ", " << index::MetricName(in.metric) << ", model "
+            << in.model.name << ") to " << snapshot::VersionDir(root, *v) << "\n";
+  return 0;
+}
+
 int Build(const std::string& root) {
+  if (!absl::GetFlag(FLAGS_shards).empty()) return BuildFromShards(root);
   auto set = ReadVectorFile(absl::GetFlag(FLAGS_vectors));
   if (!set.ok()) return Fail(set.status());
   auto ids = ReadIds(absl::GetFlag(FLAGS_ids), set->count);

@@ -1,4 +1,4 @@
-#include "tools/make_snapshot/vector_io.h"
+#include "libs/snapshot/vector_io.h"
 
 #include <catch2/catch.hpp>
 #include <cstring>

@@ -1,7 +1,7 @@
 // Readers for raw vector files: NumPy .npy (float32 or float64, C order, 2-D)
 // and .fvecs (per vector: int32 dim, then dim float32). Thread-compatible.
-#ifndef IMAGESEARCH_TOOLS_MAKE_SNAPSHOT_VECTOR_IO_H_
-#define IMAGESEARCH_TOOLS_MAKE_SNAPSHOT_VECTOR_IO_H_
+#ifndef IMAGESEARCH_LIBS_SNAPSHOT_VECTOR_IO_H_
+#define IMAGESEARCH_LIBS_SNAPSHOT_VECTOR_IO_H_
 
 #include <string>
 #include <vector>
@@ -26,4 +26,4 @@ std::string EncodeNpy(const VectorSet& set);
 
 }  // namespace imagesearch
 
-#endif  // IMAGESEARCH_TOOLS_MAKE_SNAPSHOT_VECTOR_IO_H_
+#endif  // IMAGESEARCH_LIBS_SNAPSHOT_VECTOR_IO_H_

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Distributed indexing, as the Kubernetes Indexed Job runs it, on one machine:
+three indexer workers (--shard=i/3 --embeddings_out) and the final
+`imagesearch-snapshot build --shards` give the same vectors, ids, attributes
+and thumbnails as one indexer run, and the result serves. Also: a missing
+shard, or the wrong model, is refused and nothing is published.
+
+Usage: sharded_indexing_test.py BUILD_DIR SOURCE_DIR DEFAULT_MODEL
+"""
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import numpy as np
+
+BUILD, SRC, MODEL = sys.argv[1:4]
+INDEXER = os.path.join(BUILD, "services", "indexer", "imagesearch-indexer")
+SNAPSHOT = os.path.join(BUILD, "tools", "make_snapshot", "imagesearch-snapshot")
+QUERY = os.path.join(BUILD, "services", "query", "imagesearch-query")
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def run(*args, ok=True):
+    out = subprocess.run(list(args), capture_output=True, text=True)
+    if ok:
+        check(out.returncode == 0, f"{args[0]} failed ({out.returncode}): {out.stderr}")
+    return out
+
+
+def read_ids(path):
+    """Rows of an ids.bin (libs/snapshot/ids_table.h): [(id, uri, attributes)]."""
+    data = open(path, "rb").read()
+    check(data[:8] == b"ISIDS\0\0\1", f"{path}: bad magic")
+    n, blob = struct.unpack_from("<QQ", data, 16)
+    base = 32 + n * 24 + n * 4
+    rows = []
+    for i in range(n):
+        off, a, b, c, _ = struct.unpack_from("<QIIII", data, 32 + i * 24)
+        p = base + off
+        rows.append((data[p:p + a].decode(), data[p + a:p + a + b].decode(),
+                     data[p + a + b:p + a + b + c].decode()))
+    return rows
+
+
+def read_thumbs(path):
+    data = open(path, "rb").read()
+    check(data[:8] == b"ISTHM\0\0\1", f"{path}: bad magic")
+    n = struct.unpack_from("<Q", data, 16)[0]
+    offs = struct.unpack_from(f"<{n + 1}Q", data, 32)
+    base = 32 + (n + 1) * 8
+    return [data[base + offs[i]:base + offs[i + 1]] for i in range(n)]
+
+
+def by_id(shard_dirs):
+    """id -> (vector, uri, attributes, thumbnail) over some shard dirs."""
+    rows = {}
+    for d in shard_dirs:
+        vecs = np.load(os.path.join(d, "vectors.npy"))
+        ids = read_ids(os.path.join(d, "ids.bin"))
+        thumbs = read_thumbs(os.path.join(d, "thumbs.bin"))
+        check(len(ids) == len(vecs) == len(thumbs), f"{d}: {len(ids)} ids, {len(vecs)} vectors")
+        for (i, uri, attrs), v, t in zip(ids, vecs, thumbs):
+            check(i not in rows, f"id {i} in two shards")
+            rows[i] = (v, uri, attrs, t)
+    return rows
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="imagesearch_shards_")
+    server = None
+    try:
+        corpus = os.path.join(work, "corpus")
+        run("bash", os.path.join(SRC, "tools", "corpus", "fashion_mnist.sh"), corpus, "5")
+        manifest = os.path.join(corpus, "manifest.jsonl")
+        with open(manifest, "a") as f:  # one undecodable image, rejected by its worker
+            f.write(json.dumps({"id": "broken", "path": "broken.png"}) + "\n")
+        open(os.path.join(corpus, "broken.png"), "wb").write(b"\x89PNG\r\n\x1a\n broken")
+        common = [f"--input={manifest}", f"--model={MODEL}", "--progress=none",
+                  "--max_reject_ratio=0.2"]
+
+        # One worker for everything, and three workers, as the Indexed Job's pods.
+        one = os.path.join(work, "one")
+        run(INDEXER, *common, "--shard=0/1", f"--embeddings_out={one}")
+        three = os.path.join(work, "three")
+        for i in range(3):
+            out = run(INDEXER, *common, f"--shard={i}/3", f"--embeddings_out={three}")
+            check(f"wrote shard {three}/shard-{i}-of-3" in out.stdout, out.stdout)
+        single = by_id([os.path.join(one, "shard-0-of-1")])
+        split = by_id([os.path.join(three, f"shard-{i}-of-3") for i in range(3)])
+        check(len(single) == 50 and set(single) == set(split),
+              f"ids differ: {len(single)} vs {len(split)}")
+        worst = max(float(np.abs(single[i][0] - split[i][0]).max()) for i in single)
+        # Batches are composed differently, so allow float rounding, nothing more.
+        check(worst < 1e-4, f"vectors differ by up to {worst}")
+        for i in single:
+            check(single[i][1:] == split[i][1:], f"{i}: uri/attributes/thumbnail differ")
+        rejects = "".join(open(os.path.join(three, f"shard-{i}-of-3", "rejects.jsonl")).read()
+                          for i in range(3))
+        check(rejects.count('"id":"broken"') == 1, f"rejects: {rejects}")
+        print(f"1. 3 workers == 1 worker: 50 ids, max |dv| = {worst:.2e}, same uris, attributes, "
+              "thumbnails; the broken image rejected once")
+
+        # The final Job: one snapshot from the three shards.
+        root = os.path.join(work, "root")
+        out = run(SNAPSHOT, "build", f"--root={root}", f"--shards={three}", f"--model={MODEL}")
+        check("published v1 (50 vectors from 3 shards" in out.stdout, out.stdout)
+        run(SNAPSHOT, "verify", f"--root={root}")
+        manifest_json = json.load(open(os.path.join(root, "v1", "MANIFEST.json")))
+        check(manifest_json["model"]["sha256"] and "thumbs.bin" in manifest_json["files"]
+              and "model.pt" in manifest_json["files"], manifest_json)
+        check('"id":"broken"' in open(os.path.join(root, "v1", "rejects.jsonl")).read(), "rejects")
+
+        # It serves: an image finds itself, with its thumbnail.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen([QUERY, f"--snapshot_root={root}", "--host=127.0.0.1",
+                                   "--port=0", f"--http_port={port}"],
+                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "q.log"), "w"))
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if urllib.request.urlopen(base + "/ping", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        first = json.loads(open(manifest).readline())
+        body = open(os.path.join(corpus, first["path"]), "rb").read()
+        req = urllib.request.Request(base + "/invocations?top_k=3", data=body,
+                                     headers={"Content-Type": "image/png"})
+        hits = json.load(urllib.request.urlopen(req, timeout=60))["hits"]
+        check(hits[0]["id"] == first["id"], f"image query: {hits}")
+        thumb = urllib.request.urlopen(f"{base}/thumbs/{first['id']}", timeout=10).read()
+        check(thumb == split[first["id"]][3], "served thumbnail differs from the shard's")
+        print("2. imagesearch-snapshot build --shards published v1 (model, thumbnails, rejects); "
+              "it serves: an image finds itself")
+
+        # Refusals: a missing shard, the wrong model. Nothing is published.
+        shutil.rmtree(os.path.join(three, "shard-1-of-3"))
+        out = run(SNAPSHOT, "build", f"--root={root}", f"--shards={three}", f"--model={MODEL}", ok=False)
+        check(out.returncode == 1 and "has 2 of 3 shards; missing: 1" in out.stderr, out.stderr)
+        run(INDEXER, *common, "--shard=1/3", f"--embeddings_out={three}")
+        other = os.path.join(work, "other.pt")
+        shutil.copy(MODEL, other)
+        with open(other, "ab") as f:
+            f.write(b"\0")
+        out = run(SNAPSHOT, "build", f"--root={root}", f"--shards={three}", f"--model={other}", ok=False)
+        check(out.returncode == 1 and "the shards were made with model" in out.stderr, out.stderr)
+        check(sorted(os.listdir(root)) == [".lock", "CURRENT", "v1"] or
+              sorted(x for x in os.listdir(root) if not x.startswith(".")) == ["CURRENT", "v1"],
+              f"something was published: {os.listdir(root)}")
+        out = run(INDEXER, *common, "--shard=3/3", f"--embeddings_out={three}", ok=False)
+        check(out.returncode == 2 and "0 <= i < n" in out.stderr, out.stderr)
+        print("3. a missing shard, the wrong model and a bad --shard are refused; nothing published")
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    print("sharded indexing e2e: passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
