@@ -230,6 +230,9 @@ HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
       server_(std::make_unique<httplib::Server>()) {
   const int threads = std::max(1, options_.threads);
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // httplib writes headers and body separately; without TCP_NODELAY, Nagle holds
+  // the body until the client's delayed ACK (about 40 ms per answer).
+  server_->set_tcp_nodelay(true);
   // Refusals that never reach the core are still counted as requests.
   auto refuse = [this](httplib::Response& res, const absl::Status& s, int http_status = 0) {
     SendError(res, s, http_status);

@@ -219,9 +219,14 @@ int Run() {
       std::lock_guard<std::mutex> lock(server_mu);
       server->GetHealthCheckService()->Shutdown();  // Health: NOT_SERVING.
     }
+    // gRPC stops listening and sends GOAWAY at once, so clients and proxies
+    // (nginx, round_robin channels) send new calls to other replicas instead
+    // of getting UNAVAILABLE here; calls in flight get the grace period.
+    const auto deadline = std::chrono::system_clock::now() + absl::ToChronoMilliseconds(grace);
+    std::thread grpc_shutdown([&server, deadline] { server->Shutdown(deadline); });
     if (!core.WaitIdle(grace)) LogWarning("grace period over with calls still in flight");
-    if (http) http->Stop();
-    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    if (http) http->Stop();  // HTTP answered 503 meanwhile (SageMaker, nginx retry on 503).
+    grpc_shutdown.join();
   });
   server->Wait();
   signal_thread.join();
