@@ -74,6 +74,9 @@ ABSL_FLAG(int, ef, 0, "ef of each query; 0 = the snapshot's default.");
 ABSL_FLAG(int, batch, 16, "batch: queries per SearchBatch call.");
 ABSL_FLAG(int, channels, 1, "gRPC channels (connections) to spread calls over.");
 ABSL_FLAG(int, timeout_ms, 10000, "Deadline of each call.");
+ABSL_FLAG(std::string, service_config, "",
+          "gRPC service config JSON file for the channels (e.g. a retryPolicy: "
+          "deploy/local/grpc_service_config.json).");
 ABSL_FLAG(std::string, base_vectors, "",
           "Recall: the indexed vectors (row i has id \"i\", as imagesearch-snapshot build names "
           "them); vector queries are checked against brute-force top_k.");
@@ -224,9 +227,12 @@ std::map<size_t, std::vector<std::string>> ExactTopK(const Workload& w, const Ve
 // gRPC thread.
 class GrpcCaller {
  public:
-  GrpcCaller(const std::string& target, int channels, const Workload* w) : w_(w) {
+  GrpcCaller(const std::string& target, int channels, const std::string& service_config,
+             const Workload* w)
+      : w_(w) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(64 << 20);
+    if (!service_config.empty()) args.SetServiceConfigJSON(service_config);
     for (int i = 0; i < std::max(1, channels); ++i) {
       args.SetInt("grpc.channel_id", i);  // distinct channels, not one shared subchannel
       stubs_.push_back(v1::ImageSearch::NewStub(
@@ -446,7 +452,16 @@ int Run() {
     }
     for (auto& t : workers) t.join();
   } else {
-    GrpcCaller caller(target, absl::GetFlag(FLAGS_channels), &w);
+    std::string service_config;
+    if (!absl::GetFlag(FLAGS_service_config).empty()) {
+      auto text = ReadFileToString(absl::GetFlag(FLAGS_service_config));
+      if (!text.ok()) {
+        std::cerr << "error: " << text.status() << "\n";
+        return 2;
+      }
+      service_config = *std::move(text);
+    }
+    GrpcCaller caller(target, absl::GetFlag(FLAGS_channels), service_config, &w);
     std::mutex mu;
     std::condition_variable cv;
     int inflight = 0;
