@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs distributed indexing on a cluster, in order:
+#   1. the indexing overlay's ServiceAccount, volumes and admin CronJob (apply);
+#   2. deletes the previous run's Jobs (a Job's pod template is immutable, and a
+#      finished Job would not run again);
+#   3. the Indexed Job imagesearch-index-shards (one pod per shard); waits for Complete;
+#   4. the Job imagesearch-snapshot-build (all shards -> HNSW graph -> snapshot
+#      v<N+1>, CURRENT flipped); waits for Complete.
+# Every query replica then swaps to the new version by itself (no restart).
+#   deploy/k8s/reindex.sh OVERLAY_DIR NAMESPACE [TIMEOUT_S=21600]
+#   deploy/k8s/reindex.sh deploy/k8s/overlays/prod/indexing imagesearch
+# Needs kubectl (>= 1.27) with a context for the cluster.
+set -euo pipefail
+[[ $# -ge 2 ]] || { echo "usage: $0 OVERLAY_DIR NAMESPACE [TIMEOUT_S]" >&2; exit 2; }
+OVERLAY="$1"; NS="$2"; TIMEOUT="${3:-21600}"
+COMPONENT=app.kubernetes.io/component
+RENDERED="$(mktemp)"
+trap 'rm -f "$RENDERED"' EXIT
+kubectl kustomize "$OVERLAY" >"$RENDERED"
+
+# wait_job COMPONENT: waits until the Job with that component label is Complete
+# (0) or Failed (1, with its logs).
+wait_job() {
+  local sel="$COMPONENT=$1" end=$((SECONDS + TIMEOUT)) state
+  while ((SECONDS < end)); do
+    state="$(kubectl -n "$NS" get job -l "$sel" \
+      -o jsonpath='{range .items[*].status.conditions[?(@.status=="True")]}{.type} {end}')"
+    case " $state " in
+      *" Complete "*) echo "job $1: Complete"; return 0 ;;
+      *" Failed "*)
+        echo "job $1: Failed" >&2
+        kubectl -n "$NS" logs -l "$sel" --tail=40 --prefix >&2 || true
+        return 1 ;;
+    esac
+    sleep 10
+  done
+  echo "job $1: not finished after ${TIMEOUT} s" >&2
+  return 1
+}
+
+kubectl apply -f "$RENDERED" -l "$COMPONENT notin (index-shards,snapshot-build)"
+kubectl -n "$NS" delete job -l "$COMPONENT in (index-shards,snapshot-build)" \
+  --ignore-not-found --wait=true
+kubectl apply -f "$RENDERED" -l "$COMPONENT=index-shards"
+wait_job index-shards
+kubectl apply -f "$RENDERED" -l "$COMPONENT=snapshot-build"
+wait_job snapshot-build
+kubectl -n "$NS" logs -l "$COMPONENT=snapshot-build" --tail=20 || true

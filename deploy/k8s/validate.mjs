@@ -1,0 +1,638 @@
+// Offline validation of deploy/k8s: renders base, dev and prod (the service
+// and the indexing Jobs of each), validates every object against the
+// Kubernetes API schemas (npm kubernetes-models), and asserts the invariants
+// that a schema cannot see: probes on the gRPC port, Services and the PDB
+// selecting the Deployment's pods, the HPA naming the Deployment after the
+// name prefix, the Indexed Job's shard arguments, one snapshot share for
+// readers and writers, and prod's replica floor. Then it checks itself on
+// deliberately broken copies, each of which must be rejected.
+//
+// When a real kustomize (or kubectl) is on PATH it also renders every
+// kustomization with it and requires the same objects as render.mjs.
+// K8S_KUSTOMIZE=auto (default) | require | off.
+//
+// Usage: node validate.mjs --deps BUILD_DIR/npm-k8s/deps.mjs [K8S_DIR]
+// (validate.sh installs the dependencies and runs this).
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadDeps, objectId, render } from './render.mjs';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const SERVICE = 'imagesearch.v1.ImageSearch';
+const MIN_STARTUP_BUDGET_S = 240; // model load + warm-up
+const SHARD_ARG = /^--shard=\$\(JOB_COMPLETION_INDEX\)\/(\d+)$/;
+const INDEX_ANNOTATION = "metadata.annotations['batch.kubernetes.io/job-completion-index']";
+
+// What each environment must render to. Names and namespaces are part of the
+// contract: clients and the README use them.
+const ENVS = [
+  { env: 'base', serving: 'base', indexing: 'base/indexing', prefix: '', namespace: undefined,
+    minReplicas: 1 },
+  { env: 'dev', serving: 'overlays/dev', indexing: 'overlays/dev/indexing', prefix: 'dev-',
+    namespace: 'imagesearch-dev', minReplicas: 1 },
+  { env: 'prod', serving: 'overlays/prod', indexing: 'overlays/prod/indexing', prefix: '',
+    namespace: 'imagesearch', minReplicas: 3, pinnedImages: true },
+];
+
+function flags(args) {
+  const out = {};
+  for (const a of args ?? []) {
+    const m = /^--([a-z_]+)=(.*)$/.exec(a);
+    if (m) out[m[1]] = m[2];
+  }
+  return out;
+}
+
+function selects(selector, labels, where, errors) {
+  const ml = selector?.matchLabels;
+  if (selector?.matchExpressions) errors.push(`${where}: matchExpressions are not checked; use matchLabels`);
+  if (!ml || Object.keys(ml).length === 0) {
+    errors.push(`${where}: empty selector`);
+    return false;
+  }
+  return Object.entries(ml).every(([k, v]) => labels?.[k] === v);
+}
+
+// Checks shared by every pod template: hardening and resources.
+function checkPod(where, pod, errors) {
+  const expect = (cond, msg) => cond || errors.push(`${where}: ${msg}`);
+  const psc = pod.securityContext ?? {};
+  expect(pod.automountServiceAccountToken === false, 'automountServiceAccountToken must be false');
+  for (const c of pod.containers ?? []) {
+    const w = `container ${c.name}`;
+    const sc = c.securityContext ?? {};
+    expect((sc.runAsNonRoot ?? psc.runAsNonRoot) === true, `${w}: runAsNonRoot must be true`);
+    expect(sc.readOnlyRootFilesystem === true, `${w}: readOnlyRootFilesystem must be true`);
+    expect(sc.allowPrivilegeEscalation === false, `${w}: allowPrivilegeEscalation must be false`);
+    expect((sc.capabilities?.drop ?? []).includes('ALL'), `${w}: capabilities must drop ALL`);
+    expect((sc.seccompProfile ?? psc.seccompProfile)?.type === 'RuntimeDefault',
+      `${w}: seccompProfile must be RuntimeDefault`);
+    expect(c.resources?.requests?.cpu && c.resources?.requests?.memory,
+      `${w}: needs cpu and memory requests`);
+    expect(c.resources?.limits?.memory, `${w}: needs a memory limit`);
+    for (const e of c.env ?? []) {
+      const rf = e.valueFrom?.resourceFieldRef;
+      if (rf) expect(rf.containerName === c.name, `${w}: env ${e.name} reads another container's resources`);
+    }
+  }
+}
+
+// The volume mounted at `mountPath` in container `c`: {mount, volume}.
+function mountAt(pod, c, mountPath) {
+  const mount = (c.volumeMounts ?? []).find((m) => m.mountPath === mountPath);
+  const volume = mount && (pod.volumes ?? []).find((v) => v.name === mount.name);
+  return { mount, volume };
+}
+
+// The mount whose path contains `file` (the longest such mount path).
+function mountFor(pod, c, file) {
+  const mounts = (c.volumeMounts ?? []).filter((m) => file === m.mountPath
+    || file.startsWith(m.mountPath.endsWith('/') ? m.mountPath : `${m.mountPath}/`));
+  mounts.sort((a, b) => b.mountPath.length - a.mountPath.length);
+  const mount = mounts[0];
+  const volume = mount && (pod.volumes ?? []).find((v) => v.name === mount.name);
+  return { mount, volume };
+}
+
+function imagePinned(image) {
+  if (image.includes('@sha256:')) return true;
+  const slash = image.lastIndexOf('/');
+  const colon = image.lastIndexOf(':');
+  return slash > 0 && colon > slash && image.slice(colon + 1) !== 'latest';
+}
+
+function checkNamespaces(objects, e, errors) {
+  for (const o of objects) {
+    const clusterScoped = o.kind === 'PersistentVolume';
+    const want = clusterScoped ? undefined : e.namespace;
+    if (o.metadata.namespace !== want) {
+      errors.push(`${objectId(o)}: namespace ${o.metadata.namespace} (want ${want})`);
+    }
+    if (!o.metadata.name.startsWith(e.prefix)) errors.push(`${objectId(o)}: name lacks prefix '${e.prefix}'`);
+  }
+}
+
+// The query service's invariants. Returns a list of errors.
+export function checkServing(objects, e) {
+  const errors = [];
+  const expect = (cond, msg) => cond || errors.push(msg);
+  const name = (n) => e.prefix + n;
+  const find = (kind, n) => objects.find((o) => o.kind === kind && o.metadata.name === name(n));
+  checkNamespaces(objects, e, errors);
+
+  const dep = find('Deployment', 'imagesearch-query');
+  if (!dep) return [...errors, `no Deployment ${name('imagesearch-query')}`];
+  const D = `Deployment ${dep.metadata.name}`;
+  const pod = dep.spec?.template?.spec ?? {};
+  const podLabels = dep.spec?.template?.metadata?.labels ?? {};
+  expect(selects(dep.spec.selector, podLabels, D, errors), `${D}: selector does not match its pod labels`);
+  checkPod(D, pod, errors);
+  const c = (pod.containers ?? []).find((x) => x.name === 'query');
+  if (!c) return [...errors, `${D}: no container 'query'`];
+  expect(JSON.stringify(c.command) === '["imagesearch-query"]', `${D}: must run imagesearch-query`);
+  const port = (n) => (c.ports ?? []).find((p) => p.name === n)?.containerPort;
+  const grpcPort = port('grpc');
+  const httpPort = port('http');
+  expect(grpcPort, `${D}: no container port named grpc`);
+  expect(httpPort, `${D}: no container port named http`);
+  const f = flags(c.args);
+  expect(Number(f.port) === grpcPort, `${D}: --port=${f.port} is not the grpc container port ${grpcPort}`);
+  expect(Number(f.http_port) === httpPort, `${D}: --http_port=${f.http_port} is not the http container port ${httpPort}`);
+
+  for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
+    const p = c[probe];
+    if (!p?.grpc) {
+      errors.push(`${D}: ${probe} must be a native grpc probe`);
+      continue;
+    }
+    expect(p.grpc.port === grpcPort, `${D}: ${probe}.grpc.port ${JSON.stringify(p.grpc.port)} is not the grpc port ${grpcPort}`);
+  }
+  expect(c.readinessProbe?.grpc?.service === SERVICE, `${D}: readinessProbe must check service ${SERVICE}`);
+  expect(c.startupProbe?.grpc?.service === SERVICE, `${D}: startupProbe must check service ${SERVICE}`);
+  const sp = c.startupProbe ?? {};
+  const budget = (sp.failureThreshold ?? 3) * (sp.periodSeconds ?? 10);
+  expect(budget >= MIN_STARTUP_BUDGET_S, `${D}: startupProbe allows ${budget} s; model load + warm-up needs >= ${MIN_STARTUP_BUDGET_S} s`);
+
+  const sleep = c.lifecycle?.preStop?.sleep?.seconds ?? 0;
+  const graceS = Number(f.shutdown_grace_ms ?? 20000) / 1000;
+  const tgp = pod.terminationGracePeriodSeconds ?? 30;
+  expect(sleep >= 1, `${D}: needs a preStop sleep so endpoints update before SIGTERM`);
+  expect(tgp >= sleep + graceS + 2, `${D}: terminationGracePeriodSeconds ${tgp} < preStop ${sleep} s + drain ${graceS} s + 2 s`);
+
+  const tsc = pod.topologySpreadConstraints ?? [];
+  for (const key of ['topology.kubernetes.io/zone', 'kubernetes.io/hostname']) {
+    const t = tsc.find((x) => x.topologyKey === key);
+    expect(t && selects(t.labelSelector, podLabels, D, errors), `${D}: no topology spread over ${key} selecting its pods`);
+  }
+
+  // The snapshot: a read-only mount of the ReadOnlyMany claim at --snapshot_root.
+  const root = f.snapshot_root;
+  const { mount, volume } = mountAt(pod, c, root);
+  expect(mount?.readOnly === true, `${D}: --snapshot_root=${root} is not a read-only mount`);
+  const claim = volume?.persistentVolumeClaim;
+  expect(claim?.claimName === name('imagesearch-snapshots') && claim.readOnly === true,
+    `${D}: ${root} must mount claim ${name('imagesearch-snapshots')} read-only`);
+  const pvc = find('PersistentVolumeClaim', 'imagesearch-snapshots');
+  expect(pvc && JSON.stringify(pvc.spec?.accessModes) === '["ReadOnlyMany"]',
+    `PersistentVolumeClaim ${name('imagesearch-snapshots')} must exist with accessModes [ReadOnlyMany]`);
+  const pv = objects.find((o) => o.kind === 'PersistentVolume' && o.metadata.name === pvc?.spec?.volumeName);
+  expect(pv && JSON.stringify(pv.spec?.accessModes) === '["ReadOnlyMany"]' && pv.spec?.nfs?.readOnly === true,
+    `the claim's volume ${pvc?.spec?.volumeName} must be a read-only ReadOnlyMany nfs PersistentVolume`);
+
+  // Services select the Deployment's pods and reach its named ports.
+  const headless = find('Service', 'imagesearch-query-headless');
+  if (!headless) {
+    errors.push(`no Service ${name('imagesearch-query-headless')}`);
+  } else {
+    const H = `Service ${headless.metadata.name}`;
+    expect(headless.spec?.clusterIP === 'None', `${H}: clusterIP must be None (headless, for client-side round_robin)`);
+    expect(selects(headless.spec?.selector && { matchLabels: headless.spec.selector }, podLabels, H, errors),
+      `${H}: selector does not select the Deployment's pods`);
+    const gp = (headless.spec?.ports ?? []).find((p) => p.port === grpcPort);
+    expect(gp && (gp.targetPort === 'grpc' || gp.targetPort === grpcPort),
+      `${H}: needs port ${grpcPort} -> the grpc container port`);
+  }
+  const http = find('Service', 'imagesearch-query-http');
+  if (!http) {
+    errors.push(`no Service ${name('imagesearch-query-http')}`);
+  } else {
+    const S = `Service ${http.metadata.name}`;
+    expect((http.spec?.type ?? 'ClusterIP') === 'ClusterIP' && http.spec?.clusterIP !== 'None', `${S}: must be a ClusterIP Service`);
+    expect(selects(http.spec?.selector && { matchLabels: http.spec.selector }, podLabels, S, errors),
+      `${S}: selector does not select the Deployment's pods`);
+    const hp = (http.spec?.ports ?? []).find((p) => p.targetPort === 'http' || p.targetPort === httpPort);
+    expect(hp, `${S}: needs a port -> the http container port`);
+  }
+
+  // The PDB covers the pods; the HPA scales the Deployment and owns its count.
+  const pdbs = objects.filter((o) => o.kind === 'PodDisruptionBudget');
+  const pdb = pdbs.find((o) => selects(o.spec?.selector, podLabels, `PodDisruptionBudget ${o.metadata.name}`, errors));
+  expect(pdb, `no PodDisruptionBudget selects the pods of ${D}`);
+  if (pdb) {
+    const P = `PodDisruptionBudget ${pdb.metadata.name}`;
+    const mu = pdb.spec.maxUnavailable;
+    const ma = pdb.spec.minAvailable;
+    expect((mu !== undefined) !== (ma !== undefined), `${P}: set exactly one of maxUnavailable, minAvailable`);
+    if (mu !== undefined) expect(mu === 1 || mu === '1', `${P}: maxUnavailable should be 1`);
+    if (ma !== undefined) expect(typeof ma === 'number' && ma < e.minReplicas, `${P}: minAvailable ${ma} blocks every eviction at ${e.minReplicas} replicas`);
+  }
+  const hpas = objects.filter((o) => o.kind === 'HorizontalPodAutoscaler');
+  const hpa = hpas.find((o) => o.spec?.scaleTargetRef?.kind === 'Deployment'
+    && o.spec.scaleTargetRef.name === dep.metadata.name && o.spec.scaleTargetRef.apiVersion === 'apps/v1');
+  expect(hpa, `no HorizontalPodAutoscaler targets apps/v1 Deployment ${dep.metadata.name}`
+    + (hpas.length ? ` (found targets: ${hpas.map((o) => o.spec?.scaleTargetRef?.name).join(', ')})` : ''));
+  if (hpa) {
+    const A = `HorizontalPodAutoscaler ${hpa.metadata.name}`;
+    const min = hpa.spec.minReplicas ?? 1;
+    expect(min <= hpa.spec.maxReplicas, `${A}: minReplicas ${min} > maxReplicas ${hpa.spec.maxReplicas}`);
+    expect(min >= e.minReplicas, `${A}: minReplicas ${min}; ${e.env} needs at least ${e.minReplicas} replicas`);
+    expect((hpa.spec.metrics ?? []).some((m) => m.type === 'Resource' && m.resource?.name === 'cpu'
+      && m.resource.target?.type === 'Utilization'), `${A}: needs a CPU utilisation target`);
+    expect(dep.spec.replicas === undefined, `${D}: sets spec.replicas, which every apply would reset under the HPA`);
+  }
+  if (e.pinnedImages) {
+    for (const x of pod.containers) expect(imagePinned(x.image), `${D}: image ${x.image} is not pinned (registry/name:tag, not latest)`);
+  }
+  return errors;
+}
+
+// The indexing Jobs' invariants. Returns a list of errors.
+export function checkIndexing(objects, e) {
+  const errors = [];
+  const expect = (cond, msg) => cond || errors.push(msg);
+  const name = (n) => e.prefix + n;
+  const find = (kind, n) => objects.find((o) => o.kind === kind && o.metadata.name === name(n));
+  checkNamespaces(objects, e, errors);
+  const rwClaim = name('imagesearch-snapshots-rw');
+  const pvc = find('PersistentVolumeClaim', 'imagesearch-snapshots-rw');
+  expect(pvc && JSON.stringify(pvc.spec?.accessModes) === '["ReadWriteMany"]',
+    `PersistentVolumeClaim ${rwClaim} must exist with accessModes [ReadWriteMany]`);
+  const pv = objects.find((o) => o.kind === 'PersistentVolume' && o.metadata.name === pvc?.spec?.volumeName);
+  expect(pv?.spec?.nfs && pv.spec.nfs.readOnly !== true && JSON.stringify(pv.spec.accessModes) === '["ReadWriteMany"]',
+    `the claim's volume ${pvc?.spec?.volumeName} must be a writable ReadWriteMany nfs PersistentVolume`);
+  // A mount of the read-write claim: its subPath, or an error.
+  const shareMount = (W, pod, c, p, writable) => {
+    const { mount, volume } = mountFor(pod, c, p);
+    if (!mount || volume?.persistentVolumeClaim?.claimName !== rwClaim) {
+      errors.push(`${W}: ${p} is not on claim ${rwClaim}`);
+      return undefined;
+    }
+    if (writable) expect(!mount.readOnly, `${W}: ${p} must be writable`);
+    return `${mount.subPath ?? ''}${p.slice(mount.mountPath.length)}`;
+  };
+
+  const shards = find('Job', 'imagesearch-index-shards');
+  let shardsOut;
+  let model;
+  if (!shards) {
+    errors.push(`no Job ${name('imagesearch-index-shards')}`);
+  } else {
+    const J = `Job ${shards.metadata.name}`;
+    const s = shards.spec ?? {};
+    const pod = s.template?.spec ?? {};
+    checkPod(J, pod, errors);
+    expect(s.completionMode === 'Indexed', `${J}: completionMode must be Indexed`);
+    expect(Number.isInteger(s.completions) && s.completions >= 1, `${J}: completions must be set`);
+    expect(Number.isInteger(s.parallelism) && s.parallelism >= 1 && s.parallelism <= s.completions,
+      `${J}: parallelism must be 1..completions`);
+    expect((s.backoffLimit ?? 6) >= 1, `${J}: backoffLimit must allow retries`);
+    const c = (pod.containers ?? [])[0] ?? {};
+    expect(JSON.stringify(c.command) === '["imagesearch-indexer"]', `${J}: must run imagesearch-indexer`);
+    const shardArgs = (c.args ?? []).map((a) => SHARD_ARG.exec(a)).filter(Boolean);
+    expect(shardArgs.length === 1, `${J}: args need --shard=$(JOB_COMPLETION_INDEX)/N`);
+    if (shardArgs.length === 1) {
+      expect(Number(shardArgs[0][1]) === s.completions, `${J}: --shard=.../${shardArgs[0][1]} but completions is ${s.completions}`);
+    }
+    const idx = (c.env ?? []).find((x) => x.name === 'JOB_COMPLETION_INDEX');
+    expect(!idx || idx.valueFrom?.fieldRef?.fieldPath === INDEX_ANNOTATION,
+      `${J}: env JOB_COMPLETION_INDEX must come from ${INDEX_ANNOTATION}`);
+    const f = flags(c.args);
+    expect(f.input && f.model && f.embeddings_out, `${J}: needs --input, --model and --embeddings_out`);
+    if (f.input) shareMount(J, pod, c, f.input, false);
+    if (f.model) model = [f.model, shareMount(J, pod, c, f.model, false)];
+    if (f.embeddings_out) shardsOut = [f.embeddings_out, shareMount(J, pod, c, f.embeddings_out, true)];
+  }
+
+  const build = find('Job', 'imagesearch-snapshot-build');
+  let root;
+  if (!build) {
+    errors.push(`no Job ${name('imagesearch-snapshot-build')}`);
+  } else {
+    const J = `Job ${build.metadata.name}`;
+    const pod = build.spec?.template?.spec ?? {};
+    checkPod(J, pod, errors);
+    expect(build.spec?.completionMode !== 'Indexed', `${J}: must be a plain Job`);
+    expect((build.spec?.backoffLimit ?? 6) >= 1, `${J}: backoffLimit must allow retries`);
+    const c = (pod.containers ?? [])[0] ?? {};
+    expect(JSON.stringify(c.command) === '["imagesearch-snapshot"]' && c.args?.[0] === 'build',
+      `${J}: must run imagesearch-snapshot build`);
+    const f = flags(c.args);
+    if (shardsOut) {
+      expect(f.shards === shardsOut[0], `${J}: --shards=${f.shards} is not the shard Job's --embeddings_out=${shardsOut[0]}`);
+      if (f.shards) expect(shareMount(J, pod, c, f.shards, false) === shardsOut[1], `${J}: ${f.shards} is not the share folder the shard Job writes`);
+    }
+    if (model) {
+      expect(f.model === model[0], `${J}: --model=${f.model} is not the shard Job's ${model[0]}`);
+      if (f.model) expect(shareMount(J, pod, c, f.model, false) === model[1], `${J}: ${f.model} is not the shard Job's model file`);
+    }
+    expect(f.root, `${J}: needs --root`);
+    if (f.root) root = shareMount(J, pod, c, f.root, true);
+  }
+
+  const admin = find('CronJob', 'imagesearch-snapshot-admin');
+  if (admin) {
+    const C = `CronJob ${admin.metadata.name}`;
+    expect(admin.spec?.suspend === true, `${C}: must be suspended (a template for kubectl create job --from)`);
+    const pod = admin.spec?.jobTemplate?.spec?.template?.spec ?? {};
+    checkPod(C, pod, errors);
+    const c = (pod.containers ?? [])[0] ?? {};
+    const f = flags(c.args);
+    if (f.root && root !== undefined) expect(shareMount(C, pod, c, f.root, true) === root, `${C}: --root is not the build Job's snapshot root`);
+  }
+
+  if (e.pinnedImages) {
+    for (const o of objects) {
+      const pod = o.kind === 'CronJob' ? o.spec.jobTemplate.spec.template.spec : o.spec?.template?.spec;
+      for (const x of pod?.containers ?? []) expect(imagePinned(x.image), `${objectId(o)}: image ${x.image} is not pinned`);
+    }
+  }
+  return { errors, root };
+}
+
+// Readers and writers of one environment must use one share and one folder.
+export function checkShared(serving, indexing, indexingRoot, e) {
+  const errors = [];
+  const share = (objects, suffix) => objects.find((o) => o.kind === 'PersistentVolume'
+    && o.metadata.name === `${e.prefix}imagesearch-snapshots-${suffix}`)?.spec?.nfs;
+  const ro = share(serving, 'ro');
+  const rw = share(indexing, 'rw');
+  if (!ro || !rw || ro.server !== rw.server || ro.path !== rw.path) {
+    errors.push(`${e.env}: the read-only and read-write snapshot volumes must be one nfs share `
+      + `(ro ${ro?.server}:${ro?.path}, rw ${rw?.server}:${rw?.path})`);
+  }
+  const dep = serving.find((o) => o.kind === 'Deployment');
+  const c = dep?.spec?.template?.spec?.containers?.find((x) => x.name === 'query');
+  const root = flags(c?.args).snapshot_root;
+  const m = (c?.volumeMounts ?? []).find((x) => x.mountPath === root);
+  const readerRoot = m ? (m.subPath ?? '') : undefined;
+  if (indexingRoot !== undefined && readerRoot !== indexingRoot) {
+    errors.push(`${e.env}: the query pods read share folder '${readerRoot}' but the build Job publishes to '${indexingRoot}'`);
+  }
+  // One uid reads and writes the share (deploy/k8s/README.md: the share's owner).
+  const uids = new Set();
+  for (const o of [...serving, ...indexing]) {
+    const pod = o.kind === 'CronJob' ? o.spec?.jobTemplate?.spec?.template?.spec : o.spec?.template?.spec;
+    if (pod) uids.add(pod.securityContext?.runAsUser);
+  }
+  if (uids.size !== 1 || uids.has(undefined)) {
+    errors.push(`${e.env}: every pod must set one pod-level runAsUser (found ${[...uids].join(', ')})`);
+  }
+  return errors;
+}
+
+function schemaErrors(objects, models) {
+  const errors = [];
+  for (const o of objects) {
+    const Model = models[o.apiVersion]?.[o.kind];
+    if (!Model) {
+      errors.push(`${objectId(o)}: no schema for ${o.apiVersion} ${o.kind}`);
+      continue;
+    }
+    try {
+      new Model(structuredClone(o)).validate();
+    } catch (err) {
+      errors.push(`${objectId(o)}: ${err.message}`);
+    }
+  }
+  return errors;
+}
+
+// All checks of one environment: {errors, counts}.
+function checkEnv(e, serving, indexing, models) {
+  const errors = [
+    ...schemaErrors(serving, models),
+    ...schemaErrors(indexing, models),
+    ...checkServing(serving, e),
+  ];
+  const ix = checkIndexing(indexing, e);
+  errors.push(...ix.errors, ...checkShared(serving, indexing, ix.root, e));
+  return errors;
+}
+
+// --- a real kustomize, when there is one ---------------------------------
+
+// A kustomize of major version >= 5 (the `labels` field needs v4.1+, and the
+// comparison is only meaningful against the current behaviour); kubectl <= 1.23
+// (e.g. Debian's 1.20, with kustomize v2) does not count.
+function findKustomize() {
+  const tryRun = (cmd, args) => {
+    try {
+      return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 30000 });
+    } catch {
+      return undefined;
+    }
+  };
+  const major = (v) => Number(/v?(\d+)\.\d+/.exec(v ?? '')?.[1] ?? 0);
+  const found = [];
+  const v = tryRun('kustomize', ['version']);
+  if (v !== undefined) found.push({ cmd: 'kustomize', args: ['build'], version: v.trim(), name: `kustomize ${v.trim()}` });
+  const kv = tryRun('kubectl', ['version', '--client', '-o', 'json']);
+  if (kv !== undefined) {
+    let version;
+    try {
+      version = JSON.parse(kv).kustomizeVersion;
+    } catch { /* not JSON: an old kubectl */ }
+    found.push({ cmd: 'kubectl', args: ['kustomize'], version, name: `kubectl kustomize (kustomize ${version ?? 'unknown'})` });
+  }
+  return { usable: found.find((k) => major(k.version) >= 5), seen: found.map((k) => k.name) };
+}
+
+function canonical(v) {
+  if (Array.isArray(v)) return v.map(canonical);
+  if (v && typeof v === 'object') {
+    return Object.fromEntries(Object.keys(v).sort().map((k) => [k, canonical(v[k])]));
+  }
+  return v;
+}
+
+function firstDiff(a, b, at = '') {
+  if (JSON.stringify(canonical(a)) === JSON.stringify(canonical(b))) return undefined;
+  if (a && b && typeof a === 'object' && typeof b === 'object' && Array.isArray(a) === Array.isArray(b)) {
+    for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
+      const d = firstDiff(a[k], b[k], `${at}/${k}`);
+      if (d) return d;
+    }
+  }
+  return `${at || '/'}: render.mjs ${JSON.stringify(a)} vs kustomize ${JSON.stringify(b)}`;
+}
+
+function compareWithKustomize(k, dir, ours, yaml) {
+  const out = execFileSync(k.cmd, [...k.args, dir], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 60000 });
+  const theirs = yaml.parseAllDocuments(out).map((d) => d.toJS()).filter(Boolean);
+  const key = (o) => `${o.apiVersion} ${objectId(o)}`;
+  const mine = new Map(ours.map((o) => [key(o), o]));
+  const real = new Map(theirs.map((o) => [key(o), o]));
+  const errors = [];
+  for (const id of new Set([...mine.keys(), ...real.keys()])) {
+    if (!mine.has(id)) errors.push(`${id}: only kustomize renders it`);
+    else if (!real.has(id)) errors.push(`${id}: only render.mjs renders it`);
+    else {
+      const d = firstDiff(mine.get(id), real.get(id));
+      if (d) errors.push(`${id}: ${d}`);
+    }
+  }
+  return errors;
+}
+
+// --- self-checks: each broken copy must be rejected -----------------------
+
+function negativeChecks(rendered, models, yaml) {
+  const pick = (env) => rendered.find((r) => r.e.env === env);
+  const cases = [
+    ['readinessProbe.grpc.port as a string', 'prod', (s) => {
+      s.find((o) => o.kind === 'Deployment').spec.template.spec.containers[0].readinessProbe.grpc.port = '50051';
+    }, /readinessProbe\/grpc\/port must be integer/],
+    ['headless Service with a cluster IP', 'prod', (s) => {
+      delete s.find((o) => o.metadata.name.endsWith('-headless')).spec.clusterIP;
+    }, /clusterIP must be None/],
+    ['HTTP Service selecting other pods', 'prod', (s) => {
+      s.find((o) => o.metadata.name.endsWith('-http')).spec.selector = { 'app.kubernetes.io/name': 'other' };
+    }, /does not select the Deployment's pods/],
+    ['HPA naming the unprefixed Deployment', 'dev', (s) => {
+      s.find((o) => o.kind === 'HorizontalPodAutoscaler').spec.scaleTargetRef.name = 'imagesearch-query';
+    }, /no HorizontalPodAutoscaler targets/],
+    ['PDB selecting other pods', 'dev', (s) => {
+      s.find((o) => o.kind === 'PodDisruptionBudget').spec.selector.matchLabels = { app: 'other' };
+    }, /no PodDisruptionBudget selects/],
+    ['liveness probe on the HTTP port', 'prod', (s) => {
+      s.find((o) => o.kind === 'Deployment').spec.template.spec.containers[0].livenessProbe.grpc.port = 8080;
+    }, /livenessProbe.grpc.port 8080/],
+    ['no startup probe', 'prod', (s) => {
+      delete s.find((o) => o.kind === 'Deployment').spec.template.spec.containers[0].startupProbe;
+    }, /startupProbe must be a native grpc probe/],
+    ['grace period shorter than the drain', 'prod', (s) => {
+      s.find((o) => o.kind === 'Deployment').spec.template.spec.terminationGracePeriodSeconds = 20;
+    }, /terminationGracePeriodSeconds 20/],
+    ['prod with one replica', 'prod', (s) => {
+      s.find((o) => o.kind === 'HorizontalPodAutoscaler').spec.minReplicas = 1;
+    }, /prod needs at least 3 replicas/],
+    ['snapshot mounted writable', 'prod', (s) => {
+      s.find((o) => o.kind === 'Deployment').spec.template.spec.containers[0].volumeMounts[0].readOnly = false;
+    }, /is not a read-only mount/],
+    ['Job not Indexed', 'prod', undefined, /completionMode must be Indexed/, (ix) => {
+      delete ix.find((o) => o.metadata.name.endsWith('index-shards')).spec.completionMode;
+    }],
+    ['shard index hard-coded', 'dev', undefined, /--shard=\$\(JOB_COMPLETION_INDEX\)\/N/, (ix) => {
+      const c = ix.find((o) => o.metadata.name.endsWith('index-shards')).spec.template.spec.containers[0];
+      c.args = c.args.map((a) => (a.startsWith('--shard=') ? '--shard=0/3' : a));
+    }],
+    ['shard count disagreeing with completions', 'prod', undefined, /completions is 4/, (ix) => {
+      ix.find((o) => o.metadata.name.endsWith('index-shards')).spec.completions = 4;
+    }],
+    ['build Job reading another shard folder', 'prod', undefined, /--shards=\/tmp\/shards/, (ix) => {
+      const c = ix.find((o) => o.metadata.name.endsWith('snapshot-build')).spec.template.spec.containers[0];
+      c.args = c.args.map((a) => (a.startsWith('--shards=') ? '--shards=/tmp/shards' : a));
+    }],
+    ['writers on another share than readers', 'prod', undefined, /must be one nfs share/, (ix) => {
+      ix.find((o) => o.kind === 'PersistentVolume').spec.nfs.path = '/elsewhere';
+    }],
+    ['writers running as another uid', 'dev', undefined, /one pod-level runAsUser/, (ix) => {
+      ix.find((o) => o.metadata.name.endsWith('snapshot-build')).spec.template.spec.securityContext.runAsUser = 1000;
+    }],
+  ];
+  const failures = [];
+  for (const [what, env, breakServing, want, breakIndexing] of cases) {
+    const r = pick(env);
+    const serving = structuredClone(r.serving);
+    const indexing = structuredClone(r.indexing);
+    if (breakServing) breakServing(serving);
+    if (breakIndexing) breakIndexing(indexing);
+    const errors = checkEnv(r.e, serving, indexing, models);
+    if (!errors.some((x) => want.test(x))) {
+      failures.push(`broken copy '${what}' was not rejected (errors: ${errors.join('; ') || 'none'})`);
+    }
+  }
+  // The renderer refuses what it does not implement instead of ignoring it.
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'k8s-render-'));
+  const renderCases = [
+    ['a field outside the subset', 'replicas: [{name: x, count: 2}]\n', /field 'replicas' is not supported/],
+    ['a patch whose target does not exist', 'patches: [{path: p.yaml}]\n', /matches 0 objects/],
+  ];
+  try {
+    fs.writeFileSync(path.join(tmp, 'p.yaml'), 'apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: nope}\nspec: {}\n');
+    for (const [what, extra, want] of renderCases) {
+      fs.writeFileSync(path.join(tmp, 'kustomization.yaml'),
+        `apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [${path.join(HERE, 'base')}]\n${extra}`);
+      try {
+        render(tmp, yaml);
+        failures.push(`render.mjs accepted ${what}`);
+      } catch (err) {
+        if (!want.test(err.message)) failures.push(`render.mjs on ${what}: unexpected error ${err.message}`);
+      }
+    }
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+  return { count: cases.length + renderCases.length, failures };
+}
+
+async function main(argv) {
+  let depsFile;
+  const rest = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--deps') depsFile = argv[++i];
+    else rest.push(argv[i]);
+  }
+  const k8sDir = path.resolve(rest[0] ?? HERE);
+  if (!depsFile) {
+    console.error('usage: node validate.mjs --deps BUILD_DIR/npm-k8s/deps.mjs [K8S_DIR]');
+    process.exit(2);
+  }
+  const { yaml, models } = await loadDeps(depsFile);
+  const failures = [];
+  const rendered = [];
+  let objects = 0;
+  for (const e of ENVS) {
+    let serving;
+    let indexing;
+    try {
+      serving = render(path.join(k8sDir, e.serving), yaml);
+      indexing = render(path.join(k8sDir, e.indexing), yaml);
+    } catch (err) {
+      failures.push(`${e.env}: render failed: ${err.message}`);
+      continue;
+    }
+    rendered.push({ e, serving, indexing });
+    const errors = checkEnv(e, serving, indexing, models);
+    failures.push(...errors.map((x) => `${e.env}: ${x}`));
+    objects += serving.length + indexing.length;
+    console.log(`${e.env.padEnd(5)} ${String(serving.length).padStart(2)} service + ${String(indexing.length).padStart(2)} indexing objects: `
+      + `schema and invariants ${errors.length ? `FAILED (${errors.length})` : 'ok'}`);
+  }
+
+  const mode = process.env.K8S_KUSTOMIZE ?? 'auto';
+  const found = mode === 'off' ? { seen: [] } : findKustomize();
+  const k = found.usable;
+  if (k) {
+    let compared = 0;
+    const before = failures.length;
+    for (const r of rendered) {
+      for (const [dir, ours] of [[r.e.serving, r.serving], [r.e.indexing, r.indexing]]) {
+        try {
+          failures.push(...compareWithKustomize(k, path.join(k8sDir, dir), ours, yaml).map((x) => `${dir}: ${x}`));
+        } catch (err) {
+          failures.push(`${dir}: ${k.cmd} failed: ${err.stderr || err.message}`);
+        }
+        compared++;
+      }
+    }
+    console.log(`real kustomize: ${k.name} ${failures.length > before ? 'DIFFERS from' : 'renders the same objects as'} `
+      + `render.mjs for ${compared} kustomizations`);
+  } else {
+    const why = mode === 'off' ? 'K8S_KUSTOMIZE=off'
+      : found.seen.length ? `only ${found.seen.join(', ')} (need kustomize >= v5)` : 'none on PATH';
+    if (mode === 'require') failures.push(`K8S_KUSTOMIZE=require but no usable kustomize: ${why}`);
+    console.log(`real kustomize: ${why}; render.mjs output not cross-checked`);
+  }
+
+  if (rendered.length === ENVS.length) {
+    const neg = negativeChecks(rendered, models, yaml);
+    failures.push(...neg.failures);
+    console.log(`self-check: ${neg.count - neg.failures.length} of ${neg.count} deliberately broken copies rejected`);
+  }
+
+  if (failures.length) {
+    console.error(`\nk8s validation FAILED:\n  ${failures.join('\n  ')}`);
+    console.log(`k8s: ${objects} objects checked, ${failures.length} failed`);
+    process.exit(1);
+  }
+  console.log(`k8s: ${objects} objects validated, 0 failed`);
+}
+
+main(process.argv.slice(2)).catch((err) => {
+  console.error(`validate.mjs: ${err.stack ?? err}`);
+  process.exit(1);
+});
