@@ -199,6 +199,7 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
     }
     RETURN_IF_ERROR(SyncPath(root));
     hook("renamed");
+    if (!options.make_current) return absl::OkStatus();
     return ReplaceFileAtomically(root + "/" + kCurrentFile, VersionDirName(version) + "\n");
   }();
   if (!status.ok()) {
@@ -220,6 +221,22 @@ absl::Status SetCurrentVersion(const std::string& root, uint64_t version) {
   auto manifest = ParseManifest(*manifest_text);
   if (!manifest.ok()) return manifest.status();
   return ReplaceFileAtomically(root + "/" + kCurrentFile, VersionDirName(version) + "\n");
+}
+
+absl::StatusOr<uint64_t> RollBack(const std::string& root) {
+  ASSIGN_OR_RETURN(uint64_t current, ReadCurrentVersion(root));
+  ASSIGN_OR_RETURN(std::vector<uint64_t> versions, ListVersions(root));
+  uint64_t previous = 0;
+  for (uint64_t v : versions) {
+    if (v < current) previous = v;
+  }
+  if (previous == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "CURRENT is ", VersionDirName(current), " and no older version is left under ", root,
+        " to roll back to"));
+  }
+  RETURN_IF_ERROR(SetCurrentVersion(root, previous));
+  return previous;
 }
 
 absl::StatusOr<std::vector<uint64_t>> GarbageCollect(const std::string& root, size_t keep) {

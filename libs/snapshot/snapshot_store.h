@@ -63,13 +63,16 @@ struct SnapshotInput {
 };
 
 struct PublishOptions {
+  // False: write and rename v<N> into place but leave CURRENT alone, so the
+  // version can be checked (tools/promote.sh) before SetCurrentVersion.
+  bool make_current = true;
   // Test hook: called with the name of each step ("built", "synced",
   // "renamed") before it is taken; a crash test makes it _exit().
   std::function<void(absl::string_view step)> fault_hook;
 };
 
-// Builds and publishes a new version (max existing + 1) and makes it CURRENT.
-// Returns the new version number.
+// Builds and publishes a new version (max existing + 1) and makes it CURRENT
+// (unless options.make_current is false). Returns the new version number.
 absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const SnapshotInput& input,
                                          const PublishOptions& options = {});
 
@@ -85,6 +88,9 @@ absl::StatusOr<std::vector<uint64_t>> ListVersions(const std::string& root);
 // Points CURRENT at an existing version (rollback / roll forward). The
 // version's manifest must parse.
 absl::Status SetCurrentVersion(const std::string& root, uint64_t version);
+// Points CURRENT at the newest version older than the current one, and
+// returns it. FAILED_PRECONDITION if there is none.
+absl::StatusOr<uint64_t> RollBack(const std::string& root);
 // Removes all but the newest `keep` versions, never the CURRENT one, plus
 // stale temp dirs. Returns the removed versions.
 absl::StatusOr<std::vector<uint64_t>> GarbageCollect(const std::string& root, size_t keep);

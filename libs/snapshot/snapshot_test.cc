@@ -204,6 +204,27 @@ TEST_CASE("Thumbnails are optional, listed in the manifest, and checked like eve
   CHECK(absl::IsInvalidArgument(PublishSnapshot(root, bad.input).status()));
 }
 
+TEST_CASE("A candidate published without CURRENT, promoted, then rolled back") {
+  std::string root = TempRoot();
+  SyntheticCorpus a = MakeCorpus(50, 8, "a");
+  REQUIRE(PublishSnapshot(root, a.input).ok());
+  CHECK(absl::IsFailedPrecondition(RollBack(root).status()));  // nothing older than v1
+  PublishOptions candidate;
+  candidate.make_current = false;
+  SyntheticCorpus b = MakeCorpus(60, 8, "b");
+  auto v2 = PublishSnapshot(root, b.input, candidate);
+  REQUIRE(v2.ok());
+  CHECK(*v2 == 2);
+  CHECK(*ReadCurrentVersion(root) == 1);  // published, not live
+  CHECK(Snapshot::Open(root, 2, VerifyMode::kChecksums).ok());
+  REQUIRE(SetCurrentVersion(root, 2).ok());
+  CHECK(*ReadCurrentVersion(root) == 2);
+  auto back = RollBack(root);
+  REQUIRE(back.ok());
+  CHECK(*back == 1);
+  CHECK(*ReadCurrentVersion(root) == 1);
+}
+
 TEST_CASE("Bad publish inputs are refused and nothing is published") {
   std::string root = TempRoot();
   SyntheticCorpus c = MakeCorpus(10, 8, "e");

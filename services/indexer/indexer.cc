@@ -500,7 +500,9 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
   in.extra_files["rejects.jsonl"] = rejects_jsonl;
   if (o.thumbnails) in.thumbnails = std::move(thumbs);
   if (!o.dry_run) {
-    ASSIGN_OR_RETURN(report.version, snapshot::PublishSnapshot(o.root, in));
+    snapshot::PublishOptions po;
+    po.make_current = o.promote;
+    ASSIGN_OR_RETURN(report.version, snapshot::PublishSnapshot(o.root, in, po));
   }
   report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return report;

@@ -56,6 +56,7 @@ struct IndexerOptions {
   image::ThumbnailOptions thumbnail;
   // Progress: "auto" (bar on a terminal, lines otherwise), "bar", "lines", "none".
   std::string progress = "auto";
+  bool promote = true;    // False: publish v<N> but leave CURRENT (a candidate).
   bool dry_run = false;  // Encode and build, but do not publish (benchmarks).
   // Distributed indexing: take only list positions p with p % shard.count ==
   // shard.index, and with embeddings_out set, write the vectors, ids and

@@ -43,6 +43,9 @@ ABSL_FLAG(bool, thumbnails, true,
           "Store a JPEG thumbnail of each image in the snapshot (thumbs.bin) for the web page.");
 ABSL_FLAG(int, thumbnail_size, 128, "Thumbnail long side in pixels (8-1024); never enlarged.");
 ABSL_FLAG(bool, dry_run, false, "Encode and build the graph but publish nothing.");
+ABSL_FLAG(bool, promote, true,
+          "Make the new version CURRENT. false publishes a candidate, left for "
+          "tools/promote.sh to gate and promote.");
 ABSL_FLAG(std::string, shard, "0/1",
           "Distributed indexing: i/n takes every n-th input item starting at item i (0-based); "
           "a Kubernetes Indexed Job passes $(JOB_COMPLETION_INDEX)/n.");
@@ -98,6 +101,7 @@ int main(int argc, char** argv) {
   o.thumbnails = absl::GetFlag(FLAGS_thumbnails);
   o.thumbnail.max_side = absl::GetFlag(FLAGS_thumbnail_size);
   o.dry_run = absl::GetFlag(FLAGS_dry_run);
+  o.promote = absl::GetFlag(FLAGS_promote);
   auto shard = imagesearch::snapshot::ParseShardSpec(absl::GetFlag(FLAGS_shard));
   if (!shard.ok()) {
     std::cerr << "--shard: " << shard.status().message() << "\n";
@@ -119,7 +123,8 @@ int main(int argc, char** argv) {
   std::cout << absl::StrFormat(
       "%s: %d listed, %d indexed, %d rejected, %d kept from base, %d removed -> %d vectors in "
       "%.1fs (%.1f img/s; encoder busy %.1fs)\n",
-      r.version              ? absl::StrFormat("published v%d", r.version)
+      r.version              ? absl::StrFormat("published v%d%s", r.version,
+                                               o.promote ? "" : " (candidate; CURRENT unchanged)")
       : !r.shard_dir.empty() ? absl::StrCat("wrote shard ", r.shard_dir)
                              : std::string("dry run"),
       r.listed,

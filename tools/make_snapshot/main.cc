@@ -6,7 +6,8 @@
 //   imagesearch-snapshot build --root=R --shards=DIR --model=model.pt [--m=...]
 //       (the shards that `imagesearch-indexer --shard=i/n --embeddings_out=DIR` wrote)
 //   imagesearch-snapshot list|current --root=R
-//   imagesearch-snapshot set-current --root=R --version=v3     (rollback)
+//   imagesearch-snapshot set-current --root=R --version=v3     (promote, or roll back)
+//   imagesearch-snapshot rollback --root=R     (CURRENT -> the version before it)
 //   imagesearch-snapshot gc --root=R --keep=2
 //   imagesearch-snapshot verify --root=R [--version=v3]
 //   imagesearch-snapshot synth --out=vectors.npy --count=N --dim=D [--seed=1]
@@ -49,6 +50,9 @@ ABSL_FLAG(std::string, out, "", "synth: output .npy path.");
 ABSL_FLAG(int, count, 10000, "synth: number of vectors.");
 ABSL_FLAG(int, dim, 128, "synth: dimension.");
 ABSL_FLAG(int, seed, 1, "synth: random seed.");
+ABSL_FLAG(bool, promote, true,
+          "build: make the new version CURRENT; false publishes a candidate for "
+          "tools/promote.sh to check first.");
 ABSL_FLAG(std::string, log_format, "text", "Log lines on stderr: text, or json (one object per line).");
 
 namespace imagesearch {
@@ -137,7 +141,9 @@ int BuildFromShards(const std::string& root) {
   in.model_path = model;
   in.model = first.model;
   in.extra_files["rejects.jsonl"] = rejects;
-  auto v = snapshot::PublishSnapshot(root, in);
+  snapshot::PublishOptions po;
+  po.make_current = absl::GetFlag(FLAGS_promote);
+  auto v = snapshot::PublishSnapshot(root, in, po);
   if (!v.ok()) return Fail(v.status());
   std::cout << "published v" << *v << " (" << in.count << " vectors from " << shards->size()
             << " shards, dim " << in.dim << ", " << index::MetricName(in.metric) << ", model "
@@ -163,7 +169,9 @@ int Build(const std::string& root) {
   in.hnsw.ef_construction = absl::GetFlag(FLAGS_ef_construction);
   in.hnsw.threads = absl::GetFlag(FLAGS_threads);
   in.default_ef = absl::GetFlag(FLAGS_default_ef);
-  auto v = snapshot::PublishSnapshot(root, in);
+  snapshot::PublishOptions po;
+  po.make_current = absl::GetFlag(FLAGS_promote);
+  auto v = snapshot::PublishSnapshot(root, in, po);
   if (!v.ok()) return Fail(v.status());
   std::cout << "published v" << *v << " (" << set->count << " vectors, dim " << set->dim << ", "
             << index::MetricName(*metric) << ") to " << snapshot::VersionDir(root, *v) << "\n";
@@ -192,7 +200,7 @@ int List(const std::string& root) {
 
 int Run(const std::vector<char*>& args) {
   if (args.size() < 2) {
-    std::cerr << "usage: imagesearch-snapshot build|list|current|set-current|gc|verify|synth "
+    std::cerr << "usage: imagesearch-snapshot build|list|current|set-current|rollback|gc|verify|synth "
                  "[flags]; see --help\n";
     return 2;
   }
@@ -245,6 +253,12 @@ int Run(const std::vector<char*>& args) {
     if (!snap.ok()) return Fail(snap.status());
     std::cout << "v" << version << " OK: " << (*snap)->manifest().files.size()
               << " files match the manifest\n";
+    return 0;
+  }
+  if (cmd == "rollback") {
+    auto v = snapshot::RollBack(root);
+    if (!v.ok()) return Fail(v.status());
+    std::cout << "CURRENT -> v" << *v << "\n";
     return 0;
   }
   if (cmd == "gc") {
