@@ -22,6 +22,9 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_lib import check, free_port  # noqa: E402
+
 BUILD, SRC = sys.argv[1:3]
 SECONDS = 20.0
 for arg in sys.argv[3:]:
@@ -33,10 +36,6 @@ LOADGEN = os.path.join(BUILD, "tools", "loadgen", "imagesearch-loadgen")
 POLL_S = 0.5  # the replicas' default --poll_ms
 
 
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
-
 
 def free(port):
     with socket.socket() as s:
@@ -46,11 +45,6 @@ def free(port):
         except OSError:
             return False
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pick_base_port():

@@ -10,7 +10,6 @@ Usage: promote_test.py BUILD_DIR SOURCE_DIR DEFAULT_MODEL
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,9 @@ import urllib.request
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_lib import check, free_port, run  # noqa: E402
+
 BUILD, SRC, MODEL = sys.argv[1:4]
 INDEXER = os.path.join(BUILD, "services", "indexer", "imagesearch-indexer")
 SNAPSHOT = os.path.join(BUILD, "tools", "make_snapshot", "imagesearch-snapshot")
@@ -26,16 +28,6 @@ QUERY = os.path.join(BUILD, "services", "query", "imagesearch-query")
 PROMOTE = os.path.join(SRC, "tools", "promote.sh")
 
 
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
-
-
-def run(*args, ok=True):
-    out = subprocess.run(list(args), capture_output=True, text=True)
-    if ok:
-        check(out.returncode == 0, f"{args[:2]} failed ({out.returncode}): {out.stdout}{out.stderr}")
-    return out
 
 
 def live_version(port):
@@ -65,9 +57,7 @@ def main():
         index = [INDEXER, f"--input={manifest}", f"--root={root}", f"--model={MODEL}",
                  "--progress=none"]
         run(*index)  # v1, live
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            http = s.getsockname()[1]
+        http = free_port()
         server = subprocess.Popen([QUERY, f"--snapshot_root={root}", "--host=127.0.0.1", "--port=0",
                                    f"--http_port={http}", "--poll_ms=200"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

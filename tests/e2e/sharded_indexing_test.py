@@ -10,7 +10,6 @@ Usage: sharded_indexing_test.py BUILD_DIR SOURCE_DIR DEFAULT_MODEL
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -20,22 +19,15 @@ import urllib.request
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_lib import check, free_port, run  # noqa: E402
+
 BUILD, SRC, MODEL = sys.argv[1:4]
 INDEXER = os.path.join(BUILD, "services", "indexer", "imagesearch-indexer")
 SNAPSHOT = os.path.join(BUILD, "tools", "make_snapshot", "imagesearch-snapshot")
 QUERY = os.path.join(BUILD, "services", "query", "imagesearch-query")
 
 
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
-
-
-def run(*args, ok=True):
-    out = subprocess.run(list(args), capture_output=True, text=True)
-    if ok:
-        check(out.returncode == 0, f"{args[0]} failed ({out.returncode}): {out.stderr}")
-    return out
 
 
 def read_ids(path):
@@ -122,9 +114,7 @@ def main():
         check('"id":"broken"' in open(os.path.join(root, "v1", "rejects.jsonl")).read(), "rejects")
 
         # It serves: an image finds itself, with its thumbnail.
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         server = subprocess.Popen([QUERY, f"--snapshot_root={root}", "--host=127.0.0.1",
                                    "--port=0", f"--http_port={port}"],
                                   stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "q.log"), "w"))

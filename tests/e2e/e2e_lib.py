@@ -1,0 +1,24 @@
+"""Small helpers shared by the Python end-to-end tests."""
+import socket
+import subprocess
+
+
+def check(cond, what):
+    """Fails the test with `what` unless `cond`."""
+    if not cond:
+        raise AssertionError(what)
+
+
+def run(*args, ok=True):
+    """Runs a command, capturing its output; with ok, it must exit 0."""
+    out = subprocess.run(list(args), capture_output=True, text=True)
+    if ok:
+        check(out.returncode == 0, f"{args[:2]} failed ({out.returncode}): {out.stdout}{out.stderr}")
+    return out
+
+
+def free_port():
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
