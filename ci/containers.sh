@@ -1,0 +1,347 @@
+#!/usr/bin/env bash
+# Builds the container images of deploy/containers/Containerfile (query,
+# indexer, sagemaker) from the binaries BUILD_DIR already holds, then
+# smoke-tests them with podman:
+#   1. no compiler, headers or -dev package in any image; non-root user;
+#      OpenBLAS is the BLAS;
+#   2. the indexer image indexes 100 Fashion-MNIST images (read-only corpus
+#      mount, read-only root, no network) into a snapshot;
+#   3. the query image serves that snapshot mounted read-only and answers
+#      gRPC (buf curl, via reflection) Search by id and by image bytes, and
+#      HTTP /ping;
+#   4. the sagemaker image runs as SageMaker runs it, `IMAGE serve` with the
+#      snapshot version at /opt/ml/model: HTTP on 8080 (and on
+#      $SAGEMAKER_BIND_TO_PORT), GET /ping 200, POST /invocations with a PNG
+#      finds that image first, SIGTERM stops it cleanly.
+# The containers run in a private network namespace with only loopback (so
+# the fixed ports 50051/8080 cannot clash with anything on the host); NETNS=0
+# (or no `ip netns`) runs them on the host network on free loopback ports.
+#
+#   ci/containers.sh [BUILD_DIR=build]
+# Env: IMAGE_TAG (default latest), KEEP=1 (keep the work folder),
+#      IMAGESEARCH_CACHE (debootstrap tarball, Fashion-MNIST; ~/.cache/imagesearch),
+#      DEBIAN_MIRROR, DEBIAN_SECURITY_MIRROR, NETNS=0.
+# Needs root (apt-get, rootful podman); re-runs itself under sudo otherwise.
+set -euo pipefail
+if [[ "$(id -u)" != 0 ]]; then
+  command -v sudo >/dev/null || { echo "ci/containers.sh: run as root" >&2; exit 1; }
+  exec sudo --preserve-env bash "$(readlink -f "$0")" "$@"
+fi
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+START=$SECONDS
+BUILD_ARG="${1:-build}"
+[[ -d "$BUILD_ARG" ]] || { echo "FAIL: build folder '$BUILD_ARG' not found (ci/build.sh makes it)" >&2; exit 1; }
+BUILD="$(cd "$BUILD_ARG" && pwd)"
+TAG="${IMAGE_TAG:-latest}"
+export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+CACHE="${IMAGESEARCH_CACHE:-$HOME/.cache/imagesearch}"
+MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
+BASE_IMAGE=localhost/debian:12
+IMG_QUERY="localhost/imagesearch-query:$TAG"
+IMG_INDEXER="localhost/imagesearch-indexer:$TAG"
+IMG_SAGEMAKER="localhost/imagesearch-sagemaker:$TAG"
+
+step() { echo "== [$((SECONDS - START))s] $*"; }
+ok() { echo "   ok: $*"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+# podman as this machine needs it: runc (crun refuses hybrid cgroups), cgroupfs.
+pm() { podman --runtime runc --cgroup-manager=cgroupfs "$@"; }
+
+# ---------------------------------------------------------------- tools
+step "tools: podman, runc, debootstrap"
+need=()
+for p in podman runc debootstrap iproute2 curl binutils python3 python3-pil ca-certificates; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)   # buf comes from the npm registry
+if ((${#need[@]})); then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null 2>&1 ||
+    { apt-get update -qq && apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null; } ||
+    fail "apt-get install ${need[*]}"
+fi
+# Without default_ulimits = [] runc fails on setrlimit(RLIMIT_NOFILE) here.
+if [[ ! -e /etc/containers/containers.conf ]]; then
+  mkdir -p /etc/containers
+  printf '[containers]\ndefault_ulimits = []\n' >/etc/containers/containers.conf
+elif ! grep -q '^[[:space:]]*default_ulimits' /etc/containers/containers.conf; then
+  echo "note: /etc/containers/containers.conf has no default_ulimits; runs may fail on setrlimit"
+fi
+podman --version
+
+# ---------------------------------------------------------------- base image
+# Debian 12 from Debian's archive (no registry is reachable): debootstrap
+# minbase, with bookworm-updates and -security, without docs, man pages and
+# translations (as debian:12-slim), and no apt caches. Made once: the image is
+# kept, and the tarball is cached in $CACHE.
+if pm image exists "$BASE_IMAGE"; then
+  step "base image $BASE_IMAGE: present"
+else
+  TARBALL="$CACHE/debian-12-minbase.tar"
+  if [[ ! -s "$TARBALL" ]]; then
+    step "base image: debootstrap --variant=minbase bookworm"
+    mkdir -p "$CACHE"
+    rootfs="$(mktemp -d /var/tmp/imagesearch-debootstrap.XXXXXX)"
+    trap 'rm -rf "$rootfs"' EXIT
+    timeout 900 debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR" >"$rootfs.log" 2>&1 ||
+      { tail -20 "$rootfs.log"; fail "debootstrap (log: $rootfs.log)"; }
+    rm -f "$rootfs.log"
+    rm -f "$rootfs/etc/apt/sources.list"
+    cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<EOF
+Types: deb
+URIs: $MIRROR
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: $SECURITY_MIRROR
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
+      'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' \
+      'path-exclude /usr/share/locale/*' 'path-exclude /usr/share/lintian/*' \
+      >"$rootfs/etc/dpkg/dpkg.cfg.d/01-nodoc"
+    find "$rootfs/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+    find "$rootfs/usr/share/doc" -mindepth 1 -type d -empty -delete
+    rm -rf "${rootfs:?}"/usr/share/{man,info,locale,lintian}/* "${rootfs:?}"/var/cache/apt/archives/*.deb \
+      "${rootfs:?}"/var/cache/apt/*.bin "${rootfs:?}"/var/lib/apt/lists/* "${rootfs:?}"/var/log/*.log
+    # Host details debootstrap copied; podman provides these at run time.
+    : >"$rootfs/etc/resolv.conf"; echo localhost >"$rootfs/etc/hostname"
+    tar --numeric-owner -C "$rootfs" -cf "$TARBALL.tmp" . && mv "$TARBALL.tmp" "$TARBALL"
+    rm -rf "$rootfs"; trap - EXIT
+  fi
+  step "base image: import $TARBALL as $BASE_IMAGE"
+  pm import -q --change 'CMD ["/bin/bash"]' "$TARBALL" "$BASE_IMAGE" >/dev/null
+fi
+
+# ---------------------------------------------------------------- stage
+WORK="$(mktemp -d /var/tmp/imagesearch-containers.XXXXXX)"
+chmod 755 "$WORK"
+NS=""
+CONTAINERS=()
+cleanup() {
+  local rc=$?
+  for c in "${CONTAINERS[@]}"; do
+    if [[ $rc != 0 ]] && pm container exists "$c" 2>/dev/null; then
+      echo "--- logs of $c:"; pm logs "$c" 2>&1 | tail -20
+    fi
+    pm rm -f -t 0 "$c" >/dev/null 2>&1 || true
+  done
+  [[ -z "$NS" ]] || ip netns delete "$NS" 2>/dev/null || true
+  if [[ "${KEEP:-0}" == 1 ]]; then echo "work folder kept: $WORK"; else rm -rf "$WORK"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+step "stage prebuilt binaries from $BUILD"
+STAGE="$WORK/binaries"
+for f in services/query/imagesearch-query services/query/libimagesearch_torch_plugin.so \
+         services/indexer/imagesearch-indexer tools/make_snapshot/imagesearch-snapshot \
+         libs/common/libimagesearch_common.so models/default/model.pt; do
+  [[ -f "$BUILD/$f" ]] || fail "$BUILD/$f is missing: build first (ci/build.sh)"
+done
+install -D -m755 -t "$STAGE/usr/local/bin" \
+  "$BUILD/services/query/imagesearch-query" "$BUILD/services/query/libimagesearch_torch_plugin.so" \
+  "$BUILD/services/indexer/imagesearch-indexer" "$BUILD/tools/make_snapshot/imagesearch-snapshot"
+install -D -m644 -t "$STAGE/usr/local/lib" "$BUILD/libs/common/libimagesearch_common.so"
+install -D -m644 -t "$STAGE/usr/local/share/imagesearch/models/default" "$BUILD"/models/default/*
+# Debug info stays in the build tree; the images get the symbols only.
+strip --strip-debug "$STAGE"/usr/local/bin/* "$STAGE"/usr/local/lib/*.so
+NATIVE="$(sed -n 's/^IMAGESEARCH_NATIVE:BOOL=//p' "$BUILD/CMakeCache.txt" 2>/dev/null)"
+if [[ "$NATIVE" != OFF ]]; then
+  echo "note: $BUILD was configured with IMAGESEARCH_NATIVE=${NATIVE:-?} (-march=native): these images run"
+  echo "      on CPUs like this one only. Images to ship: configure with -DIMAGESEARCH_NATIVE=OFF or"
+  echo "      build without --build-context (the Containerfile's builder stage)."
+fi
+REVISION="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+
+# ---------------------------------------------------------------- build
+for target in query indexer sagemaker; do
+  step "podman build --target $target"
+  log="$WORK/build-$target.log"
+  previous="$(pm image inspect --format '{{.Id}}' "localhost/imagesearch-$target:$TAG" 2>/dev/null || true)"
+  timeout 1800 podman --runtime runc --cgroup-manager=cgroupfs build --network=host \
+    -f "$ROOT/deploy/containers/Containerfile" --target "$target" \
+    --build-arg BASE="$BASE_IMAGE" --build-context binaries="$STAGE" \
+    --label org.opencontainers.image.revision="$REVISION" \
+    --label imagesearch.binaries="prebuilt, IMAGESEARCH_NATIVE=${NATIVE:-?}" \
+    -t "localhost/imagesearch-$target:$TAG" "$ROOT" >"$log" 2>&1 ||
+    { tail -40 "$log"; fail "podman build --target $target"; }
+  ok "localhost/imagesearch-$target:$TAG ($(grep -c '^--> Using cache' "$log" || true) cached steps)"
+  # The image this tag named before, now untagged: remove it (not if still in use).
+  if [[ -n "$previous" && "$previous" != "$(pm image inspect --format '{{.Id}}' "localhost/imagesearch-$target:$TAG")" &&
+        "$(pm image inspect --format '{{len .RepoTags}}' "$previous" 2>/dev/null)" == 0 ]]; then
+    pm rmi "$previous" >/dev/null 2>&1 || true
+  fi
+done
+
+# ---------------------------------------------------------------- 1. static checks
+step "images: runtime only, non-root, OpenBLAS"
+for img in "$IMG_QUERY" "$IMG_INDEXER" "$IMG_SAGEMAKER"; do
+  user="$(pm image inspect --format '{{.Config.User}}' "$img")"
+  [[ "$user" == 10001:10001 ]] || fail "$img runs as '$user', not 10001:10001"
+  out="$(pm run --rm --network=none --entrypoint /bin/sh "$img" -c '
+    for t in gcc g++ cc c++ cpp clang cmake make ld as; do
+      if command -v "$t" >/dev/null; then echo "tool: $(command -v "$t")"; fi
+    done
+    dpkg-query -W -f "\${Package}\n" | grep -E -- "-dev(:|\$)" | sed "s/^/dev package: /"
+    find /usr/include /usr/local/include -type f 2>/dev/null | head -5 | sed "s/^/header: /"
+    [ "$(id -u)" = 10001 ] || echo "uid: $(id -u)"
+    b="$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3)"
+    case "$b" in */openblas-pthread/*) ;; *) echo "libblas.so.3 -> $b";; esac' 2>&1)" ||
+    fail "$img: check did not run: $out"
+  [[ -z "$out" ]] || fail "$img: $out"
+done
+ok "no compiler/cmake/make/ld, no -dev package, no header; uid 10001; libblas.so.3 = OpenBLAS"
+[[ "$(pm image inspect --format '{{json .Config.Entrypoint}} {{json .Config.Cmd}}' "$IMG_SAGEMAKER")" == \
+   '["/usr/local/bin/imagesearch-query"] ["serve"]' ]] || fail "$IMG_SAGEMAKER: wrong ENTRYPOINT/CMD"
+ok "sagemaker ENTRYPOINT [\"/usr/local/bin/imagesearch-query\"], CMD [\"serve\"]"
+
+# ---------------------------------------------------------------- 2. indexer image
+step "corpus: Fashion-MNIST, 10 per class"
+tools/corpus/fashion_mnist.sh "$WORK/corpus" 10 >/dev/null
+read -r IMG_ID IMG_PATH < <(/usr/bin/python3 -c '
+import json, sys
+d = json.loads(open(sys.argv[1]).readline()); print(d["id"], d["path"])' "$WORK/corpus/manifest.jsonl")
+[[ -f "$WORK/corpus/$IMG_PATH" ]] || fail "corpus image $IMG_PATH missing"
+SNAP="$WORK/snapshots"
+mkdir -p "$SNAP" && chown 10001:10001 "$SNAP"
+step "indexer image: corpus (ro) -> $SNAP"
+timeout 300 podman --runtime runc --cgroup-manager=cgroupfs run --rm --read-only --network=none \
+  -v "$WORK/corpus:/corpus:ro" -v "$SNAP:/snapshots" "$IMG_INDEXER" \
+  --input=/corpus/manifest.jsonl --root=/snapshots >"$WORK/indexer.log" 2>&1 ||
+  { tail -20 "$WORK/indexer.log"; fail "indexer image"; }
+grep -q 'published v1: 100 listed, 100 indexed' "$WORK/indexer.log" ||
+  { cat "$WORK/indexer.log"; fail "indexer image did not publish v1 with 100 images"; }
+[[ -f "$SNAP/v1/MANIFEST.json" && -f "$SNAP/v1/model.pt" ]] || fail "no snapshot v1 with its model"
+pm run --rm --network=none --entrypoint /usr/local/bin/imagesearch-snapshot -v "$SNAP:/snapshots:ro" \
+  "$IMG_INDEXER" verify --root=/snapshots >"$WORK/verify.log" 2>&1 ||
+  { cat "$WORK/verify.log"; fail "imagesearch-snapshot verify"; }
+ok "published v1 (100 images, default model); imagesearch-snapshot verify passes"
+
+# ---------------------------------------------------------------- network
+source tests/e2e/lib.sh
+BUF="$(ensure_buf "$BUILD")"
+if [[ "${NETNS:-1}" == 1 ]] && ip netns add "imagesearch-ci-$$" 2>/dev/null; then
+  NS="imagesearch-ci-$$"
+  ip netns exec "$NS" ip link set lo up
+  NET=(--network="ns:/run/netns/$NS")
+  net() { ip netns exec "$NS" "$@"; }
+  GRPC_PORT=50051 HTTP_PORT=8080 SM_GRPC_PORT=50051 SM_PORT=8080 SM_PORT2=8081
+  QUERY_ARGS=()         # the image's own CMD: --port=50051 --http_port=8080
+  SM_ARGS=(serve)       # exactly what SageMaker runs
+  echo "   containers in network namespace $NS (loopback only)"
+else
+  NET=(--network=host)
+  net() { "$@"; }
+  free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+  GRPC_PORT=$(free_port) HTTP_PORT=$(free_port) SM_GRPC_PORT=$(free_port) SM_PORT=$(free_port) SM_PORT2=$(free_port)
+  QUERY_ARGS=(--host=127.0.0.1 --port="$GRPC_PORT" --http_port="$HTTP_PORT")
+  # Host network: keep gRPC off the shared port 50051 and everything on loopback.
+  SM_ARGS=(serve --host=127.0.0.1 --port="$SM_GRPC_PORT")
+  echo "   host network, loopback ports $GRPC_PORT $HTTP_PORT $SM_GRPC_PORT $SM_PORT $SM_PORT2"
+fi
+# wait_for SECONDS CONTAINER WHAT CMD...: retries CMD while CONTAINER runs.
+wait_for() {
+  local limit="$1" c="$2" what="$3"; shift 3
+  local end=$((SECONDS + limit))
+  while ((SECONDS < end)); do
+    "$@" >/dev/null 2>&1 && return 0
+    [[ "$(pm inspect --format '{{.State.Running}}' "$c" 2>/dev/null)" == true ]] ||
+      fail "$c exited while waiting for $what"
+    sleep 0.5
+  done
+  fail "$c: no $what within ${limit}s"
+}
+# json_ok EXPR: the JSON on stdin, as d, makes the Python expression EXPR true.
+json_ok() {
+  /usr/bin/python3 -c 'import json, sys; d = json.load(sys.stdin); sys.exit(0 if eval(sys.argv[1]) else 1)' "$1"
+}
+grpc() { net timeout 30 "$BUF" curl --protocol grpc --http2-prior-knowledge "$@"; }
+http_code() { net curl -s -o /dev/null -m "${2:-10}" -w '%{http_code}' "$1"; }
+stop_clean() {  # SIGTERM, then the exit status must be 0
+  local c="$1"
+  pm stop -t 30 "$c" >/dev/null
+  [[ "$(pm inspect --format '{{.State.ExitCode}}' "$c")" == 0 ]] ||
+    fail "$c: exit status $(pm inspect --format '{{.State.ExitCode}}' "$c") after SIGTERM"
+  grep -q ' stopped$' <<<"$(pm logs "$c" 2>&1)" || fail "$c: no 'stopped' log line after SIGTERM"
+}
+IMG_B64="$(base64 -w0 "$WORK/corpus/$IMG_PATH")"
+
+# ---------------------------------------------------------------- 3. query image
+step "query image: snapshot root mounted read-only at /snapshots"
+QC="imagesearch-ci-query-$$"; CONTAINERS+=("$QC")
+pm run -d --name "$QC" --read-only "${NET[@]}" -v "$SNAP:/snapshots:ro" "$IMG_QUERY" \
+  "${QUERY_ARGS[@]}" >/dev/null
+G="http://127.0.0.1:$GRPC_PORT"
+serving() {
+  grpc -d '{"service":"imagesearch.v1.ImageSearch"}' "$G/grpc.health.v1.Health/Check" |
+    json_ok 'd.get("status") == "SERVING"'
+}
+wait_for 90 "$QC" "SERVING health" serving
+ok "gRPC health SERVING on :$GRPC_PORT"
+grep -qx imagesearch.v1.ImageSearch <<<"$(grpc --list-services "$G")" || fail "reflection lists no imagesearch.v1.ImageSearch"
+grpc -d '{"id":"fmnist-test-00001","top_k":3}' "$G/imagesearch.v1.ImageSearch/Search" >"$WORK/by_id.json" ||
+  fail "Search by id: $(cat "$WORK/by_id.json")"
+json_ok 'len(d["hits"]) == 3 and all(h["id"].startswith("fmnist-test-") for h in d["hits"])' <"$WORK/by_id.json" ||
+  fail "Search by id: expected 3 hits, got $(cat "$WORK/by_id.json")"
+ok "buf curl Search {\"id\":\"fmnist-test-00001\",\"top_k\":3}: 3 hits (reflection)"
+printf '{"image":"%s","top_k":3}' "$IMG_B64" >"$WORK/by_image.req.json"
+grpc -d @"$WORK/by_image.req.json" "$G/imagesearch.v1.ImageSearch/Search" >"$WORK/by_image.json" ||
+  fail "Search by image bytes: $(cat "$WORK/by_image.json")"
+json_ok "d['hits'][0]['id'] == '$IMG_ID'" <"$WORK/by_image.json" ||
+  fail "Search by image: $IMG_ID not first: $(cat "$WORK/by_image.json")"
+ok "buf curl Search by image bytes ($IMG_PATH): $IMG_ID first (LibTorch plugin in the image)"
+[[ "$(http_code "http://127.0.0.1:$HTTP_PORT/ping")" == 200 ]] || fail "query image: GET /ping != 200"
+ok "HTTP GET /ping 200 on :$HTTP_PORT"
+[[ "$(pm exec "$QC" id -u)" == 10001 ]] || fail "query service does not run as uid 10001"
+if pm exec "$QC" sh -c 'echo x > /snapshots/probe' 2>/dev/null; then fail "/snapshots is writable"; fi
+ok "runs as uid 10001; /snapshots is read-only"
+stop_clean "$QC"
+ok "SIGTERM: drained and exited 0"
+
+# ---------------------------------------------------------------- 4. sagemaker image
+step "sagemaker image: podman run -v SNAP/v1:/opt/ml/model:ro IMAGE ${SM_ARGS[*]}"
+SC="imagesearch-ci-sagemaker-$$"; CONTAINERS+=("$SC")
+SM_ENV=()
+[[ -n "$NS" ]] || SM_ENV=(-e SAGEMAKER_BIND_TO_PORT="$SM_PORT")
+pm run -d --name "$SC" "${NET[@]}" "${SM_ENV[@]}" -v "$SNAP/v1:/opt/ml/model:ro" "$IMG_SAGEMAKER" \
+  "${SM_ARGS[@]}" >/dev/null
+H="http://127.0.0.1:$SM_PORT"
+# SageMaker wants /ping answered within 2 s: each try has -m 2.
+ping_ok() { [[ "$(http_code "$H/ping" 2)" == 200 ]]; }
+wait_for 90 "$SC" "GET /ping 200 on :$SM_PORT" ping_ok
+grep -qx "http listening on port $SM_PORT" <<<"$(pm logs "$SC" 2>/dev/null)" ||
+  fail "no 'http listening on port $SM_PORT' in the log"
+ok "GET /ping 200; log says 'http listening on port $SM_PORT'$([[ -n "$NS" ]] && echo ' (the default)')"
+net curl -s -m 30 -H 'Content-Type: image/png' --data-binary @"$WORK/corpus/$IMG_PATH" \
+  "$H/invocations?top_k=3" >"$WORK/invocations.json" || fail "POST /invocations"
+json_ok "len(d['hits']) == 3 and d['hits'][0]['id'] == '$IMG_ID' and d['snapshot_version'] == 1" \
+  <"$WORK/invocations.json" || fail "POST /invocations: $IMG_ID not first: $(cat "$WORK/invocations.json")"
+ok "POST /invocations (image/png $IMG_PATH): 3 hits, $IMG_ID first, snapshot_version 1"
+stop_clean "$SC"
+ok "SIGTERM: drained and exited 0"
+if [[ -n "$NS" ]]; then
+  step "sagemaker image with SAGEMAKER_BIND_TO_PORT=$SM_PORT2 (inference pipelines)"
+  SC2="imagesearch-ci-sagemaker2-$$"; CONTAINERS+=("$SC2")
+  pm run -d --name "$SC2" "${NET[@]}" -e SAGEMAKER_BIND_TO_PORT="$SM_PORT2" \
+    -v "$SNAP/v1:/opt/ml/model:ro" "$IMG_SAGEMAKER" serve >/dev/null
+  H="http://127.0.0.1:$SM_PORT2"
+  wait_for 90 "$SC2" "GET /ping 200 on :$SM_PORT2" ping_ok
+  ok "GET /ping 200 on :$SM_PORT2"
+  stop_clean "$SC2"
+fi
+
+# ---------------------------------------------------------------- sizes
+step "images"
+pm image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' |
+  grep -E "^(localhost/imagesearch-(query|indexer|sagemaker):$TAG|$BASE_IMAGE) " | sed 's/^/   /'
+echo "containers.sh: all checks passed in $((SECONDS - START))s"
