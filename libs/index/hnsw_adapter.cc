@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <mutex>
@@ -13,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "libs/common/file_util.h"
 #include "libs/common/status_macros.h"
+#include "libs/index/distance.h"
 #include "libs/index/graph_format.h"
 #include "libs/index/hnsw_builder.h"
 #include "libs/index/metric.h"
@@ -20,9 +22,39 @@
 namespace imagesearch::index {
 namespace {
 
+// hnswlib's space interface over our run-time-dispatched kernels
+// (libs/index/distance.h): same data layout and distance semantics as
+// hnswlib's L2Space / InnerProductSpace, so the graph files are unchanged.
+class KernelSpace final : public hnswlib::SpaceInterface<float> {
+ public:
+  KernelSpace(DistanceFn fn, size_t dim) : fn_(fn), dim_(dim) {}
+  size_t get_data_size() override { return dim_ * sizeof(float); }
+  hnswlib::DISTFUNC<float> get_dist_func() override { return fn_; }
+  void* get_dist_func_param() override { return &dim_; }
+
+ private:
+  DistanceFn fn_;
+  size_t dim_;
+};
+
+// IMAGESEARCH_SIMD=hnswlib: hnswlib's own kernels, as its compile flags chose
+// them (benchmarks compare them with ours).
+bool UseHnswlibKernels() {
+  static const bool use = [] {
+    const char* v = std::getenv("IMAGESEARCH_SIMD");
+    return v != nullptr && std::strcmp(v, "hnswlib") == 0;
+  }();
+  return use;
+}
+
+// Every graph this process builds, loads into hnswlib or searches uses the
+// same kernel, so hnswlib and the mmap searcher agree bit for bit.
 std::unique_ptr<hnswlib::SpaceInterface<float>> MakeSpace(Metric metric, size_t dim) {
-  if (metric == Metric::kL2) return std::make_unique<hnswlib::L2Space>(dim);
-  return std::make_unique<hnswlib::InnerProductSpace>(dim);
+  if (UseHnswlibKernels()) {
+    if (metric == Metric::kL2) return std::make_unique<hnswlib::L2Space>(dim);
+    return std::make_unique<hnswlib::InnerProductSpace>(dim);
+  }
+  return std::make_unique<KernelSpace>(DistanceKernel(metric, BestSimdLevel()), dim);
 }
 
 int ResolveThreads(int threads) {
@@ -76,8 +108,8 @@ absl::StatusOr<Metric> ParseMetric(absl::string_view name) {
 }
 
 DistanceFn GetDistanceFn(Metric metric, size_t dim) {
-  // The space constructor selects the SIMD kernel (and sets hnswlib's global
-  // kernel pointers) exactly as a HierarchicalNSW built over it would.
+  // Exactly the kernel a HierarchicalNSW built over MakeSpace uses (hnswlib's
+  // space constructors also set its global kernel pointers).
   auto space = MakeSpace(metric, dim);
   return space->get_dist_func();
 }

@@ -22,8 +22,9 @@ absl::StatusOr<Metric> ParseMetric(absl::string_view name);
 // Distance kernel with hnswlib's signature: (a, b, &dim) -> distance.
 using DistanceFn = float (*)(const void*, const void*, const void*);
 
-// Returns hnswlib's (SIMD) kernel for `metric` at `dim`, chosen exactly as
-// hnswlib's spaces choose it, so our searcher computes bit-identical distances.
+// The (SIMD) kernel for `metric` at `dim` that this process's hnswlib graphs
+// use (libs/index/distance.h, chosen at run time for the CPU), so our
+// searcher computes bit-identical distances to hnswlib's searchKnn.
 DistanceFn GetDistanceFn(Metric metric, size_t dim);
 
 // Scales `v` to unit L2 norm in place. Returns false if the norm is zero or

@@ -67,6 +67,9 @@ ABSL_FLAG(int, encoder_threads, 0,
 ABSL_FLAG(std::string, model_plugin, "",
           "The model runtime module (LibTorch), loaded when a snapshot carries a model. "
           "Default: libimagesearch_torch_plugin.so next to this binary.");
+ABSL_FLAG(int, max_connection_age_ms, 300000,
+          "Close each gRPC connection (GOAWAY) after this long so clients rebalance onto new "
+          "replicas; 0 = never.");
 ABSL_FLAG(int, shutdown_grace_ms, 20000,
           "On SIGTERM/SIGINT: how long calls in flight may take to finish.");
 ABSL_FLAG(std::string, log_format, "text",
@@ -170,6 +173,15 @@ int Run() {
   const int max_bytes = absl::GetFlag(FLAGS_max_message_mb) * 1024 * 1024;
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
+  // Connections are closed (GOAWAY, calls in flight finish) after this age,
+  // so clients re-resolve and spread over replicas that were added since
+  // (Kubernetes HPA scale-up behind a headless Service).
+  if (absl::GetFlag(FLAGS_max_connection_age_ms) > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               absl::GetFlag(FLAGS_max_connection_age_ms));
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                               absl::GetFlag(FLAGS_shutdown_grace_ms));
+  }
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server) {

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <thread>
@@ -22,6 +23,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "imagesearch/v1/imagesearch.grpc.pb.h"
+#include "libs/index/distance.h"
 #include "libs/index/hnsw_builder.h"
 #include "libs/index/metric.h"
 #include "libs/index/test_vectors.h"
@@ -41,6 +43,9 @@ ABSL_FLAG(int, batch, 16, "Queries per SearchBatch call for the batched measurem
 ABSL_FLAG(double, spread, 1.0, "Within-cluster spread of the synthetic data (higher = harder).");
 ABSL_FLAG(double, target_recall, 0.95, "Recall@10 the ef must reach.");
 ABSL_FLAG(std::string, workdir, "/tmp/imagesearch_search_bench", "Where the snapshot goes.");
+ABSL_FLAG(bool, reuse, false,
+          "Search the snapshot an earlier run left in --workdir (same --n/--dim/--spread) instead "
+          "of building one: compares builds (e.g. portable vs -march=native) on one graph.");
 
 namespace imagesearch {
 namespace {
@@ -74,7 +79,8 @@ int Run() {
   const int threads = absl::GetFlag(FLAGS_threads);
   const double secs = absl::GetFlag(FLAGS_seconds);
   const std::string root = absl::GetFlag(FLAGS_workdir) + "/root";
-  std::filesystem::remove_all(absl::GetFlag(FLAGS_workdir));
+  const bool reuse = absl::GetFlag(FLAGS_reuse) && snapshot::ReadCurrentVersion(root).ok();
+  if (!reuse) std::filesystem::remove_all(absl::GetFlag(FLAGS_workdir));
 
   std::printf("data: %zu x %zu clustered vectors (cosine), %zu held-out queries\n", n, dim, nq);
   // One draw, so data and queries share cluster centres; the tail is held out.
@@ -90,12 +96,17 @@ int Run() {
   in.hnsw.ef_construction = 100;
   const float* data = corpus.vectors.data();
   const auto b0 = Clock::now();
-  auto v = snapshot::PublishSnapshot(root, in);
+  auto v = reuse ? snapshot::ReadCurrentVersion(root) : snapshot::PublishSnapshot(root, in);
   if (!v.ok()) {
     std::cerr << v.status() << "\n";
     return 1;
   }
-  std::printf("built snapshot in %.1fs\n", std::chrono::duration<double>(Clock::now() - b0).count());
+  std::printf("%s snapshot in %.1fs\n", reuse ? "reused the" : "built",
+              std::chrono::duration<double>(Clock::now() - b0).count());
+  std::printf("distance kernel: %s\n",
+              std::getenv("IMAGESEARCH_SIMD") != nullptr && std::string(std::getenv("IMAGESEARCH_SIMD")) == "hnswlib"
+                  ? "hnswlib's own (compile-time SIMD)"
+                  : index::SimdLevelName(index::BestSimdLevel()));
   auto snap = snapshot::Snapshot::Open(root, *v, snapshot::VerifyMode::kSizes);
   const std::string graph = snapshot::VersionDir(root, *v) + "/graph.hnsw";
   auto ref = index::HnswlibIndex::Load(graph, dim, index::Metric::kCosine);
