@@ -640,7 +640,14 @@ TEST_CASE("thumbnails: bad input and options fail like the plain decode", "[imag
   absl::StatusOr<RgbImage> plain = DecodeAndPreprocessFile(ImagePath("truncated.jpg"),
                                                            PreprocessOptions());
   REQUIRE(!d.ok());
-  CHECK(d.status() == plain.status());
+  // Same code and reason; libvips may add detail of its own (e.g. "source:
+  // bad seek") depending on how far the pipeline read.
+  CHECK(d.status().code() == plain.status().code());
+  for (const char* part : {"truncated.jpg: cannot decode jpeg image (corrupt or truncated)",
+                           "Premature end of input file"}) {
+    CHECK(std::string(d.status().message()).find(part) != std::string::npos);
+    CHECK(std::string(plain.status().message()).find(part) != std::string::npos);
+  }
   for (int side : {0, 7, 1025}) {
     ThumbnailOptions bad;
     bad.max_side = side;

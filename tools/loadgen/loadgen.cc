@@ -1,7 +1,7 @@
 // imagesearch-loadgen: the one load tool for the query service (benchmarks,
 // the failover test, soaks). Bounded in time and count; loopback targets.
 //
-//   imagesearch-loadgen --target=127.0.0.1:50051 --kind=id --ids=ids.txt \
+//   imagesearch-loadgen --target=127.0.0.1:50051 --kind=id --ids=ids.txt
 //       --concurrency=8 --duration_s=20
 //   imagesearch-loadgen --target=... --kind=vector --vectors=q.npy --rate=500
 //   imagesearch-loadgen --target=... --kind=batch --vectors=q.npy --batch=16
