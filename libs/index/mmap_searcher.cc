@@ -1,6 +1,8 @@
 #include "libs/index/mmap_searcher.h"
 
+#include <algorithm>
 #include <cstring>
+#include <limits>
 #include <queue>
 #include <utility>
 
@@ -93,7 +95,30 @@ const uint32_t* MmapHnswSearcher::UpperLinks(uint32_t id, int level) const {
   return reinterpret_cast<const uint32_t*>(graph_->data() + off + 4 + (level - 1) * per_level);
 }
 
-std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, size_t ef) const {
+std::vector<Neighbor> MmapHnswSearcher::SearchExact(const float* query, size_t k,
+                                                    const RowFilter& allowed) const {
+  std::vector<Neighbor> all;
+  if (k == 0) return all;
+  const void* param = &dim_param_;
+  const uint32_t rows = static_cast<uint32_t>(std::min<size_t>(header_.count, allowed.rows()));
+  all.reserve(std::min(allowed.Count(), static_cast<size_t>(rows)));
+  allowed.ForEach([&](uint32_t row) {
+    if (row < rows) all.push_back(Neighbor{dist_(query, Vector(row), param), row});
+  });
+  auto closer = [](const Neighbor& a, const Neighbor& b) {
+    return a.distance < b.distance || (a.distance == b.distance && a.row < b.row);
+  };
+  if (all.size() > k) {
+    std::partial_sort(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(k), all.end(), closer);
+    all.resize(k);
+  } else {
+    std::sort(all.begin(), all.end(), closer);
+  }
+  return all;
+}
+
+std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, size_t ef,
+                                               const RowFilter* allowed) const {
   std::vector<Neighbor> result;
   const uint32_t count = static_cast<uint32_t>(header_.count);
   if (count == 0 || k == 0) return result;
@@ -131,13 +156,25 @@ std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, siz
   uint16_t* marks = visited.marks.data();
   Heap top;
   Heap candidates;
-  float lower_bound = cur_dist;
-  top.emplace(cur_dist, cur);
+  // Unfiltered, this is exactly hnswlib's searchBaseLayerST. Filtered (as
+  // hnswlib's isIdAllowed): only allowed rows enter `top`, and the search
+  // does not stop while `top` holds fewer than ef of them.
+  auto label_of = [this](uint32_t id) {
+    uint64_t label;
+    std::memcpy(&label, Element(id) + header_.label_offset, sizeof(label));
+    return static_cast<uint32_t>(label);
+  };
+  auto admit = [&](uint32_t id) { return allowed == nullptr || allowed->Allows(label_of(id)); };
+  float lower_bound = std::numeric_limits<float>::max();
+  if (admit(cur)) {
+    top.emplace(cur_dist, cur);
+    lower_bound = cur_dist;
+  }
   candidates.emplace(-cur_dist, cur);
   marks[cur] = tag;
   while (!candidates.empty()) {
     const auto current = candidates.top();
-    if (-current.first > lower_bound) break;
+    if (-current.first > lower_bound && (allowed == nullptr || top.size() >= ef)) break;
     candidates.pop();
     const uint32_t* list = reinterpret_cast<const uint32_t*>(Element(current.second));
     uint16_t size = ListCount(list);
@@ -154,7 +191,7 @@ std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, siz
       const float d = dist_(query, Element(cand) + header_.offset_data, param);
       if (top.size() < ef || lower_bound > d) {
         candidates.emplace(-d, cand);
-        top.emplace(d, cand);
+        if (admit(cand)) top.emplace(d, cand);
         if (top.size() > ef) top.pop();
         if (!top.empty()) lower_bound = top.top().first;
       }

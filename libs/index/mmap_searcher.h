@@ -24,6 +24,7 @@
 #include "libs/common/file_util.h"
 #include "libs/index/graph_format.h"
 #include "libs/index/metric.h"
+#include "libs/index/row_filter.h"
 
 namespace imagesearch::index {
 
@@ -43,7 +44,18 @@ class MmapHnswSearcher {
 
   // Returns up to k nearest rows, nearest first. `query` has dim() floats and
   // is already prepared (unit norm for cosine). ef < k is raised to k.
-  std::vector<Neighbor> Search(const float* query, size_t k, size_t ef) const;
+  //
+  // With `allowed`, only allowed rows are returned, but every row still
+  // guides the walk (hnswlib's filtered searchKnn): the search goes on until
+  // it holds ef allowed rows or runs out of candidates, so a selective filter
+  // visits more of the graph. Very selective filters are better served by
+  // SearchExact.
+  std::vector<Neighbor> Search(const float* query, size_t k, size_t ef,
+                               const RowFilter* allowed = nullptr) const;
+
+  // Exact top-k over the allowed rows only (brute force, allowed.Count()
+  // distance computations).
+  std::vector<Neighbor> SearchExact(const float* query, size_t k, const RowFilter& allowed) const;
 
   // The stored (prepared) vector of `row`. REQUIRES: row < size().
   const float* Vector(uint32_t row) const;

@@ -49,10 +49,21 @@ EmbedItem ToEmbedItem(const Query& q) {
   return item;
 }
 
+// The rows the query's filter allows, as SearchParams::allowed (unset for no
+// filter). Checked and evaluated before any model work.
+absl::Status ApplyFilter(const snapshot::Snapshot& snap, const Query& q, SearchParams* params) {
+  if (q.filter == nullptr || q.filter->empty()) return absl::OkStatus();
+  auto allowed = EvaluateFilter(snap, *q.filter);
+  if (!allowed.ok()) return allowed.status();
+  params->allowed = std::make_shared<const index::RowFilter>(*std::move(allowed));
+  return absl::OkStatus();
+}
+
 // The prepared query vector and params of a vector or id query.
 absl::StatusOr<std::pair<std::vector<float>, SearchParams>> VectorQuery(
     const snapshot::Snapshot& snap, const Query& q) {
   SearchParams params = q.params;
+  if (absl::Status s = ApplyFilter(snap, q, &params); !s.ok()) return s;
   if (q.kind == Query::Kind::kVector) {
     auto v = PrepareQueryVector(snap, q.vector.data(), q.vector.size());
     if (!v.ok()) return v.status();
@@ -131,11 +142,13 @@ void QueryCore::Search(const Query& query, const CallContext& context, Done<Sear
         return done(s);
       }
       if (absl::Status s = EmbedderAvailable(*state, text); !s.ok()) return done(s);
+      SearchParams params = query.params;
+      if (absl::Status s = ApplyFilter(snap, query, &params); !s.ok()) return done(s);
       if (absl::Status s = context.Check("decoding"); !s.ok()) return done(s);
       std::vector<EmbedItem> items;
       items.push_back(ToEmbedItem(query));
       state->embedder->Embed(std::move(items), context,
-                             [state, context, params = query.params,
+                             [state, context, params = std::move(params),
                               done = std::move(done)](absl::StatusOr<Embedder::Vectors> v) {
                                if (!v.ok()) return done(v.status());
                                const snapshot::Snapshot& snap = *state->snapshot;

@@ -31,6 +31,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "libs/serving/call_context.h"
+#include "libs/serving/filter.h"
 #include "libs/serving/metrics.h"
 #include "libs/serving/query_engine.h"
 #include "libs/serving/snapshot_manager.h"
@@ -54,8 +55,11 @@ struct Query {
   absl::Span<const float> vector;
   absl::string_view id;
   absl::string_view data;  // Image bytes or text.
-  SearchParams params;     // top_k, ef; exclude_row is set by the core.
+  SearchParams params;     // top_k, ef; exclude_row and allowed are set by the core.
   bool include_self = false;
+  // Optional. Read (evaluated against the snapshot) before Search,
+  // SearchBatch or Embed returns, so it only has to outlive that call.
+  const Filter* filter = nullptr;
 };
 
 struct SearchResult {

@@ -66,6 +66,11 @@ absl::Status ValidateSearchParams(const SearchParams& params) {
   return absl::OkStatus();
 }
 
+bool ExactScanIsCheaper(size_t allowed, size_t rows, size_t ef) {
+  const double a = static_cast<double>(allowed);
+  return a * a <= kGraphCostPerEf * static_cast<double>(ef) * static_cast<double>(rows);
+}
+
 absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
                                                 const std::vector<float>& query,
                                                 const SearchParams& params) {
@@ -73,7 +78,15 @@ absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
   const uint32_t k = params.top_k == 0 ? kDefaultTopK : params.top_k;
   const size_t ef = params.ef == 0 ? static_cast<size_t>(snap.manifest().default_ef) : params.ef;
   const size_t want = k + (params.exclude_row.has_value() ? 1 : 0);
-  auto neighbors = snap.searcher().Search(query.data(), want, std::max(ef, want));
+  std::vector<index::Neighbor> neighbors;
+  if (params.allowed == nullptr) {
+    neighbors = snap.searcher().Search(query.data(), want, std::max(ef, want));
+  } else {
+    neighbors = ExactScanIsCheaper(params.allowed->Count(), snap.manifest().count, ef)
+                    ? snap.searcher().SearchExact(query.data(), want, *params.allowed)
+                    : snap.searcher().Search(query.data(), want, std::max(ef, want),
+                                             params.allowed.get());
+  }
   std::vector<Hit> hits;
   hits.reserve(k);
   const bool similarity_is_one_minus = snap.manifest().metric != index::Metric::kL2;

@@ -4,12 +4,14 @@
 #define IMAGESEARCH_LIBS_SERVING_QUERY_ENGINE_H_
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "libs/index/row_filter.h"
 #include "libs/snapshot/snapshot.h"
 
 namespace imagesearch::serving {
@@ -23,7 +25,20 @@ struct SearchParams {
   uint32_t ef = 0;     // 0: the snapshot's default_ef.
   // Row to leave out of the results ("more like this" on an indexed item).
   std::optional<uint32_t> exclude_row;
+  // Rows the search may return (a filter's result); null = all.
+  std::shared_ptr<const index::RowFilter> allowed;
 };
+
+// Filtered search: scan the allowed rows exactly, or walk the graph? A walk
+// that must collect ef allowed rows costs about ef * kGraphCostPerEf distance
+// computations divided by the allowed share (allowed / rows); a scan costs
+// `allowed` of them. The scan wins when
+//   allowed^2 <= kGraphCostPerEf * ef * rows.
+// kGraphCostPerEf was measured (tools/bench/README.md, "Filtered search": the
+// crossover was at 10-12% of 100k rows with ef 64); the crossover share falls
+// as sqrt(1 / rows), e.g. to about 4% at 1M rows.
+inline constexpr double kGraphCostPerEf = 22.0;
+bool ExactScanIsCheaper(size_t allowed, size_t rows, size_t ef);
 
 struct Hit {
   std::string id;

@@ -82,6 +82,11 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> Snapshot::OpenDir(
     if (!thumbs.ok()) return fail(thumbs.status());
     s->thumbs_ = std::move(*thumbs);
   }
+  if (m.files.count(kAttributesFile)) {
+    auto attributes = AttributeTable::Open(s->dir_ + "/" + kAttributesFile, m.count);
+    if (!attributes.ok()) return fail(attributes.status());
+    s->attributes_ = std::move(*attributes);
+  }
   return std::shared_ptr<const Snapshot>(std::move(s));
 }
 

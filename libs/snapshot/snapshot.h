@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "libs/index/mmap_searcher.h"
+#include "libs/snapshot/attribute_table.h"
 #include "libs/snapshot/ids_table.h"
 #include "libs/snapshot/manifest.h"
 #include "libs/snapshot/thumbs_table.h"
@@ -45,6 +46,9 @@ class Snapshot {
   // The row thumbnails, or null if this version has none (thumbs.bin is
   // optional: the indexer's --thumbnails=false, or a vector-only snapshot).
   const ThumbsTable* thumbs() const { return thumbs_.get(); }
+  // The typed attribute columns for filters, or null if the version was
+  // built without a schema.
+  const AttributeTable* attributes() const { return attributes_.get(); }
   // Path of model.pt in this version, or empty for vector-only snapshots.
   std::string model_path() const;
 
@@ -55,6 +59,7 @@ class Snapshot {
   std::unique_ptr<index::MmapHnswSearcher> searcher_;
   std::unique_ptr<IdsTable> ids_;
   std::unique_ptr<ThumbsTable> thumbs_;
+  std::unique_ptr<AttributeTable> attributes_;
 };
 
 }  // namespace imagesearch::snapshot

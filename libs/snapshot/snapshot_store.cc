@@ -130,6 +130,10 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
                                                    input.ids.size(), " ids"));
   }
   if (input.count == 0) return absl::InvalidArgumentError("refusing to publish an empty snapshot");
+  if (!input.schema.empty() && input.attributes.size() != input.count) {
+    return absl::InvalidArgumentError(absl::StrCat("got ", input.count, " vectors but ",
+                                                   input.attributes.size(), " attribute rows"));
+  }
   if (!input.thumbnails.empty() && input.thumbnails.size() != input.count) {
     return absl::InvalidArgumentError(absl::StrCat("got ", input.count, " vectors but ",
                                                    input.thumbnails.size(), " thumbnails"));
@@ -156,6 +160,10 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
   auto status = [&]() -> absl::Status {
     ASSIGN_OR_RETURN(std::string ids, EncodeIdsTable(input.ids));
     RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + kIdsFile, ids));
+    if (!input.schema.empty()) {
+      RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + kAttributesFile,
+                                       EncodeAttributeTable(input.schema, input.attributes)));
+    }
     if (!input.thumbnails.empty()) {
       RETURN_IF_ERROR(
           WriteFileDurably(tmp + "/" + kThumbsFile, EncodeThumbsTable(input.thumbnails)));
@@ -175,7 +183,7 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
     }
     for (const auto& [name, contents] : input.extra_files) {
       if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' ||
-          name == kManifestFile || name == kThumbsFile) {
+          name == kManifestFile || name == kThumbsFile || name == kAttributesFile) {
         return absl::InvalidArgumentError(absl::StrCat("bad extra file name '", name, "'"));
       }
       RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + name, contents));

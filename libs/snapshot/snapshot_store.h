@@ -3,7 +3,7 @@
 //
 //   root/CURRENT          "v<N>\n", replaced atomically (temp, fsync, rename)
 //   root/v<N>/            MANIFEST.json, graph.hnsw, graph.offsets, ids.bin,
-//                         [model.pt], [thumbs.bin], [rejects.jsonl], ...
+//                         [model.pt], [thumbs.bin], [attrs.bin], [rejects.jsonl], ...
 //   root/.tmp-v<N>-<pid>  a version being written (removed if stale)
 //   root/.lock            flock'd by writers (publish, set-current, gc)
 //
@@ -26,6 +26,7 @@
 #include "absl/strings/string_view.h"
 #include "libs/index/hnsw_builder.h"
 #include "libs/index/metric.h"
+#include "libs/snapshot/attribute_table.h"
 #include "libs/snapshot/ids_table.h"
 #include "libs/snapshot/manifest.h"
 
@@ -60,6 +61,10 @@ struct SnapshotInput {
   // Optional: one encoded thumbnail per row (empty = none for that row),
   // stored as thumbs.bin. Leave the whole vector empty for no thumbs.bin.
   std::vector<std::string> thumbnails;
+  // Optional: typed attribute columns for filters (attrs.bin), one row of
+  // values (in schema order) per vector. Empty schema: no attrs.bin.
+  std::vector<FieldSpec> schema;
+  std::vector<std::vector<AttrValue>> attributes;
 };
 
 struct PublishOptions {

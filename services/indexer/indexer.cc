@@ -41,6 +41,7 @@ struct Work {
 struct Decoded {
   Work work;
   absl::StatusOr<image::DecodedImage> image;
+  std::vector<snapshot::AttrValue> typed;  // With a schema: the typed attributes.
 };
 
 struct Reject {
@@ -296,7 +297,7 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
   for (int t = 0; t < decode_threads; ++t) {
     decoders.emplace_back([&] {
       while (auto w = work.Pop()) {
-        Decoded d{std::move(*w), absl::InternalError("unset")};
+        Decoded d{std::move(*w), absl::InternalError("unset"), {}};
         d.image = bundle->PreprocessFileWithThumbnail(d.work.path,
                                                       o.thumbnails ? &o.thumbnail : nullptr);
         decoded.Push(std::move(d));
@@ -329,6 +330,7 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
   // Encoder stage (this thread): batches decoded images, encodes, collects rows.
   std::vector<snapshot::IdRecord> ids;
   std::vector<std::string> thumbs;  // Row-aligned with ids when o.thumbnails.
+  std::vector<std::vector<snapshot::AttrValue>> typed;  // Row-aligned with ids when o.schema.
   std::vector<Reject> rejects;
   std::unordered_set<std::string> seen;
   absl::Status encode_status;
@@ -351,6 +353,7 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
       for (auto& d : batch) {
         ids.push_back({std::move(d.work.id), std::move(d.work.path), std::move(d.work.attributes_json)});
         if (o.thumbnails) thumbs.push_back(std::move(d.image->thumbnail_jpeg));
+        if (!o.schema.empty()) typed.push_back(std::move(d.typed));
       }
     }
     progress.done += batch.size();
@@ -369,6 +372,16 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
       progress.rejected++;
       progress.done++;
       continue;
+    }
+    if (!o.schema.empty()) {
+      auto t = snapshot::TypedAttributes(o.schema, d->work.attributes_json);
+      if (!t.ok()) {
+        rejects.push_back({d->work.id, d->work.path, std::string(t.status().message())});
+        progress.rejected++;
+        progress.done++;
+        continue;
+      }
+      d->typed = *std::move(t);
     }
     batch.push_back(std::move(*d));
     if (batch.size() >= static_cast<size_t>(o.batch_size)) flush();
@@ -389,11 +402,6 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
   report.rejected = rejects.size();
   report.encode_seconds = encode_seconds;
 
-  std::string rejects_jsonl;
-  for (const auto& r : rejects) {
-    rejects_jsonl += nlohmann::json{{"id", r.id}, {"path", r.path}, {"reason", r.reason}}.dump();
-    rejects_jsonl += "\n";
-  }
   if (report.listed > 0 &&
       static_cast<double>(report.rejected) / static_cast<double>(report.listed) > o.max_reject_ratio) {
     return absl::FailedPreconditionError(absl::StrFormat(
@@ -403,6 +411,15 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
         o.max_reject_ratio, rejects[0].path, rejects[0].reason));
   }
 
+  // rejects.jsonl: every image skipped, with its reason (base rows included).
+  auto rejects_text = [&rejects] {
+    std::string text;
+    for (const auto& r : rejects) {
+      text += nlohmann::json{{"id", r.id}, {"path", r.path}, {"reason", r.reason}}.dump();
+      text += "\n";
+    }
+    return text;
+  };
   // Merge with the base: base rows that were neither removed nor re-supplied
   // follow the new rows; their stored vectors go in as they are (no re-encode).
   if (base) {
@@ -430,6 +447,18 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
         continue;
       }
       if (seen.count(id)) continue;  // Replaced by a newly encoded image.
+      std::vector<snapshot::AttrValue> row_typed;
+      if (!o.schema.empty()) {
+        // Base rows are typed under this build's schema, from their stored attributes.
+        auto t = snapshot::TypedAttributes(o.schema, v.attributes_json);
+        if (!t.ok()) {
+          rejects.push_back({id, std::string(v.uri),
+                             absl::StrCat("kept from base v", o.base_version, ": ", t.status().message())});
+          report.rejected++;
+          continue;
+        }
+        row_typed = *std::move(t);
+      }
       const float* vec = base->searcher().Vector(static_cast<uint32_t>(r));
       chunk.insert(chunk.end(), vec, vec + dim);
       ids.push_back({id, std::string(v.uri), std::string(v.attributes_json)});
@@ -441,6 +470,7 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
         }
         thumbs.emplace_back(thumb);
       }
+      if (!o.schema.empty()) typed.push_back(std::move(row_typed));
       report.kept_from_base++;
       if (chunk.size() >= 1024 * dim) RETURN_IF_ERROR(flush_chunk());
     }
@@ -469,7 +499,7 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
     shard.vectors = std::move(shard_vectors);
     shard.ids = std::move(ids);
     if (o.thumbnails) shard.thumbs = std::move(thumbs);
-    shard.rejects_jsonl = std::move(rejects_jsonl);
+    shard.rejects_jsonl = rejects_text();
     if (!o.dry_run) {
       ASSIGN_OR_RETURN(report.shard_dir, snapshot::WriteEmbeddingShard(o.embeddings_out, shard));
     }
@@ -497,8 +527,10 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
   in.model_path = o.model_path;
   in.model = IdentityOf(info);
   in.base_version = o.base_version;
-  in.extra_files["rejects.jsonl"] = rejects_jsonl;
+  in.extra_files["rejects.jsonl"] = rejects_text();
   if (o.thumbnails) in.thumbnails = std::move(thumbs);
+  in.schema = o.schema;
+  in.attributes = std::move(typed);
   if (!o.dry_run) {
     snapshot::PublishOptions po;
     po.make_current = o.promote;

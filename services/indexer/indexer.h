@@ -29,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "libs/image/image.h"
 #include "libs/index/hnsw_builder.h"
+#include "libs/snapshot/attribute_table.h"
 #include "libs/snapshot/embedding_shard.h"
 
 namespace imagesearch::indexer {
@@ -53,6 +54,10 @@ struct IndexerOptions {
   // Store a thumbnail of each image in the snapshot (thumbs.bin), for the
   // web page; made from the same decode as the model input.
   bool thumbnails = true;
+  // Typed attribute fields for filters (attrs.bin): parsed from each manifest
+  // line's "attributes"; a value that violates the schema rejects the image
+  // into rejects.jsonl with the reason. Empty: no attribute columns.
+  std::vector<snapshot::FieldSpec> schema;
   image::ThumbnailOptions thumbnail;
   // Progress: "auto" (bar on a terminal, lines otherwise), "bar", "lines", "none".
   std::string progress = "auto";

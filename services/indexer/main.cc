@@ -42,6 +42,10 @@ ABSL_FLAG(std::string, progress, "auto", "auto, bar, lines or none.");
 ABSL_FLAG(bool, thumbnails, true,
           "Store a JPEG thumbnail of each image in the snapshot (thumbs.bin) for the web page.");
 ABSL_FLAG(int, thumbnail_size, 128, "Thumbnail long side in pixels (8-1024); never enlarged.");
+ABSL_FLAG(std::string, schema, "",
+          "Typed attribute fields for filtered search, from each manifest line's attributes: "
+          "name:type,... with types keyword, integer, float, boolean, timestamp "
+          "(e.g. class:keyword,year:integer). Violations reject the image.");
 ABSL_FLAG(bool, dry_run, false, "Encode and build the graph but publish nothing.");
 ABSL_FLAG(bool, promote, true,
           "Make the new version CURRENT. false publishes a candidate, left for "
@@ -100,6 +104,12 @@ int main(int argc, char** argv) {
   o.progress = absl::GetFlag(FLAGS_progress);
   o.thumbnails = absl::GetFlag(FLAGS_thumbnails);
   o.thumbnail.max_side = absl::GetFlag(FLAGS_thumbnail_size);
+  auto schema = imagesearch::snapshot::ParseSchema(absl::GetFlag(FLAGS_schema));
+  if (!schema.ok()) {
+    std::cerr << "--schema: " << schema.status().message() << "\n";
+    return 2;
+  }
+  o.schema = *std::move(schema);
   o.dry_run = absl::GetFlag(FLAGS_dry_run);
   o.promote = absl::GetFlag(FLAGS_promote);
   auto shard = imagesearch::snapshot::ParseShardSpec(absl::GetFlag(FLAGS_shard));

@@ -81,10 +81,108 @@ absl::StatusOr<uint32_t> JsonUint32(const json& j, const char* name) {
   return static_cast<uint32_t>(j.get<uint64_t>());
 }
 
-// Parses a JSON body into `q`; the views in `q` point into `vector` and
-// `bytes`, which the caller keeps alive.
+absl::StatusOr<serving::FilterValue> FilterValueFromJson(const json& v, absl::string_view what) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_boolean()) return v.get<bool>();
+  if (v.is_number_integer() &&
+      !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t{INT64_MAX})) {
+    return v.get<int64_t>();
+  }
+  if (v.is_number()) return v.get<double>();
+  return absl::InvalidArgumentError(absl::StrCat(what, " must be a string, number or boolean, got ",
+                                                 v.dump().substr(0, 40)));
+}
+
+// {"must"|"should"|"must_not": [{"field", "match"|"in"|"range"|"has_id"}]},
+// as the proto's Filter with plain JSON scalars for values.
+absl::Status FilterFromJson(const json& j, serving::Filter* out) {
+  if (!j.is_object()) {
+    return absl::InvalidArgumentError("filter must be an object with must, should and must_not lists");
+  }
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    std::vector<serving::Condition>* list = it.key() == "must"       ? &out->must
+                                            : it.key() == "should"   ? &out->should
+                                            : it.key() == "must_not" ? &out->must_not
+                                                                     : nullptr;
+    if (list == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown filter key '", it.key().substr(0, 64),
+                                                     "'; known: must, should, must_not"));
+    }
+    if (!it->is_array()) return absl::InvalidArgumentError(absl::StrCat("filter ", it.key(), " must be a list"));
+    for (const json& c : *it) {
+      if (!c.is_object()) return absl::InvalidArgumentError("a filter condition must be an object");
+      serving::Condition x;
+      int tests = 0;
+      for (auto f = c.begin(); f != c.end(); ++f) {
+        const std::string& key = f.key();
+        const json& v = f.value();
+        if (key == "field") {
+          if (!v.is_string()) return absl::InvalidArgumentError("filter field must be a string");
+          x.field = v.get<std::string>();
+        } else if (key == "match") {
+          ++tests;
+          x.kind = serving::Condition::Kind::kMatch;
+          auto value = FilterValueFromJson(v, "filter match value");
+          if (!value.ok()) return value.status();
+          x.values = {*std::move(value)};
+        } else if (key == "in") {
+          ++tests;
+          x.kind = serving::Condition::Kind::kIn;
+          if (!v.is_array()) return absl::InvalidArgumentError("filter in must be a list of values");
+          for (const json& e : v) {
+            auto value = FilterValueFromJson(e, "filter in value");
+            if (!value.ok()) return value.status();
+            x.values.push_back(*std::move(value));
+          }
+        } else if (key == "range") {
+          ++tests;
+          x.kind = serving::Condition::Kind::kRange;
+          if (!v.is_object()) return absl::InvalidArgumentError("filter range must be an object");
+          for (auto b = v.begin(); b != v.end(); ++b) {
+            auto value = FilterValueFromJson(b.value(), absl::StrCat("filter range ", b.key()));
+            if (!value.ok()) return value.status();
+            if (b.key() == "gte") {
+              x.gte = *value;
+            } else if (b.key() == "gt") {
+              x.gt = *value;
+            } else if (b.key() == "lte") {
+              x.lte = *value;
+            } else if (b.key() == "lt") {
+              x.lt = *value;
+            } else {
+              return absl::InvalidArgumentError(absl::StrCat(
+                  "unknown range bound '", b.key().substr(0, 32), "'; known: gte, gt, lte, lt"));
+            }
+          }
+        } else if (key == "has_id") {
+          ++tests;
+          x.kind = serving::Condition::Kind::kHasId;
+          if (!v.is_array()) return absl::InvalidArgumentError("filter has_id must be a list of ids");
+          for (const json& e : v) {
+            if (!e.is_string()) return absl::InvalidArgumentError("filter has_id ids must be strings");
+            x.ids.push_back(e.get<std::string>());
+          }
+        } else {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "unknown filter condition key '", key.substr(0, 64),
+              "'; known: field, match, in, range, has_id"));
+        }
+      }
+      if (tests != 1) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "a filter condition needs exactly one of match, in, range or has_id; the one on '",
+            x.field.substr(0, 64), "' has ", tests));
+      }
+      list->push_back(std::move(x));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Parses a JSON body into `q`; the views in `q` point into `vector`, `bytes`
+// and `filter`, which the caller keeps alive.
 absl::Status QueryFromJson(const std::string& body, Query* q, std::vector<float>* vector,
-                           std::string* bytes) {
+                           std::string* bytes, serving::Filter* filter) {
   json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError("request body is not valid JSON");
   if (!j.is_object()) return absl::InvalidArgumentError("request body must be a JSON object");
@@ -130,10 +228,13 @@ absl::Status QueryFromJson(const std::string& body, Query* q, std::vector<float>
     } else if (key == "include_self") {
       if (!v.is_boolean()) return absl::InvalidArgumentError("include_self must be true or false");
       q->include_self = v.get<bool>();
+    } else if (key == "filter") {
+      if (absl::Status s = FilterFromJson(v, filter); !s.ok()) return s;
+      q->filter = filter;
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown field '", key.substr(0, 64),
-                       "'; known: text, vector, id, image_b64, top_k, ef, include_self"));
+                       "'; known: text, vector, id, image_b64, top_k, ef, include_self, filter"));
     }
   }
   if (kinds > 1) {
@@ -158,6 +259,16 @@ json HitsJson(const serving::SearchResult& r) {
   return {{"hits", std::move(hits)}, {"snapshot_version", r.snapshot_version}};
 }
 
+json FieldsJson(const snapshot::AttributeTable* attrs) {
+  json fields = json::array();
+  if (attrs != nullptr) {
+    for (const auto& f : attrs->fields()) {
+      fields.push_back({{"name", f.name}, {"type", std::string(snapshot::FieldTypeName(f.type))}});
+    }
+  }
+  return fields;
+}
+
 // The same fields, under the same names, as gRPC GetInfo.
 json InfoJson(const serving::ServingState& state) {
   const auto& m = state.snapshot->manifest();
@@ -179,7 +290,8 @@ json InfoJson(const serving::ServingState& state) {
           {"created_at", m.created_at},
           {"base_version", m.base_version},
           {"max_top_k", serving::kMaxTopK},
-          {"has_thumbnails", state.snapshot->thumbs() != nullptr}};
+          {"has_thumbnails", state.snapshot->thumbs() != nullptr},
+          {"fields", FieldsJson(state.snapshot->attributes())}};
 }
 
 serving::CallContext HttpContext(absl::Duration timeout) {
@@ -338,13 +450,14 @@ HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
         absl::Duration timeout = options_.timeout;
         std::vector<float> vector;
         std::string bytes;
+        serving::Filter filter;
         if (absl::Status s = ApplyParams(req, &q, &timeout); !s.ok()) return refuse(res, s);
         const std::string type = MediaType(req);
         if (IsImageType(type)) {
           q.kind = Query::Kind::kImage;
           q.data = req.body;
         } else if (type == kJson) {
-          if (absl::Status s = QueryFromJson(req.body, &q, &vector, &bytes); !s.ok()) {
+          if (absl::Status s = QueryFromJson(req.body, &q, &vector, &bytes, &filter); !s.ok()) {
             return refuse(res, s);
           }
         } else {

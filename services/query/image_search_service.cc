@@ -22,8 +22,74 @@ serving::CallContext ContextOf(grpc::CallbackServerContext* context) {
   return c;
 }
 
-Query ToQuery(const v1::SearchRequest& r) {
+// Proto filter -> core filter; what cannot be converted lands in
+// Filter::error, which the core reports as INVALID_ARGUMENT.
+void ToFilter(const v1::Filter& in, serving::Filter* out) {
+  auto value = [out](const v1::FilterValue& v, absl::string_view field) -> serving::FilterValue {
+    switch (v.value_case()) {
+      case v1::FilterValue::kKeyword:
+        return v.keyword();
+      case v1::FilterValue::kInteger:
+        return v.integer();
+      case v1::FilterValue::kNumber:
+        return v.number();
+      case v1::FilterValue::kBoolean:
+        return v.boolean();
+      case v1::FilterValue::kTimestamp:
+        return v.timestamp();
+      case v1::FilterValue::VALUE_NOT_SET:
+        break;
+    }
+    if (out->error.empty()) {
+      out->error = absl::StrCat("filter condition on '", field.substr(0, 64),
+                                "' has a value with nothing set");
+    }
+    return std::string();
+  };
+  auto convert = [&](const v1::Condition& c) {
+    serving::Condition x;
+    x.field = c.field();
+    switch (c.test_case()) {
+      case v1::Condition::kMatch:
+        x.kind = serving::Condition::Kind::kMatch;
+        x.values.push_back(value(c.match(), c.field()));
+        break;
+      case v1::Condition::kIn:
+        x.kind = serving::Condition::Kind::kIn;
+        for (const auto& v : c.in().values()) x.values.push_back(value(v, c.field()));
+        break;
+      case v1::Condition::kRange:
+        x.kind = serving::Condition::Kind::kRange;
+        if (c.range().has_gte()) x.gte = value(c.range().gte(), c.field());
+        if (c.range().has_gt()) x.gt = value(c.range().gt(), c.field());
+        if (c.range().has_lte()) x.lte = value(c.range().lte(), c.field());
+        if (c.range().has_lt()) x.lt = value(c.range().lt(), c.field());
+        break;
+      case v1::Condition::kHasId:
+        x.kind = serving::Condition::Kind::kHasId;
+        x.ids.assign(c.has_id().ids().begin(), c.has_id().ids().end());
+        break;
+      case v1::Condition::TEST_NOT_SET:
+        if (out->error.empty()) {
+          out->error = absl::StrCat("filter condition on '", c.field().substr(0, 64),
+                                    "' has no test (match, in, range or has_id)");
+        }
+        break;
+    }
+    return x;
+  };
+  for (const auto& c : in.must()) out->must.push_back(convert(c));
+  for (const auto& c : in.should()) out->should.push_back(convert(c));
+  for (const auto& c : in.must_not()) out->must_not.push_back(convert(c));
+}
+
+// `filter` holds the request's converted filter; it must outlive the core call.
+Query ToQuery(const v1::SearchRequest& r, serving::Filter* filter) {
   Query q;
+  if (r.has_filter()) {
+    ToFilter(r.filter(), filter);
+    q.filter = filter;
+  }
   switch (r.query_case()) {
     case v1::SearchRequest::kVector:
       q.kind = Query::Kind::kVector;
@@ -82,7 +148,8 @@ grpc::ServerUnaryReactor* ImageSearchService::Search(grpc::CallbackServerContext
                                                      const v1::SearchRequest* request,
                                                      v1::SearchResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  core_->Search(ToQuery(*request), ContextOf(context),
+  serving::Filter filter;  // Read before core_->Search returns.
+  core_->Search(ToQuery(*request, &filter), ContextOf(context),
                 [reactor, response](absl::StatusOr<serving::SearchResult> r) {
                   if (r.ok()) FillHits(*r, response);
                   reactor->Finish(ToGrpc(r.status()));
@@ -96,7 +163,10 @@ grpc::ServerUnaryReactor* ImageSearchService::SearchBatch(grpc::CallbackServerCo
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   std::vector<Query> queries;
   queries.reserve(static_cast<size_t>(request->requests_size()));
-  for (const auto& r : request->requests()) queries.push_back(ToQuery(r));
+  std::vector<serving::Filter> filters(static_cast<size_t>(request->requests_size()));
+  for (int i = 0; i < request->requests_size(); ++i) {
+    queries.push_back(ToQuery(request->requests(i), &filters[static_cast<size_t>(i)]));
+  }
   core_->SearchBatch(queries, ContextOf(context),
                      [reactor, response](absl::StatusOr<std::vector<serving::SearchResult>> r) {
                        if (r.ok()) {
@@ -156,6 +226,13 @@ grpc::ServerUnaryReactor* ImageSearchService::GetInfo(grpc::CallbackServerContex
   response->set_base_version(m.base_version);
   response->set_max_top_k(serving::kMaxTopK);
   response->set_has_thumbnails((*state)->snapshot->thumbs() != nullptr);
+  if (const auto* attrs = (*state)->snapshot->attributes()) {
+    for (const auto& f : attrs->fields()) {
+      v1::FieldInfo* info = response->add_fields();
+      info->set_name(f.name);
+      info->set_type(std::string(snapshot::FieldTypeName(f.type)));
+    }
+  }
   auto* hnsw = response->mutable_hnsw();
   hnsw->set_m(static_cast<uint32_t>(m.hnsw_m));
   hnsw->set_ef_construction(static_cast<uint32_t>(m.hnsw_ef_construction));

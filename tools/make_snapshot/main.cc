@@ -40,6 +40,9 @@ ABSL_FLAG(std::string, shards, "",
           "build: a directory of shard-<i>-of-<n>/ embedding shards (imagesearch-indexer "
           "--embeddings_out); all n must be there, made with --model.");
 ABSL_FLAG(std::string, model, "", "build --shards: the model.pt that made the shards.");
+ABSL_FLAG(std::string, schema, "",
+          "build: typed attribute fields for filters (name:type,...; keyword, integer, float, "
+          "boolean, timestamp), read from the ids' attributes.");
 ABSL_FLAG(int, m, 16, "build: HNSW M.");
 ABSL_FLAG(int, ef_construction, 200, "build: HNSW ef_construction.");
 ABSL_FLAG(int, default_ef, 64, "build: ef used when a query leaves it unset.");
@@ -100,6 +103,24 @@ absl::StatusOr<std::vector<snapshot::IdRecord>> ReadIds(const std::string& path,
 
 // build --shards: n workers' embedding shards -> one snapshot, with the
 // model, rows in shard order.
+// Types every row's attributes under --schema into `in` (nothing without one).
+absl::Status ApplySchema(snapshot::SnapshotInput* in) {
+  auto schema = snapshot::ParseSchema(absl::GetFlag(FLAGS_schema));
+  if (!schema.ok()) return schema.status();
+  if (schema->empty()) return absl::OkStatus();
+  in->schema = *schema;
+  in->attributes.reserve(in->ids.size());
+  for (const auto& r : in->ids) {
+    auto typed = snapshot::TypedAttributes(in->schema, r.attributes_json);
+    if (!typed.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("id '", r.id.substr(0, 64), "': ",
+                                                     typed.status().message()));
+    }
+    in->attributes.push_back(*std::move(typed));
+  }
+  return absl::OkStatus();
+}
+
 int BuildFromShards(const std::string& root) {
   const std::string model = absl::GetFlag(FLAGS_model);
   if (model.empty()) {
@@ -141,6 +162,7 @@ int BuildFromShards(const std::string& root) {
   in.model_path = model;
   in.model = first.model;
   in.extra_files["rejects.jsonl"] = rejects;
+  if (absl::Status st = ApplySchema(&in); !st.ok()) return Fail(st);
   snapshot::PublishOptions po;
   po.make_current = absl::GetFlag(FLAGS_promote);
   auto v = snapshot::PublishSnapshot(root, in, po);
@@ -169,6 +191,7 @@ int Build(const std::string& root) {
   in.hnsw.ef_construction = absl::GetFlag(FLAGS_ef_construction);
   in.hnsw.threads = absl::GetFlag(FLAGS_threads);
   in.default_ef = absl::GetFlag(FLAGS_default_ef);
+  if (absl::Status st = ApplySchema(&in); !st.ok()) return Fail(st);
   snapshot::PublishOptions po;
   po.make_current = absl::GetFlag(FLAGS_promote);
   auto v = snapshot::PublishSnapshot(root, in, po);

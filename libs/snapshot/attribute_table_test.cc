@@ -1,0 +1,118 @@
+#include "libs/snapshot/attribute_table.h"
+
+#include <stdlib.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "libs/common/file_util.h"
+
+namespace imagesearch::snapshot {
+namespace {
+
+std::string Write(const std::string& bytes) {
+  char tmpl[] = "/tmp/imagesearch_attrs_test.XXXXXX";
+  REQUIRE(::mkdtemp(tmpl) != nullptr);
+  const std::string path = std::string(tmpl) + "/attrs.bin";
+  REQUIRE(WriteFileDurably(path, bytes).ok());
+  return path;
+}
+
+TEST_CASE("schemas parse name:type lists and refuse anything else", "[attrs]") {
+  auto s = ParseSchema("class:keyword, year:integer,price:float,safe:boolean,taken:timestamp");
+  REQUIRE(s.ok());
+  REQUIRE(s->size() == 5);
+  CHECK((*s)[1].name == "year");
+  CHECK((*s)[1].type == FieldType::kInteger);
+  CHECK((*s)[4].type == FieldType::kTimestamp);
+  CHECK(ParseSchema("").ok());
+  CHECK(ParseSchema("a:date").status().message().find("unknown field type 'date'") != std::string::npos);
+  CHECK(ParseSchema("a").status().message().find("must be name:type") != std::string::npos);
+  CHECK(ParseSchema("a:keyword,a:integer").status().message().find("twice") != std::string::npos);
+}
+
+TEST_CASE("typed attributes: values by type, absent fields, precise violations", "[attrs]") {
+  auto schema = *ParseSchema("class:keyword,year:integer,price:float,safe:boolean,taken:timestamp");
+  auto row = TypedAttributes(schema, R"({"class":"boot","year":2021,"price":3,"safe":true,
+      "taken":"2024-05-01T12:00:00Z","other":[1,2]})");
+  REQUIRE(row.ok());
+  CHECK(std::get<std::string>((*row)[0]) == "boot");
+  CHECK(std::get<int64_t>((*row)[1]) == 2021);
+  CHECK(std::get<double>((*row)[2]) == 3.0);
+  CHECK(std::get<bool>((*row)[3]));
+  CHECK(std::get<int64_t>((*row)[4]) == 1714564800);
+  auto empty = TypedAttributes(schema, "");
+  REQUIRE(empty.ok());
+  CHECK(std::holds_alternative<std::monostate>((*empty)[0]));
+  auto partial = TypedAttributes(schema, R"({"year":null,"class":"x"})");
+  REQUIRE(partial.ok());
+  CHECK(std::holds_alternative<std::monostate>((*partial)[1]));
+  CHECK(TypedAttributes(schema, R"({"year":"abc"})").status().message() ==
+        "attribute 'year': expected an integer, got \"abc\"");
+  CHECK(TypedAttributes(schema, R"({"year":2.5})").status().message().find("expected an integer") !=
+        std::string::npos);
+  CHECK(TypedAttributes(schema, R"({"class":7})").status().message() ==
+        "attribute 'class': expected a string (keyword), got 7");
+  CHECK(TypedAttributes(schema, R"({"safe":"yes"})").status().message().find("true or false") !=
+        std::string::npos);
+  CHECK(TypedAttributes(schema, R"({"taken":"yesterday"})").status().message().find("RFC 3339") !=
+        std::string::npos);
+  CHECK(TypedAttributes(schema, R"([1])").status().message() == "attributes are not a JSON object");
+  CHECK(*ParseTimestamp("86400") == 86400);
+}
+
+TEST_CASE("attribute table round-trips columns and posting lists", "[attrs]") {
+  auto schema = *ParseSchema("class:keyword,year:integer,price:float,safe:boolean");
+  std::vector<std::vector<AttrValue>> rows;
+  const char* classes[] = {"boot", "bag", "shirt"};
+  for (int r = 0; r < 1000; ++r) {
+    std::vector<AttrValue> v(4);
+    if (r % 10 != 9) v[0] = std::string(classes[r % 3]);
+    v[1] = int64_t{2000 + r % 25};
+    if (r % 4 != 0) v[2] = 0.5 * r;
+    v[3] = r % 2 == 0;
+    rows.push_back(v);
+  }
+  auto t = AttributeTable::Open(Write(EncodeAttributeTable(schema, rows)), 1000);
+  REQUIRE(t.ok());
+  CHECK((*t)->fields().size() == 4);
+  const size_t cls = *(*t)->Find("class");
+  CHECK(!(*t)->Find("nope").has_value());
+  auto boot = (*t)->KeywordCode(cls, "boot");
+  REQUIRE(boot.has_value());
+  CHECK(!(*t)->KeywordCode(cls, "hat").has_value());
+  auto list = (*t)->Postings(cls, *boot);
+  size_t want = 0;
+  for (int r = 0; r < 1000; ++r) want += (r % 3 == 0 && r % 10 != 9);
+  REQUIRE(list.size() == want);
+  for (size_t i = 0; i < list.size(); ++i) {
+    CHECK(list[i] % 3 == 0);
+    if (i > 0) CHECK(list[i] > list[i - 1]);
+  }
+  const size_t year = *(*t)->Find("year"), price = *(*t)->Find("price"), safe = *(*t)->Find("safe");
+  CHECK((*t)->IntegerAt(year, 26) == 2001);
+  CHECK(std::isnan((*t)->FloatAt(price, 8)));
+  CHECK((*t)->FloatAt(price, 9) == 4.5);
+  CHECK((*t)->Postings(safe, *(*t)->KeywordCode(safe, "true")).size() == 500);
+  CHECK((*t)->Postings(safe, 7).empty());
+}
+
+TEST_CASE("damaged attribute tables are refused with a reason", "[attrs]") {
+  auto schema = *ParseSchema("class:keyword,year:integer");
+  std::vector<std::vector<AttrValue>> rows(50, {std::string("a"), int64_t{1}});
+  const std::string good = EncodeAttributeTable(schema, rows);
+  CHECK(AttributeTable::Open(Write(good), 50).ok());
+  CHECK(absl::IsInvalidArgument(AttributeTable::Open(Write(good), 51).status()));
+  for (size_t cut : {size_t{3}, size_t{20}, good.size() / 2, good.size() - 4}) {
+    INFO("cut " << cut);
+    CHECK(absl::IsDataLoss(AttributeTable::Open(Write(good.substr(0, cut)), 50).status()));
+  }
+  std::string bad = good;
+  bad[0] = 'X';
+  CHECK(absl::IsDataLoss(AttributeTable::Open(Write(bad), 50).status()));
+}
+
+}  // namespace
+}  // namespace imagesearch::snapshot
