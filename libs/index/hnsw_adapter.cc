@@ -2,11 +2,13 @@
 // becomes an absl::Status.
 #include <hnswlib/hnswlib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -196,6 +198,49 @@ class HnswStreamBuilderImpl final : public HnswStreamBuilder {
     }
     size_ += count;
     return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<DuplicateGroup>> FindNearDuplicates(double min_similarity,
+                                                                  size_t neighbors) override {
+    // Leader grouping, not connected components: chains of near-duplicates
+    // (A~B, B~C) must not pull in a C that is not close to A.
+    std::vector<DuplicateGroup> groups;
+    if (size_ < 2 || neighbors == 0) return groups;
+    std::vector<bool> grouped(size_, false);
+    auto cosine = [this](const std::vector<float>& a, const std::vector<float>& b) {
+      double dot = 0, na = 0, nb = 0;
+      for (size_t i = 0; i < dim_; ++i) {
+        dot += double{a[i]} * b[i];
+        na += double{a[i]} * a[i];
+        nb += double{b[i]} * b[i];
+      }
+      return na > 0 && nb > 0 ? static_cast<float>(dot / std::sqrt(na * nb)) : 0.0f;
+    };
+    try {
+      index_->setEf(std::max<size_t>(neighbors + 1, 32));
+      for (uint64_t r = 0; r < size_; ++r) {
+        if (grouped[r]) continue;
+        const std::vector<float> v = index_->getDataByLabel<float>(r);
+        auto found = index_->searchKnn(v.data(), neighbors + 1);
+        DuplicateGroup g{{r}, 1.0f};
+        while (!found.empty()) {
+          const uint64_t other = found.top().second;
+          found.pop();
+          if (other == r || grouped[other]) continue;
+          const float sim = cosine(v, index_->getDataByLabel<float>(other));
+          if (sim < min_similarity) continue;
+          g.rows.push_back(other);
+          g.min_similarity = std::min(g.min_similarity, sim);
+        }
+        if (g.rows.size() < 2) continue;
+        for (uint64_t row : g.rows) grouped[row] = true;
+        std::sort(g.rows.begin(), g.rows.end());
+        groups.push_back(std::move(g));
+      }
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("hnswlib search failed: ", e.what()));
+    }
+    return groups;
   }
 
   size_t size() const override { return size_; }

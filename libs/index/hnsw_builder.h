@@ -39,6 +39,13 @@ absl::Status BuildHnswGraph(const float* vectors, size_t count, size_t dim, Metr
 // each encoded batch while the next one is being encoded). Add() may be
 // called from one thread at a time; it inserts a batch with params.threads
 // threads. Labels must end up exactly 0..count-1, in any order.
+// Rows whose vectors are near-duplicates of each other (see
+// HnswStreamBuilder::FindNearDuplicates).
+struct DuplicateGroup {
+  std::vector<uint64_t> rows;   // ascending
+  float min_similarity = 1.0f;  // lowest cosine similarity of a member to the group's leader
+};
+
 class HnswStreamBuilder {
  public:
   static absl::StatusOr<std::unique_ptr<HnswStreamBuilder>> Create(size_t dim, Metric metric,
@@ -52,6 +59,13 @@ class HnswStreamBuilder {
   virtual size_t size() const = 0;
   // Writes graph.hnsw and graph.offsets (see BuildHnswGraph).
   virtual absl::Status Save(const std::string& graph_path, const std::string& offsets_path) = 0;
+  // Near-duplicate groups: in row order, each row not yet grouped leads a
+  // group of its `neighbors` nearest rows (in the graph built so far) whose
+  // cosine similarity to it is >= min_similarity and that are not grouped
+  // yet. Every member is that close to its leader (no chaining). Groups of
+  // one are left out.
+  virtual absl::StatusOr<std::vector<DuplicateGroup>> FindNearDuplicates(double min_similarity,
+                                                                          size_t neighbors) = 0;
 };
 
 // Writes the offsets sidecar for an existing hnswlib graph file: for each

@@ -78,9 +78,10 @@ absl::StatusOr<std::pair<std::vector<float>, SearchParams>> VectorQuery(
 absl::StatusOr<SearchResult> RunSearch(const snapshot::Snapshot& snap,
                                        const std::vector<float>& vector,
                                        const SearchParams& params) {
-  auto hits = SearchSnapshot(snap, vector, params);
+  uint32_t collapsed = 0;
+  auto hits = SearchSnapshot(snap, vector, params, &collapsed);
   if (!hits.ok()) return hits.status();
-  return SearchResult{*std::move(hits), snap.version()};
+  return SearchResult{*std::move(hits), snap.version(), collapsed};
 }
 
 }  // namespace

@@ -65,6 +65,7 @@ struct Query {
 struct SearchResult {
   std::vector<Hit> hits;
   uint64_t snapshot_version = 0;
+  uint32_t collapsed = 0;  // Hits dropped as near-duplicates (params.dedup).
 };
 
 // A row's stored thumbnail. `bytes` points into the snapshot's mapping,

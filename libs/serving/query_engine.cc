@@ -1,5 +1,6 @@
 #include "libs/serving/query_engine.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -63,6 +64,10 @@ absl::Status ValidateSearchParams(const SearchParams& params) {
     return absl::InvalidArgumentError(
         absl::StrCat("ef ", params.ef, " is out of range: the maximum is ", kMaxEf));
   }
+  if (!(params.dedup >= 0 && params.dedup <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dedup ", params.dedup, " is out of range: 0 (off) to 1 (a cosine similarity)"));
+  }
   return absl::OkStatus();
 }
 
@@ -71,41 +76,89 @@ bool ExactScanIsCheaper(size_t allowed, size_t rows, size_t ef) {
   return a * a <= kGraphCostPerEf * static_cast<double>(ef) * static_cast<double>(rows);
 }
 
+namespace {
+
+float Cosine(const float* a, const float* b, size_t dim) {
+  double dot = 0, na = 0, nb = 0;
+  for (size_t i = 0; i < dim; ++i) {
+    dot += double{a[i]} * b[i];
+    na += double{a[i]} * a[i];
+    nb += double{b[i]} * b[i];
+  }
+  return na > 0 && nb > 0 ? static_cast<float>(dot / std::sqrt(na * nb)) : 0.0f;
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
                                                 const std::vector<float>& query,
-                                                const SearchParams& params) {
+                                                const SearchParams& params, uint32_t* collapsed) {
   if (absl::Status s = ValidateSearchParams(params); !s.ok()) return s;
   const uint32_t k = params.top_k == 0 ? kDefaultTopK : params.top_k;
   const size_t ef = params.ef == 0 ? static_cast<size_t>(snap.manifest().default_ef) : params.ef;
-  const size_t want = k + (params.exclude_row.has_value() ? 1 : 0);
-  std::vector<index::Neighbor> neighbors;
-  if (params.allowed == nullptr) {
-    neighbors = snap.searcher().Search(query.data(), want, std::max(ef, want));
-  } else {
-    neighbors = ExactScanIsCheaper(params.allowed->Count(), snap.manifest().count, ef)
-                    ? snap.searcher().SearchExact(query.data(), want, *params.allowed)
-                    : snap.searcher().Search(query.data(), want, std::max(ef, want),
-                                             params.allowed.get());
-  }
+  const size_t rows = snap.manifest().count;
+  const size_t dim = static_cast<size_t>(snap.manifest().dim);
+  const bool dedup = params.dedup > 0;
+  // With dedup, ask for more and widen until k distinct items are found or
+  // the index has no more.
+  size_t want = k + (params.exclude_row.has_value() ? 1 : 0);
+  if (dedup) want = std::min(rows, 4 * want);
+  std::vector<uint32_t> kept_rows;
+  uint32_t dropped = 0;
   std::vector<Hit> hits;
-  hits.reserve(k);
-  const bool similarity_is_one_minus = snap.manifest().metric != index::Metric::kL2;
-  for (const auto& n : neighbors) {
-    if (params.exclude_row.has_value() && n.row == *params.exclude_row) continue;
-    if (hits.size() == k) break;
-    auto view = snap.ids().Get(n.row);
-    if (!view.ok()) {
-      return absl::DataLossError(absl::StrCat("snapshot v", snap.version(),
-                                              " is inconsistent: ", view.status().message()));
+  for (;;) {
+    std::vector<index::Neighbor> neighbors;
+    if (params.allowed == nullptr) {
+      neighbors = snap.searcher().Search(query.data(), want, std::max(ef, want));
+    } else {
+      neighbors = ExactScanIsCheaper(params.allowed->Count(), rows, ef)
+                      ? snap.searcher().SearchExact(query.data(), want, *params.allowed)
+                      : snap.searcher().Search(query.data(), want, std::max(ef, want),
+                                               params.allowed.get());
     }
-    Hit h;
-    h.id = std::string(view->id);
-    h.uri = std::string(view->uri);
-    h.attributes_json = std::string(view->attributes_json);
-    h.distance = n.distance;
-    h.score = similarity_is_one_minus ? 1.0f - n.distance : -n.distance;
-    hits.push_back(std::move(h));
+    hits.clear();
+    kept_rows.clear();
+    dropped = 0;
+    const bool similarity_is_one_minus = snap.manifest().metric != index::Metric::kL2;
+    for (const auto& n : neighbors) {
+      if (params.exclude_row.has_value() && n.row == *params.exclude_row) continue;
+      if (hits.size() == k) break;
+      if (dedup) {
+        const float* v = snap.searcher().Vector(n.row);
+        bool duplicate = false;
+        for (uint32_t r : kept_rows) {
+          if (Cosine(v, snap.searcher().Vector(r), dim) >= params.dedup) {
+            duplicate = true;
+            break;
+          }
+        }
+        if (duplicate) {
+          ++dropped;
+          continue;
+        }
+        kept_rows.push_back(n.row);
+      }
+      auto view = snap.ids().Get(n.row);
+      if (!view.ok()) {
+        return absl::DataLossError(absl::StrCat("snapshot v", snap.version(),
+                                                " is inconsistent: ", view.status().message()));
+      }
+      Hit h;
+      h.id = std::string(view->id);
+      h.uri = std::string(view->uri);
+      h.attributes_json = std::string(view->attributes_json);
+      h.distance = n.distance;
+      h.score = similarity_is_one_minus ? 1.0f - n.distance : -n.distance;
+      hits.push_back(std::move(h));
+    }
+    // Done unless dedup dropped so many that the search could go further.
+    if (!dedup || hits.size() == k || neighbors.size() < want || want >= rows ||
+        want >= 4 * static_cast<size_t>(kMaxTopK)) {
+      break;
+    }
+    want = std::min({rows, 4 * want, 4 * static_cast<size_t>(kMaxTopK)});
   }
+  if (collapsed != nullptr) *collapsed = dropped;
   return hits;
 }
 

@@ -27,6 +27,9 @@ struct SearchParams {
   std::optional<uint32_t> exclude_row;
   // Rows the search may return (a filter's result); null = all.
   std::shared_ptr<const index::RowFilter> allowed;
+  // Near-duplicate collapsing: drop a hit whose cosine similarity to a
+  // better hit is >= dedup (0 = off; at most 1).
+  float dedup = 0;
 };
 
 // Filtered search: scan the allowed rows exactly, or walk the graph? A walk
@@ -65,10 +68,13 @@ absl::StatusOr<std::pair<std::vector<float>, uint32_t>> VectorOfId(const snapsho
 // INVALID_ARGUMENT if top_k or ef is out of range.
 absl::Status ValidateSearchParams(const SearchParams& params);
 
-// Validates params (top_k, ef ranges) and searches. `query` is prepared.
+// Validates params (top_k, ef, dedup ranges) and searches. `query` is
+// prepared. With params.dedup, `collapsed` (if set) gets the number of hits
+// dropped as near-duplicates.
 absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
                                                 const std::vector<float>& query,
-                                                const SearchParams& params);
+                                                const SearchParams& params,
+                                                uint32_t* collapsed = nullptr);
 
 }  // namespace imagesearch::serving
 

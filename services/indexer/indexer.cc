@@ -528,6 +528,18 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
   in.model = IdentityOf(info);
   in.base_version = o.base_version;
   in.extra_files["rejects.jsonl"] = rejects_text();
+  if (o.duplicates_threshold > 0) {
+    ASSIGN_OR_RETURN(std::vector<index::DuplicateGroup> groups,
+                     builder->FindNearDuplicates(o.duplicates_threshold, 8));
+    std::string text;
+    for (const auto& g : groups) {
+      nlohmann::json ids = nlohmann::json::array();
+      for (uint64_t row : g.rows) ids.push_back(in.ids[row].id);
+      text += nlohmann::json{{"ids", ids}, {"min_similarity", g.min_similarity}}.dump() + "\n";
+    }
+    in.extra_files["duplicates.jsonl"] = text;
+    report.duplicate_groups = groups.size();
+  }
   if (o.thumbnails) in.thumbnails = std::move(thumbs);
   in.schema = o.schema;
   in.attributes = std::move(typed);

@@ -58,6 +58,10 @@ struct IndexerOptions {
   // line's "attributes"; a value that violates the schema rejects the image
   // into rejects.jsonl with the reason. Empty: no attribute columns.
   std::vector<snapshot::FieldSpec> schema;
+  // Near-duplicate report: groups of images whose embeddings have cosine
+  // similarity >= this go to duplicates.jsonl in the snapshot, for the corpus
+  // owner to clean up. 0 = no report. Not made for --embeddings_out shards.
+  double duplicates_threshold = 0.95;
   image::ThumbnailOptions thumbnail;
   // Progress: "auto" (bar on a terminal, lines otherwise), "bar", "lines", "none".
   std::string progress = "auto";
@@ -83,6 +87,7 @@ struct IndexReport {
   uint64_t total = 0;  // Vectors in the new snapshot.
   double seconds = 0;
   double encode_seconds = 0;  // Time the encoder thread spent in forward passes.
+  uint64_t duplicate_groups = 0;  // Groups listed in duplicates.jsonl.
 };
 
 absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& options);

@@ -59,6 +59,13 @@ absl::Status ApplyParams(const httplib::Request& req, Query* q, absl::Duration* 
       if (key == "top_k") q->params.top_k = *v;
       if (key == "ef") q->params.ef = *v;
       if (key == "timeout_ms") *timeout = absl::Milliseconds(*v);
+    } else if (key == "dedup") {
+      float d = 0;
+      if (!absl::SimpleAtof(value, &d)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("dedup must be a number from 0 to 1, got '", value.substr(0, 32), "'"));
+      }
+      q->params.dedup = d;
     } else if (key == "include_self") {
       if (value != "true" && value != "false") {
         return absl::InvalidArgumentError(
@@ -67,7 +74,8 @@ absl::Status ApplyParams(const httplib::Request& req, Query* q, absl::Duration* 
       q->include_self = value == "true";
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
-          "unknown query parameter '", key, "'; known: top_k, ef, include_self, timeout_ms"));
+          "unknown query parameter '", key.substr(0, 64),
+          "'; known: top_k, ef, include_self, dedup, timeout_ms"));
     }
   }
   return absl::OkStatus();
@@ -228,13 +236,16 @@ absl::Status QueryFromJson(const std::string& body, Query* q, std::vector<float>
     } else if (key == "include_self") {
       if (!v.is_boolean()) return absl::InvalidArgumentError("include_self must be true or false");
       q->include_self = v.get<bool>();
+    } else if (key == "dedup") {
+      if (!v.is_number()) return absl::InvalidArgumentError("dedup must be a number from 0 to 1");
+      q->params.dedup = v.get<float>();
     } else if (key == "filter") {
       if (absl::Status s = FilterFromJson(v, filter); !s.ok()) return s;
       q->filter = filter;
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown field '", key.substr(0, 64),
-                       "'; known: text, vector, id, image_b64, top_k, ef, include_self, filter"));
+                       "'; known: text, vector, id, image_b64, top_k, ef, include_self, filter, dedup"));
     }
   }
   if (kinds > 1) {
@@ -256,7 +267,8 @@ json HitsJson(const serving::SearchResult& r) {
                     {"uri", h.uri},
                     {"attributes", std::move(attributes)}});
   }
-  return {{"hits", std::move(hits)}, {"snapshot_version", r.snapshot_version}};
+  return {{"hits", std::move(hits)}, {"snapshot_version", r.snapshot_version},
+          {"collapsed", r.collapsed}};
 }
 
 json FieldsJson(const snapshot::AttributeTable* attrs) {

@@ -114,11 +114,13 @@ Query ToQuery(const v1::SearchRequest& r, serving::Filter* filter) {
   q.params.top_k = r.top_k();
   q.params.ef = r.ef();
   q.include_self = r.include_self();
+  q.params.dedup = r.dedup();
   return q;
 }
 
 void FillHits(const serving::SearchResult& result, v1::SearchResponse* out) {
   out->set_snapshot_version(result.snapshot_version);
+  out->set_collapsed(result.collapsed);
   out->mutable_hits()->Reserve(static_cast<int>(result.hits.size()));
   for (const auto& h : result.hits) {
     v1::Hit* p = out->add_hits();
