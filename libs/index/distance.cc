@@ -1,6 +1,7 @@
 #include "libs/index/distance.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
@@ -181,6 +182,16 @@ SimdLevel Detect() {
 }
 
 }  // namespace
+
+float CosineSimilarity(const float* a, const float* b, size_t dim) {
+  double dot = 0, na = 0, nb = 0;
+  for (size_t i = 0; i < dim; ++i) {
+    dot += double{a[i]} * b[i];
+    na += double{a[i]} * a[i];
+    nb += double{b[i]} * b[i];
+  }
+  return na > 0 && nb > 0 ? static_cast<float>(dot / std::sqrt(na * nb)) : 0.0f;
+}
 
 SimdLevel BestSimdLevel() {
   static const SimdLevel level = Detect();

@@ -208,13 +208,7 @@ class HnswStreamBuilderImpl final : public HnswStreamBuilder {
     if (size_ < 2 || neighbors == 0) return groups;
     std::vector<bool> grouped(size_, false);
     auto cosine = [this](const std::vector<float>& a, const std::vector<float>& b) {
-      double dot = 0, na = 0, nb = 0;
-      for (size_t i = 0; i < dim_; ++i) {
-        dot += double{a[i]} * b[i];
-        na += double{a[i]} * a[i];
-        nb += double{b[i]} * b[i];
-      }
-      return na > 0 && nb > 0 ? static_cast<float>(dot / std::sqrt(na * nb)) : 0.0f;
+      return CosineSimilarity(a.data(), b.data(), dim_);
     };
     try {
       index_->setEf(std::max<size_t>(neighbors + 1, 32));

@@ -27,6 +27,10 @@ using DistanceFn = float (*)(const void*, const void*, const void*);
 // searcher computes bit-identical distances to hnswlib's searchKnn.
 DistanceFn GetDistanceFn(Metric metric, size_t dim);
 
+// Cosine similarity of two vectors of `dim` (0 if either is zero), in double
+// precision: near-duplicate checks compare it with thresholds like 0.95.
+float CosineSimilarity(const float* a, const float* b, size_t dim);
+
 // Scales `v` to unit L2 norm in place. Returns false if the norm is zero or
 // not finite (the vector is left unchanged).
 bool NormalizeInPlace(float* v, size_t dim);

@@ -76,20 +76,6 @@ bool ExactScanIsCheaper(size_t allowed, size_t rows, size_t ef) {
   return a * a <= kGraphCostPerEf * static_cast<double>(ef) * static_cast<double>(rows);
 }
 
-namespace {
-
-float Cosine(const float* a, const float* b, size_t dim) {
-  double dot = 0, na = 0, nb = 0;
-  for (size_t i = 0; i < dim; ++i) {
-    dot += double{a[i]} * b[i];
-    na += double{a[i]} * a[i];
-    nb += double{b[i]} * b[i];
-  }
-  return na > 0 && nb > 0 ? static_cast<float>(dot / std::sqrt(na * nb)) : 0.0f;
-}
-
-}  // namespace
-
 absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
                                                 const std::vector<float>& query,
                                                 const SearchParams& params, uint32_t* collapsed) {
@@ -127,7 +113,7 @@ absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
         const float* v = snap.searcher().Vector(n.row);
         bool duplicate = false;
         for (uint32_t r : kept_rows) {
-          if (Cosine(v, snap.searcher().Vector(r), dim) >= params.dedup) {
+          if (index::CosineSimilarity(v, snap.searcher().Vector(r), dim) >= params.dedup) {
             duplicate = true;
             break;
           }

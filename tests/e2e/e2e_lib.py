@@ -1,6 +1,9 @@
 """Small helpers shared by the Python end-to-end tests."""
+import json
 import socket
 import subprocess
+import urllib.error
+import urllib.request
 
 
 def check(cond, what):
@@ -22,3 +25,14 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def post_json(port, body, timeout=60):
+    """POST /invocations with a JSON body on loopback: (HTTP status, parsed JSON)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
