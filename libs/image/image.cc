@@ -96,7 +96,8 @@ std::string TakeVipsError(const char* thrown) {
     if (std::find(lines.begin(), lines.end(), line) == lines.end())
       lines.push_back(std::move(line));
   }
-  std::string message = lines.empty() ? "unknown libvips error" : absl::StrJoin(lines, "; ");
+  std::string message =
+      lines.empty() ? "libvips gave no further detail" : absl::StrJoin(lines, "; ");
   if (message.size() > kMaxVipsMessage) {
     // The newest messages, at the end, are the ones about this failure.
     message = "..." + message.substr(message.size() - kMaxVipsMessage);
@@ -251,7 +252,7 @@ std::string MakeThumbnail(VImage image, const ThumbnailOptions& options) {
 absl::StatusOr<RgbImage> DecodeAndPreprocessWith(const LoaderInfo& loader, std::string_view data,
                                                  const PreprocessOptions& options,
                                                  const ThumbnailOptions* thumbnail,
-                                                 std::string* thumbnail_out) {
+                                                 std::string* thumbnail_out, const char** stage) {
   const int side = options.image_size;
   // Check the size the header declares before any pixel is decoded.
   int64_t width = 0;
@@ -262,6 +263,7 @@ absl::StatusOr<RgbImage> DecodeAndPreprocessWith(const LoaderInfo& loader, std::
   if (webp_size.has_value()) {
     std::tie(width, height) = *webp_size;
   } else {
+    *stage = "reading the header";
     header = Load(loader, data, 1);  // reads the header only
     width = header->width();
     height = header->height();
@@ -271,6 +273,7 @@ absl::StatusOr<RgbImage> DecodeAndPreprocessWith(const LoaderInfo& loader, std::
   // Shrink-on-load. Both resize modes must keep the shorter side >= side.
   const double reduction = static_cast<double>(std::min(width, height)) / side;
   const int shrink = loader.shrink == LoadShrink::kNone ? 1 : ChooseLoadShrink(reduction);
+  *stage = "opening the image";
   VImage image = (header.has_value() && shrink == 1) ? *header : Load(loader, data, shrink);
 
   // Alpha goes onto white, before any resampling.
@@ -293,7 +296,9 @@ absl::StatusOr<RgbImage> DecodeAndPreprocessWith(const LoaderInfo& loader, std::
   if (thumbnail != nullptr) {
     // Decode once into memory (corrupt data throws here); the thumbnail and
     // the model input are both made from these pixels.
+    *stage = "decoding the pixels";
     image = image.copy_memory();
+    *stage = "making the thumbnail";
     *thumbnail_out = MakeThumbnail(image, *thumbnail);
   }
 
@@ -325,7 +330,9 @@ absl::StatusOr<RgbImage> DecodeAndPreprocessWith(const LoaderInfo& loader, std::
                              ->set("kernel", KernelFor(options.interpolation)));
     image = FitToSquare(image, side);  // resize may round a side to side +- 1
   }
+  *stage = "decoding the pixels";
   image = image.copy_memory();  // decodes; corrupt data throws here
+  *stage = "applying the EXIF orientation";
   // Most images need no rotation; skipping autorot then saves a pipeline
   // evaluation, since the pixels can be read straight from memory below.
   if (vips_image_get_orientation(image.get_image()) > 1) image = image.autorot().copy_memory();
@@ -440,15 +447,16 @@ absl::StatusOr<DecodedImage> DecodeWithThumbnail(std::string_view encoded,
                                                    FormatFromLoader(type_name),
                                                    "); supported: ", kSupportedFormats));
   }
+  const char* stage = "opening the image";  // what was under way when libvips failed
   try {
     DecodedImage out;
     ASSIGN_OR_RETURN(out.model_input, DecodeAndPreprocessWith(*loader, encoded, options, thumbnail,
-                                                              &out.thumbnail_jpeg));
+                                                              &out.thumbnail_jpeg, &stage));
     return out;
   } catch (const vips::VError& e) {
     return absl::InvalidArgumentError(
-        absl::StrCat("cannot decode ", loader->format,
-                     " image (corrupt or truncated): ", TakeVipsError(e.what())));
+        absl::StrCat("cannot decode ", loader->format, " image (corrupt or truncated) while ",
+                     stage, ": ", TakeVipsError(e.what())));
   } catch (const std::bad_alloc&) {
     TakeVipsError(nullptr);
     return absl::ResourceExhaustedError(

@@ -644,7 +644,7 @@ TEST_CASE("thumbnails: bad input and options fail like the plain decode", "[imag
   // bad seek") depending on how far the pipeline read.
   CHECK(d.status().code() == plain.status().code());
   for (const char* part : {"truncated.jpg: cannot decode jpeg image (corrupt or truncated)",
-                           "Premature end of input file"}) {
+                           " while reading the header: ", "Premature end of input file"}) {
     CHECK(std::string(d.status().message()).find(part) != std::string::npos);
     CHECK(std::string(plain.status().message()).find(part) != std::string::npos);
   }

@@ -93,7 +93,7 @@ def main():
         out = os.path.join(work, "load.json")
         t0 = time.monotonic()
         load = subprocess.Popen([LOADGEN, f"--target=127.0.0.1:{env['GRPC_PORT']}", "--kind=id",
-                                 f"--ids={os.path.join(work, 'ids.txt')}", "--concurrency=8",
+                                 f"--ids={os.path.join(work, 'ids.txt')}", "--concurrency=8", "--channels=8",
                                  f"--duration_s={SECONDS}", f"--json_out={out}",
                                  "--service_config=" + os.path.join(SRC, "deploy", "local",
                                                                     "grpc_service_config.json")],
