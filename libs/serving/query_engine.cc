@@ -71,9 +71,11 @@ absl::Status ValidateSearchParams(const SearchParams& params) {
   return absl::OkStatus();
 }
 
-bool ExactScanIsCheaper(size_t allowed, size_t rows, size_t ef) {
+size_t FilteredWalkEf(size_t ef) { return std::min<size_t>(kMaxEf, ef * kFilteredEfFactor); }
+
+bool ExactScanIsCheaper(size_t allowed, size_t rows, size_t walk_ef) {
   const double a = static_cast<double>(allowed);
-  return a * a <= kGraphCostPerEf * static_cast<double>(ef) * static_cast<double>(rows);
+  return a * a <= kGraphCostPerEf * static_cast<double>(walk_ef) * static_cast<double>(rows);
 }
 
 absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
@@ -97,10 +99,10 @@ absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
     if (params.allowed == nullptr) {
       neighbors = snap.searcher().Search(query.data(), want, std::max(ef, want));
     } else {
-      neighbors = ExactScanIsCheaper(params.allowed->Count(), rows, ef)
+      const size_t walk_ef = FilteredWalkEf(std::max(ef, want));
+      neighbors = ExactScanIsCheaper(params.allowed->Count(), rows, walk_ef)
                       ? snap.searcher().SearchExact(query.data(), want, *params.allowed)
-                      : snap.searcher().Search(query.data(), want, std::max(ef, want),
-                                               params.allowed.get());
+                      : snap.searcher().Search(query.data(), want, walk_ef, params.allowed.get());
     }
     hits.clear();
     kept_rows.clear();

@@ -32,16 +32,23 @@ struct SearchParams {
   float dedup = 0;
 };
 
-// Filtered search: scan the allowed rows exactly, or walk the graph? A walk
-// that must collect ef allowed rows costs about ef * kGraphCostPerEf distance
+// Filtered search walks the graph with kFilteredEfFactor times the query's
+// ef: when the allowed rows sit in other regions than the query (a filter
+// correlated with the data), the plain ef lost recall at 1M rows (0.86-0.92
+// at 5-50% shares); 3x kept it at 0.956 or more.
+inline constexpr size_t kFilteredEfFactor = 3;
+size_t FilteredWalkEf(size_t ef);
+
+// Scan the allowed rows exactly, or walk the graph? A walk that must collect
+// `walk_ef` allowed rows costs about walk_ef * kGraphCostPerEf distance
 // computations divided by the allowed share (allowed / rows); a scan costs
 // `allowed` of them. The scan wins when
-//   allowed^2 <= kGraphCostPerEf * ef * rows.
-// kGraphCostPerEf was measured (tools/bench/README.md, "Filtered search": the
-// crossover was at 10-12% of 100k rows with ef 64); the crossover share falls
-// as sqrt(1 / rows), e.g. to about 4% at 1M rows.
-inline constexpr double kGraphCostPerEf = 22.0;
-bool ExactScanIsCheaper(size_t allowed, size_t rows, size_t ef);
+//   allowed^2 <= kGraphCostPerEf * walk_ef * rows.
+// Measured (tools/bench/README.md, "Filtered search"): the crossover was near
+// 10% of 100k x 256 rows and near 2% of 1M x 512 rows; kGraphCostPerEf = 4
+// with the 3x walk ef puts it at about 9% and 3% there.
+inline constexpr double kGraphCostPerEf = 4.0;
+bool ExactScanIsCheaper(size_t allowed, size_t rows, size_t walk_ef);
 
 struct Hit {
   std::string id;
