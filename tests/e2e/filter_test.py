@@ -93,7 +93,11 @@ def main():
             must_not=[pb.Condition(field="even", match=pb.FilterValue(boolean=True))])
         gr = stub.Search(pb.SearchRequest(id=boot["id"], top_k=5, filter=proto))
         check([h.id for h in gr.hits] == [h["id"] for h in r["hits"]], f"gRPC {gr.hits} vs HTTP {r['hits']}")
-        print(f"2. HTTP and gRPC give the same filtered hits ({len(r['hits'])} of {len(want)} allowed rows)")
+        batch = stub.SearchBatch(pb.SearchBatchRequest(requests=[
+            pb.SearchRequest(id=boot["id"], top_k=5, filter=proto), pb.SearchRequest(id=boot["id"], top_k=5)]))
+        check([h.id for h in batch.responses[0].hits] == [h.id for h in gr.hits], "SearchBatch filtered")
+        check(any(cls[h.id] != "bag" for h in batch.responses[1].hits), "SearchBatch unfiltered item filtered")
+        print(f"2. HTTP, gRPC Search and SearchBatch give the same filtered hits ({len(r['hits'])} of {len(want)} allowed rows)")
 
         # By image: the image itself comes first when its class is allowed, never when excluded.
         img = base64.b64encode(open(os.path.join(corpus, boot["path"]), "rb").read()).decode()

@@ -179,6 +179,27 @@ async function main() {
     JSON.stringify(ids(mlt2.body.hits)), statusAndError);
   ok(`keyboard Enter on ${next}: page shows its neighbours`);
 
+  // 3b. A filter typed into the filter box applies to "more like this" (the
+  // corpus was indexed with --schema=class:keyword).
+  phase = 'filter';
+  const note = await page.$eval('#filter-note', (e) => e.textContent);
+  check(note.includes('class (keyword)'), `#filter-note lists the schema fields (got '${note}')`);
+  const filter = { must: [{ field: 'class', match: 'bag' }] };
+  const anchor = ids(mlt2.body.hits).find((id) => id !== next) || next;
+  const fl = await api('/invocations', { method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ id: anchor, top_k: params.top_k, ef: params.ef, filter }) });
+  check(fl.status === 200 && fl.body.hits.length > 0 &&
+    fl.body.hits.every((h) => h.attributes && h.attributes.class === 'bag'),
+    `direct filtered query answers only bags (got ${fl.status} ${JSON.stringify(fl.body).slice(0, 300)})`);
+  await page.type('#filter', JSON.stringify(filter));
+  await page.focus(`#results [data-id="${anchor}"]`);
+  await page.keyboard.press('Enter');
+  await waitPage(page, `filtered neighbours of ${anchor}`,
+    (w) => JSON.stringify([...document.querySelectorAll('#results [data-id]')].map((n) => n.dataset.id)) === w,
+    JSON.stringify(ids(fl.body.hits)), statusAndError);
+  ok(`filter {"class": "bag"} in the filter box: the page shows the API's ${fl.body.hits.length} filtered hits`);
+  await page.$eval('#filter', (e) => { e.value = ''; });
+
   // 4. An undecodable file: the page shows the API's own error words.
   phase = 'error';
   const broken = path.join(work, 'broken.png');

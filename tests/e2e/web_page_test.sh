@@ -57,6 +57,7 @@ print(r["id"], r["path"])' "$TMP/corpus/manifest.jsonl")" || fail "cannot read t
 read -r IMAGE_ID IMAGE_PATH <<<"$first"
 [[ -n "$IMAGE_ID" && -f "$TMP/corpus/$IMAGE_PATH" ]] || fail "no first image in the corpus manifest"
 "$INDEXER" --input="$TMP/corpus/manifest.jsonl" --root="$TMP/snap" --model="$MODEL" --progress=none \
+  --schema=class:keyword \
   >"$TMP/indexer.log" 2>&1 || fail "indexer failed: $(tail -n 20 "$TMP/indexer.log")"
 
 # The query service with HTTP on a free loopback port.
