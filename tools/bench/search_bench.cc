@@ -9,6 +9,8 @@
 //   search_bench --query_binary=build/services/query/imagesearch-query
 //       [--n=100000 --dim=512 --queries=2000 --threads=2 --clients=4 --seconds=5]
 #include <grpcpp/grpcpp.h>
+#include <pthread.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <atomic>
@@ -43,6 +45,10 @@ ABSL_FLAG(int, batch, 16, "Queries per SearchBatch call for the batched measurem
 ABSL_FLAG(double, spread, 1.0, "Within-cluster spread of the synthetic data (higher = harder).");
 ABSL_FLAG(double, target_recall, 0.95, "Recall@10 the ef must reach.");
 ABSL_FLAG(std::string, workdir, "/tmp/imagesearch_search_bench", "Where the snapshot goes.");
+ABSL_FLAG(bool, pinned, false,
+          "Fair service vs library: the service runs on core 0 (taskset), in-process searches run "
+          "with one thread on core 0, and this process's gRPC clients run on core 1, so the "
+          "client's own cost is not billed to the service.");
 ABSL_FLAG(bool, reuse, false,
           "Search the snapshot an earlier run left in --workdir (same --n/--dim/--spread) instead "
           "of building one: compares builds (e.g. portable vs -march=native) on one graph.");
@@ -53,15 +59,26 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr size_t kK = 10;
 
-// Runs `one(query_index)` from `threads` threads for `seconds`; returns QPS.
+// Pins the calling thread to one core (-1: leaves it alone).
+void PinTo(int cpu) {
+  if (cpu < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+// Runs `one(query_index)` from `threads` threads (each pinned to `cpu`, if
+// set) for `seconds`; returns QPS.
 template <typename Fn>
-double Measure(int threads, double seconds, size_t nq, Fn one) {
+double Measure(int threads, double seconds, size_t nq, Fn one, int cpu = -1) {
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> done{0};
   std::vector<std::thread> ts;
   const auto start = Clock::now();
   for (int t = 0; t < threads; ++t) {
     ts.emplace_back([&, t] {
+      PinTo(cpu);
       uint64_t local = 0;
       for (size_t i = t; !stop; i += threads, ++local) one(i % nq);
       done += local;
@@ -76,7 +93,9 @@ double Measure(int threads, double seconds, size_t nq, Fn one) {
 int Run() {
   const size_t n = absl::GetFlag(FLAGS_n), dim = absl::GetFlag(FLAGS_dim);
   const size_t nq = absl::GetFlag(FLAGS_queries);
-  const int threads = absl::GetFlag(FLAGS_threads);
+  const bool pinned = absl::GetFlag(FLAGS_pinned);
+  const int threads = pinned ? 1 : absl::GetFlag(FLAGS_threads);
+  const int library_cpu = pinned ? 0 : -1, client_cpu = pinned ? 1 : -1;
   const double secs = absl::GetFlag(FLAGS_seconds);
   const std::string root = absl::GetFlag(FLAGS_workdir) + "/root";
   const bool reuse = absl::GetFlag(FLAGS_reuse) && snapshot::ReadCurrentVersion(root).ok();
@@ -168,16 +187,23 @@ int Run() {
   const double qps_hnswlib = Measure(threads, secs, nq, [&](size_t q) {
     auto r = (*ref)->Search(&queries[q * dim], kK);
     (void)r;
-  });
+  }, library_cpu);
   const double qps_mmap = Measure(threads, secs, nq, [&](size_t q) {
     auto r = (*snap)->searcher().Search(&queries[q * dim], kK, ef);
     (void)r;
-  });
+  }, library_cpu);
 
-  testing::ServerProcess server(
-      absl::GetFlag(FLAGS_query_binary),
-      {"--snapshot_root=" + root, "--verify=sizes"},
-      absl::GetFlag(FLAGS_workdir) + "/query.log");
+  // Threads made from here on (gRPC's client threads included) start on core 1.
+  PinTo(client_cpu);
+  std::vector<std::string> server_args = {"--snapshot_root=" + root, "--verify=sizes"};
+  std::string server_binary = absl::GetFlag(FLAGS_query_binary);
+  if (pinned) {
+    // taskset -c 0 imagesearch-query ...: the whole service on core 0.
+    server_args.insert(server_args.begin(), {"-c", "0", server_binary});
+    server_binary = "/usr/bin/taskset";
+  }
+  testing::ServerProcess server(server_binary, server_args,
+                                absl::GetFlag(FLAGS_workdir) + "/query.log");
   if (server.port() == 0) {
     std::cerr << "query service did not start\n";
     return 1;
@@ -222,7 +248,7 @@ int Run() {
     if (my_client < 0) my_client = next_client++ % clients;
     v1::SearchResponse r;
     if (!call(my_client, q, &r).ok()) failures++;
-  });
+  }, client_cpu);
 
   // Batched: SearchBatch calls of --batch queries; QPS counts queries.
   const int batch = absl::GetFlag(FLAGS_batch);
@@ -243,11 +269,12 @@ int Run() {
         r.responses_size() != batch) {
       failures++;
     }
-  });
+  }, client_cpu);
   const double qps_batched = calls_per_s * batch;
 
-  std::printf("\nef=%zu (smallest on the sweep with hnswlib recall@10 >= %.2f), k=10, %d threads\n",
-              ef, absl::GetFlag(FLAGS_target_recall), threads);
+  std::printf("\nef=%zu (smallest on the sweep with hnswlib recall@10 >= %.2f), k=10, %d threads%s\n",
+              ef, absl::GetFlag(FLAGS_target_recall), threads,
+              pinned ? "; pinned: service and in-process on core 0, clients on core 1" : "");
   std::printf("  %-34s %9.0f QPS  recall@10 %.4f\n", "hnswlib searchKnn, in-process", qps_hnswlib, ref_recall);
   std::printf("  %-34s %9.0f QPS  recall@10 %.4f\n", "mmap searcher, in-process", qps_mmap, ours_recall);
   std::printf("  %-34s %9.0f QPS  recall@10 %.4f  (%d clients, %llu failed)\n",
