@@ -166,9 +166,10 @@ SimdLevel Supported() {
 SimdLevel Detect() {
   const SimdLevel supported = Supported();
   // AVX2+FMA by default even where AVX-512 exists: on the Xeon this was
-  // measured on, the 512-bit kernel was 13% slower per call at dim 512
-  // (30.0 vs 34.6 ns; AVX-512 lowers the clock), and hnswlib's own AVX-512
-  // kernel was no faster. IMAGESEARCH_SIMD=avx512 opts in.
+  // measured on (imagesearch_kernel_bench, dim 512) the 512-bit kernel was
+  // no faster (27-30 ns per call either way; rows fetched at random cost
+  // 300-400 ns, memory-bound), and 512-bit instructions can lower the clock
+  // of the whole core on other Intel parts. IMAGESEARCH_SIMD=avx512 opts in.
   SimdLevel level = std::min(supported, SimdLevel::kAvx2);
   if (const char* want = std::getenv("IMAGESEARCH_SIMD")) {
     SimdLevel asked = level;

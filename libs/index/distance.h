@@ -6,7 +6,7 @@
 // for inner product and cosine.
 //
 // The default is AVX2+FMA where the CPU has it (also on AVX-512 machines:
-// measured faster here, see distance.cc), else SSE. IMAGESEARCH_SIMD=
+// measured no slower here, see distance.cc), else SSE. IMAGESEARCH_SIMD=
 // avx512|avx2|sse|scalar asks for a level (capped at what the CPU supports);
 // IMAGESEARCH_SIMD=hnswlib makes graphs use hnswlib's own compile-time
 // kernels instead (benchmarks compare them).

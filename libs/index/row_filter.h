@@ -24,9 +24,6 @@ class RowFilter {
   void Allow(uint32_t row) {
     if (row < rows_) words_[row >> 6] |= uint64_t{1} << (row & 63);
   }
-  void Deny(uint32_t row) {
-    if (row < rows_) words_[row >> 6] &= ~(uint64_t{1} << (row & 63));
-  }
   // Rows allowed.
   size_t Count() const {
     size_t n = 0;

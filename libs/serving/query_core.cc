@@ -298,8 +298,8 @@ absl::StatusOr<ThumbnailResult> QueryCore::Thumbnail(absl::string_view id,
     auto bytes = snap.thumbs()->Get(*row);
     if (!bytes.ok()) return bytes.status();
     if (bytes->empty()) {
-      return absl::NotFoundError(absl::StrCat("id '", id.substr(0, 64),
-                                              "' has no thumbnail in snapshot v", snap.version()));
+      return absl::NotFoundError(
+          absl::StrCat("id ", QuoteId(id), " has no thumbnail in snapshot v", snap.version()));
     }
     return ThumbnailResult{*bytes, snap.thumbs()->media_type(), snap.version(), std::move(state)};
   }());

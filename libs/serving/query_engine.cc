@@ -33,16 +33,19 @@ absl::StatusOr<std::vector<float>> PrepareQueryVector(const snapshot::Snapshot& 
   return q;
 }
 
+std::string QuoteId(absl::string_view id) {
+  // Error text travels in gRPC trailers and HTTP bodies: quote a bounded prefix.
+  constexpr size_t kQuote = 64;
+  if (id.size() <= kQuote) return absl::StrCat("'", id, "'");
+  return absl::StrCat("'", id.substr(0, kQuote), "...' (", id.size(), " bytes)");
+}
+
 absl::StatusOr<uint32_t> RowOfId(const snapshot::Snapshot& snap, absl::string_view id) {
   if (id.empty()) return absl::InvalidArgumentError("query id is empty");
   auto row = snap.ids().Find(id);
   if (!row.has_value()) {
-    // Quote a bounded prefix: error text travels in gRPC trailers and HTTP bodies.
-    constexpr size_t kQuote = 64;
-    return absl::NotFoundError(absl::StrCat("id '", id.substr(0, kQuote),
-                                            id.size() > kQuote ? "...' (" : "'",
-                                            id.size() > kQuote ? absl::StrCat(id.size(), " bytes)") : "",
-                                            " is not in snapshot v", snap.version()));
+    return absl::NotFoundError(
+        absl::StrCat("id ", QuoteId(id), " is not in snapshot v", snap.version()));
   }
   return *row;
 }
@@ -87,13 +90,15 @@ absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
   const size_t rows = snap.manifest().count;
   const size_t dim = static_cast<size_t>(snap.manifest().dim);
   const bool dedup = params.dedup > 0;
-  // With dedup, ask for more and widen until k distinct items are found or
-  // the index has no more.
+  // Search, then choose the rows to answer with: exclude_row left out and,
+  // with dedup, every row whose cosine similarity to a chosen (better) row
+  // reaches the threshold. Dedup asks for 4x as many and widens the search
+  // until k rows are chosen or the index has no more.
   size_t want = k + (params.exclude_row.has_value() ? 1 : 0);
   if (dedup) want = std::min(rows, 4 * want);
-  std::vector<uint32_t> kept_rows;
+  const size_t max_want = std::min(rows, 4 * static_cast<size_t>(kMaxTopK));
+  std::vector<index::Neighbor> chosen;
   uint32_t dropped = 0;
-  std::vector<Hit> hits;
   for (;;) {
     std::vector<index::Neighbor> neighbors;
     if (params.allowed == nullptr) {
@@ -104,47 +109,42 @@ absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
                       ? snap.searcher().SearchExact(query.data(), want, *params.allowed)
                       : snap.searcher().Search(query.data(), want, walk_ef, params.allowed.get());
     }
-    hits.clear();
-    kept_rows.clear();
+    chosen.clear();
     dropped = 0;
-    const bool similarity_is_one_minus = snap.manifest().metric != index::Metric::kL2;
     for (const auto& n : neighbors) {
       if (params.exclude_row.has_value() && n.row == *params.exclude_row) continue;
-      if (hits.size() == k) break;
+      if (chosen.size() == k) break;
       if (dedup) {
         const float* v = snap.searcher().Vector(n.row);
-        bool duplicate = false;
-        for (uint32_t r : kept_rows) {
-          if (index::CosineSimilarity(v, snap.searcher().Vector(r), dim) >= params.dedup) {
-            duplicate = true;
-            break;
-          }
-        }
-        if (duplicate) {
+        auto similar = [&](const index::Neighbor& c) {
+          return index::CosineSimilarity(v, snap.searcher().Vector(c.row), dim) >= params.dedup;
+        };
+        if (std::any_of(chosen.begin(), chosen.end(), similar)) {
           ++dropped;
           continue;
         }
-        kept_rows.push_back(n.row);
       }
-      auto view = snap.ids().Get(n.row);
-      if (!view.ok()) {
-        return absl::DataLossError(absl::StrCat("snapshot v", snap.version(),
-                                                " is inconsistent: ", view.status().message()));
-      }
-      Hit h;
-      h.id = std::string(view->id);
-      h.uri = std::string(view->uri);
-      h.attributes_json = std::string(view->attributes_json);
-      h.distance = n.distance;
-      h.score = similarity_is_one_minus ? 1.0f - n.distance : -n.distance;
-      hits.push_back(std::move(h));
+      chosen.push_back(n);
     }
-    // Done unless dedup dropped so many that the search could go further.
-    if (!dedup || hits.size() == k || neighbors.size() < want || want >= rows ||
-        want >= 4 * static_cast<size_t>(kMaxTopK)) {
-      break;
+    if (!dedup || chosen.size() == k || neighbors.size() < want || want >= max_want) break;
+    want = std::min(max_want, 4 * want);
+  }
+  const bool similarity_is_one_minus = snap.manifest().metric != index::Metric::kL2;
+  std::vector<Hit> hits;
+  hits.reserve(chosen.size());
+  for (const auto& n : chosen) {
+    auto view = snap.ids().Get(n.row);
+    if (!view.ok()) {
+      return absl::DataLossError(absl::StrCat("snapshot v", snap.version(),
+                                              " is inconsistent: ", view.status().message()));
     }
-    want = std::min({rows, 4 * want, 4 * static_cast<size_t>(kMaxTopK)});
+    Hit h;
+    h.id = std::string(view->id);
+    h.uri = std::string(view->uri);
+    h.attributes_json = std::string(view->attributes_json);
+    h.distance = n.distance;
+    h.score = similarity_is_one_minus ? 1.0f - n.distance : -n.distance;
+    hits.push_back(std::move(h));
   }
   if (collapsed != nullptr) *collapsed = dropped;
   return hits;

@@ -64,6 +64,10 @@ struct Hit {
 absl::StatusOr<std::vector<float>> PrepareQueryVector(const snapshot::Snapshot& snap,
                                                       const float* values, size_t size);
 
+// `id` in single quotes for an error message; past 64 bytes, its first 64
+// bytes, an ellipsis and its length.
+std::string QuoteId(absl::string_view id);
+
 // The row of `id`. INVALID_ARGUMENT for an empty id; NOT_FOUND names the id
 // (its first 64 bytes) and the version.
 absl::StatusOr<uint32_t> RowOfId(const snapshot::Snapshot& snap, absl::string_view id);

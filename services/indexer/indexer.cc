@@ -277,6 +277,11 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
   if (o.shard.count < 1 || o.shard.index < 0 || o.shard.index >= o.shard.count) {
     return absl::InvalidArgumentError("--shard must be i/n with 0 <= i < n");
   }
+  if (!to_shard && o.shard.count != 1) {
+    return absl::InvalidArgumentError(
+        "--shard needs --embeddings_out: each worker writes a shard, and imagesearch-snapshot build "
+        "--shards publishes them as one snapshot");
+  }
 
   int decode_threads = o.decode_threads;
   if (decode_threads <= 0) decode_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

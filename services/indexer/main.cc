@@ -124,11 +124,6 @@ int main(int argc, char** argv) {
   }
   o.shard = *shard;
   o.embeddings_out = absl::GetFlag(FLAGS_embeddings_out);
-  if (o.embeddings_out.empty() && o.shard.count != 1) {
-    std::cerr << "--shard needs --embeddings_out (each worker writes a shard; imagesearch-snapshot "
-                 "build --shards publishes them as one snapshot)\n";
-    return 2;
-  }
   auto report = imagesearch::indexer::RunIndexer(o);
   if (!report.ok()) {
     imagesearch::LogError("indexer failed: ", report.status().ToString());

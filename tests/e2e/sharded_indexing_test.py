@@ -147,12 +147,14 @@ def main():
             f.write(b"\0")
         out = run(SNAPSHOT, "build", f"--root={root}", f"--shards={three}", f"--model={other}", ok=False)
         check(out.returncode == 1 and "the shards were made with model" in out.stderr, out.stderr)
-        check(sorted(os.listdir(root)) == [".lock", "CURRENT", "v1"] or
-              sorted(x for x in os.listdir(root) if not x.startswith(".")) == ["CURRENT", "v1"],
-              f"something was published: {os.listdir(root)}")
         out = run(INDEXER, *common, "--shard=3/3", f"--embeddings_out={three}", ok=False)
         check(out.returncode == 2 and "0 <= i < n" in out.stderr, out.stderr)
-        print("3. a missing shard, the wrong model and a bad --shard are refused; nothing published")
+        out = run(INDEXER, *common, "--shard=0/3", f"--root={root}", ok=False)
+        check(out.returncode == 1 and "--shard needs --embeddings_out" in out.stderr, out.stderr)
+        check(sorted(x for x in os.listdir(root) if not x.startswith(".")) == ["CURRENT", "v1"],
+              f"something was published: {os.listdir(root)}")
+        print("3. a missing shard, the wrong model, a bad --shard and a shard without --embeddings_out "
+              "are refused; nothing published")
     finally:
         if server is not None:
             server.kill()

@@ -123,10 +123,6 @@ class Recorder {
     }
     last_s_ = std::max(last_s_, o.finished_at_s);
   }
-  int64_t calls_total() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return calls_total_;
-  }
   std::string Progress(double now_s) {
     std::lock_guard<std::mutex> lock(mu_);
     int64_t ok = codes_.count("OK") ? codes_["OK"] : 0;
