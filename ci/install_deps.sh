@@ -5,7 +5,9 @@ set -euo pipefail
 SUDO=""; [[ "$(id -u)" == 0 ]] || SUDO="sudo"
 PACKAGES=(
   # Toolchain
-  build-essential cmake pkg-config ccache git curl
+  build-essential cmake pkg-config ccache git curl openssl
+  # libFuzzer targets (tests/fuzz, ci/fuzz.sh)
+  clang libclang-rt-14-dev
   # Serving stack
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libssl-dev libxxhash-dev nlohmann-json3-dev

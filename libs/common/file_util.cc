@@ -79,11 +79,13 @@ absl::Status ErrnoStatus(int err, absl::string_view what) {
   std::string msg = absl::StrCat(what, ": ", std::strerror(err));
   switch (err) {
     case ENOENT:
+    case ENOTDIR:
       return absl::NotFoundError(msg);
     case EACCES:
     case EPERM:
       return absl::PermissionDeniedError(msg);
     case ENOSPC:
+    case EDQUOT:
       return absl::ResourceExhaustedError(msg);
     default:
       return absl::InternalError(msg);
@@ -97,23 +99,89 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
   return out;
 }
 
-absl::Status WriteFileDurably(const std::string& path, absl::string_view contents) {
-  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (fd.get() < 0) return ErrnoStatus(errno, absl::StrCat("create ", path));
-  const char* p = contents.data();
-  size_t left = contents.size();
-  while (left > 0) {
-    ssize_t n = ::write(fd.get(), p, left);
+absl::StatusOr<std::string> ReadFileToString(const std::string& path, int64_t max_bytes) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) return ErrnoStatus(errno, absl::StrCat("open ", path));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("stat ", path));
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+  }
+  if (st.st_size > max_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": file is ", st.st_size, " bytes, over the limit of ", max_bytes, " bytes"));
+  }
+  std::string data(static_cast<size_t>(st.st_size), '\0');
+  size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::read(fd.get(), data.data() + done, data.size() - done);
     if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, absl::StrCat("read ", path));
+    }
+    if (n == 0) break;  // the file shrank while we read it
+    done += static_cast<size_t>(n);
+  }
+  data.resize(done);
+  return data;
+}
+
+namespace {
+
+// Writes all of [p, p + n) to `fd`; errors name `path`.
+absl::Status WriteAll(int fd, const char* p, size_t n, const std::string& path) {
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
       if (errno == EINTR) continue;
       return ErrnoStatus(errno, absl::StrCat("write ", path));
     }
-    p += n;
-    left -= static_cast<size_t>(n);
+    p += w;
+    n -= static_cast<size_t>(w);
   }
+  return absl::OkStatus();
+}
+
+// fsyncs and closes `fd` (which `path` names), reporting either failure.
+absl::Status SyncAndClose(Fd& fd, const std::string& path) {
   if (::fsync(fd.get()) != 0) return ErrnoStatus(errno, absl::StrCat("fsync ", path));
   if (::close(fd.Release()) != 0) return ErrnoStatus(errno, absl::StrCat("close ", path));
   return absl::OkStatus();
+}
+
+// Opens `path` for writing with `flags` (O_TRUNC or O_APPEND), writes what
+// `write` writes into it, then fsyncs it.
+template <typename Write>
+absl::Status WriteDurably(const std::string& path, int flags, Write write) {
+  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | flags, 0644));
+  if (fd.get() < 0) return ErrnoStatus(errno, absl::StrCat("open ", path, " for writing"));
+  absl::Status s = write(fd.get());
+  if (!s.ok()) return s;
+  return SyncAndClose(fd, path);
+}
+
+}  // namespace
+
+absl::Status WriteFileDurably(const std::string& path, absl::string_view contents) {
+  return WriteDurably(path, O_TRUNC, [&](int fd) {
+    return WriteAll(fd, contents.data(), contents.size(), path);
+  });
+}
+
+absl::Status AppendFileDurably(const std::string& path, absl::string_view contents) {
+  return WriteDurably(path, O_APPEND, [&](int fd) {
+    return WriteAll(fd, contents.data(), contents.size(), path);
+  });
+}
+
+absl::Status CopyFileDurably(const std::string& from, const std::string& to) {
+  return WriteDurably(to, O_TRUNC, [&](int fd) {
+    absl::Status write_status;
+    absl::Status read_status = StreamFile(from, [&](const char* p, size_t n) {
+      if (write_status.ok()) write_status = WriteAll(fd, p, n, to);
+    });
+    return read_status.ok() ? write_status : read_status;
+  });
 }
 
 absl::Status SyncPath(const std::string& path) {
@@ -151,10 +219,6 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& 
 
 MappedFile::~MappedFile() {
   if (data_ != nullptr) ::munmap(const_cast<char*>(data_), size_);
-}
-
-void MappedFile::AdviseWillNeed() const {
-  if (data_ != nullptr) ::madvise(const_cast<char*>(data_), size_, MADV_WILLNEED);
 }
 
 std::string Xxh3Hex(absl::string_view data) {

@@ -18,6 +18,10 @@ namespace imagesearch {
 
 // Reads a whole file. NOT_FOUND if it does not exist.
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
+// Reads a whole regular file of at most `max_bytes` bytes, checked before
+// anything is read: INVALID_ARGUMENT for a directory, device or FIFO, or a
+// file over the limit. NOT_FOUND / PERMISSION_DENIED as ErrnoStatus says.
+absl::StatusOr<std::string> ReadFileToString(const std::string& path, int64_t max_bytes);
 
 // Writes `contents` to `path` and fsyncs the file (not its directory).
 absl::Status WriteFileDurably(const std::string& path, absl::string_view contents);
@@ -26,6 +30,13 @@ absl::Status WriteFileDurably(const std::string& path, absl::string_view content
 // it over `path`, then fsyncs the directory. A crash leaves either the old or
 // the new contents, never a mix.
 absl::Status ReplaceFileAtomically(const std::string& path, absl::string_view contents);
+
+// Copies `from` to `to` (replacing it) and fsyncs `to`. Errors carry errno's
+// own text and code (ENOSPC: RESOURCE_EXHAUSTED "No space left on device").
+absl::Status CopyFileDurably(const std::string& from, const std::string& to);
+
+// Appends `contents` to `path` (created if missing) and fsyncs it.
+absl::Status AppendFileDurably(const std::string& path, absl::string_view contents);
 
 // fsyncs a file or directory by path.
 absl::Status SyncPath(const std::string& path);
@@ -43,9 +54,6 @@ class MappedFile {
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
 
-  // Hint that pages will be needed soon (MADV_WILLNEED), without blocking.
-  void AdviseWillNeed() const;
-
  private:
   MappedFile(std::string path, const char* data, size_t size)
       : path_(std::move(path)), data_(data), size_(size) {}
@@ -62,7 +70,9 @@ absl::StatusOr<std::string> Xxh3HexOfFile(const std::string& path);
 // SHA-256 of a file's contents, as 64 lowercase hex digits (model identity).
 absl::StatusOr<std::string> Sha256HexOfFile(const std::string& path);
 
-// Errno as an absl::Status with `what` prepended, e.g. "open /x: No such file".
+// Errno as an absl::Status with `what` prepended, e.g. "open /x: No such file":
+// NOT_FOUND (ENOENT, ENOTDIR), PERMISSION_DENIED (EACCES, EPERM),
+// RESOURCE_EXHAUSTED (ENOSPC, EDQUOT), INTERNAL otherwise.
 absl::Status ErrnoStatus(int err, absl::string_view what);
 
 }  // namespace imagesearch

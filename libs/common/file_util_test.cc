@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <filesystem>
 #include <string>
+#include <vector>
 
 namespace imagesearch {
 namespace {
@@ -23,8 +25,31 @@ TEST_CASE("ReplaceFileAtomically replaces contents and leaves no temp file") {
   auto contents = ReadFileToString(path);
   REQUIRE(contents.ok());
   CHECK(*contents == "v2\n");
-  // Only CURRENT remains in the directory.
-  CHECK(::access((path + ".tmp").c_str(), F_OK) != 0);
+  // Only CURRENT remains in the directory: temp files are named
+  // CURRENT.tmp.<pid>.<n>, so list the directory rather than guess a name.
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    names.push_back(entry.path().filename().string());
+  }
+  CHECK(names == std::vector<std::string>{"CURRENT"});
+}
+
+TEST_CASE("ReadFileToString with a limit refuses big files, directories and missing files") {
+  std::string dir = MakeTempDir();
+  std::string path = dir + "/f";
+  REQUIRE(WriteFileDurably(path, "0123456789").ok());
+  auto at_limit = ReadFileToString(path, 10);
+  REQUIRE(at_limit.ok());
+  CHECK(*at_limit == "0123456789");
+  auto over = ReadFileToString(path, 9);
+  REQUIRE_FALSE(over.ok());
+  CHECK(absl::IsInvalidArgument(over.status()));
+  CHECK(over.status().message() == path + ": file is 10 bytes, over the limit of 9 bytes");
+  auto directory = ReadFileToString(dir, 100);
+  CHECK(absl::IsInvalidArgument(directory.status()));
+  CHECK(directory.status().message() == dir + ": not a regular file");
+  CHECK(absl::IsNotFound(ReadFileToString(dir + "/missing", 100).status()));
+  CHECK(absl::IsNotFound(ReadFileToString(path + "/below_a_file", 100).status()));  // ENOTDIR
 }
 
 TEST_CASE("ReadFileToString on a missing file is NOT_FOUND with the path") {

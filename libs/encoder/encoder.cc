@@ -357,15 +357,4 @@ void Encoder::ParallelFor(int64_t n, const std::function<void(int64_t)>& fn) con
   }
 }
 
-absl::Status SetInterOpThreads(int n) {
-  if (n < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("inter-op threads must be >= 1, got ", n));
-  }
-  return Guarded(absl::StatusCode::kFailedPrecondition, "cannot set LibTorch inter-op threads",
-                 [&] {
-                   at::set_num_interop_threads(n);
-                   return absl::OkStatus();
-                 });
-}
-
 }  // namespace imagesearch::encoder

@@ -118,11 +118,6 @@ class Encoder {
   const std::unique_ptr<Impl> impl_;
 };
 
-// Sets LibTorch's inter-op thread pool size (at::set_num_interop_threads).
-// LibTorch allows this once per process and only before any inter-op work;
-// returns FAILED_PRECONDITION if it is too late. INVALID_ARGUMENT if n < 1.
-absl::Status SetInterOpThreads(int n);
-
 }  // namespace imagesearch::encoder
 
 #endif  // IMAGESEARCH_LIBS_ENCODER_ENCODER_H_

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "libs/common/status_macros.h"
+#include "libs/common/string_view.h"
 #include "libs/encoder/encoder.h"
 #include "nlohmann/json.hpp"
 
@@ -24,7 +25,6 @@ using Json = nlohmann::json;
 constexpr int kSupportedFormat = 1;
 
 // Debian's Abseil has its own string_view type, which StrCat requires.
-absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
 // Reads the fields of one JSON object; errors name the field with its path
 // ("text.context_length").
@@ -60,7 +60,7 @@ class FieldReader {
     std::vector<absl::string_view> names;
     for (std::string_view a : allowed) {
       if (*out == a) return absl::OkStatus();
-      names.push_back(AV(a));
+      names.push_back(ToAbsl(a));
     }
     return Error(field, absl::StrCat("must be one of \"", absl::StrJoin(names, "\", \""), "\""),
                  *Get(field).value());
@@ -112,7 +112,7 @@ class FieldReader {
     std::string shown = got.dump();
     if (shown.size() > 60) shown = shown.substr(0, 57) + "...";
     return absl::InvalidArgumentError(
-        absl::StrCat("model.json: \"", prefix_, AV(field), "\" ", AV(what), ", got ", shown));
+        absl::StrCat("model.json: \"", prefix_, ToAbsl(field), "\" ", ToAbsl(what), ", got ", shown));
   }
 
  private:
@@ -120,7 +120,7 @@ class FieldReader {
     auto it = object_.find(field);
     if (it == object_.end() || it->is_null()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("model.json: missing required field \"", prefix_, AV(field), "\""));
+          absl::StrCat("model.json: missing required field \"", prefix_, ToAbsl(field), "\""));
     }
     return &*it;
   }

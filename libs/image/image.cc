@@ -20,7 +20,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "libs/common/file_util.h"
 #include "libs/common/status_macros.h"
+#include "libs/common/string_view.h"
 
 namespace imagesearch::image {
 namespace {
@@ -28,7 +30,6 @@ namespace {
 using vips::VImage;
 
 // Debian's Abseil is built with its own string_view, distinct from std's.
-absl::string_view AsAbsl(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
 constexpr int kMaxImageSize = 4096;
 // Messages from libvips are capped so that a hostile file cannot make us
@@ -352,20 +353,6 @@ absl::StatusOr<RgbImage> DecodeAndPreprocessWith(const LoaderInfo& loader, std::
   return out;
 }
 
-absl::Status ErrnoStatus(int error, const std::string& what) {
-  const std::string message = absl::StrCat(what, ": ", std::strerror(error));
-  switch (error) {
-    case ENOENT:
-    case ENOTDIR:
-      return absl::NotFoundError(message);
-    case EACCES:
-    case EPERM:
-      return absl::PermissionDeniedError(message);
-    default:
-      return absl::UnknownError(message);
-  }
-}
-
 }  // namespace
 
 absl::Status InitImageLibrary() {
@@ -394,6 +381,18 @@ absl::Status InitImageLibrary() {
   return *status;
 }
 
+absl::Status ValidateThumbnailOptions(const ThumbnailOptions& thumbnail) {
+  if (thumbnail.max_side < 8 || thumbnail.max_side > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("thumbnail size must be in [8, 1024], got ", thumbnail.max_side));
+  }
+  if (thumbnail.quality < 1 || thumbnail.quality > 100) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("thumbnail quality must be in [1, 100], got ", thumbnail.quality));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidatePreprocessOptions(const PreprocessOptions& options) {
   if (options.image_size < 1 || options.image_size > kMaxImageSize) {
     return absl::InvalidArgumentError(
@@ -418,16 +417,7 @@ absl::StatusOr<DecodedImage> DecodeWithThumbnail(std::string_view encoded,
                                                  const PreprocessOptions& options,
                                                  const ThumbnailOptions* thumbnail) {
   RETURN_IF_ERROR(InitImageLibrary());
-  if (thumbnail != nullptr) {
-    if (thumbnail->max_side < 8 || thumbnail->max_side > 1024) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("thumbnail size must be in [8, 1024], got ", thumbnail->max_side));
-    }
-    if (thumbnail->quality < 1 || thumbnail->quality > 100) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("thumbnail quality must be in [1, 100], got ", thumbnail->quality));
-    }
-  }
+  if (thumbnail != nullptr) RETURN_IF_ERROR(ValidateThumbnailOptions(*thumbnail));
   RETURN_IF_ERROR(ValidatePreprocessOptions(options));
   if (encoded.empty()) return absl::InvalidArgumentError("image is empty (0 bytes)");
   if (static_cast<int64_t>(encoded.size()) > options.max_bytes) {
@@ -473,7 +463,7 @@ absl::StatusOr<RgbImage> DecodeAndPreprocess(std::string_view encoded,
 absl::StatusOr<DecodedImage> DecodeFileWithThumbnail(const std::string& path,
                                                      const PreprocessOptions& options,
                                                      const ThumbnailOptions* thumbnail) {
-  absl::StatusOr<std::string> data = ReadImageFile(path, options.max_bytes);
+  absl::StatusOr<std::string> data = ReadFileToString(path, options.max_bytes);
   if (!data.ok()) return data.status();
   absl::StatusOr<DecodedImage> image = DecodeWithThumbnail(*data, options, thumbnail);
   if (!image.ok()) {
@@ -488,41 +478,10 @@ absl::StatusOr<RgbImage> DecodeAndPreprocessFile(const std::string& path,
   return std::move(decoded.model_input);
 }
 
-absl::StatusOr<std::string> ReadImageFile(const std::string& path, int64_t max_bytes) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot open ", path));
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
-  struct stat st;
-  if (::fstat(fd, &st) != 0) return ErrnoStatus(errno, absl::StrCat("cannot stat ", path));
-  if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
-  }
-  if (st.st_size > max_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": file is ", st.st_size, " bytes, over the limit of ", max_bytes, " bytes"));
-  }
-  std::string data(static_cast<size_t>(st.st_size), '\0');
-  size_t done = 0;
-  while (done < data.size()) {
-    const ssize_t n = ::read(fd, data.data() + done, data.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoStatus(errno, absl::StrCat("cannot read ", path));
-    }
-    if (n == 0) break;  // the file shrank while we read it
-    done += static_cast<size_t>(n);
-  }
-  data.resize(done);
-  return data;
-}
-
 absl::StatusOr<ResizeMode> ParseResizeMode(std::string_view name) {
   if (name == "shortest_edge") return ResizeMode::kShortestEdge;
   if (name == "squash") return ResizeMode::kSquash;
-  return absl::InvalidArgumentError(absl::StrCat("unknown resize mode \"", AsAbsl(name),
+  return absl::InvalidArgumentError(absl::StrCat("unknown resize mode \"", ToAbsl(name),
                                                  "\"; expected \"shortest_edge\" or \"squash\""));
 }
 
@@ -530,7 +489,7 @@ absl::StatusOr<CropMode> ParseCropMode(std::string_view name) {
   if (name == "center") return CropMode::kCenter;
   if (name == "none") return CropMode::kNone;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown crop mode \"", AsAbsl(name), "\"; expected \"center\" or \"none\""));
+      absl::StrCat("unknown crop mode \"", ToAbsl(name), "\"; expected \"center\" or \"none\""));
 }
 
 absl::StatusOr<Interpolation> ParseInterpolation(std::string_view name) {
@@ -538,7 +497,7 @@ absl::StatusOr<Interpolation> ParseInterpolation(std::string_view name) {
   if (name == "bilinear") return Interpolation::kBilinear;
   if (name == "nearest") return Interpolation::kNearest;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown interpolation \"", AsAbsl(name),
+      absl::StrCat("unknown interpolation \"", ToAbsl(name),
                    "\"; expected \"bicubic\", \"bilinear\" or \"nearest\""));
 }
 

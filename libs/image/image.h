@@ -92,7 +92,8 @@ absl::Status ValidatePreprocessOptions(const PreprocessOptions& options);
 absl::StatusOr<RgbImage> DecodeAndPreprocess(std::string_view encoded,
                                              const PreprocessOptions& options);
 
-// ReadImageFile(path, options.max_bytes), then DecodeAndPreprocess. Error
+// ReadFileToString(path, options.max_bytes) (libs/common/file_util.h), then
+// DecodeAndPreprocess. Error
 // messages start with the path.
 absl::StatusOr<RgbImage> DecodeAndPreprocessFile(const std::string& path,
                                                  const PreprocessOptions& options);
@@ -104,6 +105,9 @@ struct ThumbnailOptions {
   int max_side = 128;  // REQUIRES: 8 <= max_side <= 1024.
   int quality = 80;    // JPEG quality, 1..100.
 };
+
+// INVALID_ARGUMENT naming the field out of its range.
+absl::Status ValidateThumbnailOptions(const ThumbnailOptions& thumbnail);
 
 struct DecodedImage {
   RgbImage model_input;       // Exactly what DecodeAndPreprocess returns.
@@ -117,16 +121,11 @@ struct DecodedImage {
 absl::StatusOr<DecodedImage> DecodeWithThumbnail(std::string_view encoded,
                                                  const PreprocessOptions& options,
                                                  const ThumbnailOptions* thumbnail);
-// ReadImageFile, then DecodeWithThumbnail. Error messages start with the path.
+// ReadFileToString(path, options.max_bytes), then DecodeWithThumbnail. Error
+// messages start with the path.
 absl::StatusOr<DecodedImage> DecodeFileWithThumbnail(const std::string& path,
                                                      const PreprocessOptions& options,
                                                      const ThumbnailOptions* thumbnail);
-
-// Reads a whole regular file, refusing (INVALID_ARGUMENT) one larger than
-// `max_bytes` before reading it. NOT_FOUND if it does not exist,
-// PERMISSION_DENIED if it cannot be opened for that reason, INVALID_ARGUMENT
-// if it is not a regular file, UNKNOWN for other I/O errors.
-absl::StatusOr<std::string> ReadImageFile(const std::string& path, int64_t max_bytes);
 
 // Parse model.json spellings; INVALID_ARGUMENT naming the accepted values.
 absl::StatusOr<ResizeMode> ParseResizeMode(std::string_view name);

@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include "libs/common/file_util.h"
+
 namespace imagesearch::image {
 namespace {
 
@@ -56,7 +58,7 @@ std::string ImagePath(const std::string& name) {
 }
 
 std::string ReadImage(const std::string& name) {
-  absl::StatusOr<std::string> data = ReadImageFile(ImagePath(name), int64_t{1} << 30);
+  absl::StatusOr<std::string> data = ReadFileToString(ImagePath(name), int64_t{1} << 30);
   INFO(data.status().ToString());
   REQUIRE(data.ok());
   return *std::move(data);

@@ -1,17 +1,62 @@
 // The only file that includes hnswlib. Every hnswlib exception stops here and
 // becomes an absl::Status.
-#include <hnswlib/hnswlib.h>
+
+// Every header hnswlib includes, first, so that the malloc macro below reaches
+// hnswlib's own code only.
+#include <x86intrin.h>
+#include <cpuid.h>
+#include <immintrin.h>
+#include <assert.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <exception>
+#include <fstream>
+#include <iostream>
+#include <list>
 #include <map>
 #include <mutex>
+#include <queue>
+#include <random>
+#include <stdexcept>
 #include <thread>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
+
+namespace imagesearch::index {
+// hnswlib 0.6.2 reads one link id past the end of a full upper-level link
+// list: HierarchicalNSW::searchBaseLayer (hnswalg.h:213-216, reached from
+// addPoint for every level >= 1) prefetches `*(datal + j + 1)` for the last
+// neighbour j = size - 1, and when the list at a node's top level is full
+// (size == maxM_) that is 4 bytes at offset level * size_links_per_element_
+// of the block addPoint allocated with malloc(size_links_per_element_ * level
+// + 1) (hnswalg.h:1052): a 3-byte heap overread (inside glibc's usable size,
+// so harmless, but out of bounds; fixed upstream in later hnswlib). Every
+// block hnswlib allocates gets sizeof(tableint) zeroed bytes more, so that
+// read is in bounds (and prefetches element 0's data). Only hnswlib's calls
+// are redirected: the macro is defined around its include alone.
+inline void* HnswlibMalloc(size_t size) {
+  constexpr size_t kPad = sizeof(unsigned int);  // hnswlib::tableint, checked below
+  auto* p = static_cast<char*>(std::malloc(size + kPad));
+  if (p != nullptr) std::memset(p + size, 0, kPad);
+  return p;
+}
+}  // namespace imagesearch::index
+
+#define malloc(size) ::imagesearch::index::HnswlibMalloc(size)
+#include <hnswlib/hnswlib.h>
+#undef malloc
+static_assert(sizeof(hnswlib::tableint) == sizeof(unsigned int),
+              "HnswlibMalloc pads by one hnswlib::tableint");
 
 #include "absl/strings/str_cat.h"
 #include "libs/common/file_util.h"
@@ -260,15 +305,25 @@ class HnswStreamBuilderImpl final : public HnswStreamBuilder {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<HnswStreamBuilder>> HnswStreamBuilder::Create(
-    size_t dim, Metric metric, const HnswParams& params, size_t initial_capacity) {
-  if (dim == 0) return absl::InvalidArgumentError("dimension must be positive");
+absl::Status ValidateHnswParams(const HnswParams& params) {
   if (params.m < 2 || params.m > 1000) {
     return absl::InvalidArgumentError(absl::StrCat("HNSW M must be in [2, 1000], got ", params.m));
   }
   if (params.ef_construction < 1) {
-    return absl::InvalidArgumentError("ef_construction must be positive");
+    return absl::InvalidArgumentError(
+        absl::StrCat("HNSW ef_construction must be at least 1, got ", params.ef_construction));
   }
+  if (params.threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("HNSW insert threads must be >= 0 (0 = all cores), got ", params.threads));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<HnswStreamBuilder>> HnswStreamBuilder::Create(
+    size_t dim, Metric metric, const HnswParams& params, size_t initial_capacity) {
+  if (dim == 0) return absl::InvalidArgumentError("dimension must be positive");
+  RETURN_IF_ERROR(ValidateHnswParams(params));
   try {
     return std::unique_ptr<HnswStreamBuilder>(
         new HnswStreamBuilderImpl(dim, metric, params, initial_capacity));
@@ -283,6 +338,13 @@ absl::Status BuildHnswGraph(const float* vectors, size_t count, size_t dim, Metr
   ASSIGN_OR_RETURN(auto builder, HnswStreamBuilder::Create(dim, metric, params, count));
   RETURN_IF_ERROR(builder->Add(vectors, count, 0));
   return builder->Save(graph_path, offsets_path);
+}
+
+GraphWriter HnswGraphWriter(const float* vectors, size_t count, size_t dim, Metric metric,
+                            const HnswParams& params) {
+  return [=](const std::string& graph_path, const std::string& offsets_path) {
+    return BuildHnswGraph(vectors, count, dim, metric, params, graph_path, offsets_path);
+  };
 }
 
 absl::Status WriteGraphOffsets(const std::string& graph_path, size_t dim,

@@ -7,6 +7,7 @@
 #ifndef IMAGESEARCH_LIBS_INDEX_HNSW_BUILDER_H_
 #define IMAGESEARCH_LIBS_INDEX_HNSW_BUILDER_H_
 
+#include <functional>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -27,6 +28,9 @@ struct HnswParams {
   int threads = 0;            // Insert threads; 0 = all cores.
 };
 
+// INVALID_ARGUMENT unless 2 <= m <= 1000, ef_construction >= 1, threads >= 0.
+absl::Status ValidateHnswParams(const HnswParams& params);
+
 // Writes the HNSW graph of `count` row-major float vectors of `dim` to
 // `graph_path` (hnswlib format) and its offsets sidecar to `offsets_path`.
 // Row i gets label i. For kCosine the vectors are normalised first; a zero or
@@ -34,6 +38,17 @@ struct HnswParams {
 absl::Status BuildHnswGraph(const float* vectors, size_t count, size_t dim, Metric metric,
                             const HnswParams& params, const std::string& graph_path,
                             const std::string& offsets_path);
+
+// Writes a snapshot's graph files: the hnswlib graph at `graph_path` and its
+// offsets sidecar at `offsets_path` (see graph_format.md). The snapshot store
+// publishes what a GraphWriter wrote; graphs are built only here, in libs/index.
+using GraphWriter =
+    std::function<absl::Status(const std::string& graph_path, const std::string& offsets_path)>;
+
+// A GraphWriter that runs BuildHnswGraph on `vectors` (count x dim,
+// row-major), which must stay alive until it is called.
+GraphWriter HnswGraphWriter(const float* vectors, size_t count, size_t dim, Metric metric,
+                            const HnswParams& params);
 
 // Builds a graph incrementally, as vectors stream in (the indexer inserts
 // each encoded batch while the next one is being encoded). Add() may be

@@ -162,9 +162,14 @@ std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, siz
   auto label_of = [this](uint32_t id) {
     uint64_t label;
     std::memcpy(&label, Element(id) + header_.label_offset, sizeof(label));
-    return static_cast<uint32_t>(label);
+    return label;
   };
-  auto admit = [&](uint32_t id) { return allowed == nullptr || allowed->Allows(label_of(id)); };
+  // A label is a row: one out of range (a corrupt graph) never becomes a
+  // result, which callers use to index ids.bin and Vector().
+  auto admit = [&](uint32_t id) {
+    const uint64_t label = label_of(id);
+    return label < count && (allowed == nullptr || allowed->Allows(static_cast<uint32_t>(label)));
+  };
   float lower_bound = std::numeric_limits<float>::max();
   if (admit(cur)) {
     top.emplace(cur_dist, cur);

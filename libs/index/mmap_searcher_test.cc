@@ -210,6 +210,29 @@ TEST_CASE("Truncated or inconsistent graph files are refused with a reason") {
     REQUIRE(got.size() == 1);
     CHECK(got[0].row < n);
   }
+  SECTION("out-of-range labels never become result rows") {
+    // Found by tests/fuzz (fuzz_snapshot, regressions/snapshot/
+    // graph_label_out_of_range): a label >= count came back as a row, and
+    // SearchSnapshot's dedup read Vector(row) past the offsets sidecar.
+    std::string corrupt = *bytes;
+    auto h = ParseHnswHeader(corrupt.data(), corrupt.size(), dim);
+    REQUIRE(h.ok());
+    for (size_t i = 0; i < n; i += 2) {
+      const uint64_t label = i % 4 == 0 ? n + i : (uint64_t{1} << 32) + i;
+      std::memcpy(&corrupt[kHnswHeaderSize + i * h->size_data_per_element + h->label_offset],
+                  &label, sizeof(label));
+    }
+    REQUIRE(WriteFileDurably(b.graph, corrupt).ok());
+    auto s = MmapHnswSearcher::Open(b.graph, b.offsets, dim, Metric::kL2, n);
+    REQUIRE(s.ok());
+    for (size_t q = 0; q < 20; ++q) {
+      auto got = (*s)->Search(&b.data[q * dim], 10, 50);
+      CHECK(got.size() == 10);
+      for (const auto& g : got) CHECK(g.row < n);
+      RowFilter all(n, true);
+      for (const auto& g : (*s)->Search(&b.data[q * dim], 10, 50, &all)) CHECK(g.row < n);
+    }
+  }
 }
 
 }  // namespace

@@ -30,6 +30,7 @@ absl::StatusOr<std::shared_ptr<const ModelBundle>> ModelBundle::Load(
     t.context_length = info.text->context_length;
     t.sot_token = info.text->sot_token;
     t.eot_token = info.text->eot_token;
+    t.lower_case = info.text->lower_case;
     auto tok = text::ClipTokenizer::Create(info.text->vocab, t);
     if (!tok.ok()) {
       return absl::InvalidArgumentError(

@@ -31,7 +31,6 @@ class ModelBundle {
                                                                  const ModelBundleOptions& options);
 
   const encoder::ModelInfo& info() const { return encoder_->info(); }
-  const image::PreprocessOptions& preprocess() const { return preprocess_; }
   bool has_text() const { return tokenizer_.has_value(); }
   int dim() const { return encoder_->info().embed_dim; }
 

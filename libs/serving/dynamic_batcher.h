@@ -70,7 +70,19 @@ class DynamicBatcher {
       stop_ = true;
     }
     cv_.notify_all();
-    for (auto& w : workers_) w.join();
+    // The last owner of a batcher can be a callback its own worker runs: a
+    // query holding the old snapshot's state (which owns the embedder and so
+    // this batcher) ends on the worker after a swap. A thread cannot join
+    // itself (std::system_error, "Resource deadlock avoided"): that worker is
+    // detached and returns from Loop without touching this object again.
+    for (auto& w : workers_) {
+      if (w.get_id() == std::this_thread::get_id()) {
+        w.detach();
+        DestroyedByOwnWorker() = true;
+      } else {
+        w.join();
+      }
+    }
   }
 
   DynamicBatcher(const DynamicBatcher&) = delete;
@@ -102,49 +114,64 @@ class DynamicBatcher {
     const auto delay = absl::ToChronoMicroseconds(options_.max_delay);
     const size_t max_batch = options_.max_batch < 1 ? 1 : static_cast<size_t>(options_.max_batch);
     for (;;) {
-      std::vector<Item> batch;
       {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
-        if (queue_.empty()) return;  // Stopping, and drained.
-        // Wait for a full batch or for the oldest item's delay to run out.
-        const auto deadline = queue_.front().arrived + delay;
-        cv_.wait_until(lock, deadline, [&] { return stop_ || queue_.size() >= max_batch; });
-        const size_t n = std::min(max_batch, queue_.size());
-        for (size_t i = 0; i < n; ++i) {
-          batch.push_back(std::move(queue_.front()));
-          queue_.pop_front();
+        std::vector<Item> batch;
+        {
+          std::unique_lock<std::mutex> lock(mu_);
+          cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+          if (queue_.empty()) return;  // Stopping, and drained.
+          // Wait for a full batch or for the oldest item's delay to run out.
+          const auto deadline = queue_.front().arrived + delay;
+          cv_.wait_until(lock, deadline, [&] { return stop_ || queue_.size() >= max_batch; });
+          const size_t n = std::min(max_batch, queue_.size());
+          for (size_t i = 0; i < n; ++i) {
+            batch.push_back(std::move(queue_.front()));
+            queue_.pop_front();
+          }
         }
-      }
-      RunBatch(batch);
+        RunBatch(batch);
+      }  // The batch's callbacks may have held the last reference to this batcher.
+      if (DestroyedByOwnWorker()) return;
     }
   }
 
+  // Set on a worker thread whose callback destroyed the batcher (see ~DynamicBatcher).
+  static bool& DestroyedByOwnWorker() {
+    static thread_local bool destroyed = false;
+    return destroyed;
+  }
+
+  // Every callback runs at the end and touches only locals: one of them may
+  // drop the last reference to this batcher (see ~DynamicBatcher).
   void RunBatch(std::vector<Item>& batch) {
     const auto start = Clock::now();
     std::vector<Item> live;
+    std::vector<std::pair<Item, absl::Status>> expired;  // Expired while queued: no model time.
     live.reserve(batch.size());
     for (auto& item : batch) {
       if (absl::Status s = item.context.Check(options_.stage); !s.ok()) {
-        item.done(s);  // Expired while queued: no model time spent on it.
+        expired.emplace_back(std::move(item), std::move(s));
       } else {
         live.push_back(std::move(item));
       }
     }
-    if (live.empty()) return;
-    std::vector<In> inputs;
-    inputs.reserve(live.size());
-    for (auto& item : live) inputs.push_back(std::move(item.input));
-    const auto run_start = Clock::now();
-    auto results = fn_(inputs);
-    if (observer_) {
-      BatchStats stats;
-      stats.size = live.size();
-      stats.run_time = absl::FromChrono(Clock::now() - run_start);
-      for (const auto& item : live)
-        stats.queue_times.push_back(absl::FromChrono(start - item.arrived));
-      observer_(stats);
+    absl::StatusOr<std::vector<Out>> results = std::vector<Out>();
+    if (!live.empty()) {
+      std::vector<In> inputs;
+      inputs.reserve(live.size());
+      for (auto& item : live) inputs.push_back(std::move(item.input));
+      const auto run_start = Clock::now();
+      results = fn_(inputs);
+      if (observer_) {
+        BatchStats stats;
+        stats.size = live.size();
+        stats.run_time = absl::FromChrono(Clock::now() - run_start);
+        for (const auto& item : live)
+          stats.queue_times.push_back(absl::FromChrono(start - item.arrived));
+        observer_(stats);
+      }
     }
+    for (auto& [item, status] : expired) item.done(std::move(status));
     for (size_t i = 0; i < live.size(); ++i) {
       if (!results.ok()) {
         live[i].done(results.status());

@@ -1,7 +1,9 @@
 #include "libs/serving/dynamic_batcher.h"
 
 #include <catch2/catch.hpp>
+#include <atomic>
 #include <future>
+#include <memory>
 #include <thread>
 
 namespace imagesearch::serving {
@@ -57,6 +59,41 @@ TEST_CASE("A lone item is not held longer than max_delay, and batch errors reach
   std::promise<absl::Status> q;
   b.Submit(-1, {}, [&](absl::StatusOr<int> r) { q.set_value(r.status()); });
   CHECK(q.get_future().get().message() == "model failed");
+}
+
+TEST_CASE("A callback that drops the last reference destroys the batcher on its own worker") {
+  // As after a snapshot swap: the query's state (which owns the embedder, and
+  // so the batcher) is released by the callback the batcher's worker runs.
+  BatcherOptions o;
+  o.max_batch = 4;
+  o.max_delay = absl::Milliseconds(20);
+  for (bool expired : {false, true}) {
+    INFO((expired ? "expired items" : "answered items"));
+    auto batcher = std::make_shared<DynamicBatcher<int, int>>(
+        o, [](std::vector<int>& in) -> absl::StatusOr<std::vector<int>> {
+          return std::vector<int>(in.size(), 1);
+        });
+    std::weak_ptr<DynamicBatcher<int, int>> weak = batcher;
+    std::promise<void> answered;
+    std::atomic<int> calls{0};
+    CallContext context;
+    if (expired) context.deadline = absl::Now() + absl::Milliseconds(5);
+    auto owner = std::make_shared<std::shared_ptr<DynamicBatcher<int, int>>>(batcher);
+    for (int i = 0; i < 3; ++i) {
+      batcher->Submit(i, context, [owner, &calls, &answered](absl::StatusOr<int>) {
+        owner->reset();  // The last reference goes here, on the worker.
+        if (++calls == 3) answered.set_value();
+      });
+    }
+    batcher.reset();
+    owner.reset();  // Now only the queued callbacks hold it.
+    answered.get_future().wait();
+    for (int i = 0; i < 200 && !weak.expired(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    CHECK(weak.expired());
+    CHECK(calls == 3);
+  }
 }
 
 TEST_CASE("A full queue refuses with RESOURCE_EXHAUSTED") {

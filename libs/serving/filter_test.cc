@@ -40,7 +40,7 @@ struct Fixture {
       row[4] = std::string(corpus.vectors[r * kDim] > 0.8f ? "east" : "west");
       in.attributes.push_back(std::move(row));
     }
-    REQUIRE(snapshot::PublishSnapshot(root, in).ok());
+    REQUIRE(snapshot::PublishSnapshot(root, corpus.WithGraph()).ok());
     auto s = snapshot::Snapshot::Open(root, 1, snapshot::VerifyMode::kChecksums);
     REQUIRE(s.ok());
     snap = *s;

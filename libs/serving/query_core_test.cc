@@ -2,6 +2,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "libs/snapshot/test_snapshots.h"
 
 namespace imagesearch::serving {
@@ -68,7 +69,7 @@ TEST_CASE("Thumbnails come from the live snapshot by id, and only from there") {
   snapshot::SyntheticCorpus c =
       snapshot::MakeSyntheticCorpus(40, 8, index::Metric::kL2, "item");
   for (int i = 0; i < 40; ++i) c.input.thumbnails.push_back(i == 5 ? "" : "jpeg" + std::to_string(i));
-  REQUIRE(snapshot::PublishSnapshot(f.root, c.input).ok());
+  REQUIRE(snapshot::PublishSnapshot(f.root, c.WithGraph()).ok());
   REQUIRE(f.manager->PollOnce().ok());
   auto t = f.core->Thumbnail("item3", {});
   REQUIRE(t.ok());
@@ -81,9 +82,11 @@ TEST_CASE("Thumbnails come from the live snapshot by id, and only from there") {
   CHECK(f.core->Thumbnail("../../etc/passwd", {}).status().message() ==
         "id '../../etc/passwd' is not in snapshot v2");
   // Error text quotes a bounded prefix of the id.
-  const std::string long_id(10000, 'z');
+  const std::string long_id(4000, 'z');
   const absl::Status s = f.core->Thumbnail(long_id, {}).status();
-  CHECK(s.message() == "id '" + std::string(64, 'z') + "...' (10000 bytes) is not in snapshot v2");
+  CHECK(s.message() == "id '" + std::string(64, 'z') + "...' (4000 bytes) is not in snapshot v2");
+  CHECK(f.core->Thumbnail(std::string(10000, 'z'), {}).status().message() ==
+        "query id '" + std::string(64, 'z') + "...' (10000 bytes) is over the limit of 4096 bytes");
   CHECK(absl::IsInvalidArgument(f.core->Thumbnail("", {}).status()));
   const std::string m = f.metrics.Serialize();
   CHECK(m.find("imagesearch_requests_total{code=\"OK\",front=\"grpc\",method=\"Thumbnail\"} 1") !=
@@ -145,6 +148,72 @@ TEST_CASE("Overload and draining refuse at once") {
   CHECK_FALSE(f.core->Serving());
   CHECK(f.Search(VectorQuery(v)).status().message() == "server is shutting down");
   CHECK(f.core->WaitIdle(absl::Seconds(1)));
+}
+
+TEST_CASE("Every limit: at the limit is accepted, one past it is refused") {
+  QueryCoreOptions o;
+  o.max_text_bytes = 100;
+  o.max_image_bytes = 200;
+  o.max_batch_queries = 3;
+  Fixture f(o);
+  std::vector<float> v(8, 1.0f);
+  // top_k and ef.
+  CHECK(f.Search(VectorQuery(v, kMaxTopK))->hits.size() == 300);  // all rows: fewer than top_k
+  CHECK(f.Search(VectorQuery(v, kMaxTopK + 1)).status().message() ==
+        "top_k 1001 is out of range: the maximum is 1000");
+  Query ef = VectorQuery(v);
+  ef.params.ef = kMaxEf;
+  CHECK(f.Search(ef)->hits.size() == 5);
+  ef.params.ef = kMaxEf + 1;
+  CHECK(f.Search(ef).status().message() == "ef 10001 is out of range: the maximum is 10000");
+  // Ids: up to the longest a snapshot can hold is looked up; longer is refused
+  // without echoing it (a 20 KB id would not fit gRPC's 8 KB metadata).
+  for (size_t size : {snapshot::kMaxIdBytes, snapshot::kMaxIdBytes + 1, size_t{20000}}) {
+    INFO(size);
+    const std::string id(size, 'z');
+    Query q;
+    q.kind = Query::Kind::kId;
+    q.id = id;
+    auto r = f.Search(q);
+    CHECK(r.status().message().size() < 150);
+    if (size <= snapshot::kMaxIdBytes) {
+      CHECK(absl::IsNotFound(r.status()));
+    } else {
+      CHECK(absl::IsInvalidArgument(r.status()));
+      CHECK(r.status().message() == absl::StrCat("query id '", std::string(64, 'z'), "...' (",
+                                                 size, " bytes) is over the limit of 4096 bytes"));
+    }
+  }
+  // Image and text bytes: the limit passes the size check (and then meets the
+  // vector-only snapshot); one byte more is refused.
+  for (auto kind : {Query::Kind::kImage, Query::Kind::kText}) {
+    const bool text = kind == Query::Kind::kText;
+    const size_t limit = text ? o.max_text_bytes : o.max_image_bytes;
+    const std::string at(limit, 'x'), past(limit + 1, 'x');
+    Query q;
+    q.kind = kind;
+    q.data = at;
+    CHECK(absl::IsFailedPrecondition(f.Search(q).status()));
+    q.data = past;
+    CHECK(f.Search(q).status().message() ==
+          absl::StrCat(text ? "query text" : "query image", " is ", limit + 1,
+                       " bytes; the limit is ", limit));
+  }
+  // Queries per SearchBatch.
+  std::vector<Query> batch(3, VectorQuery(v));
+  absl::StatusOr<std::vector<SearchResult>> answer = absl::UnknownError("not called");
+  auto run = [&] {
+    f.core->SearchBatch(batch, {}, [&](absl::StatusOr<std::vector<SearchResult>> r) {
+      answer = std::move(r);
+    });
+  };
+  run();
+  REQUIRE(answer.ok());
+  CHECK(answer->size() == 3);
+  batch.push_back(VectorQuery(v));
+  run();
+  CHECK(absl::IsInvalidArgument(answer.status()));
+  CHECK(answer.status().message() == "requests has 4 queries; the maximum is 3 per call");
 }
 
 TEST_CASE("SearchBatch validates every query first and names the failing one") {

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "libs/index/metric.h"
+#include "libs/snapshot/ids_table.h"
 
 namespace imagesearch::serving {
 
@@ -42,6 +43,12 @@ std::string QuoteId(absl::string_view id) {
 
 absl::StatusOr<uint32_t> RowOfId(const snapshot::Snapshot& snap, absl::string_view id) {
   if (id.empty()) return absl::InvalidArgumentError("query id is empty");
+  if (id.size() > snapshot::kMaxIdBytes) {
+    // No snapshot can hold it; refused without quoting it whole.
+    return absl::InvalidArgumentError(absl::StrCat("query id ", QuoteId(id),
+                                                   " is over the limit of ",
+                                                   snapshot::kMaxIdBytes, " bytes"));
+  }
   auto row = snap.ids().Find(id);
   if (!row.has_value()) {
     return absl::NotFoundError(

@@ -10,6 +10,15 @@ namespace imagesearch::serving {
 
 namespace {
 
+// Which directory a version is: its number plus the directory's inode and
+// change time, so a version removed and published again under the same
+// number (after gc, say) is a new directory, and is tried again.
+std::string DirIdentity(const std::string& dir) {
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0) return absl::StrCat(dir, "@missing");
+  return absl::StrCat(dir, "@", st.st_ino, ":", st.st_ctim.tv_sec, ".", st.st_ctim.tv_nsec);
+}
+
 bool IsSingleVersionDir(const std::string& dir) {
   struct stat st;
   return ::stat((dir + "/" + snapshot::kManifestFile).c_str(), &st) == 0 &&
@@ -35,7 +44,7 @@ std::shared_ptr<const ServingState> SnapshotManager::Current() const {
 }
 
 absl::StatusOr<std::shared_ptr<const ServingState>> SnapshotManager::Load(
-    std::optional<uint64_t> wanted) {
+    std::optional<uint64_t> wanted, const ServingState* live) {
   auto snap = wanted.has_value()
                   ? snapshot::Snapshot::Open(options_.root, *wanted, options_.verify)
                   : snapshot::Snapshot::OpenDir(options_.root, options_.verify);
@@ -43,7 +52,16 @@ absl::StatusOr<std::shared_ptr<const ServingState>> SnapshotManager::Load(
   const uint64_t version = (*snap)->version();
   auto state = std::make_shared<ServingState>();
   state->snapshot = *snap;
-  if (!(*snap)->manifest().model.name.empty() && options_.embedder_factory) {
+  const snapshot::ModelIdentity& model = (*snap)->manifest().model;
+  if (live != nullptr && live->embedder != nullptr && !model.sha256.empty() &&
+      model.sha256 == live->snapshot->manifest().model.sha256) {
+    // The same model (same bytes): keep its loaded, warmed-up embedder and
+    // batcher instead of loading the model again. Most new versions (an
+    // incremental reindex) change the index, not the model.
+    state->embedder = live->embedder;
+    return std::shared_ptr<const ServingState>(std::move(state));
+  }
+  if (!model.name.empty() && options_.embedder_factory) {
     auto embedder = options_.embedder_factory(**snap);
     if (absl::IsUnimplemented(embedder.status())) {
       // No model runtime in this process: serve vector and id queries, and
@@ -73,34 +91,58 @@ absl::StatusOr<std::shared_ptr<const ServingState>> SnapshotManager::Load(
 absl::StatusOr<uint64_t> SnapshotManager::PollOnce() {
   std::lock_guard<std::mutex> lock(load_mu_);
   auto live = Current();
-  // The version to load: CURRENT's, or (nullopt) the single version directory.
-  std::optional<uint64_t> wanted;
   if (single_version_) {
     if (live) return live->snapshot->version();  // It never changes.
-  } else {
-    auto current = snapshot::ReadCurrentVersion(options_.root);
-    if (!current.ok()) {
+    const std::string identity = DirIdentity(options_.root);
+    if (refused_ == identity) {
+      return absl::UnavailableError(absl::StrCat("snapshot ", options_.root, " was refused"));
+    }
+    auto loaded = TryLoad(std::nullopt, nullptr);
+    if (!loaded.ok()) refused_ = identity;
+    return loaded;
+  }
+  auto current = snapshot::ReadCurrentVersion(options_.root);
+  if (!current.ok()) {
+    // CURRENT is missing or garbage. Once per distinct error: log it, count
+    // it as a refused load, and with nothing live yet, fall back.
+    const std::string error = current.status().ToString();
+    if (error == pointer_error_) {
       if (live) return live->snapshot->version();
       return current.status();
     }
-    if (live && live->snapshot->version() == *current) return *current;
-    wanted = *current;
+    pointer_error_ = error;
+    if (options_.on_load) options_.on_load(false, absl::ZeroDuration());
+    if (live) {
+      LogError("cannot use ", options_.root, "/CURRENT: ", error, "; still serving v",
+               live->snapshot->version());
+      return live->snapshot->version();
+    }
+    return FallBack(std::nullopt, current.status());
   }
-  const std::string name = wanted.has_value() ? absl::StrCat("v", *wanted) : options_.root;
-  const uint64_t key = wanted.value_or(0);  // Versions start at 1.
-  if (refused_ == key) {
+  pointer_error_.clear();
+  if (live && live->snapshot->version() == *current) return *current;
+  const std::string identity = DirIdentity(snapshot::VersionDir(options_.root, *current));
+  if (refused_ == identity) {
     if (live) return live->snapshot->version();
-    return absl::UnavailableError(absl::StrCat("snapshot ", name, " was refused"));
+    return absl::UnavailableError(absl::StrCat("snapshot v", *current, " was refused"));
   }
+  auto loaded = TryLoad(*current, live.get());
+  if (loaded.ok()) return loaded;
+  refused_ = identity;
+  if (live) return live->snapshot->version();
+  return FallBack(*current, loaded.status());
+}
+
+absl::StatusOr<uint64_t> SnapshotManager::TryLoad(std::optional<uint64_t> wanted,
+                                                  const ServingState* live) {
+  const std::string name = wanted.has_value() ? absl::StrCat("v", *wanted) : options_.root;
   const absl::Time start = absl::Now();
-  auto loaded = Load(wanted);
+  auto loaded = Load(wanted, live);
   if (options_.on_load) options_.on_load(loaded.ok(), absl::Now() - start);
   if (!loaded.ok()) {
-    refused_ = key;
     LogError("refusing snapshot ", name, ": ", loaded.status().ToString(),
-             live ? absl::StrCat("; still serving v", live->snapshot->version())
-                  : std::string("; nothing is served yet"));
-    if (live) return live->snapshot->version();
+             live != nullptr ? absl::StrCat("; still serving v", live->snapshot->version())
+                             : std::string("; nothing is served yet"));
     return loaded.status();
   }
   const snapshot::Snapshot& snap = *(*loaded)->snapshot;
@@ -108,9 +150,37 @@ absl::StatusOr<uint64_t> SnapshotManager::PollOnce() {
   LogInfo("serving snapshot ", name, wanted.has_value() ? "" : absl::StrCat(" (v", snap.version(), ")"),
           " (", snap.manifest().count, " vectors, dim ", snap.manifest().dim, ", loaded in ",
           absl::FormatDuration(absl::Now() - start), ")",
-          live ? absl::StrCat(", replacing v", live->snapshot->version()) : std::string());
+          live != nullptr ? absl::StrCat(", replacing v", live->snapshot->version()) : std::string());
   if (options_.on_swap) options_.on_swap(**loaded);
   return snap.version();
+}
+
+absl::StatusOr<uint64_t> SnapshotManager::FallBack(std::optional<uint64_t> refused,
+                                                   const absl::Status& why) {
+  // The last good state: the most recently promoted version (HISTORY) that
+  // loads. Without a history, the published versions newest first, only
+  // those older than a refused CURRENT (never a newer, unpromoted candidate).
+  std::vector<uint64_t> candidates;
+  auto history = snapshot::PromotionHistory(options_.root);
+  if (history.ok() && !history->empty()) {
+    candidates = *history;
+  } else if (auto versions = snapshot::ListVersions(options_.root); versions.ok()) {
+    for (auto v = versions->rbegin(); v != versions->rend(); ++v) {
+      if (!refused.has_value() || *v < *refused) candidates.push_back(*v);
+    }
+  }
+  for (uint64_t v : candidates) {
+    if (refused.has_value() && v == *refused) continue;
+    struct stat st;
+    if (::stat(snapshot::VersionDir(options_.root, v).c_str(), &st) != 0) continue;  // Removed.
+    auto loaded = TryLoad(v, nullptr);
+    if (loaded.ok()) {
+      LogError("CURRENT cannot be served (", why.ToString(), "); fell back to v", v,
+               ", the most recently promoted version that loads");
+      return loaded;
+    }
+  }
+  return why;
 }
 
 void SnapshotManager::StartWatching() {

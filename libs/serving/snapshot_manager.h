@@ -4,8 +4,12 @@
 // one is bad. In-flight requests hold a shared_ptr to the state they started
 // with, so a swap never pulls a version out from under them.
 //
-// Thread-safe: Current() is lock-free-for-readers (atomic shared_ptr load);
-// loads happen on the watcher thread or in PollOnce().
+// Thread-safe. Current() is std::atomic_load of a shared_ptr, which is not
+// lock-free: libstdc++ guards it with a mutex from a small pool keyed by the
+// pointer's address, held only while the pointer is copied. So readers never
+// wait for a load (loads happen on the watcher thread or in PollOnce(),
+// outside that mutex); they wait only for each other's copy or the swap's
+// pointer store.
 #ifndef IMAGESEARCH_LIBS_SERVING_SNAPSHOT_MANAGER_H_
 #define IMAGESEARCH_LIBS_SERVING_SNAPSHOT_MANAGER_H_
 
@@ -67,6 +71,12 @@ class SnapshotManager {
   // Reads CURRENT and, if it names a version not yet live (and not already
   // refused), loads it and swaps it in. Returns the live version afterwards,
   // or the load error. Safe to call concurrently with the watcher.
+  //
+  // A refused version, or a CURRENT that is missing or garbage, is logged
+  // and counted (on_load(false)) once; the live version keeps serving. With
+  // nothing live yet (a start or restart), the manager falls back to the last
+  // good state: the most recently promoted version (root/HISTORY) that loads;
+  // without a HISTORY, the newest version older than the refused one.
   absl::StatusOr<uint64_t> PollOnce();
 
   // Starts a background thread calling PollOnce every poll_interval.
@@ -76,16 +86,27 @@ class SnapshotManager {
   bool single_version() const { return single_version_; }
 
  private:
-  // Loads root/v<version>, or the single version directory.
-  absl::StatusOr<std::shared_ptr<const ServingState>> Load(std::optional<uint64_t> version);
+  // Loads root/v<version>, or the single version directory. A model with
+  // the same sha256 as `live`'s (may be null) is not loaded again: the new
+  // state shares live's embedder.
+  absl::StatusOr<std::shared_ptr<const ServingState>> Load(std::optional<uint64_t> version,
+                                                           const ServingState* live);
+  // Load, then swap it in and log; or log the refusal. Reports to on_load.
+  absl::StatusOr<uint64_t> TryLoad(std::optional<uint64_t> wanted, const ServingState* live);
+  // With nothing live: serve the last good state instead of `refused` (or
+  // of an unusable CURRENT); returns `why` if no version loads.
+  absl::StatusOr<uint64_t> FallBack(std::optional<uint64_t> refused, const absl::Status& why);
 
   const SnapshotManagerOptions options_;
   std::shared_ptr<const ServingState> state_;  // Accessed with std::atomic_load/store.
   std::mutex load_mu_;                         // Serialises PollOnce.
   const bool single_version_;
-  // The last version refused (0: the single version directory); not
-  // retried while CURRENT still names it. Guarded by load_mu_.
-  std::optional<uint64_t> refused_;
+  // The last version directory refused (its path, inode and change time);
+  // not retried while CURRENT still names that same directory. Guarded by
+  // load_mu_.
+  std::string refused_;
+  // The last error reading CURRENT, logged once; empty while CURRENT reads.
+  std::string pointer_error_;
 
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;

@@ -2,6 +2,8 @@
 
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <functional>
+#include <memory>
 
 #include "libs/common/file_util.h"
 #include "libs/snapshot/test_snapshots.h"
@@ -14,6 +16,14 @@ SnapshotManagerOptions Options(const std::string& root) {
   o.root = root;
   o.poll_interval = absl::Milliseconds(20);
   return o;
+}
+
+// Flips one byte of a published file (bit rot), so the version is refused.
+void Damage(const std::string& root, uint64_t version, const std::string& file) {
+  const std::string path = snapshot::VersionDir(root, version) + "/" + file;
+  std::string bytes = *ReadFileToString(path);
+  bytes[bytes.size() / 2] ^= 1;
+  REQUIRE(WriteFileDurably(path, bytes).ok());
 }
 
 TEST_CASE("Nothing is served until a snapshot exists; then new versions swap in") {
@@ -63,6 +73,22 @@ TEST_CASE("A corrupt new version is refused and the old one keeps serving") {
   CHECK(m.Current()->snapshot->ids().Get(0)->id == "c0");
 }
 
+TEST_CASE("A refused version removed and published again under its number is tried again") {
+  std::string root = snapshot::TempSnapshotRoot("manager_reuse");
+  SnapshotManager m(Options(root));
+  REQUIRE(snapshot::PublishSynthetic(root, 100, 8, index::Metric::kL2, "a").ok());
+  REQUIRE(*m.PollOnce() == 1);
+  REQUIRE(snapshot::PublishSynthetic(root, 100, 8, index::Metric::kL2, "b").ok());
+  Damage(root, 2, "graph.offsets");
+  CHECK(*m.PollOnce() == 1);  // v2 refused
+  // The operator removes the bad v2 and publishes a good one: v2 again.
+  REQUIRE(snapshot::SetCurrentVersion(root, 1).ok());
+  std::filesystem::remove_all(snapshot::VersionDir(root, 2));
+  REQUIRE(*snapshot::PublishSynthetic(root, 100, 8, index::Metric::kL2, "c") == 2);
+  CHECK(*m.PollOnce() == 2);
+  CHECK(m.Current()->snapshot->ids().Get(0)->id == "c0");
+}
+
 TEST_CASE("The watcher thread picks up new versions by itself") {
   std::string root = snapshot::TempSnapshotRoot("manager_watch");
   REQUIRE(snapshot::PublishSynthetic(root, 100, 8, index::Metric::kL2, "a").ok());
@@ -90,6 +116,88 @@ TEST_CASE("A version directory without CURRENT is served as is (SageMaker's mode
   CHECK(*m.PollOnce() == 2);
   SnapshotManager as_root(Options(root));
   CHECK_FALSE(as_root.single_version());
+}
+
+
+TEST_CASE("A restart falls back to the most recently promoted version that loads") {
+  std::string root = snapshot::TempSnapshotRoot("manager_restart");
+  for (const char* prefix : {"a", "b", "c"}) {
+    REQUIRE(snapshot::PublishSynthetic(root, 100, 8, index::Metric::kL2, prefix).ok());
+  }
+  REQUIRE(snapshot::SetCurrentVersion(root, 2).ok());  // a rollback: HISTORY 1, 2, 3, 2
+  REQUIRE(snapshot::SetCurrentVersion(root, 3).ok());  // and forward again: ..., 3
+  // v4: a candidate nobody promoted. It must never be served by a fallback.
+  snapshot::SyntheticCorpus d = snapshot::MakeSyntheticCorpus(100, 8, index::Metric::kL2, "d");
+  snapshot::PublishOptions candidate;
+  candidate.make_current = false;
+  REQUIRE(snapshot::PublishSnapshot(root, d.WithGraph(), candidate).ok());
+  Damage(root, 3, "ids.bin");  // CURRENT's version rots on disk.
+
+  auto start = [&](int* refused) {
+    auto opts = Options(root);
+    opts.on_load = [refused](bool ok, absl::Duration) { *refused += ok ? 0 : 1; };
+    return std::make_unique<SnapshotManager>(opts);
+  };
+  {
+    int refused = 0;
+    auto m = start(&refused);
+    CHECK(*m->PollOnce() == 2);  // v3 refused; v2 was promoted before it
+    CHECK(m->Current()->snapshot->ids().Get(0)->id == "b0");
+    CHECK(refused == 1);
+    CHECK(*m->PollOnce() == 2);  // v3 is not retried while CURRENT names it
+    CHECK(refused == 1);
+  }
+  struct Pointer {
+    const char* what;
+    std::function<void()> make;
+  };
+  const Pointer pointers[] = {
+      {"CURRENT removed", [&] { std::filesystem::remove(root + "/CURRENT"); }},
+      {"CURRENT garbage", [&] { REQUIRE(WriteFileDurably(root + "/CURRENT", "\x01zz").ok()); }},
+      {"CURRENT names a missing version",
+       [&] { REQUIRE(WriteFileDurably(root + "/CURRENT", "v9\n").ok()); }},
+  };
+  for (const Pointer& p : pointers) {
+    INFO(p.what);
+    p.make();
+    int refused = 0;
+    auto m = start(&refused);
+    // HISTORY's newest is v3 (damaged, refused), then v2.
+    CHECK(*m->PollOnce() == 2);
+    CHECK(refused >= 1);
+    const int after_start = refused;
+    CHECK(*m->PollOnce() == 2);
+    CHECK(refused == after_start);  // logged and counted once
+  }
+  // Without HISTORY: the newest version older than the refused CURRENT.
+  std::filesystem::remove(root + "/HISTORY");
+  REQUIRE(WriteFileDurably(root + "/CURRENT", "v3\n").ok());
+  int refused = 0;
+  auto m = start(&refused);
+  CHECK(*m->PollOnce() == 2);
+  // A good new version is promoted: it replaces the fallback.
+  REQUIRE(snapshot::PublishSynthetic(root, 100, 8, index::Metric::kL2, "e").ok());  // v5
+  CHECK(*m->PollOnce() == 5);
+}
+
+TEST_CASE("While serving, a missing or garbage CURRENT keeps the live version, counted once") {
+  std::string root = snapshot::TempSnapshotRoot("manager_pointer");
+  REQUIRE(snapshot::PublishSynthetic(root, 100, 8, index::Metric::kL2, "a").ok());
+  int refused = 0;
+  auto opts = Options(root);
+  opts.on_load = [&](bool ok, absl::Duration) { refused += ok ? 0 : 1; };
+  SnapshotManager m(opts);
+  REQUIRE(*m.PollOnce() == 1);
+  REQUIRE(WriteFileDurably(root + "/CURRENT", "garbage").ok());
+  CHECK(*m.PollOnce() == 1);
+  CHECK(*m.PollOnce() == 1);
+  CHECK(refused == 1);
+  std::filesystem::remove(root + "/CURRENT");
+  CHECK(*m.PollOnce() == 1);
+  CHECK(refused == 2);  // another error, counted once more
+  REQUIRE(snapshot::SetCurrentVersion(root, 1).ok());
+  CHECK(*m.PollOnce() == 1);
+  CHECK(refused == 2);
 }
 
 }  // namespace

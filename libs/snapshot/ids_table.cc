@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "libs/common/status_macros.h"
 #include "libs/snapshot/byte_io.h"
+#include <nlohmann/json.hpp>
 
 namespace imagesearch::snapshot {
 namespace {
@@ -17,9 +18,30 @@ using internal::PutLE;
 constexpr char kMagic[8] = {'I', 'S', 'I', 'D', 'S', '\0', '\0', '\1'};
 constexpr size_t kHeaderSize = 32;
 constexpr size_t kEntrySize = 24;
-constexpr size_t kMaxIdBytes = 4096;
 
 }  // namespace
+
+absl::StatusOr<JsonlRecord> ParseJsonlRecord(absl::string_view line) {
+  const nlohmann::json j = nlohmann::json::parse(line.begin(), line.end(), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("not a JSON object");
+  JsonlRecord r;
+  const std::pair<const char*, std::optional<std::string>*> strings[] = {
+      {"id", &r.id}, {"path", &r.path}, {"uri", &r.uri}};
+  for (const auto& [name, out] : strings) {
+    auto field = j.find(name);
+    if (field == j.end()) continue;
+    if (!field->is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat("\"", name, "\" must be a string"));
+    }
+    *out = field->get<std::string>();
+  }
+  auto attrs = j.find("attributes");
+  if (attrs != j.end() && !attrs->is_null()) {
+    if (!attrs->is_object()) return absl::InvalidArgumentError("\"attributes\" must be an object");
+    r.attributes_json = attrs->dump();
+  }
+  return r;
+}
 
 absl::StatusOr<std::string> EncodeIdsTable(const std::vector<IdRecord>& records) {
   const size_t n = records.size();

@@ -33,9 +33,28 @@ struct IdRecord {
   std::string attributes_json;  // Empty, or a JSON object text.
 };
 
+// The longest id a snapshot can hold, in bytes.
+inline constexpr size_t kMaxIdBytes = 4096;
+
 // Serialises `records` (row i = records[i]). Ids must be non-empty, unique
-// and at most 4096 bytes; INVALID_ARGUMENT names the offending row otherwise.
+// and at most kMaxIdBytes; INVALID_ARGUMENT names the offending row otherwise.
 absl::StatusOr<std::string> EncodeIdsTable(const std::vector<IdRecord>& records);
+
+// One line of a JSON Lines id list (imagesearch-snapshot --ids=*.jsonl) or
+// image manifest (imagesearch-indexer --input=*.jsonl):
+//   {"id": "...", "path": "...", "uri": "...", "attributes": {...}}
+// One set of rules for both: the line is a JSON object; each of these fields
+// is optional here, but if present "id", "path" and "uri" are strings and
+// "attributes" is an object (null counts as absent); other fields are
+// ignored. Each caller then says which fields it needs.
+struct JsonlRecord {
+  std::optional<std::string> id;
+  std::optional<std::string> path;
+  std::optional<std::string> uri;
+  std::string attributes_json;  // Empty, or a JSON object text.
+};
+// INVALID_ARGUMENT saying which rule the line broke.
+absl::StatusOr<JsonlRecord> ParseJsonlRecord(absl::string_view line);
 
 struct IdView {
   absl::string_view id;

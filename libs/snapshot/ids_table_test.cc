@@ -44,6 +44,35 @@ TEST_CASE("Ids table round-trips rows and finds ids by binary search") {
   CHECK_FALSE((*t)->Get(1000).ok());
 }
 
+TEST_CASE("JSON Lines records: one set of rules for manifests and id lists") {
+  auto full = ParseJsonlRecord(R"({"id":"a","path":"x/a.png","uri":"s3://b/a","attributes":{"k":1},"other":2})");
+  REQUIRE(full.ok());
+  CHECK(full->id == "a");
+  CHECK(full->path == "x/a.png");
+  CHECK(full->uri == "s3://b/a");
+  CHECK(full->attributes_json == R"({"k":1})");
+  auto bare = ParseJsonlRecord(R"({"attributes":null})");
+  REQUIRE(bare.ok());
+  CHECK_FALSE(bare->id.has_value());
+  CHECK_FALSE(bare->path.has_value());
+  CHECK(bare->attributes_json.empty());
+  const std::pair<const char*, const char*> bad[] = {
+      {"[1,2]", "not a JSON object"},
+      {"{\"id\":", "not a JSON object"},
+      {R"({"id":7})", "\"id\" must be a string"},
+      {R"({"path":["a"]})", "\"path\" must be a string"},
+      {R"({"uri":null})", "\"uri\" must be a string"},
+      {R"({"id":"a","attributes":"k=1"})", "\"attributes\" must be an object"},
+  };
+  for (const auto& [line, message] : bad) {
+    INFO(line);
+    auto r = ParseJsonlRecord(line);
+    REQUIRE_FALSE(r.ok());
+    CHECK(absl::IsInvalidArgument(r.status()));
+    CHECK(r.status().message() == message);
+  }
+}
+
 TEST_CASE("Ids table rejects duplicate and empty ids, naming the rows") {
   auto dup = EncodeIdsTable({{"a", "", ""}, {"b", "", ""}, {"a", "", ""}});
   REQUIRE_FALSE(dup.ok());

@@ -3,10 +3,24 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "libs/common/file_util.h"
 
 namespace imagesearch::snapshot {
 
 using nlohmann::json;
+
+namespace {
+
+constexpr char kSelfChecksum[] = "manifest_xxh3";
+
+// XXH3 of the manifest's content without its self-checksum: nlohmann's
+// compact dump (keys sorted), so formatting does not matter, content does.
+std::string ContentChecksum(json j) {
+  j.erase(kSelfChecksum);
+  return Xxh3Hex(j.dump(-1, ' ', false, json::error_handler_t::replace));
+}
+
+}  // namespace
 
 std::string ManifestToJson(const Manifest& m) {
   json files = json::object();
@@ -34,6 +48,7 @@ std::string ManifestToJson(const Manifest& m) {
             {"hnsw", {{"M", m.hnsw_m}, {"ef_construction", m.hnsw_ef_construction},
                       {"default_ef", m.default_ef}}},
             {"files", files}};
+  j[kSelfChecksum] = ContentChecksum(j);
   return j.dump(2) + "\n";
 }
 
@@ -45,6 +60,14 @@ absl::StatusOr<Manifest> ParseManifest(absl::string_view text) {
   auto bad = [](auto... parts) {
     return absl::InvalidArgumentError(absl::StrCat("MANIFEST.json: ", parts...));
   };
+  // Optional (manifests written before it existed have none), checked when present.
+  if (auto self = j.find(kSelfChecksum); self != j.end()) {
+    const std::string actual = ContentChecksum(j);
+    if (!self->is_string() || self->get<std::string>() != actual) {
+      return bad("its content hashes to ", actual, ", not the ", kSelfChecksum,
+                 " it carries (bit rot, or an edit)");
+    }
+  }
   auto get_uint = [&](const json& obj, const char* key, uint64_t* out) -> absl::Status {
     auto it = obj.find(key);
     if (it == obj.end() || !it->is_number_unsigned()) {

@@ -48,8 +48,11 @@ struct Manifest {
   std::map<std::string, FileEntry> files;  // By file name in the version dir.
 };
 
+// The JSON carries "manifest_xxh3", the XXH3 of its own content (without
+// that field), so a change that leaves valid JSON is caught too.
 std::string ManifestToJson(const Manifest& manifest);
-// Parses and validates; INVALID_ARGUMENT names the bad or missing field.
+// Parses and validates; INVALID_ARGUMENT names the bad or missing field, or
+// a content that does not match manifest_xxh3 (checked when present).
 absl::StatusOr<Manifest> ParseManifest(absl::string_view json);
 
 }  // namespace imagesearch::snapshot

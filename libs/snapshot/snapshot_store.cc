@@ -14,6 +14,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -54,13 +55,6 @@ absl::Status EnsureDir(const std::string& path) {
   return absl::OkStatus();
 }
 
-absl::Status CopyFileDurably(const std::string& from, const std::string& to) {
-  std::error_code ec;
-  fs::copy_file(from, to, fs::copy_options::overwrite_existing, ec);
-  if (ec) return absl::InternalError(absl::StrCat("copy ", from, " -> ", to, ": ", ec.message()));
-  return SyncPath(to);
-}
-
 // Removes leftovers of crashed publishes. REQUIRES: the root lock is held, so
 // no live writer owns them.
 void RemoveStaleTempDirs(const std::string& root) {
@@ -88,6 +82,32 @@ absl::StatusOr<uint64_t> ParseVersionName(absl::string_view name) {
         absl::StrCat("'", name, "' is not a version name like v1, v2, ..."));
   }
   return v;
+}
+
+namespace {
+
+// Records `version` in HISTORY, then points CURRENT at it. The caller holds
+// the root lock. If the append fails (a full disk), CURRENT is unchanged.
+absl::Status MakeCurrent(const std::string& root, uint64_t version) {
+  RETURN_IF_ERROR(AppendFileDurably(root + "/" + kHistoryFile, VersionDirName(version) + "\n"));
+  return ReplaceFileAtomically(root + "/" + kCurrentFile, VersionDirName(version) + "\n");
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<uint64_t>> PromotionHistory(const std::string& root) {
+  auto text = ReadFileToString(root + "/" + kHistoryFile);
+  if (absl::IsNotFound(text.status())) return std::vector<uint64_t>();
+  if (!text.ok()) return text.status();
+  const std::vector<absl::string_view> lines = absl::StrSplit(*text, '\n', absl::SkipEmpty());
+  std::vector<uint64_t> history;  // Newest first: walk the log backwards.
+  for (auto line = lines.rbegin(); line != lines.rend(); ++line) {
+    auto v = ParseVersionName(absl::StripAsciiWhitespace(*line));
+    if (v.ok() && std::find(history.begin(), history.end(), *v) == history.end()) {
+      history.push_back(*v);
+    }
+  }
+  return history;
 }
 
 absl::StatusOr<uint64_t> ReadCurrentVersion(const std::string& root) {
@@ -130,6 +150,7 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
                                                    input.ids.size(), " ids"));
   }
   if (input.count == 0) return absl::InvalidArgumentError("refusing to publish an empty snapshot");
+  if (!input.graph) return absl::InvalidArgumentError("no graph writer: SnapshotInput.graph is unset");
   if (!input.schema.empty() && input.attributes.size() != input.count) {
     return absl::InvalidArgumentError(absl::StrCat("got ", input.count, " vectors but ",
                                                    input.attributes.size(), " attribute rows"));
@@ -168,13 +189,7 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
       RETURN_IF_ERROR(
           WriteFileDurably(tmp + "/" + kThumbsFile, EncodeThumbsTable(input.thumbnails)));
     }
-    if (input.write_graph) {
-      RETURN_IF_ERROR(input.write_graph(tmp + "/" + kGraphFile, tmp + "/" + kOffsetsFile));
-    } else {
-      RETURN_IF_ERROR(index::BuildHnswGraph(input.vectors, input.count, input.dim, input.metric,
-                                            input.hnsw, tmp + "/" + kGraphFile,
-                                            tmp + "/" + kOffsetsFile));
-    }
+    RETURN_IF_ERROR(input.graph(tmp + "/" + kGraphFile, tmp + "/" + kOffsetsFile));
     if (!input.model_path.empty()) {
       m.model = input.model;
       m.model.file = kModelFile;
@@ -208,7 +223,7 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
     RETURN_IF_ERROR(SyncPath(root));
     hook("renamed");
     if (!options.make_current) return absl::OkStatus();
-    return ReplaceFileAtomically(root + "/" + kCurrentFile, VersionDirName(version) + "\n");
+    return MakeCurrent(root, version);
   }();
   if (!status.ok()) {
     std::error_code ec;
@@ -228,7 +243,7 @@ absl::Status SetCurrentVersion(const std::string& root, uint64_t version) {
   }
   auto manifest = ParseManifest(*manifest_text);
   if (!manifest.ok()) return manifest.status();
-  return ReplaceFileAtomically(root + "/" + kCurrentFile, VersionDirName(version) + "\n");
+  return MakeCurrent(root, version);
 }
 
 absl::StatusOr<uint64_t> RollBack(const std::string& root) {

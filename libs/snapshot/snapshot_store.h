@@ -2,6 +2,8 @@
 // CURRENT file naming the live one.
 //
 //   root/CURRENT          "v<N>\n", replaced atomically (temp, fsync, rename)
+//   root/HISTORY          "v<N>\n" appended (fsync'd) just before each
+//                         CURRENT replacement: the versions made live, in order
 //   root/v<N>/            MANIFEST.json, graph.hnsw, graph.offsets, ids.bin,
 //                         [model.pt], [thumbs.bin], [attrs.bin], [rejects.jsonl], ...
 //   root/.tmp-v<N>-<pid>  a version being written (removed if stale)
@@ -34,23 +36,23 @@ namespace imagesearch::snapshot {
 
 inline constexpr char kManifestFile[] = "MANIFEST.json";
 inline constexpr char kCurrentFile[] = "CURRENT";
+inline constexpr char kHistoryFile[] = "HISTORY";
 inline constexpr char kGraphFile[] = "graph.hnsw";
 inline constexpr char kOffsetsFile[] = "graph.offsets";
 inline constexpr char kIdsFile[] = "ids.bin";
 inline constexpr char kModelFile[] = "model.pt";
 
 struct SnapshotInput {
-  const float* vectors = nullptr;  // count x dim, row-major. Row i <-> ids[i].
-  // If set, writes graph.hnsw and graph.offsets (for `count` rows of `dim`)
-  // instead of building them from `vectors`, which may then be null: used by
-  // the indexer, which builds the graph while images stream through.
-  std::function<absl::Status(const std::string& graph_path, const std::string& offsets_path)>
-      write_graph;
+  // Required: writes graph.hnsw and graph.offsets, whose labels are the rows
+  // 0..count-1 (row i <-> ids[i]). The store publishes the files as they
+  // are; graphs are built in libs/index (index::HnswGraphWriter for vectors
+  // in memory, HnswStreamBuilder::Save for the indexer's streamed build).
+  index::GraphWriter graph;
   size_t count = 0;
   int dim = 0;
   index::Metric metric = index::Metric::kCosine;
   std::vector<IdRecord> ids;
-  index::HnswParams hnsw;
+  index::HnswParams hnsw;  // Recorded in the manifest (m, ef_construction).
   int default_ef = 64;
   // Optional: the model that made the vectors; copied in as model.pt.
   std::string model_path;
@@ -88,6 +90,11 @@ absl::StatusOr<uint64_t> ParseVersionName(absl::string_view name);
 
 // The version CURRENT names. NOT_FOUND if nothing was published yet.
 absl::StatusOr<uint64_t> ReadCurrentVersion(const std::string& root);
+// The versions that were made CURRENT, most recent first, each once, read
+// from root/HISTORY (torn or garbage lines are skipped). Versions since
+// removed are still listed. Empty if nothing was recorded (a root written
+// before HISTORY existed, or HISTORY removed).
+absl::StatusOr<std::vector<uint64_t>> PromotionHistory(const std::string& root);
 // Published versions (complete v<N> dirs), ascending.
 absl::StatusOr<std::vector<uint64_t>> ListVersions(const std::string& root);
 // Points CURRENT at an existing version (rollback / roll forward). The

@@ -33,12 +33,12 @@ SyntheticCorpus MakeCorpus(size_t n, int dim, const std::string& prefix) {
 TEST_CASE("Publish makes versions 1, 2 and moves CURRENT; the snapshot opens and searches") {
   std::string root = TempRoot();
   SyntheticCorpus a = MakeCorpus(500, 24, "a");
-  auto v1 = PublishSnapshot(root, a.input);
+  auto v1 = PublishSnapshot(root, a.WithGraph());
   REQUIRE(v1.ok());
   CHECK(*v1 == 1);
   CHECK(*ReadCurrentVersion(root) == 1);
   SyntheticCorpus b = MakeCorpus(300, 24, "b");
-  auto v2 = PublishSnapshot(root, b.input);
+  auto v2 = PublishSnapshot(root, b.WithGraph());
   REQUIRE(v2.ok());
   CHECK(*v2 == 2);
   CHECK(*ReadCurrentVersion(root) == 2);
@@ -61,7 +61,7 @@ TEST_CASE("Publish makes versions 1, 2 and moves CURRENT; the snapshot opens and
 TEST_CASE("Rollback with SetCurrentVersion, and gc never removes the live version") {
   std::string root = TempRoot();
   SyntheticCorpus c = MakeCorpus(200, 16, "x");
-  for (int i = 0; i < 4; ++i) REQUIRE(PublishSnapshot(root, c.input).ok());
+  for (int i = 0; i < 4; ++i) REQUIRE(PublishSnapshot(root, c.WithGraph()).ok());
   REQUIRE(SetCurrentVersion(root, 1).ok());
   CHECK(*ReadCurrentVersion(root) == 1);
   CHECK_FALSE(SetCurrentVersion(root, 9).ok());
@@ -79,7 +79,7 @@ TEST_CASE("Rollback with SetCurrentVersion, and gc never removes the live versio
 void CrashAt(const std::string& step) {
   std::string root = TempRoot();
   SyntheticCorpus c = MakeCorpus(300, 16, "c");
-  REQUIRE(PublishSnapshot(root, c.input).ok());
+  REQUIRE(PublishSnapshot(root, c.WithGraph()).ok());
   pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
@@ -87,7 +87,7 @@ void CrashAt(const std::string& step) {
     opts.fault_hook = [&](absl::string_view s) {
       if (s == step) ::_exit(42);
     };
-    (void)PublishSnapshot(root, c.input, opts);
+    (void)PublishSnapshot(root, c.WithGraph(), opts);
     ::_exit(0);
   }
   int wstatus = 0;
@@ -96,7 +96,7 @@ void CrashAt(const std::string& step) {
   REQUIRE(WEXITSTATUS(wstatus) == 42);
   CHECK(*ReadCurrentVersion(root) == 1);
   CHECK(Snapshot::Open(root, 1, VerifyMode::kChecksums).ok());
-  auto next = PublishSnapshot(root, c.input);
+  auto next = PublishSnapshot(root, c.WithGraph());
   REQUIRE(next.ok());
   CHECK(*ReadCurrentVersion(root) == *next);
   for (const auto& e : fs::directory_iterator(root)) {
@@ -113,7 +113,7 @@ TEST_CASE("A crash at any publish step leaves the previous version live") {
 TEST_CASE("Damaged snapshot files are refused with a clear reason") {
   std::string root = TempRoot();
   SyntheticCorpus c = MakeCorpus(400, 16, "d");
-  REQUIRE(PublishSnapshot(root, c.input).ok());
+  REQUIRE(PublishSnapshot(root, c.WithGraph()).ok());
   const std::string dir = VersionDir(root, 1);
   auto expect_refused = [&](VerifyMode mode, const std::string& needle) {
     auto s = Snapshot::Open(root, 1, mode);
@@ -149,13 +149,25 @@ TEST_CASE("Damaged snapshot files are refused with a clear reason") {
     fs::remove(dir + "/" + kOffsetsFile);
     expect_refused(VerifyMode::kSizes, "graph.offsets is listed in the manifest but missing");
   }
-  SECTION("manifest with a wrong dim") {
+  auto edit_manifest = [&](bool drop_self_checksum) {
     auto text = ReadFileToString(dir + "/" + kManifestFile);
     std::string t = *text;
     auto pos = t.find("\"dim\": 16");
     REQUIRE(pos != std::string::npos);
     t.replace(pos, 9, "\"dim\": 32");
+    if (drop_self_checksum) {  // As manifests written before it existed.
+      const size_t start = t.find("  \"manifest_xxh3\"");
+      REQUIRE(start != std::string::npos);
+      t.erase(start, t.find('\n', start) + 1 - start);
+    }
     REQUIRE(WriteFileDurably(dir + "/" + kManifestFile, t).ok());
+  };
+  SECTION("manifest edited into other valid JSON") {
+    edit_manifest(false);
+    expect_refused(VerifyMode::kSizes, "MANIFEST.json: its content hashes to ");
+  }
+  SECTION("manifest without a self-checksum, with a wrong dim") {
+    edit_manifest(true);
     expect_refused(VerifyMode::kSizes, "wrong dim");
   }
 }
@@ -163,7 +175,7 @@ TEST_CASE("Damaged snapshot files are refused with a clear reason") {
 TEST_CASE("Thumbnails are optional, listed in the manifest, and checked like every file") {
   std::string root = TempRoot();
   SyntheticCorpus plain = MakeCorpus(30, 8, "p");
-  REQUIRE(PublishSnapshot(root, plain.input).ok());
+  REQUIRE(PublishSnapshot(root, plain.WithGraph()).ok());
   auto v1 = Snapshot::Open(root, 1, VerifyMode::kChecksums);
   REQUIRE(v1.ok());
   CHECK((*v1)->thumbs() == nullptr);
@@ -171,7 +183,7 @@ TEST_CASE("Thumbnails are optional, listed in the manifest, and checked like eve
 
   SyntheticCorpus c = MakeCorpus(30, 8, "t");
   for (int i = 0; i < 30; ++i) c.input.thumbnails.push_back(i == 7 ? "" : "jpeg-" + std::to_string(i));
-  REQUIRE(PublishSnapshot(root, c.input).ok());
+  REQUIRE(PublishSnapshot(root, c.WithGraph()).ok());
   auto v2 = Snapshot::Open(root, 2, VerifyMode::kChecksums);
   REQUIRE(v2.ok());
   REQUIRE((*v2)->thumbs() != nullptr);
@@ -196,23 +208,23 @@ TEST_CASE("Thumbnails are optional, listed in the manifest, and checked like eve
   // One thumbnail per row, or none at all.
   SyntheticCorpus bad = MakeCorpus(30, 8, "b");
   bad.input.thumbnails = {"x"};
-  auto r = PublishSnapshot(root, bad.input);
+  auto r = PublishSnapshot(root, bad.WithGraph());
   REQUIRE_FALSE(r.ok());
   CHECK(r.status().message().find("30 vectors but 1 thumbnails") != std::string::npos);
   bad.input.thumbnails.clear();
   bad.input.extra_files[kThumbsFile] = "not a table";
-  CHECK(absl::IsInvalidArgument(PublishSnapshot(root, bad.input).status()));
+  CHECK(absl::IsInvalidArgument(PublishSnapshot(root, bad.WithGraph()).status()));
 }
 
 TEST_CASE("A candidate published without CURRENT, promoted, then rolled back") {
   std::string root = TempRoot();
   SyntheticCorpus a = MakeCorpus(50, 8, "a");
-  REQUIRE(PublishSnapshot(root, a.input).ok());
+  REQUIRE(PublishSnapshot(root, a.WithGraph()).ok());
   CHECK(absl::IsFailedPrecondition(RollBack(root).status()));  // nothing older than v1
   PublishOptions candidate;
   candidate.make_current = false;
   SyntheticCorpus b = MakeCorpus(60, 8, "b");
-  auto v2 = PublishSnapshot(root, b.input, candidate);
+  auto v2 = PublishSnapshot(root, b.WithGraph(), candidate);
   REQUIRE(v2.ok());
   CHECK(*v2 == 2);
   CHECK(*ReadCurrentVersion(root) == 1);  // published, not live
@@ -223,20 +235,29 @@ TEST_CASE("A candidate published without CURRENT, promoted, then rolled back") {
   REQUIRE(back.ok());
   CHECK(*back == 1);
   CHECK(*ReadCurrentVersion(root) == 1);
+  // HISTORY lists what was made live, most recent first, each once; a
+  // candidate that was never promoted is not in it.
+  SyntheticCorpus c = MakeCorpus(40, 8, "c");
+  REQUIRE(PublishSnapshot(root, c.WithGraph(), candidate).ok());  // v3, a candidate
+  CHECK(*PromotionHistory(root) == std::vector<uint64_t>{1, 2});
+  // A torn last line (a crash mid-append) and garbage are skipped.
+  REQUIRE(AppendFileDurably(root + "/HISTORY", "junk\nv").ok());
+  CHECK(*PromotionHistory(root) == std::vector<uint64_t>{1, 2});
+  std::filesystem::remove(root + "/HISTORY");
+  CHECK(PromotionHistory(root)->empty());
 }
 
 TEST_CASE("Bad publish inputs are refused and nothing is published") {
   std::string root = TempRoot();
   SyntheticCorpus c = MakeCorpus(10, 8, "e");
   c.input.ids[3].id = "e2";
-  auto r = PublishSnapshot(root, c.input);
+  auto r = PublishSnapshot(root, c.WithGraph());
   REQUIRE_FALSE(r.ok());
   CHECK(r.status().message().find("duplicate id 'e2'") != std::string::npos);
   CHECK(absl::IsNotFound(ReadCurrentVersion(root).status()));
   c.input.ids[3].id = "e3";
-  std::vector<float> zeros(8 * 10, 0.0f);
-  c.input.vectors = zeros.data();
-  auto z = PublishSnapshot(root, c.input);
+  c.vectors.assign(8 * 10, 0.0f);
+  auto z = PublishSnapshot(root, c.WithGraph());
   REQUIRE_FALSE(z.ok());
   CHECK(z.status().message().find("zero vector") != std::string::npos);
   CHECK(ListVersions(root)->empty());

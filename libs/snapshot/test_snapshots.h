@@ -22,6 +22,14 @@ struct SyntheticCorpus {
   SyntheticCorpus(const SyntheticCorpus&) = delete;
   SyntheticCorpus& operator=(const SyntheticCorpus&) = delete;
 
+  // `input` with its graph writer set to build the HNSW graph of `vectors`
+  // under input's count, dim, metric and hnsw as they are now.
+  const SnapshotInput& WithGraph() {
+    input.graph = index::HnswGraphWriter(vectors.data(), input.count,
+                                         static_cast<size_t>(input.dim), input.metric, input.hnsw);
+    return input;
+  }
+
   std::vector<float> vectors;
   SnapshotInput input;
 };
@@ -33,7 +41,6 @@ inline SyntheticCorpus MakeSyntheticCorpus(size_t n, int dim, index::Metric metr
                                            size_t clusters = 16, float spread = 0.35f) {
   SyntheticCorpus c;
   c.vectors = index::ClusteredVectors(n, static_cast<size_t>(dim), clusters, seed, spread);
-  c.input.vectors = c.vectors.data();
   c.input.count = n;
   c.input.dim = dim;
   c.input.metric = metric;
@@ -51,7 +58,7 @@ inline absl::StatusOr<uint64_t> PublishSynthetic(const std::string& root, size_t
                                                  const std::string& id_prefix,
                                                  uint32_t seed = 5) {
   SyntheticCorpus c = MakeSyntheticCorpus(n, dim, metric, id_prefix, seed);
-  return PublishSnapshot(root, c.input);
+  return PublishSnapshot(root, c.WithGraph());
 }
 
 // A fresh directory under /tmp; returns "<dir>/root" (not yet created), or ""

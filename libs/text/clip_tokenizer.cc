@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "libs/common/status_macros.h"
+#include "libs/common/string_view.h"
 #include "libs/text/text_clean.h"
 
 namespace imagesearch::text {
@@ -56,7 +57,6 @@ struct ByteAlphabet {
 };
 
 // Debian's Abseil has its own string_view type; StrCat needs it.
-absl::string_view Absl(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
 uint64_t PairKey(int32_t left, int32_t right) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
@@ -219,7 +219,7 @@ absl::StatusOr<ClipTokenizer> ClipTokenizer::Create(std::string_view merges,
     if (fields.size() != 2) {
       return absl::InvalidArgumentError(absl::StrCat(
           "vocabulary line ", line + 1, ": expected two space-separated symbols, got '",
-          Absl(text.substr(0, 80)), "'"));
+          ToAbsl(text.substr(0, 80)), "'"));
     }
     pairs.emplace_back(fields[0], fields[1]);
     pos = end;
@@ -238,7 +238,7 @@ absl::StatusOr<ClipTokenizer> ClipTokenizer::Create(std::string_view merges,
       vocab.push_back(std::move(s));
     }
   }
-  for (const auto& [left, right] : pairs) vocab.push_back(absl::StrCat(Absl(left), Absl(right)));
+  for (const auto& [left, right] : pairs) vocab.push_back(absl::StrCat(ToAbsl(left), ToAbsl(right)));
   vocab.emplace_back(kSot);
   vocab.emplace_back(kEot);
   absl::flat_hash_map<std::string_view, int32_t> encoder;
@@ -260,7 +260,7 @@ absl::StatusOr<ClipTokenizer> ClipTokenizer::Create(std::string_view merges,
     auto r = encoder.find(right);
     if (l == encoder.end() || r == encoder.end()) {
       return absl::InvalidArgumentError(absl::StrCat("vocabulary line ", rank + 2, ": symbol '",
-                                                     Absl(l == encoder.end() ? left : right),
+                                                     ToAbsl(l == encoder.end() ? left : right),
                                                      "' is neither a byte nor made by a merge"));
     }
     tables->merges[PairKey(l->second, r->second)] =
@@ -328,7 +328,7 @@ void ClipTokenizer::Bpe(std::string_view word, std::vector<int64_t>* out) const 
 
 absl::StatusOr<std::vector<int64_t>> ClipTokenizer::Encode(std::string_view text) const {
   ASSIGN_OR_RETURN(std::u32string decoded, DecodeUtf8(text));
-  ASSIGN_OR_RETURN(std::u32string cleaned, CleanClipText(decoded));
+  ASSIGN_OR_RETURN(std::u32string cleaned, CleanClipText(decoded, options_.lower_case));
 
   const size_t context = static_cast<size_t>(options_.context_length);
   std::vector<int64_t> ids;

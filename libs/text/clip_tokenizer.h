@@ -29,6 +29,9 @@ struct ClipTokenizerOptions {
   int64_t eot_token = 49407;
   // Too-long text: cut (true, CLIP's truncate=True) or INVALID_ARGUMENT.
   bool truncate = true;
+  // Lower-case the cleaned text (CLIP's vocabulary is lower-case only);
+  // model.json's text.lower_case.
+  bool lower_case = true;
 };
 
 class ClipTokenizer {

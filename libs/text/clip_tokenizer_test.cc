@@ -237,6 +237,19 @@ TEST_CASE("ClipTokenizer: Other context lengths pad and truncate the same way",
   }
 }
 
+TEST_CASE("ClipTokenizer: lower_case = false keeps the case of the text", "[clip_tokenizer]") {
+  const ClipTokenizer& lower = Tokenizer();
+  ClipTokenizerOptions cased_options;
+  cased_options.lower_case = false;
+  auto cased = ClipTokenizer::Create(VocabGz(), cased_options);
+  REQUIRE(cased.ok());
+  // The default lower-cases, so case makes no difference.
+  CHECK(*lower.Encode("A Photo of a CAT") == *lower.Encode("a photo of a cat"));
+  // Cased, the same text gives other tokens, and lower-case text the same.
+  CHECK(*cased->Encode("A Photo of a CAT") != *lower.Encode("a photo of a cat"));
+  CHECK(*cased->Encode("a photo of a cat") == *lower.Encode("a photo of a cat"));
+}
+
 TEST_CASE("ClipTokenizer: Encode rejects text that is not UTF-8", "[clip_tokenizer]") {
   const ClipTokenizer& tok = Tokenizer();
   for (std::string bad : {std::string("caf\xE9"), std::string("\xC0\xAF"),

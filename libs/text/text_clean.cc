@@ -516,7 +516,7 @@ bool IsRegexSpace(char32_t c) { return u_isUWhiteSpace(static_cast<UChar32>(c));
 
 bool IsPythonSpace(char32_t c) { return (c >= 0x1C && c <= 0x1F) || IsRegexSpace(c); }
 
-absl::StatusOr<std::u32string> CleanClipText(std::u32string_view text) {
+absl::StatusOr<std::u32string> CleanClipText(std::u32string_view text, bool lower_case) {
   // basic_clean
   std::u32string fixed = FixTextSubset(text);
   std::u32string unescaped = HtmlUnescape(HtmlUnescape(fixed));
@@ -534,6 +534,7 @@ absl::StatusOr<std::u32string> CleanClipText(std::u32string_view text) {
     }
   }
   std::u32string_view cleaned = StripPythonSpace(collapsed);
+  if (!lower_case) return std::u32string(cleaned);
 
   // str.lower(): full case mapping with Final_Sigma, as ICU's root locale.
   if (AllAscii(cleaned)) {

@@ -49,8 +49,9 @@ bool IsPythonSpace(char32_t c);
 bool IsRegexSpace(char32_t c);
 
 // whitespace_clean(basic_clean(text)).lower(): the text CLIP's regex splits.
-// INTERNAL only if ICU fails.
-absl::StatusOr<std::u32string> CleanClipText(std::u32string_view text);
+// Without `lower_case` (a model whose vocabulary is cased), the final
+// .lower() is skipped. INTERNAL only if ICU fails.
+absl::StatusOr<std::u32string> CleanClipText(std::u32string_view text, bool lower_case = true);
 
 }  // namespace imagesearch::text
 

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <mutex>
 #include <thread>
@@ -33,6 +34,7 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 struct Work {
+  uint64_t seq = 0;  // Position in this worker's share of the listing.
   std::string id;
   std::string path;
   std::string attributes_json;
@@ -125,30 +127,24 @@ class Reporter {
   std::thread thread_;
 };
 
-// Parses one JSON manifest line into `w`; relative paths resolve against `dir`.
+// Parses one JSON manifest line into `w` (snapshot::ParseJsonlRecord's
+// rules; "path" is required, "id" defaults to it); relative paths resolve
+// against `dir`.
 absl::Status ParseManifestLine(absl::string_view line, const fs::path& dir, Work* w) {
-  auto j = nlohmann::json::parse(line.begin(), line.end(), nullptr, false);
-  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError("not a JSON object");
-  auto path = j.find("path");
-  if (path == j.end() || !path->is_string() || path->get<std::string>().empty()) {
+  ASSIGN_OR_RETURN(snapshot::JsonlRecord r, snapshot::ParseJsonlRecord(line));
+  if (!r.path.has_value() || r.path->empty()) {
     return absl::InvalidArgumentError("missing string field \"path\"");
   }
-  fs::path p = path->get<std::string>();
+  const fs::path p = *r.path;
   w->path = p.is_absolute() ? p.string() : (dir / p).string();
-  auto id = j.find("id");
-  if (id != j.end() && !id->is_string()) return absl::InvalidArgumentError("\"id\" must be a string");
-  w->id = id != j.end() ? id->get<std::string>() : path->get<std::string>();
-  auto attrs = j.find("attributes");
-  if (attrs != j.end() && !attrs->is_null()) {
-    if (!attrs->is_object()) return absl::InvalidArgumentError("\"attributes\" must be an object");
-    w->attributes_json = attrs->dump();
-  }
+  w->id = r.id.value_or(*r.path);
+  w->attributes_json = std::move(r.attributes_json);
   return absl::OkStatus();
 }
 
 // Reads one entry per non-empty line of `in`: a JSON manifest object, or,
 // when `plain_paths`, a bare path (its own id). `where(n)` names line n in
-// errors.
+// errors. Stops early, with OK, once `push` returns false (the run stopped).
 template <typename Where, typename Push>
 absl::Status ListLines(std::istream& in, const fs::path& dir, bool plain_paths, Where where,
                        Push push) {
@@ -163,22 +159,25 @@ absl::Status ListLines(std::istream& in, const fs::path& dir, bool plain_paths, 
     } else if (absl::Status s = ParseManifestLine(l, dir, &w); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(where(n), ": ", s.message()));
     }
-    push(std::move(w));
+    if (!push(std::move(w))) break;
   }
   return absl::OkStatus();
 }
 
-// Streams the input into `out`; returns an error for unusable input (bad
-// manifest line, missing directory). Closes nothing; the caller does.
+// Streams the input into `out`, numbering this worker's items 0, 1, ...;
+// returns an error for unusable input (bad manifest line, missing directory).
+// Stops when `out` is closed. Closes nothing; the caller does.
 absl::Status ListInput(const IndexerOptions& o, BoundedQueue<Work>* out, Progress* progress) {
   uint64_t position = 0;
+  uint64_t seq = 0;
   auto push = [&](Work w) {
     // This worker's share of the input, by list position (all of it for 0/1).
     if (position++ % static_cast<uint64_t>(o.shard.count) != static_cast<uint64_t>(o.shard.index)) {
-      return;
+      return true;
     }
+    w.seq = seq++;
     progress->listed++;
-    out->Push(std::move(w));
+    return out->Push(std::move(w));
   };
   if (o.input == "-") {
     std::istream& in = o.stdin_stream != nullptr ? *o.stdin_stream : std::cin;
@@ -201,12 +200,12 @@ absl::Status ListInput(const IndexerOptions& o, BoundedQueue<Work>* out, Progres
       if (it->is_regular_file() && IsImageExtension(it->path())) files.push_back(it->path());
     }
     if (ec) return absl::InternalError(absl::StrCat("walking ", o.input, ": ", ec.message()));
-    std::sort(files.begin(), files.end());  // Stable row order, reproducible snapshots.
+    std::sort(files.begin(), files.end());  // Rows in path order (see StreamImages).
     for (const auto& f : files) {
       Work w;
       w.path = f.string();
       w.id = fs::relative(f, o.input).generic_string();
-      push(std::move(w));
+      if (!push(std::move(w))) break;
     }
     return absl::OkStatus();
   }
@@ -236,96 +235,199 @@ snapshot::ModelIdentity IdentityOf(const encoder::ModelInfo& info) {
   return id;
 }
 
-}  // namespace
-
-absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
-  const auto start = Clock::now();
+// Every parameter, checked before the model loads or any image is read.
+absl::Status ValidateOptions(const IndexerOptions& o) {
+  if (o.input.empty()) return absl::InvalidArgumentError("--input is required");
   if (o.root.empty() && o.embeddings_out.empty()) {
     return absl::InvalidArgumentError("--root (or --embeddings_out) is required");
   }
   if (o.model_path.empty()) return absl::InvalidArgumentError("--model is required");
-  if (o.batch_size < 1) return absl::InvalidArgumentError("--batch must be at least 1");
-  model::ModelBundleOptions mo;
-  mo.encoder.intra_op_threads = o.encoder_threads;
-  mo.max_pixels = o.max_pixels;
-  ASSIGN_OR_RETURN(auto bundle, model::ModelBundle::Load(o.model_path, mo));
-  const encoder::ModelInfo& info = bundle->info();
-  const size_t dim = static_cast<size_t>(info.embed_dim);
-  ASSIGN_OR_RETURN(index::Metric metric, index::ParseMetric(info.metric));
-  ASSIGN_OR_RETURN(std::string model_sha, Sha256HexOfFile(o.model_path));
-
-  // The base snapshot, for incremental builds: same model, or refuse.
-  std::shared_ptr<const snapshot::Snapshot> base;
-  if (o.base_version != 0) {
-    ASSIGN_OR_RETURN(base, snapshot::Snapshot::Open(o.root, o.base_version,
-                                                    snapshot::VerifyMode::kChecksums));
-    if (base->manifest().model.sha256 != model_sha) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "base v", o.base_version, " was built with model '", base->manifest().model.name,
-          "' (sha256 ", base->manifest().model.sha256.substr(0, 12), "...), not ", o.model_path,
-          " (sha256 ", model_sha.substr(0, 12),
-          "...); its vectors are in another embedding space. Build from scratch instead."));
-    }
-  } else if (!o.remove_ids.empty()) {
-    return absl::InvalidArgumentError("--remove_ids needs --base");
+  if (o.batch_size < 1 || o.batch_size > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--batch must be in [1, 4096], got ", o.batch_size));
+  }
+  if (o.decode_threads < 0 || o.decode_threads > 256) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--decode_threads must be in [0, 256] (0 = one per core), got ", o.decode_threads));
+  }
+  if (o.encoder_threads < 0 || o.encoder_threads > 256) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--encoder_threads must be in [0, 256] (0 = one per core), got ", o.encoder_threads));
+  }
+  if (!(o.max_reject_ratio >= 0 && o.max_reject_ratio <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_reject_ratio must be in [0, 1], got ", o.max_reject_ratio));
+  }
+  RETURN_IF_ERROR(index::ValidateHnswParams(o.hnsw));
+  if (o.default_ef < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--default_ef must be at least 1, got ", o.default_ef));
+  }
+  if (o.max_pixels < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_pixels must be positive, got ", o.max_pixels));
+  }
+  if (o.thumbnails) RETURN_IF_ERROR(image::ValidateThumbnailOptions(o.thumbnail));
+  if (!(o.duplicates_threshold >= 0 && o.duplicates_threshold <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--duplicates_threshold must be in [0, 1] (0 = no report), got ", o.duplicates_threshold));
+  }
+  if (o.progress != "auto" && o.progress != "bar" && o.progress != "lines" &&
+      o.progress != "none") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--progress must be auto, bar, lines or none, got '", o.progress, "'"));
+  }
+  if (o.shard.count < 1 || o.shard.index < 0 || o.shard.index >= o.shard.count) {
+    return absl::InvalidArgumentError("--shard must be i/n with 0 <= i < n");
   }
   const bool to_shard = !o.embeddings_out.empty();
   if (to_shard && o.base_version != 0) {
     return absl::InvalidArgumentError(
         "--embeddings_out writes one shard of a new build; it cannot be combined with --base");
   }
-  if (o.shard.count < 1 || o.shard.index < 0 || o.shard.index >= o.shard.count) {
-    return absl::InvalidArgumentError("--shard must be i/n with 0 <= i < n");
-  }
   if (!to_shard && o.shard.count != 1) {
     return absl::InvalidArgumentError(
         "--shard needs --embeddings_out: each worker writes a shard, and imagesearch-snapshot build "
         "--shards publishes them as one snapshot");
   }
+  if (o.base_version == 0 && !o.remove_ids.empty()) {
+    return absl::InvalidArgumentError("--remove_ids needs --base");
+  }
+  if (o.input != "-") {
+    std::error_code ec;
+    const bool is_dir = fs::is_directory(o.input, ec);
+    if (!is_dir && !absl::EndsWith(o.input, ".jsonl")) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--input '", o.input, "' is neither a directory, a .jsonl manifest, nor '-' (stdin)"));
+    }
+    if (!is_dir && !fs::is_regular_file(o.input, ec)) {
+      return absl::NotFoundError(absl::StrCat("cannot open manifest ", o.input));
+    }
+  }
+  return absl::OkStatus();
+}
 
-  int decode_threads = o.decode_threads;
-  if (decode_threads <= 0) decode_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+// The base snapshot of an incremental build (null without --base): built
+// with the same model, and holding every id of --remove_ids.
+absl::StatusOr<std::shared_ptr<const snapshot::Snapshot>> OpenBase(const IndexerOptions& o,
+                                                                   const std::string& model_sha) {
+  if (o.base_version == 0) return std::shared_ptr<const snapshot::Snapshot>();
+  ASSIGN_OR_RETURN(std::shared_ptr<const snapshot::Snapshot> base,
+                   snapshot::Snapshot::Open(o.root, o.base_version, snapshot::VerifyMode::kChecksums));
+  if (base->manifest().model.sha256 != model_sha) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "base v", o.base_version, " was built with model '", base->manifest().model.name,
+        "' (sha256 ", base->manifest().model.sha256.substr(0, 12), "...), not ", o.model_path,
+        " (sha256 ", model_sha.substr(0, 12),
+        "...); its vectors are in another embedding space. Build from scratch instead."));
+  }
+  for (const auto& id : o.remove_ids) {
+    if (!base->ids().Find(id).has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--remove_ids: id '", id, "' is not in base v", o.base_version));
+    }
+  }
+  return base;
+}
 
-  Progress progress;
-  BoundedQueue<Work> work(static_cast<size_t>(o.batch_size) * 4);
-  BoundedQueue<Decoded> decoded(static_cast<size_t>(o.batch_size) * 2);
-  absl::Status list_status;
-  Reporter reporter(o.progress, &progress);
+// Threads of one pipeline stage. The destructor calls `stop`, which must
+// make every thread return soon (by closing the queues they block on), then
+// joins them, so a stage never outlives the function that started it, on
+// any return path.
+class StageThreads {
+ public:
+  explicit StageThreads(std::function<void()> stop) : stop_(std::move(stop)) {}
+  ~StageThreads() {
+    stop_();
+    Join();
+  }
+  StageThreads(const StageThreads&) = delete;
+  StageThreads& operator=(const StageThreads&) = delete;
 
-  std::thread lister([&] {
-    list_status = ListInput(o, &work, &progress);
-    progress.listing_done = true;
-    work.Close();
-  });
-  std::vector<std::thread> decoders;
-  std::atomic<int> decoders_left{decode_threads};
-  for (int t = 0; t < decode_threads; ++t) {
-    decoders.emplace_back([&] {
-      while (auto w = work.Pop()) {
-        Decoded d{std::move(*w), absl::InternalError("unset"), {}};
-        d.image = bundle->PreprocessFileWithThumbnail(d.work.path,
-                                                      o.thumbnails ? &o.thumbnail : nullptr);
-        decoded.Push(std::move(d));
-      }
-      if (--decoders_left == 0) decoded.Close();
-    });
+  void Start(std::function<void()> body) { threads_.emplace_back(std::move(body)); }
+  void Join() {
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
   }
 
-  // HNSW insert stage: a thread inserts each encoded batch into the graph
-  // while the encoder works on the next one.
-  ASSIGN_OR_RETURN(auto builder, index::HnswStreamBuilder::Create(dim, metric, o.hnsw, 4096));
+ private:
+  std::function<void()> stop_;
+  std::vector<std::thread> threads_;
+};
+
+// What the streaming stages produce: rows in listing order, row-aligned.
+struct Rows {
+  std::vector<snapshot::IdRecord> ids;
+  std::vector<std::string> thumbs;                      // With thumbnails on.
+  std::vector<std::vector<snapshot::AttrValue>> typed;  // With a schema.
+  std::vector<float> shard_vectors;                     // With embeddings_out, instead of a graph.
+  std::vector<Reject> rejects;
+  std::unordered_set<std::string> seen;  // Ids encoded in this run.
+  uint64_t listed = 0;
+  double encode_seconds = 0;
+};
+
+// The streaming part of a run:
+//
+//   list (1 thread) -> decode (N threads) -> reorder -> encode (this thread)
+//        -> HNSW insert (1 thread)
+//
+// The reorder step hands decoded images to the encoder in listing order,
+// so rows (and each batch's members) do not depend on which decoder finished
+// first: the same input gives the same ids.bin and the same vector per row.
+absl::StatusOr<Rows> StreamImages(const IndexerOptions& o, const model::ModelBundle& bundle,
+                                  index::HnswStreamBuilder* builder, size_t dim) {
+  const bool to_shard = !o.embeddings_out.empty();
+  const int decode_threads =
+      o.decode_threads > 0 ? o.decode_threads
+                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const size_t batch_size = static_cast<size_t>(o.batch_size);
+  Progress progress;
+  Reporter reporter(o.progress, &progress);
+  BoundedQueue<Work> work(batch_size * 4);
+  ReorderQueue<Decoded> decoded(batch_size * 4);
   struct Encoded {
     std::vector<float> vectors;
     uint64_t first_row;
   };
   BoundedQueue<Encoded> encoded(4);
+  Rows rows;
+
+  absl::Status list_status;
+  StageThreads lister([&work] { work.Close(); });
+  lister.Start([&] {
+    list_status = ListInput(o, &work, &progress);
+    progress.listing_done = true;
+    work.Close();
+  });
+
+  std::atomic<int> decoders_left{decode_threads};
+  StageThreads decoders([&work, &decoded] {
+    work.Close();
+    decoded.Close();
+  });
+  for (int t = 0; t < decode_threads; ++t) {
+    decoders.Start([&] {
+      while (auto w = work.Pop()) {
+        Decoded d{std::move(*w), absl::InternalError("unset"), {}};
+        d.image = bundle.PreprocessFileWithThumbnail(d.work.path,
+                                                     o.thumbnails ? &o.thumbnail : nullptr);
+        const uint64_t seq = d.work.seq;
+        if (!decoded.Push(seq, std::move(d))) break;  // The run stopped.
+      }
+      if (--decoders_left == 0) decoded.Close();
+    });
+  }
+
+  // Inserts each encoded batch into the graph while the next one is encoded.
   absl::Status insert_status;
-  std::vector<float> shard_vectors;  // With embeddings_out: the rows, instead of a graph.
-  std::thread inserter([&] {
+  StageThreads inserter([&encoded] { encoded.Close(); });
+  inserter.Start([&] {
     while (auto e = encoded.Pop()) {
       if (!insert_status.ok()) continue;  // Drain so the encoder never blocks.
       if (to_shard) {
-        shard_vectors.insert(shard_vectors.end(), e->vectors.begin(), e->vectors.end());
+        rows.shard_vectors.insert(rows.shard_vectors.end(), e->vectors.begin(), e->vectors.end());
       } else {
         insert_status = builder->Add(e->vectors.data(), e->vectors.size() / dim, e->first_row);
       }
@@ -333,14 +435,13 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
   });
 
   // Encoder stage (this thread): batches decoded images, encodes, collects rows.
-  std::vector<snapshot::IdRecord> ids;
-  std::vector<std::string> thumbs;  // Row-aligned with ids when o.thumbnails.
-  std::vector<std::vector<snapshot::AttrValue>> typed;  // Row-aligned with ids when o.schema.
-  std::vector<Reject> rejects;
-  std::unordered_set<std::string> seen;
   absl::Status encode_status;
-  double encode_seconds = 0;
   std::vector<Decoded> batch;
+  auto reject = [&](const Work& w, std::string reason) {
+    rows.rejects.push_back({w.id, w.path, std::move(reason)});
+    progress.rejected++;
+    progress.done++;
+  };
   auto flush = [&] {
     if (batch.empty() || !encode_status.ok()) {
       batch.clear();
@@ -349,16 +450,17 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
     std::vector<const image::RgbImage*> ptrs;
     for (const auto& d : batch) ptrs.push_back(&d.image->model_input);
     const auto t0 = Clock::now();
-    auto out = bundle->EncodeImages(ptrs);
-    encode_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+    auto out = bundle.EncodeImages(ptrs);
+    rows.encode_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
     if (!out.ok()) {
       encode_status = out.status();
     } else {
-      encoded.Push(Encoded{std::move(*out), ids.size()});
+      encoded.Push(Encoded{std::move(*out), rows.ids.size()});
       for (auto& d : batch) {
-        ids.push_back({std::move(d.work.id), std::move(d.work.path), std::move(d.work.attributes_json)});
-        if (o.thumbnails) thumbs.push_back(std::move(d.image->thumbnail_jpeg));
-        if (!o.schema.empty()) typed.push_back(std::move(d.typed));
+        rows.ids.push_back(
+            {std::move(d.work.id), std::move(d.work.path), std::move(d.work.attributes_json)});
+        if (o.thumbnails) rows.thumbs.push_back(std::move(d.image->thumbnail_jpeg));
+        if (!o.schema.empty()) rows.typed.push_back(std::move(d.typed));
       }
     }
     progress.done += batch.size();
@@ -366,173 +468,141 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
   };
   while (auto d = decoded.Pop()) {
     if (!d->image.ok()) {
-      rejects.push_back({d->work.id, d->work.path, std::string(d->image.status().message())});
-      progress.rejected++;
-      progress.done++;
+      reject(d->work, std::string(d->image.status().message()));
       continue;
     }
-    if (d->work.id.empty() || !seen.insert(d->work.id).second) {
-      rejects.push_back({d->work.id, d->work.path,
-                         d->work.id.empty() ? "empty id" : "duplicate id in the input"});
-      progress.rejected++;
-      progress.done++;
+    if (d->work.id.empty() || !rows.seen.insert(d->work.id).second) {
+      reject(d->work, d->work.id.empty() ? "empty id" : "duplicate id in the input");
       continue;
     }
     if (!o.schema.empty()) {
       auto t = snapshot::TypedAttributes(o.schema, d->work.attributes_json);
       if (!t.ok()) {
-        rejects.push_back({d->work.id, d->work.path, std::string(t.status().message())});
-        progress.rejected++;
-        progress.done++;
+        reject(d->work, std::string(t.status().message()));
         continue;
       }
       d->typed = *std::move(t);
     }
     batch.push_back(std::move(*d));
-    if (batch.size() >= static_cast<size_t>(o.batch_size)) flush();
+    if (batch.size() >= batch_size) flush();
   }
   flush();
   encoded.Close();
-  inserter.join();
-  lister.join();
-  for (auto& t : decoders) t.join();
+  inserter.Join();
+  lister.Join();
+  decoders.Join();
   reporter.Stop();
   RETURN_IF_ERROR(list_status);
   RETURN_IF_ERROR(encode_status);
   RETURN_IF_ERROR(insert_status);
+  rows.listed = progress.listed;
+  return rows;
+}
 
-  IndexReport report;
-  report.listed = progress.listed;
-  report.indexed = ids.size();
-  report.rejected = rejects.size();
-  report.encode_seconds = encode_seconds;
-
-  if (report.listed > 0 &&
-      static_cast<double>(report.rejected) / static_cast<double>(report.listed) > o.max_reject_ratio) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "%d of %d images (%.1f%%) were rejected, more than --max_reject_ratio=%g; nothing was "
-        "published. First: %s: %s",
-        report.rejected, report.listed, 100.0 * report.rejected / report.listed,
-        o.max_reject_ratio, rejects[0].path, rejects[0].reason));
+// rejects.jsonl: every image skipped, with its reason (base rows included).
+std::string RejectsJsonl(const std::vector<Reject>& rejects) {
+  std::string text;
+  for (const auto& r : rejects) {
+    text += nlohmann::json{{"id", r.id}, {"path", r.path}, {"reason", r.reason}}.dump();
+    text += "\n";
   }
+  return text;
+}
 
-  // rejects.jsonl: every image skipped, with its reason (base rows included).
-  auto rejects_text = [&rejects] {
-    std::string text;
-    for (const auto& r : rejects) {
-      text += nlohmann::json{{"id", r.id}, {"path", r.path}, {"reason", r.reason}}.dump();
-      text += "\n";
-    }
-    return text;
+// Appends the base rows that were neither removed nor re-supplied after the
+// new rows; their stored vectors go into the graph as they are (no
+// re-encode), and their thumbnails and attributes are carried over.
+absl::Status MergeBase(const IndexerOptions& o, const snapshot::Snapshot& base, size_t dim,
+                       index::HnswStreamBuilder* builder, Rows* rows, IndexReport* report) {
+  const std::unordered_set<std::string> remove(o.remove_ids.begin(), o.remove_ids.end());
+  std::vector<float> chunk;
+  uint64_t chunk_first = rows->ids.size();
+  auto flush_chunk = [&]() -> absl::Status {
+    if (chunk.empty()) return absl::OkStatus();
+    absl::Status s = builder->Add(chunk.data(), chunk.size() / dim, chunk_first);
+    chunk_first += chunk.size() / dim;
+    chunk.clear();
+    return s;
   };
-  // Merge with the base: base rows that were neither removed nor re-supplied
-  // follow the new rows; their stored vectors go in as they are (no re-encode).
-  if (base) {
-    std::unordered_set<std::string> remove(o.remove_ids.begin(), o.remove_ids.end());
-    for (const auto& id : o.remove_ids) {
-      if (!base->ids().Find(id).has_value()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--remove_ids: id '", id, "' is not in base v", o.base_version));
-      }
+  for (uint64_t r = 0; r < base.manifest().count; ++r) {
+    ASSIGN_OR_RETURN(snapshot::IdView v, base.ids().Get(r));
+    const std::string id(v.id);
+    if (remove.count(id)) {
+      report->removed++;
+      continue;
     }
-    std::vector<float> chunk;
-    uint64_t chunk_first = ids.size();
-    auto flush_chunk = [&]() -> absl::Status {
-      if (chunk.empty()) return absl::OkStatus();
-      absl::Status s = builder->Add(chunk.data(), chunk.size() / dim, chunk_first);
-      chunk_first += chunk.size() / dim;
-      chunk.clear();
-      return s;
-    };
-    for (uint64_t r = 0; r < base->manifest().count; ++r) {
-      ASSIGN_OR_RETURN(snapshot::IdView v, base->ids().Get(r));
-      const std::string id(v.id);
-      if (remove.count(id)) {
-        report.removed++;
+    if (rows->seen.count(id)) continue;  // Replaced by a newly encoded image.
+    std::vector<snapshot::AttrValue> row_typed;
+    if (!o.schema.empty()) {
+      // Base rows are typed under this build's schema, from their stored attributes.
+      auto t = snapshot::TypedAttributes(o.schema, v.attributes_json);
+      if (!t.ok()) {
+        rows->rejects.push_back({id, std::string(v.uri),
+                                 absl::StrCat("kept from base v", o.base_version, ": ",
+                                              t.status().message())});
+        report->rejected++;
         continue;
       }
-      if (seen.count(id)) continue;  // Replaced by a newly encoded image.
-      std::vector<snapshot::AttrValue> row_typed;
-      if (!o.schema.empty()) {
-        // Base rows are typed under this build's schema, from their stored attributes.
-        auto t = snapshot::TypedAttributes(o.schema, v.attributes_json);
-        if (!t.ok()) {
-          rejects.push_back({id, std::string(v.uri),
-                             absl::StrCat("kept from base v", o.base_version, ": ", t.status().message())});
-          report.rejected++;
-          continue;
-        }
-        row_typed = *std::move(t);
-      }
-      const float* vec = base->searcher().Vector(static_cast<uint32_t>(r));
-      chunk.insert(chunk.end(), vec, vec + dim);
-      ids.push_back({id, std::string(v.uri), std::string(v.attributes_json)});
-      if (o.thumbnails) {
-        // Carried over as stored; a base without thumbnails leaves the row without one.
-        absl::string_view thumb;
-        if (base->thumbs() != nullptr) {
-          ASSIGN_OR_RETURN(thumb, base->thumbs()->Get(r));
-        }
-        thumbs.emplace_back(thumb);
-      }
-      if (!o.schema.empty()) typed.push_back(std::move(row_typed));
-      report.kept_from_base++;
-      if (chunk.size() >= 1024 * dim) RETURN_IF_ERROR(flush_chunk());
+      row_typed = *std::move(t);
     }
-    RETURN_IF_ERROR(flush_chunk());
-  }
-  report.total = ids.size();
-  if (o.thumbnails && thumbs.size() != ids.size()) {
-    return absl::InternalError(absl::StrCat(thumbs.size(), " thumbnails for ", ids.size(), " rows"));
-  }
-  if (to_shard && report.listed == 0) {
-    // More workers than items: this worker's share is empty, which is fine.
-  } else if (report.indexed == 0 && !base) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "no image was indexed (", report.listed, " listed, ", report.rejected,
-        " rejected); nothing was published",
-        rejects.empty() ? std::string() : absl::StrCat(". First: ", rejects[0].path, ": ", rejects[0].reason)));
-  }
-  if (to_shard) {
-    snapshot::EmbeddingShard shard;
-    shard.spec = o.shard;
-    shard.model = IdentityOf(info);
-    shard.model.sha256 = model_sha;
-    shard.dim = static_cast<int>(dim);
-    shard.metric = metric;
-    shard.listed = report.listed;
-    shard.vectors = std::move(shard_vectors);
-    shard.ids = std::move(ids);
-    if (o.thumbnails) shard.thumbs = std::move(thumbs);
-    shard.rejects_jsonl = rejects_text();
-    if (!o.dry_run) {
-      ASSIGN_OR_RETURN(report.shard_dir, snapshot::WriteEmbeddingShard(o.embeddings_out, shard));
+    const float* vec = base.searcher().Vector(static_cast<uint32_t>(r));
+    chunk.insert(chunk.end(), vec, vec + dim);
+    rows->ids.push_back({id, std::string(v.uri), std::string(v.attributes_json)});
+    if (o.thumbnails) {
+      // Carried over as stored; a base without thumbnails leaves the row without one.
+      absl::string_view thumb;
+      if (base.thumbs() != nullptr) {
+        ASSIGN_OR_RETURN(thumb, base.thumbs()->Get(r));
+      }
+      rows->thumbs.emplace_back(thumb);
     }
-    report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    return report;
+    if (!o.schema.empty()) rows->typed.push_back(std::move(row_typed));
+    report->kept_from_base++;
+    if (chunk.size() >= 1024 * dim) RETURN_IF_ERROR(flush_chunk());
   }
-  if (report.total == 0) {
-    return absl::FailedPreconditionError("the new snapshot would be empty; nothing was published");
-  }
+  return flush_chunk();
+}
 
-  if (builder->size() != ids.size()) {
+// With embeddings_out: writes this worker's rows as an embedding shard.
+absl::Status WriteShard(const IndexerOptions& o, const snapshot::ModelIdentity& model,
+                        index::Metric metric, size_t dim, Rows rows, IndexReport* report) {
+  snapshot::EmbeddingShard shard;
+  shard.spec = o.shard;
+  shard.model = model;
+  shard.dim = static_cast<int>(dim);
+  shard.metric = metric;
+  shard.listed = report->listed;
+  shard.vectors = std::move(rows.shard_vectors);
+  shard.ids = std::move(rows.ids);
+  if (o.thumbnails) shard.thumbs = std::move(rows.thumbs);
+  shard.rejects_jsonl = RejectsJsonl(rows.rejects);
+  if (o.dry_run) return absl::OkStatus();
+  ASSIGN_OR_RETURN(report->shard_dir, snapshot::WriteEmbeddingShard(o.embeddings_out, shard));
+  return absl::OkStatus();
+}
+
+// Publishes the graph the builder holds, with the rows, as a new version.
+absl::Status PublishVersion(const IndexerOptions& o, const snapshot::ModelIdentity& model,
+                            index::Metric metric, size_t dim, index::HnswStreamBuilder* builder,
+                            Rows rows, IndexReport* report) {
+  if (builder->size() != rows.ids.size()) {
     return absl::InternalError(absl::StrCat("graph holds ", builder->size(), " vectors but ",
-                                            ids.size(), " rows were collected"));
+                                            rows.ids.size(), " rows were collected"));
   }
   snapshot::SnapshotInput in;
-  in.count = ids.size();
+  in.count = rows.ids.size();
   in.dim = static_cast<int>(dim);
   in.metric = metric;
-  in.ids = std::move(ids);
+  in.ids = std::move(rows.ids);
   in.hnsw = o.hnsw;
   in.default_ef = o.default_ef;
-  in.write_graph = [&builder](const std::string& graph, const std::string& offsets) {
+  in.graph = [builder](const std::string& graph, const std::string& offsets) {
     return builder->Save(graph, offsets);
   };
   in.model_path = o.model_path;
-  in.model = IdentityOf(info);
+  in.model = model;
   in.base_version = o.base_version;
-  in.extra_files["rejects.jsonl"] = rejects_text();
+  in.extra_files["rejects.jsonl"] = RejectsJsonl(rows.rejects);
   if (o.duplicates_threshold > 0) {
     ASSIGN_OR_RETURN(std::vector<index::DuplicateGroup> groups,
                      builder->FindNearDuplicates(o.duplicates_threshold, 8));
@@ -543,15 +613,76 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
       text += nlohmann::json{{"ids", ids}, {"min_similarity", g.min_similarity}}.dump() + "\n";
     }
     in.extra_files["duplicates.jsonl"] = text;
-    report.duplicate_groups = groups.size();
+    report->duplicate_groups = groups.size();
   }
-  if (o.thumbnails) in.thumbnails = std::move(thumbs);
+  if (o.thumbnails) in.thumbnails = std::move(rows.thumbs);
   in.schema = o.schema;
-  in.attributes = std::move(typed);
-  if (!o.dry_run) {
-    snapshot::PublishOptions po;
-    po.make_current = o.promote;
-    ASSIGN_OR_RETURN(report.version, snapshot::PublishSnapshot(o.root, in, po));
+  in.attributes = std::move(rows.typed);
+  if (o.dry_run) return absl::OkStatus();
+  snapshot::PublishOptions po;
+  po.make_current = o.promote;
+  ASSIGN_OR_RETURN(report->version, snapshot::PublishSnapshot(o.root, in, po));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
+  const auto start = Clock::now();
+  // Everything that can be checked is checked before the model loads and
+  // before any image is read.
+  RETURN_IF_ERROR(ValidateOptions(o));
+  ASSIGN_OR_RETURN(std::string model_sha, Sha256HexOfFile(o.model_path));
+  ASSIGN_OR_RETURN(std::shared_ptr<const snapshot::Snapshot> base, OpenBase(o, model_sha));
+  model::ModelBundleOptions mo;
+  mo.encoder.intra_op_threads = o.encoder_threads;
+  mo.max_pixels = o.max_pixels;
+  ASSIGN_OR_RETURN(auto bundle, model::ModelBundle::Load(o.model_path, mo));
+  const encoder::ModelInfo& info = bundle->info();
+  const size_t dim = static_cast<size_t>(info.embed_dim);
+  ASSIGN_OR_RETURN(index::Metric metric, index::ParseMetric(info.metric));
+  snapshot::ModelIdentity model = IdentityOf(info);
+  model.sha256 = model_sha;
+  ASSIGN_OR_RETURN(auto builder, index::HnswStreamBuilder::Create(dim, metric, o.hnsw, 4096));
+
+  ASSIGN_OR_RETURN(Rows rows, StreamImages(o, *bundle, builder.get(), dim));
+  IndexReport report;
+  report.listed = rows.listed;
+  report.indexed = rows.ids.size();
+  report.rejected = rows.rejects.size();
+  report.encode_seconds = rows.encode_seconds;
+  if (report.listed > 0 &&
+      static_cast<double>(report.rejected) / static_cast<double>(report.listed) > o.max_reject_ratio) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%d of %d images (%.1f%%) were rejected, more than --max_reject_ratio=%g; nothing was "
+        "published. First: %s: %s",
+        report.rejected, report.listed, 100.0 * report.rejected / report.listed,
+        o.max_reject_ratio, rows.rejects[0].path, rows.rejects[0].reason));
+  }
+  if (base) RETURN_IF_ERROR(MergeBase(o, *base, dim, builder.get(), &rows, &report));
+  report.total = rows.ids.size();
+  if (o.thumbnails && rows.thumbs.size() != rows.ids.size()) {
+    return absl::InternalError(
+        absl::StrCat(rows.thumbs.size(), " thumbnails for ", rows.ids.size(), " rows"));
+  }
+  const bool to_shard = !o.embeddings_out.empty();
+  if (to_shard && report.listed == 0) {
+    // More workers than items: this worker's share is empty, which is fine.
+  } else if (report.indexed == 0 && !base) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "no image was indexed (", report.listed, " listed, ", report.rejected,
+        " rejected); nothing was published",
+        rows.rejects.empty()
+            ? std::string()
+            : absl::StrCat(". First: ", rows.rejects[0].path, ": ", rows.rejects[0].reason)));
+  }
+  if (to_shard) {
+    RETURN_IF_ERROR(WriteShard(o, model, metric, dim, std::move(rows), &report));
+  } else {
+    if (report.total == 0) {
+      return absl::FailedPreconditionError("the new snapshot would be empty; nothing was published");
+    }
+    RETURN_IF_ERROR(PublishVersion(o, model, metric, dim, builder.get(), std::move(rows), &report));
   }
   report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return report;

@@ -1,8 +1,13 @@
 // The batch indexer: streams images through the model into a new snapshot
 // version.
 //
-//   list -> decode+preprocess (thread pool) -> batch -> encode -> HNSW insert
-//        -> write snapshot -> publish (atomic)
+//   list -> decode+preprocess (thread pool) -> reorder -> batch -> encode
+//        -> HNSW insert -> write snapshot -> publish (atomic)
+//
+// Every option is checked, and the --base snapshot and --remove_ids ids
+// looked up, before the model loads or any image is read. The reorder step
+// hands decoded images on in listing order, so the same input gives the same
+// rows: a byte-identical ids.bin and the same vector per row.
 //
 // Stages are threads joined by bounded queues, so image memory stays bounded
 // whatever the corpus size, decoding overlaps encoding, and each encoded

@@ -5,9 +5,12 @@
 
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <functional>
 #include <sstream>
+#include <vips/vips8>
 
 #include "libs/common/file_util.h"
+#include "libs/image/image.h"
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
 
@@ -176,6 +179,114 @@ TEST_CASE("Stdin and manifest inputs; a bad manifest line is a precise error") {
   auto bad = RunIndexer(Options(dir + "/m.jsonl", root));
   REQUIRE_FALSE(bad.ok());
   CHECK(bad.status().message() == dir + "/m.jsonl:2: missing string field \"path\"");
+}
+
+TEST_CASE("Bad options are refused before the model loads or any input is read") {
+  std::string root = TempDir() + "/root";
+  struct Case {
+    const char* what;
+    std::function<void(IndexerOptions&)> set;
+    const char* message;
+  };
+  const Case cases[] = {
+      {"m=1", [](IndexerOptions& o) { o.hnsw.m = 1; }, "HNSW M must be in [2, 1000], got 1"},
+      {"ef_construction=0", [](IndexerOptions& o) { o.hnsw.ef_construction = 0; },
+       "HNSW ef_construction must be at least 1, got 0"},
+      {"batch=0", [](IndexerOptions& o) { o.batch_size = 0; }, "--batch must be in [1, 4096], got 0"},
+      {"default_ef=0", [](IndexerOptions& o) { o.default_ef = 0; },
+       "--default_ef must be at least 1, got 0"},
+      {"decode_threads=-1", [](IndexerOptions& o) { o.decode_threads = -1; },
+       "--decode_threads must be in [0, 256] (0 = one per core), got -1"},
+      {"max_reject_ratio=2", [](IndexerOptions& o) { o.max_reject_ratio = 2; },
+       "--max_reject_ratio must be in [0, 1], got 2"},
+      {"duplicates_threshold=-1", [](IndexerOptions& o) { o.duplicates_threshold = -1; },
+       "--duplicates_threshold must be in [0, 1] (0 = no report), got -1"},
+      {"progress=fancy", [](IndexerOptions& o) { o.progress = "fancy"; },
+       "--progress must be auto, bar, lines or none, got 'fancy'"},
+      {"thumbnail_size=4", [](IndexerOptions& o) { o.thumbnail.max_side = 4; },
+       "thumbnail size must be in [8, 1024], got 4"},
+      {"remove_ids without base", [](IndexerOptions& o) { o.remove_ids = {"x"}; },
+       "--remove_ids needs --base"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    std::istringstream in(kImages + "/rocket.jpg\n");
+    IndexerOptions o = Options("-", root);
+    o.stdin_stream = &in;
+    // A model path that does not exist: the option error must come first.
+    o.model_path = "/nonexistent/model.pt";
+    c.set(o);
+    auto r = RunIndexer(o);
+    REQUIRE_FALSE(r.ok());
+    CHECK(absl::IsInvalidArgument(r.status()));
+    CHECK(r.status().message() == c.message);
+    CHECK(in.tellg() == 0);  // The input was never read.
+  }
+  CHECK_FALSE(fs::exists(root));
+
+  // --base and --remove_ids are looked up before any image is read.
+  REQUIRE(RunIndexer(Options(CopyImages({"rocket.jpg"}), root)).ok());
+  std::istringstream in(kImages + "/coffee.png\n");
+  IndexerOptions o = Options("-", root);
+  o.stdin_stream = &in;
+  o.base_version = 1;
+  o.remove_ids = {"sub/rocket.jpg", "no/such.png"};
+  auto r = RunIndexer(o);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().message() == "--remove_ids: id 'no/such.png' is not in base v1");
+  CHECK(in.tellg() == 0);
+  o.base_version = 7;
+  o.remove_ids.clear();
+  CHECK(absl::IsNotFound(RunIndexer(o).status()));
+  CHECK(in.tellg() == 0);
+}
+
+TEST_CASE("Two runs over the same input give the same rows: identical ids.bin and vectors") {
+  // The first image listed is a real photo enlarged to 4096 x 4096, so it
+  // takes far longer to decode than the small ones after it: with 4 decoder
+  // threads they finish first, and the reorder step must put rows back in
+  // listing order.
+  std::string input = CopyImages({"rocket.jpg", "coffee.png", "camera.png", "chelsea.png",
+                                  "chelsea_small.png", "logo.png", "logo_alpha_small.png",
+                                  "motorcycle_left.png", "motorcycle_right.png", "chelsea.webp",
+                                  "coffee_chelsea.gif", "chelsea_exif6.jpg"});
+  REQUIRE(image::InitImageLibrary().ok());
+  vips::VImage::new_from_file((kImages + "/astronaut.png").c_str())
+      .resize(8.0)
+      .pngsave((input + "/sub/aaa_big.png").c_str(), vips::VImage::option()->set("compression", 1));
+  std::vector<std::string> roots;
+  for (int run = 0; run < 2; ++run) {
+    roots.push_back(TempDir() + "/root");
+    IndexerOptions o = Options(input, roots.back());
+    o.decode_threads = 4;
+    o.batch_size = 3;
+    auto r = RunIndexer(o);
+    REQUIRE(r.ok());
+    REQUIRE(r->indexed == 13);
+  }
+  auto ids1 = ReadFileToString(snapshot::VersionDir(roots[0], 1) + "/ids.bin");
+  auto ids2 = ReadFileToString(snapshot::VersionDir(roots[1], 1) + "/ids.bin");
+  REQUIRE(ids1.ok());
+  REQUIRE(ids2.ok());
+  CHECK(*ids1 == *ids2);
+  auto s1 = snapshot::Snapshot::Open(roots[0], 1, snapshot::VerifyMode::kSizes);
+  auto s2 = snapshot::Snapshot::Open(roots[1], 1, snapshot::VerifyMode::kSizes);
+  REQUIRE(s1.ok());
+  REQUIRE(s2.ok());
+  const uint64_t count = (*s1)->manifest().count;
+  REQUIRE(count == (*s2)->manifest().count);
+  std::string previous;
+  for (uint64_t row = 0; row < count; ++row) {
+    INFO("row " << row);
+    const float* a = (*s1)->searcher().Vector(static_cast<uint32_t>(row));
+    const float* b = (*s2)->searcher().Vector(static_cast<uint32_t>(row));
+    CHECK(std::equal(a, a + 1792, b));
+    // Rows follow the sorted listing, the big image first.
+    const std::string id((*s1)->ids().Get(row)->id);
+    if (row == 0) CHECK(id == "sub/aaa_big.png");
+    CHECK(previous < id);
+    previous = id;
+  }
 }
 
 }  // namespace

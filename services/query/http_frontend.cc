@@ -31,7 +31,9 @@ void SendError(httplib::Response& res, const absl::Status& s, int http_status = 
   json body = {
       {"error",
        {{"code", absl::StatusCodeToString(s.code())}, {"message", std::string(s.message())}}}};
-  res.set_content(body.dump(), kJson);
+  // Messages may quote request text cut at a byte limit (half a UTF-8
+  // character); dump() would throw on that and turn the answer into a 500.
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), kJson);
 }
 
 // "image/png; q=1" -> "image/png".
@@ -313,6 +315,22 @@ serving::CallContext HttpContext(absl::Duration timeout) {
   return context;
 }
 
+// The methods whose body httplib reads before routing (detail::expect_content).
+bool ReadsBody(const httplib::Request& req) {
+  return req.method == "POST" || req.method == "PUT" || req.method == "PATCH" ||
+         req.method == "DELETE" || req.method == "PRI";
+}
+
+// Open without a token: the orchestrator's health check (SageMaker, k8s).
+bool IsPing(const httplib::Request& req) {
+  return (req.method == "GET" || req.method == "HEAD") && req.path == "/ping";
+}
+
+absl::Status Unauthenticated() {
+  return absl::UnauthenticatedError(
+      "missing or invalid bearer token: send the header 'Authorization: Bearer <token>'");
+}
+
 bool IsImageType(const std::string& type) {
   return type == "image/jpeg" || type == "image/png" || type == "image/webp" ||
          type == "application/x-image";
@@ -327,6 +345,10 @@ int HttpStatusOf(absl::StatusCode code) {
     case absl::StatusCode::kInvalidArgument:
     case absl::StatusCode::kOutOfRange:
       return 400;
+    case absl::StatusCode::kUnauthenticated:
+      return 401;
+    case absl::StatusCode::kPermissionDenied:
+      return 403;
     case absl::StatusCode::kNotFound:
       return 404;
     case absl::StatusCode::kFailedPrecondition:
@@ -350,8 +372,18 @@ HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
                            HttpFrontendOptions options)
     : core_(core),
       metrics_(metrics),
-      options_(std::move(options)),
-      server_(std::make_unique<httplib::Server>()) {
+      options_(std::move(options)) {
+  if (options_.tls != nullptr) {
+    // Same settings as below; only the connections are TLS. The context is
+    // set up here, synchronously; Start() reports a failure.
+    server_ = std::make_unique<httplib::SSLServer>([this](SSL_CTX& ctx) {
+      absl::Status s = ConfigureServerSslContext(&ctx, *options_.tls);
+      if (!s.ok()) tls_error_ = std::string(s.message());
+      return s.ok();
+    });
+  } else {
+    server_ = std::make_unique<httplib::Server>();
+  }
   const int threads = std::max(1, options_.threads);
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   // httplib writes headers and body separately; without TCP_NODELAY, Nagle holds
@@ -379,8 +411,38 @@ HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
             : absl::StrCat("request body is ", length, " bytes; the limit is ",
                            options_.max_body_bytes));
   };
+  // The bearer token (options_.token): every request but /ping. A request
+  // without a body is refused here, before routing. One with a body is read
+  // first (refusing it unread would leave the body in the stream, as above),
+  // and refused by its handler, or by the error handler for unknown routes.
+  auto authorized = [this](const httplib::Request& req) {
+    return options_.token == nullptr || IsPing(req) ||
+           options_.token->Accepts(req.get_header_value("Authorization"));
+  };
+  auto unauthorized = [](httplib::Response& res) {
+    SendError(res, Unauthenticated(), 401);
+    res.set_header("WWW-Authenticate", "Bearer realm=\"imagesearch\"");
+  };
+  if (options_.token != nullptr) {
+    server_->set_pre_routing_handler(
+        [authorized, unauthorized](const httplib::Request& req, httplib::Response& res) {
+          if (ReadsBody(req) || authorized(req)) return httplib::Server::HandlerResponse::Unhandled;
+          unauthorized(res);
+          return httplib::Server::HandlerResponse::Handled;
+        });
+  }
+
   server_->set_expect_100_continue_handler(
-      [this, refuse, too_large](const httplib::Request& req, httplib::Response& res) {
+      [this, refuse, too_large, authorized, unauthorized](const httplib::Request& req,
+                                                          httplib::Response& res) {
+        if (!authorized(req)) {
+          // Before the client sends the body.
+          unauthorized(res);
+          metrics_->RecordRequest("http", "Search", absl::StatusCode::kUnauthenticated,
+                                  absl::ZeroDuration());
+          res.set_header("Content-Length", std::to_string(res.body.size()));
+          return 401;
+        }
         uint64_t length = 0;
         if (absl::SimpleAtoi(req.get_header_value("Content-Length"), &length) &&
             length > options_.max_body_bytes) {
@@ -393,9 +455,12 @@ HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
       });
 
   server_->set_error_handler(httplib::Server::HandlerWithResponse(
-      [this, refuse, too_large](const httplib::Request& req, httplib::Response& res) {
+      [this, refuse, too_large, authorized, unauthorized](const httplib::Request& req,
+                                                          httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-        if (res.status == 404) {
+        if (res.status == 404 && !authorized(req)) {
+          unauthorized(res);
+        } else if (res.status == 404) {
           SendError(res, absl::NotFoundError(absl::StrCat("no route ", req.method, " ", req.path,
                                                           "; routes: GET /, GET /ping, GET /info, "
                                                           "POST /invocations, GET /thumbs/{id}, "
@@ -457,7 +522,15 @@ HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
   });
 
   server_->Post(
-      "/invocations", [this, refuse](const httplib::Request& req, httplib::Response& res) {
+      "/invocations",
+      [this, refuse, authorized, unauthorized](const httplib::Request& req,
+                                               httplib::Response& res) {
+        if (!authorized(req)) {
+          unauthorized(res);
+          metrics_->RecordRequest("http", "Search", absl::StatusCode::kUnauthenticated,
+                                  absl::ZeroDuration());
+          return;
+        }
         Query q;
         absl::Duration timeout = options_.timeout;
         std::vector<float> vector;
@@ -487,13 +560,17 @@ HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
         });
         absl::StatusOr<serving::SearchResult> r = answer.get_future().get();
         if (!r.ok()) return SendError(res, r.status());
-        res.set_content(HitsJson(*r).dump(), kJson);
+        // Ids and URIs are bytes from the snapshot, not necessarily UTF-8.
+        res.set_content(HitsJson(*r).dump(-1, ' ', false, json::error_handler_t::replace), kJson);
       });
 }
 
 HttpFrontend::~HttpFrontend() { Stop(); }
 
 absl::Status HttpFrontend::Start() {
+  if (!server_->is_valid()) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot set up HTTPS: ", tls_error_));
+  }
   if (!server_->bind_to_port(options_.host, options_.port)) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen for HTTP on ", options_.host, ":", options_.port));

@@ -20,6 +20,14 @@
 // HttpStatusOf). A body over max_body_bytes is refused with 413 from its
 // Content-Length, before it is read.
 //
+// With options.tls it serves HTTPS only (httplib::SSLServer; with mTLS a
+// verified client certificate is required on every connection, /ping
+// included). With options.token every request but GET /ping must carry
+// "Authorization: Bearer <token>", else 401 with the usual error body and
+// "WWW-Authenticate: Bearer". Bodiless requests are refused before routing;
+// requests with a body (POST...) after httplib has read the body, so that the
+// connection stays in step (see the 413 note in http_frontend.cc).
+//
 // Thread-safe. The core and metrics outlive it.
 #ifndef IMAGESEARCH_SERVICES_QUERY_HTTP_FRONTEND_H_
 #define IMAGESEARCH_SERVICES_QUERY_HTTP_FRONTEND_H_
@@ -32,6 +40,7 @@
 #include "absl/time/time.h"
 #include "libs/serving/metrics.h"
 #include "libs/serving/query_core.h"
+#include "services/query/auth.h"
 
 namespace httplib {
 class Server;
@@ -45,6 +54,8 @@ struct HttpFrontendOptions {
   int threads = 16;                            // Connections served at once.
   size_t max_body_bytes = 6 << 20;             // Larger bodies get 413.
   absl::Duration timeout = absl::Seconds(60);  // Deadline of each request.
+  const TlsFiles* tls = nullptr;               // HTTPS with these files; null = plain HTTP.
+  const BearerToken* token = nullptr;          // Required on every request but /ping; null = none.
 };
 
 // The HTTP status for a core status code.
@@ -58,7 +69,7 @@ class HttpFrontend {
   HttpFrontend& operator=(const HttpFrontend&) = delete;
 
   // Binds and starts serving on a background thread. UNAVAILABLE if the port
-  // cannot be bound.
+  // cannot be bound; INVALID_ARGUMENT if the TLS context could not be set up.
   absl::Status Start();
   // Stops accepting, finishes the requests being served, joins.
   void Stop();
@@ -68,6 +79,7 @@ class HttpFrontend {
   serving::Metrics* const metrics_;
   const HttpFrontendOptions options_;
   std::unique_ptr<httplib::Server> server_;
+  std::string tls_error_;  // Why the TLS context could not be set up.
   std::thread thread_;
 };
 

@@ -146,48 +146,114 @@ v1::Metric ToProto(index::Metric m) {
 
 }  // namespace
 
-grpc::ServerUnaryReactor* ImageSearchService::Search(grpc::CallbackServerContext* context,
-                                                     const v1::SearchRequest* request,
-                                                     v1::SearchResponse* response) {
+template <typename Request, typename Response>
+grpc::ServerUnaryReactor* ImageSearchService::Serve(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
+    const char* method,
+    void (ImageSearchService::*handle)(grpc::CallbackServerContext*, const Request&, Response*,
+                                       Done)) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  serving::Filter filter;  // Read before core_->Search returns.
-  core_->Search(ToQuery(*request, &filter), ContextOf(context),
-                [reactor, response](absl::StatusOr<serving::SearchResult> r) {
-                  if (r.ok()) FillHits(*r, response);
-                  reactor->Finish(ToGrpc(r.status()));
-                });
+  auto refuse = [&](absl::StatusCode code, const std::string& message) {
+    if (metrics_ != nullptr) metrics_->RecordRequest("grpc", method, code, absl::ZeroDuration());
+    reactor->Finish(grpc::Status(static_cast<grpc::StatusCode>(code), message));
+    return reactor;
+  };
+  if (token_ != nullptr) {
+    // Metadata keys arrive lower-case; a call may repeat a key.
+    bool ok = false;
+    const auto& metadata = context->client_metadata();
+    for (auto [it, end] = metadata.equal_range("authorization"); it != end; ++it) {
+      ok |= token_->Accepts(absl::string_view(it->second.data(), it->second.size()));
+    }
+    if (!ok) {
+      return refuse(absl::StatusCode::kUnauthenticated,
+                    "missing or invalid bearer token: send metadata 'authorization: Bearer "
+                    "<token>'");
+    }
+  }
+  struct Call {
+    Request request;
+    Response response;
+  };
+  auto call = std::make_shared<Call>();
+  grpc::ByteBuffer bytes(*in);  // Shares the slices; Deserialize consumes its argument.
+  const size_t size = in->Length();
+  if (!grpc::SerializationTraits<Request>::Deserialize(&bytes, &call->request).ok()) {
+    return refuse(absl::StatusCode::kInvalidArgument,
+                  absl::StrCat("request (", size, " bytes) does not parse as ",
+                               Request::descriptor()->full_name()));
+  }
+  (this->*handle)(context, call->request, &call->response, [reactor, call, out](grpc::Status s) {
+    if (s.ok()) {
+      bool own_buffer = false;
+      s = grpc::SerializationTraits<Response>::Serialize(call->response, out, &own_buffer);
+    }
+    reactor->Finish(s);
+  });
   return reactor;
+}
+
+grpc::ServerUnaryReactor* ImageSearchService::Search(grpc::CallbackServerContext* context,
+                                                     const grpc::ByteBuffer* request,
+                                                     grpc::ByteBuffer* response) {
+  return Serve(context, request, response, "Search", &ImageSearchService::HandleSearch);
 }
 
 grpc::ServerUnaryReactor* ImageSearchService::SearchBatch(grpc::CallbackServerContext* context,
-                                                          const v1::SearchBatchRequest* request,
-                                                          v1::SearchBatchResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  std::vector<Query> queries;
-  queries.reserve(static_cast<size_t>(request->requests_size()));
-  std::vector<serving::Filter> filters(static_cast<size_t>(request->requests_size()));
-  for (int i = 0; i < request->requests_size(); ++i) {
-    queries.push_back(ToQuery(request->requests(i), &filters[static_cast<size_t>(i)]));
-  }
-  core_->SearchBatch(queries, ContextOf(context),
-                     [reactor, response](absl::StatusOr<std::vector<serving::SearchResult>> r) {
-                       if (r.ok()) {
-                         for (const auto& one : *r) FillHits(one, response->add_responses());
-                         if (!r->empty())
-                           response->set_snapshot_version(r->front().snapshot_version);
-                       }
-                       reactor->Finish(ToGrpc(r.status()));
-                     });
-  return reactor;
+                                                          const grpc::ByteBuffer* request,
+                                                          grpc::ByteBuffer* response) {
+  return Serve(context, request, response, "SearchBatch", &ImageSearchService::HandleSearchBatch);
 }
 
 grpc::ServerUnaryReactor* ImageSearchService::Embed(grpc::CallbackServerContext* context,
-                                                    const v1::EmbedRequest* request,
-                                                    v1::EmbedResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  std::vector<Query> items(static_cast<size_t>(request->inputs_size()));
-  for (int i = 0; i < request->inputs_size(); ++i) {
-    const v1::EmbedInput& in = request->inputs(i);
+                                                    const grpc::ByteBuffer* request,
+                                                    grpc::ByteBuffer* response) {
+  return Serve(context, request, response, "Embed", &ImageSearchService::HandleEmbed);
+}
+
+grpc::ServerUnaryReactor* ImageSearchService::GetInfo(grpc::CallbackServerContext* context,
+                                                      const grpc::ByteBuffer* request,
+                                                      grpc::ByteBuffer* response) {
+  return Serve(context, request, response, "GetInfo", &ImageSearchService::HandleGetInfo);
+}
+
+void ImageSearchService::HandleSearch(grpc::CallbackServerContext* context,
+                                      const v1::SearchRequest& request,
+                                      v1::SearchResponse* response, Done done) {
+  serving::Filter filter;  // Read before core_->Search returns.
+  core_->Search(ToQuery(request, &filter), ContextOf(context),
+                [response, done = std::move(done)](absl::StatusOr<serving::SearchResult> r) {
+                  if (r.ok()) FillHits(*r, response);
+                  done(ToGrpc(r.status()));
+                });
+}
+
+void ImageSearchService::HandleSearchBatch(grpc::CallbackServerContext* context,
+                                           const v1::SearchBatchRequest& request,
+                                           v1::SearchBatchResponse* response, Done done) {
+  std::vector<Query> queries;
+  queries.reserve(static_cast<size_t>(request.requests_size()));
+  std::vector<serving::Filter> filters(static_cast<size_t>(request.requests_size()));
+  for (int i = 0; i < request.requests_size(); ++i) {
+    queries.push_back(ToQuery(request.requests(i), &filters[static_cast<size_t>(i)]));
+  }
+  core_->SearchBatch(
+      queries, ContextOf(context),
+      [response, done = std::move(done)](absl::StatusOr<std::vector<serving::SearchResult>> r) {
+        if (r.ok()) {
+          for (const auto& one : *r) FillHits(one, response->add_responses());
+          if (!r->empty()) response->set_snapshot_version(r->front().snapshot_version);
+        }
+        done(ToGrpc(r.status()));
+      });
+}
+
+void ImageSearchService::HandleEmbed(grpc::CallbackServerContext* context,
+                                     const v1::EmbedRequest& request, v1::EmbedResponse* response,
+                                     Done done) {
+  std::vector<Query> items(static_cast<size_t>(request.inputs_size()));
+  for (int i = 0; i < request.inputs_size(); ++i) {
+    const v1::EmbedInput& in = request.inputs(i);
     if (in.input_case() == v1::EmbedInput::kImage) {
       items[i].kind = Query::Kind::kImage;
       items[i].data = in.image();
@@ -197,7 +263,7 @@ grpc::ServerUnaryReactor* ImageSearchService::Embed(grpc::CallbackServerContext*
     }
   }
   core_->Embed(items, ContextOf(context),
-               [reactor, response](absl::StatusOr<serving::EmbedResult> r) {
+               [response, done = std::move(done)](absl::StatusOr<serving::EmbedResult> r) {
                  if (r.ok()) {
                    response->set_snapshot_version(r->snapshot_version);
                    response->set_model_name(r->model_name);
@@ -205,19 +271,17 @@ grpc::ServerUnaryReactor* ImageSearchService::Embed(grpc::CallbackServerContext*
                      response->add_embeddings()->mutable_values()->Add(v.begin(), v.end());
                    }
                  }
-                 reactor->Finish(ToGrpc(r.status()));
+                 done(ToGrpc(r.status()));
                });
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* ImageSearchService::GetInfo(grpc::CallbackServerContext* context,
-                                                      const v1::GetInfoRequest* /*request*/,
-                                                      v1::GetInfoResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+void ImageSearchService::HandleGetInfo(grpc::CallbackServerContext* context,
+                                       const v1::GetInfoRequest& /*request*/,
+                                       v1::GetInfoResponse* response, Done done) {
   auto state = core_->Info(ContextOf(context));
   if (!state.ok()) {
-    reactor->Finish(ToGrpc(state.status()));
-    return reactor;
+    done(ToGrpc(state.status()));
+    return;
   }
   const auto& m = (*state)->snapshot->manifest();
   response->set_snapshot_version(m.version);
@@ -247,8 +311,7 @@ grpc::ServerUnaryReactor* ImageSearchService::GetInfo(grpc::CallbackServerContex
   model->set_image_size(static_cast<uint32_t>(m.model.image_size));
   model->set_has_text(m.model.has_text);
   model->set_loaded((*state)->embedder != nullptr);
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  done(grpc::Status::OK);
 }
 
 }  // namespace imagesearch

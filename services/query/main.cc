@@ -8,6 +8,11 @@
 // --http_port, also /ping, /invocations and /metrics. It watches
 // <root>/CURRENT and swaps in new versions after loading them. On SIGTERM it
 // stops taking new work and drains the calls in flight.
+//
+// Plaintext by default. --tls_cert/--tls_key: gRPC over TLS and HTTPS;
+// --tls_client_ca: mTLS (client certificates required and verified) on both.
+// --auth_token_file: a bearer token on every call but health checks and /ping.
+// See README.md, "TLS and authentication".
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -18,6 +23,7 @@
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -31,6 +37,7 @@
 #include "libs/serving/model_plugin.h"
 #include "libs/serving/query_core.h"
 #include "libs/serving/snapshot_manager.h"
+#include "services/query/auth.h"
 #include "services/query/http_frontend.h"
 #include "services/query/image_search_service.h"
 
@@ -72,6 +79,18 @@ ABSL_FLAG(int, max_connection_age_ms, 300000,
           "replicas; 0 = never.");
 ABSL_FLAG(int, shutdown_grace_ms, 20000,
           "On SIGTERM/SIGINT: how long calls in flight may take to finish.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate (chain) of the server. With --tls_key: gRPC serves TLS only and the "
+          "HTTP front end HTTPS only. Default: plaintext.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key (unencrypted) of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificate(s). When set (needs --tls_cert): mutual TLS, every gRPC and HTTPS "
+          "client must present a certificate that chains to this CA.");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File holding a bearer token (one line). When set, every gRPC call must carry "
+          "metadata 'authorization: Bearer <token>' (else UNAUTHENTICATED) and every HTTP "
+          "request the header 'Authorization: Bearer <token>' (else 401); grpc.health.v1, "
+          "server reflection and GET /ping stay open. Works with or without TLS.");
 ABSL_FLAG(std::string, log_format, "text",
           "Log lines on stderr: text, or json (one object per line).");
 
@@ -107,6 +126,35 @@ int Run() {
   if (verify != "checksums" && verify != "sizes") {
     std::cerr << "--verify must be 'checksums' or 'sizes', got '" << verify << "'\n";
     return 2;
+  }
+
+  // TLS and the token are checked before anything starts: a bad file is a
+  // clear error and exit status 2.
+  std::optional<TlsFiles> tls;
+  const std::string tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  const std::string tls_key = absl::GetFlag(FLAGS_tls_key);
+  const std::string tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  if (!tls_cert.empty() || !tls_key.empty() || !tls_client_ca.empty()) {
+    if (tls_cert.empty() || tls_key.empty()) {
+      std::cerr << "--tls_cert and --tls_key go together"
+                << (tls_client_ca.empty() ? "" : " (--tls_client_ca needs both)") << "\n";
+      return 2;
+    }
+    auto loaded = LoadTlsFiles(tls_cert, tls_key, tls_client_ca);
+    if (!loaded.ok()) {
+      LogError("TLS: ", loaded.status().message());
+      return 2;
+    }
+    tls = *std::move(loaded);
+  }
+  std::optional<BearerToken> token;
+  if (const std::string file = absl::GetFlag(FLAGS_auth_token_file); !file.empty()) {
+    auto loaded = BearerToken::FromFile(file);
+    if (!loaded.ok()) {
+      LogError("auth: ", loaded.status().message());
+      return 2;
+    }
+    token = *std::move(loaded);
   }
 
   // Signals are handled by one thread with sigwait; block them everywhere
@@ -164,12 +212,23 @@ int Run() {
   copts.max_inflight_requests = absl::GetFlag(FLAGS_max_inflight_requests);
   copts.max_image_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_message_mb)) << 20;
   serving::QueryCore core(&manager, &metrics, copts);
-  ImageSearchService service(&core);
+  // With a token, every ImageSearch call is checked before its bytes are parsed.
+  ImageSearchService service(&core, token ? &*token : nullptr, &metrics);
+
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (tls) {
+    grpc::SslServerCredentialsOptions ssl(
+        tls->mtls() ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                    : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    ssl.pem_key_cert_pairs.push_back({tls->key_pem, tls->cert_pem});
+    ssl.pem_root_certs = tls->client_ca_pem;
+    credentials = grpc::SslServerCredentials(ssl);
+  }
 
   grpc::ServerBuilder builder;
   int bound_port = 0;
   builder.AddListeningPort(absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port)),
-                           grpc::InsecureServerCredentials(), &bound_port);
+                           credentials, &bound_port);
   const int max_bytes = absl::GetFlag(FLAGS_max_message_mb) * 1024 * 1024;
   builder.SetMaxReceiveMessageSize(max_bytes);
   builder.SetMaxSendMessageSize(max_bytes);
@@ -205,6 +264,8 @@ int Run() {
     hopts.threads = absl::GetFlag(FLAGS_http_threads);
     hopts.max_body_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_body_mb)) << 20;
     hopts.timeout = absl::Milliseconds(absl::GetFlag(FLAGS_http_timeout_ms));
+    hopts.tls = tls ? &*tls : nullptr;
+    hopts.token = token ? &*token : nullptr;
     http = std::make_unique<HttpFrontend>(&core, &metrics, hopts);
     if (absl::Status s = http->Start(); !s.ok()) {
       LogError(s.message());
@@ -213,8 +274,12 @@ int Run() {
     std::cout << "http listening on port " << http_port << std::endl;
   }
   LogInfo("imagesearch-query listening on ", absl::GetFlag(FLAGS_host), ":", bound_port,
-          http ? absl::StrCat(" (gRPC) and :", absl::GetFlag(FLAGS_http_port), " (HTTP)") : "",
-          ", snapshot ", root);
+          http ? absl::StrCat(" (gRPC) and :", absl::GetFlag(FLAGS_http_port),
+                              tls ? " (HTTPS)" : " (HTTP)")
+               : "",
+          ", snapshot ", root,
+          tls ? (tls->mtls() ? ", TLS with client certificates" : ", TLS") : ", plaintext",
+          token ? ", bearer token required" : "");
 
   auto first = manager.PollOnce();
   if (!first.ok()) LogWarning("not serving yet: ", first.status().ToString());
@@ -257,7 +322,9 @@ int main(int argc, char** argv) {
   std::vector<char*> args = imagesearch::InitBinary(
       "imagesearch query service (gRPC, and HTTP with --http_port).\n"
       "  imagesearch-query --snapshot_root=/snapshots [--port=50051] [--http_port=8080]\n"
-      "  imagesearch-query serve    SageMaker: snapshot from /opt/ml/model, HTTP on 8080",
+      "  imagesearch-query serve    SageMaker: snapshot from /opt/ml/model, HTTP on 8080\n"
+      "  TLS/mTLS: --tls_cert=PEM --tls_key=PEM [--tls_client_ca=PEM]; "
+      "bearer token: --auth_token_file=FILE",
       argc, argv, FLAGS_log_format);
   if (args.size() == 2 && std::strcmp(args[1], "serve") == 0) {
     imagesearch::ApplySageMakerDefaults();

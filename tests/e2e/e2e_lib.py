@@ -1,7 +1,10 @@
 """Small helpers shared by the Python end-to-end tests."""
+import importlib.util
 import json
+import os
 import socket
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
 
@@ -36,3 +39,15 @@ def post_json(port, body, timeout=60):
             return r.status, json.load(r)
     except urllib.error.HTTPError as e:
         return e.code, json.load(e)
+
+
+def health_pb2(proto_dir):
+    """grpc.health.v1's Python messages, generated with protoc from `proto_dir`."""
+    gen = tempfile.mkdtemp(prefix="imagesearch_health_")
+    subprocess.run(["protoc", f"--proto_path={proto_dir}", f"--python_out={gen}",
+                    "grpc/health/v1/health.proto"], check=True)
+    spec = importlib.util.spec_from_file_location(
+        "health_pb2", os.path.join(gen, "grpc", "health", "v1", "health_pb2.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -9,7 +9,6 @@ Usage: http_frontend_test.py BUILD_DIR SOURCE_DIR DEFAULT_MODEL
 """
 import base64
 import http.client
-import importlib.util
 import json
 import os
 import queue
@@ -24,6 +23,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import e2e_lib  # noqa: E402
 import grpc_stubs  # noqa: E402
 
 BUILD, SRC, DEFAULT = sys.argv[1:4]
@@ -44,18 +44,7 @@ def check(cond, what):
         raise AssertionError(what)
 
 
-def health_pb2():
-    gen = tempfile.mkdtemp(prefix="imagesearch_health_")
-    subprocess.run(["protoc", f"--proto_path={os.path.join(SRC, 'proto')}", f"--python_out={gen}",
-                    "grpc/health/v1/health.proto"], check=True)
-    spec = importlib.util.spec_from_file_location(
-        "health_pb2", os.path.join(gen, "grpc", "health", "v1", "health_pb2.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-H = health_pb2()
+H = e2e_lib.health_pb2(os.path.join(SRC, "proto"))
 
 
 def free_port():
@@ -425,10 +414,12 @@ def section9(s, work):
         st, _, body = get_full(s.http, path)
         check(st == 404 and json.loads(body)["error"]["code"] == "NOT_FOUND", f"{path}: {st} {body!r}")
         check(b"root:" not in body, f"{path} leaked a file")
-    long_id = "x" * 5000
-    st, _, body = get_full(s.http, "/thumbs/" + long_id)
-    msg = json.loads(body)["error"]["message"]
-    check(st == 404 and len(msg) < 200 and "(5000 bytes)" in msg, f"long id: {st} {msg[:300]}")
+    # Error text quotes a bounded prefix of an id; ids past 4096 bytes are refused as such.
+    for size, status in ((4000, 404), (5000, 400)):
+        st, _, body = get_full(s.http, "/thumbs/" + "x" * size)
+        msg = json.loads(body)["error"]["message"]
+        check(st == status and len(msg) < 200 and f"({size} bytes)" in msg,
+              f"{size}-byte id: {st} {msg[:300]}")
 
     # A snapshot indexed with --thumbnails=false: 404 that says why.
     images = os.path.join(work, "few")

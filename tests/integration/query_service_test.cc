@@ -35,7 +35,7 @@ uint64_t Publish(const std::string& root, size_t n, const std::string& prefix, u
       snapshot::MakeSyntheticCorpus(n, kDim, index::Metric::kCosine, prefix, seed);
   c.input.hnsw.m = 12;
   c.input.hnsw.ef_construction = 60;
-  auto r = snapshot::PublishSnapshot(root, c.input);
+  auto r = snapshot::PublishSnapshot(root, c.WithGraph());
   REQUIRE(r.ok());
   return *r;
 }

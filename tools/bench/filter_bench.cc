@@ -23,6 +23,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "libs/index/hnsw_builder.h"
 #include "libs/index/metric.h"
 #include "libs/serving/filter.h"
 #include "libs/serving/query_engine.h"
@@ -156,12 +157,12 @@ int Run() {
   if (!reuse) {
     std::filesystem::remove_all(absl::GetFlag(FLAGS_workdir));
     snapshot::SnapshotInput in;
-    in.vectors = data.data();
     in.count = n;
     in.dim = static_cast<int>(dim);
     in.metric = index::Metric::kCosine;
     in.hnsw.m = 16;
     in.hnsw.ef_construction = 100;
+    in.graph = index::HnswGraphWriter(data.data(), n, dim, in.metric, in.hnsw);
     in.default_ef = static_cast<int>(std::max<size_t>(1, absl::GetFlag(FLAGS_ef) / serving::kFilteredEfFactor));
     std::mt19937 rng(7);
     std::uniform_real_distribution<double> u(0, 1);

@@ -115,7 +115,7 @@ int Run() {
   in.hnsw.ef_construction = 100;
   const float* data = corpus.vectors.data();
   const auto b0 = Clock::now();
-  auto v = reuse ? snapshot::ReadCurrentVersion(root) : snapshot::PublishSnapshot(root, in);
+  auto v = reuse ? snapshot::ReadCurrentVersion(root) : snapshot::PublishSnapshot(root, corpus.WithGraph());
   if (!v.ok()) {
     std::cerr << v.status() << "\n";
     return 1;

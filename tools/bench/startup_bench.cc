@@ -83,7 +83,7 @@ absl::StatusOr<uint64_t> EnsureSnapshot(const std::string& root, size_t n, size_
       n, static_cast<int>(dim), index::Metric::kCosine, "id-", 1, 1000, 0.6f);
   c.input.hnsw.m = 16;
   const auto b0 = Clock::now();
-  auto v = snapshot::PublishSnapshot(root, c.input);
+  auto v = snapshot::PublishSnapshot(root, c.WithGraph());
   if (v.ok()) std::printf("built in %.0fs\n", Seconds(b0));
   return v;
 }

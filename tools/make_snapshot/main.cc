@@ -23,12 +23,12 @@
 #include "absl/strings/strip.h"
 #include "libs/common/binary_main.h"
 #include "libs/common/file_util.h"
+#include "libs/index/hnsw_builder.h"
 #include "libs/index/test_vectors.h"
 #include "libs/snapshot/embedding_shard.h"
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/vector_io.h"
-#include <nlohmann/json.hpp>
 
 ABSL_FLAG(std::string, root, "", "Snapshot root directory.");
 ABSL_FLAG(std::string, vectors, "", "build: .npy (float32/64, N x D) or .fvecs file.");
@@ -84,14 +84,16 @@ absl::StatusOr<std::vector<snapshot::IdRecord>> ReadIds(const std::string& path,
       ids.push_back({std::string(line), "", ""});
       continue;
     }
-    auto j = nlohmann::json::parse(line.begin(), line.end(), nullptr, false);
-    if (j.is_discarded() || !j.is_object() || !j.contains("id") || !j["id"].is_string()) {
+    auto record = snapshot::ParseJsonlRecord(line);
+    if (!record.ok() || !record->id.has_value()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(path, ":", line_no, ": expected a JSON object with a string \"id\""));
+          absl::StrCat(path, ":", line_no, ": ",
+                       record.ok() ? "missing string field \"id\"" : record.status().message()));
     }
-    snapshot::IdRecord r{j["id"].get<std::string>(), "", ""};
-    if (j.contains("uri") && j["uri"].is_string()) r.uri = j["uri"].get<std::string>();
-    if (j.contains("attributes")) r.attributes_json = j["attributes"].dump();
+    // The row's URI: "uri", else "path" (an indexer manifest line).
+    snapshot::IdRecord r{*std::move(record->id),
+                         record->uri.value_or(record->path.value_or(std::string())),
+                         std::move(record->attributes_json)};
     ids.push_back(std::move(r));
   }
   if (ids.size() != count) {
@@ -151,13 +153,14 @@ int BuildFromShards(const std::string& root) {
     }
     rejects += s.rejects_jsonl;
   }
-  in.vectors = vectors.data();
   in.count = in.ids.size();
   in.dim = first.dim;
   in.metric = first.metric;
   in.hnsw.m = absl::GetFlag(FLAGS_m);
   in.hnsw.ef_construction = absl::GetFlag(FLAGS_ef_construction);
   in.hnsw.threads = absl::GetFlag(FLAGS_threads);
+  in.graph = index::HnswGraphWriter(vectors.data(), in.count, static_cast<size_t>(in.dim),
+                                    in.metric, in.hnsw);
   in.default_ef = absl::GetFlag(FLAGS_default_ef);
   in.model_path = model;
   in.model = first.model;
@@ -182,7 +185,6 @@ int Build(const std::string& root) {
   auto metric = index::ParseMetric(absl::GetFlag(FLAGS_metric));
   if (!metric.ok()) return Fail(metric.status());
   snapshot::SnapshotInput in;
-  in.vectors = set->data.data();
   in.count = set->count;
   in.dim = static_cast<int>(set->dim);
   in.metric = *metric;
@@ -190,6 +192,7 @@ int Build(const std::string& root) {
   in.hnsw.m = absl::GetFlag(FLAGS_m);
   in.hnsw.ef_construction = absl::GetFlag(FLAGS_ef_construction);
   in.hnsw.threads = absl::GetFlag(FLAGS_threads);
+  in.graph = index::HnswGraphWriter(set->data.data(), in.count, set->dim, in.metric, in.hnsw);
   in.default_ef = absl::GetFlag(FLAGS_default_ef);
   if (absl::Status st = ApplySchema(&in); !st.ok()) return Fail(st);
   snapshot::PublishOptions po;

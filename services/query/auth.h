@@ -1,0 +1,72 @@
+// Transport security and authentication of the query service, shared by the
+// gRPC server and the HTTP front end (see README.md, "TLS and authentication"):
+//
+//   TlsFiles     the server certificate (chain), its private key and, for
+//                mTLS, the CA that client certificates must chain to; read
+//                and checked once at startup (readable, PEM, key matches the
+//                certificate) so that a bad file is a clear error, not a
+//                failed listen or a crash.
+//   BearerToken  a shared secret that clients send as
+//                "Authorization: Bearer <token>"; compared in constant time.
+//
+// Plaintext and no token stay the defaults.
+#ifndef IMAGESEARCH_SERVICES_QUERY_AUTH_H_
+#define IMAGESEARCH_SERVICES_QUERY_AUTH_H_
+
+#include <array>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+typedef struct ssl_ctx_st SSL_CTX;  // OpenSSL's, as <openssl/types.h> declares it.
+
+namespace imagesearch {
+
+struct TlsFiles {
+  std::string cert_file;       // PEM: the server certificate, then any intermediates.
+  std::string key_file;        // PEM: its private key (unencrypted).
+  std::string client_ca_file;  // PEM: CA certificate(s) for client certs; "" = no mTLS.
+  // The files' contents, as read and checked by LoadTlsFiles.
+  std::string cert_pem;
+  std::string key_pem;
+  std::string client_ca_pem;
+
+  bool mtls() const { return !client_ca_file.empty(); }
+};
+
+// Reads and checks the files: each must be readable and hold PEM of the right
+// kind, the key must match the certificate, and the client CA file (if given)
+// must hold at least one certificate. The error names the flag, the file and
+// what is wrong. Warns (does not fail) if the certificate has expired or is
+// not yet valid. Errors name the flags --tls_cert, --tls_key and --tls_client_ca.
+absl::StatusOr<TlsFiles> LoadTlsFiles(const std::string& cert_file, const std::string& key_file,
+                                      const std::string& client_ca_file);
+
+// Sets up an OpenSSL server context (the HTTPS front end) from checked files:
+// TLS 1.2 or later, the certificate chain and key, and with mTLS a required,
+// verified client certificate.
+absl::Status ConfigureServerSslContext(SSL_CTX* ctx, const TlsFiles& tls);
+
+// A bearer token, kept only as its SHA-256 digest.
+class BearerToken {
+ public:
+  // The token is the file's contents without surrounding whitespace; it must
+  // be non-empty, one line of visible ASCII (no spaces).
+  static absl::StatusOr<BearerToken> FromFile(const std::string& path);
+  static absl::StatusOr<BearerToken> FromString(absl::string_view token);
+
+  // True if `authorization` is "Bearer <token>" (scheme case-insensitive) with
+  // this token. Takes the same time whatever the presented token is: both
+  // sides are hashed and the digests compared with CRYPTO_memcmp.
+  bool Accepts(absl::string_view authorization) const;
+
+ private:
+  BearerToken() = default;
+  std::array<unsigned char, 32> digest_{};
+};
+
+}  // namespace imagesearch
+
+#endif  // IMAGESEARCH_SERVICES_QUERY_AUTH_H_
