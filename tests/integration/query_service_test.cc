@@ -13,6 +13,7 @@
 #include "imagesearch/v1/imagesearch.grpc.pb.h"
 #include "libs/common/file_util.h"
 #include "libs/index/test_vectors.h"
+#include "libs/snapshot/manifest.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/test_snapshots.h"
 #include "tests/integration/server_process.h"
@@ -292,12 +293,10 @@ TEST_CASE("A truncated new version is refused; the old one keeps serving") {
   const std::string v1_dir = snapshot::VersionDir(f.root, 1);
   const std::string v2_dir = snapshot::VersionDir(f.root, 2);
   fs::copy(v1_dir, v2_dir);
-  auto manifest = ReadFileToString(v2_dir + "/MANIFEST.json");
-  std::string m = *manifest;
-  auto pos = m.find("\"version\": 1");
-  REQUIRE(pos != std::string::npos);
-  m.replace(pos, 12, "\"version\": 2");
-  REQUIRE(WriteFileDurably(v2_dir + "/MANIFEST.json", m).ok());
+  auto manifest = snapshot::ParseManifest(*ReadFileToString(v2_dir + "/MANIFEST.json"));
+  REQUIRE(manifest.ok());
+  manifest->version = 2;
+  REQUIRE(WriteFileDurably(v2_dir + "/MANIFEST.json", snapshot::ManifestToJson(*manifest)).ok());
   auto graph = ReadFileToString(v2_dir + "/graph.hnsw");
   REQUIRE(WriteFileDurably(v2_dir + "/graph.hnsw", graph->substr(0, graph->size() / 3)).ok());
   REQUIRE(snapshot::SetCurrentVersion(f.root, 2).ok());
