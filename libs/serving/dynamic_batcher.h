@@ -6,13 +6,18 @@
 //
 // Each item carries its call's CallContext: an item whose deadline has passed
 // or whose client cancelled while it waited is answered with that status when
-// its batch forms, and never reaches the batch function.
+// its batch forms, and never reaches the batch function. So is an item whose
+// deadline would pass during the batch function: the remaining time is
+// shorter than the recent batch run time (a moving average), and a forward
+// pass cannot be stopped once it starts, so running it would only spend the
+// model on an answer nobody waits for.
 //
 // Thread-safe. The destructor finishes queued work before it returns.
 #ifndef IMAGESEARCH_LIBS_SERVING_DYNAMIC_BATCHER_H_
 #define IMAGESEARCH_LIBS_SERVING_DYNAMIC_BATCHER_H_
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -148,9 +153,19 @@ class DynamicBatcher {
     std::vector<Item> live;
     std::vector<std::pair<Item, absl::Status>> expired;  // Expired while queued: no model time.
     live.reserve(batch.size());
+    const absl::Duration expected_run = absl::Nanoseconds(expected_run_ns_.load());
+    const absl::Time now = absl::Now();
     for (auto& item : batch) {
       if (absl::Status s = item.context.Check(options_.stage); !s.ok()) {
         expired.emplace_back(std::move(item), std::move(s));
+      } else if (item.context.deadline - now < expected_run) {
+        expired.emplace_back(
+            std::move(item),
+            absl::DeadlineExceededError(absl::StrCat(
+                "deadline would pass during ", options_.stage, ": ",
+                absl::FormatDuration(absl::Trunc(item.context.deadline - now, absl::Milliseconds(1))),
+                " left, a batch takes ", absl::FormatDuration(absl::Trunc(expected_run,
+                                                                          absl::Milliseconds(1))))));
       } else {
         live.push_back(std::move(item));
       }
@@ -162,6 +177,11 @@ class DynamicBatcher {
       for (auto& item : live) inputs.push_back(std::move(item.input));
       const auto run_start = Clock::now();
       results = fn_(inputs);
+      // Moving average of the run time, 1/4 weight to the newest batch.
+      const int64_t took = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               Clock::now() - run_start).count();
+      const int64_t old = expected_run_ns_.load();
+      expected_run_ns_.store(old == 0 ? took : old + (took - old) / 4);
       if (observer_) {
         BatchStats stats;
         stats.size = live.size();
@@ -183,6 +203,8 @@ class DynamicBatcher {
     }
   }
 
+  // Written by the workers, read when a batch forms; 0 before the first batch.
+  std::atomic<int64_t> expected_run_ns_{0};
   const BatcherOptions options_;
   const BatchFn fn_;
   const Observer observer_;

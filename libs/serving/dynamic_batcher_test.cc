@@ -156,6 +156,38 @@ TEST_CASE("Items whose deadline passed or whose client cancelled never reach the
   CHECK(encoded == 2);  // Items 0 and 3 only.
 }
 
+TEST_CASE("An item whose deadline would pass during the batch is answered without running") {
+  BatcherOptions o;
+  o.max_batch = 1;
+  o.max_delay = absl::ZeroDuration();
+  std::atomic<int> encoded{0};
+  DynamicBatcher<int, int> b(o, [&](std::vector<int>& in) -> absl::StatusOr<std::vector<int>> {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // A slow forward pass.
+    encoded += static_cast<int>(in.size());
+    return std::vector<int>(in.size(), 1);
+  });
+  auto submit = [&](absl::Duration budget) {
+    std::promise<absl::Status> p;
+    CallContext c;
+    c.deadline = absl::Now() + budget;
+    b.Submit(0, c, [&](absl::StatusOr<int> r) { p.set_value(r.status()); });
+    return p.get_future().get();
+  };
+  // The first batch teaches the batcher how long a pass takes.
+  CHECK(submit(absl::Seconds(10)).ok());
+  CHECK(encoded == 1);
+  // 50 ms left, a pass takes ~200 ms: answered at once, the model never sees it.
+  const absl::Time start = absl::Now();
+  const absl::Status s = submit(absl::Milliseconds(50));
+  CHECK(absl::IsDeadlineExceeded(s));
+  CHECK(s.message().find("deadline would pass during encoding") == 0);
+  CHECK(absl::Now() - start < absl::Milliseconds(150));
+  CHECK(encoded == 1);
+  // Enough time left: it runs.
+  CHECK(submit(absl::Seconds(2)).ok());
+  CHECK(encoded == 2);
+}
+
 TEST_CASE("With two workers, two batches run at once") {
   BatcherOptions o;
   o.max_batch = 1;
