@@ -18,8 +18,9 @@ PACKAGES=(
   # OpenBLAS as the system BLAS (libblas.so.3): LibTorch's BLAS calls must never
   # fall back to netlib's reference implementation.
   libopenblas0-pthread
-  # Tests and tools (chromium: the browser test of the query service's web page)
-  catch2 nginx chromium python3-grpcio python3-protobuf python3-numpy
+  # Tests and tools (chromium: the browser test of the query service's web page;
+  # libfaiss-dev: the faiss peer in tools/bench, optional)
+  catch2 nginx chromium libfaiss-dev python3-grpcio python3-protobuf python3-numpy
   python3-torch python3-torchvision python3-pil python3-regex
 )
 # Node.js and npm (the default model's weights and buf come from the npm

@@ -29,6 +29,7 @@
 #include "libs/serving/query_engine.h"
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
+#include "tools/bench/bench_data.h"
 
 ABSL_FLAG(int, n, 200000, "Indexed vectors.");
 ABSL_FLAG(int, dim, 256, "Dimension.");
@@ -52,31 +53,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr double kShares[] = {0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.001};
-
-// Low-intrinsic-dimension clustered data: cluster centres and points in
-// latent_dim, then x = A z + noise with a fixed random A (dim x latent_dim).
-std::vector<float> LowRankData(size_t count, size_t dim, size_t latent, size_t clusters,
-                               std::vector<uint32_t>* cluster_of) {
-  std::mt19937 rng(42);
-  std::normal_distribution<float> normal;
-  std::vector<float> a(dim * latent), centres(clusters * latent);
-  for (auto& v : a) v = normal(rng) / std::sqrt(static_cast<float>(latent));
-  for (auto& v : centres) v = normal(rng);
-  std::uniform_int_distribution<size_t> pick(0, clusters - 1);
-  std::vector<float> out(count * dim), z(latent);
-  cluster_of->resize(count);
-  for (size_t i = 0; i < count; ++i) {
-    const size_t c = pick(rng);
-    (*cluster_of)[i] = static_cast<uint32_t>(c);
-    for (size_t l = 0; l < latent; ++l) z[l] = centres[c * latent + l] + 0.35f * normal(rng);
-    for (size_t d = 0; d < dim; ++d) {
-      float x = 0.02f * normal(rng);
-      for (size_t l = 0; l < latent; ++l) x += a[d * latent + l] * z[l];
-      out[i * dim + d] = x;
-    }
-  }
-  return out;
-}
 
 std::string FieldName(const char* kind, double share) {
   char buf[32];
@@ -149,7 +125,7 @@ int Run() {
   const std::string root = absl::GetFlag(FLAGS_workdir) + "/root";
   std::vector<uint32_t> cluster_of;
   std::vector<float> data =
-      LowRankData(n + nq, dim, absl::GetFlag(FLAGS_latent_dim), clusters, &cluster_of);
+      bench::LowRankData(n + nq, dim, absl::GetFlag(FLAGS_latent_dim), clusters, &cluster_of);
   std::vector<float> queries(data.begin() + n * dim, data.end());
   for (size_t q = 0; q < nq; ++q) index::NormalizeInPlace(&queries[q * dim], dim);
 

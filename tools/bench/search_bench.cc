@@ -33,6 +33,7 @@
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/test_snapshots.h"
 #include "tests/integration/server_process.h"
+#include "tools/bench/bench_data.h"
 
 ABSL_FLAG(std::string, query_binary, "", "Path of imagesearch-query.");
 ABSL_FLAG(int, n, 100000, "Indexed vectors.");
@@ -135,21 +136,8 @@ int Run() {
   auto dist = index::GetDistanceFn(index::Metric::kCosine, dim);
   std::vector<float> normed(data, data + n * dim);
   for (size_t i = 0; i < n; ++i) index::NormalizeInPlace(&normed[i * dim], dim);
-  std::vector<std::vector<uint32_t>> truth(nq);
-  {
-    std::vector<std::thread> ts;
-    for (int t = 0; t < threads; ++t) {
-      ts.emplace_back([&, t] {
-        std::vector<std::pair<float, uint32_t>> all(n);
-        for (size_t q = t; q < nq; q += threads) {
-          for (uint32_t r = 0; r < n; ++r) all[r] = {dist(&queries[q * dim], &normed[r * dim], &dim), r};
-          std::partial_sort(all.begin(), all.begin() + kK, all.end());
-          for (size_t j = 0; j < kK; ++j) truth[q].push_back(all[j].second);
-        }
-      });
-    }
-    for (auto& th : ts) th.join();
-  }
+  const std::vector<std::vector<uint32_t>> truth =
+      bench::ExactTopK(queries.data(), nq, normed.data(), n, dim, kK, threads, dist);
   auto recall_of = [&](auto search) {
     size_t hits = 0;
     for (size_t q = 0; q < nq; ++q) {

@@ -1,0 +1,67 @@
+// Synthetic data shared by the benchmarks (header-only, not for production).
+#ifndef IMAGESEARCH_TOOLS_BENCH_BENCH_DATA_H_
+#define IMAGESEARCH_TOOLS_BENCH_BENCH_DATA_H_
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <random>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace imagesearch::bench {
+
+// Low-intrinsic-dimension clustered data: cluster centres and points in
+// latent_dim, then x = A z + noise with a fixed random A (dim x latent_dim).
+// Real embeddings look like this; isotropic noise does not. Deterministic
+// (seed 42): the first rows are the same for any `count`.
+inline std::vector<float> LowRankData(size_t count, size_t dim, size_t latent, size_t clusters,
+                                      std::vector<uint32_t>* cluster_of) {
+  std::mt19937 rng(42);
+  std::normal_distribution<float> normal;
+  std::vector<float> a(dim * latent), centres(clusters * latent);
+  for (auto& v : a) v = normal(rng) / std::sqrt(static_cast<float>(latent));
+  for (auto& v : centres) v = normal(rng);
+  std::uniform_int_distribution<size_t> pick(0, clusters - 1);
+  std::vector<float> out(count * dim), z(latent);
+  cluster_of->resize(count);
+  for (size_t i = 0; i < count; ++i) {
+    const size_t c = pick(rng);
+    (*cluster_of)[i] = static_cast<uint32_t>(c);
+    for (size_t l = 0; l < latent; ++l) z[l] = centres[c * latent + l] + 0.35f * normal(rng);
+    for (size_t d = 0; d < dim; ++d) {
+      float x = 0.02f * normal(rng);
+      for (size_t l = 0; l < latent; ++l) x += a[d * latent + l] * z[l];
+      out[i * dim + d] = x;
+    }
+  }
+  return out;
+}
+
+// Exact top-k rows of each query (brute force with `dist`), on `threads`
+// threads. queries: nq x dim, base: n x dim, both row-major.
+template <typename Dist>
+std::vector<std::vector<uint32_t>> ExactTopK(const float* queries, size_t nq, const float* base,
+                                             size_t n, size_t dim, size_t k, int threads,
+                                             Dist dist) {
+  std::vector<std::vector<uint32_t>> truth(nq);
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t) {
+    ts.emplace_back([&, t] {
+      std::vector<std::pair<float, uint32_t>> all(n);
+      for (size_t q = static_cast<size_t>(t); q < nq; q += static_cast<size_t>(threads)) {
+        for (uint32_t r = 0; r < n; ++r) all[r] = {dist(&queries[q * dim], &base[r * dim], &dim), r};
+        std::partial_sort(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(k), all.end());
+        for (size_t j = 0; j < k; ++j) truth[q].push_back(all[j].second);
+      }
+    });
+  }
+  for (auto& th : ts) th.join();
+  return truth;
+}
+
+}  // namespace imagesearch::bench
+
+#endif  // IMAGESEARCH_TOOLS_BENCH_BENCH_DATA_H_

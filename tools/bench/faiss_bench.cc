@@ -1,0 +1,436 @@
+// faiss as a second peer (issue 9): on the same data, side by side in one run,
+//   (a) our mmap searcher in-process (index::MmapHnswSearcher on a snapshot
+//       published exactly as search_bench publishes it),
+//   (b) hnswlib in-process (loadIndex'd heap copy of the same graph file),
+//   (c) faiss IndexHNSWFlat (METRIC_INNER_PRODUCT on unit vectors = cosine),
+//       built with the same M and efConstruction,
+// it reports build seconds and memory, then for each ef of a sweep the
+// single-thread QPS and recall@10 against brute force, and the QPS of each at
+// equal recall (interpolated on its curve).
+//
+// Searches run on one thread (pinned with --cpu), OpenMP limited to one
+// thread: our searcher answers one query per call on the caller's thread.
+// faiss is timed three ways: one query per search() call, as a server calls
+// it; all queries in one call ("faiss-b": faiss allocates its visited table
+// once per call, not per query); and one query per call on faiss's graph with
+// our SIMD distance kernel ("faiss+k", see KernelStorage), since Debian's
+// faiss has scalar kernels only.
+//
+//   imagesearch_faiss_bench --data=lowrank --n=100000 --dim=512 --cpu=1
+//       [--data=clustered --spread=1: search_bench's data] [--reuse]
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/impl/DistanceComputer.h>
+#include <faiss/impl/FaissAssert.h>
+#include <faiss/index_io.h>
+#include <omp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "libs/index/distance.h"
+#include "libs/index/hnsw_builder.h"
+#include "libs/index/metric.h"
+#include "libs/snapshot/snapshot.h"
+#include "libs/snapshot/snapshot_store.h"
+#include "libs/snapshot/test_snapshots.h"
+#include "tools/bench/bench_data.h"
+
+ABSL_FLAG(std::string, data, "lowrank",
+          "lowrank: tools/bench/bench_data.h LowRankData (filter_bench's realistic data); "
+          "clustered: search_bench's data (MakeSyntheticCorpus, seed 1, 1000 clusters, --spread).");
+ABSL_FLAG(int, n, 100000, "Indexed vectors.");
+ABSL_FLAG(int, dim, 512, "Dimension (CLIP ViT-B is 512).");
+ABSL_FLAG(int, queries, 1000, "Held-out query vectors of the same distribution.");
+ABSL_FLAG(double, spread, 1.0, "--data=clustered: within-cluster spread (search_bench's flag).");
+ABSL_FLAG(int, latent_dim, 32, "--data=lowrank: intrinsic dimension.");
+ABSL_FLAG(int, clusters, 1000, "--data=lowrank: clusters in the latent space.");
+ABSL_FLAG(int, m, 16, "HNSW M for both graphs (search_bench: 16).");
+ABSL_FLAG(int, ef_construction, 100, "HNSW efConstruction for both graphs (search_bench: 100).");
+ABSL_FLAG(int, build_threads, 0, "Threads for both builds; 0 = all cores.");
+ABSL_FLAG(std::string, ef, "10,16,24,32,48,64,96,128,192,256,384", "ef sweep (comma-separated).");
+ABSL_FLAG(double, seconds, 1.0, "Measuring time per contender per ef.");
+ABSL_FLAG(int, cpu, -1, "Core the searches run on (-1: not pinned).");
+ABSL_FLAG(std::string, workdir, "/tmp/imagesearch_faiss_bench", "Where the snapshot and faiss index go.");
+ABSL_FLAG(bool, reuse, false,
+          "Reuse the snapshot and faiss index an earlier run left in --workdir (same data flags).");
+
+namespace imagesearch {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr size_t kK = 10;
+// faiss 1.7.3 (Debian 12) has Index::idx_t; later releases also keep it.
+using FaissIdx = faiss::Index::idx_t;
+
+// Debian's libfaiss 1.7.3 is built for baseline x86-64, where faiss's
+// fvec_inner_product and fvec_L2sqr are the scalar reference loops. To tell
+// faiss's graph search from its distance kernel, "faiss+k" searches faiss's
+// own graph (a copy of its HNSW struct) over this storage, which answers with
+// our runtime-dispatched SIMD kernel: the inner product of unit vectors.
+class KernelStorage : public faiss::Index {
+ public:
+  KernelStorage(const float* vectors, size_t count, size_t dim)
+      : faiss::Index(static_cast<FaissIdx>(dim), faiss::METRIC_INNER_PRODUCT),
+        vectors_(vectors),
+        dist_(index::GetDistanceFn(index::Metric::kCosine, dim)) {
+    ntotal = static_cast<FaissIdx>(count);
+  }
+  void add(FaissIdx, const float*) override { FAISS_THROW_MSG("read-only"); }
+  void reset() override { FAISS_THROW_MSG("read-only"); }
+  void search(FaissIdx, const float*, FaissIdx, float*, FaissIdx*,
+              const faiss::SearchParameters*) const override {
+    FAISS_THROW_MSG("storage only");
+  }
+  faiss::DistanceComputer* get_distance_computer() const override { return new Computer(this); }
+
+ private:
+  // Our cosine kernel returns 1 - <a, b>; faiss wants the similarity.
+  struct Computer : faiss::DistanceComputer {
+    explicit Computer(const KernelStorage* s) : s(s), dim(static_cast<size_t>(s->d)) {}
+    void set_query(const float* x) override { q = x; }
+    float operator()(FaissIdx i) override { return 1.0f - s->dist_(q, s->Row(i), &dim); }
+    float symmetric_dis(FaissIdx i, FaissIdx j) override {
+      return 1.0f - s->dist_(s->Row(i), s->Row(j), &dim);
+    }
+    const KernelStorage* s;
+    size_t dim;
+    const float* q = nullptr;
+  };
+  const float* Row(FaissIdx i) const { return vectors_ + static_cast<size_t>(i) * d; }
+  const float* vectors_;
+  index::DistanceFn dist_;
+};
+
+double Since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+size_t RssBytes() {
+  std::ifstream f("/proc/self/statm");
+  size_t pages = 0, resident = 0;
+  f >> pages >> resident;
+  return resident * static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+}
+
+double MiB(size_t bytes) { return bytes / 1048576.0; }
+
+void PinTo(int cpu) {
+  if (cpu < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+// Calls one(q) for q = 0, 1, ... (wrapping) until `seconds` have passed and
+// every query ran at least once; returns queries per second.
+template <typename Fn>
+double Qps(double seconds, size_t nq, Fn one) {
+  const auto t0 = Clock::now();
+  size_t done = 0;
+  while (done < nq || Since(t0) < seconds) {
+    for (size_t i = 0; i < 16; ++i, ++done) one(done % nq);
+  }
+  return done / Since(t0);
+}
+
+struct Point {
+  size_t ef;
+  double recall, qps;
+};
+
+// QPS on `curve` at `recall` (log-QPS linear in recall between the bracketing
+// points); NaN if the curve does not reach it.
+double QpsAtRecall(const std::vector<Point>& curve, double recall) {
+  std::vector<Point> c = curve;
+  std::sort(c.begin(), c.end(), [](const Point& a, const Point& b) { return a.recall < b.recall; });
+  double best = std::nan("");
+  for (size_t i = 0; i < c.size(); ++i) {
+    if (c[i].recall < recall) continue;
+    // The highest QPS among interpolations that reach `recall`.
+    double q = c[i].qps;
+    if (i > 0 && c[i - 1].recall < recall && c[i].recall > c[i - 1].recall) {
+      const double t = (recall - c[i - 1].recall) / (c[i].recall - c[i - 1].recall);
+      q = std::exp(std::log(c[i - 1].qps) + t * (std::log(c[i].qps) - std::log(c[i - 1].qps)));
+    }
+    if (std::isnan(best) || q > best) best = q;
+  }
+  return best;
+}
+
+int Run() {
+  const size_t n = absl::GetFlag(FLAGS_n), dim = absl::GetFlag(FLAGS_dim);
+  const size_t nq = absl::GetFlag(FLAGS_queries);
+  const std::string workdir = absl::GetFlag(FLAGS_workdir);
+  const std::string root = workdir + "/root", faiss_path = workdir + "/faiss.index";
+  const int m = absl::GetFlag(FLAGS_m), efc = absl::GetFlag(FLAGS_ef_construction);
+  const int build_threads = absl::GetFlag(FLAGS_build_threads) > 0
+                                ? absl::GetFlag(FLAGS_build_threads)
+                                : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<size_t> efs;
+  for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_ef), ',', absl::SkipEmpty())) {
+    size_t e = 0;
+    if (!absl::SimpleAtoi(s, &e) || e == 0) {
+      std::cerr << "bad --ef entry: " << s << "\n";
+      return 1;
+    }
+    efs.push_back(e);
+  }
+  const bool reuse = absl::GetFlag(FLAGS_reuse) && snapshot::ReadCurrentVersion(root).ok() &&
+                     std::filesystem::exists(faiss_path);
+  if (!reuse) std::filesystem::remove_all(workdir);
+
+  // The data: one draw of n + nq rows; the tail is held out as queries.
+  std::vector<float> data;
+  const std::string kind = absl::GetFlag(FLAGS_data);
+  snapshot::SnapshotInput in;
+  if (kind == "clustered") {
+    // Exactly search_bench's corpus.
+    snapshot::SyntheticCorpus corpus = snapshot::MakeSyntheticCorpus(
+        n + nq, static_cast<int>(dim), index::Metric::kCosine, /*id_prefix=*/"", 1, 1000,
+        static_cast<float>(absl::GetFlag(FLAGS_spread)));
+    data = std::move(corpus.vectors);
+    in = std::move(corpus.input);
+    std::printf("data: %zu x %zu clustered (search_bench's, spread %g), cosine, %zu held-out queries\n",
+                n, dim, absl::GetFlag(FLAGS_spread), nq);
+  } else if (kind == "lowrank") {
+    std::vector<uint32_t> cluster_of;
+    data = bench::LowRankData(n + nq, dim, absl::GetFlag(FLAGS_latent_dim),
+                              absl::GetFlag(FLAGS_clusters), &cluster_of);
+    in.dim = static_cast<int>(dim);
+    in.metric = index::Metric::kCosine;
+    in.ids.reserve(n);
+    for (size_t r = 0; r < n; ++r) in.ids.push_back({std::to_string(r), "", ""});
+    std::printf("data: %zu x %zu low-rank (latent %d, %d clusters), cosine, %zu held-out queries\n", n,
+                dim, absl::GetFlag(FLAGS_latent_dim), absl::GetFlag(FLAGS_clusters), nq);
+  } else {
+    std::cerr << "--data must be lowrank or clustered\n";
+    return 1;
+  }
+  in.count = n;
+  in.ids.resize(n);
+  in.hnsw.m = m;
+  in.hnsw.ef_construction = efc;
+  in.hnsw.threads = build_threads;
+  std::printf("HNSW M=%d efConstruction=%d, builds on %d threads; searches on one thread%s\n", m, efc,
+              build_threads,
+              absl::GetFlag(FLAGS_cpu) >= 0 ? (", core " + std::to_string(absl::GetFlag(FLAGS_cpu))).c_str()
+                                            : " (not pinned)");
+
+  // (a)+(b): our snapshot, built as search_bench builds it (hnswlib inside).
+  double ours_build_s = -1;
+  absl::StatusOr<uint64_t> v = snapshot::ReadCurrentVersion(root);
+  if (!reuse) {
+    in.graph = index::HnswGraphWriter(data.data(), n, dim, in.metric, in.hnsw);
+    const auto t0 = Clock::now();
+    v = snapshot::PublishSnapshot(root, in);
+    ours_build_s = Since(t0);
+  }
+  in = snapshot::SnapshotInput();
+  if (!v.ok()) {
+    std::cerr << v.status() << "\n";
+    return 1;
+  }
+  const std::string vdir = snapshot::VersionDir(root, *v);
+  size_t graph_bytes = 0, snapshot_bytes = 0;
+  for (const auto& e : std::filesystem::directory_iterator(vdir)) {
+    if (!e.is_regular_file()) continue;
+    snapshot_bytes += e.file_size();
+    const auto name = e.path().filename().string();
+    if (name == "graph.hnsw" || name == "graph.offsets") graph_bytes += e.file_size();
+  }
+
+  // Everything below works on unit vectors (cosine = inner product).
+  for (size_t i = 0; i < n + nq; ++i) index::NormalizeInPlace(&data[i * dim], dim);
+  const float* base = data.data();
+  const float* queries = data.data() + n * dim;
+
+  // (c): faiss, same M and efConstruction, same build threads.
+  omp_set_num_threads(build_threads);
+  double faiss_build_s = -1;
+  size_t faiss_rss_delta = 0;
+  std::unique_ptr<faiss::IndexHNSWFlat> faiss_index;
+  {
+    const size_t rss0 = RssBytes();
+    const auto t0 = Clock::now();
+    if (reuse) {
+      faiss_index.reset(dynamic_cast<faiss::IndexHNSWFlat*>(faiss::read_index(faiss_path.c_str())));
+      if (faiss_index == nullptr || faiss_index->ntotal != static_cast<FaissIdx>(n)) {
+        std::cerr << faiss_path << " is not an IndexHNSWFlat of " << n << " vectors\n";
+        return 1;
+      }
+    } else {
+      faiss_index = std::make_unique<faiss::IndexHNSWFlat>(static_cast<int>(dim), m,
+                                                           faiss::METRIC_INNER_PRODUCT);
+      faiss_index->hnsw.efConstruction = efc;
+      faiss_index->add(static_cast<FaissIdx>(n), base);
+      faiss_build_s = Since(t0);
+      faiss::write_index(faiss_index.get(), faiss_path.c_str());
+    }
+    faiss_rss_delta = RssBytes() - rss0;
+  }
+  const size_t faiss_file_bytes = std::filesystem::file_size(faiss_path);
+
+  auto snap = snapshot::Snapshot::Open(root, *v, snapshot::VerifyMode::kSizes);
+  const size_t rss_before_hnswlib = RssBytes();
+  auto ref = index::HnswlibIndex::Load(vdir + "/graph.hnsw", dim, index::Metric::kCosine);
+  const size_t hnswlib_rss_delta = RssBytes() - rss_before_hnswlib;
+  if (!snap.ok() || !ref.ok()) {
+    std::cerr << (snap.ok() ? ref.status() : snap.status()) << "\n";
+    return 1;
+  }
+  const auto& ours = (*snap)->searcher();
+  // faiss's graph over our kernel (see KernelStorage), sharing faiss's vectors.
+  const auto* flat = dynamic_cast<const faiss::IndexFlat*>(faiss_index->storage);
+  if (flat == nullptr) {
+    std::cerr << "faiss storage is not an IndexFlat\n";
+    return 1;
+  }
+  KernelStorage kernel_storage(flat->get_xb(), n, dim);
+  faiss::IndexHNSW faiss_kernel(&kernel_storage, m);
+  faiss_kernel.hnsw = faiss_index->hnsw;
+  faiss_kernel.ntotal = faiss_index->ntotal;
+
+  // Exact top-10 (brute force with our kernel), on all build threads.
+  const std::vector<std::vector<uint32_t>> truth =
+      bench::ExactTopK(queries, nq, base, n, dim, kK, build_threads,
+                       index::GetDistanceFn(index::Metric::kCosine, dim));
+  auto hits_of = [&](size_t q, const auto& got) {
+    size_t h = 0;
+    for (auto g : got) h += std::count(truth[q].begin(), truth[q].end(), static_cast<uint32_t>(g));
+    return h;
+  };
+
+  std::printf("\nbuild (%d threads): ours/hnswlib snapshot %s, faiss add %s\n", build_threads,
+              ours_build_s < 0 ? "reused" : (std::to_string(ours_build_s).substr(0, 6) + " s").c_str(),
+              faiss_build_s < 0 ? "reused" : (std::to_string(faiss_build_s).substr(0, 6) + " s").c_str());
+  std::printf("memory: ours mmaps graph.hnsw+graph.offsets %.1f MiB (whole snapshot dir %.1f MiB; "
+              "page cache, shared)\n        hnswlib loadIndex heap (RSS delta) %.1f MiB\n"
+              "        faiss index file %.1f MiB, RSS delta of %s %.1f MiB\n",
+              MiB(graph_bytes), MiB(snapshot_bytes), MiB(hnswlib_rss_delta), MiB(faiss_file_bytes),
+              reuse ? "read_index" : "build", MiB(faiss_rss_delta));
+  std::printf("distance kernel (ours, hnswlib graph search): %s\n",
+              index::SimdLevelName(index::BestSimdLevel()));
+
+  // The sweep, on one thread.
+  omp_set_num_threads(1);
+  PinTo(absl::GetFlag(FLAGS_cpu));
+  const double secs = absl::GetFlag(FLAGS_seconds);
+  std::vector<Point> c_ours, c_hnswlib, c_faiss, c_faiss_batch, c_faiss_kernel;
+  std::vector<FaissIdx> labels(nq * kK);
+  std::vector<float> distances(nq * kK);
+  std::printf("\n%5s | %-18s | %-18s | %-18s | %-9s | %-18s\n", "ef", "ours (mmap)", "hnswlib",
+              "faiss 1/call", "faiss-b", "faiss+k 1/call");
+  std::printf("%5s | %8s %9s | %8s %9s | %8s %9s | %9s | %8s %9s\n", "", "recall", "QPS", "recall",
+              "QPS", "recall", "QPS", "QPS", "recall", "QPS");
+  for (size_t ef : efs) {
+    size_t h = 0;
+    for (size_t q = 0; q < nq; ++q) {
+      std::vector<uint32_t> got;
+      for (const auto& nb : ours.Search(&queries[q * dim], kK, ef)) got.push_back(nb.row);
+      h += hits_of(q, got);
+    }
+    const double r_ours = double(h) / (nq * kK);
+    const double q_ours = Qps(secs, nq, [&](size_t q) { (void)ours.Search(&queries[q * dim], kK, ef); });
+
+    (*ref)->SetEf(ef);
+    h = 0;
+    for (size_t q = 0; q < nq; ++q) {
+      std::vector<uint64_t> got;
+      for (const auto& p : (*ref)->Search(&queries[q * dim], kK)) got.push_back(p.second);
+      h += hits_of(q, got);
+    }
+    const double r_hnswlib = double(h) / (nq * kK);
+    const double q_hnswlib = Qps(secs, nq, [&](size_t q) { (void)(*ref)->Search(&queries[q * dim], kK); });
+
+    faiss_index->hnsw.efSearch = static_cast<int>(ef);
+    faiss_index->search(static_cast<FaissIdx>(nq), queries, kK, distances.data(), labels.data());
+    h = 0;
+    for (size_t q = 0; q < nq; ++q) {
+      h += hits_of(q, std::vector<FaissIdx>(labels.begin() + q * kK, labels.begin() + (q + 1) * kK));
+    }
+    const double r_faiss = double(h) / (nq * kK);
+    FaissIdx one_label[kK];
+    float one_dist[kK];
+    const double q_faiss = Qps(secs, nq, [&](size_t q) {
+      faiss_index->search(1, &queries[q * dim], kK, one_dist, one_label);
+    });
+    size_t passes = 0;
+    const auto t0 = Clock::now();
+    do {
+      faiss_index->search(static_cast<FaissIdx>(nq), queries, kK, distances.data(), labels.data());
+      ++passes;
+    } while (Since(t0) < secs);
+    const double q_faiss_batch = passes * nq / Since(t0);
+
+    faiss_kernel.hnsw.efSearch = static_cast<int>(ef);
+    faiss_kernel.search(static_cast<FaissIdx>(nq), queries, kK, distances.data(), labels.data());
+    h = 0;
+    for (size_t q = 0; q < nq; ++q) {
+      h += hits_of(q, std::vector<FaissIdx>(labels.begin() + q * kK, labels.begin() + (q + 1) * kK));
+    }
+    const double r_faiss_kernel = double(h) / (nq * kK);
+    const double q_faiss_kernel = Qps(secs, nq, [&](size_t q) {
+      faiss_kernel.search(1, &queries[q * dim], kK, one_dist, one_label);
+    });
+
+    c_ours.push_back({ef, r_ours, q_ours});
+    c_faiss_kernel.push_back({ef, r_faiss_kernel, q_faiss_kernel});
+    c_hnswlib.push_back({ef, r_hnswlib, q_hnswlib});
+    c_faiss.push_back({ef, r_faiss, q_faiss});
+    c_faiss_batch.push_back({ef, r_faiss, q_faiss_batch});
+    std::printf("%5zu | %8.4f %9.0f | %8.4f %9.0f | %8.4f %9.0f | %9.0f | %8.4f %9.0f\n", ef, r_ours,
+                q_ours, r_hnswlib, q_hnswlib, r_faiss, q_faiss, q_faiss_batch, r_faiss_kernel,
+                q_faiss_kernel);
+    std::fflush(stdout);
+  }
+
+  std::printf("\nQPS at equal recall@10 (log-QPS interpolated between sweep points; - = not reached)\n");
+  std::printf("%7s | %9s %9s %9s %9s %9s | %10s %10s %10s\n", "recall", "ours", "hnswlib", "faiss",
+              "faiss-b", "faiss+k", "ours/faiss", "ours/f-b", "ours/f+k");
+  for (double target : {0.80, 0.90, 0.95, 0.97, 0.98, 0.99, 0.995}) {
+    const double a = QpsAtRecall(c_ours, target), b = QpsAtRecall(c_hnswlib, target);
+    const double c = QpsAtRecall(c_faiss, target), d = QpsAtRecall(c_faiss_batch, target);
+    const double e = QpsAtRecall(c_faiss_kernel, target);
+    auto cell = [](double x) {
+      char buf[16];
+      if (std::isnan(x)) return std::string("-");
+      std::snprintf(buf, sizeof(buf), "%.0f", x);
+      return std::string(buf);
+    };
+    auto ratio = [](double x, double y) {
+      char buf[16];
+      if (std::isnan(x) || std::isnan(y)) return std::string("-");
+      std::snprintf(buf, sizeof(buf), "%.2f", x / y);
+      return std::string(buf);
+    };
+    std::printf("%7.3f | %9s %9s %9s %9s %9s | %10s %10s %10s\n", target, cell(a).c_str(),
+                cell(b).c_str(), cell(c).c_str(), cell(d).c_str(), cell(e).c_str(), ratio(a, c).c_str(),
+                ratio(a, d).c_str(), ratio(a, e).c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace imagesearch
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return imagesearch::Run();
+}
