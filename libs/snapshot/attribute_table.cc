@@ -305,6 +305,11 @@ absl::StatusOr<std::unique_ptr<AttributeTable>> AttributeTable::Open(const std::
             posting_rows > (size - f.postings) / 4 || posting_rows > t->rows_) {
           return bad(absl::StrCat("field '", spec.name, "' values or postings run past the end"));
         }
+        // Postings() hands out the u32 rows in place: the writer aligns every
+        // section to 8 bytes, and the mapping starts on a page.
+        if (f.postings % alignof(uint32_t) != 0) {
+          return bad(absl::StrCat("field '", spec.name, "' postings are not 4-byte aligned"));
+        }
       }
       t->specs_.push_back(std::move(spec));
       t->fields_.push_back(f);
