@@ -4,8 +4,9 @@ serving the last good version, logs the reason, counts it in /metrics
 (imagesearch_snapshot_loads_total{result="refused"}), and a restart comes
 back to the last good state.
 
-  1. each file of a new version truncated, bit-flipped or removed, and the
-     manifest edited into other valid JSON;
+  1. each file of a new version (a vector snapshot with attributes, and an
+     indexed one with model.pt and thumbs.bin) truncated, bit-flipped or
+     removed, and the manifest edited into other valid JSON;
   2. CURRENT removed, garbage, or naming a missing version;
   3. the model file of a new version corrupt (its checksums consistent: a bad
      model was published, not a disk fault);
@@ -133,6 +134,34 @@ def restart_and_check(root, work, name, version, query_id):
         s.stop()
 
 
+def damage_each_file(s, root, work, build, files, query_id):
+    """For each file in `files` and each fault: publishes a candidate with
+    `build`, damages that file, points CURRENT at it, and checks that the
+    live service refuses it (logged naming the file, counted once), keeps v1,
+    and that a restart comes back to v1. Returns the number of cases."""
+    cases = 0
+    for name in files:
+        faults = ("truncated", "bit-flipped", "removed")
+        for how in faults + (("edited",) if name == "MANIFEST.json" else ()):
+            out = run(*build, "--promote=false").stdout
+            version = int(re.search(r"published v(\d+)", out).group(1))
+            damage(os.path.join(root, f"v{version}", name), how)
+            before, mark = s.refused(), len(s.log_text())
+            set_current(root, f"v{version}\n")
+            s.wait(f"{name} {how}: refusal counted", lambda: s.refused() == before + 1)
+            line = [l for l in s.log_text()[mark:].splitlines()
+                    if f"refusing snapshot v{version}:" in l]
+            check(len(line) == 1, f"{name} {how}: {line}")
+            check(name in line[0], f"{name} {how}: the log does not name the file: {line[0]}")
+            s.serves(1, query_id)
+            restart_and_check(root, work, f"{name}_{how}", 1, query_id)
+            set_current(root, "v1\n")
+            shutil.rmtree(os.path.join(root, f"v{version}"))
+            print(f"  {name} {how}: refused ({line[0].split(': ', 2)[-1][:90]})")
+            cases += 1
+    return cases
+
+
 def file_faults(work):
     root = os.path.join(work, "vectors_root")
     vectors = os.path.join(work, "vectors.npy")
@@ -148,28 +177,9 @@ def file_faults(work):
     check({"MANIFEST.json", "ids.bin", "graph.hnsw", "graph.offsets", "attrs.bin"} <= set(files),
           files)
     s = Service(root, os.path.join(work, "files.log"))
-    cases = 0
     try:
         s.serves(1, "r7")
-        for name in files:
-            faults = ("truncated", "bit-flipped", "removed")
-            for how in faults + (("edited",) if name == "MANIFEST.json" else ()):
-                out = run(*build, "--promote=false").stdout
-                version = int(re.search(r"published v(\d+)", out).group(1))
-                damage(os.path.join(root, f"v{version}", name), how)
-                before, mark = s.refused(), len(s.log_text())
-                set_current(root, f"v{version}\n")
-                s.wait(f"{name} {how}: refusal counted", lambda: s.refused() == before + 1)
-                line = [l for l in s.log_text()[mark:].splitlines()
-                        if f"refusing snapshot v{version}:" in l]
-                check(len(line) == 1, f"{name} {how}: {line}")
-                check(name in line[0], f"{name} {how}: the log does not name the file: {line[0]}")
-                s.serves(1, "r7")
-                restart_and_check(root, work, f"{name}_{how}", 1, "r7")
-                set_current(root, "v1\n")
-                shutil.rmtree(os.path.join(root, f"v{version}"))
-                print(f"  {name} {how}: refused ({line[0].split(': ', 2)[-1][:90]})")
-                cases += 1
+        cases = damage_each_file(s, root, work, build, files, "r7")
         check(s.refused() == cases, f"refused {s.refused()} != {cases} faults")
     finally:
         s.stop()
@@ -209,30 +219,47 @@ def model_fault(work):
         shutil.copy(os.path.join(IMAGES, name), corpus)
     root = os.path.join(work, "model_root")
     run(INDEXER, f"--input={corpus}", f"--root={root}", f"--model={MODEL}", "--progress=none")
-    # The same rows as an embedding shard, published with a corrupt model.pt
-    # whose identity the shard then names: every checksum in v2 is consistent.
+    # The same rows as an embedding shard: candidates are published from it
+    # (imagesearch-snapshot build --shards, no re-encoding), with the model.
     shards = os.path.join(work, "shards")
     run(INDEXER, f"--input={corpus}", f"--embeddings_out={shards}", "--shard=0/1",
         f"--model={MODEL}", "--progress=none")
+    # The files only an indexed snapshot has: the model and the thumbnails.
+    s = Service(root, os.path.join(work, "model_files.log"))
+    try:
+        s.serves(1, "coffee.png")
+        build = [SNAPSHOT, "build", f"--root={root}", f"--shards={shards}", f"--model={MODEL}"]
+        cases = damage_each_file(s, root, work, build, ["model.pt", "thumbs.bin"], "coffee.png")
+    finally:
+        s.stop()
+    print(f"3. {cases} faults of model.pt and thumbs.bin: each refused, logged, counted; v1 kept "
+          "serving; restarts came back")
+    # A published model that does not load: a copy of the shard names a
+    # truncated model.pt, so every checksum in the new version is consistent.
+    bad_shards = os.path.join(work, "bad_shards")
+    shutil.copytree(shards, bad_shards)
     bad_model = os.path.join(work, "corrupt_model.pt")
     with open(MODEL, "rb") as f:
         data = f.read()
     with open(bad_model, "wb") as f:
         f.write(data[: len(data) // 3])  # a truncated TorchScript archive
-    shard_json = os.path.join(shards, "shard-0-of-1", "SHARD.json")
+    shard_json = os.path.join(bad_shards, "shard-0-of-1", "SHARD.json")
     with open(shard_json) as f:
         shard = json.load(f)
     shard["model"]["sha256"] = hashlib.sha256(data[: len(data) // 3]).hexdigest()
     with open(shard_json, "w") as f:
         json.dump(shard, f)
+    shards = bad_shards
     s = Service(root, os.path.join(work, "model.log"))
     try:
         s.serves(1, "coffee.png")
         before = s.refused()
-        run(SNAPSHOT, "build", f"--root={root}", f"--shards={shards}", f"--model={bad_model}")
+        out = run(SNAPSHOT, "build", f"--root={root}", f"--shards={shards}",
+                  f"--model={bad_model}").stdout
+        version = int(re.search(r"published v(\d+)", out).group(1))
         s.wait("corrupt model: refusal counted", lambda: s.refused() == before + 1)
-        line = [l for l in s.log_text().splitlines() if "refusing snapshot v2:" in l]
-        check(len(line) == 1 and "model of snapshot v2" in line[0], line)
+        line = [l for l in s.log_text().splitlines() if f"refusing snapshot v{version}:" in l]
+        check(len(line) == 1 and f"model of snapshot v{version}" in line[0], line)
         s.serves(1, "coffee.png")
         with open(os.path.join(IMAGES, "camera.png"), "rb") as f:
             image = base64.b64encode(f.read()).decode()
@@ -242,7 +269,7 @@ def model_fault(work):
     finally:
         s.stop()
     restart_and_check(root, work, "model", 1, "coffee.png")
-    print("3. a new version with a corrupt model: refused as a whole; v1 (and its model) kept serving")
+    print("4. a new version with a corrupt model: refused as a whole; v1 (and its model) kept serving")
 
 
 def disk_full(work):
@@ -284,7 +311,7 @@ def disk_full(work):
         if s is not None:
             s.stop()
         subprocess.run(["umount", mnt])
-    print("4. disk full while publishing: nothing published or left behind, v1 kept serving, "
+    print("5. disk full while publishing: nothing published or left behind, v1 kept serving, "
           "restart on v1; after the disk grew, v2 published and served")
 
 
@@ -298,7 +325,7 @@ def main():
     finally:
         subprocess.run(["umount", os.path.join(work, "small_disk")], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
-    print("faults: 4 passed, 0 failed")
+    print("faults: 5 passed, 0 failed")
 
 
 if __name__ == "__main__":
