@@ -85,12 +85,27 @@ class DynamicBatcher {
     // this batcher) ends on the worker after a swap. A thread cannot join
     // itself (std::system_error, "Resource deadlock avoided"): that worker is
     // detached and returns from Loop without touching this object again.
+    bool own_worker = false;
     for (auto& w : workers_) {
       if (w.get_id() == std::this_thread::get_id()) {
         w.detach();
         DestroyedByOwnWorker() = true;
+        own_worker = true;
       } else {
         w.join();
+      }
+    }
+    // The other workers (if any) drained the queue before they returned;
+    // with none, what is still queued is answered here, never dropped.
+    if (own_worker) {
+      std::deque<Item> left;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        left.swap(queue_);
+      }
+      for (auto& item : left) {
+        item.done(absl::UnavailableError(
+            absl::StrCat("the model was unloaded before ", options_.stage, " (snapshot swap)")));
       }
     }
   }
@@ -159,11 +174,13 @@ class DynamicBatcher {
     std::vector<std::pair<Item, absl::Status>> expired;  // Expired while queued: no model time.
     live.reserve(batch.size());
     const absl::Duration expected_run = absl::Nanoseconds(expected_run_ns_.load());
+    bool predicted_miss = false;
     const absl::Time now = absl::Now();
     for (auto& item : batch) {
       if (absl::Status s = item.context.Check(options_.stage); !s.ok()) {
         expired.emplace_back(std::move(item), std::move(s));
       } else if (item.context.deadline - now < expected_run) {
+        predicted_miss = true;
         expired.emplace_back(
             std::move(item),
             absl::DeadlineExceededError(absl::StrCat(
@@ -174,6 +191,11 @@ class DynamicBatcher {
       } else {
         live.push_back(std::move(item));
       }
+    }
+    if (live.empty() && predicted_miss) {
+      // Nothing ran, so the estimate got no new sample: halve it, or one
+      // slow pass could leave it above every client's budget for good.
+      expected_run_ns_.store(expected_run_ns_.load() / 2);
     }
     absl::StatusOr<std::vector<Out>> results = std::vector<Out>();
     if (!live.empty()) {

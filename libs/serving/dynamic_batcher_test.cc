@@ -65,8 +65,8 @@ TEST_CASE("A callback that drops the last reference destroys the batcher on its 
   // As after a snapshot swap: the query's state (which owns the embedder, and
   // so the batcher) is released by the callback the batcher's worker runs.
   BatcherOptions o;
-  o.max_batch = 4;
-  o.max_delay = absl::Milliseconds(20);
+  o.max_batch = 3;  // The batch forms only once all three are queued.
+  o.max_delay = absl::Seconds(5);
   for (bool expired : {false, true}) {
     INFO((expired ? "expired items" : "answered items"));
     auto batcher = std::make_shared<DynamicBatcher<int, int>>(
@@ -87,7 +87,7 @@ TEST_CASE("A callback that drops the last reference destroys the batcher on its 
     }
     batcher.reset();
     owner.reset();  // Now only the queued callbacks hold it.
-    answered.get_future().wait();
+    REQUIRE(answered.get_future().wait_for(std::chrono::seconds(30)) == std::future_status::ready);
     for (int i = 0; i < 200 && !weak.expired(); ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
@@ -186,6 +186,13 @@ TEST_CASE("An item whose deadline would pass during the batch is answered withou
   // Enough time left: it runs.
   CHECK(submit(absl::Seconds(2)).ok());
   CHECK(encoded == 2);
+  // A refusal halves the estimate (it got no new sample), so a short budget
+  // that keeps being refused is eventually tried again, never locked out.
+  int refused = 0;
+  while (refused < 20 && absl::IsDeadlineExceeded(submit(absl::Milliseconds(60)))) ++refused;
+  CHECK(refused >= 1);
+  CHECK(refused < 20);
+  CHECK(encoded == 3);
 }
 
 TEST_CASE("With two workers, two batches run at once") {

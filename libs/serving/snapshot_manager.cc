@@ -54,7 +54,9 @@ absl::StatusOr<std::shared_ptr<const ServingState>> SnapshotManager::Load(
   state->snapshot = *snap;
   const snapshot::ModelIdentity& model = (*snap)->manifest().model;
   if (live != nullptr && live->embedder != nullptr && !model.sha256.empty() &&
-      model.sha256 == live->snapshot->manifest().model.sha256) {
+      model.sha256 == live->snapshot->manifest().model.sha256 &&
+      model.name == live->snapshot->manifest().model.name &&
+      live->embedder->dim() == (*snap)->manifest().dim) {
     // The same model (same bytes): keep its loaded, warmed-up embedder and
     // batcher instead of loading the model again. Most new versions (an
     // incremental reindex) change the index, not the model.
@@ -106,6 +108,10 @@ absl::StatusOr<uint64_t> SnapshotManager::PollOnce() {
     // CURRENT is missing or garbage. Once per distinct error: log it, count
     // it as a refused load, and with nothing live yet, fall back.
     const std::string error = current.status().ToString();
+    if (!live && absl::IsNotFound(current.status())) {
+      auto versions = snapshot::ListVersions(options_.root);
+      if (versions.ok() && versions->empty()) return current.status();  // Nothing published yet.
+    }
     if (error == pointer_error_) {
       if (live) return live->snapshot->version();
       return current.status();
@@ -134,23 +140,32 @@ absl::StatusOr<uint64_t> SnapshotManager::PollOnce() {
 }
 
 absl::StatusOr<uint64_t> SnapshotManager::TryLoad(std::optional<uint64_t> wanted,
-                                                  const ServingState* live) {
+                                                  const ServingState* live,
+                                                  const std::string& fallback_reason) {
   const std::string name = wanted.has_value() ? absl::StrCat("v", *wanted) : options_.root;
   const absl::Time start = absl::Now();
   auto loaded = Load(wanted, live);
-  if (options_.on_load) options_.on_load(loaded.ok(), absl::Now() - start);
+  const absl::Duration took = absl::Now() - start;
+  // Each outcome is logged before it is counted or served, so whoever sees
+  // the metric or the new version move can read the reason already.
   if (!loaded.ok()) {
     LogError("refusing snapshot ", name, ": ", loaded.status().ToString(),
              live != nullptr ? absl::StrCat("; still serving v", live->snapshot->version())
                              : std::string("; nothing is served yet"));
+    if (options_.on_load) options_.on_load(false, took);
     return loaded.status();
   }
   const snapshot::Snapshot& snap = *(*loaded)->snapshot;
-  std::atomic_store(&state_, *loaded);
+  if (!fallback_reason.empty()) {
+    LogError("CURRENT cannot be served (", fallback_reason, "); fell back to v", snap.version(),
+             ", the most recently promoted version before it that loads");
+  }
   LogInfo("serving snapshot ", name, wanted.has_value() ? "" : absl::StrCat(" (v", snap.version(), ")"),
           " (", snap.manifest().count, " vectors, dim ", snap.manifest().dim, ", loaded in ",
-          absl::FormatDuration(absl::Now() - start), ")",
+          absl::FormatDuration(took), ")",
           live != nullptr ? absl::StrCat(", replacing v", live->snapshot->version()) : std::string());
+  if (options_.on_load) options_.on_load(true, took);
+  std::atomic_store(&state_, *loaded);
   if (options_.on_swap) options_.on_swap(**loaded);
   return snap.version();
 }
@@ -158,27 +173,32 @@ absl::StatusOr<uint64_t> SnapshotManager::TryLoad(std::optional<uint64_t> wanted
 absl::StatusOr<uint64_t> SnapshotManager::FallBack(std::optional<uint64_t> refused,
                                                    const absl::Status& why) {
   // The last good state: the most recently promoted version (HISTORY) that
-  // loads. Without a history, the published versions newest first, only
-  // those older than a refused CURRENT (never a newer, unpromoted candidate).
+  // loads and, when CURRENT names a version, is older than it, so a fallback
+  // never moves forward (to a version an operator rolled back from, or to an
+  // unpromoted candidate). Without a HISTORY, the published versions older
+  // than the refused one; with neither, there is no telling which version
+  // was live, and nothing is served.
   std::vector<uint64_t> candidates;
   auto history = snapshot::PromotionHistory(options_.root);
   if (history.ok() && !history->empty()) {
-    candidates = *history;
+    for (uint64_t v : *history) {
+      if (!refused.has_value() || v < *refused) candidates.push_back(v);
+    }
+  } else if (!refused.has_value()) {
+    LogError("CURRENT cannot be served (", why.ToString(), ") and ", options_.root,
+             " has no HISTORY to tell which version was live: nothing is served until CURRENT "
+             "names a good version");
+    return why;
   } else if (auto versions = snapshot::ListVersions(options_.root); versions.ok()) {
     for (auto v = versions->rbegin(); v != versions->rend(); ++v) {
-      if (!refused.has_value() || *v < *refused) candidates.push_back(*v);
+      if (*v < *refused) candidates.push_back(*v);
     }
   }
   for (uint64_t v : candidates) {
-    if (refused.has_value() && v == *refused) continue;
     struct stat st;
     if (::stat(snapshot::VersionDir(options_.root, v).c_str(), &st) != 0) continue;  // Removed.
-    auto loaded = TryLoad(v, nullptr);
-    if (loaded.ok()) {
-      LogError("CURRENT cannot be served (", why.ToString(), "); fell back to v", v,
-               ", the most recently promoted version that loads");
-      return loaded;
-    }
+    auto loaded = TryLoad(v, nullptr, why.ToString());
+    if (loaded.ok()) return loaded;
   }
   return why;
 }

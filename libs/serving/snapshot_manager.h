@@ -75,8 +75,9 @@ class SnapshotManager {
   // A refused version, or a CURRENT that is missing or garbage, is logged
   // and counted (on_load(false)) once; the live version keeps serving. With
   // nothing live yet (a start or restart), the manager falls back to the last
-  // good state: the most recently promoted version (root/HISTORY) that loads;
-  // without a HISTORY, the newest version older than the refused one.
+  // good state: the most recently promoted version (root/HISTORY) that loads
+  // and is older than the refused one; without a HISTORY, the newest version
+  // older than the refused one; with neither, nothing.
   absl::StatusOr<uint64_t> PollOnce();
 
   // Starts a background thread calling PollOnce every poll_interval.
@@ -92,7 +93,10 @@ class SnapshotManager {
   absl::StatusOr<std::shared_ptr<const ServingState>> Load(std::optional<uint64_t> version,
                                                            const ServingState* live);
   // Load, then swap it in and log; or log the refusal. Reports to on_load.
-  absl::StatusOr<uint64_t> TryLoad(std::optional<uint64_t> wanted, const ServingState* live);
+  // `fallback_reason` non-empty: this load replaces an unusable CURRENT, and
+  // the log says so.
+  absl::StatusOr<uint64_t> TryLoad(std::optional<uint64_t> wanted, const ServingState* live,
+                                   const std::string& fallback_reason = "");
   // With nothing live: serve the last good state instead of `refused` (or
   // of an unusable CURRENT); returns `why` if no version loads.
   absl::StatusOr<uint64_t> FallBack(std::optional<uint64_t> refused, const absl::Status& why);

@@ -169,12 +169,35 @@ TEST_CASE("A restart falls back to the most recently promoted version that loads
     CHECK(*m->PollOnce() == 2);
     CHECK(refused == after_start);  // logged and counted once
   }
-  // Without HISTORY: the newest version older than the refused CURRENT.
+  // The candidate v4 is promoted, then rolled back from (to v2), and v2
+  // rots: the fallback goes back (v1), never forward to v4.
+  {
+    REQUIRE(snapshot::SetCurrentVersion(root, 4).ok());
+    REQUIRE(snapshot::SetCurrentVersion(root, 2).ok());  // HISTORY ..., 4, 2
+    Damage(root, 2, "ids.bin");
+    int refused = 0;
+    auto m = start(&refused);
+    CHECK(*m->PollOnce() == 1);
+    CHECK(m->Current()->snapshot->ids().Get(0)->id == "a0");
+  }
+  // Without HISTORY and without a usable CURRENT there is no telling which
+  // version was live: nothing is served.
+  {
+    std::filesystem::rename(root + "/HISTORY", root + "/HISTORY.saved");
+    std::filesystem::remove(root + "/CURRENT");
+    int refused = 0;
+    auto m = start(&refused);
+    CHECK_FALSE(m->PollOnce().ok());
+    CHECK(m->Current() == nullptr);
+    std::filesystem::rename(root + "/HISTORY.saved", root + "/HISTORY");
+  }
+  // Without HISTORY: the newest version older than the refused CURRENT that
+  // loads (v2 and v3 are damaged).
   std::filesystem::remove(root + "/HISTORY");
   REQUIRE(WriteFileDurably(root + "/CURRENT", "v3\n").ok());
   int refused = 0;
   auto m = start(&refused);
-  CHECK(*m->PollOnce() == 2);
+  CHECK(*m->PollOnce() == 1);
   // A good new version is promoted: it replaces the fallback.
   REQUIRE(snapshot::PublishSynthetic(root, 100, 8, index::Metric::kL2, "e").ok());  // v5
   CHECK(*m->PollOnce() == 5);

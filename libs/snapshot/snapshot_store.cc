@@ -19,6 +19,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "libs/common/file_util.h"
+#include "libs/common/log.h"
 #include "libs/common/status_macros.h"
 #include "libs/snapshot/thumbs_table.h"
 
@@ -86,11 +87,19 @@ absl::StatusOr<uint64_t> ParseVersionName(absl::string_view name) {
 
 namespace {
 
-// Records `version` in HISTORY, then points CURRENT at it. The caller holds
-// the root lock. If the append fails (a full disk), CURRENT is unchanged.
+// Points CURRENT at `version`, then records it in HISTORY. The caller holds
+// the root lock. In this order a failure can only leave a version out of
+// HISTORY (a fallback then picks an older one), never list one that was not
+// made live. A failed append is logged, not returned: CURRENT has moved.
 absl::Status MakeCurrent(const std::string& root, uint64_t version) {
-  RETURN_IF_ERROR(AppendFileDurably(root + "/" + kHistoryFile, VersionDirName(version) + "\n"));
-  return ReplaceFileAtomically(root + "/" + kCurrentFile, VersionDirName(version) + "\n");
+  RETURN_IF_ERROR(ReplaceFileAtomically(root + "/" + kCurrentFile, VersionDirName(version) + "\n"));
+  if (absl::Status s =
+          AppendFileDurably(root + "/" + kHistoryFile, VersionDirName(version) + "\n");
+      !s.ok()) {
+    LogError("CURRENT is ", VersionDirName(version), " but ", root, "/HISTORY was not updated: ",
+             s.ToString());
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -99,7 +108,8 @@ absl::StatusOr<std::vector<uint64_t>> PromotionHistory(const std::string& root) 
   auto text = ReadFileToString(root + "/" + kHistoryFile);
   if (absl::IsNotFound(text.status())) return std::vector<uint64_t>();
   if (!text.ok()) return text.status();
-  const std::vector<absl::string_view> lines = absl::StrSplit(*text, '\n', absl::SkipEmpty());
+  std::vector<absl::string_view> lines = absl::StrSplit(*text, '\n');
+  lines.pop_back();  // What follows the last newline: empty, or a torn append.
   std::vector<uint64_t> history;  // Newest first: walk the log backwards.
   for (auto line = lines.rbegin(); line != lines.rend(); ++line) {
     auto v = ParseVersionName(absl::StripAsciiWhitespace(*line));

@@ -2,7 +2,7 @@
 // CURRENT file naming the live one.
 //
 //   root/CURRENT          "v<N>\n", replaced atomically (temp, fsync, rename)
-//   root/HISTORY          "v<N>\n" appended (fsync'd) just before each
+//   root/HISTORY          "v<N>\n" appended (fsync'd) right after each
 //                         CURRENT replacement: the versions made live, in order
 //   root/v<N>/            MANIFEST.json, graph.hnsw, graph.offsets, ids.bin,
 //                         [model.pt], [thumbs.bin], [attrs.bin], [rejects.jsonl], ...

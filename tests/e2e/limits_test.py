@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import grpc
@@ -71,6 +72,8 @@ def main():
                 port = int(line.split()[-1])
                 break
         check(port is not None, "the service did not print its port")
+        # Keep reading its stdout, so the service can never block on a full pipe.
+        threading.Thread(target=lambda: server.stdout.read(), daemon=True).start()
         channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
             ("grpc.max_send_message_length", 4 * MIB), ("grpc.max_receive_message_length", 4 * MIB)])
         stub = pb_grpc.ImageSearchStub(channel)
@@ -134,7 +137,7 @@ def main():
         check(len(r.embeddings) == 64, len(r.embeddings))
         results.append("Embed of 64: OK")
         expect("Embed of 65", stub.Embed, pb.EmbedRequest(inputs=[small] * 65),
-               grpc.StatusCode.INVALID_ARGUMENT, "65")
+               grpc.StatusCode.INVALID_ARGUMENT, "inputs has 65 items; the maximum is 64")
 
         # Bytes that are not the request message.
         raw = channel.unary_unary("/imagesearch.v1.ImageSearch/Search",
