@@ -471,7 +471,7 @@ absl::StatusOr<Rows> StreamImages(const IndexerOptions& o, const model::ModelBun
       reject(d->work, std::string(d->image.status().message()));
       continue;
     }
-    if (d->work.id.empty() || !rows.seen.insert(d->work.id).second) {
+    if (d->work.id.empty() || rows.seen.count(d->work.id) > 0) {
       reject(d->work, d->work.id.empty() ? "empty id" : "duplicate id in the input");
       continue;
     }
@@ -483,6 +483,9 @@ absl::StatusOr<Rows> StreamImages(const IndexerOptions& o, const model::ModelBun
       }
       d->typed = *std::move(t);
     }
+    // Only an accepted image replaces a base row of the same id (MergeBase):
+    // one rejected for its pixels or attributes leaves the base row in place.
+    rows.seen.insert(d->work.id);
     batch.push_back(std::move(*d));
     if (batch.size() >= batch_size) flush();
   }

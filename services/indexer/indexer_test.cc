@@ -161,6 +161,38 @@ TEST_CASE("Incremental build keeps base vectors without re-encoding, replaces an
   CHECK(*snapshot::ReadCurrentVersion(root) == 3);
 }
 
+TEST_CASE("A re-supplied image rejected for its attributes leaves the base row in place") {
+  std::string root = TempDir() + "/root";
+  std::string dir = TempDir();
+  auto line = [](const std::string& id, const std::string& file, const std::string& year) {
+    return "{\"id\":\"" + id + "\",\"path\":\"" + kImages + "/" + file +
+           "\",\"attributes\":{\"year\":" + year + "}}\n";
+  };
+  REQUIRE(WriteFileDurably(dir + "/v1.jsonl", line("a", "rocket.jpg", "2020") +
+                                                  line("b", "coffee.png", "2021")).ok());
+  IndexerOptions o = Options(dir + "/v1.jsonl", root);
+  o.schema = *snapshot::ParseSchema("year:integer");
+  REQUIRE(RunIndexer(o).ok());
+  // v2 re-supplies "a" with another image but a year that is not an integer.
+  REQUIRE(WriteFileDurably(dir + "/v2.jsonl", line("a", "camera.png", "\"soon\"")).ok());
+  IndexerOptions inc = Options(dir + "/v2.jsonl", root);
+  inc.schema = o.schema;
+  inc.base_version = 1;
+  inc.max_reject_ratio = 1.0;
+  auto r = RunIndexer(inc);
+  REQUIRE(r.ok());
+  CHECK(r->rejected == 1);
+  CHECK(r->kept_from_base == 2);
+  auto s1 = snapshot::Snapshot::Open(root, 1, snapshot::VerifyMode::kSizes);
+  auto s2 = snapshot::Snapshot::Open(root, 2, snapshot::VerifyMode::kSizes);
+  REQUIRE(s1.ok());
+  REQUIRE(s2.ok());
+  REQUIRE((*s2)->ids().Find("a").has_value());
+  const float* before = (*s1)->searcher().Vector(*(*s1)->ids().Find("a"));
+  const float* after = (*s2)->searcher().Vector(*(*s2)->ids().Find("a"));
+  CHECK(std::equal(before, before + 1792, after));  // still rocket.jpg's vector
+}
+
 TEST_CASE("Stdin and manifest inputs; a bad manifest line is a precise error") {
   std::string root = TempDir() + "/root";
   std::istringstream in(kImages + "/rocket.jpg\n\n" + kImages + "/coffee.png\n");
