@@ -209,15 +209,12 @@ absl::Status ListInput(const IndexerOptions& o, BoundedQueue<Work>* out, Progres
     }
     return absl::OkStatus();
   }
-  if (absl::EndsWith(o.input, ".jsonl")) {
-    std::ifstream in(o.input);
-    if (!in) return absl::NotFoundError(absl::StrCat("cannot open manifest ", o.input));
-    return ListLines(
-        in, fs::path(o.input).parent_path(), /*plain_paths=*/false,
-        [&o](size_t n) { return absl::StrCat(o.input, ":", n); }, push);
-  }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "--input '", o.input, "' is neither a directory, a .jsonl manifest, nor '-' (stdin)"));
+  // A .jsonl manifest: ValidateOptions refused every other kind of input.
+  std::ifstream in(o.input);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open manifest ", o.input));
+  return ListLines(
+      in, fs::path(o.input).parent_path(), /*plain_paths=*/false,
+      [&o](size_t n) { return absl::StrCat(o.input, ":", n); }, push);
 }
 
 // What the manifest (or a shard) records about the model; sha256 and file

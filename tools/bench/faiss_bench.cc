@@ -51,10 +51,10 @@
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/test_snapshots.h"
-#include "tools/bench/bench_data.h"
+#include "tools/bench/bench_util.h"
 
 ABSL_FLAG(std::string, data, "lowrank",
-          "lowrank: tools/bench/bench_data.h LowRankData (filter_bench's realistic data); "
+          "lowrank: tools/bench/bench_util.h LowRankData (filter_bench's realistic data); "
           "clustered: search_bench's data (MakeSyntheticCorpus, seed 1, 1000 clusters, --spread).");
 ABSL_FLAG(int, n, 100000, "Indexed vectors.");
 ABSL_FLAG(int, dim, 512, "Dimension (CLIP ViT-B is 512).");
@@ -130,13 +130,7 @@ size_t RssBytes() {
 
 double MiB(size_t bytes) { return bytes / 1048576.0; }
 
-void PinTo(int cpu) {
-  if (cpu < 0) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-}
+using bench::PinTo;
 
 // Calls one(q) for q = 0, 1, ... (wrapping) until `seconds` have passed and
 // every query ran at least once; returns queries per second.

@@ -29,7 +29,7 @@
 #include "libs/serving/query_engine.h"
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
-#include "tools/bench/bench_data.h"
+#include "tools/bench/bench_util.h"
 
 ABSL_FLAG(int, n, 200000, "Indexed vectors.");
 ABSL_FLAG(int, dim, 256, "Dimension.");

@@ -33,7 +33,7 @@
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/test_snapshots.h"
 #include "tests/integration/server_process.h"
-#include "tools/bench/bench_data.h"
+#include "tools/bench/bench_util.h"
 
 ABSL_FLAG(std::string, query_binary, "", "Path of imagesearch-query.");
 ABSL_FLAG(int, n, 100000, "Indexed vectors.");
@@ -60,14 +60,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr size_t kK = 10;
 
-// Pins the calling thread to one core (-1: leaves it alone).
-void PinTo(int cpu) {
-  if (cpu < 0) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-}
+using bench::PinTo;
 
 // Runs `one(query_index)` from `threads` threads (each pinned to `cpu`, if
 // set) for `seconds`; returns QPS.

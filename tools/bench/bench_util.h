@@ -1,6 +1,10 @@
-// Synthetic data shared by the benchmarks (header-only, not for production).
-#ifndef IMAGESEARCH_TOOLS_BENCH_BENCH_DATA_H_
-#define IMAGESEARCH_TOOLS_BENCH_BENCH_DATA_H_
+// Helpers shared by the benchmarks: synthetic data, exact ground truth, CPU
+// pinning (header-only, not for production).
+#ifndef IMAGESEARCH_TOOLS_BENCH_BENCH_UTIL_H_
+#define IMAGESEARCH_TOOLS_BENCH_BENCH_UTIL_H_
+
+#include <pthread.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <cmath>
@@ -62,6 +66,15 @@ std::vector<std::vector<uint32_t>> ExactTopK(const float* queries, size_t nq, co
   return truth;
 }
 
+// Pins the calling thread to one core (-1: leaves it alone).
+inline void PinTo(int cpu) {
+  if (cpu < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
 }  // namespace imagesearch::bench
 
-#endif  // IMAGESEARCH_TOOLS_BENCH_BENCH_DATA_H_
+#endif  // IMAGESEARCH_TOOLS_BENCH_BENCH_UTIL_H_
