@@ -57,6 +57,7 @@ class ServerProcess {
   }
 
   int port() const { return port_; }
+  pid_t pid() const { return pid_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   bool Alive() const { return pid_ > 0 && !exited_ && ::kill(pid_, 0) == 0; }
 

@@ -16,8 +16,15 @@
 // our SIMD distance kernel ("faiss+k", see KernelStorage), since Debian's
 // faiss has scalar kernels only.
 //
-//   imagesearch_faiss_bench --data=lowrank --n=100000 --dim=512 --cpu=1
-//       [--data=clustered --spread=1: search_bench's data] [--reuse]
+// With --query_binary it also drives the real service over gRPC at each ef
+// (pinned: the service on --cpu, the closed-loop clients on the other core),
+// unary Search and SearchBatch, so the curves of all contenders come from one
+// run. --csv writes every point for tools/bench/plot.py.
+//
+//   imagesearch_faiss_bench --data=lowrank --n=100000 --dim=512 --cpu=0
+//       [--data=clustered --spread=1: search_bench's data]
+//       [--data=npy --vectors=FILE: real embeddings; the last --queries rows are the queries]
+//       [--query_binary=build/services/query/imagesearch-query] [--faiss=false] [--reuse]
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
 #include <faiss/impl/DistanceComputer.h>
@@ -29,6 +36,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -51,12 +59,24 @@
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/test_snapshots.h"
+#include "libs/snapshot/vector_io.h"
 #include "tools/bench/bench_util.h"
+#include "tools/bench/service_client.h"
 
 ABSL_FLAG(std::string, data, "lowrank",
           "lowrank: tools/bench/bench_util.h LowRankData (filter_bench's realistic data); "
-          "clustered: search_bench's data (MakeSyntheticCorpus, seed 1, 1000 clusters, --spread).");
-ABSL_FLAG(int, n, 100000, "Indexed vectors.");
+          "clustered: search_bench's data (MakeSyntheticCorpus, seed 1, 1000 clusters, --spread); "
+          "npy: the rows of --vectors, the last --queries of them held out as queries.");
+ABSL_FLAG(std::string, vectors, "", "--data=npy: an N x D float32 .npy (or .fvecs) file.");
+ABSL_FLAG(bool, faiss, true, "Also build and search faiss (slow to build at 1M: scalar kernels).");
+ABSL_FLAG(std::string, query_binary, "",
+          "Also measure imagesearch-query over gRPC at every ef (unary Search and SearchBatch).");
+ABSL_FLAG(int, clients, 4, "--query_binary: closed-loop gRPC client threads.");
+ABSL_FLAG(int, batch, 16, "--query_binary: queries per SearchBatch call.");
+ABSL_FLAG(std::string, csv, "", "Write every sweep point here: contender,ef,recall,qps.");
+ABSL_FLAG(std::string, queries_out, "",
+          "Write the held-out queries here (.npy, unit length) for imagesearch-loadgen --vectors.");
+ABSL_FLAG(int, n, 100000, "Indexed vectors (--data=npy: at most the file's rows minus --queries).");
 ABSL_FLAG(int, dim, 512, "Dimension (CLIP ViT-B is 512).");
 ABSL_FLAG(int, queries, 1000, "Held-out query vectors of the same distribution.");
 ABSL_FLAG(double, spread, 1.0, "--data=clustered: within-cluster spread (search_bench's flag).");
@@ -67,7 +87,9 @@ ABSL_FLAG(int, ef_construction, 100, "HNSW efConstruction for both graphs (searc
 ABSL_FLAG(int, build_threads, 0, "Threads for both builds; 0 = all cores.");
 ABSL_FLAG(std::string, ef, "10,16,24,32,48,64,96,128,192,256,384", "ef sweep (comma-separated).");
 ABSL_FLAG(double, seconds, 1.0, "Measuring time per contender per ef.");
-ABSL_FLAG(int, cpu, -1, "Core the searches run on (-1: not pinned).");
+ABSL_FLAG(int, cpu, -1,
+          "Core the in-process searches and the service run on (-1: not pinned); the service's "
+          "clients run on another core.");
 ABSL_FLAG(std::string, workdir, "/tmp/imagesearch_faiss_bench", "Where the snapshot and faiss index go.");
 ABSL_FLAG(bool, reuse, false,
           "Reuse the snapshot and faiss index an earlier run left in --workdir (same data flags).");
@@ -169,7 +191,7 @@ double QpsAtRecall(const std::vector<Point>& curve, double recall) {
 }
 
 int Run() {
-  const size_t n = absl::GetFlag(FLAGS_n), dim = absl::GetFlag(FLAGS_dim);
+  size_t n = absl::GetFlag(FLAGS_n), dim = absl::GetFlag(FLAGS_dim);
   const size_t nq = absl::GetFlag(FLAGS_queries);
   const std::string workdir = absl::GetFlag(FLAGS_workdir);
   const std::string root = workdir + "/root", faiss_path = workdir + "/faiss.index";
@@ -186,8 +208,9 @@ int Run() {
     }
     efs.push_back(e);
   }
+  const bool with_faiss = absl::GetFlag(FLAGS_faiss);
   const bool reuse = absl::GetFlag(FLAGS_reuse) && snapshot::ReadCurrentVersion(root).ok() &&
-                     std::filesystem::exists(faiss_path);
+                     (!with_faiss || std::filesystem::exists(faiss_path));
   if (!reuse) std::filesystem::remove_all(workdir);
 
   // The data: one draw of n + nq rows; the tail is held out as queries.
@@ -213,8 +236,25 @@ int Run() {
     for (size_t r = 0; r < n; ++r) in.ids.push_back({std::to_string(r), "", ""});
     std::printf("data: %zu x %zu low-rank (latent %d, %d clusters), cosine, %zu held-out queries\n", n,
                 dim, absl::GetFlag(FLAGS_latent_dim), absl::GetFlag(FLAGS_clusters), nq);
+  } else if (kind == "npy") {
+    absl::StatusOr<VectorSet> file = ReadVectorFile(absl::GetFlag(FLAGS_vectors));
+    if (!file.ok() || file->count <= nq) {
+      std::cerr << "--vectors: " << (file.ok() ? "fewer rows than --queries" : file.status().ToString())
+                << "\n";
+      return 1;
+    }
+    n = std::min(n, file->count - nq);
+    dim = file->dim;
+    // The first n rows are indexed, the last nq are the queries.
+    data.assign(file->data.begin(), file->data.begin() + n * dim);
+    data.insert(data.end(), file->data.end() - nq * dim, file->data.end());
+    in.dim = static_cast<int>(dim);
+    in.metric = index::Metric::kCosine;
+    for (size_t r = 0; r < n; ++r) in.ids.push_back({std::to_string(r), "", ""});
+    std::printf("data: %zu x %zu rows of %s, cosine, its last %zu rows as queries\n", n, dim,
+                absl::GetFlag(FLAGS_vectors).c_str(), nq);
   } else {
-    std::cerr << "--data must be lowrank or clustered\n";
+    std::cerr << "--data must be lowrank, clustered or npy\n";
     return 1;
   }
   in.count = n;
@@ -254,16 +294,23 @@ int Run() {
   for (size_t i = 0; i < n + nq; ++i) index::NormalizeInPlace(&data[i * dim], dim);
   const float* base = data.data();
   const float* queries = data.data() + n * dim;
+  if (!absl::GetFlag(FLAGS_queries_out).empty()) {
+    VectorSet set;
+    set.count = nq;
+    set.dim = dim;
+    set.data.assign(queries, queries + nq * dim);
+    std::ofstream(absl::GetFlag(FLAGS_queries_out), std::ios::binary) << EncodeNpy(set);
+  }
 
   // (c): faiss, same M and efConstruction, same build threads.
   omp_set_num_threads(build_threads);
   double faiss_build_s = -1;
   size_t faiss_rss_delta = 0;
   std::unique_ptr<faiss::IndexHNSWFlat> faiss_index;
-  {
+  if (with_faiss) {
     const size_t rss0 = RssBytes();
     const auto t0 = Clock::now();
-    if (reuse) {
+    if (reuse && std::filesystem::exists(faiss_path)) {
       faiss_index.reset(dynamic_cast<faiss::IndexHNSWFlat*>(faiss::read_index(faiss_path.c_str())));
       if (faiss_index == nullptr || faiss_index->ntotal != static_cast<FaissIdx>(n)) {
         std::cerr << faiss_path << " is not an IndexHNSWFlat of " << n << " vectors\n";
@@ -279,7 +326,7 @@ int Run() {
     }
     faiss_rss_delta = RssBytes() - rss0;
   }
-  const size_t faiss_file_bytes = std::filesystem::file_size(faiss_path);
+  const size_t faiss_file_bytes = with_faiss ? std::filesystem::file_size(faiss_path) : 0;
 
   auto snap = snapshot::Snapshot::Open(root, *v, snapshot::VerifyMode::kSizes);
   const size_t rss_before_hnswlib = RssBytes();
@@ -291,15 +338,19 @@ int Run() {
   }
   const auto& ours = (*snap)->searcher();
   // faiss's graph over our kernel (see KernelStorage), sharing faiss's vectors.
-  const auto* flat = dynamic_cast<const faiss::IndexFlat*>(faiss_index->storage);
-  if (flat == nullptr) {
-    std::cerr << "faiss storage is not an IndexFlat\n";
-    return 1;
+  std::unique_ptr<KernelStorage> kernel_storage;
+  std::unique_ptr<faiss::IndexHNSW> faiss_kernel;
+  if (with_faiss) {
+    const auto* flat = dynamic_cast<const faiss::IndexFlat*>(faiss_index->storage);
+    if (flat == nullptr) {
+      std::cerr << "faiss storage is not an IndexFlat\n";
+      return 1;
+    }
+    kernel_storage = std::make_unique<KernelStorage>(flat->get_xb(), n, dim);
+    faiss_kernel = std::make_unique<faiss::IndexHNSW>(kernel_storage.get(), m);
+    faiss_kernel->hnsw = faiss_index->hnsw;
+    faiss_kernel->ntotal = faiss_index->ntotal;
   }
-  KernelStorage kernel_storage(flat->get_xb(), n, dim);
-  faiss::IndexHNSW faiss_kernel(&kernel_storage, m);
-  faiss_kernel.hnsw = faiss_index->hnsw;
-  faiss_kernel.ntotal = faiss_index->ntotal;
 
   // Exact top-10 (brute force with our kernel), on all build threads.
   const std::vector<std::vector<uint32_t>> truth =
@@ -313,7 +364,9 @@ int Run() {
 
   std::printf("\nbuild (%d threads): ours/hnswlib snapshot %s, faiss add %s\n", build_threads,
               ours_build_s < 0 ? "reused" : (std::to_string(ours_build_s).substr(0, 6) + " s").c_str(),
-              faiss_build_s < 0 ? "reused" : (std::to_string(faiss_build_s).substr(0, 6) + " s").c_str());
+              !with_faiss         ? "not run"
+              : faiss_build_s < 0 ? "reused"
+                                  : (std::to_string(faiss_build_s).substr(0, 6) + " s").c_str());
   std::printf("memory: ours mmaps graph.hnsw+graph.offsets %.1f MiB (whole snapshot dir %.1f MiB; "
               "page cache, shared)\n        hnswlib loadIndex heap (RSS delta) %.1f MiB\n"
               "        faiss index file %.1f MiB, RSS delta of %s %.1f MiB\n",
@@ -322,17 +375,39 @@ int Run() {
   std::printf("distance kernel (ours, hnswlib graph search): %s\n",
               index::SimdLevelName(index::BestSimdLevel()));
 
+  // The service (optional): on the searches' core, its clients on another.
+  const int cpu = absl::GetFlag(FLAGS_cpu);
+  const int client_cpu = cpu < 0 ? -1 : (cpu == 0 ? 1 : 0);
+  std::unique_ptr<bench::ServiceUnderTest> service;
+  if (!absl::GetFlag(FLAGS_query_binary).empty()) {
+    PinTo(client_cpu);  // gRPC's client threads start where their creator runs.
+    service = std::make_unique<bench::ServiceUnderTest>(absl::GetFlag(FLAGS_query_binary), root,
+                                                        workdir + "/query.log", cpu,
+                                                        absl::GetFlag(FLAGS_clients));
+    if (!service->started() ||
+        !service->WaitServing(bench::VectorRequests(queries, 1, dim, kK, 10)[0])) {
+      std::cerr << "query service did not start (see " << workdir << "/query.log)\n";
+      return 1;
+    }
+    std::printf("service: imagesearch-query%s, %d closed-loop gRPC clients%s\n",
+                cpu < 0 ? "" : (" on core " + std::to_string(cpu)).c_str(), service->clients(),
+                client_cpu < 0 ? "" : (" on core " + std::to_string(client_cpu)).c_str());
+  }
+  std::atomic<uint64_t> service_failures{0};
+
   // The sweep, on one thread.
   omp_set_num_threads(1);
-  PinTo(absl::GetFlag(FLAGS_cpu));
+  PinTo(cpu);
   const double secs = absl::GetFlag(FLAGS_seconds);
-  std::vector<Point> c_ours, c_hnswlib, c_faiss, c_faiss_batch, c_faiss_kernel;
+  std::vector<Point> c_ours, c_hnswlib, c_faiss, c_faiss_batch, c_faiss_kernel, c_service,
+      c_service_batch;
   std::vector<FaissIdx> labels(nq * kK);
   std::vector<float> distances(nq * kK);
-  std::printf("\n%5s | %-18s | %-18s | %-18s | %-9s | %-18s\n", "ef", "ours (mmap)", "hnswlib",
-              "faiss 1/call", "faiss-b", "faiss+k 1/call");
-  std::printf("%5s | %8s %9s | %8s %9s | %8s %9s | %9s | %8s %9s\n", "", "recall", "QPS", "recall",
-              "QPS", "recall", "QPS", "QPS", "recall", "QPS");
+  std::printf("\n%5s | %-18s | %-18s | %-18s | %-9s | %-18s | %-18s | %-9s\n", "ef", "ours (mmap)",
+              "hnswlib", "faiss 1/call", "faiss-b", "faiss+k 1/call", "service unary",
+              "svc batch");
+  std::printf("%5s | %8s %9s | %8s %9s | %8s %9s | %9s | %8s %9s | %8s %9s | %9s\n", "", "recall",
+              "QPS", "recall", "QPS", "recall", "QPS", "QPS", "recall", "QPS", "recall", "QPS", "QPS");
   for (size_t ef : efs) {
     size_t h = 0;
     for (size_t q = 0; q < nq; ++q) {
@@ -353,55 +428,100 @@ int Run() {
     const double r_hnswlib = double(h) / (nq * kK);
     const double q_hnswlib = Qps(secs, nq, [&](size_t q) { (void)(*ref)->Search(&queries[q * dim], kK); });
 
-    faiss_index->hnsw.efSearch = static_cast<int>(ef);
-    faiss_index->search(static_cast<FaissIdx>(nq), queries, kK, distances.data(), labels.data());
-    h = 0;
-    for (size_t q = 0; q < nq; ++q) {
-      h += hits_of(q, std::vector<FaissIdx>(labels.begin() + q * kK, labels.begin() + (q + 1) * kK));
-    }
-    const double r_faiss = double(h) / (nq * kK);
-    FaissIdx one_label[kK];
-    float one_dist[kK];
-    const double q_faiss = Qps(secs, nq, [&](size_t q) {
-      faiss_index->search(1, &queries[q * dim], kK, one_dist, one_label);
-    });
-    size_t passes = 0;
-    const auto t0 = Clock::now();
-    do {
+    double r_faiss = std::nan(""), q_faiss = std::nan(""), q_faiss_batch = std::nan("");
+    double r_faiss_kernel = std::nan(""), q_faiss_kernel = std::nan("");
+    if (with_faiss) {
+      faiss_index->hnsw.efSearch = static_cast<int>(ef);
       faiss_index->search(static_cast<FaissIdx>(nq), queries, kK, distances.data(), labels.data());
-      ++passes;
-    } while (Since(t0) < secs);
-    const double q_faiss_batch = passes * nq / Since(t0);
+      h = 0;
+      for (size_t q = 0; q < nq; ++q) {
+        h += hits_of(q, std::vector<FaissIdx>(labels.begin() + q * kK, labels.begin() + (q + 1) * kK));
+      }
+      r_faiss = double(h) / (nq * kK);
+      FaissIdx one_label[kK];
+      float one_dist[kK];
+      q_faiss = Qps(secs, nq, [&](size_t q) {
+        faiss_index->search(1, &queries[q * dim], kK, one_dist, one_label);
+      });
+      size_t passes = 0;
+      const auto t0 = Clock::now();
+      do {
+        faiss_index->search(static_cast<FaissIdx>(nq), queries, kK, distances.data(), labels.data());
+        ++passes;
+      } while (Since(t0) < secs);
+      q_faiss_batch = passes * nq / Since(t0);
 
-    faiss_kernel.hnsw.efSearch = static_cast<int>(ef);
-    faiss_kernel.search(static_cast<FaissIdx>(nq), queries, kK, distances.data(), labels.data());
-    h = 0;
-    for (size_t q = 0; q < nq; ++q) {
-      h += hits_of(q, std::vector<FaissIdx>(labels.begin() + q * kK, labels.begin() + (q + 1) * kK));
+      faiss_kernel->hnsw.efSearch = static_cast<int>(ef);
+      faiss_kernel->search(static_cast<FaissIdx>(nq), queries, kK, distances.data(), labels.data());
+      h = 0;
+      for (size_t q = 0; q < nq; ++q) {
+        h += hits_of(q, std::vector<FaissIdx>(labels.begin() + q * kK, labels.begin() + (q + 1) * kK));
+      }
+      r_faiss_kernel = double(h) / (nq * kK);
+      q_faiss_kernel = Qps(secs, nq, [&](size_t q) {
+        faiss_kernel->search(1, &queries[q * dim], kK, one_dist, one_label);
+      });
+      c_faiss_kernel.push_back({ef, r_faiss_kernel, q_faiss_kernel});
+      c_faiss.push_back({ef, r_faiss, q_faiss});
+      c_faiss_batch.push_back({ef, r_faiss, q_faiss_batch});
     }
-    const double r_faiss_kernel = double(h) / (nq * kK);
-    const double q_faiss_kernel = Qps(secs, nq, [&](size_t q) {
-      faiss_kernel.search(1, &queries[q * dim], kK, one_dist, one_label);
-    });
+
+    double r_service = std::nan(""), q_service = std::nan(""), q_service_batch = std::nan("");
+    if (service != nullptr) {
+      PinTo(client_cpu);
+      const std::vector<v1::SearchRequest> reqs = bench::VectorRequests(queries, nq, dim, kK, ef);
+      h = 0;
+      for (size_t q = 0; q < nq; ++q) {  // The service's ids are the row numbers.
+        v1::SearchResponse r;
+        if (!service->Search(0, reqs[q], &r).ok()) ++service_failures;
+        std::vector<uint32_t> got;
+        for (const auto& hit : r.hits()) got.push_back(static_cast<uint32_t>(std::stoul(hit.id())));
+        h += hits_of(q, got);
+      }
+      r_service = double(h) / (nq * kK);
+      q_service = service->UnaryQps(reqs, secs, client_cpu, &service_failures);
+      q_service_batch = service->BatchQps(
+          bench::Batches(reqs, static_cast<size_t>(absl::GetFlag(FLAGS_batch))), secs, client_cpu,
+          &service_failures);
+      c_service.push_back({ef, r_service, q_service});
+      c_service_batch.push_back({ef, r_service, q_service_batch});
+      PinTo(cpu);
+    }
 
     c_ours.push_back({ef, r_ours, q_ours});
-    c_faiss_kernel.push_back({ef, r_faiss_kernel, q_faiss_kernel});
     c_hnswlib.push_back({ef, r_hnswlib, q_hnswlib});
-    c_faiss.push_back({ef, r_faiss, q_faiss});
-    c_faiss_batch.push_back({ef, r_faiss, q_faiss_batch});
-    std::printf("%5zu | %8.4f %9.0f | %8.4f %9.0f | %8.4f %9.0f | %9.0f | %8.4f %9.0f\n", ef, r_ours,
-                q_ours, r_hnswlib, q_hnswlib, r_faiss, q_faiss, q_faiss_batch, r_faiss_kernel,
-                q_faiss_kernel);
+    std::printf("%5zu | %8.4f %9.0f | %8.4f %9.0f | %8.4f %9.0f | %9.0f | %8.4f %9.0f | %8.4f %9.0f | %9.0f\n",
+                ef, r_ours, q_ours, r_hnswlib, q_hnswlib, r_faiss, q_faiss, q_faiss_batch,
+                r_faiss_kernel, q_faiss_kernel, r_service, q_service, q_service_batch);
     std::fflush(stdout);
+  }
+  if (service_failures > 0) {
+    std::printf("service: %llu calls failed\n", static_cast<unsigned long long>(service_failures.load()));
+  }
+  if (!absl::GetFlag(FLAGS_csv).empty()) {
+    std::ofstream csv(absl::GetFlag(FLAGS_csv));
+    csv << "contender,ef,recall,qps\n";
+    auto put = [&](const char* name, const std::vector<Point>& curve) {
+      for (const Point& p : curve) csv << name << "," << p.ef << "," << p.recall << "," << p.qps << "\n";
+    };
+    put("ours", c_ours);
+    put("hnswlib", c_hnswlib);
+    put("faiss", c_faiss);
+    put("faiss-b", c_faiss_batch);
+    put("faiss+k", c_faiss_kernel);
+    put("service", c_service);
+    put("service-batch", c_service_batch);
   }
 
   std::printf("\nQPS at equal recall@10 (log-QPS interpolated between sweep points; - = not reached)\n");
-  std::printf("%7s | %9s %9s %9s %9s %9s | %10s %10s %10s\n", "recall", "ours", "hnswlib", "faiss",
-              "faiss-b", "faiss+k", "ours/faiss", "ours/f-b", "ours/f+k");
+  std::printf("%7s | %9s %9s %9s %9s %9s %9s %9s | %10s %10s %10s %9s %9s\n", "recall", "ours",
+              "hnswlib", "faiss", "faiss-b", "faiss+k", "service", "svc-batch", "ours/faiss",
+              "ours/f-b", "ours/f+k", "svc/hnsw", "svcb/hnsw");
   for (double target : {0.80, 0.90, 0.95, 0.97, 0.98, 0.99, 0.995}) {
     const double a = QpsAtRecall(c_ours, target), b = QpsAtRecall(c_hnswlib, target);
     const double c = QpsAtRecall(c_faiss, target), d = QpsAtRecall(c_faiss_batch, target);
     const double e = QpsAtRecall(c_faiss_kernel, target);
+    const double f = QpsAtRecall(c_service, target), g = QpsAtRecall(c_service_batch, target);
     auto cell = [](double x) {
       char buf[16];
       if (std::isnan(x)) return std::string("-");
@@ -414,11 +534,12 @@ int Run() {
       std::snprintf(buf, sizeof(buf), "%.2f", x / y);
       return std::string(buf);
     };
-    std::printf("%7.3f | %9s %9s %9s %9s %9s | %10s %10s %10s\n", target, cell(a).c_str(),
-                cell(b).c_str(), cell(c).c_str(), cell(d).c_str(), cell(e).c_str(), ratio(a, c).c_str(),
-                ratio(a, d).c_str(), ratio(a, e).c_str());
+    std::printf("%7.3f | %9s %9s %9s %9s %9s %9s %9s | %10s %10s %10s %9s %9s\n", target,
+                cell(a).c_str(), cell(b).c_str(), cell(c).c_str(), cell(d).c_str(), cell(e).c_str(),
+                cell(f).c_str(), cell(g).c_str(), ratio(a, c).c_str(), ratio(a, d).c_str(),
+                ratio(a, e).c_str(), ratio(f, b).c_str(), ratio(g, b).c_str());
   }
-  return 0;
+  return service_failures == 0 ? 0 : 1;
 }
 
 }  // namespace

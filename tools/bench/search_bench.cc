@@ -32,8 +32,8 @@
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/test_snapshots.h"
-#include "tests/integration/server_process.h"
 #include "tools/bench/bench_util.h"
+#include "tools/bench/service_client.h"
 
 ABSL_FLAG(std::string, query_binary, "", "Path of imagesearch-query.");
 ABSL_FLAG(int, n, 100000, "Indexed vectors.");
@@ -61,28 +61,6 @@ using Clock = std::chrono::steady_clock;
 constexpr size_t kK = 10;
 
 using bench::PinTo;
-
-// Runs `one(query_index)` from `threads` threads (each pinned to `cpu`, if
-// set) for `seconds`; returns QPS.
-template <typename Fn>
-double Measure(int threads, double seconds, size_t nq, Fn one, int cpu = -1) {
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> done{0};
-  std::vector<std::thread> ts;
-  const auto start = Clock::now();
-  for (int t = 0; t < threads; ++t) {
-    ts.emplace_back([&, t] {
-      PinTo(cpu);
-      uint64_t local = 0;
-      for (size_t i = t; !stop; i += threads, ++local) one(i % nq);
-      done += local;
-    });
-  }
-  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
-  stop = true;
-  for (auto& th : ts) th.join();
-  return done / std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 int Run() {
   const size_t n = absl::GetFlag(FLAGS_n), dim = absl::GetFlag(FLAGS_dim);
@@ -165,93 +143,40 @@ int Run() {
     return out;
   });
 
-  const double qps_hnswlib = Measure(threads, secs, nq, [&](size_t q) {
+  const double qps_hnswlib = bench::ClosedLoopQps(threads, secs, nq, [&](int, size_t q) {
     auto r = (*ref)->Search(&queries[q * dim], kK);
     (void)r;
   }, library_cpu);
-  const double qps_mmap = Measure(threads, secs, nq, [&](size_t q) {
+  const double qps_mmap = bench::ClosedLoopQps(threads, secs, nq, [&](int, size_t q) {
     auto r = (*snap)->searcher().Search(&queries[q * dim], kK, ef);
     (void)r;
   }, library_cpu);
 
   // Threads made from here on (gRPC's client threads included) start on core 1.
   PinTo(client_cpu);
-  std::vector<std::string> server_args = {"--snapshot_root=" + root, "--verify=sizes"};
-  std::string server_binary = absl::GetFlag(FLAGS_query_binary);
-  if (pinned) {
-    // taskset -c 0 imagesearch-query ...: the whole service on core 0.
-    server_args.insert(server_args.begin(), {"-c", "0", server_binary});
-    server_binary = "/usr/bin/taskset";
-  }
-  testing::ServerProcess server(server_binary, server_args,
-                                absl::GetFlag(FLAGS_workdir) + "/query.log");
-  if (server.port() == 0) {
+  const int clients = absl::GetFlag(FLAGS_clients);
+  bench::ServiceUnderTest service(absl::GetFlag(FLAGS_query_binary), root,
+                                  absl::GetFlag(FLAGS_workdir) + "/query.log",
+                                  pinned ? 0 : -1, clients);
+  const std::vector<v1::SearchRequest> reqs = bench::VectorRequests(queries.data(), nq, dim, kK, ef);
+  if (!service.started() || !service.WaitServing(reqs[0])) {
     std::cerr << "query service did not start\n";
     return 1;
   }
-  grpc::ChannelArguments args;
-  args.SetInt("grpc.use_local_subchannel_pool", 1);
-  std::vector<std::unique_ptr<v1::ImageSearch::Stub>> stubs;
-  const int clients = absl::GetFlag(FLAGS_clients);
-  for (int c = 0; c < clients; ++c) {
-    args.SetInt("imagesearch.client", c);  // One connection per client thread.
-    stubs.push_back(v1::ImageSearch::NewStub(
-        grpc::CreateCustomChannel(server.address(), grpc::InsecureChannelCredentials(), args)));
-  }
-  std::vector<v1::SearchRequest> reqs(nq);
-  for (size_t q = 0; q < nq; ++q) {
-    reqs[q].mutable_vector()->mutable_values()->Add(&queries[q * dim], &queries[q * dim] + dim);
-    reqs[q].set_top_k(kK);
-    reqs[q].set_ef(static_cast<uint32_t>(ef));
-  }
-  auto call = [&](int c, size_t q, v1::SearchResponse* resp) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    return stubs[c]->Search(&ctx, reqs[q], resp);
-  };
-  // Wait until serving, then check the service's recall too.
-  for (int i = 0; i < 600; ++i) {
-    v1::SearchResponse r;
-    if (call(0, 0, &r).ok()) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  // The service's recall, from the row numbers its ids are.
   std::atomic<uint64_t> failures{0};
   const double service_recall = recall_of([&](size_t q) {
     v1::SearchResponse r;
     std::vector<uint32_t> out;
-    if (!call(0, q, &r).ok()) failures++;
+    if (!service.Search(0, reqs[q], &r).ok()) failures++;
     for (auto& h : r.hits()) out.push_back(static_cast<uint32_t>(std::stoul(h.id())));
     return out;
   });
-  std::atomic<int> next_client{0};
-  thread_local int my_client = -1;
-  const double qps_service = Measure(clients, secs, nq, [&](size_t q) {
-    if (my_client < 0) my_client = next_client++ % clients;
-    v1::SearchResponse r;
-    if (!call(my_client, q, &r).ok()) failures++;
-  }, client_cpu);
-
+  const double qps_service = service.UnaryQps(reqs, secs, client_cpu, &failures);
   // Batched: SearchBatch calls of --batch queries; QPS counts queries.
   const int batch = absl::GetFlag(FLAGS_batch);
-  std::vector<v1::SearchBatchRequest> batches;
-  for (size_t q = 0; q + batch <= nq; q += batch) {
-    v1::SearchBatchRequest b;
-    for (int j = 0; j < batch; ++j) *b.add_requests() = reqs[q + j];
-    batches.push_back(std::move(b));
-  }
-  std::atomic<int> next_batch_client{0};
-  thread_local int my_batch_client = -1;
-  const double calls_per_s = Measure(clients, secs, batches.size(), [&](size_t b) {
-    if (my_batch_client < 0) my_batch_client = next_batch_client++ % clients;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    v1::SearchBatchResponse r;
-    if (!stubs[my_batch_client]->SearchBatch(&ctx, batches[b], &r).ok() ||
-        r.responses_size() != batch) {
-      failures++;
-    }
-  }, client_cpu);
-  const double qps_batched = calls_per_s * batch;
+  const double qps_batched =
+      service.BatchQps(bench::Batches(reqs, static_cast<size_t>(batch)), secs, client_cpu, &failures);
 
   std::printf("\nef=%zu (smallest on the sweep with hnswlib recall@10 >= %.2f), k=10, %d threads%s\n",
               ef, absl::GetFlag(FLAGS_target_recall), threads,

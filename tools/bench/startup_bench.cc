@@ -2,14 +2,21 @@
 // loadIndex of the same graph file, in one run:
 //   (a) exec imagesearch-query -> first successful Search answer, with
 //       --verify=sizes (O(1) in the index size) and --verify=checksums;
-//   (b) hnswlib HierarchicalNSW(space, path) (copies the file to the heap).
+//   (b) hnswlib HierarchicalNSW(space, path) (copies the file to the heap);
+//   (c) the proportional set size (PSS) of one replica, and of two replicas
+//       on the same snapshot together, each after the same id queries: the
+//       graph is page cache shared by both, so two should cost about one.
 // Page cache is warm for all (the snapshot was just written or read).
 //
 //   startup_bench --query_binary=build/services/query/imagesearch-query [--n=1000000 --dim=128]
+//   startup_bench --query_binary=... --snapshot_root=DIR   (an existing snapshot, e.g. faiss_bench's)
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <memory>
+#include <sstream>
 #include <filesystem>
 #include <iostream>
 #include <thread>
@@ -30,6 +37,9 @@ ABSL_FLAG(int, dim, 128, "Dimension.");
 ABSL_FLAG(std::string, workdir, "/tmp/imagesearch_startup_bench",
           "Snapshot root; an existing snapshot of the right size is reused.");
 ABSL_FLAG(int, runs, 3, "Start-ups per mode (the median is reported).");
+ABSL_FLAG(std::string, snapshot_root, "",
+          "Measure the snapshot CURRENT names in this root instead of building a synthetic one.");
+ABSL_FLAG(int, pss_queries, 2000, "Id queries sent to each replica before its PSS is read (0: no PSS).");
 
 namespace imagesearch {
 namespace {
@@ -88,15 +98,76 @@ absl::StatusOr<uint64_t> EnsureSnapshot(const std::string& root, size_t n, size_
   return v;
 }
 
+// The "Pss:" line of /proc/PID/smaps_rollup, in bytes (-1 if unreadable).
+double PssBytes(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/smaps_rollup");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("Pss:", 0) == 0) {
+      std::istringstream in(line.substr(4));
+      double kb = -1;
+      in >> kb;
+      return kb * 1024;
+    }
+  }
+  return -1;
+}
+
+// Starts a replica on `root` and sends it `ids` as id queries; returns the
+// process (serving) or nullptr.
+std::unique_ptr<testing::ServerProcess> WarmReplica(const std::string& root,
+                                                    const std::vector<std::string>& ids,
+                                                    const std::string& log) {
+  auto server = std::make_unique<testing::ServerProcess>(
+      absl::GetFlag(FLAGS_query_binary), std::vector<std::string>{"--snapshot_root=" + root}, log);
+  if (server->port() == 0) return nullptr;
+  auto stub = v1::ImageSearch::NewStub(
+      grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
+  size_t ok = 0;
+  for (int attempt = 0; attempt < 2000 && ok == 0; ++attempt) {
+    for (const std::string& id : ids) {
+      grpc::ClientContext ctx;
+      v1::SearchRequest req;
+      v1::SearchResponse resp;
+      req.set_id(id);
+      if (stub->Search(&ctx, req, &resp).ok()) ++ok;
+      if (ok == 0) break;  // Not serving yet: wait and retry from the start.
+    }
+    if (ok == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (ok != ids.size()) {
+    std::fprintf(stderr, "replica answered %zu of %zu id queries\n", ok, ids.size());
+    return nullptr;
+  }
+  return server;
+}
+
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
 }
 
 int Run() {
-  const size_t n = absl::GetFlag(FLAGS_n), dim = absl::GetFlag(FLAGS_dim);
-  const std::string root = absl::GetFlag(FLAGS_workdir) + "/root";
-  auto current = EnsureSnapshot(root, n, dim);
+  size_t n = absl::GetFlag(FLAGS_n), dim = absl::GetFlag(FLAGS_dim);
+  std::string root = absl::GetFlag(FLAGS_workdir) + "/root";
+  absl::StatusOr<uint64_t> current;
+  if (!absl::GetFlag(FLAGS_snapshot_root).empty()) {
+    root = absl::GetFlag(FLAGS_snapshot_root);
+    current = snapshot::ReadCurrentVersion(root);
+    if (current.ok()) {
+      auto snap = snapshot::Snapshot::Open(root, *current, snapshot::VerifyMode::kSizes);
+      if (!snap.ok()) {
+        std::cerr << snap.status() << "\n";
+        return 1;
+      }
+      n = (*snap)->manifest().count;
+      dim = static_cast<size_t>((*snap)->manifest().dim);
+      std::printf("measuring %zu x %zu snapshot v%llu in %s\n", n, dim,
+                  static_cast<unsigned long long>(*current), root.c_str());
+    }
+  } else {
+    current = EnsureSnapshot(root, n, dim);
+  }
   if (!current.ok()) {
     std::cerr << current.status() << "\n";
     return 1;
@@ -126,6 +197,34 @@ int Run() {
   std::printf("  hnswlib loadIndex (in-process, no server)                    %7.3f s\n", Median(loads));
   std::printf("index size adds (1M minus 1k, --verify=sizes): %+.3f s\n", Median(sizes) - Median(small));
   std::printf("ratio hnswlib load / our start-up (sizes): %.1fx\n", Median(loads) / Median(sizes));
+
+  const int pss_queries = absl::GetFlag(FLAGS_pss_queries);
+  if (pss_queries <= 0) return 0;
+  std::vector<std::string> ids;
+  {
+    auto snap = snapshot::Snapshot::Open(root, *current, snapshot::VerifyMode::kSizes);
+    if (!snap.ok()) return 1;
+    for (int i = 0; i < pss_queries; ++i) {
+      auto id = (*snap)->ids().Get(static_cast<uint64_t>(i) * n / static_cast<uint64_t>(pss_queries));
+      if (!id.ok()) return 1;
+      ids.emplace_back(id->id);
+    }
+  }
+  const std::string log = absl::GetFlag(FLAGS_workdir) + "/pss.log";
+  std::filesystem::create_directories(absl::GetFlag(FLAGS_workdir));
+  auto a = WarmReplica(root, ids, log);
+  if (a == nullptr) return 1;
+  const double one = PssBytes(a->pid());
+  auto b = WarmReplica(root, ids, log + ".2");
+  if (b == nullptr) return 1;
+  const double pss_a = PssBytes(a->pid()), pss_b = PssBytes(b->pid());
+  std::printf("\nPSS after %d id queries each (graph.hnsw %.0f MB):\n", pss_queries,
+              std::filesystem::file_size(graph) / 1e6);
+  std::printf("  one replica                 %8.1f MiB\n", one / 1048576);
+  std::printf("  two replicas, together      %8.1f MiB (%.1f + %.1f)\n", (pss_a + pss_b) / 1048576,
+              pss_a / 1048576, pss_b / 1048576);
+  std::printf("ratio two replicas / one: %.2fx (hnswlib loadIndex copies the graph into each "
+              "process: about 2x)\n", (pss_a + pss_b) / one);
   return 0;
 }
 
