@@ -52,3 +52,16 @@ for name, path, mode in [
     for c in cells:
         print("    {%.2f, %.2f, %.2f}," % tuple(c))
     print("};")
+
+# Enlarging: PIL's resize of chelsea_small.png's centre square (100x100) to
+# 128x128 with each filter, written as PNGs the test compares pixel by pixel.
+# PIL's bicubic is Catmull-Rom (a = -0.5) with centred pixels, as libvips' is.
+ENLARGED = 128
+small = Image.open(os.path.join(HERE, "chelsea_small.png")).convert("RGB")
+w, h = small.size
+side = min(w, h)
+square = small.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+for filt, pil in (("bicubic", Image.BICUBIC), ("bilinear", Image.BILINEAR), ("nearest", Image.NEAREST)):
+    out = f"chelsea_small_enlarged_{ENLARGED}_{filt}.png"
+    square.resize((ENLARGED, ENLARGED), pil).save(os.path.join(HERE, out), optimize=True)
+    print(f"// wrote {out}")
