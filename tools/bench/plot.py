@@ -4,6 +4,9 @@
   plot.py curves OUT.png TITLE CSV
       recall@10 against QPS (log) for every contender in an
       imagesearch_faiss_bench --csv file.
+  plot.py ef OUT.png TITLE LABEL=CSV[,LABEL=CSV...]
+      recall@10 against ef of our searcher for several data sets (do the
+      synthetic data's curves look like the real embeddings'?).
   plot.py latency OUT.png TITLE JSON_DIR
       p50/p90/p99/p99.9 latency and throughput against concurrency from the
       <kind>_c<N>.json files tools/bench/latency_sweep.sh writes.
@@ -62,6 +65,25 @@ def curves(out, title, path):
     fig.savefig(out, dpi=110)
 
 
+def ef_curves(out, title, specs):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for spec in specs.split(","):
+        label, path = spec.split("=", 1)
+        with open(path) as f:
+            points = sorted((int(r["ef"]), float(r["recall"])) for r in csv.DictReader(f)
+                            if r["contender"] == "ours")
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("ef")
+    ax.set_ylabel("recall@10 (our searcher)")
+    ax.axhline(0.95, color="grey", linewidth=0.8, linestyle=":")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def latency(out, title, directory):
     runs = {}
     for path in glob.glob(os.path.join(directory, "*_c*.json")):
@@ -92,6 +114,6 @@ def latency(out, title, directory):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5 or sys.argv[1] not in ("curves", "latency"):
+    if len(sys.argv) != 5 or sys.argv[1] not in ("curves", "ef", "latency"):
         sys.exit(__doc__)
-    {"curves": curves, "latency": latency}[sys.argv[1]](*sys.argv[2:])
+    {"curves": curves, "ef": ef_curves, "latency": latency}[sys.argv[1]](*sys.argv[2:])
