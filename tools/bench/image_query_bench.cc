@@ -3,8 +3,9 @@
 //       preprocessed beforehand, for each batch size of --batches; the best
 //       of them is the reference. Decode+preprocess alone is printed too.
 //   (b) the real imagesearch-query binary with its default flags (plus
-//       --server_args), driven over loopback by --clients closed-loop client
-//       threads sending Search{image, top_k: 10}, round-robin over the images.
+//       --server_args), driven over loopback by --clients closed-loop calls
+//       in flight (gRPC callback API) sending Search{image, top_k: 10},
+//       round-robin over the images.
 // Contenders take turns, --rounds times, and the median is reported, so a
 // shared machine's drift does not favour one of them.
 // Prints QPS, latency p50/p99, errors by status code and the ratio (b)/(a);
@@ -22,6 +23,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -107,46 +109,73 @@ struct ServiceResult {
   std::map<int, uint64_t> errors;  // grpc::StatusCode -> count
 };
 
-// `clients` closed-loop threads over one shared channel: 1 s of warm-up, then
-// `seconds` of measurement (calls that complete inside the window count).
+// `clients` calls kept in flight (closed loop) over one shared channel with
+// gRPC's callback API, as imagesearch-loadgen drives a service: each answer
+// starts the next call from gRPC's own thread, so the client adds no threads
+// of its own to the two cores the model runs on. (A first version used one
+// blocking thread per client; with 8-32 such threads waking for every answer
+// the same service measured up to ~10% lower.) 1 s of warm-up, then `seconds`
+// of measurement (calls that complete inside the window count).
 ServiceResult MeasureService(v1::ImageSearch::Stub* stub, const std::vector<v1::SearchRequest>& reqs,
                              int clients, double seconds) {
-  std::atomic<uint64_t> next{0};
-  std::mutex mu;
-  ServiceResult r;
-  std::vector<double> latencies;
-  const auto begin = Clock::now() + std::chrono::seconds(1);
-  const auto end = begin + std::chrono::duration_cast<Clock::duration>(
-                               std::chrono::duration<double>(seconds));
-  std::vector<std::thread> threads;
-  for (int c = 0; c < clients; ++c) {
-    threads.emplace_back([&] {
-      std::vector<double> lat;
-      std::map<int, uint64_t> errors;
-      uint64_t ok = 0;
-      for (uint64_t i = 0; i < kMaxIterations && Clock::now() < end; ++i) {
-        const v1::SearchRequest& req = reqs[next++ % reqs.size()];
+  struct Loop {
+    v1::ImageSearch::Stub* stub;
+    const std::vector<v1::SearchRequest>* reqs;
+    Clock::time_point begin, end;
+    std::atomic<uint64_t> next{0};
+    std::mutex mu;
+    std::condition_variable cv;
+    int running = 0;
+    ServiceResult r;
+    std::vector<double> latencies;
+
+    // One call; its callback records it and starts the next until `end`.
+    void Start() {
+      struct Call {
         grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
         v1::SearchResponse resp;
-        const auto t0 = Clock::now();
-        const grpc::Status s = stub->Search(&ctx, req, &resp);
+        Clock::time_point t0;
+      };
+      auto* call = new Call;
+      call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+      call->t0 = Clock::now();
+      const v1::SearchRequest& req = (*reqs)[next++ % reqs->size()];
+      stub->async()->Search(&call->ctx, &req, &call->resp, [this, call](grpc::Status s) {
         const auto t1 = Clock::now();
-        if (t1 < begin || t1 > end) continue;
-        if (s.ok()) {
-          ++ok;
-          lat.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-        } else {
-          ++errors[s.error_code()];
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          if (t1 >= begin && t1 <= end) {
+            if (s.ok()) {
+              ++r.ok;
+              latencies.push_back(std::chrono::duration<double, std::milli>(t1 - call->t0).count());
+            } else {
+              ++r.errors[s.error_code()];
+            }
+          }
         }
-      }
-      std::lock_guard<std::mutex> lock(mu);
-      r.ok += ok;
-      latencies.insert(latencies.end(), lat.begin(), lat.end());
-      for (auto& [code, n] : errors) r.errors[code] += n;
-    });
+        delete call;
+        if (t1 < end) {
+          Start();
+          return;
+        }
+        std::lock_guard<std::mutex> lock(mu);
+        if (--running == 0) cv.notify_all();
+      });
+    }
+  } loop;
+  loop.stub = stub;
+  loop.reqs = &reqs;
+  loop.begin = Clock::now() + std::chrono::seconds(1);
+  loop.end = loop.begin + std::chrono::duration_cast<Clock::duration>(
+                              std::chrono::duration<double>(seconds));
+  loop.running = clients;
+  for (int c = 0; c < clients; ++c) loop.Start();
+  {
+    std::unique_lock<std::mutex> lock(loop.mu);
+    loop.cv.wait(lock, [&] { return loop.running == 0; });
   }
-  for (auto& t : threads) t.join();
+  ServiceResult r = loop.r;
+  std::vector<double>& latencies = loop.latencies;
   r.qps = r.ok / seconds;
   std::sort(latencies.begin(), latencies.end());
   auto pct = [&](double p) {
@@ -376,7 +405,22 @@ int Run() {
     std::printf("default / max_batch=1 at clients=%d: %.3f\n", max_clients,
                 m.qps > 0 ? MedianRun(service_runs[max_clients]).qps / m.qps : 0.0);
   }
-  std::printf("ratio = service QPS / best in-process img/s\n");
+  std::printf("ratio = service QPS / best in-process img/s (medians over rounds)\n");
+  // The same ratio taken within each round (the service against the encoder
+  // measured a minute earlier in that round), then the median and range over
+  // rounds: the host's speed drifts by +-15% from minute to minute.
+  std::printf("per-round ratios (median, min-max over %d rounds):", rounds);
+  for (int c : clients) {
+    std::vector<double> ratios;
+    for (int round = 0; round < rounds; ++round) {
+      double best = 0;
+      for (int b : batches) best = std::max(best, encoder_runs[b][static_cast<size_t>(round)]);
+      ratios.push_back(best > 0 ? service_runs[c][static_cast<size_t>(round)].qps / best : 0.0);
+    }
+    std::sort(ratios.begin(), ratios.end());
+    std::printf("  clients=%d %.3f (%.3f-%.3f)", c, Median(ratios), ratios.front(), ratios.back());
+  }
+  std::printf("\n");
   if (errors == 0) {
     std::filesystem::remove_all(workdir);
   } else {
