@@ -51,7 +51,7 @@ struct IndexerOptions {
   std::vector<std::string> remove_ids;   // Incremental: ids to drop from the base.
   int decode_threads = 0;                // 0 = cores.
   int encoder_threads = 0;               // LibTorch intra-op threads; 0 = one per core.
-  int batch_size = 32;
+  int batch_size = 4;
   double max_reject_ratio = 0.05;
   index::HnswParams hnsw;
   int default_ef = 64;

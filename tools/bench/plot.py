@@ -17,6 +17,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 
 import matplotlib
 
@@ -59,7 +60,7 @@ def curves(out, title, path):
     ax.set_yscale("log")
     ax.axvline(0.95, color="grey", linewidth=0.8, linestyle=":")
     ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 90), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -78,7 +79,7 @@ def ef_curves(out, title, specs):
     ax.set_ylabel("recall@10 (our searcher)")
     ax.axhline(0.95, color="grey", linewidth=0.8, linestyle=":")
     ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 80), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -108,7 +109,7 @@ def latency(out, title, directory):
     axes[0].set_yscale("log")
     axes[0].set_ylabel("latency (ms)")
     axes[1].set_ylabel("queries per second")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, 120), fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 

@@ -195,7 +195,7 @@ int Run() {
   std::printf("  imagesearch-query, exec -> first answer, --verify=checksums %7.3f s\n", Median(sums));
   std::printf("  imagesearch-query on a 1000-vector snapshot, --verify=sizes %7.3f s\n", Median(small));
   std::printf("  hnswlib loadIndex (in-process, no server)                    %7.3f s\n", Median(loads));
-  std::printf("index size adds (1M minus 1k, --verify=sizes): %+.3f s\n", Median(sizes) - Median(small));
+  std::printf("index size adds (%zu minus 1000 vectors, --verify=sizes): %+.3f s\n", n, Median(sizes) - Median(small));
   std::printf("ratio hnswlib load / our start-up (sizes): %.1fx\n", Median(loads) / Median(sizes));
 
   const int pss_queries = absl::GetFlag(FLAGS_pss_queries);
