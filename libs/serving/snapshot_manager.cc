@@ -134,6 +134,10 @@ absl::StatusOr<uint64_t> SnapshotManager::PollOnce() {
   }
   auto loaded = TryLoad(*current, live.get());
   if (loaded.ok()) return loaded;
+  if (absl::IsAborted(loaded.status())) {  // CURRENT moved on meanwhile; the next poll follows it.
+    if (live) return live->snapshot->version();
+    return loaded.status();
+  }
   refused_ = identity;
   if (live) return live->snapshot->version();
   return FallBack(*current, loaded.status());
@@ -149,6 +153,18 @@ absl::StatusOr<uint64_t> SnapshotManager::TryLoad(std::optional<uint64_t> wanted
   // Each outcome is logged before it is counted or served, so whoever sees
   // the metric or the new version move can read the reason already.
   if (!loaded.ok()) {
+    // CURRENT may have moved on while this version loaded (an operator
+    // rolled back and removed the version, say): then the failure is moot,
+    // neither a refusal to count nor a reason to fall back.
+    if (wanted.has_value() && fallback_reason.empty()) {
+      auto now = snapshot::ReadCurrentVersion(options_.root);
+      if (now.ok() && *now != *wanted) {
+        LogInfo("v", *wanted, " stopped being CURRENT (now v", *now, ") while it loaded (",
+                loaded.status().message(), "); not counted as a refusal");
+        return absl::AbortedError(absl::StrCat("v", *wanted, " stopped being CURRENT while it loaded: ",
+                                               loaded.status().message()));
+      }
+    }
     LogError("refusing snapshot ", name, ": ", loaded.status().ToString(),
              live != nullptr ? absl::StrCat("; still serving v", live->snapshot->version())
                              : std::string("; nothing is served yet"));

@@ -93,6 +93,9 @@ class SnapshotManager {
   absl::StatusOr<std::shared_ptr<const ServingState>> Load(std::optional<uint64_t> version,
                                                            const ServingState* live);
   // Load, then swap it in and log; or log the refusal. Reports to on_load.
+  // A failed load of the version CURRENT named is not a refusal if CURRENT
+  // names another version by then (removed during a rollback, say): that
+  // returns ABORTED, logged but not counted, and the next poll follows CURRENT.
   // `fallback_reason` non-empty: this load replaces an unusable CURRENT, and
   // the log says so.
   absl::StatusOr<uint64_t> TryLoad(std::optional<uint64_t> wanted, const ServingState* live,
