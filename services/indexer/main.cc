@@ -30,8 +30,8 @@ ABSL_FLAG(std::string, remove_ids, "", "With --base: file of ids (one per line) 
 ABSL_FLAG(int, decode_threads, 0, "Image decode threads; 0 = cores.");
 ABSL_FLAG(int, encoder_threads, 0, "LibTorch intra-op threads; 0 = one per core.");
 ABSL_FLAG(int, batch, 4,
-          "Encoder batch size. 4 ran the default model end to end at 0.95-0.98x of the encoder "
-          "alone at its best batch, 32 at 0.84x (tools/bench/README.md, indexer section).");
+          "Encoder batch size. 4 ran the default model end to end at 0.95-1.0x of the encoder "
+          "alone at its best batch, 32 at 0.84-0.88x (tools/bench/README.md, indexer section).");
 ABSL_FLAG(double, max_reject_ratio, 0.05,
           "Fail (publish nothing) if more than this share of images is rejected.");
 ABSL_FLAG(int, m, 16, "HNSW M.");
