@@ -44,6 +44,14 @@ STYLES = {
 }
 
 
+def finish(fig, ax, title, out):
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(textwrap.fill(title, 85), fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def curves(out, title, path):
     series = {}
     with open(path) as f:
@@ -59,11 +67,7 @@ def curves(out, title, path):
     ax.set_ylabel("queries per second (one core)")
     ax.set_yscale("log")
     ax.axvline(0.95, color="grey", linewidth=0.8, linestyle=":")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(textwrap.fill(title, 90), fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    finish(fig, ax, title, out)
 
 
 def ef_curves(out, title, specs):
@@ -78,11 +82,7 @@ def ef_curves(out, title, specs):
     ax.set_xlabel("ef")
     ax.set_ylabel("recall@10 (our searcher)")
     ax.axhline(0.95, color="grey", linewidth=0.8, linestyle=":")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(textwrap.fill(title, 80), fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    finish(fig, ax, title, out)
 
 
 def latency(out, title, directory):
