@@ -41,6 +41,9 @@ struct VisitedList {
 
 thread_local VisitedList tls_visited;
 
+// Neighbours expanded per prefetch pass (a level-0 list holds 2M, 32 for M 16).
+constexpr size_t kExpandChunk = 64;
+
 inline uint16_t ListCount(const uint32_t* list) {
   uint16_t n;
   std::memcpy(&n, list, sizeof(n));
@@ -185,20 +188,32 @@ std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, siz
     uint16_t size = ListCount(list);
     if (size > header_.max_m0) size = 0;  // Corrupt list: treat as a dead end.
     const uint32_t* links = list + 1;
-    for (uint16_t j = 0; j < size; ++j) {
-      const uint32_t cand = links[j];
-      if (cand >= count) continue;
-      if (j + 1 < size && links[j + 1] < count) {
-        __builtin_prefetch(Element(links[j + 1]) + header_.offset_data);
+    // Two passes over the neighbours, in hnswlib's order: first the
+    // unvisited ones are marked and their vectors prefetched, all at once, so
+    // their cache misses overlap instead of following one another; then
+    // their distances are computed and offered to the heaps in the same
+    // order as hnswlib's single pass, which gives the same result.
+    uint32_t fresh[kExpandChunk];
+    for (uint16_t j = 0; j < size;) {
+      size_t n = 0;
+      for (; j < size && n < kExpandChunk; ++j) {
+        const uint32_t cand = links[j];
+        if (cand >= count || marks[cand] == tag) continue;
+        marks[cand] = tag;
+        fresh[n++] = cand;
+        // The first line only: the hardware prefetcher follows the rest as the
+        // kernel streams through the vector (more lines measured no faster).
+        __builtin_prefetch(Element(cand) + header_.offset_data);
       }
-      if (marks[cand] == tag) continue;
-      marks[cand] = tag;
-      const float d = dist_(query, Element(cand) + header_.offset_data, param);
-      if (top.size() < ef || lower_bound > d) {
-        candidates.emplace(-d, cand);
-        if (admit(cand)) top.emplace(d, cand);
-        if (top.size() > ef) top.pop();
-        if (!top.empty()) lower_bound = top.top().first;
+      for (size_t i = 0; i < n; ++i) {
+        const uint32_t cand = fresh[i];
+        const float d = dist_(query, Element(cand) + header_.offset_data, param);
+        if (top.size() < ef || lower_bound > d) {
+          candidates.emplace(-d, cand);
+          if (admit(cand)) top.emplace(d, cand);
+          if (top.size() > ef) top.pop();
+          if (!top.empty()) lower_bound = top.top().first;
+        }
       }
     }
   }
