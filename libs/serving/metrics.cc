@@ -9,6 +9,8 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+
 namespace imagesearch::serving {
 namespace {
 
@@ -84,20 +86,31 @@ std::string Metrics::Serialize() const {
   return prometheus::TextSerializer().Serialize(registry_->Collect());
 }
 
-prometheus::Histogram& Metrics::RequestHistogram(absl::string_view front,
-                                                 absl::string_view method) {
-  return request_seconds_->Add({{"front", std::string(front)}, {"method", std::string(method)}},
-                               SecondsBuckets());
+Metrics::RequestSeries Metrics::Series(absl::string_view front, absl::string_view method,
+                                       absl::StatusCode code) {
+  // Short keys stay in std::string's inline buffer: a hit allocates nothing.
+  const std::string key = absl::StrCat(front, "/", method, "/", static_cast<int>(code));
+  {
+    absl::ReaderMutexLock lock(&series_mu_);
+    if (auto it = series_.find(key); it != series_.end()) return it->second;
+  }
+  absl::MutexLock lock(&series_mu_);
+  auto [it, inserted] = series_.try_emplace(key);
+  if (inserted) {
+    it->second.count = &requests_->Add({{"front", std::string(front)},
+                                        {"method", std::string(method)},
+                                        {"code", absl::StatusCodeToString(code)}});
+    it->second.seconds = &request_seconds_->Add(
+        {{"front", std::string(front)}, {"method", std::string(method)}}, SecondsBuckets());
+  }
+  return it->second;
 }
 
 void Metrics::RecordRequest(absl::string_view front, absl::string_view method,
                             absl::StatusCode code, absl::Duration duration) {
-  requests_
-      ->Add({{"front", std::string(front)},
-             {"method", std::string(method)},
-             {"code", absl::StatusCodeToString(code)}})
-      .Increment();
-  RequestHistogram(front, method).Observe(absl::ToDoubleSeconds(duration));
+  const RequestSeries series = Series(front, method, code);
+  series.count->Increment();
+  series.seconds->Observe(absl::ToDoubleSeconds(duration));
 }
 
 void Metrics::AddInflight(int delta) { inflight_->Increment(delta); }

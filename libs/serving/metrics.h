@@ -25,8 +25,10 @@
 #include <mutex>
 #include <string>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "libs/serving/dynamic_batcher.h"
 
@@ -61,7 +63,13 @@ class Metrics {
   void SetLiveSnapshot(uint64_t version, uint64_t vectors, absl::string_view model);
 
  private:
-  prometheus::Histogram& RequestHistogram(absl::string_view front, absl::string_view method);
+  // The counter and histogram of one (front, method, code), looked up in the
+  // families once and then kept: a request records without building labels.
+  struct RequestSeries {
+    prometheus::Counter* count = nullptr;
+    prometheus::Histogram* seconds = nullptr;
+  };
+  RequestSeries Series(absl::string_view front, absl::string_view method, absl::StatusCode code);
 
   const std::string build_version_;
   std::shared_ptr<prometheus::Registry> registry_;
@@ -77,6 +85,8 @@ class Metrics {
   prometheus::Counter* loads_refused_;
   prometheus::Histogram* load_seconds_;
   prometheus::Family<prometheus::Gauge>* build_info_;
+  absl::Mutex series_mu_;
+  absl::flat_hash_map<std::string, RequestSeries> series_ ABSL_GUARDED_BY(series_mu_);
   std::mutex build_info_mu_;
   prometheus::Gauge* build_info_gauge_ = nullptr;  // Guarded by build_info_mu_.
 };

@@ -137,6 +137,8 @@ absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
     want = std::min(max_want, 4 * want);
   }
   const bool similarity_is_one_minus = snap.manifest().metric != index::Metric::kL2;
+  for (const auto& n : chosen) snap.ids().PrefetchEntry(n.row);
+  for (const auto& n : chosen) snap.ids().PrefetchText(n.row);
   std::vector<Hit> hits;
   hits.reserve(chosen.size());
   for (const auto& n : chosen) {

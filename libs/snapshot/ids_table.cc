@@ -141,6 +141,16 @@ absl::StatusOr<IdView> IdsTable::Get(uint64_t row) const {
                 absl::string_view(p + id_len + uri_len, attrs_len)};
 }
 
+void IdsTable::PrefetchEntry(uint64_t row) const {
+  if (row < count_) __builtin_prefetch(entries_ + row * kEntrySize);
+}
+
+void IdsTable::PrefetchText(uint64_t row) const {
+  if (row >= count_) return;
+  const uint64_t off = LoadLE<uint64_t>(entries_ + row * kEntrySize);
+  if (off < blob_size_) __builtin_prefetch(blob_ + off);
+}
+
 std::optional<uint32_t> IdsTable::Find(absl::string_view id) const {
   uint64_t lo = 0, hi = count_;
   while (lo < hi) {

@@ -70,6 +70,12 @@ class IdsTable {
   uint64_t size() const { return count_; }
   // OUT_OF_RANGE for a bad row, DATA_LOSS if the entry points outside the blob.
   absl::StatusOr<IdView> Get(uint64_t row) const;
+  // Hints for reading several rows from a cold mapping: PrefetchEntry for
+  // each row, then PrefetchText for each, then Get, so that the cache misses
+  // of the rows overlap instead of following one another. Out-of-range rows
+  // are ignored.
+  void PrefetchEntry(uint64_t row) const;
+  void PrefetchText(uint64_t row) const;
   // Row of `id`, or nullopt. O(log N) string compares on the mapping.
   std::optional<uint32_t> Find(absl::string_view id) const;
 
