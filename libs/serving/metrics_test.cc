@@ -14,6 +14,8 @@ TEST_CASE("Metrics are exported in Prometheus text format with the documented na
   m.RecordRequest("grpc", "Search", absl::StatusCode::kOk, absl::Milliseconds(3));
   m.RecordRequest("grpc", "Search", absl::StatusCode::kOk, absl::Milliseconds(3));
   m.RecordRequest("http", "Search", absl::StatusCode::kNotFound, absl::Milliseconds(1));
+  m.RecordRequest("grpc", "Search", absl::StatusCode::kInvalidArgument, absl::Milliseconds(1));
+  m.RecordRequest("grpc", "SearchBatch", absl::StatusCode::kOk, absl::Milliseconds(1));
   m.AddInflight(2);
   m.AddInflight(-1);
   BatchStats b;
@@ -28,7 +30,12 @@ TEST_CASE("Metrics are exported in Prometheus text format with the documented na
   CHECK(Has(t, "imagesearch_requests_total{code=\"OK\",front=\"grpc\",method=\"Search\"} 2"));
   CHECK(
       Has(t, "imagesearch_requests_total{code=\"NOT_FOUND\",front=\"http\",method=\"Search\"} 1"));
-  CHECK(Has(t, "imagesearch_request_duration_seconds_count{front=\"grpc\",method=\"Search\"} 2"));
+  CHECK(Has(t,
+            "imagesearch_requests_total{code=\"INVALID_ARGUMENT\",front=\"grpc\",method=\"Search\"} 1"));
+  CHECK(Has(t, "imagesearch_requests_total{code=\"OK\",front=\"grpc\",method=\"SearchBatch\"} 1"));
+  // One duration histogram per (front, method), whatever the code.
+  CHECK(Has(t, "imagesearch_request_duration_seconds_count{front=\"grpc\",method=\"Search\"} 3"));
+  CHECK(Has(t, "imagesearch_request_duration_seconds_count{front=\"http\",method=\"Search\"} 1"));
   CHECK(Has(t, "imagesearch_inflight_requests 1"));
   CHECK(Has(t, "imagesearch_embed_batch_size_sum{kind=\"image\"} 3"));
   CHECK(Has(t, "imagesearch_embed_queue_seconds_count{kind=\"image\"} 3"));

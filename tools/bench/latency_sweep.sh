@@ -22,6 +22,13 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 [[ -n "$port" ]] || { echo "service did not start; see $log" >&2; exit 1; }
+# The port opens before the snapshot is loaded (and checksummed): wait for it,
+# or the first point measures UNAVAILABLE answers.
+for _ in $(seq 1 1200); do
+  grep -q "serving snapshot v" "$log" && break
+  sleep 0.1
+done
+grep -q "serving snapshot v" "$log" || { echo "no snapshot served after 120 s; see $log" >&2; exit 1; }
 for kind in $KINDS; do
   for c in $CONCURRENCIES; do
     taskset -c 1 "$BUILD/tools/loadgen/imagesearch-loadgen" --target="127.0.0.1:$port" \
