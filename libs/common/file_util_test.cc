@@ -1,20 +1,25 @@
 #include "libs/common/file_util.h"
 
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <cstdio>
 #include <filesystem>
+#include <iostream>
 #include <string>
 #include <vector>
+
+#include "libs/common/test_temp_dir.h"
 
 namespace imagesearch {
 namespace {
 
 std::string MakeTempDir() {
-  char tmpl[] = "/tmp/imagesearch_common_test.XXXXXX";
-  REQUIRE(::mkdtemp(tmpl) != nullptr);
-  return tmpl;
+  const std::string dir = testing::NewTempDir("common_test");
+  REQUIRE(!dir.empty());
+  return dir;
 }
 
 TEST_CASE("ReplaceFileAtomically replaces contents and leaves no temp file") {
@@ -75,6 +80,44 @@ TEST_CASE("MappedFile maps contents; checksums match known values") {
   REQUIRE(xx.ok());
   CHECK(*xx == Xxh3Hex("abc"));
   CHECK(Xxh3Hex("abc") != Xxh3Hex("abd"));
+}
+
+TEST_CASE("NewTempDir makes fresh directories that the process which made them removes at exit") {
+  const std::string a = testing::NewTempDir("common_test");
+  const std::string b = testing::NewTempDir("common_test");
+  REQUIRE(!a.empty());
+  CHECK(a != b);
+  CHECK(std::filesystem::is_directory(a));
+  CHECK(std::filesystem::is_empty(a));
+  // A child makes one (with a file in it) and exits normally: the child's
+  // directory is gone, and the parent's are untouched.
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  std::cout.flush();
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::close(fds[0]);
+    const std::string c = testing::NewTempDir("common_test");
+    const bool ok = !c.empty() && WriteFileDurably(c + "/f", "x").ok();
+    (void)!::write(fds[1], c.data(), c.size());
+    ::close(fds[1]);
+    std::exit(ok ? 0 : 1);
+  }
+  ::close(fds[1]);
+  std::string child;
+  char buf[256];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof(buf))) > 0;) child.append(buf, n);
+  ::close(fds[0]);
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  REQUIRE(!child.empty());
+  CHECK_FALSE(std::filesystem::exists(child));
+  CHECK(std::filesystem::is_directory(a));
+  CHECK(std::filesystem::is_directory(b));
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "libs/common/file_util.h"
+#include "libs/common/test_temp_dir.h"
 #include "libs/index/hnsw_builder.h"
 #include "libs/index/test_vectors.h"
 
@@ -17,9 +18,9 @@ namespace imagesearch::index {
 namespace {
 
 std::string MakeTempDir() {
-  char tmpl[] = "/tmp/imagesearch_index_test.XXXXXX";
-  REQUIRE(::mkdtemp(tmpl) != nullptr);
-  return tmpl;
+  const std::string dir = testing::NewTempDir("index_test");
+  REQUIRE(!dir.empty());
+  return dir;
 }
 
 struct Built {

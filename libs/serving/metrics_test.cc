@@ -30,8 +30,9 @@ TEST_CASE("Metrics are exported in Prometheus text format with the documented na
   CHECK(Has(t, "imagesearch_requests_total{code=\"OK\",front=\"grpc\",method=\"Search\"} 2"));
   CHECK(
       Has(t, "imagesearch_requests_total{code=\"NOT_FOUND\",front=\"http\",method=\"Search\"} 1"));
-  CHECK(Has(t,
-            "imagesearch_requests_total{code=\"INVALID_ARGUMENT\",front=\"grpc\",method=\"Search\"} 1"));
+  CHECK(Has(
+      t,
+      "imagesearch_requests_total{code=\"INVALID_ARGUMENT\",front=\"grpc\",method=\"Search\"} 1"));
   CHECK(Has(t, "imagesearch_requests_total{code=\"OK\",front=\"grpc\",method=\"SearchBatch\"} 1"));
   // One duration histogram per (front, method), whatever the code.
   CHECK(Has(t, "imagesearch_request_duration_seconds_count{front=\"grpc\",method=\"Search\"} 3"));

@@ -9,14 +9,15 @@
 #include <vector>
 
 #include "libs/common/file_util.h"
+#include "libs/common/test_temp_dir.h"
 
 namespace imagesearch::snapshot {
 namespace {
 
 std::string Write(const std::string& bytes) {
-  char tmpl[] = "/tmp/imagesearch_attrs_test.XXXXXX";
-  REQUIRE(::mkdtemp(tmpl) != nullptr);
-  const std::string path = std::string(tmpl) + "/attrs.bin";
+  const std::string dir = testing::NewTempDir("attrs_test");
+  REQUIRE(!dir.empty());
+  const std::string path = dir + "/attrs.bin";
   REQUIRE(WriteFileDurably(path, bytes).ok());
   return path;
 }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "libs/common/file_util.h"
+#include "libs/common/test_temp_dir.h"
 
 namespace imagesearch::snapshot {
 namespace {
@@ -15,9 +16,9 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string TempDir() {
-  char tmpl[] = "/tmp/imagesearch_shard_test.XXXXXX";
-  REQUIRE(::mkdtemp(tmpl) != nullptr);
-  return tmpl;
+  const std::string dir = testing::NewTempDir("shard_test");
+  REQUIRE(!dir.empty());
+  return dir;
 }
 
 EmbeddingShard MakeShard(int index, int count, int rows, const std::string& sha = "abc123") {

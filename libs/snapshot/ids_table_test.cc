@@ -7,14 +7,15 @@
 #include <vector>
 
 #include "libs/common/file_util.h"
+#include "libs/common/test_temp_dir.h"
 
 namespace imagesearch::snapshot {
 namespace {
 
 std::string TempFile() {
-  char tmpl[] = "/tmp/imagesearch_ids_test.XXXXXX";
-  REQUIRE(::mkdtemp(tmpl) != nullptr);
-  return std::string(tmpl) + "/ids.bin";
+  const std::string dir = testing::NewTempDir("ids_test");
+  REQUIRE(!dir.empty());
+  return dir + "/ids.bin";
 }
 
 TEST_CASE("Ids table round-trips rows and finds ids by binary search") {

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "libs/common/test_temp_dir.h"
 #include "libs/index/test_vectors.h"
 #include "libs/snapshot/snapshot_store.h"
 
@@ -61,12 +62,11 @@ inline absl::StatusOr<uint64_t> PublishSynthetic(const std::string& root, size_t
   return PublishSnapshot(root, c.WithGraph());
 }
 
-// A fresh directory under /tmp; returns "<dir>/root" (not yet created), or ""
-// if the directory cannot be made.
+// A fresh directory under /tmp, removed when the process exits; returns
+// "<dir>/root" (not yet created), or "" if the directory cannot be made.
 inline std::string TempSnapshotRoot(const std::string& tag) {
-  std::string tmpl = "/tmp/imagesearch_" + tag + ".XXXXXX";
-  if (::mkdtemp(tmpl.data()) == nullptr) return "";
-  return tmpl + "/root";
+  const std::string dir = testing::NewTempDir(tag);
+  return dir.empty() ? "" : dir + "/root";
 }
 
 }  // namespace imagesearch::snapshot

@@ -8,14 +8,15 @@
 #include <vector>
 
 #include "libs/common/file_util.h"
+#include "libs/common/test_temp_dir.h"
 
 namespace imagesearch::snapshot {
 namespace {
 
 std::string TempFile() {
-  char tmpl[] = "/tmp/imagesearch_thumbs_test.XXXXXX";
-  REQUIRE(::mkdtemp(tmpl) != nullptr);
-  return std::string(tmpl) + "/thumbs.bin";
+  const std::string dir = testing::NewTempDir("thumbs_test");
+  REQUIRE(!dir.empty());
+  return dir + "/thumbs.bin";
 }
 
 std::string Write(const std::string& bytes) {

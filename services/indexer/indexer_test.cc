@@ -10,6 +10,7 @@
 #include <vips/vips8>
 
 #include "libs/common/file_util.h"
+#include "libs/common/test_temp_dir.h"
 #include "libs/image/image.h"
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
@@ -21,9 +22,9 @@ namespace fs = std::filesystem;
 const std::string kImages = std::string(IMAGESEARCH_TESTDATA_DIR) + "/images";
 
 std::string TempDir() {
-  char tmpl[] = "/tmp/imagesearch_indexer_test.XXXXXX";
-  REQUIRE(::mkdtemp(tmpl) != nullptr);
-  return tmpl;
+  const std::string dir = testing::NewTempDir("indexer_test");
+  REQUIRE(!dir.empty());
+  return dir;
 }
 
 IndexerOptions Options(const std::string& input, const std::string& root) {

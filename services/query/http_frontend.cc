@@ -455,8 +455,8 @@ HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
       });
 
   server_->set_error_handler(httplib::Server::HandlerWithResponse(
-      [this, refuse, too_large, authorized, unauthorized](const httplib::Request& req,
-                                                          httplib::Response& res) {
+      [refuse, too_large, authorized, unauthorized](const httplib::Request& req,
+                                                    httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
         if (res.status == 404 && !authorized(req)) {
           unauthorized(res);

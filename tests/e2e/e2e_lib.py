@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -44,10 +45,13 @@ def post_json(port, body, timeout=60):
 def health_pb2(proto_dir):
     """grpc.health.v1's Python messages, generated with protoc from `proto_dir`."""
     gen = tempfile.mkdtemp(prefix="imagesearch_health_")
-    subprocess.run(["protoc", f"--proto_path={proto_dir}", f"--python_out={gen}",
-                    "grpc/health/v1/health.proto"], check=True)
-    spec = importlib.util.spec_from_file_location(
-        "health_pb2", os.path.join(gen, "grpc", "health", "v1", "health_pb2.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    try:
+        subprocess.run(["protoc", f"--proto_path={proto_dir}", f"--python_out={gen}",
+                        "grpc/health/v1/health.proto"], check=True)
+        spec = importlib.util.spec_from_file_location(
+            "health_pb2", os.path.join(gen, "grpc", "health", "v1", "health_pb2.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)  # Loaded into memory: the file is no longer needed.
+        return mod
+    finally:
+        shutil.rmtree(gen, ignore_errors=True)

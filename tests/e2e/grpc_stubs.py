@@ -1,7 +1,9 @@
 """Generates and imports the Python stubs for imagesearch.v1 (protoc +
 Debian's grpc_python_plugin), as a client team in another language would."""
+import atexit
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -9,6 +11,7 @@ import tempfile
 
 def load(proto_dir):
     gen = tempfile.mkdtemp(prefix="imagesearch_stubs_")
+    atexit.register(shutil.rmtree, gen, ignore_errors=True)  # Imported from until exit.
     subprocess.run(
         ["protoc", f"--proto_path={proto_dir}", f"--python_out={gen}", f"--grpc_out={gen}",
          "--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin",

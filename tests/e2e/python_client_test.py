@@ -4,8 +4,10 @@ grpc_python_plugin), as a client team in another language would use the API.
 
 Usage: python_client_test.py QUERY_BINARY SNAPSHOT_TOOL PROTO_DIR
 """
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,6 +17,7 @@ import time
 def main() -> int:
     query_bin, snap_tool, proto_dir = sys.argv[1:4]
     work = tempfile.mkdtemp(prefix="imagesearch_py_")
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # Stubs imported from here until exit.
     gen = os.path.join(work, "gen")
     os.makedirs(gen)
     subprocess.run(

@@ -12,6 +12,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "imagesearch/v1/imagesearch.grpc.pb.h"
 #include "libs/common/file_util.h"
+#include "libs/common/test_temp_dir.h"
 #include "libs/index/test_vectors.h"
 #include "libs/snapshot/manifest.h"
 #include "libs/snapshot/snapshot_store.h"
@@ -25,9 +26,9 @@ namespace fs = std::filesystem;
 constexpr int kDim = 32;
 
 std::string TempDir() {
-  char tmpl[] = "/tmp/imagesearch_it.XXXXXX";
-  REQUIRE(::mkdtemp(tmpl) != nullptr);
-  return tmpl;
+  const std::string dir = testing::NewTempDir("it");
+  REQUIRE(!dir.empty());
+  return dir;
 }
 
 // Publishes n clustered vectors with ids "<prefix><row>" and URIs "mem://<row>".
