@@ -223,5 +223,59 @@ TEST_CASE("While serving, a missing or garbage CURRENT keeps the live version, c
   CHECK(refused == 2);
 }
 
+// Publishes v<next> with a (fake) model file, so that loading it calls the
+// embedder factory.
+uint64_t PublishWithModel(const std::string& root, const std::string& prefix) {
+  const std::string model = root + "-model.pt";
+  REQUIRE(WriteFileDurably(model, "not a real model").ok());
+  snapshot::SyntheticCorpus c = snapshot::MakeSyntheticCorpus(100, 8, index::Metric::kL2, prefix);
+  c.input.model_path = model;
+  c.input.model.name = "fake";
+  auto v = snapshot::PublishSnapshot(root, c.WithGraph());
+  REQUIRE(v.ok());
+  return *v;
+}
+
+TEST_CASE("A version that stops being CURRENT while it loads is not counted as refused") {
+  // The race e2e_faults once hit: the manager reads CURRENT = v2, an operator
+  // rolls back to v1 (and removes v2) while v2 loads, and v2's load fails.
+  // The failure is moot; the next poll follows CURRENT. Here the model load
+  // is the step that fails, and it is also where the rollback happens.
+  std::string root = snapshot::TempSnapshotRoot("manager_moved");
+  REQUIRE(snapshot::PublishSynthetic(root, 100, 8, index::Metric::kL2, "a").ok());  // v1
+  int refused = 0;
+  bool roll_back = true;
+  int factory_calls = 0;
+  auto opts = Options(root);
+  opts.on_load = [&](bool ok, absl::Duration) { refused += ok ? 0 : 1; };
+  opts.embedder_factory =
+      [&](const snapshot::Snapshot& snap) -> absl::StatusOr<std::shared_ptr<Embedder>> {
+    ++factory_calls;
+    if (roll_back) REQUIRE(snapshot::SetCurrentVersion(root, 1).ok());
+    return absl::InternalError(absl::StrCat("model of v", snap.version(), " does not load"));
+  };
+  SnapshotManager m(opts);
+  REQUIRE(*m.PollOnce() == 1);
+  REQUIRE(PublishWithModel(root, "b") == 2);  // CURRENT = v2
+
+  SECTION("rolled back while it loaded: not counted, v1 keeps serving") {
+    CHECK(*m.PollOnce() == 1);
+    CHECK(factory_calls == 1);
+    CHECK(refused == 0);
+    CHECK(m.Current()->snapshot->version() == 1);
+    CHECK(*m.PollOnce() == 1);  // CURRENT = v1 = live: nothing to load
+    CHECK(factory_calls == 1);
+    CHECK(refused == 0);
+  }
+  SECTION("still CURRENT when it failed: refused and counted once") {
+    roll_back = false;
+    CHECK(*m.PollOnce() == 1);
+    CHECK(refused == 1);
+    CHECK(*m.PollOnce() == 1);  // the same directory is not tried again
+    CHECK(factory_calls == 1);
+    CHECK(refused == 1);
+  }
+}
+
 }  // namespace
 }  // namespace imagesearch::serving
