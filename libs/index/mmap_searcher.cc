@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <queue>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -19,31 +20,8 @@ struct CompareByFirst {
     return a.first < b.first;
   }
 };
-
-// std::priority_queue's operations (push_heap/pop_heap, so the same order as
-// hnswlib's heaps) over a per-thread vector that keeps its capacity from one
-// query to the next instead of growing from empty on every query.
-class Heap {
- public:
-  explicit Heap(std::vector<std::pair<float, uint32_t>>* storage) : v_(*storage) { v_.clear(); }
-  bool empty() const { return v_.empty(); }
-  size_t size() const { return v_.size(); }
-  const std::pair<float, uint32_t>& top() const { return v_.front(); }
-  void emplace(float d, uint32_t id) {
-    v_.emplace_back(d, id);
-    std::push_heap(v_.begin(), v_.end(), CompareByFirst());
-  }
-  void pop() {
-    std::pop_heap(v_.begin(), v_.end(), CompareByFirst());
-    v_.pop_back();
-  }
-
- private:
-  std::vector<std::pair<float, uint32_t>>& v_;
-};
-
-thread_local std::vector<std::pair<float, uint32_t>> tls_top;
-thread_local std::vector<std::pair<float, uint32_t>> tls_candidates;
+using Heap = std::priority_queue<std::pair<float, uint32_t>,
+                                 std::vector<std::pair<float, uint32_t>>, CompareByFirst>;
 
 // Per-thread visited marks, reused across queries and snapshots: a query bumps
 // the tag instead of clearing the array.
@@ -179,8 +157,8 @@ std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, siz
   VisitedList& visited = tls_visited;
   const uint16_t tag = visited.Begin(count);
   uint16_t* marks = visited.marks.data();
-  Heap top(&tls_top);
-  Heap candidates(&tls_candidates);
+  Heap top;
+  Heap candidates;
   // Unfiltered, this is exactly hnswlib's searchBaseLayerST. Filtered (as
   // hnswlib's isIdAllowed): only allowed rows enter `top`, and the search
   // does not stop while `top` holds fewer than ef of them.
