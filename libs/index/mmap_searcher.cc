@@ -1,6 +1,7 @@
 #include "libs/index/mmap_searcher.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <queue>
@@ -54,7 +55,7 @@ inline uint16_t ListCount(const uint32_t* list) {
 
 absl::StatusOr<std::unique_ptr<MmapHnswSearcher>> MmapHnswSearcher::Open(
     const std::string& graph_path, const std::string& offsets_path, size_t dim, Metric metric,
-    uint64_t expected_count) {
+    uint64_t expected_count, const std::string& half_path) {
   std::unique_ptr<MmapHnswSearcher> s(new MmapHnswSearcher());
   ASSIGN_OR_RETURN(s->graph_, MappedFile::Open(graph_path));
   ASSIGN_OR_RETURN(s->header_, ParseHnswHeader(s->graph_->data(), s->graph_->size(), dim));
@@ -75,6 +76,11 @@ absl::StatusOr<std::unique_ptr<MmapHnswSearcher>> MmapHnswSearcher::Open(
   s->dim_param_ = dim;
   s->metric_ = metric;
   s->dist_ = GetDistanceFn(metric, dim);
+  if (!half_path.empty()) {
+    ASSIGN_OR_RETURN(s->half_, HalfVectors::Open(half_path, s->header_.count, dim, metric));
+    // An infinite bound (a vector beyond binary16's range) never skips.
+    if (std::isfinite(s->half_->bound())) s->half_dist_ = GetHalfDistanceFn(metric);
+  }
   return s;
 }
 
@@ -180,6 +186,8 @@ std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, siz
   }
   candidates.emplace(-cur_dist, cur);
   marks[cur] = tag;
+  const HalfDistanceFn half_dist = half_dist_;
+  const HalfSkip half_skip(metric_, query, dim_, half_dist ? half_->bound() : 0.0f);
   while (!candidates.empty()) {
     const auto current = candidates.top();
     if (-current.first > lower_bound && (allowed == nullptr || top.size() >= ef)) break;
@@ -195,6 +203,11 @@ std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, siz
     // order as hnswlib's single pass, which gives the same result.
     uint32_t fresh[kExpandChunk];
     for (uint16_t j = 0; j < size;) {
+      // Once ef results are held, a candidate enters only if it beats the
+      // ef-th (lower_bound, which can only fall): its half distance rules
+      // most out, reading half the bytes. Those it rules out are exactly ones
+      // hnswlib rejects, so the remaining ones see the same heaps.
+      const bool halves = half_dist != nullptr && top.size() >= ef;
       size_t n = 0;
       for (; j < size && n < kExpandChunk; ++j) {
         const uint32_t cand = links[j];
@@ -203,7 +216,18 @@ std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, siz
         fresh[n++] = cand;
         // The first line only: the hardware prefetcher follows the rest as the
         // kernel streams through the vector (more lines measured no faster).
-        __builtin_prefetch(Element(cand) + header_.offset_data);
+        __builtin_prefetch(halves ? static_cast<const void*>(half_->Row(cand))
+                                  : Element(cand) + header_.offset_data);
+      }
+      if (halves) {
+        size_t kept = 0;
+        for (size_t i = 0; i < n; ++i) {
+          const uint32_t cand = fresh[i];
+          if (half_skip.Skip(half_dist(query, half_->Row(cand), dim_), lower_bound)) continue;
+          fresh[kept++] = cand;
+          __builtin_prefetch(Element(cand) + header_.offset_data);
+        }
+        n = kept;
       }
       for (size_t i = 0; i < n; ++i) {
         const uint32_t cand = fresh[i];

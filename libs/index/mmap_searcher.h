@@ -9,6 +9,12 @@
 // so on the same file and ef it returns the same top-k as hnswlib (tested).
 // Unlike hnswlib, ef is a per-query argument.
 //
+// With a graph.f16 file (half_vectors.h), once ef results are held it reads
+// a candidate's half vector first and reads its float vector only when the
+// half distance, widened by the file's error bound, could beat the ef-th
+// result. The skipped candidates are exactly ones hnswlib rejects, so the
+// answers are unchanged; about half as many bytes are read.
+//
 // Thread-safety: immutable after Open; any number of threads may call Search
 // concurrently without locks (scratch space is thread-local).
 #ifndef IMAGESEARCH_LIBS_INDEX_MMAP_SEARCHER_H_
@@ -23,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "libs/common/file_util.h"
 #include "libs/index/graph_format.h"
+#include "libs/index/half_vectors.h"
 #include "libs/index/metric.h"
 #include "libs/index/row_filter.h"
 
@@ -37,10 +44,12 @@ class MmapHnswSearcher {
  public:
   // Maps and validates `graph_path` (hnswlib format, float vectors of `dim`)
   // and `offsets_path`. `expected_count` must match the graph's element count.
+  // `half_path`, if not empty, is the graph's graph.f16 (checked against it).
   static absl::StatusOr<std::unique_ptr<MmapHnswSearcher>> Open(const std::string& graph_path,
                                                                 const std::string& offsets_path,
                                                                 size_t dim, Metric metric,
-                                                                uint64_t expected_count);
+                                                                uint64_t expected_count,
+                                                                const std::string& half_path = "");
 
   // Returns up to k nearest rows, nearest first. `query` has dim() floats and
   // is already prepared (unit norm for cosine). ef < k is raised to k.
@@ -64,6 +73,9 @@ class MmapHnswSearcher {
   size_t dim() const { return dim_; }
   Metric metric() const { return metric_; }
   const HnswHeader& header() const { return header_; }
+  // Whether searches read graph.f16 first (a file was given and the CPU has
+  // AVX2 and F16C).
+  bool uses_half_vectors() const { return half_dist_ != nullptr; }
 
  private:
   MmapHnswSearcher() = default;
@@ -83,6 +95,8 @@ class MmapHnswSearcher {
   size_t dim_param_ = 0;  // hnswlib kernels read the dimension through a pointer.
   Metric metric_ = Metric::kCosine;
   DistanceFn dist_ = nullptr;
+  std::unique_ptr<HalfVectors> half_;
+  HalfDistanceFn half_dist_ = nullptr;
 };
 
 }  // namespace imagesearch::index

@@ -24,7 +24,7 @@ std::string MakeTempDir() {
 }
 
 struct Built {
-  std::string graph, offsets;
+  std::string graph, offsets, half;
   std::vector<float> data;
 };
 
@@ -40,6 +40,10 @@ Built Build(size_t n, size_t dim, Metric metric, int ef_construction) {
   absl::Status s = BuildHnswGraph(b.data.data(), n, dim, metric, params, b.graph, b.offsets);
   INFO(s.ToString());
   REQUIRE(s.ok());
+  b.half = dir + "/graph.f16";
+  s = WriteHalfVectors(b.graph, dim, metric, b.half);
+  INFO(s.ToString());
+  REQUIRE(s.ok());
   return b;
 }
 
@@ -49,12 +53,24 @@ std::vector<float> Prepared(const float* v, size_t dim, Metric metric) {
   return q;
 }
 
+void ExpectSameAsHnswlib(const MmapHnswSearcher& ours, const Built& b, size_t dim, Metric metric,
+                         const std::vector<float>& queries, size_t nq);
+
 // Checks that our searcher and hnswlib's searchKnn agree exactly (labels and
-// distances, in order) on `queries` at several ef values.
+// distances, in order) on `queries` at several ef values, reading floats
+// only and (where the CPU can) half vectors first.
 void ExpectSameAsHnswlib(const Built& b, size_t dim, Metric metric, size_t n,
                          const std::vector<float>& queries, size_t nq) {
-  auto ours = MmapHnswSearcher::Open(b.graph, b.offsets, dim, metric, n);
-  REQUIRE(ours.ok());
+  for (bool halves : {false, true}) {
+    auto ours = MmapHnswSearcher::Open(b.graph, b.offsets, dim, metric, n, halves ? b.half : "");
+    REQUIRE(ours.ok());
+    CHECK((*ours)->uses_half_vectors() == (halves && GetHalfDistanceFn(metric) != nullptr));
+    ExpectSameAsHnswlib(**ours, b, dim, metric, queries, nq);
+  }
+}
+
+void ExpectSameAsHnswlib(const MmapHnswSearcher& ours, const Built& b, size_t dim, Metric metric,
+                         const std::vector<float>& queries, size_t nq) {
   auto ref = HnswlibIndex::Load(b.graph, dim, metric);
   REQUIRE(ref.ok());
   size_t compared = 0;
@@ -63,7 +79,7 @@ void ExpectSameAsHnswlib(const Built& b, size_t dim, Metric metric, size_t n,
     for (size_t i = 0; i < nq; ++i) {
       auto q = Prepared(&queries[i * dim], dim, metric);
       auto want = (*ref)->Search(q.data(), 10);
-      auto got = (*ours)->Search(q.data(), 10, ef);
+      auto got = ours.Search(q.data(), 10, ef);
       REQUIRE(got.size() == want.size());
       for (size_t j = 0; j < got.size(); ++j) {
         INFO("ef " << ef << " query " << i << " rank " << j);
@@ -92,6 +108,47 @@ TEST_CASE("Same top-k as hnswlib for l2 and ip, dims not a multiple of 16") {
       ExpectSameAsHnswlib(b, dim, metric, n, queries, 100);
     }
   }
+}
+
+TEST_CASE("Same top-k as hnswlib with half vectors at 1792 dimensions") {
+  const size_t n = 4000, dim = 1792;
+  Built b = Build(n, dim, Metric::kCosine, 40);
+  auto queries = ClusteredVectors(60, dim, 64, 8);
+  ExpectSameAsHnswlib(b, dim, Metric::kCosine, n, queries, 60);
+}
+
+TEST_CASE("Searches read the half vectors: a file that lies changes the answers") {
+  if (GetHalfDistanceFn(Metric::kL2) == nullptr) {
+    WARN("no AVX2+F16C: the searcher reads floats");
+    return;
+  }
+  const size_t n = 3000, dim = 32;
+  Built b = Build(n, dim, Metric::kL2, 50);
+  auto bytes = ReadFileToString(b.half);
+  REQUIRE(bytes.ok());
+  // Every half vector far away from any query: once ef results are held, no
+  // other candidate gets through, so the answers must get worse.
+  std::string lie = *bytes;
+  for (size_t i = kHalfHeaderSize; i + 1 < lie.size(); i += 2) {
+    const uint16_t big = FloatToHalf(1000.0f);
+    std::memcpy(&lie[i], &big, sizeof(big));
+  }
+  REQUIRE(WriteFileDurably(b.half, lie).ok());
+  auto honest = MmapHnswSearcher::Open(b.graph, b.offsets, dim, Metric::kL2, n);
+  auto lied_to = MmapHnswSearcher::Open(b.graph, b.offsets, dim, Metric::kL2, n, b.half);
+  REQUIRE(honest.ok());
+  REQUIRE(lied_to.ok());
+  REQUIRE((*lied_to)->uses_half_vectors());
+  auto queries = ClusteredVectors(50, dim, 64, 21);
+  size_t differ = 0;
+  for (size_t i = 0; i < 50; ++i) {
+    auto a = (*honest)->Search(&queries[i * dim], 10, 10);
+    auto c = (*lied_to)->Search(&queries[i * dim], 10, 10);
+    REQUIRE(a.size() == 10);
+    differ += a.size() != c.size() || a.back().row != c.back().row ||
+              a.back().distance != c.back().distance;
+  }
+  CHECK(differ > 25);
 }
 
 TEST_CASE("Recall against brute force is high, and rises with ef") {
@@ -185,6 +242,15 @@ TEST_CASE("Truncated or inconsistent graph files are refused with a reason") {
     auto s = MmapHnswSearcher::Open(b.graph, b.offsets, dim, Metric::kL2, n + 1);
     REQUIRE_FALSE(s.ok());
     CHECK(s.status().message().find("manifest") != std::string::npos);
+  }
+  SECTION("truncated half vectors") {
+    auto half = ReadFileToString(b.half);
+    REQUIRE(half.ok());
+    REQUIRE(WriteFileDurably(b.half, half->substr(0, half->size() - 1)).ok());
+    auto s = MmapHnswSearcher::Open(b.graph, b.offsets, dim, Metric::kL2, n, b.half);
+    REQUIRE_FALSE(s.ok());
+    CHECK(s.status().message().find("half vectors file") != std::string::npos);
+    CHECK(s.status().message().find("truncated") != std::string::npos);
   }
   SECTION("truncated offsets sidecar") {
     auto off = ReadFileToString(b.offsets);

@@ -69,9 +69,9 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> Snapshot::OpenDir(
       }
     }
   }
-  auto searcher = index::MmapHnswSearcher::Open(s->dir_ + "/" + kGraphFile,
-                                                s->dir_ + "/" + kOffsetsFile, m.dim, m.metric,
-                                                m.count);
+  auto searcher = index::MmapHnswSearcher::Open(
+      s->dir_ + "/" + kGraphFile, s->dir_ + "/" + kOffsetsFile, m.dim, m.metric, m.count,
+      m.files.count(kHalfVectorsFile) ? s->dir_ + "/" + kHalfVectorsFile : "");
   if (!searcher.ok()) return fail(searcher.status());
   s->searcher_ = std::move(*searcher);
   auto ids = IdsTable::Open(s->dir_ + "/" + kIdsFile, m.count);

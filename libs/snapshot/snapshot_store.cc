@@ -21,6 +21,7 @@
 #include "libs/common/file_util.h"
 #include "libs/common/log.h"
 #include "libs/common/status_macros.h"
+#include "libs/index/half_vectors.h"
 #include "libs/snapshot/thumbs_table.h"
 
 namespace imagesearch::snapshot {
@@ -200,6 +201,8 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
           WriteFileDurably(tmp + "/" + kThumbsFile, EncodeThumbsTable(input.thumbnails)));
     }
     RETURN_IF_ERROR(input.graph(tmp + "/" + kGraphFile, tmp + "/" + kOffsetsFile));
+    RETURN_IF_ERROR(index::WriteHalfVectors(tmp + "/" + kGraphFile, input.dim, input.metric,
+                                            tmp + "/" + kHalfVectorsFile));
     if (!input.model_path.empty()) {
       m.model = input.model;
       m.model.file = kModelFile;
@@ -208,7 +211,8 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
     }
     for (const auto& [name, contents] : input.extra_files) {
       if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' ||
-          name == kManifestFile || name == kThumbsFile || name == kAttributesFile) {
+          name == kManifestFile || name == kThumbsFile || name == kAttributesFile ||
+          name == kHalfVectorsFile) {
         return absl::InvalidArgumentError(absl::StrCat("bad extra file name '", name, "'"));
       }
       RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + name, contents));

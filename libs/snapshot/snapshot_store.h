@@ -4,7 +4,7 @@
 //   root/CURRENT          "v<N>\n", replaced atomically (temp, fsync, rename)
 //   root/HISTORY          "v<N>\n" appended (fsync'd) right after each
 //                         CURRENT replacement: the versions made live, in order
-//   root/v<N>/            MANIFEST.json, graph.hnsw, graph.offsets, ids.bin,
+//   root/v<N>/            MANIFEST.json, graph.hnsw, graph.offsets, graph.f16, ids.bin,
 //                         [model.pt], [thumbs.bin], [attrs.bin], [rejects.jsonl], ...
 //   root/.tmp-v<N>-<pid>  a version being written (removed if stale)
 //   root/.lock            flock'd by writers (publish, set-current, gc)
@@ -39,6 +39,10 @@ inline constexpr char kCurrentFile[] = "CURRENT";
 inline constexpr char kHistoryFile[] = "HISTORY";
 inline constexpr char kGraphFile[] = "graph.hnsw";
 inline constexpr char kOffsetsFile[] = "graph.offsets";
+// The graph's vectors in binary16 (libs/index/half_vectors.h), written at
+// publish. Optional when reading: versions published before it existed
+// are searched from their float vectors only.
+inline constexpr char kHalfVectorsFile[] = "graph.f16";
 inline constexpr char kIdsFile[] = "ids.bin";
 inline constexpr char kModelFile[] = "model.pt";
 

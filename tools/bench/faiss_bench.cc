@@ -53,6 +53,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "libs/common/file_util.h"
 #include "libs/index/distance.h"
 #include "libs/index/hnsw_builder.h"
 #include "libs/index/metric.h"
@@ -275,6 +276,18 @@ int Run() {
     const auto t0 = Clock::now();
     v = snapshot::PublishSnapshot(root, in);
     ours_build_s = Since(t0);
+  } else if (v.ok() && !std::filesystem::exists(snapshot::VersionDir(root, *v) + "/" +
+                                                snapshot::kHalfVectorsFile)) {
+    // A graph cached before snapshots carried graph.f16: republish the same
+    // graph files as a new version, which adds it.
+    const std::string old_dir = snapshot::VersionDir(root, *v);
+    in.graph = [&old_dir](const std::string& graph, const std::string& offsets) -> absl::Status {
+      absl::Status s = CopyFileDurably(old_dir + "/" + snapshot::kGraphFile, graph);
+      return s.ok() ? CopyFileDurably(old_dir + "/" + snapshot::kOffsetsFile, offsets) : s;
+    };
+    v = snapshot::PublishSnapshot(root, in);
+    std::printf("reused graph republished with graph.f16 as %s\n",
+                v.ok() ? snapshot::VersionDirName(*v).c_str() : v.status().ToString().c_str());
   }
   in = snapshot::SnapshotInput();
   if (!v.ok()) {
@@ -287,7 +300,9 @@ int Run() {
     if (!e.is_regular_file()) continue;
     snapshot_bytes += e.file_size();
     const auto name = e.path().filename().string();
-    if (name == "graph.hnsw" || name == "graph.offsets") graph_bytes += e.file_size();
+    if (name == "graph.hnsw" || name == "graph.offsets" || name == "graph.f16") {
+      graph_bytes += e.file_size();
+    }
   }
 
   // Everything below works on unit vectors (cosine = inner product).
@@ -367,13 +382,14 @@ int Run() {
               !with_faiss         ? "not run"
               : faiss_build_s < 0 ? "reused"
                                   : (std::to_string(faiss_build_s).substr(0, 6) + " s").c_str());
-  std::printf("memory: ours mmaps graph.hnsw+graph.offsets %.1f MiB (whole snapshot dir %.1f MiB; "
+  std::printf("memory: ours mmaps graph.hnsw+.offsets+.f16 %.1f MiB (whole snapshot dir %.1f MiB; "
               "page cache, shared)\n        hnswlib loadIndex heap (RSS delta) %.1f MiB\n"
               "        faiss index file %.1f MiB, RSS delta of %s %.1f MiB\n",
               MiB(graph_bytes), MiB(snapshot_bytes), MiB(hnswlib_rss_delta), MiB(faiss_file_bytes),
               reuse ? "read_index" : "build", MiB(faiss_rss_delta));
-  std::printf("distance kernel (ours, hnswlib graph search): %s\n",
-              index::SimdLevelName(index::BestSimdLevel()));
+  std::printf("distance kernel (ours, hnswlib graph search): %s; ours reads graph.f16 first: %s\n",
+              index::SimdLevelName(index::BestSimdLevel()),
+              ours.uses_half_vectors() ? "yes" : "no");
 
   // The service (optional): on the searches' core, its clients on another.
   const int cpu = absl::GetFlag(FLAGS_cpu);
