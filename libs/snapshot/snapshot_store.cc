@@ -201,8 +201,10 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
           WriteFileDurably(tmp + "/" + kThumbsFile, EncodeThumbsTable(input.thumbnails)));
     }
     RETURN_IF_ERROR(input.graph(tmp + "/" + kGraphFile, tmp + "/" + kOffsetsFile));
-    RETURN_IF_ERROR(index::WriteHalfVectors(tmp + "/" + kGraphFile, input.dim, input.metric,
-                                            tmp + "/" + kHalfVectorsFile));
+    if (input.half_vectors.value_or(input.dim >= kHalfVectorsMinDim)) {
+      RETURN_IF_ERROR(index::WriteHalfVectors(tmp + "/" + kGraphFile, input.dim, input.metric,
+                                              tmp + "/" + kHalfVectorsFile));
+    }
     if (!input.model_path.empty()) {
       m.model = input.model;
       m.model.file = kModelFile;

@@ -4,7 +4,7 @@
 //   root/CURRENT          "v<N>\n", replaced atomically (temp, fsync, rename)
 //   root/HISTORY          "v<N>\n" appended (fsync'd) right after each
 //                         CURRENT replacement: the versions made live, in order
-//   root/v<N>/            MANIFEST.json, graph.hnsw, graph.offsets, graph.f16, ids.bin,
+//   root/v<N>/            MANIFEST.json, graph.hnsw, graph.offsets, [graph.f16], ids.bin,
 //                         [model.pt], [thumbs.bin], [attrs.bin], [rejects.jsonl], ...
 //   root/.tmp-v<N>-<pid>  a version being written (removed if stale)
 //   root/.lock            flock'd by writers (publish, set-current, gc)
@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,9 +41,14 @@ inline constexpr char kHistoryFile[] = "HISTORY";
 inline constexpr char kGraphFile[] = "graph.hnsw";
 inline constexpr char kOffsetsFile[] = "graph.offsets";
 // The graph's vectors in binary16 (libs/index/half_vectors.h), written at
-// publish. Optional when reading: versions published before it existed
-// are searched from their float vectors only.
+// publish for dim >= kHalfVectorsMinDim. Optional when reading: versions
+// without it are searched from their float vectors only.
 inline constexpr char kHalfVectorsFile[] = "graph.f16";
+// Below this dimension graph.f16 is not written by default: at 512 the
+// search is bound by the latency of each candidate's first cache miss, not
+// by bytes, and reading half then float vectors measured 0.96-1.01x of
+// floats only; at 1792 (7 KB vectors) it measured 1.2x (tools/bench/README.md).
+inline constexpr int kHalfVectorsMinDim = 1024;
 inline constexpr char kIdsFile[] = "ids.bin";
 inline constexpr char kModelFile[] = "model.pt";
 
@@ -57,6 +63,8 @@ struct SnapshotInput {
   index::Metric metric = index::Metric::kCosine;
   std::vector<IdRecord> ids;
   index::HnswParams hnsw;  // Recorded in the manifest (m, ef_construction).
+  // Write graph.f16: unset = when dim >= kHalfVectorsMinDim.
+  std::optional<bool> half_vectors;
   int default_ef = 64;
   // Optional: the model that made the vectors; copied in as model.pt.
   std::string model_path;

@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "libs/common/file_util.h"
+#include "libs/index/half_vectors.h"
+#include "libs/index/mmap_searcher.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/test_snapshots.h"
 
@@ -169,6 +171,71 @@ TEST_CASE("Damaged snapshot files are refused with a clear reason") {
   SECTION("manifest without a self-checksum, with a wrong dim") {
     edit_manifest(true);
     expect_refused(VerifyMode::kSizes, "wrong dim");
+  }
+}
+
+TEST_CASE("graph.f16 is written from dimension 1024 (or when asked), checked, and searched") {
+  // Default by dimension: none at 16, one at 1024.
+  for (int dim : {16, 1024}) {
+    const std::string root = TempRoot();
+    auto c = MakeSyntheticCorpus(60, dim, index::Metric::kCosine, "d");
+    auto v = PublishSnapshot(root, c.WithGraph());
+    REQUIRE(v.ok());
+    auto s = Snapshot::Open(root, *v, VerifyMode::kChecksums);
+    REQUIRE(s.ok());
+    CHECK((*s)->manifest().files.count(kHalfVectorsFile) == (dim >= kHalfVectorsMinDim ? 1u : 0u));
+    CHECK(fs::exists(VersionDir(root, *v) + "/" + kHalfVectorsFile) == (dim >= kHalfVectorsMinDim));
+  }
+  // Asked for at dimension 16: listed with its checksum, read by the
+  // searcher (where the CPU has F16C), same answers as floats only.
+  const std::string root = TempRoot();
+  auto c = MakeSyntheticCorpus(400, 16, index::Metric::kL2, "h");
+  c.input.half_vectors = true;
+  auto v = PublishSnapshot(root, c.WithGraph());
+  REQUIRE(v.ok());
+  const std::string dir = VersionDir(root, *v);
+  auto s = Snapshot::Open(root, *v, VerifyMode::kChecksums);
+  REQUIRE(s.ok());
+  REQUIRE((*s)->manifest().files.count(kHalfVectorsFile) == 1);
+  CHECK((*s)->searcher().uses_half_vectors() ==
+        (index::GetHalfDistanceFn(index::Metric::kL2) != nullptr));
+  auto floats = index::MmapHnswSearcher::Open(dir + "/" + kGraphFile, dir + "/" + kOffsetsFile, 16,
+                                              index::Metric::kL2, 400);
+  REQUIRE(floats.ok());
+  for (size_t q = 0; q < 50; ++q) {
+    const float* query = &c.vectors[(q * 7 % 400) * 16];
+    auto a = (*s)->searcher().Search(query, 10, 12);
+    auto b = (*floats)->Search(query, 10, 12);
+    REQUIRE(a.size() == b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      CHECK(a[i].row == b[i].row);
+      CHECK(a[i].distance == b[i].distance);
+    }
+  }
+  auto bytes = ReadFileToString(dir + "/" + kHalfVectorsFile);
+  REQUIRE(bytes.ok());
+  SECTION("truncated") {
+    REQUIRE(WriteFileDurably(dir + "/" + kHalfVectorsFile, bytes->substr(0, 100)).ok());
+    auto t = Snapshot::Open(root, *v, VerifyMode::kSizes);
+    REQUIRE_FALSE(t.ok());
+    CHECK(t.status().message().find("graph.f16 is 100 bytes but the manifest says") !=
+          std::string::npos);
+  }
+  SECTION("a flipped byte, same size") {
+    std::string b = *bytes;
+    b[b.size() - 3] ^= 0x40;
+    REQUIRE(WriteFileDurably(dir + "/" + kHalfVectorsFile, b).ok());
+    auto t = Snapshot::Open(root, *v, VerifyMode::kChecksums);
+    REQUIRE_FALSE(t.ok());
+    CHECK(t.status().message().find("graph.f16 checksum") != std::string::npos);
+  }
+  SECTION("a header that disagrees with the graph, sizes and checksums rewritten") {
+    std::string b = *bytes;
+    b[16] = 17;  // dim
+    REQUIRE(WriteFileDurably(dir + "/" + kHalfVectorsFile, b).ok());
+    auto t = Snapshot::Open(root, *v, VerifyMode::kSizes);
+    REQUIRE_FALSE(t.ok());
+    CHECK(t.status().message().find("half vectors file: dimension 17") != std::string::npos);
   }
 }
 

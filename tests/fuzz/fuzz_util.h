@@ -34,7 +34,8 @@ namespace imagesearch::fuzz {
 inline constexpr std::string_view kFileSeparator = "\n#ISFUZZ-FILE#\n";
 inline const std::vector<std::string>& SnapshotFileOrder() {
   static const auto* order = new std::vector<std::string>{
-      "MANIFEST.json", "ids.bin", "graph.offsets", "graph.hnsw", "thumbs.bin", "attrs.bin"};
+      "MANIFEST.json", "ids.bin",    "graph.offsets", "graph.hnsw",
+      "thumbs.bin",    "attrs.bin", "graph.f16"};
   return *order;
 }
 

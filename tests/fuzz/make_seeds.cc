@@ -64,13 +64,14 @@ void SnapshotSeeds(const std::string& dir) {
   auto tiny = snapshot::MakeSyntheticCorpus(12, 4, imagesearch::index::Metric::kL2, "r", 3, 3);
   tiny.input.hnsw.m = 4;
   const std::string t = SplitSnapshot(std::move(tiny));
-  // Full: 24 rows, dim 8, cosine, thumbs.bin and attrs.bin.
+  // Full: 24 rows, dim 8, cosine, thumbs.bin, attrs.bin and graph.f16.
   auto full = imagesearch::fuzz::QueryCorpus();
   full.input.hnsw.m = 4;
   full.input.count = 24;
   full.input.ids.resize(24);
   full.input.attributes.resize(24);
   full.input.thumbnails.resize(24);
+  full.input.half_vectors = true;  // graph.f16, last in the split format.
   const std::string f = SplitSnapshot(std::move(full));
   // One row, inner product.
   auto one = snapshot::MakeSyntheticCorpus(1, 3, imagesearch::index::Metric::kInnerProduct, "x");

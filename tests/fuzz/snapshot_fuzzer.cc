@@ -1,13 +1,14 @@
 // libFuzzer target: opening a snapshot version directory from arbitrary
 // bytes (libs/snapshot/snapshot.h, libs/index/mmap_searcher.h,
-// libs/snapshot/ids_table.h, thumbs_table.h, attribute_table.h), and, if it
+// half_vectors.h, libs/snapshot/ids_table.h, thumbs_table.h,
+// attribute_table.h), and, if it
 // opens, searching it the way the server does (serving::SearchSnapshot,
 // which maps graph labels to ids.bin rows) plus an exact filtered scan, id
 // lookups, thumbnails and attribute filters.
 //
 // Input: one mode byte, then the files' bytes in the order of
 // SnapshotFileOrder() (MANIFEST.json, ids.bin, graph.offsets, graph.hnsw,
-// thumbs.bin, attrs.bin) separated by kFileSeparator; they are written to a
+// thumbs.bin, attrs.bin, graph.f16) separated by kFileSeparator; they are written to a
 // temp dir. Mode bits:
 //   0x01  before opening, rewrite MANIFEST.json's files[*].size/xxh3 to the
 //         written files' real sizes and checksums (if it is a JSON object),

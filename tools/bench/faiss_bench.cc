@@ -276,8 +276,9 @@ int Run() {
     const auto t0 = Clock::now();
     v = snapshot::PublishSnapshot(root, in);
     ours_build_s = Since(t0);
-  } else if (v.ok() && !std::filesystem::exists(snapshot::VersionDir(root, *v) + "/" +
-                                                snapshot::kHalfVectorsFile)) {
+  } else if (v.ok() && in.dim >= snapshot::kHalfVectorsMinDim &&
+             !std::filesystem::exists(snapshot::VersionDir(root, *v) + "/" +
+                                      snapshot::kHalfVectorsFile)) {
     // A graph cached before snapshots carried graph.f16: republish the same
     // graph files as a new version, which adds it.
     const std::string old_dir = snapshot::VersionDir(root, *v);
@@ -352,6 +353,14 @@ int Run() {
     return 1;
   }
   const auto& ours = (*snap)->searcher();
+  // The same graph searched from its float vectors only (as before graph.f16).
+  auto ours_f32 = index::MmapHnswSearcher::Open(vdir + "/" + snapshot::kGraphFile,
+                                                vdir + "/" + snapshot::kOffsetsFile, dim,
+                                                (*snap)->manifest().metric, n);
+  if (!ours_f32.ok()) {
+    std::cerr << ours_f32.status() << "\n";
+    return 1;
+  }
   // faiss's graph over our kernel (see KernelStorage), sharing faiss's vectors.
   std::unique_ptr<KernelStorage> kernel_storage;
   std::unique_ptr<faiss::IndexHNSW> faiss_kernel;
@@ -415,15 +424,16 @@ int Run() {
   omp_set_num_threads(1);
   PinTo(cpu);
   const double secs = absl::GetFlag(FLAGS_seconds);
-  std::vector<Point> c_ours, c_hnswlib, c_faiss, c_faiss_batch, c_faiss_kernel, c_service,
+  std::vector<Point> c_ours, c_ours_f32, c_hnswlib, c_faiss, c_faiss_batch, c_faiss_kernel, c_service,
       c_service_batch;
   std::vector<FaissIdx> labels(nq * kK);
   std::vector<float> distances(nq * kK);
-  std::printf("\n%5s | %-18s | %-18s | %-18s | %-9s | %-18s | %-18s | %-9s\n", "ef", "ours (mmap)",
-              "hnswlib", "faiss 1/call", "faiss-b", "faiss+k 1/call", "service unary",
-              "svc batch");
-  std::printf("%5s | %8s %9s | %8s %9s | %8s %9s | %9s | %8s %9s | %8s %9s | %9s\n", "", "recall",
-              "QPS", "recall", "QPS", "recall", "QPS", "QPS", "recall", "QPS", "recall", "QPS", "QPS");
+  std::printf("\n%5s | %-18s | %-9s | %-18s | %-18s | %-9s | %-18s | %-18s | %-9s\n", "ef",
+              "ours (mmap)", "ours f32", "hnswlib", "faiss 1/call", "faiss-b", "faiss+k 1/call",
+              "service unary", "svc batch");
+  std::printf("%5s | %8s %9s | %9s | %8s %9s | %8s %9s | %9s | %8s %9s | %8s %9s | %9s\n", "",
+              "recall", "QPS", "QPS", "recall", "QPS", "recall", "QPS", "QPS", "recall", "QPS",
+              "recall", "QPS", "QPS");
   // Recall@10 of one faiss index over all queries (one batched search).
   auto faiss_recall = [&](const faiss::Index& index) {
     index.search(static_cast<FaissIdx>(nq), queries, kK, distances.data(), labels.data());
@@ -442,6 +452,8 @@ int Run() {
     }
     const double r_ours = double(h) / (nq * kK);
     const double q_ours = Qps(secs, nq, [&](size_t q) { (void)ours.Search(&queries[q * dim], kK, ef); });
+    const double q_ours_f32 =
+        Qps(secs, nq, [&](size_t q) { (void)(*ours_f32)->Search(&queries[q * dim], kK, ef); });
 
     (*ref)->SetEf(ef);
     h = 0;
@@ -504,9 +516,12 @@ int Run() {
     }
 
     c_ours.push_back({ef, r_ours, q_ours});
+    c_ours_f32.push_back({ef, r_ours, q_ours_f32});
     c_hnswlib.push_back({ef, r_hnswlib, q_hnswlib});
-    std::printf("%5zu | %8.4f %9.0f | %8.4f %9.0f | %8.4f %9.0f | %9.0f | %8.4f %9.0f | %8.4f %9.0f | %9.0f\n",
-                ef, r_ours, q_ours, r_hnswlib, q_hnswlib, r_faiss, q_faiss, q_faiss_batch,
+    std::printf(
+        "%5zu | %8.4f %9.0f | %9.0f | %8.4f %9.0f | %8.4f %9.0f | %9.0f | %8.4f %9.0f | %8.4f %9.0f | "
+        "%9.0f\n",
+        ef, r_ours, q_ours, q_ours_f32, r_hnswlib, q_hnswlib, r_faiss, q_faiss, q_faiss_batch,
                 r_faiss_kernel, q_faiss_kernel, r_service, q_service, q_service_batch);
     std::fflush(stdout);
   }
@@ -520,6 +535,7 @@ int Run() {
       for (const Point& p : curve) csv << name << "," << p.ef << "," << p.recall << "," << p.qps << "\n";
     };
     put("ours", c_ours);
+    put("ours-f32", c_ours_f32);
     put("hnswlib", c_hnswlib);
     put("faiss", c_faiss);
     put("faiss-b", c_faiss_batch);
@@ -529,11 +545,12 @@ int Run() {
   }
 
   std::printf("\nQPS at equal recall@10 (log-QPS interpolated between sweep points; - = not reached)\n");
-  std::printf("%7s | %9s %9s %9s %9s %9s %9s %9s | %10s %10s %10s %9s %9s\n", "recall", "ours",
-              "hnswlib", "faiss", "faiss-b", "faiss+k", "service", "svc-batch", "ours/faiss",
-              "ours/f-b", "ours/f+k", "svc/hnsw", "svcb/hnsw");
+  std::printf("%7s | %9s %9s %9s %9s %9s %9s %9s %9s | %10s %10s %10s %9s %9s %9s %9s\n", "recall",
+              "ours", "ours-f32", "hnswlib", "faiss", "faiss-b", "faiss+k", "service", "svc-batch",
+              "ours/faiss", "ours/f-b", "ours/f+k", "ours/hnsw", "o32/hnsw", "svc/hnsw", "svcb/hnsw");
   for (double target : {0.80, 0.90, 0.95, 0.97, 0.98, 0.99, 0.995}) {
     const double a = QpsAtRecall(c_ours, target), b = QpsAtRecall(c_hnswlib, target);
+    const double a32 = QpsAtRecall(c_ours_f32, target);
     const double c = QpsAtRecall(c_faiss, target), d = QpsAtRecall(c_faiss_batch, target);
     const double e = QpsAtRecall(c_faiss_kernel, target);
     const double f = QpsAtRecall(c_service, target), g = QpsAtRecall(c_service_batch, target);
@@ -549,10 +566,11 @@ int Run() {
       std::snprintf(buf, sizeof(buf), "%.2f", x / y);
       return std::string(buf);
     };
-    std::printf("%7.3f | %9s %9s %9s %9s %9s %9s %9s | %10s %10s %10s %9s %9s\n", target,
-                cell(a).c_str(), cell(b).c_str(), cell(c).c_str(), cell(d).c_str(), cell(e).c_str(),
-                cell(f).c_str(), cell(g).c_str(), ratio(a, c).c_str(), ratio(a, d).c_str(),
-                ratio(a, e).c_str(), ratio(f, b).c_str(), ratio(g, b).c_str());
+    std::printf("%7.3f | %9s %9s %9s %9s %9s %9s %9s %9s | %10s %10s %10s %9s %9s %9s %9s\n",
+                target, cell(a).c_str(), cell(a32).c_str(), cell(b).c_str(), cell(c).c_str(),
+                cell(d).c_str(), cell(e).c_str(), cell(f).c_str(), cell(g).c_str(),
+                ratio(a, c).c_str(), ratio(a, d).c_str(), ratio(a, e).c_str(), ratio(a, b).c_str(),
+                ratio(a32, b).c_str(), ratio(f, b).c_str(), ratio(g, b).c_str());
   }
   return service_failures == 0 ? 0 : 1;
 }
