@@ -43,6 +43,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -87,7 +88,10 @@ ABSL_FLAG(int, m, 16, "HNSW M for both graphs (search_bench: 16).");
 ABSL_FLAG(int, ef_construction, 100, "HNSW efConstruction for both graphs (search_bench: 100).");
 ABSL_FLAG(int, build_threads, 0, "Threads for both builds; 0 = all cores.");
 ABSL_FLAG(std::string, ef, "10,16,24,32,48,64,96,128,192,256,384", "ef sweep (comma-separated).");
-ABSL_FLAG(double, seconds, 1.0, "Measuring time per contender per ef.");
+ABSL_FLAG(double, seconds, 1.0, "Measuring time per contender per ef (split over --rounds).");
+ABSL_FLAG(int, rounds, 3,
+          "Rounds per ef: every contender is timed once per round, in turn, and its median "
+          "round counts, so a burst of host noise falls on one round of each, not on one contender.");
 ABSL_FLAG(int, cpu, -1,
           "Core the in-process searches and the service run on (-1: not pinned); the service's "
           "clients run on another core.");
@@ -424,6 +428,7 @@ int Run() {
   omp_set_num_threads(1);
   PinTo(cpu);
   const double secs = absl::GetFlag(FLAGS_seconds);
+  const int rounds = std::max(1, absl::GetFlag(FLAGS_rounds));
   std::vector<Point> c_ours, c_ours_f32, c_hnswlib, c_faiss, c_faiss_batch, c_faiss_kernel, c_service,
       c_service_batch;
   std::vector<FaissIdx> labels(nq * kK);
@@ -451,9 +456,17 @@ int Run() {
       h += hits_of(q, got);
     }
     const double r_ours = double(h) / (nq * kK);
-    const double q_ours = Qps(secs, nq, [&](size_t q) { (void)ours.Search(&queries[q * dim], kK, ef); });
-    const double q_ours_f32 =
-        Qps(secs, nq, [&](size_t q) { (void)(*ours_f32)->Search(&queries[q * dim], kK, ef); });
+    // Each contender's timing, run once per round below.
+    std::vector<std::pair<double*, std::function<double(double)>>> timed;
+    double q_ours = 0, q_ours_f32 = 0, q_hnswlib = 0;
+    timed.push_back({&q_ours, [&](double t) {
+                       return Qps(t, nq, [&](size_t q) { (void)ours.Search(&queries[q * dim], kK, ef); });
+                     }});
+    timed.push_back({&q_ours_f32, [&](double t) {
+                       return Qps(t, nq, [&](size_t q) {
+                         (void)(*ours_f32)->Search(&queries[q * dim], kK, ef);
+                       });
+                     }});
 
     (*ref)->SetEf(ef);
     h = 0;
@@ -463,40 +476,50 @@ int Run() {
       h += hits_of(q, got);
     }
     const double r_hnswlib = double(h) / (nq * kK);
-    const double q_hnswlib = Qps(secs, nq, [&](size_t q) { (void)(*ref)->Search(&queries[q * dim], kK); });
+    timed.push_back({&q_hnswlib, [&](double t) {
+                       return Qps(t, nq, [&](size_t q) { (void)(*ref)->Search(&queries[q * dim], kK); });
+                     }});
 
     double r_faiss = std::nan(""), q_faiss = std::nan(""), q_faiss_batch = std::nan("");
     double r_faiss_kernel = std::nan(""), q_faiss_kernel = std::nan("");
     if (with_faiss) {
       faiss_index->hnsw.efSearch = static_cast<int>(ef);
       r_faiss = faiss_recall(*faiss_index);
-      FaissIdx one_label[kK];
-      float one_dist[kK];
-      q_faiss = Qps(secs, nq, [&](size_t q) {
-        faiss_index->search(1, &queries[q * dim], kK, one_dist, one_label);
-      });
-      size_t passes = 0;
-      const auto t0 = Clock::now();
-      do {
-        faiss_index->search(static_cast<FaissIdx>(nq), queries, kK, distances.data(), labels.data());
-        ++passes;
-      } while (Since(t0) < secs);
-      q_faiss_batch = passes * nq / Since(t0);
-
       faiss_kernel->hnsw.efSearch = static_cast<int>(ef);
       r_faiss_kernel = faiss_recall(*faiss_kernel);
-      q_faiss_kernel = Qps(secs, nq, [&](size_t q) {
-        faiss_kernel->search(1, &queries[q * dim], kK, one_dist, one_label);
-      });
-      c_faiss_kernel.push_back({ef, r_faiss_kernel, q_faiss_kernel});
-      c_faiss.push_back({ef, r_faiss, q_faiss});
-      c_faiss_batch.push_back({ef, r_faiss, q_faiss_batch});
+      timed.push_back({&q_faiss, [&](double t) {
+                         FaissIdx one_label[kK];
+                         float one_dist[kK];
+                         return Qps(t, nq, [&](size_t q) {
+                           faiss_index->search(1, &queries[q * dim], kK, one_dist, one_label);
+                         });
+                       }});
+      timed.push_back({&q_faiss_batch, [&](double t) {
+                         size_t passes = 0;
+                         const auto t0 = Clock::now();
+                         do {
+                           faiss_index->search(static_cast<FaissIdx>(nq), queries, kK,
+                                               distances.data(), labels.data());
+                           ++passes;
+                         } while (Since(t0) < t);
+                         return passes * nq / Since(t0);
+                       }});
+      timed.push_back({&q_faiss_kernel, [&](double t) {
+                         FaissIdx one_label[kK];
+                         float one_dist[kK];
+                         return Qps(t, nq, [&](size_t q) {
+                           faiss_kernel->search(1, &queries[q * dim], kK, one_dist, one_label);
+                         });
+                       }});
     }
 
     double r_service = std::nan(""), q_service = std::nan(""), q_service_batch = std::nan("");
+    std::vector<v1::SearchRequest> reqs;
+    std::vector<v1::SearchBatchRequest> batches;
     if (service != nullptr) {
       PinTo(client_cpu);
-      const std::vector<v1::SearchRequest> reqs = bench::VectorRequests(queries, nq, dim, kK, ef);
+      reqs = bench::VectorRequests(queries, nq, dim, kK, ef);
+      batches = bench::Batches(reqs, static_cast<size_t>(absl::GetFlag(FLAGS_batch)));
       h = 0;
       for (size_t q = 0; q < nq; ++q) {  // The service's ids are the row numbers.
         v1::SearchResponse r;
@@ -506,13 +529,33 @@ int Run() {
         h += hits_of(q, got);
       }
       r_service = double(h) / (nq * kK);
-      q_service = service->UnaryQps(reqs, secs, client_cpu, &service_failures);
-      q_service_batch = service->BatchQps(
-          bench::Batches(reqs, static_cast<size_t>(absl::GetFlag(FLAGS_batch))), secs, client_cpu,
-          &service_failures);
+      PinTo(cpu);
+      timed.push_back({&q_service, [&](double t) {
+                         return service->UnaryQps(reqs, t, client_cpu, &service_failures);
+                       }});
+      timed.push_back({&q_service_batch, [&](double t) {
+                         return service->BatchQps(batches, t, client_cpu, &service_failures);
+                       }});
+    }
+
+    // The rounds: every contender in turn, each round; the median round counts.
+    std::vector<std::vector<double>> per_round(timed.size());
+    for (int round = 0; round < rounds; ++round) {
+      for (size_t i = 0; i < timed.size(); ++i) per_round[i].push_back(timed[i].second(secs / rounds));
+    }
+    for (size_t i = 0; i < timed.size(); ++i) {
+      std::vector<double>& v = per_round[i];
+      std::sort(v.begin(), v.end());
+      *timed[i].first = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+    }
+    if (with_faiss) {
+      c_faiss_kernel.push_back({ef, r_faiss_kernel, q_faiss_kernel});
+      c_faiss.push_back({ef, r_faiss, q_faiss});
+      c_faiss_batch.push_back({ef, r_faiss, q_faiss_batch});
+    }
+    if (service != nullptr) {
       c_service.push_back({ef, r_service, q_service});
       c_service_batch.push_back({ef, r_service, q_service_batch});
-      PinTo(cpu);
     }
 
     c_ours.push_back({ef, r_ours, q_ours});

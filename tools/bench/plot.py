@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 LABELS = {
     "ours": "our mmap searcher (in-process)",
+    "ours-f32": "our searcher, float vectors only (no graph.f16)",
     "hnswlib": "hnswlib searchKnn (in-process)",
     "faiss": "faiss IndexHNSWFlat, 1 query/call",
     "faiss-b": "faiss, all queries in 1 call",
@@ -35,6 +36,7 @@ LABELS = {
 }
 STYLES = {
     "ours": dict(marker="o", color="tab:blue"),
+    "ours-f32": dict(marker="o", color="tab:cyan", linestyle=":"),
     "hnswlib": dict(marker="s", color="tab:orange", linestyle="--"),
     "faiss": dict(marker="^", color="tab:red"),
     "faiss-b": dict(marker="v", color="tab:pink", linestyle=":"),
