@@ -96,7 +96,7 @@ class HalfSkip {
         // Twice gamma_{dim+3}: the float rounding of both distances.
         gamma_(static_cast<double>(dim + 3) * std::ldexp(1.0, -23)),
         bound_(bound) {
-    if (!l2_) {
+    if (!l2_ && bound_ > 0) {  // A zero bound needs no |q| (and a searcher without halves passes 0).
       double norm2 = 0;
       for (size_t i = 0; i < dim; ++i) norm2 += double{query[i]} * query[i];
       slack_ = std::sqrt(norm2) * (1 + 1e-6) * bound_;
