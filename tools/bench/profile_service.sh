@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Profiles the pinned query service under load: where its core goes, and how
+# many context switches each call costs. The service runs on core 0 with
+# default flags, imagesearch-loadgen on core 1; perf samples the service
+# only (cpu-clock, so it works in VMs without a PMU).
+#
+# Usage: tools/bench/profile_service.sh BUILD_DIR SNAPSHOT_ROOT QUERIES.npy OUT_DIR \
+#          [KIND=vector] [EF=24] [CONCURRENCY=4] [SECONDS=6]
+# Example (the figures in tools/bench/README.md, "Per-call cost" and "Half vectors"):
+#   tools/bench/profile_service.sh build /tmp/b9/fm_m16/root /tmp/b9/fm_queries.npy /tmp/prof vector 24
+# Prints the loadgen summary, context switches per call, and the top symbols by DSO;
+# OUT_DIR keeps perf.data, the service log and the loadgen JSON. Needs perf (linux-perf).
+set -euo pipefail
+BUILD="$1"; ROOT="$2"; QUERIES="$3"; OUT="$4"
+KIND="${5:-vector}"; EF="${6:-24}"; CONC="${7:-4}"; SECS="${8:-6}"
+command -v perf > /dev/null || { echo "perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
+mkdir -p "$OUT"
+taskset -c 0 "$BUILD/services/query/imagesearch-query" --snapshot_root="$ROOT" --port=0 \
+  --host=127.0.0.1 > "$OUT/query.stdout" 2> "$OUT/query.log" &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
+port=""
+for _ in $(seq 1 300); do
+  port="$(sed -n 's/^listening on port \([0-9]*\).*/\1/p' "$OUT/query.stdout" | head -1)"
+  [[ -n "$port" ]] && break
+  sleep 0.1
+done
+[[ -n "$port" ]] || { echo "service did not start; see $OUT/query.log" >&2; exit 1; }
+for _ in $(seq 1 1200); do
+  grep -q "serving snapshot v" "$OUT/query.log" && break
+  sleep 0.1
+done
+grep -q "serving snapshot v" "$OUT/query.log" || { echo "no snapshot served; see $OUT/query.log" >&2; exit 1; }
+
+# The load runs 2 s longer than the measurement on each side.
+taskset -c 1 "$BUILD/tools/loadgen/imagesearch-loadgen" --target="127.0.0.1:$port" --kind="$KIND" \
+  --vectors="$QUERIES" --concurrency="$CONC" --ef="$EF" --duration_s="$((SECS + 4))" --warmup_s=1 \
+  --json_out="$OUT/loadgen.json" > "$OUT/loadgen.txt" 2>&1 &
+load=$!
+sleep 2
+perf stat -e context-switches,cpu-clock -p "$pid" -o "$OUT/stat.txt" -- sleep "$SECS" 2> /dev/null &
+perf record -F 2000 -g -p "$pid" -o "$OUT/perf.data" -- sleep "$SECS" > /dev/null 2>&1
+wait $!
+wait "$load"
+tail -1 "$OUT/loadgen.txt"
+switches="$(awk '/context-switches/ {gsub(",", "", $1); print $1}' "$OUT/stat.txt")"
+# Calls during the window, from the loadgen's steady rate ("... : R calls/s ...").
+rate="$(sed -n 's/.*: \([0-9.]*\) calls\/s.*/\1/p' "$OUT/loadgen.txt" | tail -1)"
+awk -v s="$switches" -v r="${rate:-0}" -v t="$SECS" 'BEGIN {
+  if (r > 0) printf "context switches: %d in ~%d calls = %.2f per call\n", s, r * t, s / (r * t);
+  else printf "context switches: %d in %d s (no call rate)\n", s, t }'
+echo "share of the service's core by DSO:"
+perf report -i "$OUT/perf.data" --no-children --sort dso --stdio 2> /dev/null | grep -E '^ +[0-9.]+%' | head -8
+echo "top symbols:"
+perf report -i "$OUT/perf.data" --no-children --sort dso,sym --stdio 2> /dev/null | grep -E '^ +[0-9.]+%' | head -15
