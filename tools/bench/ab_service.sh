@@ -15,6 +15,8 @@
 #   tools/bench/ab_service.sh build /tmp/tiny/root /tmp/tiny_q.npy 10 4 3 \
 #     old=/tmp/imagesearch-query.old new=build/services/query/imagesearch-query
 set -euo pipefail
+# shellcheck source=tools/bench/wait_serving.sh
+source "$(dirname "$0")/wait_serving.sh"
 BUILD="$1"; ROOT="$2"; QUERIES="$3"; EF="$4"; SECONDS_EACH="$5"; ROUNDS="$6"; shift 6
 work="$(mktemp -d)"; pid=""
 trap '[[ -n $pid ]] && kill $pid 2>/dev/null; rm -rf "$work"' EXIT
@@ -25,13 +27,8 @@ for round in $(seq 1 "$ROUNDS"); do
     env "${envs[@]}" taskset -c 0 "$binary" --snapshot_root="$ROOT" --port=0 --host=127.0.0.1 \
       --verify=sizes > "$work/out" 2> "$work/log" &
     pid=$!
-    port=""
-    for _ in $(seq 1 300); do
-      port="$(sed -n 's/^listening on port \([0-9]*\).*/\1/p' "$work/out" | head -1)"
-      [[ -n "$port" ]] && grep -q "serving snapshot v" "$work/log" && break
-      sleep 0.1
-    done
-    grep -q "serving snapshot v" "$work/log" || { echo "$label: not serving; see:" >&2; cat "$work/log" >&2; exit 1; }
+    wait_serving "$work/out" "$work/log" || { echo "$label: not serving" >&2; exit 1; }
+    port="$PORT"
     line="$(taskset -c 1 "$BUILD/tools/loadgen/imagesearch-loadgen" --target="127.0.0.1:$port" \
       --kind=vector --vectors="$QUERIES" --concurrency=4 --channels=4 --ef="$EF" \
       --duration_s="$SECONDS_EACH" --warmup_s=1 | tail -1)"

@@ -11,6 +11,8 @@
 # Prints the loadgen summary, context switches per call, and the top symbols by DSO;
 # OUT_DIR keeps perf.data, the service log and the loadgen JSON. Needs perf (linux-perf).
 set -euo pipefail
+# shellcheck source=tools/bench/wait_serving.sh
+source "$(dirname "$0")/wait_serving.sh"
 BUILD="$1"; ROOT="$2"; QUERIES="$3"; OUT="$4"
 KIND="${5:-vector}"; EF="${6:-24}"; CONC="${7:-4}"; SECS="${8:-6}"
 command -v perf > /dev/null || { echo "perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
@@ -19,18 +21,8 @@ taskset -c 0 "$BUILD/services/query/imagesearch-query" --snapshot_root="$ROOT" -
   --host=127.0.0.1 > "$OUT/query.stdout" 2> "$OUT/query.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
-port=""
-for _ in $(seq 1 300); do
-  port="$(sed -n 's/^listening on port \([0-9]*\).*/\1/p' "$OUT/query.stdout" | head -1)"
-  [[ -n "$port" ]] && break
-  sleep 0.1
-done
-[[ -n "$port" ]] || { echo "service did not start; see $OUT/query.log" >&2; exit 1; }
-for _ in $(seq 1 1200); do
-  grep -q "serving snapshot v" "$OUT/query.log" && break
-  sleep 0.1
-done
-grep -q "serving snapshot v" "$OUT/query.log" || { echo "no snapshot served; see $OUT/query.log" >&2; exit 1; }
+wait_serving "$OUT/query.stdout" "$OUT/query.log"
+port="$PORT"
 
 # The load runs 2 s longer than the measurement on each side.
 taskset -c 1 "$BUILD/tools/loadgen/imagesearch-loadgen" --target="127.0.0.1:$port" --kind="$KIND" \
