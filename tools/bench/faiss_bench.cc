@@ -89,6 +89,9 @@ ABSL_FLAG(int, ef_construction, 100, "HNSW efConstruction for both graphs (searc
 ABSL_FLAG(int, build_threads, 0, "Threads for both builds; 0 = all cores.");
 ABSL_FLAG(std::string, ef, "10,16,24,32,48,64,96,128,192,256,384", "ef sweep (comma-separated).");
 ABSL_FLAG(double, seconds, 1.0, "Measuring time per contender per ef (split over --rounds).");
+ABSL_FLAG(std::string, half_vectors, "auto",
+          "Write graph.f16: auto (from 1024 dimensions, as the indexer), on or off. With --reuse, "
+          "a cached version that disagrees is republished from the same graph files.");
 ABSL_FLAG(int, rounds, 3,
           "Rounds per ef: every contender is timed once per round, in turn, and its median "
           "round counts, so a burst of host noise falls on one round of each, not on one contender.");
@@ -267,6 +270,13 @@ int Run() {
   in.hnsw.m = m;
   in.hnsw.ef_construction = efc;
   in.hnsw.threads = build_threads;
+  const std::string half_flag = absl::GetFlag(FLAGS_half_vectors);
+  if (half_flag != "auto" && half_flag != "on" && half_flag != "off") {
+    std::cerr << "--half_vectors must be auto, on or off\n";
+    return 1;
+  }
+  if (half_flag != "auto") in.half_vectors = half_flag == "on";
+  const bool want_half = in.half_vectors.value_or(in.dim >= snapshot::kHalfVectorsMinDim);
   std::printf("HNSW M=%d efConstruction=%d, builds on %d threads; searches on one thread%s\n", m, efc,
               build_threads,
               absl::GetFlag(FLAGS_cpu) >= 0 ? (", core " + std::to_string(absl::GetFlag(FLAGS_cpu))).c_str()
@@ -280,18 +290,18 @@ int Run() {
     const auto t0 = Clock::now();
     v = snapshot::PublishSnapshot(root, in);
     ours_build_s = Since(t0);
-  } else if (v.ok() && in.dim >= snapshot::kHalfVectorsMinDim &&
-             !std::filesystem::exists(snapshot::VersionDir(root, *v) + "/" +
-                                      snapshot::kHalfVectorsFile)) {
-    // A graph cached before snapshots carried graph.f16: republish the same
-    // graph files as a new version, which adds it.
+  } else if (v.ok() && want_half != std::filesystem::exists(snapshot::VersionDir(root, *v) + "/" +
+                                                            snapshot::kHalfVectorsFile)) {
+    // The cached version has graph.f16 where it should not, or lacks it (a
+    // graph cached before snapshots carried it): republish the same graph
+    // files as a new version, with or without it.
     const std::string old_dir = snapshot::VersionDir(root, *v);
     in.graph = [&old_dir](const std::string& graph, const std::string& offsets) -> absl::Status {
       absl::Status s = CopyFileDurably(old_dir + "/" + snapshot::kGraphFile, graph);
       return s.ok() ? CopyFileDurably(old_dir + "/" + snapshot::kOffsetsFile, offsets) : s;
     };
     v = snapshot::PublishSnapshot(root, in);
-    std::printf("reused graph republished with graph.f16 as %s\n",
+    std::printf("reused graph republished %s graph.f16 as %s\n", want_half ? "with" : "without",
                 v.ok() ? snapshot::VersionDirName(*v).c_str() : v.status().ToString().c_str());
   }
   in = snapshot::SnapshotInput();
