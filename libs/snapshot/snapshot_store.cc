@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <iterator>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -212,9 +213,14 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
       RETURN_IF_ERROR(CopyFileDurably(input.model_path, tmp + "/" + kModelFile));
     }
     for (const auto& [name, contents] : input.extra_files) {
-      if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' ||
-          name == kManifestFile || name == kThumbsFile || name == kAttributesFile ||
-          name == kHalfVectorsFile) {
+      // Every name the store writes itself is reserved, whether or not this
+      // version has that file: an extra file must never stand in for one.
+      static const char* const kReserved[] = {kManifestFile, kGraphFile,  kOffsetsFile,
+                                              kHalfVectorsFile, kIdsFile, kModelFile,
+                                              kThumbsFile,   kAttributesFile};
+      const bool reserved = std::any_of(std::begin(kReserved), std::end(kReserved),
+                                        [&](const char* r) { return name == r; });
+      if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' || reserved) {
         return absl::InvalidArgumentError(absl::StrCat("bad extra file name '", name, "'"));
       }
       RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + name, contents));

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "libs/common/file_util.h"
 #include "libs/index/half_vectors.h"
 #include "libs/index/mmap_searcher.h"
@@ -172,6 +173,25 @@ TEST_CASE("Damaged snapshot files are refused with a clear reason") {
     edit_manifest(true);
     expect_refused(VerifyMode::kSizes, "wrong dim");
   }
+}
+
+TEST_CASE("Extra files may not take the name of a file the store writes") {
+  const std::string root = TempRoot();
+  for (const char* name : {"graph.hnsw", "graph.offsets", "graph.f16", "ids.bin", "model.pt",
+                           "MANIFEST.json", "thumbs.bin", "attrs.bin", ".hidden", "a/b"}) {
+    auto c = MakeSyntheticCorpus(20, 8, index::Metric::kL2, "x");
+    c.input.extra_files[name] = "not what it says";
+    auto v = PublishSnapshot(root, c.WithGraph());
+    REQUIRE_FALSE(v.ok());
+    CHECK(v.status().message() == absl::StrCat("bad extra file name '", name, "'"));
+  }
+  auto c = MakeSyntheticCorpus(20, 8, index::Metric::kL2, "x");
+  c.input.extra_files["rejects.jsonl"] = "{}\n";
+  auto v = PublishSnapshot(root, c.WithGraph());
+  REQUIRE(v.ok());
+  auto text = ReadFileToString(VersionDir(root, *v) + "/rejects.jsonl");
+  REQUIRE(text.ok());
+  CHECK(*text == "{}\n");
 }
 
 TEST_CASE("graph.f16 is written from dimension 1024 (or when asked), checked, and searched") {
