@@ -10,7 +10,6 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <iterator>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -218,8 +217,8 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
       static const char* const kReserved[] = {kManifestFile, kGraphFile,  kOffsetsFile,
                                               kHalfVectorsFile, kIdsFile, kModelFile,
                                               kThumbsFile,   kAttributesFile};
-      const bool reserved = std::any_of(std::begin(kReserved), std::end(kReserved),
-                                        [&](const char* r) { return name == r; });
+      bool reserved = false;
+      for (const char* r : kReserved) reserved = reserved || name == r;
       if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' || reserved) {
         return absl::InvalidArgumentError(absl::StrCat("bad extra file name '", name, "'"));
       }
