@@ -4,12 +4,15 @@
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
+#include <prometheus/metric_family.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "libs/common/log.h"
+#include "libs/serving/process_stats.h"
 
 namespace imagesearch::serving {
 namespace {
@@ -19,6 +22,47 @@ using prometheus::Histogram;
 Histogram::BucketBoundaries SecondsBuckets() {
   return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
           0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
+}
+
+prometheus::MetricFamily Family(std::string name, std::string help,
+                                prometheus::MetricType type, double value) {
+  prometheus::ClientMetric m;
+  (type == prometheus::MetricType::Counter ? m.counter.value : m.gauge.value) = value;
+  return {std::move(name), std::move(help), type, {std::move(m)}};
+}
+
+// Read at each scrape, so they need no updating between scrapes.
+void AppendProcessFamilies(std::vector<prometheus::MetricFamily>& out) {
+  auto stats = ReadProcessStats();
+  if (!stats.ok()) {
+    LogWarning("metrics: process figures left out: ", stats.status().ToString());
+    return;
+  }
+  const ProcessStats& s = *stats;
+  using prometheus::MetricType;
+  auto d = [](uint64_t v) { return static_cast<double>(v); };
+  out.push_back(Family("process_cpu_seconds_total", "User and system CPU time, in seconds.",
+                       MetricType::Counter, s.cpu_seconds));
+  out.push_back(Family("process_start_time_seconds", "Start time, in seconds since the epoch.",
+                       MetricType::Gauge, s.start_time_seconds));
+  out.push_back(Family("process_resident_memory_bytes", "Resident memory size, in bytes.",
+                       MetricType::Gauge, d(s.resident_bytes)));
+  out.push_back(Family("process_virtual_memory_bytes", "Virtual memory size, in bytes.",
+                       MetricType::Gauge, d(s.virtual_bytes)));
+  out.push_back(Family("process_open_fds", "Open file descriptors.", MetricType::Gauge,
+                       d(s.open_fds)));
+  out.push_back(Family("process_max_fds", "Limit on open file descriptors.", MetricType::Gauge,
+                       d(s.max_fds)));
+  out.push_back(Family("process_threads", "Threads of the process.", MetricType::Gauge,
+                       d(s.threads)));
+  out.push_back(Family("imagesearch_malloc_in_use_bytes",
+                       "Bytes in allocated heap chunks (glibc mallinfo2). A leak grows this.",
+                       MetricType::Gauge, d(s.malloc_in_use_bytes)));
+  out.push_back(Family("imagesearch_malloc_system_bytes",
+                       "Bytes the heap holds from the system, in use or kept for reuse "
+                       "(glibc mallinfo2). Freed memory is kept, so this is the heap's "
+                       "high-water mark.",
+                       MetricType::Gauge, d(s.malloc_system_bytes)));
 }
 
 }  // namespace
@@ -83,7 +127,9 @@ Metrics::Metrics(std::string build_version)
 Metrics::~Metrics() = default;
 
 std::string Metrics::Serialize() const {
-  return prometheus::TextSerializer().Serialize(registry_->Collect());
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  AppendProcessFamilies(families);
+  return prometheus::TextSerializer().Serialize(families);
 }
 
 Metrics::RequestSeries Metrics::Series(absl::string_view front, absl::string_view method,

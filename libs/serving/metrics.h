@@ -11,6 +11,11 @@
 //   imagesearch_snapshot_loads_total{result="ok|refused"} counter
 //   imagesearch_snapshot_load_seconds                     histogram
 //   imagesearch_build_info{version,model}                 gauge, always 1
+//   process_{cpu_seconds_total,start_time_seconds,resident_memory_bytes,
+//     virtual_memory_bytes,open_fds,max_fds,threads}      the standard process
+//                                                         metrics, read at each scrape
+//   imagesearch_malloc_in_use_bytes, imagesearch_malloc_system_bytes   gauges,
+//     the heap in use and held (process_stats.h says why both)
 //
 // `code` is the canonical status name (OK, INVALID_ARGUMENT, ...) for every
 // front end, so one dashboard covers gRPC and HTTP alike.
