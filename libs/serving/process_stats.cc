@@ -16,6 +16,21 @@
 #include "absl/strings/strip.h"
 #include "libs/common/file_util.h"
 
+// Under ASan or TSan the heap is the sanitizer's allocator, not glibc's
+// (mallinfo2 then reads zeros); the sanitizer runtimes answer the same two
+// questions (declared here: GCC 12 does not ship allocator_interface.h).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define IMAGESEARCH_SANITIZER_HEAP 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define IMAGESEARCH_SANITIZER_HEAP 1
+#endif
+#endif
+#ifdef IMAGESEARCH_SANITIZER_HEAP
+extern "C" size_t __sanitizer_get_current_allocated_bytes();
+extern "C" size_t __sanitizer_get_heap_size();
+#endif
+
 namespace imagesearch::serving {
 namespace {
 
@@ -91,9 +106,14 @@ absl::StatusOr<ProcessStats> ReadProcessStats() {
   rlimit limit{};
   if (::getrlimit(RLIMIT_NOFILE, &limit) == 0) s.max_fds = limit.rlim_cur;
 
+#ifdef IMAGESEARCH_SANITIZER_HEAP
+  s.malloc_in_use_bytes = __sanitizer_get_current_allocated_bytes();
+  s.malloc_system_bytes = __sanitizer_get_heap_size();
+#else
   const struct mallinfo2 m = ::mallinfo2();
   s.malloc_in_use_bytes = m.uordblks + m.hblkhd;
   s.malloc_system_bytes = m.arena + m.hblkhd;
+#endif
   return s;
 }
 

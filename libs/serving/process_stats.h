@@ -27,6 +27,7 @@ struct ProcessStats {
   double start_time_seconds = 0;  // Unix time the process started.
   // glibc (mallinfo2): bytes in allocated chunks, and bytes the allocator
   // holds from the system, both counting chunks served by their own mmap.
+  // Under ASan or TSan, the sanitizer allocator's own two figures.
   uint64_t malloc_in_use_bytes = 0;
   uint64_t malloc_system_bytes = 0;
 };
