@@ -180,12 +180,27 @@ def main():
         print(f"gauges: inflight 0, snapshot v1 with {info.vector_count} vectors, 1 load, "
               f"build_info model={info.model.name}")
 
+        # The process figures, read at the scrape, from this very process.
+        with open(f"/proc/{proc.pid}/status") as f:
+            threads = int(next(line for line in f if line.startswith("Threads:")).split()[1])
+        rss = get(after, "process_resident_memory_bytes")
+        heap = get(after, "imagesearch_malloc_in_use_bytes")
+        check(rss > 10 * 2**20 and 0 < heap <= get(after, "imagesearch_malloc_system_bytes"),
+              f"resident {rss}, heap in use {heap}")
+        check(abs(get(after, "process_threads") - threads) <= 2,
+              f"process_threads {get(after, 'process_threads')}, /proc says {threads}")
+        check(abs(get(after, "process_start_time_seconds") - time.time()) < 600,
+              f"process_start_time_seconds {get(after, 'process_start_time_seconds')}")
+        check(get(after, "process_cpu_seconds_total") > 0 and get(after, "process_open_fds") > 3,
+              "process_cpu_seconds_total / process_open_fds")
+        print(f"process: resident {rss / 2**20:.0f} MiB, heap in use {heap / 2**20:.0f} MiB")
+
         # The Grafana dashboard queries only metrics the service exports.
         with open(os.path.join(SRC, "deploy", "grafana", "imagesearch-dashboard.json")) as f:
             dashboard = json.load(f)
         exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
         used = {re.sub(r"_(bucket|sum|count)$", "", m)
-                for e in exprs for m in re.findall(r"imagesearch_[a-z_]+", e)}
+                for e in exprs for m in re.findall(r"(?:imagesearch|process)_[a-z_]+", e)}
         exported = {re.sub(r"_(bucket|sum|count)$", "", n) for n, _ in after}
         check(used and used <= exported, f"dashboard uses unexported metrics: {used - exported}")
         print(f"dashboard: {len(exprs)} queries over {len(used)} exported metrics")
