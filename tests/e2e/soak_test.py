@@ -162,12 +162,14 @@ def metric_values(text, name):
 
 
 def heap_bytes(port):
-    """{"in_use", "system", "threads"}: the service's heap, from its /metrics."""
+    """{"in_use", "system", "threads"}: the service's heap and thread count, from its /metrics."""
     text = http_get(port, "/metrics")
-    out = {"threads": metric_values(text, "process_threads")[0][1]}
-    for key in ("in_use", "system"):
-        values = metric_values(text, f"imagesearch_malloc_{key}_bytes")
-        check(len(values) == 1, f"/metrics has no imagesearch_malloc_{key}_bytes")
+    out = {}
+    for key, name in (("in_use", "imagesearch_malloc_in_use_bytes"),
+                      ("system", "imagesearch_malloc_system_bytes"),
+                      ("threads", "process_threads")):
+        values = metric_values(text, name)
+        check(len(values) == 1, f"/metrics has no {name}")
         out[key] = values[0][1]
     return out
 

@@ -15,24 +15,22 @@
 #   tools/bench/ab_service.sh build /tmp/tiny/root /tmp/tiny_q.npy 10 4 3 \
 #     old=/tmp/imagesearch-query.old new=build/services/query/imagesearch-query
 set -euo pipefail
-# shellcheck source=tools/bench/wait_serving.sh
-source "$(dirname "$0")/wait_serving.sh"
+# shellcheck source=tools/bench/pinned_service.sh
+source "$(dirname "$0")/pinned_service.sh"
 BUILD="$1"; ROOT="$2"; QUERIES="$3"; EF="$4"; SECONDS_EACH="$5"; ROUNDS="$6"; shift 6
-work="$(mktemp -d)"; pid=""
-trap '[[ -n $pid ]] && kill $pid 2>/dev/null; rm -rf "$work"' EXIT
+work="$(mktemp -d)"; SERVICE_PID=""
+trap '[[ -n $SERVICE_PID ]] && kill $SERVICE_PID 2>/dev/null; rm -rf "$work"' EXIT
 for round in $(seq 1 "$ROUNDS"); do
   for spec in "$@"; do
     label="${spec%%=*}"; rest="${spec#*=}"; envs=(); binary="$rest"
     if [[ "$rest" == *:* ]]; then IFS=, read -ra envs <<< "${rest%%:*}"; binary="${rest#*:}"; fi
-    env "${envs[@]}" taskset -c 0 "$binary" --snapshot_root="$ROOT" --port=0 --host=127.0.0.1 \
-      --verify=sizes > "$work/out" 2> "$work/log" &
-    pid=$!
-    wait_serving "$work/out" "$work/log" || { echo "$label: not serving" >&2; exit 1; }
+    start_pinned_service "$work/out" "$work/log" env "${envs[@]}" "$binary" \
+      --snapshot_root="$ROOT" --verify=sizes || { echo "$label: not serving" >&2; exit 1; }
     port="$PORT"
     line="$(taskset -c 1 "$BUILD/tools/loadgen/imagesearch-loadgen" --target="127.0.0.1:$port" \
       --kind=vector --vectors="$QUERIES" --concurrency=4 --channels=4 --ef="$EF" \
       --duration_s="$SECONDS_EACH" --warmup_s=1 | tail -1)"
     echo "round $round $label $(sed -n 's/.* \([0-9.]*\) calls\/s.*/\1/p' <<< "$line") calls/s"
-    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+    kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true; SERVICE_PID=""
   done
 done

@@ -89,6 +89,16 @@ std::vector<std::vector<uint32_t>> ExactTopK(const float* queries, size_t nq, co
   return truth;
 }
 
+// The median of per-round figures (the mean of the middle two for an even
+// count; 0 for none): what the benchmarks that alternate contenders over
+// rounds report.
+inline double Median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t h = v.size() / 2;
+  return v.size() % 2 ? v[h] : (v[h - 1] + v[h]) / 2;
+}
+
 // Pins the calling thread to one core (-1: leaves it alone).
 inline void PinTo(int cpu) {
   if (cpu < 0) return;

@@ -553,11 +553,7 @@ int Run() {
     for (int round = 0; round < rounds; ++round) {
       for (size_t i = 0; i < timed.size(); ++i) per_round[i].push_back(timed[i].second(secs / rounds));
     }
-    for (size_t i = 0; i < timed.size(); ++i) {
-      std::vector<double>& v = per_round[i];
-      std::sort(v.begin(), v.end());
-      *timed[i].first = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-    }
+    for (size_t i = 0; i < timed.size(); ++i) *timed[i].first = bench::Median(per_round[i]);
     if (with_faiss) {
       c_faiss_kernel.push_back({ef, r_faiss_kernel, q_faiss_kernel});
       c_faiss.push_back({ef, r_faiss, q_faiss});

@@ -42,6 +42,7 @@
 #include "imagesearch/v1/imagesearch.grpc.pb.h"
 #include "libs/model/model_bundle.h"
 #include "tests/integration/server_process.h"
+#include "tools/bench/bench_util.h"
 
 ABSL_FLAG(std::string, query_binary, "", "Path of imagesearch-query.");
 ABSL_FLAG(std::string, indexer_binary, "",
@@ -64,6 +65,8 @@ ABSL_FLAG(bool, compare_max_batch1, true,
 
 namespace imagesearch {
 namespace {
+
+using bench::Median;
 
 using Clock = std::chrono::steady_clock;
 constexpr uint64_t kMaxIterations = 10'000'000;  // Every loop is bounded by count, too.
@@ -226,11 +229,6 @@ Service StartService(const std::string& root, std::vector<std::string> extra,
   std::printf("  ready (model loaded) %.2fs after the port opened\n", Since(t0));
   s.stub = std::move(stub);
   return s;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
 // The round whose QPS is the median of `runs`.

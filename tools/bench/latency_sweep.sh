@@ -7,17 +7,15 @@
 #   tools/bench/latency_sweep.sh BUILD_DIR SNAPSHOT_ROOT QUERIES.npy OUT_DIR \
 #       [CONCURRENCIES="1 2 4 8 16 32 64"] [SECONDS=5] [KINDS="vector batch"]
 set -euo pipefail
-# shellcheck source=tools/bench/wait_serving.sh
-source "$(dirname "$0")/wait_serving.sh"
+# shellcheck source=tools/bench/pinned_service.sh
+source "$(dirname "$0")/pinned_service.sh"
 BUILD="$1"; ROOT="$2"; QUERIES="$3"; OUT="$4"
 CONCURRENCIES="${5:-1 2 4 8 16 32 64}"; SECONDS_EACH="${6:-5}"; KINDS="${7:-vector batch}"
 mkdir -p "$OUT"
 log="$OUT/query.log"
-taskset -c 0 "$BUILD/services/query/imagesearch-query" --snapshot_root="$ROOT" --port=0 \
-  --host=127.0.0.1 > "$OUT/query.stdout" 2> "$log" &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
-wait_serving "$OUT/query.stdout" "$log"
+trap 'kill ${SERVICE_PID:-} 2>/dev/null; wait ${SERVICE_PID:-} 2>/dev/null || true' EXIT
+start_pinned_service "$OUT/query.stdout" "$log" "$BUILD/services/query/imagesearch-query" \
+  --snapshot_root="$ROOT"
 port="$PORT"
 for kind in $KINDS; do
   for c in $CONCURRENCIES; do

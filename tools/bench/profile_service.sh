@@ -8,20 +8,20 @@
 #          [KIND=vector] [EF=24] [CONCURRENCY=4] [SECONDS=6]
 # Example (the figures in tools/bench/README.md, "Per-call cost" and "Half vectors"):
 #   tools/bench/profile_service.sh build /tmp/b9/fm_m16/root /tmp/b9/fm_queries.npy /tmp/prof vector 24
-# Prints the loadgen summary, context switches per call, and the top symbols by DSO;
+# Prints the loadgen summary, context switches and system calls (sendmsg, recvmsg,
+# epoll_wait, futex) per call, and the top symbols by DSO;
 # OUT_DIR keeps perf.data, the service log and the loadgen JSON. Needs perf (linux-perf).
 set -euo pipefail
-# shellcheck source=tools/bench/wait_serving.sh
-source "$(dirname "$0")/wait_serving.sh"
+# shellcheck source=tools/bench/pinned_service.sh
+source "$(dirname "$0")/pinned_service.sh"
 BUILD="$1"; ROOT="$2"; QUERIES="$3"; OUT="$4"
 KIND="${5:-vector}"; EF="${6:-24}"; CONC="${7:-4}"; SECS="${8:-6}"
 command -v perf > /dev/null || { echo "perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
 mkdir -p "$OUT"
-taskset -c 0 "$BUILD/services/query/imagesearch-query" --snapshot_root="$ROOT" --port=0 \
-  --host=127.0.0.1 > "$OUT/query.stdout" 2> "$OUT/query.log" &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
-wait_serving "$OUT/query.stdout" "$OUT/query.log"
+trap 'kill ${SERVICE_PID:-} 2>/dev/null; wait ${SERVICE_PID:-} 2>/dev/null || true' EXIT
+start_pinned_service "$OUT/query.stdout" "$OUT/query.log" "$BUILD/services/query/imagesearch-query" \
+  --snapshot_root="$ROOT"
+pid="$SERVICE_PID"
 port="$PORT"
 
 # The load runs 2 s longer than the measurement on each side.
@@ -30,17 +30,21 @@ taskset -c 1 "$BUILD/tools/loadgen/imagesearch-loadgen" --target="127.0.0.1:$por
   --json_out="$OUT/loadgen.json" > "$OUT/loadgen.txt" 2>&1 &
 load=$!
 sleep 2
-perf stat -e context-switches,cpu-clock -p "$pid" -o "$OUT/stat.txt" -- sleep "$SECS" 2> /dev/null &
+# System calls from perf's tracepoints (root; no PMU needed).
+events=context-switches,cpu-clock
+for call in sendmsg recvmsg epoll_wait futex; do events+=",syscalls:sys_enter_$call"; done
+perf stat -e "$events" -p "$pid" -o "$OUT/stat.txt" -- sleep "$SECS" 2> /dev/null &
 perf record -F 2000 -g -p "$pid" -o "$OUT/perf.data" -- sleep "$SECS" > /dev/null 2>&1
 wait $!
 wait "$load"
 tail -1 "$OUT/loadgen.txt"
-switches="$(awk '/context-switches/ {gsub(",", "", $1); print $1}' "$OUT/stat.txt")"
 # Calls during the window, from the loadgen's steady rate ("... : R calls/s ...").
 rate="$(sed -n 's/.*: \([0-9.]*\) calls\/s.*/\1/p' "$OUT/loadgen.txt" | tail -1)"
-awk -v s="$switches" -v r="${rate:-0}" -v t="$SECS" 'BEGIN {
-  if (r > 0) printf "context switches: %d in ~%d calls = %.2f per call\n", s, r * t, s / (r * t);
-  else printf "context switches: %d in %d s (no call rate)\n", s, t }'
+awk -v r="${rate:-0}" -v t="$SECS" '
+  $2 == "context-switches" || $2 ~ /^syscalls:sys_enter_/ {
+    gsub(",", "", $1); name = $2; sub("syscalls:sys_enter_", "", name)
+    if (r > 0) printf "%s: %d in ~%d calls = %.2f per call\n", name, $1, r * t, $1 / (r * t)
+    else printf "%s: %d in %d s (no call rate)\n", name, $1, t }' "$OUT/stat.txt"
 echo "share of the service's core by DSO:"
 perf report -i "$OUT/perf.data" --no-children --sort dso --stdio 2> /dev/null | grep -E '^ +[0-9.]+%' | head -8
 echo "top symbols:"
