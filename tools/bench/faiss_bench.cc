@@ -19,7 +19,10 @@
 // With --query_binary it also drives the real service over gRPC at each ef
 // (pinned: the service on --cpu, the closed-loop clients on the other core),
 // unary Search and SearchBatch, so the curves of all contenders come from one
-// run. --csv writes every point for tools/bench/plot.py.
+// run. Pinned, unary Search is also driven by one client thread that spins on
+// its completion queue ("svc poll", ServiceUnderTest::PolledUnaryQps): on
+// loopback the server's send wakes a sleeping client, on the server's core.
+// --csv writes every point for tools/bench/plot.py.
 //
 //   imagesearch_faiss_bench --data=lowrank --n=100000 --dim=512 --cpu=0
 //       [--data=clustered --spread=1: search_bench's data]
@@ -431,6 +434,11 @@ int Run() {
     std::printf("service: imagesearch-query%s, %d closed-loop gRPC clients%s\n",
                 cpu < 0 ? "" : (" on core " + std::to_string(cpu)).c_str(), service->clients(),
                 client_cpu < 0 ? "" : (" on core " + std::to_string(client_cpu)).c_str());
+    if (client_cpu >= 0) {
+      std::printf("         svc poll: the same %d calls in flight from one client thread that "
+                  "spins on its completion queue\n",
+                  service->clients());
+    }
   }
   std::atomic<uint64_t> service_failures{0};
 
@@ -440,15 +448,15 @@ int Run() {
   const double secs = absl::GetFlag(FLAGS_seconds);
   const int rounds = std::max(1, absl::GetFlag(FLAGS_rounds));
   std::vector<Point> c_ours, c_ours_f32, c_hnswlib, c_faiss, c_faiss_batch, c_faiss_kernel, c_service,
-      c_service_batch;
+      c_service_batch, c_service_poll;
   std::vector<FaissIdx> labels(nq * kK);
   std::vector<float> distances(nq * kK);
-  std::printf("\n%5s | %-18s | %-9s | %-18s | %-18s | %-9s | %-18s | %-18s | %-9s\n", "ef",
+  std::printf("\n%5s | %-18s | %-9s | %-18s | %-18s | %-9s | %-18s | %-18s | %-9s | %-9s\n", "ef",
               "ours (mmap)", "ours f32", "hnswlib", "faiss 1/call", "faiss-b", "faiss+k 1/call",
-              "service unary", "svc batch");
-  std::printf("%5s | %8s %9s | %9s | %8s %9s | %8s %9s | %9s | %8s %9s | %8s %9s | %9s\n", "",
+              "service unary", "svc batch", "svc poll");
+  std::printf("%5s | %8s %9s | %9s | %8s %9s | %8s %9s | %9s | %8s %9s | %8s %9s | %9s | %9s\n", "",
               "recall", "QPS", "QPS", "recall", "QPS", "recall", "QPS", "QPS", "recall", "QPS",
-              "recall", "QPS", "QPS");
+              "recall", "QPS", "QPS", "QPS");
   // Recall@10 of one faiss index over all queries (one batched search).
   auto faiss_recall = [&](const faiss::Index& index) {
     index.search(static_cast<FaissIdx>(nq), queries, kK, distances.data(), labels.data());
@@ -524,6 +532,7 @@ int Run() {
     }
 
     double r_service = std::nan(""), q_service = std::nan(""), q_service_batch = std::nan("");
+    double q_service_poll = std::nan("");
     std::vector<v1::SearchRequest> reqs;
     std::vector<v1::SearchBatchRequest> batches;
     if (service != nullptr) {
@@ -546,6 +555,12 @@ int Run() {
       timed.push_back({&q_service_batch, [&](double t) {
                          return service->BatchQps(batches, t, client_cpu, &service_failures);
                        }});
+      // Only pinned: unpinned, the spinning client would take the server's core.
+      if (client_cpu >= 0) {
+        timed.push_back({&q_service_poll, [&](double t) {
+                           return service->PolledUnaryQps(reqs, t, client_cpu, &service_failures);
+                         }});
+      }
     }
 
     // The rounds: every contender in turn, each round; the median round counts.
@@ -562,6 +577,7 @@ int Run() {
     if (service != nullptr) {
       c_service.push_back({ef, r_service, q_service});
       c_service_batch.push_back({ef, r_service, q_service_batch});
+      c_service_poll.push_back({ef, r_service, q_service_poll});
     }
 
     c_ours.push_back({ef, r_ours, q_ours});
@@ -569,9 +585,9 @@ int Run() {
     c_hnswlib.push_back({ef, r_hnswlib, q_hnswlib});
     std::printf(
         "%5zu | %8.4f %9.0f | %9.0f | %8.4f %9.0f | %8.4f %9.0f | %9.0f | %8.4f %9.0f | %8.4f %9.0f | "
-        "%9.0f\n",
+        "%9.0f | %9.0f\n",
         ef, r_ours, q_ours, q_ours_f32, r_hnswlib, q_hnswlib, r_faiss, q_faiss, q_faiss_batch,
-                r_faiss_kernel, q_faiss_kernel, r_service, q_service, q_service_batch);
+        r_faiss_kernel, q_faiss_kernel, r_service, q_service, q_service_batch, q_service_poll);
     std::fflush(stdout);
   }
   if (service_failures > 0) {
@@ -591,18 +607,21 @@ int Run() {
     put("faiss+k", c_faiss_kernel);
     put("service", c_service);
     put("service-batch", c_service_batch);
+    put("service-poll", c_service_poll);
   }
 
   std::printf("\nQPS at equal recall@10 (log-QPS interpolated between sweep points; - = not reached)\n");
-  std::printf("%7s | %9s %9s %9s %9s %9s %9s %9s %9s | %10s %10s %10s %9s %9s %9s %9s\n", "recall",
-              "ours", "ours-f32", "hnswlib", "faiss", "faiss-b", "faiss+k", "service", "svc-batch",
-              "ours/faiss", "ours/f-b", "ours/f+k", "ours/hnsw", "o32/hnsw", "svc/hnsw", "svcb/hnsw");
+  std::printf("%7s | %9s %9s %9s %9s %9s %9s %9s %9s %9s | %10s %10s %10s %9s %9s %9s %9s %9s\n",
+              "recall", "ours", "ours-f32", "hnswlib", "faiss", "faiss-b", "faiss+k", "service",
+              "svc-batch", "svc-poll", "ours/faiss", "ours/f-b", "ours/f+k", "ours/hnsw", "o32/hnsw",
+              "svc/hnsw", "svcb/hnsw", "svcp/hnsw");
   for (double target : {0.80, 0.90, 0.95, 0.97, 0.98, 0.99, 0.995}) {
     const double a = QpsAtRecall(c_ours, target), b = QpsAtRecall(c_hnswlib, target);
     const double a32 = QpsAtRecall(c_ours_f32, target);
     const double c = QpsAtRecall(c_faiss, target), d = QpsAtRecall(c_faiss_batch, target);
     const double e = QpsAtRecall(c_faiss_kernel, target);
     const double f = QpsAtRecall(c_service, target), g = QpsAtRecall(c_service_batch, target);
+    const double p = QpsAtRecall(c_service_poll, target);
     auto cell = [](double x) {
       char buf[16];
       if (std::isnan(x)) return std::string("-");
@@ -615,11 +634,11 @@ int Run() {
       std::snprintf(buf, sizeof(buf), "%.2f", x / y);
       return std::string(buf);
     };
-    std::printf("%7.3f | %9s %9s %9s %9s %9s %9s %9s %9s | %10s %10s %10s %9s %9s %9s %9s\n",
+    std::printf("%7.3f | %9s %9s %9s %9s %9s %9s %9s %9s %9s | %10s %10s %10s %9s %9s %9s %9s %9s\n",
                 target, cell(a).c_str(), cell(a32).c_str(), cell(b).c_str(), cell(c).c_str(),
-                cell(d).c_str(), cell(e).c_str(), cell(f).c_str(), cell(g).c_str(),
+                cell(d).c_str(), cell(e).c_str(), cell(f).c_str(), cell(g).c_str(), cell(p).c_str(),
                 ratio(a, c).c_str(), ratio(a, d).c_str(), ratio(a, e).c_str(), ratio(a, b).c_str(),
-                ratio(a32, b).c_str(), ratio(f, b).c_str(), ratio(g, b).c_str());
+                ratio(a32, b).c_str(), ratio(f, b).c_str(), ratio(g, b).c_str(), ratio(p, b).c_str());
   }
   return service_failures == 0 ? 0 : 1;
 }

@@ -109,6 +109,78 @@ class ServiceUnderTest {
     }, cpu);
   }
 
+  // Unary Search of reqs[i % n] with clients() calls in flight (one per
+  // connection) from ONE thread on `cpu` that spins on its completion queue
+  // instead of sleeping in epoll_wait: queries/s. On loopback the server's
+  // sendmsg runs the client's TCP input and, when the client's thread
+  // sleeps, wakes it: on this KVM guest (cpuidle haltpoll with
+  // guest_halt_poll_ns=0) that is an interrupt to a halted vCPU, paid on the
+  // server's core. Over a network the client's own machine pays it; a client
+  // that never sleeps takes that cost off the server's core, as the
+  // in-process contenders never pay it. Failed calls are added to *failures.
+  double PolledUnaryQps(const std::vector<v1::SearchRequest>& reqs, double seconds, int cpu,
+                        std::atomic<uint64_t>* failures) {
+    if (reqs.empty()) return 0;
+    double qps = 0;
+    std::thread runner([&] {
+      PinTo(cpu);
+      struct Call {
+        grpc::ClientContext ctx;
+        v1::SearchResponse resp;
+        grpc::Status status;
+        std::unique_ptr<grpc::ClientAsyncResponseReader<v1::SearchResponse>> reader;
+      };
+      grpc::CompletionQueue cq;
+      const size_t n = reqs.size();
+      size_t next = 0;
+      auto start_call = [&](int c, std::unique_ptr<Call>& slot) {
+        slot = std::make_unique<Call>();
+        slot->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+        slot->reader = stubs_[static_cast<size_t>(c)]->PrepareAsyncSearch(&slot->ctx,
+                                                                         reqs[next++ % n], &cq);
+        slot->reader->StartCall();
+        slot->reader->Finish(&slot->resp, &slot->status, reinterpret_cast<void*>(intptr_t{c}));
+      };
+      std::vector<std::unique_ptr<Call>> calls(stubs_.size());
+      for (int c = 0; c < clients(); ++c) start_call(c, calls[static_cast<size_t>(c)]);
+      using Clock = std::chrono::steady_clock;
+      const auto begin = Clock::now();
+      const auto until = begin + std::chrono::duration<double>(seconds);
+      uint64_t done = 0;
+      int in_flight = clients();
+      bool stopping = false;
+      const gpr_timespec now_deadline = gpr_time_0(GPR_CLOCK_MONOTONIC);
+      while (in_flight > 0) {
+        void* tag = nullptr;
+        bool ok = false;
+        const auto r = cq.AsyncNext(&tag, &ok, now_deadline);
+        if (r == grpc::CompletionQueue::SHUTDOWN) break;
+        if (r != grpc::CompletionQueue::GOT_EVENT) {
+          if (!stopping && Clock::now() >= until) stopping = true;
+          continue;
+        }
+        const int c = static_cast<int>(reinterpret_cast<intptr_t>(tag));
+        auto& slot = calls[static_cast<size_t>(c)];
+        if (!ok || !slot->status.ok()) ++*failures;
+        ++done;
+        if (!stopping && Clock::now() >= until) stopping = true;
+        if (stopping) {
+          --in_flight;
+        } else {
+          start_call(c, slot);
+        }
+      }
+      qps = done / std::chrono::duration<double>(Clock::now() - begin).count();
+      cq.Shutdown();
+      void* tag;
+      bool ok;
+      while (cq.Next(&tag, &ok)) {
+      }
+    });
+    runner.join();
+    return qps;
+  }
+
   // SearchBatch calls of batches[i % n] likewise: queries/s (calls/s times
   // the batch size).
   double BatchQps(const std::vector<v1::SearchBatchRequest>& batches, double seconds, int cpu,
