@@ -33,6 +33,7 @@ LABELS = {
     "faiss+k": "faiss graph + our AVX2 kernel",
     "service": "imagesearch-query, unary Search (gRPC)",
     "service-batch": "imagesearch-query, SearchBatch of 16",
+    "service-poll": "imagesearch-query, unary Search, client spinning (no wakeups)",
 }
 STYLES = {
     "ours": dict(marker="o", color="tab:blue"),
@@ -43,6 +44,7 @@ STYLES = {
     "faiss+k": dict(marker="D", color="tab:brown", linestyle=":"),
     "service": dict(marker="x", color="tab:green"),
     "service-batch": dict(marker="+", color="tab:olive", linestyle="--"),
+    "service-poll": dict(marker="x", color="tab:purple", linestyle=":"),
 }
 
 
