@@ -5,7 +5,9 @@
 # only (cpu-clock, so it works in VMs without a PMU).
 #
 # Usage: tools/bench/profile_service.sh BUILD_DIR SNAPSHOT_ROOT QUERIES.npy OUT_DIR \
-#          [KIND=vector] [EF=24] [CONCURRENCY=4] [SECONDS=6]
+#          [KIND=vector] [EF=24] [CONCURRENCY=4] [SECONDS=6] [CLIENT=callback]
+# CLIENT=poll runs imagesearch-loadgen --poll: its thread spins instead of
+# sleeping, so the service's sends have no client thread to wake.
 # Example (the figures in tools/bench/README.md, "Per-call cost" and "Half vectors"):
 #   tools/bench/profile_service.sh build /tmp/b9/fm_m16/root /tmp/b9/fm_queries.npy /tmp/prof vector 24
 # Prints the loadgen summary, context switches and system calls (sendmsg, recvmsg,
@@ -15,7 +17,13 @@ set -euo pipefail
 # shellcheck source=tools/bench/pinned_service.sh
 source "$(dirname "$0")/pinned_service.sh"
 BUILD="$1"; ROOT="$2"; QUERIES="$3"; OUT="$4"
-KIND="${5:-vector}"; EF="${6:-24}"; CONC="${7:-4}"; SECS="${8:-6}"
+KIND="${5:-vector}"; EF="${6:-24}"; CONC="${7:-4}"; SECS="${8:-6}"; CLIENT="${9:-callback}"
+client_flags=()
+case "$CLIENT" in
+  callback) ;;
+  poll) client_flags+=(--poll) ;;
+  *) echo "CLIENT must be callback or poll, not '$CLIENT'" >&2; exit 2 ;;
+esac
 command -v perf > /dev/null || { echo "perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
 mkdir -p "$OUT"
 trap 'kill ${SERVICE_PID:-} 2>/dev/null; wait ${SERVICE_PID:-} 2>/dev/null || true' EXIT
@@ -27,7 +35,7 @@ port="$PORT"
 # The load runs 2 s longer than the measurement on each side.
 taskset -c 1 "$BUILD/tools/loadgen/imagesearch-loadgen" --target="127.0.0.1:$port" --kind="$KIND" \
   --vectors="$QUERIES" --concurrency="$CONC" --ef="$EF" --duration_s="$((SECS + 4))" --warmup_s=1 \
-  --json_out="$OUT/loadgen.json" > "$OUT/loadgen.txt" 2>&1 &
+  --json_out="$OUT/loadgen.json" "${client_flags[@]}" > "$OUT/loadgen.txt" 2>&1 &
 load=$!
 sleep 2
 # System calls from perf's tracepoints (root; no PMU needed).

@@ -18,6 +18,11 @@
 //
 // gRPC uses the callback API on one channel per --channels. HTTP (POST
 // /invocations, JSON) uses one keep-alive connection per concurrent caller.
+// --poll (gRPC, closed loop): the calls go through one completion queue that
+// the main thread polls without ever sleeping. On loopback the server's
+// send then has no sleeping client thread to wake, a cost that lands on the
+// server's core (tools/bench/README.md, "The client's wakeup"); it also takes
+// a whole core, so pin it away from the server.
 //
 // Prints QPS, p50/p90/p99/p99.9 latency, errors by code, the snapshot
 // versions that answered (first and last second each was seen), and with
@@ -73,6 +78,9 @@ ABSL_FLAG(int, top_k, 10, "top_k of each query.");
 ABSL_FLAG(int, ef, 0, "ef of each query; 0 = the snapshot's default.");
 ABSL_FLAG(int, batch, 16, "batch: queries per SearchBatch call.");
 ABSL_FLAG(int, channels, 1, "gRPC channels (connections) to spread calls over.");
+ABSL_FLAG(bool, poll, false,
+          "gRPC closed loop: one thread spins on a completion queue instead of sleeping "
+          "between answers (takes a core; pin it away from the server).");
 ABSL_FLAG(int, timeout_ms, 10000, "Deadline of each call.");
 ABSL_FLAG(std::string, service_config, "",
           "gRPC service config JSON file for the channels (e.g. a retryPolicy: "
@@ -236,6 +244,24 @@ class GrpcCaller {
     }
   }
 
+  // With a queue, calls complete only inside Poll, on its caller's thread.
+  void UseQueue(grpc::CompletionQueue* cq) { cq_ = cq; }
+
+  // Spins on the queue (never sleeping), finishing calls, until `idle()`
+  // after a completion.
+  void Poll(const std::function<bool()>& idle) {
+    const gpr_timespec now = gpr_time_0(GPR_CLOCK_MONOTONIC);
+    while (!idle()) {
+      void* tag = nullptr;
+      bool ok = false;
+      const auto r = cq_->AsyncNext(&tag, &ok, now);
+      if (r == grpc::CompletionQueue::SHUTDOWN) return;
+      if (r != grpc::CompletionQueue::GOT_EVENT) continue;
+      auto* call = static_cast<Call*>(tag);
+      Finish(call, call->status, call->batch);
+    }
+  }
+
   void Start(size_t query, bool keep_ids, std::function<void(Outcome)> done) {
     auto* call = new Call;
     call->query = query;
@@ -248,10 +274,23 @@ class GrpcCaller {
     if (w_->kind == "batch") {
       const int b = std::max(1, absl::GetFlag(FLAGS_batch));
       for (int j = 0; j < b; ++j) Fill(call->batch_req.add_requests(), (i * b + j) % w_->size());
+      call->batch = true;
+      if (cq_ != nullptr) {
+        call->batch_reader = stub.PrepareAsyncSearchBatch(&call->ctx, call->batch_req, cq_);
+        call->batch_reader->StartCall();
+        call->batch_reader->Finish(&call->batch_resp, &call->status, call);
+        return;
+      }
       stub.async()->SearchBatch(&call->ctx, &call->batch_req, &call->batch_resp,
                                 [call](grpc::Status s) { Finish(call, s, true); });
     } else {
       Fill(&call->req, i);
+      if (cq_ != nullptr) {
+        call->reader = stub.PrepareAsyncSearch(&call->ctx, call->req, cq_);
+        call->reader->StartCall();
+        call->reader->Finish(&call->resp, &call->status, call);
+        return;
+      }
       stub.async()->Search(&call->ctx, &call->req, &call->resp,
                            [call](grpc::Status s) { Finish(call, s, false); });
     }
@@ -266,8 +305,13 @@ class GrpcCaller {
     v1::SearchBatchResponse batch_resp;
     size_t query = 0;
     bool keep_ids = false;
+    bool batch = false;
     Clock::time_point sent = Clock::now();
     std::function<void(Outcome)> done;
+    // Completion-queue mode only.
+    grpc::Status status;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<v1::SearchResponse>> reader;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<v1::SearchBatchResponse>> batch_reader;
   };
 
   void Fill(v1::SearchRequest* r, size_t i) const {
@@ -301,6 +345,7 @@ class GrpcCaller {
   const Workload* w_;
   std::vector<std::unique_ptr<v1::ImageSearch::Stub>> stubs_;
   std::atomic<size_t> next_{0};
+  grpc::CompletionQueue* cq_ = nullptr;
 };
 
 // One blocking HTTP caller (keep-alive connection) per concurrent worker.
@@ -370,6 +415,11 @@ int Run() {
   const double rate = absl::GetFlag(FLAGS_rate);
   if (rate > 0 && !http.empty()) {
     std::cerr << "--rate (open loop) is for gRPC only\n";
+    return 2;
+  }
+  const bool poll = absl::GetFlag(FLAGS_poll);
+  if (poll && (rate > 0 || !http.empty())) {
+    std::cerr << "--poll is for the gRPC closed loop only (no --rate, no --http)\n";
     return 2;
   }
 
@@ -458,6 +508,8 @@ int Run() {
       service_config = *std::move(text);
     }
     GrpcCaller caller(target, absl::GetFlag(FLAGS_channels), service_config, &w);
+    grpc::CompletionQueue cq;
+    if (poll) caller.UseQueue(&cq);
     std::mutex mu;
     std::condition_variable cv;
     int inflight = 0;
@@ -481,6 +533,12 @@ int Run() {
           ++inflight;
         }
         send();
+      }
+      if (poll) {
+        caller.Poll([&] {
+          std::lock_guard<std::mutex> lock(mu);
+          return inflight == 0;
+        });
       }
     } else {
       // Open loop: a fixed schedule; latency from the scheduled time.
@@ -509,8 +567,15 @@ int Run() {
         });
       }
     }
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return inflight == 0; });
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return inflight == 0; });
+    }
+    cq.Shutdown();
+    void* tag;
+    bool ok;
+    while (cq.Next(&tag, &ok)) {
+    }
   }
   const double elapsed = Seconds(Clock::now() - start);
   finished = true;
@@ -527,6 +592,7 @@ int Run() {
               {"protocol", http.empty() ? "grpc" : "http"},
               {"kind", w.kind},
               {"mode", rate > 0 ? "open" : "closed"},
+              {"poll", poll},
               {"concurrency", concurrency},
               {"rate", rate},
               {"seconds", counted_s},
@@ -573,11 +639,11 @@ int Run() {
     absl::StrAppendFormat(&vers, " v%d:%d(%.2f-%.2fs)", v, seen.count, seen.first_s, seen.last_s);
   }
   std::cout << absl::StrFormat(
-                   "%s %s %s-loop c=%d: %d calls, %d failed in %.1fs: %.1f calls/s (%.1f "
+                   "%s %s %s-loop%s c=%d: %d calls, %d failed in %.1fs: %.1f calls/s (%.1f "
                    "queries/s); latency ms p50 %.2f p90 %.2f p99 %.2f p99.9 %.2f; codes:%s; "
                    "versions:%s%s",
                    http.empty() ? "grpc" : "http", w.kind, rate > 0 ? "open" : "closed",
-                   concurrency, calls, calls - ok, counted_s, ok / counted_s,
+                   poll ? " polling" : "", concurrency, calls, calls - ok, counted_s, ok / counted_s,
                    ok * per_call / counted_s, out["latency_ms"]["p50"].get<double>(),
                    out["latency_ms"]["p90"].get<double>(), out["latency_ms"]["p99"].get<double>(),
                    out["latency_ms"]["p999"].get<double>(), codes, vers, recall_line)
