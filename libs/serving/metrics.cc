@@ -24,8 +24,8 @@ Histogram::BucketBoundaries SecondsBuckets() {
           0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
 }
 
-prometheus::MetricFamily OneSeries(std::string name, std::string help,
-                                prometheus::MetricType type, double value) {
+prometheus::MetricFamily OneSeries(std::string name, std::string help, prometheus::MetricType type,
+                                   double value) {
   prometheus::ClientMetric m;
   (type == prometheus::MetricType::Counter ? m.counter.value : m.gauge.value) = value;
   return {std::move(name), std::move(help), type, {std::move(m)}};
@@ -42,27 +42,27 @@ void AppendProcessFamilies(std::vector<prometheus::MetricFamily>& out) {
   using prometheus::MetricType;
   auto d = [](uint64_t v) { return static_cast<double>(v); };
   out.push_back(OneSeries("process_cpu_seconds_total", "User and system CPU time, in seconds.",
-                       MetricType::Counter, s.cpu_seconds));
+                          MetricType::Counter, s.cpu_seconds));
   out.push_back(OneSeries("process_start_time_seconds", "Start time, in seconds since the epoch.",
-                       MetricType::Gauge, s.start_time_seconds));
+                          MetricType::Gauge, s.start_time_seconds));
   out.push_back(OneSeries("process_resident_memory_bytes", "Resident memory size, in bytes.",
-                       MetricType::Gauge, d(s.resident_bytes)));
+                          MetricType::Gauge, d(s.resident_bytes)));
   out.push_back(OneSeries("process_virtual_memory_bytes", "Virtual memory size, in bytes.",
-                       MetricType::Gauge, d(s.virtual_bytes)));
+                          MetricType::Gauge, d(s.virtual_bytes)));
   out.push_back(OneSeries("process_open_fds", "Open file descriptors.", MetricType::Gauge,
-                       d(s.open_fds)));
+                          d(s.open_fds)));
   out.push_back(OneSeries("process_max_fds", "Limit on open file descriptors.", MetricType::Gauge,
-                       d(s.max_fds)));
+                          d(s.max_fds)));
   out.push_back(OneSeries("process_threads", "Threads of the process.", MetricType::Gauge,
-                       d(s.threads)));
+                          d(s.threads)));
   out.push_back(OneSeries("imagesearch_malloc_in_use_bytes",
-                       "Bytes in allocated heap chunks (glibc mallinfo2). A leak grows this.",
-                       MetricType::Gauge, d(s.malloc_in_use_bytes)));
+                          "Bytes in allocated heap chunks (glibc mallinfo2). A leak grows this.",
+                          MetricType::Gauge, d(s.malloc_in_use_bytes)));
   out.push_back(OneSeries("imagesearch_malloc_system_bytes",
-                       "Bytes the heap holds from the system, in use or kept for reuse "
-                       "(glibc mallinfo2). Freed memory is kept, so this is the heap's "
-                       "high-water mark.",
-                       MetricType::Gauge, d(s.malloc_system_bytes)));
+                          "Bytes the heap holds from the system, in use or kept for reuse "
+                          "(glibc mallinfo2). Freed memory is kept, so this is the heap's "
+                          "high-water mark.",
+                          MetricType::Gauge, d(s.malloc_system_bytes)));
 }
 
 }  // namespace

@@ -577,7 +577,7 @@ int Run() {
     if (service != nullptr) {
       c_service.push_back({ef, r_service, q_service});
       c_service_batch.push_back({ef, r_service, q_service_batch});
-      c_service_poll.push_back({ef, r_service, q_service_poll});
+      if (client_cpu >= 0) c_service_poll.push_back({ef, r_service, q_service_poll});
     }
 
     c_ours.push_back({ef, r_ours, q_ours});

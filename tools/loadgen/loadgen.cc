@@ -508,8 +508,11 @@ int Run() {
       service_config = *std::move(text);
     }
     GrpcCaller caller(target, absl::GetFlag(FLAGS_channels), service_config, &w);
-    grpc::CompletionQueue cq;
-    if (poll) caller.UseQueue(&cq);
+    std::unique_ptr<grpc::CompletionQueue> cq;
+    if (poll) {
+      cq = std::make_unique<grpc::CompletionQueue>();
+      caller.UseQueue(cq.get());
+    }
     std::mutex mu;
     std::condition_variable cv;
     int inflight = 0;
@@ -571,10 +574,12 @@ int Run() {
       std::unique_lock<std::mutex> lock(mu);
       cv.wait(lock, [&] { return inflight == 0; });
     }
-    cq.Shutdown();
-    void* tag;
-    bool ok;
-    while (cq.Next(&tag, &ok)) {
+    if (cq != nullptr) {
+      cq->Shutdown();
+      void* tag;
+      bool ok;
+      while (cq->Next(&tag, &ok)) {
+      }
     }
   }
   const double elapsed = Seconds(Clock::now() - start);
