@@ -27,9 +27,12 @@
 // Prints QPS, p50/p90/p99/p99.9 latency, errors by code, the snapshot
 // versions that answered (first and last second each was seen), and with
 // --base_vectors the recall@top_k of vector queries against brute force.
-// --json_out writes the same as one JSON object.
+// --json_out writes the same as one JSON object. SIGINT or SIGTERM ends the
+// run early (calls in flight finish) and it reports what ran.
 #include <grpcpp/grpcpp.h>
 #include <httplib.h>
+
+#include <signal.h>
 
 #include <algorithm>
 #include <atomic>
@@ -97,6 +100,20 @@ ABSL_FLAG(std::string, log_format, "text", "Log lines on stderr: text, or json."
 namespace imagesearch {
 namespace {
 
+// SIGINT/SIGTERM end the run early: no new calls, the ones in flight finish,
+// and the report covers what ran. Lock-free, so the handler may set it.
+std::atomic<bool> g_stop_requested{false};
+static_assert(std::atomic<bool>::is_always_lock_free);
+
+void InstallStopHandler() {
+  struct sigaction action {};
+  action.sa_handler = [](int) { g_stop_requested.store(true, std::memory_order_relaxed); };
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+}
+
+
 namespace v1 = ::imagesearch::v1;
 using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
@@ -108,6 +125,7 @@ struct Outcome {
   double latency_s = 0;
   double finished_at_s = 0;  // since the run started
   std::string code;          // "OK", a gRPC code name, "HTTP 503", ...
+  std::string message;       // The error's message, if any.
   uint64_t version = 0;
   size_t query = 0;
   std::vector<std::string> ids;  // Only kept for queries checked for recall.
@@ -122,6 +140,9 @@ class Recorder {
     ++calls_total_;
     if (o.finished_at_s < warmup_s_) return;
     ++codes_[o.code];
+    if (o.code != "OK" && !first_errors_.count(o.code)) {
+      first_errors_[o.code] = absl::StrFormat("%.2fs: %s", o.finished_at_s, o.message);
+    }
     if (o.code == "OK") {
       latencies_.push_back(o.latency_s);
       auto& v = versions_[o.version];
@@ -146,6 +167,7 @@ class Recorder {
   const double warmup_s_;
   int64_t calls_total_ = 0;
   std::map<std::string, int64_t> codes_;
+  std::map<std::string, std::string> first_errors_;  // Per code: when, and its message.
   std::vector<double> latencies_;
   std::map<uint64_t, VersionSeen> versions_;
   std::map<size_t, std::vector<std::string>> answers_;
@@ -331,6 +353,7 @@ class GrpcCaller {
     o.latency_s = Seconds(Clock::now() - call->sent);
     o.query = call->query;
     o.code = s.ok() ? "OK" : absl::StatusCodeToString(static_cast<absl::StatusCode>(s.error_code()));
+    o.message = s.error_message();
     if (s.ok()) {
       o.version = batch ? call->batch_resp.snapshot_version() : call->resp.snapshot_version();
       if (call->keep_ids && !batch) {
@@ -449,8 +472,9 @@ int Run() {
   const int64_t max_requests = absl::GetFlag(FLAGS_max_requests);
   Recorder rec(start, absl::GetFlag(FLAGS_warmup_s));
   std::atomic<int64_t> issued{0};
+  InstallStopHandler();
   auto may_issue = [&] {
-    if (Clock::now() >= end) return false;
+    if (Clock::now() >= end || g_stop_requested.load(std::memory_order_relaxed)) return false;
     return max_requests <= 0 || issued.fetch_add(1) < max_requests;
   };
   auto stamp = [&](Outcome o) {
@@ -612,7 +636,8 @@ int Run() {
                 {"p99", 1e3 * Percentile(rec.latencies_, 0.99)},
                 {"p999", 1e3 * Percentile(rec.latencies_, 0.999)},
                 {"max", rec.latencies_.empty() ? 0.0 : 1e3 * rec.latencies_.back()}}},
-              {"codes", rec.codes_}};
+              {"codes", rec.codes_},
+              {"first_errors", rec.first_errors_}};
   json versions = json::object();
   for (const auto& [v, seen] : rec.versions_) {
     versions[std::to_string(v)] = {
@@ -653,6 +678,9 @@ int Run() {
                    out["latency_ms"]["p90"].get<double>(), out["latency_ms"]["p99"].get<double>(),
                    out["latency_ms"]["p999"].get<double>(), codes, vers, recall_line)
             << std::endl;
+  for (const auto& [code, first] : rec.first_errors_) {
+    std::cout << "  first " << code << " at " << first << std::endl;
+  }
   if (!absl::GetFlag(FLAGS_json_out).empty()) {
     absl::Status s = WriteFileDurably(absl::GetFlag(FLAGS_json_out), out.dump(2) + "\n");
     if (!s.ok()) {
