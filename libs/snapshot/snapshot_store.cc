@@ -100,9 +100,9 @@ constexpr char kHistoryTimeParse[] = "%Y-%m-%dT%H:%M:%E*SZ";
 // failed append is logged, not returned: CURRENT has moved.
 absl::Status MakeCurrent(const std::string& root, uint64_t version) {
   RETURN_IF_ERROR(ReplaceFileAtomically(root + "/" + kCurrentFile, VersionDirName(version) + "\n"));
-  const std::string line = absl::StrCat(
-      VersionDirName(version), " ",
-      absl::FormatTime(kHistoryTimeFormat, absl::Now(), absl::UTCTimeZone()), "\n");
+  const std::string line =
+      absl::StrCat(VersionDirName(version), " ",
+                   absl::FormatTime(kHistoryTimeFormat, absl::Now(), absl::UTCTimeZone()), "\n");
   if (absl::Status s = AppendFileDurably(root + "/" + kHistoryFile, line); !s.ok()) {
     LogError("CURRENT is ", VersionDirName(version), " but ", root, "/HISTORY was not updated: ",
              s.ToString());
