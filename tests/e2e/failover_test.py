@@ -50,6 +50,9 @@ IMAGES = os.path.join(SRC, "tests", "data", "images")
 # machine's load moderate.
 QUERY_IMAGES = ["coffee.png", "rocket.jpg", "chelsea.jpg", "astronaut.png"]
 POLL_S = 0.5  # the replicas' default --poll_ms
+# How long after a SIGKILL a call that was in flight on that replica may
+# still fail: nginx sees the reset at once; 2 s covers a starved 2-core machine.
+KILL_WINDOW_S = 2.0
 CLIENTS = 3
 
 
@@ -126,7 +129,7 @@ def main():
                          f"--service_config={retry_cfg}"],
             "plain": ["--kind=image", f"--images={queries}"],
         }
-        t0 = time.monotonic()
+        t0 = time.monotonic()  # The load generators' clocks start within a few ms of this.
         for name, args in runs.items():
             out = os.path.join(work, f"{name}.json")
             loads.append((name, out, subprocess.Popen(
@@ -139,19 +142,19 @@ def main():
         def log(what):
             print(f"  {time.monotonic() - t0:5.1f}s {what}", flush=True)
 
-        sigkills = 0
+        sigkills = []  # When each SIGKILL was sent, in seconds since t0.
         at(0.10)
+        sigkills.append(time.monotonic() - t0)
         ctl("kill", "0")
-        sigkills += 1
         ctl("start", "0")
         log("replica 0: SIGKILL, restarted (serving again)")
         at(0.30)
         ctl("restart", "1")
         log("replica 1: SIGTERM (drained), restarted (serving again)")
         at(0.45)
+        sigkills.append(time.monotonic() - t0)
         kills = [subprocess.Popen(["bash", CTL, "kill", str(i)], env=env) for i in (1, 2)]
         check(all(k.wait() == 0 for k in kills), "ctl kill 1/2 failed")
-        sigkills += 1
         starts = [subprocess.Popen(["bash", CTL, "start", str(i)], env=env,
                                    stdout=subprocess.DEVNULL) for i in (1, 2)]
         check(all(s.wait() == 0 for s in starts), "ctl start 1/2 failed")
@@ -189,7 +192,20 @@ def main():
         check(len(load_times) == 3, f"v2 load lines: {load_times}")
         bound = POLL_S + max(load_times) / 1e3 + 2.0
         retrying, plain = results["retrying"], results["plain"]
-        in_flight_bound = CLIENTS * sigkills
+        in_flight_bound = CLIENTS * len(sigkills)
+        # A call in flight on a SIGKILLed replica fails when its connection
+        # drops, within moments of the kill; any other failure is a defect.
+        unexplained = [e for e in plain["errors"]
+                       if not any(k - 0.5 <= e["at_s"] <= k + KILL_WINDOW_S for k in sigkills)]
+        errors = os.path.join(env["RUN_DIR"], "nginx-error.log")
+        routine = ("Connection refused", "temporarily disabled", "signal process")
+        notable = [line for line in open(errors).read().splitlines()
+                   if line.strip() and not any(r in line for r in routine)]
+        failed_at = ", ".join(f"{e['at_s']:.1f}s" for e in plain["errors"]) or "-"
+        print(f"  SIGKILLs at {', '.join(f'{k:.1f}s' for k in sigkills)}; plain client's failed "
+              f"calls at {failed_at}")
+        print(f"  nginx error log: {len(notable)} lines besides refused connections"
+              + "".join(f"\n    {line}" for line in notable[-10:]))
         print(f"FAILOVER retrying: calls={retrying['calls']} failed={retrying['failed']} "
               f"p99={retrying['latency_ms']['p99']:.1f}ms; plain (no retries): "
               f"calls={plain['calls']} failed={plain['failed']} (at most {in_flight_bound} could "
@@ -200,17 +216,13 @@ def main():
         check(plain["failed"] <= in_flight_bound,
               f"plain client: {plain['failed']} failed calls, more than the {in_flight_bound} "
               f"that could be in flight on a SIGKILLed replica: {plain['codes']}")
+        check(not unexplained, f"plain client: failures away from any SIGKILL: {unexplained}")
         check(retrying["calls"] > 200 and plain["calls"] > 20,
               f"too few calls: {retrying['calls']} / {plain['calls']}")
         for name, r in results.items():
             check(set(r["versions"]) == {"1", "2"}, f"{name}: versions seen {r['versions']}")
         check(convergence <= bound, f"convergence {convergence:.3f}s over {bound:.3f}s")
         print(ctl("down").stdout.strip())
-    except Exception:
-        errors = os.path.join(env["RUN_DIR"], "nginx-error.log")
-        if os.path.exists(errors):
-            print("nginx-error.log (last 30 lines):\n" + "".join(open(errors).readlines()[-30:]))
-        raise
     finally:
         for _, _, proc in loads:
             if proc.poll() is None:

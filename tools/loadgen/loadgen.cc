@@ -140,8 +140,13 @@ class Recorder {
     ++calls_total_;
     if (o.finished_at_s < warmup_s_) return;
     ++codes_[o.code];
-    if (o.code != "OK" && !first_errors_.count(o.code)) {
-      first_errors_[o.code] = absl::StrFormat("%.2fs: %s", o.finished_at_s, o.message);
+    if (o.code != "OK") {
+      if (!first_errors_.count(o.code)) {
+        first_errors_[o.code] = absl::StrFormat("%.2fs: %s", o.finished_at_s, o.message);
+      }
+      if (errors_.size() < kMaxErrorsKept) {
+        errors_.push_back({{"at_s", o.finished_at_s}, {"code", o.code}, {"message", o.message}});
+      }
     }
     if (o.code == "OK") {
       latencies_.push_back(o.latency_s);
@@ -168,6 +173,8 @@ class Recorder {
   int64_t calls_total_ = 0;
   std::map<std::string, int64_t> codes_;
   std::map<std::string, std::string> first_errors_;  // Per code: when, and its message.
+  static constexpr size_t kMaxErrorsKept = 1000;
+  std::vector<nlohmann::json> errors_;  // The first failed calls: when, code, message.
   std::vector<double> latencies_;
   std::map<uint64_t, VersionSeen> versions_;
   std::map<size_t, std::vector<std::string>> answers_;
@@ -637,7 +644,8 @@ int Run() {
                 {"p999", 1e3 * Percentile(rec.latencies_, 0.999)},
                 {"max", rec.latencies_.empty() ? 0.0 : 1e3 * rec.latencies_.back()}}},
               {"codes", rec.codes_},
-              {"first_errors", rec.first_errors_}};
+              {"first_errors", rec.first_errors_},
+              {"errors", rec.errors_}};
   json versions = json::object();
   for (const auto& [v, seen] : rec.versions_) {
     versions[std::to_string(v)] = {
