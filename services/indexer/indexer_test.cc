@@ -229,7 +229,7 @@ TEST_CASE("Bad options are refused before the model loads or any input is read")
       {"default_ef=0", [](IndexerOptions& o) { o.default_ef = 0; },
        "--default_ef must be at least 1, got 0"},
       {"decode_threads=-1", [](IndexerOptions& o) { o.decode_threads = -1; },
-       "--decode_threads must be in [0, 256] (0 = one per core), got -1"},
+       "--decode_threads must be in [0, 256] (0 = from the CPUs), got -1"},
       {"max_reject_ratio=2", [](IndexerOptions& o) { o.max_reject_ratio = 2; },
        "--max_reject_ratio must be in [0, 1], got 2"},
       {"duplicates_threshold=-1", [](IndexerOptions& o) { o.duplicates_threshold = -1; },

@@ -72,10 +72,12 @@ ABSL_FLAG(int, max_batch, 4,
           "Dynamic batcher: largest batch of image/text queries per forward pass.");
 ABSL_FLAG(int, max_delay_us, 2000,
           "Dynamic batcher: longest wait for more queries after the first of a batch.");
-ABSL_FLAG(int, model_instances, 1,
-          "Batches the model runs at once (each on its own thread), as Triton's instance count.");
+ABSL_FLAG(int, model_instances, 0,
+          "Batches the model runs at once (each on its own thread), as Triton's instance count; "
+          "0 = one per CPU this process may use (its cgroup CPU quota and affinity).");
 ABSL_FLAG(int, encoder_threads, 0,
-          "LibTorch intra-op threads per model instance; 0 = cores / model_instances.");
+          "LibTorch intra-op threads per model instance; 0 = CPUs / model_instances (1 by "
+          "default: a multi-thread team spin-waits, which collapses when the cores are shared).");
 ABSL_FLAG(std::string, model_plugin, "",
           "The model runtime module (LibTorch), loaded when a snapshot carries a model. "
           "Default: libimagesearch_torch_plugin.so next to this binary.");
