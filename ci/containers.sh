@@ -235,8 +235,10 @@ for img in "$IMG_QUERY_DEBUG" "$IMG_INDEXER_DEBUG"; do
   out="$(run_secure --rm --network=none --entrypoint /bin/sh "$img" -c 'id -u; ls /usr/local/bin' 2>&1)" ||
     fail "$img: /bin/sh: $out"
   [[ "$(head -1 <<<"$out")" == 10001 && "$out" == *imagesearch-snapshot* ]] || fail "$img: /bin/sh said: $out"
+  out="$(image_files "$img" | grep -v '^program: ' || true)"
+  [[ -z "$out" ]] || fail "$img: $out"
 done
-ok "debug images: /bin/sh (busybox) runs as 10001 and sees the binaries"
+ok "debug images: /bin/sh (busybox) runs as 10001 and sees the binaries; no setuid/setgid file"
 
 # ---------------------------------------------------------------- 2. indexer image
 step "corpus: Fashion-MNIST, 10 per class"

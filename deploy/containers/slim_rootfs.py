@@ -99,30 +99,40 @@ def place(out: str, src: str, dest: str, mode=None) -> str:
     return target
 
 
-def stub_library(real: str, soname: str, target: str, workdir: str) -> None:
-    """Builds TARGET: SONAME's strong exports, functions that abort when called."""
-    versions = set()
-    funcs, objects, tls = [], [], []
-    for line in run("readelf", "--dyn-syms", "-W", real).splitlines():
+def exports(path: str):
+    """(type, binding, name, version or None, size) of each symbol PATH defines."""
+    for line in run("readelf", "--dyn-syms", "-W", path).splitlines():
         f = line.split()
         # Num: Value Size Type Bind Vis Ndx Name
         if len(f) < 8 or not f[0].endswith(":") or f[6] in ("UND", "ABS"):
             continue
-        kind, bind, name = f[3], f[4], f[7]
+        name, _, version = f[7].partition("@")
+        size = int(f[2], 0) if f[2].isdigit() or f[2].startswith("0x") else 0
+        yield f[3], f[4], name, version.lstrip("@") or None, size
+
+
+def stub_library(real: str, soname: str, target: str, workdir: str, defined_elsewhere: set) -> int:
+    """Builds TARGET: SONAME's strong exports, functions that abort when called.
+
+    Leaves out what DEFINED_ELSEWHERE (names the kept libraries define) has,
+    so that a stub never interposes on a real definition; returns how many.
+    """
+    versions = set()
+    funcs, objects, tls = [], [], []
+    left_out = 0
+    for kind, bind, name, version, size in exports(real):
         # Weak and unique symbols are vague linkage (inline functions,
         # template vtables): every user has its own copy, and a zero-filled
         # or aborting one here could be chosen over a real one elsewhere.
-        if bind != "GLOBAL":
+        if bind != "GLOBAL" or kind not in ("FUNC", "IFUNC", "OBJECT", "TLS"):
             continue
-        version = None
-        if "@" in name:
-            name, _, version = name.partition("@")
-            version = version.lstrip("@")
-            if version == soname:
-                version = None
+        if name in defined_elsewhere:
+            left_out += 1
+            continue
+        if version == soname:
+            version = None
         if version:
             versions.add((version, name))
-        size = int(f[2], 0) if f[2].isdigit() or f[2].startswith("0x") else 0
         if kind in ("FUNC", "IFUNC"):
             funcs.append(name)
         elif kind == "OBJECT":
@@ -183,6 +193,7 @@ void imagesearch_stub_called(const char* soname, const char* symbol) {
         args.append("-Wl,--version-script=" + base + ".map")
     subprocess.run(args, check=True)
     subprocess.run(["strip", "--strip-unneeded", target], check=True)
+    return left_out
 
 
 def main() -> int:
@@ -201,19 +212,22 @@ def main() -> int:
 
     cache = ld_cache()
     stubs = set(args.stub)
-    placed = {}  # path in root -> (bytes, why)
+    placed = set()  # paths in root
+    kept = []  # the real ELF files copied
+    pending_stubs = []  # (real library, soname, path in root)
     needed_by = {}  # path in root -> names of the files that need it
     folders = set()
     missing = []
     workdir = tempfile.mkdtemp()
     queue = []
     for elf in args.elf:
-        placed[in_root(out, elf)] = None
+        placed.add(in_root(out, elf))
         place(out, elf, elf)
         queue.append(elf)
+        kept.append(elf)
         interp = interpreter(elf)
         if interp and in_root(out, interp) not in placed:
-            placed[in_root(out, interp)] = None
+            placed.add(in_root(out, interp))
             place(out, interp, interp)
             needed_by.setdefault(in_root(out, interp), set()).add("PT_INTERP")
     while queue:
@@ -229,15 +243,24 @@ def main() -> int:
             folders.add(os.path.dirname(target)[len(out):])
             if target in placed:
                 continue
-            placed[target] = None
+            placed.add(target)
             if soname in stubs:
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                stub_library(path, soname, target, workdir)
+                pending_stubs.append((path, soname, target))
                 stubs.discard(soname)
                 needed_by[target].add("STUB")
             else:
                 place(out, path, path, 0o644)
                 queue.append(path)
+                kept.append(path)
+    defined = set()
+    if pending_stubs:
+        for path in kept:
+            defined.update(name for _, _, name, _, _ in exports(path))
+    for path, soname, target in pending_stubs:
+        left_out = stub_library(path, soname, target, workdir, defined)
+        if left_out:
+            print(f"stub {soname}: {left_out} symbols left to the kept libraries that define them",
+                  file=sys.stderr)
     shutil.rmtree(workdir)
     if missing:
         print("cannot resolve:\n  " + "\n  ".join(missing), file=sys.stderr)
