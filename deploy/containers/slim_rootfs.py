@@ -8,25 +8,28 @@ Runs inside a Debian build stage that has every runtime package installed
 
 - Each ELF (program, plugin, dlopen'ed module) is copied to OUT at the same
   path, and its DT_NEEDED libraries are followed to the closure. A soname is
-  resolved the way the dynamic loader resolves it here: through ld.so.cache
-  (`ldconfig -p`) after the file's DT_RUNPATH, so libblas.so.3 is whatever the alternatives system points
-  at. Each library is written under its soname path, symlinks dereferenced.
+  resolved the way the dynamic loader resolves it here: the file's
+  DT_RUNPATH, then ld.so.cache (`ldconfig -p`), then the default folders; so
+  libblas.so.3 is whatever the alternatives system points at. Each library
+  is written under its soname path, symlinks dereferenced.
 - The program interpreter (PT_INTERP, /lib64/ld-linux-x86-64.so.2) is copied.
 - A --stub SONAME is not copied and its dependencies are not followed.
   Instead, a small library with the same soname and symbol versions is built
-  (gcc), defining every strong function and object the real one exports.
-  Loading and symbol binding succeed; calling any of its functions prints
+  (gcc), defining every strong function and object the real one exports,
+  except those a kept library defines too (a stub never interposes on real
+  code). Loading and symbol binding succeed; calling any of its functions prints
   "<soname> is left out of this image (<symbol> called)" and aborts. It is for
   libraries that a kept library links (so the loader needs them) but whose
   code the workload never runs.
 - --data PATH copies a plain file or directory (not followed for libraries).
 - OUT/etc/ld.so.conf lists the library folders, and `ldconfig -r OUT` writes
   OUT/etc/ld.so.cache, so the loader finds them as it does on Debian.
-- The root is merged-/usr, like Debian 12's: lib, lib64 and bin are symlinks
-  into usr.
+- The root is merged-/usr, like Debian 12's: bin, lib, lib64 and sbin are
+  symlinks into usr.
 
-Prints one line per file (bytes, path, and who needs it) and the totals,
-largest first, to stdout; exits non-zero on any library it cannot resolve.
+Prints one line per file (bytes, path, and who needs it), largest first, and
+the totals to stdout; exits non-zero on a library it cannot resolve or a
+--stub nothing needs.
 """
 
 import argparse
