@@ -1,5 +1,7 @@
 #include "services/query/http_frontend.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -434,7 +436,10 @@ absl::Status HttpFrontend::Start() {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = false;
   }
-  for (int i = 0; i < std::max(1, options_.threads); ++i) workers_.emplace_back([this] { Work(); });
+  for (int i = 0; i < std::max(1, options_.threads); ++i) {
+    workers_.emplace_back([this] { Work(); });
+    pthread_setname_np(workers_.back().native_handle(), "http-worker");
+  }
   absl::Status s = server_->Start();
   if (!s.ok()) Stop();
   return s;
