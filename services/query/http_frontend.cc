@@ -428,9 +428,10 @@ absl::Status HttpFrontend::Start() {
         Dispatch(std::move(req), std::move(respond));
       },
       [](int status, absl::string_view message) {
-        return ErrorResponse(status == 501 || status == 505 ? absl::UnimplementedError(message)
-                                                            : absl::InvalidArgumentError(message),
-                             status);
+        const absl::Status s = status == 408                    ? absl::DeadlineExceededError(message)
+                               : status == 501 || status == 505 ? absl::UnimplementedError(message)
+                                                                : absl::InvalidArgumentError(message);
+        return ErrorResponse(s, status);
       });
   {
     std::lock_guard<std::mutex> lock(mu_);

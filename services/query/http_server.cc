@@ -253,6 +253,8 @@ struct HttpServer::Impl {
     ChunkPhase phase = ChunkPhase::kSize;
     uint64_t remaining = 0;  // Content-Length bytes, or the chunk's bytes, still to read.
     bool drop_body = false;  // Read the body and keep none of it.
+    // When the first byte of the request head being read came in.
+    absl::Time head_started = absl::InfinitePast();
     std::optional<HttpResponse> refusal;  // Sent once the dropped body is read.
   };
 
@@ -329,7 +331,19 @@ struct HttpServer::Impl {
               c, 431,
               absl::StrCat("request line and headers exceed ", options.max_header_bytes, " bytes"));
         }
-        if (end.pos < 0) return;
+        if (end.pos < 0) {
+          // A head trickled in a byte at a time never trips the read
+          // timeout; it gets read_timeout in all.
+          const absl::Time now = absl::Now();
+          if (c->head_started == absl::InfinitePast()) c->head_started = now;
+          if (now - c->head_started > options.read_timeout) {
+            return Fail(c, 408,
+                        absl::StrCat("request line and headers not complete within ",
+                                     absl::FormatDuration(options.read_timeout)));
+          }
+          return;
+        }
+        c->head_started = absl::InfinitePast();
         std::string head(static_cast<size_t>(end.pos), '\0');
         evbuffer_remove(in, head.data(), head.size());
         evbuffer_drain(in, 4);

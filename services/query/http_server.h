@@ -20,8 +20,9 @@
 // (the body was never sent); otherwise the body is read and dropped, never
 // held, and the connection stays usable. A connection that sends nothing
 // for read_timeout (idle keep-alive, or a request or TLS handshake left
-// unfinished) is closed; so is one that does not take its answer within
-// write_timeout. Malformed requests get 400 (431 for an oversized head, 501
+// unfinished) is closed, and one whose request line and headers trickle in
+// for longer than read_timeout in all gets 408 and is closed; so is one that
+// does not take its answer within write_timeout. Malformed requests get 400 (431 for an oversized head, 501
 // for an unknown Transfer-Encoding, 505 for a version other than HTTP/1.x)
 // with a body from error_body, and the connection is closed.
 //
@@ -94,7 +95,8 @@ struct HttpServerOptions {
   size_t max_body_bytes = 6 << 20;
   // A connection that sends nothing for this long while the server waits for
   // a request (idle keep-alive, or a request or TLS handshake half sent) is
-  // closed. A request being handled is not timed out here.
+  // closed; so is one still sending a request head after this long (408). A
+  // request being handled is not timed out here.
   absl::Duration read_timeout = absl::Seconds(60);
   // A connection that takes none of its pending answer for this long is closed.
   absl::Duration write_timeout = absl::Seconds(60);

@@ -228,6 +228,24 @@ TEST_CASE("HttpServer closes idle and half-sent connections after the read timeo
   }
 }
 
+TEST_CASE("HttpServer answers 408 to a request head that trickles past the read timeout") {
+  EchoServer s(absl::Milliseconds(300));
+  const int fd = Connect(s.port());
+  const std::string head = "GET /slowloris HTTP/1.1\r\nX-Trickle: ";
+  REQUIRE(send(fd, head.data(), head.size(), MSG_NOSIGNAL) > 0);
+  // One byte every 100 ms: never 300 ms without a byte, never a whole head.
+  std::string answer;
+  for (int i = 0; i < 40 && answer.empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (send(fd, "a", 1, MSG_NOSIGNAL) != 1) break;
+    char buf[512];
+    const ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n > 0) answer.assign(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  CHECK(absl::StartsWith(answer, "HTTP/1.1 408 "));
+}
+
 TEST_CASE("HttpServer::Stop gives up on a request that is never answered") {
   EchoServer s;
   const int fd = Connect(s.port());
