@@ -320,11 +320,15 @@ json InfoJson(const serving::ServingState& state) {
           {"fields", FieldsJson(state.snapshot->attributes())}};
 }
 
-// The deadline counts from when the request's head arrived.
-serving::CallContext HttpContext(absl::Time received, absl::Duration timeout) {
+// The deadline counts from when the request's head arrived; the call is
+// cancelled once its client has closed the connection.
+serving::CallContext HttpContext(const HttpRequest& req, absl::Duration timeout) {
   serving::CallContext context;
   context.front = "http";
-  context.deadline = received + timeout;
+  context.deadline = req.received + timeout;
+  if (req.client_gone != nullptr) {
+    context.cancelled = [gone = req.client_gone] { return gone->load(); };
+  }
   return context;
 }
 
@@ -565,7 +569,7 @@ void HttpFrontend::Page(HttpRequest, HttpResponder respond) {
 }
 
 void HttpFrontend::Info(HttpRequest req, HttpResponder respond) {
-  auto state = core_->Info(HttpContext(req.received, options_.timeout));
+  auto state = core_->Info(HttpContext(req, options_.timeout));
   if (!state.ok()) return respond.Send(ErrorResponse(state.status()));
   respond.Send(Content(InfoJson(**state).dump(), kJson));
 }
@@ -574,7 +578,7 @@ void HttpFrontend::Info(HttpRequest req, HttpResponder respond) {
 // id: nothing in the request names a file.
 void HttpFrontend::Thumbnail(HttpRequest req, HttpResponder respond) {
   const std::string id = req.path.substr(strlen("/thumbs/"));
-  auto thumb = core_->Thumbnail(id, HttpContext(req.received, options_.timeout));
+  auto thumb = core_->Thumbnail(id, HttpContext(req, options_.timeout));
   if (!thumb.ok()) return respond.Send(ErrorResponse(thumb.status()));
   // Content-addressed: the same picture keeps its ETag across versions.
   const std::string etag = absl::StrCat("\"", Xxh3Hex(thumb->bytes), "\"");
@@ -631,7 +635,7 @@ void HttpFrontend::Invocations(HttpRequest req, HttpResponder respond) {
                                    "or application/json")),
                                415));
   }
-  core_->Search(q, HttpContext(call->req.received, timeout),
+  core_->Search(q, HttpContext(call->req, timeout),
                 [call, respond](absl::StatusOr<serving::SearchResult> r) mutable {
                   if (!r.ok()) return respond.Send(ErrorResponse(r.status()));
                   // Ids and URIs are bytes from the snapshot, not necessarily UTF-8.

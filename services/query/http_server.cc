@@ -37,6 +37,9 @@ namespace {
 
 // The longest chunk-size or trailer line of a chunked body.
 constexpr size_t kMaxChunkLine = 4096;
+// Input buffered beyond a request head's limit before reading pauses (while a
+// request is handled, pipelined requests wait in the buffer up to this).
+constexpr size_t kReadSlack = 64 << 10;
 
 const char* Reason(int status) {
   switch (status) {
@@ -255,6 +258,9 @@ struct HttpServer::Impl {
     bool drop_body = false;  // Read the body and keep none of it.
     // When the first byte of the request head being read came in.
     absl::Time head_started = absl::InfinitePast();
+    bool peer_eof = false;  // The client has closed its sending side.
+    // Set when the client closes while its request is handled (HttpRequest::client_gone).
+    std::shared_ptr<std::atomic<bool>> gone;
     std::optional<HttpResponse> refusal;  // Sent once the dropped body is read.
   };
 
@@ -295,6 +301,7 @@ struct HttpServer::Impl {
     const timeval read_tv = PositiveTimeval(options.read_timeout);
     const timeval write_tv = PositiveTimeval(options.write_timeout);
     bufferevent_set_timeouts(bev, &read_tv, &write_tv);
+    bufferevent_setwatermark(bev, EV_READ, 0, options.max_header_bytes + kReadSlack);
     bufferevent_enable(bev, EV_READ);
     conns[conn->id] = std::move(conn);
   }
@@ -323,7 +330,10 @@ struct HttpServer::Impl {
           evbuffer_drain(in, 1);
         }
         const size_t available = evbuffer_get_length(in);
-        if (available == 0) return;
+        if (available == 0) {
+          if (c->peer_eof) EndAfterOutput(c);
+          return;
+        }
         const evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, nullptr);
         const size_t head_bytes = end.pos < 0 ? available : static_cast<size_t>(end.pos) + 4;
         if (head_bytes > options.max_header_bytes) {
@@ -332,6 +342,7 @@ struct HttpServer::Impl {
               absl::StrCat("request line and headers exceed ", options.max_header_bytes, " bytes"));
         }
         if (end.pos < 0) {
+          if (c->peer_eof) return EndAfterOutput(c);  // It will never be complete.
           // A head trickled in a byte at a time never trips the read
           // timeout; it gets read_timeout in all.
           const absl::Time now = absl::Now();
@@ -349,7 +360,10 @@ struct HttpServer::Impl {
         evbuffer_drain(in, 4);
         if (!StartRequest(c, head)) return;
       } else if (c->state == State::kBody) {
-        if (!ReadBody(c, in)) return;
+        if (!ReadBody(c, in)) {
+          if (c->peer_eof && c->state == State::kBody) EndAfterOutput(c);
+          return;
+        }
         if (c->refusal.has_value()) {
           HttpResponse refusal = *std::move(c->refusal);
           c->refusal.reset();
@@ -517,7 +531,12 @@ struct HttpServer::Impl {
 
   void Dispatch(Conn* c) {
     c->state = State::kHandling;
-    bufferevent_disable(c->bev, EV_READ);  // Pipelined requests wait in the buffer.
+    // Reading goes on, without a timeout, to see the client close; pipelined
+    // requests wait in the buffer (reading pauses when it is full).
+    const timeval write_tv = PositiveTimeval(options.write_timeout);
+    bufferevent_set_timeouts(c->bev, nullptr, &write_tv);
+    c->gone = std::make_shared<std::atomic<bool>>(false);
+    c->req.client_gone = c->gone;
     HttpResponder responder;
     responder.mailbox_ = mailbox;
     responder.connection_ = c->id;
@@ -546,8 +565,19 @@ struct HttpServer::Impl {
     } else {
       c->state = State::kHead;
       c->req = HttpRequest();
-      bufferevent_enable(c->bev, EV_READ);
+      c->gone.reset();
+      const timeval read_tv = PositiveTimeval(options.read_timeout);
+      const timeval write_tv = PositiveTimeval(options.write_timeout);
+      bufferevent_set_timeouts(c->bev, &read_tv, &write_tv);
+      if (!c->peer_eof) bufferevent_enable(c->bev, EV_READ);
     }
+  }
+
+  // Closes once what is written has gone out.
+  void EndAfterOutput(Conn* c) {
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) return Close(c);
+    c->state = State::kClosing;
+    bufferevent_disable(c->bev, EV_READ);
   }
 
   // Answers from handlers, on the loop thread.
@@ -581,12 +611,19 @@ struct HttpServer::Impl {
 
   static void OnEvent(bufferevent* bev, short events, void* arg) {
     auto* c = static_cast<Conn*>(arg);
-    if ((events & BEV_EVENT_EOF) && (events & BEV_EVENT_READING) &&
-        evbuffer_get_length(bufferevent_get_output(bev)) > 0) {
-      // The client finished sending (half-close) before its answer was out.
-      c->state = State::kClosing;
+    if ((events & BEV_EVENT_EOF) && (events & BEV_EVENT_READING)) {
+      // The client closed, or only finished sending: requests it sent are
+      // still answered, then the connection closes. One that sent nothing
+      // after the request being handled has given up on it.
+      c->peer_eof = true;
       bufferevent_disable(bev, EV_READ);
-      return;
+      if (c->state == State::kHandling) {
+        if (evbuffer_get_length(bufferevent_get_input(bev)) == 0) c->gone->store(true);
+        return;
+      }
+      if (c->state == State::kHead) return c->server->Process(c);
+      if (c->state == State::kClosing) return;
+      return c->server->Close(c);  // A body cut short.
     }
     if (events & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) c->server->Close(c);
   }

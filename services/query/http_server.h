@@ -7,7 +7,8 @@
 // buffers, never a thread: idle, slow and stalled clients cannot hold up the
 // others. Handlers run on the loop thread and must not block there; they
 // answer through an HttpResponder, from any thread (the answer is posted to
-// the loop).
+// the loop). While a request is handled its connection is still read, to see
+// the client close (HttpRequest::client_gone); pipelined requests wait.
 //
 //   accept (backlog SOMAXCONN) -> [TLS handshake] -> request line + headers
 //   (at most max_header_bytes) -> check_head: refuse before the body (401,
@@ -34,6 +35,7 @@
 #ifndef IMAGESEARCH_SERVICES_QUERY_HTTP_SERVER_H_
 #define IMAGESEARCH_SERVICES_QUERY_HTTP_SERVER_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -62,6 +64,11 @@ struct HttpRequest {
   // The body is (Content-Length) or grew (chunked) over max_body_bytes; it
   // was read and dropped, and `body` is empty.
   bool body_too_large = false;
+
+  // Set once the client closes the connection (with nothing more sent)
+  // while the request is handled; an answer then goes nowhere. Null outside
+  // the handler.
+  std::shared_ptr<const std::atomic<bool>> client_gone;
 
   // The first value of the header `lower_name` ("content-type"), or "".
   absl::string_view Header(absl::string_view lower_name) const;

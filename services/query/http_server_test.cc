@@ -8,6 +8,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -39,7 +40,8 @@ class EchoServer {
         },
         [this](HttpRequest req, HttpResponder respond) {
           if (req.path == "/never") {
-            ++unanswered_;
+            std::lock_guard<std::mutex> lock(mu_);
+            unanswered_.push_back(req.client_gone);
             return;
           }
           std::vector<std::string> params;
@@ -66,11 +68,16 @@ class EchoServer {
   }
 
   int port() const { return server_->port(); }
-  int unanswered() const { return unanswered_; }
+  // The client_gone flags of /never requests handed to the handler.
+  std::vector<std::shared_ptr<const std::atomic<bool>>> unanswered() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return unanswered_;
+  }
   HttpServer& server() { return *server_; }
 
  private:
-  std::atomic<int> unanswered_{0};  // /never requests handed to the handler.
+  std::mutex mu_;
+  std::vector<std::shared_ptr<const std::atomic<bool>>> unanswered_;
   std::unique_ptr<HttpServer> server_;
 };
 
@@ -246,15 +253,34 @@ TEST_CASE("HttpServer answers 408 to a request head that trickles past the read 
   CHECK(absl::StartsWith(answer, "HTTP/1.1 408 "));
 }
 
-TEST_CASE("HttpServer::Stop gives up on a request that is never answered") {
-  EchoServer s;
+// Sends GET /never on a new connection and waits until the handler has it;
+// returns the connection and the request's client_gone flag.
+std::pair<int, std::shared_ptr<const std::atomic<bool>>> SendUnanswered(EchoServer& s) {
   const int fd = Connect(s.port());
   const std::string req = "GET /never HTTP/1.1\r\n\r\n";
   REQUIRE(send(fd, req.data(), req.size(), MSG_NOSIGNAL) > 0);
-  for (int i = 0; i < 5000 && s.unanswered() == 0; ++i) {
+  for (int i = 0; i < 5000 && s.unanswered().empty(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  REQUIRE(s.unanswered() == 1);
+  REQUIRE(s.unanswered().size() == 1);
+  return {fd, s.unanswered()[0]};
+}
+
+TEST_CASE("HttpServer tells the handler when the client closes while its request is handled") {
+  EchoServer s;
+  const auto [fd, gone] = SendUnanswered(s);
+  CHECK(!gone->load());
+  close(fd);
+  for (int i = 0; i < 5000 && !gone->load(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  CHECK(gone->load());
+}
+
+TEST_CASE("HttpServer::Stop gives up on a request that is never answered") {
+  EchoServer s;
+  const auto [fd, gone] = SendUnanswered(s);
+  CHECK(!gone->load());
   const auto start = std::chrono::steady_clock::now();
   s.server().Stop(absl::Milliseconds(200));
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(3));

@@ -37,7 +37,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   bool called = false;
-  world.core->Search(q, imagesearch::HttpContext(absl::Now(), absl::Seconds(60)),
+  imagesearch::HttpRequest req;
+  req.received = absl::Now();
+  world.core->Search(q, imagesearch::HttpContext(req, absl::Seconds(60)),
                      [&](absl::StatusOr<serving::SearchResult> r) {
                        called = true;
                        imagesearch::fuzz::CheckAnswer(q.kind, r.status());
