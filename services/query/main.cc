@@ -54,7 +54,11 @@ ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free port (printed on stdout).
 ABSL_FLAG(int, http_port, 0,
           "HTTP port for /ping, /invocations and /metrics; 0 = no HTTP. `serve` defaults it to "
           "$SAGEMAKER_BIND_TO_PORT or 8080.");
-ABSL_FLAG(int, http_threads, 16, "HTTP connections served at once.");
+ABSL_FLAG(int, http_threads, 4,
+          "HTTP workers that parse and start /invocations requests (the event loop "
+          "serves every connection; /ping never waits for a worker).");
+ABSL_FLAG(int, http_read_timeout_ms, 60000,
+          "An HTTP connection idle, or with a request half sent, this long is closed.");
 ABSL_FLAG(int, max_body_mb, 6, "Largest HTTP request body in MiB; larger ones get 413.");
 ABSL_FLAG(int, http_timeout_ms, 60000,
           "Deadline of an HTTP request unless its timeout_ms parameter says otherwise.");
@@ -276,6 +280,7 @@ std::unique_ptr<HttpFrontend> MakeHttp(serving::QueryCore* core, serving::Metric
   hopts.threads = absl::GetFlag(FLAGS_http_threads);
   hopts.max_body_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_body_mb)) << 20;
   hopts.timeout = absl::Milliseconds(absl::GetFlag(FLAGS_http_timeout_ms));
+  hopts.read_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_http_read_timeout_ms));
   hopts.tls = security.tls ? &*security.tls : nullptr;
   hopts.token = security.token ? &*security.token : nullptr;
   return std::make_unique<HttpFrontend>(core, metrics, hopts);

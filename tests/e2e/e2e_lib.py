@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import types
 import urllib.error
 import urllib.request
 
@@ -15,6 +16,15 @@ def check(cond, what):
     """Fails the test with `what` unless `cond`."""
     if not cond:
         raise AssertionError(what)
+
+
+def tree(build, src):
+    """Where the tests' inputs and the binaries are, given BUILD_DIR and SOURCE_DIR."""
+    return types.SimpleNamespace(
+        images=os.path.join(src, "tests", "data", "images"),
+        proto=os.path.join(src, "proto"),
+        indexer=os.path.join(build, "services", "indexer", "imagesearch-indexer"),
+        query=os.path.join(build, "services", "query", "imagesearch-query"))
 
 
 def run(*args, ok=True):
