@@ -72,8 +72,9 @@ ABSL_FLAG(int, max_queued_embeds, 256,
 ABSL_FLAG(int, poll_ms, 500, "How often to check CURRENT for a new version, in milliseconds.");
 ABSL_FLAG(std::string, verify, "checksums",
           "Snapshot verification at load: 'checksums' (every byte, XXH3) or 'sizes' (O(1)).");
-ABSL_FLAG(int, max_batch, 4,
-          "Dynamic batcher: largest batch of image/text queries per forward pass.");
+ABSL_FLAG(int, max_batch, 2,
+          "Dynamic batcher: largest batch of image/text queries per forward pass (per model "
+          "instance; with one thread per instance, 2 ran as fast as any, tools/bench/README.md).");
 ABSL_FLAG(int, max_delay_us, 2000,
           "Dynamic batcher: longest wait for more queries after the first of a batch.");
 ABSL_FLAG(int, model_instances, 0,
