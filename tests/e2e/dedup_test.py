@@ -24,7 +24,7 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import grpc_stubs  # noqa: E402
-from e2e_lib import check, free_port, run  # noqa: E402
+from e2e_lib import check, free_port, listening_ports, run  # noqa: E402
 from e2e_lib import post_json as post  # noqa: E402
 
 BUILD, SRC, MODEL = sys.argv[1:4]
@@ -70,7 +70,7 @@ def main():
         server = subprocess.Popen([QUERY, f"--snapshot_root={root}", "--host=127.0.0.1", "--port=0",
                                    f"--http_port={http}"], stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, text=True)
-        grpc_port = int(server.stdout.readline().split()[-1])
+        grpc_port = listening_ports(server.stdout.readline)["grpc"]
         for _ in range(300):
             try:
                 if urllib.request.urlopen(f"http://127.0.0.1:{http}/ping", timeout=2).status == 200:

@@ -20,7 +20,7 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import grpc_stubs  # noqa: E402
-from e2e_lib import check, free_port, run  # noqa: E402
+from e2e_lib import check, free_port, listening_ports, run  # noqa: E402
 from e2e_lib import post_json as post  # noqa: E402
 
 BUILD, SRC, MODEL = sys.argv[1:4]
@@ -61,7 +61,7 @@ def main():
         server = subprocess.Popen([QUERY, f"--snapshot_root={root}", "--host=127.0.0.1", "--port=0",
                                    f"--http_port={http}", "--poll_ms=200"],
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        grpc_port = int(server.stdout.readline().split()[-1])
+        grpc_port = listening_ports(server.stdout.readline)["grpc"]
         stub = pb_grpc.ImageSearchStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
         for _ in range(300):
             try:
