@@ -64,7 +64,7 @@ TEST_CASE("ReadFileToString on a missing file is NOT_FOUND with the path") {
   CHECK(r.status().message().find("/nonexistent/imagesearch/file") != std::string::npos);
 }
 
-TEST_CASE("MappedFile maps contents; checksums match known values") {
+TEST_CASE("MappedFile maps contents: checksums match known values") {
   std::string dir = MakeTempDir();
   std::string path = dir + "/f";
   REQUIRE(WriteFileDurably(path, "abc").ok());

@@ -70,7 +70,7 @@ TEST_CASE("Each item of a call gets its own vector, in order") {
   CHECK((*v)[2] == std::vector<float>{'c', 3});
 }
 
-TEST_CASE("A bad item fails the call with its index; a lone item's error is unprefixed") {
+TEST_CASE("A bad item fails the call with its index: a lone item's error is unprefixed") {
   Fixture f;
   auto v = EmbedSync(*f.embedder, {Image("a"), Image("bad")});
   CHECK(absl::IsInvalidArgument(v.status()));

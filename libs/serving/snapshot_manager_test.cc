@@ -26,7 +26,7 @@ void Damage(const std::string& root, uint64_t version, const std::string& file) 
   REQUIRE(WriteFileDurably(path, bytes).ok());
 }
 
-TEST_CASE("Nothing is served until a snapshot exists; then new versions swap in") {
+TEST_CASE("Nothing is served until a snapshot exists: then new versions swap in") {
   std::string root = snapshot::TempSnapshotRoot("manager");
   int swaps_seen = 0;
   auto opts = Options(root);

@@ -36,7 +36,7 @@ SyntheticCorpus MakeCorpus(size_t n, int dim, const std::string& prefix) {
   return c;
 }
 
-TEST_CASE("Publish makes versions 1, 2 and moves CURRENT; the snapshot opens and searches") {
+TEST_CASE("Publish makes versions 1, 2 and moves CURRENT: the snapshot opens and searches") {
   std::string root = TempRoot();
   SyntheticCorpus a = MakeCorpus(500, 24, "a");
   auto v1 = PublishSnapshot(root, a.WithGraph());

@@ -194,7 +194,7 @@ TEST_CASE("A re-supplied image rejected for its attributes leaves the base row i
   CHECK(std::equal(before, before + 1792, after));  // still rocket.jpg's vector
 }
 
-TEST_CASE("Stdin and manifest inputs; a bad manifest line is a precise error") {
+TEST_CASE("Stdin and manifest inputs: a bad manifest line is a precise error") {
   std::string root = TempDir() + "/root";
   std::istringstream in(kImages + "/rocket.jpg\n\n" + kImages + "/coffee.png\n");
   IndexerOptions o = Options("-", root);
