@@ -7,8 +7,8 @@
 # left on another tag or digest (for example when the overlay names another
 # registry than IMAGE).
 #   ci/pin_overlay.sh OVERLAY_DIR OUT_DIR IMAGE...
-# ci/deploy.sh and ci/reindex.sh apply OUT_DIR (or rendered.yaml); OUT_DIR
-# should lie inside the repository (kustomize resolves the overlay relative to it).
+# ci/deploy.sh and ci/reindex.sh apply the render. OUT_DIR names OVERLAY_DIR
+# by its path relative to OUT_DIR.
 set -euo pipefail
 [[ $# -ge 3 ]] || { echo "usage: $0 OVERLAY_DIR OUT_DIR IMAGE..." >&2; exit 2; }
 OVERLAY="$1" OUT="$2"; shift 2
