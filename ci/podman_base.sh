@@ -6,9 +6,11 @@
 #   2. writes /etc/containers/containers.conf with default_ulimits = [] (without
 #      it runc fails on setrlimit(RLIMIT_NOFILE) here);
 #   3. debootstraps Debian 12 minbase (bookworm, -updates, -security; no docs,
-#      man pages or translations, as debian:12-slim; no apt caches or lists) and
-#      imports it as localhost/debian:12, since no image registry is reachable.
-#      Made once: the image is kept, and its tarball is cached in $CACHE.
+#      man pages or translations, as debian:12-slim; no apt caches or lists;
+#      dpkg and apt set up as in the official debian:12 image: unsafe I/O, no
+#      .deb kept, no translations) and imports it as localhost/debian:12,
+#      since no image registry is reachable. Made once: the image is kept
+#      (rebuilt when BASE_VERSION changes), and its tarball is cached in $CACHE.
 #   ci/podman_base.sh [EXTRA_PACKAGES...]
 # Env: IMAGESEARCH_CACHE (~/.cache/imagesearch), DEBIAN_MIRROR,
 #      DEBIAN_SECURITY_MIRROR. Run as root (ci/containers.sh and
@@ -22,6 +24,8 @@ CACHE="${IMAGESEARCH_CACHE:-$HOME/.cache/imagesearch}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 BASE_IMAGE=localhost/debian:12
+# Raise when the recipe below changes: an image of another version is rebuilt.
+BASE_VERSION=2
 fail() { echo "FAIL: $*" >&2; exit 1; }
 pm() { podman --runtime runc --cgroup-manager=cgroupfs "$@"; }
 
@@ -47,10 +51,11 @@ elif ! grep -q '^[[:space:]]*default_ulimits' /etc/containers/containers.conf; t
 fi
 
 # ---------------------------------------------------------------- base image
-if pm image exists "$BASE_IMAGE"; then
+if [[ "$(pm image inspect --format '{{index .Labels "imagesearch.base.version"}}' "$BASE_IMAGE" 2>/dev/null)" == \
+      "$BASE_VERSION" ]]; then
   exit 0
 fi
-TARBALL="$CACHE/debian-12-minbase.tar"
+TARBALL="$CACHE/debian-12-minbase-$BASE_VERSION.tar"
 if [[ ! -s "$TARBALL" ]]; then
   echo "base image: debootstrap --variant=minbase bookworm"
   mkdir -p "$CACHE"
@@ -76,6 +81,18 @@ EOF
     'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' \
     'path-exclude /usr/share/locale/*' 'path-exclude /usr/share/lintian/*' \
     >"$rootfs/etc/dpkg/dpkg.cfg.d/01-nodoc"
+  # As the official image (debuerreotype): dpkg skips fsync, apt keeps no .deb
+  # files, package caches or translations.
+  echo force-unsafe-io >"$rootfs/etc/dpkg/dpkg.cfg.d/docker-apt-speedup"
+  cat >"$rootfs/etc/apt/apt.conf.d/docker-clean" <<'EOF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+EOF
+  echo 'Acquire::Languages "none";' >"$rootfs/etc/apt/apt.conf.d/docker-no-languages"
+  echo 'Acquire::GzipIndexes "true";' >"$rootfs/etc/apt/apt.conf.d/docker-gzip-indexes"
+  echo 'Apt::AutoRemove::SuggestsImportant "false";' >"$rootfs/etc/apt/apt.conf.d/docker-autoremove-suggests"
   find "$rootfs/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
   find "$rootfs/usr/share/doc" -mindepth 1 -type d -empty -delete
   rm -rf "${rootfs:?}"/usr/share/{man,info,locale,lintian}/* "${rootfs:?}"/var/cache/apt/archives/*.deb \
@@ -85,4 +102,5 @@ EOF
   tar --numeric-owner -C "$rootfs" -cf "$TARBALL.tmp" . && mv "$TARBALL.tmp" "$TARBALL"
 fi
 echo "base image: import $TARBALL as $BASE_IMAGE"
-pm import -q --change 'CMD ["/bin/bash"]' "$TARBALL" "$BASE_IMAGE" >/dev/null
+pm import -q --change 'CMD ["/bin/bash"]' --change "LABEL imagesearch.base.version=$BASE_VERSION" \
+  "$TARBALL" "$BASE_IMAGE" >/dev/null

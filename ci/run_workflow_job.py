@@ -26,13 +26,15 @@ way GitHub's runner runs a job that has `container:`.
   * The job's timeout-minutes bounds the whole run.
 
 Where it differs on purpose: the container shares the host's network
-(--network=host; GitHub's runner uses a bridge network with the internet),
-and --env NAME=VALUE overrides are applied after every `env` of the workflow
-(for a shorter run). The step scripts, the workspace and the build are under
+(--network=host; GitHub's runner uses a bridge network with the internet) and,
+with --host-file NAME=PATH, the host's trust for it: PATH (a CA bundle the host
+sets NAME to, e.g. NODE_EXTRA_CA_CERTS behind a TLS-inspecting proxy) is
+mounted read-only and NAME names it in every step; and --env NAME=VALUE
+overrides are applied after every `env` of the workflow (for a shorter run). The step scripts, the workspace and the build are under
 a temporary folder, removed afterwards unless --keep.
 
   ci/run_workflow_job.py WORKFLOW JOB [--env NAME=VALUE]... [--cache PATH=HOST_DIR]...
-                         [--image NAME=LOCAL_IMAGE]... [--keep]
+                         [--host-file NAME=PATH]... [--image NAME=LOCAL_IMAGE]... [--keep]
 Needs root (rootful podman), podman with runc, and python3-yaml.
 """
 import argparse
@@ -123,6 +125,7 @@ def main():
     ap.add_argument("job")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--cache", action="append", default=[], metavar="PATH=HOST_DIR")
+    ap.add_argument("--host-file", action="append", default=[], metavar="NAME=PATH")
     ap.add_argument("--image", action="append", default=["debian:12=localhost/debian:12"],
                     metavar="NAME=LOCAL_IMAGE")
     ap.add_argument("--keep", action="store_true")
@@ -155,6 +158,7 @@ def main():
     base_env = {**env_map("workflow", wf.get("env")), **env_map("container", container.get("env")),
                 **env_map("job", job.get("env"))}
     overrides = dict(e.split("=", 1) for e in args.env)
+    host_files = dict(h.split("=", 1) for h in args.host_file)
     caches = dict(c.split("=", 1) for c in args.cache)
     deadline = time.monotonic() + 60 * float(job.get("timeout-minutes", 360))
 
@@ -166,6 +170,9 @@ def main():
     for d in (ws_host, temp_host, os.path.join(tmp, "home")):
         os.makedirs(d)
     mounts = ["-v", f"{work}:/__w", "-v", f"{os.path.join(tmp, 'home')}:/github/home"]
+    for var, path in host_files.items():
+        mounts += ["-v", f"{os.path.abspath(path)}:/run/host/{var}:ro"]
+        overrides[var] = f"/run/host/{var}"
     for step in job.get("steps", []):
         if str(step.get("uses", "")).startswith(CACHE):
             path = (step.get("with") or {}).get("path", "")

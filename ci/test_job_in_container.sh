@@ -10,8 +10,11 @@
 #   TEST_JOB_CTEST_ARGS (default `-LE job`: every test but the long batch
 #   indexing job with its quality gate, which the host run covers; e2e_faults
 #   and the browser test among them);
-# and the job's actions/cache path (the workspace's .cache/ccache) is this
-# machine's CCACHE_DIR, mounted, so the build mostly hits the cache.
+# the job's actions/cache path (the workspace's .cache/ccache) is this
+# machine's CCACHE_DIR, mounted, so the build mostly hits the cache; and the
+# container trusts what this machine trusts on its network: each CA bundle
+# that NODE_EXTRA_CA_CERTS, SSL_CERT_FILE, CURL_CA_BUNDLE, REQUESTS_CA_BUNDLE or
+# GIT_SSL_CAINFO names here is mounted and named the same way there.
 #   ci/test_job_in_container.sh [--keep]
 # Needs root (rootful podman); re-runs itself under sudo otherwise.
 set -euo pipefail
@@ -22,7 +25,11 @@ fi
 cd "$(dirname "$0")/.."
 export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 ci/podman_base.sh python3-yaml
-exec /usr/bin/python3 ci/run_workflow_job.py .github/workflows/ci.yml test "$@" \
+trust=()
+for var in NODE_EXTRA_CA_CERTS SSL_CERT_FILE CURL_CA_BUNDLE REQUESTS_CA_BUNDLE GIT_SSL_CAINFO; do
+  [[ ! -f "${!var:-}" ]] || trust+=(--host-file "$var=${!var}")
+done
+exec /usr/bin/python3 ci/run_workflow_job.py .github/workflows/ci.yml test "$@" "${trust[@]}" \
   --cache ".cache/ccache=${CCACHE_DIR:-$HOME/.cache/ccache}" \
   --env SANITIZE=0 --env FUZZ=0 --env TSAN=0 --env JOBS=2 \
   --env "CTEST_ARGS=${TEST_JOB_CTEST_ARGS:--LE job}"
