@@ -23,9 +23,11 @@ ci/install_deps.sh
 # HOME may be unset in CI; fall back to the invoking user's home.
 export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
-# Paths under the checkout are hashed relative to it, so a clone in another
-# folder (or a container's workspace) hits what this one cached.
+# Paths under the checkout are hashed relative to it, and the locale (LANG is
+# unset in CI's container) not at all, so a clone in another folder or a
+# container's workspace hits what this one cached.
 export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}" CCACHE_NOHASHDIR="${CCACHE_NOHASHDIR:-true}"
+export CCACHE_SLOPPINESS="${CCACHE_SLOPPINESS:+$CCACHE_SLOPPINESS,}locale"
 ci/lint.sh
 ci/proto.sh
 ccache_counts() {
