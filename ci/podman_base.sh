@@ -31,9 +31,9 @@ pm() { podman --runtime runc --cgroup-manager=cgroupfs "$@"; }
 
 # ---------------------------------------------------------------- tools
 # debian-archive-keyring: debootstrap checks bookworm's Release file with it
-# (on Ubuntu runners too).
+# (on Ubuntu runners too). catatonit: the init of `podman run --init`.
 need=()
-for p in podman runc debootstrap debian-archive-keyring "$@"; do
+for p in podman runc catatonit debootstrap debian-archive-keyring "$@"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if ((${#need[@]})); then

@@ -4,7 +4,8 @@
 # container under podman, unprivileged except for exactly the container
 # `options` the job grants, with the job's env. It catches what the host run
 # cannot: a package ci/install_deps.sh forgets, a test that needs privileges
-# or tools the runner's container lacks, a cache path the container cannot see.
+# or tools the runner's container lacks, a cache path the container cannot see,
+# processes left as zombies by the runner's `tail -f /dev/null` as PID 1.
 # For a bounded cost it runs a reduced set (on top of the job's env):
 #   SANITIZE=0 FUZZ=0 TSAN=0 JOBS=2, and only the ctest tests matching
 #   TEST_JOB_CTEST_ARGS (default `-LE job`: every test but the long batch
