@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Builds the container images of deploy/containers/Containerfile (query,
-# indexer, sagemaker) from the binaries BUILD_DIR already holds, then
-# smoke-tests them with podman:
-#   1. no compiler, headers or -dev package in any image; non-root user;
-#      OpenBLAS is the BLAS;
+# indexer, sagemaker, query-debug, indexer-debug) from the binaries BUILD_DIR
+# already holds, then smoke-tests them with podman, every container with
+# --security-opt no-new-privileges, and every check from outside (the images
+# have no shell):
+#   1. the file systems (podman image mount): no setuid/setgid file, nothing
+#      in /usr/bin or /usr/sbin (no shell, no package manager, no compiler),
+#      no package database, no header; non-root user; libblas.so.3 is
+#      OpenBLAS; each binary in each image runs (--help); the debug images
+#      have a shell;
 #   2. the indexer image indexes 100 Fashion-MNIST images (read-only corpus
 #      mount, read-only root, no network) into a snapshot;
 #   3. the query image serves that snapshot mounted read-only and answers
-#      gRPC (buf curl, via reflection) Search by id and by image bytes, and
-#      HTTP /ping;
+#      gRPC (buf curl, via reflection) Search by id, by PNG bytes and by AVIF
+#      bytes (libvips' dlopen'ed HEIF module), and HTTP /ping; the process
+#      has mapped OpenBLAS, the LibTorch plugin and the HEIF module, and no
+#      log says a library is missing;
 #   4. the sagemaker image runs as SageMaker runs it, `IMAGE serve` with the
 #      snapshot version at /opt/ml/model: HTTP on 8080 (and on
 #      $SAGEMAKER_BIND_TO_PORT), GET /ping 200, POST /invocations with a PNG
@@ -55,12 +62,16 @@ BASE_IMAGE=localhost/debian:12
 IMG_QUERY="localhost/imagesearch-query:$TAG"
 IMG_INDEXER="localhost/imagesearch-indexer:$TAG"
 IMG_SAGEMAKER="localhost/imagesearch-sagemaker:$TAG"
+IMG_QUERY_DEBUG="localhost/imagesearch-query-debug:$TAG"
+IMG_INDEXER_DEBUG="localhost/imagesearch-indexer-debug:$TAG"
 
 step() { echo "== [$((SECONDS - START))s] $*"; }
 ok() { echo "   ok: $*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 # podman as this machine needs it: runc (crun refuses hybrid cgroups), cgroupfs.
 pm() { podman --runtime runc --cgroup-manager=cgroupfs "$@"; }
+# Every container: no privilege gain through setuid files or file capabilities.
+run_secure() { pm run --security-opt no-new-privileges "$@"; }
 
 # ---------------------------------------------------------------- tools, base image
 step "podman, runc, debootstrap; base image $BASE_IMAGE"
@@ -117,7 +128,7 @@ fi
 REVISION="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
 # ---------------------------------------------------------------- build
-for target in query indexer sagemaker; do
+for target in query indexer sagemaker query-debug indexer-debug; do
   step "podman build --target $target"
   log="$WORK/build-$target.log"
   previous="$(pm image inspect --format '{{.Id}}' "localhost/imagesearch-$target:$TAG" 2>/dev/null || true)"
@@ -129,6 +140,8 @@ for target in query indexer sagemaker; do
     -t "localhost/imagesearch-$target:$TAG" "$ROOT" >"$log" 2>&1 ||
     { tail -40 "$log"; fail "podman build --target $target"; }
   ok "localhost/imagesearch-$target:$TAG ($(grep -c '^--> Using cache' "$log" || true) cached steps)"
+  # slim_rootfs.py's totals, when the assemble step ran in this build
+  grep -E '^ +[0-9]+ total: ' "$log" | sed 's/^ */   closure: /' || true
   # The image this tag named before, now untagged: remove it (not if still in use).
   if [[ -n "$previous" && "$previous" != "$(pm image inspect --format '{{.Id}}' "localhost/imagesearch-$target:$TAG")" &&
         "$(pm image inspect --format '{{len .RepoTags}}' "$previous" 2>/dev/null)" == 0 ]]; then
@@ -137,26 +150,48 @@ for target in query indexer sagemaker; do
 done
 
 # ---------------------------------------------------------------- 1. static checks
-step "images: runtime only, non-root, OpenBLAS"
+step "images: binaries and libraries only, non-root, OpenBLAS"
+# image_files IMAGE: facts about its file system, read from outside through
+# `podman image mount`; a non-empty answer is a failure.
+image_files() {
+  local mnt; mnt="$(pm image mount "$1")" || { echo "podman image mount $1 failed"; return; }
+  find "$mnt" -xdev -perm /6000 ! -type l -printf 'setuid/setgid: /%P\n'
+  find "$mnt/usr/bin" "$mnt/usr/sbin" -mindepth 1 -maxdepth 1 -printf 'program: /usr/%P\n' 2>/dev/null
+  find "$mnt/usr/include" "$mnt/usr/local/include" "$mnt/var/lib/dpkg" "$mnt/var/lib/apt" \
+    -maxdepth 0 -printf 'present: /%P\n' 2>/dev/null
+  readelf -dW "$mnt/usr/lib/x86_64-linux-gnu/libblas.so.3" 2>/dev/null | grep -q 'libopenblas\.so' ||
+    echo "libblas.so.3 is not OpenBLAS's"
+  pm image unmount "$1" >/dev/null
+}
 for img in "$IMG_QUERY" "$IMG_INDEXER" "$IMG_SAGEMAKER"; do
   user="$(pm image inspect --format '{{.Config.User}}' "$img")"
   [[ "$user" == 10001:10001 ]] || fail "$img runs as '$user', not 10001:10001"
-  out="$(pm run --rm --network=none --entrypoint /bin/sh "$img" -c '
-    for t in gcc g++ cc c++ cpp clang cmake make ld as; do
-      if command -v "$t" >/dev/null; then echo "tool: $(command -v "$t")"; fi
-    done
-    dpkg-query -W -f "\${Package}\n" | grep -E -- "-dev(:|\$)" | sed "s/^/dev package: /"
-    find /usr/include /usr/local/include -type f 2>/dev/null | head -5 | sed "s/^/header: /"
-    [ "$(id -u)" = 10001 ] || echo "uid: $(id -u)"
-    b="$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3)"
-    case "$b" in */openblas-pthread/*) ;; *) echo "libblas.so.3 -> $b";; esac' 2>&1)" ||
-    fail "$img: check did not run: $out"
+  out="$(image_files "$img")"
   [[ -z "$out" ]] || fail "$img: $out"
 done
-ok "no compiler/cmake/make/ld, no -dev package, no header; uid 10001; libblas.so.3 = OpenBLAS"
+ok "no setuid/setgid file, no /usr/bin or /usr/sbin program, no dpkg/apt, no header; uid 10001; libblas.so.3 = OpenBLAS"
 [[ "$(pm image inspect --format '{{json .Config.Entrypoint}} {{json .Config.Cmd}}' "$IMG_SAGEMAKER")" == \
    '["/usr/local/bin/imagesearch-query"] ["serve"]' ]] || fail "$IMG_SAGEMAKER: wrong ENTRYPOINT/CMD"
 ok "sagemaker ENTRYPOINT [\"/usr/local/bin/imagesearch-query\"], CMD [\"serve\"]"
+# Every binary starts in every image it is in: all its DT_NEEDED libraries
+# load (imagesearch-query --help also loads nothing lazily; the smoke below
+# covers the plugin and the HEIF module).
+for pair in "$IMG_QUERY imagesearch-query" "$IMG_QUERY imagesearch-snapshot" \
+            "$IMG_INDEXER imagesearch-indexer" "$IMG_INDEXER imagesearch-snapshot" \
+            "$IMG_QUERY_DEBUG imagesearch-query" "$IMG_INDEXER_DEBUG imagesearch-indexer"; do
+  read -r img bin <<<"$pair"
+  out="$(run_secure --rm --network=none --read-only --entrypoint "/usr/local/bin/$bin" "$img" --help 2>&1 || true)"
+  [[ "$out" == "$bin: "* ]] || fail "$img: $bin --help: $(head -5 <<<"$out")"
+done
+ok "imagesearch-query, -indexer, -snapshot --help run in their images"
+for img in "$IMG_QUERY_DEBUG" "$IMG_INDEXER_DEBUG"; do
+  out="$(run_secure --rm --network=none --entrypoint /bin/sh "$img" -c 'id -u; ls /usr/local/bin' 2>&1)" ||
+    fail "$img: /bin/sh: $out"
+  [[ "$(head -1 <<<"$out")" == 10001 && "$out" == *imagesearch-snapshot* ]] || fail "$img: /bin/sh said: $out"
+  out="$(image_files "$img" | grep -v '^program: ' || true)"
+  [[ -z "$out" ]] || fail "$img: $out"
+done
+ok "debug images: /bin/sh (busybox) runs as 10001 and sees the binaries; no setuid/setgid file"
 
 # ---------------------------------------------------------------- 2. indexer image
 step "corpus: Fashion-MNIST, 10 per class"
@@ -169,13 +204,14 @@ SNAP="$WORK/snapshots"
 mkdir -p "$SNAP" && chown 10001:10001 "$SNAP"
 step "indexer image: corpus (ro) -> $SNAP"
 timeout 300 podman --runtime runc --cgroup-manager=cgroupfs run --rm --read-only --network=none \
+  --security-opt no-new-privileges \
   -v "$WORK/corpus:/corpus:ro" -v "$SNAP:/snapshots" "$IMG_INDEXER" \
   --input=/corpus/manifest.jsonl --root=/snapshots >"$WORK/indexer.log" 2>&1 ||
   { tail -20 "$WORK/indexer.log"; fail "indexer image"; }
 grep -q 'published v1: 100 listed, 100 indexed' "$WORK/indexer.log" ||
   { cat "$WORK/indexer.log"; fail "indexer image did not publish v1 with 100 images"; }
 [[ -f "$SNAP/v1/MANIFEST.json" && -f "$SNAP/v1/model.pt" ]] || fail "no snapshot v1 with its model"
-pm run --rm --network=none --entrypoint /usr/local/bin/imagesearch-snapshot -v "$SNAP:/snapshots:ro" \
+run_secure --rm --network=none --entrypoint /usr/local/bin/imagesearch-snapshot -v "$SNAP:/snapshots:ro" \
   "$IMG_INDEXER" verify --root=/snapshots >"$WORK/verify.log" 2>&1 ||
   { cat "$WORK/verify.log"; fail "imagesearch-snapshot verify"; }
 ok "published v1 (100 images, default model); imagesearch-snapshot verify passes"
@@ -220,19 +256,22 @@ json_ok() {
 }
 grpc() { net timeout 30 "$BUF" curl --protocol grpc --http2-prior-knowledge "$@"; }
 http_code() { net curl -s -o /dev/null -m "${2:-10}" -w '%{http_code}' "$1"; }
-stop_clean() {  # SIGTERM, then the exit status must be 0
-  local c="$1"
+stop_clean() {  # SIGTERM, then the exit status must be 0, and no library was missing
+  local c="$1" log
   pm stop -t 30 "$c" >/dev/null
   [[ "$(pm inspect --format '{{.State.ExitCode}}' "$c")" == 0 ]] ||
     fail "$c: exit status $(pm inspect --format '{{.State.ExitCode}}' "$c") after SIGTERM"
-  grep -q ' stopped$' <<<"$(pm logs "$c" 2>&1)" || fail "$c: no 'stopped' log line after SIGTERM"
+  log="$(pm logs "$c" 2>&1)"
+  grep -q ' stopped$' <<<"$log" || fail "$c: no 'stopped' log line after SIGTERM"
+  ! grep -E 'cannot open shared object|is left out of this image|error while loading shared' <<<"$log" ||
+    fail "$c: a library is missing from the image"
 }
 IMG_B64="$(base64 -w0 "$WORK/corpus/$IMG_PATH")"
 
 # ---------------------------------------------------------------- 3. query image
 step "query image: snapshot root mounted read-only at /snapshots"
 QC="imagesearch-ci-query-$$"; CONTAINERS+=("$QC")
-pm run -d --name "$QC" --read-only "${NET[@]}" -v "$SNAP:/snapshots:ro" "$IMG_QUERY" \
+run_secure -d --name "$QC" --read-only "${NET[@]}" -v "$SNAP:/snapshots:ro" "$IMG_QUERY" \
   "${QUERY_ARGS[@]}" >/dev/null
 G="http://127.0.0.1:$GRPC_PORT"
 serving() {
@@ -253,11 +292,26 @@ grpc -d @"$WORK/by_image.req.json" "$G/imagesearch.v1.ImageSearch/Search" >"$WOR
 json_ok "d['hits'][0]['id'] == '$IMG_ID'" <"$WORK/by_image.json" ||
   fail "Search by image: $IMG_ID not first: $(cat "$WORK/by_image.json")"
 ok "buf curl Search by image bytes ($IMG_PATH): $IMG_ID first (LibTorch plugin in the image)"
+AVIF="$ROOT/tests/data/images/chelsea_small.avif"
+printf '{"image":"%s","top_k":3}' "$(base64 -w0 "$AVIF")" >"$WORK/by_avif.req.json"
+grpc -d @"$WORK/by_avif.req.json" "$G/imagesearch.v1.ImageSearch/Search" >"$WORK/by_avif.json" ||
+  fail "Search by AVIF bytes: $(cat "$WORK/by_avif.json")"
+json_ok 'len(d["hits"]) == 3' <"$WORK/by_avif.json" ||
+  fail "Search by AVIF bytes: expected 3 hits, got $(cat "$WORK/by_avif.json")"
+ok "buf curl Search by AVIF bytes: 3 hits (libvips' HEIF module in the image)"
 [[ "$(http_code "http://127.0.0.1:$HTTP_PORT/ping")" == 200 ]] || fail "query image: GET /ping != 200"
 ok "HTTP GET /ping 200 on :$HTTP_PORT"
-[[ "$(pm exec "$QC" id -u)" == 10001 ]] || fail "query service does not run as uid 10001"
-if pm exec "$QC" sh -c 'echo x > /snapshots/probe' 2>/dev/null; then fail "/snapshots is writable"; fi
-ok "runs as uid 10001; /snapshots is read-only"
+# The process, seen from the host (the image has no shell to exec).
+QPID="$(pm inspect --format '{{.State.Pid}}' "$QC")"
+[[ "$(awk '/^Uid:/{print $2}' "/proc/$QPID/status")" == 10001 ]] || fail "query service does not run as uid 10001"
+[[ "$(awk '/^NoNewPrivs:/{print $2}' "/proc/$QPID/status")" == 1 ]] || fail "query service: NoNewPrivs is not set"
+awk '$5 == "/snapshots" {print $6}' "/proc/$QPID/mountinfo" | grep -q '^ro' || fail "/snapshots is not mounted read-only"
+ok "runs as uid 10001 with NoNewPrivs; /snapshots is mounted read-only"
+maps="$(awk '$6 ~ /\.so/ {print $6}' "/proc/$QPID/maps" | sort -u)"
+for lib in /libopenblas.so.0 /libimagesearch_torch_plugin.so /vips-heif.so /libtorch_cpu.so.1.13; do
+  grep -qF "$lib" <<<"$maps" || fail "query service has not loaded *$lib"
+done
+ok "$(wc -l <<<"$maps") shared objects mapped, among them OpenBLAS, the LibTorch plugin, libvips' HEIF module"
 stop_clean "$QC"
 ok "SIGTERM: drained and exited 0"
 
@@ -266,7 +320,7 @@ step "sagemaker image: podman run -v SNAP/v1:/opt/ml/model:ro IMAGE ${SM_ARGS[*]
 SC="imagesearch-ci-sagemaker-$$"; CONTAINERS+=("$SC")
 SM_ENV=()
 [[ -n "$NS" ]] || SM_ENV=(-e SAGEMAKER_BIND_TO_PORT="$SM_PORT")
-pm run -d --name "$SC" "${NET[@]}" "${SM_ENV[@]}" -v "$SNAP/v1:/opt/ml/model:ro" "$IMG_SAGEMAKER" \
+run_secure -d --name "$SC" "${NET[@]}" "${SM_ENV[@]}" -v "$SNAP/v1:/opt/ml/model:ro" "$IMG_SAGEMAKER" \
   "${SM_ARGS[@]}" >/dev/null
 H="http://127.0.0.1:$SM_PORT"
 # SageMaker wants /ping answered within 2 s: each try has -m 2.
@@ -285,7 +339,7 @@ ok "SIGTERM: drained and exited 0"
 if [[ -n "$NS" ]]; then
   step "sagemaker image with SAGEMAKER_BIND_TO_PORT=$SM_PORT2 (inference pipelines)"
   SC2="imagesearch-ci-sagemaker2-$$"; CONTAINERS+=("$SC2")
-  pm run -d --name "$SC2" "${NET[@]}" -e SAGEMAKER_BIND_TO_PORT="$SM_PORT2" \
+  run_secure -d --name "$SC2" "${NET[@]}" -e SAGEMAKER_BIND_TO_PORT="$SM_PORT2" \
     -v "$SNAP/v1:/opt/ml/model:ro" "$IMG_SAGEMAKER" serve >/dev/null
   H="http://127.0.0.1:$SM_PORT2"
   wait_for 90 "$SC2" "GET /ping 200 on :$SM_PORT2" ping_ok
@@ -295,8 +349,15 @@ fi
 
 # ---------------------------------------------------------------- sizes
 step "images"
-pm image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' |
-  grep -E "^(localhost/imagesearch-(query|indexer|sagemaker):$TAG|$BASE_IMAGE) " | sed 's/^/   /'
+for img in "$IMG_QUERY" "$IMG_SAGEMAKER" "$IMG_INDEXER" "$IMG_QUERY_DEBUG" "$IMG_INDEXER_DEBUG"; do
+  mnt="$(pm image mount "$img")"
+  printf '   %-48s %s, %s files (%s ELF), %s layers\n' "$img" \
+    "$(pm image inspect --format '{{.Size}}' "$img" | numfmt --to=si --suffix=B)" \
+    "$(find "$mnt" -xdev ! -type d | wc -l)" \
+    "$(find "$mnt" -xdev -type f -print0 | xargs -0 readelf -h 2>/dev/null | grep -c '^ELF Header:')" \
+    "$(pm image inspect --format '{{len .RootFS.Layers}}' "$img")"
+  pm image unmount "$img" >/dev/null
+done
 if [[ -n "${SAVE_IMAGES:-}" ]]; then
   step "podman save the tested images into $SAVE_IMAGES"
   pm save -q --multi-image-archive -o "$SAVE_IMAGES" "$IMG_QUERY" "$IMG_INDEXER" "$IMG_SAGEMAKER"

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # CI's deploy job: deploys this commit's images to the cluster of KUBECONFIG,
 # by digest (as ci/push_images.sh pushed them):
-#   1. pins the prod overlay (query) and the prod indexing overlay (indexer)
-#      with ci/pin_overlay.sh into build/deploy/ and checks the renders;
-#   2. kubectl diff, then kubectl apply of the rendered prod overlay, and of the
-#      indexing overlay's objects other than its Jobs (ServiceAccount, volumes,
-#      the admin CronJob with the new image); the Jobs run only through the
-#      reindex workflow (ci/reindex.sh);
+#   1. deploy/k8s/release.sh prod renders and validates the release into
+#      build/release (service.yaml, indexing.yaml);
+#   2. kubectl diff, then kubectl apply -f of service.yaml, and of the objects
+#      of indexing.yaml other than its Jobs (ServiceAccount, volumes, the admin
+#      CronJob with the new image); the Jobs run only through the reindex
+#      workflow (ci/reindex.sh);
 #   3. waits for the query Deployment's rollout (ROLLOUT_TIMEOUT, 15m).
 #   ci/deploy.sh
 # Env: IMAGE_REPO, QUERY_DIGEST, INDEXER_DIGEST (sha256:...), NAMESPACE
@@ -17,16 +17,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${IMAGE_REPO:?set IMAGE_REPO}" "${QUERY_DIGEST:?set QUERY_DIGEST}" "${INDEXER_DIGEST:?set INDEXER_DIGEST}"
 NAMESPACE="${NAMESPACE:-imagesearch}"
-OUT=build/deploy
-ci/pin_overlay.sh deploy/k8s/overlays/prod "$OUT/prod" "$IMAGE_REPO/imagesearch-query@$QUERY_DIGEST"
-ci/pin_overlay.sh deploy/k8s/overlays/prod/indexing "$OUT/indexing" \
+OUT=build/release
+deploy/k8s/release.sh prod "$OUT" "$IMAGE_REPO/imagesearch-query@$QUERY_DIGEST" \
   "$IMAGE_REPO/imagesearch-indexer@$INDEXER_DIGEST"
 [[ "${RENDER_ONLY:-0}" != 1 ]] || exit 0
 source ci/kubeconfig.sh
 
 kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f -
 # kubectl diff exits 1 when there are differences, >1 on errors.
-kubectl diff -f "$OUT/prod/rendered.yaml" || (($? == 1))
-kubectl apply -f "$OUT/prod/rendered.yaml"
-kubectl apply -f "$OUT/indexing/rendered.yaml" -l 'app.kubernetes.io/component notin (index-shards,snapshot-build)'
+kubectl diff -f "$OUT/service.yaml" || (($? == 1))
+kubectl apply -f "$OUT/service.yaml"
+kubectl apply -f "$OUT/indexing.yaml" -l 'app.kubernetes.io/component notin (index-shards,snapshot-build)'
 kubectl -n "$NAMESPACE" rollout status deployment/imagesearch-query --timeout="${ROLLOUT_TIMEOUT:-15m}"

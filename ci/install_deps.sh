@@ -13,8 +13,8 @@ PACKAGES=(
   libssl-dev libxxhash-dev nlohmann-json3-dev
   # Index, images, model
   libhnswlib-dev libvips-dev libtorch-dev libicu-dev zlib1g-dev
-  # HTTP front end and metrics
-  libcpp-httplib-dev prometheus-cpp-dev
+  # HTTP front end (libevent), metrics; cpp-httplib: the load generator's HTTP client
+  libevent-dev libcpp-httplib-dev prometheus-cpp-dev
   # OpenBLAS as the system BLAS (libblas.so.3): LibTorch's BLAS calls must never
   # fall back to netlib's reference implementation.
   libopenblas0-pthread

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Pins a kustomize overlay to exact images without editing it: writes
 # OUT_DIR/kustomization.yaml, which takes OVERLAY_DIR as its resource and sets
-# each IMAGE (REPOSITORY/NAME@sha256:DIGEST or REPOSITORY/NAME:TAG), renders it
+# each IMAGE (REPOSITORY/NAME@sha256:DIGEST: a tag can be pushed again), renders it
 # with kubectl's built-in kustomize into OUT_DIR/rendered.yaml, and checks the
 # render: each IMAGE is used, and no container image of those repositories is
 # left on another tag or digest (for example when the overlay names another
 # registry than IMAGE).
 #   ci/pin_overlay.sh OVERLAY_DIR OUT_DIR IMAGE...
-# ci/deploy.sh and ci/reindex.sh apply the render. OUT_DIR names OVERLAY_DIR
+# ci/reindex.sh applies the render. OUT_DIR names OVERLAY_DIR
 # by its path relative to OUT_DIR.
 set -euo pipefail
 [[ $# -ge 3 ]] || { echo "usage: $0 OVERLAY_DIR OUT_DIR IMAGE..." >&2; exit 2; }
@@ -25,10 +25,8 @@ mkdir -p "$OUT"
   for image in "$@"; do
     if [[ "$image" =~ ^([a-z0-9./_-]+)@(sha256:[0-9a-f]{64})$ ]]; then
       printf '  - name: %s\n    digest: %s\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
-    elif [[ "$image" =~ ^([a-z0-9./_-]+):([A-Za-z0-9._-]{1,128})$ ]]; then
-      printf '  - name: %s\n    newTag: %s\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
     else
-      fail "'$image' is not REPOSITORY/NAME@sha256:DIGEST or REPOSITORY/NAME:TAG"
+      fail "'$image' is not REPOSITORY/NAME@sha256:DIGEST"
     fi
   done
 } >"$OUT/kustomization.yaml"

@@ -4,14 +4,21 @@
 // that a schema cannot see: probes on the gRPC port, Services and the PDB
 // selecting the Deployment's pods, the HPA naming the Deployment after the
 // name prefix, the Indexed Job's shard arguments, one snapshot share for
-// readers and writers, and prod's replica floor. Then it checks itself on
-// deliberately broken copies, each of which must be rejected.
+// readers and writers, prod's replica floor, images by digest, the replicas'
+// snapshot verification and connection age, and the indexing Jobs' failure
+// policies and deadlines. Then it checks itself on deliberately broken
+// copies, each of which must be rejected.
+//
+// With --release ENV DIR it checks a release instead: DIR/service.yaml and
+// DIR/indexing.yaml as deploy/k8s/release.sh rendered them for ENV, whose
+// images must be real digests (not the overlays' placeholder).
 //
 // When a real kustomize (or kubectl) is on PATH it also renders every
 // kustomization with it and requires the same objects as render.mjs.
 // K8S_KUSTOMIZE=auto (default) | require | off.
 //
 // Usage: node validate.mjs --deps BUILD_DIR/npm-k8s/deps.mjs [K8S_DIR]
+//        node validate.mjs --deps BUILD_DIR/npm-k8s/deps.mjs --release ENV DIR
 // (validate.sh installs the dependencies and runs this).
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -22,19 +29,32 @@ import { loadDeps, objectId, render } from './render.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SERVICE = 'imagesearch.v1.ImageSearch';
-const MIN_STARTUP_BUDGET_S = 240; // model load + warm-up
+// Model load + warm-up with --verify=sizes: measured 3.8-6.1 s with the default
+// model (README "Start-up and snapshot verification"); 60 s leaves room for a
+// large model read over NFS.
+const MIN_STARTUP_BUDGET_S = 60;
+// --max_connection_age_ms: clients move onto pods the HPA adds within about
+// this long; below 10 s reconnects cost more than they spread.
+const CONNECTION_AGE_MS = [10000, 120000];
+// reindex.sh waits this long for each Job; a Job's own deadline must be
+// shorter so that it fails by itself, with its logs, first.
+const REINDEX_WAIT_S = 21600;
+const PLACEHOLDER_DIGEST = `sha256:${'0'.repeat(64)}`;
+const DIGEST_REF = /^[a-z0-9][a-z0-9._\-\/:]*@sha256:[0-9a-f]{64}$/;
 const SHARD_ARG = /^--shard=\$\(JOB_COMPLETION_INDEX\)\/(\d+)$/;
 const INDEX_ANNOTATION = "metadata.annotations['batch.kubernetes.io/job-completion-index']";
 
 // What each environment must render to. Names and namespaces are part of the
-// contract: clients and the README use them.
+// contract: clients and the README use them. images: 'placeholder' (the
+// committed overlays: only the pipeline sets a digest) or 'release' (what
+// release.sh rendered: real digests only); base keeps the bare names.
 const ENVS = [
   { env: 'base', serving: 'base', indexing: 'base/indexing', prefix: '', namespace: undefined,
     minReplicas: 1 },
   { env: 'dev', serving: 'overlays/dev', indexing: 'overlays/dev/indexing', prefix: 'dev-',
-    namespace: 'imagesearch-dev', minReplicas: 1 },
+    namespace: 'imagesearch-dev', minReplicas: 1, images: 'placeholder' },
   { env: 'prod', serving: 'overlays/prod', indexing: 'overlays/prod/indexing', prefix: '',
-    namespace: 'imagesearch', minReplicas: 3, pinnedImages: true },
+    namespace: 'imagesearch', minReplicas: 3, images: 'placeholder' },
 ];
 
 function flags(args) {
@@ -56,13 +76,31 @@ function selects(selector, labels, where, errors) {
   return Object.entries(ml).every(([k, v]) => labels?.[k] === v);
 }
 
-// Checks shared by every pod template: hardening and resources.
-function checkPod(where, pod, errors) {
+// What is wrong with a container's image reference under `policy` (see
+// ENVS), or undefined.
+function imageProblem(image, policy) {
+  if (policy === 'placeholder' && !image.endsWith(`@${PLACEHOLDER_DIGEST}`)) {
+    return `image ${image}: the committed overlays carry the placeholder digest `
+      + `${PLACEHOLDER_DIGEST.slice(0, 12)}...; only the pipeline sets a real one (deploy/k8s/release.sh)`;
+  }
+  if (policy === 'release' && (!DIGEST_REF.test(image) || image.endsWith(`@${PLACEHOLDER_DIGEST}`))) {
+    return `image ${image} is not deployed by digest (registry/name@sha256:<64 hex>, not the `
+      + 'placeholder): a tag is mutable';
+  }
+  return undefined;
+}
+
+// Checks shared by every pod template: hardening, resources and images.
+function checkPod(where, pod, errors, e) {
   const expect = (cond, msg) => cond || errors.push(`${where}: ${msg}`);
   const psc = pod.securityContext ?? {};
   expect(pod.automountServiceAccountToken === false, 'automountServiceAccountToken must be false');
   for (const c of pod.containers ?? []) {
     const w = `container ${c.name}`;
+    const bad = imageProblem(c.image ?? '', e.images);
+    expect(!bad, `${w}: ${bad}`);
+    // A digest names one image for good: a node that has it need not ask.
+    expect(c.imagePullPolicy === 'IfNotPresent', `${w}: imagePullPolicy must be IfNotPresent (images are by digest)`);
     const sc = c.securityContext ?? {};
     expect((sc.runAsNonRoot ?? psc.runAsNonRoot) === true, `${w}: runAsNonRoot must be true`);
     expect(sc.readOnlyRootFilesystem === true, `${w}: readOnlyRootFilesystem must be true`);
@@ -97,13 +135,6 @@ function mountFor(pod, c, file) {
   return { mount, volume };
 }
 
-function imagePinned(image) {
-  if (image.includes('@sha256:')) return true;
-  const slash = image.lastIndexOf('/');
-  const colon = image.lastIndexOf(':');
-  return slash > 0 && colon > slash && image.slice(colon + 1) !== 'latest';
-}
-
 function checkNamespaces(objects, e, errors) {
   for (const o of objects) {
     const clusterScoped = o.kind === 'PersistentVolume';
@@ -129,7 +160,7 @@ export function checkServing(objects, e) {
   const pod = dep.spec?.template?.spec ?? {};
   const podLabels = dep.spec?.template?.metadata?.labels ?? {};
   expect(selects(dep.spec.selector, podLabels, D, errors), `${D}: selector does not match its pod labels`);
-  checkPod(D, pod, errors);
+  checkPod(D, pod, errors, e);
   const c = (pod.containers ?? []).find((x) => x.name === 'query');
   if (!c) return [...errors, `${D}: no container 'query'`];
   expect(JSON.stringify(c.command) === '["imagesearch-query"]', `${D}: must run imagesearch-query`);
@@ -141,6 +172,12 @@ export function checkServing(objects, e) {
   const f = flags(c.args);
   expect(Number(f.port) === grpcPort, `${D}: --port=${f.port} is not the grpc container port ${grpcPort}`);
   expect(Number(f.http_port) === httpPort, `${D}: --http_port=${f.http_port} is not the http container port ${httpPort}`);
+  expect(f.verify === 'sizes', `${D}: --verify=${f.verify ?? '(default: checksums)'}; replicas on the shared volume `
+    + 'need --verify=sizes (checksums are taken once, at publish)');
+  const age = Number(f.max_connection_age_ms);
+  expect(age >= CONNECTION_AGE_MS[0] && age <= CONNECTION_AGE_MS[1],
+    `${D}: --max_connection_age_ms=${f.max_connection_age_ms} must be set within ${CONNECTION_AGE_MS.join('..')} `
+    + 'so clients spread onto pods the HPA adds');
 
   for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
     const p = c[probe];
@@ -233,10 +270,21 @@ export function checkServing(objects, e) {
       && m.resource.target?.type === 'Utilization'), `${A}: needs a CPU utilisation target`);
     expect(dep.spec.replicas === undefined, `${D}: sets spec.replicas, which every apply would reset under the HPA`);
   }
-  if (e.pinnedImages) {
-    for (const x of pod.containers) expect(imagePinned(x.image), `${D}: image ${x.image} is not pinned (registry/name:tag, not latest)`);
-  }
   return errors;
+}
+
+// A Job's deadline and pod failure policy: it ends by itself before
+// reindex.sh stops waiting, and disruptions do not use up its retries.
+function checkFailurePolicy(J, spec, errors) {
+  const expect = (cond, msg) => cond || errors.push(msg);
+  const deadline = spec.activeDeadlineSeconds;
+  expect(Number.isInteger(deadline) && deadline > 0 && deadline < REINDEX_WAIT_S,
+    `${J}: needs activeDeadlineSeconds below reindex.sh's ${REINDEX_WAIT_S} s wait (has ${deadline})`);
+  const rules = spec.podFailurePolicy?.rules ?? [];
+  expect(rules.some((r) => r.action === 'Ignore'
+    && (r.onPodConditions ?? []).some((c) => c.type === 'DisruptionTarget')),
+  `${J}: needs a podFailurePolicy rule that Ignores DisruptionTarget (evictions, preemption, drains)`);
+  expect(spec.template?.spec?.restartPolicy === 'Never', `${J}: podFailurePolicy needs restartPolicy Never`);
 }
 
 // The indexing Jobs' invariants. Returns a list of errors.
@@ -273,12 +321,16 @@ export function checkIndexing(objects, e) {
     const J = `Job ${shards.metadata.name}`;
     const s = shards.spec ?? {};
     const pod = s.template?.spec ?? {};
-    checkPod(J, pod, errors);
+    checkPod(J, pod, errors, e);
     expect(s.completionMode === 'Indexed', `${J}: completionMode must be Indexed`);
     expect(Number.isInteger(s.completions) && s.completions >= 1, `${J}: completions must be set`);
     expect(Number.isInteger(s.parallelism) && s.parallelism >= 1 && s.parallelism <= s.completions,
       `${J}: parallelism must be 1..completions`);
-    expect((s.backoffLimit ?? 6) >= 1, `${J}: backoffLimit must allow retries`);
+    expect(Number.isInteger(s.backoffLimitPerIndex) && s.backoffLimitPerIndex >= 1,
+      `${J}: needs backoffLimitPerIndex >= 1 (retries counted per shard)`);
+    expect(s.backoffLimit === undefined, `${J}: backoffLimit would be a second, Job-wide retry limit; use backoffLimitPerIndex`);
+    expect(Number.isInteger(s.maxFailedIndexes), `${J}: needs maxFailedIndexes (the build needs every shard)`);
+    checkFailurePolicy(J, s, errors);
     const c = (pod.containers ?? [])[0] ?? {};
     expect(JSON.stringify(c.command) === '["imagesearch-indexer"]', `${J}: must run imagesearch-indexer`);
     const shardArgs = (c.args ?? []).map((a) => SHARD_ARG.exec(a)).filter(Boolean);
@@ -303,9 +355,10 @@ export function checkIndexing(objects, e) {
   } else {
     const J = `Job ${build.metadata.name}`;
     const pod = build.spec?.template?.spec ?? {};
-    checkPod(J, pod, errors);
+    checkPod(J, pod, errors, e);
     expect(build.spec?.completionMode !== 'Indexed', `${J}: must be a plain Job`);
     expect((build.spec?.backoffLimit ?? 6) >= 1, `${J}: backoffLimit must allow retries`);
+    checkFailurePolicy(J, build.spec ?? {}, errors);
     const c = (pod.containers ?? [])[0] ?? {};
     expect(JSON.stringify(c.command) === '["imagesearch-snapshot"]' && c.args?.[0] === 'build',
       `${J}: must run imagesearch-snapshot build`);
@@ -327,18 +380,12 @@ export function checkIndexing(objects, e) {
     const C = `CronJob ${admin.metadata.name}`;
     expect(admin.spec?.suspend === true, `${C}: must be suspended (a template for kubectl create job --from)`);
     const pod = admin.spec?.jobTemplate?.spec?.template?.spec ?? {};
-    checkPod(C, pod, errors);
+    checkPod(C, pod, errors, e);
     const c = (pod.containers ?? [])[0] ?? {};
     const f = flags(c.args);
     if (f.root && root !== undefined) expect(shareMount(C, pod, c, f.root, true) === root, `${C}: --root is not the build Job's snapshot root`);
   }
 
-  if (e.pinnedImages) {
-    for (const o of objects) {
-      const pod = o.kind === 'CronJob' ? o.spec.jobTemplate.spec.template.spec : o.spec?.template?.spec;
-      for (const x of pod?.containers ?? []) expect(imagePinned(x.image), `${objectId(o)}: image ${x.image} is not pinned`);
-    }
-  }
   return { errors, root };
 }
 
@@ -469,6 +516,10 @@ function compareWithKustomize(k, dir, ours, yaml) {
 
 // --- self-checks: each broken copy must be rejected -----------------------
 
+function queryContainer(serving) {
+  return serving.find((o) => o.kind === 'Deployment').spec.template.spec.containers[0];
+}
+
 function negativeChecks(rendered, models, yaml) {
   const pick = (env) => rendered.find((r) => r.e.env === env);
   const cases = [
@@ -522,15 +573,46 @@ function negativeChecks(rendered, models, yaml) {
     ['writers running as another uid', 'dev', undefined, /one pod-level runAsUser/, (ix) => {
       ix.find((o) => o.metadata.name.endsWith('snapshot-build')).spec.template.spec.securityContext.runAsUser = 1000;
     }],
+    ['dev on the mutable :dev tag', 'dev', (s) => {
+      queryContainer(s).image = 'ghcr.io/imagesearch/imagesearch-query:dev';
+    }, /imagesearch-query:dev: the committed overlays carry the placeholder digest/],
+    ['a Job container without imagePullPolicy', 'prod', undefined, /imagePullPolicy must be IfNotPresent/, (ix) => {
+      delete ix.find((o) => o.metadata.name.endsWith('index-shards')).spec.template.spec.containers[0].imagePullPolicy;
+    }],
+    ['a release with the placeholder digest', 'prod', undefined, /is not deployed by digest/, undefined,
+      { images: 'release' }],
+    ['a release by commit tag', 'prod', (s) => {
+      queryContainer(s).image = `ghcr.io/imagesearch/imagesearch-query:${'a'.repeat(40)}`;
+    }, /imagesearch-query:a{40} is not deployed by digest/, undefined, { images: 'release' }],
+    ['replicas verifying checksums', 'prod', (s) => {
+      const c = queryContainer(s);
+      c.args = c.args.map((a) => (a === '--verify=sizes' ? '--verify=checksums' : a));
+    }, /--verify=checksums; replicas on the shared volume need --verify=sizes/],
+    ['no maximum connection age', 'prod', (s) => {
+      const c = queryContainer(s);
+      c.args = c.args.filter((a) => !a.startsWith('--max_connection_age_ms='));
+    }, /--max_connection_age_ms=undefined must be set/],
+    ['Indexed Job without a per-index backoff limit', 'prod', undefined, /needs backoffLimitPerIndex/, (ix) => {
+      delete ix.find((o) => o.metadata.name.endsWith('index-shards')).spec.backoffLimitPerIndex;
+    }],
+    ['Indexed Job without maxFailedIndexes', 'dev', undefined, /needs maxFailedIndexes/, (ix) => {
+      delete ix.find((o) => o.metadata.name.endsWith('index-shards')).spec.maxFailedIndexes;
+    }],
+    ['Indexed Job without a deadline', 'prod', undefined, /index-shards: needs activeDeadlineSeconds/, (ix) => {
+      delete ix.find((o) => o.metadata.name.endsWith('index-shards')).spec.activeDeadlineSeconds;
+    }],
+    ['build Job without a pod failure policy', 'prod', undefined, /snapshot-build: needs a podFailurePolicy rule/, (ix) => {
+      delete ix.find((o) => o.metadata.name.endsWith('snapshot-build')).spec.podFailurePolicy;
+    }],
   ];
   const failures = [];
-  for (const [what, env, breakServing, want, breakIndexing] of cases) {
+  for (const [what, env, breakServing, want, breakIndexing, override] of cases) {
     const r = pick(env);
     const serving = structuredClone(r.serving);
     const indexing = structuredClone(r.indexing);
     if (breakServing) breakServing(serving);
     if (breakIndexing) breakIndexing(indexing);
-    const errors = checkEnv(r.e, serving, indexing, models);
+    const errors = checkEnv({ ...r.e, ...override }, serving, indexing, models);
     if (!errors.some((x) => want.test(x))) {
       failures.push(`broken copy '${what}' was not rejected (errors: ${errors.join('; ') || 'none'})`);
     }
@@ -559,19 +641,46 @@ function negativeChecks(rendered, models, yaml) {
   return { count: cases.length + renderCases.length, failures };
 }
 
+// A release as release.sh rendered it: the same checks as the committed
+// overlay of that environment, with real digests required.
+function checkRelease(env, dir, yaml, models) {
+  const base = ENVS.find((x) => x.env === env && x.env !== 'base');
+  if (!base) {
+    console.error(`validate.mjs --release: unknown environment '${env}' (dev or prod)`);
+    process.exit(2);
+  }
+  const read = (f) => yaml.parseAllDocuments(fs.readFileSync(path.join(dir, f), 'utf8'))
+    .map((d) => d.toJS()).filter(Boolean);
+  const serving = read('service.yaml');
+  const indexing = read('indexing.yaml');
+  const errors = checkEnv({ ...base, images: 'release' }, serving, indexing, models);
+  if (errors.length) {
+    console.error(`release ${env} in ${dir} REFUSED:\n  ${errors.join('\n  ')}`);
+    process.exit(1);
+  }
+  console.log(`release ${env}: ${serving.length} service + ${indexing.length} indexing objects by digest: `
+    + 'schema and invariants ok');
+}
+
 async function main(argv) {
   let depsFile;
+  let release;
   const rest = [];
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--deps') depsFile = argv[++i];
+    else if (argv[i] === '--release') release = [argv[++i], argv[++i]];
     else rest.push(argv[i]);
   }
   const k8sDir = path.resolve(rest[0] ?? HERE);
   if (!depsFile) {
-    console.error('usage: node validate.mjs --deps BUILD_DIR/npm-k8s/deps.mjs [K8S_DIR]');
+    console.error('usage: node validate.mjs --deps BUILD_DIR/npm-k8s/deps.mjs [K8S_DIR | --release ENV DIR]');
     process.exit(2);
   }
   const { yaml, models } = await loadDeps(depsFile);
+  if (release) {
+    checkRelease(release[0], release[1], yaml, models);
+    return;
+  }
   const failures = [];
   const rendered = [];
   let objects = 0;

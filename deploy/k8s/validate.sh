@@ -3,12 +3,14 @@
 # and validates every object offline, with no cluster: Kubernetes API schemas
 # (npm kubernetes-models) plus the invariants in validate.mjs.
 #   deploy/k8s/validate.sh BUILD_DIR
+#   deploy/k8s/validate.sh BUILD_DIR --release ENV DIR   (what release.sh rendered)
 # Installs the npm packages pinned in package.json / package-lock.json into
 # BUILD_DIR/npm-k8s once. With kustomize or kubectl on PATH it also compares
 # render.mjs with the real kustomize (K8S_KUSTOMIZE=auto|require|off).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
-[[ $# -eq 1 ]] || { echo "usage: $0 BUILD_DIR" >&2; exit 2; }
+[[ $# -eq 1 || ($# -eq 4 && "$2" == --release) ]] || {
+  echo "usage: $0 BUILD_DIR [--release ENV DIR]" >&2; exit 2; }
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   echo "validate.sh: node and npm are required (ci/install_deps.sh installs them)" >&2
   exit 1
@@ -29,4 +31,7 @@ fi
 # Bare imports resolve from the importing file's folder (ESM ignores NODE_PATH):
 # deps.mjs re-exports the packages from inside the install.
 cp "$HERE/deps.mjs" "$DEPS/deps.mjs"
+if [[ $# -eq 4 ]]; then
+  exec node "$HERE/validate.mjs" --deps "$DEPS/deps.mjs" --release "$3" "$4"
+fi
 exec node "$HERE/validate.mjs" --deps "$DEPS/deps.mjs" "$HERE"

@@ -6,6 +6,7 @@
 #include <caffe2/serialize/inline_container.h>
 #include <torch/script.h>
 
+#include <dlfcn.h>
 #include <malloc.h>
 
 #include <cstring>
@@ -93,6 +94,23 @@ static void UseIntraOpThreads(int n) {
   }
 }
 
+// LibTorch calls the system BLAS (OpenBLAS, libopenblas0-pthread) for some
+// operators. OpenBLAS's pthread build runs a pool of its own, one thread per
+// core, whose idle workers busy-wait; alongside LibTorch's own threads (or
+// another process) they take the cores from the model. Parallelism belongs
+// to LibTorch's threads and the callers' instances, so BLAS runs on the
+// calling thread. A BLAS without this entry point is left as it is.
+static void SingleThreadedBlas() {
+  static const bool done = [] {
+    using SetThreads = void (*)(int);
+    if (auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
+      set(1);
+    }
+    return true;
+  }();
+  (void)done;
+}
+
 struct Encoder::Impl {
   torch::jit::Module module;
   int intra_op_threads = 1;
@@ -169,9 +187,8 @@ absl::StatusOr<std::unique_ptr<Encoder>> Encoder::Load(const std::string& model_
   KeepActivationMemory();
 
   auto impl = std::make_unique<Impl>();
-  impl->intra_op_threads = options.intra_op_threads > 0
-                               ? options.intra_op_threads
-                               : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  impl->intra_op_threads = std::max(1, options.intra_op_threads);
+  SingleThreadedBlas();
   std::unordered_map<std::string, std::string> extra_files = {{kModelJson, ""},
                                                               {kDefaultVocabFile, ""}};
   RETURN_IF_ERROR(Guarded(absl::StatusCode::kInvalidArgument,

@@ -64,7 +64,11 @@ absl::StatusOr<ModelInfo> ParseModelJson(std::string_view json);
 
 struct EncoderOptions {
   // LibTorch intra-op threads (at::set_num_threads), set explicitly on every
-  // thread that runs this encoder. Default: 0, one per core.
+  // thread that runs this encoder. Default (0 or less): 1. A team of more
+  // than one thread waits for its slowest member at every operator, and
+  // OpenMP's workers spin while they wait; when other processes share the
+  // cores that collapses throughput, so parallelism across batches (several
+  // threads each running the model on its own batch) is the default.
   int intra_op_threads = 0;
   // Batch size of the warm-up run that Load() does (and whose output shape it
   // checks against embed_dim). Values < 1 are treated as 1. Default: 2.

@@ -59,6 +59,7 @@ static_assert(sizeof(hnswlib::tableint) == sizeof(unsigned int),
               "HnswlibMalloc pads by one hnswlib::tableint");
 
 #include "absl/strings/str_cat.h"
+#include "libs/common/cpu_quota.h"
 #include "libs/common/file_util.h"
 #include "libs/common/status_macros.h"
 #include "libs/index/distance.h"
@@ -104,11 +105,7 @@ std::unique_ptr<hnswlib::SpaceInterface<float>> MakeSpace(Metric metric, size_t 
   return std::make_unique<KernelSpace>(DistanceKernel(metric, BestSimdLevel()), dim);
 }
 
-int ResolveThreads(int threads) {
-  if (threads > 0) return threads;
-  unsigned hw = std::thread::hardware_concurrency();
-  return hw == 0 ? 1 : static_cast<int>(hw);
-}
+int ResolveThreads(int threads) { return threads > 0 ? threads : EffectiveCpuCount(); }
 
 class HnswlibIndexImpl final : public HnswlibIndex {
  public:

@@ -22,6 +22,7 @@
 #include "libs/common/log.h"
 #include "libs/common/status_macros.h"
 #include "libs/index/half_vectors.h"
+#include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/thumbs_table.h"
 
 namespace imagesearch::snapshot {
@@ -88,15 +89,21 @@ absl::StatusOr<uint64_t> ParseVersionName(absl::string_view name) {
 
 namespace {
 
-// Points CURRENT at `version`, then records it in HISTORY. The caller holds
-// the root lock. In this order a failure can only leave a version out of
-// HISTORY (a fallback then picks an older one), never list one that was not
-// made live. A failed append is logged, not returned: CURRENT has moved.
+// HISTORY's time field: RFC 3339 in UTC with milliseconds.
+constexpr char kHistoryTimeFormat[] = "%Y-%m-%dT%H:%M:%E3SZ";
+constexpr char kHistoryTimeParse[] = "%Y-%m-%dT%H:%M:%E*SZ";
+
+// Points CURRENT at `version`, then records it in HISTORY with the time. The
+// caller holds the root lock. In this order a failure can only leave a
+// version out of HISTORY (a fallback then picks an older one; gc then takes
+// CURRENT's mtime as the time), never list one that was not made live. A
+// failed append is logged, not returned: CURRENT has moved.
 absl::Status MakeCurrent(const std::string& root, uint64_t version) {
   RETURN_IF_ERROR(ReplaceFileAtomically(root + "/" + kCurrentFile, VersionDirName(version) + "\n"));
-  if (absl::Status s =
-          AppendFileDurably(root + "/" + kHistoryFile, VersionDirName(version) + "\n");
-      !s.ok()) {
+  const std::string line =
+      absl::StrCat(VersionDirName(version), " ",
+                   absl::FormatTime(kHistoryTimeFormat, absl::Now(), absl::UTCTimeZone()), "\n");
+  if (absl::Status s = AppendFileDurably(root + "/" + kHistoryFile, line); !s.ok()) {
     LogError("CURRENT is ", VersionDirName(version), " but ", root, "/HISTORY was not updated: ",
              s.ToString());
   }
@@ -105,17 +112,38 @@ absl::Status MakeCurrent(const std::string& root, uint64_t version) {
 
 }  // namespace
 
-absl::StatusOr<std::vector<uint64_t>> PromotionHistory(const std::string& root) {
+absl::StatusOr<std::vector<Promotion>> ReadPromotionLog(const std::string& root) {
   auto text = ReadFileToString(root + "/" + kHistoryFile);
-  if (absl::IsNotFound(text.status())) return std::vector<uint64_t>();
+  if (absl::IsNotFound(text.status())) return std::vector<Promotion>();
   if (!text.ok()) return text.status();
   std::vector<absl::string_view> lines = absl::StrSplit(*text, '\n');
   lines.pop_back();  // What follows the last newline: empty, or a torn append.
+  std::vector<Promotion> log;
+  for (absl::string_view line : lines) {
+    std::vector<absl::string_view> fields =
+        absl::StrSplit(absl::StripAsciiWhitespace(line), ' ', absl::SkipEmpty());
+    if (fields.empty() || fields.size() > 2) continue;
+    auto v = ParseVersionName(fields[0]);
+    if (!v.ok()) continue;
+    Promotion p;
+    p.version = *v;
+    if (fields.size() == 2) {
+      absl::Time at;
+      std::string err;
+      if (!absl::ParseTime(kHistoryTimeParse, fields[1], &at, &err)) continue;
+      p.at = at;
+    }
+    log.push_back(p);
+  }
+  return log;
+}
+
+absl::StatusOr<std::vector<uint64_t>> PromotionHistory(const std::string& root) {
+  ASSIGN_OR_RETURN(std::vector<Promotion> log, ReadPromotionLog(root));
   std::vector<uint64_t> history;  // Newest first: walk the log backwards.
-  for (auto line = lines.rbegin(); line != lines.rend(); ++line) {
-    auto v = ParseVersionName(absl::StripAsciiWhitespace(*line));
-    if (v.ok() && std::find(history.begin(), history.end(), *v) == history.end()) {
-      history.push_back(*v);
+  for (auto p = log.rbegin(); p != log.rend(); ++p) {
+    if (std::find(history.begin(), history.end(), p->version) == history.end()) {
+      history.push_back(p->version);
     }
   }
   return history;
@@ -257,13 +285,19 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
 absl::Status SetCurrentVersion(const std::string& root, uint64_t version) {
   ASSIGN_OR_RETURN(auto lock, RootLock::Acquire(root));
   const std::string dir = VersionDir(root, version);
-  auto manifest_text = ReadFileToString(dir + "/" + kManifestFile);
-  if (!manifest_text.ok()) {
+  struct stat st;
+  if (::stat((dir + "/" + kManifestFile).c_str(), &st) != 0) {
     return absl::NotFoundError(absl::StrCat("version ", VersionDirName(version),
                                             " does not exist under ", root));
   }
-  auto manifest = ParseManifest(*manifest_text);
-  if (!manifest.ok()) return manifest.status();
+  // What a replica would refuse (a copy whose manifest names another
+  // version, a missing or truncated file) never becomes CURRENT.
+  auto snap = Snapshot::Open(root, version, VerifyMode::kSizes);
+  if (!snap.ok()) {
+    return absl::Status(snap.status().code(),
+                        absl::StrCat("refusing to make ", VersionDirName(version), " CURRENT: ",
+                                     snap.status().message()));
+  }
   return MakeCurrent(root, version);
 }
 
@@ -283,26 +317,62 @@ absl::StatusOr<uint64_t> RollBack(const std::string& root) {
   return previous;
 }
 
-absl::StatusOr<std::vector<uint64_t>> GarbageCollect(const std::string& root, size_t keep) {
+namespace {
+
+// When each version in `log` last stopped being CURRENT: the time of the line
+// that followed its last line. Unset where that line has no time, or where
+// its last line is the log's last (HISTORY missed the replacement since).
+std::map<uint64_t, std::optional<absl::Time>> RetirementTimes(const std::vector<Promotion>& log) {
+  std::map<uint64_t, std::optional<absl::Time>> retired;
+  for (size_t i = 0; i < log.size(); ++i) {
+    if (i + 1 == log.size()) {
+      retired[log[i].version] = std::nullopt;
+    } else if (log[i + 1].version != log[i].version) {
+      retired[log[i].version] = log[i + 1].at;
+    }
+  }
+  return retired;
+}
+
+}  // namespace
+
+absl::StatusOr<GcReport> GarbageCollect(const std::string& root, const GcOptions& options) {
   ASSIGN_OR_RETURN(auto lock, RootLock::Acquire(root));
   RemoveStaleTempDirs(root);
   ASSIGN_OR_RETURN(std::vector<uint64_t> versions, ListVersions(root));
   auto current = ReadCurrentVersion(root);
-  std::vector<uint64_t> removed;
+  ASSIGN_OR_RETURN(std::vector<Promotion> log, ReadPromotionLog(root));
+  const std::map<uint64_t, std::optional<absl::Time>> retired = RetirementTimes(log);
+  const absl::Time now = options.now.value_or(absl::Now());
+  // The latest any version but the live one can have stopped being CURRENT.
+  // Without a CURRENT to stat, no time is known: nothing is past the grace.
+  absl::Time last_replaced = now;
+  struct stat st;
+  if (::stat((root + "/" + kCurrentFile).c_str(), &st) == 0) {
+    last_replaced = absl::TimeFromTimespec(st.st_mtim);
+  }
+  GcReport report;
   const size_t n = versions.size();
-  for (size_t i = 0; i + keep < n; ++i) {
+  for (size_t i = 0; i + options.keep < n; ++i) {
     const uint64_t v = versions[i];
     if (current.ok() && *current == v) continue;  // Never remove the live version.
+    auto it = retired.find(v);
+    const absl::Time since =
+        it != retired.end() && it->second.has_value() ? *it->second : last_replaced;
+    if (now < since + options.grace) {
+      report.held[v] = since + options.grace;
+      continue;
+    }
     std::error_code ec;
     fs::remove_all(VersionDir(root, v), ec);
     if (ec) {
       return absl::InternalError(
           absl::StrCat("remove ", VersionDir(root, v), ": ", ec.message()));
     }
-    removed.push_back(v);
+    report.removed.push_back(v);
   }
-  if (!removed.empty()) RETURN_IF_ERROR(SyncPath(root));
-  return removed;
+  if (!report.removed.empty()) RETURN_IF_ERROR(SyncPath(root));
+  return report;
 }
 
 }  // namespace imagesearch::snapshot

@@ -2,8 +2,10 @@
 // CURRENT file naming the live one.
 //
 //   root/CURRENT          "v<N>\n", replaced atomically (temp, fsync, rename)
-//   root/HISTORY          "v<N>\n" appended (fsync'd) right after each
-//                         CURRENT replacement: the versions made live, in order
+//   root/HISTORY          "v<N> <UTC time, RFC 3339, ms>\n" appended (fsync'd)
+//                         right after each CURRENT replacement: the versions
+//                         made live, in order, and when ("v<N>\n" alone in
+//                         roots written before the time was recorded)
 //   root/v<N>/            MANIFEST.json, graph.hnsw, graph.offsets, [graph.f16], ids.bin,
 //                         [model.pt], [thumbs.bin], [attrs.bin], [rejects.jsonl], ...
 //   root/.tmp-v<N>-<pid>  a version being written (removed if stale)
@@ -27,6 +29,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "libs/index/hnsw_builder.h"
 #include "libs/index/metric.h"
 #include "libs/snapshot/attribute_table.h"
@@ -102,6 +105,17 @@ absl::StatusOr<uint64_t> ParseVersionName(absl::string_view name);
 
 // The version CURRENT names. NOT_FOUND if nothing was published yet.
 absl::StatusOr<uint64_t> ReadCurrentVersion(const std::string& root);
+
+// One line of root/HISTORY: `version` was made CURRENT at `at` (unset for a
+// line written without a time).
+struct Promotion {
+  uint64_t version = 0;
+  std::optional<absl::Time> at;
+};
+// Every line of root/HISTORY, oldest first (torn or garbage lines skipped).
+// Empty if there is no HISTORY.
+absl::StatusOr<std::vector<Promotion>> ReadPromotionLog(const std::string& root);
+
 // The versions that were made CURRENT, most recent first, each once, read
 // from root/HISTORY (torn or garbage lines are skipped). Versions since
 // removed are still listed. Empty if nothing was recorded (a root written
@@ -110,14 +124,41 @@ absl::StatusOr<std::vector<uint64_t>> PromotionHistory(const std::string& root);
 // Published versions (complete v<N> dirs), ascending.
 absl::StatusOr<std::vector<uint64_t>> ListVersions(const std::string& root);
 // Points CURRENT at an existing version (rollback / roll forward). The
-// version's manifest must parse.
+// version must open as a replica opens it with VerifyMode::kSizes: its
+// manifest parses and names this version (a directory copied or renamed to
+// v<N> is refused), and its files are there with their recorded sizes.
 absl::Status SetCurrentVersion(const std::string& root, uint64_t version);
 // Points CURRENT at the newest version older than the current one, and
 // returns it. FAILED_PRECONDITION if there is none.
 absl::StatusOr<uint64_t> RollBack(const std::string& root);
-// Removes all but the newest `keep` versions, never the CURRENT one, plus
-// stale temp dirs. Returns the removed versions.
-absl::StatusOr<std::vector<uint64_t>> GarbageCollect(const std::string& root, size_t keep);
+
+struct GcOptions {
+  // The newest versions kept whatever their age. Default: 2.
+  size_t keep = 2;
+  // A version that stopped being CURRENT less than `grace` ago is kept: a
+  // replica that has not swapped yet (or is still finishing calls on it)
+  // may have its files mapped, and on NFS removing them under it means
+  // SIGBUS on its next page fault. When a version stopped being CURRENT is
+  // the time of the HISTORY line that followed its last one; where HISTORY
+  // does not tell (no time recorded, not listed, HISTORY missing), the
+  // latest it can have been: when CURRENT was last replaced (its mtime).
+  // Times come from the writers' and the NFS server's clocks: keep grace
+  // well above their skew. Default: 1 hour.
+  absl::Duration grace = absl::Hours(1);
+  // Test hook: the time gc takes as now. Unset: the clock's.
+  std::optional<absl::Time> now;
+};
+
+struct GcReport {
+  std::vector<uint64_t> removed;  // Ascending.
+  // Versions old enough by `keep` but still within the grace, each with the
+  // time after which gc may remove it.
+  std::map<uint64_t, absl::Time> held;
+};
+
+// Removes all but the newest `options.keep` versions, never the CURRENT one
+// nor one within the grace, plus stale temp dirs.
+absl::StatusOr<GcReport> GarbageCollect(const std::string& root, const GcOptions& options);
 
 }  // namespace imagesearch::snapshot
 

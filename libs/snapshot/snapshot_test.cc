@@ -1,6 +1,7 @@
 #include "libs/snapshot/snapshot.h"
 
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -10,6 +11,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "libs/common/file_util.h"
 #include "libs/index/half_vectors.h"
 #include "libs/index/mmap_searcher.h"
@@ -68,9 +71,13 @@ TEST_CASE("Rollback with SetCurrentVersion, and gc never removes the live versio
   REQUIRE(SetCurrentVersion(root, 1).ok());
   CHECK(*ReadCurrentVersion(root) == 1);
   CHECK_FALSE(SetCurrentVersion(root, 9).ok());
-  auto removed = GarbageCollect(root, 1);
-  REQUIRE(removed.ok());
-  CHECK(*removed == std::vector<uint64_t>{2, 3});
+  GcOptions gc;
+  gc.keep = 1;
+  gc.grace = absl::ZeroDuration();
+  auto report = GarbageCollect(root, gc);
+  REQUIRE(report.ok());
+  CHECK(report->removed == std::vector<uint64_t>{2, 3});
+  CHECK(report->held.empty());
   CHECK(*ListVersions(root) == std::vector<uint64_t>{1, 4});
   CHECK(*ReadCurrentVersion(root) == 1);
   CHECK(Snapshot::Open(root, 1, VerifyMode::kChecksums).ok());
@@ -332,6 +339,106 @@ TEST_CASE("A candidate published without CURRENT, promoted, then rolled back") {
   CHECK(*PromotionHistory(root) == std::vector<uint64_t>{1, 2});
   std::filesystem::remove(root + "/HISTORY");
   CHECK(PromotionHistory(root)->empty());
+}
+
+TEST_CASE("gc keeps a version a replica may still map until the grace has passed") {
+  std::string root = TempRoot();
+  SyntheticCorpus a = MakeCorpus(200, 16, "a");
+  REQUIRE(PublishSnapshot(root, a.WithGraph()).ok());
+  // A replica holds v1 (mapped) and has not swapped yet when v2 goes live.
+  auto replica = Snapshot::Open(root, 1, VerifyMode::kSizes);
+  REQUIRE(replica.ok());
+  SyntheticCorpus b = MakeCorpus(100, 16, "b");
+  REQUIRE(PublishSnapshot(root, b.WithGraph()).ok());
+  auto log = ReadPromotionLog(root);
+  REQUIRE(log.ok());
+  REQUIRE(log->size() == 2);
+  CHECK((*log)[0].version == 1);
+  CHECK((*log)[1].version == 2);
+  REQUIRE((*log)[1].at.has_value());
+  const absl::Time retired = *(*log)[1].at;  // v1 stopped being CURRENT then.
+  CHECK(absl::AbsDuration(absl::Now() - retired) < absl::Minutes(1));
+
+  GcOptions gc;
+  gc.keep = 1;
+  gc.grace = absl::Hours(1);
+  for (absl::Duration after : {absl::ZeroDuration(), absl::Minutes(59)}) {
+    gc.now = retired + after;
+    auto report = GarbageCollect(root, gc);
+    REQUIRE(report.ok());
+    CHECK(report->removed.empty());
+    CHECK(report->held == std::map<uint64_t, absl::Time>{{1, retired + absl::Hours(1)}});
+  }
+  CHECK(*ListVersions(root) == std::vector<uint64_t>{1, 2});
+  // The replica's mapping is intact and it keeps answering from v1.
+  CHECK(Snapshot::Open(root, 1, VerifyMode::kChecksums).ok());
+  auto hits = (*replica)->searcher().Search((*replica)->searcher().Vector(7), 3, 40);
+  REQUIRE(!hits.empty());
+  CHECK((*replica)->ids().Get(hits[0].row)->id == "a7");
+
+  gc.now = retired + absl::Hours(1);
+  auto report = GarbageCollect(root, gc);
+  REQUIRE(report.ok());
+  CHECK(report->removed == std::vector<uint64_t>{1});
+  CHECK(report->held.empty());
+  CHECK(*ListVersions(root) == std::vector<uint64_t>{2});
+}
+
+TEST_CASE("gc without recorded times takes CURRENT's last replacement as the time") {
+  std::string root = TempRoot();
+  SyntheticCorpus c = MakeCorpus(50, 8, "c");
+  for (int i = 0; i < 3; ++i) REQUIRE(PublishSnapshot(root, c.WithGraph()).ok());
+  PublishOptions candidate;
+  candidate.make_current = false;
+  REQUIRE(PublishSnapshot(root, c.WithGraph(), candidate).ok());  // v4, never CURRENT
+  REQUIRE(SetCurrentVersion(root, 3).ok());
+  // HISTORY as a root written before times were recorded has it.
+  REQUIRE(ReplaceFileAtomically(root + "/HISTORY", "v1\nv2\nv3\n").ok());
+  auto log = ReadPromotionLog(root);
+  REQUIRE(log.ok());
+  REQUIRE(log->size() == 3);
+  CHECK_FALSE((*log)[1].at.has_value());
+  CHECK(*PromotionHistory(root) == std::vector<uint64_t>{3, 2, 1});
+  struct stat st;
+  REQUIRE(::stat((root + "/CURRENT").c_str(), &st) == 0);
+  const absl::Time replaced = absl::TimeFromTimespec(st.st_mtim);
+  GcOptions gc;
+  gc.keep = 0;
+  gc.grace = absl::Hours(1);
+  gc.now = replaced + absl::Minutes(30);
+  auto held = GarbageCollect(root, gc);
+  REQUIRE(held.ok());
+  CHECK(held->removed.empty());
+  CHECK(held->held.size() == 3);  // v1, v2 and the candidate v4
+  gc.now = replaced + absl::Hours(1) + absl::Seconds(1);
+  auto removed = GarbageCollect(root, gc);
+  REQUIRE(removed.ok());
+  CHECK(removed->removed == std::vector<uint64_t>{1, 2, 4});
+  CHECK(*ListVersions(root) == std::vector<uint64_t>{3});
+}
+
+TEST_CASE("set-current refuses a version that replicas would refuse, and records nothing") {
+  std::string root = TempRoot();
+  SyntheticCorpus c = MakeCorpus(60, 8, "s");
+  REQUIRE(PublishSnapshot(root, c.WithGraph()).ok());
+  REQUIRE(PublishSnapshot(root, c.WithGraph()).ok());
+  const std::string history = *ReadFileToString(root + "/HISTORY");
+  // v99 holding a copy of v1 (its manifest names version 1).
+  fs::copy(VersionDir(root, 1), VersionDir(root, 99));
+  absl::Status s = SetCurrentVersion(root, 99);
+  CHECK(absl::IsInvalidArgument(s));
+  CHECK(s.message() == absl::StrCat("refusing to make v99 CURRENT: snapshot ", root,
+                                    "/v99: manifest says version 1, directory is 99"));
+  // v1 truncated: its files no longer match its manifest.
+  fs::resize_file(VersionDir(root, 1) + "/ids.bin", 10);
+  s = SetCurrentVersion(root, 1);
+  CHECK(absl::IsDataLoss(s));
+  CHECK(s.message().find("refusing to make v1 CURRENT") != std::string::npos);
+  CHECK(s.message().find("ids.bin is 10 bytes but the manifest says") != std::string::npos);
+  CHECK(absl::IsNotFound(SetCurrentVersion(root, 7)));
+  CHECK(*ReadCurrentVersion(root) == 2);
+  CHECK(*ReadFileToString(root + "/HISTORY") == history);
+  CHECK(SetCurrentVersion(root, 2).ok());
 }
 
 TEST_CASE("Bad publish inputs are refused and nothing is published") {

@@ -18,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "libs/common/cpu_quota.h"
 #include "libs/common/file_util.h"
 #include "libs/common/log.h"
 #include "libs/common/status_macros.h"
@@ -243,13 +244,13 @@ absl::Status ValidateOptions(const IndexerOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("--batch must be in [1, 4096], got ", o.batch_size));
   }
-  if (o.decode_threads < 0 || o.decode_threads > 256) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--decode_threads must be in [0, 256] (0 = one per core), got ", o.decode_threads));
-  }
-  if (o.encoder_threads < 0 || o.encoder_threads > 256) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--encoder_threads must be in [0, 256] (0 = one per core), got ", o.encoder_threads));
+  for (const auto& [flag, value] : {std::pair<const char*, int>{"decode_threads", o.decode_threads},
+                                    {"encoder_instances", o.encoder_instances},
+                                    {"encoder_threads", o.encoder_threads}}) {
+    if (value < 0 || value > 256) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", flag, " must be in [0, 256] (0 = from the CPUs), got ", value));
+    }
   }
   if (!(o.max_reject_ratio >= 0 && o.max_reject_ratio <= 1)) {
     return absl::InvalidArgumentError(
@@ -365,10 +366,14 @@ struct Rows {
   double encode_seconds = 0;
 };
 
+int EncoderInstances(const IndexerOptions& o) {
+  return o.encoder_instances > 0 ? o.encoder_instances : EffectiveCpuCount();
+}
+
 // The streaming part of a run:
 //
-//   list (1 thread) -> decode (N threads) -> reorder -> encode (this thread)
-//        -> HNSW insert (1 thread)
+//   list (1 thread) -> decode (N threads) -> reorder -> batch (this thread)
+//        -> encode (K threads, a batch each) -> reorder -> HNSW insert (1 thread)
 //
 // The reorder step hands decoded images to the encoder in listing order,
 // so rows (and each batch's members) do not depend on which decoder finished
@@ -376,19 +381,26 @@ struct Rows {
 absl::StatusOr<Rows> StreamImages(const IndexerOptions& o, const model::ModelBundle& bundle,
                                   index::HnswStreamBuilder* builder, size_t dim) {
   const bool to_shard = !o.embeddings_out.empty();
-  const int decode_threads =
-      o.decode_threads > 0 ? o.decode_threads
-                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int decode_threads = o.decode_threads > 0 ? o.decode_threads : EffectiveCpuCount();
+  const int encoders = EncoderInstances(o);
   const size_t batch_size = static_cast<size_t>(o.batch_size);
   Progress progress;
   Reporter reporter(o.progress, &progress);
   BoundedQueue<Work> work(batch_size * 4);
   ReorderQueue<Decoded> decoded(batch_size * 4);
+  struct EncodeJob {
+    uint64_t seq;
+    uint64_t first_row;
+    std::vector<Decoded> batch;
+  };
   struct Encoded {
     std::vector<float> vectors;
     uint64_t first_row;
   };
-  BoundedQueue<Encoded> encoded(4);
+  BoundedQueue<EncodeJob> jobs(static_cast<size_t>(encoders));
+  // Batches finish out of order; the graph gets them in row order, so the
+  // same input builds the same graph whichever encoder finished first.
+  ReorderQueue<std::optional<Encoded>> encoded(static_cast<uint64_t>(encoders) * 2 + 2);
   Rows rows;
 
   absl::Status list_status;
@@ -421,8 +433,10 @@ absl::StatusOr<Rows> StreamImages(const IndexerOptions& o, const model::ModelBun
   absl::Status insert_status;
   StageThreads inserter([&encoded] { encoded.Close(); });
   inserter.Start([&] {
-    while (auto e = encoded.Pop()) {
-      if (!insert_status.ok()) continue;  // Drain so the encoder never blocks.
+    while (auto item = encoded.Pop()) {
+      // A failed batch leaves nullopt in its place; the run has failed.
+      if (!item->has_value() || !insert_status.ok()) continue;  // Drain: encoders never block.
+      Encoded* e = &**item;
       if (to_shard) {
         rows.shard_vectors.insert(rows.shard_vectors.end(), e->vectors.begin(), e->vectors.end());
       } else {
@@ -431,36 +445,62 @@ absl::StatusOr<Rows> StreamImages(const IndexerOptions& o, const model::ModelBun
     }
   });
 
-  // Encoder stage (this thread): batches decoded images, encodes, collects rows.
-  absl::Status encode_status;
+  // Encoder stage: `encoders` threads, each running the model on its own
+  // batch. Rows are assigned in listing order here, before encoding.
+  std::mutex encode_mu;
+  absl::Status encode_status;  // Guarded by encode_mu.
+  StageThreads encoder_pool([&jobs, &encoded] {
+    jobs.Close();
+    encoded.Close();
+  });
+  for (int t = 0; t < encoders; ++t) {
+    encoder_pool.Start([&] {
+      while (auto job = jobs.Pop()) {
+        std::vector<const image::RgbImage*> ptrs;
+        for (const auto& d : job->batch) ptrs.push_back(&d.image->model_input);
+        const auto t0 = Clock::now();
+        auto out = bundle.EncodeImages(ptrs);
+        const double took = std::chrono::duration<double>(Clock::now() - t0).count();
+        std::optional<Encoded> result;
+        {
+          std::lock_guard<std::mutex> lock(encode_mu);
+          rows.encode_seconds += took;
+          if (out.ok()) {
+            result = Encoded{std::move(*out), job->first_row};
+          } else if (encode_status.ok()) {
+            encode_status = out.status();
+          }
+        }
+        progress.done += job->batch.size();
+        if (!encoded.Push(job->seq, std::move(result))) break;  // The run stopped.
+      }
+    });
+  }
+
   std::vector<Decoded> batch;
+  uint64_t batches = 0;
   auto reject = [&](const Work& w, std::string reason) {
     rows.rejects.push_back({w.id, w.path, std::move(reason)});
     progress.rejected++;
     progress.done++;
   };
   auto flush = [&] {
-    if (batch.empty() || !encode_status.ok()) {
-      batch.clear();
-      return;
-    }
-    std::vector<const image::RgbImage*> ptrs;
-    for (const auto& d : batch) ptrs.push_back(&d.image->model_input);
-    const auto t0 = Clock::now();
-    auto out = bundle.EncodeImages(ptrs);
-    rows.encode_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
-    if (!out.ok()) {
-      encode_status = out.status();
-    } else {
-      encoded.Push(Encoded{std::move(*out), rows.ids.size()});
-      for (auto& d : batch) {
-        rows.ids.push_back(
-            {std::move(d.work.id), std::move(d.work.path), std::move(d.work.attributes_json)});
-        if (o.thumbnails) rows.thumbs.push_back(std::move(d.image->thumbnail_jpeg));
-        if (!o.schema.empty()) rows.typed.push_back(std::move(d.typed));
+    if (batch.empty()) return;
+    {
+      std::lock_guard<std::mutex> lock(encode_mu);
+      if (!encode_status.ok()) {
+        batch.clear();
+        return;
       }
     }
-    progress.done += batch.size();
+    const uint64_t first_row = rows.ids.size();
+    for (auto& d : batch) {
+      rows.ids.push_back(
+          {std::move(d.work.id), std::move(d.work.path), std::move(d.work.attributes_json)});
+      if (o.thumbnails) rows.thumbs.push_back(std::move(d.image->thumbnail_jpeg));
+      if (!o.schema.empty()) rows.typed.push_back(std::move(d.typed));
+    }
+    jobs.Push(EncodeJob{batches++, first_row, std::move(batch)});
     batch.clear();
   };
   while (auto d = decoded.Pop()) {
@@ -487,6 +527,8 @@ absl::StatusOr<Rows> StreamImages(const IndexerOptions& o, const model::ModelBun
     if (batch.size() >= batch_size) flush();
   }
   flush();
+  jobs.Close();
+  encoder_pool.Join();
   encoded.Close();
   inserter.Join();
   lister.Join();
@@ -635,7 +677,9 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
   ASSIGN_OR_RETURN(std::string model_sha, Sha256HexOfFile(o.model_path));
   ASSIGN_OR_RETURN(std::shared_ptr<const snapshot::Snapshot> base, OpenBase(o, model_sha));
   model::ModelBundleOptions mo;
-  mo.encoder.intra_op_threads = o.encoder_threads;
+  mo.encoder.intra_op_threads =
+      o.encoder_threads > 0 ? o.encoder_threads
+                            : std::max(1, EffectiveCpuCount() / EncoderInstances(o));
   mo.max_pixels = o.max_pixels;
   ASSIGN_OR_RETURN(auto bundle, model::ModelBundle::Load(o.model_path, mo));
   const encoder::ModelInfo& info = bundle->info();

@@ -49,8 +49,12 @@ struct IndexerOptions {
   std::string model_path;                // model.pt (our TorchScript contract).
   uint64_t base_version = 0;             // Incremental: start from this version.
   std::vector<std::string> remove_ids;   // Incremental: ids to drop from the base.
-  int decode_threads = 0;                // 0 = cores.
-  int encoder_threads = 0;               // LibTorch intra-op threads; 0 = one per core.
+  int decode_threads = 0;                // 0 = one per CPU (EffectiveCpuCount).
+  // Batches encoded at once, each on its own thread; 0 = one per CPU.
+  int encoder_instances = 0;
+  // LibTorch intra-op threads per instance; 0 = CPUs / instances (1 by
+  // default: no OpenMP team that spin-waits when the cores are shared).
+  int encoder_threads = 0;
   int batch_size = 4;
   double max_reject_ratio = 0.05;
   index::HnswParams hnsw;

@@ -27,8 +27,12 @@ ABSL_FLAG(std::string, root, "", "Snapshot root to publish into.");
 ABSL_FLAG(std::string, model, "", "TorchScript model.pt (see libs/encoder/MODEL_CONTRACT.md).");
 ABSL_FLAG(std::string, base, "", "Incremental build on top of this version (e.g. v3).");
 ABSL_FLAG(std::string, remove_ids, "", "With --base: file of ids (one per line) to drop.");
-ABSL_FLAG(int, decode_threads, 0, "Image decode threads; 0 = cores.");
-ABSL_FLAG(int, encoder_threads, 0, "LibTorch intra-op threads; 0 = one per core.");
+ABSL_FLAG(int, decode_threads, 0,
+          "Image decode threads; 0 = one per CPU this process may use (cgroup quota, affinity).");
+ABSL_FLAG(int, encoder_instances, 0,
+          "Batches encoded at once, each on its own thread; 0 = one per CPU this process may use.");
+ABSL_FLAG(int, encoder_threads, 0,
+          "LibTorch intra-op threads per encoder instance; 0 = CPUs / encoder_instances.");
 ABSL_FLAG(int, batch, 4,
           "Encoder batch size. 4 ran the default model end to end at 0.95-1.0x of the encoder "
           "alone at its best batch, 32 at 0.84-0.88x (tools/bench/README.md, indexer section).");
@@ -98,6 +102,7 @@ int main(int argc, char** argv) {
     }
   }
   o.decode_threads = absl::GetFlag(FLAGS_decode_threads);
+  o.encoder_instances = absl::GetFlag(FLAGS_encoder_instances);
   o.encoder_threads = absl::GetFlag(FLAGS_encoder_threads);
   o.batch_size = absl::GetFlag(FLAGS_batch);
   o.max_reject_ratio = absl::GetFlag(FLAGS_max_reject_ratio);

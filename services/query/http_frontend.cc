@@ -1,14 +1,16 @@
 #include "services/query/http_frontend.h"
 
-#include <httplib.h>
+#include <pthread.h>
 
+#include <algorithm>
 #include <cmath>
-#include <future>
+#include <cstring>
 #include <limits>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -26,19 +28,29 @@ using serving::Query;
 
 constexpr char kJson[] = "application/json";
 
-void SendError(httplib::Response& res, const absl::Status& s, int http_status = 0) {
+HttpResponse ErrorResponse(const absl::Status& s, int http_status = 0) {
+  HttpResponse res;
   res.status = http_status != 0 ? http_status : HttpStatusOf(s.code());
   json body = {
       {"error",
        {{"code", absl::StatusCodeToString(s.code())}, {"message", std::string(s.message())}}}};
   // Messages may quote request text cut at a byte limit (half a UTF-8
   // character); dump() would throw on that and turn the answer into a 500.
-  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), kJson);
+  res.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  res.content_type = kJson;
+  return res;
+}
+
+HttpResponse Content(std::string body, std::string type) {
+  HttpResponse res;
+  res.body = std::move(body);
+  res.content_type = std::move(type);
+  return res;
 }
 
 // "image/png; q=1" -> "image/png".
-std::string MediaType(const httplib::Request& req) {
-  std::string type = req.get_header_value("Content-Type");
+std::string MediaType(const HttpRequest& req) {
+  absl::string_view type = req.Header("content-type");
   type = type.substr(0, type.find(';'));
   return absl::AsciiStrToLower(absl::StripAsciiWhitespace(type));
 }
@@ -53,7 +65,7 @@ absl::StatusOr<uint32_t> ParseUint32(absl::string_view name, absl::string_view t
 }
 
 // Query parameters: top_k, ef, include_self and timeout_ms.
-absl::Status ApplyParams(const httplib::Request& req, Query* q, absl::Duration* timeout) {
+absl::Status ApplyParams(const HttpRequest& req, Query* q, absl::Duration* timeout) {
   for (const auto& [key, value] : req.params) {
     if (key == "top_k" || key == "ef" || key == "timeout_ms") {
       auto v = ParseUint32(key, value);
@@ -308,27 +320,33 @@ json InfoJson(const serving::ServingState& state) {
           {"fields", FieldsJson(state.snapshot->attributes())}};
 }
 
-serving::CallContext HttpContext(absl::Duration timeout) {
+// The deadline counts from when the request's head arrived; the call is
+// cancelled once its client has closed the connection.
+serving::CallContext HttpContext(const HttpRequest& req, absl::Duration timeout) {
   serving::CallContext context;
   context.front = "http";
-  context.deadline = absl::Now() + timeout;
+  context.deadline = req.received + timeout;
+  if (req.client_gone != nullptr) {
+    context.cancelled = [gone = req.client_gone] { return gone->load(); };
+  }
   return context;
 }
 
-// The methods whose body httplib reads before routing (detail::expect_content).
-bool ReadsBody(const httplib::Request& req) {
-  return req.method == "POST" || req.method == "PUT" || req.method == "PATCH" ||
-         req.method == "DELETE" || req.method == "PRI";
-}
-
 // Open without a token: the orchestrator's health check (SageMaker, k8s).
-bool IsPing(const httplib::Request& req) {
+bool IsPing(const HttpRequest& req) {
   return (req.method == "GET" || req.method == "HEAD") && req.path == "/ping";
 }
 
 absl::Status Unauthenticated() {
   return absl::UnauthenticatedError(
       "missing or invalid bearer token: send the header 'Authorization: Bearer <token>'");
+}
+
+absl::Status TooLarge(const HttpRequest& req, size_t limit) {
+  const absl::string_view length = req.Header("content-length").substr(0, 20);
+  return absl::ResourceExhaustedError(
+      length.empty() ? absl::StrCat("request body exceeds the limit of ", limit, " bytes")
+                     : absl::StrCat("request body is ", length, " bytes; the limit is ", limit));
 }
 
 bool IsImageType(const std::string& type) {
@@ -368,221 +386,262 @@ int HttpStatusOf(absl::StatusCode code) {
   }
 }
 
+struct HttpFrontend::Route {
+  const char* method;  // "GET" routes answer HEAD too.
+  const char* path;    // Exact, or with `prefix` a longer path starting with it.
+  bool prefix;
+  bool open;       // Served without the bearer token.
+  bool on_worker;  // Runs on a worker: it parses bodies, searches or reads the snapshot.
+  Handler handler;
+};
+
+const std::vector<HttpFrontend::Route>& HttpFrontend::Routes() {
+  static const std::vector<Route> routes = {
+      {"GET", "/ping", false, true, false, &HttpFrontend::Ping},
+      {"GET", "/metrics", false, false, false, &HttpFrontend::MetricsText},
+      {"GET", "/", false, false, false, &HttpFrontend::Page},
+      {"GET", "/info", false, false, false, &HttpFrontend::Info},
+      {"GET", "/thumbs/", true, false, true, &HttpFrontend::Thumbnail},
+      {"GET", "/invocations", false, false, false, &HttpFrontend::InvocationsGet},
+      {"POST", "/invocations", false, false, true, &HttpFrontend::Invocations},
+  };
+  return routes;
+}
+
 HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
                            HttpFrontendOptions options)
-    : core_(core),
-      metrics_(metrics),
-      options_(std::move(options)) {
-  if (options_.tls != nullptr) {
-    // Same settings as below; only the connections are TLS. The context is
-    // set up here, synchronously; Start() reports a failure.
-    server_ = std::make_unique<httplib::SSLServer>([this](SSL_CTX& ctx) {
-      absl::Status s = ConfigureServerSslContext(&ctx, *options_.tls);
-      if (!s.ok()) tls_error_ = std::string(s.message());
-      return s.ok();
-    });
-  } else {
-    server_ = std::make_unique<httplib::Server>();
-  }
-  const int threads = std::max(1, options_.threads);
-  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  // httplib writes headers and body separately; without TCP_NODELAY, Nagle holds
-  // the body until the client's delayed ACK (about 40 ms per answer).
-  server_->set_tcp_nodelay(true);
-  // Refusals that never reach the core are still counted as requests.
-  auto refuse = [this](httplib::Response& res, const absl::Status& s, int http_status = 0) {
-    SendError(res, s, http_status);
-    metrics_->RecordRequest("http", "Search", s.code(), absl::ZeroDuration());
-  };
-
-  // Bodies over the limit. A client that sends "Expect: 100-continue" (curl
-  // does for large bodies) gets the 413 before it sends a byte of the body.
-  // Otherwise httplib checks Content-Length before reading the body and
-  // then discards the body in small pieces, never holding it, and answers
-  // 413 on a connection that stays usable. (Answering before the body has
-  // been read would leave the body in the stream: httplib 0.11 keeps the
-  // connection open and would parse it as further requests.)
-  server_->set_payload_max_length(options_.max_body_bytes);
-  auto too_large = [this](const httplib::Request& req) {
-    const std::string length = req.get_header_value("Content-Length").substr(0, 20);
-    return absl::ResourceExhaustedError(
-        length.empty()
-            ? absl::StrCat("request body exceeds the limit of ", options_.max_body_bytes, " bytes")
-            : absl::StrCat("request body is ", length, " bytes; the limit is ",
-                           options_.max_body_bytes));
-  };
-  // The bearer token (options_.token): every request but /ping. A request
-  // without a body is refused here, before routing. One with a body is read
-  // first (refusing it unread would leave the body in the stream, as above),
-  // and refused by its handler, or by the error handler for unknown routes.
-  auto authorized = [this](const httplib::Request& req) {
-    return options_.token == nullptr || IsPing(req) ||
-           options_.token->Accepts(req.get_header_value("Authorization"));
-  };
-  auto unauthorized = [](httplib::Response& res) {
-    SendError(res, Unauthenticated(), 401);
-    res.set_header("WWW-Authenticate", "Bearer realm=\"imagesearch\"");
-  };
-  if (options_.token != nullptr) {
-    server_->set_pre_routing_handler(
-        [authorized, unauthorized](const httplib::Request& req, httplib::Response& res) {
-          if (ReadsBody(req) || authorized(req)) return httplib::Server::HandlerResponse::Unhandled;
-          unauthorized(res);
-          return httplib::Server::HandlerResponse::Handled;
-        });
-  }
-
-  server_->set_expect_100_continue_handler(
-      [this, refuse, too_large, authorized, unauthorized](const httplib::Request& req,
-                                                          httplib::Response& res) {
-        if (!authorized(req)) {
-          // Before the client sends the body.
-          unauthorized(res);
-          metrics_->RecordRequest("http", "Search", absl::StatusCode::kUnauthenticated,
-                                  absl::ZeroDuration());
-          res.set_header("Content-Length", std::to_string(res.body.size()));
-          return 401;
-        }
-        uint64_t length = 0;
-        if (absl::SimpleAtoi(req.get_header_value("Content-Length"), &length) &&
-            length > options_.max_body_bytes) {
-          refuse(res, too_large(req), 413);
-          // This early answer skips httplib's usual content headers.
-          res.set_header("Content-Length", std::to_string(res.body.size()));
-          return 413;
-        }
-        return 100;
-      });
-
-  server_->set_error_handler(httplib::Server::HandlerWithResponse(
-      [refuse, too_large, authorized, unauthorized](const httplib::Request& req,
-                                                    httplib::Response& res) {
-        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-        if (res.status == 404 && !authorized(req)) {
-          unauthorized(res);
-        } else if (res.status == 404) {
-          SendError(res, absl::NotFoundError(absl::StrCat("no route ", req.method, " ", req.path,
-                                                          "; routes: GET /, GET /ping, GET /info, "
-                                                          "POST /invocations, GET /thumbs/{id}, "
-                                                          "GET /metrics")));
-        } else if (res.status == 413) {
-          refuse(res, too_large(req), 413);
-        } else {
-          SendError(res, absl::InvalidArgumentError(absl::StrCat("HTTP error ", res.status)),
-                    res.status);
-        }
-        return httplib::Server::HandlerResponse::Handled;
-      }));
-
-  server_->Get("/ping", [this](const httplib::Request&, httplib::Response& res) {
-    res.status = core_->Serving() ? 200 : 503;
-  });
-
-  server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics_->Serialize(), "text/plain; version=0.0.4; charset=utf-8");
-  });
-
-  // The search page. Its policy keeps it to this origin: no external fetches.
-  server_->Get("/", [](const httplib::Request&, httplib::Response& res) {
-    const absl::string_view page = WebPageHtml();
-    res.set_content(page.data(), page.size(), "text/html; charset=utf-8");
-    res.set_header("Cache-Control", "no-cache");
-    res.set_header("X-Content-Type-Options", "nosniff");
-    res.set_header("Content-Security-Policy",
-                   "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                   "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; "
-                   "form-action 'none'; frame-ancestors 'none'");
-  });
-
-  server_->Get("/info", [this](const httplib::Request&, httplib::Response& res) {
-    auto state = core_->Info(HttpContext(options_.timeout));
-    if (!state.ok()) return SendError(res, state.status());
-    res.set_content(InfoJson(**state).dump(), kJson);
-  });
-
-  // Thumbnails come only from the live snapshot's thumbs.bin, looked up by
-  // id: nothing in the request names a file.
-  server_->Get(R"(/thumbs/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
-    auto thumb = core_->Thumbnail(req.matches[1].str(), HttpContext(options_.timeout));
-    if (!thumb.ok()) return SendError(res, thumb.status());
-    // Content-addressed: the same picture keeps its ETag across versions.
-    const std::string etag = absl::StrCat("\"", Xxh3Hex(thumb->bytes), "\"");
-    res.set_header("ETag", etag);
-    res.set_header("Cache-Control", "public, max-age=300");
-    res.set_header("X-Content-Type-Options", "nosniff");
-    if (req.get_header_value("If-None-Match") == etag) {
-      res.status = 304;
-      return;
-    }
-    res.set_content(thumb->bytes.data(), thumb->bytes.size(), thumb->media_type.c_str());
-  });
-
-  server_->Get("/invocations", [](const httplib::Request&, httplib::Response& res) {
-    SendError(res, absl::UnimplementedError("use POST /invocations"), 405);
-  });
-
-  server_->Post(
-      "/invocations",
-      [this, refuse, authorized, unauthorized](const httplib::Request& req,
-                                               httplib::Response& res) {
-        if (!authorized(req)) {
-          unauthorized(res);
-          metrics_->RecordRequest("http", "Search", absl::StatusCode::kUnauthenticated,
-                                  absl::ZeroDuration());
-          return;
-        }
-        Query q;
-        absl::Duration timeout = options_.timeout;
-        std::vector<float> vector;
-        std::string bytes;
-        serving::Filter filter;
-        if (absl::Status s = ApplyParams(req, &q, &timeout); !s.ok()) return refuse(res, s);
-        const std::string type = MediaType(req);
-        if (IsImageType(type)) {
-          q.kind = Query::Kind::kImage;
-          q.data = req.body;
-        } else if (type == kJson) {
-          if (absl::Status s = QueryFromJson(req.body, &q, &vector, &bytes, &filter); !s.ok()) {
-            return refuse(res, s);
-          }
-        } else {
-          return refuse(res,
-                        absl::InvalidArgumentError(absl::StrCat(
-                            "Content-Type '", type.substr(0, 64),
-                            "' is not supported; send image/jpeg, image/png, image/webp or "
-                            "application/json")),
-                        415);
-        }
-        const serving::CallContext context = HttpContext(timeout);
-        std::promise<absl::StatusOr<serving::SearchResult>> answer;
-        core_->Search(q, context, [&answer](absl::StatusOr<serving::SearchResult> r) {
-          answer.set_value(std::move(r));
-        });
-        absl::StatusOr<serving::SearchResult> r = answer.get_future().get();
-        if (!r.ok()) return SendError(res, r.status());
-        // Ids and URIs are bytes from the snapshot, not necessarily UTF-8.
-        res.set_content(HitsJson(*r).dump(-1, ' ', false, json::error_handler_t::replace), kJson);
-      });
-}
+    : core_(core), metrics_(metrics), options_(std::move(options)) {}
 
 HttpFrontend::~HttpFrontend() { Stop(); }
 
 absl::Status HttpFrontend::Start() {
-  if (!server_->is_valid()) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot set up HTTPS: ", tls_error_));
+  HttpServerOptions so;
+  so.host = options_.host;
+  so.port = options_.port;
+  so.max_body_bytes = options_.max_body_bytes;
+  so.read_timeout = options_.read_timeout;
+  so.write_timeout = options_.read_timeout;
+  if (options_.tls != nullptr) {
+    so.configure_tls = [tls = options_.tls](SSL_CTX* ctx) {
+      return ConfigureServerSslContext(ctx, *tls);
+    };
   }
-  if (!server_->bind_to_port(options_.host, options_.port)) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen for HTTP on ", options_.host, ":", options_.port));
+  server_ = std::make_unique<HttpServer>(
+      so, [this](const HttpRequest& req) { return CheckHead(req); },
+      [this](HttpRequest req, HttpResponder respond) {
+        Dispatch(std::move(req), std::move(respond));
+      },
+      [](int status, absl::string_view message) {
+        const absl::Status s = status == 408                    ? absl::DeadlineExceededError(message)
+                               : status == 501 || status == 505 ? absl::UnimplementedError(message)
+                                                                : absl::InvalidArgumentError(message);
+        return ErrorResponse(s, status);
+      });
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = false;
   }
-  thread_ = std::thread([this] { server_->listen_after_bind(); });
-  return absl::OkStatus();
+  for (int i = 0; i < std::max(1, options_.threads); ++i) {
+    workers_.emplace_back([this] { Work(); });
+    pthread_setname_np(workers_.back().native_handle(), "http-worker");
+  }
+  absl::Status s = server_->Start();
+  if (!s.ok()) Stop();
+  return s;
 }
 
+int HttpFrontend::port() const { return server_ != nullptr ? server_->port() : 0; }
+
 void HttpFrontend::Stop() {
-  if (!thread_.joinable()) return;
-  server_->stop();
-  thread_.join();
+  // Requests being worked on have until their deadline, at most 10 s, to be
+  // answered; their answers need the workers, which stop after the server.
+  if (server_ != nullptr) server_->Stop(std::min(options_.timeout, absl::Seconds(10)));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  work_cv_.notify_all();
+  for (auto& t : workers_) t.join();
+  workers_.clear();
+  server_.reset();
+}
+
+bool HttpFrontend::Enqueue(std::function<void()> task) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ || queue_.size() >= options_.max_queued) return false;
+    queue_.push_back(std::move(task));
+  }
+  work_cv_.notify_one();
+  return true;
+}
+
+void HttpFrontend::Work() {
+  while (true) {
+    std::function<void()> task;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      work_cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      task = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    task();
+  }
+}
+
+bool HttpFrontend::Authorized(const HttpRequest& req) const {
+  return options_.token == nullptr || IsPing(req) ||
+         options_.token->Accepts(req.Header("authorization"));
+}
+
+HttpResponse HttpFrontend::Refuse(const absl::Status& status, int http_status) {
+  metrics_->RecordRequest("http", "Search", status.code(), absl::ZeroDuration());
+  return ErrorResponse(status, http_status);
+}
+
+// Before the body: the token, and the body's announced size.
+std::optional<HttpResponse> HttpFrontend::CheckHead(const HttpRequest& req) {
+  const bool search = req.path == "/invocations";
+  if (!Authorized(req)) {
+    HttpResponse r =
+        search ? Refuse(Unauthenticated(), 401) : ErrorResponse(Unauthenticated(), 401);
+    r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"imagesearch\"");
+    return r;
+  }
+  if (req.body_too_large) return Refuse(TooLarge(req, options_.max_body_bytes), 413);
+  return std::nullopt;
+}
+
+void HttpFrontend::Dispatch(HttpRequest req, HttpResponder respond) {
+  if (req.body_too_large) {  // A chunked body that outgrew the limit.
+    return respond.Send(Refuse(TooLarge(req, options_.max_body_bytes), 413));
+  }
+  const Route* route = nullptr;
+  for (const Route& r : Routes()) {
+    const bool method = req.method == r.method || (req.method == "HEAD" && r.method[0] == 'G');
+    const bool path = r.prefix
+                          ? absl::StartsWith(req.path, r.path) && req.path.size() > strlen(r.path)
+                          : req.path == r.path;
+    if (method && path) {
+      route = &r;
+      break;
+    }
+  }
+  if (route == nullptr) {
+    return respond.Send(ErrorResponse(absl::NotFoundError(
+        absl::StrCat("no route ", req.method.substr(0, 16), " ", req.path.substr(0, 200),
+                     "; routes: GET /, GET /ping, GET /info, POST /invocations, "
+                     "GET /thumbs/{id}, GET /metrics"))));
+  }
+  if (!route->on_worker) return (this->*route->handler)(std::move(req), std::move(respond));
+  const size_t queued = options_.max_queued;
+  if (!Enqueue([this, handler = route->handler, req = std::move(req), respond]() mutable {
+        (this->*handler)(std::move(req), std::move(respond));
+      })) {
+    respond.Send(Refuse(
+        absl::ResourceExhaustedError(absl::StrCat(
+            "server overloaded: ", queued, " HTTP requests are waiting for a worker; retry later")),
+        429));
+  }
+}
+
+void HttpFrontend::Ping(HttpRequest, HttpResponder respond) {
+  HttpResponse r;
+  r.status = core_->Serving() ? 200 : 503;
+  respond.Send(std::move(r));
+}
+
+void HttpFrontend::MetricsText(HttpRequest, HttpResponder respond) {
+  respond.Send(Content(metrics_->Serialize(), "text/plain; version=0.0.4; charset=utf-8"));
+}
+
+// The search page. Its policy keeps it to this origin: no external fetches.
+void HttpFrontend::Page(HttpRequest, HttpResponder respond) {
+  HttpResponse r = Content(std::string(WebPageHtml()), "text/html; charset=utf-8");
+  r.headers = {{"Cache-Control", "no-cache"},
+               {"X-Content-Type-Options", "nosniff"},
+               {"Content-Security-Policy",
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; "
+                "form-action 'none'; frame-ancestors 'none'"}};
+  respond.Send(std::move(r));
+}
+
+void HttpFrontend::Info(HttpRequest req, HttpResponder respond) {
+  auto state = core_->Info(HttpContext(req, options_.timeout));
+  if (!state.ok()) return respond.Send(ErrorResponse(state.status()));
+  respond.Send(Content(InfoJson(**state).dump(), kJson));
+}
+
+// Thumbnails come only from the live snapshot's thumbs.bin, looked up by
+// id: nothing in the request names a file.
+void HttpFrontend::Thumbnail(HttpRequest req, HttpResponder respond) {
+  const std::string id = req.path.substr(strlen("/thumbs/"));
+  auto thumb = core_->Thumbnail(id, HttpContext(req, options_.timeout));
+  if (!thumb.ok()) return respond.Send(ErrorResponse(thumb.status()));
+  // Content-addressed: the same picture keeps its ETag across versions.
+  const std::string etag = absl::StrCat("\"", Xxh3Hex(thumb->bytes), "\"");
+  HttpResponse r;
+  r.headers = {{"ETag", etag},
+               {"Cache-Control", "public, max-age=300"},
+               {"X-Content-Type-Options", "nosniff"}};
+  if (req.Header("if-none-match") == etag) {
+    r.status = 304;
+  } else {
+    r.body = std::string(thumb->bytes);
+    r.content_type = thumb->media_type;
+  }
+  respond.Send(std::move(r));
+}
+
+void HttpFrontend::InvocationsGet(HttpRequest, HttpResponder respond) {
+  respond.Send(ErrorResponse(absl::UnimplementedError("use POST /invocations"), 405));
+}
+
+// On a worker: parses the query and starts it through the core; the core's
+// callback answers (here for refusals and vector/id queries, on a model
+// thread for image and text queries).
+void HttpFrontend::Invocations(HttpRequest req, HttpResponder respond) {
+  // What the query's views point into, kept until the callback runs.
+  struct Call {
+    HttpRequest req;
+    Query q;
+    std::vector<float> vector;
+    std::string bytes;
+    serving::Filter filter;
+  };
+  auto call = std::make_shared<Call>();
+  call->req = std::move(req);
+  Query& q = call->q;
+  absl::Duration timeout = options_.timeout;
+  if (absl::Status s = ApplyParams(call->req, &q, &timeout); !s.ok()) {
+    return respond.Send(Refuse(s));
+  }
+  const std::string type = MediaType(call->req);
+  if (IsImageType(type)) {
+    q.kind = Query::Kind::kImage;
+    q.data = call->req.body;
+  } else if (type == kJson) {
+    if (absl::Status s =
+            QueryFromJson(call->req.body, &q, &call->vector, &call->bytes, &call->filter);
+        !s.ok()) {
+      return respond.Send(Refuse(s));
+    }
+  } else {
+    return respond.Send(Refuse(absl::InvalidArgumentError(absl::StrCat(
+                                   "Content-Type '", type.substr(0, 64),
+                                   "' is not supported; send image/jpeg, image/png, image/webp "
+                                   "or application/json")),
+                               415));
+  }
+  core_->Search(q, HttpContext(call->req, timeout),
+                [call, respond](absl::StatusOr<serving::SearchResult> r) mutable {
+                  if (!r.ok()) return respond.Send(ErrorResponse(r.status()));
+                  // Ids and URIs are bytes from the snapshot, not necessarily UTF-8.
+                  respond.Send(Content(
+                      HitsJson(*r).dump(-1, ' ', false, json::error_handler_t::replace), kJson));
+                });
 }
 
 }  // namespace imagesearch

@@ -1,5 +1,6 @@
-// The HTTP front end of the query service (cpp-httplib), over the same query
-// core as gRPC. Routes:
+// The HTTP front end of the query service, over the same query core as gRPC,
+// as a table of routes on HttpServer (http_server.h, event-driven on
+// libevent). Routes:
 //
 //   GET  /ping         200, empty body, while the core is serving; else 503
 //   POST /invocations  image/jpeg|png|webp bytes (top_k, ef as query
@@ -20,42 +21,55 @@
 // HttpStatusOf). A body over max_body_bytes is refused with 413 from its
 // Content-Length, before it is read.
 //
-// With options.tls it serves HTTPS only (httplib::SSLServer; with mTLS a
-// verified client certificate is required on every connection, /ping
-// included). With options.token every request but GET /ping must carry
-// "Authorization: Bearer <token>", else 401 with the usual error body and
-// "WWW-Authenticate: Bearer". Bodiless requests are refused before routing;
-// requests with a body (POST...) after httplib has read the body, so that the
-// connection stays in step (see the 413 note in http_frontend.cc).
+// Threads: the server's loop thread answers /ping, /metrics, / and /info
+// itself, so health answers however busy the model is and however many
+// connections are open or stalled. /invocations and /thumbs (parsing,
+// searching, reading the snapshot) go to a pool of `threads` workers through
+// a queue of at most `max_queued` requests; a worker starts the query
+// through the core and is free again at once, and the core's callback (on
+// the worker, or on a model thread for image and text queries) sends the
+// answer. A full queue, or the core's admission, answers 429 at once.
+//
+// With options.tls it serves HTTPS only (with mTLS a verified client
+// certificate is required on every connection, /ping included). With
+// options.token every request but GET /ping must carry "Authorization:
+// Bearer <token>", else 401 with the usual error body and "WWW-Authenticate:
+// Bearer"; the token is checked from the headers, before any body is read.
 //
 // Thread-safe. The core and metrics outlive it.
 #ifndef IMAGESEARCH_SERVICES_QUERY_HTTP_FRONTEND_H_
 #define IMAGESEARCH_SERVICES_QUERY_HTTP_FRONTEND_H_
 
+#include <condition_variable>
+#include <deque>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "libs/serving/metrics.h"
 #include "libs/serving/query_core.h"
 #include "services/query/auth.h"
-
-namespace httplib {
-class Server;
-}
+#include "services/query/http_server.h"
 
 namespace imagesearch {
 
 struct HttpFrontendOptions {
   std::string host = "0.0.0.0";
   int port = 8080;
-  int threads = 16;                            // Connections served at once.
-  size_t max_body_bytes = 6 << 20;             // Larger bodies get 413.
+  int threads = 4;                  // Workers that start /invocations and /thumbs requests.
+  size_t max_queued = 1024;         // Requests waiting for a worker; beyond it 429.
+  size_t max_body_bytes = 6 << 20;  // Larger bodies get 413.
   absl::Duration timeout = absl::Seconds(60);  // Deadline of each request.
-  const TlsFiles* tls = nullptr;               // HTTPS with these files; null = plain HTTP.
-  const BearerToken* token = nullptr;          // Required on every request but /ping; null = none.
+  // A connection idle, or with a request half sent, for this long is closed.
+  absl::Duration read_timeout = absl::Seconds(60);
+  const TlsFiles* tls = nullptr;       // HTTPS with these files; null = plain HTTP.
+  const BearerToken* token = nullptr;  // Required on every request but /ping; null = none.
 };
 
 // The HTTP status for a core status code.
@@ -71,16 +85,47 @@ class HttpFrontend {
   // Binds and starts serving on a background thread. UNAVAILABLE if the port
   // cannot be bound; INVALID_ARGUMENT if the TLS context could not be set up.
   absl::Status Start();
+  // The bound port, after Start (options.port, or the one picked for 0).
+  int port() const;
   // Stops accepting, finishes the requests being served, joins.
   void Stop();
 
  private:
+  using Handler = void (HttpFrontend::*)(HttpRequest, HttpResponder);
+  struct Route;
+  // The routes, matched in order.
+  static const std::vector<Route>& Routes();
+
+  // On the server's loop thread.
+  std::optional<HttpResponse> CheckHead(const HttpRequest& req);
+  void Dispatch(HttpRequest req, HttpResponder respond);
+  // Runs `task` on a worker; false if the queue is full.
+  bool Enqueue(std::function<void()> task);
+  void Work();
+
+  // The handlers.
+  void Ping(HttpRequest req, HttpResponder respond);
+  void MetricsText(HttpRequest req, HttpResponder respond);
+  void Page(HttpRequest req, HttpResponder respond);
+  void Info(HttpRequest req, HttpResponder respond);
+  void Thumbnail(HttpRequest req, HttpResponder respond);
+  void InvocationsGet(HttpRequest req, HttpResponder respond);
+  void Invocations(HttpRequest req, HttpResponder respond);
+
+  bool Authorized(const HttpRequest& req) const;
+  // An answer for a request the core never sees, counted in the metrics.
+  HttpResponse Refuse(const absl::Status& status, int http_status = 0);
+
   serving::QueryCore* const core_;
   serving::Metrics* const metrics_;
   const HttpFrontendOptions options_;
-  std::unique_ptr<httplib::Server> server_;
-  std::string tls_error_;  // Why the TLS context could not be set up.
-  std::thread thread_;
+  std::unique_ptr<HttpServer> server_;
+
+  std::mutex mu_;
+  std::condition_variable work_cv_;
+  std::deque<std::function<void()>> queue_;  // Guarded by mu_.
+  bool stopping_ = false;                    // Guarded by mu_.
+  std::vector<std::thread> workers_;
 };
 
 }  // namespace imagesearch

@@ -17,7 +17,9 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
+#include <unistd.h>
 
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -29,9 +31,12 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "grpc/health/v1/health.pb.h"
 #include "libs/common/binary_main.h"
+#include "libs/common/cpu_quota.h"
 #include "libs/common/log.h"
 #include "libs/serving/metrics.h"
 #include "libs/serving/model_plugin.h"
@@ -49,7 +54,11 @@ ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free port (printed on stdout).
 ABSL_FLAG(int, http_port, 0,
           "HTTP port for /ping, /invocations and /metrics; 0 = no HTTP. `serve` defaults it to "
           "$SAGEMAKER_BIND_TO_PORT or 8080.");
-ABSL_FLAG(int, http_threads, 16, "HTTP connections served at once.");
+ABSL_FLAG(int, http_threads, 4,
+          "HTTP workers that parse and start /invocations requests (the event loop "
+          "serves every connection; /ping never waits for a worker).");
+ABSL_FLAG(int, http_read_timeout_ms, 60000,
+          "An HTTP connection idle, or with a request half sent, this long is closed.");
 ABSL_FLAG(int, max_body_mb, 6, "Largest HTTP request body in MiB; larger ones get 413.");
 ABSL_FLAG(int, http_timeout_ms, 60000,
           "Deadline of an HTTP request unless its timeout_ms parameter says otherwise.");
@@ -63,14 +72,17 @@ ABSL_FLAG(int, max_queued_embeds, 256,
 ABSL_FLAG(int, poll_ms, 500, "How often to check CURRENT for a new version, in milliseconds.");
 ABSL_FLAG(std::string, verify, "checksums",
           "Snapshot verification at load: 'checksums' (every byte, XXH3) or 'sizes' (O(1)).");
-ABSL_FLAG(int, max_batch, 4,
-          "Dynamic batcher: largest batch of image/text queries per forward pass.");
+ABSL_FLAG(int, max_batch, 2,
+          "Dynamic batcher: largest batch of image/text queries per forward pass (per model "
+          "instance; with one thread per instance, 2 ran as fast as any, tools/bench/README.md).");
 ABSL_FLAG(int, max_delay_us, 2000,
           "Dynamic batcher: longest wait for more queries after the first of a batch.");
-ABSL_FLAG(int, model_instances, 1,
-          "Batches the model runs at once (each on its own thread), as Triton's instance count.");
+ABSL_FLAG(int, model_instances, 0,
+          "Batches the model runs at once (each on its own thread), as Triton's instance count; "
+          "0 = one per CPU this process may use (its cgroup CPU quota and affinity).");
 ABSL_FLAG(int, encoder_threads, 0,
-          "LibTorch intra-op threads per model instance; 0 = cores / model_instances.");
+          "LibTorch intra-op threads per model instance; 0 = CPUs / model_instances (1 by "
+          "default: a multi-thread team spin-waits, which collapses when the cores are shared).");
 ABSL_FLAG(std::string, model_plugin, "",
           "The model runtime module (LibTorch), loaded when a snapshot carries a model. "
           "Default: libimagesearch_torch_plugin.so next to this binary.");
@@ -100,6 +112,17 @@ namespace {
 constexpr char kServiceName[] = "imagesearch.v1.ImageSearch";
 constexpr char kVersion[] = "0.1.0";
 
+// Whether the command line sets flag `name` (--name=V, --name V, -name=V).
+bool NamesFlag(int argc, char** argv, absl::string_view name) {
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (!absl::ConsumePrefix(&arg, "--")) absl::ConsumePrefix(&arg, "-");
+    if (arg == name || absl::StartsWith(arg, absl::StrCat(name, "="))) return true;
+  }
+  return false;
+}
+
 // `serve`: the SageMaker inference-container contract.
 void ApplySageMakerDefaults() {
   if (absl::GetFlag(FLAGS_snapshot_root).empty()) {
@@ -116,7 +139,183 @@ void ApplySageMakerDefaults() {
   }
 }
 
-int Run() {
+struct Security {
+  std::optional<TlsFiles> tls;
+  std::optional<BearerToken> token;
+};
+
+// TLS files and the bearer token, checked before anything starts: a bad file
+// is a clear error (and exit status 2).
+absl::StatusOr<Security> LoadSecurity() {
+  Security security;
+  const std::string tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  const std::string tls_key = absl::GetFlag(FLAGS_tls_key);
+  const std::string tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  if (!tls_cert.empty() || !tls_key.empty() || !tls_client_ca.empty()) {
+    if (tls_cert.empty() || tls_key.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tls_cert and --tls_key go together",
+                       tls_client_ca.empty() ? "" : " (--tls_client_ca needs both)"));
+    }
+    auto loaded = LoadTlsFiles(tls_cert, tls_key, tls_client_ca);
+    if (!loaded.ok()) return absl::InvalidArgumentError(absl::StrCat("TLS: ", loaded.status().message()));
+    security.tls = *std::move(loaded);
+  }
+  if (const std::string file = absl::GetFlag(FLAGS_auth_token_file); !file.empty()) {
+    auto loaded = BearerToken::FromFile(file);
+    if (!loaded.ok()) return absl::InvalidArgumentError(absl::StrCat("auth: ", loaded.status().message()));
+    security.token = *std::move(loaded);
+  }
+  return security;
+}
+
+// The model runtime's options: thread counts follow the CPUs this process may
+// use (its cgroup quota and affinity), not the host's cores.
+serving::ModelPluginOptions ModelOptions(serving::Metrics* metrics) {
+  serving::ModelPluginOptions popts;
+  popts.plugin_path = absl::GetFlag(FLAGS_model_plugin);
+  if (popts.plugin_path.empty()) popts.plugin_path = serving::DefaultTorchPluginPath();
+  const int cpus = EffectiveCpuCount();
+  int instances = absl::GetFlag(FLAGS_model_instances);
+  if (instances <= 0) instances = cpus;
+  popts.runtime.intra_op_threads = absl::GetFlag(FLAGS_encoder_threads);
+  if (popts.runtime.intra_op_threads <= 0) {
+    popts.runtime.intra_op_threads = std::max(1, cpus / instances);
+  }
+  popts.embedder.model_instances = instances;
+  popts.embedder.max_batch = absl::GetFlag(FLAGS_max_batch);
+  popts.embedder.max_delay = absl::Microseconds(absl::GetFlag(FLAGS_max_delay_us));
+  popts.embedder.max_queued_items = static_cast<size_t>(absl::GetFlag(FLAGS_max_queued_embeds));
+  popts.embedder.metrics = metrics;
+  return popts;
+}
+
+// Where the process is in its life, shared by the snapshot manager's
+// callback, the signal thread and Run.
+class Lifecycle {
+ public:
+  // The first snapshot (and its model) is loaded and warmed.
+  void SetLoaded() {
+    std::lock_guard<std::mutex> lock(mu_);
+    loaded_ = true;
+    if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(true);
+    cv_.notify_all();
+  }
+  void RequestStop(int sig) {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_signal_ = sig;
+    cv_.notify_all();
+  }
+  // Waits until the first snapshot is loaded (true) or a stop is requested
+  // (false).
+  bool WaitLoadedOrStop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return loaded_ || stop_signal_ != 0; });
+    return stop_signal_ == 0;
+  }
+  // Waits for a stop request; returns its signal.
+  int WaitStop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return stop_signal_ != 0; });
+    return stop_signal_;
+  }
+  // The gRPC server whose health follows the snapshot; null before it starts
+  // and after it stops.
+  void SetServer(grpc::Server* server) {
+    std::lock_guard<std::mutex> lock(mu_);
+    server_ = server;
+    if (server_ == nullptr) return;
+    auto* health = server_->GetHealthCheckService();
+    health->SetServingStatus(loaded_);
+    health->SetServingStatus(kServiceName, loaded_);
+  }
+  void ShutdownHealth() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (server_ != nullptr) server_->GetHealthCheckService()->Shutdown();  // NOT_SERVING.
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool loaded_ = false;
+  int stop_signal_ = 0;
+  grpc::Server* server_ = nullptr;
+};
+
+std::unique_ptr<grpc::Server> StartGrpc(ImageSearchService* service, const Security& security,
+                                        int* bound_port) {
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (security.tls) {
+    const TlsFiles& tls = *security.tls;
+    grpc::SslServerCredentialsOptions ssl(
+        tls.mtls() ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                   : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    ssl.pem_key_cert_pairs.push_back({tls.key_pem, tls.cert_pem});
+    ssl.pem_root_certs = tls.client_ca_pem;
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port)),
+                           credentials, bound_port);
+  const int max_bytes = absl::GetFlag(FLAGS_max_message_mb) * 1024 * 1024;
+  builder.SetMaxReceiveMessageSize(max_bytes);
+  builder.SetMaxSendMessageSize(max_bytes);
+  // Connections are closed (GOAWAY, calls in flight finish) after this age,
+  // so clients re-resolve and spread over replicas that were added since
+  // (Kubernetes HPA scale-up behind a headless Service).
+  if (absl::GetFlag(FLAGS_max_connection_age_ms) > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               absl::GetFlag(FLAGS_max_connection_age_ms));
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                               absl::GetFlag(FLAGS_shutdown_grace_ms));
+  }
+  builder.RegisterService(service);
+  return builder.BuildAndStart();
+}
+
+std::unique_ptr<HttpFrontend> MakeHttp(serving::QueryCore* core, serving::Metrics* metrics,
+                                       const Security& security) {
+  HttpFrontendOptions hopts;
+  hopts.host = absl::GetFlag(FLAGS_host);
+  hopts.port = absl::GetFlag(FLAGS_http_port);
+  hopts.threads = absl::GetFlag(FLAGS_http_threads);
+  hopts.max_body_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_body_mb)) << 20;
+  hopts.timeout = absl::Milliseconds(absl::GetFlag(FLAGS_http_timeout_ms));
+  hopts.read_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_http_read_timeout_ms));
+  hopts.tls = security.tls ? &*security.tls : nullptr;
+  hopts.token = security.token ? &*security.token : nullptr;
+  return std::make_unique<HttpFrontend>(core, metrics, hopts);
+}
+
+// SIGTERM/SIGINT: stop taking new work, let the calls in flight finish
+// within the grace period, then stop both fronts.
+void Drain(int sig, serving::QueryCore* core, Lifecycle* life, grpc::Server* server,
+           HttpFrontend* http) {
+  const absl::Duration grace = absl::Milliseconds(absl::GetFlag(FLAGS_shutdown_grace_ms));
+  LogInfo("signal ", sig, ": not taking new work; draining calls in flight (grace ",
+          absl::FormatDuration(grace), ")");
+  core->StartDraining();  // New calls: UNAVAILABLE; /ping: 503.
+  life->ShutdownHealth();
+  // gRPC stops listening and sends GOAWAY at once, so clients and proxies
+  // (nginx, round_robin channels) send new calls to other replicas instead
+  // of getting UNAVAILABLE here; calls in flight get the grace period.
+  const auto deadline = std::chrono::system_clock::now() + absl::ToChronoMilliseconds(grace);
+  std::thread grpc_shutdown([server, deadline] {
+    if (server != nullptr) server->Shutdown(deadline);
+  });
+  if (!core->WaitIdle(grace)) LogWarning("grace period over with calls still in flight");
+  if (http != nullptr) http->Stop();  // HTTP answered 503 meanwhile (SageMaker, nginx retry on 503).
+  grpc_shutdown.join();
+  if (server != nullptr) server->Wait();
+}
+
+// Start-up order: HTTP (health, metrics; 503 until serving) first, then the
+// first snapshot and its model are loaded and warmed, and only then does the
+// gRPC port listen. A replica that is starting refuses gRPC connections, which
+// every balancer (nginx's grpc_next_upstream, a Kubernetes probe, a
+// round_robin channel) already treats as "not this one"; no query ever
+// reaches a replica that cannot answer it. See deploy/README.md.
+int Run(bool grpc_enabled) {
   const std::string root = absl::GetFlag(FLAGS_snapshot_root);
   if (root.empty()) {
     std::cerr << "--snapshot_root is required (or run `imagesearch-query serve`)\n";
@@ -127,34 +326,15 @@ int Run() {
     std::cerr << "--verify must be 'checksums' or 'sizes', got '" << verify << "'\n";
     return 2;
   }
-
-  // TLS and the token are checked before anything starts: a bad file is a
-  // clear error and exit status 2.
-  std::optional<TlsFiles> tls;
-  const std::string tls_cert = absl::GetFlag(FLAGS_tls_cert);
-  const std::string tls_key = absl::GetFlag(FLAGS_tls_key);
-  const std::string tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
-  if (!tls_cert.empty() || !tls_key.empty() || !tls_client_ca.empty()) {
-    if (tls_cert.empty() || tls_key.empty()) {
-      std::cerr << "--tls_cert and --tls_key go together"
-                << (tls_client_ca.empty() ? "" : " (--tls_client_ca needs both)") << "\n";
-      return 2;
-    }
-    auto loaded = LoadTlsFiles(tls_cert, tls_key, tls_client_ca);
-    if (!loaded.ok()) {
-      LogError("TLS: ", loaded.status().message());
-      return 2;
-    }
-    tls = *std::move(loaded);
+  absl::StatusOr<Security> security = LoadSecurity();
+  if (!security.ok()) {
+    LogError(security.status().message());
+    return 2;
   }
-  std::optional<BearerToken> token;
-  if (const std::string file = absl::GetFlag(FLAGS_auth_token_file); !file.empty()) {
-    auto loaded = BearerToken::FromFile(file);
-    if (!loaded.ok()) {
-      LogError("auth: ", loaded.status().message());
-      return 2;
-    }
-    token = *std::move(loaded);
+  const bool http_enabled = absl::GetFlag(FLAGS_http_port) != 0;
+  if (!grpc_enabled && !http_enabled) {
+    std::cerr << "nothing to serve: set --port (gRPC) or --http_port (HTTP)\n";
+    return 2;
   }
 
   // Signals are handled by one thread with sigwait; block them everywhere
@@ -172,39 +352,20 @@ int Run() {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
   serving::Metrics metrics(kVersion);
-
-  grpc::Server* server_ptr = nullptr;
-  std::mutex server_mu;
+  Lifecycle life;
   serving::SnapshotManagerOptions mopts;
   mopts.root = root;
   mopts.verify =
       verify == "sizes" ? snapshot::VerifyMode::kSizes : snapshot::VerifyMode::kChecksums;
   mopts.poll_interval = absl::Milliseconds(absl::GetFlag(FLAGS_poll_ms));
-  serving::ModelPluginOptions popts;
-  popts.plugin_path = absl::GetFlag(FLAGS_model_plugin);
-  if (popts.plugin_path.empty()) popts.plugin_path = serving::DefaultTorchPluginPath();
-  const int instances = std::max(1, absl::GetFlag(FLAGS_model_instances));
-  popts.runtime.intra_op_threads = absl::GetFlag(FLAGS_encoder_threads);
-  if (popts.runtime.intra_op_threads <= 0) {
-    popts.runtime.intra_op_threads =
-        std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / instances);
-  }
-  popts.embedder.model_instances = instances;
-  popts.embedder.max_batch = absl::GetFlag(FLAGS_max_batch);
-  popts.embedder.max_delay = absl::Microseconds(absl::GetFlag(FLAGS_max_delay_us));
-  popts.embedder.max_queued_items = static_cast<size_t>(absl::GetFlag(FLAGS_max_queued_embeds));
-  popts.embedder.metrics = &metrics;
-  mopts.embedder_factory = serving::PluginEmbedderFactory(popts);
+  mopts.embedder_factory = serving::PluginEmbedderFactory(ModelOptions(&metrics));
   mopts.on_load = [&metrics](bool ok, absl::Duration took) {
     metrics.RecordSnapshotLoad(ok, took);
   };
   mopts.on_swap = [&](const serving::ServingState& state) {
     const auto& m = state.snapshot->manifest();
     metrics.SetLiveSnapshot(m.version, m.count, m.model.name);
-    std::lock_guard<std::mutex> lock(server_mu);
-    if (server_ptr != nullptr) {
-      server_ptr->GetHealthCheckService()->SetServingStatus(true);
-    }
+    life.SetLoaded();
   };
   serving::SnapshotManager manager(mopts);
 
@@ -213,104 +374,64 @@ int Run() {
   copts.max_image_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_message_mb)) << 20;
   serving::QueryCore core(&manager, &metrics, copts);
   // With a token, every ImageSearch call is checked before its bytes are parsed.
-  ImageSearchService service(&core, token ? &*token : nullptr, &metrics);
-
-  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
-  if (tls) {
-    grpc::SslServerCredentialsOptions ssl(
-        tls->mtls() ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-                    : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
-    ssl.pem_key_cert_pairs.push_back({tls->key_pem, tls->cert_pem});
-    ssl.pem_root_certs = tls->client_ca_pem;
-    credentials = grpc::SslServerCredentials(ssl);
-  }
-
-  grpc::ServerBuilder builder;
-  int bound_port = 0;
-  builder.AddListeningPort(absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port)),
-                           credentials, &bound_port);
-  const int max_bytes = absl::GetFlag(FLAGS_max_message_mb) * 1024 * 1024;
-  builder.SetMaxReceiveMessageSize(max_bytes);
-  builder.SetMaxSendMessageSize(max_bytes);
-  // Connections are closed (GOAWAY, calls in flight finish) after this age,
-  // so clients re-resolve and spread over replicas that were added since
-  // (Kubernetes HPA scale-up behind a headless Service).
-  if (absl::GetFlag(FLAGS_max_connection_age_ms) > 0) {
-    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
-                               absl::GetFlag(FLAGS_max_connection_age_ms));
-    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
-                               absl::GetFlag(FLAGS_shutdown_grace_ms));
-  }
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server) {
-    LogError("could not listen on ", absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
-    return 1;
-  }
-  {
-    std::lock_guard<std::mutex> lock(server_mu);
-    server_ptr = server.get();
-    auto* health = server->GetHealthCheckService();
-    health->SetServingStatus(false);
-    health->SetServingStatus(kServiceName, false);
-  }
-  std::cout << "listening on port " << bound_port << std::endl;
+  ImageSearchService service(&core, security->token ? &*security->token : nullptr, &metrics);
 
   std::unique_ptr<HttpFrontend> http;
-  if (const int http_port = absl::GetFlag(FLAGS_http_port); http_port != 0) {
-    HttpFrontendOptions hopts;
-    hopts.host = absl::GetFlag(FLAGS_host);
-    hopts.port = http_port;
-    hopts.threads = absl::GetFlag(FLAGS_http_threads);
-    hopts.max_body_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_body_mb)) << 20;
-    hopts.timeout = absl::Milliseconds(absl::GetFlag(FLAGS_http_timeout_ms));
-    hopts.tls = tls ? &*tls : nullptr;
-    hopts.token = token ? &*token : nullptr;
-    http = std::make_unique<HttpFrontend>(&core, &metrics, hopts);
+  if (http_enabled) {
+    http = MakeHttp(&core, &metrics, *security);
     if (absl::Status s = http->Start(); !s.ok()) {
       LogError(s.message());
       return 1;
     }
-    std::cout << "http listening on port " << http_port << std::endl;
+    std::cout << "http listening on port " << absl::GetFlag(FLAGS_http_port) << std::endl;
   }
-  LogInfo("imagesearch-query listening on ", absl::GetFlag(FLAGS_host), ":", bound_port,
-          http ? absl::StrCat(" (gRPC) and :", absl::GetFlag(FLAGS_http_port),
-                              tls ? " (HTTPS)" : " (HTTP)")
+  const std::string tls_text =
+      security->tls ? (security->tls->mtls() ? ", TLS with client certificates" : ", TLS")
+                    : ", plaintext";
+  LogInfo("imagesearch-query starting: snapshot ", root,
+          http ? absl::StrCat(", HTTP on ", absl::GetFlag(FLAGS_host), ":",
+                              absl::GetFlag(FLAGS_http_port),
+                              security->tls ? " (HTTPS)" : "", " (503 until serving)")
                : "",
-          ", snapshot ", root,
-          tls ? (tls->mtls() ? ", TLS with client certificates" : ", TLS") : ", plaintext",
-          token ? ", bearer token required" : "");
+          grpc_enabled ? ", gRPC listens once a snapshot is loaded" : ", no gRPC", tls_text,
+          security->token ? ", bearer token required" : "");
 
-  auto first = manager.PollOnce();
-  if (!first.ok()) LogWarning("not serving yet: ", first.status().ToString());
-  manager.StartWatching();
-
+  // A signal that arrived since it was blocked is pending; sigwait takes it.
   std::thread signal_thread([&] {
     int sig = 0;
     sigwait(&signals, &sig);
-    const absl::Duration grace = absl::Milliseconds(absl::GetFlag(FLAGS_shutdown_grace_ms));
-    LogInfo("signal ", sig, ": not taking new work; draining calls in flight (grace ",
-            absl::FormatDuration(grace), ")");
-    core.StartDraining();  // New calls: UNAVAILABLE; /ping: 503.
-    {
-      std::lock_guard<std::mutex> lock(server_mu);
-      server->GetHealthCheckService()->Shutdown();  // Health: NOT_SERVING.
-    }
-    // gRPC stops listening and sends GOAWAY at once, so clients and proxies
-    // (nginx, round_robin channels) send new calls to other replicas instead
-    // of getting UNAVAILABLE here; calls in flight get the grace period.
-    const auto deadline = std::chrono::system_clock::now() + absl::ToChronoMilliseconds(grace);
-    std::thread grpc_shutdown([&server, deadline] { server->Shutdown(deadline); });
-    if (!core.WaitIdle(grace)) LogWarning("grace period over with calls still in flight");
-    if (http) http->Stop();  // HTTP answered 503 meanwhile (SageMaker, nginx retry on 503).
-    grpc_shutdown.join();
+    life.RequestStop(sig);
   });
-  server->Wait();
-  signal_thread.join();
-  {
-    std::lock_guard<std::mutex> lock(server_mu);
-    server_ptr = nullptr;
+  struct JoinOnExit {
+    std::thread& t;
+    ~JoinOnExit() { t.join(); }
+  } join{signal_thread};
+  manager.StartWatching();  // Loads CURRENT at once, then polls.
+  if (!life.WaitLoadedOrStop()) {
+    LogInfo("stopped before a snapshot was loaded");
+    if (http) http->Stop();
+    return 0;
   }
+
+  std::unique_ptr<grpc::Server> server;
+  if (grpc_enabled) {
+    int bound_port = 0;
+    server = StartGrpc(&service, *security, &bound_port);
+    if (!server) {
+      LogError("could not listen on ", absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
+      if (http) http->Stop();
+      kill(getpid(), SIGTERM);  // Ends the signal thread.
+      return 1;
+    }
+    life.SetServer(server.get());
+    std::cout << "listening on port " << bound_port << std::endl;
+    LogInfo("imagesearch-query listening on ", absl::GetFlag(FLAGS_host), ":", bound_port,
+            " (gRPC)", tls_text);
+  }
+
+  const int sig = life.WaitStop();
+  Drain(sig, &core, &life, server.get(), http.get());
+  life.SetServer(nullptr);
   LogInfo("stopped");
   return 0;
 }
@@ -326,11 +447,14 @@ int main(int argc, char** argv) {
       "  TLS/mTLS: --tls_cert=PEM --tls_key=PEM [--tls_client_ca=PEM]; "
       "bearer token: --auth_token_file=FILE",
       argc, argv, FLAGS_log_format);
+  bool grpc_enabled = true;
   if (args.size() == 2 && std::strcmp(args[1], "serve") == 0) {
     imagesearch::ApplySageMakerDefaults();
+    // The SageMaker contract is HTTP on one port; gRPC only when asked for.
+    grpc_enabled = imagesearch::NamesFlag(argc, argv, "port");
   } else if (args.size() > 1) {
     std::cerr << "unknown argument '" << args[1] << "'; the only command is `serve`\n";
     return 2;
   }
-  return imagesearch::Run();
+  return imagesearch::Run(grpc_enabled);
 }

@@ -2,10 +2,12 @@
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
+import types
 import urllib.error
 import urllib.request
 
@@ -14,6 +16,15 @@ def check(cond, what):
     """Fails the test with `what` unless `cond`."""
     if not cond:
         raise AssertionError(what)
+
+
+def tree(build, src):
+    """Where the tests' inputs and the binaries are, given BUILD_DIR and SOURCE_DIR."""
+    return types.SimpleNamespace(
+        images=os.path.join(src, "tests", "data", "images"),
+        proto=os.path.join(src, "proto"),
+        indexer=os.path.join(build, "services", "indexer", "imagesearch-indexer"),
+        query=os.path.join(build, "services", "query", "imagesearch-query"))
 
 
 def run(*args, ok=True):
@@ -29,6 +40,22 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def listening_ports(readline, grpc=True, http=False):
+    """Reads the query service's stdout (readline returns its next line) until
+    it has named each port wanted; returns {"grpc": N, "http": M}. The HTTP
+    port is named at start, the gRPC port once the first snapshot is loaded
+    and warmed (the port listens only then)."""
+    want = {name for name, on in (("grpc", grpc), ("http", http)) if on}
+    ports = {}
+    while not want <= ports.keys():
+        line = readline()
+        check(line != "", f"the service's stdout ended before it named its ports (got {ports})")
+        m = re.match(r"(http )?listening on port (\d+)", line)
+        if m:
+            ports["http" if m.group(1) else "grpc"] = int(m.group(2))
+    return ports
 
 
 def post_json(port, body, timeout=60):

@@ -69,18 +69,21 @@ def index(root):
 class Server:
     """The query binary; `args` go after the binary path."""
 
-    def __init__(self, args, log, env=None):
+    def __init__(self, args, log, env=None, grpc_port=True):
+        """grpc_port False: only wait for HTTP (gRPC listens once a snapshot loads)."""
         self.proc = subprocess.Popen([QUERY, *args], stdout=subprocess.PIPE, text=True,
                                      stderr=open(log, "w"), env=env)
         SERVERS.append(self.proc)
-        lines = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(x) for x in self.proc.stdout], daemon=True).start()
-        ports = []
-        for want in ("listening on port", "http listening on port"):
-            line = lines.get(timeout=60)
-            check(line.startswith(want), f"expected '{want} N' on stdout, got {line!r}")
-            ports.append(int(line.split()[-1]))
-        self.port, self.http = ports
+        self.lines = queue.Queue()
+        threading.Thread(target=lambda: [self.lines.put(x) for x in self.proc.stdout],
+                         daemon=True).start()
+        ports = e2e_lib.listening_ports(lambda: self.lines.get(timeout=60), grpc=grpc_port,
+                                        http=True)
+        self.port, self.http = ports.get("grpc"), ports["http"]
+        if self.port is not None:
+            self.connect()
+
+    def connect(self):
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = pb_grpc.ImageSearchStub(self.channel)
         self.check_health = self.channel.unary_unary(
@@ -160,19 +163,29 @@ def grpc_error(stub, req):
 
 
 def section1(work, root):
-    os.makedirs(os.path.join(work, "empty"))
-    e = Server(flags(os.path.join(work, "empty")), os.path.join(work, "empty.log"))
+    empty = os.path.join(work, "empty")
+    os.makedirs(empty)
+    e = Server(flags(empty), os.path.join(work, "empty.log"), grpc_port=False)
     check(request(e.http, "GET", "/ping")[0] == 503, "/ping before a snapshot is not 503")
     st, data = post_json(e.http, {"id": "x"})
     check(st == 503 and json.loads(data) == {"error": {"code": "UNAVAILABLE",
                                                        "message": "no snapshot is loaded yet"}},
           f"no snapshot: {st} {data!r}")
-    check(e.health() == H.HealthCheckResponse.NOT_SERVING, "health is not NOT_SERVING")
+    # gRPC does not listen before a snapshot is loaded: a balancer sees a
+    # refused connection, never a replica that answers UNAVAILABLE.
+    check(e.lines.empty(), "gRPC said it listens with no snapshot")
+    # Publishing a version makes the same process load it, then listen.
+    index(empty)
+    e.port = e2e_lib.listening_ports(lambda: e.lines.get(timeout=60))["grpc"]
+    e.wait_ping()
+    e.connect()
+    check(e.health() == H.HealthCheckResponse.SERVING, "gRPC listening but health not SERVING")
     e.stop()
     s = Server(flags(root), os.path.join(work, "main.log"))
     s.wait_ping()
     check(s.health() == H.HealthCheckResponse.SERVING, "/ping 200 but health not SERVING")
-    print("1. readiness: /ping 503 + NOT_SERVING without a snapshot, 200 + SERVING with one")
+    print("1. readiness: /ping 503 and no gRPC listener without a snapshot; once one is "
+          "published, gRPC listens and health is SERVING; 200 + SERVING with one at start")
     return s
 
 
@@ -347,6 +360,22 @@ def section7(s):
     print(f"7. SIGTERM while busy: exit 0 in {took:.1f} s; {counts}")
 
 
+def listening_ports_of(pid):
+    """The TCP ports process `pid` listens on (from /proc: its socket inodes)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        target = os.readlink(f"/proc/{pid}/fd/{fd}") if os.path.exists(f"/proc/{pid}/fd/{fd}") else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:  # 0A: LISTEN
+                ports.add(int(f[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def section8(work, root):
     model = os.path.join(work, "sm", "model")
     shutil.copytree(os.path.join(root, "v1"), model)
@@ -361,7 +390,18 @@ def section8(work, root):
     r = hits_of(*post_image(sm.http, "rocket.jpg"), "serve image query")
     check(r["hits"][0]["id"] == "rocket.jpg", r)
     sm.stop()
-    print("8. `serve` (SageMaker): /ping, /invocations, SIGTERM -> exit 0")
+    # Without --port, `serve` opens only the SageMaker contract's HTTP port.
+    env["SAGEMAKER_BIND_TO_PORT"] = str(free_port())
+    only = Server(["serve", f"--snapshot_root={model}"], os.path.join(work, "sm2.log"), env,
+                  grpc_port=False)
+    only.wait_ping()
+    time.sleep(0.5)  # gRPC, were it on, starts right after the snapshot loads.
+    check(only.lines.empty(), "`serve` without --port printed more than its HTTP port")
+    ports = listening_ports_of(only.proc.pid)
+    check(ports == {only.http}, f"`serve` without --port listens on {sorted(ports)}, not just HTTP")
+    only.stop()
+    print("8. `serve` (SageMaker): /ping, /invocations, SIGTERM -> exit 0; without --port it "
+          "listens on the HTTP port only")
 
 
 def jpeg_size(data):

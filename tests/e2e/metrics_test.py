@@ -23,6 +23,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import grpc_stubs  # noqa: E402
+from e2e_lib import listening_ports  # noqa: E402
 
 BUILD, SRC, DEFAULT = sys.argv[1:4]
 IMAGES = os.path.join(SRC, "tests", "data", "images")
@@ -145,10 +146,8 @@ def main():
                                 stderr=open(os.path.join(work, "query.log"), "w"))
         lines = queue.Queue()
         threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
-        grpc_port = int(lines.get(timeout=60).split()[-1])
-        http_line = lines.get(timeout=60)
-        check(http_line.startswith("http listening on port"), f"stdout: {http_line!r}")
-        port = int(http_line.split()[-1])
+        ports = listening_ports(lambda: lines.get(timeout=60), http=True)
+        grpc_port, port = ports["grpc"], ports["http"]
         until = time.time() + 60
         while request(port, "GET", "/ping")[0] != 200:
             check(time.time() < until, "/ping never answered 200")

@@ -59,7 +59,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_lib import check, free_port, run  # noqa: E402
+from e2e_lib import check, free_port, listening_ports, run  # noqa: E402
 
 BUILD, SRC, MODEL = sys.argv[1:4]
 INDEXER = os.path.join(BUILD, "services", "indexer", "imagesearch-indexer")
@@ -210,10 +210,9 @@ def main():
                                    "--port=0", f"--http_port={http}"],
                                   stdout=subprocess.PIPE, stderr=open(os.path.join(work, "query.log"), "w"),
                                   text=True)
-        m = re.match(r"listening on port (\d+)", server.stdout.readline())
-        check(m is not None, "the service did not say its port")
+        grpc_port = listening_ports(server.stdout.readline)["grpc"]
         threading.Thread(target=server.stdout.read, daemon=True).start()
-        target = f"127.0.0.1:{m.group(1)}"
+        target = f"127.0.0.1:{grpc_port}"
         pid = server.pid
         wait_version(http, 1, "start")
 

@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import e2e_lib  # noqa: E402
 import grpc_stubs  # noqa: E402
-from e2e_lib import check, free_port  # noqa: E402
+from e2e_lib import check, free_port, listening_ports  # noqa: E402
 
 BUILD, SRC = sys.argv[1:3]
 QUERY = os.path.join(BUILD, "services", "query", "imagesearch-query")
@@ -107,11 +107,9 @@ class Server:
             [QUERY, f"--snapshot_root={root}", "--host=127.0.0.1", "--port=0",
              f"--http_port={self.http_port}", "--poll_ms=100", "--shutdown_grace_ms=1000", *flags],
             stdout=subprocess.PIPE, stderr=self.log, text=True)
-        line = self.proc.stdout.readline()
-        check(line.startswith("listening on port"), f"no listening line: {line!r} (see {log})")
-        self.port = int(line.split()[-1])
-        line = self.proc.stdout.readline()
-        check(line.startswith("http listening"), f"no http listening line: {line!r} (see {log})")
+        ports = listening_ports(self.proc.stdout.readline, http=True)
+        check(ports["http"] == self.http_port, f"HTTP on {ports['http']}, not {self.http_port}")
+        self.port = ports["grpc"]
 
     def stop(self):
         self.proc.terminate()

@@ -4,7 +4,7 @@
 // QueryFromJson (and FilterFromJson), run through QueryCore::Search over a
 // small real snapshot built in-process (fuzz_util.h: vector-only, with
 // attribute columns), and the answer is encoded as the front end does: hits
-// with HitsJson, errors with SendError (both dump JSON, which throws on
+// with HitsJson, errors with ErrorResponse (both dump JSON, which throws on
 // invalid UTF-8).
 //
 // The parsing functions live in an anonymous namespace in
@@ -31,24 +31,25 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<float> vector;
   std::string bytes;
   serving::Filter filter;
-  httplib::Response res;
   if (absl::Status s = imagesearch::QueryFromJson(body, &q, &vector, &bytes, &filter); !s.ok()) {
     FUZZ_CHECK(absl::IsInvalidArgument(s));
-    imagesearch::SendError(res, s);
-    FUZZ_CHECK(res.status == 400);
+    FUZZ_CHECK(imagesearch::ErrorResponse(s).status == 400);
     return 0;
   }
   bool called = false;
-  world.core->Search(q, imagesearch::HttpContext(absl::Seconds(60)),
+  imagesearch::HttpRequest req;
+  req.received = absl::Now();
+  world.core->Search(q, imagesearch::HttpContext(req, absl::Seconds(60)),
                      [&](absl::StatusOr<serving::SearchResult> r) {
                        called = true;
                        imagesearch::fuzz::CheckAnswer(q.kind, r.status());
                        if (r.ok()) {
-                         res.set_content(imagesearch::HitsJson(*r).dump(-1, ' ', false,
-                                                               nlohmann::json::error_handler_t::replace),
-                                       "application/json");
+                         imagesearch::Content(imagesearch::HitsJson(*r).dump(
+                                                  -1, ' ', false,
+                                                  nlohmann::json::error_handler_t::replace),
+                                              "application/json");
                        } else {
-                         imagesearch::SendError(res, r.status());
+                         imagesearch::ErrorResponse(r.status());
                        }
                      });
   FUZZ_CHECK(called);

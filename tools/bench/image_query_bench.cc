@@ -43,6 +43,7 @@
 #include "libs/model/model_bundle.h"
 #include "tests/integration/server_process.h"
 #include "tools/bench/bench_util.h"
+#include "tools/bench/encoder_layouts.h"
 
 ABSL_FLAG(std::string, query_binary, "", "Path of imagesearch-query.");
 ABSL_FLAG(std::string, indexer_binary, "",
@@ -258,16 +259,17 @@ int Run() {
     encoded.emplace_back(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
 
-  // (a) In-process encoder.
-  auto bundle = model::ModelBundle::Load(absl::GetFlag(FLAGS_model), {});
-  if (!bundle.ok()) {
-    std::cerr << bundle.status() << "\n";
+  // (a) In-process encoder, in each thread layout (encoder_layouts.h).
+  auto layouts = bench::LoadEncoderLayouts(absl::GetFlag(FLAGS_model));
+  if (!layouts.ok()) {
+    std::cerr << layouts.status() << "\n";
     return 1;
   }
+  const model::ModelBundle* bundle = layouts->front().bundle.get();
   std::vector<image::RgbImage> images;
   std::vector<std::string> queries;  // The encoded images that preprocess; the rest are dropped.
   for (size_t i = 0; i < encoded.size(); ++i) {
-    auto img = (*bundle)->PreprocessImage(encoded[i]);
+    auto img = bundle->PreprocessImage(encoded[i]);
     if (!img.ok()) {
       std::printf("skipping %s: %s\n", paths[i].c_str(), img.status().ToString().c_str());
       continue;
@@ -280,31 +282,14 @@ int Run() {
     return 1;
   }
   std::printf("%zu query images, model %s (%d-d, %dpx)\n", images.size(),
-              (*bundle)->info().name.c_str(), (*bundle)->dim(), (*bundle)->info().image_size);
+              bundle->info().name.c_str(), bundle->dim(), bundle->info().image_size);
 
   uint64_t decoded = 0;
   auto t0 = Clock::now();
   while (decoded < kMaxIterations && Since(t0) < secs) {
-    (void)(*bundle)->PreprocessImage(queries[decoded++ % queries.size()]);
+    (void)bundle->PreprocessImage(queries[decoded++ % queries.size()]);
   }
   const double preprocess_rate = decoded / Since(t0);
-
-  // Images/s of the in-process encoder at batch size b.
-  auto measure_encoder = [&](int b) -> double {
-    std::vector<const image::RgbImage*> batch;
-    uint64_t done = 0, next = 0;
-    auto encode = [&] {
-      batch.clear();
-      for (int j = 0; j < b; ++j) batch.push_back(&images[next++ % images.size()]);
-      return (*bundle)->EncodeImages(batch).ok();
-    };
-    if (!encode()) return -1;  // Warm-up at this batch size, untimed.
-    const auto start = Clock::now();
-    for (uint64_t i = 0; i < kMaxIterations && Since(start) < secs; ++i, done += b) {
-      if (!encode()) return -1;
-    }
-    return done / Since(start);
-  };
 
   // Snapshot.
   char tmpl[] = "/tmp/imagesearch_image_query_bench.XXXXXX";
@@ -344,14 +329,17 @@ int Run() {
     if (!mb1.stub) return 1;
   }
   const int rounds = std::max(1, absl::GetFlag(FLAGS_rounds));
-  std::map<int, std::vector<double>> encoder_runs;
+  // Per (layout, batch): images/s in each round.
+  std::map<std::pair<size_t, int>, std::vector<double>> encoder_runs;
   std::map<int, std::vector<ServiceResult>> service_runs;
   std::vector<ServiceResult> mb1_runs;
   for (int round = 0; round < rounds; ++round) {
-    for (int b : batches) {
-      const double rate = measure_encoder(b);
-      if (rate < 0) return 1;
-      encoder_runs[b].push_back(rate);
+    for (size_t l = 0; l < layouts->size(); ++l) {
+      for (int b : batches) {
+        const double rate = bench::MeasureEncoder((*layouts)[l], images, b, secs);
+        if (rate < 0) return 1;
+        encoder_runs[{l, b}].push_back(rate);
+      }
     }
     for (int c : clients) {
       service_runs[c].push_back(MeasureService(service.stub.get(), reqs, c, secs));
@@ -364,12 +352,12 @@ int Run() {
   if (mb1.process) std::printf("  max_batch=1 service exit status: %d\n", mb1.process->Terminate());
 
   double best_rate = 0;
-  int best_batch = 0;
-  for (int b : batches) {
-    const double rate = Median(encoder_runs[b]);
+  std::string best_name;
+  for (const auto& [key, runs] : encoder_runs) {
+    const double rate = Median(runs);
     if (rate > best_rate) {
       best_rate = rate;
-      best_batch = b;
+      best_name = absl::StrCat((*layouts)[key.first].name, " batch=", key.second);
     }
   }
 
@@ -377,11 +365,13 @@ int Run() {
               "Search{image, top_k: %d}\n",
               queries.size(), secs, rounds, kTopK);
   std::printf("decode+preprocess alone, 1 thread         %8.2f img/s\n", preprocess_rate);
-  for (int b : batches) {
-    std::printf("in-process encoder  batch=%-3d             %8.2f img/s\n", b,
-                Median(encoder_runs[b]));
+  for (const auto& [key, runs] : encoder_runs) {
+    std::printf("in-process encoder  %s batch=%-3d         %8.2f img/s\n",
+                (*layouts)[key.first].name.c_str(), key.second, Median(runs));
   }
-  std::printf("in-process encoder  best batch=%-3d        %8.2f img/s  (reference)\n", best_batch,
+  std::printf("(layout RxT: R threads each running the model on its own batches, T intra-op "
+              "threads each)\n");
+  std::printf("in-process encoder  best: %-14s %8.2f img/s  (reference)\n", best_name.c_str(),
               best_rate);
   std::printf("%-26s %9s %7s %9s %9s  %s\n", "", "QPS", "ratio", "p50 ms", "p99 ms", "errors");
   uint64_t errors = 0;
@@ -412,7 +402,9 @@ int Run() {
     std::vector<double> ratios;
     for (int round = 0; round < rounds; ++round) {
       double best = 0;
-      for (int b : batches) best = std::max(best, encoder_runs[b][static_cast<size_t>(round)]);
+      for (const auto& [key, runs] : encoder_runs) {
+        best = std::max(best, runs[static_cast<size_t>(round)]);
+      }
       ratios.push_back(best > 0 ? service_runs[c][static_cast<size_t>(round)].qps / best : 0.0);
     }
     std::sort(ratios.begin(), ratios.end());

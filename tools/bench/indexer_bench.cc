@@ -1,7 +1,8 @@
 // Indexer throughput against what the encoder alone can do, in one run:
 //   (a) encoder alone: images decoded beforehand (untimed), then only the
-//       forward passes, in batches of each size of --encoder_batches; the
-//       best is the reference;
+//       forward passes, in batches of each size of --encoder_batches and in
+//       each thread layout (tools/bench/encoder_layouts.h); the best is the
+//       reference;
 //   (b) the whole indexer (list -> decode -> batch -> encode -> HNSW build)
 //       with its default options (as a user runs it), end to end including
 //       model load, publish skipped (dry run).
@@ -19,8 +20,10 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/str_cat.h"
 #include "libs/model/model_bundle.h"
 #include "services/indexer/indexer.h"
+#include "tools/bench/encoder_layouts.h"
 #include <nlohmann/json.hpp>
 
 ABSL_FLAG(std::string, model, "", "model.pt");
@@ -31,6 +34,8 @@ ABSL_FLAG(int, repeats, 1, "Encoder-alone passes over the images (median).");
 
 namespace imagesearch {
 namespace {
+
+constexpr double kEncoderSeconds = 4.0;  // Per layout and batch size.
 
 using Clock = std::chrono::steady_clock;
 
@@ -48,11 +53,12 @@ int Run() {
     }
     encoder_batches.push_back(v);
   }
-  auto bundle = model::ModelBundle::Load(absl::GetFlag(FLAGS_model), {});
-  if (!bundle.ok()) {
-    std::cerr << bundle.status() << "\n";
+  auto layouts = bench::LoadEncoderLayouts(absl::GetFlag(FLAGS_model));
+  if (!layouts.ok()) {
+    std::cerr << layouts.status() << "\n";
     return 1;
   }
+  const model::ModelBundle* bundle = layouts->front().bundle.get();
   // The same images the indexer will read: a .jsonl manifest's paths, or a
   // directory's files (the indexer skips what does not decode; so does this).
   std::vector<std::string> paths;
@@ -74,7 +80,7 @@ int Run() {
   }
   std::vector<image::RgbImage> images;
   for (const auto& path : paths) {
-    auto img = (*bundle)->PreprocessFile(path);
+    auto img = bundle->PreprocessFile(path);
     if (img.ok()) images.push_back(std::move(*img));
   }
   std::printf("%zu images; indexer --batch=%d\n", images.size(), batch);
@@ -84,31 +90,29 @@ int Run() {
     return 2;
   }
 
+  // The encoder alone in each thread layout (encoder_layouts.h), for about
+  // as long as one pass over the images takes.
   double encoder_rate = 0;
-  int best_batch = 0;
-  for (const int eb : encoder_batches) {
-    const size_t b = static_cast<size_t>(eb);
-    std::vector<double> rates;
-    for (int rep = 0; rep < absl::GetFlag(FLAGS_repeats); ++rep) {
-      const auto t0 = Clock::now();
-      for (size_t i = 0; i < images.size(); i += b) {
-        std::vector<const image::RgbImage*> ptrs;
-        for (size_t j = i; j < std::min(images.size(), i + b); ++j) ptrs.push_back(&images[j]);
-        auto out = (*bundle)->EncodeImages(ptrs);
-        if (!out.ok()) return 1;
+  std::string best;
+  for (const bench::EncoderLayout& layout : *layouts) {
+    for (const int eb : encoder_batches) {
+      std::vector<double> rates;
+      for (int rep = 0; rep < absl::GetFlag(FLAGS_repeats); ++rep) {
+        const double rate = bench::MeasureEncoder(layout, images, eb, kEncoderSeconds);
+        if (rate < 0) return 1;
+        rates.push_back(rate);
       }
-      rates.push_back(images.size() / std::chrono::duration<double>(Clock::now() - t0).count());
-    }
-    std::sort(rates.begin(), rates.end());
-    const double rate = rates[rates.size() / 2];
-    std::printf("  encoder alone, batch %2d: %7.2f img/s\n", eb, rate);
-    std::fflush(stdout);
-    if (rate > encoder_rate) {
-      encoder_rate = rate;
-      best_batch = eb;
+      std::sort(rates.begin(), rates.end());
+      const double rate = rates[rates.size() / 2];
+      std::printf("  encoder alone, %s batch %2d: %7.2f img/s\n", layout.name.c_str(), eb, rate);
+      std::fflush(stdout);
+      if (rate > encoder_rate) {
+        encoder_rate = rate;
+        best = absl::StrCat(layout.name, " batch ", eb);
+      }
     }
   }
-  bundle->reset();
+  layouts->clear();
 
   indexer::IndexerOptions o;
   o.input = input;
@@ -126,8 +130,8 @@ int Run() {
     return 1;
   }
   const double indexer_rate = report->indexed / report->seconds;
-  std::printf("  encoder alone at its best batch (%d; pre-decoded, forward passes only) %7.2f img/s\n",
-              best_batch, encoder_rate);
+  std::printf("  encoder alone at its best (%s; pre-decoded, forward passes only) %7.2f img/s\n",
+              best.c_str(), encoder_rate);
   std::printf("  indexer end to end (decode+encode+HNSW, dry run) %7.2f img/s  (%llu images, %.1fs)\n",
               indexer_rate, static_cast<unsigned long long>(report->indexed), report->seconds);
   std::printf("ratio indexer / encoder alone at its best batch: %.3f\n", indexer_rate / encoder_rate);

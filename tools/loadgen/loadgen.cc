@@ -7,6 +7,9 @@
 //   imagesearch-loadgen --target=... --kind=batch --vectors=q.npy --batch=16
 //   imagesearch-loadgen --target=... --kind=image --images=DIR
 //   imagesearch-loadgen --http=127.0.0.1:8080 --kind=id --ids=ids.txt
+//   imagesearch-loadgen --http=127.0.0.1:8080 --kind=image --images=DIR
+//       --concurrency=256 --ping_every_ms=50 --idle_connections=500
+//       --half_sent_connections=500     (health under load)
 //   ... --base_vectors=base.npy --metric=cosine   (recall@k vs exact search)
 //
 // Closed loop (default): `concurrency` calls always in flight, each sent when
@@ -27,9 +30,24 @@
 // Prints QPS, p50/p90/p99/p99.9 latency, errors by code, the snapshot
 // versions that answered (first and last second each was seen), and with
 // --base_vectors the recall@top_k of vector queries against brute force.
-// --json_out writes the same as one JSON object.
+// --json_out writes the same as one JSON object. SIGINT or SIGTERM ends the
+// run early (calls in flight finish) and it reports what ran.
+//
+// Health under load (HTTP): --ping_every_ms probes GET /ping from a separate
+// thread, each on a new connection, while the load runs, and reports its
+// p50/p99/max and status mix; --idle_connections and --half_sent_connections
+// hold that many extra connections open for the run, sending nothing or a
+// request line and some headers that never end. Failed HTTP calls are counted
+// by status ("HTTP 429", "HTTP 503") or by how the transport failed
+// ("HTTP_Read": reset or closed while reading the answer, "HTTP_Connection":
+// refused, "HTTP_Write").
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -92,10 +110,30 @@ ABSL_FLAG(std::string, metric, "cosine", "Recall: cosine, ip or l2.");
 ABSL_FLAG(int, recall_queries, 200, "Recall: how many distinct queries to check.");
 ABSL_FLAG(std::string, json_out, "", "Also write the results here as JSON.");
 ABSL_FLAG(double, report_every_s, 0, "Print a progress line this often; 0 = never.");
+ABSL_FLAG(int, ping_every_ms, 0,
+          "HTTP: probe GET /ping this often (a new connection each) during the run and "
+          "report its latency; 0 = no probes.");
+ABSL_FLAG(int, idle_connections, 0, "HTTP: extra connections held open, sending nothing.");
+ABSL_FLAG(int, half_sent_connections, 0,
+          "HTTP: extra connections held open after a request line and some headers.");
 ABSL_FLAG(std::string, log_format, "text", "Log lines on stderr: text, or json.");
 
 namespace imagesearch {
 namespace {
+
+// SIGINT/SIGTERM end the run early: no new calls, the ones in flight finish,
+// and the report covers what ran. Lock-free, so the handler may set it.
+std::atomic<bool> g_stop_requested{false};
+static_assert(std::atomic<bool>::is_always_lock_free);
+
+void InstallStopHandler() {
+  struct sigaction action {};
+  action.sa_handler = [](int) { g_stop_requested.store(true, std::memory_order_relaxed); };
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+}
+
 
 namespace v1 = ::imagesearch::v1;
 using Clock = std::chrono::steady_clock;
@@ -108,6 +146,7 @@ struct Outcome {
   double latency_s = 0;
   double finished_at_s = 0;  // since the run started
   std::string code;          // "OK", a gRPC code name, "HTTP 503", ...
+  std::string message;       // The error's message, if any.
   uint64_t version = 0;
   size_t query = 0;
   std::vector<std::string> ids;  // Only kept for queries checked for recall.
@@ -122,6 +161,14 @@ class Recorder {
     ++calls_total_;
     if (o.finished_at_s < warmup_s_) return;
     ++codes_[o.code];
+    if (o.code != "OK") {
+      if (!first_errors_.count(o.code)) {
+        first_errors_[o.code] = absl::StrFormat("%.2fs: %s", o.finished_at_s, o.message);
+      }
+      if (errors_.size() < kMaxErrorsKept) {
+        errors_.push_back({{"at_s", o.finished_at_s}, {"code", o.code}, {"message", o.message}});
+      }
+    }
     if (o.code == "OK") {
       latencies_.push_back(o.latency_s);
       auto& v = versions_[o.version];
@@ -146,6 +193,9 @@ class Recorder {
   const double warmup_s_;
   int64_t calls_total_ = 0;
   std::map<std::string, int64_t> codes_;
+  std::map<std::string, std::string> first_errors_;  // Per code: when, and its message.
+  static constexpr size_t kMaxErrorsKept = 1000;
+  std::vector<nlohmann::json> errors_;  // The first failed calls: when, code, message.
   std::vector<double> latencies_;
   std::map<uint64_t, VersionSeen> versions_;
   std::map<size_t, std::vector<std::string>> answers_;
@@ -331,6 +381,7 @@ class GrpcCaller {
     o.latency_s = Seconds(Clock::now() - call->sent);
     o.query = call->query;
     o.code = s.ok() ? "OK" : absl::StatusCodeToString(static_cast<absl::StatusCode>(s.error_code()));
+    o.message = s.error_message();
     if (s.ok()) {
       o.version = batch ? call->batch_resp.snapshot_version() : call->resp.snapshot_version();
       if (call->keep_ids && !batch) {
@@ -394,6 +445,83 @@ double Percentile(std::vector<double>& sorted, double p) {
   return sorted[i];
 }
 
+// Connections held open for the run (closed on destruction): idle ones send
+// nothing; half-sent ones send the start of a request and stop.
+class HeldConnections {
+ public:
+  HeldConnections(const std::string& host, int port, int idle, int half_sent) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host.c_str(), &addr.sin_addr);
+    static constexpr char kPartial[] =
+        "POST /invocations HTTP/1.1\r\nHost: loadgen\r\nContent-Type: image/jpeg\r\nContent-Le";
+    for (int i = 0; i < idle + half_sent; ++i) {
+      const int fd = socket(AF_INET, SOCK_STREAM, 0);
+      if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+        if (fd >= 0) close(fd);
+        ++failed_;
+        continue;
+      }
+      if (i >= idle && send(fd, kPartial, sizeof(kPartial) - 1, MSG_NOSIGNAL) < 0) ++failed_;
+      fds_.push_back(fd);
+    }
+  }
+  ~HeldConnections() {
+    for (int fd : fds_) close(fd);
+  }
+  int opened() const { return static_cast<int>(fds_.size()); }
+  int failed() const { return failed_; }
+
+ private:
+  std::vector<int> fds_;
+  int failed_ = 0;
+};
+
+// GET /ping every `period` on a new connection, from its own thread.
+class PingProbe {
+ public:
+  PingProbe(std::string host, int port, std::chrono::milliseconds period)
+      : thread_([this, host = std::move(host), port, period] { Run(host, port, period); }) {}
+  ~PingProbe() { Stop(); }
+  void Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  // Latency percentiles (ms) and status mix; call after Stop.
+  json Summary() {
+    std::sort(latencies_.begin(), latencies_.end());
+    return {{"probes", latencies_.size()},
+            {"latency_ms",
+             {{"p50", 1e3 * Percentile(latencies_, 0.50)},
+              {"p99", 1e3 * Percentile(latencies_, 0.99)},
+              {"max", latencies_.empty() ? 0.0 : 1e3 * latencies_.back()}}},
+            {"codes", codes_}};
+  }
+
+ private:
+  void Run(const std::string& host, int port, std::chrono::milliseconds period) {
+    auto next = Clock::now();
+    while (!stop_) {
+      httplib::Client client(host, port);
+      client.set_connection_timeout(std::chrono::seconds(10));
+      client.set_read_timeout(std::chrono::seconds(10));
+      const auto sent = Clock::now();
+      httplib::Result r = client.Get("/ping");
+      latencies_.push_back(Seconds(Clock::now() - sent));
+      ++codes_[r ? absl::StrCat("HTTP ", r->status)
+                 : absl::StrCat("HTTP_", httplib::to_string(r.error()))];
+      next += period;
+      std::this_thread::sleep_until(next);
+    }
+  }
+
+  std::atomic<bool> stop_{false};
+  std::vector<double> latencies_;
+  std::map<std::string, int64_t> codes_;
+  std::thread thread_;  // Last: starts once the rest is built.
+};
+
 int Run() {
   const std::string target = absl::GetFlag(FLAGS_target);
   const std::string http = absl::GetFlag(FLAGS_http);
@@ -449,8 +577,9 @@ int Run() {
   const int64_t max_requests = absl::GetFlag(FLAGS_max_requests);
   Recorder rec(start, absl::GetFlag(FLAGS_warmup_s));
   std::atomic<int64_t> issued{0};
+  InstallStopHandler();
   auto may_issue = [&] {
-    if (Clock::now() >= end) return false;
+    if (Clock::now() >= end || g_stop_requested.load(std::memory_order_relaxed)) return false;
     return max_requests <= 0 || issued.fetch_add(1) < max_requests;
   };
   auto stamp = [&](Outcome o) {
@@ -476,10 +605,20 @@ int Run() {
   }
 
   const int concurrency = std::max(1, absl::GetFlag(FLAGS_concurrency));
+  std::optional<PingProbe> ping;
   if (!http.empty()) {
     const auto colon = http.rfind(':');
     const std::string host = http.substr(0, colon);
     const int port = std::stoi(http.substr(colon + 1));
+    const HeldConnections held(host, port, absl::GetFlag(FLAGS_idle_connections),
+                               absl::GetFlag(FLAGS_half_sent_connections));
+    if (held.opened() > 0 || held.failed() > 0) {
+      std::cerr << "loadgen: holding " << held.opened() << " idle/half-sent connections ("
+                << held.failed() << " failed to open)\n";
+    }
+    if (absl::GetFlag(FLAGS_ping_every_ms) > 0) {
+      ping.emplace(host, port, std::chrono::milliseconds(absl::GetFlag(FLAGS_ping_every_ms)));
+    }
     std::vector<std::thread> workers;
     std::atomic<size_t> next_query{0};
     for (int t = 0; t < concurrency; ++t) {
@@ -497,6 +636,7 @@ int Run() {
       });
     }
     for (auto& t : workers) t.join();
+    if (ping.has_value()) ping->Stop();
   } else {
     std::string service_config;
     if (!absl::GetFlag(FLAGS_service_config).empty()) {
@@ -612,13 +752,28 @@ int Run() {
                 {"p99", 1e3 * Percentile(rec.latencies_, 0.99)},
                 {"p999", 1e3 * Percentile(rec.latencies_, 0.999)},
                 {"max", rec.latencies_.empty() ? 0.0 : 1e3 * rec.latencies_.back()}}},
-              {"codes", rec.codes_}};
+              {"codes", rec.codes_},
+              {"first_errors", rec.first_errors_},
+              {"errors", rec.errors_}};
   json versions = json::object();
   for (const auto& [v, seen] : rec.versions_) {
     versions[std::to_string(v)] = {
         {"count", seen.count}, {"first_s", seen.first_s}, {"last_s", seen.last_s}};
   }
   out["versions"] = versions;
+  std::string ping_line;
+  if (ping.has_value()) {
+    out["ping"] = ping->Summary();
+    std::string ping_codes;
+    for (const auto& [code, n] : out["ping"]["codes"].items()) {
+      absl::StrAppend(&ping_codes, " ", code, "=", n.get<int64_t>());
+    }
+    ping_line = absl::StrFormat("; /ping %d probes ms p50 %.2f p99 %.2f max %.2f codes:%s",
+                                out["ping"]["probes"].get<int64_t>(),
+                                out["ping"]["latency_ms"]["p50"].get<double>(),
+                                out["ping"]["latency_ms"]["p99"].get<double>(),
+                                out["ping"]["latency_ms"]["max"].get<double>(), ping_codes);
+  }
   std::string recall_line;
   if (check_recall) {
     size_t hit = 0, total = 0;
@@ -646,13 +801,16 @@ int Run() {
   std::cout << absl::StrFormat(
                    "%s %s %s-loop%s c=%d: %d calls, %d failed in %.1fs: %.1f calls/s (%.1f "
                    "queries/s); latency ms p50 %.2f p90 %.2f p99 %.2f p99.9 %.2f; codes:%s; "
-                   "versions:%s%s",
+                   "versions:%s%s%s",
                    http.empty() ? "grpc" : "http", w.kind, rate > 0 ? "open" : "closed",
                    poll ? " polling" : "", concurrency, calls, calls - ok, counted_s, ok / counted_s,
                    ok * per_call / counted_s, out["latency_ms"]["p50"].get<double>(),
                    out["latency_ms"]["p90"].get<double>(), out["latency_ms"]["p99"].get<double>(),
-                   out["latency_ms"]["p999"].get<double>(), codes, vers, recall_line)
+                   out["latency_ms"]["p999"].get<double>(), codes, vers, recall_line, ping_line)
             << std::endl;
+  for (const auto& [code, first] : rec.first_errors_) {
+    std::cout << "  first " << code << " at " << first << std::endl;
+  }
   if (!absl::GetFlag(FLAGS_json_out).empty()) {
     absl::Status s = WriteFileDurably(absl::GetFlag(FLAGS_json_out), out.dump(2) + "\n");
     if (!s.ok()) {

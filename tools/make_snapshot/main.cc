@@ -8,7 +8,7 @@
 //   imagesearch-snapshot list|current --root=R
 //   imagesearch-snapshot set-current --root=R --version=v3     (promote, or roll back)
 //   imagesearch-snapshot rollback --root=R     (CURRENT -> the version before it)
-//   imagesearch-snapshot gc --root=R --keep=2
+//   imagesearch-snapshot gc --root=R --keep=2 --grace=1h
 //   imagesearch-snapshot verify --root=R [--version=v3]
 //   imagesearch-snapshot synth --out=vectors.npy --count=N --dim=D [--seed=1]
 #include <iostream>
@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/time/time.h"
 #include "libs/common/binary_main.h"
 #include "libs/common/file_util.h"
 #include "libs/index/hnsw_builder.h"
@@ -49,6 +50,9 @@ ABSL_FLAG(int, default_ef, 64, "build: ef used when a query leaves it unset.");
 ABSL_FLAG(int, threads, 0, "build: insert threads; 0 = all cores.");
 ABSL_FLAG(std::string, version, "", "set-current/verify: a version like v3.");
 ABSL_FLAG(int, keep, 2, "gc: newest versions to keep (CURRENT is always kept).");
+ABSL_FLAG(absl::Duration, grace, absl::Hours(1),
+          "gc: also keep every version that stopped being CURRENT less than this long ago "
+          "(HISTORY's times), so replicas that have not swapped yet keep their files.");
 ABSL_FLAG(std::string, out, "", "synth: output .npy path.");
 ABSL_FLAG(int, count, 10000, "synth: number of vectors.");
 ABSL_FLAG(int, dim, 128, "synth: dimension.");
@@ -288,11 +292,22 @@ int Run(const std::vector<char*>& args) {
     return 0;
   }
   if (cmd == "gc") {
-    auto removed = snapshot::GarbageCollect(root, static_cast<size_t>(absl::GetFlag(FLAGS_keep)));
-    if (!removed.ok()) return Fail(removed.status());
-    std::cout << "removed " << removed->size() << " version(s)";
-    for (uint64_t v : *removed) std::cout << " v" << v;
+    if (absl::GetFlag(FLAGS_keep) < 0 || absl::GetFlag(FLAGS_grace) < absl::ZeroDuration()) {
+      std::cerr << "--keep and --grace must not be negative\n";
+      return 2;
+    }
+    snapshot::GcOptions options;
+    options.keep = static_cast<size_t>(absl::GetFlag(FLAGS_keep));
+    options.grace = absl::GetFlag(FLAGS_grace);
+    auto report = snapshot::GarbageCollect(root, options);
+    if (!report.ok()) return Fail(report.status());
+    std::cout << "removed " << report->removed.size() << " version(s)";
+    for (uint64_t v : report->removed) std::cout << " v" << v;
     std::cout << "\n";
+    for (const auto& [v, until] : report->held) {
+      std::cout << "kept v" << v << ": within the grace until "
+                << absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", until, absl::UTCTimeZone()) << "\n";
+    }
     return 0;
   }
   std::cerr << "unknown command '" << cmd << "'\n";
