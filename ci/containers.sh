@@ -24,12 +24,28 @@
 # the fixed ports 50051/8080 cannot clash with anything on the host); NETNS=0
 # (or no `ip netns`) runs them on the host network on free loopback ports.
 #
-#   ci/containers.sh [BUILD_DIR=build]
+#   ci/containers.sh [BUILD_DIR=build | BINARIES.tar.gz]
+#   ci/containers.sh --pack BUILD_DIR BINARIES.tar.gz
+# --pack writes the files of BUILD_DIR that the images are made of into a
+# tarball (CI's test job hands it to the containers job), and the tarball
+# takes BUILD_DIR's place.
 # Env: IMAGE_TAG (default latest), KEEP=1 (keep the work folder),
+#      SAVE_IMAGES=FILE (after the checks pass, `podman save` the three
+#      images into FILE, a multi-image archive, for CI's push-images job),
 #      IMAGESEARCH_CACHE (debootstrap tarball, Fashion-MNIST; ~/.cache/imagesearch),
 #      DEBIAN_MIRROR, DEBIAN_SECURITY_MIRROR, NETNS=0.
 # Needs root (apt-get, rootful podman); re-runs itself under sudo otherwise.
 set -euo pipefail
+# The build outputs the images hold, relative to BUILD_DIR.
+BINARIES=(services/query/imagesearch-query services/query/libimagesearch_torch_plugin.so
+          services/indexer/imagesearch-indexer tools/make_snapshot/imagesearch-snapshot
+          libs/common/libimagesearch_common.so models/default CMakeCache.txt)
+if [[ "${1:-}" == --pack ]]; then
+  [[ $# == 3 ]] || { echo "usage: $0 --pack BUILD_DIR BINARIES.tar.gz" >&2; exit 2; }
+  tar -C "$2" -czf "$3" "${BINARIES[@]}"
+  echo "packed ${BINARIES[*]} of $2 into $3 ($(du -h "$3" | cut -f1))"
+  exit 0
+fi
 if [[ "$(id -u)" != 0 ]]; then
   command -v sudo >/dev/null || { echo "ci/containers.sh: run as root" >&2; exit 1; }
   exec sudo --preserve-env bash "$(readlink -f "$0")" "$@"
@@ -38,13 +54,10 @@ cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 START=$SECONDS
 BUILD_ARG="${1:-build}"
-[[ -d "$BUILD_ARG" ]] || { echo "FAIL: build folder '$BUILD_ARG' not found (ci/build.sh makes it)" >&2; exit 1; }
-BUILD="$(cd "$BUILD_ARG" && pwd)"
+[[ -d "$BUILD_ARG" || "$BUILD_ARG" == *.tar.gz && -f "$BUILD_ARG" ]] ||
+  { echo "FAIL: no build folder or tarball '$BUILD_ARG' (ci/build.sh makes it)" >&2; exit 1; }
 TAG="${IMAGE_TAG:-latest}"
 export HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
-CACHE="${IMAGESEARCH_CACHE:-$HOME/.cache/imagesearch}"
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 BASE_IMAGE=localhost/debian:12
 IMG_QUERY="localhost/imagesearch-query:$TAG"
 IMG_INDEXER="localhost/imagesearch-indexer:$TAG"
@@ -60,76 +73,12 @@ pm() { podman --runtime runc --cgroup-manager=cgroupfs "$@"; }
 # Every container: no privilege gain through setuid files or file capabilities.
 run_secure() { pm run --security-opt no-new-privileges "$@"; }
 
-# ---------------------------------------------------------------- tools
-step "tools: podman, runc, debootstrap"
-need=()
-for p in podman runc debootstrap iproute2 curl binutils python3 python3-pil ca-certificates; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-done
-command -v npm >/dev/null 2>&1 || need+=(nodejs npm)   # buf comes from the npm registry
-if ((${#need[@]})); then
-  echo "installing: ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null 2>&1 ||
-    { apt-get update -qq && apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null; } ||
-    fail "apt-get install ${need[*]}"
-fi
-# Without default_ulimits = [] runc fails on setrlimit(RLIMIT_NOFILE) here.
-if [[ ! -e /etc/containers/containers.conf ]]; then
-  mkdir -p /etc/containers
-  printf '[containers]\ndefault_ulimits = []\n' >/etc/containers/containers.conf
-elif ! grep -q '^[[:space:]]*default_ulimits' /etc/containers/containers.conf; then
-  echo "note: /etc/containers/containers.conf has no default_ulimits; runs may fail on setrlimit"
-fi
+# ---------------------------------------------------------------- tools, base image
+step "podman, runc, debootstrap; base image $BASE_IMAGE"
+extra=(iproute2 curl binutils python3 python3-pil ca-certificates)
+command -v npm >/dev/null 2>&1 || extra+=(nodejs npm)   # buf comes from the npm registry
+"$ROOT/ci/podman_base.sh" "${extra[@]}"
 podman --version
-
-# ---------------------------------------------------------------- base image
-# Debian 12 from Debian's archive (no registry is reachable): debootstrap
-# minbase, with bookworm-updates and -security, without docs, man pages and
-# translations (as debian:12-slim), and no apt caches. Made once: the image is
-# kept, and the tarball is cached in $CACHE.
-if pm image exists "$BASE_IMAGE"; then
-  step "base image $BASE_IMAGE: present"
-else
-  TARBALL="$CACHE/debian-12-minbase.tar"
-  if [[ ! -s "$TARBALL" ]]; then
-    step "base image: debootstrap --variant=minbase bookworm"
-    mkdir -p "$CACHE"
-    rootfs="$(mktemp -d /var/tmp/imagesearch-debootstrap.XXXXXX)"
-    trap 'rm -rf "$rootfs"' EXIT
-    timeout 900 debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR" >"$rootfs.log" 2>&1 ||
-      { tail -20 "$rootfs.log"; fail "debootstrap (log: $rootfs.log)"; }
-    rm -f "$rootfs.log"
-    rm -f "$rootfs/etc/apt/sources.list"
-    cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<EOF
-Types: deb
-URIs: $MIRROR
-Suites: bookworm bookworm-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb
-URIs: $SECURITY_MIRROR
-Suites: bookworm-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
-    printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
-      'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' \
-      'path-exclude /usr/share/locale/*' 'path-exclude /usr/share/lintian/*' \
-      >"$rootfs/etc/dpkg/dpkg.cfg.d/01-nodoc"
-    find "$rootfs/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
-    find "$rootfs/usr/share/doc" -mindepth 1 -type d -empty -delete
-    rm -rf "${rootfs:?}"/usr/share/{man,info,locale,lintian}/* "${rootfs:?}"/var/cache/apt/archives/*.deb \
-      "${rootfs:?}"/var/cache/apt/*.bin "${rootfs:?}"/var/lib/apt/lists/* "${rootfs:?}"/var/log/*.log
-    # Host details debootstrap copied; podman provides these at run time.
-    : >"$rootfs/etc/resolv.conf"; echo localhost >"$rootfs/etc/hostname"
-    tar --numeric-owner -C "$rootfs" -cf "$TARBALL.tmp" . && mv "$TARBALL.tmp" "$TARBALL"
-    rm -rf "$rootfs"; trap - EXIT
-  fi
-  step "base image: import $TARBALL as $BASE_IMAGE"
-  pm import -q --change 'CMD ["/bin/bash"]' "$TARBALL" "$BASE_IMAGE" >/dev/null
-fi
 
 # ---------------------------------------------------------------- stage
 WORK="$(mktemp -d /var/tmp/imagesearch-containers.XXXXXX)"
@@ -152,12 +101,16 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+if [[ -d "$BUILD_ARG" ]]; then
+  BUILD="$(cd "$BUILD_ARG" && pwd)"
+else
+  BUILD="$WORK/build"
+  mkdir -p "$BUILD" && tar -C "$BUILD" -xzf "$BUILD_ARG"
+fi
 step "stage prebuilt binaries from $BUILD"
 STAGE="$WORK/binaries"
-for f in services/query/imagesearch-query services/query/libimagesearch_torch_plugin.so \
-         services/indexer/imagesearch-indexer tools/make_snapshot/imagesearch-snapshot \
-         libs/common/libimagesearch_common.so models/default/model.pt; do
-  [[ -f "$BUILD/$f" ]] || fail "$BUILD/$f is missing: build first (ci/build.sh)"
+for f in "${BINARIES[@]}" models/default/model.pt; do
+  [[ -e "$BUILD/$f" ]] || fail "$BUILD/$f is missing: build first (ci/build.sh)"
 done
 install -D -m755 -t "$STAGE/usr/local/bin" \
   "$BUILD/services/query/imagesearch-query" "$BUILD/services/query/libimagesearch_torch_plugin.so" \
@@ -405,4 +358,11 @@ for img in "$IMG_QUERY" "$IMG_SAGEMAKER" "$IMG_INDEXER" "$IMG_QUERY_DEBUG" "$IMG
     "$(pm image inspect --format '{{len .RootFS.Layers}}' "$img")"
   pm image unmount "$img" >/dev/null
 done
+if [[ -n "${SAVE_IMAGES:-}" ]]; then
+  step "podman save the tested images into $SAVE_IMAGES"
+  pm save -q --multi-image-archive -o "$SAVE_IMAGES" "$IMG_QUERY" "$IMG_INDEXER" "$IMG_SAGEMAKER"
+  # For the user who ran this script (it re-ran itself under sudo).
+  [[ -z "${SUDO_UID:-}" ]] || chown "$SUDO_UID" "$SAVE_IMAGES"
+  ok "$SAVE_IMAGES ($(du -h "$SAVE_IMAGES" | cut -f1))"
+fi
 echo "containers.sh: all checks passed in $((SECONDS - START))s"

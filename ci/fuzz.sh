@@ -61,7 +61,8 @@ for t in "${TARGETS[@]}"; do
   if ((rc != 0)) || compgen -G "$out/crash-*" >/dev/null || compgen -G "$out/leak-*" >/dev/null ||
      compgen -G "$out/timeout-*" >/dev/null || compgen -G "$out/oom-*" >/dev/null; then
     grep -A30 -E "ERROR|FUZZ_CHECK|runtime error" "$out/fuzz.log" | head -60 || tail -40 "$out/fuzz.log"
-    echo "fuzz_$t FAILED (exit $rc); artifacts: $(ls "$out" | grep -E '^(crash|leak|timeout|oom)-' | tr '\n' ' ')"
+    echo "fuzz_$t FAILED (exit $rc); artifacts: $(find "$out" -maxdepth 1 -regextype egrep \
+      -regex '.*/(crash|leak|timeout|oom)-.*' -printf '%f ')"
     failed+=("$t")
   fi
 done

@@ -19,9 +19,10 @@ PACKAGES=(
   # fall back to netlib's reference implementation.
   libopenblas0-pthread
   # Tests and tools (chromium: the browser test of the query service's web page;
-  # libfaiss-dev: the faiss peer in tools/bench, optional)
-  catch2 nginx chromium libfaiss-dev python3-grpcio python3-protobuf python3-numpy
-  python3-torch python3-torchvision python3-pil python3-regex
+  # libfaiss-dev: the faiss peer in tools/bench, optional; shellcheck: ci/lint.sh;
+  # python3-yaml: ci/run_workflow_job.py reads the workflow)
+  catch2 nginx chromium libfaiss-dev python3-grpcio python3-protobuf python3-numpy python3-yaml
+  python3-torch python3-torchvision python3-pil python3-regex shellcheck
 )
 # Node.js and npm (the default model's weights and buf come from the npm
 # registry); keep an existing Node.js install, e.g. NodeSource's.

@@ -13,10 +13,13 @@
 # INDEXING_YAML is what release.sh rendered (images by digest). An overlay
 # directory is rendered here and must name real digests: the committed
 # overlays carry a placeholder digest, which is refused.
+# TIMEOUT_S bounds the whole run: both Jobs share one deadline.
 # Needs kubectl (>= 1.27) with a context for the cluster.
 set -euo pipefail
 [[ $# -ge 2 ]] || { echo "usage: $0 INDEXING_YAML|OVERLAY_DIR NAMESPACE [TIMEOUT_S]" >&2; exit 2; }
 OVERLAY="$1"; NS="$2"; TIMEOUT="${3:-21600}"
+[[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || { echo "TIMEOUT_S must be a number of seconds, not '$TIMEOUT'" >&2; exit 2; }
+END=$((SECONDS + TIMEOUT))
 COMPONENT=app.kubernetes.io/component
 RENDERED="$(mktemp)"
 trap 'rm -f "$RENDERED"' EXIT
@@ -28,10 +31,10 @@ if grep -q "@sha256:0\{64\}" "$RENDERED"; then
 fi
 
 # wait_job COMPONENT: waits until the Job with that component label is Complete
-# (0) or Failed (1, with its logs).
+# (0) or Failed (1, with its logs), at most until the run's deadline.
 wait_job() {
-  local sel="$COMPONENT=$1" end=$((SECONDS + TIMEOUT)) state
-  while ((SECONDS < end)); do
+  local sel="$COMPONENT=$1" state
+  while ((SECONDS < END)); do
     state="$(kubectl -n "$NS" get job -l "$sel" \
       -o jsonpath='{range .items[*].status.conditions[?(@.status=="True")]}{.type} {end}')"
     case " $state " in
@@ -43,7 +46,7 @@ wait_job() {
     esac
     sleep 10
   done
-  echo "job $1: not finished after ${TIMEOUT} s" >&2
+  echo "job $1: not finished within the run's ${TIMEOUT} s" >&2
   return 1
 }
 

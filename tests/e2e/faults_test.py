@@ -280,7 +280,13 @@ def disk_full(work):
     size_mb = int(model_mb * 1.6) + 2
     mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", mnt],
                            capture_output=True, text=True)
-    check(mount.returncode == 0, f"cannot mount a tmpfs (the test runs as root): {mount.stderr}")
+    # mount(2) needs CAP_SYS_ADMIN: root, and in a container the grant of CI's
+    # test job (.github/workflows/ci.yml: --cap-add=SYS_ADMIN
+    # --security-opt=apparmor=unconfined, since Docker's AppArmor profile
+    # denies mounts).
+    check(mount.returncode == 0, "cannot mount a tmpfs: this case needs CAP_SYS_ADMIN (root; in a "
+          "container, --cap-add=SYS_ADMIN --security-opt=apparmor=unconfined as CI's test job "
+          f"grants): {mount.stderr.strip()}")
     s = None
     try:
         corpus = os.path.join(work, "corpus")

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the end-to-end shell tests. Source it.
 set -euo pipefail
 
@@ -22,6 +23,7 @@ start_query() {
   local bin="$1" log="$2"; shift 2
   local fifo; fifo="$(mktemp -u)"; mkfifo "$fifo"
   "$bin" --host=127.0.0.1 --port=0 "$@" >"$fifo" 2>"$log" &
+  # shellcheck disable=SC2034  # for the caller
   QUERY_PID=$!
   local line; read -r -t 20 line <"$fifo" || fail "query service did not start: $(cat "$log")"
   rm -f "$fifo"

@@ -22,7 +22,6 @@
 #      REPEAT (3). Needs root (rootful podman), docker-registry, curl.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROOT="$(pwd)"
 [[ "$(id -u)" == 0 ]] || { echo "image_pull.sh: run as root (rootful podman)" >&2; exit 1; }
 command -v docker-registry >/dev/null || { echo "image_pull.sh: apt-get install docker-registry" >&2; exit 1; }
 IMAGES=("$@")

@@ -10,6 +10,7 @@ start_pinned_service() {
   local out="$1" log="$2"
   shift 2
   taskset -c 0 "$@" --port=0 --host=127.0.0.1 > "$out" 2> "$log" &
+  # shellcheck disable=SC2034  # for the caller
   SERVICE_PID=$!
   wait_serving "$out" "$log"
 }
