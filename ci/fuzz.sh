@@ -16,7 +16,7 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
 # hunting; whatever it finds goes to tests/fuzz/regressions.
 FUZZ_SEED="${FUZZ_SEED:-1}"
 FUZZ_OUT="${FUZZ_OUT:-$BUILD_DIR/fuzz-out}"
-ALL=(image snapshot tokenizer query_proto query_json)
+ALL=(image snapshot tokenizer query_proto query_json http_head)
 TARGETS=("${@:-${ALL[@]}}")
 
 command -v clang++ >/dev/null || { echo "fuzz: clang is missing (ci/install_deps.sh)"; exit 1; }
