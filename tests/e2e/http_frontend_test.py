@@ -395,7 +395,10 @@ def section8(work, root):
     only = Server(["serve", f"--snapshot_root={model}"], os.path.join(work, "sm2.log"), env,
                   grpc_port=False)
     only.wait_ping()
-    time.sleep(0.5)  # gRPC, were it on, starts right after the snapshot loads.
+    # The start-up log line says which fronts it opens, before anything loads.
+    log = open(os.path.join(work, "sm2.log")).read()
+    check(", no gRPC" in log and "gRPC listens" not in log, f"`serve` without --port plans gRPC: {log}")
+    time.sleep(0.5)  # Margin: gRPC, were it on, would start right after the snapshot loads.
     check(only.lines.empty(), "`serve` without --port printed more than its HTTP port")
     ports = listening_ports_of(only.proc.pid)
     check(ports == {only.http}, f"`serve` without --port listens on {sorted(ports)}, not just HTTP")

@@ -111,7 +111,7 @@ TEST_CASE("The gRPC port opens only once a snapshot is loaded: then health is SE
         listening_before_publish = log->find("listening on") != std::string::npos;
         break;
       }
-      std::this_thread::yield();
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // Polls the log.
     }
     Publish(f.root, 1000, "a", 1);
     published = true;
