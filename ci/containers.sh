@@ -215,6 +215,12 @@ run_secure --rm --network=none --entrypoint /usr/local/bin/imagesearch-snapshot 
   "$IMG_INDEXER" verify --root=/snapshots >"$WORK/verify.log" 2>&1 ||
   { cat "$WORK/verify.log"; fail "imagesearch-snapshot verify"; }
 ok "published v1 (100 images, default model); imagesearch-snapshot verify passes"
+# SageMaker mounts one self-contained version directory (model.tar.gz): the
+# version's files with its segments inside.
+MODEL_DIR="$WORK/sagemaker-model"
+"$BUILD/tools/make_snapshot/imagesearch-snapshot" export --root="$SNAP" --version=v1 \
+  --out="$MODEL_DIR" >/dev/null || fail "imagesearch-snapshot export"
+ok "exported v1 as a self-contained version directory for SageMaker"
 
 # ---------------------------------------------------------------- network
 source tests/e2e/lib.sh
@@ -316,11 +322,11 @@ stop_clean "$QC"
 ok "SIGTERM: drained and exited 0"
 
 # ---------------------------------------------------------------- 4. sagemaker image
-step "sagemaker image: podman run -v SNAP/v1:/opt/ml/model:ro IMAGE ${SM_ARGS[*]}"
+step "sagemaker image: podman run -v EXPORTED_V1:/opt/ml/model:ro IMAGE ${SM_ARGS[*]}"
 SC="imagesearch-ci-sagemaker-$$"; CONTAINERS+=("$SC")
 SM_ENV=()
 [[ -n "$NS" ]] || SM_ENV=(-e SAGEMAKER_BIND_TO_PORT="$SM_PORT")
-run_secure -d --name "$SC" "${NET[@]}" "${SM_ENV[@]}" -v "$SNAP/v1:/opt/ml/model:ro" "$IMG_SAGEMAKER" \
+run_secure -d --name "$SC" "${NET[@]}" "${SM_ENV[@]}" -v "$MODEL_DIR:/opt/ml/model:ro" "$IMG_SAGEMAKER" \
   "${SM_ARGS[@]}" >/dev/null
 H="http://127.0.0.1:$SM_PORT"
 # SageMaker wants /ping answered within 2 s: each try has -m 2.
@@ -331,7 +337,7 @@ grep -qx "http listening on port $SM_PORT" <<<"$(pm logs "$SC" 2>/dev/null)" ||
 ok "GET /ping 200; log says 'http listening on port $SM_PORT'$([[ -n "$NS" ]] && echo ' (the default)')"
 net curl -s -m 30 -H 'Content-Type: image/png' --data-binary @"$WORK/corpus/$IMG_PATH" \
   "$H/invocations?top_k=3" >"$WORK/invocations.json" || fail "POST /invocations"
-json_ok "len(d['hits']) == 3 and d['hits'][0]['id'] == '$IMG_ID' and d['snapshot_version'] == 1" \
+json_ok "len(d['hits']) == 3 and d['hits'][0]['id'] == '$IMG_ID' and d['snapshot_version'] == '1'" \
   <"$WORK/invocations.json" || fail "POST /invocations: $IMG_ID not first: $(cat "$WORK/invocations.json")"
 ok "POST /invocations (image/png $IMG_PATH): 3 hits, $IMG_ID first, snapshot_version 1"
 stop_clean "$SC"
@@ -340,7 +346,7 @@ if [[ -n "$NS" ]]; then
   step "sagemaker image with SAGEMAKER_BIND_TO_PORT=$SM_PORT2 (inference pipelines)"
   SC2="imagesearch-ci-sagemaker2-$$"; CONTAINERS+=("$SC2")
   run_secure -d --name "$SC2" "${NET[@]}" -e SAGEMAKER_BIND_TO_PORT="$SM_PORT2" \
-    -v "$SNAP/v1:/opt/ml/model:ro" "$IMG_SAGEMAKER" serve >/dev/null
+    -v "$MODEL_DIR:/opt/ml/model:ro" "$IMG_SAGEMAKER" serve >/dev/null
   H="http://127.0.0.1:$SM_PORT2"
   wait_for 90 "$SC2" "GET /ping 200 on :$SM_PORT2" ping_ok
   ok "GET /ping 200 on :$SM_PORT2"

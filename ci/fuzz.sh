@@ -37,7 +37,7 @@ for t in "${TARGETS[@]}"; do
   rm -rf "$out"
   mkdir -p "$out/corpus"
   cp tests/fuzz/corpus/"$t"/* "$out/corpus/"
-  # Known crashers, fixed: each must now run clean.
+  # Known crashers, fixed: each must run clean.
   if compgen -G "tests/fuzz/regressions/$t/*" >/dev/null; then
     echo "== fuzz_$t: replaying tests/fuzz/regressions/$t"
     if ! "$bin" -runs=1 tests/fuzz/regressions/"$t"/* >"$out/regressions.log" 2>&1; then

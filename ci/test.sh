@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command, and the entry point of CI's `test` job: installs
-# dependencies, lints the CI definitions and the protos, builds everything,
-# runs every test.
+# dependencies, lints the CI definitions, the C++ formatting (ci/lint.sh) and
+# the protos (ci/proto.sh: buf lint,
+# and buf breaking against HEAD~1), builds everything, runs every test.
 #   ci/test.sh
 # Then, each on unless set to 0:
 #   CONTAINERS          builds the container images (query, indexer, SageMaker)
@@ -39,7 +40,8 @@ ci/build.sh
 read -r hits1 misses1 < <(ccache_counts)
 echo "ccache ($CCACHE_DIR): $((hits1 - hits0)) hits, $((misses1 - misses0)) misses in this build"
 read -r -a ctest_args <<<"${CTEST_ARGS:-}"
-ctest --test-dir build --output-on-failure -j2 --timeout 900 "${ctest_args[@]}"
+ctest --test-dir build --output-on-failure -j2 --timeout 900 --output-junit ctest-junit.xml \
+  "${ctest_args[@]}"
 if [[ -n "${BINARIES_TAR:-}" ]]; then
   ci/containers.sh --pack build "$BINARIES_TAR"
 fi
@@ -58,3 +60,5 @@ fi
 if [[ "${TSAN:-1}" == 1 ]]; then
   JOBS=2 ci/build_tsan.sh
 fi
+# Every test's time is in build/ctest-junit.xml; the ten slowest, last.
+/usr/bin/python3 ci/slowest_tests.py build/ctest-junit.xml 10

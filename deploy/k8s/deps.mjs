@@ -1,9 +1,9 @@
-// The npm dependencies of render.mjs and validate.mjs, re-exported.
+// The npm dependencies of validate.mjs, re-exported.
 //
 // ESM ignores NODE_PATH, and bare imports resolve from the importing file's
 // folder. validate.sh installs package.json's pins into BUILD_DIR/npm-k8s and
 // copies this file there, so these imports resolve against that node_modules;
-// the scripts then import this file by its absolute path (--deps).
+// validate.mjs then imports this file by its absolute path (--deps).
 import * as yaml from 'yaml';
 import * as coreV1 from 'kubernetes-models/v1';
 import * as appsV1 from 'kubernetes-models/apps/v1';

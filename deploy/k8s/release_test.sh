@@ -19,7 +19,7 @@ I="registry.example:5000/team/imagesearch-indexer@sha256:$(printf '2%.0s' {1..64
 for env in dev prod; do
   BUILD_DIR="$BUILD" "$HERE/release.sh" "$env" "$OUT/$env" "$Q" "$I"
   [[ "$(grep -c "image: $Q$" "$OUT/$env/service.yaml")" == 1 ]] || fail "$env: query image not set"
-  [[ "$(grep -c "image: $I$" "$OUT/$env/indexing.yaml")" == 3 ]] || fail "$env: indexer image not set in 3 Jobs"
+  [[ "$(grep -c "image: $I$" "$OUT/$env/indexing.yaml")" == 4 ]] || fail "$env: indexer image not set in the 3 Jobs and the ingest Deployment"
   ! grep -q "sha256:0000" "$OUT/$env"/*.yaml || fail "$env: the placeholder digest is left"
 done
 echo "1. dev and prod rendered with the given digests in every container"

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Renders deploy/k8s (base, dev, prod: the query service and the indexing Jobs)
-# and validates every object offline, with no cluster: Kubernetes API schemas
-# (npm kubernetes-models) plus the invariants in validate.mjs.
+# with kubectl kustomize and validates every object offline, with no cluster:
+# Kubernetes API schemas (npm kubernetes-models) plus the invariants in
+# validate.mjs.
 #   deploy/k8s/validate.sh BUILD_DIR
 #   deploy/k8s/validate.sh BUILD_DIR --release ENV DIR   (what release.sh rendered)
 # Installs the npm packages pinned in package.json / package-lock.json into
-# BUILD_DIR/npm-k8s once. With kustomize or kubectl on PATH it also compares
-# render.mjs with the real kustomize (K8S_KUSTOMIZE=auto|require|off).
+# BUILD_DIR/npm-k8s once. Without kubectl (or kustomize) v5 on PATH it exits 77
+# (skipped), or with K8S_KUSTOMIZE=require fails (validate.mjs).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 [[ $# -eq 1 || ($# -eq 4 && "$2" == --release) ]] || {

@@ -15,12 +15,18 @@
 # Environment (read by `up`; later commands reuse what `up` saved in RUN_DIR):
 #   SNAPSHOT_ROOT  the snapshot root every replica serves (required)
 #   REPLICAS       number of replicas (3)
-#   GRPC_PORT      nginx's gRPC port (50051);  HTTP_PORT  nginx's HTTP port (8080)
-#   BASE_PORT      replica i listens on BASE_PORT+i (gRPC) and BASE_PORT+100+i (HTTP) (19000;
-#                  below Linux's ephemeral range, so outgoing connections never hold them)
-#   RUN_DIR        pid files, logs, nginx.conf (/tmp/imagesearch-local)
+#   GRPC_PORT      nginx's gRPC port (50051);  HTTP_PORT  nginx's HTTP port (8080). 0: a port
+#                  ctl.sh picks below Linux's ephemeral range (so no outgoing connection holds
+#                  it); if nginx finds it taken, `up` starts nginx again on other ones (10 tries)
+#   RUN_DIR        pid files, logs, port files, nginx.conf (/tmp/imagesearch-local)
 #   BUILD_DIR      where imagesearch-query was built (build)
 #   QUERY_ARGS     extra flags for every replica (e.g. --poll_ms=200)
+#
+# Ports, as JSON {"grpc": N, "http": M}: RUN_DIR/nginx.ports has nginx's; each replica listens on
+# ports it picks (--port=0 --http_port=0) and reports them in RUN_DIR/replica-I.ports (its
+# --port_file). nginx's upstreams are generated from those files, so `start` and `restart`
+# rewrite nginx.conf and reload nginx once the replica serves (a graceful reload: the old workers
+# finish the calls they have).
 #
 # Retries (see deploy/README.md): nginx passes a call to the next replica when
 # the connection fails or is refused, times out, or is reset before an answer
@@ -42,7 +48,7 @@ load_state() {
   source "$STATE"
 }
 
-alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
 
 # wait_http URL SECONDS: until URL answers 200.
 wait_http() {
@@ -54,21 +60,32 @@ wait_http() {
   return 1
 }
 
+# port_of FILE FRONT: the port of FRONT ("grpc" or "http") in a port file; empty if none.
+port_of() {
+  sed -n "s/.*\"$2\": \([0-9]*\).*/\1/p" "$1" 2>/dev/null || true
+}
+
 start_replica() {
   local i="$1" pidf="$RUN_DIR/replica-$1.pid"
   alive "$pidf" && die "replica $i is already running (pid $(cat "$pidf"))"
+  rm -f "$RUN_DIR/replica-$i.ports"
   # shellcheck disable=SC2086
-  "$QUERY_BIN" --snapshot_root="$SNAPSHOT_ROOT" --host=127.0.0.1 \
-    --port=$((BASE_PORT + i)) --http_port=$((BASE_PORT + 100 + i)) $QUERY_ARGS \
+  "$QUERY_BIN" --snapshot_root="$SNAPSHOT_ROOT" --host=127.0.0.1 --port=0 --http_port=0 \
+    --port_file="$RUN_DIR/replica-$i.ports" $QUERY_ARGS \
     >>"$RUN_DIR/replica-$i.out" 2>>"$RUN_DIR/replica-$i.log" &
   echo $! >"$pidf"
 }
 
+# wait_replica I: until replica I's gRPC port listens (it opens once the
+# snapshot is loaded) and its /ping answers 200.
 wait_replica() {
-  local i="$1" n
+  local i="$1" ports="$RUN_DIR/replica-$1.ports" n
   for ((n = 0; n < 600; n++)); do
-    [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 \
-          "http://127.0.0.1:$((BASE_PORT + 100 + i))/ping" || true)" == 200 ]] && return 0
+    if [[ -n "$(port_of "$ports" grpc)" ]]; then
+      [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
+            "http://127.0.0.1:$(port_of "$ports" http)/ping" || true)" == 200 ]] && return 0
+      die "replica $i listens but /ping is not 200; see $RUN_DIR/replica-$i.log"
+    fi
     alive "$RUN_DIR/replica-$i.pid" ||
       die "replica $i exited: $(tail -n 3 "$RUN_DIR/replica-$i.log")"
     sleep 0.1
@@ -76,27 +93,34 @@ wait_replica() {
   die "replica $i is not serving after 60 s; see $RUN_DIR/replica-$i.log"
 }
 
-# signal_replica SIG I: sends SIG and waits (up to 30 s) for the process to go.
+# signal_replica SIG I: sends SIG and waits (up to 30 s) for the process to
+# go; its port file goes with it, so nginx.conf leaves it out from then on.
 signal_replica() {
   local sig="$1" i="$2" pidf="$RUN_DIR/replica-$2.pid" pid n
-  alive "$pidf" || { rm -f "$pidf"; return 0; }
+  alive "$pidf" || { rm -f "$pidf" "$RUN_DIR/replica-$i.ports"; return 0; }
   pid="$(cat "$pidf")"
   kill -"$sig" "$pid" 2>/dev/null || true
   for ((n = 0; n < 300; n++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -0 "$pid" 2>/dev/null && die "replica $i (pid $pid) did not exit after SIG$sig"
-  rm -f "$pidf"
+  rm -f "$pidf" "$RUN_DIR/replica-$i.ports"
 }
 
+# write_nginx_conf: nginx.conf (replaced atomically) with nginx on GRPC_PORT
+# and HTTP_PORT and, as upstreams, every replica whose port file names both
+# ports.
 write_nginx_conf() {
-  local grpc_servers="" http_servers="" i user=""
+  local grpc_servers="" http_servers="" i g h user=""
   for ((i = 0; i < REPLICAS; i++)); do
-    grpc_servers+="    server 127.0.0.1:$((BASE_PORT + i)) max_fails=1 fail_timeout=1s;"$'\n'
-    http_servers+="    server 127.0.0.1:$((BASE_PORT + 100 + i)) max_fails=1 fail_timeout=1s;"$'\n'
+    g="$(port_of "$RUN_DIR/replica-$i.ports" grpc)" h="$(port_of "$RUN_DIR/replica-$i.ports" http)"
+    [[ -n "$g" && -n "$h" ]] || continue
+    grpc_servers+="    server 127.0.0.1:$g max_fails=1 fail_timeout=1s;"$'\n'
+    http_servers+="    server 127.0.0.1:$h max_fails=1 fail_timeout=1s;"$'\n'
   done
+  [[ -n "$grpc_servers" ]] || die "no replica is serving: nothing for nginx to balance"
   [[ "$(id -u)" == 0 ]] && user="user nobody nogroup;"
   mkdir -p "$RUN_DIR/nginx-tmp"
   chmod 1777 "$RUN_DIR/nginx-tmp"
-  cat >"$RUN_DIR/nginx.conf" <<CONF
+  cat >"$RUN_DIR/nginx.conf.tmp" <<CONF
 # Generated by deploy/local/ctl.sh up.
 $user
 worker_processes 1;
@@ -147,13 +171,63 @@ $http_servers    keepalive 64;
   }
 }
 CONF
+  mv "$RUN_DIR/nginx.conf.tmp" "$RUN_DIR/nginx.conf"
+}
+
+nginx_() { nginx -c "$RUN_DIR/nginx.conf" -p "$RUN_DIR" -g "error_log $RUN_DIR/nginx-error.log;" "$@"; }
+
+# pick_port: a port below Linux's ephemeral range, where no outgoing
+# connection is given one; nginx's bind is what tells whether it is free.
+pick_port() {
+  local low
+  low="$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)"
+  ((low > 11000)) || low=11000
+  echo $((10000 + (RANDOM * 32768 + RANDOM) % (low - 10000)))
+}
+
+# start_nginx: nginx on GRPC_PORT and HTTP_PORT; with 0 for either, on ports
+# picked here, picked again while nginx finds one taken.
+start_nginx() {
+  local want_grpc="$GRPC_PORT" want_http="$HTTP_PORT" try
+  for ((try = 0; try < 10; try++)); do
+    ((want_grpc != 0)) || GRPC_PORT="$(pick_port)"
+    ((want_http != 0)) || HTTP_PORT="$(pick_port)"
+    write_nginx_conf
+    nginx_ -t -q || die "nginx rejected $RUN_DIR/nginx.conf"
+    nginx_ 2>"$RUN_DIR/nginx-start.err" && return 0
+    if ((want_grpc != 0 && want_http != 0)) || ! grep -q "Address already in use" "$RUN_DIR/nginx-start.err"; then
+      die "nginx did not start: $(tail -n 3 "$RUN_DIR/nginx-start.err")"
+    fi
+    echo "ctl.sh: nginx: $(grep -m1 -o 'bind() to [^ ]* failed' "$RUN_DIR/nginx-start.err"); other ports" >&2
+  done
+  die "nginx found its ports taken 10 times: $(tail -n 3 "$RUN_DIR/nginx-start.err")"
+}
+
+# reload_nginx: nginx.conf from the replicas' current ports, and a graceful
+# reload; one at a time (concurrent `start`s take turns).
+reload_nginx() {
+  alive "$RUN_DIR/nginx.pid" || return 0
+  (
+    flock 9
+    write_nginx_conf
+    nginx_ -s reload 2>"$RUN_DIR/nginx-reload.err" ||
+      die "nginx reload failed: $(tail -n 3 "$RUN_DIR/nginx-reload.err")"
+  ) 9>"$RUN_DIR/nginx.lock"
+}
+
+save_state() {
+  {
+    printf 'SNAPSHOT_ROOT=%q\nREPLICAS=%q\nGRPC_PORT=%q\nHTTP_PORT=%q\n' \
+      "$SNAPSHOT_ROOT" "$REPLICAS" "$GRPC_PORT" "$HTTP_PORT"
+    printf 'QUERY_ARGS=%q\nQUERY_BIN=%q\n' "$QUERY_ARGS" "$QUERY_BIN"
+  } >"$STATE"
 }
 
 cmd_up() {
   : "${SNAPSHOT_ROOT:?set SNAPSHOT_ROOT to the snapshot root to serve}"
   [[ -d "$SNAPSHOT_ROOT" ]] || die "SNAPSHOT_ROOT $SNAPSHOT_ROOT is not a directory"
   REPLICAS="${REPLICAS:-3}" GRPC_PORT="${GRPC_PORT:-50051}" HTTP_PORT="${HTTP_PORT:-8080}"
-  BASE_PORT="${BASE_PORT:-19000}" QUERY_ARGS="${QUERY_ARGS:-}"
+  QUERY_ARGS="${QUERY_ARGS:-}"
   local build="${BUILD_DIR:-$REPO/build}"
   QUERY_BIN="$(cd "$build" && pwd)/services/query/imagesearch-query"
   [[ -x "$QUERY_BIN" ]] || die "no $QUERY_BIN; build first (ci/build.sh)"
@@ -161,21 +235,17 @@ cmd_up() {
   [[ -f "$STATE" ]] && alive "$RUN_DIR/nginx.pid" && die "already up in $RUN_DIR (ctl.sh down first)"
   mkdir -p "$RUN_DIR"
   SNAPSHOT_ROOT="$(cd "$SNAPSHOT_ROOT" && pwd)"
-  {
-    printf 'SNAPSHOT_ROOT=%q\nREPLICAS=%q\nGRPC_PORT=%q\nHTTP_PORT=%q\n' \
-      "$SNAPSHOT_ROOT" "$REPLICAS" "$GRPC_PORT" "$HTTP_PORT"
-    printf 'BASE_PORT=%q\nQUERY_ARGS=%q\nQUERY_BIN=%q\n' "$BASE_PORT" "$QUERY_ARGS" "$QUERY_BIN"
-  } >"$STATE"
+  save_state
   local i
   for ((i = 0; i < REPLICAS; i++)); do start_replica "$i"; done
   for ((i = 0; i < REPLICAS; i++)); do wait_replica "$i"; done
-  write_nginx_conf
-  nginx -t -q -c "$RUN_DIR/nginx.conf" -p "$RUN_DIR" -g "error_log $RUN_DIR/nginx-error.log;" ||
-    die "nginx rejected $RUN_DIR/nginx.conf"
-  nginx -c "$RUN_DIR/nginx.conf" -p "$RUN_DIR" -g "error_log $RUN_DIR/nginx-error.log;"
+  start_nginx
+  save_state
+  printf '{"grpc": %d, "http": %d}\n' "$GRPC_PORT" "$HTTP_PORT" >"$RUN_DIR/nginx.ports.tmp"
+  mv "$RUN_DIR/nginx.ports.tmp" "$RUN_DIR/nginx.ports"
   wait_http "http://127.0.0.1:$HTTP_PORT/ping" 20 || die "nginx does not answer on :$HTTP_PORT"
   echo "up: $REPLICAS replicas of $SNAPSHOT_ROOT behind nginx"
-  echo "  gRPC  127.0.0.1:$GRPC_PORT  (replicas 127.0.0.1:$BASE_PORT..$((BASE_PORT + REPLICAS - 1)))"
+  echo "  gRPC  127.0.0.1:$GRPC_PORT  (replicas: deploy/local/ctl.sh status)"
   echo "  HTTP  http://127.0.0.1:$HTTP_PORT/  (web page, /invocations, /ping)"
   echo "  logs  $RUN_DIR"
 }
@@ -184,13 +254,13 @@ cmd_down() {
   [[ -f "$STATE" ]] || { echo "nothing is up in $RUN_DIR"; return 0; }
   load_state
   if alive "$RUN_DIR/nginx.pid"; then
-    nginx -c "$RUN_DIR/nginx.conf" -p "$RUN_DIR" -g "error_log $RUN_DIR/nginx-error.log;" -s quit || true
+    nginx_ -s quit || true
     local n
     for ((n = 0; n < 100; n++)); do alive "$RUN_DIR/nginx.pid" || break; sleep 0.1; done
   fi
   local i
   for ((i = 0; i < REPLICAS; i++)); do signal_replica TERM "$i"; done
-  rm -f "$STATE"
+  rm -f "$STATE" "$RUN_DIR/nginx.ports"
   echo "down: nginx and $REPLICAS replicas stopped"
 }
 
@@ -200,7 +270,9 @@ cmd_status() {
   for ((i = 0; i < REPLICAS; i++)); do
     pidf="$RUN_DIR/replica-$i.pid"
     if alive "$pidf"; then
-      echo "replica $i: pid $(cat "$pidf"), gRPC :$((BASE_PORT + i)), HTTP :$((BASE_PORT + 100 + i)), $(curl -s --max-time 2 "http://127.0.0.1:$((BASE_PORT + 100 + i))/info" | sed -n 's/.*"snapshot_version":\([0-9]*\).*/v\1/p')"
+      local ports="$RUN_DIR/replica-$i.ports" http
+      http="$(port_of "$ports" http)"
+      echo "replica $i: pid $(cat "$pidf"), gRPC :$(port_of "$ports" grpc), HTTP :$http, $(curl -s --max-time 2 "http://127.0.0.1:$http/info" | sed -n 's/.*"snapshot_version":"\([0-9]*\)".*/v\1/p')"
     else
       echo "replica $i: down"
     fi
@@ -215,7 +287,9 @@ case "${1:-}" in
   status) cmd_status ;;
   kill) load_state; signal_replica KILL "${2:?replica number}" ;;
   stop) load_state; signal_replica TERM "${2:?replica number}" ;;
-  start) load_state; start_replica "${2:?replica number}"; wait_replica "$2" ;;
-  restart) load_state; signal_replica TERM "${2:?replica number}"; start_replica "$2"; wait_replica "$2" ;;
-  *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  start) load_state; start_replica "${2:?replica number}"; wait_replica "$2"; reload_nginx ;;
+  restart)
+    load_state; signal_replica TERM "${2:?replica number}"; start_replica "$2"; wait_replica "$2"
+    reload_nginx ;;
+  *) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

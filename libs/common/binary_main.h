@@ -36,8 +36,8 @@ inline std::vector<char*> InitBinary(absl::string_view usage, int argc, char** a
   // locks are absl::Mutex) keeps a global lock-order graph up to date: 0.9%
   // of the query service's CPU under pinned unary load (perf, GraphCycles::
   // GetId/InsertEdge/RemoveNode), with a global lock. Release builds of
-  // Abseil skip it; so do we (a debugging aid for Abseil's users; our own
-  // locks are std::mutex).
+  // Abseil skip it; so do we: it is a debugging aid, and the TSan build
+  // (ci/build_tsan.sh) is what checks our own locking.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   // One malloc arena for the whole process, set before any thread exists.
   // glibc gives other threads their own arenas, built from 64 MiB heaps that
@@ -46,7 +46,7 @@ inline std::vector<char*> InitBinary(absl::string_view usage, int argc, char** a
   // its end, so some processes unmapped and faulted in up to ~100 MB per
   // batch (25k minor faults per batch of 4 against 1.4k in others) and ran
   // image queries at half the speed of the encoder on the main thread, which
-  // uses the main arena (tools/bench/README.md, image queries). The main
+  // uses the main arena (tools/bench/results/LOG.md, image queries). The main
   // arena grows with brk and keeps its top (libs/encoder/encoder.cc sets the
   // trim threshold). Our threads allocate little besides the activations, so
   // sharing one arena costs nothing measurable.

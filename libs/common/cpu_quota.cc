@@ -33,8 +33,7 @@ std::optional<double> Min(std::optional<double> a, std::optional<double> b) {
 // The tightest limit on `path` and its ancestors below `mount`: a parent's
 // quota caps its children too. `read` gives the limit set on one directory.
 template <typename ReadLimit>
-std::optional<double> TightestOnPath(const std::string& mount, std::string path,
-                                     ReadLimit read) {
+std::optional<double> TightestOnPath(const std::string& mount, std::string path, ReadLimit read) {
   std::optional<double> limit;
   while (true) {
     limit = Min(limit, read(mount + path));
@@ -66,8 +65,7 @@ std::optional<double> CgroupCpuLimit() {
       limit = Min(limit, TightestOnPath(mount, *path, [](const std::string& dir) {
                     const auto quota = ReadSmallFile(dir + "/cpu.cfs_quota_us");
                     const auto period = ReadSmallFile(dir + "/cpu.cfs_period_us");
-                    return quota && period ? CpuLimitFromCgroupV1(*quota, *period)
-                                           : std::nullopt;
+                    return quota && period ? CpuLimitFromCgroupV1(*quota, *period) : std::nullopt;
                   }));
     }
   }
@@ -91,14 +89,15 @@ std::optional<double> CpuLimitFromCgroupV2(absl::string_view cpu_max) {
       absl::StrSplit(absl::StripAsciiWhitespace(cpu_max), ' ', absl::SkipEmpty());
   if (parts.size() != 2 || parts[0] == "max") return std::nullopt;
   double quota = 0, period = 0;
-  if (!absl::SimpleAtod(parts[0], &quota) || !absl::SimpleAtod(parts[1], &period) ||
-      quota <= 0 || period <= 0) {
+  if (!absl::SimpleAtod(parts[0], &quota) || !absl::SimpleAtod(parts[1], &period) || quota <= 0 ||
+      period <= 0) {
     return std::nullopt;
   }
   return quota / period;
 }
 
-std::optional<double> CpuLimitFromCgroupV1(absl::string_view quota_us, absl::string_view period_us) {
+std::optional<double> CpuLimitFromCgroupV1(absl::string_view quota_us,
+                                           absl::string_view period_us) {
   double quota = 0, period = 0;
   if (!absl::SimpleAtod(absl::StripAsciiWhitespace(quota_us), &quota) ||
       !absl::SimpleAtod(absl::StripAsciiWhitespace(period_us), &period) || quota <= 0 ||

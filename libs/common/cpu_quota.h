@@ -12,6 +12,7 @@
 
 #include <optional>
 #include <string>
+
 #include "absl/strings/string_view.h"
 
 namespace imagesearch {

@@ -163,15 +163,13 @@ absl::Status WriteDurably(const std::string& path, int flags, Write write) {
 }  // namespace
 
 absl::Status WriteFileDurably(const std::string& path, absl::string_view contents) {
-  return WriteDurably(path, O_TRUNC, [&](int fd) {
-    return WriteAll(fd, contents.data(), contents.size(), path);
-  });
+  return WriteDurably(path, O_TRUNC,
+                      [&](int fd) { return WriteAll(fd, contents.data(), contents.size(), path); });
 }
 
 absl::Status AppendFileDurably(const std::string& path, absl::string_view contents) {
-  return WriteDurably(path, O_APPEND, [&](int fd) {
-    return WriteAll(fd, contents.data(), contents.size(), path);
-  });
+  return WriteDurably(path, O_APPEND,
+                      [&](int fd) { return WriteAll(fd, contents.data(), contents.size(), path); });
 }
 
 absl::Status CopyFileDurably(const std::string& from, const std::string& to) {
@@ -228,7 +226,8 @@ std::string Xxh3Hex(absl::string_view data) {
 absl::StatusOr<std::string> Xxh3HexOfFile(const std::string& path) {
   XXH3_state_t* state = XXH3_createState();
   XXH3_64bits_reset(state);
-  absl::Status s = StreamFile(path, [&](const char* p, size_t n) { XXH3_64bits_update(state, p, n); });
+  absl::Status s =
+      StreamFile(path, [&](const char* p, size_t n) { XXH3_64bits_update(state, p, n); });
   uint64_t h = XXH3_64bits_digest(state);
   XXH3_freeState(state);
   if (!s.ok()) return s;

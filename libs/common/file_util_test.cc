@@ -64,7 +64,7 @@ TEST_CASE("ReadFileToString on a missing file is NOT_FOUND with the path") {
   CHECK(r.status().message().find("/nonexistent/imagesearch/file") != std::string::npos);
 }
 
-TEST_CASE("MappedFile maps contents: checksums match known values") {
+TEST_CASE("MappedFile maps contents and SHA-256 matches its known value") {
   std::string dir = MakeTempDir();
   std::string path = dir + "/f";
   REQUIRE(WriteFileDurably(path, "abc").ok());
@@ -76,10 +76,55 @@ TEST_CASE("MappedFile maps contents: checksums match known values") {
   auto sha = Sha256HexOfFile(path);
   REQUIRE(sha.ok());
   CHECK(*sha == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-  auto xx = Xxh3HexOfFile(path);
-  REQUIRE(xx.ok());
-  CHECK(*xx == Xxh3Hex("abc"));
-  CHECK(Xxh3Hex("abc") != Xxh3Hex("abd"));
+}
+
+// `n` bytes of the pattern 0, 1, ..., 250, 0, 1, ...
+std::string Pattern(size_t n) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(i % 251);
+  return s;
+}
+
+// Known answers for XXH3-64 (seed 0). The empty input's is the one xxHash's
+// documentation gives; every value was computed by Debian's xxhsum 0.8.1
+// (package xxhash), e.g. `printf abc | xxhsum -H3`, and for the patterns
+// `python3 -c 'import sys; sys.stdout.buffer.write(bytes(i % 251 for i in
+// range(N)))' | xxhsum -H3`. The lengths reach each of XXH3's input-size
+// paths (0, 1-3, 4-8, 9-16, 17-128, 129-240, longer) and, for files, more
+// than one read of the streaming loop (1 MiB).
+struct KnownXxh3 {
+  std::string input;
+  const char* hex;
+};
+const KnownXxh3 kKnownXxh3[] = {
+    {"", "2d06800538d394c2"},
+    {"a", "e6c632b61e964e1f"},
+    {"abc", "78af5f94892f3950"},
+    {"message digest", "160d8e9329be94f9"},
+    {"abcdefghijklmnopqrstuvwxyz", "810f9ca067fbb90c"},
+    {Pattern(200), "f42a8864feaf0703"},
+    {Pattern(1000), "33ef703fb2b20ed1"},
+    {Pattern(1048699), "3606bf49d1e90de6"},
+    {Pattern(3145728), "1be8144cb05aac1c"},
+};
+
+TEST_CASE("Xxh3Hex gives XXH3-64's known answers") {
+  for (const KnownXxh3& k : kKnownXxh3) {
+    INFO("input of " << k.input.size() << " bytes");
+    CHECK(Xxh3Hex(k.input) == k.hex);
+  }
+}
+
+TEST_CASE("Xxh3HexOfFile gives XXH3-64's known answers, also across stream reads") {
+  const std::string path = MakeTempDir() + "/f";
+  for (const KnownXxh3& k : kKnownXxh3) {
+    INFO("file of " << k.input.size() << " bytes");
+    REQUIRE(WriteFileDurably(path, k.input).ok());
+    auto xx = Xxh3HexOfFile(path);
+    REQUIRE(xx.ok());
+    CHECK(*xx == k.hex);
+  }
+  CHECK(absl::IsNotFound(Xxh3HexOfFile(path + ".missing").status()));
 }
 
 TEST_CASE("NewTempDir makes fresh directories that the process which made them removes at exit") {

@@ -3,48 +3,16 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <cstdio>
 #include <string>
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "nlohmann/json.hpp"
 
 namespace imagesearch {
 namespace {
 
 std::atomic<LogFormat> g_format{LogFormat::kText};
-
-void AppendJsonString(std::string* out, absl::string_view s) {
-  out->push_back('"');
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"':
-        out->append("\\\"");
-        break;
-      case '\\':
-        out->append("\\\\");
-        break;
-      case '\n':
-        out->append("\\n");
-        break;
-      case '\r':
-        out->append("\\r");
-        break;
-      case '\t':
-        out->append("\\t");
-        break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-          out->append(buf);
-        } else {
-          out->push_back(static_cast<char>(c));
-        }
-    }
-  }
-  out->push_back('"');
-}
 
 }  // namespace
 
@@ -65,9 +33,12 @@ void LogLine(LogLevel level, absl::string_view message) {
     const char* name = level == LogLevel::kInfo      ? "info"
                        : level == LogLevel::kWarning ? "warning"
                                                      : "error";
-    line = absl::StrCat("{\"time\":\"", time, "\",\"level\":\"", name, "\",\"msg\":");
-    AppendJsonString(&line, message);
-    line.append("}\n");
+    // ordered_json keeps the documented key order. Invalid UTF-8 in the
+    // message becomes U+FFFD, so every line parses as JSON.
+    const nlohmann::ordered_json record = {
+        {"time", time}, {"level", name}, {"msg", std::string(message)}};
+    line = record.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+    line.push_back('\n');
   } else {
     const char tag = level == LogLevel::kInfo ? 'I' : level == LogLevel::kWarning ? 'W' : 'E';
     line = absl::StrCat(time, " ", std::string(1, tag), " ", message, "\n");

@@ -2,6 +2,8 @@
 // Two formats, chosen once per process (binaries take --log_format):
 //   text: "<UTC time> <I|W|E> <message>"
 //   json: {"time":"<UTC time>","level":"info|warning|error","msg":"<message>"}
+//         (invalid UTF-8 in the message is written as U+FFFD, so a line is
+//         always valid JSON)
 // one line per record either way.
 //
 // Thread-safe: each line is written with one write(2). libimagesearch_common
@@ -27,11 +29,17 @@ void SetLogFormat(LogFormat format);
 void LogLine(LogLevel level, absl::string_view message);
 
 template <typename... Args>
-void LogInfo(const Args&... args) { LogLine(LogLevel::kInfo, absl::StrCat(args...)); }
+void LogInfo(const Args&... args) {
+  LogLine(LogLevel::kInfo, absl::StrCat(args...));
+}
 template <typename... Args>
-void LogWarning(const Args&... args) { LogLine(LogLevel::kWarning, absl::StrCat(args...)); }
+void LogWarning(const Args&... args) {
+  LogLine(LogLevel::kWarning, absl::StrCat(args...));
+}
 template <typename... Args>
-void LogError(const Args&... args) { LogLine(LogLevel::kError, absl::StrCat(args...)); }
+void LogError(const Args&... args) {
+  LogLine(LogLevel::kError, absl::StrCat(args...));
+}
 
 }  // namespace imagesearch
 

@@ -13,9 +13,9 @@
 
 // Evaluates `expr` (an absl::Status); returns it from the enclosing function
 // if it is not OK.
-#define RETURN_IF_ERROR(expr)                                \
-  do {                                                       \
-    ::absl::Status imagesearch_status_ = (expr);             \
+#define RETURN_IF_ERROR(expr)                                  \
+  do {                                                         \
+    ::absl::Status imagesearch_status_ = (expr);               \
     if (!imagesearch_status_.ok()) return imagesearch_status_; \
   } while (0)
 

@@ -4,10 +4,9 @@
 
 #include <ATen/Parallel.h>
 #include <caffe2/serialize/inline_container.h>
-#include <torch/script.h>
-
 #include <dlfcn.h>
 #include <malloc.h>
+#include <torch/script.h>
 
 #include <cstring>
 #include <exception>
@@ -266,7 +265,7 @@ absl::StatusOr<std::unique_ptr<Encoder>> Encoder::Load(const std::string& model_
   // the model; a 2-thread pass here would leave it an OpenMP worker pool for
   // the life of the process, and once OpenMP manages more threads than there
   // are cores it stops spinning between parallel regions, for every team:
-  // the model's forward pass then ran ~25% slower (tools/bench/README.md).
+  // the model's forward pass then ran ~25% slower (tools/bench/results/LOG.md).
   const int threads = encoder->impl_->intra_op_threads;
   encoder->impl_->intra_op_threads = 1;
   if (absl::StatusOr<std::vector<float>> out = encoder->EncodeImages(image_ptrs); !out.ok()) {

@@ -13,8 +13,8 @@
 #define IMAGESEARCH_LIBS_ENCODER_ENCODER_H_
 
 #include <array>
-#include <functional>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>

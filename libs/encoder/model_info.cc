@@ -111,8 +111,8 @@ class FieldReader {
   absl::Status Error(std::string_view field, std::string_view what, const Json& got) const {
     std::string shown = got.dump();
     if (shown.size() > 60) shown = shown.substr(0, 57) + "...";
-    return absl::InvalidArgumentError(
-        absl::StrCat("model.json: \"", prefix_, ToAbsl(field), "\" ", ToAbsl(what), ", got ", shown));
+    return absl::InvalidArgumentError(absl::StrCat("model.json: \"", prefix_, ToAbsl(field), "\" ",
+                                                   ToAbsl(what), ", got ", shown));
   }
 
  private:

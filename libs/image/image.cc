@@ -244,8 +244,10 @@ std::vector<Taps> EnlargeTaps(int in, int out, Interpolation interpolation) {
       case Interpolation::kBicubic: {
         // Catmull-Rom (Keys, a = -0.5): libvips' and PIL's bicubic.
         constexpr double a = -0.5;
-        auto near = [](double d) { return ((a + 2) * d - (a + 3)) * d * d + 1; };         // |d| <= 1
-        auto far = [](double d) { return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a; };  // 1 < |d| < 2
+        auto near = [](double d) { return ((a + 2) * d - (a + 3)) * d * d + 1; };  // |d| <= 1
+        auto far = [](double d) {
+          return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a;
+        };  // 1 < |d| < 2
         w[0] = far(1 + f);
         w[1] = near(f);
         w[2] = near(1 - f);
@@ -369,8 +371,8 @@ std::string MakeThumbnail(VImage image, const ThumbnailOptions& options) {
   if (vips_image_get_orientation(image.get_image()) > 1) image = image.autorot();
   void* buffer = nullptr;
   size_t length = 0;
-  if (vips_jpegsave_buffer(image.get_image(), &buffer, &length, "Q", options.quality, "strip",
-                           TRUE, "optimize_coding", TRUE, nullptr) != 0) {
+  if (vips_jpegsave_buffer(image.get_image(), &buffer, &length, "Q", options.quality, "strip", TRUE,
+                           "optimize_coding", TRUE, nullptr) != 0) {
     throw vips::VError();
   }
   std::string out(static_cast<const char*>(buffer), length);
@@ -480,8 +482,8 @@ absl::StatusOr<RgbImage> DecodeAndPreprocessWith(const LoaderInfo& loader, std::
     out = ComputeHere(upright.autorot());  // Reads `out` before replacing it.
   }
   if (out.width != side || out.height != side) {
-    return absl::InternalError(absl::StrFormat("preprocessing produced %dx%d, not %dx%d",
-                                               out.width, out.height, side, side));
+    return absl::InternalError(absl::StrFormat("preprocessing produced %dx%d, not %dx%d", out.width,
+                                               out.height, side, side));
   }
   return out;
 }
@@ -577,9 +579,9 @@ absl::StatusOr<DecodedImage> DecodeWithThumbnail(std::string_view encoded,
                                                               &out.thumbnail_jpeg, &stage));
     return out;
   } catch (const vips::VError& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot decode ", loader->format, " image (corrupt or truncated) while ",
-                     stage, ": ", TakeVipsError(e.what())));
+    return absl::InvalidArgumentError(absl::StrCat("cannot decode ", loader->format,
+                                                   " image (corrupt or truncated) while ", stage,
+                                                   ": ", TakeVipsError(e.what())));
   } catch (const std::bad_alloc&) {
     TakeVipsError(nullptr);
     return absl::ResourceExhaustedError(

@@ -110,7 +110,7 @@ struct ThumbnailOptions {
 absl::Status ValidateThumbnailOptions(const ThumbnailOptions& thumbnail);
 
 struct DecodedImage {
-  RgbImage model_input;       // Exactly what DecodeAndPreprocess returns.
+  RgbImage model_input;        // Exactly what DecodeAndPreprocess returns.
   std::string thumbnail_jpeg;  // Empty unless a thumbnail was asked for.
 };
 

@@ -244,9 +244,8 @@ TEST_CASE("enlarging matches PIL's resize pixel for pixel", "[image][png]") {
     INFO(c.name);
     absl::StatusOr<RgbImage> want = DecodeAndPreprocess(
         ReadImage(absl::StrCat("chelsea_small_enlarged_128_", c.name, ".png")), Squash(128));
-    absl::StatusOr<RgbImage> got =
-        DecodeAndPreprocess(small, Options(128, ResizeMode::kShortestEdge, CropMode::kCenter,
-                                           c.interpolation));
+    absl::StatusOr<RgbImage> got = DecodeAndPreprocess(
+        small, Options(128, ResizeMode::kShortestEdge, CropMode::kCenter, c.interpolation));
     REQUIRE(want.ok());
     REQUIRE(got.ok());
     REQUIRE(got->pixels.size() == want->pixels.size());
@@ -635,11 +634,11 @@ TEST_CASE("thumbnails: the whole image, upright, never enlarged, as JPEG", "[ima
     const char* name;
     int width, height;
   };
-  for (const Case& c : {Case{"chelsea.jpg", 128, 85}, Case{"chelsea_exif6.jpg", 128, 85},
-                        Case{"chelsea_small.png", 128, 85}, Case{"camera.png", 128, 128},
-                        Case{"chelsea_row_strip.png", 128, 1},
-                        Case{"no_time_for_that_tiny.gif", 14, 25},
-                        Case{"logo_alpha_small.png", 0, 0}}) {
+  for (const Case& c :
+       {Case{"chelsea.jpg", 128, 85}, Case{"chelsea_exif6.jpg", 128, 85},
+        Case{"chelsea_small.png", 128, 85}, Case{"camera.png", 128, 128},
+        Case{"chelsea_row_strip.png", 128, 1}, Case{"no_time_for_that_tiny.gif", 14, 25},
+        Case{"logo_alpha_small.png", 0, 0}}) {
     const DecodedImage d = DecodeWithThumb(c.name, thumb);
     INFO(c.name);
     REQUIRE(!d.thumbnail_jpeg.empty());
@@ -664,7 +663,8 @@ TEST_CASE("thumbnails: the whole image, upright, never enlarged, as JPEG", "[ima
   const RgbImage upright = as_pixels(DecodeWithThumb("chelsea.jpg", thumb).thumbnail_jpeg);
   const RgbImage rotated = as_pixels(DecodeWithThumb("chelsea_exif6.jpg", thumb).thumbnail_jpeg);
   CHECK(MeanAbsDiff(upright, rotated) < 4.0);
-  CHECK(MeanAbsDiff(upright, as_pixels(DecodeWithThumb("coffee.png", thumb).thumbnail_jpeg)) > 20.0);
+  CHECK(MeanAbsDiff(upright, as_pixels(DecodeWithThumb("coffee.png", thumb).thumbnail_jpeg)) >
+        20.0);
   // Transparent areas are white, as in the model input.
   const RgbImage logo = as_pixels(DecodeWithThumb("logo_alpha_small.png", thumb).thumbnail_jpeg);
   CHECK(CellMean(logo, 16, 0, 0)[0] > 240);
@@ -676,10 +676,10 @@ TEST_CASE("thumbnails: the whole image, upright, never enlarged, as JPEG", "[ima
 
 TEST_CASE("thumbnails: bad input and options fail like the plain decode", "[image][thumbnail]") {
   const ThumbnailOptions thumb;
-  absl::StatusOr<DecodedImage> d = DecodeFileWithThumbnail(ImagePath("truncated.jpg"),
-                                                          PreprocessOptions(), &thumb);
-  absl::StatusOr<RgbImage> plain = DecodeAndPreprocessFile(ImagePath("truncated.jpg"),
-                                                           PreprocessOptions());
+  absl::StatusOr<DecodedImage> d =
+      DecodeFileWithThumbnail(ImagePath("truncated.jpg"), PreprocessOptions(), &thumb);
+  absl::StatusOr<RgbImage> plain =
+      DecodeAndPreprocessFile(ImagePath("truncated.jpg"), PreprocessOptions());
   REQUIRE(!d.ok());
   // Same code and reason; libvips may add detail of its own (e.g. "source:
   // bad seek") depending on how far the pipeline read.
@@ -692,8 +692,8 @@ TEST_CASE("thumbnails: bad input and options fail like the plain decode", "[imag
   for (int side : {0, 7, 1025}) {
     ThumbnailOptions bad;
     bad.max_side = side;
-    absl::StatusOr<DecodedImage> r = DecodeWithThumbnail(ReadImage("chelsea.jpg"),
-                                                         PreprocessOptions(), &bad);
+    absl::StatusOr<DecodedImage> r =
+        DecodeWithThumbnail(ReadImage("chelsea.jpg"), PreprocessOptions(), &bad);
     CHECK(absl::IsInvalidArgument(r.status()));
   }
   ThumbnailOptions bad_quality;

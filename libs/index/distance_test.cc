@@ -12,7 +12,8 @@ TEST_CASE("every kernel this CPU runs matches a double-precision reference", "[d
   std::mt19937 rng(7);
   std::normal_distribution<float> normal;
   const SimdLevel best = SupportedSimdLevel();
-  INFO("supported level: " << SimdLevelName(best) << ", in use: " << SimdLevelName(BestSimdLevel()));
+  INFO("supported level: " << SimdLevelName(best)
+                           << ", in use: " << SimdLevelName(BestSimdLevel()));
   CHECK(BestSimdLevel() <= best);
   int checked = 0;
   for (size_t dim : {1, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 47, 64, 100, 512, 1792}) {
@@ -24,8 +25,8 @@ TEST_CASE("every kernel this CPU runs matches a double-precision reference", "[d
       l2 += (double{a[i]} - b[i]) * (double{a[i]} - b[i]);
       dot += double{a[i]} * b[i];
     }
-    for (SimdLevel level : {SimdLevel::kScalar, SimdLevel::kSse, SimdLevel::kAvx2,
-                            SimdLevel::kAvx512}) {
+    for (SimdLevel level :
+         {SimdLevel::kScalar, SimdLevel::kSse, SimdLevel::kAvx2, SimdLevel::kAvx512}) {
       if (level > best) continue;
       INFO("dim " << dim << " level " << SimdLevelName(level));
       const float got_l2 = DistanceKernel(Metric::kL2, level)(a.data(), b.data(), &dim);

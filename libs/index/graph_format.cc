@@ -60,9 +60,8 @@ absl::StatusOr<HnswHeader> ParseHnswHeader(const char* data, size_t file_size, s
   // Level-0 block plus at least a 4-byte size field per element.
   const uint64_t min_size = h.upper_begin() + h.count * 4;
   if (file_size < min_size) {
-    return absl::DataLossError(absl::StrCat("graph file is truncated: ", file_size,
-                                            " bytes, but ", h.count,
-                                            " elements need at least ", min_size));
+    return absl::DataLossError(absl::StrCat("graph file is truncated: ", file_size, " bytes, but ",
+                                            h.count, " elements need at least ", min_size));
   }
   return h;
 }

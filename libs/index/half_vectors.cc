@@ -166,15 +166,6 @@ float HalfToFloat(uint16_t h) {
   return f;
 }
 
-float HalfDistanceScalar(Metric metric, const float* query, const uint16_t* row, size_t dim) {
-  float sum = 0;
-  for (size_t i = 0; i < dim; ++i) {
-    const float t = HalfToFloat(row[i]);
-    sum += metric == Metric::kL2 ? (query[i] - t) * (query[i] - t) : query[i] * t;
-  }
-  return metric == Metric::kL2 ? sum : 1.0f - sum;
-}
-
 HalfDistanceFn GetHalfDistanceFn(Metric metric) {
 #if defined(__x86_64__)
   static const bool f16c = CpuHasF16c();
@@ -222,9 +213,11 @@ absl::Status WriteHalfVectors(const std::string& graph_path, size_t dim, Metric 
     for (size_t r = 0; r < rows; ++r) {
       const char* element = level0 + (first + r) * h.size_data_per_element + h.offset_data;
       worst = std::max(
-          worst, ConvertRow(element, reinterpret_cast<uint16_t*>(buf.data() + r * stride), dim, metric));
+          worst,
+          ConvertRow(element, reinterpret_cast<uint16_t*>(buf.data() + r * stride), dim, metric));
     }
-    if (!write_all(buf.data(), rows * stride, static_cast<off_t>(kHalfHeaderSize + first * stride))) {
+    if (!write_all(buf.data(), rows * stride,
+                   static_cast<off_t>(kHalfHeaderSize + first * stride))) {
       return fail(errno, "write");
     }
   }

@@ -24,8 +24,8 @@
 #ifndef IMAGESEARCH_LIBS_INDEX_HALF_VECTORS_H_
 #define IMAGESEARCH_LIBS_INDEX_HALF_VECTORS_H_
 
-#include <cstddef>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -49,9 +49,8 @@ float HalfToFloat(uint16_t h);
 using HalfDistanceFn = float (*)(const float* query, const uint16_t* row, size_t dim);
 // The AVX2+F16C kernel for `metric`, or nullptr where the CPU lacks them or
 // IMAGESEARCH_SIMD asks for less than avx2 (then the searcher reads floats
-// only). The portable one is for tests.
+// only).
 HalfDistanceFn GetHalfDistanceFn(Metric metric);
-float HalfDistanceScalar(Metric metric, const float* query, const uint16_t* row, size_t dim);
 
 // Writes the half copy of the float vectors in the hnswlib graph file
 // `graph_path` (vectors of `dim`, `metric`) to `out_path`, durably.
@@ -61,9 +60,8 @@ absl::Status WriteHalfVectors(const std::string& graph_path, size_t dim, Metric 
 class HalfVectors {
  public:
   // Maps and checks `path` against the graph it belongs to.
-  static absl::StatusOr<std::unique_ptr<HalfVectors>> Open(const std::string& path,
-                                                           uint64_t count, size_t dim,
-                                                           Metric metric);
+  static absl::StatusOr<std::unique_ptr<HalfVectors>> Open(const std::string& path, uint64_t count,
+                                                           size_t dim, Metric metric);
 
   const uint16_t* Row(uint32_t internal_id) const {
     return reinterpret_cast<const uint16_t*>(rows_ + static_cast<size_t>(internal_id) * stride_);
@@ -96,7 +94,8 @@ class HalfSkip {
         // Twice gamma_{dim+3}: the float rounding of both distances.
         gamma_(static_cast<double>(dim + 3) * std::ldexp(1.0, -23)),
         bound_(bound) {
-    if (!l2_ && bound_ > 0) {  // A zero bound needs no |q| (and a searcher without halves passes 0).
+    if (!l2_ &&
+        bound_ > 0) {  // A zero bound needs no |q| (and a searcher without halves passes 0).
       double norm2 = 0;
       for (size_t i = 0; i < dim; ++i) norm2 += double{query[i]} * query[i];
       slack_ = std::sqrt(norm2) * (1 + 1e-6) * bound_;

@@ -1,7 +1,7 @@
 #include "libs/index/half_vectors.h"
 
-#include <cmath>
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <random>

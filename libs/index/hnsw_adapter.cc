@@ -3,13 +3,13 @@
 
 // Every header hnswlib includes, first, so that the malloc macro below reaches
 // hnswlib's own code only.
-#include <x86intrin.h>
+#include <assert.h>
 #include <cpuid.h>
 #include <immintrin.h>
-#include <assert.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <x86intrin.h>
 
 #include <algorithm>
 #include <atomic>
@@ -184,8 +184,8 @@ class HnswStreamBuilderImpl final : public HnswStreamBuilder {
       const float* v = vectors + r * dim_;
       for (size_t i = 0; i < dim_; ++i) {
         if (!std::isfinite(v[i])) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "row ", first_label + r, " has a non-finite value at component ", i));
+          return absl::InvalidArgumentError(
+              absl::StrCat("row ", first_label + r, " has a non-finite value at component ", i));
         }
       }
     }
@@ -243,7 +243,7 @@ class HnswStreamBuilderImpl final : public HnswStreamBuilder {
   }
 
   absl::StatusOr<std::vector<DuplicateGroup>> FindNearDuplicates(double min_similarity,
-                                                                  size_t neighbors) override {
+                                                                 size_t neighbors) override {
     // Leader grouping, not connected components: chains of near-duplicates
     // (A~B, B~C) must not pull in a C that is not close to A.
     std::vector<DuplicateGroup> groups;
@@ -359,8 +359,8 @@ absl::Status WriteGraphOffsets(const std::string& graph_path, size_t dim,
     uint64_t label;
     std::memcpy(&label, level0 + i * h.size_data_per_element + h.label_offset, sizeof(label));
     if (label >= h.count || seen[label]) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "graph element ", i, " has label ", label, "; labels must be the rows 0..", h.count - 1));
+      return absl::InvalidArgumentError(absl::StrCat("graph element ", i, " has label ", label,
+                                                     "; labels must be the rows 0..", h.count - 1));
     }
     seen[label] = true;
     const uint32_t id = static_cast<uint32_t>(i);
@@ -370,7 +370,8 @@ absl::Status WriteGraphOffsets(const std::string& graph_path, size_t dim,
   const uint64_t per_level = h.size_links_per_element();
   for (uint64_t i = 0; i < h.count; ++i) {
     if (pos + 4 > file->size()) {
-      return absl::DataLossError(absl::StrCat("graph file truncated in the link list of element ", i));
+      return absl::DataLossError(
+          absl::StrCat("graph file truncated in the link list of element ", i));
     }
     uint32_t bytes;
     std::memcpy(&bytes, file->data() + pos, 4);
@@ -382,8 +383,8 @@ absl::Status WriteGraphOffsets(const std::string& graph_path, size_t dim,
     pos += 4 + bytes;
   }
   if (pos != file->size()) {
-    return absl::InvalidArgumentError(absl::StrCat("graph file has ", file->size() - pos,
-                                                   " unexpected trailing bytes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("graph file has ", file->size() - pos, " unexpected trailing bytes"));
   }
   return WriteFileDurably(offsets_path, out);
 }
@@ -393,8 +394,7 @@ absl::StatusOr<std::unique_ptr<HnswlibIndex>> HnswlibIndex::Load(const std::stri
   try {
     auto space = MakeSpace(metric, dim);
     auto index = std::make_unique<hnswlib::HierarchicalNSW<float>>(space.get(), graph_path);
-    return std::unique_ptr<HnswlibIndex>(
-        new HnswlibIndexImpl(std::move(space), std::move(index)));
+    return std::unique_ptr<HnswlibIndex>(new HnswlibIndexImpl(std::move(space), std::move(index)));
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("hnswlib loadIndex ", graph_path, ": ", e.what()));
   }

@@ -7,9 +7,9 @@
 #ifndef IMAGESEARCH_LIBS_INDEX_HNSW_BUILDER_H_
 #define IMAGESEARCH_LIBS_INDEX_HNSW_BUILDER_H_
 
-#include <functional>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -80,7 +80,7 @@ class HnswStreamBuilder {
   // yet. Every member is that close to its leader (no chaining). Groups of
   // one are left out.
   virtual absl::StatusOr<std::vector<DuplicateGroup>> FindNearDuplicates(double min_similarity,
-                                                                          size_t neighbors) = 0;
+                                                                         size_t neighbors) = 0;
 };
 
 // Writes the offsets sidecar for an existing hnswlib graph file: for each

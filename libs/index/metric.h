@@ -4,9 +4,8 @@
 #ifndef IMAGESEARCH_LIBS_INDEX_METRIC_H_
 #define IMAGESEARCH_LIBS_INDEX_METRIC_H_
 
-#include "absl/strings/string_view.h"
-
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace imagesearch::index {
 

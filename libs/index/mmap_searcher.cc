@@ -16,8 +16,7 @@ namespace {
 // Same ordering as hnswlib's CompareByFirst: only the distance counts, so the
 // heaps pop ties in the same order as hnswlib's.
 struct CompareByFirst {
-  bool operator()(const std::pair<float, uint32_t>& a,
-                  const std::pair<float, uint32_t>& b) const {
+  bool operator()(const std::pair<float, uint32_t>& a, const std::pair<float, uint32_t>& b) const {
     return a.first < b.first;
   }
 };
@@ -60,15 +59,14 @@ absl::StatusOr<std::unique_ptr<MmapHnswSearcher>> MmapHnswSearcher::Open(
   ASSIGN_OR_RETURN(s->graph_, MappedFile::Open(graph_path));
   ASSIGN_OR_RETURN(s->header_, ParseHnswHeader(s->graph_->data(), s->graph_->size(), dim));
   if (s->header_.count != expected_count) {
-    return absl::InvalidArgumentError(absl::StrCat("graph holds ", s->header_.count,
-                                                   " elements but the manifest says ",
-                                                   expected_count));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "graph holds ", s->header_.count, " elements but the manifest says ", expected_count));
   }
   ASSIGN_OR_RETURN(s->offsets_, MappedFile::Open(offsets_path));
   const uint64_t want = s->header_.count * (sizeof(uint64_t) + sizeof(uint32_t));
   if (s->offsets_->size() != want) {
-    return absl::DataLossError(absl::StrCat("graph offsets file is ", s->offsets_->size(),
-                                            " bytes, expected ", want));
+    return absl::DataLossError(
+        absl::StrCat("graph offsets file is ", s->offsets_->size(), " bytes, expected ", want));
   }
   s->internal_of_row_ = s->offsets_->data() + s->header_.count * sizeof(uint64_t);
   s->level0_ = s->graph_->data() + kHnswHeaderSize;
@@ -105,14 +103,16 @@ const uint32_t* MmapHnswSearcher::UpperLinks(uint32_t id, int level) const {
 }
 
 std::vector<Neighbor> MmapHnswSearcher::SearchExact(const float* query, size_t k,
-                                                    const RowFilter& allowed) const {
+                                                    const RowFilter& allowed,
+                                                    size_t row_offset) const {
   std::vector<Neighbor> all;
   if (k == 0) return all;
   const void* param = &dim_param_;
-  const uint32_t rows = static_cast<uint32_t>(std::min<size_t>(header_.count, allowed.rows()));
-  all.reserve(std::min(allowed.Count(), static_cast<size_t>(rows)));
-  allowed.ForEach([&](uint32_t row) {
-    if (row < rows) all.push_back(Neighbor{dist_(query, Vector(row), param), row});
+  const size_t end = row_offset + header_.count;
+  all.reserve(allowed.CountIn(row_offset, end));
+  allowed.ForEachIn(row_offset, end, [&](uint32_t global) {
+    const uint32_t row = static_cast<uint32_t>(global - row_offset);
+    all.push_back(Neighbor{dist_(query, Vector(row), param), row});
   });
   auto closer = [](const Neighbor& a, const Neighbor& b) {
     return a.distance < b.distance || (a.distance == b.distance && a.row < b.row);
@@ -127,7 +127,7 @@ std::vector<Neighbor> MmapHnswSearcher::SearchExact(const float* query, size_t k
 }
 
 std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, size_t ef,
-                                               const RowFilter* allowed) const {
+                                               const RowFilter* allowed, size_t row_offset) const {
   std::vector<Neighbor> result;
   const uint32_t count = static_cast<uint32_t>(header_.count);
   if (count == 0 || k == 0) return result;
@@ -177,7 +177,8 @@ std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, siz
   // result, which callers use to index ids.bin and Vector().
   auto admit = [&](uint32_t id) {
     const uint64_t label = label_of(id);
-    return label < count && (allowed == nullptr || allowed->Allows(static_cast<uint32_t>(label)));
+    return label < count &&
+           (allowed == nullptr || allowed->Allows(static_cast<uint32_t>(row_offset + label)));
   };
   float lower_bound = std::numeric_limits<float>::max();
   if (admit(cur)) {

@@ -59,12 +59,16 @@ class MmapHnswSearcher {
   // it holds ef allowed rows or runs out of candidates, so a selective filter
   // visits more of the graph. Very selective filters are better served by
   // SearchExact.
+  //
+  // `row_offset`: this graph is one segment of a larger row space, and row r
+  // here is row row_offset + r of `allowed`. Results carry this graph's rows.
   std::vector<Neighbor> Search(const float* query, size_t k, size_t ef,
-                               const RowFilter* allowed = nullptr) const;
+                               const RowFilter* allowed = nullptr, size_t row_offset = 0) const;
 
-  // Exact top-k over the allowed rows only (brute force, allowed.Count()
-  // distance computations).
-  std::vector<Neighbor> SearchExact(const float* query, size_t k, const RowFilter& allowed) const;
+  // Exact top-k over the allowed rows only (brute force, one distance per
+  // allowed row of this graph). `row_offset` as for Search.
+  std::vector<Neighbor> SearchExact(const float* query, size_t k, const RowFilter& allowed,
+                                    size_t row_offset = 0) const;
 
   // The stored (prepared) vector of `row`. REQUIRES: row < size().
   const float* Vector(uint32_t row) const;

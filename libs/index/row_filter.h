@@ -24,6 +24,9 @@ class RowFilter {
   void Allow(uint32_t row) {
     if (row < rows_) words_[row >> 6] |= uint64_t{1} << (row & 63);
   }
+  void Disallow(uint32_t row) {
+    if (row < rows_) words_[row >> 6] &= ~(uint64_t{1} << (row & 63));
+  }
   // Rows allowed.
   size_t Count() const {
     size_t n = 0;
@@ -43,14 +46,38 @@ class RowFilter {
   // Calls f(row) for every allowed row, ascending.
   template <typename F>
   void ForEach(F f) const {
-    for (size_t i = 0; i < words_.size(); ++i) {
-      for (uint64_t w = words_[i]; w != 0; w &= w - 1) {
+    ForEachIn(0, rows_, f);
+  }
+  // Calls f(row) for every allowed row in [begin, end), ascending.
+  template <typename F>
+  void ForEachIn(size_t begin, size_t end, F f) const {
+    if (end > rows_) end = rows_;
+    if (begin >= end) return;
+    for (size_t i = begin >> 6; i <= (end - 1) >> 6; ++i) {
+      for (uint64_t w = WordIn(i, begin, end); w != 0; w &= w - 1) {
         f(static_cast<uint32_t>(i * 64 + static_cast<size_t>(__builtin_ctzll(w))));
       }
     }
   }
+  // Rows allowed in [begin, end).
+  size_t CountIn(size_t begin, size_t end) const {
+    if (end > rows_) end = rows_;
+    if (begin >= end) return 0;
+    size_t n = 0;
+    for (size_t i = begin >> 6; i <= (end - 1) >> 6; ++i) {
+      n += static_cast<size_t>(__builtin_popcountll(WordIn(i, begin, end)));
+    }
+    return n;
+  }
 
  private:
+  // Word i with the bits outside [begin, end) cleared.
+  uint64_t WordIn(size_t i, size_t begin, size_t end) const {
+    uint64_t w = words_[i];
+    if (i == begin >> 6) w &= ~uint64_t{0} << (begin & 63);
+    if (i == (end - 1) >> 6 && (end & 63) != 0) w &= (uint64_t{1} << (end & 63)) - 1;
+    return w;
+  }
   void ClearTail() {
     if (rows_ % 64 != 0 && !words_.empty()) words_.back() &= (uint64_t{1} << (rows_ % 64)) - 1;
   }

@@ -10,8 +10,8 @@
 
 namespace imagesearch::index {
 
-inline std::vector<float> ClusteredVectors(size_t count, size_t dim, size_t clusters,
-                                           uint32_t seed, float spread = 0.35f) {
+inline std::vector<float> ClusteredVectors(size_t count, size_t dim, size_t clusters, uint32_t seed,
+                                           float spread = 0.35f) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> centers(clusters * dim);

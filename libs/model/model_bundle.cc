@@ -49,6 +49,12 @@ absl::StatusOr<image::RgbImage> ModelBundle::PreprocessFile(const std::string& p
   return image::DecodeAndPreprocessFile(path, preprocess_);
 }
 
+absl::StatusOr<image::DecodedImage> ModelBundle::PreprocessImageWithThumbnail(
+    absl::string_view encoded, const image::ThumbnailOptions* thumbnail) const {
+  return image::DecodeWithThumbnail(std::string_view(encoded.data(), encoded.size()), preprocess_,
+                                    thumbnail);
+}
+
 absl::StatusOr<image::DecodedImage> ModelBundle::PreprocessFileWithThumbnail(
     const std::string& path, const image::ThumbnailOptions* thumbnail) const {
   return image::DecodeFileWithThumbnail(path, preprocess_, thumbnail);
@@ -69,8 +75,8 @@ absl::StatusOr<std::vector<float>> ModelBundle::EncodeImages(
   for (const image::RgbImage* img : images) {
     if (img->width != preprocess_.image_size || img->height != preprocess_.image_size) {
       return absl::InvalidArgumentError(absl::StrCat("image is ", img->width, "x", img->height,
-                                                     ", the model needs ",
-                                                     preprocess_.image_size, " square"));
+                                                     ", the model needs ", preprocess_.image_size,
+                                                     " square"));
     }
     pixels.push_back(img->pixels.data());
   }
@@ -89,8 +95,8 @@ namespace {
 // Runs `encode` on the inputs that prepared and spreads its rows (or its
 // error) back over `out`, where the inputs that failed already hold theirs.
 template <typename Prepared, typename EncodeFn>
-void EncodePrepared(const std::vector<absl::StatusOr<Prepared>>& prepared, int dim,
-                    EncodeFn encode, ModelBundle::Embeddings* out) {
+void EncodePrepared(const std::vector<absl::StatusOr<Prepared>>& prepared, int dim, EncodeFn encode,
+                    ModelBundle::Embeddings* out) {
   std::vector<const Prepared*> ok;
   std::vector<size_t> index;
   for (size_t i = 0; i < prepared.size(); ++i) {
@@ -127,9 +133,9 @@ ModelBundle::Embeddings ModelBundle::EmbedImages(
   for (size_t i = 0; i < images.size(); ++i) {
     if (!images[i].ok()) out[i] = images[i].status();
   }
-  EncodePrepared(images, dim(),
-                 [this](const std::vector<const image::RgbImage*>& b) { return EncodeImages(b); },
-                 &out);
+  EncodePrepared(
+      images, dim(),
+      [this](const std::vector<const image::RgbImage*>& b) { return EncodeImages(b); }, &out);
   return out;
 }
 
@@ -141,11 +147,9 @@ ModelBundle::Embeddings ModelBundle::EmbedTexts(const std::vector<absl::string_v
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (!tokens[i].ok()) out[i] = tokens[i].status();
   }
-  EncodePrepared(tokens, dim(),
-                 [this](const std::vector<const std::vector<int64_t>*>& b) {
-                   return EncodeTokens(b);
-                 },
-                 &out);
+  EncodePrepared(
+      tokens, dim(),
+      [this](const std::vector<const std::vector<int64_t>*>& b) { return EncodeTokens(b); }, &out);
   return out;
 }
 

@@ -40,6 +40,10 @@ class ModelBundle {
   // none), for the indexer.
   absl::StatusOr<image::DecodedImage> PreprocessFileWithThumbnail(
       const std::string& path, const image::ThumbnailOptions* thumbnail) const;
+  // PreprocessImage plus a thumbnail from the same decode (`thumbnail` null:
+  // none), for the ingest service.
+  absl::StatusOr<image::DecodedImage> PreprocessImageWithThumbnail(
+      absl::string_view encoded, const image::ThumbnailOptions* thumbnail) const;
   // FAILED_PRECONDITION for an image-only model.
   absl::StatusOr<std::vector<int64_t>> Tokenize(absl::string_view text) const;
 

@@ -10,9 +10,8 @@
 // separate decode pool was measured to cost more than the decoding itself:
 // on 2 cores, a 15% background load slows LibTorch's 2-thread forward pass
 // by 12-28%, because every parallel region waits for its slowest thread
-// (tools/bench/omp_interference.py, tools/bench/README.md). The call's context is checked on entry and when
-// its batch forms, so an expired or cancelled call is neither decoded nor
-// encoded.
+// (tools/bench/omp_interference.py, tools/bench/results/LOG.md). The call's context is checked on
+// entry and when its batch forms, so an expired or cancelled call is neither decoded nor encoded.
 //
 // Thread-safe. Destruction waits for queued work.
 #ifndef IMAGESEARCH_LIBS_SERVING_BATCHING_EMBEDDER_H_

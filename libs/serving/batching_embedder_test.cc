@@ -2,48 +2,23 @@
 
 #include <catch2/catch.hpp>
 #include <future>
-#include <thread>
+
+#include "libs/serving/test_fakes.h"
 
 namespace imagesearch::serving {
 namespace {
 
-// A model runtime without a model: an "image" is its bytes, the embedding is
-// {first byte, length}; "bad" does not decode. Embed blocks while `hold` is
-// set, and counts the inputs it embedded.
-class FakeRuntime final : public ModelRuntime {
- public:
-  const std::string& name() const override { return name_; }
-  int dim() const override { return 2; }
-  bool has_text() const override { return false; }
-  Embeddings Embed(EmbedItem::Kind, const std::vector<absl::string_view>& inputs) const override {
-    calls++;
-    while (hold) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    Embeddings out;
-    for (absl::string_view in : inputs) {
-      if (in == "bad") {
-        out.push_back(absl::InvalidArgumentError("image: not an image"));
-      } else {
-        embedded++;
-        out.push_back(std::vector<float>{static_cast<float>(in[0]), static_cast<float>(in.size())});
-      }
-    }
-    return out;
-  }
-  mutable std::atomic<int> calls{0};
-  mutable std::atomic<int> embedded{0};
-  std::atomic<bool> hold{false};
-
- private:
-  const std::string name_ = "fake";
-};
+using testing::Await;
+using testing::FakeRuntime;
+using testing::GrpcContext;
 
 EmbedItem Image(std::string bytes) { return EmbedItem{EmbedItem::Kind::kImage, std::move(bytes)}; }
 
 absl::StatusOr<Embedder::Vectors> EmbedSync(Embedder& e, std::vector<EmbedItem> items,
-                                            const CallContext& context = {}) {
+                                            const CallContext& context = GrpcContext()) {
   std::promise<absl::StatusOr<Embedder::Vectors>> p;
   e.Embed(std::move(items), context, [&](absl::StatusOr<Embedder::Vectors> v) { p.set_value(v); });
-  return p.get_future().get();
+  return Await(p.get_future());
 }
 
 struct Fixture {
@@ -82,47 +57,60 @@ TEST_CASE("A bad item fails the call with its index: a lone item's error is unpr
 
 TEST_CASE("An expired call is neither decoded nor encoded") {
   Fixture f;
-  CallContext expired;
-  expired.deadline = absl::Now() - absl::Seconds(1);
-  auto v = EmbedSync(*f.embedder, {Image("a")}, expired);
+  auto v = EmbedSync(*f.embedder, {Image("a")}, GrpcContext(absl::Now() - absl::Seconds(1)));
   CHECK(absl::IsDeadlineExceeded(v.status()));
   CHECK(v.status().message() == "deadline passed before decoding");
-  CHECK(f.runtime->calls == 0);
+  CHECK(f.runtime->calls.value() == 0);
 }
 
 TEST_CASE("A call that expires while queued never reaches the model") {
   Fixture f;
-  f.runtime->hold = true;
-  std::promise<absl::Status> first, second;
-  f.embedder->Embed({Image("a")}, {},
+  f.runtime->gate.Close();
+  std::promise<absl::Status> first, second, third;
+  f.embedder->Embed({Image("a")}, GrpcContext(),
                     [&](absl::StatusOr<Embedder::Vectors> v) { first.set_value(v.status()); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // The model holds "a".
-  CallContext soon;
-  soon.deadline = absl::Now() + absl::Milliseconds(30);
+  REQUIRE(f.runtime->calls.WaitFor(1));  // The model holds "a"; later items queue.
+  // "b" must pass Embed's own check on entry: 200 ms is this thread's margin
+  // to get it there. Its deadline then passes while it is queued.
+  const CallContext soon = GrpcContext(absl::Now() + absl::Milliseconds(200));
   f.embedder->Embed({Image("b")}, soon,
                     [&](absl::StatusOr<Embedder::Vectors> v) { second.set_value(v.status()); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(80));
-  f.runtime->hold = false;
-  CHECK(first.get_future().get().ok());
-  absl::Status s = second.get_future().get();
+  std::atomic<bool> cancelled{false};
+  CallContext cancellable = GrpcContext();
+  cancellable.cancelled = [&] { return cancelled.load(); };
+  f.embedder->Embed({Image("c")}, cancellable,
+                    [&](absl::StatusOr<Embedder::Vectors> v) { third.set_value(v.status()); });
+  cancelled = true;
+  testing::SleepPast(soon.deadline);
+  f.runtime->gate.Open();
+  CHECK(Await(first.get_future()).ok());
+  absl::Status s = Await(second.get_future());
   CHECK(absl::IsDeadlineExceeded(s));
   CHECK(s.message() == "deadline passed before the model ran");
-  CHECK(f.runtime->embedded == 1);  // "a" only.
+  absl::Status c = Await(third.get_future());
+  CHECK(absl::IsCancelled(c));
+  CHECK(c.message() == "client cancelled the call before the model ran");
+  CHECK(f.runtime->embedded.value() == 1);  // "a" only.
+  CHECK(f.runtime->calls.value() == 1);
 }
 
 TEST_CASE("Admission is all-or-nothing and refuses at once past max_queued_items") {
   Fixture f(/*max_queued=*/3);
-  f.runtime->hold = true;  // Keep the first call's items in the model.
+  f.runtime->gate.Close();  // Keep the first call's items in the model.
   std::promise<absl::Status> first;
-  f.embedder->Embed({Image("a"), Image("b")}, {},
+  f.embedder->Embed({Image("a"), Image("b")}, GrpcContext(),
                     [&](absl::StatusOr<Embedder::Vectors> v) { first.set_value(v.status()); });
   auto refused = EmbedSync(*f.embedder, {Image("c"), Image("d")});  // 2 + 2 > 3.
   CHECK(absl::IsResourceExhausted(refused.status()));
   CHECK(refused.status().message() ==
         "server overloaded: 2 image/text items are already waiting to be embedded (the limit "
         "is 3)");
-  f.runtime->hold = false;
-  CHECK(first.get_future().get().ok());
+  std::promise<absl::Status> at_limit;  // 2 + 1 = 3: admitted.
+  f.embedder->Embed({Image("e")}, GrpcContext(),
+                    [&](absl::StatusOr<Embedder::Vectors> v) { at_limit.set_value(v.status()); });
+  f.runtime->gate.Open();
+  CHECK(Await(first.get_future()).ok());
+  CHECK(Await(at_limit.get_future()).ok());
   CHECK(EmbedSync(*f.embedder, {Image("c"), Image("d"), Image("e")}).ok());  // Room again.
 }
 

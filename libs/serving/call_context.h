@@ -1,7 +1,7 @@
 // What the query core knows about one call besides its payload: which front
 // end it came through (for metrics), when it must be answered by, and whether
 // the client has gone away. Every stage of a query (admission, decode, the
-// batcher, the search) asks Expired() before doing work, so a call whose
+// batcher, the search) calls Check() before doing work, so a call whose
 // deadline has passed or whose client cancelled costs nothing more.
 //
 // Copyable; `cancelled` must stay callable until the call is answered.
@@ -20,8 +20,9 @@
 namespace imagesearch::serving {
 
 struct CallContext {
-  // "grpc" or "http": the `front` label of the request metrics.
-  std::string front = "grpc";
+  // The `front` label of the request metrics ("grpc", "http"). Each front
+  // end sets it; the core has no transport of its own to assume.
+  std::string front;
   absl::Time deadline = absl::InfiniteFuture();
   // Returns true once the client has cancelled. May be empty (never).
   std::function<bool()> cancelled;

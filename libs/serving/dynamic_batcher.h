@@ -185,9 +185,10 @@ class DynamicBatcher {
             std::move(item),
             absl::DeadlineExceededError(absl::StrCat(
                 "deadline would pass during ", options_.stage, ": ",
-                absl::FormatDuration(absl::Trunc(item.context.deadline - now, absl::Milliseconds(1))),
-                " left, a batch takes ", absl::FormatDuration(absl::Trunc(expected_run,
-                                                                          absl::Milliseconds(1))))));
+                absl::FormatDuration(
+                    absl::Trunc(item.context.deadline - now, absl::Milliseconds(1))),
+                " left, a batch takes ",
+                absl::FormatDuration(absl::Trunc(expected_run, absl::Milliseconds(1))))));
       } else {
         live.push_back(std::move(item));
       }
@@ -205,8 +206,8 @@ class DynamicBatcher {
       const auto run_start = Clock::now();
       results = fn_(inputs);
       // Moving average of the run time, 1/4 weight to the newest batch.
-      const int64_t took = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                               Clock::now() - run_start).count();
+      const int64_t took =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - run_start).count();
       const int64_t old = expected_run_ns_.load();
       expected_run_ns_.store(old == 0 ? took : old + (took - old) / 4);
       if (observer_) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
+#include "libs/common/client_text.h"
 #include "libs/common/status_macros.h"
 
 namespace imagesearch::serving {
@@ -15,7 +16,7 @@ using snapshot::FieldType;
 
 std::string Describe(const FilterValue& v) {
   if (const auto* s = std::get_if<std::string>(&v)) {
-    return absl::StrCat("\"", s->size() > 40 ? s->substr(0, 40) + "..." : *s, "\"");
+    return QuoteClientText(*s);
   }
   if (const auto* i = std::get_if<int64_t>(&v)) return absl::StrCat(*i);
   if (const auto* d = std::get_if<double>(&v)) return absl::StrCat(*d);
@@ -68,146 +69,234 @@ absl::Status AddPostings(const AttributeTable& t, size_t fi, const FilterValue& 
   return absl::OkStatus();
 }
 
-absl::StatusOr<index::RowFilter> EvaluateCondition(const snapshot::Snapshot& snap,
-                                                   const Condition& c) {
-  const size_t n = snap.manifest().count;
-  index::RowFilter out(n);
-  if (c.kind == Condition::Kind::kHasId) {
-    if (c.ids.empty()) return absl::InvalidArgumentError("filter has_id lists no ids");
-    if (c.ids.size() > kMaxFilterValues) {
-      return absl::InvalidArgumentError(absl::StrCat("filter has_id lists ", c.ids.size(),
-                                                     " ids; the limit is ", kMaxFilterValues));
+// has_id: the rows of the listed external ids; an unknown id matches nothing.
+absl::StatusOr<index::RowFilter> EvaluateHasId(const snapshot::Snapshot& snap, const Condition& c) {
+  if (c.ids.empty()) return absl::InvalidArgumentError("filter has_id lists no ids");
+  if (c.ids.size() > kMaxFilterValues) {
+    return absl::InvalidArgumentError(absl::StrCat("filter has_id lists ", c.ids.size(),
+                                                   " ids; the limit is ", kMaxFilterValues));
+  }
+  index::RowFilter out(snap.rows());
+  for (const auto& id : c.ids) {
+    if (auto row = snap.Find(id)) out.Allow(*row);
+  }
+  return out;
+}
+
+// The attribute column a field condition tests, in one segment of `rows`
+// rows.
+struct Column {
+  const AttributeTable* table;
+  size_t index;
+  const snapshot::FieldSpec* spec;
+  size_t rows;
+};
+
+// The column of the condition's field in each segment (null where a segment
+// has no such column: none of its rows has a value). An error if no segment
+// has the field.
+absl::StatusOr<std::vector<std::optional<Column>>> FindColumns(const snapshot::Snapshot& snap,
+                                                               const Condition& c) {
+  if (c.field.empty()) return absl::InvalidArgumentError("filter condition names no field");
+  const AttributeTable* schema = snap.schema_table();
+  if (schema == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("filter names field ", QuoteClientText(c.field), " but snapshot v",
+                     snap.version(), " has no attribute fields (index with --schema to filter)"));
+  }
+  std::vector<std::optional<Column>> columns;
+  bool found = false;
+  for (const snapshot::SegmentRef& ref : snap.segments()) {
+    const AttributeTable* t = ref.segment->attributes();
+    std::optional<size_t> fi = t != nullptr ? t->Find(c.field) : std::nullopt;
+    if (fi.has_value()) {
+      columns.push_back(Column{t, *fi, &t->fields()[*fi], ref.segment->rows()});
+      found = true;
+    } else {
+      columns.push_back(std::nullopt);
     }
-    for (const auto& id : c.ids) {
-      if (auto row = snap.ids().Find(id)) out.Allow(*row);
+  }
+  if (!found) {
+    std::string known;
+    for (const auto& f : schema->fields()) {
+      absl::StrAppend(&known, known.empty() ? "" : ", ", f.name);
+    }
+    return absl::InvalidArgumentError(absl::StrCat("filter field ", QuoteClientText(c.field),
+                                                   " is not in the schema of snapshot v",
+                                                   snap.version(), " (fields: ", known, ")"));
+  }
+  return columns;
+}
+
+bool HasPostings(const Column& col) {
+  return col.spec->type == FieldType::kKeyword || col.spec->type == FieldType::kBoolean;
+}
+
+// `test` ("match" or "in") does not take the column's type.
+absl::Status MatchOrInTypeError(const Column& col, absl::string_view test) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "filter ", test, " on '", col.spec->name, "' (", snapshot::FieldTypeName(col.spec->type),
+      "): match takes keyword or boolean fields, in takes keyword, boolean, integer or "
+      "timestamp fields; use range"));
+}
+
+// match: the rows holding one keyword or boolean value.
+absl::StatusOr<index::RowFilter> EvaluateMatch(const Column& col, const Condition& c) {
+  if (c.values.size() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("filter match on '", col.spec->name, "' needs exactly one value"));
+  }
+  if (!HasPostings(col)) return MatchOrInTypeError(col, "match");
+  index::RowFilter out(col.rows);
+  RETURN_IF_ERROR(AddPostings(*col.table, col.index, c.values[0], "match", &out));
+  return out;
+}
+
+// in: the rows holding any of the values; keyword and boolean columns by
+// their posting lists, integer and timestamp columns by a scan.
+absl::StatusOr<index::RowFilter> EvaluateIn(const Column& col, const Condition& c) {
+  if (c.values.empty() || c.values.size() > kMaxFilterValues) {
+    return absl::InvalidArgumentError(absl::StrCat("filter in on '", col.spec->name,
+                                                   "' needs 1 to ", kMaxFilterValues, " values"));
+  }
+  index::RowFilter out(col.rows);
+  if (HasPostings(col)) {
+    for (const auto& v : c.values) {
+      RETURN_IF_ERROR(AddPostings(*col.table, col.index, v, "in", &out));
     }
     return out;
   }
-  if (c.field.empty()) return absl::InvalidArgumentError("filter condition names no field");
-  const AttributeTable* t = snap.attributes();
-  if (t == nullptr) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "filter names field '", c.field.substr(0, 64), "' but snapshot v", snap.version(),
-        " has no attribute fields (index with --schema to filter)"));
+  if (col.spec->type == FieldType::kFloat) return MatchOrInTypeError(col, "in");
+  std::vector<int64_t> wanted;
+  for (const auto& v : c.values) {
+    ASSIGN_OR_RETURN(int64_t x, AsInteger(*col.spec, "in", v));
+    wanted.push_back(x);
   }
-  const auto fi = t->Find(c.field);
-  if (!fi.has_value()) {
-    std::string known;
-    for (const auto& f : t->fields()) absl::StrAppend(&known, known.empty() ? "" : ", ", f.name);
-    return absl::InvalidArgumentError(absl::StrCat("filter field '", c.field.substr(0, 64),
-                                                   "' is not in the schema of snapshot v",
-                                                   snap.version(), " (fields: ", known, ")"));
+  std::sort(wanted.begin(), wanted.end());
+  for (uint32_t r = 0; r < col.rows; ++r) {
+    const int64_t x = col.table->IntegerAt(col.index, r);
+    if (x != snapshot::kAbsentInteger && std::binary_search(wanted.begin(), wanted.end(), x)) {
+      out.Allow(r);
+    }
   }
-  const snapshot::FieldSpec& f = t->fields()[*fi];
+  return out;
+}
+
+// range on a float column; NaN (no value) is in no range.
+absl::StatusOr<index::RowFilter> EvaluateFloatRange(const Column& col, const Condition& c) {
+  const snapshot::FieldSpec& f = *col.spec;
+  double lo = -INFINITY, hi = INFINITY;
+  bool lo_open = false, hi_open = false;
+  if (c.gte) {
+    ASSIGN_OR_RETURN(lo, AsNumber(f, "range", *c.gte));
+  }
+  if (c.gt) {
+    ASSIGN_OR_RETURN(lo, AsNumber(f, "range", *c.gt));
+    lo_open = true;
+  }
+  if (c.lte) {
+    ASSIGN_OR_RETURN(hi, AsNumber(f, "range", *c.lte));
+  }
+  if (c.lt) {
+    ASSIGN_OR_RETURN(hi, AsNumber(f, "range", *c.lt));
+    hi_open = true;
+  }
+  index::RowFilter out(col.rows);
+  for (uint32_t r = 0; r < col.rows; ++r) {
+    const double x = col.table->FloatAt(col.index, r);
+    if (std::isnan(x)) continue;
+    if ((lo_open ? x > lo : x >= lo) && (hi_open ? x < hi : x <= hi)) out.Allow(r);
+  }
+  return out;
+}
+
+// range on an integer or timestamp column, as the closed interval [lo, hi].
+absl::StatusOr<index::RowFilter> EvaluateIntegerRange(const Column& col, const Condition& c) {
+  const snapshot::FieldSpec& f = *col.spec;
+  index::RowFilter out(col.rows);
+  int64_t lo = INT64_MIN + 1, hi = INT64_MAX;
+  if (c.gte) {
+    ASSIGN_OR_RETURN(lo, AsInteger(f, "range", *c.gte));
+  }
+  if (c.gt) {
+    ASSIGN_OR_RETURN(int64_t x, AsInteger(f, "range", *c.gt));
+    if (x == INT64_MAX) return out;  // nothing is greater
+    lo = std::max(lo, x + 1);
+  }
+  if (c.lte) {
+    ASSIGN_OR_RETURN(hi, AsInteger(f, "range", *c.lte));
+  }
+  if (c.lt) {
+    ASSIGN_OR_RETURN(int64_t x, AsInteger(f, "range", *c.lt));
+    if (x <= INT64_MIN + 1) return out;  // nothing is less
+    hi = std::min(hi, x - 1);
+  }
+  for (uint32_t r = 0; r < col.rows; ++r) {
+    const int64_t x = col.table->IntegerAt(col.index, r);
+    if (x != snapshot::kAbsentInteger && x >= lo && x <= hi) out.Allow(r);
+  }
+  return out;
+}
+
+// range: gte/gt/lte/lt bounds on an integer, float or timestamp column.
+absl::StatusOr<index::RowFilter> EvaluateRange(const Column& col, const Condition& c) {
+  if (!c.gte && !c.gt && !c.lte && !c.lt) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("filter range on '", col.spec->name, "' has no bound (gte, gt, lte or lt)"));
+  }
+  switch (col.spec->type) {
+    case FieldType::kFloat:
+      return EvaluateFloatRange(col, c);
+    case FieldType::kInteger:
+    case FieldType::kTimestamp:
+      return EvaluateIntegerRange(col, c);
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "filter range on '", col.spec->name, "' (", snapshot::FieldTypeName(col.spec->type),
+          "): range takes integer, float or timestamp fields"));
+  }
+}
+
+// The condition on one segment's column: its rows (the segment's numbers).
+absl::StatusOr<index::RowFilter> EvaluateOnColumn(const Column& col, const Condition& c) {
   switch (c.kind) {
     case Condition::Kind::kMatch:
-    case Condition::Kind::kIn: {
-      const char* test = c.kind == Condition::Kind::kMatch ? "match" : "in";
-      if (c.kind == Condition::Kind::kMatch && c.values.size() != 1) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("filter match on '", f.name, "' needs exactly one value"));
-      }
-      if (c.values.empty() || c.values.size() > kMaxFilterValues) {
-        return absl::InvalidArgumentError(absl::StrCat("filter in on '", f.name, "' needs 1 to ",
-                                                       kMaxFilterValues, " values"));
-      }
-      if (f.type == FieldType::kKeyword || f.type == FieldType::kBoolean) {
-        for (const auto& v : c.values) RETURN_IF_ERROR(AddPostings(*t, *fi, v, test, &out));
-        return out;
-      }
-      if (c.kind == Condition::Kind::kMatch || f.type == FieldType::kFloat) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "filter ", test, " on '", f.name, "' (", snapshot::FieldTypeName(f.type),
-            "): match takes keyword or boolean fields, in takes keyword, boolean, integer or "
-            "timestamp fields; use range"));
-      }
-      std::vector<int64_t> wanted;
-      for (const auto& v : c.values) {
-        ASSIGN_OR_RETURN(int64_t x, AsInteger(f, test, v));
-        wanted.push_back(x);
-      }
-      std::sort(wanted.begin(), wanted.end());
-      for (uint32_t r = 0; r < n; ++r) {
-        const int64_t x = t->IntegerAt(*fi, r);
-        if (x != snapshot::kAbsentInteger && std::binary_search(wanted.begin(), wanted.end(), x)) {
-          out.Allow(r);
-        }
-      }
-      return out;
-    }
-    case Condition::Kind::kRange: {
-      if (!c.gte && !c.gt && !c.lte && !c.lt) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("filter range on '", f.name, "' has no bound (gte, gt, lte or lt)"));
-      }
-      if (f.type == FieldType::kFloat) {
-        double lo = -INFINITY, hi = INFINITY;
-        bool lo_open = false, hi_open = false;
-        if (c.gte) {
-          ASSIGN_OR_RETURN(lo, AsNumber(f, "range", *c.gte));
-        }
-        if (c.gt) {
-          ASSIGN_OR_RETURN(lo, AsNumber(f, "range", *c.gt));
-          lo_open = true;
-        }
-        if (c.lte) {
-          ASSIGN_OR_RETURN(hi, AsNumber(f, "range", *c.lte));
-        }
-        if (c.lt) {
-          ASSIGN_OR_RETURN(hi, AsNumber(f, "range", *c.lt));
-          hi_open = true;
-        }
-        for (uint32_t r = 0; r < n; ++r) {
-          const double x = t->FloatAt(*fi, r);
-          if (std::isnan(x)) continue;
-          if ((lo_open ? x > lo : x >= lo) && (hi_open ? x < hi : x <= hi)) out.Allow(r);
-        }
-        return out;
-      }
-      if (f.type != FieldType::kInteger && f.type != FieldType::kTimestamp) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "filter range on '", f.name, "' (", snapshot::FieldTypeName(f.type),
-            "): range takes integer, float or timestamp fields"));
-      }
-      int64_t lo = INT64_MIN + 1, hi = INT64_MAX;
-      if (c.gte) {
-          ASSIGN_OR_RETURN(lo, AsInteger(f, "range", *c.gte));
-        }
-      if (c.gt) {
-        ASSIGN_OR_RETURN(int64_t x, AsInteger(f, "range", *c.gt));
-        if (x == INT64_MAX) return out;  // nothing is greater
-        lo = std::max(lo, x + 1);
-      }
-      if (c.lte) {
-          ASSIGN_OR_RETURN(hi, AsInteger(f, "range", *c.lte));
-        }
-      if (c.lt) {
-        ASSIGN_OR_RETURN(int64_t x, AsInteger(f, "range", *c.lt));
-        if (x <= INT64_MIN + 1) return out;  // nothing is less
-        hi = std::min(hi, x - 1);
-      }
-      for (uint32_t r = 0; r < n; ++r) {
-        const int64_t x = t->IntegerAt(*fi, r);
-        if (x != snapshot::kAbsentInteger && x >= lo && x <= hi) out.Allow(r);
-      }
-      return out;
-    }
+      return EvaluateMatch(col, c);
+    case Condition::Kind::kIn:
+      return EvaluateIn(col, c);
+    case Condition::Kind::kRange:
+      return EvaluateRange(col, c);
     case Condition::Kind::kHasId:
       break;
+  }
+  return index::RowFilter(col.rows);
+}
+
+absl::StatusOr<index::RowFilter> EvaluateCondition(const snapshot::Snapshot& snap,
+                                                   const Condition& c) {
+  if (c.kind == Condition::Kind::kHasId) return EvaluateHasId(snap, c);
+  ASSIGN_OR_RETURN(std::vector<std::optional<Column>> columns, FindColumns(snap, c));
+  if (columns.size() == 1 && columns[0].has_value()) return EvaluateOnColumn(*columns[0], c);
+  index::RowFilter out(snap.rows());
+  for (size_t i = 0; i < columns.size(); ++i) {
+    if (!columns[i].has_value()) continue;
+    ASSIGN_OR_RETURN(index::RowFilter rows, EvaluateOnColumn(*columns[i], c));
+    const uint32_t base = snap.segments()[i].base;
+    rows.ForEach([&](uint32_t r) { out.Allow(base + r); });
   }
   return out;
 }
 
 }  // namespace
 
-absl::StatusOr<index::RowFilter> EvaluateFilter(const snapshot::Snapshot& snap, const Filter& filter) {
+absl::StatusOr<index::RowFilter> EvaluateFilter(const snapshot::Snapshot& snap,
+                                                const Filter& filter) {
   if (!filter.error.empty()) return absl::InvalidArgumentError(filter.error);
-  const size_t n = snap.manifest().count;
+  const size_t n = snap.rows();
   const size_t conditions = filter.must.size() + filter.should.size() + filter.must_not.size();
   if (conditions > kMaxFilterConditions) {
-    return absl::InvalidArgumentError(absl::StrCat("filter has ", conditions,
-                                                   " conditions; the limit is ",
-                                                   kMaxFilterConditions));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "filter has ", conditions, " conditions; the limit is ", kMaxFilterConditions));
   }
   index::RowFilter allowed(n, /*all=*/true);
   for (const auto& c : filter.must) {
@@ -226,6 +315,7 @@ absl::StatusOr<index::RowFilter> EvaluateFilter(const snapshot::Snapshot& snap, 
     ASSIGN_OR_RETURN(index::RowFilter r, EvaluateCondition(snap, c));
     allowed.Subtract(r);
   }
+  if (snap.live() != nullptr) allowed.IntersectWith(*snap.live());  // Deleted rows never match.
   return allowed;
 }
 

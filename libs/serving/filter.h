@@ -38,10 +38,10 @@ using FilterValue = std::variant<std::string, int64_t, double, bool>;
 struct Condition {
   enum class Kind { kMatch, kIn, kRange, kHasId };
   Kind kind = Kind::kMatch;
-  std::string field;                 // Not used by kHasId.
-  std::vector<FilterValue> values;   // kMatch: one; kIn: the set.
+  std::string field;                            // Not used by kHasId.
+  std::vector<FilterValue> values;              // kMatch: one; kIn: the set.
   std::optional<FilterValue> gte, gt, lte, lt;  // kRange
-  std::vector<std::string> ids;      // kHasId
+  std::vector<std::string> ids;                 // kHasId
 };
 
 struct Filter {
@@ -60,7 +60,8 @@ inline constexpr size_t kMaxFilterValues = 1024;  // per `in` or `has_id`
 // field, a type mismatch, a malformed condition or a filter over the limits;
 // FAILED_PRECONDITION if the snapshot has no attribute columns and the filter
 // names a field.
-absl::StatusOr<index::RowFilter> EvaluateFilter(const snapshot::Snapshot& snap, const Filter& filter);
+absl::StatusOr<index::RowFilter> EvaluateFilter(const snapshot::Snapshot& snap,
+                                                const Filter& filter);
 
 }  // namespace imagesearch::serving
 

@@ -1,8 +1,9 @@
 #include "libs/serving/filter.h"
 
 #include <algorithm>
-#include <random>
 #include <catch2/catch.hpp>
+#include <functional>
+#include <random>
 #include <set>
 
 #include "libs/serving/query_engine.h"
@@ -26,12 +27,16 @@ struct Fixture {
     auto& in = corpus.input;
     in.hnsw.m = 16;
     in.hnsw.ef_construction = 100;
-    in.schema = *snapshot::ParseSchema(
-        "tag:keyword,year:integer,price:float,safe:boolean,side:keyword");
+    in.schema =
+        *snapshot::ParseSchema("tag:keyword,year:integer,price:float,safe:boolean,side:keyword");
     std::mt19937 rng(11);
     for (size_t r = 0; r < 6000; ++r) {
       const double u = std::uniform_real_distribution<double>(0, 1)(rng);
-      std::string tag = u < 0.002 ? "p02" : u < 0.012 ? "p1" : u < 0.112 ? "p10" : u < 0.612 ? "p50" : "rest";
+      std::string tag = u < 0.002   ? "p02"
+                        : u < 0.012 ? "p1"
+                        : u < 0.112 ? "p10"
+                        : u < 0.612 ? "p50"
+                                    : "rest";
       std::vector<snapshot::AttrValue> row(5);
       row[0] = tag;
       row[1] = int64_t{2000 + static_cast<int64_t>(r % 30)};
@@ -119,9 +124,10 @@ TEST_CASE("filter errors name the field and say what is wrong", "[filter]") {
   };
   absl::Status s = error(Match("colour", std::string("red")));
   CHECK(absl::IsInvalidArgument(s));
-  CHECK(s.message() ==
-        "filter field 'colour' is not in the schema of snapshot v1 (fields: tag, year, price, safe, "
-        "side)");
+  CHECK(
+      s.message() ==
+      "filter field 'colour' is not in the schema of snapshot v1 (fields: tag, year, price, safe, "
+      "side)");
   s = error(Match("tag", int64_t{3}));
   CHECK(s.message() == "filter field 'tag' is keyword; match value 3 does not fit it");
   s = error(Match("year", int64_t{2001}));
@@ -153,6 +159,132 @@ TEST_CASE("filter errors name the field and say what is wrong", "[filter]") {
   CHECK(EvaluateFilter(**plain, by_id)->Count() == 1);  // has_id needs no schema
 }
 
+// The rows `c` allows are exactly those for which `want` holds.
+void CheckSelects(const Fixture& f, const Condition& c, const std::function<bool(uint32_t)>& want) {
+  Filter filter;
+  filter.must.push_back(c);
+  auto allowed = EvaluateFilter(*f.snap, filter);
+  REQUIRE(allowed.ok());
+  size_t wrong = 0, wanted = 0;
+  for (uint32_t r = 0; r < 6000; ++r) {
+    wrong += allowed->Allows(r) != want(r);
+    wanted += want(r);
+  }
+  CHECK(wrong == 0);
+  CHECK(allowed->Count() == wanted);
+}
+
+Condition Of(Condition::Kind kind, std::string field, std::vector<FilterValue> values = {}) {
+  Condition c;
+  c.kind = kind;
+  c.field = std::move(field);
+  c.values = std::move(values);
+  return c;
+}
+
+TEST_CASE("each condition kind selects its rows: match, in, range (float, integer), has_id",
+          "[filter]") {
+  Fixture f;
+  auto tag = [&](uint32_t r) { return std::get<std::string>(f.Value(r, 0)); };
+  auto year = [&](uint32_t r) { return std::get<int64_t>(f.Value(r, 1)); };
+  auto price = [&](uint32_t r) { return std::get_if<double>(&f.Value(r, 2)); };
+  auto safe = [&](uint32_t r) { return std::get<bool>(f.Value(r, 3)); };
+  using Kind = Condition::Kind;
+  INFO("match");
+  CheckSelects(f, Match("tag", std::string("p10")), [&](uint32_t r) { return tag(r) == "p10"; });
+  CheckSelects(f, Match("safe", false), [&](uint32_t r) { return !safe(r); });
+  INFO("in");
+  CheckSelects(f, Of(Kind::kIn, "tag", {std::string("p1"), std::string("p02")}),
+               [&](uint32_t r) { return tag(r) == "p1" || tag(r) == "p02"; });
+  CheckSelects(f, Of(Kind::kIn, "safe", {true}), [&](uint32_t r) { return safe(r); });
+  CheckSelects(f, Of(Kind::kIn, "year", {int64_t{2029}, int64_t{2000}, int64_t{1999}}),
+               [&](uint32_t r) { return year(r) == 2000 || year(r) == 2029; });
+  INFO("range on a float field: open and closed bounds, integer bounds, absent values");
+  Condition p = Of(Kind::kRange, "price");
+  p.gt = 10.0;
+  p.lt = 20.0;
+  CheckSelects(f, p, [&](uint32_t r) { return price(r) && *price(r) > 10.0 && *price(r) < 20.0; });
+  p = Of(Kind::kRange, "price");
+  p.gte = int64_t{10};
+  p.lte = 20.0;
+  CheckSelects(f, p,
+               [&](uint32_t r) { return price(r) && *price(r) >= 10.0 && *price(r) <= 20.0; });
+  INFO("range on an integer field, at the ends of int64");
+  Condition y = Of(Kind::kRange, "year");
+  y.gt = int64_t{2027};
+  CheckSelects(f, y, [&](uint32_t r) { return year(r) > 2027; });
+  y = Of(Kind::kRange, "year");
+  y.gte = int64_t{2003};
+  y.lte = int64_t{2005};
+  CheckSelects(f, y, [&](uint32_t r) { return year(r) >= 2003 && year(r) <= 2005; });
+  y = Of(Kind::kRange, "year");
+  y.lt = int64_t{2002};
+  CheckSelects(f, y, [&](uint32_t r) { return year(r) < 2002; });
+  y = Of(Kind::kRange, "year");
+  y.gt = INT64_MAX;
+  CheckSelects(f, y, [](uint32_t) { return false; });
+  y = Of(Kind::kRange, "year");
+  y.lt = INT64_MIN + 1;
+  CheckSelects(f, y, [](uint32_t) { return false; });
+  y = Of(Kind::kRange, "year");
+  y.lte = INT64_MAX;
+  CheckSelects(f, y, [](uint32_t) { return true; });
+  INFO("has_id");
+  Condition ids;
+  ids.kind = Kind::kHasId;
+  ids.ids = {"r7", "r7", "r5999", "r6000"};
+  CheckSelects(f, ids, [](uint32_t r) { return r == 7 || r == 5999; });
+}
+
+TEST_CASE("each condition kind refuses what it cannot test, naming the field", "[filter]") {
+  Fixture f;
+  auto error = [&](const Condition& c) {
+    Filter filter;
+    filter.must.push_back(c);
+    return std::string(EvaluateFilter(*f.snap, filter).status().message());
+  };
+  using Kind = Condition::Kind;
+  const std::vector<FilterValue> too_many(kMaxFilterValues + 1, FilterValue(std::string("p1")));
+  Condition range = Of(Kind::kRange, "tag");
+  range.gte = int64_t{1};
+  Condition unbounded = Of(Kind::kRange, "price");
+  Condition bad_bound = Of(Kind::kRange, "price");
+  bad_bound.lt = std::string("cheap");
+  Condition no_ids;
+  no_ids.kind = Kind::kHasId;
+  Condition many_ids = no_ids;
+  many_ids.ids.assign(kMaxFilterValues + 1, "r1");
+  const std::pair<Condition, std::string> cases[] = {
+      {Of(Kind::kMatch, "tag"), "filter match on 'tag' needs exactly one value"},
+      {Of(Kind::kMatch, "tag", {std::string("a"), std::string("b")}),
+       "filter match on 'tag' needs exactly one value"},
+      {Of(Kind::kMatch, "year", {int64_t{2001}}),
+       "filter match on 'year' (integer): match takes keyword or boolean fields, in takes "
+       "keyword, boolean, integer or timestamp fields; use range"},
+      {Of(Kind::kMatch, "safe", {std::string("yes")}),
+       "filter field 'safe' is boolean; match value 'yes' does not fit it"},
+      {Of(Kind::kIn, "tag"), "filter in on 'tag' needs 1 to 1024 values"},
+      {Of(Kind::kIn, "tag", too_many), "filter in on 'tag' needs 1 to 1024 values"},
+      {Of(Kind::kIn, "tag", {std::string("p1"), true}),
+       "filter field 'tag' is keyword; in value true does not fit it"},
+      {Of(Kind::kIn, "price", {1.5}),
+       "filter in on 'price' (float): match takes keyword or boolean fields, in takes keyword, "
+       "boolean, integer or timestamp fields; use range"},
+      {Of(Kind::kIn, "year", {int64_t{2001}, 2002.0}),
+       "filter field 'year' is integer; in value 2002 does not fit it"},
+      {range, "filter range on 'tag' (keyword): range takes integer, float or timestamp fields"},
+      {unbounded, "filter range on 'price' has no bound (gte, gt, lte or lt)"},
+      {bad_bound, "filter field 'price' is float; range value 'cheap' does not fit it"},
+      {no_ids, "filter has_id lists no ids"},
+      {many_ids, "filter has_id lists 1025 ids; the limit is 1024"},
+      {Of(Kind::kMatch, "", {std::string("a")}), "filter condition names no field"},
+  };
+  for (const auto& [condition, message] : cases) {
+    INFO(message);
+    CHECK(error(condition) == message);
+  }
+}
+
 // Recall@10 of the filtered search against exact filtered ground truth.
 // With `graph`, always walks the graph (no exact fallback).
 double FilteredRecall(const Fixture& f, const Filter& filter, size_t* allowed_rows,
@@ -164,24 +296,27 @@ double FilteredRecall(const Fixture& f, const Filter& filter, size_t* allowed_ro
   params.top_k = 10;
   params.allowed = std::make_shared<const index::RowFilter>(*allowed);
   size_t hits = 0, total = 0;
-  for (uint32_t q = 0; q < 6000; q += 60) {  // 100 queries: indexed vectors, themselves allowed or not
-    const float* v = f.snap->searcher().Vector(q);
+  for (uint32_t q = 0; q < 6000;
+       q += 60) {  // 100 queries: indexed vectors, themselves allowed or not
+    const float* v = f.snap->Vector(q);
     std::vector<float> query(v, v + kDim);
     auto got = SearchSnapshot(*f.snap, query, params);
     REQUIRE(got.ok());
     if (graph) {
       got->clear();
-      for (const auto& n : f.snap->searcher().Search(query.data(), 10, 64, allowed.operator->())) {
+      for (const auto& n : f.snap->segments().front().segment->searcher().Search(
+               query.data(), 10, 64, allowed.operator->())) {
         Hit h;
-        h.id = std::string(f.snap->ids().Get(n.row)->id);
+        h.id = std::string(f.snap->Id(n.row)->id);
         got->push_back(h);
       }
     }
-    auto truth = f.snap->searcher().SearchExact(query.data(), 10, *allowed);
+    auto truth =
+        f.snap->segments().front().segment->searcher().SearchExact(query.data(), 10, *allowed);
     std::set<std::string> want;
-    for (const auto& n : truth) want.insert(std::string(f.snap->ids().Get(n.row)->id));
+    for (const auto& n : truth) want.insert(std::string(f.snap->Id(n.row)->id));
     for (const auto& h : *got) {
-      REQUIRE(allowed->Allows(*f.snap->ids().Find(h.id)));  // only allowed rows, ever
+      REQUIRE(allowed->Allows(*f.snap->Find(h.id)));  // only allowed rows, ever
       hits += want.count(h.id);
     }
     total += want.size();

@@ -49,12 +49,12 @@ void AppendProcessFamilies(std::vector<prometheus::MetricFamily>& out) {
                           MetricType::Gauge, d(s.resident_bytes)));
   out.push_back(OneSeries("process_virtual_memory_bytes", "Virtual memory size, in bytes.",
                           MetricType::Gauge, d(s.virtual_bytes)));
-  out.push_back(OneSeries("process_open_fds", "Open file descriptors.", MetricType::Gauge,
-                          d(s.open_fds)));
+  out.push_back(
+      OneSeries("process_open_fds", "Open file descriptors.", MetricType::Gauge, d(s.open_fds)));
   out.push_back(OneSeries("process_max_fds", "Limit on open file descriptors.", MetricType::Gauge,
                           d(s.max_fds)));
-  out.push_back(OneSeries("process_threads", "Threads of the process.", MetricType::Gauge,
-                          d(s.threads)));
+  out.push_back(
+      OneSeries("process_threads", "Threads of the process.", MetricType::Gauge, d(s.threads)));
   out.push_back(OneSeries("imagesearch_malloc_in_use_bytes",
                           "Bytes in allocated heap chunks (glibc mallinfo2). A leak grows this.",
                           MetricType::Gauge, d(s.malloc_in_use_bytes)));

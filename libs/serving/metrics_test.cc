@@ -50,11 +50,11 @@ TEST_CASE("Metrics are exported in Prometheus text format with the documented na
   // The build_info series of the previous model is gone.
   CHECK_FALSE(Has(t, "imagesearch_build_info{model=\"\""));
   // The process figures, read at the scrape.
-  for (const char* name : {"process_cpu_seconds_total ", "process_start_time_seconds ",
-                           "process_resident_memory_bytes ", "process_virtual_memory_bytes ",
-                           "process_open_fds ", "process_max_fds ", "process_threads ",
-                           "imagesearch_malloc_in_use_bytes ",
-                           "imagesearch_malloc_system_bytes "}) {
+  for (const char* name :
+       {"process_cpu_seconds_total ", "process_start_time_seconds ",
+        "process_resident_memory_bytes ", "process_virtual_memory_bytes ", "process_open_fds ",
+        "process_max_fds ", "process_threads ", "imagesearch_malloc_in_use_bytes ",
+        "imagesearch_malloc_system_bytes "}) {
     INFO(name);
     CHECK(Has(t, std::string("\n") + name));
   }

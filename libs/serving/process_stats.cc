@@ -66,9 +66,9 @@ absl::StatusOr<ProcessStats> ReadProcessStats() {
   ProcessStats s;
   auto status = ReadFileToString("/proc/self/status");
   if (!status.ok()) return status.status();
-  for (auto [key, field] : {std::pair{"VmRSS", &s.resident_bytes},
-                            std::pair{"VmSize", &s.virtual_bytes},
-                            std::pair{"Threads", &s.threads}}) {
+  for (auto [key, field] :
+       {std::pair{"VmRSS", &s.resident_bytes}, std::pair{"VmSize", &s.virtual_bytes},
+        std::pair{"Threads", &s.threads}}) {
     auto v = StatusField(*status, key, "/proc/self/status");
     if (!v.ok()) return v.status();
     *field = *v;

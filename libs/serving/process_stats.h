@@ -21,9 +21,9 @@ struct ProcessStats {
   uint64_t resident_bytes = 0;  // VmRSS.
   uint64_t virtual_bytes = 0;   // VmSize.
   uint64_t open_fds = 0;
-  uint64_t max_fds = 0;         // RLIMIT_NOFILE, soft.
+  uint64_t max_fds = 0;  // RLIMIT_NOFILE, soft.
   uint64_t threads = 0;
-  double cpu_seconds = 0;       // User + system, all threads.
+  double cpu_seconds = 0;         // User + system, all threads.
   double start_time_seconds = 0;  // Unix time the process started.
   // glibc (mallinfo2): bytes in allocated chunks, and bytes the allocator
   // holds from the system, both counting chunks served by their own mmap.

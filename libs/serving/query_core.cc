@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "libs/common/client_text.h"
 
 namespace imagesearch::serving {
 namespace {
@@ -266,6 +267,10 @@ absl::StatusOr<std::shared_ptr<const ServingState>> QueryCore::Info(const CallCo
   auto done = Track<std::shared_ptr<const ServingState>>(
       "GetInfo", context,
       [&result](absl::StatusOr<std::shared_ptr<const ServingState>> r) { result = std::move(r); });
+  if (absl::Status s = Admit(); !s.ok()) {
+    done(s);
+    return result;
+  }
   auto state = manager_->Current();
   if (!state) {
     done(absl::UnavailableError("no snapshot is loaded yet"));
@@ -279,7 +284,8 @@ absl::StatusOr<ThumbnailResult> QueryCore::Thumbnail(absl::string_view id,
                                                      const CallContext& context) {
   absl::StatusOr<ThumbnailResult> result;
   auto done = Track<ThumbnailResult>(
-      "Thumbnail", context, [&result](absl::StatusOr<ThumbnailResult> r) { result = std::move(r); });
+      "Thumbnail", context,
+      [&result](absl::StatusOr<ThumbnailResult> r) { result = std::move(r); });
   if (absl::Status s = Admit(); !s.ok()) {
     done(s);
     return result;
@@ -288,20 +294,20 @@ absl::StatusOr<ThumbnailResult> QueryCore::Thumbnail(absl::string_view id,
     std::shared_ptr<const ServingState> state = manager_->Current();
     if (!state) return absl::UnavailableError("no snapshot is loaded yet");
     const snapshot::Snapshot& snap = *state->snapshot;
-    if (snap.thumbs() == nullptr) {
+    if (!snap.has_thumbnails()) {
       return absl::NotFoundError(absl::StrCat("snapshot v", snap.version(),
                                               " has no thumbnails (indexed with "
                                               "--thumbnails=false, or built from raw vectors)"));
     }
     auto row = RowOfId(snap, id);
     if (!row.ok()) return row.status();
-    auto bytes = snap.thumbs()->Get(*row);
+    auto bytes = snap.Thumbnail(*row);
     if (!bytes.ok()) return bytes.status();
     if (bytes->empty()) {
-      return absl::NotFoundError(
-          absl::StrCat("id ", QuoteId(id), " has no thumbnail in snapshot v", snap.version()));
+      return absl::NotFoundError(absl::StrCat("id ", QuoteClientText(id),
+                                              " has no thumbnail in snapshot v", snap.version()));
     }
-    return ThumbnailResult{*bytes, snap.thumbs()->media_type(), snap.version(), std::move(state)};
+    return ThumbnailResult{*bytes, snapshot::kThumbsMediaType, snap.version(), std::move(state)};
   }());
   return result;
 }

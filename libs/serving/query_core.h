@@ -5,10 +5,12 @@
 //   of everything checkable (kind, top_k, ef, sizes, dimension, id, model)
 //   -> deadline -> [image/text: BatchingEmbedder] -> search
 //
-// gRPC (services/query/image_search_service.cc) and HTTP
-// (services/query/http_frontend.cc) are thin adapters over it, so both
-// answer the same query the same way with the same error text, and every
-// call is counted in the same metrics.
+// Every call (Search, SearchBatch, Embed, Info, Thumbnail) goes through the
+// same admission and is counted in the same metrics. gRPC
+// (services/query/image_search_service.cc) and HTTP
+// (services/query/http_frontend.cc) are thin adapters over it, sharing one
+// mapping of the API's messages (services/query/proto_adapter.h), so both
+// answer the same query the same way with the same error text.
 //
 // Errors: INVALID_ARGUMENT (bad request), NOT_FOUND (unknown id),
 // FAILED_PRECONDITION (text on an image-only model, image/text on a
@@ -39,8 +41,9 @@
 namespace imagesearch::serving {
 
 struct QueryCoreOptions {
-  // Requests (Search, SearchBatch, Embed) being worked on at once; beyond it
-  // a request gets RESOURCE_EXHAUSTED at once.
+  // Calls being worked on at once (of every kind: an image query holds its
+  // place while it waits for the model); beyond it a call gets
+  // RESOURCE_EXHAUSTED at once.
   int max_inflight_requests = 256;
   size_t max_image_bytes = 16 << 20;
   size_t max_text_bytes = 16 << 10;
@@ -99,7 +102,9 @@ class QueryCore {
                    Done<std::vector<SearchResult>> done);
   // items: Query::Kind kImage or kText each (vector/params unused).
   void Embed(absl::Span<const Query> items, const CallContext& context, Done<EmbedResult> done);
-  // The live state, for GetInfo-style answers.
+  // The live state, for GetInfo-style answers. Admitted like every other
+  // call: while draining (or past the in-flight limit) it is refused too, so
+  // a client never takes a draining replica for a serving one.
   absl::StatusOr<std::shared_ptr<const ServingState>> Info(const CallContext& context);
   // The thumbnail the indexer stored for `id` in the live snapshot; nothing
   // else can be read this way. NOT_FOUND if the snapshot has no thumbnails,

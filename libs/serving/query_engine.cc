@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "libs/common/client_text.h"
 #include "libs/index/metric.h"
 #include "libs/snapshot/ids_table.h"
 
@@ -11,7 +12,7 @@ namespace imagesearch::serving {
 
 absl::StatusOr<std::vector<float>> PrepareQueryVector(const snapshot::Snapshot& snap,
                                                       const float* values, size_t size) {
-  const size_t dim = static_cast<size_t>(snap.manifest().dim);
+  const size_t dim = static_cast<size_t>(snap.dim());
   if (size == 0) return absl::InvalidArgumentError("query vector is empty");
   if (size != dim) {
     return absl::InvalidArgumentError(absl::StrCat("query vector has ", size,
@@ -34,34 +35,27 @@ absl::StatusOr<std::vector<float>> PrepareQueryVector(const snapshot::Snapshot& 
   return q;
 }
 
-std::string QuoteId(absl::string_view id) {
-  // Error text travels in gRPC trailers and HTTP bodies: quote a bounded prefix.
-  constexpr size_t kQuote = 64;
-  if (id.size() <= kQuote) return absl::StrCat("'", id, "'");
-  return absl::StrCat("'", id.substr(0, kQuote), "...' (", id.size(), " bytes)");
-}
-
 absl::StatusOr<uint32_t> RowOfId(const snapshot::Snapshot& snap, absl::string_view id) {
   if (id.empty()) return absl::InvalidArgumentError("query id is empty");
   if (id.size() > snapshot::kMaxIdBytes) {
     // No snapshot can hold it; refused without quoting it whole.
-    return absl::InvalidArgumentError(absl::StrCat("query id ", QuoteId(id),
-                                                   " is over the limit of ",
-                                                   snapshot::kMaxIdBytes, " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat("query id ", QuoteClientText(id),
+                                                   " is over the limit of ", snapshot::kMaxIdBytes,
+                                                   " bytes"));
   }
-  auto row = snap.ids().Find(id);
+  auto row = snap.Find(id);
   if (!row.has_value()) {
     return absl::NotFoundError(
-        absl::StrCat("id ", QuoteId(id), " is not in snapshot v", snap.version()));
+        absl::StrCat("id ", QuoteClientText(id), " is not in snapshot v", snap.version()));
   }
   return *row;
 }
 
 absl::StatusOr<std::pair<std::vector<float>, uint32_t>> VectorOfId(const snapshot::Snapshot& snap,
-                                                                    absl::string_view id) {
+                                                                   absl::string_view id) {
   auto row = RowOfId(snap, id);
   if (!row.ok()) return row.status();
-  const float* v = snap.searcher().Vector(*row);
+  const float* v = snap.Vector(*row);
   return std::make_pair(std::vector<float>(v, v + snap.manifest().dim), *row);
 }
 
@@ -88,15 +82,82 @@ bool ExactScanIsCheaper(size_t allowed, size_t rows, size_t walk_ef) {
   return a * a <= kGraphCostPerEf * static_cast<double>(walk_ef) * static_cast<double>(rows);
 }
 
+namespace {
+
+// Searches one segment for `want` rows (its own row numbers), the way the
+// query asks: the whole graph, the graph walk restricted to `allowed` (the
+// filter, deleted rows excluded), or an exact scan of the allowed rows when
+// that is cheaper. `allowed` is over the version's rows; the segment's rows
+// start at ref.base.
+std::vector<index::Neighbor> SearchSegment(const snapshot::SegmentRef& ref, const float* query,
+                                           size_t want, size_t ef, const index::RowFilter* allowed,
+                                           bool filtered, bool one_of_many) {
+  const index::MmapHnswSearcher& searcher = ref.segment->searcher();
+  const size_t rows = ref.segment->rows();
+  if (allowed == nullptr) {
+    // A segment so small that reading every row costs less than the walk
+    // (the ingest service's one-second segments): scanned, exactly. The
+    // same rule as for filters, with every row allowed.
+    if (one_of_many && rows <= kSmallSegmentScanFactor * std::max(ef, want)) {
+      return searcher.SearchExact(query, want, index::RowFilter(rows, /*all=*/true));
+    }
+    return searcher.Search(query, want, std::max(ef, want));
+  }
+  // Deletes alone: the live rows are known without counting them.
+  const size_t allowed_here =
+      filtered ? allowed->CountIn(ref.base, ref.base + rows) : rows - ref.deleted_count;
+  if (allowed_here == 0) return {};
+  // Deleted rows alone are excluded with the query's own ef, as hnswlib
+  // excludes its deleted elements; a filter walks with the wider ef.
+  const size_t walk_ef = filtered ? FilteredWalkEf(std::max(ef, want)) : std::max(ef, want);
+  if (ExactScanIsCheaper(allowed_here, rows, walk_ef)) {
+    return searcher.SearchExact(query, want, *allowed, ref.base);
+  }
+  return searcher.Search(query, want, walk_ef, allowed, ref.base);
+}
+
+// The `want` nearest rows of the version (its row numbers), nearest first:
+// every segment searched, their top rows merged.
+std::vector<index::Neighbor> SearchSegments(const snapshot::Snapshot& snap, const float* query,
+                                            size_t want, size_t ef, const index::RowFilter* allowed,
+                                            bool filtered) {
+  std::vector<index::Neighbor> all;
+  for (const snapshot::SegmentRef& ref : snap.segments()) {
+    const bool deletes_here = ref.deleted != nullptr;
+    const index::RowFilter* here = filtered || deletes_here ? allowed : nullptr;
+    for (index::Neighbor n :
+         SearchSegment(ref, query, want, ef, here, filtered, snap.segments().size() > 1)) {
+      n.row += ref.base;
+      all.push_back(n);
+    }
+  }
+  if (snap.segments().size() > 1) {
+    auto closer = [](const index::Neighbor& a, const index::Neighbor& b) {
+      return a.distance < b.distance || (a.distance == b.distance && a.row < b.row);
+    };
+    const size_t keep = std::min(want, all.size());
+    std::partial_sort(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(keep), all.end(),
+                      closer);
+    all.resize(keep);
+  }
+  return all;
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
                                                 const std::vector<float>& query,
                                                 const SearchParams& params, uint32_t* collapsed) {
   if (absl::Status s = ValidateSearchParams(params); !s.ok()) return s;
   const uint32_t k = params.top_k == 0 ? kDefaultTopK : params.top_k;
   const size_t ef = params.ef == 0 ? static_cast<size_t>(snap.manifest().default_ef) : params.ef;
-  const size_t rows = snap.manifest().count;
-  const size_t dim = static_cast<size_t>(snap.manifest().dim);
+  const size_t rows = snap.live_count();
+  const size_t dim = static_cast<size_t>(snap.dim());
   const bool dedup = params.dedup > 0;
+  // The rows a hit may be: the filter's (which callers build over live rows
+  // only), or the live rows (null: all).
+  const bool filtered = params.allowed != nullptr;
+  const index::RowFilter* allowed = filtered ? params.allowed.get() : snap.live();
   // Search, then choose the rows to answer with: exclude_row left out and,
   // with dedup, every row whose cosine similarity to a chosen (better) row
   // reaches the threshold. Dedup asks for 4x as many and widens the search
@@ -107,24 +168,17 @@ absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
   std::vector<index::Neighbor> chosen;
   uint32_t dropped = 0;
   for (;;) {
-    std::vector<index::Neighbor> neighbors;
-    if (params.allowed == nullptr) {
-      neighbors = snap.searcher().Search(query.data(), want, std::max(ef, want));
-    } else {
-      const size_t walk_ef = FilteredWalkEf(std::max(ef, want));
-      neighbors = ExactScanIsCheaper(params.allowed->Count(), rows, walk_ef)
-                      ? snap.searcher().SearchExact(query.data(), want, *params.allowed)
-                      : snap.searcher().Search(query.data(), want, walk_ef, params.allowed.get());
-    }
+    std::vector<index::Neighbor> neighbors =
+        SearchSegments(snap, query.data(), want, ef, allowed, filtered);
     chosen.clear();
     dropped = 0;
     for (const auto& n : neighbors) {
       if (params.exclude_row.has_value() && n.row == *params.exclude_row) continue;
       if (chosen.size() == k) break;
       if (dedup) {
-        const float* v = snap.searcher().Vector(n.row);
+        const float* v = snap.Vector(n.row);
         auto similar = [&](const index::Neighbor& c) {
-          return index::CosineSimilarity(v, snap.searcher().Vector(c.row), dim) >= params.dedup;
+          return index::CosineSimilarity(v, snap.Vector(c.row), dim) >= params.dedup;
         };
         if (std::any_of(chosen.begin(), chosen.end(), similar)) {
           ++dropped;
@@ -137,12 +191,12 @@ absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
     want = std::min(max_want, 4 * want);
   }
   const bool similarity_is_one_minus = snap.manifest().metric != index::Metric::kL2;
-  for (const auto& n : chosen) snap.ids().PrefetchEntry(n.row);
-  for (const auto& n : chosen) snap.ids().PrefetchText(n.row);
+  for (const auto& n : chosen) snap.PrefetchEntry(n.row);
+  for (const auto& n : chosen) snap.PrefetchText(n.row);
   std::vector<Hit> hits;
   hits.reserve(chosen.size());
   for (const auto& n : chosen) {
-    auto view = snap.ids().Get(n.row);
+    auto view = snap.Id(n.row);
     if (!view.ok()) {
       return absl::DataLossError(absl::StrCat("snapshot v", snap.version(),
                                               " is inconsistent: ", view.status().message()));

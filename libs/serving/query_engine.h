@@ -44,11 +44,18 @@ size_t FilteredWalkEf(size_t ef);
 // computations divided by the allowed share (allowed / rows); a scan costs
 // `allowed` of them. The scan wins when
 //   allowed^2 <= kGraphCostPerEf * walk_ef * rows.
-// Measured (tools/bench/README.md, "Filtered search"): the crossover was near
+// Measured (tools/bench/results/LOG.md, "Filtered search"): the crossover was near
 // 10% of 100k x 256 rows and near 2% of 1M x 512 rows; kGraphCostPerEf = 4
 // with the 3x walk ef puts it at about 9% and 3% there.
 inline constexpr double kGraphCostPerEf = 4.0;
 bool ExactScanIsCheaper(size_t allowed, size_t rows, size_t walk_ef);
+
+// Unfiltered, in a version of several segments, a segment of at most
+// kSmallSegmentScanFactor * ef rows is scanned exactly instead of walked:
+// ExactScanIsCheaper with every row allowed (rows^2 <= kGraphCostPerEf * ef *
+// rows). Exact, so never worse in recall. A version of one segment always
+// walks its graph, as before segments.
+inline constexpr size_t kSmallSegmentScanFactor = 4;
 
 struct Hit {
   std::string id;
@@ -64,17 +71,13 @@ struct Hit {
 absl::StatusOr<std::vector<float>> PrepareQueryVector(const snapshot::Snapshot& snap,
                                                       const float* values, size_t size);
 
-// `id` in single quotes for an error message; past 64 bytes, its first 64
-// bytes, an ellipsis and its length.
-std::string QuoteId(absl::string_view id);
-
 // The row of `id`. INVALID_ARGUMENT for an empty id; NOT_FOUND names the id
 // (its first 64 bytes) and the version.
 absl::StatusOr<uint32_t> RowOfId(const snapshot::Snapshot& snap, absl::string_view id);
 
 // The stored vector of `id` and its row. Errors as RowOfId.
 absl::StatusOr<std::pair<std::vector<float>, uint32_t>> VectorOfId(const snapshot::Snapshot& snap,
-                                                                    absl::string_view id);
+                                                                   absl::string_view id);
 
 // INVALID_ARGUMENT if top_k or ef is out of range.
 absl::Status ValidateSearchParams(const SearchParams& params);

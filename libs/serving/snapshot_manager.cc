@@ -1,8 +1,19 @@
 #include "libs/serving/snapshot_manager.h"
 
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "libs/common/file_util.h"
 #include "libs/common/log.h"
 #include "libs/snapshot/snapshot_store.h"
 
@@ -25,7 +36,135 @@ bool IsSingleVersionDir(const std::string& dir) {
          ::stat((dir + "/" + snapshot::kCurrentFile).c_str(), &st) != 0;
 }
 
+// What the watch on a root reports: CURRENT renamed onto (a publish or
+// set-current), closed after writing (rewritten in place) or created; and
+// the root itself removed or moved away.
+constexpr uint32_t kRootEvents =
+    IN_MOVED_TO | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR;
+
+// Watches a snapshot root for changes to root/CURRENT with inotify.
+// Not thread-safe: the watcher thread owns it.
+class CurrentWatch {
+ public:
+  // An inotify instance that watches nothing yet; fd() is -1 when inotify
+  // cannot be initialised (logged).
+  explicit CurrentWatch(std::string root) : root_(std::move(root)) {
+    fd_ = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd_ < 0) {
+      LogWarning("cannot watch ", root_,
+                 "/CURRENT: ", ErrnoStatus(errno, "inotify_init1").message(),
+                 "; new versions are seen by polling");
+    }
+  }
+  ~CurrentWatch() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  CurrentWatch(const CurrentWatch&) = delete;
+  CurrentWatch& operator=(const CurrentWatch&) = delete;
+
+  // The inotify descriptor to poll(2) for POLLIN, or -1.
+  int fd() const { return fd_; }
+
+  // Watches the directory `root` names now: a directory that replaced the
+  // one watched so far is watched instead. A failure is logged once per
+  // distinct error; without a watch, only polls see new versions.
+  void Arm() {
+    if (fd_ < 0) return;
+    const int wd = ::inotify_add_watch(fd_, root_.c_str(), kRootEvents);
+    if (wd < 0) {
+      const std::string error(ErrnoStatus(errno, "inotify_add_watch").message());
+      Disarm();  // Whatever is watched, if anything, is not root any more.
+      if (error != error_) {
+        error_ = error;
+        LogWarning("cannot watch ", root_, "/CURRENT: ", error,
+                   "; new versions are seen by polling until it can");
+      }
+      return;
+    }
+    if (wd != wd_) {
+      Disarm();  // Root was replaced: stop watching the old directory.
+      if (!watched_once_ || !error_.empty()) {
+        LogInfo("watching ", root_, "/CURRENT with inotify");
+      }
+      watched_once_ = true;
+    }
+    wd_ = wd;
+    error_.clear();
+  }
+
+  // Reads every pending event. Returns whether CURRENT may have changed: an
+  // event for CURRENT, the watched root removed or moved (the caller Arms
+  // again), or events lost to a queue overflow. A CURRENT created as a
+  // regular file is read when its writer closes it (IN_CLOSE_WRITE), not at
+  // creation, when it may still be empty.
+  bool Drain() {
+    bool changed = false;
+    alignas(struct inotify_event) char buf[4096];
+    for (;;) {
+      const ssize_t n = ::read(fd_, buf, sizeof(buf));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // EAGAIN: drained (other errors: the next poll reads CURRENT anyway).
+      for (ssize_t at = 0; at < n;) {
+        const auto* ev = reinterpret_cast<const struct inotify_event*>(buf + at);
+        at += static_cast<ssize_t>(sizeof(struct inotify_event) + ev->len);
+        if (ev->mask & IN_Q_OVERFLOW) {
+          changed = true;
+          continue;
+        }
+        if (ev->wd != wd_) continue;  // A directory no longer watched.
+        if (ev->mask & IN_IGNORED) {  // The watch is gone (root removed, unmounted).
+          wd_ = -1;
+          changed = true;
+          continue;
+        }
+        if (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF)) {
+          changed = true;
+          continue;
+        }
+        if (ev->len == 0 || std::strcmp(ev->name, snapshot::kCurrentFile) != 0) continue;
+        if (ev->mask & (IN_MOVED_TO | IN_CLOSE_WRITE)) {
+          changed = true;
+        } else if (ev->mask & IN_CREATE) {
+          struct stat st;
+          const std::string path = root_ + "/" + snapshot::kCurrentFile;
+          if (::lstat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) changed = true;
+        }
+      }
+    }
+    return changed;
+  }
+
+ private:
+  void Disarm() {
+    if (wd_ >= 0) ::inotify_rm_watch(fd_, wd_);
+    wd_ = -1;
+  }
+
+  const std::string root_;
+  int fd_ = -1;
+  int wd_ = -1;
+  std::string error_;  // The last failure to watch root, logged; empty while watched.
+  bool watched_once_ = false;
+};
+
 }  // namespace
+
+absl::StatusOr<uint64_t> ChooseFallback(const FallbackInputs& in,
+                                        const std::function<bool(uint64_t)>& loads) {
+  if (in.history.empty() && !in.current.has_value()) {
+    return absl::FailedPreconditionError(
+        "no HISTORY, and CURRENT names no version: nothing tells which version was live");
+  }
+  const bool from_history = !in.history.empty();
+  const std::vector<uint64_t> newest_first =
+      from_history ? in.history : std::vector<uint64_t>(in.published.rbegin(), in.published.rend());
+  for (uint64_t v : newest_first) {
+    if ((!in.current.has_value() || v < *in.current) && loads(v)) return v;
+  }
+  return absl::NotFoundError(absl::StrCat(
+      "no ", from_history ? "version in HISTORY" : "published version",
+      in.current.has_value() ? absl::StrCat(" older than v", *in.current) : "", " loads"));
+}
 
 SnapshotManager::SnapshotManager(SnapshotManagerOptions options)
     : options_(std::move(options)), single_version_(IsSingleVersionDir(options_.root)) {}
@@ -36,7 +175,13 @@ SnapshotManager::~SnapshotManager() {
     stop_ = true;
   }
   stop_cv_.notify_all();
+  if (stop_fd_ >= 0) {
+    const uint64_t one = 1;
+    while (::write(stop_fd_, &one, sizeof(one)) < 0 && errno == EINTR) {
+    }
+  }
   if (watcher_.joinable()) watcher_.join();
+  if (stop_fd_ >= 0) ::close(stop_fd_);
 }
 
 std::shared_ptr<const ServingState> SnapshotManager::Current() const {
@@ -45,9 +190,13 @@ std::shared_ptr<const ServingState> SnapshotManager::Current() const {
 
 absl::StatusOr<std::shared_ptr<const ServingState>> SnapshotManager::Load(
     std::optional<uint64_t> wanted, const ServingState* live) {
-  auto snap = wanted.has_value()
-                  ? snapshot::Snapshot::Open(options_.root, *wanted, options_.verify)
-                  : snapshot::Snapshot::OpenDir(options_.root, options_.verify);
+  // Segments the live version holds are shared, not opened and verified
+  // again: a version that adds a small segment loads in the time of that one.
+  const snapshot::Snapshot* reuse = live != nullptr ? live->snapshot.get() : nullptr;
+  auto snap =
+      wanted.has_value()
+          ? snapshot::Snapshot::Open(options_.root, *wanted, options_.verify, reuse)
+          : snapshot::Snapshot::OpenDir(options_.root, options_.verify, std::nullopt, reuse);
   if (!snap.ok()) return snap.status();
   const uint64_t version = (*snap)->version();
   auto state = std::make_shared<ServingState>();
@@ -74,9 +223,9 @@ absl::StatusOr<std::shared_ptr<const ServingState>> SnapshotManager::Load(
     if (!embedder.ok()) {
       // The model is part of the snapshot: a snapshot whose model cannot load
       // is refused as a whole, so the previous one keeps serving.
-      return absl::Status(embedder.status().code(),
-                          absl::StrCat("model of snapshot v", version, ": ",
-                                       embedder.status().message()));
+      return absl::Status(
+          embedder.status().code(),
+          absl::StrCat("model of snapshot v", version, ": ", embedder.status().message()));
     }
     if ((*embedder)->dim() != (*snap)->manifest().dim) {
       return absl::FailedPreconditionError(
@@ -161,8 +310,8 @@ absl::StatusOr<uint64_t> SnapshotManager::TryLoad(std::optional<uint64_t> wanted
       if (now.ok() && *now != *wanted) {
         LogInfo("v", *wanted, " stopped being CURRENT (now v", *now, ") while it loaded (",
                 loaded.status().message(), "); not counted as a refusal");
-        return absl::AbortedError(absl::StrCat("v", *wanted, " stopped being CURRENT while it loaded: ",
-                                               loaded.status().message()));
+        return absl::AbortedError(absl::StrCat(
+            "v", *wanted, " stopped being CURRENT while it loaded: ", loaded.status().message()));
       }
     }
     LogError("refusing snapshot ", name, ": ", loaded.status().ToString(),
@@ -176,10 +325,11 @@ absl::StatusOr<uint64_t> SnapshotManager::TryLoad(std::optional<uint64_t> wanted
     LogError("CURRENT cannot be served (", fallback_reason, "); fell back to v", snap.version(),
              ", the most recently promoted version before it that loads");
   }
-  LogInfo("serving snapshot ", name, wanted.has_value() ? "" : absl::StrCat(" (v", snap.version(), ")"),
-          " (", snap.manifest().count, " vectors, dim ", snap.manifest().dim, ", loaded in ",
-          absl::FormatDuration(took), ")",
-          live != nullptr ? absl::StrCat(", replacing v", live->snapshot->version()) : std::string());
+  LogInfo(
+      "serving snapshot ", name, wanted.has_value() ? "" : absl::StrCat(" (v", snap.version(), ")"),
+      " (", snap.manifest().count, " vectors, dim ", snap.manifest().dim, ", loaded in ",
+      absl::FormatDuration(took), ")",
+      live != nullptr ? absl::StrCat(", replacing v", live->snapshot->version()) : std::string());
   if (options_.on_load) options_.on_load(true, took);
   std::atomic_store(&state_, *loaded);
   if (options_.on_swap) options_.on_swap(**loaded);
@@ -188,49 +338,87 @@ absl::StatusOr<uint64_t> SnapshotManager::TryLoad(std::optional<uint64_t> wanted
 
 absl::StatusOr<uint64_t> SnapshotManager::FallBack(std::optional<uint64_t> refused,
                                                    const absl::Status& why) {
-  // The last good state: the most recently promoted version (HISTORY) that
-  // loads and, when CURRENT names a version, is older than it, so a fallback
-  // never moves forward (to a version an operator rolled back from, or to an
-  // unpromoted candidate). Without a HISTORY, the published versions older
-  // than the refused one; with neither, there is no telling which version
-  // was live, and nothing is served.
-  std::vector<uint64_t> candidates;
-  auto history = snapshot::PromotionHistory(options_.root);
-  if (history.ok() && !history->empty()) {
-    for (uint64_t v : *history) {
-      if (!refused.has_value() || v < *refused) candidates.push_back(v);
+  FallbackInputs in;
+  in.current = refused;
+  if (auto history = snapshot::PromotionHistory(options_.root); history.ok()) {
+    in.history = *std::move(history);
+  }
+  if (in.history.empty() && refused.has_value()) {
+    if (auto versions = snapshot::ListVersions(options_.root); versions.ok()) {
+      in.published = *std::move(versions);
     }
-  } else if (!refused.has_value()) {
+  }
+  auto chosen = ChooseFallback(in, [&](uint64_t v) {
+    struct stat st;
+    if (::stat(snapshot::VersionDir(options_.root, v).c_str(), &st) != 0) return false;  // Removed.
+    return TryLoad(v, nullptr, why.ToString()).ok();
+  });
+  if (absl::IsFailedPrecondition(chosen.status())) {
     LogError("CURRENT cannot be served (", why.ToString(), ") and ", options_.root,
              " has no HISTORY to tell which version was live: nothing is served until CURRENT "
              "names a good version");
-    return why;
-  } else if (auto versions = snapshot::ListVersions(options_.root); versions.ok()) {
-    for (auto v = versions->rbegin(); v != versions->rend(); ++v) {
-      if (*v < *refused) candidates.push_back(*v);
-    }
   }
-  for (uint64_t v : candidates) {
-    struct stat st;
-    if (::stat(snapshot::VersionDir(options_.root, v).c_str(), &st) != 0) continue;  // Removed.
-    auto loaded = TryLoad(v, nullptr, why.ToString());
-    if (loaded.ok()) return loaded;
-  }
-  return why;
+  if (!chosen.ok()) return why;
+  return chosen;
 }
 
 void SnapshotManager::StartWatching() {
-  watcher_ = std::thread([this] {
-    std::unique_lock<std::mutex> lock(stop_mu_);
-    while (!stop_) {
-      lock.unlock();
-      auto v = PollOnce();
-      (void)v;  // Errors are logged by PollOnce; the watcher just keeps polling.
-      lock.lock();
-      stop_cv_.wait_for(lock, absl::ToChronoMilliseconds(options_.poll_interval),
-                        [this] { return stop_; });
+  stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (stop_fd_ < 0) {
+    LogWarning("cannot make an eventfd (", ErrnoStatus(errno, "eventfd").message(),
+               "): new versions are seen by polling every ",
+               absl::FormatDuration(options_.poll_interval));
+    watcher_ = std::thread([this] { PollEvery(); });
+    return;
+  }
+  watcher_ = std::thread(
+      [this] { WatchAndPoll(/*use_inotify=*/options_.use_inotify && !single_version_); });
+}
+
+void SnapshotManager::WatchAndPoll(bool use_inotify) {
+  std::optional<CurrentWatch> watch;
+  if (use_inotify) watch.emplace(options_.root);
+  const int watch_fd = watch.has_value() ? watch->fd() : -1;
+  using Clock = std::chrono::steady_clock;
+  // poll(2) takes an int of milliseconds: ~24 days at most.
+  const std::chrono::milliseconds interval(
+      std::clamp<int64_t>(absl::ToInt64Milliseconds(options_.poll_interval), 0, INT_MAX));
+  for (;;) {
+    // Armed before CURRENT is read, so a change after the read is an event.
+    if (watch.has_value()) watch->Arm();
+    auto v = PollOnce();
+    (void)v;  // Errors are logged by PollOnce; the watcher just keeps polling.
+    const Clock::time_point next_poll = Clock::now() + interval;
+    for (bool changed = false; !changed;) {
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(next_poll - Clock::now());
+      struct pollfd fds[2] = {{stop_fd_, POLLIN, 0}, {watch_fd, POLLIN, 0}};
+      const int n =
+          ::poll(fds, watch_fd >= 0 ? 2 : 1, static_cast<int>(std::max<int64_t>(left.count(), 0)));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        LogError("the watcher of ", options_.root, " stops waiting on inotify (",
+                 ErrnoStatus(errno, "poll").message(), "); it polls every ",
+                 absl::FormatDuration(options_.poll_interval), " from now on");
+        PollEvery();
+        return;
+      }
+      if (fds[0].revents != 0) return;  // Stopped.
+      if (n == 0) break;                // The interval passed.
+      if (fds[1].revents != 0) changed = watch->Drain();
     }
-  });
+  }
+}
+
+void SnapshotManager::PollEvery() {
+  std::unique_lock<std::mutex> lock(stop_mu_);
+  while (!stop_) {
+    lock.unlock();
+    auto v = PollOnce();
+    (void)v;  // Errors are logged by PollOnce; the watcher just keeps polling.
+    lock.lock();
+    stop_cv_.wait_for(lock, absl::ToChronoMilliseconds(options_.poll_interval),
+                      [this] { return stop_; });
+  }
 }
 
 }  // namespace imagesearch::serving

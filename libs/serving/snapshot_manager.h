@@ -4,6 +4,14 @@
 // one is bad. In-flight requests hold a shared_ptr to the state they started
 // with, so a swap never pulls a version out from under them.
 //
+// How fast a new CURRENT is seen (StartWatching): the watcher waits on
+// inotify for root/CURRENT being renamed onto, rewritten or created, and
+// polls as soon as one arrives, so a publish is read within milliseconds
+// (plus the load) where the volume reports changes. Every poll_interval it
+// polls anyway: NFS and some other volumes report no changes made by other
+// hosts, and there the interval is the swap latency, as is the case where
+// inotify cannot be used (logged once).
+//
 // Thread-safe. Current() is std::atomic_load of a shared_ptr, which is not
 // lock-free: libstdc++ guards it with a mutex from a small pool keyed by the
 // pointer's address, held only while the pointer is copied. So readers never
@@ -22,6 +30,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -44,12 +53,45 @@ struct ServingState {
 using EmbedderFactory =
     std::function<absl::StatusOr<std::shared_ptr<Embedder>>(const snapshot::Snapshot&)>;
 
+// What the manager knows when CURRENT cannot be served and nothing is live
+// (a start or restart), for ChooseFallback.
+struct FallbackInputs {
+  // The version CURRENT names, refused; unset when CURRENT is missing or
+  // garbage.
+  std::optional<uint64_t> current;
+  // root/HISTORY: the versions made CURRENT, most recent first, each once
+  // (snapshot::PromotionHistory); empty without a HISTORY.
+  std::vector<uint64_t> history;
+  // The published versions, ascending (snapshot::ListVersions). Consulted
+  // only without a HISTORY.
+  std::vector<uint64_t> published;
+};
+
+// Which version to serve instead of an unusable CURRENT: the last good
+// state. The candidates, in order: with a HISTORY, its versions (most recent
+// first) older than `current` (all of them when CURRENT names none), so a
+// fallback never moves forward, to a version an operator rolled back from
+// or to an unpromoted candidate; without one, the published versions older
+// than `current`, newest first. `loads(v)` is asked for each candidate in
+// that order until one returns true, and that one is the answer.
+// NOT_FOUND: no candidate loads. FAILED_PRECONDITION: no HISTORY and CURRENT
+// names no version, so nothing tells which version was live (`loads` is not
+// asked). It touches nothing but its arguments: the manager's `loads` is
+// what opens (and swaps in) a version.
+absl::StatusOr<uint64_t> ChooseFallback(const FallbackInputs& in,
+                                        const std::function<bool(uint64_t)>& loads);
+
 struct SnapshotManagerOptions {
   // A snapshot root (holds CURRENT and v<N>/), watched for new versions; or
   // one version directory (holds MANIFEST.json, no CURRENT), served as is.
   std::string root;
   snapshot::VerifyMode verify = snapshot::VerifyMode::kChecksums;
+  // How often the watcher reads CURRENT when nothing told it CURRENT
+  // changed: the swap latency where inotify reports nothing (see above).
   absl::Duration poll_interval = absl::Milliseconds(500);
+  // Whether the watcher waits on inotify for CURRENT to change. false: it
+  // only polls, as it effectively does where the volume reports nothing.
+  bool use_inotify = true;
   EmbedderFactory embedder_factory;  // May be empty: image/text queries unavailable.
   // Called after every successful swap (e.g. to flip health to SERVING).
   std::function<void(const ServingState&)> on_swap;
@@ -80,7 +122,19 @@ class SnapshotManager {
   // older than the refused one; with neither, nothing.
   absl::StatusOr<uint64_t> PollOnce();
 
-  // Starts a background thread calling PollOnce every poll_interval.
+  // Starts a background thread that calls PollOnce at once, then whenever
+  // inotify reports root/CURRENT renamed onto, closed after writing, or
+  // created as something other than a regular file (a regular file is read
+  // when its writer closes it, not half written); whenever the root
+  // directory is removed or moved, or inotify dropped events (the watch is
+  // then set on whatever directory `root` names now); and at the latest
+  // poll_interval after the previous call. Without inotify (use_inotify is
+  // false, inotify cannot be initialised, or root cannot be watched yet) it
+  // only polls; a root that
+  // cannot be watched is tried again at every poll. A single version
+  // directory is not watched: its thread only polls, as it never changes.
+  // Call at most once. The destructor stops the thread without waiting for
+  // the interval, and closes its file descriptors.
   void StartWatching();
 
   // Whether `root` is one version directory rather than a root.
@@ -101,8 +155,17 @@ class SnapshotManager {
   absl::StatusOr<uint64_t> TryLoad(std::optional<uint64_t> wanted, const ServingState* live,
                                    const std::string& fallback_reason = "");
   // With nothing live: serve the last good state instead of `refused` (or
-  // of an unusable CURRENT); returns `why` if no version loads.
+  // of an unusable CURRENT), as ChooseFallback picks it from root/HISTORY
+  // or the published versions; returns `why` if no version loads.
   absl::StatusOr<uint64_t> FallBack(std::optional<uint64_t> refused, const absl::Status& why);
+  // The watcher thread's loop, as StartWatching describes it: waits with
+  // poll(2) on stop_fd_ and, with `use_inotify`, an inotify watch on root.
+  // Returns once stop_fd_ is readable; on an unexpected poll(2) error, logs
+  // it and continues as PollEvery.
+  void WatchAndPoll(bool use_inotify);
+  // The watcher thread's loop without file descriptors: PollOnce every
+  // poll_interval until stop_ is set. Used where stop_fd_ cannot be made.
+  void PollEvery();
 
   const SnapshotManagerOptions options_;
   std::shared_ptr<const ServingState> state_;  // Accessed with std::atomic_load/store.
@@ -115,9 +178,15 @@ class SnapshotManager {
   // The last error reading CURRENT, logged once; empty while CURRENT reads.
   std::string pointer_error_;
 
+  // Stopping the watcher: the destructor sets stop_ (and notifies stop_cv_,
+  // for PollEvery) and makes stop_fd_, an eventfd, readable (for
+  // WatchAndPoll). stop_fd_ is set before the watcher starts and closed
+  // after it is joined; -1 when not watching, or when no eventfd could be
+  // made.
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;
   bool stop_ = false;
+  int stop_fd_ = -1;
   std::thread watcher_;
 };
 

@@ -4,15 +4,16 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
+#include "libs/common/client_text.h"
 #include "libs/common/status_macros.h"
 #include "libs/snapshot/byte_io.h"
-#include <nlohmann/json.hpp>
 
 namespace imagesearch::snapshot {
 namespace {
@@ -39,9 +40,9 @@ absl::StatusOr<FieldType> ParseFieldType(absl::string_view name) {
   if (name == "float") return FieldType::kFloat;
   if (name == "boolean") return FieldType::kBoolean;
   if (name == "timestamp") return FieldType::kTimestamp;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown field type '", name.substr(0, 32),
-      "'; expected keyword, integer, float, boolean or timestamp"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown field type '", name.substr(0, 32),
+                   "'; expected keyword, integer, float, boolean or timestamp"));
 }
 
 std::string Quote(const json& v) {
@@ -106,8 +107,8 @@ absl::StatusOr<std::vector<FieldSpec>> ParseSchema(absl::string_view spec) {
     part = absl::StripAsciiWhitespace(part);
     std::vector<absl::string_view> kv = absl::StrSplit(part, absl::MaxSplits(':', 1));
     if (kv.size() != 2 || absl::StripAsciiWhitespace(kv[0]).empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "schema entry '", part.substr(0, 64), "' must be name:type (e.g. year:integer)"));
+      return absl::InvalidArgumentError(absl::StrCat("schema entry '", part.substr(0, 64),
+                                                     "' must be name:type (e.g. year:integer)"));
     }
     FieldSpec f;
     f.name = std::string(absl::StripAsciiWhitespace(kv[0]));
@@ -132,8 +133,8 @@ absl::StatusOr<int64_t> ParseTimestamp(absl::string_view text) {
   absl::Time t;
   std::string err;
   if (!absl::ParseTime(absl::RFC3339_full, std::string(text), &t, &err)) {
-    return absl::InvalidArgumentError(absl::StrCat("'", text.substr(0, 40),
-                                                   "' is not an RFC 3339 time or integer seconds"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(QuoteClientText(text), " is not an RFC 3339 time or integer seconds"));
   }
   return absl::ToUnixSeconds(t);
 }
@@ -152,8 +153,8 @@ absl::StatusOr<std::vector<AttrValue>> TypedAttributes(const std::vector<FieldSp
     if (it == j.end() || it->is_null()) continue;
     const json& v = *it;
     auto wrong = [&](absl::string_view expected) {
-      return absl::InvalidArgumentError(absl::StrCat("attribute '", f.name, "': expected ",
-                                                     expected, ", got ", Quote(v)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("attribute '", f.name, "': expected ", expected, ", got ", Quote(v)));
     };
     switch (f.type) {
       case FieldType::kKeyword:
@@ -162,7 +163,8 @@ absl::StatusOr<std::vector<AttrValue>> TypedAttributes(const std::vector<FieldSp
         break;
       case FieldType::kInteger:
         if (!v.is_number_integer()) return wrong("an integer");
-        if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t{INT64_MAX}) return wrong("an int64");
+        if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t{INT64_MAX})
+          return wrong("an int64");
         if (v.get<int64_t>() == kAbsentInteger) return wrong("an integer above INT64_MIN");
         out[i] = v.get<int64_t>();
         break;
@@ -224,7 +226,8 @@ std::string EncodeAttributeTable(const std::vector<FieldSpec>& schema,
         for (size_t r = 0; r < n; ++r) {
           if (const auto* b = std::get_if<bool>(&rows[r][fi])) codes[r] = *b ? 1 : 0;
         }
-        for (uint32_t c : codes) Append<uint8_t>(&body, c == kAbsentCode ? 255 : static_cast<uint8_t>(c));
+        for (uint32_t c : codes)
+          Append<uint8_t>(&body, c == kAbsentCode ? 255 : static_cast<uint8_t>(c));
         AppendPostings(codes, {"false", "true"}, &body, &f);
         break;
       }
@@ -271,8 +274,8 @@ absl::StatusOr<std::unique_ptr<AttributeTable>> AttributeTable::Open(const std::
     if (h.is_discarded() || h.at("format").get<int>() != 1) return bad("unreadable header");
     t->rows_ = h.at("rows").get<uint64_t>();
     if (t->rows_ != expected_rows) {
-      return absl::InvalidArgumentError(absl::StrCat("attribute table holds ", t->rows_,
-                                                     " rows but the manifest says ", expected_rows));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "attribute table holds ", t->rows_, " rows but the manifest says ", expected_rows));
     }
     for (const json& jf : h.at("fields")) {
       FieldSpec spec;

@@ -80,7 +80,7 @@ std::string EncodeAttributeTable(const std::vector<FieldSpec>& schema,
 class AttributeTable {
  public:
   static absl::StatusOr<std::unique_ptr<AttributeTable>> Open(const std::string& path,
-                                                             uint64_t expected_rows);
+                                                              uint64_t expected_rows);
   uint64_t rows() const { return rows_; }
   const std::vector<FieldSpec>& fields() const { return specs_; }
   // Index of the field named `name` in fields(), or nullopt.

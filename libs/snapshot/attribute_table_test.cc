@@ -30,7 +30,8 @@ TEST_CASE("schemas parse name:type lists and refuse anything else", "[attrs]") {
   CHECK((*s)[1].type == FieldType::kInteger);
   CHECK((*s)[4].type == FieldType::kTimestamp);
   CHECK(ParseSchema("").ok());
-  CHECK(ParseSchema("a:date").status().message().find("unknown field type 'date'") != std::string::npos);
+  CHECK(ParseSchema("a:date").status().message().find("unknown field type 'date'") !=
+        std::string::npos);
   CHECK(ParseSchema("a").status().message().find("must be name:type") != std::string::npos);
   CHECK(ParseSchema("a:keyword,a:integer").status().message().find("twice") != std::string::npos);
 }
@@ -121,7 +122,8 @@ TEST_CASE("damaged attribute tables are refused with a reason", "[attrs]") {
   const size_t key = shifted.find("\"postings\":");
   REQUIRE(key != std::string::npos);
   size_t digit = key + 11;
-  while (digit + 1 < shifted.size() && std::isdigit(static_cast<unsigned char>(shifted[digit + 1]))) {
+  while (digit + 1 < shifted.size() &&
+         std::isdigit(static_cast<unsigned char>(shifted[digit + 1]))) {
     ++digit;
   }
   REQUIRE(std::isdigit(static_cast<unsigned char>(shifted[digit])));

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <regex>
 
 #include "absl/strings/numbers.h"
@@ -13,7 +14,6 @@
 #include "libs/common/status_macros.h"
 #include "libs/snapshot/thumbs_table.h"
 #include "libs/snapshot/vector_io.h"
-#include <nlohmann/json.hpp>
 
 namespace imagesearch::snapshot {
 namespace {
@@ -61,19 +61,18 @@ absl::StatusOr<EmbeddingShard> ReadShard(const std::string& dir) {
       ASSIGN_OR_RETURN(std::string sum, Xxh3HexOfFile(path));
       const auto size = fs::file_size(path);
       if (size != entry.at("size").get<uint64_t>() || sum != entry.at("xxh3").get<std::string>()) {
-        return absl::DataLossError(absl::StrCat(name, " is ", size, " bytes with checksum ", sum,
-                                                " but ", kShardManifestFile, " says ",
-                                                entry.at("size").dump(), " bytes, ",
-                                                entry.at("xxh3").dump(), " (damaged)"));
+        return absl::DataLossError(absl::StrCat(
+            name, " is ", size, " bytes with checksum ", sum, " but ", kShardManifestFile, " says ",
+            entry.at("size").dump(), " bytes, ", entry.at("xxh3").dump(), " (damaged)"));
       }
     }
     const uint64_t count = j.at("count").get<uint64_t>();
     ASSIGN_OR_RETURN(std::string npy, ReadFileToString(dir + "/" + kVectors));
     ASSIGN_OR_RETURN(VectorSet set, ParseNpy(npy));
     if (set.count != count || set.dim != static_cast<size_t>(shard.dim)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(kVectors, " is ", set.count, " x ", set.dim, " but ", kShardManifestFile,
-                       " says ", count, " x ", shard.dim));
+      return absl::InvalidArgumentError(absl::StrCat(kVectors, " is ", set.count, " x ", set.dim,
+                                                     " but ", kShardManifestFile, " says ", count,
+                                                     " x ", shard.dim));
     }
     shard.vectors = std::move(set.data);
     ASSIGN_OR_RETURN(auto ids, IdsTable::Open(dir + "/" + kIds, count));
@@ -108,9 +107,9 @@ absl::StatusOr<ShardSpec> ParseShardSpec(absl::string_view text) {
   if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &spec.index) ||
       !absl::SimpleAtoi(parts[1], &spec.count) || spec.count < 1 || spec.count > kMaxShards ||
       spec.index < 0 || spec.index >= spec.count) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "shard '", text.substr(0, 32), "' must be i/n with 0 <= i < n <= ", kMaxShards,
-        " (e.g. 0/3; a Kubernetes Indexed Job passes $(JOB_COMPLETION_INDEX)/n)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("shard '", text.substr(0, 32), "' must be i/n with 0 <= i < n <= ", kMaxShards,
+                     " (e.g. 0/3; a Kubernetes Indexed Job passes $(JOB_COMPLETION_INDEX)/n)"));
   }
   return spec;
 }
@@ -123,9 +122,8 @@ absl::StatusOr<std::string> WriteEmbeddingShard(const std::string& parent,
                                                 const EmbeddingShard& shard) {
   const size_t count = shard.ids.size();
   if (shard.dim <= 0 || shard.vectors.size() != count * static_cast<size_t>(shard.dim)) {
-    return absl::InvalidArgumentError(absl::StrCat("shard has ", count, " ids but ",
-                                                   shard.vectors.size(), " floats of dim ",
-                                                   shard.dim));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shard has ", count, " ids but ", shard.vectors.size(), " floats of dim ", shard.dim));
   }
   if (!shard.thumbs.empty() && shard.thumbs.size() != count) {
     return absl::InvalidArgumentError(
@@ -197,9 +195,9 @@ absl::StatusOr<std::vector<EmbeddingShard>> ReadEmbeddingShards(const std::strin
     if (!entry.is_directory() || !std::regex_match(name, m, kName)) continue;
     ASSIGN_OR_RETURN(ShardSpec spec, ParseShardSpec(absl::StrCat(m[1].str(), "/", m[2].str())));
     if (n != 0 && spec.count != n) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          parent, " mixes shards of ", n, " and of ", spec.count,
-          " workers; remove the stale ones (one run's shards must all share one n)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(parent, " mixes shards of ", n, " and of ", spec.count,
+                       " workers; remove the stale ones (one run's shards must all share one n)"));
     }
     n = spec.count;
     dirs[spec.index] = entry.path().string();
@@ -213,29 +211,29 @@ absl::StatusOr<std::vector<EmbeddingShard>> ReadEmbeddingShards(const std::strin
     if (!dirs.count(i)) absl::StrAppend(&missing, missing.empty() ? "" : ", ", i);
   }
   if (!missing.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        parent, " has ", dirs.size(), " of ", n, " shards; missing: ", missing,
-        " (have those workers finished?)"));
+    return absl::FailedPreconditionError(absl::StrCat(parent, " has ", dirs.size(), " of ", n,
+                                                      " shards; missing: ", missing,
+                                                      " (have those workers finished?)"));
   }
   std::vector<EmbeddingShard> shards;
   for (const auto& [i, dir] : dirs) {
     absl::StatusOr<EmbeddingShard> shard = ReadShard(dir);
     if (!shard.ok()) return InShard(dir, shard.status());
     if (shard->spec.index != i || shard->spec.count != n) {
-      return InShard(dir, absl::InvalidArgumentError(absl::StrCat(
-                              kShardManifestFile, " says shard ", shard->spec.index, " of ",
-                              shard->spec.count, ", not ", i, " of ", n)));
+      return InShard(dir, absl::InvalidArgumentError(
+                              absl::StrCat(kShardManifestFile, " says shard ", shard->spec.index,
+                                           " of ", shard->spec.count, ", not ", i, " of ", n)));
     }
     if (!shards.empty()) {
       const EmbeddingShard& first = shards.front();
       if (shard->model.sha256 != first.model.sha256 || shard->dim != first.dim ||
           shard->metric != first.metric) {
-        return InShard(dir, absl::FailedPreconditionError(absl::StrCat(
-                                "made with model ", shard->model.name, " (sha256 ",
-                                shard->model.sha256.substr(0, 12), "...), dim ", shard->dim,
-                                "; shard 0 with ", first.model.name, " (sha256 ",
-                                first.model.sha256.substr(0, 12), "...), dim ", first.dim,
-                                ": their vectors are not in one embedding space")));
+        return InShard(
+            dir, absl::FailedPreconditionError(absl::StrCat(
+                     "made with model ", shard->model.name, " (sha256 ",
+                     shard->model.sha256.substr(0, 12), "...), dim ", shard->dim, "; shard 0 with ",
+                     first.model.name, " (sha256 ", first.model.sha256.substr(0, 12), "...), dim ",
+                     first.dim, ": their vectors are not in one embedding space")));
       }
     }
     shards.push_back(*std::move(shard));

@@ -45,7 +45,7 @@ struct EmbeddingShard {
   ModelIdentity model;  // sha256 identifies the model; file is unused.
   int dim = 0;
   index::Metric metric = index::Metric::kCosine;
-  uint64_t listed = 0;    // Input items in this shard, rejected ones included.
+  uint64_t listed = 0;              // Input items in this shard, rejected ones included.
   std::vector<float> vectors;       // count x dim
   std::vector<IdRecord> ids;        // count
   std::vector<std::string> thumbs;  // count, or empty for none

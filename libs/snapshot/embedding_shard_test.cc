@@ -33,8 +33,8 @@ EmbeddingShard MakeShard(int index, int count, int rows, const std::string& sha 
   s.metric = index::Metric::kCosine;
   s.listed = rows + 1;
   for (int r = 0; r < rows; ++r) {
-    s.ids.push_back({"s" + std::to_string(index) + "-" + std::to_string(r), "/img/" + std::to_string(r),
-                     r % 2 ? R"({"k":1})" : ""});
+    s.ids.push_back({"s" + std::to_string(index) + "-" + std::to_string(r),
+                     "/img/" + std::to_string(r), r % 2 ? R"({"k":1})" : ""});
     for (int d = 0; d < 4; ++d) s.vectors.push_back(static_cast<float>(index * 100 + r * 4 + d));
     s.thumbs.push_back("jpeg" + std::to_string(r));
   }
@@ -94,7 +94,8 @@ TEST_CASE("missing, foreign and damaged shards are refused with the reason", "[s
   REQUIRE(WriteEmbeddingShard(dir, MakeShard(2, 3, 4)).ok());
   auto r = ReadEmbeddingShards(dir);
   CHECK(absl::IsFailedPrecondition(r.status()));
-  CHECK(std::string(r.status().message()).find("has 2 of 3 shards; missing: 1") != std::string::npos);
+  CHECK(std::string(r.status().message()).find("has 2 of 3 shards; missing: 1") !=
+        std::string::npos);
 
   REQUIRE(WriteEmbeddingShard(dir, MakeShard(1, 3, 4, "other-model")).ok());
   r = ReadEmbeddingShards(dir);
@@ -110,7 +111,8 @@ TEST_CASE("missing, foreign and damaged shards are refused with the reason", "[s
   REQUIRE(WriteFileDurably(vec, bytes).ok());
   r = ReadEmbeddingShards(dir);
   CHECK(absl::IsDataLoss(r.status()));
-  CHECK(std::string(r.status().message()).find("shard-1-of-3: vectors.npy is") != std::string::npos);
+  CHECK(std::string(r.status().message()).find("shard-1-of-3: vectors.npy is") !=
+        std::string::npos);
   // Shards of two different runs.
   REQUIRE(WriteEmbeddingShard(dir, MakeShard(1, 3, 4)).ok());
   REQUIRE(WriteEmbeddingShard(dir, MakeShard(0, 2, 4)).ok());

@@ -2,12 +2,13 @@
 
 #include <algorithm>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "libs/common/client_text.h"
 #include "libs/common/status_macros.h"
 #include "libs/snapshot/byte_io.h"
-#include <nlohmann/json.hpp>
 
 namespace imagesearch::snapshot {
 namespace {
@@ -52,6 +53,15 @@ absl::StatusOr<std::string> EncodeIdsTable(const std::vector<IdRecord>& records)
       return absl::InvalidArgumentError(
           absl::StrCat("row ", i, " id is ", id.size(), " bytes; the limit is ", kMaxIdBytes));
     }
+    // The API's ids and URIs are protobuf strings: clients refuse other bytes.
+    if (!IsValidUtf8(id)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("row ", i, " id ", QuoteClientText(id), " is not valid UTF-8"));
+    }
+    if (!IsValidUtf8(records[i].uri)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("row ", i, " uri ", QuoteClientText(records[i].uri), " is not valid UTF-8"));
+    }
   }
   std::vector<uint32_t> sorted(n);
   std::iota(sorted.begin(), sorted.end(), 0u);
@@ -59,9 +69,9 @@ absl::StatusOr<std::string> EncodeIdsTable(const std::vector<IdRecord>& records)
             [&](uint32_t a, uint32_t b) { return records[a].id < records[b].id; });
   for (size_t i = 1; i < n; ++i) {
     if (records[sorted[i]].id == records[sorted[i - 1]].id) {
-      return absl::InvalidArgumentError(absl::StrCat("duplicate id '", records[sorted[i]].id,
-                                                     "' at rows ", sorted[i - 1], " and ",
-                                                     sorted[i]));
+      return absl::InvalidArgumentError(
+          absl::StrCat("duplicate id ", QuoteClientText(records[sorted[i]].id), " at rows ",
+                       sorted[i - 1], " and ", sorted[i]));
     }
   }
   uint64_t blob = 0;
@@ -85,7 +95,8 @@ absl::StatusOr<std::string> EncodeIdsTable(const std::vector<IdRecord>& records)
       off += s->size();
     }
   }
-  for (size_t i = 0; i < n; ++i) PutLE<uint32_t>(&out, kHeaderSize + n * kEntrySize + i * 4, sorted[i]);
+  for (size_t i = 0; i < n; ++i)
+    PutLE<uint32_t>(&out, kHeaderSize + n * kEntrySize + i * 4, sorted[i]);
   return out;
 }
 
@@ -96,8 +107,8 @@ absl::StatusOr<std::unique_ptr<IdsTable>> IdsTable::Open(const std::string& path
   const char* d = t->file_->data();
   const uint64_t size = t->file_->size();
   if (size < kHeaderSize) {
-    return absl::DataLossError(absl::StrCat("ids table ", path, " is ", size,
-                                            " bytes, shorter than its 32-byte header"));
+    return absl::DataLossError(
+        absl::StrCat("ids table ", path, " is ", size, " bytes, shorter than its 32-byte header"));
   }
   if (std::memcmp(d, kMagic, 8) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("ids table ", path, " has a bad magic number"));

@@ -36,8 +36,9 @@ struct IdRecord {
 // The longest id a snapshot can hold, in bytes.
 inline constexpr size_t kMaxIdBytes = 4096;
 
-// Serialises `records` (row i = records[i]). Ids must be non-empty, unique
-// and at most kMaxIdBytes; INVALID_ARGUMENT names the offending row otherwise.
+// Serialises `records` (row i = records[i]). Ids must be non-empty, unique,
+// at most kMaxIdBytes and valid UTF-8 (as URIs must be); INVALID_ARGUMENT
+// names the offending row otherwise.
 absl::StatusOr<std::string> EncodeIdsTable(const std::vector<IdRecord>& records);
 
 // One line of a JSON Lines id list (imagesearch-snapshot --ids=*.jsonl) or
@@ -66,7 +67,7 @@ class IdsTable {
  public:
   // Maps and validates `path`; its count must equal `expected_count`.
   static absl::StatusOr<std::unique_ptr<IdsTable>> Open(const std::string& path,
-                                                       uint64_t expected_count);
+                                                        uint64_t expected_count);
   uint64_t size() const { return count_; }
   // OUT_OF_RANGE for a bad row, DATA_LOSS if the entry points outside the blob.
   absl::StatusOr<IdView> Get(uint64_t row) const;

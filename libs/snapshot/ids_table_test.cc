@@ -46,7 +46,8 @@ TEST_CASE("Ids table round-trips rows and finds ids by binary search") {
 }
 
 TEST_CASE("JSON Lines records: one set of rules for manifests and id lists") {
-  auto full = ParseJsonlRecord(R"({"id":"a","path":"x/a.png","uri":"s3://b/a","attributes":{"k":1},"other":2})");
+  auto full = ParseJsonlRecord(
+      R"({"id":"a","path":"x/a.png","uri":"s3://b/a","attributes":{"k":1},"other":2})");
   REQUIRE(full.ok());
   CHECK(full->id == "a");
   CHECK(full->path == "x/a.png");
@@ -81,6 +82,16 @@ TEST_CASE("Ids table rejects duplicate and empty ids, naming the rows") {
   auto empty = EncodeIdsTable({{"a", "", ""}, {"", "", ""}});
   REQUIRE_FALSE(empty.ok());
   CHECK(empty.status().message() == "row 1 has an empty id");
+}
+
+TEST_CASE("Ids table rejects ids and uris that are not UTF-8, naming the row") {
+  auto id = EncodeIdsTable({{"a", "", ""}, {"caf\xE9", "", ""}});
+  REQUIRE_FALSE(id.ok());
+  CHECK(id.status().message() == "row 1 id 'caf\\xE9' is not valid UTF-8");
+  auto uri = EncodeIdsTable({{"a", "/photos/caf\xE9.png", ""}});
+  REQUIRE_FALSE(uri.ok());
+  CHECK(uri.status().message() == "row 0 uri '/photos/caf\\xE9.png' is not valid UTF-8");
+  CHECK(EncodeIdsTable({{"caf\xC3\xA9", "/photos/caf\xC3\xA9.png", ""}}).ok());
 }
 
 TEST_CASE("Truncated, wrong-count or bad-magic ids tables are refused") {

@@ -45,9 +45,23 @@ std::string ManifestToJson(const Manifest& m) {
             {"dim", m.dim},
             {"metric", std::string(index::MetricName(m.metric))},
             {"count", m.count},
-            {"hnsw", {{"M", m.hnsw_m}, {"ef_construction", m.hnsw_ef_construction},
-                      {"default_ef", m.default_ef}}},
+            {"hnsw",
+             {{"M", m.hnsw_m},
+              {"ef_construction", m.hnsw_ef_construction},
+              {"default_ef", m.default_ef}}},
             {"files", files}};
+  if (m.format >= kFormatVersion) {
+    json segments = json::array();
+    for (const SegmentEntry& e : m.segments) {
+      json seg = {{"name", e.name},
+                  {"rows", e.rows},
+                  {"deleted", e.deleted},
+                  {"manifest_xxh3", e.manifest_xxh3}};
+      if (!e.deletes_file.empty()) seg["deletes"] = e.deletes_file;
+      segments.push_back(seg);
+    }
+    j["segments"] = segments;
+  }
   j[kSelfChecksum] = ContentChecksum(j);
   return j.dump(2) + "\n";
 }
@@ -61,12 +75,14 @@ absl::StatusOr<Manifest> ParseManifest(absl::string_view text) {
     return absl::InvalidArgumentError(absl::StrCat("MANIFEST.json: ", parts...));
   };
   // Optional (manifests written before it existed have none), checked when present.
+  std::string self_checksum;
   if (auto self = j.find(kSelfChecksum); self != j.end()) {
     const std::string actual = ContentChecksum(j);
     if (!self->is_string() || self->get<std::string>() != actual) {
       return bad("its content hashes to ", actual, ", not the ", kSelfChecksum,
                  " it carries (bit rot, or an edit)");
     }
+    self_checksum = actual;
   }
   auto get_uint = [&](const json& obj, const char* key, uint64_t* out) -> absl::Status {
     auto it = obj.find(key);
@@ -78,7 +94,8 @@ absl::StatusOr<Manifest> ParseManifest(absl::string_view text) {
   };
   auto get_string = [&](const json& obj, const char* key, std::string* out) -> absl::Status {
     auto it = obj.find(key);
-    if (it == obj.end() || !it->is_string()) return bad("field '", key, "' is missing or not a string");
+    if (it == obj.end() || !it->is_string())
+      return bad("field '", key, "' is missing or not a string");
     *out = it->get<std::string>();
     return absl::OkStatus();
   };
@@ -86,9 +103,12 @@ absl::StatusOr<Manifest> ParseManifest(absl::string_view text) {
   uint64_t u = 0;
   absl::Status s;
   if (!(s = get_uint(j, "format", &u)).ok()) return s;
-  if (u != kFormatVersion) {
-    return bad("format ", u, " is not supported (this build reads format ", kFormatVersion, ")");
+  if (u != kFormatVersion && u != kSingleGraphFormat) {
+    return bad("format ", u, " is not supported (this build reads formats ", kSingleGraphFormat,
+               " and ", kFormatVersion, ")");
   }
+  m.format = static_cast<int>(u);
+  m.manifest_xxh3 = self_checksum;
   if (!(s = get_uint(j, "version", &m.version)).ok()) return s;
   if (!(s = get_uint(j, "base_version", &m.base_version)).ok()) return s;
   if (!(s = get_string(j, "created_at", &m.created_at)).ok()) return s;
@@ -138,6 +158,42 @@ absl::StatusOr<Manifest> ParseManifest(absl::string_view text) {
     if (!(s = get_uint(entry, "size", &fe.size)).ok()) return s;
     if (!(s = get_string(entry, "xxh3", &fe.xxh3)).ok()) return s;
     m.files[name] = fe;
+  }
+  if (m.format == kSingleGraphFormat) return m;
+  auto segments = j.find("segments");
+  if (segments == j.end() || !segments->is_array() || segments->empty()) {
+    return bad("field 'segments' is missing or empty (format ", m.format, ")");
+  }
+  uint64_t live = 0;
+  for (const auto& seg : *segments) {
+    if (!seg.is_object()) return bad("a 'segments' entry is not an object");
+    SegmentEntry e;
+    if (!(s = get_string(seg, "name", &e.name)).ok()) return s;
+    if (e.name.empty() || e.name.find('/') != std::string::npos || e.name[0] == '.') {
+      return bad("segment name '", e.name, "' is not a plain directory name");
+    }
+    for (const SegmentEntry& other : m.segments) {
+      if (other.name == e.name) return bad("segment '", e.name, "' is listed twice");
+    }
+    if (!(s = get_uint(seg, "rows", &e.rows)).ok()) return s;
+    if (!(s = get_uint(seg, "deleted", &e.deleted)).ok()) return s;
+    if (e.rows == 0 || e.deleted > e.rows) {
+      return bad("segment '", e.name, "' has ", e.rows, " rows and ", e.deleted, " deleted");
+    }
+    if (!(s = get_string(seg, "manifest_xxh3", &e.manifest_xxh3)).ok()) return s;
+    if (auto d = seg.find("deletes"); d != seg.end()) {
+      if (!d->is_string()) return bad("segment '", e.name, "': 'deletes' is not a string");
+      e.deletes_file = d->get<std::string>();
+    }
+    if (e.deleted > 0 && (e.deletes_file.empty() || !m.files.count(e.deletes_file))) {
+      return bad("segment '", e.name, "' has ", e.deleted,
+                 " deleted rows but no deletes file listed in 'files'");
+    }
+    live += e.rows - e.deleted;
+    m.segments.push_back(std::move(e));
+  }
+  if (live != m.count) {
+    return bad("count ", m.count, " is not the segments' live rows (", live, ")");
   }
   return m;
 }

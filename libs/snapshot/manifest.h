@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -14,15 +15,20 @@
 
 namespace imagesearch::snapshot {
 
-inline constexpr int kFormatVersion = 1;
+// Format 2 (written): a version is a list of segments (SegmentEntry) kept
+// under root/segments/, plus per-segment deletes. Format 1: a version that is
+// one graph in its own directory; still read, as a version of one segment.
+// A segment's own MANIFEST.json is format 1 with no model.
+inline constexpr int kFormatVersion = 2;
+inline constexpr int kSingleGraphFormat = 1;
 
 // Identity of the model that made the vectors. Empty name: a vector-only
 // snapshot (built from raw vectors, no model.pt).
 struct ModelIdentity {
   std::string name;
   std::string version;
-  std::string sha256;           // Of model.pt.
-  std::string file;             // File name inside the version dir, e.g. "model.pt".
+  std::string sha256;  // Of model.pt.
+  std::string file;    // File name inside the version dir, e.g. "model.pt".
   int image_size = 0;
   bool has_text = false;
   std::string preprocessing_json = "{}";  // resize/crop/interpolation/mean/std as the model says.
@@ -33,6 +39,19 @@ struct FileEntry {
   std::string xxh3;  // XXH3-64, 16 hex digits.
 };
 
+// One segment of a format-2 version.
+struct SegmentEntry {
+  std::string name;      // Directory name under root/segments/.
+  uint64_t rows = 0;     // Rows the segment holds (its own manifest's count).
+  uint64_t deleted = 0;  // Of those, rows deleted in this version.
+  // The version file (listed in Manifest::files) holding the deleted-row
+  // bitmap; empty when deleted == 0.
+  std::string deletes_file;
+  // The segment manifest's own manifest_xxh3: binds the version to exactly
+  // that segment.
+  std::string manifest_xxh3;
+};
+
 struct Manifest {
   int format = kFormatVersion;
   uint64_t version = 0;
@@ -41,11 +60,17 @@ struct Manifest {
   ModelIdentity model;
   int dim = 0;
   index::Metric metric = index::Metric::kCosine;
+  // Live rows: for format 2, the segments' rows less their deleted rows.
   uint64_t count = 0;
   int hnsw_m = 0;
   int hnsw_ef_construction = 0;
   int default_ef = 64;
   std::map<std::string, FileEntry> files;  // By file name in the version dir.
+  // Format 2 only: the segments, oldest first. Row numbers run through them
+  // in this order (the first segment's rows, then the next's, ...).
+  std::vector<SegmentEntry> segments;
+  // The self-checksum read from (or written to) the JSON; empty if absent.
+  std::string manifest_xxh3;
 };
 
 // The JSON carries "manifest_xxh3", the XXH3 of its own content (without

@@ -2,21 +2,62 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <filesystem>
+
 #include "absl/strings/str_cat.h"
 #include "libs/common/file_util.h"
 #include "libs/common/status_macros.h"
+#include "libs/snapshot/deletes.h"
 #include "libs/snapshot/snapshot_store.h"
 
 namespace imagesearch::snapshot {
+namespace {
 
-absl::StatusOr<std::shared_ptr<const Snapshot>> Snapshot::Open(const std::string& root,
-                                                               uint64_t version,
-                                                               VerifyMode mode) {
-  return OpenDir(VersionDir(root, version), mode, version);
+// Whether `a` and `b` are the same file (a hard link shared by two versions).
+bool SameInode(const std::string& a, const std::string& b) {
+  struct stat sa, sb;
+  return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev &&
+         sa.st_ino == sb.st_ino;
 }
 
-absl::StatusOr<std::shared_ptr<const Snapshot>> Snapshot::OpenDir(
-    const std::string& dir, VerifyMode mode, std::optional<uint64_t> version) {
+// The version files to verify: with kChecksums, a file `reuse` already
+// verified (same name, same recorded checksum, same inode: a hard link) is
+// checked for its size only.
+absl::Status VerifyVersionFiles(const std::string& dir, const Manifest& m, VerifyMode mode,
+                                const Snapshot* reuse) {
+  if (mode == VerifyMode::kSizes || reuse == nullptr) return VerifyFiles(dir, m.files, mode);
+  std::map<std::string, FileEntry> full, sizes;
+  for (const auto& [name, entry] : m.files) {
+    auto old = reuse->manifest().files.find(name);
+    const bool known = old != reuse->manifest().files.end() && old->second.xxh3 == entry.xxh3 &&
+                       old->second.size == entry.size &&
+                       SameInode(dir + "/" + name, reuse->dir() + "/" + name);
+    (known ? sizes : full)[name] = entry;
+  }
+  RETURN_IF_ERROR(VerifyFiles(dir, sizes, VerifyMode::kSizes));
+  return VerifyFiles(dir, full, mode);
+}
+
+// <dir>/../segments, spelled without "..": the root's segments directory.
+std::string RootSegmentsDir(const std::string& version_dir) {
+  std::filesystem::path p = std::filesystem::path(version_dir).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();  // A trailing slash.
+  return (p.parent_path() / kSegmentsDir).string();
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<const Snapshot>> Snapshot::Open(const std::string& root,
+                                                               uint64_t version, VerifyMode mode,
+                                                               const Snapshot* reuse) {
+  return OpenDir(VersionDir(root, version), mode, version, reuse);
+}
+
+absl::StatusOr<std::shared_ptr<const Snapshot>> Snapshot::OpenDir(const std::string& dir,
+                                                                  VerifyMode mode,
+                                                                  std::optional<uint64_t> version,
+                                                                  const Snapshot* reuse) {
   std::shared_ptr<Snapshot> s(new Snapshot());
   s->dir_ = dir;
   auto text = ReadFileToString(s->dir_ + "/" + kManifestFile);
@@ -37,57 +78,155 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> Snapshot::OpenDir(
     return fail(absl::InvalidArgumentError(
         absl::StrCat("manifest says version ", m.version, ", directory is ", *version)));
   }
-  for (const char* required : {kGraphFile, kOffsetsFile, kIdsFile}) {
-    if (!m.files.count(required)) {
-      return fail(absl::InvalidArgumentError(absl::StrCat("manifest does not list ", required)));
+  if (m.format == kSingleGraphFormat) {
+    // The whole directory is one segment (a version written before segments).
+    auto segment = Segment::OpenWithManifest(dir, m, mode);
+    if (!segment.ok()) return fail(segment.status());
+    SegmentRef ref;
+    ref.segment = std::move(*segment);
+    ref.opened_here = true;
+    s->segments_.push_back(std::move(ref));
+  } else {
+    if (!m.model.name.empty() && !m.files.count(m.model.file)) {
+      return fail(absl::InvalidArgumentError(
+          absl::StrCat("manifest names model file '", m.model.file, "' but does not list it")));
     }
-  }
-  if (!m.model.name.empty() && !m.files.count(m.model.file)) {
-    return fail(absl::InvalidArgumentError(
-        absl::StrCat("manifest names model file '", m.model.file, "' but does not list it")));
-  }
-  for (const auto& [name, entry] : m.files) {
-    const std::string path = s->dir_ + "/" + name;
+    if (absl::Status st = VerifyVersionFiles(dir, m, mode, reuse); !st.ok()) return fail(st);
+    // Segments are in the root's segments/ (<dir>/../segments), or inside
+    // the version dir for an exported, self-contained version.
     struct stat st;
-    if (::stat(path.c_str(), &st) != 0) {
-      return fail(absl::DataLossError(absl::StrCat(name, " is listed in the manifest but missing")));
+    const std::string inside = dir + "/" + kSegmentsDir;
+    const std::string segments_dir =
+        ::stat(inside.c_str(), &st) == 0 ? inside : RootSegmentsDir(dir);
+    for (const SegmentEntry& e : m.segments) {
+      SegmentRef ref;
+      ref.name = e.name;
+      const std::string seg_dir = segments_dir + "/" + e.name;
+      if (reuse != nullptr) {
+        for (const SegmentRef& old : reuse->segments()) {
+          if (old.name == e.name && old.segment->manifest().manifest_xxh3 == e.manifest_xxh3) {
+            ref.segment = old.segment;
+          }
+        }
+      }
+      if (ref.segment == nullptr) {
+        auto segment = Segment::Open(seg_dir, mode);
+        if (!segment.ok()) {
+          return fail(
+              absl::Status(segment.status().code(),
+                           absl::StrCat("segment ", e.name, ": ", segment.status().message())));
+        }
+        ref.segment = std::move(*segment);
+        ref.opened_here = true;
+      }
+      const Manifest& sm = ref.segment->manifest();
+      if (sm.manifest_xxh3 != e.manifest_xxh3) {
+        return fail(absl::DataLossError(absl::StrCat("segment '", e.name,
+                                                     "' has manifest checksum ", sm.manifest_xxh3,
+                                                     " but the version says ", e.manifest_xxh3)));
+      }
+      if (sm.count != e.rows || sm.dim != m.dim || sm.metric != m.metric) {
+        return fail(absl::DataLossError(
+            absl::StrCat("segment '", e.name, "' holds ", sm.count, " rows of dim ", sm.dim, " (",
+                         index::MetricName(sm.metric), "); the version says ", e.rows,
+                         " rows of dim ", m.dim, " (", index::MetricName(m.metric), ")")));
+      }
+      if (e.deleted > 0) {
+        auto bytes = ReadFileToString(dir + "/" + e.deletes_file);
+        if (!bytes.ok()) return fail(bytes.status());
+        auto deleted = DecodeDeletes(*bytes, e.rows);
+        if (!deleted.ok()) {
+          return fail(absl::Status(deleted.status().code(),
+                                   absl::StrCat(e.deletes_file, ": ", deleted.status().message())));
+        }
+        if (deleted->Count() != e.deleted) {
+          return fail(
+              absl::DataLossError(absl::StrCat(e.deletes_file, " deletes ", deleted->Count(),
+                                               " rows; the manifest says ", e.deleted)));
+        }
+        ref.deleted = std::make_shared<const index::RowFilter>(std::move(*deleted));
+        ref.deleted_count = e.deleted;
+      }
+      s->segments_.push_back(std::move(ref));
     }
-    if (static_cast<uint64_t>(st.st_size) != entry.size) {
-      return fail(absl::DataLossError(absl::StrCat(name, " is ", st.st_size,
-                                                   " bytes but the manifest says ", entry.size,
-                                                   static_cast<uint64_t>(st.st_size) < entry.size
-                                                       ? " (truncated)"
-                                                       : "")));
-    }
-    if (mode == VerifyMode::kChecksums) {
-      auto sum = Xxh3HexOfFile(path);
-      if (!sum.ok()) return fail(sum.status());
-      if (*sum != entry.xxh3) {
-        return fail(absl::DataLossError(absl::StrCat(name, " checksum is ", *sum,
-                                                     " but the manifest says ", entry.xxh3,
-                                                     " (corrupt)")));
+  }
+  uint64_t rows = 0;
+  bool any_deleted = false;
+  for (SegmentRef& ref : s->segments_) {
+    ref.base = static_cast<uint32_t>(rows);
+    rows += ref.segment->rows();
+    any_deleted = any_deleted || ref.deleted != nullptr;
+    s->has_thumbnails_ = s->has_thumbnails_ || ref.segment->thumbs() != nullptr;
+    if (ref.segment->attributes() != nullptr) s->schema_table_ = ref.segment->attributes();
+  }
+  if (rows > UINT32_MAX) {
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("the segments hold ", rows, " rows; one version holds at most ", UINT32_MAX)));
+  }
+  s->rows_ = rows;
+  if (any_deleted) {
+    auto live = std::make_shared<index::RowFilter>(rows, /*all=*/true);
+    for (const SegmentRef& ref : s->segments_) {
+      if (ref.deleted != nullptr) {
+        ref.deleted->ForEach([&](uint32_t r) { live->Disallow(ref.base + r); });
       }
     }
-  }
-  auto searcher = index::MmapHnswSearcher::Open(
-      s->dir_ + "/" + kGraphFile, s->dir_ + "/" + kOffsetsFile, m.dim, m.metric, m.count,
-      m.files.count(kHalfVectorsFile) ? s->dir_ + "/" + kHalfVectorsFile : "");
-  if (!searcher.ok()) return fail(searcher.status());
-  s->searcher_ = std::move(*searcher);
-  auto ids = IdsTable::Open(s->dir_ + "/" + kIdsFile, m.count);
-  if (!ids.ok()) return fail(ids.status());
-  s->ids_ = std::move(*ids);
-  if (m.files.count(kThumbsFile)) {
-    auto thumbs = ThumbsTable::Open(s->dir_ + "/" + kThumbsFile, m.count);
-    if (!thumbs.ok()) return fail(thumbs.status());
-    s->thumbs_ = std::move(*thumbs);
-  }
-  if (m.files.count(kAttributesFile)) {
-    auto attributes = AttributeTable::Open(s->dir_ + "/" + kAttributesFile, m.count);
-    if (!attributes.ok()) return fail(attributes.status());
-    s->attributes_ = std::move(*attributes);
+    s->live_ = std::move(live);
   }
   return std::shared_ptr<const Snapshot>(std::move(s));
+}
+
+std::pair<const SegmentRef*, uint32_t> Snapshot::Locate(uint32_t row) const {
+  // The last segment whose base is <= row.
+  auto it = std::upper_bound(segments_.begin(), segments_.end(), row,
+                             [](uint32_t r, const SegmentRef& s) { return r < s.base; });
+  const SegmentRef* ref = &*(it - 1);
+  return {ref, row - ref->base};
+}
+
+std::optional<uint32_t> Snapshot::Find(absl::string_view id) const {
+  // Newest first: an id re-added lives in a newer segment than its old row.
+  for (auto it = segments_.rbegin(); it != segments_.rend(); ++it) {
+    auto row = it->segment->ids().Find(id);
+    if (row.has_value() && (it->deleted == nullptr || !it->deleted->Allows(*row))) {
+      return it->base + *row;
+    }
+  }
+  return std::nullopt;
+}
+
+const float* Snapshot::Vector(uint32_t row) const {
+  auto [ref, local] = Locate(row);
+  return ref->segment->searcher().Vector(local);
+}
+
+absl::StatusOr<IdView> Snapshot::Id(uint32_t row) const {
+  if (row >= rows_) {
+    return absl::OutOfRangeError(absl::StrCat("row ", row, " of ", rows_));
+  }
+  auto [ref, local] = Locate(row);
+  return ref->segment->ids().Get(local);
+}
+
+void Snapshot::PrefetchEntry(uint32_t row) const {
+  if (row >= rows_) return;
+  auto [ref, local] = Locate(row);
+  ref->segment->ids().PrefetchEntry(local);
+}
+
+void Snapshot::PrefetchText(uint32_t row) const {
+  if (row >= rows_) return;
+  auto [ref, local] = Locate(row);
+  ref->segment->ids().PrefetchText(local);
+}
+
+absl::StatusOr<absl::string_view> Snapshot::Thumbnail(uint32_t row) const {
+  if (row >= rows_) {
+    return absl::OutOfRangeError(absl::StrCat("row ", row, " of ", rows_));
+  }
+  auto [ref, local] = Locate(row);
+  if (ref->segment->thumbs() == nullptr) return absl::string_view();
+  return ref->segment->thumbs()->Get(local);
 }
 
 std::string Snapshot::model_path() const {

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -10,6 +11,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <random>
+#include <set>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -22,6 +25,7 @@
 #include "libs/common/log.h"
 #include "libs/common/status_macros.h"
 #include "libs/index/half_vectors.h"
+#include "libs/snapshot/deletes.h"
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/thumbs_table.h"
 
@@ -61,10 +65,12 @@ absl::Status EnsureDir(const std::string& path) {
 // Removes leftovers of crashed publishes. REQUIRES: the root lock is held, so
 // no live writer owns them.
 void RemoveStaleTempDirs(const std::string& root) {
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(root, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind(".tmp-", 0) == 0) fs::remove_all(entry.path(), ec);
+  for (const std::string& dir : {root, root + "/" + kSegmentsDir}) {
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(dir, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (name.rfind(".tmp-", 0) == 0) fs::remove_all(entry.path(), ec);
+    }
   }
 }
 
@@ -104,8 +110,8 @@ absl::Status MakeCurrent(const std::string& root, uint64_t version) {
       absl::StrCat(VersionDirName(version), " ",
                    absl::FormatTime(kHistoryTimeFormat, absl::Now(), absl::UTCTimeZone()), "\n");
   if (absl::Status s = AppendFileDurably(root + "/" + kHistoryFile, line); !s.ok()) {
-    LogError("CURRENT is ", VersionDirName(version), " but ", root, "/HISTORY was not updated: ",
-             s.ToString());
+    LogError("CURRENT is ", VersionDirName(version), " but ", root,
+             "/HISTORY was not updated: ", s.ToString());
   }
   return absl::OkStatus();
 }
@@ -153,8 +159,8 @@ absl::StatusOr<uint64_t> ReadCurrentVersion(const std::string& root) {
   auto text = ReadFileToString(root + "/" + kCurrentFile);
   if (!text.ok()) {
     if (absl::IsNotFound(text.status())) {
-      return absl::NotFoundError(absl::StrCat("no snapshot published under ", root,
-                                              " yet (", root, "/CURRENT does not exist)"));
+      return absl::NotFoundError(absl::StrCat("no snapshot published under ", root, " yet (", root,
+                                              "/CURRENT does not exist)"));
     }
     return text.status();
   }
@@ -178,38 +184,212 @@ absl::StatusOr<std::vector<uint64_t>> ListVersions(const std::string& root) {
   return out;
 }
 
-absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const SnapshotInput& input,
-                                         const PublishOptions& options) {
-  auto hook = [&](absl::string_view step) {
-    if (options.fault_hook) options.fault_hook(step);
-  };
+namespace {
+
+absl::Status CheckSegmentInput(const SnapshotInput& input) {
   if (input.dim <= 0) return absl::InvalidArgumentError("dim must be positive");
   if (input.ids.size() != input.count) {
-    return absl::InvalidArgumentError(absl::StrCat("got ", input.count, " vectors but ",
-                                                   input.ids.size(), " ids"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("got ", input.count, " vectors but ", input.ids.size(), " ids"));
   }
   if (input.count == 0) return absl::InvalidArgumentError("refusing to publish an empty snapshot");
-  if (!input.graph) return absl::InvalidArgumentError("no graph writer: SnapshotInput.graph is unset");
+  if (!input.graph)
+    return absl::InvalidArgumentError("no graph writer: SnapshotInput.graph is unset");
   if (!input.schema.empty() && input.attributes.size() != input.count) {
     return absl::InvalidArgumentError(absl::StrCat("got ", input.count, " vectors but ",
                                                    input.attributes.size(), " attribute rows"));
   }
   if (!input.thumbnails.empty() && input.thumbnails.size() != input.count) {
-    return absl::InvalidArgumentError(absl::StrCat("got ", input.count, " vectors but ",
-                                                   input.thumbnails.size(), " thumbnails"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("got ", input.count, " vectors but ", input.thumbnails.size(), " thumbnails"));
   }
+  return absl::OkStatus();
+}
+
+// "s<version>-<8 hex digits>": the version that wrote it, and a random part
+// so that a name is never reused even after a crash.
+std::string NewSegmentName(uint64_t version) {
+  std::random_device rd;
+  return absl::StrCat("s", version, "-", absl::Hex(rd(), absl::kZeroPad8));
+}
+
+std::string NowRfc3339() {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone());
+}
+
+// Every file in `dir` but the manifest, with its size and XXH3.
+absl::Status ListFiles(const std::string& dir, std::map<std::string, FileEntry>* files,
+                       uint64_t* bytes) {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name == kManifestFile) continue;
+    FileEntry fe;
+    fe.size = entry.file_size();
+    ASSIGN_OR_RETURN(fe.xxh3, Xxh3HexOfFile(entry.path().string()));
+    (*files)[name] = fe;
+    if (bytes != nullptr) *bytes += fe.size;
+  }
+  if (ec) return absl::InternalError(absl::StrCat("list ", dir, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+// A hard link `to` of `from`, or a durable copy where the volume has no hard
+// links (or they cross devices).
+absl::Status LinkOrCopy(const std::string& from, const std::string& to) {
+  if (::link(from.c_str(), to.c_str()) == 0) return absl::OkStatus();
+  const int err = errno;
+  if (err != EXDEV && err != EPERM && err != ENOTSUP && err != EMLINK) {
+    return ErrnoStatus(err, absl::StrCat("link ", from, " -> ", to));
+  }
+  return CopyFileDurably(from, to);
+}
+
+struct WrittenSegment {
+  SegmentEntry entry;
+  uint64_t bytes = 0;
+};
+
+// Writes `input`'s segment files and segment manifest into `dir` (made
+// here), every file fsync'd. The entry's name is left to the caller.
+absl::StatusOr<WrittenSegment> WriteSegmentFiles(const std::string& dir, uint64_t version,
+                                                 const SnapshotInput& input) {
+  RETURN_IF_ERROR(EnsureDir(dir));
+  Manifest m;
+  m.format = kSingleGraphFormat;
+  m.version = version;
+  m.created_at = NowRfc3339();
+  m.dim = input.dim;
+  m.metric = input.metric;
+  m.count = input.count;
+  m.hnsw_m = input.hnsw.m;
+  m.hnsw_ef_construction = input.hnsw.ef_construction;
+  m.default_ef = input.default_ef;
+  WrittenSegment out;
+  ASSIGN_OR_RETURN(std::string ids, EncodeIdsTable(input.ids));
+  RETURN_IF_ERROR(WriteFileDurably(dir + "/" + kIdsFile, ids));
+  if (!input.schema.empty()) {
+    RETURN_IF_ERROR(WriteFileDurably(dir + "/" + kAttributesFile,
+                                     EncodeAttributeTable(input.schema, input.attributes)));
+  }
+  if (!input.thumbnails.empty()) {
+    RETURN_IF_ERROR(WriteFileDurably(dir + "/" + kThumbsFile, EncodeThumbsTable(input.thumbnails)));
+  }
+  RETURN_IF_ERROR(input.graph(dir + "/" + kGraphFile, dir + "/" + kOffsetsFile));
+  if (input.half_vectors.value_or(input.dim >= kHalfVectorsMinDim)) {
+    RETURN_IF_ERROR(index::WriteHalfVectors(dir + "/" + kGraphFile, input.dim, input.metric,
+                                            dir + "/" + kHalfVectorsFile));
+  }
+  RETURN_IF_ERROR(ListFiles(dir, &m.files, &out.bytes));
+  const std::string json = ManifestToJson(m);
+  out.bytes += json.size();
+  RETURN_IF_ERROR(WriteFileDurably(dir + "/" + kManifestFile, json));
+  RETURN_IF_ERROR(SyncPath(dir));
+  ASSIGN_OR_RETURN(Manifest written, ParseManifest(json));
+  out.entry.rows = input.count;
+  out.entry.manifest_xxh3 = written.manifest_xxh3;
+  return out;
+}
+
+// Renames a finished segment dir to root/segments/<name>.
+absl::Status RenameSegmentIntoPlace(const std::string& root, const std::string& from,
+                                    const std::string& name) {
+  const std::string segments = absl::StrCat(root, "/", kSegmentsDir);
+  const std::string final_dir = absl::StrCat(segments, "/", name);
+  if (::rename(from.c_str(), final_dir.c_str()) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("rename ", from, " -> ", final_dir));
+  }
+  return SyncPath(segments);
+}
+
+// Writes `input` as root/segments/<name>: a temp dir, every file fsync'd,
+// renamed into place. REQUIRES: the root lock is held.
+absl::StatusOr<WrittenSegment> WriteSegment(const std::string& root, const std::string& name,
+                                            uint64_t version, const SnapshotInput& input) {
+  const std::string segments = absl::StrCat(root, "/", kSegmentsDir);
+  RETURN_IF_ERROR(EnsureDir(segments));
+  const std::string tmp = absl::StrCat(segments, "/.tmp-", name);
+  auto out = WriteSegmentFiles(tmp, version, input);
+  absl::Status status = out.status();
+  if (status.ok()) status = RenameSegmentIntoPlace(root, tmp, name);
+  if (!status.ok()) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    return status;
+  }
+  out->entry.name = name;
+  return out;
+}
+
+absl::Status WriteExtraFiles(const std::string& dir,
+                             const std::map<std::string, std::string>& extra_files) {
+  for (const auto& [name, contents] : extra_files) {
+    // Every name the store writes itself is reserved, whether or not this
+    // version has that file: an extra file must never stand in for one.
+    static const char* const kReserved[] = {kManifestFile,    kGraphFile,     kOffsetsFile,
+                                            kHalfVectorsFile, kIdsFile,       kModelFile,
+                                            kThumbsFile,      kAttributesFile};
+    bool reserved = name.rfind("deletes.", 0) == 0;
+    for (const char* r : kReserved) reserved = reserved || name == r;
+    if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' || reserved) {
+      return absl::InvalidArgumentError(absl::StrCat("bad extra file name '", name, "'"));
+    }
+    RETURN_IF_ERROR(WriteFileDurably(dir + "/" + name, contents));
+  }
+  return absl::OkStatus();
+}
+
+// Writes the manifest of the version in `tmp`, fsyncs it, renames it to
+// v<version> and (with make_current) makes it CURRENT.
+absl::Status FinishVersion(const std::string& root, const std::string& tmp, uint64_t version,
+                           Manifest* m, const PublishOptions& options, uint64_t* bytes) {
+  auto hook = [&](absl::string_view step) {
+    if (options.fault_hook) options.fault_hook(step);
+  };
+  RETURN_IF_ERROR(ListFiles(tmp, &m->files, nullptr));
+  hook("built");
+  const std::string json = ManifestToJson(*m);
+  if (bytes != nullptr) *bytes += json.size();
+  RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + kManifestFile, json));
+  RETURN_IF_ERROR(SyncPath(tmp));
+  hook("synced");
+  const std::string final_dir = VersionDir(root, version);
+  if (::rename(tmp.c_str(), final_dir.c_str()) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("rename ", tmp, " -> ", final_dir));
+  }
+  RETURN_IF_ERROR(SyncPath(root));
+  hook("renamed");
+  if (!options.make_current) return absl::OkStatus();
+  return MakeCurrent(root, version);
+}
+
+// The next version number. REQUIRES: the root lock is held.
+absl::StatusOr<uint64_t> NextVersion(const std::string& root) {
+  ASSIGN_OR_RETURN(std::vector<uint64_t> versions, ListVersions(root));
+  return versions.empty() ? 1 : versions.back() + 1;
+}
+
+void RemoveDir(const std::string& dir) {
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
+}  // namespace
+
+absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const SnapshotInput& input,
+                                         const PublishOptions& options) {
+  RETURN_IF_ERROR(CheckSegmentInput(input));
   RETURN_IF_ERROR(EnsureDir(root));
   ASSIGN_OR_RETURN(auto lock, RootLock::Acquire(root));
   RemoveStaleTempDirs(root);
-  ASSIGN_OR_RETURN(std::vector<uint64_t> versions, ListVersions(root));
-  const uint64_t version = versions.empty() ? 1 : versions.back() + 1;
+  ASSIGN_OR_RETURN(const uint64_t version, NextVersion(root));
   const std::string tmp = absl::StrCat(root, "/.tmp-", VersionDirName(version), "-", ::getpid());
   RETURN_IF_ERROR(EnsureDir(tmp));
 
   Manifest m;
   m.version = version;
   m.base_version = input.base_version;
-  m.created_at = absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone());
+  m.created_at = NowRfc3339();
   m.dim = input.dim;
   m.metric = input.metric;
   m.count = input.count;
@@ -217,69 +397,499 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
   m.hnsw_ef_construction = input.hnsw.ef_construction;
   m.default_ef = input.default_ef;
 
+  std::string segment_dir;
   auto status = [&]() -> absl::Status {
-    ASSIGN_OR_RETURN(std::string ids, EncodeIdsTable(input.ids));
-    RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + kIdsFile, ids));
-    if (!input.schema.empty()) {
-      RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + kAttributesFile,
-                                       EncodeAttributeTable(input.schema, input.attributes)));
-    }
-    if (!input.thumbnails.empty()) {
-      RETURN_IF_ERROR(
-          WriteFileDurably(tmp + "/" + kThumbsFile, EncodeThumbsTable(input.thumbnails)));
-    }
-    RETURN_IF_ERROR(input.graph(tmp + "/" + kGraphFile, tmp + "/" + kOffsetsFile));
-    if (input.half_vectors.value_or(input.dim >= kHalfVectorsMinDim)) {
-      RETURN_IF_ERROR(index::WriteHalfVectors(tmp + "/" + kGraphFile, input.dim, input.metric,
-                                              tmp + "/" + kHalfVectorsFile));
-    }
+    const std::string name = NewSegmentName(version);
+    ASSIGN_OR_RETURN(WrittenSegment seg, WriteSegment(root, name, version, input));
+    segment_dir = absl::StrCat(root, "/", kSegmentsDir, "/", name);
+    m.segments.push_back(seg.entry);
     if (!input.model_path.empty()) {
       m.model = input.model;
       m.model.file = kModelFile;
       ASSIGN_OR_RETURN(m.model.sha256, Sha256HexOfFile(input.model_path));
       RETURN_IF_ERROR(CopyFileDurably(input.model_path, tmp + "/" + kModelFile));
     }
-    for (const auto& [name, contents] : input.extra_files) {
-      // Every name the store writes itself is reserved, whether or not this
-      // version has that file: an extra file must never stand in for one.
-      static const char* const kReserved[] = {kManifestFile, kGraphFile,  kOffsetsFile,
-                                              kHalfVectorsFile, kIdsFile, kModelFile,
-                                              kThumbsFile,   kAttributesFile};
-      bool reserved = false;
-      for (const char* r : kReserved) reserved = reserved || name == r;
-      if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' || reserved) {
-        return absl::InvalidArgumentError(absl::StrCat("bad extra file name '", name, "'"));
-      }
-      RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + name, contents));
-    }
-    std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(tmp, ec)) {
-      const std::string name = entry.path().filename().string();
-      FileEntry fe;
-      fe.size = entry.file_size();
-      ASSIGN_OR_RETURN(fe.xxh3, Xxh3HexOfFile(entry.path().string()));
-      m.files[name] = fe;
-    }
-    if (ec) return absl::InternalError(absl::StrCat("list ", tmp, ": ", ec.message()));
-    hook("built");
-    RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + kManifestFile, ManifestToJson(m)));
-    RETURN_IF_ERROR(SyncPath(tmp));
-    hook("synced");
-    const std::string final_dir = VersionDir(root, version);
-    if (::rename(tmp.c_str(), final_dir.c_str()) != 0) {
-      return ErrnoStatus(errno, absl::StrCat("rename ", tmp, " -> ", final_dir));
-    }
-    RETURN_IF_ERROR(SyncPath(root));
-    hook("renamed");
-    if (!options.make_current) return absl::OkStatus();
-    return MakeCurrent(root, version);
+    RETURN_IF_ERROR(WriteExtraFiles(tmp, input.extra_files));
+    return FinishVersion(root, tmp, version, &m, options, nullptr);
   }();
   if (!status.ok()) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
+    RemoveDir(tmp);
+    // A version that did not rename into place names no segment.
+    struct stat st;
+    if (!segment_dir.empty() && ::stat(VersionDir(root, version).c_str(), &st) != 0) {
+      RemoveDir(segment_dir);
+    }
     return status;
   }
   return version;
+}
+
+namespace {
+
+// The base's one segment when the base is a format-1 version: its graph
+// files hard-linked (or copied) into root/segments/<name> under a segment
+// manifest, so that the new version can name it. REQUIRES: the root lock.
+absl::StatusOr<SegmentEntry> AdoptSingleGraphVersion(const std::string& root,
+                                                     const Snapshot& base) {
+  const Manifest& bm = base.manifest();
+  const std::string name = absl::StrCat("v", bm.version, "-adopted-", NewSegmentName(0).substr(3));
+  const std::string segments = absl::StrCat(root, "/", kSegmentsDir);
+  RETURN_IF_ERROR(EnsureDir(segments));
+  const std::string tmp = absl::StrCat(segments, "/.tmp-", name);
+  RETURN_IF_ERROR(EnsureDir(tmp));
+  Manifest m = bm;
+  m.format = kSingleGraphFormat;
+  m.model = ModelIdentity();
+  m.base_version = 0;
+  m.files.clear();
+  auto status = [&]() -> absl::Status {
+    for (const char* f :
+         {kGraphFile, kOffsetsFile, kHalfVectorsFile, kIdsFile, kThumbsFile, kAttributesFile}) {
+      auto it = bm.files.find(f);
+      if (it == bm.files.end()) continue;
+      RETURN_IF_ERROR(LinkOrCopy(base.dir() + "/" + f, tmp + "/" + f));
+      m.files[f] = it->second;
+    }
+    const std::string json = ManifestToJson(m);
+    RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + kManifestFile, json));
+    RETURN_IF_ERROR(SyncPath(tmp));
+    const std::string final_dir = segments + "/" + name;
+    if (::rename(tmp.c_str(), final_dir.c_str()) != 0) {
+      return ErrnoStatus(errno, absl::StrCat("rename ", tmp, " -> ", final_dir));
+    }
+    return SyncPath(segments);
+  }();
+  if (!status.ok()) {
+    RemoveDir(tmp);
+    return status;
+  }
+  ASSIGN_OR_RETURN(Manifest written, ParseManifest(ManifestToJson(m)));
+  SegmentEntry e;
+  e.name = name;
+  e.rows = m.count;
+  e.manifest_xxh3 = written.manifest_xxh3;
+  return e;
+}
+
+}  // namespace
+
+absl::StatusOr<UpdateResult> PublishUpdate(const std::string& root, const SnapshotUpdate& update,
+                                           const PublishOptions& options) {
+  const bool adding = update.added.count > 0;
+  if (adding) RETURN_IF_ERROR(CheckSegmentInput(update.added));
+  ASSIGN_OR_RETURN(auto lock, RootLock::Acquire(root));
+  RemoveStaleTempDirs(root);
+  uint64_t base_version = update.base_version;
+  if (base_version == 0) {  // CURRENT, read under the lock: no publish in between is lost.
+    ASSIGN_OR_RETURN(base_version, ReadCurrentVersion(root));
+  }
+  auto opened = Snapshot::Open(root, base_version, VerifyMode::kSizes);
+  if (!opened.ok()) {
+    return absl::Status(opened.status().code(), absl::StrCat("base ", VersionDirName(base_version),
+                                                             ": ", opened.status().message()));
+  }
+  const Snapshot& base = **opened;
+  const Manifest& bm = base.manifest();
+  if (adding) {
+    if (update.added.dim != bm.dim || update.added.metric != bm.metric) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the added rows are ", update.added.dim, "-d ", index::MetricName(update.added.metric),
+          " but base ", VersionDirName(bm.version), " is ", bm.dim, "-d ",
+          index::MetricName(bm.metric)));
+    }
+    if (!update.added.model_path.empty()) {
+      ASSIGN_OR_RETURN(std::string sha, Sha256HexOfFile(update.added.model_path));
+      if (sha != bm.model.sha256) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("the added rows were made with ", update.added.model_path, " (sha256 ",
+                         sha.substr(0, 12), "...) but base ", VersionDirName(bm.version),
+                         " was built with model '", bm.model.name, "' (sha256 ",
+                         bm.model.sha256.substr(0, 12), "...)"));
+      }
+    }
+  }
+  ASSIGN_OR_RETURN(const uint64_t version, NextVersion(root));
+  UpdateResult result;
+  result.version = version;
+
+  // The deleted rows of each base segment, starting from the base's own.
+  std::vector<index::RowFilter> deleted;
+  std::vector<bool> changed(base.segments().size(), false);
+  for (const SegmentRef& ref : base.segments()) {
+    deleted.push_back(ref.deleted != nullptr ? *ref.deleted
+                                             : index::RowFilter(ref.segment->rows()));
+  }
+  auto delete_row = [&](uint32_t row) {
+    auto [ref, local] = base.Locate(row);
+    const size_t i = static_cast<size_t>(ref - base.segments().data());
+    deleted[i].Allow(local);
+    changed[i] = true;
+  };
+  for (const std::string& id : update.delete_ids) {
+    if (auto row = base.Find(id)) {
+      delete_row(*row);
+      ++result.deleted;
+    } else {
+      ++result.unknown_ids;
+    }
+  }
+  if (adding) {
+    for (const IdRecord& rec : update.added.ids) {
+      if (auto row = base.Find(rec.id)) {
+        delete_row(*row);
+        ++result.replaced;
+      }
+    }
+  }
+
+  const std::string tmp = absl::StrCat(root, "/.tmp-", VersionDirName(version), "-", ::getpid());
+  RETURN_IF_ERROR(EnsureDir(tmp));
+  Manifest m;
+  m.version = version;
+  m.base_version = bm.version;
+  m.created_at = NowRfc3339();
+  m.model = bm.model;
+  m.dim = bm.dim;
+  m.metric = bm.metric;
+  m.hnsw_m = bm.hnsw_m;
+  m.hnsw_ef_construction = bm.hnsw_ef_construction;
+  m.default_ef = bm.default_ef;
+  std::vector<std::string> new_segments;  // Removed again if the version fails.
+  auto status = [&]() -> absl::Status {
+    for (size_t i = 0; i < base.segments().size(); ++i) {
+      const SegmentRef& ref = base.segments()[i];
+      SegmentEntry e;
+      if (bm.format == kSingleGraphFormat) {
+        ASSIGN_OR_RETURN(e, AdoptSingleGraphVersion(root, base));
+        new_segments.push_back(e.name);
+      } else {
+        e = bm.segments[i];
+      }
+      e.deleted = deleted[i].Count();
+      e.deletes_file.clear();
+      if (e.deleted == e.rows) continue;  // Nothing live: dropped.
+      if (e.deleted > 0) {
+        e.deletes_file = DeletesFileName(e.name);
+        if (!changed[i] && ref.deleted != nullptr) {
+          RETURN_IF_ERROR(LinkOrCopy(base.dir() + "/" + bm.segments[i].deletes_file,
+                                     tmp + "/" + e.deletes_file));
+        } else {
+          const std::string bytes = EncodeDeletes(deleted[i]);
+          result.bytes_written += bytes.size();
+          RETURN_IF_ERROR(WriteFileDurably(tmp + "/" + e.deletes_file, bytes));
+        }
+      }
+      m.count += e.rows - e.deleted;
+      m.segments.push_back(std::move(e));
+    }
+    if (adding) {
+      const std::string name = NewSegmentName(version);
+      ASSIGN_OR_RETURN(WrittenSegment seg, WriteSegment(root, name, version, update.added));
+      new_segments.push_back(name);
+      result.segment = name;
+      result.bytes_written += seg.bytes;
+      m.count += seg.entry.rows;
+      m.segments.push_back(seg.entry);
+    }
+    if (m.segments.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat("the update deletes every row of base ",
+                                                        VersionDirName(bm.version),
+                                                        "; refusing to publish an empty snapshot"));
+    }
+    if (!bm.model.name.empty()) {
+      RETURN_IF_ERROR(LinkOrCopy(base.model_path(), tmp + "/" + bm.model.file));
+    }
+    RETURN_IF_ERROR(WriteExtraFiles(tmp, update.extra_files));
+    for (const auto& [name, contents] : update.extra_files) result.bytes_written += contents.size();
+    return FinishVersion(root, tmp, version, &m, options, &result.bytes_written);
+  }();
+  if (!status.ok()) {
+    RemoveDir(tmp);
+    struct stat st;
+    if (::stat(VersionDir(root, version).c_str(), &st) != 0) {
+      for (const std::string& name : new_segments) {
+        RemoveDir(absl::StrCat(root, "/", kSegmentsDir, "/", name));
+      }
+    }
+    return status;
+  }
+  return result;
+}
+
+namespace {
+
+// The live rows of `chosen` segments of `base` as one SnapshotInput (the
+// vectors in `vectors`, which the input's graph writer reads), and for each
+// chosen segment the merged row of each of its rows (-1: deleted).
+struct MergeRows {
+  std::vector<float> vectors;
+  SnapshotInput input;
+  std::map<std::string, std::vector<int64_t>> row_map;
+  uint64_t dropped = 0;
+};
+
+absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
+                                           const std::set<std::string>& chosen) {
+  MergeRows out;
+  const size_t dim = static_cast<size_t>(base.dim());
+  SnapshotInput& in = out.input;
+  in.dim = base.dim();
+  in.metric = base.manifest().metric;
+  in.default_ef = base.manifest().default_ef;
+  bool thumbs = false;
+  for (const SegmentRef& ref : base.segments()) {
+    if (!chosen.count(ref.name)) continue;
+    thumbs = thumbs || ref.segment->thumbs() != nullptr;
+    if (ref.segment->attributes() != nullptr) in.schema = ref.segment->attributes()->fields();
+  }
+  for (const SegmentRef& ref : base.segments()) {
+    if (!chosen.count(ref.name)) continue;
+    const Segment& seg = *ref.segment;
+    std::vector<int64_t>& map = out.row_map[ref.name];
+    map.assign(seg.rows(), -1);
+    for (uint32_t r = 0; r < seg.rows(); ++r) {
+      if (ref.deleted != nullptr && ref.deleted->Allows(r)) {
+        ++out.dropped;
+        continue;
+      }
+      map[r] = static_cast<int64_t>(in.ids.size());
+      ASSIGN_OR_RETURN(IdView v, seg.ids().Get(r));
+      in.ids.push_back({std::string(v.id), std::string(v.uri), std::string(v.attributes_json)});
+      const float* vec = seg.searcher().Vector(r);
+      out.vectors.insert(out.vectors.end(), vec, vec + dim);
+      if (thumbs) {
+        absl::string_view t;
+        if (seg.thumbs() != nullptr) {
+          ASSIGN_OR_RETURN(t, seg.thumbs()->Get(r));
+        }
+        in.thumbnails.emplace_back(t);
+      }
+      if (!in.schema.empty()) {
+        // Typed again from the stored attributes, under the newest schema; a
+        // row that does not fit it keeps no values (it was indexed under
+        // another schema).
+        auto typed = TypedAttributes(in.schema, v.attributes_json);
+        in.attributes.push_back(typed.ok() ? *std::move(typed)
+                                           : std::vector<AttrValue>(in.schema.size()));
+      }
+    }
+  }
+  in.count = in.ids.size();
+  return out;
+}
+
+// Whether `pid` is a running process.
+bool ProcessAlive(long pid) {
+  return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM);
+}
+
+}  // namespace
+
+absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRequest& request,
+                                          const PublishOptions& options) {
+  ASSIGN_OR_RETURN(const uint64_t start_version, ReadCurrentVersion(root));
+  ASSIGN_OR_RETURN(auto opened, Snapshot::Open(root, start_version, VerifyMode::kSizes));
+  const Snapshot& base = *opened;
+  MergeResult result;
+  std::vector<std::string> names = request.segments;
+  if (names.empty()) {
+    if (base.manifest().format == kSingleGraphFormat) return result;  // One segment, no deletes.
+    std::vector<SegmentStats> stats;
+    for (const SegmentRef& ref : base.segments()) {
+      stats.push_back({ref.name, ref.segment->rows(), ref.deleted_count});
+    }
+    names = ChooseMerge(stats, request.policy);
+    if (names.empty()) return result;
+  }
+  std::set<std::string> chosen(names.begin(), names.end());
+  for (const std::string& name : chosen) {
+    bool found = false;
+    for (const SegmentRef& ref : base.segments())
+      found = found || (!name.empty() && ref.name == name);
+    if (!found) {
+      return absl::NotFoundError(absl::StrCat("segment '", name, "' is not in ",
+                                              VersionDirName(start_version), " (CURRENT)"));
+    }
+  }
+  if (chosen.size() == 1) {
+    for (const SegmentRef& ref : base.segments()) {
+      if (ref.name == *chosen.begin() && ref.deleted_count == 0) {
+        return result;  // One segment without deletes: merging changes nothing.
+      }
+    }
+  }
+  ASSIGN_OR_RETURN(MergeRows rows, CollectMergeRows(base, chosen));
+  SnapshotInput& in = rows.input;
+  in.hnsw.m = request.m > 0 ? request.m : base.manifest().hnsw_m;
+  in.hnsw.ef_construction =
+      request.ef_construction > 0 ? request.ef_construction : base.manifest().hnsw_ef_construction;
+  in.hnsw.threads = request.threads;
+  const std::string name = absl::StrCat("m", NewSegmentName(start_version).substr(1));
+  const std::string building =
+      absl::StrCat(root, "/", kSegmentsDir, "/.merging-", name, "-", ::getpid());
+  WrittenSegment written;
+  if (in.count > 0) {
+    in.graph = index::HnswGraphWriter(rows.vectors.data(), in.count, static_cast<size_t>(in.dim),
+                                      in.metric, in.hnsw);
+    RETURN_IF_ERROR(EnsureDir(absl::StrCat(root, "/", kSegmentsDir)));
+    auto w = WriteSegmentFiles(building, start_version, in);
+    if (!w.ok()) {
+      RemoveDir(building);
+      return w.status();
+    }
+    written = *std::move(w);
+    written.entry.name = name;
+  }
+  rows.vectors = std::vector<float>();
+  if (request.before_publish) request.before_publish();
+
+  auto lock = RootLock::Acquire(root);
+  if (!lock.ok()) {
+    RemoveDir(building);
+    return lock.status();
+  }
+  auto publish = [&]() -> absl::StatusOr<MergeResult> {
+    ASSIGN_OR_RETURN(const uint64_t latest_version, ReadCurrentVersion(root));
+    ASSIGN_OR_RETURN(auto latest_snap, Snapshot::Open(root, latest_version, VerifyMode::kSizes));
+    const Snapshot& latest = *latest_snap;
+    const Manifest& lm = latest.manifest();
+    // Every merged segment must still be listed, as the same segment the
+    // merge read (same name, same manifest checksum).
+    for (const std::string& n : chosen) {
+      std::string read_xxh3;
+      for (const SegmentRef& ref : base.segments()) {
+        if (ref.name == n) read_xxh3 = ref.segment->manifest().manifest_xxh3;
+      }
+      bool same = false;
+      for (const SegmentEntry& e : lm.segments) {
+        same = same || (e.name == n && e.manifest_xxh3 == read_xxh3);
+      }
+      if (!same) {
+        return absl::AbortedError(absl::StrCat("segment '", n, "' is no longer in CURRENT (",
+                                               VersionDirName(latest_version),
+                                               "); nothing was published, merge again"));
+      }
+    }
+    // Rows deleted since the merge read them: deleted in the merged segment.
+    index::RowFilter carried(in.count);
+    for (const SegmentRef& ref : latest.segments()) {
+      if (!chosen.count(ref.name) || ref.deleted == nullptr) continue;
+      const std::vector<int64_t>& map = rows.row_map[ref.name];
+      ref.deleted->ForEach([&](uint32_t r) {
+        if (r < map.size() && map[r] >= 0) carried.Allow(static_cast<uint32_t>(map[r]));
+      });
+    }
+    ASSIGN_OR_RETURN(const uint64_t version, NextVersion(root));
+    const std::string tmp = absl::StrCat(root, "/.tmp-", VersionDirName(version), "-", ::getpid());
+    RETURN_IF_ERROR(EnsureDir(tmp));
+    Manifest m;
+    m.version = version;
+    m.base_version = latest_version;
+    m.created_at = NowRfc3339();
+    m.model = lm.model;
+    m.dim = lm.dim;
+    m.metric = lm.metric;
+    m.hnsw_m = lm.hnsw_m;
+    m.hnsw_ef_construction = lm.hnsw_ef_construction;
+    m.default_ef = lm.default_ef;
+    MergeResult r;
+    r.version = version;
+    r.merged.assign(chosen.begin(), chosen.end());
+    r.dropped = rows.dropped;
+    r.carried_deletes = carried.Count();
+    r.rows = in.count;
+    bool placed = false;
+    bool renamed = false;
+    auto status = [&]() -> absl::Status {
+      for (size_t i = 0; i < latest.segments().size(); ++i) {
+        const SegmentEntry& e = lm.segments[i];
+        if (chosen.count(e.name)) {
+          if (placed || in.count == 0 || r.carried_deletes == in.count) continue;
+          placed = true;
+          SegmentEntry merged = written.entry;
+          merged.deleted = r.carried_deletes;
+          if (merged.deleted > 0) {
+            merged.deletes_file = DeletesFileName(merged.name);
+            RETURN_IF_ERROR(
+                WriteFileDurably(tmp + "/" + merged.deletes_file, EncodeDeletes(carried)));
+          }
+          m.count += merged.rows - merged.deleted;
+          m.segments.push_back(merged);
+          continue;
+        }
+        if (e.deleted > 0) {
+          RETURN_IF_ERROR(
+              LinkOrCopy(latest.dir() + "/" + e.deletes_file, tmp + "/" + e.deletes_file));
+        }
+        m.count += e.rows - e.deleted;
+        m.segments.push_back(e);
+      }
+      if (m.segments.empty()) {
+        return absl::FailedPreconditionError("the merge would leave no live row");
+      }
+      if (!lm.model.name.empty()) {
+        RETURN_IF_ERROR(LinkOrCopy(latest.model_path(), tmp + "/" + lm.model.file));
+      }
+      if (placed) {
+        RETURN_IF_ERROR(RenameSegmentIntoPlace(root, building, name));
+        renamed = true;
+      }
+      return FinishVersion(root, tmp, version, &m, options, nullptr);
+    }();
+    if (!status.ok()) {
+      RemoveDir(tmp);
+      struct stat st;
+      if (renamed && ::stat(VersionDir(root, version).c_str(), &st) != 0) {
+        RemoveDir(absl::StrCat(root, "/", kSegmentsDir, "/", name));
+      }
+      return status;
+    }
+    if (placed) r.segment = name;
+    return r;
+  }();
+  RemoveDir(building);  // Gone if it was renamed into place.
+  return publish;
+}
+
+absl::Status ExportVersion(const std::string& root, uint64_t version, const std::string& out_dir) {
+  ASSIGN_OR_RETURN(auto snap, Snapshot::Open(root, version, VerifyMode::kSizes));
+  struct stat st;
+  if (::stat(out_dir.c_str(), &st) == 0) {
+    return absl::AlreadyExistsError(absl::StrCat(out_dir, " already exists"));
+  }
+  const std::string tmp = absl::StrCat(out_dir, ".tmp-", ::getpid());
+  auto status = [&]() -> absl::Status {
+    RETURN_IF_ERROR(EnsureDir(tmp));
+    for (const auto& [name, entry] : snap->manifest().files) {
+      RETURN_IF_ERROR(LinkOrCopy(snap->dir() + "/" + name, tmp + "/" + name));
+    }
+    RETURN_IF_ERROR(LinkOrCopy(snap->dir() + "/" + kManifestFile, tmp + "/" + kManifestFile));
+    for (const SegmentRef& ref : snap->segments()) {
+      if (ref.name.empty()) {  // A format-1 version: its files are the segment's, copied above.
+        for (const auto& [name, entry] : ref.segment->manifest().files) {
+          if (!snap->manifest().files.count(name)) {
+            RETURN_IF_ERROR(LinkOrCopy(ref.segment->dir() + "/" + name, tmp + "/" + name));
+          }
+        }
+        continue;
+      }
+      const std::string seg = absl::StrCat(tmp, "/", kSegmentsDir, "/", ref.name);
+      RETURN_IF_ERROR(EnsureDir(seg));
+      for (const auto& [name, entry] : ref.segment->manifest().files) {
+        RETURN_IF_ERROR(LinkOrCopy(ref.segment->dir() + "/" + name, seg + "/" + name));
+      }
+      RETURN_IF_ERROR(
+          LinkOrCopy(ref.segment->dir() + "/" + kManifestFile, seg + "/" + kManifestFile));
+      RETURN_IF_ERROR(SyncPath(seg));
+    }
+    RETURN_IF_ERROR(SyncPath(tmp));
+    if (::rename(tmp.c_str(), out_dir.c_str()) != 0) {
+      return ErrnoStatus(errno, absl::StrCat("rename ", tmp, " -> ", out_dir));
+    }
+    return absl::OkStatus();
+  }();
+  if (!status.ok()) RemoveDir(tmp);
+  return status;
 }
 
 absl::Status SetCurrentVersion(const std::string& root, uint64_t version) {
@@ -287,16 +897,16 @@ absl::Status SetCurrentVersion(const std::string& root, uint64_t version) {
   const std::string dir = VersionDir(root, version);
   struct stat st;
   if (::stat((dir + "/" + kManifestFile).c_str(), &st) != 0) {
-    return absl::NotFoundError(absl::StrCat("version ", VersionDirName(version),
-                                            " does not exist under ", root));
+    return absl::NotFoundError(
+        absl::StrCat("version ", VersionDirName(version), " does not exist under ", root));
   }
   // What a replica would refuse (a copy whose manifest names another
   // version, a missing or truncated file) never becomes CURRENT.
   auto snap = Snapshot::Open(root, version, VerifyMode::kSizes);
   if (!snap.ok()) {
     return absl::Status(snap.status().code(),
-                        absl::StrCat("refusing to make ", VersionDirName(version), " CURRENT: ",
-                                     snap.status().message()));
+                        absl::StrCat("refusing to make ", VersionDirName(version),
+                                     " CURRENT: ", snap.status().message()));
   }
   return MakeCurrent(root, version);
 }
@@ -309,9 +919,9 @@ absl::StatusOr<uint64_t> RollBack(const std::string& root) {
     if (v < current) previous = v;
   }
   if (previous == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "CURRENT is ", VersionDirName(current), " and no older version is left under ", root,
-        " to roll back to"));
+    return absl::FailedPreconditionError(absl::StrCat("CURRENT is ", VersionDirName(current),
+                                                      " and no older version is left under ", root,
+                                                      " to roll back to"));
   }
   RETURN_IF_ERROR(SetCurrentVersion(root, previous));
   return previous;
@@ -332,6 +942,57 @@ std::map<uint64_t, std::optional<absl::Time>> RetirementTimes(const std::vector<
     }
   }
   return retired;
+}
+
+}  // namespace
+
+namespace {
+
+// Removes the segments under root/segments that no version names. A version
+// whose manifest does not read might name any of them: then none is removed.
+// REQUIRES: the root lock is held (no segment is being written).
+absl::Status RemoveUnreferencedSegments(const std::string& root, absl::Time now,
+                                        absl::Duration grace, GcReport* report) {
+  const std::string segments = absl::StrCat(root, "/", kSegmentsDir);
+  struct stat st;
+  if (::stat(segments.c_str(), &st) != 0) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::vector<uint64_t> versions, ListVersions(root));
+  std::set<std::string> named;
+  for (uint64_t v : versions) {
+    const std::string path = absl::StrCat(VersionDir(root, v), "/", kManifestFile);
+    auto text = ReadFileToString(path);
+    auto m = text.ok() ? ParseManifest(*text) : absl::StatusOr<Manifest>(text.status());
+    if (!m.ok()) {
+      LogError("gc keeps every segment: ", path, " does not read (", m.status().ToString(), ")");
+      return absl::OkStatus();
+    }
+    for (const SegmentEntry& e : m->segments) named.insert(e.name);
+  }
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(segments, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (named.count(name) || name.rfind(".tmp-", 0) == 0) continue;
+    if (name.rfind(".merging-", 0) == 0) {
+      // A merge's segment being built: removed once its process is gone and
+      // it has not changed for the grace (the merge may run on another host,
+      // whose processes this one cannot see).
+      long pid = 0;
+      if (absl::SimpleAtoi(name.substr(name.rfind('-') + 1), &pid) && ProcessAlive(pid)) continue;
+      struct stat st;
+      if (::stat(entry.path().c_str(), &st) != 0 ||
+          absl::TimeFromTimespec(st.st_mtim) + grace > now) {
+        continue;
+      }
+    }
+    fs::remove_all(entry.path(), ec);
+    if (ec)
+      return absl::InternalError(
+          absl::StrCat("remove ", entry.path().string(), ": ", ec.message()));
+    report->removed_segments.push_back(name);
+  }
+  std::sort(report->removed_segments.begin(), report->removed_segments.end());
+  if (!report->removed_segments.empty()) RETURN_IF_ERROR(SyncPath(segments));
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -366,12 +1027,12 @@ absl::StatusOr<GcReport> GarbageCollect(const std::string& root, const GcOptions
     std::error_code ec;
     fs::remove_all(VersionDir(root, v), ec);
     if (ec) {
-      return absl::InternalError(
-          absl::StrCat("remove ", VersionDir(root, v), ": ", ec.message()));
+      return absl::InternalError(absl::StrCat("remove ", VersionDir(root, v), ": ", ec.message()));
     }
     report.removed.push_back(v);
   }
   if (!report.removed.empty()) RETURN_IF_ERROR(SyncPath(root));
+  RETURN_IF_ERROR(RemoveUnreferencedSegments(root, now, options.grace, &report));
   return report;
 }
 

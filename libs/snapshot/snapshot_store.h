@@ -1,19 +1,35 @@
 // A snapshot root on disk: versioned, immutable snapshot directories plus a
-// CURRENT file naming the live one.
+// CURRENT file naming the live one. A version lists immutable segments kept
+// in root/segments/ and shared between versions (see segment.h, and
+// libs/index/graph_format.md for the whole layout).
 //
 //   root/CURRENT          "v<N>\n", replaced atomically (temp, fsync, rename)
 //   root/HISTORY          "v<N> <UTC time, RFC 3339, ms>\n" appended (fsync'd)
 //                         right after each CURRENT replacement: the versions
 //                         made live, in order, and when ("v<N>\n" alone in
 //                         roots written before the time was recorded)
-//   root/v<N>/            MANIFEST.json, graph.hnsw, graph.offsets, [graph.f16], ids.bin,
-//                         [model.pt], [thumbs.bin], [attrs.bin], [rejects.jsonl], ...
-//   root/.tmp-v<N>-<pid>  a version being written (removed if stale)
-//   root/.lock            flock'd by writers (publish, set-current, gc)
+//   root/v<N>/            MANIFEST.json (format 2: the segments, each with its
+//                         row count and deleted rows), [model.pt],
+//                         [deletes.<segment>.bin], [rejects.jsonl], ...
+//                         (format 1, written before segments: the version dir
+//                         is itself one segment, graph.hnsw and all)
+//   root/segments/<name>/ MANIFEST.json (format 1, no model), graph.hnsw,
+//                         graph.offsets, [graph.f16], ids.bin, [thumbs.bin],
+//                         [attrs.bin]; never changed once renamed into place
+//   root/segments/.tmp-<name>, root/.tmp-v<N>-<pid>
+//                         a segment or version being written (removed if stale)
+//   root/segments/.merging-<name>-<pid>
+//                         a merge's segment being built, without the lock (gc
+//                         removes it once no process <pid> runs on its host)
+//   root/.lock            flock'd by writers (publish, update, set-current, gc,
+//                         and a merge while it publishes)
 //
-// Publishing writes the new version into a temp dir, fsyncs every file and
-// the dir, renames it to v<N>, fsyncs the root, and only then replaces
-// CURRENT. A crash at any step leaves the previous version live.
+// Publishing writes a new segment into a temp dir and renames it into
+// root/segments/, writes the new version into a temp dir (files a version
+// keeps unchanged from its base, model.pt and deletes files, are hard links,
+// copies where the volume has none), fsyncs every file and dir, renames it to
+// v<N>, fsyncs the root, and only then replaces CURRENT. A crash at any step
+// leaves the previous version live; gc removes a segment no version names.
 //
 // Functions are safe to call from several processes at once: writers
 // serialise on root/.lock; readers never need it.
@@ -35,6 +51,7 @@
 #include "libs/snapshot/attribute_table.h"
 #include "libs/snapshot/ids_table.h"
 #include "libs/snapshot/manifest.h"
+#include "libs/snapshot/merge_policy.h"
 
 namespace imagesearch::snapshot {
 
@@ -50,10 +67,11 @@ inline constexpr char kHalfVectorsFile[] = "graph.f16";
 // Below this dimension graph.f16 is not written by default: at 512 the
 // search is bound by the latency of each candidate's first cache miss, not
 // by bytes, and reading half then float vectors measured 0.96-1.01x of
-// floats only; at 1792 (7 KB vectors) it measured 1.2x (tools/bench/README.md).
+// floats only; at 1792 (7 KB vectors) it measured 1.2x (tools/bench/results/LOG.md).
 inline constexpr int kHalfVectorsMinDim = 1024;
 inline constexpr char kIdsFile[] = "ids.bin";
 inline constexpr char kModelFile[] = "model.pt";
+inline constexpr char kSegmentsDir[] = "segments";
 
 struct SnapshotInput {
   // Required: writes graph.hnsw and graph.offsets, whose labels are the rows
@@ -93,10 +111,88 @@ struct PublishOptions {
   std::function<void(absl::string_view step)> fault_hook;
 };
 
-// Builds and publishes a new version (max existing + 1) and makes it CURRENT
-// (unless options.make_current is false). Returns the new version number.
+// Builds and publishes a new version (max existing + 1) of one new segment
+// holding `input`, and makes it CURRENT (unless options.make_current is
+// false). Returns the new version number.
 absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const SnapshotInput& input,
                                          const PublishOptions& options = {});
+
+// A change to an existing version: rows added as one new segment, and ids
+// deleted. Writes cost what changes: the base's segments are referenced,
+// never copied.
+struct SnapshotUpdate {
+  uint64_t base_version = 0;  // Required: the version changed.
+  // The rows added (graph, ids, attributes, thumbnails as for
+  // PublishSnapshot; count 0 = none). dim and metric must be the base's. An
+  // id the base holds replaces the base's row. model_path, if set, must be
+  // the base's model (same sha256); the base's model.pt is linked in.
+  SnapshotInput added;
+  // Ids whose rows are deleted; ids the base does not hold are ignored (and
+  // counted in UpdateResult::unknown_ids).
+  std::vector<std::string> delete_ids;
+  // Extra files of the new version (e.g. "rejects.jsonl"); the base's are
+  // not carried over.
+  std::map<std::string, std::string> extra_files;
+};
+
+struct UpdateResult {
+  uint64_t version = 0;
+  std::string segment;         // The new segment's name; empty if none was added.
+  uint64_t replaced = 0;       // Base rows deleted because `added` re-adds their ids.
+  uint64_t deleted = 0;        // Base rows deleted by delete_ids.
+  uint64_t unknown_ids = 0;    // delete_ids the base does not hold.
+  uint64_t bytes_written = 0;  // New bytes: the segment, deletes and manifest.
+};
+
+// Publishes base + update as a new version (max existing + 1), made CURRENT
+// unless options.make_current is false. A segment left with no live row is
+// dropped from the version. FAILED_PRECONDITION if nothing would be left;
+// INVALID_ARGUMENT for a dim, metric or model that differs from the base's.
+// A format-1 base is first adopted: its files are hard-linked (or copied)
+// into a segment, and the base itself is left as it is.
+absl::StatusOr<UpdateResult> PublishUpdate(const std::string& root, const SnapshotUpdate& update,
+                                           const PublishOptions& options = {});
+
+// Writes root/v<version> to `out_dir` (which must not exist) as one
+// self-contained version directory: the version's files plus its segments in
+// out_dir/segments/, hard-linked where the volume allows, else copied. What
+// Snapshot::OpenDir opens wherever it is put (a SageMaker model.tar.gz, say).
+absl::Status ExportVersion(const std::string& root, uint64_t version, const std::string& out_dir);
+
+struct MergeRequest {
+  // The segments of CURRENT's version to merge, by name; empty: the ones
+  // `policy` chooses (none: nothing is published).
+  std::vector<std::string> segments;
+  MergePolicy policy;
+  // HNSW M and ef_construction of the merged graph; 0: the version's.
+  int m = 0;
+  int ef_construction = 0;
+  int threads = 0;  // Graph build threads; 0: all cores.
+  // Test hook: called once the merged segment is built, before the publish
+  // (another writer may publish meanwhile; the merge then builds on that).
+  std::function<void()> before_publish;
+};
+
+struct MergeResult {
+  uint64_t version = 0;             // The version published; 0 when nothing was merged.
+  std::vector<std::string> merged;  // The segments replaced.
+  std::string segment;              // The merged segment.
+  uint64_t rows = 0;                // Its rows (the live rows merged).
+  uint64_t dropped = 0;             // Deleted rows left out.
+  // Rows deleted by versions published while the merge ran: deleted in the
+  // merged segment too, so no delete is lost.
+  uint64_t carried_deletes = 0;
+};
+
+// Merges segments of the CURRENT version into one (their live rows, with
+// their ids, attributes and thumbnails; a new graph) and publishes a version
+// that lists it in their place; every other segment and delete is carried
+// over. The merged segment is built without the root lock, so publishes go
+// on meanwhile; the version is composed under the lock from whatever is then
+// CURRENT. ABORTED if that no longer lists every merged segment (a rollback,
+// or another merge took them): nothing is published, merge again.
+absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRequest& request,
+                                          const PublishOptions& options = {});
 
 std::string VersionDirName(uint64_t version);  // "v<N>"
 std::string VersionDir(const std::string& root, uint64_t version);
@@ -151,13 +247,16 @@ struct GcOptions {
 
 struct GcReport {
   std::vector<uint64_t> removed;  // Ascending.
+  // Segments no remaining version names, removed.
+  std::vector<std::string> removed_segments;
   // Versions old enough by `keep` but still within the grace, each with the
   // time after which gc may remove it.
   std::map<uint64_t, absl::Time> held;
 };
 
 // Removes all but the newest `options.keep` versions, never the CURRENT one
-// nor one within the grace, plus stale temp dirs.
+// nor one within the grace, then the segments no remaining version names,
+// plus stale temp dirs.
 absl::StatusOr<GcReport> GarbageCollect(const std::string& root, const GcOptions& options);
 
 }  // namespace imagesearch::snapshot

@@ -56,12 +56,13 @@ TEST_CASE("Publish makes versions 1, 2 and moves CURRENT: the snapshot opens and
   CHECK((*snap)->manifest().dim == 24);
   CHECK((*snap)->manifest().files.count("rejects.jsonl") == 1);
   // Query with row 17's stored vector: row 17 comes back first, as id "b17".
-  const float* q = (*snap)->searcher().Vector(17);
-  auto hits = (*snap)->searcher().Search(q, 5, 50);
+  REQUIRE((*snap)->segments().size() == 1);
+  const float* q = (*snap)->Vector(17);
+  auto hits = FirstSegment(**snap).searcher().Search(q, 5, 50);
   REQUIRE(!hits.empty());
   CHECK(hits[0].row == 17);
-  CHECK((*snap)->ids().Get(hits[0].row)->id == "b17");
-  CHECK((*snap)->ids().Find("b299").value() == 299);
+  CHECK((*snap)->Id(hits[0].row)->id == "b17");
+  CHECK((*snap)->Find("b299").value() == 299);
 }
 
 TEST_CASE("Rollback with SetCurrentVersion, and gc never removes the live version") {
@@ -124,7 +125,9 @@ TEST_CASE("Damaged snapshot files are refused with a clear reason") {
   std::string root = TempRoot();
   SyntheticCorpus c = MakeCorpus(400, 16, "d");
   REQUIRE(PublishSnapshot(root, c.WithGraph()).ok());
-  const std::string dir = VersionDir(root, 1);
+  const std::string dir = FirstSegmentDir(root, 1);  // The graph files.
+  const std::string vdir = VersionDir(root, 1);      // The version's manifest.
+  REQUIRE(!dir.empty());
   auto expect_refused = [&](VerifyMode mode, const std::string& needle) {
     auto s = Snapshot::Open(root, 1, mode);
     REQUIRE_FALSE(s.ok());
@@ -145,8 +148,18 @@ TEST_CASE("Damaged snapshot files are refused with a clear reason") {
     expect_refused(VerifyMode::kSizes, "ids.bin is 10 bytes");
   }
   SECTION("truncated manifest") {
+    REQUIRE(WriteFileDurably(vdir + "/" + kManifestFile,
+                             ReadFileToString(vdir + "/" + kManifestFile)->substr(0, 40))
+                .ok());
+    expect_refused(VerifyMode::kSizes, "MANIFEST.json is not a JSON object");
+  }
+  SECTION("truncated segment manifest") {
     truncate(kManifestFile, 40);
     expect_refused(VerifyMode::kSizes, "MANIFEST.json is not a JSON object");
+  }
+  SECTION("missing segment") {
+    fs::remove_all(dir);
+    expect_refused(VerifyMode::kSizes, "MANIFEST.json");
   }
   SECTION("flipped byte in the graph, same size") {
     auto bytes = ReadFileToString(dir + "/" + kGraphFile);
@@ -160,7 +173,7 @@ TEST_CASE("Damaged snapshot files are refused with a clear reason") {
     expect_refused(VerifyMode::kSizes, "graph.offsets is listed in the manifest but missing");
   }
   auto edit_manifest = [&](bool drop_self_checksum) {
-    auto text = ReadFileToString(dir + "/" + kManifestFile);
+    auto text = ReadFileToString(vdir + "/" + kManifestFile);
     std::string t = *text;
     auto pos = t.find("\"dim\": 16");
     REQUIRE(pos != std::string::npos);
@@ -170,7 +183,7 @@ TEST_CASE("Damaged snapshot files are refused with a clear reason") {
       REQUIRE(start != std::string::npos);
       t.erase(start, t.find('\n', start) + 1 - start);
     }
-    REQUIRE(WriteFileDurably(dir + "/" + kManifestFile, t).ok());
+    REQUIRE(WriteFileDurably(vdir + "/" + kManifestFile, t).ok());
   };
   SECTION("manifest edited into other valid JSON") {
     edit_manifest(false);
@@ -178,7 +191,7 @@ TEST_CASE("Damaged snapshot files are refused with a clear reason") {
   }
   SECTION("manifest without a self-checksum, with a wrong dim") {
     edit_manifest(true);
-    expect_refused(VerifyMode::kSizes, "wrong dim");
+    expect_refused(VerifyMode::kSizes, "of dim 16 (cosine); the version says 400 rows of dim 32");
   }
 }
 
@@ -210,8 +223,10 @@ TEST_CASE("graph.f16 is written from dimension 1024 (or when asked), checked, an
     REQUIRE(v.ok());
     auto s = Snapshot::Open(root, *v, VerifyMode::kChecksums);
     REQUIRE(s.ok());
-    CHECK((*s)->manifest().files.count(kHalfVectorsFile) == (dim >= kHalfVectorsMinDim ? 1u : 0u));
-    CHECK(fs::exists(VersionDir(root, *v) + "/" + kHalfVectorsFile) == (dim >= kHalfVectorsMinDim));
+    CHECK(FirstSegment(**s).manifest().files.count(kHalfVectorsFile) ==
+          (dim >= kHalfVectorsMinDim ? 1u : 0u));
+    CHECK(fs::exists(FirstSegmentDir(root, *v) + "/" + kHalfVectorsFile) ==
+          (dim >= kHalfVectorsMinDim));
   }
   // Asked for at dimension 16: listed with its checksum, read by the
   // searcher (where the CPU has F16C), same answers as floats only.
@@ -220,18 +235,18 @@ TEST_CASE("graph.f16 is written from dimension 1024 (or when asked), checked, an
   c.input.half_vectors = true;
   auto v = PublishSnapshot(root, c.WithGraph());
   REQUIRE(v.ok());
-  const std::string dir = VersionDir(root, *v);
+  const std::string dir = FirstSegmentDir(root, *v);
   auto s = Snapshot::Open(root, *v, VerifyMode::kChecksums);
   REQUIRE(s.ok());
-  REQUIRE((*s)->manifest().files.count(kHalfVectorsFile) == 1);
-  CHECK((*s)->searcher().uses_half_vectors() ==
+  REQUIRE(FirstSegment(**s).manifest().files.count(kHalfVectorsFile) == 1);
+  CHECK(FirstSegment(**s).searcher().uses_half_vectors() ==
         (index::GetHalfDistanceFn(index::Metric::kL2) != nullptr));
   auto floats = index::MmapHnswSearcher::Open(dir + "/" + kGraphFile, dir + "/" + kOffsetsFile, 16,
                                               index::Metric::kL2, 400);
   REQUIRE(floats.ok());
   for (size_t q = 0; q < 50; ++q) {
     const float* query = &c.vectors[(q * 7 % 400) * 16];
-    auto a = (*s)->searcher().Search(query, 10, 12);
+    auto a = FirstSegment(**s).searcher().Search(query, 10, 12);
     auto b = (*floats)->Search(query, 10, 12);
     REQUIRE(a.size() == b.size());
     for (size_t i = 0; i < a.size(); ++i) {
@@ -272,21 +287,22 @@ TEST_CASE("Thumbnails are optional, listed in the manifest, and checked like eve
   REQUIRE(PublishSnapshot(root, plain.WithGraph()).ok());
   auto v1 = Snapshot::Open(root, 1, VerifyMode::kChecksums);
   REQUIRE(v1.ok());
-  CHECK((*v1)->thumbs() == nullptr);
-  CHECK((*v1)->manifest().files.count(kThumbsFile) == 0);
+  CHECK(!(*v1)->has_thumbnails());
+  CHECK(FirstSegment(**v1).manifest().files.count(kThumbsFile) == 0);
 
   SyntheticCorpus c = MakeCorpus(30, 8, "t");
-  for (int i = 0; i < 30; ++i) c.input.thumbnails.push_back(i == 7 ? "" : "jpeg-" + std::to_string(i));
+  for (int i = 0; i < 30; ++i)
+    c.input.thumbnails.push_back(i == 7 ? "" : "jpeg-" + std::to_string(i));
   REQUIRE(PublishSnapshot(root, c.WithGraph()).ok());
   auto v2 = Snapshot::Open(root, 2, VerifyMode::kChecksums);
   REQUIRE(v2.ok());
-  REQUIRE((*v2)->thumbs() != nullptr);
-  CHECK((*v2)->manifest().files.count(kThumbsFile) == 1);
-  CHECK(*(*v2)->thumbs()->Get(12) == "jpeg-12");
-  CHECK((*v2)->thumbs()->Get(7)->empty());
+  REQUIRE((*v2)->has_thumbnails());
+  CHECK(FirstSegment(**v2).manifest().files.count(kThumbsFile) == 1);
+  CHECK(*(*v2)->Thumbnail(12) == "jpeg-12");
+  CHECK((*v2)->Thumbnail(7)->empty());
 
   // A flipped byte is caught by the checksum; a truncated file by its size.
-  const std::string path = VersionDir(root, 2) + "/" + kThumbsFile;
+  const std::string path = FirstSegmentDir(root, 2) + "/" + kThumbsFile;
   std::string bytes = *ReadFileToString(path);
   std::string flipped = bytes;
   flipped[flipped.size() - 3] ^= 0x20;
@@ -372,9 +388,9 @@ TEST_CASE("gc keeps a version a replica may still map until the grace has passed
   CHECK(*ListVersions(root) == std::vector<uint64_t>{1, 2});
   // The replica's mapping is intact and it keeps answering from v1.
   CHECK(Snapshot::Open(root, 1, VerifyMode::kChecksums).ok());
-  auto hits = (*replica)->searcher().Search((*replica)->searcher().Vector(7), 3, 40);
+  auto hits = FirstSegment(**replica).searcher().Search((*replica)->Vector(7), 3, 40);
   REQUIRE(!hits.empty());
-  CHECK((*replica)->ids().Get(hits[0].row)->id == "a7");
+  CHECK((*replica)->Id(hits[0].row)->id == "a7");
 
   gc.now = retired + absl::Hours(1);
   auto report = GarbageCollect(root, gc);
@@ -430,7 +446,7 @@ TEST_CASE("set-current refuses a version that replicas would refuse, and records
   CHECK(s.message() == absl::StrCat("refusing to make v99 CURRENT: snapshot ", root,
                                     "/v99: manifest says version 1, directory is 99"));
   // v1 truncated: its files no longer match its manifest.
-  fs::resize_file(VersionDir(root, 1) + "/ids.bin", 10);
+  fs::resize_file(FirstSegmentDir(root, 1) + "/ids.bin", 10);
   s = SetCurrentVersion(root, 1);
   CHECK(absl::IsDataLoss(s));
   CHECK(s.message().find("refusing to make v1 CURRENT") != std::string::npos);

@@ -11,6 +11,7 @@
 
 #include "libs/common/test_temp_dir.h"
 #include "libs/index/test_vectors.h"
+#include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
 
 namespace imagesearch::snapshot {
@@ -55,11 +56,21 @@ inline SyntheticCorpus MakeSyntheticCorpus(size_t n, int dim, index::Metric metr
 }
 
 inline absl::StatusOr<uint64_t> PublishSynthetic(const std::string& root, size_t n, int dim,
-                                                 index::Metric metric,
-                                                 const std::string& id_prefix,
+                                                 index::Metric metric, const std::string& id_prefix,
                                                  uint32_t seed = 5) {
   SyntheticCorpus c = MakeSyntheticCorpus(n, dim, metric, id_prefix, seed);
   return PublishSnapshot(root, c.WithGraph());
+}
+
+// The first segment of a version (the only one of a version published by
+// PublishSnapshot).
+inline const Segment& FirstSegment(const Snapshot& s) { return *s.segments().front().segment; }
+
+// The directory of the first segment of root/v<version>, or "" if the
+// version does not open.
+inline std::string FirstSegmentDir(const std::string& root, uint64_t version) {
+  auto s = Snapshot::Open(root, version, VerifyMode::kSizes);
+  return s.ok() ? FirstSegment(**s).dir() : "";
 }
 
 // A fresh directory under /tmp, removed when the process exits; returns

@@ -65,15 +65,15 @@ absl::StatusOr<std::unique_ptr<ThumbsTable>> ThumbsTable::Open(const std::string
   t->count_ = LoadLE<uint64_t>(d + 16);
   t->blob_size_ = LoadLE<uint64_t>(d + 24);
   if (t->count_ != expected_count) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "thumbnail table holds ", t->count_, " rows but the manifest says ", expected_count));
+    return absl::InvalidArgumentError(absl::StrCat("thumbnail table holds ", t->count_,
+                                                   " rows but the manifest says ", expected_count));
   }
   // Overflow-safe: both terms are bounded by the file size before adding.
   if (t->count_ >= size / 8 || t->blob_size_ > size ||
       size != kHeaderSize + (t->count_ + 1) * 8 + t->blob_size_) {
-    return absl::DataLossError(absl::StrCat(
-        "thumbnail table ", path, " is ", size, " bytes, which disagrees with its header (",
-        t->count_, " rows, ", t->blob_size_, "-byte blob)"));
+    return absl::DataLossError(absl::StrCat("thumbnail table ", path, " is ", size,
+                                            " bytes, which disagrees with its header (", t->count_,
+                                            " rows, ", t->blob_size_, "-byte blob)"));
   }
   t->offsets_ = d + kHeaderSize;
   t->blob_ = t->offsets_ + (t->count_ + 1) * 8;

@@ -41,7 +41,7 @@ class ThumbsTable {
  public:
   // Maps and validates `path`; its count must equal `expected_count`.
   static absl::StatusOr<std::unique_ptr<ThumbsTable>> Open(const std::string& path,
-                                                          uint64_t expected_count);
+                                                           uint64_t expected_count);
   uint64_t size() const { return count_; }
   const char* media_type() const { return kThumbsMediaType; }
   // The row's encoded image; empty if it has none. OUT_OF_RANGE for a bad

@@ -61,9 +61,11 @@ TEST_CASE("thumbs table refuses damaged files with a precise error", "[thumbs]")
   // Wrong row count for the manifest.
   absl::Status s = open(good, 51);
   CHECK(absl::IsInvalidArgument(s));
-  CHECK(std::string(s.message()).find("holds 50 rows but the manifest says 51") != std::string::npos);
+  CHECK(std::string(s.message()).find("holds 50 rows but the manifest says 51") !=
+        std::string::npos);
   // Truncated anywhere.
-  for (size_t cut : {size_t{0}, size_t{10}, size_t{31}, size_t{32}, good.size() / 2, good.size() - 1}) {
+  for (size_t cut :
+       {size_t{0}, size_t{10}, size_t{31}, size_t{32}, good.size() / 2, good.size() - 1}) {
     absl::Status t = open(good.substr(0, cut), 50);
     INFO("cut at " << cut << ": " << t.ToString());
     CHECK(absl::IsDataLoss(t));
@@ -76,7 +78,8 @@ TEST_CASE("thumbs table refuses damaged files with a precise error", "[thumbs]")
   CHECK(std::string(open(bad, 50).message()).find("bad magic") != std::string::npos);
   bad = good;
   bad[8] = 2;
-  CHECK(std::string(open(bad, 50).message()).find("format 2 is not supported") != std::string::npos);
+  CHECK(std::string(open(bad, 50).message()).find("format 2 is not supported") !=
+        std::string::npos);
   bad = good;
   bad[12] = 7;
   CHECK(std::string(open(bad, 50).message()).find("media type 7") != std::string::npos);

@@ -80,8 +80,8 @@ absl::StatusOr<VectorSet> ParseFvecs(absl::string_view bytes) {
     if (d <= 0 || d > 65536) return absl::InvalidArgumentError(absl::StrCat(".fvecs bad dim ", d));
     if (set.dim == 0) set.dim = static_cast<size_t>(d);
     if (static_cast<size_t>(d) != set.dim) {
-      return absl::InvalidArgumentError(absl::StrCat(".fvecs vector ", set.count, " has dim ", d,
-                                                     ", earlier ones ", set.dim));
+      return absl::InvalidArgumentError(
+          absl::StrCat(".fvecs vector ", set.count, " has dim ", d, ", earlier ones ", set.dim));
     }
     pos += 4;
     if (pos + set.dim * 4 > bytes.size()) {
@@ -109,7 +109,8 @@ absl::StatusOr<VectorSet> ReadVectorFile(const std::string& path) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": unknown vector file type; use .npy or .fvecs"));
   }
-  if (!set.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", set.status().message()));
+  if (!set.ok())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", set.status().message()));
   return set;
 }
 

@@ -238,7 +238,8 @@ absl::StatusOr<ClipTokenizer> ClipTokenizer::Create(std::string_view merges,
       vocab.push_back(std::move(s));
     }
   }
-  for (const auto& [left, right] : pairs) vocab.push_back(absl::StrCat(ToAbsl(left), ToAbsl(right)));
+  for (const auto& [left, right] : pairs)
+    vocab.push_back(absl::StrCat(ToAbsl(left), ToAbsl(right)));
   vocab.emplace_back(kSot);
   vocab.emplace_back(kEot);
   absl::flat_hash_map<std::string_view, int32_t> encoder;

@@ -11,6 +11,7 @@
 #include <functional>
 #include <iostream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <thread>
 #include <unordered_set>
 
@@ -18,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "libs/common/client_text.h"
 #include "libs/common/cpu_quota.h"
 #include "libs/common/file_util.h"
 #include "libs/common/log.h"
@@ -26,7 +28,6 @@
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "services/indexer/bounded_queue.h"
-#include <nlohmann/json.hpp>
 
 namespace imagesearch::indexer {
 namespace {
@@ -53,8 +54,8 @@ struct Reject {
 
 bool IsImageExtension(const fs::path& p) {
   std::string ext = absl::AsciiStrToLower(p.extension().string());
-  static const char* kExts[] = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif",
-                                ".tiff", ".bmp", ".avif", ".heic", ".jxl"};
+  static const char* kExts[] = {".jpg",  ".jpeg", ".png",  ".webp", ".gif", ".tif",
+                                ".tiff", ".bmp",  ".avif", ".heic", ".jxl"};
   for (const char* e : kExts) {
     if (ext == e) return true;
   }
@@ -220,18 +221,6 @@ absl::Status ListInput(const IndexerOptions& o, BoundedQueue<Work>* out, Progres
 
 // What the manifest (or a shard) records about the model; sha256 and file
 // are the caller's.
-snapshot::ModelIdentity IdentityOf(const encoder::ModelInfo& info) {
-  snapshot::ModelIdentity id;
-  id.name = info.name;
-  id.version = info.version;
-  id.image_size = info.image_size;
-  id.has_text = info.text.has_value();
-  nlohmann::json j = {{"resize", info.resize},       {"crop", info.crop},
-                      {"interpolation", info.interpolation}, {"image_size", info.image_size},
-                      {"mean", info.mean},           {"std", info.std}};
-  id.preprocessing_json = j.dump();
-  return id;
-}
 
 // Every parameter, checked before the model loads or any image is read.
 absl::Status ValidateOptions(const IndexerOptions& o) {
@@ -272,8 +261,8 @@ absl::Status ValidateOptions(const IndexerOptions& o) {
   }
   if (o.progress != "auto" && o.progress != "bar" && o.progress != "lines" &&
       o.progress != "none") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--progress must be auto, bar, lines or none, got '", o.progress, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--progress must be auto, bar, lines or none, got '", o.progress, "'"));
   }
   if (o.shard.count < 1 || o.shard.index < 0 || o.shard.index >= o.shard.count) {
     return absl::InvalidArgumentError("--shard must be i/n with 0 <= i < n");
@@ -285,7 +274,8 @@ absl::Status ValidateOptions(const IndexerOptions& o) {
   }
   if (!to_shard && o.shard.count != 1) {
     return absl::InvalidArgumentError(
-        "--shard needs --embeddings_out: each worker writes a shard, and imagesearch-snapshot build "
+        "--shard needs --embeddings_out: each worker writes a shard, and imagesearch-snapshot "
+        "build "
         "--shards publishes them as one snapshot");
   }
   if (o.base_version == 0 && !o.remove_ids.empty()) {
@@ -311,7 +301,9 @@ absl::StatusOr<std::shared_ptr<const snapshot::Snapshot>> OpenBase(const Indexer
                                                                    const std::string& model_sha) {
   if (o.base_version == 0) return std::shared_ptr<const snapshot::Snapshot>();
   ASSIGN_OR_RETURN(std::shared_ptr<const snapshot::Snapshot> base,
-                   snapshot::Snapshot::Open(o.root, o.base_version, snapshot::VerifyMode::kChecksums));
+                   // Sizes, not checksums: reading every byte of a big base would make an
+                   // update cost what the index holds (replicas verify what they serve).
+                   snapshot::Snapshot::Open(o.root, o.base_version, snapshot::VerifyMode::kSizes));
   if (base->manifest().model.sha256 != model_sha) {
     return absl::FailedPreconditionError(absl::StrCat(
         "base v", o.base_version, " was built with model '", base->manifest().model.name,
@@ -320,7 +312,7 @@ absl::StatusOr<std::shared_ptr<const snapshot::Snapshot>> OpenBase(const Indexer
         "...); its vectors are in another embedding space. Build from scratch instead."));
   }
   for (const auto& id : o.remove_ids) {
-    if (!base->ids().Find(id).has_value()) {
+    if (!base->Find(id).has_value()) {
       return absl::InvalidArgumentError(
           absl::StrCat("--remove_ids: id '", id, "' is not in base v", o.base_version));
     }
@@ -420,8 +412,8 @@ absl::StatusOr<Rows> StreamImages(const IndexerOptions& o, const model::ModelBun
     decoders.Start([&] {
       while (auto w = work.Pop()) {
         Decoded d{std::move(*w), absl::InternalError("unset"), {}};
-        d.image = bundle.PreprocessFileWithThumbnail(d.work.path,
-                                                     o.thumbnails ? &o.thumbnail : nullptr);
+        d.image =
+            bundle.PreprocessFileWithThumbnail(d.work.path, o.thumbnails ? &o.thumbnail : nullptr);
         const uint64_t seq = d.work.seq;
         if (!decoded.Push(seq, std::move(d))) break;  // The run stopped.
       }
@@ -512,6 +504,11 @@ absl::StatusOr<Rows> StreamImages(const IndexerOptions& o, const model::ModelBun
       reject(d->work, d->work.id.empty() ? "empty id" : "duplicate id in the input");
       continue;
     }
+    if (!IsValidUtf8(d->work.id) || !IsValidUtf8(d->work.path)) {
+      // Ids and URIs are strings in the API; a client could not read them.
+      reject(d->work, "id or path is not valid UTF-8");
+      continue;
+    }
     if (!o.schema.empty()) {
       auto t = snapshot::TypedAttributes(o.schema, d->work.attributes_json);
       if (!t.ok()) {
@@ -520,8 +517,8 @@ absl::StatusOr<Rows> StreamImages(const IndexerOptions& o, const model::ModelBun
       }
       d->typed = *std::move(t);
     }
-    // Only an accepted image replaces a base row of the same id (MergeBase):
-    // one rejected for its pixels or attributes leaves the base row in place.
+    // Only an accepted image replaces a base row of the same id (PublishUpdate
+    // deletes it): one rejected for its pixels or attributes leaves it in place.
     rows.seen.insert(d->work.id);
     batch.push_back(std::move(*d));
     if (batch.size() >= batch_size) flush();
@@ -545,64 +542,12 @@ absl::StatusOr<Rows> StreamImages(const IndexerOptions& o, const model::ModelBun
 std::string RejectsJsonl(const std::vector<Reject>& rejects) {
   std::string text;
   for (const auto& r : rejects) {
-    text += nlohmann::json{{"id", r.id}, {"path", r.path}, {"reason", r.reason}}.dump();
+    // Rejected ids and paths may be any bytes (a Latin-1 file name): U+FFFD.
+    text += nlohmann::json{{"id", r.id}, {"path", r.path}, {"reason", r.reason}}.dump(
+        -1, ' ', false, nlohmann::json::error_handler_t::replace);
     text += "\n";
   }
   return text;
-}
-
-// Appends the base rows that were neither removed nor re-supplied after the
-// new rows; their stored vectors go into the graph as they are (no
-// re-encode), and their thumbnails and attributes are carried over.
-absl::Status MergeBase(const IndexerOptions& o, const snapshot::Snapshot& base, size_t dim,
-                       index::HnswStreamBuilder* builder, Rows* rows, IndexReport* report) {
-  const std::unordered_set<std::string> remove(o.remove_ids.begin(), o.remove_ids.end());
-  std::vector<float> chunk;
-  uint64_t chunk_first = rows->ids.size();
-  auto flush_chunk = [&]() -> absl::Status {
-    if (chunk.empty()) return absl::OkStatus();
-    absl::Status s = builder->Add(chunk.data(), chunk.size() / dim, chunk_first);
-    chunk_first += chunk.size() / dim;
-    chunk.clear();
-    return s;
-  };
-  for (uint64_t r = 0; r < base.manifest().count; ++r) {
-    ASSIGN_OR_RETURN(snapshot::IdView v, base.ids().Get(r));
-    const std::string id(v.id);
-    if (remove.count(id)) {
-      report->removed++;
-      continue;
-    }
-    if (rows->seen.count(id)) continue;  // Replaced by a newly encoded image.
-    std::vector<snapshot::AttrValue> row_typed;
-    if (!o.schema.empty()) {
-      // Base rows are typed under this build's schema, from their stored attributes.
-      auto t = snapshot::TypedAttributes(o.schema, v.attributes_json);
-      if (!t.ok()) {
-        rows->rejects.push_back({id, std::string(v.uri),
-                                 absl::StrCat("kept from base v", o.base_version, ": ",
-                                              t.status().message())});
-        report->rejected++;
-        continue;
-      }
-      row_typed = *std::move(t);
-    }
-    const float* vec = base.searcher().Vector(static_cast<uint32_t>(r));
-    chunk.insert(chunk.end(), vec, vec + dim);
-    rows->ids.push_back({id, std::string(v.uri), std::string(v.attributes_json)});
-    if (o.thumbnails) {
-      // Carried over as stored; a base without thumbnails leaves the row without one.
-      absl::string_view thumb;
-      if (base.thumbs() != nullptr) {
-        ASSIGN_OR_RETURN(thumb, base.thumbs()->Get(r));
-      }
-      rows->thumbs.emplace_back(thumb);
-    }
-    if (!o.schema.empty()) rows->typed.push_back(std::move(row_typed));
-    report->kept_from_base++;
-    if (chunk.size() >= 1024 * dim) RETURN_IF_ERROR(flush_chunk());
-  }
-  return flush_chunk();
 }
 
 // With embeddings_out: writes this worker's rows as an embedding shard.
@@ -623,10 +568,13 @@ absl::Status WriteShard(const IndexerOptions& o, const snapshot::ModelIdentity& 
   return absl::OkStatus();
 }
 
-// Publishes the graph the builder holds, with the rows, as a new version.
+// Publishes the graph the builder holds, with the rows, as a new version:
+// from scratch, a version of one segment; with a base, the base's segments
+// plus one new segment of these rows, with the base rows of --remove_ids and
+// of re-indexed ids deleted (nothing of the base is rewritten).
 absl::Status PublishVersion(const IndexerOptions& o, const snapshot::ModelIdentity& model,
                             index::Metric metric, size_t dim, index::HnswStreamBuilder* builder,
-                            Rows rows, IndexReport* report) {
+                            const snapshot::Snapshot* base, Rows rows, IndexReport* report) {
   if (builder->size() != rows.ids.size()) {
     return absl::InternalError(absl::StrCat("graph holds ", builder->size(), " vectors but ",
                                             rows.ids.size(), " rows were collected"));
@@ -663,29 +611,65 @@ absl::Status PublishVersion(const IndexerOptions& o, const snapshot::ModelIdenti
   if (o.dry_run) return absl::OkStatus();
   snapshot::PublishOptions po;
   po.make_current = o.promote;
-  ASSIGN_OR_RETURN(report->version, snapshot::PublishSnapshot(o.root, in, po));
+  if (base == nullptr) {
+    ASSIGN_OR_RETURN(report->version, snapshot::PublishSnapshot(o.root, in, po));
+    report->total = in.count;
+    return absl::OkStatus();
+  }
+  snapshot::SnapshotUpdate update;
+  update.base_version = o.base_version;
+  update.delete_ids = o.remove_ids;
+  update.extra_files = std::move(in.extra_files);
+  if (in.count > 0) update.added = std::move(in);
+  ASSIGN_OR_RETURN(snapshot::UpdateResult r, snapshot::PublishUpdate(o.root, update, po));
+  report->version = r.version;
+  report->segment = r.segment;
+  report->removed = r.deleted;
+  report->replaced = r.replaced;
+  report->bytes_written = r.bytes_written;
+  report->kept_from_base = base->live_count() - r.deleted - r.replaced;
+  report->total = report->kept_from_base + report->indexed;
   return absl::OkStatus();
 }
 
 }  // namespace
 
-absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
+snapshot::ModelIdentity ModelIdentityOf(const encoder::ModelInfo& info) {
+  snapshot::ModelIdentity id;
+  id.name = info.name;
+  id.version = info.version;
+  id.image_size = info.image_size;
+  id.has_text = info.text.has_value();
+  nlohmann::json j = {
+      {"resize", info.resize},         {"crop", info.crop}, {"interpolation", info.interpolation},
+      {"image_size", info.image_size}, {"mean", info.mean}, {"std", info.std}};
+  id.preprocessing_json = j.dump();
+  return id;
+}
+
+absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& options) {
   const auto start = Clock::now();
   // Everything that can be checked is checked before the model loads and
   // before any image is read.
-  RETURN_IF_ERROR(ValidateOptions(o));
-  ASSIGN_OR_RETURN(std::string model_sha, Sha256HexOfFile(o.model_path));
-  ASSIGN_OR_RETURN(std::shared_ptr<const snapshot::Snapshot> base, OpenBase(o, model_sha));
+  RETURN_IF_ERROR(ValidateOptions(options));
+  ASSIGN_OR_RETURN(std::string model_sha, Sha256HexOfFile(options.model_path));
+  ASSIGN_OR_RETURN(std::shared_ptr<const snapshot::Snapshot> base, OpenBase(options, model_sha));
+  IndexerOptions o = options;
+  if (base != nullptr && o.schema.empty() && base->schema_table() != nullptr) {
+    // An update without --schema types its rows under the base's schema, so
+    // the new segment's rows answer the same filters as the base's.
+    o.schema = base->schema_table()->fields();
+  }
   model::ModelBundleOptions mo;
-  mo.encoder.intra_op_threads =
-      o.encoder_threads > 0 ? o.encoder_threads
-                            : std::max(1, EffectiveCpuCount() / EncoderInstances(o));
+  mo.encoder.intra_op_threads = o.encoder_threads > 0
+                                    ? o.encoder_threads
+                                    : std::max(1, EffectiveCpuCount() / EncoderInstances(o));
   mo.max_pixels = o.max_pixels;
   ASSIGN_OR_RETURN(auto bundle, model::ModelBundle::Load(o.model_path, mo));
   const encoder::ModelInfo& info = bundle->info();
   const size_t dim = static_cast<size_t>(info.embed_dim);
   ASSIGN_OR_RETURN(index::Metric metric, index::ParseMetric(info.metric));
-  snapshot::ModelIdentity model = IdentityOf(info);
+  snapshot::ModelIdentity model = ModelIdentityOf(info);
   model.sha256 = model_sha;
   ASSIGN_OR_RETURN(auto builder, index::HnswStreamBuilder::Create(dim, metric, o.hnsw, 4096));
 
@@ -696,15 +680,15 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
   report.rejected = rows.rejects.size();
   report.encode_seconds = rows.encode_seconds;
   if (report.listed > 0 &&
-      static_cast<double>(report.rejected) / static_cast<double>(report.listed) > o.max_reject_ratio) {
+      static_cast<double>(report.rejected) / static_cast<double>(report.listed) >
+          o.max_reject_ratio) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "%d of %d images (%.1f%%) were rejected, more than --max_reject_ratio=%g; nothing was "
         "published. First: %s: %s",
-        report.rejected, report.listed, 100.0 * report.rejected / report.listed,
-        o.max_reject_ratio, rows.rejects[0].path, rows.rejects[0].reason));
+        report.rejected, report.listed, 100.0 * report.rejected / report.listed, o.max_reject_ratio,
+        rows.rejects[0].path, rows.rejects[0].reason));
   }
-  if (base) RETURN_IF_ERROR(MergeBase(o, *base, dim, builder.get(), &rows, &report));
-  report.total = rows.ids.size();
+  report.total = rows.ids.size() + (base ? base->live_count() : 0);
   if (o.thumbnails && rows.thumbs.size() != rows.ids.size()) {
     return absl::InternalError(
         absl::StrCat(rows.thumbs.size(), " thumbnails for ", rows.ids.size(), " rows"));
@@ -724,9 +708,11 @@ absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& o) {
     RETURN_IF_ERROR(WriteShard(o, model, metric, dim, std::move(rows), &report));
   } else {
     if (report.total == 0) {
-      return absl::FailedPreconditionError("the new snapshot would be empty; nothing was published");
+      return absl::FailedPreconditionError(
+          "the new snapshot would be empty; nothing was published");
     }
-    RETURN_IF_ERROR(PublishVersion(o, model, metric, dim, builder.get(), std::move(rows), &report));
+    RETURN_IF_ERROR(
+        PublishVersion(o, model, metric, dim, builder.get(), base.get(), std::move(rows), &report));
   }
   report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return report;

@@ -16,8 +16,8 @@
 // the id list and the set of seen ids.
 //
 // With thumbnails on (the default), each image's thumbnail is made from the
-// same decode and stored in thumbs.bin; incremental builds copy the base's
-// thumbnails of the rows they keep, without decoding anything again.
+// same decode and stored in the new segment's thumbs.bin; incremental builds
+// leave the base's thumbnails in the base's segments, decoding nothing again.
 //
 // Bad images are skipped and recorded with their reason in rejects.jsonl
 // inside the snapshot; the run fails (and publishes nothing) when nothing was
@@ -32,10 +32,12 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "libs/encoder/encoder.h"
 #include "libs/image/image.h"
 #include "libs/index/hnsw_builder.h"
 #include "libs/snapshot/attribute_table.h"
 #include "libs/snapshot/embedding_shard.h"
+#include "libs/snapshot/manifest.h"
 
 namespace imagesearch::indexer {
 
@@ -74,7 +76,7 @@ struct IndexerOptions {
   image::ThumbnailOptions thumbnail;
   // Progress: "auto" (bar on a terminal, lines otherwise), "bar", "lines", "none".
   std::string progress = "auto";
-  bool promote = true;    // False: publish v<N> but leave CURRENT (a candidate).
+  bool promote = true;   // False: publish v<N> but leave CURRENT (a candidate).
   bool dry_run = false;  // Encode and build, but do not publish (benchmarks).
   // Distributed indexing: take only list positions p with p % shard.count ==
   // shard.index, and with embeddings_out set, write the vectors, ids and
@@ -86,20 +88,26 @@ struct IndexerOptions {
 };
 
 struct IndexReport {
-  uint64_t version = 0;  // 0 for a dry run or an embeddings shard.
-  std::string shard_dir; // With embeddings_out: the shard directory written.
+  uint64_t version = 0;   // 0 for a dry run or an embeddings shard.
+  std::string shard_dir;  // With embeddings_out: the shard directory written.
   uint64_t listed = 0;
   uint64_t indexed = 0;  // Newly encoded.
   uint64_t rejected = 0;
-  uint64_t kept_from_base = 0;
-  uint64_t removed = 0;
-  uint64_t total = 0;  // Vectors in the new snapshot.
+  uint64_t kept_from_base = 0;  // Base rows still live in the new version.
+  uint64_t removed = 0;         // Base rows deleted by --remove_ids.
+  uint64_t replaced = 0;        // Base rows whose ids were indexed again.
+  uint64_t total = 0;           // Live vectors in the new snapshot.
+  uint64_t bytes_written = 0;   // With --base: the new segment, deletes and manifest.
+  std::string segment;          // The new segment's name (none for a delete-only version).
   double seconds = 0;
-  double encode_seconds = 0;  // Time the encoder thread spent in forward passes.
+  double encode_seconds = 0;      // Time the encoder thread spent in forward passes.
   uint64_t duplicate_groups = 0;  // Groups listed in duplicates.jsonl.
 };
 
 absl::StatusOr<IndexReport> RunIndexer(const IndexerOptions& options);
+
+// The manifest's record of a model (name, version, preprocessing; no sha256).
+snapshot::ModelIdentity ModelIdentityOf(const encoder::ModelInfo& info);
 
 }  // namespace imagesearch::indexer
 

@@ -14,6 +14,7 @@
 #include "libs/image/image.h"
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
+#include "libs/snapshot/test_snapshots.h"
 
 namespace imagesearch::indexer {
 namespace {
@@ -70,21 +71,40 @@ TEST_CASE("Indexes a real image directory, skipping bad images into rejects.json
   CHECK(m.model.sha256.size() == 64);
   CHECK(m.files.count("model.pt") == 1);
   // Ids are paths relative to the input; the stereo pair are each other's neighbours.
-  auto left = (*snap)->ids().Find("motorcycle_left.png");
+  auto left = (*snap)->Find("motorcycle_left.png");
   REQUIRE(left.has_value());
-  auto hits = (*snap)->searcher().Search((*snap)->searcher().Vector(*left), 2, 64);
+  auto hits = (*snap)->segments().front().segment->searcher().Search((*snap)->Vector(*left), 2, 64);
   REQUIRE(hits.size() == 2);
   CHECK(hits[0].row == *left);
-  CHECK((*snap)->ids().Get(hits[1].row)->id == "motorcycle_right.png");
-  // Every row has a JPEG thumbnail, listed in the manifest.
-  CHECK(m.files.count("thumbs.bin") == 1);
-  REQUIRE((*snap)->thumbs() != nullptr);
+  CHECK((*snap)->Id(hits[1].row)->id == "motorcycle_right.png");
+  // Every row has a JPEG thumbnail, listed in the (one) segment's manifest.
+  REQUIRE((*snap)->segments().size() == 1);
+  CHECK(snapshot::FirstSegment(**snap).manifest().files.count("thumbs.bin") == 1);
+  REQUIRE((*snap)->has_thumbnails());
   for (uint64_t row = 0; row < m.count; ++row) {
-    auto thumb = (*snap)->thumbs()->Get(row);
+    auto thumb = (*snap)->Thumbnail(row);
     REQUIRE(thumb.ok());
     REQUIRE(thumb->size() > 100);
     CHECK(thumb->substr(0, 3) == "\xFF\xD8\xFF");
   }
+}
+
+TEST_CASE("A file name that is not UTF-8 is rejected with its reason, the rest indexed") {
+  if (!fs::exists(IMAGESEARCH_DEFAULT_MODEL_PATH)) FAIL("default model not built");
+  std::string dir = CopyImages({"coffee.png", "rocket.jpg"});
+  fs::copy_file(kImages + "/camera.png", dir + "/sub/caf\xE9.png");  // Latin-1.
+  std::string root = TempDir() + "/root";
+  IndexerOptions o = Options(dir, root);
+  o.max_reject_ratio = 0.5;
+  auto r = RunIndexer(o);
+  REQUIRE(r.ok());
+  CHECK(r->indexed == 2);
+  CHECK(r->rejected == 1);
+  auto rejects = ReadFileToString(snapshot::VersionDir(root, 1) + "/rejects.jsonl");
+  REQUIRE(rejects.ok());
+  // One JSON line, the name's invalid byte replaced, with the reason.
+  CHECK(rejects->find("\"id\":\"sub/caf\xEF\xBF\xBD.png\"") != std::string::npos);
+  CHECK(rejects->find("id or path is not valid UTF-8") != std::string::npos);
 }
 
 TEST_CASE("Too many rejects, or nothing indexed, fails and publishes nothing") {
@@ -109,7 +129,8 @@ TEST_CASE("Too many rejects, or nothing indexed, fails and publishes nothing") {
 
 TEST_CASE("Incremental build keeps base vectors without re-encoding, replaces and removes ids") {
   std::string root = TempDir() + "/root";
-  auto v1 = RunIndexer(Options(CopyImages({"rocket.jpg", "coffee.png", "camera.png", "chelsea.png"}), root));
+  auto v1 = RunIndexer(
+      Options(CopyImages({"rocket.jpg", "coffee.png", "camera.png", "chelsea.png"}), root));
   REQUIRE(v1.ok());
   IndexerOptions o = Options(CopyImages({"astronaut.png", "coffee.png"}), root);
   o.base_version = 1;
@@ -126,23 +147,35 @@ TEST_CASE("Incremental build keeps base vectors without re-encoding, replaces an
   REQUIRE(s1.ok());
   REQUIRE(s2.ok());
   CHECK((*s2)->manifest().base_version == 1);
-  CHECK_FALSE((*s2)->ids().Find("sub/camera.png").has_value());
-  REQUIRE((*s2)->ids().Find("sub/astronaut.png").has_value());
+  // v2 is v1's segment, shared (not rewritten), plus one new segment of the
+  // two new rows; camera.png (removed) and coffee.png (re-indexed) are
+  // deleted from v1's segment.
+  REQUIRE((*s2)->segments().size() == 2);
+  CHECK((*s2)->segments()[0].name == (*s1)->segments()[0].name);
+  CHECK((*s2)->segments()[0].segment->dir() == (*s1)->segments()[0].segment->dir());
+  CHECK((*s2)->segments()[0].deleted_count == 2);
+  CHECK((*s2)->segments()[1].segment->rows() == 2);
+  CHECK((*s2)->segments()[1].name == v2->segment);
+  CHECK(v2->replaced == 1);
+  CHECK((*s2)->live_count() == 4);
+  CHECK((*s2)->Find("sub/coffee.png").value() >= (*s2)->segments()[1].base);
+  CHECK_FALSE((*s2)->Find("sub/camera.png").has_value());
+  REQUIRE((*s2)->Find("sub/astronaut.png").has_value());
   // rocket.jpg's vector was carried over bit for bit.
-  const float* a = (*s1)->searcher().Vector(*(*s1)->ids().Find("sub/rocket.jpg"));
-  const float* b = (*s2)->searcher().Vector(*(*s2)->ids().Find("sub/rocket.jpg"));
+  const float* a = (*s1)->Vector(*(*s1)->Find("sub/rocket.jpg"));
+  const float* b = (*s2)->Vector(*(*s2)->Find("sub/rocket.jpg"));
   CHECK(std::equal(a, a + 1792, b));
   // Its thumbnail too, although rocket.jpg is not in v2's input; the new rows have theirs.
-  REQUIRE((*s2)->thumbs() != nullptr);
-  auto thumb1 = (*s1)->thumbs()->Get(*(*s1)->ids().Find("sub/rocket.jpg"));
-  auto thumb2 = (*s2)->thumbs()->Get(*(*s2)->ids().Find("sub/rocket.jpg"));
+  REQUIRE((*s2)->has_thumbnails());
+  auto thumb1 = (*s1)->Thumbnail(*(*s1)->Find("sub/rocket.jpg"));
+  auto thumb2 = (*s2)->Thumbnail(*(*s2)->Find("sub/rocket.jpg"));
   REQUIRE(thumb1.ok());
   REQUIRE(thumb2.ok());
   CHECK(thumb1->size() > 100);
   CHECK(*thumb1 == *thumb2);
-  CHECK((*s2)->thumbs()->Get(*(*s2)->ids().Find("sub/astronaut.png"))->size() > 100);
+  CHECK((*s2)->Thumbnail(*(*s2)->Find("sub/astronaut.png"))->size() > 100);
 
-  // --thumbnails=false: no thumbs.bin at all.
+  // --thumbnails=false: the new segment has no thumbs.bin; the base's keep theirs.
   IndexerOptions off = Options(CopyImages({"logo.png"}), root);
   off.base_version = 2;
   off.thumbnails = false;
@@ -150,8 +183,10 @@ TEST_CASE("Incremental build keeps base vectors without re-encoding, replaces an
   REQUIRE(v3.ok());
   auto s3 = snapshot::Snapshot::Open(root, 3, snapshot::VerifyMode::kSizes);
   REQUIRE(s3.ok());
-  CHECK((*s3)->thumbs() == nullptr);
-  CHECK((*s3)->manifest().files.count("thumbs.bin") == 0);
+  REQUIRE((*s3)->segments().size() == 3);
+  CHECK((*s3)->segments().back().segment->thumbs() == nullptr);
+  CHECK((*s3)->Thumbnail(*(*s3)->Find("sub/logo.png"))->empty());
+  CHECK((*s3)->Thumbnail(*(*s3)->Find("sub/rocket.jpg"))->size() > 100);
 
   IndexerOptions bad = Options(CopyImages({"rocket.jpg"}), root);
   bad.base_version = 3;
@@ -169,8 +204,9 @@ TEST_CASE("A re-supplied image rejected for its attributes leaves the base row i
     return "{\"id\":\"" + id + "\",\"path\":\"" + kImages + "/" + file +
            "\",\"attributes\":{\"year\":" + year + "}}\n";
   };
-  REQUIRE(WriteFileDurably(dir + "/v1.jsonl", line("a", "rocket.jpg", "2020") +
-                                                  line("b", "coffee.png", "2021")).ok());
+  REQUIRE(WriteFileDurably(dir + "/v1.jsonl",
+                           line("a", "rocket.jpg", "2020") + line("b", "coffee.png", "2021"))
+              .ok());
   IndexerOptions o = Options(dir + "/v1.jsonl", root);
   o.schema = *snapshot::ParseSchema("year:integer");
   REQUIRE(RunIndexer(o).ok());
@@ -188,9 +224,9 @@ TEST_CASE("A re-supplied image rejected for its attributes leaves the base row i
   auto s2 = snapshot::Snapshot::Open(root, 2, snapshot::VerifyMode::kSizes);
   REQUIRE(s1.ok());
   REQUIRE(s2.ok());
-  REQUIRE((*s2)->ids().Find("a").has_value());
-  const float* before = (*s1)->searcher().Vector(*(*s1)->ids().Find("a"));
-  const float* after = (*s2)->searcher().Vector(*(*s2)->ids().Find("a"));
+  REQUIRE((*s2)->Find("a").has_value());
+  const float* before = (*s1)->Vector(*(*s1)->Find("a"));
+  const float* after = (*s2)->Vector(*(*s2)->Find("a"));
   CHECK(std::equal(before, before + 1792, after));  // still rocket.jpg's vector
 }
 
@@ -203,12 +239,13 @@ TEST_CASE("Stdin and manifest inputs: a bad manifest line is a precise error") {
   REQUIRE(r.ok());
   CHECK(r->indexed == 2);
   auto snap = snapshot::Snapshot::Open(root, r->version, snapshot::VerifyMode::kSizes);
-  CHECK((*snap)->ids().Find(kImages + "/coffee.png").has_value());
+  CHECK((*snap)->Find(kImages + "/coffee.png").has_value());
 
   std::string dir = TempDir();
-  REQUIRE(WriteFileDurably(dir + "/m.jsonl",
-                           "{\"id\":\"a\",\"path\":\"" + kImages + "/rocket.jpg\",\"attributes\":{\"k\":1}}\n"
-                           "{\"id\":\"b\"}\n").ok());
+  REQUIRE(WriteFileDurably(dir + "/m.jsonl", "{\"id\":\"a\",\"path\":\"" + kImages +
+                                                 "/rocket.jpg\",\"attributes\":{\"k\":1}}\n"
+                                                 "{\"id\":\"b\"}\n")
+              .ok());
   auto bad = RunIndexer(Options(dir + "/m.jsonl", root));
   REQUIRE_FALSE(bad.ok());
   CHECK(bad.status().message() == dir + "/m.jsonl:2: missing string field \"path\"");
@@ -225,7 +262,8 @@ TEST_CASE("Bad options are refused before the model loads or any input is read")
       {"m=1", [](IndexerOptions& o) { o.hnsw.m = 1; }, "HNSW M must be in [2, 1000], got 1"},
       {"ef_construction=0", [](IndexerOptions& o) { o.hnsw.ef_construction = 0; },
        "HNSW ef_construction must be at least 1, got 0"},
-      {"batch=0", [](IndexerOptions& o) { o.batch_size = 0; }, "--batch must be in [1, 4096], got 0"},
+      {"batch=0", [](IndexerOptions& o) { o.batch_size = 0; },
+       "--batch must be in [1, 4096], got 0"},
       {"default_ef=0", [](IndexerOptions& o) { o.default_ef = 0; },
        "--default_ef must be at least 1, got 0"},
       {"decode_threads=-1", [](IndexerOptions& o) { o.decode_threads = -1; },
@@ -282,10 +320,10 @@ TEST_CASE(
   // threads they finish first, and the reorder step must put rows back in
   // listing order. The second run encodes 3 batches at once, which finish
   // in any order; rows and vectors must not change.
-  std::string input = CopyImages({"rocket.jpg", "coffee.png", "camera.png", "chelsea.png",
-                                  "chelsea_small.png", "logo.png", "logo_alpha_small.png",
-                                  "motorcycle_left.png", "motorcycle_right.png", "chelsea.webp",
-                                  "coffee_chelsea.gif", "chelsea_exif6.jpg"});
+  std::string input =
+      CopyImages({"rocket.jpg", "coffee.png", "camera.png", "chelsea.png", "chelsea_small.png",
+                  "logo.png", "logo_alpha_small.png", "motorcycle_left.png", "motorcycle_right.png",
+                  "chelsea.webp", "coffee_chelsea.gif", "chelsea_exif6.jpg"});
   REQUIRE(image::InitImageLibrary().ok());
   vips::VImage::new_from_file((kImages + "/astronaut.png").c_str())
       .resize(8.0)
@@ -302,8 +340,8 @@ TEST_CASE(
     REQUIRE(r.ok());
     REQUIRE(r->indexed == 13);
   }
-  auto ids1 = ReadFileToString(snapshot::VersionDir(roots[0], 1) + "/ids.bin");
-  auto ids2 = ReadFileToString(snapshot::VersionDir(roots[1], 1) + "/ids.bin");
+  auto ids1 = ReadFileToString(snapshot::FirstSegmentDir(roots[0], 1) + "/ids.bin");
+  auto ids2 = ReadFileToString(snapshot::FirstSegmentDir(roots[1], 1) + "/ids.bin");
   REQUIRE(ids1.ok());
   REQUIRE(ids2.ok());
   CHECK(*ids1 == *ids2);
@@ -316,11 +354,11 @@ TEST_CASE(
   std::string previous;
   for (uint64_t row = 0; row < count; ++row) {
     INFO("row " << row);
-    const float* a = (*s1)->searcher().Vector(static_cast<uint32_t>(row));
-    const float* b = (*s2)->searcher().Vector(static_cast<uint32_t>(row));
+    const float* a = (*s1)->Vector(static_cast<uint32_t>(row));
+    const float* b = (*s2)->Vector(static_cast<uint32_t>(row));
     CHECK(std::equal(a, a + 1792, b));
     // Rows follow the sorted listing, the big image first.
-    const std::string id((*s1)->ids().Get(row)->id);
+    const std::string id((*s1)->Id(row)->id);
     if (row == 0) CHECK(id == "sub/aaa_big.png");
     CHECK(previous < id);
     previous = id;

@@ -6,9 +6,15 @@
 //   find /data -name '*.jpg' | imagesearch-indexer --input=- --root=... --model=...
 //   imagesearch-indexer --input=new/ --base=v3 --remove_ids=gone.txt --root=... --model=...
 //
-// Exit status: 0 published, 1 failed (nothing published), 2 usage error.
+// The ingest service (one writer of a root; images searchable within seconds):
+//
+//   imagesearch-indexer serve --root=/snapshots [--model=model.pt] [--port=50052]
+//
+// Exit status: 0 published (serve: stopped by SIGTERM), 1 failed (nothing
+// published), 2 usage error.
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -21,6 +27,7 @@
 #include "libs/common/log.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "services/indexer/indexer.h"
+#include "services/indexer/ingest_service.h"
 
 ABSL_FLAG(std::string, input, "", "Directory, .jsonl manifest, or - for stdin.");
 ABSL_FLAG(std::string, root, "", "Snapshot root to publish into.");
@@ -33,9 +40,10 @@ ABSL_FLAG(int, encoder_instances, 0,
           "Batches encoded at once, each on its own thread; 0 = one per CPU this process may use.");
 ABSL_FLAG(int, encoder_threads, 0,
           "LibTorch intra-op threads per encoder instance; 0 = CPUs / encoder_instances.");
-ABSL_FLAG(int, batch, 4,
-          "Encoder batch size. 4 ran the default model end to end at 0.95-1.0x of the encoder "
-          "alone at its best batch, 32 at 0.84-0.88x (tools/bench/README.md, indexer section).");
+ABSL_FLAG(
+    int, batch, 4,
+    "Encoder batch size. 4 ran the default model end to end at 0.95-1.0x of the encoder "
+    "alone at its best batch, 32 at 0.84-0.88x (tools/bench/results/LOG.md, indexer section).");
 ABSL_FLAG(double, max_reject_ratio, 0.05,
           "Fail (publish nothing) if more than this share of images is rejected.");
 ABSL_FLAG(int, m, 16, "HNSW M.");
@@ -64,14 +72,77 @@ ABSL_FLAG(std::string, shard, "0/1",
 ABSL_FLAG(std::string, embeddings_out, "",
           "Write this worker's vectors, ids and thumbnails to DIR/shard-<i>-of-<n>/ instead of "
           "publishing a snapshot; then `imagesearch-snapshot build --shards=DIR` publishes one.");
-ABSL_FLAG(std::string, log_format, "text", "Log lines on stderr: text, or json (one object per line).");
+ABSL_FLAG(std::string, host, "0.0.0.0", "serve: address to listen on.");
+ABSL_FLAG(int, port, 50052, "serve: gRPC port (0 = a free one, printed and in --port_file).");
+ABSL_FLAG(std::string, port_file, "", "serve: write {\"grpc\": PORT} here once listening.");
+ABSL_FLAG(int, publish_interval_ms, 1000,
+          "serve: publish pending writes as a new version this often (milliseconds).");
+ABSL_FLAG(int, publish_rows, 10000, "serve: or as soon as this many rows are pending.");
+ABSL_FLAG(int, dim, 0,
+          "serve: dimension of a new vector-only collection (empty root, no --model).");
+ABSL_FLAG(std::string, metric, "cosine", "serve: metric of a new vector-only collection.");
+ABSL_FLAG(bool, merge, true,
+          "serve: merge small segments in the background (the tiered policy of "
+          "imagesearch-snapshot merge).");
+ABSL_FLAG(std::string, log_format, "text",
+          "Log lines on stderr: text, or json (one object per line).");
+
+namespace {
+
+int Serve() {
+  imagesearch::indexer::ServeOptions so;
+  imagesearch::indexer::IngestOptions& o = so.ingest;
+  o.root = absl::GetFlag(FLAGS_root);
+  o.model_path = absl::GetFlag(FLAGS_model);
+  o.dim = absl::GetFlag(FLAGS_dim);
+  auto metric = imagesearch::index::ParseMetric(absl::GetFlag(FLAGS_metric));
+  if (!metric.ok()) {
+    std::cerr << "--metric: " << metric.status().message() << "\n";
+    return 2;
+  }
+  o.metric = *metric;
+  auto schema = imagesearch::snapshot::ParseSchema(absl::GetFlag(FLAGS_schema));
+  if (!schema.ok()) {
+    std::cerr << "--schema: " << schema.status().message() << "\n";
+    return 2;
+  }
+  o.schema = *std::move(schema);
+  if (o.root.empty() || absl::GetFlag(FLAGS_publish_interval_ms) <= 0 ||
+      absl::GetFlag(FLAGS_publish_rows) <= 0) {
+    std::cerr << "usage: imagesearch-indexer serve --root=DIR [--model=model.pt] [--port=N] "
+                 "(--publish_interval_ms and --publish_rows positive)\n";
+    return 2;
+  }
+  o.publish_interval = absl::Milliseconds(absl::GetFlag(FLAGS_publish_interval_ms));
+  o.publish_rows = static_cast<size_t>(absl::GetFlag(FLAGS_publish_rows));
+  o.hnsw.m = absl::GetFlag(FLAGS_m);
+  o.hnsw.ef_construction = absl::GetFlag(FLAGS_ef_construction);
+  o.default_ef = absl::GetFlag(FLAGS_default_ef);
+  o.thumbnails = absl::GetFlag(FLAGS_thumbnails);
+  o.thumbnail.max_side = absl::GetFlag(FLAGS_thumbnail_size);
+  o.encoder_threads = absl::GetFlag(FLAGS_encoder_threads);
+  o.merge = absl::GetFlag(FLAGS_merge);
+  so.host = absl::GetFlag(FLAGS_host);
+  so.port = absl::GetFlag(FLAGS_port);
+  so.port_file = absl::GetFlag(FLAGS_port_file);
+  return imagesearch::indexer::RunIngestServer(so);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
-  imagesearch::InitBinary(
+  std::vector<char*> args = imagesearch::InitBinary(
       "imagesearch batch indexer: images -> encoder -> HNSW graph -> a published snapshot.\n"
       "  imagesearch-indexer --input=DIR|FILE.jsonl|- --root=DIR --model=model.pt\n"
-      "See services/indexer/indexer.h.",
+      "  imagesearch-indexer serve --root=DIR [--model=model.pt] [--port=50052]  (ingest "
+      "service)\n"
+      "See services/indexer/indexer.h and ingest.h.",
       argc, argv, FLAGS_log_format);
+  if (args.size() > 1) {
+    if (std::string(args[1]) == "serve" && args.size() == 2) return Serve();
+    std::cerr << "unknown command '" << args[1] << "' (the only one is serve)\n";
+    return 2;
+  }
   using imagesearch::indexer::IndexerOptions;
   IndexerOptions o;
   o.input = absl::GetFlag(FLAGS_input);
@@ -79,7 +150,8 @@ int main(int argc, char** argv) {
   o.model_path = absl::GetFlag(FLAGS_model);
   if (o.input.empty() || (o.root.empty() && absl::GetFlag(FLAGS_embeddings_out).empty()) ||
       o.model_path.empty()) {
-    std::cerr << "usage: imagesearch-indexer --input=DIR|FILE.jsonl|- --root=DIR --model=model.pt\n";
+    std::cerr
+        << "usage: imagesearch-indexer --input=DIR|FILE.jsonl|- --root=DIR --model=model.pt\n";
     return 2;
   }
   if (!absl::GetFlag(FLAGS_base).empty()) {
@@ -136,14 +208,19 @@ int main(int argc, char** argv) {
   }
   const auto& r = *report;
   std::cout << absl::StrFormat(
-      "%s: %d listed, %d indexed, %d rejected, %d kept from base, %d removed -> %d vectors in "
-      "%.1fs (%.1f img/s; encoder busy %.1fs); %d near-duplicate groups\n",
+      "%s: %d listed, %d indexed, %d rejected, %d kept from base, %d removed, %d replaced -> %d "
+      "vectors in %.1fs (%.1f img/s; encoder busy %.1fs); %d near-duplicate groups%s\n",
       r.version              ? absl::StrFormat("published v%d%s", r.version,
-                                               o.promote ? "" : " (candidate; CURRENT unchanged)")
+                                  o.promote ? "" : " (candidate; CURRENT unchanged)")
       : !r.shard_dir.empty() ? absl::StrCat("wrote shard ", r.shard_dir)
                              : std::string("dry run"),
-      r.listed,
-      r.indexed, r.rejected, r.kept_from_base, r.removed, r.total, r.seconds,
-      r.seconds > 0 ? r.indexed / r.seconds : 0.0, r.encode_seconds, r.duplicate_groups);
+      r.listed, r.indexed, r.rejected, r.kept_from_base, r.removed, r.replaced, r.total, r.seconds,
+      r.seconds > 0 ? r.indexed / r.seconds : 0.0, r.encode_seconds, r.duplicate_groups,
+      o.base_version == 0 || r.version == 0
+          ? std::string()
+          : absl::StrFormat("; wrote %s (%d bytes)",
+                            r.segment.empty() ? std::string("deletes only")
+                                              : absl::StrCat("segment ", r.segment),
+                            r.bytes_written));
   return 0;
 }

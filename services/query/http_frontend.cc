@@ -10,14 +10,18 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "google/protobuf/util/json_util.h"
+#include "libs/common/client_text.h"
 #include "libs/common/file_util.h"
 #include "libs/common/log.h"
+#include "libs/common/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "services/query/proto_adapter.h"
 #include "services/query/web_page.h"
 
 namespace imagesearch {
@@ -55,269 +59,151 @@ std::string MediaType(const HttpRequest& req) {
   return absl::AsciiStrToLower(absl::StripAsciiWhitespace(type));
 }
 
-absl::StatusOr<uint32_t> ParseUint32(absl::string_view name, absl::string_view text) {
-  uint32_t v = 0;
-  if (!absl::SimpleAtoi(text, &v)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(name, " must be a non-negative integer, got '", text, "'"));
+// Sets `to`'s singular scalar field `f` to `from`'s value.
+void CopyScalarField(const google::protobuf::Message& from,
+                     const google::protobuf::FieldDescriptor* f, google::protobuf::Message* to) {
+  using FD = google::protobuf::FieldDescriptor;
+  const google::protobuf::Reflection* in = from.GetReflection();
+  const google::protobuf::Reflection* out = to->GetReflection();
+  switch (f->cpp_type()) {
+    case FD::CPPTYPE_INT32:
+      return out->SetInt32(to, f, in->GetInt32(from, f));
+    case FD::CPPTYPE_INT64:
+      return out->SetInt64(to, f, in->GetInt64(from, f));
+    case FD::CPPTYPE_UINT32:
+      return out->SetUInt32(to, f, in->GetUInt32(from, f));
+    case FD::CPPTYPE_UINT64:
+      return out->SetUInt64(to, f, in->GetUInt64(from, f));
+    case FD::CPPTYPE_FLOAT:
+      return out->SetFloat(to, f, in->GetFloat(from, f));
+    case FD::CPPTYPE_DOUBLE:
+      return out->SetDouble(to, f, in->GetDouble(from, f));
+    case FD::CPPTYPE_BOOL:
+      return out->SetBool(to, f, in->GetBool(from, f));
+    case FD::CPPTYPE_ENUM:
+      return out->SetEnumValue(to, f, in->GetEnumValue(from, f));
+    case FD::CPPTYPE_STRING:
+      return out->SetString(to, f, in->GetString(from, f));
+    case FD::CPPTYPE_MESSAGE:
+      return;  // Not a scalar; IsParamField keeps these out.
   }
-  return v;
 }
 
-// Query parameters: top_k, ef, include_self and timeout_ms.
-absl::Status ApplyParams(const HttpRequest& req, Query* q, absl::Duration* timeout) {
-  for (const auto& [key, value] : req.params) {
-    if (key == "top_k" || key == "ef" || key == "timeout_ms") {
-      auto v = ParseUint32(key, value);
-      if (!v.ok()) return v.status();
-      if (key == "top_k") q->params.top_k = *v;
-      if (key == "ef") q->params.ef = *v;
-      if (key == "timeout_ms") *timeout = absl::Milliseconds(*v);
-    } else if (key == "dedup") {
-      float d = 0;
-      if (!absl::SimpleAtof(value, &d)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("dedup must be a number from 0 to 1, got '", value.substr(0, 32), "'"));
-      }
-      q->params.dedup = d;
-    } else if (key == "include_self") {
-      if (value != "true" && value != "false") {
-        return absl::InvalidArgumentError(
-            absl::StrCat("include_self must be true or false, got '", value, "'"));
-      }
-      q->include_self = value == "true";
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown query parameter '", key.substr(0, 64),
-          "'; known: top_k, ef, include_self, dedup, timeout_ms"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<uint32_t> JsonUint32(const json& j, const char* name) {
-  if (!j.is_number_unsigned() || j.get<uint64_t>() > std::numeric_limits<uint32_t>::max()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(name, " must be a non-negative 32-bit integer, got ", j.dump()));
-  }
-  return static_cast<uint32_t>(j.get<uint64_t>());
-}
-
-absl::StatusOr<serving::FilterValue> FilterValueFromJson(const json& v, absl::string_view what) {
-  if (v.is_string()) return v.get<std::string>();
-  if (v.is_boolean()) return v.get<bool>();
-  if (v.is_number_integer() &&
-      !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t{INT64_MAX})) {
-    return v.get<int64_t>();
-  }
-  if (v.is_number()) return v.get<double>();
-  return absl::InvalidArgumentError(absl::StrCat(what, " must be a string, number or boolean, got ",
-                                                 v.dump().substr(0, 40)));
-}
-
-// {"must"|"should"|"must_not": [{"field", "match"|"in"|"range"|"has_id"}]},
-// as the proto's Filter with plain JSON scalars for values.
-absl::Status FilterFromJson(const json& j, serving::Filter* out) {
-  if (!j.is_object()) {
-    return absl::InvalidArgumentError("filter must be an object with must, should and must_not lists");
-  }
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    std::vector<serving::Condition>* list = it.key() == "must"       ? &out->must
-                                            : it.key() == "should"   ? &out->should
-                                            : it.key() == "must_not" ? &out->must_not
-                                                                     : nullptr;
-    if (list == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown filter key '", it.key().substr(0, 64),
-                                                     "'; known: must, should, must_not"));
-    }
-    if (!it->is_array()) return absl::InvalidArgumentError(absl::StrCat("filter ", it.key(), " must be a list"));
-    for (const json& c : *it) {
-      if (!c.is_object()) return absl::InvalidArgumentError("a filter condition must be an object");
-      serving::Condition x;
-      int tests = 0;
-      for (auto f = c.begin(); f != c.end(); ++f) {
-        const std::string& key = f.key();
-        const json& v = f.value();
-        if (key == "field") {
-          if (!v.is_string()) return absl::InvalidArgumentError("filter field must be a string");
-          x.field = v.get<std::string>();
-        } else if (key == "match") {
-          ++tests;
-          x.kind = serving::Condition::Kind::kMatch;
-          auto value = FilterValueFromJson(v, "filter match value");
-          if (!value.ok()) return value.status();
-          x.values = {*std::move(value)};
-        } else if (key == "in") {
-          ++tests;
-          x.kind = serving::Condition::Kind::kIn;
-          if (!v.is_array()) return absl::InvalidArgumentError("filter in must be a list of values");
-          for (const json& e : v) {
-            auto value = FilterValueFromJson(e, "filter in value");
-            if (!value.ok()) return value.status();
-            x.values.push_back(*std::move(value));
-          }
-        } else if (key == "range") {
-          ++tests;
-          x.kind = serving::Condition::Kind::kRange;
-          if (!v.is_object()) return absl::InvalidArgumentError("filter range must be an object");
-          for (auto b = v.begin(); b != v.end(); ++b) {
-            auto value = FilterValueFromJson(b.value(), absl::StrCat("filter range ", b.key()));
-            if (!value.ok()) return value.status();
-            if (b.key() == "gte") {
-              x.gte = *value;
-            } else if (b.key() == "gt") {
-              x.gt = *value;
-            } else if (b.key() == "lte") {
-              x.lte = *value;
-            } else if (b.key() == "lt") {
-              x.lt = *value;
-            } else {
-              return absl::InvalidArgumentError(absl::StrCat(
-                  "unknown range bound '", b.key().substr(0, 32), "'; known: gte, gt, lte, lt"));
-            }
-          }
-        } else if (key == "has_id") {
-          ++tests;
-          x.kind = serving::Condition::Kind::kHasId;
-          if (!v.is_array()) return absl::InvalidArgumentError("filter has_id must be a list of ids");
-          for (const json& e : v) {
-            if (!e.is_string()) return absl::InvalidArgumentError("filter has_id ids must be strings");
-            x.ids.push_back(e.get<std::string>());
-          }
-        } else {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "unknown filter condition key '", key.substr(0, 64),
-              "'; known: field, match, in, range, has_id"));
+// Replaces invalid UTF-8 in every string (not bytes) field of `m`, nested
+// messages included.
+void MakeStringsValidUtf8(google::protobuf::Message* m) {
+  using FD = google::protobuf::FieldDescriptor;
+  const google::protobuf::Reflection* r = m->GetReflection();
+  std::vector<const FD*> fields;
+  r->ListFields(*m, &fields);
+  for (const FD* f : fields) {
+    if (f->type() == FD::TYPE_STRING) {
+      std::string scratch;
+      if (f->is_repeated()) {
+        for (int i = 0; i < r->FieldSize(*m, f); ++i) {
+          const std::string& v = r->GetRepeatedStringReference(*m, f, i, &scratch);
+          if (!IsValidUtf8(v)) r->SetRepeatedString(m, f, i, ToValidUtf8(v));
         }
-      }
-      if (tests != 1) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "a filter condition needs exactly one of match, in, range or has_id; the one on '",
-            x.field.substr(0, 64), "' has ", tests));
-      }
-      list->push_back(std::move(x));
-    }
-  }
-  return absl::OkStatus();
-}
-
-// Parses a JSON body into `q`; the views in `q` point into `vector`, `bytes`
-// and `filter`, which the caller keeps alive.
-absl::Status QueryFromJson(const std::string& body, Query* q, std::vector<float>* vector,
-                           std::string* bytes, serving::Filter* filter) {
-  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return absl::InvalidArgumentError("request body is not valid JSON");
-  if (!j.is_object()) return absl::InvalidArgumentError("request body must be a JSON object");
-  int kinds = 0;
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    const std::string& key = it.key();
-    const json& v = it.value();
-    if (key == "text" || key == "id" || key == "image_b64") {
-      ++kinds;
-      if (!v.is_string()) return absl::InvalidArgumentError(absl::StrCat(key, " must be a string"));
-      *bytes = v.get<std::string>();
-      if (key == "image_b64") {
-        std::string decoded;
-        if (!absl::Base64Unescape(*bytes, &decoded)) {
-          return absl::InvalidArgumentError("image_b64 is not valid base64");
-        }
-        *bytes = std::move(decoded);
-      }
-      q->kind = key == "text" ? Query::Kind::kText
-                : key == "id" ? Query::Kind::kId
-                              : Query::Kind::kImage;
-      if (q->kind == Query::Kind::kId) {
-        q->id = *bytes;
       } else {
-        q->data = *bytes;
+        const std::string& v = r->GetStringReference(*m, f, &scratch);
+        if (!IsValidUtf8(v)) r->SetString(m, f, ToValidUtf8(v));
       }
-    } else if (key == "vector") {
-      ++kinds;
-      if (!v.is_array()) return absl::InvalidArgumentError("vector must be an array of numbers");
-      vector->reserve(v.size());
-      for (size_t i = 0; i < v.size(); ++i) {
-        if (!v[i].is_number()) {
-          return absl::InvalidArgumentError(absl::StrCat("vector[", i, "] is not a number"));
+    } else if (f->cpp_type() == FD::CPPTYPE_MESSAGE) {
+      if (f->is_repeated()) {
+        for (int i = 0; i < r->FieldSize(*m, f); ++i) {
+          MakeStringsValidUtf8(r->MutableRepeatedMessage(m, f, i));
         }
-        vector->push_back(v[i].get<float>());
+      } else {
+        MakeStringsValidUtf8(r->MutableMessage(m, f));
       }
-      q->kind = Query::Kind::kVector;
-      q->vector = *vector;
-    } else if (key == "top_k" || key == "ef") {
-      auto n = JsonUint32(v, key.c_str());
-      if (!n.ok()) return n.status();
-      (key == "top_k" ? q->params.top_k : q->params.ef) = *n;
-    } else if (key == "include_self") {
-      if (!v.is_boolean()) return absl::InvalidArgumentError("include_self must be true or false");
-      q->include_self = v.get<bool>();
-    } else if (key == "dedup") {
-      if (!v.is_number()) return absl::InvalidArgumentError("dedup must be a number from 0 to 1");
-      q->params.dedup = v.get<float>();
-    } else if (key == "filter") {
-      if (absl::Status s = FilterFromJson(v, filter); !s.ok()) return s;
-      q->filter = filter;
-    } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown field '", key.substr(0, 64),
-                       "'; known: text, vector, id, image_b64, top_k, ef, include_self, filter, dedup"));
     }
   }
-  if (kinds > 1) {
-    return absl::InvalidArgumentError("set only one of text, vector, id or image_b64");
+}
+
+// Proto3 JSON, as protobuf's own mapping writes it, with the .proto's field
+// names (snake_case) and every field present, zeros included.
+std::string ToJson(google::protobuf::Message* message) {
+  // Protobuf's printer silently drops the bytes of a string that are not
+  // UTF-8 (a snapshot's ids and URIs are its bytes, unchecked when read):
+  // replace them with U+FFFD instead, visibly.
+  MakeStringsValidUtf8(message);
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(*message, &out, options);
+  return out;
+}
+
+// Parses proto3 JSON (field names as in the .proto or lowerCamelCase) into
+// `out`. Protobuf's error text repeats client text whole (an unknown key,
+// a bad value), so it is cut: "<where>: <what>" keeps at most
+// kMaxQuotedBytes of <where> and 160 bytes of <what>.
+absl::Status ParseJson(absl::string_view json_text, absl::string_view what,
+                       google::protobuf::Message* out) {
+  google::protobuf::util::JsonParseOptions options;
+  const auto s = google::protobuf::util::JsonStringToMessage(
+      google::protobuf::StringPiece(json_text.data(), json_text.size()), out, options);
+  if (s.ok()) return absl::OkStatus();
+  const absl::string_view message(s.message().data(), s.message().size());
+  const size_t colon = message.find(": ");
+  const std::string bounded =
+      colon == absl::string_view::npos || colon == 0
+          ? TruncateClientText(message, 160)
+          : absl::StrCat(TruncateClientText(message.substr(0, colon), kMaxQuotedBytes), ": ",
+                         TruncateClientText(message.substr(colon + 2), 160));
+  return absl::InvalidArgumentError(absl::StrCat(
+      what, ": ", bounded, " (", out->GetDescriptor()->full_name(), " in proto3 JSON)"));
+}
+
+// The fields of SearchRequest a query parameter can set: its singular
+// scalars outside the `query` oneof (top_k, ef, include_self, dedup, ...).
+bool IsParamField(const google::protobuf::FieldDescriptor* f) {
+  return f != nullptr && !f->is_repeated() && f->containing_oneof() == nullptr &&
+         f->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE;
+}
+
+std::string ParamNames() {
+  const google::protobuf::Descriptor* d = v1::SearchRequest::descriptor();
+  std::string names;
+  for (int i = 0; i < d->field_count(); ++i) {
+    if (IsParamField(d->field(i))) absl::StrAppend(&names, d->field(i)->name(), ", ");
   }
+  return absl::StrCat(names, "timeout_ms");
+}
+
+// Query parameters: any scalar field of SearchRequest (by its .proto or
+// JSON name, with its proto3 JSON syntax), plus timeout_ms. They override
+// the same fields of a JSON body.
+absl::Status ApplyParams(const HttpRequest& req, v1::SearchRequest* request,
+                         absl::Duration* timeout) {
+  const google::protobuf::Descriptor* d = v1::SearchRequest::descriptor();
+  json fields = json::object();
+  std::vector<const google::protobuf::FieldDescriptor*> set;
+  for (const auto& [key, value] : req.params) {
+    if (key == "timeout_ms") {
+      uint32_t ms = 0;
+      if (!absl::SimpleAtoi(value, &ms)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "timeout_ms must be a non-negative integer, got ", QuoteClientText(value)));
+      }
+      *timeout = absl::Milliseconds(ms);
+      continue;
+    }
+    const google::protobuf::FieldDescriptor* f = d->FindFieldByName(key);
+    if (f == nullptr) f = d->FindFieldByCamelcaseName(key);
+    if (!IsParamField(f)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown query parameter ", QuoteClientText(key), "; known: ", ParamNames()));
+    }
+    fields[f->name()] = value;  // Proto3 JSON takes numbers and booleans as strings too.
+    set.push_back(f);
+  }
+  if (set.empty()) return absl::OkStatus();
+  v1::SearchRequest params;
+  RETURN_IF_ERROR(ParseJson(fields.dump(), "query parameters", &params));
+  for (const google::protobuf::FieldDescriptor* f : set) CopyScalarField(params, f, request);
   return absl::OkStatus();
-}
-
-json HitsJson(const serving::SearchResult& r) {
-  json hits = json::array();
-  for (const auto& h : r.hits) {
-    json attributes = h.attributes_json.empty()
-                          ? json::object()
-                          : json::parse(h.attributes_json, nullptr, /*allow_exceptions=*/false);
-    if (attributes.is_discarded()) attributes = nullptr;
-    hits.push_back({{"id", h.id},
-                    {"score", h.score},
-                    {"distance", h.distance},
-                    {"uri", h.uri},
-                    {"attributes", std::move(attributes)}});
-  }
-  return {{"hits", std::move(hits)}, {"snapshot_version", r.snapshot_version},
-          {"collapsed", r.collapsed}};
-}
-
-json FieldsJson(const snapshot::AttributeTable* attrs) {
-  json fields = json::array();
-  if (attrs != nullptr) {
-    for (const auto& f : attrs->fields()) {
-      fields.push_back({{"name", f.name}, {"type", std::string(snapshot::FieldTypeName(f.type))}});
-    }
-  }
-  return fields;
-}
-
-// The same fields, under the same names, as gRPC GetInfo.
-json InfoJson(const serving::ServingState& state) {
-  const auto& m = state.snapshot->manifest();
-  return {{"snapshot_version", m.version},
-          {"model",
-           {{"name", m.model.name},
-            {"version", m.model.version},
-            {"sha256", m.model.sha256},
-            {"embed_dim", m.dim},
-            {"image_size", m.model.image_size},
-            {"has_text", m.model.has_text},
-            {"loaded", state.embedder != nullptr}}},
-          {"dim", m.dim},
-          {"metric", std::string(index::MetricName(m.metric))},
-          {"vector_count", m.count},
-          {"hnsw",
-           {{"m", m.hnsw_m}, {"ef_construction", m.hnsw_ef_construction},
-            {"default_ef", m.default_ef}}},
-          {"created_at", m.created_at},
-          {"base_version", m.base_version},
-          {"max_top_k", serving::kMaxTopK},
-          {"has_thumbnails", state.snapshot->thumbs() != nullptr},
-          {"fields", FieldsJson(state.snapshot->attributes())}};
 }
 
 // The deadline counts from when the request's head arrived; the call is
@@ -330,16 +216,6 @@ serving::CallContext HttpContext(const HttpRequest& req, absl::Duration timeout)
     context.cancelled = [gone = req.client_gone] { return gone->load(); };
   }
   return context;
-}
-
-// Open without a token: the orchestrator's health check (SageMaker, k8s).
-bool IsPing(const HttpRequest& req) {
-  return (req.method == "GET" || req.method == "HEAD") && req.path == "/ping";
-}
-
-absl::Status Unauthenticated() {
-  return absl::UnauthenticatedError(
-      "missing or invalid bearer token: send the header 'Authorization: Bearer <token>'");
 }
 
 absl::Status TooLarge(const HttpRequest& req, size_t limit) {
@@ -390,27 +266,32 @@ struct HttpFrontend::Route {
   const char* method;  // "GET" routes answer HEAD too.
   const char* path;    // Exact, or with `prefix` a longer path starting with it.
   bool prefix;
-  bool open;       // Served without the bearer token.
-  bool on_worker;  // Runs on a worker: it parses bodies, searches or reads the snapshot.
+  const char* name;  // The `method` label of the request metrics.
+  bool open;         // Served without the bearer token.
+  bool on_worker;    // Runs on a worker: it parses bodies, searches or reads the snapshot.
   Handler handler;
 };
 
 const std::vector<HttpFrontend::Route>& HttpFrontend::Routes() {
   static const std::vector<Route> routes = {
-      {"GET", "/ping", false, true, false, &HttpFrontend::Ping},
-      {"GET", "/metrics", false, false, false, &HttpFrontend::MetricsText},
-      {"GET", "/", false, false, false, &HttpFrontend::Page},
-      {"GET", "/info", false, false, false, &HttpFrontend::Info},
-      {"GET", "/thumbs/", true, false, true, &HttpFrontend::Thumbnail},
-      {"GET", "/invocations", false, false, false, &HttpFrontend::InvocationsGet},
-      {"POST", "/invocations", false, false, true, &HttpFrontend::Invocations},
+      // The orchestrator's health check (SageMaker, k8s) needs no token.
+      {"GET", "/ping", false, "Ping", true, false, &HttpFrontend::Ping},
+      {"GET", "/metrics", false, "Metrics", false, false, &HttpFrontend::MetricsText},
+      {"GET", "/", false, "Page", false, false, &HttpFrontend::Page},
+      {"GET", "/info", false, "GetInfo", false, false, &HttpFrontend::Info},
+      {"GET", "/thumbs/", true, "Thumbnail", false, true, &HttpFrontend::Thumbnail},
+      {"GET", "/invocations", false, "Search", false, false, &HttpFrontend::InvocationsGet},
+      {"POST", "/invocations", false, "Search", false, true, &HttpFrontend::Invocations},
   };
   return routes;
 }
 
 HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
                            HttpFrontendOptions options)
-    : core_(core), metrics_(metrics), options_(std::move(options)) {}
+    : core_(core),
+      metrics_(metrics),
+      options_(std::move(options)),
+      gate_(options_.token, metrics) {}
 
 HttpFrontend::~HttpFrontend() { Stop(); }
 
@@ -432,9 +313,10 @@ absl::Status HttpFrontend::Start() {
         Dispatch(std::move(req), std::move(respond));
       },
       [](int status, absl::string_view message) {
-        const absl::Status s = status == 408                    ? absl::DeadlineExceededError(message)
-                               : status == 501 || status == 505 ? absl::UnimplementedError(message)
-                                                                : absl::InvalidArgumentError(message);
+        const absl::Status s = status == 408 ? absl::DeadlineExceededError(message)
+                               : status == 501 || status == 505
+                                   ? absl::UnimplementedError(message)
+                                   : absl::InvalidArgumentError(message);
         return ErrorResponse(s, status);
       });
   {
@@ -490,49 +372,57 @@ void HttpFrontend::Work() {
   }
 }
 
-bool HttpFrontend::Authorized(const HttpRequest& req) const {
-  return options_.token == nullptr || IsPing(req) ||
-         options_.token->Accepts(req.Header("authorization"));
-}
-
-HttpResponse HttpFrontend::Refuse(const absl::Status& status, int http_status) {
-  metrics_->RecordRequest("http", "Search", status.code(), absl::ZeroDuration());
-  return ErrorResponse(status, http_status);
-}
-
-// Before the body: the token, and the body's announced size.
-std::optional<HttpResponse> HttpFrontend::CheckHead(const HttpRequest& req) {
-  const bool search = req.path == "/invocations";
-  if (!Authorized(req)) {
-    HttpResponse r =
-        search ? Refuse(Unauthenticated(), 401) : ErrorResponse(Unauthenticated(), 401);
-    r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"imagesearch\"");
-    return r;
-  }
-  if (req.body_too_large) return Refuse(TooLarge(req, options_.max_body_bytes), 413);
-  return std::nullopt;
-}
-
-void HttpFrontend::Dispatch(HttpRequest req, HttpResponder respond) {
-  if (req.body_too_large) {  // A chunked body that outgrew the limit.
-    return respond.Send(Refuse(TooLarge(req, options_.max_body_bytes), 413));
-  }
-  const Route* route = nullptr;
+const HttpFrontend::Route* HttpFrontend::FindRoute(const HttpRequest& req) {
   for (const Route& r : Routes()) {
     const bool method = req.method == r.method || (req.method == "HEAD" && r.method[0] == 'G');
     const bool path = r.prefix
                           ? absl::StartsWith(req.path, r.path) && req.path.size() > strlen(r.path)
                           : req.path == r.path;
-    if (method && path) {
-      route = &r;
-      break;
+    if (method && path) return &r;
+  }
+  return nullptr;
+}
+
+// The `method` label of a request that matches no route.
+constexpr char kNoRoute[] = "unknown";
+
+HttpResponse HttpFrontend::Refuse(absl::string_view method, const absl::Status& status,
+                                  int http_status) const {
+  return ErrorResponse(gate_.Refuse("http", method, status), http_status);
+}
+
+// Before the body: the token, and the body's announced size.
+std::optional<HttpResponse> HttpFrontend::CheckHead(const HttpRequest& req) {
+  const Route* route = FindRoute(req);
+  const absl::string_view method = route != nullptr ? route->name : kNoRoute;
+  if (route == nullptr || !route->open) {
+    std::vector<absl::string_view> authorization;
+    for (const auto& [name, value] : req.headers) {
+      if (name == "authorization") authorization.push_back(value);
+    }
+    if (absl::Status s = gate_.Authenticate("http", method, authorization); !s.ok()) {
+      HttpResponse r = ErrorResponse(s, 401);
+      r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"imagesearch\"");
+      return r;
     }
   }
+  if (req.body_too_large) return Refuse(method, TooLarge(req, options_.max_body_bytes), 413);
+  return std::nullopt;
+}
+
+void HttpFrontend::Dispatch(HttpRequest req, HttpResponder respond) {
+  const Route* route = FindRoute(req);
+  const absl::string_view method = route != nullptr ? route->name : kNoRoute;
+  if (req.body_too_large) {  // A chunked body that outgrew the limit.
+    return respond.Send(Refuse(method, TooLarge(req, options_.max_body_bytes), 413));
+  }
   if (route == nullptr) {
-    return respond.Send(ErrorResponse(absl::NotFoundError(
-        absl::StrCat("no route ", req.method.substr(0, 16), " ", req.path.substr(0, 200),
-                     "; routes: GET /, GET /ping, GET /info, POST /invocations, "
-                     "GET /thumbs/{id}, GET /metrics"))));
+    return respond.Send(Refuse(
+        method,
+        absl::NotFoundError(absl::StrCat(
+            "no route for ", TruncateClientText(req.method, 16), " ", QuoteClientText(req.path),
+            "; routes: GET /, GET /ping, GET /info, POST /invocations, "
+            "GET /thumbs/{id}, GET /metrics"))));
   }
   if (!route->on_worker) return (this->*route->handler)(std::move(req), std::move(respond));
   const size_t queued = options_.max_queued;
@@ -540,6 +430,7 @@ void HttpFrontend::Dispatch(HttpRequest req, HttpResponder respond) {
         (this->*handler)(std::move(req), std::move(respond));
       })) {
     respond.Send(Refuse(
+        method,
         absl::ResourceExhaustedError(absl::StrCat(
             "server overloaded: ", queued, " HTTP requests are waiting for a worker; retry later")),
         429));
@@ -571,7 +462,9 @@ void HttpFrontend::Page(HttpRequest, HttpResponder respond) {
 void HttpFrontend::Info(HttpRequest req, HttpResponder respond) {
   auto state = core_->Info(HttpContext(req, options_.timeout));
   if (!state.ok()) return respond.Send(ErrorResponse(state.status()));
-  respond.Send(Content(InfoJson(**state).dump(), kJson));
+  v1::GetInfoResponse info;
+  FillInfo(**state, &info);
+  respond.Send(Content(ToJson(&info), kJson));
 }
 
 // Thumbnails come only from the live snapshot's thumbs.bin, looked up by
@@ -596,51 +489,44 @@ void HttpFrontend::Thumbnail(HttpRequest req, HttpResponder respond) {
 }
 
 void HttpFrontend::InvocationsGet(HttpRequest, HttpResponder respond) {
-  respond.Send(ErrorResponse(absl::UnimplementedError("use POST /invocations"), 405));
+  respond.Send(Refuse("Search", absl::UnimplementedError("use POST /invocations"), 405));
 }
 
 // On a worker: parses the query and starts it through the core; the core's
 // callback answers (here for refusals and vector/id queries, on a model
 // thread for image and text queries).
 void HttpFrontend::Invocations(HttpRequest req, HttpResponder respond) {
-  // What the query's views point into, kept until the callback runs.
+  // What the core's query points into, kept until the callback runs.
   struct Call {
     HttpRequest req;
-    Query q;
-    std::vector<float> vector;
-    std::string bytes;
+    v1::SearchRequest request;
     serving::Filter filter;
   };
   auto call = std::make_shared<Call>();
   call->req = std::move(req);
-  Query& q = call->q;
   absl::Duration timeout = options_.timeout;
-  if (absl::Status s = ApplyParams(call->req, &q, &timeout); !s.ok()) {
-    return respond.Send(Refuse(s));
-  }
   const std::string type = MediaType(call->req);
+  absl::Status parsed;
   if (IsImageType(type)) {
-    q.kind = Query::Kind::kImage;
-    q.data = call->req.body;
+    call->request.set_image(std::move(call->req.body));
   } else if (type == kJson) {
-    if (absl::Status s =
-            QueryFromJson(call->req.body, &q, &call->vector, &call->bytes, &call->filter);
-        !s.ok()) {
-      return respond.Send(Refuse(s));
-    }
+    parsed = ParseJson(call->req.body, "request body", &call->request);
   } else {
-    return respond.Send(Refuse(absl::InvalidArgumentError(absl::StrCat(
-                                   "Content-Type '", type.substr(0, 64),
-                                   "' is not supported; send image/jpeg, image/png, image/webp "
-                                   "or application/json")),
-                               415));
+    return respond.Send(Refuse(
+        "Search",
+        absl::InvalidArgumentError(absl::StrCat(
+            "Content-Type ", QuoteClientText(type),
+            " is not supported; send image/jpeg, image/png, image/webp or application/json")),
+        415));
   }
-  core_->Search(q, HttpContext(call->req, timeout),
+  if (parsed.ok()) parsed = ApplyParams(call->req, &call->request, &timeout);
+  if (!parsed.ok()) return respond.Send(Refuse("Search", parsed));
+  core_->Search(ToQuery(call->request, &call->filter), HttpContext(call->req, timeout),
                 [call, respond](absl::StatusOr<serving::SearchResult> r) mutable {
                   if (!r.ok()) return respond.Send(ErrorResponse(r.status()));
-                  // Ids and URIs are bytes from the snapshot, not necessarily UTF-8.
-                  respond.Send(Content(
-                      HitsJson(*r).dump(-1, ' ', false, json::error_handler_t::replace), kJson));
+                  v1::SearchResponse response;
+                  FillSearchResponse(*r, &response);
+                  respond.Send(Content(ToJson(&response), kJson));
                 });
 }
 

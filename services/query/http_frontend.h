@@ -1,17 +1,20 @@
 // The HTTP front end of the query service, over the same query core as gRPC,
 // as a table of routes on HttpServer (http_server.h, event-driven on
-// libevent). Routes:
+// libevent). Bodies and answers are the API's messages (proto/imagesearch/v1)
+// in protobuf's proto3 JSON mapping, converted by the same proto adapter as
+// gRPC (proto_adapter.h), so a field added to the .proto needs no change here.
+// Routes:
 //
 //   GET  /ping         200, empty body, while the core is serving; else 503
-//   POST /invocations  image/jpeg|png|webp bytes (top_k, ef as query
-//                      parameters), or application/json
-//                      {"text"|"vector"|"id"|"image_b64", "top_k", "ef",
-//                       "include_self"}; answers
-//                      {"hits":[{"id","score","distance","uri","attributes"}],
-//                       "snapshot_version"}
+//   POST /invocations  a SearchRequest as application/json, or image/jpeg|
+//                      png|webp bytes; query parameters set SearchRequest's
+//                      scalar fields (top_k, ef, include_self, dedup, ...)
+//                      over the body's, and timeout_ms the deadline; answers
+//                      a SearchResponse (hits with id, score, distance, uri,
+//                      attributes_json; snapshot_version; collapsed)
 //   GET  /metrics      Prometheus text format
 //   GET  /             the search page (web/index.html, compiled in)
-//   GET  /info         what gRPC GetInfo answers, as JSON (same field names)
+//   GET  /info         a GetInfoResponse
 //   GET  /thumbs/{id}  the thumbnail the indexer stored for that id (JPEG,
 //                      ETag + Cache-Control; 404 if the snapshot has none)
 //
@@ -19,7 +22,8 @@
 // on port 8080). Every error is {"error":{"code","message"}} with the core's
 // canonical code name and message, and an HTTP status mapped from it (see
 // HttpStatusOf). A body over max_body_bytes is refused with 413 from its
-// Content-Length, before it is read.
+// Content-Length, before it is read. Every refusal before the core is
+// decided and counted by a CallGate (call_gate.h) under the route's method.
 //
 // Threads: the server's loop thread answers /ping, /metrics, / and /info
 // itself, so health answers however busy the model is and however many
@@ -55,6 +59,7 @@
 #include "libs/serving/metrics.h"
 #include "libs/serving/query_core.h"
 #include "services/query/auth.h"
+#include "services/query/call_gate.h"
 #include "services/query/http_server.h"
 
 namespace imagesearch {
@@ -112,13 +117,16 @@ class HttpFrontend {
   void InvocationsGet(HttpRequest req, HttpResponder respond);
   void Invocations(HttpRequest req, HttpResponder respond);
 
-  bool Authorized(const HttpRequest& req) const;
-  // An answer for a request the core never sees, counted in the metrics.
-  HttpResponse Refuse(const absl::Status& status, int http_status = 0);
+  // The route `req` names, or null.
+  static const Route* FindRoute(const HttpRequest& req);
+  // An answer for a request the core never sees, counted under `method`.
+  HttpResponse Refuse(absl::string_view method, const absl::Status& status,
+                      int http_status = 0) const;
 
   serving::QueryCore* const core_;
   serving::Metrics* const metrics_;
   const HttpFrontendOptions options_;
+  const CallGate gate_;
   std::unique_ptr<HttpServer> server_;
 
   std::mutex mu_;

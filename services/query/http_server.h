@@ -23,9 +23,9 @@
 // for read_timeout (idle keep-alive, or a request or TLS handshake left
 // unfinished) is closed, and one whose request line and headers trickle in
 // for longer than read_timeout in all gets 408 and is closed; so is one that
-// does not take its answer within write_timeout. Malformed requests get 400 (431 for an oversized head, 501
-// for an unknown Transfer-Encoding, 505 for a version other than HTTP/1.x)
-// with a body from error_body, and the connection is closed.
+// does not take its answer within write_timeout. Malformed requests get 400 (431 for an oversized
+// head, 501 for an unknown Transfer-Encoding, 505 for a version other than HTTP/1.x) with a body
+// from error_body, and the connection is closed.
 //
 // Start() raises the process's RLIMIT_NOFILE soft limit to its hard limit,
 // so that thousands of connections fit, and ignores SIGPIPE (a peer that

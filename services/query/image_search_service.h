@@ -27,6 +27,7 @@
 #include "libs/serving/metrics.h"
 #include "libs/serving/query_core.h"
 #include "services/query/auth.h"
+#include "services/query/call_gate.h"
 
 namespace imagesearch {
 
@@ -36,10 +37,11 @@ using RawImageSearchBase = v1::ImageSearch::WithRawCallbackMethod_Search<
 
 class ImageSearchService final : public RawImageSearchBase {
  public:
-  // `token` null: no authentication. `metrics` counts the calls refused
-  // here (unauthenticated, unparseable); the core counts the rest.
+  // `token` null: no authentication. The calls refused here
+  // (unauthenticated, unparseable) are counted in `metrics` by a CallGate;
+  // the core counts the rest.
   ImageSearchService(serving::QueryCore* core, const BearerToken* token, serving::Metrics* metrics)
-      : core_(core), token_(token), metrics_(metrics) {}
+      : core_(core), gate_(token, metrics) {}
 
   grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* context,
                                    const grpc::ByteBuffer* request,
@@ -59,25 +61,24 @@ class ImageSearchService final : public RawImageSearchBase {
   // Checks the token, parses a Request, runs `handle` and serializes its
   // Response; any refusal finishes the call with a precise status.
   template <typename Request, typename Response>
-  grpc::ServerUnaryReactor* Serve(
-      grpc::CallbackServerContext* context, const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
-      const char* method,
-      void (ImageSearchService::*handle)(grpc::CallbackServerContext*, const Request&, Response*,
-                                         Done));
+  grpc::ServerUnaryReactor* Serve(grpc::CallbackServerContext* context, const grpc::ByteBuffer* in,
+                                  grpc::ByteBuffer* out, const char* method,
+                                  void (ImageSearchService::*handle)(grpc::CallbackServerContext*,
+                                                                     const Request&, Response*,
+                                                                     Done));
 
   void HandleSearch(grpc::CallbackServerContext* context, const v1::SearchRequest& request,
                     v1::SearchResponse* response, Done done);
   void HandleSearchBatch(grpc::CallbackServerContext* context,
-                         const v1::SearchBatchRequest& request,
-                         v1::SearchBatchResponse* response, Done done);
+                         const v1::SearchBatchRequest& request, v1::SearchBatchResponse* response,
+                         Done done);
   void HandleEmbed(grpc::CallbackServerContext* context, const v1::EmbedRequest& request,
                    v1::EmbedResponse* response, Done done);
   void HandleGetInfo(grpc::CallbackServerContext* context, const v1::GetInfoRequest& request,
                      v1::GetInfoResponse* response, Done done);
 
   serving::QueryCore* const core_;
-  const BearerToken* const token_;
-  serving::Metrics* const metrics_;
+  const CallGate gate_;
 };
 
 }  // namespace imagesearch

@@ -9,6 +9,10 @@
 // <root>/CURRENT and swaps in new versions after loading them. On SIGTERM it
 // stops taking new work and drains the calls in flight.
 //
+// Ports: N listens on N, 0 on a port the kernel picks, -1 turns that front
+// off (the default for HTTP). Each port is printed on stdout once it listens
+// and, with --port_file, written to that file.
+//
 // Plaintext by default. --tls_cert/--tls_key: gRPC over TLS and HTTPS;
 // --tls_client_ca: mTLS (client certificates required and verified) on both.
 // --auth_token_file: a bearer token on every call but health checks and /ping.
@@ -28,16 +32,21 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "grpc/health/v1/health.pb.h"
 #include "libs/common/binary_main.h"
 #include "libs/common/cpu_quota.h"
+#include "libs/common/file_util.h"
 #include "libs/common/log.h"
+#include "libs/common/status_macros.h"
 #include "libs/serving/metrics.h"
 #include "libs/serving/model_plugin.h"
 #include "libs/serving/query_core.h"
@@ -50,10 +59,17 @@ ABSL_FLAG(std::string, snapshot_root, "",
           "Snapshot root directory (holds CURRENT and v<N>/), or one version directory. "
           "`serve` defaults it to /opt/ml/model.");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on (gRPC and HTTP).");
-ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free port (printed on stdout).");
-ABSL_FLAG(int, http_port, 0,
-          "HTTP port for /ping, /invocations and /metrics; 0 = no HTTP. `serve` defaults it to "
-          "$SAGEMAKER_BIND_TO_PORT or 8080.");
+ABSL_FLAG(int, port, 50051,
+          "gRPC port; 0 = a free port the kernel picks, -1 = no gRPC. `serve` turns gRPC off "
+          "unless --port is given.");
+ABSL_FLAG(int, http_port, -1,
+          "HTTP port for /ping, /invocations and /metrics; 0 = a free port the kernel picks, "
+          "-1 = no HTTP. `serve` defaults it to $SAGEMAKER_BIND_TO_PORT or 8080.");
+ABSL_FLAG(std::string, port_file, "",
+          "Write the ports that listen to this file as JSON, {\"grpc\": N, \"http\": M}, a "
+          "front that is off (or not listening yet) left out. Replaced atomically (temp file "
+          "+ rename) when HTTP listens (at start) and again when gRPC does (once the first "
+          "snapshot is loaded).");
 ABSL_FLAG(int, http_threads, 4,
           "HTTP workers that parse and start /invocations requests (the event loop "
           "serves every connection; /ping never waits for a worker).");
@@ -69,12 +85,20 @@ ABSL_FLAG(int, max_inflight_requests, 256,
 ABSL_FLAG(int, max_queued_embeds, 256,
           "Image/text items admitted but not yet encoded; beyond it image/text requests get "
           "RESOURCE_EXHAUSTED (HTTP 429) at once.");
-ABSL_FLAG(int, poll_ms, 500, "How often to check CURRENT for a new version, in milliseconds.");
+ABSL_FLAG(int, poll_ms, 500,
+          "How often to check CURRENT for a new version, in milliseconds: a fallback poll; "
+          "inotify on CURRENT makes swaps immediate where the volume supports it (not on NFS "
+          "for writes from other hosts).");
+ABSL_FLAG(bool, inotify, true,
+          "Watch CURRENT with inotify, so a new version is read at once where the volume reports "
+          "changes. false: CURRENT is read only every --poll_ms, as on NFS for another host's "
+          "publish.");
 ABSL_FLAG(std::string, verify, "checksums",
           "Snapshot verification at load: 'checksums' (every byte, XXH3) or 'sizes' (O(1)).");
-ABSL_FLAG(int, max_batch, 2,
-          "Dynamic batcher: largest batch of image/text queries per forward pass (per model "
-          "instance; with one thread per instance, 2 ran as fast as any, tools/bench/README.md).");
+ABSL_FLAG(
+    int, max_batch, 2,
+    "Dynamic batcher: largest batch of image/text queries per forward pass (per model "
+    "instance; with one thread per instance, 2 ran as fast as any, tools/bench/results/LOG.md).");
 ABSL_FLAG(int, max_delay_us, 2000,
           "Dynamic batcher: longest wait for more queries after the first of a batch.");
 ABSL_FLAG(int, model_instances, 0,
@@ -112,6 +136,11 @@ namespace {
 constexpr char kServiceName[] = "imagesearch.v1.ImageSearch";
 constexpr char kVersion[] = "0.1.0";
 
+constexpr int kOff = -1;  // --port / --http_port: that front does not listen.
+
+bool GrpcEnabled() { return absl::GetFlag(FLAGS_port) != kOff; }
+bool HttpEnabled() { return absl::GetFlag(FLAGS_http_port) != kOff; }
+
 // Whether the command line sets flag `name` (--name=V, --name V, -name=V).
 bool NamesFlag(int argc, char** argv, absl::string_view name) {
   for (int i = 1; i < argc; ++i) {
@@ -123,20 +152,47 @@ bool NamesFlag(int argc, char** argv, absl::string_view name) {
   return false;
 }
 
-// `serve`: the SageMaker inference-container contract.
-void ApplySageMakerDefaults() {
+// `serve`: the SageMaker inference-container contract, HTTP on one port;
+// gRPC only when --port asks for it.
+void ApplySageMakerDefaults(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_snapshot_root).empty()) {
     absl::SetFlag(&FLAGS_snapshot_root, "/opt/ml/model");
   }
-  if (absl::GetFlag(FLAGS_http_port) == 0) {
+  if (!NamesFlag(argc, argv, "port")) absl::SetFlag(&FLAGS_port, kOff);
+  if (!NamesFlag(argc, argv, "http_port")) {
     int port = 8080;
     const char* env = std::getenv("SAGEMAKER_BIND_TO_PORT");
-    if (env != nullptr && !absl::SimpleAtoi(env, &port)) {
+    if (env != nullptr && (!absl::SimpleAtoi(env, &port) || port < 0 || port > 65535)) {
       LogWarning("SAGEMAKER_BIND_TO_PORT='", env, "' is not a port; using 8080");
       port = 8080;
     }
     absl::SetFlag(&FLAGS_http_port, port);
   }
+}
+
+// The flags that are checked before anything is opened; a bad one is exit
+// status 2.
+absl::Status CheckFlags() {
+  if (absl::GetFlag(FLAGS_snapshot_root).empty()) {
+    return absl::InvalidArgumentError(
+        "--snapshot_root is required (or run `imagesearch-query serve`)");
+  }
+  const std::string verify = absl::GetFlag(FLAGS_verify);
+  if (verify != "checksums" && verify != "sizes") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--verify must be 'checksums' or 'sizes', got '", verify, "'"));
+  }
+  for (const auto& [name, port] : {std::pair<const char*, int>{"port", absl::GetFlag(FLAGS_port)},
+                                   {"http_port", absl::GetFlag(FLAGS_http_port)}}) {
+    if (port < kOff || port > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--", name, "=", port, ": give a port, 0 (the kernel picks one) or -1 (off)"));
+    }
+  }
+  if (!GrpcEnabled() && !HttpEnabled()) {
+    return absl::InvalidArgumentError("nothing to serve: --port and --http_port are both -1 (off)");
+  }
+  return absl::OkStatus();
 }
 
 struct Security {
@@ -158,12 +214,14 @@ absl::StatusOr<Security> LoadSecurity() {
                        tls_client_ca.empty() ? "" : " (--tls_client_ca needs both)"));
     }
     auto loaded = LoadTlsFiles(tls_cert, tls_key, tls_client_ca);
-    if (!loaded.ok()) return absl::InvalidArgumentError(absl::StrCat("TLS: ", loaded.status().message()));
+    if (!loaded.ok())
+      return absl::InvalidArgumentError(absl::StrCat("TLS: ", loaded.status().message()));
     security.tls = *std::move(loaded);
   }
   if (const std::string file = absl::GetFlag(FLAGS_auth_token_file); !file.empty()) {
     auto loaded = BearerToken::FromFile(file);
-    if (!loaded.ok()) return absl::InvalidArgumentError(absl::StrCat("auth: ", loaded.status().message()));
+    if (!loaded.ok())
+      return absl::InvalidArgumentError(absl::StrCat("auth: ", loaded.status().message()));
     security.token = *std::move(loaded);
   }
   return security;
@@ -213,6 +271,10 @@ class Lifecycle {
     cv_.wait(lock, [this] { return loaded_ || stop_signal_ != 0; });
     return stop_signal_ == 0;
   }
+  bool StopRequested() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stop_signal_ != 0;
+  }
   // Waits for a stop request; returns its signal.
   int WaitStop() {
     std::unique_lock<std::mutex> lock(mu_);
@@ -241,6 +303,136 @@ class Lifecycle {
   int stop_signal_ = 0;
   grpc::Server* server_ = nullptr;
 };
+
+// The ports this process listens on, reported as each front starts: a line
+// on stdout ("http listening on port N"; "listening on port N" for gRPC)
+// and, with --port_file, that file replaced atomically with every port
+// listening so far, e.g. {"grpc": 50051, "http": 8080}. Used by Run's thread
+// only.
+class PortReport {
+ public:
+  explicit PortReport(std::string path) : path_(std::move(path)) {}
+
+  // Writes "{}" (nothing listens yet): a file left by an earlier run is
+  // replaced, and a path that cannot be written is an error before anything
+  // starts.
+  absl::Status Start() { return Write(); }
+  absl::Status Http(int port) {
+    http_ = port;
+    RETURN_IF_ERROR(Write());
+    std::cout << "http listening on port " << port << std::endl;
+    return absl::OkStatus();
+  }
+  absl::Status Grpc(int port) {
+    grpc_ = port;
+    RETURN_IF_ERROR(Write());
+    std::cout << "listening on port " << port << std::endl;
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status Write() const {
+    if (path_.empty()) return absl::OkStatus();
+    std::vector<std::string> fields;
+    if (grpc_ != 0) fields.push_back(absl::StrCat("\"grpc\": ", grpc_));
+    if (http_ != 0) fields.push_back(absl::StrCat("\"http\": ", http_));
+    absl::Status s =
+        ReplaceFileAtomically(path_, absl::StrCat("{", absl::StrJoin(fields, ", "), "}\n"));
+    if (!s.ok()) return absl::Status(s.code(), absl::StrCat("--port_file: ", s.message()));
+    return s;
+  }
+
+  const std::string path_;
+  int grpc_ = 0;  // 0: not listening.
+  int http_ = 0;
+};
+
+std::string TlsText(const Security& security) {
+  if (!security.tls) return ", plaintext";
+  return security.tls->mtls() ? ", TLS with client certificates" : ", TLS";
+}
+
+// What this process will serve, logged once before anything loads.
+void LogStartup(const Security& security, const HttpFrontend* http) {
+  LogInfo("imagesearch-query starting: snapshot ", absl::GetFlag(FLAGS_snapshot_root),
+          http ? absl::StrCat(", HTTP on ", absl::GetFlag(FLAGS_host), ":", http->port(),
+                              security.tls ? " (HTTPS)" : "", " (503 until serving)")
+               : "",
+          GrpcEnabled() ? ", gRPC listens once a snapshot is loaded" : ", no gRPC",
+          TlsText(security), security.token ? ", bearer token required" : "");
+}
+
+// Blocks SIGINT and SIGTERM in this thread and so in every thread started
+// after it; SignalThread takes them with sigwait. Call before any thread
+// starts.
+sigset_t BlockStopSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return signals;
+}
+
+// The thread that turns SIGINT/SIGTERM into Lifecycle::RequestStop. A signal
+// that arrived since BlockStopSignals is pending, and sigwait takes it. The
+// destructor raises SIGTERM itself if no stop was requested, then joins.
+class SignalThread {
+ public:
+  SignalThread(sigset_t signals, Lifecycle* life)
+      : life_(life), thread_([signals, life] {
+          int sig = 0;
+          sigwait(&signals, &sig);
+          life->RequestStop(sig);
+        }) {}
+  ~SignalThread() {
+    if (!life_->StopRequested()) kill(getpid(), SIGTERM);
+    thread_.join();
+  }
+  SignalThread(const SignalThread&) = delete;
+  SignalThread& operator=(const SignalThread&) = delete;
+
+ private:
+  Lifecycle* const life_;
+  std::thread thread_;
+};
+
+// Pulls the health proto's descriptors into this binary, so that reflection
+// can describe the built-in health service, and turns both services on for
+// every gRPC server built after it.
+void EnableGrpcServices() {
+  (void)grpc::health::v1::HealthCheckRequest::descriptor();
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+}
+
+// The snapshot manager: what it loads and how it checks it, and what a load
+// or a swap updates (metrics, readiness).
+serving::SnapshotManagerOptions ManagerOptions(serving::Metrics* metrics, Lifecycle* life) {
+  serving::SnapshotManagerOptions mopts;
+  mopts.root = absl::GetFlag(FLAGS_snapshot_root);
+  mopts.verify = absl::GetFlag(FLAGS_verify) == "sizes" ? snapshot::VerifyMode::kSizes
+                                                        : snapshot::VerifyMode::kChecksums;
+  mopts.poll_interval = absl::Milliseconds(absl::GetFlag(FLAGS_poll_ms));
+  mopts.use_inotify = absl::GetFlag(FLAGS_inotify);
+  mopts.embedder_factory = serving::PluginEmbedderFactory(ModelOptions(metrics));
+  mopts.on_load = [metrics](bool ok, absl::Duration took) {
+    metrics->RecordSnapshotLoad(ok, took);
+  };
+  mopts.on_swap = [metrics, life](const serving::ServingState& state) {
+    const auto& m = state.snapshot->manifest();
+    metrics->SetLiveSnapshot(m.version, m.count, m.model.name);
+    life->SetLoaded();
+  };
+  return mopts;
+}
+
+serving::QueryCoreOptions CoreOptions() {
+  serving::QueryCoreOptions copts;
+  copts.max_inflight_requests = absl::GetFlag(FLAGS_max_inflight_requests);
+  copts.max_image_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_message_mb)) << 20;
+  return copts;
+}
 
 std::unique_ptr<grpc::Server> StartGrpc(ImageSearchService* service, const Security& security,
                                         int* bound_port) {
@@ -273,8 +465,34 @@ std::unique_ptr<grpc::Server> StartGrpc(ImageSearchService* service, const Secur
   return builder.BuildAndStart();
 }
 
-std::unique_ptr<HttpFrontend> MakeHttp(serving::QueryCore* core, serving::Metrics* metrics,
-                                       const Security& security) {
+// Starts gRPC on the service, turns its health on (it follows `life` from
+// then on) and reports its port. Null, logged, if it cannot listen or the
+// port cannot be reported.
+std::unique_ptr<grpc::Server> ListenGrpc(ImageSearchService* service, const Security& security,
+                                         Lifecycle* life, PortReport* ports) {
+  int bound_port = 0;
+  std::unique_ptr<grpc::Server> server = StartGrpc(service, security, &bound_port);
+  if (!server) {
+    LogError("could not listen on ", absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
+    return nullptr;
+  }
+  life->SetServer(server.get());
+  if (absl::Status s = ports->Grpc(bound_port); !s.ok()) {
+    LogError(s.message());
+    life->SetServer(nullptr);
+    server->Shutdown();
+    return nullptr;
+  }
+  LogInfo("imagesearch-query listening on ", absl::GetFlag(FLAGS_host), ":", bound_port, " (gRPC)",
+          TlsText(security));
+  return server;
+}
+
+// Starts HTTP and reports its port; the errors are Start's and PortReport's.
+absl::StatusOr<std::unique_ptr<HttpFrontend>> StartHttp(serving::QueryCore* core,
+                                                        serving::Metrics* metrics,
+                                                        const Security& security,
+                                                        PortReport* ports) {
   HttpFrontendOptions hopts;
   hopts.host = absl::GetFlag(FLAGS_host);
   hopts.port = absl::GetFlag(FLAGS_http_port);
@@ -284,7 +502,10 @@ std::unique_ptr<HttpFrontend> MakeHttp(serving::QueryCore* core, serving::Metric
   hopts.read_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_http_read_timeout_ms));
   hopts.tls = security.tls ? &*security.tls : nullptr;
   hopts.token = security.token ? &*security.token : nullptr;
-  return std::make_unique<HttpFrontend>(core, metrics, hopts);
+  auto http = std::make_unique<HttpFrontend>(core, metrics, hopts);
+  RETURN_IF_ERROR(http->Start());
+  RETURN_IF_ERROR(ports->Http(http->port()));
+  return http;
 }
 
 // SIGTERM/SIGINT: stop taking new work, let the calls in flight finish
@@ -304,7 +525,8 @@ void Drain(int sig, serving::QueryCore* core, Lifecycle* life, grpc::Server* ser
     if (server != nullptr) server->Shutdown(deadline);
   });
   if (!core->WaitIdle(grace)) LogWarning("grace period over with calls still in flight");
-  if (http != nullptr) http->Stop();  // HTTP answered 503 meanwhile (SageMaker, nginx retry on 503).
+  if (http != nullptr)
+    http->Stop();  // HTTP answered 503 meanwhile (SageMaker, nginx retry on 503).
   grpc_shutdown.join();
   if (server != nullptr) server->Wait();
 }
@@ -315,15 +537,9 @@ void Drain(int sig, serving::QueryCore* core, Lifecycle* life, grpc::Server* ser
 // every balancer (nginx's grpc_next_upstream, a Kubernetes probe, a
 // round_robin channel) already treats as "not this one"; no query ever
 // reaches a replica that cannot answer it. See deploy/README.md.
-int Run(bool grpc_enabled) {
-  const std::string root = absl::GetFlag(FLAGS_snapshot_root);
-  if (root.empty()) {
-    std::cerr << "--snapshot_root is required (or run `imagesearch-query serve`)\n";
-    return 2;
-  }
-  const std::string verify = absl::GetFlag(FLAGS_verify);
-  if (verify != "checksums" && verify != "sizes") {
-    std::cerr << "--verify must be 'checksums' or 'sizes', got '" << verify << "'\n";
+int Run() {
+  if (absl::Status s = CheckFlags(); !s.ok()) {
+    std::cerr << s.message() << "\n";
     return 2;
   }
   absl::StatusOr<Security> security = LoadSecurity();
@@ -331,106 +547,45 @@ int Run(bool grpc_enabled) {
     LogError(security.status().message());
     return 2;
   }
-  const bool http_enabled = absl::GetFlag(FLAGS_http_port) != 0;
-  if (!grpc_enabled && !http_enabled) {
-    std::cerr << "nothing to serve: set --port (gRPC) or --http_port (HTTP)\n";
+  PortReport ports(absl::GetFlag(FLAGS_port_file));
+  if (absl::Status s = ports.Start(); !s.ok()) {
+    LogError(s.message());
     return 2;
   }
-
-  // Signals are handled by one thread with sigwait; block them everywhere
-  // before any thread starts.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-
-  // Pull the health proto's descriptors into this binary so that reflection
-  // can describe the built-in health service.
-  (void)grpc::health::v1::HealthCheckRequest::descriptor();
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  const sigset_t signals = BlockStopSignals();
+  EnableGrpcServices();
 
   serving::Metrics metrics(kVersion);
   Lifecycle life;
-  serving::SnapshotManagerOptions mopts;
-  mopts.root = root;
-  mopts.verify =
-      verify == "sizes" ? snapshot::VerifyMode::kSizes : snapshot::VerifyMode::kChecksums;
-  mopts.poll_interval = absl::Milliseconds(absl::GetFlag(FLAGS_poll_ms));
-  mopts.embedder_factory = serving::PluginEmbedderFactory(ModelOptions(&metrics));
-  mopts.on_load = [&metrics](bool ok, absl::Duration took) {
-    metrics.RecordSnapshotLoad(ok, took);
-  };
-  mopts.on_swap = [&](const serving::ServingState& state) {
-    const auto& m = state.snapshot->manifest();
-    metrics.SetLiveSnapshot(m.version, m.count, m.model.name);
-    life.SetLoaded();
-  };
-  serving::SnapshotManager manager(mopts);
-
-  serving::QueryCoreOptions copts;
-  copts.max_inflight_requests = absl::GetFlag(FLAGS_max_inflight_requests);
-  copts.max_image_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_message_mb)) << 20;
-  serving::QueryCore core(&manager, &metrics, copts);
+  serving::SnapshotManager manager(ManagerOptions(&metrics, &life));
+  serving::QueryCore core(&manager, &metrics, CoreOptions());
   // With a token, every ImageSearch call is checked before its bytes are parsed.
   ImageSearchService service(&core, security->token ? &*security->token : nullptr, &metrics);
-
   std::unique_ptr<HttpFrontend> http;
-  if (http_enabled) {
-    http = MakeHttp(&core, &metrics, *security);
-    if (absl::Status s = http->Start(); !s.ok()) {
-      LogError(s.message());
+  if (HttpEnabled()) {
+    absl::StatusOr<std::unique_ptr<HttpFrontend>> started =
+        StartHttp(&core, &metrics, *security, &ports);
+    if (!started.ok()) {
+      LogError(started.status().message());
       return 1;
     }
-    std::cout << "http listening on port " << absl::GetFlag(FLAGS_http_port) << std::endl;
+    http = *std::move(started);
   }
-  const std::string tls_text =
-      security->tls ? (security->tls->mtls() ? ", TLS with client certificates" : ", TLS")
-                    : ", plaintext";
-  LogInfo("imagesearch-query starting: snapshot ", root,
-          http ? absl::StrCat(", HTTP on ", absl::GetFlag(FLAGS_host), ":",
-                              absl::GetFlag(FLAGS_http_port),
-                              security->tls ? " (HTTPS)" : "", " (503 until serving)")
-               : "",
-          grpc_enabled ? ", gRPC listens once a snapshot is loaded" : ", no gRPC", tls_text,
-          security->token ? ", bearer token required" : "");
+  LogStartup(*security, http.get());
 
-  // A signal that arrived since it was blocked is pending; sigwait takes it.
-  std::thread signal_thread([&] {
-    int sig = 0;
-    sigwait(&signals, &sig);
-    life.RequestStop(sig);
-  });
-  struct JoinOnExit {
-    std::thread& t;
-    ~JoinOnExit() { t.join(); }
-  } join{signal_thread};
-  manager.StartWatching();  // Loads CURRENT at once, then polls.
+  SignalThread signal_thread(signals, &life);
+  manager.StartWatching();  // Loads CURRENT at once, then watches it (inotify) and polls.
   if (!life.WaitLoadedOrStop()) {
     LogInfo("stopped before a snapshot was loaded");
     if (http) http->Stop();
     return 0;
   }
-
   std::unique_ptr<grpc::Server> server;
-  if (grpc_enabled) {
-    int bound_port = 0;
-    server = StartGrpc(&service, *security, &bound_port);
-    if (!server) {
-      LogError("could not listen on ", absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
-      if (http) http->Stop();
-      kill(getpid(), SIGTERM);  // Ends the signal thread.
-      return 1;
-    }
-    life.SetServer(server.get());
-    std::cout << "listening on port " << bound_port << std::endl;
-    LogInfo("imagesearch-query listening on ", absl::GetFlag(FLAGS_host), ":", bound_port,
-            " (gRPC)", tls_text);
+  if (GrpcEnabled() && !(server = ListenGrpc(&service, *security, &life, &ports))) {
+    if (http) http->Stop();
+    return 1;
   }
-
-  const int sig = life.WaitStop();
-  Drain(sig, &core, &life, server.get(), http.get());
+  Drain(life.WaitStop(), &core, &life, server.get(), http.get());
   life.SetServer(nullptr);
   LogInfo("stopped");
   return 0;
@@ -444,17 +599,15 @@ int main(int argc, char** argv) {
       "imagesearch query service (gRPC, and HTTP with --http_port).\n"
       "  imagesearch-query --snapshot_root=/snapshots [--port=50051] [--http_port=8080]\n"
       "  imagesearch-query serve    SageMaker: snapshot from /opt/ml/model, HTTP on 8080\n"
+      "  Ports: 0 = the kernel picks a free one, -1 = off; --port_file=FILE reports them\n"
       "  TLS/mTLS: --tls_cert=PEM --tls_key=PEM [--tls_client_ca=PEM]; "
       "bearer token: --auth_token_file=FILE",
       argc, argv, FLAGS_log_format);
-  bool grpc_enabled = true;
   if (args.size() == 2 && std::strcmp(args[1], "serve") == 0) {
-    imagesearch::ApplySageMakerDefaults();
-    // The SageMaker contract is HTTP on one port; gRPC only when asked for.
-    grpc_enabled = imagesearch::NamesFlag(argc, argv, "port");
+    imagesearch::ApplySageMakerDefaults(argc, argv);
   } else if (args.size() > 1) {
     std::cerr << "unknown argument '" << args[1] << "'; the only command is `serve`\n";
     return 2;
   }
-  return imagesearch::Run(grpc_enabled);
+  return imagesearch::Run();
 }

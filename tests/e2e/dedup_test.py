@@ -13,18 +13,15 @@ import base64
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
 from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import grpc_stubs  # noqa: E402
-from e2e_lib import check, free_port, listening_ports, run  # noqa: E402
+from e2e_lib import Server, check, run  # noqa: E402
 from e2e_lib import post_json as post  # noqa: E402
 
 BUILD, SRC, MODEL = sys.argv[1:4]
@@ -66,39 +63,30 @@ def main():
         print(f"1. duplicates.jsonl: {len(groups)} group(s); chelsea's: {sorted(cats[0]['ids'])} "
               f"(min similarity {cats[0]['min_similarity']:.3f}); the half-size copy and distinct photos left out")
 
-        http = free_port()
-        server = subprocess.Popen([QUERY, f"--snapshot_root={root}", "--host=127.0.0.1", "--port=0",
-                                   f"--http_port={http}"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True)
-        grpc_port = listening_ports(server.stdout.readline)["grpc"]
-        for _ in range(300):
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{http}/ping", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
+        server = Server(QUERY, [f"--snapshot_root={root}"], os.path.join(work, "query.log"))
+        http = server.http_port
         img = open(os.path.join(IMAGES, "chelsea.png"), "rb").read()
         b64 = base64.b64encode(img).decode()
-        st, plain = post(http, {"image_b64": b64, "top_k": 4})
+        st, plain = post(http, {"image": b64, "top_k": 4})
         check(st == 200 and {h["id"] for h in plain["hits"]} <= REENCODED | {"chelsea_34.jpg"}
               and plain["collapsed"] == 0, f"without dedup: {plain}")
-        st, d = post(http, {"image_b64": b64, "top_k": 4, "dedup": 0.95})
+        st, d = post(http, {"image": b64, "top_k": 4, "dedup": 0.95})
         ids = [h["id"] for h in d["hits"]]
         check(st == 200 and len(ids) == 4, f"dedup: {st} {d}")
         check(ids[0] in REENCODED and not set(ids[1:]) & (REENCODED | {"chelsea_34.jpg"}),
               f"duplicates left in: {ids}")
         check(d["collapsed"] >= 3, f"collapsed: {d['collapsed']}")
-        stub = pb_grpc.ImageSearchStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
+        stub = pb_grpc.ImageSearchStub(grpc.insecure_channel(server.grpc_address))
         g = stub.Search(pb.SearchRequest(image=img, top_k=4, dedup=0.95))
         check([h.id for h in g.hits] == ids and g.collapsed == d["collapsed"], f"gRPC {g} vs HTTP {d}")
         st, e = post(http, {"id": "coffee.png", "dedup": 1.5})
         check(st == 400 and "dedup 1.5 is out of range" in e["error"]["message"], f"{st} {e}")
         print(f"2. dedup=0.95: {ids}, {d['collapsed']} collapsed (without: {[h['id'] for h in plain['hits']]}); "
               "gRPC agrees; dedup 1.5 refused")
+        server.stop()
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+            server.kill()
         shutil.rmtree(work, ignore_errors=True)
     print("dedup e2e: passed")
     return 0

@@ -1,12 +1,13 @@
 """Small helpers shared by the Python end-to-end tests."""
+import atexit
 import importlib.util
 import json
 import os
-import re
 import shutil
-import socket
+import signal
 import subprocess
 import tempfile
+import time
 import types
 import urllib.error
 import urllib.request
@@ -24,7 +25,23 @@ def tree(build, src):
         images=os.path.join(src, "tests", "data", "images"),
         proto=os.path.join(src, "proto"),
         indexer=os.path.join(build, "services", "indexer", "imagesearch-indexer"),
-        query=os.path.join(build, "services", "query", "imagesearch-query"))
+        query=os.path.join(build, "services", "query", "imagesearch-query"),
+        snapshot=os.path.join(build, "tools", "make_snapshot", "imagesearch-snapshot"))
+
+
+def manifest(root, version):
+    """root/v<version>/MANIFEST.json, parsed."""
+    with open(os.path.join(root, f"v{version}", "MANIFEST.json")) as f:
+        return json.load(f)
+
+
+def segment_dirs(root, version):
+    """The directories of root/v<version>'s segments, oldest first (where
+    graph.hnsw, ids.bin, thumbs.bin and attrs.bin are)."""
+    m = manifest(root, version)
+    if m["format"] == 1:  # A version written before segments is its own one segment.
+        return [os.path.join(root, f"v{version}")]
+    return [os.path.join(root, "segments", s["name"]) for s in m["segments"]]
 
 
 def run(*args, ok=True):
@@ -35,27 +52,127 @@ def run(*args, ok=True):
     return out
 
 
-def free_port():
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server:
+    """The query service (`binary`, an imagesearch-query) as a child process
+    of a test, on loopback, on ports it picks itself and reports in its
+    --port_file, so tests running side by side never race for a port.
+
+    Runs `binary` with `args` plus --host=127.0.0.1 and --port_file=LOG.ports
+    and, with pick_ports, --port=0 --http_port=0; stderr goes to `log`, stdout
+    to LOG.out. Returns once the fronts named in `wait` listen: "http" from
+    the start, "grpc" once the first snapshot is loaded (the service opens
+    its gRPC port only then, and is SERVING by then). grpc_port and http_port
+    are the ports the file names (None until then).
+
+    Every Server still running when the test's interpreter exits is killed."""
+
+    running = []
+
+    def __init__(self, binary, args, log, env=None, wait=("grpc", "http"), pick_ports=True,
+                 limit_s=120):
+        self.log_path, self.out_path, self.port_file = log, log + ".out", log + ".ports"
+        if os.path.exists(self.port_file):
+            os.remove(self.port_file)
+        flags = ["--host=127.0.0.1", f"--port_file={self.port_file}"]
+        if pick_ports:
+            flags += ["--port=0", "--http_port=0"]
+        with open(self.log_path, "w") as err, open(self.out_path, "w") as out:
+            self.proc = subprocess.Popen([binary, *args, *flags], stdout=out, stderr=err, env=env)
+        Server.running.append(self)
+        self.grpc_port = self.http_port = None
+        self.wait_ports(*wait, limit_s=limit_s)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    @property
+    def grpc_address(self):
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self):
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def ports(self):
+        """The ports listening now, as the port file names them ({} before it exists)."""
+        try:
+            with open(self.port_file) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {}
+
+    def wait_ports(self, *fronts, limit_s=120):
+        """Waits until the port file names each of `fronts`; sets and returns the ports."""
+        self.wait_until(f"{' and '.join(fronts)} listening",
+                        lambda: set(fronts) <= self.ports().keys(), limit_s, poll_s=0.01)
+        ports = self.ports()
+        self.grpc_port, self.http_port = ports.get("grpc"), ports.get("http")
+        return ports
+
+    def wait_until(self, what, cond, limit_s=60, poll_s=0.05):
+        """Polls cond() until it is true; fails if the process exits or
+        limit_s passes first, with the end of its log."""
+        deadline = time.monotonic() + limit_s
+        while True:
+            check(self.proc.poll() is None,
+                  f"{what}: the service exited ({self.proc.returncode}); log:\n{self.log_tail()}")
+            if cond():
+                return
+            check(time.monotonic() < deadline,
+                  f"{what}: not within {limit_s} s; log:\n{self.log_tail()}")
+            time.sleep(poll_s)
+
+    def wait_ping(self, limit_s=60):
+        """Waits until GET /ping answers 200 (the service is SERVING)."""
+        def ok():
+            try:
+                with urllib.request.urlopen(self.http_url + "/ping", timeout=5) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+        self.wait_until("/ping 200", ok, limit_s, poll_s=0.1)
+
+    def log_text(self):
+        """What the service wrote on stderr so far."""
+        with open(self.log_path) as f:
+            return f.read()
+
+    def log_tail(self, chars=3000):
+        return self.log_text()[-chars:]
+
+    def stdout_text(self):
+        """What the service wrote on stdout so far."""
+        with open(self.out_path) as f:
+            return f.read()
+
+    def stop(self, limit_s=30, expect=0):
+        """SIGTERM, then waits for the exit; returns its status, which must be
+        `expect` unless that is None. Past limit_s: SIGKILL, and a failure."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"no exit within {limit_s} s of SIGTERM; log:\n{self.log_tail()}")
+        check(expect is None or rc == expect,
+              f"exit status {rc} on SIGTERM, not {expect}; log:\n{self.log_tail()}")
+        return rc
+
+    def kill(self):
+        """SIGKILL (if it still runs) and waits."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    @classmethod
+    def kill_all(cls):
+        for server in cls.running:
+            server.kill()
 
 
-def listening_ports(readline, grpc=True, http=False):
-    """Reads the query service's stdout (readline returns its next line) until
-    it has named each port wanted; returns {"grpc": N, "http": M}. The HTTP
-    port is named at start, the gRPC port once the first snapshot is loaded
-    and warmed (the port listens only then)."""
-    want = {name for name, on in (("grpc", grpc), ("http", http)) if on}
-    ports = {}
-    while not want <= ports.keys():
-        line = readline()
-        check(line != "", f"the service's stdout ended before it named its ports (got {ports})")
-        m = re.match(r"(http )?listening on port (\d+)", line)
-        if m:
-            ports["http" if m.group(1) else "grpc"] = int(m.group(2))
-    return ports
+atexit.register(Server.kill_all)
 
 
 def post_json(port, body, timeout=60):

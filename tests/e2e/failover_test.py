@@ -11,6 +11,8 @@ generators run side by side for the whole schedule:
 and during the load:
   SIGKILL replica 0, restart it; restart replica 1 gracefully (SIGTERM);
   SIGKILL replicas 1 and 2 at once, restart both; publish v2.
+Every process listens on ports it picks (nginx's picked by ctl.sh); a
+restarted replica comes back on new ones, and ctl.sh reloads nginx with them.
 
 Asserts: no failed call for the retrying client; for the plain client, no
 failed call but those that could have been in flight on a SIGKILLed replica
@@ -22,11 +24,9 @@ Usage: failover_test.py BUILD_DIR SOURCE_DIR MODEL [--seconds=N]   (CI: the sche
 """
 import json
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +34,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_lib import check, free_port  # noqa: E402
+from e2e_lib import check  # noqa: E402
 
 BUILD, SRC, MODEL = sys.argv[1:4]
 SECONDS = 40.0  # Time the schedule's steps are spread over; the load runs until they are done.
@@ -56,27 +56,16 @@ KILL_WINDOW_S = 2.0
 CLIENTS = 3
 
 
-def free(port):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def pick_base_port():
-    for _ in range(50):
-        base = random.randrange(20000, 30000, 10)
-        if all(free(base + i) and free(base + 100 + i) for i in range(3)):
-            return base
-    raise AssertionError("no free port range for the replicas")
+def ports_of(path):
+    """{"grpc": N, "http": M} from a port file of ctl.sh's RUN_DIR."""
+    with open(path) as f:
+        return json.load(f)
 
 
 def version_of(port):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/info", timeout=1) as r:
-            return json.load(r)["snapshot_version"]
+            return int(json.load(r)["snapshot_version"])
     except (OSError, ValueError, KeyError):
         return None
 
@@ -91,10 +80,10 @@ def index(root, source, *extra):
 
 def main():
     work = tempfile.mkdtemp(prefix="imagesearch_failover_")
+    # Port 0: nginx on ports ctl.sh picks, the replicas on ports they pick;
+    # each is read back from its port file in RUN_DIR.
     env = dict(os.environ, RUN_DIR=os.path.join(work, "run"), BUILD_DIR=BUILD, REPLICAS="3",
-               SNAPSHOT_ROOT=os.path.join(work, "root"), GRPC_PORT=str(free_port()),
-               HTTP_PORT=str(free_port()), BASE_PORT=str(pick_base_port()))
-    base_port = int(env["BASE_PORT"])
+               SNAPSHOT_ROOT=os.path.join(work, "root"), GRPC_PORT="0", HTTP_PORT="0")
 
     def ctl(*a):
         return subprocess.run(["bash", CTL, *a], env=env, check=True, capture_output=True,
@@ -113,15 +102,16 @@ def main():
         with open(os.path.join(work, "ids.txt"), "w") as f:
             f.write("coffee.png\nrocket.jpg\nchelsea.jpg\n")
         print(ctl("up").stdout.strip())
+        nginx = ports_of(os.path.join(env["RUN_DIR"], "nginx.ports"))
 
         # HTTP goes through nginx too: the page and a query.
-        http = f"http://127.0.0.1:{env['HTTP_PORT']}"
+        http = f"http://127.0.0.1:{nginx['http']}"
         check(b"<html" in urllib.request.urlopen(http + "/", timeout=5).read(), "GET / via nginx")
         req = urllib.request.Request(http + "/invocations", data=b'{"id":"coffee.png","top_k":3}',
                                      headers={"Content-Type": "application/json"})
         check(len(json.load(urllib.request.urlopen(req, timeout=5))["hits"]) == 3, "HTTP via nginx")
 
-        common = [f"--target=127.0.0.1:{env['GRPC_PORT']}", f"--concurrency={CLIENTS}",
+        common = [f"--target=127.0.0.1:{nginx['grpc']}", f"--concurrency={CLIENTS}",
                   f"--channels={CLIENTS}", f"--duration_s={LOAD_LIMIT_S}", "--timeout_ms=20000"]
         retry_cfg = os.path.join(SRC, "deploy", "local", "grpc_service_config.json")
         runs = {
@@ -162,10 +152,12 @@ def main():
         at(0.65)
         print("  " + index(env["SNAPSHOT_ROOT"], added, "--base=v1"))
         published = time.monotonic()
+        replica_http = [ports_of(os.path.join(env["RUN_DIR"], f"replica-{i}.ports"))["http"]
+                        for i in range(3)]
         converged = {}
         while len(converged) < 3 and time.monotonic() - published < 60:
             for i in range(3):
-                if i not in converged and version_of(base_port + 100 + i) == 2:
+                if i not in converged and version_of(replica_http[i]) == 2:
                     converged[i] = time.monotonic() - published
             time.sleep(0.01)
         check(len(converged) == 3, f"replicas on v2 after 60 s: {sorted(converged)}")

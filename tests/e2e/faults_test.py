@@ -31,7 +31,8 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_lib import check, free_port, post_json, run  # noqa: E402
+import e2e_lib  # noqa: E402
+from e2e_lib import Server, check, post_json, run  # noqa: E402
 
 BUILD, SRC, MODEL = sys.argv[1:4]
 INDEXER = os.path.join(BUILD, "services", "indexer", "imagesearch-indexer")
@@ -40,59 +41,38 @@ QUERY = os.path.join(BUILD, "services", "query", "imagesearch-query")
 IMAGES = os.path.join(SRC, "tests", "data", "images")
 
 
-class Service:
-    """The real imagesearch-query on `root`, HTTP on loopback, its log in a file."""
+def start(root, log_path):
+    """The real imagesearch-query on `root`, polling CURRENT every 100 ms. It
+    returns once HTTP listens, before anything is loaded: a start on a damaged
+    root is a case of its own."""
+    return Server(QUERY, [f"--snapshot_root={root}", "--poll_ms=100"], log_path, wait=("http",))
 
-    def __init__(self, root, log_path):
-        self.port = free_port()
-        self.log_path = log_path
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            [QUERY, f"--snapshot_root={root}", "--host=127.0.0.1", "--port=0",
-             f"--http_port={self.port}", "--poll_ms=100"],
-            stdout=subprocess.DEVNULL, stderr=self.log)
 
-    def get(self, path):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
-                return r.read().decode()
-        except OSError:
-            return None
+def get(s, path):
+    try:
+        with urllib.request.urlopen(s.http_url + path, timeout=5) as r:
+            return r.read().decode()
+    except OSError:
+        return None
 
-    def version(self):
-        info = self.get("/info")
-        return json.loads(info)["snapshot_version"] if info else None
 
-    def refused(self):
-        m = re.search(r'^imagesearch_snapshot_loads_total\{result="refused"\} (\S+)$',
-                      self.get("/metrics") or "", re.M)
-        return int(float(m.group(1))) if m else None
+def version(s):
+    info = get(s, "/info")
+    return int(json.loads(info)["snapshot_version"]) if info else None
 
-    def log_text(self):
-        with open(self.log_path) as f:
-            return f.read()
 
-    def wait(self, what, cond, limit_s=60):
-        deadline = time.time() + limit_s
-        while time.time() < deadline:
-            check(self.proc.poll() is None, f"{what}: the service exited ({self.proc.returncode}); "
-                                            f"log:\n{self.log_text()[-3000:]}")
-            if cond():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"{what}: timed out; log:\n{self.log_text()[-3000:]}")
+def refused(s):
+    m = re.search(r'^imagesearch_snapshot_loads_total\{result="refused"\} (\S+)$',
+                  get(s, "/metrics") or "", re.M)
+    return int(float(m.group(1))) if m else None
 
-    def serves(self, version, query_id):
-        """Live on `version`, and a query by id answers from it."""
-        self.wait(f"serving v{version}", lambda: self.version() == version)
-        status, body = post_json(self.port, {"id": query_id, "top_k": 3, "include_self": True})
-        check(status == 200 and body["snapshot_version"] == version and
-              body["hits"][0]["id"] == query_id, (status, body))
 
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(30)
-        self.log.close()
+def serves(s, version_, query_id):
+    """Live on `version_`, and a query by id answers from it."""
+    s.wait_until(f"serving v{version_}", lambda: version(s) == version_)
+    status, body = post_json(s.http_port, {"id": query_id, "top_k": 3, "include_self": True})
+    check(status == 200 and int(body["snapshot_version"]) == version_ and
+          body["hits"][0]["id"] == query_id, (status, body))
 
 
 def set_current(root, text):
@@ -125,13 +105,27 @@ def damage(path, how):
 
 def restart_and_check(root, work, name, version, query_id):
     """A restart on the damaged root comes back to the last good version."""
-    s = Service(root, os.path.join(work, f"restart_{name}.log"))
+    s = start(root, os.path.join(work, f"restart_{name}.log"))
     try:
-        s.serves(version, query_id)
+        serves(s, version, query_id)
         check(f"fell back to v{version}" in s.log_text(), s.log_text()[-2000:])
-        check(s.refused() >= 1, "the restart did not count the refusal")
+        check(refused(s) >= 1, "the restart did not count the refusal")
     finally:
         s.stop()
+
+
+def file_path(root, version, name):
+    """A file of root/v<version>: "segment/NAME" is in its (first) segment."""
+    if name.startswith("segment/"):
+        return os.path.join(e2e_lib.segment_dirs(root, version)[0], name[len("segment/"):])
+    return os.path.join(root, f"v{version}", name)
+
+
+def version_files(root, version):
+    """The files of a version: its own, then its first segment's as segment/NAME."""
+    seg = e2e_lib.segment_dirs(root, version)[0]
+    return (sorted(os.listdir(os.path.join(root, f"v{version}"))) +
+            [f"segment/{n}" for n in sorted(os.listdir(seg))])
 
 
 def damage_each_file(s, root, work, build, files, query_id):
@@ -142,19 +136,20 @@ def damage_each_file(s, root, work, build, files, query_id):
     cases = 0
     for name in files:
         faults = ("truncated", "bit-flipped", "removed")
-        for how in faults + (("edited",) if name == "MANIFEST.json" else ()):
+        for how in faults + (("edited",) if name.endswith("MANIFEST.json") else ()):
             out = run(*build, "--promote=false").stdout
             version = int(re.search(r"published v(\d+)", out).group(1))
-            damage(os.path.join(root, f"v{version}", name), how)
-            before, mark = s.refused(), len(s.log_text())
+            damage(file_path(root, version, name), how)
+            before, mark = refused(s), len(s.log_text())
             set_current(root, f"v{version}\n")
-            s.wait(f"{name} {how}: refusal counted", lambda: s.refused() == before + 1)
+            s.wait_until(f"{name} {how}: refusal counted", lambda: refused(s) == before + 1)
             line = [l for l in s.log_text()[mark:].splitlines()
                     if f"refusing snapshot v{version}:" in l]
             check(len(line) == 1, f"{name} {how}: {line}")
-            check(name in line[0], f"{name} {how}: the log does not name the file: {line[0]}")
-            s.serves(1, query_id)
-            restart_and_check(root, work, f"{name}_{how}", 1, query_id)
+            check(os.path.basename(name) in line[0],
+                  f"{name} {how}: the log does not name the file: {line[0]}")
+            serves(s, 1, query_id)
+            restart_and_check(root, work, f"{name.replace('/', '_')}_{how}", 1, query_id)
             set_current(root, "v1\n")
             shutil.rmtree(os.path.join(root, f"v{version}"))
             print(f"  {name} {how}: refused ({line[0].split(': ', 2)[-1][:90]})")
@@ -173,14 +168,14 @@ def file_faults(work):
     build = [SNAPSHOT, "build", f"--root={root}", f"--vectors={vectors}", f"--ids={ids}",
              "--schema=tag:keyword"]
     run(*build)  # v1, live
-    files = sorted(os.listdir(os.path.join(root, "v1")))
-    check({"MANIFEST.json", "ids.bin", "graph.hnsw", "graph.offsets", "attrs.bin"} <= set(files),
-          files)
-    s = Service(root, os.path.join(work, "files.log"))
+    files = version_files(root, 1)
+    check({"MANIFEST.json", "segment/MANIFEST.json", "segment/ids.bin", "segment/graph.hnsw",
+           "segment/graph.offsets", "segment/attrs.bin"} <= set(files), files)
+    s = start(root, os.path.join(work, "files.log"))
     try:
-        s.serves(1, "r7")
+        serves(s, 1, "r7")
         cases = damage_each_file(s, root, work, build, files, "r7")
-        check(s.refused() == cases, f"refused {s.refused()} != {cases} faults")
+        check(refused(s) == cases, f"refused {refused(s)} != {cases} faults")
     finally:
         s.stop()
     print(f"1. {cases} file faults: each refused, logged, counted; v1 kept serving; restarts came back")
@@ -188,20 +183,20 @@ def file_faults(work):
 
 
 def current_faults(root, work):
-    s = Service(root, os.path.join(work, "current.log"))
+    s = start(root, os.path.join(work, "current.log"))
     try:
-        s.serves(1, "r7")
+        serves(s, 1, "r7")
         cases = [("removed", None), ("garbage", "\x00\x01zz\n"), ("a missing version", "v99\n")]
         for what, text in cases:
-            before = s.refused()
+            before = refused(s)
             if text is None:
                 os.remove(os.path.join(root, "CURRENT"))
             else:
                 set_current(root, text)
-            s.wait(f"CURRENT {what}: counted", lambda: s.refused() == before + 1)
+            s.wait_until(f"CURRENT {what}: counted", lambda: refused(s) == before + 1)
             time.sleep(0.5)  # several polls: counted once, not once per poll
-            check(s.refused() == before + 1, f"CURRENT {what}: counted {s.refused() - before} times")
-            s.serves(1, "r7")
+            check(refused(s) == before + 1, f"CURRENT {what}: counted {refused(s) - before} times")
+            serves(s, 1, "r7")
             restart_and_check(root, work, f"current_{what.replace(' ', '_')}", 1, "r7")
             set_current(root, "v1\n")
             print(f"  CURRENT {what}: still serving v1, counted once")
@@ -225,11 +220,12 @@ def model_fault(work):
     run(INDEXER, f"--input={corpus}", f"--embeddings_out={shards}", "--shard=0/1",
         f"--model={MODEL}", "--progress=none")
     # The files only an indexed snapshot has: the model and the thumbnails.
-    s = Service(root, os.path.join(work, "model_files.log"))
+    s = start(root, os.path.join(work, "model_files.log"))
     try:
-        s.serves(1, "coffee.png")
+        serves(s, 1, "coffee.png")
         build = [SNAPSHOT, "build", f"--root={root}", f"--shards={shards}", f"--model={MODEL}"]
-        cases = damage_each_file(s, root, work, build, ["model.pt", "thumbs.bin"], "coffee.png")
+        cases = damage_each_file(s, root, work, build, ["model.pt", "segment/thumbs.bin"],
+                                 "coffee.png")
     finally:
         s.stop()
     print(f"3. {cases} faults of model.pt and thumbs.bin: each refused, logged, counted; v1 kept "
@@ -250,20 +246,20 @@ def model_fault(work):
     with open(shard_json, "w") as f:
         json.dump(shard, f)
     shards = bad_shards
-    s = Service(root, os.path.join(work, "model.log"))
+    s = start(root, os.path.join(work, "model.log"))
     try:
-        s.serves(1, "coffee.png")
-        before = s.refused()
+        serves(s, 1, "coffee.png")
+        before = refused(s)
         out = run(SNAPSHOT, "build", f"--root={root}", f"--shards={shards}",
                   f"--model={bad_model}").stdout
         version = int(re.search(r"published v(\d+)", out).group(1))
-        s.wait("corrupt model: refusal counted", lambda: s.refused() == before + 1)
+        s.wait_until("corrupt model: refusal counted", lambda: refused(s) == before + 1)
         line = [l for l in s.log_text().splitlines() if f"refusing snapshot v{version}:" in l]
         check(len(line) == 1 and f"model of snapshot v{version}" in line[0], line)
-        s.serves(1, "coffee.png")
+        serves(s, 1, "coffee.png")
         with open(os.path.join(IMAGES, "camera.png"), "rb") as f:
             image = base64.b64encode(f.read()).decode()
-        status, body = post_json(s.port, {"image_b64": image, "top_k": 1})
+        status, body = post_json(s.http_port, {"image": image, "top_k": 1})
         check(status == 200 and body["hits"][0]["id"] == "camera.png", (status, body))
         print(f"  corrupt model: {line[0].split(': ', 2)[-1][:100]}")
     finally:
@@ -294,25 +290,29 @@ def disk_full(work):
         index = [INDEXER, f"--input={corpus}", f"--root={root}", f"--model={MODEL}",
                  "--progress=none"]
         run(*index)  # v1
-        s = Service(root, os.path.join(work, "disk.log"))
-        s.serves(1, "rocket.jpg")
-        before = s.refused()
+        s = start(root, os.path.join(work, "disk.log"))
+        serves(s, 1, "rocket.jpg")
+        before = refused(s)
         out = run(*index, ok=False)
         check(out.returncode != 0, "the indexer published on a full disk")
         check("No space left on device" in out.stderr, out.stderr)
         left = sorted(os.listdir(root))
-        check(left == [".lock", "CURRENT", "HISTORY", "v1"], f"partial files left behind: {left}")
+        check(left == [".lock", "CURRENT", "HISTORY", "segments", "v1"],
+              f"partial files left behind: {left}")
+        segments = sorted(os.listdir(os.path.join(root, "segments")))
+        check([os.path.join(root, "segments", n) for n in segments] ==
+              e2e_lib.segment_dirs(root, 1), f"partial segments left behind: {segments}")
         time.sleep(0.5)
-        s.serves(1, "rocket.jpg")
-        check(s.refused() == before, "a failed publish reached the service")
+        serves(s, 1, "rocket.jpg")
+        check(refused(s) == before, "a failed publish reached the service")
         print(f"  disk full: the indexer failed ({out.stderr.strip().splitlines()[-1][:110]})")
         s.stop()
-        s = Service(root, os.path.join(work, "disk_restart.log"))
-        s.serves(1, "rocket.jpg")
+        s = start(root, os.path.join(work, "disk_restart.log"))
+        serves(s, 1, "rocket.jpg")
         # The disk grows; the same command publishes v2 and the service swaps.
         run("mount", "-o", f"remount,size={size_mb * 2}m", mnt)
         run(*index)
-        s.serves(2, "rocket.jpg")
+        serves(s, 2, "rocket.jpg")
     finally:
         if s is not None:
             s.stop()

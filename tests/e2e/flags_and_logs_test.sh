@@ -17,12 +17,22 @@ check_help() {  # BINARY FLAG...
   done
   echo "ok: $(basename "$bin") --help lists $* log_format"
 }
-check_help "$query" snapshot_root http_port max_inflight_requests max_queued_embeds max_batch
+check_help "$query" snapshot_root http_port port_file max_inflight_requests max_queued_embeds max_batch
 check_help "$indexer" input root model batch
 check_help "$tool" vectors metric keep
 
 "$query" --snapshot_root="$work" --log_format=xml >/dev/null 2>"$work/bad.log" && fail "--log_format=xml accepted"
 grep -q "log format must be 'text' or 'json', got 'xml'" "$work/bad.log" || fail "no clear --log_format error"
+# Ports: -1 is off, below it or past 65535 is refused, both off is nothing to serve.
+for bad in "--http_port=-2|--http_port=-2: give a port" "--port=65536|--port=65536: give a port" \
+           "--port=-1|nothing to serve"; do
+  rc=0
+  "$query" --snapshot_root="$work" "${bad%%|*}" >/dev/null 2>"$work/bad.log" || rc=$?
+  if ((rc != 2)) || ! grep -q -- "${bad#*|}" "$work/bad.log"; then
+    fail "${bad%%|*}: exit $rc, $(cat "$work/bad.log")"
+  fi
+done
+echo "ok: bad port flags exit 2 with a clear message"
 
 # JSON logs: a served snapshot (with a model when one is given, so the
 # plugin loads and logs too), then SIGTERM.

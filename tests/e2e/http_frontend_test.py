@@ -11,10 +11,8 @@ import base64
 import http.client
 import json
 import os
-import queue
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import e2e_lib  # noqa: E402
 import grpc_stubs  # noqa: E402
+from e2e_lib import check  # noqa: E402
 
 BUILD, SRC, DEFAULT = sys.argv[1:4]
 IMAGES = os.path.join(SRC, "tests", "data", "images")
@@ -32,25 +31,14 @@ INDEXER = os.path.join(BUILD, "services", "indexer", "imagesearch-indexer")
 QUERY = os.path.join(BUILD, "services", "query", "imagesearch-query")
 pb, pb_grpc = grpc_stubs.load(os.path.join(SRC, "proto"))
 import grpc  # noqa: E402
+from google.protobuf import json_format  # noqa: E402
 
 # Images whose nearest neighbour in the corpus is themselves.
 DISTINCT = ["astronaut.png", "camera.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
             "motorcycle_right.png", "logo.png", "chelsea.png"]
-SERVERS = []
-
-
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
 
 
 H = e2e_lib.health_pb2(os.path.join(SRC, "proto"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read(name):
@@ -66,25 +54,17 @@ def index(root):
     print(out.stdout.strip())
 
 
-class Server:
-    """The query binary; `args` go after the binary path."""
+class GrpcServer(e2e_lib.Server):
+    """The query binary with `args`, and, once gRPC listens, a stub and gRPC health."""
 
-    def __init__(self, args, log, env=None, grpc_port=True):
-        """grpc_port False: only wait for HTTP (gRPC listens once a snapshot loads)."""
-        self.proc = subprocess.Popen([QUERY, *args], stdout=subprocess.PIPE, text=True,
-                                     stderr=open(log, "w"), env=env)
-        SERVERS.append(self.proc)
-        self.lines = queue.Queue()
-        threading.Thread(target=lambda: [self.lines.put(x) for x in self.proc.stdout],
-                         daemon=True).start()
-        ports = e2e_lib.listening_ports(lambda: self.lines.get(timeout=60), grpc=grpc_port,
-                                        http=True)
-        self.port, self.http = ports.get("grpc"), ports["http"]
-        if self.port is not None:
+    def __init__(self, args, log, env=None, wait=("grpc", "http"), pick_ports=True):
+        super().__init__(QUERY, args, log, env=env, wait=wait, pick_ports=pick_ports)
+        self.http = self.http_port
+        if self.grpc_port is not None:
             self.connect()
 
     def connect(self):
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = grpc.insecure_channel(self.grpc_address)
         self.stub = pb_grpc.ImageSearchStub(self.channel)
         self.check_health = self.channel.unary_unary(
             "/grpc.health.v1.Health/Check",
@@ -93,19 +73,6 @@ class Server:
 
     def health(self):
         return self.check_health(H.HealthCheckRequest(service=""), timeout=10).status
-
-    def wait_ping(self, limit_s=60):
-        until = time.time() + limit_s
-        while time.time() < until:
-            if request(self.http, "GET", "/ping")[0] == 200:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"/ping never answered 200 within {limit_s} s")
-
-    def stop(self, limit_s=30):
-        self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout=limit_s)
-        check(rc == 0, f"service exited with {rc} on SIGTERM")
 
 
 def request(port, method, path, body=None, headers=None, timeout=60):
@@ -122,8 +89,8 @@ def post_raw(port, body, ctype, params=""):
     return request(port, "POST", "/invocations" + params, body, {"Content-Type": ctype})
 
 
-def post_json(port, obj, raw=None):
-    return post_raw(port, raw if raw is not None else json.dumps(obj), "application/json")
+def post_json(port, obj, raw=None, params=""):
+    return post_raw(port, raw if raw is not None else json.dumps(obj), "application/json", params)
 
 
 def post_image(port, name, params="?top_k=3"):
@@ -131,17 +98,18 @@ def post_image(port, name, params="?top_k=3"):
 
 
 def flags(root, *extra):
-    return [f"--snapshot_root={root}", "--host=127.0.0.1", "--port=0",
-            f"--http_port={free_port()}", *extra]
+    return [f"--snapshot_root={root}", *extra]
 
 
 def hits_of(status, data, what):
+    """The answer is a SearchResponse in proto3 JSON, with every field present."""
     check(status == 200, f"{what}: HTTP {status} {data[:300]!r}")
+    json_format.Parse(data, pb.SearchResponse())
     r = json.loads(data)
-    check(isinstance(r.get("snapshot_version"), int), f"{what}: {r}")
+    check(set(r) == {"hits", "snapshot_version", "collapsed"} and r["snapshot_version"].isdigit(),
+          f"{what}: {r}")
     for h in r["hits"]:
-        check(set(h) == {"id", "score", "distance", "uri", "attributes"}, f"{what}: {h}")
-        check(isinstance(h["attributes"], dict), f"{what}: attributes not an object: {h}")
+        check(set(h) == {"id", "score", "distance", "uri", "attributes_json"}, f"{what}: {h}")
     return r
 
 
@@ -165,7 +133,7 @@ def grpc_error(stub, req):
 def section1(work, root):
     empty = os.path.join(work, "empty")
     os.makedirs(empty)
-    e = Server(flags(empty), os.path.join(work, "empty.log"), grpc_port=False)
+    e = GrpcServer(flags(empty), os.path.join(work, "empty.log"), wait=("http",))
     check(request(e.http, "GET", "/ping")[0] == 503, "/ping before a snapshot is not 503")
     st, data = post_json(e.http, {"id": "x"})
     check(st == 503 and json.loads(data) == {"error": {"code": "UNAVAILABLE",
@@ -173,15 +141,16 @@ def section1(work, root):
           f"no snapshot: {st} {data!r}")
     # gRPC does not listen before a snapshot is loaded: a balancer sees a
     # refused connection, never a replica that answers UNAVAILABLE.
-    check(e.lines.empty(), "gRPC said it listens with no snapshot")
+    check(e.ports() == {"http": e.http} and listening_ports_of(e.pid) == {e.http},
+          f"gRPC listens with no snapshot: {e.ports()}, {listening_ports_of(e.pid)}")
     # Publishing a version makes the same process load it, then listen.
     index(empty)
-    e.port = e2e_lib.listening_ports(lambda: e.lines.get(timeout=60))["grpc"]
+    e.wait_ports("grpc")
     e.wait_ping()
     e.connect()
     check(e.health() == H.HealthCheckResponse.SERVING, "gRPC listening but health not SERVING")
     e.stop()
-    s = Server(flags(root), os.path.join(work, "main.log"))
+    s = GrpcServer(flags(root), os.path.join(work, "main.log"))
     s.wait_ping()
     check(s.health() == H.HealthCheckResponse.SERVING, "/ping 200 but health not SERVING")
     print("1. readiness: /ping 503 and no gRPC listener without a snapshot; once one is "
@@ -197,14 +166,19 @@ def section2_3_4(s):
     r = hits_of(*post_json(s.http, {"id": "coffee.png", "top_k": 5}), "id query")
     check(len(r["hits"]) == 5 and "coffee.png" not in [h["id"] for h in r["hits"]], r)
     b64 = base64.b64encode(read("camera.png")).decode()
-    r = hits_of(*post_json(s.http, {"image_b64": b64}), "image_b64 query")
+    r = hits_of(*post_json(s.http, {"image": b64}), "image query")
     check(r["hits"][0]["id"] == "camera.png", r)
     emb = s.stub.Embed(pb.EmbedRequest(inputs=[pb.EmbedInput(image=read("astronaut.png"))]))
-    r = hits_of(*post_json(s.http, {"vector": list(emb.embeddings[0].values)}), "vector query")
+    r = hits_of(*post_json(s.http, {"vector": {"values": list(emb.embeddings[0].values)}}),
+                "vector query")
     check(r["hits"][0]["id"] == "astronaut.png", r)
     expect_error(post_json(s.http, {"text": "a cat"}), 412, "FAILED_PRECONDITION",
                  "no text encoder", "text query")
-    print("3. JSON id, image_b64 and vector queries answer; text gets 412")
+    # Query parameters set SearchRequest's scalar fields, by .proto or JSON name.
+    r = hits_of(*post_json(s.http, {"id": "coffee.png", "topK": 2}, params="?top_k=4&includeSelf=true"),
+                "query parameters")
+    check([h["id"] for h in r["hits"]][:1] == ["coffee.png"] and len(r["hits"]) == 4, r)
+    print("3. JSON id, image and vector queries answer; query parameters override; text gets 412")
     pairs = [(post_json(s.http, {"id": "rocket.jpg", "top_k": 5}),
               pb.SearchRequest(id="rocket.jpg", top_k=5)),
              (post_image(s.http, "coffee.png", "?top_k=5"),
@@ -261,15 +235,22 @@ def post_huge(port, send_body):
 def section5(s, work, root):
     p, big = s.http, 50 << 20
     cases = [  # (what, status+body, HTTP status, code, message substring)
-        ("bad JSON", post_json(p, None, raw="{not json"), 400, "INVALID_ARGUMENT", "not valid JSON"),
+        ("bad JSON", post_json(p, None, raw="{not json"), 400, "INVALID_ARGUMENT",
+         "(imagesearch.v1.SearchRequest in proto3 JSON)"),
         ("unknown field", post_json(p, {"id": "rocket.jpg", "bogus": 1}), 400, "INVALID_ARGUMENT",
-         "unknown field 'bogus'"),
+         "bogus: Cannot find field"),
+        ("two queries", post_json(p, {"id": "rocket.jpg", "text": "a"}), 400, "INVALID_ARGUMENT",
+         "oneof field 'query' is already set"),
+        ("unknown parameter", post_json(p, {"id": "rocket.jpg"}, params="?filter=1"), 400,
+         "INVALID_ARGUMENT", "unknown query parameter 'filter'; known: top_k, ef, include_self, dedup"),
+        ("bad parameter", post_json(p, {"id": "rocket.jpg"}, params="?top_k=-1"), 400,
+         "INVALID_ARGUMENT", "query parameters: (top_k): invalid value"),
         ("top_k", post_json(p, {"id": "rocket.jpg", "top_k": 5000}), 400, "INVALID_ARGUMENT",
          "top_k 5000 is out of range"),
         ("undecodable image", post_raw(p, b"this is not a png", "image/png"), 400,
          "INVALID_ARGUMENT", "unrecognised image format"),
         ("unknown id", post_json(p, {"id": "no-such-id"}), 404, "NOT_FOUND", "no-such-id"),
-        ("unknown route", request(p, "GET", "/nope"), 404, "NOT_FOUND", "no route GET /nope"),
+        ("unknown route", request(p, "GET", "/nope"), 404, "NOT_FOUND", "no route for GET '/nope'"),
         ("text", post_json(p, {"text": "a cat"}), 412, "FAILED_PRECONDITION", "text"),
         ("413 header-only", post_huge(p, False), 413, "RESOURCE_EXHAUSTED",
          f"request body is {big} bytes"),
@@ -282,7 +263,7 @@ def section5(s, work, root):
         expect_error(got, status, code, substring, what)
     how = post_huge(p, True)
     check(request(p, "GET", "/ping")[0] == 200, f"/ping after a 50 MB body ({how}) is not 200")
-    o = Server(flags(root, "--max_inflight_requests=0"), os.path.join(work, "overload.log"))
+    o = GrpcServer(flags(root, "--max_inflight_requests=0"), os.path.join(work, "overload.log"))
     o.wait_ping()
     expect_error(post_json(o.http, {"id": "rocket.jpg"}), 429, "RESOURCE_EXHAUSTED",
                  "server overloaded", "429")
@@ -378,10 +359,16 @@ def listening_ports_of(pid):
 
 def section8(work, root):
     model = os.path.join(work, "sm", "model")
-    shutil.copytree(os.path.join(root, "v1"), model)
-    env = dict(os.environ, SAGEMAKER_BIND_TO_PORT=str(free_port()))
-    sm = Server(["serve", f"--snapshot_root={model}", "--port=0"], os.path.join(work, "sm.log"), env)
-    check(sm.http == int(env["SAGEMAKER_BIND_TO_PORT"]), f"serve bound HTTP to {sm.http}")
+    os.makedirs(os.path.dirname(model))
+    # One self-contained version directory, as model.tar.gz unpacks.
+    e2e_lib.run(e2e_lib.tree(BUILD, SRC).snapshot, "export", f"--root={root}", "--version=v1",
+                f"--out={model}")
+    # SAGEMAKER_BIND_TO_PORT=0: the port SageMaker names is honoured (else
+    # `serve` would take 8080), here as "a free port".
+    env = dict(os.environ, SAGEMAKER_BIND_TO_PORT="0")
+    sm = GrpcServer(["serve", f"--snapshot_root={model}", "--port=0"], os.path.join(work, "sm.log"),
+                env, pick_ports=False)
+    check(sm.http != 8080, f"serve bound HTTP to {sm.http}, not to SAGEMAKER_BIND_TO_PORT")
     sm.wait_ping()
     start = time.time()
     check(request(sm.http, "GET", "/ping", timeout=2)[0] == 200, "/ping not 200 once serving")
@@ -391,16 +378,17 @@ def section8(work, root):
     check(r["hits"][0]["id"] == "rocket.jpg", r)
     sm.stop()
     # Without --port, `serve` opens only the SageMaker contract's HTTP port.
-    env["SAGEMAKER_BIND_TO_PORT"] = str(free_port())
-    only = Server(["serve", f"--snapshot_root={model}"], os.path.join(work, "sm2.log"), env,
-                  grpc_port=False)
+    only = GrpcServer(["serve", f"--snapshot_root={model}"], os.path.join(work, "sm2.log"), env,
+                  wait=("http",), pick_ports=False)
     only.wait_ping()
     # The start-up log line says which fronts it opens, before anything loads.
-    log = open(os.path.join(work, "sm2.log")).read()
+    log = only.log_text()
     check(", no gRPC" in log and "gRPC listens" not in log, f"`serve` without --port plans gRPC: {log}")
     time.sleep(0.5)  # Margin: gRPC, were it on, would start right after the snapshot loads.
-    check(only.lines.empty(), "`serve` without --port printed more than its HTTP port")
-    ports = listening_ports_of(only.proc.pid)
+    check(only.ports() == {"http": only.http}, f"`serve` without --port reports {only.ports()}")
+    check(only.stdout_text() == f"http listening on port {only.http}\n",
+          f"`serve` without --port printed more than its HTTP port: {only.stdout_text()!r}")
+    ports = listening_ports_of(only.pid)
     check(ports == {only.http}, f"`serve` without --port listens on {sorted(ports)}, not just HTTP")
     only.stop()
     print("8. `serve` (SageMaker): /ping, /invocations, SIGTERM -> exit 0; without --port it "
@@ -436,13 +424,10 @@ def section9(s, work):
     check("connect-src 'self'" in headers.get("Content-Security-Policy", ""), f"CSP: {headers}")
     for external in (b'src="http', b"src='http", b'href="http', b"url(http", b"@import"):
         check(external not in page, f"the page fetches something external: {external!r}")
-    info = json.loads(get_full(s.http, "/info")[2])
-    g = s.stub.GetInfo(pb.GetInfoRequest())
-    check(info["snapshot_version"] == g.snapshot_version and info["vector_count"] == g.vector_count
-          and info["dim"] == g.dim and info["model"]["name"] == g.model.name
-          and info["model"]["has_text"] == g.model.has_text and info["max_top_k"] == g.max_top_k
-          and info["hnsw"]["default_ef"] == g.hnsw.default_ef, f"/info {info} vs GetInfo {g}")
-    check(info["has_thumbnails"] is True and g.has_thumbnails, f"no thumbnails: {info}")
+    body = get_full(s.http, "/info")[2]
+    info, g = json_format.Parse(body, pb.GetInfoResponse()), s.stub.GetInfo(pb.GetInfoRequest())
+    check(info == g, f"/info {body!r} vs GetInfo {g}")
+    check(json.loads(body)["metric"] == "METRIC_COSINE" and g.has_thumbnails, f"/info: {body!r}")
 
     st, headers, thumb = get_full(s.http, "/thumbs/rocket.jpg")
     check(st == 200 and headers["Content-Type"] == "image/jpeg", f"thumb: {st} {headers}")
@@ -473,7 +458,7 @@ def section9(s, work):
     out = subprocess.run([INDEXER, f"--input={images}", f"--root={bare}", f"--model={DEFAULT}",
                           "--progress=none", "--thumbnails=false"], capture_output=True, text=True)
     check(out.returncode == 0, f"indexer --thumbnails=false: {out.stderr}")
-    b = Server(flags(bare), os.path.join(work, "bare.log"))
+    b = GrpcServer(flags(bare), os.path.join(work, "bare.log"))
     b.wait_ping()
     check(json.loads(get_full(b.http, "/info")[2])["has_thumbnails"] is False, "bare /info")
     check(not b.stub.GetInfo(pb.GetInfoRequest()).has_thumbnails, "bare GetInfo")
@@ -497,10 +482,7 @@ def main():
         section7(s)
         section8(work, root)
     finally:
-        for p in SERVERS:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        e2e_lib.Server.kill_all()
         shutil.rmtree(work, ignore_errors=True)
     print("http frontend e2e: 1 passed, 0 failed")
     return 0

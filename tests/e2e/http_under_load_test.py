@@ -13,9 +13,9 @@ of tests/data/images indexed with the default model:
     timeout (--http_read_timeout_ms) has passed, not before;
   - the excess /invocations get 429 RESOURCE_EXHAUSTED, never a reset.
 
-The 1 s bounds are correctness bounds (the old thread-per-connection server
-never answered /ping with 16 stalled connections); tools/bench measures
-latency.
+The 1 s bounds are correctness bounds (a thread-per-connection server whose
+threads are held by 16 stalled connections never answers /ping at all);
+tools/bench measures latency.
 
 Usage: http_under_load_test.py BUILD_DIR SOURCE_DIR DEFAULT_MODEL
 """
@@ -23,12 +23,9 @@ import http.client
 import json
 import multiprocessing
 import os
-import queue
 import resource
 import selectors
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,25 +40,13 @@ BUILD, SRC, DEFAULT = sys.argv[1:4]
 T = e2e_lib.tree(BUILD, SRC)
 H = e2e_lib.health_pb2(T.proto)
 
-READ_TIMEOUT_S = 12
+# Long enough that opening 2000 connections on a loaded 2-core CI machine (6 s
+# seen while other tests ran) plus the probes fits well inside it.
+READ_TIMEOUT_S = 20
 # Images whose queries the model answers (the corpus also holds refused ones).
 LOAD_IMAGES = ["astronaut.png", "camera.png", "coffee.png", "chelsea.png", "logo.png"]
 IDLE, HALF_SENT, LOADERS, MAX_INFLIGHT = 1000, 1000, 32, 8
 PROBES, PROBE_BOUND_S = 20, 1.0
-
-
-def start_server(root, log):
-    http_port = e2e_lib.free_port()
-    proc = subprocess.Popen(
-        [T.query, f"--snapshot_root={root}", "--host=127.0.0.1", "--port=0",
-         f"--http_port={http_port}", f"--http_read_timeout_ms={READ_TIMEOUT_S * 1000}",
-         f"--max_inflight_requests={MAX_INFLIGHT}"],
-        stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
-    lines = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
-    ports = e2e_lib.listening_ports(lambda: lines.get(timeout=60), http=True)
-    check(ports["http"] == http_port, f"HTTP on {ports['http']}, not {http_port} (see {log})")
-    return proc, ports["grpc"], http_port
 
 
 def ping(port, timeout):
@@ -75,18 +60,6 @@ def ping(port, timeout):
         return r.status, time.monotonic() - start
     finally:
         c.close()
-
-
-def wait_serving(port):
-    until = time.monotonic() + 120
-    while time.monotonic() < until:
-        try:
-            if ping(port, 5)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("/ping never answered 200")
 
 
 OUTCOMES = ["200", "429", "reset", "other"]
@@ -213,11 +186,15 @@ def main():
     root = os.path.join(work, "root")
     e2e_lib.run(T.indexer, f"--input={T.images}", f"--root={root}", f"--model={DEFAULT}",
                 "--max_reject_ratio=0.5", "--progress=none", "--ef_construction=64")
-    proc, grpc_port, http_port = start_server(root, os.path.join(work, "query.log"))
+    server = e2e_lib.Server(T.query, [f"--snapshot_root={root}",
+                                      f"--http_read_timeout_ms={READ_TIMEOUT_S * 1000}",
+                                      f"--max_inflight_requests={MAX_INFLIGHT}"],
+                            os.path.join(work, "query.log"))
+    http_port = server.http_port
     socks, load = [], None
     try:
-        wait_serving(http_port)
-        health = grpc.insecure_channel(f"127.0.0.1:{grpc_port}").unary_unary(
+        server.wait_ping()
+        health = grpc.insecure_channel(server.grpc_address).unary_unary(
             "/grpc.health.v1.Health/Check",
             request_serializer=H.HealthCheckRequest.SerializeToString,
             response_deserializer=H.HealthCheckResponse.FromString)
@@ -236,7 +213,9 @@ def main():
         took = opened[-1] - opened[0]
         print(f"opened {IDLE} idle + {HALF_SENT} half-sent connections in {took:.1f} s "
               f"under load {load.counts}")
-        check(took < READ_TIMEOUT_S / 2, f"opening the connections took {took:.1f} s")
+        # Opening the connections is the test's own speed, not the server's: no
+        # bound on it here. What matters is that the probes below run while
+        # every connection is still open, which is checked after them.
 
         worst_ping, worst_health = 0.0, 0.0
         for i in range(PROBES):
@@ -250,7 +229,9 @@ def main():
             worst_ping, worst_health = max(worst_ping, seconds), max(worst_health, hs)
             time.sleep(0.05)
         # The probes ran while every connection was still open.
-        check(time.monotonic() < opened[0] + READ_TIMEOUT_S, "the probes outlasted the read timeout")
+        check(time.monotonic() < opened[0] + READ_TIMEOUT_S - 0.5,
+              f"opening the connections ({took:.1f} s) and the probes outlasted the "
+              f"{READ_TIMEOUT_S} s read timeout, so the test could not check them all open")
         check(all(still_open(s) for s in socks), "a connection was closed before the read timeout")
         print(f"{PROBES} probes with all {len(socks)} connections open: /ping 200 in at most "
               f"{worst_ping * 1e3:.0f} ms, gRPC health SERVING in at most {worst_health * 1e3:.0f} ms")
@@ -279,9 +260,8 @@ def main():
             load.proc.join(timeout=60)
         for s in socks:
             s.close()
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=60)
-    check(rc == 0, f"service exited with {rc} on SIGTERM")
+        server.stop(limit_s=60, expect=None)
+    check(server.proc.returncode == 0, f"service exited with {server.proc.returncode} on SIGTERM")
     print("PASS")
 
 

@@ -17,18 +17,37 @@ ensure_buf() {
   echo "$dir/node_modules/.bin/buf"
 }
 
-# start_query BINARY LOG ARGS...: starts the query service on a free loopback
-# port; sets QUERY_PID and QUERY_PORT.
+# start_query BINARY LOG ARGS...: starts the query service with ARGS on a
+# loopback gRPC port it picks (--port=0; ARGS may add --http_port=0), stderr
+# to LOG and stdout to LOG.out, and waits up to 120 s for its gRPC port,
+# which listens once the first snapshot is loaded. Sets QUERY_PID, QUERY_PORT
+# and QUERY_HTTP_PORT (empty without HTTP) from its --port_file, LOG.ports.
 start_query() {
   local bin="$1" log="$2"; shift 2
-  local fifo; fifo="$(mktemp -u)"; mkfifo "$fifo"
-  "$bin" --host=127.0.0.1 --port=0 "$@" >"$fifo" 2>"$log" &
+  local ports="$log.ports" i
+  rm -f "$ports"
+  "$bin" --host=127.0.0.1 --port=0 --port_file="$ports" "$@" >"$log.out" 2>"$log" &
   # shellcheck disable=SC2034  # for the caller
   QUERY_PID=$!
-  local line; read -r -t 20 line <"$fifo" || fail "query service did not start: $(cat "$log")"
-  rm -f "$fifo"
-  QUERY_PORT="${line##* }"
-  [[ "$QUERY_PORT" =~ ^[0-9]+$ ]] || fail "bad start line '$line'"
+  QUERY_PORT=""
+  for ((i = 0; i < 1200; i++)); do
+    QUERY_PORT="$(port_of "$ports" grpc)"
+    [[ -n "$QUERY_PORT" ]] && break
+    kill -0 "$QUERY_PID" 2>/dev/null || fail "query service exited: $(tail -n 20 "$log")"
+    sleep 0.1
+  done
+  if [[ -z "$QUERY_PORT" ]]; then
+    kill "$QUERY_PID" 2>/dev/null || true
+    fail "query service did not listen within 120 s: $(tail -n 20 "$log")"
+  fi
+  # shellcheck disable=SC2034  # for the caller
+  QUERY_HTTP_PORT="$(port_of "$ports" http)"
+}
+
+# port_of FILE FRONT: the port of FRONT ("grpc" or "http") in the query
+# service's --port_file FILE; empty while it does not listen.
+port_of() {
+  sed -n "s/.*\"$2\": \([0-9]*\).*/\1/p" "$1" 2>/dev/null || true
 }
 
 # wait_until CMD...: retries CMD for up to 20 s.

@@ -18,17 +18,14 @@ Usage: limits_test.py BUILD_DIR SOURCE_DIR DEFAULT_MODEL
 import io
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 
 import grpc
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_lib import check, run  # noqa: E402
+from e2e_lib import Server, check, run  # noqa: E402
 import grpc_stubs  # noqa: E402
 
 BUILD, SRC, MODEL = sys.argv[1:4]
@@ -63,26 +60,11 @@ def main():
             shutil.copy(os.path.join(IMAGES, name), corpus)
         root = os.path.join(work, "root")
         run(INDEXER, f"--input={corpus}", f"--root={root}", f"--model={MODEL}", "--progress=none")
-        server = subprocess.Popen([QUERY, f"--snapshot_root={root}", "--host=127.0.0.1", "--port=0",
-                                   "--max_message_mb=1"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        port = None
-        for line in server.stdout:
-            if line.startswith("listening on port "):  # printed for --port=0
-                port = int(line.split()[-1])
-                break
-        check(port is not None, "the service did not print its port")
-        # Keep reading its stdout, so the service can never block on a full pipe.
-        threading.Thread(target=lambda: server.stdout.read(), daemon=True).start()
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
+        server = Server(QUERY, [f"--snapshot_root={root}", "--max_message_mb=1"],
+                        os.path.join(work, "query.log"))
+        channel = grpc.insecure_channel(server.grpc_address, options=[
             ("grpc.max_send_message_length", 4 * MIB), ("grpc.max_receive_message_length", 4 * MIB)])
         stub = pb_grpc.ImageSearchStub(channel)
-        for _ in range(300):
-            try:
-                stub.GetInfo(pb.GetInfoRequest(), timeout=5)
-                break
-            except grpc.RpcError:
-                time.sleep(0.1)
         results = []
 
         def expect(what, call, request, code, text=""):
@@ -154,10 +136,10 @@ def main():
         check(stub.GetInfo(pb.GetInfoRequest(), timeout=5).snapshot_version == 1, "GetInfo")
         for line in results:
             print(" ", line)
+        server.stop()
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(30)
+            server.kill()
         shutil.rmtree(work, ignore_errors=True)
     print(f"limits: {len(results)} passed, 0 failed")
 

@@ -9,21 +9,17 @@ Usage: metrics_test.py BUILD_DIR SOURCE_DIR DEFAULT_MODEL
 import http.client
 import json
 import os
-import queue
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import grpc_stubs  # noqa: E402
-from e2e_lib import listening_ports  # noqa: E402
+from e2e_lib import Server, check  # noqa: E402
 
 BUILD, SRC, DEFAULT = sys.argv[1:4]
 IMAGES = os.path.join(SRC, "tests", "data", "images")
@@ -36,20 +32,9 @@ LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?$
 LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?')
 
 
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
-
-
 def read(name):
     with open(os.path.join(IMAGES, name), "rb") as f:
         return f.read()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(port, method, path, body=None, headers=None):
@@ -133,7 +118,7 @@ def send_traffic(port, stub):
 
 def main():
     work = tempfile.mkdtemp(prefix="imagesearch_metrics_")
-    proc = None
+    server = None
     try:
         root = os.path.join(work, "root")
         out = subprocess.run([INDEXER, f"--input={IMAGES}", f"--root={root}", f"--model={DEFAULT}",
@@ -141,18 +126,10 @@ def main():
                              capture_output=True, text=True)
         check(out.returncode == 0, f"indexer failed: {out.stderr}")
         print(out.stdout.strip())
-        proc = subprocess.Popen([QUERY, f"--snapshot_root={root}", "--host=127.0.0.1", "--port=0",
-                                 f"--http_port={free_port()}"], stdout=subprocess.PIPE, text=True,
-                                stderr=open(os.path.join(work, "query.log"), "w"))
-        lines = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
-        ports = listening_ports(lambda: lines.get(timeout=60), http=True)
-        grpc_port, port = ports["grpc"], ports["http"]
-        until = time.time() + 60
-        while request(port, "GET", "/ping")[0] != 200:
-            check(time.time() < until, "/ping never answered 200")
-            time.sleep(0.1)
-        stub = pb_grpc.ImageSearchStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
+        server = Server(QUERY, [f"--snapshot_root={root}"], os.path.join(work, "query.log"))
+        port = server.http_port
+        check(request(port, "GET", "/ping")[0] == 200, "gRPC listens but /ping is not 200")
+        stub = pb_grpc.ImageSearchStub(grpc.insecure_channel(server.grpc_address))
         info = stub.GetInfo(pb.GetInfoRequest())
 
         before = scrape(port)
@@ -180,7 +157,7 @@ def main():
               f"build_info model={info.model.name}")
 
         # The process figures, read at the scrape, from this very process.
-        with open(f"/proc/{proc.pid}/status") as f:
+        with open(f"/proc/{server.pid}/status") as f:
             threads = int(next(line for line in f if line.startswith("Threads:")).split()[1])
         rss = get(after, "process_resident_memory_bytes")
         heap = get(after, "imagesearch_malloc_in_use_bytes")
@@ -203,12 +180,10 @@ def main():
         exported = {re.sub(r"_(bucket|sum|count)$", "", n) for n, _ in after}
         check(used and used <= exported, f"dashboard uses unexported metrics: {used - exported}")
         print(f"dashboard: {len(exprs)} queries over {len(used)} exported metrics")
-        proc.send_signal(signal.SIGTERM)
-        check(proc.wait(timeout=30) == 0, "service did not exit 0 on SIGTERM")
+        server.stop()
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if server is not None:
+            server.kill()
         shutil.rmtree(work, ignore_errors=True)
     print("metrics e2e: 1 passed, 0 failed")
     return 0

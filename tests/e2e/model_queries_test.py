@@ -17,11 +17,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import e2e_lib  # noqa: E402
 import grpc_stubs  # noqa: E402
+from e2e_lib import check  # noqa: E402
 
 BUILD, SRC, TINY, DEFAULT = sys.argv[1:5]
 IMAGES = os.path.join(SRC, "tests", "data", "images")
@@ -29,11 +30,6 @@ INDEXER = os.path.join(BUILD, "services", "indexer", "imagesearch-indexer")
 QUERY = os.path.join(BUILD, "services", "query", "imagesearch-query")
 pb, pb_grpc = grpc_stubs.load(os.path.join(SRC, "proto"))
 import grpc  # noqa: E402
-
-
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
 
 
 def index(model, root):
@@ -44,23 +40,13 @@ def index(model, root):
     return out.stdout
 
 
-class Server:
+class GrpcServer(e2e_lib.Server):
+    """The query binary on `root` (gRPC listens once it is loaded), with a stub and its GetInfo."""
+
     def __init__(self, root, log, extra=()):
-        self.proc = subprocess.Popen([QUERY, f"--snapshot_root={root}", "--host=127.0.0.1",
-                                      "--port=0", "--max_delay_us=5000", *extra],
-                                     stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
-        port = int(self.proc.stdout.readline().split()[-1])
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self.stub = pb_grpc.ImageSearchStub(self.channel)
-        for _ in range(600):
-            try:
-                self.info = self.stub.GetInfo(pb.GetInfoRequest())
-                return
-            except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise
-                time.sleep(0.1)
-        raise AssertionError("service never loaded its snapshot")
+        super().__init__(QUERY, [f"--snapshot_root={root}", "--max_delay_us=5000", *extra], log)
+        self.stub = pb_grpc.ImageSearchStub(grpc.insecure_channel(self.grpc_address))
+        self.info = self.stub.GetInfo(pb.GetInfoRequest())
 
     def error(self, req):
         try:
@@ -68,10 +54,6 @@ class Server:
         except grpc.RpcError as e:
             return e.code(), e.details()
         raise AssertionError(f"expected an error for {req}")
-
-    def stop(self):
-        self.proc.terminate()
-        check(self.proc.wait(timeout=15) == 0, "service did not exit cleanly on SIGTERM")
 
 
 def read(name):
@@ -90,7 +72,7 @@ def part_a(work):
     check("truncated.jpg" in rejected, f"truncated.jpg not rejected: {rejected}")
     check("bomb_50000x50000.png" in rejected and "pixels" in rejected["bomb_50000x50000.png"],
           f"bomb not rejected with a pixel-count reason: {rejected}")
-    s = Server(root, os.path.join(work, "clip.log"))
+    s = GrpcServer(root, os.path.join(work, "clip.log"))
     try:
         check(s.info.model.has_text and s.info.model.loaded, s.info)
         texts = ["a photo of a cat", "Rocket launch at night!", "two motorcycles"]
@@ -118,7 +100,7 @@ def part_a(work):
 def part_b(work):
     root = os.path.join(work, "default_root")
     print(index(DEFAULT, root).strip())
-    s = Server(root, os.path.join(work, "default.log"))
+    s = GrpcServer(root, os.path.join(work, "default.log"))
     try:
         check(s.info.dim == 1792 and not s.info.model.has_text, s.info)
         r = s.stub.Search(pb.SearchRequest(image=read("motorcycle_left.png"), top_k=3))
@@ -159,7 +141,7 @@ def part_b(work):
         s.stop()
     # Without its model runtime plugin the service still serves the snapshot's
     # vector and id queries, and says why image queries cannot be answered.
-    s = Server(root, os.path.join(work, "noplugin.log"), ["--model_plugin=/nonexistent/plugin.so"])
+    s = GrpcServer(root, os.path.join(work, "noplugin.log"), ["--model_plugin=/nonexistent/plugin.so"])
     try:
         check(not s.info.model.loaded, s.info)
         r = s.stub.Search(pb.SearchRequest(id="rocket.jpg", top_k=2))

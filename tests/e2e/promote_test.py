@@ -10,7 +10,6 @@ Usage: promote_test.py BUILD_DIR SOURCE_DIR DEFAULT_MODEL
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,7 +18,7 @@ import urllib.request
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_lib import check, free_port, run  # noqa: E402
+from e2e_lib import Server, check, run  # noqa: E402
 
 BUILD, SRC, MODEL = sys.argv[1:4]
 INDEXER = os.path.join(BUILD, "services", "indexer", "imagesearch-indexer")
@@ -33,17 +32,14 @@ PROMOTE = os.path.join(SRC, "tools", "promote.sh")
 def live_version(port):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/info", timeout=2) as r:
-            return json.load(r)["snapshot_version"]
+            return int(json.load(r)["snapshot_version"])
     except (OSError, ValueError):
         return None
 
 
-def wait_version(port, want, what):
-    for _ in range(100):
-        if live_version(port) == want:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: live service on v{live_version(port)}, expected v{want}")
+def wait_version(server, want, what):
+    server.wait_until(f"{what}: the live service on v{want}",
+                      lambda: live_version(server.http_port) == want, limit_s=10)
 
 
 def main():
@@ -57,11 +53,10 @@ def main():
         index = [INDEXER, f"--input={manifest}", f"--root={root}", f"--model={MODEL}",
                  "--progress=none"]
         run(*index)  # v1, live
-        http = free_port()
-        server = subprocess.Popen([QUERY, f"--snapshot_root={root}", "--host=127.0.0.1", "--port=0",
-                                   f"--http_port={http}", "--poll_ms=200"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_version(http, 1, "start")
+        server = Server(QUERY, [f"--snapshot_root={root}", "--poll_ms=200"],
+                        os.path.join(work, "query.log"))
+        http = server.http_port
+        wait_version(server, 1, "start")
 
         # A good candidate: published, not live, until the gate passes.
         out = run(*index, "--promote=false")
@@ -74,7 +69,7 @@ def main():
         out = run(*gate, "--version=v2")
         check("promoted: CURRENT v1 -> v2" in out.stdout and "quality gate: 1 passed" in out.stdout,
               out.stdout)
-        wait_version(http, 2, "after promotion")
+        wait_version(server, 2, "after promotion")
         print("1. good candidate v2: gated on a canary, promoted, the live service swapped to it")
 
         # A bad candidate: random vectors under the same ids, no model.
@@ -99,12 +94,12 @@ def main():
         # Rollback: one command.
         out = run(SNAPSHOT, "rollback", f"--root={root}")
         check(out.stdout.strip() == "CURRENT -> v1", out.stdout)
-        wait_version(http, 1, "after rollback")
+        wait_version(server, 1, "after rollback")
         print("3. imagesearch-snapshot rollback: CURRENT v2 -> v1, the live service followed")
+        server.stop()
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+            server.kill()
         shutil.rmtree(work, ignore_errors=True)
     print("promotion e2e: passed")
     return 0

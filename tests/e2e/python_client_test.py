@@ -13,6 +13,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_lib import Server  # noqa: E402
+
 
 def main() -> int:
     query_bin, snap_tool, proto_dir = sys.argv[1:4]
@@ -49,12 +52,9 @@ def main() -> int:
                                 "attributes": {"shard": i % 3}}) + "\n")
     subprocess.run([snap_tool, "build", f"--root={root}", f"--vectors={npy}", f"--ids={ids}",
                     "--metric=l2", "--ef_construction=64"], check=True, stdout=subprocess.DEVNULL)
-    log = open(os.path.join(work, "query.log"), "w")
-    proc = subprocess.Popen([query_bin, f"--snapshot_root={root}", "--host=127.0.0.1", "--port=0"],
-                            stdout=subprocess.PIPE, stderr=log, text=True)
+    server = Server(query_bin, [f"--snapshot_root={root}"], os.path.join(work, "query.log"))
     try:
-        port = int(proc.stdout.readline().split()[-1])
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        channel = grpc.insecure_channel(server.grpc_address)
         grpc.channel_ready_future(channel).result(timeout=10)
         check = channel.unary_unary(
             "/grpc.health.v1.Health/Check",
@@ -93,8 +93,7 @@ def main() -> int:
         print("python client e2e: 1 passed, 0 failed")
         return 0
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
 
 
 if __name__ == "__main__":

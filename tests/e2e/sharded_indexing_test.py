@@ -11,16 +11,15 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_lib import check, free_port, run  # noqa: E402
+import e2e_lib  # noqa: E402
+from e2e_lib import Server, check, run  # noqa: E402
 
 BUILD, SRC, MODEL = sys.argv[1:4]
 INDEXER = os.path.join(BUILD, "services", "indexer", "imagesearch-indexer")
@@ -109,22 +108,14 @@ def main():
         check("published v1 (50 vectors from 3 shards" in out.stdout, out.stdout)
         run(SNAPSHOT, "verify", f"--root={root}")
         manifest_json = json.load(open(os.path.join(root, "v1", "MANIFEST.json")))
-        check(manifest_json["model"]["sha256"] and "thumbs.bin" in manifest_json["files"]
-              and "model.pt" in manifest_json["files"], manifest_json)
+        (segment,) = e2e_lib.segment_dirs(root, 1)  # A bulk load is one segment.
+        check(manifest_json["model"]["sha256"] and "model.pt" in manifest_json["files"]
+              and os.path.exists(os.path.join(segment, "thumbs.bin")), manifest_json)
         check('"id":"broken"' in open(os.path.join(root, "v1", "rejects.jsonl")).read(), "rejects")
 
         # It serves: an image finds itself, with its thumbnail.
-        port = free_port()
-        server = subprocess.Popen([QUERY, f"--snapshot_root={root}", "--host=127.0.0.1",
-                                   "--port=0", f"--http_port={port}"],
-                                  stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "q.log"), "w"))
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if urllib.request.urlopen(base + "/ping", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
+        server = Server(QUERY, [f"--snapshot_root={root}"], os.path.join(work, "q.log"))
+        base = server.http_url
         first = json.loads(open(manifest).readline())
         body = open(os.path.join(corpus, first["path"]), "rb").read()
         req = urllib.request.Request(base + "/invocations?top_k=3", data=body,
@@ -152,13 +143,14 @@ def main():
         out = run(INDEXER, *common, "--shard=0/3", f"--root={root}", ok=False)
         check(out.returncode == 1 and "--shard needs --embeddings_out" in out.stderr, out.stderr)
         left = sorted(x for x in os.listdir(root) if not x.startswith("."))
-        check(left == ["CURRENT", "HISTORY", "v1"], f"something was published: {left}")
+        check(left == ["CURRENT", "HISTORY", "segments", "v1"], f"something was published: {left}")
+        check(len(os.listdir(os.path.join(root, "segments"))) == 1, "a segment was left behind")
         print("3. a missing shard, the wrong model, a bad --shard and a shard without --embeddings_out "
               "are refused; nothing published")
+        server.stop()
     finally:
         if server is not None:
             server.kill()
-            server.wait()
         shutil.rmtree(work, ignore_errors=True)
     print("sharded indexing e2e: passed")
     return 0

@@ -22,6 +22,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_lib import check  # noqa: E402
+
 CONTAINERFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "deploy",
                              "containers", "Containerfile")
 
@@ -32,13 +35,6 @@ def stub_libs():
     m = re.search(r'ARG STUB_LIBS="([^"]*)"', text)
     assert m, "no ARG STUB_LIBS in the Containerfile"
     return m.group(1).replace("\\\n", " ").split()
-
-
-def check(cond, what):
-    if not cond:
-        print("FAIL:", what)
-        sys.exit(1)
-    print("ok:", what)
 
 
 def main():
@@ -98,6 +94,7 @@ def main():
         check("LIBAVUTIL_57" in v, "the stub defines the real library's symbol version LIBAVUTIL_57")
     finally:
         shutil.rmtree(work)
+    print("slim rootfs: passed")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Soak at saturation (issue 10, section 4): the real imagesearch-query with
+"""Soak at saturation: the real imagesearch-query with
 default flags, on a real snapshot of Fashion-MNIST images indexed with the
 default model, under closed-loop vector, id and image queries from three
 imagesearch-loadgen processes at once (2 cores: CPU-bound), while 20 new
@@ -42,7 +42,7 @@ every 0.2 s. It asserts:
     of the load answered.
 
 Duration: SOAK_SECONDS (default 30, CI); 300 for the benchmark
-(tools/bench/README.md, "Soak"). SOAK_JSON_OUT=FILE also writes the results.
+(tools/bench/results/LOG.md, "Soak"). SOAK_JSON_OUT=FILE also writes the results.
 
 Usage: soak_test.py BUILD_DIR SOURCE_DIR DEFAULT_MODEL
 """
@@ -59,7 +59,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_lib import check, free_port, listening_ports, run  # noqa: E402
+from e2e_lib import Server, check, run  # noqa: E402
 
 BUILD, SRC, MODEL = sys.argv[1:4]
 INDEXER = os.path.join(BUILD, "services", "indexer", "imagesearch-indexer")
@@ -93,7 +93,7 @@ def http_get(port, path, timeout=5):
 
 def live_version(port):
     try:
-        return json.loads(http_get(port, "/info"))["snapshot_version"]
+        return int(json.loads(http_get(port, "/info"))["snapshot_version"])
     except (OSError, ValueError):
         return None
 
@@ -120,8 +120,10 @@ def rss_kib(pid):
 
 
 def mapped_versions(pid, root):
-    """{version: mappings} of files under root/v<N>/ (deleted ones too)."""
-    pat = re.compile(re.escape(os.path.realpath(root)) + r"/v(\d+)/")
+    """{version: mappings} of files under root/v<N>/ or in a segment version
+    N wrote, root/segments/s<N>-* (deleted ones too). Every version here is
+    published from scratch, so its one segment is the one it wrote."""
+    pat = re.compile(re.escape(os.path.realpath(root)) + r"/(?:v|segments/s)(\d+)[/-]")
     out = {}
     with open(f"/proc/{pid}/maps") as f:
         for line in f:
@@ -204,15 +206,10 @@ def main():
         inputs = {"vectors": os.path.join(shards, "shard-0-of-1", "vectors.npy"), "ids": ids,
                   "images": images}
 
-        # The service, default flags (plus loopback ports).
-        http = free_port()
-        server = subprocess.Popen([QUERY, f"--snapshot_root={root}", "--host=127.0.0.1",
-                                   "--port=0", f"--http_port={http}"],
-                                  stdout=subprocess.PIPE, stderr=open(os.path.join(work, "query.log"), "w"),
-                                  text=True)
-        grpc_port = listening_ports(server.stdout.readline)["grpc"]
-        threading.Thread(target=server.stdout.read, daemon=True).start()
-        target = f"127.0.0.1:{grpc_port}"
+        # The service, default flags (plus loopback ports it picks).
+        server = Server(QUERY, [f"--snapshot_root={root}"], os.path.join(work, "query.log"))
+        http = server.http_port
+        target = server.grpc_address
         pid = server.pid
         wait_version(http, 1, "start")
 
@@ -270,7 +267,7 @@ def main():
         stop.set()
         threads[0].join()
         check(not errors, "; ".join(errors))
-        check(server.poll() is None, "the service died")
+        check(server.proc.poll() is None, "the service died")
         fd_end = fd_count(pid)
         rss_end = rss_kib(pid)
         heap_end = heap_bytes(http)
@@ -372,11 +369,7 @@ def main():
         check(not late_maps, f"old versions still mapped (t, version): {late_maps[:10]}")
         check(over_deadline == 0,
               f"{int(over_deadline)} requests ran past {DEADLINE_BUCKET} s (deadline {TIMEOUT_MS} ms)")
-        code = None
-        server.terminate()
-        code = server.wait(timeout=60)
-        server = None
-        check(code == 0, f"the service exited {code} on SIGTERM")
+        server.stop(limit_s=60)
     except Exception:
         log = os.path.join(work, "query.log")
         if os.path.exists(log):
@@ -385,7 +378,6 @@ def main():
     finally:
         if server is not None:
             server.kill()
-            server.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
     print(f"soak ({SECONDS:.0f} s, {SWAPS} swaps): passed")
     return 0

@@ -22,6 +22,7 @@ Usage: tls_auth_test.py BUILD_DIR SOURCE_DIR
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -34,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import e2e_lib  # noqa: E402
 import grpc_stubs  # noqa: E402
-from e2e_lib import check, free_port, listening_ports  # noqa: E402
+from e2e_lib import check  # noqa: E402
 
 BUILD, SRC = sys.argv[1:3]
 QUERY = os.path.join(BUILD, "services", "query", "imagesearch-query")
@@ -99,26 +100,10 @@ def make_snapshot(work):
     return root
 
 
-class Server:
-    def __init__(self, root, log, *flags):
-        self.http_port = free_port()
-        self.log = open(log, "w")
-        self.proc = subprocess.Popen(
-            [QUERY, f"--snapshot_root={root}", "--host=127.0.0.1", "--port=0",
-             f"--http_port={self.http_port}", "--poll_ms=100", "--shutdown_grace_ms=1000", *flags],
-            stdout=subprocess.PIPE, stderr=self.log, text=True)
-        ports = listening_ports(self.proc.stdout.readline, http=True)
-        check(ports["http"] == self.http_port, f"HTTP on {ports['http']}, not {self.http_port}")
-        self.port = ports["grpc"]
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+def start_server(root, log, *flags):
+    """The query binary on `root` with `flags`, gRPC and HTTP(S) on ports it picks."""
+    return e2e_lib.Server(QUERY, [f"--snapshot_root={root}", "--poll_ms=100",
+                                  "--shutdown_grace_ms=1000", *flags], log)
 
 
 def auth(token=TOKEN):
@@ -214,7 +199,7 @@ def check_http_ok(port, headers, ctx=None):
     hits = json.loads(body)["hits"]
     check(len(hits) == 3 and hits[0]["id"] == "item-7", hits)
     status, _, body = http_call(port, "GET", "/info", headers=headers, ctx=ctx)
-    check(status == 200 and json.loads(body)["vector_count"] == 500, f"/info: {status} {body!r}")
+    check(status == 200 and json.loads(body)["vector_count"] == "500", f"/info: {status} {body!r}")
 
 
 def secure_channel(port, p, cert=None):
@@ -226,17 +211,17 @@ def secure_channel(port, p, cert=None):
 
 
 def mtls_and_token(root, work, p):
-    s = Server(root, os.path.join(work, "mtls.log"), f"--tls_cert={p('server.crt')}",
+    s = start_server(root, os.path.join(work, "mtls.log"), f"--tls_cert={p('server.crt')}",
                f"--tls_key={p('server.key')}", f"--tls_client_ca={p('ca.crt')}",
                f"--auth_token_file={p('token')}")
     try:
-        good = secure_channel(s.port, p, "client")
+        good = secure_channel(s.grpc_port, p, "client")
         wait_serving(good)  # Health: open without a token.
         ok("mTLS: grpc.health.v1 answers SERVING without a token")
         stub = pb_grpc.ImageSearchStub(good)
 
         # Transport refusals.
-        plain = pb_grpc.ImageSearchStub(grpc.insecure_channel(f"127.0.0.1:{s.port}"))
+        plain = pb_grpc.ImageSearchStub(grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}"))
         code = grpc_code(lambda: plain.GetInfo(pb.GetInfoRequest(), metadata=auth(), timeout=5))
         check(code == grpc.StatusCode.UNAVAILABLE, f"plaintext gRPC: {code}")
         ok("mTLS: plaintext gRPC client refused (UNAVAILABLE)")
@@ -244,7 +229,7 @@ def mtls_and_token(root, work, p):
         ok("mTLS: plaintext HTTP client refused on the HTTPS port")
         for cert, what in ((None, "no client certificate"),
                            ("rogue", "a certificate from another CA")):
-            st = pb_grpc.ImageSearchStub(secure_channel(s.port, p, cert))
+            st = pb_grpc.ImageSearchStub(secure_channel(s.grpc_port, p, cert))
             code = grpc_code(lambda: st.GetInfo(pb.GetInfoRequest(), metadata=auth(), timeout=5))
             check(code is not None and code != grpc.StatusCode.UNAUTHENTICATED,
                   f"gRPC with {what}: {code}")
@@ -282,19 +267,25 @@ def mtls_and_token(root, work, p):
         status, _, body = http_call(s.http_port, "GET", "/metrics", ctx=ctx,
                                     headers={"Authorization": f"Bearer {TOKEN}"})
         check(status == 200, status)
-        for front in ("grpc", "http"):
-            line = ('imagesearch_requests_total{code="UNAUTHENTICATED",'
-                    f'front="{front}",method="Search"}} 3')
-            check(line.encode() in body, f"{line} not in /metrics")
-        ok("mTLS: /metrics, / and unknown routes need the token; refusals counted")
+        # Every refusal is counted once, under its front and its true method.
+        expected = {("grpc", "Search"): 3, ("grpc", "GetInfo"): 3, ("http", "Search"): 3,
+                    ("http", "GetInfo"): 3, ("http", "Metrics"): 1, ("http", "Page"): 1,
+                    ("http", "Thumbnail"): 1, ("http", "unknown"): 1}
+        counted = {}
+        for m in re.finditer(rb'imagesearch_requests_total\{code="UNAUTHENTICATED",'
+                             rb'front="(\w+)",method="(\w+)"\} (\d+)', body):
+            counted[(m[1].decode(), m[2].decode())] = int(m[3])
+        check(counted == expected, f"UNAUTHENTICATED counts {counted}, expected {expected}")
+        ok("mTLS: /metrics, / and unknown routes need the token; each refusal counted once "
+           "under its method")
     finally:
         s.stop()
 
 
 def token_on_plaintext(root, work, p):
-    s = Server(root, os.path.join(work, "token.log"), f"--auth_token_file={p('token')}")
+    s = start_server(root, os.path.join(work, "token.log"), f"--auth_token_file={p('token')}")
     try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{s.port}")
+        channel = grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}")
         wait_serving(channel)
         stub = pb_grpc.ImageSearchStub(channel)
         code = grpc_code(lambda: stub.Search(pb.SearchRequest(id="item-7"), timeout=5))
@@ -308,7 +299,7 @@ def token_on_plaintext(root, work, p):
 
         # A refused POST's body is read, so its keep-alive connection stays in step.
         conn = http.client.HTTPConnection("127.0.0.1", s.http_port, timeout=10)
-        body = {"vector": [0.5] * DIM, "top_k": 2}
+        body = {"vector": {"values": [0.5] * DIM}, "top_k": 2}
         check_401(*http_call(s.http_port, "POST", "/invocations", body,
                              headers={"Authorization": "Bearer nope"}, conn=conn), "wrong token")
         check_401(*http_call(s.http_port, "POST", "/elsewhere", body, conn=conn), "unknown POST")
@@ -332,10 +323,10 @@ def token_on_plaintext(root, work, p):
 
 
 def tls_only(root, work, p):
-    s = Server(root, os.path.join(work, "tls.log"), f"--tls_cert={p('server.crt')}",
+    s = start_server(root, os.path.join(work, "tls.log"), f"--tls_cert={p('server.crt')}",
                f"--tls_key={p('server.key')}")
     try:
-        channel = secure_channel(s.port, p)
+        channel = secure_channel(s.grpc_port, p)
         wait_serving(channel)
         check_grpc_ok(pb_grpc.ImageSearchStub(channel), [])
         check_http_ok(s.http_port, {}, https_ctx(p))
@@ -370,7 +361,7 @@ def startup_errors(root, work, p):
     ]
     for flags, want in cases:
         out = subprocess.run([QUERY, f"--snapshot_root={root}", "--host=127.0.0.1", "--port=0",
-                              f"--http_port={free_port()}", *flags],
+                              "--http_port=0", *flags],
                              capture_output=True, text=True, timeout=30)
         check(out.returncode > 0, f"{flags}: exit {out.returncode}, stderr {out.stderr!r}")
         check(want in out.stderr, f"{flags}: {want!r} not in {out.stderr!r}")

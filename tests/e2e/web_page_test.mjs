@@ -82,12 +82,14 @@ async function main() {
   check(res && res.status() === 200, `GET / answers 200 (got ${res && res.status()})`);
   check(/^text\/html/.test(res.headers()['content-type'] || ''),
     `GET / is text/html (got ${res.headers()['content-type']})`);
-  const want = { v: `v${version}`, name: model.name };
-  await waitPage(page, `#info and #status show snapshot ${want.v} and model ${want.name}`, (w) => {
+  const segments = (info.body.segments || []).length;
+  check(segments >= 1, `GET /info lists the segments (got ${JSON.stringify(info.body.segments)})`);
+  const want = { v: `v${version}`, name: model.name, seg: `${segments} segment` };
+  await waitPage(page, `#info and #status show snapshot ${want.v}, model ${want.name} and ${want.seg}(s)`, (w) => {
     const i = document.querySelector('#info')?.textContent || '', s = document.querySelector('#status')?.textContent || '';
-    return i.includes(w.v) && i.includes(w.name) && s.includes(w.v) && s.includes(w.name);
+    return i.includes(w.v) && i.includes(w.name) && i.includes(w.seg) && s.includes(w.v) && s.includes(w.name);
   }, want, statusAndError);
-  ok(`page shows snapshot ${want.v} and model ${want.name}`);
+  ok(`page shows snapshot ${want.v}, model ${want.name} and ${want.seg}(s)`);
 
   const textState = await page.evaluate(() => ({
     disabled: document.querySelector('#text').disabled,
@@ -136,7 +138,9 @@ async function main() {
     `the page shows the hits of the same query sent directly, in order (page ${shown.map((s) => s.id)}; api ${ids(direct.body.hits)})`);
   const hit0 = direct.body.hits[0];
   check(shown[0].text.includes(hit0.score.toFixed(3)), `first result shows score ${hit0.score.toFixed(3)} (text '${shown[0].text}')`);
-  for (const [k, v] of Object.entries(hit0.attributes || {})) {
+  const attributes0 = hit0.attributes_json ? JSON.parse(hit0.attributes_json) : {};
+  check(Object.keys(attributes0).length > 0, `the first hit has attributes (got '${hit0.attributes_json}')`);
+  for (const [k, v] of Object.entries(attributes0)) {
     check(shown[0].text.includes(k) && shown[0].text.includes(String(v)), `first result shows attribute ${k}: ${v} (text '${shown[0].text}')`);
   }
   check(shown[0].alt === `thumbnail of ${hit0.id}`, `thumbnail alt text names the id (got '${shown[0].alt}')`);
@@ -184,12 +188,12 @@ async function main() {
   phase = 'filter';
   const note = await page.$eval('#filter-note', (e) => e.textContent);
   check(note.includes('class (keyword)'), `#filter-note lists the schema fields (got '${note}')`);
-  const filter = { must: [{ field: 'class', match: 'bag' }] };
+  const filter = { must: [{ field: 'class', match: { keyword: 'bag' } }] };
   const anchor = ids(mlt2.body.hits).find((id) => id !== next) || next;
   const fl = await api('/invocations', { method: 'POST', headers: { 'Content-Type': 'application/json' },
     body: JSON.stringify({ id: anchor, top_k: params.top_k, ef: params.ef, filter }) });
   check(fl.status === 200 && fl.body.hits.length > 0 &&
-    fl.body.hits.every((h) => h.attributes && h.attributes.class === 'bag'),
+    fl.body.hits.every((h) => JSON.parse(h.attributes_json || '{}').class === 'bag'),
     `direct filtered query answers only bags (got ${fl.status} ${JSON.stringify(fl.body).slice(0, 300)})`);
   await page.type('#filter', JSON.stringify(filter));
   await page.focus(`#results [data-id="${anchor}"]`);

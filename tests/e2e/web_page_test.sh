@@ -22,12 +22,12 @@ CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 command -v node >/dev/null || fail "node is not installed"
 
 TMP="$(mktemp -d)"
-QPID=""
+QUERY_PID=""
 cleanup() {
   local rc=$?
-  if [[ -n "$QPID" ]]; then
-    kill "$QPID" 2>/dev/null || true
-    wait "$QPID" 2>/dev/null || true
+  if [[ -n "$QUERY_PID" ]]; then
+    kill "$QUERY_PID" 2>/dev/null || true
+    wait "$QUERY_PID" 2>/dev/null || true
   fi
   if ((rc != 0)) && [[ -s "$TMP/query.log" ]]; then
     echo "--- query service log (tail)" >&2
@@ -60,18 +60,10 @@ read -r IMAGE_ID IMAGE_PATH <<<"$first"
   --schema=class:keyword \
   >"$TMP/indexer.log" 2>&1 || fail "indexer failed: $(tail -n 20 "$TMP/indexer.log")"
 
-# The query service with HTTP on a free loopback port.
-PORT="$(/usr/bin/python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')"
-"$QUERY" --snapshot_root="$TMP/snap" --host=127.0.0.1 --port=0 --http_port="$PORT" \
-  >"$TMP/query.out" 2>"$TMP/query.log" &
-QPID=$!
-up=""
-for _ in $(seq 1 300); do
-  if curl -sf -o /dev/null "http://127.0.0.1:$PORT/ping"; then up=1; break; fi
-  kill -0 "$QPID" 2>/dev/null || fail "query service exited early"
-  sleep 0.2
-done
-[[ -n "$up" ]] || fail "query service did not answer /ping on port $PORT within 60 s"
+# The query service with HTTP on a loopback port it picks; serving once gRPC listens.
+start_query "$QUERY" "$TMP/query.log" --snapshot_root="$TMP/snap" --http_port=0
+PORT="$QUERY_HTTP_PORT"
+curl -sf -o /dev/null "http://127.0.0.1:$PORT/ping" || fail "query service: /ping is not 200 on port $PORT"
 
 WEB_NPM_DIR="$NPM_DIR" CHROMIUM="$CHROMIUM" node "$here/web_page_test.mjs" \
   "http://127.0.0.1:$PORT" "$TMP/corpus/$IMAGE_PATH" "$IMAGE_ID" "$SHOT" "$TMP" ||

@@ -20,22 +20,21 @@
 namespace imagesearch::fuzz {
 
 // Crash (so libFuzzer reports it) when an invariant the fuzzer checks fails.
-#define FUZZ_CHECK(cond)                                                       \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      std::fprintf(stderr, "FUZZ_CHECK failed: %s (%s:%d)\n", #cond, __FILE__, \
-                   __LINE__);                                                  \
-      std::abort();                                                            \
-    }                                                                          \
+#define FUZZ_CHECK(cond)                                                                  \
+  do {                                                                                    \
+    if (!(cond)) {                                                                        \
+      std::fprintf(stderr, "FUZZ_CHECK failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__); \
+      std::abort();                                                                       \
+    }                                                                                     \
   } while (0)
 
 // The snapshot's file contents in the fuzz input: one file after another in
 // this order, separated by kFileSeparator. Missing parts are not written.
 inline constexpr std::string_view kFileSeparator = "\n#ISFUZZ-FILE#\n";
 inline const std::vector<std::string>& SnapshotFileOrder() {
-  static const auto* order = new std::vector<std::string>{
-      "MANIFEST.json", "ids.bin",    "graph.offsets", "graph.hnsw",
-      "thumbs.bin",    "attrs.bin", "graph.f16"};
+  static const auto* order =
+      new std::vector<std::string>{"MANIFEST.json", "ids.bin",   "graph.offsets", "graph.hnsw",
+                                   "thumbs.bin",    "attrs.bin", "graph.f16"};
   return *order;
 }
 
@@ -61,8 +60,8 @@ inline constexpr size_t kQueryRows = 64;
 inline snapshot::SyntheticCorpus QueryCorpus() {
   snapshot::SyntheticCorpus c =
       snapshot::MakeSyntheticCorpus(kQueryRows, kQueryDim, index::Metric::kCosine, "item", 7, 4);
-  c.input.schema = *snapshot::ParseSchema(
-      "tag:keyword,year:integer,price:float,safe:boolean,when:timestamp");
+  c.input.schema =
+      *snapshot::ParseSchema("tag:keyword,year:integer,price:float,safe:boolean,when:timestamp");
   const char* tags[] = {"red", "green", "blue", "ünï"};
   for (size_t r = 0; r < kQueryRows; ++r) {
     std::vector<snapshot::AttrValue> row(5);
@@ -88,8 +87,8 @@ struct QueryWorld {
     mo.root = root;
     manager = std::make_unique<serving::SnapshotManager>(mo);
     FUZZ_CHECK(manager->PollOnce().ok());
-    core = std::make_unique<serving::QueryCore>(manager.get(), &metrics,
-                                                serving::QueryCoreOptions{});
+    core =
+        std::make_unique<serving::QueryCore>(manager.get(), &metrics, serving::QueryCoreOptions{});
   }
   serving::Metrics metrics;
   std::unique_ptr<serving::SnapshotManager> manager;

@@ -9,17 +9,18 @@
 //
 // ParseHead lives in an anonymous namespace; this file compiles that .cc
 // into itself to reach it unchanged (nothing of it is copied).
-#include "services/query/http_server.cc"  // NOLINT: for its internal functions.
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+
+#include "services/query/http_server.cc"  // NOLINT: for its internal functions.
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const absl::string_view head(reinterpret_cast<const char*>(data), size);
   imagesearch::HttpRequest req;
   bool keep_alive = false;
-  const std::optional<imagesearch::HeadError> error = imagesearch::ParseHead(head, &req, &keep_alive);
+  const std::optional<imagesearch::HeadError> error =
+      imagesearch::ParseHead(head, &req, &keep_alive);
   if (error.has_value()) {
     if (error->status < 400 || error->status > 599) std::abort();
     if (error->message.size() > 512) std::abort();  // Client text is quoted, bounded.

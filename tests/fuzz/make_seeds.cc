@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "google/protobuf/util/json_util.h"
 #include "imagesearch/v1/imagesearch.pb.h"
 #include "tests/fuzz/fuzz_util.h"
 
@@ -36,7 +37,9 @@ void Write(const std::string& path, const std::string& bytes) {
   }
 }
 
-// A published version's files, concatenated in SnapshotFileOrder().
+// A published version's one segment, concatenated in SnapshotFileOrder():
+// its manifest is a format-1 manifest, which opens as a version of one
+// segment (the layout versions had before segments).
 std::string SplitSnapshot(snapshot::SyntheticCorpus c) {
   const std::string root = snapshot::TempSnapshotRoot("fuzzseed");
   auto v = snapshot::PublishSnapshot(root, c.WithGraph());
@@ -44,7 +47,7 @@ std::string SplitSnapshot(snapshot::SyntheticCorpus c) {
     std::cerr << "publish: " << v.status() << "\n";
     std::exit(1);
   }
-  const std::string dir = snapshot::VersionDir(root, *v);
+  const std::string dir = snapshot::FirstSegmentDir(root, *v);
   std::string out;
   const auto& names = imagesearch::fuzz::SnapshotFileOrder();
   size_t last = 0;
@@ -83,7 +86,9 @@ void SnapshotSeeds(const std::string& dir) {
   Write(dir + "/one_row", std::string(1, '\3') + o);
 }
 
-void ProtoSeeds(const std::string& dir) {
+// The query seeds, as SearchRequests; written as protobuf (query_proto) and
+// as proto3 JSON (query_json, what HTTP /invocations takes).
+std::vector<std::pair<std::string, v1::SearchRequest>> QuerySeeds() {
   std::vector<std::pair<std::string, v1::SearchRequest>> seeds;
   auto add = [&](const std::string& name) -> v1::SearchRequest& {
     seeds.emplace_back(name, v1::SearchRequest());
@@ -96,7 +101,8 @@ void ProtoSeeds(const std::string& dir) {
   }
   {
     auto& r = add("vector_filter_dedup");
-    for (int i = 0; i < imagesearch::fuzz::kQueryDim; ++i) r.mutable_vector()->add_values(1 - 0.1f * i);
+    for (int i = 0; i < imagesearch::fuzz::kQueryDim; ++i)
+      r.mutable_vector()->add_values(1 - 0.1f * i);
     r.set_top_k(20);
     r.set_ef(40);
     r.set_dedup(0.95f);
@@ -147,7 +153,7 @@ void ProtoSeeds(const std::string& dir) {
   {
     auto& r = add("bad_filter");
     r.set_id("item1");
-    r.mutable_filter()->add_must()->set_field("tag");  // No test.
+    r.mutable_filter()->add_must()->set_field("tag");   // No test.
     r.mutable_filter()->add_should()->mutable_match();  // No value.
   }
   {
@@ -155,41 +161,45 @@ void ProtoSeeds(const std::string& dir) {
     r.set_id("nope");
     r.set_top_k(1001);
   }
-  for (const auto& [name, r] : seeds) Write(dir + "/" + name, r.SerializeAsString());
+  return seeds;
+}
+
+void ProtoSeeds(const std::string& dir) {
+  for (const auto& [name, r] : QuerySeeds()) Write(dir + "/" + name, r.SerializeAsString());
 }
 
 void JsonSeeds(const std::string& dir) {
-  const std::vector<std::pair<std::string, std::string>> seeds = {
-      {"vector", R"({"vector":[0,0.1,0.2,0.3,0.4,0.5,0.6,0.7],"top_k":5})"},
-      {"vector_filter",
-       R"({"vector":[1,0.9,0.8,0.7,0.6,0.5,0.4,0.3],"top_k":20,"ef":40,"dedup":0.95,)"
-       R"("filter":{"must":[{"field":"tag","match":"red"}],)"
-       R"("should":[{"field":"year","range":{"gte":2003,"lt":2006}}],)"
-       R"("must_not":[{"has_id":["item4"]}]}})"},
-      {"id", R"({"id":"item3","include_self":true,"filter":{"must":[{"field":"when",)"
-             R"("range":{"gt":"2023-11-20T00:00:00Z"}}],"should":[{"field":"price",)"
-             R"("range":{"lte":7.5}},{"field":"safe","match":true}]}})"},
-      {"id_in", R"({"id":"item10","filter":{"must":[{"field":"year","in":[2001,2002]},)"
-                R"({"field":"tag","in":["blue","\u00fcn\u00ef"]}]}})"},
-      {"text", R"({"text":"a photo of a cat","top_k":3})"},
-      {"image_b64", R"({"image_b64":"iVBORw0KGgo="})"},
-      {"bad_kind", R"({"text":"x","id":"item1"})"},
-      {"bad_filter", R"({"id":"item1","filter":{"must":[{"field":"tag"}]}})"},
-      {"unknown_field", R"({"vectr":[1]})"},
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  for (const auto& [name, r] : QuerySeeds()) {
+    std::string json;
+    if (google::protobuf::util::MessageToJsonString(r, &json, options).ok()) {
+      Write(dir + "/" + name, json);
+    }
+  }
+  // What only JSON can get wrong.
+  const std::vector<std::pair<std::string, std::string>> invalid = {
+      {"json_two_kinds", R"({"text":"x","id":"item1"})"},
+      {"json_unknown_field", R"({"vectr":{"values":[1]}})"},
+      {"json_scalar_value", R"({"id":"item1","filter":{"must":[{"field":"tag","match":"red"}]}})"},
+      {"json_camel_case", R"({"id":"item1","topK":3,"includeSelf":true})"},
+      {"json_int64_string", R"({"id":"item1","filter":{"must":[{"field":"year",)"
+                            R"("in":{"values":[{"integer":"2001"}]}}]}})"},
   };
-  for (const auto& [name, body] : seeds) Write(dir + "/" + name, body);
+  for (const auto& [name, body] : invalid) Write(dir + "/" + name, body);
 }
 
 void TokenizerSeeds(const std::string& dir) {
   const std::vector<std::pair<std::string, std::string>> seeds = {
       {"plain", std::string("\0", 1) + "a photo of a cat"},
       {"html", std::string("\1", 1) + "Tom &amp; Jerry's <b>ca-fé</b>  I'M   here!!"},
-      {"unicode", std::string("\2", 1) + "日本語のテキスト ünïcödé 🐱‍👤 e\xcc\x81"},
-      {"long_no_truncate",
-       std::string("\3", 1) + "word word word word word word word word word word word word "
-                              "word word word word word word word word word word word word "
-                              "word word word word word word word word word word word word "
-                              "word word word word word word word word word word word word "},
+      {"unicode",
+       std::string("\2", 1) + "日本語のテキスト ünïcödé 🐱‍👤 e\xcc\x81"},
+      {"long_no_truncate", std::string("\3", 1) +
+                               "word word word word word word word word word word word word "
+                               "word word word word word word word word word word word word "
+                               "word word word word word word word word word word word word "
+                               "word word word word word word word word word word word word "},
       {"numbers", std::string("\x80", 1) + "12345 3.14 <|startoftext|> <|endoftext|> 's 't 're"},
       {"bad_utf8", std::string("\0", 1) + "caf\xc3 \xff\xfe"},
   };

@@ -1,19 +1,16 @@
 // libFuzzer target: gRPC search requests through the query core.
 //
 // Input: the bytes of an imagesearch.v1.SearchRequest. They are parsed as
-// the gRPC server would, converted with the service's own ToQuery/ToFilter,
-// run through QueryCore::Search and SearchBatch over a small real snapshot
-// built in-process (fuzz_util.h: vector-only, with attribute columns), and a
-// successful answer is encoded with the service's FillHits.
-//
-// The conversion functions live in an anonymous namespace in
-// services/query/image_search_service.cc; this file compiles that .cc into
-// itself to reach them unchanged (nothing of it is copied).
-#include "services/query/image_search_service.cc"  // NOLINT: for its internal functions.
-
+// the gRPC server would, converted with the front ends' shared ToQuery
+// (services/query/proto_adapter.h), run through QueryCore::Search and
+// SearchBatch over a small real snapshot built in-process (fuzz_util.h:
+// vector-only, with attribute columns), and a successful answer is encoded
+// with FillSearchResponse.
 #include <cstddef>
 #include <cstdint>
 
+#include "imagesearch/v1/imagesearch.pb.h"
+#include "services/query/proto_adapter.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -39,11 +36,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (r.ok()) {
       FUZZ_CHECK(r->hits.size() <= serving::kMaxTopK);
       v1::SearchResponse response;
-      imagesearch::FillHits(*r, &response);
+      imagesearch::FillSearchResponse(*r, &response);
       std::string wire;
       FUZZ_CHECK(response.SerializeToString(&wire));
     }
-    (void)imagesearch::ToGrpc(r.status());
   });
   // Without a model every query is answered on this thread.
   FUZZ_CHECK(called);

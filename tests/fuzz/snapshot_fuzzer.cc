@@ -43,7 +43,7 @@ const std::string& Dir() {
   // In memory (/dev/shm) where there is one: every input rewrites the files.
   static const std::string* dir = [] {
     std::string tmpl = ::access("/dev/shm", W_OK) == 0 ? "/dev/shm/imagesearch_fuzzsnap.XXXXXX"
-                                                         : "/tmp/imagesearch_fuzzsnap.XXXXXX";
+                                                       : "/tmp/imagesearch_fuzzsnap.XXXXXX";
     FUZZ_CHECK(::mkdtemp(tmpl.data()) != nullptr);
     return new std::string(tmpl);
   }();
@@ -83,8 +83,8 @@ void Exercise(const snapshot::Snapshot& snap) {
   const size_t dim = static_cast<size_t>(m.dim);
   // A query from stored row 0 if there is one, else a fixed vector.
   std::vector<float> query(dim, 0.5f);
-  if (m.count > 0) {
-    const float* v = snap.searcher().Vector(0);
+  if (snap.rows() > 0) {
+    const float* v = snap.Vector(0);
     bool finite = true;
     for (size_t i = 0; i < dim; ++i) finite = finite && std::isfinite(v[i]);
     if (finite) query.assign(v, v + dim);
@@ -103,28 +103,26 @@ void Exercise(const snapshot::Snapshot& snap) {
   params.exclude_row = 0;
   (void)serving::SearchSnapshot(snap, *prepared, params);
   // Filtered: a walk (most rows allowed) and an exact scan (few allowed).
-  auto most = std::make_shared<index::RowFilter>(m.count, true);
+  auto most = std::make_shared<index::RowFilter>(snap.rows(), true);
   params.dedup = 0;
   params.allowed = most;
   (void)serving::SearchSnapshot(snap, *prepared, params);
-  auto few = std::make_shared<index::RowFilter>(m.count);
+  auto few = std::make_shared<index::RowFilter>(snap.rows());
   few->Allow(0);
-  few->Allow(static_cast<uint32_t>(m.count / 2));
+  few->Allow(static_cast<uint32_t>(snap.rows() / 2));
   params.allowed = few;
   (void)serving::SearchSnapshot(snap, *prepared, params);
   // Ids both ways, for a few rows.
-  for (uint64_t row = 0; row < m.count && row < 4; ++row) {
-    auto view = snap.ids().Get(row);
-    if (view.ok()) (void)snap.ids().Find(view->id);
+  for (uint32_t row = 0; row < snap.rows() && row < 4; ++row) {
+    auto view = snap.Id(row);
+    if (view.ok()) (void)snap.Find(view->id);
   }
-  (void)snap.ids().Find("item0");
-  if (snap.thumbs() != nullptr) {
-    for (uint64_t row = 0; row < m.count && row < 4; ++row) (void)snap.thumbs()->Get(row);
-  }
+  (void)snap.Find("item0");
+  for (uint32_t row = 0; row < snap.rows() && row < 4; ++row) (void)snap.Thumbnail(row);
   // Attribute filters over every field of the schema.
-  if (snap.attributes() != nullptr) {
+  if (snap.schema_table() != nullptr) {
     serving::Filter f;
-    for (const auto& field : snap.attributes()->fields()) {
+    for (const auto& field : snap.schema_table()->fields()) {
       serving::Condition c;
       c.field = field.name;
       switch (field.type) {

@@ -3,8 +3,8 @@
 //
 // Input: one option byte, then text. The option byte picks the context
 // length and truncate mode. Encode must give exactly context_length ids that
-// start with SOT and end (before the zero padding) with EOT, or INVALID_ARGUMENT; Decode of those ids
-// must not crash. Bit 0x80: Decode the raw input read as int64 ids too.
+// start with SOT and end (before the zero padding) with EOT, or INVALID_ARGUMENT; Decode of those
+// ids must not crash. Bit 0x80: Decode the raw input read as int64 ids too.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -23,8 +23,7 @@ using imagesearch::text::ClipTokenizerOptions;
 namespace {
 
 std::string Vocab() {
-  std::ifstream in(IMAGESEARCH_TESTDATA_DIR "/clip/bpe_simple_vocab_16e6.txt.gz",
-                   std::ios::binary);
+  std::ifstream in(IMAGESEARCH_TESTDATA_DIR "/clip/bpe_simple_vocab_16e6.txt.gz", std::ios::binary);
   std::ostringstream s;
   s << in.rdbuf();
   return s.str();

@@ -165,8 +165,8 @@ TEST_CASE("Bad requests get precise errors and never crash the server") {
   }
   {
     v1::SearchRequest r = VectorQuery(3, 5000);
-    cases.push_back({r, grpc::StatusCode::INVALID_ARGUMENT,
-                     "top_k 5000 is out of range: the maximum is 1000"});
+    cases.push_back(
+        {r, grpc::StatusCode::INVALID_ARGUMENT, "top_k 5000 is out of range: the maximum is 1000"});
     r.set_top_k(10);
     r.set_ef(1u << 30);
     cases.push_back({r, grpc::StatusCode::INVALID_ARGUMENT,
@@ -241,7 +241,8 @@ TEST_CASE("SearchBatch answers many queries in order, and names the bad one") {
     grpc::ClientContext ctx;
     grpc::Status s = f.stub->SearchBatch(&ctx, batch, &resp);
     CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
-    CHECK(s.error_message() == "requests[5]: query vector has 33 values but snapshot v1 has dimension 32");
+    CHECK(s.error_message() ==
+          "requests[5]: query vector has 33 values but snapshot v1 has dimension 32");
   }
   batch.mutable_requests(5)->set_text("a cat");
   {
@@ -252,7 +253,8 @@ TEST_CASE("SearchBatch answers many queries in order, and names the bad one") {
   }
 }
 
-TEST_CASE("Publishing under concurrent load: zero failed calls, responses move to the new version") {
+TEST_CASE(
+    "Publishing under concurrent load: zero failed calls, responses move to the new version") {
   Fixture f;
   Publish(f.root, 3000, "old", 1);
   f.Start();
@@ -308,14 +310,14 @@ TEST_CASE("A truncated new version is refused: the old one keeps serving") {
   Publish(f.root, 800, "good", 1);
   f.Start();
   REQUIRE(f.WaitFor([&] { return f.Health() == grpc::health::v1::HealthCheckResponse::SERVING; }));
-  // Make v2 as a copy of v1 with its manifest renumbered, then truncate its graph.
-  const std::string v1_dir = snapshot::VersionDir(f.root, 1);
-  const std::string v2_dir = snapshot::VersionDir(f.root, 2);
-  fs::copy(v1_dir, v2_dir);
-  auto manifest = snapshot::ParseManifest(*ReadFileToString(v2_dir + "/MANIFEST.json"));
-  REQUIRE(manifest.ok());
-  manifest->version = 2;
-  REQUIRE(WriteFileDurably(v2_dir + "/MANIFEST.json", snapshot::ManifestToJson(*manifest)).ok());
+  // Publish v2 as a candidate (CURRENT unchanged), then truncate its graph.
+  snapshot::SyntheticCorpus c =
+      snapshot::MakeSyntheticCorpus(800, kDim, index::Metric::kCosine, "bad", 2);
+  snapshot::PublishOptions candidate;
+  candidate.make_current = false;
+  REQUIRE(snapshot::PublishSnapshot(f.root, c.WithGraph(), candidate).ok());
+  const std::string v2_dir = snapshot::FirstSegmentDir(f.root, 2);  // v2's graph files
+  REQUIRE(!v2_dir.empty());
   auto graph = ReadFileToString(v2_dir + "/graph.hnsw");
   REQUIRE(WriteFileDurably(v2_dir + "/graph.hnsw", graph->substr(0, graph->size() / 3)).ok());
   // set-current refuses such a version; CURRENT is written by hand here, as

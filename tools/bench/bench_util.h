@@ -7,6 +7,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -97,6 +98,45 @@ inline double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t h = v.size() / 2;
   return v.size() % 2 ? v[h] : (v[h - 1] + v[h]) / 2;
+}
+
+// Calls one(q) for q = 0, 1, ... (wrapping) until `seconds` have passed and
+// every query ran at least once; returns queries per second.
+template <typename Fn>
+double Qps(double seconds, size_t nq, Fn one) {
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+  auto since = [&t0] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+  size_t done = 0;
+  while (done < nq || since() < seconds) {
+    for (size_t i = 0; i < 16; ++i, ++done) one(done % nq);
+  }
+  return done / since();
+}
+
+// One point of a recall against QPS curve (an ef sweep).
+struct Point {
+  size_t ef;
+  double recall, qps;
+};
+
+// QPS on `curve` at `recall` (log-QPS linear in recall between the bracketing
+// points); NaN if the curve does not reach it.
+inline double QpsAtRecall(const std::vector<Point>& curve, double recall) {
+  std::vector<Point> c = curve;
+  std::sort(c.begin(), c.end(), [](const Point& a, const Point& b) { return a.recall < b.recall; });
+  double best = std::nan("");
+  for (size_t i = 0; i < c.size(); ++i) {
+    if (c[i].recall < recall) continue;
+    // The highest QPS among interpolations that reach `recall`.
+    double q = c[i].qps;
+    if (i > 0 && c[i - 1].recall < recall && c[i].recall > c[i - 1].recall) {
+      const double t = (recall - c[i - 1].recall) / (c[i].recall - c[i - 1].recall);
+      q = std::exp(std::log(c[i - 1].qps) + t * (std::log(c[i].qps) - std::log(c[i - 1].qps)));
+    }
+    if (std::isnan(best) || q > best) best = q;
+  }
+  return best;
 }
 
 // Pins the calling thread to one core (-1: leaves it alone).

@@ -1,4 +1,4 @@
-// faiss as a second peer (issue 9): on the same data, side by side in one run,
+// faiss as a second peer: on the same data, side by side in one run,
 //   (a) our mmap searcher in-process (index::MmapHnswSearcher on a snapshot
 //       published exactly as search_bench publishes it),
 //   (b) hnswlib in-process (loadIndex'd heap copy of the same graph file),
@@ -95,13 +95,15 @@ ABSL_FLAG(double, seconds, 1.0, "Measuring time per contender per ef (split over
 ABSL_FLAG(std::string, half_vectors, "auto",
           "Write graph.f16: auto (from 1024 dimensions, as the indexer), on or off. With --reuse, "
           "a cached version that disagrees is republished from the same graph files.");
-ABSL_FLAG(int, rounds, 3,
-          "Rounds per ef: every contender is timed once per round, in turn, and its median "
-          "round counts, so a burst of host noise falls on one round of each, not on one contender.");
+ABSL_FLAG(
+    int, rounds, 3,
+    "Rounds per ef: every contender is timed once per round, in turn, and its median "
+    "round counts, so a burst of host noise falls on one round of each, not on one contender.");
 ABSL_FLAG(int, cpu, -1,
           "Core the in-process searches and the service run on (-1: not pinned); the service's "
           "clients run on another core.");
-ABSL_FLAG(std::string, workdir, "/tmp/imagesearch_faiss_bench", "Where the snapshot and faiss index go.");
+ABSL_FLAG(std::string, workdir, "/tmp/imagesearch_faiss_bench",
+          "Where the snapshot and faiss index go.");
 ABSL_FLAG(bool, reuse, false,
           "Reuse the snapshot and faiss index an earlier run left in --workdir (same data flags).");
 
@@ -152,7 +154,9 @@ class KernelStorage : public faiss::Index {
   index::DistanceFn dist_;
 };
 
-double Since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double Since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 size_t RssBytes() {
   std::ifstream f("/proc/self/statm");
@@ -165,41 +169,9 @@ double MiB(size_t bytes) { return bytes / 1048576.0; }
 
 using bench::PinTo;
 
-// Calls one(q) for q = 0, 1, ... (wrapping) until `seconds` have passed and
-// every query ran at least once; returns queries per second.
-template <typename Fn>
-double Qps(double seconds, size_t nq, Fn one) {
-  const auto t0 = Clock::now();
-  size_t done = 0;
-  while (done < nq || Since(t0) < seconds) {
-    for (size_t i = 0; i < 16; ++i, ++done) one(done % nq);
-  }
-  return done / Since(t0);
-}
-
-struct Point {
-  size_t ef;
-  double recall, qps;
-};
-
-// QPS on `curve` at `recall` (log-QPS linear in recall between the bracketing
-// points); NaN if the curve does not reach it.
-double QpsAtRecall(const std::vector<Point>& curve, double recall) {
-  std::vector<Point> c = curve;
-  std::sort(c.begin(), c.end(), [](const Point& a, const Point& b) { return a.recall < b.recall; });
-  double best = std::nan("");
-  for (size_t i = 0; i < c.size(); ++i) {
-    if (c[i].recall < recall) continue;
-    // The highest QPS among interpolations that reach `recall`.
-    double q = c[i].qps;
-    if (i > 0 && c[i - 1].recall < recall && c[i].recall > c[i - 1].recall) {
-      const double t = (recall - c[i - 1].recall) / (c[i].recall - c[i - 1].recall);
-      q = std::exp(std::log(c[i - 1].qps) + t * (std::log(c[i].qps) - std::log(c[i - 1].qps)));
-    }
-    if (std::isnan(best) || q > best) best = q;
-  }
-  return best;
-}
+using bench::Point;
+using bench::Qps;
+using bench::QpsAtRecall;
 
 int Run() {
   size_t n = absl::GetFlag(FLAGS_n), dim = absl::GetFlag(FLAGS_dim);
@@ -207,9 +179,10 @@ int Run() {
   const std::string workdir = absl::GetFlag(FLAGS_workdir);
   const std::string root = workdir + "/root", faiss_path = workdir + "/faiss.index";
   const int m = absl::GetFlag(FLAGS_m), efc = absl::GetFlag(FLAGS_ef_construction);
-  const int build_threads = absl::GetFlag(FLAGS_build_threads) > 0
-                                ? absl::GetFlag(FLAGS_build_threads)
-                                : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int build_threads =
+      absl::GetFlag(FLAGS_build_threads) > 0
+          ? absl::GetFlag(FLAGS_build_threads)
+          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   std::vector<size_t> efs;
   for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_ef), ',', absl::SkipEmpty())) {
     size_t e = 0;
@@ -235,8 +208,9 @@ int Run() {
         static_cast<float>(absl::GetFlag(FLAGS_spread)));
     data = std::move(corpus.vectors);
     in = std::move(corpus.input);
-    std::printf("data: %zu x %zu clustered (search_bench's, spread %g), cosine, %zu held-out queries\n",
-                n, dim, absl::GetFlag(FLAGS_spread), nq);
+    std::printf(
+        "data: %zu x %zu clustered (search_bench's, spread %g), cosine, %zu held-out queries\n", n,
+        dim, absl::GetFlag(FLAGS_spread), nq);
   } else if (kind == "lowrank") {
     std::vector<uint32_t> cluster_of;
     data = bench::LowRankData(n + nq, dim, absl::GetFlag(FLAGS_latent_dim),
@@ -245,13 +219,13 @@ int Run() {
     in.metric = index::Metric::kCosine;
     in.ids.reserve(n);
     for (size_t r = 0; r < n; ++r) in.ids.push_back({std::to_string(r), "", ""});
-    std::printf("data: %zu x %zu low-rank (latent %d, %d clusters), cosine, %zu held-out queries\n", n,
-                dim, absl::GetFlag(FLAGS_latent_dim), absl::GetFlag(FLAGS_clusters), nq);
+    std::printf("data: %zu x %zu low-rank (latent %d, %d clusters), cosine, %zu held-out queries\n",
+                n, dim, absl::GetFlag(FLAGS_latent_dim), absl::GetFlag(FLAGS_clusters), nq);
   } else if (kind == "npy") {
     absl::StatusOr<VectorSet> file = ReadVectorFile(absl::GetFlag(FLAGS_vectors));
     if (!file.ok() || file->count <= nq) {
-      std::cerr << "--vectors: " << (file.ok() ? "fewer rows than --queries" : file.status().ToString())
-                << "\n";
+      std::cerr << "--vectors: "
+                << (file.ok() ? "fewer rows than --queries" : file.status().ToString()) << "\n";
       return 1;
     }
     n = std::min(n, file->count - nq);
@@ -280,10 +254,11 @@ int Run() {
   }
   if (half_flag != "auto") in.half_vectors = half_flag == "on";
   const bool want_half = in.half_vectors.value_or(in.dim >= snapshot::kHalfVectorsMinDim);
-  std::printf("HNSW M=%d efConstruction=%d, builds on %d threads; searches on one thread%s\n", m, efc,
-              build_threads,
-              absl::GetFlag(FLAGS_cpu) >= 0 ? (", core " + std::to_string(absl::GetFlag(FLAGS_cpu))).c_str()
-                                            : " (not pinned)");
+  std::printf("HNSW M=%d efConstruction=%d, builds on %d threads; searches on one thread%s\n", m,
+              efc, build_threads,
+              absl::GetFlag(FLAGS_cpu) >= 0
+                  ? (", core " + std::to_string(absl::GetFlag(FLAGS_cpu))).c_str()
+                  : " (not pinned)");
 
   // (a)+(b): our snapshot, built as search_bench builds it (hnswlib inside).
   double ours_build_s = -1;
@@ -293,12 +268,12 @@ int Run() {
     const auto t0 = Clock::now();
     v = snapshot::PublishSnapshot(root, in);
     ours_build_s = Since(t0);
-  } else if (v.ok() && want_half != std::filesystem::exists(snapshot::VersionDir(root, *v) + "/" +
-                                                            snapshot::kHalfVectorsFile)) {
+  } else if (v.ok() && want_half != std::filesystem::exists(snapshot::FirstSegmentDir(root, *v) +
+                                                            "/" + snapshot::kHalfVectorsFile)) {
     // The cached version has graph.f16 where it should not, or lacks it (a
     // graph cached before snapshots carried it): republish the same graph
     // files as a new version, with or without it.
-    const std::string old_dir = snapshot::VersionDir(root, *v);
+    const std::string old_dir = snapshot::FirstSegmentDir(root, *v);
     in.graph = [&old_dir](const std::string& graph, const std::string& offsets) -> absl::Status {
       absl::Status s = CopyFileDurably(old_dir + "/" + snapshot::kGraphFile, graph);
       return s.ok() ? CopyFileDurably(old_dir + "/" + snapshot::kOffsetsFile, offsets) : s;
@@ -312,7 +287,9 @@ int Run() {
     std::cerr << v.status() << "\n";
     return 1;
   }
-  const std::string vdir = snapshot::VersionDir(root, *v);
+  // The graph files are in the version's one segment (the version dir itself
+  // for a graph cached before segments).
+  const std::string vdir = snapshot::FirstSegmentDir(root, *v);
   size_t graph_bytes = 0, snapshot_bytes = 0;
   for (const auto& e : std::filesystem::directory_iterator(vdir)) {
     if (!e.is_regular_file()) continue;
@@ -369,7 +346,7 @@ int Run() {
     std::cerr << (snap.ok() ? ref.status() : snap.status()) << "\n";
     return 1;
   }
-  const auto& ours = (*snap)->searcher();
+  const auto& ours = snapshot::FirstSegment(**snap).searcher();
   // The same graph searched from its float vectors only (as before graph.f16).
   auto ours_f32 = index::MmapHnswSearcher::Open(vdir + "/" + snapshot::kGraphFile,
                                                 vdir + "/" + snapshot::kOffsetsFile, dim,
@@ -403,16 +380,18 @@ int Run() {
     return h;
   };
 
-  std::printf("\nbuild (%d threads): ours/hnswlib snapshot %s, faiss add %s\n", build_threads,
-              ours_build_s < 0 ? "reused" : (std::to_string(ours_build_s).substr(0, 6) + " s").c_str(),
-              !with_faiss         ? "not run"
-              : faiss_build_s < 0 ? "reused"
-                                  : (std::to_string(faiss_build_s).substr(0, 6) + " s").c_str());
-  std::printf("memory: ours mmaps graph.hnsw+.offsets+.f16 %.1f MiB (whole snapshot dir %.1f MiB; "
-              "page cache, shared)\n        hnswlib loadIndex heap (RSS delta) %.1f MiB\n"
-              "        faiss index file %.1f MiB, RSS delta of %s %.1f MiB\n",
-              MiB(graph_bytes), MiB(snapshot_bytes), MiB(hnswlib_rss_delta), MiB(faiss_file_bytes),
-              reuse ? "read_index" : "build", MiB(faiss_rss_delta));
+  std::printf(
+      "\nbuild (%d threads): ours/hnswlib snapshot %s, faiss add %s\n", build_threads,
+      ours_build_s < 0 ? "reused" : (std::to_string(ours_build_s).substr(0, 6) + " s").c_str(),
+      !with_faiss         ? "not run"
+      : faiss_build_s < 0 ? "reused"
+                          : (std::to_string(faiss_build_s).substr(0, 6) + " s").c_str());
+  std::printf(
+      "memory: ours mmaps graph.hnsw+.offsets+.f16 %.1f MiB (whole snapshot dir %.1f MiB; "
+      "page cache, shared)\n        hnswlib loadIndex heap (RSS delta) %.1f MiB\n"
+      "        faiss index file %.1f MiB, RSS delta of %s %.1f MiB\n",
+      MiB(graph_bytes), MiB(snapshot_bytes), MiB(hnswlib_rss_delta), MiB(faiss_file_bytes),
+      reuse ? "read_index" : "build", MiB(faiss_rss_delta));
   std::printf("distance kernel (ours, hnswlib graph search): %s; ours reads graph.f16 first: %s\n",
               index::SimdLevelName(index::BestSimdLevel()),
               ours.uses_half_vectors() ? "yes" : "no");
@@ -435,9 +414,10 @@ int Run() {
                 cpu < 0 ? "" : (" on core " + std::to_string(cpu)).c_str(), service->clients(),
                 client_cpu < 0 ? "" : (" on core " + std::to_string(client_cpu)).c_str());
     if (client_cpu >= 0) {
-      std::printf("         svc poll: the same %d calls in flight from one client thread that "
-                  "spins on its completion queue\n",
-                  service->clients());
+      std::printf(
+          "         svc poll: the same %d calls in flight from one client thread that "
+          "spins on its completion queue\n",
+          service->clients());
     }
   }
   std::atomic<uint64_t> service_failures{0};
@@ -447,8 +427,8 @@ int Run() {
   PinTo(cpu);
   const double secs = absl::GetFlag(FLAGS_seconds);
   const int rounds = std::max(1, absl::GetFlag(FLAGS_rounds));
-  std::vector<Point> c_ours, c_ours_f32, c_hnswlib, c_faiss, c_faiss_batch, c_faiss_kernel, c_service,
-      c_service_batch, c_service_poll;
+  std::vector<Point> c_ours, c_ours_f32, c_hnswlib, c_faiss, c_faiss_batch, c_faiss_kernel,
+      c_service, c_service_batch, c_service_poll;
   std::vector<FaissIdx> labels(nq * kK);
   std::vector<float> distances(nq * kK);
   std::printf("\n%5s | %-18s | %-9s | %-18s | %-18s | %-9s | %-18s | %-18s | %-9s | %-9s\n", "ef",
@@ -462,7 +442,8 @@ int Run() {
     index.search(static_cast<FaissIdx>(nq), queries, kK, distances.data(), labels.data());
     size_t hits = 0;
     for (size_t q = 0; q < nq; ++q) {
-      hits += hits_of(q, std::vector<FaissIdx>(labels.begin() + q * kK, labels.begin() + (q + 1) * kK));
+      hits +=
+          hits_of(q, std::vector<FaissIdx>(labels.begin() + q * kK, labels.begin() + (q + 1) * kK));
     }
     return double(hits) / (nq * kK);
   };
@@ -478,7 +459,8 @@ int Run() {
     std::vector<std::pair<double*, std::function<double(double)>>> timed;
     double q_ours = 0, q_ours_f32 = 0, q_hnswlib = 0;
     timed.push_back({&q_ours, [&](double t) {
-                       return Qps(t, nq, [&](size_t q) { (void)ours.Search(&queries[q * dim], kK, ef); });
+                       return Qps(t, nq,
+                                  [&](size_t q) { (void)ours.Search(&queries[q * dim], kK, ef); });
                      }});
     timed.push_back({&q_ours_f32, [&](double t) {
                        return Qps(t, nq, [&](size_t q) {
@@ -495,7 +477,8 @@ int Run() {
     }
     const double r_hnswlib = double(h) / (nq * kK);
     timed.push_back({&q_hnswlib, [&](double t) {
-                       return Qps(t, nq, [&](size_t q) { (void)(*ref)->Search(&queries[q * dim], kK); });
+                       return Qps(t, nq,
+                                  [&](size_t q) { (void)(*ref)->Search(&queries[q * dim], kK); });
                      }});
 
     double r_faiss = std::nan(""), q_faiss = std::nan(""), q_faiss_batch = std::nan("");
@@ -566,7 +549,8 @@ int Run() {
     // The rounds: every contender in turn, each round; the median round counts.
     std::vector<std::vector<double>> per_round(timed.size());
     for (int round = 0; round < rounds; ++round) {
-      for (size_t i = 0; i < timed.size(); ++i) per_round[i].push_back(timed[i].second(secs / rounds));
+      for (size_t i = 0; i < timed.size(); ++i)
+        per_round[i].push_back(timed[i].second(secs / rounds));
     }
     for (size_t i = 0; i < timed.size(); ++i) *timed[i].first = bench::Median(per_round[i]);
     if (with_faiss) {
@@ -584,20 +568,23 @@ int Run() {
     c_ours_f32.push_back({ef, r_ours, q_ours_f32});
     c_hnswlib.push_back({ef, r_hnswlib, q_hnswlib});
     std::printf(
-        "%5zu | %8.4f %9.0f | %9.0f | %8.4f %9.0f | %8.4f %9.0f | %9.0f | %8.4f %9.0f | %8.4f %9.0f | "
+        "%5zu | %8.4f %9.0f | %9.0f | %8.4f %9.0f | %8.4f %9.0f | %9.0f | %8.4f %9.0f | %8.4f "
+        "%9.0f | "
         "%9.0f | %9.0f\n",
         ef, r_ours, q_ours, q_ours_f32, r_hnswlib, q_hnswlib, r_faiss, q_faiss, q_faiss_batch,
         r_faiss_kernel, q_faiss_kernel, r_service, q_service, q_service_batch, q_service_poll);
     std::fflush(stdout);
   }
   if (service_failures > 0) {
-    std::printf("service: %llu calls failed\n", static_cast<unsigned long long>(service_failures.load()));
+    std::printf("service: %llu calls failed\n",
+                static_cast<unsigned long long>(service_failures.load()));
   }
   if (!absl::GetFlag(FLAGS_csv).empty()) {
     std::ofstream csv(absl::GetFlag(FLAGS_csv));
     csv << "contender,ef,recall,qps\n";
     auto put = [&](const char* name, const std::vector<Point>& curve) {
-      for (const Point& p : curve) csv << name << "," << p.ef << "," << p.recall << "," << p.qps << "\n";
+      for (const Point& p : curve)
+        csv << name << "," << p.ef << "," << p.recall << "," << p.qps << "\n";
     };
     put("ours", c_ours);
     put("ours-f32", c_ours_f32);
@@ -610,11 +597,12 @@ int Run() {
     put("service-poll", c_service_poll);
   }
 
-  std::printf("\nQPS at equal recall@10 (log-QPS interpolated between sweep points; - = not reached)\n");
+  std::printf(
+      "\nQPS at equal recall@10 (log-QPS interpolated between sweep points; - = not reached)\n");
   std::printf("%7s | %9s %9s %9s %9s %9s %9s %9s %9s %9s | %10s %10s %10s %9s %9s %9s %9s %9s\n",
               "recall", "ours", "ours-f32", "hnswlib", "faiss", "faiss-b", "faiss+k", "service",
-              "svc-batch", "svc-poll", "ours/faiss", "ours/f-b", "ours/f+k", "ours/hnsw", "o32/hnsw",
-              "svc/hnsw", "svcb/hnsw", "svcp/hnsw");
+              "svc-batch", "svc-poll", "ours/faiss", "ours/f-b", "ours/f+k", "ours/hnsw",
+              "o32/hnsw", "svc/hnsw", "svcb/hnsw", "svcp/hnsw");
   for (double target : {0.80, 0.90, 0.95, 0.97, 0.98, 0.99, 0.995}) {
     const double a = QpsAtRecall(c_ours, target), b = QpsAtRecall(c_hnswlib, target);
     const double a32 = QpsAtRecall(c_ours_f32, target);
@@ -634,11 +622,12 @@ int Run() {
       std::snprintf(buf, sizeof(buf), "%.2f", x / y);
       return std::string(buf);
     };
-    std::printf("%7.3f | %9s %9s %9s %9s %9s %9s %9s %9s %9s | %10s %10s %10s %9s %9s %9s %9s %9s\n",
-                target, cell(a).c_str(), cell(a32).c_str(), cell(b).c_str(), cell(c).c_str(),
-                cell(d).c_str(), cell(e).c_str(), cell(f).c_str(), cell(g).c_str(), cell(p).c_str(),
-                ratio(a, c).c_str(), ratio(a, d).c_str(), ratio(a, e).c_str(), ratio(a, b).c_str(),
-                ratio(a32, b).c_str(), ratio(f, b).c_str(), ratio(g, b).c_str(), ratio(p, b).c_str());
+    std::printf(
+        "%7.3f | %9s %9s %9s %9s %9s %9s %9s %9s %9s | %10s %10s %10s %9s %9s %9s %9s %9s\n",
+        target, cell(a).c_str(), cell(a32).c_str(), cell(b).c_str(), cell(c).c_str(),
+        cell(d).c_str(), cell(e).c_str(), cell(f).c_str(), cell(g).c_str(), cell(p).c_str(),
+        ratio(a, c).c_str(), ratio(a, d).c_str(), ratio(a, e).c_str(), ratio(a, b).c_str(),
+        ratio(a32, b).c_str(), ratio(f, b).c_str(), ratio(g, b).c_str(), ratio(p, b).c_str());
   }
   return service_failures == 0 ? 0 : 1;
 }

@@ -72,22 +72,25 @@ int RunOnSnapshot() {
     return 1;
   }
   auto snap = snapshot::Snapshot::Open(root, *version, snapshot::VerifyMode::kSizes);
-  if (!snap.ok() || (*snap)->attributes() == nullptr) {
-    std::cerr << (snap.ok() ? "snapshot has no attribute fields" : snap.status().ToString()) << "\n";
+  if (!snap.ok() || (*snap)->segments().front().segment->attributes() == nullptr) {
+    std::cerr << (snap.ok() ? "snapshot has no attribute fields" : snap.status().ToString())
+              << "\n";
     return 1;
   }
-  const auto* attrs = (*snap)->attributes();
+  const auto* attrs = (*snap)->segments().front().segment->attributes();
   const auto field = attrs->Find(absl::GetFlag(FLAGS_field));
   if (!field.has_value()) {
     std::cerr << "no field " << absl::GetFlag(FLAGS_field) << "\n";
     return 1;
   }
-  const auto& searcher = (*snap)->searcher();
+  const auto& searcher = (*snap)->segments().front().segment->searcher();
   const size_t n = (*snap)->manifest().count, dim = (*snap)->manifest().dim;
   const size_t walk_ef = absl::GetFlag(FLAGS_ef);
   std::vector<uint32_t> queries;
-  for (uint32_t r = 0; r < n; r += static_cast<uint32_t>(absl::GetFlag(FLAGS_stride))) queries.push_back(r);
-  std::printf("%s: %zu x %zu, %zu queries, walk ef %zu\n", root.c_str(), n, dim, queries.size(), walk_ef);
+  for (uint32_t r = 0; r < n; r += static_cast<uint32_t>(absl::GetFlag(FLAGS_stride)))
+    queries.push_back(r);
+  std::printf("%s: %zu x %zu, %zu queries, walk ef %zu\n", root.c_str(), n, dim, queries.size(),
+              walk_ef);
   std::printf("%-16s %8s | %8s %8s | %s\n", "value", "rows", "walk r@10", "picks", "service r@10");
   for (uint32_t code = 0;; ++code) {
     const auto rows = attrs->Postings(*field, code);
@@ -101,13 +104,14 @@ int RunOnSnapshot() {
       auto truth = searcher.SearchExact(v, 10, allowed);
       std::set<uint32_t> want;
       for (const auto& t : truth) want.insert(t.row);
-      for (const auto& g : searcher.Search(v, 10, walk_ef, &allowed)) walk_hits += want.count(g.row);
+      for (const auto& g : searcher.Search(v, 10, walk_ef, &allowed))
+        walk_hits += want.count(g.row);
       service_hits += exact ? want.size() : 0;
       total += want.size();
     }
     if (!exact) service_hits = walk_hits;
     // The value's text, for the table: find it through any row's attributes.
-    auto id = (*snap)->ids().Get(rows[0]);
+    auto id = (*snap)->segments().front().segment->ids().Get(rows[0]);
     std::string value = id.ok() ? std::string(id->attributes_json) : "?";
     if (value.size() > 40) value = value.substr(0, 40);
     std::printf("%-16u %8zu | %8.4f %8s | %.4f   %s\n", code, rows.size(),
@@ -139,11 +143,13 @@ int Run() {
     in.hnsw.m = 16;
     in.hnsw.ef_construction = 100;
     in.graph = index::HnswGraphWriter(data.data(), n, dim, in.metric, in.hnsw);
-    in.default_ef = static_cast<int>(std::max<size_t>(1, absl::GetFlag(FLAGS_ef) / serving::kFilteredEfFactor));
+    in.default_ef =
+        static_cast<int>(std::max<size_t>(1, absl::GetFlag(FLAGS_ef) / serving::kFilteredEfFactor));
     std::mt19937 rng(7);
     std::uniform_real_distribution<double> u(0, 1);
     for (const char* kind : {"rand", "clus"}) {
-      for (double share : kShares) in.schema.push_back({FieldName(kind, share), snapshot::FieldType::kKeyword});
+      for (double share : kShares)
+        in.schema.push_back({FieldName(kind, share), snapshot::FieldType::kKeyword});
     }
     for (size_t r = 0; r < n; ++r) {
       in.ids.push_back({std::to_string(r), "", ""});
@@ -171,7 +177,7 @@ int Run() {
     std::cerr << snap.status() << "\n";
     return 1;
   }
-  const auto& searcher = (*snap)->searcher();
+  const auto& searcher = (*snap)->segments().front().segment->searcher();
   const size_t ef = absl::GetFlag(FLAGS_ef);
   const size_t plain_ef = std::max<size_t>(1, ef / serving::kFilteredEfFactor);
   auto time_per_query = [&](auto search) {
@@ -179,7 +185,8 @@ int Run() {
     for (size_t q = 0; q < nq; ++q) search(&queries[q * dim]);
     return std::chrono::duration<double, std::micro>(Clock::now() - t0).count() / nq;
   };
-  for (size_t q = 0; q < nq; ++q) (void)searcher.Search(&queries[q * dim], 10, plain_ef);  // page in
+  for (size_t q = 0; q < nq; ++q)
+    (void)searcher.Search(&queries[q * dim], 10, plain_ef);  // page in
   const double unfiltered_us =
       time_per_query([&](const float* q) { (void)searcher.Search(q, 10, plain_ef); });
   std::printf("unfiltered graph search: %.0f us/query (ef %zu); filtered walks use ef %zu\n\n",
@@ -215,7 +222,6 @@ int Run() {
                   allowed->Count(), graph_us, exact_us, total ? double(hits) / total : 1.0,
                   exact_us < graph_us ? "exact" : "graph",
                   serving::ExactScanIsCheaper(allowed->Count(), n, ef) ? "exact" : "graph");
-
     }
   }
   return 0;

@@ -2,7 +2,7 @@
 """Probes grpc.health.v1 Check (one channel) and, with --http, GET /ping (a new
 connection each, as a load balancer's health check does) every --every_ms for
 --seconds, and prints each one's latency p50/p99/max and answers; run beside
-imagesearch-loadgen (tools/bench/README.md, "Health under load").
+imagesearch-loadgen (tools/bench/results/LOG.md, "Health under load").
 
 Usage: health_probe.py GRPC_HOST:PORT PROTO_DIR [--http=PORT] [--seconds=30] [--every_ms=50]
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Health under load (tools/bench/README.md, "Health under load"): GET /ping
+# Health under load (tools/bench/results/LOG.md, "Health under load"): GET /ping
 # and gRPC health latency with the service idle (the machine's floor), then
 # while 256 keep-alive connections POST images to /invocations, then with 500
 # idle and 500 half-sent connections held open too. Prints

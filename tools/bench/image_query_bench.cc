@@ -120,8 +120,9 @@ struct ServiceResult {
 // blocking thread per client; with 8-32 such threads waking for every answer
 // the same service measured up to ~10% lower.) 1 s of warm-up, then `seconds`
 // of measurement (calls that complete inside the window count).
-ServiceResult MeasureService(v1::ImageSearch::Stub* stub, const std::vector<v1::SearchRequest>& reqs,
-                             int clients, double seconds) {
+ServiceResult MeasureService(v1::ImageSearch::Stub* stub,
+                             const std::vector<v1::SearchRequest>& reqs, int clients,
+                             double seconds) {
   struct Loop {
     v1::ImageSearch::Stub* stub;
     const std::vector<v1::SearchRequest>* reqs;
@@ -170,8 +171,8 @@ ServiceResult MeasureService(v1::ImageSearch::Stub* stub, const std::vector<v1::
   loop.stub = stub;
   loop.reqs = &reqs;
   loop.begin = Clock::now() + std::chrono::seconds(1);
-  loop.end = loop.begin + std::chrono::duration_cast<Clock::duration>(
-                              std::chrono::duration<double>(seconds));
+  loop.end = loop.begin +
+             std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
   loop.running = clients;
   for (int c = 0; c < clients; ++c) loop.Start();
   {
@@ -183,8 +184,9 @@ ServiceResult MeasureService(v1::ImageSearch::Stub* stub, const std::vector<v1::
   r.qps = r.ok / seconds;
   std::sort(latencies.begin(), latencies.end());
   auto pct = [&](double p) {
-    return latencies.empty() ? 0.0 : latencies[std::min(latencies.size() - 1,
-                                                        static_cast<size_t>(p * latencies.size()))];
+    return latencies.empty() ? 0.0
+                             : latencies[std::min(latencies.size() - 1,
+                                                  static_cast<size_t>(p * latencies.size()))];
   };
   r.p50_ms = pct(0.50);
   r.p99_ms = pct(0.99);
@@ -361,16 +363,18 @@ int Run() {
     }
   }
 
-  std::printf("\n%zu query images, %.1fs per measurement, median of %d rounds, "
-              "Search{image, top_k: %d}\n",
-              queries.size(), secs, rounds, kTopK);
+  std::printf(
+      "\n%zu query images, %.1fs per measurement, median of %d rounds, "
+      "Search{image, top_k: %d}\n",
+      queries.size(), secs, rounds, kTopK);
   std::printf("decode+preprocess alone, 1 thread         %8.2f img/s\n", preprocess_rate);
   for (const auto& [key, runs] : encoder_runs) {
     std::printf("in-process encoder  %s batch=%-3d         %8.2f img/s\n",
                 (*layouts)[key.first].name.c_str(), key.second, Median(runs));
   }
-  std::printf("(layout RxT: R threads each running the model on its own batches, T intra-op "
-              "threads each)\n");
+  std::printf(
+      "(layout RxT: R threads each running the model on its own batches, T intra-op "
+      "threads each)\n");
   std::printf("in-process encoder  best: %-14s %8.2f img/s  (reference)\n", best_name.c_str(),
               best_rate);
   std::printf("%-26s %9s %7s %9s %9s  %s\n", "", "QPS", "ratio", "p50 ms", "p99 ms", "errors");

@@ -15,16 +15,16 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "libs/model/model_bundle.h"
 #include "services/indexer/indexer.h"
 #include "tools/bench/encoder_layouts.h"
-#include <nlohmann/json.hpp>
 
 ABSL_FLAG(std::string, model, "", "model.pt");
 ABSL_FLAG(std::string, input, "", "A .jsonl manifest ({\"path\": ...}) of images.");
@@ -44,8 +44,8 @@ int Run() {
   const int batch = absl::GetFlag(FLAGS_batch) > 0 ? absl::GetFlag(FLAGS_batch)
                                                    : indexer::IndexerOptions().batch_size;
   std::vector<int> encoder_batches;
-  for (absl::string_view b : absl::StrSplit(absl::GetFlag(FLAGS_encoder_batches), ',',
-                                            absl::SkipEmpty())) {
+  for (absl::string_view b :
+       absl::StrSplit(absl::GetFlag(FLAGS_encoder_batches), ',', absl::SkipEmpty())) {
     int v = 0;
     if (!absl::SimpleAtoi(b, &v) || v <= 0) {
       std::cerr << "bad --encoder_batches entry: " << b << "\n";
@@ -132,9 +132,11 @@ int Run() {
   const double indexer_rate = report->indexed / report->seconds;
   std::printf("  encoder alone at its best (%s; pre-decoded, forward passes only) %7.2f img/s\n",
               best.c_str(), encoder_rate);
-  std::printf("  indexer end to end (decode+encode+HNSW, dry run) %7.2f img/s  (%llu images, %.1fs)\n",
-              indexer_rate, static_cast<unsigned long long>(report->indexed), report->seconds);
-  std::printf("ratio indexer / encoder alone at its best batch: %.3f\n", indexer_rate / encoder_rate);
+  std::printf(
+      "  indexer end to end (decode+encode+HNSW, dry run) %7.2f img/s  (%llu images, %.1fs)\n",
+      indexer_rate, static_cast<unsigned long long>(report->indexed), report->seconds);
+  std::printf("ratio indexer / encoder alone at its best batch: %.3f\n",
+              indexer_rate / encoder_rate);
   return 0;
 }
 

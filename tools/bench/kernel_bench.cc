@@ -7,8 +7,8 @@
 //   imagesearch_kernel_bench [--dim=512 --rounds=2]
 //   IMAGESEARCH_SIMD=hnswlib imagesearch_kernel_bench   # hnswlib's kernel as "in use"
 #include <chrono>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <utility>
@@ -37,7 +37,8 @@ int Run() {
   for (auto& o : order) o = static_cast<uint32_t>(rng() % rows);
 
   std::vector<std::pair<std::string, DistanceFn>> kernels;
-  for (SimdLevel level : {SimdLevel::kScalar, SimdLevel::kSse, SimdLevel::kAvx2, SimdLevel::kAvx512}) {
+  for (SimdLevel level :
+       {SimdLevel::kScalar, SimdLevel::kSse, SimdLevel::kAvx2, SimdLevel::kAvx512}) {
     if (level <= SupportedSimdLevel()) {
       kernels.emplace_back(SimdLevelName(level), DistanceKernel(Metric::kCosine, level));
     }
@@ -56,7 +57,8 @@ int Run() {
           const float* row = &data[(random ? order[i] : (i & 15)) * dim];
           sink = sink + fn(query.data(), row, &dim);
         }
-        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const double s =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         std::printf("round %d  %-7s %-7s %7.1f ns/call\n", round, random ? "random" : "hot",
                     name.c_str(), s / calls * 1e9);
       }

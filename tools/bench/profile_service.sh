@@ -8,7 +8,7 @@
 #          [KIND=vector] [EF=24] [CONCURRENCY=4] [SECONDS=6] [CLIENT=callback]
 # CLIENT=poll runs imagesearch-loadgen --poll: its thread spins instead of
 # sleeping, so the service's sends have no client thread to wake.
-# Example (the figures in tools/bench/README.md, "Per-call cost" and "Half vectors"):
+# Example (the figures in tools/bench/results/LOG.md, "Per-call cost" and "Half vectors"):
 #   tools/bench/profile_service.sh build /tmp/b9/fm_m16/root /tmp/b9/fm_queries.npy /tmp/prof vector 24
 # Prints the loadgen summary, context switches and system calls (sendmsg, recvmsg,
 # epoll_wait, futex) per call, and the top symbols by DSO;

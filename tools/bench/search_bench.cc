@@ -87,7 +87,8 @@ int Run() {
   in.hnsw.ef_construction = 100;
   const float* data = corpus.vectors.data();
   const auto b0 = Clock::now();
-  auto v = reuse ? snapshot::ReadCurrentVersion(root) : snapshot::PublishSnapshot(root, corpus.WithGraph());
+  auto v = reuse ? snapshot::ReadCurrentVersion(root)
+                 : snapshot::PublishSnapshot(root, corpus.WithGraph());
   if (!v.ok()) {
     std::cerr << v.status() << "\n";
     return 1;
@@ -95,11 +96,12 @@ int Run() {
   std::printf("%s snapshot in %.1fs\n", reuse ? "reused the" : "built",
               std::chrono::duration<double>(Clock::now() - b0).count());
   std::printf("distance kernel: %s\n",
-              std::getenv("IMAGESEARCH_SIMD") != nullptr && std::string(std::getenv("IMAGESEARCH_SIMD")) == "hnswlib"
+              std::getenv("IMAGESEARCH_SIMD") != nullptr &&
+                      std::string(std::getenv("IMAGESEARCH_SIMD")) == "hnswlib"
                   ? "hnswlib's own (compile-time SIMD)"
                   : index::SimdLevelName(index::BestSimdLevel()));
   auto snap = snapshot::Snapshot::Open(root, *v, snapshot::VerifyMode::kSizes);
-  const std::string graph = snapshot::VersionDir(root, *v) + "/graph.hnsw";
+  const std::string graph = snapshot::FirstSegmentDir(root, *v) + "/graph.hnsw";
   auto ref = index::HnswlibIndex::Load(graph, dim, index::Metric::kCosine);
   if (!snap.ok() || !ref.ok()) return 1;
 
@@ -124,7 +126,8 @@ int Run() {
     (*ref)->SetEf(e);
     ref_recall = recall_of([&](size_t q) {
       std::vector<uint32_t> out;
-      for (auto& p : (*ref)->Search(&queries[q * dim], kK)) out.push_back(static_cast<uint32_t>(p.second));
+      for (auto& p : (*ref)->Search(&queries[q * dim], kK))
+        out.push_back(static_cast<uint32_t>(p.second));
       return out;
     });
     std::printf("  hnswlib ef=%zu recall@10=%.4f\n", e, ref_recall);
@@ -139,26 +142,35 @@ int Run() {
   }
   const double ours_recall = recall_of([&](size_t q) {
     std::vector<uint32_t> out;
-    for (auto& nb : (*snap)->searcher().Search(&queries[q * dim], kK, ef)) out.push_back(nb.row);
+    for (auto& nb :
+         (*snap)->segments().front().segment->searcher().Search(&queries[q * dim], kK, ef))
+      out.push_back(nb.row);
     return out;
   });
 
-  const double qps_hnswlib = bench::ClosedLoopQps(threads, secs, nq, [&](int, size_t q) {
-    auto r = (*ref)->Search(&queries[q * dim], kK);
-    (void)r;
-  }, library_cpu);
-  const double qps_mmap = bench::ClosedLoopQps(threads, secs, nq, [&](int, size_t q) {
-    auto r = (*snap)->searcher().Search(&queries[q * dim], kK, ef);
-    (void)r;
-  }, library_cpu);
+  const double qps_hnswlib = bench::ClosedLoopQps(
+      threads, secs, nq,
+      [&](int, size_t q) {
+        auto r = (*ref)->Search(&queries[q * dim], kK);
+        (void)r;
+      },
+      library_cpu);
+  const double qps_mmap = bench::ClosedLoopQps(
+      threads, secs, nq,
+      [&](int, size_t q) {
+        auto r = (*snap)->segments().front().segment->searcher().Search(&queries[q * dim], kK, ef);
+        (void)r;
+      },
+      library_cpu);
 
   // Threads made from here on (gRPC's client threads included) start on core 1.
   PinTo(client_cpu);
   const int clients = absl::GetFlag(FLAGS_clients);
   bench::ServiceUnderTest service(absl::GetFlag(FLAGS_query_binary), root,
-                                  absl::GetFlag(FLAGS_workdir) + "/query.log",
-                                  pinned ? 0 : -1, clients);
-  const std::vector<v1::SearchRequest> reqs = bench::VectorRequests(queries.data(), nq, dim, kK, ef);
+                                  absl::GetFlag(FLAGS_workdir) + "/query.log", pinned ? 0 : -1,
+                                  clients);
+  const std::vector<v1::SearchRequest> reqs =
+      bench::VectorRequests(queries.data(), nq, dim, kK, ef);
   if (!service.started() || !service.WaitServing(reqs[0])) {
     std::cerr << "query service did not start\n";
     return 1;
@@ -175,20 +187,26 @@ int Run() {
   const double qps_service = service.UnaryQps(reqs, secs, client_cpu, &failures);
   // Batched: SearchBatch calls of --batch queries; QPS counts queries.
   const int batch = absl::GetFlag(FLAGS_batch);
-  const double qps_batched =
-      service.BatchQps(bench::Batches(reqs, static_cast<size_t>(batch)), secs, client_cpu, &failures);
+  const double qps_batched = service.BatchQps(bench::Batches(reqs, static_cast<size_t>(batch)),
+                                              secs, client_cpu, &failures);
 
-  std::printf("\nef=%zu (smallest on the sweep with hnswlib recall@10 >= %.2f), k=10, %d threads%s\n",
-              ef, absl::GetFlag(FLAGS_target_recall), threads,
-              pinned ? "; pinned: service and in-process on core 0, clients on core 1" : "");
-  std::printf("  %-34s %9.0f QPS  recall@10 %.4f\n", "hnswlib searchKnn, in-process", qps_hnswlib, ref_recall);
-  std::printf("  %-34s %9.0f QPS  recall@10 %.4f\n", "mmap searcher, in-process", qps_mmap, ours_recall);
+  std::printf(
+      "\nef=%zu (smallest on the sweep with hnswlib recall@10 >= %.2f), k=10, %d threads%s\n", ef,
+      absl::GetFlag(FLAGS_target_recall), threads,
+      pinned ? "; pinned: service and in-process on core 0, clients on core 1" : "");
+  std::printf("  %-34s %9.0f QPS  recall@10 %.4f\n", "hnswlib searchKnn, in-process", qps_hnswlib,
+              ref_recall);
+  std::printf("  %-34s %9.0f QPS  recall@10 %.4f\n", "mmap searcher, in-process", qps_mmap,
+              ours_recall);
   std::printf("  %-34s %9.0f QPS  recall@10 %.4f  (%d clients, %llu failed)\n",
               "imagesearch-query over gRPC", qps_service, service_recall, clients,
               static_cast<unsigned long long>(failures.load()));
-  std::printf("  %-34s %9.0f QPS  (SearchBatch of %d)\n", "imagesearch-query, batched", qps_batched, batch);
-  std::printf("ratio service (unary Search) / in-process hnswlib: %.3f\n", qps_service / qps_hnswlib);
-  std::printf("ratio service (SearchBatch %d) / in-process hnswlib: %.3f\n", batch, qps_batched / qps_hnswlib);
+  std::printf("  %-34s %9.0f QPS  (SearchBatch of %d)\n", "imagesearch-query, batched", qps_batched,
+              batch);
+  std::printf("ratio service (unary Search) / in-process hnswlib: %.3f\n",
+              qps_service / qps_hnswlib);
+  std::printf("ratio service (SearchBatch %d) / in-process hnswlib: %.3f\n", batch,
+              qps_batched / qps_hnswlib);
   std::printf("ratio mmap searcher / hnswlib:      %.3f\n", qps_mmap / qps_hnswlib);
   return failures == 0 ? 0 : 1;
 }

@@ -103,10 +103,13 @@ class ServiceUnderTest {
   // for `seconds`: queries/s. Failed calls are added to *failures.
   double UnaryQps(const std::vector<v1::SearchRequest>& reqs, double seconds, int cpu,
                   std::atomic<uint64_t>* failures) {
-    return ClosedLoopQps(clients(), seconds, reqs.size(), [&](int c, size_t i) {
-      v1::SearchResponse r;
-      if (!Search(c, reqs[i], &r).ok()) ++*failures;
-    }, cpu);
+    return ClosedLoopQps(
+        clients(), seconds, reqs.size(),
+        [&](int c, size_t i) {
+          v1::SearchResponse r;
+          if (!Search(c, reqs[i], &r).ok()) ++*failures;
+        },
+        cpu);
   }
 
   // Unary Search of reqs[i % n] with clients() calls in flight (one per
@@ -136,8 +139,8 @@ class ServiceUnderTest {
       auto start_call = [&](int c, std::unique_ptr<Call>& slot) {
         slot = std::make_unique<Call>();
         slot->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-        slot->reader = stubs_[static_cast<size_t>(c)]->PrepareAsyncSearch(&slot->ctx,
-                                                                         reqs[next++ % n], &cq);
+        slot->reader =
+            stubs_[static_cast<size_t>(c)]->PrepareAsyncSearch(&slot->ctx, reqs[next++ % n], &cq);
         slot->reader->StartCall();
         slot->reader->Finish(&slot->resp, &slot->status, reinterpret_cast<void*>(intptr_t{c}));
       };
@@ -184,10 +187,14 @@ class ServiceUnderTest {
                   std::atomic<uint64_t>* failures) {
     if (batches.empty()) return 0;
     const int size = batches.front().requests_size();
-    return size * ClosedLoopQps(clients(), seconds, batches.size(), [&](int c, size_t i) {
-      v1::SearchBatchResponse r;
-      if (!SearchBatch(c, batches[i], &r).ok() || r.responses_size() != size) ++*failures;
-    }, cpu);
+    return size * ClosedLoopQps(
+                      clients(), seconds, batches.size(),
+                      [&](int c, size_t i) {
+                        v1::SearchBatchResponse r;
+                        if (!SearchBatch(c, batches[i], &r).ok() || r.responses_size() != size)
+                          ++*failures;
+                      },
+                      cpu);
   }
 
  private:

@@ -10,7 +10,7 @@ indexer, alone and two at once, side by side in one run.
            together over what one indexes alone (wall clock, model load
            included, as an operator sees it).
 
-Goal (issue 20, section 3): both ratios >= 0.9. Every process runs with its
+Goal: both ratios >= 0.9. Every process runs with its
 default flags; --query_args / --indexer_args / --env add to them for A/B runs.
 
   /usr/bin/python3 tools/bench/shared_cores.py --build=build \\

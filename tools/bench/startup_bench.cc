@@ -9,16 +9,17 @@
 // Page cache is warm for all (the snapshot was just written or read).
 //
 //   startup_bench --query_binary=build/services/query/imagesearch-query [--n=1000000 --dim=128]
-//   startup_bench --query_binary=... --snapshot_root=DIR   (an existing snapshot, e.g. faiss_bench's)
+//   startup_bench --query_binary=... --snapshot_root=DIR   (an existing snapshot, e.g.
+//   faiss_bench's)
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <memory>
 #include <sstream>
-#include <filesystem>
-#include <iostream>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -39,7 +40,8 @@ ABSL_FLAG(std::string, workdir, "/tmp/imagesearch_startup_bench",
 ABSL_FLAG(int, runs, 3, "Start-ups per mode (the median is reported).");
 ABSL_FLAG(std::string, snapshot_root, "",
           "Measure the snapshot CURRENT names in this root instead of building a synthetic one.");
-ABSL_FLAG(int, pss_queries, 2000, "Id queries sent to each replica before its PSS is read (0: no PSS).");
+ABSL_FLAG(int, pss_queries, 2000,
+          "Id queries sent to each replica before its PSS is read (0: no PSS).");
 
 namespace imagesearch {
 namespace {
@@ -69,8 +71,8 @@ double TimeToFirstAnswer(const std::string& root, const std::string& verify, int
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   const double t = Seconds(start);
-  std::printf("  %s, --verify=%s: port open after %.3fs, first answer after %.3fs\n",
-              root.c_str(), verify.c_str(), port_known, t);
+  std::printf("  %s, --verify=%s: port open after %.3fs, first answer after %.3fs\n", root.c_str(),
+              verify.c_str(), port_known, t);
   server.Terminate();
   return t;
 }
@@ -176,7 +178,7 @@ int Run() {
   // without the index: the difference is what the index size adds.
   const std::string small_root = absl::GetFlag(FLAGS_workdir) + "/small_root";
   if (!EnsureSnapshot(small_root, 1000, dim).ok()) return 1;
-  const std::string graph = snapshot::VersionDir(root, *current) + "/graph.hnsw";
+  const std::string graph = snapshot::FirstSegmentDir(root, *current) + "/graph.hnsw";
   std::printf("graph.hnsw: %.0f MB\n", std::filesystem::file_size(graph) / 1e6);
 
   std::vector<double> sizes, sums, loads, small;
@@ -191,11 +193,16 @@ int Run() {
   }
   std::printf("\n%zu vectors, dim %zu (median of %d runs, warm page cache)\n", n, dim,
               absl::GetFlag(FLAGS_runs));
-  std::printf("  imagesearch-query, exec -> first answer, --verify=sizes     %7.3f s\n", Median(sizes));
-  std::printf("  imagesearch-query, exec -> first answer, --verify=checksums %7.3f s\n", Median(sums));
-  std::printf("  imagesearch-query on a 1000-vector snapshot, --verify=sizes %7.3f s\n", Median(small));
-  std::printf("  hnswlib loadIndex (in-process, no server)                    %7.3f s\n", Median(loads));
-  std::printf("index size adds (%zu minus 1000 vectors, --verify=sizes): %+.3f s\n", n, Median(sizes) - Median(small));
+  std::printf("  imagesearch-query, exec -> first answer, --verify=sizes     %7.3f s\n",
+              Median(sizes));
+  std::printf("  imagesearch-query, exec -> first answer, --verify=checksums %7.3f s\n",
+              Median(sums));
+  std::printf("  imagesearch-query on a 1000-vector snapshot, --verify=sizes %7.3f s\n",
+              Median(small));
+  std::printf("  hnswlib loadIndex (in-process, no server)                    %7.3f s\n",
+              Median(loads));
+  std::printf("index size adds (%zu minus 1000 vectors, --verify=sizes): %+.3f s\n", n,
+              Median(sizes) - Median(small));
   std::printf("ratio hnswlib load / our start-up (sizes): %.1fx\n", Median(loads) / Median(sizes));
 
   const int pss_queries = absl::GetFlag(FLAGS_pss_queries);
@@ -205,7 +212,7 @@ int Run() {
     auto snap = snapshot::Snapshot::Open(root, *current, snapshot::VerifyMode::kSizes);
     if (!snap.ok()) return 1;
     for (int i = 0; i < pss_queries; ++i) {
-      auto id = (*snap)->ids().Get(static_cast<uint64_t>(i) * n / static_cast<uint64_t>(pss_queries));
+      auto id = (*snap)->Id(static_cast<uint64_t>(i) * n / static_cast<uint64_t>(pss_queries));
       if (!id.ok()) return 1;
       ids.emplace_back(id->id);
     }
@@ -223,8 +230,10 @@ int Run() {
   std::printf("  one replica                 %8.1f MiB\n", one / 1048576);
   std::printf("  two replicas, together      %8.1f MiB (%.1f + %.1f)\n", (pss_a + pss_b) / 1048576,
               pss_a / 1048576, pss_b / 1048576);
-  std::printf("ratio two replicas / one: %.2fx (hnswlib loadIndex copies the graph into each "
-              "process: about 2x)\n", (pss_a + pss_b) / one);
+  std::printf(
+      "ratio two replicas / one: %.2fx (hnswlib loadIndex copies the graph into each "
+      "process: about 2x)\n",
+      (pss_a + pss_b) / one);
   return 0;
 }
 

@@ -13,13 +13,13 @@ the version's own files (posix_fadvise DONTNEED), nothing else on the host.
 import json
 import os
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "e2e"))
-from e2e_lib import free_port  # noqa: E402
+from e2e_lib import Server  # noqa: E402
 
 
 def version_dir(root):
@@ -38,26 +38,24 @@ def evict(directory):
 
 
 def time_to_serving(binary, root, verify, limit_s=600):
-    port = free_port()
     start = time.monotonic()
-    proc = subprocess.Popen([binary, f"--snapshot_root={root}", "--host=127.0.0.1", "--port=0",
-                             f"--http_port={port}", f"--verify={verify}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with tempfile.TemporaryDirectory() as logs:
+        server = Server(binary, [f"--snapshot_root={root}", f"--verify={verify}"],
+                        os.path.join(logs, "query.log"), wait=("http",))
+        try:
+            server.wait_until("serving", lambda: serving(server), limit_s, poll_s=0.01)
+            return time.monotonic() - start
+        finally:
+            server.stop(limit_s=60, expect=None)
+
+
+def serving(server):
+    """Whether /info names a snapshot version."""
     try:
-        while time.monotonic() - start < limit_s:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{binary} exited with {proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/info", timeout=5) as r:
-                    if json.load(r).get("snapshot_version"):
-                        return time.monotonic() - start
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.01)
-        raise RuntimeError(f"not serving after {limit_s} s")
-    finally:
-        proc.terminate()
-        proc.wait(60)
+        with urllib.request.urlopen(server.http_url + "/info", timeout=5) as r:
+            return bool(json.load(r).get("snapshot_version"))
+    except (OSError, ValueError):
+        return False
 
 
 def main():

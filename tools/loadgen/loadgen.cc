@@ -24,7 +24,7 @@
 // --poll (gRPC, closed loop): the calls go through one completion queue that
 // the main thread polls without ever sleeping. On loopback the server's
 // send then has no sleeping client thread to wake, a cost that lands on the
-// server's core (tools/bench/README.md, "The client's wakeup"); it also takes
+// server's core (tools/bench/results/LOG.md, "The client's wakeup"); it also takes
 // a whole core, so pin it away from the server.
 //
 // Prints QPS, p50/p90/p99/p99.9 latency, errors by code, the snapshot
@@ -72,6 +72,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "google/protobuf/util/json_util.h"
 #include "imagesearch/v1/imagesearch.grpc.pb.h"
 #include "libs/common/binary_main.h"
 #include "libs/common/file_util.h"
@@ -133,7 +134,6 @@ void InstallStopHandler() {
   sigaction(SIGINT, &action, nullptr);
   sigaction(SIGTERM, &action, nullptr);
 }
-
 
 namespace v1 = ::imagesearch::v1;
 using Clock = std::chrono::steady_clock;
@@ -380,7 +380,8 @@ class GrpcCaller {
     Outcome o;
     o.latency_s = Seconds(Clock::now() - call->sent);
     o.query = call->query;
-    o.code = s.ok() ? "OK" : absl::StatusCodeToString(static_cast<absl::StatusCode>(s.error_code()));
+    o.code =
+        s.ok() ? "OK" : absl::StatusCodeToString(static_cast<absl::StatusCode>(s.error_code()));
     o.message = s.error_message();
     if (s.ok()) {
       o.version = batch ? call->batch_resp.snapshot_version() : call->resp.snapshot_version();
@@ -405,18 +406,23 @@ Outcome HttpCall(httplib::Client& client, const Workload& w, size_t query, bool 
   Outcome o;
   o.query = query;
   const auto sent = Clock::now();
-  const std::string params = absl::StrCat("?top_k=", absl::GetFlag(FLAGS_top_k), "&ef=",
-                                          absl::GetFlag(FLAGS_ef));
-  json body = {{"top_k", absl::GetFlag(FLAGS_top_k)}, {"ef", absl::GetFlag(FLAGS_ef)}};
+  const std::string params =
+      absl::StrCat("?top_k=", absl::GetFlag(FLAGS_top_k), "&ef=", absl::GetFlag(FLAGS_ef));
+  // The body and the answer are the API's messages in proto3 JSON, as any
+  // client with the generated classes would write and read them.
+  v1::SearchRequest request;
+  request.set_top_k(static_cast<uint32_t>(absl::GetFlag(FLAGS_top_k)));
+  request.set_ef(static_cast<uint32_t>(absl::GetFlag(FLAGS_ef)));
   if (w.kind == "id") {
-    body["id"] = w.ids[i];
+    request.set_id(w.ids[i]);
   } else if (w.kind != "image") {
-    body["vector"] = w.vectors[i];
+    request.mutable_vector()->mutable_values()->Add(w.vectors[i].begin(), w.vectors[i].end());
   }
-  httplib::Result r =
-      w.kind == "image"
-          ? client.Post("/invocations" + params, w.images[i], "application/x-image")
-          : client.Post("/invocations", body.dump(), "application/json");
+  std::string body;
+  if (w.kind != "image") (void)google::protobuf::util::MessageToJsonString(request, &body);
+  httplib::Result r = w.kind == "image"
+                          ? client.Post("/invocations" + params, w.images[i], "application/x-image")
+                          : client.Post("/invocations", body, "application/json");
   o.latency_s = Seconds(Clock::now() - sent);
   if (!r) {
     o.code = absl::StrCat("HTTP_", httplib::to_string(r.error()));
@@ -426,15 +432,15 @@ Outcome HttpCall(httplib::Client& client, const Workload& w, size_t query, bool 
     o.code = absl::StrCat("HTTP ", r->status);
     return o;
   }
-  json j = json::parse(r->body, nullptr, false);
-  if (j.is_discarded() || !j.contains("snapshot_version")) {
+  v1::SearchResponse response;
+  if (!google::protobuf::util::JsonStringToMessage(r->body, &response).ok()) {
     o.code = "BAD_RESPONSE";
     return o;
   }
   o.code = "OK";
-  o.version = j["snapshot_version"].get<uint64_t>();
+  o.version = response.snapshot_version();
   if (keep_ids) {
-    for (const auto& h : j["hits"]) o.ids.push_back(h["id"].get<std::string>());
+    for (const auto& h : response.hits()) o.ids.push_back(h.id());
   }
   return o;
 }
@@ -803,10 +809,11 @@ int Run() {
                    "queries/s); latency ms p50 %.2f p90 %.2f p99 %.2f p99.9 %.2f; codes:%s; "
                    "versions:%s%s%s",
                    http.empty() ? "grpc" : "http", w.kind, rate > 0 ? "open" : "closed",
-                   poll ? " polling" : "", concurrency, calls, calls - ok, counted_s, ok / counted_s,
-                   ok * per_call / counted_s, out["latency_ms"]["p50"].get<double>(),
-                   out["latency_ms"]["p90"].get<double>(), out["latency_ms"]["p99"].get<double>(),
-                   out["latency_ms"]["p999"].get<double>(), codes, vers, recall_line, ping_line)
+                   poll ? " polling" : "", concurrency, calls, calls - ok, counted_s,
+                   ok / counted_s, ok * per_call / counted_s,
+                   out["latency_ms"]["p50"].get<double>(), out["latency_ms"]["p90"].get<double>(),
+                   out["latency_ms"]["p99"].get<double>(), out["latency_ms"]["p999"].get<double>(),
+                   codes, vers, recall_line, ping_line)
             << std::endl;
   for (const auto& [code, first] : rec.first_errors_) {
     std::cout << "  first " << code << " at " << first << std::endl;

@@ -5,19 +5,26 @@
 //       [--metric=cosine|ip|l2] [--m=16] [--ef_construction=200] [--default_ef=64]
 //   imagesearch-snapshot build --root=R --shards=DIR --model=model.pt [--m=...]
 //       (the shards that `imagesearch-indexer --shard=i/n --embeddings_out=DIR` wrote)
+//   imagesearch-snapshot build --root=R --base=v3 [--vectors=new.npy [--ids=...]]
+//       [--remove_ids=gone.txt]     (one new segment and deletes on top of v3)
+//   imagesearch-snapshot merge --root=R [--all | --segments=a,b] [policy flags]
+//   imagesearch-snapshot export --root=R [--version=v3] --out=DIR   (self-contained)
 //   imagesearch-snapshot list|current --root=R
 //   imagesearch-snapshot set-current --root=R --version=v3     (promote, or roll back)
 //   imagesearch-snapshot rollback --root=R     (CURRENT -> the version before it)
 //   imagesearch-snapshot gc --root=R --keep=2 --grace=1h
 //   imagesearch-snapshot verify --root=R [--version=v3]
 //   imagesearch-snapshot synth --out=vectors.npy --count=N --dim=D [--seed=1]
+#include <algorithm>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -48,19 +55,37 @@ ABSL_FLAG(int, m, 16, "build: HNSW M.");
 ABSL_FLAG(int, ef_construction, 200, "build: HNSW ef_construction.");
 ABSL_FLAG(int, default_ef, 64, "build: ef used when a query leaves it unset.");
 ABSL_FLAG(int, threads, 0, "build: insert threads; 0 = all cores.");
-ABSL_FLAG(std::string, version, "", "set-current/verify: a version like v3.");
+ABSL_FLAG(std::string, base, "",
+          "build: add the vectors to this version (e.g. v3) as one new segment; ids the base "
+          "holds are replaced. Writes only the new rows.");
+ABSL_FLAG(std::string, remove_ids, "",
+          "build --base: file of ids (one per line) to delete from the base; --vectors may then "
+          "be left out.");
+ABSL_FLAG(std::string, segments, "",
+          "merge: comma-separated segment names of CURRENT to merge; empty: as the tiered "
+          "policy chooses (see README, 'Segments and merges').");
+ABSL_FLAG(bool, all, false, "merge: merge every segment of CURRENT into one.");
+ABSL_FLAG(int, segments_per_tier, 10, "merge policy: more segments than this are merged.");
+ABSL_FLAG(int, max_merge_at_once, 10, "merge policy: segments joined by one merge.");
+ABSL_FLAG(int64_t, floor_rows, 10000, "merge policy: smaller segments count as this size.");
+ABSL_FLAG(double, deletes_pct_allowed, 25,
+          "merge policy: a segment with more deleted rows than this percent is rewritten.");
+ABSL_FLAG(int64_t, max_merged_rows, 5000000, "merge policy: a merge's result stays below this.");
+ABSL_FLAG(std::string, version, "", "set-current/verify/export: a version like v3.");
 ABSL_FLAG(int, keep, 2, "gc: newest versions to keep (CURRENT is always kept).");
 ABSL_FLAG(absl::Duration, grace, absl::Hours(1),
           "gc: also keep every version that stopped being CURRENT less than this long ago "
           "(HISTORY's times), so replicas that have not swapped yet keep their files.");
-ABSL_FLAG(std::string, out, "", "synth: output .npy path.");
+ABSL_FLAG(std::string, out, "",
+          "synth: output .npy path. export: the self-contained version directory to write.");
 ABSL_FLAG(int, count, 10000, "synth: number of vectors.");
 ABSL_FLAG(int, dim, 128, "synth: dimension.");
 ABSL_FLAG(int, seed, 1, "synth: random seed.");
 ABSL_FLAG(bool, promote, true,
           "build: make the new version CURRENT; false publishes a candidate for "
           "tools/promote.sh to check first.");
-ABSL_FLAG(std::string, log_format, "text", "Log lines on stderr: text, or json (one object per line).");
+ABSL_FLAG(std::string, log_format, "text",
+          "Log lines on stderr: text, or json (one object per line).");
 
 namespace imagesearch {
 namespace {
@@ -107,8 +132,6 @@ absl::StatusOr<std::vector<snapshot::IdRecord>> ReadIds(const std::string& path,
   return ids;
 }
 
-// build --shards: n workers' embedding shards -> one snapshot, with the
-// model, rows in shard order.
 // Types every row's attributes under --schema into `in` (nothing without one).
 absl::Status ApplySchema(snapshot::SnapshotInput* in) {
   auto schema = snapshot::ParseSchema(absl::GetFlag(FLAGS_schema));
@@ -119,14 +142,16 @@ absl::Status ApplySchema(snapshot::SnapshotInput* in) {
   for (const auto& r : in->ids) {
     auto typed = snapshot::TypedAttributes(in->schema, r.attributes_json);
     if (!typed.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("id '", r.id.substr(0, 64), "': ",
-                                                     typed.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("id '", r.id.substr(0, 64), "': ", typed.status().message()));
     }
     in->attributes.push_back(*std::move(typed));
   }
   return absl::OkStatus();
 }
 
+// build --shards: n workers' embedding shards -> one snapshot, with the
+// model, rows in shard order.
 int BuildFromShards(const std::string& root) {
   const std::string model = absl::GetFlag(FLAGS_model);
   if (model.empty()) {
@@ -139,10 +164,10 @@ int BuildFromShards(const std::string& root) {
   auto sha = Sha256HexOfFile(model);
   if (!sha.ok()) return Fail(sha.status());
   if (*sha != first.model.sha256) {
-    return Fail(absl::FailedPreconditionError(absl::StrCat(
-        "the shards were made with model ", first.model.name, " (sha256 ",
-        first.model.sha256.substr(0, 12), "...), not ", model, " (sha256 ", sha->substr(0, 12),
-        "...)")));
+    return Fail(absl::FailedPreconditionError(
+        absl::StrCat("the shards were made with model ", first.model.name, " (sha256 ",
+                     first.model.sha256.substr(0, 12), "...), not ", model, " (sha256 ",
+                     sha->substr(0, 12), "...)")));
   }
   std::vector<float> vectors;
   snapshot::SnapshotInput in;
@@ -180,8 +205,71 @@ int BuildFromShards(const std::string& root) {
   return 0;
 }
 
+// build --base: the vectors (if any) as one new segment on top of the base,
+// and the ids of --remove_ids deleted. Writes what changes only.
+int BuildUpdate(const std::string& root) {
+  auto base = snapshot::ParseVersionName(absl::GetFlag(FLAGS_base));
+  if (!base.ok()) return Fail(base.status());
+  snapshot::SnapshotUpdate update;
+  update.base_version = *base;
+  if (!absl::GetFlag(FLAGS_remove_ids).empty()) {
+    auto text = ReadFileToString(absl::GetFlag(FLAGS_remove_ids));
+    if (!text.ok()) return Fail(text.status());
+    for (absl::string_view line : absl::StrSplit(*text, '\n', absl::SkipWhitespace())) {
+      update.delete_ids.emplace_back(absl::StripAsciiWhitespace(line));
+    }
+  }
+  std::optional<VectorSet> set;
+  if (!absl::GetFlag(FLAGS_vectors).empty()) {
+    auto read = ReadVectorFile(absl::GetFlag(FLAGS_vectors));
+    if (!read.ok()) return Fail(read.status());
+    set = std::move(*read);
+    auto ids = ReadIds(absl::GetFlag(FLAGS_ids), set->count);
+    if (!ids.ok()) return Fail(ids.status());
+    auto metric = index::ParseMetric(absl::GetFlag(FLAGS_metric));
+    if (!metric.ok()) return Fail(metric.status());
+    snapshot::SnapshotInput& in = update.added;
+    in.count = set->count;
+    in.dim = static_cast<int>(set->dim);
+    in.metric = *metric;
+    in.ids = std::move(*ids);
+    in.hnsw.m = absl::GetFlag(FLAGS_m);
+    in.hnsw.ef_construction = absl::GetFlag(FLAGS_ef_construction);
+    in.hnsw.threads = absl::GetFlag(FLAGS_threads);
+    in.graph = index::HnswGraphWriter(set->data.data(), in.count, set->dim, in.metric, in.hnsw);
+    in.default_ef = absl::GetFlag(FLAGS_default_ef);
+    if (absl::Status st = ApplySchema(&in); !st.ok()) return Fail(st);
+  } else if (update.delete_ids.empty()) {
+    std::cerr << "build --base needs --vectors, --remove_ids or both\n";
+    return 2;
+  }
+  snapshot::PublishOptions po;
+  po.make_current = absl::GetFlag(FLAGS_promote);
+  auto r = snapshot::PublishUpdate(root, update, po);
+  if (!r.ok()) return Fail(r.status());
+  std::cout << "published v" << r->version << " on v" << *base << ": "
+            << (r->segment.empty()
+                    ? std::string("no new segment")
+                    : absl::StrCat("segment ", r->segment, " of ", update.added.count, " vectors"))
+            << ", " << r->replaced << " replaced, " << r->deleted << " deleted, " << r->unknown_ids
+            << " ids to delete not found; " << r->bytes_written << " bytes written\n";
+  return 0;
+}
+
 int Build(const std::string& root) {
-  if (!absl::GetFlag(FLAGS_shards).empty()) return BuildFromShards(root);
+  if (!absl::GetFlag(FLAGS_shards).empty()) {
+    if (!absl::GetFlag(FLAGS_base).empty() || !absl::GetFlag(FLAGS_remove_ids).empty()) {
+      std::cerr << "build --shards publishes a bulk load from scratch (one big segment); "
+                   "--base and --remove_ids do not apply to it\n";
+      return 2;
+    }
+    return BuildFromShards(root);
+  }
+  if (!absl::GetFlag(FLAGS_base).empty()) return BuildUpdate(root);
+  if (!absl::GetFlag(FLAGS_remove_ids).empty()) {
+    std::cerr << "--remove_ids needs --base\n";
+    return 2;
+  }
   auto set = ReadVectorFile(absl::GetFlag(FLAGS_vectors));
   if (!set.ok()) return Fail(set.status());
   auto ids = ReadIds(absl::GetFlag(FLAGS_ids), set->count);
@@ -214,12 +302,16 @@ int List(const std::string& root) {
   auto current = snapshot::ReadCurrentVersion(root);
   for (uint64_t v : *versions) {
     auto text = ReadFileToString(snapshot::VersionDir(root, v) + "/MANIFEST.json");
-    auto m = text.ok() ? snapshot::ParseManifest(*text) : absl::StatusOr<snapshot::Manifest>(text.status());
+    auto m = text.ok() ? snapshot::ParseManifest(*text)
+                       : absl::StatusOr<snapshot::Manifest>(text.status());
     std::cout << (current.ok() && *current == v ? "* " : "  ") << "v" << v;
     if (m.ok()) {
+      uint64_t deleted = 0;
+      for (const auto& seg : m->segments) deleted += seg.deleted;
       std::cout << "  " << m->count << " vectors  dim " << m->dim << "  "
                 << index::MetricName(m->metric) << "  " << m->created_at << "  model "
-                << (m->model.name.empty() ? "-" : m->model.name);
+                << (m->model.name.empty() ? "-" : m->model.name) << "  segments "
+                << std::max<size_t>(1, m->segments.size()) << "  deleted " << deleted;
     } else {
       std::cout << "  (unreadable: " << m.status().message() << ")";
     }
@@ -230,7 +322,8 @@ int List(const std::string& root) {
 
 int Run(const std::vector<char*>& args) {
   if (args.size() < 2) {
-    std::cerr << "usage: imagesearch-snapshot build|list|current|set-current|rollback|gc|verify|synth "
+    std::cerr << "usage: imagesearch-snapshot "
+                 "build|list|current|set-current|rollback|gc|verify|merge|export|synth "
                  "[flags]; see --help\n";
     return 2;
   }
@@ -244,7 +337,8 @@ int Run(const std::vector<char*>& args) {
                                        static_cast<uint32_t>(absl::GetFlag(FLAGS_seed)));
     absl::Status s = WriteFileDurably(absl::GetFlag(FLAGS_out), EncodeNpy(set));
     if (!s.ok()) return Fail(s);
-    std::cout << "wrote " << set.count << " x " << set.dim << " to " << absl::GetFlag(FLAGS_out) << "\n";
+    std::cout << "wrote " << set.count << " x " << set.dim << " to " << absl::GetFlag(FLAGS_out)
+              << "\n";
     return 0;
   }
   if (root.empty()) {
@@ -281,8 +375,65 @@ int Run(const std::vector<char*>& args) {
     }
     auto snap = snapshot::Snapshot::Open(root, version, snapshot::VerifyMode::kChecksums);
     if (!snap.ok()) return Fail(snap.status());
-    std::cout << "v" << version << " OK: " << (*snap)->manifest().files.size()
-              << " files match the manifest\n";
+    size_t files = (*snap)->manifest().files.size();
+    for (const auto& seg : (*snap)->segments()) {
+      if (!seg.name.empty()) files += seg.segment->manifest().files.size();
+    }
+    std::cout << "v" << version << " OK: " << (*snap)->segments().size() << " segment(s), " << files
+              << " files match their manifests\n";
+    return 0;
+  }
+  if (cmd == "merge") {
+    snapshot::MergeRequest req;
+    req.threads = absl::GetFlag(FLAGS_threads);
+    req.policy.segments_per_tier =
+        static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_segments_per_tier)));
+    req.policy.max_merge_at_once =
+        static_cast<size_t>(std::max(2, absl::GetFlag(FLAGS_max_merge_at_once)));
+    req.policy.floor_rows =
+        static_cast<uint64_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_floor_rows)));
+    req.policy.deletes_pct_allowed = absl::GetFlag(FLAGS_deletes_pct_allowed);
+    req.policy.max_merged_rows =
+        static_cast<uint64_t>(std::max<int64_t>(1, absl::GetFlag(FLAGS_max_merged_rows)));
+    if (absl::GetFlag(FLAGS_all)) {
+      auto v = snapshot::ReadCurrentVersion(root);
+      if (!v.ok()) return Fail(v.status());
+      auto snap = snapshot::Snapshot::Open(root, *v, snapshot::VerifyMode::kSizes);
+      if (!snap.ok()) return Fail(snap.status());
+      for (const auto& ref : (*snap)->segments()) {
+        if (!ref.name.empty()) req.segments.push_back(ref.name);
+      }
+    } else if (!absl::GetFlag(FLAGS_segments).empty()) {
+      req.segments = absl::StrSplit(absl::GetFlag(FLAGS_segments), ',', absl::SkipEmpty());
+    }
+    snapshot::PublishOptions po;
+    po.make_current = absl::GetFlag(FLAGS_promote);
+    auto r = snapshot::MergeSegments(root, req, po);
+    if (!r.ok()) return Fail(r.status());
+    if (r->version == 0) {
+      std::cout << "nothing to merge\n";
+      return 0;
+    }
+    std::cout << "published v" << r->version << ": merged " << r->merged.size()
+              << " segment(s) into " << (r->segment.empty() ? "none" : r->segment) << " ("
+              << r->rows << " rows; " << r->dropped << " deleted rows dropped, "
+              << r->carried_deletes << " deleted while merging)\n";
+    return 0;
+  }
+  if (cmd == "export") {
+    const std::string out = absl::GetFlag(FLAGS_out);
+    if (out.empty()) {
+      std::cerr << "export needs --out (a directory that does not exist yet)\n";
+      return 2;
+    }
+    absl::StatusOr<uint64_t> v = absl::GetFlag(FLAGS_version).empty()
+                                     ? snapshot::ReadCurrentVersion(root)
+                                     : snapshot::ParseVersionName(absl::GetFlag(FLAGS_version));
+    if (!v.ok()) return Fail(v.status());
+    absl::Status s = snapshot::ExportVersion(root, *v, out);
+    if (!s.ok()) return Fail(s);
+    std::cout << "exported v" << *v << " to " << out
+              << " (self-contained: its segments are inside)\n";
     return 0;
   }
   if (cmd == "rollback") {
@@ -303,6 +454,8 @@ int Run(const std::vector<char*>& args) {
     if (!report.ok()) return Fail(report.status());
     std::cout << "removed " << report->removed.size() << " version(s)";
     for (uint64_t v : report->removed) std::cout << " v" << v;
+    std::cout << " and " << report->removed_segments.size() << " segment(s)";
+    for (const auto& name : report->removed_segments) std::cout << " " << name;
     std::cout << "\n";
     for (const auto& [v, until] : report->held) {
       std::cout << "kept v" << v << ": within the grace until "
@@ -320,7 +473,8 @@ int Run(const std::vector<char*>& args) {
 int main(int argc, char** argv) {
   std::vector<char*> args = imagesearch::InitBinary(
       "Build and manage imagesearch snapshots.\n"
-      "  imagesearch-snapshot build|list|current|set-current|gc|verify|synth --root=DIR ...\n"
+      "  imagesearch-snapshot build|list|current|set-current|rollback|gc|verify|merge|export|synth "
+      "--root=DIR ...\n"
       "See tools/make_snapshot/main.cc.",
       argc, argv, FLAGS_log_format);
   return imagesearch::Run(args);

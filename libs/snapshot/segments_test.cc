@@ -1,0 +1,506 @@
+// Segmented versions: PublishUpdate writes one new segment and deletes,
+// shares the base's segments, and gc removes only segments no version names.
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "libs/common/file_util.h"
+#include "libs/index/metric.h"
+#include "libs/snapshot/deletes.h"
+#include "libs/snapshot/merge_policy.h"
+#include "libs/snapshot/snapshot.h"
+#include "libs/snapshot/snapshot_store.h"
+#include "libs/snapshot/test_snapshots.h"
+
+namespace imagesearch::snapshot {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kDim = 16;
+
+std::string TempRoot() {
+  std::string root = TempSnapshotRoot("segments_test");
+  REQUIRE(!root.empty());
+  return root;
+}
+
+// `n` rows with ids "<prefix><first>".."<prefix><first+n-1>".
+SyntheticCorpus Rows(size_t n, const std::string& prefix, size_t first, uint32_t seed) {
+  SyntheticCorpus c = MakeSyntheticCorpus(n, kDim, index::Metric::kCosine, prefix, seed);
+  for (size_t i = 0; i < n; ++i) c.input.ids[i].id = prefix + std::to_string(first + i);
+  return c;
+}
+
+std::set<std::string> FilesIn(const std::string& dir) {
+  std::set<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) out.insert(e.path().filename().string());
+  return out;
+}
+
+uint64_t BytesIn(const std::string& dir) {
+  uint64_t n = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (e.is_regular_file()) n += e.file_size();
+  }
+  return n;
+}
+
+ino_t Inode(const std::string& path) {
+  struct stat st;
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  return st.st_ino;
+}
+
+std::shared_ptr<const Snapshot> OpenVersion(const std::string& root, uint64_t v,
+                                            const Snapshot* reuse = nullptr) {
+  auto s = Snapshot::Open(root, v, VerifyMode::kChecksums, reuse);
+  INFO(s.status().ToString());
+  REQUIRE(s.ok());
+  return *s;
+}
+
+TEST_CASE("An update writes one new segment and deletes; the base's segment is shared") {
+  const std::string root = TempRoot();
+  SyntheticCorpus base = Rows(300, "a", 0, 5);
+  REQUIRE(PublishSnapshot(root, base.WithGraph()).ok());
+  auto v1 = OpenVersion(root, 1);
+
+  // 40 new rows, 10 rows re-adding a290..a299, and 2 deletes (plus one unknown id).
+  SyntheticCorpus added = Rows(50, "a", 290, 9);
+  for (size_t i = 10; i < 50; ++i) added.input.ids[i].id = "n" + std::to_string(i);
+  SnapshotUpdate update;
+  update.base_version = 1;
+  update.added = added.WithGraph();
+  update.delete_ids = {"a5", "a6", "nope"};
+  auto r = PublishUpdate(root, update);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  CHECK(r->version == 2);
+  CHECK(r->replaced == 10);
+  CHECK(r->deleted == 2);
+  CHECK(r->unknown_ids == 1);
+  CHECK(*ReadCurrentVersion(root) == 2);
+
+  auto v2 = OpenVersion(root, 2, v1.get());
+  REQUIRE(v2->segments().size() == 2);
+  const SegmentRef& old_seg = v2->segments()[0];
+  const SegmentRef& new_seg = v2->segments()[1];
+  CHECK(old_seg.name == v1->segments()[0].name);
+  CHECK(old_seg.segment == v1->segments()[0].segment);  // The same opened segment, shared.
+  CHECK_FALSE(old_seg.opened_here);
+  CHECK(new_seg.opened_here);
+  CHECK(new_seg.name == r->segment);
+  CHECK(old_seg.deleted_count == 12);
+  CHECK(new_seg.base == 300);
+  CHECK(v2->rows() == 350);
+  CHECK(v2->live_count() == 338);
+  CHECK(v2->manifest().count == 338);
+  CHECK(v2->manifest().base_version == 1);
+  // Ids: deleted ones are gone, re-added ones live in the new segment.
+  CHECK_FALSE(v2->Find("a5").has_value());
+  CHECK_FALSE(v2->Find("nope").has_value());
+  CHECK(v2->Find("a7").value() == 7);
+  const uint32_t a295 = v2->Find("a295").value();
+  CHECK(a295 >= 300);
+  CHECK(v2->Id(a295)->id == "a295");
+  CHECK(v2->Find("n49").has_value());
+  CHECK_FALSE(v2->IsLive(295));  // The old a295 row.
+  CHECK(v2->IsLive(a295));
+  // The replaced row keeps its number and vector; the new one has its own.
+  CHECK(std::equal(v1->Vector(295), v1->Vector(295) + kDim, v2->Vector(295)));
+  std::vector<float> want(&added.vectors[5 * kDim], &added.vectors[6 * kDim]);
+  REQUIRE(index::NormalizeInPlace(want.data(), kDim));  // Stored prepared (cosine).
+  for (int i = 0; i < kDim; ++i) CHECK(v2->Vector(a295)[i] == Approx(want[i]).margin(1e-6));
+
+  // What was written: the new segment, one deletes file and the manifest;
+  // far less than the base's segment, which was not touched.
+  const std::string v2_dir = VersionDir(root, 2);
+  CHECK(FilesIn(v2_dir) == std::set<std::string>{kManifestFile, DeletesFileName(old_seg.name)});
+  CHECK(r->bytes_written < BytesIn(old_seg.segment->dir()) / 3);
+  CHECK(r->bytes_written > BytesIn(new_seg.segment->dir()));
+}
+
+TEST_CASE("A delete-only update writes only the deletes; unchanged deletes are links") {
+  const std::string root = TempRoot();
+  SyntheticCorpus base = Rows(200, "a", 0, 5);
+  REQUIRE(PublishSnapshot(root, base.WithGraph()).ok());
+  SyntheticCorpus added = Rows(30, "b", 0, 7);
+  SnapshotUpdate add;
+  add.base_version = 1;
+  add.added = added.WithGraph();
+  add.delete_ids = {"a1"};
+  REQUIRE(PublishUpdate(root, add).ok());  // v2: deletes in segment 0
+  SnapshotUpdate del;
+  del.base_version = 2;
+  del.delete_ids = {"b3"};
+  auto r = PublishUpdate(root, del);  // v3: deletes in segment 1 only
+  REQUIRE(r.ok());
+  CHECK(r->segment.empty());
+  auto v2 = OpenVersion(root, 2);
+  auto v3 = OpenVersion(root, 3, v2.get());
+  REQUIRE(v3->segments().size() == 2);
+  CHECK(v3->live_count() == 228);
+  CHECK_FALSE(v3->Find("b3").has_value());
+  CHECK_FALSE(v3->Find("a1").has_value());
+  const std::string seg0 = DeletesFileName(v3->segments()[0].name);
+  const std::string seg1 = DeletesFileName(v3->segments()[1].name);
+  CHECK(FilesIn(VersionDir(root, 3)) == std::set<std::string>{kManifestFile, seg0, seg1});
+  // Segment 0's deletes did not change: the same file (a hard link), not a copy.
+  CHECK(Inode(VersionDir(root, 3) + "/" + seg0) == Inode(VersionDir(root, 2) + "/" + seg0));
+  CHECK(Inode(VersionDir(root, 3) + "/" + seg1) != Inode(VersionDir(root, 2) + "/" + seg0));
+  CHECK(r->bytes_written < 4096);
+  for (const SegmentRef& ref : v3->segments()) CHECK_FALSE(ref.opened_here);
+}
+
+TEST_CASE("A segment with no live row is dropped; deleting every row is refused") {
+  const std::string root = TempRoot();
+  SyntheticCorpus base = Rows(50, "a", 0, 5);
+  REQUIRE(PublishSnapshot(root, base.WithGraph()).ok());
+  SyntheticCorpus again = Rows(50, "a", 0, 6);  // Every id re-added.
+  SnapshotUpdate update;
+  update.base_version = 1;
+  update.added = again.WithGraph();
+  auto r = PublishUpdate(root, update);
+  REQUIRE(r.ok());
+  CHECK(r->replaced == 50);
+  auto v2 = OpenVersion(root, 2);
+  REQUIRE(v2->segments().size() == 1);
+  CHECK(v2->segments()[0].name == r->segment);
+
+  SnapshotUpdate all;
+  all.base_version = 2;
+  for (int i = 0; i < 50; ++i) all.delete_ids.push_back("a" + std::to_string(i));
+  auto none = PublishUpdate(root, all);
+  REQUIRE_FALSE(none.ok());
+  CHECK(absl::IsFailedPrecondition(none.status()));
+  CHECK(none.status().message() ==
+        "the update deletes every row of base v2; refusing to publish an empty snapshot");
+  CHECK(*ListVersions(root) == std::vector<uint64_t>{1, 2});
+  CHECK(*ReadCurrentVersion(root) == 2);
+
+  SyntheticCorpus wrong = MakeSyntheticCorpus(5, kDim + 1, index::Metric::kCosine, "w");
+  SnapshotUpdate bad;
+  bad.base_version = 2;
+  bad.added = wrong.WithGraph();
+  auto refused = PublishUpdate(root, bad);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.status().message() == "the added rows are 17-d cosine but base v2 is 16-d cosine");
+  CHECK(FilesIn(root + "/segments").size() == 2);  // Nothing left behind.
+}
+
+TEST_CASE("gc removes the segments no kept version names, and only those") {
+  const std::string root = TempRoot();
+  SyntheticCorpus a = Rows(100, "a", 0, 5);
+  REQUIRE(PublishSnapshot(root, a.WithGraph()).ok());  // v1: segment A
+  SyntheticCorpus b = Rows(20, "b", 0, 6);
+  SnapshotUpdate add;
+  add.base_version = 1;
+  add.added = b.WithGraph();
+  REQUIRE(PublishUpdate(root, add).ok());  // v2: A + B
+  SyntheticCorpus c = Rows(30, "c", 0, 7);
+  REQUIRE(PublishSnapshot(root, c.WithGraph()).ok());    // v3: C alone
+  fs::create_directories(root + "/segments/s9-orphan");  // A crashed writer's leftover.
+  const auto named_by = [&](uint64_t v) {
+    std::set<std::string> names;
+    auto snap = OpenVersion(root, v);
+    for (const auto& s : snap->segments()) names.insert(s.name);
+    return names;
+  };
+  const std::set<std::string> v2_names = named_by(2), v3_names = named_by(3);
+
+  GcOptions gc;
+  gc.keep = 2;
+  gc.grace = absl::ZeroDuration();
+  auto report = GarbageCollect(root, gc);
+  REQUIRE(report.ok());
+  CHECK(report->removed == std::vector<uint64_t>{1});
+  // v1's segment A is still named by v2: kept. Only the orphan goes.
+  CHECK(report->removed_segments == std::vector<std::string>{"s9-orphan"});
+  std::set<std::string> left = FilesIn(root + "/segments");
+  std::set<std::string> want = v2_names;
+  want.insert(v3_names.begin(), v3_names.end());
+  CHECK(left == want);
+  CHECK(OpenVersion(root, 2)->live_count() == 120);
+
+  gc.keep = 1;
+  report = GarbageCollect(root, gc);
+  REQUIRE(report.ok());
+  CHECK(report->removed == std::vector<uint64_t>{2});
+  CHECK(report->removed_segments.size() == 2);
+  CHECK(FilesIn(root + "/segments") == v3_names);
+  CHECK(OpenVersion(root, 3)->live_count() == 30);
+}
+
+TEST_CASE("A version of the single-graph layout opens as one segment and takes updates") {
+  // Made as releases before segments wrote it: the graph files and a format-1
+  // manifest in v1/ itself (a segment directory is exactly that layout).
+  const std::string scratch = TempRoot();
+  SyntheticCorpus a = Rows(120, "a", 0, 5);
+  REQUIRE(PublishSnapshot(scratch, a.WithGraph()).ok());
+  const std::string root = TempRoot();
+  fs::create_directories(root);
+  fs::copy(FirstSegmentDir(scratch, 1), VersionDir(root, 1));
+  REQUIRE(ReplaceFileAtomically(root + "/CURRENT", "v1\n").ok());
+  auto v1 = OpenVersion(root, 1);
+  CHECK(v1->manifest().format == kSingleGraphFormat);
+  REQUIRE(v1->segments().size() == 1);
+  CHECK(v1->segments()[0].name.empty());
+  CHECK(v1->Find("a17").value() == 17);
+
+  SyntheticCorpus b = Rows(10, "b", 0, 6);
+  SnapshotUpdate add;
+  add.base_version = 1;
+  add.added = b.WithGraph();
+  add.delete_ids = {"a3"};
+  auto r = PublishUpdate(root, add);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  auto v2 = OpenVersion(root, 2);
+  REQUIRE(v2->segments().size() == 2);
+  const std::string adopted = v2->segments()[0].segment->dir();
+  CHECK(v2->segments()[0].name.rfind("v1-adopted-", 0) == 0);
+  // Adopted by hard links: the same graph file, not a copy.
+  CHECK(Inode(adopted + "/" + kGraphFile) == Inode(VersionDir(root, 1) + "/" + kGraphFile));
+  CHECK(v2->live_count() == 129);
+  CHECK_FALSE(v2->Find("a3").has_value());
+  CHECK(v2->Find("b9").has_value());
+  CHECK(OpenVersion(root, 1)->live_count() == 120);  // The base is left as it was.
+}
+
+TEST_CASE("A damaged deletes file is refused, naming it") {
+  const std::string root = TempRoot();
+  SyntheticCorpus a = Rows(100, "a", 0, 5);
+  REQUIRE(PublishSnapshot(root, a.WithGraph()).ok());
+  SnapshotUpdate del;
+  del.base_version = 1;
+  del.delete_ids = {"a1", "a2"};
+  REQUIRE(PublishUpdate(root, del).ok());
+  auto v2 = OpenVersion(root, 2);
+  const std::string path = VersionDir(root, 2) + "/" + DeletesFileName(v2->segments()[0].name);
+  std::string bytes = *ReadFileToString(path);
+  bytes[24] ^= 0x01;  // The bitmap's first byte: marks row 0 too, at the same size.
+  REQUIRE(WriteFileDurably(path, bytes).ok());
+  auto sums = Snapshot::Open(root, 2, VerifyMode::kChecksums);
+  REQUIRE_FALSE(sums.ok());
+  CHECK(sums.status().message().find(DeletesFileName(v2->segments()[0].name) + " checksum") !=
+        std::string::npos);
+  auto sizes = Snapshot::Open(root, 2, VerifyMode::kSizes);
+  REQUIRE_FALSE(sizes.ok());
+  CHECK(absl::IsDataLoss(sizes.status()));
+  INFO(sizes.status().message());
+  CHECK(sizes.status().message().find("deletes file says 2 rows but marks 3") != std::string::npos);
+
+  // DecodeDeletes: wrong row count, a bit past the end, a short file.
+  index::RowFilter d(70);
+  d.Allow(3);
+  const std::string good = EncodeDeletes(d);
+  CHECK(DecodeDeletes(good, 70)->Count() == 1);
+  CHECK(DecodeDeletes(good, 71).status().message() ==
+        "deletes file is for 70 rows but the segment has 71");
+  std::string past = good;
+  past[past.size() - 1] = '\x80';  // Row 127 of a 70-row segment.
+  CHECK(DecodeDeletes(past, 70).status().message() ==
+        "deletes file marks row 127 of a 70-row segment");
+  CHECK(absl::IsDataLoss(DecodeDeletes(good.substr(0, 20), 70).status()));
+}
+
+TEST_CASE("An exported version is self-contained and answers as the original") {
+  const std::string root = TempRoot();
+  SyntheticCorpus a = Rows(100, "a", 0, 5);
+  REQUIRE(PublishSnapshot(root, a.WithGraph()).ok());
+  SyntheticCorpus b = Rows(10, "b", 0, 6);
+  SnapshotUpdate add;
+  add.base_version = 1;
+  add.added = b.WithGraph();
+  add.delete_ids = {"a4"};
+  REQUIRE(PublishUpdate(root, add).ok());
+  const std::string out = TempRoot() + "-export";
+  REQUIRE(ExportVersion(root, 2, out).ok());
+  CHECK(absl::IsAlreadyExists(ExportVersion(root, 2, out)));
+  auto copy = Snapshot::OpenDir(out, VerifyMode::kChecksums);
+  INFO(copy.status().ToString());
+  REQUIRE(copy.ok());
+  auto original = OpenVersion(root, 2);
+  CHECK((*copy)->live_count() == original->live_count());
+  CHECK((*copy)->segments()[0].segment->dir() == out + "/segments/" + original->segments()[0].name);
+  CHECK_FALSE((*copy)->Find("a4").has_value());
+  CHECK((*copy)->Find("b7") == original->Find("b7"));
+}
+
+TEST_CASE("The merge policy joins the smallest segments and rewrites over-deleted ones") {
+  MergePolicy p;
+  std::vector<SegmentStats> few;
+  for (int i = 0; i < 10; ++i) few.push_back({"s" + std::to_string(i), 100, 0});
+  CHECK(ChooseMerge(few, p).empty());  // Not more than segments_per_tier.
+
+  std::vector<SegmentStats> many = {{"big", 1'000'000, 0}};
+  for (int i = 0; i < 11; ++i) many.push_back({"s" + std::to_string(i), 100 + i, 0});
+  auto chosen = ChooseMerge(many, p);
+  CHECK(chosen.size() == 10);  // max_merge_at_once of the small ones...
+  CHECK(std::find(chosen.begin(), chosen.end(), "big") == chosen.end());  // ...never the big one.
+
+  std::vector<SegmentStats> deleted = {{"a", 1000, 300}, {"b", 1000, 100}, {"c", 50, 0}};
+  CHECK(ChooseMerge(deleted, p) == std::vector<std::string>{"a"});  // 30% > 25%: rewritten.
+
+  p.max_merged_rows = 250;
+  std::vector<SegmentStats> limited = {{"x", 200, 0}, {"y", 200, 0}, {"z", 200, 0}};
+  p.segments_per_tier = 2;
+  CHECK(ChooseMerge(limited, p).empty());  // Any two would pass max_merged_rows.
+  p.max_merged_rows = 450;
+  CHECK(ChooseMerge(limited, p).size() == 2);
+}
+
+// v1: 300 rows "a"; v2: + 40 "b", a1 deleted; v3: + 30 "c", b2 deleted.
+// Rows carry a "tag" keyword attribute and a thumbnail.
+std::string ThreeSegments() {
+  const std::string root = TempRoot();
+  auto with_attrs = [](SyntheticCorpus c) {
+    c.input.schema = *ParseSchema("tag:keyword");
+    for (size_t i = 0; i < c.input.count; ++i) {
+      const std::string tag = "t" + std::to_string(i % 3);
+      c.input.ids[i].attributes_json = "{\"tag\":\"" + tag + "\"}";
+      c.input.attributes.push_back({AttrValue(tag)});
+      c.input.thumbnails.push_back("jpeg-" + c.input.ids[i].id);
+    }
+    return c;
+  };
+  SyntheticCorpus a = with_attrs(Rows(300, "a", 0, 5));
+  REQUIRE(PublishSnapshot(root, a.WithGraph()).ok());
+  uint64_t base = 1;
+  for (auto [prefix, n, gone] :
+       {std::tuple<const char*, size_t, const char*>{"b", 40, "a1"}, {"c", 30, "b2"}}) {
+    SyntheticCorpus c = with_attrs(Rows(n, prefix, 0, static_cast<uint32_t>(base + 6)));
+    SnapshotUpdate u;
+    u.base_version = base++;
+    u.added = c.WithGraph();
+    u.delete_ids = {gone};
+    REQUIRE(PublishUpdate(root, u).ok());
+  }
+  return root;
+}
+
+TEST_CASE("Merging segments keeps every live row, its vector, attributes and thumbnail") {
+  const std::string root = ThreeSegments();
+  auto before = OpenVersion(root, 3);
+  REQUIRE(before->segments().size() == 3);
+  MergeRequest req;
+  for (const auto& ref : before->segments()) req.segments.push_back(ref.name);
+  auto r = MergeSegments(root, req);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  CHECK(r->version == 4);
+  CHECK(r->rows == 368);
+  CHECK(r->dropped == 2);
+  CHECK(r->carried_deletes == 0);
+  auto after = OpenVersion(root, 4);
+  REQUIRE(after->segments().size() == 1);
+  CHECK(after->segments()[0].name == r->segment);
+  CHECK(after->segments()[0].deleted_count == 0);
+  CHECK(after->live_count() == 368);
+  CHECK(after->manifest().base_version == 3);
+  for (const char* id : {"a0", "a299", "b0", "b39", "c0", "c29"}) {
+    INFO(id);
+    const uint32_t old_row = before->Find(id).value();
+    const uint32_t new_row = after->Find(id).value();
+    CHECK(std::equal(before->Vector(old_row), before->Vector(old_row) + kDim,
+                     after->Vector(new_row)));
+    CHECK(*after->Thumbnail(new_row) == std::string("jpeg-") + id);
+    CHECK(after->Id(new_row)->attributes_json == before->Id(old_row)->attributes_json);
+  }
+  CHECK_FALSE(after->Find("a1").has_value());
+  CHECK_FALSE(after->Find("b2").has_value());
+  // The keyword column: t0 rows are those with i % 3 == 0, less the deleted.
+  const AttributeTable* attrs = after->segments()[0].segment->attributes();
+  REQUIRE(attrs != nullptr);
+  auto code = attrs->KeywordCode(0, "t1");
+  REQUIRE(code.has_value());
+  CHECK(attrs->Postings(0, *code).size() == 100 + 13 + 10 - 1);  // a1 was t1.
+  // The graph finds rows: each of these rows' own vector finds it first.
+  for (const char* id : {"a7", "b9", "c11"}) {
+    const uint32_t row = after->Find(id).value();
+    auto hits = after->segments()[0].segment->searcher().Search(after->Vector(row), 1, 64);
+    REQUIRE(hits.size() == 1);
+    CHECK(hits[0].row == row);
+  }
+  // Nothing merges a version of one segment without deletes.
+  MergeRequest again;
+  again.segments = {r->segment};
+  CHECK(MergeSegments(root, again)->version == 0);
+}
+
+TEST_CASE("A merge carries deletes published while it ran, and aborts if its segments left") {
+  const std::string root = ThreeSegments();
+  auto v3 = OpenVersion(root, 3);
+  MergeRequest req;
+  req.segments = {v3->segments()[1].name, v3->segments()[2].name};  // b and c
+  req.before_publish = [&] {
+    // Meanwhile the ingest service deletes c5 and adds d0.
+    SyntheticCorpus d = Rows(1, "d", 0, 21);
+    SnapshotUpdate u;
+    u.base_version = 3;
+    u.added = d.WithGraph();
+    u.delete_ids = {"c5"};
+    REQUIRE(PublishUpdate(root, u).ok());
+  };
+  auto r = MergeSegments(root, req);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  CHECK(r->version == 5);
+  CHECK(r->carried_deletes == 1);
+  auto v5 = OpenVersion(root, 5);
+  REQUIRE(v5->segments().size() == 3);  // a, merged(b+c), d
+  CHECK(v5->segments()[0].name == v3->segments()[0].name);
+  CHECK(v5->segments()[1].name == r->segment);
+  CHECK(v5->segments()[1].deleted_count == 1);
+  CHECK_FALSE(v5->Find("c5").has_value());
+  CHECK_FALSE(v5->Find("a1").has_value());
+  CHECK(v5->Find("d0").has_value());
+  CHECK(v5->Find("c6").has_value());
+  CHECK(v5->live_count() == 299 + 39 + 29 + 1);
+
+  // A rebuild from scratch replaces everything while a merge runs: aborted.
+  MergeRequest late;
+  late.segments = {v5->segments()[1].name, v5->segments()[2].name};
+  late.before_publish = [&] {
+    SyntheticCorpus fresh = Rows(10, "z", 0, 30);
+    REQUIRE(PublishSnapshot(root, fresh.WithGraph()).ok());
+  };
+  auto aborted = MergeSegments(root, late);
+  REQUIRE_FALSE(aborted.ok());
+  CHECK(absl::IsAborted(aborted.status()));
+  CHECK(*ReadCurrentVersion(root) == 6);
+  for (const auto& name : FilesIn(root + "/segments")) CHECK(name.rfind(".merging-", 0) != 0);
+}
+
+TEST_CASE("The policy keeps many small segments down to a few") {
+  const std::string root = TempRoot();
+  SyntheticCorpus a = Rows(200, "a", 0, 5);
+  REQUIRE(PublishSnapshot(root, a.WithGraph()).ok());
+  for (int i = 1; i <= 14; ++i) {  // 14 small publishes, as the ingest service makes.
+    SyntheticCorpus c = Rows(5, "p" + std::to_string(i) + "_", 0, static_cast<uint32_t>(i + 40));
+    SnapshotUpdate u;
+    u.base_version = static_cast<uint64_t>(i);
+    u.added = c.WithGraph();
+    REQUIRE(PublishUpdate(root, u).ok());
+  }
+  REQUIRE(OpenVersion(root, 15)->segments().size() == 15);
+  MergeRequest req;  // The default policy: 10 per tier.
+  auto r = MergeSegments(root, req);
+  REQUIRE(r.ok());
+  CHECK(r->merged.size() == 10);
+  auto merged = OpenVersion(root, r->version);
+  CHECK(merged->segments().size() == 6);
+  CHECK(merged->live_count() == 200 + 14 * 5);
+  CHECK(MergeSegments(root, req)->version == 0);  // Steady state: nothing more to do.
+}
+
+}  // namespace
+}  // namespace imagesearch::snapshot

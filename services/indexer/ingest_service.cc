@@ -1,0 +1,156 @@
+#include "services/indexer/ingest_service.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "libs/common/file_util.h"
+#include "libs/common/log.h"
+
+namespace imagesearch::indexer {
+namespace {
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+absl::Time Deadline(const grpc::ServerContext* context) {
+  const auto d = context->deadline();
+  if (d == std::chrono::system_clock::time_point::max()) return absl::Now() + absl::Hours(1);
+  return absl::FromChrono(d);
+}
+
+}  // namespace
+
+grpc::Status IngestServiceImpl::Upsert(grpc::ServerContext* context,
+                                       const v1::UpsertRequest* request,
+                                       v1::UpsertResponse* response) {
+  std::vector<IngestItem> items;
+  items.reserve(static_cast<size_t>(request->items_size()));
+  for (const auto& it : request->items()) {
+    IngestItem item;
+    item.id = it.id();
+    item.uri = it.uri();
+    item.attributes_json = it.attributes_json();
+    if (it.content_case() == v1::UpsertItem::kImage) {
+      item.is_image = true;
+      item.image = it.image();
+    } else {
+      item.vector.assign(it.vector().values().begin(), it.vector().values().end());
+    }
+    items.push_back(std::move(item));
+  }
+  const bool wait = !request->has_wait() || request->wait();
+  auto out = core_->Upsert(std::move(items), wait, Deadline(context));
+  if (!out.ok()) return ToGrpc(out.status());
+  for (int i = 0; i < request->items_size(); ++i) {
+    const absl::Status& s = out->items[static_cast<size_t>(i)];
+    v1::ItemResult* r = response->add_results();
+    r->set_id(request->items(i).id());
+    r->set_code(static_cast<int32_t>(s.code()));
+    r->set_error(std::string(s.message()));
+    if (s.ok()) {
+      response->set_accepted(response->accepted() + 1);
+    } else {
+      response->set_rejected(response->rejected() + 1);
+    }
+  }
+  response->set_version(out->version);
+  return grpc::Status::OK;
+}
+
+grpc::Status IngestServiceImpl::Delete(grpc::ServerContext* context,
+                                       const v1::DeleteRequest* request,
+                                       v1::DeleteResponse* response) {
+  std::vector<std::string> ids(request->ids().begin(), request->ids().end());
+  for (const auto& id : ids) {
+    if (id.empty()) return ToGrpc(absl::InvalidArgumentError("an id to delete is empty"));
+  }
+  const bool wait = !request->has_wait() || request->wait();
+  auto v = core_->Delete(ids, wait, Deadline(context));
+  if (!v.ok()) return ToGrpc(v.status());
+  response->set_version(*v);
+  response->set_accepted(static_cast<uint32_t>(ids.size()));
+  return grpc::Status::OK;
+}
+
+grpc::Status IngestServiceImpl::Flush(grpc::ServerContext* context, const v1::FlushRequest*,
+                                      v1::FlushResponse* response) {
+  auto v = core_->Flush(Deadline(context));
+  if (!v.ok()) return ToGrpc(v.status());
+  response->set_version(*v);
+  return grpc::Status::OK;
+}
+
+grpc::Status IngestServiceImpl::Status(grpc::ServerContext*, const v1::IngestStatusRequest*,
+                                       v1::IngestStatusResponse* response) {
+  const IngestStatus s = core_->Status();
+  response->set_pending_rows(s.pending_rows);
+  response->set_pending_deletes(s.pending_deletes);
+  response->set_last_published(s.last_published);
+  response->set_current_version(s.current_version);
+  response->set_segments(s.segments);
+  response->set_live_rows(s.live_rows);
+  response->set_merges_running(s.merges_running);
+  response->set_merges_done(s.merges_done);
+  response->set_last_error(s.last_error);
+  return grpc::Status::OK;
+}
+
+int RunIngestServer(const ServeOptions& options) {
+  // SIGTERM/SIGINT are waited for on this thread (sigwait), blocked in all.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  auto core = IngestCore::Start(options.ingest);
+  if (!core.ok()) {
+    LogError("imagesearch-indexer serve: ", core.status().ToString());
+    return 1;
+  }
+  IngestServiceImpl service(core->get());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(absl::StrCat(options.host, ":", options.port),
+                           grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(256 << 20);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    LogError("imagesearch-indexer serve: cannot listen on ", options.host, ":", options.port);
+    return 1;
+  }
+  server->GetHealthCheckService()->SetServingStatus(true);
+  if (!options.port_file.empty()) {
+    absl::Status s =
+        ReplaceFileAtomically(options.port_file, absl::StrCat("{\"grpc\": ", port, "}\n"));
+    if (!s.ok()) {
+      LogError("--port_file: ", s.ToString());
+      return 1;
+    }
+  }
+  std::cout << "listening on port " << port << std::endl;
+  LogInfo("imagesearch-indexer serve: ingesting into ", options.ingest.root, " (dim ",
+          (*core)->dim(), "), gRPC on ", options.host, ":", port);
+  int sig = 0;
+  sigwait(&signals, &sig);
+  LogInfo("imagesearch-indexer serve: signal ", sig, ": stopping");
+  server->GetHealthCheckService()->SetServingStatus(false);
+  // Calls in flight finish (a waiting Upsert is answered once its batch is
+  // published, or told it was not); pending writes not yet published are
+  // published first by a final flush.
+  auto flushed = (*core)->Flush(absl::Now() + absl::Seconds(20));
+  if (!flushed.ok()) LogError("final flush: ", flushed.status().ToString());
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  core->reset();
+  return 0;
+}
+
+}  // namespace imagesearch::indexer

@@ -1,0 +1,45 @@
+// gRPC front of the ingest service (imagesearch.v1.Ingest): converts requests
+// to IngestCore calls and back; nothing else. Synchronous gRPC API, since a
+// waiting Upsert holds its thread until the publish (about a second).
+#ifndef IMAGESEARCH_SERVICES_INDEXER_INGEST_SERVICE_H_
+#define IMAGESEARCH_SERVICES_INDEXER_INGEST_SERVICE_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include "imagesearch/v1/imagesearch.grpc.pb.h"
+#include "services/indexer/ingest.h"
+
+namespace imagesearch::indexer {
+
+class IngestServiceImpl final : public v1::Ingest::Service {
+ public:
+  explicit IngestServiceImpl(IngestCore* core) : core_(core) {}
+
+  grpc::Status Upsert(grpc::ServerContext* context, const v1::UpsertRequest* request,
+                      v1::UpsertResponse* response) override;
+  grpc::Status Delete(grpc::ServerContext* context, const v1::DeleteRequest* request,
+                      v1::DeleteResponse* response) override;
+  grpc::Status Flush(grpc::ServerContext* context, const v1::FlushRequest* request,
+                     v1::FlushResponse* response) override;
+  grpc::Status Status(grpc::ServerContext* context, const v1::IngestStatusRequest* request,
+                      v1::IngestStatusResponse* response) override;
+
+ private:
+  IngestCore* core_;
+};
+
+// Runs `imagesearch-indexer serve`: the core, the gRPC server with health
+// and reflection on host:port (0 = a free port; the port is printed as
+// "listening on port N" and written to port_file as {"grpc": N} if set), until
+// SIGTERM or SIGINT. Returns the process exit status.
+struct ServeOptions {
+  IngestOptions ingest;
+  std::string host = "0.0.0.0";
+  int port = 50052;
+  std::string port_file;
+};
+int RunIngestServer(const ServeOptions& options);
+
+}  // namespace imagesearch::indexer
+
+#endif  // IMAGESEARCH_SERVICES_INDEXER_INGEST_SERVICE_H_

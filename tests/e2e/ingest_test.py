@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""The ingest service (`imagesearch-indexer serve`) end to end, with a real
+query replica following the same root, over gRPC and HTTP on loopback:
+
+  1. a vector collection on an empty root: Upsert (wait) answers with the
+     version holding the rows, and the replica returns them; a batch with a
+     vector of the wrong dimension rejects that item alone, with the reason;
+  2. Delete: the id is gone from the replica's answers;
+  3. a second ingest service on the same root is refused (the root's lock);
+  4. many small publishes: the service merges segments in the background
+     and Status reports it;
+  5. SIGKILL at random moments while a client upserts: after every restart,
+     every acknowledged id is searchable and the served version verifies;
+  6. images with the default model: an upserted image finds itself and its
+     thumbnail is served; a corrupt image is rejected alone.
+
+Usage: ingest_test.py BUILD_DIR SOURCE_DIR DEFAULT_MODEL
+"""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2e_lib  # noqa: E402
+import grpc_stubs  # noqa: E402
+from e2e_lib import Server, check, post_json, run  # noqa: E402
+import grpc  # noqa: E402
+
+BUILD, SRC, DEFAULT = sys.argv[1:4]
+T = e2e_lib.tree(BUILD, SRC)
+pb, pb_grpc = grpc_stubs.load(T.proto)
+DIM = 16
+
+
+def vec(i):
+    """A deterministic, well spread vector for row i."""
+    rnd = random.Random(i)
+    return [rnd.uniform(-1, 1) for _ in range(DIM)]
+
+
+def ingest(root, log, *flags):
+    return Server(T.indexer, ["serve", f"--root={root}", "--port=0", *flags], log,
+                  wait=("grpc",), pick_ports=False)
+
+
+def stub(server):
+    return pb_grpc.IngestStub(grpc.insecure_channel(server.grpc_address))
+
+
+def upsert_vectors(ingest_stub, ids, wait=True, timeout=30):
+    req = pb.UpsertRequest(wait=wait)
+    for i in ids:
+        req.items.add(id=f"v{i}", vector=pb.Vector(values=vec(i)))
+    return ingest_stub.Upsert(req, timeout=timeout)
+
+
+def top_id(replica, values):
+    status, body = post_json(replica.http_port, {"vector": {"values": values}, "top_k": 1},
+                             timeout=10)
+    if status != 200 or not body.get("hits"):
+        return None, 0
+    return body["hits"][0]["id"], int(body["snapshot_version"])
+
+
+def wait_found(replica, i, version):
+    """Until the replica answers row i's vector with v<i>, from `version` or later."""
+    def found():
+        got, v = top_id(replica, vec(i))
+        return got == f"v{i}" and v >= version
+    replica.wait_until(f"v{i} searchable", found, 30)
+
+
+def vectors(work):
+    root = os.path.join(work, "vroot")
+    svc = ingest(root, os.path.join(work, "ingest.log"), f"--dim={DIM}",
+                 "--publish_interval_ms=200", "--m=8", "--ef_construction=40")
+    s = stub(svc)
+    resp = upsert_vectors(s, range(50))
+    check(resp.accepted == 50 and resp.rejected == 0 and resp.version == 1, resp)
+    replica = Server(T.query, [f"--snapshot_root={root}"], os.path.join(work, "query.log"))
+    for i in (0, 17, 49):
+        wait_found(replica, i, 1)
+    bad = pb.UpsertRequest()
+    bad.items.add(id="v50", vector=pb.Vector(values=vec(50)))
+    bad.items.add(id="short", vector=pb.Vector(values=[1.0, 2.0]))
+    bad.items.add(id="v51", vector=pb.Vector(values=vec(51)))
+    resp = s.Upsert(bad, timeout=30)
+    check(resp.accepted == 2 and resp.rejected == 1 and resp.results[1].code == 3 and
+          "vector has 2 values; the collection's dimension is 16" in resp.results[1].error, resp)
+    wait_found(replica, 51, resp.version)
+    print(f"1. upserts published as v1..v{resp.version}; searchable on the replica; "
+          "a wrong-dimension item rejected alone")
+
+    resp = s.Delete(pb.DeleteRequest(ids=["v17"]), timeout=30)
+    check(resp.version > 0, resp)
+    replica.wait_until("v17 deleted", lambda: top_id(replica, vec(17))[0] not in ("v17", None), 30)
+    status, body = post_json(replica.http_port, {"id": "v17"})
+    check(status == 404, body)
+    print(f"2. Delete v17: gone from v{resp.version}")
+
+    second = subprocess.run([T.indexer, "serve", f"--root={root}", "--port=0"],
+                            capture_output=True, text=True, timeout=60)
+    check(second.returncode == 1 and "another ingest service holds" in second.stderr,
+          second.stderr)
+    print("3. a second ingest service on the root is refused: "
+          + second.stderr.strip().splitlines()[-1][-90:])
+
+    for k in range(14):  # 14 more publishes of 3 rows each: more than 10 segments.
+        upsert_vectors(s, range(100 + 3 * k, 103 + 3 * k))
+    def merged():
+        st = s.Status(pb.IngestStatusRequest(), timeout=10)
+        return st.merges_done >= 1 and st.segments <= 10 and st.merges_running == 0
+    svc.wait_until("a background merge", merged, 60)
+    st = s.Status(pb.IngestStatusRequest(), timeout=10)
+    check(st.live_rows == 50 + 2 - 1 + 42 and st.pending_rows == 0 and not st.last_error, st)
+    wait_found(replica, 130, st.current_version)
+    print(f"4. 15 small publishes merged in the background: {st.segments} segments, "
+          f"{st.live_rows} rows, {st.merges_done} merge(s)")
+    svc.stop()
+    return root, replica
+
+
+def kill_loop(work, root, replica):
+    acked, next_id, rounds = set(), 1000, 8
+    rnd = random.Random(7)
+    for r in range(rounds):
+        svc = ingest(root, os.path.join(work, f"kill{r}.log"), "--publish_interval_ms=100",
+                     "--m=8", "--ef_construction=40")
+        s = stub(svc)
+        stop = threading.Event()
+
+        def client():
+            nonlocal next_id
+            while not stop.is_set():
+                ids = list(range(next_id, next_id + 4))
+                next_id += 4
+                try:
+                    resp = upsert_vectors(s, ids, timeout=10)
+                except grpc.RpcError:
+                    return  # Killed: these were not acknowledged.
+                if resp.version > 0:
+                    acked.update(ids)
+
+        t = threading.Thread(target=client)
+        t.start()
+        time.sleep(rnd.uniform(0.2, 1.2))
+        os.kill(svc.pid, signal.SIGKILL)
+        svc.proc.wait()
+        stop.set()
+        t.join(timeout=30)
+    out = run(T.snapshot, "verify", f"--root={root}").stdout
+    check(" OK: " in out, out)
+    version = int(run(T.snapshot, "current", f"--root={root}").stdout.strip()[1:])
+    replica.wait_until(f"replica on v{version}",
+                       lambda: top_id(replica, vec(0))[1] == version, 30)
+    missing = [i for i in sorted(acked)
+               if post_json(replica.http_port, {"id": f"v{i}", "top_k": 1})[0] != 200]
+    check(acked and not missing, f"{len(missing)} acknowledged ids lost: {missing[:10]}")
+    print(f"5. {rounds} SIGKILLs mid-stream: all {len(acked)} acknowledged ids searchable; "
+          f"v{version} verifies")
+
+
+def images(work):
+    root = os.path.join(work, "iroot")
+    svc = ingest(root, os.path.join(work, "ingest_images.log"), f"--model={DEFAULT}",
+                 "--publish_interval_ms=200")
+    s = stub(svc)
+    req = pb.UpsertRequest()
+    for name in ("rocket.jpg", "coffee.png", "camera.png"):
+        with open(os.path.join(T.images, name), "rb") as f:
+            req.items.add(id=name, image=f.read(), uri=f"upload://{name}")
+    req.items.add(id="broken.jpg", image=b"\xff\xd8\xff\xe0 not really a jpeg")
+    resp = s.Upsert(req, timeout=120)
+    check(resp.accepted == 3 and resp.rejected == 1 and resp.version >= 1 and
+          resp.results[3].code == 3, resp)
+    # The folder tool, as a user keeps a photo folder fresh.
+    folder = os.path.join(work, "photos")
+    os.makedirs(os.path.join(folder, "trip"))
+    for name in ("motorcycle_left.png", "logo.png"):
+        shutil.copy(os.path.join(T.images, name), os.path.join(folder, "trip", name))
+    tool = os.path.join(SRC, "tools", "ingest", "ingest_folder.py")
+    out = run("/usr/bin/python3", tool, f"--target={svc.grpc_address}", f"--dir={folder}").stdout
+    check(out.startswith("upserted 2 of 2 image(s): live in v"), out)
+    out = run("/usr/bin/python3", tool, f"--target={svc.grpc_address}", "--delete",
+              "rocket.jpg").stdout
+    check(out.startswith("deleted 1 id(s): live in v"), out)
+    replica = Server(T.query, [f"--snapshot_root={root}"],
+                     os.path.join(work, "query_images.log"))
+    status, body = post_json(replica.http_port, {"id": "rocket.jpg"})
+    check(status == 404, body)
+    with open(os.path.join(T.images, "motorcycle_left.png"), "rb") as f:
+        r = urllib.request.Request(replica.http_url + "/invocations?top_k=1", data=f.read(),
+                                   headers={"Content-Type": "image/png"})
+    hits = json.load(urllib.request.urlopen(r, timeout=60))["hits"]
+    check(hits[0]["id"] == "trip/motorcycle_left.png" and hits[0]["uri"].startswith("file://"),
+          hits)
+    with open(os.path.join(T.images, "coffee.png"), "rb") as f:
+        body = f.read()
+    r = urllib.request.Request(replica.http_url + "/invocations?top_k=1", data=body,
+                               headers={"Content-Type": "image/png"})
+    hits = json.load(urllib.request.urlopen(r, timeout=60))["hits"]
+    check(hits[0]["id"] == "coffee.png" and hits[0]["uri"] == "upload://coffee.png", hits)
+    thumb = urllib.request.urlopen(replica.http_url + "/thumbs/coffee.png", timeout=10).read()
+    check(thumb[:2] == b"\xff\xd8", "the thumbnail is not a JPEG")
+    print(f"6. images through the default model: found themselves, thumbnails served; "
+          f"a corrupt image rejected ({resp.results[3].error[:60]}); "
+          "tools/ingest/ingest_folder.py added a folder and deleted an id")
+    replica.stop()
+    svc.stop()
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="imagesearch_ingest_")
+    try:
+        root, replica = vectors(work)
+        kill_loop(work, root, replica)
+        replica.stop()
+        images(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("ingest: PASS")
+
+
+if __name__ == "__main__":
+    main()

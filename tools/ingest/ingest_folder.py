@@ -1,0 +1,75 @@
+#!/usr/bin/python3
+"""Keeps a photo folder searchable through the ingest service
+(`imagesearch-indexer serve`): upserts every image file under DIR (id = its
+path relative to DIR, uri = file://ABSOLUTE_PATH), and with --delete, deletes
+the given ids instead. Prints the version that holds the change; query
+replicas following the same root answer from it within about a second.
+
+  tools/ingest/ingest_folder.py --target=127.0.0.1:50052 --dir=~/Pictures/new
+  tools/ingest/ingest_folder.py --target=127.0.0.1:50052 --delete trip/IMG_0042.jpg
+
+Needs Debian's python3-grpcio, protoc and grpc_python_plugin (protobuf-compiler,
+protobuf-compiler-grpc); the stubs are generated from proto/ at start.
+"""
+import argparse
+import importlib
+import os
+import subprocess
+import sys
+import tempfile
+
+import grpc
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".heic", ".avif")
+PROTO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "proto")
+
+
+def stubs():
+    gen = tempfile.mkdtemp(prefix="imagesearch_ingest_stubs_")
+    subprocess.run(["protoc", f"--proto_path={PROTO}", f"--python_out={gen}", f"--grpc_out={gen}",
+                    "--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin",
+                    "imagesearch/v1/imagesearch.proto"], check=True)
+    sys.path.insert(0, gen)
+    return (importlib.import_module("imagesearch.v1.imagesearch_pb2"),
+            importlib.import_module("imagesearch.v1.imagesearch_pb2_grpc"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--target", default="127.0.0.1:50052", help="the ingest service, host:port")
+    ap.add_argument("--dir", help="upsert every image under this folder")
+    ap.add_argument("--delete", nargs="*", default=[], help="ids to delete")
+    ap.add_argument("--batch", type=int, default=16, help="images per Upsert call")
+    ap.add_argument("--timeout", type=float, default=300)
+    args = ap.parse_args()
+    if not args.dir and not args.delete:
+        ap.error("give --dir or --delete")
+    pb, pb_grpc = stubs()
+    ingest = pb_grpc.IngestStub(grpc.insecure_channel(args.target))
+    failed = 0
+    if args.delete:
+        r = ingest.Delete(pb.DeleteRequest(ids=args.delete), timeout=args.timeout)
+        print(f"deleted {r.accepted} id(s): live in v{r.version}")
+    if args.dir:
+        root = os.path.abspath(os.path.expanduser(args.dir))
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+                       if f.lower().endswith(EXTENSIONS))
+        version = 0
+        for i in range(0, len(files), args.batch):
+            req = pb.UpsertRequest()
+            for path in files[i:i + args.batch]:
+                with open(path, "rb") as f:
+                    req.items.add(id=os.path.relpath(path, root), image=f.read(),
+                                  uri="file://" + path)
+            r = ingest.Upsert(req, timeout=args.timeout)
+            for res in r.results:
+                if res.code != 0:
+                    failed += 1
+                    print(f"rejected {res.id}: {res.error}", file=sys.stderr)
+            version = max(version, r.version)
+        print(f"upserted {len(files) - failed} of {len(files)} image(s): live in v{version}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
