@@ -5,7 +5,7 @@
 #   SNAPSHOT_ROOT=/srv/snapshots REPLICAS=3 deploy/local/ctl.sh up
 #   deploy/local/ctl.sh status
 #   deploy/local/ctl.sh kill 1      # SIGKILL replica 1 (a crash)
-#   deploy/local/ctl.sh stop 1      # SIGTERM replica 1 (graceful: drains, exits)
+#   deploy/local/ctl.sh stop 1      # out of nginx, then SIGTERM replica 1 (drains, exits)
 #   deploy/local/ctl.sh start 1     # start replica 1 again
 #   deploy/local/ctl.sh restart 1   # stop + start
 #   deploy/local/ctl.sh down        # stop everything
@@ -26,7 +26,8 @@
 # ports it picks (--port=0 --http_port=0) and reports them in RUN_DIR/replica-I.ports (its
 # --port_file). nginx's upstreams are generated from those files, so `start` and `restart`
 # rewrite nginx.conf and reload nginx once the replica serves (a graceful reload: the old workers
-# finish the calls they have).
+# finish the calls they have). `stop` and `restart` first take the replica out of nginx and wait
+# for the old workers, then send SIGTERM: deregister, then drain, as Kubernetes' preStop does.
 #
 # Retries (see deploy/README.md): nginx passes a call to the next replica when
 # the connection fails or is refused, times out, or is reset before an answer
@@ -68,7 +69,7 @@ port_of() {
 start_replica() {
   local i="$1" pidf="$RUN_DIR/replica-$1.pid"
   alive "$pidf" && die "replica $i is already running (pid $(cat "$pidf"))"
-  rm -f "$RUN_DIR/replica-$i.ports"
+  rm -f "$RUN_DIR/replica-$i.ports" "$RUN_DIR/replica-$i.draining"
   # shellcheck disable=SC2086
   "$QUERY_BIN" --snapshot_root="$SNAPSHOT_ROOT" --host=127.0.0.1 --port=0 --http_port=0 \
     --port_file="$RUN_DIR/replica-$i.ports" $QUERY_ARGS \
@@ -93,6 +94,38 @@ wait_replica() {
   die "replica $i is not serving after 60 s; see $RUN_DIR/replica-$i.log"
 }
 
+# deregister_replica I: takes replica I out of nginx's upstreams before it is
+# stopped (as a Kubernetes endpoint is removed before its preStop sleep ends):
+# a graceful reload without it, then waits (up to 10 s) for the old workers to
+# finish the calls they had. Without this, a call nginx sends in the moment
+# between SIGTERM and the replica's GOAWAY reaching it would be cancelled by
+# gRPC's shutdown, and a client without retries would see CANCELLED. The
+# marker file keeps a concurrent `start` of another replica from putting it
+# back. If it is the only replica nginx has, it stays (nothing else could
+# take its calls).
+deregister_replica() {
+  local i="$1" n others=0 j
+  alive "$RUN_DIR/nginx.pid" || return 0
+  alive "$RUN_DIR/replica-$i.pid" || return 0
+  for ((j = 0; j < REPLICAS; j++)); do
+    ((j != i)) && [[ ! -e "$RUN_DIR/replica-$j.draining" ]] &&
+      [[ -n "$(port_of "$RUN_DIR/replica-$j.ports" grpc)" ]] && others=$((others + 1))
+  done
+  ((others > 0)) || return 0
+  touch "$RUN_DIR/replica-$i.draining"
+  # `nginx -s reload` only signals the master; the workers that predate it
+  # keep the old upstreams until they exit, so wait for those very processes.
+  local old_workers w
+  old_workers="$(ps -o pid= --ppid "$(cat "$RUN_DIR/nginx.pid")" 2>/dev/null || true)"
+  reload_nginx
+  for ((n = 0; n < 100; n++)); do
+    w=""
+    for w in $old_workers; do kill -0 "$w" 2>/dev/null && break; w=""; done
+    [[ -z "$w" ]] && break
+    sleep 0.1
+  done
+}
+
 # signal_replica SIG I: sends SIG and waits (up to 30 s) for the process to
 # go; its port file goes with it, so nginx.conf leaves it out from then on.
 signal_replica() {
@@ -102,17 +135,17 @@ signal_replica() {
   kill -"$sig" "$pid" 2>/dev/null || true
   for ((n = 0; n < 300; n++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -0 "$pid" 2>/dev/null && die "replica $i (pid $pid) did not exit after SIG$sig"
-  rm -f "$pidf" "$RUN_DIR/replica-$i.ports"
+  rm -f "$pidf" "$RUN_DIR/replica-$i.ports" "$RUN_DIR/replica-$i.draining"
 }
 
 # write_nginx_conf: nginx.conf (replaced atomically) with nginx on GRPC_PORT
 # and HTTP_PORT and, as upstreams, every replica whose port file names both
-# ports.
+# ports and that is not being stopped (deregister_replica).
 write_nginx_conf() {
   local grpc_servers="" http_servers="" i g h user=""
   for ((i = 0; i < REPLICAS; i++)); do
     g="$(port_of "$RUN_DIR/replica-$i.ports" grpc)" h="$(port_of "$RUN_DIR/replica-$i.ports" http)"
-    [[ -n "$g" && -n "$h" ]] || continue
+    [[ -n "$g" && -n "$h" && ! -e "$RUN_DIR/replica-$i.draining" ]] || continue
     grpc_servers+="    server 127.0.0.1:$g max_fails=1 fail_timeout=1s;"$'\n'
     http_servers+="    server 127.0.0.1:$h max_fails=1 fail_timeout=1s;"$'\n'
   done
@@ -286,10 +319,11 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   kill) load_state; signal_replica KILL "${2:?replica number}" ;;
-  stop) load_state; signal_replica TERM "${2:?replica number}" ;;
+  stop) load_state; deregister_replica "${2:?replica number}"; signal_replica TERM "$2" ;;
   start) load_state; start_replica "${2:?replica number}"; wait_replica "$2"; reload_nginx ;;
   restart)
-    load_state; signal_replica TERM "${2:?replica number}"; start_replica "$2"; wait_replica "$2"
+    load_state; deregister_replica "${2:?replica number}"; signal_replica TERM "$2"
+    start_replica "$2"; wait_replica "$2"
     reload_nginx ;;
-  *) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

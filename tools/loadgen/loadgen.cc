@@ -286,6 +286,15 @@ class GrpcCaller {
       : w_(w) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(64 << 20);
+    // gRPC resends a call the server never saw (a proxy's GOAWAY on a reload,
+    // a refused stream) only while the whole request is still buffered; past
+    // the default 256 KiB a large image call is committed and fails instead.
+    // Buffer the largest request this run sends (deploy/README.md, clients).
+    size_t largest = 0;
+    for (const std::string& image : w->images) largest = std::max(largest, image.size());
+    if (largest > (256 << 10)) {
+      args.SetInt("grpc.per_rpc_retry_buffer_size", static_cast<int>(largest + (64 << 10)));
+    }
     if (!service_config.empty()) args.SetServiceConfigJSON(service_config);
     for (int i = 0; i < std::max(1, channels); ++i) {
       args.SetInt("grpc.channel_id", i);  // distinct channels, not one shared subchannel
