@@ -126,8 +126,12 @@ std::vector<Neighbor> MmapHnswSearcher::SearchExact(const float* query, size_t k
   return all;
 }
 
+// A bounded walk first finds ef / kOwnBestDivisor (at least 1) rows of its own.
+constexpr size_t kOwnBestDivisor = 4;
+
 std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, size_t ef,
-                                               const RowFilter* allowed, size_t row_offset) const {
+                                               const RowFilter* allowed, size_t row_offset,
+                                               float bound) const {
   std::vector<Neighbor> result;
   const uint32_t count = static_cast<uint32_t>(header_.count);
   if (count == 0 || k == 0) return result;
@@ -189,9 +193,27 @@ std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, siz
   marks[cur] = tag;
   const HalfDistanceFn half_dist = half_dist_;
   const HalfSkip half_skip(metric_, query, dim_, half_dist ? half_->bound() : 0.0f);
+  // With a finite `bound`, the walk first finds this graph's own best
+  // `own_want` rows as usual; from then on it reaches only as far as the
+  // farther of `bound` and the worst of those (`reach`, which only falls).
+  // A graph with nothing inside `bound` thus costs a walk for its few best
+  // rows, and one with rows inside is walked until no candidate is nearer.
+  const bool bounded = bound < std::numeric_limits<float>::infinity();
+  const size_t own_want = std::max<size_t>(1, ef / kOwnBestDivisor);
+  Heap own;
+  float reach = std::numeric_limits<float>::infinity();
+  auto hold_own = [&](float d, uint32_t id) {
+    if (own.size() < own_want || d < own.top().first) {
+      own.emplace(d, id);
+      if (own.size() > own_want) own.pop();
+      if (own.size() == own_want) reach = std::max(bound, own.top().first);
+    }
+  };
+  if (bounded && admit(cur)) hold_own(cur_dist, cur);
   while (!candidates.empty()) {
     const auto current = candidates.top();
     if (-current.first > lower_bound && (allowed == nullptr || top.size() >= ef)) break;
+    if (-current.first >= reach) break;
     candidates.pop();
     const uint32_t* list = reinterpret_cast<const uint32_t*>(Element(current.second));
     uint16_t size = ListCount(list);
@@ -208,7 +230,9 @@ std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, siz
       // ef-th (lower_bound, which can only fall): its half distance rules
       // most out, reading half the bytes. Those it rules out are exactly ones
       // hnswlib rejects, so the remaining ones see the same heaps.
-      const bool halves = half_dist != nullptr && top.size() >= ef;
+      // `limit`: the distance a candidate must beat to be taken at all.
+      const float limit = top.size() >= ef ? std::min(lower_bound, reach) : reach;
+      const bool halves = half_dist != nullptr && limit < std::numeric_limits<float>::max();
       size_t n = 0;
       for (; j < size && n < kExpandChunk; ++j) {
         const uint32_t cand = links[j];
@@ -224,7 +248,7 @@ std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, siz
         size_t kept = 0;
         for (size_t i = 0; i < n; ++i) {
           const uint32_t cand = fresh[i];
-          if (half_skip.Skip(half_dist(query, half_->Row(cand), dim_), lower_bound)) continue;
+          if (half_skip.Skip(half_dist(query, half_->Row(cand), dim_), limit)) continue;
           fresh[kept++] = cand;
           __builtin_prefetch(Element(cand) + header_.offset_data);
         }
@@ -233,9 +257,12 @@ std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, siz
       for (size_t i = 0; i < n; ++i) {
         const uint32_t cand = fresh[i];
         const float d = dist_(query, Element(cand) + header_.offset_data, param);
-        if (top.size() < ef || lower_bound > d) {
+        if ((top.size() < ef || lower_bound > d) && d < reach) {
           candidates.emplace(-d, cand);
-          if (admit(cand)) top.emplace(d, cand);
+          if (admit(cand)) {
+            top.emplace(d, cand);
+            if (bounded) hold_own(d, cand);
+          }
           if (top.size() > ef) top.pop();
           if (!top.empty()) lower_bound = top.top().first;
         }

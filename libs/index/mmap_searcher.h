@@ -22,6 +22,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -62,8 +63,19 @@ class MmapHnswSearcher {
   //
   // `row_offset`: this graph is one segment of a larger row space, and row r
   // here is row row_offset + r of `allowed`. Results carry this graph's rows.
+  //
+  // `bound`: the caller already holds k rows at least this near (the other
+  // segments' best, say), so a row at `bound` or farther is of no use to it.
+  // The walk first finds this graph's own best ef/4 rows (at least one) as
+  // usual; from then on it takes no candidate farther than both `bound` and
+  // the worst of those rows, and stops once the nearest candidate left is
+  // that far (as Lucene's multi-segment collector bounds each segment's walk
+  // by the hits of the segments searched before it). A graph with nothing
+  // inside `bound` costs about a walk for its few best rows; results may be
+  // fewer than k. The default (infinity) is the plain search above.
   std::vector<Neighbor> Search(const float* query, size_t k, size_t ef,
-                               const RowFilter* allowed = nullptr, size_t row_offset = 0) const;
+                               const RowFilter* allowed = nullptr, size_t row_offset = 0,
+                               float bound = std::numeric_limits<float>::infinity()) const;
 
   // Exact top-k over the allowed rows only (brute force, one distance per
   // allowed row of this graph). `row_offset` as for Search.

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <limits>
 #include <string>
 #include <thread>
 #include <vector>
@@ -151,21 +152,43 @@ TEST_CASE("Searches read the half vectors: a file that lies changes the answers"
   CHECK(differ > 25);
 }
 
+// 5,000 clustered rows of 64 dims under L2 (efConstruction 100), searched
+// from files, and 200 queries drawn with `seed`.
+struct L2Case {
+  static constexpr size_t kRows = 5000, kDim = 64;
+  explicit L2Case(uint32_t seed)
+      : built(Build(kRows, kDim, Metric::kL2, 100)),
+        queries(ClusteredVectors(200, kDim, 64, seed)),
+        dist_fn(GetDistanceFn(Metric::kL2, kDim)) {
+    auto opened = MmapHnswSearcher::Open(built.graph, built.offsets, kDim, Metric::kL2, kRows);
+    REQUIRE(opened.ok());
+    searcher = *std::move(opened);
+  }
+  const float* Query(size_t i) const { return &queries[i * kDim]; }
+  // Every row's distance to `q` by brute force, the nearest 10 first (sorted).
+  std::vector<std::pair<float, uint32_t>> NearestTen(const float* q) const {
+    std::vector<std::pair<float, uint32_t>> all;
+    size_t dim = kDim;
+    for (uint32_t r = 0; r < kRows; ++r)
+      all.push_back({dist_fn(q, &built.data[r * kDim], &dim), r});
+    std::partial_sort(all.begin(), all.begin() + 10, all.end());
+    return all;
+  }
+  Built built;
+  std::vector<float> queries;
+  DistanceFn dist_fn;
+  std::unique_ptr<MmapHnswSearcher> searcher;
+};
+
 TEST_CASE("Recall against brute force is high, and rises with ef") {
-  const size_t n = 5000, dim = 64;
-  Built b = Build(n, dim, Metric::kL2, 100);
-  auto s = MmapHnswSearcher::Open(b.graph, b.offsets, dim, Metric::kL2, n);
-  REQUIRE(s.ok());
-  auto queries = ClusteredVectors(200, dim, 64, 11);
-  auto dist_fn = GetDistanceFn(Metric::kL2, dim);
+  L2Case c(11);
+  const auto& s = c.searcher;
   auto recall_at = [&](size_t ef) {
     size_t hits = 0;
     for (size_t i = 0; i < 200; ++i) {
-      const float* q = &queries[i * dim];
-      std::vector<std::pair<float, uint32_t>> all;
-      for (uint32_t r = 0; r < n; ++r) all.push_back({dist_fn(q, &b.data[r * dim], &dim), r});
-      std::partial_sort(all.begin(), all.begin() + 10, all.end());
-      auto got = (*s)->Search(q, 10, ef);
+      const float* q = c.Query(i);
+      const auto all = c.NearestTen(q);
+      auto got = s->Search(q, 10, ef);
       for (auto& g : got)
         for (size_t j = 0; j < 10; ++j) hits += (g.row == all[j].second);
     }
@@ -174,6 +197,49 @@ TEST_CASE("Recall against brute force is high, and rises with ef") {
   double low = recall_at(10), high = recall_at(200);
   CHECK(high >= 0.98);
   CHECK(high >= low);
+}
+
+TEST_CASE(
+    "A bounded walk finds the rows inside its bound, and a bound nothing beats ends it early") {
+  L2Case c(13);
+  const auto& s = c.searcher;
+  size_t inside = 0, found = 0, found_quarter = 0, found_full = 0, tight_results = 0;
+  for (size_t i = 0; i < 200; ++i) {
+    const float* q = c.Query(i);
+    const auto all = c.NearestTen(q);
+    // The bound another segment's 5th-best row would give: only the 4 rows
+    // strictly inside it are of use.
+    const float bound = all[4].first;
+    auto got = s->Search(q, 10, 64, nullptr, 0, bound);
+    auto quarter = s->Search(q, 10, 16);
+    auto full = s->Search(q, 10, 64);
+    for (size_t j = 0; j < 4; ++j) {
+      if (!(all[j].first < bound)) continue;
+      ++inside;
+      for (const auto& g : got) found += (g.row == all[j].second);
+      for (const auto& g : quarter) found_quarter += (g.row == all[j].second);
+      for (const auto& g : full) found_full += (g.row == all[j].second);
+    }
+    for (size_t j = 1; j < got.size(); ++j) CHECK(got[j - 1].distance <= got[j].distance);
+    // A bound below every row: after its own 16 best (64 / 4) the walk takes
+    // nothing more, so it holds no more than those and what came with them.
+    auto tight = s->Search(q, 10, 64, nullptr, 0, -1.0f);
+    CHECK(!tight.empty());
+    tight_results += tight.size();
+    // Unbounded is the plain search, row for row.
+    auto plain = s->Search(q, 10, 64);
+    auto unbounded = s->Search(q, 10, 64, nullptr, 0, std::numeric_limits<float>::infinity());
+    REQUIRE(plain.size() == unbounded.size());
+    for (size_t j = 0; j < plain.size(); ++j) CHECK(plain[j].row == unbounded[j].row);
+  }
+  REQUIRE(inside > 0);
+  INFO("found " << found << " of " << inside << " rows inside the bound; a plain walk with ef 16 "
+                << found_quarter << ", with ef 64 " << found_full);
+  // The walk reaches as a plain one with ef / 4 would before the bound takes
+  // over (the trade the bound makes: segments beside a bigger one cost less).
+  CHECK(static_cast<double>(found) >= 0.95 * static_cast<double>(found_quarter));
+  CHECK(static_cast<double>(found) >= 0.7 * static_cast<double>(inside));
+  CHECK(tight_results == 200 * 10);  // It still answers k rows: its own best.
 }
 
 TEST_CASE("Vector(row) returns the stored vector of that row after parallel inserts") {

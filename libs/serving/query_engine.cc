@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "libs/common/client_text.h"
@@ -91,7 +92,7 @@ namespace {
 // start at ref.base.
 std::vector<index::Neighbor> SearchSegment(const snapshot::SegmentRef& ref, const float* query,
                                            size_t want, size_t ef, const index::RowFilter* allowed,
-                                           bool filtered, bool one_of_many) {
+                                           bool filtered, bool one_of_many, float bound) {
   const index::MmapHnswSearcher& searcher = ref.segment->searcher();
   const size_t rows = ref.segment->rows();
   if (allowed == nullptr) {
@@ -101,7 +102,7 @@ std::vector<index::Neighbor> SearchSegment(const snapshot::SegmentRef& ref, cons
     if (one_of_many && rows <= kSmallSegmentScanFactor * std::max(ef, want)) {
       return searcher.SearchExact(query, want, index::RowFilter(rows, /*all=*/true));
     }
-    return searcher.Search(query, want, std::max(ef, want));
+    return searcher.Search(query, want, std::max(ef, want), nullptr, 0, bound);
   }
   // Deletes alone: the live rows are known without counting them.
   const size_t allowed_here =
@@ -113,34 +114,52 @@ std::vector<index::Neighbor> SearchSegment(const snapshot::SegmentRef& ref, cons
   if (ExactScanIsCheaper(allowed_here, rows, walk_ef)) {
     return searcher.SearchExact(query, want, *allowed, ref.base);
   }
-  return searcher.Search(query, want, walk_ef, allowed, ref.base);
+  return searcher.Search(query, want, walk_ef, allowed, ref.base, bound);
 }
 
 // The `want` nearest rows of the version (its row numbers), nearest first:
-// every segment searched, their top rows merged.
+// every segment searched, their top rows merged. The biggest segment goes
+// first; once `want` rows are held, the farthest of them bounds the walks of
+// the segments after it (MmapHnswSearcher::Search's `bound`), so a small
+// segment with nothing that near costs a few dozen distances, not a walk.
 std::vector<index::Neighbor> SearchSegments(const snapshot::Snapshot& snap, const float* query,
                                             size_t want, size_t ef, const index::RowFilter* allowed,
                                             bool filtered) {
-  std::vector<index::Neighbor> all;
-  for (const snapshot::SegmentRef& ref : snap.segments()) {
+  const auto& segments = snap.segments();
+  const bool many = segments.size() > 1;
+  std::vector<size_t> order(segments.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return segments[a].segment->rows() > segments[b].segment->rows();
+  });
+  auto closer = [](const index::Neighbor& a, const index::Neighbor& b) {
+    return a.distance < b.distance || (a.distance == b.distance && a.row < b.row);
+  };
+  std::vector<index::Neighbor> best;  // A max-heap under `closer` once many.
+  float bound = std::numeric_limits<float>::infinity();
+  for (size_t i : order) {
+    const snapshot::SegmentRef& ref = segments[i];
     const bool deletes_here = ref.deleted != nullptr;
     const index::RowFilter* here = filtered || deletes_here ? allowed : nullptr;
-    for (index::Neighbor n :
-         SearchSegment(ref, query, want, ef, here, filtered, snap.segments().size() > 1)) {
-      n.row += ref.base;
-      all.push_back(n);
+    for (index::Neighbor n : SearchSegment(ref, query, want, ef, here, filtered, many, bound)) {
+      n.row += static_cast<uint32_t>(ref.base);
+      if (!many) {
+        best.push_back(n);
+        continue;
+      }
+      if (best.size() < want) {
+        best.push_back(n);
+        std::push_heap(best.begin(), best.end(), closer);
+      } else if (closer(n, best.front())) {
+        std::pop_heap(best.begin(), best.end(), closer);
+        best.back() = n;
+        std::push_heap(best.begin(), best.end(), closer);
+      }
     }
+    if (many && best.size() == want) bound = best.front().distance;
   }
-  if (snap.segments().size() > 1) {
-    auto closer = [](const index::Neighbor& a, const index::Neighbor& b) {
-      return a.distance < b.distance || (a.distance == b.distance && a.row < b.row);
-    };
-    const size_t keep = std::min(want, all.size());
-    std::partial_sort(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(keep), all.end(),
-                      closer);
-    all.resize(keep);
-  }
-  return all;
+  if (many) std::sort_heap(best.begin(), best.end(), closer);
+  return best;
 }
 
 }  // namespace
