@@ -254,6 +254,29 @@ absl::StatusOr<uint64_t> IngestCore::Delete(const std::vector<std::string>& ids,
   return WaitPublished(lock, gen, deadline);
 }
 
+absl::StatusOr<std::vector<std::string>> IngestCore::IdsMatching(
+    const serving::Filter& filter) const {
+  if (!filter.error.empty()) return absl::InvalidArgumentError(filter.error);
+  if (filter.empty()) {
+    return absl::InvalidArgumentError(
+        "the delete filter has no condition; it would match every row (list ids, or give a "
+        "condition)");
+  }
+  absl::StatusOr<uint64_t> version = snapshot::ReadCurrentVersion(options_.root);
+  if (absl::IsNotFound(version.status())) return std::vector<std::string>();
+  RETURN_IF_ERROR(version.status());
+  ASSIGN_OR_RETURN(auto snap,
+                   snapshot::Snapshot::Open(options_.root, *version, snapshot::VerifyMode::kSizes));
+  ASSIGN_OR_RETURN(index::RowFilter allowed, serving::EvaluateFilter(*snap, filter));
+  std::vector<std::string> ids;
+  for (uint32_t row = 0; row < snap->rows(); ++row) {
+    if (!allowed.Allows(row) || !snap->IsLive(row)) continue;
+    ASSIGN_OR_RETURN(auto view, snap->Id(row));
+    ids.emplace_back(view.id);
+  }
+  return ids;
+}
+
 absl::StatusOr<uint64_t> IngestCore::Flush(absl::Time deadline) {
   std::unique_lock<std::mutex> lock(mu_);
   if (pending_.empty() && pending_deletes_.empty() && published_gen_ + 1 >= open_gen_) {

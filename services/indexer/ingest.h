@@ -35,6 +35,7 @@
 #include "libs/index/hnsw_builder.h"
 #include "libs/index/metric.h"
 #include "libs/model/model_bundle.h"
+#include "libs/serving/filter.h"
 #include "libs/snapshot/attribute_table.h"
 #include "libs/snapshot/manifest.h"
 #include "libs/snapshot/merge_policy.h"
@@ -112,6 +113,11 @@ class IngestCore {
                                       absl::Time deadline);
   absl::StatusOr<uint64_t> Delete(const std::vector<std::string>& ids, bool wait,
                                   absl::Time deadline);
+  // The ids of CURRENT's live rows that pass `filter` (none on a root with
+  // no version yet), for Delete. INVALID_ARGUMENT for a filter with no
+  // condition (it would match every row) or one the version cannot evaluate
+  // (an unknown field, a wrong type: serving::EvaluateFilter's errors).
+  absl::StatusOr<std::vector<std::string>> IdsMatching(const serving::Filter& filter) const;
   // Publishes what is pending now; the version holding every write accepted
   // before the call (CURRENT's when nothing was pending).
   absl::StatusOr<uint64_t> Flush(absl::Time deadline);

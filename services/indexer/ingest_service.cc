@@ -5,10 +5,12 @@
 #include <signal.h>
 
 #include <iostream>
+#include <iterator>
 
 #include "absl/strings/str_cat.h"
 #include "libs/common/file_util.h"
 #include "libs/common/log.h"
+#include "libs/serving/filter_proto.h"
 
 namespace imagesearch::indexer {
 namespace {
@@ -70,11 +72,22 @@ grpc::Status IngestServiceImpl::Delete(grpc::ServerContext* context,
   for (const auto& id : ids) {
     if (id.empty()) return ToGrpc(absl::InvalidArgumentError("an id to delete is empty"));
   }
+  size_t matched = 0;
+  if (request->has_filter()) {
+    serving::Filter filter;
+    serving::FilterFromProto(request->filter(), &filter);
+    auto more = core_->IdsMatching(filter);
+    if (!more.ok()) return ToGrpc(more.status());
+    matched = more->size();
+    ids.insert(ids.end(), std::make_move_iterator(more->begin()),
+               std::make_move_iterator(more->end()));
+  }
   const bool wait = !request->has_wait() || request->wait();
   auto v = core_->Delete(ids, wait, Deadline(context));
   if (!v.ok()) return ToGrpc(v.status());
   response->set_version(*v);
   response->set_accepted(static_cast<uint32_t>(ids.size()));
+  response->set_matched(static_cast<uint32_t>(matched));
   return grpc::Status::OK;
 }
 

@@ -5,76 +5,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "libs/common/client_text.h"
+#include "libs/serving/filter_proto.h"
 
 namespace imagesearch {
 namespace {
 
 using serving::Query;
-
-// One filter value; one with nothing set is recorded in filter->error.
-serving::FilterValue ToValue(const v1::FilterValue& v, absl::string_view field,
-                             serving::Filter* filter) {
-  switch (v.value_case()) {
-    case v1::FilterValue::kKeyword:
-      return v.keyword();
-    case v1::FilterValue::kInteger:
-      return v.integer();
-    case v1::FilterValue::kNumber:
-      return v.number();
-    case v1::FilterValue::kBoolean:
-      return v.boolean();
-    case v1::FilterValue::kTimestamp:
-      return v.timestamp();
-    case v1::FilterValue::VALUE_NOT_SET:
-      break;
-  }
-  if (filter->error.empty()) {
-    filter->error = absl::StrCat("filter condition on ", QuoteClientText(field),
-                                 " has a value with nothing set");
-  }
-  return std::string();
-}
-
-serving::Condition ToCondition(const v1::Condition& c, serving::Filter* filter) {
-  serving::Condition x;
-  x.field = c.field();
-  switch (c.test_case()) {
-    case v1::Condition::kMatch:
-      x.kind = serving::Condition::Kind::kMatch;
-      x.values.push_back(ToValue(c.match(), c.field(), filter));
-      break;
-    case v1::Condition::kIn:
-      x.kind = serving::Condition::Kind::kIn;
-      for (const auto& v : c.in().values()) x.values.push_back(ToValue(v, c.field(), filter));
-      break;
-    case v1::Condition::kRange: {
-      x.kind = serving::Condition::Kind::kRange;
-      const v1::Range& r = c.range();
-      if (r.has_gte()) x.gte = ToValue(r.gte(), c.field(), filter);
-      if (r.has_gt()) x.gt = ToValue(r.gt(), c.field(), filter);
-      if (r.has_lte()) x.lte = ToValue(r.lte(), c.field(), filter);
-      if (r.has_lt()) x.lt = ToValue(r.lt(), c.field(), filter);
-      break;
-    }
-    case v1::Condition::kHasId:
-      x.kind = serving::Condition::Kind::kHasId;
-      x.ids.assign(c.has_id().ids().begin(), c.has_id().ids().end());
-      break;
-    case v1::Condition::TEST_NOT_SET:
-      if (filter->error.empty()) {
-        filter->error = absl::StrCat("filter condition on ", QuoteClientText(c.field()),
-                                     " has no test (match, in, range or has_id)");
-      }
-      break;
-  }
-  return x;
-}
-
-void ToFilter(const v1::Filter& in, serving::Filter* out) {
-  for (const auto& c : in.must()) out->must.push_back(ToCondition(c, out));
-  for (const auto& c : in.should()) out->should.push_back(ToCondition(c, out));
-  for (const auto& c : in.must_not()) out->must_not.push_back(ToCondition(c, out));
-}
 
 v1::Metric ToProto(index::Metric m) {
   switch (m) {
@@ -93,7 +29,7 @@ v1::Metric ToProto(index::Metric m) {
 Query ToQuery(const v1::SearchRequest& r, serving::Filter* filter) {
   Query q;
   if (r.has_filter()) {
-    ToFilter(r.filter(), filter);
+    serving::FilterFromProto(r.filter(), filter);
     q.filter = filter;
   }
   switch (r.query_case()) {

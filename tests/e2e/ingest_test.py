@@ -12,7 +12,10 @@ query replica following the same root, over gRPC and HTTP on loopback:
   5. SIGKILL at random moments while a client upserts: after every restart,
      every acknowledged id is searchable and the served version verifies;
   6. images with the default model: an upserted image finds itself and its
-     thumbnail is served; a corrupt image is rejected alone.
+     thumbnail is served; a corrupt image is rejected alone;
+  7. Delete by filter, on a collection with a schema: the rows of one album
+     go, the rest stay; a filter with no condition or an unknown field is
+     refused with its reason.
 
 Usage: ingest_test.py BUILD_DIR SOURCE_DIR DEFAULT_MODEL
 """
@@ -217,6 +220,56 @@ def images(work):
     svc.stop()
 
 
+def filter_deletes(work):
+    root = os.path.join(work, "froot")
+    svc = ingest(root, os.path.join(work, "ingest-filter.log"), f"--dim={DIM}",
+                 "--schema=album:keyword,n:integer", "--publish_interval_ms=200", "--m=8",
+                 "--ef_construction=40")
+    s = stub(svc)
+    req = pb.UpsertRequest(wait=True)
+    for i in range(40):
+        album = "beach" if i % 4 == 0 else "city"
+        req.items.add(id=f"f{i}", vector=pb.Vector(values=vec(i)),
+                      attributes_json=json.dumps({"album": album, "n": i}))
+    resp = s.Upsert(req, timeout=30)
+    check(resp.accepted == 40, resp)
+    replica = Server(T.query, [f"--snapshot_root={root}"], os.path.join(work, "query-f.log"))
+    replica.wait_until("f4 searchable", lambda: top_id(replica, vec(4))[0] == "f4", 30)
+
+    beach = pb.Filter()
+    beach.must.add(field="album", match=pb.FilterValue(keyword="beach"))
+    resp = s.Delete(pb.DeleteRequest(ids=["f1"], filter=beach), timeout=30)
+    check(resp.matched == 10 and resp.accepted == 11 and resp.version > 0, resp)
+    st = s.Status(pb.IngestStatusRequest(), timeout=10)
+    check(st.live_rows == 29, st)
+
+    def beach_gone():
+        status, body = post_json(replica.http_port, {
+            "vector": {"values": vec(8)}, "top_k": 40,
+            "filter": {"must": [{"field": "album", "match": {"keyword": "beach"}}]}}, timeout=10)
+        return (status == 200 and int(body["snapshot_version"]) >= resp.version
+                and not body["hits"])
+    replica.wait_until("the beach album deleted", beach_gone, 30)
+    status, body = post_json(replica.http_port, {"vector": {"values": vec(5)}, "top_k": 1})
+    check(status == 200 and body["hits"][0]["id"] == "f5", body)  # A city row stays.
+
+    for bad, reason in ((pb.Filter(), "has no condition"),
+                        (pb.Filter(must=[pb.Condition(field="colour",
+                                                      match=pb.FilterValue(keyword="red"))]),
+                         "colour")):
+        try:
+            s.Delete(pb.DeleteRequest(filter=bad), timeout=30)
+            check(False, f"filter {bad} was accepted")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and reason in e.details(),
+                  f"{e.code()} {e.details()}")
+    check(s.Status(pb.IngestStatusRequest(), timeout=10).live_rows == 29, "refusals deleted rows")
+    print(f"7. Delete by filter: the 10 rows of album 'beach' (and f1) gone from v{resp.version}, "
+          "29 left; an empty filter and an unknown field refused")
+    replica.stop()
+    svc.stop()
+
+
 def main():
     work = tempfile.mkdtemp(prefix="imagesearch_ingest_")
     try:
@@ -224,6 +277,7 @@ def main():
         kill_loop(work, root, replica)
         replica.stop()
         images(work)
+        filter_deletes(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("ingest: PASS")
