@@ -2,7 +2,9 @@
 // core sees it. The core counts every call it receives; CallGate counts the
 // rest, so every call is counted once, under its front ("grpc" or "http"),
 // its method (the gRPC method, or the HTTP route's: Search for
-// /invocations, GetInfo for /info, Thumbnail, Metrics, Page) and its code.
+// /invocations, GetInfo for /info, Thumbnail, Metrics, Page; Malformed for a
+// request the HTTP server refused before it had a route: 400, 408, 431,
+// 501, 505) and its code.
 //
 // Authentication: with a bearer token, every call but the open ones (HTTP
 // /ping, gRPC health and reflection, which are other services) must carry

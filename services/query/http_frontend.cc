@@ -312,12 +312,14 @@ absl::Status HttpFrontend::Start() {
       [this](HttpRequest req, HttpResponder respond) {
         Dispatch(std::move(req), std::move(respond));
       },
-      [](int status, absl::string_view message) {
+      // A request the server itself refuses never reached a route: counted
+      // under method "Malformed".
+      [this](int status, absl::string_view message) {
         const absl::Status s = status == 408 ? absl::DeadlineExceededError(message)
                                : status == 501 || status == 505
                                    ? absl::UnimplementedError(message)
                                    : absl::InvalidArgumentError(message);
-        return ErrorResponse(s, status);
+        return ErrorResponse(gate_.Refuse("http", "Malformed", s), status);
       });
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -30,6 +30,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "libs/common/client_text.h"
 #include "libs/common/log.h"
 
 namespace imagesearch {
@@ -148,19 +149,19 @@ std::optional<HeadError> ParseHead(absl::string_view head, HttpRequest* req, boo
   std::vector<absl::string_view> lines = absl::StrSplit(head, "\r\n");
   std::vector<absl::string_view> first = absl::StrSplit(lines[0], ' ');
   if (first.size() != 3 || !IsToken(first[0]) || first[1].empty()) {
-    return HeadError{400, absl::StrCat("malformed request line '", lines[0].substr(0, 100),
-                                       "'; expected METHOD /path HTTP/1.1")};
+    return HeadError{400, absl::StrCat("malformed request line ", QuoteClientText(lines[0]),
+                                       "; expected METHOD /path HTTP/1.1")};
   }
   const absl::string_view version = first[2];
   if (version != "HTTP/1.1" && version != "HTTP/1.0") {
-    return HeadError{505, absl::StrCat("HTTP version '", version.substr(0, 20),
-                                       "' is not supported; use HTTP/1.1")};
+    return HeadError{505, absl::StrCat("HTTP version ", QuoteClientText(version),
+                                       " is not supported; use HTTP/1.1")};
   }
   req->method = std::string(first[0]);
   req->target = std::string(first[1]);
   if (req->target[0] != '/') {
-    return HeadError{400, absl::StrCat("request target '", req->target.substr(0, 100),
-                                       "' must be a path starting with '/'")};
+    return HeadError{400, absl::StrCat("request target ", QuoteClientText(req->target),
+                                       " must be a path starting with '/'")};
   }
   const size_t q = req->target.find('?');
   if (!PercentDecode(absl::string_view(req->target).substr(0, q), false, &req->path)) {
@@ -182,7 +183,7 @@ std::optional<HeadError> ParseHead(absl::string_view head, HttpRequest* req, boo
     const absl::string_view line = lines[i];
     const size_t colon = line.find(':');
     if (colon == absl::string_view::npos || !IsToken(line.substr(0, colon))) {
-      return HeadError{400, absl::StrCat("malformed header line '", line.substr(0, 100), "'")};
+      return HeadError{400, absl::StrCat("malformed header line ", QuoteClientText(line))};
     }
     req->headers.emplace_back(absl::AsciiStrToLower(line.substr(0, colon)),
                               std::string(absl::StripAsciiWhitespace(line.substr(colon + 1))));
@@ -403,8 +404,8 @@ struct HttpServer::Impl {
     if (!te.empty()) {
       if (!absl::EqualsIgnoreCase(te, "chunked")) {
         Fail(c, 501,
-             absl::StrCat("Transfer-Encoding '", te.substr(0, 40),
-                          "' is not supported; send chunked or a Content-Length"));
+             absl::StrCat("Transfer-Encoding ", QuoteClientText(te),
+                          " is not supported; send chunked or a Content-Length"));
         return false;
       }
       if (!cl.empty()) {
@@ -417,7 +418,7 @@ struct HttpServer::Impl {
     } else if (!cl.empty()) {
       uint64_t length = 0;
       if (!absl::c_all_of(cl, absl::ascii_isdigit) || !absl::SimpleAtoi(cl, &length)) {
-        Fail(c, 400, absl::StrCat("Content-Length '", cl.substr(0, 40), "' is not a number"));
+        Fail(c, 400, absl::StrCat("Content-Length ", QuoteClientText(cl), " is not a number"));
         return false;
       }
       c->remaining = length;
@@ -502,7 +503,7 @@ struct HttpServer::Impl {
           uint64_t n = 0;
           if (size.empty() || size.size() > 15 || !absl::SimpleHexAtoi(size, &n) ||
               !absl::c_all_of(size, absl::ascii_isxdigit)) {
-            Fail(c, 400, absl::StrCat("chunked body: bad chunk size '", size.substr(0, 20), "'"));
+            Fail(c, 400, absl::StrCat("chunked body: bad chunk size ", QuoteClientText(size)));
             return false;
           }
           c->remaining = n;

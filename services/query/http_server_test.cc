@@ -206,6 +206,20 @@ TEST_CASE("HttpServer answers malformed requests with an error and closes") {
   }
 }
 
+TEST_CASE("HttpServer quotes at most 64 bytes of a malformed request line or header") {
+  EchoServer s;
+  const std::string target(900, 'x');  // No leading '/' (the test server takes heads of 1 KiB).
+  const std::string line(900, 'y');    // No colon.
+  for (const std::string& request : {absl::StrCat("GET ", target, " HTTP/1.1\r\n\r\n"),
+                                     absl::StrCat("GET /x HTTP/1.1\r\n", line, "\r\n\r\n")}) {
+    const std::string out = Exchange(s.port(), request);
+    INFO(out.substr(0, 300));
+    CHECK(absl::StartsWith(out, "HTTP/1.1 400 "));
+    CHECK(absl::StrContains(out, "(900 bytes)"));
+    CHECK(out.size() < 600);
+  }
+}
+
 TEST_CASE("HttpServer follows HTTP/1.0 and Connection: close") {
   EchoServer s;
   CHECK(absl::StrContains(Exchange(s.port(), "GET /a HTTP/1.0\r\n\r\nGET /b HTTP/1.0\r\n\r\n"),

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,8 @@ EXPECTED_DELTAS = [
     ((REQ, {"code": "OK", "front": "grpc", "method": "Search"}), 2),
     ((REQ, {"code": "INVALID_ARGUMENT", "front": "grpc", "method": "Search"}), 1),
     ((REQ, {"code": "OK", "front": "grpc", "method": "Embed"}), 1),
+    ((REQ, {"code": "INVALID_ARGUMENT", "front": "http", "method": "Malformed"}), 1),
+    ((REQ, {"code": "UNIMPLEMENTED", "front": "http", "method": "Malformed"}), 1),
     (("imagesearch_request_duration_seconds_count", {"front": "http", "method": "Search"}), 4),
     (("imagesearch_embed_queue_seconds_count", {"kind": "image"}), 5),
     (("imagesearch_embed_batch_size_sum", {"kind": "image"}), 5),
@@ -111,6 +114,15 @@ def send_traffic(port, stub):
         raise AssertionError("top_k=5000 did not fail")
     except grpc.RpcError as e:
         check(e.code() == grpc.StatusCode.INVALID_ARGUMENT, f"top_k=5000: {e.code()}")
+    # Requests the HTTP server refuses before any route: counted as Malformed.
+    for raw, want in ((b"GET x HTTP/1.1\r\n\r\n", b"HTTP/1.1 400 "),
+                      (b"GET /ping HTTP/2.0\r\n\r\n", b"HTTP/1.1 505 ")):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(raw)
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+        check(answer.startswith(want), f"{raw!r}: {answer[:80]!r}")
     emb = stub.Embed(pb.EmbedRequest(inputs=[pb.EmbedInput(image=read("rocket.jpg")),
                                              pb.EmbedInput(image=read("logo.png"))]))
     check(len(emb.embeddings) == 2, f"Embed answered {len(emb.embeddings)} vectors")

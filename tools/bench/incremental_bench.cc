@@ -1,4 +1,4 @@
-// Writes cost what they change (issue 22 §2): on N x D clustered vectors,
+// Writes cost what they change: on N x D clustered vectors,
 // side by side in one run,
 //   (1) full rebuild: PublishSnapshot of all N + add rows into a fresh root
 //       (graph build included): seconds, and the bytes of the new version
@@ -474,9 +474,8 @@ int Run() {
               r_time, 100 * r_time, r_bytes, 100 * r_bytes);
   std::printf("ratio delete-only / full rebuild:     time %.4f (%.2f%%), bytes %.4f (%.2f%%)\n",
               r_del_time, 100 * r_del_time, r_del_bytes, 100 * r_del_bytes);
-  std::printf(
-      "goal (issue 22 §2): an add of 1,000 rows to 1M x 512 costs <= 2%% of a full rebuild%s\n",
-      goal_size ? "" : " (this run is not at that size)");
+  std::printf("goal: an add of 1,000 rows to 1M x 512 costs <= 2%% of a full rebuild%s\n",
+              goal_size ? "" : " (this run is not at that size)");
   std::printf("  time %s, bytes %s\n", PassFail(r_time), PassFail(r_bytes));
 
   if (!absl::GetFlag(FLAGS_json_out).empty()) {

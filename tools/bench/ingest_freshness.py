@@ -32,7 +32,7 @@ CURRENT (inotify). Then, in this order:
                segments cost queries; during/after what the ingest's own CPU
                (publishes, graph builds, merges) costs them.
 
-Goals (issue 22, section 3): upsert and delete freshness p99 <= 2 s on every
+Goals: upsert and delete freshness p99 <= 2 s on every
 replica ("all": a row counts when the last replica shows it); QPS during
 ingest >= 0.8x QPS before. Recall is unchanged by construction: every
 loadgen run uses the snapshot's default ef, and the search of a version with

@@ -1,4 +1,4 @@
-// Query cost over segments (issue 22 §2): the same rows searched, side by
+// Query cost over segments: the same rows searched, side by
 // side in one run, through the real query path (serving::SearchSnapshot on a
 // snapshot::Snapshot::Open'd version) held as
 //   merged        one segment of all N rows (PublishSnapshot);
