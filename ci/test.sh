@@ -40,8 +40,12 @@ ci/build.sh
 read -r hits1 misses1 < <(ccache_counts)
 echo "ccache ($CCACHE_DIR): $((hits1 - hits0)) hits, $((misses1 - misses0)) misses in this build"
 read -r -a ctest_args <<<"${CTEST_ARGS:-}"
+ctest_rc=0
 ctest --test-dir build --output-on-failure -j2 --timeout 900 --output-junit ctest-junit.xml \
-  "${ctest_args[@]}"
+  "${ctest_args[@]}" || ctest_rc=$?
+# Every test's time is in build/ctest-junit.xml; the ten slowest, also when some failed.
+/usr/bin/python3 ci/slowest_tests.py build/ctest-junit.xml 10 || true
+((ctest_rc == 0)) || exit "$ctest_rc"
 if [[ -n "${BINARIES_TAR:-}" ]]; then
   ci/containers.sh --pack build "$BINARIES_TAR"
 fi
@@ -60,5 +64,3 @@ fi
 if [[ "${TSAN:-1}" == 1 ]]; then
   JOBS=2 ci/build_tsan.sh
 fi
-# Every test's time is in build/ctest-junit.xml; the ten slowest, last.
-/usr/bin/python3 ci/slowest_tests.py build/ctest-junit.xml 10
