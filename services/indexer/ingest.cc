@@ -2,10 +2,13 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <utility>
 
@@ -350,7 +353,23 @@ absl::StatusOr<uint64_t> IngestCore::PublishBatch(std::map<std::string, Row> row
   return r.version;
 }
 
+namespace {
+
+// Lowers the calling thread's CPU priority (Linux: nice is per thread, and
+// threads it starts inherit it). A failure only costs the priority: logged.
+void LowerThisThread(int nice) {
+  if (nice <= 0) return;
+  const auto tid = static_cast<id_t>(syscall(SYS_gettid));
+  if (setpriority(PRIO_PROCESS, tid, nice) != 0) {
+    LogWarning("cannot lower the priority of a background thread to nice ", nice, ": ",
+               std::strerror(errno));
+  }
+}
+
+}  // namespace
+
 void IngestCore::PublisherLoop() {
+  LowerThisThread(options_.background_nice);
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
     const bool pending = !pending_.empty() || !pending_deletes_.empty();
@@ -388,6 +407,7 @@ void IngestCore::PublisherLoop() {
 }
 
 void IngestCore::MergerLoop() {
+  LowerThisThread(options_.background_nice);
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
     if (!merge_wanted_) {

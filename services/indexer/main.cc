@@ -84,6 +84,10 @@ ABSL_FLAG(std::string, metric, "cosine", "serve: metric of a new vector-only col
 ABSL_FLAG(bool, merge, true,
           "serve: merge small segments in the background (the tiered policy of "
           "imagesearch-snapshot merge).");
+ABSL_FLAG(int, background_nice, 10,
+          "serve: the nice value (0-19) of the publisher's and merger's threads, which build "
+          "graphs and merge segments, so that query replicas on the same cores come first; 0 "
+          "keeps the process's.");
 ABSL_FLAG(std::string, log_format, "text",
           "Log lines on stderr: text, or json (one object per line).");
 
@@ -113,6 +117,10 @@ int Serve() {
                  "(--publish_interval_ms and --publish_rows positive)\n";
     return 2;
   }
+  if (const int nice = absl::GetFlag(FLAGS_background_nice); nice < 0 || nice > 19) {
+    std::cerr << "--background_nice=" << nice << " is out of range: 0 (unchanged) to 19\n";
+    return 2;
+  }
   o.publish_interval = absl::Milliseconds(absl::GetFlag(FLAGS_publish_interval_ms));
   o.publish_rows = static_cast<size_t>(absl::GetFlag(FLAGS_publish_rows));
   o.hnsw.m = absl::GetFlag(FLAGS_m);
@@ -122,6 +130,7 @@ int Serve() {
   o.thumbnail.max_side = absl::GetFlag(FLAGS_thumbnail_size);
   o.encoder_threads = absl::GetFlag(FLAGS_encoder_threads);
   o.merge = absl::GetFlag(FLAGS_merge);
+  o.background_nice = absl::GetFlag(FLAGS_background_nice);
   so.host = absl::GetFlag(FLAGS_host);
   so.port = absl::GetFlag(FLAGS_port);
   so.port_file = absl::GetFlag(FLAGS_port_file);
