@@ -54,6 +54,10 @@ that version -> the probe sees it, and list the merges and loads meanwhile.
 
   /usr/bin/python3 tools/bench/ingest_freshness.py --build=build \\
       [--base_rows=100000 --dim=128 --rate=200 --seconds=30] [--json_out=F]
+  # Image mode: the base is a folder indexed with the default model; the
+  # writer upserts its images again under new ids, through the model.
+  /usr/bin/python3 tools/bench/ingest_freshness.py --build=build \\
+      --images=tests/data/images --rate=10 --batch=1 --delete_rate=1
 
 Everything listens on 127.0.0.1 (ports the services pick); every loop is
 bounded in count and time. The work directory (--work, default a new
@@ -113,6 +117,10 @@ p.add_argument("--merge_all", type=int, default=1,
 p.add_argument("--goal_p99_s", type=float, default=2.0)
 p.add_argument("--goal_qps_ratio", type=float, default=0.8)
 p.add_argument("--json_out", default="")
+p.add_argument("--images", default="",
+               help="image mode: the base is this folder indexed with --model, and the writer "
+                    "upserts its images again under new ids (--rate images/s); QPS is skipped")
+p.add_argument("--model", default="", help="image mode: the model (default: the build's)")
 a = p.parse_args()
 if a.rate <= 0 or a.batch <= 0 or a.seconds <= 0 or a.replicas < 1 or a.sample_every < 1:
     sys.exit("--rate, --batch, --seconds, --replicas and --sample_every must be positive")
@@ -129,6 +137,22 @@ QUERY = binary(a.query_binary, "services", "query", "imagesearch-query")
 SNAPSHOT = binary(a.snapshot_binary, "tools", "make_snapshot", "imagesearch-snapshot")
 LOADGEN = binary(a.loadgen_binary, "tools", "loadgen", "imagesearch-loadgen")
 pb, pb_grpc = grpc_stubs.load(a.proto)
+MODEL = a.model or os.path.join(a.build, "models", "default", "model.pt")
+# Image mode: the encoded images the writer sends (every file of --images
+# that the indexer took; a rejected one would only be rejected again).
+IMAGES = []
+if a.images:
+    for d, _, files in os.walk(a.images):
+        for f in sorted(files):
+            if f.lower().endswith((".jpg", ".jpeg", ".png", ".webp", ".avif")):
+                with open(os.path.join(d, f), "rb") as fh:
+                    IMAGES.append(fh.read())
+    if not IMAGES:
+        sys.exit(f"--images={a.images}: no .jpg, .png, .webp or .avif files")
+    a.qps_seconds = 0  # Vector queries of the model's dimension are not made here.
+# The same image sent under several ids gives rows at distance 0 from each
+# other, any of which can be the first hit: image mode looks further.
+PROBE_TOP_K = 100 if IMAGES else 1
 
 
 def sh(*args):
@@ -204,6 +228,12 @@ class Writer:
     def vec(self):
         return [self.rnd.gauss(0, 1) for _ in range(a.dim)]
 
+    def add_item(self, req, i):
+        if IMAGES:
+            req.items.add(id=i, image=IMAGES[self.rnd.randrange(len(IMAGES))])
+        else:
+            req.items.add(id=i, vector=pb.Vector(values=self.vec()))
+
     def error(self, what, e):
         key = f"{what} {e.code().name if isinstance(e, grpc.RpcError) else type(e).__name__}"
         self.errors[key] = self.errors.get(key, 0) + 1
@@ -225,7 +255,7 @@ class Writer:
             self.next_id += a.batch
             req = pb.UpsertRequest(wait=False)
             for i in ids:
-                req.items.add(id=i, vector=pb.Vector(values=self.vec()))
+                self.add_item(req, i)
             t, wall = time.monotonic(), time.time()
             try:
                 resp = self.stub.Upsert(req, timeout=10)
@@ -275,7 +305,7 @@ class Prober:
 
     def ask(self, row_id):
         """(HTTP status, version that answered or None, whether the id is a hit)."""
-        body = json.dumps({"id": row_id, "top_k": 1, "include_self": True})
+        body = json.dumps({"id": row_id, "top_k": PROBE_TOP_K, "include_self": True})
         t = time.monotonic()
         for attempt in range(2):
             try:
@@ -459,12 +489,23 @@ def main():
         t0 = time.monotonic()
         base = os.path.join(work, "base.npy")
         queries = os.path.join(work, "queries.npy")
-        sh(SNAPSHOT, "synth", f"--out={base}", f"--count={a.base_rows}", f"--dim={a.dim}", "--seed=1")
-        sh(SNAPSHOT, "synth", f"--out={queries}", "--count=1000", f"--dim={a.dim}", "--seed=2")
-        sh(SNAPSHOT, "build", f"--root={root}", f"--vectors={base}", "--metric=cosine",
-           f"--threads={a.build_threads}")
+        if IMAGES:
+            sh(INDEXER, f"--input={a.images}", f"--root={root}", f"--model={MODEL}",
+               "--max_reject_ratio=0.5", "--progress=none")
+            base_ids = sorted(os.path.relpath(os.path.join(d, f), a.images)
+                              for d, _, fs in os.walk(a.images) for f in fs)
+            print(f"v1: {a.images} indexed with {MODEL} in {round(time.monotonic() - t0, 1)} s; "
+                  f"the writer sends {len(IMAGES)} images again under new ids", flush=True)
+        else:
+            sh(SNAPSHOT, "synth", f"--out={base}", f"--count={a.base_rows}", f"--dim={a.dim}",
+               "--seed=1")
+            sh(SNAPSHOT, "synth", f"--out={queries}", "--count=1000", f"--dim={a.dim}", "--seed=2")
+            sh(SNAPSHOT, "build", f"--root={root}", f"--vectors={base}", "--metric=cosine",
+               f"--threads={a.build_threads}")
+            base_ids = [str(i) for i in range(a.base_rows)]
+            print(f"v1: {a.base_rows} x {a.dim} built in {round(time.monotonic() - t0, 1)} s",
+                  flush=True)
         result["base_build_s"] = round(time.monotonic() - t0, 1)
-        print(f"v1: {a.base_rows} x {a.dim} built in {result['base_build_s']} s", flush=True)
 
         replicas = [Server(QUERY, [f"--snapshot_root={root}"], os.path.join(work, f"query{r}.log"))
                     for r in range(a.replicas)]
@@ -487,7 +528,10 @@ def main():
             print(f"qps before ingest: {qps['before']['qps']}", flush=True)
 
         # Freshness.
-        pool = [str(i) for i in range(a.base_rows)]
+        pool = list(base_ids)
+        if IMAGES:  # Only the images the indexer took are rows to delete.
+            asker = Prober(0, replicas[0], None, 0)
+            pool = [i for i in pool if asker.ask(i)[2]]
         random.Random(3).shuffle(pool)
         writer = Writer(stub, 0, a.seconds, True, pool)
         probers = [Prober(r, s, writer, a.visible_timeout_s) for r, s in enumerate(replicas)]
