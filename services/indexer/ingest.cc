@@ -369,7 +369,6 @@ void LowerThisThread(int nice) {
 }  // namespace
 
 void IngestCore::PublisherLoop() {
-  LowerThisThread(options_.background_nice);
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
     const bool pending = !pending_.empty() || !pending_deletes_.empty();

@@ -67,9 +67,9 @@ struct IngestOptions {
   bool merge = true;  // Run the merge policy after publishes.
   snapshot::MergePolicy merge_policy;
   int encoder_threads = 0;  // LibTorch intra-op threads; 0: from the CPUs.
-  // The nice value of the publisher and merger threads (and the graph-build
-  // threads they start, which inherit it): background work yields the cores
-  // to query replicas beside it. 0: unchanged.
+  // The nice value of the merger thread (and the graph-build threads a merge
+  // starts, which inherit it): merges yield the cores to query replicas and
+  // to the publisher, whose builds are on the path to freshness. 0: unchanged.
   int background_nice = 10;
 };
 

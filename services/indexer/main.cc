@@ -85,9 +85,9 @@ ABSL_FLAG(bool, merge, true,
           "serve: merge small segments in the background (the tiered policy of "
           "imagesearch-snapshot merge).");
 ABSL_FLAG(int, background_nice, 10,
-          "serve: the nice value (0-19) of the publisher's and merger's threads, which build "
-          "graphs and merge segments, so that query replicas on the same cores come first; 0 "
-          "keeps the process's.");
+          "serve: the nice value (0-19) of the background merges' threads, so that query "
+          "replicas on the same cores and the publishes (freshness) come first; 0 keeps the "
+          "process's.");
 ABSL_FLAG(std::string, log_format, "text",
           "Log lines on stderr: text, or json (one object per line).");
 

@@ -109,13 +109,13 @@ def vectors(work):
     check(status == 404, body)
     print(f"2. Delete v17: gone from v{resp.version}")
 
-    # The publisher and merger threads (graph builds, merges) run at nice 10
-    # (--background_nice); the gRPC threads keep the process's priority.
+    # The merger thread runs at nice 10 (--background_nice); the publisher and
+    # the gRPC threads keep the process's priority.
     nices = []
     for task in os.listdir(f"/proc/{svc.proc.pid}/task"):
         with open(f"/proc/{svc.proc.pid}/task/{task}/stat") as f:
             nices.append(int(f.read().rsplit(")", 1)[1].split()[16]))
-    check(nices.count(10) >= 2 and 0 in nices, f"thread nice values {sorted(nices)}")
+    check(nices.count(10) >= 1 and nices.count(0) >= 2, f"thread nice values {sorted(nices)}")
 
     second = subprocess.run([T.indexer, "serve", f"--root={root}", "--port=0"],
                             capture_output=True, text=True, timeout=60)
