@@ -178,6 +178,17 @@ class HnswStreamBuilderImpl final : public HnswStreamBuilder {
         space_.get(), std::max<size_t>(initial_capacity, 1), params.m, params.ef_construction,
         params.seed);
   }
+  // Loads the graph at `graph_path` (hnswlib's loadIndex) with room for
+  // `extra` more rows; hnswlib throws on a malformed file.
+  HnswStreamBuilderImpl(const std::string& graph_path, size_t dim, Metric metric,
+                        const HnswParams& params, size_t extra)
+      : dim_(dim), metric_(metric), params_(params), space_(MakeSpace(metric, dim)) {
+    index_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(space_.get(), graph_path);
+    size_ = index_->cur_element_count;
+    if (extra > 0) index_->resizeIndex(size_ + extra);
+    // Levels of the new rows: from params.seed, not the generator's default.
+    index_->level_generator_.seed(params.seed + size_);
+  }
 
   absl::Status Add(const float* vectors, size_t count, uint64_t first_label) override {
     for (size_t r = 0; r < count; ++r) {
@@ -329,6 +340,26 @@ absl::StatusOr<std::unique_ptr<HnswStreamBuilder>> HnswStreamBuilder::Create(
   }
 }
 
+absl::StatusOr<std::unique_ptr<HnswStreamBuilder>> HnswStreamBuilder::Extend(
+    const std::string& graph_path, size_t dim, Metric metric, const HnswParams& params,
+    size_t extra) {
+  if (dim == 0) return absl::InvalidArgumentError("dimension must be positive");
+  RETURN_IF_ERROR(ValidateHnswParams(params));
+  // hnswlib's loader trusts the file; ours checks it first (the header
+  // against `dim`, every label a row), as the searcher does.
+  {
+    ASSIGN_OR_RETURN(auto file, MappedFile::Open(graph_path));
+    ASSIGN_OR_RETURN(HnswHeader h, ParseHnswHeader(file->data(), file->size(), dim));
+    (void)h;
+  }
+  try {
+    return std::unique_ptr<HnswStreamBuilder>(
+        new HnswStreamBuilderImpl(graph_path, dim, metric, params, extra));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("hnswlib loadIndex ", graph_path, ": ", e.what()));
+  }
+}
+
 absl::Status BuildHnswGraph(const float* vectors, size_t count, size_t dim, Metric metric,
                             const HnswParams& params, const std::string& graph_path,
                             const std::string& offsets_path) {
@@ -341,6 +372,17 @@ GraphWriter HnswGraphWriter(const float* vectors, size_t count, size_t dim, Metr
                             const HnswParams& params) {
   return [=](const std::string& graph_path, const std::string& offsets_path) {
     return BuildHnswGraph(vectors, count, dim, metric, params, graph_path, offsets_path);
+  };
+}
+
+GraphWriter HnswExtendGraphWriter(const std::string& base_graph_path, const float* vectors,
+                                  size_t count, size_t dim, Metric metric,
+                                  const HnswParams& params) {
+  return [=](const std::string& graph_path, const std::string& offsets_path) -> absl::Status {
+    ASSIGN_OR_RETURN(auto builder,
+                     HnswStreamBuilder::Extend(base_graph_path, dim, metric, params, count));
+    RETURN_IF_ERROR(builder->Add(vectors, count, builder->size()));
+    return builder->Save(graph_path, offsets_path);
   };
 }
 

@@ -66,6 +66,14 @@ class HnswStreamBuilder {
   static absl::StatusOr<std::unique_ptr<HnswStreamBuilder>> Create(size_t dim, Metric metric,
                                                                    const HnswParams& params,
                                                                    size_t initial_capacity);
+  // Starts from the graph in `graph_path` (hnswlib format, labels 0..n-1,
+  // built with `metric`), loaded into memory with room for `extra` more rows:
+  // Add() then inserts rows n, n+1, ... into it. The graph keeps its own M
+  // and efConstruction; params.threads and params.seed apply.
+  static absl::StatusOr<std::unique_ptr<HnswStreamBuilder>> Extend(const std::string& graph_path,
+                                                                   size_t dim, Metric metric,
+                                                                   const HnswParams& params,
+                                                                   size_t extra);
   virtual ~HnswStreamBuilder() = default;
   // Inserts `count` row-major vectors with labels first_label, first_label+1,
   // ... Normalises for kCosine; a zero or non-finite vector is
@@ -82,6 +90,15 @@ class HnswStreamBuilder {
   virtual absl::StatusOr<std::vector<DuplicateGroup>> FindNearDuplicates(double min_similarity,
                                                                          size_t neighbors) = 0;
 };
+
+// A GraphWriter that extends the graph in `base_graph_path` (its rows
+// 0..n-1 stay as they are, links included, except where new rows link in) with
+// `count` more rows labelled n, n+1, ...: a merge into a big segment costs
+// inserting the small ones' rows, not rebuilding the big one. `vectors` must
+// stay alive until it is called.
+GraphWriter HnswExtendGraphWriter(const std::string& base_graph_path, const float* vectors,
+                                  size_t count, size_t dim, Metric metric,
+                                  const HnswParams& params);
 
 // Writes the offsets sidecar for an existing hnswlib graph file: for each
 // internal id, the u64 byte offset of its upper-level link block size field;

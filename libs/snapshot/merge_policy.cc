@@ -21,6 +21,24 @@ std::vector<std::string> ChooseMerge(const std::vector<SegmentStats>& segments,
       merged_rows += live(i);
     }
   }
+  // Fold: once the other segments hold fold_pct of the biggest's live rows,
+  // all of them join it (MergeSegments then inserts their rows into its
+  // graph rather than building one over everything).
+  if (segments.size() >= 2 && policy.fold_pct > 0) {
+    size_t big = 0;
+    uint64_t all = 0;
+    for (size_t i = 0; i < segments.size(); ++i) {
+      all += live(i);
+      if (live(i) > live(big)) big = i;
+    }
+    const uint64_t others = all - live(big);
+    if (others > 0 && all <= policy.max_merged_rows &&
+        static_cast<double>(others) * 100.0 >= policy.fold_pct * static_cast<double>(live(big))) {
+      std::vector<std::string> names;
+      for (const SegmentStats& s : segments) names.push_back(s.name);
+      return names;
+    }
+  }
   // Too many segments: join the smallest (floored) ones, within the limits.
   if (segments.size() > policy.segments_per_tier) {
     std::vector<size_t> order(segments.size());

@@ -5,8 +5,9 @@
 // updates (a small one each: `--base` builds, and the ingest service, which
 // publishes about every second and runs this policy after its publishes). Searching a
 // version costs one graph walk per segment, so their number must stay small,
-// and merging costs a graph build over the merged rows, so a merge should
-// join segments of similar size (small with small) and leave big ones alone:
+// and a merge that builds a new graph costs a build over the merged rows, so
+// such merges join segments of similar size (small with small), and small
+// segments reach a big one only by extending its graph (the fold):
 //
 //   - Sizes are live rows, floored at floor_rows, so that all the tiny
 //     segments of recent publishes look alike and merge together.
@@ -16,6 +17,15 @@
 //     for their deletes), and only if at least two segments merge. Repeated,
 //     this builds tiers: ten small segments become one, ten of those become
 //     one, and so on, so a row is rewritten about log_10(N) times in its life.
+//   - Fold: once the segments other than the biggest hold fold_pct percent
+//     of its live rows, they all merge into it. Such a merge extends the
+//     biggest segment's graph (MergeSegments inserts the others' rows into
+//     it), so it costs inserting the small rows and one sequential copy of
+//     the big segment, not a build over all of them; a version then goes back
+//     to one graph, and folds come rarer as it grows (every fold_pct of its
+//     size), so each row's bytes are copied about 100/fold_pct times in all.
+//     Searching costs about one graph walk per segment, so this is what
+//     keeps query cost near one graph's between bulk loads.
 //   - A segment whose deleted rows pass deletes_pct_allowed percent of its
 //     rows is merged too (alone if need be), which drops its deleted rows:
 //     they cost search time (walked, never returned) and disk.
@@ -36,6 +46,7 @@ struct MergePolicy {
   uint64_t floor_rows = 10'000;          // Smaller segments count as this size.
   double deletes_pct_allowed = 25;       // Deleted share (%) that forces a rewrite.
   uint64_t max_merged_rows = 5'000'000;  // A merge's result holds at most this.
+  double fold_pct = 10;  // Others' live rows (% of the biggest's) that fold them in; 0: never.
 };
 
 struct SegmentStats {

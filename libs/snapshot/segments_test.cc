@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <filesystem>
 #include <set>
 #include <string>
@@ -335,8 +336,28 @@ TEST_CASE("An exported version is self-contained and answers as the original") {
   CHECK((*copy)->Find("b7") == original->Find("b7"));
 }
 
+TEST_CASE("The merge policy folds small segments into the biggest once they weigh enough") {
+  MergePolicy p;  // fold_pct 10
+  std::vector<SegmentStats> light = {{"big", 100'000, 0}, {"s1", 4'000, 0}, {"s2", 5'999, 0}};
+  CHECK(ChooseMerge(light, p).empty());  // 9,999 rows: under 10% of the big one.
+  std::vector<SegmentStats> heavy = {{"big", 100'000, 20'000}, {"s1", 4'000, 0}, {"s2", 4'000, 0}};
+  // 8,000 live rows against the big one's 80,000 live: all three.
+  CHECK(ChooseMerge(heavy, p) == std::vector<std::string>{"big", "s1", "s2"});
+  // Not past max_merged_rows.
+  p.max_merged_rows = 87'999;
+  CHECK(ChooseMerge(heavy, p).empty());
+  p.max_merged_rows = 88'000;
+  CHECK(ChooseMerge(heavy, p).size() == 3);
+  // From an empty collection: each new segment folds into the first until the
+  // first outgrows them tenfold.
+  CHECK(ChooseMerge({{"a", 200, 0}, {"b", 200, 0}}, p).size() == 2);
+  p.fold_pct = 0;
+  CHECK(ChooseMerge({{"a", 200, 0}, {"b", 200, 0}}, p).empty());
+}
+
 TEST_CASE("The merge policy joins the smallest segments and rewrites over-deleted ones") {
   MergePolicy p;
+  p.fold_pct = 0;  // The tiers alone.
   std::vector<SegmentStats> few;
   for (int i = 0; i < 10; ++i) few.push_back({"s" + std::to_string(i), 100, 0});
   CHECK(ChooseMerge(few, p).empty());  // Not more than segments_per_tier.
@@ -393,10 +414,12 @@ TEST_CASE("Merging segments keeps every live row, its vector, attributes and thu
   REQUIRE(before->segments().size() == 3);
   MergeRequest req;
   for (const auto& ref : before->segments()) req.segments.push_back(ref.name);
+  req.extend = false;  // A new graph: every deleted row dropped.
   auto r = MergeSegments(root, req);
   INFO(r.status().ToString());
   REQUIRE(r.ok());
   CHECK(r->version == 4);
+  CHECK(r->extended.empty());
   CHECK(r->rows == 368);
   CHECK(r->dropped == 2);
   CHECK(r->carried_deletes == 0);
@@ -436,6 +459,66 @@ TEST_CASE("Merging segments keeps every live row, its vector, attributes and thu
   CHECK(MergeSegments(root, again)->version == 0);
 }
 
+TEST_CASE("A merge into the biggest segment extends its graph and keeps its rows in place") {
+  const std::string root = ThreeSegments();
+  // v4: a2 upserted (its old row in a deleted, a new row in a fourth segment).
+  SyntheticCorpus moved = Rows(1, "x", 0, 31);
+  moved.input.ids[0].id = "a2";
+  moved.input.ids[0].attributes_json = "{\"tag\":\"t9\"}";
+  moved.input.schema = *ParseSchema("tag:keyword");
+  moved.input.attributes.push_back({AttrValue("t9")});
+  moved.input.thumbnails.push_back("jpeg-a2-new");
+  SnapshotUpdate u;
+  u.base_version = 3;
+  u.added = moved.WithGraph();
+  u.delete_ids = {"a2"};
+  REQUIRE(PublishUpdate(root, u).ok());
+  auto before = OpenVersion(root, 4);
+  REQUIRE(before->segments().size() == 4);
+  MergeRequest req;
+  for (const auto& ref : before->segments()) req.segments.push_back(ref.name);
+  auto r = MergeSegments(root, req);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  CHECK(r->extended == before->segments()[0].name);  // a: 300 rows against 70 live
+  CHECK(r->kept_deleted == 2);                       // a1 and a2, in place
+  CHECK(r->dropped == 1);                            // b2, from a segment rebuilt into it
+  CHECK(r->rows == 300 + 39 + 30 + 1);
+  auto after = OpenVersion(root, 5);
+  REQUIRE(after->segments().size() == 1);
+  CHECK(after->segments()[0].deleted_count == 2);
+  CHECK(after->live_count() == 298 + 39 + 30 + 1);
+  // a's rows keep their numbers; every live row keeps its vector, thumbnail
+  // and attributes.
+  for (const char* id : {"a0", "a3", "a299", "b0", "b39", "c0", "c29", "a2"}) {
+    INFO(id);
+    const uint32_t old_row = before->Find(id).value();
+    const uint32_t new_row = after->Find(id).value();
+    if (id[0] == 'a' && std::string(id) != "a2") CHECK(new_row == old_row);
+    // Within rounding: an inserted row's stored unit vector is normalised again.
+    for (size_t i = 0; i < kDim; ++i) {
+      CHECK(std::abs(before->Vector(old_row)[i] - after->Vector(new_row)[i]) <= 1e-6f);
+    }
+    CHECK(*after->Thumbnail(new_row) == *before->Thumbnail(old_row));
+    CHECK(after->Id(new_row)->attributes_json == before->Id(old_row)->attributes_json);
+  }
+  // a2 is its new row (not a's old one, kept deleted under another id).
+  CHECK(*after->Thumbnail(*after->Find("a2")) == "jpeg-a2-new");
+  CHECK(*after->Find("a2") >= 300);
+  CHECK_FALSE(after->Find("a1").has_value());
+  CHECK_FALSE(after->Find("b2").has_value());
+  CHECK(after->Id(1)->id == "(deleted row 1)");
+  CHECK_FALSE(after->Find("(deleted row 1)").has_value());
+  // The extended graph finds old and new rows alike.
+  for (const char* id : {"a7", "a250", "b9", "c11", "a2"}) {
+    INFO(id);
+    const uint32_t row = after->Find(id).value();
+    auto hits = after->segments()[0].segment->searcher().Search(after->Vector(row), 1, 64);
+    REQUIRE(hits.size() == 1);
+    CHECK(hits[0].row == row);
+  }
+}
+
 TEST_CASE("A merge carries deletes published while it ran, and aborts if its segments left") {
   const std::string root = ThreeSegments();
   auto v3 = OpenVersion(root, 3);
@@ -459,7 +542,12 @@ TEST_CASE("A merge carries deletes published while it ran, and aborts if its seg
   REQUIRE(v5->segments().size() == 3);  // a, merged(b+c), d
   CHECK(v5->segments()[0].name == v3->segments()[0].name);
   CHECK(v5->segments()[1].name == r->segment);
-  CHECK(v5->segments()[1].deleted_count == 1);
+  // b (40 rows) outweighs c (30): its graph was extended, b2 kept deleted;
+  // c5 was deleted while the merge ran.
+  CHECK(r->extended == v3->segments()[1].name);
+  CHECK(r->kept_deleted == 1);
+  CHECK(v5->segments()[1].deleted_count == 2);
+  CHECK_FALSE(v5->Find("b2").has_value());
   CHECK_FALSE(v5->Find("c5").has_value());
   CHECK_FALSE(v5->Find("a1").has_value());
   CHECK(v5->Find("d0").has_value());
@@ -480,7 +568,7 @@ TEST_CASE("A merge carries deletes published while it ran, and aborts if its seg
   for (const auto& name : FilesIn(root + "/segments")) CHECK(name.rfind(".merging-", 0) != 0);
 }
 
-TEST_CASE("The policy keeps many small segments down to a few") {
+TEST_CASE("The policy keeps many small segments down to a few, then folds them into the big one") {
   const std::string root = TempRoot();
   SyntheticCorpus a = Rows(200, "a", 0, 5);
   REQUIRE(PublishSnapshot(root, a.WithGraph()).ok());
@@ -492,14 +580,31 @@ TEST_CASE("The policy keeps many small segments down to a few") {
     REQUIRE(PublishUpdate(root, u).ok());
   }
   REQUIRE(OpenVersion(root, 15)->segments().size() == 15);
-  MergeRequest req;  // The default policy: 10 per tier.
+  MergeRequest req;  // The tiers alone: 10 per tier.
+  req.policy.fold_pct = 0;
   auto r = MergeSegments(root, req);
   REQUIRE(r.ok());
   CHECK(r->merged.size() == 10);
+  // Every segment is under floor_rows, so a is among the ten, and outweighs
+  // the other nine (45 rows): its graph is extended.
+  CHECK(r->extended == OpenVersion(root, 15)->segments()[0].name);
   auto merged = OpenVersion(root, r->version);
   CHECK(merged->segments().size() == 6);
   CHECK(merged->live_count() == 200 + 14 * 5);
   CHECK(MergeSegments(root, req)->version == 0);  // Steady state: nothing more to do.
+  // The default policy: 25 rows beside the 245 of the first pass fold_pct
+  // (10%): all of them go into its graph.
+  const std::string a_name = merged->segments()[0].name;
+  req.policy = MergePolicy();
+  r = MergeSegments(root, req);
+  REQUIRE(r.ok());
+  CHECK(r->merged.size() == 6);
+  CHECK(r->extended == a_name);
+  auto folded = OpenVersion(root, r->version);
+  CHECK(folded->segments().size() == 1);
+  CHECK(folded->live_count() == 200 + 14 * 5);
+  CHECK(folded->Find("a17") == merged->Find("a17"));  // a's rows keep their numbers.
+  CHECK(MergeSegments(root, req)->version == 0);
 }
 
 }  // namespace

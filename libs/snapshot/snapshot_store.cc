@@ -13,6 +13,8 @@
 #include <filesystem>
 #include <random>
 #include <set>
+#include <string_view>
+#include <unordered_set>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -620,16 +622,24 @@ namespace {
 
 // The live rows of `chosen` segments of `base` as one SnapshotInput (the
 // vectors in `vectors`, which the input's graph writer reads), and for each
-// chosen segment the merged row of each of its rows (-1: deleted).
+// chosen segment the merged row of each of its rows (-1: deleted). With
+// `extended` (a chosen segment), that segment's rows come first, every one of
+// them (its graph is extended, so its rows keep their numbers): a deleted row
+// is kept as a tombstone (listed in `tombstones`; no uri, attributes or
+// thumbnail, and an id that no other merged row has, since an id re-added
+// elsewhere is live in the merged rows too), and `vectors` holds the other
+// segments' rows only.
 struct MergeRows {
   std::vector<float> vectors;
   SnapshotInput input;
   std::map<std::string, std::vector<int64_t>> row_map;
   uint64_t dropped = 0;
+  std::vector<uint32_t> tombstones;
 };
 
 absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
-                                           const std::set<std::string>& chosen) {
+                                           const std::set<std::string>& chosen,
+                                           const std::string& extended) {
   MergeRows out;
   const size_t dim = static_cast<size_t>(base.dim());
   SnapshotInput& in = out.input;
@@ -642,21 +652,38 @@ absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
     thumbs = thumbs || ref.segment->thumbs() != nullptr;
     if (ref.segment->attributes() != nullptr) in.schema = ref.segment->attributes()->fields();
   }
+  std::vector<const SegmentRef*> order;
   for (const SegmentRef& ref : base.segments()) {
-    if (!chosen.count(ref.name)) continue;
-    const Segment& seg = *ref.segment;
-    std::vector<int64_t>& map = out.row_map[ref.name];
+    if (ref.name == extended)
+      order.insert(order.begin(), &ref);
+    else if (chosen.count(ref.name))
+      order.push_back(&ref);
+  }
+  for (const SegmentRef* ref : order) {
+    const Segment& seg = *ref->segment;
+    const bool keep_all = ref->name == extended;
+    std::vector<int64_t>& map = out.row_map[ref->name];
     map.assign(seg.rows(), -1);
     for (uint32_t r = 0; r < seg.rows(); ++r) {
-      if (ref.deleted != nullptr && ref.deleted->Allows(r)) {
+      const bool deleted = ref->deleted != nullptr && ref->deleted->Allows(r);
+      if (deleted && !keep_all) {
         ++out.dropped;
         continue;
       }
       map[r] = static_cast<int64_t>(in.ids.size());
+      if (deleted) {
+        out.tombstones.push_back(static_cast<uint32_t>(in.ids.size()));
+        in.ids.push_back({});  // Its id is chosen below, once every live id is known.
+        if (thumbs) in.thumbnails.emplace_back();
+        if (!in.schema.empty()) in.attributes.emplace_back(in.schema.size());
+        continue;
+      }
       ASSIGN_OR_RETURN(IdView v, seg.ids().Get(r));
       in.ids.push_back({std::string(v.id), std::string(v.uri), std::string(v.attributes_json)});
-      const float* vec = seg.searcher().Vector(r);
-      out.vectors.insert(out.vectors.end(), vec, vec + dim);
+      if (!keep_all) {
+        const float* vec = seg.searcher().Vector(r);
+        out.vectors.insert(out.vectors.end(), vec, vec + dim);
+      }
       if (thumbs) {
         absl::string_view t;
         if (seg.thumbs() != nullptr) {
@@ -672,6 +699,19 @@ absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
         in.attributes.push_back(typed.ok() ? *std::move(typed)
                                            : std::vector<AttrValue>(in.schema.size()));
       }
+    }
+  }
+  if (!out.tombstones.empty()) {
+    // "(deleted row N)", primed until no live merged row has it: unique in
+    // the segment, as its ids table requires, and never found (deleted).
+    std::unordered_set<std::string_view> live;
+    for (const IdRecord& r : in.ids) {
+      if (!r.id.empty()) live.insert(r.id);
+    }
+    for (uint32_t row : out.tombstones) {
+      std::string id = absl::StrCat("(deleted row ", row, ")");
+      while (live.count(id)) id += "'";
+      in.ids[row].id = std::move(id);
     }
   }
   in.count = in.ids.size();
@@ -718,19 +758,51 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
       }
     }
   }
-  ASSIGN_OR_RETURN(MergeRows rows, CollectMergeRows(base, chosen));
-  SnapshotInput& in = rows.input;
-  in.hnsw.m = request.m > 0 ? request.m : base.manifest().hnsw_m;
-  in.hnsw.ef_construction =
+  const int m = request.m > 0 ? request.m : base.manifest().hnsw_m;
+  const int ef_construction =
       request.ef_construction > 0 ? request.ef_construction : base.manifest().hnsw_ef_construction;
+  // Extend the biggest chosen segment's graph when it holds at least as many
+  // rows as the others' live rows together (inserting those costs less than
+  // building over all of them), unless the merge is for its deletes or would
+  // change its graph's parameters.
+  const SegmentRef* biggest = nullptr;
+  uint64_t others_live = 0;
+  for (const SegmentRef& ref : base.segments()) {
+    if (!chosen.count(ref.name)) continue;
+    others_live += ref.segment->rows() - ref.deleted_count;
+    if (biggest == nullptr || ref.segment->rows() > biggest->segment->rows()) biggest = &ref;
+  }
+  std::string extended;
+  if (request.extend && chosen.size() >= 2 && biggest != nullptr) {
+    const uint64_t rows_b = biggest->segment->rows();
+    others_live -= rows_b - biggest->deleted_count;
+    const Manifest& bm = biggest->segment->manifest();
+    const bool for_deletes = 100.0 * static_cast<double>(biggest->deleted_count) >
+                             request.policy.deletes_pct_allowed * static_cast<double>(rows_b);
+    if (rows_b >= others_live && !for_deletes && bm.hnsw_m == m &&
+        bm.hnsw_ef_construction == ef_construction) {
+      extended = biggest->name;
+    }
+  }
+  ASSIGN_OR_RETURN(MergeRows rows, CollectMergeRows(base, chosen, extended));
+  SnapshotInput& in = rows.input;
+  in.hnsw.m = m;
+  in.hnsw.ef_construction = ef_construction;
   in.hnsw.threads = request.threads;
   const std::string name = absl::StrCat("m", NewSegmentName(start_version).substr(1));
   const std::string building =
       absl::StrCat(root, "/", kSegmentsDir, "/.merging-", name, "-", ::getpid());
   WrittenSegment written;
   if (in.count > 0) {
-    in.graph = index::HnswGraphWriter(rows.vectors.data(), in.count, static_cast<size_t>(in.dim),
-                                      in.metric, in.hnsw);
+    if (extended.empty()) {
+      in.graph = index::HnswGraphWriter(rows.vectors.data(), in.count, static_cast<size_t>(in.dim),
+                                        in.metric, in.hnsw);
+    } else {
+      const size_t kept = static_cast<size_t>(biggest->segment->rows());
+      in.graph = index::HnswExtendGraphWriter(
+          absl::StrCat(biggest->segment->dir(), "/", kGraphFile), rows.vectors.data(),
+          in.count - kept, static_cast<size_t>(in.dim), in.metric, in.hnsw);
+    }
     RETURN_IF_ERROR(EnsureDir(absl::StrCat(root, "/", kSegmentsDir)));
     auto w = WriteSegmentFiles(building, start_version, in);
     if (!w.ok()) {
@@ -770,8 +842,10 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
                                                "); nothing was published, merge again"));
       }
     }
-    // Rows deleted since the merge read them: deleted in the merged segment.
+    // Rows deleted since the merge read them: deleted in the merged segment,
+    // as are the tombstones of an extended segment.
     index::RowFilter carried(in.count);
+    for (uint32_t row : rows.tombstones) carried.Allow(row);
     for (const SegmentRef& ref : latest.segments()) {
       if (!chosen.count(ref.name) || ref.deleted == nullptr) continue;
       const std::vector<int64_t>& map = rows.row_map[ref.name];
@@ -796,7 +870,10 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
     r.version = version;
     r.merged.assign(chosen.begin(), chosen.end());
     r.dropped = rows.dropped;
-    r.carried_deletes = carried.Count();
+    r.extended = extended;
+    r.kept_deleted = rows.tombstones.size();
+    const uint64_t deleted_rows = carried.Count();  // Tombstones included.
+    r.carried_deletes = deleted_rows - rows.tombstones.size();
     r.rows = in.count;
     bool placed = false;
     bool renamed = false;
@@ -804,10 +881,10 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
       for (size_t i = 0; i < latest.segments().size(); ++i) {
         const SegmentEntry& e = lm.segments[i];
         if (chosen.count(e.name)) {
-          if (placed || in.count == 0 || r.carried_deletes == in.count) continue;
+          if (placed || in.count == 0 || deleted_rows == in.count) continue;
           placed = true;
           SegmentEntry merged = written.entry;
-          merged.deleted = r.carried_deletes;
+          merged.deleted = deleted_rows;
           if (merged.deleted > 0) {
             merged.deletes_file = DeletesFileName(merged.name);
             RETURN_IF_ERROR(

@@ -168,6 +168,12 @@ struct MergeRequest {
   int m = 0;
   int ef_construction = 0;
   int threads = 0;  // Graph build threads; 0: all cores.
+  // Whether a merge whose biggest segment holds at least as many rows as the
+  // others' live rows together may extend that segment's graph (insert the
+  // others' rows into it) instead of building a new graph; see MergeResult.
+  // Not when the merge is for that segment's deletes (their share passes
+  // policy.deletes_pct_allowed), nor when m or ef_construction differ from it.
+  bool extend = true;
   // Test hook: called once the merged segment is built, before the publish
   // (another writer may publish meanwhile; the merge then builds on that).
   std::function<void()> before_publish;
@@ -177,15 +183,22 @@ struct MergeResult {
   uint64_t version = 0;             // The version published; 0 when nothing was merged.
   std::vector<std::string> merged;  // The segments replaced.
   std::string segment;              // The merged segment.
-  uint64_t rows = 0;                // Its rows (the live rows merged).
+  uint64_t rows = 0;                // Its rows (the live rows merged, and any kept deleted).
   uint64_t dropped = 0;             // Deleted rows left out.
+  // Set when the merge extended this segment's graph: its rows come first,
+  // in their order, its deleted rows kept (still deleted: they are walked,
+  // never returned) so that its graph stays valid; the other segments' live
+  // rows follow, inserted into that graph.
+  std::string extended;
+  uint64_t kept_deleted = 0;  // Deleted rows of `extended` kept, deleted.
   // Rows deleted by versions published while the merge ran: deleted in the
   // merged segment too, so no delete is lost.
   uint64_t carried_deletes = 0;
 };
 
 // Merges segments of the CURRENT version into one (their live rows, with
-// their ids, attributes and thumbnails; a new graph) and publishes a version
+// their ids, attributes and thumbnails; a new graph, or the biggest one's
+// graph extended: MergeRequest::extend) and publishes a version
 // that lists it in their place; every other segment and delete is carried
 // over. The merged segment is built without the root lock, so publishes go
 // on meanwhile; the version is composed under the lock from whatever is then

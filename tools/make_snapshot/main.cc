@@ -64,8 +64,16 @@ ABSL_FLAG(std::string, remove_ids, "",
 ABSL_FLAG(std::string, segments, "",
           "merge: comma-separated segment names of CURRENT to merge; empty: as the tiered "
           "policy chooses (see README, 'Segments and merges').");
-ABSL_FLAG(bool, all, false, "merge: merge every segment of CURRENT into one.");
+ABSL_FLAG(bool, all, false,
+          "merge: merge every segment of CURRENT into one new graph, every deleted row dropped.");
+ABSL_FLAG(bool, extend, true,
+          "merge: when the biggest merged segment holds at least as many rows as the others' "
+          "live rows, insert those into its graph instead of building a new one (its deleted "
+          "rows stay, deleted); --all never extends.");
 ABSL_FLAG(int, segments_per_tier, 10, "merge policy: more segments than this are merged.");
+ABSL_FLAG(double, fold_pct, 10,
+          "merge policy: when the other segments hold this share (%) of the biggest's live rows, "
+          "all merge into it (its graph extended); 0: never.");
 ABSL_FLAG(int, max_merge_at_once, 10, "merge policy: segments joined by one merge.");
 ABSL_FLAG(int64_t, floor_rows, 10000, "merge policy: smaller segments count as this size.");
 ABSL_FLAG(double, deletes_pct_allowed, 25,
@@ -386,6 +394,7 @@ int Run(const std::vector<char*>& args) {
   if (cmd == "merge") {
     snapshot::MergeRequest req;
     req.threads = absl::GetFlag(FLAGS_threads);
+    req.extend = absl::GetFlag(FLAGS_extend) && !absl::GetFlag(FLAGS_all);
     req.policy.segments_per_tier =
         static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_segments_per_tier)));
     req.policy.max_merge_at_once =
@@ -393,6 +402,7 @@ int Run(const std::vector<char*>& args) {
     req.policy.floor_rows =
         static_cast<uint64_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_floor_rows)));
     req.policy.deletes_pct_allowed = absl::GetFlag(FLAGS_deletes_pct_allowed);
+    req.policy.fold_pct = std::max(0.0, absl::GetFlag(FLAGS_fold_pct));
     req.policy.max_merged_rows =
         static_cast<uint64_t>(std::max<int64_t>(1, absl::GetFlag(FLAGS_max_merged_rows)));
     if (absl::GetFlag(FLAGS_all)) {
@@ -417,7 +427,12 @@ int Run(const std::vector<char*>& args) {
     std::cout << "published v" << r->version << ": merged " << r->merged.size()
               << " segment(s) into " << (r->segment.empty() ? "none" : r->segment) << " ("
               << r->rows << " rows; " << r->dropped << " deleted rows dropped, "
-              << r->carried_deletes << " deleted while merging)\n";
+              << r->carried_deletes << " deleted while merging";
+    if (!r->extended.empty()) {
+      std::cout << "; extended " << r->extended << "'s graph, its " << r->kept_deleted
+                << " deleted rows kept, deleted";
+    }
+    std::cout << ")\n";
     return 0;
   }
   if (cmd == "export") {
