@@ -152,8 +152,27 @@ absl::StatusOr<index::RowFilter> EvaluateMatch(const Column& col, const Conditio
   return out;
 }
 
+// Allows the rows of `col`'s sorted rows (SortedRows) from the first whose
+// value is not `before` the low bound to the first that is `after` the high
+// bound: `before(r)` says row r's value is below the range, `after(r)` that
+// it is above. Two binary searches, then the rows selected.
+template <typename Before, typename After>
+void AllowSortedRange(const Column& col, absl::Span<const uint32_t> sorted, Before before,
+                      After after, index::RowFilter* out) {
+  // A damaged file's row past the end is never read (its value is taken as
+  // below the range) nor allowed.
+  const auto* first = std::partition_point(sorted.begin(), sorted.end(),
+                                           [&](uint32_t r) { return r >= col.rows || before(r); });
+  const auto* last = std::partition_point(first, sorted.end(),
+                                          [&](uint32_t r) { return r >= col.rows || !after(r); });
+  for (const auto* it = first; it != last; ++it) {
+    if (*it < col.rows) out->Allow(*it);
+  }
+}
+
 // in: the rows holding any of the values; keyword and boolean columns by
-// their posting lists, integer and timestamp columns by a scan.
+// their posting lists, integer and timestamp columns by their sorted rows
+// (a scan where the file has none).
 absl::StatusOr<index::RowFilter> EvaluateIn(const Column& col, const Condition& c) {
   if (c.values.empty() || c.values.size() > kMaxFilterValues) {
     return absl::InvalidArgumentError(absl::StrCat("filter in on '", col.spec->name,
@@ -173,6 +192,15 @@ absl::StatusOr<index::RowFilter> EvaluateIn(const Column& col, const Condition& 
     wanted.push_back(x);
   }
   std::sort(wanted.begin(), wanted.end());
+  const absl::Span<const uint32_t> sorted = col.table->SortedRows(col.index);
+  if (!sorted.empty()) {
+    for (int64_t w : wanted) {
+      AllowSortedRange(
+          col, sorted, [&](uint32_t r) { return col.table->IntegerAt(col.index, r) < w; },
+          [&](uint32_t r) { return col.table->IntegerAt(col.index, r) > w; }, &out);
+    }
+    return out;
+  }
   for (uint32_t r = 0; r < col.rows; ++r) {
     const int64_t x = col.table->IntegerAt(col.index, r);
     if (x != snapshot::kAbsentInteger && std::binary_search(wanted.begin(), wanted.end(), x)) {
@@ -202,6 +230,14 @@ absl::StatusOr<index::RowFilter> EvaluateFloatRange(const Column& col, const Con
     hi_open = true;
   }
   index::RowFilter out(col.rows);
+  const absl::Span<const uint32_t> sorted = col.table->SortedRows(col.index);
+  if (!sorted.empty()) {
+    auto at = [&](uint32_t r) { return col.table->FloatAt(col.index, r); };
+    AllowSortedRange(
+        col, sorted, [&](uint32_t r) { return lo_open ? at(r) <= lo : at(r) < lo; },
+        [&](uint32_t r) { return hi_open ? at(r) >= hi : at(r) > hi; }, &out);
+    return out;
+  }
   for (uint32_t r = 0; r < col.rows; ++r) {
     const double x = col.table->FloatAt(col.index, r);
     if (std::isnan(x)) continue;
@@ -230,6 +266,13 @@ absl::StatusOr<index::RowFilter> EvaluateIntegerRange(const Column& col, const C
     ASSIGN_OR_RETURN(int64_t x, AsInteger(f, "range", *c.lt));
     if (x <= INT64_MIN + 1) return out;  // nothing is less
     hi = std::min(hi, x - 1);
+  }
+  const absl::Span<const uint32_t> sorted = col.table->SortedRows(col.index);
+  if (!sorted.empty()) {
+    AllowSortedRange(
+        col, sorted, [&](uint32_t r) { return col.table->IntegerAt(col.index, r) < lo; },
+        [&](uint32_t r) { return col.table->IntegerAt(col.index, r) > hi; }, &out);
+    return out;
   }
   for (uint32_t r = 0; r < col.rows; ++r) {
     const int64_t x = col.table->IntegerAt(col.index, r);

@@ -192,6 +192,22 @@ absl::StatusOr<std::vector<AttrValue>> TypedAttributes(const std::vector<FieldSp
   return out;
 }
 
+// The order section of a numeric column: the rows that hold a value, as
+// u32, ascending by (value, row); its offset and length go in `f`.
+template <typename T, typename HasValue>
+void AppendOrder(const std::vector<T>& values, HasValue has_value, std::string* body, json* f) {
+  std::vector<uint32_t> order;
+  for (size_t r = 0; r < values.size(); ++r) {
+    if (has_value(values[r])) order.push_back(static_cast<uint32_t>(r));
+  }
+  std::stable_sort(order.begin(), order.end(),
+                   [&](uint32_t a, uint32_t b) { return values[a] < values[b]; });
+  Align8(body);
+  (*f)["order"] = body->size();
+  (*f)["order_rows"] = order.size();
+  for (uint32_t r : order) Append<uint32_t>(body, r);
+}
+
 std::string EncodeAttributeTable(const std::vector<FieldSpec>& schema,
                                  const std::vector<std::vector<AttrValue>>& rows) {
   const size_t n = rows.size();
@@ -232,18 +248,26 @@ std::string EncodeAttributeTable(const std::vector<FieldSpec>& schema,
         break;
       }
       case FieldType::kInteger:
-      case FieldType::kTimestamp:
-        for (const auto& row : rows) {
-          const auto* v = std::get_if<int64_t>(&row[fi]);
-          Append<int64_t>(&body, v != nullptr ? *v : kAbsentInteger);
+      case FieldType::kTimestamp: {
+        std::vector<int64_t> values(n, kAbsentInteger);
+        for (size_t r = 0; r < n; ++r) {
+          if (const auto* v = std::get_if<int64_t>(&rows[r][fi])) values[r] = *v;
         }
+        for (int64_t v : values) Append<int64_t>(&body, v);
+        AppendOrder(
+            values, [](int64_t v) { return v != kAbsentInteger; }, &body, &f);
         break;
-      case FieldType::kFloat:
-        for (const auto& row : rows) {
-          const auto* v = std::get_if<double>(&row[fi]);
-          Append<double>(&body, v != nullptr ? *v : std::nan(""));
+      }
+      case FieldType::kFloat: {
+        std::vector<double> values(n, std::nan(""));
+        for (size_t r = 0; r < n; ++r) {
+          if (const auto* v = std::get_if<double>(&rows[r][fi])) values[r] = *v;
         }
+        for (double v : values) Append<double>(&body, v);
+        AppendOrder(
+            values, [](double v) { return !std::isnan(v); }, &body, &f);
         break;
+      }
     }
     fields.push_back(std::move(f));
   }
@@ -313,6 +337,15 @@ absl::StatusOr<std::unique_ptr<AttributeTable>> AttributeTable::Open(const std::
         if (f.postings % alignof(uint32_t) != 0) {
           return bad(absl::StrCat("field '", spec.name, "' postings are not 4-byte aligned"));
         }
+      } else if (jf.contains("order")) {  // Files written before orders have none.
+        f.order = base + jf.at("order").get<uint64_t>();
+        f.order_rows = jf.at("order_rows").get<uint64_t>();
+        if (f.order > size || f.order_rows > t->rows_ || f.order_rows > (size - f.order) / 4) {
+          return bad(absl::StrCat("field '", spec.name, "' order runs past the end"));
+        }
+        if (f.order % alignof(uint32_t) != 0) {
+          return bad(absl::StrCat("field '", spec.name, "' order is not 4-byte aligned"));
+        }
       }
       t->specs_.push_back(std::move(spec));
       t->fields_.push_back(f);
@@ -360,6 +393,13 @@ absl::Span<const uint32_t> AttributeTable::Postings(size_t field, uint32_t code)
   const uint64_t e = LoadLE<uint64_t>(d + f.posting_offsets + (uint64_t{code} + 1) * 8);
   if (b > e || e > total) return {};  // damaged: no rows
   return absl::Span<const uint32_t>(reinterpret_cast<const uint32_t*>(d + f.postings) + b, e - b);
+}
+
+absl::Span<const uint32_t> AttributeTable::SortedRows(size_t field) const {
+  const Field& f = fields_[field];
+  if (f.order == 0) return {};
+  return absl::Span<const uint32_t>(reinterpret_cast<const uint32_t*>(file_->data() + f.order),
+                                    f.order_rows);
 }
 
 int64_t AttributeTable::IntegerAt(size_t field, uint32_t row) const {

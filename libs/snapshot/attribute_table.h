@@ -6,7 +6,9 @@
 // (RFC 3339 text or integer seconds, stored as int64 seconds since the epoch).
 // Each field is one column of N rows; a row without the field holds "absent".
 // Keyword and boolean fields also have a posting list per value (rows
-// ascending), so a filter on them costs the matching rows, not N.
+// ascending), so a filter on them costs the matching rows, not N; numeric
+// fields have their rows in value order, so a range or an integer `in` costs
+// two binary searches per bound and the rows it selects.
 //
 // Layout (little-endian):
 //   0   char[8]  magic "ISATR\0\0\1"
@@ -19,8 +21,11 @@
 //              distinct strings sorted, u64[V+1] offsets + bytes; postings:
 //              u64[V+1] offsets into u32 rows
 //     boolean  column u8[N] (0, 1, 255 = absent); postings for false, true
-//     integer, timestamp  column i64[N] (INT64_MIN = absent)
-//     float    column f64[N] (NaN = absent)
+//     integer, timestamp  column i64[N] (INT64_MIN = absent); order: u32[M]
+//              the M rows holding a value, ascending by (value, row)
+//     float    column f64[N] (NaN = absent); order as for integers
+//   ("order" and "order_rows" in a field's header entry; files written
+//   before them have neither, and their ranges scan the column.)
 //
 // Opening validates the header and that every section lies inside the file
 // (O(fields), whatever N). AttributeTable is immutable and thread-safe.
@@ -93,11 +98,18 @@ class AttributeTable {
   // Per-row values. REQUIRES: row < rows() and the field has that type.
   int64_t IntegerAt(size_t field, uint32_t row) const;  // kAbsentInteger if absent
   double FloatAt(size_t field, uint32_t row) const;     // NaN if absent
+  // Integer, timestamp and float fields: the rows that hold a value,
+  // ascending by (value, row), so that a range is two binary searches and
+  // the rows it selects. Empty where the file has no order (written before
+  // orders existed): scan the column. A damaged file may list rows out of
+  // order or >= rows(); callers skip the latter.
+  absl::Span<const uint32_t> SortedRows(size_t field) const;
 
  private:
   struct Field {
     uint64_t column = 0, values = 0, value_offsets = 0, postings = 0, posting_offsets = 0;
     uint64_t value_count = 0;
+    uint64_t order = 0, order_rows = 0;  // numeric fields; 0: no order section
   };
   AttributeTable() = default;
   std::unique_ptr<MappedFile> file_;

@@ -5,7 +5,10 @@
 //   segments      S segments (PublishSnapshot, then one PublishUpdate per
 //                 further segment), --layout=tiered: half the rows in the
 //                 first (oldest) segment, the rest split geometrically (each
-//                 next segment half the one before), or --layout=equal;
+//                 next segment half the one before), --layout=fold (the
+//                 same with 1/(1+fold_pct/100) of the rows in the first: the
+//                 most the merge policy lets pile up before its fold), or
+//                 --layout=equal;
 // and both again with --deleted (5%) of the rows deleted (one PublishUpdate
 // of deletes on each; the same rows in both). For every ef of a sweep it
 // prints recall@10 (against brute force over the live rows) and single-core
@@ -24,7 +27,8 @@
 // rerun at --count=1000000 --dim=512 only searches.
 //
 //   imagesearch_segments_bench [--count=100000 --dim=128 --queries=1000 --segments=10
-//       --layout=tiered|equal --deleted=0.05 --cpu=0 --workdir=/tmp/imagesearch_segments_bench]
+//       --layout=tiered|fold|equal --deleted=0.05 --cpu=0
+//       --workdir=/tmp/imagesearch_segments_bench]
 //       [--vectors=FILE.npy|.fvecs: real embeddings; its last --queries rows are the queries]
 #include <algorithm>
 #include <chrono>
@@ -52,6 +56,7 @@
 #include "libs/index/metric.h"
 #include "libs/index/test_vectors.h"
 #include "libs/serving/query_engine.h"
+#include "libs/snapshot/merge_policy.h"
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/vector_io.h"
@@ -71,7 +76,8 @@ ABSL_FLAG(std::string, vectors, "",
 ABSL_FLAG(int, segments, 10, "Segments S of the segmented layout.");
 ABSL_FLAG(std::string, layout, "tiered",
           "tiered: half the rows in one segment, the rest in S-1 segments each half the one "
-          "before; equal: S segments of N/S rows.");
+          "before; fold: as tiered with 100/(100+fold_pct) of the rows in the first (the merge "
+          "policy's most segmented state); equal: S segments of N/S rows.");
 ABSL_FLAG(double, deleted, 0.05, "Share of the rows deleted in the layouts with deletes.");
 ABSL_FLAG(int, m, 16, "HNSW M of every graph.");
 ABSL_FLAG(int, ef_construction, 100, "HNSW efConstruction of every graph.");
@@ -152,16 +158,16 @@ absl::StatusOr<Data> LoadData() {
   return d;
 }
 
-// Segment sizes, oldest first. Tiered: the first holds half the rows, the
-// other s-1 share the rest with weights 2^(s-2), ..., 2, 1 (at least one row
-// each); equal: n/s each.
-std::vector<size_t> SegmentSizes(size_t n, size_t s, bool tiered) {
+// Segment sizes, oldest first. Tiered: the first holds `first_share` of the
+// rows, the other s-1 share the rest with weights 2^(s-2), ..., 2, 1 (at
+// least one row each); equal (first_share 0): n/s each.
+std::vector<size_t> SegmentSizes(size_t n, size_t s, double first_share) {
   std::vector<size_t> sizes;
-  if (!tiered || s == 1) {
+  if (first_share <= 0 || s == 1) {
     for (size_t i = 0; i < s; ++i) sizes.push_back(n / s + (i < n % s ? 1 : 0));
     return sizes;
   }
-  const size_t rest = n / 2;
+  const size_t rest = static_cast<size_t>(static_cast<double>(n) * (1 - first_share));
   sizes.push_back(n - rest);
   const double total_weight = std::ldexp(1.0, static_cast<int>(s - 1)) - 1;
   size_t given = 0;
@@ -305,8 +311,8 @@ int Run() {
   }
   std::sort(efs.begin(), efs.end());
   const std::string layout_flag = absl::GetFlag(FLAGS_layout);
-  if (layout_flag != "tiered" && layout_flag != "equal") {
-    std::cerr << "--layout must be tiered or equal\n";
+  if (layout_flag != "tiered" && layout_flag != "equal" && layout_flag != "fold") {
+    std::cerr << "--layout must be tiered, equal or fold\n";
     return 1;
   }
   const size_t s = static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_segments)));
@@ -325,7 +331,13 @@ int Run() {
     std::cerr << "--segments must not exceed the rows\n";
     return 1;
   }
-  const std::vector<size_t> sizes = SegmentSizes(d.n, s, layout_flag == "tiered");
+  // fold: the most the default merge policy lets a version hold beside its
+  // big segment (just under fold_pct of its rows) before folding them in.
+  const double fold_pct = snapshot::MergePolicy().fold_pct;
+  const double first_share = layout_flag == "tiered" ? 0.5
+                             : layout_flag == "fold" ? 100.0 / (100.0 + fold_pct)
+                                                     : 0.0;
+  const std::vector<size_t> sizes = SegmentSizes(d.n, s, first_share);
   const int threads = absl::GetFlag(FLAGS_build_threads) > 0
                           ? absl::GetFlag(FLAGS_build_threads)
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
