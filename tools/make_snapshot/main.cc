@@ -51,8 +51,11 @@ ABSL_FLAG(std::string, model, "", "build --shards: the model.pt that made the sh
 ABSL_FLAG(std::string, schema, "",
           "build: typed attribute fields for filters (name:type,...; keyword, integer, float, "
           "boolean, timestamp), read from the ids' attributes.");
-ABSL_FLAG(int, m, 16, "build: HNSW M.");
-ABSL_FLAG(int, ef_construction, 200, "build: HNSW ef_construction.");
+ABSL_FLAG(int, m, 0,
+          "build: HNSW M (0: 16); merge: the merged graph's M (0: the version's, which an "
+          "extension keeps).");
+ABSL_FLAG(int, ef_construction, 0,
+          "build: HNSW ef_construction (0: 200); merge: the merged graph's (0: the version's).");
 ABSL_FLAG(int, default_ef, 64, "build: ef used when a query leaves it unset.");
 ABSL_FLAG(int, threads, 0, "build: insert threads; 0 = all cores.");
 ABSL_FLAG(std::string, base, "",
@@ -160,6 +163,14 @@ absl::Status ApplySchema(snapshot::SnapshotInput* in) {
 
 // build --shards: n workers' embedding shards -> one snapshot, with the
 // model, rows in shard order.
+// --m and --ef_construction for a build; 0 (unset) keeps HnswParams' defaults.
+void SetHnswFlags(index::HnswParams* hnsw) {
+  if (absl::GetFlag(FLAGS_m) > 0) hnsw->m = absl::GetFlag(FLAGS_m);
+  if (absl::GetFlag(FLAGS_ef_construction) > 0) {
+    hnsw->ef_construction = absl::GetFlag(FLAGS_ef_construction);
+  }
+}
+
 int BuildFromShards(const std::string& root) {
   const std::string model = absl::GetFlag(FLAGS_model);
   if (model.empty()) {
@@ -193,8 +204,7 @@ int BuildFromShards(const std::string& root) {
   in.count = in.ids.size();
   in.dim = first.dim;
   in.metric = first.metric;
-  in.hnsw.m = absl::GetFlag(FLAGS_m);
-  in.hnsw.ef_construction = absl::GetFlag(FLAGS_ef_construction);
+  SetHnswFlags(&in.hnsw);
   in.hnsw.threads = absl::GetFlag(FLAGS_threads);
   in.graph = index::HnswGraphWriter(vectors.data(), in.count, static_cast<size_t>(in.dim),
                                     in.metric, in.hnsw);
@@ -241,8 +251,7 @@ int BuildUpdate(const std::string& root) {
     in.dim = static_cast<int>(set->dim);
     in.metric = *metric;
     in.ids = std::move(*ids);
-    in.hnsw.m = absl::GetFlag(FLAGS_m);
-    in.hnsw.ef_construction = absl::GetFlag(FLAGS_ef_construction);
+    SetHnswFlags(&in.hnsw);
     in.hnsw.threads = absl::GetFlag(FLAGS_threads);
     in.graph = index::HnswGraphWriter(set->data.data(), in.count, set->dim, in.metric, in.hnsw);
     in.default_ef = absl::GetFlag(FLAGS_default_ef);
@@ -289,8 +298,7 @@ int Build(const std::string& root) {
   in.dim = static_cast<int>(set->dim);
   in.metric = *metric;
   in.ids = std::move(*ids);
-  in.hnsw.m = absl::GetFlag(FLAGS_m);
-  in.hnsw.ef_construction = absl::GetFlag(FLAGS_ef_construction);
+  SetHnswFlags(&in.hnsw);
   in.hnsw.threads = absl::GetFlag(FLAGS_threads);
   in.graph = index::HnswGraphWriter(set->data.data(), in.count, set->dim, in.metric, in.hnsw);
   in.default_ef = absl::GetFlag(FLAGS_default_ef);
@@ -395,6 +403,8 @@ int Run(const std::vector<char*>& args) {
     snapshot::MergeRequest req;
     req.threads = absl::GetFlag(FLAGS_threads);
     req.extend = absl::GetFlag(FLAGS_extend) && !absl::GetFlag(FLAGS_all);
+    req.m = std::max(0, absl::GetFlag(FLAGS_m));
+    req.ef_construction = std::max(0, absl::GetFlag(FLAGS_ef_construction));
     req.policy.segments_per_tier =
         static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_segments_per_tier)));
     req.policy.max_merge_at_once =
