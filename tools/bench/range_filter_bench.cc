@@ -40,8 +40,8 @@ double MedianMicros(int reps, const std::function<size_t()>& run, size_t* rows) 
   for (int i = 0; i < reps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     *rows = run();
-    us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
-                     .count());
+    us.push_back(
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
   }
   std::sort(us.begin(), us.end());
   return us[us.size() / 2];
@@ -82,9 +82,10 @@ int Main() {
   const snapshot::Snapshot& snap = **opened;
   const snapshot::AttributeTable& table = *snap.segments()[0].segment->attributes();
 
-  std::printf("%zu rows; EvaluateFilter (rows in value order) against a scan of the column; "
-              "median of %d\n",
-              n, reps);
+  std::printf(
+      "%zu rows; EvaluateFilter (rows in value order) against a scan of the column; "
+      "median of %d\n",
+      n, reps);
   std::printf("%-34s %9s | %12s %12s %8s\n", "filter", "rows", "ordered us", "scan us", "scan/ord");
   struct Case {
     std::string name;

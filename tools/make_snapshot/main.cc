@@ -439,8 +439,8 @@ int Run(const std::vector<char*>& args) {
               << r->rows << " rows; " << r->dropped << " deleted rows dropped, "
               << r->carried_deletes << " deleted while merging";
     if (!r->extended.empty()) {
-      std::cout << "; extended " << r->extended << "'s graph, its " << r->kept_deleted
-                << " deleted rows kept, deleted";
+      std::cout << "; extended " << r->extended << "'s graph";
+      if (r->kept_deleted > 0) std::cout << ", its " << r->kept_deleted << " deleted rows kept";
     }
     std::cout << ")\n";
     return 0;
