@@ -375,13 +375,18 @@ GraphWriter HnswGraphWriter(const float* vectors, size_t count, size_t dim, Metr
   };
 }
 
-GraphWriter HnswExtendGraphWriter(const std::string& base_graph_path, const float* vectors,
-                                  size_t count, size_t dim, Metric metric,
+GraphWriter HnswExtendGraphWriter(const std::string& base_graph_path, size_t base_rows,
+                                  const float* vectors, size_t count, size_t dim, Metric metric,
                                   const HnswParams& params) {
   return [=](const std::string& graph_path, const std::string& offsets_path) -> absl::Status {
     ASSIGN_OR_RETURN(auto builder,
                      HnswStreamBuilder::Extend(base_graph_path, dim, metric, params, count));
-    RETURN_IF_ERROR(builder->Add(vectors, count, builder->size()));
+    if (builder->size() != base_rows) {
+      return absl::DataLossError(absl::StrCat(base_graph_path, " holds ", builder->size(),
+                                              " elements but its segment has ", base_rows,
+                                              " rows"));
+    }
+    RETURN_IF_ERROR(builder->Add(vectors, count, base_rows));
     return builder->Save(graph_path, offsets_path);
   };
 }

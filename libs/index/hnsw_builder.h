@@ -96,8 +96,9 @@ class HnswStreamBuilder {
 // `count` more rows labelled n, n+1, ...: a merge into a big segment costs
 // inserting the small ones' rows, not rebuilding the big one. `vectors` must
 // stay alive until it is called.
-GraphWriter HnswExtendGraphWriter(const std::string& base_graph_path, const float* vectors,
-                                  size_t count, size_t dim, Metric metric,
+// DATA_LOSS unless that graph holds exactly `base_rows` elements.
+GraphWriter HnswExtendGraphWriter(const std::string& base_graph_path, size_t base_rows,
+                                  const float* vectors, size_t count, size_t dim, Metric metric,
                                   const HnswParams& params);
 
 // Writes the offsets sidecar for an existing hnswlib graph file: for each

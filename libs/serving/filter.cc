@@ -230,6 +230,9 @@ absl::StatusOr<index::RowFilter> EvaluateFloatRange(const Column& col, const Con
     hi_open = true;
   }
   index::RowFilter out(col.rows);
+  // No value compares with a NaN bound: nothing is in the range (as the
+  // scan's comparisons say; the binary searches below would not).
+  if (std::isnan(lo) || std::isnan(hi)) return out;
   const absl::Span<const uint32_t> sorted = col.table->SortedRows(col.index);
   if (!sorted.empty()) {
     auto at = [&](uint32_t r) { return col.table->FloatAt(col.index, r); };

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <functional>
 #include <random>
 #include <set>
@@ -209,6 +210,12 @@ TEST_CASE("each condition kind selects its rows: match, in, range (float, intege
   p.lte = 20.0;
   CheckSelects(f, p,
                [&](uint32_t r) { return price(r) && *price(r) >= 10.0 && *price(r) <= 20.0; });
+  INFO("a NaN bound: no value is in the range (the proto's double can carry NaN)");
+  for (int side = 0; side < 4; ++side) {
+    p = Of(Kind::kRange, "price");
+    (side == 0 ? p.gte : side == 1 ? p.gt : side == 2 ? p.lte : p.lt) = std::nan("");
+    CheckSelects(f, p, [](uint32_t) { return false; });
+  }
   INFO("range on an integer field, at the ends of int64");
   Condition y = Of(Kind::kRange, "year");
   y.gt = int64_t{2027};

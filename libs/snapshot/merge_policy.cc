@@ -32,7 +32,11 @@ std::vector<std::string> ChooseMerge(const std::vector<SegmentStats>& segments,
       if (live(i) > live(big)) big = i;
     }
     const uint64_t others = all - live(big);
-    if (others > 0 && all <= policy.max_merged_rows &&
+    // Only while the biggest outweighs the others (and is not due a rewrite
+    // for its deletes): then the merge extends its graph. Otherwise the
+    // fold would be a build over everything, which the tiers avoid.
+    if (others > 0 && others <= segments[big].rows && !over_deleted(big) &&
+        all <= policy.max_merged_rows &&
         static_cast<double>(others) * 100.0 >= policy.fold_pct * static_cast<double>(live(big))) {
       std::vector<std::string> names;
       for (const SegmentStats& s : segments) names.push_back(s.name);

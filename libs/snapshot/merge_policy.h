@@ -18,7 +18,8 @@
 //     this builds tiers: ten small segments become one, ten of those become
 //     one, and so on, so a row is rewritten about log_10(N) times in its life.
 //   - Fold: once the segments other than the biggest hold fold_pct percent
-//     of its live rows, they all merge into it. Such a merge extends the
+//     of its live rows (and no more rows than it holds, and it is not due a
+//     rewrite for its deletes), they all merge into it. Such a merge extends the
 //     biggest segment's graph (MergeSegments inserts the others' rows into
 //     it), so it costs inserting the small rows and one sequential copy of
 //     the big segment, not a build over all of them; a version then goes back

@@ -348,6 +348,15 @@ TEST_CASE("The merge policy folds small segments into the biggest once they weig
   CHECK(ChooseMerge(heavy, p).empty());
   p.max_merged_rows = 88'000;
   CHECK(ChooseMerge(heavy, p).size() == 3);
+  // Not when the others outweigh the biggest (that would be a build over all
+  // of them, not an extension), nor when the biggest is due a rewrite for its
+  // deletes.
+  std::vector<SegmentStats> even(10, {"s", 400'000, 0});
+  for (int i = 0; i < 10; ++i) even[i].name = "s" + std::to_string(i);
+  p.max_merged_rows = 5'000'000;
+  CHECK(ChooseMerge(even, p).empty());
+  std::vector<SegmentStats> rotten = {{"big", 100'000, 30'000}, {"s1", 10'000, 0}};
+  CHECK(ChooseMerge(rotten, p) == std::vector<std::string>{"big"});  // rewritten alone
   // From an empty collection: each new segment folds into the first until the
   // first outgrows them tenfold.
   CHECK(ChooseMerge({{"a", 200, 0}, {"b", 200, 0}}, p).size() == 2);
@@ -520,39 +529,68 @@ TEST_CASE("A merge into the biggest segment extends its graph and keeps its rows
 }
 
 TEST_CASE("A merge carries deletes published while it ran, and aborts if its segments left") {
+  for (const bool extend : {true, false}) {
+    INFO("extend " << extend);
+    const std::string root = ThreeSegments();
+    auto v3 = OpenVersion(root, 3);
+    MergeRequest req;
+    req.segments = {v3->segments()[1].name, v3->segments()[2].name};  // b and c
+    req.extend = extend;
+    req.before_publish = [&] {
+      // Meanwhile the ingest service deletes b7 and c5 and adds d0.
+      SyntheticCorpus d = Rows(1, "d", 0, 21);
+      SnapshotUpdate u;
+      u.base_version = 3;
+      u.added = d.WithGraph();
+      u.delete_ids = {"b7", "c5"};
+      REQUIRE(PublishUpdate(root, u).ok());
+    };
+    auto r = MergeSegments(root, req);
+    INFO(r.status().ToString());
+    REQUIRE(r.ok());
+    CHECK(r->version == 5);
+    CHECK(r->carried_deletes == 2);
+    auto v5 = OpenVersion(root, 5);
+    REQUIRE(v5->segments().size() == 3);  // a, merged(b+c), d
+    CHECK(v5->segments()[0].name == v3->segments()[0].name);
+    CHECK(v5->segments()[1].name == r->segment);
+    if (extend) {
+      // b (40 rows) outweighs c (30): its graph was extended, b2 kept
+      // deleted in place; b7 and c5 were deleted while the merge ran.
+      CHECK(r->extended == v3->segments()[1].name);
+      CHECK(r->kept_deleted == 1);
+      CHECK(r->dropped == 0);
+      CHECK(v5->segments()[1].deleted_count == 3);
+    } else {
+      CHECK(r->extended.empty());
+      CHECK(r->kept_deleted == 0);
+      CHECK(r->dropped == 1);  // b2
+      CHECK(v5->segments()[1].deleted_count == 2);
+    }
+    for (const char* gone : {"b2", "b7", "c5", "a1"}) {
+      INFO(gone);
+      CHECK_FALSE(v5->Find(gone).has_value());
+    }
+    CHECK(v5->Find("d0").has_value());
+    CHECK(v5->Find("c6").has_value());
+    CHECK(v5->Find("b8").has_value());
+    CHECK(v5->live_count() == 299 + 38 + 29 + 1);
+  }
+  // A version a, merged(b+c), d, for the abort below.
   const std::string root = ThreeSegments();
-  auto v3 = OpenVersion(root, 3);
-  MergeRequest req;
-  req.segments = {v3->segments()[1].name, v3->segments()[2].name};  // b and c
-  req.before_publish = [&] {
-    // Meanwhile the ingest service deletes c5 and adds d0.
+  {
+    MergeRequest req;
+    auto v3 = OpenVersion(root, 3);
+    req.segments = {v3->segments()[1].name, v3->segments()[2].name};
+    REQUIRE(MergeSegments(root, req).ok());
     SyntheticCorpus d = Rows(1, "d", 0, 21);
     SnapshotUpdate u;
-    u.base_version = 3;
+    u.base_version = 4;
     u.added = d.WithGraph();
-    u.delete_ids = {"c5"};
     REQUIRE(PublishUpdate(root, u).ok());
-  };
-  auto r = MergeSegments(root, req);
-  INFO(r.status().ToString());
-  REQUIRE(r.ok());
-  CHECK(r->version == 5);
-  CHECK(r->carried_deletes == 1);
+  }
   auto v5 = OpenVersion(root, 5);
-  REQUIRE(v5->segments().size() == 3);  // a, merged(b+c), d
-  CHECK(v5->segments()[0].name == v3->segments()[0].name);
-  CHECK(v5->segments()[1].name == r->segment);
-  // b (40 rows) outweighs c (30): its graph was extended, b2 kept deleted;
-  // c5 was deleted while the merge ran.
-  CHECK(r->extended == v3->segments()[1].name);
-  CHECK(r->kept_deleted == 1);
-  CHECK(v5->segments()[1].deleted_count == 2);
-  CHECK_FALSE(v5->Find("b2").has_value());
-  CHECK_FALSE(v5->Find("c5").has_value());
-  CHECK_FALSE(v5->Find("a1").has_value());
-  CHECK(v5->Find("d0").has_value());
-  CHECK(v5->Find("c6").has_value());
-  CHECK(v5->live_count() == 299 + 39 + 29 + 1);
+  REQUIRE(v5->segments().size() == 3);
 
   // A rebuild from scratch replaces everything while a merge runs: aborted.
   MergeRequest late;

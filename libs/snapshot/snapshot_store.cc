@@ -800,7 +800,7 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
     } else {
       const size_t kept = static_cast<size_t>(biggest->segment->rows());
       in.graph = index::HnswExtendGraphWriter(
-          absl::StrCat(biggest->segment->dir(), "/", kGraphFile), rows.vectors.data(),
+          absl::StrCat(biggest->segment->dir(), "/", kGraphFile), kept, rows.vectors.data(),
           in.count - kept, static_cast<size_t>(in.dim), in.metric, in.hnsw);
     }
     RETURN_IF_ERROR(EnsureDir(absl::StrCat(root, "/", kSegmentsDir)));

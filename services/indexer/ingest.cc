@@ -423,8 +423,11 @@ void IngestCore::MergerLoop() {
     if (!r.ok() && !absl::IsAborted(r.status()) && !absl::IsNotFound(r.status())) {
       LogError("ingest: merge failed: ", r.status().ToString());
     } else if (r.ok() && r->version > 0) {
-      LogInfo("ingest: merged ", r->merged.size(), " segments (", r->rows, " rows, ", r->dropped,
-              " deleted rows dropped) into v", r->version);
+      LogInfo(
+          "ingest: merged ", r->merged.size(), " segments (", r->rows, " rows, ", r->dropped,
+          " deleted rows dropped", r->extended.empty() ? "" : ", extending ", r->extended,
+          r->extended.empty() ? "" : absl::StrCat(" with ", r->kept_deleted, " deleted rows kept"),
+          ") into v", r->version);
     }
     lock.lock();
     --merges_running_;
