@@ -340,11 +340,11 @@ absl::StatusOr<std::unique_ptr<AttributeTable>> AttributeTable::Open(const std::
       } else if (jf.contains("order")) {  // Files written before orders have none.
         f.order = base + jf.at("order").get<uint64_t>();
         f.order_rows = jf.at("order_rows").get<uint64_t>();
-        if (f.order > size || f.order_rows > t->rows_ || f.order_rows > (size - f.order) / 4) {
-          return bad(absl::StrCat("field '", spec.name, "' order runs past the end"));
-        }
         if (f.order % alignof(uint32_t) != 0) {
           return bad(absl::StrCat("field '", spec.name, "' order is not 4-byte aligned"));
+        }
+        if (f.order > size || f.order_rows > t->rows_ || f.order_rows > (size - f.order) / 4) {
+          return bad(absl::StrCat("field '", spec.name, "' order runs past the end"));
         }
       }
       t->specs_.push_back(std::move(spec));

@@ -198,6 +198,27 @@ TEST_CASE("damaged attribute tables are refused with a reason", "[attrs]") {
   auto misaligned = AttributeTable::Open(Write(shifted), 50);
   CHECK(absl::IsDataLoss(misaligned.status()));
   CHECK(misaligned.status().message().find("postings are not 4-byte aligned") != std::string::npos);
+
+  // The integer column's order section: shifted by one byte, or listing more
+  // rows than the table holds (the header edited in place, same length).
+  auto edit_number = [&](const std::string& key, int delta) {
+    std::string out = good;
+    const size_t at = out.find("\"" + key + "\":");
+    REQUIRE(at != std::string::npos);
+    size_t last = at + key.size() + 3;
+    while (std::isdigit(static_cast<unsigned char>(out[last + 1]))) ++last;
+    REQUIRE(std::isdigit(static_cast<unsigned char>(out[last])));
+    REQUIRE(out[last] - '0' + delta >= 0);
+    REQUIRE(out[last] - '0' + delta <= 9);
+    out[last] = static_cast<char>(out[last] + delta);
+    return out;
+  };
+  auto order_off = AttributeTable::Open(Write(edit_number("order", 1)), 50);
+  CHECK(absl::IsDataLoss(order_off.status()));
+  CHECK(order_off.status().message().find("order is not 4-byte aligned") != std::string::npos);
+  auto order_long = AttributeTable::Open(Write(edit_number("order_rows", 1)), 50);  // 51 > 50
+  CHECK(absl::IsDataLoss(order_long.status()));
+  CHECK(order_long.status().message().find("order runs past the end") != std::string::npos);
 }
 
 }  // namespace
