@@ -345,8 +345,8 @@ absl::StatusOr<std::unique_ptr<HnswStreamBuilder>> HnswStreamBuilder::Extend(
     size_t extra) {
   if (dim == 0) return absl::InvalidArgumentError("dimension must be positive");
   RETURN_IF_ERROR(ValidateHnswParams(params));
-  // hnswlib's loader trusts the file; ours checks it first (the header
-  // against `dim`, every label a row), as the searcher does.
+  // hnswlib's loader trusts the file; ours checks its header against `dim`
+  // first, as the searcher does (HnswExtendGraphWriter checks the count).
   {
     ASSIGN_OR_RETURN(auto file, MappedFile::Open(graph_path));
     ASSIGN_OR_RETURN(HnswHeader h, ParseHnswHeader(file->data(), file->size(), dim));

@@ -337,7 +337,7 @@ absl::StatusOr<std::unique_ptr<AttributeTable>> AttributeTable::Open(const std::
         if (f.postings % alignof(uint32_t) != 0) {
           return bad(absl::StrCat("field '", spec.name, "' postings are not 4-byte aligned"));
         }
-      } else if (jf.contains("order")) {  // Files written before orders have none.
+      } else if (jf.contains("order")) {  // Optional: without it, ranges scan.
         f.order = base + jf.at("order").get<uint64_t>();
         f.order_rows = jf.at("order_rows").get<uint64_t>();
         if (f.order % alignof(uint32_t) != 0) {

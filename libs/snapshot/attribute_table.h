@@ -100,8 +100,8 @@ class AttributeTable {
   double FloatAt(size_t field, uint32_t row) const;     // NaN if absent
   // Integer, timestamp and float fields: the rows that hold a value,
   // ascending by (value, row), so that a range is two binary searches and
-  // the rows it selects. Empty where the file has no order (written before
-  // orders existed): scan the column. A damaged file may list rows out of
+  // the rows it selects. Empty where the file has no order section: scan
+  // the column. A damaged file may list rows out of
   // order or >= rows(); callers skip the latter.
   absl::Span<const uint32_t> SortedRows(size_t field) const;
 

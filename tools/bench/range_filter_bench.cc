@@ -1,9 +1,9 @@
 // What a numeric filter costs to evaluate: serving::EvaluateFilter on an
 // integer, timestamp and float column (ranges that select 0.1% to 50% of the
-// rows, and an integer `in`), against the column scan such a filter cost
-// before numeric columns had their rows in value order (every row's value
-// read and compared: the work the scan path still does for attribute tables
-// written without an order). Both side by side in one run, on one snapshot.
+// rows, and an integer `in`), which uses the column's rows in value order,
+// against a scan of the column (every row's value read and compared: the
+// work filter.cc does for an attribute table without an order section). Both
+// side by side in one run, on one snapshot.
 //
 // The snapshot is N rows of 2-dimensional vectors (the graph is not what is
 // measured) with "year" integer 0..999, "at" timestamp and "price" float
