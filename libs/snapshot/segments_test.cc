@@ -424,6 +424,9 @@ TEST_CASE("Merging segments keeps every live row, its vector, attributes and thu
   MergeRequest req;
   for (const auto& ref : before->segments()) req.segments.push_back(ref.name);
   req.extend = false;  // A new graph: every deleted row dropped.
+  req.m = 12;           // Built with other parameters than the base's.
+  req.ef_construction = 40;
+  REQUIRE(before->manifest().hnsw_m != 12);
   auto r = MergeSegments(root, req);
   INFO(r.status().ToString());
   REQUIRE(r.ok());
@@ -438,6 +441,11 @@ TEST_CASE("Merging segments keeps every live row, its vector, attributes and thu
   CHECK(after->segments()[0].deleted_count == 0);
   CHECK(after->live_count() == 368);
   CHECK(after->manifest().base_version == 3);
+  // The version records the parameters the collection now builds with.
+  CHECK(after->manifest().hnsw_m == 12);
+  CHECK(after->manifest().hnsw_ef_construction == 40);
+  CHECK(after->segments()[0].segment->manifest().hnsw_m == 12);
+  CHECK(after->segments()[0].segment->searcher().header().m == 12);
   for (const char* id : {"a0", "a299", "b0", "b39", "c0", "c29"}) {
     INFO(id);
     const uint32_t old_row = before->Find(id).value();

@@ -863,8 +863,10 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
     m.model = lm.model;
     m.dim = lm.dim;
     m.metric = lm.metric;
-    m.hnsw_m = lm.hnsw_m;
-    m.hnsw_ef_construction = lm.hnsw_ef_construction;
+    // The version's parameters are those its new segments are built with:
+    // the merge's (the latest version's unless the request set others).
+    m.hnsw_m = in.hnsw.m;
+    m.hnsw_ef_construction = in.hnsw.ef_construction;
     m.default_ef = lm.default_ef;
     MergeResult r;
     r.version = version;
