@@ -424,7 +424,7 @@ TEST_CASE("Merging segments keeps every live row, its vector, attributes and thu
   MergeRequest req;
   for (const auto& ref : before->segments()) req.segments.push_back(ref.name);
   req.extend = false;  // A new graph: every deleted row dropped.
-  req.m = 12;           // Built with other parameters than the base's.
+  req.m = 12;          // Built with other parameters than the base's.
   req.ef_construction = 40;
   REQUIRE(before->manifest().hnsw_m != 12);
   auto r = MergeSegments(root, req);
