@@ -10,7 +10,10 @@
 //                 most the merge policy lets pile up before its fold), or
 //                 --layout=equal;
 // and both again with --deleted (5%) of the rows deleted (one PublishUpdate
-// of deletes on each; the same rows in both). For every ef of a sweep it
+// of deletes on each; the same rows in both). --layout=fold adds what the
+// fold makes of its segments with deletes: one MergeSegments of them all,
+// which extends the first segment's graph with the others' live rows (the
+// root's files hard-linked into a copy first). For every ef of a sweep it
 // prints recall@10 (against brute force over the live rows) and single-core
 // QPS of each, then the QPS at the smallest ef on the sweep reaching recall@10
 // 0.95 and 0.99, and segmented over merged at equal recall (goal: >= 0.8).
@@ -403,6 +406,40 @@ int Run() {
     std::cerr << (merged.ok() ? segmented.status() : merged.status()) << "\n";
     return 1;
   }
+  // The fold of the segments with deletes, into the first one's graph.
+  const bool fold = layout_flag == "fold";
+  const std::string extended_dir = segmented_dir + "-extended";
+  absl::StatusOr<Versions> extended = Versions{};
+  if (fold) {
+    extended = CachedRoot(
+        extended_dir, deletes_key, [&](const std::string& root) -> absl::StatusOr<Versions> {
+          std::filesystem::copy(segmented_dir + "/root", root,
+                                std::filesystem::copy_options::recursive |
+                                    std::filesystem::copy_options::create_hard_links);
+          auto latest =
+              snapshot::Snapshot::Open(root, (*segmented)[1], snapshot::VerifyMode::kSizes);
+          if (!latest.ok()) return latest.status();
+          snapshot::MergeRequest req;
+          for (const snapshot::SegmentRef& ref : (*latest)->segments()) {
+            req.segments.push_back(ref.name);
+          }
+          req.threads = threads;
+          const auto t0 = Clock::now();
+          absl::StatusOr<snapshot::MergeResult> r = snapshot::MergeSegments(root, req);
+          if (!r.ok()) return r.status();
+          if (r->extended.empty()) {
+            return absl::FailedPreconditionError("the fold built a new graph, not an extension");
+          }
+          std::printf("folded %zu segments into %s (extended, %llu deleted rows kept) in %.1f s\n",
+                      r->merged.size(), r->extended.c_str(),
+                      static_cast<unsigned long long>(r->kept_deleted), Since(t0));
+          return Versions{r->version};
+        });
+    if (!extended.ok() || extended->size() != 1) {
+      std::cerr << extended.status() << "\n";
+      return 1;
+    }
+  }
 
   // Ground truth: the exact top 10 of all rows, and of the live rows.
   const std::vector<std::vector<uint32_t>> deep =
@@ -428,12 +465,14 @@ int Run() {
       {"merged" + del_suffix, nullptr, &truth_live, {}},
       {seg_name + del_suffix, nullptr, &truth_live, {}},
   };
+  if (fold) layouts.push_back({"folded" + del_suffix, nullptr, &truth_live, {}});
   const std::string merged_root = absl::StrCat(dir, "/merged-", build_key, "/root");
   const std::string segmented_root = segmented_dir + "/root";
-  const std::pair<std::string, uint64_t> where[] = {{merged_root, (*merged)[0]},
-                                                    {segmented_root, (*segmented)[0]},
-                                                    {merged_root, (*merged)[1]},
-                                                    {segmented_root, (*segmented)[1]}};
+  std::vector<std::pair<std::string, uint64_t>> where = {{merged_root, (*merged)[0]},
+                                                         {segmented_root, (*segmented)[0]},
+                                                         {merged_root, (*merged)[1]},
+                                                         {segmented_root, (*segmented)[1]}};
+  if (fold) where.push_back({extended_dir + "/root", (*extended)[0]});
   for (size_t i = 0; i < layouts.size(); ++i) {
     auto snap =
         snapshot::Snapshot::Open(where[i].first, where[i].second, snapshot::VerifyMode::kSizes);
@@ -493,7 +532,8 @@ int Run() {
   // Equal recall: each layout at its own smallest ef reaching the target.
   // Segmented layouts are compared with merged, with deletes also with merged
   // holding the same deletes.
-  const std::pair<size_t, size_t> ratios[] = {{1, 0}, {3, 0}, {3, 2}};
+  std::vector<std::pair<size_t, size_t>> ratios = {{1, 0}, {3, 0}, {3, 2}};
+  if (fold) ratios.push_back({4, 2});  // The extended graph against one built graph.
   for (double target : {0.95, 0.99}) {
     std::printf("\nrecall@10 >= %.2f: the smallest ef on the sweep reaching it\n", target);
     std::vector<const bench::Point*> at(layouts.size());
