@@ -88,13 +88,19 @@ namespace {
 // Searches one segment for `want` rows (its own row numbers), the way the
 // query asks: the whole graph, the graph walk restricted to `allowed` (the
 // filter, deleted rows excluded), or an exact scan of the allowed rows when
-// that is cheaper. `allowed` is over the version's rows; the segment's rows
+// that is cheaper or the query is `exact`. `allowed` is over the version's rows; the segment's rows
 // start at ref.base.
 std::vector<index::Neighbor> SearchSegment(const snapshot::SegmentRef& ref, const float* query,
                                            size_t want, size_t ef, const index::RowFilter* allowed,
-                                           bool filtered, bool one_of_many, float bound) {
+                                           bool filtered, bool one_of_many, float bound,
+                                           bool exact) {
   const index::MmapHnswSearcher& searcher = ref.segment->searcher();
   const size_t rows = ref.segment->rows();
+  if (exact) {
+    return allowed == nullptr
+               ? searcher.SearchExact(query, want, index::RowFilter(rows, /*all=*/true))
+               : searcher.SearchExact(query, want, *allowed, ref.base);
+  }
   if (allowed == nullptr) {
     // A segment so small that reading every row costs less than the walk
     // (the ingest service's one-second segments): scanned, exactly. The
@@ -124,7 +130,7 @@ std::vector<index::Neighbor> SearchSegment(const snapshot::SegmentRef& ref, cons
 // segment with nothing that near costs a few dozen distances, not a walk.
 std::vector<index::Neighbor> SearchSegments(const snapshot::Snapshot& snap, const float* query,
                                             size_t want, size_t ef, const index::RowFilter* allowed,
-                                            bool filtered) {
+                                            bool filtered, bool exact) {
   const auto& segments = snap.segments();
   const bool many = segments.size() > 1;
   std::vector<size_t> order(segments.size());
@@ -141,7 +147,8 @@ std::vector<index::Neighbor> SearchSegments(const snapshot::Snapshot& snap, cons
     const snapshot::SegmentRef& ref = segments[i];
     const bool deletes_here = ref.deleted != nullptr;
     const index::RowFilter* here = filtered || deletes_here ? allowed : nullptr;
-    for (index::Neighbor n : SearchSegment(ref, query, want, ef, here, filtered, many, bound)) {
+    for (index::Neighbor n :
+         SearchSegment(ref, query, want, ef, here, filtered, many, bound, exact)) {
       n.row += static_cast<uint32_t>(ref.base);
       if (!many) {
         best.push_back(n);
@@ -188,7 +195,7 @@ absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
   uint32_t dropped = 0;
   for (;;) {
     std::vector<index::Neighbor> neighbors =
-        SearchSegments(snap, query.data(), want, ef, allowed, filtered);
+        SearchSegments(snap, query.data(), want, ef, allowed, filtered, params.exact);
     chosen.clear();
     dropped = 0;
     for (const auto& n : neighbors) {

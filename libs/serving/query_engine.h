@@ -30,6 +30,9 @@ struct SearchParams {
   // Near-duplicate collapsing: drop a hit whose cosine similarity to a
   // better hit is >= dedup (0 = off; at most 1).
   float dedup = 0;
+  // Brute force over the allowed rows of every segment instead of the
+  // graphs: the exact top-k; ef is not used.
+  bool exact = false;
 };
 
 // Filtered search walks the graph with kFilteredEfFactor times the query's

@@ -193,6 +193,61 @@ TEST_CASE("A small segment beside a big one is scanned exactly: none of its true
   CHECK(small_rows_in_truth > 0);
 }
 
+TEST_CASE("An exact search returns the brute-force top-k across segments, deletes and filters") {
+  std::set<std::string> deleted;
+  auto snap = TwoSegments(&deleted);
+  const auto queries = index::ClusteredVectors(60, kSegDim, 16, 41);
+  size_t graph_misses = 0;
+  for (size_t i = 0; i < 60; ++i) {
+    auto q = PrepareQueryVector(*snap, &queries[i * kSegDim], kSegDim);
+    REQUIRE(q.ok());
+    const auto truth = ExactTopK(*snap, *q, 10);
+    SearchParams p;
+    p.top_k = 10;
+    p.ef = 10;  // A narrow walk misses some; the exact search ignores ef.
+    auto walked = SearchSnapshot(*snap, *q, p);
+    REQUIRE(walked.ok());
+    std::set<std::string> walked_ids;
+    for (const auto& h : *walked) walked_ids.insert(h.id);
+    graph_misses += walked_ids != std::set<std::string>(truth.begin(), truth.end());
+    p.exact = true;
+    auto exact = SearchSnapshot(*snap, *q, p);
+    REQUIRE(exact.ok());
+    std::vector<std::string> ids;
+    for (const auto& h : *exact) ids.push_back(h.id);
+    CHECK(ids == truth);
+  }
+  INFO("queries whose ef-10 walk missed a true top-10 row: " << graph_misses);
+  CHECK(graph_misses > 0);  // Else this test would not tell exact from walked.
+  // With a filter: the nearest allowed rows, exactly (here rows whose id ends
+  // in 7, in both segments).
+  auto allowed = std::make_shared<index::RowFilter>(snap->rows());
+  for (uint32_t r = 0; r < snap->rows(); ++r) {
+    if (snap->IsLive(r) && snap->Id(r)->id.back() == '7') allowed->Allow(r);
+  }
+  auto q = PrepareQueryVector(*snap, &queries[0], kSegDim);
+  REQUIRE(q.ok());
+  SearchParams p;
+  p.top_k = 20;
+  p.exact = true;
+  p.allowed = allowed;
+  auto hits = SearchSnapshot(*snap, *q, p);
+  REQUIRE(hits.ok());
+  REQUIRE(hits->size() == 20);
+  std::vector<std::pair<float, std::string>> all;
+  for (uint32_t r = 0; r < snap->rows(); ++r) {
+    if (!allowed->Allows(r)) continue;
+    float dot = 0;
+    for (int i = 0; i < kSegDim; ++i) dot += (*q)[i] * snap->Vector(r)[i];
+    all.emplace_back(1 - dot, std::string(snap->Id(r)->id));
+  }
+  std::sort(all.begin(), all.end());
+  for (size_t h = 0; h < hits->size(); ++h) {
+    INFO(h);
+    CHECK((*hits)[h].id == all[h].second);
+  }
+}
+
 TEST_CASE("Filters, id queries and dedup work across segments") {
   std::set<std::string> deleted;
   auto snap = TwoSegments(&deleted);

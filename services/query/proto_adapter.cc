@@ -57,6 +57,7 @@ Query ToQuery(const v1::SearchRequest& r, serving::Filter* filter) {
   q.params.ef = r.ef();
   q.include_self = r.include_self();
   q.params.dedup = r.dedup();
+  q.params.exact = r.exact();
   return q;
 }
 

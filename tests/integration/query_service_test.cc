@@ -2,6 +2,7 @@
 // the generated C++ stubs.
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -15,6 +16,7 @@
 #include "libs/common/test_temp_dir.h"
 #include "libs/index/test_vectors.h"
 #include "libs/snapshot/manifest.h"
+#include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/test_snapshots.h"
 #include "tests/integration/server_process.h"
@@ -236,6 +238,29 @@ TEST_CASE("SearchBatch answers many queries in order, and names the bad one") {
     for (int j = 0; j < 3; ++j) CHECK(resp.responses(i).hits(j).id() == single.hits(j).id());
   }
   CHECK(resp.responses(20).hits(0).id() != "a7");  // More like this leaves the item out.
+  {
+    // `exact`: the brute-force top-k, computed here from the snapshot's own
+    // vectors, whatever ef says.
+    auto snap = snapshot::Snapshot::Open(f.root, 1, snapshot::VerifyMode::kSizes);
+    REQUIRE(snap.ok());
+    v1::SearchRequest r = VectorQuery(77, 10);
+    r.set_ef(1);
+    r.set_exact(true);
+    v1::SearchResponse exact;
+    REQUIRE(f.Search(r, &exact).ok());
+    REQUIRE(exact.hits_size() == 10);
+    std::vector<float> q(r.vector().values().begin(), r.vector().values().end());
+    double norm = 0;
+    for (float x : q) norm += double{x} * x;
+    std::vector<std::pair<double, std::string>> all;
+    for (uint32_t row = 0; row < (*snap)->rows(); ++row) {
+      double dot = 0;
+      for (size_t i = 0; i < q.size(); ++i) dot += double{q[i]} * (*snap)->Vector(row)[i];
+      all.emplace_back(1 - dot / std::sqrt(norm), std::string((*snap)->Id(row)->id));
+    }
+    std::sort(all.begin(), all.end());
+    for (int i = 0; i < 10; ++i) CHECK(exact.hits(i).id() == all[static_cast<size_t>(i)].second);
+  }
   batch.mutable_requests(5)->mutable_vector()->add_values(1.0f);
   {
     grpc::ClientContext ctx;
