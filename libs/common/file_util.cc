@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "libs/common/status_macros.h"
 
 namespace imagesearch {
 namespace {
@@ -165,6 +166,25 @@ absl::Status WriteDurably(const std::string& path, int flags, Write write) {
 absl::Status WriteFileDurably(const std::string& path, absl::string_view contents) {
   return WriteDurably(path, O_TRUNC,
                       [&](int fd) { return WriteAll(fd, contents.data(), contents.size(), path); });
+}
+
+absl::Status WriteFileDurablyStreamed(const std::string& path,
+                                      const std::function<absl::Status(const AppendFn&)>& produce) {
+  constexpr size_t kBuffer = 1 << 20;
+  return WriteDurably(path, O_TRUNC, [&](int fd) {
+    std::string buffer;
+    buffer.reserve(kBuffer);
+    RETURN_IF_ERROR(produce([&](absl::string_view piece) -> absl::Status {
+      if (buffer.size() + piece.size() > kBuffer) {
+        RETURN_IF_ERROR(WriteAll(fd, buffer.data(), buffer.size(), path));
+        buffer.clear();
+        if (piece.size() > kBuffer) return WriteAll(fd, piece.data(), piece.size(), path);
+      }
+      buffer.append(piece.data(), piece.size());
+      return absl::OkStatus();
+    }));
+    return WriteAll(fd, buffer.data(), buffer.size(), path);
+  });
 }
 
 absl::Status AppendFileDurably(const std::string& path, absl::string_view contents) {

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -25,6 +26,14 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path, int64_t ma
 
 // Writes `contents` to `path` and fsyncs the file (not its directory).
 absl::Status WriteFileDurably(const std::string& path, absl::string_view contents);
+
+// Writes to `path` what `produce` hands to the append function it is given
+// (buffered, so small pieces cost no syscall each), then fsyncs the file: a
+// file too big to build in memory first. An error from `produce` or from
+// the writes is returned, and the file is then incomplete.
+using AppendFn = std::function<absl::Status(absl::string_view)>;
+absl::Status WriteFileDurablyStreamed(const std::string& path,
+                                      const std::function<absl::Status(const AppendFn&)>& produce);
 
 // Replaces `path` atomically: writes a temp file beside it, fsyncs it, renames
 // it over `path`, then fsyncs the directory. A crash leaves either the old or

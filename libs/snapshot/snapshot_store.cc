@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <random>
 #include <set>
 #include <string_view>
@@ -205,6 +206,9 @@ absl::Status CheckSegmentInput(const SnapshotInput& input) {
     return absl::InvalidArgumentError(
         absl::StrCat("got ", input.count, " vectors but ", input.thumbnails.size(), " thumbnails"));
   }
+  if (!input.thumbnails.empty() && input.thumbnail_of) {
+    return absl::InvalidArgumentError("set thumbnails or thumbnail_of, not both");
+  }
   return absl::OkStatus();
 }
 
@@ -274,7 +278,9 @@ absl::StatusOr<WrittenSegment> WriteSegmentFiles(const std::string& dir, uint64_
     RETURN_IF_ERROR(WriteFileDurably(dir + "/" + kAttributesFile,
                                      EncodeAttributeTable(input.schema, input.attributes)));
   }
-  if (!input.thumbnails.empty()) {
+  if (input.thumbnail_of) {
+    RETURN_IF_ERROR(WriteThumbsTable(dir + "/" + kThumbsFile, input.count, input.thumbnail_of));
+  } else if (!input.thumbnails.empty()) {
     RETURN_IF_ERROR(WriteFileDurably(dir + "/" + kThumbsFile, EncodeThumbsTable(input.thumbnails)));
   }
   RETURN_IF_ERROR(input.graph(dir + "/" + kGraphFile, dir + "/" + kOffsetsFile));
@@ -647,6 +653,9 @@ absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
   in.metric = base.manifest().metric;
   in.default_ef = base.manifest().default_ef;
   bool thumbs = false;
+  // Where each merged row's thumbnail is (null: none), read as thumbs.bin is
+  // written: `base` holds the segments' maps until the merge returns.
+  auto thumb_at = std::make_shared<std::vector<std::pair<const ThumbsTable*, uint32_t>>>();
   for (const SegmentRef& ref : base.segments()) {
     if (!chosen.count(ref.name)) continue;
     thumbs = thumbs || ref.segment->thumbs() != nullptr;
@@ -674,7 +683,7 @@ absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
       if (deleted) {
         out.tombstones.push_back(static_cast<uint32_t>(in.ids.size()));
         in.ids.push_back({});  // Its id is chosen below, once every live id is known.
-        if (thumbs) in.thumbnails.emplace_back();
+        if (thumbs) thumb_at->emplace_back(nullptr, 0);
         if (!in.schema.empty()) in.attributes.emplace_back(in.schema.size());
         continue;
       }
@@ -684,13 +693,7 @@ absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
         const float* vec = seg.searcher().Vector(r);
         out.vectors.insert(out.vectors.end(), vec, vec + dim);
       }
-      if (thumbs) {
-        absl::string_view t;
-        if (seg.thumbs() != nullptr) {
-          ASSIGN_OR_RETURN(t, seg.thumbs()->Get(r));
-        }
-        in.thumbnails.emplace_back(t);
-      }
+      if (thumbs) thumb_at->emplace_back(seg.thumbs(), r);
       if (!in.schema.empty()) {
         // Typed again from the stored attributes, under the newest schema; a
         // row that does not fit it keeps no values (it was indexed under
@@ -715,6 +718,13 @@ absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
     }
   }
   in.count = in.ids.size();
+  if (thumbs) {
+    in.thumbnail_of = [thumb_at](uint64_t row) -> absl::StatusOr<absl::string_view> {
+      const auto& [table, r] = (*thumb_at)[row];
+      if (table == nullptr) return absl::string_view();
+      return table->Get(r);
+    };
+  }
   return out;
 }
 

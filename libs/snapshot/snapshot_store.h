@@ -52,6 +52,7 @@
 #include "libs/snapshot/ids_table.h"
 #include "libs/snapshot/manifest.h"
 #include "libs/snapshot/merge_policy.h"
+#include "libs/snapshot/thumbs_table.h"
 
 namespace imagesearch::snapshot {
 
@@ -96,6 +97,10 @@ struct SnapshotInput {
   // Optional: one encoded thumbnail per row (empty = none for that row),
   // stored as thumbs.bin. Leave the whole vector empty for no thumbs.bin.
   std::vector<std::string> thumbnails;
+  // Or, instead of `thumbnails`: row i's thumbnail read as thumbs.bin is
+  // written (a merge's, from its source segments' maps), so they are never
+  // all in memory. Views stay valid until the publish returns.
+  ThumbnailOf thumbnail_of;
   // Optional: typed attribute columns for filters (attrs.bin), one row of
   // values (in schema order) per vector. Empty schema: no attrs.bin.
   std::vector<FieldSpec> schema;

@@ -18,25 +18,52 @@ constexpr uint32_t kJpeg = 1;
 
 }  // namespace
 
-std::string EncodeThumbsTable(const std::vector<std::string>& thumbs) {
-  const size_t n = thumbs.size();
-  uint64_t blob = 0;
-  for (const auto& t : thumbs) blob += t.size();
-  const size_t blob_begin = kHeaderSize + (n + 1) * 8;
-  std::string out(blob_begin + blob, '\0');
-  std::memcpy(&out[0], kMagic, 8);
-  PutLE<uint32_t>(&out, 8, 1);
-  PutLE<uint32_t>(&out, 12, kJpeg);
-  PutLE<uint64_t>(&out, 16, n);
-  PutLE<uint64_t>(&out, 24, blob);
+// The table in order (header and offsets, then the blob), handed to `sink`
+// a piece at a time; `thumb` is read twice per row.
+absl::Status EmitThumbsTable(uint64_t n, const ThumbnailOf& thumb,
+                             const std::function<absl::Status(absl::string_view)>& sink) {
+  std::string head(kHeaderSize + (n + 1) * 8, '\0');
+  std::memcpy(&head[0], kMagic, 8);
+  PutLE<uint32_t>(&head, 8, 1);
+  PutLE<uint32_t>(&head, 12, kJpeg);
+  PutLE<uint64_t>(&head, 16, n);
   uint64_t off = 0;
-  for (size_t i = 0; i < n; ++i) {
-    PutLE<uint64_t>(&out, kHeaderSize + i * 8, off);
-    std::memcpy(&out[blob_begin + off], thumbs[i].data(), thumbs[i].size());
-    off += thumbs[i].size();
+  for (uint64_t i = 0; i < n; ++i) {
+    PutLE<uint64_t>(&head, kHeaderSize + i * 8, off);
+    ASSIGN_OR_RETURN(absl::string_view t, thumb(i));
+    off += t.size();
   }
-  PutLE<uint64_t>(&out, kHeaderSize + n * 8, off);
+  PutLE<uint64_t>(&head, kHeaderSize + n * 8, off);
+  PutLE<uint64_t>(&head, 24, off);
+  RETURN_IF_ERROR(sink(head));
+  uint64_t written = 0;
+  for (uint64_t i = 0; i < n; ++i) {
+    ASSIGN_OR_RETURN(absl::string_view t, thumb(i));
+    written += t.size();
+    if (written > off) break;  // Checked below.
+    RETURN_IF_ERROR(sink(t));
+  }
+  if (written != off) {
+    return absl::InternalError("thumbnails changed while the table was written");
+  }
+  return absl::OkStatus();
+}
+
+std::string EncodeThumbsTable(const std::vector<std::string>& thumbs) {
+  std::string out;
+  const absl::Status s = EmitThumbsTable(
+      thumbs.size(), [&](uint64_t i) -> absl::StatusOr<absl::string_view> { return thumbs[i]; },
+      [&](absl::string_view piece) {
+        out.append(piece.data(), piece.size());
+        return absl::OkStatus();
+      });
+  (void)s;  // Neither the rows nor the sink can fail.
   return out;
+}
+
+absl::Status WriteThumbsTable(const std::string& path, uint64_t count, const ThumbnailOf& thumb) {
+  return WriteFileDurablyStreamed(
+      path, [&](const AppendFn& append) { return EmitThumbsTable(count, thumb, append); });
 }
 
 absl::StatusOr<std::unique_ptr<ThumbsTable>> ThumbsTable::Open(const std::string& path,

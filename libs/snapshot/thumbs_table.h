@@ -21,10 +21,12 @@
 #define IMAGESEARCH_LIBS_SNAPSHOT_THUMBS_TABLE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "libs/common/file_util.h"
@@ -36,6 +38,16 @@ inline constexpr char kThumbsMediaType[] = "image/jpeg";
 
 // Serialises one thumbnail per row (row i = thumbs[i]; empty = none).
 std::string EncodeThumbsTable(const std::vector<std::string>& thumbs);
+
+// Row i's thumbnail (empty: none), for WriteThumbsTable; a view that stays
+// valid until the write returns (into a source segment's map, say).
+using ThumbnailOf = std::function<absl::StatusOr<absl::string_view>(uint64_t row)>;
+
+// Writes the table of `count` rows to `path` as it reads them, holding one
+// thumbnail at a time (a merge of a million rows need not hold gigabytes of
+// JPEGs), and fsyncs it. `thumb` is called twice per row (sizes, then bytes)
+// and must answer the same both times; an error from it is returned.
+absl::Status WriteThumbsTable(const std::string& path, uint64_t count, const ThumbnailOf& thumb);
 
 class ThumbsTable {
  public:

@@ -52,6 +52,38 @@ TEST_CASE("thumbs table round-trips rows, empty ones included", "[thumbs]") {
   CHECK((*empty)->size() == 0);
 }
 
+TEST_CASE("thumbs table written row by row is the encoded table, and its errors are kept",
+          "[thumbs]") {
+  // Rows bigger than the writer's 1 MiB buffer too, and empty ones.
+  std::vector<std::string> rows = Rows(50);
+  rows[7] = std::string(3 << 20, 'x');
+  rows[8].clear();
+  const std::string path = TempFile();
+  REQUIRE(WriteThumbsTable(path, rows.size(), [&](uint64_t i) -> absl::StatusOr<absl::string_view> {
+            return rows[i];
+          }).ok());
+  auto bytes = ReadFileToString(path);
+  REQUIRE(bytes.ok());
+  CHECK(*bytes == EncodeThumbsTable(rows));
+  auto t = ThumbsTable::Open(path, rows.size());
+  REQUIRE(t.ok());
+  CHECK(*(*t)->Get(7) == rows[7]);
+  // A row that cannot be read fails the write with its own error.
+  auto failing =
+      WriteThumbsTable(path, rows.size(), [&](uint64_t i) -> absl::StatusOr<absl::string_view> {
+        if (i == 30) return absl::DataLossError("row 30 is damaged");
+        return rows[i];
+      });
+  CHECK(failing.code() == absl::StatusCode::kDataLoss);
+  CHECK(failing.message() == "row 30 is damaged");
+  // A source that changes between the two passes is caught, not written.
+  int calls = 0;
+  auto moving = WriteThumbsTable(path, 3, [&](uint64_t) -> absl::StatusOr<absl::string_view> {
+    return ++calls > 3 ? absl::string_view("longer than before") : absl::string_view("ab");
+  });
+  CHECK(moving.code() == absl::StatusCode::kInternal);
+}
+
 TEST_CASE("thumbs table refuses damaged files with a precise error", "[thumbs]") {
   const std::string good = EncodeThumbsTable(Rows(50));
   auto open = [](const std::string& bytes, uint64_t count) {
