@@ -82,12 +82,7 @@ absl::StatusOr<EmbeddingShard> ReadShard(const std::string& dir) {
       shard.ids.push_back({std::string(v.id), std::string(v.uri), std::string(v.attributes_json)});
     }
     if (j.at("files").contains(kThumbs)) {
-      ASSIGN_OR_RETURN(auto thumbs, ThumbsTable::Open(dir + "/" + kThumbs, count));
-      shard.thumbs.reserve(count);
-      for (uint64_t r = 0; r < count; ++r) {
-        ASSIGN_OR_RETURN(absl::string_view t, thumbs->Get(r));
-        shard.thumbs.emplace_back(t);
-      }
+      ASSIGN_OR_RETURN(shard.thumbs_table, ThumbsTable::Open(dir + "/" + kThumbs, count));
     }
     ASSIGN_OR_RETURN(shard.rejects_jsonl, ReadFileToString(dir + "/" + kRejects));
   } catch (const json::exception& e) {

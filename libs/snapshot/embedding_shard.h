@@ -18,6 +18,7 @@
 #define IMAGESEARCH_LIBS_SNAPSHOT_EMBEDDING_SHARD_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,7 @@
 #include "libs/index/metric.h"
 #include "libs/snapshot/ids_table.h"
 #include "libs/snapshot/manifest.h"
+#include "libs/snapshot/thumbs_table.h"
 
 namespace imagesearch::snapshot {
 
@@ -48,7 +50,10 @@ struct EmbeddingShard {
   uint64_t listed = 0;              // Input items in this shard, rejected ones included.
   std::vector<float> vectors;       // count x dim
   std::vector<IdRecord> ids;        // count
-  std::vector<std::string> thumbs;  // count, or empty for none
+  std::vector<std::string> thumbs;  // count, or empty for none (written)
+  // A shard read back keeps its thumbs.bin mapped here instead (null: none),
+  // so a build from many shards never holds all their thumbnails in memory.
+  std::shared_ptr<const ThumbsTable> thumbs_table;
   std::string rejects_jsonl;
 };
 

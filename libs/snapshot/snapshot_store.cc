@@ -655,7 +655,7 @@ absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
   bool thumbs = false;
   // Where each merged row's thumbnail is (null: none), read as thumbs.bin is
   // written: `base` holds the segments' maps until the merge returns.
-  auto thumb_at = std::make_shared<std::vector<std::pair<const ThumbsTable*, uint32_t>>>();
+  ThumbnailSources thumb_at;
   for (const SegmentRef& ref : base.segments()) {
     if (!chosen.count(ref.name)) continue;
     thumbs = thumbs || ref.segment->thumbs() != nullptr;
@@ -683,7 +683,7 @@ absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
       if (deleted) {
         out.tombstones.push_back(static_cast<uint32_t>(in.ids.size()));
         in.ids.push_back({});  // Its id is chosen below, once every live id is known.
-        if (thumbs) thumb_at->emplace_back(nullptr, 0);
+        if (thumbs) thumb_at.Add(nullptr, 0);
         if (!in.schema.empty()) in.attributes.emplace_back(in.schema.size());
         continue;
       }
@@ -693,7 +693,7 @@ absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
         const float* vec = seg.searcher().Vector(r);
         out.vectors.insert(out.vectors.end(), vec, vec + dim);
       }
-      if (thumbs) thumb_at->emplace_back(seg.thumbs(), r);
+      if (thumbs) thumb_at.Add(seg.thumbs(), r);
       if (!in.schema.empty()) {
         // Typed again from the stored attributes, under the newest schema; a
         // row that does not fit it keeps no values (it was indexed under
@@ -718,13 +718,7 @@ absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
     }
   }
   in.count = in.ids.size();
-  if (thumbs) {
-    in.thumbnail_of = [thumb_at](uint64_t row) -> absl::StatusOr<absl::string_view> {
-      const auto& [table, r] = (*thumb_at)[row];
-      if (table == nullptr) return absl::string_view();
-      return table->Get(r);
-    };
-  }
+  if (thumbs) in.thumbnail_of = thumb_at.Reader();
   return out;
 }
 

@@ -61,6 +61,17 @@ std::string EncodeThumbsTable(const std::vector<std::string>& thumbs) {
   return out;
 }
 
+ThumbnailOf ThumbnailSources::Reader() const {
+  return [at = at_](uint64_t row) -> absl::StatusOr<absl::string_view> {
+    if (row >= at->size()) {
+      return absl::OutOfRangeError(absl::StrCat("no thumbnail source for row ", row));
+    }
+    const auto& [table, r] = (*at)[row];
+    if (table == nullptr) return absl::string_view();
+    return table->Get(r);
+  };
+}
+
 absl::Status WriteThumbsTable(const std::string& path, uint64_t count, const ThumbnailOf& thumb) {
   return WriteFileDurablyStreamed(
       path, [&](const AppendFn& append) { return EmitThumbsTable(count, thumb, append); });

@@ -24,6 +24,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -48,6 +49,25 @@ using ThumbnailOf = std::function<absl::StatusOr<absl::string_view>(uint64_t row
 // JPEGs), and fsyncs it. `thumb` is called twice per row (sizes, then bytes)
 // and must answer the same both times; an error from it is returned.
 absl::Status WriteThumbsTable(const std::string& path, uint64_t count, const ThumbnailOf& thumb);
+
+class ThumbsTable;
+
+// Where each row of a table to be written finds its thumbnail: a row of an
+// open ThumbsTable (a merge's source segment, a build's shard), or none.
+// 16 bytes a row instead of the thumbnail's bytes.
+class ThumbnailSources {
+ public:
+  // The next row's thumbnail: `row` of `table` (null: the row has none).
+  void Add(const ThumbsTable* table, uint32_t row) { at_->emplace_back(table, row); }
+  size_t size() const { return at_->size(); }
+  // Reads them for WriteThumbsTable (SnapshotInput::thumbnail_of); it shares
+  // the list, and the tables must stay open while it is used.
+  ThumbnailOf Reader() const;
+
+ private:
+  std::shared_ptr<std::vector<std::pair<const ThumbsTable*, uint32_t>>> at_ =
+      std::make_shared<std::vector<std::pair<const ThumbsTable*, uint32_t>>>();
+};
 
 class ThumbsTable {
  public:

@@ -84,6 +84,28 @@ TEST_CASE("thumbs table written row by row is the encoded table, and its errors 
   CHECK(moving.code() == absl::StatusCode::kInternal);
 }
 
+TEST_CASE("thumbnail sources gather rows of other tables into a new one", "[thumbs]") {
+  const std::vector<std::string> a_rows = {"a0", "a1", "a2"}, b_rows = {"b0", ""};
+  auto a = ThumbsTable::Open(Write(EncodeThumbsTable(a_rows)), a_rows.size());
+  auto b = ThumbsTable::Open(Write(EncodeThumbsTable(b_rows)), b_rows.size());
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  ThumbnailSources sources;
+  sources.Add(a->get(), 2);
+  sources.Add(nullptr, 0);  // A row without a thumbnail (a merge's tombstone).
+  sources.Add(b->get(), 0);
+  sources.Add(b->get(), 1);
+  sources.Add(a->get(), 0);
+  const std::string path = TempFile();
+  REQUIRE(WriteThumbsTable(path, sources.size(), sources.Reader()).ok());
+  auto got = ThumbsTable::Open(path, 5);
+  REQUIRE(got.ok());
+  const std::vector<std::string> want = {"a2", "", "b0", "", "a0"};
+  for (size_t r = 0; r < want.size(); ++r) CHECK(*(*got)->Get(r) == want[r]);
+  // More rows than sources: refused, not read past the list.
+  CHECK(WriteThumbsTable(path, 6, sources.Reader()).code() == absl::StatusCode::kOutOfRange);
+}
+
 TEST_CASE("thumbs table refuses damaged files with a precise error", "[thumbs]") {
   const std::string good = EncodeThumbsTable(Rows(50));
   auto open = [](const std::string& bytes, uint64_t count) {

@@ -45,8 +45,7 @@ std::string Thumb(size_t row, size_t bytes) {
 int Run() {
   const size_t n = static_cast<size_t>(absl::GetFlag(FLAGS_rows));
   const size_t bytes = static_cast<size_t>(absl::GetFlag(FLAGS_thumb_bytes));
-  const std::string dir =
-      absl::StrCat(absl::GetFlag(FLAGS_workdir), "/rows", n, "-thumb", bytes);
+  const std::string dir = absl::StrCat(absl::GetFlag(FLAGS_workdir), "/rows", n, "-thumb", bytes);
   const std::string source = dir + "/source";
   namespace fs = std::filesystem;
   if (!fs::exists(dir + "/BUILT")) {
@@ -84,8 +83,7 @@ int Run() {
   before->reset();
   const auto t0 = std::chrono::steady_clock::now();
   auto r = snapshot::MergeSegments(root, req);
-  const double secs =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!r.ok()) {
     std::cerr << r.status() << "\n";
     return 1;

@@ -192,16 +192,19 @@ int BuildFromShards(const std::string& root) {
   snapshot::SnapshotInput in;
   bool any_thumbs = false;
   std::string rejects;
-  for (const auto& s : *shards) any_thumbs |= !s.thumbs.empty();
+  for (const auto& s : *shards) any_thumbs |= s.thumbs_table != nullptr;
+  // Each row's thumbnail, read from its shard's map as thumbs.bin is written.
+  snapshot::ThumbnailSources thumb_at;
   for (auto& s : *shards) {
     vectors.insert(vectors.end(), s.vectors.begin(), s.vectors.end());
     for (size_t r = 0; r < s.ids.size(); ++r) {
       in.ids.push_back(std::move(s.ids[r]));
-      if (any_thumbs) in.thumbnails.push_back(s.thumbs.empty() ? "" : std::move(s.thumbs[r]));
+      if (any_thumbs) thumb_at.Add(s.thumbs_table.get(), static_cast<uint32_t>(r));
     }
     rejects += s.rejects_jsonl;
   }
   in.count = in.ids.size();
+  if (any_thumbs) in.thumbnail_of = thumb_at.Reader();
   in.dim = first.dim;
   in.metric = first.metric;
   SetHnswFlags(&in.hnsw);
