@@ -77,6 +77,7 @@ TEST_CASE("An update writes one new segment and deletes; the base's segment is s
   // 40 new rows, 10 rows re-adding a290..a299, and 2 deletes (plus one unknown id).
   SyntheticCorpus added = Rows(50, "a", 290, 9);
   for (size_t i = 10; i < 50; ++i) added.input.ids[i].id = "n" + std::to_string(i);
+  added.input.hnsw.m = v1->manifest().hnsw_m + 4;  // Built with another M than the base.
   SnapshotUpdate update;
   update.base_version = 1;
   update.added = added.WithGraph();
@@ -98,6 +99,10 @@ TEST_CASE("An update writes one new segment and deletes; the base's segment is s
   CHECK(old_seg.segment == v1->segments()[0].segment);  // The same opened segment, shared.
   CHECK_FALSE(old_seg.opened_here);
   CHECK(new_seg.opened_here);
+  // The version records its newest graph's parameters; each segment its own.
+  CHECK(v2->manifest().hnsw_m == v1->manifest().hnsw_m + 4);
+  CHECK(new_seg.segment->searcher().header().m == static_cast<uint64_t>(v2->manifest().hnsw_m));
+  CHECK(old_seg.segment->manifest().hnsw_m == v1->manifest().hnsw_m);
   CHECK(new_seg.name == r->segment);
   CHECK(old_seg.deleted_count == 12);
   CHECK(new_seg.base == 300);

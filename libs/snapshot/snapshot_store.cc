@@ -251,6 +251,39 @@ absl::Status LinkOrCopy(const std::string& from, const std::string& to) {
   return CopyFileDurably(from, to);
 }
 
+// A manifest of `input`'s rows for `version`, before its files (and, for a
+// version, its segments and model).
+Manifest ManifestOfInput(const SnapshotInput& input, uint64_t version) {
+  Manifest m;
+  m.version = version;
+  m.created_at = NowRfc3339();
+  m.dim = input.dim;
+  m.metric = input.metric;
+  m.count = input.count;
+  m.hnsw_m = input.hnsw.m;
+  m.hnsw_ef_construction = input.hnsw.ef_construction;
+  m.default_ef = input.default_ef;
+  return m;
+}
+
+// The manifest of the version after `base`, before its segments, files and
+// count: the base's model, dim, metric and query default, and the base's
+// HNSW parameters (a version records those of its newest graph; a caller
+// that builds one sets its own).
+Manifest NextVersionManifest(const Manifest& base, uint64_t version) {
+  Manifest m;
+  m.version = version;
+  m.base_version = base.version;
+  m.created_at = NowRfc3339();
+  m.model = base.model;
+  m.dim = base.dim;
+  m.metric = base.metric;
+  m.hnsw_m = base.hnsw_m;
+  m.hnsw_ef_construction = base.hnsw_ef_construction;
+  m.default_ef = base.default_ef;
+  return m;
+}
+
 struct WrittenSegment {
   SegmentEntry entry;
   uint64_t bytes = 0;
@@ -261,16 +294,8 @@ struct WrittenSegment {
 absl::StatusOr<WrittenSegment> WriteSegmentFiles(const std::string& dir, uint64_t version,
                                                  const SnapshotInput& input) {
   RETURN_IF_ERROR(EnsureDir(dir));
-  Manifest m;
+  Manifest m = ManifestOfInput(input, version);
   m.format = kSingleGraphFormat;
-  m.version = version;
-  m.created_at = NowRfc3339();
-  m.dim = input.dim;
-  m.metric = input.metric;
-  m.count = input.count;
-  m.hnsw_m = input.hnsw.m;
-  m.hnsw_ef_construction = input.hnsw.ef_construction;
-  m.default_ef = input.default_ef;
   WrittenSegment out;
   ASSIGN_OR_RETURN(std::string ids, EncodeIdsTable(input.ids));
   RETURN_IF_ERROR(WriteFileDurably(dir + "/" + kIdsFile, ids));
@@ -394,16 +419,8 @@ absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const Snapshot
   const std::string tmp = absl::StrCat(root, "/.tmp-", VersionDirName(version), "-", ::getpid());
   RETURN_IF_ERROR(EnsureDir(tmp));
 
-  Manifest m;
-  m.version = version;
+  Manifest m = ManifestOfInput(input, version);
   m.base_version = input.base_version;
-  m.created_at = NowRfc3339();
-  m.dim = input.dim;
-  m.metric = input.metric;
-  m.count = input.count;
-  m.hnsw_m = input.hnsw.m;
-  m.hnsw_ef_construction = input.hnsw.ef_construction;
-  m.default_ef = input.default_ef;
 
   std::string segment_dir;
   auto status = [&]() -> absl::Status {
@@ -552,16 +569,11 @@ absl::StatusOr<UpdateResult> PublishUpdate(const std::string& root, const Snapsh
 
   const std::string tmp = absl::StrCat(root, "/.tmp-", VersionDirName(version), "-", ::getpid());
   RETURN_IF_ERROR(EnsureDir(tmp));
-  Manifest m;
-  m.version = version;
-  m.base_version = bm.version;
-  m.created_at = NowRfc3339();
-  m.model = bm.model;
-  m.dim = bm.dim;
-  m.metric = bm.metric;
-  m.hnsw_m = bm.hnsw_m;
-  m.hnsw_ef_construction = bm.hnsw_ef_construction;
-  m.default_ef = bm.default_ef;
+  Manifest m = NextVersionManifest(bm, version);
+  if (adding) {
+    m.hnsw_m = update.added.hnsw.m;
+    m.hnsw_ef_construction = update.added.hnsw.ef_construction;
+  }
   std::vector<std::string> new_segments;  // Removed again if the version fails.
   auto status = [&]() -> absl::Status {
     for (size_t i = 0; i < base.segments().size(); ++i) {
@@ -860,18 +872,9 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
     ASSIGN_OR_RETURN(const uint64_t version, NextVersion(root));
     const std::string tmp = absl::StrCat(root, "/.tmp-", VersionDirName(version), "-", ::getpid());
     RETURN_IF_ERROR(EnsureDir(tmp));
-    Manifest m;
-    m.version = version;
-    m.base_version = latest_version;
-    m.created_at = NowRfc3339();
-    m.model = lm.model;
-    m.dim = lm.dim;
-    m.metric = lm.metric;
-    // The version's parameters are those its new segments are built with:
-    // the merge's (the latest version's unless the request set others).
-    m.hnsw_m = in.hnsw.m;
+    Manifest m = NextVersionManifest(lm, version);
+    m.hnsw_m = in.hnsw.m;  // The merge's (the latest version's unless the request set others).
     m.hnsw_ef_construction = in.hnsw.ef_construction;
-    m.default_ef = lm.default_ef;
     MergeResult r;
     r.version = version;
     r.merged.assign(chosen.begin(), chosen.end());

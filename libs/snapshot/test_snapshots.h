@@ -36,8 +36,9 @@ struct SyntheticCorpus {
   SnapshotInput input;
 };
 
-// HNSW defaults are small (M 8, ef_construction 40) so tests build fast;
-// callers may change input.hnsw before publishing.
+// HNSW defaults are small (M 8, ef_construction 40) so tests build fast, and
+// one insert thread, so that a test's graph (and the recall it asserts) is
+// the same on every run; callers may change input.hnsw before publishing.
 inline SyntheticCorpus MakeSyntheticCorpus(size_t n, int dim, index::Metric metric,
                                            const std::string& id_prefix, uint32_t seed = 5,
                                            size_t clusters = 16, float spread = 0.35f) {
@@ -48,6 +49,7 @@ inline SyntheticCorpus MakeSyntheticCorpus(size_t n, int dim, index::Metric metr
   c.input.metric = metric;
   c.input.hnsw.m = 8;
   c.input.hnsw.ef_construction = 40;
+  c.input.hnsw.threads = 1;
   c.input.ids.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     c.input.ids.push_back({id_prefix + std::to_string(i), "mem://" + std::to_string(i), ""});
