@@ -25,6 +25,7 @@
 #include "libs/common/binary_main.h"
 #include "libs/common/file_util.h"
 #include "libs/common/log.h"
+#include "libs/snapshot/merge_policy_flags.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "services/indexer/indexer.h"
 #include "services/indexer/ingest_service.h"
@@ -82,8 +83,8 @@ ABSL_FLAG(int, dim, 0,
           "serve: dimension of a new vector-only collection (empty root, no --model).");
 ABSL_FLAG(std::string, metric, "cosine", "serve: metric of a new vector-only collection.");
 ABSL_FLAG(bool, merge, true,
-          "serve: merge small segments in the background (the tiered policy of "
-          "imagesearch-snapshot merge).");
+          "serve: merge small segments in the background (the policy of imagesearch-snapshot "
+          "merge, set by the same --segments_per_tier, --fold_pct, ... flags).");
 ABSL_FLAG(int, background_nice, 10,
           "serve: the nice value (0-19) of the background merges' threads, so that query "
           "replicas on the same cores and the publishes (freshness) come first; 0 keeps the "
@@ -130,6 +131,7 @@ int Serve() {
   o.thumbnail.max_side = absl::GetFlag(FLAGS_thumbnail_size);
   o.encoder_threads = absl::GetFlag(FLAGS_encoder_threads);
   o.merge = absl::GetFlag(FLAGS_merge);
+  o.merge_policy = imagesearch::snapshot::MergePolicyFromFlags();
   o.background_nice = absl::GetFlag(FLAGS_background_nice);
   so.host = absl::GetFlag(FLAGS_host);
   so.port = absl::GetFlag(FLAGS_port);

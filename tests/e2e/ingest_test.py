@@ -230,9 +230,11 @@ def images(work):
 
 def filter_deletes(work):
     root = os.path.join(work, "froot")
+    # The merge policy's flags as imagesearch-snapshot merge takes them: at most two segments,
+    # no fold (checked at the end).
     svc = ingest(root, os.path.join(work, "ingest-filter.log"), f"--dim={DIM}",
                  "--schema=album:keyword,n:integer", "--publish_interval_ms=200", "--m=8",
-                 "--ef_construction=40")
+                 "--ef_construction=40", "--segments_per_tier=2", "--fold_pct=0")
     s = stub(svc)
     req = pb.UpsertRequest(wait=True)
     for i in range(40):
@@ -274,6 +276,17 @@ def filter_deletes(work):
     check(s.Status(pb.IngestStatusRequest(), timeout=10).live_rows == 29, "refusals deleted rows")
     print(f"7. Delete by filter: the 10 rows of album 'beach' (and f1) gone from v{resp.version}, "
           "29 left; an empty filter and an unknown field refused")
+
+    for k in range(5):  # Five more publishes: seven segments under the default policy.
+        upsert_vectors(s, range(200 + 2 * k, 202 + 2 * k))
+    def merged_to_two():
+        st = s.Status(pb.IngestStatusRequest(), timeout=10)
+        return st.merges_done >= 1 and st.segments <= 2 and st.merges_running == 0
+    svc.wait_until("merges down to --segments_per_tier=2", merged_to_two, 60)
+    st = s.Status(pb.IngestStatusRequest(), timeout=10)
+    check(st.live_rows == 29 + 10 and not st.last_error, st)
+    print(f"8. --segments_per_tier=2: five more publishes merged down to {st.segments} segments "
+          f"({st.merges_done} merge(s))")
     replica.stop()
     svc.stop()
 

@@ -34,6 +34,7 @@
 #include "libs/index/hnsw_builder.h"
 #include "libs/index/test_vectors.h"
 #include "libs/snapshot/embedding_shard.h"
+#include "libs/snapshot/merge_policy_flags.h"
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/vector_io.h"
@@ -73,15 +74,6 @@ ABSL_FLAG(bool, extend, true,
           "merge: when the biggest merged segment holds at least as many rows as the others' "
           "live rows, insert those into its graph instead of building a new one (its deleted "
           "rows stay, deleted); --all never extends.");
-ABSL_FLAG(int, segments_per_tier, 10, "merge policy: more segments than this are merged.");
-ABSL_FLAG(double, fold_pct, 10,
-          "merge policy: when the other segments hold this share (%) of the biggest's live rows, "
-          "all merge into it (its graph extended); 0: never.");
-ABSL_FLAG(int, max_merge_at_once, 10, "merge policy: segments joined by one merge.");
-ABSL_FLAG(int64_t, floor_rows, 10000, "merge policy: smaller segments count as this size.");
-ABSL_FLAG(double, deletes_pct_allowed, 25,
-          "merge policy: a segment with more deleted rows than this percent is rewritten.");
-ABSL_FLAG(int64_t, max_merged_rows, 5000000, "merge policy: a merge's result stays below this.");
 ABSL_FLAG(std::string, version, "", "set-current/verify/export: a version like v3.");
 ABSL_FLAG(int, keep, 2, "gc: newest versions to keep (CURRENT is always kept).");
 ABSL_FLAG(absl::Duration, grace, absl::Hours(1),
@@ -408,16 +400,7 @@ int Run(const std::vector<char*>& args) {
     req.extend = absl::GetFlag(FLAGS_extend) && !absl::GetFlag(FLAGS_all);
     req.m = std::max(0, absl::GetFlag(FLAGS_m));
     req.ef_construction = std::max(0, absl::GetFlag(FLAGS_ef_construction));
-    req.policy.segments_per_tier =
-        static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_segments_per_tier)));
-    req.policy.max_merge_at_once =
-        static_cast<size_t>(std::max(2, absl::GetFlag(FLAGS_max_merge_at_once)));
-    req.policy.floor_rows =
-        static_cast<uint64_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_floor_rows)));
-    req.policy.deletes_pct_allowed = absl::GetFlag(FLAGS_deletes_pct_allowed);
-    req.policy.fold_pct = std::max(0.0, absl::GetFlag(FLAGS_fold_pct));
-    req.policy.max_merged_rows =
-        static_cast<uint64_t>(std::max<int64_t>(1, absl::GetFlag(FLAGS_max_merged_rows)));
+    req.policy = snapshot::MergePolicyFromFlags();
     if (absl::GetFlag(FLAGS_all)) {
       auto v = snapshot::ReadCurrentVersion(root);
       if (!v.ok()) return Fail(v.status());
