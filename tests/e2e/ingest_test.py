@@ -65,6 +65,16 @@ def upsert_vectors(ingest_stub, ids, wait=True, timeout=30):
     return ingest_stub.Upsert(req, timeout=timeout)
 
 
+def wait_merged(svc, ingest_stub, max_segments):
+    """Waits (60 s at most) for a background merge that leaves at most max_segments
+    segments and none running; returns the ingest service's Status then."""
+    def merged():
+        st = ingest_stub.Status(pb.IngestStatusRequest(), timeout=10)
+        return st.merges_done >= 1 and st.segments <= max_segments and st.merges_running == 0
+    svc.wait_until(f"background merges down to {max_segments} segments", merged, 60)
+    return ingest_stub.Status(pb.IngestStatusRequest(), timeout=10)
+
+
 def top_id(replica, values):
     status, body = post_json(replica.http_port, {"vector": {"values": values}, "top_k": 1},
                              timeout=10)
@@ -126,11 +136,7 @@ def vectors(work):
 
     for k in range(14):  # 14 more publishes of 3 rows each: more than 10 segments.
         upsert_vectors(s, range(100 + 3 * k, 103 + 3 * k))
-    def merged():
-        st = s.Status(pb.IngestStatusRequest(), timeout=10)
-        return st.merges_done >= 1 and st.segments <= 10 and st.merges_running == 0
-    svc.wait_until("a background merge", merged, 60)
-    st = s.Status(pb.IngestStatusRequest(), timeout=10)
+    st = wait_merged(svc, s, 10)
     check(st.live_rows == 50 + 2 - 1 + 42 and st.pending_rows == 0 and not st.last_error, st)
     wait_found(replica, 130, st.current_version)
     print(f"4. 15 small publishes merged in the background: {st.segments} segments, "
@@ -279,11 +285,7 @@ def filter_deletes(work):
 
     for k in range(5):  # Five more publishes: seven segments under the default policy.
         upsert_vectors(s, range(200 + 2 * k, 202 + 2 * k))
-    def merged_to_two():
-        st = s.Status(pb.IngestStatusRequest(), timeout=10)
-        return st.merges_done >= 1 and st.segments <= 2 and st.merges_running == 0
-    svc.wait_until("merges down to --segments_per_tier=2", merged_to_two, 60)
-    st = s.Status(pb.IngestStatusRequest(), timeout=10)
+    st = wait_merged(svc, s, 2)
     check(st.live_rows == 29 + 10 and not st.last_error, st)
     print(f"8. --segments_per_tier=2: five more publishes merged down to {st.segments} segments "
           f"({st.merges_done} merge(s))")
