@@ -105,25 +105,14 @@ const uint32_t* MmapHnswSearcher::UpperLinks(uint32_t id, int level) const {
 std::vector<Neighbor> MmapHnswSearcher::SearchExact(const float* query, size_t k,
                                                     const RowFilter& allowed,
                                                     size_t row_offset) const {
-  std::vector<Neighbor> all;
-  if (k == 0) return all;
+  NearestK best(k);  // O(k) memory: an `exact` query scans every row.
   const void* param = &dim_param_;
   const size_t end = row_offset + header_.count;
-  all.reserve(allowed.CountIn(row_offset, end));
   allowed.ForEachIn(row_offset, end, [&](uint32_t global) {
     const uint32_t row = static_cast<uint32_t>(global - row_offset);
-    all.push_back(Neighbor{dist_(query, Vector(row), param), row});
+    best.Offer(Neighbor{dist_(query, Vector(row), param), row});
   });
-  auto closer = [](const Neighbor& a, const Neighbor& b) {
-    return a.distance < b.distance || (a.distance == b.distance && a.row < b.row);
-  };
-  if (all.size() > k) {
-    std::partial_sort(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(k), all.end(), closer);
-    all.resize(k);
-  } else {
-    std::sort(all.begin(), all.end(), closer);
-  }
-  return all;
+  return best.TakeSorted();
 }
 
 // A bounded walk first finds ef / kOwnBestDivisor (at least 1) rows of its own.

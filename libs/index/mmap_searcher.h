@@ -20,6 +20,7 @@
 #ifndef IMAGESEARCH_LIBS_INDEX_MMAP_SEARCHER_H_
 #define IMAGESEARCH_LIBS_INDEX_MMAP_SEARCHER_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -39,6 +40,38 @@ namespace imagesearch::index {
 struct Neighbor {
   float distance;
   uint32_t row;  // The hnswlib label, which is our dense row number.
+};
+
+// The k nearest of the rows offered, ties broken by row: a max-heap of at
+// most k, so memory is O(k) however many rows are offered.
+class NearestK {
+ public:
+  explicit NearestK(size_t k) : k_(k) { best_.reserve(k); }
+  void Offer(const Neighbor& n) {
+    if (best_.size() < k_) {
+      best_.push_back(n);
+      std::push_heap(best_.begin(), best_.end(), Closer);
+    } else if (k_ > 0 && Closer(n, best_.front())) {
+      std::pop_heap(best_.begin(), best_.end(), Closer);
+      best_.back() = n;
+      std::push_heap(best_.begin(), best_.end(), Closer);
+    }
+  }
+  bool full() const { return best_.size() == k_; }
+  // The farthest held. REQUIRES: at least one row held.
+  const Neighbor& farthest() const { return best_.front(); }
+  // The rows held, nearest first; the collector is left empty.
+  std::vector<Neighbor> TakeSorted() {
+    std::sort_heap(best_.begin(), best_.end(), Closer);
+    return std::move(best_);
+  }
+
+ private:
+  static bool Closer(const Neighbor& a, const Neighbor& b) {
+    return a.distance < b.distance || (a.distance == b.distance && a.row < b.row);
+  }
+  size_t k_;
+  std::vector<Neighbor> best_;
 };
 
 class MmapHnswSearcher {

@@ -133,40 +133,33 @@ std::vector<index::Neighbor> SearchSegments(const snapshot::Snapshot& snap, cons
                                             bool filtered, bool exact) {
   const auto& segments = snap.segments();
   const bool many = segments.size() > 1;
+  if (!many) {
+    // One graph's answer as it gives it (hnswlib's order: the knn-equality
+    // tests hold it), its rows already the version's.
+    const snapshot::SegmentRef& ref = segments.front();
+    const index::RowFilter* here = filtered || ref.deleted != nullptr ? allowed : nullptr;
+    return SearchSegment(ref, query, want, ef, here, filtered, false,
+                         std::numeric_limits<float>::infinity(), exact);
+  }
   std::vector<size_t> order(segments.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
     return segments[a].segment->rows() > segments[b].segment->rows();
   });
-  auto closer = [](const index::Neighbor& a, const index::Neighbor& b) {
-    return a.distance < b.distance || (a.distance == b.distance && a.row < b.row);
-  };
-  std::vector<index::Neighbor> best;  // A max-heap under `closer` once many.
+  index::NearestK best(want);
   float bound = std::numeric_limits<float>::infinity();
   for (size_t i : order) {
     const snapshot::SegmentRef& ref = segments[i];
     const bool deletes_here = ref.deleted != nullptr;
     const index::RowFilter* here = filtered || deletes_here ? allowed : nullptr;
     for (index::Neighbor n :
-         SearchSegment(ref, query, want, ef, here, filtered, many, bound, exact)) {
+         SearchSegment(ref, query, want, ef, here, filtered, true, bound, exact)) {
       n.row += static_cast<uint32_t>(ref.base);
-      if (!many) {
-        best.push_back(n);
-        continue;
-      }
-      if (best.size() < want) {
-        best.push_back(n);
-        std::push_heap(best.begin(), best.end(), closer);
-      } else if (closer(n, best.front())) {
-        std::pop_heap(best.begin(), best.end(), closer);
-        best.back() = n;
-        std::push_heap(best.begin(), best.end(), closer);
-      }
+      best.Offer(n);
     }
-    if (many && best.size() == want) bound = best.front().distance;
+    if (best.full()) bound = best.farthest().distance;
   }
-  if (many) std::sort_heap(best.begin(), best.end(), closer);
-  return best;
+  return best.TakeSorted();
 }
 
 }  // namespace

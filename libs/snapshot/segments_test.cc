@@ -490,6 +490,7 @@ TEST_CASE("A merge into the biggest segment extends its graph and keeps its rows
   moved.input.schema = *ParseSchema("tag:keyword");
   moved.input.attributes.push_back({AttrValue("t9")});
   moved.input.thumbnails.push_back("jpeg-a2-new");
+  moved.input.hnsw.m = 12;  // The update's graph has another M than the big segment's.
   SnapshotUpdate u;
   u.base_version = 3;
   u.added = moved.WithGraph();
@@ -502,12 +503,15 @@ TEST_CASE("A merge into the biggest segment extends its graph and keeps its rows
   auto r = MergeSegments(root, req);
   INFO(r.status().ToString());
   REQUIRE(r.ok());
+  // The merge takes the big segment's M (not the last update's), so it extends.
+  REQUIRE(before->manifest().hnsw_m == 12);
   CHECK(r->extended == before->segments()[0].name);  // a: 300 rows against 70 live
   CHECK(r->kept_deleted == 2);                       // a1 and a2, in place
   CHECK(r->dropped == 1);                            // b2, from a segment rebuilt into it
   CHECK(r->rows == 300 + 39 + 30 + 1);
   auto after = OpenVersion(root, 5);
   REQUIRE(after->segments().size() == 1);
+  CHECK(after->manifest().hnsw_m == before->segments()[0].segment->manifest().hnsw_m);
   CHECK(after->segments()[0].deleted_count == 2);
   CHECK(after->live_count() == 298 + 39 + 30 + 1);
   // a's rows keep their numbers; every live row keeps its vector, thumbnail

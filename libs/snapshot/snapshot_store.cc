@@ -774,9 +774,6 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
       }
     }
   }
-  const int m = request.m > 0 ? request.m : base.manifest().hnsw_m;
-  const int ef_construction =
-      request.ef_construction > 0 ? request.ef_construction : base.manifest().hnsw_ef_construction;
   // Extend the biggest chosen segment's graph when it holds at least as many
   // rows as the others' live rows together (inserting those costs less than
   // building over all of them), unless the merge is for its deletes or would
@@ -788,6 +785,13 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
     others_live += ref.segment->rows() - ref.deleted_count;
     if (biggest == nullptr || ref.segment->rows() > biggest->segment->rows()) biggest = &ref;
   }
+  // Unless the request sets them, the merged graph takes the biggest merged
+  // segment's parameters (a bulk load's, typically), not those of whatever
+  // update came last: the small segments never lower the big graph's M.
+  const Manifest& biggest_m = biggest != nullptr ? biggest->segment->manifest() : base.manifest();
+  const int m = request.m > 0 ? request.m : biggest_m.hnsw_m;
+  const int ef_construction =
+      request.ef_construction > 0 ? request.ef_construction : biggest_m.hnsw_ef_construction;
   std::string extended;
   if (request.extend && chosen.size() >= 2 && biggest != nullptr) {
     const uint64_t rows_b = biggest->segment->rows();
@@ -873,8 +877,6 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
     const std::string tmp = absl::StrCat(root, "/.tmp-", VersionDirName(version), "-", ::getpid());
     RETURN_IF_ERROR(EnsureDir(tmp));
     Manifest m = NextVersionManifest(lm, version);
-    m.hnsw_m = in.hnsw.m;  // The merge's (the latest version's unless the request set others).
-    m.hnsw_ef_construction = in.hnsw.ef_construction;
     MergeResult r;
     r.version = version;
     r.merged.assign(chosen.begin(), chosen.end());
@@ -882,6 +884,10 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
     r.extended = extended;
     r.kept_deleted = rows.tombstones.size();
     const uint64_t deleted_rows = carried.Count();  // Tombstones included.
+    if (in.count > 0 && deleted_rows < in.count) {  // A merged segment is placed: its graph's.
+      m.hnsw_m = in.hnsw.m;
+      m.hnsw_ef_construction = in.hnsw.ef_construction;
+    }
     r.carried_deletes = deleted_rows - rows.tombstones.size();
     r.rows = in.count;
     bool placed = false;

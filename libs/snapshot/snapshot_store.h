@@ -169,7 +169,8 @@ struct MergeRequest {
   // `policy` chooses (none: nothing is published).
   std::vector<std::string> segments;
   MergePolicy policy;
-  // HNSW M and ef_construction of the merged graph; 0: the version's.
+  // HNSW M and ef_construction of the merged graph; 0: the biggest merged
+  // segment's (which an extension keeps).
   int m = 0;
   int ef_construction = 0;
   int threads = 0;  // Graph build threads; 0: all cores.

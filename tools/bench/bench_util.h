@@ -11,7 +11,9 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <random>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -140,6 +142,20 @@ inline double QpsAtRecall(const std::vector<Point>& curve, double recall) {
 }
 
 // Pins the calling thread to one core (-1: leaves it alone).
+// A copy of snapshot root `from` at `to` that costs no data: segment and
+// version files (immutable) are hard links; the files a publish changes in
+// place (HISTORY, appended to; CURRENT; the lock) are copies, so a merge
+// published in the copy leaves `from` as it was.
+inline void LinkCopyRoot(const std::string& from, const std::string& to) {
+  namespace fs = std::filesystem;
+  fs::copy(from, to, fs::copy_options::recursive | fs::copy_options::create_hard_links);
+  for (const char* name : {"HISTORY", "CURRENT", ".lock"}) {
+    if (!fs::exists(from + "/" + name)) continue;
+    fs::remove(to + "/" + name);
+    fs::copy_file(from + "/" + name, to + "/" + name);
+  }
+}
+
 inline void PinTo(int cpu) {
   if (cpu < 0) return;
   cpu_set_t set;

@@ -24,6 +24,7 @@
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/test_snapshots.h"
+#include "tools/bench/bench_util.h"
 
 ABSL_FLAG(int, rows, 40000, "Rows per segment (two segments).");
 ABSL_FLAG(int, thumb_bytes, 25000, "Bytes of every row's thumbnail.");
@@ -71,7 +72,7 @@ int Run() {
   }
   const std::string root = dir + "/merged";
   fs::remove_all(root);
-  fs::copy(source, root, fs::copy_options::recursive | fs::copy_options::create_hard_links);
+  bench::LinkCopyRoot(source, root);
   auto before = snapshot::Snapshot::Open(root, 2, snapshot::VerifyMode::kSizes);
   if (!before.ok()) {
     std::cerr << before.status() << "\n";

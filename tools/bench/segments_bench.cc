@@ -413,9 +413,7 @@ int Run() {
   if (fold) {
     extended = CachedRoot(
         extended_dir, deletes_key, [&](const std::string& root) -> absl::StatusOr<Versions> {
-          std::filesystem::copy(segmented_dir + "/root", root,
-                                std::filesystem::copy_options::recursive |
-                                    std::filesystem::copy_options::create_hard_links);
+          bench::LinkCopyRoot(segmented_dir + "/root", root);
           auto latest =
               snapshot::Snapshot::Open(root, (*segmented)[1], snapshot::VerifyMode::kSizes);
           if (!latest.ok()) return latest.status();

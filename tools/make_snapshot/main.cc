@@ -53,10 +53,11 @@ ABSL_FLAG(std::string, schema, "",
           "build: typed attribute fields for filters (name:type,...; keyword, integer, float, "
           "boolean, timestamp), read from the ids' attributes.");
 ABSL_FLAG(int, m, 0,
-          "build: HNSW M (0: 16); merge: the merged graph's M (0: the version's, which an "
-          "extension keeps).");
+          "build: HNSW M (0: 16); merge: the merged graph's M (0: the biggest merged "
+          "segment's, which an extension keeps).");
 ABSL_FLAG(int, ef_construction, 0,
-          "build: HNSW ef_construction (0: 200); merge: the merged graph's (0: the version's).");
+          "build: HNSW ef_construction (0: 200); merge: the merged graph's (0: the biggest "
+          "merged segment's).");
 ABSL_FLAG(int, default_ef, 64, "build: ef used when a query leaves it unset.");
 ABSL_FLAG(int, threads, 0, "build: insert threads; 0 = all cores.");
 ABSL_FLAG(std::string, base, "",
