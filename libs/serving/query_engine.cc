@@ -88,14 +88,16 @@ namespace {
 // Searches one segment for `want` rows (its own row numbers), the way the
 // query asks: the whole graph, the graph walk restricted to `allowed` (the
 // filter, deleted rows excluded), or an exact scan of the allowed rows when
-// that is cheaper or the query is `exact`. `allowed` is over the version's rows; the segment's rows
-// start at ref.base.
+// that is cheaper or the query is `exact`. `allowed` is over the version's
+// rows (the segment's start at ref.base); a segment without deletes under no
+// filter ignores it.
 std::vector<index::Neighbor> SearchSegment(const snapshot::SegmentRef& ref, const float* query,
                                            size_t want, size_t ef, const index::RowFilter* allowed,
                                            bool filtered, bool one_of_many, float bound,
                                            bool exact) {
   const index::MmapHnswSearcher& searcher = ref.segment->searcher();
   const size_t rows = ref.segment->rows();
+  if (!filtered && ref.deleted == nullptr) allowed = nullptr;
   if (exact) {
     return allowed == nullptr
                ? searcher.SearchExact(query, want, index::RowFilter(rows, /*all=*/true))
@@ -136,9 +138,7 @@ std::vector<index::Neighbor> SearchSegments(const snapshot::Snapshot& snap, cons
   if (!many) {
     // One graph's answer as it gives it (hnswlib's order: the knn-equality
     // tests hold it), its rows already the version's.
-    const snapshot::SegmentRef& ref = segments.front();
-    const index::RowFilter* here = filtered || ref.deleted != nullptr ? allowed : nullptr;
-    return SearchSegment(ref, query, want, ef, here, filtered, false,
+    return SearchSegment(segments.front(), query, want, ef, allowed, filtered, false,
                          std::numeric_limits<float>::infinity(), exact);
   }
   std::vector<size_t> order(segments.size());
@@ -150,10 +150,8 @@ std::vector<index::Neighbor> SearchSegments(const snapshot::Snapshot& snap, cons
   float bound = std::numeric_limits<float>::infinity();
   for (size_t i : order) {
     const snapshot::SegmentRef& ref = segments[i];
-    const bool deletes_here = ref.deleted != nullptr;
-    const index::RowFilter* here = filtered || deletes_here ? allowed : nullptr;
     for (index::Neighbor n :
-         SearchSegment(ref, query, want, ef, here, filtered, true, bound, exact)) {
+         SearchSegment(ref, query, want, ef, allowed, filtered, true, bound, exact)) {
       n.row += static_cast<uint32_t>(ref.base);
       best.Offer(n);
     }
