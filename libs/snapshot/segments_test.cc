@@ -446,7 +446,7 @@ TEST_CASE("Merging segments keeps every live row, its vector, attributes and thu
   CHECK(after->segments()[0].deleted_count == 0);
   CHECK(after->live_count() == 368);
   CHECK(after->manifest().base_version == 3);
-  // The version records the parameters the collection now builds with.
+  // The version records the merged graph's parameters.
   CHECK(after->manifest().hnsw_m == 12);
   CHECK(after->manifest().hnsw_ef_construction == 40);
   CHECK(after->segments()[0].segment->manifest().hnsw_m == 12);

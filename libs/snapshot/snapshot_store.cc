@@ -303,10 +303,14 @@ absl::StatusOr<WrittenSegment> WriteSegmentFiles(const std::string& dir, uint64_
     RETURN_IF_ERROR(WriteFileDurably(dir + "/" + kAttributesFile,
                                      EncodeAttributeTable(input.schema, input.attributes)));
   }
-  if (input.thumbnail_of) {
-    RETURN_IF_ERROR(WriteThumbsTable(dir + "/" + kThumbsFile, input.count, input.thumbnail_of));
-  } else if (!input.thumbnails.empty()) {
-    RETURN_IF_ERROR(WriteFileDurably(dir + "/" + kThumbsFile, EncodeThumbsTable(input.thumbnails)));
+  ThumbnailOf thumbnail_of = input.thumbnail_of;
+  if (!thumbnail_of && !input.thumbnails.empty()) {
+    thumbnail_of = [&input](uint64_t row) -> absl::StatusOr<absl::string_view> {
+      return input.thumbnails[row];
+    };
+  }
+  if (thumbnail_of) {
+    RETURN_IF_ERROR(WriteThumbsTable(dir + "/" + kThumbsFile, input.count, thumbnail_of));
   }
   RETURN_IF_ERROR(input.graph(dir + "/" + kGraphFile, dir + "/" + kOffsetsFile));
   if (input.half_vectors.value_or(input.dim >= kHalfVectorsMinDim)) {
