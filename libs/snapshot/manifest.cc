@@ -62,6 +62,12 @@ std::string ManifestToJson(const Manifest& m) {
     }
     j["segments"] = segments;
   }
+  if (m.shard.sharded()) {
+    j["shard"] = {{"collection", m.shard.collection},
+                  {"index", m.shard.index},
+                  {"count", m.shard.count},
+                  {"hash", m.shard.hash}};
+  }
   j[kSelfChecksum] = ContentChecksum(j);
   return j.dump(2) + "\n";
 }
@@ -158,6 +164,18 @@ absl::StatusOr<Manifest> ParseManifest(absl::string_view text) {
     if (!(s = get_uint(entry, "size", &fe.size)).ok()) return s;
     if (!(s = get_string(entry, "xxh3", &fe.xxh3)).ok()) return s;
     m.files[name] = fe;
+  }
+  if (auto shard = j.find("shard"); shard != j.end()) {
+    if (!shard->is_object()) return bad("field 'shard' is not an object");
+    if (!(s = get_string(*shard, "collection", &m.shard.collection)).ok()) return s;
+    if (!(s = get_string(*shard, "hash", &m.shard.hash)).ok()) return s;
+    if (!(s = get_uint(*shard, "index", &u)).ok()) return s;
+    if (u > kMaxCollectionShards) return bad("shard index ", u, " is out of range");
+    m.shard.index = static_cast<uint32_t>(u);
+    if (!(s = get_uint(*shard, "count", &u)).ok()) return s;
+    if (u == 0 || u > kMaxCollectionShards) return bad("shard count ", u, " is out of range");
+    m.shard.count = static_cast<uint32_t>(u);
+    if (absl::Status v = ValidateShardInfo(m.shard); !v.ok()) return bad(v.message());
   }
   if (m.format == kSingleGraphFormat) return m;
   auto segments = j.find("segments");

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "libs/index/metric.h"
+#include "libs/snapshot/shard.h"
 
 namespace imagesearch::snapshot {
 
@@ -69,6 +70,10 @@ struct Manifest {
   // Format 2 only: the segments, oldest first. Row numbers run through them
   // in this order (the first segment's rows, then the next's, ...).
   std::vector<SegmentEntry> segments;
+  // Which shard of a collection the root is (shard.h); unsharded by default.
+  // Written as "shard" only when sharded; every version of a root carries
+  // its first version's.
+  ShardInfo shard;
   // The self-checksum read from (or written to) the JSON; empty if absent.
   std::string manifest_xxh3;
 };

@@ -212,6 +212,13 @@ absl::Status CheckSegmentInput(const SnapshotInput& input) {
   return absl::OkStatus();
 }
 
+// INVALID_ARGUMENT naming the first of `ids` that `shard` does not own.
+absl::Status CheckIdsInShard(const std::vector<IdRecord>& ids, const ShardInfo& shard) {
+  if (!shard.sharded()) return absl::OkStatus();
+  for (const IdRecord& r : ids) RETURN_IF_ERROR(CheckIdInShard(r.id, shard));
+  return absl::OkStatus();
+}
+
 // "s<version>-<8 hex digits>": the version that wrote it, and a random part
 // so that a name is never reused even after a crash.
 std::string NewSegmentName(uint64_t version) {
@@ -263,11 +270,12 @@ Manifest ManifestOfInput(const SnapshotInput& input, uint64_t version) {
   m.hnsw_m = input.hnsw.m;
   m.hnsw_ef_construction = input.hnsw.ef_construction;
   m.default_ef = input.default_ef;
+  m.shard = input.shard;
   return m;
 }
 
 // The manifest of the version after `base`, before its segments, files and
-// count: the base's model, dim, metric and query default, and the base's
+// count: the base's model, dim, metric, shard and query default, and the base's
 // HNSW parameters (a version records those of its newest graph; a caller
 // that builds one sets its own).
 Manifest NextVersionManifest(const Manifest& base, uint64_t version) {
@@ -281,6 +289,7 @@ Manifest NextVersionManifest(const Manifest& base, uint64_t version) {
   m.hnsw_m = base.hnsw_m;
   m.hnsw_ef_construction = base.hnsw_ef_construction;
   m.default_ef = base.default_ef;
+  m.shard = base.shard;
   return m;
 }
 
@@ -406,6 +415,23 @@ absl::StatusOr<uint64_t> NextVersion(const std::string& root) {
   return versions.empty() ? 1 : versions.back() + 1;
 }
 
+// A bulk load may replace what a root serves, not which shard it is: OK on a
+// root with nothing CURRENT, or whose CURRENT is `shard` (or both unsharded).
+// A CURRENT whose manifest does not read says nothing, and a bulk load is
+// how such a root is repaired: allowed.
+absl::Status CheckRootShard(const std::string& root, const ShardInfo& shard) {
+  auto current = ReadCurrentVersion(root);
+  if (!current.ok()) return absl::OkStatus();
+  auto text = ReadFileToString(absl::StrCat(VersionDir(root, *current), "/", kManifestFile));
+  if (!text.ok()) return absl::OkStatus();
+  auto cm = ParseManifest(*text);
+  if (!cm.ok() || cm->shard == shard) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat(root, " serves ", VersionDirName(*current), " as ", DescribeShard(cm->shard),
+                   "; this load is ", DescribeShard(shard),
+                   ". A shard root stays that shard: reshard into new roots (deploy/README.md)"));
+}
+
 void RemoveDir(const std::string& dir) {
   std::error_code ec;
   fs::remove_all(dir, ec);
@@ -416,9 +442,12 @@ void RemoveDir(const std::string& dir) {
 absl::StatusOr<uint64_t> PublishSnapshot(const std::string& root, const SnapshotInput& input,
                                          const PublishOptions& options) {
   RETURN_IF_ERROR(CheckSegmentInput(input));
+  RETURN_IF_ERROR(ValidateShardInfo(input.shard));
+  RETURN_IF_ERROR(CheckIdsInShard(input.ids, input.shard));
   RETURN_IF_ERROR(EnsureDir(root));
   ASSIGN_OR_RETURN(auto lock, RootLock::Acquire(root));
   RemoveStaleTempDirs(root);
+  RETURN_IF_ERROR(CheckRootShard(root, input.shard));
   ASSIGN_OR_RETURN(const uint64_t version, NextVersion(root));
   const std::string tmp = absl::StrCat(root, "/.tmp-", VersionDirName(version), "-", ::getpid());
   RETURN_IF_ERROR(EnsureDir(tmp));
@@ -468,6 +497,7 @@ absl::StatusOr<SegmentEntry> AdoptSingleGraphVersion(const std::string& root,
   RETURN_IF_ERROR(EnsureDir(tmp));
   Manifest m = bm;
   m.format = kSingleGraphFormat;
+  m.shard = ShardInfo();
   m.model = ModelIdentity();
   m.base_version = 0;
   m.files.clear();
@@ -520,6 +550,7 @@ absl::StatusOr<UpdateResult> PublishUpdate(const std::string& root, const Snapsh
   const Snapshot& base = **opened;
   const Manifest& bm = base.manifest();
   if (adding) {
+    RETURN_IF_ERROR(CheckIdsInShard(update.added.ids, bm.shard));
     if (update.added.dim != bm.dim || update.added.metric != bm.metric) {
       return absl::InvalidArgumentError(absl::StrCat(
           "the added rows are ", update.added.dim, "-d ", index::MetricName(update.added.metric),

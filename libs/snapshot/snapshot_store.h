@@ -52,6 +52,7 @@
 #include "libs/snapshot/ids_table.h"
 #include "libs/snapshot/manifest.h"
 #include "libs/snapshot/merge_policy.h"
+#include "libs/snapshot/shard.h"
 #include "libs/snapshot/thumbs_table.h"
 
 namespace imagesearch::snapshot {
@@ -105,6 +106,12 @@ struct SnapshotInput {
   // values (in schema order) per vector. Empty schema: no attrs.bin.
   std::vector<FieldSpec> schema;
   std::vector<std::vector<AttrValue>> attributes;
+  // PublishSnapshot: the shard of a collection this root is (shard.h), kept
+  // by every later version; every id must belong to it. A root whose CURRENT
+  // names another shard (or none) refuses the load: a reshard writes new
+  // roots. Ignored in SnapshotUpdate::added, whose ids must belong to the
+  // base's shard.
+  ShardInfo shard;
 };
 
 struct PublishOptions {
@@ -152,7 +159,8 @@ struct UpdateResult {
 // Publishes base + update as a new version (max existing + 1), made CURRENT
 // unless options.make_current is false. A segment left with no live row is
 // dropped from the version. FAILED_PRECONDITION if nothing would be left;
-// INVALID_ARGUMENT for a dim, metric or model that differs from the base's.
+// INVALID_ARGUMENT for a dim, metric or model that differs from the base's,
+// or an added id that belongs to another shard than the base's.
 // A format-1 base is first adopted: its files are hard-linked (or copied)
 // into a segment, and the base itself is left as it is.
 absl::StatusOr<UpdateResult> PublishUpdate(const std::string& root, const SnapshotUpdate& update,

@@ -65,22 +65,41 @@ absl::StatusOr<std::unique_ptr<IngestCore>> IngestCore::Start(const IngestOption
                      snapshot::Snapshot::Open(o.root, *current, snapshot::VerifyMode::kSizes));
     core->dim_ = snap->dim();
     core->metric_ = snap->manifest().metric;
+    core->shard_ = snap->manifest().shard;
+    if (o.shard.sharded() && !(o.shard == core->shard_)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(o.root, " is ", snapshot::DescribeShard(core->shard_), ", not ",
+                       snapshot::DescribeShard(o.shard)));
+    }
     if (snap->schema_table() != nullptr) core->schema_ = snap->schema_table()->fields();
     if (!snap->model_path().empty()) {
+      const std::string& sha256 = snap->manifest().model.sha256;
       if (!o.model_path.empty()) {
         ASSIGN_OR_RETURN(std::string sha, Sha256HexOfFile(o.model_path));
-        if (sha != snap->manifest().model.sha256) {
+        if (sha != sha256) {
           return absl::FailedPreconditionError(absl::StrCat(
               o.model_path, " is not the model of CURRENT (v", *current, ", model '",
               snap->manifest().model.name, "'): its rows are in another embedding space"));
         }
       }
-      ASSIGN_OR_RETURN(core->bundle_, model::ModelBundle::Load(snap->model_path(), mo));
+      core->model_sha256_ = sha256;
+      if (o.shared_model != nullptr && o.shared_model_sha256 == sha256) {
+        core->bundle_ = o.shared_model;
+      } else {
+        ASSIGN_OR_RETURN(core->bundle_, model::ModelBundle::Load(snap->model_path(), mo));
+      }
     }
   } else if (absl::IsNotFound(current.status())) {
+    RETURN_IF_ERROR(snapshot::ValidateShardInfo(o.shard));
+    core->shard_ = o.shard;
     core->schema_ = o.schema;
     if (!o.model_path.empty()) {
-      ASSIGN_OR_RETURN(core->bundle_, model::ModelBundle::Load(o.model_path, mo));
+      ASSIGN_OR_RETURN(core->model_sha256_, Sha256HexOfFile(o.model_path));
+      if (o.shared_model != nullptr && o.shared_model_sha256 == core->model_sha256_) {
+        core->bundle_ = o.shared_model;
+      } else {
+        ASSIGN_OR_RETURN(core->bundle_, model::ModelBundle::Load(o.model_path, mo));
+      }
       core->dim_ = core->bundle_->dim();
       ASSIGN_OR_RETURN(core->metric_, index::ParseMetric(core->bundle_->info().metric));
       core->model_path_ = o.model_path;
@@ -133,6 +152,10 @@ absl::Status IngestCore::CheckAndEmbed(std::vector<IngestItem>* items,
     if (item.id.size() > snapshot::kMaxIdBytes || !IsValidUtf8(item.id) || !IsValidUtf8(item.uri)) {
       st = absl::InvalidArgumentError(absl::StrCat(
           who, "ids and uris must be valid UTF-8, ids at most ", snapshot::kMaxIdBytes, " bytes"));
+      continue;
+    }
+    if (absl::Status mine = snapshot::CheckIdInShard(item.id, shard_); !mine.ok()) {
+      st = absl::InvalidArgumentError(absl::StrCat(who, mine.message()));
       continue;
     }
     if (!schema_.empty() || !item.attributes_json.empty()) {
@@ -342,6 +365,7 @@ absl::StatusOr<uint64_t> IngestCore::PublishBatch(std::map<std::string, Row> row
     if (in.count == 0) return uint64_t{0};  // Deletes on an empty root delete nothing.
     in.model_path = model_path_;
     in.model = model_identity_;
+    in.shard = shard_;
     return snapshot::PublishSnapshot(options_.root, in);
   }
   RETURN_IF_ERROR(current.status());

@@ -39,6 +39,7 @@
 #include "libs/snapshot/attribute_table.h"
 #include "libs/snapshot/manifest.h"
 #include "libs/snapshot/merge_policy.h"
+#include "libs/snapshot/shard.h"
 
 namespace imagesearch::indexer {
 
@@ -52,6 +53,10 @@ struct IngestOptions {
   std::string model_path;
   int dim = 0;                                    // Vector-only new roots.
   index::Metric metric = index::Metric::kCosine;  // Vector-only new roots.
+  // Which shard of a collection the root is: default CURRENT's; this one on
+  // an empty root (published with its first version). Items whose id belongs
+  // to another shard are rejected one by one.
+  snapshot::ShardInfo shard;
   // Attribute schema: default CURRENT's (the newest segment's); this one on
   // an empty root.
   std::vector<snapshot::FieldSpec> schema;
@@ -67,6 +72,11 @@ struct IngestOptions {
   bool merge = true;  // Run the merge policy after publishes.
   snapshot::MergePolicy merge_policy;
   int encoder_threads = 0;  // LibTorch intra-op threads; 0: from the CPUs.
+  // A model already loaded, used instead of loading the root's (or
+  // model_path) when its model.pt has this sha256: the shard roots of one
+  // collection share one copy (IngestShards).
+  std::shared_ptr<const model::ModelBundle> shared_model;
+  std::string shared_model_sha256;
   // The nice value of the merger thread (and the graph-build threads a merge
   // starts, which inherit it): merges yield the cores to query replicas and
   // to the publisher, whose builds are on the path to freshness. 0: unchanged.
@@ -127,6 +137,10 @@ class IngestCore {
   absl::StatusOr<uint64_t> Flush(absl::Time deadline);
   IngestStatus Status() const;
   int dim() const { return dim_; }
+  const snapshot::ShardInfo& shard() const { return shard_; }
+  // The model (null: vector-only) and its model.pt's sha256.
+  std::shared_ptr<const model::ModelBundle> model() const { return bundle_; }
+  const std::string& model_sha256() const { return model_sha256_; }
 
  private:
   struct Row {
@@ -151,6 +165,8 @@ class IngestCore {
   int dim_ = 0;
   index::Metric metric_ = index::Metric::kCosine;
   std::vector<snapshot::FieldSpec> schema_;
+  snapshot::ShardInfo shard_;
+  std::string model_sha256_;
   std::string model_path_;  // Published with the first version of an empty root.
   snapshot::ModelIdentity model_identity_;
 

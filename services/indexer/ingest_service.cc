@@ -20,6 +20,31 @@ grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
 }
 
+// Sets `version` (one root) or `shard_versions` (sharded) of a response.
+template <typename Response>
+void SetVersions(const IngestShards& core, const ShardVersions& versions, Response* response) {
+  if (!core.sharded()) {
+    auto it = versions.find(0);
+    response->set_version(it == versions.end() ? 0 : it->second);
+    return;
+  }
+  for (const auto& [shard, version] : versions) {
+    (*response->mutable_shard_versions())[shard] = version;
+  }
+}
+
+void FillStatus(const IngestStatus& s, v1::IngestStatusResponse* response) {
+  response->set_pending_rows(s.pending_rows);
+  response->set_pending_deletes(s.pending_deletes);
+  response->set_last_published(s.last_published);
+  response->set_current_version(s.current_version);
+  response->set_segments(s.segments);
+  response->set_live_rows(s.live_rows);
+  response->set_merges_running(s.merges_running);
+  response->set_merges_done(s.merges_done);
+  response->set_last_error(s.last_error);
+}
+
 absl::Time Deadline(const grpc::ServerContext* context) {
   const auto d = context->deadline();
   if (d == std::chrono::system_clock::time_point::max()) return absl::Now() + absl::Hours(1);
@@ -61,7 +86,7 @@ grpc::Status IngestServiceImpl::Upsert(grpc::ServerContext* context,
       response->set_rejected(response->rejected() + 1);
     }
   }
-  response->set_version(out->version);
+  SetVersions(*core_, out->versions, response);
   return grpc::Status::OK;
 }
 
@@ -85,7 +110,7 @@ grpc::Status IngestServiceImpl::Delete(grpc::ServerContext* context,
   const bool wait = !request->has_wait() || request->wait();
   auto v = core_->Delete(ids, wait, Deadline(context));
   if (!v.ok()) return ToGrpc(v.status());
-  response->set_version(*v);
+  SetVersions(*core_, *v, response);
   response->set_accepted(static_cast<uint32_t>(ids.size()));
   response->set_matched(static_cast<uint32_t>(matched));
   return grpc::Status::OK;
@@ -95,22 +120,18 @@ grpc::Status IngestServiceImpl::Flush(grpc::ServerContext* context, const v1::Fl
                                       v1::FlushResponse* response) {
   auto v = core_->Flush(Deadline(context));
   if (!v.ok()) return ToGrpc(v.status());
-  response->set_version(*v);
+  SetVersions(*core_, *v, response);
   return grpc::Status::OK;
 }
 
 grpc::Status IngestServiceImpl::Status(grpc::ServerContext*, const v1::IngestStatusRequest*,
                                        v1::IngestStatusResponse* response) {
-  const IngestStatus s = core_->Status();
-  response->set_pending_rows(s.pending_rows);
-  response->set_pending_deletes(s.pending_deletes);
-  response->set_last_published(s.last_published);
-  response->set_current_version(s.current_version);
-  response->set_segments(s.segments);
-  response->set_live_rows(s.live_rows);
-  response->set_merges_running(s.merges_running);
-  response->set_merges_done(s.merges_done);
-  response->set_last_error(s.last_error);
+  const ShardedIngestStatus s = core_->Status();
+  FillStatus(s.total, response);
+  if (core_->sharded()) {
+    response->set_shard_count(core_->shard_count());
+    for (const IngestStatus& shard : s.shards) FillStatus(shard, response->add_shards());
+  }
   return grpc::Status::OK;
 }
 
@@ -121,7 +142,7 @@ int RunIngestServer(const ServeOptions& options) {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  auto core = IngestCore::Start(options.ingest);
+  auto core = IngestShards::Start(options.ingest, options.shard_count, options.collection);
   if (!core.ok()) {
     LogError("imagesearch-indexer serve: ", core.status().ToString());
     return 1;
@@ -150,7 +171,7 @@ int RunIngestServer(const ServeOptions& options) {
     }
   }
   std::cout << "listening on port " << port << std::endl;
-  LogInfo("imagesearch-indexer serve: ingesting into ", options.ingest.root, " (dim ",
+  LogInfo("imagesearch-indexer serve: ingesting into ", (*core)->Describe(), " (dim ",
           (*core)->dim(), "), gRPC on ", options.host, ":", port);
   int sig = 0;
   sigwait(&signals, &sig);

@@ -1,5 +1,5 @@
 // gRPC front of the ingest service (imagesearch.v1.Ingest): converts requests
-// to IngestCore calls and back; nothing else. Synchronous gRPC API, since a
+// to IngestShards calls and back; nothing else. Synchronous gRPC API, since a
 // waiting Upsert holds its thread until the publish (about a second).
 #ifndef IMAGESEARCH_SERVICES_INDEXER_INGEST_SERVICE_H_
 #define IMAGESEARCH_SERVICES_INDEXER_INGEST_SERVICE_H_
@@ -7,13 +7,13 @@
 #include <grpcpp/grpcpp.h>
 
 #include "imagesearch/v1/imagesearch.grpc.pb.h"
-#include "services/indexer/ingest.h"
+#include "services/indexer/ingest_shards.h"
 
 namespace imagesearch::indexer {
 
 class IngestServiceImpl final : public v1::Ingest::Service {
  public:
-  explicit IngestServiceImpl(IngestCore* core) : core_(core) {}
+  explicit IngestServiceImpl(IngestShards* core) : core_(core) {}
 
   grpc::Status Upsert(grpc::ServerContext* context, const v1::UpsertRequest* request,
                       v1::UpsertResponse* response) override;
@@ -25,7 +25,7 @@ class IngestServiceImpl final : public v1::Ingest::Service {
                       v1::IngestStatusResponse* response) override;
 
  private:
-  IngestCore* core_;
+  IngestShards* core_;
 };
 
 // Runs `imagesearch-indexer serve`: the core, the gRPC server with health
@@ -34,6 +34,9 @@ class IngestServiceImpl final : public v1::Ingest::Service {
 // SIGTERM or SIGINT. Returns the process exit status.
 struct ServeOptions {
   IngestOptions ingest;
+  // A new sharded collection in an empty root (IngestShards::Start).
+  uint32_t shard_count = 0;
+  std::string collection;
   std::string host = "0.0.0.0";
   int port = 50052;
   std::string port_file;

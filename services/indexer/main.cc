@@ -89,6 +89,12 @@ ABSL_FLAG(int, background_nice, 10,
           "serve: the nice value (0-19) of the background merges' threads, so that query "
           "replicas on the same cores and the publishes (freshness) come first; 0 keeps the "
           "process's.");
+ABSL_FLAG(int, shard_count, 0,
+          "serve: make an empty --root a collection of this many shard roots "
+          "(shard-<i>-of-<S>/), each write going to its id's shard. A --root that already "
+          "holds shard roots is served as that collection without it.");
+ABSL_FLAG(std::string, collection, "",
+          "serve --shard_count: the new collection's name (default: --root's last component).");
 ABSL_FLAG(std::string, log_format, "text",
           "Log lines on stderr: text, or json (one object per line).");
 
@@ -136,6 +142,12 @@ int Serve() {
   so.host = absl::GetFlag(FLAGS_host);
   so.port = absl::GetFlag(FLAGS_port);
   so.port_file = absl::GetFlag(FLAGS_port_file);
+  if (absl::GetFlag(FLAGS_shard_count) < 0) {
+    std::cerr << "--shard_count must not be negative\n";
+    return 2;
+  }
+  so.shard_count = static_cast<uint32_t>(absl::GetFlag(FLAGS_shard_count));
+  so.collection = absl::GetFlag(FLAGS_collection);
   return imagesearch::indexer::RunIngestServer(so);
 }
 

@@ -115,6 +115,13 @@ void FillInfo(const serving::ServingState& state, v1::GetInfoResponse* out) {
     seg->set_rows(ref.segment->rows());
     seg->set_deleted(ref.deleted_count);
   }
+  if (m.shard.sharded()) {
+    v1::ShardInfo* shard = out->mutable_shard();
+    shard->set_collection(m.shard.collection);
+    shard->set_index(m.shard.index);
+    shard->set_count(m.shard.count);
+    shard->set_hash(m.shard.hash);
+  }
   if (const auto* attrs = state.snapshot->schema_table()) {
     for (const auto& f : attrs->fields()) {
       v1::FieldInfo* info = out->add_fields();

@@ -44,6 +44,24 @@ def segment_dirs(root, version):
     return [os.path.join(root, "segments", s["name"]) for s in m["segments"]]
 
 
+def read_npy(path, dim):
+    """The rows of a float32 .npy file of `dim` columns (as `imagesearch-snapshot synth` writes)."""
+    import struct
+    with open(path, "rb") as f:
+        data = f.read()
+    header_len = struct.unpack("<H", data[8:10])[0]
+    body = data[10 + header_len:]
+    n = len(body) // (4 * dim)
+    flat = struct.unpack(f"<{n * dim}f", body)
+    return [list(flat[i * dim:(i + 1) * dim]) for i in range(n)]
+
+
+def info(server):
+    """GET /info of a query replica, parsed (GetInfoResponse in proto3 JSON)."""
+    with urllib.request.urlopen(server.http_url + "/info", timeout=10) as r:
+        return json.load(r)
+
+
 def run(*args, ok=True):
     """Runs a command, capturing its output; with ok, it must exit 0."""
     out = subprocess.run(list(args), capture_output=True, text=True)

@@ -19,10 +19,8 @@ Usage: segments_test.py BUILD_DIR
 import json
 import os
 import shutil
-import struct
 import sys
 import tempfile
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_lib  # noqa: E402
@@ -35,19 +33,11 @@ DIM = 32
 
 
 def read_npy(path):
-    """The rows of a float32 .npy file that `imagesearch-snapshot synth` wrote."""
-    with open(path, "rb") as f:
-        data = f.read()
-    header_len = struct.unpack("<H", data[8:10])[0]
-    body = data[10 + header_len:]
-    n = len(body) // (4 * DIM)
-    flat = struct.unpack(f"<{n * DIM}f", body)
-    return [list(flat[i * DIM:(i + 1) * DIM]) for i in range(n)]
+    return e2e_lib.read_npy(path, DIM)
 
 
 def info(server):
-    with urllib.request.urlopen(server.http_url + "/info", timeout=10) as r:
-        return json.load(r)
+    return e2e_lib.info(server)
 
 
 def wait_version(server, version):

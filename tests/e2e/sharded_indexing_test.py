@@ -105,7 +105,7 @@ def main():
         # The final Job: one snapshot from the three shards.
         root = os.path.join(work, "root")
         out = run(SNAPSHOT, "build", f"--root={root}", f"--shards={three}", f"--model={MODEL}")
-        check("published v1 (50 vectors from 3 shards" in out.stdout, out.stdout)
+        check("published v1 (50 vectors from 3 embedding shards" in out.stdout, out.stdout)
         run(SNAPSHOT, "verify", f"--root={root}")
         manifest_json = json.load(open(os.path.join(root, "v1", "MANIFEST.json")))
         (segment,) = e2e_lib.segment_dirs(root, 1)  # A bulk load is one segment.
@@ -126,6 +126,29 @@ def main():
         check(thumb == split[first["id"]][3], "served thumbnail differs from the shard's")
         print("2. imagesearch-snapshot build --shards published v1 (model, thumbnails, rejects); "
               "it serves: an image finds itself")
+
+        # The same embedding shards as a collection of 2 shard roots: every row in
+        # exactly one, with its own thumbnail, and the model in each.
+        coll = os.path.join(work, "coll")
+        out = run(SNAPSHOT, "build", f"--root={coll}", f"--shards={three}", f"--model={MODEL}",
+                  "--shard_count=2", "--collection=fm")
+        check(out.stdout.count("published v1") == 2, out.stdout)
+        seen = {}
+        for k in range(2):
+            sroot = os.path.join(coll, f"shard-{k}-of-2")
+            run(SNAPSHOT, "verify", f"--root={sroot}")
+            m = e2e_lib.manifest(sroot, 1)
+            check(m["shard"]["index"] == k and m["shard"]["count"] == 2 and m["model"]["sha256"] ==
+                  manifest_json["model"]["sha256"] and "model.pt" in m["files"], m)
+            (seg,) = e2e_lib.segment_dirs(sroot, 1)
+            for (rid, _, _), t in zip(read_ids(os.path.join(seg, "ids.bin")),
+                                      read_thumbs(os.path.join(seg, "thumbs.bin"))):
+                check(rid not in seen, f"{rid} in both shard roots")
+                seen[rid] = t
+        check(set(seen) == set(split) and all(seen[i] == split[i][3] for i in seen),
+              f"shard roots hold {len(seen)} rows")
+        print("2b. build --shards --shard_count=2: two shard roots, every row (and its thumbnail) "
+              "in exactly one, each with the model")
 
         # Refusals: a missing shard, the wrong model. Nothing is published.
         shutil.rmtree(os.path.join(three, "shard-1-of-3"))

@@ -35,6 +35,7 @@
 #include "libs/index/test_vectors.h"
 #include "libs/snapshot/embedding_shard.h"
 #include "libs/snapshot/merge_policy_flags.h"
+#include "libs/snapshot/shard.h"
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/vector_io.h"
@@ -88,6 +89,12 @@ ABSL_FLAG(int, seed, 1, "synth: random seed.");
 ABSL_FLAG(bool, promote, true,
           "build: make the new version CURRENT; false publishes a candidate for "
           "tools/promote.sh to check first.");
+ABSL_FLAG(int, shard_count, 0,
+          "build: split the collection into this many shards by a stable hash of the id, each "
+          "its own snapshot root --root/shard-<i>-of-<S> (0: one root, --root itself).");
+ABSL_FLAG(std::string, collection, "",
+          "build --shard_count: the collection's name, recorded in every shard's manifest "
+          "(default: --root's last path component).");
 ABSL_FLAG(std::string, log_format, "text",
           "Log lines on stderr: text, or json (one object per line).");
 
@@ -164,6 +171,82 @@ void SetHnswFlags(index::HnswParams* hnsw) {
   }
 }
 
+// Publishes a bulk load: `in` (everything but its graph; row i's vector at
+// vectors + i * dim) to `root`, or with --shard_count=S as S shard roots
+// root/shard-<i>-of-<S>, each the rows whose id maps to it, built and
+// published one after the other (one shard's vectors copied at a time).
+// Prints one line per version published.
+int PublishBulk(const std::string& root, snapshot::SnapshotInput in, const float* vectors,
+                const std::string& what) {
+  snapshot::PublishOptions po;
+  po.make_current = absl::GetFlag(FLAGS_promote);
+  const size_t dim = static_cast<size_t>(in.dim);
+  const int shard_count = absl::GetFlag(FLAGS_shard_count);
+  if (shard_count < 0 || static_cast<uint32_t>(shard_count) > snapshot::kMaxCollectionShards) {
+    std::cerr << "--shard_count must be between 0 and " << snapshot::kMaxCollectionShards << "\n";
+    return 2;
+  }
+  if (shard_count == 0) {
+    in.graph = index::HnswGraphWriter(vectors, in.count, dim, in.metric, in.hnsw);
+    auto v = snapshot::PublishSnapshot(root, in, po);
+    if (!v.ok()) return Fail(v.status());
+    std::cout << "published v" << *v << " (" << in.count << " vectors" << what << ", dim " << in.dim
+              << ", " << index::MetricName(in.metric) << ") to " << snapshot::VersionDir(root, *v)
+              << "\n";
+    return 0;
+  }
+  const auto count = static_cast<uint32_t>(shard_count);
+  std::string collection = absl::GetFlag(FLAGS_collection);
+  if (collection.empty()) {
+    collection = std::string(absl::StripSuffix(root, "/"));
+    collection = collection.substr(collection.find_last_of('/') + 1);
+  }
+  std::vector<std::vector<uint32_t>> rows(count);
+  for (size_t r = 0; r < in.count; ++r) {
+    rows[snapshot::ShardOf(in.ids[r].id, count)].push_back(static_cast<uint32_t>(r));
+  }
+  for (uint32_t s = 0; s < count; ++s) {
+    if (rows[s].empty()) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "shard ", s, " of ", count, " gets none of the ", in.count, " rows; use fewer shards")));
+    }
+  }
+  for (uint32_t s = 0; s < count; ++s) {
+    const std::vector<uint32_t>& mine = rows[s];
+    snapshot::SnapshotInput sub;
+    sub.count = mine.size();
+    sub.dim = in.dim;
+    sub.metric = in.metric;
+    sub.hnsw = in.hnsw;
+    sub.half_vectors = in.half_vectors;
+    sub.default_ef = in.default_ef;
+    sub.model_path = in.model_path;
+    sub.model = in.model;
+    sub.extra_files = in.extra_files;
+    sub.schema = in.schema;
+    sub.shard = snapshot::ShardInfo{collection, s, count, snapshot::kShardHash};
+    std::vector<float> shard_vectors(mine.size() * dim);
+    for (size_t i = 0; i < mine.size(); ++i) {
+      std::copy_n(vectors + mine[i] * dim, dim, shard_vectors.data() + i * dim);
+      sub.ids.push_back(in.ids[mine[i]]);
+      if (!in.attributes.empty()) sub.attributes.push_back(in.attributes[mine[i]]);
+      if (!in.thumbnails.empty()) sub.thumbnails.push_back(in.thumbnails[mine[i]]);
+    }
+    if (in.thumbnail_of) {
+      sub.thumbnail_of = [&in, &mine](uint64_t row) { return in.thumbnail_of(mine[row]); };
+    }
+    sub.graph = index::HnswGraphWriter(shard_vectors.data(), sub.count, dim, sub.metric, sub.hnsw);
+    const std::string shard_root = absl::StrCat(root, "/", snapshot::ShardRootName(s, count));
+    auto v = snapshot::PublishSnapshot(shard_root, sub, po);
+    if (!v.ok()) return Fail(v.status());
+    std::cout << "published v" << *v << " (" << sub.count << " of " << in.count << " vectors"
+              << what << ", " << snapshot::DescribeShard(sub.shard) << ", dim " << in.dim << ", "
+              << index::MetricName(in.metric) << ") to " << snapshot::VersionDir(shard_root, *v)
+              << "\n";
+  }
+  return 0;
+}
+
 int BuildFromShards(const std::string& root) {
   const std::string model = absl::GetFlag(FLAGS_model);
   if (model.empty()) {
@@ -202,21 +285,14 @@ int BuildFromShards(const std::string& root) {
   in.metric = first.metric;
   SetHnswFlags(&in.hnsw);
   in.hnsw.threads = absl::GetFlag(FLAGS_threads);
-  in.graph = index::HnswGraphWriter(vectors.data(), in.count, static_cast<size_t>(in.dim),
-                                    in.metric, in.hnsw);
   in.default_ef = absl::GetFlag(FLAGS_default_ef);
   in.model_path = model;
   in.model = first.model;
   in.extra_files["rejects.jsonl"] = rejects;
   if (absl::Status st = ApplySchema(&in); !st.ok()) return Fail(st);
-  snapshot::PublishOptions po;
-  po.make_current = absl::GetFlag(FLAGS_promote);
-  auto v = snapshot::PublishSnapshot(root, in, po);
-  if (!v.ok()) return Fail(v.status());
-  std::cout << "published v" << *v << " (" << in.count << " vectors from " << shards->size()
-            << " shards, dim " << in.dim << ", " << index::MetricName(in.metric) << ", model "
-            << in.model.name << ") to " << snapshot::VersionDir(root, *v) << "\n";
-  return 0;
+  const std::string what =
+      absl::StrCat(" from ", shards->size(), " embedding shards, model ", in.model.name);
+  return PublishBulk(root, std::move(in), vectors.data(), what);
 }
 
 // build --base: the vectors (if any) as one new segment on top of the base,
@@ -278,7 +354,15 @@ int Build(const std::string& root) {
     }
     return BuildFromShards(root);
   }
-  if (!absl::GetFlag(FLAGS_base).empty()) return BuildUpdate(root);
+  if (!absl::GetFlag(FLAGS_base).empty()) {
+    if (absl::GetFlag(FLAGS_shard_count) != 0) {
+      std::cerr << "build --base updates one root: run it on a shard's root "
+                   "(--root=<collection>/shard-<i>-of-<S>) with that shard's rows, or send the "
+                   "rows through the ingest service, which routes each to its shard\n";
+      return 2;
+    }
+    return BuildUpdate(root);
+  }
   if (!absl::GetFlag(FLAGS_remove_ids).empty()) {
     std::cerr << "--remove_ids needs --base\n";
     return 2;
@@ -296,16 +380,9 @@ int Build(const std::string& root) {
   in.ids = std::move(*ids);
   SetHnswFlags(&in.hnsw);
   in.hnsw.threads = absl::GetFlag(FLAGS_threads);
-  in.graph = index::HnswGraphWriter(set->data.data(), in.count, set->dim, in.metric, in.hnsw);
   in.default_ef = absl::GetFlag(FLAGS_default_ef);
   if (absl::Status st = ApplySchema(&in); !st.ok()) return Fail(st);
-  snapshot::PublishOptions po;
-  po.make_current = absl::GetFlag(FLAGS_promote);
-  auto v = snapshot::PublishSnapshot(root, in, po);
-  if (!v.ok()) return Fail(v.status());
-  std::cout << "published v" << *v << " (" << set->count << " vectors, dim " << set->dim << ", "
-            << index::MetricName(*metric) << ") to " << snapshot::VersionDir(root, *v) << "\n";
-  return 0;
+  return PublishBulk(root, std::move(in), set->data.data(), "");
 }
 
 int List(const std::string& root) {
@@ -324,6 +401,7 @@ int List(const std::string& root) {
                 << index::MetricName(m->metric) << "  " << m->created_at << "  model "
                 << (m->model.name.empty() ? "-" : m->model.name) << "  segments "
                 << std::max<size_t>(1, m->segments.size()) << "  deleted " << deleted;
+      if (m->shard.sharded()) std::cout << "  " << snapshot::DescribeShard(m->shard);
     } else {
       std::cout << "  (unreadable: " << m.status().message() << ")";
     }
