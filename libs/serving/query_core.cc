@@ -239,8 +239,21 @@ void QueryCore::Embed(absl::Span<const Query> items, const CallContext& context,
         "inputs has ", n, " items; the maximum is ", options_.max_embed_inputs, " per request")));
   }
   bool any_text = false;
+  bool any_model = false;
+  // Ids' stored vectors are read here; images and texts go to the model.
+  EmbedResult out{Embedder::Vectors(n), state->snapshot->version(),
+                  state->snapshot->manifest().model.name};
   for (size_t i = 0; i < n; ++i) {
     const Query& q = items[i];
+    if (q.kind == Query::Kind::kId) {
+      auto v = VectorOfId(*state->snapshot, q.id);
+      if (!v.ok()) {
+        return done(absl::Status(v.status().code(),
+                                 absl::StrCat("inputs[", i, "]: ", v.status().message())));
+      }
+      out.vectors[i] = std::move(v->first);
+      continue;
+    }
     if (q.kind != Query::Kind::kImage && q.kind != Query::Kind::kText) {
       return done(absl::InvalidArgumentError(absl::StrCat("inputs[", i, "] is empty")));
     }
@@ -248,17 +261,25 @@ void QueryCore::Embed(absl::Span<const Query> items, const CallContext& context,
       return done(s);
     }
     any_text |= q.kind == Query::Kind::kText;
+    any_model = true;
   }
+  if (!any_model) return done(std::move(out));
   if (absl::Status s = EmbedderAvailable(*state, any_text); !s.ok()) return done(s);
   if (absl::Status s = context.Check("decoding"); !s.ok()) return done(s);
   std::vector<EmbedItem> embed_items;
-  embed_items.reserve(n);
-  for (const Query& q : items) embed_items.push_back(ToEmbedItem(q));
+  std::vector<size_t> at;  // Where each embedded item's vector goes.
+  for (size_t i = 0; i < n; ++i) {
+    if (items[i].kind == Query::Kind::kId) continue;
+    embed_items.push_back(ToEmbedItem(items[i]));
+    at.push_back(i);
+  }
   state->embedder->Embed(std::move(embed_items), context,
-                         [state, done = std::move(done)](absl::StatusOr<Embedder::Vectors> v) {
+                         [state, out = std::move(out), at = std::move(at),
+                          done = std::move(done)](absl::StatusOr<Embedder::Vectors> v) mutable {
                            if (!v.ok()) return done(v.status());
-                           done(EmbedResult{*std::move(v), state->snapshot->version(),
-                                            state->snapshot->manifest().model.name});
+                           for (size_t k = 0; k < at.size(); ++k)
+                             out.vectors[at[k]] = std::move((*v)[k]);
+                           done(std::move(out));
                          });
 }
 

@@ -350,6 +350,32 @@ TEST_CASE("Embed gives one vector per input, in order, with the snapshot's versi
             "imagesearch_requests_total{code=\"OK\",front=\"grpc\",method=\"Embed\"} 1"));
 }
 
+TEST_CASE("Embed of an id gives its stored vector, with or without a model, in input order") {
+  Query id7;
+  id7.kind = Query::Kind::kId;
+  id7.id = "item7";
+  Fixture vector_only;  // No model: ids need none.
+  auto r = Await(vector_only.Embed({id7}));
+  REQUIRE(r.ok());
+  const float* stored = vector_only.manager->Current()->snapshot->Vector(7);
+  CHECK(r->vectors.at(0) == std::vector<float>(stored, stored + 8));
+
+  Fixture f({}, Model::kImageAndText);
+  auto mixed = Await(f.Embed({Text(kTextOfItem42), id7, Image(kImageOfItem7)}));
+  REQUIRE(mixed.ok());
+  REQUIRE(mixed->vectors.size() == 3);
+  CHECK(mixed->vectors[0] == f.runtime->vectors.at(kTextOfItem42));
+  const float* v7 = f.manager->Current()->snapshot->Vector(7);
+  CHECK(mixed->vectors[1] == std::vector<float>(v7, v7 + 8));
+  CHECK(mixed->vectors[2] == f.runtime->vectors.at(kImageOfItem7));
+
+  Query unknown = id7;
+  unknown.id = "nope";
+  auto missing = Await(f.Embed({Image(kImageOfItem7), unknown}));
+  CHECK(absl::IsNotFound(missing.status()));
+  CHECK(std::string(missing.status().message()).rfind("inputs[1]: ", 0) == 0);
+}
+
 TEST_CASE("Embed checks every input before any model work, and names the failing one") {
   QueryCoreOptions o;
   o.max_image_bytes = 200;

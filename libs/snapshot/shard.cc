@@ -16,9 +16,8 @@ uint32_t JumpConsistentHash(uint64_t key, uint32_t buckets) {
   while (j < static_cast<int64_t>(buckets)) {
     b = j;
     key = key * 2862933555777941757ULL + 1;
-    j = static_cast<int64_t>(static_cast<double>(b + 1) *
-                             (static_cast<double>(1LL << 31) /
-                              static_cast<double>((key >> 33) + 1)));
+    j = static_cast<int64_t>(static_cast<double>(b + 1) * (static_cast<double>(1LL << 31) /
+                                                           static_cast<double>((key >> 33) + 1)));
   }
   return static_cast<uint32_t>(b);
 }
@@ -34,9 +33,9 @@ absl::Status CheckIdInShard(absl::string_view id, const ShardInfo& shard) {
   if (!shard.sharded()) return absl::OkStatus();
   const uint32_t owner = ShardOf(id, shard.count);
   if (owner == shard.index) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      absl::StrCat("id '", id.substr(0, 128), "' belongs to shard ", owner, " of ", shard.count,
-                   ", not to this root (", DescribeShard(shard), ")"));
+  return absl::InvalidArgumentError(absl::StrCat("id '", id.substr(0, 128), "' belongs to shard ",
+                                                 owner, " of ", shard.count, ", not to this root (",
+                                                 DescribeShard(shard), ")"));
 }
 
 absl::Status ValidateShardInfo(const ShardInfo& shard) {
@@ -50,9 +49,8 @@ absl::Status ValidateShardInfo(const ShardInfo& shard) {
         absl::StrCat("shard index ", shard.index, " is not below the shard count ", shard.count));
   }
   if (shard.hash != kShardHash) {
-    return absl::InvalidArgumentError(absl::StrCat("shard hash '", shard.hash,
-                                                   "' is not one this build computes (",
-                                                   kShardHash, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shard hash '", shard.hash, "' is not one this build computes (", kShardHash, ")"));
   }
   return absl::OkStatus();
 }

@@ -25,10 +25,10 @@ TEST_CASE("ShardOf is the on-disk hash: these values must never change") {
   CHECK(ShardOf("anything", 1) == 0);
   CHECK(ShardOf("anything", 0) == 0);
   const std::vector<std::pair<std::string, std::vector<uint32_t>>> pinned = {
-      {"", {0, 0, 0, 0, 0}},                                // XXH3 2d06800538d394c2
-      {"img-0", {0, 0, 2, 2, 2}},                           // e27f2e89a241aec0
-      {"img-1", {0, 0, 0, 0, 4}},                           // ccfaf1de5eb1c585
-      {"photos/2024/IMG_0042.jpg", {0, 0, 0, 3, 4}},        // c4ad1f2fcaa8b511
+      {"", {0, 0, 0, 0, 0}},                          // XXH3 2d06800538d394c2
+      {"img-0", {0, 0, 2, 2, 2}},                     // e27f2e89a241aec0
+      {"img-1", {0, 0, 0, 0, 4}},                     // ccfaf1de5eb1c585
+      {"photos/2024/IMG_0042.jpg", {0, 0, 0, 3, 4}},  // c4ad1f2fcaa8b511
   };
   for (const auto& [id, want] : pinned) {
     for (uint32_t s = 1; s <= want.size(); ++s) {
@@ -81,8 +81,9 @@ TEST_CASE("CheckIdInShard names the shard an id belongs to") {
       CHECK(s.ok());
     } else {
       CHECK(s.code() == absl::StatusCode::kInvalidArgument);
-      CHECK(std::string(s.message()).find(absl::StrCat("belongs to shard ", ShardOf(id, 4),
-                                                       " of 4")) != std::string::npos);
+      CHECK(std::string(s.message())
+                .find(absl::StrCat("belongs to shard ", ShardOf(id, 4), " of 4")) !=
+            std::string::npos);
     }
   }
   CHECK(own > 10);

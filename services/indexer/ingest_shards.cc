@@ -56,9 +56,9 @@ absl::StatusOr<ShardVersions> CollectVersions(const std::vector<uint32_t>& which
   for (uint32_t s : which) {
     if (!results[s].ok()) {
       if (shard_count == 0) return results[s].status();
-      return absl::Status(results[s].status().code(),
-                          absl::StrCat("shard ", s, " of ", shard_count, ": ",
-                                       results[s].status().message()));
+      return absl::Status(
+          results[s].status().code(),
+          absl::StrCat("shard ", s, " of ", shard_count, ": ", results[s].status().message()));
     }
     versions[s] = *results[s];
   }
@@ -72,9 +72,8 @@ absl::StatusOr<std::unique_ptr<IngestShards>> IngestShards::Start(const IngestOp
                                                                   const std::string& collection) {
   if (options.root.empty()) return absl::InvalidArgumentError("--root is required");
   if (shard_count > snapshot::kMaxCollectionShards) {
-    return absl::InvalidArgumentError(absl::StrCat("--shard_count ", shard_count,
-                                                   " is above the limit of ",
-                                                   snapshot::kMaxCollectionShards));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--shard_count ", shard_count, " is above the limit of ", snapshot::kMaxCollectionShards));
   }
   std::unique_ptr<IngestShards> out(new IngestShards());
   out->root_ = options.root;
@@ -96,9 +95,9 @@ absl::StatusOr<std::unique_ptr<IngestShards>> IngestShards::Start(const IngestOp
   }
   if (one_root) {
     if (shard_count > 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          root, " is one snapshot root, not a collection of ", shard_count,
-          " shards; a reshard is a bulk rebuild into new roots (deploy/README.md)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(root, " is one snapshot root, not a collection of ", shard_count,
+                       " shards; a reshard is a bulk rebuild into new roots (deploy/README.md)"));
     }
     ASSIGN_OR_RETURN(auto core, IngestCore::Start(options));
     out->cores_.push_back(std::move(core));
@@ -119,13 +118,13 @@ absl::StatusOr<std::unique_ptr<IngestShards>> IngestShards::Start(const IngestOp
       for (uint32_t i = 0; i < count; ++i) {
         if (!found.count(i)) absl::StrAppend(&missing, missing.empty() ? "" : ", ", i);
       }
-      return absl::FailedPreconditionError(absl::StrCat(root, " lacks the roots of shard(s) ",
-                                                        missing, " of ", count));
+      return absl::FailedPreconditionError(
+          absl::StrCat(root, " lacks the roots of shard(s) ", missing, " of ", count));
     }
     if (shard_count > 0 && shard_count != count) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          root, " is a collection of ", count, " shards, not ", shard_count,
-          "; a reshard is a bulk rebuild into new roots (deploy/README.md)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(root, " is a collection of ", count, " shards, not ", shard_count,
+                       "; a reshard is a bulk rebuild into new roots (deploy/README.md)"));
     }
   }
   if (count == 0) {  // An empty root, unsharded.
@@ -192,9 +191,9 @@ absl::StatusOr<ShardedWriteOutcome> IngestShards::Upsert(std::vector<IngestItem>
   out.items.assign(items.size(), absl::OkStatus());
   for (uint32_t s : touched) {
     if (!results[s].ok()) {
-      const absl::Status failed(results[s].status().code(),
-                                absl::StrCat("shard ", s, " of ", shard_count_, ": ",
-                                             results[s].status().message()));
+      const absl::Status failed(
+          results[s].status().code(),
+          absl::StrCat("shard ", s, " of ", shard_count_, ": ", results[s].status().message()));
       for (size_t pos : where[s]) out.items[pos] = failed;
       continue;
     }
@@ -213,9 +212,8 @@ absl::StatusOr<ShardVersions> IngestShards::Delete(const std::vector<std::string
     if (!per[s].empty() || !sharded()) touched.push_back(s);
   }
   std::vector<absl::StatusOr<uint64_t>> results(cores_.size(), uint64_t{0});
-  ForEachShard(touched, [&](uint32_t s) {
-    results[s] = cores_[s]->Delete(per[s], wait, deadline);
-  });
+  ForEachShard(touched,
+               [&](uint32_t s) { results[s] = cores_[s]->Delete(per[s], wait, deadline); });
   return CollectVersions(touched, results, shard_count_);
 }
 

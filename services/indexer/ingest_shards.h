@@ -40,7 +40,7 @@ struct ShardedWriteOutcome {
 };
 
 struct ShardedIngestStatus {
-  IngestStatus total;  // Sums (versions: of shard 0 alone; errors: the first).
+  IngestStatus total;                // Sums (versions: of shard 0 alone; errors: the first).
   std::vector<IngestStatus> shards;  // By shard index; one for one root.
 };
 

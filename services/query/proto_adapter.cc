@@ -72,6 +72,9 @@ std::vector<Query> ToEmbedItems(const v1::EmbedRequest& request) {
     } else if (in.input_case() == v1::EmbedInput::kText) {
       item.kind = Query::Kind::kText;
       item.data = in.text();
+    } else if (in.input_case() == v1::EmbedInput::kId) {
+      item.kind = Query::Kind::kId;
+      item.id = in.id();
     }
   }
   return items;

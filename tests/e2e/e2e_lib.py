@@ -56,6 +56,13 @@ def read_npy(path, dim):
     return [list(flat[i * dim:(i + 1) * dim]) for i in range(n)]
 
 
+def cosine_distance(a, b):
+    """1 - cosine similarity of two vectors (the index's cosine distance)."""
+    import math
+    dot = sum(x * y for x, y in zip(a, b))
+    return 1.0 - dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
 def info(server):
     """GET /info of a query replica, parsed (GetInfoResponse in proto3 JSON)."""
     with urllib.request.urlopen(server.http_url + "/info", timeout=10) as r:

@@ -106,8 +106,10 @@ def hits_of(status, data, what):
     check(status == 200, f"{what}: HTTP {status} {data[:300]!r}")
     json_format.Parse(data, pb.SearchResponse())
     r = json.loads(data)
-    check(set(r) == {"hits", "snapshot_version", "collapsed"} and r["snapshot_version"].isdigit(),
-          f"{what}: {r}")
+    check(set(r) == {"hits", "snapshot_version", "collapsed", "missing_shards", "shard_versions"}
+          and r["snapshot_version"].isdigit(), f"{what}: {r}")
+    # Router-only fields: a replica serves one shard and leaves them empty.
+    check(r["missing_shards"] == [] and r["shard_versions"] == {}, f"{what}: {r}")
     for h in r["hits"]:
         check(set(h) == {"id", "score", "distance", "uri", "attributes_json"}, f"{what}: {h}")
     return r

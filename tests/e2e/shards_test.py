@@ -21,7 +21,6 @@ binaries on loopback, vector-only so that no model is needed):
 Usage: shards_test.py BUILD_DIR SOURCE_DIR
 """
 import json
-import math
 import os
 import random
 import shutil
@@ -51,8 +50,7 @@ def info(server):
 
 
 def cosine_distance(a, b):
-    dot = sum(x * y for x, y in zip(a, b))
-    return 1.0 - dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+    return e2e_lib.cosine_distance(a, b)
 
 
 def search(replica, values, exact=False, top_k=10):

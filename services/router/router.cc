@@ -1,0 +1,396 @@
+#include "services/router/router.h"
+
+#include <algorithm>
+#include <future>
+#include <mutex>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "libs/snapshot/shard.h"
+
+namespace imagesearch::router {
+namespace {
+
+constexpr uint32_t kDefaultTopK = 10;
+constexpr uint32_t kMaxTopK = 1000;  // As a replica's (libs/serving).
+
+// Runs call(i, done_i) for i in [0, n) and then done(results), once all of
+// them have answered (in any thread).
+template <typename T>
+void GatherAll(size_t n, const std::function<void(size_t, Router::Done<T>)>& call,
+               std::function<void(std::vector<absl::StatusOr<T>>)> done) {
+  struct State {
+    std::mutex mu;
+    std::vector<absl::StatusOr<T>> results;
+    size_t left;
+    std::function<void(std::vector<absl::StatusOr<T>>)> done;
+  };
+  auto state = std::make_shared<State>();
+  state->results.assign(n, absl::UnknownError("not answered"));
+  state->left = n;
+  state->done = std::move(done);
+  for (size_t i = 0; i < n; ++i) {
+    call(i, [state, i](absl::StatusOr<T> r) {
+      bool last = false;
+      {
+        std::lock_guard<std::mutex> lock(state->mu);
+        state->results[i] = std::move(r);
+        last = --state->left == 0;
+      }
+      if (last) state->done(std::move(state->results));
+    });
+  }
+}
+
+// A shard's error that is about the request (the same from every shard and
+// from a single replica), as opposed to the shard not answering.
+bool IsRequestError(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kUnimplemented:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kUnauthenticated:
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::string ShardName(const ShardClient& s, uint32_t count) {
+  return absl::StrCat("shard ", s.index(), " of ", count, " (", s.target(), ")");
+}
+
+}  // namespace
+
+Router::Router(const RouterOptions& options) {
+  for (size_t i = 0; i < options.shard_targets.size(); ++i) {
+    shards_.push_back(std::make_unique<ShardClient>(static_cast<uint32_t>(i),
+                                                    options.shard_targets[i], options.shard));
+  }
+}
+
+uint32_t Router::NextShard() { return rotate_.fetch_add(1) % shard_count(); }
+
+void Router::ShardSearch(uint32_t shard, const v1::SearchRequest& request, absl::Time deadline,
+                         Done<v1::SearchResponse> done) {
+  ShardClient* s = shards_[shard].get();
+  s->Call<v1::SearchRequest, v1::SearchResponse>(
+      [s](grpc::ClientContext* c, const v1::SearchRequest* q, v1::SearchResponse* r,
+          std::function<void(grpc::Status)> cb) { s->stub()->async()->Search(c, q, r, cb); },
+      request, deadline, std::move(done));
+}
+
+void Router::ShardEmbed(uint32_t shard, const v1::EmbedRequest& request, absl::Time deadline,
+                        Done<v1::EmbedResponse> done) {
+  ShardClient* s = shards_[shard].get();
+  s->Call<v1::EmbedRequest, v1::EmbedResponse>(
+      [s](grpc::ClientContext* c, const v1::EmbedRequest* q, v1::EmbedResponse* r,
+          std::function<void(grpc::Status)> cb) { s->stub()->async()->Embed(c, q, r, cb); },
+      request, deadline, std::move(done));
+}
+
+void Router::ShardInfo(uint32_t shard, absl::Time deadline, Done<v1::GetInfoResponse> done) {
+  ShardClient* s = shards_[shard].get();
+  s->Call<v1::GetInfoRequest, v1::GetInfoResponse>(
+      [s](grpc::ClientContext* c, const v1::GetInfoRequest* q, v1::GetInfoResponse* r,
+          std::function<void(grpc::Status)> cb) { s->stub()->async()->GetInfo(c, q, r, cb); },
+      v1::GetInfoRequest(), deadline, std::move(done));
+}
+
+absl::Status Router::Discover(absl::Time deadline) {
+  if (shards_.empty()) return absl::InvalidArgumentError("no shards given");
+  std::promise<std::vector<absl::StatusOr<v1::GetInfoResponse>>> promise;
+  auto future = promise.get_future();
+  GatherAll<v1::GetInfoResponse>(
+      shards_.size(),
+      [&](size_t i, Done<v1::GetInfoResponse> d) {
+        ShardInfo(static_cast<uint32_t>(i), deadline, std::move(d));
+      },
+      [&promise](std::vector<absl::StatusOr<v1::GetInfoResponse>> r) {
+        promise.set_value(std::move(r));
+      });
+  const auto infos = future.get();
+  const uint32_t count = shard_count();
+  const v1::GetInfoResponse* first = nullptr;
+  for (uint32_t i = 0; i < count; ++i) {
+    const std::string name = ShardName(*shards_[i], count);
+    if (!infos[i].ok()) {
+      return absl::UnavailableError(absl::StrCat(name, ": ", infos[i].status().message()));
+    }
+    const v1::GetInfoResponse& info = *infos[i];
+    if (!info.has_shard() || info.shard().count() != count || info.shard().index() != i) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          name, " serves ",
+          info.has_shard() ? absl::StrCat("shard ", info.shard().index(), " of ",
+                                          info.shard().count())
+                           : std::string("an unsharded collection"),
+          ": the router's shard list must name the shards in order, all of them"));
+    }
+    if (first == nullptr) {
+      first = &info;
+      continue;
+    }
+    if (info.shard().collection() != first->shard().collection() ||
+        info.dim() != first->dim() || info.metric() != first->metric() ||
+        info.model().sha256() != first->model().sha256()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          name, " is collection '", info.shard().collection(), "' (", info.dim(),
+          "-d, model '", info.model().name(), "'), shard 0 is '", first->shard().collection(),
+          "' (", first->dim(), "-d, model '", first->model().name(),
+          "'): the shards are not one collection"));
+    }
+  }
+  collection_ = first->shard().collection();
+  return absl::OkStatus();
+}
+
+void Router::Search(const v1::SearchRequest& request, absl::Time deadline,
+                    Done<v1::SearchResponse> done) {
+  const uint32_t top_k = request.top_k() == 0 ? kDefaultTopK : request.top_k();
+  if (top_k > kMaxTopK) {
+    return done(absl::InvalidArgumentError(
+        absl::StrCat("top_k ", top_k, " is out of range: the maximum is ", kMaxTopK)));
+  }
+  switch (request.query_case()) {
+    case v1::SearchRequest::kVector:
+      return FanOut(request, top_k, "", deadline, std::move(done));
+    case v1::SearchRequest::kId: {
+      // The id's stored vector, from the one shard that can hold it.
+      const uint32_t owner = snapshot::ShardOf(request.id(), shard_count());
+      v1::EmbedRequest embed;
+      embed.add_inputs()->set_id(request.id());
+      ShardEmbed(owner, embed, deadline,
+                 [this, request = request, top_k, deadline,
+                  done = std::move(done)](absl::StatusOr<v1::EmbedResponse> e) mutable {
+                   if (!e.ok()) {
+                     const absl::Status& s = e.status();
+                     return done(IsRequestError(s.code())
+                                     ? s
+                                     : absl::UnavailableError(absl::StrCat(
+                                           "the shard that holds id '", request.id().substr(0, 64),
+                                           "' is not answering: ", s.message())));
+                   }
+                   const std::string self = request.include_self() ? "" : request.id();
+                   *request.mutable_vector() = e->embeddings(0);
+                   FanOut(std::move(request), top_k, self, deadline, std::move(done));
+                 });
+      return;
+    }
+    case v1::SearchRequest::kImage:
+    case v1::SearchRequest::kText: {
+      v1::EmbedRequest embed;
+      if (request.query_case() == v1::SearchRequest::kImage) {
+        embed.add_inputs()->set_image(request.image());
+      } else {
+        embed.add_inputs()->set_text(request.text());
+      }
+      ShardEmbed(NextShard(), embed, deadline,
+                 [this, request = request, top_k, deadline,
+                  done = std::move(done)](absl::StatusOr<v1::EmbedResponse> e) mutable {
+                   if (!e.ok()) return done(e.status());
+                   *request.mutable_vector() = e->embeddings(0);
+                   FanOut(std::move(request), top_k, "", deadline, std::move(done));
+                 });
+      return;
+    }
+    default:
+      return done(absl::InvalidArgumentError("query is empty: set one of vector, id, image or text"));
+  }
+}
+
+void Router::FanOut(v1::SearchRequest request, uint32_t top_k, const std::string& self_id,
+                    absl::Time deadline, Done<v1::SearchResponse> done) {
+  // An id query's own row is dropped here, so each shard returns one more.
+  request.set_top_k(top_k + (self_id.empty() ? 0 : 1));
+  request.set_include_self(false);
+  const bool allow_partial = request.allow_partial();
+  auto shared = std::make_shared<const v1::SearchRequest>(std::move(request));
+  GatherAll<v1::SearchResponse>(
+      shards_.size(),
+      [this, shared, deadline](size_t i, Done<v1::SearchResponse> d) {
+        ShardSearch(static_cast<uint32_t>(i), *shared, deadline, std::move(d));
+      },
+      [this, top_k, self_id, allow_partial, deadline,
+       done = std::move(done)](std::vector<absl::StatusOr<v1::SearchResponse>> results) {
+        const uint32_t count = shard_count();
+        std::vector<uint32_t> missing;
+        std::string why;
+        for (uint32_t i = 0; i < count; ++i) {
+          if (results[i].ok()) continue;
+          const absl::Status& s = results[i].status();
+          if (IsRequestError(s.code())) return done(s);
+          if (absl::Now() >= deadline) {
+            return done(absl::DeadlineExceededError(absl::StrCat(
+                "the deadline passed before ", ShardName(*shards_[i], count), " answered")));
+          }
+          missing.push_back(i);
+          if (why.empty()) {
+            why = absl::StrCat(ShardName(*shards_[i], count), " has no replica answering: ",
+                               s.message());
+          }
+        }
+        if (!missing.empty() && (!allow_partial || missing.size() == count)) {
+          return done(absl::UnavailableError(
+              missing.size() == 1 ? why
+                                  : absl::StrCat(missing.size(), " of ", count,
+                                                 " shards are not answering; ", why)));
+        }
+        v1::SearchResponse out;
+        std::vector<v1::Hit*> hits;
+        for (uint32_t i = 0; i < count; ++i) {
+          if (!results[i].ok()) continue;
+          v1::SearchResponse& r = *results[i];
+          (*out.mutable_shard_versions())[i] = r.snapshot_version();
+          out.set_collapsed(out.collapsed() + r.collapsed());
+          for (v1::Hit& h : *r.mutable_hits()) {
+            if (!self_id.empty() && h.id() == self_id) continue;
+            hits.push_back(&h);
+          }
+        }
+        std::stable_sort(hits.begin(), hits.end(), [](const v1::Hit* a, const v1::Hit* b) {
+          if (a->distance() != b->distance()) return a->distance() < b->distance();
+          return a->id() < b->id();
+        });
+        if (hits.size() > top_k) hits.resize(top_k);
+        for (v1::Hit* h : hits) *out.add_hits() = std::move(*h);
+        for (uint32_t i : missing) out.add_missing_shards(i);
+        done(std::move(out));
+      });
+}
+
+void Router::SearchBatch(const v1::SearchBatchRequest& request, absl::Time deadline,
+                         Done<v1::SearchBatchResponse> done) {
+  const size_t n = static_cast<size_t>(request.requests_size());
+  if (n == 0) return done(absl::InvalidArgumentError("requests is empty"));
+  for (size_t i = 0; i < n; ++i) {
+    const auto kind = request.requests(static_cast<int>(i)).query_case();
+    if (kind == v1::SearchRequest::kImage || kind == v1::SearchRequest::kText) {
+      return done(absl::InvalidArgumentError(
+          absl::StrCat("requests[", i,
+                       "]: image and text queries are not taken by SearchBatch; embed them with "
+                       "Embed, or send them to Search")));
+    }
+  }
+  auto shared = std::make_shared<const v1::SearchBatchRequest>(request);
+  GatherAll<v1::SearchResponse>(
+      n,
+      [this, shared, deadline](size_t i, Done<v1::SearchResponse> d) {
+        Search(shared->requests(static_cast<int>(i)), deadline, std::move(d));
+      },
+      [done = std::move(done)](std::vector<absl::StatusOr<v1::SearchResponse>> results) {
+        v1::SearchBatchResponse out;
+        for (size_t i = 0; i < results.size(); ++i) {
+          if (!results[i].ok()) {
+            const absl::Status& s = results[i].status();
+            return done(absl::Status(s.code(), absl::StrCat("requests[", i, "]: ", s.message())));
+          }
+          *out.add_responses() = std::move(*results[i]);
+        }
+        done(std::move(out));
+      });
+}
+
+void Router::Embed(const v1::EmbedRequest& request, absl::Time deadline,
+                   Done<v1::EmbedResponse> done) {
+  // Each id from its own shard; images and texts together from one shard.
+  struct Part {
+    uint32_t shard;
+    v1::EmbedRequest request;
+    std::vector<int> positions;
+  };
+  auto parts = std::make_shared<std::vector<Part>>();
+  Part model_part{NextShard(), {}, {}};
+  for (int i = 0; i < request.inputs_size(); ++i) {
+    const v1::EmbedInput& in = request.inputs(i);
+    if (in.input_case() == v1::EmbedInput::kId) {
+      parts->push_back(Part{snapshot::ShardOf(in.id(), shard_count()), {}, {i}});
+      *parts->back().request.add_inputs() = in;
+    } else {
+      *model_part.request.add_inputs() = in;
+      model_part.positions.push_back(i);
+    }
+  }
+  if (!model_part.positions.empty() || parts->empty()) parts->push_back(std::move(model_part));
+  const int n = request.inputs_size();
+  GatherAll<v1::EmbedResponse>(
+      parts->size(),
+      [this, parts, deadline](size_t k, Done<v1::EmbedResponse> d) {
+        ShardEmbed((*parts)[k].shard, (*parts)[k].request, deadline, std::move(d));
+      },
+      [parts, n, done = std::move(done)](std::vector<absl::StatusOr<v1::EmbedResponse>> results) {
+        v1::EmbedResponse out;
+        for (int i = 0; i < n; ++i) out.add_embeddings();
+        for (size_t k = 0; k < results.size(); ++k) {
+          if (!results[k].ok()) return done(results[k].status());
+          const Part& part = (*parts)[k];
+          for (size_t j = 0; j < part.positions.size(); ++j) {
+            *out.mutable_embeddings(part.positions[j]) =
+                results[k]->embeddings(static_cast<int>(j));
+          }
+          if (out.model_name().empty()) out.set_model_name(results[k]->model_name());
+        }
+        done(std::move(out));
+      });
+}
+
+void Router::GetInfo(absl::Time deadline, Done<v1::GetInfoResponse> done) {
+  GatherAll<v1::GetInfoResponse>(
+      shards_.size(),
+      [this, deadline](size_t i, Done<v1::GetInfoResponse> d) {
+        ShardInfo(static_cast<uint32_t>(i), deadline, std::move(d));
+      },
+      [this, done = std::move(done)](std::vector<absl::StatusOr<v1::GetInfoResponse>> results) {
+        v1::GetInfoResponse out;
+        bool any = false;
+        for (uint32_t i = 0; i < results.size(); ++i) {
+          const ShardClient& s = *shards_[i];
+          const ShardStats st = s.Stats();
+          v1::RouterShard* rs = out.add_router_shards();
+          rs->set_index(i);
+          rs->set_target(s.target());
+          rs->set_calls(st.calls);
+          rs->set_failures(st.failures);
+          rs->set_hedges_sent(st.hedges_sent);
+          rs->set_hedges_won(st.hedges_won);
+          rs->set_retries(st.retries);
+          rs->set_p50_us(static_cast<uint64_t>(absl::ToInt64Microseconds(st.p50)));
+          rs->set_p95_us(static_cast<uint64_t>(absl::ToInt64Microseconds(st.p95)));
+          if (!results[i].ok()) {
+            rs->set_error(std::string(results[i].status().message()));
+            continue;
+          }
+          const v1::GetInfoResponse& info = *results[i];
+          rs->set_available(true);
+          rs->set_snapshot_version(info.snapshot_version());
+          rs->set_vector_count(info.vector_count());
+          if (!any) {  // The collection's description, from the first shard answering.
+            out.set_dim(info.dim());
+            out.set_metric(info.metric());
+            *out.mutable_model() = info.model();
+            *out.mutable_hnsw() = info.hnsw();
+            out.set_max_top_k(info.max_top_k());
+            *out.mutable_fields() = info.fields();
+            any = true;
+          }
+          out.set_vector_count(out.vector_count() + info.vector_count());
+          out.set_has_thumbnails(out.has_thumbnails() || info.has_thumbnails());
+          if (info.created_at() > out.created_at()) out.set_created_at(info.created_at());
+          for (const auto& seg : info.segments()) *out.add_segments() = seg;
+        }
+        if (!any) {
+          return done(absl::UnavailableError(
+              absl::StrCat("no shard is answering: ", out.router_shards(0).error())));
+        }
+        v1::ShardInfo* shard = out.mutable_shard();
+        shard->set_collection(collection_);
+        shard->set_count(shard_count());
+        shard->set_hash(snapshot::kShardHash);
+        done(std::move(out));
+      });
+}
+
+}  // namespace imagesearch::router

@@ -1,0 +1,87 @@
+#include "services/router/shard_client.h"
+
+#include <algorithm>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace imagesearch::router {
+namespace {
+
+constexpr size_t kLatencyRing = 512;
+
+// "a:1,b:2" -> "ipv4:a:1,b:2" (or ipv6: for bracketed addresses); a target
+// with a scheme, or a single host:port, is used as it is.
+std::string ChannelTarget(const std::string& target) {
+  if (absl::StrContains(target, ":///") || !absl::StrContains(target, ',')) return target;
+  if (absl::StartsWith(target, "ipv4:") || absl::StartsWith(target, "ipv6:")) return target;
+  return absl::StrCat(absl::StartsWith(target, "[") ? "ipv6:" : "ipv4:", target);
+}
+
+}  // namespace
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+ShardClient::ShardClient(uint32_t index, const std::string& target,
+                         const ShardClientOptions& options)
+    : index_(index), target_(target), options_(options) {
+  grpc::ChannelArguments args;
+  args.SetServiceConfigJSON(R"({"loadBalancingConfig": [{"round_robin": {}}]})");
+  // Find a restarted replica soon: reconnect backoff from 100 ms, at most 1 s.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  args.SetMaxReceiveMessageSize(64 << 20);
+  channel_ = grpc::CreateCustomChannel(ChannelTarget(target), grpc::InsecureChannelCredentials(),
+                                       args);
+  stub_ = v1::ImageSearch::NewStub(channel_);
+  latencies_us_.reserve(kLatencyRing);
+}
+
+void ShardClient::Record(absl::Duration latency, bool ok) {
+  if (!ok) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t us = absl::ToInt64Microseconds(latency);
+  if (latencies_us_.size() < kLatencyRing) {
+    latencies_us_.push_back(us);
+  } else {
+    latencies_us_[next_] = us;
+    next_ = (next_ + 1) % kLatencyRing;
+  }
+}
+
+ShardStats ShardClient::Stats() const {
+  std::vector<int64_t> sorted;
+  ShardStats out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    out = stats_;
+    sorted = latencies_us_;
+  }
+  if (!sorted.empty()) {
+    std::sort(sorted.begin(), sorted.end());
+    out.p50 = absl::Microseconds(sorted[sorted.size() / 2]);
+    out.p95 = absl::Microseconds(sorted[std::min(sorted.size() - 1, sorted.size() * 95 / 100)]);
+  }
+  return out;
+}
+
+absl::Duration ShardClient::HedgeDelay() const {
+  if (options_.hedge_delay < absl::ZeroDuration()) return -absl::InfiniteDuration();
+  if (options_.hedge_delay > absl::ZeroDuration()) return options_.hedge_delay;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (latencies_us_.size() < kMinSamplesForP95) return -absl::InfiniteDuration();
+  }
+  return std::max(options_.min_hedge_delay, Stats().p95);
+}
+
+}  // namespace imagesearch::router

@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""imagesearch-router over a sharded collection, all real binaries on
+loopback (vector-only, so that no model is needed): 3 shards x 2 replicas,
+and one unsharded replica of the same rows to compare with.
+
+  1. GetInfo through the router: the collection, S, every shard available,
+     the vector count of the whole collection;
+  2. `exact` through the router equals the brute-force top-10, and at the
+     same ef its recall@10 is at least the unsharded snapshot's;
+  3. an id query is resolved through the shard that owns the id (its own
+     row left out), and equals the unsharded replica's exact answer;
+  4. a replica of a shard SIGKILLed while a client queries: no failed call
+     (the router retries on another replica);
+  5. every replica of one shard killed: UNAVAILABLE naming the shard, or,
+     with allow_partial, an answer from the others naming it missing;
+     restarted, the router recovers without a restart of its own;
+  6. a replica made slow (a proxy delaying it by 1 s): hedged requests
+     to its sibling answer first and keep every call fast.
+
+Usage: router_test.py BUILD_DIR SOURCE_DIR
+"""
+import json
+import os
+import random
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2e_lib  # noqa: E402
+import grpc_stubs  # noqa: E402
+from e2e_lib import Server, check, run  # noqa: E402
+import grpc  # noqa: E402
+
+BUILD, SRC = sys.argv[1:3]
+T = e2e_lib.tree(BUILD, SRC)
+ROUTER = os.path.join(BUILD, "services", "router", "imagesearch-router")
+pb, pb_grpc = grpc_stubs.load(T.proto)
+DIM = 24
+N = 3000
+S = 3
+
+
+def vec(i):
+    rnd = random.Random(50_000 + i)
+    return [rnd.uniform(-1, 1) for _ in range(DIM)]
+
+
+def cosine_distance(a, b):
+    return e2e_lib.cosine_distance(a, b)
+
+
+def stub_of(address):
+    return pb_grpc.ImageSearchStub(grpc.insecure_channel(address))
+
+
+def search(stub, values, **kw):
+    return stub.Search(pb.SearchRequest(vector=pb.Vector(values=values), **kw), timeout=20)
+
+
+class DelayProxy:
+    """A TCP proxy on loopback that holds every chunk `delay_s` before passing it on."""
+
+    def __init__(self, target_port, delay_s):
+        self.target_port, self.delay_s = target_port, delay_s
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self.pump, args=(a, b), daemon=True).start()
+
+    def pump(self, src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                time.sleep(self.delay_s)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="imagesearch_router_")
+    procs = []
+    try:
+        npy = os.path.join(work, "rows.npy")
+        run(T.snapshot, "synth", f"--out={npy}", f"--count={N}", f"--dim={DIM}", "--seed=7")
+        ids = os.path.join(work, "ids.jsonl")
+        with open(ids, "w") as f:
+            for i in range(N):
+                f.write(json.dumps({"id": f"r{i}"}) + "\n")
+        coll, single = os.path.join(work, "coll"), os.path.join(work, "single")
+        common = [f"--vectors={npy}", f"--ids={ids}", "--threads=1", "--m=8",
+                  "--ef_construction=40"]
+        run(T.snapshot, "build", f"--root={coll}", f"--shard_count={S}", "--collection=c", *common)
+        run(T.snapshot, "build", f"--root={single}", *common)
+        rows = e2e_lib.read_npy(npy, DIM)
+
+        def replica(root, name):
+            s = Server(T.query, [f"--snapshot_root={root}"], os.path.join(work, name + ".log"))
+            procs.append(s)
+            return s
+
+        reps = {i: [replica(os.path.join(coll, f"shard-{i}-of-{S}"), f"q{i}{r}") for r in range(2)]
+                for i in range(S)}
+        one = replica(single, "single")
+        # Shard 2's second replica is reached through a proxy that can be made slow.
+        proxy = DelayProxy(reps[2][1].grpc_port, 0.0)
+        targets = []
+        for i in range(S):
+            ports = [r.grpc_port for r in reps[i]]
+            if i == 2:
+                ports[1] = proxy.port
+            targets.append(",".join(f"127.0.0.1:{p}" for p in ports))
+        router = Server(ROUTER, [f"--shards={';'.join(targets)}", "--port=0", "--hedge_after_ms=30"],
+                        os.path.join(work, "router.log"), wait=("grpc",), pick_ports=False)
+        procs.append(router)
+        rs, single_stub = stub_of(router.grpc_address), stub_of(one.grpc_address)
+
+        info = rs.GetInfo(pb.GetInfoRequest(), timeout=10)
+        check(info.shard.collection == "c" and info.shard.count == S and info.vector_count == N
+              and info.dim == DIM and len(info.router_shards) == S
+              and all(s.available for s in info.router_shards), info)
+        print(f"1. GetInfo: collection 'c', {S} shards available, {info.vector_count} vectors")
+
+        for q in range(5):
+            query = vec(q)
+            got = [h.id for h in search(rs, query, exact=True).hits]
+            truth = sorted(range(N), key=lambda r: cosine_distance(query, rows[r]))[:10]
+            check(got == [f"r{r}" for r in truth], (got, truth))
+        hits_router = hits_single = 0
+        for q in range(60):
+            query = vec(100 + q)
+            truth = {h.id for h in search(single_stub, query, exact=True).hits}
+            hits_router += len(truth & {h.id for h in search(rs, query, ef=10).hits})
+            hits_single += len(truth & {h.id for h in search(single_stub, query, ef=10).hits})
+        check(hits_router >= hits_single, (hits_router, hits_single))
+        print(f"2. exact through the router == brute force; recall@10 at ef 10: router "
+              f"{hits_router / 600:.3f} >= unsharded {hits_single / 600:.3f}")
+
+        for rid in ("r5", "r77", "r2999"):
+            got = rs.Search(pb.SearchRequest(id=rid, exact=True), timeout=20)
+            want = single_stub.Search(pb.SearchRequest(id=rid, exact=True), timeout=20)
+            check([h.id for h in got.hits] == [h.id for h in want.hits] and
+                  rid not in [h.id for h in got.hits], (got, want))
+            with_self = rs.Search(pb.SearchRequest(id=rid, exact=True, include_self=True), timeout=20)
+            check(with_self.hits[0].id == rid, with_self)
+        try:
+            rs.Search(pb.SearchRequest(id="nope"), timeout=20)
+            check(False, "an unknown id was answered")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.NOT_FOUND and "nope" in e.details(), e.details())
+        print("3. id queries resolved through the owning shard == the unsharded exact answer; "
+              "an unknown id is NOT_FOUND")
+
+        failures, done = [], threading.Event()
+        calls = [0]
+
+        def load():
+            i = 0
+            while not done.is_set() and i < 5000:
+                try:
+                    search(rs, vec(i % 200), ef=16)
+                    calls[0] += 1
+                except grpc.RpcError as e:
+                    failures.append(e.code())
+                i += 1
+        t = threading.Thread(target=load)
+        t.start()
+        time.sleep(0.5)
+        reps[0][0].kill()
+        time.sleep(1.0)
+        done.set()
+        t.join()
+        check(calls[0] > 20 and not failures, (calls[0], failures))
+        reps[0][0] = replica(os.path.join(coll, f"shard-0-of-{S}"), "q00b")
+        print(f"4. a replica of shard 0 SIGKILLed under load: {calls[0]} calls, none failed")
+
+        for r in reps[1]:
+            r.kill()
+        try:
+            search(rs, vec(1))
+            check(False, "answered without shard 1")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.UNAVAILABLE and "shard 1 of 3" in e.details(),
+                  e.details())
+        partial = search(rs, vec(1), allow_partial=True)
+        check(list(partial.missing_shards) == [1] and len(partial.hits) == 10 and
+              sorted(partial.shard_versions.keys()) == [0, 2], partial)
+        # The same ports again, so that the router's channels find them.
+        for k, r in enumerate(reps[1]):
+            port = r.grpc_port
+            s = Server(T.query, [f"--snapshot_root={os.path.join(coll, f'shard-1-of-{S}')}",
+                                 "--host=127.0.0.1", f"--port={port}", "--http_port=0"],
+                       os.path.join(work, f"q1{k}b.log"), pick_ports=False)
+            procs.append(s)
+        def recovered():
+            try:
+                return not search(rs, vec(2)).missing_shards
+            except grpc.RpcError:
+                return False
+        router.wait_until("the router answers from every shard again", recovered, 30)
+        print("5. shard 1 down: UNAVAILABLE naming it; allow_partial answers from shards 0 and 2 "
+              "and names 1 missing; restarted, the router recovers")
+
+        proxy.delay_s = 1.0
+        slowest = 0.0
+        for i in range(30):
+            t0 = time.monotonic()
+            search(rs, vec(300 + i), ef=16)
+            slowest = max(slowest, time.monotonic() - t0)
+        info = rs.GetInfo(pb.GetInfoRequest(), timeout=10)
+        shard2 = info.router_shards[2]
+        check(shard2.hedges_sent > 0 and shard2.hedges_won > 0 and slowest < 0.7,
+              (slowest, shard2))
+        print(f"6. one replica of shard 2 delayed 1 s: {shard2.hedges_sent} hedges sent, "
+              f"{shard2.hedges_won} won, slowest call {slowest * 1000:.0f} ms")
+    finally:
+        for p in procs:
+            p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+    print("router: PASS")
+
+
+if __name__ == "__main__":
+    main()
