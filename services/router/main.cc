@@ -21,10 +21,10 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/strings/ascii.h"
 #include "absl/time/clock.h"
 #include "libs/common/binary_main.h"
 #include "libs/common/file_util.h"
@@ -82,8 +82,7 @@ class RouterService final : public v1::ImageSearch::CallbackService {
     router_->Embed(*request, Deadline(context), Finisher(reactor, response));
     return reactor;
   }
-  grpc::ServerUnaryReactor* GetInfo(grpc::CallbackServerContext* context,
-                                    const v1::GetInfoRequest*,
+  grpc::ServerUnaryReactor* GetInfo(grpc::CallbackServerContext* context, const v1::GetInfoRequest*,
                                     v1::GetInfoResponse* response) override {
     auto* reactor = context->DefaultReactor();
     router_->GetInfo(Deadline(context), Finisher(reactor, response));
@@ -110,7 +109,8 @@ int Run() {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   RouterOptions options;
-  for (absl::string_view t : absl::StrSplit(absl::GetFlag(FLAGS_shards), ';', absl::SkipWhitespace())) {
+  for (absl::string_view t :
+       absl::StrSplit(absl::GetFlag(FLAGS_shards), ';', absl::SkipWhitespace())) {
     options.shard_targets.emplace_back(absl::StripAsciiWhitespace(t));
   }
   if (options.shard_targets.empty()) {
@@ -118,8 +118,7 @@ int Run() {
     return 2;
   }
   const int hedge = absl::GetFlag(FLAGS_hedge_after_ms);
-  options.shard.hedge_delay =
-      hedge < 0 ? -absl::InfiniteDuration() : absl::Milliseconds(hedge);
+  options.shard.hedge_delay = hedge < 0 ? -absl::InfiniteDuration() : absl::Milliseconds(hedge);
   options.shard.retries = std::max(0, absl::GetFlag(FLAGS_retries));
   Router router(options);
   const absl::Time give_up = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_startup_timeout_s));

@@ -125,23 +125,21 @@ absl::Status Router::Discover(absl::Time deadline) {
     if (!info.has_shard() || info.shard().count() != count || info.shard().index() != i) {
       return absl::FailedPreconditionError(absl::StrCat(
           name, " serves ",
-          info.has_shard() ? absl::StrCat("shard ", info.shard().index(), " of ",
-                                          info.shard().count())
-                           : std::string("an unsharded collection"),
+          info.has_shard()
+              ? absl::StrCat("shard ", info.shard().index(), " of ", info.shard().count())
+              : std::string("an unsharded collection"),
           ": the router's shard list must name the shards in order, all of them"));
     }
     if (first == nullptr) {
       first = &info;
       continue;
     }
-    if (info.shard().collection() != first->shard().collection() ||
-        info.dim() != first->dim() || info.metric() != first->metric() ||
-        info.model().sha256() != first->model().sha256()) {
+    if (info.shard().collection() != first->shard().collection() || info.dim() != first->dim() ||
+        info.metric() != first->metric() || info.model().sha256() != first->model().sha256()) {
       return absl::FailedPreconditionError(absl::StrCat(
-          name, " is collection '", info.shard().collection(), "' (", info.dim(),
-          "-d, model '", info.model().name(), "'), shard 0 is '", first->shard().collection(),
-          "' (", first->dim(), "-d, model '", first->model().name(),
-          "'): the shards are not one collection"));
+          name, " is collection '", info.shard().collection(), "' (", info.dim(), "-d, model '",
+          info.model().name(), "'), shard 0 is '", first->shard().collection(), "' (", first->dim(),
+          "-d, model '", first->model().name(), "'): the shards are not one collection"));
     }
   }
   collection_ = first->shard().collection();
@@ -198,7 +196,8 @@ void Router::Search(const v1::SearchRequest& request, absl::Time deadline,
       return;
     }
     default:
-      return done(absl::InvalidArgumentError("query is empty: set one of vector, id, image or text"));
+      return done(
+          absl::InvalidArgumentError("query is empty: set one of vector, id, image or text"));
   }
 }
 
@@ -229,8 +228,8 @@ void Router::FanOut(v1::SearchRequest request, uint32_t top_k, const std::string
           }
           missing.push_back(i);
           if (why.empty()) {
-            why = absl::StrCat(ShardName(*shards_[i], count), " has no replica answering: ",
-                               s.message());
+            why = absl::StrCat(ShardName(*shards_[i], count),
+                               " has no replica answering: ", s.message());
           }
         }
         if (!missing.empty() && (!allow_partial || missing.size() == count)) {

@@ -20,6 +20,43 @@ std::string ChannelTarget(const std::string& target) {
 
 }  // namespace
 
+HedgeTimer& HedgeTimer::Get() {
+  static HedgeTimer* timer = new HedgeTimer();  // Never destroyed: its thread runs to exit.
+  return *timer;
+}
+
+HedgeTimer::HedgeTimer() : thread_([this] { Loop(); }) { thread_.detach(); }
+
+void HedgeTimer::At(absl::Time when, std::function<void()> fn) {
+  bool earliest = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    earliest = heap_.empty() || when < heap_.top().when;
+    heap_.push(Entry{when, std::move(fn)});
+  }
+  if (earliest) wake_.notify_one();
+}
+
+void HedgeTimer::Loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    if (heap_.empty()) {
+      wake_.wait(lock);
+      continue;
+    }
+    const absl::Time next = heap_.top().when;
+    if (absl::Now() < next) {
+      wake_.wait_until(lock, absl::ToChronoTime(next));
+      continue;
+    }
+    std::function<void()> fn = heap_.top().fn;
+    heap_.pop();
+    lock.unlock();
+    fn();
+    lock.lock();
+  }
+}
+
 absl::Status FromGrpc(const grpc::Status& s) {
   if (s.ok()) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
@@ -40,8 +77,8 @@ ShardClient::ShardClient(uint32_t index, const std::string& target,
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetMaxReceiveMessageSize(64 << 20);
-  channel_ = grpc::CreateCustomChannel(ChannelTarget(target), grpc::InsecureChannelCredentials(),
-                                       args);
+  channel_ =
+      grpc::CreateCustomChannel(ChannelTarget(target), grpc::InsecureChannelCredentials(), args);
   stub_ = v1::ImageSearch::NewStub(channel_);
   latencies_us_.reserve(kLatencyRing);
 }

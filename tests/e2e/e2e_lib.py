@@ -44,6 +44,59 @@ def segment_dirs(root, version):
     return [os.path.join(root, "segments", s["name"]) for s in m["segments"]]
 
 
+class DelayProxy:
+    """A TCP proxy on loopback in front of 127.0.0.1:target_port that holds every chunk
+    `delay_s` (settable at any time) before passing it on: a slow replica, since this
+    kernel has no tc netem. `port` is where it listens."""
+
+    def __init__(self, target_port, delay_s):
+        import socket
+        import threading
+        self.target_port, self.delay_s = target_port, delay_s
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:  # The replica behind it is down: so is the proxied one.
+                client.close()
+                continue
+            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src, dst):
+        import socket
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if self.delay_s > 0:
+                    time.sleep(self.delay_s)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
 def read_npy(path, dim):
     """The rows of a float32 .npy file of `dim` columns (as `imagesearch-snapshot synth` writes)."""
     import struct

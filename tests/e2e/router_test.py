@@ -23,7 +23,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -32,7 +31,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_lib  # noqa: E402
 import grpc_stubs  # noqa: E402
-from e2e_lib import Server, check, run  # noqa: E402
+from e2e_lib import DelayProxy, Server, check, run  # noqa: E402
 import grpc  # noqa: E402
 
 BUILD, SRC = sys.argv[1:3]
@@ -59,45 +58,6 @@ def stub_of(address):
 
 def search(stub, values, **kw):
     return stub.Search(pb.SearchRequest(vector=pb.Vector(values=values), **kw), timeout=20)
-
-
-class DelayProxy:
-    """A TCP proxy on loopback that holds every chunk `delay_s` before passing it on."""
-
-    def __init__(self, target_port, delay_s):
-        self.target_port, self.delay_s = target_port, delay_s
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self.pump, args=(a, b), daemon=True).start()
-
-    def pump(self, src, dst):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                time.sleep(self.delay_s)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 def main():

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""imagesearch-router against one unsharded replica of the same rows, side by
+side on this machine (everything on loopback, sharing its cores):
+
+  recall    recall@10 of the router over S shards and of the unsharded
+            replica at the same ef, against the exact top-10 (`exact` on the
+            unsharded replica), on held-out queries;
+  overhead  one client, one query at a time, alternating rounds: p50 and p99
+            latency through the router and straight to the unsharded replica,
+            and the router's own CPU per query (/proc/<pid>/stat);
+  tail      shard 0 has two replicas, the second behind a proxy that can
+            delay every chunk (this kernel has no tc netem); with it delaying
+            --delay_ms, p50/p99 through the router with hedging (the default:
+            after the shard's observed p95) and through a second router with
+            --hedge_after_ms=-1, against the router's p99 with no delay.
+
+Goals (issue 23): router p50 <= unsharded p50 + 0.5 ms at 1 client; p99 with
+hedging within 2x of the no-delay p99; router recall >= unsharded recall.
+
+Usage: tools/bench/router_bench.py [--build=build] [--count=100000] [--dim=128]
+         [--shards=4] [--queries=1000] [--ef=32] [--delay_ms=20] [--workdir=/tmp/router_bench]
+Roots are cached in --workdir (rebuilt when missing).
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(SRC, "tests", "e2e"))
+import e2e_lib  # noqa: E402
+import grpc_stubs  # noqa: E402
+from e2e_lib import DelayProxy, Server, run  # noqa: E402
+import grpc  # noqa: E402
+
+ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+ap.add_argument("--build", default="build")
+ap.add_argument("--count", type=int, default=100_000)
+ap.add_argument("--dim", type=int, default=128)
+ap.add_argument("--shards", type=int, default=4)
+ap.add_argument("--queries", type=int, default=1000)
+ap.add_argument("--ef", type=int, default=32)
+ap.add_argument("--delay_ms", type=float, default=20)
+ap.add_argument("--rounds", type=int, default=4)
+ap.add_argument("--tail_queries", type=int, default=300,
+                help="queries per router in the tail phase (a slow call takes 2x the delay)")
+ap.add_argument("--workdir", default="/tmp/router_bench")
+a = ap.parse_args()
+T = e2e_lib.tree(a.build, SRC)
+ROUTER = os.path.join(a.build, "services", "router", "imagesearch-router")
+pb, pb_grpc = grpc_stubs.load(T.proto)
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def write_npy(path, rows):
+    """rows (lists of floats) as a float32 .npy file."""
+    import struct
+    head = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (len(rows), a.dim)
+    head += " " * (63 - (10 + len(head)) % 64) + "\n"
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little") + head.encode())
+        for r in rows:
+            f.write(struct.pack(f"<{a.dim}f", *r))
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p / 100))]
+
+
+def main():
+    os.makedirs(a.workdir, exist_ok=True)
+    tag = f"n{a.count}-d{a.dim}-s{a.shards}"
+    data, queries = f"{a.workdir}/{tag}.npy", f"{a.workdir}/{tag}-q{a.queries}.npy"
+    single, coll = f"{a.workdir}/{tag}-single", f"{a.workdir}/{tag}-coll"
+    if not os.path.exists(f"{single}/CURRENT") or not os.path.exists(
+            f"{coll}/shard-{a.shards - 1}-of-{a.shards}/CURRENT") or not os.path.exists(queries):
+        for d in (single, coll):
+            run("rm", "-rf", d)
+        # One draw of count + queries rows: the first count indexed, the rest held out.
+        both = f"{a.workdir}/{tag}-all.npy"
+        run(T.snapshot, "synth", f"--out={both}", f"--count={a.count + a.queries}",
+            f"--dim={a.dim}", "--seed=21")
+        rows = e2e_lib.read_npy(both, a.dim)
+        write_npy(data, rows[:a.count])
+        write_npy(queries, rows[a.count:])
+        os.remove(both)
+        t0 = time.monotonic()
+        run(T.snapshot, "build", f"--root={single}", f"--vectors={data}")
+        t1 = time.monotonic()
+        run(T.snapshot, "build", f"--root={coll}", f"--vectors={data}",
+            f"--shard_count={a.shards}", "--collection=bench")
+        print(f"built: unsharded {t1 - t0:.1f} s, {a.shards} shards {time.monotonic() - t1:.1f} s")
+    qs = e2e_lib.read_npy(queries, a.dim)
+    logs = os.path.join(a.workdir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    procs = []
+    try:
+        def serve(root, name):
+            s = Server(T.query, [f"--snapshot_root={root}"], f"{logs}/{name}.log")
+            procs.append(s)
+            return s
+        one = serve(single, "single")
+        reps = [[serve(f"{coll}/shard-{i}-of-{a.shards}", f"shard{i}")] for i in range(a.shards)]
+        reps[0].append(serve(f"{coll}/shard-0-of-{a.shards}", "shard0b"))
+        proxy = DelayProxy(reps[0][1].grpc_port, 0.0)
+        targets = [f"127.0.0.1:{reps[0][0].grpc_port},127.0.0.1:{proxy.port}"]
+        targets += [f"127.0.0.1:{r[0].grpc_port}" for r in reps[1:]]
+
+        def router(name, *flags):
+            r = Server(ROUTER, [f"--shards={';'.join(targets)}", "--port=0", *flags],
+                       f"{logs}/{name}.log", wait=("grpc",), pick_ports=False)
+            procs.append(r)
+            return r
+        hedged, plain = router("router"), router("router_nohedge", "--hedge_after_ms=-1")
+        stubs = {name: pb_grpc.ImageSearchStub(grpc.insecure_channel(s.grpc_address))
+                 for name, s in (("single", one), ("router", hedged), ("plain", plain))}
+
+        def ask(stub, q, **kw):
+            return stub.Search(pb.SearchRequest(vector=pb.Vector(values=q), top_k=10, **kw),
+                               timeout=30)
+
+        truth = [{h.id for h in ask(stubs["single"], q, exact=True).hits} for q in qs]
+        recall = {}
+        for name in ("single", "router"):
+            got = sum(len(truth[i] & {h.id for h in ask(stubs[name], q, ef=a.ef).hits})
+                      for i, q in enumerate(qs))
+            recall[name] = got / (10 * len(qs))
+        print(f"recall@10 at ef {a.ef}: router over {a.shards} shards {recall['router']:.4f}, "
+              f"unsharded {recall['single']:.4f}")
+
+        def timed(name, pid=None):
+            lat = []
+            cpu0 = cpu_seconds(pid) if pid else 0
+            for q in qs:
+                t0 = time.perf_counter()
+                ask(stubs[name], q, ef=a.ef)
+                lat.append(time.perf_counter() - t0)
+            cpu = (cpu_seconds(pid) - cpu0) / len(qs) if pid else 0
+            return lat, cpu
+
+        lat = {"single": [], "router": [], "plain": []}
+        cpu = {"router": [], "plain": []}
+        for _ in range(a.rounds):
+            lat["single"] += timed("single")[0]
+            for name, proc in (("router", hedged), ("plain", plain)):
+                r, c = timed(name, proc.pid)
+                lat[name] += r
+                cpu[name].append(c)
+        p = {n: (pct(v, 50) * 1e3, pct(v, 99) * 1e3) for n, v in lat.items()}
+        print(f"1 client, ef {a.ef}, {a.rounds} alternating rounds of {len(qs)} queries:")
+        print(f"  unsharded replica  p50 {p['single'][0]:.3f} ms  p99 {p['single'][1]:.3f} ms")
+        for name, what in (("router", "router"), ("plain", "router, no hedging")):
+            print(f"  {what:18} p50 {p[name][0]:.3f} ms  p99 {p[name][1]:.3f} ms  "
+                  f"(router CPU {statistics.median(cpu[name]) * 1e6:.0f} us a query)")
+        print(f"  router p50 - unsharded p50: {p['router'][0] - p['single'][0]:+.3f} ms "
+              f"(goal <= +0.5 ms)")
+
+        proxy.delay_s = a.delay_ms / 1000
+        tail = {}
+        tail_qs = qs[:a.tail_queries]
+        for name in ("router", "plain"):
+            ls = []
+            for q in tail_qs:
+                t0 = time.perf_counter()
+                ask(stubs[name], q, ef=a.ef)
+                ls.append(time.perf_counter() - t0)
+            tail[name] = (pct(ls, 50) * 1e3, pct(ls, 99) * 1e3)
+        base = p["router"][1]
+        print(f"one of shard 0's two replicas delayed {a.delay_ms:g} ms a chunk, "
+              f"{len(tail_qs)} queries each:")
+        print(f"  hedged (default)   p50 {tail['router'][0]:.3f} ms  p99 {tail['router'][1]:.3f} ms"
+              f"  = {tail['router'][1] / base:.2f}x the no-delay p99 (goal <= 2x)")
+        print(f"  no hedging         p50 {tail['plain'][0]:.3f} ms  p99 {tail['plain'][1]:.3f} ms"
+              f"  = {tail['plain'][1] / base:.2f}x")
+        info = stubs["router"].GetInfo(pb.GetInfoRequest(), timeout=10)
+        s0 = info.router_shards[0]
+        print(f"  shard 0 through the hedged router: {s0.hedges_sent} hedges sent, "
+              f"{s0.hedges_won} won, p95 {s0.p95_us} us")
+        print(json.dumps({"recall": recall, "p50_p99_ms": p, "router_cpu_us": {n: statistics.median(c) * 1e6 for n, c in cpu.items()},
+                          "tail_ms": tail}))
+    finally:
+        for s in procs:
+            s.kill()
+
+
+if __name__ == "__main__":
+    main()
