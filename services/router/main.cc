@@ -40,7 +40,8 @@ ABSL_FLAG(std::string, port_file, "", "Write {\"grpc\": PORT} here once listenin
 ABSL_FLAG(int, hedge_after_ms, 0,
           "Send a request that has had no answer for this long to another replica of its "
           "shard too (first answer wins); 0: the shard's observed p95; -1: never.");
-ABSL_FLAG(int, retries, 1, "Retries of a shard call that fails with UNAVAILABLE.");
+ABSL_FLAG(int, retries, 2,
+          "Retries of a shard call that fails with UNAVAILABLE (each on the next replica).");
 ABSL_FLAG(int, default_timeout_ms, 10000, "Deadline of calls that set none.");
 ABSL_FLAG(int, startup_timeout_s, 120,
           "Give up (exit 1) when the shards have not all answered by then.");

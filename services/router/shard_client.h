@@ -2,8 +2,9 @@
 // channel to the shard's replicas (client-side round_robin over a static
 // list or a headless Service's DNS), and unary calls to it that are
 //
-//   - retried once on UNAVAILABLE (a replica that just died: round_robin
-//     sends the retry to another one), while the deadline allows;
+//   - retried (twice) on UNAVAILABLE or CANCELLED (a replica that just died
+//     or is shutting down: round_robin sends the retry to another one),
+//     while the deadline allows;
 //   - hedged: when no answer came within the hedge delay, the same request
 //     goes to the next replica too; the first answer wins and the other call
 //     is cancelled. The delay is fixed, or by default the p95 of the shard's
@@ -40,7 +41,7 @@ struct ShardClientOptions {
   // negative: never.
   absl::Duration hedge_delay = absl::ZeroDuration();
   absl::Duration min_hedge_delay = absl::Milliseconds(1);
-  int retries = 1;  // On UNAVAILABLE, while the deadline allows.
+  int retries = 2;  // On UNAVAILABLE, while the deadline allows.
 };
 
 struct ShardStats {
@@ -185,8 +186,12 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     Launch(a);
   }
 
+  // UNAVAILABLE: the replica is gone or going. CANCELLED: the replica
+  // cancelled it (a server shutting down cancels what it has not answered);
+  // this router cancels only the losers of a hedge, after the call finished.
   static bool Retryable(const grpc::Status& s) {
-    return s.error_code() == grpc::StatusCode::UNAVAILABLE;
+    return s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+           s.error_code() == grpc::StatusCode::CANCELLED;
   }
 
   void OnDone(Attempt* a, grpc::Status s) {
