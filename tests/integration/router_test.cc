@@ -1,0 +1,189 @@
+// imagesearch-router's core (services/router) in process, against real
+// imagesearch-query replicas on loopback: the merge of the shards' answers
+// from many threads at once while every shard call is hedged (the TSan build
+// runs this), id queries through the owning shard, and a shard going away.
+#include "services/router/router.h"
+
+#include <algorithm>
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "libs/common/test_temp_dir.h"
+#include "libs/index/test_vectors.h"
+#include "libs/snapshot/shard.h"
+#include "libs/snapshot/snapshot_store.h"
+#include "libs/snapshot/test_snapshots.h"
+#include "tests/integration/server_process.h"
+
+namespace imagesearch {
+namespace {
+
+constexpr int kDim = 16;
+constexpr size_t kRows = 1200;
+constexpr uint32_t kShards = 2;
+
+// The rows of one corpus as one root (`shard` unsharded) or one shard's root.
+void PublishRows(const std::string& root, const snapshot::ShardInfo& shard) {
+  snapshot::SyntheticCorpus all =
+      snapshot::MakeSyntheticCorpus(kRows, kDim, index::Metric::kCosine, "row", 11);
+  snapshot::SyntheticCorpus mine;
+  mine.input = all.input;
+  mine.input.ids.clear();
+  for (size_t i = 0; i < kRows; ++i) {
+    if (!snapshot::CheckIdInShard(all.input.ids[i].id, shard).ok()) continue;
+    mine.input.ids.push_back(all.input.ids[i]);
+    mine.vectors.insert(mine.vectors.end(), all.vectors.begin() + static_cast<long>(i * kDim),
+                        all.vectors.begin() + static_cast<long>((i + 1) * kDim));
+  }
+  mine.input.count = mine.input.ids.size();
+  mine.input.shard = shard;
+  REQUIRE(snapshot::PublishSnapshot(root, mine.WithGraph()).ok());
+}
+
+template <typename T>
+absl::StatusOr<T> Await(const std::function<void(router::Router::Done<T>)>& call) {
+  auto p = std::make_shared<std::promise<absl::StatusOr<T>>>();
+  auto f = p->get_future();
+  call([p](absl::StatusOr<T> r) { p->set_value(std::move(r)); });
+  return f.get();
+}
+
+v1::SearchRequest Query(uint32_t seed, bool exact) {
+  auto q = index::ClusteredVectors(1, kDim, 16, 1000 + seed);
+  v1::SearchRequest r;
+  r.mutable_vector()->mutable_values()->Add(q.begin(), q.end());
+  r.set_top_k(10);
+  r.set_exact(exact);
+  return r;
+}
+
+std::vector<std::string> Ids(const v1::SearchResponse& r) {
+  std::vector<std::string> ids;
+  for (const auto& h : r.hits()) ids.push_back(h.id());
+  return ids;
+}
+
+struct Cluster {
+  std::string dir = testing::NewTempDir("router_it");
+  std::unique_ptr<testing::ServerProcess> single;
+  std::vector<std::vector<std::unique_ptr<testing::ServerProcess>>> replicas{kShards};
+  std::unique_ptr<v1::ImageSearch::Stub> single_stub;
+
+  Cluster() {
+    REQUIRE(!dir.empty());
+    PublishRows(dir + "/single", snapshot::ShardInfo());
+    single = Start(dir + "/single", "single");
+    auto channel = grpc::CreateChannel(single->address(), grpc::InsecureChannelCredentials());
+    single_stub = v1::ImageSearch::NewStub(channel);
+    for (uint32_t s = 0; s < kShards; ++s) {
+      const std::string root = absl::StrCat(dir, "/", snapshot::ShardRootName(s, kShards));
+      PublishRows(root, snapshot::ShardInfo{"it", s, kShards, snapshot::kShardHash});
+      for (int r = 0; r < 2; ++r) replicas[s].push_back(Start(root, absl::StrCat("s", s, r)));
+    }
+  }
+  std::unique_ptr<testing::ServerProcess> Start(const std::string& root, const std::string& name) {
+    auto p = std::make_unique<testing::ServerProcess>(
+        IMAGESEARCH_QUERY_BINARY, std::vector<std::string>{"--snapshot_root=" + root},
+        dir + "/" + name + ".log");
+    REQUIRE(p->port() > 0);
+    return p;
+  }
+  router::RouterOptions Options(absl::Duration hedge) const {
+    router::RouterOptions o;
+    for (uint32_t s = 0; s < kShards; ++s) {
+      o.shard_targets.push_back(
+          absl::StrCat(replicas[s][0]->address(), ",", replicas[s][1]->address()));
+    }
+    o.shard.hedge_delay = hedge;
+    return o;
+  }
+  v1::SearchResponse Single(const v1::SearchRequest& r) {
+    grpc::ClientContext c;
+    c.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::SearchResponse out;
+    REQUIRE(single_stub->Search(&c, r, &out).ok());
+    return out;
+  }
+};
+
+TEST_CASE("The router's merged exact answer is the collection's, from many threads, hedged") {
+  Cluster c;
+  // Every shard call is hedged at once: both attempts race, the loser is
+  // cancelled, on every call.
+  router::Router r(c.Options(absl::Microseconds(1)));
+  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+  CHECK(r.collection() == "it");
+  std::atomic<int> mismatches{0}, errors{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (uint32_t i = 0; i < 25; ++i) {
+        const v1::SearchRequest q = Query(static_cast<uint32_t>(t) * 100 + i, true);
+        auto got = Await<v1::SearchResponse>(
+            [&](router::Router::Done<v1::SearchResponse> d) {
+              r.Search(q, absl::Now() + absl::Seconds(10), std::move(d));
+            });
+        if (!got.ok()) {
+          ++errors;
+          continue;
+        }
+        if (Ids(*got) != Ids(c.Single(q))) ++mismatches;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(errors == 0);
+  CHECK(mismatches == 0);
+
+  auto info = Await<v1::GetInfoResponse>(
+      [&](router::Router::Done<v1::GetInfoResponse> d) { r.GetInfo(absl::Now() + absl::Seconds(10), std::move(d)); });
+  REQUIRE(info.ok());
+  CHECK(info->vector_count() == kRows);
+  REQUIRE(info->router_shards_size() == 2);
+  CHECK(info->router_shards(0).hedges_sent() > 0);
+}
+
+TEST_CASE("Id queries go through the owning shard; a shard with no replica is named") {
+  Cluster c;
+  router::Router r(c.Options(-absl::InfiniteDuration()));
+  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+  auto search = [&](const v1::SearchRequest& q) {
+    return Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
+      r.Search(q, absl::Now() + absl::Seconds(10), std::move(d));
+    });
+  };
+  for (const char* id : {"row3", "row700", "row1199"}) {
+    v1::SearchRequest q;
+    q.set_id(id);
+    q.set_exact(true);
+    auto got = search(q);
+    REQUIRE(got.ok());
+    const std::vector<std::string> ids = Ids(*got);
+    CHECK(ids == Ids(c.Single(q)));
+    CHECK(std::find(ids.begin(), ids.end(), id) == ids.end());
+  }
+  v1::SearchRequest unknown;
+  unknown.set_id("no-such-row");
+  CHECK(absl::IsNotFound(search(unknown).status()));
+
+  for (auto& p : c.replicas[1]) p.reset();  // SIGKILL both replicas of shard 1.
+  auto down = search(Query(1, false));
+  REQUIRE(absl::IsUnavailable(down.status()));
+  CHECK(std::string(down.status().message()).find("shard 1 of 2") != std::string::npos);
+  v1::SearchRequest partial = Query(1, false);
+  partial.set_allow_partial(true);
+  auto part = search(partial);
+  REQUIRE(part.ok());
+  CHECK(part->missing_shards_size() == 1);
+  CHECK(part->missing_shards(0) == 1);
+  CHECK(part->hits_size() == 10);
+}
+
+}  // namespace
+}  // namespace imagesearch
