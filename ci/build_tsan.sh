@@ -41,7 +41,14 @@ declare -A CASES=(
   [imagesearch_index_test]="Vector(row) returns*,Concurrent searches*"
   [imagesearch_serving_test]="[#query_core_test],[#snapshot_manager_test],[#batching_embedder_test]"
   [imagesearch_batcher_test]=""
-  [imagesearch_integration_test]=""
+  # Not [router]: the router's shard calls use gRPC's callback client, whose
+  # responses libgrpc and libprotobuf (Debian's, not instrumented) deserialize
+  # on their own threads into messages our threads allocated; the hand-off is
+  # synchronised inside libgrpc, which leaves no frames in TSan's stacks to
+  # suppress (the report shows only libstdc++'s string copy), so every call
+  # reads as a race. The router's concurrency is exercised by the same test
+  # in the normal build (4 threads, every shard call hedged).
+  [imagesearch_integration_test]="~[router]"
   [imagesearch_http_server_test]=""
 )
 # Lock-order (deadlock) detection is off where a process builds hnswlib

@@ -1,7 +1,8 @@
 // imagesearch-router's core (services/router) in process, against real
 // imagesearch-query replicas on loopback: the merge of the shards' answers
-// from many threads at once while every shard call is hedged (the TSan build
-// runs this), id queries through the owning shard, and a shard going away.
+// from many threads at once while every shard call is hedged, id queries
+// through the owning shard, and a shard going away.
+// Not in the TSan build's run (ci/build_tsan.sh says why).
 #include "services/router/router.h"
 
 #include <algorithm>
@@ -112,7 +113,8 @@ struct Cluster {
   }
 };
 
-TEST_CASE("The router's merged exact answer is the collection's, from many threads, hedged") {
+TEST_CASE("The router's merged exact answer is the collection's, from many threads, hedged",
+          "[router]") {
   Cluster c;
   // Every shard call is hedged at once: both attempts race, the loser is
   // cancelled, on every call.
@@ -125,10 +127,9 @@ TEST_CASE("The router's merged exact answer is the collection's, from many threa
     threads.emplace_back([&, t] {
       for (uint32_t i = 0; i < 25; ++i) {
         const v1::SearchRequest q = Query(static_cast<uint32_t>(t) * 100 + i, true);
-        auto got = Await<v1::SearchResponse>(
-            [&](router::Router::Done<v1::SearchResponse> d) {
-              r.Search(q, absl::Now() + absl::Seconds(10), std::move(d));
-            });
+        auto got = Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
+          r.Search(q, absl::Now() + absl::Seconds(10), std::move(d));
+        });
         if (!got.ok()) {
           ++errors;
           continue;
@@ -141,15 +142,16 @@ TEST_CASE("The router's merged exact answer is the collection's, from many threa
   CHECK(errors == 0);
   CHECK(mismatches == 0);
 
-  auto info = Await<v1::GetInfoResponse>(
-      [&](router::Router::Done<v1::GetInfoResponse> d) { r.GetInfo(absl::Now() + absl::Seconds(10), std::move(d)); });
+  auto info = Await<v1::GetInfoResponse>([&](router::Router::Done<v1::GetInfoResponse> d) {
+    r.GetInfo(absl::Now() + absl::Seconds(10), std::move(d));
+  });
   REQUIRE(info.ok());
   CHECK(info->vector_count() == kRows);
   REQUIRE(info->router_shards_size() == 2);
   CHECK(info->router_shards(0).hedges_sent() > 0);
 }
 
-TEST_CASE("Id queries go through the owning shard; a shard with no replica is named") {
+TEST_CASE("Id queries go through the owning shard; a shard with no replica is named", "[router]") {
   Cluster c;
   router::Router r(c.Options(-absl::InfiniteDuration()));
   REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());

@@ -17,7 +17,7 @@ side on this machine (everything on loopback, sharing its cores):
 Goals (issue 23): router p50 <= unsharded p50 + 0.5 ms at 1 client; p99 with
 hedging within 2x of the no-delay p99; router recall >= unsharded recall.
 
-Usage: tools/bench/router_bench.py [--build=build] [--count=100000] [--dim=128]
+Usage: tools/bench/router_bench.py [--build=build] [--count=100000] [--dim=128] [--vectors=X.npy]
          [--shards=4] [--queries=1000] [--ef=32] [--delay_ms=20] [--workdir=/tmp/router_bench]
 Roots are cached in --workdir (rebuilt when missing).
 """
@@ -38,6 +38,9 @@ import grpc  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 ap.add_argument("--build", default="build")
+ap.add_argument("--vectors", default="",
+                help="a float32 .npy of real rows (e.g. embeddings) instead of synthetic ones: "
+                     "the last --queries rows are the held-out queries, the rest indexed")
 ap.add_argument("--count", type=int, default=100_000)
 ap.add_argument("--dim", type=int, default=128)
 ap.add_argument("--shards", type=int, default=4)
@@ -60,15 +63,20 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def write_npy(path, rows):
-    """rows (lists of floats) as a float32 .npy file."""
-    import struct
-    head = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (len(rows), a.dim)
-    head += " " * (63 - (10 + len(head)) % 64) + "\n"
-    with open(path, "wb") as f:
-        f.write(b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little") + head.encode())
-        for r in rows:
-            f.write(struct.pack(f"<{a.dim}f", *r))
+def split_npy(path, first, last):
+    """A float32 .npy of N rows as two: its first N - --queries rows, and the rest."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    body = raw[10 + int.from_bytes(raw[8:10], "little"):]
+    row = 4 * a.dim
+    n = len(body) // row
+    for out, part in ((first, body[:(n - a.queries) * row]), (last, body[(n - a.queries) * row:])):
+        head = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (
+            len(part) // row, a.dim)
+        head += " " * (63 - (10 + len(head)) % 64) + "\n"
+        with open(out, "wb") as f:
+            f.write(b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little") + head.encode())
+            f.write(part)
 
 
 def pct(xs, p):
@@ -78,21 +86,28 @@ def pct(xs, p):
 
 def main():
     os.makedirs(a.workdir, exist_ok=True)
-    tag = f"n{a.count}-d{a.dim}-s{a.shards}"
+    if a.vectors:
+        with open(a.vectors, "rb") as f:
+            head = f.read(128).decode("latin1")
+        a.dim = int(head.split("'shape': (")[1].split(")")[0].split(",")[1])
+        tag = f"{os.path.basename(a.vectors).rsplit('.', 1)[0]}-d{a.dim}-s{a.shards}"
+    else:
+        tag = f"n{a.count}-d{a.dim}-s{a.shards}"
     data, queries = f"{a.workdir}/{tag}.npy", f"{a.workdir}/{tag}-q{a.queries}.npy"
     single, coll = f"{a.workdir}/{tag}-single", f"{a.workdir}/{tag}-coll"
     if not os.path.exists(f"{single}/CURRENT") or not os.path.exists(
             f"{coll}/shard-{a.shards - 1}-of-{a.shards}/CURRENT") or not os.path.exists(queries):
         for d in (single, coll):
             run("rm", "-rf", d)
-        # One draw of count + queries rows: the first count indexed, the rest held out.
-        both = f"{a.workdir}/{tag}-all.npy"
-        run(T.snapshot, "synth", f"--out={both}", f"--count={a.count + a.queries}",
-            f"--dim={a.dim}", "--seed=21")
-        rows = e2e_lib.read_npy(both, a.dim)
-        write_npy(data, rows[:a.count])
-        write_npy(queries, rows[a.count:])
-        os.remove(both)
+        # The last --queries rows are held out: of --vectors, or of one synthetic
+        # draw of count + queries rows.
+        both = a.vectors or f"{a.workdir}/{tag}-all.npy"
+        if not a.vectors:
+            run(T.snapshot, "synth", f"--out={both}", f"--count={a.count + a.queries}",
+                f"--dim={a.dim}", "--seed=21")
+        split_npy(both, data, queries)
+        if not a.vectors:
+            os.remove(both)
         t0 = time.monotonic()
         run(T.snapshot, "build", f"--root={single}", f"--vectors={data}")
         t1 = time.monotonic()
