@@ -51,7 +51,8 @@ def main() -> int:
             f.write(json.dumps({"id": f"item-{i}", "uri": f"s3://bucket/{i}.jpg",
                                 "attributes": {"shard": i % 3}}) + "\n")
     subprocess.run([snap_tool, "build", f"--root={root}", f"--vectors={npy}", f"--ids={ids}",
-                    "--metric=l2", "--ef_construction=64"], check=True, stdout=subprocess.DEVNULL)
+                    "--metric=l2", "--ef_construction=64", "--threads=1"],
+                   check=True, stdout=subprocess.DEVNULL)
     server = Server(query_bin, [f"--snapshot_root={root}"], os.path.join(work, "query.log"))
     try:
         channel = grpc.insecure_channel(server.grpc_address)
