@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "libs/snapshot/shard.h"
 
 namespace imagesearch::router {
@@ -166,11 +167,16 @@ void Router::Search(const v1::SearchRequest& request, absl::Time deadline,
                   done = std::move(done)](absl::StatusOr<v1::EmbedResponse> e) mutable {
                    if (!e.ok()) {
                      const absl::Status& s = e.status();
-                     return done(IsRequestError(s.code())
-                                     ? s
-                                     : absl::UnavailableError(absl::StrCat(
-                                           "the shard that holds id '", request.id().substr(0, 64),
-                                           "' is not answering: ", s.message())));
+                     if (!IsRequestError(s.code())) {
+                       return done(absl::UnavailableError(
+                           absl::StrCat("the shard that holds id '", request.id().substr(0, 64),
+                                        "' is not answering: ", s.message())));
+                     }
+                     // As a replica says it ("id 'x' is not in snapshot v3"), without
+                     // the "inputs[0]: " of the Embed call it came from.
+                     absl::string_view message = s.message();
+                     absl::ConsumePrefix(&message, "inputs[0]: ");
+                     return done(absl::Status(s.code(), message));
                    }
                    const std::string self = request.include_self() ? "" : request.id();
                    *request.mutable_vector() = e->embeddings(0);
