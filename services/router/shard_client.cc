@@ -93,6 +93,15 @@ void ShardClient::Record(absl::Duration latency, bool ok) {
     latencies_us_[next_] = us;
     next_ = (next_ + 1) % kLatencyRing;
   }
+  // The hedge delay follows the p95, taken again every kP95Every answers
+  // rather than on every call (a call only reads it).
+  if (++since_p95_ >= kP95Every || latencies_us_.size() == kMinSamplesForP95) {
+    since_p95_ = 0;
+    std::vector<int64_t> sorted = latencies_us_;
+    const size_t at = std::min(sorted.size() - 1, sorted.size() * 95 / 100);
+    std::nth_element(sorted.begin(), sorted.begin() + static_cast<long>(at), sorted.end());
+    p95_ = absl::Microseconds(sorted[at]);
+  }
 }
 
 ShardStats ShardClient::Stats() const {
@@ -114,11 +123,9 @@ ShardStats ShardClient::Stats() const {
 absl::Duration ShardClient::HedgeDelay() const {
   if (options_.hedge_delay < absl::ZeroDuration()) return -absl::InfiniteDuration();
   if (options_.hedge_delay > absl::ZeroDuration()) return options_.hedge_delay;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (latencies_us_.size() < kMinSamplesForP95) return -absl::InfiniteDuration();
-  }
-  return std::max(options_.min_hedge_delay, Stats().p95);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (latencies_us_.size() < kMinSamplesForP95) return -absl::InfiniteDuration();
+  return std::max(options_.min_hedge_delay, p95_);
 }
 
 }  // namespace imagesearch::router

@@ -114,6 +114,9 @@ class ShardClient {
   mutable std::mutex mu_;
   std::vector<int64_t> latencies_us_;  // A ring of recent answers' latencies.
   size_t next_ = 0;
+  static constexpr size_t kP95Every = 64;
+  size_t since_p95_ = 0;  // Answers recorded since p95_ was taken.
+  absl::Duration p95_;    // Of latencies_us_, for HedgeDelay.
   ShardStats stats_;
 };
 

@@ -14,7 +14,7 @@ side on this machine (everything on loopback, sharing its cores):
             after the shard's observed p95) and through a second router with
             --hedge_after_ms=-1, against the router's p99 with no delay.
 
-Goals (issue 23): router p50 <= unsharded p50 + 0.5 ms at 1 client; p99 with
+Goals: router p50 <= unsharded p50 + 0.5 ms at 1 client; p99 with
 hedging within 2x of the no-delay p99; router recall >= unsharded recall.
 
 Usage: tools/bench/router_bench.py [--build=build] [--count=100000] [--dim=128] [--vectors=X.npy]

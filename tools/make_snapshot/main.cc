@@ -211,36 +211,38 @@ int PublishBulk(const std::string& root, snapshot::SnapshotInput in, const float
           "shard ", s, " of ", count, " gets none of the ", in.count, " rows; use fewer shards")));
     }
   }
+  // The per-row fields are taken out of `in`, so that what is left (dim,
+  // metric, model, schema, ...: everything a shard shares) copies cheaply
+  // into each shard's input.
+  const std::vector<snapshot::IdRecord> ids = std::move(in.ids);
+  const std::vector<std::vector<snapshot::AttrValue>> attributes = std::move(in.attributes);
+  const std::vector<std::string> thumbnails = std::move(in.thumbnails);
+  const snapshot::ThumbnailOf thumbnail_of = std::move(in.thumbnail_of);
+  const size_t total = in.count;
   for (uint32_t s = 0; s < count; ++s) {
     const std::vector<uint32_t>& mine = rows[s];
-    snapshot::SnapshotInput sub;
+    snapshot::SnapshotInput sub = in;
+    sub.ids.clear();
+    sub.attributes.clear();
+    sub.thumbnails.clear();
     sub.count = mine.size();
-    sub.dim = in.dim;
-    sub.metric = in.metric;
-    sub.hnsw = in.hnsw;
-    sub.half_vectors = in.half_vectors;
-    sub.default_ef = in.default_ef;
-    sub.model_path = in.model_path;
-    sub.model = in.model;
-    sub.extra_files = in.extra_files;
-    sub.schema = in.schema;
     sub.shard = snapshot::ShardInfo{collection, s, count, snapshot::kShardHash};
     std::vector<float> shard_vectors(mine.size() * dim);
     for (size_t i = 0; i < mine.size(); ++i) {
       std::copy_n(vectors + mine[i] * dim, dim, shard_vectors.data() + i * dim);
-      sub.ids.push_back(in.ids[mine[i]]);
-      if (!in.attributes.empty()) sub.attributes.push_back(in.attributes[mine[i]]);
-      if (!in.thumbnails.empty()) sub.thumbnails.push_back(in.thumbnails[mine[i]]);
+      sub.ids.push_back(ids[mine[i]]);
+      if (!attributes.empty()) sub.attributes.push_back(attributes[mine[i]]);
+      if (!thumbnails.empty()) sub.thumbnails.push_back(thumbnails[mine[i]]);
     }
-    if (in.thumbnail_of) {
-      sub.thumbnail_of = [&in, &mine](uint64_t row) { return in.thumbnail_of(mine[row]); };
+    if (thumbnail_of) {
+      sub.thumbnail_of = [&thumbnail_of, &mine](uint64_t row) { return thumbnail_of(mine[row]); };
     }
     sub.graph = index::HnswGraphWriter(shard_vectors.data(), sub.count, dim, sub.metric, sub.hnsw);
     const std::string shard_root = absl::StrCat(root, "/", snapshot::ShardRootName(s, count));
     auto v = snapshot::PublishSnapshot(shard_root, sub, po);
     if (!v.ok()) return Fail(v.status());
-    std::cout << "published v" << *v << " (" << sub.count << " of " << in.count << " vectors"
-              << what << ", " << snapshot::DescribeShard(sub.shard) << ", dim " << in.dim << ", "
+    std::cout << "published v" << *v << " (" << sub.count << " of " << total << " vectors" << what
+              << ", " << snapshot::DescribeShard(sub.shard) << ", dim " << in.dim << ", "
               << index::MetricName(in.metric) << ") to " << snapshot::VersionDir(shard_root, *v)
               << "\n";
   }
