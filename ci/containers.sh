@@ -38,6 +38,7 @@
 set -euo pipefail
 # The build outputs the images hold, relative to BUILD_DIR.
 BINARIES=(services/query/imagesearch-query services/query/libimagesearch_torch_plugin.so
+          services/router/imagesearch-router
           services/indexer/imagesearch-indexer tools/make_snapshot/imagesearch-snapshot
           libs/common/libimagesearch_common.so models/default CMakeCache.txt)
 if [[ "${1:-}" == --pack ]]; then
@@ -114,6 +115,7 @@ for f in "${BINARIES[@]}" models/default/model.pt; do
 done
 install -D -m755 -t "$STAGE/usr/local/bin" \
   "$BUILD/services/query/imagesearch-query" "$BUILD/services/query/libimagesearch_torch_plugin.so" \
+  "$BUILD/services/router/imagesearch-router" \
   "$BUILD/services/indexer/imagesearch-indexer" "$BUILD/tools/make_snapshot/imagesearch-snapshot"
 install -D -m644 -t "$STAGE/usr/local/lib" "$BUILD/libs/common/libimagesearch_common.so"
 install -D -m644 -t "$STAGE/usr/local/share/imagesearch/models/default" "$BUILD"/models/default/*
@@ -176,14 +178,14 @@ ok "sagemaker ENTRYPOINT [\"/usr/local/bin/imagesearch-query\"], CMD [\"serve\"]
 # Every binary starts in every image it is in: all its DT_NEEDED libraries
 # load (imagesearch-query --help also loads nothing lazily; the smoke below
 # covers the plugin and the HEIF module).
-for pair in "$IMG_QUERY imagesearch-query" "$IMG_QUERY imagesearch-snapshot" \
+for pair in "$IMG_QUERY imagesearch-query" "$IMG_QUERY imagesearch-router" "$IMG_QUERY imagesearch-snapshot" \
             "$IMG_INDEXER imagesearch-indexer" "$IMG_INDEXER imagesearch-snapshot" \
             "$IMG_QUERY_DEBUG imagesearch-query" "$IMG_INDEXER_DEBUG imagesearch-indexer"; do
   read -r img bin <<<"$pair"
   out="$(run_secure --rm --network=none --read-only --entrypoint "/usr/local/bin/$bin" "$img" --help 2>&1 || true)"
   [[ "$out" == "$bin: "* ]] || fail "$img: $bin --help: $(head -5 <<<"$out")"
 done
-ok "imagesearch-query, -indexer, -snapshot --help run in their images"
+ok "imagesearch-query, -router, -indexer, -snapshot --help run in their images"
 for img in "$IMG_QUERY_DEBUG" "$IMG_INDEXER_DEBUG"; do
   out="$(run_secure --rm --network=none --entrypoint /bin/sh "$img" -c 'id -u; ls /usr/local/bin' 2>&1)" ||
     fail "$img: /bin/sh: $out"

@@ -56,7 +56,12 @@ const ENVS = [
     namespace: 'imagesearch-dev', minReplicas: 1, images: 'placeholder' },
   { env: 'prod', serving: 'overlays/prod', indexing: 'overlays/prod/indexing', prefix: '',
     namespace: 'imagesearch', minReplicas: 3, images: 'placeholder' },
+  // A collection of `shards` shard roots: per shard the replicas of
+  // base/replicas/ (suffix -shard-<i>), and imagesearch-router in front.
+  { env: 'sharded', serving: 'sharded', indexing: 'sharded/indexing', prefix: '',
+    namespace: 'imagesearch-photos', minReplicas: 1, shards: 2, collection: 'photos' },
 ];
+const SHARD_LABEL = 'imagesearch.dev/shard';
 
 // Exit code that ctest reads as "skipped" (SKIP_RETURN_CODE in tests/e2e).
 const SKIP = 77;
@@ -161,10 +166,12 @@ export function checkServing(objects, e) {
   const expect = (cond, msg) => cond || errors.push(msg);
   const name = (n) => e.prefix + n;
   const find = (kind, n) => objects.find((o) => o.kind === kind && o.metadata.name === name(n));
+  // The replicas' own objects; a sharded collection stamps them per shard.
+  const own = (n) => n + (e.suffix ?? '');
   checkNamespaces(objects, e, errors);
 
-  const dep = find('Deployment', 'imagesearch-query');
-  if (!dep) return [...errors, `no Deployment ${name('imagesearch-query')}`];
+  const dep = find('Deployment', own('imagesearch-query'));
+  if (!dep) return [...errors, `no Deployment ${name(own('imagesearch-query'))}`];
   const D = `Deployment ${dep.metadata.name}`;
   const pod = dep.spec?.template?.spec ?? {};
   const podLabels = dep.spec?.template?.metadata?.labels ?? {};
@@ -214,9 +221,10 @@ export function checkServing(objects, e) {
     expect(t && selects(t.labelSelector, podLabels, D, errors), `${D}: no topology spread over ${key} selecting its pods`);
   }
 
-  // The snapshot: a read-only mount of the ReadOnlyMany claim at --snapshot_root.
+  // The snapshot: a read-only mount of the ReadOnlyMany claim at (or, for a
+  // shard, above) --snapshot_root.
   const root = f.snapshot_root;
-  const { mount, volume } = mountAt(pod, c, root);
+  const { mount, volume } = e.suffix ? mountFor(pod, c, root) : mountAt(pod, c, root);
   expect(mount?.readOnly === true, `${D}: --snapshot_root=${root} is not a read-only mount`);
   const claim = volume?.persistentVolumeClaim;
   expect(claim?.claimName === name('imagesearch-snapshots') && claim.readOnly === true,
@@ -229,9 +237,9 @@ export function checkServing(objects, e) {
     `the claim's volume ${pvc?.spec?.volumeName} must be a read-only ReadOnlyMany nfs PersistentVolume`);
 
   // Services select the Deployment's pods and reach its named ports.
-  const headless = find('Service', 'imagesearch-query-headless');
+  const headless = find('Service', own('imagesearch-query-headless'));
   if (!headless) {
-    errors.push(`no Service ${name('imagesearch-query-headless')}`);
+    errors.push(`no Service ${name(own('imagesearch-query-headless'))}`);
   } else {
     const H = `Service ${headless.metadata.name}`;
     expect(headless.spec?.clusterIP === 'None', `${H}: clusterIP must be None (headless, for client-side round_robin)`);
@@ -241,9 +249,9 @@ export function checkServing(objects, e) {
     expect(gp && (gp.targetPort === 'grpc' || gp.targetPort === grpcPort),
       `${H}: needs port ${grpcPort} -> the grpc container port`);
   }
-  const http = find('Service', 'imagesearch-query-http');
+  const http = find('Service', own('imagesearch-query-http'));
   if (!http) {
-    errors.push(`no Service ${name('imagesearch-query-http')}`);
+    errors.push(`no Service ${name(own('imagesearch-query-http'))}`);
   } else {
     const S = `Service ${http.metadata.name}`;
     expect((http.spec?.type ?? 'ClusterIP') === 'ClusterIP' && http.spec?.clusterIP !== 'None', `${S}: must be a ClusterIP Service`);
@@ -392,7 +400,12 @@ export function checkIndexing(objects, e) {
     checkPod(C, pod, errors, e);
     const c = (pod.containers ?? [])[0] ?? {};
     const f = flags(c.args);
-    if (f.root && root !== undefined) expect(shareMount(C, pod, c, f.root, true) === root, `${C}: --root is not the build Job's snapshot root`);
+    if (f.root && root !== undefined) {
+      // A sharded collection's admin runs on one shard root at a time.
+      const at = shareMount(C, pod, c, f.root, true);
+      expect(at === root || (e.shards && new RegExp(`^${root}/shard-\\d+-of-${e.shards}$`).test(at)),
+        `${C}: --root is not the build Job's snapshot root${e.shards ? ' or one of its shard roots' : ''}`);
+    }
   }
 
   // The ingest service: one writer of the build Job's root, never two pods at once.
@@ -438,7 +451,7 @@ export function checkShared(serving, indexing, indexingRoot, e) {
   const root = flags(c?.args).snapshot_root;
   const m = (c?.volumeMounts ?? []).find((x) => x.mountPath === root);
   const readerRoot = m ? (m.subPath ?? '') : undefined;
-  if (indexingRoot !== undefined && readerRoot !== indexingRoot) {
+  if (!e.shards && indexingRoot !== undefined && readerRoot !== indexingRoot) {
     errors.push(`${e.env}: the query pods read share folder '${readerRoot}' but the build Job publishes to '${indexingRoot}'`);
   }
   // One uid reads and writes the share (deploy/k8s/README.md: the share's owner).
@@ -472,13 +485,116 @@ function schemaErrors(objects, models) {
 
 // All checks of one environment: {errors, counts}.
 function checkEnv(e, serving, indexing, models) {
-  const errors = [
-    ...schemaErrors(serving, models),
-    ...schemaErrors(indexing, models),
-    ...checkServing(serving, e),
-  ];
+  const errors = [...schemaErrors(serving, models), ...schemaErrors(indexing, models)];
   const ix = checkIndexing(indexing, e);
+  if (e.shards) {
+    for (let i = 0; i < e.shards; i++) errors.push(...checkServing(serving, { ...e, suffix: `-shard-${i}` }));
+    errors.push(...checkSharded(serving, indexing, ix.root, e));
+  } else {
+    errors.push(...checkServing(serving, e));
+  }
   errors.push(...ix.errors, ...checkShared(serving, indexing, ix.root, e));
+  return [...new Set(errors)];
+}
+
+// A sharded collection: shard i's replicas serve the build Job's root's
+// shard-<i>-of-<S> and only they are behind shard i's Services; the build
+// Job and the ingest service write S shards of the collection; the router
+// reaches shard i through shard i's headless Service, as rendered.
+export function checkSharded(serving, indexing, indexingRoot, e) {
+  const errors = [];
+  const expect = (cond, msg) => cond || errors.push(msg);
+  const S = e.shards;
+  const name = (n) => e.prefix + n;
+  const find = (objects, kind, n) => objects.find((o) => o.kind === kind && o.metadata.name === name(n));
+  const deps = [];
+  for (let i = 0; i < S; i++) {
+    const dep = find(serving, 'Deployment', `imagesearch-query-shard-${i}`);
+    deps.push(dep);
+    if (!dep) continue;  // checkServing says so.
+    const D = `Deployment ${dep.metadata.name}`;
+    const labels = dep.spec?.template?.metadata?.labels ?? {};
+    expect(labels[SHARD_LABEL] === String(i), `${D}: pods must be labelled ${SHARD_LABEL}: "${i}"`);
+    const pod = dep.spec.template.spec ?? {};
+    const c = (pod.containers ?? []).find((x) => x.name === 'query') ?? {};
+    const root = flags(c.args).snapshot_root ?? '';
+    const { mount } = mountFor(pod, c, root);
+    const shareRoot = mount ? `${mount.subPath ?? ''}${root.slice(mount.mountPath.length)}` : undefined;
+    const want = `${indexingRoot}/shard-${i}-of-${S}`;
+    expect(indexingRoot === undefined || shareRoot === want,
+      `${D}: serves share folder '${shareRoot}', not shard ${i} of the build Job's collection '${want}'`);
+  }
+  // Each shard's Services select its own pods and no other shard's.
+  for (let i = 0; i < S; i++) {
+    for (const svc of ['imagesearch-query-headless', 'imagesearch-query-http']) {
+      const o = find(serving, 'Service', `${svc}-shard-${i}`);
+      if (!o) continue;
+      deps.forEach((d, j) => {
+        if (!d || j === i) return;
+        const sel = o.spec?.selector && { matchLabels: o.spec.selector };
+        expect(!selects(sel, d.spec?.template?.metadata?.labels, `Service ${o.metadata.name}`, errors),
+          `Service ${o.metadata.name}: also selects the pods of shard ${j}`);
+      });
+    }
+  }
+  const build = find(indexing, 'Job', 'imagesearch-snapshot-build');
+  const bf = flags(build?.spec?.template?.spec?.containers?.[0]?.args);
+  expect(Number(bf.shard_count) === S && bf.collection === e.collection,
+    `Job ${name('imagesearch-snapshot-build')}: must publish ${S} shard roots of collection '${e.collection}' `
+    + `(--shard_count=${bf.shard_count}, --collection=${bf.collection})`);
+  const ingest = find(indexing, 'Deployment', 'imagesearch-ingest');
+  const inf = flags(ingest?.spec?.template?.spec?.containers?.[0]?.args);
+  expect(Number(inf.shard_count) === S,
+    `Deployment ${name('imagesearch-ingest')}: --shard_count=${inf.shard_count}; the collection has ${S} shards`);
+
+  const router = find(serving, 'Deployment', 'imagesearch-router');
+  if (!router) return [...errors, `no Deployment ${name('imagesearch-router')}`];
+  const R = `Deployment ${router.metadata.name}`;
+  const pod = router.spec?.template?.spec ?? {};
+  const podLabels = router.spec?.template?.metadata?.labels ?? {};
+  expect(selects(router.spec.selector, podLabels, R, errors), `${R}: selector does not match its pod labels`);
+  checkPod(R, pod, errors, e);
+  const c = (pod.containers ?? []).find((x) => x.name === 'router');
+  if (!c) return [...errors, `${R}: no container 'router'`];
+  expect(JSON.stringify(c.command) === '["imagesearch-router"]', `${R}: must run imagesearch-router`);
+  const port = (n) => (c.ports ?? []).find((p) => p.name === n)?.containerPort;
+  const f = flags(c.args);
+  expect(Number(f.port) === port('grpc'), `${R}: --port=${f.port} is not the grpc container port`);
+  expect(Number(f.http_port) === port('http'), `${R}: --http_port=${f.http_port} is not the http container port`);
+  const targets = (f.shards ?? '').split(';');
+  expect(targets.length === S, `${R}: --shards lists ${targets.length} shards; the collection has ${S}`);
+  const env = Object.fromEntries((c.env ?? []).map((x) => [x.name, x.value]));
+  targets.forEach((t, i) => {
+    const m = /^dns:\/\/\/\$\(([A-Z0-9_]+)\):(\d+)$/.exec(t);
+    const svc = find(serving, 'Service', `imagesearch-query-headless-shard-${i}`);
+    const grpcPort = deps[i]?.spec?.template?.spec?.containers?.[0]?.ports?.find((p) => p.name === 'grpc')?.containerPort;
+    if (!m) {
+      errors.push(`${R}: --shards entry ${i} '${t}' must be dns:///$(SHARD_${i}):PORT`);
+      return;
+    }
+    expect(svc && env[m[1]] === svc.metadata.name,
+      `${R}: shard ${i} is reached through $(${m[1]}) = '${env[m[1]]}', not shard ${i}'s headless Service `
+      + `'${svc?.metadata?.name}'`);
+    expect(Number(m[2]) === grpcPort, `${R}: shard ${i} on port ${m[2]}, its replicas' grpc port is ${grpcPort}`);
+  });
+  for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
+    expect(c[probe]?.grpc?.port === port('grpc'), `${R}: ${probe} must be a native grpc probe on the grpc port`);
+  }
+  const sleep = c.lifecycle?.preStop?.sleep?.seconds ?? 0;
+  const tgp = pod.terminationGracePeriodSeconds ?? 30;
+  expect(sleep >= 1 && tgp >= sleep + 5 + 2, `${R}: terminationGracePeriodSeconds ${tgp} < preStop ${sleep} s + 5 s drain + 2 s`);
+  const svcSelects = (n) => {
+    const o = find(serving, 'Service', n);
+    return o && selects(o.spec?.selector && { matchLabels: o.spec.selector }, podLabels, `Service ${n}`, errors);
+  };
+  expect(svcSelects('imagesearch-router-headless') && find(serving, 'Service', 'imagesearch-router-headless').spec.clusterIP === 'None',
+    `Service ${name('imagesearch-router-headless')}: must be headless and select the router's pods`);
+  expect(svcSelects('imagesearch-router-http'), `Service ${name('imagesearch-router-http')}: must select the router's pods`);
+  expect(serving.some((o) => o.kind === 'PodDisruptionBudget' && selects(o.spec?.selector, podLabels, 'pdb', errors)),
+    `no PodDisruptionBudget selects the pods of ${R}`);
+  const hpa = serving.find((o) => o.kind === 'HorizontalPodAutoscaler' && o.spec?.scaleTargetRef?.name === router.metadata.name);
+  expect(hpa && (hpa.spec.minReplicas ?? 1) >= 2, `${R}: needs a HorizontalPodAutoscaler with minReplicas >= 2`);
+  expect(router.spec.replicas === undefined, `${R}: sets spec.replicas, which every apply would reset under the HPA`);
   return errors;
 }
 
@@ -620,6 +736,25 @@ function negativeChecks(rendered, models, yaml, k, k8sDir) {
     }],
     ['build Job without a pod failure policy', 'prod', undefined, /snapshot-build: needs a podFailurePolicy rule/, (ix) => {
       delete ix.find((o) => o.metadata.name.endsWith('snapshot-build')).spec.podFailurePolicy;
+    }],
+    ['the router reaching shard 1 through shard 0', 'sharded', (s) => {
+      const c = s.find((o) => o.metadata.name === 'imagesearch-router').spec.template.spec.containers[0];
+      c.env.find((x) => x.name === 'SHARD_1').value = 'imagesearch-query-headless-shard-0';
+    }, /shard 1 is reached through \$\(SHARD_1\) = 'imagesearch-query-headless-shard-0'/],
+    ['the router listing one shard of two', 'sharded', (s) => {
+      const c = s.find((o) => o.metadata.name === 'imagesearch-router').spec.template.spec.containers[0];
+      c.args = c.args.map((a) => (a.startsWith('--shards=') ? '--shards=dns:///$(SHARD_0):50051' : a));
+    }, /--shards lists 1 shards; the collection has 2/],
+    ['shard 1 serving shard 0', 'sharded', (s) => {
+      const c = s.find((o) => o.metadata.name === 'imagesearch-query-shard-1').spec.template.spec.containers[0];
+      c.args = c.args.map((a) => (a.startsWith('--snapshot_root=') ? '--snapshot_root=/snapshots/photos/shard-0-of-2' : a));
+    }, /imagesearch-query-shard-1: serves share folder 'snapshots\/photos\/shard-0-of-2'/],
+    ['a shard Service selecting every shard', 'sharded', (s) => {
+      delete s.find((o) => o.metadata.name === 'imagesearch-query-headless-shard-0').spec.selector[SHARD_LABEL];
+    }, /imagesearch-query-headless-shard-0: also selects the pods of shard 1/],
+    ['the build Job publishing one root', 'sharded', undefined, /must publish 2 shard roots/, (ix) => {
+      const c = ix.find((o) => o.metadata.name === 'imagesearch-snapshot-build').spec.template.spec.containers[0];
+      c.args = c.args.filter((a) => !a.startsWith('--shard_count='));
     }],
   ];
   const failures = [];
