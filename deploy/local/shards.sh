@@ -15,6 +15,9 @@
 #                (imagesearch-snapshot build --shard_count=S); S is read from it (required)
 #   REPLICAS     query replicas per shard (2)
 #   ROUTER_PORT  the router's gRPC port (0: one picked below Linux's ephemeral range)
+#   ROUTER_HTTP_PORT  its HTTP port: the web page, /invocations, /metrics (0: a free one)
+#   MODEL        the collection's model.pt for the router (--model): image and text
+#                queries embedded by the router (default: by a shard replica)
 #   RUN_DIR      pid files, logs, port files (/tmp/imagesearch-shards)
 #   BUILD_DIR    where imagesearch-query and imagesearch-router were built (build)
 #   QUERY_ARGS   extra flags for every replica;  ROUTER_ARGS  extra flags for the router
@@ -22,7 +25,7 @@
 # Each replica's gRPC port is fixed at `up` (the router's list of a shard's
 # replicas is static), so `start` brings a replica back where the router's
 # channel reconnects to it; its HTTP port is its own pick. RUN_DIR/router.ports
-# holds {"grpc": N}; RUN_DIR/replica-<shard>-<r>.ports each replica's.
+# holds {"grpc": N, "http": M}; RUN_DIR/replica-<shard>-<r>.ports each replica's.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -78,9 +81,11 @@ start_router() {
     done
   done
   rm -f "$RUN_DIR/router.ports"
+  local model=()
+  [[ -z "${MODEL:-}" ]] || model=(--model="$MODEL")
   # shellcheck disable=SC2086
   "$ROUTER_BIN" --shards="$targets" --host=127.0.0.1 --port="$ROUTER_PORT" \
-    --port_file="$RUN_DIR/router.ports" $ROUTER_ARGS \
+    --http_port="${ROUTER_HTTP_PORT:-0}" --port_file="$RUN_DIR/router.ports" "${model[@]}" $ROUTER_ARGS \
     >>"$RUN_DIR/router.out" 2>>"$RUN_DIR/router.log" &
   echo $! >"$RUN_DIR/router.pid"
   for ((n = 0; n < 600; n++)); do
@@ -109,6 +114,7 @@ cmd_up() {
     echo "COLLECTION='$COLLECTION'"; echo "SHARDS=$SHARDS"; echo "REPLICAS=$REPLICAS"
     echo "QUERY_BIN='$QUERY_BIN'"; echo "ROUTER_BIN='$ROUTER_BIN'"
     echo "QUERY_ARGS='${QUERY_ARGS:-}'"; echo "ROUTER_ARGS='${ROUTER_ARGS:-}'"
+    echo "MODEL='${MODEL:-}'"; echo "ROUTER_HTTP_PORT=${ROUTER_HTTP_PORT:-0}"
     ((ROUTER_PORT != 0)) || ROUTER_PORT="$(pick_port)"
     echo "ROUTER_PORT=$ROUTER_PORT"
     local s r
@@ -123,7 +129,8 @@ cmd_up() {
     for ((r = 0; r < REPLICAS; r++)); do start_replica "$s" "$r"; done
   done
   start_router
-  echo "up: $SHARDS shards x $REPLICAS replicas; router gRPC 127.0.0.1:$(port_of "$RUN_DIR/router.ports" grpc)"
+  echo "up: $SHARDS shards x $REPLICAS replicas; router gRPC 127.0.0.1:$(port_of "$RUN_DIR/router.ports" grpc)," \
+    "web page http://127.0.0.1:$(port_of "$RUN_DIR/router.ports" http)/"
 }
 
 cmd_status() {
@@ -137,7 +144,8 @@ cmd_status() {
     done
   done
   if alive "$RUN_DIR/router.pid"; then state=up; else state=down; fi
-  echo "router: $state (gRPC 127.0.0.1:$(port_of "$RUN_DIR/router.ports" grpc))"
+  echo "router: $state (gRPC 127.0.0.1:$(port_of "$RUN_DIR/router.ports" grpc)," \
+    "HTTP 127.0.0.1:$(port_of "$RUN_DIR/router.ports" http))"
 }
 
 check_replica() {

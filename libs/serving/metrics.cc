@@ -8,6 +8,7 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include <type_traits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -121,6 +122,28 @@ Metrics::Metrics(std::string build_version)
                      .Name("imagesearch_build_info")
                      .Help("Always 1; labels name the build and the live model.")
                      .Register(r);
+  shard_requests_ = &prometheus::BuildCounter()
+                         .Name("imagesearch_shard_requests_total")
+                         .Help(
+                             "imagesearch-router: calls to each shard (with their retries and "
+                             "hedges), by final status code.")
+                         .Register(r);
+  shard_seconds_ = &prometheus::BuildHistogram()
+                        .Name("imagesearch_shard_request_duration_seconds")
+                        .Help("imagesearch-router: time from a call to a shard to its answer.")
+                        .Register(r);
+  shard_hedges_ = &prometheus::BuildCounter()
+                       .Name("imagesearch_shard_hedges_total")
+                       .Help(
+                           "imagesearch-router: hedged calls sent to another replica of a "
+                           "shard (sent), and those that answered first (won).")
+                       .Register(r);
+  shard_retries_ = &prometheus::BuildCounter()
+                        .Name("imagesearch_shard_retries_total")
+                        .Help(
+                            "imagesearch-router: calls to a shard retried on another replica "
+                            "after UNAVAILABLE or CANCELLED.")
+                        .Register(r);
   SetLiveSnapshot(0, 0, "");
 }
 
@@ -157,6 +180,54 @@ void Metrics::RecordRequest(absl::string_view front, absl::string_view method,
   const RequestSeries series = Series(front, method, code);
   series.count->Increment();
   series.seconds->Observe(absl::ToDoubleSeconds(duration));
+}
+
+template <typename T>
+T* Metrics::ShardSeries(prometheus::Family<T>* family, uint32_t shard, absl::string_view name,
+                        absl::string_view value) {
+  const std::string key =
+      absl::StrCat(reinterpret_cast<uintptr_t>(family), "/", shard, "/", name, "=", value);
+  {
+    absl::ReaderMutexLock lock(&series_mu_);
+    if (auto it = shard_series_.find(key); it != shard_series_.end()) {
+      return static_cast<T*>(it->second);
+    }
+  }
+  absl::MutexLock lock(&series_mu_);
+  auto [it, inserted] = shard_series_.try_emplace(key);
+  if (inserted) {
+    prometheus::Labels labels = {{"shard", absl::StrCat(shard)}};
+    if (!name.empty()) labels.emplace(std::string(name), std::string(value));
+    if constexpr (std::is_same_v<T, Histogram>) {
+      it->second = &family->Add(labels, SecondsBuckets());
+    } else {
+      it->second = &family->Add(labels);
+    }
+  }
+  return static_cast<T*>(it->second);
+}
+
+void Metrics::InitShards(uint32_t count) {
+  for (uint32_t shard = 0; shard < count; ++shard) {
+    ShardSeries(shard_requests_, shard, "code", absl::StatusCodeToString(absl::StatusCode::kOk));
+    ShardSeries(shard_seconds_, shard, "", "");
+    ShardSeries(shard_hedges_, shard, "result", "sent");
+    ShardSeries(shard_hedges_, shard, "result", "won");
+    ShardSeries(shard_retries_, shard, "", "");
+  }
+}
+
+void Metrics::RecordShardCall(uint32_t shard, absl::StatusCode code, absl::Duration duration) {
+  ShardSeries(shard_requests_, shard, "code", absl::StatusCodeToString(code))->Increment();
+  ShardSeries(shard_seconds_, shard, "", "")->Observe(absl::ToDoubleSeconds(duration));
+}
+
+void Metrics::RecordShardHedge(uint32_t shard, bool won) {
+  ShardSeries(shard_hedges_, shard, "result", won ? "won" : "sent")->Increment();
+}
+
+void Metrics::RecordShardRetry(uint32_t shard) {
+  ShardSeries(shard_retries_, shard, "", "")->Increment();
 }
 
 void Metrics::AddInflight(int delta) { inflight_->Increment(delta); }

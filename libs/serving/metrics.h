@@ -17,6 +17,14 @@
 //   imagesearch_malloc_in_use_bytes, imagesearch_malloc_system_bytes   gauges,
 //     the heap in use and held (process_stats.h says why both)
 //
+// imagesearch-router adds, per shard of its collection (label `shard`, the
+// shard's index):
+//   imagesearch_shard_requests_total{shard,code}            counter, one per
+//     call to the shard (retries and hedges of it included), by final code
+//   imagesearch_shard_request_duration_seconds{shard}       histogram of them
+//   imagesearch_shard_hedges_total{shard,result="sent|won"} counter
+//   imagesearch_shard_retries_total{shard}                  counter
+//
 // `code` is the canonical status name (OK, INVALID_ARGUMENT, ...) for every
 // front end, so one dashboard covers gRPC and HTTP alike.
 //
@@ -67,6 +75,14 @@ class Metrics {
   // After a swap: the live version, its size and its model ("" if none).
   void SetLiveSnapshot(uint64_t version, uint64_t vectors, absl::string_view model);
 
+  // imagesearch-router's calls to its shards. InitShards exports every
+  // shard's series at zero from the start, so that rate() and alerts see a
+  // counter before its first event.
+  void InitShards(uint32_t count);
+  void RecordShardCall(uint32_t shard, absl::StatusCode code, absl::Duration duration);
+  void RecordShardHedge(uint32_t shard, bool won);
+  void RecordShardRetry(uint32_t shard);
+
  private:
   // The counter and histogram of one (front, method, code), looked up in the
   // families once and then kept: a request records without building labels.
@@ -75,6 +91,10 @@ class Metrics {
     prometheus::Histogram* seconds = nullptr;
   };
   RequestSeries Series(absl::string_view front, absl::string_view method, absl::StatusCode code);
+  // A shard family's series for these labels, added once and then kept.
+  template <typename T>
+  T* ShardSeries(prometheus::Family<T>* family, uint32_t shard, absl::string_view name,
+                 absl::string_view value);
 
   const std::string build_version_;
   std::shared_ptr<prometheus::Registry> registry_;
@@ -90,8 +110,13 @@ class Metrics {
   prometheus::Counter* loads_refused_;
   prometheus::Histogram* load_seconds_;
   prometheus::Family<prometheus::Gauge>* build_info_;
+  prometheus::Family<prometheus::Counter>* shard_requests_;
+  prometheus::Family<prometheus::Histogram>* shard_seconds_;
+  prometheus::Family<prometheus::Counter>* shard_hedges_;
+  prometheus::Family<prometheus::Counter>* shard_retries_;
   absl::Mutex series_mu_;
   absl::flat_hash_map<std::string, RequestSeries> series_ ABSL_GUARDED_BY(series_mu_);
+  absl::flat_hash_map<std::string, void*> shard_series_ ABSL_GUARDED_BY(series_mu_);
   std::mutex build_info_mu_;
   prometheus::Gauge* build_info_gauge_ = nullptr;  // Guarded by build_info_mu_.
 };

@@ -9,6 +9,33 @@ bool Has(const std::string& text, const std::string& line) {
   return text.find(line) != std::string::npos;
 }
 
+TEST_CASE("The router's shard series are labelled by shard and counted per call") {
+  Metrics m("1.2.3");
+  m.RecordShardCall(0, absl::StatusCode::kOk, absl::Milliseconds(2));
+  m.RecordShardCall(0, absl::StatusCode::kOk, absl::Milliseconds(3));
+  m.RecordShardCall(1, absl::StatusCode::kUnavailable, absl::Milliseconds(9));
+  m.RecordShardHedge(1, false);
+  m.RecordShardHedge(1, false);
+  m.RecordShardHedge(1, true);
+  m.RecordShardRetry(1);
+  const std::string t = m.Serialize();
+  CHECK(Has(t, "imagesearch_shard_requests_total{code=\"OK\",shard=\"0\"} 2"));
+  CHECK(Has(t, "imagesearch_shard_requests_total{code=\"UNAVAILABLE\",shard=\"1\"} 1"));
+  CHECK(Has(t, "imagesearch_shard_request_duration_seconds_count{shard=\"0\"} 2"));
+  CHECK(Has(t, "imagesearch_shard_request_duration_seconds_count{shard=\"1\"} 1"));
+  CHECK(Has(t, "imagesearch_shard_hedges_total{result=\"sent\",shard=\"1\"} 2"));
+  CHECK(Has(t, "imagesearch_shard_hedges_total{result=\"won\",shard=\"1\"} 1"));
+  CHECK(Has(t, "imagesearch_shard_retries_total{shard=\"1\"} 1"));
+  CHECK_FALSE(Has(t, "imagesearch_shard_retries_total{shard=\"0\"}"));
+  // Once the router knows its shards, each one's series exist from zero.
+  m.InitShards(3);
+  const std::string z = m.Serialize();
+  CHECK(Has(z, "imagesearch_shard_retries_total{shard=\"0\"} 0"));
+  CHECK(Has(z, "imagesearch_shard_hedges_total{result=\"won\",shard=\"2\"} 0"));
+  CHECK(Has(z, "imagesearch_shard_requests_total{code=\"OK\",shard=\"0\"} 2"));
+  CHECK(Has(z, "imagesearch_shard_retries_total{shard=\"1\"} 1"));
+}
+
 TEST_CASE("Metrics are exported in Prometheus text format with the documented names") {
   Metrics m("1.2.3");
   m.RecordRequest("grpc", "Search", absl::StatusCode::kOk, absl::Milliseconds(3));

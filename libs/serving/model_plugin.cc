@@ -3,11 +3,14 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "libs/common/cpu_quota.h"
 #include "libs/common/log.h"
 
 namespace imagesearch::serving {
@@ -21,44 +24,77 @@ std::string DefaultTorchPluginPath() {
   return dir + "/libimagesearch_torch_plugin.so";
 }
 
-EmbedderFactory PluginEmbedderFactory(ModelPluginOptions options) {
-  struct State {
-    std::once_flag once;
-    LoadModelRuntimeFn load = nullptr;
-    std::string error;
-  };
-  auto state = std::make_shared<State>();
-  return [state, options = std::move(options)](
-             const snapshot::Snapshot& snap) -> absl::StatusOr<std::shared_ptr<Embedder>> {
-    std::call_once(state->once, [&] {
-      // The handle is never closed: runtimes live in it.
-      void* handle = ::dlopen(options.plugin_path.c_str(), RTLD_NOW | RTLD_LOCAL);
-      if (handle == nullptr) {
-        const char* why = ::dlerror();
-        state->error = absl::StrCat("cannot load the model runtime ", options.plugin_path, ": ",
-                                    why != nullptr ? why : "unknown error");
-        LogError(state->error);
-        return;
-      }
-      state->load = reinterpret_cast<LoadModelRuntimeFn>(::dlsym(handle, kModelRuntimeSymbol));
-      if (state->load == nullptr) {
-        state->error = absl::StrCat(options.plugin_path, " has no symbol ", kModelRuntimeSymbol);
-        LogError(state->error);
-        return;
-      }
-      LogInfo("loaded the model runtime ", options.plugin_path);
-    });
-    if (state->load == nullptr) return absl::UnimplementedError(state->error);
-    absl::StatusOr<std::unique_ptr<ModelRuntime>> runtime;
-    state->load(snap.model_path(), options.runtime, &runtime);
-    if (!runtime.ok()) return runtime.status();
-    if ((*runtime)->name() != snap.manifest().model.name) {
-      return absl::FailedPreconditionError(absl::StrCat("model.pt is '", (*runtime)->name(),
-                                                        "' but the manifest says '",
-                                                        snap.manifest().model.name, "'"));
+ModelPluginOptions ModelOptionsFromFlags(std::string plugin_path, int instances, int threads,
+                                         int max_batch, absl::Duration max_delay, size_t max_queued,
+                                         Metrics* metrics) {
+  ModelPluginOptions o;
+  o.plugin_path = plugin_path.empty() ? DefaultTorchPluginPath() : std::move(plugin_path);
+  const int cpus = EffectiveCpuCount();
+  if (instances <= 0) instances = cpus;
+  o.runtime.intra_op_threads = threads > 0 ? threads : std::max(1, cpus / instances);
+  o.embedder.model_instances = instances;
+  o.embedder.max_batch = std::max(1, max_batch);
+  o.embedder.max_delay = max_delay;
+  o.embedder.max_queued_items = max_queued;
+  o.embedder.metrics = metrics;
+  return o;
+}
+
+namespace {
+
+// The plugin's entry point, loaded once per process and path; UNIMPLEMENTED
+// saying why if it cannot be.
+absl::StatusOr<LoadModelRuntimeFn> OpenPlugin(const std::string& plugin_path) {
+  static std::mutex mu;
+  static auto* opened = new std::map<std::string, absl::StatusOr<LoadModelRuntimeFn>>();
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto it = opened->find(plugin_path); it != opened->end()) return it->second;
+  absl::StatusOr<LoadModelRuntimeFn> result = [&]() -> absl::StatusOr<LoadModelRuntimeFn> {
+    // The handle is never closed: runtimes live in it.
+    void* handle = ::dlopen(plugin_path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle == nullptr) {
+      const char* why = ::dlerror();
+      return absl::UnimplementedError(absl::StrCat("cannot load the model runtime ", plugin_path,
+                                                   ": ", why != nullptr ? why : "unknown error"));
     }
-    return std::shared_ptr<Embedder>(
-        std::make_shared<BatchingEmbedder>(*std::move(runtime), options.embedder));
+    auto load = reinterpret_cast<LoadModelRuntimeFn>(::dlsym(handle, kModelRuntimeSymbol));
+    if (load == nullptr) {
+      return absl::UnimplementedError(
+          absl::StrCat(plugin_path, " has no symbol ", kModelRuntimeSymbol));
+    }
+    return load;
+  }();
+  if (result.ok()) {
+    LogInfo("loaded the model runtime ", plugin_path);
+  } else {
+    LogError(result.status().message());
+  }
+  opened->emplace(plugin_path, result);
+  return result;
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<Embedder>> LoadPluginEmbedder(const ModelPluginOptions& options,
+                                                             const std::string& model_path,
+                                                             absl::string_view expect_name) {
+  absl::StatusOr<LoadModelRuntimeFn> load = OpenPlugin(options.plugin_path);
+  if (!load.ok()) return load.status();
+  absl::StatusOr<std::unique_ptr<ModelRuntime>> runtime;
+  (*load)(model_path, options.runtime, &runtime);
+  if (!runtime.ok()) return runtime.status();
+  if (!expect_name.empty() && (*runtime)->name() != expect_name) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model.pt is '", (*runtime)->name(), "' but the manifest says '", expect_name, "'"));
+  }
+  return std::shared_ptr<Embedder>(
+      std::make_shared<BatchingEmbedder>(*std::move(runtime), options.embedder));
+}
+
+EmbedderFactory PluginEmbedderFactory(ModelPluginOptions options) {
+  return [options = std::move(options)](
+             const snapshot::Snapshot& snap) -> absl::StatusOr<std::shared_ptr<Embedder>> {
+    return LoadPluginEmbedder(options, snap.model_path(), snap.manifest().model.name);
   };
 }
 

@@ -21,14 +21,12 @@
 #include "libs/common/log.h"
 #include "libs/common/status_macros.h"
 #include "nlohmann/json.hpp"
-#include "services/query/proto_adapter.h"
 #include "services/query/web_page.h"
 
 namespace imagesearch {
 namespace {
 
 using json = nlohmann::json;
-using serving::Query;
 
 constexpr char kJson[] = "application/json";
 
@@ -286,9 +284,9 @@ const std::vector<HttpFrontend::Route>& HttpFrontend::Routes() {
   return routes;
 }
 
-HttpFrontend::HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics,
+HttpFrontend::HttpFrontend(HttpBackend* backend, serving::Metrics* metrics,
                            HttpFrontendOptions options)
-    : core_(core),
+    : backend_(backend),
       metrics_(metrics),
       options_(std::move(options)),
       gate_(options_.token, metrics) {}
@@ -441,7 +439,7 @@ void HttpFrontend::Dispatch(HttpRequest req, HttpResponder respond) {
 
 void HttpFrontend::Ping(HttpRequest, HttpResponder respond) {
   HttpResponse r;
-  r.status = core_->Serving() ? 200 : 503;
+  r.status = backend_->Serving() ? 200 : 503;
   respond.Send(std::move(r));
 }
 
@@ -462,32 +460,36 @@ void HttpFrontend::Page(HttpRequest, HttpResponder respond) {
 }
 
 void HttpFrontend::Info(HttpRequest req, HttpResponder respond) {
-  auto state = core_->Info(HttpContext(req, options_.timeout));
-  if (!state.ok()) return respond.Send(ErrorResponse(state.status()));
-  v1::GetInfoResponse info;
-  FillInfo(**state, &info);
-  respond.Send(Content(ToJson(&info), kJson));
+  backend_->GetInfo(HttpContext(req, options_.timeout),
+                    [respond](absl::StatusOr<v1::GetInfoResponse> info) mutable {
+                      if (!info.ok()) return respond.Send(ErrorResponse(info.status()));
+                      respond.Send(Content(ToJson(&*info), kJson));
+                    });
 }
 
 // Thumbnails come only from the live snapshot's thumbs.bin, looked up by
 // id: nothing in the request names a file.
 void HttpFrontend::Thumbnail(HttpRequest req, HttpResponder respond) {
-  const std::string id = req.path.substr(strlen("/thumbs/"));
-  auto thumb = core_->Thumbnail(id, HttpContext(req, options_.timeout));
-  if (!thumb.ok()) return respond.Send(ErrorResponse(thumb.status()));
-  // Content-addressed: the same picture keeps its ETag across versions.
-  const std::string etag = absl::StrCat("\"", Xxh3Hex(thumb->bytes), "\"");
-  HttpResponse r;
-  r.headers = {{"ETag", etag},
-               {"Cache-Control", "public, max-age=300"},
-               {"X-Content-Type-Options", "nosniff"}};
-  if (req.Header("if-none-match") == etag) {
-    r.status = 304;
-  } else {
-    r.body = std::string(thumb->bytes);
-    r.content_type = thumb->media_type;
-  }
-  respond.Send(std::move(r));
+  std::string id = req.path.substr(strlen("/thumbs/"));
+  std::string if_none_match(req.Header("if-none-match"));
+  backend_->GetThumbnail(
+      std::move(id), HttpContext(req, options_.timeout),
+      [respond, if_none_match](absl::StatusOr<v1::GetThumbnailResponse> thumb) mutable {
+        if (!thumb.ok()) return respond.Send(ErrorResponse(thumb.status()));
+        // Content-addressed: the same picture keeps its ETag across versions.
+        const std::string etag = absl::StrCat("\"", Xxh3Hex(thumb->data()), "\"");
+        HttpResponse r;
+        r.headers = {{"ETag", etag},
+                     {"Cache-Control", "public, max-age=300"},
+                     {"X-Content-Type-Options", "nosniff"}};
+        if (if_none_match == etag) {
+          r.status = 304;
+        } else {
+          r.body = std::move(*thumb->mutable_data());
+          r.content_type = thumb->media_type();
+        }
+        respond.Send(std::move(r));
+      });
 }
 
 void HttpFrontend::InvocationsGet(HttpRequest, HttpResponder respond) {
@@ -498,11 +500,9 @@ void HttpFrontend::InvocationsGet(HttpRequest, HttpResponder respond) {
 // callback answers (here for refusals and vector/id queries, on a model
 // thread for image and text queries).
 void HttpFrontend::Invocations(HttpRequest req, HttpResponder respond) {
-  // What the core's query points into, kept until the callback runs.
   struct Call {
     HttpRequest req;
     v1::SearchRequest request;
-    serving::Filter filter;
   };
   auto call = std::make_shared<Call>();
   call->req = std::move(req);
@@ -523,13 +523,12 @@ void HttpFrontend::Invocations(HttpRequest req, HttpResponder respond) {
   }
   if (parsed.ok()) parsed = ApplyParams(call->req, &call->request, &timeout);
   if (!parsed.ok()) return respond.Send(Refuse("Search", parsed));
-  core_->Search(ToQuery(call->request, &call->filter), HttpContext(call->req, timeout),
-                [call, respond](absl::StatusOr<serving::SearchResult> r) mutable {
-                  if (!r.ok()) return respond.Send(ErrorResponse(r.status()));
-                  v1::SearchResponse response;
-                  FillSearchResponse(*r, &response);
-                  respond.Send(Content(ToJson(&response), kJson));
-                });
+  const serving::CallContext context = HttpContext(call->req, timeout);
+  backend_->Search(std::move(call->request), context,
+                   [call, respond](absl::StatusOr<v1::SearchResponse> r) mutable {
+                     if (!r.ok()) return respond.Send(ErrorResponse(r.status()));
+                     respond.Send(Content(ToJson(&*r), kJson));
+                   });
 }
 
 }  // namespace imagesearch

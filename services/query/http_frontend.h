@@ -1,5 +1,6 @@
-// The HTTP front end of the query service, over the same query core as gRPC,
-// as a table of routes on HttpServer (http_server.h, event-driven on
+// The HTTP front end of the query service and of imagesearch-router, over an
+// HttpBackend (http_backend.h: a replica's query core, or the router), as a
+// table of routes on HttpServer (http_server.h, event-driven on
 // libevent). Bodies and answers are the API's messages (proto/imagesearch/v1)
 // in protobuf's proto3 JSON mapping, converted by the same proto adapter as
 // gRPC (proto_adapter.h), so a field added to the .proto needs no change here.
@@ -40,7 +41,7 @@
 // Bearer <token>", else 401 with the usual error body and "WWW-Authenticate:
 // Bearer"; the token is checked from the headers, before any body is read.
 //
-// Thread-safe. The core and metrics outlive it.
+// Thread-safe. The backend and metrics outlive it.
 #ifndef IMAGESEARCH_SERVICES_QUERY_HTTP_FRONTEND_H_
 #define IMAGESEARCH_SERVICES_QUERY_HTTP_FRONTEND_H_
 
@@ -57,9 +58,9 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "libs/serving/metrics.h"
-#include "libs/serving/query_core.h"
 #include "services/query/auth.h"
 #include "services/query/call_gate.h"
+#include "services/query/http_backend.h"
 #include "services/query/http_server.h"
 
 namespace imagesearch {
@@ -82,7 +83,7 @@ int HttpStatusOf(absl::StatusCode code);
 
 class HttpFrontend {
  public:
-  HttpFrontend(serving::QueryCore* core, serving::Metrics* metrics, HttpFrontendOptions options);
+  HttpFrontend(HttpBackend* backend, serving::Metrics* metrics, HttpFrontendOptions options);
   ~HttpFrontend();  // Stops.
   HttpFrontend(const HttpFrontend&) = delete;
   HttpFrontend& operator=(const HttpFrontend&) = delete;
@@ -123,7 +124,7 @@ class HttpFrontend {
   HttpResponse Refuse(absl::string_view method, const absl::Status& status,
                       int http_status = 0) const;
 
-  serving::QueryCore* const core_;
+  HttpBackend* const backend_;
   serving::Metrics* const metrics_;
   const HttpFrontendOptions options_;
   const CallGate gate_;

@@ -95,6 +95,12 @@ grpc::ServerUnaryReactor* ImageSearchService::GetInfo(grpc::CallbackServerContex
   return Serve(context, request, response, "GetInfo", &ImageSearchService::HandleGetInfo);
 }
 
+grpc::ServerUnaryReactor* ImageSearchService::GetThumbnail(grpc::CallbackServerContext* context,
+                                                           const grpc::ByteBuffer* request,
+                                                           grpc::ByteBuffer* response) {
+  return Serve(context, request, response, "GetThumbnail", &ImageSearchService::HandleGetThumbnail);
+}
+
 void ImageSearchService::HandleSearch(grpc::CallbackServerContext* context,
                                       const v1::SearchRequest& request,
                                       v1::SearchResponse* response, Done done) {
@@ -146,6 +152,18 @@ void ImageSearchService::HandleGetInfo(grpc::CallbackServerContext* context,
     return;
   }
   FillInfo(**state, response);
+  done(grpc::Status::OK);
+}
+
+void ImageSearchService::HandleGetThumbnail(grpc::CallbackServerContext* context,
+                                            const v1::GetThumbnailRequest& request,
+                                            v1::GetThumbnailResponse* response, Done done) {
+  auto thumb = core_->Thumbnail(request.id(), ContextOf(context));
+  if (!thumb.ok()) {
+    done(ToGrpc(thumb.status()));
+    return;
+  }
+  FillThumbnail(*thumb, response);
   done(grpc::Status::OK);
 }
 

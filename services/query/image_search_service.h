@@ -32,8 +32,9 @@
 namespace imagesearch {
 
 using RawImageSearchBase = v1::ImageSearch::WithRawCallbackMethod_Search<
-    v1::ImageSearch::WithRawCallbackMethod_SearchBatch<v1::ImageSearch::WithRawCallbackMethod_Embed<
-        v1::ImageSearch::WithRawCallbackMethod_GetInfo<v1::ImageSearch::Service>>>>;
+    v1::ImageSearch::WithRawCallbackMethod_SearchBatch<
+        v1::ImageSearch::WithRawCallbackMethod_Embed<v1::ImageSearch::WithRawCallbackMethod_GetInfo<
+            v1::ImageSearch::WithRawCallbackMethod_GetThumbnail<v1::ImageSearch::Service>>>>>;
 
 class ImageSearchService final : public RawImageSearchBase {
  public:
@@ -55,6 +56,9 @@ class ImageSearchService final : public RawImageSearchBase {
   grpc::ServerUnaryReactor* GetInfo(grpc::CallbackServerContext* context,
                                     const grpc::ByteBuffer* request,
                                     grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* GetThumbnail(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
 
  private:
   using Done = std::function<void(grpc::Status)>;
@@ -76,6 +80,9 @@ class ImageSearchService final : public RawImageSearchBase {
                    v1::EmbedResponse* response, Done done);
   void HandleGetInfo(grpc::CallbackServerContext* context, const v1::GetInfoRequest& request,
                      v1::GetInfoResponse* response, Done done);
+  void HandleGetThumbnail(grpc::CallbackServerContext* context,
+                          const v1::GetThumbnailRequest& request,
+                          v1::GetThumbnailResponse* response, Done done);
 
   serving::QueryCore* const core_;
   const CallGate gate_;

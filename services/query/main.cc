@@ -43,7 +43,6 @@
 #include "absl/strings/strip.h"
 #include "grpc/health/v1/health.pb.h"
 #include "libs/common/binary_main.h"
-#include "libs/common/cpu_quota.h"
 #include "libs/common/file_util.h"
 #include "libs/common/log.h"
 #include "libs/common/status_macros.h"
@@ -230,22 +229,11 @@ absl::StatusOr<Security> LoadSecurity() {
 // The model runtime's options: thread counts follow the CPUs this process may
 // use (its cgroup quota and affinity), not the host's cores.
 serving::ModelPluginOptions ModelOptions(serving::Metrics* metrics) {
-  serving::ModelPluginOptions popts;
-  popts.plugin_path = absl::GetFlag(FLAGS_model_plugin);
-  if (popts.plugin_path.empty()) popts.plugin_path = serving::DefaultTorchPluginPath();
-  const int cpus = EffectiveCpuCount();
-  int instances = absl::GetFlag(FLAGS_model_instances);
-  if (instances <= 0) instances = cpus;
-  popts.runtime.intra_op_threads = absl::GetFlag(FLAGS_encoder_threads);
-  if (popts.runtime.intra_op_threads <= 0) {
-    popts.runtime.intra_op_threads = std::max(1, cpus / instances);
-  }
-  popts.embedder.model_instances = instances;
-  popts.embedder.max_batch = absl::GetFlag(FLAGS_max_batch);
-  popts.embedder.max_delay = absl::Microseconds(absl::GetFlag(FLAGS_max_delay_us));
-  popts.embedder.max_queued_items = static_cast<size_t>(absl::GetFlag(FLAGS_max_queued_embeds));
-  popts.embedder.metrics = metrics;
-  return popts;
+  return serving::ModelOptionsFromFlags(
+      absl::GetFlag(FLAGS_model_plugin), absl::GetFlag(FLAGS_model_instances),
+      absl::GetFlag(FLAGS_encoder_threads), absl::GetFlag(FLAGS_max_batch),
+      absl::Microseconds(absl::GetFlag(FLAGS_max_delay_us)),
+      static_cast<size_t>(absl::GetFlag(FLAGS_max_queued_embeds)), metrics);
 }
 
 // Where the process is in its life, shared by the snapshot manager's
@@ -489,7 +477,7 @@ std::unique_ptr<grpc::Server> ListenGrpc(ImageSearchService* service, const Secu
 }
 
 // Starts HTTP and reports its port; the errors are Start's and PortReport's.
-absl::StatusOr<std::unique_ptr<HttpFrontend>> StartHttp(serving::QueryCore* core,
+absl::StatusOr<std::unique_ptr<HttpFrontend>> StartHttp(HttpBackend* backend,
                                                         serving::Metrics* metrics,
                                                         const Security& security,
                                                         PortReport* ports) {
@@ -502,7 +490,7 @@ absl::StatusOr<std::unique_ptr<HttpFrontend>> StartHttp(serving::QueryCore* core
   hopts.read_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_http_read_timeout_ms));
   hopts.tls = security.tls ? &*security.tls : nullptr;
   hopts.token = security.token ? &*security.token : nullptr;
-  auto http = std::make_unique<HttpFrontend>(core, metrics, hopts);
+  auto http = std::make_unique<HttpFrontend>(backend, metrics, hopts);
   RETURN_IF_ERROR(http->Start());
   RETURN_IF_ERROR(ports->Http(http->port()));
   return http;
@@ -561,10 +549,11 @@ int Run() {
   serving::QueryCore core(&manager, &metrics, CoreOptions());
   // With a token, every ImageSearch call is checked before its bytes are parsed.
   ImageSearchService service(&core, security->token ? &*security->token : nullptr, &metrics);
+  CoreHttpBackend http_backend(&core);
   std::unique_ptr<HttpFrontend> http;
   if (HttpEnabled()) {
     absl::StatusOr<std::unique_ptr<HttpFrontend>> started =
-        StartHttp(&core, &metrics, *security, &ports);
+        StartHttp(&http_backend, &metrics, *security, &ports);
     if (!started.ok()) {
       LogError(started.status().message());
       return 1;

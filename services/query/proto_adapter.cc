@@ -146,4 +146,10 @@ void FillInfo(const serving::ServingState& state, v1::GetInfoResponse* out) {
   model->set_loaded(state.embedder != nullptr);
 }
 
+void FillThumbnail(const serving::ThumbnailResult& thumb, v1::GetThumbnailResponse* out) {
+  out->set_data(thumb.bytes.data(), thumb.bytes.size());
+  out->set_media_type(thumb.media_type);
+  out->set_snapshot_version(thumb.snapshot_version);
+}
+
 }  // namespace imagesearch

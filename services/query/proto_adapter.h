@@ -26,6 +26,7 @@ std::vector<serving::Query> ToEmbedItems(const v1::EmbedRequest& request);
 void FillSearchResponse(const serving::SearchResult& result, v1::SearchResponse* out);
 void FillEmbedResponse(const serving::EmbedResult& result, v1::EmbedResponse* out);
 void FillInfo(const serving::ServingState& state, v1::GetInfoResponse* out);
+void FillThumbnail(const serving::ThumbnailResult& thumb, v1::GetThumbnailResponse* out);
 
 }  // namespace imagesearch
 

@@ -10,11 +10,16 @@
 // collection; its health is SERVING from then on (a shard's outage is
 // reported per query, see router.h). SIGTERM/SIGINT: stop taking calls,
 // finish those in flight (5 s at most), exit 0.
+//
+// With --http_port it also serves the query service's HTTP front end (the
+// web page, /invocations, /info, /thumbs/{id}, /ping, /metrics) over the
+// same fan-out; /metrics adds per-shard series (libs/serving/metrics.h).
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 
+#include <atomic>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -29,6 +34,9 @@
 #include "libs/common/binary_main.h"
 #include "libs/common/file_util.h"
 #include "libs/common/log.h"
+#include "libs/serving/metrics.h"
+#include "libs/serving/model_plugin.h"
+#include "services/query/http_frontend.h"
 #include "services/router/router.h"
 
 ABSL_FLAG(std::string, shards, "",
@@ -36,7 +44,15 @@ ABSL_FLAG(std::string, shards, "",
           "(host:port,host:port or e.g. dns:///svc:50051).");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int, port, 50051, "gRPC port (0 = a free one, printed and in --port_file).");
-ABSL_FLAG(std::string, port_file, "", "Write {\"grpc\": PORT} here once listening.");
+ABSL_FLAG(int, http_port, -1,
+          "HTTP port of the web page, /invocations, /info, /thumbs, /ping and /metrics; 0 = a "
+          "free one, -1 = no HTTP.");
+ABSL_FLAG(int, http_threads, 4, "HTTP workers that start /invocations and /thumbs requests.");
+ABSL_FLAG(int, http_timeout_ms, 60000,
+          "Deadline of an HTTP request unless its timeout_ms parameter says otherwise.");
+ABSL_FLAG(std::string, port_file, "",
+          "Write {\"grpc\": PORT, \"http\": PORT} here once listening (http only with "
+          "--http_port).");
 ABSL_FLAG(int, hedge_after_ms, 0,
           "Send a request that has had no answer for this long to another replica of its "
           "shard too (first answer wins); 0: the shard's observed p95; -1: never.");
@@ -46,6 +62,18 @@ ABSL_FLAG(int, default_timeout_ms, 10000, "Deadline of calls that set none.");
 ABSL_FLAG(int, startup_timeout_s, 120,
           "Give up (exit 1) when the shards have not all answered by then.");
 ABSL_FLAG(std::string, log_format, "text", "Log lines on stderr: text, or json.");
+ABSL_FLAG(std::string, model, "",
+          "The collection's model.pt (the same bytes as its snapshots'): image and text queries "
+          "are embedded here, once, and the shard replicas need no model. Empty: a shard "
+          "replica embeds them (rotating over the shards).");
+ABSL_FLAG(std::string, model_plugin, "",
+          "The model runtime module (LibTorch) for --model. Default: "
+          "libimagesearch_torch_plugin.so next to this binary.");
+ABSL_FLAG(int, model_instances, 0,
+          "Batches the model runs at once (one thread each); 0 = one per CPU this process may "
+          "use.");
+ABSL_FLAG(int, max_batch, 2, "Largest batch of image/text queries per forward pass.");
+ABSL_FLAG(int, max_delay_us, 2000, "Longest wait for more queries after the first of a batch.");
 
 namespace imagesearch::router {
 namespace {
@@ -58,48 +86,118 @@ absl::Time Deadline(const grpc::CallbackServerContext* context) {
   return absl::FromChrono(d);
 }
 
+constexpr char kVersion[] = "0.1.0";
+
+// Counts every answer under (front, method, code), as a replica does, and
+// keeps the in-flight gauge.
+template <typename Response>
+Router::Done<Response> Tracked(serving::Metrics* metrics, const char* front, const char* method,
+                               Router::Done<Response> done) {
+  metrics->AddInflight(1);
+  return [metrics, front, method, started = absl::Now(),
+          done = std::move(done)](absl::StatusOr<Response> r) {
+    metrics->RecordRequest(front, method, r.status().code(), absl::Now() - started);
+    metrics->AddInflight(-1);
+    done(std::move(r));
+  };
+}
+
 class RouterService final : public v1::ImageSearch::CallbackService {
  public:
-  explicit RouterService(Router* router) : router_(router) {}
+  RouterService(Router* router, serving::Metrics* metrics) : router_(router), metrics_(metrics) {}
 
   grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* context,
                                    const v1::SearchRequest* request,
                                    v1::SearchResponse* response) override {
     auto* reactor = context->DefaultReactor();
-    router_->Search(*request, Deadline(context), Finisher(reactor, response));
+    router_->Search(*request, Deadline(context), Finisher("Search", reactor, response));
     return reactor;
   }
   grpc::ServerUnaryReactor* SearchBatch(grpc::CallbackServerContext* context,
                                         const v1::SearchBatchRequest* request,
                                         v1::SearchBatchResponse* response) override {
     auto* reactor = context->DefaultReactor();
-    router_->SearchBatch(*request, Deadline(context), Finisher(reactor, response));
+    router_->SearchBatch(*request, Deadline(context), Finisher("SearchBatch", reactor, response));
     return reactor;
   }
   grpc::ServerUnaryReactor* Embed(grpc::CallbackServerContext* context,
                                   const v1::EmbedRequest* request,
                                   v1::EmbedResponse* response) override {
     auto* reactor = context->DefaultReactor();
-    router_->Embed(*request, Deadline(context), Finisher(reactor, response));
+    router_->Embed(*request, Deadline(context), Finisher("Embed", reactor, response));
     return reactor;
   }
   grpc::ServerUnaryReactor* GetInfo(grpc::CallbackServerContext* context, const v1::GetInfoRequest*,
                                     v1::GetInfoResponse* response) override {
     auto* reactor = context->DefaultReactor();
-    router_->GetInfo(Deadline(context), Finisher(reactor, response));
+    router_->GetInfo(Deadline(context), Finisher("GetInfo", reactor, response));
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* GetThumbnail(grpc::CallbackServerContext* context,
+                                         const v1::GetThumbnailRequest* request,
+                                         v1::GetThumbnailResponse* response) override {
+    auto* reactor = context->DefaultReactor();
+    router_->GetThumbnail(request->id(), Deadline(context),
+                          Finisher("GetThumbnail", reactor, response));
     return reactor;
   }
 
  private:
   template <typename Response>
-  static Router::Done<Response> Finisher(grpc::ServerUnaryReactor* reactor, Response* response) {
-    return [reactor, response](absl::StatusOr<Response> r) {
-      if (!r.ok()) return reactor->Finish(ToGrpc(r.status()));
-      *response = std::move(*r);
-      reactor->Finish(grpc::Status::OK);
-    };
+  Router::Done<Response> Finisher(const char* method, grpc::ServerUnaryReactor* reactor,
+                                  Response* response) {
+    return Tracked<Response>(metrics_, "grpc", method,
+                             [reactor, response](absl::StatusOr<Response> r) {
+                               if (!r.ok()) return reactor->Finish(ToGrpc(r.status()));
+                               *response = std::move(*r);
+                               reactor->Finish(grpc::Status::OK);
+                             });
   }
   Router* router_;
+  serving::Metrics* metrics_;
+};
+
+// The HTTP front end's backend: the same router calls as gRPC's.
+class RouterHttpBackend final : public HttpBackend {
+ public:
+  RouterHttpBackend(Router* router, serving::Metrics* metrics)
+      : router_(router), metrics_(metrics) {}
+
+  void SetServing(bool serving) { serving_ = serving; }
+  bool Serving() const override { return serving_; }
+  void Search(v1::SearchRequest request, const serving::CallContext& context,
+              Done<v1::SearchResponse> done) override {
+    router_->Search(request, context.deadline,
+                    Tracked(metrics_, "http", "Search", std::move(done)));
+  }
+  void GetInfo(const serving::CallContext& context, Done<v1::GetInfoResponse> done) override {
+    router_->GetInfo(context.deadline, Tracked(metrics_, "http", "GetInfo", std::move(done)));
+  }
+  void GetThumbnail(std::string id, const serving::CallContext& context,
+                    Done<v1::GetThumbnailResponse> done) override {
+    router_->GetThumbnail(id, context.deadline,
+                          Tracked(metrics_, "http", "Thumbnail", std::move(done)));
+  }
+
+ private:
+  Router* const router_;
+  serving::Metrics* const metrics_;
+  std::atomic<bool> serving_{false};
+};
+
+// Per-shard metrics from the shard clients.
+class ShardMetrics final : public ShardObserver {
+ public:
+  explicit ShardMetrics(serving::Metrics* metrics) : metrics_(metrics) {}
+  void OnCall(uint32_t shard, absl::StatusCode code, absl::Duration took) override {
+    metrics_->RecordShardCall(shard, code, took);
+  }
+  void OnHedgeSent(uint32_t shard) override { metrics_->RecordShardHedge(shard, false); }
+  void OnHedgeWon(uint32_t shard) override { metrics_->RecordShardHedge(shard, true); }
+  void OnRetry(uint32_t shard) override { metrics_->RecordShardRetry(shard); }
+
+ private:
+  serving::Metrics* const metrics_;
 };
 
 int Run() {
@@ -121,6 +219,30 @@ int Run() {
   const int hedge = absl::GetFlag(FLAGS_hedge_after_ms);
   options.shard.hedge_delay = hedge < 0 ? -absl::InfiniteDuration() : absl::Milliseconds(hedge);
   options.shard.retries = std::max(0, absl::GetFlag(FLAGS_retries));
+  serving::Metrics metrics(kVersion);
+  ShardMetrics shard_metrics(&metrics);
+  options.shard.observer = &shard_metrics;
+  if (const std::string model = absl::GetFlag(FLAGS_model); !model.empty()) {
+    absl::StatusOr<std::string> sha = Sha256HexOfFile(model);
+    if (!sha.ok()) {
+      LogError("--model: ", sha.status().ToString());
+      return 1;
+    }
+    const serving::ModelPluginOptions popts = serving::ModelOptionsFromFlags(
+        absl::GetFlag(FLAGS_model_plugin), absl::GetFlag(FLAGS_model_instances), 0,
+        absl::GetFlag(FLAGS_max_batch), absl::Microseconds(absl::GetFlag(FLAGS_max_delay_us)), 256,
+        &metrics);
+    absl::StatusOr<std::shared_ptr<serving::Embedder>> embedder =
+        serving::LoadPluginEmbedder(popts, model, "");
+    if (!embedder.ok()) {
+      LogError("--model: ", embedder.status().ToString());
+      return 1;
+    }
+    options.embedder = *std::move(embedder);
+    options.model_sha256 = *std::move(sha);
+    LogInfo("imagesearch-router: embedding image and text queries with ", model, " (",
+            popts.embedder.model_instances, " instances)");
+  }
   Router router(options);
   const absl::Time give_up = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_startup_timeout_s));
   absl::Status found;
@@ -138,7 +260,22 @@ int Run() {
     }
     absl::SleepFor(absl::Milliseconds(200));
   }
-  RouterService service(&router);
+  metrics.InitShards(router.shard_count());
+  RouterService service(&router, &metrics);
+  RouterHttpBackend http_backend(&router, &metrics);
+  std::unique_ptr<HttpFrontend> http;
+  if (absl::GetFlag(FLAGS_http_port) >= 0) {
+    HttpFrontendOptions hopts;
+    hopts.host = absl::GetFlag(FLAGS_host);
+    hopts.port = absl::GetFlag(FLAGS_http_port);
+    hopts.threads = std::max(1, absl::GetFlag(FLAGS_http_threads));
+    hopts.timeout = absl::Milliseconds(absl::GetFlag(FLAGS_http_timeout_ms));
+    http = std::make_unique<HttpFrontend>(&http_backend, &metrics, hopts);
+    if (absl::Status s = http->Start(); !s.ok()) {
+      LogError("imagesearch-router: HTTP: ", s.ToString());
+      return 1;
+    }
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -153,10 +290,15 @@ int Run() {
              absl::GetFlag(FLAGS_port));
     return 1;
   }
+  // As a replica: probes may name the service (Kubernetes' grpc probes do).
+  server->GetHealthCheckService()->SetServingStatus("imagesearch.v1.ImageSearch", true);
   server->GetHealthCheckService()->SetServingStatus(true);
+  http_backend.SetServing(true);
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
+    const std::string http_part =
+        http != nullptr ? absl::StrCat(", \"http\": ", http->port()) : std::string();
     absl::Status s = ReplaceFileAtomically(absl::GetFlag(FLAGS_port_file),
-                                           absl::StrCat("{\"grpc\": ", port, "}\n"));
+                                           absl::StrCat("{\"grpc\": ", port, http_part, "}\n"));
     if (!s.ok()) {
       LogError("--port_file: ", s.ToString());
       return 1;
@@ -164,12 +306,15 @@ int Run() {
   }
   std::cout << "listening on port " << port << std::endl;
   LogInfo("imagesearch-router: collection '", router.collection(), "', ", router.shard_count(),
-          " shards, gRPC on ", absl::GetFlag(FLAGS_host), ":", port);
+          " shards, gRPC on ", absl::GetFlag(FLAGS_host), ":", port,
+          http != nullptr ? absl::StrCat(", HTTP on port ", http->port()) : std::string());
   int sig = 0;
   sigwait(&signals, &sig);
   LogInfo("imagesearch-router: signal ", sig, ": stopping");
   server->GetHealthCheckService()->SetServingStatus(false);
+  http_backend.SetServing(false);  // /ping: 503, so load balancers move on.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  if (http != nullptr) http->Stop();
   return 0;
 }
 

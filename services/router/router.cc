@@ -1,6 +1,7 @@
 #include "services/router/router.h"
 
 #include <algorithm>
+#include <cmath>
 #include <future>
 #include <mutex>
 #include <utility>
@@ -67,7 +68,8 @@ std::string ShardName(const ShardClient& s, uint32_t count) {
 
 }  // namespace
 
-Router::Router(const RouterOptions& options) {
+Router::Router(const RouterOptions& options)
+    : embedder_(options.embedder), model_sha256_(options.model_sha256) {
   for (size_t i = 0; i < options.shard_targets.size(); ++i) {
     shards_.push_back(std::make_unique<ShardClient>(static_cast<uint32_t>(i),
                                                     options.shard_targets[i], options.shard));
@@ -92,6 +94,18 @@ void Router::ShardEmbed(uint32_t shard, const v1::EmbedRequest& request, absl::T
       [s](grpc::ClientContext* c, const v1::EmbedRequest* q, v1::EmbedResponse* r,
           std::function<void(grpc::Status)> cb) { s->stub()->async()->Embed(c, q, r, cb); },
       request, deadline, std::move(done));
+}
+
+void Router::GetThumbnail(const std::string& id, absl::Time deadline,
+                          Done<v1::GetThumbnailResponse> done) {
+  // Only the shard that owns the id can hold its thumbnail.
+  ShardClient* s = shards_[snapshot::ShardOf(id, shard_count())].get();
+  v1::GetThumbnailRequest request;
+  request.set_id(id);
+  s->Call<v1::GetThumbnailRequest, v1::GetThumbnailResponse>(
+      [s](grpc::ClientContext* c, const v1::GetThumbnailRequest* q, v1::GetThumbnailResponse* r,
+          std::function<void(grpc::Status)> cb) { s->stub()->async()->GetThumbnail(c, q, r, cb); },
+      std::move(request), deadline, std::move(done));
 }
 
 void Router::ShardInfo(uint32_t shard, absl::Time deadline, Done<v1::GetInfoResponse> done) {
@@ -143,7 +157,21 @@ absl::Status Router::Discover(absl::Time deadline) {
           "-d, model '", first->model().name(), "'): the shards are not one collection"));
     }
   }
+  if (embedder_ != nullptr) {
+    if (first->model().sha256() != model_sha256_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--model (sha256 ", model_sha256_.substr(0, 12), "...) is not the collection's model '",
+          first->model().name(), "' (sha256 ", first->model().sha256().substr(0, 12),
+          first->model().sha256().empty() ? "; a vector-only collection" : "...", ")"));
+    }
+    if (static_cast<uint32_t>(embedder_->dim()) != first->dim()) {
+      return absl::FailedPreconditionError(absl::StrCat("--model embeds ", embedder_->dim(),
+                                                        "-d vectors; the collection is ",
+                                                        first->dim(), "-d"));
+    }
+  }
   collection_ = first->shard().collection();
+  model_name_ = first->model().name();
   return absl::OkStatus();
 }
 
@@ -192,13 +220,14 @@ void Router::Search(const v1::SearchRequest& request, absl::Time deadline,
       } else {
         embed.add_inputs()->set_text(request.text());
       }
-      ShardEmbed(NextShard(), embed, deadline,
-                 [this, request = request, top_k, deadline,
-                  done = std::move(done)](absl::StatusOr<v1::EmbedResponse> e) mutable {
-                   if (!e.ok()) return done(e.status());
-                   *request.mutable_vector() = e->embeddings(0);
-                   FanOut(std::move(request), top_k, "", deadline, std::move(done));
-                 });
+      EmbedModelInputs(embed, /*from_search=*/true, deadline,
+                       [this, request = request, top_k, deadline,
+                        done = std::move(done)](absl::StatusOr<v1::EmbedResponse> e) mutable {
+                         if (!e.ok()) return done(e.status());
+                         *request.mutable_vector() = e->embeddings(0);
+                         request.clear_image();  // The vector is the query now.
+                         FanOut(std::move(request), top_k, "", deadline, std::move(done));
+                       });
       return;
     }
     default:
@@ -207,19 +236,67 @@ void Router::Search(const v1::SearchRequest& request, absl::Time deadline,
   }
 }
 
+void Router::EmbedModelInputs(const v1::EmbedRequest& request, bool from_search,
+                              absl::Time deadline, Done<v1::EmbedResponse> done) {
+  if (embedder_ == nullptr) return ShardEmbed(NextShard(), request, deadline, std::move(done));
+  // A replica's checks (libs/serving/query_core.cc), before any decoding.
+  constexpr int kMaxInputs = 64;
+  constexpr size_t kMaxImageBytes = 16 << 20, kMaxTextBytes = 16 << 10;
+  const int n = request.inputs_size();
+  if (n == 0) return done(absl::InvalidArgumentError("inputs is empty"));
+  if (n > kMaxInputs) {
+    return done(absl::InvalidArgumentError(
+        absl::StrCat("inputs has ", n, " items; the maximum is ", kMaxInputs, " per request")));
+  }
+  std::vector<serving::EmbedItem> items;
+  for (int i = 0; i < n; ++i) {
+    const v1::EmbedInput& in = request.inputs(i);
+    const bool text = in.input_case() == v1::EmbedInput::kText;
+    const std::string what =
+        from_search ? (text ? "query text" : "query image") : absl::StrCat("inputs[", i, "]");
+    if (!text && in.input_case() != v1::EmbedInput::kImage) {
+      return done(absl::InvalidArgumentError(absl::StrCat(what, ": set one of image, text or id")));
+    }
+    serving::EmbedItem item;
+    item.kind = text ? serving::EmbedItem::Kind::kText : serving::EmbedItem::Kind::kImage;
+    item.data = text ? in.text() : in.image();
+    const size_t limit = text ? kMaxTextBytes : kMaxImageBytes;
+    if (item.data.empty()) return done(absl::InvalidArgumentError(absl::StrCat(what, " is empty")));
+    if (item.data.size() > limit) {
+      return done(absl::InvalidArgumentError(
+          absl::StrCat(what, " is ", item.data.size(), " bytes; the limit is ", limit)));
+    }
+    items.push_back(std::move(item));
+  }
+  serving::CallContext context;
+  context.front = "router";
+  context.deadline = deadline;
+  embedder_->Embed(std::move(items), context,
+                   [this, done = std::move(done)](absl::StatusOr<serving::Embedder::Vectors> v) {
+                     if (!v.ok()) return done(v.status());
+                     v1::EmbedResponse out;
+                     for (const std::vector<float>& one : *v) {
+                       out.add_embeddings()->mutable_values()->Assign(one.begin(), one.end());
+                     }
+                     out.set_model_name(model_name_);
+                     done(std::move(out));
+                   });
+}
+
 void Router::FanOut(v1::SearchRequest request, uint32_t top_k, const std::string& self_id,
                     absl::Time deadline, Done<v1::SearchResponse> done) {
   // An id query's own row is dropped here, so each shard returns one more.
   request.set_top_k(top_k + (self_id.empty() ? 0 : 1));
   request.set_include_self(false);
   const bool allow_partial = request.allow_partial();
+  const float dedup = request.dedup();
   auto shared = std::make_shared<const v1::SearchRequest>(std::move(request));
   GatherAll<v1::SearchResponse>(
       shards_.size(),
       [this, shared, deadline](size_t i, Done<v1::SearchResponse> d) {
         ShardSearch(static_cast<uint32_t>(i), *shared, deadline, std::move(d));
       },
-      [this, top_k, self_id, allow_partial, deadline,
+      [this, top_k, self_id, allow_partial, dedup, deadline,
        done = std::move(done)](std::vector<absl::StatusOr<v1::SearchResponse>> results) {
         const uint32_t count = shard_count();
         std::vector<uint32_t> missing;
@@ -244,26 +321,107 @@ void Router::FanOut(v1::SearchRequest request, uint32_t top_k, const std::string
                                   : absl::StrCat(missing.size(), " of ", count,
                                                  " shards are not answering; ", why)));
         }
-        v1::SearchResponse out;
-        std::vector<v1::Hit*> hits;
+        auto out = std::make_shared<v1::SearchResponse>();
+        std::vector<v1::Hit> hits;
         for (uint32_t i = 0; i < count; ++i) {
           if (!results[i].ok()) continue;
           v1::SearchResponse& r = *results[i];
-          (*out.mutable_shard_versions())[i] = r.snapshot_version();
-          out.set_collapsed(out.collapsed() + r.collapsed());
+          (*out->mutable_shard_versions())[i] = r.snapshot_version();
+          out->set_collapsed(out->collapsed() + r.collapsed());
           for (v1::Hit& h : *r.mutable_hits()) {
             if (!self_id.empty() && h.id() == self_id) continue;
-            hits.push_back(&h);
+            hits.push_back(std::move(h));
           }
         }
-        std::stable_sort(hits.begin(), hits.end(), [](const v1::Hit* a, const v1::Hit* b) {
-          if (a->distance() != b->distance()) return a->distance() < b->distance();
-          return a->id() < b->id();
+        std::stable_sort(hits.begin(), hits.end(), [](const v1::Hit& a, const v1::Hit& b) {
+          if (a.distance() != b.distance()) return a.distance() < b.distance();
+          return a.id() < b.id();
         });
-        if (hits.size() > top_k) hits.resize(top_k);
-        for (v1::Hit* h : hits) *out.add_hits() = std::move(*h);
-        for (uint32_t i : missing) out.add_missing_shards(i);
-        done(std::move(out));
+        for (uint32_t i : missing) out->add_missing_shards(i);
+        auto finish = [top_k, out, done](std::vector<v1::Hit> kept) {
+          if (kept.size() > top_k) kept.resize(top_k);
+          for (v1::Hit& h : kept) *out->add_hits() = std::move(h);
+          done(std::move(*out));
+        };
+        if (dedup <= 0 || hits.size() < 2) return finish(std::move(hits));
+        CollapseAcrossShards(std::move(hits), dedup, top_k, deadline, out.get(), std::move(finish));
+      });
+}
+
+// Each shard collapsed its own near-duplicates; two shards can still return
+// the same picture under two ids. The merged hits' stored vectors (Embed of
+// their ids, from their shards) decide, as a replica decides within one
+// snapshot: a hit whose cosine similarity to a better kept hit reaches
+// `dedup` is dropped and counted in `collapsed`.
+void Router::CollapseAcrossShards(std::vector<v1::Hit> hits, float dedup, uint32_t top_k,
+                                  absl::Time deadline, v1::SearchResponse* out,
+                                  std::function<void(std::vector<v1::Hit>)> finish) {
+  constexpr int kMaxIdsPerEmbed = 64;  // A replica's limit per Embed call.
+  struct Part {
+    uint32_t shard;
+    v1::EmbedRequest request;
+    std::vector<size_t> positions;  // Into hits.
+  };
+  auto parts = std::make_shared<std::vector<Part>>();
+  std::vector<int> open(shard_count(), -1);  // Shard -> its part being filled.
+  for (size_t k = 0; k < hits.size(); ++k) {
+    const uint32_t shard = snapshot::ShardOf(hits[k].id(), shard_count());
+    if (open[shard] < 0 || (*parts)[open[shard]].request.inputs_size() == kMaxIdsPerEmbed) {
+      open[shard] = static_cast<int>(parts->size());
+      parts->push_back(Part{shard, {}, {}});
+    }
+    Part& part = (*parts)[open[shard]];
+    part.request.add_inputs()->set_id(hits[k].id());
+    part.positions.push_back(k);
+  }
+  auto held = std::make_shared<std::vector<v1::Hit>>(std::move(hits));
+  GatherAll<v1::EmbedResponse>(
+      parts->size(),
+      [this, parts, deadline](size_t k, Done<v1::EmbedResponse> d) {
+        ShardEmbed((*parts)[k].shard, (*parts)[k].request, deadline, std::move(d));
+      },
+      [parts, held, dedup, top_k, out,
+       finish = std::move(finish)](std::vector<absl::StatusOr<v1::EmbedResponse>> results) {
+        std::vector<std::vector<float>> vectors(held->size());
+        for (size_t k = 0; k < results.size(); ++k) {
+          // A shard that cannot say (gone since it answered): its hits stay.
+          if (!results[k].ok()) continue;
+          const Part& part = (*parts)[k];
+          for (size_t j = 0; j < part.positions.size(); ++j) {
+            const auto& values = results[k]->embeddings(static_cast<int>(j)).values();
+            vectors[part.positions[j]].assign(values.begin(), values.end());
+          }
+        }
+        auto cosine = [](const std::vector<float>& a, const std::vector<float>& b) {
+          double dot = 0, na = 0, nb = 0;
+          for (size_t i = 0; i < a.size(); ++i) {
+            dot += static_cast<double>(a[i]) * b[i];
+            na += static_cast<double>(a[i]) * a[i];
+            nb += static_cast<double>(b[i]) * b[i];
+          }
+          return na > 0 && nb > 0 ? dot / std::sqrt(na * nb) : 0.0;
+        };
+        std::vector<v1::Hit> kept;
+        std::vector<const std::vector<float>*> kept_vectors;
+        uint32_t collapsed = 0;
+        for (size_t k = 0; k < held->size() && kept.size() < top_k; ++k) {
+          const std::vector<float>& v = vectors[k];
+          bool duplicate = false;
+          for (const std::vector<float>* w : kept_vectors) {
+            if (!v.empty() && w->size() == v.size() && cosine(v, *w) >= dedup) {
+              duplicate = true;
+              break;
+            }
+          }
+          if (duplicate) {
+            ++collapsed;
+            continue;
+          }
+          kept.push_back(std::move((*held)[k]));
+          kept_vectors.push_back(&v);
+        }
+        out->set_collapsed(out->collapsed() + collapsed);
+        finish(std::move(kept));
       });
 }
 
@@ -306,13 +464,14 @@ void Router::Embed(const v1::EmbedRequest& request, absl::Time deadline,
     uint32_t shard;
     v1::EmbedRequest request;
     std::vector<int> positions;
+    bool model = false;  // Images and texts: EmbedModelInputs.
   };
   auto parts = std::make_shared<std::vector<Part>>();
-  Part model_part{NextShard(), {}, {}};
+  Part model_part{0, {}, {}, true};
   for (int i = 0; i < request.inputs_size(); ++i) {
     const v1::EmbedInput& in = request.inputs(i);
     if (in.input_case() == v1::EmbedInput::kId) {
-      parts->push_back(Part{snapshot::ShardOf(in.id(), shard_count()), {}, {i}});
+      parts->push_back(Part{snapshot::ShardOf(in.id(), shard_count()), {}, {i}, false});
       *parts->back().request.add_inputs() = in;
     } else {
       *model_part.request.add_inputs() = in;
@@ -324,7 +483,9 @@ void Router::Embed(const v1::EmbedRequest& request, absl::Time deadline,
   GatherAll<v1::EmbedResponse>(
       parts->size(),
       [this, parts, deadline](size_t k, Done<v1::EmbedResponse> d) {
-        ShardEmbed((*parts)[k].shard, (*parts)[k].request, deadline, std::move(d));
+        const Part& part = (*parts)[k];
+        if (part.model) return EmbedModelInputs(part.request, false, deadline, std::move(d));
+        ShardEmbed(part.shard, part.request, deadline, std::move(d));
       },
       [parts, n, done = std::move(done)](std::vector<absl::StatusOr<v1::EmbedResponse>> results) {
         v1::EmbedResponse out;

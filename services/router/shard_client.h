@@ -35,13 +35,26 @@
 
 namespace imagesearch::router {
 
+// Told about each shard's calls, for metrics; called on gRPC's threads.
+class ShardObserver {
+ public:
+  virtual ~ShardObserver() = default;
+  // A logical call (its first attempt, retries and hedges together) ended
+  // with `code` after `took`.
+  virtual void OnCall(uint32_t shard, absl::StatusCode code, absl::Duration took) = 0;
+  virtual void OnHedgeSent(uint32_t shard) = 0;
+  virtual void OnHedgeWon(uint32_t shard) = 0;
+  virtual void OnRetry(uint32_t shard) = 0;
+};
+
 struct ShardClientOptions {
   // Hedge after this long without an answer; zero: the shard's observed p95
   // (once kMinSamplesForP95 answers were seen, at least min_hedge_delay);
   // negative: never.
   absl::Duration hedge_delay = absl::ZeroDuration();
   absl::Duration min_hedge_delay = absl::Milliseconds(1);
-  int retries = 2;  // On UNAVAILABLE, while the deadline allows.
+  int retries = 2;                    // On UNAVAILABLE, while the deadline allows.
+  ShardObserver* observer = nullptr;  // Optional; outlives the client.
 };
 
 struct ShardStats {
@@ -186,6 +199,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
       std::lock_guard<std::mutex> lock(shard_->mu_);
       ++shard_->stats_.hedges_sent;
     }
+    if (ShardObserver* o = shard_->options_.observer) o->OnHedgeSent(shard_->index_);
     Launch(a);
   }
 
@@ -209,8 +223,11 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
       }
       lock.unlock();
       if (a->hedge) {
-        std::lock_guard<std::mutex> stats(shard_->mu_);
-        ++shard_->stats_.hedges_won;
+        {
+          std::lock_guard<std::mutex> stats(shard_->mu_);
+          ++shard_->stats_.hedges_won;
+        }
+        if (ShardObserver* o = shard_->options_.observer) o->OnHedgeWon(shard_->index_);
       }
       done_(std::move(a->response));
       return;
@@ -223,6 +240,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
         std::lock_guard<std::mutex> stats(shard_->mu_);
         ++shard_->stats_.retries;
       }
+      if (ShardObserver* o = shard_->options_.observer) o->OnRetry(shard_->index_);
       Launch(retry);
       return;
     }
@@ -258,10 +276,13 @@ void ShardClient::Call(std::function<void(grpc::ClientContext*, const Request*, 
   }
   auto call = std::make_shared<HedgedCall<Request, Response>>(
       this, std::move(start), std::move(request), deadline,
-      [this, done = std::move(done)](absl::StatusOr<Response> r) {
+      [this, started = absl::Now(), done = std::move(done)](absl::StatusOr<Response> r) {
         if (!r.ok()) {
           std::lock_guard<std::mutex> lock(mu_);
           ++stats_.failures;
+        }
+        if (options_.observer != nullptr) {
+          options_.observer->OnCall(index_, r.status().code(), absl::Now() - started);
         }
         done(std::move(r));
       });

@@ -15,24 +15,31 @@ and one unsharded replica of the same rows to compare with.
      with allow_partial, an answer from the others naming it missing;
      restarted, the router recovers without a restart of its own;
   6. a replica made slow (a proxy delaying it by 1 s): hedged requests
-     to its sibling answer first and keep every call fast.
+     to its sibling answer first and keep every call fast;
+  7. the router's /metrics counts hedges, retries and failures per shard;
+     GetThumbnail is answered by the shard that owns the id;
+  8. dedup across shards: with exact search, the router's answer equals an
+     unsharded replica's over the same rows, 40 of them duplicated.
 
 Usage: router_test.py BUILD_DIR SOURCE_DIR
 """
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_lib  # noqa: E402
 import grpc_stubs  # noqa: E402
 from e2e_lib import DelayProxy, Server, check, run  # noqa: E402
 import grpc  # noqa: E402
+import numpy as np  # noqa: E402
 
 BUILD, SRC = sys.argv[1:3]
 T = e2e_lib.tree(BUILD, SRC)
@@ -93,8 +100,9 @@ def main():
             if i == 2:
                 ports[1] = proxy.port
             targets.append(",".join(f"127.0.0.1:{p}" for p in ports))
-        router = Server(ROUTER, [f"--shards={';'.join(targets)}", "--port=0", "--hedge_after_ms=30"],
-                        os.path.join(work, "router.log"), wait=("grpc",), pick_ports=False)
+        router = Server(ROUTER, [f"--shards={';'.join(targets)}", "--port=0", "--http_port=0",
+                                 "--hedge_after_ms=30"],
+                        os.path.join(work, "router.log"), pick_ports=False)
         procs.append(router)
         rs, single_stub = stub_of(router.grpc_address), stub_of(one.grpc_address)
 
@@ -197,6 +205,63 @@ def main():
               (slowest, shard2))
         print(f"6. one replica of shard 2 delayed 1 s: {shard2.hedges_sent} hedges sent, "
               f"{shard2.hedges_won} won, slowest call {slowest * 1000:.0f} ms")
+
+        # The same figures on the router's /metrics, per shard.
+        text = urllib.request.urlopen(router.http_url + "/metrics", timeout=10).read().decode()
+
+        def value(series):
+            m = re.search("^" + re.escape(series) + r" (\S+)$", text, re.M)
+            return float(m.group(1)) if m else 0.0
+        won = value('imagesearch_shard_hedges_total{result="won",shard="2"}')
+        sent = value('imagesearch_shard_hedges_total{result="sent",shard="2"}')
+        retried = value('imagesearch_shard_retries_total{shard="1"}')
+        unavailable = value('imagesearch_shard_requests_total{code="UNAVAILABLE",shard="1"}')
+        check(won >= shard2.hedges_won and sent >= won and retried > 0 and unavailable > 0,
+              (won, sent, retried, unavailable))
+        # A vector-only collection has no thumbnails: the owning shard says so.
+        try:
+            rs.GetThumbnail(pb.GetThumbnailRequest(id="r5"), timeout=10)
+            check(False, "a thumbnail was served from a vector-only collection")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.NOT_FOUND and "has no thumbnails" in e.details(),
+                  e.details())
+        print(f"7. /metrics per shard: shard 2 hedges {sent:.0f} sent, {won:.0f} won; shard 1 "
+              f"retries {retried:.0f}; shard 1 UNAVAILABLE {unavailable:.0f}; GetThumbnail "
+              "through the owning shard")
+
+        # Dedup across shards: 40 rows copied under other ids ("z<i>" copies
+        # "r<i>"); each pair lands on one shard or two by the id hash. With
+        # exact search and dedup, the router collapses a pair that two shards
+        # return as the unsharded replica does within its one snapshot.
+        base_rows = rows[:400]
+        dup_npy, dup_ids = os.path.join(work, "dup.npy"), os.path.join(work, "dup.jsonl")
+        np.save(dup_npy, np.array(base_rows + base_rows[:40], dtype=np.float32))
+        with open(dup_ids, "w") as f:
+            for i in range(400):
+                f.write(json.dumps({"id": f"r{i}"}) + "\n")
+            for i in range(40):
+                f.write(json.dumps({"id": f"z{i}"}) + "\n")
+        dcoll, dsingle = os.path.join(work, "dcoll"), os.path.join(work, "dsingle")
+        dcommon = [f"--vectors={dup_npy}", f"--ids={dup_ids}", "--threads=1", "--m=8"]
+        run(T.snapshot, "build", f"--root={dcoll}", f"--shard_count={S}", "--collection=d", *dcommon)
+        run(T.snapshot, "build", f"--root={dsingle}", *dcommon)
+        dreps = [replica(os.path.join(dcoll, f"shard-{i}-of-{S}"), f"d{i}") for i in range(S)]
+        done_single = replica(dsingle, "dsingle")
+        drouter = Server(ROUTER, ["--shards=" + ";".join(r.grpc_address for r in dreps), "--port=0"],
+                         os.path.join(work, "drouter.log"), wait=("grpc",), pick_ports=False)
+        procs.append(drouter)
+        dr, ds = stub_of(drouter.grpc_address), stub_of(done_single.grpc_address)
+        for i in range(40):
+            q = [x + 0.01 for x in base_rows[i]]
+            got = search(dr, q, exact=True, dedup=0.999, top_k=5)
+            want = search(ds, q, exact=True, dedup=0.999, top_k=5)
+            check([h.id for h in got.hits] == [h.id for h in want.hits] and
+                  f"z{i}" not in [h.id for h in got.hits] and got.collapsed >= 1,
+                  (i, got, want))
+            plain = search(dr, q, exact=True, top_k=5)
+            check({f"r{i}", f"z{i}"} <= {h.id for h in plain.hits}, plain)
+        print("8. dedup across shards: 40 duplicated rows, the router's exact+dedup answer equals "
+              "the unsharded replica's (each copy collapsed, wherever the pair landed)")
     finally:
         for p in procs:
             p.kill()

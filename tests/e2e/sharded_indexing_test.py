@@ -9,6 +9,7 @@ Usage: sharded_indexing_test.py BUILD_DIR SOURCE_DIR DEFAULT_MODEL
 """
 import json
 import os
+import re
 import shutil
 import struct
 import sys
@@ -25,6 +26,7 @@ BUILD, SRC, MODEL = sys.argv[1:4]
 INDEXER = os.path.join(BUILD, "services", "indexer", "imagesearch-indexer")
 SNAPSHOT = os.path.join(BUILD, "tools", "make_snapshot", "imagesearch-snapshot")
 QUERY = os.path.join(BUILD, "services", "query", "imagesearch-query")
+ROUTER = os.path.join(BUILD, "services", "router", "imagesearch-router")
 
 
 
@@ -70,6 +72,7 @@ def by_id(shard_dirs):
 def main():
     work = tempfile.mkdtemp(prefix="imagesearch_shards_")
     server = None
+    extra_servers = []
     try:
         corpus = os.path.join(work, "corpus")
         run("bash", os.path.join(SRC, "tools", "corpus", "fashion_mnist.sh"), corpus, "5")
@@ -150,6 +153,70 @@ def main():
         print("2b. build --shards --shard_count=2: two shard roots, every row (and its thumbnail) "
               "in exactly one, each with the model")
 
+        # The collection through imagesearch-router's HTTP front end, as a user
+        # opens it: the router embeds the image once with its own copy of the
+        # model (the shard replicas run without a model runtime, so none of
+        # them could), searches both shards, and fetches thumbnails from the
+        # owning shard.
+        shard_servers = [Server(QUERY, [f"--snapshot_root={os.path.join(coll, f'shard-{k}-of-2')}",
+                                        "--model_plugin=/nonexistent/no_model_runtime.so"],
+                                os.path.join(work, f"s{k}.log")) for k in range(2)]
+        extra_servers.extend(shard_servers)
+        router = Server(ROUTER, ["--shards=" + ";".join(s.grpc_address for s in shard_servers),
+                                 "--port=0", "--http_port=0", f"--model={MODEL}"],
+                        os.path.join(work, "router.log"), pick_ports=False)
+        extra_servers.append(router)
+        rinfo = json.load(urllib.request.urlopen(router.http_url + "/info", timeout=10))
+        check(rinfo["shard"]["collection"] == "fm" and rinfo["shard"]["count"] == 2
+              and int(rinfo["vector_count"]) == len(split) and rinfo["has_thumbnails"]
+              and len(rinfo["router_shards"]) == 2, rinfo)
+        req = urllib.request.Request(router.http_url + "/invocations?top_k=3", data=body,
+                                     headers={"Content-Type": "image/png"})
+        routed = json.load(urllib.request.urlopen(req, timeout=60))
+        check(routed["hits"][0]["id"] == first["id"] and routed["missing_shards"] == []
+              and sorted(routed["shard_versions"]) == ["0", "1"], routed)
+        # A replica alone cannot answer it.
+        try:
+            urllib.request.urlopen(urllib.request.Request(
+                shard_servers[0].http_url + "/invocations", data=body,
+                headers={"Content-Type": "image/png"}), timeout=60)
+            check(False, "a shard replica without a model runtime embedded an image")
+        except urllib.error.HTTPError as e:
+            err = json.load(e)["error"]
+            check(e.code == 501 and err["code"] == "UNIMPLEMENTED", f"replica without a model: {err}")
+        for hit in routed["hits"]:
+            got = urllib.request.urlopen(f"{router.http_url}/thumbs/{hit['id']}", timeout=10)
+            check(got.headers["Content-Type"] == "image/jpeg" and got.read() == seen[hit["id"]],
+                  f"thumbnail of {hit['id']} through the router")
+        try:
+            urllib.request.urlopen(f"{router.http_url}/thumbs/no-such-id", timeout=10)
+            check(False, "a thumbnail of an unknown id was served")
+        except urllib.error.HTTPError as e:
+            err = json.load(e)["error"]
+            check(e.code == 404 and err["code"] == "NOT_FOUND" and "no-such-id" in err["message"],
+                  err)
+        page = urllib.request.urlopen(router.http_url + "/", timeout=10).read().decode()
+        check("<title>" in page and "router_shards" in page, "the web page")
+        metrics = urllib.request.urlopen(router.http_url + "/metrics", timeout=10).read().decode()
+        for series in ('imagesearch_requests_total{code="OK",front="http",method="Search"} 1',
+                       'imagesearch_shard_requests_total{code="OK",shard="0"}',
+                       'imagesearch_shard_requests_total{code="OK",shard="1"}',
+                       'imagesearch_shard_request_duration_seconds_count{shard="1"}'):
+            check(series in metrics, f"{series} not in the router's /metrics")
+        # The dashboard's router row asks only for what the router exports.
+        with open(os.path.join(SRC, "deploy", "grafana", "imagesearch-dashboard.json")) as f:
+            exprs = [t["expr"] for p in json.load(f)["panels"] for t in p.get("targets", [])]
+        used = {re.sub(r"_(bucket|sum|count)$", "", m)
+                for e in exprs for m in re.findall(r"imagesearch_shard_[a-z_]+", e)}
+        typed = set(re.findall(r"^# TYPE (\S+) ", metrics, re.M))
+        check(len(used) == 4 and used <= typed, f"dashboard's shard metrics {used}, router's {typed}")
+        for s in (router, *shard_servers):
+            s.stop()
+        print("2c. imagesearch-router --model over the 2 shard roots (replicas with no model "
+              "runtime), over HTTP: /info names the collection; an image finds itself (embedded "
+              "by the router, both shards searched); thumbnails from the "
+              "owning shard; an unknown id's is 404 NOT_FOUND; the page; per-shard /metrics")
+
         # Refusals: a missing shard, the wrong model. Nothing is published.
         shutil.rmtree(os.path.join(three, "shard-1-of-3"))
         out = run(SNAPSHOT, "build", f"--root={root}", f"--shards={three}", f"--model={MODEL}", ok=False)
@@ -172,6 +239,8 @@ def main():
               "are refused; nothing published")
         server.stop()
     finally:
+        for s in extra_servers:
+            s.kill()
         if server is not None:
             server.kill()
         shutil.rmtree(work, ignore_errors=True)

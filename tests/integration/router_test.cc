@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "libs/common/test_temp_dir.h"
 #include "libs/index/test_vectors.h"
+#include "libs/serving/embedder.h"
 #include "libs/snapshot/shard.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/test_snapshots.h"
@@ -185,6 +186,86 @@ TEST_CASE("Id queries go through the owning shard; a shard with no replica is na
   CHECK(part->missing_shards_size() == 1);
   CHECK(part->missing_shards(0) == 1);
   CHECK(part->hits_size() == 10);
+}
+
+// A model that embeds every image as one fixed vector and has no text
+// tower: enough to see which embedder the router uses.
+class FixedEmbedder final : public serving::Embedder {
+ public:
+  explicit FixedEmbedder(std::vector<float> v) : v_(std::move(v)) {}
+  void Embed(std::vector<serving::EmbedItem> items, const serving::CallContext&,
+             Callback done) override {
+    calls_.fetch_add(1);
+    Vectors out;
+    for (const auto& item : items) {
+      if (item.kind == serving::EmbedItem::Kind::kText) {
+        return done(absl::FailedPreconditionError("the model has no text tower"));
+      }
+      out.push_back(v_);
+    }
+    done(std::move(out));
+  }
+  int dim() const override { return kDim; }
+  bool has_text() const override { return false; }
+  int calls() const { return calls_.load(); }
+
+ private:
+  const std::vector<float> v_;
+  std::atomic<int> calls_{0};
+};
+
+TEST_CASE("With its own embedder the router embeds image queries itself", "[router]") {
+  Cluster c;
+  const v1::SearchRequest by_vector = Query(5, true);
+  auto embedder = std::make_shared<FixedEmbedder>(
+      std::vector<float>(by_vector.vector().values().begin(), by_vector.vector().values().end()));
+  router::RouterOptions options = c.Options(-absl::InfiniteDuration());
+  options.embedder = embedder;
+  options.model_sha256 = "";  // The shards are vector-only: no model, no sha256.
+  router::Router r(options);
+  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+  auto search = [&](const v1::SearchRequest& q) {
+    return Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
+      r.Search(q, absl::Now() + absl::Seconds(10), std::move(d));
+    });
+  };
+  v1::SearchRequest by_image;
+  by_image.set_image("any bytes: the fixed model ignores them");
+  by_image.set_exact(true);
+  auto got = search(by_image);
+  REQUIRE(got.ok());
+  CHECK(Ids(*got) == Ids(c.Single(by_vector)));
+  CHECK(embedder->calls() == 1);
+
+  v1::SearchRequest by_text;
+  by_text.set_text("a red dress");
+  CHECK(absl::IsFailedPrecondition(search(by_text).status()));
+  v1::SearchRequest empty;
+  empty.set_image("");
+  auto refused = search(empty);
+  CHECK(absl::IsInvalidArgument(refused.status()));
+  CHECK(refused.status().message() == "query image is empty");
+
+  v1::EmbedRequest mixed;
+  mixed.add_inputs()->set_id("row7");
+  mixed.add_inputs()->set_image("x");
+  auto embedded = Await<v1::EmbedResponse>([&](router::Router::Done<v1::EmbedResponse> d) {
+    r.Embed(mixed, absl::Now() + absl::Seconds(10), std::move(d));
+  });
+  REQUIRE(embedded.ok());
+  REQUIRE(embedded->embeddings_size() == 2);
+  CHECK(embedded->embeddings(0).values_size() == kDim);
+  CHECK(std::equal(embedded->embeddings(1).values().begin(), embedded->embeddings(1).values().end(),
+                   by_vector.vector().values().begin()));
+
+  // A model that is not the collection's is refused before anything serves.
+  router::RouterOptions wrong = c.Options(-absl::InfiniteDuration());
+  wrong.embedder = embedder;
+  wrong.model_sha256 = "0123456789abcdef";
+  router::Router refuses(wrong);
+  const absl::Status s = refuses.Discover(absl::Now() + absl::Seconds(20));
+  CHECK(absl::IsFailedPrecondition(s));
+  CHECK(std::string(s.message()).find("a vector-only collection") != std::string::npos);
 }
 
 }  // namespace
