@@ -580,6 +580,20 @@ export function checkSharded(serving, indexing, indexingRoot, e) {
   for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
     expect(c[probe]?.grpc?.port === port('grpc'), `${R}: ${probe} must be a native grpc probe on the grpc port`);
   }
+  // With --model the router embeds, from a read-only mount of the share, and
+  // the shard replicas keep no model in memory; without it they must.
+  if (f.model) {
+    const { mount, volume } = mountFor(pod, c, f.model);
+    expect(mount?.readOnly === true && volume?.persistentVolumeClaim?.claimName === name('imagesearch-snapshots'),
+      `${R}: --model=${f.model} must be on a read-only mount of claim ${name('imagesearch-snapshots')}`);
+  }
+  deps.forEach((d, i) => {
+    const load = flags(d?.spec?.template?.spec?.containers?.[0]?.args).load_model;
+    if (!d) return;
+    expect(f.model ? load === 'false' : load !== 'false',
+      f.model ? `Deployment ${d.metadata.name}: needs --load_model=false (the router embeds with --model)`
+        : `Deployment ${d.metadata.name}: --load_model=false, but the router has no --model to embed with`);
+  });
   const sleep = c.lifecycle?.preStop?.sleep?.seconds ?? 0;
   const tgp = pod.terminationGracePeriodSeconds ?? 30;
   expect(sleep >= 1 && tgp >= sleep + 5 + 2, `${R}: terminationGracePeriodSeconds ${tgp} < preStop ${sleep} s + 5 s drain + 2 s`);
@@ -752,6 +766,10 @@ function negativeChecks(rendered, models, yaml, k, k8sDir) {
     ['a shard Service selecting every shard', 'sharded', (s) => {
       delete s.find((o) => o.metadata.name === 'imagesearch-query-headless-shard-0').spec.selector[SHARD_LABEL];
     }, /imagesearch-query-headless-shard-0: also selects the pods of shard 1/],
+    ['shard replicas loading the model the router embeds with', 'sharded', (s) => {
+      const c = s.find((o) => o.metadata.name === 'imagesearch-query-shard-0').spec.template.spec.containers[0];
+      c.args = c.args.filter((a) => a !== '--load_model=false');
+    }, /imagesearch-query-shard-0: needs --load_model=false/],
     ['the build Job publishing one root', 'sharded', undefined, /must publish 2 shard roots/, (ix) => {
       const c = ix.find((o) => o.metadata.name === 'imagesearch-snapshot-build').spec.template.spec.containers[0];
       c.args = c.args.filter((a) => !a.startsWith('--shard_count='));

@@ -21,8 +21,7 @@ void CoreHttpBackend::Search(v1::SearchRequest request, const serving::CallConte
                 });
 }
 
-void CoreHttpBackend::GetInfo(const serving::CallContext& context,
-                              Done<v1::GetInfoResponse> done) {
+void CoreHttpBackend::GetInfo(const serving::CallContext& context, Done<v1::GetInfoResponse> done) {
   auto state = core_->Info(context);
   if (!state.ok()) return done(state.status());
   v1::GetInfoResponse info;

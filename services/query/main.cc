@@ -106,6 +106,10 @@ ABSL_FLAG(int, model_instances, 0,
 ABSL_FLAG(int, encoder_threads, 0,
           "LibTorch intra-op threads per model instance; 0 = CPUs / model_instances (1 by "
           "default: a multi-thread team spin-waits, which collapses when the cores are shared).");
+ABSL_FLAG(bool, load_model, true,
+          "Load the snapshot's model, for image and text queries. false: vector and id queries "
+          "only, and no model in memory; for the shard replicas behind imagesearch-router "
+          "--model, which embeds queries itself.");
 ABSL_FLAG(std::string, model_plugin, "",
           "The model runtime module (LibTorch), loaded when a snapshot carries a model. "
           "Default: libimagesearch_torch_plugin.so next to this binary.");
@@ -403,7 +407,16 @@ serving::SnapshotManagerOptions ManagerOptions(serving::Metrics* metrics, Lifecy
                                                         : snapshot::VerifyMode::kChecksums;
   mopts.poll_interval = absl::Milliseconds(absl::GetFlag(FLAGS_poll_ms));
   mopts.use_inotify = absl::GetFlag(FLAGS_inotify);
-  mopts.embedder_factory = serving::PluginEmbedderFactory(ModelOptions(metrics));
+  if (absl::GetFlag(FLAGS_load_model)) {
+    mopts.embedder_factory = serving::PluginEmbedderFactory(ModelOptions(metrics));
+  } else {
+    mopts.embedder_factory =
+        [](const snapshot::Snapshot&) -> absl::StatusOr<std::shared_ptr<serving::Embedder>> {
+      return absl::UnimplementedError(
+          "this replica runs with --load_model=false (image and text queries are embedded by "
+          "imagesearch-router --model); vector and id queries work");
+    };
+  }
   mopts.on_load = [metrics](bool ok, absl::Duration took) {
     metrics->RecordSnapshotLoad(ok, took);
   };

@@ -155,11 +155,11 @@ def main():
 
         # The collection through imagesearch-router's HTTP front end, as a user
         # opens it: the router embeds the image once with its own copy of the
-        # model (the shard replicas run without a model runtime, so none of
+        # model (the shard replicas run with --load_model=false, so none of
         # them could), searches both shards, and fetches thumbnails from the
         # owning shard.
         shard_servers = [Server(QUERY, [f"--snapshot_root={os.path.join(coll, f'shard-{k}-of-2')}",
-                                        "--model_plugin=/nonexistent/no_model_runtime.so"],
+                                        "--load_model=false"],
                                 os.path.join(work, f"s{k}.log")) for k in range(2)]
         extra_servers.extend(shard_servers)
         router = Server(ROUTER, ["--shards=" + ";".join(s.grpc_address for s in shard_servers),
@@ -183,7 +183,8 @@ def main():
             check(False, "a shard replica without a model runtime embedded an image")
         except urllib.error.HTTPError as e:
             err = json.load(e)["error"]
-            check(e.code == 501 and err["code"] == "UNIMPLEMENTED", f"replica without a model: {err}")
+            check(e.code == 501 and err["code"] == "UNIMPLEMENTED"
+                  and "--load_model=false" in err["message"], f"replica without a model: {err}")
         for hit in routed["hits"]:
             got = urllib.request.urlopen(f"{router.http_url}/thumbs/{hit['id']}", timeout=10)
             check(got.headers["Content-Type"] == "image/jpeg" and got.read() == seen[hit["id"]],
@@ -212,8 +213,8 @@ def main():
         check(len(used) == 4 and used <= typed, f"dashboard's shard metrics {used}, router's {typed}")
         for s in (router, *shard_servers):
             s.stop()
-        print("2c. imagesearch-router --model over the 2 shard roots (replicas with no model "
-              "runtime), over HTTP: /info names the collection; an image finds itself (embedded "
+        print("2c. imagesearch-router --model over the 2 shard roots (replicas with "
+              "--load_model=false), over HTTP: /info names the collection; an image finds itself (embedded "
               "by the router, both shards searched); thumbnails from the "
               "owning shard; an unknown id's is 404 NOT_FOUND; the page; per-shard /metrics")
 
