@@ -103,7 +103,7 @@ TEST_CASE("attribute table round-trips columns and posting lists", "[attrs]") {
   CHECK((*t)->Postings(safe, 7).empty());
 }
 
-TEST_CASE("numeric columns list their rows in value order; tables without an order still open",
+TEST_CASE("numeric columns list their rows in value order, and tables without an order still open",
           "[attrs]") {
   auto schema = *ParseSchema("year:integer,price:float,at:timestamp,class:keyword");
   std::vector<std::vector<AttrValue>> rows;

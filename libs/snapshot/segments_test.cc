@@ -68,7 +68,7 @@ std::shared_ptr<const Snapshot> OpenVersion(const std::string& root, uint64_t v,
   return *s;
 }
 
-TEST_CASE("An update writes one new segment and deletes; the base's segment is shared") {
+TEST_CASE("An update writes one new segment and deletes, and the base's segment is shared") {
   const std::string root = TempRoot();
   SyntheticCorpus base = Rows(300, "a", 0, 5);
   REQUIRE(PublishSnapshot(root, base.WithGraph()).ok());
@@ -134,7 +134,7 @@ TEST_CASE("An update writes one new segment and deletes; the base's segment is s
   CHECK(r->bytes_written > BytesIn(new_seg.segment->dir()));
 }
 
-TEST_CASE("A delete-only update writes only the deletes; unchanged deletes are links") {
+TEST_CASE("A delete-only update writes only the deletes, and unchanged deletes are links") {
   const std::string root = TempRoot();
   SyntheticCorpus base = Rows(200, "a", 0, 5);
   REQUIRE(PublishSnapshot(root, base.WithGraph()).ok());
@@ -166,7 +166,7 @@ TEST_CASE("A delete-only update writes only the deletes; unchanged deletes are l
   for (const SegmentRef& ref : v3->segments()) CHECK_FALSE(ref.opened_here);
 }
 
-TEST_CASE("A segment with no live row is dropped; deleting every row is refused") {
+TEST_CASE("A segment with no live row is dropped, and deleting every row is refused") {
   const std::string root = TempRoot();
   SyntheticCorpus base = Rows(50, "a", 0, 5);
   REQUIRE(PublishSnapshot(root, base.WithGraph()).ok());

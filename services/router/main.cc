@@ -22,6 +22,7 @@
 #include <atomic>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,8 @@
 #include "libs/common/log.h"
 #include "libs/serving/metrics.h"
 #include "libs/serving/model_plugin.h"
+#include "services/query/auth.h"
+#include "services/query/call_gate.h"
 #include "services/query/http_frontend.h"
 #include "services/router/router.h"
 
@@ -55,13 +58,22 @@ ABSL_FLAG(std::string, port_file, "",
           "--http_port).");
 ABSL_FLAG(int, hedge_after_ms, 0,
           "Send a request that has had no answer for this long to another replica of its "
-          "shard too (first answer wins); 0: the shard's observed p95; -1: never.");
-ABSL_FLAG(int, retries, 2,
-          "Retries of a shard call that fails with UNAVAILABLE (each on the next replica).");
+          "shard too (first answer wins); 0: the observed p95 of the shard's fastest replica; -1: "
+          "never.");
+ABSL_FLAG(
+    int, retries, 2,
+    "Retries of a shard call that fails with UNAVAILABLE (each on a replica it has not tried).");
 ABSL_FLAG(int, default_timeout_ms, 10000, "Deadline of calls that set none.");
 ABSL_FLAG(int, startup_timeout_s, 120,
           "Give up (exit 1) when the shards have not all answered by then.");
 ABSL_FLAG(std::string, log_format, "text", "Log lines on stderr: text, or json.");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File holding a bearer token (one line): every gRPC call must carry metadata "
+          "'authorization: Bearer <token>' (else UNAUTHENTICATED) and every HTTP request the "
+          "header (else 401); health, reflection and GET /ping stay open.");
+ABSL_FLAG(std::string, shard_token_file, "",
+          "File holding the bearer token the shard replicas require (their --auth_token_file); "
+          "sent on every call to them.");
 ABSL_FLAG(std::string, model, "",
           "The collection's model.pt (the same bytes as its snapshots'): image and text queries "
           "are embedded here, once, and the shard replicas need no model. Empty: a shard "
@@ -104,12 +116,14 @@ Router::Done<Response> Tracked(serving::Metrics* metrics, const char* front, con
 
 class RouterService final : public v1::ImageSearch::CallbackService {
  public:
-  RouterService(Router* router, serving::Metrics* metrics) : router_(router), metrics_(metrics) {}
+  RouterService(Router* router, serving::Metrics* metrics, const BearerToken* token)
+      : router_(router), metrics_(metrics), gate_(token, metrics) {}
 
   grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* context,
                                    const v1::SearchRequest* request,
                                    v1::SearchResponse* response) override {
     auto* reactor = context->DefaultReactor();
+    if (Refused(context, "Search", reactor)) return reactor;
     router_->Search(*request, Deadline(context), Finisher("Search", reactor, response));
     return reactor;
   }
@@ -117,6 +131,7 @@ class RouterService final : public v1::ImageSearch::CallbackService {
                                         const v1::SearchBatchRequest* request,
                                         v1::SearchBatchResponse* response) override {
     auto* reactor = context->DefaultReactor();
+    if (Refused(context, "SearchBatch", reactor)) return reactor;
     router_->SearchBatch(*request, Deadline(context), Finisher("SearchBatch", reactor, response));
     return reactor;
   }
@@ -124,12 +139,14 @@ class RouterService final : public v1::ImageSearch::CallbackService {
                                   const v1::EmbedRequest* request,
                                   v1::EmbedResponse* response) override {
     auto* reactor = context->DefaultReactor();
+    if (Refused(context, "Embed", reactor)) return reactor;
     router_->Embed(*request, Deadline(context), Finisher("Embed", reactor, response));
     return reactor;
   }
   grpc::ServerUnaryReactor* GetInfo(grpc::CallbackServerContext* context, const v1::GetInfoRequest*,
                                     v1::GetInfoResponse* response) override {
     auto* reactor = context->DefaultReactor();
+    if (Refused(context, "GetInfo", reactor)) return reactor;
     router_->GetInfo(Deadline(context), Finisher("GetInfo", reactor, response));
     return reactor;
   }
@@ -137,12 +154,27 @@ class RouterService final : public v1::ImageSearch::CallbackService {
                                          const v1::GetThumbnailRequest* request,
                                          v1::GetThumbnailResponse* response) override {
     auto* reactor = context->DefaultReactor();
+    if (Refused(context, "GetThumbnail", reactor)) return reactor;
     router_->GetThumbnail(request->id(), Deadline(context),
                           Finisher("GetThumbnail", reactor, response));
     return reactor;
   }
 
  private:
+  // Without the token (when one is required): UNAUTHENTICATED, counted.
+  bool Refused(grpc::CallbackServerContext* context, const char* method,
+               grpc::ServerUnaryReactor* reactor) {
+    if (!gate_.requires_token()) return false;
+    std::vector<absl::string_view> authorization;
+    const auto& metadata = context->client_metadata();
+    for (auto [it, end] = metadata.equal_range("authorization"); it != end; ++it) {
+      authorization.emplace_back(it->second.data(), it->second.size());
+    }
+    const absl::Status s = gate_.Authenticate("grpc", method, authorization);
+    if (s.ok()) return false;
+    reactor->Finish(ToGrpc(s));
+    return true;
+  }
   template <typename Response>
   Router::Done<Response> Finisher(const char* method, grpc::ServerUnaryReactor* reactor,
                                   Response* response) {
@@ -155,6 +187,7 @@ class RouterService final : public v1::ImageSearch::CallbackService {
   }
   Router* router_;
   serving::Metrics* metrics_;
+  const CallGate gate_;
 };
 
 // The HTTP front end's backend: the same router calls as gRPC's.
@@ -219,6 +252,26 @@ int Run() {
   const int hedge = absl::GetFlag(FLAGS_hedge_after_ms);
   options.shard.hedge_delay = hedge < 0 ? -absl::InfiniteDuration() : absl::Milliseconds(hedge);
   options.shard.retries = std::max(0, absl::GetFlag(FLAGS_retries));
+  std::optional<BearerToken> token;
+  if (const std::string file = absl::GetFlag(FLAGS_auth_token_file); !file.empty()) {
+    auto loaded = BearerToken::FromFile(file);
+    if (!loaded.ok()) {
+      LogError("--auth_token_file: ", loaded.status().message());
+      return 1;
+    }
+    token = *std::move(loaded);
+  }
+  if (const std::string file = absl::GetFlag(FLAGS_shard_token_file); !file.empty()) {
+    absl::StatusOr<std::string> text = ReadFileToString(file, 4096);
+    const std::string shard_token(absl::StripAsciiWhitespace(text.ok() ? *text : ""));
+    const absl::Status read =
+        text.ok() ? BearerToken::FromString(shard_token).status() : text.status();
+    if (!read.ok()) {
+      LogError("--shard_token_file: ", read.message());
+      return 1;
+    }
+    options.shard.authorization = absl::StrCat("Bearer ", shard_token);
+  }
   serving::Metrics metrics(kVersion);
   ShardMetrics shard_metrics(&metrics);
   options.shard.observer = &shard_metrics;
@@ -261,7 +314,7 @@ int Run() {
     absl::SleepFor(absl::Milliseconds(200));
   }
   metrics.InitShards(router.shard_count());
-  RouterService service(&router, &metrics);
+  RouterService service(&router, &metrics, token ? &*token : nullptr);
   RouterHttpBackend http_backend(&router, &metrics);
   std::unique_ptr<HttpFrontend> http;
   if (absl::GetFlag(FLAGS_http_port) >= 0) {
@@ -270,6 +323,7 @@ int Run() {
     hopts.port = absl::GetFlag(FLAGS_http_port);
     hopts.threads = std::max(1, absl::GetFlag(FLAGS_http_threads));
     hopts.timeout = absl::Milliseconds(absl::GetFlag(FLAGS_http_timeout_ms));
+    hopts.token = token ? &*token : nullptr;
     http = std::make_unique<HttpFrontend>(&http_backend, &metrics, hopts);
     if (absl::Status s = http->Start(); !s.ok()) {
       LogError("imagesearch-router: HTTP: ", s.ToString());

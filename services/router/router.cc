@@ -82,8 +82,9 @@ void Router::ShardSearch(uint32_t shard, const v1::SearchRequest& request, absl:
                          Done<v1::SearchResponse> done) {
   ShardClient* s = shards_[shard].get();
   s->Call<v1::SearchRequest, v1::SearchResponse>(
-      [s](grpc::ClientContext* c, const v1::SearchRequest* q, v1::SearchResponse* r,
-          std::function<void(grpc::Status)> cb) { s->stub()->async()->Search(c, q, r, cb); },
+      [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::SearchRequest* q,
+         v1::SearchResponse* r,
+         std::function<void(grpc::Status)> cb) { stub->async()->Search(c, q, r, cb); },
       request, deadline, std::move(done));
 }
 
@@ -91,8 +92,9 @@ void Router::ShardEmbed(uint32_t shard, const v1::EmbedRequest& request, absl::T
                         Done<v1::EmbedResponse> done) {
   ShardClient* s = shards_[shard].get();
   s->Call<v1::EmbedRequest, v1::EmbedResponse>(
-      [s](grpc::ClientContext* c, const v1::EmbedRequest* q, v1::EmbedResponse* r,
-          std::function<void(grpc::Status)> cb) { s->stub()->async()->Embed(c, q, r, cb); },
+      [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::EmbedRequest* q,
+         v1::EmbedResponse* r,
+         std::function<void(grpc::Status)> cb) { stub->async()->Embed(c, q, r, cb); },
       request, deadline, std::move(done));
 }
 
@@ -103,16 +105,18 @@ void Router::GetThumbnail(const std::string& id, absl::Time deadline,
   v1::GetThumbnailRequest request;
   request.set_id(id);
   s->Call<v1::GetThumbnailRequest, v1::GetThumbnailResponse>(
-      [s](grpc::ClientContext* c, const v1::GetThumbnailRequest* q, v1::GetThumbnailResponse* r,
-          std::function<void(grpc::Status)> cb) { s->stub()->async()->GetThumbnail(c, q, r, cb); },
+      [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::GetThumbnailRequest* q,
+         v1::GetThumbnailResponse* r,
+         std::function<void(grpc::Status)> cb) { stub->async()->GetThumbnail(c, q, r, cb); },
       std::move(request), deadline, std::move(done));
 }
 
 void Router::ShardInfo(uint32_t shard, absl::Time deadline, Done<v1::GetInfoResponse> done) {
   ShardClient* s = shards_[shard].get();
   s->Call<v1::GetInfoRequest, v1::GetInfoResponse>(
-      [s](grpc::ClientContext* c, const v1::GetInfoRequest* q, v1::GetInfoResponse* r,
-          std::function<void(grpc::Status)> cb) { s->stub()->async()->GetInfo(c, q, r, cb); },
+      [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::GetInfoRequest* q,
+         v1::GetInfoResponse* r,
+         std::function<void(grpc::Status)> cb) { stub->async()->GetInfo(c, q, r, cb); },
       v1::GetInfoRequest(), deadline, std::move(done));
 }
 

@@ -1,21 +1,67 @@
 #include "services/router/shard_client.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace imagesearch::router {
 namespace {
 
 constexpr size_t kLatencyRing = 512;
+constexpr absl::Duration kResolveEvery = absl::Seconds(5);
 
-// "a:1,b:2" -> "ipv4:a:1,b:2" (or ipv6: for bracketed addresses); a target
-// with a scheme, or a single host:port, is used as it is.
-std::string ChannelTarget(const std::string& target) {
-  if (absl::StrContains(target, ":///") || !absl::StrContains(target, ',')) return target;
-  if (absl::StartsWith(target, "ipv4:") || absl::StartsWith(target, "ipv6:")) return target;
-  return absl::StrCat(absl::StartsWith(target, "[") ? "ipv6:" : "ipv4:", target);
+bool IsIpLiteral(absl::string_view host) {
+  in6_addr v6;
+  in_addr v4;
+  const std::string h(absl::StripPrefix(absl::StripSuffix(host, "]"), "["));
+  return inet_pton(AF_INET, h.c_str(), &v4) == 1 || inet_pton(AF_INET6, h.c_str(), &v6) == 1;
+}
+
+// "host:port" -> {host, port}; "[::1]:5" -> {"[::1]", "5"}.
+std::pair<std::string, std::string> SplitHostPort(absl::string_view hp) {
+  const size_t colon = hp.rfind(':');
+  if (colon == absl::string_view::npos) return {std::string(hp), ""};
+  return {std::string(hp.substr(0, colon)), std::string(hp.substr(colon + 1))};
+}
+
+// The channel target of one address: "ipv4:1.2.3.4:5" or "ipv6:[::1]:5".
+std::string AddressTarget(const std::string& address) {
+  return absl::StrCat(absl::StartsWith(address, "[") ? "ipv6:" : "ipv4:", address);
+}
+
+// The addresses `host` resolves to for `port`, sorted, as "a.b.c.d:port" or
+// "[v6]:port"; empty when it does not resolve.
+std::vector<std::string> LookUp(const std::string& host, const std::string& port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  std::vector<std::string> out;
+  if (getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0) return out;
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    char text[INET6_ADDRSTRLEN] = {0};
+    if (a->ai_family == AF_INET) {
+      inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr, text, sizeof(text));
+      out.push_back(absl::StrCat(text, ":", port));
+    } else if (a->ai_family == AF_INET6) {
+      inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr, text,
+                sizeof(text));
+      out.push_back(absl::StrCat("[", text, "]:", port));
+    }
+  }
+  freeaddrinfo(found);
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
 }
 
 }  // namespace
@@ -70,37 +116,155 @@ grpc::Status ToGrpc(const absl::Status& s) {
 ShardClient::ShardClient(uint32_t index, const std::string& target,
                          const ShardClientOptions& options)
     : index_(index), target_(target), options_(options) {
+  latencies_us_.reserve(kLatencyRing);
+  auto set = std::make_shared<Replicas>();
+  absl::string_view t = target;
+  if (absl::StrContains(t, ',')) {  // A static list.
+    for (absl::string_view a : absl::StrSplit(t, ',', absl::SkipWhitespace())) {
+      a = absl::StripAsciiWhitespace(a);
+      absl::ConsumePrefix(&a, "ipv4:");
+      absl::ConsumePrefix(&a, "ipv6:");
+      set->push_back(NewReplica(std::string(a), false));
+    }
+  } else if (absl::ConsumePrefix(&t, "dns:///") || !absl::StrContains(t, ":/")) {
+    const auto [host, port] = SplitHostPort(t);
+    if (IsIpLiteral(host)) {
+      set->push_back(NewReplica(std::string(t), false));
+    } else {
+      dns_host_ = host;
+      dns_port_ = port;
+      for (const std::string& a : LookUp(dns_host_, dns_port_)) {
+        set->push_back(NewReplica(a, false));
+      }
+    }
+  }
+  // Another scheme, or a name that does not resolve yet: gRPC's resolver and
+  // round_robin, until a lookup finds addresses.
+  if (set->empty()) set->push_back(NewReplica(target, true));
+  replicas_ = std::move(set);
+  if (!dns_host_.empty()) {
+    resolver_ = std::thread([this] {
+      std::unique_lock<std::mutex> lock(resolver_mu_);
+      while (!resolver_cv_.wait_for(lock, absl::ToChronoNanoseconds(kResolveEvery),
+                                    [this] { return stopping_; })) {
+        lock.unlock();
+        Resolve();
+        lock.lock();
+      }
+    });
+  }
+}
+
+ShardClient::~ShardClient() {
+  {
+    std::lock_guard<std::mutex> lock(resolver_mu_);
+    stopping_ = true;
+  }
+  resolver_cv_.notify_all();
+  if (resolver_.joinable()) resolver_.join();
+}
+
+std::shared_ptr<ShardClient::Replica> ShardClient::NewReplica(const std::string& address,
+                                                              bool balance) const {
   grpc::ChannelArguments args;
-  args.SetServiceConfigJSON(R"({"loadBalancingConfig": [{"round_robin": {}}]})");
+  if (balance) args.SetServiceConfigJSON(R"({"loadBalancingConfig": [{"round_robin": {}}]})");
   // Find a restarted replica soon: reconnect backoff from 100 ms, at most 1 s.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetMaxReceiveMessageSize(64 << 20);
-  channel_ =
-      grpc::CreateCustomChannel(ChannelTarget(target), grpc::InsecureChannelCredentials(), args);
-  stub_ = v1::ImageSearch::NewStub(channel_);
-  latencies_us_.reserve(kLatencyRing);
+  auto r = std::make_shared<Replica>();
+  r->address = address;
+  // An IP address gets a channel of its own; anything else (a name in a
+  // static list, another scheme) is given to gRPC's resolver as it is.
+  const bool literal = !balance && IsIpLiteral(SplitHostPort(address).first);
+  r->channel = grpc::CreateCustomChannel(literal ? AddressTarget(address) : address,
+                                         grpc::InsecureChannelCredentials(), args);
+  r->stub = v1::ImageSearch::NewStub(r->channel);
+  return r;
 }
 
-void ShardClient::Record(absl::Duration latency, bool ok) {
+void ShardClient::Resolve() {
+  const std::vector<std::string> found = LookUp(dns_host_, dns_port_);
+  if (found.empty()) return;  // Keep what worked: a lookup can fail for a moment.
+  std::shared_ptr<const Replicas> now = replicas();
+  std::vector<std::string> have;
+  for (const auto& r : *now) have.push_back(r->address);
+  if (have == found) return;
+  auto next = std::make_shared<Replicas>();
+  for (const std::string& a : found) {
+    auto same =
+        std::find_if(now->begin(), now->end(), [&](const auto& r) { return r->address == a; });
+    next->push_back(same != now->end() ? *same : NewReplica(a, false));
+  }
+  std::lock_guard<std::mutex> lock(replicas_mu_);
+  replicas_ = std::move(next);
+}
+
+std::shared_ptr<const ShardClient::Replicas> ShardClient::replicas() const {
+  std::lock_guard<std::mutex> lock(replicas_mu_);
+  return replicas_;
+}
+
+size_t ShardClient::Pick(const Replicas& set, const std::vector<size_t>& tried) {
+  const size_t n = set.size();
+  const size_t start = rotate_.fetch_add(1, std::memory_order_relaxed);
+  auto was_tried = [&](size_t i) {
+    return std::find(tried.begin(), tried.end(), i) != tried.end();
+  };
+  size_t untried = n;
+  for (size_t k = 0; k < n; ++k) {
+    const size_t i = (start + k) % n;
+    if (was_tried(i)) continue;
+    if (set[i]->channel->GetState(/*try_to_connect=*/true) != GRPC_CHANNEL_TRANSIENT_FAILURE) {
+      return i;
+    }
+    if (untried == n) untried = i;
+  }
+  return untried != n ? untried : start % n;
+}
+
+void ShardClient::Record(const std::string& peer, absl::Duration latency, bool ok) {
   if (!ok) return;
-  std::lock_guard<std::mutex> lock(mu_);
   const int64_t us = absl::ToInt64Microseconds(latency);
+  const absl::Time now = absl::Now();
+  std::lock_guard<std::mutex> lock(mu_);
   if (latencies_us_.size() < kLatencyRing) {
     latencies_us_.push_back(us);
   } else {
     latencies_us_[next_] = us;
     next_ = (next_ + 1) % kLatencyRing;
   }
-  // The hedge delay follows the p95, taken again every kP95Every answers
-  // rather than on every call (a call only reads it).
-  if (++since_p95_ >= kP95Every || latencies_us_.size() == kMinSamplesForP95) {
-    since_p95_ = 0;
-    std::vector<int64_t> sorted = latencies_us_;
+  // The hedge delay is the p95 of the shard's fastest replica, each
+  // replica's taken again every kP95Every of its answers (a call only reads
+  // the result). Not the shard's p95 over all replicas: a replica turning
+  // slow would raise that, so hedges would leave later and more of its slow
+  // answers would win, raising it further.
+  PeerLatency& p = peers_[peer];
+  p.last = now;
+  if (p.ring.size() < kPeerRing) {
+    p.ring.push_back(us);
+  } else {
+    p.ring[p.next] = us;
+    p.next = (p.next + 1) % kPeerRing;
+  }
+  if (++p.since >= kP95Every || p.ring.size() == kMinSamplesForP95) {
+    p.since = 0;
+    std::vector<int64_t> sorted = p.ring;
     const size_t at = std::min(sorted.size() - 1, sorted.size() * 95 / 100);
     std::nth_element(sorted.begin(), sorted.begin() + static_cast<long>(at), sorted.end());
-    p95_ = absl::Microseconds(sorted[at]);
+    p.p95 = absl::Microseconds(sorted[at]);
+    // The fastest replica heard from lately (a replica gone for a while, or
+    // replaced at a new address, stops counting).
+    hedge_p95_ = absl::InfiniteDuration();
+    for (auto it = peers_.begin(); it != peers_.end();) {
+      if (now - it->second.last > kPeerForgetAfter) {
+        peers_.erase(it++);
+        continue;
+      }
+      hedge_p95_ = std::min(hedge_p95_, it->second.p95);
+      ++it;
+    }
   }
 }
 
@@ -124,8 +288,8 @@ absl::Duration ShardClient::HedgeDelay() const {
   if (options_.hedge_delay < absl::ZeroDuration()) return -absl::InfiniteDuration();
   if (options_.hedge_delay > absl::ZeroDuration()) return options_.hedge_delay;
   std::lock_guard<std::mutex> lock(mu_);
-  if (latencies_us_.size() < kMinSamplesForP95) return -absl::InfiniteDuration();
-  return std::max(options_.min_hedge_delay, p95_);
+  if (hedge_p95_ == absl::InfiniteDuration()) return -absl::InfiniteDuration();
+  return std::max(options_.min_hedge_delay, hedge_p95_);
 }
 
 }  // namespace imagesearch::router

@@ -1,14 +1,17 @@
-// One shard of a sharded collection as imagesearch-router reaches it: a gRPC
-// channel to the shard's replicas (client-side round_robin over a static
-// list or a headless Service's DNS), and unary calls to it that are
+// One shard of a sharded collection as imagesearch-router reaches it: one
+// gRPC channel per replica (a static list of addresses, or the addresses a
+// headless Service's DNS name resolves to, looked up again every few
+// seconds), calls spread over them round-robin (a replica whose channel is
+// failing is passed over while another is not), and unary calls that are
 //
 //   - retried (twice) on UNAVAILABLE or CANCELLED (a replica that just died
-//     or is shutting down: round_robin sends the retry to another one),
-//     while the deadline allows;
+//     or is shutting down), each retry on a replica this call has not tried
+//     yet, while the deadline allows;
 //   - hedged: when no answer came within the hedge delay, the same request
-//     goes to the next replica too; the first answer wins and the other call
-//     is cancelled. The delay is fixed, or by default the p95 of the shard's
-//     recent answers.
+//     goes to another replica too (one not tried yet: a channel that
+//     balances by itself could send it to the slow one again); the first
+//     answer wins and the other call is cancelled. The delay is fixed, or by default the p95 of the
+//     recent answers of the shard's fastest replica.
 //
 // Thread-safe.
 #ifndef IMAGESEARCH_SERVICES_ROUTER_SHARD_CLIENT_H_
@@ -20,6 +23,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <queue>
@@ -48,13 +52,17 @@ class ShardObserver {
 };
 
 struct ShardClientOptions {
-  // Hedge after this long without an answer; zero: the shard's observed p95
-  // (once kMinSamplesForP95 answers were seen, at least min_hedge_delay);
+  // Hedge after this long without an answer; zero: the observed p95 of the
+  // shard's fastest replica (once one has kMinSamplesForP95 answers; at
+  // least min_hedge_delay);
   // negative: never.
   absl::Duration hedge_delay = absl::ZeroDuration();
   absl::Duration min_hedge_delay = absl::Milliseconds(1);
   int retries = 2;                    // On UNAVAILABLE, while the deadline allows.
   ShardObserver* observer = nullptr;  // Optional; outlives the client.
+  // Sent as "authorization" metadata on every call ("Bearer <token>", for
+  // replicas run with --auth_token_file); empty: none.
+  std::string authorization;
 };
 
 struct ShardStats {
@@ -94,22 +102,35 @@ class ShardClient {
  public:
   static constexpr size_t kMinSamplesForP95 = 20;
 
-  // `target`: a gRPC target ("dns:///shard-0.ns.svc:50051"), or a list of
-  // host:port separated by commas (taken as "ipv4:" or "ipv6:" addresses).
+  // One replica: its address and channel.
+  struct Replica {
+    std::string address;  // "10.0.0.3:50051", or the target when gRPC resolves it.
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<v1::ImageSearch::Stub> stub;
+  };
+  using Replicas = std::vector<std::shared_ptr<Replica>>;
+
+  // `target`: the shard's replicas as a list of host:port separated by
+  // commas (IP literals: one channel each), a DNS name ("dns:///svc:50051"
+  // or "svc:50051": resolved here, a channel per address, again every
+  // `resolve_every`), or another gRPC target (unix:, ipv4:..., used as one
+  // round_robin channel).
   ShardClient(uint32_t index, const std::string& target, const ShardClientOptions& options);
+  ~ShardClient();
 
   uint32_t index() const { return index_; }
   const std::string& target() const { return target_; }
-  v1::ImageSearch::Stub* stub() { return stub_.get(); }
   ShardStats Stats() const;
+  // The replicas now (DNS may change them).
+  std::shared_ptr<const Replicas> replicas() const;
   // The hedge delay now; negative: none.
   absl::Duration HedgeDelay() const;
 
-  // Sends `request` with `start` (a lambda calling one of stub()->async()'s
-  // methods) and calls `done` once with the answer or the last error.
+  // Sends `request` with `start` (a lambda calling one of the given stub's
+  // async() methods) and calls `done` once with the answer or the last error.
   template <typename Request, typename Response>
-  void Call(std::function<void(grpc::ClientContext*, const Request*, Response*,
-                               std::function<void(grpc::Status)>)>
+  void Call(std::function<void(v1::ImageSearch::Stub*, grpc::ClientContext*, const Request*,
+                               Response*, std::function<void(grpc::Status)>)>
                 start,
             Request request, absl::Time deadline,
             std::function<void(absl::StatusOr<Response>)> done);
@@ -117,19 +138,45 @@ class ShardClient {
  private:
   template <typename Request, typename Response>
   friend class HedgedCall;
-  void Record(absl::Duration latency, bool ok);
+  // An attempt that answered, from replica `peer` (its address).
+  void Record(const std::string& peer, absl::Duration latency, bool ok);
+
+  // The replica for a new attempt of a call that has tried `tried` (indexes
+  // into `set`): the next one round-robin that it has not tried and whose
+  // channel is not failing, else one it has not tried, else the next.
+  size_t Pick(const Replicas& set, const std::vector<size_t>& tried);
+  std::shared_ptr<Replica> NewReplica(const std::string& address, bool balance) const;
+  void Resolve();  // DNS targets: looks the name up and swaps the replica set.
 
   const uint32_t index_;
   const std::string target_;
   const ShardClientOptions options_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::ImageSearch::Stub> stub_;
+  std::string dns_host_, dns_port_;  // Set for a DNS target.
+  mutable std::mutex replicas_mu_;
+  std::shared_ptr<const Replicas> replicas_;  // Guarded by replicas_mu_.
+  std::atomic<size_t> rotate_{0};
+  std::mutex resolver_mu_;
+  std::condition_variable resolver_cv_;
+  bool stopping_ = false;  // Guarded by resolver_mu_.
+  std::thread resolver_;
   mutable std::mutex mu_;
   std::vector<int64_t> latencies_us_;  // A ring of recent answers' latencies.
   size_t next_ = 0;
-  static constexpr size_t kP95Every = 64;
-  size_t since_p95_ = 0;  // Answers recorded since p95_ was taken.
-  absl::Duration p95_;    // Of latencies_us_, for HedgeDelay.
+  // Per replica, for the hedge delay.
+  struct PeerLatency {
+    std::vector<int64_t> ring;  // Recent latencies, microseconds.
+    size_t next = 0;
+    size_t since = 0;  // Answers since p95 was taken.
+    absl::Duration p95 = absl::InfiniteDuration();
+    absl::Time last;  // Of its latest answer.
+  };
+  static constexpr size_t kPeerRing = 256;
+  static constexpr size_t kP95Every = 32;
+  static constexpr absl::Duration kPeerForgetAfter = absl::Seconds(30);
+  std::map<std::string, PeerLatency> peers_;
+  // The lowest p95 of the replicas answering lately; infinite until one has
+  // kMinSamplesForP95 answers.
+  absl::Duration hedge_p95_ = absl::InfiniteDuration();
   ShardStats stats_;
 };
 
@@ -137,8 +184,8 @@ class ShardClient {
 template <typename Request, typename Response>
 class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Response>> {
  public:
-  using Start = std::function<void(grpc::ClientContext*, const Request*, Response*,
-                                   std::function<void(grpc::Status)>)>;
+  using Start = std::function<void(v1::ImageSearch::Stub*, grpc::ClientContext*, const Request*,
+                                   Response*, std::function<void(grpc::Status)>)>;
   using Done = std::function<void(absl::StatusOr<Response>)>;
 
   HedgedCall(ShardClient* shard, Start start, Request request, absl::Time deadline, Done done)
@@ -147,6 +194,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
         request_(std::move(request)),
         deadline_(deadline),
         done_(std::move(done)),
+        replicas_(shard->replicas()),
         retries_left_(shard->options_.retries) {}
 
   void Run() {
@@ -170,12 +218,19 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     Response response;
     bool hedge = false;
     absl::Time started;
+    ShardClient::Replica* replica = nullptr;
   };
 
   Attempt* NewAttemptLocked(bool hedge) {
     attempts_.push_back(std::make_unique<Attempt>());
     Attempt* a = attempts_.back().get();
+    const size_t pick = shard_->Pick(*replicas_, tried_);
+    tried_.push_back(pick);
+    a->replica = (*replicas_)[pick].get();
     a->context.set_deadline(absl::ToChronoTime(deadline_));
+    if (!shard_->options_.authorization.empty()) {
+      a->context.AddMetadata("authorization", shard_->options_.authorization);
+    }
     a->hedge = hedge;
     a->started = absl::Now();
     ++outstanding_;
@@ -184,7 +239,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
 
   void Launch(Attempt* a) {
     auto self = this->shared_from_this();
-    start_(&a->context, &request_, &a->response,
+    start_(a->replica->stub.get(), &a->context, &request_, &a->response,
            [self, a](grpc::Status s) { self->OnDone(a, std::move(s)); });
   }
 
@@ -215,7 +270,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     std::unique_lock<std::mutex> lock(mu_);
     --outstanding_;
     if (finished_) return;  // The loser of a hedge, cancelled.
-    shard_->Record(absl::Now() - a->started, s.ok());
+    shard_->Record(a->replica->address, absl::Now() - a->started, s.ok());
     if (s.ok()) {
       finished_ = true;
       for (auto& other : attempts_) {
@@ -256,8 +311,10 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
   const Request request_;
   const absl::Time deadline_;
   const Done done_;
+  const std::shared_ptr<const ShardClient::Replicas> replicas_;  // Kept for the call.
   std::mutex mu_;
   std::vector<std::unique_ptr<Attempt>> attempts_;
+  std::vector<size_t> tried_;  // Replicas (into replicas_) attempted.
   int outstanding_ = 0;
   int retries_left_;
   bool finished_ = false;
@@ -265,11 +322,11 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
 };
 
 template <typename Request, typename Response>
-void ShardClient::Call(std::function<void(grpc::ClientContext*, const Request*, Response*,
-                                          std::function<void(grpc::Status)>)>
-                           start,
-                       Request request, absl::Time deadline,
-                       std::function<void(absl::StatusOr<Response>)> done) {
+void ShardClient::Call(
+    std::function<void(v1::ImageSearch::Stub*, grpc::ClientContext*, const Request*, Response*,
+                       std::function<void(grpc::Status)>)>
+        start,
+    Request request, absl::Time deadline, std::function<void(absl::StatusOr<Response>)> done) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.calls;

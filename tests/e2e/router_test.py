@@ -19,7 +19,8 @@ and one unsharded replica of the same rows to compare with.
   7. the router's /metrics counts hedges, retries and failures per shard;
      GetThumbnail is answered by the shard that owns the id;
   8. dedup across shards: with exact search, the router's answer equals an
-     unsharded replica's over the same rows, 40 of them duplicated.
+     unsharded replica's over the same rows, 40 of them duplicated;
+  9. bearer tokens: to replicas that require one, and on the router itself.
 
 Usage: router_test.py BUILD_DIR SOURCE_DIR
 """
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -262,6 +264,38 @@ def main():
             check({f"r{i}", f"z{i}"} <= {h.id for h in plain.hits}, plain)
         print("8. dedup across shards: 40 duplicated rows, the router's exact+dedup answer equals "
               "the unsharded replica's (each copy collapsed, wherever the pair landed)")
+
+        # Bearer tokens: shard replicas that require one (--auth_token_file),
+        # reached with --shard_token_file; the router requiring its own.
+        shard_token, router_token = os.path.join(work, "shard.token"), os.path.join(work, "router.token")
+        open(shard_token, "w").write("shard-secret-1\n")
+        open(router_token, "w").write("router-secret-2\n")
+        locked = [Server(T.query, [f"--snapshot_root={os.path.join(dcoll, f'shard-{i}-of-{S}')}",
+                                   f"--auth_token_file={shard_token}"],
+                         os.path.join(work, f"locked{i}.log")) for i in range(S)]
+        procs.extend(locked)
+        guarded = Server(ROUTER, ["--shards=" + ";".join(r.grpc_address for r in locked),
+                                  "--port=0", "--http_port=0", f"--shard_token_file={shard_token}",
+                                  f"--auth_token_file={router_token}"],
+                         os.path.join(work, "guarded.log"), pick_ports=False)
+        procs.append(guarded)
+        gs = stub_of(guarded.grpc_address)
+        q = pb.SearchRequest(vector=pb.Vector(values=base_rows[3]), top_k=3, exact=True)
+        try:
+            gs.Search(q, timeout=10)
+            check(False, "the router answered a call without its token")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.UNAUTHENTICATED, e.details())
+        got = gs.Search(q, timeout=10, metadata=[("authorization", "Bearer router-secret-2")])
+        check(got.hits[0].id == "r3", got)
+        try:
+            urllib.request.urlopen(guarded.http_url + "/info", timeout=10)
+            check(False, "HTTP /info answered without the token")
+        except urllib.error.HTTPError as e:
+            check(e.code == 401, e.code)
+        check(urllib.request.urlopen(guarded.http_url + "/ping", timeout=10).status == 200, "ping")
+        print("9. tokens: the router sends --shard_token_file to replicas that require one, and "
+              "requires its own (gRPC UNAUTHENTICATED, HTTP 401 without it; /ping open)")
     finally:
         for p in procs:
             p.kill()

@@ -152,7 +152,8 @@ TEST_CASE("The router's merged exact answer is the collection's, from many threa
   CHECK(info->router_shards(0).hedges_sent() > 0);
 }
 
-TEST_CASE("Id queries go through the owning shard; a shard with no replica is named", "[router]") {
+TEST_CASE("Id queries go through the owning shard, and a shard with no replica is named",
+          "[router]") {
   Cluster c;
   router::Router r(c.Options(-absl::InfiniteDuration()));
   REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
@@ -186,6 +187,35 @@ TEST_CASE("Id queries go through the owning shard; a shard with no replica is na
   CHECK(part->missing_shards_size() == 1);
   CHECK(part->missing_shards(0) == 1);
   CHECK(part->hits_size() == 10);
+}
+
+TEST_CASE("A shard given by DNS name gets a channel per address it resolves to", "[router]") {
+  Cluster c;
+  router::RouterOptions o = c.Options(-absl::InfiniteDuration());
+  // Shard 0 by name (resolved here: localhost's addresses, of which the
+  // replica listens on 127.0.0.1 only), shard 1 by a list naming one replica
+  // by name and the other by address.
+  const std::string port0 =
+      c.replicas[0][0]->address().substr(c.replicas[0][0]->address().rfind(':') + 1);
+  o.shard_targets[0] = "dns:///localhost:" + port0;
+  const std::string port1 =
+      c.replicas[1][0]->address().substr(c.replicas[1][0]->address().rfind(':') + 1);
+  o.shard_targets[1] = absl::StrCat("localhost:", port1, ",", c.replicas[1][1]->address());
+  router::ShardClient shard0(0, o.shard_targets[0], o.shard);
+  auto set = shard0.replicas();
+  bool has_v4 = false;
+  for (const auto& r : *set) has_v4 = has_v4 || r->address == "127.0.0.1:" + port0;
+  CHECK(has_v4);
+  router::Router r(o);
+  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+  for (uint32_t q = 0; q < 20; ++q) {
+    const v1::SearchRequest query = Query(q, true);
+    auto got = Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
+      r.Search(query, absl::Now() + absl::Seconds(10), std::move(d));
+    });
+    REQUIRE(got.ok());
+    CHECK(Ids(*got) == Ids(c.Single(query)));
+  }
 }
 
 // A model that embeds every image as one fixed vector and has no text

@@ -8,6 +8,10 @@ side on this machine (everything on loopback, sharing its cores):
   overhead  one client, one query at a time, alternating rounds: p50 and p99
             latency through the router and straight to the unsharded replica,
             and the router's own CPU per query (/proc/<pid>/stat);
+  clients   C concurrent clients (threads, each its own channel) sending
+            the queries, for each C in --clients: QPS, p50 and p99 through
+            the router and straight to the unsharded replica (no delay), and
+            p99 through the hedged router with the delay below;
   tail      shard 0 has two replicas, the second behind a proxy that can
             delay every chunk (this kernel has no tc netem); with it delaying
             --delay_ms, p50/p99 through the router with hedging (the default:
@@ -26,6 +30,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,6 +55,8 @@ ap.add_argument("--delay_ms", type=float, default=20)
 ap.add_argument("--rounds", type=int, default=4)
 ap.add_argument("--tail_queries", type=int, default=300,
                 help="queries per router in the tail phase (a slow call takes 2x the delay)")
+ap.add_argument("--clients", default="4,8",
+                help="concurrent clients for the 'clients' section (comma-separated; empty: skip)")
 ap.add_argument("--workdir", default="/tmp/router_bench")
 a = ap.parse_args()
 T = e2e_lib.tree(a.build, SRC)
@@ -136,8 +143,9 @@ def main():
             procs.append(r)
             return r
         hedged, plain = router("router"), router("router_nohedge", "--hedge_after_ms=-1")
+        servers = {"single": one, "router": hedged, "plain": plain}
         stubs = {name: pb_grpc.ImageSearchStub(grpc.insecure_channel(s.grpc_address))
-                 for name, s in (("single", one), ("router", hedged), ("plain", plain))}
+                 for name, s in servers.items()}
 
         def ask(stub, q, **kw):
             return stub.Search(pb.SearchRequest(vector=pb.Vector(values=q), top_k=10, **kw),
@@ -179,6 +187,29 @@ def main():
         print(f"  router p50 - unsharded p50: {p['router'][0] - p['single'][0]:+.3f} ms "
               f"(goal <= +0.5 ms)")
 
+        def concurrent(name, clients):
+            """Latencies and QPS of `clients` threads sending qs once between them."""
+            chans = [grpc.insecure_channel(servers[name].grpc_address) for _ in range(clients)]
+            cstubs = [pb_grpc.ImageSearchStub(ch) for ch in chans]
+            per = [[] for _ in range(clients)]
+
+            def worker(k):
+                for q in qs[k::clients]:
+                    t0 = time.perf_counter()
+                    ask(cstubs[k], q, ef=a.ef)
+                    per[k].append(time.perf_counter() - t0)
+            threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - t0
+            for ch in chans:
+                ch.close()
+            ls = [x for xs in per for x in xs]
+            return pct(ls, 50) * 1e3, pct(ls, 99) * 1e3, len(ls) / wall
+
         proxy.delay_s = a.delay_ms / 1000
         tail = {}
         tail_qs = qs[:a.tail_queries]
@@ -200,8 +231,24 @@ def main():
         s0 = info.router_shards[0]
         print(f"  shard 0 through the hedged router: {s0.hedges_sent} hedges sent, "
               f"{s0.hedges_won} won, p95 {s0.p95_us} us")
+        proxy.delay_s = 0
+
+        many = {}
+        for c in [int(x) for x in a.clients.split(",") if x]:
+            many[c] = {n: concurrent(n, c) for n in ("single", "router")}
+            print(f"{c} clients, ef {a.ef}, {len(qs)} queries:")
+            for n, what in (("single", "unsharded replica"), ("router", "router")):
+                m = many[c][n]
+                print(f"  {what:18} p50 {m[0]:.3f} ms  p99 {m[1]:.3f} ms  {m[2]:.0f} QPS")
+
+        proxy.delay_s = a.delay_ms / 1000
+        for c in many:
+            m = concurrent("router", c)
+            many[c]["router_delayed"] = m
+            print(f"{c} clients, one of shard 0's replicas delayed {a.delay_ms:g} ms: hedged router "
+                  f"p99 {m[1]:.3f} ms = {m[1] / many[c]['router'][1]:.2f}x its no-delay p99")
         print(json.dumps({"recall": recall, "p50_p99_ms": p, "router_cpu_us": {n: statistics.median(c) * 1e6 for n, c in cpu.items()},
-                          "tail_ms": tail}))
+                          "tail_ms": tail, "clients_p50_p99_qps": many}))
     finally:
         for s in procs:
             s.kill()
