@@ -1,5 +1,6 @@
 #include "services/query/auth.h"
 
+#include <grpcpp/security/server_credentials.h>
 #include <openssl/bio.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -236,6 +237,16 @@ bool BearerToken::Accepts(absl::string_view authorization) const {
   const std::array<unsigned char, 32> digest = Sha256(presented);
   ok &= CRYPTO_memcmp(digest.data(), digest_.data(), digest.size()) == 0;
   return ok && !presented.empty();
+}
+
+std::shared_ptr<grpc::ServerCredentials> GrpcServerCredentials(const TlsFiles* tls) {
+  if (tls == nullptr) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions ssl(
+      tls->mtls() ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                  : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  ssl.pem_key_cert_pairs.push_back({tls->key_pem, tls->cert_pem});
+  ssl.pem_root_certs = tls->client_ca_pem;
+  return grpc::SslServerCredentials(ssl);
 }
 
 }  // namespace imagesearch

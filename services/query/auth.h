@@ -14,6 +14,7 @@
 #define IMAGESEARCH_SERVICES_QUERY_AUTH_H_
 
 #include <array>
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
@@ -21,6 +22,10 @@
 #include "absl/strings/string_view.h"
 
 typedef struct ssl_ctx_st SSL_CTX;  // OpenSSL's, as <openssl/types.h> declares it.
+
+namespace grpc {
+class ServerCredentials;
+}  // namespace grpc
 
 namespace imagesearch {
 
@@ -48,6 +53,10 @@ absl::StatusOr<TlsFiles> LoadTlsFiles(const std::string& cert_file, const std::s
 // TLS 1.2 or later, the certificate chain and key, and with mTLS a required,
 // verified client certificate.
 absl::Status ConfigureServerSslContext(SSL_CTX* ctx, const TlsFiles& tls);
+
+// gRPC server credentials: plaintext for null, else TLS with the checked
+// files (and with mTLS a required, verified client certificate).
+std::shared_ptr<grpc::ServerCredentials> GrpcServerCredentials(const TlsFiles* tls);
 
 // A bearer token, kept only as its SHA-256 digest.
 class BearerToken {

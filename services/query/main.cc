@@ -437,16 +437,8 @@ serving::QueryCoreOptions CoreOptions() {
 
 std::unique_ptr<grpc::Server> StartGrpc(ImageSearchService* service, const Security& security,
                                         int* bound_port) {
-  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
-  if (security.tls) {
-    const TlsFiles& tls = *security.tls;
-    grpc::SslServerCredentialsOptions ssl(
-        tls.mtls() ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-                   : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
-    ssl.pem_key_cert_pairs.push_back({tls.key_pem, tls.cert_pem});
-    ssl.pem_root_certs = tls.client_ca_pem;
-    credentials = grpc::SslServerCredentials(ssl);
-  }
+  std::shared_ptr<grpc::ServerCredentials> credentials =
+      GrpcServerCredentials(security.tls ? &*security.tls : nullptr);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port)),
                            credentials, bound_port);

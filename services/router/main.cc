@@ -24,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -74,6 +75,20 @@ ABSL_FLAG(std::string, auth_token_file, "",
 ABSL_FLAG(std::string, shard_token_file, "",
           "File holding the bearer token the shard replicas require (their --auth_token_file); "
           "sent on every call to them.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate (chain) of the router. With --tls_key: gRPC serves TLS only and HTTP "
+          "HTTPS only. Default: plaintext.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key (unencrypted) of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificate(s): mutual TLS, every client must present a certificate that "
+          "chains to it (needs --tls_cert).");
+ABSL_FLAG(std::string, shard_tls_ca, "",
+          "PEM CA certificate(s) the shard replicas' certificates chain to: the router reaches "
+          "them over TLS (replicas run with --tls_cert). Default: plaintext.");
+ABSL_FLAG(std::string, shard_tls_cert, "",
+          "PEM client certificate for replicas that require one (--tls_client_ca); with "
+          "--shard_tls_key and --shard_tls_ca.");
+ABSL_FLAG(std::string, shard_tls_key, "", "PEM private key of --shard_tls_cert.");
 ABSL_FLAG(std::string, model, "",
           "The collection's model.pt (the same bytes as its snapshots'): image and text queries "
           "are embedded here, once, and the shard replicas need no model. Empty: a shard "
@@ -233,6 +248,37 @@ class ShardMetrics final : public ShardObserver {
   serving::Metrics* const metrics_;
 };
 
+// The credentials of the channels to the shards' replicas: plaintext, TLS
+// (--shard_tls_ca) or mutual TLS (and --shard_tls_cert/--shard_tls_key).
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ShardCredentials() {
+  const std::string ca = absl::GetFlag(FLAGS_shard_tls_ca);
+  const std::string cert = absl::GetFlag(FLAGS_shard_tls_cert);
+  const std::string key = absl::GetFlag(FLAGS_shard_tls_key);
+  if (ca.empty()) {
+    if (!cert.empty() || !key.empty()) {
+      return absl::InvalidArgumentError("--shard_tls_cert and --shard_tls_key need --shard_tls_ca");
+    }
+    return std::shared_ptr<grpc::ChannelCredentials>(grpc::InsecureChannelCredentials());
+  }
+  if (cert.empty() != key.empty()) {
+    return absl::InvalidArgumentError("--shard_tls_cert and --shard_tls_key go together");
+  }
+  grpc::SslCredentialsOptions ssl;
+  for (auto [flag, path, out] : {std::tuple{"--shard_tls_ca", &ca, &ssl.pem_root_certs},
+                                 std::tuple{"--shard_tls_cert", &cert, &ssl.pem_cert_chain},
+                                 std::tuple{"--shard_tls_key", &key, &ssl.pem_private_key}}) {
+    if (path->empty()) continue;
+    absl::StatusOr<std::string> pem = ReadFileToString(*path, 1 << 20);
+    if (!pem.ok())
+      return absl::InvalidArgumentError(absl::StrCat(flag, ": ", pem.status().message()));
+    if (pem->find("-----BEGIN ") == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, "=", *path, " holds no PEM block"));
+    }
+    *out = *std::move(pem);
+  }
+  return grpc::SslCredentials(ssl);
+}
+
 int Run() {
   sigset_t signals;
   sigemptyset(&signals);
@@ -252,6 +298,30 @@ int Run() {
   const int hedge = absl::GetFlag(FLAGS_hedge_after_ms);
   options.shard.hedge_delay = hedge < 0 ? -absl::InfiniteDuration() : absl::Milliseconds(hedge);
   options.shard.retries = std::max(0, absl::GetFlag(FLAGS_retries));
+  std::optional<TlsFiles> tls;
+  {
+    const std::string cert = absl::GetFlag(FLAGS_tls_cert), key = absl::GetFlag(FLAGS_tls_key),
+                      ca = absl::GetFlag(FLAGS_tls_client_ca);
+    if (!cert.empty() || !key.empty() || !ca.empty()) {
+      if (cert.empty() || key.empty()) {
+        LogError("--tls_cert and --tls_key go together",
+                 ca.empty() ? "" : " (--tls_client_ca needs both)");
+        return 2;
+      }
+      auto loaded = LoadTlsFiles(cert, key, ca);
+      if (!loaded.ok()) {
+        LogError("TLS: ", loaded.status().message());
+        return 2;
+      }
+      tls = *std::move(loaded);
+    }
+  }
+  if (absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> c = ShardCredentials(); !c.ok()) {
+    LogError(c.status().message());
+    return 2;
+  } else {
+    options.shard.credentials = *std::move(c);
+  }
   std::optional<BearerToken> token;
   if (const std::string file = absl::GetFlag(FLAGS_auth_token_file); !file.empty()) {
     auto loaded = BearerToken::FromFile(file);
@@ -324,6 +394,7 @@ int Run() {
     hopts.threads = std::max(1, absl::GetFlag(FLAGS_http_threads));
     hopts.timeout = absl::Milliseconds(absl::GetFlag(FLAGS_http_timeout_ms));
     hopts.token = token ? &*token : nullptr;
+    hopts.tls = tls ? &*tls : nullptr;
     http = std::make_unique<HttpFrontend>(&http_backend, &metrics, hopts);
     if (absl::Status s = http->Start(); !s.ok()) {
       LogError("imagesearch-router: HTTP: ", s.ToString());
@@ -335,7 +406,7 @@ int Run() {
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port)),
-                           grpc::InsecureServerCredentials(), &port);
+                           GrpcServerCredentials(tls ? &*tls : nullptr), &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(64 << 20);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

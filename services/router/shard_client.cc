@@ -178,8 +178,9 @@ std::shared_ptr<ShardClient::Replica> ShardClient::NewReplica(const std::string&
   // An IP address gets a channel of its own; anything else (a name in a
   // static list, another scheme) is given to gRPC's resolver as it is.
   const bool literal = !balance && IsIpLiteral(SplitHostPort(address).first);
-  r->channel = grpc::CreateCustomChannel(literal ? AddressTarget(address) : address,
-                                         grpc::InsecureChannelCredentials(), args);
+  r->channel = grpc::CreateCustomChannel(
+      literal ? AddressTarget(address) : address,
+      options_.credentials ? options_.credentials : grpc::InsecureChannelCredentials(), args);
   r->stub = v1::ImageSearch::NewStub(r->channel);
   return r;
 }

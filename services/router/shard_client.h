@@ -63,6 +63,8 @@ struct ShardClientOptions {
   // Sent as "authorization" metadata on every call ("Bearer <token>", for
   // replicas run with --auth_token_file); empty: none.
   std::string authorization;
+  // How channels to the replicas are secured; null: plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
 };
 
 struct ShardStats {

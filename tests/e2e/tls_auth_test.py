@@ -40,6 +40,7 @@ from e2e_lib import check  # noqa: E402
 BUILD, SRC = sys.argv[1:3]
 QUERY = os.path.join(BUILD, "services", "query", "imagesearch-query")
 SNAPSHOT = os.path.join(BUILD, "tools", "make_snapshot", "imagesearch-snapshot")
+ROUTER = os.path.join(BUILD, "services", "router", "imagesearch-router")
 pb, pb_grpc = grpc_stubs.load(os.path.join(SRC, "proto"))
 import grpc  # noqa: E402
 
@@ -338,6 +339,40 @@ def tls_only(root, work, p):
         s.stop()
 
 
+def router_over_tls(work, p):
+    """imagesearch-router between TLS clients and mTLS shard replicas: it serves
+    TLS itself (--tls_cert) and presents a client certificate to the shards
+    (--shard_tls_ca/--shard_tls_cert/--shard_tls_key)."""
+    npy, ids = os.path.join(work, "v.npy"), os.path.join(work, "ids.jsonl")  # make_snapshot's
+    coll = os.path.join(work, "coll")
+    subprocess.run([SNAPSHOT, "build", f"--root={coll}", f"--vectors={npy}", f"--ids={ids}",
+                    "--metric=l2", "--ef_construction=64", "--shard_count=2", "--collection=tls"],
+                   check=True, stdout=subprocess.DEVNULL)
+    shards = [start_server(os.path.join(coll, f"shard-{i}-of-2"), os.path.join(work, f"rs{i}.log"),
+                           f"--tls_cert={p('server.crt')}", f"--tls_key={p('server.key')}",
+                           f"--tls_client_ca={p('ca.crt')}") for i in range(2)]
+    router = None
+    try:
+        router = e2e_lib.Server(
+            ROUTER, ["--shards=" + ";".join(f"127.0.0.1:{s.grpc_port}" for s in shards),
+                     "--port=0", "--http_port=0", f"--shard_tls_ca={p('ca.crt')}",
+                     f"--shard_tls_cert={p('client.crt')}", f"--shard_tls_key={p('client.key')}",
+                     f"--tls_cert={p('server.crt')}", f"--tls_key={p('server.key')}"],
+            os.path.join(work, "router.log"), pick_ports=False)
+        channel = secure_channel(router.grpc_port, p)
+        check_grpc_ok(pb_grpc.ImageSearchStub(channel), [])
+        check_http_ok(router.http_port, {}, https_ctx(p))
+        plain = pb_grpc.ImageSearchStub(grpc.insecure_channel(f"127.0.0.1:{router.grpc_port}"))
+        code = grpc_code(lambda: plain.GetInfo(pb.GetInfoRequest(), timeout=5))
+        check(code == grpc.StatusCode.UNAVAILABLE, f"plaintext client to the TLS router: {code}")
+        ok("router: TLS to its clients (gRPC and HTTPS), mTLS to the shard replicas")
+    finally:
+        if router is not None:
+            router.stop()
+        for s in shards:
+            s.stop()
+
+
 def startup_errors(root, work, p):
     garbage = os.path.join(work, "garbage.pem")
     with open(garbage, "w") as f:
@@ -380,6 +415,7 @@ def main():
         mtls_and_token(root, work, p)
         token_on_plaintext(root, work, p)
         tls_only(root, work, p)
+        router_over_tls(work, p)
         startup_errors(root, work, p)
     except BaseException:
         print(f"logs kept in {work}")
