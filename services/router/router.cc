@@ -6,6 +6,7 @@
 #include <mutex>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "libs/snapshot/shard.h"
@@ -60,6 +61,20 @@ bool IsRequestError(absl::StatusCode code) {
     default:
       return false;
   }
+}
+
+// An error about "inputs[k]" of a part of an Embed request, as about the
+// request's own input positions[k].
+absl::Status AtRequestPosition(const absl::Status& s, const std::vector<int>& positions) {
+  absl::string_view m = s.message();
+  if (!absl::ConsumePrefix(&m, "inputs[")) return s;
+  const size_t close = m.find("]");
+  size_t k = 0;
+  if (close == absl::string_view::npos || !absl::SimpleAtoi(m.substr(0, close), &k) ||
+      k >= positions.size()) {
+    return s;
+  }
+  return absl::Status(s.code(), absl::StrCat("inputs[", positions[k], m.substr(close)));
 }
 
 std::string ShardName(const ShardClient& s, uint32_t count) {
@@ -470,6 +485,14 @@ void Router::Embed(const v1::EmbedRequest& request, absl::Time deadline,
     std::vector<int> positions;
     bool model = false;  // Images and texts: EmbedModelInputs.
   };
+  // The request's own limits first: its parts go to different places.
+  constexpr int kMaxInputs = 64;  // A replica's, per Embed call.
+  if (request.inputs_size() == 0) return done(absl::InvalidArgumentError("inputs is empty"));
+  if (request.inputs_size() > kMaxInputs) {
+    return done(absl::InvalidArgumentError(absl::StrCat("inputs has ", request.inputs_size(),
+                                                        " items; the maximum is ", kMaxInputs,
+                                                        " per request")));
+  }
   auto parts = std::make_shared<std::vector<Part>>();
   Part model_part{0, {}, {}, true};
   for (int i = 0; i < request.inputs_size(); ++i) {
@@ -482,7 +505,7 @@ void Router::Embed(const v1::EmbedRequest& request, absl::Time deadline,
       model_part.positions.push_back(i);
     }
   }
-  if (!model_part.positions.empty() || parts->empty()) parts->push_back(std::move(model_part));
+  if (!model_part.positions.empty()) parts->push_back(std::move(model_part));
   const int n = request.inputs_size();
   GatherAll<v1::EmbedResponse>(
       parts->size(),
@@ -495,8 +518,8 @@ void Router::Embed(const v1::EmbedRequest& request, absl::Time deadline,
         v1::EmbedResponse out;
         for (int i = 0; i < n; ++i) out.add_embeddings();
         for (size_t k = 0; k < results.size(); ++k) {
-          if (!results[k].ok()) return done(results[k].status());
           const Part& part = (*parts)[k];
+          if (!results[k].ok()) return done(AtRequestPosition(results[k].status(), part.positions));
           for (size_t j = 0; j < part.positions.size(); ++j) {
             *out.mutable_embeddings(part.positions[j]) =
                 results[k]->embeddings(static_cast<int>(j));

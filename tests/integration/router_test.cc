@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "libs/common/test_temp_dir.h"
 #include "libs/index/test_vectors.h"
@@ -287,6 +288,27 @@ TEST_CASE("With its own embedder the router embeds image queries itself", "[rout
   CHECK(embedded->embeddings(0).values_size() == kDim);
   CHECK(std::equal(embedded->embeddings(1).values().begin(), embedded->embeddings(1).values().end(),
                    by_vector.vector().values().begin()));
+
+  // Errors name the request's own input, whichever part of it failed.
+  auto embed = [&](const v1::EmbedRequest& req) {
+    return Await<v1::EmbedResponse>([&](router::Router::Done<v1::EmbedResponse> d) {
+      r.Embed(req, absl::Now() + absl::Seconds(10), std::move(d));
+    });
+  };
+  v1::EmbedRequest empty_image;
+  empty_image.add_inputs()->set_id("row7");
+  empty_image.add_inputs()->set_image("");
+  auto bad = embed(empty_image);
+  CHECK(absl::IsInvalidArgument(bad.status()));
+  CHECK(bad.status().message() == "inputs[1] is empty");
+  v1::EmbedRequest unknown_id;
+  unknown_id.add_inputs()->set_image("x");
+  unknown_id.add_inputs()->set_image("y");
+  unknown_id.add_inputs()->set_id("no-such-row");
+  auto missing = embed(unknown_id);
+  CHECK(absl::IsNotFound(missing.status()));
+  CHECK(absl::StartsWith(missing.status().message(), "inputs[2]: "));
+  CHECK(absl::IsInvalidArgument(embed(v1::EmbedRequest()).status()));
 
   // A model that is not the collection's is refused before anything serves.
   router::RouterOptions wrong = c.Options(-absl::InfiniteDuration());
