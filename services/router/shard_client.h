@@ -10,8 +10,9 @@
 //   - hedged: when no answer came within the hedge delay, the same request
 //     goes to another replica too (one not tried yet: a channel that
 //     balances by itself could send it to the slow one again); the first
-//     answer wins and the other call is cancelled. The delay is fixed, or by default the p95 of the
-//     recent answers of the shard's fastest replica.
+//     answer wins and the other call is cancelled. The delay is fixed, or
+//     by default the p95 of the recent answers of the shard's fastest
+//     replica.
 //
 // Thread-safe.
 #ifndef IMAGESEARCH_SERVICES_ROUTER_SHARD_CLIENT_H_
@@ -113,10 +114,10 @@ class ShardClient {
   using Replicas = std::vector<std::shared_ptr<Replica>>;
 
   // `target`: the shard's replicas as a list of host:port separated by
-  // commas (IP literals: one channel each), a DNS name ("dns:///svc:50051"
-  // or "svc:50051": resolved here, a channel per address, again every
-  // `resolve_every`), or another gRPC target (unix:, ipv4:..., used as one
-  // round_robin channel).
+  // commas (one channel each; a name among them is left to gRPC's
+  // resolver), a DNS name ("dns:///svc:50051" or "svc:50051": resolved
+  // here, a channel per address, looked up again every 5 s), or another
+  // gRPC target (unix:, ipv4:..., used as one round_robin channel).
   ShardClient(uint32_t index, const std::string& target, const ShardClientOptions& options);
   ~ShardClient();
 
