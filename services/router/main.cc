@@ -3,9 +3,9 @@
 //   imagesearch-router --shards='127.0.0.1:50061,127.0.0.1:50062;127.0.0.1:50071,127.0.0.1:50072'
 //   imagesearch-router --shards='dns:///photos-shard-0:50051;dns:///photos-shard-1:50051'
 //
-// --shards lists the shards in order, separated by ';': each a gRPC target
-// for that shard's replicas (a comma-separated list of host:port, or any
-// gRPC target; round_robin over what it resolves to). The router opens its
+// --shards lists the shards in order, separated by ';': each that shard's
+// replicas (a comma-separated list of host:port, or a DNS name resolved to
+// its addresses; see shard_client.h). The router opens its
 // port once every shard has answered GetInfo as shard i of S of one
 // collection; its health is SERVING from then on (a shard's outage is
 // reported per query, see router.h). SIGTERM/SIGINT: stop taking calls,
@@ -14,6 +14,10 @@
 // With --http_port it also serves the query service's HTTP front end (the
 // web page, /invocations, /info, /thumbs/{id}, /ping, /metrics) over the
 // same fan-out; /metrics adds per-shard series (libs/serving/metrics.h).
+// --model embeds image and text queries here (the shard replicas can then
+// run with --load_model=false). Tokens and TLS as a replica's
+// (--auth_token_file, --tls_cert/--tls_key/--tls_client_ca), and toward the
+// shards --shard_token_file and --shard_tls_ca (+ cert and key for mTLS).
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
