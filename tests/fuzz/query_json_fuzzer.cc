@@ -16,6 +16,7 @@
 #include <string>
 
 #include "services/query/http_frontend.cc"  // NOLINT: for its internal functions.
+#include "services/query/proto_adapter.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
