@@ -27,6 +27,9 @@
 
 namespace imagesearch {
 
+// The release every binary reports (imagesearch_build_info's `version`).
+inline constexpr char kImagesearchVersion[] = "0.1.0";
+
 // Parses flags (exits on --help or a bad flag) and applies the binary's
 // --log_format flag ("text" or "json"; exits with status 2 otherwise). Returns the positional
 // arguments, argv[0] first.

@@ -239,6 +239,22 @@ bool BearerToken::Accepts(absl::string_view authorization) const {
   return ok && !presented.empty();
 }
 
+absl::StatusOr<std::optional<TlsFiles>> LoadServerTlsFlags(const std::string& cert_file,
+                                                           const std::string& key_file,
+                                                           const std::string& client_ca_file) {
+  if (cert_file.empty() && key_file.empty() && client_ca_file.empty()) return std::nullopt;
+  if (cert_file.empty() || key_file.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls_cert and --tls_key go together",
+                     client_ca_file.empty() ? "" : " (--tls_client_ca needs both)"));
+  }
+  absl::StatusOr<TlsFiles> loaded = LoadTlsFiles(cert_file, key_file, client_ca_file);
+  if (!loaded.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("TLS: ", loaded.status().message()));
+  }
+  return std::optional<TlsFiles>(*std::move(loaded));
+}
+
 std::shared_ptr<grpc::ServerCredentials> GrpcServerCredentials(const TlsFiles* tls) {
   if (tls == nullptr) return grpc::InsecureServerCredentials();
   grpc::SslServerCredentialsOptions ssl(

@@ -15,6 +15,7 @@
 
 #include <array>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -48,6 +49,13 @@ struct TlsFiles {
 // not yet valid. Errors name the flags --tls_cert, --tls_key and --tls_client_ca.
 absl::StatusOr<TlsFiles> LoadTlsFiles(const std::string& cert_file, const std::string& key_file,
                                       const std::string& client_ca_file);
+
+// The server TLS of a binary's --tls_cert/--tls_key/--tls_client_ca flags:
+// none when all three are empty, else LoadTlsFiles' (the cert and key must
+// both be given).
+absl::StatusOr<std::optional<TlsFiles>> LoadServerTlsFlags(const std::string& cert_file,
+                                                           const std::string& key_file,
+                                                           const std::string& client_ca_file);
 
 // Sets up an OpenSSL server context (the HTTPS front end) from checked files:
 // TLS 1.2 or later, the certificate chain and key, and with mTLS a required,

@@ -496,7 +496,7 @@ void HttpFrontend::InvocationsGet(HttpRequest, HttpResponder respond) {
   respond.Send(Refuse("Search", absl::UnimplementedError("use POST /invocations"), 405));
 }
 
-// On a worker: parses the query and starts it through the core; the core's
+// On a worker: parses the query and starts it through the backend; the backend's
 // callback answers (here for refusals and vector/id queries, on a model
 // thread for image and text queries).
 void HttpFrontend::Invocations(HttpRequest req, HttpResponder respond) {

@@ -6,7 +6,7 @@
 // gRPC (proto_adapter.h), so a field added to the .proto needs no change here.
 // Routes:
 //
-//   GET  /ping         200, empty body, while the core is serving; else 503
+//   GET  /ping         200, empty body, while the backend is serving; else 503
 //   POST /invocations  a SearchRequest as application/json, or image/jpeg|
 //                      png|webp bytes; query parameters set SearchRequest's
 //                      scalar fields (top_k, ef, include_self, dedup, ...)
@@ -20,10 +20,10 @@
 //                      ETag + Cache-Control; 404 if the snapshot has none)
 //
 // This is the SageMaker inference-container contract (/ping, /invocations
-// on port 8080). Every error is {"error":{"code","message"}} with the core's
+// on port 8080). Every error is {"error":{"code","message"}} with the backend's
 // canonical code name and message, and an HTTP status mapped from it (see
 // HttpStatusOf). A body over max_body_bytes is refused with 413 from its
-// Content-Length, before it is read. Every refusal before the core is
+// Content-Length, before it is read. Every refusal before the backend is
 // decided and counted by a CallGate (call_gate.h) under the route's method.
 //
 // Threads: the server's loop thread answers /ping, /metrics, / and /info
@@ -31,9 +31,9 @@
 // connections are open or stalled. /invocations and /thumbs (parsing,
 // searching, reading the snapshot) go to a pool of `threads` workers through
 // a queue of at most `max_queued` requests; a worker starts the query
-// through the core and is free again at once, and the core's callback (on
+// through the backend and is free again at once, and the backend's callback (on
 // the worker, or on a model thread for image and text queries) sends the
-// answer. A full queue, or the core's admission, answers 429 at once.
+// answer. A full queue, or the backend's admission, answers 429 at once.
 //
 // With options.tls it serves HTTPS only (with mTLS a verified client
 // certificate is required on every connection, /ping included). With
@@ -78,7 +78,7 @@ struct HttpFrontendOptions {
   const BearerToken* token = nullptr;  // Required on every request but /ping; null = none.
 };
 
-// The HTTP status for a core status code.
+// The HTTP status for a status code.
 int HttpStatusOf(absl::StatusCode code);
 
 class HttpFrontend {
@@ -120,7 +120,7 @@ class HttpFrontend {
 
   // The route `req` names, or null.
   static const Route* FindRoute(const HttpRequest& req);
-  // An answer for a request the core never sees, counted under `method`.
+  // An answer for a request the backend never sees, counted under `method`.
   HttpResponse Refuse(absl::string_view method, const absl::Status& status,
                       int http_status = 0) const;
 

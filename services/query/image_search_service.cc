@@ -98,7 +98,7 @@ grpc::ServerUnaryReactor* ImageSearchService::GetInfo(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* ImageSearchService::GetThumbnail(grpc::CallbackServerContext* context,
                                                            const grpc::ByteBuffer* request,
                                                            grpc::ByteBuffer* response) {
-  return Serve(context, request, response, "GetThumbnail", &ImageSearchService::HandleGetThumbnail);
+  return Serve(context, request, response, "Thumbnail", &ImageSearchService::HandleGetThumbnail);
 }
 
 void ImageSearchService::HandleSearch(grpc::CallbackServerContext* context,

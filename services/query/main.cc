@@ -137,7 +137,6 @@ namespace imagesearch {
 namespace {
 
 constexpr char kServiceName[] = "imagesearch.v1.ImageSearch";
-constexpr char kVersion[] = "0.1.0";
 
 constexpr int kOff = -1;  // --port / --http_port: that front does not listen.
 
@@ -207,20 +206,11 @@ struct Security {
 // is a clear error (and exit status 2).
 absl::StatusOr<Security> LoadSecurity() {
   Security security;
-  const std::string tls_cert = absl::GetFlag(FLAGS_tls_cert);
-  const std::string tls_key = absl::GetFlag(FLAGS_tls_key);
-  const std::string tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
-  if (!tls_cert.empty() || !tls_key.empty() || !tls_client_ca.empty()) {
-    if (tls_cert.empty() || tls_key.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--tls_cert and --tls_key go together",
-                       tls_client_ca.empty() ? "" : " (--tls_client_ca needs both)"));
-    }
-    auto loaded = LoadTlsFiles(tls_cert, tls_key, tls_client_ca);
-    if (!loaded.ok())
-      return absl::InvalidArgumentError(absl::StrCat("TLS: ", loaded.status().message()));
-    security.tls = *std::move(loaded);
-  }
+  absl::StatusOr<std::optional<TlsFiles>> tls =
+      LoadServerTlsFlags(absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+                         absl::GetFlag(FLAGS_tls_client_ca));
+  if (!tls.ok()) return tls.status();
+  security.tls = *std::move(tls);
   if (const std::string file = absl::GetFlag(FLAGS_auth_token_file); !file.empty()) {
     auto loaded = BearerToken::FromFile(file);
     if (!loaded.ok())
@@ -548,7 +538,7 @@ int Run() {
   const sigset_t signals = BlockStopSignals();
   EnableGrpcServices();
 
-  serving::Metrics metrics(kVersion);
+  serving::Metrics metrics(kImagesearchVersion);
   Lifecycle life;
   serving::SnapshotManager manager(ManagerOptions(&metrics, &life));
   serving::QueryCore core(&manager, &metrics, CoreOptions());

@@ -117,8 +117,6 @@ absl::Time Deadline(const grpc::CallbackServerContext* context) {
   return absl::FromChrono(d);
 }
 
-constexpr char kVersion[] = "0.1.0";
-
 // Counts every answer under (front, method, code), as a replica does, and
 // keeps the in-flight gauge.
 template <typename Response>
@@ -173,9 +171,9 @@ class RouterService final : public v1::ImageSearch::CallbackService {
                                          const v1::GetThumbnailRequest* request,
                                          v1::GetThumbnailResponse* response) override {
     auto* reactor = context->DefaultReactor();
-    if (Refused(context, "GetThumbnail", reactor)) return reactor;
+    if (Refused(context, "Thumbnail", reactor)) return reactor;
     router_->GetThumbnail(request->id(), Deadline(context),
-                          Finisher("GetThumbnail", reactor, response));
+                          Finisher("Thumbnail", reactor, response));
     return reactor;
   }
 
@@ -302,24 +300,14 @@ int Run() {
   const int hedge = absl::GetFlag(FLAGS_hedge_after_ms);
   options.shard.hedge_delay = hedge < 0 ? -absl::InfiniteDuration() : absl::Milliseconds(hedge);
   options.shard.retries = std::max(0, absl::GetFlag(FLAGS_retries));
-  std::optional<TlsFiles> tls;
-  {
-    const std::string cert = absl::GetFlag(FLAGS_tls_cert), key = absl::GetFlag(FLAGS_tls_key),
-                      ca = absl::GetFlag(FLAGS_tls_client_ca);
-    if (!cert.empty() || !key.empty() || !ca.empty()) {
-      if (cert.empty() || key.empty()) {
-        LogError("--tls_cert and --tls_key go together",
-                 ca.empty() ? "" : " (--tls_client_ca needs both)");
-        return 2;
-      }
-      auto loaded = LoadTlsFiles(cert, key, ca);
-      if (!loaded.ok()) {
-        LogError("TLS: ", loaded.status().message());
-        return 2;
-      }
-      tls = *std::move(loaded);
-    }
+  absl::StatusOr<std::optional<TlsFiles>> loaded_tls =
+      LoadServerTlsFlags(absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+                         absl::GetFlag(FLAGS_tls_client_ca));
+  if (!loaded_tls.ok()) {
+    LogError(loaded_tls.status().message());
+    return 2;
   }
+  const std::optional<TlsFiles> tls = *std::move(loaded_tls);
   if (absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> c = ShardCredentials(); !c.ok()) {
     LogError(c.status().message());
     return 2;
@@ -346,7 +334,7 @@ int Run() {
     }
     options.shard.authorization = absl::StrCat("Bearer ", shard_token);
   }
-  serving::Metrics metrics(kVersion);
+  serving::Metrics metrics(kImagesearchVersion);
   ShardMetrics shard_metrics(&metrics);
   options.shard.observer = &shard_metrics;
   if (const std::string model = absl::GetFlag(FLAGS_model); !model.empty()) {
@@ -357,8 +345,8 @@ int Run() {
     }
     const serving::ModelPluginOptions popts = serving::ModelOptionsFromFlags(
         absl::GetFlag(FLAGS_model_plugin), absl::GetFlag(FLAGS_model_instances), 0,
-        absl::GetFlag(FLAGS_max_batch), absl::Microseconds(absl::GetFlag(FLAGS_max_delay_us)), 256,
-        &metrics);
+        absl::GetFlag(FLAGS_max_batch), absl::Microseconds(absl::GetFlag(FLAGS_max_delay_us)),
+        serving::BatchingEmbedderOptions().max_queued_items, &metrics);
     absl::StatusOr<std::shared_ptr<serving::Embedder>> embedder =
         serving::LoadPluginEmbedder(popts, model, "");
     if (!embedder.ok()) {

@@ -1,7 +1,6 @@
 #include "services/router/router.h"
 
 #include <algorithm>
-#include <cmath>
 #include <future>
 #include <mutex>
 #include <utility>
@@ -9,6 +8,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "libs/index/metric.h"
+#include "libs/serving/query_core.h"
 #include "libs/snapshot/shard.h"
 
 namespace imagesearch::router {
@@ -16,6 +17,9 @@ namespace {
 
 constexpr uint32_t kDefaultTopK = 10;
 constexpr uint32_t kMaxTopK = 1000;  // As a replica's (libs/serving).
+// A replica's limits on Embed calls and payloads, which the router applies
+// to what it embeds itself and to the calls it splits.
+const serving::QueryCoreOptions kReplicaLimits;
 
 // Runs call(i, done_i) for i in [0, n) and then done(results), once all of
 // them have answered (in any thread).
@@ -244,7 +248,6 @@ void Router::Search(const v1::SearchRequest& request, absl::Time deadline,
                         done = std::move(done)](absl::StatusOr<v1::EmbedResponse> e) mutable {
                          if (!e.ok()) return done(e.status());
                          *request.mutable_vector() = e->embeddings(0);
-                         request.clear_image();  // The vector is the query now.
                          FanOut(std::move(request), top_k, "", deadline, std::move(done));
                        });
       return;
@@ -259,14 +262,8 @@ void Router::EmbedModelInputs(const v1::EmbedRequest& request, bool from_search,
                               absl::Time deadline, Done<v1::EmbedResponse> done) {
   if (embedder_ == nullptr) return ShardEmbed(NextShard(), request, deadline, std::move(done));
   // A replica's checks (libs/serving/query_core.cc), before any decoding.
-  constexpr int kMaxInputs = 64;
-  constexpr size_t kMaxImageBytes = 16 << 20, kMaxTextBytes = 16 << 10;
+  // The item count was checked by the caller (Embed; a Search has one).
   const int n = request.inputs_size();
-  if (n == 0) return done(absl::InvalidArgumentError("inputs is empty"));
-  if (n > kMaxInputs) {
-    return done(absl::InvalidArgumentError(
-        absl::StrCat("inputs has ", n, " items; the maximum is ", kMaxInputs, " per request")));
-  }
   std::vector<serving::EmbedItem> items;
   for (int i = 0; i < n; ++i) {
     const v1::EmbedInput& in = request.inputs(i);
@@ -279,7 +276,7 @@ void Router::EmbedModelInputs(const v1::EmbedRequest& request, bool from_search,
     serving::EmbedItem item;
     item.kind = text ? serving::EmbedItem::Kind::kText : serving::EmbedItem::Kind::kImage;
     item.data = text ? in.text() : in.image();
-    const size_t limit = text ? kMaxTextBytes : kMaxImageBytes;
+    const size_t limit = text ? kReplicaLimits.max_text_bytes : kReplicaLimits.max_image_bytes;
     if (item.data.empty()) return done(absl::InvalidArgumentError(absl::StrCat(what, " is empty")));
     if (item.data.size() > limit) {
       return done(absl::InvalidArgumentError(
@@ -375,7 +372,7 @@ void Router::FanOut(v1::SearchRequest request, uint32_t top_k, const std::string
 void Router::CollapseAcrossShards(std::vector<v1::Hit> hits, float dedup, uint32_t top_k,
                                   absl::Time deadline, v1::SearchResponse* out,
                                   std::function<void(std::vector<v1::Hit>)> finish) {
-  constexpr int kMaxIdsPerEmbed = 64;  // A replica's limit per Embed call.
+  const int max_ids_per_embed = kReplicaLimits.max_embed_inputs;
   struct Part {
     uint32_t shard;
     v1::EmbedRequest request;
@@ -385,7 +382,7 @@ void Router::CollapseAcrossShards(std::vector<v1::Hit> hits, float dedup, uint32
   std::vector<int> open(shard_count(), -1);  // Shard -> its part being filled.
   for (size_t k = 0; k < hits.size(); ++k) {
     const uint32_t shard = snapshot::ShardOf(hits[k].id(), shard_count());
-    if (open[shard] < 0 || (*parts)[open[shard]].request.inputs_size() == kMaxIdsPerEmbed) {
+    if (open[shard] < 0 || (*parts)[open[shard]].request.inputs_size() == max_ids_per_embed) {
       open[shard] = static_cast<int>(parts->size());
       parts->push_back(Part{shard, {}, {}});
     }
@@ -411,15 +408,6 @@ void Router::CollapseAcrossShards(std::vector<v1::Hit> hits, float dedup, uint32
             vectors[part.positions[j]].assign(values.begin(), values.end());
           }
         }
-        auto cosine = [](const std::vector<float>& a, const std::vector<float>& b) {
-          double dot = 0, na = 0, nb = 0;
-          for (size_t i = 0; i < a.size(); ++i) {
-            dot += static_cast<double>(a[i]) * b[i];
-            na += static_cast<double>(a[i]) * a[i];
-            nb += static_cast<double>(b[i]) * b[i];
-          }
-          return na > 0 && nb > 0 ? dot / std::sqrt(na * nb) : 0.0;
-        };
         std::vector<v1::Hit> kept;
         std::vector<const std::vector<float>*> kept_vectors;
         uint32_t collapsed = 0;
@@ -427,7 +415,8 @@ void Router::CollapseAcrossShards(std::vector<v1::Hit> hits, float dedup, uint32
           const std::vector<float>& v = vectors[k];
           bool duplicate = false;
           for (const std::vector<float>* w : kept_vectors) {
-            if (!v.empty() && w->size() == v.size() && cosine(v, *w) >= dedup) {
+            if (!v.empty() && w->size() == v.size() &&
+                index::CosineSimilarity(v.data(), w->data(), v.size()) >= dedup) {
               duplicate = true;
               break;
             }
@@ -486,11 +475,11 @@ void Router::Embed(const v1::EmbedRequest& request, absl::Time deadline,
     bool model = false;  // Images and texts: EmbedModelInputs.
   };
   // The request's own limits first: its parts go to different places.
-  constexpr int kMaxInputs = 64;  // A replica's, per Embed call.
+  const int max_inputs = kReplicaLimits.max_embed_inputs;
   if (request.inputs_size() == 0) return done(absl::InvalidArgumentError("inputs is empty"));
-  if (request.inputs_size() > kMaxInputs) {
+  if (request.inputs_size() > max_inputs) {
     return done(absl::InvalidArgumentError(absl::StrCat("inputs has ", request.inputs_size(),
-                                                        " items; the maximum is ", kMaxInputs,
+                                                        " items; the maximum is ", max_inputs,
                                                         " per request")));
   }
   auto parts = std::make_shared<std::vector<Part>>();

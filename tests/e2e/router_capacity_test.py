@@ -11,8 +11,8 @@ imagesearch-router (real binaries on loopback, vector-only):
   1. `exact` equals the brute-force top-10 (numpy) over the whole collection;
   2. recall@10 at ef 32 is at least one unsharded replica's (no limit) at the
      same ef;
-  3. no replica was OOM-killed (memory.oom_control), each stayed within its
-     limit, and each is still serving.
+  3. no replica was OOM-killed (memory.oom_control), and each is still
+     serving.
 
 Needs root and the cgroup v1 memory controller (this machine's); exits 77
 (skipped) where /sys/fs/cgroup/memory or drop_caches cannot be written.
@@ -138,9 +138,9 @@ def main():
             oom = dict(line.split() for line in cgroup_read(cg, "memory.oom_control").splitlines())
             peak = int(cgroup_read(cg, "memory.max_usage_in_bytes"))
             stat = dict(line.split() for line in cgroup_read(cg, "memory.stat").splitlines())
-            check(oom.get("oom_kill", "0") == "0" and reps[i].proc.poll() is None
-                  and peak <= limit, (i, oom, peak, limit))
-            print(f"3. shard {i}: no OOM kill, peak {peak / 1e6:.0f} MB <= {limit / 1e6:.0f} MB "
+            # The kernel holds the peak at the limit; what could fail is a kill.
+            check(oom.get("oom_kill", "0") == "0" and reps[i].proc.poll() is None, (i, oom, peak))
+            print(f"3. shard {i}: no OOM kill, peak {peak / 1e6:.0f} MB of a {limit / 1e6:.0f} MB limit "
                   f"(heap {int(stat['rss']) / 1e6:.0f} MB, mapped {int(stat['mapped_file']) / 1e6:.0f} MB)")
         for r in reps:
             check(len(search(pb_grpc.ImageSearchStub(grpc.insecure_channel(r.grpc_address)),

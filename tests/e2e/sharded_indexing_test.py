@@ -196,8 +196,10 @@ def main():
             err = json.load(e)["error"]
             check(e.code == 404 and err["code"] == "NOT_FOUND" and "no-such-id" in err["message"],
                   err)
-        page = urllib.request.urlopen(router.http_url + "/", timeout=10).read().decode()
-        check("<title>" in page and "router_shards" in page, "the web page")
+        # The same page as a replica's: it tells a router from a replica by /info.
+        page = urllib.request.urlopen(router.http_url + "/", timeout=10).read()
+        check(page == urllib.request.urlopen(shard_servers[0].http_url + "/", timeout=10).read()
+              and b"<title>" in page, "the router's web page is not the replica's")
         metrics = urllib.request.urlopen(router.http_url + "/metrics", timeout=10).read().decode()
         for series in ('imagesearch_requests_total{code="OK",front="http",method="Search"} 1',
                        'imagesearch_shard_requests_total{code="OK",shard="0"}',
