@@ -553,6 +553,12 @@ void Router::GetInfo(absl::Time deadline, Done<v1::GetInfoResponse> done) {
             out.set_dim(info.dim());
             out.set_metric(info.metric());
             *out.mutable_model() = info.model();
+            // Image and text queries are embedded here when the router has
+            // --model, whatever the replicas hold (--load_model=false).
+            if (embedder_ != nullptr) {
+              out.mutable_model()->set_loaded(true);
+              out.mutable_model()->set_has_text(embedder_->has_text());
+            }
             *out.mutable_hnsw() = info.hnsw();
             out.set_max_top_k(info.max_top_k());
             *out.mutable_fields() = info.fields();

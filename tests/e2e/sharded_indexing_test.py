@@ -169,7 +169,9 @@ def main():
         rinfo = json.load(urllib.request.urlopen(router.http_url + "/info", timeout=10))
         check(rinfo["shard"]["collection"] == "fm" and rinfo["shard"]["count"] == 2
               and int(rinfo["vector_count"]) == len(split) and rinfo["has_thumbnails"]
-              and len(rinfo["router_shards"]) == 2, rinfo)
+              and len(rinfo["router_shards"]) == 2
+              # The router embeds (--model) though no replica holds the model.
+              and rinfo["model"].get("loaded") is True, rinfo)
         req = urllib.request.Request(router.http_url + "/invocations?top_k=3", data=body,
                                      headers={"Content-Type": "image/png"})
         routed = json.load(urllib.request.urlopen(req, timeout=60))

@@ -2,6 +2,11 @@
 //   node web_page_test.mjs BASE_URL IMAGE EXPECTED_ID SCREENSHOT [WORK_DIR]
 // BASE_URL: the service's HTTP root; IMAGE: a corpus image; EXPECTED_ID: its
 // id in the snapshot; SCREENSHOT: where the full-page screenshot goes.
+// BASE_URL may be imagesearch-router's (its /info lists router_shards): the
+// same checks run, the header must name the collection and its shards, and
+// with $ROUTER_KILL_PID (the only replica of shard $ROUTER_KILL_SHARD) the
+// test then kills that replica and checks the page's UNAVAILABLE error and
+// its "partial answers" box.
 // puppeteer-core comes from $WEB_NPM_DIR (the folder it was installed in);
 // Chromium from $CHROMIUM (default /usr/bin/chromium). Exits non-zero on
 // the first failed check.
@@ -60,6 +65,8 @@ async function main() {
   check(info.status === 200 && info.body && info.body.model,
     `GET /info answers 200 with a model (got ${info.status} ${JSON.stringify(info.body).slice(0, 300)})`);
   const { snapshot_version: version, model } = info.body;
+  const routed = Array.isArray(info.body.router_shards) && info.body.router_shards.length > 0;
+  const shardCount = routed ? info.body.shard.count : 0;
 
   browser = await puppeteer.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -84,12 +91,22 @@ async function main() {
     `GET / is text/html (got ${res.headers()['content-type']})`);
   const segments = (info.body.segments || []).length;
   check(segments >= 1, `GET /info lists the segments (got ${JSON.stringify(info.body.segments)})`);
-  const want = { v: `v${version}`, name: model.name, seg: `${segments} segment` };
-  await waitPage(page, `#info and #status show snapshot ${want.v}, model ${want.name} and ${want.seg}(s)`, (w) => {
+  // A replica names its snapshot version; the router, its collection's shards.
+  const want = routed
+    ? { v: 'router', where: `${info.body.shard.collection} ${shardCount} shards`, status: `${shardCount} shards`,
+        name: model.name, seg: `${segments} segment` }
+    : { v: `v${version}`, where: `v${version}`, status: `v${version}`, name: model.name, seg: `${segments} segment` };
+  if (routed) {
+    check(model.loaded === true, `the router says it embeds images (model.loaded; got ${JSON.stringify(model)})`);
+  }
+  await waitPage(page, `#info and #status show ${want.v}, ${want.where}, model ${want.name} and ${want.seg}(s)`, (w) => {
     const i = document.querySelector('#info')?.textContent || '', s = document.querySelector('#status')?.textContent || '';
-    return i.includes(w.v) && i.includes(w.name) && i.includes(w.seg) && s.includes(w.v) && s.includes(w.name);
+    return i.includes(w.v) && i.includes(w.where) && i.includes(w.name) && i.includes(w.seg) &&
+      s.includes(w.status) && s.includes(w.name);
   }, want, statusAndError);
-  ok(`page shows snapshot ${want.v}, model ${want.name} and ${want.seg}(s)`);
+  ok(`page shows ${want.v}, ${want.where}, model ${want.name} and ${want.seg}(s)`);
+  const partialHidden = await page.$eval('#partial-field', (n) => n.hidden);
+  check(partialHidden === !routed, `the "partial answers" box is ${routed ? 'shown' : 'hidden'} (hidden=${partialHidden})`);
 
   const textState = await page.evaluate(() => ({
     disabled: document.querySelector('#text').disabled,
@@ -146,8 +163,9 @@ async function main() {
   check(shown[0].alt === `thumbnail of ${hit0.id}`, `thumbnail alt text names the id (got '${shown[0].alt}')`);
   check(['BUTTON', 'A'].includes(shown[0].tag), `results are buttons or links (got ${shown[0].tag})`);
   const status = await page.$eval('#status', (n) => n.textContent);
-  check(/\d+(\.\d+)?\s*ms/.test(status) && status.includes(`v${direct.body.snapshot_version}`) && status.includes(model.name),
-    `#status shows latency, snapshot version and model (got '${status}')`);
+  const where = routed ? `${shardCount} shards` : `v${direct.body.snapshot_version}`;
+  check(/\d+(\.\d+)?\s*ms/.test(status) && status.includes(where) && status.includes(model.name) && !status.includes('partial'),
+    `#status shows latency, ${where} and model (got '${status}')`);
   ok(`image upload: first of ${shown.length} results is ${expectedId} with its thumbnail; status '${status}'`);
 
   fs.mkdirSync(path.dirname(path.resolve(screenshot)), { recursive: true });
@@ -224,12 +242,63 @@ async function main() {
   }, { code, message }, statusAndError);
   ok(`broken.png: #error shows "${code}: ${message}"`);
 
-  // 5. Console: nothing but the error step's 4xx.
+  // 5. Through the router, one shard loses its only replica.
+  const killPid = Number(process.env.ROUTER_KILL_PID || 0);
+  if (routed && killPid) {
+    phase = 'shard-down';
+    const lost = Number(process.env.ROUTER_KILL_SHARD);
+    check(Number.isInteger(lost) && lost >= 0 && lost < shardCount, `ROUTER_KILL_SHARD names a shard (got '${process.env.ROUTER_KILL_SHARD}')`);
+    await page.$eval('#error', (e) => { e.hidden = true; e.textContent = ''; });
+    process.kill(killPid, 'SIGKILL');
+    const query = `/invocations?top_k=${params.top_k}&ef=${params.ef}`;
+    const post = (q) => api(q, { method: 'POST', headers: { 'Content-Type': type }, body: bytes });
+    // The router notices at once (connection refused); bounded wait all the same.
+    let down;
+    for (let i = 0; i < 100; ++i) {
+      down = await post(query);
+      if (down.status !== 200) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    check(down.status === 503 && down.body.error && down.body.error.code === 'UNAVAILABLE' &&
+      down.body.error.message.includes(`shard ${lost} of ${shardCount}`),
+      `direct query with shard ${lost} down: 503 UNAVAILABLE naming it (got ${down.status} ${JSON.stringify(down.body).slice(0, 300)})`);
+    const [chooser3] = await Promise.all([page.waitForFileChooser({ timeout: WAIT_MS }), page.click('#file')]);
+    await chooser3.accept([imagePath]);
+    await waitPage(page, `#error shows UNAVAILABLE naming shard ${lost}`, (w) => {
+      const e = document.querySelector('#error');
+      return !!e && !e.hidden && e.textContent.includes('UNAVAILABLE') && e.textContent.includes(w);
+    }, `shard ${lost} of ${shardCount}`, statusAndError);
+    ok(`shard ${lost} down: the page shows the router's UNAVAILABLE error naming it`);
+
+    const partial = await post(`${query}&allow_partial=true`);
+    check(partial.status === 200 && JSON.stringify(partial.body.missing_shards) === JSON.stringify([lost]) &&
+      partial.body.hits.length > 0,
+      `direct query with allow_partial answers from the other shards, naming ${lost} missing (got ${partial.status} ${JSON.stringify(partial.body).slice(0, 300)})`);
+    await page.click('#partial');
+    check(await page.$eval('#partial', (n) => n.checked), '#partial is checked after a click');
+    const [chooser4] = await Promise.all([page.waitForFileChooser({ timeout: WAIT_MS }), page.click('#file')]);
+    await chooser4.accept([imagePath]);
+    await waitPage(page, `partial results with a status naming shard ${lost} missing`, (w) => {
+      const got = JSON.stringify([...document.querySelectorAll('#results [data-id]')].map((n) => n.dataset.id));
+      const s = document.querySelector('#status')?.textContent || '';
+      return got === w.ids && s.includes(`partial: shard ${w.lost} not answering`) && document.querySelector('#error').hidden;
+    }, { ids: JSON.stringify(ids(partial.body.hits)), lost }, statusAndError);
+    ok(`"partial answers": the page shows the other shards' ${partial.body.hits.length} hits and names shard ${lost} missing`);
+
+    await page.reload({ waitUntil: 'load' });
+    await waitPage(page, `#info shows ${shardCount - 1} of ${shardCount} shards answering`, (w) =>
+      (document.querySelector('#info')?.textContent || '').includes(w), `${shardCount} shards (${shardCount - 1} answering)`,
+      statusAndError);
+    ok(`after a reload the header says ${shardCount} shards (${shardCount - 1} answering)`);
+  }
+
+  // 6. Console: nothing but the error step's 4xx (and the 503s of a shard down).
   phase = 'done';
-  const unexpected = consoleErrors.filter((c) => c.fatal || c.phase !== 'error' ||
-    !/Failed to load resource: the server responded with a status of 4\d\d/.test(c.text));
+  const unexpected = consoleErrors.filter((c) => c.fatal || !(
+    (c.phase === 'error' && /Failed to load resource: the server responded with a status of 4\d\d/.test(c.text)) ||
+    (c.phase === 'shard-down' && /Failed to load resource: the server responded with a status of 503/.test(c.text))));
   check(unexpected.length === 0, `no console or page errors (got ${JSON.stringify(unexpected)})`);
-  ok(`console clean (${consoleErrors.length} expected 4xx message(s) in the error step)`);
+  ok(`console clean (${consoleErrors.length} expected 4xx/503 message(s) in the error and shard-down steps)`);
 }
 
 const timer = setTimeout(() => { console.error('FAIL: web page test took over 240 s'); process.exit(1); }, 240000);

@@ -2,8 +2,13 @@
 # The query service's web page (GET /) in a real browser: indexes 100
 # Fashion-MNIST images, serves them, and drives the page with Debian's
 # Chromium through puppeteer-core (tests/e2e/web_page_test.mjs).
-#   web_page_test.sh QUERY_BIN INDEXER_BIN DEFAULT_MODEL BUILD_DIR [SCREENSHOT_OUT]
+#   web_page_test.sh QUERY_BIN INDEXER_BIN DEFAULT_MODEL BUILD_DIR [SCREENSHOT_OUT [ROUTER_BIN SNAPSHOT_BIN]]
 # SCREENSHOT_OUT defaults to BUILD_DIR/web_page_test.png.
+# With ROUTER_BIN and SNAPSHOT_BIN, the page is imagesearch-router's over the
+# same images as a collection of 2 shards (indexer --embeddings_out, then
+# imagesearch-snapshot build --shard_count=2), one replica per shard with
+# --load_model=false and the router embedding with --model; the test then
+# also kills shard 1's replica and checks the page's error and partial answers.
 # Needs chromium (ci/install_deps.sh), node/npm and the npm registry once
 # (puppeteer-core, pinned in tests/e2e/web/package.json, goes to
 # BUILD_DIR/npm-web).
@@ -14,6 +19,11 @@ root="$(cd "$here/../.." && pwd)"
 (($# >= 4)) || fail "usage: $0 QUERY_BIN INDEXER_BIN DEFAULT_MODEL BUILD_DIR [SCREENSHOT_OUT]"
 abs() { echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; }
 QUERY="$(abs "$1")"; INDEXER="$(abs "$2")"; MODEL="$(abs "$3")"
+ROUTER=""; SNAPSHOT=""
+if (($# >= 6)); then
+  (($# == 7)) || fail "ROUTER_BIN needs SNAPSHOT_BIN"
+  ROUTER="$(abs "$6")"; SNAPSHOT="$(abs "$7")"
+fi
 mkdir -p "$4"; BUILD_DIR="$(cd "$4" && pwd)"
 SHOT="${5:-$BUILD_DIR/web_page_test.png}"
 mkdir -p "$(dirname "$SHOT")"; SHOT="$(abs "$SHOT")"
@@ -22,16 +32,17 @@ CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 command -v node >/dev/null || fail "node is not installed"
 
 TMP="$(mktemp -d)"
-QUERY_PID=""
+PIDS=()
 cleanup() {
-  local rc=$?
-  if [[ -n "$QUERY_PID" ]]; then
-    kill "$QUERY_PID" 2>/dev/null || true
-    wait "$QUERY_PID" 2>/dev/null || true
-  fi
-  if ((rc != 0)) && [[ -s "$TMP/query.log" ]]; then
-    echo "--- query service log (tail)" >&2
-    tail -n 20 "$TMP/query.log" >&2 || true
+  local rc=$? pid log
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if ((rc != 0)); then
+    for log in "$TMP"/*.log; do
+      [[ -s "$log" && "$log" != */indexer.log && "$log" != */build.log ]] || continue
+      echo "--- $(basename "$log") (tail)" >&2
+      tail -n 20 "$log" >&2 || true
+    done
   fi
   rm -rf "$TMP" || true
   exit "$rc"
@@ -56,16 +67,47 @@ r = json.loads(open(sys.argv[1]).readline())
 print(r["id"], r["path"])' "$TMP/corpus/manifest.jsonl")" || fail "cannot read the corpus manifest"
 read -r IMAGE_ID IMAGE_PATH <<<"$first"
 [[ -n "$IMAGE_ID" && -f "$TMP/corpus/$IMAGE_PATH" ]] || fail "no first image in the corpus manifest"
-"$INDEXER" --input="$TMP/corpus/manifest.jsonl" --root="$TMP/snap" --model="$MODEL" --progress=none \
-  --schema=class:keyword \
-  >"$TMP/indexer.log" 2>&1 || fail "indexer failed: $(tail -n 20 "$TMP/indexer.log")"
+router_env=()
+if [[ -z "$ROUTER" ]]; then
+  "$INDEXER" --input="$TMP/corpus/manifest.jsonl" --root="$TMP/snap" --model="$MODEL" --progress=none \
+    --schema=class:keyword \
+    >"$TMP/indexer.log" 2>&1 || fail "indexer failed: $(tail -n 20 "$TMP/indexer.log")"
+  # The query service with HTTP on a loopback port it picks; serving once gRPC listens.
+  start_query "$QUERY" "$TMP/query.log" --snapshot_root="$TMP/snap" --http_port=0
+  PIDS+=("$QUERY_PID")
+  PORT="$QUERY_HTTP_PORT"
+  what="query service"
+else
+  # The same images as a 2-shard collection, as the Indexed Job makes one.
+  "$INDEXER" --input="$TMP/corpus/manifest.jsonl" --model="$MODEL" --progress=none \
+    --shard=0/1 --embeddings_out="$TMP/emb" >"$TMP/indexer.log" 2>&1 ||
+    fail "indexer --embeddings_out failed: $(tail -n 20 "$TMP/indexer.log")"
+  "$SNAPSHOT" build --root="$TMP/coll" --shards="$TMP/emb" --model="$MODEL" --shard_count=2 \
+    --collection=photos --schema=class:keyword >"$TMP/build.log" 2>&1 ||
+    fail "snapshot build --shard_count=2 failed: $(tail -n 20 "$TMP/build.log")"
+  targets=()
+  for s in 0 1; do
+    start_query "$QUERY" "$TMP/shard$s.log" --snapshot_root="$TMP/coll/shard-$s-of-2" --load_model=false
+    PIDS+=("$QUERY_PID")
+    targets+=("127.0.0.1:$QUERY_PORT")
+  done
+  "$ROUTER" --host=127.0.0.1 --port=0 --http_port=0 --port_file="$TMP/router.ports" \
+    --shards="${targets[0]};${targets[1]}" --model="$MODEL" >"$TMP/router.out" 2>"$TMP/router.log" &
+  PIDS+=("$!")
+  PORT=""
+  for _ in $(seq 1 600); do
+    PORT="$(port_of "$TMP/router.ports" http)"
+    [[ -n "$PORT" ]] && break
+    kill -0 "${PIDS[-1]}" 2>/dev/null || fail "router exited: $(tail -n 20 "$TMP/router.log")"
+    sleep 0.1
+  done
+  [[ -n "$PORT" ]] || fail "router did not listen within 60 s: $(tail -n 20 "$TMP/router.log")"
+  router_env=(ROUTER_KILL_PID="${PIDS[1]}" ROUTER_KILL_SHARD=1)
+  what="router"
+fi
+curl -sf -o /dev/null "http://127.0.0.1:$PORT/ping" || fail "$what: /ping is not 200 on port $PORT"
 
-# The query service with HTTP on a loopback port it picks; serving once gRPC listens.
-start_query "$QUERY" "$TMP/query.log" --snapshot_root="$TMP/snap" --http_port=0
-PORT="$QUERY_HTTP_PORT"
-curl -sf -o /dev/null "http://127.0.0.1:$PORT/ping" || fail "query service: /ping is not 200 on port $PORT"
-
-WEB_NPM_DIR="$NPM_DIR" CHROMIUM="$CHROMIUM" node "$here/web_page_test.mjs" \
+env "${router_env[@]}" WEB_NPM_DIR="$NPM_DIR" CHROMIUM="$CHROMIUM" node "$here/web_page_test.mjs" \
   "http://127.0.0.1:$PORT" "$TMP/corpus/$IMAGE_PATH" "$IMAGE_ID" "$SHOT" "$TMP" ||
-  fail "web page checks failed"
-echo "PASS web_page_test (screenshot: $SHOT)"
+  fail "web page checks failed ($what)"
+echo "PASS web_page_test, $what (screenshot: $SHOT)"

@@ -267,6 +267,13 @@ TEST_CASE("With its own embedder the router embeds image queries itself", "[rout
   REQUIRE(got.ok());
   CHECK(Ids(*got) == Ids(c.Single(by_vector)));
   CHECK(embedder->calls() == 1);
+  // GetInfo says the router can embed, though the vector-only shards cannot.
+  auto info = Await<v1::GetInfoResponse>([&](router::Router::Done<v1::GetInfoResponse> d) {
+    r.GetInfo(absl::Now() + absl::Seconds(10), std::move(d));
+  });
+  REQUIRE(info.ok());
+  CHECK(info->model().loaded());
+  CHECK_FALSE(info->model().has_text());
 
   v1::SearchRequest by_text;
   by_text.set_text("a red dress");
