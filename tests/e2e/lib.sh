@@ -17,10 +17,12 @@ ensure_buf() {
   echo "$dir/node_modules/.bin/buf"
 }
 
-# start_query BINARY LOG ARGS...: starts the query service with ARGS on a
-# loopback gRPC port it picks (--port=0; ARGS may add --http_port=0), stderr
-# to LOG and stdout to LOG.out, and waits up to 120 s for its gRPC port,
-# which listens once the first snapshot is loaded. Sets QUERY_PID, QUERY_PORT
+# start_query BINARY LOG ARGS...: starts the query service (or
+# imagesearch-router, which takes the same --host/--port/--port_file) with
+# ARGS on a loopback gRPC port it picks (--port=0; ARGS may add
+# --http_port=0), stderr to LOG and stdout to LOG.out, and waits up to 120 s
+# for its gRPC port, which listens once the first snapshot is loaded (the
+# router: once it has found its shards). Sets QUERY_PID, QUERY_PORT
 # and QUERY_HTTP_PORT (empty without HTTP) from its --port_file, LOG.ports.
 start_query() {
   local bin="$1" log="$2"; shift 2

@@ -91,17 +91,10 @@ else
     PIDS+=("$QUERY_PID")
     targets+=("127.0.0.1:$QUERY_PORT")
   done
-  "$ROUTER" --host=127.0.0.1 --port=0 --http_port=0 --port_file="$TMP/router.ports" \
-    --shards="${targets[0]};${targets[1]}" --model="$MODEL" >"$TMP/router.out" 2>"$TMP/router.log" &
-  PIDS+=("$!")
-  PORT=""
-  for _ in $(seq 1 600); do
-    PORT="$(port_of "$TMP/router.ports" http)"
-    [[ -n "$PORT" ]] && break
-    kill -0 "${PIDS[-1]}" 2>/dev/null || fail "router exited: $(tail -n 20 "$TMP/router.log")"
-    sleep 0.1
-  done
-  [[ -n "$PORT" ]] || fail "router did not listen within 60 s: $(tail -n 20 "$TMP/router.log")"
+  start_query "$ROUTER" "$TMP/router.log" --http_port=0 --shards="${targets[0]};${targets[1]}" \
+    --model="$MODEL"
+  PIDS+=("$QUERY_PID")
+  PORT="$QUERY_HTTP_PORT"
   router_env=(ROUTER_KILL_PID="${PIDS[1]}" ROUTER_KILL_SHARD=1)
   what="router"
 fi

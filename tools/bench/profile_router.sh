@@ -36,19 +36,10 @@ for root in "$COLL"/shard-*-of-*; do
 done
 ((${#targets[@]} > 0)) || fail "no shard-<i>-of-<S> roots in $COLL"
 shards="$(IFS=';'; echo "${targets[*]}")"
-rm -f "$OUT/router.ports"
-"$ROUTER" --host=127.0.0.1 --port=0 --port_file="$OUT/router.ports" --shards="$shards" "$@" \
-  > "$OUT/router.out" 2> "$OUT/router.log" &
-router=$!
+start_query "$ROUTER" "$OUT/router.log" --shards="$shards" "$@"
+router="$QUERY_PID"
 pids+=("$router")
-port=""
-for _ in $(seq 1 600); do
-  port="$(port_of "$OUT/router.ports" grpc)"
-  [[ -n "$port" ]] && break
-  kill -0 "$router" 2>/dev/null || fail "router exited: $(tail -n 20 "$OUT/router.log")"
-  sleep 0.1
-done
-[[ -n "$port" ]] || fail "router did not listen within 60 s"
+port="$QUERY_PORT"
 
 # The load runs 2 s longer than the measurement on each side.
 "$BUILD/tools/loadgen/imagesearch-loadgen" --target="127.0.0.1:$port" --kind=vector \
