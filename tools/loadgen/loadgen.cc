@@ -181,7 +181,7 @@ class Recorder {
   std::string Progress(double now_s) {
     std::lock_guard<std::mutex> lock(mu_);
     int64_t ok = codes_.count("OK") ? codes_["OK"] : 0;
-    return absl::StrFormat("loadgen: %.0fs %d calls, %d ok", now_s, calls_total_, ok);
+    return absl::StrFormat("loadgen: %.2fs %d calls, %d ok", now_s, calls_total_, ok);
   }
 
   struct VersionSeen {
