@@ -244,6 +244,7 @@ async function main() {
 
   // 5. Through the router, one shard loses its only replica.
   const killPid = Number(process.env.ROUTER_KILL_PID || 0);
+  if (routed && !killPid) console.log('note: ROUTER_KILL_PID is not set: the shard-down checks do not run');
   if (routed && killPid) {
     phase = 'shard-down';
     const lost = Number(process.env.ROUTER_KILL_SHARD);

@@ -16,7 +16,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"
 root="$(cd "$here/../.." && pwd)"
 
-(($# >= 4)) || fail "usage: $0 QUERY_BIN INDEXER_BIN DEFAULT_MODEL BUILD_DIR [SCREENSHOT_OUT]"
+(($# >= 4)) || fail "usage: $0 QUERY_BIN INDEXER_BIN DEFAULT_MODEL BUILD_DIR [SCREENSHOT_OUT [ROUTER_BIN SNAPSHOT_BIN]]"
 abs() { echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; }
 QUERY="$(abs "$1")"; INDEXER="$(abs "$2")"; MODEL="$(abs "$3")"
 ROUTER=""; SNAPSHOT=""
@@ -86,16 +86,18 @@ else
     --collection=photos --schema=class:keyword >"$TMP/build.log" 2>&1 ||
     fail "snapshot build --shard_count=2 failed: $(tail -n 20 "$TMP/build.log")"
   targets=()
+  shard_pids=()
   for s in 0 1; do
     start_query "$QUERY" "$TMP/shard$s.log" --snapshot_root="$TMP/coll/shard-$s-of-2" --load_model=false
     PIDS+=("$QUERY_PID")
+    shard_pids+=("$QUERY_PID")
     targets+=("127.0.0.1:$QUERY_PORT")
   done
   start_query "$ROUTER" "$TMP/router.log" --http_port=0 --shards="${targets[0]};${targets[1]}" \
     --model="$MODEL"
   PIDS+=("$QUERY_PID")
   PORT="$QUERY_HTTP_PORT"
-  router_env=(ROUTER_KILL_PID="${PIDS[1]}" ROUTER_KILL_SHARD=1)
+  router_env=(ROUTER_KILL_PID="${shard_pids[1]}" ROUTER_KILL_SHARD=1)
   what="router"
 fi
 curl -sf -o /dev/null "http://127.0.0.1:$PORT/ping" || fail "$what: /ping is not 200 on port $PORT"

@@ -8,8 +8,9 @@
 # the router only (cpu-clock, so it works in VMs without a PMU).
 #
 # Usage: tools/bench/profile_router.sh BUILD_DIR COLLECTION QUERIES.npy OUT_DIR [ROUTER_BIN] [ROUTER_FLAGS...]
-# ROUTER_BIN defaults to BUILD_DIR's; give a wrapper script to run it under
-# another environment (LD_PRELOAD=..., say). CONCURRENCY, EF (32) and SECS
+# ROUTER_BIN defaults to BUILD_DIR's; a wrapper script can run it under
+# another environment (LD_PRELOAD=..., say) if it `exec`s the router (perf
+# watches the process started). CONCURRENCY, EF (32) and SECS
 # (5) come from the environment. Example (tools/bench/results/LOG.md, "Where
 # the router's CPU goes"):
 #   /usr/bin/python3 tools/bench/router_bench.py --build=build     # makes /tmp/router_bench
@@ -24,42 +25,42 @@ CONC="${CONCURRENCY:-1}"; EF="${EF:-32}"; SECS="${SECS:-5}"
 command -v perf > /dev/null || { echo "perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/../../tests/e2e/lib.sh"
+# shellcheck source=tools/bench/perf_windows.sh
+source "$(dirname "$0")/perf_windows.sh"
 mkdir -p "$OUT"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null || true' EXIT
 targets=()
-for root in "$COLL"/shard-*-of-*; do
-  start_query "$BUILD/services/query/imagesearch-query" "$OUT/$(basename "$root").log" \
+first=("$COLL"/shard-0-of-*)
+[[ -d "${first[0]}" ]] || fail "no shard-0-of-<S> root in $COLL"
+count="${first[0]##*-of-}"
+for ((i = 0; i < count; ++i)); do  # In shard order, as --shards must list them.
+  root="$COLL/shard-$i-of-$count"
+  start_query "$BUILD/services/query/imagesearch-query" "$OUT/shard-$i.log" \
     --snapshot_root="$root" --load_model=false
   pids+=("$QUERY_PID")
   targets+=("127.0.0.1:$QUERY_PORT")
 done
-((${#targets[@]} > 0)) || fail "no shard-<i>-of-<S> roots in $COLL"
 shards="$(IFS=';'; echo "${targets[*]}")"
 start_query "$ROUTER" "$OUT/router.log" --shards="$shards" "$@"
 router="$QUERY_PID"
 pids+=("$router")
 port="$QUERY_PORT"
 
-# The load runs 2 s longer than the measurement on each side.
+# Two windows of SECS under one load (which runs 2 s longer on each side):
+# the CPU, context switches and profile, then the system calls
+# (tools/bench/perf_windows.sh).
 "$BUILD/tools/loadgen/imagesearch-loadgen" --target="127.0.0.1:$port" --kind=vector \
-  --vectors="$QUERIES" --concurrency="$CONC" --ef="$EF" --duration_s="$((SECS + 4))" --warmup_s=1 \
-  > "$OUT/loadgen.txt" 2>&1 &
+  --vectors="$QUERIES" --concurrency="$CONC" --ef="$EF" --duration_s="$((2 * SECS + 4))" --warmup_s=1 \
+  --report_every_s=0.25 > "$OUT/loadgen.txt" 2>&1 &
 load=$!
+t0="$(date +%s.%N)"
 sleep 2
-events=context-switches,cpu-clock
-for call in sendmsg recvmsg epoll_wait futex read write; do events+=",syscalls:sys_enter_$call"; done
-perf stat -e "$events" -p "$router" -o "$OUT/stat.txt" -- sleep "$SECS" 2> /dev/null &
-perf record -F 2000 -g -p "$router" -o "$OUT/perf.data" -- sleep "$SECS" > /dev/null 2>&1
-wait $!
+perf_windows "$router" "$OUT" "$SECS" sendmsg recvmsg epoll_wait futex read write
 wait "$load"
-tail -1 "$OUT/loadgen.txt"
-rate="$(sed -n 's/.*: \([0-9.]*\) calls\/s.*/\1/p' "$OUT/loadgen.txt" | tail -1)"
-awk -v r="${rate:-0}" -v t="$SECS" '
-  r > 0 && $3 == "cpu-clock" { gsub(",", "", $1); printf "router CPU: %.0f us per query\n", $1 * 1000 / (r * t) }
-  r > 0 && ($2 == "context-switches" || $2 ~ /^syscalls:sys_enter_/) {
-    gsub(",", "", $1); name = $2; sub("syscalls:sys_enter_", "", name)
-    printf "%s: %.2f per query\n", name, $1 / (r * t) }' "$OUT/stat.txt"
+grep -v '^loadgen: ' "$OUT/loadgen.txt" | tail -1
+per_call_report "$OUT" "$OUT/loadgen.txt" "$t0" query queries
+echo "router CPU: $CPU_US_PER_CALL us per query"
 echo "share of the router's CPU by DSO:"
 perf report -i "$OUT/perf.data" --no-children --sort dso --stdio 2> /dev/null | grep -E '^ +[0-9.]+%' | head -8
 echo "by thread:"
