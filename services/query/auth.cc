@@ -1,5 +1,6 @@
 #include "services/query/auth.h"
 
+#include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
 #include <openssl/bio.h>
 #include <openssl/crypto.h>
@@ -18,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "libs/common/file_util.h"
 #include "libs/common/log.h"
+#include "libs/common/status_macros.h"
 
 namespace imagesearch {
 namespace {
@@ -192,22 +194,47 @@ absl::Status ConfigureServerSslContext(SSL_CTX* ctx, const TlsFiles& tls) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<BearerToken> BearerToken::FromFile(const std::string& path) {
-  auto text = ReadFileToString(path, 64 << 10);
-  if (!text.ok()) {
-    return absl::Status(
-        text.status().code(),
-        absl::StrCat("--auth_token_file=", path, ": cannot read: ", text.status().message()));
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> LoadClientTlsFlags(
+    absl::string_view flag, const std::string& ca_file, const std::string& cert_file,
+    const std::string& key_file) {
+  const std::string ca_flag = absl::StrCat(flag, "_ca"), cert_flag = absl::StrCat(flag, "_cert"),
+                    key_flag = absl::StrCat(flag, "_key");
+  if (ca_file.empty()) {
+    if (!cert_file.empty() || !key_file.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", cert_flag, " and --", key_flag, " need --", ca_flag));
+    }
+    return grpc::InsecureChannelCredentials();
   }
-  auto token = FromString(*text);
-  if (!token.ok()) {
+  if (cert_file.empty() != key_file.empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--auth_token_file=", path, ": ", token.status().message()));
+        absl::StrCat("--", cert_flag, " and --", key_flag, " go together"));
   }
-  return token;
+  grpc::SslCredentialsOptions ssl;
+  ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPemFile(ca_flag, ca_file));
+  if (ReadCerts(ssl.pem_root_certs).empty()) {
+    return PemError(ca_flag, ca_file, "holds no PEM CA certificate (BEGIN CERTIFICATE)");
+  }
+  if (!cert_file.empty()) {
+    ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadPemFile(cert_flag, cert_file));
+    if (ReadCerts(ssl.pem_cert_chain).empty()) {
+      return PemError(cert_flag, cert_file, "holds no PEM certificate (BEGIN CERTIFICATE)");
+    }
+    ASSIGN_OR_RETURN(ssl.pem_private_key, ReadPemFile(key_flag, key_file));
+    BioPtr key_bio = MemBio(ssl.pem_private_key);
+    PkeyPtr key(PEM_read_bio_PrivateKey(key_bio.get(), nullptr, NoPassphrase, nullptr));
+    if (key == nullptr) {
+      return PemError(key_flag, key_file,
+                      absl::StrCat("holds no unencrypted PEM private key (", OpenSslErrors(), ")"));
+    }
+  }
+  return grpc::SslCredentials(ssl);
 }
 
-absl::StatusOr<BearerToken> BearerToken::FromString(absl::string_view text) {
+namespace {
+
+// The token's checks; the token without surrounding whitespace.
+absl::StatusOr<absl::string_view> CheckedToken(absl::string_view text) {
   const absl::string_view token = absl::StripAsciiWhitespace(text);
   if (token.empty()) return absl::InvalidArgumentError("the token is empty");
   for (char c : token) {
@@ -216,6 +243,33 @@ absl::StatusOr<BearerToken> BearerToken::FromString(absl::string_view text) {
           "the token must be one line of visible ASCII characters, without spaces");
     }
   }
+  return token;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ReadBearerTokenFile(absl::string_view flag, const std::string& path) {
+  auto text = ReadFileToString(path, 64 << 10);
+  if (!text.ok()) {
+    return absl::Status(
+        text.status().code(),
+        absl::StrCat("--", flag, "=", path, ": cannot read: ", text.status().message()));
+  }
+  auto token = CheckedToken(*text);
+  if (!token.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, "=", path, ": ", token.status().message()));
+  }
+  return std::string(*token);
+}
+
+absl::StatusOr<BearerToken> BearerToken::FromFile(const std::string& path) {
+  ASSIGN_OR_RETURN(const std::string token, ReadBearerTokenFile("auth_token_file", path));
+  return FromString(token);
+}
+
+absl::StatusOr<BearerToken> BearerToken::FromString(absl::string_view text) {
+  ASSIGN_OR_RETURN(const absl::string_view token, CheckedToken(text));
   if (token.size() < 16) {
     LogWarning("the bearer token has only ", token.size(),
                " characters; use a long random one (openssl rand -hex 32)");

@@ -25,6 +25,7 @@
 typedef struct ssl_ctx_st SSL_CTX;  // OpenSSL's, as <openssl/types.h> declares it.
 
 namespace grpc {
+class ChannelCredentials;
 class ServerCredentials;
 }  // namespace grpc
 
@@ -65,6 +66,20 @@ absl::Status ConfigureServerSslContext(SSL_CTX* ctx, const TlsFiles& tls);
 // gRPC server credentials: plaintext for null, else TLS with the checked
 // files (and with mTLS a required, verified client certificate).
 std::shared_ptr<grpc::ServerCredentials> GrpcServerCredentials(const TlsFiles* tls);
+
+// Credentials of a client's channels to servers of ours, from a binary's
+// --<flag>_ca, --<flag>_cert and --<flag>_key (imagesearch-router toward its
+// shards: flag "shard_tls"): plaintext when all are empty; else TLS trusting
+// the CA file's certificates, and with both cert and key a client
+// certificate (for servers that require one). Errors name the flag and file.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> LoadClientTlsFlags(
+    absl::string_view flag, const std::string& ca_file, const std::string& cert_file,
+    const std::string& key_file);
+
+// The token in the file of --<flag> (its contents without surrounding
+// whitespace), checked as BearerToken::FromString checks it; for a client
+// that sends it.
+absl::StatusOr<std::string> ReadBearerTokenFile(absl::string_view flag, const std::string& path);
 
 // A bearer token, kept only as its SHA-256 digest.
 class BearerToken {

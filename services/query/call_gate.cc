@@ -1,6 +1,7 @@
 #include "services/query/call_gate.h"
 
 #include <utility>
+#include <vector>
 
 #include "absl/time/time.h"
 
@@ -19,6 +20,18 @@ absl::Status CallGate::Authenticate(absl::string_view front, absl::string_view m
                             "<token>'"
                           : "missing or invalid bearer token: send the header 'Authorization: "
                             "Bearer <token>'"));
+}
+
+absl::Status CallGate::AuthenticateGrpc(const grpc::ServerContextBase& context,
+                                        absl::string_view method) const {
+  if (token_ == nullptr) return absl::OkStatus();
+  // Metadata keys arrive lower-case; a call may repeat a key.
+  std::vector<absl::string_view> authorization;
+  const auto& metadata = context.client_metadata();
+  for (auto [it, end] = metadata.equal_range("authorization"); it != end; ++it) {
+    authorization.emplace_back(it->second.data(), it->second.size());
+  }
+  return Authenticate("grpc", method, authorization);
 }
 
 absl::Status CallGate::Refuse(absl::string_view front, absl::string_view method,

@@ -17,6 +17,8 @@
 #ifndef IMAGESEARCH_SERVICES_QUERY_CALL_GATE_H_
 #define IMAGESEARCH_SERVICES_QUERY_CALL_GATE_H_
 
+#include <grpcpp/server_context.h>
+
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
@@ -36,6 +38,10 @@ class CallGate {
   // UNAUTHENTICATED, telling the client how to send it, and counted.
   absl::Status Authenticate(absl::string_view front, absl::string_view method,
                             absl::Span<const absl::string_view> authorization) const;
+
+  // Authenticate for a gRPC call: every "authorization" value in its metadata.
+  absl::Status AuthenticateGrpc(const grpc::ServerContextBase& context,
+                                absl::string_view method) const;
 
   // Counts `status` as a refusal of (front, method) and returns it.
   absl::Status Refuse(absl::string_view front, absl::string_view method, absl::Status status) const;

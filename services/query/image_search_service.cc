@@ -37,17 +37,7 @@ grpc::ServerUnaryReactor* ImageSearchService::Serve(
     reactor->Finish(ToGrpc(status));
     return reactor;
   };
-  if (gate_.requires_token()) {
-    // Metadata keys arrive lower-case; a call may repeat a key.
-    std::vector<absl::string_view> authorization;
-    const auto& metadata = context->client_metadata();
-    for (auto [it, end] = metadata.equal_range("authorization"); it != end; ++it) {
-      authorization.emplace_back(it->second.data(), it->second.size());
-    }
-    if (absl::Status s = gate_.Authenticate("grpc", method, authorization); !s.ok()) {
-      return refuse(s);
-    }
-  }
+  if (absl::Status s = gate_.AuthenticateGrpc(*context, method); !s.ok()) return refuse(s);
   struct Call {
     Request request;
     Response response;

@@ -28,7 +28,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -38,7 +37,6 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "libs/common/binary_main.h"
-#include "libs/common/file_util.h"
 #include "libs/common/log.h"
 #include "libs/serving/metrics.h"
 #include "libs/serving/model_plugin.h"
@@ -181,13 +179,7 @@ class RouterService final : public v1::ImageSearch::CallbackService {
   // Without the token (when one is required): UNAUTHENTICATED, counted.
   bool Refused(grpc::CallbackServerContext* context, const char* method,
                grpc::ServerUnaryReactor* reactor) {
-    if (!gate_.requires_token()) return false;
-    std::vector<absl::string_view> authorization;
-    const auto& metadata = context->client_metadata();
-    for (auto [it, end] = metadata.equal_range("authorization"); it != end; ++it) {
-      authorization.emplace_back(it->second.data(), it->second.size());
-    }
-    const absl::Status s = gate_.Authenticate("grpc", method, authorization);
+    const absl::Status s = gate_.AuthenticateGrpc(*context, method);
     if (s.ok()) return false;
     reactor->Finish(ToGrpc(s));
     return true;
@@ -250,37 +242,6 @@ class ShardMetrics final : public ShardObserver {
   serving::Metrics* const metrics_;
 };
 
-// The credentials of the channels to the shards' replicas: plaintext, TLS
-// (--shard_tls_ca) or mutual TLS (and --shard_tls_cert/--shard_tls_key).
-absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ShardCredentials() {
-  const std::string ca = absl::GetFlag(FLAGS_shard_tls_ca);
-  const std::string cert = absl::GetFlag(FLAGS_shard_tls_cert);
-  const std::string key = absl::GetFlag(FLAGS_shard_tls_key);
-  if (ca.empty()) {
-    if (!cert.empty() || !key.empty()) {
-      return absl::InvalidArgumentError("--shard_tls_cert and --shard_tls_key need --shard_tls_ca");
-    }
-    return std::shared_ptr<grpc::ChannelCredentials>(grpc::InsecureChannelCredentials());
-  }
-  if (cert.empty() != key.empty()) {
-    return absl::InvalidArgumentError("--shard_tls_cert and --shard_tls_key go together");
-  }
-  grpc::SslCredentialsOptions ssl;
-  for (auto [flag, path, out] : {std::tuple{"--shard_tls_ca", &ca, &ssl.pem_root_certs},
-                                 std::tuple{"--shard_tls_cert", &cert, &ssl.pem_cert_chain},
-                                 std::tuple{"--shard_tls_key", &key, &ssl.pem_private_key}}) {
-    if (path->empty()) continue;
-    absl::StatusOr<std::string> pem = ReadFileToString(*path, 1 << 20);
-    if (!pem.ok())
-      return absl::InvalidArgumentError(absl::StrCat(flag, ": ", pem.status().message()));
-    if (pem->find("-----BEGIN ") == std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat(flag, "=", *path, " holds no PEM block"));
-    }
-    *out = *std::move(pem);
-  }
-  return grpc::SslCredentials(ssl);
-}
-
 int Run() {
   sigset_t signals;
   sigemptyset(&signals);
@@ -308,7 +269,10 @@ int Run() {
     return 2;
   }
   const std::optional<TlsFiles> tls = *std::move(loaded_tls);
-  if (absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> c = ShardCredentials(); !c.ok()) {
+  if (auto c = LoadClientTlsFlags("shard_tls", absl::GetFlag(FLAGS_shard_tls_ca),
+                                  absl::GetFlag(FLAGS_shard_tls_cert),
+                                  absl::GetFlag(FLAGS_shard_tls_key));
+      !c.ok()) {
     LogError(c.status().message());
     return 2;
   } else {
@@ -324,15 +288,12 @@ int Run() {
     token = *std::move(loaded);
   }
   if (const std::string file = absl::GetFlag(FLAGS_shard_token_file); !file.empty()) {
-    absl::StatusOr<std::string> text = ReadFileToString(file, 4096);
-    const std::string shard_token(absl::StripAsciiWhitespace(text.ok() ? *text : ""));
-    const absl::Status read =
-        text.ok() ? BearerToken::FromString(shard_token).status() : text.status();
-    if (!read.ok()) {
-      LogError("--shard_token_file: ", read.message());
+    absl::StatusOr<std::string> shard_token = ReadBearerTokenFile("shard_token_file", file);
+    if (!shard_token.ok()) {
+      LogError(shard_token.status().message());
       return 1;
     }
-    options.shard.authorization = absl::StrCat("Bearer ", shard_token);
+    options.shard.authorization = absl::StrCat("Bearer ", *shard_token);
   }
   serving::Metrics metrics(kImagesearchVersion);
   ShardMetrics shard_metrics(&metrics);

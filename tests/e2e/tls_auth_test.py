@@ -402,6 +402,27 @@ def startup_errors(root, work, p):
         check(want in out.stderr, f"{flags}: {want!r} not in {out.stderr!r}")
         check("listening" not in out.stdout, f"{flags}: started anyway: {out.stdout!r}")
     ok(f"startup errors: {len(cases)} bad configurations exit non-zero with a clear message")
+    # The router's flags toward its shards fail the same way, before it looks for them.
+    router_cases = [
+        ([f"--shard_tls_cert={p('client.crt')}", f"--shard_tls_key={p('client.key')}"],
+         "need --shard_tls_ca"),
+        ([f"--shard_tls_ca={p('ca.crt')}", f"--shard_tls_cert={p('client.crt')}"], "go together"),
+        ([f"--shard_tls_ca={garbage}"], "--shard_tls_ca=" + garbage + ": holds no PEM CA certificate"),
+        ([f"--shard_tls_ca={p('ca.crt')}", f"--shard_tls_cert={p('client.crt')}",
+          f"--shard_tls_key={garbage}"], "no unencrypted PEM private key"),
+        ([f"--shard_tls_ca={missing}"], "cannot read"),
+        ([f"--shard_token_file={empty}"], "--shard_token_file=" + empty + ": the token is empty"),
+    ]
+    for flags, want in router_cases:
+        out = subprocess.run([ROUTER, "--shards=127.0.0.1:1;127.0.0.1:2", "--host=127.0.0.1",
+                              "--port=0", "--startup_timeout_s=5", *flags],
+                             capture_output=True, text=True, timeout=30)
+        check(out.returncode > 0, f"router {flags}: exit {out.returncode}, stderr {out.stderr!r}")
+        check(want in out.stderr, f"router {flags}: {want!r} not in {out.stderr!r}")
+        check("waiting for the shards" not in out.stderr,
+              f"router {flags}: looked for its shards first: {out.stderr!r}")
+    ok(f"router startup errors: {len(router_cases)} bad shard TLS or token flags exit non-zero "
+       "with a clear message")
 
 
 def main():
