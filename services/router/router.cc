@@ -10,13 +10,14 @@
 #include "absl/strings/strip.h"
 #include "libs/index/metric.h"
 #include "libs/serving/query_core.h"
+#include "libs/serving/query_engine.h"
 #include "libs/snapshot/shard.h"
 
 namespace imagesearch::router {
 namespace {
 
-constexpr uint32_t kDefaultTopK = 10;
-constexpr uint32_t kMaxTopK = 1000;  // As a replica's (libs/serving).
+using serving::kDefaultTopK;
+using serving::kMaxTopK;
 // A replica's limits on Embed calls and payloads, which the router applies
 // to what it embeds itself and to the calls it splits.
 const serving::QueryCoreOptions kReplicaLimits;
