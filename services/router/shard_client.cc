@@ -16,7 +16,6 @@
 namespace imagesearch::router {
 namespace {
 
-constexpr size_t kLatencyRing = 512;
 constexpr absl::Duration kResolveEvery = absl::Seconds(5);
 
 bool IsIpLiteral(absl::string_view host) {
@@ -116,7 +115,6 @@ grpc::Status ToGrpc(const absl::Status& s) {
 ShardClient::ShardClient(uint32_t index, const std::string& target,
                          const ShardClientOptions& options)
     : index_(index), target_(target), options_(options) {
-  latencies_us_.reserve(kLatencyRing);
   auto set = std::make_shared<Replicas>();
   absl::string_view t = target;
   if (absl::StrContains(t, ',')) {  // A static list.
@@ -227,15 +225,9 @@ size_t ShardClient::Pick(const Replicas& set, const std::vector<size_t>& tried) 
 
 void ShardClient::Record(const std::string& peer, absl::Duration latency, bool ok) {
   if (!ok) return;
-  const int64_t us = absl::ToInt64Microseconds(latency);
   const absl::Time now = absl::Now();
   std::lock_guard<std::mutex> lock(mu_);
-  if (latencies_us_.size() < kLatencyRing) {
-    latencies_us_.push_back(us);
-  } else {
-    latencies_us_[next_] = us;
-    next_ = (next_ + 1) % kLatencyRing;
-  }
+  latencies_.Add(latency);
   // The hedge delay is the p95 of the shard's fastest replica, each
   // replica's taken again every kP95Every of its answers (a call only reads
   // the result). Not the shard's p95 over all replicas: a replica turning
@@ -243,18 +235,10 @@ void ShardClient::Record(const std::string& peer, absl::Duration latency, bool o
   // answers would win, raising it further.
   PeerLatency& p = peers_[peer];
   p.last = now;
-  if (p.ring.size() < kPeerRing) {
-    p.ring.push_back(us);
-  } else {
-    p.ring[p.next] = us;
-    p.next = (p.next + 1) % kPeerRing;
-  }
+  p.ring.Add(latency);
   if (++p.since >= kP95Every || p.ring.size() == kMinSamplesForP95) {
     p.since = 0;
-    std::vector<int64_t> sorted = p.ring;
-    const size_t at = std::min(sorted.size() - 1, sorted.size() * 95 / 100);
-    std::nth_element(sorted.begin(), sorted.begin() + static_cast<long>(at), sorted.end());
-    p.p95 = absl::Microseconds(sorted[at]);
+    p.p95 = p.ring.Quantile(0.95);
     // The fastest replica heard from lately (a replica gone for a while, or
     // replaced at a new address, stops counting).
     hedge_p95_ = absl::InfiniteDuration();
@@ -270,17 +254,16 @@ void ShardClient::Record(const std::string& peer, absl::Duration latency, bool o
 }
 
 ShardStats ShardClient::Stats() const {
-  std::vector<int64_t> sorted;
   ShardStats out;
+  decltype(latencies_) latencies;  // A copy: the quantiles are taken outside the lock.
   {
     std::lock_guard<std::mutex> lock(mu_);
     out = stats_;
-    sorted = latencies_us_;
+    latencies = latencies_;
   }
-  if (!sorted.empty()) {
-    std::sort(sorted.begin(), sorted.end());
-    out.p50 = absl::Microseconds(sorted[sorted.size() / 2]);
-    out.p95 = absl::Microseconds(sorted[std::min(sorted.size() - 1, sorted.size() * 95 / 100)]);
+  if (latencies.size() > 0) {
+    out.p50 = latencies.Quantile(0.5);
+    out.p95 = latencies.Quantile(0.95);
   }
   return out;
 }

@@ -162,18 +162,44 @@ class ShardClient {
   std::condition_variable resolver_cv_;
   bool stopping_ = false;  // Guarded by resolver_mu_.
   std::thread resolver_;
+  // The latest `Capacity` latencies, the oldest overwritten first.
+  template <size_t Capacity>
+  class LatencyRing {
+   public:
+    LatencyRing() { us_.reserve(Capacity); }
+    void Add(absl::Duration latency) {
+      const int64_t us = absl::ToInt64Microseconds(latency);
+      if (us_.size() < Capacity) {
+        us_.push_back(us);
+      } else {
+        us_[next_] = us;
+        next_ = (next_ + 1) % Capacity;
+      }
+    }
+    size_t size() const { return us_.size(); }
+    // The q-quantile (0 to 1) of the latencies held. REQUIRES: size() > 0.
+    absl::Duration Quantile(double q) const {
+      std::vector<int64_t> sorted = us_;
+      const size_t at =
+          std::min(sorted.size() - 1, static_cast<size_t>(static_cast<double>(sorted.size()) * q));
+      std::nth_element(sorted.begin(), sorted.begin() + static_cast<long>(at), sorted.end());
+      return absl::Microseconds(sorted[at]);
+    }
+
+   private:
+    std::vector<int64_t> us_;
+    size_t next_ = 0;
+  };
+
   mutable std::mutex mu_;
-  std::vector<int64_t> latencies_us_;  // A ring of recent answers' latencies.
-  size_t next_ = 0;
+  LatencyRing<512> latencies_;  // The shard's recent answers, for Stats.
   // Per replica, for the hedge delay.
   struct PeerLatency {
-    std::vector<int64_t> ring;  // Recent latencies, microseconds.
-    size_t next = 0;
+    LatencyRing<256> ring;
     size_t since = 0;  // Answers since p95 was taken.
     absl::Duration p95 = absl::InfiniteDuration();
     absl::Time last;  // Of its latest answer.
   };
-  static constexpr size_t kPeerRing = 256;
   static constexpr size_t kP95Every = 32;
   static constexpr absl::Duration kPeerForgetAfter = absl::Seconds(30);
   std::map<std::string, PeerLatency> peers_;
