@@ -284,12 +284,15 @@ TEST_CASE("With its own embedder the router embeds image queries itself", "[rout
   CHECK(absl::IsInvalidArgument(refused.status()));
   CHECK(refused.status().message() == "query image is empty");
 
+  auto embed = [&](const v1::EmbedRequest& req) {
+    return Await<v1::EmbedResponse>([&](router::Router::Done<v1::EmbedResponse> d) {
+      r.Embed(req, absl::Now() + absl::Seconds(10), std::move(d));
+    });
+  };
   v1::EmbedRequest mixed;
   mixed.add_inputs()->set_id("row7");
   mixed.add_inputs()->set_image("x");
-  auto embedded = Await<v1::EmbedResponse>([&](router::Router::Done<v1::EmbedResponse> d) {
-    r.Embed(mixed, absl::Now() + absl::Seconds(10), std::move(d));
-  });
+  auto embedded = embed(mixed);
   REQUIRE(embedded.ok());
   REQUIRE(embedded->embeddings_size() == 2);
   CHECK(embedded->embeddings(0).values_size() == kDim);
@@ -297,11 +300,6 @@ TEST_CASE("With its own embedder the router embeds image queries itself", "[rout
                    by_vector.vector().values().begin()));
 
   // Errors name the request's own input, whichever part of it failed.
-  auto embed = [&](const v1::EmbedRequest& req) {
-    return Await<v1::EmbedResponse>([&](router::Router::Done<v1::EmbedResponse> d) {
-      r.Embed(req, absl::Now() + absl::Seconds(10), std::move(d));
-    });
-  };
   v1::EmbedRequest empty_image;
   empty_image.add_inputs()->set_id("row7");
   empty_image.add_inputs()->set_image("");

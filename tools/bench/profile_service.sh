@@ -49,7 +49,7 @@ wait "$load"
 grep -v '^loadgen: ' "$OUT/loadgen.txt" | tail -1
 per_call_report "$OUT" "$OUT/loadgen.txt" "$t0" call calls
 # The part of the CPU outside the search: the cost of a call beyond the
-# search itself (issue 23 asks <= 40 us). The search is every sample in a
+# search itself (the target is <= 40 us). The search is every sample in a
 # symbol of imagesearch::index (the searcher, its distance kernels and heaps).
 search_pct="$(perf report -i "$OUT/perf.data" --no-children --sort sym --stdio 2> /dev/null |
   awk '/^ +[0-9.]+%/ && /imagesearch::index::/ { sub("%", "", $1); s += $1 } END { printf "%.2f", s }')"
