@@ -46,8 +46,6 @@ class CallGate {
   // Counts `status` as a refusal of (front, method) and returns it.
   absl::Status Refuse(absl::string_view front, absl::string_view method, absl::Status status) const;
 
-  bool requires_token() const { return token_ != nullptr; }
-
  private:
   const BearerToken* const token_;
   serving::Metrics* const metrics_;
