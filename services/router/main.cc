@@ -18,9 +18,7 @@
 // run with --load_model=false). Tokens and TLS as a replica's
 // (--auth_token_file, --tls_cert/--tls_key/--tls_client_ca), and toward the
 // shards --shard_token_file and --shard_tls_ca (+ cert and key for mTLS).
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 
 #include <atomic>
@@ -43,7 +41,10 @@
 #include "services/query/auth.h"
 #include "services/query/call_gate.h"
 #include "services/query/http_frontend.h"
+#include "services/router/completion_threads.h"
+#include "services/router/health_reflection.h"
 #include "services/router/router.h"
+#include "services/router/served_call.h"
 
 ABSL_FLAG(std::string, shards, "",
           "The shards in order, ';'-separated; each a gRPC target of its replicas "
@@ -66,6 +67,11 @@ ABSL_FLAG(int, hedge_after_ms, 0,
 ABSL_FLAG(
     int, retries, 2,
     "Retries of a shard call that fails with UNAVAILABLE (each on a replica it has not tried).");
+ABSL_FLAG(int, threads, 1,
+          "Threads that serve gRPC calls and take the shards' answers, on one completion "
+          "queue. One thread sends and takes every call of a query itself; with more, gRPC "
+          "1.51 hands events between them (~3x the context switches and twice the CPU per "
+          "query measured): add router replicas before threads.");
 ABSL_FLAG(int, default_timeout_ms, 10000, "Deadline of calls that set none.");
 ABSL_FLAG(int, startup_timeout_s, 120,
           "Give up (exit 1) when the shards have not all answered by then.");
@@ -107,8 +113,8 @@ ABSL_FLAG(int, max_delay_us, 2000, "Longest wait for more queries after the firs
 namespace imagesearch::router {
 namespace {
 
-absl::Time Deadline(const grpc::CallbackServerContext* context) {
-  const auto d = context->deadline();
+absl::Time Deadline(const grpc::ServerContextBase& context) {
+  const auto d = context.deadline();
   if (d == std::chrono::system_clock::time_point::max()) {
     return absl::Now() + absl::Milliseconds(absl::GetFlag(FLAGS_default_timeout_ms));
   }
@@ -129,74 +135,100 @@ Router::Done<Response> Tracked(serving::Metrics* metrics, const char* front, con
   };
 }
 
-class RouterService final : public v1::ImageSearch::CallbackService {
+// The public ImageSearch API over the router, every method on gRPC's
+// asynchronous API and the router's completion threads.
+class RouterService {
  public:
   RouterService(Router* router, serving::Metrics* metrics, const BearerToken* token)
       : router_(router), metrics_(metrics), gate_(token, metrics) {}
 
-  grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* context,
-                                   const v1::SearchRequest* request,
-                                   v1::SearchResponse* response) override {
-    auto* reactor = context->DefaultReactor();
-    if (Refused(context, "Search", reactor)) return reactor;
-    router_->Search(*request, Deadline(context), Finisher("Search", reactor, response));
-    return reactor;
-  }
-  grpc::ServerUnaryReactor* SearchBatch(grpc::CallbackServerContext* context,
-                                        const v1::SearchBatchRequest* request,
-                                        v1::SearchBatchResponse* response) override {
-    auto* reactor = context->DefaultReactor();
-    if (Refused(context, "SearchBatch", reactor)) return reactor;
-    router_->SearchBatch(*request, Deadline(context), Finisher("SearchBatch", reactor, response));
-    return reactor;
-  }
-  grpc::ServerUnaryReactor* Embed(grpc::CallbackServerContext* context,
-                                  const v1::EmbedRequest* request,
-                                  v1::EmbedResponse* response) override {
-    auto* reactor = context->DefaultReactor();
-    if (Refused(context, "Embed", reactor)) return reactor;
-    router_->Embed(*request, Deadline(context), Finisher("Embed", reactor, response));
-    return reactor;
-  }
-  grpc::ServerUnaryReactor* GetInfo(grpc::CallbackServerContext* context, const v1::GetInfoRequest*,
-                                    v1::GetInfoResponse* response) override {
-    auto* reactor = context->DefaultReactor();
-    if (Refused(context, "GetInfo", reactor)) return reactor;
-    router_->GetInfo(Deadline(context), Finisher("GetInfo", reactor, response));
-    return reactor;
-  }
-  grpc::ServerUnaryReactor* GetThumbnail(grpc::CallbackServerContext* context,
-                                         const v1::GetThumbnailRequest* request,
-                                         v1::GetThumbnailResponse* response) override {
-    auto* reactor = context->DefaultReactor();
-    if (Refused(context, "Thumbnail", reactor)) return reactor;
-    router_->GetThumbnail(request->id(), Deadline(context),
-                          Finisher("Thumbnail", reactor, response));
-    return reactor;
+  grpc::Service* service() { return &service_; }
+
+  // Once the server is built: asks each queue for each method's calls
+  // (kAwaiting of each at a time, so a burst does not wait on the re-arming).
+  void Start(CompletionThreads* threads) {
+    static constexpr int kAwaiting = 2;
+    for (size_t q = 0; q < threads->size(); ++q) {
+      for (int k = 0; k < kAwaiting; ++k) {
+        ServedCall<v1::SearchRequest, v1::SearchResponse>::Await(&search_, threads,
+                                                                 threads->server_queue(q));
+        ServedCall<v1::SearchBatchRequest, v1::SearchBatchResponse>::Await(
+            &search_batch_, threads, threads->server_queue(q));
+        ServedCall<v1::EmbedRequest, v1::EmbedResponse>::Await(&embed_, threads,
+                                                               threads->server_queue(q));
+        ServedCall<v1::GetInfoRequest, v1::GetInfoResponse>::Await(&get_info_, threads,
+                                                                   threads->server_queue(q));
+        ServedCall<v1::GetThumbnailRequest, v1::GetThumbnailResponse>::Await(
+            &thumbnail_, threads, threads->server_queue(q));
+      }
+    }
   }
 
  private:
-  // Without the token (when one is required): UNAUTHENTICATED, counted.
-  bool Refused(grpc::CallbackServerContext* context, const char* method,
-               grpc::ServerUnaryReactor* reactor) {
-    const absl::Status s = gate_.AuthenticateGrpc(*context, method);
-    if (s.ok()) return false;
-    reactor->Finish(ToGrpc(s));
-    return true;
+  using Async = v1::ImageSearch::AsyncService;
+
+  // A method: refused without the token (when one is required), else
+  // answered by `answer`, counted under ("grpc", name, code) either way.
+  template <typename Request, typename Response>
+  Method<Request, Response> Make(
+      const char* name,
+      void (Async::*request)(grpc::ServerContext*, Request*,
+                             grpc::ServerAsyncResponseWriter<Response>*, grpc::CompletionQueue*,
+                             grpc::ServerCompletionQueue*, void*),
+      std::function<void(const Request&, absl::Time, Router::Done<Response>)> answer) {
+    Method<Request, Response> m;
+    m.name = name;
+    m.request = [this, request](grpc::ServerContext* c, Request* q,
+                                grpc::ServerAsyncResponseWriter<Response>* w,
+                                grpc::ServerCompletionQueue* queue,
+                                void* tag) { (service_.*request)(c, q, w, queue, queue, tag); };
+    m.answer = [this, name, answer = std::move(answer)](
+                   const grpc::ServerContext& c, const Request& q, Router::Done<Response> done) {
+      if (absl::Status s = gate_.AuthenticateGrpc(c, name); !s.ok()) return done(s);
+      answer(q, Deadline(c), Tracked<Response>(metrics_, "grpc", name, std::move(done)));
+    };
+    return m;
   }
-  template <typename Response>
-  Router::Done<Response> Finisher(const char* method, grpc::ServerUnaryReactor* reactor,
-                                  Response* response) {
-    return Tracked<Response>(metrics_, "grpc", method,
-                             [reactor, response](absl::StatusOr<Response> r) {
-                               if (!r.ok()) return reactor->Finish(ToGrpc(r.status()));
-                               *response = std::move(*r);
-                               reactor->Finish(grpc::Status::OK);
-                             });
-  }
-  Router* router_;
-  serving::Metrics* metrics_;
+
+  Router* const router_;
+  serving::Metrics* const metrics_;
   const CallGate gate_;
+  Async service_;
+  const Method<v1::SearchRequest, v1::SearchResponse> search_ =
+      Make<v1::SearchRequest, v1::SearchResponse>(
+          "Search", &Async::RequestSearch,
+          [this](const v1::SearchRequest& q, absl::Time deadline,
+                 Router::Done<v1::SearchResponse> done) {
+            router_->Search(q, deadline, std::move(done));
+          });
+  const Method<v1::SearchBatchRequest, v1::SearchBatchResponse> search_batch_ =
+      Make<v1::SearchBatchRequest, v1::SearchBatchResponse>(
+          "SearchBatch", &Async::RequestSearchBatch,
+          [this](const v1::SearchBatchRequest& q, absl::Time deadline,
+                 Router::Done<v1::SearchBatchResponse> done) {
+            router_->SearchBatch(q, deadline, std::move(done));
+          });
+  const Method<v1::EmbedRequest, v1::EmbedResponse> embed_ =
+      Make<v1::EmbedRequest, v1::EmbedResponse>(
+          "Embed", &Async::RequestEmbed,
+          [this](const v1::EmbedRequest& q, absl::Time deadline,
+                 Router::Done<v1::EmbedResponse> done) {
+            router_->Embed(q, deadline, std::move(done));
+          });
+  const Method<v1::GetInfoRequest, v1::GetInfoResponse> get_info_ =
+      Make<v1::GetInfoRequest, v1::GetInfoResponse>(
+          "GetInfo", &Async::RequestGetInfo,
+          [this](const v1::GetInfoRequest&, absl::Time deadline,
+                 Router::Done<v1::GetInfoResponse> done) {
+            router_->GetInfo(deadline, std::move(done));
+          });
+  const Method<v1::GetThumbnailRequest, v1::GetThumbnailResponse> thumbnail_ =
+      Make<v1::GetThumbnailRequest, v1::GetThumbnailResponse>(
+          "Thumbnail", &Async::RequestGetThumbnail,
+          [this](const v1::GetThumbnailRequest& q, absl::Time deadline,
+                 Router::Done<v1::GetThumbnailResponse> done) {
+            router_->GetThumbnail(q.id(), deadline, std::move(done));
+          });
 };
 
 // The HTTP front end's backend: the same router calls as gRPC's.
@@ -319,6 +351,14 @@ int Run() {
     LogInfo("imagesearch-router: embedding image and text queries with ", model, " (",
             popts.embedder.model_instances, " instances)");
   }
+  // The server's completion queue and the threads that poll it (--threads):
+  // the calls the router serves and the calls it makes to the shards
+  // complete on it. Made first, since Discover calls the shards.
+  grpc::ServerBuilder builder;
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues;
+  queues.push_back(builder.AddCompletionQueue());
+  CompletionThreads threads(std::move(queues), std::max(1, absl::GetFlag(FLAGS_threads)));
+  options.shard.queues = &threads;
   Router router(options);
   const absl::Time give_up = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_startup_timeout_s));
   absl::Status found;
@@ -354,13 +394,15 @@ int Run() {
       return 1;
     }
   }
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
+  // Health and reflection of our own, on the same threads (health_reflection.h).
+  HealthService health(&threads, {"imagesearch.v1.ImageSearch"});
+  ReflectionService reflection(&threads, {"imagesearch.v1.ImageSearch", "grpc.health.v1.Health"});
+  builder.RegisterService(health.service());
+  for (grpc::Service* s : reflection.services()) builder.RegisterService(s);
   int port = 0;
   builder.AddListeningPort(absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port)),
                            GrpcServerCredentials(tls ? &*tls : nullptr), &port);
-  builder.RegisterService(&service);
+  builder.RegisterService(service.service());
   builder.SetMaxReceiveMessageSize(64 << 20);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
@@ -368,9 +410,11 @@ int Run() {
              absl::GetFlag(FLAGS_port));
     return 1;
   }
+  service.Start(&threads);
+  health.Start();
+  reflection.Start();
   // As a replica: probes may name the service (Kubernetes' grpc probes do).
-  server->GetHealthCheckService()->SetServingStatus("imagesearch.v1.ImageSearch", true);
-  server->GetHealthCheckService()->SetServingStatus(true);
+  health.SetServing(true);
   http_backend.SetServing(true);
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
     const std::string http_part =
@@ -389,10 +433,11 @@ int Run() {
   int sig = 0;
   sigwait(&signals, &sig);
   LogInfo("imagesearch-router: signal ", sig, ": stopping");
-  server->GetHealthCheckService()->SetServingStatus(false);
+  health.SetServing(false);
   http_backend.SetServing(false);  // /ping: 503, so load balancers move on.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   if (http != nullptr) http->Stop();
+  threads.Shutdown();  // After the server's: gRPC's order.
   return 0;
 }
 

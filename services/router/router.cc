@@ -102,9 +102,8 @@ void Router::ShardSearch(uint32_t shard, const v1::SearchRequest& request, absl:
                          Done<v1::SearchResponse> done) {
   ShardClient* s = shards_[shard].get();
   s->Call<v1::SearchRequest, v1::SearchResponse>(
-      [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::SearchRequest* q,
-         v1::SearchResponse* r,
-         std::function<void(grpc::Status)> cb) { stub->async()->Search(c, q, r, cb); },
+      [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::SearchRequest& q,
+         grpc::CompletionQueue* queue) { return stub->PrepareAsyncSearch(c, q, queue); },
       request, deadline, std::move(done));
 }
 
@@ -112,9 +111,8 @@ void Router::ShardEmbed(uint32_t shard, const v1::EmbedRequest& request, absl::T
                         Done<v1::EmbedResponse> done) {
   ShardClient* s = shards_[shard].get();
   s->Call<v1::EmbedRequest, v1::EmbedResponse>(
-      [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::EmbedRequest* q,
-         v1::EmbedResponse* r,
-         std::function<void(grpc::Status)> cb) { stub->async()->Embed(c, q, r, cb); },
+      [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::EmbedRequest& q,
+         grpc::CompletionQueue* queue) { return stub->PrepareAsyncEmbed(c, q, queue); },
       request, deadline, std::move(done));
 }
 
@@ -125,18 +123,16 @@ void Router::GetThumbnail(const std::string& id, absl::Time deadline,
   v1::GetThumbnailRequest request;
   request.set_id(id);
   s->Call<v1::GetThumbnailRequest, v1::GetThumbnailResponse>(
-      [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::GetThumbnailRequest* q,
-         v1::GetThumbnailResponse* r,
-         std::function<void(grpc::Status)> cb) { stub->async()->GetThumbnail(c, q, r, cb); },
+      [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::GetThumbnailRequest& q,
+         grpc::CompletionQueue* queue) { return stub->PrepareAsyncGetThumbnail(c, q, queue); },
       std::move(request), deadline, std::move(done));
 }
 
 void Router::ShardInfo(uint32_t shard, absl::Time deadline, Done<v1::GetInfoResponse> done) {
   ShardClient* s = shards_[shard].get();
   s->Call<v1::GetInfoRequest, v1::GetInfoResponse>(
-      [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::GetInfoRequest* q,
-         v1::GetInfoResponse* r,
-         std::function<void(grpc::Status)> cb) { stub->async()->GetInfo(c, q, r, cb); },
+      [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::GetInfoRequest& q,
+         grpc::CompletionQueue* queue) { return stub->PrepareAsyncGetInfo(c, q, queue); },
       v1::GetInfoRequest(), deadline, std::move(done));
 }
 

@@ -114,7 +114,10 @@ grpc::Status ToGrpc(const absl::Status& s) {
 
 ShardClient::ShardClient(uint32_t index, const std::string& target,
                          const ShardClientOptions& options)
-    : index_(index), target_(target), options_(options) {
+    : index_(index),
+      target_(target),
+      options_(options),
+      queues_(options.queues != nullptr ? options.queues : &CompletionThreads::Default()) {
   auto set = std::make_shared<Replicas>();
   absl::string_view t = target;
   if (absl::StrContains(t, ',')) {  // A static list.

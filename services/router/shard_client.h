@@ -37,6 +37,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "imagesearch/v1/imagesearch.grpc.pb.h"
+#include "services/router/completion_threads.h"
 
 namespace imagesearch::router {
 
@@ -66,6 +67,9 @@ struct ShardClientOptions {
   std::string authorization;
   // How channels to the replicas are secured; null: plaintext.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // Where the calls complete (imagesearch-router: its server's queues);
+  // null: CompletionThreads::Default(). Outlives the client.
+  CompletionThreads* queues = nullptr;
 };
 
 struct ShardStats {
@@ -129,13 +133,16 @@ class ShardClient {
   // The hedge delay now; negative: none.
   absl::Duration HedgeDelay() const;
 
-  // Sends `request` with `start` (a lambda calling one of the given stub's
-  // async() methods) and calls `done` once with the answer or the last error.
+  // Prepares one of the stub's calls on a completion queue (a lambda calling
+  // stub->PrepareAsync<Method>(context, request, queue)).
   template <typename Request, typename Response>
-  void Call(std::function<void(v1::ImageSearch::Stub*, grpc::ClientContext*, const Request*,
-                               Response*, std::function<void(grpc::Status)>)>
-                start,
-            Request request, absl::Time deadline,
+  using Start = std::function<std::unique_ptr<grpc::ClientAsyncResponseReader<Response>>(
+      v1::ImageSearch::Stub*, grpc::ClientContext*, const Request&, grpc::CompletionQueue*)>;
+
+  // Sends `request` with `start` and calls `done` once with the answer or
+  // the last error, on a thread of the client's queues.
+  template <typename Request, typename Response>
+  void Call(Start<Request, Response> start, Request request, absl::Time deadline,
             std::function<void(absl::StatusOr<Response>)> done);
 
  private:
@@ -154,6 +161,7 @@ class ShardClient {
   const uint32_t index_;
   const std::string target_;
   const ShardClientOptions options_;
+  CompletionThreads* const queues_;
   std::string dns_host_, dns_port_;  // Set for a DNS target.
   mutable std::mutex replicas_mu_;
   std::shared_ptr<const Replicas> replicas_;  // Guarded by replicas_mu_.
@@ -213,8 +221,7 @@ class ShardClient {
 template <typename Request, typename Response>
 class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Response>> {
  public:
-  using Start = std::function<void(v1::ImageSearch::Stub*, grpc::ClientContext*, const Request*,
-                                   Response*, std::function<void(grpc::Status)>)>;
+  using Start = ShardClient::Start<Request, Response>;
   using Done = std::function<void(absl::StatusOr<Response>)>;
 
   HedgedCall(ShardClient* shard, Start start, Request request, absl::Time deadline, Done done)
@@ -234,9 +241,14 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     }
     const absl::Duration delay = shard_->HedgeDelay();
     if (delay >= absl::ZeroDuration() && absl::Now() + delay < deadline_) {
-      HedgeTimer::Get().At(absl::Now() + delay, [weak = this->weak_from_this()] {
+      const absl::Time when = absl::Now() + delay;
+      std::weak_ptr<HedgedCall> weak = this->weak_from_this();
+      auto hedge = [weak] {
         if (auto self = weak.lock()) self->Hedge();
-      });
+      };
+      // On the thread whose queue the call completes on, when this is one;
+      // else on the process's timer thread.
+      if (!shard_->queues_->AtOnThisThread(when, weak, hedge)) HedgeTimer::Get().At(when, hedge);
     }
     Launch(first);
   }
@@ -266,10 +278,31 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     return a;
   }
 
+  // One attempt's call on a completion queue; holds the call while it runs.
+  struct AttemptTag final : CqTag {
+    std::shared_ptr<HedgedCall> call;
+    Attempt* attempt = nullptr;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<Response>> reader;
+    grpc::Status status;
+    void Proceed(bool) override {
+      call->OnDone(attempt, std::move(status));
+      delete this;
+    }
+  };
+
   void Launch(Attempt* a) {
-    auto self = this->shared_from_this();
-    start_(a->replica->stub.get(), &a->context, &request_, &a->response,
-           [self, a](grpc::Status s) { self->OnDone(a, std::move(s)); });
+    auto* tag = new AttemptTag;
+    tag->call = this->shared_from_this();
+    tag->attempt = a;
+    const bool started = shard_->queues_->Start([&](grpc::CompletionQueue* queue) {
+      tag->reader = start_(a->replica->stub.get(), &a->context, request_, queue);
+      tag->reader->StartCall();
+      tag->reader->Finish(&a->response, &tag->status, tag);
+    });
+    if (!started) {
+      tag->status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "the router is shutting down");
+      tag->Proceed(true);
+    }
   }
 
   void Hedge() {
@@ -351,11 +384,8 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
 };
 
 template <typename Request, typename Response>
-void ShardClient::Call(
-    std::function<void(v1::ImageSearch::Stub*, grpc::ClientContext*, const Request*, Response*,
-                       std::function<void(grpc::Status)>)>
-        start,
-    Request request, absl::Time deadline, std::function<void(absl::StatusOr<Response>)> done) {
+void ShardClient::Call(Start<Request, Response> start, Request request, absl::Time deadline,
+                       std::function<void(absl::StatusOr<Response>)> done) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.calls;

@@ -1,0 +1,101 @@
+// Completion queues of gRPC's asynchronous API, each polled by one thread
+// of its own, on which imagesearch-router's calls complete: the calls it
+// serves and the calls it makes to the shards alike.
+//
+// A router query is five gRPC calls (the one served and one per shard). On
+// gRPC's callback API each of them was handed between gRPC's own threads
+// (~3.5 context switches and ~4 futex calls per call, 17 per query;
+// tools/bench/results/LOG.md, "Where the router's CPU goes"). Here the
+// thread that takes a served call from its queue starts the shard calls on
+// that same queue, so their answers come back to the thread that merges
+// them, and nothing changes hands between threads.
+//
+// Thread-safe.
+#ifndef IMAGESEARCH_SERVICES_ROUTER_COMPLETION_THREADS_H_
+#define IMAGESEARCH_SERVICES_ROUTER_COMPLETION_THREADS_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <shared_mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/functional/function_ref.h"
+#include "absl/time/time.h"
+
+namespace imagesearch::router {
+
+// What a completion queue hands back: Proceed runs on the polling thread.
+class CqTag {
+ public:
+  virtual void Proceed(bool ok) = 0;
+
+ protected:
+  ~CqTag() = default;
+};
+
+class CompletionThreads {
+ public:
+  // Polls a server's queues (from ServerBuilder::AddCompletionQueue),
+  // `threads_per_queue` threads each; server_queue(i) gives them back for
+  // its services.
+  CompletionThreads(std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues,
+                    int threads_per_queue);
+  // `n` queues of its own, one thread each, for client calls only.
+  explicit CompletionThreads(int n);
+  // Shutdown().
+  ~CompletionThreads();
+  CompletionThreads(const CompletionThreads&) = delete;
+  CompletionThreads& operator=(const CompletionThreads&) = delete;
+
+  // Client calls of code that has no queues of its own (tests, tools): one
+  // thread, never stopped.
+  static CompletionThreads& Default();
+
+  size_t size() const { return queues_.size(); }
+  // REQUIRES: constructed from server queues, i < size().
+  grpc::ServerCompletionQueue* server_queue(size_t i) const { return server_queues_[i]; }
+
+  // Runs `start` with the queue a new call should complete on: the calling
+  // thread's own queue when it is one of these threads, else the next one
+  // round-robin. Returns false, without running it, once Shutdown has begun
+  // (a call started on a queue that is shut down would be a fatal error).
+  bool Start(absl::FunctionRef<void(grpc::CompletionQueue*)> start);
+
+  // On one of these threads: runs `fn` on this thread at `when` (or within
+  // a millisecond after: gRPC's poll timeouts are whole milliseconds),
+  // unless `owner` is gone by then, and returns true. Elsewhere: false.
+  // A timer costs a heap push and no wakeup of its own: the thread waits
+  // for its queue's next event until the earliest timer whose owner is
+  // still there, and drops the others unrun, so the hedge timer of a call
+  // that answered in time never wakes anything.
+  bool AtOnThisThread(absl::Time when, std::weak_ptr<const void> owner, std::function<void()> fn);
+
+  // Runs `op` (an operation on a call whose tag these queues deliver: a
+  // served call's Finish, a server's next Request) unless Shutdown has
+  // begun, and says whether it ran.
+  bool IfRunning(absl::FunctionRef<void()> op);
+
+  // Stops taking new calls, shuts the queues down and waits for the threads
+  // to deliver every call already started (they end by their deadlines).
+  // For a server's queues, call it after grpc::Server::Shutdown.
+  void Shutdown();
+
+ private:
+  void Launch(int threads_per_queue);
+  void Poll(grpc::CompletionQueue* queue);
+
+  std::vector<std::unique_ptr<grpc::CompletionQueue>> queues_;
+  std::vector<grpc::ServerCompletionQueue*> server_queues_;
+  std::vector<std::thread> threads_;
+  std::atomic<size_t> rotate_{0};
+  std::shared_mutex mu_;   // Held shared while a call starts; exclusive to stop.
+  bool stopping_ = false;  // Guarded by mu_.
+};
+
+}  // namespace imagesearch::router
+
+#endif  // IMAGESEARCH_SERVICES_ROUTER_COMPLETION_THREADS_H_

@@ -1,0 +1,79 @@
+// gRPC's standard health (grpc.health.v1.Health: Check and the streaming
+// Watch) and server reflection (grpc.reflection.v1 and v1alpha) services,
+// served on the router's completion threads like its ImageSearch calls.
+//
+// gRPC's own implementations (EnableDefaultHealthCheckService, a callback
+// service, and libgrpc++_reflection, a sync service) would each bring their
+// threads that poll the same file descriptors as the completion threads,
+// and gRPC 1.51 hands every event between its polling threads through
+// futexes: the router's CPU per query doubled (tools/bench/results/LOG.md,
+// "The router on one completion thread").
+//
+// Thread-safe.
+#ifndef IMAGESEARCH_SERVICES_ROUTER_HEALTH_REFLECTION_H_
+#define IMAGESEARCH_SERVICES_ROUTER_HEALTH_REFLECTION_H_
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpc/reflection/v1/reflection.grpc.pb.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "services/router/completion_threads.h"
+#include "services/router/served_call.h"
+
+namespace imagesearch::router {
+
+class HealthService {
+ public:
+  // Knows the server as a whole ("") and `services`, all NOT_SERVING.
+  HealthService(CompletionThreads* threads, const std::vector<std::string>& services);
+
+  grpc::Service* service() { return &service_; }
+  // Once the server is built: takes Check and Watch calls on every queue.
+  void Start();
+  // Every service known, and the server: SERVING or NOT_SERVING; watchers
+  // are told.
+  void SetServing(bool serving);
+
+ private:
+  class WatchCall;
+  using Status = grpc::health::v1::HealthCheckResponse::ServingStatus;
+  Status StatusOf(const std::string& service) const;  // REQUIRES: mu_ held.
+  void AwaitWatch(grpc::ServerCompletionQueue* queue);
+
+  CompletionThreads* const threads_;
+  grpc::health::v1::Health::AsyncService service_;
+  Method<grpc::health::v1::HealthCheckRequest, grpc::health::v1::HealthCheckResponse> check_;
+  mutable std::mutex mu_;
+  std::map<std::string, bool> serving_;  // Guarded by mu_.
+  std::set<WatchCall*> watchers_;        // Guarded by mu_.
+};
+
+class ReflectionService {
+ public:
+  // `services`: the full names list_services answers with (this service's
+  // two versions are added). Files come from protobuf's generated pool.
+  ReflectionService(CompletionThreads* threads, std::vector<std::string> services);
+
+  std::vector<grpc::Service*> services() { return {&v1_, &v1alpha_}; }
+  // Once the server is built: takes calls of both versions on every queue.
+  void Start();
+
+ private:
+  template <typename Proto>
+  class Stream;
+
+  CompletionThreads* const threads_;
+  std::vector<std::string> names_;
+  grpc::reflection::v1::ServerReflection::AsyncService v1_;
+  grpc::reflection::v1alpha::ServerReflection::AsyncService v1alpha_;
+};
+
+}  // namespace imagesearch::router
+
+#endif  // IMAGESEARCH_SERVICES_ROUTER_HEALTH_REFLECTION_H_
