@@ -1,45 +1,14 @@
 #include "services/router/completion_threads.h"
 
 #include <algorithm>
-#include <chrono>
 #include <mutex>
-#include <queue>
 #include <utility>
-
-#include "absl/time/clock.h"
 
 namespace imagesearch::router {
 namespace {
 
-// A polling thread's own timers, earliest first.
-struct Timer {
-  absl::Time when;
-  std::weak_ptr<const void> owner;
-  std::function<void()> fn;
-  bool operator>(const Timer& o) const { return when > o.when; }
-};
-using Timers = std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>>;
-
-// The queue the current thread polls and its timers; null off the polling
-// threads.
+// The queue the current thread polls; null off the polling threads.
 thread_local grpc::CompletionQueue* current_queue = nullptr;
-thread_local Timers* current_timers = nullptr;
-
-// Runs the timers that are due and drops those whose owner is gone; returns
-// when the earliest one left is due (infinite future: none).
-absl::Time RunDue(Timers& timers) {
-  while (!timers.empty()) {
-    if (timers.top().owner.expired()) {
-      timers.pop();
-      continue;
-    }
-    if (timers.top().when > absl::Now()) return timers.top().when;
-    std::function<void()> fn = std::move(const_cast<Timer&>(timers.top()).fn);
-    timers.pop();
-    fn();
-  }
-  return absl::InfiniteFuture();
-}
 
 }  // namespace
 
@@ -73,32 +42,11 @@ void CompletionThreads::Launch(int threads_per_queue) {
 }
 
 void CompletionThreads::Poll(grpc::CompletionQueue* queue) {
-  Timers timers;
   current_queue = queue;
-  current_timers = &timers;
   void* tag = nullptr;
   bool ok = false;
-  while (true) {
-    const absl::Time next = RunDue(timers);
-    const auto status = queue->AsyncNext(&tag, &ok,
-                                         next == absl::InfiniteFuture()
-                                             ? std::chrono::system_clock::time_point::max()
-                                             : absl::ToChronoTime(next));
-    if (status == grpc::CompletionQueue::SHUTDOWN) break;
-    if (status == grpc::CompletionQueue::GOT_EVENT) static_cast<CqTag*>(tag)->Proceed(ok);
-  }
-  current_timers = nullptr;
+  while (queue->Next(&tag, &ok)) static_cast<CqTag*>(tag)->Proceed(ok);
   current_queue = nullptr;
-}
-
-bool CompletionThreads::AtOnThisThread(absl::Time when, std::weak_ptr<const void> owner,
-                                       std::function<void()> fn) {
-  if (current_timers == nullptr) return false;
-  bool ours = false;
-  for (const auto& q : queues_) ours = ours || q.get() == current_queue;
-  if (!ours) return false;
-  current_timers->push(Timer{when, std::move(owner), std::move(fn)});
-  return true;
 }
 
 bool CompletionThreads::Start(absl::FunctionRef<void(grpc::CompletionQueue*)> start) {

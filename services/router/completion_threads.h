@@ -17,14 +17,12 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
-#include <functional>
 #include <memory>
 #include <shared_mutex>
 #include <thread>
 #include <vector>
 
 #include "absl/functional/function_ref.h"
-#include "absl/time/time.h"
 
 namespace imagesearch::router {
 
@@ -64,15 +62,6 @@ class CompletionThreads {
   // round-robin. Returns false, without running it, once Shutdown has begun
   // (a call started on a queue that is shut down would be a fatal error).
   bool Start(absl::FunctionRef<void(grpc::CompletionQueue*)> start);
-
-  // On one of these threads: runs `fn` on this thread at `when` (or within
-  // a millisecond after: gRPC's poll timeouts are whole milliseconds),
-  // unless `owner` is gone by then, and returns true. Elsewhere: false.
-  // A timer costs a heap push and no wakeup of its own: the thread waits
-  // for its queue's next event until the earliest timer whose owner is
-  // still there, and drops the others unrun, so the hedge timer of a call
-  // that answered in time never wakes anything.
-  bool AtOnThisThread(absl::Time when, std::weak_ptr<const void> owner, std::function<void()> fn);
 
   // Runs `op` (an operation on a call whose tag these queues deliver: a
   // served call's Finish, a server's next Request) unless Shutdown has

@@ -4,14 +4,20 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "libs/common/log.h"
 
 namespace imagesearch::router {
 namespace {
@@ -70,35 +76,61 @@ HedgeTimer& HedgeTimer::Get() {
   return *timer;
 }
 
-HedgeTimer::HedgeTimer() : thread_([this] { Loop(); }) { thread_.detach(); }
-
-void HedgeTimer::At(absl::Time when, std::function<void()> fn) {
-  bool earliest = false;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    earliest = heap_.empty() || when < heap_.top().when;
-    heap_.push(Entry{when, std::move(fn)});
+HedgeTimer::HedgeTimer() : fd_(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC)) {
+  if (fd_ < 0) {
+    // Without a timerfd nothing would ever hedge: say so, loudly, once.
+    LogError("imagesearch-router: timerfd_create: ", strerror(errno), "; hedging is off");
+    return;
   }
-  if (earliest) wake_.notify_one();
+  thread_ = std::thread([this] { Loop(); });
+  thread_.detach();
+}
+
+HedgeTimer::Handle HedgeTimer::At(absl::Time when, std::function<void()> fn) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const Handle h{when, next_id_++};
+  timers_.emplace(std::make_pair(when, h.id), std::move(fn));
+  ArmLocked();
+  return h;
+}
+
+void HedgeTimer::Cancel(const Handle& h) {
+  if (h.id == 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (timers_.erase(std::make_pair(h.when, h.id)) > 0) ArmLocked();
+}
+
+void HedgeTimer::ArmLocked() {
+  const absl::Time earliest =
+      timers_.empty() ? absl::InfiniteFuture() : timers_.begin()->first.first;
+  if (earliest == armed_ || fd_ < 0) return;
+  armed_ = earliest;
+  itimerspec spec{};  // Zero: disarmed.
+  if (earliest != absl::InfiniteFuture()) {
+    spec.it_value = absl::ToTimespec(std::max(absl::Nanoseconds(1), earliest - absl::Now()));
+  }
+  timerfd_settime(fd_, 0, &spec, nullptr);
 }
 
 void HedgeTimer::Loop() {
-  std::unique_lock<std::mutex> lock(mu_);
   while (true) {
-    if (heap_.empty()) {
-      wake_.wait(lock);
-      continue;
+    uint64_t expirations = 0;
+    if (read(fd_, &expirations, sizeof(expirations)) < 0 && errno != EINTR) {
+      LogError("imagesearch-router: hedge timer: ", strerror(errno));
+      return;
     }
-    const absl::Time next = heap_.top().when;
-    if (absl::Now() < next) {
-      wake_.wait_until(lock, absl::ToChronoTime(next));
-      continue;
+    std::vector<std::function<void()>> due;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const absl::Time now = absl::Now();
+      while (!timers_.empty() && timers_.begin()->first.first <= now) {
+        due.push_back(std::move(timers_.begin()->second));
+        timers_.erase(timers_.begin());
+      }
+      armed_ = absl::InfiniteFuture();  // Fired (or a stale expiry): set it again.
+      ArmLocked();
     }
-    std::function<void()> fn = heap_.top().fn;
-    heap_.pop();
-    lock.unlock();
-    fn();
-    lock.lock();
+    for (auto& fn : due) fn();
   }
 }
 

@@ -27,7 +27,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <queue>
 #include <string>
 #include <thread>
 #include <utility>
@@ -77,27 +76,39 @@ struct ShardStats {
   absl::Duration p50, p95;  // Of recent answers; zero before any.
 };
 
-// Runs functions at given times on one thread of its own. A hedge timer per
-// shard call must cost next to nothing: a grpc::Alarm measured about 120 us
-// of CPU per call here (tools/bench/router_bench.py), this a heap push. Calls
-// that finish first are not removed: their entry fires later and finds
-// nothing to do (it holds only a weak pointer).
+// Runs functions at given times on one thread of its own, which wakes only
+// for a timer that fires. Every shard call sets one (its hedge) and nearly
+// every call answers before it is due, so:
+//   - a grpc::Alarm per call measured ~120 us of router CPU per shard call
+//     (tools/bench/router_bench.py);
+//   - a condition variable woke this thread for every timer, due or not:
+//     ~2.3 context switches a 4-shard query;
+//   - timers on the completion threads (gRPC's poll timeouts) fire up to
+//     2 ms late, whole milliseconds: the hedged p99 with one slow replica
+//     rose from ~1.4-1.8x to 2.3x the no-delay p99.
+// So the thread sleeps in read() on a timerfd armed for the earliest timer
+// left; At and Cancel re-arm it (a system call, no wakeup) when the earliest
+// changes.
 class HedgeTimer {
  public:
+  struct Handle {
+    absl::Time when;
+    uint64_t id = 0;  // 0: none.
+  };
   static HedgeTimer& Get();  // Process-wide; its thread starts on first use.
-  void At(absl::Time when, std::function<void()> fn);
+  Handle At(absl::Time when, std::function<void()> fn);
+  // Drops the timer unless it fired already.
+  void Cancel(const Handle& h);
 
  private:
   HedgeTimer();
   void Loop();
-  struct Entry {
-    absl::Time when;
-    std::function<void()> fn;
-    bool operator>(const Entry& o) const { return when > o.when; }
-  };
+  void ArmLocked();  // The timerfd to the earliest timer, or disarmed.
   std::mutex mu_;
-  std::condition_variable wake_;
-  std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> heap_;
+  std::map<std::pair<absl::Time, uint64_t>, std::function<void()>> timers_;  // Guarded by mu_.
+  absl::Time armed_ = absl::InfiniteFuture();                                // Guarded by mu_.
+  uint64_t next_id_ = 1;                                                     // Guarded by mu_.
+  int fd_ = -1;
   std::thread thread_;
 };
 
@@ -241,14 +252,9 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     }
     const absl::Duration delay = shard_->HedgeDelay();
     if (delay >= absl::ZeroDuration() && absl::Now() + delay < deadline_) {
-      const absl::Time when = absl::Now() + delay;
-      std::weak_ptr<HedgedCall> weak = this->weak_from_this();
-      auto hedge = [weak] {
+      hedge_timer_ = HedgeTimer::Get().At(absl::Now() + delay, [weak = this->weak_from_this()] {
         if (auto self = weak.lock()) self->Hedge();
-      };
-      // On the thread whose queue the call completes on, when this is one;
-      // else on the process's timer thread.
-      if (!shard_->queues_->AtOnThisThread(when, weak, hedge)) HedgeTimer::Get().At(when, hedge);
+      });
     }
     Launch(first);
   }
@@ -335,6 +341,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     shard_->Record(a->replica->address, absl::Now() - a->started, s.ok());
     if (s.ok()) {
       finished_ = true;
+      HedgeTimer::Get().Cancel(hedge_timer_);
       for (auto& other : attempts_) {
         if (other.get() != a) other->context.TryCancel();
       }
@@ -364,6 +371,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     last_error_ = s;
     if (outstanding_ > 0) return;  // Another attempt may still answer.
     finished_ = true;
+    HedgeTimer::Get().Cancel(hedge_timer_);
     lock.unlock();
     done_(FromGrpc(last_error_));
   }
@@ -379,6 +387,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
   std::vector<size_t> tried_;  // Replicas (into replicas_) attempted.
   int outstanding_ = 0;
   int retries_left_;
+  HedgeTimer::Handle hedge_timer_;  // Set before the first attempt starts.
   bool finished_ = false;
   grpc::Status last_error_;
 };
