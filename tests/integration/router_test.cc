@@ -10,6 +10,7 @@
 #include <catch2/catch.hpp>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -114,6 +115,33 @@ struct Cluster {
     return out;
   }
 };
+
+TEST_CASE("The hedge timer fires due timers in time order and never a cancelled one", "[router]") {
+  router::HedgeTimer& timer = router::HedgeTimer::Get();
+  std::mutex mu;
+  std::vector<int> fired;
+  std::promise<void> last;
+  auto record = [&](int n) {
+    return [&, n] {
+      std::lock_guard<std::mutex> lock(mu);
+      fired.push_back(n);
+      if (n == 3) last.set_value();
+    };
+  };
+  const absl::Time t0 = absl::Now();
+  // Added out of order; 2 is cancelled while it is the earliest (200 ms
+  // leaves a loaded machine time to cancel it before it is due).
+  const auto h3 = timer.At(t0 + absl::Milliseconds(300), record(3));
+  const auto h2 = timer.At(t0 + absl::Milliseconds(200), record(2));
+  timer.Cancel(h2);
+  const auto h1 = timer.At(t0 + absl::Milliseconds(250), record(1));
+  REQUIRE(last.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+  CHECK(absl::Now() - t0 >= absl::Milliseconds(300));
+  timer.Cancel(h1);  // Fired already: nothing to do.
+  timer.Cancel(h3);
+  std::lock_guard<std::mutex> lock(mu);
+  CHECK(fired == std::vector<int>{1, 3});
+}
 
 TEST_CASE("The router's merged exact answer is the collection's, from many threads, hedged",
           "[router]") {
