@@ -19,7 +19,8 @@
 // out and named in missing_shards. A request error a shard reports
 // (INVALID_ARGUMENT, NOT_FOUND, ...) is returned as that shard said it.
 //
-// Thread-safe; calls complete on gRPC's threads.
+// Thread-safe; calls complete on the shard clients' completion threads
+// (completion_threads.h), or on the embedder's.
 #ifndef IMAGESEARCH_SERVICES_ROUTER_ROUTER_H_
 #define IMAGESEARCH_SERVICES_ROUTER_ROUTER_H_
 
