@@ -144,10 +144,13 @@ class RouterService {
 
   grpc::Service* service() { return &service_; }
 
-  // Once the server is built: asks each queue for each method's calls
-  // (kAwaiting of each at a time, so a burst does not wait on the re-arming).
+  // Once the server is built: asks each queue for each method's calls,
+  // kAwaiting of each at a time. A call that arrives while none is awaited
+  // waits unmatched until the thread re-arms, and is cancelled if the server
+  // stops meanwhile: SIGTERM under 16 clients' load cancelled 1-15 calls a
+  // stop with 2 awaited, 0-4 with 32 (the callback router: 0-16).
   void Start(CompletionThreads* threads) {
-    static constexpr int kAwaiting = 2;
+    static constexpr int kAwaiting = 32;
     for (size_t q = 0; q < threads->size(); ++q) {
       for (int k = 0; k < kAwaiting; ++k) {
         ServedCall<v1::SearchRequest, v1::SearchResponse>::Await(&search_, threads,
