@@ -18,52 +18,62 @@ class HealthService::WatchCall final : public CqTag {
  public:
   WatchCall(HealthService* owner, grpc::ServerCompletionQueue* queue)
       : owner_(owner), queue_(queue), writer_(&context_), done_(this) {
-    context_.AsyncNotifyWhenDone(&done_);
+    context_.AsyncNotifyWhenDone(static_cast<CqTag*>(&done_));
   }
 
   void Request() {
     const bool ran = owner_->threads_->IfRunning([&] {
-      owner_->service_.RequestWatch(&context_, &request_, &writer_, queue_, queue_, this);
+      owner_->service_.RequestWatch(&context_, &request_, &writer_, queue_, queue_,
+                                    static_cast<CqTag*>(this));
     });
     if (!ran) delete this;
   }
 
-  // The request arrived (first) or a write finished.
+  // The request arrived (first), or a write or the Finish completed. The
+  // call's done notification may come before, on another thread (with
+  // --threads > 1): the operation pending keeps the call until both ran.
   void Proceed(bool ok) override {
-    if (!started_) {
-      if (!ok) {  // The server is stopping; no done notification comes.
-        delete this;
-        return;
-      }
-      started_ = true;
-      owner_->AwaitWatch(queue_);
-      std::lock_guard<std::mutex> lock(owner_->mu_);
-      owner_->watchers_.insert(this);
-      SendIfChangedLocked();
+    if (!started_ && !ok) {  // The server is stopping; no done notification comes.
+      delete this;
       return;
     }
+    const bool first = !started_;
+    started_ = true;
+    if (first) owner_->AwaitWatch(queue_);
     bool gone = false;
     {
       std::lock_guard<std::mutex> lock(owner_->mu_);
-      writing_ = false;
+      pending_ = false;
       gone = finished_;
-      if (!gone && ok) SendIfChangedLocked();
+      if (!gone) {
+        if (first) owner_->watchers_.insert(this);
+        if (ok) SendIfChangedLocked();
+      }
     }
     if (gone) delete this;
   }
 
+  // Writes the status if it changed since the last write; when the service
+  // is closing and it has nothing more to say, ends the stream.
   // REQUIRES: owner_->mu_ held.
   void SendIfChangedLocked() {
-    if (writing_ || finished_) return;
+    if (pending_ || finished_ || finishing_) return;
     const Status now = owner_->StatusOf(request_.service());
-    if (now == sent_) return;
-    sent_ = now;
-    response_.set_status(now);
-    writing_ = owner_->threads_->IfRunning([&] { writer_.Write(response_, this); });
+    if (now != sent_) {
+      sent_ = now;
+      response_.set_status(now);
+      pending_ =
+          owner_->threads_->IfRunning([&] { writer_.Write(response_, static_cast<CqTag*>(this)); });
+    } else if (owner_->closing_) {
+      finishing_ = true;
+      pending_ = owner_->threads_->IfRunning(
+          [&] { writer_.Finish(grpc::Status::OK, static_cast<CqTag*>(this)); });
+    }
   }
 
  private:
-  // The call ended (cancelled by the client, or the server stopped).
+  // The call ended (cancelled by the client, finished, or the server
+  // stopped).
   struct Done final : CqTag {
     explicit Done(WatchCall* c) : call(c) {}
     void Proceed(bool) override {
@@ -72,7 +82,7 @@ class HealthService::WatchCall final : public CqTag {
         std::lock_guard<std::mutex> lock(call->owner_->mu_);
         call->finished_ = true;
         call->owner_->watchers_.erase(call);
-        gone = !call->writing_;
+        gone = !call->pending_;
       }
       if (gone) delete call;
     }
@@ -86,9 +96,10 @@ class HealthService::WatchCall final : public CqTag {
   health::HealthCheckResponse response_;
   grpc::ServerAsyncWriter<health::HealthCheckResponse> writer_;
   Done done_;
-  bool started_ = false;
+  bool started_ = false;  // The request arrived (its thread only).
   // Guarded by owner_->mu_:
-  bool writing_ = false;
+  bool pending_ = true;  // An operation (the request, a write, the Finish) is in flight.
+  bool finishing_ = false;
   bool finished_ = false;
   Status sent_ = health::HealthCheckResponse::UNKNOWN;
 };
@@ -143,6 +154,13 @@ void HealthService::SetServing(bool serving) {
   for (WatchCall* w : watchers_) w->SendIfChangedLocked();
 }
 
+void HealthService::Shutdown() {
+  std::lock_guard<std::mutex> lock(mu_);
+  closing_ = true;
+  for (auto& [name, s] : serving_) s = false;
+  for (WatchCall* w : watchers_) w->SendIfChangedLocked();
+}
+
 namespace {
 
 struct V1 {
@@ -168,7 +186,10 @@ class ReflectionService::Stream final : public CqTag {
       : owner_(owner), service_(service), queue_(queue), stream_(&context_) {}
 
   void Await() {
-    Op([&] { service_->RequestServerReflectionInfo(&context_, &stream_, queue_, queue_, this); });
+    Op([&] {
+      service_->RequestServerReflectionInfo(&context_, &stream_, queue_, queue_,
+                                            static_cast<CqTag*>(this));
+    });
   }
 
   void Proceed(bool ok) override {
@@ -177,22 +198,22 @@ class ReflectionService::Stream final : public CqTag {
         if (!ok) break;
         (new Stream(owner_, service_, queue_))->Await();
         state_ = kReading;
-        return Op([&] { stream_.Read(&request_, this); });
+        return Op([&] { stream_.Read(&request_, static_cast<CqTag*>(this)); });
       case kReading:
         if (!ok) {  // The client closed its side.
           state_ = kFinishing;
-          return Op([&] { stream_.Finish(grpc::Status::OK, this); });
+          return Op([&] { stream_.Finish(grpc::Status::OK, static_cast<CqTag*>(this)); });
         }
         Answer();
         state_ = kWriting;
-        return Op([&] { stream_.Write(response_, this); });
+        return Op([&] { stream_.Write(response_, static_cast<CqTag*>(this)); });
       case kWriting:
         if (!ok) {
           state_ = kFinishing;
-          return Op([&] { stream_.Finish(grpc::Status::CANCELLED, this); });
+          return Op([&] { stream_.Finish(grpc::Status::CANCELLED, static_cast<CqTag*>(this)); });
         }
         state_ = kReading;
-        return Op([&] { stream_.Read(&request_, this); });
+        return Op([&] { stream_.Read(&request_, static_cast<CqTag*>(this)); });
       case kFinishing:
         break;
     }

@@ -39,6 +39,9 @@ class HealthService {
   // Every service known, and the server: SERVING or NOT_SERVING; watchers
   // are told.
   void SetServing(bool serving);
+  // NOT_SERVING, and every Watch stream ends (OK) once it has said so, so
+  // that grpc::Server::Shutdown need not wait for them.
+  void Shutdown();
 
  private:
   class WatchCall;
@@ -52,6 +55,7 @@ class HealthService {
   mutable std::mutex mu_;
   std::map<std::string, bool> serving_;  // Guarded by mu_.
   std::set<WatchCall*> watchers_;        // Guarded by mu_.
+  bool closing_ = false;                 // Guarded by mu_.
 };
 
 class ReflectionService {

@@ -436,9 +436,10 @@ int Run() {
   int sig = 0;
   sigwait(&signals, &sig);
   LogInfo("imagesearch-router: signal ", sig, ": stopping");
-  health.SetServing(false);
+  health.Shutdown();               // NOT_SERVING, and Watch streams end.
   http_backend.SetServing(false);  // /ping: 503, so load balancers move on.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  router.CancelAll();  // A hung replica must not hold the router up to its calls' deadlines.
   if (http != nullptr) http->Stop();
   threads.Shutdown();  // After the server's: gRPC's order.
   return 0;

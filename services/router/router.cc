@@ -96,6 +96,10 @@ Router::Router(const RouterOptions& options)
   }
 }
 
+void Router::CancelAll() {
+  for (auto& s : shards_) s->CancelAll();
+}
+
 uint32_t Router::NextShard() { return rotate_.fetch_add(1) % shard_count(); }
 
 void Router::ShardSearch(uint32_t shard, const v1::SearchRequest& request, absl::Time deadline,

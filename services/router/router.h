@@ -75,6 +75,10 @@ class Router {
   void GetThumbnail(const std::string& id, absl::Time deadline,
                     Done<v1::GetThumbnailResponse> done);
 
+  // Cancels every shard call in flight and refuses new ones (ShardClient::
+  // CancelAll): once the server has stopped taking calls.
+  void CancelAll();
+
  private:
   // The vector query `request` (top_k already set) on every shard, merged.
   // `self_id`: an id query's id, whose hit is dropped.

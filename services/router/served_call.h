@@ -38,8 +38,10 @@ class ServedCall final : public CqTag {
   static void Await(const Method<Request, Response>* method, CompletionThreads* threads,
                     grpc::ServerCompletionQueue* queue) {
     auto* call = new ServedCall(method, threads, queue);
-    const bool ran = threads->IfRunning(
-        [&] { method->request(&call->context_, &call->request_, &call->writer_, queue, call); });
+    const bool ran = threads->IfRunning([&] {
+      method->request(&call->context_, &call->request_, &call->writer_, queue,
+                      static_cast<CqTag*>(call));
+    });
     if (!ran) delete call;
   }
 
@@ -53,9 +55,9 @@ class ServedCall final : public CqTag {
     method_->answer(context_, request_, [this](absl::StatusOr<Response> r) {
       const bool ran = threads_->IfRunning([&] {
         if (r.ok()) {
-          writer_.Finish(*r, grpc::Status::OK, this);
+          writer_.Finish(*r, grpc::Status::OK, static_cast<CqTag*>(this));
         } else {
-          writer_.FinishWithError(ToGrpc(r.status()), this);
+          writer_.FinishWithError(ToGrpc(r.status()), static_cast<CqTag*>(this));
         }
       });
       if (!ran) delete this;  // The server is gone; nothing will deliver this.

@@ -86,10 +86,10 @@ HedgeTimer::HedgeTimer() : fd_(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC)) {
   thread_.detach();
 }
 
-HedgeTimer::Handle HedgeTimer::At(absl::Time when, std::function<void()> fn) {
+HedgeTimer::Handle HedgeTimer::After(absl::Duration delay, std::function<void()> fn) {
   std::lock_guard<std::mutex> lock(mu_);
-  const Handle h{when, next_id_++};
-  timers_.emplace(std::make_pair(when, h.id), std::move(fn));
+  const Handle h{Clock::now() + absl::ToChronoNanoseconds(delay), next_id_++};
+  timers_.emplace(std::make_pair(h.when, h.id), std::move(fn));
   ArmLocked();
   return h;
 }
@@ -101,15 +101,20 @@ void HedgeTimer::Cancel(const Handle& h) {
 }
 
 void HedgeTimer::ArmLocked() {
-  const absl::Time earliest =
-      timers_.empty() ? absl::InfiniteFuture() : timers_.begin()->first.first;
+  const Clock::time_point earliest =
+      timers_.empty() ? Clock::time_point::max() : timers_.begin()->first.first;
   if (earliest == armed_ || fd_ < 0) return;
   armed_ = earliest;
   itimerspec spec{};  // Zero: disarmed.
-  if (earliest != absl::InfiniteFuture()) {
-    spec.it_value = absl::ToTimespec(std::max(absl::Nanoseconds(1), earliest - absl::Now()));
+  if (earliest != Clock::time_point::max()) {
+    // libstdc++'s steady_clock is CLOCK_MONOTONIC, the timerfd's clock.
+    const auto ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(earliest.time_since_epoch());
+    spec.it_value.tv_sec = static_cast<time_t>(ns.count() / 1000000000);
+    spec.it_value.tv_nsec = static_cast<long>(ns.count() % 1000000000);
+    if (spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0) spec.it_value.tv_nsec = 1;
   }
-  timerfd_settime(fd_, 0, &spec, nullptr);
+  timerfd_settime(fd_, TFD_TIMER_ABSTIME, &spec, nullptr);
 }
 
 void HedgeTimer::Loop() {
@@ -122,12 +127,12 @@ void HedgeTimer::Loop() {
     std::vector<std::function<void()>> due;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      const absl::Time now = absl::Now();
+      const Clock::time_point now = Clock::now();
       while (!timers_.empty() && timers_.begin()->first.first <= now) {
         due.push_back(std::move(timers_.begin()->second));
         timers_.erase(timers_.begin());
       }
-      armed_ = absl::InfiniteFuture();  // Fired (or a stale expiry): set it again.
+      armed_ = Clock::time_point::max();  // Fired (or a stale expiry): set it again.
       ArmLocked();
     }
     for (auto& fn : due) fn();
@@ -195,6 +200,39 @@ ShardClient::~ShardClient() {
   }
   resolver_cv_.notify_all();
   if (resolver_.joinable()) resolver_.join();
+  // A call's last reference may be a hedge timer running right now, or an
+  // answer its queue is delivering: wait for them (a call outlives no
+  // deadline, and CancelAll ends them sooner).
+  std::unique_lock<std::mutex> lock(live_mu_);
+  live_cv_.wait(lock, [this] { return live_calls_ == 0; });
+}
+
+void ShardClient::CancelAll() {
+  std::lock_guard<std::mutex> lock(live_mu_);
+  cancelling_ = true;
+  for (grpc::ClientContext* c : live_attempts_) c->TryCancel();
+}
+
+void ShardClient::CallBegins() {
+  std::lock_guard<std::mutex> lock(live_mu_);
+  ++live_calls_;
+}
+
+void ShardClient::CallEnds() {
+  std::lock_guard<std::mutex> lock(live_mu_);
+  if (--live_calls_ == 0) live_cv_.notify_all();
+}
+
+bool ShardClient::AttemptStarting(grpc::ClientContext* context) {
+  std::lock_guard<std::mutex> lock(live_mu_);
+  if (cancelling_) return false;
+  live_attempts_.insert(context);
+  return true;
+}
+
+void ShardClient::AttemptEnded(grpc::ClientContext* context) {
+  std::lock_guard<std::mutex> lock(live_mu_);
+  live_attempts_.erase(context);
 }
 
 std::shared_ptr<ShardClient::Replica> ShardClient::NewReplica(const std::string& address,

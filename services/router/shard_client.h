@@ -21,12 +21,14 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -89,14 +91,17 @@ struct ShardStats {
 // So the thread sleeps in read() on a timerfd armed for the earliest timer
 // left; At and Cancel re-arm it (a system call, no wakeup) when the earliest
 // changes.
+// Times are the steady clock's (CLOCK_MONOTONIC), so that a step of the
+// wall clock neither delays nor hurries a hedge.
 class HedgeTimer {
  public:
+  using Clock = std::chrono::steady_clock;
   struct Handle {
-    absl::Time when;
+    Clock::time_point when;
     uint64_t id = 0;  // 0: none.
   };
   static HedgeTimer& Get();  // Process-wide; its thread starts on first use.
-  Handle At(absl::Time when, std::function<void()> fn);
+  Handle After(absl::Duration delay, std::function<void()> fn);
   // Drops the timer unless it fired already.
   void Cancel(const Handle& h);
 
@@ -105,9 +110,10 @@ class HedgeTimer {
   void Loop();
   void ArmLocked();  // The timerfd to the earliest timer, or disarmed.
   std::mutex mu_;
-  std::map<std::pair<absl::Time, uint64_t>, std::function<void()>> timers_;  // Guarded by mu_.
-  absl::Time armed_ = absl::InfiniteFuture();                                // Guarded by mu_.
-  uint64_t next_id_ = 1;                                                     // Guarded by mu_.
+  // Guarded by mu_:
+  std::map<std::pair<Clock::time_point, uint64_t>, std::function<void()>> timers_;
+  Clock::time_point armed_ = Clock::time_point::max();
+  uint64_t next_id_ = 1;
   int fd_ = -1;
   std::thread thread_;
 };
@@ -144,6 +150,11 @@ class ShardClient {
   // The hedge delay now; negative: none.
   absl::Duration HedgeDelay() const;
 
+  // Cancels every attempt in flight, and refuses new ones (they fail with
+  // UNAVAILABLE): for a router that stops, so that a hung replica cannot
+  // hold it up until its calls' deadlines.
+  void CancelAll();
+
   // Prepares one of the stub's calls on a completion queue (a lambda calling
   // stub->PrepareAsync<Method>(context, request, queue)).
   template <typename Request, typename Response>
@@ -161,6 +172,13 @@ class ShardClient {
   friend class HedgedCall;
   // An attempt that answered, from replica `peer` (its address).
   void Record(const std::string& peer, absl::Duration latency, bool ok);
+  // HedgedCalls alive (the destructor waits for none), and attempts in
+  // flight (CancelAll cancels them). AttemptStarting is false after
+  // CancelAll.
+  void CallBegins();
+  void CallEnds();
+  bool AttemptStarting(grpc::ClientContext* context);
+  void AttemptEnded(grpc::ClientContext* context);
 
   // The replica for a new attempt of a call that has tried `tried` (indexes
   // into `set`): the next one round-robin that it has not tried and whose
@@ -210,6 +228,12 @@ class ShardClient {
     size_t next_ = 0;
   };
 
+  std::mutex live_mu_;
+  std::condition_variable live_cv_;
+  int live_calls_ = 0;                            // Guarded by live_mu_.
+  std::set<grpc::ClientContext*> live_attempts_;  // Guarded by live_mu_.
+  bool cancelling_ = false;                       // Guarded by live_mu_.
+
   mutable std::mutex mu_;
   LatencyRing<512> latencies_;  // The shard's recent answers, for Stats.
   // Per replica, for the hedge delay.
@@ -242,7 +266,10 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
         deadline_(deadline),
         done_(std::move(done)),
         replicas_(shard->replicas()),
-        retries_left_(shard->options_.retries) {}
+        retries_left_(shard->options_.retries) {
+    shard_->CallBegins();
+  }
+  ~HedgedCall() { shard_->CallEnds(); }
 
   void Run() {
     Attempt* first = nullptr;
@@ -252,9 +279,11 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     }
     const absl::Duration delay = shard_->HedgeDelay();
     if (delay >= absl::ZeroDuration() && absl::Now() + delay < deadline_) {
-      hedge_timer_ = HedgeTimer::Get().At(absl::Now() + delay, [weak = this->weak_from_this()] {
+      const HedgeTimer::Handle h = HedgeTimer::Get().After(delay, [weak = this->weak_from_this()] {
         if (auto self = weak.lock()) self->Hedge();
       });
+      std::lock_guard<std::mutex> lock(mu_);
+      hedge_timer_ = h;
     }
     Launch(first);
   }
@@ -264,6 +293,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     grpc::ClientContext context;
     Response response;
     bool hedge = false;
+    bool refused = false;  // Not started: the router is stopping.
     absl::Time started;
     ShardClient::Replica* replica = nullptr;
   };
@@ -291,6 +321,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     std::unique_ptr<grpc::ClientAsyncResponseReader<Response>> reader;
     grpc::Status status;
     void Proceed(bool) override {
+      call->shard_->AttemptEnded(&attempt->context);
       call->OnDone(attempt, std::move(status));
       delete this;
     }
@@ -300,12 +331,15 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     auto* tag = new AttemptTag;
     tag->call = this->shared_from_this();
     tag->attempt = a;
-    const bool started = shard_->queues_->Start([&](grpc::CompletionQueue* queue) {
-      tag->reader = start_(a->replica->stub.get(), &a->context, request_, queue);
-      tag->reader->StartCall();
-      tag->reader->Finish(&a->response, &tag->status, tag);
-    });
+    const bool started =
+        shard_->AttemptStarting(&a->context) &&
+        shard_->queues_->Start([&](grpc::CompletionQueue* queue) {
+          tag->reader = start_(a->replica->stub.get(), &a->context, request_, queue);
+          tag->reader->StartCall();
+          tag->reader->Finish(&a->response, &tag->status, static_cast<CqTag*>(tag));
+        });
     if (!started) {
+      a->refused = true;
       tag->status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "the router is shutting down");
       tag->Proceed(true);
     }
@@ -356,7 +390,8 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
       done_(std::move(a->response));
       return;
     }
-    if (Retryable(s) && retries_left_ > 0 && absl::Now() + absl::Milliseconds(1) < deadline_) {
+    if (Retryable(s) && !a->refused && retries_left_ > 0 &&
+        absl::Now() + absl::Milliseconds(1) < deadline_) {
       --retries_left_;
       Attempt* retry = NewAttemptLocked(a->hedge);
       lock.unlock();
@@ -387,7 +422,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
   std::vector<size_t> tried_;  // Replicas (into replicas_) attempted.
   int outstanding_ = 0;
   int retries_left_;
-  HedgeTimer::Handle hedge_timer_;  // Set before the first attempt starts.
+  HedgeTimer::Handle hedge_timer_;  // Guarded by mu_.
   bool finished_ = false;
   grpc::Status last_error_;
 };

@@ -4,7 +4,8 @@
 # the router's services through reflection, by both protocol versions (v1,
 # and v1alpha as older grpcurl speaks it); health Check answers for the
 # server and the ImageSearch service and refuses an unknown one; a Watch
-# stream sees SERVING, then NOT_SERVING when the router is told to stop.
+# stream sees SERVING, then NOT_SERVING when the router is told to stop, and
+# ends with OK.
 # Two shards of 2,000 synthetic rows, one replica each (no model).
 # Usage: router_buf_curl_test.sh QUERY_BINARY ROUTER_BINARY SNAPSHOT_TOOL WORK_DIR
 source "$(dirname "$0")/lib.sh"
@@ -68,7 +69,7 @@ fi
 grep -q 'not_found' <<<"$unknown" || fail "health of an unknown service: $unknown"
 
 # Watch: SERVING now; NOT_SERVING once the router is told to stop (it
-# stops serving before it shuts down).
+# stops serving before it shuts down), then the stream ends.
 curl_ -d '{"service":"imagesearch.v1.ImageSearch"}' "$URL/grpc.health.v1.Health/Watch" \
   > "$T/watch.out" 2>&1 &
 watch=$!
@@ -78,4 +79,7 @@ kill -TERM "$router"
 wait_until grep -q '"status": "NOT_SERVING"' "$T/watch.out" \
   || fail "Watch did not see NOT_SERVING: $(cat "$T/watch.out")"
 wait "$router" || fail "the router exited with $?: $(tail -n 5 "$T/router.log")"
+# The router ends Watch streams with OK once they have seen NOT_SERVING
+# (rather than leaving them to be cancelled when its shutdown times out).
+wait "$watch" || fail "Watch did not end with OK: $(cat "$T/watch.out")"
 echo "router buf curl e2e: 1 passed, 0 failed"

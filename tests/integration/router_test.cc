@@ -118,29 +118,35 @@ struct Cluster {
 
 TEST_CASE("The hedge timer fires due timers in time order and never a cancelled one", "[router]") {
   router::HedgeTimer& timer = router::HedgeTimer::Get();
-  std::mutex mu;
-  std::vector<int> fired;
-  std::promise<void> last;
-  auto record = [&](int n) {
-    return [&, n] {
-      std::lock_guard<std::mutex> lock(mu);
-      fired.push_back(n);
-      if (n == 3) last.set_value();
+  // Shared with the timers, which may outlive this case if it fails.
+  struct Fired {
+    std::mutex mu;
+    std::vector<int> order;
+    std::promise<void> last;
+  };
+  auto fired = std::make_shared<Fired>();
+  auto record = [fired](int n) {
+    return [fired, n] {
+      std::lock_guard<std::mutex> lock(fired->mu);
+      fired->order.push_back(n);
+      if (n == 3) fired->last.set_value();
     };
   };
   const absl::Time t0 = absl::Now();
   // Added out of order; 2 is cancelled while it is the earliest (200 ms
   // leaves a loaded machine time to cancel it before it is due).
-  const auto h3 = timer.At(t0 + absl::Milliseconds(300), record(3));
-  const auto h2 = timer.At(t0 + absl::Milliseconds(200), record(2));
+  const auto h3 = timer.After(absl::Milliseconds(300), record(3));
+  const auto h2 = timer.After(absl::Milliseconds(200), record(2));
   timer.Cancel(h2);
-  const auto h1 = timer.At(t0 + absl::Milliseconds(250), record(1));
-  REQUIRE(last.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready);
-  CHECK(absl::Now() - t0 >= absl::Milliseconds(300));
-  timer.Cancel(h1);  // Fired already: nothing to do.
+  const auto h1 = timer.After(absl::Milliseconds(250), record(1));
+  const bool done =
+      fired->last.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+  timer.Cancel(h1);  // Fired already, when all went well: nothing to do.
   timer.Cancel(h3);
-  std::lock_guard<std::mutex> lock(mu);
-  CHECK(fired == std::vector<int>{1, 3});
+  REQUIRE(done);
+  CHECK(absl::Now() - t0 >= absl::Milliseconds(300));
+  std::lock_guard<std::mutex> lock(fired->mu);
+  CHECK(fired->order == std::vector<int>{1, 3});
 }
 
 TEST_CASE("The router's merged exact answer is the collection's, from many threads, hedged",
