@@ -45,7 +45,12 @@ void CompletionThreads::Poll(grpc::CompletionQueue* queue) {
   current_queue = queue;
   void* tag = nullptr;
   bool ok = false;
-  while (queue->Next(&tag, &ok)) static_cast<CqTag*>(tag)->Proceed(ok);
+  while (queue->Next(&tag, &ok)) {
+#if defined(__SANITIZE_THREAD__)
+    __tsan_acquire(tag);  // See CqTag::GrpcTag.
+#endif
+    static_cast<CqTag*>(tag)->Proceed(ok);
+  }
   current_queue = nullptr;
 }
 

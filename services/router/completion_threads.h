@@ -15,6 +15,9 @@
 #define IMAGESEARCH_SERVICES_ROUTER_COMPLETION_THREADS_H_
 
 #include <grpcpp/grpcpp.h>
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#endif
 
 #include <atomic>
 #include <memory>
@@ -30,6 +33,18 @@ namespace imagesearch::router {
 class CqTag {
  public:
   virtual void Proceed(bool ok) = 0;
+
+  // The tag for a gRPC operation. A queue hands the tag from the thread
+  // that starts the operation to the one that polls it, synchronised inside
+  // libgrpc, which ThreadSanitizer does not see (Debian's libgrpc is not
+  // instrumented): under TSan this releases what the starting thread wrote,
+  // and Poll acquires it.
+  void* GrpcTag() {
+#if defined(__SANITIZE_THREAD__)
+    __tsan_release(this);
+#endif
+    return this;
+  }
 
  protected:
   ~CqTag() = default;

@@ -18,13 +18,12 @@ class HealthService::WatchCall final : public CqTag {
  public:
   WatchCall(HealthService* owner, grpc::ServerCompletionQueue* queue)
       : owner_(owner), queue_(queue), writer_(&context_), done_(this) {
-    context_.AsyncNotifyWhenDone(static_cast<CqTag*>(&done_));
+    context_.AsyncNotifyWhenDone(done_.GrpcTag());
   }
 
   void Request() {
     const bool ran = owner_->threads_->IfRunning([&] {
-      owner_->service_.RequestWatch(&context_, &request_, &writer_, queue_, queue_,
-                                    static_cast<CqTag*>(this));
+      owner_->service_.RequestWatch(&context_, &request_, &writer_, queue_, queue_, GrpcTag());
     });
     if (!ran) delete this;
   }
@@ -62,12 +61,10 @@ class HealthService::WatchCall final : public CqTag {
     if (now != sent_) {
       sent_ = now;
       response_.set_status(now);
-      pending_ =
-          owner_->threads_->IfRunning([&] { writer_.Write(response_, static_cast<CqTag*>(this)); });
+      pending_ = owner_->threads_->IfRunning([&] { writer_.Write(response_, GrpcTag()); });
     } else if (owner_->closing_) {
       finishing_ = true;
-      pending_ = owner_->threads_->IfRunning(
-          [&] { writer_.Finish(grpc::Status::OK, static_cast<CqTag*>(this)); });
+      pending_ = owner_->threads_->IfRunning([&] { writer_.Finish(grpc::Status::OK, GrpcTag()); });
     }
   }
 
@@ -187,8 +184,7 @@ class ReflectionService::Stream final : public CqTag {
 
   void Await() {
     Op([&] {
-      service_->RequestServerReflectionInfo(&context_, &stream_, queue_, queue_,
-                                            static_cast<CqTag*>(this));
+      service_->RequestServerReflectionInfo(&context_, &stream_, queue_, queue_, GrpcTag());
     });
   }
 
@@ -198,22 +194,22 @@ class ReflectionService::Stream final : public CqTag {
         if (!ok) break;
         (new Stream(owner_, service_, queue_))->Await();
         state_ = kReading;
-        return Op([&] { stream_.Read(&request_, static_cast<CqTag*>(this)); });
+        return Op([&] { stream_.Read(&request_, GrpcTag()); });
       case kReading:
         if (!ok) {  // The client closed its side.
           state_ = kFinishing;
-          return Op([&] { stream_.Finish(grpc::Status::OK, static_cast<CqTag*>(this)); });
+          return Op([&] { stream_.Finish(grpc::Status::OK, GrpcTag()); });
         }
         Answer();
         state_ = kWriting;
-        return Op([&] { stream_.Write(response_, static_cast<CqTag*>(this)); });
+        return Op([&] { stream_.Write(response_, GrpcTag()); });
       case kWriting:
         if (!ok) {
           state_ = kFinishing;
-          return Op([&] { stream_.Finish(grpc::Status::CANCELLED, static_cast<CqTag*>(this)); });
+          return Op([&] { stream_.Finish(grpc::Status::CANCELLED, GrpcTag()); });
         }
         state_ = kReading;
-        return Op([&] { stream_.Read(&request_, static_cast<CqTag*>(this)); });
+        return Op([&] { stream_.Read(&request_, GrpcTag()); });
       case kFinishing:
         break;
     }

@@ -39,8 +39,7 @@ class ServedCall final : public CqTag {
                     grpc::ServerCompletionQueue* queue) {
     auto* call = new ServedCall(method, threads, queue);
     const bool ran = threads->IfRunning([&] {
-      method->request(&call->context_, &call->request_, &call->writer_, queue,
-                      static_cast<CqTag*>(call));
+      method->request(&call->context_, &call->request_, &call->writer_, queue, call->GrpcTag());
     });
     if (!ran) delete call;
   }
@@ -55,9 +54,9 @@ class ServedCall final : public CqTag {
     method_->answer(context_, request_, [this](absl::StatusOr<Response> r) {
       const bool ran = threads_->IfRunning([&] {
         if (r.ok()) {
-          writer_.Finish(*r, grpc::Status::OK, static_cast<CqTag*>(this));
+          writer_.Finish(*r, grpc::Status::OK, GrpcTag());
         } else {
-          writer_.FinishWithError(ToGrpc(r.status()), static_cast<CqTag*>(this));
+          writer_.FinishWithError(ToGrpc(r.status()), GrpcTag());
         }
       });
       if (!ran) delete this;  // The server is gone; nothing will deliver this.

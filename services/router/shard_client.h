@@ -331,13 +331,13 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     auto* tag = new AttemptTag;
     tag->call = this->shared_from_this();
     tag->attempt = a;
-    const bool started =
-        shard_->AttemptStarting(&a->context) &&
-        shard_->queues_->Start([&](grpc::CompletionQueue* queue) {
-          tag->reader = start_(a->replica->stub.get(), &a->context, request_, queue);
-          tag->reader->StartCall();
-          tag->reader->Finish(&a->response, &tag->status, static_cast<CqTag*>(tag));
-        });
+    const bool started = shard_->AttemptStarting(&a->context) &&
+                         shard_->queues_->Start([&](grpc::CompletionQueue* queue) {
+                           tag->reader =
+                               start_(a->replica->stub.get(), &a->context, request_, queue);
+                           tag->reader->StartCall();
+                           tag->reader->Finish(&a->response, &tag->status, tag->GrpcTag());
+                         });
     if (!started) {
       a->refused = true;
       tag->status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "the router is shutting down");
