@@ -43,14 +43,13 @@ declare -A CASES=(
   [imagesearch_batcher_test]=""
   # Not [router]. Every gRPC operation's tag passes from the thread that
   # starts it to the thread that polls the queue through libgrpc (Debian's,
-  # not instrumented), so TSan saw each hand-off as a race. CqTag::GrpcTag
-  # and CompletionThreads::Poll now tell TSan of it (__tsan_release and
-  # __tsan_acquire), and those races are gone. But TSan then reports
-  # "signal-unsafe call inside of a signal" on every allocation of the
-  # polling thread (its stacks mis-symbolized), and the cases' Discover
-  # times out under it. Not resolved (2026-12-04). The router's concurrency
-  # is exercised by the same test in the normal build (4 threads, every
-  # shard call hedged), and its cases passed under ASan locally.
+  # not instrumented); CqTag::GrpcTag and CompletionThreads::Poll tell TSan
+  # of that hand-off (__tsan_release and __tsan_acquire). Even so, TSan
+  # reports "signal-unsafe call inside of a signal" on every allocation of
+  # the polling thread (its stacks mis-symbolized), and the cases' Discover
+  # times out under it; the cause is not known. The router's concurrency is
+  # exercised by the same test in the normal build (4 threads, every shard
+  # call hedged).
   [imagesearch_integration_test]="~[router]"
   [imagesearch_http_server_test]=""
 )

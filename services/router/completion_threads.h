@@ -2,13 +2,12 @@
 // of its own, on which imagesearch-router's calls complete: the calls it
 // serves and the calls it makes to the shards alike.
 //
-// A router query is five gRPC calls (the one served and one per shard). On
-// gRPC's callback API each of them was handed between gRPC's own threads
-// (~3.5 context switches and ~4 futex calls per call, 17 per query;
-// tools/bench/results/LOG.md, "Where the router's CPU goes"). Here the
+// A router query is five gRPC calls (the one served and one per shard). The
 // thread that takes a served call from its queue starts the shard calls on
 // that same queue, so their answers come back to the thread that merges
-// them, and nothing changes hands between threads.
+// them, and nothing changes hands between threads (gRPC's callback API
+// hands each call between its own threads: ~3.5 context switches a call;
+// tools/bench/results/LOG.md, "The router on one completion thread").
 //
 // Thread-safe.
 #ifndef IMAGESEARCH_SERVICES_ROUTER_COMPLETION_THREADS_H_

@@ -2,11 +2,11 @@
 // Watch) and server reflection (grpc.reflection.v1 and v1alpha) services,
 // served on the router's completion threads like its ImageSearch calls.
 //
-// gRPC's own implementations (EnableDefaultHealthCheckService, a callback
-// service, and libgrpc++_reflection, a sync service) would each bring their
+// Not gRPC's own implementations (EnableDefaultHealthCheckService, a
+// callback service, and libgrpc++_reflection, a sync service): each brings
 // threads that poll the same file descriptors as the completion threads,
-// and gRPC 1.51 hands every event between its polling threads through
-// futexes: the router's CPU per query doubled (tools/bench/results/LOG.md,
+// and gRPC 1.51 hands events between its polling threads through futexes,
+// which doubles the router's CPU per query (tools/bench/results/LOG.md,
 // "The router on one completion thread").
 //
 // Thread-safe.

@@ -147,8 +147,7 @@ class RouterService {
   // Once the server is built: asks each queue for each method's calls,
   // kAwaiting of each at a time. A call that arrives while none is awaited
   // waits unmatched until the thread re-arms, and is cancelled if the server
-  // stops meanwhile: SIGTERM under 16 clients' load cancelled 1-15 calls a
-  // stop with 2 awaited, 0-4 with 32 (the callback router: 0-16).
+  // stops meanwhile; 32 covers the calls a router has in flight under load.
   void Start(CompletionThreads* threads) {
     static constexpr int kAwaiting = 32;
     for (size_t q = 0; q < threads->size(); ++q) {

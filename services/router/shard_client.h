@@ -80,17 +80,13 @@ struct ShardStats {
 
 // Runs functions at given times on one thread of its own, which wakes only
 // for a timer that fires. Every shard call sets one (its hedge) and nearly
-// every call answers before it is due, so:
-//   - a grpc::Alarm per call measured ~120 us of router CPU per shard call
-//     (tools/bench/router_bench.py);
-//   - a condition variable woke this thread for every timer, due or not:
-//     ~2.3 context switches a 4-shard query;
-//   - timers on the completion threads (gRPC's poll timeouts) fire up to
-//     2 ms late, whole milliseconds: the hedged p99 with one slow replica
-//     rose from ~1.4-1.8x to 2.3x the no-delay p99.
-// So the thread sleeps in read() on a timerfd armed for the earliest timer
-// left; At and Cancel re-arm it (a system call, no wakeup) when the earliest
-// changes.
+// every call answers before it is due, so the thread sleeps in read() on a
+// timerfd armed for the earliest timer left, and After and Cancel re-arm it
+// (a system call, no wakeup) when the earliest changes. Not a grpc::Alarm
+// per call (~120 us of router CPU each), not a condition variable (a wakeup
+// for every timer, due or not), not the completion threads' poll timeouts
+// (whole milliseconds: hedges up to 2 ms late); measured in
+// tools/bench/results/LOG.md, "The router on one completion thread".
 // Times are the steady clock's (CLOCK_MONOTONIC), so that a step of the
 // wall clock neither delays nor hurries a hedge.
 class HedgeTimer {
