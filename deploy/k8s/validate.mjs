@@ -596,7 +596,8 @@ export function checkSharded(serving, indexing, indexingRoot, e) {
   });
   const sleep = c.lifecycle?.preStop?.sleep?.seconds ?? 0;
   const tgp = pod.terminationGracePeriodSeconds ?? 30;
-  expect(sleep >= 1 && tgp >= sleep + 5 + 2, `${R}: terminationGracePeriodSeconds ${tgp} < preStop ${sleep} s + 5 s drain + 2 s`);
+  const drainS = Number(f.shutdown_grace_ms ?? 5000) / 1000;
+  expect(sleep >= 1 && tgp >= sleep + drainS + 2, `${R}: terminationGracePeriodSeconds ${tgp} < preStop ${sleep} s + ${drainS} s drain + 2 s`);
   const svcSelects = (n) => {
     const o = find(serving, 'Service', n);
     return o && selects(o.spec?.selector && { matchLabels: o.spec.selector }, podLabels, `Service ${n}`, errors);

@@ -73,6 +73,9 @@ ABSL_FLAG(int, threads, 1,
           "1.51 hands events between them (~3x the context switches and twice the CPU per "
           "query measured): add router replicas before threads.");
 ABSL_FLAG(int, default_timeout_ms, 10000, "Deadline of calls that set none.");
+ABSL_FLAG(int, shutdown_grace_ms, 5000,
+          "On SIGTERM/SIGINT: how long calls in flight may take to finish; then the shard "
+          "calls still waiting (on a hung replica, say) are cancelled and the router exits.");
 ABSL_FLAG(int, startup_timeout_s, 120,
           "Give up (exit 1) when the shards have not all answered by then.");
 ABSL_FLAG(std::string, log_format, "text", "Log lines on stderr: text, or json.");
@@ -437,7 +440,8 @@ int Run() {
   LogInfo("imagesearch-router: signal ", sig, ": stopping");
   health.Shutdown();               // NOT_SERVING, and Watch streams end.
   http_backend.SetServing(false);  // /ping: 503, so load balancers move on.
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  server->Shutdown(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(std::max(0, absl::GetFlag(FLAGS_shutdown_grace_ms))));
   router.CancelAll();  // A hung replica must not hold the router up to its calls' deadlines.
   if (http != nullptr) http->Stop();
   threads.Shutdown();  // After the server's: gRPC's order.

@@ -158,12 +158,16 @@ def main():
         replica_http = [ports_of(os.path.join(env["RUN_DIR"], f"replica-{i}.ports"))["http"]
                         for i in range(3)]
         converged = {}
+        last_seen = {}  # What each replica's /info said last (None: no answer within 1 s).
         while len(converged) < 3 and time.monotonic() - published < 60:
             for i in range(3):
-                if i not in converged and version_of(replica_http[i]) == 2:
-                    converged[i] = time.monotonic() - published
+                if i not in converged:
+                    last_seen[i] = version_of(replica_http[i])
+                    if last_seen[i] == 2:
+                        converged[i] = time.monotonic() - published
             time.sleep(0.01)
-        check(len(converged) == 3, f"replicas on v2 after 60 s: {sorted(converged)}")
+        check(len(converged) == 3, f"replicas on v2 after 60 s: {sorted(converged)}; the others' "
+              f"/info (port: version): {[(replica_http[i], last_seen[i]) for i in range(3) if i not in converged]}")
         convergence = max(converged.values())
         log(f"published v2; every replica answers from v2 after {convergence:.3f} s "
             f"({', '.join(f'r{i} {t:.3f}' for i, t in sorted(converged.items()))})")
@@ -224,6 +228,18 @@ def main():
             check(set(r["versions"]) == {"1", "2"}, f"{name}: versions seen {r['versions']}")
         check(convergence <= bound, f"convergence {convergence:.3f}s over {bound:.3f}s")
         print(ctl("down").stdout.strip())
+    except BaseException:
+        # What the processes said, before `down` and the temporary folder take it away.
+        run = env["RUN_DIR"]
+        status = subprocess.run(["bash", CTL, "status"], env=env, capture_output=True, text=True)
+        print(f"--- ctl.sh status:\n{status.stdout}{status.stderr}", file=sys.stderr)
+        for name in sorted(os.listdir(run)) if os.path.isdir(run) else []:
+            if name.endswith((".log", ".out", ".ports", ".pid")):
+                with open(os.path.join(run, name), errors="replace") as f:
+                    lines = f.read().splitlines()
+                print(f"--- {name} (last 40 of {len(lines)} lines):", *lines[-40:], sep="\n    ",
+                      file=sys.stderr)
+        raise
     finally:
         for _, _, proc in loads:
             if proc.poll() is None:

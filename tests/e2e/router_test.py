@@ -20,7 +20,12 @@ and one unsharded replica of the same rows to compare with.
      GetThumbnail is answered by the shard that owns the id;
   8. dedup across shards: with exact search, the router's answer equals an
      unsharded replica's over the same rows, 40 of them duplicated;
-  9. bearer tokens: to replicas that require one, and on the router itself.
+  9. bearer tokens: to replicas that require one, and on the router itself;
+ 10. stopping the router: SIGTERM under 4 clients' load exits 0 within the
+     grace period, with no failure but refusals of calls that came too late;
+     a call waiting on a hung (SIGSTOPped) replica is cancelled once the
+     grace period is over, and the router exits 0 then, not at the call's
+     deadline.
 
 Usage: router_test.py BUILD_DIR SOURCE_DIR
 """
@@ -29,6 +34,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -296,6 +302,86 @@ def main():
         check(urllib.request.urlopen(guarded.http_url + "/ping", timeout=10).status == 200, "ping")
         print("9. tokens: the router sends --shard_token_file to replicas that require one, and "
               "requires its own (gRPC UNAUTHENTICATED, HTTP 401 without it; /ping open)")
+
+        # 10a. SIGTERM under load. Calls the router took finish; later ones
+        # are refused (UNAVAILABLE: the listener is closed, which a client
+        # retries elsewhere). gRPC 1.51 may also cancel a call that reaches
+        # the server between the start of its shutdown and the client's
+        # receipt of GOAWAY (deploy/README.md): CANCELLED, also retryable.
+        proxy.delay_s = 0.0
+        stopping = Server(ROUTER, [f"--shards={';'.join(targets)}", "--port=0"],
+                          os.path.join(work, "stopping.log"), wait=("grpc",), pick_ports=False)
+        procs.append(stopping)
+        st = stub_of(stopping.grpc_address)
+        outcomes, outcomes_lock, stop_load = [], threading.Lock(), threading.Event()
+
+        def client(c):
+            for i in range(3000):
+                if stop_load.is_set():
+                    break
+                try:
+                    search(st, vec(1000 * c + i % 200), ef=16)
+                    code = "OK"
+                except grpc.RpcError as e:
+                    code = e.code().name
+                with outcomes_lock:
+                    outcomes.append((time.monotonic(), code))
+        clients = [threading.Thread(target=client, args=(c,)) for c in range(4)]
+        for c in clients:
+            c.start()
+        time.sleep(1.0)
+        term_at = time.monotonic()
+        rc = stopping.stop(limit_s=20)
+        exited_s = time.monotonic() - term_at
+        stop_load.set()
+        for c in clients:
+            c.join()
+        before = [code for t, code in outcomes if t < term_at]
+        codes = {}
+        for _, code in outcomes:
+            codes[code] = codes.get(code, 0) + 1
+        check(rc == 0 and exited_s < 5 + 2, (rc, exited_s))
+        check(len(before) > 20 and set(before) == {"OK"}, (len(before), set(before)))
+        check(set(codes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, codes)
+        print(f"10a. SIGTERM under 4 clients: exit 0 after {exited_s:.2f} s; {len(before)} calls "
+              f"before it, all OK; outcomes in all: {codes}")
+
+        # 10b. A hung replica: a call waits on it (no other replica of its
+        # shard, no deadline for 60 s). The stop waits out --shutdown_grace_ms,
+        # then cancels the shard call, and the router exits 0.
+        hung = Server(ROUTER, ["--shards=" + ";".join(r.grpc_address for r in dreps), "--port=0",
+                               "--shutdown_grace_ms=1000"],
+                      os.path.join(work, "hung.log"), wait=("grpc",), pick_ports=False)
+        procs.append(hung)
+        hs = stub_of(hung.grpc_address)
+        check(len(search(hs, base_rows[0], top_k=3).hits) == 3, "the router before the hang")
+        os.kill(dreps[0].pid, signal.SIGSTOP)
+        waited = {}
+
+        def hung_call():
+            t0 = time.monotonic()
+            try:
+                hs.Search(pb.SearchRequest(vector=pb.Vector(values=base_rows[1])), timeout=60)
+                waited["code"] = "OK"
+            except grpc.RpcError as e:
+                waited["code"] = e.code().name
+            waited["s"] = time.monotonic() - t0
+        caller = threading.Thread(target=hung_call)
+        caller.start()
+        try:
+            time.sleep(0.5)
+            check(caller.is_alive(), f"the call did not wait on the stopped replica: {waited}")
+            term_at = time.monotonic()
+            rc = hung.stop(limit_s=20)
+            exited_s = time.monotonic() - term_at
+            caller.join(20)
+        finally:
+            os.kill(dreps[0].pid, signal.SIGCONT)
+        check(rc == 0 and 1.0 <= exited_s < 1.0 + 2, (rc, exited_s))
+        check(waited.get("code") not in (None, "OK") and waited["s"] < 10, waited)
+        print(f"10b. a call waiting on a SIGSTOPped replica: the router exits 0 {exited_s:.2f} s "
+              f"after SIGTERM (grace 1 s); the call ended {waited['code']} after "
+              f"{waited['s']:.2f} s, not at its 60 s deadline")
     finally:
         for p in procs:
             p.kill()
