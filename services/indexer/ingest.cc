@@ -258,11 +258,17 @@ absl::StatusOr<WriteOutcome> IngestCore::Upsert(std::vector<IngestItem> items, b
   }
   if (!any) return out;
   if (pending_since_ == absl::InfinitePast()) pending_since_ = absl::Now();
-  const uint64_t gen = open_gen_;
+  out.generation = open_gen_;
   changed_.notify_all();
   if (!wait) return out;
-  ASSIGN_OR_RETURN(out.version, WaitPublished(lock, gen, deadline));
+  ASSIGN_OR_RETURN(out.version, WaitPublished(lock, out.generation, deadline));
   return out;
+}
+
+absl::StatusOr<uint64_t> IngestCore::WaitPublished(uint64_t generation, absl::Time deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (generation == 0) return last_published_;
+  return WaitPublished(lock, generation, deadline);
 }
 
 absl::StatusOr<uint64_t> IngestCore::Delete(const std::vector<std::string>& ids, bool wait,

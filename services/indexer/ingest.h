@@ -95,6 +95,8 @@ struct IngestItem {
 struct WriteOutcome {
   std::vector<absl::Status> items;  // Per item, in order: OK = accepted.
   uint64_t version = 0;             // The version holding them (0 without wait).
+  // The batch they joined, for WaitPublished; 0 when none was accepted.
+  uint64_t generation = 0;
 };
 
 struct IngestStatus {
@@ -125,6 +127,12 @@ class IngestCore {
   // passes first (the writes stay pending and will be published).
   absl::StatusOr<WriteOutcome> Upsert(std::vector<IngestItem> items, bool wait,
                                       absl::Time deadline);
+  // The version that published batch `generation` (WriteOutcome::generation;
+  // 0: nothing to wait for, the last published version), once it is
+  // published; its publish error; or DEADLINE_EXCEEDED. Upsert without wait
+  // and then this is Upsert with wait, with the writes accepted in call order
+  // and the waits free to overlap (the streaming upsert).
+  absl::StatusOr<uint64_t> WaitPublished(uint64_t generation, absl::Time deadline);
   absl::StatusOr<uint64_t> Delete(const std::vector<std::string>& ids, bool wait,
                                   absl::Time deadline);
   // The ids of CURRENT's live rows that pass `filter` (none on a root with

@@ -4,8 +4,12 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 
+#include <condition_variable>
+#include <deque>
 #include <iostream>
 #include <iterator>
+#include <mutex>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "libs/common/file_util.h"
@@ -53,12 +57,12 @@ absl::Time Deadline(const grpc::ServerContext* context) {
 
 }  // namespace
 
-grpc::Status IngestServiceImpl::Upsert(grpc::ServerContext* context,
-                                       const v1::UpsertRequest* request,
-                                       v1::UpsertResponse* response) {
+namespace {
+
+std::vector<IngestItem> ItemsOf(const v1::UpsertRequest& request) {
   std::vector<IngestItem> items;
-  items.reserve(static_cast<size_t>(request->items_size()));
-  for (const auto& it : request->items()) {
+  items.reserve(static_cast<size_t>(request.items_size()));
+  for (const auto& it : request.items()) {
     IngestItem item;
     item.id = it.id();
     item.uri = it.uri();
@@ -71,13 +75,15 @@ grpc::Status IngestServiceImpl::Upsert(grpc::ServerContext* context,
     }
     items.push_back(std::move(item));
   }
-  const bool wait = !request->has_wait() || request->wait();
-  auto out = core_->Upsert(std::move(items), wait, Deadline(context));
-  if (!out.ok()) return ToGrpc(out.status());
-  for (int i = 0; i < request->items_size(); ++i) {
-    const absl::Status& s = out->items[static_cast<size_t>(i)];
+  return items;
+}
+
+void FillUpsertResponse(const IngestShards& core, const v1::UpsertRequest& request,
+                        const ShardedWriteOutcome& out, v1::UpsertResponse* response) {
+  for (int i = 0; i < request.items_size(); ++i) {
+    const absl::Status& s = out.items[static_cast<size_t>(i)];
     v1::ItemResult* r = response->add_results();
-    r->set_id(request->items(i).id());
+    r->set_id(request.items(i).id());
     r->set_code(static_cast<int32_t>(s.code()));
     r->set_error(std::string(s.message()));
     if (s.ok()) {
@@ -86,7 +92,94 @@ grpc::Status IngestServiceImpl::Upsert(grpc::ServerContext* context,
       response->set_rejected(response->rejected() + 1);
     }
   }
-  SetVersions(*core_, out->versions, response);
+  SetVersions(core, out.versions, response);
+}
+
+bool WaitOf(const v1::UpsertRequest& request) { return !request.has_wait() || request.wait(); }
+
+// Requests of one UpsertStream accepted and not yet answered.
+constexpr size_t kStreamWindow = 8;
+
+}  // namespace
+
+grpc::Status IngestServiceImpl::Upsert(grpc::ServerContext* context,
+                                       const v1::UpsertRequest* request,
+                                       v1::UpsertResponse* response) {
+  auto out = core_->Upsert(ItemsOf(*request), WaitOf(*request), Deadline(context));
+  if (!out.ok()) return ToGrpc(out.status());
+  FillUpsertResponse(*core_, *request, *out, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status IngestServiceImpl::UpsertStream(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<v1::UpsertStreamResponse, v1::UpsertStreamRequest>* stream) {
+  // This thread reads and accepts requests in order; `answerer` waits for
+  // each one's publish and writes its response, in the same order. The
+  // window between them bounds what is accepted and not yet answered.
+  struct Accepted {
+    v1::UpsertRequest request;
+    ShardedWriteOutcome out;
+  };
+  std::mutex mu;
+  std::condition_variable changed;
+  std::deque<Accepted> window;
+  bool reading_done = false;
+  grpc::Status read_failed;    // A request that failed as a whole; nothing after it is read.
+  grpc::Status answer_failed;  // A failed publish, or the client gone; nothing more is answered.
+  std::thread answerer([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    for (;;) {
+      changed.wait(lock, [&] { return !window.empty() || reading_done; });
+      if (window.empty()) return;  // Reading is done and every accepted request answered.
+      Accepted& next = window.front();
+      lock.unlock();
+      // A stream may outlive any one wait: without a deadline of its own, each
+      // wait gets Upsert's (an hour).
+      absl::Status waited = absl::OkStatus();
+      if (WaitOf(next.request)) waited = core_->WaitPublished(&next.out, Deadline(context));
+      v1::UpsertStreamResponse response;
+      if (waited.ok()) FillUpsertResponse(*core_, next.request, next.out, response.mutable_upsert());
+      const bool written = waited.ok() && stream->Write(response);
+      lock.lock();
+      window.pop_front();
+      changed.notify_all();
+      if (!waited.ok() || !written) {
+        answer_failed = !waited.ok() ? ToGrpc(waited)
+                                     : grpc::Status(grpc::StatusCode::CANCELLED,
+                                                    "the client stopped reading the answers");
+        return;
+      }
+    }
+  });
+  v1::UpsertStreamRequest read;
+  while (stream->Read(&read)) {
+    v1::UpsertRequest request = std::move(*read.mutable_upsert());
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      changed.wait(lock, [&] { return window.size() < kStreamWindow || !answer_failed.ok(); });
+      if (!answer_failed.ok()) break;
+    }
+    // Accepted without waiting: the wait is the answerer's, so the next
+    // request is read (and accepted, in order) meanwhile.
+    auto out = core_->Upsert(ItemsOf(request), /*wait=*/false, Deadline(context));
+    std::lock_guard<std::mutex> lock(mu);
+    if (!out.ok()) {
+      read_failed = ToGrpc(out.status());
+      break;
+    }
+    window.push_back(Accepted{std::move(request), *std::move(out)});
+    changed.notify_all();
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    reading_done = true;
+    changed.notify_all();
+  }
+  answerer.join();  // The requests accepted before a failed one are answered first.
+  if (!answer_failed.ok()) return answer_failed;
+  if (!read_failed.ok()) return read_failed;
+  if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
   return grpc::Status::OK;
 }
 

@@ -1,6 +1,7 @@
 // gRPC front of the ingest service (imagesearch.v1.Ingest): converts requests
 // to IngestShards calls and back; nothing else. Synchronous gRPC API, since a
-// waiting Upsert holds its thread until the publish (about a second).
+// waiting Upsert holds its thread until the publish (about a second); a
+// streaming upsert holds two (one reads and accepts, one waits and answers).
 #ifndef IMAGESEARCH_SERVICES_INDEXER_INGEST_SERVICE_H_
 #define IMAGESEARCH_SERVICES_INDEXER_INGEST_SERVICE_H_
 
@@ -17,6 +18,9 @@ class IngestServiceImpl final : public v1::Ingest::Service {
 
   grpc::Status Upsert(grpc::ServerContext* context, const v1::UpsertRequest* request,
                       v1::UpsertResponse* response) override;
+  grpc::Status UpsertStream(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::UpsertStreamResponse, v1::UpsertStreamRequest>* stream) override;
   grpc::Status Delete(grpc::ServerContext* context, const v1::DeleteRequest* request,
                       v1::DeleteResponse* response) override;
   grpc::Status Flush(grpc::ServerContext* context, const v1::FlushRequest* request,

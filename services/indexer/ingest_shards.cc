@@ -168,39 +168,66 @@ absl::StatusOr<ShardedWriteOutcome> IngestShards::Upsert(std::vector<IngestItem>
                                                          absl::Time deadline) {
   ShardedWriteOutcome out;
   if (!sharded()) {
-    ASSIGN_OR_RETURN(WriteOutcome w, cores_.front()->Upsert(std::move(items), wait, deadline));
+    ASSIGN_OR_RETURN(WriteOutcome w, cores_.front()->Upsert(std::move(items), false, deadline));
     out.items = std::move(w.items);
-    out.versions[0] = w.version;
-    return out;
+    out.versions[0] = 0;
+    out.generations[0] = w.generation;
+  } else {
+    std::vector<std::vector<IngestItem>> per(cores_.size());
+    for (size_t i = 0; i < items.size(); ++i) {
+      const uint32_t s = ShardOf(items[i].id);
+      per[s].push_back(std::move(items[i]));
+      out.positions[s].push_back(i);
+    }
+    std::vector<uint32_t> touched;
+    for (const auto& [s, unused] : out.positions) touched.push_back(s);
+    std::vector<absl::StatusOr<WriteOutcome>> results(cores_.size(), WriteOutcome());
+    ForEachShard(touched, [&](uint32_t s) {
+      results[s] = cores_[s]->Upsert(std::move(per[s]), false, deadline);
+    });
+    out.items.assign(items.size(), absl::OkStatus());
+    for (uint32_t s : touched) {
+      const std::vector<size_t>& where = out.positions[s];
+      if (!results[s].ok()) {
+        const absl::Status failed(
+            results[s].status().code(),
+            absl::StrCat("shard ", s, " of ", shard_count_, ": ", results[s].status().message()));
+        for (size_t pos : where) out.items[pos] = failed;
+        continue;
+      }
+      for (size_t k = 0; k < where.size(); ++k) out.items[where[k]] = results[s]->items[k];
+      out.versions[s] = 0;
+      out.generations[s] = results[s]->generation;
+    }
   }
-  std::vector<std::vector<IngestItem>> per(cores_.size());
-  std::vector<std::vector<size_t>> where(cores_.size());  // Each shard's items' positions.
-  for (size_t i = 0; i < items.size(); ++i) {
-    const uint32_t s = ShardOf(items[i].id);
-    per[s].push_back(std::move(items[i]));
-    where[s].push_back(i);
+  if (wait) RETURN_IF_ERROR(WaitPublished(&out, deadline));
+  return out;
+}
+
+absl::Status IngestShards::WaitPublished(ShardedWriteOutcome* out, absl::Time deadline) {
+  std::vector<uint32_t> waiting;  // Shards with accepted items.
+  for (const auto& [s, generation] : out->generations) {
+    if (generation != 0) waiting.push_back(s);
   }
-  std::vector<uint32_t> touched;
-  for (uint32_t s = 0; s < per.size(); ++s) {
-    if (!per[s].empty()) touched.push_back(s);
-  }
-  std::vector<absl::StatusOr<WriteOutcome>> results(cores_.size(), WriteOutcome());
-  ForEachShard(touched, [&](uint32_t s) {
-    results[s] = cores_[s]->Upsert(std::move(per[s]), wait, deadline);
+  std::vector<absl::StatusOr<uint64_t>> results(cores_.size(), uint64_t{0});
+  ForEachShard(waiting, [&](uint32_t s) {
+    results[s] = cores_[s]->WaitPublished(out->generations[s], deadline);
   });
-  out.items.assign(items.size(), absl::OkStatus());
-  for (uint32_t s : touched) {
-    if (!results[s].ok()) {
-      const absl::Status failed(
-          results[s].status().code(),
-          absl::StrCat("shard ", s, " of ", shard_count_, ": ", results[s].status().message()));
-      for (size_t pos : where[s]) out.items[pos] = failed;
+  for (uint32_t s : waiting) {
+    if (results[s].ok()) {
+      out->versions[s] = *results[s];
       continue;
     }
-    for (size_t k = 0; k < where[s].size(); ++k) out.items[where[s][k]] = results[s]->items[k];
-    out.versions[s] = results[s]->version;
+    if (!sharded()) return results[s].status();  // Their writes may be lost: the call fails.
+    const absl::Status failed(
+        results[s].status().code(),
+        absl::StrCat("shard ", s, " of ", shard_count_, ": ", results[s].status().message()));
+    for (size_t pos : out->positions[s]) {
+      if (out->items[pos].ok()) out->items[pos] = failed;
+    }
+    out->versions.erase(s);
   }
-  return out;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<ShardVersions> IngestShards::Delete(const std::vector<std::string>& ids, bool wait,

@@ -37,6 +37,10 @@ struct ShardedWriteOutcome {
   // The versions holding them, by shard (only shards that got an item; 0
   // without wait). For one root: {0: version}.
   ShardVersions versions;
+  // What WaitPublished waits for: the batch each shard's accepted items
+  // joined (IngestCore's generation), and the items' positions by shard.
+  std::map<uint32_t, uint64_t> generations;
+  std::map<uint32_t, std::vector<size_t>> positions;
 };
 
 struct ShardedIngestStatus {
@@ -58,6 +62,10 @@ class IngestShards {
   // that status, and the others go on; with one root the call fails.
   absl::StatusOr<ShardedWriteOutcome> Upsert(std::vector<IngestItem> items, bool wait,
                                              absl::Time deadline);
+  // Waits until the items `out` accepted (an Upsert without wait) are
+  // published, and sets out->versions; a shard's failure fails its own
+  // items, as in Upsert (one root: the call's status).
+  absl::Status WaitPublished(ShardedWriteOutcome* out, absl::Time deadline);
   // Deletes by id; any shard's failure fails the call (deletes are
   // idempotent: retry it).
   absl::StatusOr<ShardVersions> Delete(const std::vector<std::string>& ids, bool wait,

@@ -79,6 +79,9 @@ ABSL_FLAG(std::string, port_file, "", "serve: write {\"grpc\": PORT} here once l
 ABSL_FLAG(int, publish_interval_ms, 1000,
           "serve: publish pending writes as a new version this often (milliseconds).");
 ABSL_FLAG(int, publish_rows, 10000, "serve: or as soon as this many rows are pending.");
+ABSL_FLAG(int, max_pending_rows, 200000,
+          "serve: refuse writes (RESOURCE_EXHAUSTED, retry later) while this many rows wait to "
+          "be published.");
 ABSL_FLAG(int, dim, 0,
           "serve: dimension of a new vector-only collection (empty root, no --model).");
 ABSL_FLAG(std::string, metric, "cosine", "serve: metric of a new vector-only collection.");
@@ -119,9 +122,9 @@ int Serve() {
   }
   o.schema = *std::move(schema);
   if (o.root.empty() || absl::GetFlag(FLAGS_publish_interval_ms) <= 0 ||
-      absl::GetFlag(FLAGS_publish_rows) <= 0) {
+      absl::GetFlag(FLAGS_publish_rows) <= 0 || absl::GetFlag(FLAGS_max_pending_rows) <= 0) {
     std::cerr << "usage: imagesearch-indexer serve --root=DIR [--model=model.pt] [--port=N] "
-                 "(--publish_interval_ms and --publish_rows positive)\n";
+                 "(--publish_interval_ms, --publish_rows and --max_pending_rows positive)\n";
     return 2;
   }
   if (const int nice = absl::GetFlag(FLAGS_background_nice); nice < 0 || nice > 19) {
@@ -130,6 +133,7 @@ int Serve() {
   }
   o.publish_interval = absl::Milliseconds(absl::GetFlag(FLAGS_publish_interval_ms));
   o.publish_rows = static_cast<size_t>(absl::GetFlag(FLAGS_publish_rows));
+  o.max_pending_rows = static_cast<size_t>(absl::GetFlag(FLAGS_max_pending_rows));
   o.hnsw.m = absl::GetFlag(FLAGS_m);
   o.hnsw.ef_construction = absl::GetFlag(FLAGS_ef_construction);
   o.default_ef = absl::GetFlag(FLAGS_default_ef);

@@ -5,6 +5,8 @@ query replica following the same root, over gRPC and HTTP on loopback:
   1. a vector collection on an empty root: Upsert (wait) answers with the
      version holding the rows, and the replica returns them; a batch with a
      vector of the wrong dimension rejects that item alone, with the reason;
+     UpsertStream answers each batch in order, several per publish, and
+     ends with the status of a request that fails as a whole;
   2. Delete: the id is gone from the replica's answers;
   3. a second ingest service on the same root is refused (the root's lock);
   4. many small publishes: the service merges segments in the background
@@ -91,6 +93,60 @@ def wait_found(replica, i, version):
     replica.wait_until(f"v{i} searchable", found, 30)
 
 
+def stream_step(work, s, replica):
+    """UpsertStream: 20 batches sent without waiting for answers; each answered
+    in order once published, several per publish; a later batch's item wins
+    over an earlier one's of the same id; a wrong-dimension item is rejected
+    alone. Then a stream whose request fails as a whole (the pending-row
+    limit) ends with that status after answering the requests before it."""
+    reqs = []
+    for b in range(20):
+        req = pb.UpsertRequest()
+        for k in range(5):
+            req.items.add(id=f"s{5 * b + k}", vector=pb.Vector(values=vec(1000 + 5 * b + k)))
+        reqs.append(req)
+    reqs[12].items.add(id="s7", vector=pb.Vector(values=vec(5000)))  # s7 again: this one wins
+    reqs[15].items.add(id="bad", vector=pb.Vector(values=[1.0]))
+    answers = [a.upsert for a in s.UpsertStream(
+        (pb.UpsertStreamRequest(upsert=r) for r in reqs), timeout=60)]
+    check(len(answers) == 20 and
+          all([r.id for r in a.results] == [it.id for it in q.items]
+              for a, q in zip(answers, reqs)), answers)
+    check(answers[15].rejected == 1 and answers[15].results[5].code == 3 and
+          "vector has 1 values" in answers[15].results[5].error and
+          sum(a.accepted for a in answers) == 101, answers[15])
+    versions = [a.version for a in answers]
+    check(versions[0] > 0 and versions == sorted(versions) and len(set(versions)) < 20, versions)
+    replica.wait_until("s99 searchable", lambda: top_id(replica, vec(1099)) ==
+                       ("s99", versions[-1]) or top_id(replica, vec(1099))[1] > versions[-1], 30)
+    check(top_id(replica, vec(1099))[0] == "s99", "s99 not found")
+    got, _ = top_id(replica, vec(5000))
+    check(got == "s7", f"s7's later vector finds {got}")
+
+    # A failing request ends the stream: the first (not waiting) is answered,
+    # the second would pass the pending-row limit.
+    limited = ingest(os.path.join(work, "lroot"), os.path.join(work, "limited.log"), f"--dim={DIM}",
+                     "--publish_interval_ms=60000", "--max_pending_rows=10")
+    first, second = pb.UpsertRequest(wait=False), pb.UpsertRequest(wait=False)
+    for i in range(6):
+        first.items.add(id=f"a{i}", vector=pb.Vector(values=vec(i)))
+        second.items.add(id=f"b{i}", vector=pb.Vector(values=vec(i)))
+    got = []
+    try:
+        for a in stub(limited).UpsertStream(
+                (pb.UpsertStreamRequest(upsert=r) for r in (first, second)), timeout=30):
+            got.append(a.upsert)
+        check(False, f"the stream ended without an error: {got}")
+    except grpc.RpcError as e:
+        check(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "the limit is 10" in e.details()
+              and len(got) == 1 and got[0].accepted == 6 and got[0].version == 0,
+              (e.code(), e.details(), got))
+    limited.stop()
+    print(f"1b. UpsertStream: 20 batches answered in order by {len(set(versions))} publishes "
+          f"(v{versions[0]}..v{versions[-1]}); the later s7 wins; a bad item rejected alone; "
+          "a request over the pending limit ends the stream after answering the one before it")
+
+
 def vectors(work):
     root = os.path.join(work, "vroot")
     svc = ingest(root, os.path.join(work, "ingest.log"), f"--dim={DIM}",
@@ -111,6 +167,8 @@ def vectors(work):
     wait_found(replica, 51, resp.version)
     print(f"1. upserts published as v1..v{resp.version}; searchable on the replica; "
           "a wrong-dimension item rejected alone")
+
+    stream_step(work, s, replica)
 
     resp = s.Delete(pb.DeleteRequest(ids=["v17"]), timeout=30)
     check(resp.version > 0, resp)
@@ -137,7 +195,7 @@ def vectors(work):
     for k in range(14):  # 14 more publishes of 3 rows each: more than 10 segments.
         upsert_vectors(s, range(100 + 3 * k, 103 + 3 * k))
     st = wait_merged(svc, s, 10)
-    check(st.live_rows == 50 + 2 - 1 + 42 and st.pending_rows == 0 and not st.last_error, st)
+    check(st.live_rows == 50 + 2 + 100 - 1 + 42 and st.pending_rows == 0 and not st.last_error, st)
     wait_found(replica, 130, st.current_version)
     print(f"4. 15 small publishes merged in the background: {st.segments} segments, "
           f"{st.live_rows} rows, {st.merges_done} merge(s)")
@@ -204,7 +262,8 @@ def images(work):
     for name in ("motorcycle_left.png", "logo.png"):
         shutil.copy(os.path.join(T.images, name), os.path.join(folder, "trip", name))
     tool = os.path.join(SRC, "tools", "ingest", "ingest_folder.py")
-    out = run("/usr/bin/python3", tool, f"--target={svc.grpc_address}", f"--dir={folder}").stdout
+    out = run("/usr/bin/python3", tool, f"--target={svc.grpc_address}", f"--dir={folder}",
+              "--batch=1").stdout  # Two requests on its stream.
     check(out.startswith("upserted 2 of 2 image(s): live in v"), out)
     out = run("/usr/bin/python3", tool, f"--target={svc.grpc_address}", "--delete",
               "rocket.jpg").stdout

@@ -161,6 +161,17 @@ def main():
                 return sid in hits.values()
             servers[0].wait_until(f"{sid} searchable", visible, 30)
             check(list(hits.values()).count(sid) == 1, hits)
+        # The same through UpsertStream: each answer names the shards its batch went to.
+        reqs = []
+        for b in range(3):
+            reqs.append(pb.UpsertRequest())
+            for i in range(10):
+                reqs[b].items.add(id=f"t{10 * b + i}", vector=pb.Vector(values=vec(3000 + 10 * b + i)))
+        answers = [a.upsert for a in stub.UpsertStream(
+            (pb.UpsertStreamRequest(upsert=r) for r in reqs), timeout=60)]
+        check(len(answers) == 3 and all(a.accepted == 10 and a.version == 0 and a.shard_versions
+                                        and min(a.shard_versions.values()) >= 3 for a in answers),
+              answers)
         resp = stub.Delete(pb.DeleteRequest(ids=["n7", "p0"]), timeout=60)
         check(resp.accepted == 2 and resp.version == 0 and len(resp.shard_versions) >= 1, resp)
         for gone in ("n7", "p0"):
@@ -169,10 +180,11 @@ def main():
             servers[0].wait_until(f"{gone} deleted", deleted, 30)
         st = stub.Status(pb.IngestStatusRequest(), timeout=10)
         check(st.shard_count == S and len(st.shards) == S and
-              st.live_rows == N + 60 - 2 == sum(s.live_rows for s in st.shards), st)
+              st.live_rows == N + 60 + 30 - 2 == sum(s.live_rows for s in st.shards), st)
         svc.stop()
         servers.remove(svc)
-        print("5. the ingest service routes upserts and deletes to their shards; Status sums them")
+        print("5. the ingest service routes upserts (one call, and a stream) and deletes to their "
+              "shards; Status sums them")
 
         bad = run(T.indexer, "serve", f"--root={coll}", "--port=0", "--shard_count=4", ok=False)
         check(bad.returncode != 0 and "is a collection of 3 shards, not 4" in bad.stderr,

@@ -39,8 +39,8 @@ def main():
     ap.add_argument("--target", default="127.0.0.1:50052", help="the ingest service, host:port")
     ap.add_argument("--dir", help="upsert every image under this folder")
     ap.add_argument("--delete", nargs="*", default=[], help="ids to delete")
-    ap.add_argument("--batch", type=int, default=16, help="images per Upsert call")
-    ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--batch", type=int, default=16, help="images per request of the stream")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds for the whole run")
     args = ap.parse_args()
     if not args.dir and not args.delete:
         ap.error("give --dir or --delete")
@@ -54,20 +54,30 @@ def main():
         root = os.path.abspath(os.path.expanduser(args.dir))
         files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
                        if f.lower().endswith(EXTENSIONS))
-        version = 0
-        for i in range(0, len(files), args.batch):
-            req = pb.UpsertRequest()
-            for path in files[i:i + args.batch]:
-                with open(path, "rb") as f:
-                    req.items.add(id=os.path.relpath(path, root), image=f.read(),
-                                  uri="file://" + path)
-            r = ingest.Upsert(req, timeout=args.timeout)
+        versions = {}  # The newest version holding this run's images, by shard (one root: 0).
+
+        def batches():  # Read as the stream asks for them, not all at once.
+            for i in range(0, len(files), args.batch):
+                req = pb.UpsertRequest()
+                for path in files[i:i + args.batch]:
+                    with open(path, "rb") as f:
+                        req.items.add(id=os.path.relpath(path, root), image=f.read(),
+                                      uri="file://" + path)
+                yield pb.UpsertStreamRequest(upsert=req)
+        # One stream: the batches are accepted in order while earlier ones wait
+        # for their publish, so the run goes at the encoder's speed.
+        for answer in ingest.UpsertStream(batches(), timeout=args.timeout):
+            r = answer.upsert
             for res in r.results:
                 if res.code != 0:
                     failed += 1
                     print(f"rejected {res.id}: {res.error}", file=sys.stderr)
-            version = max(version, r.version)
-        print(f"upserted {len(files) - failed} of {len(files)} image(s): live in v{version}")
+            for shard, v in ({0: r.version} if r.version else r.shard_versions).items():
+                versions[shard] = max(versions.get(shard, 0), v)
+        version = versions.get(0, 0) if len(versions) <= 1 else \
+            ", ".join(f"shard {s} v{v}" for s, v in sorted(versions.items()))
+        print(f"upserted {len(files) - failed} of {len(files)} image(s): live in "
+              f"{version if isinstance(version, str) else f'v{version}'}")
     return 1 if failed else 0
 
 
