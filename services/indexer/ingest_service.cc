@@ -15,6 +15,7 @@
 #include "libs/common/file_util.h"
 #include "libs/common/log.h"
 #include "libs/serving/filter_proto.h"
+#include "services/query/connection_limits.h"
 
 namespace imagesearch::indexer {
 namespace {
@@ -249,6 +250,7 @@ int RunIngestServer(const ServeOptions& options) {
                            grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(256 << 20);
+  ApplyConnectionLimits(&builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     LogError("imagesearch-indexer serve: cannot listen on ", options.host, ":", options.port);

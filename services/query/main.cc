@@ -51,6 +51,7 @@
 #include "libs/serving/query_core.h"
 #include "libs/serving/snapshot_manager.h"
 #include "services/query/auth.h"
+#include "services/query/connection_limits.h"
 #include "services/query/http_frontend.h"
 #include "services/query/image_search_service.h"
 
@@ -444,6 +445,7 @@ std::unique_ptr<grpc::Server> StartGrpc(ImageSearchService* service, const Secur
     builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
                                absl::GetFlag(FLAGS_shutdown_grace_ms));
   }
+  ApplyConnectionLimits(&builder);
   builder.RegisterService(service);
   return builder.BuildAndStart();
 }

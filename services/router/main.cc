@@ -40,6 +40,7 @@
 #include "libs/serving/model_plugin.h"
 #include "services/query/auth.h"
 #include "services/query/call_gate.h"
+#include "services/query/connection_limits.h"
 #include "services/query/http_frontend.h"
 #include "services/router/completion_threads.h"
 #include "services/router/health_reflection.h"
@@ -409,6 +410,7 @@ int Run() {
                            GrpcServerCredentials(tls ? &*tls : nullptr), &port);
   builder.RegisterService(service.service());
   builder.SetMaxReceiveMessageSize(64 << 20);
+  ApplyConnectionLimits(&builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     LogError("imagesearch-router: cannot listen on ", absl::GetFlag(FLAGS_host), ":",
