@@ -596,6 +596,10 @@ export function checkSharded(serving, indexing, indexingRoot, e) {
   });
   const sleep = c.lifecycle?.preStop?.sleep?.seconds ?? 0;
   const tgp = pod.terminationGracePeriodSeconds ?? 30;
+  const routerAge = Number(f.max_connection_age_ms);
+  expect(routerAge >= CONNECTION_AGE_MS[0] && routerAge <= CONNECTION_AGE_MS[1],
+    `${R}: --max_connection_age_ms=${f.max_connection_age_ms} must be set within ${CONNECTION_AGE_MS.join('..')} `
+    + 'so clients spread onto routers the HPA adds');
   const drainS = Number(f.shutdown_grace_ms ?? 5000) / 1000;
   expect(sleep >= 1 && tgp >= sleep + drainS + 2, `${R}: terminationGracePeriodSeconds ${tgp} < preStop ${sleep} s + ${drainS} s drain + 2 s`);
   const svcSelects = (n) => {
@@ -756,6 +760,10 @@ function negativeChecks(rendered, models, yaml, k, k8sDir) {
       const c = s.find((o) => o.metadata.name === 'imagesearch-router').spec.template.spec.containers[0];
       c.env.find((x) => x.name === 'SHARD_1').value = 'imagesearch-query-headless-shard-0';
     }, /shard 1 is reached through \$\(SHARD_1\) = 'imagesearch-query-headless-shard-0'/],
+    ['a router without a maximum connection age', 'sharded', (s) => {
+      const c = s.find((o) => o.metadata.name === 'imagesearch-router').spec.template.spec.containers[0];
+      c.args = c.args.filter((a) => !a.startsWith('--max_connection_age_ms='));
+    }, /imagesearch-router: --max_connection_age_ms=undefined must be set/],
     ['the router listing one shard of two', 'sharded', (s) => {
       const c = s.find((o) => o.metadata.name === 'imagesearch-router').spec.template.spec.containers[0];
       c.args = c.args.map((a) => (a.startsWith('--shards=') ? '--shards=dns:///$(SHARD_0):50051' : a));

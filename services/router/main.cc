@@ -74,6 +74,9 @@ ABSL_FLAG(int, threads, 1,
           "1.51 hands events between them (~3x the context switches and twice the CPU per "
           "query measured): add router replicas before threads.");
 ABSL_FLAG(int, default_timeout_ms, 10000, "Deadline of calls that set none.");
+ABSL_FLAG(int, max_connection_age_ms, 300000,
+          "Close each gRPC connection (GOAWAY) after this long so clients re-resolve and spread "
+          "onto router replicas added since (HPA); 0 = never.");
 ABSL_FLAG(int, shutdown_grace_ms, 5000,
           "On SIGTERM/SIGINT: how long calls in flight may take to finish; then the shard "
           "calls still waiting (on a hung replica, say) are cancelled and the router exits.");
@@ -411,6 +414,12 @@ int Run() {
   builder.RegisterService(service.service());
   builder.SetMaxReceiveMessageSize(64 << 20);
   ApplyConnectionLimits(&builder);
+  if (absl::GetFlag(FLAGS_max_connection_age_ms) > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               absl::GetFlag(FLAGS_max_connection_age_ms));
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                               std::max(0, absl::GetFlag(FLAGS_shutdown_grace_ms)));
+  }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     LogError("imagesearch-router: cannot listen on ", absl::GetFlag(FLAGS_host), ":",
