@@ -140,7 +140,8 @@ grpc::Status IngestServiceImpl::UpsertStream(
       absl::Status waited = absl::OkStatus();
       if (WaitOf(next.request)) waited = core_->WaitPublished(&next.out, Deadline(context));
       v1::UpsertStreamResponse response;
-      if (waited.ok()) FillUpsertResponse(*core_, next.request, next.out, response.mutable_upsert());
+      if (waited.ok())
+        FillUpsertResponse(*core_, next.request, next.out, response.mutable_upsert());
       const bool written = waited.ok() && stream->Write(response);
       lock.lock();
       window.pop_front();
