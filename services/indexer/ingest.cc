@@ -26,7 +26,10 @@
 namespace imagesearch::indexer {
 namespace {
 
-// Outcomes of this many recent generations are kept for late waiters.
+// Outcomes of this many recent generations are kept for late waiters (a
+// streaming upsert waits for a batch only after answering the one before
+// it). Failed generations are kept apart and never dropped, so that no
+// waiter, however late, takes a lost write for a published one.
 constexpr size_t kSettledKept = 4096;
 
 }  // namespace
@@ -222,9 +225,11 @@ absl::StatusOr<uint64_t> IngestCore::WaitPublished(std::unique_lock<std::mutex>&
                                                    absl::Time deadline) {
   for (;;) {
     if (published_gen_ >= gen) {
+      if (auto failed = failed_gens_.find(gen); failed != failed_gens_.end()) return failed->second;
       auto it = settled_.find(gen);
       if (it != settled_.end()) return it->second;
-      return absl::StatusOr<uint64_t>(last_published_);  // Settled long ago: published.
+      // Settled long ago, and not failed: published, in this version or before.
+      return absl::StatusOr<uint64_t>(last_published_);
     }
     if (stop_) {
       return absl::UnavailableError(
@@ -427,8 +432,12 @@ void IngestCore::PublisherLoop() {
     if (v.ok() && *v > 0) last_published_ = *v;
     last_error_ = v.ok() ? "" : v.status().ToString();
     if (v.ok() && *v == 0) v = last_published_;
-    settled_.emplace(gen, v);
-    while (settled_.size() > kSettledKept) settled_.erase(settled_.begin());
+    if (v.ok()) {
+      settled_.emplace(gen, *v);
+      while (settled_.size() > kSettledKept) settled_.erase(settled_.begin());
+    } else {
+      failed_gens_.emplace(gen, v.status());
+    }
     published_gen_ = gen;
     merge_wanted_ = options_.merge;
     changed_.notify_all();

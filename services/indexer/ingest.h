@@ -184,9 +184,10 @@ class IngestCore {
   std::set<std::string> pending_deletes_;
   absl::Time pending_since_ = absl::InfinitePast();
   bool flush_requested_ = false;
-  uint64_t open_gen_ = 1;                                 // The generation new writes join.
-  uint64_t published_gen_ = 0;                            // Every generation <= this is settled.
-  std::map<uint64_t, absl::StatusOr<uint64_t>> settled_;  // Recent outcomes by generation.
+  uint64_t open_gen_ = 1;                         // The generation new writes join.
+  uint64_t published_gen_ = 0;                    // Every generation <= this is settled.
+  std::map<uint64_t, uint64_t> settled_;          // Recent published versions by generation.
+  std::map<uint64_t, absl::Status> failed_gens_;  // Every failed generation's error.
   uint64_t last_published_ = 0;
   std::string last_error_;
   bool stop_ = false;

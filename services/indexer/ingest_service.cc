@@ -79,12 +79,20 @@ std::vector<IngestItem> ItemsOf(const v1::UpsertRequest& request) {
   return items;
 }
 
-void FillUpsertResponse(const IngestShards& core, const v1::UpsertRequest& request,
+std::vector<std::string> IdsOf(const v1::UpsertRequest& request) {
+  std::vector<std::string> ids;
+  ids.reserve(static_cast<size_t>(request.items_size()));
+  for (const auto& it : request.items()) ids.push_back(it.id());
+  return ids;
+}
+
+// `ids`: the request's items' ids, in order.
+void FillUpsertResponse(const IngestShards& core, const std::vector<std::string>& ids,
                         const ShardedWriteOutcome& out, v1::UpsertResponse* response) {
-  for (int i = 0; i < request.items_size(); ++i) {
-    const absl::Status& s = out.items[static_cast<size_t>(i)];
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const absl::Status& s = out.items[i];
     v1::ItemResult* r = response->add_results();
-    r->set_id(request.items(i).id());
+    r->set_id(ids[i]);
     r->set_code(static_cast<int32_t>(s.code()));
     r->set_error(std::string(s.message()));
     if (s.ok()) {
@@ -108,7 +116,7 @@ grpc::Status IngestServiceImpl::Upsert(grpc::ServerContext* context,
                                        v1::UpsertResponse* response) {
   auto out = core_->Upsert(ItemsOf(*request), WaitOf(*request), Deadline(context));
   if (!out.ok()) return ToGrpc(out.status());
-  FillUpsertResponse(*core_, *request, *out, response);
+  FillUpsertResponse(*core_, IdsOf(*request), *out, response);
   return grpc::Status::OK;
 }
 
@@ -119,15 +127,16 @@ grpc::Status IngestServiceImpl::UpsertStream(
   // each one's publish and writes its response, in the same order. The
   // window between them bounds what is accepted and not yet answered.
   struct Accepted {
-    v1::UpsertRequest request;
+    std::vector<std::string> ids;  // Not the request: its images are not held meanwhile.
+    bool wait = true;
     ShardedWriteOutcome out;
   };
   std::mutex mu;
   std::condition_variable changed;
   std::deque<Accepted> window;
   bool reading_done = false;
-  grpc::Status read_failed;    // A request that failed as a whole; nothing after it is read.
-  grpc::Status answer_failed;  // A failed publish, or the client gone; nothing more is answered.
+  grpc::Status read_failed;    // A request refused as a whole; nothing after it is read.
+  grpc::Status answer_failed;  // The client is gone; nothing more is answered.
   std::thread answerer([&] {
     std::unique_lock<std::mutex> lock(mu);
     for (;;) {
@@ -137,26 +146,35 @@ grpc::Status IngestServiceImpl::UpsertStream(
       lock.unlock();
       // A stream may outlive any one wait: without a deadline of its own, each
       // wait gets Upsert's (an hour).
-      absl::Status waited = absl::OkStatus();
-      if (WaitOf(next.request)) waited = core_->WaitPublished(&next.out, Deadline(context));
+      if (next.wait) {
+        if (absl::Status waited = core_->WaitPublished(&next.out, Deadline(context));
+            !waited.ok()) {
+          // One root, and its publish failed (or the wait ran out): the batch
+          // is answered with that error on each of its accepted items (not
+          // acknowledged; they may be lost), as a sharded collection answers
+          // a shard's failure, and the stream goes on.
+          for (absl::Status& item : next.out.items) {
+            if (item.ok()) item = waited;
+          }
+          next.out.versions.clear();
+        }
+      }
       v1::UpsertStreamResponse response;
-      if (waited.ok())
-        FillUpsertResponse(*core_, next.request, next.out, response.mutable_upsert());
-      const bool written = waited.ok() && stream->Write(response);
+      FillUpsertResponse(*core_, next.ids, next.out, response.mutable_upsert());
+      const bool written = stream->Write(response);
       lock.lock();
       window.pop_front();
       changed.notify_all();
-      if (!waited.ok() || !written) {
-        answer_failed = !waited.ok() ? ToGrpc(waited)
-                                     : grpc::Status(grpc::StatusCode::CANCELLED,
-                                                    "the client stopped reading the answers");
+      if (!written) {  // The call is over (cancelled, past its deadline): Read fails too.
+        answer_failed =
+            grpc::Status(grpc::StatusCode::CANCELLED, "the client stopped reading the answers");
         return;
       }
     }
   });
   v1::UpsertStreamRequest read;
   while (stream->Read(&read)) {
-    v1::UpsertRequest request = std::move(*read.mutable_upsert());
+    const v1::UpsertRequest& request = read.upsert();
     {
       std::unique_lock<std::mutex> lock(mu);
       changed.wait(lock, [&] { return window.size() < kStreamWindow || !answer_failed.ok(); });
@@ -170,7 +188,7 @@ grpc::Status IngestServiceImpl::UpsertStream(
       read_failed = ToGrpc(out.status());
       break;
     }
-    window.push_back(Accepted{std::move(request), *std::move(out)});
+    window.push_back(Accepted{IdsOf(request), WaitOf(request), *std::move(out)});
     changed.notify_all();
   }
   {

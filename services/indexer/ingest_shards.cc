@@ -211,7 +211,7 @@ absl::Status IngestShards::WaitPublished(ShardedWriteOutcome* out, absl::Time de
   }
   std::vector<absl::StatusOr<uint64_t>> results(cores_.size(), uint64_t{0});
   ForEachShard(waiting, [&](uint32_t s) {
-    results[s] = cores_[s]->WaitPublished(out->generations[s], deadline);
+    results[s] = cores_[s]->WaitPublished(out->generations.at(s), deadline);
   });
   for (uint32_t s : waiting) {
     if (results[s].ok()) {

@@ -417,8 +417,9 @@ int Run() {
   if (absl::GetFlag(FLAGS_max_connection_age_ms) > 0) {
     builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
                                absl::GetFlag(FLAGS_max_connection_age_ms));
+    // Calls in flight on an aged connection get the drain's time, 1 s at least.
     builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
-                               std::max(0, absl::GetFlag(FLAGS_shutdown_grace_ms)));
+                               std::max(1000, absl::GetFlag(FLAGS_shutdown_grace_ms)));
   }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {

@@ -6,7 +6,9 @@ query replica following the same root, over gRPC and HTTP on loopback:
      version holding the rows, and the replica returns them; a batch with a
      vector of the wrong dimension rejects that item alone, with the reason;
      UpsertStream answers each batch in order, several per publish, and
-     ends with the status of a request that fails as a whole;
+     ends with the status of a request that fails as a whole; a batch whose
+     publish fails (a full disk) is answered with the error and the stream
+     goes on;
   2. Delete: the id is gone from the replica's answers;
   3. a second ingest service on the same root is refused (the root's lock);
   4. many small publishes: the service merges segments in the background
@@ -145,6 +147,61 @@ def stream_step(work, s, replica):
     print(f"1b. UpsertStream: 20 batches answered in order by {len(set(versions))} publishes "
           f"(v{versions[0]}..v{versions[-1]}); the later s7 wins; a bad item rejected alone; "
           "a request over the pending limit ends the stream after answering the one before it")
+
+
+def stream_disk_full(work):
+    """UpsertStream while the disk fills (a small tmpfs; needs CAP_SYS_ADMIN,
+    as e2e_faults): a batch whose publish fails is answered with the error on
+    each item, the stream goes on, and once the disk grows the next batches
+    are published and acknowledged on the same stream."""
+    mnt = os.path.join(work, "small_disk")
+    os.makedirs(mnt)
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt],
+                           capture_output=True, text=True)
+    check(mount.returncode == 0, "cannot mount a tmpfs: this case needs CAP_SYS_ADMIN (root; in a "
+          f"container, --cap-add=SYS_ADMIN): {mount.stderr.strip()}")
+    svc = None
+    try:
+        svc = ingest(os.path.join(mnt, "root"), os.path.join(work, "disk.log"), f"--dim={DIM}",
+                     "--publish_interval_ms=50", "--merge=false", "--m=8", "--ef_construction=40")
+        answers, answered = [], threading.Event()
+        grown = threading.Event()
+
+        def batches():  # One batch at a time: the next once the last is answered.
+            for b in range(400):
+                req = pb.UpsertRequest()
+                for k in range(100):
+                    req.items.add(id=f"d{b}-{k}", vector=pb.Vector(values=vec(9000 + 100 * b + k)))
+                answered.clear()
+                yield pb.UpsertStreamRequest(upsert=req)
+                check(answered.wait(60), f"batch {b}: no answer within 60 s")
+                if grown.is_set() and answers[-1].accepted == 100 and len(answers) > failed_at[0] + 1:
+                    return
+        failed_at = [None]
+        for a in stub(svc).UpsertStream(batches(), timeout=120):
+            answers.append(a.upsert)
+            if failed_at[0] is None and a.upsert.rejected:
+                failed_at[0] = len(answers) - 1
+                subprocess.run(["mount", "-o", "remount,size=64m", mnt], check=True)
+                grown.set()
+            answered.set()
+        check(failed_at[0] is not None, f"the 1 MB disk never filled: {len(answers)} batches")
+        bad = answers[failed_at[0]]
+        check(bad.accepted == 0 and bad.rejected == 100 and bad.version == 0 and
+              all(r.code != 0 and "No space left on device" in r.error for r in bad.results),
+              bad.results[0])
+        after = answers[failed_at[0] + 1:]
+        check(after and all(a.accepted == 100 and a.version > answers[failed_at[0] - 1].version
+                            for a in after), after)
+        print(f"1c. UpsertStream on a disk that fills: batch {failed_at[0]} answered with "
+              f"'{bad.results[0].error[:70]}' on each item, the stream went on, and after the disk "
+              f"grew batch {failed_at[0] + 1} was published as v{after[0].version}")
+        svc.stop()
+        svc = None
+    finally:
+        if svc is not None:
+            svc.kill()
+        subprocess.run(["umount", mnt])
 
 
 def vectors(work):
@@ -356,6 +413,7 @@ def main():
     work = tempfile.mkdtemp(prefix="imagesearch_ingest_")
     try:
         root, replica = vectors(work)
+        stream_disk_full(work)
         kill_loop(work, root, replica)
         replica.stop()
         images(work)

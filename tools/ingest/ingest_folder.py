@@ -40,7 +40,8 @@ def main():
     ap.add_argument("--dir", help="upsert every image under this folder")
     ap.add_argument("--delete", nargs="*", default=[], help="ids to delete")
     ap.add_argument("--batch", type=int, default=16, help="images per request of the stream")
-    ap.add_argument("--timeout", type=float, default=3600, help="seconds for the whole run")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds for the whole run (default: none)")
     args = ap.parse_args()
     if not args.dir and not args.delete:
         ap.error("give --dir or --delete")
