@@ -360,6 +360,13 @@ def main():
         hs = stub_of(hung.grpc_address)
         check(len(search(hs, base_rows[0], top_k=3).hits) == 3, "the router before the hang")
         os.kill(dreps[0].pid, signal.SIGSTOP)
+        # kill(2) returns before every thread has stopped; a call sent in that
+        # moment would still be answered. Wait until all of them show "T".
+        def stopped():
+            tasks = f"/proc/{dreps[0].pid}/task"
+            return all(open(f"{tasks}/{t}/stat").read().rsplit(")", 1)[1].split()[0] == "T"
+                       for t in os.listdir(tasks))
+        dreps[0].wait_until("shard 0's replica stopped", stopped, 10)
         waited = {}
 
         def hung_call():
