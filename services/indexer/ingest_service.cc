@@ -56,10 +56,6 @@ absl::Time Deadline(const grpc::ServerContext* context) {
   return absl::FromChrono(d);
 }
 
-}  // namespace
-
-namespace {
-
 std::vector<IngestItem> ItemsOf(const v1::UpsertRequest& request) {
   std::vector<IngestItem> items;
   items.reserve(static_cast<size_t>(request.items_size()));
