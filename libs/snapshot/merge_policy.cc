@@ -6,7 +6,8 @@
 namespace imagesearch::snapshot {
 
 std::vector<std::string> ChooseMerge(const std::vector<SegmentStats>& segments,
-                                     const MergePolicy& policy) {
+                                     const MergePolicy& policy, const std::set<std::string>& busy) {
+  auto is_free = [&](size_t i) { return busy.count(segments[i].name) == 0; };
   auto live = [&](size_t i) { return segments[i].rows - segments[i].deleted; };
   auto over_deleted = [&](size_t i) {
     return static_cast<double>(segments[i].deleted) * 100.0 >
@@ -16,35 +17,67 @@ std::vector<std::string> ChooseMerge(const std::vector<SegmentStats>& segments,
   std::set<size_t> chosen;
   uint64_t merged_rows = 0;
   for (size_t i = 0; i < segments.size(); ++i) {
-    if (segments[i].rows > 0 && over_deleted(i)) {
+    if (segments[i].rows > 0 && is_free(i) && over_deleted(i)) {
       chosen.insert(i);
       merged_rows += live(i);
     }
   }
-  // Fold: once the other segments hold fold_pct of the biggest's live rows,
-  // all of them join it (MergeSegments then inserts their rows into its
-  // graph rather than building one over everything).
-  if (segments.size() >= 2 && policy.fold_pct > 0) {
-    size_t big = 0;
-    uint64_t all = 0;
+  // A big segment dominates: the others hold no more rows than it (after a
+  // bulk load and the ingest's small segments, say). Then the small ones are
+  // joined into it by the fold and, between folds, into one tail (below);
+  // otherwise the tiers (further below) join segments of similar size.
+  size_t big = 0;
+  uint64_t all = 0;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    all += live(i);
+    if (live(i) > live(big)) big = i;
+  }
+  const bool dominant =
+      segments.size() >= 2 && all - live(big) <= segments[big].rows && policy.fold_pct > 0;
+  // Fold: once the other segments (those no other merge holds) have
+  // fold_pct of the biggest's live rows, all of them join it
+  // (MergeSegments then inserts their rows into its graph rather than
+  // building one over everything). Not while the biggest is due a rewrite for
+  // its deletes, nor while another merge holds it.
+  if (dominant && is_free(big) && !over_deleted(big)) {
+    uint64_t others = 0;
     for (size_t i = 0; i < segments.size(); ++i) {
-      all += live(i);
-      if (live(i) > live(big)) big = i;
+      if (i != big && is_free(i)) others += live(i);
     }
-    const uint64_t others = all - live(big);
-    // Only while the biggest outweighs the others (and is not due a rewrite
-    // for its deletes): then the merge extends its graph. Otherwise the
-    // fold would be a build over everything, which the tiers avoid.
-    if (others > 0 && others <= segments[big].rows && !over_deleted(big) &&
-        all <= policy.max_merged_rows &&
+    if (others > 0 && live(big) + others <= policy.max_merged_rows &&
         static_cast<double>(others) * 100.0 >= policy.fold_pct * static_cast<double>(live(big))) {
       std::vector<std::string> names;
-      for (const SegmentStats& s : segments) names.push_back(s.name);
+      for (size_t i = 0; i < segments.size(); ++i) {
+        if (i == big || is_free(i)) names.push_back(segments[i].name);
+      }
       return names;
     }
   }
+  // The tail: between folds, more than max_tail_segments small segments (not
+  // the biggest, none held by another merge) are joined into one, which
+  // extends the biggest of them. Every segment costs a query about one
+  // graph walk, so this keeps a version at the big segment, one tail and
+  // the newest publishes; each join copies the tail (at most fold_pct of the
+  // big segment's rows).
+  if (dominant && policy.max_tail_segments > 0) {
+    std::vector<size_t> small;
+    for (size_t i = 0; i < segments.size(); ++i) {
+      if (i != big && is_free(i) && !chosen.count(i)) small.push_back(i);
+    }
+    if (small.size() > policy.max_tail_segments) {
+      std::stable_sort(small.begin(), small.end(),
+                       [&](size_t a, size_t b) { return live(a) < live(b); });
+      uint64_t joined_rows = merged_rows;
+      for (size_t i : small) {
+        if (chosen.size() == policy.max_merge_at_once) break;
+        if (joined_rows + live(i) > policy.max_merged_rows) break;
+        chosen.insert(i);
+        joined_rows += live(i);
+      }
+    }
+  }
   // Too many segments: join the smallest (floored) ones, within the limits.
-  if (segments.size() > policy.segments_per_tier) {
+  if (!dominant && segments.size() > policy.segments_per_tier) {
     std::vector<size_t> order(segments.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
     auto floored = [&](size_t i) { return std::max(live(i), policy.floor_rows); };
@@ -54,7 +87,7 @@ std::vector<std::string> ChooseMerge(const std::vector<SegmentStats>& segments,
     uint64_t joined_rows = merged_rows;
     for (size_t i : order) {
       if (joined.size() == policy.max_merge_at_once) break;
-      if (chosen.count(i)) continue;
+      if (chosen.count(i) || !is_free(i)) continue;
       if (joined_rows + live(i) > policy.max_merged_rows) break;
       joined.insert(i);
       joined_rows += live(i);
@@ -63,6 +96,7 @@ std::vector<std::string> ChooseMerge(const std::vector<SegmentStats>& segments,
       chosen.insert(joined.begin(), joined.end());
     }
   }
+  if (chosen.size() == 1 && segments[*chosen.begin()].deleted == 0) return {};
   std::vector<std::string> names;
   for (size_t i : chosen) names.push_back(segments[i].name);
   return names;

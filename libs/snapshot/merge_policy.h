@@ -3,39 +3,51 @@
 //
 // Segments come from bulk loads (one big segment) and from incremental
 // updates (a small one each: `--base` builds, and the ingest service, which
-// publishes about every second and runs this policy after its publishes). Searching a
-// version costs one graph walk per segment, so their number must stay small,
-// and a merge that builds a new graph costs a build over the merged rows, so
-// such merges join segments of similar size (small with small), and small
-// segments reach a big one only by extending its graph (the fold):
+// publishes about every second and runs this policy after its publishes).
+// Searching a version costs about one graph walk per segment, whatever the
+// segment's size (an HNSW walk grows with the log of the rows, and its
+// descent and first steps are paid by the smallest graph too), so the count
+// must stay very small (tools/bench/results/LOG.md, "Search over segments":
+// at 1M x 512, ten segments keep 0.3x of one graph's QPS). A merge that builds a new graph costs a
+// build over the merged rows, so small segments reach a big one only by
+// extending its graph (the fold):
 //
-//   - Sizes are live rows, floored at floor_rows, so that all the tiny
-//     segments of recent publishes look alike and merge together.
-//   - While the version has more than segments_per_tier segments, merge the
-//     smallest ones, up to max_merge_at_once of them and up to
-//     max_merged_rows live rows in all (counting the rows of segments chosen
-//     for their deletes), and only if at least two segments merge. Repeated,
-//     this builds tiers: ten small segments become one, ten of those become
-//     one, and so on, so a row is rewritten about log_10(N) times in its life.
-//   - Fold: once the segments other than the biggest hold fold_pct percent
-//     of its live rows (and no more rows than it holds, and it is not due a
-//     rewrite for its deletes), they all merge into it. Such a merge extends the
-//     biggest segment's graph (MergeSegments inserts the others' rows into
-//     it), so it costs inserting the small rows and one sequential copy of
-//     the big segment, not a build over all of them; a version then goes back
-//     to one graph, and folds come rarer as it grows (every fold_pct of its
-//     size), so each row's bytes are copied about 100/fold_pct times in all.
-//     Searching costs about one graph walk per segment, so this is what
-//     keeps query cost near one graph's between bulk loads.
+//   - Sizes are live rows. A segment dominates when the others hold no more
+//     rows than it (a bulk load with the updates since, say).
+//   - Fold: once the segments other than the dominant one hold fold_pct
+//     percent of its live rows (and it is not due a rewrite for its
+//     deletes), they all merge into it. Such a merge extends the big
+//     segment's graph (MergeSegments inserts the others' rows into it), so it
+//     costs inserting the small rows and one sequential copy of the big
+//     segment, not a build over all of them; a version then goes back to one
+//     graph, and folds come rarer as it grows (every fold_pct of its size),
+//     so each row's bytes are copied about 100/fold_pct times by folds.
+//   - The tail: between folds, while more than max_tail_segments segments
+//     sit beside the dominant one, they are joined into one (which extends
+//     the biggest of them), so that a version holds the big segment, one tail
+//     and the publishes since the last join. Each join copies the tail (under
+//     fold_pct of the big segment): the write cost that buys queries near one
+//     graph's.
+//   - With no dominant segment (bulk loads of similar size), tiers after
+//     Lucene's TieredMergePolicy: while the version has more than
+//     segments_per_tier segments, merge the smallest ones (floored at
+//     floor_rows, so that tiny ones look alike), up to max_merge_at_once of
+//     them and up to max_merged_rows live rows in all, and only if at least
+//     two merge. Repeated, ten small segments become one, ten of those
+//     become one, and so on.
 //   - A segment whose deleted rows pass deletes_pct_allowed percent of its
 //     rows is merged too (alone if need be), which drops its deleted rows:
 //     they cost search time (walked, never returned) and disk.
+//   - Segments in `busy` (held by a merge already running: the ingest
+//     service runs two, so that the tail keeps being joined during a long
+//     fold) are left out of every rule.
 //
 // Pure function of its arguments; thread-compatible.
 #ifndef IMAGESEARCH_LIBS_SNAPSHOT_MERGE_POLICY_H_
 #define IMAGESEARCH_LIBS_SNAPSHOT_MERGE_POLICY_H_
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -47,7 +59,10 @@ struct MergePolicy {
   uint64_t floor_rows = 10'000;          // Smaller segments count as this size.
   double deletes_pct_allowed = 25;       // Deleted share (%) that forces a rewrite.
   uint64_t max_merged_rows = 5'000'000;  // A merge's result holds at most this.
-  double fold_pct = 10;  // Others' live rows (% of the biggest's) that fold them in; 0: never.
+  // Others' live rows (% of the biggest's) that fold them in; 0: never (no
+  // tail either: the tiers alone).
+  double fold_pct = 10;
+  size_t max_tail_segments = 1;  // Beside a dominant segment, more than this: joined; 0: never.
 };
 
 struct SegmentStats {
@@ -58,7 +73,8 @@ struct SegmentStats {
 
 // The names of the segments to merge into one (in the order given), or none.
 std::vector<std::string> ChooseMerge(const std::vector<SegmentStats>& segments,
-                                     const MergePolicy& policy);
+                                     const MergePolicy& policy,
+                                     const std::set<std::string>& busy = {});
 
 }  // namespace imagesearch::snapshot
 

@@ -342,7 +342,9 @@ TEST_CASE("An exported version is self-contained and answers as the original") {
 }
 
 TEST_CASE("The merge policy folds small segments into the biggest once they weigh enough") {
-  MergePolicy p;  // fold_pct 10
+  MergePolicy p;
+  p.fold_pct = 10;
+  p.max_tail_segments = 2;  // The folds alone (the tail is tested below).
   std::vector<SegmentStats> light = {{"big", 100'000, 0}, {"s1", 4'000, 0}, {"s2", 5'999, 0}};
   CHECK(ChooseMerge(light, p).empty());  // 9,999 rows: under 10% of the big one.
   std::vector<SegmentStats> heavy = {{"big", 100'000, 20'000}, {"s1", 4'000, 0}, {"s2", 4'000, 0}};
@@ -367,6 +369,40 @@ TEST_CASE("The merge policy folds small segments into the biggest once they weig
   CHECK(ChooseMerge({{"a", 200, 0}, {"b", 200, 0}}, p).size() == 2);
   p.fold_pct = 0;
   CHECK(ChooseMerge({{"a", 200, 0}, {"b", 200, 0}}, p).empty());
+}
+
+TEST_CASE("Between folds, the merge policy keeps one tail beside the big segment") {
+  MergePolicy p;  // max_tail_segments 1
+  p.fold_pct = 10;
+  std::vector<SegmentStats> v = {{"big", 100'000, 0}, {"tail", 4'000, 0}};
+  CHECK(ChooseMerge(v, p).empty());  // One segment beside the big one: nothing to do.
+  v.push_back({"new", 200, 0});
+  // Two: joined (the tail's graph is extended; MergeSegments decides that).
+  CHECK(ChooseMerge(v, p) == std::vector<std::string>{"tail", "new"});
+  p.max_tail_segments = 2;
+  CHECK(ChooseMerge(v, p).empty());
+  p.max_tail_segments = 0;  // Never: up to segments_per_tier segments may then pile up.
+  CHECK(ChooseMerge(v, p).empty());
+  p = MergePolicy();
+  p.fold_pct = 10;
+  // A fold running holds the big segment and the tail: the publishes since
+  // form a new tail meanwhile.
+  v = {{"big", 100'000, 0}, {"tail", 9'000, 0}, {"a", 300, 0}, {"b", 200, 0}, {"c", 100, 0}};
+  const std::set<std::string> folding = {"big", "tail"};
+  CHECK(ChooseMerge(v, p, folding) == std::vector<std::string>{"a", "b", "c"});
+  // A tail join running holds the small ones: no fold without them, even
+  // though the others weigh enough.
+  v = {{"big", 100'000, 0}, {"tail", 9'900, 0}, {"a", 300, 0}};
+  CHECK(ChooseMerge(v, p) == std::vector<std::string>{"big", "tail", "a"});
+  CHECK(ChooseMerge(v, p, {"tail", "a"}).empty());
+  // ...but with the tail free, the fold takes the big segment and the free
+  // others only.
+  v.push_back({"b", 100, 0});
+  CHECK(ChooseMerge(v, p, {"b"}) == std::vector<std::string>{"big", "tail", "a"});
+  // Not a dominant segment: the tiers decide (ten segments: nothing).
+  std::vector<SegmentStats> even(10, {"s", 400'000, 0});
+  for (int i = 0; i < 10; ++i) even[i].name = "s" + std::to_string(i);
+  CHECK(ChooseMerge(even, p).empty());
 }
 
 TEST_CASE("The merge policy joins the smallest segments and rewrites over-deleted ones") {

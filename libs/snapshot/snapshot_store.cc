@@ -776,6 +776,19 @@ bool ProcessAlive(long pid) {
 
 }  // namespace
 
+absl::StatusOr<std::vector<std::string>> ChooseMergeInCurrent(const std::string& root,
+                                                              const MergePolicy& policy,
+                                                              const std::set<std::string>& busy) {
+  ASSIGN_OR_RETURN(const uint64_t current, ReadCurrentVersion(root));
+  ASSIGN_OR_RETURN(auto opened, Snapshot::Open(root, current, VerifyMode::kSizes));
+  if (opened->manifest().format == kSingleGraphFormat) return std::vector<std::string>{};
+  std::vector<SegmentStats> stats;
+  for (const SegmentRef& ref : opened->segments()) {
+    stats.push_back({ref.name, ref.segment->rows(), ref.deleted_count});
+  }
+  return ChooseMerge(stats, policy, busy);
+}
+
 absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRequest& request,
                                           const PublishOptions& options) {
   ASSIGN_OR_RETURN(const uint64_t start_version, ReadCurrentVersion(root));
@@ -789,7 +802,7 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
     for (const SegmentRef& ref : base.segments()) {
       stats.push_back({ref.name, ref.segment->rows(), ref.deleted_count});
     }
-    names = ChooseMerge(stats, request.policy);
+    names = ChooseMerge(stats, request.policy, request.busy);
     if (names.empty()) return result;
   }
   std::set<std::string> chosen(names.begin(), names.end());

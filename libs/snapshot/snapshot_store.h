@@ -40,6 +40,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -177,6 +178,9 @@ struct MergeRequest {
   // `policy` chooses (none: nothing is published).
   std::vector<std::string> segments;
   MergePolicy policy;
+  // Segments the policy leaves out: held by another merge that runs
+  // meanwhile (ChooseMerge's `busy`). Not used with `segments`.
+  std::set<std::string> busy;
   // HNSW M and ef_construction of the merged graph; 0: the biggest merged
   // segment's (which an extension keeps).
   int m = 0;
@@ -220,6 +224,13 @@ struct MergeResult {
 // or another merge took them): nothing is published, merge again.
 absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRequest& request,
                                           const PublishOptions& options = {});
+
+// The segments of CURRENT's version that `policy` would merge, less those in
+// `busy` (ChooseMerge over its segments); empty when none. The ingest service
+// chooses with this, then merges the names with MergeSegments, so that its
+// two merges never choose the same segments.
+absl::StatusOr<std::vector<std::string>> ChooseMergeInCurrent(
+    const std::string& root, const MergePolicy& policy, const std::set<std::string>& busy = {});
 
 std::string VersionDirName(uint64_t version);  // "v<N>"
 std::string VersionDir(const std::string& root, uint64_t version);

@@ -121,7 +121,11 @@ absl::StatusOr<std::unique_ptr<IngestCore>> IngestCore::Start(const IngestOption
     return current.status();
   }
   core->publisher_ = std::thread([c = core.get()] { c->PublisherLoop(); });
-  core->merger_ = std::thread([c = core.get()] { c->MergerLoop(); });
+  // Two merge lanes: a fold of a big segment takes seconds to minutes, and
+  // meanwhile the other lane joins the new publishes into the tail.
+  for (int lane = 0; lane < 2; ++lane) {
+    core->mergers_.emplace_back([c = core.get()] { c->MergerLoop(); });
+  }
   return core;
 }
 
@@ -132,7 +136,7 @@ IngestCore::~IngestCore() {
   }
   changed_.notify_all();
   if (publisher_.joinable()) publisher_.join();
-  if (merger_.joinable()) merger_.join();
+  for (std::thread& t : mergers_) t.join();
   if (lock_fd_ >= 0) ::close(lock_fd_);
 }
 
@@ -439,23 +443,50 @@ void IngestCore::PublisherLoop() {
       failed_gens_.emplace(gen, v.status());
     }
     published_gen_ = gen;
-    merge_wanted_ = options_.merge;
+    ++merge_epoch_;
     changed_.notify_all();
   }
 }
 
 void IngestCore::MergerLoop() {
   LowerThisThread(options_.background_nice);
+  uint64_t seen = 0;
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
-    if (!merge_wanted_) {
+    if (!options_.merge || merge_epoch_ == seen) {
       changed_.wait(lock);
       continue;
     }
-    merge_wanted_ = false;
-    ++merges_running_;
+    seen = merge_epoch_;
     lock.unlock();
+    // Choose (one lane at a time) among the segments the other lane's merge
+    // does not hold, and hold the chosen ones.
+    std::vector<std::string> names;
+    {
+      std::lock_guard<std::mutex> choosing(choose_mu_);
+      std::set<std::string> busy;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        busy = merging_;
+      }
+      auto chosen = snapshot::ChooseMergeInCurrent(options_.root, options_.merge_policy, busy);
+      if (chosen.ok()) {
+        names = std::move(*chosen);
+      } else if (!absl::IsNotFound(chosen.status())) {
+        LogError("ingest: choosing a merge failed: ", chosen.status().ToString());
+      }
+      if (!names.empty()) {
+        std::lock_guard<std::mutex> l(mu_);
+        merging_.insert(names.begin(), names.end());
+        ++merges_running_;
+      }
+    }
+    if (names.empty()) {
+      lock.lock();
+      continue;
+    }
     snapshot::MergeRequest req;
+    req.segments = names;
     req.policy = options_.merge_policy;
     req.threads = 1;  // Leave the other cores to queries and the publisher.
     auto r = snapshot::MergeSegments(options_.root, req);
@@ -469,10 +500,12 @@ void IngestCore::MergerLoop() {
           ") into v", r->version);
     }
     lock.lock();
+    for (const std::string& name : names) merging_.erase(name);
     --merges_running_;
     if (r.ok() && r->version > 0) {
       ++merges_done_;
-      merge_wanted_ = true;  // The policy may want another.
+      ++merge_epoch_;  // The policy may want another, in either lane.
+      changed_.notify_all();
     } else if (!r.ok() && !absl::IsAborted(r.status()) && !absl::IsNotFound(r.status())) {
       last_error_ = r.status().ToString();
     }

@@ -5,7 +5,9 @@
 //     -> publisher thread: every publish_interval, or at publish_rows, or on
 //        Flush: PublishUpdate(CURRENT + one new segment + deletes)
 //     -> waiters answered with the version (acknowledged = published)
-//     -> merger thread: MergeSegments when the tiered policy asks for one
+//     -> two merger threads: MergeSegments when the merge policy asks for
+//        one, each on segments the other does not hold (so that the tail
+//        keeps being joined while a long fold runs)
 //
 // Durability: a write is acknowledged only once PublishUpdate has returned,
 // i.e. the version holding it is fsync'd and CURRENT names it (or a later
@@ -77,7 +79,7 @@ struct IngestOptions {
   // collection share one copy (IngestShards).
   std::shared_ptr<const model::ModelBundle> shared_model;
   std::string shared_model_sha256;
-  // The nice value of the merger thread (and the graph-build threads a merge
+  // The nice value of the merger threads (and the graph-build threads a merge
   // starts, which inherit it): merges yield the cores to query replicas and
   // to the publisher, whose builds are on the path to freshness. 0: unchanged.
   int background_nice = 10;
@@ -163,7 +165,7 @@ class IngestCore {
   absl::StatusOr<uint64_t> WaitPublished(std::unique_lock<std::mutex>& lock, uint64_t gen,
                                          absl::Time deadline);
   void PublisherLoop();
-  void MergerLoop();
+  void MergerLoop();  // One per merge lane.
   absl::StatusOr<uint64_t> PublishBatch(std::map<std::string, Row> rows,
                                         std::set<std::string> deletes);
 
@@ -191,11 +193,15 @@ class IngestCore {
   uint64_t last_published_ = 0;
   std::string last_error_;
   bool stop_ = false;
-  bool merge_wanted_ = false;
+  // Bumped by each publish and each merge published: the merger threads
+  // then ask the policy again.
+  uint64_t merge_epoch_ = 0;
+  std::set<std::string> merging_;  // Segments the running merges hold.
+  std::mutex choose_mu_;           // One merger thread chooses at a time.
   uint32_t merges_running_ = 0;
   uint64_t merges_done_ = 0;
   std::thread publisher_;
-  std::thread merger_;
+  std::vector<std::thread> mergers_;
 };
 
 }  // namespace imagesearch::indexer

@@ -6,9 +6,10 @@
 //                 further segment), --layout=tiered: half the rows in the
 //                 first (oldest) segment, the rest split geometrically (each
 //                 next segment half the one before), --layout=fold (the
-//                 same with 1/(1+fold_pct/100) of the rows in the first: the
-//                 most the merge policy lets pile up before its fold), or
-//                 --layout=equal;
+//                 same with 1/(1+fold_pct/100) of the rows in the first:
+//                 with --segments=2 the merge policy's big segment and its
+//                 tail just before a fold, with 3 the state while a fold
+//                 runs), or --layout=equal;
 // and both again with --deleted (5%) of the rows deleted (one PublishUpdate
 // of deletes on each; the same rows in both). --layout=fold adds what the
 // fold makes of its segments with deletes: one MergeSegments of them all,
@@ -27,10 +28,13 @@
 //
 // The built roots (and the ground truth) are cached in --workdir, keyed by
 // the data and build flags (a --vectors file by its name and size), so a
-// rerun at --count=1000000 --dim=512 only searches.
+// rerun at --count=1000000 --dim=512 only searches. On this VM a root
+// written long before the run can search several times slower than a fresh
+// copy of it (tools/bench/results/LOG.md, "The tail policy"): copy the
+// cached roots afresh (cp -a, then rename) before a run that is to be kept.
 //
 //   imagesearch_segments_bench [--count=100000 --dim=128 --queries=1000 --segments=10
-//       --layout=tiered|fold|equal --deleted=0.05 --cpu=0
+//       --layout=tiered|fold|equal --fold_pct=10 --deleted=0.05 --with_deletes --cpu=0
 //       --workdir=/tmp/imagesearch_segments_bench]
 //       [--vectors=FILE.npy|.fvecs: real embeddings; its last --queries rows are the queries]
 #include <algorithm>
@@ -81,6 +85,9 @@ ABSL_FLAG(std::string, layout, "tiered",
           "tiered: half the rows in one segment, the rest in S-1 segments each half the one "
           "before; fold: as tiered with 100/(100+fold_pct) of the rows in the first (the merge "
           "policy's most segmented state); equal: S segments of N/S rows.");
+ABSL_FLAG(double, fold_pct, -1,
+          "--layout=fold: the rows beside the first segment, in % of its rows; -1: the merge "
+          "policy's default fold_pct.");
 ABSL_FLAG(double, deleted, 0.05, "Share of the rows deleted in the layouts with deletes.");
 ABSL_FLAG(int, m, 16, "HNSW M of every graph.");
 ABSL_FLAG(int, ef_construction, 100, "HNSW efConstruction of every graph.");
@@ -91,6 +98,9 @@ ABSL_FLAG(int, rounds, 3, "Rounds per ef; each layout's median round counts.");
 ABSL_FLAG(int, cpu, 0, "Core the query loop is pinned to (-1: not pinned).");
 ABSL_FLAG(std::string, workdir, "/tmp/imagesearch_segments_bench",
           "Where the roots and ground truth are cached (one folder per data and build flags).");
+ABSL_FLAG(bool, with_deletes, true,
+          "Also time the layouts with deletes (and --layout=fold's folded one); false maps only "
+          "two roots, which keeps the working set of a 1M x 512 run at about 4 GB.");
 ABSL_FLAG(bool, rebuild, false, "Rebuild the cached roots and ground truth.");
 
 namespace imagesearch {
@@ -336,7 +346,8 @@ int Run() {
   }
   // fold: the most the default merge policy lets a version hold beside its
   // big segment (just under fold_pct of its rows) before folding them in.
-  const double fold_pct = snapshot::MergePolicy().fold_pct;
+  const double fold_pct = absl::GetFlag(FLAGS_fold_pct) >= 0 ? absl::GetFlag(FLAGS_fold_pct)
+                                                             : snapshot::MergePolicy().fold_pct;
   const double first_share = layout_flag == "tiered" ? 0.5
                              : layout_flag == "fold" ? 100.0 / (100.0 + fold_pct)
                                                      : 0.0;
@@ -383,7 +394,9 @@ int Run() {
         if (!del.ok()) return del.status();
         return Versions{*v, *del};
       });
-  const std::string segmented_dir = absl::StrCat(dir, "/", layout_flag, "-s", s, "-", build_key);
+  const std::string segmented_dir = absl::StrCat(
+      dir, "/", layout_flag, "-s", s,
+      layout_flag == "fold" ? absl::StrCat("-f", fold_pct) : std::string(), "-", build_key);
   absl::StatusOr<Versions> segmented = CachedRoot(
       segmented_dir, deletes_key, [&](const std::string& root) -> absl::StatusOr<Versions> {
         absl::StatusOr<uint64_t> v =
@@ -464,6 +477,8 @@ int Run() {
       {seg_name + del_suffix, nullptr, &truth_live, {}},
   };
   if (fold) layouts.push_back({"folded" + del_suffix, nullptr, &truth_live, {}});
+  const bool with_deletes = absl::GetFlag(FLAGS_with_deletes);
+  if (!with_deletes) layouts.resize(2);
   const std::string merged_root = absl::StrCat(dir, "/merged-", build_key, "/root");
   const std::string segmented_root = segmented_dir + "/root";
   std::vector<std::pair<std::string, uint64_t>> where = {{merged_root, (*merged)[0]},
@@ -471,6 +486,7 @@ int Run() {
                                                          {merged_root, (*merged)[1]},
                                                          {segmented_root, (*segmented)[1]}};
   if (fold) where.push_back({extended_dir + "/root", (*extended)[0]});
+  where.resize(layouts.size());
   for (size_t i = 0; i < layouts.size(); ++i) {
     auto snap =
         snapshot::Snapshot::Open(where[i].first, where[i].second, snapshot::VerifyMode::kSizes);
@@ -530,8 +546,9 @@ int Run() {
   // Equal recall: each layout at its own smallest ef reaching the target.
   // Segmented layouts are compared with merged, with deletes also with merged
   // holding the same deletes.
-  std::vector<std::pair<size_t, size_t>> ratios = {{1, 0}, {3, 0}, {3, 2}};
-  if (fold) ratios.push_back({4, 2});  // The extended graph against one built graph.
+  std::vector<std::pair<size_t, size_t>> ratios = {{1, 0}};
+  if (with_deletes) ratios.insert(ratios.end(), {{3, 0}, {3, 2}});
+  if (fold && with_deletes) ratios.push_back({4, 2});  // The extended graph against one built.
   for (double target : {0.95, 0.99}) {
     std::printf("\nrecall@10 >= %.2f: the smallest ef on the sweep reaching it\n", target);
     std::vector<const bench::Point*> at(layouts.size());
