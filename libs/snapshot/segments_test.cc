@@ -458,6 +458,30 @@ std::string ThreeSegments() {
   return root;
 }
 
+TEST_CASE("Two merges at once choose disjoint segments of CURRENT") {
+  const std::string root = ThreeSegments();  // a: 299 live, b: 39, c: 30.
+  auto v3 = OpenVersion(root, 3);
+  const std::string a = v3->segments()[0].name, b = v3->segments()[1].name,
+                    c = v3->segments()[2].name;
+  const MergePolicy p;  // fold_pct 10: 69 rows beside a's 299 fold.
+  CHECK(*ChooseMergeInCurrent(root, p) == std::vector<std::string>{a, b, c});
+  // A fold holds a: the free small segments form the tail meanwhile.
+  CHECK(*ChooseMergeInCurrent(root, p, {a}) == std::vector<std::string>{b, c});
+  // A join holds b: c's 30 rows alone still pass 10% of a's 299, so a and c fold.
+  CHECK(*ChooseMergeInCurrent(root, p, {b}) == std::vector<std::string>{a, c});
+  // Everything held: nothing.
+  CHECK(ChooseMergeInCurrent(root, p, {a, b, c})->empty());
+  // The lanes' merges, one after the other: the tail first, then the fold
+  // of the big segment and that tail.
+  MergeRequest tail;
+  tail.segments = *ChooseMergeInCurrent(root, p, {a});
+  auto r = MergeSegments(root, tail);
+  REQUIRE(r.ok());
+  CHECK(r->extended == b);  // The bigger of the two is extended.
+  CHECK(*ChooseMergeInCurrent(root, p) == std::vector<std::string>{a, r->segment});
+  CHECK(absl::IsNotFound(ChooseMergeInCurrent(TempRoot(), p).status()));
+}
+
 TEST_CASE("Merging segments keeps every live row, its vector, attributes and thumbnail") {
   const std::string root = ThreeSegments();
   auto before = OpenVersion(root, 3);
