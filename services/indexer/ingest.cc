@@ -485,6 +485,7 @@ void IngestCore::MergerLoop() {
       lock.lock();
       continue;
     }
+    if (options_.before_merge) options_.before_merge(names);
     snapshot::MergeRequest req;
     req.segments = names;
     req.policy = options_.merge_policy;

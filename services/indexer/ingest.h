@@ -22,6 +22,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -83,6 +84,9 @@ struct IngestOptions {
   // starts, which inherit it): merges yield the cores to query replicas and
   // to the publisher, whose builds are on the path to freshness. 0: unchanged.
   int background_nice = 10;
+  // Test hook: called by a merger thread with the segments it chose, before
+  // it merges them (the other merger thread chooses and merges meanwhile).
+  std::function<void(const std::vector<std::string>&)> before_merge;
 };
 
 struct IngestItem {
