@@ -68,7 +68,7 @@ ABSL_FLAG(std::string, remove_ids, "",
           "build --base: file of ids (one per line) to delete from the base; --vectors may then "
           "be left out.");
 ABSL_FLAG(std::string, segments, "",
-          "merge: comma-separated segment names of CURRENT to merge; empty: as the tiered "
+          "merge: comma-separated segment names of CURRENT to merge; empty: as the merge "
           "policy chooses (see README, 'Segments and merges').");
 ABSL_FLAG(bool, all, false,
           "merge: merge every segment of CURRENT into one new graph, every deleted row dropped.");
