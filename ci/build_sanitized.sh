@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# ASan+UBSan build and run of the unit tests that do not link LibTorch.
+# ASan+UBSan build and run of the unit tests, and of the ingest core's test
+# (vector-only: it links LibTorch for image upserts but never runs it; the
+# indexer's image tests, which do, need the default model and are left to
+# the normal build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR="${BUILD_DIR:-build-asan}"
 TARGETS=(imagesearch_common_test imagesearch_index_test imagesearch_snapshot_test
          imagesearch_serving_test imagesearch_image_test
-         imagesearch_text_test imagesearch_batcher_test)
+         imagesearch_text_test imagesearch_batcher_test imagesearch_ingest_test)
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Debug -DIMAGESEARCH_SANITIZE=ON \
-  -DIMAGESEARCH_WITH_TORCH=OFF -DIMAGESEARCH_DEFAULT_MODEL=OFF >/dev/null
+  -DIMAGESEARCH_WITH_TORCH=ON -DIMAGESEARCH_DEFAULT_MODEL=OFF >/dev/null
 cmake --build "$BUILD_DIR" -j"${JOBS:-2}" --target "${TARGETS[@]}"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1

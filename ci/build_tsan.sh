@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# ThreadSanitizer build and run of the concurrent code that does not link
-# LibTorch: the mmap searcher (parallel build, concurrent searches), the
-# snapshot manager (watcher thread, swaps), the dynamic batcher and the
-# batching embedder (worker threads, deadlines), the query core, and the
-# integration test whose "Publishing under concurrent load" case hot-swaps a
-# snapshot under four client threads against the real imagesearch-query
-# (built TSan-instrumented too).
+# ThreadSanitizer build and run of the concurrent code: the mmap searcher
+# (parallel build, concurrent searches), the snapshot manager (watcher thread,
+# swaps), the dynamic batcher and the batching embedder (worker threads,
+# deadlines), the query core, the ingest service's core (publisher, two merge
+# lanes, writers and flushes on other threads), and the integration test whose
+# "Publishing under concurrent load" case hot-swaps a snapshot under four
+# client threads against the real imagesearch-query (built TSan-instrumented
+# too).
+#
+# The ingest core links LibTorch (image upserts), so this build has it; its
+# test is vector-only and never runs LibTorch code, which is not instrumented.
 #
 # Debian's gRPC, protobuf and abseil are not instrumented; ci/tsan.supp
 # silences what TSan cannot see inside them (third-party frames only).
@@ -15,9 +19,9 @@ BUILD_DIR="${BUILD_DIR:-build-tsan}"
 # Optimised by default: TSan's run time is what counts here (CI: < 6 minutes).
 BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}"
 TARGETS=(imagesearch_index_test imagesearch_serving_test imagesearch_batcher_test
-         imagesearch_integration_test imagesearch_http_server_test)
+         imagesearch_integration_test imagesearch_http_server_test imagesearch_ingest_test)
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" -DIMAGESEARCH_TSAN=ON \
-  -DIMAGESEARCH_SANITIZE=OFF -DIMAGESEARCH_WITH_TORCH=OFF -DIMAGESEARCH_DEFAULT_MODEL=OFF >/dev/null
+  -DIMAGESEARCH_SANITIZE=OFF -DIMAGESEARCH_WITH_TORCH=ON -DIMAGESEARCH_DEFAULT_MODEL=OFF >/dev/null
 cmake --build "$BUILD_DIR" -j"${JOBS:-2}" --target "${TARGETS[@]}" imagesearch-query
 # Reports go to files, one per process: the imagesearch-query processes the
 # integration test starts inherit TSAN_OPTIONS, and a report of theirs must
@@ -52,6 +56,7 @@ declare -A CASES=(
   # call hedged).
   [imagesearch_integration_test]="~[router]"
   [imagesearch_http_server_test]=""
+  [imagesearch_ingest_test]=""
 )
 # Lock-order (deadlock) detection is off where a process builds hnswlib
 # graphs (the test fixtures publish snapshots): hnswlib holds two std::mutex
@@ -63,7 +68,7 @@ declare -A CASES=(
 declare -A DEADLOCKS=(
   [imagesearch_index_test]=0 [imagesearch_serving_test]=0
   [imagesearch_batcher_test]=1 [imagesearch_integration_test]=0
-  [imagesearch_http_server_test]=0
+  [imagesearch_http_server_test]=0 [imagesearch_ingest_test]=0
 )
 passed=0
 for t in "${TARGETS[@]}"; do

@@ -11,7 +11,7 @@
 #                       its steps in an unprivileged debian:12 container under
 #                       podman, granted exactly the job's container options, on
 #                       a reduced set (ci/test_job_in_container.sh)
-#   SANITIZE            an ASan+UBSan build of the libraries that do not link
+#   SANITIZE            an ASan+UBSan build of the unit tests that do not run
 #                       LibTorch
 #   FUZZ                each libFuzzer target for 30 s
 #   TSAN                the concurrent tests under ThreadSanitizer

@@ -2,6 +2,7 @@
 #include "services/indexer/ingest.h"
 
 #include <algorithm>
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <condition_variable>
@@ -11,13 +12,17 @@
 #include <vector>
 
 #include "libs/common/test_temp_dir.h"
+#include "libs/snapshot/snapshot.h"
+#include "libs/snapshot/snapshot_store.h"
 
 namespace imagesearch::indexer {
 namespace {
 
 constexpr int kDim = 8;
 
-std::vector<IngestItem> Items(const std::string& prefix, int n) {
+// `mark` goes into the first component, so a test can tell which write of
+// an id a version holds (with the l2 metric, vectors are stored as given).
+std::vector<IngestItem> Items(const std::string& prefix, int n, float mark = 1) {
   std::vector<IngestItem> items;
   for (int i = 0; i < n; ++i) {
     IngestItem item;
@@ -27,6 +32,7 @@ std::vector<IngestItem> Items(const std::string& prefix, int n) {
       item.vector[d] =
           static_cast<float>((i * 7 + d * 3 + static_cast<int>(prefix.size())) % 11) + 1;
     }
+    item.vector[0] = mark;
     items.push_back(std::move(item));
   }
   return items;
@@ -98,6 +104,120 @@ TEST_CASE("While a fold holds the big segment, the other lane joins new segments
   CHECK(st.segments == 2);
   CHECK(st.live_rows == 116);
   CHECK(st.last_error.empty());
+}
+
+// Run under ThreadSanitizer too (ci/build_tsan.sh): writers, a deleter, a
+// flusher and a status reader on their own threads, while the publisher
+// publishes every 20 ms and both merge lanes fold and join what it publishes.
+TEST_CASE("Writers, deletes, flushes and status on many threads while both lanes merge") {
+  IngestOptions o;
+  o.root = testing::NewTempDir("ingest_concurrent");
+  o.dim = kDim;
+  o.metric = index::Metric::kL2;
+  o.publish_interval = absl::Milliseconds(20);
+  o.publish_rows = 40;
+  o.thumbnails = false;
+  o.background_nice = 0;
+  o.merge_policy.floor_rows = 1;  // Tiers of these tiny segments merge too.
+  auto core = IngestCore::Start(o);
+  REQUIRE(core.ok());
+  IngestCore& c = **core;
+  const absl::Time deadline = absl::Now() + absl::Seconds(90);
+  constexpr int kWriters = 3, kBatches = 6, kBatchRows = 25;
+  std::vector<std::string> errors(kWriters + 2);  // Checked on the main thread.
+  std::vector<std::thread> threads;
+  for (int w = 0; w < kWriters; ++w) {
+    threads.emplace_back([&, w] {
+      for (int b = 0; b < kBatches; ++b) {
+        const std::string prefix = "w" + std::to_string(w) + "b" + std::to_string(b) + "-";
+        auto r = c.Upsert(Items(prefix, kBatchRows), /*wait=*/true, deadline);
+        if (!r.ok() || r->version == 0) {
+          errors[w] = r.ok() ? "a waited upsert reported no version" : r.status().ToString();
+          return;
+        }
+        for (const absl::Status& s : r->items) {
+          if (!s.ok()) errors[w] = s.ToString();
+        }
+      }
+      // Writer 0 writes its first batch again, marked 2: each id's new row
+      // replaces the old one, wherever a merge has put that by now.
+      if (w == 0) {
+        auto r = c.Upsert(Items("w0b0-", kBatchRows, /*mark=*/2), /*wait=*/true, deadline);
+        if (!r.ok()) errors[w] = r.status().ToString();
+      }
+    });
+  }
+  // The deleter removes the first 10 rows of writer 1's first batch once it
+  // is published (Find then sees it), while the writers go on.
+  threads.emplace_back([&] {
+    for (int i = 0; i < 3000; ++i) {
+      auto current = snapshot::ReadCurrentVersion(o.root);
+      if (current.ok()) {
+        auto snap = snapshot::Snapshot::Open(o.root, *current, snapshot::VerifyMode::kSizes);
+        if (snap.ok() && (*snap)->Find("w1b0-9").has_value()) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    std::vector<std::string> ids;
+    for (int i = 0; i < 10; ++i) ids.push_back("w1b0-" + std::to_string(i));
+    auto r = c.Delete(ids, /*wait=*/true, deadline);
+    if (!r.ok()) errors[kWriters] = r.status().ToString();
+  });
+  // Flushes and status reads race the publisher and the merges.
+  std::atomic<bool> writing{true};
+  threads.emplace_back([&] {
+    uint64_t last_flushed = 0;
+    while (writing.load()) {
+      auto v = c.Flush(deadline);
+      if (!v.ok()) {
+        errors[kWriters + 1] = v.status().ToString();
+        return;
+      }
+      if (*v < last_flushed) errors[kWriters + 1] = "Flush went back a version";
+      last_flushed = *v;
+      const IngestStatus st = c.Status();
+      if (st.merges_running > 2) errors[kWriters + 1] = "more than two merges at once";
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
+  for (size_t t = 0; t + 1 < threads.size(); ++t) threads[t].join();
+  writing.store(false);
+  threads.back().join();
+  for (const std::string& e : errors) CHECK(e.empty());
+  REQUIRE(c.Flush(deadline).ok());
+  // Merges settle: the policy has nothing left to choose in CURRENT.
+  auto settled = [&] {
+    const IngestStatus s = c.Status();
+    if (s.merges_running != 0 || s.pending_rows != 0) return false;
+    auto more = snapshot::ChooseMergeInCurrent(o.root, o.merge_policy, {});
+    return more.ok() && more->empty() && c.Status().merges_running == 0;
+  };
+  CHECK(WaitFor(settled));
+  const IngestStatus st = c.Status();
+  CHECK(st.last_error.empty());
+  CHECK(st.merges_done > 0);
+  constexpr uint64_t kLive = kWriters * kBatches * kBatchRows - 10;
+  CHECK(st.live_rows == kLive);
+  auto current = snapshot::ReadCurrentVersion(o.root);
+  REQUIRE(current.ok());
+  auto snap = snapshot::Snapshot::Open(o.root, *current, snapshot::VerifyMode::kChecksums);
+  REQUIRE(snap.ok());
+  CHECK((*snap)->live_count() == kLive);
+  for (int w = 0; w < kWriters; ++w) {
+    for (int b = 0; b < kBatches; ++b) {
+      for (int i = 0; i < kBatchRows; ++i) {
+        const std::string id =
+            "w" + std::to_string(w) + "b" + std::to_string(b) + "-" + std::to_string(i);
+        const std::optional<uint32_t> row = (*snap)->Find(id);
+        if (w == 1 && b == 0 && i < 10) {
+          CHECK_FALSE(row.has_value());
+          continue;
+        }
+        REQUIRE(row.has_value());
+        CHECK((*snap)->Vector(*row)[0] == (w == 0 && b == 0 ? 2.0f : 1.0f));
+      }
+    }
+  }
 }
 
 }  // namespace
