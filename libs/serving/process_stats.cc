@@ -19,7 +19,7 @@
 // Under ASan or TSan the heap is the sanitizer's allocator, not glibc's
 // (mallinfo2 then reads zeros); the sanitizer runtimes answer the same two
 // questions (declared here: GCC 12 does not ship allocator_interface.h).
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#if defined(__SANITIZE_ADDRESS__) || defined(IMAGESEARCH_TSAN_BUILD)
 #define IMAGESEARCH_SANITIZER_HEAP 1
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)

@@ -46,8 +46,8 @@ void CompletionThreads::Poll(grpc::CompletionQueue* queue) {
   void* tag = nullptr;
   bool ok = false;
   while (queue->Next(&tag, &ok)) {
-#if defined(__SANITIZE_THREAD__)
-    __tsan_acquire(tag);  // See CqTag::GrpcTag.
+#if defined(IMAGESEARCH_TSAN_BUILD)  // See CMakeLists.txt: not __SANITIZE_THREAD__.
+    __tsan_acquire(tag);             // See CqTag::GrpcTag.
 #endif
     static_cast<CqTag*>(tag)->Proceed(ok);
   }

@@ -14,7 +14,7 @@
 #define IMAGESEARCH_SERVICES_ROUTER_COMPLETION_THREADS_H_
 
 #include <grpcpp/grpcpp.h>
-#if defined(__SANITIZE_THREAD__)
+#if defined(IMAGESEARCH_TSAN_BUILD)  // See CMakeLists.txt: not __SANITIZE_THREAD__.
 #include <sanitizer/tsan_interface.h>
 #endif
 
@@ -39,7 +39,7 @@ class CqTag {
   // instrumented): under TSan this releases what the starting thread wrote,
   // and Poll acquires it.
   void* GrpcTag() {
-#if defined(__SANITIZE_THREAD__)
+#if defined(IMAGESEARCH_TSAN_BUILD)
     __tsan_release(this);
 #endif
     return this;

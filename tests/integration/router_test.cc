@@ -1,8 +1,8 @@
 // imagesearch-router's core (services/router) in process, against real
 // imagesearch-query replicas on loopback: the merge of the shards' answers
 // from many threads at once while every shard call is hedged, id queries
-// through the owning shard, and a shard going away.
-// Not in the TSan build's run (ci/build_tsan.sh says why).
+// through the owning shard, and a shard going away. Run under
+// ThreadSanitizer too (ci/build_tsan.sh).
 #include "services/router/router.h"
 
 #include <algorithm>
@@ -155,7 +155,9 @@ TEST_CASE("The router's merged exact answer is the collection's, from many threa
   // Every shard call is hedged at once: both attempts race, the loser is
   // cancelled, on every call.
   router::Router r(c.Options(absl::Microseconds(1)));
-  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+  const absl::Status discovered = r.Discover(absl::Now() + absl::Seconds(20));
+  INFO(discovered.ToString());
+  REQUIRE(discovered.ok());
   CHECK(r.collection() == "it");
   std::atomic<int> mismatches{0}, errors{0};
   std::vector<std::thread> threads;
@@ -191,7 +193,9 @@ TEST_CASE("Id queries go through the owning shard, and a shard with no replica i
           "[router]") {
   Cluster c;
   router::Router r(c.Options(-absl::InfiniteDuration()));
-  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+  const absl::Status discovered = r.Discover(absl::Now() + absl::Seconds(20));
+  INFO(discovered.ToString());
+  REQUIRE(discovered.ok());
   auto search = [&](const v1::SearchRequest& q) {
     return Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
       r.Search(q, absl::Now() + absl::Seconds(10), std::move(d));
@@ -242,7 +246,9 @@ TEST_CASE("A shard given by DNS name gets a channel per address it resolves to",
   for (const auto& r : *set) has_v4 = has_v4 || r->address == "127.0.0.1:" + port0;
   CHECK(has_v4);
   router::Router r(o);
-  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+  const absl::Status discovered = r.Discover(absl::Now() + absl::Seconds(20));
+  INFO(discovered.ToString());
+  REQUIRE(discovered.ok());
   for (uint32_t q = 0; q < 20; ++q) {
     const v1::SearchRequest query = Query(q, true);
     auto got = Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
@@ -288,7 +294,9 @@ TEST_CASE("With its own embedder the router embeds image queries itself", "[rout
   options.embedder = embedder;
   options.model_sha256 = "";  // The shards are vector-only: no model, no sha256.
   router::Router r(options);
-  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+  const absl::Status discovered = r.Discover(absl::Now() + absl::Seconds(20));
+  INFO(discovered.ToString());
+  REQUIRE(discovered.ok());
   auto search = [&](const v1::SearchRequest& q) {
     return Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
       r.Search(q, absl::Now() + absl::Seconds(10), std::move(d));
