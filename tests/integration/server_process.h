@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,8 +25,17 @@ class ServerProcess {
                 const std::string& log_path) {
     int out[2];
     if (::pipe(out) != 0) return;
+    const pid_t parent = ::getpid();
     pid_ = ::fork();
     if (pid_ == 0) {
+      // The server dies with the test process. One that ends without
+      // running the destructor (a sanitizer's halt_on_error, a crash,
+      // ctest's kill at its timeout) left its servers running, each taking
+      // CPU from every test and CI stage after it. The signal comes when
+      // the thread that forked exits: start servers from a thread that
+      // outlives them (every caller does so from its main thread).
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(127);  // The test is gone already.
       ::dup2(out[1], STDOUT_FILENO);
       int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       if (log >= 0) ::dup2(log, STDERR_FILENO);
