@@ -413,7 +413,8 @@ TEST_CASE("The merge policy joins the smallest segments and rewrites over-delete
   CHECK(ChooseMerge(few, p).empty());  // Not more than segments_per_tier.
 
   std::vector<SegmentStats> many = {{"big", 1'000'000, 0}};
-  for (int i = 0; i < 11; ++i) many.push_back({"s" + std::to_string(i), 100 + i, 0});
+  for (int i = 0; i < 11; ++i)
+    many.push_back({"s" + std::to_string(i), static_cast<uint64_t>(100 + i), 0});
   auto chosen = ChooseMerge(many, p);
   CHECK(chosen.size() == 10);  // max_merge_at_once of the small ones...
   CHECK(std::find(chosen.begin(), chosen.end(), "big") == chosen.end());  // ...never the big one.

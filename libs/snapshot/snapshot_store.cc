@@ -774,6 +774,18 @@ bool ProcessAlive(long pid) {
   return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM);
 }
 
+// ChooseMerge over `version`'s segments; none for a single-graph version
+// (one segment, no deletes).
+std::vector<std::string> ChooseMergeIn(const Snapshot& version, const MergePolicy& policy,
+                                       const std::set<std::string>& busy) {
+  if (version.manifest().format == kSingleGraphFormat) return {};
+  std::vector<SegmentStats> stats;
+  for (const SegmentRef& ref : version.segments()) {
+    stats.push_back({ref.name, ref.segment->rows(), ref.deleted_count});
+  }
+  return ChooseMerge(stats, policy, busy);
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<std::string>> ChooseMergeInCurrent(const std::string& root,
@@ -781,12 +793,7 @@ absl::StatusOr<std::vector<std::string>> ChooseMergeInCurrent(const std::string&
                                                               const std::set<std::string>& busy) {
   ASSIGN_OR_RETURN(const uint64_t current, ReadCurrentVersion(root));
   ASSIGN_OR_RETURN(auto opened, Snapshot::Open(root, current, VerifyMode::kSizes));
-  if (opened->manifest().format == kSingleGraphFormat) return std::vector<std::string>{};
-  std::vector<SegmentStats> stats;
-  for (const SegmentRef& ref : opened->segments()) {
-    stats.push_back({ref.name, ref.segment->rows(), ref.deleted_count});
-  }
-  return ChooseMerge(stats, policy, busy);
+  return ChooseMergeIn(*opened, policy, busy);
 }
 
 absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRequest& request,
@@ -797,12 +804,7 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
   MergeResult result;
   std::vector<std::string> names = request.segments;
   if (names.empty()) {
-    if (base.manifest().format == kSingleGraphFormat) return result;  // One segment, no deletes.
-    std::vector<SegmentStats> stats;
-    for (const SegmentRef& ref : base.segments()) {
-      stats.push_back({ref.name, ref.segment->rows(), ref.deleted_count});
-    }
-    names = ChooseMerge(stats, request.policy, request.busy);
+    names = ChooseMergeIn(base, request.policy, {});
     if (names.empty()) return result;
   }
   std::set<std::string> chosen(names.begin(), names.end());

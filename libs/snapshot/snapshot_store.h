@@ -178,9 +178,6 @@ struct MergeRequest {
   // `policy` chooses (none: nothing is published).
   std::vector<std::string> segments;
   MergePolicy policy;
-  // Segments the policy leaves out: held by another merge that runs
-  // meanwhile (ChooseMerge's `busy`). Not used with `segments`.
-  std::set<std::string> busy;
   // HNSW M and ef_construction of the merged graph; 0: the biggest merged
   // segment's (which an extension keeps).
   int m = 0;

@@ -242,12 +242,13 @@ std::shared_ptr<ShardClient::Replica> ShardClient::NewReplica(const std::string&
   // Find a restarted replica soon: reconnect backoff from 100 ms, at most 1 s.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  // gRPC's MIN_CONNECT_TIMEOUT (doc/connection-backoff.md): how long one
-  // connection attempt may take, HTTP/2 (and TLS) handshake included. It was
-  // 100 ms, which a replica on busy cores misses: the channel then failed
-  // ("timed out before receiving SETTINGS frame") and calls to a live replica
-  // failed fast. A refused connection still fails at once; a replica that
-  // accepts and hangs is left to hedging and the call's deadline.
+  // gRPC's MIN_CONNECT_TIMEOUT (doc/connection-backoff.md), not a backoff:
+  // how long one connection attempt may take, HTTP/2 (and TLS) handshake
+  // included. A replica on busy cores can take hundreds of ms to send its
+  // SETTINGS; a shorter limit fails the channel ("timed out before receiving
+  // SETTINGS frame") and every call to that live replica with it. A refused
+  // connection fails at once whatever the limit; a replica that accepts and
+  // hangs is left to hedging and the call's deadline.
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
   args.SetMaxReceiveMessageSize(64 << 20);
   auto r = std::make_shared<Replica>();

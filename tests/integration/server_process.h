@@ -28,12 +28,12 @@ class ServerProcess {
     const pid_t parent = ::getpid();
     pid_ = ::fork();
     if (pid_ == 0) {
-      // The server dies with the test process. One that ends without
+      // The server dies with the test process, also when that ends without
       // running the destructor (a sanitizer's halt_on_error, a crash,
-      // ctest's kill at its timeout) left its servers running, each taking
-      // CPU from every test and CI stage after it. The signal comes when
-      // the thread that forked exits: start servers from a thread that
-      // outlives them (every caller does so from its main thread).
+      // ctest's kill at its timeout); otherwise it would keep taking CPU
+      // from every test and CI stage after it. The signal comes when the
+      // thread that forked exits: start servers from a thread that outlives
+      // them (every caller does so from its main thread).
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (::getppid() != parent) ::_exit(127);  // The test is gone already.
       ::dup2(out[1], STDOUT_FILENO);
