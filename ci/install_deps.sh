@@ -16,6 +16,8 @@ PACKAGES=(
   libhnswlib-dev libvips-dev libtorch-dev libicu-dev zlib1g-dev
   # HTTP front end (libevent), metrics; cpp-httplib: the load generator's HTTP client
   libevent-dev libcpp-httplib-dev prometheus-cpp-dev
+  # A slow volume for tests (tools/slowfs: FUSE)
+  libfuse3-dev fuse3
   # OpenBLAS as the system BLAS (libblas.so.3): LibTorch's BLAS calls must never
   # fall back to netlib's reference implementation.
   libopenblas0-pthread

@@ -107,6 +107,16 @@ Metrics::Metrics(std::string build_version)
                            .Help("Vectors in the live snapshot.")
                            .Register(r)
                            .Add({});
+  loading_version_ = &prometheus::BuildGauge()
+                          .Name("imagesearch_snapshot_loading_version")
+                          .Help("Version a snapshot load in progress reads (0: none runs).")
+                          .Register(r)
+                          .Add({});
+  load_started_ = &prometheus::BuildGauge()
+                       .Name("imagesearch_snapshot_load_started_timestamp_seconds")
+                       .Help("Unix time the snapshot load in progress started (0: none runs).")
+                       .Register(r)
+                       .Add({});
   auto& loads = prometheus::BuildCounter()
                     .Name("imagesearch_snapshot_loads_total")
                     .Help("Snapshot versions loaded (ok) or refused as invalid (refused).")
@@ -239,6 +249,16 @@ void Metrics::RecordBatch(absl::string_view kind, const BatchStats& stats) {
   auto& queue = queue_seconds_->Add(labels, SecondsBuckets());
   for (absl::Duration d : stats.queue_times) queue.Observe(absl::ToDoubleSeconds(d));
   encoder_seconds_->Add(labels, SecondsBuckets()).Observe(absl::ToDoubleSeconds(stats.run_time));
+}
+
+void Metrics::RecordSnapshotLoadStart(uint64_t version) {
+  load_started_->Set(absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
+  loading_version_->Set(static_cast<double>(version));
+}
+
+void Metrics::RecordSnapshotLoadEnd() {
+  loading_version_->Set(0);
+  load_started_->Set(0);
 }
 
 void Metrics::RecordSnapshotLoad(bool ok, absl::Duration duration) {

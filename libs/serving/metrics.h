@@ -10,6 +10,9 @@
 //   imagesearch_snapshot_version, imagesearch_snapshot_vectors   gauges
 //   imagesearch_snapshot_loads_total{result="ok|refused"} counter
 //   imagesearch_snapshot_load_seconds                     histogram
+//   imagesearch_snapshot_loading_version, imagesearch_snapshot_load_started_timestamp_seconds
+//     gauges: the version a load in progress reads and when it started (both
+//     0 when none runs); time() minus the second is how long it has run
 //   imagesearch_build_info{version,model}                 gauge, always 1
 //   process_{cpu_seconds_total,start_time_seconds,resident_memory_bytes,
 //     virtual_memory_bytes,open_fds,max_fds,threads}      the standard process
@@ -71,6 +74,8 @@ class Metrics {
   void AddInflight(int delta);
   // kind: "image" or "text".
   void RecordBatch(absl::string_view kind, const BatchStats& stats);
+  void RecordSnapshotLoadStart(uint64_t version);
+  void RecordSnapshotLoadEnd();
   void RecordSnapshotLoad(bool ok, absl::Duration duration);
   // After a swap: the live version, its size and its model ("" if none).
   void SetLiveSnapshot(uint64_t version, uint64_t vectors, absl::string_view model);
@@ -106,6 +111,8 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>* encoder_seconds_;
   prometheus::Gauge* snapshot_version_;
   prometheus::Gauge* snapshot_vectors_;
+  prometheus::Gauge* loading_version_;
+  prometheus::Gauge* load_started_;
   prometheus::Counter* loads_ok_;
   prometheus::Counter* loads_refused_;
   prometheus::Histogram* load_seconds_;

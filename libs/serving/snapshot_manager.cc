@@ -170,18 +170,29 @@ SnapshotManager::SnapshotManager(SnapshotManagerOptions options)
     : options_(std::move(options)), single_version_(IsSingleVersionDir(options_.root)) {}
 
 SnapshotManager::~SnapshotManager() {
-  {
-    std::lock_guard<std::mutex> lock(stop_mu_);
-    stop_ = true;
-  }
-  stop_cv_.notify_all();
-  if (stop_fd_ >= 0) {
-    const uint64_t one = 1;
-    while (::write(stop_fd_, &one, sizeof(one)) < 0 && errno == EINTR) {
-    }
-  }
+  StopWatching(absl::ZeroDuration());
   if (watcher_.joinable()) watcher_.join();
   if (stop_fd_ >= 0) ::close(stop_fd_);
+}
+
+bool SnapshotManager::StopWatching(absl::Duration wait) {
+  std::unique_lock<std::mutex> lock(stop_mu_);
+  if (!stop_) {
+    stop_ = true;
+    stop_cv_.notify_all();
+    if (stop_fd_ >= 0) {
+      const uint64_t one = 1;
+      while (::write(stop_fd_, &one, sizeof(one)) < 0 && errno == EINTR) {
+      }
+    }
+  }
+  if (!watcher_.joinable()) return true;
+  if (!stop_cv_.wait_for(lock, absl::ToChronoNanoseconds(wait), [this] { return watcher_done_; })) {
+    return false;
+  }
+  lock.unlock();
+  watcher_.join();
+  return true;
 }
 
 std::shared_ptr<const ServingState> SnapshotManager::Current() const {
@@ -297,8 +308,10 @@ absl::StatusOr<uint64_t> SnapshotManager::TryLoad(std::optional<uint64_t> wanted
                                                   const std::string& fallback_reason) {
   const std::string name = wanted.has_value() ? absl::StrCat("v", *wanted) : options_.root;
   const absl::Time start = absl::Now();
+  if (options_.on_load_start) options_.on_load_start(wanted.value_or(0));
   auto loaded = Load(wanted, live);
   const absl::Duration took = absl::Now() - start;
+  if (options_.on_load_end) options_.on_load_end();
   // Each outcome is logged before it is counted or served, so whoever sees
   // the metric or the new version move can read the reason already.
   if (!loaded.ok()) {
@@ -368,11 +381,22 @@ void SnapshotManager::StartWatching() {
     LogWarning("cannot make an eventfd (", ErrnoStatus(errno, "eventfd").message(),
                "): new versions are seen by polling every ",
                absl::FormatDuration(options_.poll_interval));
-    watcher_ = std::thread([this] { PollEvery(); });
+    watcher_ = std::thread([this] {
+      PollEvery();
+      MarkWatcherDone();
+    });
     return;
   }
-  watcher_ = std::thread(
-      [this] { WatchAndPoll(/*use_inotify=*/options_.use_inotify && !single_version_); });
+  watcher_ = std::thread([this] {
+    WatchAndPoll(/*use_inotify=*/options_.use_inotify && !single_version_);
+    MarkWatcherDone();
+  });
+}
+
+void SnapshotManager::MarkWatcherDone() {
+  std::lock_guard<std::mutex> lock(stop_mu_);
+  watcher_done_ = true;
+  stop_cv_.notify_all();
 }
 
 void SnapshotManager::WatchAndPoll(bool use_inotify) {

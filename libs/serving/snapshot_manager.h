@@ -98,6 +98,12 @@ struct SnapshotManagerOptions {
   // Called after every load attempt: whether it was swapped in, and how long
   // opening, verifying and warming it took.
   std::function<void(bool ok, absl::Duration took)> on_load;
+  // Called as a load starts, with the version it reads (0: a single version
+  // directory), before any of its files is read: on a slow or stalled
+  // volume the load may take minutes, and this is how an operator sees it.
+  std::function<void(uint64_t version)> on_load_start;
+  // Called as that load ends, whatever its outcome, before on_load.
+  std::function<void()> on_load_end;
 };
 
 class SnapshotManager {
@@ -137,6 +143,13 @@ class SnapshotManager {
   // the interval, and closes its file descriptors.
   void StartWatching();
 
+  // Stops the watcher and waits at most `wait` for its thread to end. False
+  // if it is still inside a load then (reading a stalled volume, whose read
+  // nothing can interrupt): the thread keeps running, and the caller must
+  // end the process without destroying this manager (the destructor would
+  // wait for the load). True once the thread has ended, or if none ran.
+  bool StopWatching(absl::Duration wait);
+
   // Whether `root` is one version directory rather than a root.
   bool single_version() const { return single_version_; }
 
@@ -166,6 +179,8 @@ class SnapshotManager {
   // The watcher thread's loop without file descriptors: PollOnce every
   // poll_interval until stop_ is set. Used where stop_fd_ cannot be made.
   void PollEvery();
+  // The watcher thread's last act: sets watcher_done_ for StopWatching.
+  void MarkWatcherDone();
 
   const SnapshotManagerOptions options_;
   std::shared_ptr<const ServingState> state_;  // Accessed with std::atomic_load/store.
@@ -186,6 +201,7 @@ class SnapshotManager {
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;
   bool stop_ = false;
+  bool watcher_done_ = false;  // Set by the watcher thread as it ends.
   int stop_fd_ = -1;
   std::thread watcher_;
 };

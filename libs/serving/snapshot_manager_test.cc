@@ -6,12 +6,14 @@
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <functional>
 #include <initializer_list>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <thread>
 #include <vector>
@@ -240,6 +242,62 @@ TEST_CASE("Destroying a watching manager stops its watcher promptly and closes i
     CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(20));
     CHECK(OpenFds() == fds_before);
   }
+}
+
+TEST_CASE("StopWatching does not wait for a load stuck on the volume, and reports it") {
+  std::string root = snapshot::TempSnapshotRoot("manager_stuck_load");
+  REQUIRE(snapshot::PublishSynthetic(root, 100, 8, index::Metric::kL2, "a").ok());
+  SnapshotManagerOptions o = NoPollOptions(root);
+  // The load of v1 stands still inside its hook, as one reading a stalled
+  // volume does, until the test lets it go.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool started = false, release = false;
+  std::vector<uint64_t> loads_started;
+  int loads_ended = 0;
+  o.on_load_start = [&](uint64_t version) {
+    std::unique_lock<std::mutex> lock(mu);
+    loads_started.push_back(version);
+    started = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return release; });
+  };
+  o.on_load_end = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    ++loads_ended;
+  };
+  SnapshotManager m(o);
+  m.StartWatching();
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    REQUIRE(cv.wait_for(lock, std::chrono::seconds(20), [&] { return started; }));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  CHECK_FALSE(m.StopWatching(absl::Milliseconds(200)));
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(10));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    CHECK(loads_started == std::vector<uint64_t>{1});
+    CHECK(loads_ended == 0);
+    release = true;
+  }
+  cv.notify_all();
+  // Once the load ends, the watcher sees the stop and ends; the load's
+  // version still swaps in (the hook said nothing about the files).
+  CHECK(m.StopWatching(absl::Seconds(20)));
+  std::lock_guard<std::mutex> lock(mu);
+  CHECK(loads_ended == 1);
+}
+
+TEST_CASE("StopWatching without a watcher, or twice, returns at once") {
+  std::string root = snapshot::TempSnapshotRoot("manager_stop_twice");
+  REQUIRE(snapshot::PublishSynthetic(root, 100, 8, index::Metric::kL2, "a").ok());
+  SnapshotManager idle(NoPollOptions(root));
+  CHECK(idle.StopWatching(absl::ZeroDuration()));
+  SnapshotManager m(NoPollOptions(root));
+  m.StartWatching();
+  CHECK(m.StopWatching(absl::Seconds(20)));
+  CHECK(m.StopWatching(absl::ZeroDuration()));
 }
 
 TEST_CASE("A version directory without CURRENT is served as is (SageMaker's model dir)") {

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -408,6 +409,8 @@ serving::SnapshotManagerOptions ManagerOptions(serving::Metrics* metrics, Lifecy
           "imagesearch-router --model); vector and id queries work");
     };
   }
+  mopts.on_load_start = [metrics](uint64_t version) { metrics->RecordSnapshotLoadStart(version); };
+  mopts.on_load_end = [metrics] { metrics->RecordSnapshotLoadEnd(); };
   mopts.on_load = [metrics](bool ok, absl::Duration took) {
     metrics->RecordSnapshotLoad(ok, took);
   };
@@ -516,6 +519,24 @@ void Drain(int sig, serving::QueryCore* core, Lifecycle* life, grpc::Server* ser
   if (server != nullptr) server->Wait();
 }
 
+// Stops the snapshot watcher. A load in progress reads the snapshot volume,
+// and on a stalled one (a hung NFS server, a throttled disk) that read may
+// take minutes with nothing to interrupt it: a stop does not wait more than
+// a second for it. The process then ends here, without destroying the
+// manager, whose destructor would wait.
+void StopWatcherOrExit(serving::SnapshotManager* manager, int code, absl::string_view stopped) {
+  if (manager->StopWatching(absl::Seconds(1))) {
+    LogInfo(stopped);
+    return;
+  }
+  LogWarning(stopped, "; a snapshot load was still reading the volume (slow or stalled), ",
+             "so the process exits without waiting for it");
+  std::cout.flush();
+  std::cerr.flush();
+  std::fflush(nullptr);
+  std::_Exit(code);
+}
+
 // Start-up order: HTTP (health, metrics; 503 until serving) first, then the
 // first snapshot and its model are loaded and warmed, and only then does the
 // gRPC port listen. A replica that is starting refuses gRPC connections, which
@@ -562,18 +583,19 @@ int Run() {
   SignalThread signal_thread(signals, &life);
   manager.StartWatching();  // Loads CURRENT at once, then watches it (inotify) and polls.
   if (!life.WaitLoadedOrStop()) {
-    LogInfo("stopped before a snapshot was loaded");
     if (http) http->Stop();
+    StopWatcherOrExit(&manager, 0, "stopped before a snapshot was loaded");
     return 0;
   }
   std::unique_ptr<grpc::Server> server;
   if (GrpcEnabled() && !(server = ListenGrpc(&service, *security, &life, &ports))) {
     if (http) http->Stop();
+    StopWatcherOrExit(&manager, 1, "stopped: the gRPC port could not be opened");
     return 1;
   }
   Drain(life.WaitStop(), &core, &life, server.get(), http.get());
   life.SetServer(nullptr);
-  LogInfo("stopped");
+  StopWatcherOrExit(&manager, 0, "stopped");
   return 0;
 }
 

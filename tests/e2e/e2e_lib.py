@@ -130,6 +130,12 @@ def run(*args, ok=True):
     return out
 
 
+# A prefix for commands that must not outlive the test (see Server). A
+# preexec_fn calling prctl would do the same, but is unsafe in a process with
+# threads (the tests run proxies and load threads); setpriv sets it after fork.
+DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
+
+
 class Server:
     """The query service (`binary`, an imagesearch-query) as a child process
     of a test, on loopback, on ports it picks itself and reports in its
@@ -142,7 +148,11 @@ class Server:
     its gRPC port only then, and is SERVING by then). grpc_port and http_port
     are the ports the file names (None until then).
 
-    Every Server still running when the test's interpreter exits is killed."""
+    Every Server still running when the test's interpreter exits is killed,
+    and the kernel kills it if the interpreter dies without exiting (SIGKILL,
+    a crash): it runs under `setpriv --pdeathsig KILL` (util-linux), which
+    asks for SIGKILL when the thread that started it ends. So start servers
+    from the main thread, or from one that outlives them."""
 
     running = []
 
@@ -155,7 +165,8 @@ class Server:
         if pick_ports:
             flags += ["--port=0", "--http_port=0"]
         with open(self.log_path, "w") as err, open(self.out_path, "w") as out:
-            self.proc = subprocess.Popen([binary, *args, *flags], stdout=out, stderr=err, env=env)
+            self.proc = subprocess.Popen([*DIE_WITH_PARENT, binary, *args, *flags], stdout=out,
+                                         stderr=err, env=env)
         Server.running.append(self)
         self.grpc_port = self.http_port = None
         self.wait_ports(*wait, limit_s=limit_s)
