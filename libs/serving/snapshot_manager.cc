@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "libs/common/file_util.h"
 #include "libs/common/log.h"
+#include "libs/common/status_macros.h"
 #include "libs/snapshot/snapshot_store.h"
 
 namespace imagesearch::serving {
@@ -199,6 +200,33 @@ std::shared_ptr<const ServingState> SnapshotManager::Current() const {
   return std::atomic_load(&state_);
 }
 
+// With --verify=sizes nothing of a new version is read at load, so the first
+// queries to touch a new segment would page it in from the volume, each
+// waiting for its reads (on a slow or stalled volume, that long). A swap that
+// adds little (an ingest publish, a tail join, an incremental build) is
+// hashed anyway: its pages are then in memory before a query needs them, a
+// slow volume delays the swap instead of the queries, and a corrupt new
+// segment is refused. A large one (a full rebuild) is not, so that replicas
+// sharing a volume do not all read it through at once.
+absl::Status SnapshotManager::HashSmallSwap(const snapshot::Snapshot& snap) const {
+  uint64_t bytes = 0;
+  for (const snapshot::SegmentRef& s : snap.segments()) {
+    if (!s.opened_here) continue;
+    for (const auto& [name, file] : s.segment->manifest().files) bytes += file.size;
+  }
+  if (bytes == 0 || bytes > options_.hash_new_max_bytes) return absl::OkStatus();
+  for (const snapshot::SegmentRef& s : snap.segments()) {
+    if (!s.opened_here) continue;
+    absl::Status st = snapshot::VerifyFiles(s.segment->dir(), s.segment->manifest().files,
+                                            snapshot::VerifyMode::kChecksums);
+    if (!st.ok()) {
+      return absl::Status(
+          st.code(), absl::StrCat("segment ", s.name.empty() ? "0" : s.name, ": ", st.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::shared_ptr<const ServingState>> SnapshotManager::Load(
     std::optional<uint64_t> wanted, const ServingState* live) {
   // Segments the live version holds are shared, not opened and verified
@@ -209,6 +237,9 @@ absl::StatusOr<std::shared_ptr<const ServingState>> SnapshotManager::Load(
           ? snapshot::Snapshot::Open(options_.root, *wanted, options_.verify, reuse)
           : snapshot::Snapshot::OpenDir(options_.root, options_.verify, std::nullopt, reuse);
   if (!snap.ok()) return snap.status();
+  if (live != nullptr && options_.verify == snapshot::VerifyMode::kSizes) {
+    RETURN_IF_ERROR(HashSmallSwap(**snap));
+  }
   const uint64_t version = (*snap)->version();
   auto state = std::make_shared<ServingState>();
   state->snapshot = *snap;

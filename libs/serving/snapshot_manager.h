@@ -86,6 +86,10 @@ struct SnapshotManagerOptions {
   // one version directory (holds MANIFEST.json, no CURRENT), served as is.
   std::string root;
   snapshot::VerifyMode verify = snapshot::VerifyMode::kChecksums;
+  // With verify == kSizes, a swap whose new segments (those the live version
+  // does not hold) total at most this many bytes hashes them anyway, which
+  // reads them into memory before any query touches them; 0: never.
+  uint64_t hash_new_max_bytes = 64ull << 20;
   // How often the watcher reads CURRENT when nothing told it CURRENT
   // changed: the swap latency where inotify reports nothing (see above).
   absl::Duration poll_interval = absl::Milliseconds(500);
@@ -159,6 +163,9 @@ class SnapshotManager {
   // state shares live's embedder.
   absl::StatusOr<std::shared_ptr<const ServingState>> Load(std::optional<uint64_t> version,
                                                            const ServingState* live);
+  // With verify == kSizes: hashes the segments of `snap` opened for it (not
+  // shared with the live version) if they total at most hash_new_max_bytes.
+  absl::Status HashSmallSwap(const snapshot::Snapshot& snap) const;
   // Load, then swap it in and log; or log the refusal. Reports to on_load.
   // A failed load of the version CURRENT named is not a refusal if CURRENT
   // names another version by then (removed during a rollback, say): that

@@ -289,6 +289,43 @@ TEST_CASE("StopWatching does not wait for a load stuck on the volume, and report
   CHECK(loads_ended == 1);
 }
 
+TEST_CASE("With --verify=sizes, a small swap's new segment is hashed; a large one is not") {
+  for (const uint64_t max_bytes : {uint64_t{64} << 20, uint64_t{0}}) {
+    INFO("hash_new_max_bytes " << max_bytes);
+    const std::string root = snapshot::TempSnapshotRoot("manager_small_swap");
+    REQUIRE(snapshot::PublishSynthetic(root, 200, 8, index::Metric::kL2, "a").ok());
+    SnapshotManagerOptions o = Options(root);
+    o.verify = snapshot::VerifyMode::kSizes;
+    o.hash_new_max_bytes = max_bytes;
+    testing::Count refused;
+    o.on_load = [&](bool ok, absl::Duration) {
+      if (!ok) refused.Add();
+    };
+    SnapshotManager m(o);
+    REQUIRE(m.PollOnce().ok());
+    // v2 adds a segment with one bit flipped in its graph: sizes alone
+    // cannot see it, the hash can.
+    auto b = snapshot::MakeSyntheticCorpus(50, 8, index::Metric::kL2, "b", 11);
+    snapshot::SnapshotUpdate update;
+    update.base_version = 1;
+    update.added = b.WithGraph();
+    auto r = snapshot::PublishUpdate(root, update);
+    REQUIRE(r.ok());
+    const std::string graph = root + "/segments/" + r->segment + "/graph.hnsw";
+    std::string bytes = *ReadFileToString(graph);
+    bytes[bytes.size() / 2] ^= 1;
+    REQUIRE(WriteFileDurably(graph, bytes).ok());
+    (void)m.PollOnce();
+    if (max_bytes > 0) {
+      CHECK(m.Current()->snapshot->version() == 1);  // Refused: the live version stays.
+      CHECK(refused.value() == 1);
+    } else {
+      CHECK(m.Current()->snapshot->version() == 2);
+      CHECK(refused.value() == 0);
+    }
+  }
+}
+
 TEST_CASE("StopWatching without a watcher, or twice, returns at once") {
   std::string root = snapshot::TempSnapshotRoot("manager_stop_twice");
   REQUIRE(snapshot::PublishSynthetic(root, 100, 8, index::Metric::kL2, "a").ok());

@@ -96,6 +96,10 @@ ABSL_FLAG(bool, inotify, true,
           "publish.");
 ABSL_FLAG(std::string, verify, "checksums",
           "Snapshot verification at load: 'checksums' (every byte, XXH3) or 'sizes' (O(1)).");
+ABSL_FLAG(int64_t, verify_swaps_up_to_mb, 64,
+          "With --verify=sizes: a swap whose new segments total at most this many MiB hashes "
+          "them anyway, reading them into memory before queries touch them (a slow volume then "
+          "delays the swap, not the queries). 0: never.");
 ABSL_FLAG(
     int, max_batch, 2,
     "Dynamic batcher: largest batch of image/text queries per forward pass (per model "
@@ -185,6 +189,11 @@ absl::Status CheckFlags() {
   if (verify != "checksums" && verify != "sizes") {
     return absl::InvalidArgumentError(
         absl::StrCat("--verify must be 'checksums' or 'sizes', got '", verify, "'"));
+  }
+  if (const int64_t mb = absl::GetFlag(FLAGS_verify_swaps_up_to_mb); mb < 0 || mb > (1 << 30)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--verify_swaps_up_to_mb=", mb,
+                     ": give a size in MiB (0: never hash with --verify=sizes)"));
   }
   for (const auto& [name, port] : {std::pair<const char*, int>{"port", absl::GetFlag(FLAGS_port)},
                                    {"http_port", absl::GetFlag(FLAGS_http_port)}}) {
@@ -397,6 +406,8 @@ serving::SnapshotManagerOptions ManagerOptions(serving::Metrics* metrics, Lifecy
   mopts.root = absl::GetFlag(FLAGS_snapshot_root);
   mopts.verify = absl::GetFlag(FLAGS_verify) == "sizes" ? snapshot::VerifyMode::kSizes
                                                         : snapshot::VerifyMode::kChecksums;
+  mopts.hash_new_max_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_verify_swaps_up_to_mb))
+                             << 20;
   mopts.poll_interval = absl::Milliseconds(absl::GetFlag(FLAGS_poll_ms));
   mopts.use_inotify = absl::GetFlag(FLAGS_inotify);
   if (absl::GetFlag(FLAGS_load_model)) {

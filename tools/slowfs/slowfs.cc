@@ -6,14 +6,15 @@
 //
 // Usage:
 //   imagesearch-slowfs --backing=DIR --mountpoint=MNT [--read_ms=N]
-//       [--write_ms=N] [--fsync_ms=N] [--control=FILE]
+//       [--write_ms=N] [--fsync_ms=N] [--control=FILE] [--log_reads]
 // Runs in the foreground until SIGTERM or SIGINT, then unmounts. The delays
 // apply to every request the kernel sends: a read of up to 128 KiB (page
 // faults of a mapped file and readahead included), a write, an fsync of a
 // file or directory. Requests run on several threads, so the delay is
 // latency, not a bandwidth cap. With --control, FILE holds "READ WRITE FSYNC"
 // in milliseconds and is read again every 50 ms: a test slows the volume
-// down, or speeds it up, while the services run.
+// down, or speeds it up, while the services run. --log_reads logs every read
+// (path, offset, size) on stderr: which pages a process had to fetch.
 //
 // Pages read through the mount stay in its page cache across opens (as NFS
 // keeps those of a file whose mtime has not changed), so what is slow is the
@@ -46,6 +47,7 @@ std::atomic<int> g_read_ms{0};
 std::atomic<int> g_write_ms{0};
 std::atomic<int> g_fsync_ms{0};
 std::atomic<bool> g_stop{false};
+bool g_log_reads = false;
 
 void Wait(const std::atomic<int>& ms) {
   const int v = ms.load(std::memory_order_relaxed);
@@ -124,7 +126,11 @@ int Create(const char* path, mode_t mode, fuse_file_info* fi) {
   return 0;
 }
 
-int Read(const char*, char* buf, size_t size, off_t off, fuse_file_info* fi) {
+int Read(const char* path, char* buf, size_t size, off_t off, fuse_file_info* fi) {
+  if (g_log_reads) {
+    std::fprintf(stderr, "slowfs: read %s at %lld, %zu bytes (delay %d ms)\n", path,
+                 static_cast<long long>(off), size, g_read_ms.load());
+  }
   Wait(g_read_ms);
   const ssize_t n = pread(static_cast<int>(fi->fh), buf, size, off);
   return n < 0 ? -errno : static_cast<int>(n);
@@ -170,7 +176,7 @@ int ReadDir(const char*, void* buf, fuse_fill_dir_t fill, off_t, fuse_file_info*
   rewinddir(dir);
   errno = 0;
   while (dirent* e = readdir(dir)) {
-    struct stat st{};
+    struct stat st {};
     st.st_ino = e->d_ino;
     st.st_mode = static_cast<mode_t>(DTTOIF(e->d_type));
     if (fill(buf, e->d_name, &st, 0, static_cast<fuse_fill_dir_flags>(0)) != 0) break;
@@ -192,9 +198,11 @@ int FSyncDir(const char*, int datasync, fuse_file_info* fi) {
 int Access(const char* path, int mask) { return Err(faccessat(g_backing, Rel(path), mask, 0)); }
 
 void* Init(fuse_conn_info*, fuse_config* cfg) {
-  cfg->use_ino = 1;         // The backing inode numbers: hard links stay recognisable.
-  cfg->entry_timeout = 0;   // Names and attributes as the backing directory has them now.
-  cfg->attr_timeout = 0;
+  cfg->use_ino = 1;  // The backing inode numbers: hard links stay recognisable.
+  // Names and attributes cached for a second, as NFS caches them (acregmin
+  // is 3 s); a new name in the backing directory is seen at once.
+  cfg->entry_timeout = 1;
+  cfg->attr_timeout = 1;
   cfg->negative_timeout = 0;
   return nullptr;
 }
@@ -224,7 +232,7 @@ bool Flag(const std::string& arg, const char* name, std::string* value) {
 int Usage(const char* why) {
   std::fprintf(stderr,
                "imagesearch-slowfs: %s\nusage: imagesearch-slowfs --backing=DIR --mountpoint=MNT "
-               "[--read_ms=N] [--write_ms=N] [--fsync_ms=N] [--control=FILE]\n",
+               "[--read_ms=N] [--write_ms=N] [--fsync_ms=N] [--control=FILE] [--log_reads]\n",
                why);
   return 2;
 }
@@ -239,7 +247,9 @@ int main(int argc, char** argv) {
         Flag(a, "control", &control)) {
       continue;
     }
-    if (Flag(a, "read_ms", &v)) {
+    if (a == "--log_reads") {
+      g_log_reads = true;
+    } else if (Flag(a, "read_ms", &v)) {
       g_read_ms = std::atoi(v.c_str());
     } else if (Flag(a, "write_ms", &v)) {
       g_write_ms = std::atoi(v.c_str());
@@ -249,7 +259,8 @@ int main(int argc, char** argv) {
       return Usage(("unknown argument " + a).c_str());
     }
   }
-  if (backing.empty() || mountpoint.empty()) return Usage("--backing and --mountpoint are required");
+  if (backing.empty() || mountpoint.empty())
+    return Usage("--backing and --mountpoint are required");
   g_backing = open(backing.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (g_backing < 0) {
     std::fprintf(stderr, "imagesearch-slowfs: cannot open %s: %s\n", backing.c_str(),
