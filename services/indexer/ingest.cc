@@ -120,24 +120,51 @@ absl::StatusOr<std::unique_ptr<IngestCore>> IngestCore::Start(const IngestOption
   } else {
     return current.status();
   }
-  core->publisher_ = std::thread([c = core.get()] { c->PublisherLoop(); });
+  core->threads_running_ = 3;
+  auto ended = [](IngestCore* c) {
+    std::lock_guard<std::mutex> lock(c->mu_);
+    --c->threads_running_;
+    c->changed_.notify_all();
+  };
+  core->publisher_ = std::thread([c = core.get(), ended] {
+    c->PublisherLoop();
+    ended(c);
+  });
   // Two merge lanes: a fold of a big segment takes seconds to minutes, and
   // meanwhile the other lane joins the new publishes into the tail.
   for (int lane = 0; lane < 2; ++lane) {
-    core->mergers_.emplace_back([c = core.get()] { c->MergerLoop(); });
+    core->mergers_.emplace_back([c = core.get(), ended] {
+      c->MergerLoop();
+      ended(c);
+    });
   }
   return core;
 }
 
 IngestCore::~IngestCore() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  changed_.notify_all();
+  StopWithin(absl::ZeroDuration());
   if (publisher_.joinable()) publisher_.join();
-  for (std::thread& t : mergers_) t.join();
+  for (std::thread& t : mergers_) {
+    if (t.joinable()) t.join();
+  }
   if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
+bool IngestCore::StopWithin(absl::Duration wait) {
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    stop_ = true;
+    changed_.notify_all();
+    if (!changed_.wait_for(lock, absl::ToChronoNanoseconds(wait),
+                           [this] { return threads_running_ == 0; })) {
+      return false;
+    }
+  }
+  if (publisher_.joinable()) publisher_.join();
+  for (std::thread& t : mergers_) {
+    if (t.joinable()) t.join();
+  }
+  return true;
 }
 
 absl::Status IngestCore::CheckAndEmbed(std::vector<IngestItem>* items,

@@ -124,6 +124,15 @@ class IngestCore {
   // the publisher and merger threads.
   static absl::StatusOr<std::unique_ptr<IngestCore>> Start(const IngestOptions& options);
   ~IngestCore();  // Stops the threads; waiters of unpublished writes get UNAVAILABLE.
+
+  // Stops the publisher and merger threads and waits at most `wait` for them
+  // to end. False if one is still working then (a merge of a big segment
+  // takes a minute; a publish on a stalled volume, as long as the volume
+  // stalls): the caller may end the process instead of destroying this core,
+  // whose destructor would wait. That is safe: an unfinished merge or publish
+  // is what a crash leaves, its temp files are removed by the next start
+  // (under the root's lock), and nothing acknowledged depends on it.
+  bool StopWithin(absl::Duration wait);
   IngestCore(const IngestCore&) = delete;
   IngestCore& operator=(const IngestCore&) = delete;
 
@@ -197,6 +206,7 @@ class IngestCore {
   uint64_t last_published_ = 0;
   std::string last_error_;
   bool stop_ = false;
+  int threads_running_ = 0;  // Publisher and merger threads not yet ended.
   // Bumped by each publish and each merge published: the merger threads
   // then ask the policy again.
   uint64_t merge_epoch_ = 0;

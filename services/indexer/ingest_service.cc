@@ -5,6 +5,8 @@
 #include <signal.h>
 
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <iostream>
 #include <iterator>
@@ -292,7 +294,24 @@ int RunIngestServer(const ServeOptions& options) {
   // published first by a final flush.
   auto flushed = (*core)->Flush(absl::Now() + absl::Seconds(20));
   if (!flushed.ok()) LogError("final flush: ", flushed.status().ToString());
+  // Stopping the core first answers the calls still waiting for a publish
+  // (UNAVAILABLE: not published, may be lost) within a second, so the
+  // server's shutdown does not wait for a publish on a stalled volume.
+  (void)(*core)->StopWithin(absl::ZeroDuration());
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  // A background merge may run for a minute more (a fold of the big segment),
+  // and a publish as long as a stalled volume stalls; the writes are
+  // published (or their callers told otherwise) by now, so neither is waited
+  // for beyond a second: the process ends as a crash would end them, and the
+  // next start removes what they left.
+  if (!(*core)->StopWithin(absl::Seconds(1))) {
+    LogWarning("imagesearch-indexer serve: a merge or publish is still running; exiting without ",
+               "waiting for it (the next start removes its temp files)");
+    std::cout.flush();
+    std::cerr.flush();
+    std::fflush(nullptr);
+    std::_Exit(0);
+  }
   core->reset();
   return 0;
 }

@@ -262,6 +262,13 @@ absl::StatusOr<ShardVersions> IngestShards::Flush(absl::Time deadline) {
   return CollectVersions(all, results, shard_count_);
 }
 
+bool IngestShards::StopWithin(absl::Duration wait) {
+  const absl::Time deadline = absl::Now() + wait;
+  bool all = true;
+  for (const auto& core : cores_) all = core->StopWithin(deadline - absl::Now()) && all;
+  return all;
+}
+
 ShardedIngestStatus IngestShards::Status() const {
   ShardedIngestStatus out;
   for (const auto& core : cores_) out.shards.push_back(core->Status());

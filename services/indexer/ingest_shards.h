@@ -72,6 +72,9 @@ class IngestShards {
                                        absl::Time deadline);
   absl::StatusOr<std::vector<std::string>> IdsMatching(const serving::Filter& filter) const;
   absl::StatusOr<ShardVersions> Flush(absl::Time deadline);
+  // IngestCore::StopWithin on every shard, together: false if any of them
+  // still works after `wait`.
+  bool StopWithin(absl::Duration wait);
   ShardedIngestStatus Status() const;
 
   bool sharded() const { return shard_count_ > 0; }

@@ -38,6 +38,18 @@ std::vector<IngestItem> Items(const std::string& prefix, int n, float mark = 1) 
   return items;
 }
 
+// A vector collection in a new temp dir, published by Flush only, merged
+// by threads at normal priority (the tests hold merges with before_merge).
+IngestOptions FlushOnlyOptions(const std::string& tag) {
+  IngestOptions o;
+  o.root = testing::NewTempDir(tag);
+  o.dim = kDim;
+  o.publish_interval = absl::Hours(1);
+  o.thumbnails = false;
+  o.background_nice = 0;
+  return o;
+}
+
 // Polls `done` for up to 30 s.
 template <typename F>
 bool WaitFor(F done) {
@@ -49,12 +61,7 @@ bool WaitFor(F done) {
 }
 
 TEST_CASE("While a fold holds the big segment, the other lane joins new segments into a tail") {
-  IngestOptions o;
-  o.root = testing::NewTempDir("ingest_lanes");
-  o.dim = kDim;
-  o.publish_interval = absl::Hours(1);  // Published by Flush only.
-  o.thumbnails = false;
-  o.background_nice = 0;
+  IngestOptions o = FlushOnlyOptions("ingest_lanes");
   // The fold lane waits, once it has chosen, until the test lets it go.
   std::mutex mu;
   std::condition_variable cv;
@@ -105,6 +112,44 @@ TEST_CASE("While a fold holds the big segment, the other lane joins new segments
   CHECK(st.segments == 2);
   CHECK(st.live_rows == 116);
   CHECK(st.last_error.empty());
+}
+
+TEST_CASE("StopWithin does not wait for a merge that is still running, and reports it") {
+  IngestOptions o = FlushOnlyOptions("ingest_stop_within");
+  // The first merge stands still once chosen, as a long fold does, until the
+  // test lets it go.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool merging = false, release = false;
+  o.before_merge = [&](const std::vector<std::string>&) {
+    std::unique_lock<std::mutex> lock(mu);
+    if (merging) return;
+    merging = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return release; });
+  };
+  auto core = IngestCore::Start(o);
+  REQUIRE(core.ok());
+  IngestCore& c = **core;
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  for (const char* prefix : {"big", "a"}) {  // 10 rows beside 100: a fold.
+    REQUIRE(c.Upsert(Items(prefix, prefix[0] == 'b' ? 100 : 10), /*wait=*/false, deadline).ok());
+    REQUIRE(c.Flush(deadline).ok());
+  }
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    REQUIRE(cv.wait_for(lock, std::chrono::seconds(30), [&] { return merging; }));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  CHECK_FALSE(c.StopWithin(absl::Milliseconds(200)));
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(10));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  CHECK(c.StopWithin(absl::Seconds(60)));  // The merge ends, and so do the threads.
+  CHECK(c.Status().live_rows == 110);
 }
 
 // Run under ThreadSanitizer too (ci/build_tsan.sh): writers, a deleter, a

@@ -25,9 +25,13 @@ network volume does), with default flags.
      (wait) is acknowledged once published; an Upsert without wait and a
      Status answer promptly while a publish is in its fsyncs; SIGKILL in the
      middle of a slow publish loses no acknowledged row, the root verifies,
-     and a replica on the volume finds every acknowledged row.
+     and a replica on the volume finds every acknowledged row; SIGTERM
+     while a background merge is stalled on the volume ends the service
+     within seconds, and the next start removes the merge's temp files.
 
 Needs /dev/fuse and imagesearch-slowfs; without them it exits 77 (skipped).
+IMAGESEARCH_KEEP_WORK=1 keeps the work directory (the services' logs and
+slowfs.log, every read slowfs served).
 
 Usage: slow_volume_test.py BUILD_DIR SOURCE_DIR
 """
@@ -40,6 +44,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -360,8 +365,67 @@ def ingest_step(work, vol):
                                  timeout=30)
         check(status == 200 and body["hits"][0]["id"] == f"u{i}", (i, status, body))
     print(f"SIGKILL during a slow publish: all {len(acked)} acknowledged rows found after restart")
+    svc = sigterm_during_merge_step(vol, svc, start, upsert, acked, pb, pb_grpc)
+    for i in sorted(acked):
+        s.wait_until(f"u{i} searchable", lambda: post_json(
+            s.http_port, {"vector": {"values": vec(i)}, "top_k": 1},
+            timeout=30)[1].get("hits", [{}])[0].get("id") == f"u{i}", 30)
+    print(f"after the abandoned merge: all {len(acked)} acknowledged rows found")
     s.stop()
     svc.stop()
+
+
+def sigterm_during_merge_step(vol, svc, start, upsert, acked, pb, pb_grpc):
+    """SIGTERM while a background merge is stalled on the volume: the ingest
+    service exits within seconds instead of waiting for the merge; the next
+    start removes what the merge left, and loses nothing acknowledged."""
+    stub = pb_grpc.IngestStub(grpc.insecure_channel(svc.grpc_address))
+    vol.set(5, 150, 150)
+    stop = threading.Event()
+
+    def writer():  # Small publishes, which the tail policy joins in the background.
+        i = 2000
+        while not stop.is_set() and i < 2400:
+            try:
+                upsert(stub, i, 10, True)
+            except grpc.RpcError:
+                return
+            with lock:
+                acked.update(range(i, i + 10))
+            i += 10
+
+    lock = threading.Lock()
+    t = threading.Thread(target=writer)
+    t.start()
+    svc.wait_until("a background merge running", lambda: stub.Status(
+        pb.IngestStatusRequest(), timeout=30).merges_running > 0, 120, poll_s=0.02)
+    stop.set()
+    vol.set(5, 2000, 2000)  # Whatever the merge writes next takes 2 s.
+    t0 = time.monotonic()
+    svc.proc.send_signal(signal.SIGTERM)
+    code = svc.proc.wait(120)
+    took = time.monotonic() - t0
+    t.join()
+    check(code == 0, f"exit status {code}: {svc.log_tail()}")
+    check("exiting without waiting for it" in svc.log_text(), svc.log_tail())
+    # The final flush tries for 20 s to publish the writer's last batch (its
+    # writes take 2 s each now); then a second for the waiting call to be
+    # told, one for the merge, and the FUSE write in flight: about 25 s.
+    # Waiting for the publish and the merge instead (dozens of 2 s writes and
+    # fsyncs) would take over a minute.
+    check(took < 40, f"SIGTERM to exit took {took:.1f} s with a merge stalled on the volume")
+    vol.set(0, 0, 0)
+    svc = start()
+    stub = pb_grpc.IngestStub(grpc.insecure_channel(svc.grpc_address))
+    upsert(stub, 3000, 1, True)  # A publish: it clears the crashed merge's temp files.
+    acked.add(3000)
+    root = os.path.join(vol.backing, "ingest")
+    leftovers = [n for d in (root, os.path.join(root, "segments")) for n in os.listdir(d)
+                 if n.startswith(".tmp-")]
+    check(not leftovers, f"temp files left by the abandoned merge: {leftovers}")
+    print(f"SIGTERM with a merge stalled on the volume: exited in {took:.1f} s; "
+          "the next start removed its temp files")
+    return svc
 
 
 def main():
@@ -388,7 +452,10 @@ def main():
     finally:
         Server.kill_all()
         vol.close()
-        shutil.rmtree(work, ignore_errors=True)
+        if os.environ.get("IMAGESEARCH_KEEP_WORK"):
+            print(f"work directory kept: {work}")  # Logs, slowfs.log, the roots.
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     print("slow volume: all checks passed")
     return 0
 
