@@ -20,7 +20,8 @@ BUILD_DIR="${BUILD_DIR:-build-tsan}"
 # Optimised by default: TSan's run time is what counts here (CI: < 6 minutes).
 BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}"
 TARGETS=(imagesearch_index_test imagesearch_serving_test imagesearch_batcher_test
-         imagesearch_integration_test imagesearch_http_server_test imagesearch_ingest_test)
+         imagesearch_integration_test imagesearch_http_server_test imagesearch_ingest_test
+         imagesearch_rpc_test)
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" -DIMAGESEARCH_TSAN=ON \
   -DIMAGESEARCH_SANITIZE=OFF -DIMAGESEARCH_WITH_TORCH=ON -DIMAGESEARCH_DEFAULT_MODEL=OFF >/dev/null
 cmake --build "$BUILD_DIR" -j"${JOBS:-2}" --target "${TARGETS[@]}" imagesearch-query
@@ -54,6 +55,7 @@ declare -A CASES=(
   [imagesearch_integration_test]=""
   [imagesearch_http_server_test]=""
   [imagesearch_ingest_test]=""
+  [imagesearch_rpc_test]=""  # ServedCall's two tags (answer, end) on two threads.
 )
 # Lock-order (deadlock) detection is off where a process builds hnswlib
 # graphs (the test fixtures publish snapshots): hnswlib holds two std::mutex
@@ -65,7 +67,7 @@ declare -A CASES=(
 declare -A DEADLOCKS=(
   [imagesearch_index_test]=0 [imagesearch_serving_test]=0
   [imagesearch_batcher_test]=1 [imagesearch_integration_test]=0
-  [imagesearch_http_server_test]=0 [imagesearch_ingest_test]=0
+  [imagesearch_http_server_test]=0 [imagesearch_ingest_test]=0 [imagesearch_rpc_test]=1
 )
 passed=0
 for t in "${TARGETS[@]}"; do

@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "services/query/proto_adapter.h"
 
 namespace imagesearch {
@@ -11,98 +12,98 @@ namespace {
 
 using serving::Query;
 
-grpc::Status ToGrpc(const absl::Status& s) {
-  if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
-
-serving::CallContext ContextOf(grpc::CallbackServerContext* context) {
+serving::CallContext ContextOf(const rpc::CallInfo& call) {
   serving::CallContext c;
   c.front = "grpc";
-  c.deadline = absl::FromChrono(context->deadline());
-  c.cancelled = [context] { return context->IsCancelled(); };
+  c.deadline = absl::FromChrono(call.context().deadline());
+  c.cancelled = call.Cancelled();
   return c;
 }
 
 }  // namespace
 
-template <typename Request, typename Response>
-grpc::ServerUnaryReactor* ImageSearchService::Serve(
-    grpc::CallbackServerContext* context, const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
-    const char* method,
-    void (ImageSearchService::*handle)(grpc::CallbackServerContext*, const Request&, Response*,
-                                       Done)) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auto refuse = [&](const absl::Status& status) {
-    reactor->Finish(ToGrpc(status));
-    return reactor;
-  };
-  if (absl::Status s = gate_.AuthenticateGrpc(*context, method); !s.ok()) return refuse(s);
-  struct Call {
-    Request request;
-    Response response;
-  };
-  auto call = std::make_shared<Call>();
-  grpc::ByteBuffer bytes(*in);  // Shares the slices; Deserialize consumes its argument.
-  const size_t size = in->Length();
-  if (!grpc::SerializationTraits<Request>::Deserialize(&bytes, &call->request).ok()) {
-    return refuse(gate_.Refuse(
-        "grpc", method,
-        absl::InvalidArgumentError(absl::StrCat("request (", size, " bytes) does not parse as ",
-                                                Request::descriptor()->full_name()))));
-  }
-  (this->*handle)(context, call->request, &call->response, [reactor, call, out](grpc::Status s) {
-    if (s.ok()) {
-      bool own_buffer = false;
-      s = grpc::SerializationTraits<Response>::Serialize(call->response, out, &own_buffer);
+ImageSearchService::ImageSearchService(serving::QueryCore* core, const BearerToken* token,
+                                       serving::Metrics* metrics)
+    : core_(core),
+      gate_(token, metrics),
+      search_(Make("Search", &Async::RequestSearch, &ImageSearchService::HandleSearch)),
+      search_batch_(
+          Make("SearchBatch", &Async::RequestSearchBatch, &ImageSearchService::HandleSearchBatch)),
+      embed_(Make("Embed", &Async::RequestEmbed, &ImageSearchService::HandleEmbed)),
+      get_info_(Make("GetInfo", &Async::RequestGetInfo, &ImageSearchService::HandleGetInfo)),
+      thumbnail_(Make("Thumbnail", &Async::RequestGetThumbnail,
+                      &ImageSearchService::HandleGetThumbnail)) {}
+
+void ImageSearchService::Start(rpc::CompletionThreads* threads) {
+  // Calls of each method asked for at a time, per queue. A call that arrives
+  // while none is asked for waits in gRPC until the thread asks again (each
+  // call asks for the next as soon as it is taken), and is cancelled if the
+  // server stops meanwhile.
+  static constexpr int kAwaiting = 32;
+  for (size_t q = 0; q < threads->size(); ++q) {
+    for (const RawMethod* m : {&search_, &search_batch_, &embed_, &get_info_, &thumbnail_}) {
+      for (int k = 0; k < kAwaiting; ++k) {
+        rpc::ServedCall<grpc::ByteBuffer, grpc::ByteBuffer>::Await(m, threads,
+                                                                   threads->server_queue(q));
+      }
     }
-    reactor->Finish(s);
-  });
-  return reactor;
+  }
 }
 
-grpc::ServerUnaryReactor* ImageSearchService::Search(grpc::CallbackServerContext* context,
-                                                     const grpc::ByteBuffer* request,
-                                                     grpc::ByteBuffer* response) {
-  return Serve(context, request, response, "Search", &ImageSearchService::HandleSearch);
+template <typename Request, typename Response>
+ImageSearchService::RawMethod ImageSearchService::Make(
+    const char* name, RequestFn request,
+    void (ImageSearchService::*handle)(const serving::CallContext&, const Request&, Response*,
+                                       Done)) {
+  RawMethod m;
+  m.name = name;
+  m.watch_cancellation = true;  // The core stops work for a client that left.
+  m.request = [this, request](grpc::ServerContext* c, grpc::ByteBuffer* q,
+                              grpc::ServerAsyncResponseWriter<grpc::ByteBuffer>* w,
+                              grpc::ServerCompletionQueue* queue,
+                              void* tag) { (service_.*request)(c, q, w, queue, queue, tag); };
+  m.answer = [this, name, handle](const rpc::CallInfo& info, const grpc::ByteBuffer& in,
+                                  std::function<void(absl::StatusOr<grpc::ByteBuffer>)> reply) {
+    if (absl::Status s = gate_.AuthenticateGrpc(info.context(), name); !s.ok()) return reply(s);
+    struct Call {
+      Request request;
+      Response response;
+    };
+    auto call = std::make_shared<Call>();
+    grpc::ByteBuffer bytes(in);  // Shares the slices; Deserialize consumes its argument.
+    if (!grpc::SerializationTraits<Request>::Deserialize(&bytes, &call->request).ok()) {
+      return reply(gate_.Refuse("grpc", name,
+                                absl::InvalidArgumentError(absl::StrCat(
+                                    "request (", in.Length(), " bytes) does not parse as ",
+                                    Request::descriptor()->full_name()))));
+    }
+    (this->*handle)(ContextOf(info), call->request, &call->response,
+                    [call, reply = std::move(reply)](absl::Status s) {
+                      if (!s.ok()) return reply(s);
+                      grpc::ByteBuffer out;
+                      bool own_buffer = false;
+                      const grpc::Status serialized =
+                          grpc::SerializationTraits<Response>::Serialize(call->response, &out,
+                                                                         &own_buffer);
+                      if (!serialized.ok()) return reply(rpc::FromGrpc(serialized));
+                      reply(std::move(out));
+                    });
+  };
+  return m;
 }
 
-grpc::ServerUnaryReactor* ImageSearchService::SearchBatch(grpc::CallbackServerContext* context,
-                                                          const grpc::ByteBuffer* request,
-                                                          grpc::ByteBuffer* response) {
-  return Serve(context, request, response, "SearchBatch", &ImageSearchService::HandleSearchBatch);
-}
-
-grpc::ServerUnaryReactor* ImageSearchService::Embed(grpc::CallbackServerContext* context,
-                                                    const grpc::ByteBuffer* request,
-                                                    grpc::ByteBuffer* response) {
-  return Serve(context, request, response, "Embed", &ImageSearchService::HandleEmbed);
-}
-
-grpc::ServerUnaryReactor* ImageSearchService::GetInfo(grpc::CallbackServerContext* context,
-                                                      const grpc::ByteBuffer* request,
-                                                      grpc::ByteBuffer* response) {
-  return Serve(context, request, response, "GetInfo", &ImageSearchService::HandleGetInfo);
-}
-
-grpc::ServerUnaryReactor* ImageSearchService::GetThumbnail(grpc::CallbackServerContext* context,
-                                                           const grpc::ByteBuffer* request,
-                                                           grpc::ByteBuffer* response) {
-  return Serve(context, request, response, "Thumbnail", &ImageSearchService::HandleGetThumbnail);
-}
-
-void ImageSearchService::HandleSearch(grpc::CallbackServerContext* context,
+void ImageSearchService::HandleSearch(const serving::CallContext& context,
                                       const v1::SearchRequest& request,
                                       v1::SearchResponse* response, Done done) {
   serving::Filter filter;  // Read before core_->Search returns.
-  core_->Search(ToQuery(request, &filter), ContextOf(context),
+  core_->Search(ToQuery(request, &filter), context,
                 [response, done = std::move(done)](absl::StatusOr<serving::SearchResult> r) {
                   if (r.ok()) FillSearchResponse(*r, response);
-                  done(ToGrpc(r.status()));
+                  done(r.status());
                 });
 }
 
-void ImageSearchService::HandleSearchBatch(grpc::CallbackServerContext* context,
+void ImageSearchService::HandleSearchBatch(const serving::CallContext& context,
                                            const v1::SearchBatchRequest& request,
                                            v1::SearchBatchResponse* response, Done done) {
   std::vector<Query> queries;
@@ -112,49 +113,49 @@ void ImageSearchService::HandleSearchBatch(grpc::CallbackServerContext* context,
     queries.push_back(ToQuery(request.requests(i), &filters[static_cast<size_t>(i)]));
   }
   core_->SearchBatch(
-      queries, ContextOf(context),
+      queries, context,
       [response, done = std::move(done)](absl::StatusOr<std::vector<serving::SearchResult>> r) {
         if (r.ok()) {
           for (const auto& one : *r) FillSearchResponse(one, response->add_responses());
           if (!r->empty()) response->set_snapshot_version(r->front().snapshot_version);
         }
-        done(ToGrpc(r.status()));
+        done(r.status());
       });
 }
 
-void ImageSearchService::HandleEmbed(grpc::CallbackServerContext* context,
+void ImageSearchService::HandleEmbed(const serving::CallContext& context,
                                      const v1::EmbedRequest& request, v1::EmbedResponse* response,
                                      Done done) {
   const std::vector<Query> items = ToEmbedItems(request);
-  core_->Embed(items, ContextOf(context),
+  core_->Embed(items, context,
                [response, done = std::move(done)](absl::StatusOr<serving::EmbedResult> r) {
                  if (r.ok()) FillEmbedResponse(*r, response);
-                 done(ToGrpc(r.status()));
+                 done(r.status());
                });
 }
 
-void ImageSearchService::HandleGetInfo(grpc::CallbackServerContext* context,
+void ImageSearchService::HandleGetInfo(const serving::CallContext& context,
                                        const v1::GetInfoRequest& /*request*/,
                                        v1::GetInfoResponse* response, Done done) {
-  auto state = core_->Info(ContextOf(context));
+  auto state = core_->Info(context);
   if (!state.ok()) {
-    done(ToGrpc(state.status()));
+    done(state.status());
     return;
   }
   FillInfo(**state, response);
-  done(grpc::Status::OK);
+  done(absl::OkStatus());
 }
 
-void ImageSearchService::HandleGetThumbnail(grpc::CallbackServerContext* context,
+void ImageSearchService::HandleGetThumbnail(const serving::CallContext& context,
                                             const v1::GetThumbnailRequest& request,
                                             v1::GetThumbnailResponse* response, Done done) {
-  auto thumb = core_->Thumbnail(request.id(), ContextOf(context));
+  auto thumb = core_->Thumbnail(request.id(), context);
   if (!thumb.ok()) {
-    done(ToGrpc(thumb.status()));
+    done(thumb.status());
     return;
   }
   FillThumbnail(*thumb, response);
-  done(grpc::Status::OK);
+  done(absl::OkStatus());
 }
 
 }  // namespace imagesearch

@@ -17,9 +17,7 @@
 // --tls_client_ca: mTLS (client certificates required and verified) on both.
 // --auth_token_file: a bearer token on every call but health checks and /ping.
 // See README.md, "TLS and authentication".
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -42,11 +40,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
-#include "grpc/health/v1/health.pb.h"
 #include "libs/common/binary_main.h"
+#include "libs/common/cpu_quota.h"
 #include "libs/common/file_util.h"
 #include "libs/common/log.h"
 #include "libs/common/status_macros.h"
+#include "libs/rpc/completion_threads.h"
+#include "libs/rpc/health_reflection.h"
 #include "libs/serving/metrics.h"
 #include "libs/serving/model_plugin.h"
 #include "libs/serving/query_core.h"
@@ -79,6 +79,10 @@ ABSL_FLAG(int, http_read_timeout_ms, 60000,
 ABSL_FLAG(int, max_body_mb, 6, "Largest HTTP request body in MiB; larger ones get 413.");
 ABSL_FLAG(int, http_timeout_ms, 60000,
           "Deadline of an HTTP request unless its timeout_ms parameter says otherwise.");
+ABSL_FLAG(int, grpc_threads, 0,
+          "Threads that take gRPC calls and run their searches (one completion queue); 0 = one "
+          "per CPU this process may use. Image and text queries wait for the model on its own "
+          "threads.");
 ABSL_FLAG(int, max_message_mb, 16, "Largest gRPC message in MiB (image queries).");
 ABSL_FLAG(int, max_inflight_requests, 256,
           "Requests (Search, SearchBatch, Embed) worked on at once, over gRPC and HTTP "
@@ -205,6 +209,10 @@ absl::Status CheckFlags() {
   if (!GrpcEnabled() && !HttpEnabled()) {
     return absl::InvalidArgumentError("nothing to serve: --port and --http_port are both -1 (off)");
   }
+  if (const int n = absl::GetFlag(FLAGS_grpc_threads); n < 0 || n > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--grpc_threads=", n, ": give a number of threads (0: one per CPU this process may use)"));
+  }
   return absl::OkStatus();
 }
 
@@ -249,7 +257,7 @@ class Lifecycle {
   void SetLoaded() {
     std::lock_guard<std::mutex> lock(mu_);
     loaded_ = true;
-    if (server_ != nullptr) server_->GetHealthCheckService()->SetServingStatus(true);
+    if (health_ != nullptr) health_->SetServing(true);
     cv_.notify_all();
   }
   void RequestStop(int sig) {
@@ -274,19 +282,16 @@ class Lifecycle {
     cv_.wait(lock, [this] { return stop_signal_ != 0; });
     return stop_signal_;
   }
-  // The gRPC server whose health follows the snapshot; null before it starts
-  // and after it stops.
-  void SetServer(grpc::Server* server) {
+  // The gRPC health service that follows the snapshot; null before the
+  // server starts and after it stops.
+  void SetHealth(rpc::HealthService* health) {
     std::lock_guard<std::mutex> lock(mu_);
-    server_ = server;
-    if (server_ == nullptr) return;
-    auto* health = server_->GetHealthCheckService();
-    health->SetServingStatus(loaded_);
-    health->SetServingStatus(kServiceName, loaded_);
+    health_ = health;
+    if (health_ != nullptr) health_->SetServing(loaded_);
   }
   void ShutdownHealth() {
     std::lock_guard<std::mutex> lock(mu_);
-    if (server_ != nullptr) server_->GetHealthCheckService()->Shutdown();  // NOT_SERVING.
+    if (health_ != nullptr) health_->Shutdown();  // NOT_SERVING; Watch streams end.
   }
 
  private:
@@ -294,7 +299,7 @@ class Lifecycle {
   std::condition_variable cv_;
   bool loaded_ = false;
   int stop_signal_ = 0;
-  grpc::Server* server_ = nullptr;
+  rpc::HealthService* health_ = nullptr;
 };
 
 // The ports this process listens on, reported as each front starts: a line
@@ -390,15 +395,6 @@ class SignalThread {
   std::thread thread_;
 };
 
-// Pulls the health proto's descriptors into this binary, so that reflection
-// can describe the built-in health service, and turns both services on for
-// every gRPC server built after it.
-void EnableGrpcServices() {
-  (void)grpc::health::v1::HealthCheckRequest::descriptor();
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-}
-
 // The snapshot manager: what it loads and how it checks it, and what a load
 // or a swap updates (metrics, readiness).
 serving::SnapshotManagerOptions ManagerOptions(serving::Metrics* metrics, Lifecycle* life) {
@@ -440,8 +436,29 @@ serving::QueryCoreOptions CoreOptions() {
   return copts;
 }
 
-std::unique_ptr<grpc::Server> StartGrpc(ImageSearchService* service, const Security& security,
-                                        int* bound_port) {
+// The gRPC front: the server, the threads that take its calls and run
+// their searches (one completion queue, --grpc_threads), and the health and
+// reflection services on those threads (libs/rpc; nothing else polls the
+// server's sockets, so a call is never handed between threads).
+struct GrpcFront {
+  std::unique_ptr<rpc::CompletionThreads> threads;
+  std::unique_ptr<rpc::HealthService> health;
+  std::unique_ptr<rpc::ReflectionService> reflection;
+  std::unique_ptr<grpc::Server> server;
+
+  GrpcFront() = default;
+  GrpcFront(const GrpcFront&) = delete;
+  GrpcFront& operator=(const GrpcFront&) = delete;
+  // gRPC's order: the server stops (at once, if Drain has not stopped it),
+  // then its queues, whose threads deliver what is left.
+  ~GrpcFront() {
+    if (server != nullptr) server->Shutdown(std::chrono::system_clock::now());
+    if (threads != nullptr) threads->Shutdown();
+  }
+};
+
+std::unique_ptr<GrpcFront> StartGrpc(ImageSearchService* service, const Security& security,
+                                     int* bound_port) {
   std::shared_ptr<grpc::ServerCredentials> credentials =
       GrpcServerCredentials(security.tls ? &*security.tls : nullptr);
   grpc::ServerBuilder builder;
@@ -460,31 +477,47 @@ std::unique_ptr<grpc::Server> StartGrpc(ImageSearchService* service, const Secur
                                absl::GetFlag(FLAGS_shutdown_grace_ms));
   }
   ApplyConnectionLimits(&builder);
-  builder.RegisterService(service);
-  return builder.BuildAndStart();
+  auto front = std::make_unique<GrpcFront>();
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues;
+  queues.push_back(builder.AddCompletionQueue());
+  const int threads = absl::GetFlag(FLAGS_grpc_threads);
+  front->threads = std::make_unique<rpc::CompletionThreads>(
+      std::move(queues), threads > 0 ? threads : EffectiveCpuCount());
+  front->health = std::make_unique<rpc::HealthService>(front->threads.get(),
+                                                       std::vector<std::string>{kServiceName});
+  front->reflection = std::make_unique<rpc::ReflectionService>(
+      front->threads.get(), std::vector<std::string>{kServiceName, "grpc.health.v1.Health"});
+  builder.RegisterService(service->service());
+  builder.RegisterService(front->health->service());
+  for (grpc::Service* s : front->reflection->services()) builder.RegisterService(s);
+  front->server = builder.BuildAndStart();
+  if (front->server == nullptr) return nullptr;
+  service->Start(front->threads.get());
+  front->health->Start();
+  front->reflection->Start();
+  return front;
 }
 
 // Starts gRPC on the service, turns its health on (it follows `life` from
 // then on) and reports its port. Null, logged, if it cannot listen or the
 // port cannot be reported.
-std::unique_ptr<grpc::Server> ListenGrpc(ImageSearchService* service, const Security& security,
-                                         Lifecycle* life, PortReport* ports) {
+std::unique_ptr<GrpcFront> ListenGrpc(ImageSearchService* service, const Security& security,
+                                      Lifecycle* life, PortReport* ports) {
   int bound_port = 0;
-  std::unique_ptr<grpc::Server> server = StartGrpc(service, security, &bound_port);
-  if (!server) {
+  std::unique_ptr<GrpcFront> front = StartGrpc(service, security, &bound_port);
+  if (!front) {
     LogError("could not listen on ", absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
     return nullptr;
   }
-  life->SetServer(server.get());
+  life->SetHealth(front->health.get());
   if (absl::Status s = ports->Grpc(bound_port); !s.ok()) {
     LogError(s.message());
-    life->SetServer(nullptr);
-    server->Shutdown();
+    life->SetHealth(nullptr);
     return nullptr;
   }
-  LogInfo("imagesearch-query listening on ", absl::GetFlag(FLAGS_host), ":", bound_port, " (gRPC)",
-          TlsText(security));
-  return server;
+  LogInfo("imagesearch-query listening on ", absl::GetFlag(FLAGS_host), ":", bound_port, " (gRPC, ",
+          front->threads->threads(), " threads)", TlsText(security));
+  return front;
 }
 
 // Starts HTTP and reports its port; the errors are Start's and PortReport's.
@@ -509,8 +542,9 @@ absl::StatusOr<std::unique_ptr<HttpFrontend>> StartHttp(HttpBackend* backend,
 
 // SIGTERM/SIGINT: stop taking new work, let the calls in flight finish
 // within the grace period, then stop both fronts.
-void Drain(int sig, serving::QueryCore* core, Lifecycle* life, grpc::Server* server,
+void Drain(int sig, serving::QueryCore* core, Lifecycle* life, GrpcFront* front,
            HttpFrontend* http) {
+  grpc::Server* server = front != nullptr ? front->server.get() : nullptr;
   const absl::Duration grace = absl::Milliseconds(absl::GetFlag(FLAGS_shutdown_grace_ms));
   LogInfo("signal ", sig, ": not taking new work; draining calls in flight (grace ",
           absl::FormatDuration(grace), ")");
@@ -528,6 +562,7 @@ void Drain(int sig, serving::QueryCore* core, Lifecycle* life, grpc::Server* ser
     http->Stop();  // HTTP answered 503 meanwhile (SageMaker, nginx retry on 503).
   grpc_shutdown.join();
   if (server != nullptr) server->Wait();
+  if (front != nullptr) front->threads->Shutdown();  // After the server's: gRPC's order.
 }
 
 // Stops the snapshot watcher. A load in progress reads the snapshot volume,
@@ -570,7 +605,6 @@ int Run() {
     return 2;
   }
   const sigset_t signals = BlockStopSignals();
-  EnableGrpcServices();
 
   serving::Metrics metrics(kImagesearchVersion);
   Lifecycle life;
@@ -598,14 +632,14 @@ int Run() {
     StopWatcherOrExit(&manager, 0, "stopped before a snapshot was loaded");
     return 0;
   }
-  std::unique_ptr<grpc::Server> server;
-  if (GrpcEnabled() && !(server = ListenGrpc(&service, *security, &life, &ports))) {
+  std::unique_ptr<GrpcFront> front;
+  if (GrpcEnabled() && !(front = ListenGrpc(&service, *security, &life, &ports))) {
     if (http) http->Stop();
     StopWatcherOrExit(&manager, 1, "stopped: the gRPC port could not be opened");
     return 1;
   }
-  Drain(life.WaitStop(), &core, &life, server.get(), http.get());
-  life.SetServer(nullptr);
+  Drain(life.WaitStop(), &core, &life, front.get(), http.get());
+  life.SetHealth(nullptr);
   StopWatcherOrExit(&manager, 0, "stopped");
   return 0;
 }

@@ -36,16 +36,16 @@
 #include "absl/time/clock.h"
 #include "libs/common/binary_main.h"
 #include "libs/common/log.h"
+#include "libs/rpc/completion_threads.h"
+#include "libs/rpc/health_reflection.h"
+#include "libs/rpc/served_call.h"
 #include "libs/serving/metrics.h"
 #include "libs/serving/model_plugin.h"
 #include "services/query/auth.h"
 #include "services/query/call_gate.h"
 #include "services/query/connection_limits.h"
 #include "services/query/http_frontend.h"
-#include "services/router/completion_threads.h"
-#include "services/router/health_reflection.h"
 #include "services/router/router.h"
-#include "services/router/served_call.h"
 
 ABSL_FLAG(std::string, shards, "",
           "The shards in order, ';'-separated; each a gRPC target of its replicas "
@@ -120,6 +120,11 @@ ABSL_FLAG(int, max_delay_us, 2000, "Longest wait for more queries after the firs
 namespace imagesearch::router {
 namespace {
 
+using rpc::HealthService;
+using rpc::Method;
+using rpc::ReflectionService;
+using rpc::ServedCall;
+
 absl::Time Deadline(const grpc::ServerContextBase& context) {
   const auto d = context.deadline();
   if (d == std::chrono::system_clock::time_point::max()) {
@@ -191,10 +196,10 @@ class RouterService {
                                 grpc::ServerAsyncResponseWriter<Response>* w,
                                 grpc::ServerCompletionQueue* queue,
                                 void* tag) { (service_.*request)(c, q, w, queue, queue, tag); };
-    m.answer = [this, name, answer = std::move(answer)](
-                   const grpc::ServerContext& c, const Request& q, Router::Done<Response> done) {
-      if (absl::Status s = gate_.AuthenticateGrpc(c, name); !s.ok()) return done(s);
-      answer(q, Deadline(c), Tracked<Response>(metrics_, "grpc", name, std::move(done)));
+    m.answer = [this, name, answer = std::move(answer)](const rpc::CallInfo& c, const Request& q,
+                                                        Router::Done<Response> done) {
+      if (absl::Status s = gate_.AuthenticateGrpc(c.context(), name); !s.ok()) return done(s);
+      answer(q, Deadline(c.context()), Tracked<Response>(metrics_, "grpc", name, std::move(done)));
     };
     return m;
   }

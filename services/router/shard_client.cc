@@ -139,16 +139,6 @@ void HedgeTimer::Loop() {
   }
 }
 
-absl::Status FromGrpc(const grpc::Status& s) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-}
-
-grpc::Status ToGrpc(const absl::Status& s) {
-  if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
-
 ShardClient::ShardClient(uint32_t index, const std::string& target,
                          const ShardClientOptions& options)
     : index_(index),

@@ -38,9 +38,15 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "imagesearch/v1/imagesearch.grpc.pb.h"
-#include "services/router/completion_threads.h"
+#include "libs/rpc/completion_threads.h"
+#include "libs/rpc/served_call.h"
 
 namespace imagesearch::router {
+
+using rpc::CompletionThreads;
+using rpc::CqTag;
+using rpc::FromGrpc;
+using rpc::ToGrpc;
 
 // Told about each shard's calls, for metrics; called on gRPC's threads.
 class ShardObserver {
@@ -113,10 +119,6 @@ class HedgeTimer {
   int fd_ = -1;
   std::thread thread_;
 };
-
-// grpc::Status <-> absl::Status (the codes are the same numbers).
-absl::Status FromGrpc(const grpc::Status& s);
-grpc::Status ToGrpc(const absl::Status& s);
 
 class ShardClient {
  public:

@@ -1,4 +1,4 @@
-#include "services/router/health_reflection.h"
+#include "libs/rpc/health_reflection.h"
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/descriptor.pb.h>
@@ -8,7 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
-namespace imagesearch::router {
+namespace imagesearch::rpc {
 
 namespace health = grpc::health::v1;
 
@@ -110,7 +110,7 @@ HealthService::HealthService(CompletionThreads* threads, const std::vector<std::
                           grpc::ServerAsyncResponseWriter<health::HealthCheckResponse>* w,
                           grpc::ServerCompletionQueue* queue,
                           void* tag) { service_.RequestCheck(c, q, w, queue, queue, tag); };
-  check_.answer = [this](const grpc::ServerContext&, const health::HealthCheckRequest& q,
+  check_.answer = [this](const CallInfo&, const health::HealthCheckRequest& q,
                          std::function<void(absl::StatusOr<health::HealthCheckResponse>)> done) {
     Status status;
     {
@@ -147,6 +147,7 @@ void HealthService::Start() {
 
 void HealthService::SetServing(bool serving) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (closing_) return;  // Shutdown is final, as in gRPC's own health service.
   for (auto& [name, s] : serving_) s = serving;
   for (WatchCall* w : watchers_) w->SendIfChangedLocked();
 }
@@ -314,4 +315,4 @@ void ReflectionService::Start() {
   }
 }
 
-}  // namespace imagesearch::router
+}  // namespace imagesearch::rpc

@@ -1,6 +1,7 @@
-// Completion queues of gRPC's asynchronous API, each polled by one thread
-// of its own, on which imagesearch-router's calls complete: the calls it
-// serves and the calls it makes to the shards alike.
+// Completion queues of gRPC's asynchronous API, each polled by threads of
+// its own, on which a server's calls complete: imagesearch-query's and
+// imagesearch-router's, the calls they serve and the calls the router makes
+// to the shards alike.
 //
 // A router query is five gRPC calls (the one served and one per shard). The
 // thread that takes a served call from its queue starts the shard calls on
@@ -10,8 +11,8 @@
 // tools/bench/results/LOG.md, "The router on one completion thread").
 //
 // Thread-safe.
-#ifndef IMAGESEARCH_SERVICES_ROUTER_COMPLETION_THREADS_H_
-#define IMAGESEARCH_SERVICES_ROUTER_COMPLETION_THREADS_H_
+#ifndef IMAGESEARCH_LIBS_RPC_COMPLETION_THREADS_H_
+#define IMAGESEARCH_LIBS_RPC_COMPLETION_THREADS_H_
 
 #include <grpcpp/grpcpp.h>
 #if defined(IMAGESEARCH_TSAN_BUILD)  // See CMakeLists.txt: not __SANITIZE_THREAD__.
@@ -26,7 +27,7 @@
 
 #include "absl/functional/function_ref.h"
 
-namespace imagesearch::router {
+namespace imagesearch::rpc {
 
 // What a completion queue hands back: Proceed runs on the polling thread.
 class CqTag {
@@ -67,7 +68,8 @@ class CompletionThreads {
   // thread, never stopped.
   static CompletionThreads& Default();
 
-  size_t size() const { return queues_.size(); }
+  size_t size() const { return queues_.size(); }  // Queues.
+  size_t threads() const { return threads_.size(); }
   // REQUIRES: constructed from server queues, i < size().
   grpc::ServerCompletionQueue* server_queue(size_t i) const { return server_queues_[i]; }
 
@@ -99,6 +101,6 @@ class CompletionThreads {
   bool stopping_ = false;  // Guarded by mu_.
 };
 
-}  // namespace imagesearch::router
+}  // namespace imagesearch::rpc
 
-#endif  // IMAGESEARCH_SERVICES_ROUTER_COMPLETION_THREADS_H_
+#endif  // IMAGESEARCH_LIBS_RPC_COMPLETION_THREADS_H_

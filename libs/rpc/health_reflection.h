@@ -1,17 +1,19 @@
 // gRPC's standard health (grpc.health.v1.Health: Check and the streaming
 // Watch) and server reflection (grpc.reflection.v1 and v1alpha) services,
-// served on the router's completion threads like its ImageSearch calls.
+// served on a server's completion threads like its ImageSearch calls
+// (imagesearch-query's and imagesearch-router's).
 //
 // Not gRPC's own implementations (EnableDefaultHealthCheckService, a
 // callback service, and libgrpc++_reflection, a sync service): each brings
 // threads that poll the same file descriptors as the completion threads,
 // and gRPC 1.51 hands events between its polling threads through futexes,
-// which doubles the router's CPU per query (tools/bench/results/LOG.md,
-// "The router on one completion thread").
+// which doubled the router's CPU per query and cost a replica's unary call
+// (tools/bench/results/LOG.md, "The router on one completion thread", "The
+// replica on its own completion threads").
 //
 // Thread-safe.
-#ifndef IMAGESEARCH_SERVICES_ROUTER_HEALTH_REFLECTION_H_
-#define IMAGESEARCH_SERVICES_ROUTER_HEALTH_REFLECTION_H_
+#ifndef IMAGESEARCH_LIBS_RPC_HEALTH_REFLECTION_H_
+#define IMAGESEARCH_LIBS_RPC_HEALTH_REFLECTION_H_
 
 #include <map>
 #include <memory>
@@ -23,10 +25,10 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpc/reflection/v1/reflection.grpc.pb.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
-#include "services/router/completion_threads.h"
-#include "services/router/served_call.h"
+#include "libs/rpc/completion_threads.h"
+#include "libs/rpc/served_call.h"
 
-namespace imagesearch::router {
+namespace imagesearch::rpc {
 
 class HealthService {
  public:
@@ -37,7 +39,7 @@ class HealthService {
   // Once the server is built: takes Check and Watch calls on every queue.
   void Start();
   // Every service known, and the server: SERVING or NOT_SERVING; watchers
-  // are told.
+  // are told. Ignored after Shutdown.
   void SetServing(bool serving);
   // NOT_SERVING, and every Watch stream ends (OK) once it has said so, so
   // that grpc::Server::Shutdown need not wait for them.
@@ -78,6 +80,6 @@ class ReflectionService {
   grpc::reflection::v1alpha::ServerReflection::AsyncService v1alpha_;
 };
 
-}  // namespace imagesearch::router
+}  // namespace imagesearch::rpc
 
-#endif  // IMAGESEARCH_SERVICES_ROUTER_HEALTH_REFLECTION_H_
+#endif  // IMAGESEARCH_LIBS_RPC_HEALTH_REFLECTION_H_

@@ -1,10 +1,10 @@
-#include "services/router/completion_threads.h"
+#include "libs/rpc/completion_threads.h"
 
 #include <algorithm>
 #include <mutex>
 #include <utility>
 
-namespace imagesearch::router {
+namespace imagesearch::rpc {
 namespace {
 
 // The queue the current thread polls; null off the polling threads.
@@ -83,4 +83,4 @@ void CompletionThreads::Shutdown() {
   for (auto& t : threads_) t.join();
 }
 
-}  // namespace imagesearch::router
+}  // namespace imagesearch::rpc
