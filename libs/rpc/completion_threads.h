@@ -87,6 +87,9 @@ class CompletionThreads {
   // Stops taking new calls, shuts the queues down and waits for the threads
   // to deliver every call already started (they end by their deadlines).
   // For a server's queues, call it after grpc::Server::Shutdown.
+  // After it, an operation on a call (a served call's late answer, from
+  // the model's threads, say) is not started (IfRunning says false); so the
+  // object must outlive whatever may still answer.
   void Shutdown();
 
  private:

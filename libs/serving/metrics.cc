@@ -170,10 +170,10 @@ Metrics::RequestSeries Metrics::Series(absl::string_view front, absl::string_vie
   // Short keys stay in std::string's inline buffer: a hit allocates nothing.
   const std::string key = absl::StrCat(front, "/", method, "/", static_cast<int>(code));
   {
-    absl::ReaderMutexLock lock(&series_mu_);
+    std::shared_lock<std::shared_mutex> lock(series_mu_);
     if (auto it = series_.find(key); it != series_.end()) return it->second;
   }
-  absl::MutexLock lock(&series_mu_);
+  std::unique_lock<std::shared_mutex> lock(series_mu_);
   auto [it, inserted] = series_.try_emplace(key);
   if (inserted) {
     it->second.count = &requests_->Add({{"front", std::string(front)},
@@ -198,12 +198,12 @@ T* Metrics::ShardSeries(prometheus::Family<T>* family, uint32_t shard, absl::str
   const std::string key =
       absl::StrCat(reinterpret_cast<uintptr_t>(family), "/", shard, "/", name, "=", value);
   {
-    absl::ReaderMutexLock lock(&series_mu_);
+    std::shared_lock<std::shared_mutex> lock(series_mu_);
     if (auto it = shard_series_.find(key); it != shard_series_.end()) {
       return static_cast<T*>(it->second);
     }
   }
-  absl::MutexLock lock(&series_mu_);
+  std::unique_lock<std::shared_mutex> lock(series_mu_);
   auto [it, inserted] = shard_series_.try_emplace(key);
   if (inserted) {
     prometheus::Labels labels = {{"shard", absl::StrCat(shard)}};

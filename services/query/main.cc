@@ -608,6 +608,10 @@ int Run() {
 
   serving::Metrics metrics(kImagesearchVersion);
   Lifecycle life;
+  // The gRPC front outlives the core (declared first, destroyed last): an
+  // image query the model finishes after the front stopped still reaches
+  // its completion threads, which drop it.
+  std::unique_ptr<GrpcFront> front;
   serving::SnapshotManager manager(ManagerOptions(&metrics, &life));
   serving::QueryCore core(&manager, &metrics, CoreOptions());
   // With a token, every ImageSearch call is checked before its bytes are parsed.
@@ -632,7 +636,6 @@ int Run() {
     StopWatcherOrExit(&manager, 0, "stopped before a snapshot was loaded");
     return 0;
   }
-  std::unique_ptr<GrpcFront> front;
   if (GrpcEnabled() && !(front = ListenGrpc(&service, *security, &life, &ports))) {
     if (http) http->Stop();
     StopWatcherOrExit(&manager, 1, "stopped: the gRPC port could not be opened");
