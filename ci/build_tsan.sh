@@ -47,8 +47,8 @@ declare -A CASES=(
   [imagesearch_index_test]="Vector(row) returns*,Concurrent searches*"
   [imagesearch_serving_test]="[#query_core_test],[#snapshot_manager_test],[#batching_embedder_test]"
   [imagesearch_batcher_test]=""
-  # Every case, the router's too. The router's completion queue hands each
-  # operation's tag through libgrpc, which TSan cannot see; CqTag::GrpcTag and
+  # Every case, the router's too. The completion queues of imagesearch-query
+  # and the router (libs/rpc) hand each operation's tag through libgrpc, which TSan cannot see; CqTag::GrpcTag and
   # CompletionThreads::Poll tell it of that hand-off (__tsan_release and
   # __tsan_acquire), and ci/tsan.supp covers the one copy gRPC's headers make
   # before Poll gets the tag.

@@ -105,7 +105,6 @@ HealthService::HealthService(CompletionThreads* threads, const std::vector<std::
     : threads_(threads) {
   serving_[""] = false;
   for (const auto& s : services) serving_[s] = false;
-  check_.name = "Check";
   check_.request = [this](grpc::ServerContext* c, health::HealthCheckRequest* q,
                           grpc::ServerAsyncResponseWriter<health::HealthCheckResponse>* w,
                           grpc::ServerCompletionQueue* queue,
@@ -138,11 +137,9 @@ void HealthService::AwaitWatch(grpc::ServerCompletionQueue* queue) {
 }
 
 void HealthService::Start() {
-  for (size_t q = 0; q < threads_->size(); ++q) {
-    ServedCall<health::HealthCheckRequest, health::HealthCheckResponse>::Await(
-        &check_, threads_, threads_->server_queue(q));
-    AwaitWatch(threads_->server_queue(q));
-  }
+  ServedCall<health::HealthCheckRequest, health::HealthCheckResponse>::AwaitOnEveryQueue(
+      &check_, threads_, 1);
+  for (size_t q = 0; q < threads_->size(); ++q) AwaitWatch(threads_->server_queue(q));
 }
 
 void HealthService::SetServing(bool serving) {

@@ -54,7 +54,6 @@ class CallInfo {
 // thread).
 template <typename Request, typename Response>
 struct Method {
-  const char* name;  // For metrics: "Search", ...
   std::function<void(grpc::ServerContext*, Request*, grpc::ServerAsyncResponseWriter<Response>*,
                      grpc::ServerCompletionQueue*, void*)>
       request;
@@ -74,6 +73,17 @@ struct Method {
 template <typename Request, typename Response>
 class ServedCall final : public CqTag {
  public:
+  // Asks each of `threads`' queues for `count` calls of `method` at a time:
+  // each call taken asks for the next at once; a call that arrives while
+  // none is asked for waits in gRPC until then, and is cancelled if the
+  // server stops meanwhile.
+  static void AwaitOnEveryQueue(const Method<Request, Response>* method, CompletionThreads* threads,
+                                int count) {
+    for (size_t q = 0; q < threads->size(); ++q) {
+      for (int k = 0; k < count; ++k) Await(method, threads, threads->server_queue(q));
+    }
+  }
+
   // Asks `queue` for the next call of `method`.
   static void Await(const Method<Request, Response>* method, CompletionThreads* threads,
                     grpc::ServerCompletionQueue* queue) {

@@ -5,8 +5,6 @@
 #include <signal.h>
 
 #include <condition_variable>
-#include <cstdio>
-#include <cstdlib>
 #include <deque>
 #include <iostream>
 #include <iterator>
@@ -14,6 +12,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "libs/common/binary_main.h"
 #include "libs/common/file_util.h"
 #include "libs/common/log.h"
 #include "libs/serving/filter_proto.h"
@@ -307,10 +306,7 @@ int RunIngestServer(const ServeOptions& options) {
   if (!(*core)->StopWithin(absl::Seconds(1))) {
     LogWarning("imagesearch-indexer serve: a merge or publish is still running; exiting without ",
                "waiting for it (the next start removes its temp files)");
-    std::cout.flush();
-    std::cerr.flush();
-    std::fflush(nullptr);
-    std::_Exit(0);
+    ExitWithoutCleanup(0);
   }
   core->reset();
   return 0;

@@ -35,18 +35,9 @@ ImageSearchService::ImageSearchService(serving::QueryCore* core, const BearerTok
                       &ImageSearchService::HandleGetThumbnail)) {}
 
 void ImageSearchService::Start(rpc::CompletionThreads* threads) {
-  // Calls of each method asked for at a time, per queue. A call that arrives
-  // while none is asked for waits in gRPC until the thread asks again (each
-  // call asks for the next as soon as it is taken), and is cancelled if the
-  // server stops meanwhile.
-  static constexpr int kAwaiting = 32;
-  for (size_t q = 0; q < threads->size(); ++q) {
-    for (const RawMethod* m : {&search_, &search_batch_, &embed_, &get_info_, &thumbnail_}) {
-      for (int k = 0; k < kAwaiting; ++k) {
-        rpc::ServedCall<grpc::ByteBuffer, grpc::ByteBuffer>::Await(m, threads,
-                                                                   threads->server_queue(q));
-      }
-    }
+  static constexpr int kAwaiting = 32;  // Calls of each method asked for at a time, per queue.
+  for (const RawMethod* m : {&search_, &search_batch_, &embed_, &get_info_, &thumbnail_}) {
+    rpc::ServedCall<grpc::ByteBuffer, grpc::ByteBuffer>::AwaitOnEveryQueue(m, threads, kAwaiting);
   }
 }
 
@@ -56,7 +47,6 @@ ImageSearchService::RawMethod ImageSearchService::Make(
     void (ImageSearchService::*handle)(const serving::CallContext&, const Request&, Response*,
                                        Done)) {
   RawMethod m;
-  m.name = name;
   m.watch_cancellation = true;  // The core stops work for a client that left.
   m.request = [this, request](grpc::ServerContext* c, grpc::ByteBuffer* q,
                               grpc::ServerAsyncResponseWriter<grpc::ByteBuffer>* w,

@@ -577,10 +577,7 @@ void StopWatcherOrExit(serving::SnapshotManager* manager, int code, absl::string
   }
   LogWarning(stopped, "; a snapshot load was still reading the volume (slow or stalled), ",
              "so the process exits without waiting for it");
-  std::cout.flush();
-  std::cerr.flush();
-  std::fflush(nullptr);
-  std::_Exit(code);
+  ExitWithoutCleanup(code);
 }
 
 // Start-up order: HTTP (health, metrics; 503 until serving) first, then the

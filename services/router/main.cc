@@ -162,20 +162,15 @@ class RouterService {
   // stops meanwhile; 32 covers the calls a router has in flight under load.
   void Start(CompletionThreads* threads) {
     static constexpr int kAwaiting = 32;
-    for (size_t q = 0; q < threads->size(); ++q) {
-      for (int k = 0; k < kAwaiting; ++k) {
-        ServedCall<v1::SearchRequest, v1::SearchResponse>::Await(&search_, threads,
-                                                                 threads->server_queue(q));
-        ServedCall<v1::SearchBatchRequest, v1::SearchBatchResponse>::Await(
-            &search_batch_, threads, threads->server_queue(q));
-        ServedCall<v1::EmbedRequest, v1::EmbedResponse>::Await(&embed_, threads,
-                                                               threads->server_queue(q));
-        ServedCall<v1::GetInfoRequest, v1::GetInfoResponse>::Await(&get_info_, threads,
-                                                                   threads->server_queue(q));
-        ServedCall<v1::GetThumbnailRequest, v1::GetThumbnailResponse>::Await(
-            &thumbnail_, threads, threads->server_queue(q));
-      }
-    }
+    ServedCall<v1::SearchRequest, v1::SearchResponse>::AwaitOnEveryQueue(&search_, threads,
+                                                                         kAwaiting);
+    ServedCall<v1::SearchBatchRequest, v1::SearchBatchResponse>::AwaitOnEveryQueue(
+        &search_batch_, threads, kAwaiting);
+    ServedCall<v1::EmbedRequest, v1::EmbedResponse>::AwaitOnEveryQueue(&embed_, threads, kAwaiting);
+    ServedCall<v1::GetInfoRequest, v1::GetInfoResponse>::AwaitOnEveryQueue(&get_info_, threads,
+                                                                           kAwaiting);
+    ServedCall<v1::GetThumbnailRequest, v1::GetThumbnailResponse>::AwaitOnEveryQueue(
+        &thumbnail_, threads, kAwaiting);
   }
 
  private:
@@ -191,7 +186,6 @@ class RouterService {
                              grpc::ServerCompletionQueue*, void*),
       std::function<void(const Request&, absl::Time, Router::Done<Response>)> answer) {
     Method<Request, Response> m;
-    m.name = name;
     m.request = [this, request](grpc::ServerContext* c, Request* q,
                                 grpc::ServerAsyncResponseWriter<Response>* w,
                                 grpc::ServerCompletionQueue* queue,
