@@ -11,7 +11,8 @@ BUILD_DIR="${BUILD_DIR:-build-asan}"
 TARGETS=(imagesearch_common_test imagesearch_index_test imagesearch_snapshot_test
          imagesearch_serving_test imagesearch_image_test
          imagesearch_text_test imagesearch_batcher_test imagesearch_ingest_test
-         imagesearch_encoder_test imagesearch_rpc_test)
+         imagesearch_encoder_test imagesearch_rpc_test
+         imagesearch_rpc_health_reflection_test)
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Debug -DIMAGESEARCH_SANITIZE=ON \
   -DIMAGESEARCH_WITH_TORCH=ON -DIMAGESEARCH_DEFAULT_MODEL=OFF >/dev/null
 cmake --build "$BUILD_DIR" -j"${JOBS:-2}" --target "${TARGETS[@]}" imagesearch-indexer

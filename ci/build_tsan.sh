@@ -4,7 +4,8 @@
 # swaps), the dynamic batcher and the batching embedder (worker threads,
 # deadlines), the query core, the router's core (merges across shards from
 # four threads with every shard call hedged), the ingest service's core
-# (publisher, two merge lanes, writers and flushes on other threads), and the
+# (publisher, two merge lanes, writers and flushes on other threads), libs/rpc
+# (served calls, health Watch streams and reflection on two threads), and the
 # integration test whose "Publishing under concurrent load" case hot-swaps a
 # snapshot under four client threads against the real imagesearch-query
 # (built TSan-instrumented too).
@@ -21,7 +22,7 @@ BUILD_DIR="${BUILD_DIR:-build-tsan}"
 BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}"
 TARGETS=(imagesearch_index_test imagesearch_serving_test imagesearch_batcher_test
          imagesearch_integration_test imagesearch_http_server_test imagesearch_ingest_test
-         imagesearch_rpc_test)
+         imagesearch_rpc_test imagesearch_rpc_health_reflection_test)
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" -DIMAGESEARCH_TSAN=ON \
   -DIMAGESEARCH_SANITIZE=OFF -DIMAGESEARCH_WITH_TORCH=ON -DIMAGESEARCH_DEFAULT_MODEL=OFF >/dev/null
 cmake --build "$BUILD_DIR" -j"${JOBS:-2}" --target "${TARGETS[@]}" imagesearch-query
@@ -56,6 +57,9 @@ declare -A CASES=(
   [imagesearch_http_server_test]=""
   [imagesearch_ingest_test]=""
   [imagesearch_rpc_test]=""  # ServedCall's two tags (answer, end) on two threads.
+  # Health's Watch streams told of changes made on other threads, and
+  # reflection streams, on two completion threads.
+  [imagesearch_rpc_health_reflection_test]=""
 )
 # Lock-order (deadlock) detection is off where a process builds hnswlib
 # graphs (the test fixtures publish snapshots): hnswlib holds two std::mutex
@@ -68,6 +72,7 @@ declare -A DEADLOCKS=(
   [imagesearch_index_test]=0 [imagesearch_serving_test]=0
   [imagesearch_batcher_test]=1 [imagesearch_integration_test]=0
   [imagesearch_http_server_test]=0 [imagesearch_ingest_test]=0 [imagesearch_rpc_test]=1
+  [imagesearch_rpc_health_reflection_test]=1
 )
 passed=0
 for t in "${TARGETS[@]}"; do

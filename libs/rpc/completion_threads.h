@@ -21,6 +21,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <shared_mutex>
 #include <thread>
 #include <vector>
@@ -48,6 +49,29 @@ class CqTag {
 
  protected:
   ~CqTag() = default;
+};
+
+// For a call object that starts its operations from any thread: the
+// thread that starts one holds this until gRPC's start returns, and
+// Proceed waits for it before touching the call. gRPC's C++ headers
+// (inlined into our code) write to the call's operation set until just
+// before libgrpc takes the operation, after the tag was handed over
+// (CqTag::GrpcTag), and libgrpc's own ordering of that with the completion
+// is invisible to ThreadSanitizer; this makes it visible, for the cost of an
+// uncontended lock an operation (a real wait only when a completion beats
+// its starter's return). Used by the health Watch and reflection streams;
+// ServedCall holds a reference count instead.
+class StartLock {
+ public:
+  template <typename F>
+  auto Starting(F&& start) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return start();
+  }
+  void AwaitStarted() { std::lock_guard<std::mutex> lock(mu_); }
+
+ private:
+  std::mutex mu_;
 };
 
 class CompletionThreads {

@@ -22,8 +22,10 @@ class HealthService::WatchCall final : public CqTag {
   }
 
   void Request() {
-    const bool ran = owner_->threads_->IfRunning([&] {
-      owner_->service_.RequestWatch(&context_, &request_, &writer_, queue_, queue_, GrpcTag());
+    const bool ran = start_.Starting([&] {
+      return owner_->threads_->IfRunning([&] {
+        owner_->service_.RequestWatch(&context_, &request_, &writer_, queue_, queue_, GrpcTag());
+      });
     });
     if (!ran) delete this;
   }
@@ -32,6 +34,7 @@ class HealthService::WatchCall final : public CqTag {
   // call's done notification may come before, on another thread (with
   // --threads > 1): the operation pending keeps the call until both ran.
   void Proceed(bool ok) override {
+    start_.AwaitStarted();
     if (!started_ && !ok) {  // The server is stopping; no done notification comes.
       delete this;
       return;
@@ -61,10 +64,14 @@ class HealthService::WatchCall final : public CqTag {
     if (now != sent_) {
       sent_ = now;
       response_.set_status(now);
-      pending_ = owner_->threads_->IfRunning([&] { writer_.Write(response_, GrpcTag()); });
+      pending_ = start_.Starting([&] {
+        return owner_->threads_->IfRunning([&] { writer_.Write(response_, GrpcTag()); });
+      });
     } else if (owner_->closing_) {
       finishing_ = true;
-      pending_ = owner_->threads_->IfRunning([&] { writer_.Finish(grpc::Status::OK, GrpcTag()); });
+      pending_ = start_.Starting([&] {
+        return owner_->threads_->IfRunning([&] { writer_.Finish(grpc::Status::OK, GrpcTag()); });
+      });
     }
   }
 
@@ -74,6 +81,7 @@ class HealthService::WatchCall final : public CqTag {
   struct Done final : CqTag {
     explicit Done(WatchCall* c) : call(c) {}
     void Proceed(bool) override {
+      call->start_.AwaitStarted();
       bool gone = false;
       {
         std::lock_guard<std::mutex> lock(call->owner_->mu_);
@@ -93,6 +101,7 @@ class HealthService::WatchCall final : public CqTag {
   health::HealthCheckResponse response_;
   grpc::ServerAsyncWriter<health::HealthCheckResponse> writer_;
   Done done_;
+  StartLock start_;
   bool started_ = false;  // The request arrived (its thread only).
   // Guarded by owner_->mu_:
   bool pending_ = true;  // An operation (the request, a write, the Finish) is in flight.
@@ -187,6 +196,7 @@ class ReflectionService::Stream final : public CqTag {
   }
 
   void Proceed(bool ok) override {
+    start_.AwaitStarted();
     switch (state_) {
       case kRequested:
         if (!ok) break;
@@ -221,7 +231,7 @@ class ReflectionService::Stream final : public CqTag {
   // Starts `op` on the stream, or ends here if the queues are stopping.
   template <typename F>
   void Op(F op) {
-    if (!owner_->threads_->IfRunning(op)) delete this;
+    if (!start_.Starting([&] { return owner_->threads_->IfRunning(op); })) delete this;
   }
 
   void Answer() {
@@ -288,6 +298,7 @@ class ReflectionService::Stream final : public CqTag {
   }
 
   enum State { kRequested, kReading, kWriting, kFinishing };
+  StartLock start_;
   ReflectionService* const owner_;
   typename Proto::Service* const service_;
   grpc::ServerCompletionQueue* const queue_;

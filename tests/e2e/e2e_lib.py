@@ -288,3 +288,14 @@ def health_pb2(proto_dir):
         return mod
     finally:
         shutil.rmtree(gen, ignore_errors=True)
+
+
+def health_check(channel, H):
+    """grpc.health.v1.Health/Check on `channel`, with H = health_pb2(...): a
+    function of the service's name ("": the server) and a timeout in seconds
+    that returns the status (H.HealthCheckResponse.SERVING, ...)."""
+    rpc = channel.unary_unary("/grpc.health.v1.Health/Check",
+                              request_serializer=H.HealthCheckRequest.SerializeToString,
+                              response_deserializer=H.HealthCheckResponse.FromString)
+    return lambda service="", timeout=10: rpc(H.HealthCheckRequest(service=service),
+                                              timeout=timeout).status

@@ -66,13 +66,7 @@ class GrpcServer(e2e_lib.Server):
     def connect(self):
         self.channel = grpc.insecure_channel(self.grpc_address)
         self.stub = pb_grpc.ImageSearchStub(self.channel)
-        self.check_health = self.channel.unary_unary(
-            "/grpc.health.v1.Health/Check",
-            request_serializer=H.HealthCheckRequest.SerializeToString,
-            response_deserializer=H.HealthCheckResponse.FromString)
-
-    def health(self):
-        return self.check_health(H.HealthCheckRequest(service=""), timeout=10).status
+        self.health = e2e_lib.health_check(self.channel, H)
 
 
 def request(port, method, path, body=None, headers=None, timeout=60):

@@ -440,12 +440,8 @@ def main():
     try:
         s = startup_step(work, vol)
         H = e2e_lib.health_pb2(T.proto)
-        check_health = grpc.insecure_channel(s.grpc_address).unary_unary(
-            "/grpc.health.v1.Health/Check",
-            request_serializer=H.HealthCheckRequest.SerializeToString,
-            response_deserializer=H.HealthCheckResponse.FromString)
         stalled_swap_step(work, vol, s,
-                          lambda: check_health(H.HealthCheckRequest(service=""), timeout=10).status)
+                          e2e_lib.health_check(grpc.insecure_channel(s.grpc_address), H))
         stop_during_stalled_load_step(work, vol, s)
         sizes_swap_step(work, vol)
         if os.path.exists(T.indexer):

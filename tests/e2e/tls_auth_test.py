@@ -112,11 +112,7 @@ def auth(token=TOKEN):
 
 
 def health(channel):
-    check_rpc = channel.unary_unary(
-        "/grpc.health.v1.Health/Check",
-        request_serializer=H.HealthCheckRequest.SerializeToString,
-        response_deserializer=H.HealthCheckResponse.FromString)
-    return check_rpc(H.HealthCheckRequest(service="imagesearch.v1.ImageSearch"), timeout=5).status
+    return e2e_lib.health_check(channel, H)("imagesearch.v1.ImageSearch", timeout=5)
 
 
 def wait_serving(channel):
