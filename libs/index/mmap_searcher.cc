@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <queue>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -48,6 +49,22 @@ inline uint16_t ListCount(const uint32_t* list) {
   uint16_t n;
   std::memcpy(&n, list, sizeof(n));
   return n;
+}
+
+// Enters a level-0 walk at `entry` (hnswlib's searchBaseLayerST start): a
+// candidate, and a result if `admit` takes it. Returns the walk's first
+// lower bound (the result's distance, or the float maximum).
+template <typename Admit>
+float EnterWalk(uint32_t entry, float distance, Admit admit, uint16_t tag, uint16_t* marks,
+                Heap* top, Heap* candidates) {
+  float lower_bound = std::numeric_limits<float>::max();
+  if (admit(entry)) {
+    top->emplace(distance, entry);
+    lower_bound = distance;
+  }
+  candidates->emplace(-distance, entry);
+  marks[entry] = tag;
+  return lower_bound;
 }
 
 }  // namespace
@@ -115,19 +132,10 @@ std::vector<Neighbor> MmapHnswSearcher::SearchExact(const float* query, size_t k
   return best.TakeSorted();
 }
 
-// A bounded walk first finds ef / kOwnBestDivisor (at least 1) rows of its own.
-constexpr size_t kOwnBestDivisor = 4;
-
-std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, size_t ef,
-                                               const RowFilter* allowed, size_t row_offset,
-                                               float bound) const {
-  std::vector<Neighbor> result;
-  const uint32_t count = static_cast<uint32_t>(header_.count);
-  if (count == 0 || k == 0) return result;
-  if (ef < k) ef = k;
+// Greedy descent through the upper levels (hnswlib searchKnn).
+void MmapHnswSearcher::Descend(const float* query, uint32_t* entry, float* entry_dist) const {
   const void* param = &dim_param_;
-
-  // Greedy descent through the upper levels (hnswlib searchKnn).
+  const uint32_t count = static_cast<uint32_t>(header_.count);
   uint32_t cur = header_.enterpoint;
   float cur_dist = dist_(query, Element(cur) + header_.offset_data, param);
   for (int level = header_.max_level; level > 0; --level) {
@@ -151,6 +159,25 @@ std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, siz
       }
     }
   }
+  *entry = cur;
+  *entry_dist = cur_dist;
+}
+
+// A bounded walk first finds ef / kOwnBestDivisor (at least 1) rows of its own.
+constexpr size_t kOwnBestDivisor = 4;
+
+std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, size_t ef,
+                                               const RowFilter* allowed, size_t row_offset,
+                                               float bound) const {
+  std::vector<Neighbor> result;
+  const uint32_t count = static_cast<uint32_t>(header_.count);
+  if (count == 0 || k == 0) return result;
+  if (ef < k) ef = k;
+  const void* param = &dim_param_;
+
+  uint32_t cur = 0;
+  float cur_dist = 0;
+  Descend(query, &cur, &cur_dist);
 
   // Best-first search of level 0 (hnswlib searchBaseLayerST, no deletions).
   VisitedList& visited = tls_visited;
@@ -173,13 +200,7 @@ std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, siz
     return label < count &&
            (allowed == nullptr || allowed->Allows(static_cast<uint32_t>(row_offset + label)));
   };
-  float lower_bound = std::numeric_limits<float>::max();
-  if (admit(cur)) {
-    top.emplace(cur_dist, cur);
-    lower_bound = cur_dist;
-  }
-  candidates.emplace(-cur_dist, cur);
-  marks[cur] = tag;
+  float lower_bound = EnterWalk(cur, cur_dist, admit, tag, marks, &top, &candidates);
   const HalfDistanceFn half_dist = half_dist_;
   const HalfSkip half_skip(metric_, query, dim_, half_dist ? half_->bound() : 0.0f);
   // With a finite `bound`, the walk first finds this graph's own best
@@ -264,6 +285,184 @@ std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, siz
     uint64_t label;
     std::memcpy(&label, Element(top.top().second) + header_.label_offset, sizeof(label));
     result[i] = Neighbor{top.top().first, static_cast<uint32_t>(label)};
+    top.pop();
+  }
+  return result;
+}
+
+std::vector<uint32_t> NearestRows(const MmapHnswSearcher& graph, const float* vectors, size_t count,
+                                  size_t dim, size_t per_row, size_t ef, int threads) {
+  std::vector<uint32_t> links(count * per_row, JointGraph::kNoRow);
+  auto work = [&](size_t begin, size_t end) {
+    for (size_t r = begin; r < end; ++r) {
+      const std::vector<Neighbor> near =
+          graph.Search(vectors + r * dim, per_row, std::max(ef, per_row));
+      for (size_t i = 0; i < near.size() && i < per_row; ++i) links[r * per_row + i] = near[i].row;
+    }
+  };
+  const size_t n = std::min(count, static_cast<size_t>(std::max(1, threads)));
+  if (n <= 1) {
+    work(0, count);
+    return links;
+  }
+  std::vector<std::thread> pool;
+  for (size_t w = 0; w < n; ++w) pool.emplace_back(work, count * w / n, count * (w + 1) / n);
+  for (std::thread& t : pool) t.join();
+  return links;
+}
+
+std::unique_ptr<JointGraph> JointGraph::Join(const MmapHnswSearcher& big,
+                                             const MmapHnswSearcher& tail, const uint32_t* links,
+                                             size_t per_row) {
+  std::unique_ptr<JointGraph> j(new JointGraph());
+  j->big_ = &big;
+  j->tail_ = &tail;
+  j->per_ = static_cast<uint32_t>(per_row);
+  const size_t n = big.size();
+  const size_t t = tail.size();
+  auto internal_of = [](const MmapHnswSearcher& g, uint64_t row) {
+    uint32_t id;
+    std::memcpy(&id, g.internal_of_row_ + row * sizeof(uint32_t), sizeof(id));
+    return id;
+  };
+  j->tail_to_big_.assign(t * per_row, kNoRow);
+  j->big_begin_.assign(n + 1, 0);
+  for (size_t id = 0; id < t; ++id) {
+    uint64_t row;
+    std::memcpy(&row, tail.Element(static_cast<uint32_t>(id)) + tail.header_.label_offset,
+                sizeof(row));
+    if (row >= t) continue;  // A corrupt label: the element keeps no links.
+    for (size_t i = 0; i < per_row; ++i) {
+      const uint32_t to = links[row * per_row + i];
+      if (to >= n) continue;
+      const uint32_t big_id = internal_of(big, to);
+      if (big_id >= n) continue;
+      j->tail_to_big_[id * per_row + i] = big_id;
+      ++j->big_begin_[big_id + 1];
+    }
+  }
+  for (size_t i = 0; i < n; ++i) j->big_begin_[i + 1] += j->big_begin_[i];
+  j->big_to_tail_.resize(j->big_begin_.back());
+  std::vector<uint32_t> fill(j->big_begin_.begin(), j->big_begin_.end() - 1);
+  for (size_t id = 0; id < t; ++id) {
+    for (size_t i = 0; i < per_row; ++i) {
+      const uint32_t big_id = j->tail_to_big_[id * per_row + i];
+      if (big_id < n) j->big_to_tail_[fill[big_id]++] = static_cast<uint32_t>(id);
+    }
+  }
+  return j;
+}
+
+std::vector<Neighbor> JointGraph::Search(const float* query, size_t k, size_t ef,
+                                         const RowFilter* allowed, size_t big_offset,
+                                         size_t tail_offset) const {
+  std::vector<Neighbor> result;
+  const MmapHnswSearcher& big = *big_;
+  const MmapHnswSearcher& tail = *tail_;
+  const uint32_t n = static_cast<uint32_t>(big.header_.count);
+  const uint32_t t = static_cast<uint32_t>(tail.header_.count);
+  if (n == 0 || k == 0) return result;
+  if (ef < k) ef = k;
+  const void* param = &big.dim_param_;
+  const DistanceFn dist = big.dist_;
+  // Joint ids: the big graph's internal ids, then the tail's plus n.
+  auto vector_of = [&](uint32_t id) -> const char* {
+    return id < n ? big.Element(id) + big.header_.offset_data
+                  : tail.Element(id - n) + tail.header_.offset_data;
+  };
+  // A joint id's row in the caller's space, or kNoRow for a corrupt label.
+  auto row_of = [&](uint32_t id) -> uint64_t {
+    uint64_t label;
+    if (id < n) {
+      std::memcpy(&label, big.Element(id) + big.header_.label_offset, sizeof(label));
+      return label < n ? big_offset + label : kNoRow;
+    }
+    std::memcpy(&label, tail.Element(id - n) + tail.header_.label_offset, sizeof(label));
+    return label < t ? tail_offset + label : kNoRow;
+  };
+  auto admit = [&](uint32_t id) {
+    const uint64_t row = row_of(id);
+    return row != kNoRow && (allowed == nullptr || allowed->Allows(static_cast<uint32_t>(row)));
+  };
+  uint32_t cur = 0;
+  float cur_dist = 0;
+  big.Descend(query, &cur, &cur_dist);
+  VisitedList& visited = tls_visited;
+  const uint16_t tag = visited.Begin(static_cast<size_t>(n) + t);
+  uint16_t* marks = visited.marks.data();
+  Heap top;
+  Heap candidates;
+  float lower_bound = EnterWalk(cur, cur_dist, admit, tag, marks, &top, &candidates);
+  // Half vectors only where both graphs have them (the same dim: the same
+  // error bound applies to each graph's own file).
+  const bool halves_ok = big.half_dist_ != nullptr && tail.half_dist_ != nullptr;
+  const HalfDistanceFn half_dist = halves_ok ? big.half_dist_ : nullptr;
+  const float half_bound = halves_ok ? std::max(big.half_->bound(), tail.half_->bound()) : 0.0f;
+  const HalfSkip half_skip(big.metric_, query, big.dim_, half_bound);
+  auto half_of = [&](uint32_t id) -> const uint16_t* {
+    return id < n ? big.half_->Row(id) : tail.half_->Row(id - n);
+  };
+  uint32_t fresh[kExpandChunk];
+  // Offers `size` links (ids below `limit` in their graph, plus `add`), as
+  // MmapHnswSearcher::Search offers a level-0 list.
+  auto expand = [&](const uint32_t* links, size_t size, uint32_t limit, uint32_t add) {
+    for (size_t j = 0; j < size;) {
+      const bool halves = half_dist != nullptr && top.size() >= ef;
+      size_t m = 0;
+      for (; j < size && m < kExpandChunk; ++j) {
+        if (links[j] >= limit) continue;
+        const uint32_t cand = links[j] + add;
+        if (marks[cand] == tag) continue;
+        marks[cand] = tag;
+        fresh[m++] = cand;
+        __builtin_prefetch(halves ? static_cast<const void*>(half_of(cand))
+                                  : static_cast<const void*>(vector_of(cand)));
+      }
+      if (halves) {
+        size_t kept = 0;
+        for (size_t i = 0; i < m; ++i) {
+          const uint32_t cand = fresh[i];
+          if (half_skip.Skip(half_dist(query, half_of(cand), big.dim_), lower_bound)) continue;
+          fresh[kept++] = cand;
+          __builtin_prefetch(vector_of(cand));
+        }
+        m = kept;
+      }
+      for (size_t i = 0; i < m; ++i) {
+        const uint32_t cand = fresh[i];
+        const float d = dist(query, vector_of(cand), param);
+        if (top.size() < ef || lower_bound > d) {
+          candidates.emplace(-d, cand);
+          if (admit(cand)) top.emplace(d, cand);
+          if (top.size() > ef) top.pop();
+          if (!top.empty()) lower_bound = top.top().first;
+        }
+      }
+    }
+  };
+  while (!candidates.empty()) {
+    const auto current = candidates.top();
+    if (-current.first > lower_bound && (allowed == nullptr || top.size() >= ef)) break;
+    candidates.pop();
+    const uint32_t id = current.second;
+    if (id < n) {
+      const uint32_t* list = reinterpret_cast<const uint32_t*>(big.Element(id));
+      uint16_t size = ListCount(list);
+      if (size > big.header_.max_m0) size = 0;  // Corrupt list: a dead end.
+      expand(list + 1, size, n, 0);
+      expand(big_to_tail_.data() + big_begin_[id], big_begin_[id + 1] - big_begin_[id], t, n);
+    } else {
+      const uint32_t* list = reinterpret_cast<const uint32_t*>(tail.Element(id - n));
+      uint16_t size = ListCount(list);
+      if (size > tail.header_.max_m0) size = 0;
+      expand(list + 1, size, t, n);
+      expand(tail_to_big_.data() + static_cast<size_t>(id - n) * per_, per_, n, 0);
+    }
+  }
+  while (top.size() > k) top.pop();
+  result.resize(top.size());
+  for (size_t i = top.size(); i-- > 0;) {
+    result[i] = Neighbor{top.top().first, static_cast<uint32_t>(row_of(top.top().second))};
     top.pop();
   }
   return result;

@@ -3,11 +3,13 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <limits>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "libs/common/file_util.h"
@@ -240,6 +242,143 @@ TEST_CASE(
   CHECK(static_cast<double>(found) >= 0.95 * static_cast<double>(found_quarter));
   CHECK(static_cast<double>(found) >= 0.7 * static_cast<double>(inside));
   CHECK(tight_results == 200 * 10);  // It still answers k rows: its own best.
+}
+
+// A big graph and a tail graph of the same clustered rows (the tail: every
+// 10th row, as a segment written after the big one would hold), the tail
+// linked to the big graph as a merge links it (NearestRows), joined.
+struct JointCase {
+  static constexpr size_t kRows = 10000, kDim = 64, kPerRow = 16;
+  std::vector<float> big_rows, tail_rows, queries;
+  std::unique_ptr<MmapHnswSearcher> big, tail, big_halves, tail_halves;
+  std::vector<uint32_t> links;
+  size_t big_count = 0, tail_count = 0;
+
+  JointCase() {
+    // The queries: 200 more draws of the same mixture, not indexed.
+    const std::vector<float> all = ClusteredVectors(kRows + 200, kDim, 64, 21);
+    for (size_t r = 0; r < kRows; ++r) {
+      auto v = Prepared(&all[r * kDim], kDim, Metric::kCosine);
+      auto& to = r % 10 == 9 ? tail_rows : big_rows;
+      to.insert(to.end(), v.begin(), v.end());
+    }
+    big_count = big_rows.size() / kDim;
+    tail_count = tail_rows.size() / kDim;
+    for (auto [rows, count, plain, halves] :
+         {std::make_tuple(&big_rows, big_count, &big, &big_halves),
+          std::make_tuple(&tail_rows, tail_count, &tail, &tail_halves)}) {
+      const std::string dir = MakeTempDir();
+      HnswParams params;
+      params.m = 16;
+      params.ef_construction = 100;
+      REQUIRE(BuildHnswGraph(rows->data(), count, kDim, Metric::kCosine, params,
+                             dir + "/graph.hnsw", dir + "/graph.offsets")
+                  .ok());
+      REQUIRE(
+          WriteHalfVectors(dir + "/graph.hnsw", kDim, Metric::kCosine, dir + "/graph.f16").ok());
+      auto s = MmapHnswSearcher::Open(dir + "/graph.hnsw", dir + "/graph.offsets", kDim,
+                                      Metric::kCosine, count);
+      auto h = MmapHnswSearcher::Open(dir + "/graph.hnsw", dir + "/graph.offsets", kDim,
+                                      Metric::kCosine, count, dir + "/graph.f16");
+      REQUIRE(s.ok());
+      REQUIRE(h.ok());
+      *plain = std::move(*s);
+      *halves = std::move(*h);
+    }
+    links = NearestRows(*big, tail_rows.data(), tail_count, kDim, kPerRow, 64, 2);
+    for (size_t i = kRows; i < kRows + 200; ++i) {
+      auto v = Prepared(&all[i * kDim], kDim, Metric::kCosine);
+      queries.insert(queries.end(), v.begin(), v.end());
+    }
+  }
+  const float* Query(size_t i) const { return &queries[i * kDim]; }
+  // The exact 10 nearest rows allowed (one row space: big rows, then the
+  // tail's from big_count), by cosine distance.
+  std::vector<uint32_t> NearestTen(const float* q, const RowFilter* allowed) const {
+    std::vector<std::pair<float, uint32_t>> d;
+    for (size_t r = 0; r < big_count + tail_count; ++r) {
+      if (allowed != nullptr && !allowed->Allows(static_cast<uint32_t>(r))) continue;
+      const float* v = r < big_count ? &big_rows[r * kDim] : &tail_rows[(r - big_count) * kDim];
+      float dot = 0;
+      for (size_t i = 0; i < kDim; ++i) dot += q[i] * v[i];
+      d.emplace_back(1 - dot, static_cast<uint32_t>(r));
+    }
+    std::partial_sort(d.begin(), d.begin() + 10, d.end());
+    std::vector<uint32_t> rows;
+    for (size_t i = 0; i < 10; ++i) rows.push_back(d[i].second);
+    return rows;
+  }
+};
+
+TEST_CASE("A joint walk finds the nearest rows of a big graph and its linked tail as one") {
+  JointCase c;
+  // Every tail row is linked to kPerRow big rows, each a real row.
+  REQUIRE(c.links.size() == c.tail_count * JointCase::kPerRow);
+  for (uint32_t l : c.links) REQUIRE(l < c.big_count);
+  auto joint = JointGraph::Join(*c.big, *c.tail, c.links.data(), JointCase::kPerRow);
+  size_t hits = 0, tail_hits = 0, tail_wanted = 0;
+  for (size_t i = 0; i < 200; ++i) {
+    const float* q = c.Query(i);
+    const std::vector<uint32_t> want = c.NearestTen(q, nullptr);
+    const auto got = joint->Search(q, 10, 32, nullptr, 0, c.big_count);
+    REQUIRE(got.size() == 10);
+    for (size_t j = 1; j < got.size(); ++j) CHECK(got[j - 1].distance <= got[j].distance);
+    for (uint32_t w : want) tail_wanted += w >= c.big_count;
+    for (const auto& g : got) {
+      const bool hit = std::count(want.begin(), want.end(), g.row) > 0;
+      hits += hit;
+      tail_hits += hit && g.row >= c.big_count;
+    }
+  }
+  INFO("recall " << hits / 2000.0 << "; tail rows found " << tail_hits << " of " << tail_wanted);
+  CHECK(hits >= 0.95 * 2000);
+  REQUIRE(tail_wanted > 0);
+  // The walk reaches the tail's rows through the links (without them it
+  // could not: no big row leads there).
+  CHECK(tail_hits >= 0.9 * static_cast<double>(tail_wanted));
+}
+
+TEST_CASE(
+    "A joint walk returns only allowed rows, reads halves without changing answers, "
+    "and drops links out of range") {
+  JointCase c;
+  auto joint = JointGraph::Join(*c.big, *c.tail, c.links.data(), JointCase::kPerRow);
+  auto with_halves =
+      JointGraph::Join(*c.big_halves, *c.tail_halves, c.links.data(), JointCase::kPerRow);
+  // Rows numbered from 100 (the joint pair is not first in its version).
+  RowFilter allowed(100 + c.big_count + c.tail_count, /*all=*/true);
+  RowFilter allowed_here(c.big_count + c.tail_count, /*all=*/true);
+  for (uint32_t r = 0; r < c.big_count + c.tail_count; r += 3) {
+    allowed.Disallow(100 + r);
+    allowed_here.Disallow(r);
+  }
+  size_t hits = 0;
+  for (size_t i = 0; i < 200; ++i) {
+    const float* q = c.Query(i);
+    const auto got = joint->Search(q, 10, 32, &allowed, 100, 100 + c.big_count);
+    const auto halves = with_halves->Search(q, 10, 32, &allowed, 100, 100 + c.big_count);
+    REQUIRE(got.size() == 10);
+    REQUIRE(halves.size() == got.size());
+    const std::vector<uint32_t> want = c.NearestTen(q, &allowed_here);
+    for (size_t j = 0; j < got.size(); ++j) {
+      CHECK(allowed.Allows(got[j].row));
+      CHECK(halves[j].row == got[j].row);
+      CHECK(halves[j].distance == got[j].distance);
+      hits += std::count(want.begin(), want.end(), got[j].row - 100);
+    }
+  }
+  CHECK(hits >= 0.9 * 2000);
+
+  // Links to rows the big graph does not have (a corrupt or foreign links
+  // file) are dropped; the walk still answers.
+  std::vector<uint32_t> bad = c.links;
+  for (size_t i = 0; i < bad.size(); i += 2) bad[i] = i % 4 == 0 ? JointGraph::kNoRow : 1u << 30;
+  auto partial = JointGraph::Join(*c.big, *c.tail, bad.data(), JointCase::kPerRow);
+  for (size_t i = 0; i < 20; ++i) {
+    const auto got = partial->Search(c.Query(i), 10, 32, nullptr, 0, c.big_count);
+    CHECK(got.size() == 10);
+    for (const auto& g : got) CHECK(g.row < c.big_count + c.tail_count);
+  }
 }
 
 TEST_CASE("Vector(row) returns the stored vector of that row after parallel inserts") {

@@ -62,6 +62,11 @@ std::string ManifestToJson(const Manifest& m) {
     }
     j["segments"] = segments;
   }
+  if (m.links.per_row > 0) {
+    j["links"] = {{"segment", m.links.segment},
+                  {"manifest_xxh3", m.links.manifest_xxh3},
+                  {"per_row", m.links.per_row}};
+  }
   if (m.shard.sharded()) {
     j["shard"] = {{"collection", m.shard.collection},
                   {"index", m.shard.index},
@@ -176,6 +181,14 @@ absl::StatusOr<Manifest> ParseManifest(absl::string_view text) {
     if (u == 0 || u > kMaxCollectionShards) return bad("shard count ", u, " is out of range");
     m.shard.count = static_cast<uint32_t>(u);
     if (absl::Status v = ValidateShardInfo(m.shard); !v.ok()) return bad(v.message());
+  }
+  if (auto links = j.find("links"); links != j.end()) {
+    if (!links->is_object()) return bad("field 'links' is not an object");
+    if (!(s = get_string(*links, "segment", &m.links.segment)).ok()) return s;
+    if (!(s = get_string(*links, "manifest_xxh3", &m.links.manifest_xxh3)).ok()) return s;
+    if (!(s = get_uint(*links, "per_row", &u)).ok()) return s;
+    if (u == 0 || u > 256) return bad("links per_row ", u, " is out of range (1-256)");
+    m.links.per_row = static_cast<uint32_t>(u);
   }
   if (m.format == kSingleGraphFormat) return m;
   auto segments = j.find("segments");

@@ -40,6 +40,18 @@ struct FileEntry {
   std::string xxh3;  // XXH3-64, 16 hex digits.
 };
 
+// A segment written beside a bigger one (a tail: libs/snapshot/merge_policy.h)
+// may link its rows to that segment's graph, so that a version holding both
+// walks them as one graph (index::JointGraph). links.bin holds, per row of
+// this segment, `per_row` rows of the linked segment (little-endian uint32;
+// 0xFFFFFFFF: none), the nearest found when the segment was written.
+inline constexpr char kLinksFile[] = "links.bin";
+struct SegmentLinks {
+  std::string segment;        // The linked segment's name.
+  std::string manifest_xxh3;  // Its manifest's checksum: links are to exactly that segment.
+  uint32_t per_row = 0;       // 0: no links.
+};
+
 // One segment of a format-2 version.
 struct SegmentEntry {
   std::string name;      // Directory name under root/segments/.
@@ -74,6 +86,8 @@ struct Manifest {
   // Written as "shard" only when sharded; every version of a root carries
   // its first version's.
   ShardInfo shard;
+  // A segment's manifest only: the segment its links.bin links to.
+  SegmentLinks links;
   // The self-checksum read from (or written to) the JSON; empty if absent.
   std::string manifest_xxh3;
 };

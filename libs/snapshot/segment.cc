@@ -82,6 +82,28 @@ absl::StatusOr<std::shared_ptr<const Segment>> Segment::OpenWithManifest(const s
     if (!attributes.ok()) return fail(attributes.status());
     s->attributes_ = std::move(*attributes);
   }
+  if (m.links.per_row > 0) {
+    const auto it = m.files.find(kLinksFile);
+    if (it == m.files.end()) {
+      return fail(absl::InvalidArgumentError(absl::StrCat(
+          "manifest links to segment '", m.links.segment, "' but lists no ", kLinksFile)));
+    }
+    const uint64_t want = m.count * m.links.per_row * sizeof(uint32_t);
+    if (it->second.size != want) {
+      return fail(
+          absl::DataLossError(absl::StrCat(kLinksFile, " is ", it->second.size, " bytes; ", m.count,
+                                           " rows x ", m.links.per_row, " links need ", want)));
+    }
+    if (want > 0) {
+      auto links = MappedFile::Open(dir + "/" + kLinksFile);
+      if (!links.ok()) return fail(links.status());
+      if ((*links)->size() != want) {
+        return fail(absl::DataLossError(
+            absl::StrCat(kLinksFile, " is ", (*links)->size(), " bytes, expected ", want)));
+      }
+      s->links_ = std::move(*links);
+    }
+  }
   return std::shared_ptr<const Segment>(std::move(s));
 }
 

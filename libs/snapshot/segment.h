@@ -17,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "libs/common/file_util.h"
 #include "libs/index/mmap_searcher.h"
 #include "libs/snapshot/attribute_table.h"
 #include "libs/snapshot/ids_table.h"
@@ -54,6 +55,11 @@ class Segment {
   // Null if the segment has no thumbs.bin / attrs.bin.
   const ThumbsTable* thumbs() const { return thumbs_.get(); }
   const AttributeTable* attributes() const { return attributes_.get(); }
+  // links.bin (manifest.h, SegmentLinks): rows() x manifest().links.per_row
+  // rows of the segment manifest().links names; null if none.
+  const uint32_t* link_rows() const {
+    return links_ == nullptr ? nullptr : reinterpret_cast<const uint32_t*>(links_->data());
+  }
 
  private:
   Segment() = default;
@@ -63,6 +69,7 @@ class Segment {
   std::unique_ptr<IdsTable> ids_;
   std::unique_ptr<ThumbsTable> thumbs_;
   std::unique_ptr<AttributeTable> attributes_;
+  std::unique_ptr<MappedFile> links_;
 };
 
 }  // namespace imagesearch::snapshot

@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "libs/common/file_util.h"
 #include "libs/index/metric.h"
@@ -481,6 +482,104 @@ TEST_CASE("Two merges at once choose disjoint segments of CURRENT") {
   CHECK(r->extended == b);  // The bigger of the two is extended.
   CHECK(*ChooseMergeInCurrent(root, p) == std::vector<std::string>{a, r->segment});
   CHECK(absl::IsNotFound(ChooseMergeInCurrent(TempRoot(), p).status()));
+}
+
+// The segment of `snap` named `name`.
+const SegmentRef& Named(const Snapshot& snap, const std::string& name) {
+  for (const SegmentRef& ref : snap.segments()) {
+    if (ref.name == name) return ref;
+  }
+  FAIL("no segment " << name);
+  return snap.segments().front();
+}
+
+TEST_CASE("A tail is linked to the big segment beside it, and the version walks both as one") {
+  const std::string root = ThreeSegments();  // a: 300 rows (299 live), b: 40, c: 30.
+  auto v3 = OpenVersion(root, 3);
+  CHECK(v3->joint() == nullptr);  // Published segments are not linked.
+  const std::string a = v3->segments()[0].name;
+  MergeRequest join;
+  join.segments = {v3->segments()[1].name, v3->segments()[2].name};
+  auto r = MergeSegments(root, join);
+  REQUIRE(r.ok());
+  auto v4 = OpenVersion(root, r->version);
+  const SegmentRef& tail = Named(*v4, r->segment);
+  const Manifest& tm = tail.segment->manifest();
+  // Linked to a, exactly that segment, 16 of a's rows per row.
+  CHECK(tm.links.segment == a);
+  CHECK(tm.links.manifest_xxh3 == Named(*v4, a).segment->manifest().manifest_xxh3);
+  CHECK(tm.links.per_row == 16);
+  REQUIRE(tm.files.count(kLinksFile) == 1);
+  CHECK(tm.files.at(kLinksFile).size == tail.segment->rows() * 16 * 4);
+  REQUIRE(tail.segment->link_rows() != nullptr);
+  for (size_t i = 0; i < tail.segment->rows() * 16; ++i) CHECK(tail.segment->link_rows()[i] < 300);
+
+  // The version joins them: a walk entered in a's graph reaches the tail's
+  // rows (each live tail row, searched by its own vector, comes first).
+  const JointSegments* joint = v4->joint();
+  REQUIRE(joint != nullptr);
+  CHECK(v4->segments()[joint->big].name == a);
+  CHECK(v4->segments()[joint->tail].name == r->segment);
+  size_t found = 0, live = 0;
+  for (uint32_t row = 0; row < tail.segment->rows(); ++row) {
+    const uint32_t at = tail.base + row;
+    if (!v4->IsLive(at)) continue;
+    ++live;
+    auto got = joint->graph->Search(v4->Vector(at), 1, 32, v4->live(),
+                                    v4->segments()[joint->big].base, tail.base);
+    found += !got.empty() && got[0].row == at;
+  }
+  CHECK(live == 69);  // b's 39 live rows (b2 kept, deleted) and c's 30.
+  CHECK(found == live);
+
+  // A version with the same two segments shares the joined graph.
+  SnapshotUpdate del;
+  del.base_version = r->version;
+  del.delete_ids = {"a7"};
+  auto u = PublishUpdate(root, del);
+  REQUIRE(u.ok());
+  auto v5 = OpenVersion(root, u->version, v4.get());
+  REQUIRE(v5->joint() != nullptr);
+  CHECK(v5->joint()->graph == joint->graph);
+
+  // Joining one more segment into the tail keeps the tail's links and
+  // links only the new rows.
+  SyntheticCorpus d = Rows(25, "d", 0, 31);
+  SnapshotUpdate add;
+  add.base_version = u->version;
+  add.added = d.WithGraph();
+  auto u2 = PublishUpdate(root, add);
+  REQUIRE(u2.ok());
+  MergeRequest again;
+  again.segments = {r->segment, u2->segment};
+  auto r2 = MergeSegments(root, again);
+  REQUIRE(r2.ok());
+  CHECK(r2->extended == r->segment);
+  auto v7 = OpenVersion(root, r2->version);
+  const SegmentRef& tail2 = Named(*v7, r2->segment);
+  REQUIRE(tail2.segment->link_rows() != nullptr);
+  REQUIRE(tail2.segment->rows() == tail.segment->rows() + 25);
+  CHECK(std::equal(tail.segment->link_rows(), tail.segment->link_rows() + tail.segment->rows() * 16,
+                   tail2.segment->link_rows()));
+  REQUIRE(v7->joint() != nullptr);
+  CHECK(v7->segments()[v7->joint()->tail].name == r2->segment);
+
+  // Folding the tail into a leaves one graph: nothing to join.
+  MergeRequest fold;
+  fold.segments = {a, r2->segment};
+  auto r3 = MergeSegments(root, fold);
+  REQUIRE(r3.ok());
+  auto v8 = OpenVersion(root, r3->version);
+  CHECK(v8->joint() == nullptr);
+  CHECK(Named(*v8, r3->segment).segment->link_rows() == nullptr);
+
+  // A truncated links.bin is refused, naming it.
+  const std::string links = absl::StrCat(root, "/segments/", r2->segment, "/", kLinksFile);
+  fs::resize_file(links, fs::file_size(links) - 4);
+  auto broken = Snapshot::Open(root, r2->version, VerifyMode::kSizes);
+  REQUIRE_FALSE(broken.ok());
+  CHECK(broken.status().code() == absl::StatusCode::kDataLoss);
+  CHECK(absl::StrContains(broken.status().message(), kLinksFile));
 }
 
 TEST_CASE("Merging segments keeps every live row, its vector, attributes and thumbnail") {

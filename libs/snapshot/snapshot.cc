@@ -164,6 +164,7 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> Snapshot::OpenDir(const std::str
         absl::StrCat("the segments hold ", rows, " rows; one version holds at most ", UINT32_MAX)));
   }
   s->rows_ = rows;
+  s->JoinLinkedTail(reuse);
   if (any_deleted) {
     auto live = std::make_shared<index::RowFilter>(rows, /*all=*/true);
     for (const SegmentRef& ref : s->segments_) {
@@ -174,6 +175,33 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> Snapshot::OpenDir(const std::str
     s->live_ = std::move(live);
   }
   return std::shared_ptr<const Snapshot>(std::move(s));
+}
+
+void Snapshot::JoinLinkedTail(const Snapshot* reuse) {
+  for (size_t t = 0; t < segments_.size(); ++t) {
+    const Segment& tail = *segments_[t].segment;
+    const SegmentLinks& links = tail.manifest().links;
+    if (tail.link_rows() == nullptr) continue;
+    if (joint_.graph != nullptr && segments_[joint_.tail].segment->rows() >= tail.rows()) continue;
+    for (size_t b = 0; b < segments_.size(); ++b) {
+      const SegmentRef& big = segments_[b];
+      if (b == t || big.name != links.segment ||
+          big.segment->manifest().manifest_xxh3 != links.manifest_xxh3) {
+        continue;
+      }
+      joint_.big = b;
+      joint_.tail = t;
+      joint_.graph = nullptr;
+      const JointSegments* old = reuse != nullptr ? reuse->joint() : nullptr;
+      if (old != nullptr && reuse->segments()[old->big].segment == big.segment &&
+          reuse->segments()[old->tail].segment == segments_[t].segment) {
+        joint_.graph = old->graph;
+      } else {
+        joint_.graph = index::JointGraph::Join(big.segment->searcher(), tail.searcher(),
+                                               tail.link_rows(), links.per_row);
+      }
+    }
+  }
 }
 
 std::pair<const SegmentRef*, uint32_t> Snapshot::Locate(uint32_t row) const {

@@ -41,6 +41,15 @@ struct SegmentRef {
   bool opened_here = false;  // False: shared with the `reuse` version.
 };
 
+// A big segment and a tail linked to it (Segment::link_rows), which the
+// query engine walks as one graph (index::JointGraph): indexes into
+// Snapshot::segments().
+struct JointSegments {
+  size_t big = 0;
+  size_t tail = 0;
+  std::shared_ptr<const index::JointGraph> graph;
+};
+
 class Snapshot {
  public:
   // Opens root/v<version>. Any disagreement with the manifest is an error that
@@ -62,6 +71,10 @@ class Snapshot {
   const std::string& dir() const { return dir_; }
   int dim() const { return manifest_.dim; }
   const std::vector<SegmentRef>& segments() const { return segments_; }
+  // The version's big segment and the tail linked to it, if it holds both
+  // (the biggest such tail); null otherwise. Built at open in
+  // O(big rows + tail links), shared with `reuse` when it holds the same two.
+  const JointSegments* joint() const { return joint_.graph != nullptr ? &joint_ : nullptr; }
   // Row numbers are 0..rows()-1, deleted ones included.
   size_t rows() const { return rows_; }
   // Rows served: rows() less the deleted ones (the manifest's count).
@@ -94,9 +107,13 @@ class Snapshot {
 
  private:
   Snapshot() = default;
+  // Sets joint_ from the segments' links (the biggest linked tail whose
+  // segment is here, as the links name it).
+  void JoinLinkedTail(const Snapshot* reuse);
   Manifest manifest_;
   std::string dir_;
   std::vector<SegmentRef> segments_;
+  JointSegments joint_;
   size_t rows_ = 0;
   std::shared_ptr<const index::RowFilter> live_;
   bool has_thumbnails_ = false;

@@ -15,6 +15,7 @@
 #include <random>
 #include <set>
 #include <string_view>
+#include <thread>
 #include <unordered_set>
 
 #include "absl/strings/ascii.h"
@@ -28,6 +29,7 @@
 #include "libs/common/log.h"
 #include "libs/common/status_macros.h"
 #include "libs/index/half_vectors.h"
+#include "libs/index/mmap_searcher.h"
 #include "libs/snapshot/deletes.h"
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/thumbs_table.h"
@@ -325,6 +327,19 @@ absl::StatusOr<WrittenSegment> WriteSegmentFiles(const std::string& dir, uint64_
   if (input.half_vectors.value_or(input.dim >= kHalfVectorsMinDim)) {
     RETURN_IF_ERROR(index::WriteHalfVectors(dir + "/" + kGraphFile, input.dim, input.metric,
                                             dir + "/" + kHalfVectorsFile));
+  }
+  if (input.links.per_row > 0) {
+    if (input.link_rows.size() != input.count * input.links.per_row) {
+      return absl::InternalError(absl::StrCat("links: ", input.link_rows.size(), " for ",
+                                              input.count, " rows x ", input.links.per_row));
+    }
+    std::string bytes(input.link_rows.size() * sizeof(uint32_t), '\0');
+    for (size_t i = 0; i < input.link_rows.size(); ++i) {
+      for (size_t b = 0; b < 4; ++b)
+        bytes[i * 4 + b] = static_cast<char>(input.link_rows[i] >> (8 * b));
+    }
+    RETURN_IF_ERROR(WriteFileDurably(dir + "/" + kLinksFile, bytes));
+    m.links = input.links;
   }
   RETURN_IF_ERROR(ListFiles(dir, &m.files, &out.bytes));
   const std::string json = ManifestToJson(m);
@@ -769,6 +784,60 @@ absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
   return out;
 }
 
+// A merged segment at most 1/kLinkTargetFactor the size of the biggest
+// segment left beside it is a tail: it is linked to that segment
+// (kLinksPerRow nearest rows each, searched with kLinkSearchEf), so that
+// versions holding both walk them as one graph (index::JointGraph).
+constexpr uint64_t kLinkTargetFactor = 2;
+constexpr uint32_t kLinksPerRow = 16;
+constexpr size_t kLinkSearchEf = 64;
+
+// Sets in->links and in->link_rows when the merged rows make a tail of a
+// bigger segment of `base` not among `chosen`. `extended`: the segment whose
+// graph the merge extends (its rows come first), whose links are kept when
+// they are to the same segment; `vectors`: the other merged rows' vectors.
+void LinkToBigSegment(const Snapshot& base, const std::set<std::string>& chosen,
+                      const SegmentRef* extended, const std::vector<float>& vectors, int threads,
+                      SnapshotInput* in) {
+  const SegmentRef* target = nullptr;
+  for (const SegmentRef& ref : base.segments()) {
+    if (ref.name.empty() || chosen.count(ref.name)) continue;
+    if (target == nullptr || ref.segment->rows() > target->segment->rows()) target = &ref;
+  }
+  if (in->count == 0 || target == nullptr ||
+      target->segment->rows() < kLinkTargetFactor * in->count) {
+    return;
+  }
+  const index::MmapHnswSearcher& big = target->segment->searcher();
+  const size_t dim = static_cast<size_t>(in->dim);
+  const int n_threads =
+      threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  in->links = {target->name, target->segment->manifest().manifest_xxh3, kLinksPerRow};
+  in->link_rows.clear();
+  in->link_rows.reserve(in->count * kLinksPerRow);
+  if (extended != nullptr) {
+    const Segment& ext = *extended->segment;
+    const SegmentLinks& had = ext.manifest().links;
+    if (ext.link_rows() != nullptr && had.segment == in->links.segment &&
+        had.manifest_xxh3 == in->links.manifest_xxh3 && had.per_row == kLinksPerRow) {
+      in->link_rows.assign(ext.link_rows(), ext.link_rows() + ext.rows() * kLinksPerRow);
+    } else {
+      std::vector<float> kept;
+      kept.reserve(ext.rows() * dim);
+      for (uint32_t r = 0; r < ext.rows(); ++r) {
+        const float* v = ext.searcher().Vector(r);
+        kept.insert(kept.end(), v, v + dim);
+      }
+      in->link_rows = index::NearestRows(big, kept.data(), ext.rows(), dim, kLinksPerRow,
+                                         kLinkSearchEf, n_threads);
+    }
+  }
+  const size_t fresh = vectors.size() / dim;
+  const std::vector<uint32_t> added =
+      index::NearestRows(big, vectors.data(), fresh, dim, kLinksPerRow, kLinkSearchEf, n_threads);
+  in->link_rows.insert(in->link_rows.end(), added.begin(), added.end());
+}
+
 // Whether `pid` is a running process.
 bool ProcessAlive(long pid) {
   return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM);
@@ -859,6 +928,8 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
   in.hnsw.m = m;
   in.hnsw.ef_construction = ef_construction;
   in.hnsw.threads = request.threads;
+  LinkToBigSegment(base, chosen, extended.empty() ? nullptr : biggest, rows.vectors,
+                   request.threads, &in);
   const std::string name = absl::StrCat("m", NewSegmentName(start_version).substr(1));
   const std::string building =
       absl::StrCat(root, "/", kSegmentsDir, "/.merging-", name, "-", ::getpid());

@@ -107,6 +107,10 @@ struct SnapshotInput {
   // values (in schema order) per vector. Empty schema: no attrs.bin.
   std::vector<FieldSpec> schema;
   std::vector<std::vector<AttrValue>> attributes;
+  // Optional: links.bin (manifest.h, SegmentLinks), count x links.per_row
+  // rows of the segment `links` names.
+  SegmentLinks links;
+  std::vector<uint32_t> link_rows;
   // PublishSnapshot: the shard of a collection this root is (shard.h), kept
   // by every later version; every id must belong to it. A root whose CURRENT
   // names another shard (or none) refuses the load: a reshard writes new

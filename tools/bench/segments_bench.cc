@@ -9,7 +9,11 @@
 //                 same with 1/(1+fold_pct/100) of the rows in the first:
 //                 with --segments=2 the merge policy's big segment and its
 //                 tail just before a fold, with 3 the state while a fold
-//                 runs), or --layout=equal;
+//                 runs), --layout=tail (S = 2: the same two segments as
+//                 fold, the second written as two publishes joined by
+//                 MergeSegments, as the merge policy joins them: a tail
+//                 linked to the big segment, walked with it as one graph),
+//                 or --layout=equal;
 // and both again with --deleted (5%) of the rows deleted (one PublishUpdate
 // of deletes on each; the same rows in both). --layout=fold adds what the
 // fold makes of its segments with deletes: one MergeSegments of them all,
@@ -84,7 +88,9 @@ ABSL_FLAG(int, segments, 10, "Segments S of the segmented layout.");
 ABSL_FLAG(std::string, layout, "tiered",
           "tiered: half the rows in one segment, the rest in S-1 segments each half the one "
           "before; fold: as tiered with 100/(100+fold_pct) of the rows in the first (the merge "
-          "policy's most segmented state); equal: S segments of N/S rows.");
+          "policy's most segmented state); tail: fold with S = 2, the second segment a tail "
+          "joined by MergeSegments (linked to the first, walked with it as one graph); equal: S "
+          "segments of N/S rows.");
 ABSL_FLAG(double, fold_pct, -1,
           "--layout=fold: the rows beside the first segment, in % of its rows; -1: the merge "
           "policy's default fold_pct.");
@@ -324,11 +330,13 @@ int Run() {
   }
   std::sort(efs.begin(), efs.end());
   const std::string layout_flag = absl::GetFlag(FLAGS_layout);
-  if (layout_flag != "tiered" && layout_flag != "equal" && layout_flag != "fold") {
-    std::cerr << "--layout must be tiered, equal or fold\n";
+  if (layout_flag != "tiered" && layout_flag != "equal" && layout_flag != "fold" &&
+      layout_flag != "tail") {
+    std::cerr << "--layout must be tiered, equal, fold or tail\n";
     return 1;
   }
-  const size_t s = static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_segments)));
+  const size_t s =
+      layout_flag == "tail" ? 2 : static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_segments)));
   const double deleted_share = absl::GetFlag(FLAGS_deleted);
   if (!(deleted_share >= 0 && deleted_share < 0.5)) {
     std::cerr << "--deleted must be in [0, 0.5)\n";
@@ -349,8 +357,9 @@ int Run() {
   const double fold_pct = absl::GetFlag(FLAGS_fold_pct) >= 0 ? absl::GetFlag(FLAGS_fold_pct)
                                                              : snapshot::MergePolicy().fold_pct;
   const double first_share = layout_flag == "tiered" ? 0.5
-                             : layout_flag == "fold" ? 100.0 / (100.0 + fold_pct)
-                                                     : 0.0;
+                             : layout_flag == "fold" || layout_flag == "tail"
+                                 ? 100.0 / (100.0 + fold_pct)
+                                 : 0.0;
   const std::vector<size_t> sizes = SegmentSizes(d.n, s, first_share);
   const int threads = absl::GetFlag(FLAGS_build_threads) > 0
                           ? absl::GetFlag(FLAGS_build_threads)
@@ -396,21 +405,39 @@ int Run() {
       });
   const std::string segmented_dir = absl::StrCat(
       dir, "/", layout_flag, "-s", s,
-      layout_flag == "fold" ? absl::StrCat("-f", fold_pct) : std::string(), "-", build_key);
+      layout_flag == "fold" || layout_flag == "tail" ? absl::StrCat("-f", fold_pct) : std::string(),
+      "-", build_key);
   absl::StatusOr<Versions> segmented = CachedRoot(
       segmented_dir, deletes_key, [&](const std::string& root) -> absl::StatusOr<Versions> {
         absl::StatusOr<uint64_t> v =
             snapshot::PublishSnapshot(root, RowsInput(d, 0, sizes[0], hnsw));
         size_t first = sizes[0];
-        for (size_t i = 1; i < s && v.ok(); ++i) {
+        // The tail layout: its one small segment published in two halves,
+        // then joined (and linked) as the merge policy would.
+        std::vector<size_t> parts(sizes.begin() + 1, sizes.end());
+        if (layout_flag == "tail") parts = {sizes[1] / 2, sizes[1] - sizes[1] / 2};
+        std::vector<std::string> published;
+        for (size_t i = 0; i < parts.size() && v.ok(); ++i) {
           snapshot::SnapshotUpdate update;
           update.base_version = *v;
-          update.added = RowsInput(d, first, sizes[i], hnsw);
-          first += sizes[i];
+          update.added = RowsInput(d, first, parts[i], hnsw);
+          first += parts[i];
           absl::StatusOr<snapshot::UpdateResult> r = snapshot::PublishUpdate(root, update);
           v = r.ok() ? absl::StatusOr<uint64_t>(r->version) : r.status();
+          if (r.ok()) published.push_back(r->segment);
         }
         if (!v.ok()) return v.status();
+        if (layout_flag == "tail") {
+          snapshot::MergeRequest join;
+          join.segments = published;
+          join.threads = threads;
+          const auto t0 = Clock::now();
+          absl::StatusOr<snapshot::MergeResult> r = snapshot::MergeSegments(root, join);
+          if (!r.ok()) return r.status();
+          std::printf("joined %zu segments into a tail of %llu rows (linked) in %.1f s\n",
+                      r->merged.size(), static_cast<unsigned long long>(r->rows), Since(t0));
+          v = r->version;
+        }
         absl::StatusOr<uint64_t> del = publish_deletes(root, *v);
         if (!del.ok()) return del.status();
         return Versions{*v, *del};
@@ -488,16 +515,19 @@ int Run() {
   if (fold) where.push_back({extended_dir + "/root", (*extended)[0]});
   where.resize(layouts.size());
   for (size_t i = 0; i < layouts.size(); ++i) {
+    const auto opening = Clock::now();
     auto snap =
         snapshot::Snapshot::Open(where[i].first, where[i].second, snapshot::VerifyMode::kSizes);
+    const double open_ms = 1e3 * Since(opening);
     if (!snap.ok()) {
       std::cerr << snap.status() << "\n";
       return 1;
     }
     layouts[i].snap = *snap;
-    std::printf("  %-22s v%llu: %zu segments, %llu live rows\n", layouts[i].name.c_str(),
-                static_cast<unsigned long long>(where[i].second), (*snap)->segments().size(),
-                static_cast<unsigned long long>((*snap)->live_count()));
+    std::printf("  %-22s v%llu: %zu segments, %llu live rows%s; opened in %.1f ms\n",
+                layouts[i].name.c_str(), static_cast<unsigned long long>(where[i].second),
+                (*snap)->segments().size(), static_cast<unsigned long long>((*snap)->live_count()),
+                (*snap)->joint() != nullptr ? " (two walked as one)" : "", open_ms);
   }
   // The queries, prepared as the service prepares a client's vector.
   std::vector<std::vector<float>> queries;
