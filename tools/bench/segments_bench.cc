@@ -12,7 +12,8 @@
 //                 runs), --layout=tail (S = 2: the same two segments as
 //                 fold, the second written as two publishes joined by
 //                 MergeSegments, as the merge policy joins them: a tail
-//                 linked to the big segment, walked with it as one graph),
+//                 linked to the big segment, walked with it as one graph;
+//                 --segments=3 adds a third, the new tail while a fold runs),
 //                 or --layout=equal;
 // and both again with --deleted (5%) of the rows deleted (one PublishUpdate
 // of deletes on each; the same rows in both). --layout=fold adds what the
@@ -89,8 +90,8 @@ ABSL_FLAG(std::string, layout, "tiered",
           "tiered: half the rows in one segment, the rest in S-1 segments each half the one "
           "before; fold: as tiered with 100/(100+fold_pct) of the rows in the first (the merge "
           "policy's most segmented state); tail: fold with S = 2, the second segment a tail "
-          "joined by MergeSegments (linked to the first, walked with it as one graph); equal: S "
-          "segments of N/S rows.");
+          "joined by MergeSegments (linked to the first, walked with it as one graph), or S = 3 "
+          "with one more segment beside them (a fold running); equal: S segments of N/S rows.");
 ABSL_FLAG(double, fold_pct, -1,
           "--layout=fold: the rows beside the first segment, in % of its rows; -1: the merge "
           "policy's default fold_pct.");
@@ -335,8 +336,10 @@ int Run() {
     std::cerr << "--layout must be tiered, equal, fold or tail\n";
     return 1;
   }
-  const size_t s =
-      layout_flag == "tail" ? 2 : static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_segments)));
+  // tail: 2 segments, or 3 (--segments=3: a fold running, a new tail beside the old).
+  const size_t s = layout_flag == "tail"
+                       ? (absl::GetFlag(FLAGS_segments) == 3 ? 3 : 2)
+                       : static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_segments)));
   const double deleted_share = absl::GetFlag(FLAGS_deleted);
   if (!(deleted_share >= 0 && deleted_share < 0.5)) {
     std::cerr << "--deleted must be in [0, 0.5)\n";
@@ -416,6 +419,7 @@ int Run() {
         // then joined (and linked) as the merge policy would.
         std::vector<size_t> parts(sizes.begin() + 1, sizes.end());
         if (layout_flag == "tail") parts = {sizes[1] / 2, sizes[1] - sizes[1] / 2};
+        const std::vector<size_t> later(sizes.begin() + 2, sizes.end());
         std::vector<std::string> published;
         for (size_t i = 0; i < parts.size() && v.ok(); ++i) {
           snapshot::SnapshotUpdate update;
@@ -437,6 +441,17 @@ int Run() {
           std::printf("joined %zu segments into a tail of %llu rows (linked) in %.1f s\n",
                       r->merged.size(), static_cast<unsigned long long>(r->rows), Since(t0));
           v = r->version;
+          // With 3: the new tail a fold leaves beside the old one (searched
+          // after the joint walk, bounded, as any segment outside the pair).
+          for (size_t rows : later) {
+            snapshot::SnapshotUpdate update;
+            update.base_version = *v;
+            update.added = RowsInput(d, first, rows, hnsw);
+            first += rows;
+            absl::StatusOr<snapshot::UpdateResult> u = snapshot::PublishUpdate(root, update);
+            if (!u.ok()) return u.status();
+            v = u->version;
+          }
         }
         absl::StatusOr<uint64_t> del = publish_deletes(root, *v);
         if (!del.ok()) return del.status();
