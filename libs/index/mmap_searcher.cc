@@ -312,42 +312,54 @@ std::vector<uint32_t> NearestRows(const MmapHnswSearcher& graph, const float* ve
 }
 
 std::unique_ptr<JointGraph> JointGraph::Join(const MmapHnswSearcher& big,
-                                             const MmapHnswSearcher& tail, const uint32_t* links,
-                                             size_t per_row) {
+                                             const std::vector<Tail>& tails) {
   std::unique_ptr<JointGraph> j(new JointGraph());
   j->big_ = &big;
-  j->tail_ = &tail;
-  j->per_ = static_cast<uint32_t>(per_row);
   const size_t n = big.size();
-  const size_t t = tail.size();
   auto internal_of = [](const MmapHnswSearcher& g, uint64_t row) {
     uint32_t id;
     std::memcpy(&id, g.internal_of_row_ + row * sizeof(uint32_t), sizeof(id));
     return id;
   };
-  j->tail_to_big_.assign(t * per_row, kNoRow);
   j->big_begin_.assign(n + 1, 0);
-  for (size_t id = 0; id < t; ++id) {
-    uint64_t row;
-    std::memcpy(&row, tail.Element(static_cast<uint32_t>(id)) + tail.header_.label_offset,
-                sizeof(row));
-    if (row >= t) continue;  // A corrupt label: the element keeps no links.
-    for (size_t i = 0; i < per_row; ++i) {
-      const uint32_t to = links[row * per_row + i];
-      if (to >= n) continue;
-      const uint32_t big_id = internal_of(big, to);
-      if (big_id >= n) continue;
-      j->tail_to_big_[id * per_row + i] = big_id;
-      ++j->big_begin_[big_id + 1];
+  uint64_t first = n;
+  for (size_t index = 0; index < tails.size(); ++index) {
+    const Tail& tail = tails[index];
+    if (tail.graph == nullptr || tail.per_row == 0) continue;
+    const MmapHnswSearcher& g = *tail.graph;
+    const size_t t = g.size();
+    if (first + t > std::numeric_limits<uint32_t>::max()) break;  // Joint ids are 32-bit.
+    Part part;
+    part.graph = &g;
+    part.index = index;
+    part.first = static_cast<uint32_t>(first);
+    part.per = static_cast<uint32_t>(tail.per_row);
+    part.to_big.assign(t * tail.per_row, kNoRow);
+    for (size_t id = 0; id < t; ++id) {
+      uint64_t row;
+      std::memcpy(&row, g.Element(static_cast<uint32_t>(id)) + g.header_.label_offset, sizeof(row));
+      if (row >= t) continue;  // A corrupt label: the element keeps no links.
+      for (size_t i = 0; i < tail.per_row; ++i) {
+        const uint32_t to = tail.links[row * tail.per_row + i];
+        if (to >= n) continue;
+        const uint32_t big_id = internal_of(big, to);
+        if (big_id >= n) continue;
+        part.to_big[id * tail.per_row + i] = big_id;
+        ++j->big_begin_[big_id + 1];
+      }
     }
+    first += t;
+    j->tails_.push_back(std::move(part));
   }
+  j->count_ = static_cast<uint32_t>(first);
   for (size_t i = 0; i < n; ++i) j->big_begin_[i + 1] += j->big_begin_[i];
   j->big_to_tail_.resize(j->big_begin_.back());
   std::vector<uint32_t> fill(j->big_begin_.begin(), j->big_begin_.end() - 1);
-  for (size_t id = 0; id < t; ++id) {
-    for (size_t i = 0; i < per_row; ++i) {
-      const uint32_t big_id = j->tail_to_big_[id * per_row + i];
-      if (big_id < n) j->big_to_tail_[fill[big_id]++] = static_cast<uint32_t>(id);
+  for (const Part& part : j->tails_) {
+    for (size_t e = 0; e < part.to_big.size(); ++e) {
+      const uint32_t big_id = part.to_big[e];
+      if (big_id < n)
+        j->big_to_tail_[fill[big_id]++] = part.first + static_cast<uint32_t>(e / part.per);
     }
   }
   return j;
@@ -355,20 +367,22 @@ std::unique_ptr<JointGraph> JointGraph::Join(const MmapHnswSearcher& big,
 
 std::vector<Neighbor> JointGraph::Search(const float* query, size_t k, size_t ef,
                                          const RowFilter* allowed, size_t big_offset,
-                                         size_t tail_offset) const {
+                                         const std::vector<size_t>& tail_offsets) const {
   std::vector<Neighbor> result;
   const MmapHnswSearcher& big = *big_;
-  const MmapHnswSearcher& tail = *tail_;
   const uint32_t n = static_cast<uint32_t>(big.header_.count);
-  const uint32_t t = static_cast<uint32_t>(tail.header_.count);
   if (n == 0 || k == 0) return result;
+  for (const Part& p : tails_) {
+    if (p.index >= tail_offsets.size()) return result;  // The caller's offsets are short.
+  }
   if (ef < k) ef = k;
   const void* param = &big.dim_param_;
   const DistanceFn dist = big.dist_;
-  // Joint ids: the big graph's internal ids, then the tail's plus n.
+  // Joint ids: the big graph's internal ids, then each tail's from its first.
   auto vector_of = [&](uint32_t id) -> const char* {
-    return id < n ? big.Element(id) + big.header_.offset_data
-                  : tail.Element(id - n) + tail.header_.offset_data;
+    if (id < n) return big.Element(id) + big.header_.offset_data;
+    const Part& p = PartOf(id);
+    return p.graph->Element(id - p.first) + p.graph->header_.offset_data;
   };
   // A joint id's row in the caller's space, or kNoRow for a corrupt label.
   auto row_of = [&](uint32_t id) -> uint64_t {
@@ -377,8 +391,10 @@ std::vector<Neighbor> JointGraph::Search(const float* query, size_t k, size_t ef
       std::memcpy(&label, big.Element(id) + big.header_.label_offset, sizeof(label));
       return label < n ? big_offset + label : kNoRow;
     }
-    std::memcpy(&label, tail.Element(id - n) + tail.header_.label_offset, sizeof(label));
-    return label < t ? tail_offset + label : kNoRow;
+    const Part& p = PartOf(id);
+    std::memcpy(&label, p.graph->Element(id - p.first) + p.graph->header_.label_offset,
+                sizeof(label));
+    return label < p.graph->header_.count ? tail_offsets[p.index] + label : kNoRow;
   };
   auto admit = [&](uint32_t id) {
     const uint64_t row = row_of(id);
@@ -388,19 +404,25 @@ std::vector<Neighbor> JointGraph::Search(const float* query, size_t k, size_t ef
   float cur_dist = 0;
   big.Descend(query, &cur, &cur_dist);
   VisitedList& visited = tls_visited;
-  const uint16_t tag = visited.Begin(static_cast<size_t>(n) + t);
+  const uint16_t tag = visited.Begin(count_);
   uint16_t* marks = visited.marks.data();
   Heap top;
   Heap candidates;
   float lower_bound = EnterWalk(cur, cur_dist, admit, tag, marks, &top, &candidates);
-  // Half vectors only where both graphs have them (the same dim: the same
-  // error bound applies to each graph's own file).
-  const bool halves_ok = big.half_dist_ != nullptr && tail.half_dist_ != nullptr;
+  // Half vectors only where every graph has them (the same dim; the widest
+  // error bound covers each graph's own file).
+  bool halves_ok = big.half_dist_ != nullptr;
+  float half_bound = halves_ok ? big.half_->bound() : 0.0f;
+  for (const Part& p : tails_) {
+    halves_ok = halves_ok && p.graph->half_dist_ != nullptr;
+    if (halves_ok) half_bound = std::max(half_bound, p.graph->half_->bound());
+  }
   const HalfDistanceFn half_dist = halves_ok ? big.half_dist_ : nullptr;
-  const float half_bound = halves_ok ? std::max(big.half_->bound(), tail.half_->bound()) : 0.0f;
-  const HalfSkip half_skip(big.metric_, query, big.dim_, half_bound);
+  const HalfSkip half_skip(big.metric_, query, big.dim_, halves_ok ? half_bound : 0.0f);
   auto half_of = [&](uint32_t id) -> const uint16_t* {
-    return id < n ? big.half_->Row(id) : tail.half_->Row(id - n);
+    if (id < n) return big.half_->Row(id);
+    const Part& p = PartOf(id);
+    return p.graph->half_->Row(id - p.first);
   };
   uint32_t fresh[kExpandChunk];
   // Offers `size` links (ids below `limit` in their graph, plus `add`), as
@@ -450,13 +472,16 @@ std::vector<Neighbor> JointGraph::Search(const float* query, size_t k, size_t ef
       uint16_t size = ListCount(list);
       if (size > big.header_.max_m0) size = 0;  // Corrupt list: a dead end.
       expand(list + 1, size, n, 0);
-      expand(big_to_tail_.data() + big_begin_[id], big_begin_[id + 1] - big_begin_[id], t, n);
+      // Joint ids already (below count_, never a big id).
+      expand(big_to_tail_.data() + big_begin_[id], big_begin_[id + 1] - big_begin_[id], count_, 0);
     } else {
-      const uint32_t* list = reinterpret_cast<const uint32_t*>(tail.Element(id - n));
+      const Part& p = PartOf(id);
+      const uint32_t local = id - p.first;
+      const uint32_t* list = reinterpret_cast<const uint32_t*>(p.graph->Element(local));
       uint16_t size = ListCount(list);
-      if (size > tail.header_.max_m0) size = 0;
-      expand(list + 1, size, t, n);
-      expand(tail_to_big_.data() + static_cast<size_t>(id - n) * per_, per_, n, 0);
+      if (size > p.graph->header_.max_m0) size = 0;
+      expand(list + 1, size, static_cast<uint32_t>(p.graph->header_.count), p.first);
+      expand(p.to_big.data() + static_cast<size_t>(local) * p.per, p.per, n, 0);
     }
   }
   while (top.size() > k) top.pop();

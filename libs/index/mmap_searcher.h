@@ -152,46 +152,65 @@ class MmapHnswSearcher {
   HalfDistanceFn half_dist_ = nullptr;
 };
 
-// Two graphs walked as one: a segmented snapshot's big segment and the
-// tail beside it, whose rows were never inserted into the big graph. Each
-// tail row is linked to its nearest rows of the big graph (found when the
-// tail was written: NearestRows), and each big row to the tail rows that
-// chose it, so that one best-first walk, entered by the big graph's
-// descent, crosses into the tail where its rows are near and back, as in a
-// graph built over both. Searching the two graphs one after the other
-// costs a second descent and walk (0.7-0.8x of one graph's QPS at equal
-// recall at 1M x 512); the joint walk costs about one.
+// Graphs walked as one: a segmented snapshot's big segment and the tails
+// beside it (one between folds, two while a fold runs), whose rows were
+// never inserted into the big graph. Each tail row is linked to its nearest
+// rows of the big graph (found when the tail was written: NearestRows), and
+// each big row to the tail rows that chose it, so that one best-first walk,
+// entered by the big graph's descent, crosses into a tail where its rows
+// are near and back, as in a graph built over all of them. Searching the
+// graphs one after the other costs a descent and walk each (0.7-0.8x of one
+// graph's QPS at equal recall at 1M x 512 for two); the joint walk costs
+// about one.
 //
 // Immutable after Join; the searchers must outlive it.
 class JointGraph {
  public:
   static constexpr uint32_t kNoRow = 0xFFFFFFFFu;
-  // `links`: per tail row, `per_row` rows of `big` (kNoRow: none). Links out
-  // of range are dropped. Costs O(big.size() + tail.size() * per_row).
-  static std::unique_ptr<JointGraph> Join(const MmapHnswSearcher& big, const MmapHnswSearcher& tail,
-                                          const uint32_t* links, size_t per_row);
+  struct Tail {
+    const MmapHnswSearcher* graph = nullptr;
+    const uint32_t* links =
+        nullptr;  // Per tail row, `per_row` rows of the big graph (kNoRow: none).
+    size_t per_row = 0;
+  };
+  // Links out of range are dropped. Costs O(big.size() + the tails' links).
+  static std::unique_ptr<JointGraph> Join(const MmapHnswSearcher& big,
+                                          const std::vector<Tail>& tails);
 
-  // As MmapHnswSearcher::Search over both graphs: up to k nearest rows,
+  // As MmapHnswSearcher::Search over all the graphs: up to k nearest rows,
   // nearest first. Rows are one space, the big graph's rows from
-  // `big_offset` and the tail's from `tail_offset` (a version's row
+  // `big_offset` and tail i's from `tail_offsets[i]` (a version's row
   // numbers); `allowed`, if not null, is over that space (deleted or
   // filtered rows guide the walk but are never returned).
   std::vector<Neighbor> Search(const float* query, size_t k, size_t ef, const RowFilter* allowed,
-                               size_t big_offset, size_t tail_offset) const;
+                               size_t big_offset, const std::vector<size_t>& tail_offsets) const;
 
   const MmapHnswSearcher& big() const { return *big_; }
-  const MmapHnswSearcher& tail() const { return *tail_; }
+  size_t tails() const { return tails_.size(); }
 
  private:
+  // One tail: its joint ids are first .. first + graph->size() - 1, and
+  // its element j's links into the big graph are to_big[j * per ..], in
+  // internal ids (hnswlib's order, not rows; kNoRow: none).
+  struct Part {
+    const MmapHnswSearcher* graph = nullptr;
+    size_t index = 0;  // Its place in Join's `tails` (and Search's `tail_offsets`).
+    uint32_t first = 0;
+    uint32_t per = 0;
+    std::vector<uint32_t> to_big;
+  };
   JointGraph() = default;
+  // The tail holding joint id `id` (>= the big graph's size).
+  const Part& PartOf(uint32_t id) const {
+    size_t i = tails_.size() - 1;
+    while (i > 0 && id < tails_[i].first) --i;
+    return tails_[i];
+  }
   const MmapHnswSearcher* big_ = nullptr;
-  const MmapHnswSearcher* tail_ = nullptr;
-  uint32_t per_ = 0;
-  // In internal ids (hnswlib's order, not rows): tail element j's links
-  // into the big graph at [j * per_, (j + 1) * per_) (kNoRow: none), and big
-  // element i's links into the tail at big_to_tail_[big_begin_[i] ..
-  // big_begin_[i + 1]).
-  std::vector<uint32_t> tail_to_big_;
+  std::vector<Part> tails_;
+  uint32_t count_ = 0;  // Joint ids: the big graph's, then each tail's.
+  // Big element i's links into the tails, as joint ids, at
+  // big_to_tail_[big_begin_[i] .. big_begin_[i + 1]).
   std::vector<uint32_t> big_begin_;
   std::vector<uint32_t> big_to_tail_;
 };

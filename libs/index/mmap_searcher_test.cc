@@ -315,12 +315,12 @@ TEST_CASE("A joint walk finds the nearest rows of a big graph and its linked tai
   // Every tail row is linked to kPerRow big rows, each a real row.
   REQUIRE(c.links.size() == c.tail_count * JointCase::kPerRow);
   for (uint32_t l : c.links) REQUIRE(l < c.big_count);
-  auto joint = JointGraph::Join(*c.big, *c.tail, c.links.data(), JointCase::kPerRow);
+  auto joint = JointGraph::Join(*c.big, {{c.tail.get(), c.links.data(), JointCase::kPerRow}});
   size_t hits = 0, tail_hits = 0, tail_wanted = 0;
   for (size_t i = 0; i < 200; ++i) {
     const float* q = c.Query(i);
     const std::vector<uint32_t> want = c.NearestTen(q, nullptr);
-    const auto got = joint->Search(q, 10, 32, nullptr, 0, c.big_count);
+    const auto got = joint->Search(q, 10, 32, nullptr, 0, {c.big_count});
     REQUIRE(got.size() == 10);
     for (size_t j = 1; j < got.size(); ++j) CHECK(got[j - 1].distance <= got[j].distance);
     for (uint32_t w : want) tail_wanted += w >= c.big_count;
@@ -342,9 +342,9 @@ TEST_CASE(
     "A joint walk returns only allowed rows, reads halves without changing answers, "
     "and drops links out of range") {
   JointCase c;
-  auto joint = JointGraph::Join(*c.big, *c.tail, c.links.data(), JointCase::kPerRow);
+  auto joint = JointGraph::Join(*c.big, {{c.tail.get(), c.links.data(), JointCase::kPerRow}});
   auto with_halves =
-      JointGraph::Join(*c.big_halves, *c.tail_halves, c.links.data(), JointCase::kPerRow);
+      JointGraph::Join(*c.big_halves, {{c.tail_halves.get(), c.links.data(), JointCase::kPerRow}});
   // Rows numbered from 100 (the joint pair is not first in its version).
   RowFilter allowed(100 + c.big_count + c.tail_count, /*all=*/true);
   RowFilter allowed_here(c.big_count + c.tail_count, /*all=*/true);
@@ -355,8 +355,8 @@ TEST_CASE(
   size_t hits = 0;
   for (size_t i = 0; i < 200; ++i) {
     const float* q = c.Query(i);
-    const auto got = joint->Search(q, 10, 32, &allowed, 100, 100 + c.big_count);
-    const auto halves = with_halves->Search(q, 10, 32, &allowed, 100, 100 + c.big_count);
+    const auto got = joint->Search(q, 10, 32, &allowed, 100, {100 + c.big_count});
+    const auto halves = with_halves->Search(q, 10, 32, &allowed, 100, {100 + c.big_count});
     REQUIRE(got.size() == 10);
     REQUIRE(halves.size() == got.size());
     const std::vector<uint32_t> want = c.NearestTen(q, &allowed_here);
@@ -373,12 +373,79 @@ TEST_CASE(
   // file) are dropped; the walk still answers.
   std::vector<uint32_t> bad = c.links;
   for (size_t i = 0; i < bad.size(); i += 2) bad[i] = i % 4 == 0 ? JointGraph::kNoRow : 1u << 30;
-  auto partial = JointGraph::Join(*c.big, *c.tail, bad.data(), JointCase::kPerRow);
+  auto partial = JointGraph::Join(*c.big, {{c.tail.get(), bad.data(), JointCase::kPerRow}});
   for (size_t i = 0; i < 20; ++i) {
-    const auto got = partial->Search(c.Query(i), 10, 32, nullptr, 0, c.big_count);
+    const auto got = partial->Search(c.Query(i), 10, 32, nullptr, 0, {c.big_count});
     CHECK(got.size() == 10);
     for (const auto& g : got) CHECK(g.row < c.big_count + c.tail_count);
   }
+}
+
+TEST_CASE("Two tails linked to one big graph are walked with it as one") {
+  // Rows r % 10 == 8 in tail A, == 9 in tail B, the rest in the big graph;
+  // row space: the big graph's rows, then A's, then B's.
+  constexpr size_t kRows = 10000, kDim = 64, kPer = 16;
+  const std::vector<float> all = ClusteredVectors(kRows + 200, kDim, 64, 23);
+  std::vector<float> rows[3];
+  for (size_t r = 0; r < kRows; ++r) {
+    auto v = Prepared(&all[r * kDim], kDim, Metric::kCosine);
+    auto& to = rows[r % 10 == 8 ? 1 : (r % 10 == 9 ? 2 : 0)];
+    to.insert(to.end(), v.begin(), v.end());
+  }
+  std::unique_ptr<MmapHnswSearcher> g[3];
+  size_t count[3], base[3];
+  for (int i = 0; i < 3; ++i) {
+    count[i] = rows[i].size() / kDim;
+    base[i] = i == 0 ? 0 : base[i - 1] + count[i - 1];
+    const std::string dir = MakeTempDir();
+    HnswParams params;
+    params.m = 16;
+    params.ef_construction = 100;
+    REQUIRE(BuildHnswGraph(rows[i].data(), count[i], kDim, Metric::kCosine, params,
+                           dir + "/graph.hnsw", dir + "/graph.offsets")
+                .ok());
+    auto s = MmapHnswSearcher::Open(dir + "/graph.hnsw", dir + "/graph.offsets", kDim,
+                                    Metric::kCosine, count[i]);
+    REQUIRE(s.ok());
+    g[i] = std::move(*s);
+  }
+  const auto links_a = NearestRows(*g[0], rows[1].data(), count[1], kDim, kPer, 64, 2);
+  const auto links_b = NearestRows(*g[0], rows[2].data(), count[2], kDim, kPer, 64, 2);
+  auto joint = JointGraph::Join(
+      *g[0], {{g[1].get(), links_a.data(), kPer}, {g[2].get(), links_b.data(), kPer}});
+  REQUIRE(joint->tails() == 2);
+  size_t hits = 0, wanted_in[3] = {0, 0, 0}, found_in[3] = {0, 0, 0};
+  for (size_t i = kRows; i < kRows + 200; ++i) {
+    const auto q = Prepared(&all[i * kDim], kDim, Metric::kCosine);
+    std::vector<std::pair<float, uint32_t>> d;
+    for (int p = 0; p < 3; ++p) {
+      for (size_t r = 0; r < count[p]; ++r) {
+        float dot = 0;
+        for (size_t k = 0; k < kDim; ++k) dot += q[k] * rows[p][r * kDim + k];
+        d.emplace_back(1 - dot, static_cast<uint32_t>(base[p] + r));
+      }
+    }
+    std::partial_sort(d.begin(), d.begin() + 10, d.end());
+    auto part_of = [&](uint32_t row) { return row >= base[2] ? 2 : (row >= base[1] ? 1 : 0); };
+    const auto got = joint->Search(q.data(), 10, 32, nullptr, 0, {base[1], base[2]});
+    REQUIRE(got.size() == 10);
+    for (size_t j = 0; j < 10; ++j) {
+      ++wanted_in[part_of(d[j].second)];
+      for (const auto& n : got) {
+        if (n.row == d[j].second) {
+          ++hits;
+          ++found_in[part_of(n.row)];
+        }
+      }
+    }
+  }
+  INFO("recall " << hits / 2000.0 << "; tail A " << found_in[1] << " of " << wanted_in[1]
+                 << ", tail B " << found_in[2] << " of " << wanted_in[2]);
+  CHECK(hits >= 0.95 * 2000);
+  REQUIRE(wanted_in[1] > 0);
+  REQUIRE(wanted_in[2] > 0);
+  CHECK(found_in[1] >= 0.9 * static_cast<double>(wanted_in[1]));
+  CHECK(found_in[2] >= 0.9 * static_cast<double>(wanted_in[2]));
 }
 
 TEST_CASE("Vector(row) returns the stored vector of that row after parallel inserts") {

@@ -148,28 +148,33 @@ std::vector<index::Neighbor> SearchSegments(const snapshot::Snapshot& snap, cons
   });
   index::NearestK best(want);
   float bound = std::numeric_limits<float>::infinity();
-  // The big segment and its linked tail, walked as one graph first (unless
-  // the query is exact, or its filter is cheaper to scan): then the rest,
-  // bounded by what that walk found.
+  // The big segment and the tails linked to it, walked as one graph first
+  // (unless the query is exact, or its filter is cheaper to scan): then the
+  // rest, bounded by what that walk found.
   if (const snapshot::JointSegments* joint = exact ? nullptr : snap.joint(); joint != nullptr) {
-    const snapshot::SegmentRef& big = segments[joint->big];
-    const snapshot::SegmentRef& tail = segments[joint->tail];
-    const size_t rows = big.segment->rows() + tail.segment->rows();
+    std::vector<size_t> members = joint->tails;
+    members.push_back(joint->big);
+    std::vector<size_t> tail_bases;
+    for (size_t t : joint->tails) tail_bases.push_back(segments[t].base);
+    size_t rows = 0, allowed_here = 0;
+    bool any_excluded = filtered;
+    for (size_t m : members) {
+      const snapshot::SegmentRef& ref = segments[m];
+      rows += ref.segment->rows();
+      any_excluded = any_excluded || ref.deleted != nullptr;
+      if (filtered) allowed_here += allowed->CountIn(ref.base, ref.base + ref.segment->rows());
+    }
     const size_t walk_ef = filtered ? FilteredWalkEf(std::max(ef, want)) : std::max(ef, want);
-    const bool scan =
-        filtered &&
-        ExactScanIsCheaper(allowed->CountIn(big.base, big.base + big.segment->rows()) +
-                               allowed->CountIn(tail.base, tail.base + tail.segment->rows()),
-                           rows, walk_ef);
-    if (!scan) {
-      const bool any_excluded = filtered || big.deleted != nullptr || tail.deleted != nullptr;
-      for (const index::Neighbor& n : joint->graph->Search(
-               query, want, walk_ef, any_excluded ? allowed : nullptr, big.base, tail.base)) {
+    if (!filtered || !ExactScanIsCheaper(allowed_here, rows, walk_ef)) {
+      for (const index::Neighbor& n :
+           joint->graph->Search(query, want, walk_ef, any_excluded ? allowed : nullptr,
+                                segments[joint->big].base, tail_bases)) {
         best.Offer(n);
       }
       if (best.full()) bound = best.farthest().distance;
-      order.erase(std::remove_if(order.begin(), order.end(),
-                                 [&](size_t i) { return i == joint->big || i == joint->tail; }),
+      order.erase(std::remove_if(
+                      order.begin(), order.end(),
+                      [&](size_t i) { return std::count(members.begin(), members.end(), i) > 0; }),
                   order.end());
     }
   }

@@ -519,14 +519,15 @@ TEST_CASE("A tail is linked to the big segment beside it, and the version walks 
   const JointSegments* joint = v4->joint();
   REQUIRE(joint != nullptr);
   CHECK(v4->segments()[joint->big].name == a);
-  CHECK(v4->segments()[joint->tail].name == r->segment);
+  REQUIRE(joint->tails.size() == 1);
+  CHECK(v4->segments()[joint->tails[0]].name == r->segment);
   size_t found = 0, live = 0;
   for (uint32_t row = 0; row < tail.segment->rows(); ++row) {
     const uint32_t at = tail.base + row;
     if (!v4->IsLive(at)) continue;
     ++live;
     auto got = joint->graph->Search(v4->Vector(at), 1, 32, v4->live(),
-                                    v4->segments()[joint->big].base, tail.base);
+                                    v4->segments()[joint->big].base, {tail.base});
     found += !got.empty() && got[0].row == at;
   }
   CHECK(live == 69);  // b's 39 live rows (b2 kept, deleted) and c's 30.
@@ -562,9 +563,36 @@ TEST_CASE("A tail is linked to the big segment beside it, and the version walks 
   CHECK(std::equal(tail.segment->link_rows(), tail.segment->link_rows() + tail.segment->rows() * 16,
                    tail2.segment->link_rows()));
   REQUIRE(v7->joint() != nullptr);
-  CHECK(v7->segments()[v7->joint()->tail].name == r2->segment);
+  REQUIRE(v7->joint()->tails.size() == 1);
+  CHECK(v7->segments()[v7->joint()->tails[0]].name == r2->segment);
 
-  // Folding the tail into a leaves one graph: nothing to join.
+  // A second tail beside the first, as the merge lanes make one while a
+  // fold holds the big segment: linked to a too, and walked with it.
+  std::vector<std::string> fresh;
+  uint64_t at = r2->version;
+  for (const char* prefix : {"e", "f"}) {
+    SyntheticCorpus c = Rows(20, prefix, 0, 41);
+    SnapshotUpdate up;
+    up.base_version = at;
+    up.added = c.WithGraph();
+    auto u3 = PublishUpdate(root, up);
+    REQUIRE(u3.ok());
+    at = u3->version;
+    fresh.push_back(u3->segment);
+  }
+  MergeRequest second;
+  second.segments = fresh;
+  auto r4 = MergeSegments(root, second);
+  REQUIRE(r4.ok());
+  auto v10 = OpenVersion(root, r4->version);
+  REQUIRE(v10->joint() != nullptr);
+  CHECK(v10->segments()[v10->joint()->big].name == a);
+  REQUIRE(v10->joint()->tails.size() == 2);
+  CHECK(v10->segments()[v10->joint()->tails[0]].name == r2->segment);
+  CHECK(v10->segments()[v10->joint()->tails[1]].name == r4->segment);
+
+  // Folding the first tail into a leaves one graph and a tail whose big
+  // segment is gone: nothing to join.
   MergeRequest fold;
   fold.segments = {a, r2->segment};
   auto r3 = MergeSegments(root, fold);

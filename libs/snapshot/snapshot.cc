@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "libs/common/file_util.h"
@@ -164,7 +165,7 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> Snapshot::OpenDir(const std::str
         absl::StrCat("the segments hold ", rows, " rows; one version holds at most ", UINT32_MAX)));
   }
   s->rows_ = rows;
-  s->JoinLinkedTail(reuse);
+  s->JoinLinkedTails(reuse);
   if (any_deleted) {
     auto live = std::make_shared<index::RowFilter>(rows, /*all=*/true);
     for (const SegmentRef& ref : s->segments_) {
@@ -177,31 +178,42 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> Snapshot::OpenDir(const std::str
   return std::shared_ptr<const Snapshot>(std::move(s));
 }
 
-void Snapshot::JoinLinkedTail(const Snapshot* reuse) {
+void Snapshot::JoinLinkedTails(const Snapshot* reuse) {
+  std::map<size_t, std::vector<size_t>> tails_of;  // Big segment -> the tails linked to it.
   for (size_t t = 0; t < segments_.size(); ++t) {
     const Segment& tail = *segments_[t].segment;
     const SegmentLinks& links = tail.manifest().links;
     if (tail.link_rows() == nullptr) continue;
-    if (joint_.graph != nullptr && segments_[joint_.tail].segment->rows() >= tail.rows()) continue;
     for (size_t b = 0; b < segments_.size(); ++b) {
-      const SegmentRef& big = segments_[b];
-      if (b == t || big.name != links.segment ||
-          big.segment->manifest().manifest_xxh3 != links.manifest_xxh3) {
-        continue;
-      }
-      joint_.big = b;
-      joint_.tail = t;
-      joint_.graph = nullptr;
-      const JointSegments* old = reuse != nullptr ? reuse->joint() : nullptr;
-      if (old != nullptr && reuse->segments()[old->big].segment == big.segment &&
-          reuse->segments()[old->tail].segment == segments_[t].segment) {
-        joint_.graph = old->graph;
-      } else {
-        joint_.graph = index::JointGraph::Join(big.segment->searcher(), tail.searcher(),
-                                               tail.link_rows(), links.per_row);
+      if (b != t && segments_[b].name == links.segment &&
+          segments_[b].segment->manifest().manifest_xxh3 == links.manifest_xxh3) {
+        tails_of[b].push_back(t);
       }
     }
   }
+  if (tails_of.empty()) return;
+  size_t big = tails_of.begin()->first;
+  for (const auto& [b, tails] : tails_of) {
+    if (segments_[b].segment->rows() > segments_[big].segment->rows()) big = b;
+  }
+  joint_.big = big;
+  joint_.tails = tails_of[big];
+  const JointSegments* old = reuse != nullptr ? reuse->joint() : nullptr;
+  bool same = old != nullptr && reuse->segments()[old->big].segment == segments_[big].segment &&
+              old->tails.size() == joint_.tails.size();
+  for (size_t i = 0; same && i < joint_.tails.size(); ++i) {
+    same = reuse->segments()[old->tails[i]].segment == segments_[joint_.tails[i]].segment;
+  }
+  if (same) {
+    joint_.graph = old->graph;
+    return;
+  }
+  std::vector<index::JointGraph::Tail> tails;
+  for (size_t t : joint_.tails) {
+    const Segment& tail = *segments_[t].segment;
+    tails.push_back({&tail.searcher(), tail.link_rows(), tail.manifest().links.per_row});
+  }
+  joint_.graph = index::JointGraph::Join(segments_[big].segment->searcher(), tails);
 }
 
 std::pair<const SegmentRef*, uint32_t> Snapshot::Locate(uint32_t row) const {

@@ -41,12 +41,12 @@ struct SegmentRef {
   bool opened_here = false;  // False: shared with the `reuse` version.
 };
 
-// A big segment and a tail linked to it (Segment::link_rows), which the
+// A big segment and the tails linked to it (Segment::link_rows), which the
 // query engine walks as one graph (index::JointGraph): indexes into
-// Snapshot::segments().
+// Snapshot::segments(), tails in version order.
 struct JointSegments {
   size_t big = 0;
-  size_t tail = 0;
+  std::vector<size_t> tails;
   std::shared_ptr<const index::JointGraph> graph;
 };
 
@@ -71,9 +71,10 @@ class Snapshot {
   const std::string& dir() const { return dir_; }
   int dim() const { return manifest_.dim; }
   const std::vector<SegmentRef>& segments() const { return segments_; }
-  // The version's big segment and the tail linked to it, if it holds both
-  // (the biggest such tail); null otherwise. Built at open in
-  // O(big rows + tail links), shared with `reuse` when it holds the same two.
+  // The version's big segment and the tails linked to it (one between folds,
+  // two while a fold runs); null if it holds no tail with the segment its
+  // links name. Built at open in O(big rows + tail links), shared with
+  // `reuse` when it holds the same segments.
   const JointSegments* joint() const { return joint_.graph != nullptr ? &joint_ : nullptr; }
   // Row numbers are 0..rows()-1, deleted ones included.
   size_t rows() const { return rows_; }
@@ -107,9 +108,9 @@ class Snapshot {
 
  private:
   Snapshot() = default;
-  // Sets joint_ from the segments' links (the biggest linked tail whose
-  // segment is here, as the links name it).
-  void JoinLinkedTail(const Snapshot* reuse);
+  // Sets joint_ from the segments' links: the biggest segment that tails
+  // here link to (as their links name it), and those tails.
+  void JoinLinkedTails(const Snapshot* reuse);
   Manifest manifest_;
   std::string dir_;
   std::vector<SegmentRef> segments_;

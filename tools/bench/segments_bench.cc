@@ -441,16 +441,26 @@ int Run() {
           std::printf("joined %zu segments into a tail of %llu rows (linked) in %.1f s\n",
                       r->merged.size(), static_cast<unsigned long long>(r->rows), Since(t0));
           v = r->version;
-          // With 3: the new tail a fold leaves beside the old one (searched
-          // after the joint walk, bounded, as any segment outside the pair).
+          // With 3: the new tail the merge lanes join while a fold holds the
+          // big segment, linked to it too (walked with it and the old tail).
           for (size_t rows : later) {
-            snapshot::SnapshotUpdate update;
-            update.base_version = *v;
-            update.added = RowsInput(d, first, rows, hnsw);
-            first += rows;
-            absl::StatusOr<snapshot::UpdateResult> u = snapshot::PublishUpdate(root, update);
-            if (!u.ok()) return u.status();
-            v = u->version;
+            std::vector<std::string> halves;
+            for (size_t part : {rows / 2, rows - rows / 2}) {
+              snapshot::SnapshotUpdate update;
+              update.base_version = *v;
+              update.added = RowsInput(d, first, part, hnsw);
+              first += part;
+              absl::StatusOr<snapshot::UpdateResult> u = snapshot::PublishUpdate(root, update);
+              if (!u.ok()) return u.status();
+              v = u->version;
+              halves.push_back(u->segment);
+            }
+            snapshot::MergeRequest second;
+            second.segments = halves;
+            second.threads = threads;
+            absl::StatusOr<snapshot::MergeResult> m = snapshot::MergeSegments(root, second);
+            if (!m.ok()) return m.status();
+            v = m->version;
           }
         }
         absl::StatusOr<uint64_t> del = publish_deletes(root, *v);
@@ -539,10 +549,14 @@ int Run() {
       return 1;
     }
     layouts[i].snap = *snap;
-    std::printf("  %-22s v%llu: %zu segments, %llu live rows%s; opened in %.1f ms\n",
-                layouts[i].name.c_str(), static_cast<unsigned long long>(where[i].second),
-                (*snap)->segments().size(), static_cast<unsigned long long>((*snap)->live_count()),
-                (*snap)->joint() != nullptr ? " (two walked as one)" : "", open_ms);
+    std::printf(
+        "  %-22s v%llu: %zu segments, %llu live rows%s; opened in %.1f ms\n",
+        layouts[i].name.c_str(), static_cast<unsigned long long>(where[i].second),
+        (*snap)->segments().size(), static_cast<unsigned long long>((*snap)->live_count()),
+        (*snap)->joint() != nullptr
+            ? absl::StrCat(" (", (*snap)->joint()->tails.size() + 1, " walked as one)").c_str()
+            : "",
+        open_ms);
   }
   // The queries, prepared as the service prepares a client's vector.
   std::vector<std::vector<float>> queries;
