@@ -22,6 +22,15 @@ std::string ContentChecksum(json j) {
 
 }  // namespace
 
+bool LinksReach(const SegmentLinks& links, absl::string_view name, const Manifest& segment) {
+  if (links.per_row == 0) return false;
+  if (links.segment == name && links.manifest_xxh3 == segment.manifest_xxh3) return true;
+  for (const ExtendedSegment& e : segment.extends) {
+    if (e.segment == links.segment && e.manifest_xxh3 == links.manifest_xxh3) return true;
+  }
+  return false;
+}
+
 std::string ManifestToJson(const Manifest& m) {
   json files = json::object();
   for (const auto& [name, entry] : m.files) {
@@ -66,6 +75,14 @@ std::string ManifestToJson(const Manifest& m) {
     j["links"] = {{"segment", m.links.segment},
                   {"manifest_xxh3", m.links.manifest_xxh3},
                   {"per_row", m.links.per_row}};
+  }
+  if (!m.extends.empty()) {
+    json extends = json::array();
+    for (const ExtendedSegment& e : m.extends) {
+      extends.push_back(
+          {{"segment", e.segment}, {"manifest_xxh3", e.manifest_xxh3}, {"rows", e.rows}});
+    }
+    j["extends"] = extends;
   }
   if (m.shard.sharded()) {
     j["shard"] = {{"collection", m.shard.collection},
@@ -189,6 +206,22 @@ absl::StatusOr<Manifest> ParseManifest(absl::string_view text) {
     if (!(s = get_uint(*links, "per_row", &u)).ok()) return s;
     if (u == 0 || u > 256) return bad("links per_row ", u, " is out of range (1-256)");
     m.links.per_row = static_cast<uint32_t>(u);
+  }
+  if (auto extends = j.find("extends"); extends != j.end()) {
+    if (!extends->is_array()) return bad("field 'extends' is not an array");
+    if (extends->size() > kMaxExtendedSegments) {
+      return bad("field 'extends' lists ", extends->size(), " segments (at most ",
+                 kMaxExtendedSegments, ")");
+    }
+    for (const auto& e : *extends) {
+      if (!e.is_object()) return bad("an 'extends' entry is not an object");
+      ExtendedSegment x;
+      if (!(s = get_string(e, "segment", &x.segment)).ok()) return s;
+      if (!(s = get_string(e, "manifest_xxh3", &x.manifest_xxh3)).ok()) return s;
+      if (!(s = get_uint(e, "rows", &x.rows)).ok()) return s;
+      if (x.rows > m.count) return bad("an 'extends' entry has ", x.rows, " rows of ", m.count);
+      m.extends.push_back(std::move(x));
+    }
   }
   if (m.format == kSingleGraphFormat) return m;
   auto segments = j.find("segments");

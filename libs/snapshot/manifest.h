@@ -52,6 +52,18 @@ struct SegmentLinks {
   uint32_t per_row = 0;       // 0: no links.
 };
 
+// A segment whose graph extends another's (a fold: libs/snapshot/merge_policy.h)
+// keeps that segment's rows first, at the same row numbers, with the same
+// vectors. It lists that segment and the ones that segment extended in turn,
+// nearest first, so that a tail linked to any of them is linked to it too
+// (its links are rows below `rows`).
+struct ExtendedSegment {
+  std::string segment;        // The extended segment's name.
+  std::string manifest_xxh3;  // Its manifest's checksum.
+  uint64_t rows = 0;          // Its rows: this segment's first `rows` rows.
+};
+inline constexpr size_t kMaxExtendedSegments = 8;
+
 // One segment of a format-2 version.
 struct SegmentEntry {
   std::string name;      // Directory name under root/segments/.
@@ -88,9 +100,17 @@ struct Manifest {
   ShardInfo shard;
   // A segment's manifest only: the segment its links.bin links to.
   SegmentLinks links;
+  // A segment's manifest only: the segments its graph extends, nearest first
+  // (at most kMaxExtendedSegments).
+  std::vector<ExtendedSegment> extends;
   // The self-checksum read from (or written to) the JSON; empty if absent.
   std::string manifest_xxh3;
 };
+
+// Whether `links` (a tail's) are rows of the segment `name` whose manifest is
+// `segment`: they name it, or a segment whose rows it keeps first
+// (Manifest::extends).
+bool LinksReach(const SegmentLinks& links, absl::string_view name, const Manifest& segment);
 
 // The JSON carries "manifest_xxh3", the XXH3 of its own content (without
 // that field), so a change that leaves valid JSON is caught too.

@@ -493,6 +493,23 @@ const SegmentRef& Named(const Snapshot& snap, const std::string& name) {
   return snap.segments().front();
 }
 
+// Publishes `rows` on `base` and joins the new segment into `tail`, which
+// the join extends.
+MergeResult JoinInto(const std::string& root, uint64_t base, const std::string& tail,
+                     SyntheticCorpus& rows) {
+  SnapshotUpdate add;
+  add.base_version = base;
+  add.added = rows.WithGraph();
+  auto published = PublishUpdate(root, add);
+  REQUIRE(published.ok());
+  MergeRequest join;
+  join.segments = {tail, published->segment};
+  auto r = MergeSegments(root, join);
+  REQUIRE(r.ok());
+  CHECK(r->extended == tail);
+  return *r;
+}
+
 TEST_CASE("A tail is linked to the big segment beside it, and the version walks both as one") {
   const std::string root = ThreeSegments();  // a: 300 rows (299 live), b: 40, c: 30.
   auto v3 = OpenVersion(root, 3);
@@ -546,32 +563,23 @@ TEST_CASE("A tail is linked to the big segment beside it, and the version walks 
   // Joining one more segment into the tail keeps the tail's links and
   // links only the new rows.
   SyntheticCorpus d = Rows(25, "d", 0, 31);
-  SnapshotUpdate add;
-  add.base_version = u->version;
-  add.added = d.WithGraph();
-  auto u2 = PublishUpdate(root, add);
-  REQUIRE(u2.ok());
-  MergeRequest again;
-  again.segments = {r->segment, u2->segment};
-  auto r2 = MergeSegments(root, again);
-  REQUIRE(r2.ok());
-  CHECK(r2->extended == r->segment);
-  auto v7 = OpenVersion(root, r2->version);
-  const SegmentRef& tail2 = Named(*v7, r2->segment);
+  const MergeResult r2 = JoinInto(root, u->version, r->segment, d);
+  auto v7 = OpenVersion(root, r2.version);
+  const SegmentRef& tail2 = Named(*v7, r2.segment);
   REQUIRE(tail2.segment->link_rows() != nullptr);
   REQUIRE(tail2.segment->rows() == tail.segment->rows() + 25);
   CHECK(std::equal(tail.segment->link_rows(), tail.segment->link_rows() + tail.segment->rows() * 16,
                    tail2.segment->link_rows()));
   REQUIRE(v7->joint() != nullptr);
   REQUIRE(v7->joint()->tails.size() == 1);
-  CHECK(v7->segments()[v7->joint()->tails[0]].name == r2->segment);
+  CHECK(v7->segments()[v7->joint()->tails[0]].name == r2.segment);
 
   // A second tail beside the first, as the merge lanes make one while a
   // fold holds the big segment: linked to a too, and walked with it.
   std::vector<std::string> fresh;
-  uint64_t at = r2->version;
-  for (const char* prefix : {"e", "f"}) {
-    SyntheticCorpus c = Rows(20, prefix, 0, 41);
+  uint64_t at = r2.version;
+  for (auto [prefix, seed] : {std::pair<const char*, uint32_t>{"e", 41}, {"f", 43}}) {
+    SyntheticCorpus c = Rows(20, prefix, 0, seed);
     SnapshotUpdate up;
     up.base_version = at;
     up.added = c.WithGraph();
@@ -588,26 +596,107 @@ TEST_CASE("A tail is linked to the big segment beside it, and the version walks 
   REQUIRE(v10->joint() != nullptr);
   CHECK(v10->segments()[v10->joint()->big].name == a);
   REQUIRE(v10->joint()->tails.size() == 2);
-  CHECK(v10->segments()[v10->joint()->tails[0]].name == r2->segment);
+  CHECK(v10->segments()[v10->joint()->tails[0]].name == r2.segment);
   CHECK(v10->segments()[v10->joint()->tails[1]].name == r4->segment);
 
-  // Folding the first tail into a leaves one graph and a tail whose big
-  // segment is gone: nothing to join.
+  // Folding the first tail into a extends a's graph: the folded segment
+  // keeps a's 300 rows first and says so, and the second tail, linked to a,
+  // is walked with it at once (its links are rows of it too).
   MergeRequest fold;
-  fold.segments = {a, r2->segment};
+  fold.segments = {a, r2.segment};
   auto r3 = MergeSegments(root, fold);
   REQUIRE(r3.ok());
+  CHECK(r3->extended == a);
   auto v8 = OpenVersion(root, r3->version);
-  CHECK(v8->joint() == nullptr);
-  CHECK(Named(*v8, r3->segment).segment->link_rows() == nullptr);
+  const SegmentRef& folded = Named(*v8, r3->segment);
+  CHECK(folded.segment->link_rows() == nullptr);
+  const Manifest& fm = folded.segment->manifest();
+  REQUIRE(fm.extends.size() == 1);
+  CHECK(fm.extends[0].segment == a);
+  CHECK(fm.extends[0].manifest_xxh3 == Named(*v10, a).segment->manifest().manifest_xxh3);
+  CHECK(fm.extends[0].rows == 300);
+  REQUIRE(v8->joint() != nullptr);
+  CHECK(v8->segments()[v8->joint()->big].name == r3->segment);
+  REQUIRE(v8->joint()->tails.size() == 1);
+  const SegmentRef& second_tail = Named(*v8, r4->segment);
+  CHECK(v8->segments()[v8->joint()->tails[0]].name == r4->segment);
+  size_t second_found = 0;
+  for (uint32_t row = 0; row < second_tail.segment->rows(); ++row) {
+    const uint32_t at = second_tail.base + row;
+    auto got = v8->joint()->graph->Search(v8->Vector(at), 1, 32, v8->live(), folded.base,
+                                          {second_tail.base});
+    second_found += !got.empty() && got[0].row == at;
+  }
+  CHECK(second_found == second_tail.segment->rows());
+  // Its next join links it to the folded segment, keeping its rows' links
+  // (rows of a are rows of the folded segment) and searching only the new.
+  SyntheticCorpus g = Rows(12, "g", 0, 51);
+  const MergeResult r5 = JoinInto(root, r3->version, r4->segment, g);
+  auto v12 = OpenVersion(root, r5.version);
+  const SegmentRef& tail3 = Named(*v12, r5.segment);
+  CHECK(tail3.segment->manifest().links.segment == r3->segment);
+  REQUIRE(tail3.segment->link_rows() != nullptr);
+  REQUIRE(tail3.segment->rows() == second_tail.segment->rows() + 12);
+  CHECK(std::equal(second_tail.segment->link_rows(),
+                   second_tail.segment->link_rows() + second_tail.segment->rows() * 16,
+                   tail3.segment->link_rows()));
+  REQUIRE(v12->joint() != nullptr);
+  CHECK(v12->segments()[v12->joint()->big].name == r3->segment);
+
+  // A segment whose links name a segment no longer held (and not extended
+  // by one held) is searched on its own: a rebuilt big segment is new.
+  MergeRequest rebuild;
+  rebuild.segments = {r3->segment};
+  rebuild.extend = false;
+  SnapshotUpdate drop;
+  drop.base_version = r5.version;
+  drop.delete_ids = {"a3"};
+  REQUIRE(PublishUpdate(root, drop).ok());
+  auto r6 = MergeSegments(root, rebuild);
+  REQUIRE(r6.ok());
+  auto v14 = OpenVersion(root, r6->version);
+  CHECK(Named(*v14, r6->segment).segment->manifest().extends.empty());
+  CHECK(v14->joint() == nullptr);
 
   // A truncated links.bin is refused, naming it.
-  const std::string links = absl::StrCat(root, "/segments/", r2->segment, "/", kLinksFile);
+  const std::string links = absl::StrCat(root, "/segments/", r2.segment, "/", kLinksFile);
   fs::resize_file(links, fs::file_size(links) - 4);
-  auto broken = Snapshot::Open(root, r2->version, VerifyMode::kSizes);
+  auto broken = Snapshot::Open(root, r2.version, VerifyMode::kSizes);
   REQUIRE_FALSE(broken.ok());
   CHECK(broken.status().code() == absl::StatusCode::kDataLoss);
   CHECK(absl::StrContains(broken.status().message(), kLinksFile));
+}
+
+TEST_CASE("A segment manifest lists the segments it extends; links to them reach it") {
+  Manifest m;  // A segment's.
+  m.format = kSingleGraphFormat;
+  m.dim = 4;
+  m.count = 500;
+  m.extends = {{"m5-00000001", "0123456789abcdef", 300}, {"s1-00000000", "fedcba9876543210", 200}};
+  auto parsed = ParseManifest(ManifestToJson(m));
+  REQUIRE(parsed.ok());
+  REQUIRE(parsed->extends.size() == 2);
+  CHECK(parsed->extends[1].segment == "s1-00000000");
+  CHECK(parsed->extends[1].rows == 200);
+  CHECK(ManifestToJson(Manifest()).find("\"extends\"") == std::string::npos);
+
+  // Links reach the segment they name, or one that extends it; not one
+  // with another checksum, nor an extended one's other rows.
+  parsed->manifest_xxh3 = "1111111111111111";
+  CHECK(LinksReach({"m9-00000002", "1111111111111111", 16}, "m9-00000002", *parsed));
+  CHECK(LinksReach({"s1-00000000", "fedcba9876543210", 16}, "m9-00000002", *parsed));
+  CHECK_FALSE(LinksReach({"s1-00000000", "0123456789abcdef", 16}, "m9-00000002", *parsed));
+  CHECK_FALSE(LinksReach({"m9-00000002", "2222222222222222", 16}, "m9-00000002", *parsed));
+  CHECK_FALSE(LinksReach({"m9-00000002", "1111111111111111", 0}, "m9-00000002", *parsed));
+
+  m.extends[0].rows = 501;  // More rows than the segment holds.
+  auto bad = ParseManifest(ManifestToJson(m));
+  REQUIRE_FALSE(bad.ok());
+  CHECK(absl::StrContains(bad.status().message(), "'extends' entry has 501 rows of 500"));
+  m.extends.assign(kMaxExtendedSegments + 1, {"s1-00000000", "fedcba9876543210", 1});
+  bad = ParseManifest(ManifestToJson(m));
+  REQUIRE_FALSE(bad.ok());
+  CHECK(absl::StrContains(bad.status().message(), "lists 9 segments"));
 }
 
 TEST_CASE("Merging segments keeps every live row, its vector, attributes and thumbnail") {

@@ -185,8 +185,7 @@ void Snapshot::JoinLinkedTails(const Snapshot* reuse) {
     const SegmentLinks& links = tail.manifest().links;
     if (tail.link_rows() == nullptr) continue;
     for (size_t b = 0; b < segments_.size(); ++b) {
-      if (b != t && segments_[b].name == links.segment &&
-          segments_[b].segment->manifest().manifest_xxh3 == links.manifest_xxh3) {
+      if (b != t && LinksReach(links, segments_[b].name, segments_[b].segment->manifest())) {
         tails_of[b].push_back(t);
       }
     }

@@ -341,6 +341,7 @@ absl::StatusOr<WrittenSegment> WriteSegmentFiles(const std::string& dir, uint64_
     RETURN_IF_ERROR(WriteFileDurably(dir + "/" + kLinksFile, bytes));
     m.links = input.links;
   }
+  m.extends = input.extends;
   RETURN_IF_ERROR(ListFiles(dir, &m.files, &out.bytes));
   const std::string json = ManifestToJson(m);
   out.bytes += json.size();
@@ -818,8 +819,10 @@ void LinkToBigSegment(const Snapshot& base, const std::set<std::string>& chosen,
   if (extended != nullptr) {
     const Segment& ext = *extended->segment;
     const SegmentLinks& had = ext.manifest().links;
-    if (ext.link_rows() != nullptr && had.segment == in->links.segment &&
-        had.manifest_xxh3 == in->links.manifest_xxh3 && had.per_row == kLinksPerRow) {
+    // Its links are kept when they are rows of the target: links to it, or
+    // to a segment whose rows the target keeps first (it was folded since).
+    if (ext.link_rows() != nullptr && had.per_row == kLinksPerRow &&
+        LinksReach(had, target->name, target->segment->manifest())) {
       in->link_rows.assign(ext.link_rows(), ext.link_rows() + ext.rows() * kLinksPerRow);
     } else {
       std::vector<float> kept;
@@ -930,6 +933,16 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
   in.hnsw.threads = request.threads;
   LinkToBigSegment(base, chosen, extended.empty() ? nullptr : biggest, rows.vectors,
                    request.threads, &in);
+  if (!extended.empty()) {
+    // Tails linked to the extended segment (or to those it extends) are
+    // linked to this one too: its first rows are theirs.
+    const Manifest& bm = biggest->segment->manifest();
+    in.extends.push_back({biggest->name, bm.manifest_xxh3, biggest->segment->rows()});
+    for (const ExtendedSegment& e : bm.extends) {
+      if (in.extends.size() == kMaxExtendedSegments) break;
+      in.extends.push_back(e);
+    }
+  }
   const std::string name = absl::StrCat("m", NewSegmentName(start_version).substr(1));
   const std::string building =
       absl::StrCat(root, "/", kSegmentsDir, "/.merging-", name, "-", ::getpid());

@@ -111,6 +111,9 @@ struct SnapshotInput {
   // rows of the segment `links` names.
   SegmentLinks links;
   std::vector<uint32_t> link_rows;
+  // Optional: the segments whose rows this segment's graph keeps first
+  // (manifest.h, ExtendedSegment), nearest first.
+  std::vector<ExtendedSegment> extends;
   // PublishSnapshot: the shard of a collection this root is (shard.h), kept
   // by every later version; every id must belong to it. A root whose CURRENT
   // names another shard (or none) refuses the load: a reshard writes new
