@@ -790,8 +790,8 @@ absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
 // (kLinksPerRow nearest rows each, searched with kLinkSearchEf), so that
 // versions holding both walk them as one graph (index::JointGraph).
 constexpr uint64_t kLinkTargetFactor = 2;
-constexpr uint32_t kLinksPerRow = 16;
-constexpr size_t kLinkSearchEf = 64;
+constexpr uint32_t kLinksPerRow = kTailLinksPerRow;
+constexpr size_t kLinkSearchEf = kTailLinkSearchEf;
 
 // Sets in->links and in->link_rows when the merged rows make a tail of a
 // bigger segment of `base` not among `chosen`. `extended`: the segment whose

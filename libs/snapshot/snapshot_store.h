@@ -180,6 +180,12 @@ absl::StatusOr<UpdateResult> PublishUpdate(const std::string& root, const Snapsh
 // Snapshot::OpenDir opens wherever it is put (a SageMaker model.tar.gz, say).
 absl::Status ExportVersion(const std::string& root, uint64_t version, const std::string& out_dir);
 
+// A tail's links (manifest.h, SegmentLinks): each row's kTailLinksPerRow
+// nearest rows of the big segment, searched with kTailLinkSearchEf
+// (index::NearestRows).
+inline constexpr uint32_t kTailLinksPerRow = 16;
+inline constexpr size_t kTailLinkSearchEf = 64;
+
 struct MergeRequest {
   // The segments of CURRENT's version to merge, by name; empty: the ones
   // `policy` chooses (none: nothing is published).

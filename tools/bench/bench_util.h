@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <ctime>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -90,6 +91,13 @@ std::vector<std::vector<uint32_t>> ExactTopK(const float* queries, size_t nq, co
   }
   for (auto& th : ts) th.join();
   return truth;
+}
+
+// The calling thread's CPU time, in seconds.
+inline double ThreadCpuSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
 // The median of per-round figures (the mean of the middle two for an even

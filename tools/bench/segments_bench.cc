@@ -694,6 +694,28 @@ int Run() {
       std::printf("  %-52s %8.1f us\n", timed[t].label.c_str(), bench::Median(timed[t].us));
     }
   }
+  // What a tail join pays per row it adds for its links: the row searched
+  // in the big segment's graph as MergeSegments does (the held-out queries
+  // stand for new rows), on one thread, in CPU time.
+  if (const snapshot::JointSegments* joint = layouts[1].snap->joint(); joint != nullptr) {
+    const index::MmapHnswSearcher& big =
+        layouts[1].snap->segments()[joint->big].segment->searcher();
+    std::vector<float> rows;
+    for (const auto& q : queries) rows.insert(rows.end(), q.begin(), q.end());
+    std::vector<double> us;
+    for (int r = 0; r < rounds; ++r) {
+      const double cpu0 = bench::ThreadCpuSeconds();
+      auto links = index::NearestRows(big, rows.data(), queries.size(), d.dim,
+                                      snapshot::kTailLinksPerRow, snapshot::kTailLinkSearchEf, 1);
+      us.push_back(1e6 * (bench::ThreadCpuSeconds() - cpu0) / static_cast<double>(queries.size()));
+      (void)links;
+    }
+    std::printf(
+        "\nlinking a new tail row to the big segment (%u nearest of %zu rows, ef %zu, one thread): "
+        "%.1f us of CPU a row (median of %d rounds of %zu rows)\n",
+        snapshot::kTailLinksPerRow, big.size(), snapshot::kTailLinkSearchEf, bench::Median(us),
+        rounds, queries.size());
+  }
   return 0;
 }
 
