@@ -237,6 +237,9 @@ absl::StatusOr<std::shared_ptr<const ServingState>> SnapshotManager::Load(
           ? snapshot::Snapshot::Open(options_.root, *wanted, options_.verify, reuse)
           : snapshot::Snapshot::OpenDir(options_.root, options_.verify, std::nullopt, reuse);
   if (!snap.ok()) return snap.status();
+  // The joint graph of its big segment and tails, built here (or taken from
+  // the live version) so that no query waits for it.
+  (void)(*snap)->joint();
   if (live != nullptr && options_.verify == snapshot::VerifyMode::kSizes) {
     RETURN_IF_ERROR(HashSmallSwap(**snap));
   }

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <set>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -559,6 +560,23 @@ TEST_CASE("A tail is linked to the big segment beside it, and the version walks 
   auto v5 = OpenVersion(root, u->version, v4.get());
   REQUIRE(v5->joint() != nullptr);
   CHECK(v5->joint()->graph == joint->graph);
+  // Opened on its own, the same version builds its graph when first asked,
+  // once, whichever of several threads asks first.
+  auto alone = OpenVersion(root, u->version);
+  std::vector<const JointSegments*> seen(4, nullptr);
+  {
+    std::vector<std::thread> askers;
+    for (size_t i = 0; i < seen.size(); ++i)
+      askers.emplace_back([&, i] { seen[i] = alone->joint(); });
+    for (std::thread& t : askers) t.join();
+  }
+  REQUIRE(seen[0] != nullptr);
+  for (const JointSegments* s : seen) CHECK(s->graph == seen[0]->graph);
+  CHECK(seen[0]->graph != joint->graph);
+  // A version opened beside one that never built it builds its own.
+  auto after_alone = OpenVersion(root, u->version, OpenVersion(root, u->version).get());
+  REQUIRE(after_alone->joint() != nullptr);
+  CHECK(after_alone->joint()->graph != seen[0]->graph);
 
   // Joining one more segment into the tail keeps the tail's links and
   // links only the new rows.

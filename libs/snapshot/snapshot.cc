@@ -197,22 +197,33 @@ void Snapshot::JoinLinkedTails(const Snapshot* reuse) {
   }
   joint_.big = big;
   joint_.tails = tails_of[big];
-  const JointSegments* old = reuse != nullptr ? reuse->joint() : nullptr;
-  bool same = old != nullptr && reuse->segments()[old->big].segment == segments_[big].segment &&
+  // The previous version's graph, if it built one over the same segments
+  // (read without building it: only once it is built is it immutable).
+  const JointSegments* old = reuse != nullptr && reuse->joint_built_.load(std::memory_order_acquire)
+                                 ? &reuse->joint_
+                                 : nullptr;
+  bool same = old != nullptr && old->graph != nullptr &&
+              reuse->segments()[old->big].segment == segments_[big].segment &&
               old->tails.size() == joint_.tails.size();
   for (size_t i = 0; same && i < joint_.tails.size(); ++i) {
     same = reuse->segments()[old->tails[i]].segment == segments_[joint_.tails[i]].segment;
   }
   if (same) {
     joint_.graph = old->graph;
-    return;
+    joint_built_.store(true, std::memory_order_release);
   }
+}
+
+void Snapshot::BuildJoint() const {
+  absl::MutexLock lock(&joint_mu_);
+  if (joint_built_.load(std::memory_order_relaxed)) return;
   std::vector<index::JointGraph::Tail> tails;
   for (size_t t : joint_.tails) {
     const Segment& tail = *segments_[t].segment;
     tails.push_back({&tail.searcher(), tail.link_rows(), tail.manifest().links.per_row});
   }
-  joint_.graph = index::JointGraph::Join(segments_[big].segment->searcher(), tails);
+  joint_.graph = index::JointGraph::Join(segments_[joint_.big].segment->searcher(), tails);
+  joint_built_.store(true, std::memory_order_release);
 }
 
 std::pair<const SegmentRef*, uint32_t> Snapshot::Locate(uint32_t row) const {

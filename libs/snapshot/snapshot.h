@@ -14,6 +14,7 @@
 #ifndef IMAGESEARCH_LIBS_SNAPSHOT_SNAPSHOT_H_
 #define IMAGESEARCH_LIBS_SNAPSHOT_SNAPSHOT_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -23,6 +24,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "libs/index/row_filter.h"
 #include "libs/snapshot/manifest.h"
 #include "libs/snapshot/segment.h"
@@ -73,9 +75,16 @@ class Snapshot {
   const std::vector<SegmentRef>& segments() const { return segments_; }
   // The version's big segment and the tails linked to it (one between folds,
   // two while a fold runs); null if it holds no tail with the segment its
-  // links name. Built at open in O(big rows + tail links), shared with
-  // `reuse` when it holds the same segments.
-  const JointSegments* joint() const { return joint_.graph != nullptr ? &joint_ : nullptr; }
+  // links name. Its graph is built on the first call, in O(big rows + tail
+  // links) (searchers call it once right after opening, off the query path;
+  // a writer that opens versions to merge or publish never pays for it), or
+  // shared with `reuse` when that held the same segments and had built it.
+  // Thread-safe.
+  const JointSegments* joint() const {
+    if (joint_.tails.empty()) return nullptr;
+    if (!joint_built_.load(std::memory_order_acquire)) BuildJoint();
+    return joint_.graph != nullptr ? &joint_ : nullptr;
+  }
   // Row numbers are 0..rows()-1, deleted ones included.
   size_t rows() const { return rows_; }
   // Rows served: rows() less the deleted ones (the manifest's count).
@@ -108,13 +117,19 @@ class Snapshot {
 
  private:
   Snapshot() = default;
-  // Sets joint_ from the segments' links: the biggest segment that tails
-  // here link to (as their links name it), and those tails.
+  // Sets joint_'s segments from their links: the biggest segment that tails
+  // here link to (as their links name it), and those tails; and its graph
+  // when `reuse` built one over the same segments.
   void JoinLinkedTails(const Snapshot* reuse);
+  void BuildJoint() const;  // Builds joint_.graph once (joint_mu_).
   Manifest manifest_;
   std::string dir_;
   std::vector<SegmentRef> segments_;
-  JointSegments joint_;
+  // Its segments are set at open; its graph by BuildJoint, before
+  // joint_built_ is set (and never changed after).
+  mutable JointSegments joint_;
+  mutable std::atomic<bool> joint_built_{false};
+  mutable absl::Mutex joint_mu_;
   size_t rows_ = 0;
   std::shared_ptr<const index::RowFilter> live_;
   bool has_thumbnails_ = false;
