@@ -787,11 +787,9 @@ absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
 
 // A merged segment at most 1/kLinkTargetFactor the size of the biggest
 // segment left beside it is a tail: it is linked to that segment
-// (kLinksPerRow nearest rows each, searched with kLinkSearchEf), so that
+// (kTailLinksPerRow nearest rows each, searched with kTailLinkSearchEf), so that
 // versions holding both walk them as one graph (index::JointGraph).
 constexpr uint64_t kLinkTargetFactor = 2;
-constexpr uint32_t kLinksPerRow = kTailLinksPerRow;
-constexpr size_t kLinkSearchEf = kTailLinkSearchEf;
 
 // Sets in->links and in->link_rows when the merged rows make a tail of a
 // bigger segment of `base` not among `chosen`. `extended`: the segment whose
@@ -813,17 +811,17 @@ void LinkToBigSegment(const Snapshot& base, const std::set<std::string>& chosen,
   const size_t dim = static_cast<size_t>(in->dim);
   const int n_threads =
       threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  in->links = {target->name, target->segment->manifest().manifest_xxh3, kLinksPerRow};
+  in->links = {target->name, target->segment->manifest().manifest_xxh3, kTailLinksPerRow};
   in->link_rows.clear();
-  in->link_rows.reserve(in->count * kLinksPerRow);
+  in->link_rows.reserve(in->count * kTailLinksPerRow);
   if (extended != nullptr) {
     const Segment& ext = *extended->segment;
     const SegmentLinks& had = ext.manifest().links;
     // Its links are kept when they are rows of the target: links to it, or
-    // to a segment whose rows the target keeps first (it was folded since).
-    if (ext.link_rows() != nullptr && had.per_row == kLinksPerRow &&
+    // to a segment whose rows the target keeps first (Manifest::extends).
+    if (ext.link_rows() != nullptr && had.per_row == kTailLinksPerRow &&
         LinksReach(had, target->name, target->segment->manifest())) {
-      in->link_rows.assign(ext.link_rows(), ext.link_rows() + ext.rows() * kLinksPerRow);
+      in->link_rows.assign(ext.link_rows(), ext.link_rows() + ext.rows() * kTailLinksPerRow);
     } else {
       std::vector<float> kept;
       kept.reserve(ext.rows() * dim);
@@ -831,13 +829,13 @@ void LinkToBigSegment(const Snapshot& base, const std::set<std::string>& chosen,
         const float* v = ext.searcher().Vector(r);
         kept.insert(kept.end(), v, v + dim);
       }
-      in->link_rows = index::NearestRows(big, kept.data(), ext.rows(), dim, kLinksPerRow,
-                                         kLinkSearchEf, n_threads);
+      in->link_rows = index::NearestRows(big, kept.data(), ext.rows(), dim, kTailLinksPerRow,
+                                         kTailLinkSearchEf, n_threads);
     }
   }
   const size_t fresh = vectors.size() / dim;
-  const std::vector<uint32_t> added =
-      index::NearestRows(big, vectors.data(), fresh, dim, kLinksPerRow, kLinkSearchEf, n_threads);
+  const std::vector<uint32_t> added = index::NearestRows(
+      big, vectors.data(), fresh, dim, kTailLinksPerRow, kTailLinkSearchEf, n_threads);
   in->link_rows.insert(in->link_rows.end(), added.begin(), added.end());
 }
 
