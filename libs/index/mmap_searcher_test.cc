@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <thread>
@@ -485,6 +486,64 @@ TEST_CASE("Concurrent searches give the same answers as serial ones") {
   }
   for (auto& th : threads) th.join();
   CHECK(mismatches == 0);
+}
+
+TEST_CASE("An extended graph holds the base rows and the new ones as hnswlib reads it") {
+  const size_t base = 1500, added = 500, n = base + added, dim = 32;
+  const Metric metric = Metric::kL2;
+  const std::vector<float> data = ClusteredVectors(n, dim, 32, 7);
+  const std::string dir = MakeTempDir();
+  HnswParams params;
+  params.m = 8;
+  params.ef_construction = 40;
+  const std::string base_graph = dir + "/base.hnsw";
+  REQUIRE(BuildHnswGraph(data.data(), base, dim, metric, params, base_graph, dir + "/base.offsets")
+              .ok());
+  auto extend = [&](const std::string& from, const std::string& to) {
+    return HnswExtendGraphWriter(from, base, data.data() + base * dim, added, dim, metric, params)(
+        to + ".hnsw", to + ".offsets");
+  };
+
+  SECTION("every row, old and new, is found by hnswlib's own loader and by ours") {
+    absl::Status s = extend(base_graph, dir + "/ext");
+    INFO(s.ToString());
+    REQUIRE(s.ok());
+    auto ref = HnswlibIndex::Load(dir + "/ext.hnsw", dim, metric);
+    REQUIRE(ref.ok());
+    (*ref)->SetEf(50);
+    size_t found_base = 0, found_added = 0;
+    for (size_t r = 0; r < n; ++r) {
+      auto got = (*ref)->Search(&data[r * dim], 1);
+      const bool self = got.size() == 1 && got[0].second == r && got[0].first == 0.0f;
+      (r < base ? found_base : found_added) += self ? 1 : 0;
+    }
+    CHECK(found_base >= base * 99 / 100);
+    CHECK(found_added >= added * 99 / 100);
+    auto ours = MmapHnswSearcher::Open(dir + "/ext.hnsw", dir + "/ext.offsets", dim, metric, n);
+    REQUIRE(ours.ok());
+    Built ext{dir + "/ext.hnsw", dir + "/ext.offsets", "", data};
+    ExpectSameAsHnswlib(**ours, ext, dim, metric, data, 50);
+  }
+  SECTION("a base graph with malformed link lists is refused, not loaded") {
+    auto bytes = ReadFileToString(base_graph);
+    REQUIRE(bytes.ok());
+    REQUIRE(WriteFileDurably(dir + "/trailing.hnsw", *bytes + "oops").ok());
+    absl::Status s = extend(dir + "/trailing.hnsw", dir + "/ext1");
+    CHECK(s.code() == absl::StatusCode::kDataLoss);
+    CHECK(s.message().find("trailing bytes") != std::string::npos);
+
+    auto h = ParseHnswHeader(bytes->data(), bytes->size(), dim);
+    REQUIRE(h.ok());
+    std::string corrupt = *bytes;
+    uint32_t size0;
+    std::memcpy(&size0, &corrupt[h->upper_begin()], 4);
+    const uint32_t bad = size0 + 3;  // not a whole number of levels
+    std::memcpy(&corrupt[h->upper_begin()], &bad, 4);
+    REQUIRE(WriteFileDurably(dir + "/malformed.hnsw", corrupt).ok());
+    s = extend(dir + "/malformed.hnsw", dir + "/ext2");
+    CHECK(s.code() == absl::StatusCode::kDataLoss);
+    CHECK(s.message().find("element 0 has a malformed upper link list") != std::string::npos);
+  }
 }
 
 TEST_CASE("Truncated or inconsistent graph files are refused with a reason") {
