@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <x86intrin.h>
 
 #include <algorithm>
@@ -169,6 +171,18 @@ bool NormalizeInPlace(float* v, size_t dim) {
 
 namespace {
 
+// Asks for transparent huge pages over the page-aligned part of [p, p+bytes)
+// (a graph's level-0 block): it is written once and then read at random by
+// every insert, so 2 MiB pages save a page fault per 4 KiB at first touch
+// (half a fold's copy of level 0 went to faults on this VM) and TLB misses
+// after. Advice only: where THP is off, nothing changes.
+void AdviseHugePages(void* p, size_t bytes) {
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(page - 1);
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+}
+
 // What hnswlib's loadIndex does, for a graph about to be extended: level 0
 // copied from the mapped file in one piece into a block with room for `extra`
 // more rows, and each upper link list copied from the map. loadIndex reads
@@ -237,6 +251,7 @@ std::unique_ptr<hnswlib::HierarchicalNSW<float>> LoadGraphForExtend(
   x.linkLists_ =
       static_cast<char**>(HnswlibMalloc(sizeof(void*) * std::max<size_t>(max_elements, 1)));
   if (x.data_level0_memory_ == nullptr || x.linkLists_ == nullptr) throw std::bad_alloc();
+  AdviseHugePages(x.data_level0_memory_, max_elements * h.size_data_per_element);
   std::memcpy(x.data_level0_memory_, file.data() + kHnswHeaderSize, n * h.size_data_per_element);
   x.label_lookup_.reserve(max_elements);
   for (size_t i = 0; i < n; ++i) {
@@ -267,6 +282,8 @@ class HnswStreamBuilderImpl final : public HnswStreamBuilder {
     index_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(
         space_.get(), std::max<size_t>(initial_capacity, 1), params.m, params.ef_construction,
         params.seed);
+    AdviseHugePages(index_->data_level0_memory_,
+                    index_->max_elements_ * index_->size_data_per_element_);
   }
   // Loads the graph in `file` (its header `h` checked by ParseHnswHeader)
   // with room for `extra` more rows (LoadGraphForExtend).
@@ -292,6 +309,8 @@ class HnswStreamBuilderImpl final : public HnswStreamBuilder {
     try {
       if (size_ + count > index_->max_elements_) {
         index_->resizeIndex(std::max(size_ + count, 2 * index_->max_elements_));
+        AdviseHugePages(index_->data_level0_memory_,
+                        index_->max_elements_ * index_->size_data_per_element_);
       }
       std::atomic<bool> bad_row{false};
       std::atomic<uint64_t> bad_label{0};
