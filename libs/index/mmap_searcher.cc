@@ -1,9 +1,13 @@
 #include "libs/index/mmap_searcher.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <queue>
 #include <thread>
 #include <utility>
@@ -311,10 +315,39 @@ std::vector<uint32_t> NearestRows(const MmapHnswSearcher& graph, const float* ve
   return links;
 }
 
+void* AllocateArray(size_t bytes) {
+  constexpr size_t kHugePage = size_t{2} << 20;
+  void* p = nullptr;
+  if (bytes >= kHugePage) {
+    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    p = std::aligned_alloc(kHugePage, rounded);
+    if (p != nullptr) ::madvise(p, rounded, MADV_HUGEPAGE);  // Advice only.
+  } else {
+    p = std::malloc(std::max<size_t>(bytes, 1));
+  }
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+
+void FreeArray(void* p) { std::free(p); }
+
 std::unique_ptr<JointGraph> JointGraph::Join(const MmapHnswSearcher& big,
-                                             const std::vector<Tail>& tails) {
+                                             const std::vector<Tail>& tails, uint64_t big_key,
+                                             const JointGraph* previous) {
   std::unique_ptr<JointGraph> j(new JointGraph());
   j->big_ = &big;
+  j->big_key_ = big_key;
+  // The previous join's part named `key` with `per` links an element, if
+  // it joined the same big graph.
+  auto previous_part = [&](uint64_t key, uint32_t per) -> const Part* {
+    if (previous == nullptr || key == 0 || big_key == 0 || previous->big_key_ != big_key) {
+      return nullptr;
+    }
+    for (const Part& p : previous->tails_) {
+      if (p.key == key && p.per == per) return &p;
+    }
+    return nullptr;
+  };
   const size_t n = big.size();
   auto internal_of = [](const MmapHnswSearcher& g, uint64_t row) {
     uint32_t id;
@@ -334,13 +367,34 @@ std::unique_ptr<JointGraph> JointGraph::Join(const MmapHnswSearcher& big,
     part.index = index;
     part.first = static_cast<uint32_t>(first);
     part.per = static_cast<uint32_t>(tail.per_row);
-    part.to_big.assign(t * tail.per_row, kNoRow);
+    part.key = tail.key;
+    // Rows whose element links are known already: every row of a tail the
+    // previous join held, or the rows of the tail this one extends (the
+    // same elements, numbered first: an extended graph appends).
+    size_t known = 0;
+    const size_t links = t * tail.per_row;
+    if (const Part* same = previous_part(tail.key, part.per);
+        same != nullptr && same->to_big.size() == links) {
+      part.to_big = same->to_big;
+      known = t;
+    } else if (const Part* from = previous_part(tail.extends_key, part.per);
+               from != nullptr && tail.extends_rows <= t &&
+               from->to_big.size() == tail.extends_rows * tail.per_row) {
+      part.to_big.reserve(links);
+      part.to_big.assign(from->to_big.begin(), from->to_big.end());
+      part.to_big.resize(links, kNoRow);
+      known = tail.extends_rows;
+    } else {
+      part.to_big.assign(links, kNoRow);
+    }
     // Row to element through the offsets file's map (4 bytes a row), not
     // the elements' labels: reading a label touches a page of the graph
     // per element, the whole tail's vectors (200 MB for 90k rows at 512-d).
-    for (size_t row = 0; row < t; ++row) {
+    for (size_t row = known; row < t; ++row) {
       const uint32_t id = internal_of(g, row);
-      if (id >= t) continue;  // A corrupt map: the element keeps no links.
+      // A corrupt map: the element keeps no links (nor does one of the
+      // known rows' elements get others).
+      if (id >= t || id < known) continue;
       for (size_t i = 0; i < tail.per_row; ++i) {
         const uint32_t to = tail.links[row * tail.per_row + i];
         if (to >= n) continue;

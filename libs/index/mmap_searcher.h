@@ -152,6 +152,32 @@ class MmapHnswSearcher {
   HalfDistanceFn half_dist_ = nullptr;
 };
 
+// Memory for arrays of a few MiB and more that are built again and again
+// (a joint graph's, at every change of a version's tails): from 2 MiB up on
+// transparent huge pages (madvise), so that filling them takes a page fault
+// per 2 MiB rather than per 4 KiB (a third of a join's time on a
+// paravirtualised VM). Throws std::bad_alloc.
+void* AllocateArray(size_t bytes);
+void FreeArray(void* p);
+template <typename T>
+struct ArrayAllocator {
+  using value_type = T;
+  ArrayAllocator() = default;
+  template <typename U>
+  ArrayAllocator(const ArrayAllocator<U>&) {}  // NOLINT(google-explicit-constructor)
+  T* allocate(size_t n) { return static_cast<T*>(AllocateArray(n * sizeof(T))); }
+  void deallocate(T* p, size_t) { FreeArray(p); }
+  template <typename U>
+  bool operator==(const ArrayAllocator<U>&) const {
+    return true;
+  }
+  template <typename U>
+  bool operator!=(const ArrayAllocator<U>&) const {
+    return false;
+  }
+};
+using LargeIdArray = std::vector<uint32_t, ArrayAllocator<uint32_t>>;
+
 // Graphs walked as one: a segmented snapshot's big segment and the tails
 // beside it (one between folds, two while a fold runs), whose rows were
 // never inserted into the big graph. Each tail row is linked to its nearest
@@ -172,10 +198,23 @@ class JointGraph {
     const uint32_t* links =
         nullptr;  // Per tail row, `per_row` rows of the big graph (kNoRow: none).
     size_t per_row = 0;
+    // Optional, for Join's `previous`: what names this tail's graph and
+    // links (0: nothing), and a tail whose graph this one's extends: its
+    // first `extends_rows` rows are that tail's, the same elements with the
+    // same links.
+    uint64_t key = 0;
+    uint64_t extends_key = 0;
+    size_t extends_rows = 0;
   };
   // Links out of range are dropped. Costs O(big.size() + the tails' links).
+  // `big_key` names the big graph (0: nothing). With `previous`, a join of
+  // the same big graph (by key), a tail it holds by key, or the rows a tail
+  // extends, take its element links as they are instead of mapping each
+  // link's row to an element again (a random read of the big graph's
+  // offsets a link: most of a join's cost at 1M rows).
   static std::unique_ptr<JointGraph> Join(const MmapHnswSearcher& big,
-                                          const std::vector<Tail>& tails);
+                                          const std::vector<Tail>& tails, uint64_t big_key = 0,
+                                          const JointGraph* previous = nullptr);
 
   // As MmapHnswSearcher::Search over all the graphs: up to k nearest rows,
   // nearest first. Rows are one space, the big graph's rows from
@@ -197,7 +236,8 @@ class JointGraph {
     size_t index = 0;  // Its place in Join's `tails` (and Search's `tail_offsets`).
     uint32_t first = 0;
     uint32_t per = 0;
-    std::vector<uint32_t> to_big;
+    uint64_t key = 0;  // Tail::key
+    LargeIdArray to_big;
   };
   JointGraph() = default;
   // The tail holding joint id `id` (>= the big graph's size).
@@ -207,12 +247,13 @@ class JointGraph {
     return tails_[i];
   }
   const MmapHnswSearcher* big_ = nullptr;
+  uint64_t big_key_ = 0;
   std::vector<Part> tails_;
   uint32_t count_ = 0;  // Joint ids: the big graph's, then each tail's.
   // Big element i's links into the tails, as joint ids, at
   // big_to_tail_[big_begin_[i] .. big_begin_[i + 1]).
-  std::vector<uint32_t> big_begin_;
-  std::vector<uint32_t> big_to_tail_;
+  LargeIdArray big_begin_;
+  LargeIdArray big_to_tail_;
 };
 
 // For each of `count` prepared vectors (`dim` floats each, one after the

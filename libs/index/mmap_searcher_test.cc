@@ -449,6 +449,83 @@ TEST_CASE("Two tails linked to one big graph are walked with it as one") {
   CHECK(found_in[2] >= 0.9 * static_cast<double>(wanted_in[2]));
 }
 
+TEST_CASE("A join from a previous one takes its tails' links and walks as a join from scratch") {
+  // Tail rows r % 10 == 9; the tail's graph built over its first half, then
+  // extended with the rest, as a tail join extends it.
+  constexpr size_t kRows = 6000, kDim = 32, kPer = 16;
+  const std::vector<float> all = ClusteredVectors(kRows + 200, kDim, 32, 29);
+  std::vector<float> big_rows, tail_rows;
+  for (size_t r = 0; r < kRows; ++r) {
+    auto v = Prepared(&all[r * kDim], kDim, Metric::kCosine);
+    auto& to = r % 10 == 9 ? tail_rows : big_rows;
+    to.insert(to.end(), v.begin(), v.end());
+  }
+  const size_t big_count = big_rows.size() / kDim, tail_count = tail_rows.size() / kDim;
+  const size_t half = tail_count / 2;
+  HnswParams params;
+  params.m = 16;
+  params.ef_construction = 100;
+  params.threads = 1;
+  const std::string dir = MakeTempDir();
+  REQUIRE(BuildHnswGraph(big_rows.data(), big_count, kDim, Metric::kCosine, params,
+                         dir + "/big.hnsw", dir + "/big.offsets")
+              .ok());
+  REQUIRE(BuildHnswGraph(tail_rows.data(), half, kDim, Metric::kCosine, params, dir + "/t0.hnsw",
+                         dir + "/t0.offsets")
+              .ok());
+  REQUIRE(HnswExtendGraphWriter(dir + "/t0.hnsw", half, tail_rows.data() + half * kDim,
+                                tail_count - half, kDim, Metric::kCosine,
+                                params)(dir + "/t1.hnsw", dir + "/t1.offsets")
+              .ok());
+  auto open = [&](const std::string& name, size_t count) {
+    auto s = MmapHnswSearcher::Open(dir + "/" + name + ".hnsw", dir + "/" + name + ".offsets", kDim,
+                                    Metric::kCosine, count);
+    REQUIRE(s.ok());
+    return std::move(*s);
+  };
+  auto big = open("big", big_count);
+  auto t0 = open("t0", half);
+  auto t1 = open("t1", tail_count);
+  const std::vector<uint32_t> links =
+      NearestRows(*big, tail_rows.data(), tail_count, kDim, kPer, 64, 2);
+  // The extended tail's links with its first half's missing: a join that
+  // takes those from the previous join walks as if they were there.
+  std::vector<uint32_t> no_prefix = links;
+  std::fill(no_prefix.begin(), no_prefix.begin() + half * kPer, JointGraph::kNoRow);
+
+  const uint64_t kBig = 7, kT0 = 11, kT1 = 13;
+  auto fresh = JointGraph::Join(*big, {{t1.get(), links.data(), kPer, kT1}}, kBig);
+  auto prev = JointGraph::Join(*big, {{t0.get(), links.data(), kPer, kT0}}, kBig);
+  JointGraph::Tail extends{t1.get(), no_prefix.data(), kPer, kT1, kT0, half};
+  auto from_prev = JointGraph::Join(*big, {extends}, kBig, prev.get());
+  auto other_big = JointGraph::Join(*big, {extends}, kBig + 1, prev.get());
+  // The same tail by key: its links taken whole (here none given at all).
+  std::vector<uint32_t> none(links.size(), JointGraph::kNoRow);
+  auto same = JointGraph::Join(*big, {{t1.get(), none.data(), kPer, kT1}}, kBig, fresh.get());
+
+  size_t differ_without = 0;
+  for (size_t i = kRows; i < kRows + 200; ++i) {
+    const auto q = Prepared(&all[i * kDim], kDim, Metric::kCosine);
+    const auto want = fresh->Search(q.data(), 10, 32, nullptr, 0, {big_count});
+    REQUIRE(want.size() == 10);
+    for (const auto* j : {from_prev.get(), same.get()}) {
+      const auto got = j->Search(q.data(), 10, 32, nullptr, 0, {big_count});
+      REQUIRE(got.size() == want.size());
+      for (size_t r = 0; r < want.size(); ++r) {
+        CHECK(got[r].row == want[r].row);
+        CHECK(got[r].distance == want[r].distance);
+      }
+    }
+    const auto lost = other_big->Search(q.data(), 10, 32, nullptr, 0, {big_count});
+    differ_without +=
+        !std::equal(lost.begin(), lost.end(), want.begin(), want.end(),
+                    [](const Neighbor& a, const Neighbor& b) { return a.row == b.row; });
+  }
+  // Joined with another big graph's key, nothing is taken from `prev`: the
+  // missing links are missing, and some walks end elsewhere.
+  CHECK(differ_without > 0);
+}
+
 TEST_CASE("Vector(row) returns the stored vector of that row after parallel inserts") {
   const size_t n = 2000, dim = 32;
   Built b = Build(n, dim, Metric::kL2, 50);

@@ -591,6 +591,18 @@ TEST_CASE("A tail is linked to the big segment beside it, and the version walks 
   REQUIRE(v7->joint() != nullptr);
   REQUIRE(v7->joint()->tails.size() == 1);
   CHECK(v7->segments()[v7->joint()->tails[0]].name == r2.segment);
+  // Opened after a version that walked the tail it extends (v5 built its
+  // graph), its graph starts from that one's and walks as v7's own does.
+  auto v7_after = OpenVersion(root, r2.version, v5.get());
+  REQUIRE(v7_after->joint() != nullptr);
+  CHECK(v7_after->joint()->graph != v7->joint()->graph);
+  for (uint32_t row = 0; row < v7->rows(); row += 3) {
+    const std::vector<size_t> bases = {tail2.base};
+    auto want = v7->joint()->graph->Search(v7->Vector(row), 10, 32, nullptr, 0, bases);
+    auto got = v7_after->joint()->graph->Search(v7->Vector(row), 10, 32, nullptr, 0, bases);
+    REQUIRE(got.size() == want.size());
+    for (size_t i = 0; i < got.size(); ++i) CHECK(got[i].row == want[i].row);
+  }
 
   // A second tail beside the first, as the merge lanes make one while a
   // fold holds the big segment: linked to a too, and walked with it.

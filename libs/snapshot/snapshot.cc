@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <map>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "libs/common/file_util.h"
 #include "libs/common/status_macros.h"
@@ -14,6 +15,13 @@
 
 namespace imagesearch::snapshot {
 namespace {
+
+// A segment manifest's XXH3 (16 hex digits) as a number: what names a
+// segment's rows and links to JointGraph::Join. 0 if it does not parse.
+uint64_t ChecksumKey(const std::string& xxh3_hex) {
+  uint64_t key = 0;
+  return absl::SimpleHexAtoi(xxh3_hex, &key) ? key : 0;
+}
 
 // Whether `a` and `b` are the same file (a hard link shared by two versions).
 bool SameInode(const std::string& a, const std::string& b) {
@@ -211,6 +219,8 @@ void Snapshot::JoinLinkedTails(const Snapshot* reuse) {
   if (same) {
     joint_.graph = old->graph;
     joint_built_.store(true, std::memory_order_release);
+  } else if (old != nullptr) {
+    joint_previous_ = old->graph;
   }
 }
 
@@ -220,9 +230,19 @@ void Snapshot::BuildJoint() const {
   std::vector<index::JointGraph::Tail> tails;
   for (size_t t : joint_.tails) {
     const Segment& tail = *segments_[t].segment;
-    tails.push_back({&tail.searcher(), tail.link_rows(), tail.manifest().links.per_row});
+    const Manifest& m = tail.manifest();
+    index::JointGraph::Tail j{&tail.searcher(), tail.link_rows(), m.links.per_row};
+    j.key = ChecksumKey(m.manifest_xxh3);
+    if (!m.extends.empty()) {
+      j.extends_key = ChecksumKey(m.extends.front().manifest_xxh3);
+      j.extends_rows = m.extends.front().rows;
+    }
+    tails.push_back(j);
   }
-  joint_.graph = index::JointGraph::Join(segments_[joint_.big].segment->searcher(), tails);
+  const Segment& big = *segments_[joint_.big].segment;
+  joint_.graph = index::JointGraph::Join(
+      big.searcher(), tails, ChecksumKey(big.manifest().manifest_xxh3), joint_previous_.get());
+  joint_previous_.reset();
   joint_built_.store(true, std::memory_order_release);
 }
 

@@ -119,7 +119,9 @@ class Snapshot {
   Snapshot() = default;
   // Sets joint_'s segments from their links: the biggest segment that tails
   // here link to (as their links name it), and those tails; and its graph
-  // when `reuse` built one over the same segments.
+  // when `reuse` built one over the same segments, else keeps the graph
+  // `reuse` built for BuildJoint to start from (JointGraph::Join's
+  // `previous`).
   void JoinLinkedTails(const Snapshot* reuse);
   void BuildJoint() const;  // Builds joint_.graph once (joint_mu_).
   Manifest manifest_;
@@ -128,6 +130,8 @@ class Snapshot {
   // Its segments are set at open; its graph by BuildJoint, before
   // joint_built_ is set (and never changed after).
   mutable JointSegments joint_;
+  // The previous version's joint graph, until BuildJoint has used it.
+  mutable std::shared_ptr<const index::JointGraph> joint_previous_;
   mutable std::atomic<bool> joint_built_{false};
   mutable absl::Mutex joint_mu_;
   size_t rows_ = 0;
