@@ -559,6 +559,38 @@ int Run() {
             : "",
         open_ms);
   }
+  // What a replica pays for the joint graph when it moves to the segmented
+  // version from the one before it (a tail joined or extended since): the
+  // join from that version's graph, as the query service's loader makes it,
+  // against one from scratch; rounds interleaved.
+  if (layouts[1].snap->joint() != nullptr && where[1].second > 1) {
+    auto before =
+        snapshot::Snapshot::Open(where[1].first, where[1].second - 1, snapshot::VerifyMode::kSizes);
+    if (before.ok() && (*before)->joint() != nullptr) {
+      std::vector<double> from_before_ms, scratch_ms;
+      for (int r = 0; r < std::max(5, absl::GetFlag(FLAGS_rounds)); ++r) {
+        for (const snapshot::Snapshot* reuse :
+             {before->get(), (const snapshot::Snapshot*)nullptr}) {
+          auto snap = snapshot::Snapshot::Open(where[1].first, where[1].second,
+                                               snapshot::VerifyMode::kSizes, reuse);
+          if (!snap.ok()) {
+            std::cerr << snap.status() << "\n";
+            return 1;
+          }
+          const auto joining = Clock::now();
+          (void)(*snap)->joint();
+          (reuse != nullptr ? from_before_ms : scratch_ms).push_back(1e3 * Since(joining));
+        }
+      }
+      std::printf(
+          "  joint graph of v%llu opened after v%llu: %.1f ms from v%llu's, %.1f ms from scratch "
+          "(median of %zu rounds)\n",
+          static_cast<unsigned long long>(where[1].second),
+          static_cast<unsigned long long>(where[1].second - 1), bench::Median(from_before_ms),
+          static_cast<unsigned long long>(where[1].second - 1), bench::Median(scratch_ms),
+          scratch_ms.size());
+    }
+  }
   // The queries, prepared as the service prepares a client's vector.
   std::vector<std::vector<float>> queries;
   for (size_t q = 0; q < d.nq; ++q) {
