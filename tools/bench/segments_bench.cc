@@ -570,7 +570,7 @@ int Run() {
       std::vector<double> from_before_ms, scratch_ms;
       for (int r = 0; r < std::max(5, absl::GetFlag(FLAGS_rounds)); ++r) {
         for (const snapshot::Snapshot* reuse :
-             {before->get(), (const snapshot::Snapshot*)nullptr}) {
+             {before->get(), static_cast<const snapshot::Snapshot*>(nullptr)}) {
           auto snap = snapshot::Snapshot::Open(where[1].first, where[1].second,
                                                snapshot::VerifyMode::kSizes, reuse);
           if (!snap.ok()) {
