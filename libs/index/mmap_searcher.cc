@@ -299,9 +299,26 @@ std::vector<uint32_t> NearestRows(const MmapHnswSearcher& graph, const float* ve
   std::vector<uint32_t> links(count * per_row, JointGraph::kNoRow);
   auto work = [&](size_t begin, size_t end) {
     for (size_t r = begin; r < end; ++r) {
+      // From twice as many nearest rows, HNSW's neighbour heuristic: a row
+      // nearer to one already kept than to the tail row leads where that
+      // one leads, so it costs a walk a distance and adds no direction.
       const std::vector<Neighbor> near =
-          graph.Search(vectors + r * dim, per_row, std::max(ef, per_row));
-      for (size_t i = 0; i < near.size() && i < per_row; ++i) links[r * per_row + i] = near[i].row;
+          graph.Search(vectors + r * dim, 2 * per_row, std::max(ef, 2 * per_row));
+      uint32_t* out = &links[r * per_row];
+      size_t kept = 0;
+      for (size_t i = 0; i < near.size() && kept < per_row; ++i) {
+        const float* v = graph.Vector(near[i].row);
+        bool diverse = true;
+        for (size_t j = 0; j < kept && diverse; ++j) {
+          diverse = graph.Distance(v, graph.Vector(out[j])) >= near[i].distance;
+        }
+        if (diverse) out[kept++] = near[i].row;
+      }
+      // The free slots: the nearest rows skipped, in order, so that a row
+      // keeps per_row links (the walk's recall at a given ef holds).
+      for (size_t i = 0; i < near.size() && kept < per_row; ++i) {
+        if (std::find(out, out + kept, near[i].row) == out + kept) out[kept++] = near[i].row;
+      }
     }
   };
   const size_t n = std::min(count, static_cast<size_t>(std::max(1, threads)));

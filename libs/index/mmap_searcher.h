@@ -117,6 +117,8 @@ class MmapHnswSearcher {
 
   // The stored (prepared) vector of `row`. REQUIRES: row < size().
   const float* Vector(uint32_t row) const;
+  // The graph's distance between two prepared vectors of dim() floats.
+  float Distance(const float* a, const float* b) const { return dist_(a, b, &dim_param_); }
 
   size_t size() const { return header_.count; }
   size_t dim() const { return dim_; }
@@ -258,9 +260,13 @@ class JointGraph {
 };
 
 // For each of `count` prepared vectors (`dim` floats each, one after the
-// other), the rows of `graph` nearest to it, `per_row` of them (searched
-// with `ef`; JointGraph::kNoRow where the graph has fewer), on `threads`
-// threads: the links of a tail to its big segment, row by row.
+// other), `per_row` rows of `graph` near it, chosen as HNSW chooses a node's
+// neighbours: from its 2 x per_row nearest (searched with `ef`), nearest
+// first, each kept unless it is nearer to a row already kept than to the
+// vector; then the free slots filled with the nearest of those skipped, in
+// order (hnswlib's keepPrunedConnections; JointGraph::kNoRow where the graph
+// has fewer rows). On `threads` threads: the links of a tail to its big
+// segment, row by row.
 std::vector<uint32_t> NearestRows(const MmapHnswSearcher& graph, const float* vectors, size_t count,
                                   size_t dim, size_t per_row, size_t ef, int threads);
 

@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <limits>
+#include <set>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -310,6 +311,64 @@ struct JointCase {
     return rows;
   }
 };
+
+TEST_CASE(
+    "A tail row's links: its nearest big rows as HNSW chooses them, then the nearest skipped") {
+  const JointCase c;
+  const size_t per = JointCase::kPerRow;
+  REQUIRE(c.links.size() == c.tail_count * per);
+  size_t diverse_total = 0;
+  for (size_t r = 0; r < c.tail_count; ++r) {
+    const float* row = &c.tail_rows[r * JointCase::kDim];
+    const uint32_t* l = &c.links[r * per];
+    const auto near = c.big->Search(row, 2 * per, 64);
+    REQUIRE(near.size() == 2 * per);
+    auto rank = [&](uint32_t big_row) {
+      for (size_t i = 0; i < near.size(); ++i) {
+        if (near[i].row == big_row) return i;
+      }
+      return near.size();
+    };
+    // Every link one of the 2 x per nearest, none twice; the nearest first.
+    std::set<uint32_t> seen;
+    for (size_t i = 0; i < per; ++i) {
+      REQUIRE(l[i] < c.big_count);
+      CHECK(rank(l[i]) < near.size());
+      CHECK(seen.insert(l[i]).second);
+    }
+    CHECK(l[0] == near[0].row);
+    auto to_row = [&](uint32_t big_row) { return c.big->Distance(row, c.big->Vector(big_row)); };
+    // A diverse prefix: each no nearer to an earlier one than to the row.
+    size_t diverse = 1;
+    for (; diverse < per; ++diverse) {
+      bool ok = true;
+      for (size_t j = 0; j < diverse && ok; ++j) {
+        ok = c.big->Distance(c.big->Vector(l[diverse]), c.big->Vector(l[j])) >= to_row(l[diverse]);
+      }
+      if (!ok) break;
+    }
+    diverse_total += diverse;
+    // The rest were skipped: each nearer to a row of the prefix than to the
+    // row (else the heuristic would have kept it).
+    for (size_t i = diverse; i < per; ++i) {
+      bool near_one = false;
+      for (size_t j = 0; j < diverse && !near_one; ++j) {
+        near_one = c.big->Distance(c.big->Vector(l[i]), c.big->Vector(l[j])) < to_row(l[i]);
+      }
+      CHECK(near_one);
+    }
+    // Within the prefix and after it, nearest first.
+    for (size_t i = 1; i < per; ++i) {
+      if (i != diverse) CHECK(rank(l[i]) > rank(l[i - 1]));
+    }
+  }
+  // On clustered rows most of the nearest crowd together: the diverse
+  // prefix is some of the links, not all (an average of neither 1 nor 16).
+  const double mean = static_cast<double>(diverse_total) / static_cast<double>(c.tail_count);
+  CAPTURE(mean);
+  CHECK(mean > 1.5);
+  CHECK(mean < per - 0.5);
+}
 
 TEST_CASE("A joint walk finds the nearest rows of a big graph and its linked tail as one") {
   JointCase c;

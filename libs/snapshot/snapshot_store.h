@@ -180,9 +180,10 @@ absl::StatusOr<UpdateResult> PublishUpdate(const std::string& root, const Snapsh
 // Snapshot::OpenDir opens wherever it is put (a SageMaker model.tar.gz, say).
 absl::Status ExportVersion(const std::string& root, uint64_t version, const std::string& out_dir);
 
-// A tail's links (manifest.h, SegmentLinks): each row's kTailLinksPerRow
-// nearest rows of the big segment, searched with kTailLinkSearchEf
-// (index::NearestRows).
+// A tail's links (manifest.h, SegmentLinks): for each row, kTailLinksPerRow
+// rows of the big segment chosen among its nearest by HNSW's neighbour
+// heuristic, the rest of its nearest after them, searched with
+// kTailLinkSearchEf (index::NearestRows).
 inline constexpr uint32_t kTailLinksPerRow = 16;
 inline constexpr size_t kTailLinkSearchEf = 64;
 
