@@ -53,27 +53,40 @@ std::vector<std::string> ChooseMerge(const std::vector<SegmentStats>& segments,
       return names;
     }
   }
-  // The tail: between folds, more than max_tail_segments small segments (not
-  // the biggest, none held by another merge) are joined into one, which
-  // extends the biggest of them. Every segment costs a query about one
-  // graph walk, so this keeps a version at the big segment, one tail and
-  // the newest publishes; each join copies the tail (at most fold_pct of the
-  // big segment's rows).
+  // The tails: between folds, the small segments (not the biggest, none held
+  // by another merge) form a ladder. A tail is joined with all the smaller
+  // ones once those hold 1/tail_ratio of its rows (the biggest such tail; the
+  // join extends it), so each tail is about tail_ratio times the sum of the
+  // smaller ones, a join copies what it adds times about tail_ratio, and a
+  // row is written a few times per rung: the rungs grow with the log of the
+  // rows added, the writes with it (one tail joined at every publish would be
+  // copied whole each time: a publish would cost what the tail holds). More
+  // than max_tail_segments of them: the smallest two are joined anyway. Each
+  // tail costs a query little, being linked to the big segment and walked
+  // with it as one graph.
   if (dominant && policy.max_tail_segments > 0) {
     std::vector<size_t> small;
     for (size_t i = 0; i < segments.size(); ++i) {
       if (i != big && is_free(i) && !chosen.count(i)) small.push_back(i);
     }
-    if (small.size() > policy.max_tail_segments) {
-      std::stable_sort(small.begin(), small.end(),
-                       [&](size_t a, size_t b) { return live(a) < live(b); });
-      uint64_t joined_rows = merged_rows;
-      for (size_t i : small) {
-        if (chosen.size() == policy.max_merge_at_once) break;
-        if (joined_rows + live(i) > policy.max_merged_rows) break;
-        chosen.insert(i);
-        joined_rows += live(i);
+    std::stable_sort(small.begin(), small.end(),
+                     [&](size_t a, size_t b) { return live(a) < live(b); });
+    size_t take = 0;  // The smallest `take` are joined.
+    uint64_t below = 0;
+    for (size_t j = 0; j < small.size(); ++j) {
+      if (j > 0 &&
+          static_cast<double>(live(small[j])) <= policy.tail_ratio * static_cast<double>(below)) {
+        take = j + 1;
       }
+      below += live(small[j]);
+    }
+    if (take == 0 && small.size() > policy.max_tail_segments) take = 2;
+    uint64_t joined_rows = merged_rows;
+    for (size_t j = 0; j < take; ++j) {
+      if (chosen.size() == policy.max_merge_at_once) break;
+      if (joined_rows + live(small[j]) > policy.max_merged_rows) break;
+      chosen.insert(small[j]);
+      joined_rows += live(small[j]);
     }
   }
   // Too many segments: join the smallest (floored) ones, within the limits.

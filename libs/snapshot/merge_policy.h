@@ -22,12 +22,17 @@
 //     segment, not a build over all of them; a version then goes back to one
 //     graph, and folds come rarer as it grows (every fold_pct of its size),
 //     so each row's bytes are copied about 100/fold_pct times by folds.
-//   - The tail: between folds, while more than max_tail_segments segments
-//     sit beside the dominant one, they are joined into one (which extends
-//     the biggest of them), so that a version holds the big segment, one tail
-//     and the publishes since the last join. Each join copies the tail (under
-//     fold_pct of the big segment): the write cost that buys queries near one
-//     graph's.
+//   - The tails: between folds, the segments beside the dominant one form a
+//     ladder: a tail is joined with all the smaller ones (the join extends
+//     it) once they hold 1/tail_ratio of its rows. So each rung is about
+//     tail_ratio times the ones below, the rungs grow with the log of the
+//     rows added (with the defaults, 200-row publishes: three segments
+//     beside a 1M-row one, four beside 10M), and a row is written about
+//     tail_ratio/2 times per rung by joins, not once per publish (as one tail
+//     joined at every publish was, copied whole each time). More than
+//     max_tail_segments: the smallest two are joined anyway. Tails are linked
+//     to the big segment and walked with it as one graph, so each costs a
+//     query little.
 //   - With no dominant segment (bulk loads of similar size), tiers after
 //     Lucene's TieredMergePolicy: while the version has more than
 //     segments_per_tier segments, merge the smallest ones (floored at
@@ -62,7 +67,12 @@ struct MergePolicy {
   // Others' live rows (% of the biggest's) that fold them in; 0: never (no
   // tail either: the tiers alone).
   double fold_pct = 10;
-  size_t max_tail_segments = 1;  // Beside a dominant segment, more than this: joined; 0: never.
+  // Beside a dominant segment, more than this: the smallest two joined; 0:
+  // never joined (no ladder either).
+  size_t max_tail_segments = 5;
+  // A tail is joined with the smaller ones once they hold 1/tail_ratio of its
+  // rows (the ladder's rung ratio).
+  double tail_ratio = 8;
 };
 
 struct SegmentStats {

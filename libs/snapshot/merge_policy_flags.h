@@ -1,5 +1,5 @@
 // The merge policy's command-line flags (--segments_per_tier, --fold_pct,
-// --max_tail_segments, --max_merge_at_once, --floor_rows, --deletes_pct_allowed,
+// --max_tail_segments, --tail_ratio, --max_merge_at_once, --floor_rows, --deletes_pct_allowed,
 // --max_merged_rows), defined once for every binary that merges:
 // `imagesearch-snapshot merge` and the ingest service
 // (`imagesearch-indexer serve`), so both take the same names and defaults.

@@ -10,6 +10,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -346,7 +347,7 @@ TEST_CASE("An exported version is self-contained and answers as the original") {
 TEST_CASE("The merge policy folds small segments into the biggest once they weigh enough") {
   MergePolicy p;
   p.fold_pct = 10;
-  p.max_tail_segments = 2;  // The folds alone (the tail is tested below).
+  p.max_tail_segments = 0;  // The folds alone (the tails are tested below).
   std::vector<SegmentStats> light = {{"big", 100'000, 0}, {"s1", 4'000, 0}, {"s2", 5'999, 0}};
   CHECK(ChooseMerge(light, p).empty());  // 9,999 rows: under 10% of the big one.
   std::vector<SegmentStats> heavy = {{"big", 100'000, 20'000}, {"s1", 4'000, 0}, {"s2", 4'000, 0}};
@@ -373,16 +374,40 @@ TEST_CASE("The merge policy folds small segments into the biggest once they weig
   CHECK(ChooseMerge({{"a", 200, 0}, {"b", 200, 0}}, p).empty());
 }
 
-TEST_CASE("Between folds, the merge policy keeps one tail beside the big segment") {
-  MergePolicy p;  // max_tail_segments 1
+TEST_CASE("Between folds, the merge policy keeps a ladder of tails beside the big segment") {
+  MergePolicy p;  // tail_ratio 8, max_tail_segments 5
   p.fold_pct = 10;
   std::vector<SegmentStats> v = {{"big", 100'000, 0}, {"tail", 4'000, 0}};
   CHECK(ChooseMerge(v, p).empty());  // One segment beside the big one: nothing to do.
   v.push_back({"new", 200, 0});
-  // Two: joined (the tail's graph is extended; MergeSegments decides that).
-  CHECK(ChooseMerge(v, p) == std::vector<std::string>{"tail", "new"});
-  p.max_tail_segments = 2;
+  // The tail is more than 8 x 200 rows: a rung of its own, not copied for them.
   CHECK(ChooseMerge(v, p).empty());
+  v.push_back({"newer", 200, 0});
+  // Two of a size: joined (the one extended; MergeSegments decides that).
+  CHECK(ChooseMerge(v, p) == std::vector<std::string>{"new", "newer"});
+  // Once the smaller ones hold an eighth of the tail, the next join takes
+  // them all: the tail is copied once per eighth of its size added.
+  v = {{"big", 100'000, 0}, {"tail", 4'000, 0}, {"small", 300, 0}, {"new", 200, 0}};
+  CHECK(ChooseMerge(v, p) == std::vector<std::string>{"tail", "small", "new"});
+  // More rungs: the biggest rung the ones below reach an eighth of, and those.
+  v = {{"big", 1'000'000, 0}, {"t1", 85'000, 0}, {"t2", 9'000, 0}, {"t3", 900, 0}};
+  CHECK(ChooseMerge(v, p).empty());  // A ladder at rest.
+  v.push_back({"p", 200, 0});
+  CHECK(ChooseMerge(v, p) == std::vector<std::string>{"t3", "p"});
+  v[3].rows = 1'200;  // t3 + p = 1,400 rows: 8 x that reaches t2, not t1.
+  CHECK(ChooseMerge(v, p) == std::vector<std::string>{"t2", "t3", "p"});
+  p.tail_ratio = 1000;  // A ratio as big as the fold's: everything joins one tail.
+  CHECK(ChooseMerge(v, p).size() == 4);
+  // More than max_tail_segments: the smallest two joined, whatever their sizes.
+  p = MergePolicy();
+  p.fold_pct = 10;
+  p.max_tail_segments = 2;
+  v = {{"big", 1'000'000, 0}, {"t1", 85'000, 0}, {"t2", 9'000, 0}, {"t3", 900, 0}};
+  CHECK(ChooseMerge(v, p) == std::vector<std::string>{"t2", "t3"});
+  // One tail: every publish joined into it (the tail copied each time).
+  p.max_tail_segments = 1;
+  v = {{"big", 100'000, 0}, {"tail", 4'000, 0}, {"new", 200, 0}};
+  CHECK(ChooseMerge(v, p) == std::vector<std::string>{"tail", "new"});
   p.max_tail_segments = 0;  // Never: up to segments_per_tier segments may then pile up.
   CHECK(ChooseMerge(v, p).empty());
   p = MergePolicy();
@@ -405,6 +430,66 @@ TEST_CASE("Between folds, the merge policy keeps one tail beside the big segment
   std::vector<SegmentStats> even(10, {"s", 400'000, 0});
   for (int i = 0; i < 10; ++i) even[i].name = "s" + std::to_string(i);
   CHECK(ChooseMerge(even, p).empty());
+}
+
+// Publishes of `publish` rows beside a big segment of `big` rows, each
+// followed by the policy's merges (as the ingest service runs them), until
+// the fold: the rows the tail joins wrote per row added, and the most
+// segments a version held after its merges.
+std::pair<double, size_t> TailWrites(const MergePolicy& p, uint64_t big, uint64_t publish) {
+  std::vector<SegmentStats> v = {{"big", big, 0}};
+  uint64_t added = 0, written = 0;
+  size_t most = 0;
+  for (int n = 0; n < 100'000; ++n) {
+    v.push_back({"p" + std::to_string(n), publish, 0});
+    added += publish;
+    for (std::vector<std::string> chosen = ChooseMerge(v, p); !chosen.empty();
+         chosen = ChooseMerge(v, p)) {
+      if (std::count(chosen.begin(), chosen.end(), "big") > 0) return {1.0 * written / added, most};
+      SegmentStats merged = {"m" + std::to_string(n), 0, 0};
+      for (const std::string& name : chosen) {
+        auto it = std::find_if(v.begin(), v.end(), [&](auto& s) { return s.name == name; });
+        merged.rows += it->rows;
+        v.erase(it);
+      }
+      written += merged.rows;
+      v.push_back(merged);
+    }
+    most = std::max(most, v.size());
+  }
+  return {-1, most};  // No fold.
+}
+
+TEST_CASE("The ladder of tails writes a row a few times before the fold, not once a publish") {
+  MergePolicy p;
+  p.fold_pct = 10;
+  // 200-row publishes into 1M rows, up to the fold (a 100k-row tail).
+  const auto [ladder, ladder_most] = TailWrites(p, 1'000'000, 200);
+  UNSCOPED_INFO("rows written by tail joins per row added at 1M: " << ladder << " (at most "
+                                                                   << ladder_most << " segments)");
+  CHECK(ladder > 1);
+  CHECK(ladder < 20);
+  CHECK(ladder_most <= 1 + p.max_tail_segments);
+  // One tail, joined at every publish: copied whole each time.
+  p.max_tail_segments = 1;
+  const auto [one, one_most] = TailWrites(p, 1'000'000, 200);
+  UNSCOPED_INFO("with one tail: " << one);
+  CHECK(one > 200);
+  CHECK(one_most == 2);
+  // The writes follow the rows added, not the index: from 100k rows to 10M
+  // (100 times the rows to the fold), a row is written at most three times as
+  // often, and the ladder gains two rungs at most.
+  p = MergePolicy();
+  p.max_merged_rows = 20'000'000;  // So that a fold may take 10M rows.
+  const auto [small, small_most] = TailWrites(p, 100'000, 200);
+  const auto [large, large_most] = TailWrites(p, 10'000'000, 200);
+  UNSCOPED_INFO("at 100k: " << small << " (" << small_most << " segments), at 10M: " << large
+                            << " (" << large_most << " segments)");
+  CHECK(small > 1);
+  CHECK(large > 1);
+  CHECK(large < 3 * small);
+  CHECK(large_most <= small_most + 2);
+  CHECK(large_most <= 1 + p.max_tail_segments);
 }
 
 TEST_CASE("The merge policy joins the smallest segments and rewrites over-deleted ones") {
@@ -468,6 +553,7 @@ TEST_CASE("Two merges at once choose disjoint segments of CURRENT") {
                     c = v3->segments()[2].name;
   const MergePolicy p;  // fold_pct 10: 69 rows beside a's 299 fold.
   CHECK(*ChooseMergeInCurrent(root, p) == std::vector<std::string>{a, b, c});
+
   // A fold holds a: the free small segments form the tail meanwhile.
   CHECK(*ChooseMergeInCurrent(root, p, {a}) == std::vector<std::string>{b, c});
   // A join holds b: c's 30 rows alone still pass 10% of a's 299, so a and c fold.
@@ -492,6 +578,94 @@ const SegmentRef& Named(const Snapshot& snap, const std::string& name) {
   }
   FAIL("no segment " << name);
   return snap.segments().front();
+}
+
+// Publishes 20 rows "e" and 20 rows "f" on `base`, one segment each, and
+// joins the two into one (a new tail).
+MergeResult PublishTwoAndJoin(const std::string& root, uint64_t base) {
+  std::vector<std::string> fresh;
+  uint64_t at = base;
+  for (auto [prefix, seed] : {std::pair<const char*, uint32_t>{"e", 41}, {"f", 43}}) {
+    SyntheticCorpus c = Rows(20, prefix, 0, seed);
+    SnapshotUpdate up;
+    up.base_version = at;
+    up.added = c.WithGraph();
+    auto u = PublishUpdate(root, up);
+    REQUIRE(u.ok());
+    at = u->version;
+    fresh.push_back(u->segment);
+  }
+  MergeRequest join;
+  join.segments = fresh;
+  auto r = MergeSegments(root, join);
+  REQUIRE(r.ok());
+  return *r;
+}
+
+TEST_CASE("Joining two linked tails copies every row's links, searching none") {
+  const std::string root = ThreeSegments();  // a: 300 rows, b: 40 (39 live), c: 30.
+  auto v3 = OpenVersion(root, 3);
+  const std::string a = v3->segments()[0].name;
+  MergeRequest first;
+  first.segments = {v3->segments()[1].name, v3->segments()[2].name};
+  auto t1 = MergeSegments(root, first);
+  REQUIRE(t1.ok());
+  CHECK(t1->linked == 70);  // b extended (b2 kept, deleted) and c.
+  // A second tail, of two publishes, with a delete in it.
+  const MergeResult t2 = PublishTwoAndJoin(root, t1->version);
+  CHECK(t2.linked == 40);
+  SnapshotUpdate del;
+  del.base_version = t2.version;
+  del.delete_ids = {"e3"};
+  auto d = PublishUpdate(root, del);
+  REQUIRE(d.ok());
+  auto before = OpenVersion(root, d->version);
+  const SegmentRef& tail1 = Named(*before, t1->segment);
+  const SegmentRef& tail2 = Named(*before, t2.segment);
+  REQUIRE(tail1.segment->link_rows() != nullptr);
+  REQUIRE(tail2.segment->link_rows() != nullptr);
+
+  // The two tails joined (the bigger extended): both were linked to a, so
+  // every row keeps its links, and e3 is dropped with its links.
+  MergeRequest both;
+  both.segments = {t1->segment, t2.segment};
+  auto t3 = MergeSegments(root, both);
+  REQUIRE(t3.ok());
+  CHECK(t3->extended == t1->segment);
+  CHECK(t3->dropped == 1);
+  CHECK(t3->linked == 0);
+  auto after = OpenVersion(root, t3->version);
+  const SegmentRef& tail3 = Named(*after, t3->segment);
+  CHECK(tail3.segment->manifest().links.segment == a);
+  REQUIRE(tail3.segment->rows() == tail1.segment->rows() + 39);
+  REQUIRE(tail3.segment->link_rows() != nullptr);
+  const size_t n1 = tail1.segment->rows();
+  CHECK(std::equal(tail1.segment->link_rows(), tail1.segment->link_rows() + n1 * 16,
+                   tail3.segment->link_rows()));
+  size_t next = n1;
+  for (uint32_t row = 0; row < tail2.segment->rows(); ++row) {
+    if (!before->IsLive(tail2.base + row)) continue;
+    CHECK(std::equal(tail2.segment->link_rows() + row * 16,
+                     tail2.segment->link_rows() + (row + 1) * 16,
+                     tail3.segment->link_rows() + next * 16));
+    ++next;
+  }
+  CHECK(next == tail3.segment->rows());
+  // And the version walks the big segment and the joined tail as one.
+  REQUIRE(after->joint() != nullptr);
+  REQUIRE(after->joint()->tails.size() == 1);
+  size_t found = 0, live = 0;
+  for (uint32_t row = 0; row < tail3.segment->rows(); ++row) {
+    const uint32_t id = tail3.base + row;
+    if (!after->IsLive(id)) continue;
+    ++live;
+    auto got =
+        after->joint()->graph->Search(after->Vector(id), 1, 32, after->live(),
+                                      after->segments()[after->joint()->big].base, {tail3.base});
+    found += !got.empty() && got[0].row == id;
+  }
+  CHECK(live == 69 + 39);
+  CHECK(found == live);
 }
 
 // Publishes `rows` on `base` and joins the new segment into `tail`, which
@@ -520,6 +694,9 @@ TEST_CASE("A tail is linked to the big segment beside it, and the version walks 
   join.segments = {v3->segments()[1].name, v3->segments()[2].name};
   auto r = MergeSegments(root, join);
   REQUIRE(r.ok());
+  // Neither was linked: each row searched in a's graph (b's 40, its deleted
+  // b2 kept in the graph b's extension keeps, and c's 30).
+  CHECK(r->linked == 70);
   auto v4 = OpenVersion(root, r->version);
   const SegmentRef& tail = Named(*v4, r->segment);
   const Manifest& tm = tail.segment->manifest();
@@ -582,6 +759,7 @@ TEST_CASE("A tail is linked to the big segment beside it, and the version walks 
   // links only the new rows.
   SyntheticCorpus d = Rows(25, "d", 0, 31);
   const MergeResult r2 = JoinInto(root, u->version, r->segment, d);
+  CHECK(r2.linked == 25);
   auto v7 = OpenVersion(root, r2.version);
   const SegmentRef& tail2 = Named(*v7, r2.segment);
   REQUIRE(tail2.segment->link_rows() != nullptr);
@@ -606,28 +784,13 @@ TEST_CASE("A tail is linked to the big segment beside it, and the version walks 
 
   // A second tail beside the first, as the merge lanes make one while a
   // fold holds the big segment: linked to a too, and walked with it.
-  std::vector<std::string> fresh;
-  uint64_t at = r2.version;
-  for (auto [prefix, seed] : {std::pair<const char*, uint32_t>{"e", 41}, {"f", 43}}) {
-    SyntheticCorpus c = Rows(20, prefix, 0, seed);
-    SnapshotUpdate up;
-    up.base_version = at;
-    up.added = c.WithGraph();
-    auto u3 = PublishUpdate(root, up);
-    REQUIRE(u3.ok());
-    at = u3->version;
-    fresh.push_back(u3->segment);
-  }
-  MergeRequest second;
-  second.segments = fresh;
-  auto r4 = MergeSegments(root, second);
-  REQUIRE(r4.ok());
-  auto v10 = OpenVersion(root, r4->version);
+  const MergeResult r4 = PublishTwoAndJoin(root, r2.version);
+  auto v10 = OpenVersion(root, r4.version);
   REQUIRE(v10->joint() != nullptr);
   CHECK(v10->segments()[v10->joint()->big].name == a);
   REQUIRE(v10->joint()->tails.size() == 2);
   CHECK(v10->segments()[v10->joint()->tails[0]].name == r2.segment);
-  CHECK(v10->segments()[v10->joint()->tails[1]].name == r4->segment);
+  CHECK(v10->segments()[v10->joint()->tails[1]].name == r4.segment);
 
   // Folding the first tail into a extends a's graph: the folded segment
   // keeps a's 300 rows first and says so, and the second tail, linked to a,
@@ -648,8 +811,8 @@ TEST_CASE("A tail is linked to the big segment beside it, and the version walks 
   REQUIRE(v8->joint() != nullptr);
   CHECK(v8->segments()[v8->joint()->big].name == r3->segment);
   REQUIRE(v8->joint()->tails.size() == 1);
-  const SegmentRef& second_tail = Named(*v8, r4->segment);
-  CHECK(v8->segments()[v8->joint()->tails[0]].name == r4->segment);
+  const SegmentRef& second_tail = Named(*v8, r4.segment);
+  CHECK(v8->segments()[v8->joint()->tails[0]].name == r4.segment);
   size_t second_found = 0;
   for (uint32_t row = 0; row < second_tail.segment->rows(); ++row) {
     const uint32_t at = second_tail.base + row;
@@ -661,7 +824,7 @@ TEST_CASE("A tail is linked to the big segment beside it, and the version walks 
   // Its next join links it to the folded segment, keeping its rows' links
   // (rows of a are rows of the folded segment) and searching only the new.
   SyntheticCorpus g = Rows(12, "g", 0, 51);
-  const MergeResult r5 = JoinInto(root, r3->version, r4->segment, g);
+  const MergeResult r5 = JoinInto(root, r3->version, r4.segment, g);
   auto v12 = OpenVersion(root, r5.version);
   const SegmentRef& tail3 = Named(*v12, r5.segment);
   CHECK(tail3.segment->manifest().links.segment == r3->segment);

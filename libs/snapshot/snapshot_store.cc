@@ -792,12 +792,16 @@ absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
 constexpr uint64_t kLinkTargetFactor = 2;
 
 // Sets in->links and in->link_rows when the merged rows make a tail of a
-// bigger segment of `base` not among `chosen`. `extended`: the segment whose
-// graph the merge extends (its rows come first), whose links are kept when
-// they are to the same segment; `vectors`: the other merged rows' vectors.
-void LinkToBigSegment(const Snapshot& base, const std::set<std::string>& chosen,
-                      const SegmentRef* extended, const std::vector<float>& vectors, int threads,
-                      SnapshotInput* in) {
+// bigger segment of `base` not among `chosen`. Each merged row's links are
+// copied from the segment it comes from when that segment's links are rows
+// of the same segment (links to it, or to one whose rows it keeps first), so
+// a row is searched in the big graph once, not at every join that moves it
+// up the ladder of tails; the other rows are searched. `row_map`: for each
+// merged segment, its rows' merged rows (-1: dropped). Returns the rows
+// searched.
+uint64_t LinkToBigSegment(const Snapshot& base, const std::set<std::string>& chosen,
+                          const std::map<std::string, std::vector<int64_t>>& row_map, int threads,
+                          SnapshotInput* in) {
   const SegmentRef* target = nullptr;
   for (const SegmentRef& ref : base.segments()) {
     if (ref.name.empty() || chosen.count(ref.name)) continue;
@@ -805,38 +809,44 @@ void LinkToBigSegment(const Snapshot& base, const std::set<std::string>& chosen,
   }
   if (in->count == 0 || target == nullptr ||
       target->segment->rows() < kLinkTargetFactor * in->count) {
-    return;
+    return 0;
   }
   const index::MmapHnswSearcher& big = target->segment->searcher();
   const size_t dim = static_cast<size_t>(in->dim);
+  const size_t per = kTailLinksPerRow;
   const int n_threads =
       threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   in->links = {target->name, target->segment->manifest().manifest_xxh3, kTailLinksPerRow};
-  in->link_rows.clear();
-  in->link_rows.reserve(in->count * kTailLinksPerRow);
-  if (extended != nullptr) {
-    const Segment& ext = *extended->segment;
-    const SegmentLinks& had = ext.manifest().links;
-    // Its links are kept when they are rows of the target: links to it, or
-    // to a segment whose rows the target keeps first (Manifest::extends).
-    if (ext.link_rows() != nullptr && had.per_row == kTailLinksPerRow &&
-        LinksReach(had, target->name, target->segment->manifest())) {
-      in->link_rows.assign(ext.link_rows(), ext.link_rows() + ext.rows() * kTailLinksPerRow);
-    } else {
-      std::vector<float> kept;
-      kept.reserve(ext.rows() * dim);
-      for (uint32_t r = 0; r < ext.rows(); ++r) {
-        const float* v = ext.searcher().Vector(r);
-        kept.insert(kept.end(), v, v + dim);
+  in->link_rows.assign(in->count * per, index::JointGraph::kNoRow);
+  std::vector<size_t> to_search;  // Merged rows whose links are searched.
+  std::vector<float> vectors;
+  for (const SegmentRef& ref : base.segments()) {
+    const auto map = row_map.find(ref.name);
+    if (!chosen.count(ref.name) || map == row_map.end()) continue;
+    const Segment& seg = *ref.segment;
+    const SegmentLinks& had = seg.manifest().links;
+    const bool keep = seg.link_rows() != nullptr && had.per_row == per &&
+                      LinksReach(had, target->name, target->segment->manifest());
+    for (uint32_t r = 0; r < seg.rows() && r < map->second.size(); ++r) {
+      const int64_t at = map->second[r];
+      if (at < 0) continue;
+      if (keep) {
+        std::copy(seg.link_rows() + r * per, seg.link_rows() + (r + 1) * per,
+                  in->link_rows.begin() + at * per);
+      } else {
+        to_search.push_back(static_cast<size_t>(at));
+        const float* v = seg.searcher().Vector(r);
+        vectors.insert(vectors.end(), v, v + dim);
       }
-      in->link_rows = index::NearestRows(big, kept.data(), ext.rows(), dim, kTailLinksPerRow,
-                                         kTailLinkSearchEf, n_threads);
     }
   }
-  const size_t fresh = vectors.size() / dim;
-  const std::vector<uint32_t> added = index::NearestRows(
-      big, vectors.data(), fresh, dim, kTailLinksPerRow, kTailLinkSearchEf, n_threads);
-  in->link_rows.insert(in->link_rows.end(), added.begin(), added.end());
+  const std::vector<uint32_t> found = index::NearestRows(big, vectors.data(), to_search.size(), dim,
+                                                         per, kTailLinkSearchEf, n_threads);
+  for (size_t i = 0; i < to_search.size(); ++i) {
+    std::copy(found.begin() + i * per, found.begin() + (i + 1) * per,
+              in->link_rows.begin() + to_search[i] * per);
+  }
+  return to_search.size();
 }
 
 // Whether `pid` is a running process.
@@ -929,8 +939,7 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
   in.hnsw.m = m;
   in.hnsw.ef_construction = ef_construction;
   in.hnsw.threads = request.threads;
-  LinkToBigSegment(base, chosen, extended.empty() ? nullptr : biggest, rows.vectors,
-                   request.threads, &in);
+  const uint64_t linked = LinkToBigSegment(base, chosen, rows.row_map, request.threads, &in);
   if (!extended.empty()) {
     // Tails linked to the extended segment (or to those it extends) are
     // linked to this one too: its first rows are theirs.
@@ -1015,6 +1024,7 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
     r.dropped = rows.dropped;
     r.extended = extended;
     r.kept_deleted = rows.tombstones.size();
+    r.linked = linked;
     const uint64_t deleted_rows = carried.Count();  // Tombstones included.
     if (in.count > 0 && deleted_rows < in.count) {  // A merged segment is placed: its graph's.
       m.hnsw_m = in.hnsw.m;

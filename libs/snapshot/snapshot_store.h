@@ -223,6 +223,9 @@ struct MergeResult {
   // Rows deleted by versions published while the merge ran: deleted in the
   // merged segment too, so no delete is lost.
   uint64_t carried_deletes = 0;
+  // Rows searched in the big segment's graph for their links (a tail join);
+  // the other merged rows' links were copied from the tails they came from.
+  uint64_t linked = 0;
 };
 
 // Merges segments of the CURRENT version into one (their live rows, with

@@ -210,6 +210,17 @@ def cpu_seconds(pid):
         return 0.0
 
 
+def io_bytes(pid):
+    """The process's wchar (bytes it passed to write calls) and write_bytes (bytes
+    it sent to the storage layer), from /proc/PID/io; zeros once it is gone."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            fields = dict(line.split(": ") for line in f.read().splitlines())
+        return int(fields["wchar"]), int(fields["write_bytes"])
+    except (OSError, KeyError, ValueError):
+        return 0, 0
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return [float(x) for x in f.read().split()[:3]]
@@ -549,6 +560,7 @@ def main():
         writer = Writer(stub, 0, a.seconds, True, pool)
         probers = [Prober(r, s, writer, a.visible_timeout_s) for r, s in enumerate(replicas)]
         cpu0, wall0, load0 = cpu(), time.monotonic(), loadavg()
+        io0 = io_bytes(ingest.pid)
         fresh_start = time.time()
         writer.thread.start()
         for pr in probers:
@@ -558,6 +570,7 @@ def main():
             pr.thread.join(timeout=a.visible_timeout_s + 60)
         fresh_end = time.time()
         cpu1, wall1 = cpu(), time.monotonic()
+        io1 = io_bytes(ingest.pid)
         result["freshness_phase"] = {
             "upserts_sent": writer.sent, "upserts_accepted": writer.accepted,
             "achieved_rate": round(writer.sent / max(writer.elapsed, a.seconds), 1),
@@ -569,7 +582,15 @@ def main():
             "probe_rtt_ms": [dist([x * 1e3 for x in pr.rtt]) for pr in probers],
             "probe_errors": [pr.errors for pr in probers],
             "cpu_share": {k: round((cpu1[k] - cpu0[k]) / (wall1 - wall0), 3) for k in cpu0},
-            "loadavg_start": load0, "loadavg_end": loadavg()}
+            "loadavg_start": load0, "loadavg_end": loadavg(),
+            # What the ingest service wrote (publishes and merges) per row
+            # upserted, and that over the row's vector bytes: the write
+            # amplification of the merge policy's joins and folds.
+            "ingest_wrote_mb": round((io1[0] - io0[0]) / 1e6, 1),
+            "ingest_write_bytes_mb": round((io1[1] - io0[1]) / 1e6, 1),
+            "ingest_wrote_per_row_kb": round((io1[0] - io0[0]) / 1e3 / max(1, writer.accepted), 2),
+            "ingest_wrote_over_vector_bytes": round(
+                (io1[0] - io0[0]) / max(1, writer.accepted) / (4 * a.dim), 1)}
         result["upsert_freshness_s"] = freshness(writer.samples, a.replicas)
         result["delete_freshness_s"] = freshness(writer.deletes, a.replicas)
 
@@ -763,6 +784,9 @@ def report(r):
     print(f"probes: {f['probe_calls']} calls, round trip p50 "
           f"{[d['p50'] for d in f['probe_rtt_ms']]} ms, every {a.poll_ms:g} ms")
     print(f"cpu share (cores) during the freshness run: {f['cpu_share']}")
+    print(f"the ingest service wrote {f['ingest_wrote_mb']} MB ({f['ingest_write_bytes_mb']} MB "
+          f"to storage): {f['ingest_wrote_per_row_kb']} kB a row upserted, "
+          f"{f['ingest_wrote_over_vector_bytes']}x the row's vector")
     goal = a.goal_p99_s
     for name in ("upsert", "delete"):
         print(f"{name} -> visible{' (gone)' if name == 'delete' else ''}, "

@@ -13,7 +13,11 @@
 //                 fold, the second written as two publishes joined by
 //                 MergeSegments, as the merge policy joins them: a tail
 //                 linked to the big segment, walked with it as one graph;
-//                 --segments=3 adds a third, the new tail while a fold runs),
+//                 --segments=3 adds a third: the second tail of the merge
+//                 policy's ladder, or the new tail while a fold runs; more
+//                 add more linked tails, each half the one before: 5 is the
+//                 ladder's state while a fold runs, two tails held by the
+//                 fold and two joined meanwhile),
 //                 or --layout=equal;
 // and both again with --deleted (5%) of the rows deleted (one PublishUpdate
 // of deletes on each; the same rows in both). --layout=fold adds what the
@@ -90,8 +94,8 @@ ABSL_FLAG(std::string, layout, "tiered",
           "tiered: half the rows in one segment, the rest in S-1 segments each half the one "
           "before; fold: as tiered with 100/(100+fold_pct) of the rows in the first (the merge "
           "policy's most segmented state); tail: fold with S = 2, the second segment a tail "
-          "joined by MergeSegments (linked to the first, walked with it as one graph), or S = 3 "
-          "with one more segment beside them (a fold running); equal: S segments of N/S rows.");
+          "joined by MergeSegments (linked to the first, walked with it as one graph), or S > 2 "
+          "with more linked tails (each half the one before); equal: S segments of N/S rows.");
 ABSL_FLAG(double, fold_pct, -1,
           "--layout=fold: the rows beside the first segment, in % of its rows; -1: the merge "
           "policy's default fold_pct.");
@@ -336,10 +340,9 @@ int Run() {
     std::cerr << "--layout must be tiered, equal, fold or tail\n";
     return 1;
   }
-  // tail: 2 segments, or 3 (--segments=3: a fold running, a new tail beside the old).
-  const size_t s = layout_flag == "tail"
-                       ? (absl::GetFlag(FLAGS_segments) == 3 ? 3 : 2)
-                       : static_cast<size_t>(std::max(1, absl::GetFlag(FLAGS_segments)));
+  // tail: at least 2 segments (the big one and its first tail).
+  const size_t s =
+      static_cast<size_t>(std::max(layout_flag == "tail" ? 2 : 1, absl::GetFlag(FLAGS_segments)));
   const double deleted_share = absl::GetFlag(FLAGS_deleted);
   if (!(deleted_share >= 0 && deleted_share < 0.5)) {
     std::cerr << "--deleted must be in [0, 0.5)\n";
