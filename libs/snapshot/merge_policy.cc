@@ -24,7 +24,8 @@ std::vector<std::string> ChooseMerge(const std::vector<SegmentStats>& segments,
   }
   // A big segment dominates: the others hold no more rows than it (after a
   // bulk load and the ingest's small segments, say). Then the small ones are
-  // joined into it by the fold and, between folds, into one tail (below);
+  // joined into it by the fold and, between folds, into a ladder of tails
+  // (below);
   // otherwise the tiers (further below) join segments of similar size.
   size_t big = 0;
   uint64_t all = 0;
