@@ -181,9 +181,10 @@ struct ArrayAllocator {
 using LargeIdArray = std::vector<uint32_t, ArrayAllocator<uint32_t>>;
 
 // Graphs walked as one: a segmented snapshot's big segment and the tails
-// beside it (one between folds, two while a fold runs), whose rows were
-// never inserted into the big graph. Each tail row is linked to its nearest
-// rows of the big graph (found when the tail was written: NearestRows), and
+// beside it (the merge policy's ladder of tails, and those joined while a
+// fold runs), whose rows were never inserted into the big graph. Each tail
+// row is linked to rows of the big graph near it (NearestRows, when the row
+// was first linked), and
 // each big row to the tail rows that chose it, so that one best-first walk,
 // entered by the big graph's descent, crosses into a tail where its rows
 // are near and back, as in a graph built over all of them. Searching the

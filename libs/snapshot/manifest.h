@@ -44,7 +44,8 @@ struct FileEntry {
 // may link its rows to that segment's graph, so that a version holding both
 // walks them as one graph (index::JointGraph). links.bin holds, per row of
 // this segment, `per_row` rows of the linked segment (little-endian uint32;
-// 0xFFFFFFFF: none), the nearest found when the segment was written.
+// 0xFFFFFFFF: none), chosen among its nearest when the row was first linked
+// (index::NearestRows) and copied by later joins.
 inline constexpr char kLinksFile[] = "links.bin";
 struct SegmentLinks {
   std::string segment;        // The linked segment's name.

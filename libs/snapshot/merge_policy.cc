@@ -56,15 +56,15 @@ std::vector<std::string> ChooseMerge(const std::vector<SegmentStats>& segments,
   }
   // The tails: between folds, the small segments (not the biggest, none held
   // by another merge) form a ladder. A tail is joined with all the smaller
-  // ones once those hold 1/tail_ratio of its rows (the biggest such tail; the
-  // join extends it), so each tail is about tail_ratio times the sum of the
-  // smaller ones, a join copies what it adds times about tail_ratio, and a
-  // row is written a few times per rung: the rungs grow with the log of the
-  // rows added, the writes with it (one tail joined at every publish would be
-  // copied whole each time: a publish would cost what the tail holds). More
-  // than max_tail_segments of them: the smallest two are joined anyway. Each
-  // tail costs a query little, being linked to the big segment and walked
-  // with it as one graph.
+  // ones once those hold 1/tail_ratio of its rows (the biggest such tail;
+  // MergeSegments extends it when it outweighs them), so each tail is about
+  // tail_ratio times the sum of the smaller ones, a join copies what it adds
+  // times about tail_ratio, and a row is written a few times per rung: the
+  // rungs grow with the log of the rows added, the writes with it (one tail
+  // joined at every publish would be copied whole each time: a publish would
+  // cost what the tail holds). More than max_tail_segments of them: the
+  // smallest two are joined anyway. Each tail costs a query little, being
+  // linked to the big segment and walked with it as one graph.
   if (dominant && policy.max_tail_segments > 0) {
     std::vector<size_t> small;
     for (size_t i = 0; i < segments.size(); ++i) {

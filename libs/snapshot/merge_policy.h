@@ -24,10 +24,11 @@
 //     so each row's bytes are copied about 100/fold_pct times by folds.
 //   - The tails: between folds, the segments beside the dominant one form a
 //     ladder: a tail is joined with all the smaller ones (the join extends
-//     it) once they hold 1/tail_ratio of its rows. So each rung is about
-//     tail_ratio times the ones below, the rungs grow with the log of the
-//     rows added (with the defaults, 200-row publishes: three segments
-//     beside a 1M-row one, four beside 10M), and a row is written about
+//     it when it outweighs them) once they hold 1/tail_ratio of its rows. So
+//     each rung is about tail_ratio times the ones below, the rungs grow with
+//     the log of the rows added (200-row publishes: three segments beside a
+//     1M-row one; four beside 10M, with a max_merged_rows that lets a fold
+//     take 10M), and a row is written about
 //     tail_ratio/2 times per rung by joins, not once per publish (as one tail
 //     joined at every publish was, copied whole each time). More than
 //     max_tail_segments: the smallest two are joined anyway. Tails are linked

@@ -11,7 +11,8 @@ ABSL_FLAG(double, fold_pct, 10,
           "all merge into it (its graph extended); 0: never.");
 ABSL_FLAG(int, max_tail_segments, 5,
           "merge policy: beside a segment that outweighs the others, more segments than this "
-          "(tails) have their smallest two joined; 0: tails are never joined (then the tiers).");
+          "(tails) have their smallest two joined; 0: tails are never joined (they wait for the "
+          "fold).");
 ABSL_FLAG(double, tail_ratio, 8,
           "merge policy: a tail is joined with the smaller ones once they hold 1/tail_ratio of "
           "its rows.");

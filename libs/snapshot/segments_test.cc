@@ -408,7 +408,7 @@ TEST_CASE("Between folds, the merge policy keeps a ladder of tails beside the bi
   p.max_tail_segments = 1;
   v = {{"big", 100'000, 0}, {"tail", 4'000, 0}, {"new", 200, 0}};
   CHECK(ChooseMerge(v, p) == std::vector<std::string>{"tail", "new"});
-  p.max_tail_segments = 0;  // Never: up to segments_per_tier segments may then pile up.
+  p.max_tail_segments = 0;  // Never: small segments then pile up until the fold.
   CHECK(ChooseMerge(v, p).empty());
   p = MergePolicy();
   p.fold_pct = 10;
@@ -439,14 +439,14 @@ TEST_CASE("Between folds, the merge policy keeps a ladder of tails beside the bi
 std::pair<double, size_t> TailWrites(const MergePolicy& p, uint64_t big, uint64_t publish) {
   std::vector<SegmentStats> v = {{"big", big, 0}};
   uint64_t added = 0, written = 0;
-  size_t most = 0;
+  size_t most = 0, merges = 0;
   for (int n = 0; n < 100'000; ++n) {
     v.push_back({"p" + std::to_string(n), publish, 0});
     added += publish;
     for (std::vector<std::string> chosen = ChooseMerge(v, p); !chosen.empty();
          chosen = ChooseMerge(v, p)) {
       if (std::count(chosen.begin(), chosen.end(), "big") > 0) return {1.0 * written / added, most};
-      SegmentStats merged = {"m" + std::to_string(n), 0, 0};
+      SegmentStats merged = {"m" + std::to_string(merges++), 0, 0};
       for (const std::string& name : chosen) {
         auto it = std::find_if(v.begin(), v.end(), [&](auto& s) { return s.name == name; });
         merged.rows += it->rows;

@@ -787,7 +787,8 @@ absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
 
 // A merged segment at most 1/kLinkTargetFactor the size of the biggest
 // segment left beside it is a tail: it is linked to that segment
-// (kTailLinksPerRow nearest rows each, searched with kTailLinkSearchEf), so that
+// (kTailLinksPerRow rows each, chosen by index::NearestRows among the nearest
+// found with kTailLinkSearchEf), so that
 // versions holding both walk them as one graph (index::JointGraph).
 constexpr uint64_t kLinkTargetFactor = 2;
 

@@ -251,7 +251,8 @@ def vectors(work):
 
     for k in range(14):  # 14 more publishes of 3 rows each: more than 10 segments.
         upsert_vectors(s, range(100 + 3 * k, 103 + 3 * k))
-    # The default policy keeps the biggest segment and at most two tails beside it.
+    # The default policy keeps the biggest segment and a short ladder of tails beside
+    # it: with these few rows, two at most.
     st = wait_merged(svc, s, 3)
     check(st.live_rows == 50 + 2 + 100 - 1 + 42 and st.pending_rows == 0 and not st.last_error, st)
     wait_found(replica, 130, st.current_version)

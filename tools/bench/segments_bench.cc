@@ -444,8 +444,9 @@ int Run() {
           std::printf("joined %zu segments into a tail of %llu rows (linked) in %.1f s\n",
                       r->merged.size(), static_cast<unsigned long long>(r->rows), Since(t0));
           v = r->version;
-          // With 3: the new tail the merge lanes join while a fold holds the
-          // big segment, linked to it too (walked with it and the old tail).
+          // With more: further tails (the ladder's, or those the merge lanes
+          // join while a fold holds the big segment), linked to it too and
+          // walked with it and the first tail.
           for (size_t rows : later) {
             std::vector<std::string> halves;
             for (size_t part : {rows / 2, rows - rows / 2}) {
@@ -747,7 +748,8 @@ int Run() {
       (void)links;
     }
     std::printf(
-        "\nlinking a new tail row to the big segment (%u nearest of %zu rows, ef %zu, one thread): "
+        "\nlinking a new tail row to the big segment (%u of its nearest of %zu rows, ef %zu, one "
+        "thread): "
         "%.1f us of CPU a row (median of %d rounds of %zu rows)\n",
         snapshot::kTailLinksPerRow, big.size(), snapshot::kTailLinkSearchEf, bench::Median(us),
         rounds, queries.size());
