@@ -28,10 +28,9 @@
 //     each rung is about tail_ratio times the ones below, the rungs grow with
 //     the log of the rows added (200-row publishes: three segments beside a
 //     1M-row one; four beside 10M, with a max_merged_rows that lets a fold
-//     take 10M), and a row is written about
-//     tail_ratio/2 times per rung by joins, not once per publish (as one tail
-//     joined at every publish was, copied whole each time). More than
-//     max_tail_segments: the smallest two are joined anyway. Tails are linked
+//     take 10M), and a row is written about tail_ratio/2 times per rung by
+//     joins, not once per publish. More than max_tail_segments: the smallest
+//     two are joined anyway. Tails are linked
 //     to the big segment and walked with it as one graph, so each costs a
 //     query little.
 //   - With no dominant segment (bulk loads of similar size), tiers after
