@@ -56,7 +56,9 @@ declare -A CASES=(
   [imagesearch_integration_test]=""
   [imagesearch_http_server_test]=""
   [imagesearch_ingest_test]=""
-  [imagesearch_rpc_test]=""  # ServedCall's two tags (answer, end) on two threads.
+  # ServedCall's two tags (answer, end) on two threads; CompletionThreads'
+  # standby thread joining and leaving the polling.
+  [imagesearch_rpc_test]=""
   # Health's Watch streams told of changes made on other threads, and
   # reflection streams, on two completion threads.
   [imagesearch_rpc_health_reflection_test]=""

@@ -10,6 +10,27 @@
 // hands each call between its own threads: ~3.5 context switches a call;
 // tools/bench/results/LOG.md, "The router on one completion thread").
 //
+// A queue polled by more than one thread starts with one: gRPC 1.51's
+// poller (epoll1) hands every event to another thread waiting on the same
+// queue, ~3.5 context switches and 3 futex calls a call where one thread
+// takes 3 system calls (tools/bench/results/LOG.md, "One polling thread
+// until calls queue"). The others stand by, off gRPC, and join the polling
+// only while the load needs them and they help:
+// - when the threads polling were busy more than kEngageBusy of a window's
+//   time, one more joins, on trial: it stays if the next window delivered
+//   at least kTrialGain times the events of the one before; else it leaves,
+//   and no thread joins for a while (kBackoffMinNs, doubling up to
+//   kBackoffMaxNs while trials fail). That is the case where the cores are
+//   taken (the clients on the same cores, other replicas): a thread more then
+//   only adds hand-offs;
+// - a thread that joined is tried the other way from time to time (after
+//   kBackoffMinNs, doubling while it proves itself): it leaves for a window,
+//   and comes back only if the events fell by kTrialGain without it;
+// - when the load would fit in one thread fewer with room (kReleaseBusy of
+//   each), one leaves.
+// So a replica takes a lone caller's calls on one thread, and a flood on as
+// many threads as there are cores free to run them.
+//
 // Thread-safe.
 #ifndef IMAGESEARCH_LIBS_RPC_COMPLETION_THREADS_H_
 #define IMAGESEARCH_LIBS_RPC_COMPLETION_THREADS_H_
@@ -20,6 +41,8 @@
 #endif
 
 #include <atomic>
+#include <condition_variable>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -92,8 +115,24 @@ class CompletionThreads {
   // thread, never stopped.
   static CompletionThreads& Default();
 
+  // Of each queue's threads, how many must be busy for another to join, and
+  // under how much each of one fewer would be busy for one to leave: a share
+  // of the window's time; and the window: at least kWindowNs and
+  // kWindowEvents events (so that a trial compares counts, not noise), or
+  // kMaxWindowNs.
+  static constexpr double kEngageBusy = 0.85;
+  static constexpr double kReleaseBusy = 0.6;
+  static constexpr int64_t kWindowNs = 20'000'000;
+  static constexpr int64_t kWindowEvents = 256;
+  static constexpr int64_t kMaxWindowNs = 200'000'000;
+  static constexpr double kTrialGain = 1.1;
+  static constexpr int64_t kBackoffMinNs = 200'000'000;
+  static constexpr int64_t kBackoffMaxNs = 5'000'000'000;
+
   size_t size() const { return queues_.size(); }  // Queues.
   size_t threads() const { return threads_.size(); }
+  // Threads polling queue i now (1 up to its threads; the rest stand by).
+  int polling(size_t i) const { return 1 + states_[i]->engaged.load(std::memory_order_relaxed); }
   // REQUIRES: constructed from server queues, i < size().
   grpc::ServerCompletionQueue* server_queue(size_t i) const { return server_queues_[i]; }
 
@@ -117,10 +156,38 @@ class CompletionThreads {
   void Shutdown();
 
  private:
+  // A queue's polling threads: the first always polls, standby k (from 1)
+  // only while engaged >= k.
+  struct QueueState {
+    grpc::CompletionQueue* queue = nullptr;
+    int threads = 1;
+    std::atomic<int> engaged{0};      // Standbys polling.
+    std::atomic<int64_t> busy_ns{0};  // In Proceed, all threads, since the window began.
+    std::atomic<int64_t> events{0};   // Delivered since the window began.
+    std::atomic<int64_t> window_start_ns{0};
+    std::mutex window_mu;  // Held (try_lock) by the thread that closes a window.
+    // Guarded by window_mu:
+    enum class Trial { kNone, kJoined, kLeft } trial = Trial::kNone;
+    double trial_before = 0;  // Events a second in the window before the trial.
+    int64_t join_backoff_ns = kBackoffMinNs;
+    int64_t join_after_ns = 0;
+    int64_t leave_backoff_ns = kBackoffMinNs;
+    int64_t leave_trial_at_ns = 0;
+    std::mutex wake_mu;
+    std::condition_variable wake;  // Standbys wait here; engaged or stopping_ wakes them.
+    bool stopping = false;         // Guarded by wake_mu.
+  };
+
   void Launch(int threads_per_queue);
-  void Poll(grpc::CompletionQueue* queue);
+  void Poll(QueueState* state);
+  void StandBy(QueueState* state, int k);
+  // Proceeds with one event and counts its time; then closes the window when
+  // it has passed, engaging or releasing a standby.
+  static void Deliver(QueueState* state, void* tag, bool ok);
+  static void Balance(QueueState* state, int64_t now_ns);
 
   std::vector<std::unique_ptr<grpc::CompletionQueue>> queues_;
+  std::vector<std::unique_ptr<QueueState>> states_;  // Parallel to queues_.
   std::vector<grpc::ServerCompletionQueue*> server_queues_;
   std::vector<std::thread> threads_;
   std::atomic<size_t> rotate_{0};

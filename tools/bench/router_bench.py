@@ -7,16 +7,25 @@ side on this machine (everything on loopback, sharing its cores):
             unsharded replica), on held-out queries;
   overhead  one client, one query at a time, alternating rounds: p50 and p99
             latency through the router and straight to the unsharded replica,
-            and the router's own CPU per query (/proc/<pid>/stat);
+            and the router's own CPU per query (/proc/<pid>/stat); taken twice:
+            with this script's Python client, and with imagesearch-loadgen
+            (C++, --concurrency=1). The Python client spends 120-300 us of
+            CPU a call, more the longer it waits, on the same 2 cores as the
+            router and the 4 shard replicas, so its figure holds much of the
+            client's own cost; loadgen spends far less, so its figure is nearer
+            what a client on another machine would see;
   clients   C concurrent clients (threads, each its own channel) sending
             the queries, for each C in --clients: QPS, p50 and p99 through
             the router and straight to the unsharded replica (no delay), and
-            p99 through the hedged router with the delay below;
-  tail      shard 0 has two replicas, the second behind a proxy that can
-            delay every chunk (this kernel has no tc netem); with it delaying
-            --delay_ms, p50/p99 through the router with hedging (the default:
-            after the shard's observed p95) and through a second router with
-            --hedge_after_ms=-1, against the router's p99 with no delay.
+            p99 through the tail's hedged router with the delay below against
+            its p99 with none;
+  tail      shard 0 has two replicas. The routers of the sections above
+            reach both directly; two more reach the second through a proxy
+            that can delay every chunk (this kernel has no tc netem; the proxy
+            is Python, so it stays out of the overhead figures). With the
+            proxy delaying --delay_ms, p50/p99 through the router with hedging
+            (the default: after the shard's observed p95) and through one with
+            --hedge_after_ms=-1, against the hedged one's p99 with no delay.
 
 Goals: router p50 <= unsharded p50 + 0.5 ms at 1 client; p99 with
 hedging within 2x of the no-delay p99; router recall >= unsharded recall.
@@ -58,9 +67,14 @@ ap.add_argument("--tail_queries", type=int, default=300,
 ap.add_argument("--clients", default="4,8",
                 help="concurrent clients for the 'clients' section (comma-separated; empty: skip)")
 ap.add_argument("--workdir", default="/tmp/router_bench")
+ap.add_argument("--replica_flags", default="",
+                help="extra flags for every query replica, space-separated (A/B checks)")
+ap.add_argument("--router_flags", default="",
+                help="extra flags for both routers, space-separated (A/B checks)")
 a = ap.parse_args()
 T = e2e_lib.tree(a.build, SRC)
 ROUTER = os.path.join(a.build, "services", "router", "imagesearch-router")
+LOADGEN = os.path.join(a.build, "tools", "loadgen", "imagesearch-loadgen")
 pb, pb_grpc = grpc_stubs.load(T.proto)
 
 
@@ -127,23 +141,35 @@ def main():
     procs = []
     try:
         def serve(root, name):
-            s = Server(T.query, [f"--snapshot_root={root}"], f"{logs}/{name}.log")
+            s = Server(T.query, [f"--snapshot_root={root}", *a.replica_flags.split()],
+                       f"{logs}/{name}.log")
             procs.append(s)
             return s
         one = serve(single, "single")
         reps = [[serve(f"{coll}/shard-{i}-of-{a.shards}", f"shard{i}")] for i in range(a.shards)]
         reps[0].append(serve(f"{coll}/shard-0-of-{a.shards}", "shard0b"))
         proxy = DelayProxy(reps[0][1].grpc_port, 0.0)
-        targets = [f"127.0.0.1:{reps[0][0].grpc_port},127.0.0.1:{proxy.port}"]
-        targets += [f"127.0.0.1:{r[0].grpc_port}" for r in reps[1:]]
+        # Routers for the overhead and clients sections reach both of shard 0's
+        # replicas directly; those of the tail section reach its second one
+        # through the proxy (a Python process forwarding every chunk: with no
+        # delay it still costs CPU and time on the shared cores, so it stays
+        # out of the overhead figures).
+        rest = [f"127.0.0.1:{r[0].grpc_port}" for r in reps[1:]]
+        direct = [f"127.0.0.1:{reps[0][0].grpc_port},127.0.0.1:{reps[0][1].grpc_port}"] + rest
+        proxied = [f"127.0.0.1:{reps[0][0].grpc_port},127.0.0.1:{proxy.port}"] + rest
 
-        def router(name, *flags):
-            r = Server(ROUTER, [f"--shards={';'.join(targets)}", "--port=0", *flags],
+        def router(name, targets, *flags):
+            r = Server(ROUTER, [f"--shards={';'.join(targets)}", "--port=0", *flags,
+                                *a.router_flags.split()],
                        f"{logs}/{name}.log", wait=("grpc",), pick_ports=False)
             procs.append(r)
             return r
-        hedged, plain = router("router"), router("router_nohedge", "--hedge_after_ms=-1")
-        servers = {"single": one, "router": hedged, "plain": plain}
+        hedged = router("router", direct)
+        plain = router("router_nohedge", direct, "--hedge_after_ms=-1")
+        tail_hedged = router("router_tail", proxied)
+        tail_plain = router("router_tail_nohedge", proxied, "--hedge_after_ms=-1")
+        servers = {"single": one, "router": hedged, "plain": plain, "tail": tail_hedged,
+                   "tail_plain": tail_plain}
         stubs = {name: pb_grpc.ImageSearchStub(grpc.insecure_channel(s.grpc_address))
                  for name, s in servers.items()}
 
@@ -187,6 +213,32 @@ def main():
         print(f"  router p50 - unsharded p50: {p['router'][0] - p['single'][0]:+.3f} ms "
               f"(goal <= +0.5 ms)")
 
+        def loadgen(name, pid=None):
+            out = f"{a.workdir}/loadgen-{name}.json"
+            cpu0 = cpu_seconds(pid) if pid else 0
+            run(LOADGEN, f"--target={servers[name].grpc_address}", f"--vectors={queries}",
+                "--concurrency=1", "--duration_s=3", "--warmup_s=0.5", f"--ef={a.ef}",
+                f"--json_out={out}")
+            with open(out) as f:
+                r = json.load(f)
+            cpu = (cpu_seconds(pid) - cpu0) / max(1, r["calls"]) if pid else 0
+            return r["latency_ms"]["p50"], r["latency_ms"]["p99"], cpu
+
+        lg = {"single": [], "router": [], "plain": []}
+        for _ in range(a.rounds):
+            for name, proc in (("single", None), ("router", hedged), ("plain", plain)):
+                lg[name].append(loadgen(name, proc.pid if proc else None))
+        lp = {n: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v),
+                  statistics.median(x[2] for x in v)) for n, v in lg.items()}
+        print(f"1 client, imagesearch-loadgen --concurrency=1, {a.rounds} alternating rounds of "
+              f"3 s (medians of the rounds):")
+        print(f"  unsharded replica  p50 {lp['single'][0]:.3f} ms  p99 {lp['single'][1]:.3f} ms")
+        for name, what in (("router", "router"), ("plain", "router, no hedging")):
+            print(f"  {what:18} p50 {lp[name][0]:.3f} ms  p99 {lp[name][1]:.3f} ms  "
+                  f"(router CPU {lp[name][2] * 1e6:.0f} us a query)")
+        print(f"  router p50 - unsharded p50: {lp['router'][0] - lp['single'][0]:+.3f} ms "
+              f"(goal <= +0.5 ms)")
+
         def concurrent(name, clients):
             """Latencies and QPS of `clients` threads sending qs once between them."""
             chans = [grpc.insecure_channel(servers[name].grpc_address) for _ in range(clients)]
@@ -210,24 +262,29 @@ def main():
             ls = [x for xs in per for x in xs]
             return pct(ls, 50) * 1e3, pct(ls, 99) * 1e3, len(ls) / wall
 
-        proxy.delay_s = a.delay_ms / 1000
-        tail = {}
-        tail_qs = qs[:a.tail_queries]
-        for name in ("router", "plain"):
+        def tail_run(name, n):
             ls = []
-            for q in tail_qs:
+            for q in qs[:n]:
                 t0 = time.perf_counter()
                 ask(stubs[name], q, ef=a.ef)
                 ls.append(time.perf_counter() - t0)
-            tail[name] = (pct(ls, 50) * 1e3, pct(ls, 99) * 1e3)
-        base = p["router"][1]
-        print(f"one of shard 0's two replicas delayed {a.delay_ms:g} ms a chunk, "
-              f"{len(tail_qs)} queries each:")
-        print(f"  hedged (default)   p50 {tail['router'][0]:.3f} ms  p99 {tail['router'][1]:.3f} ms"
-              f"  = {tail['router'][1] / base:.2f}x the no-delay p99 (goal <= 2x)")
-        print(f"  no hedging         p50 {tail['plain'][0]:.3f} ms  p99 {tail['plain'][1]:.3f} ms"
-              f"  = {tail['plain'][1] / base:.2f}x")
-        info = stubs["router"].GetInfo(pb.GetInfoRequest(), timeout=10)
+            return pct(ls, 50) * 1e3, pct(ls, 99) * 1e3
+
+        # The no-delay p99: the same router and path (through the proxy), the
+        # proxy passing chunks on at once; more queries than the tail's, as a
+        # p99 of few queries is noisy.
+        nodelay = tail_run("tail", min(len(qs), 3 * a.tail_queries))
+        proxy.delay_s = a.delay_ms / 1000
+        tail = {name: tail_run(name, a.tail_queries) for name in ("tail", "tail_plain")}
+        base = nodelay[1]
+        print(f"one of shard 0's two replicas behind a proxy; its no-delay p99 {base:.3f} ms "
+              f"(p50 {nodelay[0]:.3f} ms); delayed {a.delay_ms:g} ms a chunk, "
+              f"{a.tail_queries} queries each:")
+        print(f"  hedged (default)   p50 {tail['tail'][0]:.3f} ms  p99 {tail['tail'][1]:.3f} ms"
+              f"  = {tail['tail'][1] / base:.2f}x the no-delay p99 (goal <= 2x)")
+        print(f"  no hedging         p50 {tail['tail_plain'][0]:.3f} ms  "
+              f"p99 {tail['tail_plain'][1]:.3f} ms  = {tail['tail_plain'][1] / base:.2f}x")
+        info = stubs["tail"].GetInfo(pb.GetInfoRequest(), timeout=10)
         s0 = info.router_shards[0]
         print(f"  shard 0 through the hedged router: {s0.hedges_sent} hedges sent, "
               f"{s0.hedges_won} won, p95 {s0.p95_us} us")
@@ -241,14 +298,18 @@ def main():
                 m = many[c][n]
                 print(f"  {what:18} p50 {m[0]:.3f} ms  p99 {m[1]:.3f} ms  {m[2]:.0f} QPS")
 
-        proxy.delay_s = a.delay_ms / 1000
         for c in many:
-            m = concurrent("router", c)
+            proxy.delay_s = 0
+            m0 = concurrent("tail", c)
+            proxy.delay_s = a.delay_ms / 1000
+            m = concurrent("tail", c)
             many[c]["router_delayed"] = m
-            print(f"{c} clients, one of shard 0's replicas delayed {a.delay_ms:g} ms: hedged router "
-                  f"p99 {m[1]:.3f} ms = {m[1] / many[c]['router'][1]:.2f}x its no-delay p99")
-        print(json.dumps({"recall": recall, "p50_p99_ms": p, "router_cpu_us": {n: statistics.median(c) * 1e6 for n, c in cpu.items()},
-                          "tail_ms": tail, "clients_p50_p99_qps": many}))
+            print(f"{c} clients, one of shard 0's replicas behind the proxy, delayed "
+                  f"{a.delay_ms:g} ms: hedged router p99 {m[1]:.3f} ms = {m[1] / m0[1]:.2f}x "
+                  f"its no-delay p99 ({m0[1]:.3f} ms)")
+        proxy.delay_s = 0
+        print(json.dumps({"recall": recall, "p50_p99_ms": p, "loadgen_p50_p99_ms_cpu_s": lp, "router_cpu_us": {n: statistics.median(c) * 1e6 for n, c in cpu.items()},
+                          "tail_ms": tail, "tail_nodelay_ms": nodelay, "clients_p50_p99_qps": many}))
     finally:
         for s in procs:
             s.kill()

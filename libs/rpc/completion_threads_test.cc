@@ -1,0 +1,195 @@
+// rpc::CompletionThreads with two threads on one server queue: one polls
+// while it keeps up; the second joins only while the work needs it and it
+// adds throughput, and leaves when the work stops. Events are grpc::Alarms
+// on a real server's queue; their work sleeps, so what the threads can do
+// does not depend on how busy this machine's cores are.
+#include "libs/rpc/completion_threads.h"
+
+#include <grpcpp/alarm.h>
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace imagesearch::rpc {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::steady_clock;
+
+// What every loop's Proceed saw: which thread ran it, and how many ran at once.
+struct Record {
+  std::mutex mu;
+  std::map<std::thread::id, int> by_thread;  // Guarded by mu.
+  std::atomic<int> running{0};
+  std::atomic<int> most_at_once{0};
+
+  int Threads() {
+    std::lock_guard<std::mutex> lock(mu);
+    return static_cast<int>(by_thread.size());
+  }
+  // Events off the thread that ran most of them, as a share of all.
+  double ShareOffBusiest() {
+    std::lock_guard<std::mutex> lock(mu);
+    int total = 0, top = 0;
+    for (const auto& [id, n] : by_thread) {
+      total += n;
+      top = std::max(top, n);
+    }
+    return total == 0 ? 0 : 1.0 - static_cast<double>(top) / total;
+  }
+};
+
+// An alarm that, each time it fires, works for `work` (sleeping; holding
+// `serial` if given, so that no two loops work at once), then fires again
+// after `gap`, until stopped.
+class AlarmLoop : public CqTag {
+ public:
+  AlarmLoop(grpc::CompletionQueue* queue, Record* record, milliseconds work, milliseconds gap,
+            std::mutex* serial)
+      : queue_(queue), record_(record), work_(work), gap_(gap), serial_(serial) {
+    Arm();
+  }
+  void Stop() { stopping_ = true; }
+  bool Done() const { return done_; }
+
+  void Proceed(bool ok) override {
+    if (!ok || stopping_) {
+      done_ = true;
+      return;
+    }
+    const int now = ++record_->running;
+    int most = record_->most_at_once.load();
+    while (now > most && !record_->most_at_once.compare_exchange_weak(most, now)) {
+    }
+    {
+      std::lock_guard<std::mutex> lock(record_->mu);
+      ++record_->by_thread[std::this_thread::get_id()];
+    }
+    if (serial_ != nullptr) {
+      std::lock_guard<std::mutex> lock(*serial_);
+      std::this_thread::sleep_for(work_);
+    } else {
+      std::this_thread::sleep_for(work_);
+    }
+    --record_->running;
+    Arm();
+  }
+
+ private:
+  void Arm() { alarm_.Set(queue_, std::chrono::system_clock::now() + gap_, GrpcTag()); }
+
+  grpc::CompletionQueue* queue_;
+  Record* record_;
+  milliseconds work_, gap_;
+  std::mutex* serial_;
+  grpc::Alarm alarm_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> done_{false};
+};
+
+// A server whose one queue two CompletionThreads poll.
+class TwoThreads {
+ public:
+  TwoThreads() {
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues;
+    queues.push_back(builder.AddCompletionQueue());
+    threads_ = std::make_unique<CompletionThreads>(std::move(queues), 2);
+    server_ = builder.BuildAndStart();
+    REQUIRE(server_ != nullptr);
+  }
+  ~TwoThreads() {
+    for (auto& loop : loops_) loop->Stop();
+    for (auto& loop : loops_) {
+      const auto give_up = steady_clock::now() + std::chrono::seconds(5);
+      while (!loop->Done() && steady_clock::now() < give_up) std::this_thread::sleep_for(milliseconds(1));
+    }
+    server_->Shutdown(std::chrono::system_clock::now());
+    threads_->Shutdown();
+  }
+  void Loop(milliseconds work, milliseconds gap, std::mutex* serial = nullptr) {
+    loops_.push_back(
+        std::make_unique<AlarmLoop>(threads_->server_queue(0), &record_, work, gap, serial));
+  }
+  // Waits up to `limit` for polling(0) to read `n`; returns the last reading.
+  int AwaitPolling(int n, milliseconds limit) {
+    const auto give_up = steady_clock::now() + limit;
+    int now = threads_->polling(0);
+    while (now != n && steady_clock::now() < give_up) {
+      std::this_thread::sleep_for(milliseconds(5));
+      now = threads_->polling(0);
+    }
+    return now;
+  }
+  void StopLoops() {
+    for (auto& loop : loops_) loop->Stop();
+  }
+
+  CompletionThreads& threads() { return *threads_; }
+  Record& record() { return record_; }
+
+ private:
+  Record record_;
+  std::unique_ptr<CompletionThreads> threads_;
+  std::unique_ptr<grpc::Server> server_;
+  std::vector<std::unique_ptr<AlarmLoop>> loops_;
+};
+
+TEST_CASE("Work one thread keeps up with stays on that thread") {
+  TwoThreads t;
+  // Busy 1 ms in 6, far under kEngageBusy even if sleeps overrun.
+  t.Loop(milliseconds(1), milliseconds(5));
+  int most_polling = 0;
+  const auto end = steady_clock::now() + milliseconds(400);
+  while (steady_clock::now() < end) {
+    most_polling = std::max(most_polling, t.threads().polling(0));
+    std::this_thread::sleep_for(milliseconds(2));
+  }
+  CHECK(most_polling == 1);
+  CHECK(t.record().Threads() == 1);
+  CHECK(t.record().most_at_once.load() == 1);
+}
+
+TEST_CASE("Work that fills one thread brings in the second, which leaves when the work stops") {
+  TwoThreads t;
+  // Two loops, each always due: one thread would be busy all the time, and
+  // two do twice the work (they sleep), so the trial keeps the second.
+  t.Loop(milliseconds(1), milliseconds(0));
+  t.Loop(milliseconds(1), milliseconds(0));
+  CHECK(t.AwaitPolling(2, milliseconds(2000)) == 2);
+  // Kept past its trial window, and working alongside the first (a trial
+  // of leaving may be under way: it comes back within the window).
+  std::this_thread::sleep_for(milliseconds(300));
+  CHECK(t.AwaitPolling(2, milliseconds(500)) == 2);
+  CHECK(t.record().Threads() == 2);
+  CHECK(t.record().most_at_once.load() == 2);
+  t.StopLoops();
+  // Idle: the standby's recheck closes a window with no work and it leaves.
+  CHECK(t.AwaitPolling(1, milliseconds(2000)) == 1);
+}
+
+TEST_CASE("A second thread that adds no throughput leaves, and tries again ever more rarely") {
+  TwoThreads t;
+  std::mutex serial;  // The work of the two loops cannot overlap.
+  t.Loop(milliseconds(1), milliseconds(0), &serial);
+  t.Loop(milliseconds(1), milliseconds(0), &serial);
+  std::this_thread::sleep_for(milliseconds(2000));
+  // Trials of a window each (256 events: ~0.25 s here) after backoffs of
+  // 0.2 s, doubling; at worst one passes by chance and the thread stays
+  // until it is tried the other way: it takes few of the events.
+  CHECK(t.record().ShareOffBusiest() < 0.25);
+  CHECK(t.AwaitPolling(1, milliseconds(500)) == 1);
+}
+
+}  // namespace
+}  // namespace imagesearch::rpc
