@@ -112,7 +112,8 @@ class TwoThreads {
     for (auto& loop : loops_) loop->Stop();
     for (auto& loop : loops_) {
       const auto give_up = steady_clock::now() + std::chrono::seconds(5);
-      while (!loop->Done() && steady_clock::now() < give_up) std::this_thread::sleep_for(milliseconds(1));
+      while (!loop->Done() && steady_clock::now() < give_up)
+        std::this_thread::sleep_for(milliseconds(1));
     }
     server_->Shutdown(std::chrono::system_clock::now());
     threads_->Shutdown();
