@@ -1,5 +1,7 @@
 #include "libs/rpc/completion_threads.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <chrono>
 #include <mutex>
@@ -17,9 +19,15 @@ int64_t NowNs() {
       .count();
 }
 
+int64_t ThreadCpuNs(clockid_t clock) {
+  timespec ts{};
+  if (clock_gettime(clock, &ts) != 0) return 0;
+  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
 // How long an engaged standby waits in the queue before it looks again at
 // whether it is still engaged (and closes a window nobody else closes).
-constexpr std::chrono::milliseconds kStandbyRecheck{100};
+constexpr std::chrono::milliseconds kStandbyRecheck{20};
 
 }  // namespace
 
@@ -50,6 +58,8 @@ void CompletionThreads::Launch(int threads_per_queue) {
     auto state = std::make_unique<QueueState>();
     state->queue = q.get();
     state->threads = n;
+    state->cpu_clocks.assign(n, clockid_t{});
+    state->cpu_last_ns.assign(n, -1);  // -1: not started yet.
     state->window_start_ns.store(NowNs(), std::memory_order_relaxed);
     states_.push_back(std::move(state));
   }
@@ -60,36 +70,58 @@ void CompletionThreads::Launch(int threads_per_queue) {
   }
 }
 
-void CompletionThreads::Deliver(QueueState* state, void* tag, bool ok) {
+void CompletionThreads::RegisterCpuClock(QueueState* state, int k) {
+  if (state->threads == 1) return;
+  clockid_t clock{};
+  if (pthread_getcpuclockid(pthread_self(), &clock) != 0) return;  // Proceed time only.
+  std::lock_guard<std::mutex> lock(state->window_mu);
+  state->cpu_clocks[k] = clock;
+  state->cpu_last_ns[k] = ThreadCpuNs(clock);
+}
+
+void CompletionThreads::Deliver(QueueState* state, void* tag, bool ok, bool lead) {
 #if defined(IMAGESEARCH_TSAN_BUILD)  // See CMakeLists.txt: not __SANITIZE_THREAD__.
   __tsan_acquire(tag);               // See CqTag::GrpcTag.
 #endif
+  if (state->threads == 1) {  // Nothing to balance.
+    static_cast<CqTag*>(tag)->Proceed(ok);
+    return;
+  }
   const int64_t start = NowNs();
+  if (lead) state->lead_since_ns.store(start, std::memory_order_relaxed);
   static_cast<CqTag*>(tag)->Proceed(ok);
   const int64_t end = NowNs();
+  if (lead) state->lead_since_ns.store(0, std::memory_order_relaxed);
   state->busy_ns.fetch_add(end - start, std::memory_order_relaxed);
   state->events.fetch_add(1, std::memory_order_relaxed);
   Balance(state, end);
 }
 
 void CompletionThreads::Balance(QueueState* state, int64_t now_ns) {
-  const auto open = [&](int64_t elapsed) {
-    return elapsed < kWindowNs || (elapsed < kMaxWindowNs &&
-                                   state->events.load(std::memory_order_relaxed) < kWindowEvents);
+  if (state->threads == 1) return;
+  const auto open = [&](int64_t elapsed, int64_t longest) {
+    return elapsed < kWindowNs ||
+           (elapsed < longest && state->events.load(std::memory_order_relaxed) < kWindowEvents);
   };
-  if (state->threads == 1 ||
-      open(now_ns - state->window_start_ns.load(std::memory_order_relaxed))) {
-    return;
-  }
+  if (open(now_ns - state->window_start_ns.load(std::memory_order_relaxed), kMaxWindowNs)) return;
   std::unique_lock<std::mutex> window(state->window_mu, std::try_to_lock);
   if (!window.owns_lock()) return;  // Another thread is closing it.
+  using Trial = QueueState::Trial;
   const int64_t elapsed = now_ns - state->window_start_ns.load(std::memory_order_relaxed);
-  if (open(elapsed)) return;
-  const double load = static_cast<double>(state->busy_ns.exchange(0, std::memory_order_relaxed)) /
-                      static_cast<double>(elapsed);  // Threads' worth of work.
-  const double rate = 1e9 *
-                      static_cast<double>(state->events.exchange(0, std::memory_order_relaxed)) /
-                      static_cast<double>(elapsed);
+  if (open(elapsed, state->trial == Trial::kNone ? kMaxWindowNs : kMaxTrialWindowNs)) return;
+  int64_t cpu_ns = 0;
+  for (int i = 0; i < state->threads; ++i) {
+    if (state->cpu_last_ns[i] < 0) continue;
+    const int64_t now_cpu = ThreadCpuNs(state->cpu_clocks[i]);
+    cpu_ns += std::max<int64_t>(0, now_cpu - state->cpu_last_ns[i]);
+    state->cpu_last_ns[i] = now_cpu;
+  }
+  const int64_t proceed_ns = state->busy_ns.exchange(0, std::memory_order_relaxed);
+  const int64_t events = state->events.exchange(0, std::memory_order_relaxed);
+  // Threads' worth of work, and events a second.
+  const double load =
+      static_cast<double>(std::max(proceed_ns, cpu_ns)) / static_cast<double>(elapsed);
+  const double rate = 1e9 * static_cast<double>(events) / static_cast<double>(elapsed);
   state->window_start_ns.store(now_ns, std::memory_order_relaxed);
   const int engaged = state->engaged.load(std::memory_order_relaxed);
   const auto engage = [&](int n) {
@@ -99,11 +131,14 @@ void CompletionThreads::Balance(QueueState* state, int64_t now_ns) {
     }
     state->wake.notify_all();
   };
-  using Trial = QueueState::Trial;
   const Trial trial = state->trial;
   state->trial = Trial::kNone;
   if (trial == Trial::kJoined) {
-    if (rate < kTrialGain * state->trial_before) {  // No gain: it leaves.
+    // engaged + 1 threads poll now; engaged polled before.
+    if (events < kTrialMinEvents) {  // The load stopped: fewer threads.
+      state->engaged.store(engaged - 1, std::memory_order_relaxed);
+      state->join_after_ns = now_ns + state->join_backoff_ns;
+    } else if (rate < (1 + kTrialShare / engaged) * state->trial_before) {  // No gain: it leaves.
       state->engaged.store(engaged - 1, std::memory_order_relaxed);
       state->join_after_ns = now_ns + state->join_backoff_ns;
       state->join_backoff_ns = std::min(2 * state->join_backoff_ns, kBackoffMaxNs);
@@ -113,8 +148,11 @@ void CompletionThreads::Balance(QueueState* state, int64_t now_ns) {
       state->leave_trial_at_ns = now_ns + state->leave_backoff_ns;
     }
   } else if (trial == Trial::kLeft) {
-    if (rate * kTrialGain < state->trial_before) {  // It was helping: back.
-      engage(engaged + 1);
+    // engaged + 1 threads poll now; engaged + 2 polled before.
+    if (events < kTrialMinEvents) {  // The load stopped: it stays out.
+      state->join_after_ns = now_ns + state->join_backoff_ns;
+    } else if (rate * (1 + kTrialShare / (engaged + 1)) < state->trial_before) {
+      engage(engaged + 1);  // It was helping: back.
       state->leave_backoff_ns = std::min(2 * state->leave_backoff_ns, kBackoffMaxNs);
       state->leave_trial_at_ns = now_ns + state->leave_backoff_ns;
     } else {
@@ -137,38 +175,52 @@ void CompletionThreads::Balance(QueueState* state, int64_t now_ns) {
 
 void CompletionThreads::Poll(QueueState* state) {
   current_queue = state->queue;
+  RegisterCpuClock(state, 0);
   void* tag = nullptr;
   bool ok = false;
-  while (state->queue->Next(&tag, &ok)) Deliver(state, tag, ok);
+  while (state->queue->Next(&tag, &ok)) Deliver(state, tag, ok, /*lead=*/true);
   current_queue = nullptr;
 }
 
 void CompletionThreads::StandBy(QueueState* state, int k) {
   current_queue = state->queue;
+  RegisterCpuClock(state, k);
   void* tag = nullptr;
   bool ok = false;
-  while (true) {
-    {
-      std::unique_lock<std::mutex> lock(state->wake_mu);
-      state->wake.wait(lock, [&] {
-        return state->stopping || state->engaged.load(std::memory_order_relaxed) >= k;
-      });
-      // Stopping: the threads polling deliver what is left.
-      if (state->stopping && state->engaged.load(std::memory_order_relaxed) < k) break;
-    }
-    while (state->engaged.load(std::memory_order_relaxed) >= k) {
+  const auto engaged = [&] { return state->engaged.load(std::memory_order_relaxed) >= k; };
+  const auto lead_stuck = [&] {
+    const int64_t since = state->lead_since_ns.load(std::memory_order_relaxed);
+    return since != 0 && NowNs() - since >= kRescueNs;
+  };
+  // Polls until `go_on` says stop; false once the queue is shut down and drained.
+  const auto poll = [&](const auto& go_on) {
+    while (go_on()) {
       const auto status =
           state->queue->AsyncNext(&tag, &ok, std::chrono::system_clock::now() + kStandbyRecheck);
-      if (status == grpc::CompletionQueue::SHUTDOWN) {
-        current_queue = nullptr;
-        return;
-      }
+      if (status == grpc::CompletionQueue::SHUTDOWN) return false;
       if (status == grpc::CompletionQueue::GOT_EVENT) {
-        Deliver(state, tag, ok);
+        Deliver(state, tag, ok, /*lead=*/false);
       } else {
         Balance(state, NowNs());
       }
     }
+    return true;
+  };
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(state->wake_mu);
+      const auto ready = [&] { return state->stopping || engaged(); };
+      if (k == 1) {  // Also looks whether the first thread is held by one long Proceed.
+        state->wake.wait_for(lock, std::chrono::nanoseconds(kRescueNs), ready);
+      } else {
+        state->wake.wait(lock, ready);
+      }
+      // Stopping: the threads polling deliver what is left.
+      if (state->stopping && !engaged()) break;
+    }
+    const bool running =
+        engaged() ? poll(engaged) : poll([&] { return !engaged() && lead_stuck(); });
+    if (!running) break;
   }
   current_queue = nullptr;
 }

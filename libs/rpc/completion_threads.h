@@ -12,24 +12,36 @@
 //
 // A queue polled by more than one thread starts with one: gRPC 1.51's
 // poller (epoll1) hands every event to another thread waiting on the same
-// queue, ~3.5 context switches and 3 futex calls a call where one thread
+// queue, ~3.3 context switches and ~2.7 futex calls a call where one thread
 // takes 3 system calls (tools/bench/results/LOG.md, "One polling thread
-// until calls queue"). The others stand by, off gRPC, and join the polling
-// only while the load needs them and they help:
-// - when the threads polling were busy more than kEngageBusy of a window's
-//   time, one more joins, on trial: it stays if the next window delivered
-//   at least kTrialGain times the events of the one before; else it leaves,
-//   and no thread joins for a while (kBackoffMinNs, doubling up to
-//   kBackoffMaxNs while trials fail). That is the case where the cores are
-//   taken (the clients on the same cores, other replicas): a thread more then
-//   only adds hand-offs;
-// - a thread that joined is tried the other way from time to time (after
-//   kBackoffMinNs, doubling while it proves itself): it leaves for a window,
-//   and comes back only if the events fell by kTrialGain without it;
+// until calls queue"). The others stand by on a condition variable, off
+// gRPC, and join the polling only while the load needs them and they help.
+// A window is at least kWindowNs and kWindowEvents events (kMaxWindowNs at
+// most; kMaxTrialWindowNs for a trial's). Its load is the polling threads'
+// busy time over its length: the larger of their time inside Proceed (which
+// counts waits, page faults on a slow volume, say) and their CPU time
+// (which counts gRPC's own work inside Next). Then:
+// - when the load exceeds kEngageBusy of the threads polling, one more
+//   joins, on trial: it stays if the next window delivered at least
+//   1 + kTrialShare / (threads polling before) times the events a second
+//   of the one before (a tenth of one thread's share); else it leaves, and
+//   none joins for kBackoffMinNs, doubling up to kBackoffMaxNs while trials
+//   fail or leaving trials succeed. That is the case where the cores are
+//   taken (clients or other replicas on them): a thread more then only adds
+//   hand-offs;
+// - a thread that stayed is tried the other way after kBackoffMinNs,
+//   doubling while it proves itself: it leaves for a window, and comes back
+//   if the events a second fell by as much without it;
+// - a trial whose window saw under kTrialMinEvents events (the load
+//   stopped) settles on the fewer threads, its backoffs unchanged;
 // - when the load would fit in one thread fewer with room (kReleaseBusy of
 //   each), one leaves.
+// And while the first thread has been inside one Proceed for kRescueNs (a
+// long batch, an exact scan), the first standby polls too, so that nothing
+// else (health checks included) waits behind it; it looks every kRescueNs.
 // So a replica takes a lone caller's calls on one thread, and a flood on as
-// many threads as there are cores free to run them.
+// many threads as add throughput (beyond a few threads the trials' windows
+// are noisier than the step they measure; only 2 CPUs were at hand).
 //
 // Thread-safe.
 #ifndef IMAGESEARCH_LIBS_RPC_COMPLETION_THREADS_H_
@@ -39,6 +51,8 @@
 #if defined(IMAGESEARCH_TSAN_BUILD)  // See CMakeLists.txt: not __SANITIZE_THREAD__.
 #include <sanitizer/tsan_interface.h>
 #endif
+
+#include <time.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -117,15 +131,16 @@ class CompletionThreads {
 
   // Of each queue's threads, how many must be busy for another to join, and
   // under how much each of one fewer would be busy for one to leave: a share
-  // of the window's time; and the window: at least kWindowNs and
-  // kWindowEvents events (so that a trial compares counts, not noise), or
-  // kMaxWindowNs.
+  // of the window's time; and the windows (see the top of this file).
   static constexpr double kEngageBusy = 0.85;
   static constexpr double kReleaseBusy = 0.6;
   static constexpr int64_t kWindowNs = 20'000'000;
   static constexpr int64_t kWindowEvents = 256;
   static constexpr int64_t kMaxWindowNs = 200'000'000;
-  static constexpr double kTrialGain = 1.1;
+  static constexpr int64_t kMaxTrialWindowNs = 1'000'000'000;
+  static constexpr int64_t kTrialMinEvents = 32;
+  static constexpr double kTrialShare = 0.1;
+  static constexpr int64_t kRescueNs = 20'000'000;
   static constexpr int64_t kBackoffMinNs = 200'000'000;
   static constexpr int64_t kBackoffMaxNs = 5'000'000'000;
 
@@ -165,8 +180,12 @@ class CompletionThreads {
     std::atomic<int64_t> busy_ns{0};  // In Proceed, all threads, since the window began.
     std::atomic<int64_t> events{0};   // Delivered since the window began.
     std::atomic<int64_t> window_start_ns{0};
+    // When the first thread's current Proceed began; 0: it is in none.
+    std::atomic<int64_t> lead_since_ns{0};
     std::mutex window_mu;  // Held (try_lock) by the thread that closes a window.
     // Guarded by window_mu:
+    std::vector<clockid_t> cpu_clocks;  // Per thread (0: the first); set as each starts.
+    std::vector<int64_t> cpu_last_ns;   // Each one's CPU time when the window began.
     enum class Trial { kNone, kJoined, kLeft } trial = Trial::kNone;
     double trial_before = 0;  // Events a second in the window before the trial.
     int64_t join_backoff_ns = kBackoffMinNs;
@@ -183,8 +202,9 @@ class CompletionThreads {
   void StandBy(QueueState* state, int k);
   // Proceeds with one event and counts its time; then closes the window when
   // it has passed, engaging or releasing a standby.
-  static void Deliver(QueueState* state, void* tag, bool ok);
+  static void Deliver(QueueState* state, void* tag, bool ok, bool lead);
   static void Balance(QueueState* state, int64_t now_ns);
+  static void RegisterCpuClock(QueueState* state, int k);
 
   std::vector<std::unique_ptr<grpc::CompletionQueue>> queues_;
   std::vector<std::unique_ptr<QueueState>> states_;  // Parallel to queues_.

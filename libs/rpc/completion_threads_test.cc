@@ -21,6 +21,7 @@
 namespace imagesearch::rpc {
 namespace {
 
+using std::chrono::microseconds;
 using std::chrono::milliseconds;
 using std::chrono::steady_clock;
 
@@ -47,24 +48,28 @@ struct Record {
   }
 };
 
-// An alarm that, each time it fires, works for `work` (sleeping; holding
-// `serial` if given, so that no two loops work at once), then fires again
-// after `gap`, until stopped.
+// An alarm that, each time it fires, works for `work` (sleeping), then
+// fires again after `gap`, until stopped. With `serial`, its whole Proceed
+// holds that lock, so that no two loops proceed at once.
 class AlarmLoop : public CqTag {
  public:
-  AlarmLoop(grpc::CompletionQueue* queue, Record* record, milliseconds work, milliseconds gap,
+  AlarmLoop(grpc::CompletionQueue* queue, Record* record, microseconds work, milliseconds gap,
             std::mutex* serial)
       : queue_(queue), record_(record), work_(work), gap_(gap), serial_(serial) {
     Arm();
   }
   void Stop() { stopping_ = true; }
   bool Done() const { return done_; }
+  int proceeds() const { return proceeds_; }
 
   void Proceed(bool ok) override {
+    std::unique_lock<std::mutex> serial;
+    if (serial_ != nullptr) serial = std::unique_lock<std::mutex>(*serial_);
     if (!ok || stopping_) {
       done_ = true;
       return;
     }
+    ++proceeds_;
     const int now = ++record_->running;
     int most = record_->most_at_once.load();
     while (now > most && !record_->most_at_once.compare_exchange_weak(most, now)) {
@@ -73,12 +78,7 @@ class AlarmLoop : public CqTag {
       std::lock_guard<std::mutex> lock(record_->mu);
       ++record_->by_thread[std::this_thread::get_id()];
     }
-    if (serial_ != nullptr) {
-      std::lock_guard<std::mutex> lock(*serial_);
-      std::this_thread::sleep_for(work_);
-    } else {
-      std::this_thread::sleep_for(work_);
-    }
+    std::this_thread::sleep_for(work_);
     --record_->running;
     Arm();
   }
@@ -88,11 +88,13 @@ class AlarmLoop : public CqTag {
 
   grpc::CompletionQueue* queue_;
   Record* record_;
-  milliseconds work_, gap_;
+  microseconds work_;
+  milliseconds gap_;
   std::mutex* serial_;
   grpc::Alarm alarm_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> done_{false};
+  std::atomic<int> proceeds_{0};
 };
 
 // A server whose one queue two CompletionThreads poll.
@@ -118,9 +120,19 @@ class TwoThreads {
     server_->Shutdown(std::chrono::system_clock::now());
     threads_->Shutdown();
   }
-  void Loop(milliseconds work, milliseconds gap, std::mutex* serial = nullptr) {
+  AlarmLoop* Loop(microseconds work, milliseconds gap, std::mutex* serial = nullptr) {
     loops_.push_back(
         std::make_unique<AlarmLoop>(threads_->server_queue(0), &record_, work, gap, serial));
+    return loops_.back().get();
+  }
+  // The share of `polling(0)` readings, every 5 ms for `span`, that read `n`.
+  double ShareAt(int n, milliseconds span) {
+    int hits = 0, total = 0;
+    for (const auto end = steady_clock::now() + span; steady_clock::now() < end; ++total) {
+      hits += threads_->polling(0) == n ? 1 : 0;
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+    return total == 0 ? 0 : static_cast<double>(hits) / total;
   }
   // Waits up to `limit` for polling(0) to read `n`; returns the last reading.
   int AwaitPolling(int n, milliseconds limit) {
@@ -163,15 +175,17 @@ TEST_CASE("Work one thread keeps up with stays on that thread") {
 
 TEST_CASE("Work that fills one thread brings in the second, which leaves when the work stops") {
   TwoThreads t;
-  // Two loops, each always due: one thread would be busy all the time, and
-  // two do twice the work (they sleep), so the trial keeps the second.
-  t.Loop(milliseconds(1), milliseconds(0));
-  t.Loop(milliseconds(1), milliseconds(0));
+  // Four loops, each due again at once (gRPC's alarms fire up to ~1 ms
+  // late, so two loops would leave one thread idle half the time): one
+  // thread would be busy all the time, and two do twice the work (they
+  // sleep), so the trial keeps the second.
+  for (int i = 0; i < 4; ++i) t.Loop(milliseconds(1), milliseconds(0));
   CHECK(t.AwaitPolling(2, milliseconds(2000)) == 2);
-  // Kept past its trial window, and working alongside the first (a trial
-  // of leaving may be under way: it comes back within the window).
-  std::this_thread::sleep_for(milliseconds(300));
-  CHECK(t.AwaitPolling(2, milliseconds(500)) == 2);
+  // Kept past its trial: polling most of the next 3 s (trials of leaving
+  // take a window each, ~0.26 s here, after 0.2, 0.4, 0.8, 1.6 s: ~3/4 of
+  // the time at 2). Were every trial of joining to fail, it would poll a
+  // window (~0.13 s) after each of those backoffs: under a fifth.
+  CHECK(t.ShareAt(2, milliseconds(3000)) > 0.5);
   CHECK(t.record().Threads() == 2);
   CHECK(t.record().most_at_once.load() == 2);
   t.StopLoops();
@@ -182,14 +196,29 @@ TEST_CASE("Work that fills one thread brings in the second, which leaves when th
 TEST_CASE("A second thread that adds no throughput leaves, and tries again ever more rarely") {
   TwoThreads t;
   std::mutex serial;  // The work of the two loops cannot overlap.
-  t.Loop(milliseconds(1), milliseconds(0), &serial);
-  t.Loop(milliseconds(1), milliseconds(0), &serial);
+  // Four loops, as above, so that one thread always has the next one due.
+  for (int i = 0; i < 4; ++i) t.Loop(microseconds(500), milliseconds(0), &serial);
+  // Each trial polls with two threads for a window (256 events, ~0.15 s
+  // here), after backoffs of 0.2, 0.4, 0.8, 1.6 s: ~0.15 s of the 2 s from
+  // 2 s to 4 s. With a backoff that did not grow it would be ~40% of them,
+  // and all of them with a thread that stayed.
   std::this_thread::sleep_for(milliseconds(2000));
-  // Trials of a window each (256 events: ~0.25 s here) after backoffs of
-  // 0.2 s, doubling; at worst one passes by chance and the thread stays
-  // until it is tried the other way: it takes few of the events.
+  CHECK(t.ShareAt(2, milliseconds(2000)) < 0.25);
   CHECK(t.record().ShareOffBusiest() < 0.25);
-  CHECK(t.AwaitPolling(1, milliseconds(500)) == 1);
+  CHECK(t.record().most_at_once.load() == 1);  // The lock held: the check can see overlap.
+}
+
+TEST_CASE("A Proceed that holds the first thread long does not hold up the other events") {
+  TwoThreads t;
+  // The first thread takes this loop's event and sleeps in it for 0.4 s, and
+  // again right after: without the standby's rescue nothing else would be
+  // delivered until it returns.
+  t.Loop(milliseconds(400), milliseconds(0));
+  std::this_thread::sleep_for(milliseconds(50));
+  AlarmLoop* quick = t.Loop(milliseconds(0), milliseconds(5));
+  std::this_thread::sleep_for(milliseconds(250));
+  // Every 5 ms for 0.25 s, less the rescue's delay (20-40 ms).
+  CHECK(quick->proceeds() >= 10);
 }
 
 }  // namespace

@@ -82,8 +82,8 @@ ABSL_FLAG(int, http_timeout_ms, 60000,
 ABSL_FLAG(int, grpc_threads, 0,
           "Threads that take gRPC calls and run their searches (one completion queue); 0 = one "
           "per CPU this process may use. One polls while it keeps up; the others join only while "
-          "calls queue (a thread more costs each call a hand-off between threads). Image and "
-          "text queries wait for the model on its own threads.");
+          "it is busy and they add throughput (a thread more costs each call a hand-off between "
+          "threads). Image and text queries wait for the model on its own threads.");
 ABSL_FLAG(int, max_message_mb, 16, "Largest gRPC message in MiB (image queries).");
 ABSL_FLAG(int, max_inflight_requests, 256,
           "Requests (Search, SearchBatch, Embed) worked on at once, over gRPC and HTTP "
