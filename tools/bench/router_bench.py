@@ -9,11 +9,12 @@ side on this machine (everything on loopback, sharing its cores):
             latency through the router and straight to the unsharded replica,
             and the router's own CPU per query (/proc/<pid>/stat); taken twice:
             with this script's Python client, and with imagesearch-loadgen
-            (C++, --concurrency=1). The Python client spends 120-300 us of
-            CPU a call, more the longer it waits, on the same 2 cores as the
-            router and the 4 shard replicas, so its figure holds much of the
-            client's own cost; loadgen spends far less, so its figure is nearer
-            what a client on another machine would see;
+            (C++, --concurrency=1). The Python client spends 100-350 us of
+            CPU a call (printed as "client CPU"), more the longer it waits, on
+            the same 2 cores as the router and the 4 shard replicas, so its
+            figure holds much of the client's own cost; loadgen spends far
+            less, so its figure is nearer what a client on another machine
+            would see;
   clients   C concurrent clients (threads, each its own channel) sending
             the queries, for each C in --clients: QPS, p50 and p99 through
             the router and straight to the unsharded replica (no delay), and
@@ -187,29 +188,37 @@ def main():
               f"unsharded {recall['single']:.4f}")
 
         def timed(name, pid=None):
+            """Latencies, the server's CPU a query (pid's) and this client's (all its threads)."""
             lat = []
-            cpu0 = cpu_seconds(pid) if pid else 0
+            cpu0, mine0 = (cpu_seconds(pid) if pid else 0), time.process_time()
             for q in qs:
                 t0 = time.perf_counter()
                 ask(stubs[name], q, ef=a.ef)
                 lat.append(time.perf_counter() - t0)
             cpu = (cpu_seconds(pid) - cpu0) / len(qs) if pid else 0
-            return lat, cpu
+            return lat, cpu, (time.process_time() - mine0) / len(qs)
 
         lat = {"single": [], "router": [], "plain": []}
         cpu = {"router": [], "plain": []}
+        client = {"single": [], "router": [], "plain": []}
         for _ in range(a.rounds):
-            lat["single"] += timed("single")[0]
+            r, _, m = timed("single")
+            lat["single"] += r
+            client["single"].append(m)
             for name, proc in (("router", hedged), ("plain", plain)):
-                r, c = timed(name, proc.pid)
+                r, c, m = timed(name, proc.pid)
                 lat[name] += r
                 cpu[name].append(c)
+                client[name].append(m)
         p = {n: (pct(v, 50) * 1e3, pct(v, 99) * 1e3) for n, v in lat.items()}
+        mine = {n: statistics.median(v) * 1e6 for n, v in client.items()}
         print(f"1 client, ef {a.ef}, {a.rounds} alternating rounds of {len(qs)} queries:")
-        print(f"  unsharded replica  p50 {p['single'][0]:.3f} ms  p99 {p['single'][1]:.3f} ms")
+        print(f"  unsharded replica  p50 {p['single'][0]:.3f} ms  p99 {p['single'][1]:.3f} ms  "
+              f"(client CPU {mine['single']:.0f} us a query)")
         for name, what in (("router", "router"), ("plain", "router, no hedging")):
             print(f"  {what:18} p50 {p[name][0]:.3f} ms  p99 {p[name][1]:.3f} ms  "
-                  f"(router CPU {statistics.median(cpu[name]) * 1e6:.0f} us a query)")
+                  f"(router CPU {statistics.median(cpu[name]) * 1e6:.0f} us, "
+                  f"client CPU {mine[name]:.0f} us a query)")
         print(f"  router p50 - unsharded p50: {p['router'][0] - p['single'][0]:+.3f} ms "
               f"(goal <= +0.5 ms)")
 
