@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "libs/common/test_temp_dir.h"
 
 namespace imagesearch {
@@ -37,6 +38,24 @@ TEST_CASE("ReplaceFileAtomically replaces contents and leaves no temp file") {
     names.push_back(entry.path().filename().string());
   }
   CHECK(names == std::vector<std::string>{"CURRENT"});
+}
+
+TEST_CASE("ReadFileToString reads files bigger than its buffer, and files whose size is 0") {
+  std::string dir = MakeTempDir();
+  std::string big;
+  for (int i = 0; big.size() < (size_t{3} << 20) + 7; ++i) big += std::to_string(i) + ",";
+  REQUIRE(ReplaceFileAtomically(dir + "/big", big).ok());
+  auto read_big = ReadFileToString(dir + "/big");
+  REQUIRE(read_big.ok());
+  CHECK(*read_big == big);
+  REQUIRE(ReplaceFileAtomically(dir + "/empty", "").ok());
+  auto empty = ReadFileToString(dir + "/empty");
+  REQUIRE(empty.ok());
+  CHECK(empty->empty());
+  // /proc files say 0 bytes, and have more.
+  auto status = ReadFileToString("/proc/self/status");
+  REQUIRE(status.ok());
+  CHECK(absl::StrContains(*status, "Name:"));
 }
 
 TEST_CASE("ReadFileToString with a limit refuses big files, directories and missing files") {

@@ -161,11 +161,16 @@ absl::StatusOr<std::vector<uint64_t>> PromotionHistory(const std::string& root) 
 }
 
 absl::StatusOr<uint64_t> ReadCurrentVersion(const std::string& root) {
-  auto text = ReadFileToString(root + "/" + kCurrentFile);
+  // CURRENT names a version in a few bytes; a larger one is corrupt.
+  auto text = ReadFileToString(root + "/" + kCurrentFile, /*max_bytes=*/4096);
   if (!text.ok()) {
     if (absl::IsNotFound(text.status())) {
       return absl::NotFoundError(absl::StrCat("no snapshot published under ", root, " yet (", root,
                                               "/CURRENT does not exist)"));
+    }
+    if (absl::IsInvalidArgument(text.status())) {  // Over the limit, or not a file.
+      return absl::InvalidArgumentError(
+          absl::StrCat(root, "/CURRENT is corrupt: ", text.status().message()));
     }
     return text.status();
   }

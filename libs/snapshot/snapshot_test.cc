@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -82,6 +83,23 @@ TEST_CASE("Rollback with SetCurrentVersion, and gc never removes the live versio
   CHECK(*ListVersions(root) == std::vector<uint64_t>{1, 4});
   CHECK(*ReadCurrentVersion(root) == 1);
   CHECK(Snapshot::Open(root, 1, VerifyMode::kChecksums).ok());
+}
+
+TEST_CASE("A CURRENT that is not a version name, or is too big to be one, is called corrupt") {
+  std::string root = TempRoot();
+  REQUIRE(PublishSnapshot(root, MakeCorpus(50, 8, "c").WithGraph()).ok());
+  REQUIRE(ReplaceFileAtomically(root + "/CURRENT", "v1-garbage\n").ok());
+  auto garbage = ReadCurrentVersion(root);
+  REQUIRE_FALSE(garbage.ok());
+  CHECK(absl::StrContains(garbage.status().message(), "CURRENT is corrupt"));
+  REQUIRE(ReplaceFileAtomically(root + "/CURRENT", std::string(1 << 20, 'v')).ok());
+  auto big = ReadCurrentVersion(root);
+  REQUIRE_FALSE(big.ok());
+  CHECK(absl::IsInvalidArgument(big.status()));
+  CHECK(absl::StrContains(big.status().message(), "CURRENT is corrupt"));
+  CHECK(absl::StrContains(big.status().message(), "over the limit"));
+  REQUIRE(ReplaceFileAtomically(root + "/CURRENT", "v1\n").ok());
+  CHECK(*ReadCurrentVersion(root) == 1);
 }
 
 // A child process publishes and dies at `step`; the parent checks that the

@@ -339,7 +339,8 @@ void Router::FanOut(v1::SearchRequest request, uint32_t top_k, const std::string
                                                  " shards are not answering; ", why)));
         }
         auto out = std::make_shared<v1::SearchResponse>();
-        std::vector<v1::Hit> hits;
+        // The shards' hits are ordered by pointer; only those kept move.
+        std::vector<v1::Hit*> order;
         for (uint32_t i = 0; i < count; ++i) {
           if (!results[i].ok()) continue;
           v1::SearchResponse& r = *results[i];
@@ -347,16 +348,22 @@ void Router::FanOut(v1::SearchRequest request, uint32_t top_k, const std::string
           out->set_collapsed(out->collapsed() + r.collapsed());
           for (v1::Hit& h : *r.mutable_hits()) {
             if (!self_id.empty() && h.id() == self_id) continue;
-            hits.push_back(std::move(h));
+            order.push_back(&h);
           }
         }
-        std::stable_sort(hits.begin(), hits.end(), [](const v1::Hit& a, const v1::Hit& b) {
-          if (a.distance() != b.distance()) return a.distance() < b.distance();
-          return a.id() < b.id();
+        std::stable_sort(order.begin(), order.end(), [](const v1::Hit* a, const v1::Hit* b) {
+          if (a->distance() != b->distance()) return a->distance() < b->distance();
+          return a->id() < b->id();
         });
+        // Dedup may drop some of the best, so it gets them all.
+        const size_t keep = dedup > 0 ? order.size() : std::min<size_t>(order.size(), top_k);
+        std::vector<v1::Hit> hits;
+        hits.reserve(keep);
+        for (size_t k = 0; k < keep; ++k) hits.push_back(std::move(*order[k]));
         for (uint32_t i : missing) out->add_missing_shards(i);
         auto finish = [top_k, out, done](std::vector<v1::Hit> kept) {
           if (kept.size() > top_k) kept.resize(top_k);
+          out->mutable_hits()->Reserve(static_cast<int>(kept.size()));
           for (v1::Hit& h : kept) *out->add_hits() = std::move(h);
           done(std::move(*out));
         };

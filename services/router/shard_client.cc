@@ -90,26 +90,28 @@ HedgeTimer::Handle HedgeTimer::After(absl::Duration delay, std::function<void()>
   std::lock_guard<std::mutex> lock(mu_);
   const Handle h{Clock::now() + absl::ToChronoNanoseconds(delay), next_id_++};
   timers_.emplace(std::make_pair(h.when, h.id), std::move(fn));
-  ArmLocked();
+  if (h.when < armed_) ArmLocked(h.when);
   return h;
 }
 
 void HedgeTimer::Cancel(const Handle& h) {
   if (h.id == 0) return;
   std::lock_guard<std::mutex> lock(mu_);
-  if (timers_.erase(std::make_pair(h.when, h.id)) > 0) ArmLocked();
+  if (timers_.erase(std::make_pair(h.when, h.id)) == 0) return;
+  if (timers_.empty()) {
+    ArmLocked(Clock::time_point::max());
+  } else if (timers_.begin()->first.first - armed_ > kRearmSlack) {
+    ArmLocked(timers_.begin()->first.first);
+  }
 }
 
-void HedgeTimer::ArmLocked() {
-  const Clock::time_point earliest =
-      timers_.empty() ? Clock::time_point::max() : timers_.begin()->first.first;
-  if (earliest == armed_ || fd_ < 0) return;
-  armed_ = earliest;
+void HedgeTimer::ArmLocked(Clock::time_point when) {
+  if (when == armed_ || fd_ < 0) return;
+  armed_ = when;
   itimerspec spec{};  // Zero: disarmed.
-  if (earliest != Clock::time_point::max()) {
+  if (when != Clock::time_point::max()) {
     // libstdc++'s steady_clock is CLOCK_MONOTONIC, the timerfd's clock.
-    const auto ns =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(earliest.time_since_epoch());
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch());
     spec.it_value.tv_sec = static_cast<time_t>(ns.count() / 1000000000);
     spec.it_value.tv_nsec = static_cast<long>(ns.count() % 1000000000);
     if (spec.it_value.tv_sec == 0 && spec.it_value.tv_nsec == 0) spec.it_value.tv_nsec = 1;
@@ -132,8 +134,11 @@ void HedgeTimer::Loop() {
         due.push_back(std::move(timers_.begin()->second));
         timers_.erase(timers_.begin());
       }
-      armed_ = Clock::time_point::max();  // Fired (or a stale expiry): set it again.
-      ArmLocked();
+      // A one-shot timerfd that fired is disarmed. It may have fired for a
+      // timer since cancelled (Cancel leaves it early by up to kRearmSlack):
+      // then nothing was due, and it is set for the earliest left.
+      armed_ = Clock::time_point::max();
+      if (!timers_.empty()) ArmLocked(timers_.begin()->first.first);
     }
     for (auto& fn : due) fn();
   }
@@ -241,6 +246,19 @@ std::shared_ptr<ShardClient::Replica> ShardClient::NewReplica(const std::string&
   // hangs is left to hedging and the call's deadline.
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
   args.SetMaxReceiveMessageSize(64 << 20);
+  // The filters a shard call passes through, trimmed to what the router
+  // uses. HedgedCall retries and hedges on its own, so gRPC's retry filter
+  // (on by default; it keeps a copy of every request in case it retries)
+  // only costs. The minimal stack drops the optional filters (compression,
+  // message size, census); deadline checking is asked for again, so a call
+  // still ends at its deadline when a replica hangs. About 8% of the
+  // router's instructions a query (tools/bench/results/LOG.md, "The
+  // router's shard channels on gRPC's minimal stack"). The minimal stack
+  // may drop the receive limit above with its filter; the replicas are this
+  // deployment's own servers.
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+  args.SetInt(GRPC_ARG_MINIMAL_STACK, 1);
+  args.SetInt(GRPC_ARG_ENABLE_DEADLINE_CHECKS, 1);
   auto r = std::make_shared<Replica>();
   r->address = address;
   // An IP address gets a channel of its own; anything else (a name in a

@@ -87,8 +87,15 @@ struct ShardStats {
 // Runs functions at given times on one thread of its own, which wakes only
 // for a timer that fires. Every shard call sets one (its hedge) and nearly
 // every call answers before it is due, so the thread sleeps in read() on a
-// timerfd armed for the earliest timer left, and After and Cancel re-arm it
-// (a system call, no wakeup) when the earliest changes. Not a grpc::Alarm
+// timerfd armed for the earliest timer, or a little earlier. After re-arms it
+// (a system call, no wakeup) for a timer earlier than the one armed; Cancel
+// disarms it when no timer is left, and otherwise re-arms it only when the
+// earliest left is over kRearmSlack later than the time armed. A query's
+// shard calls set their timers within microseconds of each other, so the
+// answers of a query that is not late cost one system call in all, not one
+// each; when a call is still out at the earlier time, the thread wakes, finds
+// nothing due and re-arms (tools/bench/results/LOG.md, "Hedge timers armed
+// once a query"). Not a grpc::Alarm
 // per call (~120 us of router CPU each), not a condition variable (a wakeup
 // for every timer, due or not), not the completion threads' poll timeouts
 // (whole milliseconds: hedges up to 2 ms late); measured in
@@ -110,7 +117,10 @@ class HedgeTimer {
  private:
   HedgeTimer();
   void Loop();
-  void ArmLocked();  // The timerfd to the earliest timer, or disarmed.
+  // See the class comment; a quarter of ShardClientOptions'
+  // min_hedge_delay.
+  static constexpr Clock::duration kRearmSlack = std::chrono::microseconds(250);
+  void ArmLocked(Clock::time_point when);  // The timerfd to `when`; max(): disarmed.
   std::mutex mu_;
   // Guarded by mu_:
   std::map<std::pair<Clock::time_point, uint64_t>, std::function<void()>> timers_;
