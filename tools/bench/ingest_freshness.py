@@ -776,7 +776,8 @@ def main():
 
 def report(r):
     f = r["freshness_phase"]
-    print(f"\nIngest freshness: {a.base_rows} x {a.dim} base, {a.replicas} replicas, "
+    base = (f"the images of {a.images}" if a.images else f"{a.base_rows} x {a.dim}")
+    print(f"\nIngest freshness: {base} base, {a.replicas} replicas, "
           f"publish every {a.publish_interval_ms} ms; {os.cpu_count()} CPUs shared by all; "
           f"load average {r['loadavg_start']} at start, {r['loadavg_end']} at end")
     print(f"writer: {f['upserts_sent']} upserts ({f['achieved_rate']}/s of {a.rate:g} asked, "
