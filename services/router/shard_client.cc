@@ -253,7 +253,7 @@ std::shared_ptr<ShardClient::Replica> ShardClient::NewReplica(const std::string&
   // message size, census); deadline checking is asked for again, so a call
   // still ends at its deadline when a replica hangs. About 8% of the
   // router's instructions a query (tools/bench/results/LOG.md, "The
-  // router's shard channels on gRPC's minimal stack"). The minimal stack
+  // router's own cost"). The minimal stack
   // may drop the receive limit above with its filter; the replicas are this
   // deployment's own servers.
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);

@@ -94,8 +94,8 @@ struct ShardStats {
 // shard calls set their timers within microseconds of each other, so the
 // answers of a query that is not late cost one system call in all, not one
 // each; when a call is still out at the earlier time, the thread wakes, finds
-// nothing due and re-arms (tools/bench/results/LOG.md, "Hedge timers armed
-// once a query"). Not a grpc::Alarm
+// nothing due and re-arms (tools/bench/results/LOG.md, "The router's own
+// cost"). Not a grpc::Alarm
 // per call (~120 us of router CPU each), not a condition variable (a wakeup
 // for every timer, due or not), not the completion threads' poll timeouts
 // (whole milliseconds: hedges up to 2 ms late); measured in
