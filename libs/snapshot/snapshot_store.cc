@@ -1242,6 +1242,15 @@ absl::StatusOr<GcReport> GarbageCollect(const std::string& root, const GcOptions
   RemoveStaleTempDirs(root);
   ASSIGN_OR_RETURN(std::vector<uint64_t> versions, ListVersions(root));
   auto current = ReadCurrentVersion(root);
+  // A CURRENT that exists but cannot be read names no version to keep: GC
+  // would take the live version for an old one. Only a root that has none yet
+  // is collected without one.
+  if (!current.ok() && !absl::IsNotFound(current.status())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "gc refuses to run while CURRENT cannot be read (", current.status().message(),
+        "); point it at a version first: imagesearch-snapshot set-current --root=", root,
+        " --version=vN"));
+  }
   ASSIGN_OR_RETURN(std::vector<Promotion> log, ReadPromotionLog(root));
   const std::map<uint64_t, std::optional<absl::Time>> retired = RetirementTimes(log);
   const absl::Time now = options.now.value_or(absl::Now());

@@ -85,7 +85,7 @@ TEST_CASE("Rollback with SetCurrentVersion, and gc never removes the live versio
   CHECK(Snapshot::Open(root, 1, VerifyMode::kChecksums).ok());
 }
 
-TEST_CASE("A CURRENT that is not a version name, or is too big to be one, is called corrupt") {
+TEST_CASE("A CURRENT that is not a version name, or is too big to be one, is called corrupt, and gc refuses to run") {
   std::string root = TempRoot();
   REQUIRE(PublishSnapshot(root, MakeCorpus(50, 8, "c").WithGraph()).ok());
   REQUIRE(ReplaceFileAtomically(root + "/CURRENT", "v1-garbage\n").ok());
@@ -98,6 +98,15 @@ TEST_CASE("A CURRENT that is not a version name, or is too big to be one, is cal
   CHECK(absl::IsInvalidArgument(big.status()));
   CHECK(absl::StrContains(big.status().message(), "CURRENT is corrupt"));
   CHECK(absl::StrContains(big.status().message(), "over the limit"));
+  // GC will not guess which version is live.
+  GcOptions gc;
+  gc.keep = 0;
+  gc.grace = absl::ZeroDuration();
+  auto refused = GarbageCollect(root, gc);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(absl::IsFailedPrecondition(refused.status()));
+  CHECK(absl::StrContains(refused.status().message(), "set-current"));
+  CHECK(*ListVersions(root) == std::vector<uint64_t>{1});
   REQUIRE(ReplaceFileAtomically(root + "/CURRENT", "v1\n").ok());
   CHECK(*ReadCurrentVersion(root) == 1);
 }

@@ -247,15 +247,18 @@ std::shared_ptr<ShardClient::Replica> ShardClient::NewReplica(const std::string&
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
   args.SetMaxReceiveMessageSize(64 << 20);
   // The filters a shard call passes through, trimmed to what the router
-  // uses. HedgedCall retries and hedges on its own, so gRPC's retry filter
-  // (on by default; it keeps a copy of every request in case it retries)
-  // only costs. The minimal stack drops the optional filters (compression,
-  // message size, census); deadline checking is asked for again, so a call
-  // still ends at its deadline when a replica hangs. About 8% of the
-  // router's instructions a query (tools/bench/results/LOG.md, "The
-  // router's own cost"). The minimal stack
-  // may drop the receive limit above with its filter; the replicas are this
-  // deployment's own servers.
+  // uses: about 8% of its instructions a query (tools/bench/results/LOG.md,
+  // "The router's own cost"). Deadline checking is asked for again, so a
+  // call still ends at its deadline when a replica hangs. What goes:
+  // - the retry filter, and with it gRPC's transparent retry of a call that
+  //   never reached the server (one that races a replica's GOAWAY at its
+  //   connection's max age, say): it comes back UNAVAILABLE, and HedgedCall
+  //   retries it on another replica, as it does any UNAVAILABLE (counted in
+  //   the shard's retries). The filter kept a copy of every request besides.
+  // - message size limits: the receive limit above is not enforced; the
+  //   replicas are this deployment's own, and their send limit holds.
+  // - compression and decompression: nothing makes a replica compress.
+  // - the client idle timer: a shard channel never goes idle.
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
   args.SetInt(GRPC_ARG_MINIMAL_STACK, 1);
   args.SetInt(GRPC_ARG_ENABLE_DEADLINE_CHECKS, 1);

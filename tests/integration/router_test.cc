@@ -152,38 +152,36 @@ TEST_CASE("The hedge timer fires due timers in time order and never a cancelled 
 TEST_CASE("A timer left behind a cancelled one within the slack fires on time, not early",
           "[router]") {
   router::HedgeTimer& timer = router::HedgeTimer::Get();
+  using Clock = router::HedgeTimer::Clock;
   struct Fired {
     std::mutex mu;
-    std::vector<std::pair<int, absl::Time>> at;
+    std::vector<std::pair<int, Clock::time_point>> at;
     std::promise<void> last;
   };
   auto fired = std::make_shared<Fired>();
   auto record = [fired](int n) {
     return [fired, n] {
       std::lock_guard<std::mutex> lock(fired->mu);
-      fired->at.emplace_back(n, absl::Now());
+      fired->at.emplace_back(n, Clock::now());
       if (n == 2) fired->last.set_value();
     };
   };
-  // 1 and 2 are 100 us apart, inside the re-arm slack: cancelling 1 leaves
-  // the timerfd armed for 1's time, so the thread wakes with nothing due and
-  // must set it again for 2, not fire 2 early. 3 is cancelled with nothing
-  // after it: the timerfd is disarmed, and nothing fires for it.
-  const absl::Time t0 = absl::Now();
-  const auto h1 = timer.After(absl::Milliseconds(150), record(1));
-  const auto h2 = timer.After(absl::Microseconds(150100), record(2));
+  // 1 and 2 are 200 us apart, inside the re-arm slack (250 us): cancelling 1
+  // leaves the timerfd armed for 1's time, so the thread wakes with nothing
+  // due (when it wakes within 200 us of it) and must set it again for 2, not
+  // fire 2 early. 300 ms leave a loaded machine time to cancel 1 first.
+  const Clock::time_point t0 = Clock::now();
+  const auto h1 = timer.After(absl::Milliseconds(300), record(1));
+  const auto h2 = timer.After(absl::Microseconds(300200), record(2));
   timer.Cancel(h1);
   const bool done =
       fired->last.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready;
   timer.Cancel(h2);
   REQUIRE(done);
-  const auto h3 = timer.After(absl::Milliseconds(20), record(3));
-  timer.Cancel(h3);
-  std::this_thread::sleep_for(std::chrono::milliseconds(60));
   std::lock_guard<std::mutex> lock(fired->mu);
   REQUIRE(fired->at.size() == 1);
   CHECK(fired->at[0].first == 2);
-  CHECK(fired->at[0].second - t0 >= absl::Microseconds(150100));
+  CHECK(fired->at[0].second - t0 >= std::chrono::microseconds(300200));
 }
 
 TEST_CASE("The router's merged exact answer is the collection's, from many threads, hedged",
