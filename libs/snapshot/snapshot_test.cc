@@ -85,7 +85,9 @@ TEST_CASE("Rollback with SetCurrentVersion, and gc never removes the live versio
   CHECK(Snapshot::Open(root, 1, VerifyMode::kChecksums).ok());
 }
 
-TEST_CASE("A CURRENT that is not a version name, or is too big to be one, is called corrupt, and gc refuses to run") {
+TEST_CASE(
+    "A CURRENT that is not a version name, or is too big to be one, is called corrupt, and gc "
+    "refuses to run") {
   std::string root = TempRoot();
   REQUIRE(PublishSnapshot(root, MakeCorpus(50, 8, "c").WithGraph()).ok());
   REQUIRE(ReplaceFileAtomically(root + "/CURRENT", "v1-garbage\n").ok());
