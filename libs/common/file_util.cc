@@ -65,8 +65,8 @@ absl::Status StreamFile(const std::string& path, Consume consume) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return ErrnoStatus(errno, absl::StrCat("open ", path));
   // Sized to the file (one read, and one more to see its end), at most
-  // 1 MiB, and not zeroed: CURRENT, a few bytes read several times a second
-  // by every replica, used to cost a zeroed 1 MiB buffer each time.
+  // 1 MiB, and not zeroed: CURRENT, a few bytes, is read several times a
+  // second by every replica and the ingest service.
   struct stat st;
   const size_t size = ::fstat(fd.get(), &st) == 0 && st.st_size > 0
                           ? static_cast<size_t>(st.st_size) + 1

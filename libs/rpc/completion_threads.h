@@ -40,8 +40,8 @@
 // long batch, an exact scan), the first standby polls too, so that nothing
 // else (health checks included) waits behind it; it looks every kRescueNs.
 // So a replica takes a lone caller's calls on one thread, and a flood on as
-// many threads as add throughput (beyond a few threads the trials' windows
-// are noisier than the step they measure; only 2 CPUs were at hand).
+// many threads as add throughput (measured on 2 CPUs only: beyond a few
+// threads a trial's window may be noisier than the step it measures).
 //
 // Thread-safe.
 #ifndef IMAGESEARCH_LIBS_RPC_COMPLETION_THREADS_H_

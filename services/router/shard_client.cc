@@ -254,7 +254,7 @@ std::shared_ptr<ShardClient::Replica> ShardClient::NewReplica(const std::string&
   //   never reached the server (one that races a replica's GOAWAY at its
   //   connection's max age, say): it comes back UNAVAILABLE, and HedgedCall
   //   retries it on another replica, as it does any UNAVAILABLE (counted in
-  //   the shard's retries). The filter kept a copy of every request besides.
+  //   the shard's retries). The filter also keeps a copy of every request.
   // - message size limits: the receive limit above is not enforced; the
   //   replicas are this deployment's own, and their send limit holds.
   // - compression and decompression: nothing makes a replica compress.

@@ -91,9 +91,9 @@ struct ShardStats {
 // (a system call, no wakeup) for a timer earlier than the one armed; Cancel
 // disarms it when no timer is left, and otherwise re-arms it only when the
 // earliest left is over kRearmSlack later than the time armed. A query's
-// shard calls set their timers within microseconds of each other, so the
-// answers of a query that is not late cost one system call in all, not one
-// each; when a call is still out at the earlier time, the thread wakes, finds
+// shard calls set their timers within microseconds of each other, so a
+// query that is not late costs two system calls (arm, disarm), not one per
+// answer; when a call is still out at the earlier time, the thread wakes, finds
 // nothing due and re-arms (tools/bench/results/LOG.md, "The router's own
 // cost"). Not a grpc::Alarm
 // per call (~120 us of router CPU each), not a condition variable (a wakeup
