@@ -46,6 +46,27 @@ start_query() {
   QUERY_HTTP_PORT="$(port_of "$ports" http)"
 }
 
+# start_shard_replicas QUERY_BINARY COLLECTION LOG_DIR: one replica (no
+# model) per shard root COLLECTION/shard-<i>-of-<S>, logs in LOG_DIR. Sets
+# SHARD_PIDS, SHARD_ROOTS and SHARDS (their addresses in shard order, ';'
+# between, as imagesearch-router's --shards takes them).
+start_shard_replicas() {
+  local bin="$1" coll="$2" logs="$3" first count i addresses=()
+  first=("$coll"/shard-0-of-*)
+  [[ -d "${first[0]}" ]] || fail "no shard-0-of-<S> root in $coll"
+  count="${first[0]##*-of-}"
+  SHARD_PIDS=()
+  SHARD_ROOTS=()
+  for ((i = 0; i < count; ++i)); do
+    SHARD_ROOTS+=("$coll/shard-$i-of-$count")
+    start_query "$bin" "$logs/shard-$i.log" --snapshot_root="${SHARD_ROOTS[i]}" --load_model=false
+    SHARD_PIDS+=("$QUERY_PID")
+    addresses+=("127.0.0.1:$QUERY_PORT")
+  done
+  # shellcheck disable=SC2034  # for the caller
+  SHARDS="$(IFS=';'; echo "${addresses[*]}")"
+}
+
 # port_of FILE FRONT: the port of FRONT ("grpc" or "http") in the query
 # service's --port_file FILE; empty while it does not listen.
 port_of() {

@@ -33,18 +33,9 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null || true' EXIT
 first=("$COLL"/shard-0-of-*)
 [[ -d "${first[0]}" ]] || fail "no shard-0-of-<S> root in $COLL"
-count="${first[0]##*-of-}"
-
-shards=""
 if [[ "$WHAT" == router ]]; then
-  targets=()
-  for ((i = 0; i < count; ++i)); do
-    start_query "$BUILD/services/query/imagesearch-query" "$OUT/shard-$i.log" \
-      --snapshot_root="$COLL/shard-$i-of-$count" --load_model=false
-    pids+=("$QUERY_PID")
-    targets+=("127.0.0.1:$QUERY_PORT")
-  done
-  shards="$(IFS=';'; echo "${targets[*]}")"
+  start_shard_replicas "$BUILD/services/query/imagesearch-query" "$COLL" "$OUT"
+  pids+=("${SHARD_PIDS[@]}")
 fi
 # start_counted PREFIX [FLAGS...]: starts the counted process under PREFIX
 # (valgrind, or nothing) with FLAGS; sets PID and PORT.
@@ -53,7 +44,7 @@ start_counted() {
   if [[ "$WHAT" == router ]]; then
     printf '#!/bin/sh\nexec %s %s "$@"\n' "$1" "$BUILD/services/router/imagesearch-router" > "$wrapper"
     chmod +x "$wrapper"
-    start_query "$wrapper" "$OUT/counted.log" --shards="$shards" "${@:2}"
+    start_query "$wrapper" "$OUT/counted.log" --shards="$SHARDS" "${@:2}"
   else
     printf '#!/bin/sh\nexec %s %s "$@"\n' "$1" "$BUILD/services/query/imagesearch-query" > "$wrapper"
     chmod +x "$wrapper"

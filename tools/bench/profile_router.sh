@@ -30,19 +30,9 @@ source "$(dirname "$0")/perf_windows.sh"
 mkdir -p "$OUT"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null || true' EXIT
-targets=()
-first=("$COLL"/shard-0-of-*)
-[[ -d "${first[0]}" ]] || fail "no shard-0-of-<S> root in $COLL"
-count="${first[0]##*-of-}"
-for ((i = 0; i < count; ++i)); do  # In shard order, as --shards must list them.
-  root="$COLL/shard-$i-of-$count"
-  start_query "$BUILD/services/query/imagesearch-query" "$OUT/shard-$i.log" \
-    --snapshot_root="$root" --load_model=false
-  pids+=("$QUERY_PID")
-  targets+=("127.0.0.1:$QUERY_PORT")
-done
-shards="$(IFS=';'; echo "${targets[*]}")"
-start_query "$ROUTER" "$OUT/router.log" --shards="$shards" "$@"
+start_shard_replicas "$BUILD/services/query/imagesearch-query" "$COLL" "$OUT"
+pids+=("${SHARD_PIDS[@]}")
+start_query "$ROUTER" "$OUT/router.log" --shards="$SHARDS" "$@"
 router="$QUERY_PID"
 pids+=("$router")
 port="$QUERY_PORT"
