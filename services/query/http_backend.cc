@@ -16,7 +16,7 @@ void CoreHttpBackend::Search(v1::SearchRequest request, const serving::CallConte
                 [held, done = std::move(done)](absl::StatusOr<serving::SearchResult> r) {
                   if (!r.ok()) return done(r.status());
                   v1::SearchResponse response;
-                  FillSearchResponse(*r, &response);
+                  FillSearchResponse(*std::move(r), &response);
                   done(std::move(response));
                 });
 }

@@ -1,6 +1,7 @@
 #include "services/query/proto_adapter.h"
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -80,15 +81,17 @@ std::vector<Query> ToEmbedItems(const v1::EmbedRequest& request) {
   return items;
 }
 
-void FillSearchResponse(const serving::SearchResult& result, v1::SearchResponse* out) {
+void FillSearchResponse(serving::SearchResult result, v1::SearchResponse* out) {
   out->set_snapshot_version(result.snapshot_version);
   out->set_collapsed(result.collapsed);
   out->mutable_hits()->Reserve(static_cast<int>(result.hits.size()));
-  for (const auto& h : result.hits) {
+  for (auto& h : result.hits) {
     v1::Hit* p = out->add_hits();
-    p->set_id(h.id);
-    p->set_uri(h.uri);
-    p->set_attributes_json(h.attributes_json);
+    // Setting a string field allocates it, even an empty one; a moved
+    // string keeps its buffer (on an arena message, the field too).
+    p->set_id(std::move(h.id));
+    if (!h.uri.empty()) p->set_uri(std::move(h.uri));
+    if (!h.attributes_json.empty()) p->set_attributes_json(std::move(h.attributes_json));
     p->set_distance(h.distance);
     p->set_score(h.score);
   }

@@ -23,7 +23,9 @@ serving::Query ToQuery(const v1::SearchRequest& request, serving::Filter* filter
 // input with nothing set stays Query::Kind::kNone, which the core refuses.
 std::vector<serving::Query> ToEmbedItems(const v1::EmbedRequest& request);
 
-void FillSearchResponse(const serving::SearchResult& result, v1::SearchResponse* out);
+// Moves the hits' strings into `out` (pass the result with std::move where
+// it is not needed after); empty strings are left unset, as proto3 reads them.
+void FillSearchResponse(serving::SearchResult result, v1::SearchResponse* out);
 void FillEmbedResponse(const serving::EmbedResult& result, v1::EmbedResponse* out);
 void FillInfo(const serving::ServingState& state, v1::GetInfoResponse* out);
 void FillThumbnail(const serving::ThumbnailResult& thumb, v1::GetThumbnailResponse* out);
