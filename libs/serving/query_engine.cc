@@ -213,6 +213,7 @@ absl::StatusOr<std::vector<Hit>> SearchSnapshot(const snapshot::Snapshot& snap,
   if (dedup) want = std::min(rows, 4 * want);
   const size_t max_want = std::min(rows, 4 * static_cast<size_t>(kMaxTopK));
   std::vector<index::Neighbor> chosen;
+  chosen.reserve(k);
   uint32_t dropped = 0;
   for (;;) {
     std::vector<index::Neighbor> neighbors =
