@@ -341,6 +341,9 @@ void Router::FanOut(v1::SearchRequest request, uint32_t top_k, const std::string
         auto out = std::make_shared<v1::SearchResponse>();
         // The shards' hits are ordered by pointer; only those kept move.
         std::vector<v1::Hit*> order;
+        size_t total = 0;
+        for (const auto& r : results) total += r.ok() ? static_cast<size_t>(r->hits_size()) : 0;
+        order.reserve(total);
         for (uint32_t i = 0; i < count; ++i) {
           if (!results[i].ok()) continue;
           v1::SearchResponse& r = *results[i];
