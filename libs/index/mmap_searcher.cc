@@ -49,14 +49,16 @@ thread_local VisitedList tls_visited;
 // The walks' heap storage, kept per thread between queries: once a thread has
 // served a query as wide, a query's heaps take no allocation (growing by
 // doubling, they took about twenty a query at ef 32, and as many frees).
+// Storage past kMaxPooledHeap entries (a very wide ef) is freed, not kept.
+constexpr size_t kMaxPooledHeap = 1 << 16;
 struct HeapStorage {
   std::vector<std::pair<float, uint32_t>> top, candidates, own;
 };
 thread_local HeapStorage tls_heaps;
 
 // A Heap on `*pool`'s storage, emptied; the storage goes back to `*pool` when
-// the heap goes, if it grew. A walk nested in another on the same thread
-// finds `*pool` taken and grows its own, as a plain Heap would.
+// the heap goes, if it grew (and stays under kMaxPooledHeap). Walks on one
+// thread run one after the other (they share tls_visited too).
 class PooledHeap : public Heap {
  public:
   explicit PooledHeap(std::vector<std::pair<float, uint32_t>>* pool) : pool_(pool) {
@@ -64,7 +66,7 @@ class PooledHeap : public Heap {
     c.clear();
   }
   ~PooledHeap() {
-    if (c.capacity() > pool_->capacity()) c.swap(*pool_);
+    if (c.capacity() > pool_->capacity() && c.capacity() <= kMaxPooledHeap) c.swap(*pool_);
   }
   PooledHeap(const PooledHeap&) = delete;
   PooledHeap& operator=(const PooledHeap&) = delete;

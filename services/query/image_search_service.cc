@@ -120,8 +120,8 @@ void ImageSearchService::HandleSearchBatch(const serving::CallContext& context,
       queries, context,
       [response, done = std::move(done)](absl::StatusOr<std::vector<serving::SearchResult>> r) {
         if (r.ok()) {
-          for (auto& one : *r) FillSearchResponse(std::move(one), response->add_responses());
           if (!r->empty()) response->set_snapshot_version(r->front().snapshot_version);
+          for (auto& one : *r) FillSearchResponse(std::move(one), response->add_responses());
         }
         done(r.status());
       });

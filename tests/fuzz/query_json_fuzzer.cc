@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "services/query/http_frontend.cc"  // NOLINT: for its internal functions.
 #include "services/query/proto_adapter.h"
@@ -47,7 +48,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                        imagesearch::fuzz::CheckAnswer(q.kind, r.status());
                        if (r.ok()) {
                          imagesearch::v1::SearchResponse response;
-                         imagesearch::FillSearchResponse(*r, &response);
+                         imagesearch::FillSearchResponse(*std::move(r), &response);
                          FUZZ_CHECK(!imagesearch::ToJson(&response).empty());
                        } else {
                          imagesearch::ErrorResponse(r.status());

@@ -8,6 +8,7 @@
 // with FillSearchResponse.
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 
 #include "imagesearch/v1/imagesearch.pb.h"
 #include "services/query/proto_adapter.h"
@@ -36,7 +37,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (r.ok()) {
       FUZZ_CHECK(r->hits.size() <= serving::kMaxTopK);
       v1::SearchResponse response;
-      imagesearch::FillSearchResponse(*r, &response);
+      imagesearch::FillSearchResponse(*std::move(r), &response);
       std::string wire;
       FUZZ_CHECK(response.SerializeToString(&wire));
     }

@@ -51,6 +51,8 @@ INDEXER = os.path.abspath(os.path.join(a.build, "services", "indexer", "imagesea
 MODEL = os.path.abspath(a.model)
 ADDS = [int(k) for k in a.add.split(",") if k]
 N = a.base_images
+if not ADDS or min(ADDS) < 1 or N < 1:
+    sys.exit("--add needs one or more positive counts, and --base_images a positive one")
 
 
 def corpus():
@@ -111,10 +113,21 @@ def main():
     base_manifest = os.path.join(lists, f"base{N}.jsonl")
     write_manifest(base_manifest, base_items)
 
+    # The cached base is the one built from these images with this model
+    # and these flags; anything else builds it again.
+    st = os.stat(MODEL)
+    key = json.dumps([MODEL, st.st_size, st.st_mtime_ns, a.indexer_args,
+                      [item["path"] for item in base_items]])
     base_root = os.path.join(a.work, f"base{N}")
-    if not os.path.exists(os.path.join(base_root, "CURRENT")):
+    stamp = os.path.join(a.work, f"base{N}.key")
+    cached = os.path.exists(stamp) and open(stamp).read() == key
+    if not (cached and os.path.exists(os.path.join(base_root, "CURRENT"))):
         shutil.rmtree(base_root, ignore_errors=True)
+        if os.path.exists(stamp):
+            os.remove(stamp)
         secs, written, line = index(base_root, base_manifest)
+        with open(stamp, "w") as f:
+            f.write(key)
         print(f"base (cached for later runs): {N} images in {secs:.1f} s, {written:,} B\n  {line}")
     else:
         print(f"base: {N} images, cached in {base_root}")
