@@ -102,13 +102,13 @@ void Router::CancelAll() {
 
 uint32_t Router::NextShard() { return rotate_.fetch_add(1) % shard_count(); }
 
-void Router::ShardSearch(uint32_t shard, const v1::SearchRequest& request, absl::Time deadline,
-                         Done<v1::SearchResponse> done) {
+void Router::ShardSearch(uint32_t shard, std::shared_ptr<const v1::SearchRequest> request,
+                         absl::Time deadline, Done<v1::SearchResponse> done) {
   ShardClient* s = shards_[shard].get();
   s->Call<v1::SearchRequest, v1::SearchResponse>(
       [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::SearchRequest& q,
          grpc::CompletionQueue* queue) { return stub->PrepareAsyncSearch(c, q, queue); },
-      request, deadline, std::move(done));
+      std::move(request), deadline, std::move(done));
 }
 
 void Router::ShardEmbed(uint32_t shard, const v1::EmbedRequest& request, absl::Time deadline,
@@ -117,7 +117,7 @@ void Router::ShardEmbed(uint32_t shard, const v1::EmbedRequest& request, absl::T
   s->Call<v1::EmbedRequest, v1::EmbedResponse>(
       [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::EmbedRequest& q,
          grpc::CompletionQueue* queue) { return stub->PrepareAsyncEmbed(c, q, queue); },
-      request, deadline, std::move(done));
+      std::make_shared<const v1::EmbedRequest>(request), deadline, std::move(done));
 }
 
 void Router::GetThumbnail(const std::string& id, absl::Time deadline,
@@ -129,7 +129,8 @@ void Router::GetThumbnail(const std::string& id, absl::Time deadline,
   s->Call<v1::GetThumbnailRequest, v1::GetThumbnailResponse>(
       [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::GetThumbnailRequest& q,
          grpc::CompletionQueue* queue) { return stub->PrepareAsyncGetThumbnail(c, q, queue); },
-      std::move(request), deadline, std::move(done));
+      std::make_shared<const v1::GetThumbnailRequest>(std::move(request)), deadline,
+      std::move(done));
 }
 
 void Router::ShardInfo(uint32_t shard, absl::Time deadline, Done<v1::GetInfoResponse> done) {
@@ -137,7 +138,7 @@ void Router::ShardInfo(uint32_t shard, absl::Time deadline, Done<v1::GetInfoResp
   s->Call<v1::GetInfoRequest, v1::GetInfoResponse>(
       [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::GetInfoRequest& q,
          grpc::CompletionQueue* queue) { return stub->PrepareAsyncGetInfo(c, q, queue); },
-      v1::GetInfoRequest(), deadline, std::move(done));
+      std::make_shared<const v1::GetInfoRequest>(), deadline, std::move(done));
 }
 
 absl::Status Router::Discover(absl::Time deadline) {
@@ -311,7 +312,7 @@ void Router::FanOut(v1::SearchRequest request, uint32_t top_k, const std::string
   GatherAll<v1::SearchResponse>(
       shards_.size(),
       [this, shared, deadline](size_t i, Done<v1::SearchResponse> d) {
-        ShardSearch(static_cast<uint32_t>(i), *shared, deadline, std::move(d));
+        ShardSearch(static_cast<uint32_t>(i), shared, deadline, std::move(d));
       },
       [this, top_k, self_id, allow_partial, dedup, deadline,
        done = std::move(done)](std::vector<absl::StatusOr<v1::SearchResponse>> results) {

@@ -170,10 +170,11 @@ class ShardClient {
       v1::ImageSearch::Stub*, grpc::ClientContext*, const Request&, grpc::CompletionQueue*)>;
 
   // Sends `request` with `start` and calls `done` once with the answer or
-  // the last error, on a thread of the client's queues.
+  // the last error, on a thread of the client's queues. The request is
+  // shared, not copied: a query fanned out to every shard is one message.
   template <typename Request, typename Response>
-  void Call(Start<Request, Response> start, Request request, absl::Time deadline,
-            std::function<void(absl::StatusOr<Response>)> done);
+  void Call(Start<Request, Response> start, std::shared_ptr<const Request> request,
+            absl::Time deadline, std::function<void(absl::StatusOr<Response>)> done);
 
  private:
   template <typename Request, typename Response>
@@ -267,7 +268,8 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
   using Start = ShardClient::Start<Request, Response>;
   using Done = std::function<void(absl::StatusOr<Response>)>;
 
-  HedgedCall(ShardClient* shard, Start start, Request request, absl::Time deadline, Done done)
+  HedgedCall(ShardClient* shard, Start start, std::shared_ptr<const Request> request,
+             absl::Time deadline, Done done)
       : shard_(shard),
         start_(std::move(start)),
         request_(std::move(request)),
@@ -342,7 +344,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     const bool started = shard_->AttemptStarting(&a->context) &&
                          shard_->queues_->Start([&](grpc::CompletionQueue* queue) {
                            tag->reader =
-                               start_(a->replica->stub.get(), &a->context, request_, queue);
+                               start_(a->replica->stub.get(), &a->context, *request_, queue);
                            tag->reader->StartCall();
                            tag->reader->Finish(&a->response, &tag->status, tag->GrpcTag());
                          });
@@ -421,7 +423,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
 
   ShardClient* const shard_;
   const Start start_;
-  const Request request_;
+  const std::shared_ptr<const Request> request_;
   const absl::Time deadline_;
   const Done done_;
   const std::shared_ptr<const ShardClient::Replicas> replicas_;  // Kept for the call.
@@ -436,8 +438,8 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
 };
 
 template <typename Request, typename Response>
-void ShardClient::Call(Start<Request, Response> start, Request request, absl::Time deadline,
-                       std::function<void(absl::StatusOr<Response>)> done) {
+void ShardClient::Call(Start<Request, Response> start, std::shared_ptr<const Request> request,
+                       absl::Time deadline, std::function<void(absl::StatusOr<Response>)> done) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.calls;
