@@ -62,9 +62,9 @@ ImageSearchService::RawMethod ImageSearchService::Make(
                                   std::function<void(absl::StatusOr<grpc::ByteBuffer>)> reply) {
     if (absl::Status s = gate_.AuthenticateGrpc(info.context(), name); !s.ok()) return reply(s);
     // The call's messages live on an arena whose first block is part of the
-    // call: a search's request and its answer (a vector, ten hits and their
-    // strings) take no allocation of their own, where each hit, each
-    // string and the vector took one from the heap, and one more to free.
+    // call, so that a search's request and its answer (a vector, ten hits
+    // and their strings) take no allocation each. An answer filled on
+    // another thread (a model's) takes one block of that thread's.
     struct Call {
       // User-provided, so that make_shared does not zero the block first.
       Call() {}  // NOLINT(modernize-use-equals-default)

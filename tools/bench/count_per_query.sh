@@ -16,8 +16,9 @@
 #   /usr/bin/python3 tools/bench/router_bench.py --build=build     # makes /tmp/router_bench
 #   tools/bench/count_per_query.sh build /tmp/router_bench/n100000-d128-s4-coll \
 #     /tmp/router_bench/n100000-d128-s4-q1000.npy /tmp/count router
-# Prints the instructions a query (OUT_DIR keeps callgrind's dump for
-# callgrind_annotate), then each system call and context switches a query.
+# Prints the instructions and malloc calls a query (OUT_DIR keeps
+# callgrind's dump for callgrind_annotate), then each system call and
+# context switches a query.
 # Needs valgrind and perf (linux-perf).
 set -euo pipefail
 BUILD="$(cd "$1" && pwd)"; COLL="$2"; QUERIES="$3"; OUT="$4"; WHAT="${5:-router}"
@@ -77,6 +78,18 @@ callgrind_annotate --inclusive=no "$dump" > "$OUT/callgrind.txt" 2> /dev/null ||
 echo "$WHAT, $N queries at 1 client, ef $EF:"
 awk -v n="$N" '/PROGRAM TOTALS/ { gsub(",", "", $1); printf "  user-space instructions a query: %.0f\n", $1 / n }' \
   "$OUT/callgrind.txt"
+# malloc's calls: the calls from each of its callers, summed (its block in
+# the caller tree, whose lines read "< CALLER (COUNTx)").
+callgrind_annotate --tree=caller --threshold=100 "$dump" 2> /dev/null | awk -v n="$N" 'BEGIN { RS = "" }
+  /\*  [^\n]*malloc\.c:malloc \[/ {
+    s = 0; m = split($0, line, "\n")
+    for (i = 1; i <= m; i++) {
+      if (line[i] ~ /  < / && match(line[i], /\([0-9,]+x\)/)) {
+        c = substr(line[i], RSTART + 1, RLENGTH - 3); gsub(",", "", c); s += c
+      }
+    }
+    printf "  malloc calls a query: %.1f\n", s / n; exit
+  }'
 
 # System calls and context switches: the process at full speed, default flags.
 start_counted ""

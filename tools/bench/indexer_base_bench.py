@@ -51,8 +51,9 @@ INDEXER = os.path.abspath(os.path.join(a.build, "services", "indexer", "imagesea
 MODEL = os.path.abspath(a.model)
 ADDS = [int(k) for k in a.add.split(",") if k]
 N = a.base_images
-if not ADDS or min(ADDS) < 1 or N < 1:
-    sys.exit("--add needs one or more positive counts, and --base_images a positive one")
+if not ADDS or min(ADDS) < 1 or N < 1 or not 1 <= a.remove <= N:
+    sys.exit("--add needs one or more positive counts, --base_images a positive one, "
+             "and --remove a count from 1 to --base_images")
 
 
 def corpus():
@@ -169,7 +170,7 @@ def main():
     print(f"delete {a.remove}: {secs:.2f} s, {written:,} B\n  {line}")
     shutil.rmtree(work_root, ignore_errors=True)
 
-    print(f"\nN = {N} images (Fashion-MNIST, default model, 1792-d); full rebuild of "
+    print(f"\nN = {N} Fashion-MNIST images, model {MODEL}; full rebuild of "
           f"{N + len(extra)}: {full_secs:.1f} s, {full_bytes:,} B")
     print(f"{'step':<22} {'seconds':>8} {'bytes':>12} {'time/full':>10} {'bytes/full':>11}")
     goal_k = min(ADDS, key=lambda k: abs(k / N - 0.001))
