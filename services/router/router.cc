@@ -50,6 +50,16 @@ void GatherAll(size_t n, const std::function<void(size_t, Router::Done<T>)>& cal
   }
 }
 
+// A shard call's answer as a message of its own (copied off the call's
+// arena), for the calls whose answers are not on the hot path.
+template <typename T>
+std::function<void(absl::StatusOr<ShardClient::Answer<T>>)> Copied(Router::Done<T> done) {
+  return [done = std::move(done)](absl::StatusOr<ShardClient::Answer<T>> r) {
+    if (!r.ok()) return done(r.status());
+    done(T(**r));
+  };
+}
+
 // A shard's error that is about the request (the same from every shard and
 // from a single replica), as opposed to the shard not answering.
 bool IsRequestError(absl::StatusCode code) {
@@ -103,7 +113,7 @@ void Router::CancelAll() {
 uint32_t Router::NextShard() { return rotate_.fetch_add(1) % shard_count(); }
 
 void Router::ShardSearch(uint32_t shard, std::shared_ptr<const v1::SearchRequest> request,
-                         absl::Time deadline, Done<v1::SearchResponse> done) {
+                         absl::Time deadline, Done<ShardClient::Answer<v1::SearchResponse>> done) {
   ShardClient* s = shards_[shard].get();
   s->Call<v1::SearchRequest, v1::SearchResponse>(
       [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::SearchRequest& q,
@@ -117,7 +127,7 @@ void Router::ShardEmbed(uint32_t shard, const v1::EmbedRequest& request, absl::T
   s->Call<v1::EmbedRequest, v1::EmbedResponse>(
       [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::EmbedRequest& q,
          grpc::CompletionQueue* queue) { return stub->PrepareAsyncEmbed(c, q, queue); },
-      std::make_shared<const v1::EmbedRequest>(request), deadline, std::move(done));
+      std::make_shared<const v1::EmbedRequest>(request), deadline, Copied(std::move(done)));
 }
 
 void Router::GetThumbnail(const std::string& id, absl::Time deadline,
@@ -130,7 +140,7 @@ void Router::GetThumbnail(const std::string& id, absl::Time deadline,
       [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::GetThumbnailRequest& q,
          grpc::CompletionQueue* queue) { return stub->PrepareAsyncGetThumbnail(c, q, queue); },
       std::make_shared<const v1::GetThumbnailRequest>(std::move(request)), deadline,
-      std::move(done));
+      Copied(std::move(done)));
 }
 
 void Router::ShardInfo(uint32_t shard, absl::Time deadline, Done<v1::GetInfoResponse> done) {
@@ -138,7 +148,7 @@ void Router::ShardInfo(uint32_t shard, absl::Time deadline, Done<v1::GetInfoResp
   s->Call<v1::GetInfoRequest, v1::GetInfoResponse>(
       [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::GetInfoRequest& q,
          grpc::CompletionQueue* queue) { return stub->PrepareAsyncGetInfo(c, q, queue); },
-      std::make_shared<const v1::GetInfoRequest>(), deadline, std::move(done));
+      std::make_shared<const v1::GetInfoRequest>(), deadline, Copied(std::move(done)));
 }
 
 absl::Status Router::Discover(absl::Time deadline) {
@@ -309,13 +319,14 @@ void Router::FanOut(v1::SearchRequest request, uint32_t top_k, const std::string
   const bool allow_partial = request.allow_partial();
   const float dedup = request.dedup();
   auto shared = std::make_shared<const v1::SearchRequest>(std::move(request));
-  GatherAll<v1::SearchResponse>(
+  using Answer = ShardClient::Answer<v1::SearchResponse>;
+  GatherAll<Answer>(
       shards_.size(),
-      [this, shared, deadline](size_t i, Done<v1::SearchResponse> d) {
+      [this, shared, deadline](size_t i, Done<Answer> d) {
         ShardSearch(static_cast<uint32_t>(i), shared, deadline, std::move(d));
       },
       [this, top_k, self_id, allow_partial, dedup, deadline,
-       done = std::move(done)](std::vector<absl::StatusOr<v1::SearchResponse>> results) {
+       done = std::move(done)](std::vector<absl::StatusOr<Answer>> results) {
         const uint32_t count = shard_count();
         std::vector<uint32_t> missing;
         std::string why;
@@ -340,17 +351,18 @@ void Router::FanOut(v1::SearchRequest request, uint32_t top_k, const std::string
                                                  " shards are not answering; ", why)));
         }
         auto out = std::make_shared<v1::SearchResponse>();
-        // The shards' hits are ordered by pointer; only those kept move.
-        std::vector<v1::Hit*> order;
+        // The shards' hits (on their calls' arenas) are ordered by pointer;
+        // only those kept are copied out.
+        std::vector<const v1::Hit*> order;
         size_t total = 0;
-        for (const auto& r : results) total += r.ok() ? static_cast<size_t>(r->hits_size()) : 0;
+        for (const auto& r : results) total += r.ok() ? static_cast<size_t>((*r)->hits_size()) : 0;
         order.reserve(total);
         for (uint32_t i = 0; i < count; ++i) {
           if (!results[i].ok()) continue;
-          v1::SearchResponse& r = *results[i];
+          const v1::SearchResponse& r = **results[i];
           (*out->mutable_shard_versions())[i] = r.snapshot_version();
           out->set_collapsed(out->collapsed() + r.collapsed());
-          for (v1::Hit& h : *r.mutable_hits()) {
+          for (const v1::Hit& h : r.hits()) {
             if (!self_id.empty() && h.id() == self_id) continue;
             order.push_back(&h);
           }
@@ -361,9 +373,8 @@ void Router::FanOut(v1::SearchRequest request, uint32_t top_k, const std::string
         });
         // Dedup may drop some of the best, so it gets them all.
         const size_t keep = dedup > 0 ? order.size() : std::min<size_t>(order.size(), top_k);
-        std::vector<v1::Hit> hits;
-        hits.reserve(keep);
-        for (size_t k = 0; k < keep; ++k) hits.push_back(std::move(*order[k]));
+        std::vector<v1::Hit> hits(keep);
+        for (size_t k = 0; k < keep; ++k) hits[k].CopyFrom(*order[k]);
         for (uint32_t i : missing) out->add_missing_shards(i);
         auto finish = [top_k, out, done](std::vector<v1::Hit> kept) {
           if (kept.size() > top_k) kept.resize(top_k);

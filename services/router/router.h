@@ -89,8 +89,9 @@ class Router {
   void CollapseAcrossShards(std::vector<v1::Hit> hits, float dedup, uint32_t top_k,
                             absl::Time deadline, v1::SearchResponse* out,
                             std::function<void(std::vector<v1::Hit>)> finish);
+  // The shard's answer, held on its call's arena (ShardClient::Answer).
   void ShardSearch(uint32_t shard, std::shared_ptr<const v1::SearchRequest> request,
-                   absl::Time deadline, Done<v1::SearchResponse> done);
+                   absl::Time deadline, Done<ShardClient::Answer<v1::SearchResponse>> done);
   void ShardEmbed(uint32_t shard, const v1::EmbedRequest& request, absl::Time deadline,
                   Done<v1::EmbedResponse> done);
   void ShardInfo(uint32_t shard, absl::Time deadline, Done<v1::GetInfoResponse> done);

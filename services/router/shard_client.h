@@ -23,6 +23,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -37,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "google/protobuf/arena.h"
 #include "imagesearch/v1/imagesearch.grpc.pb.h"
 #include "libs/rpc/completion_threads.h"
 #include "libs/rpc/served_call.h"
@@ -169,12 +171,16 @@ class ShardClient {
   using Start = std::function<std::unique_ptr<grpc::ClientAsyncResponseReader<Response>>(
       v1::ImageSearch::Stub*, grpc::ClientContext*, const Request&, grpc::CompletionQueue*)>;
 
+  // The answer of a call: it lives on the call's arena, which it keeps.
+  template <typename Response>
+  using Answer = std::shared_ptr<const Response>;
+
   // Sends `request` with `start` and calls `done` once with the answer or
   // the last error, on a thread of the client's queues. The request is
   // shared, not copied: a query fanned out to every shard is one message.
   template <typename Request, typename Response>
   void Call(Start<Request, Response> start, std::shared_ptr<const Request> request,
-            absl::Time deadline, std::function<void(absl::StatusOr<Response>)> done);
+            absl::Time deadline, std::function<void(absl::StatusOr<Answer<Response>>)> done);
 
  private:
   template <typename Request, typename Response>
@@ -262,15 +268,25 @@ class ShardClient {
 };
 
 // One logical call to a shard: its attempts (the first, a retry, a hedge).
+// Their answers are parsed onto the call's arena, whose first block is part
+// of the call: a shard's top-k answer then takes no allocation of its own (a
+// message, and each hit and its strings, would take one each on the heap),
+// and the one that wins is handed on in place, holding the call.
 template <typename Request, typename Response>
 class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Response>> {
  public:
   using Start = ShardClient::Start<Request, Response>;
-  using Done = std::function<void(absl::StatusOr<Response>)>;
+  using Done = std::function<void(absl::StatusOr<ShardClient::Answer<Response>>)>;
 
+  // Holds a top_k 10 answer whose hits carry short ids and attributes;
+  // more takes further blocks from the heap.
+  static constexpr size_t kArenaBlock = 4096;
+
+  // User-provided, so that make_shared leaves the block uninitialised.
   HedgedCall(ShardClient* shard, Start start, std::shared_ptr<const Request> request,
              absl::Time deadline, Done done)
-      : shard_(shard),
+      : arena_(arena_block_, sizeof(arena_block_)),
+        shard_(shard),
         start_(std::move(start)),
         request_(std::move(request)),
         deadline_(deadline),
@@ -301,7 +317,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
  private:
   struct Attempt {
     grpc::ClientContext context;
-    Response response;
+    Response* response = nullptr;  // On the call's arena.
     bool hedge = false;
     bool refused = false;  // Not started: the router is stopping.
     absl::Time started;
@@ -311,6 +327,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
   Attempt* NewAttemptLocked(bool hedge) {
     attempts_.push_back(std::make_unique<Attempt>());
     Attempt* a = attempts_.back().get();
+    a->response = google::protobuf::Arena::CreateMessage<Response>(&arena_);
     const size_t pick = shard_->Pick(*replicas_, tried_);
     tried_.push_back(pick);
     a->replica = (*replicas_)[pick].get();
@@ -346,7 +363,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
                            tag->reader =
                                start_(a->replica->stub.get(), &a->context, *request_, queue);
                            tag->reader->StartCall();
-                           tag->reader->Finish(&a->response, &tag->status, tag->GrpcTag());
+                           tag->reader->Finish(a->response, &tag->status, tag->GrpcTag());
                          });
     if (!started) {
       a->refused = true;
@@ -397,7 +414,8 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
         }
         if (ShardObserver* o = shard_->options_.observer) o->OnHedgeWon(shard_->index_);
       }
-      done_(std::move(a->response));
+      // The answer, holding this call (and so its arena) while it is held.
+      done_(ShardClient::Answer<Response>(this->shared_from_this(), a->response));
       return;
     }
     if (Retryable(s) && !a->refused && retries_left_ > 0 &&
@@ -421,6 +439,9 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     done_(FromGrpc(last_error_));
   }
 
+  // Declared first: the arena outlives the attempts, whose answers it holds.
+  alignas(std::max_align_t) char arena_block_[kArenaBlock];
+  google::protobuf::Arena arena_;
   ShardClient* const shard_;
   const Start start_;
   const std::shared_ptr<const Request> request_;
@@ -439,14 +460,15 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
 
 template <typename Request, typename Response>
 void ShardClient::Call(Start<Request, Response> start, std::shared_ptr<const Request> request,
-                       absl::Time deadline, std::function<void(absl::StatusOr<Response>)> done) {
+                       absl::Time deadline,
+                       std::function<void(absl::StatusOr<Answer<Response>>)> done) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.calls;
   }
   auto call = std::make_shared<HedgedCall<Request, Response>>(
       this, std::move(start), std::move(request), deadline,
-      [this, started = absl::Now(), done = std::move(done)](absl::StatusOr<Response> r) {
+      [this, started = absl::Now(), done = std::move(done)](absl::StatusOr<Answer<Response>> r) {
         if (!r.ok()) {
           std::lock_guard<std::mutex> lock(mu_);
           ++stats_.failures;

@@ -80,15 +80,18 @@ awk -v n="$N" '/PROGRAM TOTALS/ { gsub(",", "", $1); printf "  user-space instru
   "$OUT/callgrind.txt"
 # malloc's calls: the calls from each of its callers, summed (its block in
 # the caller tree, whose lines read "< CALLER (COUNTx)").
+# (awk reads to the end: an early exit would fail callgrind_annotate's write
+# with SIGPIPE, and with pipefail the script.)
 callgrind_annotate --tree=caller --threshold=100 "$dump" 2> /dev/null | awk -v n="$N" 'BEGIN { RS = "" }
-  /\*  [^\n]*malloc\.c:malloc \[/ {
+  !found && /\*  [^\n]*malloc\.c:malloc \[/ {
+    found = 1
     s = 0; m = split($0, line, "\n")
     for (i = 1; i <= m; i++) {
       if (line[i] ~ /  < / && match(line[i], /\([0-9,]+x\)/)) {
         c = substr(line[i], RSTART + 1, RLENGTH - 3); gsub(",", "", c); s += c
       }
     }
-    printf "  malloc calls a query: %.1f\n", s / n; exit
+    printf "  malloc calls a query: %.1f\n", s / n
   }'
 
 # System calls and context switches: the process at full speed, default flags.
