@@ -2,8 +2,11 @@
 
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
+
+#include "libs/index/metric.h"
 
 namespace imagesearch::index {
 namespace {
@@ -42,6 +45,43 @@ TEST_CASE("every kernel this CPU runs matches a double-precision reference", "[d
   if (std::getenv("IMAGESEARCH_SIMD") == nullptr) {
     CHECK(GetDistanceFn(Metric::kL2, 64) == DistanceKernel(Metric::kL2, BestSimdLevel()));
   }
+}
+
+TEST_CASE("SumOfSquares matches a sequential double sum; NormalizeInPlace gives unit norm",
+          "[distance]") {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0, 3);
+  for (size_t dim : {1, 2, 7, 8, 9, 15, 16, 17, 100, 512, 1791, 1792}) {
+    std::vector<float> v(dim);
+    for (float& x : v) x = normal(rng);
+    double want = 0;
+    for (float x : v) want += static_cast<double>(x) * x;
+    INFO("dim " << dim);
+    CHECK(std::abs(SumOfSquares(v.data(), dim) - want) <= 1e-12 * want);
+    std::vector<float> before = v;
+    REQUIRE(NormalizeInPlace(v.data(), dim));
+    double norm = 0;
+    for (float x : v) norm += static_cast<double>(x) * x;
+    CHECK(std::abs(norm - 1) < 1e-5);
+    // Every value scaled by the same factor, the tail's too.
+    const float inv = static_cast<float>(1.0 / std::sqrt(SumOfSquares(before.data(), dim)));
+    for (size_t i = 0; i < dim; ++i) CHECK(v[i] == before[i] * inv);
+    // A NaN or an infinity anywhere, tail included, makes the sum not finite.
+    for (size_t at : {size_t{0}, dim / 2, dim - 1}) {
+      std::vector<float> bad = before;
+      bad[at] = std::numeric_limits<float>::quiet_NaN();
+      CHECK_FALSE(std::isfinite(SumOfSquares(bad.data(), dim)));
+      bad[at] = -std::numeric_limits<float>::infinity();
+      CHECK_FALSE(std::isfinite(SumOfSquares(bad.data(), dim)));
+      CHECK_FALSE(NormalizeInPlace(bad.data(), dim));
+    }
+  }
+  // The largest floats: finite in double, so a huge vector still normalises.
+  std::vector<float> huge(16, std::numeric_limits<float>::max());
+  CHECK(std::isfinite(SumOfSquares(huge.data(), huge.size())));
+  CHECK(NormalizeInPlace(huge.data(), huge.size()));
+  std::vector<float> zero(16, 0.0f);
+  CHECK_FALSE(NormalizeInPlace(zero.data(), zero.size()));
 }
 
 }  // namespace

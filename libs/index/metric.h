@@ -30,9 +30,18 @@ DistanceFn GetDistanceFn(Metric metric, size_t dim);
 // precision: near-duplicate checks compare it with thresholds like 0.95.
 float CosineSimilarity(const float* a, const float* b, size_t dim);
 
+// The sum of the squares of `v`'s values, in double precision: finite for
+// any finite floats (a float's square is below 1.2e77), so a sum that is not
+// finite means some value is NaN or infinite. Summed in eight lanes (SSE2):
+// a query's vector is checked and normalised in a few hundred cycles, not
+// one dependent add per value (2,000 cycles at 512-d).
+double SumOfSquares(const float* v, size_t dim);
+
 // Scales `v` to unit L2 norm in place. Returns false if the norm is zero or
 // not finite (the vector is left unchanged).
 bool NormalizeInPlace(float* v, size_t dim);
+// The same, given `v`'s SumOfSquares.
+bool NormalizeInPlace(float* v, size_t dim, double sum_of_squares);
 
 }  // namespace imagesearch::index
 

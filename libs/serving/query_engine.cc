@@ -20,16 +20,22 @@ absl::StatusOr<std::vector<float>> PrepareQueryVector(const snapshot::Snapshot& 
                                                    " values but snapshot v", snap.version(),
                                                    " has dimension ", dim));
   }
-  for (size_t i = 0; i < size; ++i) {
-    if (std::isnan(values[i])) {
-      return absl::InvalidArgumentError(absl::StrCat("query vector[", i, "] is NaN"));
-    }
-    if (std::isinf(values[i])) {
-      return absl::InvalidArgumentError(absl::StrCat("query vector[", i, "] is infinite"));
+  // One pass over the values for the common case: their sum of squares is
+  // finite exactly when every value is; only then is each one looked at.
+  const double sum_of_squares = index::SumOfSquares(values, size);
+  if (!std::isfinite(sum_of_squares)) {
+    for (size_t i = 0; i < size; ++i) {
+      if (std::isnan(values[i])) {
+        return absl::InvalidArgumentError(absl::StrCat("query vector[", i, "] is NaN"));
+      }
+      if (std::isinf(values[i])) {
+        return absl::InvalidArgumentError(absl::StrCat("query vector[", i, "] is infinite"));
+      }
     }
   }
   std::vector<float> q(values, values + size);
-  if (snap.manifest().metric == index::Metric::kCosine && !index::NormalizeInPlace(q.data(), dim)) {
+  if (snap.manifest().metric == index::Metric::kCosine &&
+      !index::NormalizeInPlace(q.data(), dim, sum_of_squares)) {
     return absl::InvalidArgumentError(
         "query vector has zero (or overflowing) norm; cosine search needs a non-zero vector");
   }
