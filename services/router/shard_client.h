@@ -400,9 +400,13 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     --outstanding_;
     if (finished_) return;  // The loser of a hedge, cancelled.
     shard_->Record(a->replica->address, absl::Now() - a->started, s.ok());
+    // The hedge timer is cancelled after the answer is handed on: for a
+    // query's last shard call, that cancel disarms the timer (a system
+    // call), which then comes after the merge and the reply, not before. A
+    // timer that fires meanwhile finds the call finished.
+    const HedgeTimer::Handle timer = hedge_timer_;
     if (s.ok()) {
       finished_ = true;
-      HedgeTimer::Get().Cancel(hedge_timer_);
       for (auto& other : attempts_) {
         if (other.get() != a) other->context.TryCancel();
       }
@@ -416,6 +420,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
       }
       // The answer, holding this call (and so its arena) while it is held.
       done_(ShardClient::Answer<Response>(this->shared_from_this(), a->response));
+      HedgeTimer::Get().Cancel(timer);
       return;
     }
     if (Retryable(s) && !a->refused && retries_left_ > 0 &&
@@ -434,9 +439,9 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     last_error_ = s;
     if (outstanding_ > 0) return;  // Another attempt may still answer.
     finished_ = true;
-    HedgeTimer::Get().Cancel(hedge_timer_);
     lock.unlock();
     done_(FromGrpc(last_error_));
+    HedgeTimer::Get().Cancel(timer);
   }
 
   // Declared first: the arena outlives the attempts, whose answers it holds.
