@@ -82,6 +82,14 @@ TEST_CASE("SumOfSquares matches a sequential double sum; NormalizeInPlace gives 
   CHECK(NormalizeInPlace(huge.data(), huge.size()));
   std::vector<float> zero(16, 0.0f);
   CHECK_FALSE(NormalizeInPlace(zero.data(), zero.size()));
+  // Subnormal values: a norm of ~4e-40 has no float inverse; refused, not
+  // scaled into infinities and NaNs, and left as it was.
+  std::vector<float> tiny(16, 1e-40f);
+  tiny[3] = 0.0f;
+  CHECK(SumOfSquares(tiny.data(), tiny.size()) > 0);
+  CHECK_FALSE(NormalizeInPlace(tiny.data(), tiny.size()));
+  CHECK(tiny[0] == 1e-40f);
+  CHECK(tiny[3] == 0.0f);
 }
 
 }  // namespace

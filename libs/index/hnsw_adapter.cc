@@ -188,6 +188,9 @@ bool NormalizeInPlace(float* v, size_t dim) {
 bool NormalizeInPlace(float* v, size_t dim, double sum) {
   if (!(sum > 0) || !std::isfinite(sum)) return false;
   const float inv = static_cast<float>(1.0 / std::sqrt(sum));
+  // A norm below ~2.9e-39 (every value subnormal, say) has no float inverse:
+  // scaled, the vector would be infinities and NaNs. It is as good as zero.
+  if (!std::isfinite(inv)) return false;
   const __m128 scale = _mm_set1_ps(inv);
   size_t i = 0;
   for (; i + 4 <= dim; i += 4) _mm_storeu_ps(v + i, _mm_mul_ps(_mm_loadu_ps(v + i), scale));
@@ -378,7 +381,8 @@ class HnswStreamBuilderImpl final : public HnswStreamBuilder {
       if (error) std::rethrow_exception(error);
       if (bad_row) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "row ", bad_label.load(), " is a zero vector and cannot be normalised for cosine"));
+            "row ", bad_label.load(),
+            " is a zero vector (or its norm is below 3e-39) and cannot be normalised for cosine"));
       }
     } catch (const std::exception& e) {
       return absl::InternalError(absl::StrCat("hnswlib insert failed: ", e.what()));

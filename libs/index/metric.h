@@ -37,8 +37,9 @@ float CosineSimilarity(const float* a, const float* b, size_t dim);
 // one dependent add per value (2,000 cycles at 512-d).
 double SumOfSquares(const float* v, size_t dim);
 
-// Scales `v` to unit L2 norm in place. Returns false if the norm is zero or
-// not finite (the vector is left unchanged).
+// Scales `v` to unit L2 norm in place. Returns false if the norm is zero,
+// too small for a float inverse (below ~2.9e-39), or not finite (the vector
+// is left unchanged).
 bool NormalizeInPlace(float* v, size_t dim);
 // The same, given `v`'s SumOfSquares.
 bool NormalizeInPlace(float* v, size_t dim, double sum_of_squares);

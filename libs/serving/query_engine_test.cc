@@ -7,6 +7,7 @@
 #include <set>
 #include <tuple>
 
+#include "absl/strings/match.h"
 #include "libs/serving/filter.h"
 #include "libs/snapshot/test_snapshots.h"
 
@@ -35,6 +36,11 @@ TEST_CASE("Query vectors are validated with precise messages") {
   CHECK(PrepareQueryVector(*snap, v.data(), 8).status().message() == "query vector[5] is infinite");
   std::vector<float> zero(8, 0.0f);
   CHECK(absl::IsInvalidArgument(PrepareQueryVector(*snap, zero.data(), 8).status()));
+  // Subnormal values: finite, but too small a norm to scale to 1.
+  std::vector<float> tiny(8, 1e-40f);
+  const absl::Status t = PrepareQueryVector(*snap, tiny.data(), 8).status();
+  CHECK(absl::IsInvalidArgument(t));
+  CHECK(absl::StrContains(t.message(), "zero norm (or one below 3e-39"));
   CHECK(PrepareQueryVector(*snap, nullptr, 0).status().message() == "query vector is empty");
   std::vector<float> ok(8, 2.0f);
   auto prepared = PrepareQueryVector(*snap, ok.data(), 8);
