@@ -546,6 +546,62 @@ std::string ThreeSegments() {
   return root;
 }
 
+TEST_CASE("A writer's VersionCache shares the segments its versions hold across its calls") {
+  const std::string root = ThreeSegments();  // v3: segments a (300 rows), b and c.
+  VersionCache versions;
+  PublishOptions options;
+  options.versions = &versions;
+  auto v3 = versions.Open(root, 3);
+  REQUIRE(v3.ok());
+  const std::shared_ptr<const Segment> big = (*v3)->segments()[0].segment;
+  REQUIRE(big->rows() == 300);
+
+  // An update through the cache: v4 holds a, b and c as v3's objects (their
+  // files mapped once), and the new segment opened here.
+  SnapshotUpdate u;
+  u.base_version = 3;
+  SyntheticCorpus added = Rows(5, "u", 0, 41);
+  added.input.schema = *ParseSchema("tag:keyword");
+  for (size_t i = 0; i < added.input.count; ++i) {
+    added.input.attributes.push_back({AttrValue("t1")});
+    added.input.thumbnails.push_back("jpeg-u");
+  }
+  u.added = added.WithGraph();
+  REQUIRE(PublishUpdate(root, u, options).ok());
+  auto v4 = versions.Open(root, 4);
+  REQUIRE(v4.ok());
+  REQUIRE((*v4)->segments().size() == 4);
+  for (size_t i = 0; i < 3; ++i) {
+    CHECK((*v4)->segments()[i].segment == (*v3)->segments()[i].segment);
+    CHECK_FALSE((*v4)->segments()[i].opened_here);
+  }
+  CHECK((*v4)->segments()[3].opened_here);
+
+  // A merge of the small ones through it reads them from the cached version
+  // and publishes v5, which still shares a; an older version opened through
+  // the cache does not displace the newest.
+  MergeRequest req;
+  for (size_t i = 1; i < 4; ++i) req.segments.push_back((*v4)->segments()[i].name);
+  req.extend = false;
+  auto r = MergeSegments(root, req, options);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  REQUIRE(r->version == 5);
+  REQUIRE(versions.Open(root, 2).ok());
+  auto v5 = versions.Open(root, 5);
+  REQUIRE(v5.ok());
+  REQUIRE((*v5)->segments().size() == 2);
+  CHECK((*v5)->segments()[0].segment == big);
+  CHECK((*v5)->live_count() == (*v4)->live_count());
+  // Without a cache, the same version maps its segments afresh.
+  CHECK(OpenVersion(root, 5)->segments()[0].segment != big);
+  // A version that is not there is an error, and the cache keeps what it had.
+  CHECK(absl::IsNotFound(versions.Open(root, 9).status()));
+  auto again = versions.Open(root, 5);
+  REQUIRE(again.ok());
+  CHECK((*again)->segments()[0].segment == big);
+}
+
 TEST_CASE("Two merges at once choose disjoint segments of CURRENT") {
   const std::string root = ThreeSegments();  // a: 299 live, b: 39, c: 30.
   auto v3 = OpenVersion(root, 3);

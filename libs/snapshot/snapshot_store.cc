@@ -553,6 +553,32 @@ absl::StatusOr<SegmentEntry> AdoptSingleGraphVersion(const std::string& root,
 
 }  // namespace
 
+absl::StatusOr<std::shared_ptr<const Snapshot>> VersionCache::Open(const std::string& root,
+                                                                   uint64_t version) {
+  std::shared_ptr<const Snapshot> last;
+  {
+    absl::MutexLock lock(&mu_);
+    last = last_;
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<const Snapshot> opened,
+                   Snapshot::Open(root, version, VerifyMode::kSizes, last.get()));
+  absl::MutexLock lock(&mu_);
+  if (last_ == nullptr || last_->version() <= version) last_ = opened;
+  return opened;
+}
+
+namespace {
+
+// root/v<version> (kSizes), through `versions` when given.
+absl::StatusOr<std::shared_ptr<const Snapshot>> OpenVersion(const std::string& root,
+                                                            uint64_t version,
+                                                            VersionCache* versions) {
+  if (versions != nullptr) return versions->Open(root, version);
+  return Snapshot::Open(root, version, VerifyMode::kSizes);
+}
+
+}  // namespace
+
 absl::StatusOr<UpdateResult> PublishUpdate(const std::string& root, const SnapshotUpdate& update,
                                            const PublishOptions& options) {
   const bool adding = update.added.count > 0;
@@ -563,7 +589,7 @@ absl::StatusOr<UpdateResult> PublishUpdate(const std::string& root, const Snapsh
   if (base_version == 0) {  // CURRENT, read under the lock: no publish in between is lost.
     ASSIGN_OR_RETURN(base_version, ReadCurrentVersion(root));
   }
-  auto opened = Snapshot::Open(root, base_version, VerifyMode::kSizes);
+  auto opened = OpenVersion(root, base_version, options.versions);
   if (!opened.ok()) {
     return absl::Status(opened.status().code(), absl::StrCat("base ", VersionDirName(base_version),
                                                              ": ", opened.status().message()));
@@ -876,16 +902,17 @@ std::vector<std::string> ChooseMergeIn(const Snapshot& version, const MergePolic
 
 absl::StatusOr<std::vector<std::string>> ChooseMergeInCurrent(const std::string& root,
                                                               const MergePolicy& policy,
-                                                              const std::set<std::string>& busy) {
+                                                              const std::set<std::string>& busy,
+                                                              VersionCache* versions) {
   ASSIGN_OR_RETURN(const uint64_t current, ReadCurrentVersion(root));
-  ASSIGN_OR_RETURN(auto opened, Snapshot::Open(root, current, VerifyMode::kSizes));
+  ASSIGN_OR_RETURN(auto opened, OpenVersion(root, current, versions));
   return ChooseMergeIn(*opened, policy, busy);
 }
 
 absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRequest& request,
                                           const PublishOptions& options) {
   ASSIGN_OR_RETURN(const uint64_t start_version, ReadCurrentVersion(root));
-  ASSIGN_OR_RETURN(auto opened, Snapshot::Open(root, start_version, VerifyMode::kSizes));
+  ASSIGN_OR_RETURN(auto opened, OpenVersion(root, start_version, options.versions));
   const Snapshot& base = *opened;
   MergeResult result;
   std::vector<std::string> names = request.segments;
@@ -989,7 +1016,7 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
   }
   auto publish = [&]() -> absl::StatusOr<MergeResult> {
     ASSIGN_OR_RETURN(const uint64_t latest_version, ReadCurrentVersion(root));
-    ASSIGN_OR_RETURN(auto latest_snap, Snapshot::Open(root, latest_version, VerifyMode::kSizes));
+    ASSIGN_OR_RETURN(auto latest_snap, OpenVersion(root, latest_version, options.versions));
     const Snapshot& latest = *latest_snap;
     const Manifest& lm = latest.manifest();
     // Every merged segment must still be listed, as the same segment the

@@ -39,13 +39,16 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "libs/index/hnsw_builder.h"
 #include "libs/index/metric.h"
@@ -122,10 +125,34 @@ struct SnapshotInput {
   ShardInfo shard;
 };
 
+class Snapshot;  // libs/snapshot/snapshot.h
+
+// The last version a long-running writer (the ingest service) opened, kept so
+// that its next open shares the segments both hold (Snapshot::Open's `reuse`)
+// instead of mapping them afresh: a merge's link searches then touch the big
+// segment's pages through page tables the writer filled before, not with a
+// page fault each, and no munmap of the big segment (whose TLB shootdown
+// interrupts every core the process ran on) follows each call. Holds one
+// version's segments mapped until the next open, so a segment GC removed
+// keeps its disk space until then. Thread-safe.
+class VersionCache {
+ public:
+  // root/v<version> (kSizes), sharing the segments the last version opened
+  // here holds; that last version is replaced by this one if it is newer.
+  absl::StatusOr<std::shared_ptr<const Snapshot>> Open(const std::string& root, uint64_t version);
+
+ private:
+  absl::Mutex mu_;
+  std::shared_ptr<const Snapshot> last_ ABSL_GUARDED_BY(mu_);
+};
+
 struct PublishOptions {
   // False: write and rename v<N> into place but leave CURRENT alone, so the
   // version can be checked (tools/promote.sh) before SetCurrentVersion.
   bool make_current = true;
+  // Where PublishUpdate and MergeSegments open the versions they read (none:
+  // each opens its own); the ingest service keeps one for its lifetime.
+  VersionCache* versions = nullptr;
   // Test hook: called with the name of each step ("built", "synced",
   // "renamed") before it is taken; a crash test makes it _exit().
   std::function<void(absl::string_view step)> fault_hook;
@@ -183,9 +210,13 @@ absl::Status ExportVersion(const std::string& root, uint64_t version, const std:
 // A tail's links (manifest.h, SegmentLinks): for each row, kTailLinksPerRow
 // rows of the big segment chosen among its nearest by HNSW's neighbour
 // heuristic, the rest of its nearest after them, searched with
-// kTailLinkSearchEf (index::NearestRows).
+// kTailLinkSearchEf (index::NearestRows). The search is most of a tail
+// join's CPU (one per row the ingest service takes in); ef 32 (the 2 x 16
+// nearest it keeps from) costs about two thirds of ef 64 and links as well:
+// a tail walked with the big segment finds its rows at the same recall
+// (tools/bench/results/LOG.md, "Tail links searched at ef 32").
 inline constexpr uint32_t kTailLinksPerRow = 16;
-inline constexpr size_t kTailLinkSearchEf = 64;
+inline constexpr size_t kTailLinkSearchEf = 32;
 
 struct MergeRequest {
   // The segments of CURRENT's version to merge, by name; empty: the ones
@@ -244,7 +275,8 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
 // chooses with this, then merges the names with MergeSegments, so that its
 // two merges never choose the same segments.
 absl::StatusOr<std::vector<std::string>> ChooseMergeInCurrent(
-    const std::string& root, const MergePolicy& policy, const std::set<std::string>& busy = {});
+    const std::string& root, const MergePolicy& policy, const std::set<std::string>& busy = {},
+    VersionCache* versions = nullptr);
 
 std::string VersionDirName(uint64_t version);  // "v<N>"
 std::string VersionDir(const std::string& root, uint64_t version);

@@ -333,8 +333,7 @@ absl::StatusOr<std::vector<std::string>> IngestCore::IdsMatching(
   absl::StatusOr<uint64_t> version = snapshot::ReadCurrentVersion(options_.root);
   if (absl::IsNotFound(version.status())) return std::vector<std::string>();
   RETURN_IF_ERROR(version.status());
-  ASSIGN_OR_RETURN(auto snap,
-                   snapshot::Snapshot::Open(options_.root, *version, snapshot::VerifyMode::kSizes));
+  ASSIGN_OR_RETURN(auto snap, versions_.Open(options_.root, *version));
   ASSIGN_OR_RETURN(index::RowFilter allowed, serving::EvaluateFilter(*snap, filter));
   std::vector<std::string> ids;
   for (uint32_t row = 0; row < snap->rows(); ++row) {
@@ -371,7 +370,7 @@ IngestStatus IngestCore::Status() const {
   auto v = snapshot::ReadCurrentVersion(options_.root);
   if (v.ok()) {
     s.current_version = *v;
-    auto snap = snapshot::Snapshot::Open(options_.root, *v, snapshot::VerifyMode::kSizes);
+    auto snap = versions_.Open(options_.root, *v);
     if (snap.ok()) {
       s.segments = static_cast<uint32_t>((*snap)->segments().size());
       s.live_rows = (*snap)->live_count();
@@ -415,7 +414,10 @@ absl::StatusOr<uint64_t> IngestCore::PublishBatch(std::map<std::string, Row> row
   update.base_version = 0;  // CURRENT under the lock: a merge published meanwhile is kept.
   update.delete_ids.assign(deletes.begin(), deletes.end());
   if (in.count > 0) update.added = std::move(in);
-  ASSIGN_OR_RETURN(snapshot::UpdateResult r, snapshot::PublishUpdate(options_.root, update));
+  snapshot::PublishOptions publish;
+  publish.versions = &versions_;
+  ASSIGN_OR_RETURN(snapshot::UpdateResult r,
+                   snapshot::PublishUpdate(options_.root, update, publish));
   return r.version;
 }
 
@@ -496,7 +498,8 @@ void IngestCore::MergerLoop() {
         std::lock_guard<std::mutex> l(mu_);
         busy = merging_;
       }
-      auto chosen = snapshot::ChooseMergeInCurrent(options_.root, options_.merge_policy, busy);
+      auto chosen =
+          snapshot::ChooseMergeInCurrent(options_.root, options_.merge_policy, busy, &versions_);
       if (chosen.ok()) {
         names = std::move(*chosen);
       } else if (!absl::IsNotFound(chosen.status())) {
@@ -517,7 +520,9 @@ void IngestCore::MergerLoop() {
     req.segments = names;
     req.policy = options_.merge_policy;
     req.threads = 1;  // Leave the other cores to queries and the publisher.
-    auto r = snapshot::MergeSegments(options_.root, req);
+    snapshot::PublishOptions publish;
+    publish.versions = &versions_;
+    auto r = snapshot::MergeSegments(options_.root, req, publish);
     if (!r.ok() && !absl::IsAborted(r.status()) && !absl::IsNotFound(r.status())) {
       LogError("ingest: merge failed: ", r.status().ToString());
     } else if (r.ok() && r->version > 0) {
@@ -525,6 +530,7 @@ void IngestCore::MergerLoop() {
           "ingest: merged ", r->merged.size(), " segments (", r->rows, " rows, ", r->dropped,
           " deleted rows dropped", r->extended.empty() ? "" : ", extending ", r->extended,
           r->extended.empty() ? "" : absl::StrCat(" with ", r->kept_deleted, " deleted rows kept"),
+          r->linked > 0 ? absl::StrCat(", ", r->linked, " rows linked to the big segment") : "",
           ") into v", r->version);
     }
     lock.lock();

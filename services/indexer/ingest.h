@@ -43,6 +43,7 @@
 #include "libs/snapshot/manifest.h"
 #include "libs/snapshot/merge_policy.h"
 #include "libs/snapshot/shard.h"
+#include "libs/snapshot/snapshot_store.h"
 
 namespace imagesearch::indexer {
 
@@ -192,6 +193,9 @@ class IngestCore {
   std::string model_sha256_;
   std::string model_path_;  // Published with the first version of an empty root.
   snapshot::ModelIdentity model_identity_;
+  // Every version this process opens (publishes, merges, Status), so that
+  // the big segment stays mapped between them (snapshot::VersionCache).
+  mutable snapshot::VersionCache versions_;
 
   mutable std::mutex mu_;
   std::condition_variable changed_;  // Pending, published or stop changed.
