@@ -6,7 +6,10 @@ the ingest service, its graph builds and merges, the replicas and the clients
 share its cores.
 
 Set-up: a fresh root seeded with --base_rows synthetic vectors of --dim
-(`imagesearch-snapshot synth`, then `build`: v1), `imagesearch-indexer serve`
+(`imagesearch-snapshot synth`: 100 clusters; then `build`: v1); the queries
+come from another draw's clusters and the writer upserts i.i.d. N(0, 1) rows
+(--workload=foreign), or both are further rows of the base's own draw
+(--workload=held_out); `imagesearch-indexer serve`
 on it (--publish_interval_ms) and --replicas query replicas following its
 CURRENT (inotify). Then, in this order:
 
@@ -70,7 +73,9 @@ that version -> the probe sees it, and list the merges and loads meanwhile.
 
 Everything listens on 127.0.0.1 (ports the services pick); every loop is
 bounded in count and time. The work directory (--work, default a new
-temporary one) is removed at the end unless --keep_work.
+temporary one) is removed at the end unless --keep_work; a --work given keeps
+its seed-<rows>x<dim>/ (v1 as built), which the next run with it copies
+instead of building v1 again (11 min at 1M x 512; --rebuild_seed builds it).
 """
 import argparse
 import http.client
@@ -102,6 +107,15 @@ p.add_argument("--loadgen_binary", default="")
 p.add_argument("--proto", default=os.path.join(SRC, "proto"))
 p.add_argument("--work", default="", help="work directory (default: a new temporary one)")
 p.add_argument("--keep_work", action="store_true", help="keep the work directory (logs, root)")
+p.add_argument("--workload", choices=("foreign", "held_out"), default="foreign",
+               help="foreign: queries from another seed's 100 clusters and upserts of i.i.d. "
+                    "N(0, 1) values, near none of the base's rows; held_out: the queries and the "
+                    "upserted rows are further rows of the base's own draw (its clusters), as a "
+                    "collection's new images and queries are. On these 512-d Gaussian blobs "
+                    "held_out is the heavier (within a blob every row is about as far as any "
+                    "other: graph searches and inserts walk wide); real embeddings are neither")
+p.add_argument("--rebuild_seed", action="store_true",
+               help="build v1 again even if the work directory holds one of this size")
 p.add_argument("--dim", type=int, default=128)
 p.add_argument("--base_rows", type=int, default=100000, help="rows of v1, published first")
 p.add_argument("--build_threads", type=int, default=0, help="snapshot build threads (0: all)")
@@ -154,6 +168,8 @@ MODEL = a.model or os.path.join(a.build, "models", "default", "model.pt")
 # Image mode: the encoded images the writer sends (every file of --images
 # that the indexer took; a rejected one would only be rejected again).
 IMAGES = []
+WRITER_POOL_ROWS = 40000  # Held-out rows the writer cycles through (200 s at 200/s).
+WRITER_ROWS = None  # --workload=held_out: the rows the writer upserts, in order.
 if a.images:
     for d, _, files in os.walk(a.images):
         for f in sorted(files):
@@ -249,14 +265,16 @@ class Writer:
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.elapsed = 0.0
 
-    def vec(self):
+    def vec(self, n):
+        if WRITER_ROWS is not None:  # The n-th held-out row of the collection's generator.
+            return WRITER_ROWS[n % len(WRITER_ROWS)].tolist()
         return [self.rnd.gauss(0, 1) for _ in range(a.dim)]
 
-    def add_item(self, req, i):
+    def add_item(self, req, i, n):
         if IMAGES:
             req.items.add(id=i, image=IMAGES[self.rnd.randrange(len(IMAGES))])
         else:
-            req.items.add(id=i, vector=pb.Vector(values=self.vec()))
+            req.items.add(id=i, vector=pb.Vector(values=self.vec(n)))
 
     def error(self, what, e):
         key = f"{what} {e.code().name if isinstance(e, grpc.RpcError) else type(e).__name__}"
@@ -278,8 +296,8 @@ class Writer:
             ids = [f"u{self.next_id + i}" for i in range(a.batch)]
             self.next_id += a.batch
             req = pb.UpsertRequest(wait=False)
-            for i in ids:
-                self.add_item(req, i)
+            for n, i in enumerate(ids):
+                self.add_item(req, i, self.next_id - a.batch + n)
             t, wall = time.monotonic(), time.time()
             try:
                 resp = self.stub.Upsert(req, timeout=10)
@@ -500,6 +518,7 @@ def breakdown(rows, replicas, history, swaps):
 
 
 def main():
+    global WRITER_ROWS
     work = a.work or tempfile.mkdtemp(prefix="imagesearch_ingest_freshness_")
     os.makedirs(work, exist_ok=True)
     root = os.path.join(work, "root")
@@ -521,13 +540,47 @@ def main():
             print(f"v1: {a.images} indexed with {MODEL} in {round(time.monotonic() - t0, 1)} s; "
                   f"the writer sends {len(IMAGES)} images again under new ids", flush=True)
         else:
-            sh(SNAPSHOT, "synth", f"--out={base}", f"--count={a.base_rows}", f"--dim={a.dim}",
-               "--seed=1")
-            sh(SNAPSHOT, "synth", f"--out={queries}", "--count=1000", f"--dim={a.dim}", "--seed=2")
-            sh(SNAPSHOT, "build", f"--root={root}", f"--vectors={base}", "--metric=cosine",
-               f"--threads={a.build_threads}")
+            # v1 of a given size is built once per work directory and copied
+            # afresh for each run (a real copy: a root written long before a
+            # run can search slower than a fresh one, LOG.md "The tail policy").
+            seed = os.path.join(work, f"seed-{a.base_rows}x{a.dim}-{a.workload}")
+            if a.rebuild_seed and os.path.exists(seed):
+                shutil.rmtree(seed)
+            how = "copied from " + seed
+            if not os.path.exists(seed):
+                os.makedirs(f"{seed}.tmp", exist_ok=True)
+                if a.workload == "held_out":
+                    # One draw of the generator (seed 1): the base, then 1,000
+                    # queries, then the writer's rows (it cycles through them).
+                    import numpy as np
+                    n_writer = WRITER_POOL_ROWS
+                    every = os.path.join(work, "drawn.npy")
+                    sh(SNAPSHOT, "synth", f"--out={every}",
+                       f"--count={a.base_rows + 1000 + n_writer}", f"--dim={a.dim}", "--seed=1")
+                    rows = np.load(every, mmap_mode="r")
+                    np.save(base, rows[:a.base_rows])
+                    np.save(os.path.join(seed + ".tmp", "queries.npy"),
+                            rows[a.base_rows:a.base_rows + 1000])
+                    np.save(os.path.join(seed + ".tmp", "writer.npy"),
+                            rows[a.base_rows + 1000:])
+                    del rows
+                    os.remove(every)
+                else:
+                    sh(SNAPSHOT, "synth", f"--out={base}", f"--count={a.base_rows}",
+                       f"--dim={a.dim}", "--seed=1")
+                    sh(SNAPSHOT, "synth", f"--out={os.path.join(seed + '.tmp', 'queries.npy')}",
+                       "--count=1000", f"--dim={a.dim}", "--seed=2")
+                sh(SNAPSHOT, "build", f"--root={seed}.tmp/root", f"--vectors={base}",
+                   "--metric=cosine", f"--threads={a.build_threads}")
+                os.rename(f"{seed}.tmp", seed)
+                how = "built"
+            shutil.copy(os.path.join(seed, "queries.npy"), queries)
+            if a.workload == "held_out":
+                import numpy as np
+                WRITER_ROWS = np.load(os.path.join(seed, "writer.npy"))
+            subprocess.run(["cp", "-a", os.path.join(seed, "root"), root], check=True)
             base_ids = [str(i) for i in range(a.base_rows)]
-            print(f"v1: {a.base_rows} x {a.dim} built in {round(time.monotonic() - t0, 1)} s",
+            print(f"v1: {a.base_rows} x {a.dim} {how} in {round(time.monotonic() - t0, 1)} s",
                   flush=True)
         result["base_build_s"] = round(time.monotonic() - t0, 1)
 
@@ -759,6 +812,8 @@ def main():
         Server.kill_all()
         if a.keep_work or not finished:
             print(f"work directory kept: {work}")
+        elif a.work:  # The seed (v1) stays for the next run.
+            shutil.rmtree(root, ignore_errors=True)
         else:
             shutil.rmtree(work, ignore_errors=True)
 
