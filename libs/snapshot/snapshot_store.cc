@@ -557,12 +557,12 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> VersionCache::Open(const std::st
                                                                    uint64_t version) {
   std::shared_ptr<const Snapshot> last;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     last = last_;
   }
   ASSIGN_OR_RETURN(std::shared_ptr<const Snapshot> opened,
                    Snapshot::Open(root, version, VerifyMode::kSizes, last.get()));
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (last_ == nullptr || last_->version() <= version) last_ = opened;
   return opened;
 }

@@ -548,7 +548,8 @@ def main():
                 shutil.rmtree(seed)
             how = "copied from " + seed
             if not os.path.exists(seed):
-                os.makedirs(f"{seed}.tmp", exist_ok=True)
+                shutil.rmtree(f"{seed}.tmp", ignore_errors=True)  # An interrupted build's.
+                os.makedirs(f"{seed}.tmp")
                 if a.workload == "held_out":
                     # One draw of the generator (seed 1): the base, then 1,000
                     # queries, then the writer's rows (it cycles through them).
