@@ -215,7 +215,7 @@ absl::Status ExportVersion(const std::string& root, uint64_t version, const std:
 // join's CPU (one per row the ingest service takes in); ef 32 (the 2 x 16
 // nearest it keeps from) costs about two thirds of ef 64 and links as well:
 // a tail walked with the big segment finds its rows at the same recall
-// (tools/bench/results/LOG.md, "Tail links searched at ef 32").
+// (tools/bench/results/LOG.md, "The ingest service's link searches").
 inline constexpr uint32_t kTailLinksPerRow = 16;
 inline constexpr size_t kTailLinkSearchEf = 32;
 

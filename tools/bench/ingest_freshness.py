@@ -74,7 +74,7 @@ that version -> the probe sees it, and list the merges and loads meanwhile.
 Everything listens on 127.0.0.1 (ports the services pick); every loop is
 bounded in count and time. The work directory (--work, default a new
 temporary one) is removed at the end unless --keep_work; a --work given keeps
-its seed-<rows>x<dim>/ (v1 as built), which the next run with it copies
+its seed-<rows>x<dim>-<workload>/ (v1 as built), which the next run with it copies
 instead of building v1 again (11 min at 1M x 512; --rebuild_seed builds it).
 """
 import argparse
