@@ -326,13 +326,16 @@ std::vector<Neighbor> MmapHnswSearcher::Search(const float* query, size_t k, siz
 std::vector<uint32_t> NearestRows(const MmapHnswSearcher& graph, const float* vectors, size_t count,
                                   size_t dim, size_t per_row, size_t ef, int threads) {
   std::vector<uint32_t> links(count * per_row, JointGraph::kNoRow);
+  // The nearest rows the heuristic chooses from: as many as ef holds, from
+  // per_row (all kept, the diverse ones first) to 2 x per_row.
+  ef = std::max(ef, per_row);
+  const size_t choose_from = std::min(ef, 2 * per_row);
   auto work = [&](size_t begin, size_t end) {
     for (size_t r = begin; r < end; ++r) {
-      // From twice as many nearest rows, HNSW's neighbour heuristic: a row
-      // nearer to one already kept than to the tail row leads where that
-      // one leads, so it costs a walk a distance and adds no direction.
-      const std::vector<Neighbor> near =
-          graph.Search(vectors + r * dim, 2 * per_row, std::max(ef, 2 * per_row));
+      // HNSW's neighbour heuristic: a row nearer to one already kept than to
+      // the tail row leads where that one leads, so it costs a walk a
+      // distance and adds no direction.
+      const std::vector<Neighbor> near = graph.Search(vectors + r * dim, choose_from, ef);
       uint32_t* out = &links[r * per_row];
       size_t kept = 0;
       for (size_t i = 0; i < near.size() && kept < per_row; ++i) {

@@ -262,12 +262,12 @@ class JointGraph {
 
 // For each of `count` prepared vectors (`dim` floats each, one after the
 // other), `per_row` rows of `graph` near it, chosen as HNSW chooses a node's
-// neighbours: from its 2 x per_row nearest (searched with `ef`), nearest
-// first, each kept unless it is nearer to a row already kept than to the
-// vector; then the free slots filled with the nearest of those skipped, in
-// order (hnswlib's keepPrunedConnections; JointGraph::kNoRow where the graph
-// has fewer rows). On `threads` threads: the links of a tail to its big
-// segment, row by row.
+// neighbours: from its nearest (searched with `ef`, at least per_row; as
+// many as ef, up to 2 x per_row), nearest first, each kept unless it is
+// nearer to a row already kept than to the vector; then the free slots
+// filled with the nearest of those skipped, in order (hnswlib's
+// keepPrunedConnections; JointGraph::kNoRow where the graph has fewer rows).
+// On `threads` threads: the links of a tail to its big segment, row by row.
 std::vector<uint32_t> NearestRows(const MmapHnswSearcher& graph, const float* vectors, size_t count,
                                   size_t dim, size_t per_row, size_t ef, int threads);
 

@@ -370,6 +370,35 @@ TEST_CASE(
   CHECK(mean < per - 0.5);
 }
 
+TEST_CASE("Searched with ef below 2 x per_row, a tail row's links are the per_row nearest found") {
+  // kTailLinkSearchEf (16) is the merges' case: the search finds ef rows,
+  // all of them kept, the diverse ones first; an ef between per_row and
+  // 2 x per_row chooses from those ef (none from further out).
+  const JointCase c;
+  const size_t per = JointCase::kPerRow;
+  for (const size_t ef : {per, per + 8}) {
+    CAPTURE(ef);
+    const auto links =
+        NearestRows(*c.big, c.tail_rows.data(), c.tail_count, JointCase::kDim, per, ef, 2);
+    REQUIRE(links.size() == c.tail_count * per);
+    size_t reordered = 0;
+    for (size_t r = 0; r < c.tail_count; ++r) {
+      const float* row = &c.tail_rows[r * JointCase::kDim];
+      const auto near = c.big->Search(row, ef, ef);
+      REQUIRE(near.size() == ef);
+      std::set<uint32_t> found, linked;
+      for (const Neighbor& n : near) found.insert(n.row);
+      for (size_t i = 0; i < per; ++i) CHECK(linked.insert(links[r * per + i]).second);
+      CHECK(links[r * per] == near[0].row);
+      for (uint32_t l : linked) CHECK(found.count(l) == 1);
+      if (ef == per) CHECK(linked == found);  // All kept.
+      for (size_t i = 0; i < per; ++i) reordered += links[r * per + i] != near[i].row;
+    }
+    // The diverse ones first: not the search's order for the clustered rows.
+    CHECK(reordered > c.tail_count);
+  }
+}
+
 TEST_CASE("A joint walk finds the nearest rows of a big graph and its linked tail as one") {
   JointCase c;
   // Every tail row is linked to kPerRow big rows, each a real row.

@@ -669,6 +669,8 @@ TEST_CASE("Joining two linked tails copies every row's links, searching none") {
   auto t1 = MergeSegments(root, first);
   REQUIRE(t1.ok());
   CHECK(t1->linked == 70);  // b extended (b2 kept, deleted) and c.
+  // On all cores (threads 0), the merging thread's CPU is not the searches'.
+  CHECK(t1->link_cpu == absl::ZeroDuration());
   // A second tail, of two publishes, with a delete in it.
   const MergeResult t2 = PublishTwoAndJoin(root, t1->version);
   CHECK(t2.linked == 40);
@@ -750,11 +752,14 @@ TEST_CASE("A tail is linked to the big segment beside it, and the version walks 
   const std::string a = v3->segments()[0].name;
   MergeRequest join;
   join.segments = {v3->segments()[1].name, v3->segments()[2].name};
+  join.threads = 1;  // As the ingest service merges: the searches' CPU is timed.
   auto r = MergeSegments(root, join);
   REQUIRE(r.ok());
   // Neither was linked: each row searched in a's graph (b's 40, its deleted
   // b2 kept in the graph b's extension keeps, and c's 30).
   CHECK(r->linked == 70);
+  CHECK(r->link_time > absl::ZeroDuration());
+  CHECK(r->link_cpu > absl::ZeroDuration());
   auto v4 = OpenVersion(root, r->version);
   const SegmentRef& tail = Named(*v4, r->segment);
   const Manifest& tm = tail.segment->manifest();

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -881,6 +882,13 @@ uint64_t LinkToBigSegment(const Snapshot& base, const std::set<std::string>& cho
   return to_search.size();
 }
 
+// The calling thread's CPU time.
+absl::Duration ThisThreadCpu() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return absl::DurationFromTimespec(ts);
+}
+
 // Whether `pid` is a running process.
 bool ProcessAlive(long pid) {
   return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM);
@@ -972,7 +980,12 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
   in.hnsw.m = m;
   in.hnsw.ef_construction = ef_construction;
   in.hnsw.threads = request.threads;
+  const absl::Time link_start = absl::Now();
+  const absl::Duration link_cpu_start = ThisThreadCpu();
   const uint64_t linked = LinkToBigSegment(base, chosen, rows.row_map, request.threads, &in);
+  const absl::Duration link_time = absl::Now() - link_start;
+  const absl::Duration link_cpu =
+      request.threads == 1 ? ThisThreadCpu() - link_cpu_start : absl::ZeroDuration();
   if (!extended.empty()) {
     // Tails linked to the extended segment (or to those it extends) are
     // linked to this one too: its first rows are theirs.
@@ -1058,6 +1071,8 @@ absl::StatusOr<MergeResult> MergeSegments(const std::string& root, const MergeRe
     r.extended = extended;
     r.kept_deleted = rows.tombstones.size();
     r.linked = linked;
+    r.link_time = link_time;
+    r.link_cpu = link_cpu;
     const uint64_t deleted_rows = carried.Count();  // Tombstones included.
     if (in.count > 0 && deleted_rows < in.count) {  // A merged segment is placed: its graph's.
       m.hnsw_m = in.hnsw.m;

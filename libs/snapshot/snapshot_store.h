@@ -212,12 +212,15 @@ absl::Status ExportVersion(const std::string& root, uint64_t version, const std:
 // rows of the big segment chosen among its nearest by HNSW's neighbour
 // heuristic, the rest of its nearest after them, searched with
 // kTailLinkSearchEf (index::NearestRows). The search is most of a tail
-// join's CPU (one per row the ingest service takes in); ef 32 (the 2 x 16
-// nearest it keeps from) costs about two thirds of ef 64 and links as well:
-// a tail walked with the big segment finds its rows at the same recall
-// (tools/bench/results/LOG.md, "The ingest service's link searches").
+// join's CPU (one per row the ingest service takes in: 84% of its CPU at 1M
+// x 512), and its cost follows ef: ef 16 (the 16 nearest, all kept, the
+// diverse ones first) costs about half of ef 32 (the heuristic's choice
+// from 32) and links as well: a tail walked with the big segment finds its
+// rows at the same recall, and 8 links a row would lose some
+// (tools/bench/results/LOG.md, "The ingest service's link searches" and
+// "Tail links searched at ef 16").
 inline constexpr uint32_t kTailLinksPerRow = 16;
-inline constexpr size_t kTailLinkSearchEf = 32;
+inline constexpr size_t kTailLinkSearchEf = 16;
 
 struct MergeRequest {
   // The segments of CURRENT's version to merge, by name; empty: the ones
@@ -258,6 +261,11 @@ struct MergeResult {
   // Rows searched in the big segment's graph for their links (a tail join);
   // the other merged rows' links were copied from the tails they came from.
   uint64_t linked = 0;
+  // Wall time of those searches (most of a tail join's CPU), and their CPU
+  // time when they ran on the merging thread (MergeRequest::threads 1, as
+  // the ingest service's merges run; zero otherwise).
+  absl::Duration link_time;
+  absl::Duration link_cpu;
 };
 
 // Merges segments of the CURRENT version into one (their live rows, with
