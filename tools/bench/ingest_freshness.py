@@ -51,9 +51,11 @@ segment against several) and across minutes of the machine's drift; what
 the segments cost at equal recall is imagesearch_segments_bench's to
 measure (--layout=tail).
 
-Probing: each prober asks about its replica's oldest sampled row not yet
-seen (oldest delete not yet gone) and moves on to the next only once it is
-seen, every --poll_ms. One writer sends in order, and a version holds every
+Probing: two probers a replica, each on its own connection, one for the
+upserts and one for the deletes (so that neither waits behind the other's
+calls), ask about the replica's oldest sampled row not yet seen (oldest
+delete not yet gone) and move on to the next only once it is seen, every
+--poll_ms. One writer sends in order, and a version holds every
 write accepted before it, so rows show up in send order; a row shown before
 an older one would be timed late (never early). The figures include the
 probe's period and round trip (reported).
@@ -335,10 +337,12 @@ NOT_IN = re.compile(r"is not in snapshot v(\d+)")
 
 class Prober:
     """Asks one replica, over one keep-alive HTTP connection, about the
-    writer's oldest sampled row not yet seen and oldest delete not yet gone."""
+    writer's oldest sampled row not yet seen (kind "upserts") or oldest delete
+    not yet gone (kind "deletes")."""
 
-    def __init__(self, index, replica, writer, deadline_after_writer):
+    def __init__(self, index, replica, writer, deadline_after_writer, kind):
         self.index, self.port, self.writer = index, replica.http_port, writer
+        self.kind = kind
         self.deadline_after_writer = deadline_after_writer
         self.up = self.dn = 0
         self.rtt, self.calls, self.errors = [], 0, {}
@@ -375,14 +379,14 @@ class Prober:
         while True:
             if done_at is None and not w.thread.is_alive():
                 done_at = time.monotonic()
-            while self.up < len(w.samples):
+            while self.kind == "upserts" and self.up < len(w.samples):
                 s = w.samples[self.up]
                 status, version, hit = self.ask(s["id"])
                 if not (status == 200 and hit):
                     break
                 s["seen"][r], s["version"][r] = time.monotonic(), version
                 self.up += 1
-            while self.dn < len(w.deletes):
+            while self.kind == "deletes" and self.dn < len(w.deletes):
                 s = w.deletes[self.dn]
                 status, version, _ = self.ask(s["id"])
                 if status != 404:
@@ -390,7 +394,8 @@ class Prober:
                 s["seen"][r], s["version"][r] = time.monotonic(), version
                 self.dn += 1
             if done_at is not None and (
-                    (self.up == len(w.samples) and self.dn == len(w.deletes)) or
+                    len(w.samples if self.kind == "upserts" else w.deletes) ==
+                    (self.up if self.kind == "upserts" else self.dn) or
                     time.monotonic() > done_at + self.deadline_after_writer):
                 return
             time.sleep(a.poll_ms / 1000)
@@ -612,7 +617,8 @@ def main():
             pool = [i for i in pool if asker.ask(i)[2]]
         random.Random(3).shuffle(pool)
         writer = Writer(stub, 0, a.seconds, True, pool)
-        probers = [Prober(r, s, writer, a.visible_timeout_s) for r, s in enumerate(replicas)]
+        probers = [Prober(r, s, writer, a.visible_timeout_s, kind)
+                   for r, s in enumerate(replicas) for kind in ("upserts", "deletes")]
         cpu0, wall0, load0 = cpu(), time.monotonic(), loadavg()
         io0 = io_bytes(ingest.pid)
         fresh_start = time.time()
@@ -784,6 +790,15 @@ def main():
                 "replicas": []}
         pend = [x[1] for x in monitor.samples if fresh_start <= x[0] <= fresh_end]
         segs = [x[2] for x in monitor.samples if fresh_start <= x[0] <= fresh_end]
+        # The tail joins' link searches over the whole run (the log says
+        # "N rows linked to the big segment in T ms, C ms of CPU"): a row.
+        links = [re.search(r"(\d+) rows linked to the big segment in (\d+) ms, (\d+) ms of CPU",
+                           line) for line in merges.values()]
+        links = [(int(m.group(1)), int(m.group(2)), int(m.group(3))) for m in links if m]
+        diag["link_rows"] = sum(x[0] for x in links)
+        for i, key in ((1, "link_ms_a_row"), (2, "link_cpu_ms_a_row")):
+            diag[key] = (round(sum(x[i] for x in links) / diag["link_rows"], 3)
+                         if diag["link_rows"] else None)
         diag["pending_rows_max"] = max(pend) if pend else None
         diag["segments_max"] = max(segs) if segs else None
         for r in range(a.replicas):
@@ -838,7 +853,7 @@ def report(r):
           f"load average {r['loadavg_start']} at start, {r['loadavg_end']} at end")
     print(f"writer: {f['upserts_sent']} upserts ({f['achieved_rate']}/s of {a.rate:g} asked, "
           f"{f['late_ticks']} late ticks), {f['deletes_sent']} deletes; errors {f['errors'] or 'none'}")
-    print(f"probes: {f['probe_calls']} calls, round trip p50 "
+    print(f"probes (replica 0's upserts, its deletes, replica 1's ...): {f['probe_calls']} calls, round trip p50 "
           f"{[d['p50'] for d in f['probe_rtt_ms']]} ms, every {a.poll_ms:g} ms")
     print(f"cpu share (cores) during the freshness run: {f['cpu_share']}")
     print(f"the ingest service wrote {f['ingest_wrote_mb']} MB ({f['ingest_write_bytes_mb']} MB "
@@ -883,6 +898,10 @@ def report(r):
     print(f"diagnosis: {d['versions_in_freshness_phase']} versions made CURRENT in the run, "
           f"every {fmt(d['current_interval_s'], 'intervals')}; merges {d['merges']}; "
           f"max pending rows {d['pending_rows_max']}, max segments {d['segments_max']}")
+    if d.get("link_rows"):
+        print(f"  tail joins' link searches (whole run): {d['link_rows']} rows searched in the "
+              f"big segment, {d['link_ms_a_row']} ms a row ({d['link_cpu_ms_a_row']} ms of CPU; "
+              f"the merge lane's one thread at the ingest's --background_nice)")
     for i, rep in enumerate(d["replicas"]):
         print(f"  replica{i}: served {rep['versions_served']}, skipped {rep['versions_skipped']}; "
               f"load {fmt(rep['load_s'], 'loads')}; CURRENT -> serving "
