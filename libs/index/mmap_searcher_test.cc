@@ -370,12 +370,15 @@ TEST_CASE(
   CHECK(mean < per - 0.5);
 }
 
-TEST_CASE("Searched with ef below 2 x per_row, a tail row's links are the per_row nearest found") {
+TEST_CASE("Searched with ef below 2 x per_row, a tail row's links are chosen from the ef found") {
   // kTailLinkSearchEf (16) is the merges' case: the search finds ef rows,
   // all of them kept, the diverse ones first; an ef between per_row and
-  // 2 x per_row chooses from those ef (none from further out).
+  // 2 x per_row chooses from those ef (none from further out); an ef below
+  // per_row searches with per_row.
   const JointCase c;
   const size_t per = JointCase::kPerRow;
+  CHECK(NearestRows(*c.big, c.tail_rows.data(), c.tail_count, JointCase::kDim, per, per / 2, 2) ==
+        NearestRows(*c.big, c.tail_rows.data(), c.tail_count, JointCase::kDim, per, per, 2));
   for (const size_t ef : {per, per + 8}) {
     CAPTURE(ef);
     const auto links =

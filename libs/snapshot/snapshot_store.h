@@ -214,11 +214,12 @@ absl::Status ExportVersion(const std::string& root, uint64_t version, const std:
 // kTailLinkSearchEf (index::NearestRows). The search is most of a tail
 // join's CPU (one per row the ingest service takes in: 84% of its CPU at 1M
 // x 512), and its cost follows ef: ef 16 (the 16 nearest, all kept, the
-// diverse ones first) costs about half of ef 32 (the heuristic's choice
-// from 32) and links as well: a tail walked with the big segment finds its
-// rows at the same recall, and 8 links a row would lose some
-// (tools/bench/results/LOG.md, "The ingest service's link searches" and
-// "Tail links searched at ef 16").
+// diverse ones first) costs about three quarters of ef 32 (the heuristic's
+// choice from 32) in the ingest service and links about as well: a tail
+// walked with the big segment finds its rows at the same recall within a
+// few thousandths, above the merged graph's, and 8 links a row would lose
+// more (tools/bench/results/LOG.md, "The ingest service's link searches"
+// and "Tail links searched at ef 16").
 inline constexpr uint32_t kTailLinksPerRow = 16;
 inline constexpr size_t kTailLinkSearchEf = 16;
 
@@ -261,9 +262,10 @@ struct MergeResult {
   // Rows searched in the big segment's graph for their links (a tail join);
   // the other merged rows' links were copied from the tails they came from.
   uint64_t linked = 0;
-  // Wall time of those searches (most of a tail join's CPU), and their CPU
-  // time when they ran on the merging thread (MergeRequest::threads 1, as
-  // the ingest service's merges run; zero otherwise).
+  // Wall time of the links' step (its searches are most of a tail join's
+  // CPU), and its CPU time when the searches ran on the merging thread
+  // (MergeRequest::threads 1, as the ingest service's merges run; zero
+  // otherwise: the searches ran on threads of their own).
   absl::Duration link_time;
   absl::Duration link_cpu;
 };

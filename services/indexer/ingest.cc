@@ -530,10 +530,14 @@ void IngestCore::MergerLoop() {
           "ingest: merged ", r->merged.size(), " segments (", r->rows, " rows, ", r->dropped,
           " deleted rows dropped", r->extended.empty() ? "" : ", extending ", r->extended,
           r->extended.empty() ? "" : absl::StrCat(" with ", r->kept_deleted, " deleted rows kept"),
-          r->linked > 0 ? absl::StrCat(", ", r->linked, " rows linked to the big segment in ",
-                                       absl::ToInt64Milliseconds(r->link_time), " ms, ",
-                                       absl::ToInt64Milliseconds(r->link_cpu), " ms of CPU")
-                        : "",
+          r->linked > 0
+              ? absl::StrCat(
+                    ", ", r->linked, " rows linked to the big segment in ",
+                    absl::ToInt64Milliseconds(r->link_time), " ms",
+                    r->link_cpu > absl::ZeroDuration()
+                        ? absl::StrCat(", ", absl::ToInt64Milliseconds(r->link_cpu), " ms of CPU")
+                        : "")
+              : "",
           ") into v", r->version);
     }
     lock.lock();

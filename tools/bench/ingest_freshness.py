@@ -18,7 +18,8 @@ CURRENT (inotify). Then, in this order:
   freshness    a writer sends --rate upserts/s (Upsert of --batch new rows
                every batch/rate seconds, wait=false so the rate is kept) and
                --delete_rate deletes/s of base rows (Delete, wait=false) for
-               --seconds; one prober thread per replica asks it, by id over
+               --seconds; two prober threads per replica (upserts, deletes)
+               ask it, by id over
                HTTP (POST /invocations {"id", "top_k": 1, "include_self"}),
                for every --sample_every-th upserted row until it is found
                (404 before), and for every deleted row until it is gone (404);
@@ -340,7 +341,7 @@ class Prober:
     writer's oldest sampled row not yet seen (kind "upserts") or oldest delete
     not yet gone (kind "deletes")."""
 
-    def __init__(self, index, replica, writer, deadline_after_writer, kind):
+    def __init__(self, index, replica, writer, deadline_after_writer, kind="upserts"):
         self.index, self.port, self.writer = index, replica.http_port, writer
         self.kind = kind
         self.deadline_after_writer = deadline_after_writer
@@ -393,9 +394,9 @@ class Prober:
                     break
                 s["seen"][r], s["version"][r] = time.monotonic(), version
                 self.dn += 1
+            todo, done = (w.samples, self.up) if self.kind == "upserts" else (w.deletes, self.dn)
             if done_at is not None and (
-                    len(w.samples if self.kind == "upserts" else w.deletes) ==
-                    (self.up if self.kind == "upserts" else self.dn) or
+                    done == len(todo) or
                     time.monotonic() > done_at + self.deadline_after_writer):
                 return
             time.sleep(a.poll_ms / 1000)
@@ -792,9 +793,9 @@ def main():
         segs = [x[2] for x in monitor.samples if fresh_start <= x[0] <= fresh_end]
         # The tail joins' link searches over the whole run (the log says
         # "N rows linked to the big segment in T ms, C ms of CPU"): a row.
-        links = [re.search(r"(\d+) rows linked to the big segment in (\d+) ms, (\d+) ms of CPU",
-                           line) for line in merges.values()]
-        links = [(int(m.group(1)), int(m.group(2)), int(m.group(3))) for m in links if m]
+        links = [re.search(r"(\d+) rows linked to the big segment in (\d+) ms"
+                           r"(?:, (\d+) ms of CPU)?", line) for line in merges.values()]
+        links = [(int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) for m in links if m]
         diag["link_rows"] = sum(x[0] for x in links)
         for i, key in ((1, "link_ms_a_row"), (2, "link_cpu_ms_a_row")):
             diag[key] = (round(sum(x[i] for x in links) / diag["link_rows"], 3)
@@ -853,7 +854,8 @@ def report(r):
           f"load average {r['loadavg_start']} at start, {r['loadavg_end']} at end")
     print(f"writer: {f['upserts_sent']} upserts ({f['achieved_rate']}/s of {a.rate:g} asked, "
           f"{f['late_ticks']} late ticks), {f['deletes_sent']} deletes; errors {f['errors'] or 'none'}")
-    print(f"probes (replica 0's upserts, its deletes, replica 1's ...): {f['probe_calls']} calls, round trip p50 "
+    print(f"probes (replica 0's upserts, its deletes, replica 1's ...): {f['probe_calls']} "
+          f"calls, round trip p50 "
           f"{[d['p50'] for d in f['probe_rtt_ms']]} ms, every {a.poll_ms:g} ms")
     print(f"cpu share (cores) during the freshness run: {f['cpu_share']}")
     print(f"the ingest service wrote {f['ingest_wrote_mb']} MB ({f['ingest_write_bytes_mb']} MB "
