@@ -233,7 +233,8 @@ absl::Status ReplaceFileAtomically(const std::string& path, absl::string_view co
   return SyncPath(DirName(path));
 }
 
-absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
+absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path,
+                                                             Access access) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return ErrnoStatus(errno, absl::StrCat("open ", path));
   struct stat st;
@@ -242,6 +243,10 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& 
   if (size == 0) return std::unique_ptr<MappedFile>(new MappedFile(path, nullptr, 0));
   void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
   if (p == MAP_FAILED) return ErrnoStatus(errno, absl::StrCat("mmap ", path));
+  if (access == Access::kRandomWhole) {
+    // Advice only: a kernel without transparent huge pages refuses it.
+    ::madvise(p, size, MADV_HUGEPAGE);
+  }
   return std::unique_ptr<MappedFile>(new MappedFile(path, static_cast<const char*>(p), size));
 }
 

@@ -53,8 +53,23 @@ absl::Status SyncPath(const std::string& path);
 // A read-only, shared memory map of a whole file.
 class MappedFile {
  public:
+  enum class Access {
+    kDefault,
+    // Walked at random, all of it, for as long as it is mapped (a graph's
+    // vectors): the mapping is advised MADV_HUGEPAGE, so that pages read in
+    // on a fault come as 2 MiB folios where the kernel and file system can
+    // (Linux 6.x with ext4 or xfs; elsewhere the advice does nothing), and
+    // those folios, and ones a whole-file write left, are mapped with 2 MiB
+    // pages. A search then misses the TLB once per 2 MiB rather than at
+    // nearly every vector: at 1M x 512 the link searches of the ingest
+    // service cost a fifth of the CPU and the replicas' queries about half
+    // (tools/bench/results/LOG.md, "Huge pages for the graph"). A fault
+    // of a cold file reads 2 MiB.
+    kRandomWhole,
+  };
   // Maps `path`. An empty file maps to size() == 0 and data() == nullptr.
-  static absl::StatusOr<std::unique_ptr<MappedFile>> Open(const std::string& path);
+  static absl::StatusOr<std::unique_ptr<MappedFile>> Open(const std::string& path,
+                                                          Access access = Access::kDefault);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;

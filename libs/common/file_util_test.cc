@@ -7,11 +7,13 @@
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_format.h"
 #include "libs/common/test_temp_dir.h"
 
 namespace imagesearch {
@@ -95,6 +97,39 @@ TEST_CASE("MappedFile maps contents and SHA-256 matches its known value") {
   auto sha = Sha256HexOfFile(path);
   REQUIRE(sha.ok());
   CHECK(*sha == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+// The VmFlags line of this process's mapping that starts at `p` ("" if none).
+std::string VmFlagsOf(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  const std::string start = absl::StrFormat("%x-", reinterpret_cast<uintptr_t>(p));
+  bool in = false;
+  for (std::string line; std::getline(smaps, line);) {
+    if (absl::StartsWith(line, start)) in = true;
+    if (in && absl::StartsWith(line, "VmFlags:")) return line;
+  }
+  return "";
+}
+
+TEST_CASE("MappedFile advises huge pages for files walked at random, and only for them") {
+  if (!std::filesystem::exists("/sys/kernel/mm/transparent_hugepage/enabled")) {
+    WARN("this kernel has no transparent huge pages; skipped");
+    return;
+  }
+  std::string dir = MakeTempDir();
+  REQUIRE(WriteFileDurably(dir + "/f", std::string(size_t{4} << 20, 'x')).ok());
+  auto random = MappedFile::Open(dir + "/f", MappedFile::Access::kRandomWhole);
+  auto plain = MappedFile::Open(dir + "/f");
+  REQUIRE(random.ok());
+  REQUIRE(plain.ok());
+  CHECK(std::string((*random)->data() + 5, 2) == "xx");
+  const std::string random_flags = VmFlagsOf((*random)->data());
+  const std::string plain_flags = VmFlagsOf((*plain)->data());
+  REQUIRE(!random_flags.empty());
+  REQUIRE(!plain_flags.empty());
+  // "hg": VM_HUGEPAGE, set by MADV_HUGEPAGE.
+  CHECK(absl::StrContains(random_flags + " ", " hg "));
+  CHECK(!absl::StrContains(plain_flags + " ", " hg "));
 }
 
 // `n` bytes of the pattern 0, 1, ..., 250, 0, 1, ...

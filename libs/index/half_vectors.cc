@@ -240,7 +240,7 @@ absl::StatusOr<std::unique_ptr<HalfVectors>> HalfVectors::Open(const std::string
                                                                uint64_t count, size_t dim,
                                                                Metric metric) {
   std::unique_ptr<HalfVectors> v(new HalfVectors());
-  ASSIGN_OR_RETURN(v->file_, MappedFile::Open(path));
+  ASSIGN_OR_RETURN(v->file_, MappedFile::Open(path, MappedFile::Access::kRandomWhole));
   const char* p = v->file_->data();
   const size_t size = v->file_->size();
   auto bad = [](auto... parts) {

@@ -106,13 +106,13 @@ absl::StatusOr<std::unique_ptr<MmapHnswSearcher>> MmapHnswSearcher::Open(
     const std::string& graph_path, const std::string& offsets_path, size_t dim, Metric metric,
     uint64_t expected_count, const std::string& half_path) {
   std::unique_ptr<MmapHnswSearcher> s(new MmapHnswSearcher());
-  ASSIGN_OR_RETURN(s->graph_, MappedFile::Open(graph_path));
+  ASSIGN_OR_RETURN(s->graph_, MappedFile::Open(graph_path, MappedFile::Access::kRandomWhole));
   ASSIGN_OR_RETURN(s->header_, ParseHnswHeader(s->graph_->data(), s->graph_->size(), dim));
   if (s->header_.count != expected_count) {
     return absl::InvalidArgumentError(absl::StrCat(
         "graph holds ", s->header_.count, " elements but the manifest says ", expected_count));
   }
-  ASSIGN_OR_RETURN(s->offsets_, MappedFile::Open(offsets_path));
+  ASSIGN_OR_RETURN(s->offsets_, MappedFile::Open(offsets_path, MappedFile::Access::kRandomWhole));
   const uint64_t want = s->header_.count * (sizeof(uint64_t) + sizeof(uint32_t));
   if (s->offsets_->size() != want) {
     return absl::DataLossError(
