@@ -19,33 +19,15 @@
 #include <utility>
 #include <vector>
 
+#include "libs/index/test_vectors.h"
+
 namespace imagesearch::bench {
 
-// Low-intrinsic-dimension clustered data: cluster centres and points in
-// latent_dim, then x = A z + noise with a fixed random A (dim x latent_dim).
-// Real embeddings look like this; isotropic noise does not. Deterministic
-// (seed 42): the first rows are the same for any `count`.
+// Low-intrinsic-dimension clustered data (index::LowRankVectors, seed 42):
+// real embeddings look like this; isotropic noise does not.
 inline std::vector<float> LowRankData(size_t count, size_t dim, size_t latent, size_t clusters,
                                       std::vector<uint32_t>* cluster_of) {
-  std::mt19937 rng(42);
-  std::normal_distribution<float> normal;
-  std::vector<float> a(dim * latent), centres(clusters * latent);
-  for (auto& v : a) v = normal(rng) / std::sqrt(static_cast<float>(latent));
-  for (auto& v : centres) v = normal(rng);
-  std::uniform_int_distribution<size_t> pick(0, clusters - 1);
-  std::vector<float> out(count * dim), z(latent);
-  cluster_of->resize(count);
-  for (size_t i = 0; i < count; ++i) {
-    const size_t c = pick(rng);
-    (*cluster_of)[i] = static_cast<uint32_t>(c);
-    for (size_t l = 0; l < latent; ++l) z[l] = centres[c * latent + l] + 0.35f * normal(rng);
-    for (size_t d = 0; d < dim; ++d) {
-      float x = 0.02f * normal(rng);
-      for (size_t l = 0; l < latent; ++l) x += a[d * latent + l] * z[l];
-      out[i * dim + d] = x;
-    }
-  }
-  return out;
+  return index::LowRankVectors(count, dim, latent, clusters, 42, cluster_of);
 }
 
 // Exact top-k rows of each query (brute force with `dist`), on `threads`

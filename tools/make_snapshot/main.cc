@@ -14,7 +14,7 @@
 //   imagesearch-snapshot rollback --root=R     (CURRENT -> the version before it)
 //   imagesearch-snapshot gc --root=R --keep=2 --grace=1h
 //   imagesearch-snapshot verify --root=R [--version=v3]
-//   imagesearch-snapshot synth --out=vectors.npy --count=N --dim=D [--seed=1]
+//   imagesearch-snapshot synth --out=vectors.npy --count=N --dim=D [--seed=1] [--latent=32]
 #include <algorithm>
 #include <iostream>
 #include <optional>
@@ -86,6 +86,10 @@ ABSL_FLAG(std::string, out, "",
 ABSL_FLAG(int, count, 10000, "synth: number of vectors.");
 ABSL_FLAG(int, dim, 128, "synth: dimension.");
 ABSL_FLAG(int, seed, 1, "synth: random seed.");
+ABSL_FLAG(int, latent, 0,
+          "synth: 0: Gaussian blobs filling all --dim dimensions (100 clusters); N > 0: "
+          "clustered data of intrinsic dimension N, as real embeddings are (1,000 clusters; "
+          "libs/index/test_vectors.h LowRankVectors).");
 ABSL_FLAG(bool, promote, true,
           "build: make the new version CURRENT; false publishes a candidate for "
           "tools/promote.sh to check first.");
@@ -425,8 +429,15 @@ int Run(const std::vector<char*>& args) {
     VectorSet set;
     set.count = static_cast<size_t>(absl::GetFlag(FLAGS_count));
     set.dim = static_cast<size_t>(absl::GetFlag(FLAGS_dim));
-    set.data = index::ClusteredVectors(set.count, set.dim, 100,
-                                       static_cast<uint32_t>(absl::GetFlag(FLAGS_seed)));
+    const auto seed = static_cast<uint32_t>(absl::GetFlag(FLAGS_seed));
+    const int latent = absl::GetFlag(FLAGS_latent);
+    if (latent < 0 || static_cast<size_t>(latent) > set.dim) {
+      std::cerr << "--latent is 0 to --dim (" << set.dim << "), not " << latent << "\n";
+      return 2;
+    }
+    set.data = latent == 0 ? index::ClusteredVectors(set.count, set.dim, 100, seed)
+                           : index::LowRankVectors(set.count, set.dim, static_cast<size_t>(latent),
+                                                   1000, seed);
     absl::Status s = WriteFileDurably(absl::GetFlag(FLAGS_out), EncodeNpy(set));
     if (!s.ok()) return Fail(s);
     std::cout << "wrote " << set.count << " x " << set.dim << " to " << absl::GetFlag(FLAGS_out)
