@@ -380,9 +380,10 @@ class HnswStreamBuilderImpl final : public HnswStreamBuilder {
       for (auto& w : workers) w.join();
       if (error) std::rethrow_exception(error);
       if (bad_row) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "row ", bad_label.load(),
-            " is a zero vector (or its norm is below 3e-39) and cannot be normalised for cosine"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("row ", bad_label.load(),
+                         " is a zero vector (or its norm is below about 2.9e-39) and cannot be "
+                         "normalised for cosine"));
       }
     } catch (const std::exception& e) {
       return absl::InternalError(absl::StrCat("hnswlib insert failed: ", e.what()));

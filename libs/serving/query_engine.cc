@@ -37,8 +37,8 @@ absl::StatusOr<std::vector<float>> PrepareQueryVector(const snapshot::Snapshot& 
   if (snap.manifest().metric == index::Metric::kCosine &&
       !index::NormalizeInPlace(q.data(), dim, sum_of_squares)) {
     return absl::InvalidArgumentError(
-        "query vector has zero norm (or one below 3e-39, which a float cannot invert); cosine "
-        "search needs a non-zero vector");
+        "query vector has zero norm (or one below about 2.9e-39, which a float cannot invert); "
+        "cosine search needs a non-zero vector");
   }
   return q;
 }
