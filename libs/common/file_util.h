@@ -56,15 +56,17 @@ class MappedFile {
   enum class Access {
     kDefault,
     // Walked at random, all of it, for as long as it is mapped (a graph's
-    // vectors): the mapping is advised MADV_HUGEPAGE, so that pages read in
-    // on a fault come as 2 MiB folios where the kernel and file system can
-    // (Linux 6.x with ext4 or xfs; elsewhere the advice does nothing), and
-    // those folios, and ones a whole-file write left, are mapped with 2 MiB
-    // pages. A search then misses the TLB once per 2 MiB rather than at
-    // nearly every vector: at 1M x 512 the link searches of the ingest
-    // service cost a fifth of the CPU and the replicas' queries about half
-    // (tools/bench/results/LOG.md, "Huge pages for the graph"). A fault
-    // of a cold file reads 2 MiB.
+    // vectors): the mapping is advised MADV_HUGEPAGE. Where the page cache
+    // holds the file in 2 MiB folios (on Linux 6.18 with ext4, measured
+    // here: a file written or read in whole, or faulted in under this
+    // advice), they are mapped with 2 MiB pages, so a search misses the TLB
+    // once per 2 MiB rather than at nearly every vector: at 1M x 512 the
+    // ingest service's link searches cost a fifth of their CPU on 4 KiB
+    // pages, and a replica serves 1.13-1.18x the QPS (tools/bench/results/
+    // LOG.md, "Huge pages for the graph"). The price: a fault on a cold
+    // file reads the 2 MiB blocks around it (up to 4 MiB, also where the
+    // file system cannot cache large folios), which a replica under a tight
+    // memory limit pays for in page cache.
     kRandomWhole,
   };
   // Maps `path`. An empty file maps to size() == 0 and data() == nullptr.

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -102,7 +103,7 @@ TEST_CASE("MappedFile maps contents and SHA-256 matches its known value") {
 // The VmFlags line of this process's mapping that starts at `p` ("" if none).
 std::string VmFlagsOf(const void* p) {
   std::ifstream smaps("/proc/self/smaps");
-  const std::string start = absl::StrFormat("%x-", reinterpret_cast<uintptr_t>(p));
+  const std::string start = absl::StrFormat("%08x-", reinterpret_cast<uintptr_t>(p));
   bool in = false;
   for (std::string line; std::getline(smaps, line);) {
     if (absl::StartsWith(line, start)) in = true;

@@ -7,6 +7,8 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <set>
 #include <string>
@@ -120,6 +122,39 @@ TEST_CASE("Same top-k as hnswlib with half vectors at 1792 dimensions") {
   Built b = Build(n, dim, Metric::kCosine, 40);
   auto queries = ClusteredVectors(60, dim, 64, 8);
   ExpectSameAsHnswlib(b, dim, Metric::kCosine, n, queries, 60);
+}
+
+// The VmFlags of each mapping of this process whose file is `path`.
+std::vector<std::string> VmFlagsOfFile(const std::string& path) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::vector<std::string> flags;
+  bool in = false;
+  for (std::string line; std::getline(smaps, line);) {
+    if (line.find(' ') != std::string::npos && line.find('-') < line.find(' ')) {
+      in = line.size() >= path.size() &&
+           line.compare(line.size() - path.size(), path.size(), path) == 0;
+    } else if (in && line.rfind("VmFlags:", 0) == 0) {
+      flags.push_back(line + " ");
+    }
+  }
+  return flags;
+}
+
+TEST_CASE("The searcher maps its graph, offsets and half vectors for huge pages") {
+  if (!std::filesystem::exists("/sys/kernel/mm/transparent_hugepage/enabled")) {
+    WARN("this kernel has no transparent huge pages; skipped");
+    return;
+  }
+  const size_t n = 2000, dim = 32;
+  Built b = Build(n, dim, Metric::kL2, 40);
+  auto s = MmapHnswSearcher::Open(b.graph, b.offsets, dim, Metric::kL2, n, b.half);
+  REQUIRE(s.ok());
+  for (const std::string& path : {b.graph, b.offsets, b.half}) {
+    INFO(path);
+    const std::vector<std::string> flags = VmFlagsOfFile(path);
+    REQUIRE(flags.size() == 1);
+    CHECK(flags[0].find(" hg ") != std::string::npos);  // VM_HUGEPAGE: MADV_HUGEPAGE.
+  }
 }
 
 TEST_CASE("Searches read the half vectors: a file that lies changes the answers") {

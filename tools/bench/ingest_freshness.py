@@ -495,19 +495,24 @@ def copy_as_written(src, dst):
     the page cache holds it in folios of up to 2 MiB, which mappings of it
     then map with huge pages where the kernel can (Linux 6.x, ext4 and xfs).
     `cp` writes in 128 KiB pieces, whose 4 KiB-mapped copy searched a 1M x
-    512 graph 0.85x as fast (log, "Huge pages for the big segment")."""
+    512 graph 0.85x as fast (log, "Huge pages for the graph"). A seed root
+    holds plain files only (one version: no links between versions)."""
     chunk = 8 << 20
     for d, dirs, files in os.walk(src):
         out = os.path.join(dst, os.path.relpath(d, src))
         os.makedirs(out, exist_ok=True)
+        for name in dirs + files:
+            if os.path.islink(os.path.join(d, name)):
+                sys.exit(f"copy_as_written: {os.path.join(d, name)} is a link")
         for name in files:
             with open(os.path.join(d, name), "rb", buffering=0) as fin, \
                     open(os.path.join(out, name), "wb", buffering=0) as fout:
                 while True:
-                    b = fin.read(chunk)
+                    b = memoryview(fin.read(chunk))
                     if not b:
                         break
-                    fout.write(b)
+                    while b:  # An unbuffered write may take part of it.
+                        b = b[fout.write(b):]
             shutil.copystat(os.path.join(d, name), os.path.join(out, name))
 
 
@@ -520,8 +525,11 @@ def huge_mapped_share(pid, name="graph.hnsw"):
         with open(f"/proc/{pid}/smaps") as f:
             for line in f:
                 head = line.split()
-                if head and "-" in head[0] and len(head) >= 5:
-                    current = line.rstrip().endswith("/" + name)
+                if not head:
+                    continue
+                if "-" in head[0] and len(head) >= 5:
+                    path = line.rstrip().removesuffix(" (deleted)")  # Unlinked, still mapped.
+                    current = path.endswith("/" + name)
                 elif current and head[0] == "Rss:":
                     rss += int(head[1])
                 elif current and head[0] == "FilePmdMapped:":
@@ -697,7 +705,7 @@ def main():
             "probe_errors": [pr.errors for pr in probers],
             "cpu_share": {k: round((cpu1[k] - cpu0[k]) / (wall1 - wall0), 3) for k in cpu0},
             "loadavg_start": load0, "loadavg_end": loadavg(),
-            # How much of each process's graph mappings is on 2 MiB pages.
+            # How much of each process's graph.hnsw mappings is on 2 MiB pages.
             "graph_huge_mapped_share": {k: huge_mapped_share(v) for k, v in procs.items()},
             # What the ingest service wrote (publishes and merges) per row
             # upserted, and that over the row's vector bytes: the write
@@ -913,7 +921,7 @@ def report(r):
           f"calls, round trip p50 "
           f"{[d['p50'] for d in f['probe_rtt_ms']]} ms, every {a.poll_ms:g} ms")
     print(f"cpu share (cores) during the freshness run: {f['cpu_share']}")
-    print(f"share of the graph files' mapped bytes on 2 MiB pages: {f['graph_huge_mapped_share']}")
+    print(f"share of the graph.hnsw mappings' bytes on 2 MiB pages: {f['graph_huge_mapped_share']}")
     print(f"the ingest service wrote {f['ingest_wrote_mb']} MB ({f['ingest_write_bytes_mb']} MB "
           f"to storage): {f['ingest_wrote_per_row_kb']} kB a row upserted, "
           f"{f['ingest_wrote_over_vector_bytes']}x the row's vector")
