@@ -5,16 +5,14 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
-#include <cstdint>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
-#include "absl/strings/str_format.h"
+#include "libs/common/test_smaps.h"
 #include "libs/common/test_temp_dir.h"
 
 namespace imagesearch {
@@ -100,37 +98,25 @@ TEST_CASE("MappedFile maps contents and SHA-256 matches its known value") {
   CHECK(*sha == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
-// The VmFlags line of this process's mapping that starts at `p` ("" if none).
-std::string VmFlagsOf(const void* p) {
-  std::ifstream smaps("/proc/self/smaps");
-  const std::string start = absl::StrFormat("%08x-", reinterpret_cast<uintptr_t>(p));
-  bool in = false;
-  for (std::string line; std::getline(smaps, line);) {
-    if (absl::StartsWith(line, start)) in = true;
-    if (in && absl::StartsWith(line, "VmFlags:")) return line;
-  }
-  return "";
-}
-
 TEST_CASE("MappedFile advises huge pages for files walked at random, and only for them") {
   if (!std::filesystem::exists("/sys/kernel/mm/transparent_hugepage/enabled")) {
     WARN("this kernel has no transparent huge pages; skipped");
     return;
   }
   std::string dir = MakeTempDir();
-  REQUIRE(WriteFileDurably(dir + "/f", std::string(size_t{4} << 20, 'x')).ok());
-  auto random = MappedFile::Open(dir + "/f", MappedFile::Access::kRandomWhole);
-  auto plain = MappedFile::Open(dir + "/f");
+  REQUIRE(WriteFileDurably(dir + "/random", std::string(size_t{4} << 20, 'x')).ok());
+  REQUIRE(WriteFileDurably(dir + "/plain", std::string(size_t{4} << 20, 'x')).ok());
+  auto random = MappedFile::Open(dir + "/random", MappedFile::Access::kRandomWhole);
+  auto plain = MappedFile::Open(dir + "/plain");
   REQUIRE(random.ok());
   REQUIRE(plain.ok());
   CHECK(std::string((*random)->data() + 5, 2) == "xx");
-  const std::string random_flags = VmFlagsOf((*random)->data());
-  const std::string plain_flags = VmFlagsOf((*plain)->data());
-  REQUIRE(!random_flags.empty());
-  REQUIRE(!plain_flags.empty());
-  // "hg": VM_HUGEPAGE, set by MADV_HUGEPAGE.
-  CHECK(absl::StrContains(random_flags + " ", " hg "));
-  CHECK(!absl::StrContains(plain_flags + " ", " hg "));
+  const auto random_flags = testing::VmFlagsOfFile(dir + "/random");
+  const auto plain_flags = testing::VmFlagsOfFile(dir + "/plain");
+  REQUIRE(random_flags.size() == 1);
+  REQUIRE(plain_flags.size() == 1);
+  CHECK(absl::StrContains(random_flags[0], " hg "));  // VM_HUGEPAGE, set by MADV_HUGEPAGE.
+  CHECK(!absl::StrContains(plain_flags[0], " hg "));
 }
 
 // `n` bytes of the pattern 0, 1, ..., 250, 0, 1, ...

@@ -8,7 +8,6 @@
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <set>
 #include <string>
@@ -17,6 +16,7 @@
 #include <vector>
 
 #include "libs/common/file_util.h"
+#include "libs/common/test_smaps.h"
 #include "libs/common/test_temp_dir.h"
 #include "libs/index/hnsw_builder.h"
 #include "libs/index/test_vectors.h"
@@ -124,22 +124,6 @@ TEST_CASE("Same top-k as hnswlib with half vectors at 1792 dimensions") {
   ExpectSameAsHnswlib(b, dim, Metric::kCosine, n, queries, 60);
 }
 
-// The VmFlags of each mapping of this process whose file is `path`.
-std::vector<std::string> VmFlagsOfFile(const std::string& path) {
-  std::ifstream smaps("/proc/self/smaps");
-  std::vector<std::string> flags;
-  bool in = false;
-  for (std::string line; std::getline(smaps, line);) {
-    if (line.find(' ') != std::string::npos && line.find('-') < line.find(' ')) {
-      in = line.size() >= path.size() &&
-           line.compare(line.size() - path.size(), path.size(), path) == 0;
-    } else if (in && line.rfind("VmFlags:", 0) == 0) {
-      flags.push_back(line + " ");
-    }
-  }
-  return flags;
-}
-
 TEST_CASE("The searcher maps its graph, offsets and half vectors for huge pages") {
   if (!std::filesystem::exists("/sys/kernel/mm/transparent_hugepage/enabled")) {
     WARN("this kernel has no transparent huge pages; skipped");
@@ -151,7 +135,7 @@ TEST_CASE("The searcher maps its graph, offsets and half vectors for huge pages"
   REQUIRE(s.ok());
   for (const std::string& path : {b.graph, b.offsets, b.half}) {
     INFO(path);
-    const std::vector<std::string> flags = VmFlagsOfFile(path);
+    const std::vector<std::string> flags = testing::VmFlagsOfFile(path);
     REQUIRE(flags.size() == 1);
     CHECK(flags[0].find(" hg ") != std::string::npos);  // VM_HUGEPAGE: MADV_HUGEPAGE.
   }

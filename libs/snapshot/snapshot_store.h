@@ -212,8 +212,8 @@ absl::Status ExportVersion(const std::string& root, uint64_t version, const std:
 // rows of the big segment chosen among its nearest by HNSW's neighbour
 // heuristic, the rest of its nearest after them, searched with
 // kTailLinkSearchEf (index::NearestRows). The search is most of a tail
-// join's CPU (one per row the ingest service takes in: 84% of its CPU at 1M
-// x 512), and its cost follows ef: ef 16 (the 16 nearest, all kept, the
+// join's CPU (one per row the ingest service takes in), and its cost
+// follows ef: ef 16 (the 16 nearest, all kept, the
 // diverse ones first) costs about three quarters of ef 32 (the heuristic's
 // choice from 32) in the ingest service and links about as well: a tail
 // walked with the big segment finds its rows at the same recall within a
