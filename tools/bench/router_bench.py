@@ -14,7 +14,10 @@ side on this machine (everything on loopback, sharing its cores):
             the same 2 cores as the router and the 4 shard replicas, so its
             figure holds much of the client's own cost; loadgen spends far
             less, so its figure is nearer what a client on another machine
-            would see;
+            would see. With loadgen the CPU a query of the unsharded replica,
+            and of the shard replicas together, is printed too (on shared
+            cores a router query waits for all of it), and shard 0's replica
+            called alone, for its CPU a call outside the fan-out;
   clients   C concurrent clients (threads, each its own channel) sending
             the queries, for each C in --clients: QPS, p50 and p99 through
             the router and straight to the unsharded replica (no delay), and
@@ -175,7 +178,7 @@ def main():
         tail_hedged = router("router_tail", proxied)
         tail_plain = router("router_tail_nohedge", proxied, "--hedge_after_ms=-1")
         servers = {"single": one, "router": hedged, "plain": plain, "tail": tail_hedged,
-                   "tail_plain": tail_plain}
+                   "tail_plain": tail_plain, "shard0": reps[0][0]}
         stubs = {name: pb_grpc.ImageSearchStub(grpc.insecure_channel(s.grpc_address))
                  for name, s in servers.items()}
 
@@ -227,29 +230,43 @@ def main():
         print(f"  router p50 - unsharded p50: {p['router'][0] - p['single'][0]:+.3f} ms "
               f"(goal <= +0.5 ms)")
 
-        def loadgen(name, pid=None):
+        shard_pids = [r.pid for rs in reps for r in rs]
+
+        def loadgen(name, pid, others=()):
+            """p50, p99, pid's CPU a query and the CPU of others (summed) a query."""
             out = f"{a.workdir}/loadgen-{name}.json"
-            cpu0 = cpu_seconds(pid) if pid else 0
+            cpu0 = cpu_seconds(pid)
+            others0 = sum(cpu_seconds(o) for o in others)
             run(LOADGEN, f"--target={servers[name].grpc_address}", f"--vectors={queries}",
                 "--concurrency=1", "--duration_s=3", "--warmup_s=0.5", f"--ef={a.ef}",
                 f"--json_out={out}")
             with open(out) as f:
                 r = json.load(f)
-            cpu = (cpu_seconds(pid) - cpu0) / max(1, r["calls"]) if pid else 0
-            return r["latency_ms"]["p50"], r["latency_ms"]["p99"], cpu
+            n = max(1, r["calls"])
+            return (r["latency_ms"]["p50"], r["latency_ms"]["p99"], (cpu_seconds(pid) - cpu0) / n,
+                    (sum(cpu_seconds(o) for o in others) - others0) / n)
 
-        lg = {"single": [], "router": [], "plain": []}
+        lg = {"single": [], "shard0": [], "router": [], "plain": []}
         for _ in range(a.rounds):
-            for name, proc in (("single", None), ("router", hedged), ("plain", plain)):
-                lg[name].append(loadgen(name, proc.pid if proc else None))
-        lp = {n: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v),
-                  statistics.median(x[2] for x in v)) for n, v in lg.items()}
+            lg["single"].append(loadgen("single", one.pid))
+            lg["shard0"].append(loadgen("shard0", reps[0][0].pid))
+            for name, proc in (("router", hedged), ("plain", plain)):
+                lg[name].append(loadgen(name, proc.pid, shard_pids))
+        lp = {n: tuple(statistics.median(x[k] for x in v) for k in range(4))
+              for n, v in lg.items()}
+        # The CPU a query of every process that serves it, besides the client:
+        # on these 2 shared cores, the router's query costs the sum.
         print(f"1 client, imagesearch-loadgen --concurrency=1, {a.rounds} alternating rounds of "
               f"3 s (medians of the rounds):")
-        print(f"  unsharded replica  p50 {lp['single'][0]:.3f} ms  p99 {lp['single'][1]:.3f} ms")
+        print(f"  unsharded replica  p50 {lp['single'][0]:.3f} ms  p99 {lp['single'][1]:.3f} ms  "
+              f"(replica CPU {lp['single'][2] * 1e6:.0f} us a query)")
+        print(f"  shard 0's replica, called alone  p50 {lp['shard0'][0]:.3f} ms  "
+              f"(replica CPU {lp['shard0'][2] * 1e6:.0f} us a call)")
         for name, what in (("router", "router"), ("plain", "router, no hedging")):
             print(f"  {what:18} p50 {lp[name][0]:.3f} ms  p99 {lp[name][1]:.3f} ms  "
-                  f"(router CPU {lp[name][2] * 1e6:.0f} us a query)")
+                  f"(router CPU {lp[name][2] * 1e6:.0f} us, shard replicas "
+                  f"{lp[name][3] * 1e6:.0f} us together, "
+                  f"{lp[name][3] * 1e6 / a.shards:.0f} us a shard call, a query)")
         print(f"  router p50 - unsharded p50: {lp['router'][0] - lp['single'][0]:+.3f} ms "
               f"(goal <= +0.5 ms)")
 
@@ -335,7 +352,7 @@ def main():
                   f"{a.delay_ms:g} ms: hedged router p99 {m[1]:.3f} ms = {m[1] / m0[1]:.2f}x "
                   f"its no-delay p99 ({m0[1]:.3f} ms)")
         proxy.delay_s = 0
-        print(json.dumps({"recall": recall, "p50_p99_ms": p, "loadgen_p50_p99_ms_cpu_s": lp, "router_cpu_us": {n: statistics.median(c) * 1e6 for n, c in cpu.items()},
+        print(json.dumps({"recall": recall, "p50_p99_ms": p, "loadgen_p50_p99_ms_cpu_s_shards_cpu_s": lp, "router_cpu_us": {n: statistics.median(c) * 1e6 for n, c in cpu.items()},
                           "tail_ms": tail, "tail_nodelay_ms": nodelay, "tail_ratios": ratios,
                           "clients_p50_p99_qps": many}))
     finally:
