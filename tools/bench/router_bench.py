@@ -266,7 +266,7 @@ def main():
             print(f"  {what:18} p50 {lp[name][0]:.3f} ms  p99 {lp[name][1]:.3f} ms  "
                   f"(router CPU {lp[name][2] * 1e6:.0f} us, shard replicas "
                   f"{lp[name][3] * 1e6:.0f} us together, "
-                  f"{lp[name][3] * 1e6 / a.shards:.0f} us a shard call, a query)")
+                  f"{lp[name][3] * 1e6 / a.shards:.0f} us a shard, a query)")
         print(f"  router p50 - unsharded p50: {lp['router'][0] - lp['single'][0]:+.3f} ms "
               f"(goal <= +0.5 ms)")
 
