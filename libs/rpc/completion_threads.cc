@@ -88,7 +88,20 @@ void CompletionThreads::Deliver(QueueState* state, void* tag, bool ok, bool lead
     return;
   }
   const int64_t start = NowNs();
-  if (lead) state->lead_since_ns.store(start, std::memory_order_relaxed);
+  if (lead) {
+    // Sequentially consistent with the first standby's parking: either it
+    // sees this Proceed begun and stays up, or this sees it parked and
+    // wakes it.
+    state->lead_since_ns.store(start);
+    state->lead_last_ns.store(start, std::memory_order_relaxed);
+    if (state->rescue_parked.load()) {
+      {
+        std::lock_guard<std::mutex> lock(state->wake_mu);
+        state->rescue_parked.store(false);
+      }
+      state->wake.notify_all();
+    }
+  }
   static_cast<CqTag*>(tag)->Proceed(ok);
   const int64_t end = NowNs();
   if (lead) state->lead_since_ns.store(0, std::memory_order_relaxed);
@@ -211,7 +224,22 @@ void CompletionThreads::StandBy(QueueState* state, int k) {
       std::unique_lock<std::mutex> lock(state->wake_mu);
       const auto ready = [&] { return state->stopping || engaged(); };
       if (k == 1) {  // Also looks whether the first thread is held by one long Proceed.
-        state->wake.wait_for(lock, std::chrono::nanoseconds(kRescueNs), ready);
+        // Parked after kParkAfterNs without a Proceed begun by the first
+        // thread. Parking is published before lead_since_ns is read, and
+        // Deliver publishes a Proceed's start before it reads
+        // rescue_parked (both sequentially consistent), so a Proceed that
+        // begins meanwhile is either seen here or wakes this thread.
+        const int64_t last = state->lead_last_ns.load(std::memory_order_relaxed);
+        if (!ready() && NowNs() - last >= kParkAfterNs) {
+          state->rescue_parked.store(true);
+          if (state->lead_since_ns.load() != 0) state->rescue_parked.store(false);
+          state->wake.wait(lock, [&] { return ready() || !state->rescue_parked.load(); });
+          state->rescue_parked.store(false);
+        }
+        if (!ready()) {
+          state->wake.wait_for(lock, std::chrono::nanoseconds(kRescueNs), ready);
+          state->rescue_looks.fetch_add(1, std::memory_order_relaxed);
+        }
       } else {
         state->wake.wait(lock, ready);
       }

@@ -38,7 +38,11 @@
 //   each), one leaves.
 // And while the first thread has been inside one Proceed for kRescueNs (a
 // long batch, an exact scan), the first standby polls too, so that nothing
-// else (health checks included) waits behind it; it looks every kRescueNs.
+// else (health checks included) waits behind it; it looks every kRescueNs
+// while the queue has work, and once the first thread has started no
+// Proceed for kParkAfterNs it sleeps until the first thread starts one (a
+// replica with no calls then wakes no thread of these, where the looks
+// alone were 50 wake-ups a second).
 // So a replica takes a lone caller's calls on one thread, and a flood on as
 // many threads as add throughput (measured on 2 CPUs only: beyond a few
 // threads a trial's window may be noisier than the step it measures).
@@ -141,6 +145,7 @@ class CompletionThreads {
   static constexpr int64_t kTrialMinEvents = 32;
   static constexpr double kTrialShare = 0.1;
   static constexpr int64_t kRescueNs = 20'000'000;
+  static constexpr int64_t kParkAfterNs = 1'000'000'000;
   static constexpr int64_t kBackoffMinNs = 200'000'000;
   static constexpr int64_t kBackoffMaxNs = 5'000'000'000;
 
@@ -148,6 +153,10 @@ class CompletionThreads {
   size_t threads() const { return threads_.size(); }
   // Threads polling queue i now (1 up to its threads; the rest stand by).
   int polling(size_t i) const { return 1 + states_[i]->engaged.load(std::memory_order_relaxed); }
+  // Times queue i's first standby has woken to look for a held first thread.
+  int64_t rescue_looks(size_t i) const {
+    return states_[i]->rescue_looks.load(std::memory_order_relaxed);
+  }
   // REQUIRES: constructed from server queues, i < size().
   grpc::ServerCompletionQueue* server_queue(size_t i) const { return server_queues_[i]; }
 
@@ -182,6 +191,13 @@ class CompletionThreads {
     std::atomic<int64_t> window_start_ns{0};
     // When the first thread's current Proceed began; 0: it is in none.
     std::atomic<int64_t> lead_since_ns{0};
+    // When the first thread's latest Proceed began; 0: none yet.
+    std::atomic<int64_t> lead_last_ns{0};
+    // The first standby sleeps until the first thread starts a Proceed
+    // (which clears this and wakes it). Set and read in sequential
+    // consistency with lead_since_ns: see StandBy.
+    std::atomic<bool> rescue_parked{false};
+    std::atomic<int64_t> rescue_looks{0};
     std::mutex window_mu;  // Held (try_lock) by the thread that closes a window.
     // Guarded by window_mu:
     std::vector<clockid_t> cpu_clocks;  // Per thread (0: the first); set as each starts.

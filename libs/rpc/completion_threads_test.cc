@@ -221,5 +221,24 @@ TEST_CASE("A Proceed that holds the first thread long does not hold up the other
   CHECK(quick->proceeds() >= 10);
 }
 
+TEST_CASE("An idle queue's standby sleeps until the first thread has work, then rescues it") {
+  TwoThreads t;
+  // No Proceed yet, so the first standby parks at once (kParkAfterNs since
+  // the first thread's last one).
+  std::this_thread::sleep_for(milliseconds(100));
+  const int64_t before = t.threads().rescue_looks(0);
+  std::this_thread::sleep_for(milliseconds(500));
+  // Looking every kRescueNs, it would have woken about 25 times.
+  CHECK(t.threads().rescue_looks(0) == before);
+  // Work comes back with a Proceed that holds the first thread: the standby,
+  // woken by its start, still takes the other events after kRescueNs.
+  t.Loop(milliseconds(400), milliseconds(0));
+  std::this_thread::sleep_for(milliseconds(50));
+  AlarmLoop* quick = t.Loop(milliseconds(0), milliseconds(5));
+  std::this_thread::sleep_for(milliseconds(250));
+  CHECK(quick->proceeds() >= 10);
+  CHECK(t.threads().rescue_looks(0) > before);
+}
+
 }  // namespace
 }  // namespace imagesearch::rpc
