@@ -40,9 +40,9 @@
 // long batch, an exact scan), the first standby polls too, so that nothing
 // else (health checks included) waits behind it; it looks every kRescueNs
 // while the queue has work, and once the first thread has started no
-// Proceed for kParkAfterNs it sleeps until the first thread starts one (a
-// replica with no calls then wakes no thread of these, where the looks
-// alone were 50 wake-ups a second).
+// Proceed for kParkAfterNs it sleeps until the first thread starts one, so
+// a replica with no calls wakes none of these threads (looking every
+// kRescueNs would be 50 wake-ups a second).
 // So a replica takes a lone caller's calls on one thread, and a flood on as
 // many threads as add throughput (measured on 2 CPUs only: beyond a few
 // threads a trial's window may be noisier than the step it measures).
