@@ -203,7 +203,13 @@ TEST_CASE("A second thread that adds no throughput leaves, and tries again ever 
   // 2 s to 4 s. With a backoff that did not grow it would be ~40% of them,
   // and all of them with a thread that stayed.
   std::this_thread::sleep_for(milliseconds(2000));
-  CHECK(t.ShareAt(2, milliseconds(2000)) < 0.25);
+  // A trial misjudged on a loaded machine (its one-thread window slowed by
+  // another process) keeps the second thread a while and resets the backoff,
+  // so up to three spans of 2 s are read: a backoff that never grew would
+  // read ~40% in every one of them.
+  double share = 1;
+  for (int span = 0; span < 3 && share >= 0.25; ++span) share = t.ShareAt(2, milliseconds(2000));
+  CHECK(share < 0.25);
   CHECK(t.record().ShareOffBusiest() < 0.25);
   CHECK(t.record().most_at_once.load() == 1);  // The lock held: the check can see overlap.
 }
