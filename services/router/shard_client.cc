@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <random>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -297,21 +298,37 @@ std::shared_ptr<const ShardClient::Replicas> ShardClient::replicas() const {
 }
 
 size_t ShardClient::Pick(const Replicas& set, const std::vector<size_t>& tried) {
+  thread_local std::minstd_rand random(std::random_device{}());
   const size_t n = set.size();
-  const size_t start = rotate_.fetch_add(1, std::memory_order_relaxed);
   auto was_tried = [&](size_t i) {
     return std::find(tried.begin(), tried.end(), i) != tried.end();
   };
-  size_t untried = n;
-  for (size_t k = 0; k < n; ++k) {
-    const size_t i = (start + k) % n;
+  // Those not tried, and of them those whose channel is not failing.
+  size_t untried[kMaxCandidates], healthy[kMaxCandidates];
+  size_t n_untried = 0, n_healthy = 0;
+  const size_t offset = random();  // Where the scan starts: ties go anywhere.
+  for (size_t k = 0; k < n && n_untried < kMaxCandidates; ++k) {
+    const size_t i = (offset + k) % n;
     if (was_tried(i)) continue;
+    untried[n_untried++] = i;
     if (set[i]->channel->GetState(/*try_to_connect=*/true) != GRPC_CHANNEL_TRANSIENT_FAILURE) {
-      return i;
+      healthy[n_healthy++] = i;
     }
-    if (untried == n) untried = i;
   }
-  return untried != n ? untried : start % n;
+  if (n_healthy == 0) return n_untried > 0 ? untried[0] : offset % n;
+  if (n_healthy == 1) return healthy[0];
+  // Two of them: the first two of a scan that started at random, or two
+  // drawn at random where there are more.
+  size_t a = healthy[0], b = healthy[1];
+  if (n_healthy > 2) {
+    const size_t ia = random() % n_healthy;
+    size_t ib = random() % (n_healthy - 1);
+    if (ib >= ia) ++ib;
+    a = healthy[ia];
+    b = healthy[ib];
+  }
+  const int64_t now = NowNs();
+  return set[b]->load.Cost(now) < set[a]->load.Cost(now) ? b : a;
 }
 
 void ShardClient::Record(const std::string& peer, absl::Duration latency, bool ok) {

@@ -1,8 +1,10 @@
 // One shard of a sharded collection as imagesearch-router reaches it: one
 // gRPC channel per replica (a static list of addresses, or the addresses a
 // headless Service's DNS name resolves to, looked up again every few
-// seconds), calls spread over them round-robin (a replica whose channel is
-// failing is passed over while another is not), and unary calls that are
+// seconds), each call sent to the replica that looks least loaded (the
+// cheaper of two by recent latency and calls in flight, replica_load.h; a
+// replica whose channel is failing is passed over while another is not), and
+// unary calls that are
 //
 //   - retried (twice) on UNAVAILABLE or CANCELLED (a replica that just died
 //     or is shutting down), each retry on a replica this call has not tried
@@ -42,6 +44,7 @@
 #include "imagesearch/v1/imagesearch.grpc.pb.h"
 #include "libs/rpc/completion_threads.h"
 #include "libs/rpc/served_call.h"
+#include "services/router/replica_load.h"
 
 namespace imagesearch::router {
 
@@ -135,12 +138,23 @@ class HedgeTimer {
 class ShardClient {
  public:
   static constexpr size_t kMinSamplesForP95 = 20;
+  // The latency a failed call (UNAVAILABLE, or cancelled by a replica
+  // shutting down) counts as in its replica's cost: it then decays to a
+  // healthy replica's level in about 6 s (ReplicaLoad::kDecayNs).
+  static constexpr int64_t kFailedCostNs = 100'000'000;
+  // The steady clock, in nanoseconds: what ReplicaLoad is given.
+  static int64_t NowNs() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
 
   // One replica: its address and channel.
   struct Replica {
     std::string address;  // "10.0.0.3:50051", or the target when gRPC resolves it.
     std::shared_ptr<grpc::Channel> channel;
     std::unique_ptr<v1::ImageSearch::Stub> stub;
+    ReplicaLoad load;  // Kept while DNS keeps the address.
   };
   using Replicas = std::vector<std::shared_ptr<Replica>>;
 
@@ -196,9 +210,11 @@ class ShardClient {
   void AttemptEnded(grpc::ClientContext* context);
 
   // The replica for a new attempt of a call that has tried `tried` (indexes
-  // into `set`): the next one round-robin that it has not tried and whose
-  // channel is not failing, else one it has not tried, else the next.
+  // into `set`): of those it has not tried and whose channel is not failing,
+  // the cheaper of two drawn at random (ReplicaLoad::Cost), else one it has
+  // not tried, else any.
   size_t Pick(const Replicas& set, const std::vector<size_t>& tried);
+  static constexpr size_t kMaxCandidates = 64;  // Replicas of a shard Pick looks at.
   std::shared_ptr<Replica> NewReplica(const std::string& address, bool balance) const;
   void Resolve();  // DNS targets: looks the name up and swaps the replica set.
 
@@ -209,7 +225,6 @@ class ShardClient {
   std::string dns_host_, dns_port_;  // Set for a DNS target.
   mutable std::mutex replicas_mu_;
   std::shared_ptr<const Replicas> replicas_;  // Guarded by replicas_mu_.
-  std::atomic<size_t> rotate_{0};
   std::mutex resolver_mu_;
   std::condition_variable resolver_cv_;
   bool stopping_ = false;  // Guarded by resolver_mu_.
@@ -321,6 +336,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     bool hedge = false;
     bool refused = false;  // Not started: the router is stopping.
     absl::Time started;
+    int64_t started_ns = 0;  // ShardClient::NowNs().
     ShardClient::Replica* replica = nullptr;
   };
 
@@ -337,6 +353,8 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     }
     a->hedge = hedge;
     a->started = absl::Now();
+    a->started_ns = ShardClient::NowNs();
+    a->replica->load.Begin();
     ++outstanding_;
     return a;
   }
@@ -395,9 +413,26 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
            s.error_code() == grpc::StatusCode::CANCELLED;
   }
 
+  // What the end of attempt `a` says about its replica's load.
+  void Observe(const Attempt* a, const grpc::Status& s, bool lost) const {
+    using Seen = ReplicaLoad::Seen;
+    const int64_t now = ShardClient::NowNs();
+    const int64_t took = now - a->started_ns;
+    if (a->refused) {
+      a->replica->load.End(Seen::kNothing, 0, now);
+    } else if (lost) {  // Cancelled here: the replica took at least this long.
+      a->replica->load.End(Seen::kAtLeast, took, now);
+    } else if (Retryable(s)) {  // Gone or going: passed over for a few seconds.
+      a->replica->load.End(Seen::kLatency, std::max(took, ShardClient::kFailedCostNs), now);
+    } else {  // An answer, or the query's own error.
+      a->replica->load.End(Seen::kLatency, took, now);
+    }
+  }
+
   void OnDone(Attempt* a, grpc::Status s) {
     std::unique_lock<std::mutex> lock(mu_);
     --outstanding_;
+    Observe(a, s, finished_);
     if (finished_) return;  // The loser of a hedge, cancelled.
     shard_->Record(a->replica->address, absl::Now() - a->started, s.ok());
     // The hedge timer is cancelled after the answer is handed on: for a

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -23,6 +24,7 @@
 #include "libs/snapshot/shard.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/test_snapshots.h"
+#include "services/router/replica_load.h"
 #include "tests/integration/server_process.h"
 
 namespace imagesearch {
@@ -115,6 +117,55 @@ struct Cluster {
     return out;
   }
 };
+
+TEST_CASE("A replica's cost: a slow answer counts at once, decays with time, times its calls out",
+          "[router]") {
+  using Seen = router::ReplicaLoad::Seen;
+  constexpr int64_t kUs = 1000, kSec = 1'000'000'000;
+  router::ReplicaLoad fast, slow;
+  // No answer yet: free while idle, the dearest while its first call is out.
+  CHECK(fast.Cost(0) == 0);
+  fast.Begin();
+  CHECK(fast.Cost(0) > 1e300);
+  fast.End(Seen::kLatency, 300 * kUs, 0);
+  CHECK(fast.Cost(0) == Approx(300 * kUs));
+  // One slow answer makes the replica dear at once.
+  slow.Begin();
+  slow.End(Seen::kLatency, 20'000 * kUs, 0);
+  CHECK(slow.Cost(0) == Approx(20'000 * kUs));
+  // The fast one keeps answering; the slow one, passed over, decays: still
+  // dearer after 2 s (20 ms / e^2 = 2.7 ms), cheaper after 5 s (0.13 ms), so
+  // it is tried again.
+  for (int64_t t = 1; t <= 5; ++t) {
+    fast.Begin();
+    fast.End(Seen::kLatency, 300 * kUs, t * kSec);
+    if (t == 2) CHECK(slow.Cost(t * kSec) > fast.Cost(t * kSec));
+  }
+  CHECK(slow.Cost(5 * kSec) < fast.Cost(5 * kSec));
+  // Calls in flight: one more makes it twice as dear.
+  const double idle = fast.Cost(5 * kSec);
+  fast.Begin();
+  CHECK(fast.Cost(5 * kSec) == Approx(2 * idle));
+  // A hedge's cancelled loser says only "at least": it can raise the cost,
+  // never lower it.
+  fast.End(Seen::kAtLeast, 10 * kUs, 5 * kSec);
+  CHECK(fast.Cost(5 * kSec) == Approx(idle));
+  fast.Begin();
+  fast.End(Seen::kAtLeast, 5'000 * kUs, 5 * kSec);
+  CHECK(fast.Cost(5 * kSec) == Approx(5'000 * kUs));
+  // A call never sent changes nothing but the count in flight.
+  fast.Begin();
+  fast.End(Seen::kNothing, 0, 5 * kSec);
+  CHECK(fast.Cost(5 * kSec) == Approx(5'000 * kUs));
+  CHECK(fast.pending() == 0);
+  // Answers faster than the cost pull it down, the more the longer since
+  // the last one: a second later, below the decayed peak, above the answer.
+  fast.Begin();
+  fast.End(Seen::kLatency, 100 * kUs, 6 * kSec);
+  const double decayed = 5'000 * kUs * std::exp(-1.0);
+  CHECK(fast.Cost(6 * kSec) < decayed * std::exp(-1.0) + 100 * kUs);
+  CHECK(fast.Cost(6 * kSec) > 100 * kUs);
+}
 
 TEST_CASE("The hedge timer fires due timers in time order and never a cancelled one", "[router]") {
   router::HedgeTimer& timer = router::HedgeTimer::Get();
