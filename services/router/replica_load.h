@@ -42,8 +42,8 @@ class ReplicaLoad {
   enum class Seen {
     kNothing,  // It was never sent.
     kLatency,  // It answered (or failed) after `latency_ns`.
-    kAtLeast,  // It was cancelled after `latency_ns` (the loser of a hedge):
-               // it can raise the cost, never lower it.
+    kAtLeast,  // It was cut off after `latency_ns` (the loser of a hedge, or
+               // the caller's deadline): it can raise the cost, never lower it.
   };
   // A call that Begin counted ended.
   void End(Seen seen, int64_t latency_ns, int64_t now_ns) {

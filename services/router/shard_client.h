@@ -138,8 +138,8 @@ class HedgeTimer {
 class ShardClient {
  public:
   static constexpr size_t kMinSamplesForP95 = 20;
-  // The latency a failed call (UNAVAILABLE, or cancelled by a replica
-  // shutting down) counts as in its replica's cost: it then decays to a
+  // The latency a failed call (UNAVAILABLE, cancelled by a replica shutting
+  // down, INTERNAL...) counts as in its replica's cost: it then decays to a
   // healthy replica's level in about 6 s (ReplicaLoad::kDecayNs).
   static constexpr int64_t kFailedCostNs = 100'000'000;
   // The steady clock, in nanoseconds: what ReplicaLoad is given.
@@ -420,13 +420,25 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     const int64_t took = now - a->started_ns;
     if (a->refused) {
       a->replica->load.End(Seen::kNothing, 0, now);
-    } else if (lost) {  // Cancelled here: the replica took at least this long.
+    } else if (lost || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      // Cancelled here, or cut off by the caller's deadline: the replica
+      // took at least this long.
       a->replica->load.End(Seen::kAtLeast, took, now);
-    } else if (Retryable(s)) {  // Gone or going: passed over for a few seconds.
-      a->replica->load.End(Seen::kLatency, std::max(took, ShardClient::kFailedCostNs), now);
-    } else {  // An answer, or the query's own error.
+    } else if (s.ok() || QueryError(s)) {  // An answer.
       a->replica->load.End(Seen::kLatency, took, now);
+    } else {
+      // The replica failed: it is gone or going (UNAVAILABLE, CANCELLED),
+      // overloaded or broken. Passed over for a few seconds, so that a
+      // replica failing fast does not draw the calls.
+      a->replica->load.End(Seen::kLatency, std::max(took, ShardClient::kFailedCostNs), now);
     }
+  }
+
+  // An error about the request, which every replica would return.
+  static bool QueryError(const grpc::Status& s) {
+    return s.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
+           s.error_code() == grpc::StatusCode::NOT_FOUND ||
+           s.error_code() == grpc::StatusCode::OUT_OF_RANGE;
   }
 
   void OnDone(Attempt* a, grpc::Status s) {
