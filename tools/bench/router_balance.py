@@ -8,10 +8,14 @@ rounds. Prints, per router and concurrency, the median round's QPS, p50 and
 p99, and the share of each shard's calls its busier replica answered (0.5:
 an even split), read from the replicas' /metrics.
 
+--hog: a noisy neighbour. Each shard's first replica is pinned to core 0
+and its second to core 1, where a busy loop runs too (router and clients
+unpinned): the second replicas get half a core between them.
+
 Usage: tools/bench/router_balance.py --baseline=OTHER/imagesearch-router [--build=build]
          [--collection=/tmp/router_bench/n100000-d128-s2-coll]
          [--queries=/tmp/router_bench/n100000-d128-s2-q1000.npy] [--concurrency=1,8]
-         [--rounds=3] [--seconds=4] [--ef=32]
+         [--rounds=3] [--seconds=4] [--ef=32] [--hog]
 (router_bench.py --shards=2 builds that collection and its queries.)
 """
 import argparse
@@ -20,6 +24,7 @@ import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import urllib.request
 
@@ -38,6 +43,7 @@ ap.add_argument("--rounds", type=int, default=3)
 ap.add_argument("--seconds", type=float, default=4)
 ap.add_argument("--ef", type=int, default=32)
 ap.add_argument("--workdir", default="/tmp/router_balance")
+ap.add_argument("--hog", action="store_true")
 a = ap.parse_args()
 
 QUERY = os.path.join(a.build, "services", "query", "imagesearch-query")
@@ -61,12 +67,20 @@ def main():
                  "builds one)")
     os.makedirs(a.workdir, exist_ok=True)
     procs = []
+    hog = None
     try:
         reps = []
         for i, root in enumerate(roots):
             reps.append([Server(QUERY, [f"--snapshot_root={root}"],
                                 f"{a.workdir}/shard{i}{r}.log") for r in "ab"])
             procs += reps[-1]
+        if a.hog:
+            for rs in reps:
+                for core, r in enumerate(rs):
+                    run("taskset", "-a", "-p", "-c", str(core), str(r.pid))
+            hog = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c",
+                                    "import time\nend = time.time() + 3600\n"
+                                    "while time.time() < end: pass"])
         targets = ";".join(",".join(f"127.0.0.1:{r.grpc_port}" for r in rs) for rs in reps)
         routers = {}
         for name, binary in ROUTERS.items():
@@ -93,7 +107,8 @@ def main():
                     results.setdefault((name, c), []).append(
                         (lg["qps"], lg["latency_ms"]["p50"], lg["latency_ms"]["p99"],
                          max(shares)))
-        print(f"{len(roots)} shards x 2 replicas, ef {a.ef}, {a.rounds} alternating rounds of "
+        print(("a busy loop beside the second replicas (--hog); " if a.hog else "") +
+              f"{len(roots)} shards x 2 replicas, ef {a.ef}, {a.rounds} alternating rounds of "
               f"{a.seconds:g} s (medians of the rounds; busier replica's share of its shard's "
               "calls, the largest over the shards):")
         for (name, c), rs in results.items():
@@ -105,6 +120,8 @@ def main():
             base = statistics.median(x[0] for x in results[("baseline", c)])
             print(f"  c={c}: QPS this build / baseline = {ours / base:.2f}")
     finally:
+        if hog is not None:
+            hog.kill()
         for p in procs:
             p.kill()
 
