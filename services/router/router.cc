@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <future>
+#include <limits>
 #include <mutex>
 #include <utility>
 
@@ -564,6 +565,15 @@ void Router::GetInfo(absl::Time deadline, Done<v1::GetInfoResponse> done) {
           rs->set_retries(st.retries);
           rs->set_p50_us(static_cast<uint64_t>(absl::ToInt64Microseconds(st.p50)));
           rs->set_p95_us(static_cast<uint64_t>(absl::ToInt64Microseconds(st.p95)));
+          const int64_t now = ShardClient::NowNs();
+          for (const auto& r : *s.replicas()) {
+            v1::RouterReplica* rr = rs->add_replicas();
+            rr->set_address(r->address);
+            rr->set_in_flight(static_cast<uint32_t>(r->load.pending()));
+            const double cost = r->load.Cost(now);
+            rr->set_cost_us(cost >= 1e15 ? std::numeric_limits<uint64_t>::max()
+                                         : static_cast<uint64_t>(cost / 1000));
+          }
           if (!results[i].ok()) {
             rs->set_error(std::string(results[i].status().message()));
             continue;

@@ -227,8 +227,15 @@ def main():
         # hedge in two queries); here it gets a probe every few seconds.
         check(won_at is not None and shard2.hedges_won > 0 and slowest < 0.7 and
               shard2.hedges_sent <= max(5, queries // 20), (won_at, queries, slowest, shard2))
+        # GetInfo shows why: the slow replica's cost (at least the 30 ms its
+        # lost call took, decaying over seconds) against its sibling's.
+        costs = {r.address: r.cost_us for r in shard2.replicas}
+        slow = f"127.0.0.1:{proxy.port}"
+        check(len(costs) == 2 and slow in costs and
+              costs[slow] > 2 * max(c for addr, c in costs.items() if addr != slow), costs)
         print(f"6. one replica of shard 2 delayed 1 s: {queries} queries, {shard2.hedges_sent} "
-              f"hedges sent, {shard2.hedges_won} won, slowest call {slowest * 1000:.0f} ms")
+              f"hedges sent, {shard2.hedges_won} won, slowest call {slowest * 1000:.0f} ms; "
+              f"replica costs (GetInfo) {costs}")
 
         # The same figures on the router's /metrics, per shard.
         text = urllib.request.urlopen(router.http_url + "/metrics", timeout=10).read().decode()
