@@ -3,12 +3,14 @@
 // cost is its recent latency times (its calls in flight + 1):
 //
 //   - a latency above the cost replaces it at once (the peak), so one slow
-//     answer is enough to send the next calls elsewhere;
-//   - the cost decays towards zero with time constant kDecay, with or
+//     answer is enough to send the next calls elsewhere; a faster one pulls
+//     it a quarter of the way down;
+//   - the cost decays towards zero with time constant kDecayNs, with or
 //     without answers, so a replica passed over is tried again before long
-//     (a replica that turned slow and stays slow gets one call every few
-//     seconds, which its hedge covers; one that recovered takes its share
-//     again);
+//     (at low load a replica that turned slow and stays slow gets one call
+//     every few seconds, which its hedge covers; under load, once its
+//     sibling's calls in flight make that dearer; one that recovered takes
+//     its share again);
 //   - a replica with no answer yet costs nothing while it has no call in
 //     flight, and the most of all while its first call is out, so a new
 //     replica is tried at once but not flooded before it answered.
@@ -16,10 +18,12 @@
 // The router picks the cheaper of two replicas drawn at random (of every
 // replica where a shard has two): "the power of two choices", which spreads
 // many routers' calls over equal replicas instead of all sending to the one
-// that looks best. Thread-safe.
+// that looks best (with two, each router's choice is its own costs'; the
+// decay soon undoes a herd). Thread-safe.
 #ifndef IMAGESEARCH_SERVICES_ROUTER_REPLICA_LOAD_H_
 #define IMAGESEARCH_SERVICES_ROUTER_REPLICA_LOAD_H_
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -32,6 +36,8 @@ class ReplicaLoad {
   // The cost's time constant: a 20x peak decays to the others' level in
   // about 3 s (ln 20), a 3x one in about 1 s.
   static constexpr double kDecayNs = 1e9;
+  // How far an answer faster than the cost pulls it down.
+  static constexpr double kPull = 0.25;
 
   // A call to the replica starts.
   void Begin() {
@@ -57,10 +63,10 @@ class ReplicaLoad {
     } else if (seen == Seen::kAtLeast) {
       return;
     } else {
-      const double w = Weight(now_ns);
-      cost_ = decayed * w + rtt * (1 - w);
+      cost_ = decayed + kPull * (rtt - decayed);
     }
-    stamp_ns_ = now_ns;
+    // A thread that read the clock earlier may get here second.
+    stamp_ns_ = std::max(stamp_ns_, now_ns);
     answered_ = true;
   }
   // The cost of sending it one more call now: lower is better.

@@ -65,6 +65,7 @@ class Router {
   absl::Status Discover(absl::Time deadline);
   const std::string& collection() const { return collection_; }
   uint32_t shard_count() const { return static_cast<uint32_t>(shards_.size()); }
+  const ShardClient& shard(uint32_t i) const { return *shards_[i]; }
 
   void Search(const v1::SearchRequest& request, absl::Time deadline, Done<v1::SearchResponse> done);
   void SearchBatch(const v1::SearchBatchRequest& request, absl::Time deadline,

@@ -34,6 +34,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -418,7 +419,14 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     using Seen = ReplicaLoad::Seen;
     const int64_t now = ShardClient::NowNs();
     const int64_t took = now - a->started_ns;
+    // Only searches time a replica: an Embed that runs the model, a
+    // thumbnail or GetInfo takes its own time, and would make the replica
+    // look slow (or fast) to the searches after it.
+    constexpr bool kTimed = std::is_same_v<Request, v1::SearchRequest>;
     if (a->refused) {
+      a->replica->load.End(Seen::kNothing, 0, now);
+    } else if (!kTimed && (s.ok() || QueryError(s) || lost ||
+                           s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)) {
       a->replica->load.End(Seen::kNothing, 0, now);
     } else if (lost || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
       // Cancelled here, or cut off by the caller's deadline: the replica
