@@ -72,7 +72,7 @@ class ReplicaLoad {
   // The cost of sending it one more call now: lower is better.
   double Cost(int64_t now_ns) const {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!answered_) return pending_ == 0 ? 0 : std::numeric_limits<double>::max();
+    if (!answered_) return pending_ == 0 ? 0 : std::numeric_limits<double>::infinity();
     return DecayedLocked(now_ns) * (pending_ + 1);
   }
   int pending() const {

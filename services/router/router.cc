@@ -1,6 +1,7 @@
 #include "services/router/router.h"
 
 #include <algorithm>
+#include <cmath>
 #include <future>
 #include <limits>
 #include <mutex>
@@ -571,8 +572,8 @@ void Router::GetInfo(absl::Time deadline, Done<v1::GetInfoResponse> done) {
             rr->set_address(r->address);
             rr->set_in_flight(static_cast<uint32_t>(r->load.pending()));
             const double cost = r->load.Cost(now);
-            rr->set_cost_us(cost >= 1e15 ? std::numeric_limits<uint64_t>::max()
-                                         : static_cast<uint64_t>(cost / 1000));
+            rr->set_cost_us(std::isinf(cost) ? std::numeric_limits<uint64_t>::max()
+                                             : static_cast<uint64_t>(cost / 1000));
           }
           if (!results[i].ok()) {
             rs->set_error(std::string(results[i].status().message()));

@@ -335,8 +335,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     grpc::ClientContext context;
     Response* response = nullptr;  // On the call's arena.
     bool hedge = false;
-    bool refused = false;  // Not started: the router is stopping.
-    absl::Time started;
+    bool refused = false;    // Not started: the router is stopping.
     int64_t started_ns = 0;  // ShardClient::NowNs().
     ShardClient::Replica* replica = nullptr;
   };
@@ -353,7 +352,6 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
       a->context.AddMetadata("authorization", shard_->options_.authorization);
     }
     a->hedge = hedge;
-    a->started = absl::Now();
     a->started_ns = ShardClient::NowNs();
     a->replica->load.Begin();
     ++outstanding_;
@@ -414,31 +412,29 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
            s.error_code() == grpc::StatusCode::CANCELLED;
   }
 
-  // What the end of attempt `a` says about its replica's load.
-  void Observe(const Attempt* a, const grpc::Status& s, bool lost) const {
+  // What the end of attempt `a`, after `took_ns`, says about its replica's
+  // load. `lost`: cancelled here, the loser of a hedge.
+  void Observe(const Attempt* a, const grpc::Status& s, bool lost, int64_t took_ns,
+               int64_t now_ns) const {
     using Seen = ReplicaLoad::Seen;
-    const int64_t now = ShardClient::NowNs();
-    const int64_t took = now - a->started_ns;
     // Only searches time a replica: an Embed that runs the model, a
     // thumbnail or GetInfo takes its own time, and would make the replica
-    // look slow (or fast) to the searches after it.
+    // look slow (or fast) to the searches after it. Failures count for all.
     constexpr bool kTimed = std::is_same_v<Request, v1::SearchRequest>;
-    if (a->refused) {
-      a->replica->load.End(Seen::kNothing, 0, now);
-    } else if (!kTimed && (s.ok() || QueryError(s) || lost ||
-                           s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)) {
-      a->replica->load.End(Seen::kNothing, 0, now);
-    } else if (lost || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-      // Cancelled here, or cut off by the caller's deadline: the replica
-      // took at least this long.
-      a->replica->load.End(Seen::kAtLeast, took, now);
-    } else if (s.ok() || QueryError(s)) {  // An answer.
-      a->replica->load.End(Seen::kLatency, took, now);
-    } else {
-      // The replica failed: it is gone or going (UNAVAILABLE, CANCELLED),
-      // overloaded or broken. Passed over for a few seconds, so that a
-      // replica failing fast does not draw the calls.
-      a->replica->load.End(Seen::kLatency, std::max(took, ShardClient::kFailedCostNs), now);
+    const bool cut_off = lost || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    const bool failed = !s.ok() && !QueryError(s) && !cut_off;
+    ReplicaLoad& load = a->replica->load;
+    if (a->refused || (!kTimed && !failed)) {
+      load.End(Seen::kNothing, 0, now_ns);
+    } else if (failed) {
+      // Gone or going (UNAVAILABLE, CANCELLED), overloaded or broken: passed
+      // over for a few seconds, so that a replica failing fast does not draw
+      // the calls.
+      load.End(Seen::kLatency, std::max(took_ns, ShardClient::kFailedCostNs), now_ns);
+    } else if (cut_off) {  // The replica took at least this long.
+      load.End(Seen::kAtLeast, took_ns, now_ns);
+    } else {  // An answer, or the query's own error.
+      load.End(Seen::kLatency, took_ns, now_ns);
     }
   }
 
@@ -452,9 +448,11 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
   void OnDone(Attempt* a, grpc::Status s) {
     std::unique_lock<std::mutex> lock(mu_);
     --outstanding_;
-    Observe(a, s, finished_);
+    const int64_t now_ns = ShardClient::NowNs();
+    const int64_t took_ns = now_ns - a->started_ns;
+    Observe(a, s, finished_, took_ns, now_ns);
     if (finished_) return;  // The loser of a hedge, cancelled.
-    shard_->Record(a->replica->address, absl::Now() - a->started, s.ok());
+    shard_->Record(a->replica->address, absl::Nanoseconds(took_ns), s.ok());
     // The hedge timer is cancelled after the answer is handed on: for a
     // query's last shard call, that cancel disarms the timer (a system
     // call), which then comes after the merge and the reply, not before. A
