@@ -15,6 +15,19 @@
 #   per_call_report OUT LOADGEN_TXT T0 UNIT UNITS: prints context switches and
 #     each system call per UNIT (call, query; UNITS its plural), and sets
 #     CPU_US_PER_CALL.
+#   loadgen_client CLIENT: checks that perf is installed and sets
+#     CLIENT_FLAGS, imagesearch-loadgen's flags for CLIENT (callback, or poll:
+#     its thread spins instead of sleeping); exits on a wrong CLIENT.
+loadgen_client() {
+  CLIENT_FLAGS=()
+  case "$1" in
+    callback) ;;
+    poll) CLIENT_FLAGS+=(--poll) ;;
+    *) echo "CLIENT must be callback or poll, not '$1'" >&2; exit 2 ;;
+  esac
+  command -v perf > /dev/null || { echo "perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
+}
+
 perf_windows() {
   local pid="$1" out="$2" secs="$3" events="" call stat_pid record_pid
   shift 3

@@ -21,13 +21,7 @@ source "$(dirname "$0")/pinned_service.sh"
 source "$(dirname "$0")/perf_windows.sh"
 BUILD="$1"; ROOT="$2"; QUERIES="$3"; OUT="$4"
 KIND="${5:-vector}"; EF="${6:-24}"; CONC="${7:-4}"; SECS="${8:-6}"; CLIENT="${9:-callback}"
-client_flags=()
-case "$CLIENT" in
-  callback) ;;
-  poll) client_flags+=(--poll) ;;
-  *) echo "CLIENT must be callback or poll, not '$CLIENT'" >&2; exit 2 ;;
-esac
-command -v perf > /dev/null || { echo "perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
+loadgen_client "$CLIENT"
 mkdir -p "$OUT"
 trap 'kill ${SERVICE_PID:-} 2>/dev/null; wait ${SERVICE_PID:-} 2>/dev/null || true' EXIT
 start_pinned_service "$OUT/query.stdout" "$OUT/query.log" "$BUILD/services/query/imagesearch-query" \
@@ -40,7 +34,7 @@ port="$PORT"
 # (tools/bench/perf_windows.sh).
 taskset -c 1 "$BUILD/tools/loadgen/imagesearch-loadgen" --target="127.0.0.1:$port" --kind="$KIND" \
   --vectors="$QUERIES" --concurrency="$CONC" --ef="$EF" --duration_s="$((2 * SECS + 4))" --warmup_s=1 \
-  --json_out="$OUT/loadgen.json" --report_every_s=0.25 "${client_flags[@]}" > "$OUT/loadgen.txt" 2>&1 &
+  --json_out="$OUT/loadgen.json" --report_every_s=0.25 "${CLIENT_FLAGS[@]}" > "$OUT/loadgen.txt" 2>&1 &
 load=$!
 t0="$(date +%s.%N)"
 sleep 2
