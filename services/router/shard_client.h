@@ -22,6 +22,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -148,6 +149,38 @@ class ShardClient {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(
                std::chrono::steady_clock::now().time_since_epoch())
         .count();
+  }
+
+  // Only searches time a replica: an Embed that runs the model, a thumbnail
+  // or GetInfo takes its own time, and would make the replica look slow (or
+  // fast) to the searches after it. Failures count for every call.
+  template <typename Request>
+  static constexpr bool kTimesReplica = std::is_same_v<Request, v1::SearchRequest>;
+  // An error about the request, which every replica would return.
+  static bool QueryError(grpc::StatusCode code) {
+    return code == grpc::StatusCode::INVALID_ARGUMENT || code == grpc::StatusCode::NOT_FOUND ||
+           code == grpc::StatusCode::OUT_OF_RANGE;
+  }
+  // What the end of a call to a replica, after `took_ns`, says about the
+  // replica's load (ReplicaLoad::End). `timed`: kTimesReplica of its
+  // request; `refused`: never sent (the channel refused it); `lost`:
+  // cancelled here, the loser of a hedge.
+  struct Observation {
+    ReplicaLoad::Seen seen;
+    int64_t latency_ns;
+  };
+  static Observation Observe(bool timed, bool refused, grpc::StatusCode code, bool lost,
+                             int64_t took_ns) {
+    using Seen = ReplicaLoad::Seen;
+    const bool cut_off = lost || code == grpc::StatusCode::DEADLINE_EXCEEDED;
+    const bool failed = code != grpc::StatusCode::OK && !QueryError(code) && !cut_off;
+    if (refused || (!timed && !failed)) return {Seen::kNothing, 0};
+    // Gone or going (UNAVAILABLE, CANCELLED), overloaded or broken: passed
+    // over for a few seconds, so that a replica failing fast does not draw
+    // the calls.
+    if (failed) return {Seen::kLatency, std::max(took_ns, kFailedCostNs)};
+    if (cut_off) return {Seen::kAtLeast, took_ns};  // The replica took at least this long.
+    return {Seen::kLatency, took_ns};               // An answer, or the query's own error.
   }
 
   // One replica: its address and channel.
@@ -412,37 +445,11 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
            s.error_code() == grpc::StatusCode::CANCELLED;
   }
 
-  // What the end of attempt `a`, after `took_ns`, says about its replica's
-  // load. `lost`: cancelled here, the loser of a hedge.
   void Observe(const Attempt* a, const grpc::Status& s, bool lost, int64_t took_ns,
                int64_t now_ns) const {
-    using Seen = ReplicaLoad::Seen;
-    // Only searches time a replica: an Embed that runs the model, a
-    // thumbnail or GetInfo takes its own time, and would make the replica
-    // look slow (or fast) to the searches after it. Failures count for all.
-    constexpr bool kTimed = std::is_same_v<Request, v1::SearchRequest>;
-    const bool cut_off = lost || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
-    const bool failed = !s.ok() && !QueryError(s) && !cut_off;
-    ReplicaLoad& load = a->replica->load;
-    if (a->refused || (!kTimed && !failed)) {
-      load.End(Seen::kNothing, 0, now_ns);
-    } else if (failed) {
-      // Gone or going (UNAVAILABLE, CANCELLED), overloaded or broken: passed
-      // over for a few seconds, so that a replica failing fast does not draw
-      // the calls.
-      load.End(Seen::kLatency, std::max(took_ns, ShardClient::kFailedCostNs), now_ns);
-    } else if (cut_off) {  // The replica took at least this long.
-      load.End(Seen::kAtLeast, took_ns, now_ns);
-    } else {  // An answer, or the query's own error.
-      load.End(Seen::kLatency, took_ns, now_ns);
-    }
-  }
-
-  // An error about the request, which every replica would return.
-  static bool QueryError(const grpc::Status& s) {
-    return s.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
-           s.error_code() == grpc::StatusCode::NOT_FOUND ||
-           s.error_code() == grpc::StatusCode::OUT_OF_RANGE;
+    const ShardClient::Observation o = ShardClient::Observe(
+        ShardClient::kTimesReplica<Request>, a->refused, s.error_code(), lost, took_ns);
+    a->replica->load.End(o.seen, o.latency_ns, now_ns);
   }
 
   void OnDone(Attempt* a, grpc::Status s) {

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -25,6 +26,7 @@
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/test_snapshots.h"
 #include "services/router/replica_load.h"
+#include "services/router/shard_client.h"
 #include "tests/integration/server_process.h"
 
 namespace imagesearch {
@@ -168,6 +170,50 @@ TEST_CASE("A replica's cost: a slow answer counts at once, decays with time, tim
   fast.Begin();
   fast.End(Seen::kLatency, 3'000 * kUs, 6 * kSec);
   CHECK(fast.Cost(6 * kSec) == Approx(3'000 * kUs));
+}
+
+TEST_CASE("How a shard call ended says what it costs its replica", "[router]") {
+  using router::ShardClient;
+  using Seen = router::ReplicaLoad::Seen;
+  using Code = grpc::StatusCode;
+  constexpr int64_t kTook = 2'000'000;  // 2 ms.
+  // Only searches are timed: the model behind an Embed, a thumbnail or
+  // GetInfo take their own time.
+  STATIC_REQUIRE(ShardClient::kTimesReplica<v1::SearchRequest>);
+  STATIC_REQUIRE_FALSE(ShardClient::kTimesReplica<v1::EmbedRequest>);
+  STATIC_REQUIRE_FALSE(ShardClient::kTimesReplica<v1::GetInfoRequest>);
+  STATIC_REQUIRE_FALSE(ShardClient::kTimesReplica<v1::GetThumbnailRequest>);
+  const auto seen = [&](bool timed, bool refused, Code code, bool lost) {
+    const ShardClient::Observation o = ShardClient::Observe(timed, refused, code, lost, kTook);
+    return std::make_pair(o.seen, o.latency_ns);
+  };
+  // A search's answer, or its own error (every replica would say the same),
+  // is its latency.
+  for (Code c : {Code::OK, Code::INVALID_ARGUMENT, Code::NOT_FOUND, Code::OUT_OF_RANGE}) {
+    CHECK(seen(true, false, c, false) == std::make_pair(Seen::kLatency, kTook));
+    // The same from an Embed says nothing.
+    CHECK(seen(false, false, c, false) == std::make_pair(Seen::kNothing, int64_t{0}));
+  }
+  // Cut off (the caller's deadline, or the loser of a hedge): at least.
+  CHECK(seen(true, false, Code::DEADLINE_EXCEEDED, false) == std::make_pair(Seen::kAtLeast, kTook));
+  CHECK(seen(true, false, Code::CANCELLED, true) == std::make_pair(Seen::kAtLeast, kTook));
+  CHECK(seen(true, false, Code::OK, true) == std::make_pair(Seen::kAtLeast, kTook));
+  CHECK(seen(false, false, Code::CANCELLED, true) == std::make_pair(Seen::kNothing, int64_t{0}));
+  // A replica that fails counts as slow for every kind of call, however fast
+  // it failed, and as slow as it was if that was slower.
+  for (bool timed : {true, false}) {
+    for (Code c : {Code::UNAVAILABLE, Code::CANCELLED, Code::INTERNAL, Code::RESOURCE_EXHAUSTED,
+                   Code::UNKNOWN}) {
+      CHECK(seen(timed, false, c, false) ==
+            std::make_pair(Seen::kLatency, ShardClient::kFailedCostNs));
+    }
+  }
+  CHECK(ShardClient::Observe(true, false, Code::UNAVAILABLE, false, 3 * ShardClient::kFailedCostNs)
+            .latency_ns == 3 * ShardClient::kFailedCostNs);
+  // A call the channel refused never reached the replica.
+  for (Code c : {Code::OK, Code::UNAVAILABLE, Code::DEADLINE_EXCEEDED}) {
+    CHECK(seen(true, true, c, false) == std::make_pair(Seen::kNothing, int64_t{0}));
+  }
 }
 
 TEST_CASE("The hedge timer fires due timers in time order and never a cancelled one", "[router]") {
