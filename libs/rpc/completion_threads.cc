@@ -1,5 +1,6 @@
 #include "libs/rpc/completion_threads.h"
 
+#include <grpc/support/time.h>
 #include <pthread.h>
 
 #include <algorithm>
@@ -27,7 +28,16 @@ int64_t ThreadCpuNs(clockid_t clock) {
 
 // How long an engaged standby waits in the queue before it looks again at
 // whether it is still engaged (and closes a window nobody else closes).
-constexpr std::chrono::milliseconds kStandbyRecheck{20};
+constexpr int64_t kStandbyRecheckMs = 20;
+
+// kStandbyRecheckMs from now, on the monotonic clock, which gRPC's queue
+// keeps its deadlines on. A wall-clock deadline (std::chrono::system_clock)
+// is converted by reading the wall clock again, so a step of the wall clock
+// between the two reads would make the wait as long as the step, or none.
+gpr_timespec StandbyDeadline() {
+  return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                      gpr_time_from_millis(kStandbyRecheckMs, GPR_TIMESPAN));
+}
 
 }  // namespace
 
@@ -208,8 +218,7 @@ void CompletionThreads::StandBy(QueueState* state, int k) {
   // Polls until `go_on` says stop; false once the queue is shut down and drained.
   const auto poll = [&](const auto& go_on) {
     while (go_on()) {
-      const auto status =
-          state->queue->AsyncNext(&tag, &ok, std::chrono::system_clock::now() + kStandbyRecheck);
+      const auto status = state->queue->AsyncNext(&tag, &ok, StandbyDeadline());
       if (status == grpc::CompletionQueue::SHUTDOWN) return false;
       if (status == grpc::CompletionQueue::GOT_EVENT) {
         Deliver(state, tag, ok, /*lead=*/false);
