@@ -30,11 +30,10 @@ loadgen_client "$CLIENT"
 mkdir -p "$OUT"
 trap '[[ -z "${SERVICE_PID:-}" ]] || { kill "$SERVICE_PID" 2> /dev/null; wait "$SERVICE_PID" 2> /dev/null; } || true' EXIT
 
-# turn NAME PROFILE COMMAND...: one server under load; sets CPU_US (CPU per
-# call) and, with PROFILE=1, SEARCH_PCT (the share of samples in
-# imagesearch::index).
+# turn NAME PROFILE COMMAND...: one server under load; sets CPU_US_PER_CALL
+# and, with PROFILE=1, SEARCH_PCT (search_share of its profile).
 turn() {
-  local name="$1" profile="$2" dir="$OUT/$1" load record t0 w0 w1 calls ms
+  local name="$1" profile="$2" dir="$OUT/$1" load record t0 calls
   shift 2
   mkdir -p "$dir"
   start_pinned_service "$dir/server.stdout" "$dir/server.log" "$@"
@@ -57,17 +56,12 @@ turn() {
   kill "$SERVICE_PID"
   wait "$SERVICE_PID" 2> /dev/null || true
   SERVICE_PID=""
-  w0="$(cat "$dir/w0")"; w1="$(cat "$dir/w1")"
-  calls="$(calls_between "$dir/loadgen.txt" "$t0" "$w0" "$w1")"
-  ms="$(awk '$2 == "msec" && $3 == "cpu-clock" { gsub(",", "", $1); print $1 }' "$dir/cpu.txt")"
-  CPU_US="$(awk -v ms="$ms" -v n="$calls" 'BEGIN { printf "%.1f", (n > 0 ? ms * 1000 / n : 0) }')"
+  cpu_per_call "$dir" "$dir/loadgen.txt" "$t0"
+  calls="$(calls_between "$dir/loadgen.txt" "$t0" "$(cat "$dir/w0")" "$(cat "$dir/w1")")"
   SEARCH_PCT=0
-  if [[ "$profile" == 1 ]]; then
-    SEARCH_PCT="$(perf report -i "$dir/perf.data" --no-children --sort sym --stdio 2> /dev/null |
-      awk '/^ +[0-9.]+%/ && /imagesearch::index::/ { sub("%", "", $1); s += $1 } END { printf "%.2f", s }')"
-  fi
+  [[ "$profile" == 1 ]] && SEARCH_PCT="$(search_share "$dir/perf.data")"
   printf '  %-9s %7d calls in %s s, %6.0f calls/s: %6.1f us of CPU a call' "$name" "$calls" "$SECS" \
-    "$(awk -v n="$calls" -v s="$SECS" 'BEGIN { print n / s }')" "$CPU_US"
+    "$(awk -v n="$calls" -v s="$SECS" 'BEGIN { print n / s }')" "$CPU_US_PER_CALL"
 }
 
 floor="$BUILD/tools/bench/imagesearch_grpc_floor_server"
@@ -79,17 +73,17 @@ echo "random 2 KiB rows of a ${touch_mib} MiB buffer (the root's size) as the se
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round:"
   turn service 1 "$query" --snapshot_root="$ROOT"
-  search="$(awk -v c="$CPU_US" -v p="$SEARCH_PCT" 'BEGIN { printf "%.0f", c * p / 100 }')"
-  beyond="$(awk -v c="$CPU_US" -v s="$search" 'BEGIN { printf "%.1f", c - s }')"
+  search="$(awk -v c="$CPU_US_PER_CALL" -v p="$SEARCH_PCT" 'BEGIN { printf "%.0f", c * p / 100 }')"
+  beyond="$(awk -v c="$CPU_US_PER_CALL" -v s="$search" 'BEGIN { printf "%.1f", c - s }')"
   echo "; the search ${SEARCH_PCT}% of it ($search us), beyond the search $beyond us"
   turn async 0 "$floor" --api=async --spin_us="$search" --touch_mib="$touch_mib"
-  as="$(awk -v c="$CPU_US" -v s="$search" 'BEGIN { printf "%.1f", c - s }')"
+  as="$(awk -v c="$CPU_US_PER_CALL" -v s="$search" 'BEGIN { printf "%.1f", c - s }')"
   echo "; beyond the fake search $as us"
   turn callback 0 "$floor" --api=callback --spin_us="$search" --touch_mib="$touch_mib"
-  cb="$(awk -v c="$CPU_US" -v s="$search" 'BEGIN { printf "%.1f", c - s }')"
+  cb="$(awk -v c="$CPU_US_PER_CALL" -v s="$search" 'BEGIN { printf "%.1f", c - s }')"
   echo "; beyond the fake search $cb us"
   turn async-warm 0 "$floor" --api=async --spin_us="$search"
-  aw="$(awk -v c="$CPU_US" -v s="$search" 'BEGIN { printf "%.1f", c - s }')"
+  aw="$(awk -v c="$CPU_US_PER_CALL" -v s="$search" 'BEGIN { printf "%.1f", c - s }')"
   echo "; beyond the spin $aw us (a spin that reads nothing: warm caches)"
   awk -v b="$beyond" -v cb="$cb" -v as="$as" 'BEGIN {
     printf "  the service beyond the search, minus the floor: %.1f us (async floor), %.1f us (callback floor)\n", b - as, b - cb }'

@@ -2,7 +2,8 @@
 # Smoke test of imagesearch_grpc_floor_server, the floor under the service's
 # per-call cost (grpc_floor.sh): with each API it answers imagesearch-loadgen's
 # vector Search calls with no failed call, and holds each call for --spin_us
-# (the p50 latency is at least the spin), reading its --touch_mib buffer.
+# (the p50 latency is at least the spin) while it reads a --touch_mib buffer;
+# a buffer it cannot map stops it, rather than measure a floor on warm caches.
 #
 #   tools/bench/grpc_floor_smoke.sh BUILD_DIR WORK_DIR
 set -euo pipefail
@@ -19,6 +20,11 @@ trap '[[ -z "${SERVICE_PID:-}" ]] || { kill "$SERVICE_PID" 2> /dev/null; wait "$
 
 if "$FLOOR" --api=sync > /dev/null 2> "$WORK/refused.txt"; then fail "--api=sync was accepted"; fi
 grep -q -- "--api must be callback or async" "$WORK/refused.txt" || fail "$(cat "$WORK/refused.txt")"
+# ~1.9 PiB: more than x86-64's 256 TiB of user address space, so mmap fails.
+if "$FLOOR" --touch_mib=2000000000 > /dev/null 2> "$WORK/refused.txt"; then
+  fail "an unmappable --touch_mib was accepted"
+fi
+grep -q -- "could not map --touch_mib" "$WORK/refused.txt" || fail "$(cat "$WORK/refused.txt")"
 
 for api in callback async; do
   start_pinned_service "$WORK/$api.stdout" "$WORK/$api.log" "$FLOOR" --api="$api" --spin_us=500 \

@@ -15,6 +15,11 @@
 #   per_call_report OUT LOADGEN_TXT T0 UNIT UNITS: prints context switches and
 #     each system call per UNIT (call, query; UNITS its plural), and sets
 #     CPU_US_PER_CALL.
+#   cpu_per_call OUT LOADGEN_TXT T0: sets CPU_US_PER_CALL from window 1 alone
+#     (OUT/cpu.txt, w0, w1), for a caller that ran only that window.
+#   search_share PERF_DATA: prints the percentage of the samples in
+#     imagesearch::index (the searcher, its distance kernels and heaps): the
+#     search, in the split of a call's CPU into the search and the rest.
 #   loadgen_client CLIENT: checks that perf is installed and sets
 #     CLIENT_FLAGS, imagesearch-loadgen's flags for CLIENT (callback, or poll:
 #     its thread spins instead of sleeping); exits on a wrong CLIENT.
@@ -55,6 +60,14 @@ calls_between() {
 }
 
 CPU_US_PER_CALL=0
+cpu_per_call() {
+  local out="$1" load="$2" t0="$3" calls
+  calls="$(calls_between "$load" "$t0" "$(cat "$out/w0")" "$(cat "$out/w1")")"
+  CPU_US_PER_CALL="$(awk -v w="$calls" '$2 == "msec" && $3 == "cpu-clock" && w > 0 {
+    gsub(",", "", $1); printf "%.1f", $1 * 1000 / w }' "$out/cpu.txt")"
+  CPU_US_PER_CALL="${CPU_US_PER_CALL:-0}"
+}
+
 per_call_report() {
   local out="$1" load="$2" t0="$3" unit="$4" units="$5" cpu_calls sys_calls
   cpu_calls="$(calls_between "$load" "$t0" "$(cat "$out/w0")" "$(cat "$out/w1")")"
@@ -65,7 +78,10 @@ per_call_report() {
     FILENAME ~ /stat.txt$/ && $2 ~ /^syscalls:sys_enter_/ && v > 0 {
       gsub(",", "", $1); name = $2; sub("syscalls:sys_enter_", "", name)
       printf "%s: %d in %d %s = %.2f per %s\n", name, $1, v, us, $1 / v, u }' "$out/cpu.txt" "$out/stat.txt"
-  CPU_US_PER_CALL="$(awk -v w="$cpu_calls" '$2 == "msec" && $3 == "cpu-clock" && w > 0 {
-    gsub(",", "", $1); printf "%.1f", $1 * 1000 / w }' "$out/cpu.txt")"
-  CPU_US_PER_CALL="${CPU_US_PER_CALL:-0}"
+  cpu_per_call "$out" "$load" "$t0"
+}
+
+search_share() {
+  perf report -i "$1" --no-children --sort sym --stdio 2> /dev/null |
+    awk '/^ +[0-9.]+%/ && /imagesearch::index::/ { sub("%", "", $1); s += $1 } END { printf "%.2f", s }'
 }

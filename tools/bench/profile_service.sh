@@ -43,10 +43,8 @@ wait "$load"
 grep -v '^loadgen: ' "$OUT/loadgen.txt" | tail -1
 per_call_report "$OUT" "$OUT/loadgen.txt" "$t0" call calls
 # The part of the CPU outside the search: the cost of a call beyond the
-# search itself (the target is <= 40 us). The search is every sample in a
-# symbol of imagesearch::index (the searcher, its distance kernels and heaps).
-search_pct="$(perf report -i "$OUT/perf.data" --no-children --sort sym --stdio 2> /dev/null |
-  awk '/^ +[0-9.]+%/ && /imagesearch::index::/ { sub("%", "", $1); s += $1 } END { printf "%.2f", s }')"
+# search itself (the target is <= 40 us).
+search_pct="$(search_share "$OUT/perf.data")"
 awk -v per="$CPU_US_PER_CALL" -v p="$search_pct" 'BEGIN { in_search = per * p / 100
   printf "service CPU per call: %.1f us; in the search (imagesearch::index, %.1f%% of samples): %.1f us; beyond the search: %.1f us\n", per, p, in_search, per - in_search }'
 echo "share of the service's core by DSO:"
