@@ -456,6 +456,10 @@ int Run() {
   router.CancelAll();  // A hung replica must not hold the router up to its calls' deadlines.
   if (http != nullptr) http->Stop();
   threads.Shutdown();  // After the server's: gRPC's order.
+  // The embedder goes first: queued images are answered (as refused shard
+  // calls) into the router and the metrics, which are destroyed after.
+  router.DropEmbedder();
+  options.embedder.reset();
   return 0;
 }
 

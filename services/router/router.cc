@@ -63,21 +63,12 @@ std::function<void(absl::StatusOr<ShardClient::Answer<T>>)> Copied(Router::Done<
 }
 
 // A shard's error that is about the request (the same from every shard and
-// from a single replica), as opposed to the shard not answering.
+// from a single replica), as opposed to the shard not answering: the codes
+// of ShardClient::QueryError. A replica shedding load (RESOURCE_EXHAUSTED)
+// or turning the router's credentials away (UNAUTHENTICATED,
+// PERMISSION_DENIED) says nothing about the query.
 bool IsRequestError(absl::StatusCode code) {
-  switch (code) {
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kNotFound:
-    case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kOutOfRange:
-    case absl::StatusCode::kUnimplemented:
-    case absl::StatusCode::kResourceExhausted:
-    case absl::StatusCode::kPermissionDenied:
-    case absl::StatusCode::kUnauthenticated:
-      return true;
-    default:
-      return false;
-  }
+  return ShardClient::QueryError(static_cast<grpc::StatusCode>(code));
 }
 
 // An error about "inputs[k]" of a part of an Embed request, as about the
@@ -93,6 +84,9 @@ absl::Status AtRequestPosition(const absl::Status& s, const std::vector<int>& po
   }
   return absl::Status(s.code(), absl::StrCat("inputs[", positions[k], m.substr(close)));
 }
+
+// With allow_partial: the share of a query's time left that its shards get.
+constexpr double kPartialShare = 0.9;
 
 std::string ShardName(const ShardClient& s, uint32_t count) {
   return absl::StrCat("shard ", s.index(), " of ", count, " (", s.target(), ")");
@@ -126,10 +120,35 @@ void Router::ShardSearch(uint32_t shard, std::shared_ptr<const v1::SearchRequest
 void Router::ShardEmbed(uint32_t shard, const v1::EmbedRequest& request, absl::Time deadline,
                         Done<v1::EmbedResponse> done) {
   ShardClient* s = shards_[shard].get();
+  // An answer is used only with a vector for every input, each of the
+  // collection's dimension: a replica that says otherwise is broken, and
+  // its answer an error naming it.
+  const int inputs = request.inputs_size();
+  Done<v1::EmbedResponse> checked = [this, s, inputs,
+                                     done = std::move(done)](absl::StatusOr<v1::EmbedResponse> r) {
+    if (!r.ok()) return done(std::move(r));
+    std::string wrong;
+    if (r->embeddings_size() != inputs) {
+      wrong = absl::StrCat(r->embeddings_size(), " vectors for ", inputs, " inputs");
+    } else {
+      for (int j = 0; j < inputs && wrong.empty(); ++j) {
+        const int d = r->embeddings(j).values_size();
+        if (d != static_cast<int>(dim_)) {
+          wrong =
+              absl::StrCat("a ", d, "-d vector for inputs[", j, "] of a ", dim_, "-d collection");
+        }
+      }
+    }
+    if (!wrong.empty()) {
+      return done(absl::InternalError(
+          absl::StrCat(ShardName(*s, shard_count()), " answered an Embed with ", wrong)));
+    }
+    done(std::move(r));
+  };
   s->Call<v1::EmbedRequest, v1::EmbedResponse>(
       [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::EmbedRequest& q,
          grpc::CompletionQueue* queue) { return stub->PrepareAsyncEmbed(c, q, queue); },
-      std::make_shared<const v1::EmbedRequest>(request), deadline, Copied(std::move(done)));
+      std::make_shared<const v1::EmbedRequest>(request), deadline, Copied(std::move(checked)));
 }
 
 void Router::GetThumbnail(const std::string& id, absl::Time deadline,
@@ -153,47 +172,86 @@ void Router::ShardInfo(uint32_t shard, absl::Time deadline, Done<v1::GetInfoResp
       std::make_shared<const v1::GetInfoRequest>(), deadline, Copied(std::move(done)));
 }
 
+// Whether `info` is the GetInfo of a replica of shard `i` of `count` of the
+// collection `like` describes (null: any collection); if not, what it
+// serves instead.
+static absl::Status FitsShard(const v1::GetInfoResponse& info, uint32_t i, uint32_t count,
+                              const v1::GetInfoResponse* like) {
+  if (!info.has_shard() || info.shard().count() != count || info.shard().index() != i) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "serves ",
+        info.has_shard()
+            ? absl::StrCat("shard ", info.shard().index(), " of ", info.shard().count())
+            : std::string("an unsharded collection"),
+        ", not shard ", i, " of ", count,
+        ": the router's shard list must name the shards in order, all of them"));
+  }
+  if (like != nullptr &&
+      (info.shard().collection() != like->shard().collection() || info.dim() != like->dim() ||
+       info.metric() != like->metric() || info.model().sha256() != like->model().sha256())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "is collection '", info.shard().collection(), "' (", info.dim(), "-d, model '",
+        info.model().name(), "'), the others '", like->shard().collection(), "' (", like->dim(),
+        "-d, model '", like->model().name(), "'): the shards are not one collection"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Router::Discover(absl::Time deadline) {
   if (shards_.empty()) return absl::InvalidArgumentError("no shards given");
-  std::promise<std::vector<absl::StatusOr<v1::GetInfoResponse>>> promise;
-  auto future = promise.get_future();
-  GatherAll<v1::GetInfoResponse>(
-      shards_.size(),
-      [&](size_t i, Done<v1::GetInfoResponse> d) {
-        ShardInfo(static_cast<uint32_t>(i), deadline, std::move(d));
-      },
-      [&promise](std::vector<absl::StatusOr<v1::GetInfoResponse>> r) {
-        promise.set_value(std::move(r));
-      });
-  const auto infos = future.get();
   const uint32_t count = shard_count();
-  const v1::GetInfoResponse* first = nullptr;
-  for (uint32_t i = 0; i < count; ++i) {
-    const std::string name = ShardName(*shards_[i], count);
-    if (!infos[i].ok()) {
-      return absl::UnavailableError(absl::StrCat(name, ": ", infos[i].status().message()));
+  while (true) {
+    // What the collection is: the first replica that answers, if it is a
+    // shard in its place.
+    for (uint32_t i = 0; i < count && !identity_.has_value(); ++i) {
+      for (const auto& r : *shards_[i]->replicas()) {
+        auto info = shards_[i]->Ask(*r, std::min(deadline, absl::Now() + absl::Seconds(2)));
+        if (!info.ok()) {
+          std::lock_guard<std::mutex> lock(r->why_mu);
+          r->why = absl::StrCat("not answering: ", info.status().message());
+          continue;
+        }
+        if (absl::Status fits = FitsShard(*info, i, count, nullptr); !fits.ok()) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              ShardName(*shards_[i], count), ": replica ", r->address, " ", fits.message()));
+        }
+        identity_ = *std::move(info);
+        break;
+      }
     }
-    const v1::GetInfoResponse& info = *infos[i];
-    if (!info.has_shard() || info.shard().count() != count || info.shard().index() != i) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          name, " serves ",
-          info.has_shard()
-              ? absl::StrCat("shard ", info.shard().index(), " of ", info.shard().count())
-              : std::string("an unsharded collection"),
-          ": the router's shard list must name the shards in order, all of them"));
+    if (identity_.has_value()) {
+      // Every replica of every shard: one that answers as something else is
+      // a list to fix, not a replica to leave out quietly.
+      bool all = true;
+      for (uint32_t i = 0; i < count; ++i) {
+        ShardClient& shard = *shards_[i];
+        shard.Verify(
+            [i, count, like = *identity_](const v1::GetInfoResponse& info) {
+              return FitsShard(info, i, count, &like);
+            },
+            deadline);
+        for (const auto& r : *shard.replicas()) {
+          if (r->state.load() == ShardClient::Replica::State::kWrong) {
+            return absl::FailedPreconditionError(
+                absl::StrCat(ShardName(shard, count), ": replica ", r->address, " ", r->Why()));
+          }
+        }
+        all = all && shard.AnyGood();
+      }
+      if (all) break;
     }
-    if (first == nullptr) {
-      first = &info;
-      continue;
+    if (absl::Now() >= deadline) {
+      std::string why;
+      for (uint32_t i = 0; i < count; ++i) {
+        if (identity_.has_value() && shards_[i]->AnyGood()) continue;
+        absl::StrAppend(&why, why.empty() ? "" : "; ", ShardName(*shards_[i], count),
+                        " has no replica answering (", shards_[i]->NotGood(), ")");
+      }
+      return absl::UnavailableError(why);
     }
-    if (info.shard().collection() != first->shard().collection() || info.dim() != first->dim() ||
-        info.metric() != first->metric() || info.model().sha256() != first->model().sha256()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          name, " is collection '", info.shard().collection(), "' (", info.dim(), "-d, model '",
-          info.model().name(), "'), shard 0 is '", first->shard().collection(), "' (", first->dim(),
-          "-d, model '", first->model().name(), "'): the shards are not one collection"));
-    }
+    absl::SleepFor(absl::Milliseconds(100));
   }
+  const v1::GetInfoResponse* first = &*identity_;
   if (embedder_ != nullptr) {
     if (first->model().sha256() != model_sha256_) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -209,6 +267,7 @@ absl::Status Router::Discover(absl::Time deadline) {
   }
   collection_ = first->shard().collection();
   model_name_ = first->model().name();
+  dim_ = first->dim();
   return absl::OkStatus();
 }
 
@@ -221,21 +280,27 @@ void Router::Search(const v1::SearchRequest& request, absl::Time deadline,
   }
   switch (request.query_case()) {
     case v1::SearchRequest::kVector:
-      return FanOut(request, top_k, "", deadline, std::move(done));
+      return FanOut(request, top_k, std::nullopt, nullptr, deadline, std::move(done));
     case v1::SearchRequest::kId: {
       // The id's stored vector, from the one shard that can hold it.
       const uint32_t owner = snapshot::ShardOf(request.id(), shard_count());
       v1::EmbedRequest embed;
       embed.add_inputs()->set_id(request.id());
       ShardEmbed(owner, embed, deadline,
-                 [this, request = request, top_k, deadline,
+                 [this, request = request, owner, top_k, deadline,
                   done = std::move(done)](absl::StatusOr<v1::EmbedResponse> e) mutable {
                    if (!e.ok()) {
                      const absl::Status& s = e.status();
+                     if (s.code() == absl::StatusCode::kDeadlineExceeded) {
+                       return done(absl::DeadlineExceededError(absl::StrCat(
+                           "the deadline passed before ", ShardName(*shards_[owner], shard_count()),
+                           ", which holds id '", request.id().substr(0, 64), "', answered")));
+                     }
+                     if (s.code() == absl::StatusCode::kInternal) return done(s);  // Names it.
                      if (!IsRequestError(s.code())) {
-                       return done(absl::UnavailableError(
-                           absl::StrCat("the shard that holds id '", request.id().substr(0, 64),
-                                        "' is not answering: ", s.message())));
+                       return done(absl::UnavailableError(absl::StrCat(
+                           ShardName(*shards_[owner], shard_count()), ", which holds id '",
+                           request.id().substr(0, 64), "', is not answering: ", s.message())));
                      }
                      // As a replica says it ("id 'x' is not in snapshot v3"), without
                      // the "inputs[0]: " of the Embed call it came from.
@@ -243,9 +308,11 @@ void Router::Search(const v1::SearchRequest& request, absl::Time deadline,
                      absl::ConsumePrefix(&message, "inputs[0]: ");
                      return done(absl::Status(s.code(), message));
                    }
-                   const std::string self = request.include_self() ? "" : request.id();
-                   *request.mutable_vector() = e->embeddings(0);
-                   FanOut(std::move(request), top_k, self, deadline, std::move(done));
+                   request.set_top_k(top_k);
+                   auto as_is = std::make_shared<const v1::SearchRequest>(request);
+                   *request.mutable_vector() = std::move(*e->mutable_embeddings(0));
+                   FanOut(std::move(request), top_k, owner, std::move(as_is), deadline,
+                          std::move(done));
                  });
       return;
     }
@@ -262,7 +329,8 @@ void Router::Search(const v1::SearchRequest& request, absl::Time deadline,
                         done = std::move(done)](absl::StatusOr<v1::EmbedResponse> e) mutable {
                          if (!e.ok()) return done(e.status());
                          *request.mutable_vector() = e->embeddings(0);
-                         FanOut(std::move(request), top_k, "", deadline, std::move(done));
+                         FanOut(std::move(request), top_k, std::nullopt, nullptr, deadline,
+                                std::move(done));
                        });
       return;
     }
@@ -274,7 +342,10 @@ void Router::Search(const v1::SearchRequest& request, absl::Time deadline,
 
 void Router::EmbedModelInputs(const v1::EmbedRequest& request, bool from_search,
                               absl::Time deadline, Done<v1::EmbedResponse> done) {
-  if (embedder_ == nullptr) return ShardEmbed(NextShard(), request, deadline, std::move(done));
+  if (embedder_ == nullptr) {
+    return EmbedOnShards(std::make_shared<const v1::EmbedRequest>(request), NextShard(),
+                         shard_count(), deadline, std::move(done));
+  }
   // A replica's checks (libs/serving/query_core.cc), before any decoding.
   // The item count was checked by the caller (Embed; a Search has one).
   const int n = request.inputs_size();
@@ -313,40 +384,66 @@ void Router::EmbedModelInputs(const v1::EmbedRequest& request, bool from_search,
                    });
 }
 
-void Router::FanOut(v1::SearchRequest request, uint32_t top_k, const std::string& self_id,
-                    absl::Time deadline, Done<v1::SearchResponse> done) {
-  // An id query's own row is dropped here, so each shard returns one more.
-  request.set_top_k(top_k + (self_id.empty() ? 0 : 1));
+void Router::EmbedOnShards(std::shared_ptr<const v1::EmbedRequest> request, uint32_t shard,
+                           uint32_t tries, absl::Time deadline, Done<v1::EmbedResponse> done) {
+  ShardEmbed(shard, *request, deadline,
+             [this, request, shard, tries, deadline,
+              done = std::move(done)](absl::StatusOr<v1::EmbedResponse> e) mutable {
+               // Every shard's replicas hold the model: a shard that cannot
+               // answer passes the inputs on to the next.
+               if (e.ok() || tries <= 1 || IsRequestError(e.status().code()) ||
+                   e.status().code() == absl::StatusCode::kDeadlineExceeded ||
+                   absl::Now() >= deadline) {
+                 return done(std::move(e));
+               }
+               EmbedOnShards(std::move(request), (shard + 1) % shard_count(), tries - 1, deadline,
+                             std::move(done));
+             });
+}
+
+void Router::FanOut(v1::SearchRequest request, uint32_t top_k, std::optional<uint32_t> owner,
+                    std::shared_ptr<const v1::SearchRequest> owner_request, absl::Time deadline,
+                    Done<v1::SearchResponse> done) {
+  request.set_top_k(top_k);
   request.set_include_self(false);
   const bool allow_partial = request.allow_partial();
   const float dedup = request.dedup();
   auto shared = std::make_shared<const v1::SearchRequest>(std::move(request));
+  // With allow_partial, a shard that has not answered by nine tenths of the
+  // time left is given up, so that the others' answer reaches the caller
+  // before its deadline.
+  const absl::Time shard_deadline = allow_partial && deadline != absl::InfiniteFuture()
+                                        ? absl::Now() + (deadline - absl::Now()) * kPartialShare
+                                        : deadline;
   using Answer = ShardClient::Answer<v1::SearchResponse>;
   GatherAll<Answer>(
       shards_.size(),
-      [this, shared, deadline](size_t i, Done<Answer> d) {
-        ShardSearch(static_cast<uint32_t>(i), shared, deadline, std::move(d));
+      [this, shared, owner, owner_request, shard_deadline](size_t i, Done<Answer> d) {
+        ShardSearch(static_cast<uint32_t>(i), owner == i ? owner_request : shared, shard_deadline,
+                    std::move(d));
       },
-      [this, top_k, self_id, allow_partial, dedup, deadline,
+      [this, top_k, allow_partial, dedup, deadline,
        done = std::move(done)](std::vector<absl::StatusOr<Answer>> results) {
         const uint32_t count = shard_count();
         std::vector<uint32_t> missing;
-        std::string why;
+        std::string why, late;  // The first failure; the shards cut off by the deadline.
         for (uint32_t i = 0; i < count; ++i) {
           if (results[i].ok()) continue;
           const absl::Status& s = results[i].status();
           if (IsRequestError(s.code())) return done(s);
-          if (absl::Now() >= deadline) {
-            return done(absl::DeadlineExceededError(absl::StrCat(
-                "the deadline passed before ", ShardName(*shards_[i], count), " answered")));
-          }
           missing.push_back(i);
-          if (why.empty()) {
+          if (s.code() == absl::StatusCode::kDeadlineExceeded) {
+            absl::StrAppend(&late, late.empty() ? "" : ", ", ShardName(*shards_[i], count));
+          } else if (why.empty()) {
             why = absl::StrCat(ShardName(*shards_[i], count),
                                " has no replica answering: ", s.message());
           }
         }
         if (!missing.empty() && (!allow_partial || missing.size() == count)) {
+          if (!late.empty() && (why.empty() || absl::Now() >= deadline)) {
+            return done(absl::DeadlineExceededError(
+                absl::StrCat("the deadline passed before ", late, " answered")));
+          }
           return done(absl::UnavailableError(
               missing.size() == 1 ? why
                                   : absl::StrCat(missing.size(), " of ", count,
@@ -364,10 +461,7 @@ void Router::FanOut(v1::SearchRequest request, uint32_t top_k, const std::string
           const v1::SearchResponse& r = **results[i];
           (*out->mutable_shard_versions())[i] = r.snapshot_version();
           out->set_collapsed(out->collapsed() + r.collapsed());
-          for (const v1::Hit& h : r.hits()) {
-            if (!self_id.empty() && h.id() == self_id) continue;
-            order.push_back(&h);
-          }
+          for (const v1::Hit& h : r.hits()) order.push_back(&h);
         }
         std::stable_sort(order.begin(), order.end(), [](const v1::Hit* a, const v1::Hit* b) {
           if (a->distance() != b->distance()) return a->distance() < b->distance();
@@ -462,6 +556,12 @@ void Router::SearchBatch(const v1::SearchBatchRequest& request, absl::Time deadl
                          Done<v1::SearchBatchResponse> done) {
   const size_t n = static_cast<size_t>(request.requests_size());
   if (n == 0) return done(absl::InvalidArgumentError("requests is empty"));
+  // A replica's limit: each query here is a call to every shard.
+  if (n > static_cast<size_t>(kReplicaLimits.max_batch_queries)) {
+    return done(
+        absl::InvalidArgumentError(absl::StrCat("requests has ", n, " queries; the maximum is ",
+                                                kReplicaLimits.max_batch_queries, " per call")));
+  }
   for (size_t i = 0; i < n; ++i) {
     const auto kind = request.requests(static_cast<int>(i)).query_case();
     if (kind == v1::SearchRequest::kImage || kind == v1::SearchRequest::kText) {
@@ -574,6 +674,7 @@ void Router::GetInfo(absl::Time deadline, Done<v1::GetInfoResponse> done) {
             const double cost = r->load.Cost(now);
             rr->set_cost_us(std::isinf(cost) ? std::numeric_limits<uint64_t>::max()
                                              : static_cast<uint64_t>(cost / 1000));
+            if (!s.Usable(*r)) rr->set_error(r->Why());
           }
           if (!results[i].ok()) {
             rs->set_error(std::string(results[i].status().message()));

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,11 +58,16 @@ class Router {
 
   explicit Router(const RouterOptions& options);
 
-  // Asks every shard for GetInfo and checks that they form one collection:
-  // shard i of S reports shard index i and count S (S = the targets given),
-  // the same collection, dimension, metric and model (and, with an
-  // embedder, the model is the router's: same sha256 and dimension). Until
-  // it has, the router serves nothing.
+  // Asks every replica of every shard for GetInfo and checks that they form
+  // one collection: a replica of shard i of S reports shard index i and
+  // count S (S = the targets given), the same collection, dimension, metric
+  // and model (and, with an embedder, the model is the router's: same
+  // sha256 and dimension). Waits until every shard has a replica that
+  // passed, or `deadline` (UNAVAILABLE naming each shard that has none and
+  // why); a replica that answers as something else is FAILED_PRECONDITION,
+  // naming it. Replicas found or answering later are checked by their
+  // ShardClient, and get no calls until they pass. Until Discover has
+  // passed, the router serves nothing.
   absl::Status Discover(absl::Time deadline);
   const std::string& collection() const { return collection_; }
   uint32_t shard_count() const { return static_cast<uint32_t>(shards_.size()); }
@@ -79,12 +85,19 @@ class Router {
   // Cancels every shard call in flight and refuses new ones (ShardClient::
   // CancelAll): once the server has stopped taking calls.
   void CancelAll();
+  // Lets go of the embedder, once nothing calls Search or Embed any more:
+  // the caller then destroys it (its queued inputs are answered, into this
+  // router) while the router and what its callbacks use still live.
+  void DropEmbedder() { embedder_.reset(); }
 
  private:
-  // The vector query `request` (top_k already set) on every shard, merged.
-  // `self_id`: an id query's id, whose hit is dropped.
-  void FanOut(v1::SearchRequest request, uint32_t top_k, const std::string& self_id,
-              absl::Time deadline, Done<v1::SearchResponse> done);
+  // The vector query `request` on every shard, merged. `owner`, where
+  // given, gets `owner_request` instead: an id query goes as it is to the
+  // shard that holds the id (which leaves its own row out before dedup, as
+  // an unsharded replica does), and as the id's vector to the others.
+  void FanOut(v1::SearchRequest request, uint32_t top_k, std::optional<uint32_t> owner,
+              std::shared_ptr<const v1::SearchRequest> owner_request, absl::Time deadline,
+              Done<v1::SearchResponse> done);
   // Drops hits (sorted, best first) that are near-duplicates of better hits
   // from other shards; then `finish` with at most top_k of the rest.
   void CollapseAcrossShards(std::vector<v1::Hit> hits, float dedup, uint32_t top_k,
@@ -97,6 +110,10 @@ class Router {
                   Done<v1::EmbedResponse> done);
   void ShardInfo(uint32_t shard, absl::Time deadline, Done<v1::GetInfoResponse> done);
   uint32_t NextShard();  // Rotates image and text embedding over the shards.
+  // Image and text inputs embedded by `shard`'s replicas, or where they do
+  // not answer, by the next shard's, `tries` shards in all.
+  void EmbedOnShards(std::shared_ptr<const v1::EmbedRequest> request, uint32_t shard,
+                     uint32_t tries, absl::Time deadline, Done<v1::EmbedResponse> done);
   // Image and text inputs of `request` (no ids): by the router's embedder
   // if it has one (checked as a replica checks them; errors name "query
   // image"/"query text" for a Search, "inputs[i]" for an Embed), else by
@@ -107,8 +124,12 @@ class Router {
   std::vector<std::unique_ptr<ShardClient>> shards_;
   std::string collection_;
   std::string model_name_;  // The collection's, from Discover.
+  uint32_t dim_ = 0;        // The collection's, from Discover.
+  // The first replica's GetInfo that Discover found in its place: what
+  // every replica of every shard is checked against.
+  std::optional<v1::GetInfoResponse> identity_;
   std::atomic<uint32_t> rotate_{0};
-  const std::shared_ptr<serving::Embedder> embedder_;
+  std::shared_ptr<serving::Embedder> embedder_;
   const std::string model_sha256_;
 };
 

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <future>
 #include <random>
 
 #include "absl/strings/ascii.h"
@@ -176,17 +177,146 @@ ShardClient::ShardClient(uint32_t index, const std::string& target,
   // round_robin, until a lookup finds addresses.
   if (set->empty()) set->push_back(NewReplica(target, true));
   replicas_ = std::move(set);
-  if (!dns_host_.empty()) {
-    resolver_ = std::thread([this] {
-      std::unique_lock<std::mutex> lock(resolver_mu_);
-      while (!resolver_cv_.wait_for(lock, absl::ToChronoNanoseconds(kResolveEvery),
-                                    [this] { return stopping_; })) {
-        lock.unlock();
-        Resolve();
-        lock.lock();
+  resolver_ = std::thread([this] { Watch(); });
+}
+
+void ShardClient::Watch() {
+  const bool dns = !dns_host_.empty();
+  absl::Time next_resolve = absl::Now() + kResolveEvery;
+  absl::Time next_recheck = absl::InfiniteFuture();
+  std::unique_lock<std::mutex> lock(resolver_mu_);
+  while (!stopping_) {
+    // Sleeps until the next lookup or recheck, or a second while a replica
+    // waits for its check; with neither (a static list, before Verify),
+    // until stopped or Verify.
+    absl::Time wake = dns ? next_resolve : absl::InfiniteFuture();
+    if (check_) {
+      wake = std::min(wake, next_recheck);
+      if (!AllGood()) wake = std::min(wake, absl::Now() + kCheckPendingEvery);
+    }
+    const Check had = check_;
+    if (wake == absl::InfiniteFuture()) {
+      resolver_cv_.wait(lock, [&] { return stopping_ || (check_ && !had); });
+    } else {
+      resolver_cv_.wait_for(
+          lock, absl::ToChronoNanoseconds(std::max(absl::ZeroDuration(), wake - absl::Now())),
+          [&] { return stopping_ || (check_ && !had); });
+    }
+    if (stopping_) break;
+    const Check check = check_;
+    lock.unlock();
+    absl::Time now = absl::Now();
+    if (dns && now >= next_resolve) {
+      Resolve();
+      next_resolve = now + kResolveEvery;
+    }
+    if (check) {
+      if (next_recheck == absl::InfiniteFuture()) next_recheck = now + kRecheckEvery;
+      const bool all = now >= next_recheck;
+      for (const auto& r : *replicas()) {
+        if (all || r->state.load(std::memory_order_acquire) != Replica::State::kGood) {
+          CheckOne(*r, check, absl::Now() + kCheckTimeout);
+        }
       }
-    });
+      if (all) next_recheck = absl::Now() + kRecheckEvery;
+    }
+    lock.lock();
   }
+}
+
+bool ShardClient::AllGood() const {
+  for (const auto& r : *replicas()) {
+    if (r->state.load(std::memory_order_acquire) != Replica::State::kGood) return false;
+  }
+  return true;
+}
+
+absl::StatusOr<v1::GetInfoResponse> ShardClient::Ask(const Replica& r, absl::Time deadline) const {
+  // On the client's queues, as every call to the replicas. Before the
+  // router's server has started, a call to a replica that refuses the
+  // connection waits out its deadline here (so Discover caps each at
+  // kCheckTimeout), sync or async alike.
+  struct Asked final : CqTag {
+    grpc::ClientContext context;
+    v1::GetInfoResponse info;
+    grpc::Status status;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<v1::GetInfoResponse>> reader;
+    std::promise<void> done;
+    void Proceed(bool) override { done.set_value(); }
+  };
+  Asked asked;
+  asked.context.set_deadline(absl::ToChronoTime(deadline));
+  if (!options_.authorization.empty()) {
+    asked.context.AddMetadata("authorization", options_.authorization);
+  }
+  std::future<void> done = asked.done.get_future();
+  const bool started = queues_->Start([&](grpc::CompletionQueue* queue) {
+    asked.reader = r.stub->PrepareAsyncGetInfo(&asked.context, v1::GetInfoRequest(), queue);
+    asked.reader->StartCall();
+    asked.reader->Finish(&asked.info, &asked.status, asked.GrpcTag());
+  });
+  if (!started) return absl::UnavailableError("the router is shutting down");
+  done.wait();  // The deadline ends it.
+  if (!asked.status.ok()) return FromGrpc(asked.status);
+  return std::move(asked.info);
+}
+
+void ShardClient::CheckOne(Replica& r, const Check& check, absl::Time deadline) const {
+  const absl::StatusOr<v1::GetInfoResponse> info = Ask(r, deadline);
+  using State = Replica::State;
+  const State was = r.state.load(std::memory_order_acquire);
+  if (!info.ok()) {
+    // Not answering says nothing of what it serves: a good replica stays
+    // good (its calls fail over), one not checked yet waits.
+    if (was == State::kUnchecked) {
+      std::lock_guard<std::mutex> lock(r.why_mu);
+      r.why = absl::StrCat("not answering: ", info.status().message());
+    }
+    return;
+  }
+  const absl::Status fits = check(*info);
+  {
+    std::lock_guard<std::mutex> lock(r.why_mu);
+    r.why = fits.ok() ? "" : std::string(fits.message());
+  }
+  const State now = fits.ok() ? State::kGood : State::kWrong;
+  r.state.store(now, std::memory_order_release);
+  if (now == State::kWrong && was != State::kWrong) {
+    LogError("imagesearch-router: shard ", index_, " replica ", r.address, ": ", fits.message(),
+             "; it gets no calls");
+  } else if (now == State::kGood && was == State::kWrong) {
+    LogInfo("imagesearch-router: shard ", index_, " replica ", r.address,
+            " serves the shard again");
+  }
+}
+
+void ShardClient::Verify(Check check, absl::Time deadline) {
+  for (const auto& r : *replicas()) {
+    if (r->state.load(std::memory_order_acquire) == Replica::State::kGood) continue;
+    CheckOne(*r, check, std::min(deadline, absl::Now() + kCheckTimeout));
+  }
+  {
+    std::lock_guard<std::mutex> lock(resolver_mu_);
+    check_ = std::move(check);
+    checking_.store(true, std::memory_order_release);
+  }
+  resolver_cv_.notify_all();
+}
+
+bool ShardClient::AnyGood() const {
+  for (const auto& r : *replicas()) {
+    if (r->state.load(std::memory_order_acquire) == Replica::State::kGood) return true;
+  }
+  return false;
+}
+
+std::string ShardClient::NotGood() const {
+  std::string out;
+  for (const auto& r : *replicas()) {
+    if (r->state.load(std::memory_order_acquire) == Replica::State::kGood) continue;
+    absl::StrAppend(&out, out.empty() ? "" : "; ", r->address, ": ", r->Why());
+  }
+  return out;
 }
 
 ShardClient::~ShardClient() {
@@ -265,6 +395,7 @@ std::shared_ptr<ShardClient::Replica> ShardClient::NewReplica(const std::string&
   args.SetInt(GRPC_ARG_ENABLE_DEADLINE_CHECKS, 1);
   auto r = std::make_shared<Replica>();
   r->address = address;
+  r->why = "not checked yet";
   // An IP address gets a channel of its own; anything else (a name in a
   // static list, another scheme) is given to gRPC's resolver as it is.
   const bool literal = !balance && IsIpLiteral(SplitHostPort(address).first);
@@ -297,7 +428,7 @@ std::shared_ptr<const ShardClient::Replicas> ShardClient::replicas() const {
   return replicas_;
 }
 
-size_t ShardClient::Pick(const Replicas& set, const std::vector<size_t>& tried) {
+size_t ShardClient::Pick(const Replicas& set, const std::vector<size_t>& tried, bool repeat) {
   thread_local std::minstd_rand random(std::random_device{}());
   const size_t n = set.size();
   auto was_tried = [&](size_t i) {
@@ -307,15 +438,18 @@ size_t ShardClient::Pick(const Replicas& set, const std::vector<size_t>& tried) 
   size_t untried[kMaxCandidates], healthy[kMaxCandidates];
   size_t n_untried = 0, n_healthy = 0;
   const size_t offset = random();  // Where the scan starts: ties go anywhere.
+  size_t usable = kNone;           // One that passed its check, tried or not.
   for (size_t k = 0; k < n && n_untried < kMaxCandidates; ++k) {
     const size_t i = (offset + k) % n;
+    if (!Usable(*set[i])) continue;
+    if (usable == kNone) usable = i;
     if (was_tried(i)) continue;
     untried[n_untried++] = i;
     if (set[i]->channel->GetState(/*try_to_connect=*/true) != GRPC_CHANNEL_TRANSIENT_FAILURE) {
       healthy[n_healthy++] = i;
     }
   }
-  if (n_healthy == 0) return n_untried > 0 ? untried[0] : offset % n;
+  if (n_healthy == 0) return n_untried > 0 ? untried[0] : repeat ? usable : kNone;
   if (n_healthy == 1) return healthy[0];
   // Two of them: the first two of a scan that started at random, or two
   // drawn at random where there are more.

@@ -156,10 +156,22 @@ class ShardClient {
   // fast) to the searches after it. Failures count for every call.
   template <typename Request>
   static constexpr bool kTimesReplica = std::is_same_v<Request, v1::SearchRequest>;
-  // An error about the request, which every replica would return.
+  // An error about the request, which every replica would return: a bad
+  // query, an id not there, a text query to a collection whose model has no
+  // text tower (FAILED_PRECONDITION), an Embed on replicas that keep no
+  // model (UNIMPLEMENTED). Not a sign of a failing replica, and not counted
+  // among the shard's failures.
   static bool QueryError(grpc::StatusCode code) {
-    return code == grpc::StatusCode::INVALID_ARGUMENT || code == grpc::StatusCode::NOT_FOUND ||
-           code == grpc::StatusCode::OUT_OF_RANGE;
+    switch (code) {
+      case grpc::StatusCode::INVALID_ARGUMENT:
+      case grpc::StatusCode::NOT_FOUND:
+      case grpc::StatusCode::OUT_OF_RANGE:
+      case grpc::StatusCode::FAILED_PRECONDITION:
+      case grpc::StatusCode::UNIMPLEMENTED:
+        return true;
+      default:
+        return false;
+    }
   }
   // What the end of a call to a replica, after `took_ns`, says about the
   // replica's load (ReplicaLoad::End). `timed`: kTimesReplica of its
@@ -189,6 +201,17 @@ class ShardClient {
     std::shared_ptr<grpc::Channel> channel;
     std::unique_ptr<v1::ImageSearch::Stub> stub;
     ReplicaLoad load;  // Kept while DNS keeps the address.
+    // Whether its GetInfo says it serves this shard (Verify): until a check
+    // passed, and after one failed, it gets no calls (once checking began).
+    enum class State { kUnchecked, kGood, kWrong };
+    std::atomic<State> state{State::kUnchecked};
+    // Why it is not kGood: what it serves instead, or why it did not answer.
+    std::string Why() const {
+      std::lock_guard<std::mutex> lock(why_mu);
+      return why;
+    }
+    mutable std::mutex why_mu;
+    std::string why;  // Guarded by why_mu.
   };
   using Replicas = std::vector<std::shared_ptr<Replica>>;
 
@@ -207,6 +230,34 @@ class ShardClient {
   std::shared_ptr<const Replicas> replicas() const;
   // The hedge delay now; negative: none.
   absl::Duration HedgeDelay() const;
+
+  // Whether a replica's GetInfo shows that it serves this shard: OK, or an
+  // error that says what it serves instead.
+  using Check = std::function<absl::Status(const v1::GetInfoResponse&)>;
+  // Asks every replica not yet known to be good (a GetInfo each, one at a
+  // time, each until `deadline` at most), and from then on sends calls only
+  // to replicas whose answer passed `check`. Replicas found later (DNS),
+  // those that did not answer, and every replica again every
+  // kRecheckEvery (one restarted at its address may serve something
+  // else) are asked by the client's own thread. Before the first Verify
+  // every replica gets calls.
+  void Verify(Check check, absl::Time deadline);
+  static constexpr absl::Duration kRecheckEvery = absl::Seconds(10);
+  // How often a replica not yet good is asked again; how long one GetInfo
+  // of a check may take.
+  static constexpr absl::Duration kCheckPendingEvery = absl::Seconds(1);
+  static constexpr absl::Duration kCheckTimeout = absl::Seconds(2);
+  // Whether some replica passed the check; the replicas that did not, each
+  // with why ("10.0.0.3:50051: serves shard 1 of 2").
+  bool AnyGood() const;
+  std::string NotGood() const;
+  // Whether calls may go to `r`: checked good, or no checking yet.
+  bool Usable(const Replica& r) const {
+    return !checking_.load(std::memory_order_acquire) ||
+           r.state.load(std::memory_order_acquire) == Replica::State::kGood;
+  }
+  // One replica's GetInfo, waiting for it until `deadline` at most.
+  absl::StatusOr<v1::GetInfoResponse> Ask(const Replica& r, absl::Time deadline) const;
 
   // Cancels every attempt in flight, and refuses new ones (they fail with
   // UNAVAILABLE): for a router that stops, so that a hung replica cannot
@@ -247,7 +298,15 @@ class ShardClient {
   // into `set`): of those it has not tried and whose channel is not failing,
   // the cheaper of two drawn at random (ReplicaLoad::Cost), else one it has
   // not tried, else any.
-  size_t Pick(const Replicas& set, const std::vector<size_t>& tried);
+  // With `repeat` false (a hedge), kNone where every usable replica was
+  // tried; kNone where none is usable (all failed their check).
+  size_t Pick(const Replicas& set, const std::vector<size_t>& tried, bool repeat = true);
+  static constexpr size_t kNone = static_cast<size_t>(-1);
+  // One replica's GetInfo against check_; updates its state.
+  void CheckOne(Replica& r, const Check& check, absl::Time deadline) const;
+  bool AllGood() const;
+  // The client's thread: DNS lookups, and the checks Verify left to it.
+  void Watch();
   static constexpr size_t kMaxCandidates = 64;  // Replicas of a shard Pick looks at.
   std::shared_ptr<Replica> NewReplica(const std::string& address, bool balance) const;
   void Resolve();  // DNS targets: looks the name up and swaps the replica set.
@@ -262,7 +321,9 @@ class ShardClient {
   std::mutex resolver_mu_;
   std::condition_variable resolver_cv_;
   bool stopping_ = false;  // Guarded by resolver_mu_.
-  std::thread resolver_;
+  Check check_;            // Guarded by resolver_mu_; set by Verify.
+  std::atomic<bool> checking_{false};
+  std::thread resolver_;  // Runs Watch.
   // The latest `Capacity` latencies, the oldest overwritten first.
   template <size_t Capacity>
   class LatencyRing {
@@ -350,9 +411,17 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     Attempt* first = nullptr;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      first = NewAttemptLocked(false);
+      first = NewAttemptLocked(/*hedge=*/false, /*repeat=*/true);
+      if (first == nullptr) finished_ = true;
     }
-    const absl::Duration delay = shard_->HedgeDelay();
+    if (first == nullptr) {
+      return done_(
+          absl::UnavailableError(absl::StrCat("no replica serves the shard: ", shard_->NotGood())));
+    }
+    // Only searches are hedged, after the p95 of searches: an Embed may run
+    // the model for far longer, and hedging it would run it twice.
+    const absl::Duration delay =
+        ShardClient::kTimesReplica<Request> ? shard_->HedgeDelay() : -absl::InfiniteDuration();
     if (delay >= absl::ZeroDuration() && absl::Now() + delay < deadline_) {
       const HedgeTimer::Handle h = HedgeTimer::Get().After(delay, [weak = this->weak_from_this()] {
         if (auto self = weak.lock()) self->Hedge();
@@ -373,11 +442,14 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     ShardClient::Replica* replica = nullptr;
   };
 
-  Attempt* NewAttemptLocked(bool hedge) {
+  // Null where no replica is left to try: none passed its check, or (a
+  // hedge) every one that did was tried.
+  Attempt* NewAttemptLocked(bool hedge, bool repeat) {
+    const size_t pick = shard_->Pick(*replicas_, tried_, repeat);
+    if (pick == ShardClient::kNone) return nullptr;
     attempts_.push_back(std::make_unique<Attempt>());
     Attempt* a = attempts_.back().get();
     a->response = google::protobuf::Arena::CreateMessage<Response>(&arena_);
-    const size_t pick = shard_->Pick(*replicas_, tried_);
     tried_.push_back(pick);
     a->replica = (*replicas_)[pick].get();
     a->context.set_deadline(absl::ToChronoTime(deadline_));
@@ -427,7 +499,8 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (finished_ || outstanding_ == 0) return;
-      a = NewAttemptLocked(true);
+      a = NewAttemptLocked(/*hedge=*/true, /*repeat=*/false);
+      if (a == nullptr) return;  // No other replica to ask.
     }
     {
       std::lock_guard<std::mutex> lock(shard_->mu_);
@@ -440,9 +513,11 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
   // UNAVAILABLE: the replica is gone or going. CANCELLED: the replica
   // cancelled it (a server shutting down cancels what it has not answered);
   // this router cancels only the losers of a hedge, after the call finished.
+  // RESOURCE_EXHAUSTED: the replica sheds load; another may have room.
   static bool Retryable(const grpc::Status& s) {
     return s.error_code() == grpc::StatusCode::UNAVAILABLE ||
-           s.error_code() == grpc::StatusCode::CANCELLED;
+           s.error_code() == grpc::StatusCode::CANCELLED ||
+           s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
   }
 
   void Observe(const Attempt* a, const grpc::Status& s, bool lost, int64_t took_ns,
@@ -459,16 +534,26 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     const int64_t took_ns = now_ns - a->started_ns;
     Observe(a, s, finished_, took_ns, now_ns);
     if (finished_) return;  // The loser of a hedge, cancelled.
-    shard_->Record(a->replica->address, absl::Nanoseconds(took_ns), s.ok());
+    if (ShardClient::kTimesReplica<Request>) {
+      shard_->Record(a->replica->address, absl::Nanoseconds(took_ns), s.ok());
+    }
     // The hedge timer is cancelled after the answer is handed on: for a
     // query's last shard call, that cancel disarms the timer (a system
     // call), which then comes after the merge and the reply, not before. A
     // timer that fires meanwhile finds the call finished.
     const HedgeTimer::Handle timer = hedge_timer_;
-    if (s.ok()) {
+    if (s.ok() || ShardClient::QueryError(s.error_code())) {
+      // An answer, or an error about the query that every replica would
+      // give: the other attempts can only say the same, or be cut off.
       finished_ = true;
       for (auto& other : attempts_) {
         if (other.get() != a) other->context.TryCancel();
+      }
+      if (!s.ok()) {
+        lock.unlock();
+        done_(FromGrpc(s));
+        HedgeTimer::Get().Cancel(timer);
+        return;
       }
       lock.unlock();
       if (a->hedge) {
@@ -485,8 +570,9 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     }
     if (Retryable(s) && !a->refused && retries_left_ > 0 &&
         absl::Now() + absl::Milliseconds(1) < deadline_) {
+      Attempt* retry = NewAttemptLocked(a->hedge, /*repeat=*/true);
+      if (retry == nullptr) return Fail(std::move(lock), s, timer);
       --retries_left_;
-      Attempt* retry = NewAttemptLocked(a->hedge);
       lock.unlock();
       {
         std::lock_guard<std::mutex> stats(shard_->mu_);
@@ -496,6 +582,13 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
       Launch(retry);
       return;
     }
+    Fail(std::move(lock), s, timer);
+  }
+
+  // An attempt failed for good: the call fails with its error once no other
+  // attempt may still answer.
+  void Fail(std::unique_lock<std::mutex> lock, const grpc::Status& s,
+            const HedgeTimer::Handle& timer) {
     last_error_ = s;
     if (outstanding_ > 0) return;  // Another attempt may still answer.
     finished_ = true;
@@ -534,7 +627,7 @@ void ShardClient::Call(Start<Request, Response> start, std::shared_ptr<const Req
   auto call = std::make_shared<HedgedCall<Request, Response>>(
       this, std::move(start), std::move(request), deadline,
       [this, started = absl::Now(), done = std::move(done)](absl::StatusOr<Answer<Response>> r) {
-        if (!r.ok()) {
+        if (!r.ok() && !QueryError(static_cast<grpc::StatusCode>(r.status().code()))) {
           std::lock_guard<std::mutex> lock(mu_);
           ++stats_.failures;
         }

@@ -22,6 +22,7 @@
 #include "libs/common/test_temp_dir.h"
 #include "libs/index/test_vectors.h"
 #include "libs/serving/embedder.h"
+#include "libs/serving/query_engine.h"
 #include "libs/snapshot/shard.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/test_snapshots.h"
@@ -189,7 +190,8 @@ TEST_CASE("How a shard call ended says what it costs its replica", "[router]") {
   };
   // A search's answer, or its own error (every replica would say the same),
   // is its latency.
-  for (Code c : {Code::OK, Code::INVALID_ARGUMENT, Code::NOT_FOUND, Code::OUT_OF_RANGE}) {
+  for (Code c : {Code::OK, Code::INVALID_ARGUMENT, Code::NOT_FOUND, Code::OUT_OF_RANGE,
+                 Code::FAILED_PRECONDITION, Code::UNIMPLEMENTED}) {
     CHECK(seen(true, false, c, false) == std::make_pair(Seen::kLatency, kTook));
     // The same from an Embed says nothing.
     CHECK(seen(false, false, c, false) == std::make_pair(Seen::kNothing, int64_t{0}));
@@ -362,6 +364,24 @@ TEST_CASE("Id queries go through the owning shard, and a shard with no replica i
   v1::SearchRequest unknown;
   unknown.set_id("no-such-row");
   CHECK(absl::IsNotFound(search(unknown).status()));
+  // A text query to a collection of raw vectors: the replica's error about
+  // the query, which is not a failure of the shard nor makes its replicas
+  // look slow.
+  v1::SearchRequest text;
+  text.set_text("a red dress");
+  const absl::Status no_model = search(text).status();
+  INFO(no_model.ToString());
+  CHECK((absl::IsFailedPrecondition(no_model) || absl::IsUnimplemented(no_model)));
+  auto info = Await<v1::GetInfoResponse>([&](router::Router::Done<v1::GetInfoResponse> d) {
+    r.GetInfo(absl::Now() + absl::Seconds(10), std::move(d));
+  });
+  REQUIRE(info.ok());
+  for (const v1::RouterShard& s : info->router_shards()) {
+    CHECK(s.failures() == 0);
+    for (const auto& replica : s.replicas()) {
+      CHECK(replica.cost_us() * 1000 < router::ShardClient::kFailedCostNs);
+    }
+  }
 
   for (auto& p : c.replicas[1]) p.reset();  // SIGKILL both replicas of shard 1.
   auto down = search(Query(1, false));
@@ -374,6 +394,122 @@ TEST_CASE("Id queries go through the owning shard, and a shard with no replica i
   CHECK(part->missing_shards_size() == 1);
   CHECK(part->missing_shards(0) == 1);
   CHECK(part->hits_size() == 10);
+}
+
+// A replica that passes for the one at `real` (GetInfo and Search go to it)
+// but answers every Embed with no vectors at all.
+class BrokenEmbedReplica final : public v1::ImageSearch::Service {
+ public:
+  explicit BrokenEmbedReplica(const std::string& real)
+      : real_(v1::ImageSearch::NewStub(
+            grpc::CreateChannel(real, grpc::InsecureChannelCredentials()))) {}
+  grpc::Status GetInfo(grpc::ServerContext*, const v1::GetInfoRequest* q,
+                       v1::GetInfoResponse* out) override {
+    grpc::ClientContext c;
+    return real_->GetInfo(&c, *q, out);
+  }
+  grpc::Status Search(grpc::ServerContext*, const v1::SearchRequest* q,
+                      v1::SearchResponse* out) override {
+    grpc::ClientContext c;
+    return real_->Search(&c, *q, out);
+  }
+  grpc::Status Embed(grpc::ServerContext*, const v1::EmbedRequest*, v1::EmbedResponse*) override {
+    return grpc::Status::OK;
+  }
+
+ private:
+  std::unique_ptr<v1::ImageSearch::Stub> real_;
+};
+
+TEST_CASE("Every replica of a shard is checked, and a broken answer is an error, not a crash",
+          "[router]") {
+  Cluster c;
+  // A replica of shard 1 listed among shard 0's: refused at start, naming
+  // it, however the calls fall (once only one replica a shard was asked).
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    router::RouterOptions mixed = c.Options(-absl::InfiniteDuration());
+    const std::string stray = c.replicas[1][0]->address();
+    mixed.shard_targets[0] = absl::StrCat(c.replicas[0][0]->address(), ",", stray);
+    router::Router r(mixed);
+    const absl::Status s = r.Discover(absl::Now() + absl::Seconds(20));
+    INFO(s.ToString());
+    CHECK(absl::IsFailedPrecondition(s));
+    CHECK(absl::StrContains(s.message(), stray));
+    CHECK(absl::StrContains(s.message(), "serves shard 1 of 2, not shard 0 of 2"));
+  }
+
+  // A replica down at start does not keep the router from serving; it is
+  // asked again until it answers, and gets no calls before.
+  {
+    router::RouterOptions o = c.Options(absl::Microseconds(1));  // Every call hedged.
+    o.shard_targets[0] = absl::StrCat(c.replicas[0][0]->address(), ",127.0.0.1:1");
+    router::Router r(o);
+    REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+    for (uint32_t i = 0; i < 20; ++i) {
+      const v1::SearchRequest q = Query(i, true);
+      auto got = Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
+        r.Search(q, absl::Now() + absl::Seconds(10), std::move(d));
+      });
+      REQUIRE(got.ok());
+      CHECK(Ids(*got) == Ids(c.Single(q)));
+    }
+    // No hedge went anywhere: the one other replica of shard 0 was never
+    // checked, and a hedge never goes to the replica already asked.
+    CHECK(r.shard(0).Stats().hedges_sent == 0);
+    CHECK(absl::StrContains(r.shard(0).NotGood(), "127.0.0.1:1: not answering"));
+  }
+
+  // An id query at the largest top_k, as an unsharded replica answers it
+  // (the owning shard gets the id query itself, and leaves its row out).
+  {
+    router::Router r(c.Options(-absl::InfiniteDuration()));
+    REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+    {
+      v1::SearchRequest q;
+      q.set_id("row5");
+      q.set_exact(true);
+      q.set_top_k(serving::kMaxTopK);
+      auto got = Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
+        r.Search(q, absl::Now() + absl::Seconds(10), std::move(d));
+      });
+      INFO(got.status().ToString());
+      REQUIRE(got.ok());
+      CHECK(Ids(*got) == Ids(c.Single(q)));
+    }
+  }
+
+  // A replica whose Embed answers carry no vectors: an id query through it
+  // fails with an error naming its shard; the router goes on serving.
+  BrokenEmbedReplica broken(c.replicas[0][0]->address());
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&broken);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  REQUIRE(port > 0);
+  router::RouterOptions o = c.Options(-absl::InfiniteDuration());
+  o.shard_targets[0] = absl::StrCat("127.0.0.1:", port);
+  router::Router r(o);
+  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+  std::string owned;  // An id of shard 0.
+  for (int i = 0; owned.empty(); ++i) {
+    if (snapshot::ShardOf(absl::StrCat("row", i), kShards) == 0) owned = absl::StrCat("row", i);
+  }
+  v1::SearchRequest by_id;
+  by_id.set_id(owned);
+  auto failed = Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
+    r.Search(by_id, absl::Now() + absl::Seconds(10), std::move(d));
+  });
+  INFO(failed.status().ToString());
+  CHECK(absl::IsInternal(failed.status()));
+  CHECK(absl::StrContains(failed.status().message(),
+                          "shard 0 of 2 (127.0.0.1:" + std::to_string(port) +
+                              ") answered an Embed with 0 vectors for 1 inputs"));
+  auto fine = Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
+    r.Search(Query(3, true), absl::Now() + absl::Seconds(10), std::move(d));
+  });
+  CHECK(fine.ok());
+  server->Shutdown();
 }
 
 TEST_CASE("A shard given by DNS name gets a channel per address it resolves to", "[router]") {
