@@ -9,6 +9,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <csignal>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -510,6 +511,50 @@ TEST_CASE("Every replica of a shard is checked, and a broken answer is an error,
   });
   CHECK(fine.ok());
   server->Shutdown();
+}
+
+TEST_CASE("A hung shard: allow_partial answers before the deadline, a query error at once",
+          "[router]") {
+  Cluster c;
+  router::Router r(c.Options(absl::Milliseconds(50)));
+  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+  auto search = [&](const v1::SearchRequest& q, absl::Duration timeout) {
+    return Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
+      r.Search(q, absl::Now() + timeout, std::move(d));
+    });
+  };
+  // One replica of shard 0 hangs: a query error from its sibling ends the
+  // call at once, whichever replica was asked first (hedged after 50 ms).
+  ::kill(c.replicas[0][0]->pid(), SIGSTOP);
+  v1::SearchRequest wrong_dim;
+  wrong_dim.mutable_vector()->add_values(1.0f);
+  for (int i = 0; i < 6; ++i) {
+    const absl::Time t0 = absl::Now();
+    const absl::Status s = search(wrong_dim, absl::Seconds(5)).status();
+    INFO(s.ToString());
+    CHECK(absl::IsInvalidArgument(s));
+    CHECK(absl::Now() - t0 < absl::Seconds(2));
+  }
+  // Both replicas of shard 1 hang too.
+  for (auto& p : c.replicas[1]) ::kill(p->pid(), SIGSTOP);
+  v1::SearchRequest partial = Query(2, true);
+  partial.set_allow_partial(true);
+  const absl::Time t0 = absl::Now();
+  auto part = search(partial, absl::Seconds(2));
+  const absl::Duration took = absl::Now() - t0;
+  INFO(part.status().ToString());
+  REQUIRE(part.ok());
+  CHECK(took < absl::Seconds(2));
+  REQUIRE(part->missing_shards_size() == 1);
+  CHECK(part->missing_shards(0) == 1);
+  CHECK(part->hits_size() == 10);
+  auto whole = search(Query(2, true), absl::Seconds(1));
+  INFO(whole.status().ToString());
+  CHECK(absl::IsDeadlineExceeded(whole.status()));
+  CHECK(absl::StrContains(whole.status().message(), "before shard 1 of 2"));
+  CHECK_FALSE(absl::StrContains(whole.status().message(), "shard 0 of 2"));
+  ::kill(c.replicas[0][0]->pid(), SIGCONT);
+  for (auto& p : c.replicas[1]) ::kill(p->pid(), SIGCONT);
 }
 
 TEST_CASE("A shard given by DNS name gets a channel per address it resolves to", "[router]") {
