@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Local sharded serving: S shards x R query replicas and imagesearch-router in
 # front of them, all on loopback. The router balances over each shard's
-# replicas itself (client-side round_robin), so no nginx is needed.
+# replicas itself (each call to the cheaper of two by latency and calls in
+# flight, "peak EWMA"; deploy/README.md), so no nginx is needed.
 #
 #   COLLECTION=/srv/photos REPLICAS=2 deploy/local/shards.sh up
 #   deploy/local/shards.sh status

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <vector>
 
@@ -217,6 +218,16 @@ absl::Status SyncPath(const std::string& path) {
   if (fd.get() < 0) return ErrnoStatus(errno, absl::StrCat("open ", path));
   if (::fsync(fd.get()) != 0) return ErrnoStatus(errno, absl::StrCat("fsync ", path));
   return absl::OkStatus();
+}
+
+absl::Status WritePortFile(const std::string& path, absl::string_view contents) {
+  const std::string dir = DirName(path);
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  if (error) {
+    return ErrnoStatus(error.value(), absl::StrCat("create the directory ", dir));
+  }
+  return ReplaceFileAtomically(path, contents);
 }
 
 absl::Status ReplaceFileAtomically(const std::string& path, absl::string_view contents) {

@@ -40,6 +40,10 @@ absl::Status WriteFileDurablyStreamed(const std::string& path,
 // the new contents, never a mix.
 absl::Status ReplaceFileAtomically(const std::string& path, absl::string_view contents);
 
+// A --port_file: its directory made first where missing (as `mkdir -p`;
+// /run/imagesearch on a fresh machine), then ReplaceFileAtomically.
+absl::Status WritePortFile(const std::string& path, absl::string_view contents);
+
 // Copies `from` to `to` (replacing it) and fsyncs `to`. Errors carry errno's
 // own text and code (ENOSPC: RESOURCE_EXHAUSTED "No space left on device").
 absl::Status CopyFileDurably(const std::string& from, const std::string& to);

@@ -41,6 +41,20 @@ TEST_CASE("ReplaceFileAtomically replaces contents and leaves no temp file") {
   CHECK(names == std::vector<std::string>{"CURRENT"});
 }
 
+TEST_CASE("WritePortFile makes the directories a port file needs, and says which it cannot") {
+  const std::string dir = MakeTempDir();
+  const std::string path = dir + "/run/imagesearch/ports.json";
+  REQUIRE(WritePortFile(path, "{\"grpc\": 50051}\n").ok());
+  auto contents = ReadFileToString(path);
+  REQUIRE(contents.ok());
+  CHECK(*contents == "{\"grpc\": 50051}\n");
+  // A file where a directory should be.
+  REQUIRE(WritePortFile(dir + "/plain", "x").ok());
+  const absl::Status s = WritePortFile(dir + "/plain/ports.json", "x");
+  CHECK_FALSE(s.ok());
+  CHECK(std::string(s.message()).find(dir + "/plain") != std::string::npos);
+}
+
 TEST_CASE("ReadFileToString reads files bigger than its buffer, and files whose size is 0") {
   std::string dir = MakeTempDir();
   std::string big;

@@ -3,7 +3,13 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include <algorithm>
+#include <filesystem>
+
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace imagesearch::snapshot {
 namespace {
@@ -63,6 +69,24 @@ std::string DescribeShard(const ShardInfo& shard) {
   if (!shard.sharded()) return "not sharded";
   return absl::StrCat("collection '", shard.collection, "' shard ", shard.index, " of ",
                       shard.count);
+}
+
+std::vector<std::string> ShardRootsUnder(const std::string& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    uint32_t index = 0, count = 0;
+    absl::string_view rest = name;
+    if (!absl::ConsumePrefix(&rest, "shard-")) continue;
+    const std::vector<std::string> parts = absl::StrSplit(rest, "-of-");
+    if (parts.size() == 2 && absl::SimpleAtoi(parts[0], &index) &&
+        absl::SimpleAtoi(parts[1], &count) && name == ShardRootName(index, count)) {
+      out.push_back(name);
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 }  // namespace imagesearch::snapshot

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -55,6 +56,10 @@ absl::Status ValidateShardInfo(const ShardInfo& shard);
 // collection's directory, as `imagesearch-snapshot build --shard_count`
 // writes them.
 std::string ShardRootName(uint32_t index, uint32_t count);
+
+// The entries of `dir` named as ShardRootName names them, sorted; empty when
+// there are none or `dir` cannot be read.
+std::vector<std::string> ShardRootsUnder(const std::string& dir);
 
 // "collection 'c' shard 2 of 4" (or "not sharded"), for messages.
 std::string DescribeShard(const ShardInfo& shard);

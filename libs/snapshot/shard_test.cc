@@ -3,6 +3,7 @@
 #include "libs/snapshot/shard.h"
 
 #include <catch2/catch.hpp>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -135,6 +136,20 @@ SyntheticCorpus RowsOfShard(size_t n, const std::string& prefix, const ShardInfo
   c.input.count = c.input.ids.size();
   c.input.shard = shard;
   return c;
+}
+
+TEST_CASE("A collection's directory of shard roots is named as such, not as an empty root") {
+  const std::string dir = TempSnapshotRoot("shard_dirs");
+  REQUIRE(!dir.empty());
+  CHECK(ShardRootsUnder(dir).empty());
+  for (const char* name : {"shard-1-of-2", "shard-0-of-2", "shard-01-of-2", "shard-x-of-2", "v3"}) {
+    std::filesystem::create_directories(dir + "/" + name);
+  }
+  CHECK(ShardRootsUnder(dir) == std::vector<std::string>{"shard-0-of-2", "shard-1-of-2"});
+  const auto current = ReadCurrentVersion(dir);
+  REQUIRE(absl::IsNotFound(current.status()));
+  CHECK(std::string(current.status().message())
+            .find("name one of them, e.g. " + dir + "/shard-0-of-2") != std::string::npos);
 }
 
 TEST_CASE("A shard root refuses rows of other shards on every write path") {

@@ -22,6 +22,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
@@ -166,8 +167,14 @@ absl::StatusOr<uint64_t> ReadCurrentVersion(const std::string& root) {
   auto text = ReadFileToString(root + "/" + kCurrentFile, /*max_bytes=*/4096);
   if (!text.ok()) {
     if (absl::IsNotFound(text.status())) {
+      std::string shards;
+      if (const std::vector<std::string> names = ShardRootsUnder(root); !names.empty()) {
+        shards = absl::StrCat("; it holds the shard roots of a sharded collection (",
+                              absl::StrJoin(names, ", "), "): name one of them, e.g. ", root, "/",
+                              names.front());
+      }
       return absl::NotFoundError(absl::StrCat("no snapshot published under ", root, " yet (", root,
-                                              "/CURRENT does not exist)"));
+                                              "/CURRENT does not exist)", shards));
     }
     if (absl::IsInvalidArgument(text.status())) {  // Over the limit, or not a file.
       return absl::InvalidArgumentError(

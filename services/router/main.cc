@@ -435,7 +435,7 @@ int Run() {
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
     const std::string http_part =
         http != nullptr ? absl::StrCat(", \"http\": ", http->port()) : std::string();
-    absl::Status s = ReplaceFileAtomically(absl::GetFlag(FLAGS_port_file),
+    absl::Status s = WritePortFile(absl::GetFlag(FLAGS_port_file),
                                            absl::StrCat("{\"grpc\": ", port, http_part, "}\n"));
     if (!s.ok()) {
       LogError("--port_file: ", s.ToString());

@@ -395,6 +395,11 @@ int List(const std::string& root) {
   auto versions = snapshot::ListVersions(root);
   if (!versions.ok()) return Fail(versions.status());
   auto current = snapshot::ReadCurrentVersion(root);
+  // A collection's directory of shard roots: say so, not an empty list.
+  if (versions->empty() && absl::IsNotFound(current.status()) &&
+      !snapshot::ShardRootsUnder(root).empty()) {
+    return Fail(current.status());
+  }
   for (uint64_t v : *versions) {
     auto text = ReadFileToString(snapshot::VersionDir(root, v) + "/MANIFEST.json");
     auto m = text.ok() ? snapshot::ParseManifest(*text)
