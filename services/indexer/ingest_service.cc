@@ -274,8 +274,7 @@ int RunIngestServer(const ServeOptions& options) {
   }
   server->GetHealthCheckService()->SetServingStatus(true);
   if (!options.port_file.empty()) {
-    absl::Status s =
-        WritePortFile(options.port_file, absl::StrCat("{\"grpc\": ", port, "}\n"));
+    absl::Status s = WritePortFile(options.port_file, absl::StrCat("{\"grpc\": ", port, "}\n"));
     if (!s.ok()) {
       LogError("--port_file: ", s.ToString());
       return 1;

@@ -335,8 +335,7 @@ class PortReport {
     std::vector<std::string> fields;
     if (grpc_ != 0) fields.push_back(absl::StrCat("\"grpc\": ", grpc_));
     if (http_ != 0) fields.push_back(absl::StrCat("\"http\": ", http_));
-    absl::Status s =
-        WritePortFile(path_, absl::StrCat("{", absl::StrJoin(fields, ", "), "}\n"));
+    absl::Status s = WritePortFile(path_, absl::StrCat("{", absl::StrJoin(fields, ", "), "}\n"));
     if (!s.ok()) return absl::Status(s.code(), absl::StrCat("--port_file: ", s.message()));
     return s;
   }

@@ -436,7 +436,7 @@ int Run() {
     const std::string http_part =
         http != nullptr ? absl::StrCat(", \"http\": ", http->port()) : std::string();
     absl::Status s = WritePortFile(absl::GetFlag(FLAGS_port_file),
-                                           absl::StrCat("{\"grpc\": ", port, http_part, "}\n"));
+                                   absl::StrCat("{\"grpc\": ", port, http_part, "}\n"));
     if (!s.ok()) {
       LogError("--port_file: ", s.ToString());
       return 1;
