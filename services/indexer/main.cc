@@ -12,6 +12,7 @@
 //
 // Exit status: 0 published (serve: stopped by SIGTERM), 1 failed (nothing
 // published), 2 usage error.
+#include <filesystem>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -20,6 +21,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "libs/common/binary_main.h"
@@ -175,12 +177,6 @@ int main(int argc, char** argv) {
   o.input = absl::GetFlag(FLAGS_input);
   o.root = absl::GetFlag(FLAGS_root);
   o.model_path = absl::GetFlag(FLAGS_model);
-  if (o.input.empty() || (o.root.empty() && absl::GetFlag(FLAGS_embeddings_out).empty()) ||
-      o.model_path.empty()) {
-    std::cerr
-        << "usage: imagesearch-indexer --input=DIR|FILE.jsonl|- --root=DIR --model=model.pt\n";
-    return 2;
-  }
   if (!absl::GetFlag(FLAGS_base).empty()) {
     auto v = imagesearch::snapshot::ParseVersionName(absl::GetFlag(FLAGS_base));
     if (!v.ok()) {
@@ -188,6 +184,31 @@ int main(int argc, char** argv) {
       return 2;
     }
     o.base_version = *v;
+    // On top of a version, its own model unless another is named (which
+    // the indexer then checks is the same).
+    if (o.model_path.empty() && !o.root.empty()) {
+      o.model_path =
+          imagesearch::snapshot::VersionDir(o.root, *v) + "/" + imagesearch::snapshot::kModelFile;
+      if (!std::filesystem::exists(o.model_path)) {
+        std::cerr << "--model is not set, and --base " << absl::GetFlag(FLAGS_base)
+                  << " has no model to use (" << o.model_path
+                  << " does not exist): name the model with --model\n";
+        return 2;
+      }
+    }
+  }
+  std::vector<std::string> missing;
+  if (o.input.empty()) missing.push_back("--input");
+  if (o.root.empty() && absl::GetFlag(FLAGS_embeddings_out).empty()) {
+    missing.push_back("--root (or --embeddings_out)");
+  }
+  if (o.model_path.empty()) missing.push_back("--model");
+  if (!missing.empty()) {
+    std::cerr << absl::StrJoin(missing, ", ") << (missing.size() == 1 ? " is" : " are")
+              << " required\n"
+              << "usage: imagesearch-indexer --input=DIR|FILE.jsonl|- --root=DIR --model=model.pt "
+                 "(with --base=vN, --model defaults to that version's)\n";
+    return 2;
   }
   if (!absl::GetFlag(FLAGS_remove_ids).empty()) {
     auto text = imagesearch::ReadFileToString(absl::GetFlag(FLAGS_remove_ids));

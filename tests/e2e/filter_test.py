@@ -162,8 +162,8 @@ def main():
         with open(extra, "w") as f:
             for it in items[90:]:
                 f.write(json.dumps(it) + "\n")
-        run(INDEXER, f"--input={extra}", f"--root={root}", f"--model={MODEL}", "--progress=none",
-            "--base=v1", SCHEMA)
+        # No --model: on top of v1, the indexer embeds with v1's own model.pt.
+        run(INDEXER, f"--input={extra}", f"--root={root}", "--progress=none", "--base=v1", SCHEMA)
         server.wait_until("serving v2", lambda: json.load(urllib.request.urlopen(
             f"{server.http_url}/info", timeout=10))["snapshot_version"] == "2")
         st, r = post(http, {"id": boot["id"], "top_k": 100,
@@ -171,7 +171,7 @@ def main():
         got = sorted(num.get(h["id"], next(it["attributes"]["n"] for it in items if it["id"] == h["id"]))
                      for h in r["hits"])
         check(st == 200 and got == list(range(85, 100)), f"v2 rows n >= 85: {got}")
-        print("5. incremental build (--base): old and new rows filter alike")
+        print("5. incremental build (--base, with the base's model): old and new rows filter alike")
         server.stop()
     finally:
         if server is not None:
