@@ -321,12 +321,18 @@ def images(work):
     for name in ("motorcycle_left.png", "logo.png"):
         shutil.copy(os.path.join(T.images, name), os.path.join(folder, "trip", name))
     tool = os.path.join(SRC, "tools", "ingest", "ingest_folder.py")
+    started = time.time() - 1
     out = run("/usr/bin/python3", tool, f"--target={svc.grpc_address}", f"--dir={folder}",
               "--batch=1").stdout  # Two requests on its stream.
     check(out.startswith("upserted 2 of 2 image(s): live in v"), out)
     out = run("/usr/bin/python3", tool, f"--target={svc.grpc_address}", "--delete",
               "rocket.jpg").stdout
-    check(out.startswith("deleted 1 id(s): live in v"), out)
+    check(out.startswith("deleted 1 id(s) (ids not in the collection included): live in v"), out)
+    # The tool's generated stubs are not left behind.
+    check(not [d for d in os.listdir(tempfile.gettempdir())
+               if d.startswith("imagesearch_ingest_stubs_")
+               and os.stat(os.path.join(tempfile.gettempdir(), d)).st_mtime > started],
+          "ingest_folder.py left its stubs folder")
     replica = Server(T.query, [f"--snapshot_root={root}"],
                      os.path.join(work, "query_images.log"))
     status, body = post_json(replica.http_port, {"id": "rocket.jpg"})

@@ -25,13 +25,18 @@ PROTO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "pr
 
 
 def stubs():
-    gen = tempfile.mkdtemp(prefix="imagesearch_ingest_stubs_")
-    subprocess.run(["protoc", f"--proto_path={PROTO}", f"--python_out={gen}", f"--grpc_out={gen}",
-                    "--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin",
-                    "imagesearch/v1/imagesearch.proto"], check=True)
-    sys.path.insert(0, gen)
-    return (importlib.import_module("imagesearch.v1.imagesearch_pb2"),
-            importlib.import_module("imagesearch.v1.imagesearch_pb2_grpc"))
+    # Generated into a temporary folder, imported, and the folder removed
+    # (the modules stay loaded).
+    with tempfile.TemporaryDirectory(prefix="imagesearch_ingest_stubs_") as gen:
+        subprocess.run(["protoc", f"--proto_path={PROTO}", f"--python_out={gen}",
+                        f"--grpc_out={gen}", "--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin",
+                        "imagesearch/v1/imagesearch.proto"], check=True)
+        sys.path.insert(0, gen)
+        try:
+            return (importlib.import_module("imagesearch.v1.imagesearch_pb2"),
+                    importlib.import_module("imagesearch.v1.imagesearch_pb2_grpc"))
+        finally:
+            sys.path.remove(gen)
 
 
 def main():
@@ -50,7 +55,9 @@ def main():
     failed = 0
     if args.delete:
         r = ingest.Delete(pb.DeleteRequest(ids=args.delete), timeout=args.timeout)
-        print(f"deleted {r.accepted} id(s): live in v{r.version}")
+        # Ids not in the collection are no error (the proto's DeleteRequest).
+        print(f"deleted {r.accepted} id(s) (ids not in the collection included): "
+              f"live in v{r.version}")
     if args.dir:
         root = os.path.abspath(os.path.expanduser(args.dir))
         files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
