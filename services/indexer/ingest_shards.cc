@@ -290,8 +290,9 @@ ShardedIngestStatus IngestShards::Status() const {
 
 std::string IngestShards::Describe() const {
   if (!sharded()) return root_;
-  return absl::StrCat(root_, " (", snapshot::DescribeShard(cores_.front()->shard()), "..",
-                      shard_count_ - 1, ": ", shard_count_, " shard roots)");
+  return absl::StrCat(root_, " (collection '", cores_.front()->shard().collection, "', ",
+                      shard_count_, " shard roots: ", snapshot::ShardRootName(0, shard_count_),
+                      " to ", snapshot::ShardRootName(shard_count_ - 1, shard_count_), ")");
 }
 
 }  // namespace imagesearch::indexer

@@ -150,8 +150,17 @@ def main():
         except grpc.RpcError as e:
             check(e.code() == grpc.StatusCode.NOT_FOUND and
                   e.details() == "id 'nope' is not in snapshot v1", e.details())
+        # imagesearch-loadgen through the router reports each shard's version.
+        report = os.path.join(work, "loadgen.json")
+        run(os.path.join(BUILD, "tools", "loadgen", "imagesearch-loadgen"),
+            f"--target={router.grpc_address}", "--kind=vector", f"--vectors={npy}",
+            "--duration_s=1", "--concurrency=1", f"--json_out={report}")
+        with open(report) as f:
+            seen = json.load(f)["versions"]
+        check(list(seen) == [",".join(f"{i}:1" for i in range(S))], seen)
         print("3. id queries resolved through the owning shard == the unsharded exact answer; "
-              "an unknown id is NOT_FOUND")
+              "an unknown id is NOT_FOUND; loadgen sees each shard's version "
+              f"({list(seen)[0]})")
 
         failures, done = [], threading.Event()
         calls = [0]

@@ -142,12 +142,24 @@ using json = nlohmann::json;
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 // One call's outcome.
+// The version an answer came from: "3" from a replica; through
+// imagesearch-router each shard's, "0:3,1:2" (shard:version).
+std::string VersionOf(const v1::SearchResponse& r) {
+  if (r.shard_versions().empty()) return std::to_string(r.snapshot_version());
+  const std::map<uint32_t, uint64_t> by_shard(r.shard_versions().begin(), r.shard_versions().end());
+  std::string out;
+  for (const auto& [shard, version] : by_shard) {
+    absl::StrAppend(&out, out.empty() ? "" : ",", shard, ":", version);
+  }
+  return out;
+}
+
 struct Outcome {
   double latency_s = 0;
   double finished_at_s = 0;  // since the run started
   std::string code;          // "OK", a gRPC code name, "HTTP 503", ...
   std::string message;       // The error's message, if any.
-  uint64_t version = 0;
+  std::string version;       // VersionOf the answer.
   size_t query = 0;
   std::vector<std::string> ids;  // Only kept for queries checked for recall.
 };
@@ -197,7 +209,13 @@ class Recorder {
   static constexpr size_t kMaxErrorsKept = 1000;
   std::vector<nlohmann::json> errors_;  // The first failed calls: when, code, message.
   std::vector<double> latencies_;
-  std::map<uint64_t, VersionSeen> versions_;
+  // Numbers in numeric order (shorter first), then imagesearch-router's.
+  struct ByLength {
+    bool operator()(const std::string& a, const std::string& b) const {
+      return a.size() != b.size() ? a.size() < b.size() : a < b;
+    }
+  };
+  std::map<std::string, VersionSeen, ByLength> versions_;
   std::map<size_t, std::vector<std::string>> answers_;
   double last_s_ = 0;
 };
@@ -393,7 +411,11 @@ class GrpcCaller {
         s.ok() ? "OK" : absl::StatusCodeToString(static_cast<absl::StatusCode>(s.error_code()));
     o.message = s.error_message();
     if (s.ok()) {
-      o.version = batch ? call->batch_resp.snapshot_version() : call->resp.snapshot_version();
+      o.version =
+          batch ? (call->batch_resp.responses_size() > 0 && call->batch_resp.snapshot_version() == 0
+                       ? VersionOf(call->batch_resp.responses(0))
+                       : std::to_string(call->batch_resp.snapshot_version()))
+                : VersionOf(call->resp);
       if (call->keep_ids && !batch) {
         for (const auto& h : call->resp.hits()) o.ids.push_back(h.id());
       }
@@ -447,7 +469,7 @@ Outcome HttpCall(httplib::Client& client, const Workload& w, size_t query, bool 
     return o;
   }
   o.code = "OK";
-  o.version = response.snapshot_version();
+  o.version = VersionOf(response);
   if (keep_ids) {
     for (const auto& h : response.hits()) o.ids.push_back(h.id());
   }
@@ -772,8 +794,7 @@ int Run() {
               {"errors", rec.errors_}};
   json versions = json::object();
   for (const auto& [v, seen] : rec.versions_) {
-    versions[std::to_string(v)] = {
-        {"count", seen.count}, {"first_s", seen.first_s}, {"last_s", seen.last_s}};
+    versions[v] = {{"count", seen.count}, {"first_s", seen.first_s}, {"last_s", seen.last_s}};
   }
   out["versions"] = versions;
   std::string ping_line;
@@ -811,7 +832,9 @@ int Run() {
   for (const auto& [code, n] : rec.codes_) absl::StrAppend(&codes, " ", code, "=", n);
   std::string vers;
   for (const auto& [v, seen] : rec.versions_) {
-    absl::StrAppendFormat(&vers, " v%d:%d(%.2f-%.2fs)", v, seen.count, seen.first_s, seen.last_s);
+    const bool shards = v.find(':') != std::string::npos;  // "v{0:3,1:2}" through a router.
+    absl::StrAppendFormat(&vers, " v%s%s%s:%d(%.2f-%.2fs)", shards ? "{" : "", v, shards ? "}" : "",
+                          seen.count, seen.first_s, seen.last_s);
   }
   std::cout << absl::StrFormat(
                    "%s %s %s-loop%s c=%d: %d calls, %d failed in %.1fs: %.1f calls/s (%.1f "
