@@ -8,6 +8,7 @@
 #include "libs/common/client_text.h"
 #include "libs/index/metric.h"
 #include "libs/snapshot/ids_table.h"
+#include "libs/snapshot/shard.h"
 
 namespace imagesearch::serving {
 
@@ -53,8 +54,18 @@ absl::StatusOr<uint32_t> RowOfId(const snapshot::Snapshot& snap, absl::string_vi
   }
   auto row = snap.Find(id);
   if (!row.has_value()) {
-    return absl::NotFoundError(
-        absl::StrCat("id ", QuoteClientText(id), " is not in snapshot v", snap.version()));
+    // A shard's replica asked for another shard's id: say where it lives.
+    const snapshot::ShardInfo& shard = snap.manifest().shard;
+    std::string elsewhere;
+    if (shard.sharded()) {
+      const uint32_t owner = snapshot::ShardOf(id, shard.count);
+      if (owner != shard.index) {
+        elsewhere = absl::StrCat(": it belongs to shard ", owner, " of ", shard.count,
+                                 ", and this replica serves shard ", shard.index);
+      }
+    }
+    return absl::NotFoundError(absl::StrCat("id ", QuoteClientText(id), " is not in snapshot v",
+                                            snap.version(), elsewhere));
   }
   return *row;
 }

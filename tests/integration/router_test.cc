@@ -365,6 +365,24 @@ TEST_CASE("Id queries go through the owning shard, and a shard with no replica i
   v1::SearchRequest unknown;
   unknown.set_id("no-such-row");
   CHECK(absl::IsNotFound(search(unknown).status()));
+  // A replica of shard 1 asked for an id of shard 0 says where it lives.
+  {
+    std::string theirs;
+    for (int i = 0; theirs.empty(); ++i) {
+      if (snapshot::ShardOf(absl::StrCat("row", i), kShards) == 0) theirs = absl::StrCat("row", i);
+    }
+    auto stub = v1::ImageSearch::NewStub(
+        grpc::CreateChannel(c.replicas[1][0]->address(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    v1::SearchRequest q;
+    q.set_id(theirs);
+    v1::SearchResponse out;
+    const grpc::Status s = stub->Search(&context, q, &out);
+    CHECK(s.error_code() == grpc::StatusCode::NOT_FOUND);
+    CHECK(absl::StrContains(s.error_message(),
+                            "it belongs to shard 0 of 2, and this replica "
+                            "serves shard 1"));
+  }
   // A text query to a collection of raw vectors: the replica's error about
   // the query, which is not a failure of the shard nor makes its replicas
   // look slow.
