@@ -7,6 +7,7 @@
 #include <mutex>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -204,19 +205,22 @@ absl::Status Router::Discover(absl::Time deadline) {
     // What the collection is: the first replica that answers, if it is a
     // shard in its place.
     for (uint32_t i = 0; i < count && !identity_.has_value(); ++i) {
-      for (const auto& r : *shards_[i]->replicas()) {
-        auto info = shards_[i]->Ask(*r, std::min(deadline, absl::Now() + absl::Seconds(2)));
-        if (!info.ok()) {
-          std::lock_guard<std::mutex> lock(r->why_mu);
-          r->why = absl::StrCat("not answering: ", info.status().message());
+      const auto set = shards_[i]->replicas();
+      const std::vector<std::shared_ptr<ShardClient::Replica>> replicas(set->begin(), set->end());
+      const auto infos = shards_[i]->AskAll(
+          replicas, std::min(deadline, absl::Now() + ShardClient::kCheckTimeout));
+      for (size_t k = 0; k < replicas.size(); ++k) {
+        ShardClient::Replica& r = *replicas[k];
+        if (!infos[k].ok()) {
+          std::lock_guard<std::mutex> lock(r.why_mu);
+          r.why = absl::StrCat("not answering: ", infos[k].status().message());
           continue;
         }
-        if (absl::Status fits = FitsShard(*info, i, count, nullptr); !fits.ok()) {
+        if (absl::Status fits = FitsShard(*infos[k], i, count, nullptr); !fits.ok()) {
           return absl::FailedPreconditionError(absl::StrCat(
-              ShardName(*shards_[i], count), ": replica ", r->address, " ", fits.message()));
+              ShardName(*shards_[i], count), ": replica ", r.address, " ", fits.message()));
         }
-        identity_ = *std::move(info);
-        break;
+        if (!identity_.has_value()) identity_ = *infos[k];
       }
     }
     if (identity_.has_value()) {
@@ -296,7 +300,11 @@ void Router::Search(const v1::SearchRequest& request, absl::Time deadline,
                            "the deadline passed before ", ShardName(*shards_[owner], shard_count()),
                            ", which holds id '", request.id().substr(0, 64), "', answered")));
                      }
-                     if (s.code() == absl::StatusCode::kInternal) return done(s);  // Names it.
+                     // The router's own check of the answer names the shard already.
+                     if (s.code() == absl::StatusCode::kInternal &&
+                         absl::StartsWith(s.message(), "shard ")) {
+                       return done(s);
+                     }
                      if (!IsRequestError(s.code())) {
                        return done(absl::UnavailableError(absl::StrCat(
                            ShardName(*shards_[owner], shard_count()), ", which holds id '",

@@ -189,36 +189,41 @@ void ShardClient::Watch() {
     // Sleeps until the next lookup or recheck, or a second while a replica
     // waits for its check; with neither (a static list, before Verify),
     // until stopped or Verify.
+    if (check_ && next_recheck == absl::InfiniteFuture()) {
+      next_recheck = absl::Now() + options_.recheck_every;
+    }
     absl::Time wake = dns ? next_resolve : absl::InfiniteFuture();
     if (check_) {
       wake = std::min(wake, next_recheck);
       if (!AllGood()) wake = std::min(wake, absl::Now() + kCheckPendingEvery);
     }
-    const Check had = check_;
+    const uint64_t seen = check_generation_;
+    const auto woken = [&] { return stopping_ || check_generation_ != seen; };
     if (wake == absl::InfiniteFuture()) {
-      resolver_cv_.wait(lock, [&] { return stopping_ || (check_ && !had); });
+      resolver_cv_.wait(lock, woken);
     } else {
       resolver_cv_.wait_for(
           lock, absl::ToChronoNanoseconds(std::max(absl::ZeroDuration(), wake - absl::Now())),
-          [&] { return stopping_ || (check_ && !had); });
+          woken);
     }
     if (stopping_) break;
     const Check check = check_;
     lock.unlock();
-    absl::Time now = absl::Now();
+    const absl::Time now = absl::Now();
     if (dns && now >= next_resolve) {
-      Resolve();
+      Resolve(check);
       next_resolve = now + kResolveEvery;
     }
     if (check) {
-      if (next_recheck == absl::InfiniteFuture()) next_recheck = now + kRecheckEvery;
       const bool all = now >= next_recheck;
+      std::vector<std::shared_ptr<Replica>> ask;
       for (const auto& r : *replicas()) {
         if (all || r->state.load(std::memory_order_acquire) != Replica::State::kGood) {
-          CheckOne(*r, check, absl::Now() + kCheckTimeout);
+          ask.push_back(r);
         }
       }
-      if (all) next_recheck = absl::Now() + kRecheckEvery;
+      CheckAll(ask, check, absl::Now() + kCheckTimeout);
+      if (all) next_recheck = absl::Now() + options_.recheck_every;
     }
     lock.lock();
   }
@@ -231,38 +236,56 @@ bool ShardClient::AllGood() const {
   return true;
 }
 
-absl::StatusOr<v1::GetInfoResponse> ShardClient::Ask(const Replica& r, absl::Time deadline) const {
-  // On the client's queues, as every call to the replicas. Before the
-  // router's server has started, a call to a replica that refuses the
-  // connection waits out its deadline here (so Discover caps each at
-  // kCheckTimeout), sync or async alike.
+std::vector<absl::StatusOr<v1::GetInfoResponse>> ShardClient::AskAll(
+    const std::vector<std::shared_ptr<Replica>>& replicas, absl::Time deadline) {
+  // All at once, on the client's queues as every call to the replicas: a
+  // replica that hangs (or, before the router's server has started, one
+  // that refuses the connection: seen to wait out its deadline then) costs
+  // the others nothing. Registered as attempts, so CancelAll ends them.
   struct Asked final : CqTag {
     grpc::ClientContext context;
     v1::GetInfoResponse info;
     grpc::Status status;
     std::unique_ptr<grpc::ClientAsyncResponseReader<v1::GetInfoResponse>> reader;
     std::promise<void> done;
+    bool started = false;
     void Proceed(bool) override { done.set_value(); }
   };
-  Asked asked;
-  asked.context.set_deadline(absl::ToChronoTime(deadline));
-  if (!options_.authorization.empty()) {
-    asked.context.AddMetadata("authorization", options_.authorization);
+  std::vector<std::unique_ptr<Asked>> asked;
+  for (const auto& r : replicas) {
+    auto a = std::make_unique<Asked>();
+    a->context.set_deadline(absl::ToChronoTime(deadline));
+    if (!options_.authorization.empty()) {
+      a->context.AddMetadata("authorization", options_.authorization);
+    }
+    Asked* raw = a.get();
+    raw->started =
+        AttemptStarting(&raw->context) && queues_->Start([&](grpc::CompletionQueue* queue) {
+          raw->reader = r->stub->PrepareAsyncGetInfo(&raw->context, v1::GetInfoRequest(), queue);
+          raw->reader->StartCall();
+          raw->reader->Finish(&raw->info, &raw->status, raw->GrpcTag());
+        });
+    asked.push_back(std::move(a));
   }
-  std::future<void> done = asked.done.get_future();
-  const bool started = queues_->Start([&](grpc::CompletionQueue* queue) {
-    asked.reader = r.stub->PrepareAsyncGetInfo(&asked.context, v1::GetInfoRequest(), queue);
-    asked.reader->StartCall();
-    asked.reader->Finish(&asked.info, &asked.status, asked.GrpcTag());
-  });
-  if (!started) return absl::UnavailableError("the router is shutting down");
-  done.wait();  // The deadline ends it.
-  if (!asked.status.ok()) return FromGrpc(asked.status);
-  return std::move(asked.info);
+  std::vector<absl::StatusOr<v1::GetInfoResponse>> out;
+  for (auto& a : asked) {
+    if (!a->started) {
+      out.push_back(absl::UnavailableError("the router is shutting down"));
+      continue;
+    }
+    a->done.get_future().wait();  // The deadline ends it.
+    AttemptEnded(&a->context);
+    if (!a->status.ok()) {
+      out.push_back(FromGrpc(a->status));
+    } else {
+      out.push_back(std::move(a->info));
+    }
+  }
+  return out;
 }
 
-void ShardClient::CheckOne(Replica& r, const Check& check, absl::Time deadline) const {
-  const absl::StatusOr<v1::GetInfoResponse> info = Ask(r, deadline);
+void ShardClient::Judge(Replica& r, const absl::StatusOr<v1::GetInfoResponse>& info,
+                        const Check& check) const {
   using State = Replica::State;
   const State was = r.state.load(std::memory_order_acquire);
   if (!info.ok()) {
@@ -290,14 +313,23 @@ void ShardClient::CheckOne(Replica& r, const Check& check, absl::Time deadline) 
   }
 }
 
+void ShardClient::CheckAll(const std::vector<std::shared_ptr<Replica>>& replicas,
+                           const Check& check, absl::Time deadline) {
+  if (replicas.empty()) return;
+  const auto infos = AskAll(replicas, deadline);
+  for (size_t i = 0; i < replicas.size(); ++i) Judge(*replicas[i], infos[i], check);
+}
+
 void ShardClient::Verify(Check check, absl::Time deadline) {
+  std::vector<std::shared_ptr<Replica>> ask;
   for (const auto& r : *replicas()) {
-    if (r->state.load(std::memory_order_acquire) == Replica::State::kGood) continue;
-    CheckOne(*r, check, std::min(deadline, absl::Now() + kCheckTimeout));
+    if (r->state.load(std::memory_order_acquire) != Replica::State::kGood) ask.push_back(r);
   }
+  CheckAll(ask, check, std::min(deadline, absl::Now() + kCheckTimeout));
   {
     std::lock_guard<std::mutex> lock(resolver_mu_);
     check_ = std::move(check);
+    ++check_generation_;
     checking_.store(true, std::memory_order_release);
   }
   resolver_cv_.notify_all();
@@ -406,7 +438,7 @@ std::shared_ptr<ShardClient::Replica> ShardClient::NewReplica(const std::string&
   return r;
 }
 
-void ShardClient::Resolve() {
+void ShardClient::Resolve(const Check& check) {
   const std::vector<std::string> found = LookUp(dns_host_, dns_port_);
   if (found.empty()) return;  // Keep what worked: a lookup can fail for a moment.
   std::shared_ptr<const Replicas> now = replicas();
@@ -414,11 +446,17 @@ void ShardClient::Resolve() {
   for (const auto& r : *now) have.push_back(r->address);
   if (have == found) return;
   auto next = std::make_shared<Replicas>();
+  std::vector<std::shared_ptr<Replica>> added;
   for (const std::string& a : found) {
     auto same =
         std::find_if(now->begin(), now->end(), [&](const auto& r) { return r->address == a; });
     next->push_back(same != now->end() ? *same : NewReplica(a, false));
+    if (same == now->end()) added.push_back(next->back());
   }
+  // New addresses are checked before they join, so that a replaced replica
+  // takes calls as soon as it is in the set (one that does not answer yet
+  // joins unchecked and is asked again each second).
+  if (check) CheckAll(added, check, absl::Now() + kCheckTimeout);
   std::lock_guard<std::mutex> lock(replicas_mu_);
   replicas_ = std::move(next);
 }

@@ -81,6 +81,9 @@ struct ShardClientOptions {
   std::string authorization;
   // How channels to the replicas are secured; null: plaintext.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // How often every replica of the shard is asked again whether it serves
+  // it (ShardClient::Verify).
+  absl::Duration recheck_every = absl::Seconds(10);
   // Where the calls complete (imagesearch-router: its server's queues);
   // null: CompletionThreads::Default(). Outlives the client.
   CompletionThreads* queues = nullptr;
@@ -158,16 +161,16 @@ class ShardClient {
   static constexpr bool kTimesReplica = std::is_same_v<Request, v1::SearchRequest>;
   // An error about the request, which every replica would return: a bad
   // query, an id not there, a text query to a collection whose model has no
-  // text tower (FAILED_PRECONDITION), an Embed on replicas that keep no
-  // model (UNIMPLEMENTED). Not a sign of a failing replica, and not counted
-  // among the shard's failures.
+  // text tower, or to one of raw vectors (FAILED_PRECONDITION). Not a sign
+  // of a failing replica, and not counted among the shard's failures. Not
+  // UNIMPLEMENTED: a replica whose model did not load says that, and its
+  // sibling (or another shard, for an Embed) may answer.
   static bool QueryError(grpc::StatusCode code) {
     switch (code) {
       case grpc::StatusCode::INVALID_ARGUMENT:
       case grpc::StatusCode::NOT_FOUND:
       case grpc::StatusCode::OUT_OF_RANGE:
       case grpc::StatusCode::FAILED_PRECONDITION:
-      case grpc::StatusCode::UNIMPLEMENTED:
         return true;
       default:
         return false;
@@ -238,11 +241,11 @@ class ShardClient {
   // time, each until `deadline` at most), and from then on sends calls only
   // to replicas whose answer passed `check`. Replicas found later (DNS),
   // those that did not answer, and every replica again every
-  // kRecheckEvery (one restarted at its address may serve something
+  // options.recheck_every (one restarted at its address may serve something
   // else) are asked by the client's own thread. Before the first Verify
   // every replica gets calls.
   void Verify(Check check, absl::Time deadline);
-  static constexpr absl::Duration kRecheckEvery = absl::Seconds(10);
+
   // How often a replica not yet good is asked again; how long one GetInfo
   // of a check may take.
   static constexpr absl::Duration kCheckPendingEvery = absl::Seconds(1);
@@ -256,8 +259,10 @@ class ShardClient {
     return !checking_.load(std::memory_order_acquire) ||
            r.state.load(std::memory_order_acquire) == Replica::State::kGood;
   }
-  // One replica's GetInfo, waiting for it until `deadline` at most.
-  absl::StatusOr<v1::GetInfoResponse> Ask(const Replica& r, absl::Time deadline) const;
+  // Each replica's GetInfo, asked all at once and waited for until
+  // `deadline`, in order.
+  std::vector<absl::StatusOr<v1::GetInfoResponse>> AskAll(
+      const std::vector<std::shared_ptr<Replica>>& replicas, absl::Time deadline);
 
   // Cancels every attempt in flight, and refuses new ones (they fail with
   // UNAVAILABLE): for a router that stops, so that a hung replica cannot
@@ -302,14 +307,19 @@ class ShardClient {
   // tried; kNone where none is usable (all failed their check).
   size_t Pick(const Replicas& set, const std::vector<size_t>& tried, bool repeat = true);
   static constexpr size_t kNone = static_cast<size_t>(-1);
-  // One replica's GetInfo against check_; updates its state.
-  void CheckOne(Replica& r, const Check& check, absl::Time deadline) const;
+  // A replica's state and why, from its GetInfo (or the error) and `check`.
+  void Judge(Replica& r, const absl::StatusOr<v1::GetInfoResponse>& info, const Check& check) const;
+  // AskAll, then Judge each.
+  void CheckAll(const std::vector<std::shared_ptr<Replica>>& replicas, const Check& check,
+                absl::Time deadline);
   bool AllGood() const;
   // The client's thread: DNS lookups, and the checks Verify left to it.
   void Watch();
   static constexpr size_t kMaxCandidates = 64;  // Replicas of a shard Pick looks at.
   std::shared_ptr<Replica> NewReplica(const std::string& address, bool balance) const;
-  void Resolve();  // DNS targets: looks the name up and swaps the replica set.
+  // DNS targets: looks the name up and swaps the replica set, after
+  // checking new addresses against `check` (once Verify has given one).
+  void Resolve(const Check& check);
 
   const uint32_t index_;
   const std::string target_;
@@ -320,8 +330,9 @@ class ShardClient {
   std::shared_ptr<const Replicas> replicas_;  // Guarded by replicas_mu_.
   std::mutex resolver_mu_;
   std::condition_variable resolver_cv_;
-  bool stopping_ = false;  // Guarded by resolver_mu_.
-  Check check_;            // Guarded by resolver_mu_; set by Verify.
+  bool stopping_ = false;          // Guarded by resolver_mu_.
+  Check check_;                    // Guarded by resolver_mu_; set by Verify.
+  uint64_t check_generation_ = 0;  // Guarded by resolver_mu_; Verify adds 1.
   std::atomic<bool> checking_{false};
   std::thread resolver_;  // Runs Watch.
   // The latest `Capacity` latencies, the oldest overwritten first.

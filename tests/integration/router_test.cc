@@ -192,7 +192,7 @@ TEST_CASE("How a shard call ended says what it costs its replica", "[router]") {
   // A search's answer, or its own error (every replica would say the same),
   // is its latency.
   for (Code c : {Code::OK, Code::INVALID_ARGUMENT, Code::NOT_FOUND, Code::OUT_OF_RANGE,
-                 Code::FAILED_PRECONDITION, Code::UNIMPLEMENTED}) {
+                 Code::FAILED_PRECONDITION}) {
     CHECK(seen(true, false, c, false) == std::make_pair(Seen::kLatency, kTook));
     // The same from an Embed says nothing.
     CHECK(seen(false, false, c, false) == std::make_pair(Seen::kNothing, int64_t{0}));
@@ -206,7 +206,7 @@ TEST_CASE("How a shard call ended says what it costs its replica", "[router]") {
   // it failed, and as slow as it was if that was slower.
   for (bool timed : {true, false}) {
     for (Code c : {Code::UNAVAILABLE, Code::CANCELLED, Code::INTERNAL, Code::RESOURCE_EXHAUSTED,
-                   Code::UNKNOWN}) {
+                   Code::UNKNOWN, Code::UNIMPLEMENTED}) {
       CHECK(seen(timed, false, c, false) ==
             std::make_pair(Seen::kLatency, ShardClient::kFailedCostNs));
     }
@@ -390,7 +390,7 @@ TEST_CASE("Id queries go through the owning shard, and a shard with no replica i
   text.set_text("a red dress");
   const absl::Status no_model = search(text).status();
   INFO(no_model.ToString());
-  CHECK((absl::IsFailedPrecondition(no_model) || absl::IsUnimplemented(no_model)));
+  CHECK(absl::IsFailedPrecondition(no_model));
   auto info = Await<v1::GetInfoResponse>([&](router::Router::Done<v1::GetInfoResponse> d) {
     r.GetInfo(absl::Now() + absl::Seconds(10), std::move(d));
   });
@@ -439,6 +439,74 @@ class BrokenEmbedReplica final : public v1::ImageSearch::Service {
  private:
   std::unique_ptr<v1::ImageSearch::Stub> real_;
 };
+
+// A replica whose GetInfo says what `info_from` says (switchable), and
+// whose searches the replica at `real` answers.
+class Impostor final : public v1::ImageSearch::Service {
+ public:
+  Impostor(const std::string& real, const std::string& other)
+      : real_(Stub(real)), other_(Stub(other)) {}
+  std::atomic<bool> as_other{false};
+  grpc::Status GetInfo(grpc::ServerContext*, const v1::GetInfoRequest* q,
+                       v1::GetInfoResponse* out) override {
+    grpc::ClientContext c;
+    return (as_other ? other_ : real_)->GetInfo(&c, *q, out);
+  }
+  grpc::Status Search(grpc::ServerContext*, const v1::SearchRequest* q,
+                      v1::SearchResponse* out) override {
+    grpc::ClientContext c;
+    return real_->Search(&c, *q, out);
+  }
+
+ private:
+  static std::unique_ptr<v1::ImageSearch::Stub> Stub(const std::string& address) {
+    return v1::ImageSearch::NewStub(
+        grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  }
+  std::unique_ptr<v1::ImageSearch::Stub> real_, other_;
+};
+
+TEST_CASE("A replica that turns out to serve another shard is rechecked out, and back in",
+          "[router]") {
+  Cluster c;
+  Impostor impostor(c.replicas[0][0]->address(), c.replicas[1][0]->address());
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&impostor);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  REQUIRE(port > 0);
+  router::RouterOptions o = c.Options(-absl::InfiniteDuration());
+  o.shard_targets[0] = absl::StrCat("127.0.0.1:", port);
+  o.shard.recheck_every = absl::Milliseconds(100);
+  router::Router r(o);
+  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+  auto search = [&] {
+    return Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
+      r.Search(Query(4, true), absl::Now() + absl::Seconds(10), std::move(d));
+    });
+  };
+  REQUIRE(search().ok());
+  // Its GetInfo now says shard 1: within a few rechecks it gets no calls.
+  impostor.as_other = true;
+  absl::Status s;
+  for (int i = 0; i < 100 && s.ok(); ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+    s = search().status();
+  }
+  INFO(s.ToString());
+  CHECK(absl::IsUnavailable(s));
+  CHECK(absl::StrContains(s.message(), "serves shard 1 of 2, not shard 0 of 2"));
+  // And back.
+  impostor.as_other = false;
+  bool back = false;
+  for (int i = 0; i < 100 && !back; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+    back = search().ok();
+  }
+  CHECK(back);
+  server->Shutdown();
+}
 
 TEST_CASE("Every replica of a shard is checked, and a broken answer is an error, not a crash",
           "[router]") {
@@ -557,12 +625,9 @@ TEST_CASE("A hung shard: allow_partial answers before the deadline, a query erro
   for (auto& p : c.replicas[1]) ::kill(p->pid(), SIGSTOP);
   v1::SearchRequest partial = Query(2, true);
   partial.set_allow_partial(true);
-  const absl::Time t0 = absl::Now();
   auto part = search(partial, absl::Seconds(2));
-  const absl::Duration took = absl::Now() - t0;
   INFO(part.status().ToString());
-  REQUIRE(part.ok());
-  CHECK(took < absl::Seconds(2));
+  REQUIRE(part.ok());  // Not DEADLINE_EXCEEDED: shard 1 was given up at 9/10 of the time.
   REQUIRE(part->missing_shards_size() == 1);
   CHECK(part->missing_shards(0) == 1);
   CHECK(part->hits_size() == 10);
