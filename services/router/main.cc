@@ -184,8 +184,11 @@ class RouterService {
       void (Async::*request)(grpc::ServerContext*, Request*,
                              grpc::ServerAsyncResponseWriter<Response>*, grpc::CompletionQueue*,
                              grpc::ServerCompletionQueue*, void*),
-      std::function<void(const Request&, absl::Time, Router::Done<Response>)> answer) {
+      std::function<void(const Request&, absl::Time, Router::Cancelled, Router::Done<Response>)>
+          answer,
+      bool watch_cancellation = false) {
     Method<Request, Response> m;
+    m.watch_cancellation = watch_cancellation;
     m.request = [this, request](grpc::ServerContext* c, Request* q,
                                 grpc::ServerAsyncResponseWriter<Response>* w,
                                 grpc::ServerCompletionQueue* queue,
@@ -193,7 +196,8 @@ class RouterService {
     m.answer = [this, name, answer = std::move(answer)](const rpc::CallInfo& c, const Request& q,
                                                         Router::Done<Response> done) {
       if (absl::Status s = gate_.AuthenticateGrpc(c.context(), name); !s.ok()) return done(s);
-      answer(q, Deadline(c.context()), Tracked<Response>(metrics_, "grpc", name, std::move(done)));
+      answer(q, Deadline(c.context()), c.Cancelled(),
+             Tracked<Response>(metrics_, "grpc", name, std::move(done)));
     };
     return m;
   }
@@ -205,35 +209,39 @@ class RouterService {
   const Method<v1::SearchRequest, v1::SearchResponse> search_ =
       Make<v1::SearchRequest, v1::SearchResponse>(
           "Search", &Async::RequestSearch,
-          [this](const v1::SearchRequest& q, absl::Time deadline,
+          [this](const v1::SearchRequest& q, absl::Time deadline, Router::Cancelled cancelled,
                  Router::Done<v1::SearchResponse> done) {
-            router_->Search(q, deadline, std::move(done));
-          });
+            router_->Search(q, deadline, std::move(done), std::move(cancelled));
+          },
+          // A client that left: its image is not embedded, nor its shards
+          // asked, hedged or retried (Router::Cancelled).
+          /*watch_cancellation=*/true);
   const Method<v1::SearchBatchRequest, v1::SearchBatchResponse> search_batch_ =
       Make<v1::SearchBatchRequest, v1::SearchBatchResponse>(
           "SearchBatch", &Async::RequestSearchBatch,
-          [this](const v1::SearchBatchRequest& q, absl::Time deadline,
+          [this](const v1::SearchBatchRequest& q, absl::Time deadline, Router::Cancelled,
                  Router::Done<v1::SearchBatchResponse> done) {
             router_->SearchBatch(q, deadline, std::move(done));
           });
   const Method<v1::EmbedRequest, v1::EmbedResponse> embed_ =
       Make<v1::EmbedRequest, v1::EmbedResponse>(
           "Embed", &Async::RequestEmbed,
-          [this](const v1::EmbedRequest& q, absl::Time deadline,
+          [this](const v1::EmbedRequest& q, absl::Time deadline, Router::Cancelled cancelled,
                  Router::Done<v1::EmbedResponse> done) {
-            router_->Embed(q, deadline, std::move(done));
-          });
+            router_->Embed(q, deadline, std::move(done), std::move(cancelled));
+          },
+          /*watch_cancellation=*/true);
   const Method<v1::GetInfoRequest, v1::GetInfoResponse> get_info_ =
       Make<v1::GetInfoRequest, v1::GetInfoResponse>(
           "GetInfo", &Async::RequestGetInfo,
-          [this](const v1::GetInfoRequest&, absl::Time deadline,
+          [this](const v1::GetInfoRequest&, absl::Time deadline, Router::Cancelled,
                  Router::Done<v1::GetInfoResponse> done) {
             router_->GetInfo(deadline, std::move(done));
           });
   const Method<v1::GetThumbnailRequest, v1::GetThumbnailResponse> thumbnail_ =
       Make<v1::GetThumbnailRequest, v1::GetThumbnailResponse>(
           "Thumbnail", &Async::RequestGetThumbnail,
-          [this](const v1::GetThumbnailRequest& q, absl::Time deadline,
+          [this](const v1::GetThumbnailRequest& q, absl::Time deadline, Router::Cancelled,
                  Router::Done<v1::GetThumbnailResponse> done) {
             router_->GetThumbnail(q.id(), deadline, std::move(done));
           });
@@ -249,8 +257,8 @@ class RouterHttpBackend final : public HttpBackend {
   bool Serving() const override { return serving_; }
   void Search(v1::SearchRequest request, const serving::CallContext& context,
               Done<v1::SearchResponse> done) override {
-    router_->Search(request, context.deadline,
-                    Tracked(metrics_, "http", "Search", std::move(done)));
+    router_->Search(request, context.deadline, Tracked(metrics_, "http", "Search", std::move(done)),
+                    context.cancelled);
   }
   void GetInfo(const serving::CallContext& context, Done<v1::GetInfoResponse> done) override {
     router_->GetInfo(context.deadline, Tracked(metrics_, "http", "GetInfo", std::move(done)));

@@ -110,16 +110,17 @@ void Router::CancelAll() {
 uint32_t Router::NextShard() { return rotate_.fetch_add(1) % shard_count(); }
 
 void Router::ShardSearch(uint32_t shard, std::shared_ptr<const v1::SearchRequest> request,
-                         absl::Time deadline, Done<ShardClient::Answer<v1::SearchResponse>> done) {
+                         absl::Time deadline, Cancelled cancelled,
+                         Done<ShardClient::Answer<v1::SearchResponse>> done) {
   ShardClient* s = shards_[shard].get();
   s->Call<v1::SearchRequest, v1::SearchResponse>(
       [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::SearchRequest& q,
          grpc::CompletionQueue* queue) { return stub->PrepareAsyncSearch(c, q, queue); },
-      std::move(request), deadline, std::move(done));
+      std::move(request), deadline, std::move(done), std::move(cancelled));
 }
 
 void Router::ShardEmbed(uint32_t shard, const v1::EmbedRequest& request, absl::Time deadline,
-                        Done<v1::EmbedResponse> done) {
+                        Done<v1::EmbedResponse> done, Cancelled cancelled) {
   ShardClient* s = shards_[shard].get();
   // An answer is used only with a vector for every input, each of the
   // collection's dimension: a replica that says otherwise is broken, and
@@ -149,7 +150,8 @@ void Router::ShardEmbed(uint32_t shard, const v1::EmbedRequest& request, absl::T
   s->Call<v1::EmbedRequest, v1::EmbedResponse>(
       [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::EmbedRequest& q,
          grpc::CompletionQueue* queue) { return stub->PrepareAsyncEmbed(c, q, queue); },
-      std::make_shared<const v1::EmbedRequest>(request), deadline, Copied(std::move(checked)));
+      std::make_shared<const v1::EmbedRequest>(request), deadline, Copied(std::move(checked)),
+      std::move(cancelled));
 }
 
 void Router::GetThumbnail(const std::string& id, absl::Time deadline,
@@ -276,7 +278,9 @@ absl::Status Router::Discover(absl::Time deadline) {
 }
 
 void Router::Search(const v1::SearchRequest& request, absl::Time deadline,
-                    Done<v1::SearchResponse> done) {
+                    Done<v1::SearchResponse> done, Cancelled cancelled) {
+  // After the model (or the id's lookup), before the shards are asked.
+  const auto gone = [cancelled] { return cancelled && cancelled(); };
   const uint32_t top_k = request.top_k() == 0 ? kDefaultTopK : request.top_k();
   if (top_k > kMaxTopK) {
     return done(absl::InvalidArgumentError(
@@ -284,44 +288,51 @@ void Router::Search(const v1::SearchRequest& request, absl::Time deadline,
   }
   switch (request.query_case()) {
     case v1::SearchRequest::kVector:
-      return FanOut(request, top_k, std::nullopt, nullptr, deadline, std::move(done));
+      return FanOut(request, top_k, std::nullopt, nullptr, deadline, std::move(cancelled),
+                    std::move(done));
     case v1::SearchRequest::kId: {
       // The id's stored vector, from the one shard that can hold it.
       const uint32_t owner = snapshot::ShardOf(request.id(), shard_count());
       v1::EmbedRequest embed;
       embed.add_inputs()->set_id(request.id());
-      ShardEmbed(owner, embed, deadline,
-                 [this, request = request, owner, top_k, deadline,
-                  done = std::move(done)](absl::StatusOr<v1::EmbedResponse> e) mutable {
-                   if (!e.ok()) {
-                     const absl::Status& s = e.status();
-                     if (s.code() == absl::StatusCode::kDeadlineExceeded) {
-                       return done(absl::DeadlineExceededError(absl::StrCat(
-                           "the deadline passed before ", ShardName(*shards_[owner], shard_count()),
-                           ", which holds id '", request.id().substr(0, 64), "', answered")));
-                     }
-                     // The router's own check of the answer names the shard already.
-                     if (s.code() == absl::StatusCode::kInternal &&
-                         absl::StartsWith(s.message(), "shard ")) {
-                       return done(s);
-                     }
-                     if (!IsRequestError(s.code())) {
-                       return done(absl::UnavailableError(absl::StrCat(
-                           ShardName(*shards_[owner], shard_count()), ", which holds id '",
-                           request.id().substr(0, 64), "', is not answering: ", s.message())));
-                     }
-                     // As a replica says it ("id 'x' is not in snapshot v3"), without
-                     // the "inputs[0]: " of the Embed call it came from.
-                     absl::string_view message = s.message();
-                     absl::ConsumePrefix(&message, "inputs[0]: ");
-                     return done(absl::Status(s.code(), message));
-                   }
-                   request.set_top_k(top_k);
-                   auto as_is = std::make_shared<const v1::SearchRequest>(request);
-                   *request.mutable_vector() = std::move(*e->mutable_embeddings(0));
-                   FanOut(std::move(request), top_k, owner, std::move(as_is), deadline,
-                          std::move(done));
-                 });
+      ShardEmbed(
+          owner, embed, deadline,
+          [this, request = request, owner, top_k, deadline, cancelled, gone,
+           done = std::move(done)](absl::StatusOr<v1::EmbedResponse> e) mutable {
+            if (e.ok() && gone()) {
+              return done(
+                  absl::CancelledError("client cancelled the call before the shards were asked"));
+            }
+            if (!e.ok()) {
+              const absl::Status& s = e.status();
+              if (s.code() == absl::StatusCode::kDeadlineExceeded) {
+                return done(absl::DeadlineExceededError(absl::StrCat(
+                    "the deadline passed before ", ShardName(*shards_[owner], shard_count()),
+                    ", which holds id '", request.id().substr(0, 64), "', answered")));
+              }
+              // The router's own check of the answer names the shard already.
+              if (s.code() == absl::StatusCode::kInternal &&
+                  absl::StartsWith(s.message(), "shard ")) {
+                return done(s);
+              }
+              if (!IsRequestError(s.code())) {
+                return done(absl::UnavailableError(absl::StrCat(
+                    ShardName(*shards_[owner], shard_count()), ", which holds id '",
+                    request.id().substr(0, 64), "', is not answering: ", s.message())));
+              }
+              // As a replica says it ("id 'x' is not in snapshot v3"), without
+              // the "inputs[0]: " of the Embed call it came from.
+              absl::string_view message = s.message();
+              absl::ConsumePrefix(&message, "inputs[0]: ");
+              return done(absl::Status(s.code(), message));
+            }
+            request.set_top_k(top_k);
+            auto as_is = std::make_shared<const v1::SearchRequest>(request);
+            *request.mutable_vector() = std::move(*e->mutable_embeddings(0));
+            FanOut(std::move(request), top_k, owner, std::move(as_is), deadline,
+                   std::move(cancelled), std::move(done));
+          },
+          cancelled);
       return;
     }
     case v1::SearchRequest::kImage:
@@ -332,13 +343,17 @@ void Router::Search(const v1::SearchRequest& request, absl::Time deadline,
       } else {
         embed.add_inputs()->set_text(request.text());
       }
-      EmbedModelInputs(embed, /*from_search=*/true, deadline,
-                       [this, request = request, top_k, deadline,
+      EmbedModelInputs(embed, /*from_search=*/true, deadline, cancelled,
+                       [this, request = request, top_k, deadline, cancelled, gone,
                         done = std::move(done)](absl::StatusOr<v1::EmbedResponse> e) mutable {
                          if (!e.ok()) return done(e.status());
+                         if (gone()) {
+                           return done(absl::CancelledError(
+                               "client cancelled the call before the shards were asked"));
+                         }
                          *request.mutable_vector() = e->embeddings(0);
                          FanOut(std::move(request), top_k, std::nullopt, nullptr, deadline,
-                                std::move(done));
+                                std::move(cancelled), std::move(done));
                        });
       return;
     }
@@ -349,10 +364,11 @@ void Router::Search(const v1::SearchRequest& request, absl::Time deadline,
 }
 
 void Router::EmbedModelInputs(const v1::EmbedRequest& request, bool from_search,
-                              absl::Time deadline, Done<v1::EmbedResponse> done) {
+                              absl::Time deadline, Cancelled cancelled,
+                              Done<v1::EmbedResponse> done) {
   if (embedder_ == nullptr) {
     return EmbedOnShards(std::make_shared<const v1::EmbedRequest>(request), NextShard(),
-                         shard_count(), deadline, std::move(done));
+                         shard_count(), deadline, std::move(cancelled), std::move(done));
   }
   // A replica's checks (libs/serving/query_core.cc), before any decoding.
   // The item count was checked by the caller (Embed; a Search has one).
@@ -380,6 +396,7 @@ void Router::EmbedModelInputs(const v1::EmbedRequest& request, bool from_search,
   serving::CallContext context;
   context.front = "router";
   context.deadline = deadline;
+  context.cancelled = std::move(cancelled);
   embedder_->Embed(std::move(items), context,
                    [this, done = std::move(done)](absl::StatusOr<serving::Embedder::Vectors> v) {
                      if (!v.ok()) return done(v.status());
@@ -393,25 +410,28 @@ void Router::EmbedModelInputs(const v1::EmbedRequest& request, bool from_search,
 }
 
 void Router::EmbedOnShards(std::shared_ptr<const v1::EmbedRequest> request, uint32_t shard,
-                           uint32_t tries, absl::Time deadline, Done<v1::EmbedResponse> done) {
-  ShardEmbed(shard, *request, deadline,
-             [this, request, shard, tries, deadline,
-              done = std::move(done)](absl::StatusOr<v1::EmbedResponse> e) mutable {
-               // Every shard's replicas hold the model: a shard that cannot
-               // answer passes the inputs on to the next.
-               if (e.ok() || tries <= 1 || IsRequestError(e.status().code()) ||
-                   e.status().code() == absl::StatusCode::kDeadlineExceeded ||
-                   absl::Now() >= deadline) {
-                 return done(std::move(e));
-               }
-               EmbedOnShards(std::move(request), (shard + 1) % shard_count(), tries - 1, deadline,
-                             std::move(done));
-             });
+                           uint32_t tries, absl::Time deadline, Cancelled cancelled,
+                           Done<v1::EmbedResponse> done) {
+  ShardEmbed(
+      shard, *request, deadline,
+      [this, request, shard, tries, deadline, cancelled,
+       done = std::move(done)](absl::StatusOr<v1::EmbedResponse> e) mutable {
+        // Every shard's replicas hold the model: a shard that cannot answer
+        // passes the inputs on to the next.
+        if (e.ok() || tries <= 1 || IsRequestError(e.status().code()) ||
+            e.status().code() == absl::StatusCode::kDeadlineExceeded || absl::Now() >= deadline ||
+            (cancelled && cancelled())) {
+          return done(std::move(e));
+        }
+        EmbedOnShards(std::move(request), (shard + 1) % shard_count(), tries - 1, deadline,
+                      std::move(cancelled), std::move(done));
+      },
+      cancelled);
 }
 
 void Router::FanOut(v1::SearchRequest request, uint32_t top_k, std::optional<uint32_t> owner,
                     std::shared_ptr<const v1::SearchRequest> owner_request, absl::Time deadline,
-                    Done<v1::SearchResponse> done) {
+                    Cancelled cancelled, Done<v1::SearchResponse> done) {
   request.set_top_k(top_k);
   request.set_include_self(false);
   const bool allow_partial = request.allow_partial();
@@ -426,9 +446,9 @@ void Router::FanOut(v1::SearchRequest request, uint32_t top_k, std::optional<uin
   using Answer = ShardClient::Answer<v1::SearchResponse>;
   GatherAll<Answer>(
       shards_.size(),
-      [this, shared, owner, owner_request, shard_deadline](size_t i, Done<Answer> d) {
+      [this, shared, owner, owner_request, shard_deadline, cancelled](size_t i, Done<Answer> d) {
         ShardSearch(static_cast<uint32_t>(i), owner == i ? owner_request : shared, shard_deadline,
-                    std::move(d));
+                    cancelled, std::move(d));
       },
       [this, top_k, allow_partial, dedup, deadline,
        done = std::move(done)](std::vector<absl::StatusOr<Answer>> results) {
@@ -599,7 +619,7 @@ void Router::SearchBatch(const v1::SearchBatchRequest& request, absl::Time deadl
 }
 
 void Router::Embed(const v1::EmbedRequest& request, absl::Time deadline,
-                   Done<v1::EmbedResponse> done) {
+                   Done<v1::EmbedResponse> done, Cancelled cancelled) {
   // Each id from its own shard; images and texts together from one shard.
   struct Part {
     uint32_t shard;
@@ -631,10 +651,12 @@ void Router::Embed(const v1::EmbedRequest& request, absl::Time deadline,
   const int n = request.inputs_size();
   GatherAll<v1::EmbedResponse>(
       parts->size(),
-      [this, parts, deadline](size_t k, Done<v1::EmbedResponse> d) {
+      [this, parts, deadline, cancelled](size_t k, Done<v1::EmbedResponse> d) {
         const Part& part = (*parts)[k];
-        if (part.model) return EmbedModelInputs(part.request, false, deadline, std::move(d));
-        ShardEmbed(part.shard, part.request, deadline, std::move(d));
+        if (part.model) {
+          return EmbedModelInputs(part.request, false, deadline, cancelled, std::move(d));
+        }
+        ShardEmbed(part.shard, part.request, deadline, std::move(d), cancelled);
       },
       [parts, n, done = std::move(done)](std::vector<absl::StatusOr<v1::EmbedResponse>> results) {
         v1::EmbedResponse out;

@@ -55,6 +55,10 @@ class Router {
  public:
   template <typename T>
   using Done = std::function<void(absl::StatusOr<T>)>;
+  // Whether the caller has gone (rpc::CallInfo::Cancelled, the HTTP front's
+  // CallContext::cancelled); empty: never. A query whose caller left sends
+  // no shard call after the model step, no hedge and no retry.
+  using Cancelled = std::function<bool()>;
 
   explicit Router(const RouterOptions& options);
 
@@ -73,10 +77,12 @@ class Router {
   uint32_t shard_count() const { return static_cast<uint32_t>(shards_.size()); }
   const ShardClient& shard(uint32_t i) const { return *shards_[i]; }
 
-  void Search(const v1::SearchRequest& request, absl::Time deadline, Done<v1::SearchResponse> done);
+  void Search(const v1::SearchRequest& request, absl::Time deadline, Done<v1::SearchResponse> done,
+              Cancelled cancelled = {});
   void SearchBatch(const v1::SearchBatchRequest& request, absl::Time deadline,
                    Done<v1::SearchBatchResponse> done);
-  void Embed(const v1::EmbedRequest& request, absl::Time deadline, Done<v1::EmbedResponse> done);
+  void Embed(const v1::EmbedRequest& request, absl::Time deadline, Done<v1::EmbedResponse> done,
+             Cancelled cancelled = {});
   void GetInfo(absl::Time deadline, Done<v1::GetInfoResponse> done);
   // From the shard that owns `id` (its error, e.g. NOT_FOUND, as it says it).
   void GetThumbnail(const std::string& id, absl::Time deadline,
@@ -97,7 +103,7 @@ class Router {
   // an unsharded replica does), and as the id's vector to the others.
   void FanOut(v1::SearchRequest request, uint32_t top_k, std::optional<uint32_t> owner,
               std::shared_ptr<const v1::SearchRequest> owner_request, absl::Time deadline,
-              Done<v1::SearchResponse> done);
+              Cancelled cancelled, Done<v1::SearchResponse> done);
   // Drops hits (sorted, best first) that are near-duplicates of better hits
   // from other shards; then `finish` with at most top_k of the rest.
   void CollapseAcrossShards(std::vector<v1::Hit> hits, float dedup, uint32_t top_k,
@@ -105,21 +111,23 @@ class Router {
                             std::function<void(std::vector<v1::Hit>)> finish);
   // The shard's answer, held on its call's arena (ShardClient::Answer).
   void ShardSearch(uint32_t shard, std::shared_ptr<const v1::SearchRequest> request,
-                   absl::Time deadline, Done<ShardClient::Answer<v1::SearchResponse>> done);
+                   absl::Time deadline, Cancelled cancelled,
+                   Done<ShardClient::Answer<v1::SearchResponse>> done);
   void ShardEmbed(uint32_t shard, const v1::EmbedRequest& request, absl::Time deadline,
-                  Done<v1::EmbedResponse> done);
+                  Done<v1::EmbedResponse> done, Cancelled cancelled = {});
   void ShardInfo(uint32_t shard, absl::Time deadline, Done<v1::GetInfoResponse> done);
   uint32_t NextShard();  // Rotates image and text embedding over the shards.
   // Image and text inputs embedded by `shard`'s replicas, or where they do
   // not answer, by the next shard's, `tries` shards in all.
   void EmbedOnShards(std::shared_ptr<const v1::EmbedRequest> request, uint32_t shard,
-                     uint32_t tries, absl::Time deadline, Done<v1::EmbedResponse> done);
+                     uint32_t tries, absl::Time deadline, Cancelled cancelled,
+                     Done<v1::EmbedResponse> done);
   // Image and text inputs of `request` (no ids): by the router's embedder
   // if it has one (checked as a replica checks them; errors name "query
   // image"/"query text" for a Search, "inputs[i]" for an Embed), else by
   // one shard.
   void EmbedModelInputs(const v1::EmbedRequest& request, bool from_search, absl::Time deadline,
-                        Done<v1::EmbedResponse> done);
+                        Cancelled cancelled, Done<v1::EmbedResponse> done);
 
   std::vector<std::unique_ptr<ShardClient>> shards_;
   std::string collection_;

@@ -282,9 +282,12 @@ class ShardClient {
   // Sends `request` with `start` and calls `done` once with the answer or
   // the last error, on a thread of the client's queues. The request is
   // shared, not copied: a query fanned out to every shard is one message.
+  // `cancelled` (may be empty): whether the caller has gone; then no hedge
+  // or retry is sent.
   template <typename Request, typename Response>
   void Call(Start<Request, Response> start, std::shared_ptr<const Request> request,
-            absl::Time deadline, std::function<void(absl::StatusOr<Answer<Response>>)> done);
+            absl::Time deadline, std::function<void(absl::StatusOr<Answer<Response>>)> done,
+            std::function<bool()> cancelled = {});
 
  private:
   template <typename Request, typename Response>
@@ -405,13 +408,14 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
 
   // User-provided, so that make_shared leaves the block uninitialised.
   HedgedCall(ShardClient* shard, Start start, std::shared_ptr<const Request> request,
-             absl::Time deadline, Done done)
+             absl::Time deadline, Done done, std::function<bool()> cancelled)
       : arena_(arena_block_, sizeof(arena_block_)),
         shard_(shard),
         start_(std::move(start)),
         request_(std::move(request)),
         deadline_(deadline),
         done_(std::move(done)),
+        cancelled_(std::move(cancelled)),
         replicas_(shard->replicas()),
         retries_left_(shard->options_.retries) {
     shard_->CallBegins();
@@ -509,7 +513,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     Attempt* a = nullptr;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (finished_ || outstanding_ == 0) return;
+      if (finished_ || outstanding_ == 0 || Gone()) return;
       a = NewAttemptLocked(/*hedge=*/true, /*repeat=*/false);
       if (a == nullptr) return;  // No other replica to ask.
     }
@@ -580,7 +584,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
       return;
     }
     if (Retryable(s) && !a->refused && retries_left_ > 0 &&
-        absl::Now() + absl::Milliseconds(1) < deadline_) {
+        absl::Now() + absl::Milliseconds(1) < deadline_ && !Gone()) {
       Attempt* retry = NewAttemptLocked(a->hedge, /*repeat=*/true);
       if (retry == nullptr) return Fail(std::move(lock), s, timer);
       --retries_left_;
@@ -616,6 +620,8 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
   const std::shared_ptr<const Request> request_;
   const absl::Time deadline_;
   const Done done_;
+  const std::function<bool()> cancelled_;  // May be empty.
+  bool Gone() const { return cancelled_ && cancelled_(); }
   const std::shared_ptr<const ShardClient::Replicas> replicas_;  // Kept for the call.
   std::mutex mu_;
   std::vector<std::unique_ptr<Attempt>> attempts_;
@@ -630,7 +636,8 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
 template <typename Request, typename Response>
 void ShardClient::Call(Start<Request, Response> start, std::shared_ptr<const Request> request,
                        absl::Time deadline,
-                       std::function<void(absl::StatusOr<Answer<Response>>)> done) {
+                       std::function<void(absl::StatusOr<Answer<Response>>)> done,
+                       std::function<bool()> cancelled) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.calls;
@@ -646,7 +653,8 @@ void ShardClient::Call(Start<Request, Response> start, std::shared_ptr<const Req
           options_.observer->OnCall(index_, r.status().code(), absl::Now() - started);
         }
         done(std::move(r));
-      });
+      },
+      std::move(cancelled));
   call->Run();
 }
 
