@@ -200,30 +200,36 @@ static absl::Status FitsShard(const v1::GetInfoResponse& info, uint32_t i, uint3
   return absl::OkStatus();
 }
 
+ShardClient::Check Router::CheckOf(uint32_t shard) const {
+  return [shard, count = shard_count(), like = *identity_](const v1::GetInfoResponse& info) {
+    return FitsShard(info, shard, count, &like);
+  };
+}
+
 absl::Status Router::Discover(absl::Time deadline) {
   if (shards_.empty()) return absl::InvalidArgumentError("no shards given");
   const uint32_t count = shard_count();
   while (true) {
     // What the collection is: the first replica that answers, if it is a
-    // shard in its place.
+    // shard in its place. The replicas asked for it are judged on what they
+    // said, so Verify below asks only those that did not answer.
     for (uint32_t i = 0; i < count && !identity_.has_value(); ++i) {
       const auto set = shards_[i]->replicas();
       const std::vector<std::shared_ptr<ShardClient::Replica>> replicas(set->begin(), set->end());
       const auto infos = shards_[i]->AskAll(
           replicas, std::min(deadline, absl::Now() + ShardClient::kCheckTimeout));
       for (size_t k = 0; k < replicas.size(); ++k) {
-        ShardClient::Replica& r = *replicas[k];
-        if (!infos[k].ok()) {
-          std::lock_guard<std::mutex> lock(r.why_mu);
-          r.why = absl::StrCat("not answering: ", infos[k].status().message());
-          continue;
-        }
+        if (!infos[k].ok()) continue;
         if (absl::Status fits = FitsShard(*infos[k], i, count, nullptr); !fits.ok()) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              ShardName(*shards_[i], count), ": replica ", r.address, " ", fits.message()));
+          return absl::FailedPreconditionError(absl::StrCat(ShardName(*shards_[i], count),
+                                                            ": replica ", replicas[k]->address, " ",
+                                                            fits.message()));
         }
         if (!identity_.has_value()) identity_ = *infos[k];
       }
+      // Without an identity no replica answered: the check is never called.
+      const ShardClient::Check check = identity_.has_value() ? CheckOf(i) : nullptr;
+      for (size_t k = 0; k < replicas.size(); ++k) shards_[i]->Judge(*replicas[k], infos[k], check);
     }
     if (identity_.has_value()) {
       // Every replica of every shard: one that answers as something else is
@@ -231,11 +237,7 @@ absl::Status Router::Discover(absl::Time deadline) {
       bool all = true;
       for (uint32_t i = 0; i < count; ++i) {
         ShardClient& shard = *shards_[i];
-        shard.Verify(
-            [i, count, like = *identity_](const v1::GetInfoResponse& info) {
-              return FitsShard(info, i, count, &like);
-            },
-            deadline);
+        shard.Verify(CheckOf(i), deadline);
         for (const auto& r : *shard.replicas()) {
           if (r->state.load() == ShardClient::Replica::State::kWrong) {
             return absl::FailedPreconditionError(

@@ -117,6 +117,9 @@ class Router {
                   Done<v1::EmbedResponse> done, Cancelled cancelled = {});
   void ShardInfo(uint32_t shard, absl::Time deadline, Done<v1::GetInfoResponse> done);
   uint32_t NextShard();  // Rotates image and text embedding over the shards.
+  // What a replica of `shard` must answer to GetInfo (FitsShard against
+  // identity_). REQUIRES: identity_.
+  ShardClient::Check CheckOf(uint32_t shard) const;
   // Image and text inputs embedded by `shard`'s replicas, or where they do
   // not answer, by the next shard's, `tries` shards in all.
   void EmbedOnShards(std::shared_ptr<const v1::EmbedRequest> request, uint32_t shard,

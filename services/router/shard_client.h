@@ -237,8 +237,8 @@ class ShardClient {
   // Whether a replica's GetInfo shows that it serves this shard: OK, or an
   // error that says what it serves instead.
   using Check = std::function<absl::Status(const v1::GetInfoResponse&)>;
-  // Asks every replica not yet known to be good (a GetInfo each, one at a
-  // time, each until `deadline` at most), and from then on sends calls only
+  // Asks every replica not yet known to be good (a GetInfo each, all at
+  // once, until `deadline` at most), and from then on sends calls only
   // to replicas whose answer passed `check`. Replicas found later (DNS),
   // those that did not answer, and every replica again every
   // options.recheck_every (one restarted at its address may serve something
@@ -259,6 +259,9 @@ class ShardClient {
     return !checking_.load(std::memory_order_acquire) ||
            r.state.load(std::memory_order_acquire) == Replica::State::kGood;
   }
+  // A replica's state and why, from its GetInfo (or the error) and `check`
+  // (called only for an answer).
+  void Judge(Replica& r, const absl::StatusOr<v1::GetInfoResponse>& info, const Check& check) const;
   // Each replica's GetInfo, asked all at once and waited for until
   // `deadline`, in order.
   std::vector<absl::StatusOr<v1::GetInfoResponse>> AskAll(
@@ -310,8 +313,6 @@ class ShardClient {
   // tried; kNone where none is usable (all failed their check).
   size_t Pick(const Replicas& set, const std::vector<size_t>& tried, bool repeat = true);
   static constexpr size_t kNone = static_cast<size_t>(-1);
-  // A replica's state and why, from its GetInfo (or the error) and `check`.
-  void Judge(Replica& r, const absl::StatusOr<v1::GetInfoResponse>& info, const Check& check) const;
   // AskAll, then Judge each.
   void CheckAll(const std::vector<std::shared_ptr<Replica>>& replicas, const Check& check,
                 absl::Time deadline);

@@ -430,38 +430,24 @@ TEST_CASE("Id queries go through the owning shard, and a shard with no replica i
   CHECK(part->hits_size() == 10);
 }
 
-// A replica that passes for the one at `real` (GetInfo and Search go to it)
-// but answers every Embed with no vectors at all.
-class BrokenEmbedReplica final : public v1::ImageSearch::Service {
+// A replica in front of the real one at `real`: its searches are the real
+// one's; its GetInfo is the real one's, or `other`'s while as_other; and
+// with broken_embed it answers every Embed OK with no vectors at all. It
+// serves on a loopback port of its own (port()).
+class FakeReplica final : public v1::ImageSearch::Service {
  public:
-  explicit BrokenEmbedReplica(const std::string& real)
-      : real_(v1::ImageSearch::NewStub(
-            grpc::CreateChannel(real, grpc::InsecureChannelCredentials()))) {}
-  grpc::Status GetInfo(grpc::ServerContext*, const v1::GetInfoRequest* q,
-                       v1::GetInfoResponse* out) override {
-    grpc::ClientContext c;
-    return real_->GetInfo(&c, *q, out);
+  FakeReplica(const std::string& real, const std::string& other)
+      : real_(Stub(real)), other_(Stub(other)) {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(this);
+    server_ = builder.BuildAndStart();
   }
-  grpc::Status Search(grpc::ServerContext*, const v1::SearchRequest* q,
-                      v1::SearchResponse* out) override {
-    grpc::ClientContext c;
-    return real_->Search(&c, *q, out);
-  }
-  grpc::Status Embed(grpc::ServerContext*, const v1::EmbedRequest*, v1::EmbedResponse*) override {
-    return grpc::Status::OK;
-  }
-
- private:
-  std::unique_ptr<v1::ImageSearch::Stub> real_;
-};
-
-// A replica whose GetInfo says what `info_from` says (switchable), and
-// whose searches the replica at `real` answers.
-class Impostor final : public v1::ImageSearch::Service {
- public:
-  Impostor(const std::string& real, const std::string& other)
-      : real_(Stub(real)), other_(Stub(other)) {}
+  ~FakeReplica() override { server_->Shutdown(); }
+  int port() const { return port_; }
   std::atomic<bool> as_other{false};
+  std::atomic<bool> broken_embed{false};
+
   grpc::Status GetInfo(grpc::ServerContext*, const v1::GetInfoRequest* q,
                        v1::GetInfoResponse* out) override {
     grpc::ClientContext c;
@@ -472,6 +458,12 @@ class Impostor final : public v1::ImageSearch::Service {
     grpc::ClientContext c;
     return real_->Search(&c, *q, out);
   }
+  grpc::Status Embed(grpc::ServerContext*, const v1::EmbedRequest* q,
+                     v1::EmbedResponse* out) override {
+    if (broken_embed) return grpc::Status::OK;
+    grpc::ClientContext c;
+    return real_->Embed(&c, *q, out);
+  }
 
  private:
   static std::unique_ptr<v1::ImageSearch::Stub> Stub(const std::string& address) {
@@ -479,20 +471,17 @@ class Impostor final : public v1::ImageSearch::Service {
         grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   }
   std::unique_ptr<v1::ImageSearch::Stub> real_, other_;
+  int port_ = 0;
+  std::unique_ptr<grpc::Server> server_;
 };
 
 TEST_CASE("A replica that turns out to serve another shard is rechecked out, and back in",
           "[router]") {
   Cluster c;
-  Impostor impostor(c.replicas[0][0]->address(), c.replicas[1][0]->address());
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&impostor);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  REQUIRE(port > 0);
+  FakeReplica impostor(c.replicas[0][0]->address(), c.replicas[1][0]->address());
+  REQUIRE(impostor.port() > 0);
   router::RouterOptions o = c.Options(-absl::InfiniteDuration());
-  o.shard_targets[0] = absl::StrCat("127.0.0.1:", port);
+  o.shard_targets[0] = absl::StrCat("127.0.0.1:", impostor.port());
   o.shard.recheck_every = absl::Milliseconds(100);
   router::Router r(o);
   REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
@@ -520,14 +509,13 @@ TEST_CASE("A replica that turns out to serve another shard is rechecked out, and
     back = search().ok();
   }
   CHECK(back);
-  server->Shutdown();
 }
 
 TEST_CASE("Every replica of a shard is checked, and a broken answer is an error, not a crash",
           "[router]") {
   Cluster c;
   // A replica of shard 1 listed among shard 0's: refused at start, naming
-  // it, however the calls fall (once only one replica a shard was asked).
+  // it, whichever replica the calls would have gone to.
   for (int attempt = 0; attempt < 4; ++attempt) {
     router::RouterOptions mixed = c.Options(-absl::InfiniteDuration());
     const std::string stray = c.replicas[1][0]->address();
@@ -582,13 +570,10 @@ TEST_CASE("Every replica of a shard is checked, and a broken answer is an error,
 
   // A replica whose Embed answers carry no vectors: an id query through it
   // fails with an error naming its shard; the router goes on serving.
-  BrokenEmbedReplica broken(c.replicas[0][0]->address());
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&broken);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  REQUIRE(port > 0);
+  FakeReplica broken(c.replicas[0][0]->address(), c.replicas[0][0]->address());
+  broken.broken_embed = true;
+  REQUIRE(broken.port() > 0);
+  const int port = broken.port();
   router::RouterOptions o = c.Options(-absl::InfiniteDuration());
   o.shard_targets[0] = absl::StrCat("127.0.0.1:", port);
   router::Router r(o);
@@ -611,7 +596,6 @@ TEST_CASE("Every replica of a shard is checked, and a broken answer is an error,
     r.Search(Query(3, true), absl::Now() + absl::Seconds(10), std::move(d));
   });
   CHECK(fine.ok());
-  server->Shutdown();
 }
 
 // SIGSTOP, and waits until every thread of `pid` has stopped: kill()
