@@ -169,6 +169,37 @@ TEST_CASE("A delete-only update writes only the deletes, and unchanged deletes a
   for (const SegmentRef& ref : v3->segments()) CHECK_FALSE(ref.opened_here);
 }
 
+TEST_CASE("An update that changes no row is skipped when asked, and published when not") {
+  const std::string root = TempRoot();
+  SyntheticCorpus base = Rows(50, "a", 0, 5);
+  REQUIRE(PublishSnapshot(root, base.WithGraph()).ok());
+  SnapshotUpdate gone;
+  gone.delete_ids = {"nope", "zz"};
+  gone.skip_if_unchanged = true;
+  auto skipped = PublishUpdate(root, gone);
+  REQUIRE(skipped.ok());
+  CHECK_FALSE(skipped->published);
+  CHECK(skipped->version == 1);
+  CHECK(skipped->unknown_ids == 2);
+  CHECK(*ReadCurrentVersion(root) == 1);
+  CHECK_FALSE(Snapshot::Open(root, 2, VerifyMode::kSizes).ok());
+  // One live id among them: a version.
+  gone.delete_ids = {"nope", "a7"};
+  auto changed = PublishUpdate(root, gone);
+  REQUIRE(changed.ok());
+  CHECK(changed->published);
+  CHECK(changed->version == 2);
+  CHECK(changed->deleted == 1);
+  // Without the flag, an update that changes nothing is still a version, as
+  // the indexer and the snapshot tool ask.
+  SnapshotUpdate plain;
+  plain.delete_ids = {"a7"};  // Already deleted in v2.
+  auto published = PublishUpdate(root, plain);
+  REQUIRE(published.ok());
+  CHECK(published->published);
+  CHECK(published->version == 3);
+}
+
 TEST_CASE("A segment with no live row is dropped, and deleting every row is refused") {
   const std::string root = TempRoot();
   SyntheticCorpus base = Rows(50, "a", 0, 5);

@@ -181,10 +181,18 @@ struct SnapshotUpdate {
   // Extra files of the new version (e.g. "rejects.jsonl"); the base's are
   // not carried over.
   std::map<std::string, std::string> extra_files;
+  // An update that would change no row (nothing added, every delete_id
+  // unknown, no extra files) publishes nothing: UpdateResult::version is the
+  // base's and `published` is false. For callers whose deletes may repeat
+  // (the ingest service: a client retrying, or deleting what a filter
+  // matched a moment ago); without it such an update is a new version
+  // identical to its base.
+  bool skip_if_unchanged = false;
 };
 
 struct UpdateResult {
   uint64_t version = 0;
+  bool published = true;       // False only for a skipped update (skip_if_unchanged).
   std::string segment;         // The new segment's name; empty if none was added.
   uint64_t replaced = 0;       // Base rows deleted because `added` re-adds their ids.
   uint64_t deleted = 0;        // Base rows deleted by delete_ids.

@@ -413,6 +413,9 @@ absl::StatusOr<uint64_t> IngestCore::PublishBatch(std::map<std::string, Row> row
   snapshot::SnapshotUpdate update;
   update.base_version = 0;  // CURRENT under the lock: a merge published meanwhile is kept.
   update.delete_ids.assign(deletes.begin(), deletes.end());
+  // Deleting ids that are already gone (a retry, a filter's ids deleted
+  // twice) is no new version.
+  update.skip_if_unchanged = true;
   if (in.count > 0) update.added = std::move(in);
   snapshot::PublishOptions publish;
   publish.versions = &versions_;

@@ -152,6 +152,37 @@ TEST_CASE("StopWithin does not wait for a merge that is still running, and repor
   CHECK(c.Status().live_rows == 110);
 }
 
+TEST_CASE("Deleting ids that are already gone publishes no new version") {
+  IngestOptions o = FlushOnlyOptions("ingest_delete_gone");
+  o.merge = false;
+  o.publish_interval = absl::Milliseconds(1);
+  auto core = IngestCore::Start(o);
+  REQUIRE(core.ok());
+  IngestCore& c = **core;
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  auto v1 = c.Upsert(Items("a", 10), /*wait=*/true, deadline);
+  REQUIRE(v1.ok());
+  auto v2 = c.Delete({"a3"}, /*wait=*/true, deadline);
+  REQUIRE(v2.ok());
+  CHECK(*v2 > v1->version);
+  // The same delete again (a client's retry), and an id never seen.
+  for (const std::vector<std::string>& ids :
+       {std::vector<std::string>{"a3"}, std::vector<std::string>{"nope", "a3"}}) {
+    auto again = c.Delete(ids, /*wait=*/true, deadline);
+    REQUIRE(again.ok());
+    CHECK(*again == *v2);
+    CHECK(*snapshot::ReadCurrentVersion(o.root) == *v2);
+    CHECK(c.Status().last_error.empty());
+  }
+  CHECK(c.Status().live_rows == 9);
+  // One live id among unknown ones is a change.
+  auto v3 = c.Delete({"nope", "a4"}, /*wait=*/true, deadline);
+  REQUIRE(v3.ok());
+  CHECK(*v3 > *v2);
+  CHECK(c.Status().live_rows == 8);
+  CHECK(c.StopWithin(absl::Seconds(60)));
+}
+
 // Run under ThreadSanitizer too (ci/build_tsan.sh): writers, a deleter, a
 // flusher and a status reader on their own threads, while the publisher
 // publishes every 20 ms and both merge lanes fold and join what it publishes.
