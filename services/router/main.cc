@@ -380,17 +380,20 @@ int Run() {
   absl::Status found;
   std::string last;
   while (true) {
-    found = router.Discover(std::min(give_up, absl::Now() + absl::Seconds(5)));
+    // Rounds of 5 s, each logged when its reason changes; no short last
+    // round (one cut short by the deadline reports only its deadline).
+    absl::Time until = absl::Now() + absl::Seconds(5);
+    if (until + absl::Seconds(1) >= give_up) until = give_up;
+    found = router.Discover(until);
     if (found.ok()) break;
+    if (found.code() == absl::StatusCode::kFailedPrecondition || until == give_up) {
+      LogError("imagesearch-router: ", found.ToString());
+      return 1;
+    }
     if (std::string(found.message()) != last) {
       LogWarning("imagesearch-router: waiting for the shards: ", found.ToString());
       last = std::string(found.message());
     }
-    if (found.code() == absl::StatusCode::kFailedPrecondition || absl::Now() >= give_up) {
-      LogError("imagesearch-router: ", found.ToString());
-      return 1;
-    }
-    absl::SleepFor(absl::Milliseconds(200));
   }
   metrics.InitShards(router.shard_count());
   RouterService service(&router, &metrics, token ? &*token : nullptr);

@@ -248,7 +248,11 @@ absl::Status Router::Discover(absl::Time deadline) {
       }
       if (all) break;
     }
-    if (absl::Now() >= deadline) {
+    // No round that the deadline would cut short: its calls would end as
+    // DEADLINE_EXCEEDED and hide why the replicas did not answer (a refused
+    // connection fails in a millisecond; that is the error to report).
+    constexpr absl::Duration kPause = absl::Milliseconds(100);
+    if (absl::Now() + kPause >= deadline) {
       std::string why;
       for (uint32_t i = 0; i < count; ++i) {
         if (identity_.has_value() && shards_[i]->AnyGood()) continue;
@@ -257,7 +261,7 @@ absl::Status Router::Discover(absl::Time deadline) {
       }
       return absl::UnavailableError(why);
     }
-    absl::SleepFor(absl::Milliseconds(100));
+    absl::SleepFor(kPause);
   }
   const v1::GetInfoResponse* first = &*identity_;
   if (embedder_ != nullptr) {

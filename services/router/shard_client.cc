@@ -239,10 +239,8 @@ bool ShardClient::AllGood() const {
 std::vector<absl::StatusOr<v1::GetInfoResponse>> ShardClient::AskAll(
     const std::vector<std::shared_ptr<Replica>>& replicas, absl::Time deadline) {
   // All at once, on the client's queues as every call to the replicas: a
-  // replica that hangs costs the others nothing (so does one that refuses
-  // the connection before the router's server has started, when such a
-  // call waits out its deadline instead of failing). Registered as
-  // attempts, so CancelAll ends them.
+  // replica that hangs costs the others nothing. Registered as attempts, so
+  // CancelAll ends them.
   struct Asked final : CqTag {
     grpc::ClientContext context;
     v1::GetInfoResponse info;

@@ -528,6 +528,22 @@ TEST_CASE("Every replica of a shard is checked, and a broken answer is an error,
     CHECK(absl::StrContains(s.message(), "serves shard 1 of 2, not shard 0 of 2"));
   }
 
+  // A shard whose only replica refuses connections: start-up fails at its
+  // deadline saying so (not DEADLINE_EXCEEDED, which says a replica hung).
+  {
+    router::RouterOptions o = c.Options(-absl::InfiniteDuration());
+    o.shard_targets[1] = "127.0.0.1:1";
+    router::Router r(o);
+    const absl::Time start = absl::Now();
+    const absl::Status s = r.Discover(absl::Now() + absl::Seconds(1));
+    INFO(s.ToString());
+    CHECK(absl::IsUnavailable(s));
+    CHECK(absl::StrContains(s.message(), "shard 1 of 2 (127.0.0.1:1) has no replica answering"));
+    CHECK(absl::StrContains(s.message(), "Connection refused"));
+    CHECK_FALSE(absl::StrContains(s.message(), "shard 0"));
+    CHECK(absl::Now() - start < absl::Seconds(10));
+  }
+
   // A replica down at start does not keep the router from serving; it is
   // asked again until it answers, and gets no calls before.
   {
