@@ -456,8 +456,13 @@ void Router::FanOut(v1::SearchRequest request, uint32_t top_k, std::optional<uin
         ShardSearch(static_cast<uint32_t>(i), owner == i ? owner_request : shared, shard_deadline,
                     cancelled, std::move(d));
       },
-      [this, top_k, allow_partial, dedup, deadline,
+      [this, top_k, allow_partial, dedup, deadline, cancelled,
        done = std::move(done)](std::vector<absl::StatusOr<Answer>> results) {
+        // A caller that has gone gets no merge (its shard calls were
+        // cancelled: their errors are not the shards').
+        if (cancelled && cancelled()) {
+          return done(absl::CancelledError("client cancelled the call while the shards searched"));
+        }
         const uint32_t count = shard_count();
         std::vector<uint32_t> missing;
         std::string why, late;  // The first failure; the shards cut off by the deadline.

@@ -439,14 +439,19 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     const absl::Duration delay =
         ShardClient::kTimesReplica<Request> ? shard_->HedgeDelay() : -absl::InfiniteDuration();
     if (delay >= absl::ZeroDuration() && absl::Now() + delay < deadline_) {
-      const HedgeTimer::Handle h = HedgeTimer::Get().After(delay, [weak = this->weak_from_this()] {
-        if (auto self = weak.lock()) self->Hedge();
-      });
-      std::lock_guard<std::mutex> lock(mu_);
-      hedge_timer_ = h;
+      ArmTimer(delay, /*hedge=*/true);
+    } else if (cancelled_) {
+      ArmTimer(kGoneEvery, /*hedge=*/false);
     }
     Launch(first);
   }
+
+  // How often a call that outlives its hedge delay (or has none) looks
+  // whether its caller has gone, and then cancels its attempts: an exact
+  // scan, a batch or a model queued on a replica is then not run for
+  // nobody (a replica checks its call before it starts the work). A search
+  // that answers within the hedge delay (most of them) never looks.
+  static constexpr absl::Duration kGoneEvery = absl::Milliseconds(20);
 
  private:
   struct Attempt {
@@ -510,14 +515,50 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     }
   }
 
+  // The one timer a call holds at a time (hedge_timer_): the hedge, then
+  // the watch for a caller that has gone.
+  void ArmTimer(absl::Duration delay, bool hedge) {
+    const HedgeTimer::Handle h =
+        HedgeTimer::Get().After(delay, [weak = this->weak_from_this(), hedge] {
+          if (auto self = weak.lock()) hedge ? self->Hedge() : self->LookGone();
+        });
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!finished_) {
+        hedge_timer_ = h;
+        return;
+      }
+    }
+    HedgeTimer::Get().Cancel(h);  // Finished meanwhile: OnDone cancelled the one before.
+  }
+
+  // Whether the caller has gone; if so, the attempts in flight are
+  // cancelled (each then ends as CANCELLED, and is not retried), else it
+  // looks again in kGoneEvery.
+  bool CancelIfGoneLocked() {
+    if (!Gone()) return false;
+    abandoned_ = true;
+    for (auto& a : attempts_) a->context.TryCancel();
+    return true;
+  }
+
+  void LookGone() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_ || CancelIfGoneLocked()) return;
+    }
+    ArmTimer(kGoneEvery, /*hedge=*/false);
+  }
+
   void Hedge() {
     Attempt* a = nullptr;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (finished_ || outstanding_ == 0 || Gone()) return;
+      if (finished_ || outstanding_ == 0 || CancelIfGoneLocked()) return;
       a = NewAttemptLocked(/*hedge=*/true, /*repeat=*/false);
-      if (a == nullptr) return;  // No other replica to ask.
     }
+    if (cancelled_) ArmTimer(kGoneEvery, /*hedge=*/false);
+    if (a == nullptr) return;  // No other replica to ask.
     {
       std::lock_guard<std::mutex> lock(shard_->mu_);
       ++shard_->stats_.hedges_sent;
@@ -548,9 +589,11 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     --outstanding_;
     const int64_t now_ns = ShardClient::NowNs();
     const int64_t took_ns = now_ns - a->started_ns;
-    Observe(a, s, finished_, took_ns, now_ns);
+    // Cut off by this router (a hedge's loser, or its caller gone): it says
+    // nothing of the replica but that it took this long at least.
+    Observe(a, s, finished_ || abandoned_, took_ns, now_ns);
     if (finished_) return;  // The loser of a hedge, cancelled.
-    if (ShardClient::kTimesReplica<Request>) {
+    if (ShardClient::kTimesReplica<Request> && !abandoned_) {
       shard_->Record(a->replica->address, absl::Nanoseconds(took_ns), s.ok());
     }
     // The hedge timer is cancelled after the answer is handed on: for a
@@ -631,6 +674,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
   int retries_left_;
   HedgeTimer::Handle hedge_timer_;  // Guarded by mu_.
   bool finished_ = false;
+  bool abandoned_ = false;  // Guarded by mu_: its caller gone, its attempts cancelled.
   grpc::Status last_error_;
 };
 
@@ -645,8 +689,11 @@ void ShardClient::Call(Start<Request, Response> start, std::shared_ptr<const Req
   }
   auto call = std::make_shared<HedgedCall<Request, Response>>(
       this, std::move(start), std::move(request), deadline,
-      [this, started = absl::Now(), done = std::move(done)](absl::StatusOr<Answer<Response>> r) {
-        if (!r.ok() && !QueryError(static_cast<grpc::StatusCode>(r.status().code()))) {
+      [this, started = absl::Now(), done = std::move(done),
+       gone = cancelled](absl::StatusOr<Answer<Response>> r) {
+        // A call whose caller has gone is no failure of the shard's.
+        if (!r.ok() && !QueryError(static_cast<grpc::StatusCode>(r.status().code())) &&
+            !(gone && gone())) {
           std::lock_guard<std::mutex> lock(mu_);
           ++stats_.failures;
         }

@@ -675,6 +675,22 @@ TEST_CASE("A hung shard: allow_partial answers before the deadline, a query erro
   CHECK(absl::IsDeadlineExceeded(whole.status()));
   CHECK(absl::StrContains(whole.status().message(), "before shard 1 of 2"));
   CHECK_FALSE(absl::StrContains(whole.status().message(), "shard 0 of 2"));
+  // A caller that leaves while shard 1 hangs: its shard calls are cancelled
+  // within the watch's period, not left to their deadline, and the shard is
+  // not charged a failure for it.
+  {
+    const uint64_t failures = r.shard(1).Stats().failures;
+    const absl::Time t0 = absl::Now();
+    const absl::Time leaves = t0 + absl::Milliseconds(300);
+    auto left = Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
+      r.Search(Query(3, true), absl::Now() + absl::Seconds(60), std::move(d),
+               [leaves] { return absl::Now() >= leaves; });
+    });
+    INFO(left.status().ToString() << " after " << absl::FormatDuration(absl::Now() - t0));
+    CHECK(absl::IsCancelled(left.status()));
+    CHECK(absl::Now() - t0 < absl::Seconds(10));
+    CHECK(r.shard(1).Stats().failures == failures);
+  }
   ::kill(c.replicas[0][0]->pid(), SIGCONT);
   for (auto& p : c.replicas[1]) ::kill(p->pid(), SIGCONT);
 }
