@@ -74,7 +74,13 @@ absl::StatusOr<std::unique_ptr<IngestCore>> IngestCore::Start(const IngestOption
           absl::StrCat(o.root, " is ", snapshot::DescribeShard(core->shard_), ", not ",
                        snapshot::DescribeShard(o.shard)));
     }
-    if (snap->schema_table() != nullptr) core->schema_ = snap->schema_table()->fields();
+    // --schema types the new rows, as the indexer's --base --schema does
+    // (merges re-type older rows under the newest schema); else CURRENT's.
+    if (!o.schema.empty()) {
+      core->schema_ = o.schema;
+    } else if (snap->schema_table() != nullptr) {
+      core->schema_ = snap->schema_table()->fields();
+    }
     if (!snap->model_path().empty()) {
       const std::string& sha256 = snap->manifest().model.sha256;
       if (!o.model_path.empty()) {

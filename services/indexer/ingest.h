@@ -61,8 +61,10 @@ struct IngestOptions {
   // an empty root (published with its first version). Items whose id belongs
   // to another shard are rejected one by one.
   snapshot::ShardInfo shard;
-  // Attribute schema: default CURRENT's (the newest segment's); this one on
-  // an empty root.
+  // Attribute schema of the rows written: this one if given (on a root with
+  // versions too, as imagesearch-indexer --base --schema; a merge re-types
+  // older rows under the newest schema), else CURRENT's (the newest
+  // segment's).
   std::vector<snapshot::FieldSpec> schema;
   absl::Duration publish_interval = absl::Seconds(1);
   size_t publish_rows = 10'000;
@@ -161,6 +163,8 @@ class IngestCore {
   absl::StatusOr<uint64_t> Flush(absl::Time deadline);
   IngestStatus Status() const;
   int dim() const { return dim_; }
+  // The attribute fields of the rows it writes (empty: none typed).
+  const std::vector<snapshot::FieldSpec>& schema() const { return schema_; }
   const snapshot::ShardInfo& shard() const { return shard_; }
   // The model (null: vector-only) and its model.pt's sha256.
   std::shared_ptr<const model::ModelBundle> model() const { return bundle_; }

@@ -289,10 +289,20 @@ ShardedIngestStatus IngestShards::Status() const {
 }
 
 std::string IngestShards::Describe() const {
-  if (!sharded()) return root_;
+  std::string fields;
+  for (const snapshot::FieldSpec& f : cores_.front()->schema()) {
+    absl::StrAppend(&fields, fields.empty() ? "" : ",", f.name, ":",
+                    snapshot::FieldTypeName(f.type));
+  }
+  // Without a schema, attributes are kept as JSON but cannot be filtered on.
+  const std::string typed =
+      fields.empty() ? "no attribute schema (--schema types attributes for filters)"
+                     : absl::StrCat("attributes typed as ", fields);
+  if (!sharded()) return absl::StrCat(root_, ", ", typed);
   return absl::StrCat(root_, " (collection '", cores_.front()->shard().collection, "', ",
                       shard_count_, " shard roots: ", snapshot::ShardRootName(0, shard_count_),
-                      " to ", snapshot::ShardRootName(shard_count_ - 1, shard_count_), ")");
+                      " to ", snapshot::ShardRootName(shard_count_ - 1, shard_count_), "), ",
+                      typed);
 }
 
 }  // namespace imagesearch::indexer
