@@ -1,7 +1,5 @@
 #include "services/indexer/ingest_service.h"
 
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 
 #include <condition_variable>
@@ -15,6 +13,8 @@
 #include "libs/common/binary_main.h"
 #include "libs/common/file_util.h"
 #include "libs/common/log.h"
+#include "libs/rpc/completion_threads.h"
+#include "libs/rpc/health_reflection.h"
 #include "libs/serving/filter_proto.h"
 #include "services/query/connection_limits.h"
 
@@ -258,9 +258,17 @@ int RunIngestServer(const ServeOptions& options) {
     return 1;
   }
   IngestServiceImpl service(core->get());
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // Health and reflection as the query service and the router serve them
+  // (libs/rpc/health_reflection.h): Check names the service too, and
+  // reflection answers v1 and v1alpha. Their calls are few; one thread.
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues;
+  queues.push_back(builder.AddCompletionQueue());
+  rpc::CompletionThreads threads(std::move(queues), 1);
+  rpc::HealthService health(&threads, {"imagesearch.v1.Ingest"});
+  rpc::ReflectionService reflection(&threads, {"imagesearch.v1.Ingest", "grpc.health.v1.Health"});
+  builder.RegisterService(health.service());
+  for (grpc::Service* s : reflection.services()) builder.RegisterService(s);
   int port = 0;
   builder.AddListeningPort(absl::StrCat(options.host, ":", options.port),
                            grpc::InsecureServerCredentials(), &port);
@@ -272,7 +280,9 @@ int RunIngestServer(const ServeOptions& options) {
     LogError("imagesearch-indexer serve: cannot listen on ", options.host, ":", options.port);
     return 1;
   }
-  server->GetHealthCheckService()->SetServingStatus(true);
+  health.Start();
+  reflection.Start();
+  health.SetServing(true);
   if (!options.port_file.empty()) {
     absl::Status s = WritePortFile(options.port_file, absl::StrCat("{\"grpc\": ", port, "}\n"));
     if (!s.ok()) {
@@ -286,7 +296,7 @@ int RunIngestServer(const ServeOptions& options) {
   int sig = 0;
   sigwait(&signals, &sig);
   LogInfo("imagesearch-indexer serve: signal ", sig, ": stopping");
-  server->GetHealthCheckService()->SetServingStatus(false);
+  health.Shutdown();  // NOT_SERVING, and Watch streams end.
   // Calls in flight finish (a waiting Upsert is answered once its batch is
   // published, or told it was not); pending writes not yet published are
   // published first by a final flush.
@@ -297,6 +307,7 @@ int RunIngestServer(const ServeOptions& options) {
   // server's shutdown does not wait for a publish on a stalled volume.
   (void)(*core)->StopWithin(absl::ZeroDuration());
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  threads.Shutdown();  // After the server's: gRPC's order.
   // A background merge may run for a minute more (a fold of the big segment),
   // and a publish as long as a stalled volume stalls; the writes are
   // published (or their callers told otherwise) by now, so neither is waited

@@ -44,6 +44,7 @@ import grpc  # noqa: E402
 BUILD, SRC, DEFAULT = sys.argv[1:4]
 T = e2e_lib.tree(BUILD, SRC)
 pb, pb_grpc = grpc_stubs.load(T.proto)
+H = e2e_lib.health_pb2(os.path.join(SRC, "proto"))
 DIM = 16
 
 
@@ -209,6 +210,10 @@ def vectors(work):
     svc = ingest(root, os.path.join(work, "ingest.log"), f"--dim={DIM}",
                  "--publish_interval_ms=200", "--m=8", "--ef_construction=40")
     s = stub(svc)
+    # Health as a query replica answers it: the server and its service by name.
+    health = e2e_lib.health_check(grpc.insecure_channel(svc.grpc_address), H)
+    for name in ("", "imagesearch.v1.Ingest"):
+        check(health(name) == H.HealthCheckResponse.SERVING, f"health of {name!r}")
     resp = upsert_vectors(s, range(50))
     check(resp.accepted == 50 and resp.rejected == 0 and resp.version == 1, resp)
     replica = Server(T.query, [f"--snapshot_root={root}"], os.path.join(work, "query.log"))
