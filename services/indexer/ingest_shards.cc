@@ -295,9 +295,9 @@ std::string IngestShards::Describe() const {
                     snapshot::FieldTypeName(f.type));
   }
   // Without a schema, attributes are kept as JSON but cannot be filtered on.
-  const std::string typed =
-      fields.empty() ? "no attribute schema (--schema types attributes for filters)"
-                     : absl::StrCat("attributes typed as ", fields);
+  const std::string typed = fields.empty()
+                                ? "no attribute schema (--schema types attributes for filters)"
+                                : absl::StrCat("attributes typed as ", fields);
   if (!sharded()) return absl::StrCat(root_, ", ", typed);
   return absl::StrCat(root_, " (collection '", cores_.front()->shard().collection, "', ",
                       shard_count_, " shard roots: ", snapshot::ShardRootName(0, shard_count_),
