@@ -111,6 +111,7 @@ constexpr size_t kStreamWindow = 8;
 grpc::Status IngestServiceImpl::Upsert(grpc::ServerContext* context,
                                        const v1::UpsertRequest* request,
                                        v1::UpsertResponse* response) {
+  if (grpc::Status a = Authenticate(*context); !a.ok()) return a;
   auto out = core_->Upsert(ItemsOf(*request), WaitOf(*request), Deadline(context));
   if (!out.ok()) return ToGrpc(out.status());
   FillUpsertResponse(*core_, IdsOf(*request), *out, response);
@@ -120,6 +121,7 @@ grpc::Status IngestServiceImpl::Upsert(grpc::ServerContext* context,
 grpc::Status IngestServiceImpl::UpsertStream(
     grpc::ServerContext* context,
     grpc::ServerReaderWriter<v1::UpsertStreamResponse, v1::UpsertStreamRequest>* stream) {
+  if (grpc::Status a = Authenticate(*context); !a.ok()) return a;
   // This thread reads and accepts requests in order; `answerer` waits for
   // each one's publish and writes its response, in the same order. The
   // window between them bounds what is accepted and not yet answered.
@@ -203,6 +205,7 @@ grpc::Status IngestServiceImpl::UpsertStream(
 grpc::Status IngestServiceImpl::Delete(grpc::ServerContext* context,
                                        const v1::DeleteRequest* request,
                                        v1::DeleteResponse* response) {
+  if (grpc::Status a = Authenticate(*context); !a.ok()) return a;
   std::vector<std::string> ids(request->ids().begin(), request->ids().end());
   for (const auto& id : ids) {
     if (id.empty()) return ToGrpc(absl::InvalidArgumentError("an id to delete is empty"));
@@ -228,14 +231,16 @@ grpc::Status IngestServiceImpl::Delete(grpc::ServerContext* context,
 
 grpc::Status IngestServiceImpl::Flush(grpc::ServerContext* context, const v1::FlushRequest*,
                                       v1::FlushResponse* response) {
+  if (grpc::Status a = Authenticate(*context); !a.ok()) return a;
   auto v = core_->Flush(Deadline(context));
   if (!v.ok()) return ToGrpc(v.status());
   SetVersions(*core_, *v, response);
   return grpc::Status::OK;
 }
 
-grpc::Status IngestServiceImpl::Status(grpc::ServerContext*, const v1::IngestStatusRequest*,
+grpc::Status IngestServiceImpl::Status(grpc::ServerContext* context, const v1::IngestStatusRequest*,
                                        v1::IngestStatusResponse* response) {
+  if (grpc::Status a = Authenticate(*context); !a.ok()) return a;
   const ShardedIngestStatus s = core_->Status();
   FillStatus(s.total, response);
   if (core_->sharded()) {
@@ -243,6 +248,19 @@ grpc::Status IngestServiceImpl::Status(grpc::ServerContext*, const v1::IngestSta
     for (const IngestStatus& shard : s.shards) FillStatus(shard, response->add_shards());
   }
   return grpc::Status::OK;
+}
+
+grpc::Status IngestServiceImpl::Authenticate(const grpc::ServerContext& context) const {
+  if (token_ == nullptr) return grpc::Status::OK;
+  const auto& metadata = context.client_metadata();
+  for (auto [it, end] = metadata.equal_range("authorization"); it != end; ++it) {
+    if (token_->Accepts(absl::string_view(it->second.data(), it->second.size()))) {
+      return grpc::Status::OK;
+    }
+  }
+  return grpc::Status(
+      grpc::StatusCode::UNAUTHENTICATED,
+      "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'");
 }
 
 int RunIngestServer(const ServeOptions& options) {
@@ -257,7 +275,7 @@ int RunIngestServer(const ServeOptions& options) {
     LogError("imagesearch-indexer serve: ", core.status().ToString());
     return 1;
   }
-  IngestServiceImpl service(core->get());
+  IngestServiceImpl service(core->get(), options.token ? &*options.token : nullptr);
   grpc::ServerBuilder builder;
   // Health and reflection as the query service and the router serve them
   // (libs/rpc/health_reflection.h): Check names the service too, and
@@ -271,7 +289,7 @@ int RunIngestServer(const ServeOptions& options) {
   for (grpc::Service* s : reflection.services()) builder.RegisterService(s);
   int port = 0;
   builder.AddListeningPort(absl::StrCat(options.host, ":", options.port),
-                           grpc::InsecureServerCredentials(), &port);
+                           GrpcServerCredentials(options.tls ? &*options.tls : nullptr), &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(256 << 20);
   ApplyConnectionLimits(&builder);
@@ -292,7 +310,9 @@ int RunIngestServer(const ServeOptions& options) {
   }
   std::cout << "listening on port " << port << std::endl;
   LogInfo("imagesearch-indexer serve: ingesting into ", (*core)->Describe(), " (dim ",
-          (*core)->dim(), "), gRPC on ", options.host, ":", port);
+          (*core)->dim(), "), gRPC on ", options.host, ":", port,
+          options.tls ? (options.tls->mtls() ? " (mTLS)" : " (TLS)") : " (plaintext)",
+          options.token ? ", bearer token required" : "");
   int sig = 0;
   sigwait(&signals, &sig);
   LogInfo("imagesearch-indexer serve: signal ", sig, ": stopping");

@@ -7,14 +7,19 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <optional>
+
 #include "imagesearch/v1/imagesearch.grpc.pb.h"
 #include "services/indexer/ingest_shards.h"
+#include "services/query/auth.h"
 
 namespace imagesearch::indexer {
 
 class IngestServiceImpl final : public v1::Ingest::Service {
  public:
-  explicit IngestServiceImpl(IngestShards* core) : core_(core) {}
+  // `token`: null, or the bearer token every call must carry (else
+  // UNAUTHENTICATED); health and reflection are other services, open.
+  IngestServiceImpl(IngestShards* core, const BearerToken* token) : core_(core), token_(token) {}
 
   grpc::Status Upsert(grpc::ServerContext* context, const v1::UpsertRequest* request,
                       v1::UpsertResponse* response) override;
@@ -29,7 +34,10 @@ class IngestServiceImpl final : public v1::Ingest::Service {
                       v1::IngestStatusResponse* response) override;
 
  private:
+  grpc::Status Authenticate(const grpc::ServerContext& context) const;
+
   IngestShards* core_;
+  const BearerToken* token_;
 };
 
 // Runs `imagesearch-indexer serve`: the core, the gRPC server with health
@@ -44,6 +52,8 @@ struct ServeOptions {
   std::string host = "0.0.0.0";
   int port = 50052;
   std::string port_file;
+  std::optional<TlsFiles> tls;       // gRPC over TLS (mTLS with a client CA); none: plaintext.
+  std::optional<BearerToken> token;  // Required on every Ingest call when set.
 };
 int RunIngestServer(const ServeOptions& options);
 

@@ -100,6 +100,17 @@ ABSL_FLAG(int, shard_count, 0,
           "holds shard roots is served as that collection without it.");
 ABSL_FLAG(std::string, collection, "",
           "serve --shard_count: the new collection's name (default: --root's last component).");
+ABSL_FLAG(std::string, tls_cert, "",
+          "serve: PEM certificate (chain) of the server; with --tls_key gRPC serves TLS only. "
+          "Default: plaintext.");
+ABSL_FLAG(std::string, tls_key, "", "serve: PEM private key (unencrypted) of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "serve: PEM CA certificate(s). When set (needs --tls_cert): mutual TLS, every client "
+          "must present a certificate that chains to this CA.");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "serve: file holding a bearer token (one line). When set, every Ingest call must "
+          "carry metadata 'authorization: Bearer <token>' (else UNAUTHENTICATED); "
+          "grpc.health.v1 and server reflection stay open.");
 ABSL_FLAG(std::string, log_format, "text",
           "Log lines on stderr: text, or json (one object per line).");
 
@@ -153,6 +164,23 @@ int Serve() {
     return 2;
   }
   so.shard_count = static_cast<uint32_t>(absl::GetFlag(FLAGS_shard_count));
+  // A bad TLS or token file is a clear error before anything starts.
+  auto tls =
+      imagesearch::LoadServerTlsFlags(absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+                                      absl::GetFlag(FLAGS_tls_client_ca));
+  if (!tls.ok()) {
+    std::cerr << tls.status().message() << "\n";
+    return 2;
+  }
+  so.tls = *std::move(tls);
+  if (const std::string file = absl::GetFlag(FLAGS_auth_token_file); !file.empty()) {
+    auto token = imagesearch::BearerToken::FromFile(file);
+    if (!token.ok()) {
+      std::cerr << "--auth_token_file: " << token.status().message() << "\n";
+      return 2;
+    }
+    so.token = *std::move(token);
+  }
   so.collection = absl::GetFlag(FLAGS_collection);
   return imagesearch::indexer::RunIngestServer(so);
 }

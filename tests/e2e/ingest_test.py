@@ -333,6 +333,13 @@ def images(work):
     out = run("/usr/bin/python3", tool, f"--target={svc.grpc_address}", "--delete",
               "rocket.jpg").stdout
     check(out.startswith("deleted 1 id(s) (ids not in the collection included): live in v"), out)
+    # A mistyped folder, and one with no images: an error, not "upserted 0 of 0".
+    os.makedirs(os.path.join(work, "no_images"))
+    for missing, want in ((os.path.join(work, "nope"), "no such folder"),
+                          (os.path.join(work, "no_images"), "no image files")):
+        out = run("/usr/bin/python3", tool, f"--target={svc.grpc_address}", f"--dir={missing}",
+                  ok=False)
+        check(out.returncode != 0 and want in out.stderr, f"{out.returncode} {out.stderr}")
     # The tool's generated stubs are not left behind.
     check(not [d for d in os.listdir(tempfile.gettempdir())
                if d.startswith("imagesearch_ingest_stubs_")

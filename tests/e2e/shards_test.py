@@ -23,6 +23,7 @@ Usage: shards_test.py BUILD_DIR SOURCE_DIR
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -181,6 +182,10 @@ def main():
         st = stub.Status(pb.IngestStatusRequest(), timeout=10)
         check(st.shard_count == S and len(st.shards) == S and
               st.live_rows == N + 60 + 30 - 2 == sum(s.live_rows for s in st.shards), st)
+        # The folder tool names the shard its delete went to, not "v0".
+        out = run("/usr/bin/python3", os.path.join(SRC, "tools", "ingest", "ingest_folder.py"),
+                  f"--target={svc.grpc_address}", "--delete", "n33").stdout
+        check(re.search(r"live in shard \d v\d+$", out.strip()) and "v0" not in out, out)
         svc.stop()
         servers.remove(svc)
         print("5. the ingest service routes upserts (one call, and a stream) and deletes to their "

@@ -41,6 +41,7 @@ BUILD, SRC = sys.argv[1:3]
 QUERY = os.path.join(BUILD, "services", "query", "imagesearch-query")
 SNAPSHOT = os.path.join(BUILD, "tools", "make_snapshot", "imagesearch-snapshot")
 ROUTER = os.path.join(BUILD, "services", "router", "imagesearch-router")
+INDEXER = os.path.join(BUILD, "services", "indexer", "imagesearch-indexer")
 pb, pb_grpc = grpc_stubs.load(os.path.join(SRC, "proto"))
 import grpc  # noqa: E402
 
@@ -369,6 +370,49 @@ def router_over_tls(work, p):
             s.stop()
 
 
+def ingest_over_mtls(work, p):
+    """The ingest service (imagesearch-indexer serve) with mTLS and a token,
+    as the query service: plaintext and a client without a certificate are
+    refused, a call without the token is UNAUTHENTICATED, health stays open,
+    and with both a write goes in."""
+    s = e2e_lib.Server(INDEXER, ["serve", f"--root={os.path.join(work, 'iroot')}", "--port=0",
+                                 f"--dim={DIM}", "--publish_interval_ms=100",
+                                 f"--tls_cert={p('server.crt')}", f"--tls_key={p('server.key')}",
+                                 f"--tls_client_ca={p('ca.crt')}",
+                                 f"--auth_token_file={p('token')}"],
+                       os.path.join(work, "ingest.log"), wait=("grpc",), pick_ports=False)
+    try:
+        good = secure_channel(s.grpc_port, p, "client")
+        grpc.channel_ready_future(good).result(timeout=15)
+        stub = pb_grpc.IngestStub(good)
+        status = lambda md=None: stub.Status(pb.IngestStatusRequest(), timeout=10,  # noqa: E731
+                                             metadata=md)
+        check(e2e_lib.health_check(good, H)("imagesearch.v1.Ingest", timeout=5)
+              == H.HealthCheckResponse.SERVING, "ingest health over mTLS without a token")
+        check(grpc_code(status) == grpc.StatusCode.UNAUTHENTICATED, "ingest: no token")
+        check(grpc_code(lambda: status(auth("wrong-token"))) == grpc.StatusCode.UNAUTHENTICATED,
+              "ingest: a wrong token")
+        req = pb.UpsertRequest(wait=True)
+        req.items.add(id="x1", vector=pb.Vector(values=[0.5] * DIM))
+        check(grpc_code(lambda: stub.Upsert(req, timeout=10)) == grpc.StatusCode.UNAUTHENTICATED,
+              "ingest: an upsert without the token")
+        resp = stub.Upsert(req, timeout=30, metadata=auth())
+        check(resp.accepted == 1 and resp.version >= 1, resp)
+        check(status(auth()).live_rows == 1, "ingest: the row is in")
+        plain = grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}")
+        check(grpc_code(lambda: pb_grpc.IngestStub(plain).Status(
+            pb.IngestStatusRequest(), timeout=5, metadata=auth())) == grpc.StatusCode.UNAVAILABLE,
+            "ingest: plaintext refused")
+        nocert = secure_channel(s.grpc_port, p)
+        check(grpc_code(lambda: pb_grpc.IngestStub(nocert).Status(
+            pb.IngestStatusRequest(), timeout=5, metadata=auth())) == grpc.StatusCode.UNAVAILABLE,
+            "ingest: a client without a certificate refused")
+        ok("ingest service: mTLS + token (plaintext, no certificate, no or a wrong token refused; "
+           "health open; an upsert with both goes in)")
+    finally:
+        s.stop()
+
+
 def startup_errors(root, work, p):
     garbage = os.path.join(work, "garbage.pem")
     with open(garbage, "w") as f:
@@ -397,7 +441,15 @@ def startup_errors(root, work, p):
         check(out.returncode > 0, f"{flags}: exit {out.returncode}, stderr {out.stderr!r}")
         check(want in out.stderr, f"{flags}: {want!r} not in {out.stderr!r}")
         check("listening" not in out.stdout, f"{flags}: started anyway: {out.stdout!r}")
-    ok(f"startup errors: {len(cases)} bad configurations exit non-zero with a clear message")
+        # The ingest service checks the same flags the same way, before it opens its root.
+        iroot = os.path.join(work, "never")
+        out = subprocess.run([INDEXER, "serve", f"--root={iroot}", f"--dim={DIM}",
+                              "--host=127.0.0.1", "--port=0", *flags],
+                             capture_output=True, text=True, timeout=30)
+        check(out.returncode > 0 and want in out.stderr and not os.path.exists(iroot),
+              f"ingest {flags}: exit {out.returncode}, stderr {out.stderr!r}")
+    ok(f"startup errors: {len(cases)} bad configurations exit non-zero with a clear message "
+       "(query service and ingest service)")
     # The router's flags toward its shards fail the same way, before it looks for them.
     router_cases = [
         ([f"--shard_tls_cert={p('client.crt')}", f"--shard_tls_key={p('client.key')}"],
@@ -433,6 +485,7 @@ def main():
         token_on_plaintext(root, work, p)
         tls_only(root, work, p)
         router_over_tls(work, p)
+        ingest_over_mtls(work, p)
         startup_errors(root, work, p)
     except BaseException:
         print(f"logs kept in {work}")
