@@ -228,7 +228,10 @@ start_nginx() {
     write_nginx_conf
     nginx_ -t -q || die "nginx rejected $RUN_DIR/nginx.conf"
     nginx_ 2>"$RUN_DIR/nginx-start.err" && return 0
-    if ((want_grpc != 0 && want_http != 0)) || ! grep -q "Address already in use" "$RUN_DIR/nginx-start.err"; then
+    local taken
+    taken="$(grep -m1 -o 'bind() to [^ ]*:[0-9]* failed' "$RUN_DIR/nginx-start.err" | grep -o ':[0-9]* ' | tr -d ': ')"
+    # Picking again helps only when the port taken is one picked here.
+    if [[ -z "$taken" ]] || ((taken == want_grpc || taken == want_http)); then
       die "nginx did not start: $(tail -n 3 "$RUN_DIR/nginx-start.err")"
     fi
     echo "ctl.sh: nginx: $(grep -m1 -o 'bind() to [^ ]* failed' "$RUN_DIR/nginx-start.err"); other ports" >&2
@@ -256,6 +259,14 @@ save_state() {
   } >"$STATE"
 }
 
+up_failed() {
+  local rc=$?
+  ((rc != 0)) || return 0
+  cmd_down >/dev/null 2>&1 || true
+  echo "ctl.sh: up failed; stopped the replicas it had started. Ports taken? GRPC_PORT=0 HTTP_PORT=0 picks free ones." >&2
+  exit "$rc"
+}
+
 cmd_up() {
   : "${SNAPSHOT_ROOT:?set SNAPSHOT_ROOT to the snapshot root to serve}"
   [[ -d "$SNAPSHOT_ROOT" ]] || die "SNAPSHOT_ROOT $SNAPSHOT_ROOT is not a directory"
@@ -269,6 +280,9 @@ cmd_up() {
   mkdir -p "$RUN_DIR"
   SNAPSHOT_ROOT="$(cd "$SNAPSHOT_ROOT" && pwd)"
   save_state
+  # All or nothing: a step that fails (nginx's ports taken, a replica that
+  # does not serve) stops what up started, so nothing is left to `down`.
+  trap up_failed EXIT
   local i
   for ((i = 0; i < REPLICAS; i++)); do start_replica "$i"; done
   for ((i = 0; i < REPLICAS; i++)); do wait_replica "$i"; done
@@ -277,6 +291,7 @@ cmd_up() {
   printf '{"grpc": %d, "http": %d}\n' "$GRPC_PORT" "$HTTP_PORT" >"$RUN_DIR/nginx.ports.tmp"
   mv "$RUN_DIR/nginx.ports.tmp" "$RUN_DIR/nginx.ports"
   wait_http "http://127.0.0.1:$HTTP_PORT/ping" 20 || die "nginx does not answer on :$HTTP_PORT"
+  trap - EXIT
   echo "up: $REPLICAS replicas of $SNAPSHOT_ROOT behind nginx"
   echo "  gRPC  127.0.0.1:$GRPC_PORT  (replicas: deploy/local/ctl.sh status)"
   echo "  HTTP  http://127.0.0.1:$HTTP_PORT/  (web page, /invocations, /ping)"

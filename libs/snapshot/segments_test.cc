@@ -190,6 +190,12 @@ TEST_CASE("An update that changes no row is skipped when asked, and published wh
   CHECK(changed->published);
   CHECK(changed->version == 2);
   CHECK(changed->deleted == 1);
+  // An update of a root that is not there names the root, not its lock file.
+  SnapshotUpdate elsewhere;
+  elsewhere.delete_ids = {"a1"};
+  auto nowhere = PublishUpdate(root + "/missing", elsewhere);
+  REQUIRE(absl::IsNotFound(nowhere.status()));
+  CHECK(absl::StrContains(nowhere.status().message(), "/missing does not exist"));
   // Without the flag, an update that changes nothing is still a version, as
   // the indexer and the snapshot tool ask.
   SnapshotUpdate plain;

@@ -150,6 +150,14 @@ TEST_CASE("A collection's directory of shard roots is named as such, not as an e
   REQUIRE(absl::IsNotFound(current.status()));
   CHECK(std::string(current.status().message())
             .find("name one of them, e.g. " + dir + "/shard-0-of-2") != std::string::npos);
+  // A root that is not there at all (a typo, most likely) says so.
+  const auto missing = ReadCurrentVersion(dir + "/no-such-root");
+  REQUIRE(absl::IsNotFound(missing.status()));
+  CHECK(std::string(missing.status().message()).find("/no-such-root does not exist") !=
+        std::string::npos);
+  const auto empty = ReadCurrentVersion(dir + "/v3");  // Exists, holds nothing.
+  CHECK(std::string(empty.status().message()).find("v3/CURRENT does not exist") !=
+        std::string::npos);
 }
 
 TEST_CASE("A shard root refuses rows of other shards on every write path") {

@@ -173,6 +173,12 @@ absl::StatusOr<uint64_t> ReadCurrentVersion(const std::string& root) {
                               absl::StrJoin(names, ", "), "): name one of them, e.g. ", root, "/",
                               names.front());
       }
+      struct stat st;
+      if (::stat(root.c_str(), &st) != 0) {  // A mistyped root, most likely: say so.
+        return absl::NotFoundError(
+            absl::StrCat("no snapshot published under ", root, " yet (the directory ", root,
+                         " does not exist: ", std::strerror(errno), ")"));
+      }
       return absl::NotFoundError(absl::StrCat("no snapshot published under ", root, " yet (", root,
                                               "/CURRENT does not exist)", shards));
     }
@@ -591,6 +597,10 @@ absl::StatusOr<UpdateResult> PublishUpdate(const std::string& root, const Snapsh
                                            const PublishOptions& options) {
   const bool adding = update.added.count > 0;
   if (adding) RETURN_IF_ERROR(CheckSegmentInput(update.added));
+  if (struct stat st; ::stat(root.c_str(), &st) != 0) {  // Not "open ROOT/.lock" below.
+    return absl::NotFoundError(absl::StrCat("root ", root, " does not exist (", std::strerror(errno),
+                                            "): an update needs the root of its base version"));
+  }
   ASSIGN_OR_RETURN(auto lock, RootLock::Acquire(root));
   RemoveStaleTempDirs(root);
   uint64_t base_version = update.base_version;

@@ -225,6 +225,12 @@ absl::Status IngestCore::CheckAndEmbed(std::vector<IngestItem>* items,
       decoded.push_back(std::move(d->model_input));
       continue;
     }
+    if (item.vector.empty()) {
+      st = absl::InvalidArgumentError(absl::StrCat(
+          who, "has neither an image nor a vector",
+          bundle_ != nullptr ? "" : " (this collection takes vectors only)"));
+      continue;
+    }
     if (item.vector.size() != static_cast<size_t>(dim_)) {
       st = absl::InvalidArgumentError(absl::StrCat(
           who, "vector has ", item.vector.size(), " values; the collection's dimension is ", dim_));

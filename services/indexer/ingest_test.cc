@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "libs/common/test_temp_dir.h"
 #include "libs/serving/filter.h"
 #include "libs/snapshot/snapshot.h"
@@ -176,6 +177,13 @@ TEST_CASE("Deleting ids that are already gone publishes no new version") {
     CHECK(c.Status().last_error.empty());
   }
   CHECK(c.Status().live_rows == 9);
+  // An item with neither an image nor a vector says so (not "0 values").
+  IngestItem nothing;
+  nothing.id = "z";
+  auto none = c.Upsert({nothing}, /*wait=*/true, deadline);
+  REQUIRE(none.ok());
+  REQUIRE(none->items.size() == 1);
+  CHECK(absl::StrContains(none->items[0].message(), "has neither an image nor a vector"));
   // One live id among unknown ones is a change.
   auto v3 = c.Delete({"nope", "a4"}, /*wait=*/true, deadline);
   REQUIRE(v3.ok());

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import signal
 import subprocess
 import sys
@@ -101,6 +102,19 @@ def main():
         shutil.copy(os.path.join(IMAGES, "coffee.png"), os.path.join(added, "coffee_again.png"))
         with open(os.path.join(work, "ids.txt"), "w") as f:
             f.write("coffee.png\nrocket.jpg\nchelsea.jpg\n")
+        # An `up` that cannot finish (nginx's fixed HTTP port taken) stops the
+        # replica it started and says why; nothing is left to `down`.
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            failed = subprocess.run(["bash", CTL, "up"], capture_output=True, text=True,
+                                    env=dict(env, REPLICAS="1",
+                                             HTTP_PORT=str(taken.getsockname()[1])))
+        check(failed.returncode != 0 and "nginx did not start" in failed.stderr
+              and "stopped the replicas it had started" in failed.stderr, failed.stderr)
+        pidf = os.path.join(env["RUN_DIR"], "replica-0.pid")
+        check(not os.path.exists(pidf) or not os.path.exists(f"/proc/{open(pidf).read().strip()}"),
+              "a failed up left its replica running")
         print(ctl("up").stdout.strip())
         nginx = ports_of(os.path.join(env["RUN_DIR"], "nginx.ports"))
 
