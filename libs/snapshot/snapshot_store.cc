@@ -175,9 +175,9 @@ absl::StatusOr<uint64_t> ReadCurrentVersion(const std::string& root) {
       }
       struct stat st;
       if (::stat(root.c_str(), &st) != 0) {  // A mistyped root, most likely: say so.
-        return absl::NotFoundError(
-            absl::StrCat("no snapshot published under ", root, " yet (the directory ", root,
-                         " does not exist: ", std::strerror(errno), ")"));
+        return absl::NotFoundError(absl::StrCat("no snapshot published under ", root,
+                                                " yet (the directory ", root,
+                                                " does not exist: ", std::strerror(errno), ")"));
       }
       return absl::NotFoundError(absl::StrCat("no snapshot published under ", root, " yet (", root,
                                               "/CURRENT does not exist)", shards));
@@ -598,7 +598,8 @@ absl::StatusOr<UpdateResult> PublishUpdate(const std::string& root, const Snapsh
   const bool adding = update.added.count > 0;
   if (adding) RETURN_IF_ERROR(CheckSegmentInput(update.added));
   if (struct stat st; ::stat(root.c_str(), &st) != 0) {  // Not "open ROOT/.lock" below.
-    return absl::NotFoundError(absl::StrCat("root ", root, " does not exist (", std::strerror(errno),
+    return absl::NotFoundError(absl::StrCat("root ", root, " does not exist (",
+                                            std::strerror(errno),
                                             "): an update needs the root of its base version"));
   }
   ASSIGN_OR_RETURN(auto lock, RootLock::Acquire(root));

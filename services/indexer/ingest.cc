@@ -226,9 +226,9 @@ absl::Status IngestCore::CheckAndEmbed(std::vector<IngestItem>* items,
       continue;
     }
     if (item.vector.empty()) {
-      st = absl::InvalidArgumentError(absl::StrCat(
-          who, "has neither an image nor a vector",
-          bundle_ != nullptr ? "" : " (this collection takes vectors only)"));
+      st = absl::InvalidArgumentError(
+          absl::StrCat(who, "has neither an image nor a vector",
+                       bundle_ != nullptr ? "" : " (this collection takes vectors only)"));
       continue;
     }
     if (item.vector.size() != static_cast<size_t>(dim_)) {

@@ -192,7 +192,7 @@ TEST_CASE("Deleting ids that are already gone publishes no new version") {
   CHECK(c.StopWithin(absl::Seconds(60)));
 }
 
-TEST_CASE("--schema on a root that has versions types the rows written from then on") {
+TEST_CASE("A schema given on a root that has versions types the rows written from then on") {
   IngestOptions o = FlushOnlyOptions("ingest_schema_later");
   o.merge = false;
   o.publish_interval = absl::Milliseconds(1);
