@@ -19,7 +19,7 @@ echo "== corpus: 1000 Fashion-MNIST images (Debian package dataset-fashion-mnist
 tools/corpus/fashion_mnist.sh "$DEMO/corpus" 100
 echo "== indexer: images -> default model -> HNSW -> snapshot"
 "$BUILD/services/indexer/imagesearch-indexer" --input="$DEMO/corpus/manifest.jsonl" \
-  --root="$DEMO/snapshots" --model="$BUILD/models/default/model.pt"
+  --root="$DEMO/snapshots" --model="$BUILD/models/default/model.pt" --schema=class:keyword
 "$BUILD/tools/make_snapshot/imagesearch-snapshot" list --root="$DEMO/snapshots"
 
 echo "== query service on 127.0.0.1:50051 (gRPC) and :8080 (HTTP)"
@@ -44,6 +44,10 @@ echo "-- HTTP POST /invocations, image bytes ($IMG):"
 curl -s -H 'Content-Type: image/png' --data-binary @"$DEMO/corpus/$IMG" "$HTTP/invocations?top_k=3"; echo
 echo "-- HTTP POST /invocations, JSON by id:"
 curl -s -H 'Content-Type: application/json' -d '{"id":"fmnist-test-00001","top_k":3}' "$HTTP/invocations"; echo
+echo "-- HTTP POST /invocations, by id, only boots (a filter on the class attribute):"
+curl -s -H 'Content-Type: application/json' \
+  -d '{"id":"fmnist-test-00001","top_k":3,"filter":{"must":[{"field":"class","match":{"keyword":"boot"}}]}}' \
+  "$HTTP/invocations"; echo
 echo "-- HTTP GET / (the web search page): $(curl -s -o /dev/null -w '%{http_code} %{content_type}' $HTTP/)"
 echo "-- HTTP GET /thumbs/fmnist-test-00001: $(curl -s -o /dev/null -w '%{http_code} %{content_type}, %{size_download} bytes' $HTTP/thumbs/fmnist-test-00001)"
 echo "-- HTTP GET /metrics (requests so far):"

@@ -13,7 +13,9 @@
 # precision@10 of "more like this" against MANIFEST's attributes.class), and
 # only if it passes points CURRENT at it; every live replica then swaps to it
 # within its poll interval. On failure CURRENT is left as it was, the live
-# replicas never see the candidate, and the exit status is 1.
+# replicas never see the candidate, and the exit status is 1. --min_p10 is
+# per collection (precision@10 grows with the images per class): the default
+# is CI's batch job's bar (Fashion-MNIST, 200 a class); deploy/README.md, 6.
 #
 # Rollback is one command: `imagesearch-snapshot rollback --root=R` (CURRENT
 # -> the newest version older than it), or set-current --version=vK.
