@@ -14,10 +14,10 @@ namespace {
 absl::Status EmbedderAvailable(const ServingState& state, bool text) {
   const auto& model = state.snapshot->manifest().model;
   if (model.name.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "snapshot v", state.snapshot->version(),
-        " was built from raw vectors and has no model; image and text queries need a snapshot "
-        "built by the indexer (vector and id queries work)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("snapshot v", state.snapshot->version(),
+                     " holds raw vectors and has no model; image and text queries need a snapshot "
+                     "built by the indexer (vector and id queries work)"));
   }
   if (!state.embedder) {
     return absl::UnimplementedError(

@@ -398,7 +398,7 @@ TEST_CASE("Embed checks every input before any model work, and names the failing
   auto r = Await(vector_only.Embed({Image("a")}));
   CHECK(absl::IsFailedPrecondition(r.status()));
   CHECK(r.status().message() ==
-        "snapshot v1 was built from raw vectors and has no model; image and text queries need a "
+        "snapshot v1 holds raw vectors and has no model; image and text queries need a "
         "snapshot built by the indexer (vector and id queries work)");
   Fixture image_only({}, Model::kImageOnly);
   CHECK(absl::IsFailedPrecondition(Await(image_only.Embed({Image("a"), Text("a cat")})).status()));

@@ -518,7 +518,8 @@ void HttpFrontend::Invocations(HttpRequest req, HttpResponder respond) {
         "Search",
         absl::InvalidArgumentError(absl::StrCat(
             "Content-Type ", QuoteClientText(type),
-            " is not supported; send image/jpeg, image/png, image/webp or application/json")),
+            " is not supported; send image/jpeg, image/png, image/webp, application/x-image or "
+            "application/json")),
         415));
   }
   if (parsed.ok()) parsed = ApplyParams(call->req, &call->request, &timeout);
