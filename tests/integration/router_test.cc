@@ -25,6 +25,7 @@
 #include "libs/common/test_temp_dir.h"
 #include "libs/index/test_vectors.h"
 #include "libs/serving/embedder.h"
+#include "libs/serving/query_core.h"
 #include "libs/serving/query_engine.h"
 #include "libs/snapshot/shard.h"
 #include "libs/snapshot/snapshot_store.h"
@@ -693,6 +694,43 @@ TEST_CASE("A hung shard: allow_partial answers before the deadline, a query erro
   }
   ::kill(c.replicas[0][0]->pid(), SIGCONT);
   for (auto& p : c.replicas[1]) ::kill(p->pid(), SIGCONT);
+}
+
+TEST_CASE("SearchBatch through the router: a replica's limit, and each answer the single one's",
+          "[router]") {
+  Cluster c;
+  router::Router r(c.Options(-absl::InfiniteDuration()));
+  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+  auto batch = [&](const v1::SearchBatchRequest& b) {
+    return Await<v1::SearchBatchResponse>([&](router::Router::Done<v1::SearchBatchResponse> d) {
+      r.SearchBatch(b, absl::Now() + absl::Seconds(60), std::move(d));
+    });
+  };
+  // One over the limit: refused before any shard is asked, as a replica
+  // refuses it (the same message).
+  v1::SearchBatchRequest over;
+  const int max = serving::QueryCoreOptions().max_batch_queries;  // A replica's default.
+  for (int i = 0; i <= max; ++i) *over.add_requests() = Query(i, true);
+  auto refused = batch(over);
+  INFO(refused.status().ToString());
+  CHECK(absl::IsInvalidArgument(refused.status()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  v1::SearchBatchResponse single_out;
+  const grpc::Status single = c.single_stub->SearchBatch(&ctx, over, &single_out);
+  CHECK(single.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(single.error_message() == std::string(refused.status().message()));
+  CHECK(r.shard(0).Stats().calls == 0);
+  // At the limit: every answer is the unsharded one's.
+  v1::SearchBatchRequest full;
+  for (int i = 0; i < max; ++i) *full.add_requests() = Query(i, true);
+  auto answered = batch(full);
+  INFO(answered.status().ToString());
+  REQUIRE(answered.ok());
+  REQUIRE(answered->responses_size() == max);
+  for (int i = 0; i < answered->responses_size(); i += 17) {
+    CHECK(Ids(answered->responses(i)) == Ids(c.Single(full.requests(i))));
+  }
 }
 
 TEST_CASE("A shard given by DNS name gets a channel per address it resolves to", "[router]") {
