@@ -18,6 +18,8 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/flags/internal/parse.h"
+#include "absl/flags/internal/usage.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
@@ -63,7 +65,16 @@ inline std::vector<char*> InitBinary(absl::string_view usage, int argc, char** a
   config.contains_help_flags = ours;
   config.contains_helpshort_flags = ours;
   absl::SetFlagsUsageConfig(config);
-  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  // absl::ParseCommandLine, except that --help (and --helpfull, ...) exits
+  // 0 as a help request does elsewhere: Debian's Abseil (20220623) exits 1,
+  // which scripts and `make` read as a failure. Newer Abseil exits 0 itself.
+  std::vector<char*> positional = absl::flags_internal::ParseCommandLineImpl(
+      argc, argv, absl::flags_internal::ArgvListAction::kRemoveParsedArgs,
+      absl::flags_internal::UsageFlagsAction::kIgnoreUsage,
+      absl::flags_internal::OnUndefinedFlag::kAbortIfUndefined);
+  if (const int code = absl::flags_internal::HandleUsageFlags(std::cout, usage); code >= 0) {
+    std::exit(0);  // 1 means "a usage flag was handled", not an error.
+  }
   auto format = ParseLogFormat(absl::GetFlag(log_format));
   if (!format.ok()) {
     std::cerr << "--log_format: " << format.status().message() << "\n";

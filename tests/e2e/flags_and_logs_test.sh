@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Each binary's --help lists its own flags; --log_format=json makes every
+# Each binary's --help lists its own flags and exits 0; --log_format=json makes every
 # log line of the query service (the dlopen'ed model runtime's included, as
 # libimagesearch_common is one shared copy) a JSON object.
 #   flags_and_logs_test.sh QUERY INDEXER SNAPSHOT_TOOL [DEFAULT_MODEL]
@@ -10,7 +10,8 @@ trap 'if [[ -n ${QUERY_PID:-} ]]; then kill "$QUERY_PID" 2>/dev/null || true; fi
 
 check_help() {  # BINARY FLAG...
   local bin=$1; shift
-  local out; out=$("$bin" --help 2>&1 || true)
+  local out rc=0; out=$("$bin" --help 2>&1) || rc=$?
+  ((rc == 0)) || fail "$bin --help exited $rc (a help request is no failure)"
   grep -q "No flags matched" <<<"$out" && fail "$bin --help: No flags matched"
   for flag in "$@" log_format; do
     grep -q -- "--$flag " <<<"$out" || fail "$bin --help does not list --$flag"
