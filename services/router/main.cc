@@ -22,10 +22,14 @@
 #include <signal.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <functional>
 #include <iostream>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -133,6 +137,40 @@ absl::Time Deadline(const grpc::ServerContextBase& context) {
   return absl::FromChrono(d);
 }
 
+// The calls in flight over both fronts, and the refusal of new ones once
+// the router stops (as a replica's QueryCore::StartDraining and WaitIdle):
+// a SIGTERM lets the calls in flight, HTTP's as gRPC's, finish within the
+// grace period before the shard calls still waiting are cancelled.
+class CallCounter {
+ public:
+  bool Enter() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (draining_) return false;
+    ++inflight_;
+    return true;
+  }
+  void Leave() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--inflight_ == 0) idle_.notify_all();
+  }
+  void StartDraining() {
+    std::lock_guard<std::mutex> lock(mu_);
+    draining_ = true;
+  }
+  // Whether every call ended within `grace`.
+  bool WaitIdle(absl::Duration grace) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return idle_.wait_for(lock, absl::ToChronoNanoseconds(grace),
+                          [this] { return inflight_ == 0; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable idle_;
+  bool draining_ = false;  // Guarded by mu_.
+  int64_t inflight_ = 0;   // Guarded by mu_.
+};
+
 // Counts every answer under (front, method, code), as a replica does, and
 // keeps the in-flight gauge.
 template <typename Response>
@@ -147,12 +185,29 @@ Router::Done<Response> Tracked(serving::Metrics* metrics, const char* front, con
   };
 }
 
+// Starts a served call through `start`, counted and tracked; once the router
+// is stopping, refuses it (UNAVAILABLE: clients and balancers go elsewhere).
+template <typename Response>
+void Serve(CallCounter* calls, serving::Metrics* metrics, const char* front, const char* method,
+           Router::Done<Response> done, const std::function<void(Router::Done<Response>)>& start) {
+  if (!calls->Enter()) {
+    metrics->RecordRequest(front, method, absl::StatusCode::kUnavailable, absl::ZeroDuration());
+    return done(absl::UnavailableError("the router is shutting down: retry on another replica"));
+  }
+  start(Tracked<Response>(metrics, front, method,
+                          [calls, done = std::move(done)](absl::StatusOr<Response> r) {
+                            done(std::move(r));
+                            calls->Leave();
+                          }));
+}
+
 // The public ImageSearch API over the router, every method on gRPC's
 // asynchronous API and the router's completion threads.
 class RouterService {
  public:
-  RouterService(Router* router, serving::Metrics* metrics, const BearerToken* token)
-      : router_(router), metrics_(metrics), gate_(token, metrics) {}
+  RouterService(Router* router, serving::Metrics* metrics, const BearerToken* token,
+                CallCounter* calls)
+      : router_(router), metrics_(metrics), gate_(token, metrics), calls_(calls) {}
 
   grpc::Service* service() { return &service_; }
 
@@ -196,8 +251,10 @@ class RouterService {
     m.answer = [this, name, answer = std::move(answer)](const rpc::CallInfo& c, const Request& q,
                                                         Router::Done<Response> done) {
       if (absl::Status s = gate_.AuthenticateGrpc(c.context(), name); !s.ok()) return done(s);
-      answer(q, Deadline(c.context()), c.Cancelled(),
-             Tracked<Response>(metrics_, "grpc", name, std::move(done)));
+      Serve<Response>(calls_, metrics_, "grpc", name, std::move(done),
+                      [&](Router::Done<Response> d) {
+                        answer(q, Deadline(c.context()), c.Cancelled(), std::move(d));
+                      });
     };
     return m;
   }
@@ -205,6 +262,7 @@ class RouterService {
   Router* const router_;
   serving::Metrics* const metrics_;
   const CallGate gate_;
+  CallCounter* const calls_;
   Async service_;
   const Method<v1::SearchRequest, v1::SearchResponse> search_ =
       Make<v1::SearchRequest, v1::SearchResponse>(
@@ -250,28 +308,35 @@ class RouterService {
 // The HTTP front end's backend: the same router calls as gRPC's.
 class RouterHttpBackend final : public HttpBackend {
  public:
-  RouterHttpBackend(Router* router, serving::Metrics* metrics)
-      : router_(router), metrics_(metrics) {}
+  RouterHttpBackend(Router* router, serving::Metrics* metrics, CallCounter* calls)
+      : router_(router), metrics_(metrics), calls_(calls) {}
 
   void SetServing(bool serving) { serving_ = serving; }
   bool Serving() const override { return serving_; }
   void Search(v1::SearchRequest request, const serving::CallContext& context,
               Done<v1::SearchResponse> done) override {
-    router_->Search(request, context.deadline, Tracked(metrics_, "http", "Search", std::move(done)),
-                    context.cancelled);
+    Serve<v1::SearchResponse>(
+        calls_, metrics_, "http", "Search", std::move(done), [&](Done<v1::SearchResponse> d) {
+          router_->Search(request, context.deadline, std::move(d), context.cancelled);
+        });
   }
   void GetInfo(const serving::CallContext& context, Done<v1::GetInfoResponse> done) override {
-    router_->GetInfo(context.deadline, Tracked(metrics_, "http", "GetInfo", std::move(done)));
+    Serve<v1::GetInfoResponse>(
+        calls_, metrics_, "http", "GetInfo", std::move(done),
+        [&](Done<v1::GetInfoResponse> d) { router_->GetInfo(context.deadline, std::move(d)); });
   }
   void GetThumbnail(std::string id, const serving::CallContext& context,
                     Done<v1::GetThumbnailResponse> done) override {
-    router_->GetThumbnail(id, context.deadline,
-                          Tracked(metrics_, "http", "Thumbnail", std::move(done)));
+    Serve<v1::GetThumbnailResponse>(calls_, metrics_, "http", "Thumbnail", std::move(done),
+                                    [&](Done<v1::GetThumbnailResponse> d) {
+                                      router_->GetThumbnail(id, context.deadline, std::move(d));
+                                    });
   }
 
  private:
   Router* const router_;
   serving::Metrics* const metrics_;
+  CallCounter* const calls_;
   std::atomic<bool> serving_{false};
 };
 
@@ -396,8 +461,9 @@ int Run() {
     }
   }
   metrics.InitShards(router.shard_count());
-  RouterService service(&router, &metrics, token ? &*token : nullptr);
-  RouterHttpBackend http_backend(&router, &metrics);
+  CallCounter calls;
+  RouterService service(&router, &metrics, token ? &*token : nullptr, &calls);
+  RouterHttpBackend http_backend(&router, &metrics, &calls);
   std::unique_ptr<HttpFrontend> http;
   if (absl::GetFlag(FLAGS_http_port) >= 0) {
     HttpFrontendOptions hopts;
@@ -462,10 +528,18 @@ int Run() {
   LogInfo("imagesearch-router: signal ", sig, ": stopping");
   health.Shutdown();               // NOT_SERVING, and Watch streams end.
   http_backend.SetServing(false);  // /ping: 503, so load balancers move on.
-  server->Shutdown(std::chrono::system_clock::now() +
-                   std::chrono::milliseconds(std::max(0, absl::GetFlag(FLAGS_shutdown_grace_ms))));
+  calls.StartDraining();           // New calls, gRPC's and HTTP's: UNAVAILABLE.
+  // gRPC stops listening and sends GOAWAY at once; the calls in flight on
+  // both fronts get the grace period, then the shard calls still waiting
+  // (on a hung replica) are cancelled, which ends them.
+  const absl::Duration grace =
+      absl::Milliseconds(std::max(0, absl::GetFlag(FLAGS_shutdown_grace_ms)));
+  std::thread grpc_shutdown(
+      [&server, until = absl::ToChronoTime(absl::Now() + grace)] { server->Shutdown(until); });
+  if (!calls.WaitIdle(grace)) LogWarning("imagesearch-router: grace period over, calls in flight");
   router.CancelAll();  // A hung replica must not hold the router up to its calls' deadlines.
   if (http != nullptr) http->Stop();
+  grpc_shutdown.join();
   threads.Shutdown();  // After the server's: gRPC's order.
   // The embedder goes first: queued images are answered (as refused shard
   // calls) into the router and the metrics, which are destroyed after.

@@ -47,7 +47,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_lib  # noqa: E402
 import grpc_stubs  # noqa: E402
-from e2e_lib import DelayProxy, Server, check, run  # noqa: E402
+from e2e_lib import DelayProxy, Server, check, post_json, run  # noqa: E402
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -433,6 +433,39 @@ def main():
         print(f"10b. a call waiting on a SIGSTOPped replica: the router exits 0 {exited_s:.2f} s "
               f"after SIGTERM (grace 1 s); the call ended {waited['code']} after "
               f"{waited['s']:.2f} s, not at its 60 s deadline")
+
+        # 10c. An HTTP request in flight at SIGTERM finishes within the grace
+        # period, as a gRPC call does (it was answered 503 at once: only
+        # gRPC's calls were waited for), and the router then exits 0.
+        draining = Server(ROUTER, ["--shards=" + ";".join(r.grpc_address for r in dreps),
+                                   "--port=0", "--http_port=0", "--shutdown_grace_ms=5000"],
+                          os.path.join(work, "draining.log"), wait=("grpc", "http"),
+                          pick_ports=False)
+        procs.append(draining)
+        body = {"vector": {"values": base_rows[1]}, "top_k": 3}
+        check(post_json(draining.http_port, body)[0] == 200, "the router's HTTP before the stop")
+        os.kill(dreps[0].pid, signal.SIGSTOP)
+        dreps[0].wait_until("shard 0's replica stopped", stopped, 10)
+        answered = {}
+
+        def http_call():
+            answered["status"], answered["body"] = post_json(draining.http_port, body, timeout=30)
+        caller = threading.Thread(target=http_call)
+        caller.start()
+        try:
+            time.sleep(0.5)
+            check(caller.is_alive(), f"the request did not wait on the stopped replica: {answered}")
+            stopper = threading.Thread(target=lambda: answered.update(rc=draining.stop(limit_s=20)))
+            stopper.start()
+            time.sleep(0.5)  # SIGTERM sent; the request still waits on the shard.
+        finally:
+            os.kill(dreps[0].pid, signal.SIGCONT)
+        caller.join(20)
+        stopper.join(30)
+        check(answered.get("status") == 200 and len(answered["body"]["hits"]) == 3, answered)
+        check(answered.get("rc") == 0, answered)
+        print("10c. an HTTP request in flight at SIGTERM (its shard stopped for 1 s): answered 200 "
+              "within the grace period, then the router exits 0")
     finally:
         for p in procs:
             p.kill()
