@@ -113,10 +113,23 @@ void Router::ShardSearch(uint32_t shard, std::shared_ptr<const v1::SearchRequest
                          absl::Time deadline, Cancelled cancelled,
                          Done<ShardClient::Answer<v1::SearchResponse>> done) {
   ShardClient* s = shards_[shard].get();
+  // Every hit must be a row of this shard: a replica restarted at a listed
+  // address as another shard's (until its next check) would otherwise put
+  // that shard's rows in twice and this shard's in not at all.
+  ShardClient::Vet<v1::SearchResponse> vet = [shard,
+                                              count = shard_count()](const v1::SearchResponse& r) {
+    for (const v1::Hit& h : r.hits()) {
+      if (const uint32_t owner = snapshot::ShardOf(h.id(), count); owner != shard) {
+        return absl::StrCat("answered with row '", h.id(), "' of shard ", owner, ", not of shard ",
+                            shard);
+      }
+    }
+    return std::string();
+  };
   s->Call<v1::SearchRequest, v1::SearchResponse>(
       [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::SearchRequest& q,
          grpc::CompletionQueue* queue) { return stub->PrepareAsyncSearch(c, q, queue); },
-      std::move(request), deadline, std::move(done), std::move(cancelled));
+      std::move(request), deadline, std::move(done), std::move(cancelled), std::move(vet));
 }
 
 void Router::ShardEmbed(uint32_t shard, const v1::EmbedRequest& request, absl::Time deadline,

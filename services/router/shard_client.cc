@@ -197,8 +197,10 @@ void ShardClient::Watch() {
       wake = std::min(wake, next_recheck);
       if (!AllGood()) wake = std::min(wake, absl::Now() + kCheckPendingEvery);
     }
-    const uint64_t seen = check_generation_;
-    const auto woken = [&] { return stopping_ || check_generation_ != seen; };
+    const uint64_t seen = check_generation_, suspected = suspected_;
+    const auto woken = [&] {
+      return stopping_ || check_generation_ != seen || suspected_ != suspected;
+    };
     if (wake == absl::InfiniteFuture()) {
       resolver_cv_.wait(lock, woken);
     } else {
@@ -218,7 +220,8 @@ void ShardClient::Watch() {
       const bool all = now >= next_recheck;
       std::vector<std::shared_ptr<Replica>> ask;
       for (const auto& r : *replicas()) {
-        if (all || r->state.load(std::memory_order_acquire) != Replica::State::kGood) {
+        if (all || r->state.load(std::memory_order_acquire) != Replica::State::kGood ||
+            r->recheck.load(std::memory_order_acquire)) {
           ask.push_back(r);
         }
       }
@@ -231,9 +234,34 @@ void ShardClient::Watch() {
 
 bool ShardClient::AllGood() const {
   for (const auto& r : *replicas()) {
-    if (r->state.load(std::memory_order_acquire) != Replica::State::kGood) return false;
+    if (r->state.load(std::memory_order_acquire) != Replica::State::kGood ||
+        r->recheck.load(std::memory_order_acquire)) {
+      return false;
+    }
   }
   return true;
+}
+
+void ShardClient::Suspect(Replica& r, absl::string_view why) {
+  if (!why.empty()) {
+    {
+      std::lock_guard<std::mutex> lock(r.why_mu);
+      r.why = std::string(why);
+    }
+    auto good = Replica::State::kGood;
+    if (r.state.compare_exchange_strong(good, Replica::State::kUnchecked)) {
+      LogError("imagesearch-router: shard ", index_, " replica ", r.address, " ", why,
+               "; it gets no calls until it is checked again");
+    }
+  }
+  // Once: a replica that keeps failing is asked every kCheckPendingEvery
+  // until it answers, not once per failed call.
+  if (r.recheck.exchange(true)) return;
+  {
+    std::lock_guard<std::mutex> lock(resolver_mu_);
+    ++suspected_;
+  }
+  resolver_cv_.notify_all();
 }
 
 std::vector<absl::StatusOr<v1::GetInfoResponse>> ShardClient::AskAll(
@@ -296,6 +324,7 @@ void ShardClient::Judge(Replica& r, const absl::StatusOr<v1::GetInfoResponse>& i
     }
     return;
   }
+  r.recheck.store(false, std::memory_order_release);  // It answered: judged now.
   const absl::Status fits = check(*info);
   {
     std::lock_guard<std::mutex> lock(r.why_mu);

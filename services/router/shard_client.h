@@ -215,6 +215,9 @@ class ShardClient {
     }
     mutable std::mutex why_mu;
     std::string why;  // Guarded by why_mu.
+    // To be asked again as soon as it answers (Suspect): it failed as a
+    // restarted process does, and may be another shard's now.
+    std::atomic<bool> recheck{false};
   };
   using Replicas = std::vector<std::shared_ptr<Replica>>;
 
@@ -267,6 +270,12 @@ class ShardClient {
   std::vector<absl::StatusOr<v1::GetInfoResponse>> AskAll(
       const std::vector<std::shared_ptr<Replica>>& replicas, absl::Time deadline);
 
+  // Has `r` asked again at once, and every kCheckPendingEvery until it
+  // answers: after a call to it failed as a stopped or restarted replica's
+  // does (UNAVAILABLE), or (`why` not empty) it answered with what this shard
+  // cannot hold; then it also gets no calls until the check passes.
+  void Suspect(Replica& r, absl::string_view why);
+
   // Cancels every attempt in flight, and refuses new ones (they fail with
   // UNAVAILABLE): for a router that stops, so that a hung replica cannot
   // hold it up until its calls' deadlines.
@@ -286,11 +295,15 @@ class ShardClient {
   // the last error, on a thread of the client's queues. The request is
   // shared, not copied: a query fanned out to every shard is one message.
   // `cancelled` (may be empty): whether the caller has gone; then no hedge
-  // or retry is sent.
+  // or retry is sent. `vet` (may be empty): what is wrong with an answer
+  // ("" if nothing); a replica whose answer is wrong is suspected
+  // (Suspect) and the call goes on to another replica, as for UNAVAILABLE.
+  template <typename Response>
+  using Vet = std::function<std::string(const Response&)>;
   template <typename Request, typename Response>
   void Call(Start<Request, Response> start, std::shared_ptr<const Request> request,
             absl::Time deadline, std::function<void(absl::StatusOr<Answer<Response>>)> done,
-            std::function<bool()> cancelled = {});
+            std::function<bool()> cancelled = {}, Vet<Response> vet = {});
 
  private:
   template <typename Request, typename Response>
@@ -337,6 +350,7 @@ class ShardClient {
   bool stopping_ = false;          // Guarded by resolver_mu_.
   Check check_;                    // Guarded by resolver_mu_; set by Verify.
   uint64_t check_generation_ = 0;  // Guarded by resolver_mu_; Verify adds 1.
+  uint64_t suspected_ = 0;         // Guarded by resolver_mu_; Suspect adds 1.
   std::atomic<bool> checking_{false};
   std::thread resolver_;  // Runs Watch.
   // The latest `Capacity` latencies, the oldest overwritten first.
@@ -409,7 +423,8 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
 
   // User-provided, so that make_shared leaves the block uninitialised.
   HedgedCall(ShardClient* shard, Start start, std::shared_ptr<const Request> request,
-             absl::Time deadline, Done done, std::function<bool()> cancelled)
+             absl::Time deadline, Done done, std::function<bool()> cancelled,
+             ShardClient::Vet<Response> vet)
       : arena_(arena_block_, sizeof(arena_block_)),
         shard_(shard),
         start_(std::move(start)),
@@ -417,6 +432,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
         deadline_(deadline),
         done_(std::move(done)),
         cancelled_(std::move(cancelled)),
+        vet_(std::move(vet)),
         replicas_(shard->replicas()),
         retries_left_(shard->options_.retries) {
     shard_->CallBegins();
@@ -585,6 +601,20 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
   }
 
   void OnDone(Attempt* a, grpc::Status s) {
+    // An answer this shard cannot give (another shard's rows: a replica
+    // restarted at its address as another shard's, not yet rechecked) is
+    // the replica's failure, never merged: the call goes on elsewhere.
+    bool wrong = false;
+    if (s.ok() && vet_ && !a->refused) {
+      if (std::string why = vet_(*a->response); !why.empty()) {
+        shard_->Suspect(*a->replica, why);
+        s = grpc::Status(grpc::StatusCode::INTERNAL,
+                         absl::StrCat("replica ", a->replica->address, " ", why));
+        wrong = true;
+      }
+    } else if (s.error_code() == grpc::StatusCode::UNAVAILABLE && !a->refused) {
+      shard_->Suspect(*a->replica, "");
+    }
     std::unique_lock<std::mutex> lock(mu_);
     --outstanding_;
     const int64_t now_ns = ShardClient::NowNs();
@@ -627,7 +657,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
       HedgeTimer::Get().Cancel(timer);
       return;
     }
-    if (Retryable(s) && !a->refused && retries_left_ > 0 &&
+    if ((Retryable(s) || wrong) && !a->refused && retries_left_ > 0 &&
         absl::Now() + absl::Milliseconds(1) < deadline_ && !Gone()) {
       Attempt* retry = NewAttemptLocked(a->hedge, /*repeat=*/true);
       if (retry == nullptr) return Fail(std::move(lock), s, timer);
@@ -665,6 +695,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
   const absl::Time deadline_;
   const Done done_;
   const std::function<bool()> cancelled_;  // May be empty.
+  const ShardClient::Vet<Response> vet_;   // May be empty.
   bool Gone() const { return cancelled_ && cancelled_(); }
   const std::shared_ptr<const ShardClient::Replicas> replicas_;  // Kept for the call.
   std::mutex mu_;
@@ -682,7 +713,7 @@ template <typename Request, typename Response>
 void ShardClient::Call(Start<Request, Response> start, std::shared_ptr<const Request> request,
                        absl::Time deadline,
                        std::function<void(absl::StatusOr<Answer<Response>>)> done,
-                       std::function<bool()> cancelled) {
+                       std::function<bool()> cancelled, Vet<Response> vet) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.calls;
@@ -702,7 +733,7 @@ void ShardClient::Call(Start<Request, Response> start, std::shared_ptr<const Req
         }
         done(std::move(r));
       },
-      std::move(cancelled));
+      std::move(cancelled), std::move(vet));
   call->Run();
 }
 

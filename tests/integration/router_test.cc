@@ -448,6 +448,7 @@ class FakeReplica final : public v1::ImageSearch::Service {
   int port() const { return port_; }
   std::atomic<bool> as_other{false};
   std::atomic<bool> broken_embed{false};
+  std::atomic<bool> search_as_other{false};  // GetInfo says one shard, Search answers another's.
 
   grpc::Status GetInfo(grpc::ServerContext*, const v1::GetInfoRequest* q,
                        v1::GetInfoResponse* out) override {
@@ -457,7 +458,7 @@ class FakeReplica final : public v1::ImageSearch::Service {
   grpc::Status Search(grpc::ServerContext*, const v1::SearchRequest* q,
                       v1::SearchResponse* out) override {
     grpc::ClientContext c;
-    return real_->Search(&c, *q, out);
+    return (search_as_other ? other_ : real_)->Search(&c, *q, out);
   }
   grpc::Status Embed(grpc::ServerContext*, const v1::EmbedRequest* q,
                      v1::EmbedResponse* out) override {
@@ -475,6 +476,43 @@ class FakeReplica final : public v1::ImageSearch::Service {
   int port_ = 0;
   std::unique_ptr<grpc::Server> server_;
 };
+
+TEST_CASE("Another shard's rows in a replica's answer are never merged: it is asked again",
+          "[router]") {
+  Cluster c;
+  // Listed in shard 0 and checked as shard 0's, but answering searches with
+  // shard 1's rows: as a process restarted at its address as a shard-1
+  // replica answers until the next check (10 s by default; never, here).
+  FakeReplica impostor(c.replicas[0][0]->address(), c.replicas[1][0]->address());
+  REQUIRE(impostor.port() > 0);
+  router::RouterOptions o = c.Options(-absl::InfiniteDuration());
+  const std::string fake = absl::StrCat("127.0.0.1:", impostor.port());
+  o.shard_targets[0] = absl::StrCat(fake, ",", c.replicas[0][1]->address());
+  o.shard.recheck_every = absl::Hours(1);
+  router::Router r(o);
+  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+  impostor.search_as_other = true;
+  impostor.as_other = true;  // Its GetInfo too, from now on: a shard-1 replica in all.
+  for (uint32_t i = 0; i < 30; ++i) {
+    const v1::SearchRequest q = Query(i, true);
+    auto got = Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
+      r.Search(q, absl::Now() + absl::Seconds(10), std::move(d));
+    });
+    INFO(got.status().ToString());
+    REQUIRE(got.ok());
+    CHECK(Ids(*got) == Ids(c.Single(q)));  // No duplicate, none missing.
+  }
+  // Its first wrong answer had it asked again at once (not in recheck_every):
+  // it says what it is, and gets no calls.
+  std::string not_good;
+  for (int i = 0; i < 1000 && !absl::StrContains(not_good, "serves shard 1 of 2"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    not_good = r.shard(0).NotGood();
+  }
+  INFO(not_good);
+  CHECK(absl::StrContains(not_good, fake + ": serves shard 1 of 2"));
+  CHECK(r.shard(0).Stats().failures == 0);  // Each call went on to the real replica.
+}
 
 TEST_CASE("A replica that turns out to serve another shard is rechecked out, and back in",
           "[router]") {
