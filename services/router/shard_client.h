@@ -154,11 +154,27 @@ class ShardClient {
         .count();
   }
 
-  // Only searches time a replica: an Embed that runs the model, a thumbnail
-  // or GetInfo takes its own time, and would make the replica look slow (or
-  // fast) to the searches after it. Failures count for every call.
+  // Only searches are recorded in the shard's p50 and p95 (the hedge delay):
+  // an Embed that runs the model, a thumbnail or GetInfo takes its own time.
+  // Quick calls time the replica's load (below); failures count for every
+  // call.
   template <typename Request>
   static constexpr bool kTimesReplica = std::is_same_v<Request, v1::SearchRequest>;
+  // Calls that take a replica about a search's time or less: a search, an
+  // id's stored vector, a thumbnail, GetInfo. They are hedged (after the
+  // searches' p95) and time their replica's load, so one hung replica of a
+  // shard delays them by the hedge delay, not to their deadline. Not an
+  // Embed of an image or text: the model runs for far longer, and a hedge
+  // would run it twice.
+  static bool Quick(const v1::SearchRequest&) { return true; }
+  static bool Quick(const v1::GetInfoRequest&) { return true; }
+  static bool Quick(const v1::GetThumbnailRequest&) { return true; }
+  static bool Quick(const v1::EmbedRequest& r) {
+    for (const v1::EmbedInput& in : r.inputs()) {
+      if (in.input_case() != v1::EmbedInput::kId) return false;
+    }
+    return true;
+  }
   // An error about the request, which every replica would return: a bad
   // query, an id not there, a text query to a collection whose model has no
   // text tower, or to one of raw vectors (FAILED_PRECONDITION). Not a sign
@@ -177,9 +193,8 @@ class ShardClient {
     }
   }
   // What the end of a call to a replica, after `took_ns`, says about the
-  // replica's load (ReplicaLoad::End). `timed`: kTimesReplica of its
-  // request; `refused`: never sent (the channel refused it); `lost`:
-  // cancelled here, the loser of a hedge.
+  // replica's load (ReplicaLoad::End). `timed`: Quick(its request); `refused`: never sent (the
+  // channel refused it); `lost`: cancelled here, the loser of a hedge.
   struct Observation {
     ReplicaLoad::Seen seen;
     int64_t latency_ns;
@@ -450,10 +465,8 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
       return done_(
           absl::UnavailableError(absl::StrCat("no replica serves the shard: ", shard_->NotGood())));
     }
-    // Only searches are hedged, after the p95 of searches: an Embed may run
-    // the model for far longer, and hedging it would run it twice.
-    const absl::Duration delay =
-        ShardClient::kTimesReplica<Request> ? shard_->HedgeDelay() : -absl::InfiniteDuration();
+    // Quick calls only are hedged, after the p95 of searches (Quick).
+    const absl::Duration delay = quick_ ? shard_->HedgeDelay() : -absl::InfiniteDuration();
     if (delay >= absl::ZeroDuration() && absl::Now() + delay < deadline_) {
       ArmTimer(delay, /*hedge=*/true);
     } else if (cancelled_) {
@@ -595,8 +608,8 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
 
   void Observe(const Attempt* a, const grpc::Status& s, bool lost, int64_t took_ns,
                int64_t now_ns) const {
-    const ShardClient::Observation o = ShardClient::Observe(
-        ShardClient::kTimesReplica<Request>, a->refused, s.error_code(), lost, took_ns);
+    const ShardClient::Observation o =
+        ShardClient::Observe(quick_, a->refused, s.error_code(), lost, took_ns);
     a->replica->load.End(o.seen, o.latency_ns, now_ns);
   }
 
@@ -696,6 +709,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
   const Done done_;
   const std::function<bool()> cancelled_;  // May be empty.
   const ShardClient::Vet<Response> vet_;   // May be empty.
+  const bool quick_ = ShardClient::Quick(*request_);
   bool Gone() const { return cancelled_ && cancelled_(); }
   const std::shared_ptr<const ShardClient::Replicas> replicas_;  // Kept for the call.
   std::mutex mu_;

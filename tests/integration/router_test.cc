@@ -698,6 +698,42 @@ TEST_CASE("A hung shard: allow_partial answers before the deadline, a query erro
     CHECK(absl::IsInvalidArgument(s));
     CHECK(absl::Now() - t0 < absl::Seconds(2));
   }
+  // Id queries (the id's vector from its shard: an Embed of an id) and
+  // GetInfo are hedged as searches are: the hung replica costs them the
+  // hedge delay, not their deadline. A router new to the hang, and calls at
+  // once, so that some go to the hung replica first.
+  {
+    ::kill(c.replicas[0][0]->pid(), SIGCONT);  // Checked good first, then hung.
+    router::Router fresh(c.Options(absl::Milliseconds(50)));
+    REQUIRE(fresh.Discover(absl::Now() + absl::Seconds(20)).ok());
+    StopProcess(c.replicas[0][0]->pid());
+    std::string owned;  // An id of shard 0.
+    for (int i = 0; owned.empty(); ++i) {
+      if (snapshot::ShardOf(absl::StrCat("row", i), kShards) == 0) owned = absl::StrCat("row", i);
+    }
+    std::vector<std::future<absl::Status>> calls;
+    const absl::Time t0 = absl::Now();
+    for (int i = 0; i < 8; ++i) {
+      auto by_id = std::make_shared<std::promise<absl::Status>>();
+      calls.push_back(by_id->get_future());
+      v1::SearchRequest q;
+      q.set_id(owned);
+      fresh.Search(
+          q, absl::Now() + absl::Seconds(5),
+          [by_id](absl::StatusOr<v1::SearchResponse> got) { by_id->set_value(got.status()); });
+      auto info = std::make_shared<std::promise<absl::Status>>();
+      calls.push_back(info->get_future());
+      fresh.GetInfo(
+          absl::Now() + absl::Seconds(5),
+          [info](absl::StatusOr<v1::GetInfoResponse> got) { info->set_value(got.status()); });
+    }
+    for (auto& f : calls) {
+      const absl::Status got = f.get();
+      INFO(got.ToString());
+      CHECK(got.ok());
+    }
+    CHECK(absl::Now() - t0 < absl::Seconds(3));
+  }
   // Both replicas of shard 1 hang too.
   for (auto& p : c.replicas[1]) StopProcess(p->pid());
   v1::SearchRequest partial = Query(2, true);
