@@ -28,6 +28,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -363,13 +364,33 @@ int Run() {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   RouterOptions options;
-  for (absl::string_view t :
-       absl::StrSplit(absl::GetFlag(FLAGS_shards), ';', absl::SkipWhitespace())) {
-    options.shard_targets.emplace_back(absl::StripAsciiWhitespace(t));
-  }
-  if (options.shard_targets.empty()) {
+  if (absl::StripAsciiWhitespace(absl::GetFlag(FLAGS_shards)).empty()) {
     std::cerr << "--shards is required: the shards' targets in order, ';'-separated\n";
     return 2;
+  }
+  // Strict: an empty entry would shift every later shard's index, and an
+  // address listed twice is a typo (or two shards in one process).
+  std::set<std::string, std::less<>> seen;
+  for (absl::string_view t : absl::StrSplit(absl::GetFlag(FLAGS_shards), ';')) {
+    const size_t i = options.shard_targets.size();
+    t = absl::StripAsciiWhitespace(t);
+    if (t.empty()) {
+      std::cerr << "--shards: shard " << i
+                << " is empty (the shards are ';'-separated, in order)\n";
+      return 2;
+    }
+    for (absl::string_view a : absl::StrSplit(t, ',')) {
+      a = absl::StripAsciiWhitespace(a);
+      if (a.empty()) {
+        std::cerr << "--shards: shard " << i << " (" << t << ") has an empty address\n";
+        return 2;
+      }
+      if (!seen.emplace(a).second) {
+        std::cerr << "--shards: " << a << " is listed twice\n";
+        return 2;
+      }
+    }
+    options.shard_targets.emplace_back(t);
   }
   const int hedge = absl::GetFlag(FLAGS_hedge_after_ms);
   options.shard.hedge_delay = hedge < 0 ? -absl::InfiniteDuration() : absl::Milliseconds(hedge);

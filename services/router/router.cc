@@ -86,8 +86,13 @@ absl::Status AtRequestPosition(const absl::Status& s, const std::vector<int>& po
   return absl::Status(s.code(), absl::StrCat("inputs[", positions[k], m.substr(close)));
 }
 
-// With allow_partial: the share of a query's time left that its shards get.
+// The share of a query's time left that its shard calls get: a shard that
+// has not answered by then is given up, so that the caller gets the others'
+// answer (allow_partial) or an error naming that shard before its own
+// deadline ends the call with a bare DEADLINE_EXCEEDED.
 constexpr double kPartialShare = 0.9;
+// GetInfo's shard calls: at most this long (an operator's view of a hung shard).
+constexpr absl::Duration kInfoShardTimeout = absl::Seconds(2);
 
 std::string ShardName(const ShardClient& s, uint32_t count) {
   return absl::StrCat("shard ", s.index(), " of ", count, " (", s.target(), ")");
@@ -305,6 +310,11 @@ void Router::Search(const v1::SearchRequest& request, absl::Time deadline,
     return done(absl::InvalidArgumentError(
         absl::StrCat("top_k ", top_k, " is out of range: the maximum is ", kMaxTopK)));
   }
+  // No time at all (HTTP's timeout_ms=0): as a replica says it, not blamed
+  // on the shards.
+  if (absl::Now() >= deadline) {
+    return done(absl::DeadlineExceededError("deadline passed before the search started"));
+  }
   switch (request.query_case()) {
     case v1::SearchRequest::kVector:
       return FanOut(request, top_k, std::nullopt, nullptr, deadline, std::move(cancelled),
@@ -456,10 +466,9 @@ void Router::FanOut(v1::SearchRequest request, uint32_t top_k, std::optional<uin
   const bool allow_partial = request.allow_partial();
   const float dedup = request.dedup();
   auto shared = std::make_shared<const v1::SearchRequest>(std::move(request));
-  // With allow_partial, a shard that has not answered by nine tenths of the
-  // time left is given up, so that the others' answer reaches the caller
-  // before its deadline.
-  const absl::Time shard_deadline = allow_partial && deadline != absl::InfiniteFuture()
+  // A shard that has not answered by nine tenths of the time left is given
+  // up (kPartialShare).
+  const absl::Time shard_deadline = deadline != absl::InfiniteFuture()
                                         ? absl::Now() + (deadline - absl::Now()) * kPartialShare
                                         : deadline;
   using Answer = ShardClient::Answer<v1::SearchResponse>;
@@ -699,10 +708,17 @@ void Router::Embed(const v1::EmbedRequest& request, absl::Time deadline,
 }
 
 void Router::GetInfo(absl::Time deadline, Done<v1::GetInfoResponse> done) {
+  // What an operator asks when a shard hangs: the shards that answer are
+  // described, and a hung one is marked unavailable after kInfoShardTimeout
+  // (or nine tenths of the caller's time), not left to hold the answer.
+  const absl::Time now = absl::Now();
+  const absl::Time shard_deadline = std::min(
+      now + kInfoShardTimeout,
+      deadline == absl::InfiniteFuture() ? deadline : now + (deadline - now) * kPartialShare);
   GatherAll<v1::GetInfoResponse>(
       shards_.size(),
-      [this, deadline](size_t i, Done<v1::GetInfoResponse> d) {
-        ShardInfo(static_cast<uint32_t>(i), deadline, std::move(d));
+      [this, shard_deadline](size_t i, Done<v1::GetInfoResponse> d) {
+        ShardInfo(static_cast<uint32_t>(i), shard_deadline, std::move(d));
       },
       [this, done = std::move(done)](std::vector<absl::StatusOr<v1::GetInfoResponse>> results) {
         v1::GetInfoResponse out;

@@ -77,7 +77,20 @@ def search(stub, values, **kw):
     return stub.Search(pb.SearchRequest(vector=pb.Vector(values=values), **kw), timeout=20)
 
 
+def bad_shard_lists():
+    """--shards mistakes that would shift the shards or list a replica twice: refused at once."""
+    for shards, want in (("127.0.0.1:1;;127.0.0.1:2", "shard 1 is empty"),
+                         ("127.0.0.1:1;127.0.0.1:2;", "shard 2 is empty"),
+                         ("127.0.0.1:1,;127.0.0.1:2", "has an empty address"),
+                         ("127.0.0.1:1;127.0.0.1:2,127.0.0.1:1", "127.0.0.1:1 is listed twice")):
+        out = run(ROUTER, f"--shards={shards}", "--port=0", "--startup_timeout_s=5", ok=False)
+        check(out.returncode == 2 and want in out.stderr and "waiting for the shards" not in out.stderr,
+              (shards, out.returncode, out.stderr))
+    print("0. --shards with an empty entry or an address twice: refused before it starts")
+
+
 def main():
+    bad_shard_lists()
     work = tempfile.mkdtemp(prefix="imagesearch_router_")
     procs = []
     try:

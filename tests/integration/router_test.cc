@@ -750,6 +750,23 @@ TEST_CASE("A hung shard: allow_partial answers before the deadline, a query erro
   CHECK(absl::IsDeadlineExceeded(whole.status()));
   CHECK(absl::StrContains(whole.status().message(), "before shard 1 of 2"));
   CHECK_FALSE(absl::StrContains(whole.status().message(), "shard 0 of 2"));
+  // GetInfo describes the shard that answers and marks the hung one, in a
+  // couple of seconds rather than at its 30 s deadline.
+  {
+    const absl::Time t0 = absl::Now();
+    auto info = Await<v1::GetInfoResponse>([&](router::Router::Done<v1::GetInfoResponse> d) {
+      r.GetInfo(absl::Now() + absl::Seconds(30), std::move(d));
+    });
+    INFO(info.status().ToString());
+    REQUIRE(info.ok());
+    CHECK(absl::Now() - t0 < absl::Seconds(10));
+    REQUIRE(info->router_shards_size() == 2);
+    CHECK(info->router_shards(0).available());
+    CHECK_FALSE(info->router_shards(1).available());
+  }
+  // No time at all: the replica's own words, whatever the shards do.
+  auto no_time = search(Query(2, true), absl::ZeroDuration());
+  CHECK(no_time.status().message() == "deadline passed before the search started");
   // A caller that leaves while shard 1 hangs: its shard calls are cancelled
   // within the watch's period, not left to their deadline, and the shard is
   // not charged a failure for it.
