@@ -72,6 +72,17 @@ bool IsRequestError(absl::StatusCode code) {
   return ShardClient::QueryError(static_cast<grpc::StatusCode>(code));
 }
 
+// A shard call's failure that is not about the request, named after its
+// shard ("shard 1 of 2 (target): failed to connect ..."); an error about
+// the request passes as the replica said it.
+template <typename T>
+Router::Done<T> Named(std::string shard, Router::Done<T> done) {
+  return [shard = std::move(shard), done = std::move(done)](absl::StatusOr<T> r) {
+    if (r.ok() || IsRequestError(r.status().code())) return done(std::move(r));
+    done(absl::Status(r.status().code(), absl::StrCat(shard, ": ", r.status().message())));
+  };
+}
+
 // An error about "inputs[k]" of a part of an Embed request, as about the
 // request's own input positions[k].
 absl::Status AtRequestPosition(const absl::Status& s, const std::vector<int>& positions) {
@@ -144,8 +155,9 @@ void Router::ShardEmbed(uint32_t shard, const v1::EmbedRequest& request, absl::T
   // collection's dimension: a replica that says otherwise is broken, and
   // its answer an error naming it.
   const int inputs = request.inputs_size();
-  Done<v1::EmbedResponse> checked = [this, s, inputs,
-                                     done = std::move(done)](absl::StatusOr<v1::EmbedResponse> r) {
+  Done<v1::EmbedResponse> checked = [this, inputs,
+                                     done = Named(ShardName(*s, shard_count()), std::move(done))](
+                                        absl::StatusOr<v1::EmbedResponse> r) {
     if (!r.ok()) return done(std::move(r));
     std::string wrong;
     if (r->embeddings_size() != inputs) {
@@ -160,8 +172,7 @@ void Router::ShardEmbed(uint32_t shard, const v1::EmbedRequest& request, absl::T
       }
     }
     if (!wrong.empty()) {
-      return done(absl::InternalError(
-          absl::StrCat(ShardName(*s, shard_count()), " answered an Embed with ", wrong)));
+      return done(absl::InternalError(absl::StrCat("answered an Embed with ", wrong)));
     }
     done(std::move(r));
   };
@@ -182,7 +193,7 @@ void Router::GetThumbnail(const std::string& id, absl::Time deadline,
       [](v1::ImageSearch::Stub* stub, grpc::ClientContext* c, const v1::GetThumbnailRequest& q,
          grpc::CompletionQueue* queue) { return stub->PrepareAsyncGetThumbnail(c, q, queue); },
       std::make_shared<const v1::GetThumbnailRequest>(std::move(request)), deadline,
-      Copied(std::move(done)));
+      Copied(Named(ShardName(*s, shard_count()), std::move(done))));
 }
 
 void Router::ShardInfo(uint32_t shard, absl::Time deadline, Done<v1::GetInfoResponse> done) {

@@ -646,7 +646,7 @@ TEST_CASE("Every replica of a shard is checked, and a broken answer is an error,
   CHECK(absl::IsInternal(failed.status()));
   CHECK(absl::StrContains(failed.status().message(),
                           "shard 0 of 2 (127.0.0.1:" + std::to_string(port) +
-                              ") answered an Embed with 0 vectors for 1 inputs"));
+                              "): answered an Embed with 0 vectors for 1 inputs"));
   auto fine = Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
     r.Search(Query(3, true), absl::Now() + absl::Seconds(10), std::move(d));
   });
