@@ -41,6 +41,12 @@ constexpr size_t kMaxChunkLine = 4096;
 // Input buffered beyond a request head's limit before reading pauses (while a
 // request is handled, pipelined requests wait in the buffer up to this).
 constexpr size_t kReadSlack = 64 << 10;
+// Answers waiting to go out to one client beyond which its next pipelined
+// request is not read until they are down to the low mark: a client that
+// sends many requests and reads none would otherwise have the server hold
+// every answer (thumbnails: hundreds of MB).
+constexpr size_t kOutputHighWater = 1 << 20;
+constexpr size_t kOutputLowWater = 256 << 10;
 
 const char* Reason(int status) {
   switch (status) {
@@ -263,6 +269,9 @@ struct HttpServer::Impl {
     // Set when the client closes while its request is handled (HttpRequest::client_gone).
     std::shared_ptr<std::atomic<bool>> gone;
     std::optional<HttpResponse> refusal;  // Sent once the dropped body is read.
+    // Its answers are over kOutputHighWater: no request is read or parsed
+    // until they are down to kOutputLowWater (OnWrite).
+    bool output_blocked = false;
   };
 
   Impl(HttpServerOptions o, CheckHead c, Handle h, ErrorBody e)
@@ -570,7 +579,14 @@ struct HttpServer::Impl {
       const timeval read_tv = PositiveTimeval(options.read_timeout);
       const timeval write_tv = PositiveTimeval(options.write_timeout);
       bufferevent_set_timeouts(c->bev, &read_tv, &write_tv);
-      if (!c->peer_eof) bufferevent_enable(c->bev, EV_READ);
+      if (evbuffer_get_length(out) > kOutputHighWater) {
+        // The write timeout still closes a client that reads nothing.
+        c->output_blocked = true;
+        bufferevent_disable(c->bev, EV_READ);
+        bufferevent_setwatermark(c->bev, EV_WRITE, kOutputLowWater, 0);
+      } else if (!c->peer_eof) {
+        bufferevent_enable(c->bev, EV_READ);
+      }
     }
   }
 
@@ -593,7 +609,7 @@ struct HttpServer::Impl {
       if (it == conns.end() || it->second->state != State::kHandling) continue;
       Conn* c = it->second.get();
       Respond(c, std::move(response));
-      if (c->state == State::kHead) Process(c);
+      if (c->state == State::kHead && !c->output_blocked) Process(c);
     }
     if (stopping && conns.empty()) event_base_loopbreak(base);
   }
@@ -607,6 +623,13 @@ struct HttpServer::Impl {
     auto* c = static_cast<Conn*>(arg);
     if (c->state == State::kClosing && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
       c->server->Close(c);
+      return;
+    }
+    if (c->output_blocked && evbuffer_get_length(bufferevent_get_output(bev)) <= kOutputLowWater) {
+      c->output_blocked = false;
+      bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+      if (!c->peer_eof) bufferevent_enable(bev, EV_READ);
+      c->server->Process(c);  // The requests already read, then reading goes on.
     }
   }
 
@@ -622,7 +645,10 @@ struct HttpServer::Impl {
         if (evbuffer_get_length(bufferevent_get_input(bev)) == 0) c->gone->store(true);
         return;
       }
-      if (c->state == State::kHead) return c->server->Process(c);
+      if (c->state == State::kHead) {
+        if (c->output_blocked) return;  // OnWrite goes on once its answers are out.
+        return c->server->Process(c);
+      }
       if (c->state == State::kClosing) return;
       return c->server->Close(c);  // A body cut short.
     }

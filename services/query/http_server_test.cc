@@ -44,6 +44,10 @@ class EchoServer {
             unanswered_.push_back(req.client_gone);
             return;
           }
+          if (req.path == "/big") {  // 100 KB, counted.
+            big_handled_.fetch_add(1);
+            return respond.Send(Text(200, std::string(100 << 10, 'b')));
+          }
           std::vector<std::string> params;
           for (const auto& [k, v] : req.params) params.push_back(absl::StrCat(k, "=", v));
           HttpResponse r = Text(req.body_too_large ? 413 : 200,
@@ -74,8 +78,10 @@ class EchoServer {
     return unanswered_;
   }
   HttpServer& server() { return *server_; }
+  int big_handled() const { return big_handled_.load(); }
 
  private:
+  std::atomic<int> big_handled_{0};
   std::mutex mu_;
   std::vector<std::shared_ptr<const std::atomic<bool>>> unanswered_;
   std::unique_ptr<HttpServer> server_;
@@ -137,6 +143,43 @@ TEST_CASE("HttpServer answers pipelined keep-alive requests in order, with decod
   }
   CHECK(answers == 4);
   CHECK(out.find("Connection: close") == std::string::npos);
+}
+
+TEST_CASE("HttpServer reads no more pipelined requests while a client's answers pile up") {
+  EchoServer s;
+  // A client that sends 400 requests for 100 KB each and reads nothing (a
+  // small receive buffer, so that the kernel holds little of it).
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  const int small = 16 << 10;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(s.port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  constexpr int kRequests = 400;
+  std::string requests;
+  for (int i = 0; i < kRequests; ++i) requests += "GET /big HTTP/1.1\r\n\r\n";
+  REQUIRE(send(fd, requests.data(), requests.size(), MSG_NOSIGNAL) ==
+          static_cast<ssize_t>(requests.size()));
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  // The server stopped taking requests once about 1 MiB of answers (and the
+  // kernel's socket buffers) waited: 40 MB would otherwise be held for it.
+  INFO(s.big_handled());
+  CHECK(s.big_handled() < kRequests / 2);
+  // Once the client reads, every answer comes, in order.
+  shutdown(fd, SHUT_WR);
+  const std::string out = ReadAll(fd);
+  close(fd);
+  size_t answers = 0;
+  for (size_t i = out.find("HTTP/1.1 200 "); i != std::string::npos;
+       i = out.find("HTTP/1.1 200 ", i + 1)) {
+    ++answers;
+  }
+  CHECK(answers == kRequests);
+  CHECK(s.big_handled() == kRequests);
 }
 
 TEST_CASE("HttpServer reads Content-Length and chunked bodies") {
