@@ -272,6 +272,7 @@ struct HttpServer::Impl {
     // Its answers are over kOutputHighWater: no request is read or parsed
     // until they are down to kOutputLowWater (OnWrite).
     bool output_blocked = false;
+    size_t body_held = 0;  // Of Impl::bodies_held: this request's body.
   };
 
   Impl(HttpServerOptions o, CheckHead c, Handle h, ErrorBody e)
@@ -317,6 +318,7 @@ struct HttpServer::Impl {
   }
 
   void Close(Conn* c) {
+    ReleaseBody(c);
     bufferevent_free(c->bev);
     conns.erase(c->id);  // Frees c.
     if (stopping && conns.empty()) event_base_loopbreak(base);
@@ -455,6 +457,24 @@ struct HttpServer::Impl {
       return false;
     }
     if (c->req.body_too_large) c->drop_body = true;
+    if (!c->drop_body) {
+      const size_t want = c->chunked ? options.max_body_bytes : c->remaining;
+      if (bodies_held + want > options.max_bodies_bytes) {
+        HttpResponse busy = error_body(
+            503, "the server holds as many request bodies as it takes at once; retry shortly");
+        busy.headers.emplace_back("Retry-After", "1");
+        if (expect_continue) {  // Before the body is sent: answer now, and close.
+          c->keep_alive = false;
+          Respond(c, std::move(busy));
+          return false;
+        }
+        c->refusal = std::move(busy);
+        c->drop_body = true;
+      } else {
+        c->body_held = want;
+        bodies_held += want;
+      }
+    }
     if (expect_continue && !c->drop_body && c->keep_alive) {
       bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     }
@@ -553,8 +573,14 @@ struct HttpServer::Impl {
     handle(std::move(c->req), std::move(responder));
   }
 
+  void ReleaseBody(Conn* c) {
+    bodies_held -= c->body_held;
+    c->body_held = 0;
+  }
+
   // Writes an answer; then reads the next request, or closes.
   void Respond(Conn* c, HttpResponse r) {
+    ReleaseBody(c);
     const bool close = !c->keep_alive || stopping;
     std::string head = absl::StrCat("HTTP/1.1 ", r.status, " ", Reason(r.status), "\r\n");
     if (!r.content_type.empty()) absl::StrAppend(&head, "Content-Type: ", r.content_type, "\r\n");
@@ -718,6 +744,7 @@ struct HttpServer::Impl {
   // Loop thread only.
   std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns;
   uint64_t next_id = 1;
+  size_t bodies_held = 0;  // Reserved by the requests' heads (max_bodies_bytes).
   bool stopping = false;
   absl::Time last_accept_warning = absl::InfinitePast();
 };

@@ -100,6 +100,11 @@ struct HttpServerOptions {
   int port = 8080;                     // 0 picks a free port (see HttpServer::port).
   size_t max_header_bytes = 64 << 10;  // Request line + headers.
   size_t max_body_bytes = 6 << 20;
+  // The request bodies held at once, over all connections (being read, or
+  // handled): a request whose body would pass it is answered 503 (its body
+  // read and dropped), so that many clients each sending a large body
+  // slowly cannot take the memory (every body is reserved at its head).
+  size_t max_bodies_bytes = 256 << 20;
   // A connection that sends nothing for this long while the server waits for
   // a request (idle keep-alive, or a request or TLS handshake half sent) is
   // closed; so is one still sending a request head after this long (408). A

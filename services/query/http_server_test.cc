@@ -24,12 +24,14 @@ namespace {
 // CheckHead refuses /refuse with 401, and bodies over 16 bytes with 413.
 class EchoServer {
  public:
-  explicit EchoServer(absl::Duration read_timeout = absl::Seconds(10)) {
+  explicit EchoServer(absl::Duration read_timeout = absl::Seconds(10),
+                      size_t max_bodies_bytes = 256 << 20) {
     HttpServerOptions o;
     o.host = "127.0.0.1";
     o.port = 0;
     o.max_header_bytes = 1024;
     o.max_body_bytes = 16;
+    o.max_bodies_bytes = max_bodies_bytes;
     o.read_timeout = read_timeout;
     server_ = std::make_unique<HttpServer>(
         o,
@@ -180,6 +182,32 @@ TEST_CASE("HttpServer reads no more pipelined requests while a client's answers 
   }
   CHECK(answers == kRequests);
   CHECK(s.big_handled() == kRequests);
+}
+
+TEST_CASE("HttpServer holds request bodies up to a total, and refuses 503 beyond it") {
+  EchoServer s(absl::Seconds(10), /*max_bodies_bytes=*/20);
+  // A holds 16 of the 20 bytes while its body trickles in.
+  const int a = Connect(s.port());
+  const std::string a_head = "POST /a HTTP/1.1\r\nContent-Length: 16\r\n\r\n12345678";
+  REQUIRE(send(a, a_head.data(), a_head.size(), MSG_NOSIGNAL) ==
+          static_cast<ssize_t>(a_head.size()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // B's 16 bytes would pass the total: 503, retry later; its body is dropped.
+  const std::string b = Exchange(s.port(),
+                                 "POST /b HTTP/1.1\r\nContent-Length: 16\r\n\r\n"
+                                 "abcdefghabcdefgh");
+  CHECK(b.find("HTTP/1.1 503 ") == 0);
+  CHECK(b.find("Retry-After: 1") != std::string::npos);
+  // A finishes: answered, and its 16 bytes are free again.
+  REQUIRE(send(a, "ABCDEFGH", 8, MSG_NOSIGNAL) == 8);
+  shutdown(a, SHUT_WR);
+  const std::string a_out = ReadAll(a);
+  close(a);
+  CHECK(a_out.find("POST /a  12345678ABCDEFGH") != std::string::npos);
+  const std::string c = Exchange(s.port(),
+                                 "POST /c HTTP/1.1\r\nContent-Length: 16\r\n\r\n"
+                                 "abcdefghabcdefgh");
+  CHECK(c.find("POST /c  abcdefghabcdefgh") != std::string::npos);
 }
 
 TEST_CASE("HttpServer reads Content-Length and chunked bodies") {

@@ -35,6 +35,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -61,6 +62,11 @@ ABSL_FLAG(int, http_port, -1,
           "HTTP port of the web page, /invocations, /info, /thumbs, /ping and /metrics; 0 = a "
           "free one, -1 = no HTTP.");
 ABSL_FLAG(int, http_threads, 4, "HTTP workers that start /invocations and /thumbs requests.");
+ABSL_FLAG(int, http_read_timeout_ms, 60000,
+          "An HTTP connection idle, or with a request half sent, this long is closed.");
+ABSL_FLAG(int, max_body_mb, 6, "Largest HTTP request body in MiB; larger ones get 413.");
+ABSL_FLAG(int, max_message_mb, 16,
+          "Largest gRPC message in MiB it takes (image queries), as a replica's flag.");
 ABSL_FLAG(int, http_timeout_ms, 60000,
           "Deadline of an HTTP request unless its timeout_ms parameter says otherwise.");
 ABSL_FLAG(std::string, port_file, "",
@@ -363,6 +369,15 @@ int Run() {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  for (const auto& [flag, value] :
+       {std::pair<const char*, int>{"max_body_mb", absl::GetFlag(FLAGS_max_body_mb)},
+        {"max_message_mb", absl::GetFlag(FLAGS_max_message_mb)},
+        {"http_read_timeout_ms", absl::GetFlag(FLAGS_http_read_timeout_ms)}}) {
+    if (value <= 0 || (absl::EndsWith(flag, "_mb") && value > 1024)) {
+      std::cerr << "--" << flag << "=" << value << " is out of range\n";
+      return 2;
+    }
+  }
   RouterOptions options;
   if (absl::StripAsciiWhitespace(absl::GetFlag(FLAGS_shards)).empty()) {
     std::cerr << "--shards is required: the shards' targets in order, ';'-separated\n";
@@ -492,6 +507,8 @@ int Run() {
     hopts.port = absl::GetFlag(FLAGS_http_port);
     hopts.threads = std::max(1, absl::GetFlag(FLAGS_http_threads));
     hopts.timeout = absl::Milliseconds(absl::GetFlag(FLAGS_http_timeout_ms));
+    hopts.read_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_http_read_timeout_ms));
+    hopts.max_body_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_body_mb)) << 20;
     hopts.token = token ? &*token : nullptr;
     hopts.tls = tls ? &*tls : nullptr;
     http = std::make_unique<HttpFrontend>(&http_backend, &metrics, hopts);
@@ -509,7 +526,7 @@ int Run() {
   builder.AddListeningPort(absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port)),
                            GrpcServerCredentials(tls ? &*tls : nullptr), &port);
   builder.RegisterService(service.service());
-  builder.SetMaxReceiveMessageSize(64 << 20);
+  builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_mb) << 20);
   ApplyConnectionLimits(&builder);
   if (absl::GetFlag(FLAGS_max_connection_age_ms) > 0) {
     builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,

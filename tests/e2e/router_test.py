@@ -451,12 +451,15 @@ def main():
         # period, as a gRPC call does (it was answered 503 at once: only
         # gRPC's calls were waited for), and the router then exits 0.
         draining = Server(ROUTER, ["--shards=" + ";".join(r.grpc_address for r in dreps),
-                                   "--port=0", "--http_port=0", "--shutdown_grace_ms=5000"],
+                                   "--port=0", "--http_port=0", "--shutdown_grace_ms=5000",
+                                   "--max_body_mb=1"],
                           os.path.join(work, "draining.log"), wait=("grpc", "http"),
                           pick_ports=False)
         procs.append(draining)
         body = {"vector": {"values": base_rows[1]}, "top_k": 3}
         check(post_json(draining.http_port, body)[0] == 200, "the router's HTTP before the stop")
+        big = {"vector": {"values": [0.5] * (300 << 10)}}  # 1.5 MB of JSON: over --max_body_mb=1.
+        check(post_json(draining.http_port, big)[0] == 413, "--max_body_mb=1 on the router")
         os.kill(dreps[0].pid, signal.SIGSTOP)
         dreps[0].wait_until("shard 0's replica stopped", stopped, 10)
         answered = {}
