@@ -250,6 +250,14 @@ struct HttpServer::Impl {
   };
   enum class ChunkPhase { kSize, kData, kDataEnd, kTrailer };
 
+  // Bytes of one body counted in a server's total; given back when the
+  // last holder (the connection, then the request) lets go.
+  struct BodyHold {
+    std::shared_ptr<std::atomic<size_t>> total;
+    size_t bytes = 0;
+    ~BodyHold() { total->fetch_sub(bytes, std::memory_order_relaxed); }
+  };
+
   struct Conn {
     Impl* server = nullptr;
     uint64_t id = 0;
@@ -272,7 +280,9 @@ struct HttpServer::Impl {
     // Its answers are over kOutputHighWater: no request is read or parsed
     // until they are down to kOutputLowWater (OnWrite).
     bool output_blocked = false;
-    size_t body_held = 0;  // Of Impl::bodies_held: this request's body.
+    // This request's body bytes in Impl::bodies_held, while it is read;
+    // handed to the request (HttpRequest::body_hold) at Dispatch.
+    std::shared_ptr<BodyHold> hold;
   };
 
   Impl(HttpServerOptions o, CheckHead c, Handle h, ErrorBody e)
@@ -318,7 +328,6 @@ struct HttpServer::Impl {
   }
 
   void Close(Conn* c) {
-    ReleaseBody(c);
     bufferevent_free(c->bev);
     conns.erase(c->id);  // Frees c.
     if (stopping && conns.empty()) event_base_loopbreak(base);
@@ -334,6 +343,7 @@ struct HttpServer::Impl {
   void Process(Conn* c) {
     evbuffer* in = bufferevent_get_input(c->bev);
     while (true) {
+      if (c->output_blocked) return;  // OnWrite goes on once its answers are out.
       if (c->state == State::kHead) {
         // Blank lines before a request are allowed (RFC 9112, 2.2).
         while (evbuffer_get_length(in) > 0) {
@@ -458,27 +468,15 @@ struct HttpServer::Impl {
     }
     if (c->req.body_too_large) c->drop_body = true;
     if (!c->drop_body) {
-      const size_t want = c->chunked ? options.max_body_bytes : c->remaining;
-      if (bodies_held + want > options.max_bodies_bytes) {
-        HttpResponse busy = error_body(
-            503, "the server holds as many request bodies as it takes at once; retry shortly");
-        busy.headers.emplace_back("Retry-After", "1");
-        if (expect_continue) {  // Before the body is sent: answer now, and close.
-          c->keep_alive = false;
-          Respond(c, std::move(busy));
-          return false;
-        }
-        c->refusal = std::move(busy);
-        c->drop_body = true;
-      } else {
-        c->body_held = want;
-        bodies_held += want;
-      }
+      c->hold = std::make_shared<BodyHold>();
+      c->hold->total = bodies_held;
     }
     if (expect_continue && !c->drop_body && c->keep_alive) {
       bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     }
-    if (!c->chunked && !c->drop_body) c->req.body.reserve(c->remaining);
+    // Not the whole declared length: a head costs nothing until its bytes come.
+    if (!c->chunked && !c->drop_body)
+      c->req.body.reserve(std::min<uint64_t>(c->remaining, 64 << 10));
     c->state = State::kBody;
     return true;
   }
@@ -489,8 +487,27 @@ struct HttpServer::Impl {
     if (!c->drop_body && c->req.body.size() + n > options.max_body_bytes) {
       c->req.body_too_large = true;
       c->drop_body = true;
+      c->hold.reset();
       c->req.body.clear();
       c->req.body.shrink_to_fit();
+    }
+    if (!c->drop_body && n > 0) {
+      // Counted as the bytes come (a head alone holds nothing); past the
+      // total, the request is refused and the rest of its body dropped.
+      const size_t budget = std::max(options.max_bodies_bytes, 4 * options.max_body_bytes);
+      if (bodies_held->fetch_add(n, std::memory_order_relaxed) + n > budget) {
+        bodies_held->fetch_sub(n, std::memory_order_relaxed);
+        HttpResponse busy = error_body(
+            503, "the server holds as many request bodies as it takes at once; retry shortly");
+        busy.headers.emplace_back("Retry-After", "1");
+        c->refusal = std::move(busy);
+        c->drop_body = true;
+        c->hold.reset();
+        c->req.body.clear();
+        c->req.body.shrink_to_fit();
+      } else {
+        c->hold->bytes += n;
+      }
     }
     if (c->drop_body) {
       evbuffer_drain(in, n);
@@ -567,20 +584,16 @@ struct HttpServer::Impl {
     bufferevent_set_timeouts(c->bev, nullptr, &write_tv);
     c->gone = std::make_shared<std::atomic<bool>>(false);
     c->req.client_gone = c->gone;
+    c->req.body_hold = std::move(c->hold);  // Held until the handler lets go of the request.
     HttpResponder responder;
     responder.mailbox_ = mailbox;
     responder.connection_ = c->id;
     handle(std::move(c->req), std::move(responder));
   }
 
-  void ReleaseBody(Conn* c) {
-    bodies_held -= c->body_held;
-    c->body_held = 0;
-  }
-
   // Writes an answer; then reads the next request, or closes.
   void Respond(Conn* c, HttpResponse r) {
-    ReleaseBody(c);
+    c->hold.reset();  // A refused body, dropped: nothing of it is held.
     const bool close = !c->keep_alive || stopping;
     std::string head = absl::StrCat("HTTP/1.1 ", r.status, " ", Reason(r.status), "\r\n");
     if (!r.content_type.empty()) absl::StrAppend(&head, "Content-Type: ", r.content_type, "\r\n");
@@ -720,7 +733,9 @@ struct HttpServer::Impl {
     for (auto& [id, c] : self->conns) {
       if (c->state == State::kHead || c->state == State::kBody) idle.push_back(c.get());
     }
-    for (Conn* c : idle) self->Close(c);
+    // One whose answers still wait to go out (a pipelining client) gets them
+    // first.
+    for (Conn* c : idle) self->EndAfterOutput(c);
     if (self->conns.empty()) event_base_loopbreak(self->base);
   }
 
@@ -744,7 +759,9 @@ struct HttpServer::Impl {
   // Loop thread only.
   std::unordered_map<uint64_t, std::unique_ptr<Conn>> conns;
   uint64_t next_id = 1;
-  size_t bodies_held = 0;  // Reserved by the requests' heads (max_bodies_bytes).
+  // Body bytes held (max_bodies_bytes): read on the loop thread, given back
+  // by requests wherever their handlers let go of them.
+  const std::shared_ptr<std::atomic<size_t>> bodies_held = std::make_shared<std::atomic<size_t>>(0);
   bool stopping = false;
   absl::Time last_accept_warning = absl::InfinitePast();
 };

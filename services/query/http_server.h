@@ -69,6 +69,9 @@ struct HttpRequest {
   // while the request is handled; an answer then goes nowhere. Null outside
   // the handler.
   std::shared_ptr<const std::atomic<bool>> client_gone;
+  // Counts `body` in HttpServerOptions::max_bodies_bytes while the request
+  // (or a copy) lives: the handler holds the body until it is done.
+  std::shared_ptr<const void> body_hold;
 
   // The first value of the header `lower_name` ("content-type"), or "".
   absl::string_view Header(absl::string_view lower_name) const;
@@ -100,10 +103,11 @@ struct HttpServerOptions {
   int port = 8080;                     // 0 picks a free port (see HttpServer::port).
   size_t max_header_bytes = 64 << 10;  // Request line + headers.
   size_t max_body_bytes = 6 << 20;
-  // The request bodies held at once, over all connections (being read, or
-  // handled): a request whose body would pass it is answered 503 (its body
-  // read and dropped), so that many clients each sending a large body
-  // slowly cannot take the memory (every body is reserved at its head).
+  // The request body bytes held at once, over all connections (being read,
+  // or handled): a request whose body would pass it is answered 503 with
+  // Retry-After (the rest of its body read and dropped), so that many
+  // clients each sending a large body slowly cannot take the memory. At
+  // least 4 x max_body_bytes, whatever is set here.
   size_t max_bodies_bytes = 256 << 20;
   // A connection that sends nothing for this long while the server waits for
   // a request (idle keep-alive, or a request or TLS handshake half sent) is

@@ -185,29 +185,42 @@ TEST_CASE("HttpServer reads no more pipelined requests while a client's answers 
 }
 
 TEST_CASE("HttpServer holds request bodies up to a total, and refuses 503 beyond it") {
-  EchoServer s(absl::Seconds(10), /*max_bodies_bytes=*/20);
-  // A holds 16 of the 20 bytes while its body trickles in.
-  const int a = Connect(s.port());
-  const std::string a_head = "POST /a HTTP/1.1\r\nContent-Length: 16\r\n\r\n12345678";
-  REQUIRE(send(a, a_head.data(), a_head.size(), MSG_NOSIGNAL) ==
-          static_cast<ssize_t>(a_head.size()));
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  // B's 16 bytes would pass the total: 503, retry later; its body is dropped.
+  // The total is at least 4 bodies of the largest size: 4 x 16 bytes here.
+  EchoServer s(absl::Seconds(10), /*max_bodies_bytes=*/1);
+  // A head alone holds nothing: many may wait for their bodies.
+  std::vector<int> heads;
+  for (int i = 0; i < 8; ++i) {
+    heads.push_back(Connect(s.port()));
+    const std::string head = "POST /h HTTP/1.1\r\nContent-Length: 16\r\n\r\n";
+    REQUIRE(send(heads.back(), head.data(), head.size(), MSG_NOSIGNAL) ==
+            static_cast<ssize_t>(head.size()));
+  }
+  // Four bodies of 15 bytes each, their last byte not sent: 60 bytes held.
+  std::vector<int> held;
+  for (int i = 0; i < 4; ++i) {
+    held.push_back(Connect(s.port()));
+    const std::string part = "POST /a HTTP/1.1\r\nContent-Length: 16\r\n\r\n123456789012345";
+    REQUIRE(send(held.back(), part.data(), part.size(), MSG_NOSIGNAL) ==
+            static_cast<ssize_t>(part.size()));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // 16 more would pass 64: 503, retry later; the body is read and dropped.
   const std::string b = Exchange(s.port(),
                                  "POST /b HTTP/1.1\r\nContent-Length: 16\r\n\r\n"
                                  "abcdefghabcdefgh");
   CHECK(b.find("HTTP/1.1 503 ") == 0);
   CHECK(b.find("Retry-After: 1") != std::string::npos);
-  // A finishes: answered, and its 16 bytes are free again.
-  REQUIRE(send(a, "ABCDEFGH", 8, MSG_NOSIGNAL) == 8);
-  shutdown(a, SHUT_WR);
-  const std::string a_out = ReadAll(a);
-  close(a);
-  CHECK(a_out.find("POST /a  12345678ABCDEFGH") != std::string::npos);
+  // One finishes: answered, and its bytes are free again once handled.
+  REQUIRE(send(held[0], "X", 1, MSG_NOSIGNAL) == 1);
+  shutdown(held[0], SHUT_WR);
+  const std::string a_out = ReadAll(held[0]);
+  CHECK(a_out.find("POST /a  123456789012345X") != std::string::npos);
   const std::string c = Exchange(s.port(),
                                  "POST /c HTTP/1.1\r\nContent-Length: 16\r\n\r\n"
                                  "abcdefghabcdefgh");
   CHECK(c.find("POST /c  abcdefghabcdefgh") != std::string::npos);
+  for (int fd : heads) close(fd);
+  for (int fd : held) close(fd);
 }
 
 TEST_CASE("HttpServer reads Content-Length and chunked bodies") {

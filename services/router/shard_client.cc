@@ -243,6 +243,7 @@ bool ShardClient::AllGood() const {
 }
 
 void ShardClient::Suspect(Replica& r, absl::string_view why) {
+  r.suspicions.fetch_add(1, std::memory_order_acq_rel);
   if (!why.empty()) {
     {
       std::lock_guard<std::mutex> lock(r.why_mu);
@@ -312,8 +313,11 @@ std::vector<absl::StatusOr<v1::GetInfoResponse>> ShardClient::AskAll(
 }
 
 void ShardClient::Judge(Replica& r, const absl::StatusOr<v1::GetInfoResponse>& info,
-                        const Check& check) const {
+                        const Check& check, uint64_t suspicions) const {
   using State = Replica::State;
+  if (suspicions != kAnySuspicions && r.suspicions.load(std::memory_order_acquire) != suspicions) {
+    return;  // Suspected since it was asked: what it said then does not clear it.
+  }
   const State was = r.state.load(std::memory_order_acquire);
   if (!info.ok()) {
     // Not answering says nothing of what it serves: a good replica stays
@@ -344,8 +348,13 @@ void ShardClient::Judge(Replica& r, const absl::StatusOr<v1::GetInfoResponse>& i
 void ShardClient::CheckAll(const std::vector<std::shared_ptr<Replica>>& replicas,
                            const Check& check, absl::Time deadline) {
   if (replicas.empty()) return;
+  std::vector<uint64_t> suspicions;
+  for (const auto& r : replicas)
+    suspicions.push_back(r->suspicions.load(std::memory_order_acquire));
   const auto infos = AskAll(replicas, deadline);
-  for (size_t i = 0; i < replicas.size(); ++i) Judge(*replicas[i], infos[i], check);
+  for (size_t i = 0; i < replicas.size(); ++i) {
+    Judge(*replicas[i], infos[i], check, suspicions[i]);
+  }
 }
 
 void ShardClient::Verify(Check check, absl::Time deadline) {

@@ -233,6 +233,7 @@ class ShardClient {
     // To be asked again as soon as it answers (Suspect): it failed as a
     // restarted process does, and may be another shard's now.
     std::atomic<bool> recheck{false};
+    std::atomic<uint64_t> suspicions{0};  // Suspect adds 1: an answer asked before is stale.
   };
   using Replicas = std::vector<std::shared_ptr<Replica>>;
 
@@ -279,7 +280,11 @@ class ShardClient {
   }
   // A replica's state and why, from its GetInfo (or the error) and `check`
   // (called only for an answer).
-  void Judge(Replica& r, const absl::StatusOr<v1::GetInfoResponse>& info, const Check& check) const;
+  // `suspicions`: r.suspicions when its GetInfo was sent; an answer sent
+  // before a later Suspect is ignored (the replica is asked again).
+  void Judge(Replica& r, const absl::StatusOr<v1::GetInfoResponse>& info, const Check& check,
+             uint64_t suspicions = kAnySuspicions) const;
+  static constexpr uint64_t kAnySuspicions = ~uint64_t{0};
   // Each replica's GetInfo, asked all at once and waited for until
   // `deadline`, in order.
   std::vector<absl::StatusOr<v1::GetInfoResponse>> AskAll(
@@ -480,7 +485,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
   // scan, a batch or a model queued on a replica is then not run for
   // nobody (a replica checks its call before it starts the work). A search
   // that answers within the hedge delay (most of them) never looks.
-  static constexpr absl::Duration kGoneEvery = absl::Milliseconds(20);
+  static constexpr absl::Duration kGoneEvery = absl::Milliseconds(50);
 
  private:
   struct Attempt {

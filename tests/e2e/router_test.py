@@ -466,14 +466,20 @@ def main():
 
         def http_call():
             answered["status"], answered["body"] = post_json(draining.http_port, body, timeout=30)
+        def inflight():
+            metrics = urllib.request.urlopen(draining.http_url + "/metrics", timeout=10).read()
+            m = re.search(rb"^imagesearch_inflight_requests (\S+)", metrics, re.M)
+            return m is not None and float(m.group(1)) >= 1
         caller = threading.Thread(target=http_call)
         caller.start()
         try:
-            time.sleep(0.5)
+            draining.wait_until("the request in flight in the router", inflight, 20)
             check(caller.is_alive(), f"the request did not wait on the stopped replica: {answered}")
             stopper = threading.Thread(target=lambda: answered.update(rc=draining.stop(limit_s=20)))
             stopper.start()
-            time.sleep(0.5)  # SIGTERM sent; the request still waits on the shard.
+            # SIGTERM taken (the router logs it) while the request still waits on the shard.
+            draining.wait_until("the router's stop", lambda: "stopping" in draining.log_tail(), 20)
+            check(caller.is_alive(), f"the request ended before the shard was resumed: {answered}")
         finally:
             os.kill(dreps[0].pid, signal.SIGCONT)
         caller.join(20)
