@@ -137,4 +137,7 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except grpc.RpcError as e:  # The service's own words, not a traceback.
+        sys.exit(f"{e.code().name}: {e.details()}")
