@@ -275,7 +275,8 @@ int RunIngestServer(const ServeOptions& options) {
     LogError("imagesearch-indexer serve: ", core.status().ToString());
     return 1;
   }
-  IngestServiceImpl service(core->get(), options.token ? &*options.token : nullptr);
+  IngestServiceImpl service(core->get(),
+                            options.security.token ? &*options.security.token : nullptr);
   grpc::ServerBuilder builder;
   // Health and reflection as the query service and the router serve them
   // (libs/rpc/health_reflection.h): Check names the service too, and
@@ -288,8 +289,9 @@ int RunIngestServer(const ServeOptions& options) {
   builder.RegisterService(health.service());
   for (grpc::Service* s : reflection.services()) builder.RegisterService(s);
   int port = 0;
-  builder.AddListeningPort(absl::StrCat(options.host, ":", options.port),
-                           GrpcServerCredentials(options.tls ? &*options.tls : nullptr), &port);
+  builder.AddListeningPort(
+      absl::StrCat(options.host, ":", options.port),
+      GrpcServerCredentials(options.security.tls ? &*options.security.tls : nullptr), &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(256 << 20);
   ApplyConnectionLimits(&builder);
@@ -309,10 +311,11 @@ int RunIngestServer(const ServeOptions& options) {
     }
   }
   std::cout << "listening on port " << port << std::endl;
-  LogInfo("imagesearch-indexer serve: ingesting into ", (*core)->Describe(), " (dim ",
-          (*core)->dim(), "), gRPC on ", options.host, ":", port,
-          options.tls ? (options.tls->mtls() ? " (mTLS)" : " (TLS)") : " (plaintext)",
-          options.token ? ", bearer token required" : "");
+  LogInfo(
+      "imagesearch-indexer serve: ingesting into ", (*core)->Describe(), " (dim ", (*core)->dim(),
+      "), gRPC on ", options.host, ":", port,
+      options.security.tls ? (options.security.tls->mtls() ? " (mTLS)" : " (TLS)") : " (plaintext)",
+      options.security.token ? ", bearer token required" : "");
   int sig = 0;
   sigwait(&signals, &sig);
   LogInfo("imagesearch-indexer serve: signal ", sig, ": stopping");

@@ -52,8 +52,9 @@ struct ServeOptions {
   std::string host = "0.0.0.0";
   int port = 50052;
   std::string port_file;
-  std::optional<TlsFiles> tls;       // gRPC over TLS (mTLS with a client CA); none: plaintext.
-  std::optional<BearerToken> token;  // Required on every Ingest call when set.
+  // gRPC over TLS (mTLS with a client CA), and the token every Ingest call
+  // must carry; neither by default.
+  ServerSecurity security;
 };
 int RunIngestServer(const ServeOptions& options);
 

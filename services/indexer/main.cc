@@ -165,22 +165,14 @@ int Serve() {
   }
   so.shard_count = static_cast<uint32_t>(absl::GetFlag(FLAGS_shard_count));
   // A bad TLS or token file is a clear error before anything starts.
-  auto tls =
-      imagesearch::LoadServerTlsFlags(absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
-                                      absl::GetFlag(FLAGS_tls_client_ca));
-  if (!tls.ok()) {
-    std::cerr << tls.status().message() << "\n";
+  auto security = imagesearch::LoadServerSecurityFlags(
+      absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+      absl::GetFlag(FLAGS_tls_client_ca), absl::GetFlag(FLAGS_auth_token_file));
+  if (!security.ok()) {
+    std::cerr << security.status().message() << "\n";
     return 2;
   }
-  so.tls = *std::move(tls);
-  if (const std::string file = absl::GetFlag(FLAGS_auth_token_file); !file.empty()) {
-    auto token = imagesearch::BearerToken::FromFile(file);
-    if (!token.ok()) {
-      std::cerr << "--auth_token_file: " << token.status().message() << "\n";
-      return 2;
-    }
-    so.token = *std::move(token);
-  }
+  so.security = *std::move(security);
   so.collection = absl::GetFlag(FLAGS_collection);
   return imagesearch::indexer::RunIngestServer(so);
 }

@@ -319,4 +319,21 @@ std::shared_ptr<grpc::ServerCredentials> GrpcServerCredentials(const TlsFiles* t
   return grpc::SslServerCredentials(ssl);
 }
 
+absl::StatusOr<ServerSecurity> LoadServerSecurityFlags(const std::string& cert_file,
+                                                       const std::string& key_file,
+                                                       const std::string& client_ca_file,
+                                                       const std::string& token_file) {
+  ServerSecurity out;
+  ASSIGN_OR_RETURN(out.tls, LoadServerTlsFlags(cert_file, key_file, client_ca_file));
+  if (!token_file.empty()) {
+    absl::StatusOr<BearerToken> token = BearerToken::FromFile(token_file);
+    if (!token.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--auth_token_file: ", token.status().message()));
+    }
+    out.token = *std::move(token);
+  }
+  return out;
+}
+
 }  // namespace imagesearch

@@ -99,6 +99,18 @@ class BearerToken {
   std::array<unsigned char, 32> digest_{};
 };
 
+// A server's --tls_cert/--tls_key/--tls_client_ca (LoadServerTlsFlags) and
+// --auth_token_file (BearerToken::FromFile; empty: no token), checked before
+// anything starts: the query service, the router and the ingest service.
+struct ServerSecurity {
+  std::optional<TlsFiles> tls;       // None: plaintext.
+  std::optional<BearerToken> token;  // None: no token required.
+};
+absl::StatusOr<ServerSecurity> LoadServerSecurityFlags(const std::string& cert_file,
+                                                       const std::string& key_file,
+                                                       const std::string& client_ca_file,
+                                                       const std::string& token_file);
+
 }  // namespace imagesearch
 
 #endif  // IMAGESEARCH_SERVICES_QUERY_AUTH_H_

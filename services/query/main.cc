@@ -217,27 +217,12 @@ absl::Status CheckFlags() {
   return absl::OkStatus();
 }
 
-struct Security {
-  std::optional<TlsFiles> tls;
-  std::optional<BearerToken> token;
-};
-
 // TLS files and the bearer token, checked before anything starts: a bad file
 // is a clear error (and exit status 2).
-absl::StatusOr<Security> LoadSecurity() {
-  Security security;
-  absl::StatusOr<std::optional<TlsFiles>> tls =
-      LoadServerTlsFlags(absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
-                         absl::GetFlag(FLAGS_tls_client_ca));
-  if (!tls.ok()) return tls.status();
-  security.tls = *std::move(tls);
-  if (const std::string file = absl::GetFlag(FLAGS_auth_token_file); !file.empty()) {
-    auto loaded = BearerToken::FromFile(file);
-    if (!loaded.ok())
-      return absl::InvalidArgumentError(absl::StrCat("auth: ", loaded.status().message()));
-    security.token = *std::move(loaded);
-  }
-  return security;
+absl::StatusOr<ServerSecurity> LoadSecurity() {
+  return LoadServerSecurityFlags(absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+                                 absl::GetFlag(FLAGS_tls_client_ca),
+                                 absl::GetFlag(FLAGS_auth_token_file));
 }
 
 // The model runtime's options: thread counts follow the CPUs this process may
@@ -345,13 +330,13 @@ class PortReport {
   int http_ = 0;
 };
 
-std::string TlsText(const Security& security) {
+std::string TlsText(const ServerSecurity& security) {
   if (!security.tls) return ", plaintext";
   return security.tls->mtls() ? ", TLS with client certificates" : ", TLS";
 }
 
 // What this process will serve, logged once before anything loads.
-void LogStartup(const Security& security, const HttpFrontend* http) {
+void LogStartup(const ServerSecurity& security, const HttpFrontend* http) {
   LogInfo("imagesearch-query starting: snapshot ", absl::GetFlag(FLAGS_snapshot_root),
           http ? absl::StrCat(", HTTP on ", absl::GetFlag(FLAGS_host), ":", http->port(),
                               security.tls ? " (HTTPS)" : "", " (503 until serving)")
@@ -457,7 +442,7 @@ struct GrpcFront {
   }
 };
 
-std::unique_ptr<GrpcFront> StartGrpc(ImageSearchService* service, const Security& security,
+std::unique_ptr<GrpcFront> StartGrpc(ImageSearchService* service, const ServerSecurity& security,
                                      int* bound_port) {
   std::shared_ptr<grpc::ServerCredentials> credentials =
       GrpcServerCredentials(security.tls ? &*security.tls : nullptr);
@@ -501,7 +486,7 @@ std::unique_ptr<GrpcFront> StartGrpc(ImageSearchService* service, const Security
 // Starts gRPC on the service, turns its health on (it follows `life` from
 // then on) and reports its port. Null, logged, if it cannot listen or the
 // port cannot be reported.
-std::unique_ptr<GrpcFront> ListenGrpc(ImageSearchService* service, const Security& security,
+std::unique_ptr<GrpcFront> ListenGrpc(ImageSearchService* service, const ServerSecurity& security,
                                       Lifecycle* life, PortReport* ports) {
   int bound_port = 0;
   std::unique_ptr<GrpcFront> front = StartGrpc(service, security, &bound_port);
@@ -523,7 +508,7 @@ std::unique_ptr<GrpcFront> ListenGrpc(ImageSearchService* service, const Securit
 // Starts HTTP and reports its port; the errors are Start's and PortReport's.
 absl::StatusOr<std::unique_ptr<HttpFrontend>> StartHttp(HttpBackend* backend,
                                                         serving::Metrics* metrics,
-                                                        const Security& security,
+                                                        const ServerSecurity& security,
                                                         PortReport* ports) {
   HttpFrontendOptions hopts;
   hopts.host = absl::GetFlag(FLAGS_host);
@@ -591,7 +576,7 @@ int Run() {
     std::cerr << s.message() << "\n";
     return 2;
   }
-  absl::StatusOr<Security> security = LoadSecurity();
+  absl::StatusOr<ServerSecurity> security = LoadSecurity();
   if (!security.ok()) {
     LogError(security.status().message());
     return 2;

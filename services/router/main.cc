@@ -410,14 +410,15 @@ int Run() {
   const int hedge = absl::GetFlag(FLAGS_hedge_after_ms);
   options.shard.hedge_delay = hedge < 0 ? -absl::InfiniteDuration() : absl::Milliseconds(hedge);
   options.shard.retries = std::max(0, absl::GetFlag(FLAGS_retries));
-  absl::StatusOr<std::optional<TlsFiles>> loaded_tls =
-      LoadServerTlsFlags(absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
-                         absl::GetFlag(FLAGS_tls_client_ca));
-  if (!loaded_tls.ok()) {
-    LogError(loaded_tls.status().message());
+  absl::StatusOr<ServerSecurity> security = LoadServerSecurityFlags(
+      absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+      absl::GetFlag(FLAGS_tls_client_ca), absl::GetFlag(FLAGS_auth_token_file));
+  if (!security.ok()) {
+    LogError(security.status().message());
     return 2;
   }
-  const std::optional<TlsFiles> tls = *std::move(loaded_tls);
+  const std::optional<TlsFiles>& tls = security->tls;
+  const std::optional<BearerToken>& token = security->token;
   if (auto c = LoadClientTlsFlags("shard_tls", absl::GetFlag(FLAGS_shard_tls_ca),
                                   absl::GetFlag(FLAGS_shard_tls_cert),
                                   absl::GetFlag(FLAGS_shard_tls_key));
@@ -426,15 +427,6 @@ int Run() {
     return 2;
   } else {
     options.shard.credentials = *std::move(c);
-  }
-  std::optional<BearerToken> token;
-  if (const std::string file = absl::GetFlag(FLAGS_auth_token_file); !file.empty()) {
-    auto loaded = BearerToken::FromFile(file);
-    if (!loaded.ok()) {
-      LogError("--auth_token_file: ", loaded.status().message());
-      return 1;
-    }
-    token = *std::move(loaded);
   }
   if (const std::string file = absl::GetFlag(FLAGS_shard_token_file); !file.empty()) {
     absl::StatusOr<std::string> shard_token = ReadBearerTokenFile("shard_token_file", file);
