@@ -481,15 +481,20 @@ struct HttpServer::Impl {
     return true;
   }
 
+  // The rest of c's body is read only to be dropped; none of it is held.
+  static void DropBody(Conn* c) {
+    c->drop_body = true;
+    c->hold.reset();
+    c->req.body.clear();
+    c->req.body.shrink_to_fit();
+  }
+
   // Takes up to c->remaining bytes of body.
   void TakeBody(Conn* c, evbuffer* in) {
     const size_t n = std::min<uint64_t>(evbuffer_get_length(in), c->remaining);
     if (!c->drop_body && c->req.body.size() + n > options.max_body_bytes) {
       c->req.body_too_large = true;
-      c->drop_body = true;
-      c->hold.reset();
-      c->req.body.clear();
-      c->req.body.shrink_to_fit();
+      DropBody(c);
     }
     if (!c->drop_body && n > 0) {
       // Counted as the bytes come (a head alone holds nothing); past the
@@ -501,10 +506,7 @@ struct HttpServer::Impl {
             503, "the server holds as many request bodies as it takes at once; retry shortly");
         busy.headers.emplace_back("Retry-After", "1");
         c->refusal = std::move(busy);
-        c->drop_body = true;
-        c->hold.reset();
-        c->req.body.clear();
-        c->req.body.shrink_to_fit();
+        DropBody(c);
       } else {
         c->hold->bytes += n;
       }
@@ -774,6 +776,8 @@ HttpServer::HttpServer(HttpServerOptions options, CheckHead check_head, Handle h
 HttpServer::~HttpServer() { Stop(absl::ZeroDuration()); }
 
 int HttpServer::port() const { return impl_->bound_port; }
+
+size_t HttpServer::bodies_held() const { return impl_->bodies_held->load(); }
 
 absl::Status HttpServer::Start() {
   Impl& s = *impl_;

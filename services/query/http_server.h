@@ -141,6 +141,8 @@ class HttpServer {
   absl::Status Start();
   // The bound port, after Start.
   int port() const;
+  // Request body bytes held now, over all connections (max_bodies_bytes).
+  size_t bodies_held() const;
   // Stops accepting and closes connections waiting for a request; requests
   // being handled get up to `grace` to be answered and written; then closes
   // the rest and joins the loop thread. Answers sent later are dropped.

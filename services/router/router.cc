@@ -97,11 +97,15 @@ absl::Status AtRequestPosition(const absl::Status& s, const std::vector<int>& po
   return absl::Status(s.code(), absl::StrCat("inputs[", positions[k], m.substr(close)));
 }
 
-// The share of a query's time left that its shard calls get: a shard that
-// has not answered by then is given up, so that the caller gets the others'
-// answer (allow_partial) or an error naming that shard before its own
-// deadline ends the call with a bare DEADLINE_EXCEEDED.
-constexpr double kPartialShare = 0.9;
+// The deadline of a query's shard calls: nine tenths of the caller's time
+// left, so that a shard that has not answered by then is given up and the
+// caller gets the others' answer (allow_partial) or an error naming that
+// shard before its own deadline ends the call with a bare DEADLINE_EXCEEDED.
+absl::Time ShardDeadline(absl::Time deadline) {
+  if (deadline == absl::InfiniteFuture()) return deadline;
+  const absl::Time now = absl::Now();
+  return now + (deadline - now) * 0.9;
+}
 // GetInfo's shard calls: at most this long (an operator's view of a hung shard).
 constexpr absl::Duration kInfoShardTimeout = absl::Seconds(2);
 
@@ -477,11 +481,7 @@ void Router::FanOut(v1::SearchRequest request, uint32_t top_k, std::optional<uin
   const bool allow_partial = request.allow_partial();
   const float dedup = request.dedup();
   auto shared = std::make_shared<const v1::SearchRequest>(std::move(request));
-  // A shard that has not answered by nine tenths of the time left is given
-  // up (kPartialShare).
-  const absl::Time shard_deadline = deadline != absl::InfiniteFuture()
-                                        ? absl::Now() + (deadline - absl::Now()) * kPartialShare
-                                        : deadline;
+  const absl::Time shard_deadline = ShardDeadline(deadline);
   using Answer = ShardClient::Answer<v1::SearchResponse>;
   GatherAll<Answer>(
       shards_.size(),
@@ -721,11 +721,9 @@ void Router::Embed(const v1::EmbedRequest& request, absl::Time deadline,
 void Router::GetInfo(absl::Time deadline, Done<v1::GetInfoResponse> done) {
   // What an operator asks when a shard hangs: the shards that answer are
   // described, and a hung one is marked unavailable after kInfoShardTimeout
-  // (or nine tenths of the caller's time), not left to hold the answer.
-  const absl::Time now = absl::Now();
-  const absl::Time shard_deadline = std::min(
-      now + kInfoShardTimeout,
-      deadline == absl::InfiniteFuture() ? deadline : now + (deadline - now) * kPartialShare);
+  // (or ShardDeadline), not left to hold the answer.
+  const absl::Time shard_deadline =
+      std::min(absl::Now() + kInfoShardTimeout, ShardDeadline(deadline));
   GatherAll<v1::GetInfoResponse>(
       shards_.size(),
       [this, shard_deadline](size_t i, Done<v1::GetInfoResponse> d) {
