@@ -635,17 +635,6 @@ absl::StatusOr<UpdateResult> PublishUpdate(const std::string& root, const Snapsh
     }
   }
   UpdateResult result;
-  if (update.skip_if_unchanged && !adding && update.extra_files.empty() &&
-      bm.format != kSingleGraphFormat &&
-      std::none_of(update.delete_ids.begin(), update.delete_ids.end(),
-                   [&](const std::string& id) { return base.Find(id).has_value(); })) {
-    result.version = bm.version;
-    result.published = false;
-    result.unknown_ids = update.delete_ids.size();
-    return result;
-  }
-  ASSIGN_OR_RETURN(const uint64_t version, NextVersion(root));
-  result.version = version;
 
   // The deleted rows of each base segment, starting from the base's own.
   std::vector<index::RowFilter> deleted;
@@ -676,6 +665,14 @@ absl::StatusOr<UpdateResult> PublishUpdate(const std::string& root, const Snapsh
       }
     }
   }
+  if (update.skip_if_unchanged && !adding && result.deleted == 0 && update.extra_files.empty() &&
+      bm.format != kSingleGraphFormat) {
+    result.version = bm.version;
+    result.published = false;
+    return result;
+  }
+  ASSIGN_OR_RETURN(const uint64_t version, NextVersion(root));
+  result.version = version;
 
   const std::string tmp = absl::StrCat(root, "/.tmp-", VersionDirName(version), "-", ::getpid());
   RETURN_IF_ERROR(EnsureDir(tmp));

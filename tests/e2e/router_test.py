@@ -448,8 +448,7 @@ def main():
               f"{waited['s']:.2f} s, not at its 60 s deadline")
 
         # 10c. An HTTP request in flight at SIGTERM finishes within the grace
-        # period, as a gRPC call does (it was answered 503 at once: only
-        # gRPC's calls were waited for), and the router then exits 0.
+        # period, as a gRPC call does, and the router then exits 0.
         draining = Server(ROUTER, ["--shards=" + ";".join(r.grpc_address for r in dreps),
                                    "--port=0", "--http_port=0", "--shutdown_grace_ms=5000",
                                    "--max_body_mb=1"],
