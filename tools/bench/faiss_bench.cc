@@ -22,12 +22,20 @@
 // run. Pinned, unary Search is also driven by one client thread that spins on
 // its completion queue ("svc poll", ServiceUnderTest::PolledUnaryQps): on
 // loopback the server's send wakes a sleeping client, on the server's core.
+// With --floor_binary it also measures, at each ef, the ceiling of any
+// service over gRPC here: imagesearch_grpc_floor_server (async, a fixed
+// answer) pinned as the service is, spinning for hnswlib's time a query at
+// that ef while it reads random rows of a buffer the graph's size, driven by
+// the same clients ("floor", "floor poll"). Its QPS over hnswlib's is what a
+// server whose search cost exactly hnswlib's, and which did nothing but
+// gRPC's own work besides, would reach.
 // --csv writes every point for tools/bench/plot.py.
 //
 //   imagesearch_faiss_bench --data=lowrank --n=100000 --dim=512 --cpu=0
 //       [--data=clustered --spread=1: search_bench's data]
 //       [--data=npy --vectors=FILE: real embeddings; the last --queries rows are the queries]
 //       [--query_binary=build/services/query/imagesearch-query] [--faiss=false] [--reuse]
+//       [--floor_binary=build/tools/bench/imagesearch_grpc_floor_server]
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
 #include <faiss/impl/DistanceComputer.h>
@@ -76,7 +84,10 @@ ABSL_FLAG(std::string, vectors, "", "--data=npy: an N x D float32 .npy (or .fvec
 ABSL_FLAG(bool, faiss, true, "Also build and search faiss (slow to build at 1M: scalar kernels).");
 ABSL_FLAG(std::string, query_binary, "",
           "Also measure imagesearch-query over gRPC at every ef (unary Search and SearchBatch).");
-ABSL_FLAG(int, clients, 4, "--query_binary: closed-loop gRPC client threads.");
+ABSL_FLAG(std::string, floor_binary, "",
+          "Also measure imagesearch_grpc_floor_server at every ef, spinning for hnswlib's time a "
+          "query: the QPS of a gRPC server that adds nothing to hnswlib's search but gRPC.");
+ABSL_FLAG(int, clients, 4, "--query_binary, --floor_binary: closed-loop gRPC client threads.");
 ABSL_FLAG(int, batch, 16, "--query_binary: queries per SearchBatch call.");
 ABSL_FLAG(std::string, csv, "", "Write every sweep point here: contender,ef,recall,qps.");
 ABSL_FLAG(std::string, queries_out, "",
@@ -421,6 +432,9 @@ int Run() {
     }
   }
   std::atomic<uint64_t> service_failures{0};
+  const std::string floor_binary = absl::GetFlag(FLAGS_floor_binary);
+  // The floor's reads: a buffer the size of what the searches read.
+  const long touch_mib = std::max(1L, static_cast<long>(MiB(graph_bytes)));
 
   // The sweep, on one thread.
   omp_set_num_threads(1);
@@ -428,15 +442,17 @@ int Run() {
   const double secs = absl::GetFlag(FLAGS_seconds);
   const int rounds = std::max(1, absl::GetFlag(FLAGS_rounds));
   std::vector<Point> c_ours, c_ours_f32, c_hnswlib, c_faiss, c_faiss_batch, c_faiss_kernel,
-      c_service, c_service_batch, c_service_poll;
+      c_service, c_service_batch, c_service_poll, c_floor, c_floor_poll;
   std::vector<FaissIdx> labels(nq * kK);
   std::vector<float> distances(nq * kK);
-  std::printf("\n%5s | %-18s | %-9s | %-18s | %-18s | %-9s | %-18s | %-18s | %-9s | %-9s\n", "ef",
-              "ours (mmap)", "ours f32", "hnswlib", "faiss 1/call", "faiss-b", "faiss+k 1/call",
-              "service unary", "svc batch", "svc poll");
-  std::printf("%5s | %8s %9s | %9s | %8s %9s | %8s %9s | %9s | %8s %9s | %8s %9s | %9s | %9s\n", "",
-              "recall", "QPS", "QPS", "recall", "QPS", "recall", "QPS", "QPS", "recall", "QPS",
-              "recall", "QPS", "QPS", "QPS");
+  std::printf(
+      "\n%5s | %-18s | %-9s | %-18s | %-18s | %-9s | %-18s | %-18s | %-9s | %-9s | %-9s | %-9s\n",
+      "ef", "ours (mmap)", "ours f32", "hnswlib", "faiss 1/call", "faiss-b", "faiss+k 1/call",
+      "service unary", "svc batch", "svc poll", "floor", "floor poll");
+  std::printf(
+      "%5s | %8s %9s | %9s | %8s %9s | %8s %9s | %9s | %8s %9s | %8s %9s | %9s | %9s | %9s | %9s\n",
+      "", "recall", "QPS", "QPS", "recall", "QPS", "recall", "QPS", "QPS", "recall", "QPS",
+      "recall", "QPS", "QPS", "QPS", "QPS", "QPS");
   // Recall@10 of one faiss index over all queries (one batched search).
   auto faiss_recall = [&](const faiss::Index& index) {
     index.search(static_cast<FaissIdx>(nq), queries, kK, distances.data(), labels.data());
@@ -518,9 +534,11 @@ int Run() {
     double q_service_poll = std::nan("");
     std::vector<v1::SearchRequest> reqs;
     std::vector<v1::SearchBatchRequest> batches;
+    if (service != nullptr || !floor_binary.empty()) {
+      reqs = bench::VectorRequests(queries, nq, dim, kK, ef);
+    }
     if (service != nullptr) {
       PinTo(client_cpu);
-      reqs = bench::VectorRequests(queries, nq, dim, kK, ef);
       batches = bench::Batches(reqs, static_cast<size_t>(absl::GetFlag(FLAGS_batch)));
       h = 0;
       for (size_t q = 0; q < nq; ++q) {  // The service's ids are the row numbers.
@@ -553,6 +571,38 @@ int Run() {
         per_round[i].push_back(timed[i].second(secs / rounds));
     }
     for (size_t i = 0; i < timed.size(); ++i) *timed[i].first = bench::Median(per_round[i]);
+
+    // The floor: hnswlib's time a query now known, a server that spends
+    // exactly that and gRPC's own work, in as many rounds.
+    double q_floor = std::nan(""), q_floor_poll = std::nan("");
+    if (!floor_binary.empty()) {
+      const long spin_us = std::max(1L, std::lround(1e6 / q_hnswlib));
+      PinTo(client_cpu);
+      bench::ServiceUnderTest floor(
+          floor_binary,
+          std::vector<std::string>{"--api=async", "--spin_us=" + std::to_string(spin_us),
+                                   "--touch_mib=" + std::to_string(touch_mib)},
+          workdir + "/floor.log", cpu, absl::GetFlag(FLAGS_clients));
+      if (!floor.started() || !floor.WaitServing(reqs[0])) {
+        std::cerr << "floor server did not start (see " << workdir << "/floor.log)\n";
+        return 1;
+      }
+      std::vector<double> unary, polled;
+      for (int round = 0; round < rounds; ++round) {
+        unary.push_back(floor.UnaryQps(reqs, secs / rounds, client_cpu, &service_failures));
+        if (client_cpu >= 0) {
+          polled.push_back(
+              floor.PolledUnaryQps(reqs, secs / rounds, client_cpu, &service_failures));
+        }
+      }
+      PinTo(cpu);
+      q_floor = bench::Median(unary);
+      c_floor.push_back({ef, r_hnswlib, q_floor});
+      if (client_cpu >= 0) {
+        q_floor_poll = bench::Median(polled);
+        c_floor_poll.push_back({ef, r_hnswlib, q_floor_poll});
+      }
+    }
     if (with_faiss) {
       c_faiss_kernel.push_back({ef, r_faiss_kernel, q_faiss_kernel});
       c_faiss.push_back({ef, r_faiss, q_faiss});
@@ -569,10 +619,10 @@ int Run() {
     c_hnswlib.push_back({ef, r_hnswlib, q_hnswlib});
     std::printf(
         "%5zu | %8.4f %9.0f | %9.0f | %8.4f %9.0f | %8.4f %9.0f | %9.0f | %8.4f %9.0f | %8.4f "
-        "%9.0f | "
-        "%9.0f | %9.0f\n",
+        "%9.0f | %9.0f | %9.0f | %9.0f | %9.0f\n",
         ef, r_ours, q_ours, q_ours_f32, r_hnswlib, q_hnswlib, r_faiss, q_faiss, q_faiss_batch,
-        r_faiss_kernel, q_faiss_kernel, r_service, q_service, q_service_batch, q_service_poll);
+        r_faiss_kernel, q_faiss_kernel, r_service, q_service, q_service_batch, q_service_poll,
+        q_floor, q_floor_poll);
     std::fflush(stdout);
   }
   if (service_failures > 0) {
@@ -595,14 +645,17 @@ int Run() {
     put("service", c_service);
     put("service-batch", c_service_batch);
     put("service-poll", c_service_poll);
+    put("floor", c_floor);
+    put("floor-poll", c_floor_poll);
   }
 
   std::printf(
       "\nQPS at equal recall@10 (log-QPS interpolated between sweep points; - = not reached)\n");
-  std::printf("%7s | %9s %9s %9s %9s %9s %9s %9s %9s %9s | %10s %10s %10s %9s %9s %9s %9s %9s\n",
-              "recall", "ours", "ours-f32", "hnswlib", "faiss", "faiss-b", "faiss+k", "service",
-              "svc-batch", "svc-poll", "ours/faiss", "ours/f-b", "ours/f+k", "ours/hnsw",
-              "o32/hnsw", "svc/hnsw", "svcb/hnsw", "svcp/hnsw");
+  std::printf(
+      "%7s | %9s %9s %9s %9s %9s %9s %9s %9s %9s | %10s %10s %10s %9s %9s %9s %9s %9s %9s %9s\n",
+      "recall", "ours", "ours-f32", "hnswlib", "faiss", "faiss-b", "faiss+k", "service",
+      "svc-batch", "svc-poll", "ours/faiss", "ours/f-b", "ours/f+k", "ours/hnsw", "o32/hnsw",
+      "svc/hnsw", "svcb/hnsw", "svcp/hnsw", "flr/hnsw", "flrp/hnsw");
   for (double target : {0.80, 0.90, 0.95, 0.97, 0.98, 0.99, 0.995}) {
     const double a = QpsAtRecall(c_ours, target), b = QpsAtRecall(c_hnswlib, target);
     const double a32 = QpsAtRecall(c_ours_f32, target);
@@ -610,6 +663,7 @@ int Run() {
     const double e = QpsAtRecall(c_faiss_kernel, target);
     const double f = QpsAtRecall(c_service, target), g = QpsAtRecall(c_service_batch, target);
     const double p = QpsAtRecall(c_service_poll, target);
+    const double fl = QpsAtRecall(c_floor, target), flp = QpsAtRecall(c_floor_poll, target);
     auto cell = [](double x) {
       char buf[16];
       if (std::isnan(x)) return std::string("-");
@@ -623,11 +677,13 @@ int Run() {
       return std::string(buf);
     };
     std::printf(
-        "%7.3f | %9s %9s %9s %9s %9s %9s %9s %9s %9s | %10s %10s %10s %9s %9s %9s %9s %9s\n",
+        "%7.3f | %9s %9s %9s %9s %9s %9s %9s %9s %9s | %10s %10s %10s %9s %9s %9s %9s %9s %9s "
+        "%9s\n",
         target, cell(a).c_str(), cell(a32).c_str(), cell(b).c_str(), cell(c).c_str(),
         cell(d).c_str(), cell(e).c_str(), cell(f).c_str(), cell(g).c_str(), cell(p).c_str(),
         ratio(a, c).c_str(), ratio(a, d).c_str(), ratio(a, e).c_str(), ratio(a, b).c_str(),
-        ratio(a32, b).c_str(), ratio(f, b).c_str(), ratio(g, b).c_str(), ratio(p, b).c_str());
+        ratio(a32, b).c_str(), ratio(f, b).c_str(), ratio(g, b).c_str(), ratio(p, b).c_str(),
+        ratio(fl, b).c_str(), ratio(flp, b).c_str());
   }
   return service_failures == 0 ? 0 : 1;
 }

@@ -46,16 +46,24 @@ double ClosedLoopQps(int threads, double seconds, size_t n, Fn one, int cpu = -1
   return done / std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-// imagesearch-query on `root` with default flags (plus --verify=sizes), and
-// one gRPC connection per client thread.
+// imagesearch-query on `root` with default flags (plus --verify=sizes), or
+// any server of the ImageSearch API that prints "listening on port N" (the
+// floor server of grpc_floor_server.cc), and one gRPC connection per client
+// thread.
 class ServiceUnderTest {
  public:
   // server_cpu >= 0 runs the whole service under `taskset -c server_cpu`.
   // Threads this constructor makes (gRPC's client threads) inherit the
   // caller's affinity: pin the caller first to keep them off the server's core.
   ServiceUnderTest(const std::string& binary, const std::string& root, const std::string& log_path,
-                   int server_cpu, int clients) {
-    std::vector<std::string> args = {"--snapshot_root=" + root, "--verify=sizes"};
+                   int server_cpu, int clients)
+      : ServiceUnderTest(binary,
+                         std::vector<std::string>{"--snapshot_root=" + root, "--verify=sizes"},
+                         log_path, server_cpu, clients) {}
+
+  // `binary` with `args` (and --port=0 --host=127.0.0.1).
+  ServiceUnderTest(const std::string& binary, std::vector<std::string> args,
+                   const std::string& log_path, int server_cpu, int clients) {
     std::string exe = binary;
     if (server_cpu >= 0) {
       args.insert(args.begin(), {"-c", std::to_string(server_cpu), binary});
