@@ -9,8 +9,8 @@
 #       ghcr.io/imagesearch/imagesearch-query@sha256:<64 hex> \
 #       ghcr.io/imagesearch/imagesearch-indexer@sha256:<64 hex>
 #
-# Writes OUT_DIR/service.yaml (overlays/ENV) and OUT_DIR/indexing.yaml
-# (overlays/ENV/indexing). Refuses an image that is not name@sha256:<digest>
+# ENV is dev, prod or sharded. Writes OUT_DIR/service.yaml (overlays/ENV, or
+# sharded/) and OUT_DIR/indexing.yaml (its indexing/). Refuses an image that is not name@sha256:<digest>
 # (a tag, even a commit tag, can be pushed again). Needs kubectl >= 1.27 (or
 # kustomize v5) and node/npm for the validation (validate.sh installs its npm
 # packages into BUILD_DIR/npm-k8s; BUILD_DIR defaults to build).
@@ -19,7 +19,11 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 usage() { sed -n '7,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [[ $# -eq 4 ]] || usage
 ENV="$1" OUT="$2" QUERY_IMAGE="$3" INDEXER_IMAGE="$4"
-[[ "$ENV" == dev || "$ENV" == prod ]] || { echo "release.sh: ENV must be dev or prod, got '$ENV'" >&2; exit 2; }
+case "$ENV" in
+  dev | prod) DIR="overlays/$ENV" ;;
+  sharded) DIR=sharded ;;
+  *) echo "release.sh: ENV must be dev, prod or sharded, got '$ENV'" >&2; exit 2 ;;
+esac
 DIGEST_REF='^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$'
 for pair in "imagesearch-query=$QUERY_IMAGE" "imagesearch-indexer=$INDEXER_IMAGE"; do
   name="${pair%%=*}" image="${pair#*=}"
@@ -34,8 +38,8 @@ done
 if command -v kustomize >/dev/null; then RENDER=(kustomize build); else RENDER=(kubectl kustomize); fi
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-cp -r "$HERE/base" "$HERE/overlays" "$WORK/"
-# wrap DIR IMAGE...: a kustomization over overlays/DIR that sets each image's
+cp -r "$HERE/base" "$HERE/overlays" "$HERE/sharded" "$WORK/"
+# wrap OUT_NAME DIR IMAGE...: a kustomization over DIR that sets each image's
 # digest (kustomize matches the name the overlay renders).
 wrap() {
   local dir="$WORK/release/$1" overlay="$2"; shift 2
@@ -44,7 +48,7 @@ wrap() {
     echo "apiVersion: kustomize.config.k8s.io/v1beta1"
     echo "kind: Kustomization"
     echo "resources:"
-    echo "  - ../../overlays/$overlay"
+    echo "  - ../../$overlay"
     echo "images:"
     for image in "$@"; do
       local repo="${image%@*}"
@@ -54,8 +58,8 @@ wrap() {
     done
   } >"$dir/kustomization.yaml"
 }
-wrap service "$ENV" "$QUERY_IMAGE"
-wrap indexing "$ENV/indexing" "$INDEXER_IMAGE"
+wrap service "$DIR" "$QUERY_IMAGE"
+wrap indexing "$DIR/indexing" "$INDEXER_IMAGE"
 mkdir -p "$OUT"
 "${RENDER[@]}" "$WORK/release/service" >"$OUT/service.yaml"
 "${RENDER[@]}" "$WORK/release/indexing" >"$OUT/indexing.yaml"

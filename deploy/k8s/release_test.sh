@@ -16,13 +16,16 @@ trap 'rm -rf "$OUT"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 Q="ghcr.io/imagesearch/imagesearch-query@sha256:$(printf '1%.0s' {1..64})"
 I="registry.example:5000/team/imagesearch-indexer@sha256:$(printf '2%.0s' {1..64})"
-for env in dev prod; do
+# Query-image containers: one replica Deployment, or two shards' and the router.
+declare -A QUERY_CONTAINERS=([dev]=1 [prod]=1 [sharded]=3)
+for env in dev prod sharded; do
   BUILD_DIR="$BUILD" "$HERE/release.sh" "$env" "$OUT/$env" "$Q" "$I"
-  [[ "$(grep -c "image: $Q$" "$OUT/$env/service.yaml")" == 1 ]] || fail "$env: query image not set"
+  [[ "$(grep -c "image: $Q$" "$OUT/$env/service.yaml")" == "${QUERY_CONTAINERS[$env]}" ]] ||
+    fail "$env: query image not set in its ${QUERY_CONTAINERS[$env]} containers"
   [[ "$(grep -c "image: $I$" "$OUT/$env/indexing.yaml")" == 4 ]] || fail "$env: indexer image not set in the 3 Jobs and the ingest Deployment"
   ! grep -q "sha256:0000" "$OUT/$env"/*.yaml || fail "$env: the placeholder digest is left"
 done
-echo "1. dev and prod rendered with the given digests in every container"
+echo "1. dev, prod and sharded rendered with the given digests in every container"
 
 if out="$(BUILD_DIR="$BUILD" "$HERE/release.sh" prod "$OUT/tag" "${Q%@*}:dev" "$I" 2>&1)"; then
   fail "a :dev tag was accepted"

@@ -1,13 +1,15 @@
-// Offline validation of deploy/k8s: renders base, dev and prod (the service
-// and the indexing Jobs of each) with kubectl's built-in kustomize (or a
+// Offline validation of deploy/k8s: renders base, dev, prod and the sharded
+// collection (the service and the indexing Jobs of each) with kubectl's
+// built-in kustomize (or a
 // standalone kustomize), v5 or later, validates every object against the
 // Kubernetes API schemas (npm kubernetes-models), and asserts the invariants
 // that a schema cannot see: probes on the gRPC port, Services and the PDB
 // selecting the Deployment's pods, the HPA naming the Deployment after the
 // name prefix, the Indexed Job's shard arguments, one snapshot share for
 // readers and writers, prod's replica floor, images by digest, the replicas'
-// snapshot verification and connection age, and the indexing Jobs' failure
-// policies and deadlines. Then it checks itself on deliberately broken
+// snapshot verification and connection age, model instances sized by the
+// pod's CPU request, the indexing Jobs' failure policies and deadlines, and,
+// across environments, volume names and snapshot shares of their own. Then it checks itself on deliberately broken
 // copies, each of which must be rejected: rendered objects changed in memory,
 // and broken overlays written to disk and rendered by kustomize.
 //
@@ -58,8 +60,9 @@ const ENVS = [
     namespace: 'imagesearch', minReplicas: 3, images: 'placeholder' },
   // A collection of `shards` shard roots: per shard the replicas of
   // base/replicas/ (suffix -shard-<i>), and imagesearch-router in front.
-  { env: 'sharded', serving: 'sharded', indexing: 'sharded/indexing', prefix: '',
-    namespace: 'imagesearch-photos', minReplicas: 1, shards: 2, collection: 'photos' },
+  { env: 'sharded', serving: 'sharded', indexing: 'sharded/indexing', prefix: 'photos-',
+    namespace: 'imagesearch-photos', minReplicas: 1, shards: 2, collection: 'photos',
+    images: 'placeholder' },
 ];
 const SHARD_LABEL = 'imagesearch.dev/shard';
 
@@ -132,6 +135,21 @@ function checkPod(where, pod, errors, e) {
   }
 }
 
+// What is wrong with how container `c`, which runs the model, sizes its model
+// instances, or undefined. With no CPU limit there is no quota to read, so
+// the binaries' default (one per CPU the process may use) follows the node's
+// cores: the count must come from the container's own CPU request.
+function modelInstancesProblem(c) {
+  const value = flags(c.args).model_instances;
+  const m = /^\$\(([A-Za-z0-9_]+)\)$/.exec(value ?? '');
+  const rf = m && (c.env ?? []).find((x) => x.name === m[1])?.valueFrom?.resourceFieldRef;
+  if (rf?.resource === 'requests.cpu' && rf.containerName === c.name && String(rf.divisor ?? '1') === '1') {
+    return undefined;
+  }
+  return `--model_instances=${value ?? '(default: one per CPU of the node)'} must be $(VAR), VAR read from `
+    + "this container's requests.cpu (divisor 1): with no CPU limit the default follows the node's cores";
+}
+
 // The volume mounted at `mountPath` in container `c`: {mount, volume}.
 function mountAt(pod, c, mountPath) {
   const mount = (c.volumeMounts ?? []).find((m) => m.mountPath === mountPath);
@@ -194,6 +212,10 @@ export function checkServing(objects, e) {
   expect(age >= CONNECTION_AGE_MS[0] && age <= CONNECTION_AGE_MS[1],
     `${D}: --max_connection_age_ms=${f.max_connection_age_ms} must be set within ${CONNECTION_AGE_MS.join('..')} `
     + 'so clients spread onto pods the HPA adds');
+  if (f.load_model !== 'false') {
+    const bad = modelInstancesProblem(c);
+    expect(!bad, `${D}: ${bad}`);
+  }
 
   for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
     const p = c[probe];
@@ -583,6 +605,8 @@ export function checkSharded(serving, indexing, indexingRoot, e) {
   // With --model the router embeds, from a read-only mount of the share, and
   // the shard replicas keep no model in memory; without it they must.
   if (f.model) {
+    const bad = modelInstancesProblem(c);
+    expect(!bad, `${R}: ${bad}`);
     const { mount, volume } = mountFor(pod, c, f.model);
     expect(mount?.readOnly === true && volume?.persistentVolumeClaim?.claimName === name('imagesearch-snapshots'),
       `${R}: --model=${f.model} must be on a read-only mount of claim ${name('imagesearch-snapshots')}`);
@@ -614,6 +638,40 @@ export function checkSharded(serving, indexing, indexingRoot, e) {
   const hpa = serving.find((o) => o.kind === 'HorizontalPodAutoscaler' && o.spec?.scaleTargetRef?.name === router.metadata.name);
   expect(hpa && (hpa.spec.minReplicas ?? 1) >= 2, `${R}: needs a HorizontalPodAutoscaler with minReplicas >= 2`);
   expect(router.spec.replicas === undefined, `${R}: sets spec.replicas, which every apply would reset under the HPA`);
+  return errors;
+}
+
+// Environments share a cluster: each needs its own names for cluster-scoped
+// objects (one PersistentVolume binds one claim, so a second environment's
+// claim would stay Pending) and its own NFS share (or its Jobs would read
+// the other's input and write into its scratch and roots). `rendered` as in
+// main(); base is a template, not an environment. Returns a list of errors.
+export function checkAcrossEnvs(rendered) {
+  const errors = [];
+  const names = new Map();
+  const shares = new Map();
+  for (const { e, serving, indexing } of rendered) {
+    if (e.env === 'base') continue;
+    const own = new Set();
+    for (const o of [...serving, ...indexing]) {
+      if (o.kind !== 'PersistentVolume') continue;
+      const other = names.get(o.metadata.name);
+      if (other !== undefined && other !== e.env) {
+        errors.push(`PersistentVolume ${o.metadata.name} is rendered by both ${other} and ${e.env}: one volume `
+          + 'binds one claim (a name prefix keeps environments apart)');
+      }
+      names.set(o.metadata.name, e.env);
+      if (o.spec?.nfs) own.add(`${o.spec.nfs.server}:${o.spec.nfs.path}`);
+    }
+    for (const share of own) {
+      const other = shares.get(share);
+      if (other !== undefined) {
+        errors.push(`${other} and ${e.env} both use the share ${share}: their indexing input, scratch and `
+          + 'snapshot roots would mix');
+      }
+      shares.set(share, e.env);
+    }
+  }
   return errors;
 }
 
@@ -757,30 +815,38 @@ function negativeChecks(rendered, models, yaml, k, k8sDir) {
       delete ix.find((o) => o.metadata.name.endsWith('snapshot-build')).spec.podFailurePolicy;
     }],
     ['the router reaching shard 1 through shard 0', 'sharded', (s) => {
-      const c = s.find((o) => o.metadata.name === 'imagesearch-router').spec.template.spec.containers[0];
-      c.env.find((x) => x.name === 'SHARD_1').value = 'imagesearch-query-headless-shard-0';
-    }, /shard 1 is reached through \$\(SHARD_1\) = 'imagesearch-query-headless-shard-0'/],
+      const c = s.find((o) => o.metadata.name === 'photos-imagesearch-router').spec.template.spec.containers[0];
+      c.env.find((x) => x.name === 'SHARD_1').value = 'photos-imagesearch-query-headless-shard-0';
+    }, /shard 1 is reached through \$\(SHARD_1\) = 'photos-imagesearch-query-headless-shard-0'/],
     ['a router without a maximum connection age', 'sharded', (s) => {
-      const c = s.find((o) => o.metadata.name === 'imagesearch-router').spec.template.spec.containers[0];
+      const c = s.find((o) => o.metadata.name === 'photos-imagesearch-router').spec.template.spec.containers[0];
       c.args = c.args.filter((a) => !a.startsWith('--max_connection_age_ms='));
     }, /imagesearch-router: --max_connection_age_ms=undefined must be set/],
     ['the router listing one shard of two', 'sharded', (s) => {
-      const c = s.find((o) => o.metadata.name === 'imagesearch-router').spec.template.spec.containers[0];
+      const c = s.find((o) => o.metadata.name === 'photos-imagesearch-router').spec.template.spec.containers[0];
       c.args = c.args.map((a) => (a.startsWith('--shards=') ? '--shards=dns:///$(SHARD_0):50051' : a));
     }, /--shards lists 1 shards; the collection has 2/],
     ['shard 1 serving shard 0', 'sharded', (s) => {
-      const c = s.find((o) => o.metadata.name === 'imagesearch-query-shard-1').spec.template.spec.containers[0];
+      const c = s.find((o) => o.metadata.name === 'photos-imagesearch-query-shard-1').spec.template.spec.containers[0];
       c.args = c.args.map((a) => (a.startsWith('--snapshot_root=') ? '--snapshot_root=/snapshots/photos/shard-0-of-2' : a));
     }, /imagesearch-query-shard-1: serves share folder 'snapshots\/photos\/shard-0-of-2'/],
     ['a shard Service selecting every shard', 'sharded', (s) => {
-      delete s.find((o) => o.metadata.name === 'imagesearch-query-headless-shard-0').spec.selector[SHARD_LABEL];
+      delete s.find((o) => o.metadata.name === 'photos-imagesearch-query-headless-shard-0').spec.selector[SHARD_LABEL];
     }, /imagesearch-query-headless-shard-0: also selects the pods of shard 1/],
     ['shard replicas loading the model the router embeds with', 'sharded', (s) => {
-      const c = s.find((o) => o.metadata.name === 'imagesearch-query-shard-0').spec.template.spec.containers[0];
+      const c = s.find((o) => o.metadata.name === 'photos-imagesearch-query-shard-0').spec.template.spec.containers[0];
       c.args = c.args.filter((a) => a !== '--load_model=false');
     }, /imagesearch-query-shard-0: needs --load_model=false/],
+    ['replicas sizing the model by the node', 'prod', (s) => {
+      const c = queryContainer(s);
+      c.args = c.args.filter((a) => !a.startsWith('--model_instances='));
+    }, /imagesearch-query: --model_instances=\(default: one per CPU of the node\) must be/],
+    ['the router sizing the model by the node', 'sharded', (s) => {
+      const c = s.find((o) => o.metadata.name === 'photos-imagesearch-router').spec.template.spec.containers[0];
+      c.env.find((x) => x.name === 'CPU_REQUEST').valueFrom.resourceFieldRef.resource = 'limits.cpu';
+    }, /photos-imagesearch-router: --model_instances=\$\(CPU_REQUEST\) must be/],
     ['the build Job publishing one root', 'sharded', undefined, /must publish 2 shard roots/, (ix) => {
-      const c = ix.find((o) => o.metadata.name === 'imagesearch-snapshot-build').spec.template.spec.containers[0];
+      const c = ix.find((o) => o.metadata.name === 'photos-imagesearch-snapshot-build').spec.template.spec.containers[0];
       c.args = c.args.filter((a) => !a.startsWith('--shard_count='));
     }],
   ];
@@ -842,7 +908,28 @@ function negativeChecks(rendered, models, yaml, k, k8sDir) {
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
-  return { count: cases.length + overlayCases.length, failures };
+  // Across environments, on copies of what was rendered.
+  const volumes = (r) => [...r.serving, ...r.indexing].filter((o) => o.kind === 'PersistentVolume');
+  const acrossCases = [
+    ['the sharded collection on prod\'s share', (all) => {
+      const prodShare = volumes(all.find((r) => r.e.env === 'prod'))[0].spec.nfs;
+      for (const pv of volumes(all.find((r) => r.e.env === 'sharded'))) pv.spec.nfs = { ...prodShare };
+    }, /prod and sharded both use the share nfs\.example\.internal:\/imagesearch:/],
+    ['the sharded collection\'s volumes named as prod\'s', (all) => {
+      for (const pv of volumes(all.find((r) => r.e.env === 'sharded'))) {
+        pv.metadata.name = pv.metadata.name.replace(/^photos-/, '');
+      }
+    }, /PersistentVolume imagesearch-snapshots-ro is rendered by both prod and sharded/],
+  ];
+  for (const [what, breakAll, want] of acrossCases) {
+    const all = structuredClone(rendered);
+    breakAll(all);
+    const errors = checkAcrossEnvs(all);
+    if (!errors.some((x) => want.test(x))) {
+      failures.push(`broken copy '${what}' was not rejected (errors: ${errors.join('; ') || 'none'})`);
+    }
+  }
+  return { count: cases.length + overlayCases.length + acrossCases.length, failures };
 }
 
 // A release as release.sh rendered it: the same checks as the committed
@@ -926,6 +1013,9 @@ async function main(argv) {
   }
 
   if (rendered.length === ENVS.length) {
+    const across = checkAcrossEnvs(rendered);
+    failures.push(...across);
+    console.log(`across environments: cluster-scoped names and shares ${across.length ? `FAILED (${across.length})` : 'apart'}`);
     const neg = negativeChecks(rendered, models, yaml, k, k8sDir);
     failures.push(...neg.failures);
     console.log(`self-check: ${neg.count - neg.failures.length} of ${neg.count} deliberately broken copies rejected`);
