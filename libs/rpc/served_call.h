@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -64,6 +65,9 @@ struct Method {
   // CallInfo::Cancelled can tell a client that left: one more completion a
   // call, on the same thread.
   bool watch_cancellation = false;
+  // Metadata sent with every answer (initial metadata), or none. Set before
+  // the first call is awaited, and not changed after.
+  const std::vector<std::pair<std::string, std::string>>* initial_metadata = nullptr;
 };
 
 // One call of `method` on one queue: requested, then answered on the thread
@@ -110,6 +114,11 @@ class ServedCall final : public CqTag {
     }
     answering_ = true;
     Await(method_, threads_, queue_);  // The next call of this method.
+    if (method_->initial_metadata != nullptr) {
+      for (const auto& [key, value] : *method_->initial_metadata) {
+        context_.AddInitialMetadata(key, value);
+      }
+    }
     method_->answer(CallInfo(context_, cancelled_), request_, [this](absl::StatusOr<Response> r) {
       refs_.fetch_add(1, std::memory_order_relaxed);  // This thread's hold (see refs_).
       const bool ran = threads_->IfRunning([&] {

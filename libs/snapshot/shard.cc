@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -63,6 +64,11 @@ absl::Status ValidateShardInfo(const ShardInfo& shard) {
 
 std::string ShardRootName(uint32_t index, uint32_t count) {
   return absl::StrCat("shard-", index, "-of-", count);
+}
+
+std::string ShardStamp(const ShardInfo& shard) {
+  if (!shard.sharded()) return "";
+  return absl::StrCat(shard.index, "/", shard.count, "/", absl::CHexEscape(shard.collection));
 }
 
 std::string DescribeShard(const ShardInfo& shard) {

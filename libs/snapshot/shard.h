@@ -64,6 +64,16 @@ std::vector<std::string> ShardRootsUnder(const std::string& dir);
 // "collection 'c' shard 2 of 4" (or "not sharded"), for messages.
 std::string DescribeShard(const ShardInfo& shard);
 
+// The metadata a shard's replica sends with every answer (gRPC initial
+// metadata), so that imagesearch-router can tell, answer by answer, that it
+// came from the shard it asked: a process restarted at a replica's address
+// may serve another shard, or another layout of the collection, before any
+// periodic check could notice. The value is "<index>/<count>/<collection>"
+// (the collection C-escaped: metadata values are printable ASCII); empty
+// for an unsharded root, which sends none.
+inline constexpr char kShardStampKey[] = "imagesearch-shard";
+std::string ShardStamp(const ShardInfo& shard);
+
 }  // namespace imagesearch::snapshot
 
 #endif  // IMAGESEARCH_LIBS_SNAPSHOT_SHARD_H_

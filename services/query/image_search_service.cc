@@ -40,6 +40,10 @@ ImageSearchService::ImageSearchService(serving::QueryCore* core, const BearerTok
       thumbnail_(Make("Thumbnail", &Async::RequestGetThumbnail,
                       &ImageSearchService::HandleGetThumbnail)) {}
 
+void ImageSearchService::StampAnswers(std::string key, std::string value) {
+  stamp_.emplace_back(std::move(key), std::move(value));
+}
+
 void ImageSearchService::Start(rpc::CompletionThreads* threads) {
   static constexpr int kAwaiting = 32;  // Calls of each method asked for at a time, per queue.
   for (const RawMethod* m : {&search_, &search_batch_, &embed_, &get_info_, &thumbnail_}) {
@@ -54,6 +58,7 @@ ImageSearchService::RawMethod ImageSearchService::Make(
                                        Done)) {
   RawMethod m;
   m.watch_cancellation = true;  // The core stops work for a client that left.
+  m.initial_metadata = &stamp_;
   m.request = [this, request](grpc::ServerContext* c, grpc::ByteBuffer* q,
                               grpc::ServerAsyncResponseWriter<grpc::ByteBuffer>* w,
                               grpc::ServerCompletionQueue* queue,

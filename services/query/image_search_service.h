@@ -31,6 +31,9 @@
 #define IMAGESEARCH_SERVICES_QUERY_IMAGE_SEARCH_SERVICE_H_
 
 #include <functional>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "imagesearch/v1/imagesearch.grpc.pb.h"
 #include "libs/rpc/completion_threads.h"
@@ -51,6 +54,9 @@ class ImageSearchService {
 
   // To register with the server's builder.
   grpc::Service* service() { return &service_; }
+  // Metadata every answer carries from now on (snapshot::ShardStamp: which
+  // shard of which collection answered). Before Start only.
+  void StampAnswers(std::string key, std::string value);
   // Once the server is built: asks each of `threads`' queues for the calls
   // of every method. `threads` outlives the server.
   void Start(rpc::CompletionThreads* threads);
@@ -88,11 +94,12 @@ class ImageSearchService {
   serving::QueryCore* const core_;
   const CallGate gate_;
   Async service_;
-  const RawMethod search_;
-  const RawMethod search_batch_;
-  const RawMethod embed_;
-  const RawMethod get_info_;
-  const RawMethod thumbnail_;
+  std::vector<std::pair<std::string, std::string>> stamp_;  // Fixed once Start runs.
+  RawMethod search_;
+  RawMethod search_batch_;
+  RawMethod embed_;
+  RawMethod get_info_;
+  RawMethod thumbnail_;
 };
 
 }  // namespace imagesearch

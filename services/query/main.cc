@@ -51,6 +51,8 @@
 #include "libs/serving/model_plugin.h"
 #include "libs/serving/query_core.h"
 #include "libs/serving/snapshot_manager.h"
+#include "libs/snapshot/shard.h"
+#include "libs/snapshot/snapshot.h"
 #include "services/query/auth.h"
 #include "services/query/connection_limits.h"
 #include "services/query/http_frontend.h"
@@ -617,6 +619,12 @@ int Run() {
     if (http) http->Stop();
     StopWatcherOrExit(&manager, 0, "stopped before a snapshot was loaded");
     return 0;
+  }
+  // A shard's root stays that shard (every publish checks it): its answers
+  // say which, for the router (snapshot::ShardStamp).
+  if (std::string stamp = snapshot::ShardStamp(manager.Current()->snapshot->manifest().shard);
+      !stamp.empty()) {
+    service.StampAnswers(snapshot::kShardStampKey, std::move(stamp));
   }
   if (GrpcEnabled() && !(front = ListenGrpc(&service, *security, &life, &ports))) {
     if (http) http->Stop();

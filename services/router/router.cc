@@ -270,7 +270,8 @@ absl::Status Router::Discover(absl::Time deadline) {
       bool all = true;
       for (uint32_t i = 0; i < count; ++i) {
         ShardClient& shard = *shards_[i];
-        shard.Verify(CheckOf(i), deadline);
+        shard.Verify(CheckOf(i), snapshot::ShardStamp({identity_->shard().collection(), i, count}),
+                     deadline);
         for (const auto& r : *shard.replicas()) {
           if (r->state.load() == ShardClient::Replica::State::kWrong) {
             return absl::FailedPreconditionError(

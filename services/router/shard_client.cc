@@ -20,6 +20,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "libs/common/log.h"
+#include "libs/snapshot/shard.h"
 
 namespace imagesearch::router {
 namespace {
@@ -357,7 +358,31 @@ void ShardClient::CheckAll(const std::vector<std::shared_ptr<Replica>>& replicas
   }
 }
 
-void ShardClient::Verify(Check check, absl::Time deadline) {
+std::string ShardClient::StampProblem(Replica& r, const grpc::ClientContext& context) const {
+  if (stamp_.empty()) return "";
+  const auto& metadata = context.GetServerInitialMetadata();
+  const auto it = metadata.find(snapshot::kShardStampKey);
+  if (it == metadata.end()) {
+    // A replica that stamps nothing (a build before stamps, or an
+    // unsharded root) is judged by its GetInfo and its answers' ids.
+    if (!r.stamped.load(std::memory_order_relaxed)) return "";
+    return absl::StrCat("answered without the ", snapshot::kShardStampKey,
+                        " metadata it sent before (a process restarted at its address, "
+                        "serving no shard)");
+  }
+  const absl::string_view got(it->second.data(), it->second.size());
+  if (got == stamp_) {
+    if (!r.stamped.load(std::memory_order_relaxed))
+      r.stamped.store(true, std::memory_order_relaxed);
+    return "";
+  }
+  return absl::StrCat("answered as ", snapshot::kShardStampKey, " '", got, "', not '", stamp_,
+                      "' (shard/count/collection: another shard, or another layout of the "
+                      "collection, restarted at its address)");
+}
+
+void ShardClient::Verify(Check check, std::string stamp, absl::Time deadline) {
+  stamp_ = std::move(stamp);
   std::vector<std::shared_ptr<Replica>> ask;
   for (const auto& r : *replicas()) {
     if (r->state.load(std::memory_order_acquire) != Replica::State::kGood) ask.push_back(r);

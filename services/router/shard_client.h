@@ -234,6 +234,9 @@ class ShardClient {
     // restarted process does, and may be another shard's now.
     std::atomic<bool> recheck{false};
     std::atomic<uint64_t> suspicions{0};  // Suspect adds 1: an answer asked before is stale.
+    // Whether an answer of its carried a shard stamp: from then on an
+    // answer without one is another process's (StampProblem).
+    std::atomic<bool> stamped{false};
   };
   using Replicas = std::vector<std::shared_ptr<Replica>>;
 
@@ -262,8 +265,18 @@ class ShardClient {
   // those that did not answer, and every replica again every
   // options.recheck_every (one restarted at its address may serve something
   // else) are asked by the client's own thread. Before the first Verify
-  // every replica gets calls.
-  void Verify(Check check, absl::Time deadline);
+  // every replica gets calls. `stamp`: the snapshot::ShardStamp this
+  // shard's replicas send with every answer (empty: not checked); an
+  // answer with another is not used (StampProblem). Verify runs before any
+  // call is made.
+  void Verify(Check check, std::string stamp, absl::Time deadline);
+
+  // Why an answer of `r` (its call's `context`) cannot be this shard's, or
+  // "": it carries another shard's stamp, or none where `r` sent one
+  // before. A process restarted at a replica's address as another shard's,
+  // or as a shard of another layout of the collection, is caught at its
+  // first answer, before any check could ask it.
+  std::string StampProblem(Replica& r, const grpc::ClientContext& context) const;
 
   // How often a replica not yet good is asked again; how long one GetInfo
   // of a check may take.
@@ -369,6 +382,7 @@ class ShardClient {
   std::condition_variable resolver_cv_;
   bool stopping_ = false;          // Guarded by resolver_mu_.
   Check check_;                    // Guarded by resolver_mu_; set by Verify.
+  std::string stamp_;              // Set by Verify, before any call.
   uint64_t check_generation_ = 0;  // Guarded by resolver_mu_; Verify adds 1.
   uint64_t suspected_ = 0;         // Guarded by resolver_mu_; Suspect adds 1.
   std::atomic<bool> checking_{false};
@@ -623,8 +637,10 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     // restarted at its address as another shard's, not yet rechecked) is
     // the replica's failure, never merged: the call goes on elsewhere.
     bool wrong = false;
-    if (s.ok() && vet_ && !a->refused) {
-      if (std::string why = vet_(*a->response); !why.empty()) {
+    if (s.ok() && !a->refused) {
+      std::string why = shard_->StampProblem(*a->replica, a->context);
+      if (why.empty() && vet_) why = vet_(*a->response);
+      if (!why.empty()) {
         shard_->Suspect(*a->replica, why);
         s = grpc::Status(grpc::StatusCode::INTERNAL,
                          absl::StrCat("replica ", a->replica->address, " ", why));

@@ -12,6 +12,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -449,16 +450,33 @@ class FakeReplica final : public v1::ImageSearch::Service {
   std::atomic<bool> as_other{false};
   std::atomic<bool> broken_embed{false};
   std::atomic<bool> search_as_other{false};  // GetInfo says one shard, Search answers another's.
+  // The shard stamp of its searches' answers: relayed from the replica that
+  // answered (a real replica's), or none (a build before stamps).
+  enum class Stamp { kRelay, kNone };
+  std::atomic<Stamp> stamp_mode{Stamp::kRelay};
 
   grpc::Status GetInfo(grpc::ServerContext*, const v1::GetInfoRequest* q,
                        v1::GetInfoResponse* out) override {
     grpc::ClientContext c;
     return (as_other ? other_ : real_)->GetInfo(&c, *q, out);
   }
-  grpc::Status Search(grpc::ServerContext*, const v1::SearchRequest* q,
+  grpc::Status Search(grpc::ServerContext* context, const v1::SearchRequest* q,
                       v1::SearchResponse* out) override {
     grpc::ClientContext c;
-    return (search_as_other ? other_ : real_)->Search(&c, *q, out);
+    grpc::Status s = (search_as_other ? other_ : real_)->Search(&c, *q, out);
+    switch (stamp_mode.load()) {
+      case Stamp::kRelay:
+        for (const auto& [key, value] : c.GetServerInitialMetadata()) {
+          if (key == snapshot::kShardStampKey) {
+            context->AddInitialMetadata(snapshot::kShardStampKey,
+                                        std::string(value.data(), value.size()));
+          }
+        }
+        break;
+      case Stamp::kNone:
+        break;
+    }
+    return s;
   }
   grpc::Status Embed(grpc::ServerContext*, const v1::EmbedRequest* q,
                      v1::EmbedResponse* out) override {
@@ -477,13 +495,14 @@ class FakeReplica final : public v1::ImageSearch::Service {
   std::unique_ptr<grpc::Server> server_;
 };
 
-TEST_CASE("Another shard's rows in a replica's answer are never merged: it is asked again",
-          "[router]") {
-  Cluster c;
-  // Listed in shard 0 and checked as shard 0's, but answering searches with
-  // shard 1's rows: as a process restarted at its address as a shard-1
-  // replica answers until the next check (10 s by default; never, here).
-  FakeReplica impostor(c.replicas[0][0]->address(), c.replicas[1][0]->address());
+// Shard 0 of `c` through `impostor` and its real second replica, checked
+// when the router starts and not again within the hour; then `turn` makes
+// the impostor answer as something shard 0 cannot be. Every exact answer
+// must still be the collection's, each call going on to the real replica,
+// and the impostor must be out, saying it `serves` (what its GetInfo says
+// now): only a call to it has it checked again.
+void ExpectImpostorNeverMerged(Cluster& c, FakeReplica& impostor, const std::function<void()>& turn,
+                               const std::string& serves) {
   REQUIRE(impostor.port() > 0);
   router::RouterOptions o = c.Options(-absl::InfiniteDuration());
   const std::string fake = absl::StrCat("127.0.0.1:", impostor.port());
@@ -491,8 +510,7 @@ TEST_CASE("Another shard's rows in a replica's answer are never merged: it is as
   o.shard.recheck_every = absl::Hours(1);
   router::Router r(o);
   REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
-  impostor.search_as_other = true;
-  impostor.as_other = true;  // Its GetInfo too, from now on: a shard-1 replica in all.
+  turn();
   for (uint32_t i = 0; i < 30; ++i) {
     const v1::SearchRequest q = Query(i, true);
     auto got = Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
@@ -505,13 +523,97 @@ TEST_CASE("Another shard's rows in a replica's answer are never merged: it is as
   // Its first wrong answer had it asked again at once (not in recheck_every):
   // it says what it is, and gets no calls.
   std::string not_good;
-  for (int i = 0; i < 1000 && !absl::StrContains(not_good, "serves shard 1 of 2"); ++i) {
+  for (int i = 0; i < 1000 && !absl::StrContains(not_good, serves); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
     not_good = r.shard(0).NotGood();
   }
   INFO(not_good);
-  CHECK(absl::StrContains(not_good, fake + ": serves shard 1 of 2"));
+  CHECK(absl::StrContains(not_good, fake + ": " + serves));
   CHECK(r.shard(0).Stats().failures == 0);  // Each call went on to the real replica.
+}
+
+TEST_CASE("Another shard's rows in a replica's answer are never merged: it is asked again",
+          "[router]") {
+  Cluster c;
+  // Listed in shard 0 and checked as shard 0's, but answering searches with
+  // shard 1's rows: as a process restarted at its address as a shard-1
+  // replica answers until the next check (10 s by default; never, here).
+  FakeReplica impostor(c.replicas[0][0]->address(), c.replicas[1][0]->address());
+  impostor.stamp_mode = FakeReplica::Stamp::kNone;  // A build before shard stamps: only rows tell.
+  ExpectImpostorNeverMerged(
+      c, impostor,
+      [&] {
+        impostor.search_as_other = true;
+        impostor.as_other = true;  // Its GetInfo too, from now on: a shard-1 replica in all.
+      },
+      "serves shard 1 of 2, not shard 0 of 2");
+}
+
+TEST_CASE("A shard's replicas stamp every answer with their shard; an unsharded one does not",
+          "[router]") {
+  Cluster c;
+  auto stamp_of = [](const std::string& address) {
+    auto stub =
+        v1::ImageSearch::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::SearchResponse out;
+    REQUIRE(stub->Search(&context, Query(3, false), &out).ok());
+    std::vector<std::string> stamps;
+    for (const auto& [key, value] : context.GetServerInitialMetadata()) {
+      if (key == snapshot::kShardStampKey) stamps.emplace_back(value.data(), value.size());
+    }
+    return stamps;
+  };
+  CHECK(stamp_of(c.replicas[0][1]->address()) == std::vector<std::string>{"0/2/it"});
+  CHECK(stamp_of(c.replicas[1][0]->address()) == std::vector<std::string>{"1/2/it"});
+  CHECK(stamp_of(c.single->address()).empty());
+}
+
+TEST_CASE("A replica restarted as another layout's shard is never merged, though its rows fit",
+          "[router]") {
+  Cluster c;
+  // Shard 0 of 3 of the same collection (a reshard in progress): with the
+  // jump hash every one of its rows is in shard 0 of 2 too, so no answer of
+  // it holds a row the router would refuse, but it lacks the rows that moved
+  // to shard 2 of 3. Its real stamp, relayed by the impostor, is what tells.
+  const std::string root3 = c.dir + "/" + snapshot::ShardRootName(0, 3);
+  PublishRows(root3, snapshot::ShardInfo{"it", 0, 3, snapshot::kShardHash});
+  auto layout3 = c.Start(root3, "s0of3");
+  FakeReplica impostor(c.replicas[0][0]->address(), layout3->address());
+  ExpectImpostorNeverMerged(
+      c, impostor,
+      [&] {
+        impostor.as_other = true;
+        impostor.search_as_other = true;  // Answers, GetInfo and stamp: shard 0 of 3's.
+      },
+      "serves shard 0 of 3, not shard 0 of 2");
+}
+
+TEST_CASE("A replica that stamped its answers and stops is another process: not merged",
+          "[router]") {
+  Cluster c;
+  FakeReplica impostor(c.replicas[0][0]->address(), c.replicas[1][0]->address());
+  REQUIRE(impostor.port() > 0);
+  router::RouterOptions o = c.Options(-absl::InfiniteDuration());
+  const std::string fake = absl::StrCat("127.0.0.1:", impostor.port());
+  o.shard_targets[0] = fake;
+  o.shard.recheck_every = absl::Hours(1);
+  router::Router r(o);
+  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+  auto search = [&] {
+    return Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
+      r.Search(Query(5, true), absl::Now() + absl::Seconds(10), std::move(d));
+    });
+  };
+  REQUIRE(search().ok());
+  impostor.stamp_mode = FakeReplica::Stamp::kNone;  // An unsharded root's replica, say.
+  // Its only replica out: the shard fails, naming why, rather than answer
+  // from a process that is not the shard.
+  const absl::Status s = search().status();
+  INFO(s.ToString());
+  CHECK(!s.ok());
+  CHECK(absl::StrContains(s.message(), "without the imagesearch-shard metadata it sent before"));
 }
 
 TEST_CASE("A replica that turns out to serve another shard is rechecked out, and back in",
