@@ -19,6 +19,7 @@
 #include "libs/index/metric.h"
 #include "libs/snapshot/deletes.h"
 #include "libs/snapshot/merge_policy.h"
+#include "libs/snapshot/shard.h"
 #include "libs/snapshot/snapshot.h"
 #include "libs/snapshot/snapshot_store.h"
 #include "libs/snapshot/test_snapshots.h"
@@ -990,6 +991,46 @@ TEST_CASE("A segment manifest lists the segments it extends; links to them reach
   bad = ParseManifest(ManifestToJson(m));
   REQUIRE_FALSE(bad.ok());
   CHECK(absl::StrContains(bad.status().message(), "lists 9 segments"));
+}
+
+TEST_CASE("A reshard reads every live row the filter keeps: id, vector, attributes, thumbnail") {
+  const std::string root = ThreeSegments();  // v3: 368 live rows over segments a, b and c.
+  auto v3 = OpenVersion(root, 3);
+  REQUIRE(v3 != nullptr);
+  // Two halves by the id hash, as a reshard to 2 shards reads them.
+  std::vector<LiveRows> halves(2);
+  for (uint32_t s = 0; s < 2; ++s) {
+    halves[s].input.schema = *ParseSchema("tag:keyword");
+    REQUIRE(AppendLiveRows(
+                *v3, [s](absl::string_view id) { return ShardOf(id, 2) == s; }, &halves[s])
+                .ok());
+  }
+  CHECK(halves[0].input.count + halves[1].input.count == 368);
+  CHECK(halves[0].input.count > 100);
+  CHECK(halves[1].input.count > 100);
+  std::set<std::string> seen;
+  for (uint32_t s = 0; s < 2; ++s) {
+    const LiveRows& h = halves[s];
+    REQUIRE(h.any_thumbs);
+    REQUIRE(h.vectors.size() == h.input.count * kDim);
+    REQUIRE(h.input.attributes.size() == h.input.count);
+    const ThumbnailOf thumb = h.thumbs.Reader();
+    for (size_t i = 0; i < h.input.count; ++i) {
+      const IdRecord& r = h.input.ids[i];
+      INFO(r.id);
+      CHECK(ShardOf(r.id, 2) == s);
+      CHECK(seen.insert(r.id).second);
+      const uint32_t row = v3->Find(r.id).value();
+      CHECK(std::equal(h.vectors.begin() + static_cast<long>(i * kDim),
+                       h.vectors.begin() + static_cast<long>((i + 1) * kDim), v3->Vector(row)));
+      CHECK(r.attributes_json == v3->Id(row)->attributes_json);
+      CHECK(h.input.attributes[i][0] == AttrValue(r.attributes_json.substr(8, 2)));
+      CHECK(*thumb(i) == "jpeg-" + r.id);
+    }
+  }
+  CHECK(seen.count("a1") == 0);  // Deleted in v2.
+  CHECK(seen.count("b2") == 0);  // Deleted in v3.
+  CHECK(seen.count("c29") == 1);
 }
 
 TEST_CASE("Merging segments keeps every live row, its vector, attributes and thumbnail") {

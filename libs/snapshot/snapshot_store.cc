@@ -745,6 +745,52 @@ absl::StatusOr<UpdateResult> PublishUpdate(const std::string& root, const Snapsh
 
 namespace {
 
+// Appends live row `r` of `seg` to `in`: its id, uri and attributes (typed
+// under in->schema, if any), its thumbnail's place to `thumbs` (when
+// `thumbs_on`) and, with `vectors`, its vector.
+absl::Status AppendRow(const Segment& seg, uint32_t r, size_t dim, bool thumbs_on,
+                       ThumbnailSources* thumbs, SnapshotInput* in, std::vector<float>* vectors) {
+  ASSIGN_OR_RETURN(IdView v, seg.ids().Get(r));
+  in->ids.push_back({std::string(v.id), std::string(v.uri), std::string(v.attributes_json)});
+  if (vectors != nullptr) {
+    const float* vec = seg.searcher().Vector(r);
+    vectors->insert(vectors->end(), vec, vec + dim);
+  }
+  if (thumbs_on) thumbs->Add(seg.thumbs(), r);
+  if (!in->schema.empty()) {
+    // Typed again from the stored attributes, under the newest schema; a
+    // row that does not fit it keeps no values (it was indexed under
+    // another schema).
+    auto typed = TypedAttributes(in->schema, v.attributes_json);
+    in->attributes.push_back(typed.ok() ? *std::move(typed)
+                                        : std::vector<AttrValue>(in->schema.size()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status AppendLiveRows(const Snapshot& snap,
+                            const std::function<bool(absl::string_view id)>& keep, LiveRows* out) {
+  for (const SegmentRef& ref : snap.segments()) {
+    out->any_thumbs = out->any_thumbs || ref.segment->thumbs() != nullptr;
+  }
+  for (const SegmentRef& ref : snap.segments()) {
+    const Segment& seg = *ref.segment;
+    for (uint32_t r = 0; r < seg.rows(); ++r) {
+      if (ref.deleted != nullptr && ref.deleted->Allows(r)) continue;
+      ASSIGN_OR_RETURN(IdView v, seg.ids().Get(r));
+      if (!keep(v.id)) continue;
+      RETURN_IF_ERROR(AppendRow(seg, r, static_cast<size_t>(snap.dim()), out->any_thumbs,
+                                &out->thumbs, &out->input, &out->vectors));
+    }
+  }
+  out->input.count = out->input.ids.size();
+  return absl::OkStatus();
+}
+
+namespace {
+
 // The live rows of `chosen` segments of `base` as one SnapshotInput (the
 // vectors in `vectors`, which the input's graph writer reads), and for each
 // chosen segment the merged row of each of its rows (-1: deleted). With
@@ -806,21 +852,8 @@ absl::StatusOr<MergeRows> CollectMergeRows(const Snapshot& base,
         if (!in.schema.empty()) in.attributes.emplace_back(in.schema.size());
         continue;
       }
-      ASSIGN_OR_RETURN(IdView v, seg.ids().Get(r));
-      in.ids.push_back({std::string(v.id), std::string(v.uri), std::string(v.attributes_json)});
-      if (!keep_all) {
-        const float* vec = seg.searcher().Vector(r);
-        out.vectors.insert(out.vectors.end(), vec, vec + dim);
-      }
-      if (thumbs) thumb_at.Add(seg.thumbs(), r);
-      if (!in.schema.empty()) {
-        // Typed again from the stored attributes, under the newest schema; a
-        // row that does not fit it keeps no values (it was indexed under
-        // another schema).
-        auto typed = TypedAttributes(in.schema, v.attributes_json);
-        in.attributes.push_back(typed.ok() ? *std::move(typed)
-                                           : std::vector<AttrValue>(in.schema.size()));
-      }
+      RETURN_IF_ERROR(
+          AppendRow(seg, r, dim, thumbs, &thumb_at, &in, keep_all ? nullptr : &out.vectors));
     }
   }
   if (!out.tombstones.empty()) {

@@ -216,6 +216,23 @@ absl::StatusOr<UpdateResult> PublishUpdate(const std::string& root, const Snapsh
 // Snapshot::OpenDir opens wherever it is put (a SageMaker model.tar.gz, say).
 absl::Status ExportVersion(const std::string& root, uint64_t version, const std::string& out_dir);
 
+// Rows read back out of published versions, for a new bulk load (a reshard:
+// tools/make_snapshot "reshard").
+struct LiveRows {
+  // Everything per row: ids (with uri and attributes JSON), typed attributes
+  // under input.schema (set it first; empty: none), count. The caller sets
+  // the rest (dim, metric, graph, ...).
+  SnapshotInput input;
+  std::vector<float> vectors;  // count x dim, row-major.
+  ThumbnailSources thumbs;     // Each row's thumbnail; reads the snapshots' maps.
+  bool any_thumbs = false;     // Whether some source segment has thumbnails.
+};
+
+// Appends to `out` the live rows of every segment of `snap` whose id `keep`
+// accepts, in segment order. `snap` must stay open while `out.thumbs` is read.
+absl::Status AppendLiveRows(const Snapshot& snap,
+                            const std::function<bool(absl::string_view id)>& keep, LiveRows* out);
+
 // A tail's links (manifest.h, SegmentLinks): for each row, kTailLinksPerRow
 // rows of the big segment chosen among its nearest by HNSW's neighbour
 // heuristic, the rest of its nearest after them, searched with

@@ -7,6 +7,8 @@
 //       (the shards that `imagesearch-indexer --shard=i/n --embeddings_out=DIR` wrote)
 //   imagesearch-snapshot build --root=R --base=v3 [--vectors=new.npy [--ids=...]]
 //       [--remove_ids=gone.txt]     (one new segment and deletes on top of v3)
+//   imagesearch-snapshot reshard --from=DIR --root=NEW --shard_count=S [--collection=NAME]
+//       (a collection's live rows, from its shard roots or one root, as S new shard roots)
 //   imagesearch-snapshot merge --root=R [--all | --segments=a,b] [policy flags]
 //   imagesearch-snapshot export --root=R [--version=v3] --out=DIR   (self-contained)
 //   imagesearch-snapshot list|current --root=R
@@ -98,7 +100,10 @@ ABSL_FLAG(int, shard_count, 0,
           "its own snapshot root --root/shard-<i>-of-<S> (0: one root, --root itself).");
 ABSL_FLAG(std::string, collection, "",
           "build --shard_count: the collection's name, recorded in every shard's manifest "
-          "(default: --root's last path component).");
+          "(default: --root's last path component; reshard: the collection's own).");
+ABSL_FLAG(std::string, from, "",
+          "reshard: the collection to read: its directory of shard-<i>-of-<S> roots, or one "
+          "unsharded root. Each root's CURRENT version is read, live rows only.");
 ABSL_FLAG(std::string, log_format, "text",
           "Log lines on stderr: text, or json (one object per line).");
 
@@ -175,6 +180,24 @@ void SetHnswFlags(index::HnswParams* hnsw) {
   }
 }
 
+// Builds the graph of `in` (row i's vector at vectors + i * dim) and
+// publishes it to `root`; prints the version ("N of TOTAL vectors" for a
+// shard, TOTAL > 0). Returns the exit code.
+int PublishBuilt(const std::string& root, snapshot::SnapshotInput in, const float* vectors,
+                 size_t total, const std::string& what, const snapshot::PublishOptions& po) {
+  in.graph =
+      index::HnswGraphWriter(vectors, in.count, static_cast<size_t>(in.dim), in.metric, in.hnsw);
+  auto v = snapshot::PublishSnapshot(root, in, po);
+  if (!v.ok()) return Fail(v.status());
+  std::cout << "published v" << *v << " (" << in.count;
+  if (total > 0) std::cout << " of " << total;
+  std::cout << " vectors" << what;
+  if (in.shard.sharded()) std::cout << ", " << snapshot::DescribeShard(in.shard);
+  std::cout << ", dim " << in.dim << ", " << index::MetricName(in.metric) << ") to "
+            << snapshot::VersionDir(root, *v) << "\n";
+  return 0;
+}
+
 // Publishes a bulk load: `in` (everything but its graph; row i's vector at
 // vectors + i * dim) to `root`, or with --shard_count=S as S shard roots
 // root/shard-<i>-of-<S>, each the rows whose id maps to it, built and
@@ -190,15 +213,7 @@ int PublishBulk(const std::string& root, snapshot::SnapshotInput in, const float
     std::cerr << "--shard_count must be between 0 and " << snapshot::kMaxCollectionShards << "\n";
     return 2;
   }
-  if (shard_count == 0) {
-    in.graph = index::HnswGraphWriter(vectors, in.count, dim, in.metric, in.hnsw);
-    auto v = snapshot::PublishSnapshot(root, in, po);
-    if (!v.ok()) return Fail(v.status());
-    std::cout << "published v" << *v << " (" << in.count << " vectors" << what << ", dim " << in.dim
-              << ", " << index::MetricName(in.metric) << ") to " << snapshot::VersionDir(root, *v)
-              << "\n";
-    return 0;
-  }
+  if (shard_count == 0) return PublishBuilt(root, std::move(in), vectors, 0, what, po);
   const auto count = static_cast<uint32_t>(shard_count);
   std::string collection = absl::GetFlag(FLAGS_collection);
   if (collection.empty()) {
@@ -241,14 +256,11 @@ int PublishBulk(const std::string& root, snapshot::SnapshotInput in, const float
     if (thumbnail_of) {
       sub.thumbnail_of = [&thumbnail_of, &mine](uint64_t row) { return thumbnail_of(mine[row]); };
     }
-    sub.graph = index::HnswGraphWriter(shard_vectors.data(), sub.count, dim, sub.metric, sub.hnsw);
     const std::string shard_root = absl::StrCat(root, "/", snapshot::ShardRootName(s, count));
-    auto v = snapshot::PublishSnapshot(shard_root, sub, po);
-    if (!v.ok()) return Fail(v.status());
-    std::cout << "published v" << *v << " (" << sub.count << " of " << total << " vectors" << what
-              << ", " << snapshot::DescribeShard(sub.shard) << ", dim " << in.dim << ", "
-              << index::MetricName(in.metric) << ") to " << snapshot::VersionDir(shard_root, *v)
-              << "\n";
+    if (int rc = PublishBuilt(shard_root, std::move(sub), shard_vectors.data(), total, what, po);
+        rc != 0) {
+      return rc;
+    }
   }
   return 0;
 }
@@ -351,6 +363,121 @@ int BuildUpdate(const std::string& root) {
   return 0;
 }
 
+// reshard: the live rows of a collection's CURRENT versions (its shard roots
+// under --from, or one unsharded root) published as --shard_count new shard
+// roots under --root (0: one unsharded root), one new shard at a time: the
+// sources are mapped, and only that shard's vectors are copied into memory.
+// Ids, uris, attributes, thumbnails and the model go along; the graphs are
+// built anew. Writes new roots only: nothing serves a mix of two layouts.
+int Reshard(const std::string& root) {
+  const std::string from = std::string(absl::StripSuffix(absl::GetFlag(FLAGS_from), "/"));
+  const int shard_count = absl::GetFlag(FLAGS_shard_count);
+  if (from.empty()) {
+    std::cerr << "reshard needs --from (the collection's directory of shard roots, or one root)\n";
+    return 2;
+  }
+  if (shard_count < 0 || static_cast<uint32_t>(shard_count) > snapshot::kMaxCollectionShards) {
+    std::cerr << "--shard_count must be between 0 and " << snapshot::kMaxCollectionShards << "\n";
+    return 2;
+  }
+  if (!snapshot::ShardRootsUnder(root).empty() || snapshot::ReadCurrentVersion(root).ok()) {
+    return Fail(absl::FailedPreconditionError(
+        absl::StrCat(root,
+                     " already holds a collection: a reshard writes new roots, so that nothing "
+                     "serves a mix of two layouts")));
+  }
+  std::vector<std::string> roots;
+  for (const std::string& name : snapshot::ShardRootsUnder(from))
+    roots.push_back(from + "/" + name);
+  const bool sharded = !roots.empty();
+  if (!sharded) roots.push_back(from);
+  std::vector<std::shared_ptr<const snapshot::Snapshot>> sources;
+  std::vector<bool> seen(roots.size(), false);
+  for (const std::string& r : roots) {
+    auto v = snapshot::ReadCurrentVersion(r);
+    if (!v.ok()) return Fail(v.status());
+    auto snap = snapshot::Snapshot::Open(r, *v, snapshot::VerifyMode::kSizes);
+    if (!snap.ok()) return Fail(snap.status());
+    const snapshot::Manifest& m = (*snap)->manifest();
+    if (!sharded && m.shard.sharded()) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat(r, " is ", snapshot::DescribeShard(m.shard),
+                       ": pass the collection's directory, which holds all its shard roots")));
+    }
+    if (sharded) {
+      // One layout, every shard once: shard-<i>-of-<S> roots of one S.
+      if (!m.shard.sharded() || m.shard.count != roots.size() || seen[m.shard.index]) {
+        return Fail(absl::FailedPreconditionError(
+            absl::StrCat(from, " holds ", roots.size(), " shard roots, and ", r, " is ",
+                         snapshot::DescribeShard(m.shard),
+                         ": a collection's directory holds the S roots of "
+                         "one layout (remove a half-done reshard's roots first)")));
+      }
+      seen[m.shard.index] = true;
+    }
+    if (!sources.empty()) {
+      const snapshot::Manifest& f = sources.front()->manifest();
+      if (m.dim != f.dim || m.metric != f.metric || m.model.sha256 != f.model.sha256 ||
+          m.shard.collection != f.shard.collection) {
+        return Fail(absl::FailedPreconditionError(
+            absl::StrCat(r, " is not of the collection ", roots.front(),
+                         " is of (its dimension, metric, model or name differ)")));
+      }
+    }
+    sources.push_back(*std::move(snap));
+  }
+  const snapshot::Manifest& first = sources.front()->manifest();
+  std::string collection = absl::GetFlag(FLAGS_collection);
+  if (collection.empty()) collection = first.shard.collection;
+  if (collection.empty()) collection = from.substr(from.find_last_of('/') + 1);
+  std::vector<snapshot::FieldSpec> schema;
+  for (const auto& snap : sources) {
+    for (const snapshot::SegmentRef& ref : snap->segments()) {
+      if (ref.segment->attributes() != nullptr) schema = ref.segment->attributes()->fields();
+    }
+  }
+  snapshot::PublishOptions po;
+  po.make_current = absl::GetFlag(FLAGS_promote);
+  const auto count = static_cast<uint32_t>(shard_count);
+  const std::string what =
+      absl::StrCat(" from ", sources.size(), sharded ? " shard roots" : " root", " of ", from);
+  for (uint32_t s = 0; s < std::max<uint32_t>(count, 1); ++s) {
+    snapshot::LiveRows rows;
+    rows.input.schema = schema;
+    for (const auto& snap : sources) {
+      absl::Status st = snapshot::AppendLiveRows(
+          *snap,
+          [&](absl::string_view id) { return count == 0 || snapshot::ShardOf(id, count) == s; },
+          &rows);
+      if (!st.ok()) return Fail(st);
+    }
+    if (rows.input.count == 0) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "shard ", s, " of ", count, " gets none of the collection's rows; use fewer shards")));
+    }
+    snapshot::SnapshotInput in = std::move(rows.input);
+    in.dim = first.dim;
+    in.metric = first.metric;
+    in.default_ef = first.default_ef;
+    if (first.hnsw_m > 0) in.hnsw.m = first.hnsw_m;
+    if (first.hnsw_ef_construction > 0) in.hnsw.ef_construction = first.hnsw_ef_construction;
+    SetHnswFlags(&in.hnsw);
+    in.hnsw.threads = absl::GetFlag(FLAGS_threads);
+    if (!first.model.sha256.empty()) {
+      in.model_path = sources.front()->model_path();
+      in.model = first.model;
+    }
+    if (rows.any_thumbs) in.thumbnail_of = rows.thumbs.Reader();
+    if (count > 0) in.shard = snapshot::ShardInfo{collection, s, count, snapshot::kShardHash};
+    const std::string target =
+        count == 0 ? root : absl::StrCat(root, "/", snapshot::ShardRootName(s, count));
+    if (int rc = PublishBuilt(target, std::move(in), rows.vectors.data(), 0, what, po); rc != 0) {
+      return rc;
+    }
+  }
+  return 0;
+}
+
 int Build(const std::string& root) {
   if (!absl::GetFlag(FLAGS_shards).empty()) {
     if (!absl::GetFlag(FLAGS_base).empty() || !absl::GetFlag(FLAGS_remove_ids).empty()) {
@@ -424,7 +551,7 @@ int List(const std::string& root) {
 int Run(const std::vector<char*>& args) {
   if (args.size() < 2) {
     std::cerr << "usage: imagesearch-snapshot "
-                 "build|list|current|set-current|rollback|gc|verify|merge|export|synth "
+                 "build|reshard|list|current|set-current|rollback|gc|verify|merge|export|synth "
                  "[flags]; see --help\n";
     return 2;
   }
@@ -454,6 +581,7 @@ int Run(const std::vector<char*>& args) {
     return 2;
   }
   if (cmd == "build") return Build(root);
+  if (cmd == "reshard") return Reshard(root);
   if (cmd == "list") return List(root);
   if (cmd == "current") {
     auto v = snapshot::ReadCurrentVersion(root);
