@@ -100,10 +100,13 @@ start_router() {
 cmd_up() {
   [[ -n "${COLLECTION:-}" ]] || die "set COLLECTION to a directory of shard-<i>-of-<S> roots"
   [[ -f "$STATE" ]] && die "already up in $RUN_DIR (deploy/local/shards.sh down first)"
-  local first
-  first="$(find "$COLLECTION" -maxdepth 1 -name 'shard-0-of-*' -type d | head -n 1)"
-  [[ -n "$first" ]] || die "$COLLECTION holds no shard-0-of-<S> root"
-  SHARDS="${first##*-of-}"
+  local layouts
+  layouts="$(find "$COLLECTION" -maxdepth 1 -name 'shard-*-of-*' -type d | sed 's/.*-of-//' | sort -u)"
+  [[ -n "$layouts" ]] || die "$COLLECTION holds no shard-<i>-of-<S> root"
+  [[ "$layouts" != *$'\n'* ]] ||
+    die "$COLLECTION holds shard roots of more than one shard count ($(echo "$layouts" | paste -sd, -)); a collection has one" \
+      "shard count (a reshard writes new roots: imagesearch-snapshot reshard --root=NEW_DIR)"
+  SHARDS="$layouts"
   REPLICAS="${REPLICAS:-2}"
   ROUTER_PORT="${ROUTER_PORT:-0}"
   BUILD_DIR="${BUILD_DIR:-$REPO/build}"

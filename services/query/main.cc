@@ -53,6 +53,7 @@
 #include "libs/serving/snapshot_manager.h"
 #include "libs/snapshot/shard.h"
 #include "libs/snapshot/snapshot.h"
+#include "libs/snapshot/snapshot_store.h"
 #include "services/query/auth.h"
 #include "services/query/connection_limits.h"
 #include "services/query/http_frontend.h"
@@ -191,6 +192,16 @@ absl::Status CheckFlags() {
   if (absl::GetFlag(FLAGS_snapshot_root).empty()) {
     return absl::InvalidArgumentError(
         "--snapshot_root is required (or run `imagesearch-query serve`)");
+  }
+  // A collection's directory of shard roots never gets a CURRENT of its own:
+  // waiting for one would be waiting forever (a root not yet published is
+  // waited for).
+  if (const std::string root = absl::GetFlag(FLAGS_snapshot_root);
+      !snapshot::ShardRootsUnder(root).empty()) {
+    if (auto current = snapshot::ReadCurrentVersion(root); !current.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--snapshot_root: ", current.status().message()));
+    }
   }
   const std::string verify = absl::GetFlag(FLAGS_verify);
   if (verify != "checksums" && verify != "sizes") {

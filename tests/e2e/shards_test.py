@@ -31,6 +31,7 @@ import os
 import random
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -287,8 +288,18 @@ def main():
                    "--shard_count=2", ok=False)
         check(part.returncode != 0 and "is collection 'photos' shard 0 of 3: pass the "
               "collection's directory" in part.stderr, part.stderr)
+        mixed = run(T.snapshot, "build", f"--root={coll}", f"--vectors={npy}", f"--ids={ids}",
+                    "--shard_count=4", ok=False)
+        check(mixed.returncode != 0 and "a collection of another shard count than 4: a reshard "
+              "writes new roots" in mixed.stderr, mixed.stderr)
+        check(not os.path.exists(os.path.join(coll, "shard-0-of-4")), os.listdir(coll))
+        whole = subprocess.run([T.query, f"--snapshot_root={coll}", "--port=0"],
+                               capture_output=True, text=True, timeout=30)
+        check(whole.returncode == 2 and "it holds the shard roots of a sharded collection" in
+              whole.stderr, whole.stderr)
         print(f"8. reshard: {live} live rows as 4 shards, as one root and as 2 shards again, each "
-              "answering exact queries as the 3 shards do; new roots only")
+              "answering exact queries as the 3 shards do; new roots only. build refuses a second "
+              "layout beside the first, and a replica refuses the collection's directory at once")
     finally:
         for s in servers:
             s.kill()

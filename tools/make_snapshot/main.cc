@@ -27,6 +27,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -212,6 +213,31 @@ int PublishBulk(const std::string& root, snapshot::SnapshotInput in, const float
   if (shard_count < 0 || static_cast<uint32_t>(shard_count) > snapshot::kMaxCollectionShards) {
     std::cerr << "--shard_count must be between 0 and " << snapshot::kMaxCollectionShards << "\n";
     return 2;
+  }
+  // One layout a directory: a bulk load rebuilds the collection it holds,
+  // never beside it (the ingest service and the router refuse a mix).
+  const std::vector<std::string> existing = snapshot::ShardRootsUnder(root);
+  if (shard_count == 0 && !existing.empty()) {
+    return Fail(absl::FailedPreconditionError(
+        absl::StrCat(root, " holds the shard roots of a sharded collection (", existing.front(),
+                     ", ...): build into one of them with --base, or --shard_count=S for all")));
+  }
+  if (shard_count > 0) {
+    const std::string suffix = absl::StrCat("-of-", shard_count);
+    for (const std::string& name : existing) {
+      if (!absl::EndsWith(name, suffix)) {
+        return Fail(absl::FailedPreconditionError(absl::StrCat(
+            root, " holds ", name, ", a collection of another shard count than ", shard_count,
+            ": a reshard writes new roots (imagesearch-snapshot reshard --root=NEW_DIR)")));
+      }
+    }
+    if (snapshot::ReadCurrentVersion(root).ok()) {
+      return Fail(absl::FailedPreconditionError(
+          absl::StrCat(root,
+                       " is one snapshot root: shard its rows into new roots with "
+                       "imagesearch-snapshot reshard --from=",
+                       root, " --root=NEW_DIR")));
+    }
   }
   if (shard_count == 0) return PublishBuilt(root, std::move(in), vectors, 0, what, po);
   const auto count = static_cast<uint32_t>(shard_count);
