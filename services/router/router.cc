@@ -366,9 +366,14 @@ void Router::Search(const v1::SearchRequest& request, absl::Time deadline,
                     request.id().substr(0, 64), "', is not answering: ", s.message())));
               }
               // As a replica says it ("id 'x' is not in snapshot v3"), without
-              // the "inputs[0]: " of the Embed call it came from.
+              // the "inputs[0]: " of the Embed call it came from; a version
+              // is one shard's, so NOT_FOUND names which ("... of shard 1 of 3").
               absl::string_view message = s.message();
               absl::ConsumePrefix(&message, "inputs[0]: ");
+              if (s.code() == absl::StatusCode::kNotFound) {
+                return done(absl::NotFoundError(
+                    absl::StrCat(message, " of shard ", owner, " of ", shard_count())));
+              }
               return done(absl::Status(s.code(), message));
             }
             request.set_top_k(top_k);

@@ -340,6 +340,14 @@ def images(work):
         out = run("/usr/bin/python3", tool, f"--target={svc.grpc_address}", f"--dir={missing}",
                   ok=False)
         check(out.returncode != 0 and want in out.stderr, f"{out.returncode} {out.stderr}")
+    # Every image rejected: no version holds them, so none is named.
+    os.makedirs(os.path.join(work, "all_bad"))
+    with open(os.path.join(work, "all_bad", "broken.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n not really")
+    out = run("/usr/bin/python3", tool, f"--target={svc.grpc_address}",
+              f"--dir={os.path.join(work, 'all_bad')}", ok=False)
+    check(out.returncode == 1 and out.stdout.strip() == "upserted 0 of 1 image(s)" and
+          "rejected broken.png: " in out.stderr, f"{out.returncode} {out.stdout} {out.stderr}")
     # The tool's generated stubs are not left behind.
     check(not [d for d in os.listdir(tempfile.gettempdir())
                if d.startswith("imagesearch_ingest_stubs_")

@@ -128,6 +128,9 @@ def main():
             sharded = sharded or bool(r.shard_versions)
             for shard, v in ({0: r.version} if r.version else r.shard_versions).items():
                 versions[shard] = max(versions.get(shard, 0), v)
+        if failed == len(files):  # No version holds any of them.
+            print(f"upserted 0 of {len(files)} image(s)")
+            return 1
         if sharded:  # Named by shard even when one shard got them all.
             version = ", ".join(f"shard {s} v{v}" for s, v in sorted(versions.items()))
         else:
