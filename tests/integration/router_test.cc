@@ -454,6 +454,10 @@ class FakeReplica final : public v1::ImageSearch::Service {
   // answered (a real replica's), or none (a build before stamps).
   enum class Stamp { kRelay, kNone };
   std::atomic<Stamp> stamp_mode{Stamp::kRelay};
+  // Searches take this long (0: as the real replica), unless the caller
+  // cancels first: each such cancellation is counted.
+  std::atomic<int> slow_ms{0};
+  std::atomic<int> cancelled_seen{0};
 
   grpc::Status GetInfo(grpc::ServerContext*, const v1::GetInfoRequest* q,
                        v1::GetInfoResponse* out) override {
@@ -462,6 +466,16 @@ class FakeReplica final : public v1::ImageSearch::Service {
   }
   grpc::Status Search(grpc::ServerContext* context, const v1::SearchRequest* q,
                       v1::SearchResponse* out) override {
+    if (const int ms = slow_ms.load(); ms > 0) {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+      while (std::chrono::steady_clock::now() < until) {
+        if (context->IsCancelled()) {
+          ++cancelled_seen;
+          return grpc::Status::CANCELLED;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    }
     grpc::ClientContext c;
     grpc::Status s = (search_as_other ? other_ : real_)->Search(&c, *q, out);
     switch (stamp_mode.load()) {
@@ -614,6 +628,49 @@ TEST_CASE("A replica that stamped its answers and stops is another process: not 
   INFO(s.ToString());
   CHECK(!s.ok());
   CHECK(absl::StrContains(s.message(), "without the imagesearch-shard metadata it sent before"));
+}
+
+TEST_CASE("By default a call is hedged after the shard's p95, and the losing attempt is cancelled",
+          "[router]") {
+  Cluster c;
+  FakeReplica slow(c.replicas[0][0]->address(), c.replicas[1][0]->address());
+  REQUIRE(slow.port() > 0);
+  // Zero: the default, hedging after the observed p95.
+  router::RouterOptions o = c.Options(absl::ZeroDuration());
+  o.shard_targets[0] = absl::StrCat("127.0.0.1:", slow.port(), ",", c.replicas[0][1]->address());
+  router::Router r(o);
+  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+  auto search = [&](uint32_t seed) {
+    return Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
+      r.Search(Query(seed, false), absl::Now() + absl::Seconds(30), std::move(d));
+    });
+  };
+  // No hedge before the shard has answers to take a p95 from; then one.
+  CHECK(r.shard(0).HedgeDelay() == -absl::InfiniteDuration());
+  for (uint32_t i = 0; i < 60; ++i) REQUIRE(search(i).ok());
+  const absl::Duration delay = r.shard(0).HedgeDelay();
+  INFO(absl::FormatDuration(delay));
+  REQUIRE(delay >= absl::Milliseconds(1));  // min_hedge_delay
+  REQUIRE(delay < absl::Seconds(1));
+  // One replica now takes 20 s a search: a call it gets is hedged to the
+  // other, which answers, and the slow attempt is cancelled, not left to run.
+  // Four calls at a time, so that the balancer sends some to the slow one
+  // (it spreads calls in flight).
+  slow.slow_ms = 20000;
+  for (uint32_t round = 0; round < 20 && slow.cancelled_seen == 0; ++round) {
+    const absl::Time start = absl::Now();
+    std::vector<std::future<absl::StatusOr<v1::SearchResponse>>> calls;
+    for (uint32_t k = 0; k < 4; ++k) {
+      calls.push_back(std::async(std::launch::async, search, 100 + 4 * round + k));
+    }
+    for (auto& call : calls) REQUIRE(call.get().ok());
+    CHECK(absl::Now() - start < absl::Seconds(5));
+    for (int k = 0; k < 100 && slow.cancelled_seen == 0 && r.shard(0).Stats().hedges_won > 0; ++k) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  CHECK(r.shard(0).Stats().hedges_won >= 1);
+  CHECK(slow.cancelled_seen >= 1);
 }
 
 TEST_CASE("A replica that turns out to serve another shard is rechecked out, and back in",
