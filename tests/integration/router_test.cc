@@ -673,6 +673,77 @@ TEST_CASE("By default a call is hedged after the shard's p95, and the losing att
   CHECK(slow.cancelled_seen >= 1);
 }
 
+TEST_CASE("A bad request gets the replica's own code and message through the router", "[router]") {
+  Cluster c;
+  router::Router r(c.Options(-absl::InfiniteDuration()));
+  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+  auto single_status = [](const grpc::Status& g) {
+    return absl::Status(static_cast<absl::StatusCode>(g.error_code()), g.error_message());
+  };
+  auto deadline = [] { return std::chrono::system_clock::now() + std::chrono::seconds(10); };
+  std::vector<std::pair<std::string, v1::SearchRequest>> searches;
+  searches.emplace_back("no query", v1::SearchRequest());
+  v1::SearchRequest q = Query(1, false);
+  q.set_top_k(100000);
+  searches.emplace_back("top_k too big", q);
+  q = Query(1, false);
+  q.mutable_vector()->add_values(0.5f);
+  searches.emplace_back("a vector of another dimension", q);
+  q = Query(1, false);
+  q.mutable_vector()->set_values(3, std::nanf(""));
+  searches.emplace_back("a NaN in the vector", q);
+  q = Query(1, false);
+  q.set_text("a red boot");
+  searches.emplace_back("text on a collection with no model", q);
+  q = Query(1, false);
+  q.set_ef(1u << 30);
+  searches.emplace_back("ef too big", q);
+  q = Query(1, false);
+  auto* must = q.mutable_filter()->add_must();
+  must->set_field("no_such_field");
+  must->mutable_match()->set_keyword("x");
+  searches.emplace_back("a filter on a field the collection lacks", q);
+  for (const auto& [what, request] : searches) {
+    INFO(what);
+    grpc::ClientContext context;
+    context.set_deadline(deadline());
+    v1::SearchResponse ignored;
+    const absl::Status want = single_status(c.single_stub->Search(&context, request, &ignored));
+    const auto got = Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
+      r.Search(request, absl::Now() + absl::Seconds(10), std::move(d));
+    });
+    REQUIRE(!want.ok());
+    CHECK(got.status() == want);
+  }
+  {
+    INFO("an empty SearchBatch");
+    grpc::ClientContext context;
+    context.set_deadline(deadline());
+    v1::SearchBatchResponse ignored;
+    const absl::Status want =
+        single_status(c.single_stub->SearchBatch(&context, v1::SearchBatchRequest(), &ignored));
+    const auto got =
+        Await<v1::SearchBatchResponse>([&](router::Router::Done<v1::SearchBatchResponse> d) {
+          r.SearchBatch(v1::SearchBatchRequest(), absl::Now() + absl::Seconds(10), std::move(d));
+        });
+    REQUIRE(!want.ok());
+    CHECK(got.status() == want);
+  }
+  {
+    INFO("an empty Embed");
+    grpc::ClientContext context;
+    context.set_deadline(deadline());
+    v1::EmbedResponse ignored;
+    const absl::Status want =
+        single_status(c.single_stub->Embed(&context, v1::EmbedRequest(), &ignored));
+    const auto got = Await<v1::EmbedResponse>([&](router::Router::Done<v1::EmbedResponse> d) {
+      r.Embed(v1::EmbedRequest(), absl::Now() + absl::Seconds(10), std::move(d));
+    });
+    REQUIRE(!want.ok());
+    CHECK(got.status() == want);
+  }
+}
+
 TEST_CASE("A replica that turns out to serve another shard is rechecked out, and back in",
           "[router]") {
   Cluster c;
