@@ -673,14 +673,25 @@ TEST_CASE("By default a call is hedged after the shard's p95, and the losing att
   CHECK(slow.cancelled_seen >= 1);
 }
 
+// A replica's error for a request (`single`, through its stub) and the
+// router's for the same request (`routed`) are the same code and message.
+template <typename Response>
+void ExpectSameError(const std::function<grpc::Status(grpc::ClientContext*, Response*)>& single,
+                     const std::function<void(router::Router::Done<Response>)>& routed) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  Response ignored;
+  const grpc::Status g = single(&context, &ignored);
+  const absl::Status want(static_cast<absl::StatusCode>(g.error_code()), g.error_message());
+  REQUIRE(!want.ok());
+  CHECK(Await<Response>(routed).status() == want);
+}
+
 TEST_CASE("A bad request gets the replica's own code and message through the router", "[router]") {
   Cluster c;
   router::Router r(c.Options(-absl::InfiniteDuration()));
   REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
-  auto single_status = [](const grpc::Status& g) {
-    return absl::Status(static_cast<absl::StatusCode>(g.error_code()), g.error_message());
-  };
-  auto deadline = [] { return std::chrono::system_clock::now() + std::chrono::seconds(10); };
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
   std::vector<std::pair<std::string, v1::SearchRequest>> searches;
   searches.emplace_back("no query", v1::SearchRequest());
   v1::SearchRequest q = Query(1, false);
@@ -705,43 +716,29 @@ TEST_CASE("A bad request gets the replica's own code and message through the rou
   searches.emplace_back("a filter on a field the collection lacks", q);
   for (const auto& [what, request] : searches) {
     INFO(what);
-    grpc::ClientContext context;
-    context.set_deadline(deadline());
-    v1::SearchResponse ignored;
-    const absl::Status want = single_status(c.single_stub->Search(&context, request, &ignored));
-    const auto got = Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
-      r.Search(request, absl::Now() + absl::Seconds(10), std::move(d));
-    });
-    REQUIRE(!want.ok());
-    CHECK(got.status() == want);
-  }
-  {
-    INFO("an empty SearchBatch");
-    grpc::ClientContext context;
-    context.set_deadline(deadline());
-    v1::SearchBatchResponse ignored;
-    const absl::Status want =
-        single_status(c.single_stub->SearchBatch(&context, v1::SearchBatchRequest(), &ignored));
-    const auto got =
-        Await<v1::SearchBatchResponse>([&](router::Router::Done<v1::SearchBatchResponse> d) {
-          r.SearchBatch(v1::SearchBatchRequest(), absl::Now() + absl::Seconds(10), std::move(d));
+    ExpectSameError<v1::SearchResponse>(
+        [&](grpc::ClientContext* ctx, v1::SearchResponse* out) {
+          return c.single_stub->Search(ctx, request, out);
+        },
+        [&](router::Router::Done<v1::SearchResponse> d) {
+          r.Search(request, deadline, std::move(d));
         });
-    REQUIRE(!want.ok());
-    CHECK(got.status() == want);
   }
-  {
-    INFO("an empty Embed");
-    grpc::ClientContext context;
-    context.set_deadline(deadline());
-    v1::EmbedResponse ignored;
-    const absl::Status want =
-        single_status(c.single_stub->Embed(&context, v1::EmbedRequest(), &ignored));
-    const auto got = Await<v1::EmbedResponse>([&](router::Router::Done<v1::EmbedResponse> d) {
-      r.Embed(v1::EmbedRequest(), absl::Now() + absl::Seconds(10), std::move(d));
-    });
-    REQUIRE(!want.ok());
-    CHECK(got.status() == want);
-  }
+  INFO("an empty SearchBatch, then an empty Embed");
+  ExpectSameError<v1::SearchBatchResponse>(
+      [&](grpc::ClientContext* ctx, v1::SearchBatchResponse* out) {
+        return c.single_stub->SearchBatch(ctx, v1::SearchBatchRequest(), out);
+      },
+      [&](router::Router::Done<v1::SearchBatchResponse> d) {
+        r.SearchBatch(v1::SearchBatchRequest(), deadline, std::move(d));
+      });
+  ExpectSameError<v1::EmbedResponse>(
+      [&](grpc::ClientContext* ctx, v1::EmbedResponse* out) {
+        return c.single_stub->Embed(ctx, v1::EmbedRequest(), out);
+      },
+      [&](router::Router::Done<v1::EmbedResponse> d) {
+        r.Embed(v1::EmbedRequest(), deadline, std::move(d));
+      });
 }
 
 TEST_CASE("A replica that turns out to serve another shard is rechecked out, and back in",
