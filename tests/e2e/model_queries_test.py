@@ -8,6 +8,9 @@
  B. The default image-only model: image queries find the image itself and its
     stereo twin; a text query gets FAILED_PRECONDITION; corrupt images and a
     decompression bomb get INVALID_ARGUMENT; the process survives it all.
+ C. Text and image queries through imagesearch-router with its own model (the
+    tiny CLIP), over A's collection resharded into 2 shards whose replicas
+    hold no model: the same exact answers as A's one replica.
 
 Usage: model_queries_test.py BUILD_DIR SOURCE_DIR TINY_CLIP_MODEL DEFAULT_MODEL
 """
@@ -28,6 +31,8 @@ BUILD, SRC, TINY, DEFAULT = sys.argv[1:5]
 IMAGES = os.path.join(SRC, "tests", "data", "images")
 INDEXER = os.path.join(BUILD, "services", "indexer", "imagesearch-indexer")
 QUERY = os.path.join(BUILD, "services", "query", "imagesearch-query")
+ROUTER = os.path.join(BUILD, "services", "router", "imagesearch-router")
+SNAPSHOT = os.path.join(BUILD, "tools", "make_snapshot", "imagesearch-snapshot")
 pb, pb_grpc = grpc_stubs.load(os.path.join(SRC, "proto"))
 import grpc  # noqa: E402
 
@@ -152,11 +157,52 @@ def part_b(work):
         s.stop()
 
 
+def part_c(work):
+    root = os.path.join(work, "clip_root")  # Part A's.
+    coll = os.path.join(work, "clip_coll")
+    out = subprocess.run([SNAPSHOT, "reshard", f"--from={root}", f"--root={coll}",
+                          "--shard_count=2", "--collection=clips", "--threads=1"],
+                         capture_output=True, text=True)
+    check(out.returncode == 0, f"reshard failed: {out.stderr}")
+    procs = []
+    try:
+        single = GrpcServer(root, os.path.join(work, "c_single.log"))
+        procs.append(single)
+        shards = []
+        for i in range(2):
+            shards.append(GrpcServer(os.path.join(coll, f"shard-{i}-of-2"),
+                                     os.path.join(work, f"c_shard{i}.log"),
+                                     extra=("--load_model=false",)))
+            procs.append(shards[-1])
+            check(not shards[-1].info.model.loaded, shards[-1].info)
+        router = e2e_lib.Server(ROUTER, [f"--shards={';'.join(s.grpc_address for s in shards)}",
+                                         f"--model={TINY}", "--port=0", "--max_delay_us=5000"],
+                                os.path.join(work, "c_router.log"), wait=("grpc",),
+                                pick_ports=False)
+        procs.append(router)
+        stub = pb_grpc.ImageSearchStub(grpc.insecure_channel(router.grpc_address))
+        queries = [pb.SearchRequest(text=t, top_k=5, exact=True)
+                   for t in ("a cat", "Rocket launch at night!", "two motorcycles")]
+        queries.append(pb.SearchRequest(image=read("coffee.png"), top_k=5, exact=True))
+        for q in queries:
+            want = single.stub.Search(q, timeout=60)
+            got = stub.Search(q, timeout=60)
+            check([h.id for h in got.hits] == [h.id for h in want.hits] and
+                  all(abs(a.distance - b.distance) < 1e-4 for a, b in zip(got.hits, want.hits)),
+                  (q.WhichOneof("query"), got, want))
+        print("router: text and image queries embedded by its own model, merged over 2 shards "
+              "whose replicas hold no model, equal the single replica's exact answers")
+    finally:
+        for p in procs:
+            p.stop()
+
+
 def main():
     work = tempfile.mkdtemp(prefix="imagesearch_models_")
     try:
         part_a(work)
         part_b(work)
+        part_c(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("model queries e2e: 1 passed, 0 failed")
