@@ -358,24 +358,13 @@ void ShardClient::CheckAll(const std::vector<std::shared_ptr<Replica>>& replicas
   }
 }
 
-std::string ShardClient::StampProblem(Replica& r, const grpc::ClientContext& context) const {
+std::string ShardClient::StampProblem(const grpc::ClientContext& context) const {
   if (stamp_.empty()) return "";
   const auto& metadata = context.GetServerInitialMetadata();
   const auto it = metadata.find(snapshot::kShardStampKey);
-  if (it == metadata.end()) {
-    // A replica that stamps nothing (a build before stamps, or an
-    // unsharded root) is judged by its GetInfo and its answers' ids.
-    if (!r.stamped.load(std::memory_order_relaxed)) return "";
-    return absl::StrCat("answered without the ", snapshot::kShardStampKey,
-                        " metadata it sent before (a process restarted at its address, "
-                        "serving no shard)");
-  }
+  if (it == metadata.end()) return "";
   const absl::string_view got(it->second.data(), it->second.size());
-  if (got == stamp_) {
-    if (!r.stamped.load(std::memory_order_relaxed))
-      r.stamped.store(true, std::memory_order_relaxed);
-    return "";
-  }
+  if (got == stamp_) return "";
   return absl::StrCat("answered as ", snapshot::kShardStampKey, " '", got, "', not '", stamp_,
                       "' (shard/count/collection: another shard, or another layout of the "
                       "collection, restarted at its address)");
@@ -538,18 +527,26 @@ size_t ShardClient::Pick(const Replicas& set, const std::vector<size_t>& tried, 
   size_t untried[kMaxCandidates], healthy[kMaxCandidates];
   size_t n_untried = 0, n_healthy = 0;
   const size_t offset = random();  // Where the scan starts: ties go anywhere.
-  size_t usable = kNone;           // One that passed its check, tried or not.
+  // One that passed its check, tried or not: for a repeat, one whose channel
+  // is not failing if there is one (a retry after a replica shed load
+  // should not go back to the one that refused connections).
+  size_t usable = kNone, usable_healthy = kNone;
   for (size_t k = 0; k < n && n_untried < kMaxCandidates; ++k) {
     const size_t i = (offset + k) % n;
     if (!Usable(*set[i])) continue;
+    const bool failing =
+        set[i]->channel->GetState(/*try_to_connect=*/true) == GRPC_CHANNEL_TRANSIENT_FAILURE;
     if (usable == kNone) usable = i;
+    if (usable_healthy == kNone && !failing) usable_healthy = i;
     if (was_tried(i)) continue;
     untried[n_untried++] = i;
-    if (set[i]->channel->GetState(/*try_to_connect=*/true) != GRPC_CHANNEL_TRANSIENT_FAILURE) {
-      healthy[n_healthy++] = i;
-    }
+    if (!failing) healthy[n_healthy++] = i;
   }
-  if (n_healthy == 0) return n_untried > 0 ? untried[0] : repeat ? usable : kNone;
+  if (n_healthy == 0) {
+    if (n_untried > 0) return untried[0];
+    if (!repeat) return kNone;
+    return usable_healthy != kNone ? usable_healthy : usable;
+  }
   if (n_healthy == 1) return healthy[0];
   // Two of them: the first two of a scan that started at random, or two
   // drawn at random where there are more.

@@ -234,9 +234,6 @@ class ShardClient {
     // restarted process does, and may be another shard's now.
     std::atomic<bool> recheck{false};
     std::atomic<uint64_t> suspicions{0};  // Suspect adds 1: an answer asked before is stale.
-    // Whether an answer of its carried a shard stamp: from then on an
-    // answer without one is another process's (StampProblem).
-    std::atomic<bool> stamped{false};
   };
   using Replicas = std::vector<std::shared_ptr<Replica>>;
 
@@ -271,12 +268,13 @@ class ShardClient {
   // call is made.
   void Verify(Check check, std::string stamp, absl::Time deadline);
 
-  // Why an answer of `r` (its call's `context`) cannot be this shard's, or
-  // "": it carries another shard's stamp, or none where `r` sent one
-  // before. A process restarted at a replica's address as another shard's,
-  // or as a shard of another layout of the collection, is caught at its
-  // first answer, before any check could ask it.
-  std::string StampProblem(Replica& r, const grpc::ClientContext& context) const;
+  // Why an answer (its call's `context`) cannot be this shard's, or "": it
+  // carries another shard's stamp. A process restarted at a replica's
+  // address as another shard's, or as a shard of another layout of the
+  // collection, is caught at its first answer, before any check could ask
+  // it. An answer with no stamp (an unsharded root's replica, or a build
+  // before stamps) is left to Vet and the checks.
+  std::string StampProblem(const grpc::ClientContext& context) const;
 
   // How often a replica not yet good is asked again; how long one GetInfo
   // of a check may take.
@@ -638,7 +636,7 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     // the replica's failure, never merged: the call goes on elsewhere.
     bool wrong = false;
     if (s.ok() && !a->refused) {
-      std::string why = shard_->StampProblem(*a->replica, a->context);
+      std::string why = shard_->StampProblem(a->context);
       if (why.empty() && vet_) why = vet_(*a->response);
       if (!why.empty()) {
         shard_->Suspect(*a->replica, why);

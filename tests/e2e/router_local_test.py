@@ -133,6 +133,12 @@ def main():
         check(not pids, pids)
         print("4. shards.sh down: every process stopped")
     finally:
+        if sys.exc_info()[0] is not None:  # What the router and the replicas said, for CI's log.
+            run_dir = env["RUN_DIR"]
+            for name in sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []:
+                if name.endswith(".log"):
+                    with open(os.path.join(run_dir, name), errors="replace") as f:
+                        print(f"--- {name} (last lines)\n" + "".join(f.readlines()[-15:]))
         if up:
             ctl("down", ok=False)
         shutil.rmtree(work, ignore_errors=True)

@@ -604,32 +604,6 @@ TEST_CASE("A replica restarted as another layout's shard is never merged, though
       "serves shard 0 of 3, not shard 0 of 2");
 }
 
-TEST_CASE("A replica that stamped its answers and stops is another process: not merged",
-          "[router]") {
-  Cluster c;
-  FakeReplica impostor(c.replicas[0][0]->address(), c.replicas[1][0]->address());
-  REQUIRE(impostor.port() > 0);
-  router::RouterOptions o = c.Options(-absl::InfiniteDuration());
-  const std::string fake = absl::StrCat("127.0.0.1:", impostor.port());
-  o.shard_targets[0] = fake;
-  o.shard.recheck_every = absl::Hours(1);
-  router::Router r(o);
-  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
-  auto search = [&] {
-    return Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
-      r.Search(Query(5, true), absl::Now() + absl::Seconds(10), std::move(d));
-    });
-  };
-  REQUIRE(search().ok());
-  impostor.stamp_mode = FakeReplica::Stamp::kNone;  // An unsharded root's replica, say.
-  // Its only replica out: the shard fails, naming why, rather than answer
-  // from a process that is not the shard.
-  const absl::Status s = search().status();
-  INFO(s.ToString());
-  CHECK(!s.ok());
-  CHECK(absl::StrContains(s.message(), "without the imagesearch-shard metadata it sent before"));
-}
-
 TEST_CASE("By default a call is hedged after the shard's p95, and the losing attempt is cancelled",
           "[router]") {
   Cluster c;
