@@ -1001,6 +1001,7 @@ TEST_CASE("A reshard reads every live row the filter keeps: id, vector, attribut
   std::vector<LiveRows> halves(2);
   for (uint32_t s = 0; s < 2; ++s) {
     halves[s].input.schema = *ParseSchema("tag:keyword");
+    halves[s].with_thumbs = HasThumbnails(*v3);
     REQUIRE(AppendLiveRows(
                 *v3, [s](absl::string_view id) { return ShardOf(id, 2) == s; }, &halves[s])
                 .ok());
@@ -1011,7 +1012,7 @@ TEST_CASE("A reshard reads every live row the filter keeps: id, vector, attribut
   std::set<std::string> seen;
   for (uint32_t s = 0; s < 2; ++s) {
     const LiveRows& h = halves[s];
-    REQUIRE(h.any_thumbs);
+    REQUIRE(h.with_thumbs);
     REQUIRE(h.vectors.size() == h.input.count * kDim);
     REQUIRE(h.input.attributes.size() == h.input.count);
     const ThumbnailOf thumb = h.thumbs.Reader();

@@ -770,18 +770,22 @@ absl::Status AppendRow(const Segment& seg, uint32_t r, size_t dim, bool thumbs_o
 
 }  // namespace
 
+bool HasThumbnails(const Snapshot& snap) {
+  for (const SegmentRef& ref : snap.segments()) {
+    if (ref.segment->thumbs() != nullptr) return true;
+  }
+  return false;
+}
+
 absl::Status AppendLiveRows(const Snapshot& snap,
                             const std::function<bool(absl::string_view id)>& keep, LiveRows* out) {
-  for (const SegmentRef& ref : snap.segments()) {
-    out->any_thumbs = out->any_thumbs || ref.segment->thumbs() != nullptr;
-  }
   for (const SegmentRef& ref : snap.segments()) {
     const Segment& seg = *ref.segment;
     for (uint32_t r = 0; r < seg.rows(); ++r) {
       if (ref.deleted != nullptr && ref.deleted->Allows(r)) continue;
       ASSIGN_OR_RETURN(IdView v, seg.ids().Get(r));
       if (!keep(v.id)) continue;
-      RETURN_IF_ERROR(AppendRow(seg, r, static_cast<size_t>(snap.dim()), out->any_thumbs,
+      RETURN_IF_ERROR(AppendRow(seg, r, static_cast<size_t>(snap.dim()), out->with_thumbs,
                                 &out->thumbs, &out->input, &out->vectors));
     }
   }

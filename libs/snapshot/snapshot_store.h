@@ -224,9 +224,16 @@ struct LiveRows {
   // the rest (dim, metric, graph, ...).
   SnapshotInput input;
   std::vector<float> vectors;  // count x dim, row-major.
-  ThumbnailSources thumbs;     // Each row's thumbnail; reads the snapshots' maps.
-  bool any_thumbs = false;     // Whether some source segment has thumbnails.
+  // Set before the first AppendLiveRows when any source has thumbnails
+  // (HasThumbnails): then each row's thumbnail is recorded in `thumbs`
+  // (none for a row whose segment has none), which reads the snapshots'
+  // maps.
+  bool with_thumbs = false;
+  ThumbnailSources thumbs;
 };
+
+// Whether some segment of `snap` has thumbnails.
+bool HasThumbnails(const Snapshot& snap);
 
 // Appends to `out` the live rows of every segment of `snap` whose id `keep`
 // accepts, in segment order. `snap` must stay open while `out.thumbs` is read.

@@ -268,8 +268,8 @@ class ShardClient {
   // call is made.
   void Verify(Check check, std::string stamp, absl::Time deadline);
 
-  // Why an answer (its call's `context`) cannot be this shard's, or "": it
-  // carries another shard's stamp. A process restarted at a replica's
+  // Why an answer (its call's `context`, finished, OK or not) cannot be
+  // this shard's, or "": it carries another shard's stamp. A process restarted at a replica's
   // address as another shard's, or as a shard of another layout of the
   // collection, is caught at its first answer, before any check could ask
   // it. An answer with no stamp (an unsharded root's replica, or a build
@@ -634,18 +634,20 @@ class HedgedCall : public std::enable_shared_from_this<HedgedCall<Request, Respo
     // An answer this shard cannot give (another shard's rows: a replica
     // restarted at its address as another shard's, not yet rechecked) is
     // the replica's failure, never merged: the call goes on elsewhere.
+    // The stamp is checked on errors too: another layout's NOT_FOUND for an
+    // id this shard holds is no answer either.
     bool wrong = false;
-    if (s.ok() && !a->refused) {
+    if (!a->refused) {
       std::string why = shard_->StampProblem(a->context);
-      if (why.empty() && vet_) why = vet_(*a->response);
+      if (why.empty() && s.ok() && vet_) why = vet_(*a->response);
       if (!why.empty()) {
         shard_->Suspect(*a->replica, why);
         s = grpc::Status(grpc::StatusCode::INTERNAL,
                          absl::StrCat("replica ", a->replica->address, " ", why));
         wrong = true;
+      } else if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {
+        shard_->Suspect(*a->replica, "");
       }
-    } else if (s.error_code() == grpc::StatusCode::UNAVAILABLE && !a->refused) {
-      shard_->Suspect(*a->replica, "");
     }
     std::unique_lock<std::mutex> lock(mu_);
     --outstanding_;

@@ -288,6 +288,35 @@ def main():
                    "--shard_count=2", ok=False)
         check(part.returncode != 0 and "is collection 'photos' shard 0 of 3: pass the "
               "collection's directory" in part.stderr, part.stderr)
+        # Shards typed differently (one has a field more): the new roots type them all.
+        typed_ids = os.path.join(work, "typed.jsonl")
+        with open(typed_ids, "w") as f:
+            for i in range(N):
+                f.write(json.dumps({"id": f"p{i}", "attributes": {"tag": f"t{i % 3}",
+                                                                 "color": f"c{i % 2}"}}) + "\n")
+        for name, schema in (("narrow", "tag:keyword"), ("wide", "tag:keyword,color:keyword")):
+            run(T.snapshot, "build", f"--root={os.path.join(work, name)}", f"--vectors={npy}",
+                f"--ids={typed_ids}", "--shard_count=2", "--collection=photos", f"--schema={schema}",
+                "--threads=1")
+        both = os.path.join(work, "both")
+        os.makedirs(both)
+        # The wide one first: the schema must not be the last root's.
+        shutil.copytree(os.path.join(work, "wide", "shard-0-of-2"), os.path.join(both, "shard-0-of-2"))
+        shutil.copytree(os.path.join(work, "narrow", "shard-1-of-2"),
+                        os.path.join(both, "shard-1-of-2"))
+        one_typed = os.path.join(work, "one_typed")
+        run(T.snapshot, "reshard", f"--from={both}", f"--root={one_typed}", "--shard_count=0",
+            "--threads=1")
+        typed = Server(T.query, [f"--snapshot_root={one_typed}"], os.path.join(work, "q_typed.log"))
+        servers.append(typed)
+        got = {f["name"]: f["type"] for f in info(typed).get("fields", [])}
+        check(got == {"tag": "keyword", "color": "keyword"}, got)
+        # A shard count that leaves a new shard empty: refused before anything is written.
+        empty = run(T.snapshot, "reshard", f"--from={coll}", f"--root={os.path.join(work, 'many')}",
+                    "--shard_count=4000", ok=False)
+        check(empty.returncode != 0 and "(nothing was written)" in empty.stderr and
+              not os.path.exists(os.path.join(work, "many")), empty.stderr)
+
         mixed = run(T.snapshot, "build", f"--root={coll}", f"--vectors={npy}", f"--ids={ids}",
                     "--shard_count=4", ok=False)
         check(mixed.returncode != 0 and "a collection of another shard count than 4: a reshard "
@@ -298,7 +327,8 @@ def main():
         check(whole.returncode == 2 and "it holds the shard roots of a sharded collection" in
               whole.stderr, whole.stderr)
         print(f"8. reshard: {live} live rows as 4 shards, as one root and as 2 shards again, each "
-              "answering exact queries as the 3 shards do; new roots only. build refuses a second "
+              "answering exact queries as the 3 shards do; every shard's typed fields kept; new "
+              "roots only, none written when a new shard would be empty. build refuses a second "
               "layout beside the first, and a replica refuses the collection's directory at once")
     finally:
         for s in servers:

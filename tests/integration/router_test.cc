@@ -458,6 +458,7 @@ class FakeReplica final : public v1::ImageSearch::Service {
   // cancels first: each such cancellation is counted.
   std::atomic<int> slow_ms{0};
   std::atomic<int> cancelled_seen{0};
+  std::atomic<int> searches{0};
 
   grpc::Status GetInfo(grpc::ServerContext*, const v1::GetInfoRequest* q,
                        v1::GetInfoResponse* out) override {
@@ -466,6 +467,7 @@ class FakeReplica final : public v1::ImageSearch::Service {
   }
   grpc::Status Search(grpc::ServerContext* context, const v1::SearchRequest* q,
                       v1::SearchResponse* out) override {
+    ++searches;
     if (const int ms = slow_ms.load(); ms > 0) {
       const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
       while (std::chrono::steady_clock::now() < until) {
@@ -604,14 +606,50 @@ TEST_CASE("A replica restarted as another layout's shard is never merged, though
       "serves shard 0 of 3, not shard 0 of 2");
 }
 
+TEST_CASE("An error stamped as another layout's shard is not passed on as the answer", "[router]") {
+  Cluster c;
+  const std::string root3 = c.dir + "/" + snapshot::ShardRootName(0, 3);
+  PublishRows(root3, snapshot::ShardInfo{"it", 0, 3, snapshot::kShardHash});
+  auto layout3 = c.Start(root3, "s0of3");
+  FakeReplica impostor(c.replicas[0][0]->address(), layout3->address());
+  REQUIRE(impostor.port() > 0);
+  router::RouterOptions o = c.Options(-absl::InfiniteDuration());
+  o.shard_targets[0] = absl::StrCat("127.0.0.1:", impostor.port());  // Its only replica.
+  o.shard.recheck_every = absl::Hours(1);
+  router::Router r(o);
+  REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
+  impostor.search_as_other = true;  // Searches answered by shard 0 of 3.
+  // An id of shard 0 of 2 that moved to shard 2 of 3: shard 0 of 3 says
+  // NOT_FOUND, which must not reach the caller as the collection's answer.
+  std::string id;
+  for (uint32_t i = 0; i < kRows && id.empty(); ++i) {
+    const std::string candidate = absl::StrCat("row", i);
+    if (snapshot::ShardOf(candidate, 2) == 0 && snapshot::ShardOf(candidate, 3) == 2)
+      id = candidate;
+  }
+  REQUIRE(!id.empty());
+  v1::SearchRequest q;
+  q.set_id(id);
+  const auto got = Await<v1::SearchResponse>([&](router::Router::Done<v1::SearchResponse> d) {
+    r.Search(q, absl::Now() + absl::Seconds(10), std::move(d));
+  });
+  INFO(got.status().ToString());
+  CHECK(absl::IsUnavailable(got.status()));
+  CHECK(absl::StrContains(got.status().message(), "answered as imagesearch-shard '0/3/it'"));
+}
+
 TEST_CASE("By default a call is hedged after the shard's p95, and the losing attempt is cancelled",
           "[router]") {
   Cluster c;
+  // Both of shard 0's replicas behind the same kind of proxy, so that the
+  // balancer, which picks the cheaper, sees them alike until one turns slow.
   FakeReplica slow(c.replicas[0][0]->address(), c.replicas[1][0]->address());
+  FakeReplica fast(c.replicas[0][1]->address(), c.replicas[1][0]->address());
   REQUIRE(slow.port() > 0);
+  REQUIRE(fast.port() > 0);
   // Zero: the default, hedging after the observed p95.
   router::RouterOptions o = c.Options(absl::ZeroDuration());
-  o.shard_targets[0] = absl::StrCat("127.0.0.1:", slow.port(), ",", c.replicas[0][1]->address());
+  o.shard_targets[0] = absl::StrCat("127.0.0.1:", slow.port(), ",127.0.0.1:", fast.port());
   router::Router r(o);
   REQUIRE(r.Discover(absl::Now() + absl::Seconds(20)).ok());
   auto search = [&](uint32_t seed) {
@@ -628,14 +666,14 @@ TEST_CASE("By default a call is hedged after the shard's p95, and the losing att
   REQUIRE(delay < absl::Seconds(1));
   // One replica now takes 20 s a search: a call it gets is hedged to the
   // other, which answers, and the slow attempt is cancelled, not left to run.
-  // Four calls at a time, so that the balancer sends some to the slow one
-  // (it spreads calls in flight).
+  // Twelve calls at a time, so that the balancer sends some to the slow one:
+  // a replica's cost grows with its calls in flight.
   slow.slow_ms = 20000;
-  for (uint32_t round = 0; round < 20 && slow.cancelled_seen == 0; ++round) {
+  for (uint32_t round = 0; round < 50 && slow.cancelled_seen == 0; ++round) {
     const absl::Time start = absl::Now();
     std::vector<std::future<absl::StatusOr<v1::SearchResponse>>> calls;
-    for (uint32_t k = 0; k < 4; ++k) {
-      calls.push_back(std::async(std::launch::async, search, 100 + 4 * round + k));
+    for (uint32_t k = 0; k < 12; ++k) {
+      calls.push_back(std::async(std::launch::async, search, 100 + 12 * round + k));
     }
     for (auto& call : calls) REQUIRE(call.get().ok());
     CHECK(absl::Now() - start < absl::Seconds(5));
@@ -643,7 +681,14 @@ TEST_CASE("By default a call is hedged after the shard's p95, and the losing att
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   }
-  CHECK(r.shard(0).Stats().hedges_won >= 1);
+  const router::ShardStats stats = r.shard(0).Stats();
+  INFO("shard 0: " << stats.calls << " calls, " << stats.hedges_sent << " hedges sent, "
+                   << stats.hedges_won << " won; the slow replica saw " << slow.searches.load()
+                   << " searches, " << slow.cancelled_seen.load() << " cancelled; "
+                   << r.shard(0).NotGood());
+  // Hedged by default, and the attempt that lost (the slow replica's, as
+  // the primary or as the hedge) was cancelled at the replica.
+  CHECK(stats.hedges_sent >= 1);
   CHECK(slow.cancelled_seen >= 1);
 }
 

@@ -456,30 +456,66 @@ int Reshard(const std::string& root) {
   std::string collection = absl::GetFlag(FLAGS_collection);
   if (collection.empty()) collection = first.shard.collection;
   if (collection.empty()) collection = from.substr(from.find_last_of('/') + 1);
+  // Every typed field of every source segment (a shard's ingest service may
+  // have typed more fields than another's), each with one type.
   std::vector<snapshot::FieldSpec> schema;
+  bool with_thumbs = false;
   for (const auto& snap : sources) {
+    with_thumbs = with_thumbs || snapshot::HasThumbnails(*snap);
     for (const snapshot::SegmentRef& ref : snap->segments()) {
-      if (ref.segment->attributes() != nullptr) schema = ref.segment->attributes()->fields();
+      if (ref.segment->attributes() == nullptr) continue;
+      for (const snapshot::FieldSpec& f : ref.segment->attributes()->fields()) {
+        auto same = std::find_if(schema.begin(), schema.end(),
+                                 [&](const snapshot::FieldSpec& g) { return g.name == f.name; });
+        if (same == schema.end()) {
+          schema.push_back(f);
+        } else if (same->type != f.type) {
+          return Fail(absl::FailedPreconditionError(
+              absl::StrCat("field '", f.name, "' is ", snapshot::FieldTypeName(same->type),
+                           " in one segment and ", snapshot::FieldTypeName(f.type), " in another (",
+                           snap->dir(), "): merge or retype the collection first")));
+        }
+      }
+    }
+  }
+  const auto count = static_cast<uint32_t>(shard_count);
+  const uint32_t targets = std::max<uint32_t>(count, 1);
+  auto target_of = [count](absl::string_view id) {
+    return count == 0 ? 0 : snapshot::ShardOf(id, count);
+  };
+  // Every new shard gets rows, or nothing is written.
+  std::vector<uint64_t> per_target(targets, 0);
+  for (const auto& snap : sources) {
+    snapshot::LiveRows none;  // Counted, not kept.
+    absl::Status st = snapshot::AppendLiveRows(
+        *snap,
+        [&](absl::string_view id) {
+          ++per_target[target_of(id)];
+          return false;
+        },
+        &none);
+    if (!st.ok()) return Fail(st);
+  }
+  for (uint32_t s = 0; s < targets; ++s) {
+    if (per_target[s] == 0) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("shard ", s, " of ", count,
+                       " would get none of the collection's rows; use fewer shards "
+                       "(nothing was written)")));
     }
   }
   snapshot::PublishOptions po;
   po.make_current = absl::GetFlag(FLAGS_promote);
-  const auto count = static_cast<uint32_t>(shard_count);
   const std::string what =
       absl::StrCat(" from ", sources.size(), sharded ? " shard roots" : " root", " of ", from);
-  for (uint32_t s = 0; s < std::max<uint32_t>(count, 1); ++s) {
+  for (uint32_t s = 0; s < targets; ++s) {
     snapshot::LiveRows rows;
     rows.input.schema = schema;
+    rows.with_thumbs = with_thumbs;
     for (const auto& snap : sources) {
       absl::Status st = snapshot::AppendLiveRows(
-          *snap,
-          [&](absl::string_view id) { return count == 0 || snapshot::ShardOf(id, count) == s; },
-          &rows);
+          *snap, [&](absl::string_view id) { return target_of(id) == s; }, &rows);
       if (!st.ok()) return Fail(st);
-    }
-    if (rows.input.count == 0) {
-      return Fail(absl::InvalidArgumentError(absl::StrCat(
-          "shard ", s, " of ", count, " gets none of the collection's rows; use fewer shards")));
     }
     snapshot::SnapshotInput in = std::move(rows.input);
     in.dim = first.dim;
@@ -493,7 +529,7 @@ int Reshard(const std::string& root) {
       in.model_path = sources.front()->model_path();
       in.model = first.model;
     }
-    if (rows.any_thumbs) in.thumbnail_of = rows.thumbs.Reader();
+    if (rows.with_thumbs) in.thumbnail_of = rows.thumbs.Reader();
     if (count > 0) in.shard = snapshot::ShardInfo{collection, s, count, snapshot::kShardHash};
     const std::string target =
         count == 0 ? root : absl::StrCat(root, "/", snapshot::ShardRootName(s, count));
